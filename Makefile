@@ -1,0 +1,89 @@
+# ratchet — plain Makefile. `make help` lists the targets.
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+CC      ?= gcc
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd
+
+# Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm -lpthread
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
+OPT     ?= -O2 -g
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
+LDFLAGS_ALL = $(EXTRA_LDFLAGS)
+
+SRCS := $(filter-out engine/main.c,$(wildcard engine/*.c))
+OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
+TEST_SRCS := $(wildcard engine/tests/test_*.c)
+TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-deps
+
+all: $(BUILD)/ratchet $(TESTS)
+
+help:
+	@echo "make            build $(BUILD)/ratchet (installs Debian packages first if missing)"
+	@echo "make deps       install the Debian packages ratchet needs (idempotent)"
+	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
+	@echo "make asan       the same suite under AddressSanitizer + UBSan"
+	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
+	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
+	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
+
+deps:
+	@./tools/deps.sh
+
+$(BUILD)/obj/%.o: engine/%.c engine/*.h | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/ratchet: $(BUILD)/obj/main.o $(OBJS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/obj/main.o: engine/main.c engine/*.h | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
+
+test: deps all
+	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) ./spec/run-all
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  RATCHET_SANITIZED=1 RATCHET_BIN=$(abspath build/asan/ratchet) TEST_BIN_DIR=$(abspath build/asan/tests) \
+	  ./spec/run-all
+
+run: deps all
+	@mkdir -p var
+	$(BUILD)/ratchet serve -c etc/ratchet.conf
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet
+	install -m 0755 $(BUILD)/ratchet $(DESTDIR)$(PREFIX)/bin/ratchet
+	install -m 0644 etc/ratchet.conf $(DESTDIR)$(PREFIX)/share/ratchet/ratchet.conf.example
+	install -m 0644 docs/trace.schema.json $(DESTDIR)$(PREFIX)/share/ratchet/trace.schema.json
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/ratchet
+	rm -rf $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet
+
+bench-deps:
+	@RATCHET_DEPS_EXTRA="wrk nginx-light" ./tools/deps.sh
+
+bench-ingest: bench-deps all
+	@./bench/ingest.sh
+
+clean:
+	rm -rf build

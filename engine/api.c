@@ -1,0 +1,410 @@
+/* api.c — routes requests, checks bearer tokens, runs ingest through the
+ * store's group commit and answers reads from the thread pool. */
+#include "api.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ingest.h"
+#include "log.h"
+
+/* Bodies up to this size are parsed on the loop thread (a few µs); larger ones
+ * in the thread pool so a multi-megabyte batch never stalls other clients. */
+#define INLINE_PARSE_MAX (64 * 1024)
+
+enum scope { SCOPE_INGEST, SCOPE_ADMIN };
+
+/* ---- authentication ---- */
+
+static bool token_matches(const char *given, size_t len, const char *secret)
+{
+    return secret && secret_equal(given, len, secret, strlen(secret));
+}
+
+/* Returns true when the request may go on; otherwise has answered it. */
+static bool authorize(api *a, http_request *req, enum scope need)
+{
+    const char *ingest = a->cfg->ingest_token, *admin = a->cfg->admin_token;
+    const char *secret = need == SCOPE_INGEST ? ingest : admin;
+    const char *auth = http_header_get(req, "authorization");
+    const char *given = NULL;
+    size_t glen = 0;
+    if (auth) {
+        if (strncasecmp(auth, "Bearer ", 7) != 0) {
+            http_respond_field_error(req, 401, "unauthorized", "authorization",
+                                     "the Authorization header must be 'Bearer <token>'");
+            return false;
+        }
+        given = auth + 7;
+        glen = strlen(given);
+    }
+    if (given) {
+        if (token_matches(given, glen, admin) || (need == SCOPE_INGEST && token_matches(given, glen, ingest)))
+            return true;
+        if (need == SCOPE_ADMIN && token_matches(given, glen, ingest)) {
+            http_respond_error(req, 403, "forbidden", "this token may only ingest; reads need the admin token");
+            return false;
+        }
+        if (secret || admin) {
+            http_respond_error(req, 401, "unauthorized", "the bearer token is not valid");
+            return false;
+        }
+    }
+    if (!secret) {
+        if (req->loopback)
+            return true;
+        http_respond_error(req, 403, "forbidden", "no %s is configured, so only loopback clients are accepted",
+                           need == SCOPE_INGEST ? "ingest_token" : "admin_token");
+        return false;
+    }
+    http_respond_error(req, 401, "unauthorized", "this endpoint needs 'Authorization: Bearer <%s>'",
+                       need == SCOPE_INGEST ? "ingest or admin token" : "admin token");
+    return false;
+}
+
+/* ---- ingest ---- */
+
+typedef struct {
+    uv_work_t work;
+    api *a;
+    http_request *req;
+    ingest_kind kind;
+    bool ndjson;
+    int status;           /* from ingest_parse: 0 or an HTTP error */
+    const char *err_code;
+    char err[512];
+    ingest_batch batch;
+} ingest_job;
+
+static void ingest_job_free(ingest_job *job)
+{
+    ingest_batch_free(&job->batch);
+    free(job);
+}
+
+static void respond_results(ingest_job *job)
+{
+    int status;
+    char *text = ingest_results_json(&job->batch, &status, job->req->id);
+    http_respond(job->req, status, "application/json", status == 503 ? "Retry-After: 1\r\n" : NULL, text,
+                 strlen(text));
+    free(text);
+    ingest_job_free(job);
+}
+
+static void on_ingest_committed(store_write *w)
+{
+    respond_results(w->data);
+}
+
+static void ingest_submit(ingest_job *job)
+{
+    if (job->status) {
+        http_respond_error(job->req, job->status, job->err_code, "%s", job->err);
+        ingest_job_free(job);
+        return;
+    }
+    if (job->batch.write.ntraces == 0 && job->batch.write.nfeedback == 0) {
+        respond_results(job); /* every item was rejected: nothing to store */
+        return;
+    }
+    job->batch.write.done = on_ingest_committed;
+    job->batch.write.data = job;
+    if (store_submit(job->a->store, &job->batch.write) != 0) {
+        http_respond_error(job->req, 503, "overloaded",
+                           "the store's write queue is full or shutting down; nothing was stored, retry later");
+        ingest_job_free(job);
+    }
+}
+
+static void ingest_parse_job(ingest_job *job)
+{
+    http_request *req = job->req;
+    job->status = ingest_parse(job->kind, req->body.data ? req->body.data : "", req->body.len, job->ndjson,
+                               (size_t)job->a->cfg->limits.max_batch_items, now_ms(), &job->batch, &job->err_code,
+                               job->err, sizeof job->err);
+}
+
+static void ingest_work(uv_work_t *w)
+{
+    ingest_parse_job(w->data);
+}
+
+static void ingest_after_work(uv_work_t *w, int status)
+{
+    (void)status;
+    ingest_submit(w->data);
+}
+
+/* 0: JSON (or no Content-Type: detected from the body), 1: NDJSON, -1: other. */
+static int body_format(const char *ct)
+{
+    static const char *const ndjson[] = {"application/x-ndjson", "application/ndjson", "application/jsonl",
+                                         "application/x-jsonl", "application/jsonlines", NULL};
+    if (!ct)
+        return 0;
+    size_t n = strcspn(ct, "; \t");
+    if (n == 16 && strncasecmp(ct, "application/json", n) == 0)
+        return 0;
+    for (const char *const *t = ndjson; *t; t++)
+        if (strlen(*t) == n && strncasecmp(ct, *t, n) == 0)
+            return 1;
+    return -1;
+}
+
+static void handle_ingest(api *a, http_request *req, ingest_kind kind)
+{
+    if (!authorize(a, req, SCOPE_INGEST))
+        return;
+    int format = body_format(http_header_get(req, "content-type"));
+    if (format < 0) {
+        http_respond_field_error(req, 415, "unsupported_media_type", "content-type",
+                                 "send application/json (one object or an array) or application/x-ndjson");
+        return;
+    }
+    bool ndjson = format == 1;
+    if (req->body.len == 0) {
+        http_respond_error(req, 400, "empty_body", "the request has no body");
+        return;
+    }
+    ingest_job *job = xcalloc(1, sizeof *job);
+    job->a = a;
+    job->req = req;
+    job->kind = kind;
+    job->ndjson = ndjson;
+    job->work.data = job;
+    if (req->body.len <= INLINE_PARSE_MAX) {
+        ingest_parse_job(job);
+        ingest_submit(job);
+    } else {
+        uv_queue_work(a->loop, &job->work, ingest_work, ingest_after_work);
+    }
+}
+
+/* ---- reads ---- */
+
+typedef struct {
+    uv_work_t work;
+    api *a;
+    http_request *req;
+    char *id;
+    store_trace_query q;
+    char *prompt;
+    int rc;
+    char err[256];
+    buf_t out;
+} read_job;
+
+static void read_one_work(uv_work_t *w)
+{
+    read_job *j = w->data;
+    j->rc = store_get_trace_json(j->a->store, j->id, &j->out, j->err, sizeof j->err);
+}
+
+static void read_list_work(uv_work_t *w)
+{
+    read_job *j = w->data;
+    j->rc = store_list_traces_json(j->a->store, &j->q, &j->out, j->err, sizeof j->err);
+}
+
+static void read_after(uv_work_t *w, int status)
+{
+    (void)status;
+    read_job *j = w->data;
+    if (j->rc == 0)
+        http_respond(j->req, 200, "application/json", NULL, j->out.data, j->out.len);
+    else if (j->rc == 1)
+        http_respond_error(j->req, 404, "not_found", "no trace has id '%s'", j->id);
+    else {
+        log_error("api", "read failed (id=%s): %s", j->req->id, j->err);
+        http_respond_error(j->req, 500, "store_error", "the store could not answer: %s", j->err);
+    }
+    buf_free(&j->out);
+    free(j->id);
+    free(j->prompt);
+    free(j);
+}
+
+static read_job *read_job_new(api *a, http_request *req)
+{
+    read_job *j = xcalloc(1, sizeof *j);
+    j->a = a;
+    j->req = req;
+    j->work.data = j;
+    buf_init(&j->out);
+    return j;
+}
+
+static bool parse_time_param(http_request *req, const char *name, int64_t *out)
+{
+    char v[64];
+    int r = http_query_get(req, name, v, sizeof v);
+    if (r == 0)
+        return true;
+    char *end;
+    errno = 0;
+    long long ms = strtoll(v, &end, 10);
+    if (r > 0 && !errno && *end == '\0' && end != v && ms >= 0) {
+        *out = ms;
+        return true;
+    }
+    if (r > 0 && rfc3339_parse(v, out))
+        return true;
+    http_respond_field_error(req, 400, "invalid_parameter", name,
+                             "'%s' must be an RFC 3339 date-time or integer milliseconds since the epoch", name);
+    return false;
+}
+
+static bool parse_int_param(http_request *req, const char *name, long long min, long long max, long long *out)
+{
+    char v[32];
+    int r = http_query_get(req, name, v, sizeof v);
+    if (r == 0)
+        return true;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (r < 0 || errno || *end || end == v || n < min || n > max) {
+        http_respond_field_error(req, 400, "invalid_parameter", name, "'%s' must be an integer from %lld to %lld",
+                                 name, min, max);
+        return false;
+    }
+    *out = n;
+    return true;
+}
+
+static bool check_known_params(http_request *req, const char *const *known)
+{
+    const char *p = req->query;
+    while (p && *p) {
+        size_t n = strcspn(p, "=&");
+        bool ok = false;
+        for (const char *const *k = known; *k; k++)
+            if (strlen(*k) == n && strncmp(*k, p, n) == 0)
+                ok = true;
+        if (!ok) {
+            char name[64];
+            snprintf(name, sizeof name, "%.*s", (int)(n < 60 ? n : 60), p);
+            http_respond_field_error(req, 400, "invalid_parameter", name, "unknown query parameter '%s'", name);
+            return false;
+        }
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    return true;
+}
+
+static void handle_list_traces(api *a, http_request *req)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    static const char *const known[] = {"prompt", "version", "since", "until", "limit", "cursor", NULL};
+    if (!check_known_params(req, known))
+        return;
+    store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100};
+    long long version = 0, limit = 100;
+    if (!parse_int_param(req, "version", 1, 2147483647, &version) ||
+        !parse_int_param(req, "limit", 1, 1000, &limit) || !parse_time_param(req, "since", &q.since_ms) ||
+        !parse_time_param(req, "until", &q.until_ms))
+        return;
+    q.version = version;
+    q.limit = (int)limit;
+    char prompt[256], cursor[80];
+    int pr = http_query_get(req, "prompt", prompt, sizeof prompt);
+    if (pr < 0 || (pr > 0 && !prompt[0])) {
+        http_respond_field_error(req, 400, "invalid_parameter", "prompt", "'prompt' must be a prompt name");
+        return;
+    }
+    int cr = http_query_get(req, "cursor", cursor, sizeof cursor);
+    if (cr != 0) {
+        unsigned long long ts, seq;
+        int used = 0;
+        if (cr < 0 || sscanf(cursor, "%llx.%llx%n", &ts, &seq, &used) != 2 || cursor[used] != '\0') {
+            http_respond_field_error(req, 400, "invalid_parameter", "cursor",
+                                     "'cursor' must be a next_cursor value from an earlier page");
+            return;
+        }
+        q.has_cursor = true;
+        q.cursor_ts = (int64_t)ts;
+        q.cursor_seq = (int64_t)seq;
+    }
+    read_job *j = read_job_new(a, req);
+    if (pr > 0)
+        j->prompt = xstrdup(prompt);
+    q.prompt = j->prompt;
+    j->q = q;
+    uv_queue_work(a->loop, &j->work, read_list_work, read_after);
+}
+
+static void handle_get_trace(api *a, http_request *req, const char *id)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    if (!*id || strlen(id) > 128) {
+        http_respond_field_error(req, 400, "invalid_parameter", "id", "a trace id is 1 to 128 characters");
+        return;
+    }
+    read_job *j = read_job_new(a, req);
+    j->id = xstrdup(id);
+    uv_queue_work(a->loop, &j->work, read_one_work, read_after);
+}
+
+/* ---- routing ---- */
+
+static void method_not_allowed(http_request *req, const char *allow)
+{
+    char hdr[64];
+    snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
+    char body[256];
+    int n = snprintf(body, sizeof body,
+                     "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"%s is not allowed here; use %s\","
+                     "\"request_id\":\"%s\"}}",
+                     req->method, allow, req->id);
+    http_respond(req, 405, "application/json", hdr, body, (size_t)n);
+}
+
+static bool is(const http_request *req, const char *method)
+{
+    return strcmp(req->method, method) == 0;
+}
+
+void api_handle(http_request *req, void *ctx)
+{
+    api *a = ctx;
+    const char *path = req->path;
+    if (strcmp(path, "/healthz") == 0) {
+        static const char ok[] = "{\"status\":\"ok\"}";
+        http_respond(req, 200, "application/json", NULL, ok, sizeof ok - 1);
+    } else if (strcmp(path, "/readyz") == 0) {
+        if (!a->draining && store_healthy(a->store)) {
+            static const char ok[] = "{\"status\":\"ready\"}";
+            http_respond(req, 200, "application/json", NULL, ok, sizeof ok - 1);
+        } else {
+            http_respond_error(req, 503, "not_ready", a->draining ? "the engine is shutting down"
+                                                                    : "the store's last commit failed");
+        }
+    } else if (strcmp(path, "/v1/traces") == 0) {
+        if (is(req, "POST"))
+            handle_ingest(a, req, INGEST_TRACES);
+        else if (is(req, "GET"))
+            handle_list_traces(a, req);
+        else
+            method_not_allowed(req, "GET, POST");
+    } else if (strncmp(path, "/v1/traces/", 11) == 0) {
+        if (is(req, "GET"))
+            handle_get_trace(a, req, path + 11);
+        else
+            method_not_allowed(req, "GET");
+    } else if (strcmp(path, "/v1/feedback") == 0) {
+        if (is(req, "POST"))
+            handle_ingest(a, req, INGEST_FEEDBACK);
+        else
+            method_not_allowed(req, "POST");
+    } else {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", path);
+    }
+}

@@ -1,0 +1,603 @@
+/* store.c — SQLite storage: schema migrations, the group-commit writer thread
+ * and the read-connection pool. Nothing here runs SQL on the loop thread. */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define READ_POOL_MAX 8
+
+struct store {
+    uv_loop_t *loop;
+    char *path;
+    int lock_fd;
+    sqlite3 *wdb;
+    sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists;
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    store_write *queue_head, *queue_tail; /* waiting for the writer */
+    store_write *done_head, *done_tail;   /* committed, waiting for the loop */
+    size_t queued_items;
+    size_t max_pending;
+    bool stopping;
+    bool healthy;
+    uv_async_t done_async;
+    /* read connections, borrowed by thread-pool work */
+    pthread_mutex_t read_mu;
+    sqlite3 *read_pool[READ_POOL_MAX];
+    int read_free;
+};
+
+/* Each entry brings the schema from version i to i+1. Never edit one that has
+ * shipped; append a new one. */
+static const char *const migrations[] = {
+    "CREATE TABLE traces ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  retry_of TEXT,"
+    "  body TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
+    "CREATE INDEX traces_by_ts ON traces(ts, seq);"
+    "CREATE TABLE feedback ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  trace_id TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  thumbs INTEGER,"
+    "  ts INTEGER NOT NULL,"
+    "  body TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX feedback_by_trace ON feedback(trace_id);",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+static void *writer_main(void *arg);
+static void on_done_async(uv_async_t *h);
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+    }
+    return rc;
+}
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            have = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    if (have > SCHEMA_VERSION) {
+        snprintf(err, errlen, "the store has schema version %d, newer than this engine's %d; "
+                 "run a newer ratchet", have, SCHEMA_VERSION);
+        return -1;
+    }
+    for (int v = have; v < SCHEMA_VERSION; v++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
+        if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != SQLITE_OK)
+            return -1;
+        if (exec_sql(db, migrations[v], err, errlen) != SQLITE_OK ||
+            exec_sql(db, sql, err, errlen) != SQLITE_OK) {
+            exec_sql(db, "ROLLBACK", err + strlen(err), 0);
+            return -1;
+        }
+        if (exec_sql(db, "COMMIT", err, errlen) != SQLITE_OK)
+            return -1;
+        log_info("store", "migrated schema to version %d", v + 1);
+    }
+    return 0;
+}
+
+static int mkdir_p(const char *dir)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
+{
+    if (mkdir_p(dir) != 0) {
+        snprintf(err, errlen, "cannot create data directory '%s': %s", dir, strerror(errno));
+        return -1;
+    }
+    store *s = xcalloc(1, sizeof *s);
+    s->loop = loop;
+    s->max_pending = (size_t)max_pending;
+    s->lock_fd = -1;
+
+    char lockpath[4096];
+    snprintf(lockpath, sizeof lockpath, "%s/ratchet.lock", dir);
+    s->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errlen, "data directory '%s' is in use by another ratchet (cannot lock %s: %s)",
+                 dir, lockpath, strerror(errno));
+        goto fail;
+    }
+
+    size_t plen = strlen(dir) + 16;
+    s->path = xmalloc(plen);
+    snprintf(s->path, plen, "%s/ratchet.db", dir);
+    int rc = sqlite3_open_v2(s->path, &s->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open store '%s': %s", s->path, s->wdb ? sqlite3_errmsg(s->wdb) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    /* synchronous=FULL in WAL mode: every COMMIT fsyncs the WAL, so an ack
+     * sent after the commit means the data is on disk. */
+    if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"
+                          "PRAGMA foreign_keys=ON;", err, errlen) != SQLITE_OK)
+        goto fail;
+    if (migrate(s->wdb, err, errlen) != 0)
+        goto fail;
+
+    const char *ins_trace = "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
+    const char *ins_fb = "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING";
+    const char *exists = "SELECT 1 FROM traces WHERE id = ?1";
+    if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
+        goto fail;
+    }
+
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_mutex_init(&s->read_mu, NULL);
+    uv_async_init(loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
+    s->healthy = true;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        uv_close((uv_handle_t *)&s->done_async, NULL);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+
+fail:
+    sqlite3_finalize(s->ins_trace);
+    sqlite3_finalize(s->ins_feedback);
+    sqlite3_finalize(s->trace_exists);
+    if (s->wdb)
+        sqlite3_close(s->wdb);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    free(s->path);
+    free(s);
+    return -1;
+}
+
+static void drain_done(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    store_write *w = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
+static void on_done_async(uv_async_t *h)
+{
+    drain_done(h->data);
+}
+
+void store_close(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
+    uv_close((uv_handle_t *)&s->done_async, NULL);
+
+    sqlite3_finalize(s->ins_trace);
+    sqlite3_finalize(s->ins_feedback);
+    sqlite3_finalize(s->trace_exists);
+    sqlite3_close(s->wdb);
+    for (int i = 0; i < s->read_free; i++)
+        sqlite3_close(s->read_pool[i]);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->read_mu);
+    close(s->lock_fd);
+    free(s->path);
+    free(s);
+}
+
+static size_t write_items(const store_write *w)
+{
+    return w->ntraces + w->nfeedback;
+}
+
+int store_submit(store *s, store_write *w)
+{
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+        pthread_mutex_unlock(&s->mu);
+        free(w->trace_results);
+        free(w->feedback_results);
+        w->trace_results = w->feedback_results = NULL;
+        return -1;
+    }
+    s->queued_items += write_items(w);
+    if (s->queue_tail)
+        s->queue_tail->next = w;
+    else
+        s->queue_head = w;
+    s->queue_tail = w;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+size_t store_pending(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->queued_items;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+bool store_healthy(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool h = s->healthy && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+void store_write_clear(store_write *w)
+{
+    for (size_t i = 0; i < w->ntraces; i++) {
+        free(w->traces[i].id);
+        free(w->traces[i].prompt);
+        free(w->traces[i].retry_of);
+        free(w->traces[i].json);
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        free(w->feedback[i].id);
+        free(w->feedback[i].trace_id);
+        free(w->feedback[i].json);
+    }
+    free(w->traces);
+    free(w->feedback);
+    free(w->trace_results);
+    free(w->feedback_results);
+    w->traces = NULL;
+    w->feedback = NULL;
+    w->trace_results = w->feedback_results = NULL;
+    w->ntraces = w->nfeedback = 0;
+}
+
+/* Inserts one feedback row; returns a SQLite code, result in *res. */
+static int insert_feedback(store *s, const char *id, const char *trace_id, const char *source, int thumbs,
+                           int64_t ts, const char *json, size_t json_len, unsigned char *res)
+{
+    sqlite3_stmt *st = s->ins_feedback;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, trace_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC);
+    if (thumbs)
+        sqlite3_bind_int(st, 4, thumbs);
+    else
+        sqlite3_bind_null(st, 4);
+    sqlite3_bind_int64(st, 5, ts);
+    sqlite3_bind_text(st, 6, json, (int)json_len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    *res = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+    return SQLITE_OK;
+}
+
+static int apply_write(store *s, store_write *w, int64_t received)
+{
+    for (size_t i = 0; i < w->ntraces; i++) {
+        store_trace *t = &w->traces[i];
+        sqlite3_stmt *st = s->ins_trace;
+        sqlite3_bind_text(st, 1, t->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, t->prompt, -1, SQLITE_STATIC);
+        if (t->version)
+            sqlite3_bind_int64(st, 3, t->version);
+        else
+            sqlite3_bind_null(st, 3);
+        sqlite3_bind_int64(st, 4, t->ts_ms);
+        sqlite3_bind_int64(st, 5, received);
+        if (t->retry_of)
+            sqlite3_bind_text(st, 6, t->retry_of, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 6);
+        sqlite3_bind_text(st, 7, t->json, (int)t->json_len, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+        w->trace_results[i] = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
+            /* Implicit feedback: the earlier trace was retried by this one. */
+            char fid[200], body[400];
+            unsigned char ignored;
+            snprintf(fid, sizeof fid, "retry:%s", t->id);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", fid, "trace_id", t->retry_of,
+                                  "source", "retry", "retried_by", t->id);
+            size_t n = json_dumpb(o, body, sizeof body, JSON_COMPACT);
+            json_decref(o);
+            rc = insert_feedback(s, fid, t->retry_of, "retry", 0, t->ts_ms, body, n, &ignored);
+            if (rc != SQLITE_OK)
+                return rc;
+        }
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        store_feedback *f = &w->feedback[i];
+        sqlite3_stmt *st = s->trace_exists;
+        sqlite3_bind_text(st, 1, f->trace_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return rc;
+        if (rc == SQLITE_DONE) {
+            w->feedback_results[i] = STORE_NOT_FOUND;
+            continue;
+        }
+        rc = insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->ts_ms, f->json, f->json_len,
+                             &w->feedback_results[i]);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+static void *writer_main(void *arg)
+{
+    store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->queue_head && !s->stopping)
+            pthread_cond_wait(&s->cond, &s->mu);
+        store_write *batch = s->queue_head;
+        s->queue_head = s->queue_tail = NULL;
+        size_t items = s->queued_items;
+        s->queued_items = 0;
+        bool stop = s->stopping && !batch;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+        (void)items;
+
+        int64_t received = now_ms();
+        char err[256] = "";
+        int rc = exec_sql(s->wdb, "BEGIN IMMEDIATE", err, sizeof err);
+        for (store_write *w = batch; rc == SQLITE_OK && w; w = w->next)
+            rc = apply_write(s, w, received);
+        if (rc == SQLITE_OK)
+            rc = exec_sql(s->wdb, "COMMIT", err, sizeof err);
+        if (rc != SQLITE_OK) {
+            log_error("store", "commit failed, %zu writes not stored: %s", items,
+                      err[0] ? err : sqlite3_errmsg(s->wdb));
+            char ignored[64];
+            exec_sql(s->wdb, "ROLLBACK", ignored, sizeof ignored);
+            for (store_write *w = batch; w; w = w->next) {
+                w->status = rc;
+                memset(w->trace_results, STORE_FAILED, w->ntraces);
+                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+            }
+        }
+
+        store_write *last = batch;
+        while (last->next)
+            last = last->next;
+        pthread_mutex_lock(&s->mu);
+        s->healthy = rc == SQLITE_OK;
+        if (s->done_tail)
+            s->done_tail->next = batch;
+        else
+            s->done_head = batch;
+        s->done_tail = last;
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->done_async);
+    }
+    return NULL;
+}
+
+/* ---- reads ---- */
+
+static sqlite3 *read_acquire(store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->read_mu);
+    sqlite3 *db = s->read_free ? s->read_pool[--s->read_free] : NULL;
+    pthread_mutex_unlock(&s->read_mu);
+    if (db)
+        return db;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open a read connection: %s", db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static void read_release(store *s, sqlite3 *db)
+{
+    pthread_mutex_lock(&s->read_mu);
+    if (s->read_free < READ_POOL_MAX) {
+        s->read_pool[s->read_free++] = db;
+        db = NULL;
+    }
+    pthread_mutex_unlock(&s->read_mu);
+    if (db)
+        sqlite3_close(db);
+}
+
+int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen)
+{
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    int ret = -1;
+    sqlite3_stmt *st = NULL, *fst = NULL;
+    json_t *trace = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT body, received_at FROM traces WHERE id = ?1", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT body FROM feedback WHERE trace_id = ?1 ORDER BY seq", -1, &fst, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 1;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    json_error_t jerr;
+    trace = json_loadb((const char *)sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0), 0, &jerr);
+    if (!trace) {
+        snprintf(err, errlen, "stored trace '%s' is not valid JSON: %s", id, jerr.text);
+        goto done;
+    }
+    char when[32];
+    rfc3339_format(sqlite3_column_int64(st, 1), when);
+    json_object_set_new(trace, "received_at", json_string(when));
+
+    json_t *fb = json_array();
+    sqlite3_bind_text(fst, 1, id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(fst)) == SQLITE_ROW) {
+        json_t *f = json_loadb((const char *)sqlite3_column_text(fst, 0), (size_t)sqlite3_column_bytes(fst, 0), 0, &jerr);
+        if (f)
+            json_array_append_new(fb, f);
+    }
+    json_object_set_new(trace, "feedback", fb);
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    char *text = json_dumps(trace, JSON_COMPACT);
+    buf_puts(out, text);
+    free(text);
+    ret = 0;
+
+done:
+    json_decref(trace);
+    sqlite3_finalize(st);
+    sqlite3_finalize(fst);
+    read_release(s, db);
+    return ret;
+}
+
+int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
+{
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    buf_t sql;
+    buf_init(&sql);
+    buf_puts(&sql, "SELECT body, ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+    if (q->prompt)
+        buf_puts(&sql, " AND prompt = ?3");
+    if (q->version)
+        buf_puts(&sql, " AND version = ?4");
+    if (q->has_cursor)
+        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, q->since_ms);
+    sqlite3_bind_int64(st, 2, q->until_ms);
+    if (q->prompt)
+        sqlite3_bind_text(st, 3, q->prompt, -1, SQLITE_STATIC);
+    if (q->version)
+        sqlite3_bind_int64(st, 4, q->version);
+    if (q->has_cursor) {
+        sqlite3_bind_int64(st, 5, q->cursor_ts);
+        sqlite3_bind_int64(st, 6, q->cursor_seq);
+    }
+    sqlite3_bind_int(st, 7, q->limit + 1); /* one more tells whether a next page exists */
+
+    buf_puts(out, "{\"items\":[");
+    int n = 0, rc;
+    int64_t last_ts = 0, last_seq = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == q->limit) {
+            n++;
+            break;
+        }
+        if (n)
+            buf_puts(out, ",");
+        buf_append(out, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        last_ts = sqlite3_column_int64(st, 1);
+        last_seq = sqlite3_column_int64(st, 2);
+        n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    if (n > q->limit)
+        buf_printf(out, "],\"next_cursor\":\"%llx.%llx\"}", (unsigned long long)last_ts,
+                   (unsigned long long)last_seq);
+    else
+        buf_puts(out, "],\"next_cursor\":null}");
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    buf_free(&sql);
+    read_release(s, db);
+    return ret;
+}

@@ -1,0 +1,96 @@
+/* store.h — the one interface to durable storage (SQLite today).
+ *
+ * Writes go to a single writer thread that commits everything pending in one
+ * transaction with one fsync (group commit) and then calls each write's done
+ * callback on the loop thread. Reads are synchronous and meant for the libuv
+ * thread pool; each borrows a read connection (WAL lets them run beside the
+ * writer). */
+#ifndef RATCHET_STORE_H
+#define RATCHET_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "util.h"
+
+typedef struct store store;
+
+enum store_item_result {
+    STORE_ACCEPTED = 0,
+    STORE_DUPLICATE,
+    STORE_NOT_FOUND, /* feedback on a trace the store does not have */
+    STORE_FAILED,    /* the transaction failed; nothing of the write is stored */
+};
+
+typedef struct {
+    char *id;
+    char *prompt;
+    int64_t version;  /* 0 when the trace names none */
+    int64_t ts_ms;
+    char *retry_of;   /* NULL when none */
+    char *json;       /* the normalised trace, without feedback */
+    size_t json_len;
+} store_trace;
+
+typedef struct {
+    char *id;
+    char *trace_id;
+    const char *source; /* "explicit", "inline" or "retry" (static strings) */
+    int thumbs;         /* 1 up, -1 down, 0 none */
+    int64_t ts_ms;
+    char *json;         /* the normalised feedback object */
+    size_t json_len;
+} store_feedback;
+
+typedef struct store_write store_write;
+typedef void (*store_done_cb)(store_write *w);
+
+struct store_write {
+    /* filled by the caller */
+    store_trace *traces;
+    size_t ntraces;
+    store_feedback *feedback;  /* explicit feedback items, and inline ones */
+    size_t nfeedback;
+    store_done_cb done;
+    void *data;
+    /* filled by the store before done runs */
+    unsigned char *trace_results;    /* enum store_item_result per trace */
+    unsigned char *feedback_results; /* per feedback item */
+    int status;                      /* 0, or a SQLite result code when the commit failed */
+    /* private */
+    store_write *next;
+};
+
+typedef struct {
+    const char *prompt;  /* NULL: any */
+    int64_t version;     /* 0: any */
+    int64_t since_ms;    /* inclusive; INT64_MIN: none */
+    int64_t until_ms;    /* exclusive; INT64_MAX: none */
+    int limit;
+    bool has_cursor;
+    int64_t cursor_ts;   /* items strictly after (older than) this position */
+    int64_t cursor_seq;
+} store_trace_query;
+
+/* Opens (creating and migrating) the store under dir. Returns 0, or -1 with a
+ * message in err. */
+int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
+/* Flushes every pending write (their callbacks run), stops the writer and closes. */
+void store_close(store *s);
+
+/* Queues a write. Returns 0, or -1 when the queue is over its bound (the
+ * caller should answer 503); done is then never called. */
+int store_submit(store *s, store_write *w);
+/* Frees the fields a store_write owns (items, results); not w itself. */
+void store_write_clear(store_write *w);
+size_t store_pending(store *s);
+
+/* Reads; safe from any thread. Each returns 0 on success, 1 for not found,
+ * -1 on error (message in err). The JSON produced goes into out. */
+int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+/* Writes {"items":[...],"next_cursor":...} */
+int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
+bool store_healthy(store *s);
+
+#endif

@@ -1,0 +1,83 @@
+/* Unit tests for util.c: timestamps, ids, buffers, constant-time compare. */
+#include <stdlib.h>
+
+#include "check.h"
+#include "util.h"
+
+static void test_rfc3339(void)
+{
+    int64_t ms;
+    CHECK(rfc3339_parse("2026-11-24T08:00:00Z", &ms) && ms == 1795507200000LL);
+    CHECK(rfc3339_parse("2026-11-24T08:00:00.123Z", &ms) && ms == 1795507200123LL);
+    CHECK(rfc3339_parse("2026-11-24T08:00:00.1Z", &ms) && ms == 1795507200100LL);
+    CHECK(rfc3339_parse("2026-11-24T09:30:00+01:30", &ms) && ms == 1795507200000LL);
+    CHECK(rfc3339_parse("2026-11-24T06:00:00-02:00", &ms) && ms == 1795507200000LL);
+    CHECK(rfc3339_parse("2024-02-29T00:00:00Z", &ms));
+    CHECK(!rfc3339_parse("2023-02-29T00:00:00Z", &ms));
+    CHECK(!rfc3339_parse("2026-13-01T00:00:00Z", &ms));
+    CHECK(!rfc3339_parse("2026-11-24T08:00:00", &ms));
+    CHECK(!rfc3339_parse("2026-11-24T08:00:00Zjunk", &ms));
+    CHECK(!rfc3339_parse("2026-11-24", &ms));
+    CHECK(!rfc3339_parse("2026-11-24T08:00:00.Z", &ms));
+    CHECK(!rfc3339_parse("", &ms));
+    char out[32];
+    rfc3339_format(1795507200123LL, out);
+    CHECK_STR(out, "2026-11-24T08:00:00.123Z");
+    rfc3339_format(0, out);
+    CHECK_STR(out, "1970-01-01T00:00:00.000Z");
+}
+
+static void test_ids(void)
+{
+    char a[37], b[37];
+    id_uuid7(a);
+    CHECK(strlen(a) == 36 && a[14] == '7' && a[8] == '-' && a[13] == '-');
+    CHECK(strchr("89ab", a[19]) != NULL);
+    int ordered = 1;
+    for (int i = 0; i < 10000; i++) {
+        id_uuid7(b);
+        if (strcmp(a, b) >= 0)
+            ordered = 0;
+        memcpy(a, b, sizeof a);
+    }
+    CHECK(ordered); /* time-ordered and strictly increasing within a process */
+    char h1[17], h2[17];
+    id_hex16(h1);
+    id_hex16(h2);
+    CHECK(strlen(h1) == 16 && strcmp(h1, h2) != 0);
+}
+
+static void test_buf(void)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_puts(&b, "abc");
+    buf_printf(&b, "%d-%s", 42, "x");
+    CHECK_STR(b.data, "abc42-x");
+    char big[1000];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    buf_printf(&b, "%s", big);
+    CHECK(b.len == 7 + 999);
+    char *s = buf_steal(&b);
+    CHECK(b.data == NULL && b.len == 0);
+    free(s);
+}
+
+static void test_secret_equal(void)
+{
+    CHECK(secret_equal("0123456789abcdef", 16, "0123456789abcdef", 16));
+    CHECK(!secret_equal("0123456789abcdeX", 16, "0123456789abcdef", 16));
+    CHECK(!secret_equal("0123456789abcde", 15, "0123456789abcdef", 16));
+    CHECK(!secret_equal("0123456789abcdef0", 17, "0123456789abcdef", 16));
+    CHECK(!secret_equal("", 0, "0123456789abcdef", 16));
+}
+
+int main(void)
+{
+    test_rfc3339();
+    test_ids();
+    test_buf();
+    test_secret_equal();
+    return check_done();
+}

@@ -1,0 +1,54 @@
+/* util.h — small shared helpers: growable buffers, clocks, random ids,
+ * RFC 3339 timestamps and constant-time comparison. */
+#ifndef RATCHET_UTIL_H
+#define RATCHET_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} buf_t;
+
+void buf_init(buf_t *b);
+void buf_free(buf_t *b);
+void buf_reset(buf_t *b);
+void buf_reserve(buf_t *b, size_t extra);
+void buf_append(buf_t *b, const void *p, size_t n);
+void buf_puts(buf_t *b, const char *s);
+void buf_printf(buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Takes the data out of the buffer; the caller frees it. NUL-terminated. */
+char *buf_steal(buf_t *b);
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Wall clock in milliseconds since the epoch; monotonic clock in ns. */
+int64_t now_ms(void);
+uint64_t mono_ns(void);
+
+/* Fills p with n random bytes from the kernel (pooled). */
+void random_bytes(void *p, size_t n);
+/* A UUIDv7 string (36 chars + NUL): time-ordered, monotonic within a process. */
+void id_uuid7(char out[37]);
+/* A 16-hex-char random id, for request ids. */
+void id_hex16(char out[17]);
+
+/* Parses an RFC 3339 date-time ("2026-11-24T08:00:00.123Z", offsets allowed)
+ * into ms since the epoch. Returns false when the text is not one. */
+bool rfc3339_parse(const char *s, int64_t *out_ms);
+/* Formats ms since the epoch as "YYYY-MM-DDTHH:MM:SS.mmmZ" (25 bytes with NUL). */
+void rfc3339_format(int64_t ms, char out[32]);
+
+/* Compares a client-supplied secret with the configured one in time that does
+ * not depend on where they differ. */
+bool secret_equal(const char *given, size_t given_len, const char *secret, size_t secret_len);
+
+#endif

@@ -1,0 +1,128 @@
+-- The command line: help, version, exit codes, and configuration errors.
+local engine = require "spec.helpers.engine"
+
+describe("ratchet CLI", function()
+  it("prints help with --help and exits 0", function()
+    local code, out = engine.run("--help")
+    assert.equal(0, code)
+    assert.matches("usage: ratchet <command>", out)
+    assert.matches("serve", out)
+  end)
+
+  it("prints each command's help", function()
+    for _, cmd in ipairs { "serve", "version" } do
+      local code, out = engine.run(cmd .. " --help")
+      assert.equal(0, code)
+      assert.matches("usage: ratchet " .. cmd, out)
+      local code2, out2 = engine.run("help " .. cmd)
+      assert.equal(0, code2)
+      assert.equal(out, out2)
+    end
+  end)
+
+  it("prints the version", function()
+    local code, out = engine.run("version")
+    assert.equal(0, code)
+    assert.matches("^ratchet %S+ %(libuv", out)
+  end)
+
+  it("rejects an unknown command with exit 2", function()
+    local code, _, err = engine.run("frobnicate")
+    assert.equal(2, code)
+    assert.matches("no command 'frobnicate'", err)
+  end)
+
+  it("rejects an unknown option with exit 2", function()
+    local code, _, err = engine.run("serve --bogus")
+    assert.equal(2, code)
+    assert.matches("usage: ratchet serve", err)
+  end)
+
+  it("rejects a bad --listen address", function()
+    local code, _, err = engine.run("serve --listen nonsense")
+    assert.equal(2, code)
+    assert.matches("%-%-listen 'nonsense'", err)
+  end)
+end)
+
+describe("configuration", function()
+  local function refused(config)
+    local code, log = engine.start { config = config, expect_fail = true }
+    return code, log
+  end
+
+  it("refuses an unknown key, naming the key and the line", function()
+    local code, log = refused('log_level = "info"\nlisten_adress = "127.0.0.1:1"\n')
+    assert.equal(2, code)
+    assert.matches("ratchet.conf:2: unknown key 'listen_adress'", log)
+  end)
+
+  it("refuses an unknown key inside limits", function()
+    local code, log = refused('limits = {\n  max_body_bytes = 2048,\n  max_bodybytes = 1,\n}\n')
+    assert.equal(2, code)
+    assert.matches("ratchet.conf:%d: unknown key 'limits.max_bodybytes'", log)
+  end)
+
+  it("refuses a wrong type, naming key, line and types", function()
+    local code, log = refused('\n\naccess_log = "yes"\n')
+    assert.equal(2, code)
+    assert.matches("ratchet.conf:3: 'access_log' must be true or false %(got string%)", log)
+    code, log = refused('limits = { max_connections = 1.5 }')
+    assert.equal(2, code)
+    assert.matches("'limits.max_connections' must be an integer %(got a fractional number%)", log)
+  end)
+
+  it("refuses out-of-range values and bad enums", function()
+    local code, log = refused('limits = { max_body_bytes = 10 }')
+    assert.equal(2, code)
+    assert.matches("'limits.max_body_bytes' must be between 1024 and", log)
+    code, log = refused('log_level = "loud"')
+    assert.equal(2, code)
+    assert.matches("'log_level' must be one of debug, info, warn, error", log)
+  end)
+
+  it("refuses short tokens", function()
+    local code, log = refused('ingest_token = "short"')
+    assert.equal(2, code)
+    assert.matches("'ingest_token' must be at least 16 characters", log)
+    assert.not_matches("short", log:gsub("'ingest_token'", ""):gsub("16 characters", ""), 1, true)
+  end)
+
+  it("refuses a syntax error with file and line", function()
+    local code, log = refused('log_level = "info"\nlimits = {')
+    assert.equal(2, code)
+    assert.matches("ratchet.conf:%d+:", log)
+  end)
+
+  it("has no io, os or require in the sandbox, and unknown names are errors", function()
+    for _, text in ipairs { 'x = io.open("/etc/passwd")', 'os.exit(1)', 'require("socket")', 'load("return 1")' } do
+      local code, log = refused(text)
+      assert.equal(2, code)
+      assert.matches("unknown name", log)
+    end
+  end)
+
+  it("stops a runaway config", function()
+    local code, log = refused('while true do end')
+    assert.equal(2, code)
+    assert.matches("too long", log)
+  end)
+
+  it("reads tokens from env() and file(), and settings can be read back", function()
+    local dir = engine.tmpdir()
+    engine.write_file(dir .. "/admin.token", "admin-token-0123456789\n")
+    local e = engine.start { config = string.format([[
+ingest_token = env("RATCHET_TEST_INGEST")
+admin_token = file(%q)
+limits = { max_body_bytes = 4096 }
+log_level = log_level or "info"
+]], dir .. "/admin.token"), env = { RATCHET_TEST_INGEST = "ingest-token-0123456789" } }
+    local res = e:post("/v1/traces", engine.trace(), { headers = { authorization = "Bearer ingest-token-0123456789" } })
+    assert.equal(200, res.status)
+    res = e:get("/v1/traces", { headers = { authorization = "Bearer admin-token-0123456789" } })
+    assert.equal(200, res.status)
+    res = e:post("/v1/traces", string.rep(" ", 5000), { content_type = "application/json" })
+    assert.equal(413, res.status)
+    e:stop()
+  end)
+end)

@@ -590,17 +590,11 @@ static void on_connection(uv_stream_t *server, int status)
     int sl = sizeof ss;
     strcpy(c->peer, "?");
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            uv_ip4_name(a, c->peer, sizeof c->peer);
-            c->loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(a, c->peer, sizeof c->peer);
-            static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-            c->loopback = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr) ||
-                          (memcmp(a->sin6_addr.s6_addr, v4mapped, 12) == 0 && a->sin6_addr.s6_addr[12] == 127);
-        }
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof c->peer);
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
+        c->loopback = http_addr_is_loopback((struct sockaddr *)&ss);
     }
     c->req.loopback = c->loopback;
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -611,6 +605,18 @@ static void on_connection(uv_stream_t *server, int status)
     }
     timer_start(c, srv->lim.idle_timeout_ms, on_idle_timeout);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
+}
+
+bool http_addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        return IN6_IS_ADDR_LOOPBACK(a) || (memcmp(a->s6_addr, v4mapped, 12) == 0 && a->s6_addr[12] == 127);
+    }
+    return false;
 }
 
 /* ---- responses ---- */

@@ -77,5 +77,7 @@ const char *http_header_get(const http_request *req, const char *lower_name);
  * Returns 1 found, 0 absent, -1 malformed or too long. */
 int http_query_get(const http_request *req, const char *key, char *out, size_t outlen);
 const char *http_status_text(int status);
+/* 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104: the clients trusted without a token. */
+bool http_addr_is_loopback(const struct sockaddr *sa);
 
 #endif

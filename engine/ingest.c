@@ -491,7 +491,8 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             ndjson = true; /* several JSON values, one per line */
         } else if (!all) {
             *err_code = "malformed_json";
-            snprintf(err, errlen, "the body is not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
+            snprintf(err, errlen, "the body is not valid %s: %s at line %d column %d",
+                     json_error_code(&jerr) == json_error_invalid_utf8 ? "UTF-8" : "JSON", jerr.text, jerr.line,
                      jerr.column);
             return 400;
         } else if (json_is_array(all)) {
@@ -543,7 +544,8 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
                 r->line = line;
                 r->value = json_loadb(p, (size_t)(le - p), flags, &jerr);
                 if (!r->value)
-                    snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON: %s at column %d", jerr.text,
+                    snprintf(r->parse_error, sizeof r->parse_error, "not valid %s: %s at column %d",
+                             json_error_code(&jerr) == json_error_invalid_utf8 ? "UTF-8" : "JSON", jerr.text,
                              jerr.column);
             }
             p = le + 1;
@@ -590,12 +592,14 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             store_trace *t = &out->write.traces[out->write.ntraces];
             if (validate_trace(&v, raw[i].value, now, t, &fb, &nfb)) {
                 it->write_index = (int)out->write.ntraces++;
-                if (ninline + nfb > inline_cap) {
-                    inline_cap = (ninline + nfb) * 2;
-                    inline_fb = xrealloc(inline_fb, inline_cap * sizeof *inline_fb);
+                if (nfb) {
+                    if (ninline + nfb > inline_cap) {
+                        inline_cap = (ninline + nfb) * 2;
+                        inline_fb = xrealloc(inline_fb, inline_cap * sizeof *inline_fb);
+                    }
+                    memcpy(inline_fb + ninline, fb, nfb * sizeof *fb);
+                    ninline += nfb;
                 }
-                memcpy(inline_fb + ninline, fb, nfb * sizeof *fb);
-                ninline += nfb;
                 free(fb);
             } else {
                 free_feedback_items(fb, nfb);
@@ -611,7 +615,7 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
     for (size_t i = 0; i < nraw; i++)
         json_decref(raw[i].value);
     free(raw);
-    out->nexplicit_feedback = out->write.nfeedback;
+    out->array_form = array_form;
     if (ninline) {
         out->write.feedback = xrealloc(out->write.feedback, (out->write.nfeedback + ninline) * sizeof *inline_fb);
         memcpy(out->write.feedback + out->write.nfeedback, inline_fb, ninline * sizeof *inline_fb);
@@ -661,9 +665,15 @@ char *ingest_results_json(const ingest_batch *b, int *status, const char *reques
                 duplicate++;
             else
                 rejected++;
-            if (r == STORE_NOT_FOUND)
-                json_object_set_new(o, "errors", json_pack("[{s:s, s:s}]", "path", "$.trace_id", "message",
+            if (r == STORE_NOT_FOUND) {
+                char path[48];
+                if (b->array_form)
+                    snprintf(path, sizeof path, "$[%zu].trace_id", i);
+                else
+                    snprintf(path, sizeof path, "$.trace_id");
+                json_object_set_new(o, "errors", json_pack("[{s:s, s:s}]", "path", path, "message",
                                                            "no trace has this id"));
+            }
         }
         json_array_append_new(items, o);
     }

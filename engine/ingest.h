@@ -33,7 +33,7 @@ typedef struct {
     ingest_item *items;
     size_t nitems;
     store_write write;      /* the valid items (and inline feedback of traces) */
-    size_t nexplicit_feedback; /* for INGEST_FEEDBACK: items' feedback come first */
+    bool array_form;        /* items are addressed as $[i] (else $) */
 } ingest_batch;
 
 /* Parses and validates body. Returns 0 with the batch filled, or an HTTP

@@ -348,7 +348,12 @@ static void validate_tool_calls(vctx *v, json_t *calls)
     }
 }
 
-static bool validate_trace(vctx *v, json_t *t, int64_t now, store_trace *out, store_feedback **fb, size_t *nfb)
+/* raw: the item's own text when the body holds it verbatim (a single object,
+ * an NDJSON line); it is stored as sent, which saves re-encoding. Array items
+ * are re-encoded. Either way the id and timestamp columns are canonical and
+ * the read paths put them into the JSON they return. */
+static bool validate_trace(vctx *v, json_t *t, const char *raw, size_t raw_len, int64_t now, store_trace *out,
+                           store_feedback **fb, size_t *nfb)
 {
     if (!check_type(v, t, JSON_OBJECT, "", "an object"))
         return false;
@@ -441,17 +446,22 @@ static bool validate_trace(vctx *v, json_t *t, int64_t now, store_trace *out, st
             return false;
     }
 
-    json_t *norm = json_copy(t); /* shallow: only top-level keys change */
-    json_object_del(norm, "feedback");
-    json_object_set_new(norm, "id", json_string(id));
-    set_timestamp(norm, ts);
     out->id = xstrdup(id);
     out->prompt = xstrdup(pname);
     out->version = version;
     out->ts_ms = ts;
     out->retry_of = retry_of ? xstrdup(retry_of) : NULL;
-    out->json = dump(norm, &out->json_len);
-    json_decref(norm);
+    if (raw) {
+        out->json = xstrndup(raw, raw_len);
+        out->json_len = raw_len;
+    } else {
+        json_t *norm = json_copy(t); /* shallow: only top-level keys change */
+        json_object_del(norm, "feedback");
+        json_object_set_new(norm, "id", json_string(id));
+        set_timestamp(norm, ts);
+        out->json = dump(norm, &out->json_len);
+        json_decref(norm);
+    }
     v->item->id = xstrdup(id);
     return true;
 }
@@ -460,6 +470,8 @@ static bool validate_trace(vctx *v, json_t *t, int64_t now, store_trace *out, st
 
 typedef struct {
     json_t *value; /* NULL when the line did not parse */
+    const char *text; /* the item's text in the body, or NULL (array items) */
+    size_t text_len;
     int line;
     char parse_error[200];
 } raw_item;
@@ -512,6 +524,8 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             nraw = 1;
             raw = xcalloc(1, sizeof *raw);
             raw[0].value = all;
+            raw[0].text = body;
+            raw[0].text_len = len;
         }
     }
     if (ndjson) {
@@ -542,6 +556,8 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
                 raw_item *r = &raw[nraw++];
                 memset(r, 0, sizeof *r);
                 r->line = line;
+                r->text = p;
+                r->text_len = (size_t)(le - p);
                 r->value = json_loadb(p, (size_t)(le - p), flags, &jerr);
                 if (!r->value)
                     snprintf(r->parse_error, sizeof r->parse_error, "not valid %s: %s at column %d",
@@ -590,7 +606,13 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             store_feedback *fb = NULL;
             size_t nfb = 0;
             store_trace *t = &out->write.traces[out->write.ntraces];
-            if (validate_trace(&v, raw[i].value, now, t, &fb, &nfb)) {
+            const char *text = raw[i].text;
+            size_t tlen = raw[i].text_len;
+            while (text && tlen && strchr(" \t\r\n", text[0]))
+                text++, tlen--;
+            while (text && tlen && strchr(" \t\r\n", text[tlen - 1]))
+                tlen--;
+            if (validate_trace(&v, raw[i].value, text, tlen, now, t, &fb, &nfb)) {
                 it->write_index = (int)out->write.ntraces++;
                 if (nfb) {
                     if (ninline + nfb > inline_cap) {
@@ -635,67 +657,92 @@ static const char *result_name(unsigned char r)
     }
 }
 
+/* Appends s as a JSON string (jansson does the escaping). */
+static void buf_json_string(buf_t *b, const char *s)
+{
+    json_t *j = json_string(s);
+    char tmp[512];
+    size_t n = json_dumpb(j, tmp, sizeof tmp, JSON_ENCODE_ANY);
+    if (n <= sizeof tmp) {
+        buf_append(b, tmp, n);
+    } else {
+        char *big = json_dumps(j, JSON_ENCODE_ANY);
+        buf_puts(b, big);
+        free(big);
+    }
+    json_decref(j);
+}
+
+/* Built by hand into one buffer: this runs for every ingest request, and ids
+ * need no escaping (their characters are checked at ingest). */
 char *ingest_results_json(const ingest_batch *b, int *status, const char *request_id)
 {
     size_t accepted = 0, duplicate = 0, rejected = 0;
-    json_t *items = json_array();
+    buf_t items;
+    buf_init(&items);
     for (size_t i = 0; i < b->nitems; i++) {
         const ingest_item *it = &b->items[i];
-        json_t *o = json_object();
-        json_object_set_new(o, "index", json_integer((json_int_t)i));
+        buf_printf(&items, "%s{\"index\":%zu", i ? "," : "", i);
         if (it->line)
-            json_object_set_new(o, "line", json_integer(it->line));
+            buf_printf(&items, ",\"line\":%d", it->line);
         if (it->id)
-            json_object_set_new(o, "id", json_string(it->id));
+            buf_printf(&items, ",\"id\":\"%s\"", it->id);
         if (it->write_index < 0) {
             rejected++;
-            json_object_set_new(o, "status", json_string("rejected"));
-            json_t *errs = json_array();
-            for (int e = 0; e < it->nerrors; e++)
-                json_array_append_new(errs, json_pack("{s:s, s:s}", "path", it->errors[e].path, "message",
-                                                      it->errors[e].message));
-            json_object_set_new(o, "errors", errs);
-        } else {
-            unsigned char r = b->kind == INGEST_TRACES ? b->write.trace_results[it->write_index]
-                                                       : b->write.feedback_results[it->write_index];
-            json_object_set_new(o, "status", json_string(result_name(r)));
-            if (r == STORE_ACCEPTED)
-                accepted++;
-            else if (r == STORE_DUPLICATE)
-                duplicate++;
-            else
-                rejected++;
-            if (r == STORE_NOT_FOUND) {
-                char path[48];
-                if (b->array_form)
-                    snprintf(path, sizeof path, "$[%zu].trace_id", i);
-                else
-                    snprintf(path, sizeof path, "$.trace_id");
-                json_object_set_new(o, "errors", json_pack("[{s:s, s:s}]", "path", path, "message",
-                                                           "no trace has this id"));
+            buf_puts(&items, ",\"status\":\"rejected\",\"errors\":[");
+            for (int e = 0; e < it->nerrors; e++) {
+                buf_puts(&items, e ? ",{\"path\":" : "{\"path\":");
+                buf_json_string(&items, it->errors[e].path);
+                buf_puts(&items, ",\"message\":");
+                buf_json_string(&items, it->errors[e].message);
+                buf_puts(&items, "}");
             }
+            buf_puts(&items, "]}");
+            continue;
         }
-        json_array_append_new(items, o);
+        unsigned char r = b->kind == INGEST_TRACES ? b->write.trace_results[it->write_index]
+                                                   : b->write.feedback_results[it->write_index];
+        buf_printf(&items, ",\"status\":\"%s\"", result_name(r));
+        if (r == STORE_ACCEPTED)
+            accepted++;
+        else if (r == STORE_DUPLICATE)
+            duplicate++;
+        else
+            rejected++;
+        if (r == STORE_NOT_FOUND) {
+            if (b->array_form)
+                buf_printf(&items, ",\"errors\":[{\"path\":\"$[%zu].trace_id\"", i);
+            else
+                buf_puts(&items, ",\"errors\":[{\"path\":\"$.trace_id\"");
+            buf_puts(&items, ",\"message\":\"no trace has this id\"}]");
+        }
+        buf_puts(&items, "}");
     }
-    json_t *resp = json_pack("{s:I, s:I, s:I, s:o}", "accepted", (json_int_t)accepted, "duplicate",
-                             (json_int_t)duplicate, "rejected", (json_int_t)rejected, "items", items);
+    buf_t out;
+    buf_init(&out);
+    buf_printf(&out, "{\"accepted\":%zu,\"duplicate\":%zu,\"rejected\":%zu,\"items\":[", accepted, duplicate,
+               rejected);
+    if (items.len)
+        buf_append(&out, items.data, items.len);
+    buf_puts(&out, "]");
+    const char *code = NULL, *msg = NULL;
     if (b->write.status) {
         *status = 503;
-        json_object_set_new(resp, "error",
-                            json_pack("{s:s, s:s, s:s}", "code", "store_unavailable", "message",
-                                      "the store could not commit; nothing of this request was stored",
-                                      "request_id", request_id));
+        code = "store_unavailable";
+        msg = "the store could not commit; nothing of this request was stored";
     } else if (accepted + duplicate == 0) {
         *status = 422;
-        json_object_set_new(resp, "error",
-                            json_pack("{s:s, s:s, s:s}", "code", "invalid_items", "message",
-                                      "every item was rejected; see items[].errors", "request_id", request_id));
+        code = "invalid_items";
+        msg = "every item was rejected; see items[].errors";
     } else {
         *status = 200;
     }
-    char *text = json_dumps(resp, JSON_COMPACT);
-    json_decref(resp);
-    return text;
+    if (code)
+        buf_printf(&out, ",\"error\":{\"code\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}", code, msg,
+                   request_id);
+    buf_puts(&out, "}");
+    buf_free(&items);
+    return buf_steal(&out);
 }
 
 void ingest_batch_free(ingest_batch *b)

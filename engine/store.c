@@ -451,6 +451,15 @@ static void *writer_main(void *arg)
 
 /* ---- reads ---- */
 
+/* A stored trace body is the client's JSON as sent (or re-encoded); the
+ * canonical id and timestamp are columns. Reads return the body with those
+ * put in and any inline feedback (kept as feedback rows) taken out. */
+#define TRACE_JSON_SQL                                                                               \
+    "json_remove(json_set(body, '$.id', id, '$.timestamp', "                                          \
+    "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000)), "         \
+    "'$.feedback')"
+
+
 static sqlite3 *read_acquire(store *s, char *err, size_t errlen)
 {
     pthread_mutex_lock(&s->read_mu);
@@ -487,7 +496,7 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
     int ret = -1;
     sqlite3_stmt *st = NULL, *fst = NULL;
     json_t *trace = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT body, received_at FROM traces WHERE id = ?1", -1, &st, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(db, "SELECT " TRACE_JSON_SQL ", received_at FROM traces WHERE id = ?1", -1, &st, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT body FROM feedback WHERE trace_id = ?1 ORDER BY seq", -1, &fst, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
         goto done;
@@ -544,7 +553,7 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         return -1;
     buf_t sql;
     buf_init(&sql);
-    buf_puts(&sql, "SELECT body, ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+    buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
     if (q->prompt)
         buf_puts(&sql, " AND prompt = ?3");
     if (q->version)

@@ -8,12 +8,13 @@ local q = engine.shell_quote
 
 -- A background loader: `workers` shell loops posting NDJSON batches with curl
 -- to whatever address the engine last wrote, appending the ids of every
--- batch answered 200 to acked.<worker>. Stops when the stop file appears.
+-- batch answered 200 to acked.<worker>. Each stops when the stop file
+-- appears, its folder is gone, or after 120 s, and then writes done.<worker>.
 local function start_loader(e, dir, workers, batch)
   local script = dir .. "/loader.sh"
   engine.write_file(script, string.format([[
-w=$1; i=0
-while [ ! -e %s/stop ]; do
+w=$1; i=0; end=$(( $(date +%%s) + 120 ))
+while [ -d %s ] && [ ! -e %s/stop ] && [ "$(date +%%s)" -lt "$end" ]; do
   i=$((i+1)); body=""; ids=""
   for j in $(seq 1 %d); do
     id="w$w-$i-$j"
@@ -26,10 +27,24 @@ while [ ! -e %s/stop ]; do
   code=$(printf '%%s' "$body" | curl -s -o /dev/null -w '%%{http_code}' -m 5 -H 'Content-Type: application/x-ndjson' --data-binary @- "http://$addr/v1/traces" 2>/dev/null)
   if [ "$code" = "200" ]; then printf '%%s' "$ids" >> %s/acked.$w; fi
 done
-]], q(dir), batch, q(e.addr_file), q(dir)))
+touch %s/done.$w
+]], q(dir), q(dir), batch, q(e.addr_file), q(dir), q(dir)))
   for w = 1, workers do
     os.execute(string.format("sh %s %d </dev/null >/dev/null 2>&1 &", q(script), w))
   end
+end
+
+local function stop_loader(dir, workers)
+  engine.write_file(dir .. "/stop", "")
+  for _ = 1, 200 do
+    local all = true
+    for w = 1, workers do
+      if not engine.read_file(dir .. "/done." .. w) then all = false end
+    end
+    if all then return end
+    socket.sleep(0.05)
+  end
+  error("the load generator did not stop")
 end
 
 local function acked_ids(dir, workers)
@@ -71,8 +86,7 @@ describe("durability", function()
       e = engine.start { dir = e.dir, config = "access_log = false" }
       check_store(e, acked_ids(work, workers))
     end
-    engine.write_file(work .. "/stop", "")
-    socket.sleep(0.5)
+    stop_loader(work, workers)
     e:stop { keep = true }
     check_store(e, acked_ids(work, workers))
     assert.is_true(total_acked >= 200, "only " .. total_acked .. " traces were acknowledged")
@@ -89,7 +103,7 @@ describe("shutdown", function()
     local t0 = socket.gettime()
     local code = e:stop { keep = true }
     local took = socket.gettime() - t0
-    engine.write_file(work .. "/stop", "")
+    stop_loader(work, 4)
     assert.equal(0, code)
     assert.is_true(took < 5, "shutdown took " .. took .. " s")
     assert.matches("SIGTERM: stopping", e:log_text())

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# bench/ingest.sh — ingest throughput against baselines measured in the same run.
+#   (a) one ~1 KB trace per request, keep-alive, 50 connections
+#   (b) NDJSON batches of 100 such traces
+# Baselines: nginx answering 204 to the same wrk load (for a), and a plain C
+# program inserting the same rows into the same schema with the same
+# durability (for b). The server under test runs on CPU 0, wrk on CPU 1.
+# Usage: bench/ingest.sh [seconds]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+BIN=${RATCHET_BIN:-build/ratchet}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
+mkdir -p build
+cc -O2 -o build/plain_insert bench/plain_insert.c -lsqlite3
+
+field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | tail -1; }
+
+start_engine() { # -> sets PID, ADDR
+    rm -rf "$OUT/data" "$OUT/addr"
+    printf 'access_log = false\nlog_level = "warn"\n' > "$OUT/ratchet.conf"
+    taskset -c 0 "$BIN" serve -c "$OUT/ratchet.conf" --listen 127.0.0.1:0 --data-dir "$OUT/data" \
+        --address-file "$OUT/addr" 2> "$OUT/engine.log" &
+    PID=$!
+    for _ in $(seq 100); do [ -s "$OUT/addr" ] && break; sleep 0.05; done
+    ADDR=$(cat "$OUT/addr")
+}
+stop_engine() { kill -TERM "$PID"; wait "$PID" || true; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+run_wrk() { # conns script url batch -> file with RESULT line
+    BATCH=$4 taskset -c 1 wrk -t1 -c"$1" -d"${DUR}s" --latency -s "$2" "$3" > "$OUT/wrk.out" 2>&1 || true
+    grep RESULT "$OUT/wrk.out"
+}
+
+echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
+echo "duration per run: ${DUR}s; server on CPU 0, wrk on CPU 1"
+
+# --- nginx baseline: 204 on the same wrk load ---
+mkdir -p "$OUT/nginx"
+cat > "$OUT/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $OUT/nginx/error.log;
+pid $OUT/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/nginx;
+  server { listen 127.0.0.1:18999; keepalive_requests 1000000;
+           location / { return 204; } }
+}
+NGX
+taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
+NGX_PID=$!
+sleep 0.5
+run_wrk 50 bench/empty.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
+kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
+ngx_rps=$(awk -v r="$(field requests "$OUT/nginx.res")" -v d="$(field duration_us "$OUT/nginx.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+echo "nginx 204:            ${ngx_rps} req/s  p50 $(field p50_us "$OUT/nginx.res") us  p99 $(field p99_us "$OUT/nginx.res") us"
+
+# --- (a) one trace per request ---
+start_engine
+run_wrk 50 bench/trace.lua "http://$ADDR/" 1 > "$OUT/a.res"
+rss_a=$(peak_rss_mb "$PID")
+stored_a=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
+stop_engine
+a_rps=$(awk -v r="$(field requests "$OUT/a.res")" -v d="$(field duration_us "$OUT/a.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+echo "(a) ratchet 1/req:    ${a_rps} traces/s  p50 $(field p50_us "$OUT/a.res") us  p99 $(field p99_us "$OUT/a.res") us  errors $(field errors "$OUT/a.res") non-200 $(field non200 "$OUT/a.res")  peak RSS ${rss_a} MB  stored ${stored_a}"
+echo "    ratio to nginx: $(awk -v a="$a_rps" -v n="$ngx_rps" 'BEGIN{printf "%.2f", a/n}')"
+
+# --- (b) batches of 100 ---
+start_engine
+run_wrk 50 bench/trace.lua "http://$ADDR/" 100 > "$OUT/b.res"
+rss_b=$(peak_rss_mb "$PID")
+stored_b=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
+stop_engine
+b_tps=$(awk -v r="$(field requests "$OUT/b.res")" -v d="$(field duration_us "$OUT/b.res")" 'BEGIN{printf "%.0f", 100*r/(d/1e6)}')
+echo "(b) ratchet 100/req:  ${b_tps} traces/s  p50 $(field p50_us "$OUT/b.res") us  p99 $(field p99_us "$OUT/b.res") us  errors $(field errors "$OUT/b.res") non-200 $(field non200 "$OUT/b.res")  peak RSS ${rss_b} MB  stored ${stored_b}"
+
+# --- plain insert baseline into a fresh store of the same schema ---
+start_engine; stop_engine
+rows=$(awk -v t="$b_tps" -v d="$DUR" 'BEGIN{n=int(t*d); if (n<100000) n=100000; print n}')
+taskset -c 0 build/plain_insert "$OUT/data/ratchet.db" "$rows" 100 > "$OUT/plain.res"
+plain=$(field rows_per_s "$OUT/plain.res")
+echo "plain C insert, 100 rows/commit: ${plain} rows/s"
+echo "    ratio (b)/plain: $(awk -v b="$b_tps" -v p="$plain" 'BEGIN{printf "%.2f", b/p}')"

@@ -38,6 +38,7 @@ struct http_conn {
     bool keep_alive;
     bool closing;
     bool in_flight;       /* handed to the handler, not answered yet */
+    bool peer_eof;        /* the client half-closed while a request was handled */
     int handles_open;
     char peer[64];
     bool loopback;
@@ -58,6 +59,9 @@ struct http_server {
 };
 
 #define LINGER_MS 2000
+/* Bytes of later (pipelined) requests held while one is being answered;
+ * past this the connection stops reading until the answer is out. */
+#define PENDING_MAX (1 << 20)
 
 typedef struct {
     uv_write_t w;
@@ -429,7 +433,7 @@ static void on_write_done(uv_write_t *w, int status)
         return; /* a 100 Continue: the request goes on */
     c->state = CONN_IDLE;
     request_reset(&c->req);
-    if (c->srv->draining && c->pending.len == 0) {
+    if ((c->srv->draining || c->peer_eof) && c->pending.len == 0) {
         conn_close(c);
         return;
     }
@@ -473,6 +477,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     http_conn *c = s->data;
     if (nread == 0)
         return;
+    if (c->state == CONN_HANDLING || c->state == CONN_WRITING) {
+        /* Reading goes on while a request is answered (no watcher churn per
+         * request); what arrives waits in pending, parsed after the answer. */
+        if (nread < 0) {
+            c->peer_eof = true;
+            uv_read_stop(s);
+        } else {
+            buf_append(&c->pending, buf->base, (size_t)nread);
+            if (c->pending.len > PENDING_MAX)
+                uv_read_stop(s);
+        }
+        return;
+    }
     if (nread < 0) {
         if (c->state == CONN_HEADERS || c->state == CONN_BODY)
             log_info("http", "%s closed the connection in the middle of a request (id=%s); nothing of it was kept",
@@ -508,7 +525,6 @@ static void split_target(http_request *r)
 static void dispatch(http_conn *c)
 {
     c->msg_complete = false;
-    uv_read_stop((uv_stream_t *)&c->tcp);
     c->state = CONN_HANDLING;
     c->req.url = buf_steal(&c->url);
     split_target(&c->req);

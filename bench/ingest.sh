@@ -56,29 +56,27 @@ NGX
 taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
 NGX_PID=$!
 sleep 0.5
-run_wrk 50 bench/empty.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
+PLAIN_GET=1 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
 kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
 ngx_rps=$(awk -v r="$(field requests "$OUT/nginx.res")" -v d="$(field duration_us "$OUT/nginx.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
 echo "nginx 204:            ${ngx_rps} req/s  p50 $(field p50_us "$OUT/nginx.res") us  p99 $(field p99_us "$OUT/nginx.res") us"
 
-# --- (a) one trace per request ---
-start_engine
-run_wrk 50 bench/trace.lua "http://$ADDR/" 1 > "$OUT/a.res"
-rss_a=$(peak_rss_mb "$PID")
-stored_a=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
-stop_engine
-a_rps=$(awk -v r="$(field requests "$OUT/a.res")" -v d="$(field duration_us "$OUT/a.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
-echo "(a) ratchet 1/req:    ${a_rps} traces/s  p50 $(field p50_us "$OUT/a.res") us  p99 $(field p99_us "$OUT/a.res") us  errors $(field errors "$OUT/a.res") non-200 $(field non200 "$OUT/a.res")  peak RSS ${rss_a} MB  stored ${stored_a}"
-echo "    ratio to nginx: $(awk -v a="$a_rps" -v n="$ngx_rps" 'BEGIN{printf "%.2f", a/n}')"
+bench_engine() { # label batch -> prints the line, sets TPS (traces/s)
+    start_engine
+    run_wrk 50 bench/trace.lua "http://$ADDR/" "$2" > "$OUT/run.res"
+    local rss stored
+    rss=$(peak_rss_mb "$PID")
+    stored=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
+    stop_engine
+    TPS=$(awk -v b="$2" -v r="$(field requests "$OUT/run.res")" -v d="$(field duration_us "$OUT/run.res")" \
+        'BEGIN{printf "%.0f", b*r/(d/1e6)}')
+    echo "$1 ${TPS} traces/s  p50 $(field p50_us "$OUT/run.res") us  p99 $(field p99_us "$OUT/run.res") us  errors $(field errors "$OUT/run.res") non-200 $(field non200 "$OUT/run.res")  peak RSS ${rss} MB  stored ${stored}"
+}
 
-# --- (b) batches of 100 ---
-start_engine
-run_wrk 50 bench/trace.lua "http://$ADDR/" 100 > "$OUT/b.res"
-rss_b=$(peak_rss_mb "$PID")
-stored_b=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
-stop_engine
-b_tps=$(awk -v r="$(field requests "$OUT/b.res")" -v d="$(field duration_us "$OUT/b.res")" 'BEGIN{printf "%.0f", 100*r/(d/1e6)}')
-echo "(b) ratchet 100/req:  ${b_tps} traces/s  p50 $(field p50_us "$OUT/b.res") us  p99 $(field p99_us "$OUT/b.res") us  errors $(field errors "$OUT/b.res") non-200 $(field non200 "$OUT/b.res")  peak RSS ${rss_b} MB  stored ${stored_b}"
+bench_engine "(a) ratchet 1/req:   " 1
+echo "    ratio to nginx: $(awk -v a="$TPS" -v n="$ngx_rps" 'BEGIN{printf "%.2f", a/n}')"
+bench_engine "(b) ratchet 100/req: " 100
+b_tps=$TPS
 
 # --- plain insert baseline into a fresh store of the same schema ---
 start_engine; stop_engine

@@ -1,6 +1,7 @@
 -- wrk script: POST one ~1 KB trace per request, each with a fresh id so every
 -- request is a real insert (not a duplicate). BATCH=N env var sends NDJSON
--- batches of N traces instead.
+-- batches of N traces instead; PLAIN_GET=1 sends wrk's plain GET (the nginx
+-- baseline, answered 204). Prints one RESULT line for bench/ingest.sh.
 local batch = tonumber(os.getenv("BATCH") or "1")
 local run = tostring(os.time()) .. tostring(math.random(1e9))
 local n = 0
@@ -12,7 +13,10 @@ local fmt = '{"id":"%s-%d","prompt":{"name":"ticket-triage","version":3},' ..
 
 local headers = { ["Content-Type"] = batch > 1 and "application/x-ndjson" or "application/json" }
 
-request = function()
+local plain_get = os.getenv("PLAIN_GET") == "1"
+local expected = plain_get and 204 or 200
+
+local function trace_request()
   local parts = {}
   for i = 1, batch do
     n = n + 1
@@ -20,10 +24,11 @@ request = function()
   end
   return wrk.format("POST", "/v1/traces", headers, table.concat(parts, "\n"))
 end
+if not plain_get then request = trace_request end
 
 local bad = 0
 response = function(status, headers, body)
-  if status ~= 200 then
+  if status ~= expected then
     bad = bad + 1
     if bad <= 3 then io.stderr:write("unexpected status " .. status .. ": " .. body:sub(1, 200) .. "\n") end
   end

@@ -10,7 +10,7 @@ PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm -lpthread
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lyajl -lunistring -lm -lpthread
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g

@@ -123,7 +123,7 @@ static void ingest_submit(ingest_job *job)
 static void ingest_parse_job(ingest_job *job)
 {
     http_request *req = job->req;
-    job->status = ingest_parse(job->kind, req->body.data ? req->body.data : "", req->body.len, job->ndjson,
+    job->status = ingest_parse(job->kind, req->body.data, req->body.len, job->ndjson,
                                (size_t)job->a->cfg->limits.max_batch_items, now_ms(), &job->batch, &job->err_code,
                                job->err, sizeof job->err);
 }

@@ -1,6 +1,13 @@
 /* ingest.c — request body → validated traces and feedback. The rules here
  * are the ones docs/traces.md and docs/trace.schema.json describe; keep the
- * three in step. */
+ * three in step.
+ *
+ * This is the hottest path of the engine, so it parses with yajl (several
+ * times faster than a DOM library with hashed objects): first a streaming
+ * pass that checks syntax, UTF-8, NUL characters and nesting (so the tree code,
+ * which recurses, never meets a hostile depth), then yajl's tree for the
+ * field checks. Items are stored as the client sent them when the body holds
+ * their text verbatim; array items are re-encoded with yajl's generator. */
 #include "ingest.h"
 
 #include <jansson.h>
@@ -9,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistr.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+#include <yajl/yajl_tree.h>
 
 #include "util.h"
 
@@ -16,6 +27,267 @@
 #define NAME_MAX_LEN 128
 #define TEXT_MAX (64 * 1024)
 #define MAX_INLINE_FEEDBACK 100
+/* Hard stop of the checking pass; items deeper than INGEST_MAX_DEPTH are
+ * rejected one by one, bodies deeper than this are refused whole. */
+#define SCAN_MAX_DEPTH 1000
+
+/* ---- the checking pass ---- */
+
+typedef struct {
+    int depth, max_depth;
+    size_t values;       /* complete top-level values seen */
+    const char *abort_reason;
+} scan_state;
+
+static int scan_open(void *ctx)
+{
+    scan_state *st = ctx;
+    if (++st->depth > SCAN_MAX_DEPTH) {
+        st->abort_reason = "nested deeper than " "1000" " levels";
+        return 0;
+    }
+    if (st->depth > st->max_depth)
+        st->max_depth = st->depth;
+    return 1;
+}
+
+static int scan_close(void *ctx)
+{
+    scan_state *st = ctx;
+    if (--st->depth == 0)
+        st->values++;
+    return 1;
+}
+
+static int scan_scalar(scan_state *st)
+{
+    if (st->depth == 0)
+        st->values++;
+    return 1;
+}
+
+static int scan_null(void *ctx) { return scan_scalar(ctx); }
+static int scan_bool(void *ctx, int b) { (void)b; return scan_scalar(ctx); }
+static int scan_number(void *ctx, const char *s, size_t n) { (void)s; (void)n; return scan_scalar(ctx); }
+
+static int scan_string(void *ctx, const unsigned char *s, size_t n)
+{
+    scan_state *st = ctx;
+    if (memchr(s, '\0', n)) {
+        st->abort_reason = "a string holds a NUL character (\\u0000)";
+        return 0;
+    }
+    return scan_scalar(st);
+}
+
+static int scan_key(void *ctx, const unsigned char *s, size_t n)
+{
+    scan_state *st = ctx;
+    if (memchr(s, '\0', n)) {
+        st->abort_reason = "a key holds a NUL character (\\u0000)";
+        return 0;
+    }
+    return 1;
+}
+
+static const yajl_callbacks scan_callbacks = {
+    scan_null, scan_bool, NULL, NULL, scan_number, scan_string, scan_open, scan_key, scan_close, scan_open, scan_close,
+};
+
+typedef struct {
+    bool ok;
+    size_t values;
+    int max_depth;
+    char error[200]; /* with line and column when !ok */
+} scan_result;
+
+/* Checks text (NUL-terminated at len). multiple: several top-level values allowed. */
+static void scan_json(const char *text, size_t len, bool multiple, scan_result *out)
+{
+    scan_state st = {0};
+    yajl_handle h = yajl_alloc(&scan_callbacks, NULL, &st);
+    if (multiple)
+        yajl_config(h, yajl_allow_multiple_values, 1);
+    yajl_status rc = yajl_parse(h, (const unsigned char *)text, len);
+    if (rc == yajl_status_ok)
+        rc = yajl_complete_parse(h);
+    out->ok = rc == yajl_status_ok;
+    out->values = st.values;
+    out->max_depth = st.max_depth;
+    out->error[0] = '\0';
+    if (!out->ok) {
+        size_t at = yajl_get_bytes_consumed(h);
+        if (at > len)
+            at = len;
+        int line = 1, col = 1;
+        for (size_t i = 0; i < at; i++) {
+            if (text[i] == '\n')
+                line++, col = 1;
+            else
+                col++;
+        }
+        char reason[120];
+        if (st.abort_reason) {
+            snprintf(reason, sizeof reason, "%s", st.abort_reason);
+        } else {
+            unsigned char *e = yajl_get_error(h, 0, (const unsigned char *)text, len);
+            snprintf(reason, sizeof reason, "%s", (const char *)e);
+            yajl_free_error(h, e);
+            if (strstr(reason, "UTF8"))
+                snprintf(reason, sizeof reason, "not valid UTF-8");
+        }
+        snprintf(out->error, sizeof out->error, "%s at line %d column %d", reason, line, col);
+    }
+    yajl_free(h);
+}
+
+/* yajl's own UTF-8 check lets overlong forms (C0 80) and code points past
+ * U+10FFFF through; libunistring's u8_check is strict (RFC 3629). JSON
+ * outside strings is ASCII, so checking the item's whole text checks every
+ * string in it. Returns true when valid; else writes where it is not. */
+static bool utf8_check(const char *text, size_t len, char *err, size_t errlen)
+{
+    const uint8_t *bad = u8_check((const uint8_t *)text, len);
+    if (!bad)
+        return true;
+    int line = 1, col = 1;
+    for (const char *p = text; p < (const char *)bad; p++) {
+        if (*p == '\n')
+            line++, col = 1;
+        else
+            col++;
+    }
+    snprintf(err, errlen, "not valid UTF-8 at line %d column %d", line, col);
+    return false;
+}
+
+/* ---- tree helpers ---- */
+
+static yajl_val obj_get(yajl_val o, const char *key)
+{
+    if (!YAJL_IS_OBJECT(o))
+        return NULL;
+    for (size_t i = 0; i < o->u.object.len; i++)
+        if (strcmp(o->u.object.keys[i], key) == 0)
+            return o->u.object.values[i];
+    return NULL;
+}
+
+static const char *type_name(yajl_val j)
+{
+    switch (j->type) {
+    case yajl_t_object: return "object";
+    case yajl_t_array: return "array";
+    case yajl_t_string: return "string";
+    case yajl_t_number: return YAJL_IS_INTEGER(j) ? "integer" : "number";
+    case yajl_t_true:
+    case yajl_t_false: return "boolean";
+    default: return "null";
+    }
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key that appears twice in o, or NULL. */
+static const char *duplicate_key(yajl_val o)
+{
+    size_t n = o->u.object.len;
+    const char **k = (const char **)o->u.object.keys;
+    if (n < 2)
+        return NULL;
+    if (n <= 16) {
+        for (size_t i = 1; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(k[i], k[j]) == 0)
+                    return k[i];
+        return NULL;
+    }
+    const char **sorted = xmalloc(n * sizeof *sorted);
+    memcpy(sorted, k, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_keys);
+    const char *dup = NULL;
+    for (size_t i = 1; i < n && !dup; i++)
+        if (strcmp(sorted[i], sorted[i - 1]) == 0)
+            dup = sorted[i];
+    free(sorted);
+    return dup;
+}
+
+/* Depth of v, and the first duplicated key anywhere in it (depth is bounded
+ * by the checking pass, so the recursion is too). */
+static int walk_check(yajl_val v, const char **dup)
+{
+    int d = 0;
+    if (YAJL_IS_OBJECT(v)) {
+        if (!*dup)
+            *dup = duplicate_key(v);
+        for (size_t i = 0; i < v->u.object.len; i++) {
+            int cd = walk_check(v->u.object.values[i], dup);
+            if (cd > d)
+                d = cd;
+        }
+        return d + 1;
+    }
+    if (YAJL_IS_ARRAY(v)) {
+        for (size_t i = 0; i < v->u.array.len; i++) {
+            int cd = walk_check(v->u.array.values[i], dup);
+            if (cd > d)
+                d = cd;
+        }
+        return d + 1;
+    }
+    return 0;
+}
+
+static void gen_value(yajl_gen g, yajl_val v)
+{
+    switch (v->type) {
+    case yajl_t_string:
+        yajl_gen_string(g, (const unsigned char *)v->u.string, strlen(v->u.string));
+        break;
+    case yajl_t_number:
+        yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r)); /* the number's own text */
+        break;
+    case yajl_t_object:
+        yajl_gen_map_open(g);
+        for (size_t i = 0; i < v->u.object.len; i++) {
+            yajl_gen_string(g, (const unsigned char *)v->u.object.keys[i], strlen(v->u.object.keys[i]));
+            gen_value(g, v->u.object.values[i]);
+        }
+        yajl_gen_map_close(g);
+        break;
+    case yajl_t_array:
+        yajl_gen_array_open(g);
+        for (size_t i = 0; i < v->u.array.len; i++)
+            gen_value(g, v->u.array.values[i]);
+        yajl_gen_array_close(g);
+        break;
+    case yajl_t_true: yajl_gen_bool(g, 1); break;
+    case yajl_t_false: yajl_gen_bool(g, 0); break;
+    default: yajl_gen_null(g); break;
+    }
+}
+
+static void gen_cstring(yajl_gen g, const char *s)
+{
+    yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+}
+
+static char *gen_finish(yajl_gen g, size_t *len)
+{
+    const unsigned char *out;
+    size_t n;
+    yajl_gen_get_buf(g, &out, &n);
+    char *s = xstrndup((const char *)out, n);
+    *len = n;
+    yajl_gen_free(g);
+    return s;
+}
+
+/* ---- validation ---- */
 
 typedef struct {
     ingest_item *item;
@@ -42,46 +314,6 @@ static void add_error(vctx *v, const char *path, const char *fmt, ...)
     e->message = xstrdup(msg);
 }
 
-static const char *type_name(const json_t *j)
-{
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    default: return "null";
-    }
-}
-
-static int depth_of(const json_t *j)
-{
-    int d = 0;
-    if (json_is_object(j)) {
-        const char *k;
-        json_t *v;
-        json_object_foreach((json_t *)j, k, v) {
-            int cd = depth_of(v);
-            if (cd > d)
-                d = cd;
-        }
-        return d + 1;
-    }
-    if (json_is_array(j)) {
-        size_t i;
-        json_t *v;
-        json_array_foreach(j, i, v) {
-            int cd = depth_of(v);
-            if (cd > d)
-                d = cd;
-        }
-        return d + 1;
-    }
-    return 0;
-}
-
 static bool id_chars_ok(const char *s, const char *extra)
 {
     for (const char *p = s; *p; p++) {
@@ -93,20 +325,20 @@ static bool id_chars_ok(const char *s, const char *extra)
 }
 
 /* A string field with a length range; returns the string or NULL (error added). */
-static const char *check_string(vctx *v, json_t *obj, const char *key, const char *path, bool required,
+static const char *check_string(vctx *v, yajl_val obj, const char *key, const char *path, bool required,
                                 size_t maxlen)
 {
-    json_t *j = json_object_get(obj, key);
+    yajl_val j = obj_get(obj, key);
     if (!j) {
         if (required)
             add_error(v, path, "is required");
         return NULL;
     }
-    if (!json_is_string(j)) {
+    if (!YAJL_IS_STRING(j)) {
         add_error(v, path, "must be a string (got %s)", type_name(j));
         return NULL;
     }
-    size_t len = json_string_length(j);
+    size_t len = strlen(j->u.string);
     if (len == 0) {
         add_error(v, path, "must not be empty");
         return NULL;
@@ -115,10 +347,10 @@ static const char *check_string(vctx *v, json_t *obj, const char *key, const cha
         add_error(v, path, "is too long (%zu bytes, at most %zu)", len, maxlen);
         return NULL;
     }
-    return json_string_value(j);
+    return j->u.string;
 }
 
-static const char *check_id(vctx *v, json_t *obj, const char *key, const char *path, bool required)
+static const char *check_id(vctx *v, yajl_val obj, const char *key, const char *path, bool required)
 {
     const char *s = check_string(v, obj, key, path, required, ID_MAX);
     if (s && !id_chars_ok(s, "-_.:")) {
@@ -128,15 +360,13 @@ static const char *check_id(vctx *v, json_t *obj, const char *key, const char *p
     return s;
 }
 
-static void check_keys(vctx *v, json_t *obj, const char *path, const char *const *allowed)
+static void check_keys(vctx *v, yajl_val obj, const char *path, const char *const *allowed)
 {
-    const char *k;
-    json_t *val;
-    json_object_foreach(obj, k, val) {
+    for (size_t i = 0; i < obj->u.object.len; i++) {
+        const char *k = obj->u.object.keys[i];
         bool ok = false;
-        for (const char *const *a = allowed; *a; a++)
-            if (strcmp(*a, k) == 0)
-                ok = true;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = strcmp(*a, k) == 0;
         if (!ok) {
             char p[300];
             snprintf(p, sizeof p, "%s.%s", path, k);
@@ -145,40 +375,40 @@ static void check_keys(vctx *v, json_t *obj, const char *path, const char *const
     }
 }
 
-static bool check_type(vctx *v, json_t *j, json_type want, const char *path, const char *want_name)
+static bool check_type(vctx *v, yajl_val j, yajl_type want, const char *path, const char *want_name)
 {
-    if (json_typeof(j) != want) {
+    if (j->type != want) {
         add_error(v, path, "must be %s (got %s)", want_name, type_name(j));
         return false;
     }
     return true;
 }
 
-static void check_nonneg_number(vctx *v, json_t *obj, const char *key, const char *path, bool integer)
+static void check_nonneg_number(vctx *v, yajl_val obj, const char *key, const char *path, bool integer)
 {
-    json_t *j = json_object_get(obj, key);
+    yajl_val j = obj_get(obj, key);
     if (!j)
         return;
-    if (integer ? !json_is_integer(j) : !json_is_number(j)) {
+    if (integer ? !YAJL_IS_INTEGER(j) : !YAJL_IS_NUMBER(j)) {
         add_error(v, path, "must be %s (got %s)", integer ? "an integer" : "a number", type_name(j));
         return;
     }
-    double d = json_number_value(j);
+    double d = YAJL_IS_INTEGER(j) ? (double)j->u.number.i : j->u.number.d;
     if (!(d >= 0) || isinf(d))
         add_error(v, path, "must be zero or more");
 }
 
 /* timestamp: RFC 3339 string or integer ms since the epoch; default now. */
-static int64_t check_timestamp(vctx *v, json_t *obj, const char *path, int64_t now)
+static int64_t check_timestamp(vctx *v, yajl_val obj, const char *path, int64_t now)
 {
-    json_t *j = json_object_get(obj, "timestamp");
+    yajl_val j = obj_get(obj, "timestamp");
     int64_t ms = now;
     if (!j)
         return ms;
-    if (json_is_integer(j)) {
-        ms = json_integer_value(j);
-    } else if (json_is_string(j)) {
-        if (!rfc3339_parse(json_string_value(j), &ms)) {
+    if (YAJL_IS_INTEGER(j)) {
+        ms = j->u.number.i;
+    } else if (YAJL_IS_STRING(j)) {
+        if (!rfc3339_parse(j->u.string, &ms)) {
             add_error(v, path, "must be an RFC 3339 date-time like 2026-11-24T08:00:00Z");
             return now;
         }
@@ -194,33 +424,21 @@ static int64_t check_timestamp(vctx *v, json_t *obj, const char *path, int64_t n
     return ms;
 }
 
-static void set_timestamp(json_t *obj, int64_t ms)
-{
-    char when[32];
-    rfc3339_format(ms, when);
-    json_object_set_new(obj, "timestamp", json_string(when));
-}
-
-static char *dump(json_t *j, size_t *len)
-{
-    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    *len = strlen(s);
-    return s;
-}
-
 /* ---- feedback ---- */
 
 static const char *const feedback_keys[] = {"id", "trace_id", "thumbs", "score", "label", "comment", "who",
                                             "timestamp", "metadata", NULL};
+/* keys the normalised feedback object sets itself */
+static const char *const feedback_own_keys[] = {"id", "trace_id", "source", "timestamp", NULL};
 
 /* Validates one feedback object. For inline feedback trace_id may be absent
  * (it is the trace's). Fills f on success; returns false when errors were added. */
-static bool validate_feedback(vctx *v, json_t *obj, const char *path, const char *inline_trace_id, int inline_index,
+static bool validate_feedback(vctx *v, yajl_val obj, const char *path, const char *inline_trace_id, int inline_index,
                               const char *source, int64_t now, store_feedback *f)
 {
     int before = v->item->nerrors;
     char p[320];
-    if (!check_type(v, obj, JSON_OBJECT, path[0] ? path : "", "an object"))
+    if (!check_type(v, obj, yajl_t_object, path, "an object"))
         return false;
     check_keys(v, obj, path, feedback_keys);
 
@@ -232,10 +450,10 @@ static bool validate_feedback(vctx *v, json_t *obj, const char *path, const char
         add_error(v, p, "must be the enclosing trace's id or absent");
 
     int thumbs = 0;
-    json_t *j = json_object_get(obj, "thumbs");
+    yajl_val j = obj_get(obj, "thumbs");
     snprintf(p, sizeof p, "%s.thumbs", path);
     if (j) {
-        const char *t = json_is_string(j) ? json_string_value(j) : "";
+        const char *t = YAJL_IS_STRING(j) ? j->u.string : "";
         if (strcmp(t, "up") == 0)
             thumbs = 1;
         else if (strcmp(t, "down") == 0)
@@ -243,10 +461,13 @@ static bool validate_feedback(vctx *v, json_t *obj, const char *path, const char
         else
             add_error(v, p, "must be \"up\" or \"down\"");
     }
-    j = json_object_get(obj, "score");
+    j = obj_get(obj, "score");
     snprintf(p, sizeof p, "%s.score", path);
-    if (j && (!json_is_number(j) || !(json_number_value(j) >= 0 && json_number_value(j) <= 1)))
-        add_error(v, p, "must be a number from 0 to 1");
+    if (j) {
+        double d = YAJL_IS_INTEGER(j) ? (double)j->u.number.i : YAJL_IS_NUMBER(j) ? j->u.number.d : -1;
+        if (!(d >= 0 && d <= 1))
+            add_error(v, p, "must be a number from 0 to 1");
+    }
     snprintf(p, sizeof p, "%s.label", path);
     check_string(v, obj, "label", p, false, 256);
     snprintf(p, sizeof p, "%s.comment", path);
@@ -254,12 +475,11 @@ static bool validate_feedback(vctx *v, json_t *obj, const char *path, const char
     snprintf(p, sizeof p, "%s.who", path);
     check_string(v, obj, "who", p, false, 256);
     snprintf(p, sizeof p, "%s.metadata", path);
-    if ((j = json_object_get(obj, "metadata")))
-        check_type(v, j, JSON_OBJECT, p, "an object");
+    if ((j = obj_get(obj, "metadata")))
+        check_type(v, j, yajl_t_object, p, "an object");
     snprintf(p, sizeof p, "%s.timestamp", path);
     int64_t ts = check_timestamp(v, obj, p, now);
-    if (!json_object_get(obj, "thumbs") && !json_object_get(obj, "score") && !json_object_get(obj, "label") &&
-        !json_object_get(obj, "comment"))
+    if (!obj_get(obj, "thumbs") && !obj_get(obj, "score") && !obj_get(obj, "label") && !obj_get(obj, "comment"))
         add_error(v, path, "needs at least one of thumbs, score, label, comment");
     if (v->item->nerrors > before)
         return false;
@@ -276,18 +496,32 @@ static bool validate_feedback(vctx *v, json_t *obj, const char *path, const char
         }
         id = idbuf;
     }
-    json_t *norm = json_deep_copy(obj);
-    json_object_set_new(norm, "id", json_string(id));
-    json_object_set_new(norm, "trace_id", json_string(tid));
-    json_object_set_new(norm, "source", json_string(source));
-    set_timestamp(norm, ts);
+    /* normalised: our keys first, then the client's others */
+    char when[32];
+    rfc3339_format(ts, when);
+    yajl_gen g = yajl_gen_alloc(NULL);
+    yajl_gen_map_open(g);
+    gen_cstring(g, "id"), gen_cstring(g, id);
+    gen_cstring(g, "trace_id"), gen_cstring(g, tid);
+    gen_cstring(g, "source"), gen_cstring(g, source);
+    gen_cstring(g, "timestamp"), gen_cstring(g, when);
+    for (size_t i = 0; i < obj->u.object.len; i++) {
+        const char *k = obj->u.object.keys[i];
+        bool own = false;
+        for (const char *const *o = feedback_own_keys; *o && !own; o++)
+            own = strcmp(*o, k) == 0;
+        if (own)
+            continue;
+        gen_cstring(g, k);
+        gen_value(g, obj->u.object.values[i]);
+    }
+    yajl_gen_map_close(g);
+    f->json = gen_finish(g, &f->json_len);
     f->id = xstrdup(id);
     f->trace_id = xstrdup(tid);
     f->source = source;
     f->thumbs = thumbs;
     f->ts_ms = ts;
-    f->json = dump(norm, &f->json_len);
-    json_decref(norm);
     return true;
 }
 
@@ -301,16 +535,15 @@ static const char *const input_keys[] = {"variables", "messages", NULL};
 static const char *const usage_keys[] = {"input_tokens", "output_tokens", "cost_usd", NULL};
 static const char *const tool_call_keys[] = {"id", "name", "arguments", NULL};
 
-static void validate_messages(vctx *v, json_t *msgs)
+static void validate_messages(vctx *v, yajl_val msgs)
 {
-    if (!check_type(v, msgs, JSON_ARRAY, ".input.messages", "an array"))
+    if (!check_type(v, msgs, yajl_t_array, ".input.messages", "an array"))
         return;
-    size_t i;
-    json_t *m;
-    json_array_foreach(msgs, i, m) {
+    for (size_t i = 0; i < msgs->u.array.len; i++) {
+        yajl_val m = msgs->u.array.values[i];
         char p[96];
         snprintf(p, sizeof p, ".input.messages[%zu]", i);
-        if (!check_type(v, m, JSON_OBJECT, p, "an object"))
+        if (!check_type(v, m, yajl_t_object, p, "an object"))
             continue;
         char rp[120];
         snprintf(rp, sizeof rp, "%s.role", p);
@@ -318,32 +551,31 @@ static void validate_messages(vctx *v, json_t *msgs)
         if (role && strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant") &&
             strcmp(role, "tool") && strcmp(role, "developer"))
             add_error(v, rp, "must be one of system, developer, user, assistant, tool");
-        json_t *content = json_object_get(m, "content");
+        yajl_val content = obj_get(m, "content");
         snprintf(rp, sizeof rp, "%s.content", p);
-        if (content && !json_is_string(content) && !json_is_array(content) && !json_is_null(content))
+        if (content && !YAJL_IS_STRING(content) && !YAJL_IS_ARRAY(content) && !YAJL_IS_NULL(content))
             add_error(v, rp, "must be a string, an array of parts or null (got %s)", type_name(content));
     }
 }
 
-static void validate_tool_calls(vctx *v, json_t *calls)
+static void validate_tool_calls(vctx *v, yajl_val calls)
 {
-    if (!check_type(v, calls, JSON_ARRAY, ".tool_calls", "an array"))
+    if (!check_type(v, calls, yajl_t_array, ".tool_calls", "an array"))
         return;
-    size_t i;
-    json_t *c;
-    json_array_foreach(calls, i, c) {
+    for (size_t i = 0; i < calls->u.array.len; i++) {
+        yajl_val c = calls->u.array.values[i];
         char p[64], fp[96];
         snprintf(p, sizeof p, ".tool_calls[%zu]", i);
-        if (!check_type(v, c, JSON_OBJECT, p, "an object"))
+        if (!check_type(v, c, yajl_t_object, p, "an object"))
             continue;
         check_keys(v, c, p, tool_call_keys);
         snprintf(fp, sizeof fp, "%s.id", p);
         check_string(v, c, "id", fp, false, 256);
         snprintf(fp, sizeof fp, "%s.name", p);
         check_string(v, c, "name", fp, true, 256);
-        json_t *args = json_object_get(c, "arguments");
+        yajl_val args = obj_get(c, "arguments");
         snprintf(fp, sizeof fp, "%s.arguments", p);
-        if (args && !json_is_object(args) && !json_is_string(args))
+        if (args && !YAJL_IS_OBJECT(args) && !YAJL_IS_STRING(args))
             add_error(v, fp, "must be an object or a JSON string (got %s)", type_name(args));
     }
 }
@@ -352,73 +584,73 @@ static void validate_tool_calls(vctx *v, json_t *calls)
  * an NDJSON line); it is stored as sent, which saves re-encoding. Array items
  * are re-encoded. Either way the id and timestamp columns are canonical and
  * the read paths put them into the JSON they return. */
-static bool validate_trace(vctx *v, json_t *t, const char *raw, size_t raw_len, int64_t now, store_trace *out,
+static bool validate_trace(vctx *v, yajl_val t, const char *raw, size_t raw_len, int64_t now, store_trace *out,
                            store_feedback **fb, size_t *nfb)
 {
-    if (!check_type(v, t, JSON_OBJECT, "", "an object"))
+    if (!check_type(v, t, yajl_t_object, "", "an object"))
         return false;
     check_keys(v, t, "", trace_keys);
     const char *id = check_id(v, t, "id", ".id", false);
-    json_t *prompt = json_object_get(t, "prompt");
+    yajl_val prompt = obj_get(t, "prompt");
     const char *pname = NULL;
     int64_t version = 0;
     if (!prompt) {
         add_error(v, ".prompt", "is required");
-    } else if (check_type(v, prompt, JSON_OBJECT, ".prompt", "an object")) {
+    } else if (check_type(v, prompt, yajl_t_object, ".prompt", "an object")) {
         check_keys(v, prompt, ".prompt", prompt_keys);
         pname = check_string(v, prompt, "name", ".prompt.name", true, NAME_MAX_LEN);
         if (pname && !id_chars_ok(pname, "-_.:/"))
             add_error(v, ".prompt.name", "may contain only letters, digits and - _ . : /"), pname = NULL;
-        json_t *ver = json_object_get(prompt, "version");
+        yajl_val ver = obj_get(prompt, "version");
         if (ver) {
-            if (!json_is_integer(ver) || json_integer_value(ver) < 1 || json_integer_value(ver) > 2147483647)
+            if (!YAJL_IS_INTEGER(ver) || ver->u.number.i < 1 || ver->u.number.i > 2147483647)
                 add_error(v, ".prompt.version", "must be a positive integer");
             else
-                version = json_integer_value(ver);
+                version = ver->u.number.i;
         }
     }
-    json_t *input = json_object_get(t, "input");
-    if (input && check_type(v, input, JSON_OBJECT, ".input", "an object")) {
+    yajl_val input = obj_get(t, "input");
+    if (input && check_type(v, input, yajl_t_object, ".input", "an object")) {
         check_keys(v, input, ".input", input_keys);
-        json_t *vars = json_object_get(input, "variables");
-        json_t *msgs = json_object_get(input, "messages");
+        yajl_val vars = obj_get(input, "variables");
+        yajl_val msgs = obj_get(input, "messages");
         if (!vars && !msgs)
             add_error(v, ".input", "needs variables, messages or both");
         if (vars)
-            check_type(v, vars, JSON_OBJECT, ".input.variables", "an object");
+            check_type(v, vars, yajl_t_object, ".input.variables", "an object");
         if (msgs)
             validate_messages(v, msgs);
     }
-    json_t *output = json_object_get(t, "output");
+    yajl_val output = obj_get(t, "output");
     const char *error = check_string(v, t, "error", ".error", false, TEXT_MAX);
     if (!output && !error)
         add_error(v, ".output", "is required (or give error for a failed call)");
-    else if (output && json_is_null(output) && !error)
+    else if (output && YAJL_IS_NULL(output) && !error)
         add_error(v, ".output", "must not be null (or give error for a failed call)");
-    json_t *calls = json_object_get(t, "tool_calls");
+    yajl_val calls = obj_get(t, "tool_calls");
     if (calls)
         validate_tool_calls(v, calls);
     check_string(v, t, "model", ".model", false, 256);
     check_nonneg_number(v, t, "latency_ms", ".latency_ms", false);
-    json_t *usage = json_object_get(t, "usage");
-    if (usage && check_type(v, usage, JSON_OBJECT, ".usage", "an object")) {
+    yajl_val usage = obj_get(t, "usage");
+    if (usage && check_type(v, usage, yajl_t_object, ".usage", "an object")) {
         check_keys(v, usage, ".usage", usage_keys);
         check_nonneg_number(v, usage, "input_tokens", ".usage.input_tokens", true);
         check_nonneg_number(v, usage, "output_tokens", ".usage.output_tokens", true);
         check_nonneg_number(v, usage, "cost_usd", ".usage.cost_usd", false);
     }
     int64_t ts = check_timestamp(v, t, ".timestamp", now);
-    json_t *meta = json_object_get(t, "metadata");
+    yajl_val meta = obj_get(t, "metadata");
     if (meta)
-        check_type(v, meta, JSON_OBJECT, ".metadata", "an object");
+        check_type(v, meta, yajl_t_object, ".metadata", "an object");
     const char *retry_of = check_id(v, t, "retry_of", ".retry_of", false);
     if (retry_of && id && strcmp(retry_of, id) == 0)
         add_error(v, ".retry_of", "must name an earlier trace, not this one");
 
-    json_t *feedback = json_object_get(t, "feedback");
-    if (feedback && json_is_array(feedback) && json_array_size(feedback) > MAX_INLINE_FEEDBACK)
+    yajl_val feedback = obj_get(t, "feedback");
+    if (feedback && YAJL_IS_ARRAY(feedback) && feedback->u.array.len > MAX_INLINE_FEEDBACK)
         add_error(v, ".feedback", "has more than %d items", MAX_INLINE_FEEDBACK);
-    if (feedback && !json_is_array(feedback) && !json_is_object(feedback))
+    if (feedback && !YAJL_IS_ARRAY(feedback) && !YAJL_IS_OBJECT(feedback))
         add_error(v, ".feedback", "must be an object or an array of objects (got %s)", type_name(feedback));
     if (v->item->nerrors)
         return false;
@@ -428,14 +660,14 @@ static bool validate_trace(vctx *v, json_t *t, const char *raw, size_t raw_len, 
         id_uuid7(idbuf);
         id = idbuf;
     }
-    /* inline feedback becomes feedback rows; it is not kept in the trace body */
+    /* inline feedback becomes feedback rows; reads leave it out of the trace */
     if (feedback) {
-        size_t n = json_is_array(feedback) ? json_array_size(feedback) : 1;
+        size_t n = YAJL_IS_ARRAY(feedback) ? feedback->u.array.len : 1;
         *fb = xcalloc(n, sizeof **fb);
         for (size_t i = 0; i < n; i++) {
-            json_t *f = json_is_array(feedback) ? json_array_get(feedback, i) : feedback;
+            yajl_val f = YAJL_IS_ARRAY(feedback) ? feedback->u.array.values[i] : feedback;
             char p[64];
-            if (json_is_array(feedback))
+            if (YAJL_IS_ARRAY(feedback))
                 snprintf(p, sizeof p, ".feedback[%zu]", i);
             else
                 snprintf(p, sizeof p, ".feedback");
@@ -455,12 +687,9 @@ static bool validate_trace(vctx *v, json_t *t, const char *raw, size_t raw_len, 
         out->json = xstrndup(raw, raw_len);
         out->json_len = raw_len;
     } else {
-        json_t *norm = json_copy(t); /* shallow: only top-level keys change */
-        json_object_del(norm, "feedback");
-        json_object_set_new(norm, "id", json_string(id));
-        set_timestamp(norm, ts);
-        out->json = dump(norm, &out->json_len);
-        json_decref(norm);
+        yajl_gen g = yajl_gen_alloc(NULL);
+        gen_value(g, t);
+        out->json = gen_finish(g, &out->json_len);
     }
     v->item->id = xstrdup(id);
     return true;
@@ -469,11 +698,11 @@ static bool validate_trace(vctx *v, json_t *t, const char *raw, size_t raw_len, 
 /* ---- batches ---- */
 
 typedef struct {
-    json_t *value; /* NULL when the line did not parse */
-    const char *text; /* the item's text in the body, or NULL (array items) */
+    yajl_val value;    /* NULL when the item did not parse */
+    const char *text;  /* the item's text in the body, or NULL (array items) */
     size_t text_len;
     int line;
-    char parse_error[200];
+    char parse_error[220];
 } raw_item;
 
 static void free_feedback_items(store_feedback *fb, size_t n)
@@ -486,7 +715,39 @@ static void free_feedback_items(store_feedback *fb, size_t n)
     free(fb);
 }
 
-int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, size_t max_items, int64_t now,
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Parses one NDJSON line in place (it is NUL-terminated for the parser and
+ * restored after). */
+static void parse_line(char *p, size_t n, raw_item *r)
+{
+    char saved = p[n];
+    p[n] = '\0';
+    scan_result sc;
+    char uerr[120];
+    if (!utf8_check(p, n, uerr, sizeof uerr)) {
+        snprintf(r->parse_error, sizeof r->parse_error, "%s", uerr);
+    } else if (scan_json(p, n, false, &sc), !sc.ok) {
+        snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON: %s", sc.error);
+    } else {
+        char err[160];
+        r->value = yajl_tree_parse(p, err, sizeof err);
+        if (!r->value)
+            snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON");
+    }
+    p[n] = saved;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r'))
+        n--;
+    r->text = p;
+    r->text_len = n;
+}
+
+int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now,
                  ingest_batch *out, const char **err_code, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -494,55 +755,67 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
     raw_item *raw = NULL;
     size_t nraw = 0;
     bool array_form = false;
-    json_error_t jerr;
-    const size_t flags = JSON_REJECT_DUPLICATES;
+    yajl_val array = NULL;
+    char *end = body + len;
+    /* the parsers need NUL-terminated text; the request buffer always is */
+    char *first = (char *)skip_ws(body, end);
 
     if (!ndjson) {
-        json_t *all = json_loadb(body, len, flags, &jerr);
-        if (!all && json_error_code(&jerr) == json_error_end_of_input_expected) {
-            ndjson = true; /* several JSON values, one per line */
-        } else if (!all) {
+        scan_result sc;
+        scan_json(body, len, true, &sc);
+        if (first < end && *first == '{' && sc.values >= 1 && (sc.values > 1 || !sc.ok)) {
+            ndjson = true; /* several JSON values: one per line */
+        } else if (!sc.ok) {
             *err_code = "malformed_json";
-            snprintf(err, errlen, "the body is not valid %s: %s at line %d column %d",
-                     json_error_code(&jerr) == json_error_invalid_utf8 ? "UTF-8" : "JSON", jerr.text, jerr.line,
-                     jerr.column);
+            snprintf(err, errlen, "the body is not valid JSON: %s", sc.error);
             return 400;
-        } else if (json_is_array(all)) {
+        } else if (first == end || (*first != '{' && *first != '[')) {
+            *err_code = "malformed_json";
+            snprintf(err, errlen, "the body must be a JSON object, a JSON array of objects, or NDJSON");
+            return 400;
+        } else if (*first == '[') {
+            char e[160];
+            if (!utf8_check(body, len, e, sizeof e)) {
+                *err_code = "malformed_json";
+                snprintf(err, errlen, "the body is %s", e);
+                return 400;
+            }
+            array = yajl_tree_parse(body, e, sizeof e);
+            if (!array) {
+                *err_code = "malformed_json";
+                snprintf(err, errlen, "the body is not valid JSON");
+                return 400;
+            }
             array_form = true;
-            nraw = json_array_size(all);
+            nraw = array->u.array.len;
             if (nraw > max_items) {
-                json_decref(all);
+                yajl_tree_free(array);
                 *err_code = "too_many_items";
                 snprintf(err, errlen, "the batch has %zu items; at most %zu are allowed per request", nraw, max_items);
                 return 413;
             }
-            raw = xcalloc(nraw, sizeof *raw);
+            raw = xcalloc(nraw ? nraw : 1, sizeof *raw);
             for (size_t i = 0; i < nraw; i++)
-                raw[i].value = json_incref(json_array_get(all, i));
-            json_decref(all);
+                raw[i].value = array->u.array.values[i]; /* owned by array */
         } else {
             nraw = 1;
             raw = xcalloc(1, sizeof *raw);
-            raw[0].value = all;
-            raw[0].text = body;
-            raw[0].text_len = len;
+            parse_line(first, (size_t)(end - first), &raw[0]);
         }
     }
     if (ndjson) {
         size_t cap = 0;
         int line = 0;
-        const char *p = body, *end = body + len;
+        char *p = body;
         while (p < end) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            const char *le = nl ? nl : end;
+            char *nl = memchr(p, '\n', (size_t)(end - p));
+            char *le = nl ? nl : end;
             line++;
-            const char *q = p;
-            while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
-                q++;
+            char *q = (char *)skip_ws(p, le);
             if (q < le) {
                 if (nraw == max_items) {
                     for (size_t i = 0; i < nraw; i++)
-                        json_decref(raw[i].value);
+                        yajl_tree_free(raw[i].value);
                     free(raw);
                     *err_code = "too_many_items";
                     snprintf(err, errlen, "the batch has more than %zu items; at most %zu are allowed per request",
@@ -556,19 +829,14 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
                 raw_item *r = &raw[nraw++];
                 memset(r, 0, sizeof *r);
                 r->line = line;
-                r->text = p;
-                r->text_len = (size_t)(le - p);
-                r->value = json_loadb(p, (size_t)(le - p), flags, &jerr);
-                if (!r->value)
-                    snprintf(r->parse_error, sizeof r->parse_error, "not valid %s: %s at column %d",
-                             json_error_code(&jerr) == json_error_invalid_utf8 ? "UTF-8" : "JSON", jerr.text,
-                             jerr.column);
+                parse_line(q, (size_t)(le - q), r);
             }
             p = le + 1;
         }
     }
     if (nraw == 0) {
         free(raw);
+        yajl_tree_free(array);
         *err_code = "empty_batch";
         snprintf(err, errlen, "the body holds no items");
         return 400;
@@ -598,21 +866,20 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             add_error(&v, "", "%s", raw[i].parse_error);
             continue;
         }
-        if (depth_of(raw[i].value) > INGEST_MAX_DEPTH) {
+        const char *dup = NULL;
+        if (walk_check(raw[i].value, &dup) > INGEST_MAX_DEPTH) {
             add_error(&v, "", "is nested deeper than %d levels", INGEST_MAX_DEPTH);
+            continue;
+        }
+        if (dup) {
+            add_error(&v, "", "has the key '%.100s' twice in one object", dup);
             continue;
         }
         if (kind == INGEST_TRACES) {
             store_feedback *fb = NULL;
             size_t nfb = 0;
             store_trace *t = &out->write.traces[out->write.ntraces];
-            const char *text = raw[i].text;
-            size_t tlen = raw[i].text_len;
-            while (text && tlen && strchr(" \t\r\n", text[0]))
-                text++, tlen--;
-            while (text && tlen && strchr(" \t\r\n", text[tlen - 1]))
-                tlen--;
-            if (validate_trace(&v, raw[i].value, text, tlen, now, t, &fb, &nfb)) {
+            if (validate_trace(&v, raw[i].value, raw[i].text, raw[i].text_len, now, t, &fb, &nfb)) {
                 it->write_index = (int)out->write.ntraces++;
                 if (nfb) {
                     if (ninline + nfb > inline_cap) {
@@ -634,8 +901,11 @@ int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, si
             }
         }
     }
-    for (size_t i = 0; i < nraw; i++)
-        json_decref(raw[i].value);
+    if (array)
+        yajl_tree_free(array);
+    else
+        for (size_t i = 0; i < nraw; i++)
+            yajl_tree_free(raw[i].value);
     free(raw);
     out->array_form = array_form;
     if (ninline) {

@@ -38,7 +38,9 @@ typedef struct {
 
 /* Parses and validates body. Returns 0 with the batch filled, or an HTTP
  * status (400, 413) with err_code and err (the whole request is refused). */
-int ingest_parse(ingest_kind kind, const char *body, size_t len, bool ndjson, size_t max_items, int64_t now_ms,
+/* body must be NUL-terminated at len; lines are NUL-terminated in place while
+ * parsed and restored after. */
+int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now_ms,
                  ingest_batch *out, const char **err_code, char *err, size_t errlen);
 /* The response body after the store answered: counts and per-item results.
  * *status is set to 200, 422 (all rejected) or 503 (the store failed). */

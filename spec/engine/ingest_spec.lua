@@ -117,7 +117,7 @@ describe("ingest", function()
     assert.equal("empty_body", e:post("/v1/traces", "", { content_type = "application/json" }).json.error.code)
     local scalar = e:post("/v1/traces", "42", { content_type = "application/json" })
     assert.equal(400, scalar.status)
-    assert.matches("expected", scalar.json.error.message)
+    assert.matches("must be a JSON object", scalar.json.error.message)
     local res = e:post("/v1/traces", "a=b", { content_type = "application/x-www-form-urlencoded" })
     assert.equal(415, res.status)
     assert.equal("content-type", res.json.error.field)
@@ -132,6 +132,27 @@ describe("ingest", function()
     res = e:post("/v1/traces", body, { content_type = "application/x-ndjson" })
     assert.equal(1, res.json.accepted)
     assert.matches("UTF%-8", res.json.items[2].errors[1].message)
+    -- past U+10FFFF, and a lone surrogate encoded directly
+    for _, bad in ipairs { "\244\144\128\128", "\237\160\128" } do
+      res = e:post("/v1/traces", '{"prompt":{"name":"p"},"output":"' .. bad .. '"}', { content_type = "application/x-ndjson" })
+      assert.equal(422, res.status)
+      assert.matches("UTF%-8", res.json.items[1].errors[1].message)
+    end
+  end)
+
+  it("rejects NUL characters and duplicate keys", function()
+    local res = e:post("/v1/traces", '{"prompt":{"name":"p"},"output":"a\\u0000b"}', { content_type = "application/json" })
+    assert.equal(400, res.status)
+    assert.matches("NUL", res.json.error.message)
+    res = e:post("/v1/traces", '[{"prompt":{"name":"p"},"output":"a","output":"b"}]', { content_type = "application/json" })
+    assert.equal(422, res.status)
+    assert.matches("key 'output' twice", res.json.items[1].errors[1].message)
+    local keys = {}
+    for i = 1, 40 do keys[i] = string.format('"k%d":1', i % 39) end
+    res = e:post("/v1/traces", '{"prompt":{"name":"p"},"output":"a","metadata":{' .. table.concat(keys, ",") .. '}}',
+      { content_type = "application/json" })
+    assert.equal(422, res.status)
+    assert.matches("twice", res.json.items[1].errors[1].message)
   end)
 
   it("accepts nesting of 64 levels and rejects 65", function()

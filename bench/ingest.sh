@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10}
 BIN=${RATCHET_BIN:-build/ratchet}
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
+cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"; }
+trap cleanup EXIT
 mkdir -p build
 cc -O2 -o build/plain_insert bench/plain_insert.c -lsqlite3
 

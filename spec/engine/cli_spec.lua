@@ -126,3 +126,21 @@ log_level = log_level or "info"
     e:stop()
   end)
 end)
+
+describe("data directory", function()
+  it("refuses a second engine on the same data directory", function()
+    local e = engine.start()
+    local rc, _, err = engine.run(string.format("serve --listen 127.0.0.1:0 --data-dir %s", engine.shell_quote(e.data)))
+    assert.equal(1, rc)
+    assert.matches("in use by another ratchet", err)
+    assert.equal(200, e:get("/healthz").status)
+    e:stop()
+  end)
+
+  it("says so when it cannot create the data directory", function()
+    local rc, _, err = engine.run("serve --listen 127.0.0.1:0 --data-dir /proc/ratchet-cannot-be-here")
+    assert.equal(1, rc)
+    assert.matches("cannot create data directory", err)
+  end)
+end)
+

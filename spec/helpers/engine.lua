@@ -71,12 +71,13 @@ function M.kill_all()
   end
 end
 
--- Runs `ratchet ARGS...` to completion; returns exit code, stdout, stderr.
+-- Runs `ratchet ARGS...` to completion (at most 20 s); returns exit code, stdout, stderr.
 function M.run(args, env)
   local dir = M.tmpdir()
   local prefix = ""
   for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
-  local code = sh(string.format("%s%s %s > %s/out 2> %s/err", prefix, M.bin, args, dir, dir))
+  -- bounded, so a command that wrongly keeps running fails the spec (124) instead of hanging it
+  local code = sh(string.format("%stimeout %d %s %s > %s/out 2> %s/err", prefix, 20 * M.slow, M.bin, args, dir, dir))
   local out, err = read_file(dir .. "/out"), read_file(dir .. "/err")
   sh("rm -rf " .. shell_quote(dir))
   return code, out, err

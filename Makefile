@@ -2,6 +2,8 @@
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 BUILD   ?= build
 CC      ?= gcc
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
@@ -66,17 +68,23 @@ asan: deps
 
 run: deps all
 	@mkdir -p var
-	$(BUILD)/ratchet serve -c etc/ratchet.conf
+	$(BUILD)/ratchet serve -c etc/ratchet.conf --data-dir ./var
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/ratchet
 	install -m 0755 $(BUILD)/ratchet $(DESTDIR)$(PREFIX)/bin/ratchet
 	install -m 0644 etc/ratchet.conf $(DESTDIR)$(PREFIX)/share/ratchet/ratchet.conf.example
+	@# the live config is the admin's: installed once, never overwritten
+	[ -e $(DESTDIR)$(SYSCONFDIR)/ratchet/ratchet.conf ] || \
+	  install -m 0644 etc/ratchet.conf $(DESTDIR)$(SYSCONFDIR)/ratchet/ratchet.conf
+	sed 's|@BINDIR@|$(PREFIX)/bin|; s|@DOCDIR@|$(PREFIX)/share/doc/ratchet|' etc/ratchet.service.in > $(BUILD)/ratchet.service
+	install -m 0644 $(BUILD)/ratchet.service $(DESTDIR)$(UNITDIR)/ratchet.service
 	install -m 0644 docs/trace.schema.json $(DESTDIR)$(PREFIX)/share/ratchet/trace.schema.json
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/ratchet
+	rm -f $(DESTDIR)$(PREFIX)/bin/ratchet $(DESTDIR)$(UNITDIR)/ratchet.service
 	rm -rf $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet
 
 bench-deps:

@@ -65,6 +65,7 @@ typedef struct {
     api api;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
+    uv_timer_t watchdog_timer;
     bool stopping;
 } engine;
 
@@ -82,6 +83,7 @@ static void finish_shutdown(http_server *srv)
     engine *e = the_engine;
     uv_timer_stop(&e->shutdown_timer);
     close_handle((uv_handle_t *)&e->shutdown_timer);
+    close_handle((uv_handle_t *)&e->watchdog_timer);
     close_handle((uv_handle_t *)&e->sigterm);
     close_handle((uv_handle_t *)&e->sigint);
     close_handle((uv_handle_t *)&e->sighup);
@@ -118,6 +120,27 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     begin_shutdown(e, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* WATCHDOG=1 is sent from a loop timer, so a loop that stops turning stops
+ * the pings and systemd (WatchdogSec=) restarts the engine. */
+static void on_watchdog(uv_timer_t *t)
+{
+    (void)t;
+    sd_notify(0, "WATCHDOG=1");
+}
+
+static void start_watchdog(engine *e)
+{
+    uint64_t usec = 0;
+    uv_timer_init(e->loop, &e->watchdog_timer);
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+        uint64_t every_ms = usec / 2000; /* twice per interval, as sd_watchdog_enabled(3) advises */
+        if (every_ms == 0)
+            every_ms = 1;
+        uv_timer_start(&e->watchdog_timer, on_watchdog, every_ms, every_ms);
+        log_info("engine", "systemd watchdog: pinging every %llu ms", (unsigned long long)every_ms);
+    }
 }
 
 static int write_address_file(const char *path, const char *addr)
@@ -227,6 +250,7 @@ static int cmd_serve(int argc, char **argv)
     uv_signal_start(&e.sighup, on_signal, SIGHUP);
     uv_timer_init(e.loop, &e.shutdown_timer);
     e.shutdown_timer.data = &e;
+    start_watchdog(&e);
 
     log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, addr, e.cfg.data_dir,
              e.cfg.path ? ", config " : " (built-in default config)", e.cfg.path ? e.cfg.path : "");
@@ -234,7 +258,8 @@ static int cmd_serve(int argc, char **argv)
         log_warn("engine", "no ingest_token is configured: only loopback clients may ingest");
     if (!e.cfg.admin_token)
         log_warn("engine", "no admin_token is configured: only loopback clients may read or administer");
-    sd_notifyf(0, "READY=1\nSTATUS=listening on %s", addr);
+    /* READY only now: the listener is bound and the store is open */
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s", addr, e.cfg.data_dir);
 
     uv_run(e.loop, UV_RUN_DEFAULT);
 

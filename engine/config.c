@@ -22,7 +22,7 @@
 #error "ratchet needs Lua 5.4"
 #endif
 
-enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LISTEN, T_LIMITS };
+enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_LIMITS };
 
 typedef struct {
     const char *name;
@@ -40,6 +40,7 @@ static const setting settings[] = {
     {"ingest_token", T_SECRET, OFF(ingest_token), 0, 0},
     {"admin_token", T_SECRET, OFF(admin_token), 0, 0},
     {"log_level", T_LEVEL, OFF(log_level), 0, 0},
+    {"log_format", T_LOG_FORMAT, OFF(log_format), 0, 0},
     {"access_log", T_BOOL, OFF(access_log), 0, 0},
     {"limits", T_LIMITS, OFF(limits), 0, 0},
     {NULL, 0, 0, 0, 0},
@@ -71,6 +72,7 @@ void config_defaults(config *c)
     const char *state = getenv("STATE_DIRECTORY"); /* set by systemd's StateDirectory= */
     c->data_dir = xstrdup(state && *state ? state : "/var/lib/ratchet");
     c->log_level = xstrdup("info");
+    c->log_format = xstrdup("text");
     c->access_log = true;
     c->limits.max_connections = 1024;
     c->limits.max_header_bytes = 16 * 1024;
@@ -91,6 +93,7 @@ void config_free(config *c)
     free(c->ingest_token);
     free(c->admin_token);
     free(c->log_level);
+    free(c->log_format);
     memset(c, 0, sizeof *c);
 }
 
@@ -165,6 +168,7 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
     case T_STRING:
     case T_SECRET:
     case T_LEVEL:
+    case T_LOG_FORMAT:
     case T_LISTEN: {
         if (s->type == T_SECRET && t == LUA_TNIL) {
             char **slot = (char **)((char *)base + s->offset);
@@ -181,6 +185,8 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
         if (s->type == T_LEVEL && strcmp(v, "debug") && strcmp(v, "info") && strcmp(v, "warn") &&
             strcmp(v, "error"))
             config_error(L, "'%s' must be one of debug, info, warn, error (got '%s')", full, v);
+        if (s->type == T_LOG_FORMAT && strcmp(v, "text") && strcmp(v, "json"))
+            config_error(L, "'%s' must be \"text\" or \"json\" (got '%s')", full, v);
         if (s->type == T_LISTEN) {
             char host[256];
             int port;

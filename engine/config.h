@@ -24,6 +24,7 @@ typedef struct {
     char *ingest_token;  /* NULL: ingest only from loopback clients */
     char *admin_token;   /* NULL: reads and admin only from loopback clients */
     char *log_level;
+    char *log_format;    /* "text" or "json" */
     bool access_log;
     config_limits limits;
 } config;

@@ -11,10 +11,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "util.h"
 
 static enum log_level min_level = LOG_INFO;
 static int to_journal = -1;
+static bool as_json;
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
 static const int syslog_prio[] = {7, 6, 4, 3};
@@ -22,6 +25,11 @@ static const int syslog_prio[] = {7, 6, 4, 3};
 void log_set_level(enum log_level level)
 {
     min_level = level;
+}
+
+void log_set_json(bool json)
+{
+    as_json = json;
 }
 
 int log_level_parse(const char *name)
@@ -54,6 +62,25 @@ void log_msg(enum log_level level, const char *subsystem, const char *fmt, ...)
     if (to_journal < 0)
         to_journal = stderr_is_journal();
     char line[4096];
+    va_list ap;
+    if (as_json) {
+        char msg[3072], ts[32];
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        rfc3339_format(now_ms(), ts);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "time", ts, "level", level_names[level], "subsystem",
+                              subsystem, "message", msg);
+        /* a message cut inside a UTF-8 sequence is not a string jansson takes */
+        size_t n = o ? json_dumpb(o, line, sizeof line - 1, JSON_COMPACT) : 0;
+        json_decref(o);
+        if (n == 0 || n >= sizeof line - 1)
+            n = (size_t)snprintf(line, sizeof line - 1, "{\"level\":\"%s\",\"message\":\"(unprintable)\"}",
+                                 level_names[level]);
+        line[n++] = '\n';
+        (void)!write(STDERR_FILENO, line, n);
+        return;
+    }
     int n;
     if (to_journal) {
         n = snprintf(line, sizeof line, "<%d>%s: ", syslog_prio[level], subsystem);
@@ -62,7 +89,6 @@ void log_msg(enum log_level level, const char *subsystem, const char *fmt, ...)
         rfc3339_format(now_ms(), ts);
         n = snprintf(line, sizeof line, "%s %-5s %s: ", ts, level_names[level], subsystem);
     }
-    va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
     va_end(ap);

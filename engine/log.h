@@ -7,6 +7,9 @@
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 void log_set_level(enum log_level level);
+/* One JSON object per line ({"time","level","subsystem","message"}) for log
+ * shippers, instead of text. */
+void log_set_json(bool json);
 /* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
 int log_level_parse(const char *name);
 bool log_enabled(enum log_level level);

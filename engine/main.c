@@ -208,6 +208,7 @@ static int cmd_serve(int argc, char **argv)
     }
     config_parse_listen(e.cfg.listen, host, sizeof host, &port);
     log_set_level((enum log_level)log_level_parse(e.cfg.log_level));
+    log_set_json(strcmp(e.cfg.log_format, "json") == 0);
     signal(SIGPIPE, SIG_IGN);
 
     e.loop = uv_default_loop();

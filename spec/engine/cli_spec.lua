@@ -127,6 +127,34 @@ log_level = log_level or "info"
   end)
 end)
 
+describe("logs", function()
+  it("writes one JSON object per line with log_format = \"json\"", function()
+    local e = engine.start { config = 'log_format = "json"' }
+    local id = e:get("/healthz").headers["x-request-id"]
+    e:stop { keep = true }
+    local n, access = 0, nil
+    for line in e:log_text():gmatch("[^\n]+") do
+      local obj = assert(engine.json.decode(line), "not JSON: " .. line)
+      assert.is_string(obj.time)
+      assert.is_string(obj.level)
+      assert.is_string(obj.subsystem)
+      assert.is_string(obj.message)
+      if obj.subsystem == "access" and obj.message:find(id, 1, true) then access = obj end
+      n = n + 1
+    end
+    assert.is_true(n >= 4)
+    assert.is_not_nil(access)
+    assert.matches("GET /healthz 200", access.message)
+    os.execute("rm -rf " .. engine.shell_quote(e.dir))
+  end)
+
+  it("refuses an unknown log_format", function()
+    local code, log = engine.start { config = 'log_format = "xml"', expect_fail = true }
+    assert.equal(2, code)
+    assert.matches("'log_format' must be \"text\" or \"json\"", log)
+  end)
+end)
+
 describe("data directory", function()
   it("refuses a second engine on the same data directory", function()
     local e = engine.start()

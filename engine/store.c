@@ -277,14 +277,6 @@ int store_submit(store *s, store_write *w)
     return 0;
 }
 
-size_t store_pending(store *s)
-{
-    pthread_mutex_lock(&s->mu);
-    size_t n = s->queued_items;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 bool store_healthy(store *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -412,7 +404,6 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         if (stop)
             break;
-        (void)items;
 
         int64_t received = now_ms();
         char err[256] = "";

@@ -84,7 +84,6 @@ void store_close(store *s);
 int store_submit(store *s, store_write *w);
 /* Frees the fields a store_write owns (items, results); not w itself. */
 void store_write_clear(store_write *w);
-size_t store_pending(store *s);
 
 /* Reads; safe from any thread. Each returns 0 on success, 1 for not found,
  * -1 on error (message in err). The JSON produced goes into out. */

@@ -1,0 +1,617 @@
+/* script.c — the sandboxed Lua runtime (see script.h).
+ *
+ * Sandbox: scripts see an allow-list (base functions without load, loadfile,
+ * dofile and collectgarbage; string without dump; table, math, utf8,
+ * coroutine; os.time/clock/date; require limited to the script folders,
+ * cjson and ratchet). Library tables are read-only proxies, the string
+ * metatable is locked, and each script's environment raises on reading or
+ * writing an unknown global. */
+#include "script.h"
+
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+#define HOOK_EVERY 1000 /* instructions between budget checks */
+
+struct script_vm {
+    lua_State *L;
+    uv_loop_t *loop;
+    script_limits lim;
+    size_t mem_used;
+    uv_idle_t idle;           /* active while the run queue is not empty */
+    script_call *runq_head, *runq_tail;
+    script_call *current;     /* the invocation running now, if any */
+    int base_ref;             /* the shared, read-only globals */
+    int loaded_ref;           /* require cache: name -> module value */
+    char **dirs;
+    int live;                 /* invocations not yet finished */
+};
+
+struct script_call {
+    script_vm *vm;
+    lua_State *co;
+    int co_ref;
+    int nargs;
+    bool started;
+    bool sliced;       /* the hook yielded: runnable again at once */
+    bool waiting;      /* yielded by an async API: its callback resumes */
+    bool killed;
+    bool load_only;    /* a load: no slicing, load budget */
+    uint64_t used_ns;
+    uint64_t slice_start;
+    uv_timer_t *timer; /* ratchet.sleep */
+    script_done done;
+    void *ud;
+    script_call *next;
+};
+
+/* ---- memory ---- */
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    script_vm *vm = ud;
+    size_t old = ptr ? osize : 0; /* for a new block, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && vm->mem_used + (nsize - old) > vm->lim.memory_limit)
+        return NULL; /* Lua raises "not enough memory" in the coroutine asking */
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return NULL;
+    vm->mem_used = vm->mem_used - old + nsize;
+    return p;
+}
+
+/* ---- budget and slicing ---- */
+
+static script_vm *vm_of(lua_State *L)
+{
+    return *(script_vm **)lua_getextraspace(L);
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (!c)
+        return;
+    uint64_t now = mono_ns();
+    int budget = c->load_only ? vm->lim.load_budget_ms : vm->lim.budget_ms;
+    if (c->killed || c->used_ns + (now - c->slice_start) > (uint64_t)budget * 1000000u) {
+        /* From now on the hook fires on every instruction, in whatever
+         * coroutine runs, so no pcall can catch the kill for long. */
+        c->killed = true;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "killed: the script ran past its budget of %d ms", budget);
+    }
+    if (!c->load_only && L == c->co && now - c->slice_start > (uint64_t)vm->lim.slice_ms * 1000000u &&
+        lua_isyieldable(L)) {
+        c->sliced = true;
+        lua_yield(L, 0);
+    }
+}
+
+/* ---- the run queue ---- */
+
+static void call_resume(script_call *c);
+
+static void on_idle(uv_idle_t *h)
+{
+    script_vm *vm = h->data;
+    script_call *c = vm->runq_head;
+    if (!c) {
+        uv_idle_stop(h);
+        return;
+    }
+    vm->runq_head = c->next;
+    if (!vm->runq_head)
+        vm->runq_tail = NULL;
+    c->next = NULL;
+    call_resume(c); /* one slice per loop turn, so I/O is served in between */
+}
+
+static void enqueue(script_call *c)
+{
+    script_vm *vm = c->vm;
+    if (vm->runq_tail)
+        vm->runq_tail->next = c;
+    else
+        vm->runq_head = c;
+    vm->runq_tail = c;
+    uv_idle_start(&vm->idle, on_idle);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    script_call *c = h->data;
+    free(h);
+    free(c);
+}
+
+static void call_finish(script_call *c, int st, int nres)
+{
+    script_vm *vm = c->vm;
+    lua_State *co = c->co;
+    enum script_status status = SCRIPT_OK;
+    const char *msg = NULL;
+    if (st != LUA_OK) {
+        msg = lua_tostring(co, -1);
+        if (!msg)
+            msg = "the script raised an error that is not a string";
+        status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM ? SCRIPT_NOMEM : SCRIPT_ERROR;
+        if (status == SCRIPT_NOMEM)
+            msg = "the script ran out of memory (memory_limit)";
+        nres = 0;
+    }
+    c->done(c, status, co, nres, msg, c->ud);
+    lua_settop(co, 0);
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, c->co_ref);
+    vm->live--;
+    if (c->timer)
+        uv_close((uv_handle_t *)c->timer, on_timer_closed); /* frees c too */
+    else
+        free(c);
+}
+
+/* Runs c until it ends, yields for a slice, or waits on an async API. */
+static void call_resume(script_call *c)
+{
+    script_vm *vm = c->vm;
+    int nargs = c->started ? 0 : c->nargs;
+    c->started = true;
+    c->sliced = false;
+    c->slice_start = mono_ns();
+    script_call *outer = vm->current;
+    vm->current = c;
+    int nres = 0;
+    int st = lua_resume(c->co, vm->L, nargs, &nres);
+    vm->current = outer;
+    c->used_ns += mono_ns() - c->slice_start;
+    if (st == LUA_YIELD) {
+        lua_pop(c->co, nres);
+        if (c->sliced)
+            enqueue(c);
+        else if (!c->waiting) {
+            lua_pushstring(c->co, "the script yielded outside an async call (use ratchet.sleep, not coroutine.yield)");
+            call_finish(c, LUA_ERRRUN, 0);
+        }
+        return;
+    }
+    call_finish(c, st, nres);
+}
+
+/* ---- sandbox construction ---- */
+
+/* __index of a read-only proxy: reads the real table (upvalue 1). */
+static int proxy_newindex(lua_State *L)
+{
+    return luaL_error(L, "'%s' is read-only", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static int proxy_pairs(lua_State *L)
+{
+    lua_getglobal(L, "next");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Replaces the table on top of the stack with a read-only proxy for it. */
+static void push_readonly(lua_State *L, const char *name)
+{
+    int real = lua_gettop(L);
+    lua_newtable(L); /* proxy */
+    lua_newtable(L); /* its metatable */
+    lua_pushvalue(L, real);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, proxy_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, real);
+    lua_pushcclosure(L, proxy_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_replace(L, real);
+}
+
+/* __index of a script environment: the shared globals, else an error. */
+static int env_index(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+        return 1;
+    return luaL_error(L, "unknown global '%s' (declare it local)", lua_tostring(L, 2));
+}
+
+static int env_newindex(lua_State *L)
+{
+    return luaL_error(L, "assignment to undeclared global '%s' (declare it local)", lua_tostring(L, 2));
+}
+
+/* Pushes a fresh environment table for one script. */
+static void push_env(script_vm *vm)
+{
+    lua_State *L = vm->L;
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
+    lua_pushcclosure(L, env_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, env_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
+static int load_module(lua_State *L, script_vm *vm, const char *path);
+
+/* require(name): cjson, ratchet, or a module file in the script folders. */
+static int sandbox_require(lua_State *L)
+{
+    script_vm *vm = vm_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
+    if (lua_getfield(L, -1, name) != LUA_TNIL)
+        return 1;
+    lua_pop(L, 2);
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+              *p == '.'))
+            return luaL_error(L, "require: '%s' is not a module name (letters, digits, _ and .)", name);
+    if (strstr(name, ".."))
+        return luaL_error(L, "require: '%s' is not a module name", name);
+    for (char **d = vm->dirs; d && *d; d++) {
+        buf_t path;
+        buf_init(&path);
+        buf_printf(&path, "%s/", *d);
+        for (const char *p = name; *p; p++)
+            buf_append(&path, *p == '.' ? "/" : p, 1);
+        buf_puts(&path, ".lua");
+        FILE *f = fopen(path.data, "r");
+        if (f) {
+            fclose(f);
+            int n = load_module(L, vm, path.data);
+            buf_free(&path);
+            /* cache it */
+            lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
+            lua_pushvalue(L, -2);
+            lua_setfield(L, -2, name);
+            lua_pop(L, 1);
+            return n;
+        }
+        buf_free(&path);
+    }
+    return luaL_error(L, "require: no module '%s' in the script folders", name);
+}
+
+/* Loads path in its own environment and calls it; pushes its value. */
+static int load_module(lua_State *L, script_vm *vm, const char *path)
+{
+    (void)vm;
+    if (luaL_loadfilex(L, path, "t") != LUA_OK)
+        return lua_error(L);
+    push_env(vm_of(L));
+    lua_setupvalue(L, -2, 1);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
+/* ---- the ratchet module ---- */
+
+static int api_log(lua_State *L, enum log_level level)
+{
+    luaL_checkany(L, 1);
+    lua_Debug ar;
+    char where[160] = "script";
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar))
+        snprintf(where, sizeof where, "%s:%d", ar.short_src, ar.currentline);
+    log_msg(level, "script", "%s: %s", where, luaL_tolstring(L, 1, NULL));
+    return 0;
+}
+
+static int api_log_debug(lua_State *L) { return api_log(L, LOG_DEBUG); }
+static int api_log_info(lua_State *L) { return api_log(L, LOG_INFO); }
+static int api_log_warn(lua_State *L) { return api_log(L, LOG_WARN); }
+static int api_log_error(lua_State *L) { return api_log(L, LOG_ERROR); }
+
+static int api_time(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)now_ms());
+    return 1;
+}
+
+static int api_id(lua_State *L)
+{
+    char id[37];
+    id_uuid7(id);
+    lua_pushstring(L, id);
+    return 1;
+}
+
+static void on_sleep_done(uv_timer_t *t)
+{
+    script_call *c = t->data;
+    c->waiting = false;
+    call_resume(c);
+}
+
+/* ratchet.sleep(ms): yields the invocation; the loop resumes it later. */
+static int api_sleep(lua_State *L)
+{
+    lua_Integer ms = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "must be from 0 to 3600000 ms");
+    script_vm *vm = vm_of(L);
+    script_call *c = vm->current;
+    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+        return luaL_error(L, "ratchet.sleep: only an invocation's own coroutine can wait (not at load time, "
+                             "not inside coroutine.wrap or a C callback)");
+    if (!c->timer) {
+        c->timer = xmalloc(sizeof *c->timer);
+        uv_timer_init(vm->loop, c->timer);
+        c->timer->data = c;
+    }
+    c->waiting = true;
+    uv_timer_start(c->timer, on_sleep_done, (uint64_t)ms, 0);
+    return lua_yield(L, 0);
+}
+
+/* json.decode(text) -> value, or nil and a message: bad input is a runtime
+ * failure, not a crash of the script. */
+static int api_json_decode(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    return 1;
+}
+
+static void push_ratchet_module(lua_State *L)
+{
+    lua_newtable(L);
+    static const luaL_Reg log_fns[] = {
+        {"debug", api_log_debug}, {"info", api_log_info}, {"warn", api_log_warn}, {"error", api_log_error},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, log_fns);
+    push_readonly(L, "ratchet.log");
+    lua_setfield(L, -2, "log");
+    lua_pushcfunction(L, api_time);
+    lua_setfield(L, -2, "time");
+    lua_pushcfunction(L, api_id);
+    lua_setfield(L, -2, "id");
+    lua_pushcfunction(L, api_sleep);
+    lua_setfield(L, -2, "sleep");
+
+    /* json: lua-cjson's encoder and a decoder that returns nil, err */
+    lua_newtable(L);
+    luaL_requiref(L, "cjson", luaopen_cjson, 0);
+    lua_getfield(L, -1, "encode");
+    lua_setfield(L, -3, "encode");
+    lua_getfield(L, -1, "null");
+    lua_setfield(L, -3, "null");
+    lua_getfield(L, -1, "decode");
+    lua_pushcclosure(L, api_json_decode, 1);
+    lua_setfield(L, -3, "decode");
+    lua_pop(L, 1);
+    push_readonly(L, "ratchet.json");
+    lua_setfield(L, -2, "json");
+    push_readonly(L, "ratchet");
+}
+
+/* ---- VM ---- */
+
+void script_limits_default(script_limits *lim)
+{
+    lim->memory_limit = 64u << 20;
+    lim->budget_ms = 100;
+    lim->load_budget_ms = 1000;
+    lim->slice_ms = 2;
+}
+
+static void copy_field(lua_State *L, int from, int to, const char *name)
+{
+    from = lua_absindex(L, from);
+    to = lua_absindex(L, to);
+    lua_getfield(L, from, name);
+    lua_setfield(L, to, name);
+}
+
+/* Builds the shared globals (registry ref) once per VM. */
+static void build_base(script_vm *vm)
+{
+    lua_State *L = vm->L;
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base},        {LUA_STRLIBNAME, luaopen_string}, {LUA_TABLIBNAME, luaopen_table},
+        {LUA_MATHLIBNAME, luaopen_math},  {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_COLIBNAME, luaopen_coroutine},
+        {LUA_OSLIBNAME, luaopen_os},      {NULL, NULL},
+    };
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    /* no bytecode out of the sandbox, and strings' methods stay put */
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+
+    lua_newtable(L);
+    int base = lua_gettop(L);
+    lua_pushglobaltable(L);
+    int g = lua_gettop(L);
+    static const char *const base_fns[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
+                                           "rawlen", "rawget", "rawset", "select", "setmetatable",
+                                           "getmetatable", "tonumber", "tostring", "type", "xpcall",
+                                           "_VERSION", NULL};
+    for (const char *const *f = base_fns; *f; f++)
+        copy_field(L, g, base, *f);
+    static const char *const lib_names[] = {"string", "table", "math", "utf8", "coroutine", NULL};
+    for (const char *const *n = lib_names; *n; n++) {
+        lua_getfield(L, g, *n);
+        push_readonly(L, *n);
+        lua_setfield(L, base, *n);
+    }
+    lua_newtable(L); /* os: time, clock, date only */
+    lua_getfield(L, g, "os");
+    copy_field(L, -1, -2, "time");
+    copy_field(L, -1, -2, "clock");
+    copy_field(L, -1, -2, "date");
+    lua_pop(L, 1);
+    push_readonly(L, "os");
+    lua_setfield(L, base, "os");
+    lua_pushcfunction(L, sandbox_require);
+    lua_setfield(L, base, "require");
+    lua_pop(L, 1); /* the real globals */
+
+    /* require cache, seeded with the two built-in modules */
+    lua_newtable(L);
+    push_ratchet_module(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, base, "ratchet");
+    lua_setfield(L, -2, "ratchet");
+    luaL_requiref(L, "cjson", luaopen_cjson, 0);
+    push_readonly(L, "cjson");
+    lua_setfield(L, -2, "cjson");
+    vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
+}
+
+script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *const *dirs)
+{
+    script_vm *vm = xcalloc(1, sizeof *vm);
+    vm->loop = loop;
+    vm->lim = *lim;
+    size_t n = 0;
+    while (dirs && dirs[n])
+        n++;
+    vm->dirs = xcalloc(n + 1, sizeof *vm->dirs);
+    for (size_t i = 0; i < n; i++)
+        vm->dirs[i] = xstrdup(dirs[i]);
+    /* building the sandbox is not the scripts' memory: no cap until it is done */
+    size_t cap = vm->lim.memory_limit;
+    vm->lim.memory_limit = (size_t)-1;
+    vm->L = lua_newstate(vm_alloc, vm);
+    *(script_vm **)lua_getextraspace(vm->L) = vm; /* copied into every new thread */
+    lua_sethook(vm->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    build_base(vm);
+    vm->lim.memory_limit = vm->mem_used + cap;
+    uv_idle_init(loop, &vm->idle);
+    vm->idle.data = vm;
+    return vm;
+}
+
+static void on_idle_closed(uv_handle_t *h)
+{
+    script_vm *vm = h->data;
+    for (char **d = vm->dirs; *d; d++)
+        free(*d);
+    free(vm->dirs);
+    free(vm);
+}
+
+void script_vm_free(script_vm *vm)
+{
+    lua_close(vm->L);
+    uv_close((uv_handle_t *)&vm->idle, on_idle_closed);
+}
+
+int script_vm_busy(script_vm *vm)
+{
+    return vm->live;
+}
+
+lua_State *script_vm_state(script_vm *vm)
+{
+    return vm->L;
+}
+
+size_t script_vm_memory(script_vm *vm)
+{
+    return vm->mem_used;
+}
+
+void script_unref(script_vm *vm, int ref)
+{
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
+}
+
+static int load_protected(lua_State *L)
+{
+    const char *path = lua_touserdata(L, 1);
+    load_module(L, vm_of(L), path);
+    return 1;
+}
+
+int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_t errlen)
+{
+    lua_State *L = vm->L;
+    script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
+    script_call *outer = vm->current;
+    vm->current = &load;
+    lua_pushcfunction(L, load_protected);
+    lua_pushlightuserdata(L, (void *)path);
+    int st = lua_pcall(L, 1, 1, 0);
+    vm->current = outer;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY); /* a kill may have left it at 1 */
+    if (st != LUA_OK) {
+        const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", msg ? msg : "error while loading");
+        lua_pop(L, 1);
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: the script must return a table (it returned %s)", path, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+void script_invoke(script_vm *vm, int ref, const char *fn, script_push_args push, script_done done,
+                           void *ud)
+{
+    lua_State *L = vm->L;
+    script_call *c = xcalloc(1, sizeof *c);
+    c->vm = vm;
+    c->done = done;
+    c->ud = ud;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_sethook(c->co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    vm->live++;
+    lua_rawgeti(c->co, LUA_REGISTRYINDEX, ref);
+    lua_getfield(c->co, -1, fn);
+    lua_remove(c->co, -2);
+    if (!lua_isfunction(c->co, -1)) {
+        lua_pushfstring(c->co, "the script has no function '%s'", fn);
+        call_finish(c, LUA_ERRRUN, 0);
+        return;
+    }
+    c->nargs = push ? push(c->co, ud) : 0;
+    call_resume(c);
+}

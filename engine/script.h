@@ -1,0 +1,65 @@
+/* script.h — the Lua runtime: one sandboxed Lua 5.4 state per VM, scripts
+ * loaded each into its own environment, and invocations run as coroutines on
+ * the event loop under a CPU budget and a memory cap.
+ *
+ * An invocation runs in slices: a count hook yields back to the loop when a
+ * slice is used up, so a long script never stalls ingest; when the budget is
+ * spent the hook raises on every instruction, so pcall cannot swallow the
+ * kill. Async calls (ratchet.sleep) yield the coroutine and a libuv callback
+ * resumes it. */
+#ifndef RATCHET_SCRIPT_H
+#define RATCHET_SCRIPT_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct script_vm script_vm;
+typedef struct script_call script_call;
+
+typedef struct {
+    size_t memory_limit; /* bytes for the whole VM; default 64 MiB */
+    int budget_ms;       /* execution time per invocation; default 100 */
+    int load_budget_ms;  /* execution time for loading one file; default 1000 */
+    int slice_ms;        /* run at most this long before letting the loop turn; default 2 */
+} script_limits;
+
+enum script_status {
+    SCRIPT_OK = 0,  /* results are on the coroutine's stack */
+    SCRIPT_ERROR,   /* message (with file:line) in the done callback */
+    SCRIPT_KILLED,  /* the budget ran out */
+    SCRIPT_NOMEM,   /* the memory cap was hit */
+};
+
+/* done runs on the loop thread when an invocation ends. On SCRIPT_OK the nres
+ * results are the top values of co's stack (valid during the callback only);
+ * otherwise message says why. */
+typedef void (*script_done)(script_call *call, enum script_status status, lua_State *co, int nres,
+                            const char *message, void *ud);
+/* Pushes the invocation's arguments onto co; returns how many. */
+typedef int (*script_push_args)(lua_State *co, void *ud);
+
+void script_limits_default(script_limits *lim);
+
+/* dirs: folders `require` may load modules from (NULL-terminated; copied). */
+script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *const *dirs);
+/* Frees the VM. Every invocation must have finished (see script_vm_busy). */
+void script_vm_free(script_vm *vm);
+int script_vm_busy(script_vm *vm);
+lua_State *script_vm_state(script_vm *vm);
+size_t script_vm_memory(script_vm *vm);
+
+/* Compiles and runs the file (text only, no bytecode) in a fresh environment
+ * under the load budget. The value it returns must be a table; a registry
+ * reference to it goes into *ref. Returns 0, or -1 with "file:line: message". */
+int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_t errlen);
+void script_unref(script_vm *vm, int ref);
+
+/* Calls table[fn](args...) where table is the value at ref, as a new
+ * coroutine. The first slice runs at once, so done may be called before this
+ * returns. */
+void script_invoke(script_vm *vm, int ref, const char *fn, script_push_args push, script_done done,
+                           void *ud);
+
+#endif

@@ -1,0 +1,248 @@
+/* Unit tests for script.c: the sandbox, the budget (and that pcall cannot
+ * swallow a kill), the memory cap, time-slicing on a real loop, sleep and
+ * require. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "check.h"
+#include "script.h"
+#include "util.h"
+
+static char dir[] = "/tmp/ratchet-script-test-XXXXXX";
+static uv_loop_t *loop;
+
+static const char *write_script(const char *name, const char *text)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+typedef struct {
+    int finished;
+    enum script_status status;
+    char message[512];
+    char result[512];
+    uint64_t at_ns;
+} outcome;
+
+static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                    void *ud)
+{
+    (void)call;
+    outcome *o = ud;
+    o->finished++;
+    o->status = status;
+    o->at_ns = mono_ns();
+    snprintf(o->message, sizeof o->message, "%s", message ? message : "");
+    if (status == SCRIPT_OK && nres > 0) {
+        const char *r = lua_tostring(co, -nres);
+        snprintf(o->result, sizeof o->result, "%s", r ? r : "(not a string)");
+    }
+}
+
+static int load(script_vm *vm, const char *name, const char *text, char *err)
+{
+    int ref = LUA_NOREF;
+    if (script_load_file(vm, write_script(name, text), &ref, err, 512) != 0)
+        return LUA_NOREF;
+    return ref;
+}
+
+static outcome run(script_vm *vm, int ref, const char *fn)
+{
+    outcome o = {0};
+    script_invoke(vm, ref, fn, NULL, on_done, &o);
+    while (!o.finished)
+        uv_run(loop, UV_RUN_ONCE);
+    return o;
+}
+
+static bool load_fails_with(script_vm *vm, const char *text, const char *needle)
+{
+    char err[512] = "";
+    int ref = load(vm, "bad.lua", text, err);
+    if (ref != LUA_NOREF) {
+        script_unref(vm, ref);
+        return false;
+    }
+    if (!strstr(err, needle)) {
+        printf("# expected '%s' in: %s\n", needle, err);
+        return false;
+    }
+    return true;
+}
+
+static void test_sandbox(script_vm *vm)
+{
+    CHECK(load_fails_with(vm, "return io.open('/etc/passwd')", "unknown global 'io'"));
+    CHECK(load_fails_with(vm, "return os.execute('true')", "attempt to call a nil value (field 'execute')"));
+    CHECK(load_fails_with(vm, "return load('return 1')", "unknown global 'load'"));
+    CHECK(load_fails_with(vm, "return dofile('/etc/passwd')", "unknown global 'dofile'"));
+    CHECK(load_fails_with(vm, "return collectgarbage('stop')", "unknown global 'collectgarbage'"));
+    CHECK(load_fails_with(vm, "return debug.getinfo(1)", "unknown global 'debug'"));
+    CHECK(load_fails_with(vm, "return string.dump(function() end)", "attempt to call a nil value"));
+    CHECK(load_fails_with(vm, "x = 1 return {}", "assignment to undeclared global 'x'"));
+    CHECK(load_fails_with(vm, "string.upper = nil return {}", "'string' is read-only"));
+    CHECK(load_fails_with(vm, "ratchet.time = nil return {}", "'ratchet' is read-only"));
+    CHECK(load_fails_with(vm, "getmetatable('').__index = {} return {}", "attempt to index a boolean value"));
+    CHECK(load_fails_with(vm, "return 42", "must return a table (it returned number)"));
+    CHECK(load_fails_with(vm, "return {\n  oops = ,\n}", "bad.lua:2:"));
+    CHECK(load_fails_with(vm, "local t = {}\nerror('broken here')\nreturn t", "bad.lua:2: broken here"));
+    CHECK(load_fails_with(vm, "while true do end", "killed"));
+    CHECK(load_fails_with(vm, "return require('io')", "no module 'io'"));
+    CHECK(load_fails_with(vm, "return require('../etc/passwd')", "is not a module name"));
+
+    char err[512];
+    int ref = load(vm, "ok.lua",
+                   "local cjson = require 'cjson'\n"
+                   "local lib = require 'lib.helper'\n"
+                   "return { run = function()\n"
+                   "  local v, e = ratchet.json.decode('{bad')\n"
+                   "  assert(v == nil and e:find('Expected'), e)\n"
+                   "  assert(os.time() > 0 and type(ratchet.time()) == 'number' and #ratchet.id() == 36)\n"
+                   "  for k in pairs(string) do assert(type(k) == 'string') end\n"
+                   "  return lib.twice('ab') .. cjson.encode({1})\n"
+                   "end }\n",
+                   err);
+    CHECK(ref == LUA_NOREF); /* lib/helper.lua does not exist yet */
+    CHECK(strstr(err, "no module 'lib.helper'") != NULL);
+    char sub[300];
+    snprintf(sub, sizeof sub, "%s/lib", dir);
+    mkdir(sub, 0700);
+    write_script("lib/helper.lua", "return { twice = function(s) return s .. s end }");
+    ref = load(vm, "ok.lua",
+               "local cjson = require 'cjson'\n"
+               "local lib = require 'lib.helper'\n"
+               "return { run = function()\n"
+               "  local v, e = ratchet.json.decode('{bad')\n"
+               "  assert(v == nil and e:find('Expected'), e)\n"
+               "  assert(os.time() > 0 and type(ratchet.time()) == 'number' and #ratchet.id() == 36)\n"
+               "  for k in pairs(string) do assert(type(k) == 'string') end\n"
+               "  return lib.twice('ab') .. cjson.encode({1})\n"
+               "end }\n",
+               err);
+    CHECK(ref != LUA_NOREF);
+    outcome o = run(vm, ref, "run");
+    if (o.status != SCRIPT_OK)
+        printf("# run: %s\n", o.message);
+    CHECK(o.status == SCRIPT_OK);
+    CHECK_STR(o.result, "abab[1]");
+    o = run(vm, ref, "missing");
+    CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "no function 'missing'"));
+    script_unref(vm, ref);
+}
+
+static void test_errors_and_kills(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "k.lua",
+                   "return {\n"
+                   "  fail = function() local t = nil\n return t.x end,\n"
+                   "  spin = function() while true do end end,\n"
+                   "  sneaky = function() while true do pcall(function() while true do end end) end end,\n"
+                   "  nested = function() local co = coroutine.wrap(function() while true do end end) co() end,\n"
+                   "  hog = function() local t = {} for i = 1, 1e7 do t[i] = string.rep('x', 1000) .. i end end,\n"
+                   "  yield = function() coroutine.yield() end,\n"
+                   "  ok = function() return 'fine' end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    outcome o = run(vm, ref, "fail");
+    CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "k.lua:3:"));
+    o = run(vm, ref, "spin");
+    CHECK(o.status == SCRIPT_KILLED && strstr(o.message, "budget"));
+    o = run(vm, ref, "sneaky"); /* pcall does not swallow the kill */
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "nested");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "hog");
+    CHECK(o.status == SCRIPT_NOMEM || o.status == SCRIPT_KILLED);
+    printf("# hog: %s\n", o.message);
+    o = run(vm, ref, "yield");
+    CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "yielded outside"));
+    o = run(vm, ref, "ok"); /* the VM is still fine after all that */
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "fine") == 0);
+    script_unref(vm, ref);
+}
+
+static int ticks;
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+    ticks++;
+}
+
+static void test_slicing_and_sleep(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "s.lua",
+                   "return {\n"
+                   "  busy = function() local x = 0 for i = 1, 3e7 do x = x + i end return tostring(x) end,\n"
+                   "  nap = function() ratchet.sleep(30) return 'rested' end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, on_tick, 5, 5);
+    ticks = 0;
+    uint64_t t0 = mono_ns();
+    outcome o = run(vm, ref, "busy");
+    double ms = (double)(mono_ns() - t0) / 1e6;
+    CHECK(o.status == SCRIPT_OK);
+    /* the loop kept turning while the script ran: the 5 ms timer fired */
+    printf("# busy: %.1f ms, %d ticks\n", ms, ticks);
+    CHECK(ticks >= 3 && ticks >= (int)(ms / 5) / 3);
+    uv_timer_stop(&tick);
+    uv_close((uv_handle_t *)&tick, NULL);
+
+    t0 = mono_ns();
+    outcome a = {0}, b = {0};
+    script_invoke(vm, ref, "nap", NULL, on_done, &a);
+    script_invoke(vm, ref, "nap", NULL, on_done, &b);
+    CHECK(!a.finished && !b.finished); /* both wait on the loop, concurrently */
+    while (!a.finished || !b.finished)
+        uv_run(loop, UV_RUN_ONCE);
+    ms = (double)(mono_ns() - t0) / 1e6;
+    CHECK(a.status == SCRIPT_OK && strcmp(a.result, "rested") == 0);
+    CHECK(ms >= 29 && ms < 60);
+    script_unref(vm, ref);
+}
+
+int main(void)
+{
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    loop = uv_default_loop();
+    script_limits lim;
+    script_limits_default(&lim);
+    lim.memory_limit = 16u << 20;
+    lim.budget_ms = 200;
+    lim.load_budget_ms = 200;
+    const char *dirs[] = {dir, NULL};
+    script_vm *vm = script_vm_new(loop, &lim, dirs);
+    test_sandbox(vm);
+    test_errors_and_kills(vm);
+    lim.budget_ms = 5000;
+    script_vm_free(vm);
+    vm = script_vm_new(loop, &lim, dirs);
+    test_slicing_and_sleep(vm);
+    CHECK(script_vm_busy(vm) == 0);
+    script_vm_free(vm);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
+    return check_done();
+}

@@ -19,14 +19,17 @@ OPT     ?= -O2 -g
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
-SRCS := $(filter-out engine/main.c,$(wildcard engine/*.c))
+SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
+# the Lua module specs use to run evaluators exactly as the engine does
+MODULE_SRCS := engine/lua_module.c engine/script.c engine/evaluator.c engine/util.c engine/log.c
+MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps test asan install uninstall run clean help bench-ingest bench-deps
 
-all: $(BUILD)/ratchet $(TESTS)
+all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
 help:
 	@echo "make            build $(BUILD)/ratchet (installs Debian packages first if missing)"
@@ -51,19 +54,30 @@ $(BUILD)/obj/main.o: engine/main.c engine/*.h | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+$(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -fPIC -c $< -o $@
+
+# Lua symbols come from the interpreter that loads the module
+$(MODULE): $(MODULE_SRCS:engine/%.c=$(BUILD)/pic/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson) -llua5.4-cjson -lpthread -lm
+
 $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
 
 test: deps all
-	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) ./spec/run-all
+	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
+	  RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
 
-asan: deps
+asan: deps $(MODULE)
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  RATCHET_SANITIZED=1 RATCHET_BIN=$(abspath build/asan/ratchet) TEST_BIN_DIR=$(abspath build/asan/tests) \
+	  RATCHET_LUA_CPATH=$(abspath build/lua) \
 	  ./spec/run-all
 
 run: deps all

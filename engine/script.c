@@ -30,6 +30,7 @@ struct script_vm {
     script_call *current;     /* the invocation running now, if any */
     int base_ref;             /* the shared, read-only globals */
     int loaded_ref;           /* require cache: name -> module value */
+    int decode_ref;           /* cjson.decode, for script_push_json */
     char **dirs;
     int live;                 /* invocations not yet finished */
 };
@@ -494,8 +495,24 @@ static void build_base(script_vm *vm)
     lua_setfield(L, base, "ratchet");
     lua_setfield(L, -2, "ratchet");
     luaL_requiref(L, "cjson", luaopen_cjson, 0);
+    lua_getfield(L, -1, "decode");
+    vm->decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_readonly(L, "cjson");
     lua_setfield(L, -2, "cjson");
+    /* PCRE2 regular expressions (Debian's lua-rex-pcre2), loaded by the C
+     * side through the package library, which scripts never see */
+    luaL_requiref(L, LUA_LOADLIBNAME, luaopen_package, 1);
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "rex_pcre2");
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        push_readonly(L, "rex_pcre2");
+        lua_setfield(L, -2, "rex_pcre2");
+    } else {
+        log_warn("script", "PCRE2 regular expressions are unavailable (install lua-rex-pcre2): %s",
+                 lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
     vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
 }
@@ -590,6 +607,18 @@ int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_
     }
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
+}
+
+bool script_push_json(lua_State *L, const char *json, size_t len)
+{
+    script_vm *vm = vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->decode_ref);
+    lua_pushlstring(L, json, len);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return false;
+    }
+    return true;
 }
 
 void script_invoke(script_vm *vm, int ref, const char *fn, script_push_args push, script_done done,

@@ -56,6 +56,10 @@ size_t script_vm_memory(script_vm *vm);
 int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_t errlen);
 void script_unref(script_vm *vm, int ref);
 
+/* Pushes the value of a JSON text onto L (objects and arrays as tables,
+ * null as ratchet.json.null). Returns false, pushing nothing, on bad JSON. */
+bool script_push_json(lua_State *L, const char *json, size_t len);
+
 /* Calls table[fn](args...) where table is the value at ref, as a new
  * coroutine. The first slice runs at once, so done may be called before this
  * returns. */

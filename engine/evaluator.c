@@ -1,0 +1,141 @@
+/* evaluator.c — loads evaluator scripts, checks their contract, runs them
+ * and checks what they answer. */
+#include "evaluator.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen)
+{
+    memset(ev, 0, sizeof *ev);
+    int ref;
+    if (script_load_file(vm, path, &ref, err, errlen) != 0)
+        return -1;
+    lua_State *L = script_vm_state(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    const char *problem = NULL;
+    if (lua_getfield(L, -1, "name") != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        problem = "'name' must be a non-empty string";
+    else if (lua_getfield(L, -2, "description") != LUA_TSTRING)
+        problem = "'description' must be a string";
+    else if (lua_getfield(L, -3, "evaluate") != LUA_TFUNCTION)
+        problem = "'evaluate' must be a function(case, opts, ctx)";
+    else {
+        int t = lua_getfield(L, -4, "options");
+        if (t != LUA_TNIL && t != LUA_TTABLE)
+            problem = "'options', when given, must be a table describing the options";
+        lua_pop(L, 1);
+    }
+    if (problem) {
+        snprintf(err, errlen, "%s: not an evaluator: %s", path, problem);
+        lua_settop(L, 0);
+        script_unref(vm, ref);
+        return -1;
+    }
+    ev->name = xstrdup(lua_tostring(L, -3));
+    ev->description = xstrdup(lua_tostring(L, -2));
+    ev->path = xstrdup(path);
+    ev->ref = ref;
+    lua_settop(L, 0);
+    return 0;
+}
+
+void evaluator_free(script_vm *vm, evaluator *ev)
+{
+    if (ev->path)
+        script_unref(vm, ev->ref);
+    free(ev->name);
+    free(ev->description);
+    free(ev->path);
+    memset(ev, 0, sizeof *ev);
+}
+
+typedef struct {
+    const char *case_json, *opts_json;
+    const evaluator *ev;
+    eval_done done;
+    void *ud;
+} run_ctx;
+
+/* evaluate(case, opts, ctx) */
+static int push_args(lua_State *co, void *ud)
+{
+    run_ctx *rc = ud;
+    if (!script_push_json(co, rc->case_json, strlen(rc->case_json)))
+        lua_pushnil(co);
+    if (!rc->opts_json || !script_push_json(co, rc->opts_json, strlen(rc->opts_json)))
+        lua_newtable(co);
+    lua_newtable(co);
+    lua_pushstring(co, rc->ev->name);
+    lua_setfield(co, -2, "evaluator");
+    return 3;
+}
+
+static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
+{
+    eval_result r = {status, pass, score, (char *)reason};
+    rc->done(&r, rc->ud);
+    free(rc);
+}
+
+static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                    void *ud)
+{
+    (void)call;
+    run_ctx *rc = ud;
+    char why[600];
+    if (status != SCRIPT_OK) {
+        snprintf(why, sizeof why, "evaluator %s failed: %s", rc->ev->name, message);
+        finish(rc, status, false, 0, why);
+        return;
+    }
+    int top = lua_gettop(co) - nres + 1;
+    if (nres < 1 || !lua_istable(co, top)) {
+        snprintf(why, sizeof why, "evaluator %s: evaluate must return a table {pass, score, reason}", rc->ev->name);
+        finish(rc, SCRIPT_ERROR, false, 0, why);
+        return;
+    }
+    lua_getfield(co, top, "pass");
+    lua_getfield(co, top, "score");
+    lua_getfield(co, top, "reason");
+    if (!lua_isboolean(co, -3)) {
+        snprintf(why, sizeof why, "evaluator %s: 'pass' must be true or false", rc->ev->name);
+        finish(rc, SCRIPT_ERROR, false, 0, why);
+        return;
+    }
+    bool pass = lua_toboolean(co, -3);
+    double score = pass ? 1 : 0;
+    if (!lua_isnil(co, -2)) {
+        score = lua_isnumber(co, -2) ? lua_tonumber(co, -2) : NAN;
+        if (!(score >= 0 && score <= 1)) {
+            snprintf(why, sizeof why, "evaluator %s: 'score' must be a number from 0 to 1", rc->ev->name);
+            finish(rc, SCRIPT_ERROR, false, 0, why);
+            return;
+        }
+    }
+    if (!lua_isnil(co, -1) && !lua_isstring(co, -1)) {
+        snprintf(why, sizeof why, "evaluator %s: 'reason' must be a string", rc->ev->name);
+        finish(rc, SCRIPT_ERROR, false, 0, why);
+        return;
+    }
+    const char *reason = lua_isnil(co, -1) ? (pass ? "ok" : "failed") : lua_tostring(co, -1);
+    snprintf(why, sizeof why, "%s", reason);
+    finish(rc, SCRIPT_OK, pass, score, why);
+}
+
+void evaluator_run(script_vm *vm, const evaluator *ev, const char *case_json, const char *opts_json, eval_done done,
+                   void *ud)
+{
+    run_ctx *rc = xcalloc(1, sizeof *rc);
+    rc->case_json = case_json;
+    rc->opts_json = opts_json;
+    rc->ev = ev;
+    rc->done = done;
+    rc->ud = ud;
+    script_invoke(vm, ev->ref, "evaluate", push_args, on_done, rc);
+}

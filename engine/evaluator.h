@@ -1,0 +1,38 @@
+/* evaluator.h — evaluators: Lua files that judge one output. The contract
+ * (docs/evaluators.md): the file returns
+ *   { name = "...", description = "...", options = { ... }?,
+ *     evaluate = function(case, opts, ctx) return { pass =, score =, reason = } end }
+ * Cases and options cross into the VM as JSON, so the engine and the spec
+ * helper hand evaluators exactly the same values. */
+#ifndef RATCHET_EVALUATOR_H
+#define RATCHET_EVALUATOR_H
+
+#include <stdbool.h>
+
+#include "script.h"
+
+typedef struct {
+    char *name;
+    char *description;
+    char *path;
+    int ref; /* the table the file returned */
+} evaluator;
+
+typedef struct {
+    enum script_status status; /* SCRIPT_OK: the evaluator answered; else it failed to */
+    bool pass;
+    double score;              /* 0..1 */
+    char *reason;              /* never NULL */
+} eval_result;
+
+typedef void (*eval_done)(const eval_result *r, void *ud);
+
+/* Loads and checks the contract; errors name the file (and line). */
+int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen);
+void evaluator_free(script_vm *vm, evaluator *ev);
+/* Runs evaluate(case, opts, ctx) with case and opts given as JSON texts.
+ * done runs once, on the loop, possibly before this returns. */
+void evaluator_run(script_vm *vm, const evaluator *ev, const char *case_json, const char *opts_json, eval_done done,
+                   void *ud);
+
+#endif

@@ -1,0 +1,167 @@
+/* lua_module.c — `ratchet_sandbox`, a Lua module for busted specs: it loads
+ * evaluator files with the engine's own runtime (script.c + evaluator.c: same
+ * sandbox, same API, same JSON crossing), on a private libuv loop, so teams
+ * test their evaluators with `busted` and no running engine.
+ *
+ *   local sandbox = require "ratchet_sandbox"
+ *   local ev = sandbox.load_evaluator("evaluators/contains.lua")
+ *   local r = ev:evaluate({ output = "hello" }, { value = "hell" })
+ *   -- r.pass, r.score, r.reason, r.status ("ok", "error", "killed", "nomem")
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evaluator.h"
+
+#define EVALUATOR_MT "ratchet_sandbox.evaluator"
+
+typedef struct {
+    uv_loop_t loop;
+    script_vm *vm;
+    evaluator ev;
+} sandbox_evaluator;
+
+static const char *status_name(enum script_status s)
+{
+    switch (s) {
+    case SCRIPT_OK: return "ok";
+    case SCRIPT_KILLED: return "killed";
+    case SCRIPT_NOMEM: return "nomem";
+    default: return "error";
+    }
+}
+
+/* host value -> JSON text, with the host's cjson (pushes the text) */
+static const char *to_json(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "encode");
+    lua_remove(L, -2);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+        luaL_error(L, "evaluate: the case or options cannot be sent as JSON: %s", lua_tostring(L, -1));
+    return lua_tostring(L, -1);
+}
+
+typedef struct {
+    bool finished;
+    eval_result r;
+} wait_result;
+
+static void on_result(const eval_result *r, void *ud)
+{
+    wait_result *w = ud;
+    w->finished = true;
+    w->r = *r;
+    w->r.reason = strdup(r->reason);
+}
+
+/* ev:evaluate(case [, opts]) -> { pass, score, reason, status } */
+static int l_evaluate(lua_State *L)
+{
+    sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    bool has_opts = !lua_isnoneornil(L, 3); /* before to_json pushes anything */
+    const char *opts_json = has_opts ? to_json(L, 3) : NULL;
+    const char *case_json = to_json(L, 2);
+    wait_result w = {0};
+    evaluator_run(se->vm, &se->ev, case_json, opts_json, on_result, &w);
+    while (!w.finished)
+        uv_run(&se->loop, UV_RUN_ONCE);
+    lua_createtable(L, 0, 4);
+    lua_pushboolean(L, w.r.pass);
+    lua_setfield(L, -2, "pass");
+    lua_pushnumber(L, w.r.score);
+    lua_setfield(L, -2, "score");
+    lua_pushstring(L, w.r.reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, status_name(w.r.status));
+    lua_setfield(L, -2, "status");
+    free(w.r.reason);
+    return 1;
+}
+
+static void sandbox_close(sandbox_evaluator *se)
+{
+    if (se->vm) {
+        evaluator_free(se->vm, &se->ev);
+        script_vm_free(se->vm);
+        uv_run(&se->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&se->loop);
+        se->vm = NULL;
+    }
+}
+
+static int l_gc(lua_State *L)
+{
+    sandbox_close(luaL_checkudata(L, 1, EVALUATOR_MT));
+    return 0;
+}
+
+static int l_index(lua_State *L)
+{
+    sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "name") == 0)
+        lua_pushstring(L, se->ev.name);
+    else if (strcmp(k, "description") == 0)
+        lua_pushstring(L, se->ev.description);
+    else if (strcmp(k, "evaluate") == 0)
+        lua_pushcfunction(L, l_evaluate);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* load_evaluator(path [, { dirs = {...}, budget_ms =, memory_limit = }])
+ * -> evaluator, or nil and the load error (file:line). */
+static int l_load_evaluator(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    script_limits lim;
+    script_limits_default(&lim);
+    const char *dirs[17] = {"evaluators", "policies", "scripts", NULL};
+    if (lua_istable(L, 2)) {
+        if (lua_getfield(L, 2, "budget_ms") == LUA_TNUMBER)
+            lim.budget_ms = (int)lua_tointeger(L, -1);
+        if (lua_getfield(L, 2, "memory_limit") == LUA_TNUMBER)
+            lim.memory_limit = (size_t)lua_tointeger(L, -1);
+        if (lua_getfield(L, 2, "dirs") == LUA_TTABLE) {
+            int n = 0;
+            for (; n < 16 && lua_rawgeti(L, -1, n + 1) == LUA_TSTRING; n++)
+                dirs[n] = lua_tostring(L, -1); /* kept alive by the options table */
+            dirs[n] = NULL;
+        }
+    }
+    sandbox_evaluator *se = lua_newuserdatauv(L, sizeof *se, 0);
+    memset(se, 0, sizeof *se);
+    uv_loop_init(&se->loop);
+    se->vm = script_vm_new(&se->loop, &lim, dirs);
+    luaL_setmetatable(L, EVALUATOR_MT);
+    char err[1024];
+    if (evaluator_load(se->vm, path, &se->ev, err, sizeof err) != 0) {
+        sandbox_close(se);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    return 1;
+}
+
+int luaopen_ratchet_sandbox(lua_State *L)
+{
+    luaL_newmetatable(L, EVALUATOR_MT);
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_index);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {{"load_evaluator", l_load_evaluator}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    return 1;
+}

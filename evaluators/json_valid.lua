@@ -1,0 +1,19 @@
+-- json_valid: the output is JSON (a JSON text, or a JSON value already).
+local text = require "lib.text"
+
+return {
+  name = "json_valid",
+  description = "the output parses as JSON",
+  options = { object = "boolean?: also require a JSON object (not a scalar or array); default false" },
+  evaluate = function(case, opts)
+    text.check_opts("json_valid", opts, { object = "boolean?" })
+    local value, err = text.output_json(case)
+    if value == nil then
+      return text.fail("output is not valid JSON: " .. text.excerpt(err))
+    end
+    if opts.object and (type(value) ~= "table" or value[1] ~= nil) then
+      return text.fail("output is JSON but not an object")
+    end
+    return text.pass("output is valid JSON")
+  end,
+}

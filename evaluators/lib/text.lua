@@ -1,0 +1,68 @@
+-- Helpers shared by the built-in evaluators (require "lib.text").
+local M = {}
+
+-- The output as text: strings as they are, JSON values encoded.
+function M.output_text(case)
+  local out = case.output
+  if type(out) == "string" then return out end
+  if out == nil or out == ratchet.json.null then return "" end
+  return ratchet.json.encode(out)
+end
+
+-- The output as a JSON value: decoded when it is a JSON string.
+-- Returns value, or nil and why.
+function M.output_json(case)
+  local out = case.output
+  if type(out) ~= "string" then return out end
+  return ratchet.json.decode(out)
+end
+
+-- Applies the normalisation options shared by the comparing evaluators:
+-- trim (default true), case_sensitive (default true), collapse_whitespace.
+function M.normalise(s, opts)
+  s = tostring(s)
+  if opts.trim ~= false then s = s:match("^%s*(.-)%s*$") end
+  if opts.collapse_whitespace then s = s:gsub("%s+", " ") end
+  if opts.case_sensitive == false then s = s:lower() end
+  return s
+end
+
+-- Raises a clear error when an option has the wrong type; evaluators call
+-- it first, so a misconfigured evaluator fails loudly instead of judging.
+function M.check_opts(name, opts, spec)
+  for key, want in pairs(spec) do
+    local v = opts[key]
+    local required = want:sub(-1) ~= "?"
+    local t = required and want or want:sub(1, -2)
+    if v == nil then
+      if required then error(name .. ": option '" .. key .. "' is required (" .. t .. ")", 0) end
+    elseif t == "string|list" then
+      if type(v) ~= "string" and type(v) ~= "table" then
+        error(name .. ": option '" .. key .. "' must be a string or a list of strings", 0)
+      end
+    elseif type(v) ~= t then
+      error(name .. ": option '" .. key .. "' must be a " .. t .. " (got " .. type(v) .. ")", 0)
+    end
+  end
+  for key in pairs(opts) do
+    if spec[key] == nil then error(name .. ": unknown option '" .. tostring(key) .. "'", 0) end
+  end
+end
+
+function M.list(v)
+  if type(v) == "table" then return v end
+  return { v }
+end
+
+function M.pass(reason) return { pass = true, score = 1, reason = reason or "ok" } end
+function M.fail(reason, score) return { pass = false, score = score or 0, reason = reason } end
+
+-- A short, single-line excerpt of untrusted text for a reason string.
+function M.excerpt(s, n)
+  n = n or 80
+  s = tostring(s):gsub("[%c]", " ")
+  if #s > n then s = s:sub(1, n) .. "…" end
+  return s
+end
+
+return M

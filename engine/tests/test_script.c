@@ -80,6 +80,16 @@ static bool load_fails_with(script_vm *vm, const char *text, const char *needle)
     return true;
 }
 
+static const char uses_modules[] = "local cjson = require 'cjson'\n"
+                                   "local lib = require 'lib.helper'\n"
+                                   "return { run = function()\n"
+                                   "  local v, e = ratchet.json.decode('{bad')\n"
+                                   "  assert(v == nil and e:find('Expected'), e)\n"
+                                   "  assert(os.time() > 0 and type(ratchet.time()) == 'number' and #ratchet.id() == 36)\n"
+                                   "  for k in pairs(string) do assert(type(k) == 'string') end\n"
+                                   "  return lib.twice('ab') .. cjson.encode({1})\n"
+                                   "end }\n";
+
 static void test_sandbox(script_vm *vm)
 {
     CHECK(load_fails_with(vm, "return io.open('/etc/passwd')", "unknown global 'io'"));
@@ -101,34 +111,14 @@ static void test_sandbox(script_vm *vm)
     CHECK(load_fails_with(vm, "return require('../etc/passwd')", "is not a module name"));
 
     char err[512];
-    int ref = load(vm, "ok.lua",
-                   "local cjson = require 'cjson'\n"
-                   "local lib = require 'lib.helper'\n"
-                   "return { run = function()\n"
-                   "  local v, e = ratchet.json.decode('{bad')\n"
-                   "  assert(v == nil and e:find('Expected'), e)\n"
-                   "  assert(os.time() > 0 and type(ratchet.time()) == 'number' and #ratchet.id() == 36)\n"
-                   "  for k in pairs(string) do assert(type(k) == 'string') end\n"
-                   "  return lib.twice('ab') .. cjson.encode({1})\n"
-                   "end }\n",
-                   err);
+    int ref = load(vm, "ok.lua", uses_modules, err);
     CHECK(ref == LUA_NOREF); /* lib/helper.lua does not exist yet */
     CHECK(strstr(err, "no module 'lib.helper'") != NULL);
     char sub[300];
     snprintf(sub, sizeof sub, "%s/lib", dir);
     mkdir(sub, 0700);
     write_script("lib/helper.lua", "return { twice = function(s) return s .. s end }");
-    ref = load(vm, "ok.lua",
-               "local cjson = require 'cjson'\n"
-               "local lib = require 'lib.helper'\n"
-               "return { run = function()\n"
-               "  local v, e = ratchet.json.decode('{bad')\n"
-               "  assert(v == nil and e:find('Expected'), e)\n"
-               "  assert(os.time() > 0 and type(ratchet.time()) == 'number' and #ratchet.id() == 36)\n"
-               "  for k in pairs(string) do assert(type(k) == 'string') end\n"
-               "  return lib.twice('ab') .. cjson.encode({1})\n"
-               "end }\n",
-               err);
+    ref = load(vm, "ok.lua", uses_modules, err);
     CHECK(ref != LUA_NOREF);
     outcome o = run(vm, ref, "run");
     if (o.status != SCRIPT_OK)

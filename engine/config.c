@@ -402,7 +402,6 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     int rc = lua_pcall(L, 2, 0, 0);
     if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
-        /* luaL_loadfilex's "cannot open" lacks the word that says what failed */
         snprintf(err, errlen, "%s", msg ? msg : "error in configuration");
         lua_close(L);
         return -1;

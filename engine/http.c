@@ -380,11 +380,6 @@ static void conn_close(http_conn *c)
  * and discard what the client is still sending for a short while before
  * closing, so the kernel does not answer unread data with a reset that would
  * destroy the error response before the client reads it. */
-static void alloc_discard(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    alloc_cb(h, suggested, buf);
-}
-
 static void on_discard_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
@@ -407,7 +402,7 @@ static void conn_linger(http_conn *c)
         return;
     }
     timer_start(c, LINGER_MS, on_idle_timeout);
-    uv_read_start((uv_stream_t *)&c->tcp, alloc_discard, on_discard_read);
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_discard_read);
 }
 
 static void on_write_done(uv_write_t *w, int status)

@@ -30,6 +30,8 @@
 /* Hard stop of the checking pass; items deeper than INGEST_MAX_DEPTH are
  * rejected one by one, bodies deeper than this are refused whole. */
 #define SCAN_MAX_DEPTH 1000
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* ---- the checking pass ---- */
 
@@ -43,7 +45,7 @@ static int scan_open(void *ctx)
 {
     scan_state *st = ctx;
     if (++st->depth > SCAN_MAX_DEPTH) {
-        st->abort_reason = "nested deeper than " "1000" " levels";
+        st->abort_reason = "nested deeper than " STR(SCAN_MAX_DEPTH) " levels";
         return 0;
     }
     if (st->depth > st->max_depth)

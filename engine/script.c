@@ -258,7 +258,7 @@ static void push_env(script_vm *vm)
     lua_setmetatable(L, -2);
 }
 
-static int load_module(lua_State *L, script_vm *vm, const char *path);
+static int load_module(lua_State *L, const char *path);
 
 /* require(name): cjson, ratchet, or a module file in the script folders. */
 static int sandbox_require(lua_State *L)
@@ -285,7 +285,7 @@ static int sandbox_require(lua_State *L)
         FILE *f = fopen(path.data, "r");
         if (f) {
             fclose(f);
-            int n = load_module(L, vm, path.data);
+            int n = load_module(L, path.data);
             buf_free(&path);
             /* cache it */
             lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
@@ -300,9 +300,8 @@ static int sandbox_require(lua_State *L)
 }
 
 /* Loads path in its own environment and calls it; pushes its value. */
-static int load_module(lua_State *L, script_vm *vm, const char *path)
+static int load_module(lua_State *L, const char *path)
 {
-    (void)vm;
     if (luaL_loadfilex(L, path, "t") != LUA_OK)
         return lua_error(L);
     push_env(vm_of(L));
@@ -579,7 +578,7 @@ void script_unref(script_vm *vm, int ref)
 static int load_protected(lua_State *L)
 {
     const char *path = lua_touserdata(L, 1);
-    load_module(L, vm_of(L), path);
+    load_module(L, path);
     return 1;
 }
 

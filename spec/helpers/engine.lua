@@ -64,13 +64,6 @@ M.reaper = setmetatable({}, { __gc = function()
   for e in pairs(M.running) do e:signal("KILL") end
 end })
 
-function M.kill_all()
-  for e in pairs(M.running) do
-    e:signal("KILL")
-    M.running[e] = nil
-  end
-end
-
 -- Runs `ratchet ARGS...` to completion (at most 20 s); returns exit code, stdout, stderr.
 function M.run(args, env)
   local dir = M.tmpdir()

@@ -8,7 +8,7 @@ BUILD   ?= build
 CC      ?= gcc
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
 
-PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
@@ -16,7 +16,8 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lyajl -lunistring
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g
-CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' $(EXTRA_CFLAGS)
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+             -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
@@ -61,7 +62,7 @@ $(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
 # Lua symbols come from the interpreter that loads the module
 $(MODULE): $(MODULE_SRCS:engine/%.c=$(BUILD)/pic/%.o)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson) -llua5.4-cjson -lpthread -lm
+	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson libcrypto) -llua5.4-cjson -lpthread -lm
 
 $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)

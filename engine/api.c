@@ -8,8 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "ingest.h"
 #include "log.h"
+
+#ifndef RATCHET_VERSION
+#define RATCHET_VERSION "0.0.0-dev"
+#endif
+#define RATCHET_VERSION_STRING RATCHET_VERSION
 
 /* Bodies up to this size are parsed on the loop thread (a few µs); larger ones
  * in the thread pool so a multi-megabyte batch never stalls other clients. */
@@ -97,7 +104,12 @@ static void respond_results(ingest_job *job)
 
 static void on_ingest_committed(store_write *w)
 {
-    respond_results(w->data);
+    ingest_job *job = w->data;
+    if (job->a->online && w->status == 0)
+        for (size_t i = 0; i < w->ntraces; i++)
+            if (w->trace_results[i] == STORE_ACCEPTED)
+                online_enqueue(job->a->online, w->traces[i].id, w->traces[i].prompt);
+    respond_results(job);
 }
 
 static void ingest_submit(ingest_job *job)
@@ -302,10 +314,22 @@ static void handle_list_traces(api *a, http_request *req)
 {
     if (!authorize(a, req, SCOPE_ADMIN))
         return;
-    static const char *const known[] = {"prompt", "version", "since", "until", "limit", "cursor", NULL};
+    static const char *const known[] = {"prompt", "version", "since", "until", "limit", "cursor", "failed", NULL};
     if (!check_known_params(req, known))
         return;
-    store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100};
+    store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100, .failed = -1};
+    char failed[8];
+    int fr = http_query_get(req, "failed", failed, sizeof failed);
+    if (fr != 0) {
+        if (fr > 0 && strcmp(failed, "true") == 0)
+            q.failed = 1;
+        else if (fr > 0 && strcmp(failed, "false") == 0)
+            q.failed = 0;
+        else {
+            http_respond_field_error(req, 400, "invalid_parameter", "failed", "'failed' must be true or false");
+            return;
+        }
+    }
     long long version = 0, limit = 100;
     if (!parse_int_param(req, "version", 1, 2147483647, &version) ||
         !parse_int_param(req, "limit", 1, 1000, &limit) || !parse_time_param(req, "since", &q.since_ms) ||
@@ -351,6 +375,100 @@ static void handle_get_trace(api *a, http_request *req, const char *id)
     read_job *j = read_job_new(a, req);
     j->id = xstrdup(id);
     uv_queue_work(a->loop, &j->work, read_one_work, read_after);
+}
+
+/* ---- status and re-evaluation ---- */
+
+static void handle_status(api *a, http_request *req)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    char started[32];
+    rfc3339_format(a->started_ms, started);
+    json_t *scripts = a->catalog ? catalog_status_json(a->catalog) : json_object();
+    if (a->reload) {
+        char last[32] = "";
+        if (a->reload->last_ms)
+            rfc3339_format(a->reload->last_ms, last);
+        json_object_set_new(scripts, "config_error",
+                            a->reload->config_error ? json_string(a->reload->config_error) : json_null());
+        json_object_set_new(scripts, "reloads", json_integer((json_int_t)a->reload->reloads));
+        json_object_set_new(scripts, "failed_reloads", json_integer((json_int_t)a->reload->failures));
+        json_object_set_new(scripts, "last_reload", last[0] ? json_string(last) : json_null());
+    }
+    json_t *root = json_pack("{s:s, s:s, s:I, s:b, s:b, s:o, s:o}", "version", RATCHET_VERSION_STRING,
+                             "started_at", started, "uptime_s", (json_int_t)((now_ms() - a->started_ms) / 1000),
+                             "store_healthy", store_healthy(a->store), "draining", a->draining, "evaluation",
+                             a->online ? online_status_json(a->online) : json_object(), "scripts", scripts);
+    char *text = json_dumps(root, JSON_COMPACT);
+    http_respond(req, 200, "application/json", NULL, text, strlen(text));
+    free(text);
+    json_decref(root);
+}
+
+/* A time from JSON: RFC 3339 text or integer milliseconds. */
+static bool json_time(json_t *v, int64_t *out)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    return json_is_string(v) && rfc3339_parse(json_string_value(v), out);
+}
+
+/* POST /v1/evaluations {"prompt":..., "since":..., "until":..., "only_unevaluated":false} */
+static void handle_reevaluate(api *a, http_request *req)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    if (!a->online) {
+        http_respond_error(req, 503, "unavailable", "online evaluation is not running");
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body.data ? req->body.data : "", req->body.len, 0, &jerr);
+    if (!body || !json_is_object(body)) {
+        http_respond_error(req, 400, "invalid_json", "the body must be a JSON object: %s",
+                           body ? "got another JSON value" : jerr.text);
+        json_decref(body);
+        return;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        if (strcmp(key, "prompt") && strcmp(key, "since") && strcmp(key, "until") && strcmp(key, "only_unevaluated")) {
+            http_respond_field_error(req, 400, "invalid_field", key, "unknown field '%s' (known: prompt, since, "
+                                     "until, only_unevaluated)", key);
+            json_decref(body);
+            return;
+        }
+    }
+    json_t *prompt = json_object_get(body, "prompt");
+    int64_t since = 0, until = INT64_MAX;
+    json_t *only = json_object_get(body, "only_unevaluated");
+    if (!json_is_string(prompt) || json_string_length(prompt) == 0 || json_string_length(prompt) > 128) {
+        http_respond_field_error(req, 400, "invalid_field", "prompt", "'prompt' must be a prompt name");
+    } else if (json_object_get(body, "since") && !json_time(json_object_get(body, "since"), &since)) {
+        http_respond_field_error(req, 400, "invalid_field", "since",
+                                 "'since' must be an RFC 3339 date-time or integer milliseconds since the epoch");
+    } else if (json_object_get(body, "until") && !json_time(json_object_get(body, "until"), &until)) {
+        http_respond_field_error(req, 400, "invalid_field", "until",
+                                 "'until' must be an RFC 3339 date-time or integer milliseconds since the epoch");
+    } else if (until <= since) {
+        http_respond_field_error(req, 400, "invalid_field", "until", "'until' must be later than 'since'");
+    } else if (only && !json_is_boolean(only)) {
+        http_respond_field_error(req, 400, "invalid_field", "only_unevaluated", "'only_unevaluated' must be true or false");
+    } else if (!online_has_prompt(a->online, json_string_value(prompt))) {
+        http_respond_field_error(req, 409, "no_evaluators", "prompt",
+                                 "prompt '%s' has no evaluators in the configuration; nothing to evaluate",
+                                 json_string_value(prompt));
+    } else {
+        int id = online_reevaluate(a->online, json_string_value(prompt), since, until, json_is_true(only));
+        char out[512];
+        int n = snprintf(out, sizeof out, "{\"job\":%d,\"state\":\"listing\",\"status\":\"/v1/status\"}", id);
+        http_respond(req, 202, "application/json", NULL, out, (size_t)n);
+    }
+    json_decref(body);
 }
 
 /* ---- routing ---- */
@@ -399,6 +517,16 @@ void api_handle(http_request *req, void *ctx)
             handle_get_trace(a, req, path + 11);
         else
             method_not_allowed(req, "GET");
+    } else if (strcmp(path, "/v1/status") == 0) {
+        if (is(req, "GET"))
+            handle_status(a, req);
+        else
+            method_not_allowed(req, "GET");
+    } else if (strcmp(path, "/v1/evaluations") == 0) {
+        if (is(req, "POST"))
+            handle_reevaluate(a, req);
+        else
+            method_not_allowed(req, "POST");
     } else if (strcmp(path, "/v1/feedback") == 0) {
         if (is(req, "POST"))
             handle_ingest(a, req, INGEST_FEEDBACK);

@@ -4,14 +4,29 @@
 
 #include <stdbool.h>
 
+#include "catalog.h"
 #include "config.h"
 #include "http.h"
+#include "online.h"
 #include "store.h"
+
+/* What the last reload did, for /v1/status (kept by main). */
+typedef struct {
+    uint64_t reloads;
+    uint64_t failures;      /* reloads that kept something old */
+    int64_t last_ms;
+    char *config_error;     /* the config file's error, or NULL */
+    bool reloading;
+} api_reload_info;
 
 typedef struct {
     uv_loop_t *loop;
     const config *cfg;
     store *store;
+    online *online;         /* NULL in unit tests */
+    catalog *catalog;
+    api_reload_info *reload;
+    int64_t started_ms;
     bool draining;
 } api;
 

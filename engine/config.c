@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -18,56 +19,87 @@
 
 #include "util.h"
 
+#ifndef RATCHET_SHARE_DIR
+#define RATCHET_SHARE_DIR "/usr/local/share/ratchet"
+#endif
+
 #if LUA_VERSION_NUM != 504
 #error "ratchet needs Lua 5.4"
 #endif
 
-enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_LIMITS };
+enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_TABLE, T_DIRS };
 
-typedef struct {
+typedef struct setting {
     const char *name;
     enum setting_type type;
     size_t offset;
     long min, max;
+    const struct setting *sub; /* T_TABLE: the table's own settings */
 } setting;
 
 #define OFF(field) offsetof(config, field)
 #define LOFF(field) offsetof(config_limits, field)
+#define SOFF(field) offsetof(config_scripts, field)
+#define EOFF(field) offsetof(config_evaluation, field)
+
+static const setting limit_settings[], script_settings[], evaluation_settings[];
 
 static const setting settings[] = {
-    {"listen", T_LISTEN, OFF(listen), 0, 0},
-    {"data_dir", T_STRING, OFF(data_dir), 0, 0},
-    {"ingest_token", T_SECRET, OFF(ingest_token), 0, 0},
-    {"admin_token", T_SECRET, OFF(admin_token), 0, 0},
-    {"log_level", T_LEVEL, OFF(log_level), 0, 0},
-    {"log_format", T_LOG_FORMAT, OFF(log_format), 0, 0},
-    {"access_log", T_BOOL, OFF(access_log), 0, 0},
-    {"limits", T_LIMITS, OFF(limits), 0, 0},
-    {NULL, 0, 0, 0, 0},
+    {"listen", T_LISTEN, OFF(listen), 0, 0, NULL},
+    {"data_dir", T_STRING, OFF(data_dir), 0, 0, NULL},
+    {"ingest_token", T_SECRET, OFF(ingest_token), 0, 0, NULL},
+    {"admin_token", T_SECRET, OFF(admin_token), 0, 0, NULL},
+    {"log_level", T_LEVEL, OFF(log_level), 0, 0, NULL},
+    {"log_format", T_LOG_FORMAT, OFF(log_format), 0, 0, NULL},
+    {"access_log", T_BOOL, OFF(access_log), 0, 0, NULL},
+    {"limits", T_TABLE, OFF(limits), 0, 0, limit_settings},
+    {"scripts", T_TABLE, OFF(scripts), 0, 0, script_settings},
+    {"evaluation", T_TABLE, OFF(evaluation), 0, 0, evaluation_settings},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting script_settings[] = {
+    {"dirs", T_DIRS, SOFF(dirs), 0, 0, NULL},
+    {"memory_limit_mb", T_INT, SOFF(memory_limit_mb), 4, 65536, NULL},
+    {"evaluator_budget_ms", T_INT, SOFF(evaluator_budget_ms), 1, 600000, NULL},
+    {"policy_budget_ms", T_INT, SOFF(policy_budget_ms), 1, 600000, NULL},
+    {"template_budget_ms", T_INT, SOFF(template_budget_ms), 1, 600000, NULL},
+    {"load_budget_ms", T_INT, SOFF(load_budget_ms), 1, 600000, NULL},
+    {"watch", T_BOOL, SOFF(watch), 0, 0, NULL},
+    {"reload_debounce_ms", T_INT, SOFF(reload_debounce_ms), 0, 60000, NULL},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting evaluation_settings[] = {
+    {"max_backlog", T_INT, EOFF(max_backlog), 1, 100000000, NULL},
+    {"concurrency", T_INT, EOFF(concurrency), 1, 100000, NULL},
+    {NULL, 0, 0, 0, 0, NULL},
 };
 
 static const setting limit_settings[] = {
-    {"max_connections", T_INT, LOFF(max_connections), 1, 1000000},
-    {"max_header_bytes", T_INT, LOFF(max_header_bytes), 1024, 1 << 20},
-    {"max_body_bytes", T_INT, LOFF(max_body_bytes), 1024, 1 << 30},
-    {"max_batch_items", T_INT, LOFF(max_batch_items), 1, 1000000},
-    {"header_timeout_ms", T_INT, LOFF(header_timeout_ms), 10, 3600000},
-    {"body_timeout_ms", T_INT, LOFF(body_timeout_ms), 10, 3600000},
-    {"idle_timeout_ms", T_INT, LOFF(idle_timeout_ms), 10, 86400000},
-    {"shutdown_timeout_ms", T_INT, LOFF(shutdown_timeout_ms), 10, 600000},
-    {"max_pending_writes", T_INT, LOFF(max_pending_writes), 100, 100000000},
-    {NULL, 0, 0, 0, 0},
+    {"max_connections", T_INT, LOFF(max_connections), 1, 1000000, NULL},
+    {"max_header_bytes", T_INT, LOFF(max_header_bytes), 1024, 1 << 20, NULL},
+    {"max_body_bytes", T_INT, LOFF(max_body_bytes), 1024, 1 << 30, NULL},
+    {"max_batch_items", T_INT, LOFF(max_batch_items), 1, 1000000, NULL},
+    {"header_timeout_ms", T_INT, LOFF(header_timeout_ms), 10, 3600000, NULL},
+    {"body_timeout_ms", T_INT, LOFF(body_timeout_ms), 10, 3600000, NULL},
+    {"idle_timeout_ms", T_INT, LOFF(idle_timeout_ms), 10, 86400000, NULL},
+    {"shutdown_timeout_ms", T_INT, LOFF(shutdown_timeout_ms), 10, 600000, NULL},
+    {"max_pending_writes", T_INT, LOFF(max_pending_writes), 100, 100000000, NULL},
+    {NULL, 0, 0, 0, 0, NULL},
 };
 
 /* The config file may call these and nothing else. */
 static const char *const allowed_globals[] = {
     "string", "table", "math", "tostring", "tonumber", "type", "pairs", "ipairs",
-    "select", "error", "assert", "next", NULL,
+    "select", "error", "assert", "next", "ipairs", NULL,
 };
 
 void config_defaults(config *c)
 {
     memset(c, 0, sizeof *c);
+    c->scripts.dirs = xcalloc(2, sizeof *c->scripts.dirs);
+    c->scripts.dirs[0] = xstrdup(RATCHET_SHARE_DIR);
     c->listen = xstrdup("127.0.0.1:7700");
     const char *state = getenv("STATE_DIRECTORY"); /* set by systemd's StateDirectory= */
     c->data_dir = xstrdup(state && *state ? state : "/var/lib/ratchet");
@@ -83,6 +115,57 @@ void config_defaults(config *c)
     c->limits.idle_timeout_ms = 60000;
     c->limits.shutdown_timeout_ms = 5000;
     c->limits.max_pending_writes = 200000;
+    c->scripts.memory_limit_mb = 64;
+    c->scripts.evaluator_budget_ms = 100;
+    c->scripts.policy_budget_ms = 100;
+    c->scripts.template_budget_ms = 1000;
+    c->scripts.load_budget_ms = 1000;
+    c->scripts.watch = true;
+    c->scripts.reload_debounce_ms = 50;
+    c->evaluation.max_backlog = 100000;
+    c->evaluation.concurrency = 64;
+}
+
+static void free_dirs(char **dirs)
+{
+    for (char **d = dirs; d && *d; d++)
+        free(*d);
+    free(dirs);
+}
+
+static void free_prompts(config_prompt *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < p[i].nevaluators; k++) {
+            free(p[i].evaluators[k].name);
+            free(p[i].evaluators[k].evaluator);
+            free(p[i].evaluators[k].options_json);
+        }
+        free(p[i].evaluators);
+        free(p[i].name);
+    }
+    free(p);
+}
+
+const config_prompt *config_find_prompt(const config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nprompts; i++)
+        if (strcmp(c->prompts[i].name, name) == 0)
+            return &c->prompts[i];
+    return NULL;
+}
+
+void config_prepend_script_dir(config *c, const char *dir)
+{
+    size_t n = 0;
+    while (c->scripts.dirs && c->scripts.dirs[n])
+        n++;
+    char **d = xcalloc(n + 2, sizeof *d);
+    d[0] = xstrdup(dir);
+    for (size_t i = 0; i < n; i++)
+        d[i + 1] = c->scripts.dirs[i];
+    free(c->scripts.dirs);
+    c->scripts.dirs = d;
 }
 
 void config_free(config *c)
@@ -94,6 +177,8 @@ void config_free(config *c)
     free(c->admin_token);
     free(c->log_level);
     free(c->log_format);
+    free_dirs(c->scripts.dirs);
+    free_prompts(c->prompts, c->nprompts);
     memset(c, 0, sizeof *c);
 }
 
@@ -213,23 +298,52 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
             config_error(L, "'%s' must be true or false (got %s)", full, lua_typename(L, t));
         *(bool *)((char *)base + s->offset) = lua_toboolean(L, idx);
         return;
-    case T_LIMITS: {
+    case T_TABLE: {
         if (t != LUA_TTABLE)
             config_error(L, "'%s' must be a table (got %s)", full, lua_typename(L, t));
-        config_limits *lim = (config_limits *)((char *)base + s->offset);
+        void *tbl = (char *)base + s->offset;
         lua_pushnil(L);
         while (lua_next(L, idx) != 0) {
             if (lua_type(L, -2) != LUA_TSTRING)
                 config_error(L, "'%s' has a key that is not a name", full);
             const char *k = lua_tostring(L, -2);
-            const setting *sub = find_setting(limit_settings, k);
+            const setting *sub = find_setting(s->sub, k);
             if (!sub)
                 config_error(L, "unknown key '%s.%s'", full, k);
             char name[128];
             snprintf(name, sizeof name, "%s.%s", full, k);
-            apply_setting(L, lim, sub, name, lua_gettop(L));
+            apply_setting(L, tbl, sub, name, lua_gettop(L));
             lua_pop(L, 1);
         }
+        return;
+    }
+    case T_DIRS: {
+        if (t != LUA_TTABLE)
+            config_error(L, "'%s' must be a list of folders (got %s)", full, lua_typename(L, t));
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        if (n < 1 || n > 16)
+            config_error(L, "'%s' must list 1 to 16 folders", full);
+        char **dirs = xcalloc((size_t)n + 1, sizeof *dirs);
+        const char *cfgdir = lua_tostring(L, lua_upvalueindex(3));
+        for (lua_Integer i = 1; i <= n; i++) {
+            size_t len;
+            lua_rawgeti(L, idx, i);
+            const char *d = lua_tolstring(L, -1, &len);
+            if (lua_type(L, -1) != LUA_TSTRING || len == 0 || strlen(d) != len) {
+                free_dirs(dirs);
+                config_error(L, "'%s[%d]' must be a folder name", full, (int)i);
+            }
+            if (d[0] == '/' || !cfgdir)
+                dirs[i - 1] = xstrdup(d);
+            else {
+                dirs[i - 1] = xmalloc(strlen(cfgdir) + len + 2);
+                sprintf(dirs[i - 1], "%s/%s", cfgdir, d);
+            }
+            lua_pop(L, 1);
+        }
+        char ***slot = (char ***)((char *)base + s->offset);
+        free_dirs(*slot);
+        *slot = dirs;
         return;
     }
     }
@@ -323,6 +437,299 @@ static int helper_credential(lua_State *L)
     return push_file_contents(L, lua_tostring(L, -1), "credential()");
 }
 
+/* ---- prompt "name" { evaluators = { ... } } ---- */
+
+#define RAWJSON_MT "ratchet.config.rawjson"
+
+/* json(text): a JSON text to embed as it is in evaluator options (for
+ * example a schema read with file()). Checked here, so a bad file is an
+ * error at its line. */
+static int helper_json(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    json_error_t jerr;
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+    if (!v)
+        return config_error(L, "json(): not valid JSON (line %d, column %d): %s", jerr.line, jerr.column, jerr.text);
+    json_decref(v);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_setmetatable(L, RAWJSON_MT);
+    return 1;
+}
+
+/* Checks that the Lua value at idx converts to JSON; raises naming where (a
+ * path). Allocates nothing, so a raise leaks nothing. */
+static void check_json(lua_State *L, int idx, const char *where, int depth)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > 64)
+        config_error(L, "%s: nested too deeply (over 64 levels)", where);
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        return;
+    case LUA_TNUMBER:
+        if (!lua_isinteger(L, idx)) {
+            double d = lua_tonumber(L, idx);
+            if (d != d || d - d != 0)
+                config_error(L, "%s: a number must be finite", where);
+        }
+        return;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *v = lua_tolstring(L, idx, &len);
+        json_t *j = json_stringn(v, len);
+        if (!j)
+            config_error(L, "%s: strings must be UTF-8", where);
+        json_decref(j);
+        return;
+    }
+    case LUA_TTABLE:
+        break;
+    default:
+        config_error(L, "%s: a %s cannot be an option (use strings, numbers, booleans and tables)", where,
+                     luaL_typename(L, idx));
+    }
+    if (luaL_testudata(L, idx, RAWJSON_MT))
+        return;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    bool strings = false, numbers = false;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        char sub[256];
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            strings = true;
+            snprintf(sub, sizeof sub, "%s.%s", where, lua_tostring(L, -2));
+        } else if (lua_isinteger(L, -2) && lua_tointeger(L, -2) >= 1 && lua_tointeger(L, -2) <= n) {
+            numbers = true;
+            snprintf(sub, sizeof sub, "%s[%d]", where, (int)lua_tointeger(L, -2));
+        } else {
+            config_error(L, "%s: a table is either a list or has string keys", where);
+        }
+        if (strings && numbers)
+            config_error(L, "%s: a table is either a list or has string keys", where);
+        check_json(L, -1, sub, depth + 1);
+        lua_pop(L, 1);
+    }
+}
+
+/* Builds the JSON for a value check_json accepted. */
+static json_t *build_json(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return json_integer((json_int_t)lua_tointeger(L, idx));
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t len;
+        const char *v = lua_tolstring(L, idx, &len);
+        return json_stringn(v, len);
+    }
+    default:
+        break;
+    }
+    if (luaL_testudata(L, idx, RAWJSON_MT)) {
+        lua_rawgeti(L, idx, 1);
+        size_t len;
+        const char *text = lua_tolstring(L, -1, &len);
+        json_t *j = json_loadb(text, len, JSON_DECODE_ANY, NULL);
+        lua_pop(L, 1);
+        return j;
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    if (n > 0) {
+        json_t *arr = json_array();
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            json_array_append_new(arr, build_json(L, -1));
+            lua_pop(L, 1);
+        }
+        return arr;
+    }
+    json_t *obj = json_object();
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        json_object_set_new(obj, lua_tostring(L, -2), build_json(L, -1));
+        lua_pop(L, 1);
+    }
+    return obj;
+}
+
+static bool valid_name(const char *s, size_t len, size_t max)
+{
+    if (len == 0 || len > max)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+              ch == '_' || ch == '.' || ch == ':' || ch == '/'))
+            return false;
+    }
+    return true;
+}
+
+static int current_line(lua_State *L)
+{
+    lua_Debug ar;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar))
+        return ar.currentline;
+    return 0;
+}
+
+/* One entry of a prompt's evaluators list: "name" or
+ * { "evaluator", name = ..., options = {...}, required = true }.
+ * With a == NULL only checks (raising on any error); with a, fills it (the
+ * entry was checked before, so nothing raises while memory is held). Pushes
+ * nothing; *name_out gets the attachment's name (valid while the entry is). */
+static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos, config_attachment *a,
+                             const char **name_out)
+{
+    char where[200];
+    snprintf(where, sizeof where, "prompt '%s': evaluators[%d]", prompt, pos);
+    int top = lua_gettop(L);
+    const char *ev = NULL, *name = NULL;
+    bool required = true;
+    int opts = 0;
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        ev = name = lua_tostring(L, idx);
+    } else if (lua_type(L, idx) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            bool ok = (lua_isinteger(L, -2) && lua_tointeger(L, -2) == 1) ||
+                      (k && (!strcmp(k, "evaluator") || !strcmp(k, "name") || !strcmp(k, "options") ||
+                             !strcmp(k, "required")));
+            if (!ok)
+                config_error(L, "%s: unknown key '%s' (give the evaluator's name first, then name, options, "
+                                "required)", where, k ? k : "(a positional value)");
+            lua_pop(L, 1);
+        }
+        if (lua_rawgeti(L, idx, 1) == LUA_TNIL)
+            lua_getfield(L, idx, "evaluator");
+        if (lua_type(L, -1) != LUA_TSTRING)
+            config_error(L, "%s: the first value must be the evaluator's name", where);
+        ev = name = lua_tostring(L, -1);
+        int nt = lua_getfield(L, idx, "name");
+        if (nt != LUA_TNIL && nt != LUA_TSTRING)
+            config_error(L, "%s: 'name' must be a string", where);
+        if (nt == LUA_TSTRING) {
+            size_t len;
+            name = lua_tolstring(L, -1, &len);
+            if (!valid_name(name, len, 64))
+                config_error(L, "%s: name '%s' must be 1 to 64 letters, digits and - _ . : /", where, name);
+        }
+        int rt = lua_getfield(L, idx, "required");
+        if (rt != LUA_TNIL && rt != LUA_TBOOLEAN)
+            config_error(L, "%s: 'required' must be true or false", where);
+        if (rt == LUA_TBOOLEAN)
+            required = lua_toboolean(L, -1);
+        int ot = lua_getfield(L, idx, "options");
+        if (ot != LUA_TNIL) {
+            if (ot != LUA_TTABLE || luaL_testudata(L, -1, RAWJSON_MT) || lua_rawlen(L, -1) > 0)
+                config_error(L, "%s: 'options' must be a table of named options", where);
+            char ow[240];
+            snprintf(ow, sizeof ow, "%s.options", where);
+            check_json(L, -1, ow, 0);
+            opts = lua_gettop(L);
+        }
+    } else {
+        config_error(L, "%s: must be an evaluator's name or a table (got %s)", where, luaL_typename(L, idx));
+    }
+    size_t evlen = strlen(ev);
+    if (!valid_name(ev, evlen, 64) || strchr(ev, '/') || strchr(ev, '.') || strchr(ev, ':'))
+        config_error(L, "%s: '%s' is not an evaluator name (letters, digits, - and _)", where, ev);
+    if (a) {
+        memset(a, 0, sizeof *a);
+        a->evaluator = xstrdup(ev);
+        a->name = xstrdup(name);
+        a->required = required;
+        a->line = current_line(L);
+        if (opts) {
+            json_t *j = build_json(L, opts);
+            a->options_json = json_dumps(j, JSON_COMPACT);
+            json_decref(j);
+        } else {
+            a->options_json = xstrdup("{}");
+        }
+    }
+    *name_out = name;
+    (void)top;
+}
+
+/* The function `prompt "name"` returns: takes the prompt's table. */
+static int prompt_body(lua_State *L)
+{
+    config *c = lua_touserdata(L, lua_upvalueindex(1));
+    const char *name = lua_tostring(L, lua_upvalueindex(2));
+    if (lua_type(L, 1) != LUA_TTABLE)
+        return config_error(L, "prompt '%s' must be followed by a table: prompt \"%s\" { evaluators = {...} }", name,
+                            name);
+    lua_settop(L, 1);
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "evaluators") != 0)
+            config_error(L, "prompt '%s': unknown key '%s' (known: evaluators)", name,
+                         lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "(a positional value)");
+        lua_pop(L, 1);
+    }
+    int t = lua_getfield(L, 1, "evaluators"); /* 2 */
+    if (t != LUA_TNIL && t != LUA_TTABLE)
+        return config_error(L, "prompt '%s': 'evaluators' must be a list", name);
+    size_t n = t == LUA_TTABLE ? lua_rawlen(L, 2) : 0;
+    if (n > 64)
+        return config_error(L, "prompt '%s': at most 64 evaluators", name);
+    /* pass 1: check everything (raises, holding no memory) */
+    lua_newtable(L); /* 3: names seen */
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        int top = lua_gettop(L);
+        const char *aname;
+        parse_attachment(L, top, name, (int)i + 1, NULL, &aname);
+        lua_pushstring(L, aname);
+        if (lua_rawget(L, 3) != LUA_TNIL)
+            return config_error(L, "prompt '%s': two evaluators are named '%s'; give one a distinct name = \"...\"",
+                                name, aname);
+        lua_pushstring(L, aname);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, 3);
+        lua_settop(L, 3);
+    }
+    /* pass 2: build */
+    config_prompt p = {.line = current_line(L), .name = xstrdup(name), .nevaluators = n};
+    p.evaluators = n ? xcalloc(n, sizeof *p.evaluators) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        const char *aname;
+        parse_attachment(L, lua_gettop(L), name, (int)i + 1, &p.evaluators[i], &aname);
+        lua_settop(L, 3);
+    }
+    c->prompts = xrealloc(c->prompts, (c->nprompts + 1) * sizeof *c->prompts);
+    c->prompts[c->nprompts++] = p;
+    return 0;
+}
+
+/* prompt "name" -> a function taking the prompt's settings. */
+static int helper_prompt(lua_State *L)
+{
+    config *c = lua_touserdata(L, lua_upvalueindex(1));
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (!valid_name(name, len, 128))
+        return config_error(L, "prompt: '%s' is not a prompt name (1 to 128 letters, digits and - _ . : /)", name);
+    if (config_find_prompt(c, name))
+        return config_error(L, "prompt '%s' is declared twice", name);
+    lua_pushlightuserdata(L, c);
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, prompt_body, 2);
+    return 1;
+}
+
 static void instruction_limit(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -361,6 +768,13 @@ static int load_protected(lua_State *L)
     lua_setfield(L, helpers, "file");
     lua_pushcfunction(L, helper_credential);
     lua_setfield(L, helpers, "credential");
+    lua_pushcfunction(L, helper_json);
+    lua_setfield(L, helpers, "json");
+    lua_pushlightuserdata(L, c);
+    lua_pushcclosure(L, helper_prompt, 1);
+    lua_setfield(L, helpers, "prompt");
+    luaL_newmetatable(L, RAWJSON_MT);
+    lua_pop(L, 1);
 
     lua_newtable(L); /* shadow of the settings made */
     int shadow = lua_gettop(L);
@@ -374,7 +788,11 @@ static int load_protected(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pushlightuserdata(L, c);
     lua_pushvalue(L, shadow);
-    lua_pushcclosure(L, env_newindex, 2);
+    if (slash)
+        lua_pushlstring(L, path, (size_t)(slash - path));
+    else
+        lua_pushliteral(L, ".");
+    lua_pushcclosure(L, env_newindex, 3);
     lua_setfield(L, -2, "__newindex");
     lua_pushliteral(L, "locked");
     lua_setfield(L, -2, "__metatable");
@@ -391,6 +809,7 @@ static int load_protected(lua_State *L)
 
 int config_load(config *c, const char *path, char *err, size_t errlen)
 {
+    char **default_dirs = c->scripts.dirs;
     lua_State *L = luaL_newstate();
     if (!L) {
         snprintf(err, errlen, "%s: out of memory", path);
@@ -409,5 +828,13 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     lua_close(L);
     free(c->path);
     c->path = xstrdup(path);
+    if (c->scripts.dirs == default_dirs) {
+        free_dirs(default_dirs);
+        /* default: the config file's folder (user scripts), then the shipped ones */
+        const char *slash = strrchr(path, '/');
+        c->scripts.dirs = xcalloc(3, sizeof *c->scripts.dirs);
+        c->scripts.dirs[0] = slash ? xstrndup(path, (size_t)(slash - path)) : xstrdup(".");
+        c->scripts.dirs[1] = xstrdup(RATCHET_SHARE_DIR);
+    }
     return 0;
 }

@@ -17,6 +17,40 @@ typedef struct {
     int max_pending_writes;
 } config_limits;
 
+/* Script limits and reloading (the `scripts` table). */
+typedef struct {
+    char **dirs;               /* NULL-terminated roots holding evaluators/, policies/, scripts/ */
+    int memory_limit_mb;
+    int evaluator_budget_ms;
+    int policy_budget_ms;
+    int template_budget_ms;
+    int load_budget_ms;
+    bool watch;                /* reload when a file changes */
+    int reload_debounce_ms;
+} config_scripts;
+
+/* Online evaluation (the `evaluation` table). */
+typedef struct {
+    int max_backlog;           /* traces waiting; past it new ones go unevaluated */
+    int concurrency;           /* evaluator invocations running at once */
+} config_evaluation;
+
+/* One evaluator attached to a prompt. */
+typedef struct {
+    char *name;                /* unique within the prompt; default: the evaluator's */
+    char *evaluator;           /* the file evaluators/<evaluator>.lua */
+    char *options_json;        /* a JSON object */
+    bool required;             /* a failure fails the trace (else advisory) */
+    int line;
+} config_attachment;
+
+typedef struct {
+    char *name;
+    config_attachment *evaluators;
+    size_t nevaluators;
+    int line;
+} config_prompt;
+
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
     char *listen;        /* "host:port" or "[v6]:port" */
@@ -27,6 +61,10 @@ typedef struct {
     char *log_format;    /* "text" or "json" */
     bool access_log;
     config_limits limits;
+    config_scripts scripts;
+    config_evaluation evaluation;
+    config_prompt *prompts;
+    size_t nprompts;
 } config;
 
 /* Fills c with every default. */
@@ -35,6 +73,9 @@ void config_defaults(config *c);
  * writes "file:line: message" into err. */
 int config_load(config *c, const char *path, char *err, size_t errlen);
 void config_free(config *c);
+const config_prompt *config_find_prompt(const config *c, const char *name);
+/* Puts dir first in scripts.dirs (the --script-dir option). */
+void config_prepend_script_dir(config *c, const char *dir);
 /* Splits a listen address; returns 0 and fills host (with no brackets) and port. */
 int config_parse_listen(const char *listen, char *host, size_t hostlen, int *port);
 

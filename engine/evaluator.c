@@ -12,9 +12,23 @@
 
 int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen)
 {
+    buf_t text;
+    buf_init(&text);
+    int rc = script_read_text(path, &text, err, errlen);
+    if (rc == 0)
+        rc = evaluator_load_text(vm, path, text.data ? text.data : "", text.len, ev, err, errlen);
+    else
+        memset(ev, 0, sizeof *ev);
+    buf_free(&text);
+    return rc;
+}
+
+int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_t len, evaluator *ev, char *err,
+                        size_t errlen)
+{
     memset(ev, 0, sizeof *ev);
     int ref;
-    if (script_load_file(vm, path, &ref, err, errlen) != 0)
+    if (script_load_text(vm, path, text, len, &ref, ev->version, err, errlen) != 0)
         return -1;
     lua_State *L = script_vm_state(vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
@@ -58,6 +72,7 @@ void evaluator_free(script_vm *vm, evaluator *ev)
 typedef struct {
     const char *case_json, *opts_json;
     const evaluator *ev;
+    bool from_trace;
     eval_done done;
     void *ud;
 } run_ctx;
@@ -68,6 +83,15 @@ static int push_args(lua_State *co, void *ud)
     run_ctx *rc = ud;
     if (!script_push_json(co, rc->case_json, strlen(rc->case_json)))
         lua_pushnil(co);
+    else if (rc->from_trace && lua_istable(co, -1)) {
+        lua_createtable(co, 0, 3);
+        lua_getfield(co, -2, "input");
+        lua_setfield(co, -2, "input");
+        lua_getfield(co, -2, "output");
+        lua_setfield(co, -2, "output");
+        lua_insert(co, -2);
+        lua_setfield(co, -2, "trace");
+    }
     if (!rc->opts_json || !script_push_json(co, rc->opts_json, strlen(rc->opts_json)))
         lua_newtable(co);
     lua_newtable(co);
@@ -128,14 +152,15 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
     finish(rc, SCRIPT_OK, pass, score, why);
 }
 
-void evaluator_run(script_vm *vm, const evaluator *ev, const char *case_json, const char *opts_json, eval_done done,
-                   void *ud)
+void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
+                   const char *opts_json, eval_done done, void *ud)
 {
     run_ctx *rc = xcalloc(1, sizeof *rc);
+    rc->from_trace = from_trace;
     rc->case_json = case_json;
     rc->opts_json = opts_json;
     rc->ev = ev;
     rc->done = done;
     rc->ud = ud;
-    script_invoke(vm, ev->ref, "evaluate", push_args, on_done, rc);
+    script_invoke(vm, ev->ref, "evaluate", budget_ms, push_args, on_done, rc);
 }

@@ -15,7 +15,8 @@ typedef struct {
     char *name;
     char *description;
     char *path;
-    int ref; /* the table the file returned */
+    int ref;          /* the table the file returned */
+    char version[17]; /* hash of the file's text */
 } evaluator;
 
 typedef struct {
@@ -29,10 +30,14 @@ typedef void (*eval_done)(const eval_result *r, void *ud);
 
 /* Loads and checks the contract; errors name the file (and line). */
 int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen);
+int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_t len, evaluator *ev, char *err,
+                        size_t errlen);
 void evaluator_free(script_vm *vm, evaluator *ev);
-/* Runs evaluate(case, opts, ctx) with case and opts given as JSON texts.
- * done runs once, on the loop, possibly before this returns. */
-void evaluator_run(script_vm *vm, const evaluator *ev, const char *case_json, const char *opts_json, eval_done done,
-                   void *ud);
+/* Runs evaluate(case, opts, ctx) with case and opts given as JSON texts
+ * under budget_ms (0: the VM's default). With from_trace, case_json is a
+ * stored trace and the case is { input = trace.input, output = trace.output,
+ * trace = trace }. done runs once, on the loop, possibly before this returns. */
+void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
+                   const char *opts_json, eval_done done, void *ud);
 
 #endif

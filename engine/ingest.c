@@ -463,12 +463,14 @@ static bool validate_feedback(vctx *v, yajl_val obj, const char *path, const cha
         else
             add_error(v, p, "must be \"up\" or \"down\"");
     }
+    bool low_score = false;
     j = obj_get(obj, "score");
     snprintf(p, sizeof p, "%s.score", path);
     if (j) {
         double d = YAJL_IS_INTEGER(j) ? (double)j->u.number.i : YAJL_IS_NUMBER(j) ? j->u.number.d : -1;
         if (!(d >= 0 && d <= 1))
             add_error(v, p, "must be a number from 0 to 1");
+        low_score = d < 0.5;
     }
     snprintf(p, sizeof p, "%s.label", path);
     check_string(v, obj, "label", p, false, 256);
@@ -523,6 +525,7 @@ static bool validate_feedback(vctx *v, yajl_val obj, const char *path, const cha
     f->trace_id = xstrdup(tid);
     f->source = source;
     f->thumbs = thumbs;
+    f->negative = thumbs < 0 || low_score;
     f->ts_ms = ts;
     return true;
 }

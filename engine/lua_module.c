@@ -70,7 +70,7 @@ static int l_evaluate(lua_State *L)
     const char *opts_json = has_opts ? to_json(L, 3) : NULL;
     const char *case_json = to_json(L, 2);
     wait_result w = {0};
-    evaluator_run(se->vm, &se->ev, case_json, opts_json, on_result, &w);
+    evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
     lua_createtable(L, 0, 4);

@@ -13,10 +13,17 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <curl/curl.h>
+#include <jansson.h>
+#include <libgen.h>
+
 #include "api.h"
+#include "catalog.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "online.h"
+#include "script.h"
 #include "store.h"
 
 #ifndef RATCHET_VERSION
@@ -33,39 +40,92 @@ static const char main_usage[] =
     "without ever getting worse.\n"
     "\n"
     "commands:\n"
-    "  serve     run the engine (HTTP API, ingest, store)\n"
+    "  serve     run the engine (HTTP API, ingest, store, online evaluation)\n"
+    "  check     compile the config and every script without starting; exit 1 on errors\n"
+    "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  version   print the version\n"
     "  help      show this help, or `ratchet help <command>`\n"
     "\n"
     "Run `ratchet <command> --help` for a command's options.\n";
 
 static const char serve_usage[] =
-    "usage: ratchet serve [-c FILE] [--listen ADDR] [--data-dir DIR] [--address-file FILE]\n"
+    "usage: ratchet serve [-c FILE] [--listen ADDR] [--data-dir DIR] [--script-dir DIR] [--address-file FILE]\n"
     "\n"
-    "Runs the engine in the foreground until SIGTERM or SIGINT.\n"
+    "Runs the engine in the foreground until SIGTERM or SIGINT. SIGHUP (and, with\n"
+    "scripts.watch, any change of a script or the config file) reloads the config and\n"
+    "every script; what fails to load keeps its running version.\n"
     "\n"
     "  -c, --config FILE      read settings from this Lua file (default: built-in defaults)\n"
     "  -l, --listen ADDR      listen address, overriding the config (e.g. 127.0.0.1:7700, [::1]:0)\n"
     "  -d, --data-dir DIR     data directory, overriding the config\n"
+    "  -s, --script-dir DIR   look for evaluators/, policies/, scripts/ here first\n"
     "      --address-file F   write the bound address (host:port) to F once listening\n"
     "  -h, --help             show this help\n"
     "\n"
     "Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on a usage or\n"
     "configuration error.\n";
 
+static const char check_usage[] =
+    "usage: ratchet check [-c FILE] [--script-dir DIR]\n"
+    "\n"
+    "Reads the config and compiles every script (evaluators/, policies/, scripts/\n"
+    "under each script folder) exactly as `serve` would, without starting the\n"
+    "server, and prints every error with its file and line. For CI of your scripts.\n"
+    "\n"
+    "  -c, --config FILE      the config to check (default: built-in defaults)\n"
+    "  -s, --script-dir DIR   look for scripts here first\n"
+    "  -q, --quiet            print only errors\n"
+    "\n"
+    "Exit status: 0 when everything loads, 1 when anything fails, 2 on a usage error.\n";
+
+static const char evaluate_usage[] =
+    "usage: ratchet evaluate --prompt NAME [--since T] [--until T] [--unevaluated] [-c FILE] [--url URL]\n"
+    "\n"
+    "Asks the running engine to re-evaluate the prompt's traces with since <= time < until\n"
+    "(after an evaluator changed, or to catch up on traces left unevaluated). Times are\n"
+    "RFC 3339 (2026-11-24T00:00:00Z) or milliseconds since the epoch. Progress shows in\n"
+    "GET /v1/status.\n"
+    "\n"
+    "  -p, --prompt NAME      the prompt (required)\n"
+    "      --since T          from this time (default: the beginning)\n"
+    "      --until T          up to this time (default: now and later)\n"
+    "      --unevaluated      only traces never evaluated\n"
+    "  -c, --config FILE      read the engine's address and admin_token from this config\n"
+    "  -u, --url URL          the engine's base URL (default: from the config's listen)\n"
+    "\n"
+    "The admin token comes from the config, or from $RATCHET_ADMIN_TOKEN.\n"
+    "Exit status: 0 when the engine took the job, 1 when it refused or cannot be reached,\n"
+    "2 on a usage error.\n";
+
 static const char version_usage[] = "usage: ratchet version\n\nPrints the version of ratchet and its libraries.\n";
 
 /* ---- serve ---- */
 
+#define MAX_WATCHES 64
+
 typedef struct {
     uv_loop_t *loop;
     config cfg;
+    const char *config_path;   /* NULL: built-in defaults */
+    const char *script_dir;    /* --script-dir */
     store *store;
     http_server *http;
     api api;
+    script_vm *vm;
+    catalog *cat;
+    online *online;
+    api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
+    uv_timer_t debounce_timer;
+    uv_fs_event_t *watches[MAX_WATCHES];
+    int nwatches;
+    uv_work_t scan_work;
+    catalog_scan *scan;
+    bool reload_again;
+    const char *reload_why;
+    char addr[96];
     bool stopping;
 } engine;
 
@@ -77,19 +137,58 @@ static void close_handle(uv_handle_t *h)
 
 static engine *the_engine;
 
+static void finish_stop(void *arg);
+
+static void on_stop_retry(uv_timer_t *t)
+{
+    finish_stop(t->data);
+}
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void close_watches(engine *e)
+{
+    for (int i = 0; i < e->nwatches; i++)
+        uv_close((uv_handle_t *)e->watches[i], free_handle);
+    e->nwatches = 0;
+}
+
+static void finish_stop(void *arg)
+{
+    engine *e = arg;
+    if (e->scan_work.data) { /* a reload's scan is still in the thread pool */
+        uv_timer_start(&e->shutdown_timer, on_stop_retry, 10, 0);
+        return;
+    }
+    uv_timer_stop(&e->shutdown_timer);
+    close_handle((uv_handle_t *)&e->shutdown_timer);
+    close_handle((uv_handle_t *)&e->watchdog_timer);
+    close_handle((uv_handle_t *)&e->debounce_timer);
+    close_handle((uv_handle_t *)&e->sigterm);
+    close_handle((uv_handle_t *)&e->sigint);
+    close_handle((uv_handle_t *)&e->sighup);
+    close_watches(e);
+    store_close(e->store); /* flushes the writer: every queued write is committed */
+    e->store = NULL;
+    online_free(e->online);
+    e->online = NULL;
+    catalog_free(e->cat);
+    e->cat = NULL;
+    script_vm_free(e->vm);
+    e->vm = NULL;
+    log_info("engine", "stopped");
+}
+
 static void finish_shutdown(http_server *srv)
 {
     (void)srv;
     engine *e = the_engine;
     uv_timer_stop(&e->shutdown_timer);
-    close_handle((uv_handle_t *)&e->shutdown_timer);
-    close_handle((uv_handle_t *)&e->watchdog_timer);
-    close_handle((uv_handle_t *)&e->sigterm);
-    close_handle((uv_handle_t *)&e->sigint);
-    close_handle((uv_handle_t *)&e->sighup);
-    store_close(e->store); /* flushes the writer: every queued write is committed */
-    e->store = NULL;
-    log_info("engine", "stopped");
+    /* evaluations running finish and their results are written first */
+    online_drain(e->online, finish_stop, e);
 }
 
 static void on_shutdown_deadline(uv_timer_t *t)
@@ -112,11 +211,253 @@ static void begin_shutdown(engine *e, const char *why)
     http_server_drain(e->http, finish_shutdown);
 }
 
+/* ---- scripts and reloading ---- */
+
+typedef void (*report_fn)(const char *msg, void *ud);
+
+/* Every attachment must name an evaluator the catalog has. */
+static int check_attachments(const config *cfg, const catalog *cat, report_fn report, void *ud)
+{
+    int bad = 0;
+    for (size_t i = 0; i < cfg->nprompts; i++)
+        for (size_t k = 0; k < cfg->prompts[i].nevaluators; k++) {
+            const config_attachment *a = &cfg->prompts[i].evaluators[k];
+            if (catalog_peek(cat, a->evaluator))
+                continue;
+            char msg[1024];
+            buf_t dirs;
+            buf_init(&dirs);
+            for (const char *const *d = catalog_dirs(cat); *d; d++)
+                buf_printf(&dirs, "%s%s/evaluators", d == catalog_dirs(cat) ? "" : ", ", *d);
+            snprintf(msg, sizeof msg, "%s:%d: prompt '%s': no evaluator '%s' (looked for %s.lua in %s)",
+                     cfg->path ? cfg->path : "(defaults)", a->line, cfg->prompts[i].name, a->evaluator,
+                     a->evaluator, dirs.data ? dirs.data : "no folders");
+            buf_free(&dirs);
+            report(msg, ud);
+            bad++;
+        }
+    return bad;
+}
+
+/* The folders require() looks in: each root's script folders. */
+static char **require_dirs(const config *cfg)
+{
+    size_t n = 0;
+    while (cfg->scripts.dirs[n])
+        n++;
+    char **out = xcalloc(3 * n + 1, sizeof *out);
+    static const char *const kinds[] = {"evaluators", "policies", "scripts"};
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            out[3 * i + (size_t)k] = xmalloc(strlen(cfg->scripts.dirs[i]) + 16);
+            sprintf(out[3 * i + (size_t)k], "%s/%s", cfg->scripts.dirs[i], kinds[k]);
+        }
+    return out;
+}
+
+static script_vm *new_vm(uv_loop_t *loop, const config *cfg)
+{
+    script_limits lim;
+    script_limits_default(&lim);
+    lim.memory_limit = (size_t)cfg->scripts.memory_limit_mb << 20;
+    lim.budget_ms = cfg->scripts.evaluator_budget_ms;
+    lim.load_budget_ms = cfg->scripts.load_budget_ms;
+    char **dirs = require_dirs(cfg);
+    script_vm *vm = script_vm_new(loop, &lim, (const char *const *)dirs);
+    catalog_free_list(dirs);
+    return vm;
+}
+
+static void log_report(const char *msg, void *ud)
+{
+    char **first = ud;
+    log_error("config", "%s", msg);
+    if (first && !*first)
+        *first = xstrdup(msg);
+}
+
+static void swap_str(char **a, char **b)
+{
+    char *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static bool differ(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+/* Takes what can change while running from n into e->cfg; n keeps the old
+ * values (the caller frees it). The rest needs a restart, and says so. */
+static void apply_config(engine *e, config *n)
+{
+    config *c = &e->cfg;
+    if (differ(c->listen, n->listen) || differ(c->data_dir, n->data_dir) || differ(c->log_format, n->log_format) ||
+        c->access_log != n->access_log || memcmp(&c->limits, &n->limits, sizeof c->limits) != 0 ||
+        c->scripts.memory_limit_mb != n->scripts.memory_limit_mb ||
+        c->scripts.load_budget_ms != n->scripts.load_budget_ms || c->scripts.watch != n->scripts.watch)
+        log_warn("config", "listen, data_dir, log_format, access_log, limits and scripts.memory_limit_mb, "
+                           "load_budget_ms, watch take effect at the next restart; the rest is applied now");
+    swap_str(&c->ingest_token, &n->ingest_token);
+    swap_str(&c->admin_token, &n->admin_token);
+    swap_str(&c->log_level, &n->log_level);
+    log_set_level((enum log_level)log_level_parse(c->log_level));
+    config_prompt *p = c->prompts;
+    size_t np = c->nprompts;
+    c->prompts = n->prompts;
+    c->nprompts = n->nprompts;
+    n->prompts = p;
+    n->nprompts = np;
+    c->scripts.evaluator_budget_ms = n->scripts.evaluator_budget_ms;
+    c->scripts.policy_budget_ms = n->scripts.policy_budget_ms;
+    c->scripts.template_budget_ms = n->scripts.template_budget_ms;
+    c->scripts.reload_debounce_ms = n->scripts.reload_debounce_ms;
+    c->evaluation = n->evaluation;
+    online_configure(e->online, c);
+}
+
+static void setup_watches(engine *e);
+static void reload_start(engine *e, const char *why);
+
+static void scan_work(uv_work_t *w)
+{
+    engine *e = w->data;
+    e->scan = catalog_scan_run(catalog_dirs(e->cat));
+}
+
+static void scan_after(uv_work_t *w, int status)
+{
+    (void)status;
+    engine *e = w->data;
+    w->data = NULL;
+    if (e->stopping) {
+        catalog_scan_free(e->scan);
+        e->scan = NULL;
+        return;
+    }
+    uint64_t t0 = mono_ns();
+    int failed = catalog_apply(e->cat, e->scan, true);
+    e->scan = NULL;
+    char *config_error = NULL;
+    if (e->config_path) {
+        config n;
+        config_defaults(&n);
+        char err[1024];
+        if (config_load(&n, e->config_path, err, sizeof err) != 0) {
+            log_error("config", "%s (the running configuration stays)", err);
+            config_error = xstrdup(err);
+        } else {
+            if (e->script_dir)
+                config_prepend_script_dir(&n, e->script_dir);
+            if (check_attachments(&n, e->cat, log_report, &config_error) == 0)
+                apply_config(e, &n);
+            else
+                log_error("config", "the running configuration stays");
+        }
+        config_free(&n);
+    }
+    free(e->reload.config_error);
+    e->reload.config_error = config_error;
+    e->reload.reloads++;
+    e->reload.last_ms = now_ms();
+    e->reload.reloading = false;
+    if (failed || config_error)
+        e->reload.failures++;
+    log_info("engine", "reloaded (%s) in %.1f ms: %d script errors%s", e->reload_why,
+             (double)(mono_ns() - t0) / 1e6, failed, config_error ? ", config error" : "");
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s; reloaded (%s)%s", e->addr, e->reload_why,
+               failed || config_error ? " with errors, see /v1/status" : "");
+    if (e->cfg.scripts.watch)
+        setup_watches(e); /* folders may have come or gone */
+    if (e->reload_again) {
+        e->reload_again = false;
+        reload_start(e, "further changes");
+    }
+}
+
+static void reload_start(engine *e, const char *why)
+{
+    if (e->stopping)
+        return;
+    if (e->scan_work.data) {
+        e->reload_again = true;
+        return;
+    }
+    e->reload_why = why;
+    e->reload.reloading = true;
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading (%s)",
+               (unsigned long long)(mono_ns() / 1000), why);
+    e->scan_work.data = e;
+    uv_queue_work(e->loop, &e->scan_work, scan_work, scan_after);
+}
+
+static void on_debounced(uv_timer_t *t)
+{
+    reload_start(t->data, "a file changed");
+}
+
+static bool worth_reloading(engine *e, const char *name)
+{
+    if (!name)
+        return true;
+    size_t n = strlen(name);
+    if (n > 4 && strcmp(name + n - 4, ".lua") == 0 && name[0] != '.')
+        return true;
+    if (!strcmp(name, "evaluators") || !strcmp(name, "policies") || !strcmp(name, "scripts"))
+        return true;
+    if (e->config_path) {
+        const char *base = strrchr(e->config_path, '/');
+        base = base ? base + 1 : e->config_path;
+        if (strcmp(base, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    (void)events;
+    engine *e = h->data;
+    if (status < 0 || !worth_reloading(e, filename))
+        return;
+    uv_timer_start(&e->debounce_timer, on_debounced, (uint64_t)e->cfg.scripts.reload_debounce_ms, 0);
+}
+
+static void add_watch(engine *e, const char *dir)
+{
+    if (e->nwatches >= MAX_WATCHES)
+        return;
+    uv_fs_event_t *w = xmalloc(sizeof *w);
+    uv_fs_event_init(e->loop, w);
+    w->data = e;
+    if (uv_fs_event_start(w, on_fs_event, dir, 0) != 0) {
+        uv_close((uv_handle_t *)w, free_handle);
+        return;
+    }
+    e->watches[e->nwatches++] = w;
+}
+
+static void setup_watches(engine *e)
+{
+    close_watches(e);
+    char **dirs = catalog_watch_dirs(e->cat);
+    for (char **d = dirs; d && *d; d++)
+        add_watch(e, *d);
+    catalog_free_list(dirs);
+    if (e->config_path) {
+        char *copy = xstrdup(e->config_path);
+        add_watch(e, dirname(copy));
+        free(copy);
+    }
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     engine *e = h->data;
     if (signum == SIGHUP) {
-        log_info("engine", "SIGHUP: nothing to reload in this version");
+        log_info("engine", "SIGHUP: reloading the configuration and every script");
+        reload_start(e, "SIGHUP");
         return;
     }
     begin_shutdown(e, signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -161,16 +502,18 @@ static int cmd_serve(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
         {"data-dir", required_argument, NULL, 'd'}, {"address-file", required_argument, NULL, 'a'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"script-dir", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *listen = NULL, *data_dir = NULL, *address_file = NULL;
+    const char *config_path = NULL, *listen = NULL, *data_dir = NULL, *address_file = NULL, *script_dir = NULL;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:l:d:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:l:d:s:h", opts, NULL)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'l': listen = optarg; break;
         case 'd': data_dir = optarg; break;
+        case 's': script_dir = optarg; break;
         case 'a': address_file = optarg; break;
         case 'h': fputs(serve_usage, stdout); return 0;
         default: fputs(serve_usage, stderr); return EXIT_USAGE;
@@ -206,6 +549,10 @@ static int cmd_serve(int argc, char **argv)
         free(e.cfg.data_dir);
         e.cfg.data_dir = xstrdup(data_dir);
     }
+    if (script_dir)
+        config_prepend_script_dir(&e.cfg, script_dir);
+    e.config_path = config_path;
+    e.script_dir = script_dir;
     config_parse_listen(e.cfg.listen, host, sizeof host, &port);
     log_set_level((enum log_level)log_level_parse(e.cfg.log_level));
     log_set_json(strcmp(e.cfg.log_format, "json") == 0);
@@ -217,9 +564,35 @@ static int cmd_serve(int argc, char **argv)
         config_free(&e.cfg);
         return EXIT_RUNTIME;
     }
+    /* scripts: everything must load at start (later, a reload that fails
+     * keeps the old version; at start there is none to keep) */
+    e.vm = new_vm(e.loop, &e.cfg);
+    e.cat = catalog_new(e.vm, (const char *const *)e.cfg.scripts.dirs);
+    int script_errors = catalog_reload(e.cat, true) + check_attachments(&e.cfg, e.cat, log_report, NULL);
+    if (script_errors) {
+        log_error("engine", "%d script or configuration errors (listed above); not starting. "
+                            "`ratchet check` lists them too", script_errors);
+        catalog_free(e.cat);
+        script_vm_free(e.vm);
+        store_close(e.store);
+        uv_run(e.loop, UV_RUN_NOWAIT);
+        uv_loop_close(e.loop);
+        config_free(&e.cfg);
+        return EXIT_USAGE;
+    }
+    e.online = online_new(e.loop, e.store, e.vm, e.cat, &e.cfg);
+    /* traces acknowledged but not evaluated before the last stop */
+    for (size_t i = 0; i < e.cfg.nprompts; i++)
+        if (online_has_prompt(e.online, e.cfg.prompts[i].name))
+            online_reevaluate(e.online, e.cfg.prompts[i].name, 0, INT64_MAX, true);
+
     e.api.loop = e.loop;
     e.api.cfg = &e.cfg;
     e.api.store = e.store;
+    e.api.online = e.online;
+    e.api.catalog = e.cat;
+    e.api.reload = &e.reload;
+    e.api.started_ms = now_ms();
     http_limits lim = {
         .max_connections = e.cfg.limits.max_connections,
         .max_header_bytes = (size_t)e.cfg.limits.max_header_bytes,
@@ -231,14 +604,17 @@ static int cmd_serve(int argc, char **argv)
     };
     if (http_server_start(&e.http, e.loop, host, port, &lim, api_handle, &e.api, err, sizeof err) != 0) {
         log_error("engine", "%s", err);
+        online_free(e.online);
+        catalog_free(e.cat);
+        script_vm_free(e.vm);
         store_close(e.store);
         uv_run(e.loop, UV_RUN_NOWAIT);
         uv_loop_close(e.loop);
         config_free(&e.cfg);
         return EXIT_RUNTIME;
     }
-    char addr[96];
-    http_server_address(e.http, addr, sizeof addr);
+    char *addr = e.addr;
+    http_server_address(e.http, e.addr, sizeof e.addr);
     if (address_file && write_address_file(address_file, addr) != 0)
         log_warn("engine", "cannot write the address file '%s': %s", address_file, strerror(errno));
 
@@ -251,6 +627,10 @@ static int cmd_serve(int argc, char **argv)
     uv_signal_start(&e.sighup, on_signal, SIGHUP);
     uv_timer_init(e.loop, &e.shutdown_timer);
     e.shutdown_timer.data = &e;
+    uv_timer_init(e.loop, &e.debounce_timer);
+    e.debounce_timer.data = &e;
+    if (e.cfg.scripts.watch)
+        setup_watches(&e);
     start_watchdog(&e);
 
     log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, addr, e.cfg.data_dir,
@@ -259,8 +639,11 @@ static int cmd_serve(int argc, char **argv)
         log_warn("engine", "no ingest_token is configured: only loopback clients may ingest");
     if (!e.cfg.admin_token)
         log_warn("engine", "no admin_token is configured: only loopback clients may read or administer");
-    /* READY only now: the listener is bound and the store is open */
-    sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s", addr, e.cfg.data_dir);
+    /* READY only now: the listener is bound, the store open, the scripts loaded */
+    catalog_stats cst;
+    catalog_get_stats(e.cat, &cst);
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", addr, e.cfg.data_dir,
+               cst.evaluators, e.cfg.nprompts);
 
     uv_run(e.loop, UV_RUN_DEFAULT);
 
@@ -269,7 +652,213 @@ static int cmd_serve(int argc, char **argv)
     if (rc != 0)
         log_warn("engine", "event loop closed with handles still open: %s", uv_strerror(rc));
     config_free(&e.cfg);
+    free(e.reload.config_error);
     return 0;
+}
+
+/* ---- check ---- */
+
+static void print_report(const char *msg, void *ud)
+{
+    (void)ud;
+    fprintf(stderr, "%s\n", msg);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"script-dir", required_argument, NULL, 's'},
+        {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL, *script_dir = NULL;
+    bool quiet = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "c:s:qh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config_path = optarg; break;
+        case 's': script_dir = optarg; break;
+        case 'q': quiet = true; break;
+        case 'h': fputs(check_usage, stdout); return 0;
+        default: fputs(check_usage, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ratchet check: unexpected argument '%s'\n\n%s", argv[optind], check_usage);
+        return EXIT_USAGE;
+    }
+    log_set_level(LOG_ERROR);
+    config cfg;
+    config_defaults(&cfg);
+    char err[1024];
+    if (config_path && config_load(&cfg, config_path, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        config_free(&cfg);
+        fprintf(stderr, "ratchet check: 1 error\n");
+        return EXIT_RUNTIME;
+    }
+    if (script_dir)
+        config_prepend_script_dir(&cfg, script_dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    script_vm *vm = new_vm(&loop, &cfg);
+    catalog *cat = catalog_new(vm, (const char *const *)cfg.scripts.dirs);
+    catalog_reload(cat, false);
+    const char *const *errors;
+    size_t nerr = catalog_errors(cat, &errors);
+    for (size_t i = 0; i < nerr; i++)
+        fprintf(stderr, "%s\n", errors[i]);
+    int bad = (int)nerr + check_attachments(&cfg, cat, print_report, NULL);
+    catalog_stats st;
+    catalog_get_stats(cat, &st);
+    if (!quiet && !bad)
+        printf("ok: %s, %zu evaluators, %zu prompts (script folders: %s%s)\n",
+               config_path ? config_path : "built-in defaults", st.evaluators, cfg.nprompts, cfg.scripts.dirs[0],
+               cfg.scripts.dirs[1] ? ", ..." : "");
+    if (bad)
+        fprintf(stderr, "ratchet check: %d error%s\n", bad, bad == 1 ? "" : "s");
+    catalog_free(cat);
+    script_vm_free(vm);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    config_free(&cfg);
+    return bad ? EXIT_RUNTIME : 0;
+}
+
+/* ---- evaluate (a client of the running engine) ---- */
+
+static size_t collect(char *ptr, size_t size, size_t n, void *ud)
+{
+    buf_append(ud, ptr, size * n);
+    return size * n;
+}
+
+static int cmd_evaluate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"prompt", required_argument, NULL, 'p'}, {"since", required_argument, NULL, 'S'},
+        {"until", required_argument, NULL, 'U'},  {"unevaluated", no_argument, NULL, 'n'},
+        {"config", required_argument, NULL, 'c'}, {"url", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *prompt = NULL, *since = NULL, *until = NULL, *config_path = NULL, *url = NULL;
+    bool unevaluated = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "p:c:u:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'p': prompt = optarg; break;
+        case 'S': since = optarg; break;
+        case 'U': until = optarg; break;
+        case 'n': unevaluated = true; break;
+        case 'c': config_path = optarg; break;
+        case 'u': url = optarg; break;
+        case 'h': fputs(evaluate_usage, stdout); return 0;
+        default: fputs(evaluate_usage, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc || !prompt) {
+        fprintf(stderr, "ratchet evaluate: %s\n\n%s", prompt ? "unexpected argument" : "--prompt is required",
+                evaluate_usage);
+        return EXIT_USAGE;
+    }
+    config cfg;
+    config_defaults(&cfg);
+    char err[1024];
+    if (config_path && config_load(&cfg, config_path, err, sizeof err) != 0) {
+        fprintf(stderr, "ratchet: configuration error: %s\n", err);
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    json_t *body = json_pack("{s:s, s:b}", "prompt", prompt, "only_unevaluated", unevaluated);
+    int64_t t;
+    if (since) {
+        if (!rfc3339_parse(since, &t)) {
+            char *end;
+            long long ms = strtoll(since, &end, 10);
+            if (*end || end == since || ms < 0) {
+                fprintf(stderr, "ratchet evaluate: --since '%s' is not an RFC 3339 time or milliseconds\n", since);
+                json_decref(body);
+                config_free(&cfg);
+                return EXIT_USAGE;
+            }
+            t = ms;
+        }
+        json_object_set_new(body, "since", json_integer(t));
+    }
+    if (until) {
+        if (!rfc3339_parse(until, &t)) {
+            char *end;
+            long long ms = strtoll(until, &end, 10);
+            if (*end || end == until || ms < 0) {
+                fprintf(stderr, "ratchet evaluate: --until '%s' is not an RFC 3339 time or milliseconds\n", until);
+                json_decref(body);
+                config_free(&cfg);
+                return EXIT_USAGE;
+            }
+            t = ms;
+        }
+        json_object_set_new(body, "until", json_integer(t));
+    }
+    char base[512];
+    if (url)
+        snprintf(base, sizeof base, "%s", url);
+    else {
+        char host[256];
+        int port;
+        config_parse_listen(cfg.listen, host, sizeof host, &port);
+        if (!strcmp(host, "0.0.0.0"))
+            snprintf(host, sizeof host, "127.0.0.1");
+        else if (!strcmp(host, "::"))
+            snprintf(host, sizeof host, "::1");
+        snprintf(base, sizeof base, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, port);
+    }
+    size_t blen = strlen(base);
+    while (blen && base[blen - 1] == '/')
+        base[--blen] = '\0';
+    char full[600];
+    snprintf(full, sizeof full, "%s/v1/evaluations", base);
+    const char *token = cfg.admin_token ? cfg.admin_token : getenv("RATCHET_ADMIN_TOKEN");
+    char *payload = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    CURL *c = curl_easy_init();
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    char auth[600];
+    if (token) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+        hdrs = curl_slist_append(hdrs, auth);
+    }
+    buf_t resp;
+    buf_init(&resp);
+    curl_easy_setopt(c, CURLOPT_URL, full);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    int ret = 0;
+    if (rc != CURLE_OK) {
+        fprintf(stderr, "ratchet evaluate: cannot reach the engine at %s: %s\n", base, curl_easy_strerror(rc));
+        ret = EXIT_RUNTIME;
+    } else if (status != 202) {
+        fprintf(stderr, "ratchet evaluate: the engine answered %ld: %.*s\n", status, (int)resp.len,
+                resp.data ? resp.data : "");
+        ret = EXIT_RUNTIME;
+    } else {
+        printf("%.*s\n", (int)resp.len, resp.data);
+    }
+    buf_free(&resp);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(c);
+    curl_global_cleanup();
+    free(payload);
+    config_free(&cfg);
+    return ret;
 }
 
 /* ---- small commands ---- */
@@ -298,6 +887,8 @@ typedef struct {
 
 static const command commands[] = {
     {"serve", cmd_serve, serve_usage},
+    {"check", cmd_check, check_usage},
+    {"evaluate", cmd_evaluate, evaluate_usage},
     {"version", cmd_version, version_usage},
     {NULL, NULL, NULL},
 };

@@ -8,9 +8,11 @@
  * writing an unknown global. */
 #include "script.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lualib.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,7 @@ struct script_call {
     bool waiting;      /* yielded by an async API: its callback resumes */
     bool killed;
     bool load_only;    /* a load: no slicing, load budget */
+    int budget_ms;
     uint64_t used_ns;
     uint64_t slice_start;
     uv_timer_t *timer; /* ratchet.sleep */
@@ -88,7 +91,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     if (!c)
         return;
     uint64_t now = mono_ns();
-    int budget = c->load_only ? vm->lim.load_budget_ms : vm->lim.budget_ms;
+    int budget = c->load_only ? vm->lim.load_budget_ms : c->budget_ms;
     if (c->killed || c->used_ns + (now - c->slice_start) > (uint64_t)budget * 1000000u) {
         /* From now on the hook fires on every instruction, in whatever
          * coroutine runs, so no pcall can catch the kill for long. */
@@ -575,21 +578,114 @@ void script_unref(script_vm *vm, int ref)
     luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
 }
 
+/* Reads a script's text (bounded: 4 MiB). Returns 0, or -1 with err. */
+int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        return -1;
+    }
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        buf_append(out, chunk, n);
+        if (out->len > (4u << 20)) {
+            fclose(f);
+            snprintf(err, errlen, "%s: larger than 4 MiB, not a script", path);
+            return -1;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        snprintf(err, errlen, "%s: cannot read", path);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *path;
+    const char *text;
+    size_t len;
+} load_args;
+
 static int load_protected(lua_State *L)
 {
-    const char *path = lua_touserdata(L, 1);
-    load_module(L, path);
+    const load_args *a = lua_touserdata(L, 1);
+    lua_pushfstring(L, "@%s", a->path);
+    if (luaL_loadbufferx(L, a->text, a->len, lua_tostring(L, -1), "t") != LUA_OK)
+        return lua_error(L);
+    push_env(vm_of(L));
+    lua_setupvalue(L, -2, 1);
+    lua_call(L, 0, 1);
     return 1;
 }
 
-int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_t errlen)
+int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen)
 {
+    lua_State *L = vm->L;
+    lua_pushfstring(L, "@%s", path);
+    int rc = 0;
+    if (luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        rc = -1;
+    }
+    lua_pop(L, 2);
+    return rc;
+}
+
+void script_forget_modules(script_vm *vm)
+{
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        const char *k = lua_tostring(L, -1);
+        if (strcmp(k, "ratchet") && strcmp(k, "cjson") && strcmp(k, "rex_pcre2")) {
+            lua_pushvalue(L, -1);
+            lua_pushnil(L);
+            lua_rawset(L, -4); /* clearing a field during next() is allowed */
+        }
+    }
+    lua_pop(L, 1);
+}
+
+void script_collect(script_vm *vm)
+{
+    lua_gc(vm->L, LUA_GCCOLLECT);
+}
+
+int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen)
+{
+    buf_t text;
+    buf_init(&text);
+    int rc = script_read_text(path, &text, err, errlen);
+    if (rc == 0)
+        rc = script_load_text(vm, path, text.data ? text.data : "", text.len, ref, version, err, errlen);
+    buf_free(&text);
+    return rc;
+}
+
+int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
+                     char *err, size_t errlen)
+{
+    if (version) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen = 0;
+        EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
+        for (int i = 0; i < 8; i++)
+            snprintf(version + 2 * i, 3, "%02x", md[i]);
+    }
+    load_args args = {path, text, len};
     lua_State *L = vm->L;
     script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
     script_call *outer = vm->current;
     vm->current = &load;
     lua_pushcfunction(L, load_protected);
-    lua_pushlightuserdata(L, (void *)path);
+    lua_pushlightuserdata(L, &args);
     int st = lua_pcall(L, 1, 1, 0);
     vm->current = outer;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY); /* a kill may have left it at 1 */
@@ -620,12 +716,13 @@ bool script_push_json(lua_State *L, const char *json, size_t len)
     return true;
 }
 
-void script_invoke(script_vm *vm, int ref, const char *fn, script_push_args push, script_done done,
-                           void *ud)
+void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script_push_args push, script_done done,
+                   void *ud)
 {
     lua_State *L = vm->L;
     script_call *c = xcalloc(1, sizeof *c);
     c->vm = vm;
+    c->budget_ms = budget_ms > 0 ? budget_ms : vm->lim.budget_ms;
     c->done = done;
     c->ud = ud;
     c->co = lua_newthread(L);

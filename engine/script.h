@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "util.h"
+
 typedef struct script_vm script_vm;
 typedef struct script_call script_call;
 
@@ -52,8 +54,22 @@ size_t script_vm_memory(script_vm *vm);
 
 /* Compiles and runs the file (text only, no bytecode) in a fresh environment
  * under the load budget. The value it returns must be a table; a registry
- * reference to it goes into *ref. Returns 0, or -1 with "file:line: message". */
-int script_load_file(script_vm *vm, const char *path, int *ref, char *err, size_t errlen);
+ * reference to it goes into *ref. version (17 bytes, may be NULL) gets the
+ * first 16 hex digits of the SHA-256 of the text loaded. Returns 0, or -1
+ * with "file:line: message". */
+int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen);
+/* Reads a script file (at most 4 MiB) into out; thread-safe. */
+int script_read_text(const char *path, buf_t *out, char *err, size_t errlen);
+/* The same from a text already read (path names it in messages). */
+int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
+                     char *err, size_t errlen);
+/* Only compiles the text (syntax check), for scripts other stages load. */
+int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen);
+/* Forgets the modules scripts required from the script folders, so the next
+ * require reads them again (before a reload). */
+void script_forget_modules(script_vm *vm);
+/* A full garbage collection (after a reload dropped old versions). */
+void script_collect(script_vm *vm);
 void script_unref(script_vm *vm, int ref);
 
 /* Pushes the value of a JSON text onto L (objects and arrays as tables,
@@ -61,9 +77,9 @@ void script_unref(script_vm *vm, int ref);
 bool script_push_json(lua_State *L, const char *json, size_t len);
 
 /* Calls table[fn](args...) where table is the value at ref, as a new
- * coroutine. The first slice runs at once, so done may be called before this
- * returns. */
-void script_invoke(script_vm *vm, int ref, const char *fn, script_push_args push, script_done done,
-                           void *ud);
+ * coroutine, under budget_ms (0: the VM's default). The first slice runs at
+ * once, so done may be called before this returns. */
+void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script_push_args push, script_done done,
+                   void *ud);
 
 #endif

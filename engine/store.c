@@ -23,7 +23,7 @@ struct store {
     char *path;
     int lock_fd;
     sqlite3 *wdb;
-    sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists;
+    sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     pthread_t writer;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -65,6 +65,30 @@ static const char *const migrations[] = {
     "  body TEXT NOT NULL"
     ") STRICT;"
     "CREATE INDEX feedback_by_trace ON feedback(trace_id);",
+
+    /* 2: online evaluation. verdict: NULL not evaluated, 0 pass, 1 a required
+     * evaluator failed, 2 a required evaluator could not judge. negative: the
+     * trace has negative feedback (thumbs down, a low score, a retry). */
+    "ALTER TABLE traces ADD COLUMN verdict INTEGER;"
+    "ALTER TABLE traces ADD COLUMN negative INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE traces SET negative = 1 WHERE id IN "
+    "  (SELECT trace_id FROM feedback WHERE thumbs = -1 OR source = 'retry'"
+    "   OR json_extract(body, '$.score') < 0.5);"
+    "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE TABLE scores ("
+    "  trace_id TEXT NOT NULL,"
+    "  evaluator TEXT NOT NULL,"  /* the name it is attached under */
+    "  script TEXT NOT NULL,"     /* the evaluator file's name */
+    "  version TEXT NOT NULL,"    /* hash of the file's text */
+    "  required INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"     /* ok, error, killed, out_of_memory */
+    "  pass INTEGER NOT NULL,"
+    "  score REAL NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  PRIMARY KEY (trace_id, evaluator)"
+    ") STRICT, WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -130,6 +154,16 @@ static int mkdir_p(const char *dir)
     return 0;
 }
 
+static void finalize_statements(store *s)
+{
+    sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
+                            &s->del_scores, &s->ins_score, &s->set_verdict};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        sqlite3_finalize(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
 {
     if (mkdir_p(dir) != 0) {
@@ -171,9 +205,19 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
     const char *ins_fb = "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING";
     const char *exists = "SELECT 1 FROM traces WHERE id = ?1";
+    const char *negative = "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0";
+    const char *del_scores = "DELETE FROM scores WHERE trace_id = ?1";
+    const char *ins_score = "INSERT INTO scores(trace_id, evaluator, script, version, required, status, pass, score, "
+                            "reason, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                            "ON CONFLICT(trace_id, evaluator) DO NOTHING";
+    const char *set_verdict = "UPDATE traces SET verdict = ?2 WHERE id = ?1";
     if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, negative, -1, &s->mark_negative, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, del_scores, -1, &s->del_scores, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
         goto fail;
     }
@@ -193,9 +237,7 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
     return 0;
 
 fail:
-    sqlite3_finalize(s->ins_trace);
-    sqlite3_finalize(s->ins_feedback);
-    sqlite3_finalize(s->trace_exists);
+    finalize_statements(s);
     if (s->wdb)
         sqlite3_close(s->wdb);
     if (s->lock_fd >= 0)
@@ -233,9 +275,7 @@ void store_close(store *s)
     drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
     uv_close((uv_handle_t *)&s->done_async, NULL);
 
-    sqlite3_finalize(s->ins_trace);
-    sqlite3_finalize(s->ins_feedback);
-    sqlite3_finalize(s->trace_exists);
+    finalize_statements(s);
     sqlite3_close(s->wdb);
     for (int i = 0; i < s->read_free; i++)
         sqlite3_close(s->read_pool[i]);
@@ -249,7 +289,7 @@ void store_close(store *s)
 
 static size_t write_items(const store_write *w)
 {
-    return w->ntraces + w->nfeedback;
+    return w->ntraces + w->nfeedback + w->nevals;
 }
 
 int store_submit(store *s, store_write *w)
@@ -298,8 +338,13 @@ void store_write_clear(store_write *w)
         free(w->feedback[i].trace_id);
         free(w->feedback[i].json);
     }
+    for (size_t i = 0; i < w->nevals; i++)
+        store_evaluation_clear(&w->evals[i]);
+    free(w->evals);
     free(w->traces);
     free(w->feedback);
+    w->evals = NULL;
+    w->nevals = 0;
     free(w->trace_results);
     free(w->feedback_results);
     w->traces = NULL;
@@ -308,9 +353,63 @@ void store_write_clear(store_write *w)
     w->ntraces = w->nfeedback = 0;
 }
 
-/* Inserts one feedback row; returns a SQLite code, result in *res. */
+void store_evaluation_clear(store_evaluation *e)
+{
+    for (size_t i = 0; i < e->nscores; i++) {
+        free(e->scores[i].evaluator);
+        free(e->scores[i].script);
+        free(e->scores[i].version);
+        free(e->scores[i].reason);
+    }
+    free(e->scores);
+    free(e->trace_id);
+    memset(e, 0, sizeof *e);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int mark_negative(store *s, const char *trace_id)
+{
+    sqlite3_bind_text(s->mark_negative, 1, trace_id, -1, SQLITE_STATIC);
+    return step_done(s->mark_negative);
+}
+
+static int apply_evaluation(store *s, const store_evaluation *e)
+{
+    sqlite3_bind_text(s->del_scores, 1, e->trace_id, -1, SQLITE_STATIC);
+    int rc = step_done(s->del_scores);
+    for (size_t i = 0; rc == SQLITE_OK && i < e->nscores; i++) {
+        const store_score *sc = &e->scores[i];
+        sqlite3_stmt *st = s->ins_score;
+        sqlite3_bind_text(st, 1, e->trace_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, sc->evaluator, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, sc->script, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, sc->version, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, sc->required);
+        sqlite3_bind_text(st, 6, sc->status, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, sc->pass);
+        sqlite3_bind_double(st, 8, sc->score);
+        sqlite3_bind_text(st, 9, sc->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 10, e->ts_ms);
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(s->set_verdict, 1, e->trace_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s->set_verdict, 2, (int)e->verdict);
+    return step_done(s->set_verdict);
+}
+
+/* Inserts one feedback row; returns a SQLite code, result in *res. A new
+ * negative item marks its trace. */
 static int insert_feedback(store *s, const char *id, const char *trace_id, const char *source, int thumbs,
-                           int64_t ts, const char *json, size_t json_len, unsigned char *res)
+                           bool negative, int64_t ts, const char *json, size_t json_len, unsigned char *res)
 {
     sqlite3_stmt *st = s->ins_feedback;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -328,6 +427,8 @@ static int insert_feedback(store *s, const char *id, const char *trace_id, const
     if (rc != SQLITE_DONE)
         return rc;
     *res = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+    if (*res == STORE_ACCEPTED && negative)
+        return mark_negative(s, trace_id);
     return SQLITE_OK;
 }
 
@@ -364,7 +465,7 @@ static int apply_write(store *s, store_write *w, int64_t received)
                                   "source", "retry", "retried_by", t->id);
             size_t n = json_dumpb(o, body, sizeof body, JSON_COMPACT);
             json_decref(o);
-            rc = insert_feedback(s, fid, t->retry_of, "retry", 0, t->ts_ms, body, n, &ignored);
+            rc = insert_feedback(s, fid, t->retry_of, "retry", 0, true, t->ts_ms, body, n, &ignored);
             if (rc != SQLITE_OK)
                 return rc;
         }
@@ -381,8 +482,13 @@ static int apply_write(store *s, store_write *w, int64_t received)
             w->feedback_results[i] = STORE_NOT_FOUND;
             continue;
         }
-        rc = insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->ts_ms, f->json, f->json_len,
-                             &w->feedback_results[i]);
+        rc = insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->negative, f->ts_ms, f->json,
+                             f->json_len, &w->feedback_results[i]);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    for (size_t i = 0; i < w->nevals; i++) {
+        int rc = apply_evaluation(s, &w->evals[i]);
         if (rc != SQLITE_OK)
             return rc;
     }
@@ -445,11 +551,13 @@ static void *writer_main(void *arg)
 /* A stored trace body is the client's JSON as sent (or re-encoded); the
  * canonical id and timestamp are columns. Reads return the body with those
  * put in and any inline feedback (kept as feedback rows) taken out. */
+#define VERDICT_SQL                                                                                  \
+    "CASE WHEN verdict = 1 OR negative = 1 THEN 'fail' WHEN verdict = 0 THEN 'pass' "                   \
+    "WHEN verdict = 2 THEN 'error' ELSE 'unevaluated' END"
 #define TRACE_JSON_SQL                                                                               \
     "json_remove(json_set(body, '$.id', id, '$.timestamp', "                                          \
-    "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000)), "         \
-    "'$.feedback')"
-
+    "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000), "          \
+    "'$.verdict', " VERDICT_SQL "), '$.feedback')"
 
 static sqlite3 *read_acquire(store *s, char *err, size_t errlen)
 {
@@ -477,6 +585,35 @@ static void read_release(store *s, sqlite3 *db)
     pthread_mutex_unlock(&s->read_mu);
     if (db)
         sqlite3_close(db);
+}
+
+/* trace.scores = [{evaluator, script, version, required, status, pass, score, reason, evaluated_at}] */
+static int add_scores(sqlite3 *db, const char *id, json_t *trace, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT evaluator, script, version, required, status, pass, score, reason, ts "
+                               "FROM scores WHERE trace_id = ?1 ORDER BY evaluator", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    json_t *arr = json_array();
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char when[32];
+        rfc3339_format(sqlite3_column_int64(st, 8), when);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:b, s:s, s:b, s:f, s:s, s:s}",
+            "evaluator", (const char *)sqlite3_column_text(st, 0), "script", (const char *)sqlite3_column_text(st, 1),
+            "version", (const char *)sqlite3_column_text(st, 2), "required", sqlite3_column_int(st, 3),
+            "status", (const char *)sqlite3_column_text(st, 4), "pass", sqlite3_column_int(st, 5),
+            "score", sqlite3_column_double(st, 6), "reason", (const char *)sqlite3_column_text(st, 7),
+            "evaluated_at", when));
+    }
+    json_object_set_new(trace, "scores", arr);
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
 }
 
 int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen)
@@ -524,6 +661,8 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
         goto done;
     }
+    if (add_scores(db, id, trace, err, errlen) != 0)
+        goto done;
     char *text = json_dumps(trace, JSON_COMPACT);
     buf_puts(out, text);
     free(text);
@@ -551,6 +690,10 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         buf_puts(&sql, " AND version = ?4");
     if (q->has_cursor)
         buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    if (q->failed == 1)
+        buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
+    else if (q->failed == 0)
+        buf_puts(&sql, " AND NOT (verdict = 1 OR negative = 1)");
     buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
     sqlite3_stmt *st = NULL;
     int ret = -1;
@@ -598,6 +741,90 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
 done:
     sqlite3_finalize(st);
     buf_free(&sql);
+    read_release(s, db);
+    return ret;
+}
+
+/* The body with feedback as evaluators see it: case.trace. */
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **out, char *err, size_t errlen)
+{
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql =
+        "SELECT json_set(" TRACE_JSON_SQL ", '$.feedback', "
+        "  json((SELECT json_group_array(json(f.body)) FROM (SELECT body FROM feedback WHERE trace_id = ?1 "
+        "        ORDER BY seq) AS f))) "
+        "FROM traces WHERE id = ?1";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[i] = NULL;
+        sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            out[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+            for (size_t k = 0; k <= i; k++) {
+                free(out[k]);
+                out[k] = NULL;
+            }
+            goto done;
+        }
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    read_release(s, db);
+    return ret;
+}
+
+int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+                         int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
+                         size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql = only_unevaluated
+                          ? "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                            "(ts, seq) > (?4, ?6) AND verdict IS NULL ORDER BY ts, seq LIMIT ?5"
+                          : "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                            "(ts, seq) > (?4, ?6) ORDER BY ts, seq LIMIT ?5";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, since_ms);
+    sqlite3_bind_int64(st, 3, until_ms);
+    sqlite3_bind_int64(st, 4, *cur_ts);
+    sqlite3_bind_int(st, 5, limit);
+    sqlite3_bind_int64(st, 6, *cur_seq);
+    *ids = xcalloc((size_t)limit, sizeof **ids);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        *cur_ts = sqlite3_column_int64(st, 0);
+        *cur_seq = sqlite3_column_int64(st, 1);
+        (*ids)[(*n)++] = xstrdup((const char *)sqlite3_column_text(st, 2));
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
     read_release(s, db);
     return ret;
 }

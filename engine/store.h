@@ -38,10 +38,34 @@ typedef struct {
     char *trace_id;
     const char *source; /* "explicit", "inline" or "retry" (static strings) */
     int thumbs;         /* 1 up, -1 down, 0 none */
+    bool negative;      /* thumbs down or a score under 0.5: the trace fails */
     int64_t ts_ms;
     char *json;         /* the normalised feedback object */
     size_t json_len;
 } store_feedback;
+
+enum store_verdict { VERDICT_PASS = 0, VERDICT_FAIL = 1, VERDICT_ERROR = 2 };
+
+/* One evaluator's judgement of one trace. */
+typedef struct {
+    char *evaluator;   /* the name it is attached under */
+    char *script;      /* the evaluator file's name */
+    char *version;     /* hash of the file's text */
+    bool required;
+    const char *status; /* "ok", "error", "killed", "out_of_memory" (static) */
+    bool pass;
+    double score;
+    char *reason;
+} store_score;
+
+/* A trace's evaluation: replaces every score it had and sets its verdict. */
+typedef struct {
+    char *trace_id;
+    enum store_verdict verdict;
+    store_score *scores;
+    size_t nscores;
+    int64_t ts_ms;     /* when it was evaluated */
+} store_evaluation;
 
 typedef struct store_write store_write;
 typedef void (*store_done_cb)(store_write *w);
@@ -52,6 +76,8 @@ struct store_write {
     size_t ntraces;
     store_feedback *feedback;  /* explicit feedback items, and inline ones */
     size_t nfeedback;
+    store_evaluation *evals;
+    size_t nevals;
     store_done_cb done;
     void *data;
     /* filled by the store before done runs */
@@ -71,6 +97,7 @@ typedef struct {
     bool has_cursor;
     int64_t cursor_ts;   /* items strictly after (older than) this position */
     int64_t cursor_seq;
+    int failed;          /* 1: only failed traces, 0: only not failed, -1: any */
 } store_trace_query;
 
 /* Opens (creating and migrating) the store under dir. Returns 0, or -1 with a
@@ -91,5 +118,16 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
 /* Writes {"items":[...],"next_cursor":...} */
 int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
 bool store_healthy(store *s);
+
+/* For evaluation: the traces (with their feedback) of ids[0..n), as JSON
+ * texts in out[i] (NULL when the store has no such trace; free each). */
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **out, char *err, size_t errlen);
+/* A page of the ids of a prompt's traces with since <= ts < until, in
+ * (ts, seq) order after the cursor (*cur_ts, *cur_seq), which moves past the
+ * last one; only those never evaluated with only_unevaluated. */
+int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+                         int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
+                         size_t errlen);
+void store_evaluation_clear(store_evaluation *e);
 
 #endif

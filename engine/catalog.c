@@ -1,0 +1,400 @@
+/* catalog.c — finds, loads and reloads the scripts (see catalog.h). */
+#include "catalog.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "log.h"
+#include "util.h"
+
+#define MAX_SCRIPTS 4096
+
+/* the script folders under each root; evaluators are loaded, the others
+ * (used by later stages of the loop) are compiled so errors show early */
+static const char *const kinds[] = {"evaluators", "policies", "scripts", NULL};
+
+typedef struct {
+    char *name;   /* evaluators: the file name without .lua; else NULL */
+    char *path;
+    buf_t text;
+    char *error;  /* reading failed */
+} scanned;
+
+struct catalog_scan {
+    scanned *files;
+    size_t n;
+};
+
+typedef struct {
+    char *name;
+    loaded_evaluator *current;
+} slot;
+
+struct catalog {
+    script_vm *vm;
+    char **dirs;
+    slot *slots;
+    size_t nslots;
+    char **errors;
+    size_t nerrors;
+    catalog_stats stats;
+};
+
+static void free_list(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+void catalog_free_list(char **list)
+{
+    if (!list)
+        return;
+    for (char **p = list; *p; p++)
+        free(*p);
+    free(list);
+}
+
+catalog *catalog_new(script_vm *vm, const char *const *dirs)
+{
+    catalog *cat = xcalloc(1, sizeof *cat);
+    cat->vm = vm;
+    size_t n = 0;
+    while (dirs && dirs[n])
+        n++;
+    cat->dirs = xcalloc(n + 1, sizeof *cat->dirs);
+    for (size_t i = 0; i < n; i++)
+        cat->dirs[i] = xstrdup(dirs[i]);
+    return cat;
+}
+
+const char *const *catalog_dirs(const catalog *cat)
+{
+    return (const char *const *)cat->dirs;
+}
+
+static void release(script_vm *vm, loaded_evaluator *le)
+{
+    if (--le->refs > 0)
+        return;
+    evaluator_free(vm, &le->ev);
+    free(le);
+}
+
+void catalog_free(catalog *cat)
+{
+    for (size_t i = 0; i < cat->nslots; i++) {
+        release(cat->vm, cat->slots[i].current);
+        free(cat->slots[i].name);
+    }
+    free(cat->slots);
+    free_list(cat->errors, cat->nerrors);
+    catalog_free_list(cat->dirs);
+    free(cat);
+}
+
+/* ---- scanning (no VM, any thread) ---- */
+
+static bool is_lua_name(const char *f, size_t *stem)
+{
+    size_t n = strlen(f);
+    if (n < 5 || strcmp(f + n - 4, ".lua") != 0 || f[0] == '.')
+        return false;
+    *stem = n - 4;
+    return true;
+}
+
+static bool scan_has(const catalog_scan *scan, const char *name)
+{
+    for (size_t i = 0; i < scan->n; i++)
+        if (scan->files[i].name && strcmp(scan->files[i].name, name) == 0)
+            return true;
+    return false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void scan_add(catalog_scan *scan, const char *name, const char *path)
+{
+    if (scan->n >= MAX_SCRIPTS)
+        return;
+    scan->files = xrealloc(scan->files, (scan->n + 1) * sizeof *scan->files);
+    scanned *f = &scan->files[scan->n++];
+    memset(f, 0, sizeof *f);
+    f->name = name ? xstrdup(name) : NULL;
+    f->path = xstrdup(path);
+    buf_init(&f->text);
+    char err[512];
+    if (script_read_text(path, &f->text, err, sizeof err) != 0)
+        f->error = xstrdup(err);
+}
+
+/* Adds the .lua files of dir (and, for modules, of its sub-folders one level
+ * down), sorted so the order is stable. */
+static void scan_dir(catalog_scan *scan, const char *dir, bool evaluators, int depth)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < MAX_SCRIPTS) {
+        if (de->d_name[0] == '.')
+            continue;
+        names = xrealloc(names, (n + 1) * sizeof *names);
+        names[n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        size_t stem;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth == 0)
+                scan_dir(scan, path, false, 1); /* modules (lib/), compiled only */
+        } else if (S_ISREG(st.st_mode) && is_lua_name(names[i], &stem)) {
+            if (evaluators && depth == 0) {
+                char name[256];
+                snprintf(name, sizeof name, "%.*s", (int)(stem < 200 ? stem : 200), names[i]);
+                if (!scan_has(scan, name)) /* an earlier root overrides by name */
+                    scan_add(scan, name, path);
+            } else {
+                scan_add(scan, NULL, path);
+            }
+        }
+    }
+    free_list(names, n);
+}
+
+catalog_scan *catalog_scan_run(const char *const *dirs)
+{
+    catalog_scan *scan = xcalloc(1, sizeof *scan);
+    for (const char *const *k = kinds; *k; k++)
+        for (const char *const *d = dirs; d && *d; d++) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", *d, *k);
+            scan_dir(scan, path, strcmp(*k, "evaluators") == 0, 0);
+        }
+    return scan;
+}
+
+void catalog_scan_free(catalog_scan *scan)
+{
+    if (!scan)
+        return;
+    for (size_t i = 0; i < scan->n; i++) {
+        free(scan->files[i].name);
+        free(scan->files[i].path);
+        free(scan->files[i].error);
+        buf_free(&scan->files[i].text);
+    }
+    free(scan->files);
+    free(scan);
+}
+
+/* ---- applying (loop thread) ---- */
+
+static slot *find_slot(const catalog *cat, const char *name)
+{
+    for (size_t i = 0; i < cat->nslots; i++)
+        if (strcmp(cat->slots[i].name, name) == 0)
+            return &cat->slots[i];
+    return NULL;
+}
+
+static void add_error(catalog *cat, const char *msg, bool log_errors)
+{
+    cat->errors = xrealloc(cat->errors, (cat->nerrors + 1) * sizeof *cat->errors);
+    cat->errors[cat->nerrors++] = xstrdup(msg);
+    if (log_errors)
+        log_error("scripts", "%s", msg);
+}
+
+int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
+{
+    free_list(cat->errors, cat->nerrors);
+    cat->errors = NULL;
+    cat->nerrors = 0;
+    /* modules are read again, so a changed lib/ reaches every evaluator */
+    script_forget_modules(cat->vm);
+    bool *seen = cat->nslots ? xcalloc(cat->nslots, sizeof *seen) : NULL;
+    size_t old_slots = cat->nslots;
+    char err[1024];
+    for (size_t i = 0; i < scan->n; i++) {
+        scanned *f = &scan->files[i];
+        if (f->error) {
+            add_error(cat, f->error, log_errors);
+        } else if (!f->name) {
+            if (script_compile_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, err,
+                                    sizeof err) != 0)
+                add_error(cat, err, log_errors);
+        }
+        if (!f->name)
+            continue;
+        slot *sl = find_slot(cat, f->name);
+        if (sl && sl < cat->slots + old_slots)
+            seen[sl - cat->slots] = true;
+        if (f->error)
+            continue; /* keep what runs now */
+        loaded_evaluator *le = xcalloc(1, sizeof *le);
+        le->refs = 1;
+        le->cat = cat;
+        if (evaluator_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev, err,
+                                sizeof err) != 0) {
+            add_error(cat, err, log_errors);
+            free(le);
+            continue;
+        }
+        if (strcmp(le->ev.name, f->name) != 0) {
+            snprintf(err, sizeof err, "%s: the evaluator is named '%s' but its file is %s.lua; name the file after it",
+                     f->path, le->ev.name, f->name);
+            add_error(cat, err, log_errors);
+            evaluator_free(cat->vm, &le->ev);
+            free(le);
+            continue;
+        }
+        if (sl) {
+            if (strcmp(sl->current->ev.version, le->ev.version) != 0 || strcmp(sl->current->ev.path, le->ev.path))
+                log_info("scripts", "evaluator %s: version %s (%s)", f->name, le->ev.version, f->path);
+            release(cat->vm, sl->current);
+            sl->current = le;
+        } else {
+            cat->slots = xrealloc(cat->slots, (cat->nslots + 1) * sizeof *cat->slots);
+            /* the realloc may move slots; seen[] is indexed, so it stays right */
+            cat->slots[cat->nslots].name = xstrdup(f->name);
+            cat->slots[cat->nslots].current = le;
+            cat->nslots++;
+        }
+    }
+    /* evaluators whose file is gone are unloaded */
+    size_t w = 0;
+    for (size_t i = 0; i < cat->nslots; i++) {
+        if (i < old_slots && !seen[i]) {
+            log_info("scripts", "evaluator %s: its file is gone; unloaded", cat->slots[i].name);
+            release(cat->vm, cat->slots[i].current);
+            free(cat->slots[i].name);
+            continue;
+        }
+        cat->slots[w++] = cat->slots[i];
+    }
+    cat->nslots = w;
+    free(seen);
+    catalog_scan_free(scan);
+    script_collect(cat->vm); /* old versions' memory goes back now, not at some later cycle */
+    cat->stats.reloads++;
+    cat->stats.reload_errors += cat->nerrors;
+    cat->stats.last_reload_ms = now_ms();
+    cat->stats.evaluators = cat->nslots;
+    return (int)cat->nerrors;
+}
+
+int catalog_reload(catalog *cat, bool log_errors)
+{
+    return catalog_apply(cat, catalog_scan_run((const char *const *)cat->dirs), log_errors);
+}
+
+size_t catalog_errors(const catalog *cat, const char *const **errors)
+{
+    *errors = (const char *const *)cat->errors;
+    return cat->nerrors;
+}
+
+loaded_evaluator *catalog_get(catalog *cat, const char *name)
+{
+    slot *sl = find_slot(cat, name);
+    if (!sl)
+        return NULL;
+    sl->current->refs++;
+    return sl->current;
+}
+
+const loaded_evaluator *catalog_peek(const catalog *cat, const char *name)
+{
+    slot *sl = find_slot(cat, name);
+    return sl ? sl->current : NULL;
+}
+
+void catalog_release(loaded_evaluator *le)
+{
+    release(le->cat->vm, le);
+}
+
+void catalog_get_stats(const catalog *cat, catalog_stats *st)
+{
+    *st = cat->stats;
+}
+
+json_t *catalog_status_json(const catalog *cat)
+{
+    json_t *evs = json_array();
+    for (size_t i = 0; i < cat->nslots; i++) {
+        const evaluator *ev = &cat->slots[i].current->ev;
+        json_array_append_new(evs, json_pack("{s:s, s:s, s:s}", "name", ev->name, "version", ev->version, "path",
+                                             ev->path));
+    }
+    json_t *errs = json_array();
+    for (size_t i = 0; i < cat->nerrors; i++)
+        json_array_append_new(errs, json_string(cat->errors[i]));
+    json_t *dirs = json_array();
+    for (char **d = cat->dirs; *d; d++)
+        json_array_append_new(dirs, json_string(*d));
+    char when[32] = "";
+    if (cat->stats.last_reload_ms)
+        rfc3339_format(cat->stats.last_reload_ms, when);
+    return json_pack("{s:o, s:o, s:o, s:I, s:I, s:s?, s:I}", "dirs", dirs, "evaluators", evs, "errors", errs,
+                     "reloads", (json_int_t)cat->stats.reloads, "reload_errors",
+                     (json_int_t)cat->stats.reload_errors, "last_reload", when[0] ? when : NULL, "memory_bytes",
+                     (json_int_t)script_vm_memory(cat->vm));
+}
+
+char **catalog_watch_dirs(const catalog *cat)
+{
+    char **out = NULL;
+    size_t n = 0;
+    for (char **d = cat->dirs; *d; d++) {
+        struct stat st;
+        char path[4096];
+        for (int k = -1; k < 3; k++) {
+            if (k < 0)
+                snprintf(path, sizeof path, "%s", *d);
+            else
+                snprintf(path, sizeof path, "%s/%s", *d, kinds[k]);
+            if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+                continue;
+            out = xrealloc(out, (n + 2) * sizeof *out);
+            out[n++] = xstrdup(path);
+            if (k < 0)
+                continue;
+            DIR *dd = opendir(path); /* one level of module folders (lib/) */
+            struct dirent *de;
+            while (dd && (de = readdir(dd))) {
+                char sub[4400];
+                if (de->d_name[0] == '.')
+                    continue;
+                snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+                if (stat(sub, &st) == 0 && S_ISDIR(st.st_mode)) {
+                    out = xrealloc(out, (n + 2) * sizeof *out);
+                    out[n++] = xstrdup(sub);
+                }
+            }
+            if (dd)
+                closedir(dd);
+        }
+    }
+    if (out)
+        out[n] = NULL;
+    return out;
+}

@@ -1,0 +1,70 @@
+/* catalog.h — the scripts the engine runs, found over the script folders
+ * (`scripts.dirs`: the first folder holding evaluators/NAME.lua wins, so
+ * /etc/ratchet overrides the shipped ones by name), loaded into one VM, and
+ * reloaded as a transaction per file: a file that fails to load leaves its
+ * previous version running, and the error is kept for /v1/status.
+ *
+ * Loaded evaluators are reference-counted: an invocation holds the version
+ * it started on until it ends, whatever reloads happen meanwhile. */
+#ifndef RATCHET_CATALOG_H
+#define RATCHET_CATALOG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "evaluator.h"
+#include "script.h"
+
+typedef struct catalog catalog;
+
+typedef struct {
+    evaluator ev; /* name, path, version, ref */
+    int refs;
+    catalog *cat;
+} loaded_evaluator;
+
+/* dirs: NULL-terminated roots (copied). */
+catalog *catalog_new(script_vm *vm, const char *const *dirs);
+void catalog_free(catalog *cat);
+
+/* A reload in two halves: the scan finds and reads the files (any thread,
+ * no VM: put it in the thread pool so the loop never waits on the disk);
+ * apply loads them into the VM on the loop thread. */
+typedef struct catalog_scan catalog_scan;
+catalog_scan *catalog_scan_run(const char *const *dirs);
+void catalog_scan_free(catalog_scan *scan);
+/* Loads every evaluator of the scan and compiles its policies/ and scripts/
+ * files. Returns the number of files that failed; each error is logged
+ * (when log_errors), kept for status, and reachable with catalog_errors.
+ * Frees the scan. */
+int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors);
+/* Both halves at once (start-up, `ratchet check`). */
+int catalog_reload(catalog *cat, bool log_errors);
+const char *const *catalog_dirs(const catalog *cat);
+/* The errors of the last reload, one "file:line: message" each. */
+size_t catalog_errors(const catalog *cat, const char *const **errors);
+
+/* The current version of evaluators/<name>.lua, with a reference the caller
+ * gives back with catalog_release; NULL when there is none. */
+loaded_evaluator *catalog_get(catalog *cat, const char *name);
+void catalog_release(loaded_evaluator *le);
+/* The current version without taking a reference (loop thread, short use). */
+const loaded_evaluator *catalog_peek(const catalog *cat, const char *name);
+
+/* Counters and state for /v1/status. */
+typedef struct {
+    uint64_t reloads;        /* reloads run */
+    uint64_t reload_errors;  /* files that failed to load, summed over reloads */
+    int64_t last_reload_ms;
+    size_t evaluators;
+} catalog_stats;
+void catalog_get_stats(const catalog *cat, catalog_stats *st);
+/* {"evaluators":[{name,version,path}],"errors":[...],...} */
+json_t *catalog_status_json(const catalog *cat);
+/* Every folder a watcher should look at (roots and their script folders
+ * that exist); NULL-terminated, free with catalog_free_list. */
+char **catalog_watch_dirs(const catalog *cat);
+void catalog_free_list(char **list);
+
+#endif

@@ -1,0 +1,622 @@
+/* online.c — online evaluation (see online.h). Everything here runs on the
+ * loop thread except the two store reads, which run in the thread pool. */
+#include "online.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evaluator.h"
+#include "log.h"
+#include "util.h"
+
+#define FETCH_BATCH 32   /* traces read back per thread-pool job */
+#define LIST_PAGE 500    /* ids a re-evaluation job queues at a time */
+#define FLUSH_EVALS 256  /* evaluations per store write, at most */
+#define FLUSH_MS 5       /* how long finished evaluations wait for company */
+#define MAX_JOBS_KEPT 16 /* finished re-evaluation jobs shown in status */
+
+/* The prompts and their attachments, as configured; shared by the
+ * evaluations that started under it and freed after the last one. */
+typedef struct {
+    int refs;
+    config_prompt *prompts;
+    size_t nprompts;
+    int budget_ms;
+} plan;
+
+typedef struct queued {
+    char *id;
+    struct queued *next;
+} queued;
+
+typedef struct {
+    int id;
+    char *prompt;
+    int64_t since, until;
+    bool only_unevaluated;
+    int64_t cur_ts, cur_seq;
+    uint64_t queued, skipped;
+    bool done, listing;
+    char *error;
+    int64_t started_ms, finished_ms;
+} reeval_job;
+
+typedef struct trace_eval trace_eval;
+
+struct online {
+    uv_loop_t *loop;
+    store *st;
+    script_vm *vm;
+    catalog *cat;
+    plan *plan;
+    int max_backlog;
+    int concurrency;
+    queued *head, *tail;
+    size_t backlog;
+    int fetching;          /* thread-pool reads under way */
+    int running;           /* traces being evaluated */
+    uv_idle_t pump;
+    uv_timer_t flush_timer;
+    store_evaluation *pending;
+    size_t npending;
+    int writes_in_flight;
+    bool draining;
+    void (*drained_cb)(void *);
+    void *drained_arg;
+    reeval_job **jobs;
+    size_t njobs;
+    int next_job;
+    /* counters */
+    uint64_t enqueued, dropped, evaluated, failed, errors, write_failures, invocations_killed;
+};
+
+struct trace_eval {
+    online *o;
+    plan *plan;
+    const config_prompt *prompt;
+    char *id;
+    char *json;
+    store_score *scores;
+    int remaining;
+};
+
+typedef struct {
+    trace_eval *te;
+    size_t index;
+    loaded_evaluator *le;
+} attachment_run;
+
+static void pump_start(online *o);
+
+/* ---- plans ---- */
+
+static void plan_release(plan *p)
+{
+    if (!p || --p->refs > 0)
+        return;
+    for (size_t i = 0; i < p->nprompts; i++) {
+        config_prompt *cp = &p->prompts[i];
+        for (size_t k = 0; k < cp->nevaluators; k++) {
+            free(cp->evaluators[k].name);
+            free(cp->evaluators[k].evaluator);
+            free(cp->evaluators[k].options_json);
+        }
+        free(cp->evaluators);
+        free(cp->name);
+    }
+    free(p->prompts);
+    free(p);
+}
+
+static const config_prompt *plan_find(const plan *p, const char *prompt)
+{
+    for (size_t i = 0; i < p->nprompts; i++)
+        if (strcmp(p->prompts[i].name, prompt) == 0)
+            return p->prompts[i].nevaluators ? &p->prompts[i] : NULL;
+    return NULL;
+}
+
+void online_configure(online *o, const config *cfg)
+{
+    plan *p = xcalloc(1, sizeof *p);
+    p->refs = 1;
+    p->budget_ms = cfg->scripts.evaluator_budget_ms;
+    p->nprompts = cfg->nprompts;
+    p->prompts = cfg->nprompts ? xcalloc(cfg->nprompts, sizeof *p->prompts) : NULL;
+    for (size_t i = 0; i < cfg->nprompts; i++) {
+        const config_prompt *src = &cfg->prompts[i];
+        config_prompt *dst = &p->prompts[i];
+        dst->name = xstrdup(src->name);
+        dst->line = src->line;
+        dst->nevaluators = src->nevaluators;
+        dst->evaluators = src->nevaluators ? xcalloc(src->nevaluators, sizeof *dst->evaluators) : NULL;
+        for (size_t k = 0; k < src->nevaluators; k++) {
+            dst->evaluators[k] = src->evaluators[k];
+            dst->evaluators[k].name = xstrdup(src->evaluators[k].name);
+            dst->evaluators[k].evaluator = xstrdup(src->evaluators[k].evaluator);
+            dst->evaluators[k].options_json = xstrdup(src->evaluators[k].options_json);
+        }
+    }
+    plan_release(o->plan);
+    o->plan = p;
+    o->max_backlog = cfg->evaluation.max_backlog;
+    o->concurrency = cfg->evaluation.concurrency;
+}
+
+bool online_has_prompt(const online *o, const char *prompt)
+{
+    return plan_find(o->plan, prompt) != NULL;
+}
+
+/* ---- writing results ---- */
+
+static void on_results_written(store_write *w)
+{
+    online *o = w->data;
+    o->writes_in_flight--;
+    if (w->status != 0)
+        o->write_failures += w->nevals;
+    store_write_clear(w);
+    free(w);
+    pump_start(o); /* a drain may be waiting for this */
+}
+
+static void flush_results(online *o)
+{
+    uv_timer_stop(&o->flush_timer);
+    if (!o->npending)
+        return;
+    store_write *w = xcalloc(1, sizeof *w);
+    w->evals = o->pending;
+    w->nevals = o->npending;
+    w->done = on_results_written;
+    w->data = o;
+    o->pending = NULL;
+    o->npending = 0;
+    if (store_submit(o->st, w) != 0) {
+        o->write_failures += w->nevals;
+        log_warn("evaluation", "the store's queue is full: %zu evaluations not stored (the traces stay unevaluated)",
+                 w->nevals);
+        store_write_clear(w);
+        free(w);
+        return;
+    }
+    o->writes_in_flight++;
+}
+
+static void on_flush_timer(uv_timer_t *t)
+{
+    flush_results(t->data);
+}
+
+static void trace_done(trace_eval *te)
+{
+    online *o = te->o;
+    const config_prompt *cp = te->prompt;
+    bool failed = false, errored = false;
+    for (size_t i = 0; i < cp->nevaluators; i++) {
+        if (!cp->evaluators[i].required)
+            continue;
+        if (strcmp(te->scores[i].status, "ok") != 0)
+            errored = true;
+        else if (!te->scores[i].pass)
+            failed = true;
+    }
+    o->pending = xrealloc(o->pending, (o->npending + 1) * sizeof *o->pending);
+    store_evaluation *e = &o->pending[o->npending++];
+    e->trace_id = te->id;
+    e->verdict = failed ? VERDICT_FAIL : errored ? VERDICT_ERROR : VERDICT_PASS;
+    e->scores = te->scores;
+    e->nscores = cp->nevaluators;
+    e->ts_ms = now_ms();
+    o->evaluated++;
+    if (failed)
+        o->failed++;
+    free(te->json);
+    plan_release(te->plan);
+    free(te);
+    o->running--;
+    if (o->npending >= FLUSH_EVALS || o->draining)
+        flush_results(o);
+    else if (!uv_is_active((uv_handle_t *)&o->flush_timer))
+        uv_timer_start(&o->flush_timer, on_flush_timer, FLUSH_MS, 0);
+    pump_start(o);
+}
+
+/* ---- evaluating ---- */
+
+static const char *status_name(enum script_status s)
+{
+    switch (s) {
+    case SCRIPT_OK: return "ok";
+    case SCRIPT_KILLED: return "killed";
+    case SCRIPT_NOMEM: return "out_of_memory";
+    default: return "error";
+    }
+}
+
+static void on_evaluated(const eval_result *r, void *ud)
+{
+    attachment_run *ar = ud;
+    trace_eval *te = ar->te;
+    online *o = te->o;
+    store_score *sc = &te->scores[ar->index];
+    sc->status = status_name(r->status);
+    sc->pass = r->status == SCRIPT_OK && r->pass;
+    sc->score = r->status == SCRIPT_OK ? r->score : 0;
+    sc->reason = xstrdup(r->reason);
+    if (r->status != SCRIPT_OK)
+        o->errors++;
+    if (r->status == SCRIPT_KILLED)
+        o->invocations_killed++;
+    catalog_release(ar->le);
+    free(ar);
+    if (--te->remaining == 0)
+        trace_done(te);
+}
+
+static void evaluate_trace(online *o, char *id, char *json, plan *p, const config_prompt *cp)
+{
+    trace_eval *te = xcalloc(1, sizeof *te);
+    te->o = o;
+    te->plan = p;
+    p->refs++;
+    te->prompt = cp;
+    te->id = id;
+    te->json = json;
+    te->scores = xcalloc(cp->nevaluators, sizeof *te->scores);
+    te->remaining = (int)cp->nevaluators + 1; /* +1 while starting them */
+    o->running++;
+    for (size_t i = 0; i < cp->nevaluators; i++) {
+        const config_attachment *a = &cp->evaluators[i];
+        store_score *sc = &te->scores[i];
+        sc->evaluator = xstrdup(a->name);
+        sc->script = xstrdup(a->evaluator);
+        sc->required = a->required;
+        loaded_evaluator *le = catalog_get(o->cat, a->evaluator);
+        if (!le) {
+            sc->version = xstrdup("");
+            sc->status = "error";
+            sc->reason = xstrdup("no evaluator by this name is loaded (evaluators/<name>.lua)");
+            o->errors++;
+            te->remaining--;
+            continue;
+        }
+        sc->version = xstrdup(le->ev.version);
+        attachment_run *ar = xcalloc(1, sizeof *ar);
+        ar->te = te;
+        ar->index = i;
+        ar->le = le;
+        evaluator_run(o->vm, &le->ev, p->budget_ms, true, te->json, a->options_json, on_evaluated, ar);
+    }
+    if (--te->remaining == 0)
+        trace_done(te);
+}
+
+/* ---- fetching traces from the store ---- */
+
+typedef struct {
+    uv_work_t work;
+    online *o;
+    char *ids[FETCH_BATCH];
+    char *json[FETCH_BATCH];
+    size_t n;
+    int rc;
+    char err[256];
+} fetch_job;
+
+static void fetch_work(uv_work_t *w)
+{
+    fetch_job *f = w->data;
+    f->rc = store_get_traces_for_eval(f->o->st, f->ids, f->n, f->json, f->err, sizeof f->err);
+}
+
+/* The prompt of a stored trace, read from its JSON without a parser: the
+ * store wrote it, so "prompt":{"name":"..."} is there. The plan is looked up
+ * again here because the configuration may have changed since queueing. */
+static const config_prompt *prompt_of(const plan *p, const char *json)
+{
+    const char *k = strstr(json, "\"prompt\":{\"name\":\"");
+    if (!k)
+        return NULL;
+    k += 18;
+    const char *end = strchr(k, '"');
+    if (!end || end - k > 200)
+        return NULL;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(end - k), k);
+    return plan_find(p, name);
+}
+
+static void fetch_after(uv_work_t *w, int status)
+{
+    (void)status;
+    fetch_job *f = w->data;
+    online *o = f->o;
+    o->fetching--;
+    if (f->rc != 0)
+        log_error("evaluation", "cannot read %zu traces back for evaluation: %s", f->n, f->err);
+    for (size_t i = 0; i < f->n; i++) {
+        const config_prompt *cp = f->rc == 0 && f->json[i] ? prompt_of(o->plan, f->json[i]) : NULL;
+        if (cp && !o->draining) {
+            evaluate_trace(o, f->ids[i], f->json[i], o->plan, cp);
+        } else {
+            free(f->ids[i]);
+            free(f->json[i]);
+        }
+    }
+    free(f);
+    pump_start(o);
+}
+
+/* ---- re-evaluation jobs ---- */
+
+typedef struct {
+    uv_work_t work;
+    online *o;
+    reeval_job *job;
+    char **ids;
+    size_t n;
+    int rc;
+    char err[256];
+} list_job;
+
+static void list_work(uv_work_t *w)
+{
+    list_job *l = w->data;
+    reeval_job *j = l->job;
+    l->rc = store_list_trace_ids(l->o->st, j->prompt, j->since, j->until, j->only_unevaluated, &j->cur_ts,
+                                 &j->cur_seq, LIST_PAGE, &l->ids, &l->n, l->err, sizeof l->err);
+}
+
+static void push_id(online *o, char *id)
+{
+    queued *q = xmalloc(sizeof *q);
+    q->id = id;
+    q->next = NULL;
+    if (o->tail)
+        o->tail->next = q;
+    else
+        o->head = q;
+    o->tail = q;
+    o->backlog++;
+}
+
+static void list_after(uv_work_t *w, int status)
+{
+    (void)status;
+    list_job *l = w->data;
+    online *o = l->o;
+    reeval_job *j = l->job;
+    j->listing = false;
+    o->fetching--;
+    if (l->rc != 0) {
+        j->error = xstrdup(l->err);
+        j->done = true;
+        j->finished_ms = now_ms();
+        log_error("evaluation", "re-evaluation %d of %s stopped: %s", j->id, j->prompt, l->err);
+    }
+    for (size_t i = 0; i < l->n; i++) {
+        if (l->rc == 0 && !o->draining) {
+            push_id(o, l->ids[i]);
+            j->queued++;
+        } else {
+            free(l->ids[i]);
+        }
+    }
+    if (l->rc == 0 && l->n < LIST_PAGE && !j->done) {
+        j->done = true;
+        j->finished_ms = now_ms();
+        log_info("evaluation", "re-evaluation %d of %s: %llu traces queued", j->id, j->prompt,
+                 (unsigned long long)j->queued);
+    }
+    free(l->ids);
+    free(l);
+    pump_start(o);
+}
+
+int online_reevaluate(online *o, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated)
+{
+    reeval_job *j = xcalloc(1, sizeof *j);
+    j->id = ++o->next_job;
+    j->prompt = xstrdup(prompt);
+    j->since = since_ms;
+    j->until = until_ms;
+    j->only_unevaluated = only_unevaluated;
+    j->cur_ts = INT64_MIN;
+    j->cur_seq = INT64_MIN;
+    j->started_ms = now_ms();
+    /* keep the running jobs and the last few finished ones */
+    size_t w = 0;
+    size_t finished = 0;
+    for (size_t i = o->njobs; i-- > 0;)
+        if (o->jobs[i]->done && ++finished >= MAX_JOBS_KEPT) {
+            free(o->jobs[i]->prompt);
+            free(o->jobs[i]->error);
+            free(o->jobs[i]);
+            o->jobs[i] = NULL;
+        }
+    for (size_t i = 0; i < o->njobs; i++)
+        if (o->jobs[i])
+            o->jobs[w++] = o->jobs[i];
+    o->njobs = w;
+    o->jobs = xrealloc(o->jobs, (o->njobs + 1) * sizeof *o->jobs);
+    o->jobs[o->njobs++] = j;
+    pump_start(o);
+    return j->id;
+}
+
+/* ---- the pump: one step per loop turn ---- */
+
+static bool idle_now(const online *o)
+{
+    return o->running == 0 && o->fetching == 0 && o->writes_in_flight == 0 && o->npending == 0;
+}
+
+static void on_pump(uv_idle_t *h)
+{
+    online *o = h->data;
+    if (o->draining) {
+        /* drop what waits; finish what runs */
+        while (o->head) {
+            queued *q = o->head;
+            o->head = q->next;
+            free(q->id);
+            free(q);
+        }
+        o->tail = NULL;
+        o->backlog = 0;
+        if (o->npending)
+            flush_results(o);
+        uv_idle_stop(h);
+        if (idle_now(o) && o->drained_cb) {
+            void (*cb)(void *) = o->drained_cb;
+            o->drained_cb = NULL;
+            cb(o->drained_arg);
+        }
+        return;
+    }
+    /* refill the queue from a re-evaluation job when there is room */
+    for (size_t i = 0; i < o->njobs; i++) {
+        reeval_job *j = o->jobs[i];
+        if (j->done || j->listing || o->backlog + LIST_PAGE > (size_t)o->max_backlog)
+            continue;
+        j->listing = true;
+        list_job *l = xcalloc(1, sizeof *l);
+        l->o = o;
+        l->job = j;
+        l->work.data = l;
+        o->fetching++;
+        uv_queue_work(o->loop, &l->work, list_work, list_after);
+        break;
+    }
+    if (o->head && o->running < o->concurrency && o->fetching < 2) {
+        fetch_job *f = xcalloc(1, sizeof *f);
+        f->o = o;
+        f->work.data = f;
+        while (o->head && f->n < FETCH_BATCH) {
+            queued *q = o->head;
+            o->head = q->next;
+            f->ids[f->n++] = q->id;
+            free(q);
+            o->backlog--;
+        }
+        if (!o->head)
+            o->tail = NULL;
+        o->fetching++;
+        uv_queue_work(o->loop, &f->work, fetch_work, fetch_after);
+    }
+    /* nothing more to start until a callback says so */
+    uv_idle_stop(h);
+}
+
+static void pump_start(online *o)
+{
+    if (!uv_is_closing((uv_handle_t *)&o->pump))
+        uv_idle_start(&o->pump, on_pump);
+}
+
+void online_enqueue(online *o, const char *trace_id, const char *prompt)
+{
+    if (o->draining || !plan_find(o->plan, prompt))
+        return;
+    if (o->backlog >= (size_t)o->max_backlog) {
+        if (o->dropped++ % 10000 == 0)
+            log_warn("evaluation", "the evaluation backlog is full (%d traces): new traces stay unevaluated "
+                     "(%llu so far); re-evaluate them later", o->max_backlog, (unsigned long long)o->dropped);
+        return;
+    }
+    push_id(o, xstrdup(trace_id));
+    o->enqueued++;
+    pump_start(o);
+}
+
+/* ---- life cycle and status ---- */
+
+online *online_new(uv_loop_t *loop, store *st, script_vm *vm, catalog *cat, const config *cfg)
+{
+    online *o = xcalloc(1, sizeof *o);
+    o->loop = loop;
+    o->st = st;
+    o->vm = vm;
+    o->cat = cat;
+    uv_idle_init(loop, &o->pump);
+    o->pump.data = o;
+    uv_timer_init(loop, &o->flush_timer);
+    o->flush_timer.data = o;
+    online_configure(o, cfg);
+    return o;
+}
+
+void online_drain(online *o, void (*cb)(void *), void *arg)
+{
+    o->draining = true;
+    o->drained_cb = cb;
+    o->drained_arg = arg;
+    uv_idle_start(&o->pump, on_pump);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    online *o = h->data;
+    if (uv_is_closing((uv_handle_t *)&o->pump) && uv_is_closing((uv_handle_t *)&o->flush_timer) &&
+        h == (uv_handle_t *)&o->flush_timer)
+        free(o);
+}
+
+void online_free(online *o)
+{
+    plan_release(o->plan);
+    for (size_t i = 0; i < o->njobs; i++) {
+        free(o->jobs[i]->prompt);
+        free(o->jobs[i]->error);
+        free(o->jobs[i]);
+    }
+    free(o->jobs);
+    while (o->head) {
+        queued *q = o->head;
+        o->head = q->next;
+        free(q->id);
+        free(q);
+    }
+    uv_close((uv_handle_t *)&o->pump, NULL);
+    uv_close((uv_handle_t *)&o->flush_timer, on_closed);
+}
+
+json_t *online_status_json(const online *o)
+{
+    json_t *jobs = json_array();
+    for (size_t i = 0; i < o->njobs; i++) {
+        const reeval_job *j = o->jobs[i];
+        char started[32], finished[32];
+        rfc3339_format(j->started_ms, started);
+        if (j->done)
+            rfc3339_format(j->finished_ms, finished);
+        json_array_append_new(jobs, json_pack("{s:i, s:s, s:s, s:b, s:I, s:s, s:s?, s:s?}", "id", j->id, "prompt",
+                                              j->prompt, "state", j->error ? "failed" : j->done ? "queued" : "listing",
+                                              "only_unevaluated", j->only_unevaluated, "traces_queued",
+                                              (json_int_t)j->queued, "started_at", started, "finished_at",
+                                              j->done ? finished : NULL, "error", j->error));
+    }
+    json_t *prompts = json_array();
+    for (size_t i = 0; i < o->plan->nprompts; i++) {
+        const config_prompt *cp = &o->plan->prompts[i];
+        json_t *evs = json_array();
+        for (size_t k = 0; k < cp->nevaluators; k++) {
+            const loaded_evaluator *le = catalog_peek(o->cat, cp->evaluators[k].evaluator);
+            json_array_append_new(evs, json_pack("{s:s, s:s, s:b, s:s?}", "name", cp->evaluators[k].name,
+                                                 "evaluator", cp->evaluators[k].evaluator, "required",
+                                                 cp->evaluators[k].required, "version",
+                                                 le ? le->ev.version : NULL));
+        }
+        json_array_append_new(prompts, json_pack("{s:s, s:o}", "name", cp->name, "evaluators", evs));
+    }
+    return json_pack("{s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:o}", "backlog",
+                     (json_int_t)o->backlog, "max_backlog", o->max_backlog, "running", o->running, "enqueued",
+                     (json_int_t)o->enqueued, "dropped", (json_int_t)o->dropped, "evaluated",
+                     (json_int_t)o->evaluated, "failed", (json_int_t)o->failed, "evaluator_errors",
+                     (json_int_t)o->errors, "killed", (json_int_t)o->invocations_killed, "write_failures",
+                     (json_int_t)o->write_failures, "concurrency", o->concurrency, "prompts", prompts,
+                     "reevaluations", jobs);
+}

@@ -108,6 +108,8 @@ typedef struct {
     config cfg;
     const char *config_path;   /* NULL: built-in defaults */
     const char *script_dir;    /* --script-dir */
+    const char *cli_listen;    /* --listen */
+    const char *cli_data_dir;  /* --data-dir */
     store *store;
     http_server *http;
     api api;
@@ -288,6 +290,14 @@ static bool differ(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
+static bool dirs_differ(char **a, char **b)
+{
+    for (; *a && *b; a++, b++)
+        if (strcmp(*a, *b) != 0)
+            return true;
+    return *a || *b;
+}
+
 /* Takes what can change while running from n into e->cfg; n keeps the old
  * values (the caller frees it). The rest needs a restart, and says so. */
 static void apply_config(engine *e, config *n)
@@ -296,9 +306,11 @@ static void apply_config(engine *e, config *n)
     if (differ(c->listen, n->listen) || differ(c->data_dir, n->data_dir) || differ(c->log_format, n->log_format) ||
         c->access_log != n->access_log || memcmp(&c->limits, &n->limits, sizeof c->limits) != 0 ||
         c->scripts.memory_limit_mb != n->scripts.memory_limit_mb ||
-        c->scripts.load_budget_ms != n->scripts.load_budget_ms || c->scripts.watch != n->scripts.watch)
-        log_warn("config", "listen, data_dir, log_format, access_log, limits and scripts.memory_limit_mb, "
-                           "load_budget_ms, watch take effect at the next restart; the rest is applied now");
+        c->scripts.load_budget_ms != n->scripts.load_budget_ms || c->scripts.watch != n->scripts.watch ||
+        dirs_differ(c->scripts.dirs, n->scripts.dirs))
+        log_warn("config", "changes to listen, data_dir, log_format, access_log, limits and scripts.dirs, "
+                           "memory_limit_mb, load_budget_ms, watch take effect at the next restart; the rest is "
+                           "applied now");
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->log_level, &n->log_level);
@@ -319,6 +331,21 @@ static void apply_config(engine *e, config *n)
 
 static void setup_watches(engine *e);
 static void reload_start(engine *e, const char *why);
+
+/* The command line wins over the file, at start and on every reload. */
+static void apply_cli(const engine *e, config *c)
+{
+    if (e->cli_listen) {
+        free(c->listen);
+        c->listen = xstrdup(e->cli_listen);
+    }
+    if (e->cli_data_dir) {
+        free(c->data_dir);
+        c->data_dir = xstrdup(e->cli_data_dir);
+    }
+    if (e->script_dir)
+        config_prepend_script_dir(c, e->script_dir);
+}
 
 static void scan_work(uv_work_t *w)
 {
@@ -348,8 +375,7 @@ static void scan_after(uv_work_t *w, int status)
             log_error("config", "%s (the running configuration stays)", err);
             config_error = xstrdup(err);
         } else {
-            if (e->script_dir)
-                config_prepend_script_dir(&n, e->script_dir);
+            apply_cli(e, &n);
             if (check_attachments(&n, e->cat, log_report, &config_error) == 0)
                 apply_config(e, &n);
             else
@@ -536,23 +562,16 @@ static int cmd_serve(int argc, char **argv)
     }
     char host[256];
     int port;
-    if (listen) {
-        if (config_parse_listen(listen, host, sizeof host, &port) != 0) {
-            fprintf(stderr, "ratchet serve: --listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700\n", listen);
-            config_free(&e.cfg);
-            return EXIT_USAGE;
-        }
-        free(e.cfg.listen);
-        e.cfg.listen = xstrdup(listen);
+    if (listen && config_parse_listen(listen, host, sizeof host, &port) != 0) {
+        fprintf(stderr, "ratchet serve: --listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700\n", listen);
+        config_free(&e.cfg);
+        return EXIT_USAGE;
     }
-    if (data_dir) {
-        free(e.cfg.data_dir);
-        e.cfg.data_dir = xstrdup(data_dir);
-    }
-    if (script_dir)
-        config_prepend_script_dir(&e.cfg, script_dir);
     e.config_path = config_path;
     e.script_dir = script_dir;
+    e.cli_listen = listen;
+    e.cli_data_dir = data_dir;
+    apply_cli(&e, &e.cfg);
     config_parse_listen(e.cfg.listen, host, sizeof host, &port);
     log_set_level((enum log_level)log_level_parse(e.cfg.log_level));
     log_set_json(strcmp(e.cfg.log_format, "json") == 0);

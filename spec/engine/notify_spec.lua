@@ -72,4 +72,24 @@ describe("sd_notify", function()
     end
     e:stop()
   end)
+
+  it("sends RELOADING=1 then READY=1 around a SIGHUP reload", function()
+    local e = engine.start { env = { NOTIFY_SOCKET = path } }
+    collect(5 * engine.slow, "READY=1")
+    e:signal("HUP")
+    local msgs = collect(5 * engine.slow, "READY=1")
+    local reloading, ready
+    for i, m in ipairs(msgs) do
+      if m.msg:find("RELOADING=1", 1, true) then
+        reloading = i
+        assert.matches("MONOTONIC_USEC=%d+", m.msg)
+      end
+      if m.msg:find("READY=1", 1, true) then ready = i end
+    end
+    assert.truthy(reloading, "no RELOADING=1")
+    assert.truthy(ready, "no READY=1 after the reload")
+    assert.is_true(reloading < ready)
+    assert.matches("STATUS=listening on .* reloaded %(SIGHUP%)", msgs[ready].msg)
+    e:stop()
+  end)
 end)

@@ -52,6 +52,26 @@ end
 
 function M.sleep(s) socket.sleep(s) end
 
+-- The repository root (specs run from it): the shipped evaluators/ live here.
+M.root = (function()
+  local p = io.popen("pwd")
+  local d = p:read("l")
+  p:close()
+  return d
+end)()
+
+-- Polls fn() every 20 ms until it returns a true value (returned) or
+-- `seconds` pass (scaled for sanitizer builds); then returns nil.
+function M.eventually(seconds, fn)
+  local deadline = socket.gettime() + seconds * M.slow
+  repeat
+    local v = fn()
+    if v then return v end
+    socket.sleep(0.02)
+  until socket.gettime() > deadline
+  return nil
+end
+
 M.json = cjson
 
 local Engine = {}

@@ -23,7 +23,7 @@ LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
 # the Lua module specs use to run evaluators exactly as the engine does
-MODULE_SRCS := engine/lua_module.c engine/script.c engine/evaluator.c engine/util.c engine/log.c
+MODULE_SRCS := engine/lua_module.c engine/script.c engine/luajson.c engine/evaluator.c engine/util.c engine/log.c
 MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
@@ -62,7 +62,7 @@ $(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
 # Lua symbols come from the interpreter that loads the module
 $(MODULE): $(MODULE_SRCS:engine/%.c=$(BUILD)/pic/%.o)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson libcrypto) -llua5.4-cjson -lpthread -lm
+	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson libcrypto) -llua5.4-cjson -lyajl -lpthread -lm
 
 $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)

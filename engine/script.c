@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "luajson.h"
 #include "util.h"
 
 #define HOOK_EVERY 1000 /* instructions between budget checks */
@@ -32,7 +33,7 @@ struct script_vm {
     script_call *current;     /* the invocation running now, if any */
     int base_ref;             /* the shared, read-only globals */
     int loaded_ref;           /* require cache: name -> module value */
-    int decode_ref;           /* cjson.decode, for script_push_json */
+    int null_ref;             /* JSON null (lua-cjson's null) */
     char **dirs;
     int live;                 /* invocations not yet finished */
 };
@@ -376,14 +377,55 @@ static int api_sleep(lua_State *L)
  * failure, not a crash of the script. */
 static int api_json_decode(lua_State *L)
 {
-    luaL_checkstring(L, 1);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* cjson.decode */
-    lua_pushvalue(L, 1);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    char err[300];
+    if (luajson_decode(L, text, len, lua_upvalueindex(1), err, sizeof err) != 0) {
         lua_pushnil(L);
-        lua_insert(L, -2);
+        lua_pushfstring(L, "not valid JSON: %s", err);
         return 2;
     }
+    return 1;
+}
+
+/* json.encode(value) -> text; raises on a value JSON cannot hold. */
+static int api_json_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    char err[300];
+    if (luajson_encode(L, 1, lua_upvalueindex(1), err, sizeof err) != 0)
+        return luaL_error(L, "ratchet.json.encode: %s", err);
+    return 1;
+}
+
+/* json.is_array(v) -> true for a decoded JSON array (or one marked so) */
+static int api_json_is_array(lua_State *L)
+{
+    bool arr = false;
+    if (lua_istable(L, 1) && lua_getmetatable(L, 1)) {
+        luajson_push_array_mt(L);
+        arr = lua_rawequal(L, -1, -2);
+    }
+    lua_pushboolean(L, arr);
+    return 1;
+}
+
+/* json.array(t) -> t, marked as an array (so {} encodes as []) */
+static int api_json_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    if (lua_getmetatable(L, 1)) {
+        luajson_push_array_mt(L);
+        if (!lua_rawequal(L, -1, -2))
+            return luaL_argerror(L, 1, "the table already has a metatable");
+        lua_settop(L, 1);
+        return 1;
+    }
+    luajson_push_array_mt(L);
+    lua_setmetatable(L, 1);
     return 1;
 }
 
@@ -404,17 +446,23 @@ static void push_ratchet_module(lua_State *L)
     lua_pushcfunction(L, api_sleep);
     lua_setfield(L, -2, "sleep");
 
-    /* json: lua-cjson's encoder and a decoder that returns nil, err */
+    /* json: yajl through luajson.c (arrays stay arrays); null is
+     * lua-cjson's, so values from either library agree */
     lua_newtable(L);
     luaL_requiref(L, "cjson", luaopen_cjson, 0);
-    lua_getfield(L, -1, "encode");
-    lua_setfield(L, -3, "encode");
     lua_getfield(L, -1, "null");
     lua_setfield(L, -3, "null");
-    lua_getfield(L, -1, "decode");
+    lua_getfield(L, -1, "null");
     lua_pushcclosure(L, api_json_decode, 1);
     lua_setfield(L, -3, "decode");
+    lua_getfield(L, -1, "null");
+    lua_pushcclosure(L, api_json_encode, 1);
+    lua_setfield(L, -3, "encode");
     lua_pop(L, 1);
+    lua_pushcfunction(L, api_json_is_array);
+    lua_setfield(L, -2, "is_array");
+    lua_pushcfunction(L, api_json_array);
+    lua_setfield(L, -2, "array");
     push_readonly(L, "ratchet.json");
     lua_setfield(L, -2, "json");
     push_readonly(L, "ratchet");
@@ -497,8 +545,8 @@ static void build_base(script_vm *vm)
     lua_setfield(L, base, "ratchet");
     lua_setfield(L, -2, "ratchet");
     luaL_requiref(L, "cjson", luaopen_cjson, 0);
-    lua_getfield(L, -1, "decode");
-    vm->decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "null");
+    vm->null_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     push_readonly(L, "cjson");
     lua_setfield(L, -2, "cjson");
     /* PCRE2 regular expressions (Debian's lua-rex-pcre2), loaded by the C
@@ -707,13 +755,11 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
 bool script_push_json(lua_State *L, const char *json, size_t len)
 {
     script_vm *vm = vm_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->decode_ref);
-    lua_pushlstring(L, json, len);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        lua_pop(L, 1);
-        return false;
-    }
-    return true;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->null_ref);
+    char err[300];
+    int rc = luajson_decode(L, json, len, -1, err, sizeof err);
+    lua_remove(L, rc == 0 ? -2 : -1);
+    return rc == 0;
 }
 
 void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script_push_args push, script_done done,

@@ -1,0 +1,334 @@
+/* luajson.c — JSON for scripts: yajl parses and generates, this file only
+ * moves values between yajl and Lua. Unlike lua-cjson 2.1.0 (Debian 12), it
+ * keeps arrays apart from objects: a decoded array carries the shared
+ * metatable ratchet.json.array, so [] and {} survive a round trip and JSON
+ * Schema's "type" can tell them apart. JSON null is lua-cjson's null
+ * (a light userdata), so both libraries agree on it. */
+#include "luajson.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
+
+#define MAX_DEPTH 1000
+
+static const char array_mt_key[] = "ratchet.json.array";
+
+void luajson_push_array_mt(lua_State *L)
+{
+    if (luaL_getmetatable(L, array_mt_key) == LUA_TNIL) {
+        lua_pop(L, 1);
+        luaL_newmetatable(L, array_mt_key);
+        lua_pushliteral(L, "json array");
+        lua_setfield(L, -2, "__name");
+        lua_pushliteral(L, "json array"); /* scripts cannot alter the shared table */
+        lua_setfield(L, -2, "__metatable");
+    }
+}
+
+/* Decoding builds the value on the Lua stack straight from yajl's
+ * callbacks: each open container sits on the stack, with (for objects) the
+ * pending key above it. */
+typedef struct {
+    lua_State *L;
+    int null_idx;
+    int depth;
+    bool too_deep;
+    lua_Integer count[MAX_DEPTH + 2]; /* items so far per open array; -1 for objects */
+} dec;
+
+/* Adds the value on top of the stack to the open container, if any. */
+static int add_value(dec *d)
+{
+    lua_State *L = d->L;
+    if (d->depth == 0)
+        return 1;
+    if (d->count[d->depth] >= 0)
+        lua_rawseti(L, -2, ++d->count[d->depth]);
+    else
+        lua_rawset(L, -3); /* container, key, value */
+    return 1;
+}
+
+static int cb_null(void *ctx)
+{
+    dec *d = ctx;
+    lua_pushvalue(d->L, d->null_idx);
+    return add_value(d);
+}
+
+static int cb_boolean(void *ctx, int b)
+{
+    dec *d = ctx;
+    lua_pushboolean(d->L, b);
+    return add_value(d);
+}
+
+static int cb_number(void *ctx, const char *s, size_t len)
+{
+    dec *d = ctx;
+    char num[64];
+    if (len >= sizeof num) { /* a long literal: only a float can hold it */
+        char *big = strndup(s, len);
+        lua_pushnumber(d->L, big ? strtod(big, NULL) : HUGE_VAL);
+        free(big);
+        return add_value(d);
+    }
+    memcpy(num, s, len);
+    num[len] = '\0';
+    if (!strpbrk(num, ".eE")) {
+        errno = 0;
+        long long v = strtoll(num, NULL, 10);
+        if (errno == 0) {
+            lua_pushinteger(d->L, (lua_Integer)v);
+            return add_value(d);
+        }
+    }
+    lua_pushnumber(d->L, strtod(num, NULL));
+    return add_value(d);
+}
+
+static int cb_string(void *ctx, const unsigned char *s, size_t len)
+{
+    dec *d = ctx;
+    lua_pushlstring(d->L, (const char *)s, len);
+    return add_value(d);
+}
+
+static int open_container(dec *d, bool array)
+{
+    if (d->depth >= MAX_DEPTH || !lua_checkstack(d->L, 6)) {
+        d->too_deep = true;
+        return 0;
+    }
+    lua_newtable(d->L);
+    d->count[++d->depth] = array ? 0 : -1;
+    return 1;
+}
+
+static int close_container(dec *d)
+{
+    d->depth--;
+    return add_value(d);
+}
+
+static int cb_start_map(void *ctx) { return open_container(ctx, false); }
+static int cb_end_map(void *ctx) { return close_container(ctx); }
+
+static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
+{
+    dec *d = ctx;
+    lua_pushlstring(d->L, (const char *)s, len);
+    return 1;
+}
+
+static int cb_start_array(void *ctx) { return open_container(ctx, true); }
+
+static int cb_end_array(void *ctx)
+{
+    dec *d = ctx;
+    luajson_push_array_mt(d->L);
+    lua_setmetatable(d->L, -2);
+    return close_container(d);
+}
+
+static const yajl_callbacks callbacks = {
+    cb_null, cb_boolean, NULL, NULL, cb_number, cb_string,
+    cb_start_map, cb_map_key, cb_end_map, cb_start_array, cb_end_array,
+};
+
+int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, char *err, size_t errlen)
+{
+    dec *d = malloc(sizeof *d);
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    d->L = L;
+    d->null_idx = lua_absindex(L, null_idx);
+    d->depth = 0;
+    d->too_deep = false;
+    int top = lua_gettop(L);
+    yajl_handle h = yajl_alloc(&callbacks, NULL, d);
+    /* like lua-cjson, strings are passed on as they are: scripts see
+     * invalid UTF-8 and judge it, rather than the whole value being lost */
+    yajl_config(h, yajl_dont_validate_strings, 1);
+    yajl_status st = yajl_parse(h, (const unsigned char *)text, len);
+    if (st == yajl_status_ok)
+        st = yajl_complete_parse(h);
+    int rc = 0;
+    if (st != yajl_status_ok || lua_gettop(L) != top + 1) {
+        if (d->too_deep) {
+            snprintf(err, errlen, "nested deeper than %d levels", MAX_DEPTH);
+        } else {
+            unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
+            char *nl = strchr((char *)msg, '\n');
+            if (nl)
+                *nl = '\0';
+            snprintf(err, errlen, "%s", st == yajl_status_ok ? "no value" : (const char *)msg);
+            yajl_free_error(h, msg);
+        }
+        lua_settop(L, top);
+        rc = -1;
+    }
+    yajl_free(h);
+    free(d);
+    return rc;
+}
+
+/* ---- encoding ---- */
+
+typedef struct {
+    yajl_gen g;
+    const char *error;
+    char buf[160];
+} enc;
+
+static bool is_array(lua_State *L, int idx, lua_Integer *n)
+{
+    *n = (lua_Integer)lua_rawlen(L, idx);
+    if (lua_getmetatable(L, idx)) {
+        luajson_push_array_mt(L);
+        bool arr = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (arr)
+            return true;
+    }
+    if (*n == 0)
+        return false;
+    lua_Integer count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > *n) {
+            lua_pop(L, 1);
+            return false;
+        }
+        count++;
+    }
+    return count == *n;
+}
+
+static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > MAX_DEPTH || !lua_checkstack(L, 4)) {
+        e->error = "nested deeper than 1000 levels (or a table contains itself)";
+        return false;
+    }
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        yajl_gen_null(e->g);
+        return true;
+    case LUA_TBOOLEAN:
+        yajl_gen_bool(e->g, lua_toboolean(L, idx));
+        return true;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            yajl_gen_integer(e->g, (long long)lua_tointeger(L, idx));
+        } else {
+            double d = lua_tonumber(L, idx);
+            if (!isfinite(d)) {
+                e->error = "cannot encode NaN or infinity";
+                return false;
+            }
+            char num[40];
+            int n = snprintf(num, sizeof num, "%.17g", d);
+            if (!strpbrk(num, ".eE") && n < 36) /* keep it a float: 2.0, not 2 */
+                n += snprintf(num + n, sizeof num - (size_t)n, ".0");
+            yajl_gen_number(e->g, num, (size_t)n);
+        }
+        return true;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (yajl_gen_string(e->g, (const unsigned char *)s, len) != yajl_gen_status_ok) {
+            e->error = "a string is not valid UTF-8";
+            return false;
+        }
+        return true;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_rawequal(L, idx, null_idx)) {
+            yajl_gen_null(e->g);
+            return true;
+        }
+        break;
+    case LUA_TTABLE: {
+        lua_Integer n;
+        if (is_array(L, idx, &n)) {
+            yajl_gen_array_open(e->g);
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                bool ok = encode_value(L, e, -1, depth + 1, null_idx);
+                lua_pop(L, 1);
+                if (!ok)
+                    return false;
+            }
+            yajl_gen_array_close(e->g);
+            return true;
+        }
+        yajl_gen_map_open(e->g);
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            const char *k;
+            size_t klen;
+            char kbuf[32];
+            if (lua_type(L, -2) == LUA_TSTRING) {
+                k = lua_tolstring(L, -2, &klen);
+            } else if (lua_isinteger(L, -2)) {
+                klen = (size_t)snprintf(kbuf, sizeof kbuf, "%lld", (long long)lua_tointeger(L, -2));
+                k = kbuf;
+            } else {
+                lua_pop(L, 2);
+                e->error = "object keys must be strings or integers";
+                return false;
+            }
+            if (yajl_gen_string(e->g, (const unsigned char *)k, klen) != yajl_gen_status_ok) {
+                lua_pop(L, 2);
+                e->error = "a key is not valid UTF-8";
+                return false;
+            }
+            bool ok = encode_value(L, e, -1, depth + 1, null_idx);
+            lua_pop(L, 1);
+            if (!ok) {
+                lua_pop(L, 1);
+                return false;
+            }
+        }
+        yajl_gen_map_close(e->g);
+        return true;
+    }
+    default:
+        break;
+    }
+    snprintf(e->buf, sizeof e->buf, "cannot encode a %s as JSON", luaL_typename(L, idx));
+    e->error = e->buf;
+    return false;
+}
+
+int luajson_encode(lua_State *L, int idx, int null_idx, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    null_idx = lua_absindex(L, null_idx);
+    enc e = {.g = yajl_gen_alloc(NULL)};
+    yajl_gen_config(e.g, yajl_gen_validate_utf8, 1);
+    int top = lua_gettop(L);
+    bool ok = encode_value(L, &e, idx, 0, null_idx);
+    lua_settop(L, top);
+    if (ok) {
+        const unsigned char *out;
+        size_t len;
+        yajl_gen_get_buf(e.g, &out, &len);
+        lua_pushlstring(L, (const char *)out, len);
+    } else {
+        snprintf(err, errlen, "%s", e.error);
+    }
+    yajl_gen_free(e.g);
+    return ok ? 0 : -1;
+}

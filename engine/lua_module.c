@@ -61,14 +61,17 @@ static void on_result(const eval_result *r, void *ud)
     w->r.reason = strdup(r->reason);
 }
 
-/* ev:evaluate(case [, opts]) -> { pass, score, reason, status } */
+/* ev:evaluate(case [, opts]) -> { pass, score, reason, status }; case and
+ * opts are tables, or JSON texts passed on as they are (to send [] and {}
+ * apart, which the host's cjson cannot) */
 static int l_evaluate(lua_State *L)
 {
     sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
-    luaL_checktype(L, 2, LUA_TTABLE);
+    if (lua_type(L, 2) != LUA_TSTRING)
+        luaL_checktype(L, 2, LUA_TTABLE);
     bool has_opts = !lua_isnoneornil(L, 3); /* before to_json pushes anything */
-    const char *opts_json = has_opts ? to_json(L, 3) : NULL;
-    const char *case_json = to_json(L, 2);
+    const char *opts_json = !has_opts ? NULL : lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : to_json(L, 3);
+    const char *case_json = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : to_json(L, 2);
     wait_result w = {0};
     evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
     while (!w.finished)
@@ -132,8 +135,8 @@ static int l_load_evaluator(lua_State *L)
         if (lua_getfield(L, 2, "memory_limit") == LUA_TNUMBER)
             lim.memory_limit = (size_t)lua_tointeger(L, -1);
         if (lua_getfield(L, 2, "dirs") == LUA_TTABLE) {
-            int n = 0;
-            for (; n < 16 && lua_rawgeti(L, -1, n + 1) == LUA_TSTRING; n++)
+            int t = lua_gettop(L), n = 0;
+            for (; n < 16 && lua_rawgeti(L, t, n + 1) == LUA_TSTRING; n++)
                 dirs[n] = lua_tostring(L, -1); /* kept alive by the options table */
             dirs[n] = NULL;
         }

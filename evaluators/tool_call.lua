@@ -1,0 +1,66 @@
+-- tool_call: the tool calls in the trace name allowed tools, with arguments
+-- valid against each tool's JSON Schema.
+local text = require "lib.text"
+local jsonschema = require "lib.jsonschema"
+
+local cache, cached = {}, 0
+
+local function validators(tools)
+  local key = ratchet.json.encode(tools)
+  local v = cache[key]
+  if v then return v end
+  v = {}
+  for name, schema in pairs(tools) do
+    if type(name) ~= "string" then error("tool_call: option 'tools' maps tool names to argument schemas", 0) end
+    v[name] = jsonschema.compile(schema)
+  end
+  if cached >= 64 then cache, cached = {}, 0 end
+  cache[key], cached = v, cached + 1
+  return v
+end
+
+return {
+  name = "tool_call",
+  description = "every tool call names an allowed tool and its arguments validate against that tool's schema",
+  options = {
+    tools = "object: tool name -> JSON Schema of its arguments (true accepts any arguments)",
+    required = "boolean, default false: the trace must make at least one tool call",
+    max_calls = "number: at most this many tool calls (optional)",
+  },
+  evaluate = function(case, opts)
+    text.check_opts("tool_call", opts, { tools = "table", required = "boolean?", max_calls = "number?" })
+    local check = validators(opts.tools)
+    local calls = (case.trace or {}).tool_calls
+    if calls == nil or calls == ratchet.json.null then calls = {} end
+    if type(calls) ~= "table" then return text.fail("trace.tool_calls is not a list") end
+    if #calls == 0 then
+      if opts.required then return text.fail("no tool call was made") end
+      return text.pass("no tool calls")
+    end
+    if opts.max_calls and #calls > opts.max_calls then
+      return text.fail(string.format("%d tool calls, more than %d", #calls, opts.max_calls))
+    end
+    for i, call in ipairs(calls) do
+      local where = string.format("tool_calls[%d]", i - 1)
+      local name = type(call) == "table" and call.name
+      if type(name) ~= "string" then return text.fail(where .. " has no name") end
+      local validate = check[name]
+      if not validate then
+        return text.fail(where .. " calls '" .. text.excerpt(name, 60) .. "', which is not an allowed tool", 0)
+      end
+      local args = call.arguments
+      if type(args) == "string" then
+        local decoded, err = ratchet.json.decode(args)
+        if decoded == nil then return text.fail(where .. " (" .. name .. "): arguments are not valid JSON: " .. text.excerpt(err)) end
+        args = decoded
+      elseif args == nil then
+        args = {}
+      end
+      local ok, errs = validate(args)
+      if not ok then
+        return text.fail(where .. " (" .. name .. "): arguments do not match the schema: " .. jsonschema.summary(errs), 0)
+      end
+    end
+    return text.pass(#calls .. " tool call" .. (#calls == 1 and "" or "s") .. ", all valid")
+  end,
+}

@@ -34,6 +34,8 @@ struct script_vm {
     int base_ref;             /* the shared, read-only globals */
     int loaded_ref;           /* require cache: name -> module value */
     int null_ref;             /* JSON null (lua-cjson's null) */
+    int opts_ref;             /* decoded option tables by JSON text */
+    int opts_cached;
     char **dirs;
     int live;                 /* invocations not yet finished */
 };
@@ -398,14 +400,13 @@ static int api_json_encode(lua_State *L)
     return 1;
 }
 
-/* json.is_array(v) -> true for a decoded JSON array (or one marked so) */
+/* json.is_array(v) -> true for a decoded JSON array (or one marked so);
+ * upvalue 1 is the array metatable (no registry lookup per call) */
 static int api_json_is_array(lua_State *L)
 {
     bool arr = false;
-    if (lua_istable(L, 1) && lua_getmetatable(L, 1)) {
-        luajson_push_array_mt(L);
-        arr = lua_rawequal(L, -1, -2);
-    }
+    if (lua_istable(L, 1) && lua_getmetatable(L, 1))
+        arr = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pushboolean(L, arr);
     return 1;
 }
@@ -459,7 +460,8 @@ static void push_ratchet_module(lua_State *L)
     lua_pushcclosure(L, api_json_encode, 1);
     lua_setfield(L, -3, "encode");
     lua_pop(L, 1);
-    lua_pushcfunction(L, api_json_is_array);
+    luajson_push_array_mt(L);
+    lua_pushcclosure(L, api_json_is_array, 1);
     lua_setfield(L, -2, "is_array");
     lua_pushcfunction(L, api_json_array);
     lua_setfield(L, -2, "array");
@@ -564,6 +566,8 @@ static void build_base(script_vm *vm)
         lua_pop(L, 1);
     }
     vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
 }
 
@@ -750,6 +754,35 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     }
     *ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
+}
+
+bool script_push_json_cached(lua_State *L, const char *json, size_t len)
+{
+    script_vm *vm = vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+    lua_pushlstring(L, json, len);
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+        lua_remove(L, -2);
+        return true;
+    }
+    lua_pop(L, 1);
+    if (!script_push_json(L, json, len)) {
+        lua_pop(L, 1);
+        return false;
+    }
+    if (vm->opts_cached >= 256) { /* bounded: start afresh */
+        lua_newtable(L);
+        lua_rawseti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+        lua_pop(L, 1);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+        vm->opts_cached = 0;
+    }
+    lua_pushlstring(L, json, len);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+    vm->opts_cached++;
+    lua_remove(L, -2);
+    return true;
 }
 
 bool script_push_json(lua_State *L, const char *json, size_t len)

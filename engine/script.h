@@ -75,6 +75,9 @@ void script_unref(script_vm *vm, int ref);
 /* Pushes the value of a JSON text onto L (objects and arrays as tables,
  * null as ratchet.json.null). Returns false, pushing nothing, on bad JSON. */
 bool script_push_json(lua_State *L, const char *json, size_t len);
+/* The same, but the same text gives the same table (cached per VM, up to
+ * 256 texts): for options, which scripts treat as read-only. */
+bool script_push_json_cached(lua_State *L, const char *json, size_t len);
 
 /* Calls table[fn](args...) where table is the value at ref, as a new
  * coroutine, under budget_ms (0: the VM's default). The first slice runs at

@@ -2,17 +2,16 @@
 local text = require "lib.text"
 local jsonschema = require "lib.jsonschema"
 
--- compiled validators by schema text; options arrive decoded for every
--- case, so the cache keys on their JSON
-local cache, cached = {}, 0
+-- compiled validators by schema table: the engine hands the same options
+-- table to every case of an attachment (weak keys: dropped with it)
+local cache = setmetatable({}, { __mode = "k" })
 
 local function validator(schema)
-  local key = ratchet.json.encode(schema)
-  local v = cache[key]
+  if type(schema) ~= "table" then return jsonschema.compile(schema) end
+  local v = cache[schema]
   if v then return v end
   v = jsonschema.compile(schema) -- raises on a schema it cannot use
-  if cached >= 64 then cache, cached = {}, 0 end
-  cache[key], cached = v, cached + 1
+  cache[schema] = v
   return v
 end
 

@@ -3,19 +3,17 @@
 local text = require "lib.text"
 local jsonschema = require "lib.jsonschema"
 
-local cache, cached = {}, 0
+local cache = setmetatable({}, { __mode = "k" })
 
 local function validators(tools)
-  local key = ratchet.json.encode(tools)
-  local v = cache[key]
+  local v = cache[tools]
   if v then return v end
   v = {}
   for name, schema in pairs(tools) do
     if type(name) ~= "string" then error("tool_call: option 'tools' maps tool names to argument schemas", 0) end
     v[name] = jsonschema.compile(schema)
   end
-  if cached >= 64 then cache, cached = {}, 0 end
-  cache[key], cached = v, cached + 1
+  cache[tools] = v
   return v
 end
 

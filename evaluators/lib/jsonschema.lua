@@ -64,10 +64,25 @@ local function describe(v)
   return tostring(v == null and "null" or v)
 end
 
-local function key_path(path, k)
-  if type(k) == "string" and k:match("^[%a_][%w_]*$") then return path .. "." .. k end
-  if type(k) == "number" then return path .. "[" .. (k - 1) .. "]" end -- 0-based, as in JSON
-  return path .. "[" .. string.format("%q", tostring(k)) .. "]"
+-- The path to the value being checked is a stack of keys (no strings are
+-- built unless something fails): render it as $.a[0].b
+local function render(path)
+  local out = { "$" }
+  for i = 1, #path do
+    local k = path[i]
+    if type(k) == "number" then out[#out + 1] = "[" .. (k - 1) .. "]" -- 0-based, as in JSON
+    elseif k:match("^[%a_][%w_]*$") then out[#out + 1] = "." .. k
+    else out[#out + 1] = "[" .. string.format("%q", k) .. "]" end
+  end
+  return table.concat(out)
+end
+
+-- f(v) with k pushed on the path
+local function at(path, k, f, v, errs)
+  path[#path + 1] = k
+  local ok = f(v, path, errs)
+  path[#path] = nil
+  return ok
 end
 
 local function slen(s)
@@ -184,7 +199,7 @@ compile = function(doc, schema, base)
   if schema == true then return function() return true end end
   if schema == false then
     return function(_, path, errs)
-      errs[#errs + 1] = { path = path, message = "no value is allowed here" }
+      if #errs < MAX_ERRORS then errs[#errs + 1] = { path = render(path), message = "no value is allowed here" } end
       return false
     end
   end
@@ -201,7 +216,13 @@ compile = function(doc, schema, base)
   doc.compiled[schema] = function(v, path, errs) return self_fn(v, path, errs) end
 
   local function fail(errs, path, msg)
-    if #errs < MAX_ERRORS then errs[#errs + 1] = { path = path, message = msg } end
+    if #errs < MAX_ERRORS then errs[#errs + 1] = { path = render(path), message = msg } end
+    return false
+  end
+  local function fail_at(errs, path, k, msg)
+    path[#path + 1] = k
+    fail(errs, path, msg)
+    path[#path] = nil
     return false
   end
 
@@ -209,7 +230,7 @@ compile = function(doc, schema, base)
     local ref = schema["$ref"]
     if type(ref) ~= "string" then error("json_schema: $ref must be a string", 0) end
     local target_fn
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if not target_fn then target_fn = compile(doc, resolve_ref(doc, ref, base), base) end
       return target_fn(v, path, errs)
     end)
@@ -222,22 +243,21 @@ compile = function(doc, schema, base)
     local allowed = {}
     for _, name in ipairs(type(t) == "table" and t or { t }) do allowed[name] = true end
     local want = type(t) == "table" and table.concat(t, " or ") or t
-    add(function(v, path, errs)
-      local vt = jtype(v)
+    add(function(v, path, errs, vt)
       if allowed[vt] or (vt == "integer" and allowed.number) then return true end
       return fail(errs, path, "must be " .. want .. ", not " .. vt)
     end)
   end
   if schema.enum ~= nil then
     local enum = schema.enum
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       for _, e in ipairs(enum) do if equal(v, e) then return true end end
       return fail(errs, path, describe(v) .. " is not one of the allowed values")
     end)
   end
   if schema.const ~= nil then
     local c = schema.const
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if equal(v, c) then return true end
       return fail(errs, path, "must be " .. describe(c))
     end)
@@ -247,7 +267,7 @@ compile = function(doc, schema, base)
   local function numeric(key, test, msg)
     local limit = schema[key]
     if type(limit) ~= "number" then return end
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if type(v) ~= "number" or test(v, limit) then return true end
       return fail(errs, path, string.format(msg, describe(v), describe(limit)))
     end)
@@ -267,7 +287,7 @@ compile = function(doc, schema, base)
   local function length(key, test, msg)
     local limit = schema[key]
     if type(limit) ~= "number" then return end
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if type(v) ~= "string" or test(slen(v), limit) then return true end
       return fail(errs, path, string.format(msg, slen(v), limit))
     end)
@@ -281,7 +301,7 @@ compile = function(doc, schema, base)
   end
   if type(schema.pattern) == "string" then
     local re, p = regex(schema.pattern), schema.pattern
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if type(v) ~= "string" then return true end
       local ok, s = pcall(re.find, re, v)
       if ok and s then return true end
@@ -296,12 +316,12 @@ compile = function(doc, schema, base)
   end
   local items = schema.items ~= nil and compile(doc, schema.items, base) or nil
   if #prefix > 0 or items then
-    add(function(v, path, errs)
-      if not is_array(v) then return true end
+    add(function(v, path, errs, vt)
+      if not (vt == "array") then return true end
       local ok = true
       for i = 1, #v do
         local f = prefix[i] or (i > #prefix and items)
-        if f and not f(v[i], key_path(path, i), errs) then ok = false end
+        if f and not at(path, i, f, v[i], errs) then ok = false end
       end
       return ok
     end)
@@ -310,8 +330,8 @@ compile = function(doc, schema, base)
     local f = compile(doc, schema.contains, base)
     local min = schema.minContains or 1
     local max = schema.maxContains
-    add(function(v, path, errs)
-      if not is_array(v) then return true end
+    add(function(v, path, errs, vt)
+      if not (vt == "array") then return true end
       local n = 0
       for i = 1, #v do if f(v[i], path, {}) then n = n + 1 end end
       if n < min then return fail(errs, path, "has " .. n .. " items matching 'contains', fewer than " .. min) end
@@ -322,8 +342,7 @@ compile = function(doc, schema, base)
   local function count(key, test, msg, kind)
     local limit = schema[key]
     if type(limit) ~= "number" then return end
-    add(function(v, path, errs)
-      local vt = jtype(v)
+    add(function(v, path, errs, vt)
       if vt ~= kind then return true end
       local n = 0
       if kind == "array" then n = #v else for _ in pairs(v) do n = n + 1 end end
@@ -336,8 +355,8 @@ compile = function(doc, schema, base)
   count("minProperties", function(n, l) return n >= l end, "has %d properties, fewer than %d", "object")
   count("maxProperties", function(n, l) return n <= l end, "has %d properties, more than %d", "object")
   if schema.uniqueItems == true then
-    add(function(v, path, errs)
-      if not is_array(v) then return true end
+    add(function(v, path, errs, vt)
+      if not (vt == "array") then return true end
       for i = 1, #v do
         for j = i + 1, #v do
           if equal(v[i], v[j]) then
@@ -361,27 +380,27 @@ compile = function(doc, schema, base)
   local additional = schema.additionalProperties ~= nil and compile(doc, schema.additionalProperties, base) or nil
   local additional_false = schema.additionalProperties == false
   if next(props) or #pprops > 0 or additional then
-    add(function(v, path, errs)
-      if jtype(v) ~= "object" then return true end
+    add(function(v, path, errs, vt)
+      if vt ~= "object" then return true end
       local ok = true
       for k, val in pairs(v) do
         local matched = false
         local f = props[k]
         if f then
           matched = true
-          if not f(val, key_path(path, k), errs) then ok = false end
+          if not at(path, k, f, val, errs) then ok = false end
         end
         for _, pp in ipairs(pprops) do
           local okm, s = pcall(pp.re.find, pp.re, k)
           if okm and s then
             matched = true
-            if not pp.f(val, key_path(path, k), errs) then ok = false end
+            if not at(path, k, pp.f, val, errs) then ok = false end
           end
         end
         if not matched and additional then
           if additional_false then
-            ok = fail(errs, key_path(path, k), "is not an allowed property") and ok
-          elseif not additional(val, key_path(path, k), errs) then
+            ok = fail_at(errs, path, k, "is not an allowed property") and ok
+          elseif not at(path, k, additional, val, errs) then
             ok = false
           end
         end
@@ -391,35 +410,35 @@ compile = function(doc, schema, base)
   end
   if type(schema.required) == "table" then
     local req = schema.required
-    add(function(v, path, errs)
-      if jtype(v) ~= "object" then return true end
+    add(function(v, path, errs, vt)
+      if vt ~= "object" then return true end
       local ok = true
       for _, k in ipairs(req) do
-        if v[k] == nil then ok = fail(errs, key_path(path, k), "is required") and ok end
+        if v[k] == nil then ok = fail_at(errs, path, k, "is required") and ok end
       end
       return ok
     end)
   end
   if schema.propertyNames ~= nil then
     local f = compile(doc, schema.propertyNames, base)
-    add(function(v, path, errs)
-      if jtype(v) ~= "object" then return true end
+    add(function(v, path, errs, vt)
+      if vt ~= "object" then return true end
       local ok = true
       for k in pairs(v) do
-        if not f(k, key_path(path, k), {}) then ok = fail(errs, key_path(path, k), "is not an allowed property name") and ok end
+        if not at(path, k, f, k, {}) then ok = fail_at(errs, path, k, "is not an allowed property name") and ok end
       end
       return ok
     end)
   end
   if type(schema.dependentRequired) == "table" then
     local deps = schema.dependentRequired
-    add(function(v, path, errs)
-      if jtype(v) ~= "object" then return true end
+    add(function(v, path, errs, vt)
+      if vt ~= "object" then return true end
       local ok = true
       for k, needs in pairs(deps) do
         if v[k] ~= nil then
           for _, n in ipairs(needs) do
-            if v[n] == nil then ok = fail(errs, key_path(path, n), "is required when '" .. k .. "' is present") and ok end
+            if v[n] == nil then ok = fail_at(errs, path, n, "is required when '" .. k .. "' is present") and ok end
           end
         end
       end
@@ -429,8 +448,8 @@ compile = function(doc, schema, base)
   if type(schema.dependentSchemas) == "table" then
     local deps = {}
     for k, sub in pairs(schema.dependentSchemas) do deps[k] = compile(doc, sub, base) end
-    add(function(v, path, errs)
-      if jtype(v) ~= "object" then return true end
+    add(function(v, path, errs, vt)
+      if vt ~= "object" then return true end
       local ok = true
       for k, f in pairs(deps) do
         if v[k] ~= nil and not f(v, path, errs) then ok = false end
@@ -449,20 +468,20 @@ compile = function(doc, schema, base)
   end
   local all_of, any_of, one_of = list("allOf"), list("anyOf"), list("oneOf")
   if all_of then
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       local ok = true
       for _, f in ipairs(all_of) do if not f(v, path, errs) then ok = false end end
       return ok
     end)
   end
   if any_of then
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       for _, f in ipairs(any_of) do if f(v, path, {}) then return true end end
       return fail(errs, path, "matches none of the 'anyOf' schemas")
     end)
   end
   if one_of then
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       local n = 0
       for _, f in ipairs(one_of) do if f(v, path, {}) then n = n + 1 end end
       if n == 1 then return true end
@@ -471,7 +490,7 @@ compile = function(doc, schema, base)
   end
   if schema["not"] ~= nil then
     local f = compile(doc, schema["not"], base)
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if f(v, path, {}) then return fail(errs, path, "must not match the 'not' schema") end
       return true
     end)
@@ -480,7 +499,7 @@ compile = function(doc, schema, base)
     local cond = compile(doc, schema["if"], base)
     local th = schema["then"] ~= nil and compile(doc, schema["then"], base)
     local el = schema["else"] ~= nil and compile(doc, schema["else"], base)
-    add(function(v, path, errs)
+    add(function(v, path, errs, vt)
       if cond(v, path, {}) then return not th or th(v, path, errs) end
       return not el or el(v, path, errs)
     end)
@@ -492,9 +511,9 @@ compile = function(doc, schema, base)
 
   local n = #checks
   self_fn = function(v, path, errs)
-    local ok = true
+    local ok, vt = true, jtype(v)
     for i = 1, n do
-      if not checks[i](v, path, errs) then ok = false end
+      if not checks[i](v, path, errs, vt) then ok = false end
     end
     return ok
   end
@@ -514,7 +533,7 @@ function M.compile(schema)
   local f = compile(doc, schema, root_base)
   return function(value)
     local errs = {}
-    local ok = f(value, "$", errs)
+    local ok = f(value, {}, errs)
     return ok, errs
   end
 end

@@ -83,7 +83,7 @@ asan: deps $(MODULE)
 
 run: deps all
 	@mkdir -p var
-	$(BUILD)/ratchet serve -c etc/ratchet.conf --data-dir ./var
+	$(BUILD)/ratchet serve -c etc/ratchet.conf --data-dir ./var --script-dir .
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet \

@@ -96,6 +96,10 @@ install: all
 	sed 's|@BINDIR@|$(PREFIX)/bin|; s|@DOCDIR@|$(PREFIX)/share/doc/ratchet|' etc/ratchet.service.in > $(BUILD)/ratchet.service
 	install -m 0644 $(BUILD)/ratchet.service $(DESTDIR)$(UNITDIR)/ratchet.service
 	install -m 0644 docs/trace.schema.json $(DESTDIR)$(PREFIX)/share/ratchet/trace.schema.json
+	@# the shipped scripts; files of the same name in /etc/ratchet/ override them
+	install -d $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/lib
+	install -m 0644 evaluators/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/
+	install -m 0644 evaluators/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/lib/
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
 
 uninstall:

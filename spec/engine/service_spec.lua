@@ -24,11 +24,16 @@ describe("make install", function()
       "/usr/bin/ratchet", "/usr/lib/systemd/system/ratchet.service", "/etc/ratchet/ratchet.conf",
       "/usr/share/ratchet/ratchet.conf.example", "/usr/share/ratchet/trace.schema.json",
       "/usr/share/doc/ratchet/README.md", "/usr/share/doc/ratchet/api.md",
+      "/usr/share/ratchet/evaluators/json_schema.lua", "/usr/share/ratchet/evaluators/lib/jsonschema.lua",
     } do
       assert.is_not_nil(engine.read_file(dest .. f), f .. " is missing")
     end
     local unit = engine.read_file(dest .. "/usr/lib/systemd/system/ratchet.service")
     assert.matches("ExecStart=/usr/bin/ratchet serve %-c /etc/ratchet/ratchet.conf", unit)
+    -- the installed config and scripts load
+    local code, _, err = engine.run(string.format("check -c %s -s %s", q(dest .. "/etc/ratchet/ratchet.conf"),
+      q(dest .. "/usr/share/ratchet")))
+    assert.equal(0, code, err)
   end)
 
   it("never overwrites an existing /etc/ratchet/ratchet.conf", function()

@@ -301,6 +301,7 @@ typedef struct {
     online *o;
     char *ids[FETCH_BATCH];
     char *json[FETCH_BATCH];
+    char *prompt[FETCH_BATCH];
     size_t n;
     int rc;
     char err[256];
@@ -309,24 +310,7 @@ typedef struct {
 static void fetch_work(uv_work_t *w)
 {
     fetch_job *f = w->data;
-    f->rc = store_get_traces_for_eval(f->o->st, f->ids, f->n, f->json, f->err, sizeof f->err);
-}
-
-/* The prompt of a stored trace, read from its JSON without a parser: the
- * store wrote it, so "prompt":{"name":"..."} is there. The plan is looked up
- * again here because the configuration may have changed since queueing. */
-static const config_prompt *prompt_of(const plan *p, const char *json)
-{
-    const char *k = strstr(json, "\"prompt\":{\"name\":\"");
-    if (!k)
-        return NULL;
-    k += 18;
-    const char *end = strchr(k, '"');
-    if (!end || end - k > 200)
-        return NULL;
-    char name[256];
-    snprintf(name, sizeof name, "%.*s", (int)(end - k), k);
-    return plan_find(p, name);
+    f->rc = store_get_traces_for_eval(f->o->st, f->ids, f->n, f->json, f->prompt, f->err, sizeof f->err);
 }
 
 static void fetch_after(uv_work_t *w, int status)
@@ -338,7 +322,9 @@ static void fetch_after(uv_work_t *w, int status)
     if (f->rc != 0)
         log_error("evaluation", "cannot read %zu traces back for evaluation: %s", f->n, f->err);
     for (size_t i = 0; i < f->n; i++) {
-        const config_prompt *cp = f->rc == 0 && f->json[i] ? prompt_of(o->plan, f->json[i]) : NULL;
+        /* the plan is looked up again: the configuration may have changed since queueing */
+        const config_prompt *cp = f->rc == 0 && f->prompt[i] ? plan_find(o->plan, f->prompt[i]) : NULL;
+        free(f->prompt[i]);
         if (cp && !o->draining) {
             evaluate_trace(o, f->ids[i], f->json[i], o->plan, cp);
         } else {

@@ -746,7 +746,8 @@ done:
 }
 
 /* The body with feedback as evaluators see it: case.trace. */
-int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **out, char *err, size_t errlen)
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, char *err,
+                              size_t errlen)
 {
     sqlite3 *db = read_acquire(s, err, errlen);
     if (!db)
@@ -756,24 +757,27 @@ int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **out, 
     const char *sql =
         "SELECT json_set(" TRACE_JSON_SQL ", '$.feedback', "
         "  json((SELECT json_group_array(json(f.body)) FROM (SELECT body FROM feedback WHERE trace_id = ?1 "
-        "        ORDER BY seq) AS f))) "
+        "        ORDER BY seq) AS f))), prompt "
         "FROM traces WHERE id = ?1";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
-        out[i] = NULL;
+        json[i] = prompt[i] = NULL;
         sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            out[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
+        if (rc == SQLITE_ROW) {
+            json[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
+            prompt[i] = xstrdup((const char *)sqlite3_column_text(st, 1));
+        }
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
             snprintf(err, errlen, "%s", sqlite3_errmsg(db));
             for (size_t k = 0; k <= i; k++) {
-                free(out[k]);
-                out[k] = NULL;
+                free(json[k]);
+                free(prompt[k]);
+                json[k] = prompt[k] = NULL;
             }
             goto done;
         }

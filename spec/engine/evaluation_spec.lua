@@ -77,10 +77,16 @@ describe("online evaluation", function()
     assert.equal("fail", bad.verdict)
     assert.is_false(scores_by_name(bad).json_valid.pass)
     assert.matches("not valid JSON", scores_by_name(bad).json_valid.reason)
-    -- an advisory evaluator failing does not fail the trace
+    -- a required evaluator (max_latency) failing fails the trace
     local slow = evaluated(e, "slow")
     assert.equal("fail", slow.verdict)
     assert.matches("5000 ms", scores_by_name(slow).max_latency.reason)
+
+    -- the prompt is found however the client wrote the object (order, spaces)
+    r = e:post("/v1/traces", '{"id":"spaced", "prompt": { "version": 3, "name": "support" }, "output": "nope"}',
+      { content_type = "application/json" })
+    assert.equal(200, r.status)
+    assert.equal("fail", assert(evaluated(e, "spaced"), "never evaluated").verdict)
 
     -- a prompt without evaluators is never evaluated
     engine.sleep(0.2)

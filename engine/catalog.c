@@ -360,11 +360,11 @@ json_t *catalog_status_json(const catalog *cat)
                      (json_int_t)script_vm_memory(cat->vm));
 }
 
-char **catalog_watch_dirs(const catalog *cat)
+char **catalog_watch_dirs(const char *const *dirs)
 {
     char **out = NULL;
     size_t n = 0;
-    for (char **d = cat->dirs; *d; d++) {
+    for (const char *const *d = dirs; *d; d++) {
         struct stat st;
         char path[4096];
         for (int k = -1; k < 3; k++) {

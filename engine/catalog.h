@@ -62,9 +62,10 @@ typedef struct {
 void catalog_get_stats(const catalog *cat, catalog_stats *st);
 /* {"evaluators":[{name,version,path}],"errors":[...],...} */
 json_t *catalog_status_json(const catalog *cat);
-/* Every folder a watcher should look at (roots and their script folders
- * that exist); NULL-terminated, free with catalog_free_list. */
-char **catalog_watch_dirs(const catalog *cat);
+/* Every folder a watcher should look at under the roots dirs (the roots and
+ * their script folders that exist); reads the disk, any thread.
+ * NULL-terminated (or NULL), free with catalog_free_list. */
+char **catalog_watch_dirs(const char *const *dirs);
 void catalog_free_list(char **list);
 
 #endif

@@ -124,7 +124,12 @@ typedef struct {
     uv_fs_event_t *watches[MAX_WATCHES];
     int nwatches;
     uv_work_t scan_work;
+    /* what a reload's thread-pool half read from the disk */
     catalog_scan *scan;
+    config new_cfg;
+    int new_cfg_rc;
+    char new_cfg_err[1024];
+    char **watch_dirs;
     bool reload_again;
     const char *reload_why;
     char addr[96];
@@ -329,7 +334,7 @@ static void apply_config(engine *e, config *n)
     online_configure(e->online, c);
 }
 
-static void setup_watches(engine *e);
+static void setup_watches(engine *e, char **dirs);
 static void reload_start(engine *e, const char *why);
 
 /* The command line wins over the file, at start and on every reload. */
@@ -347,10 +352,16 @@ static void apply_cli(const engine *e, config *c)
         config_prepend_script_dir(c, e->script_dir);
 }
 
+/* The reload's disk half, in the thread pool: the scripts, the config file,
+ * the folders to watch. */
 static void scan_work(uv_work_t *w)
 {
     engine *e = w->data;
     e->scan = catalog_scan_run(catalog_dirs(e->cat));
+    config_defaults(&e->new_cfg);
+    e->new_cfg_rc = e->config_path ? config_load(&e->new_cfg, e->config_path, e->new_cfg_err,
+                                                 sizeof e->new_cfg_err) : 0;
+    e->watch_dirs = e->cfg.scripts.watch ? catalog_watch_dirs(catalog_dirs(e->cat)) : NULL;
 }
 
 static void scan_after(uv_work_t *w, int status)
@@ -358,9 +369,13 @@ static void scan_after(uv_work_t *w, int status)
     (void)status;
     engine *e = w->data;
     w->data = NULL;
+    char **watch_dirs = e->watch_dirs;
+    e->watch_dirs = NULL;
     if (e->stopping) {
         catalog_scan_free(e->scan);
         e->scan = NULL;
+        config_free(&e->new_cfg);
+        catalog_free_list(watch_dirs);
         return;
     }
     uint64_t t0 = mono_ns();
@@ -368,21 +383,19 @@ static void scan_after(uv_work_t *w, int status)
     e->scan = NULL;
     char *config_error = NULL;
     if (e->config_path) {
-        config n;
-        config_defaults(&n);
-        char err[1024];
-        if (config_load(&n, e->config_path, err, sizeof err) != 0) {
-            log_error("config", "%s (the running configuration stays)", err);
-            config_error = xstrdup(err);
+        config *n = &e->new_cfg;
+        if (e->new_cfg_rc != 0) {
+            log_error("config", "%s (the running configuration stays)", e->new_cfg_err);
+            config_error = xstrdup(e->new_cfg_err);
         } else {
-            apply_cli(e, &n);
-            if (check_attachments(&n, e->cat, log_report, &config_error) == 0)
-                apply_config(e, &n);
+            apply_cli(e, n);
+            if (check_attachments(n, e->cat, log_report, &config_error) == 0)
+                apply_config(e, n);
             else
                 log_error("config", "the running configuration stays");
         }
-        config_free(&n);
     }
+    config_free(&e->new_cfg);
     free(e->reload.config_error);
     e->reload.config_error = config_error;
     e->reload.reloads++;
@@ -395,7 +408,8 @@ static void scan_after(uv_work_t *w, int status)
     sd_notifyf(0, "READY=1\nSTATUS=listening on %s; reloaded (%s)%s", e->addr, e->reload_why,
                failed || config_error ? " with errors, see /v1/status" : "");
     if (e->cfg.scripts.watch)
-        setup_watches(e); /* folders may have come or gone */
+        setup_watches(e, watch_dirs); /* folders may have come or gone */
+    catalog_free_list(watch_dirs);
     if (e->reload_again) {
         e->reload_again = false;
         reload_start(e, "further changes");
@@ -464,13 +478,12 @@ static void add_watch(engine *e, const char *dir)
     e->watches[e->nwatches++] = w;
 }
 
-static void setup_watches(engine *e)
+/* dirs: from catalog_watch_dirs (listed off the loop on a reload) */
+static void setup_watches(engine *e, char **dirs)
 {
     close_watches(e);
-    char **dirs = catalog_watch_dirs(e->cat);
     for (char **d = dirs; d && *d; d++)
         add_watch(e, *d);
-    catalog_free_list(dirs);
     if (e->config_path) {
         char *copy = xstrdup(e->config_path);
         add_watch(e, dirname(copy));
@@ -648,8 +661,11 @@ static int cmd_serve(int argc, char **argv)
     e.shutdown_timer.data = &e;
     uv_timer_init(e.loop, &e.debounce_timer);
     e.debounce_timer.data = &e;
-    if (e.cfg.scripts.watch)
-        setup_watches(&e);
+    if (e.cfg.scripts.watch) {
+        char **dirs = catalog_watch_dirs(catalog_dirs(e.cat));
+        setup_watches(&e, dirs);
+        catalog_free_list(dirs);
+    }
     start_watchdog(&e);
 
     log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, addr, e.cfg.data_dir,

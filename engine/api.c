@@ -254,16 +254,7 @@ static bool parse_time_param(http_request *req, const char *name, int64_t *out)
 {
     char v[64];
     int r = http_query_get(req, name, v, sizeof v);
-    if (r == 0)
-        return true;
-    char *end;
-    errno = 0;
-    long long ms = strtoll(v, &end, 10);
-    if (r > 0 && !errno && *end == '\0' && end != v && ms >= 0) {
-        *out = ms;
-        return true;
-    }
-    if (r > 0 && rfc3339_parse(v, out))
+    if (r == 0 || (r > 0 && time_parse(v, out)))
         return true;
     http_respond_field_error(req, 400, "invalid_parameter", name,
                              "'%s' must be an RFC 3339 date-time or integer milliseconds since the epoch", name);

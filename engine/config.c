@@ -133,7 +133,7 @@ static void free_dirs(char **dirs)
     free(dirs);
 }
 
-static void free_prompts(config_prompt *p, size_t n)
+void config_prompts_free(config_prompt *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         for (size_t k = 0; k < p[i].nevaluators; k++) {
@@ -145,6 +145,24 @@ static void free_prompts(config_prompt *p, size_t n)
         free(p[i].name);
     }
     free(p);
+}
+
+config_prompt *config_prompts_copy(const config_prompt *src, size_t n)
+{
+    config_prompt *p = n ? xcalloc(n, sizeof *p) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        p[i] = src[i];
+        p[i].name = xstrdup(src[i].name);
+        p[i].evaluators = src[i].nevaluators ? xcalloc(src[i].nevaluators, sizeof *p[i].evaluators) : NULL;
+        for (size_t k = 0; k < src[i].nevaluators; k++) {
+            config_attachment *a = &p[i].evaluators[k];
+            *a = src[i].evaluators[k];
+            a->name = xstrdup(a->name);
+            a->evaluator = xstrdup(a->evaluator);
+            a->options_json = xstrdup(a->options_json);
+        }
+    }
+    return p;
 }
 
 const config_prompt *config_find_prompt(const config *c, const char *name)
@@ -178,7 +196,7 @@ void config_free(config *c)
     free(c->log_level);
     free(c->log_format);
     free_dirs(c->scripts.dirs);
-    free_prompts(c->prompts, c->nprompts);
+    config_prompts_free(c->prompts, c->nprompts);
     memset(c, 0, sizeof *c);
 }
 

@@ -74,6 +74,9 @@ void config_defaults(config *c);
 int config_load(config *c, const char *path, char *err, size_t errlen);
 void config_free(config *c);
 const config_prompt *config_find_prompt(const config *c, const char *name);
+/* A deep copy of n prompts (NULL for none), and its release. */
+config_prompt *config_prompts_copy(const config_prompt *p, size_t n);
+void config_prompts_free(config_prompt *p, size_t n);
 /* Puts dir first in scripts.dirs (the --script-dir option). */
 void config_prepend_script_dir(config *c, const char *dir);
 /* Splits a listen address; returns 0 and fills host (with no brackets) and port. */

@@ -807,34 +807,19 @@ static int cmd_evaluate(int argc, char **argv)
         return EXIT_USAGE;
     }
     json_t *body = json_pack("{s:s, s:b}", "prompt", prompt, "only_unevaluated", unevaluated);
-    int64_t t;
-    if (since) {
-        if (!rfc3339_parse(since, &t)) {
-            char *end;
-            long long ms = strtoll(since, &end, 10);
-            if (*end || end == since || ms < 0) {
-                fprintf(stderr, "ratchet evaluate: --since '%s' is not an RFC 3339 time or milliseconds\n", since);
-                json_decref(body);
-                config_free(&cfg);
-                return EXIT_USAGE;
-            }
-            t = ms;
+    const char *names[2] = {"since", "until"}, *values[2] = {since, until};
+    for (int i = 0; i < 2; i++) {
+        int64_t t;
+        if (!values[i])
+            continue;
+        if (!time_parse(values[i], &t)) {
+            fprintf(stderr, "ratchet evaluate: --%s '%s' is not an RFC 3339 time or milliseconds\n", names[i],
+                    values[i]);
+            json_decref(body);
+            config_free(&cfg);
+            return EXIT_USAGE;
         }
-        json_object_set_new(body, "since", json_integer(t));
-    }
-    if (until) {
-        if (!rfc3339_parse(until, &t)) {
-            char *end;
-            long long ms = strtoll(until, &end, 10);
-            if (*end || end == until || ms < 0) {
-                fprintf(stderr, "ratchet evaluate: --until '%s' is not an RFC 3339 time or milliseconds\n", until);
-                json_decref(body);
-                config_free(&cfg);
-                return EXIT_USAGE;
-            }
-            t = ms;
-        }
-        json_object_set_new(body, "until", json_integer(t));
+        json_object_set_new(body, names[i], json_integer(t));
     }
     char base[512];
     if (url)

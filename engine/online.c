@@ -95,17 +95,7 @@ static void plan_release(plan *p)
 {
     if (!p || --p->refs > 0)
         return;
-    for (size_t i = 0; i < p->nprompts; i++) {
-        config_prompt *cp = &p->prompts[i];
-        for (size_t k = 0; k < cp->nevaluators; k++) {
-            free(cp->evaluators[k].name);
-            free(cp->evaluators[k].evaluator);
-            free(cp->evaluators[k].options_json);
-        }
-        free(cp->evaluators);
-        free(cp->name);
-    }
-    free(p->prompts);
+    config_prompts_free(p->prompts, p->nprompts);
     free(p);
 }
 
@@ -123,21 +113,7 @@ void online_configure(online *o, const config *cfg)
     p->refs = 1;
     p->budget_ms = cfg->scripts.evaluator_budget_ms;
     p->nprompts = cfg->nprompts;
-    p->prompts = cfg->nprompts ? xcalloc(cfg->nprompts, sizeof *p->prompts) : NULL;
-    for (size_t i = 0; i < cfg->nprompts; i++) {
-        const config_prompt *src = &cfg->prompts[i];
-        config_prompt *dst = &p->prompts[i];
-        dst->name = xstrdup(src->name);
-        dst->line = src->line;
-        dst->nevaluators = src->nevaluators;
-        dst->evaluators = src->nevaluators ? xcalloc(src->nevaluators, sizeof *dst->evaluators) : NULL;
-        for (size_t k = 0; k < src->nevaluators; k++) {
-            dst->evaluators[k] = src->evaluators[k];
-            dst->evaluators[k].name = xstrdup(src->evaluators[k].name);
-            dst->evaluators[k].evaluator = xstrdup(src->evaluators[k].evaluator);
-            dst->evaluators[k].options_json = xstrdup(src->evaluators[k].options_json);
-        }
-    }
+    p->prompts = config_prompts_copy(cfg->prompts, cfg->nprompts);
     plan_release(o->plan);
     o->plan = p;
     o->max_backlog = cfg->evaluation.max_backlog;
@@ -543,12 +519,10 @@ void online_drain(online *o, void (*cb)(void *), void *arg)
     uv_idle_start(&o->pump, on_pump);
 }
 
+/* close callbacks run in the order of the uv_close calls: the timer's is last */
 static void on_closed(uv_handle_t *h)
 {
-    online *o = h->data;
-    if (uv_is_closing((uv_handle_t *)&o->pump) && uv_is_closing((uv_handle_t *)&o->flush_timer) &&
-        h == (uv_handle_t *)&o->flush_timer)
-        free(o);
+    free(h->data);
 }
 
 void online_free(online *o)

@@ -800,11 +800,8 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
         return -1;
     sqlite3_stmt *st = NULL;
     int ret = -1;
-    const char *sql = only_unevaluated
-                          ? "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
-                            "(ts, seq) > (?4, ?6) AND verdict IS NULL ORDER BY ts, seq LIMIT ?5"
-                          : "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
-                            "(ts, seq) > (?4, ?6) ORDER BY ts, seq LIMIT ?5";
+    const char *sql = "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                      "(ts, seq) > (?4, ?6) AND (?7 = 0 OR verdict IS NULL) ORDER BY ts, seq LIMIT ?5";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
         goto done;
@@ -815,6 +812,7 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
     sqlite3_bind_int64(st, 4, *cur_ts);
     sqlite3_bind_int(st, 5, limit);
     sqlite3_bind_int64(st, 6, *cur_seq);
+    sqlite3_bind_int(st, 7, only_unevaluated);
     *ids = xcalloc((size_t)limit, sizeof **ids);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

@@ -1,6 +1,7 @@
 /* util.c — growable buffers, clocks, ids, timestamps, constant-time compare. */
 #include "util.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,4 +314,16 @@ bool secret_equal(const char *given, size_t given_len, const char *secret, size_
         diff |= (unsigned char)(g ^ (unsigned char)secret[i]);
     }
     return diff == 0;
+}
+
+bool time_parse(const char *s, int64_t *ms)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!errno && *end == '\0' && end != s && v >= 0) {
+        *ms = v;
+        return true;
+    }
+    return rfc3339_parse(s, ms);
 }

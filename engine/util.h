@@ -44,6 +44,8 @@ void id_hex16(char out[17]);
 /* Parses an RFC 3339 date-time ("2026-11-24T08:00:00.123Z", offsets allowed)
  * into ms since the epoch. Returns false when the text is not one. */
 bool rfc3339_parse(const char *s, int64_t *out_ms);
+/* A time given by a user: RFC 3339, or integer milliseconds since the epoch. */
+bool time_parse(const char *s, int64_t *ms);
 /* Formats ms since the epoch as "YYYY-MM-DDTHH:MM:SS.mmmZ" (25 bytes with NUL). */
 void rfc3339_format(int64_t ms, char out[32]);
 

@@ -229,6 +229,15 @@ return { name = "strict", description = "v2 fails all", evaluate = function() re
     code, _, err = engine.run("evaluate")
     assert.equal(2, code)
     assert.matches("%-%-prompt is required", err)
+    code, _, err = engine.run("evaluate --prompt support --until yesterday")
+    assert.equal(2, code)
+    assert.matches("%-%-until 'yesterday' is not an RFC 3339 time", err)
+    -- RFC 3339 times and --unevaluated reach the engine as a job
+    code, _, err = engine.run(string.format("evaluate --url http://%s --prompt support --unevaluated "
+      .. "--since 2026-01-01T00:00:00Z --until 2100-01-01T00:00:00Z", e.addr))
+    assert.equal(0, code, err)
+    local jobs = e:get("/v1/status").json.evaluation.reevaluations
+    assert.is_true(jobs[#jobs].only_unevaluated)
   end)
 
   it("shows the backlog in /v1/status and evaluates traces left over at the last stop", function()

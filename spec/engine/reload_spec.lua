@@ -108,7 +108,7 @@ prompt "p" { evaluators = { "gate" } }
     -- fixing the file clears the error
     replace(file, evaluator(false, "v3"))
     assert.truthy(engine.eventually(3, function() return #status().errors == 0 end))
-    assert.matches("script errors", e:log_text())
+    assert.matches("error%s+scripts: [^\n]*gate%.lua:1: ", e:log_text())
   end)
 
   it("reloads on SIGHUP, and reloads the config: prompts change, a broken config keeps the running one", function()

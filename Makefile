@@ -28,7 +28,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-deps
+.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -40,6 +40,7 @@ help:
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
+	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 
 deps:
 	@./tools/deps.sh
@@ -111,6 +112,9 @@ bench-deps:
 
 bench-ingest: bench-deps all
 	@./bench/ingest.sh
+
+bench-eval: bench-deps all
+	@./bench/ingest_eval.sh
 
 clean:
 	rm -rf build

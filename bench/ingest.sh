@@ -16,24 +16,7 @@ trap cleanup EXIT
 mkdir -p build
 cc -O2 -o build/plain_insert bench/plain_insert.c -lsqlite3
 
-field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | tail -1; }
-
-start_engine() { # -> sets PID, ADDR
-    rm -rf "$OUT/data" "$OUT/addr"
-    printf 'access_log = false\nlog_level = "warn"\n' > "$OUT/ratchet.conf"
-    taskset -c 0 "$BIN" serve -c "$OUT/ratchet.conf" --listen 127.0.0.1:0 --data-dir "$OUT/data" \
-        --address-file "$OUT/addr" 2> "$OUT/engine.log" &
-    PID=$!
-    for _ in $(seq 100); do [ -s "$OUT/addr" ] && break; sleep 0.05; done
-    ADDR=$(cat "$OUT/addr")
-}
-stop_engine() { kill -TERM "$PID"; wait "$PID" || true; }
-peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-
-run_wrk() { # conns script url batch -> file with RESULT line
-    BATCH=$4 taskset -c 1 wrk -t1 -c"$1" -d"${DUR}s" --latency -s "$2" "$3" > "$OUT/wrk.out" 2>&1 || true
-    grep RESULT "$OUT/wrk.out"
-}
+. bench/lib.sh
 
 echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
 echo "duration per run: ${DUR}s; server on CPU 0, wrk on CPU 1"
@@ -69,8 +52,7 @@ bench_engine() { # label batch -> prints the line, sets TPS (traces/s)
     rss=$(peak_rss_mb "$PID")
     stored=$(sqlite3 "$OUT/data/ratchet.db" "select count(*) from traces")
     stop_engine
-    TPS=$(awk -v b="$2" -v r="$(field requests "$OUT/run.res")" -v d="$(field duration_us "$OUT/run.res")" \
-        'BEGIN{printf "%.0f", b*r/(d/1e6)}')
+    TPS=$(traces_per_s "$OUT/run.res" "$2")
     echo "$1 ${TPS} traces/s  p50 $(field p50_us "$OUT/run.res") us  p99 $(field p99_us "$OUT/run.res") us  errors $(field errors "$OUT/run.res") non-200 $(field non200 "$OUT/run.res")  peak RSS ${rss} MB  stored ${stored}"
 }
 

@@ -1,0 +1,29 @@
+# bench/lib.sh — helpers shared by the shell benchmarks (sourced, not run).
+# Expects OUT (a scratch folder) and BIN; sets PID and ADDR in start_engine.
+
+field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | tail -1; }
+
+# start_engine [config-text]: the engine on CPU 0, a fresh store.
+start_engine() {
+    rm -rf "$OUT/data" "$OUT/addr"
+    printf 'access_log = false\nlog_level = "warn"\n%s\n' "${1:-}" > "$OUT/ratchet.conf"
+    taskset -c 0 "$BIN" serve -c "$OUT/ratchet.conf" --listen 127.0.0.1:0 --data-dir "$OUT/data" \
+        --address-file "$OUT/addr" 2> "$OUT/engine.log" &
+    PID=$!
+    for _ in $(seq 100); do [ -s "$OUT/addr" ] && break; sleep 0.05; done
+    [ -s "$OUT/addr" ] || { echo "the engine did not start:" >&2; cat "$OUT/engine.log" >&2; exit 1; }
+    ADDR=$(cat "$OUT/addr")
+}
+stop_engine() { kill -TERM "$PID"; wait "$PID" || true; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# run_wrk conns script url batch -> the RESULT line (wrk on CPU 1)
+run_wrk() {
+    BATCH=$4 taskset -c 1 wrk -t1 -c"$1" -d"${DUR}s" --latency -s "$2" "$3" > "$OUT/wrk.out" 2>&1 || true
+    grep RESULT "$OUT/wrk.out"
+}
+
+# traces_per_s result-file batch
+traces_per_s() {
+    awk -v b="$2" -v r="$(field requests "$1")" -v d="$(field duration_us "$1")" 'BEGIN{printf "%.0f", b*r/(d/1e6)}'
+}

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "log.h"
 
@@ -669,6 +670,36 @@ void http_respond(http_request *req, int status, const char *content_type, const
         free(wr);
         conn_close(c);
     }
+}
+
+void http_respond_raw(http_request *req, const char *data, size_t len)
+{
+    http_conn *c = req->conn;
+    c->in_flight = false;
+    if (c->closing) {
+        if (c->handles_open == 0)
+            conn_free(c);
+        return;
+    }
+    c->state = CONN_WRITING;
+    write_raw(c, data, len, true);
+}
+
+void http_reset(http_request *req)
+{
+    http_conn *c = req->conn;
+    c->in_flight = false;
+    if (c->closing) {
+        if (c->handles_open == 0)
+            conn_free(c);
+        return;
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() now sends RST */
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    conn_close(c);
 }
 
 static void respond_error_v(http_request *req, int status, const char *code, const char *field, const char *fmt,

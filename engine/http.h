@@ -72,6 +72,10 @@ void http_respond_error(http_request *req, int status, const char *code, const c
 /* The same with "field": the request field (parameter, header) at fault. */
 void http_respond_field_error(http_request *req, int status, const char *code, const char *field,
                               const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Test tooling (the fake LLM server): sends data as it is, then closes the
+ * connection; or drops the connection with a TCP reset, answering nothing. */
+void http_respond_raw(http_request *req, const char *data, size_t len);
+void http_reset(http_request *req);
 const char *http_header_get(const http_request *req, const char *lower_name);
 /* Looks a key up in the query string, percent-decoding the value into out.
  * Returns 1 found, 0 absent, -1 malformed or too long. */

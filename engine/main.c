@@ -20,6 +20,7 @@
 #include "api.h"
 #include "catalog.h"
 #include "config.h"
+#include "fake_llm.h"
 #include "http.h"
 #include "log.h"
 #include "online.h"
@@ -44,6 +45,7 @@ static const char main_usage[] =
     "  check     compile the config and every script without starting; exit 1 on errors\n"
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  version   print the version\n"
+    "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
     "\n"
     "Run `ratchet <command> --help` for a command's options.\n";
@@ -523,18 +525,6 @@ static void start_watchdog(engine *e)
     }
 }
 
-static int write_address_file(const char *path, const char *addr)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    fprintf(f, "%s\n", addr);
-    if (fclose(f) != 0)
-        return -1;
-    return rename(tmp, path);
-}
 
 static int cmd_serve(int argc, char **argv)
 {
@@ -910,6 +900,7 @@ static const command commands[] = {
     {"check", cmd_check, check_usage},
     {"evaluate", cmd_evaluate, evaluate_usage},
     {"version", cmd_version, version_usage},
+    {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
     {NULL, NULL, NULL},
 };
 

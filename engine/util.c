@@ -327,3 +327,16 @@ bool time_parse(const char *s, int64_t *ms)
     }
     return rfc3339_parse(s, ms);
 }
+
+int write_address_file(const char *path, const char *addr)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%s\n", addr);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}

@@ -53,4 +53,7 @@ void rfc3339_format(int64_t ms, char out[32]);
  * not depend on where they differ. */
 bool secret_equal(const char *given, size_t given_len, const char *secret, size_t secret_len);
 
+/* Writes "addr\n" to path through a rename, so a reader never sees half. */
+int write_address_file(const char *path, const char *addr);
+
 #endif

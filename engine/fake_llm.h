@@ -1,0 +1,7 @@
+/* fake_llm.h — `ratchet fake-llm`, a fake LLM server for specs and benchmarks. */
+#ifndef RATCHET_FAKE_LLM_H
+#define RATCHET_FAKE_LLM_H
+
+int fake_llm_main(int argc, char **argv);
+
+#endif

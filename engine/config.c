@@ -17,6 +17,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "llm.h"
 #include "util.h"
 
 #ifndef RATCHET_SHARE_DIR
@@ -27,7 +28,8 @@
 #error "ratchet needs Lua 5.4"
 #endif
 
-enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_TABLE, T_DIRS };
+enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_TABLE, T_DIRS, T_NUMBER,
+                    T_URLS };
 
 typedef struct setting {
     const char *name;
@@ -41,8 +43,10 @@ typedef struct setting {
 #define LOFF(field) offsetof(config_limits, field)
 #define SOFF(field) offsetof(config_scripts, field)
 #define EOFF(field) offsetof(config_evaluation, field)
+#define LLOFF(field) offsetof(config_llm, field)
+#define HOFF(field) offsetof(config_http, field)
 
-static const setting limit_settings[], script_settings[], evaluation_settings[];
+static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[];
 
 static const setting settings[] = {
     {"listen", T_LISTEN, OFF(listen), 0, 0, NULL},
@@ -55,6 +59,25 @@ static const setting settings[] = {
     {"limits", T_TABLE, OFF(limits), 0, 0, limit_settings},
     {"scripts", T_TABLE, OFF(scripts), 0, 0, script_settings},
     {"evaluation", T_TABLE, OFF(evaluation), 0, 0, evaluation_settings},
+    {"llm", T_TABLE, OFF(llm), 0, 0, llm_settings},
+    {"http", T_TABLE, OFF(http), 0, 0, http_settings},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting llm_settings[] = {
+    {"daily_calls", T_NUMBER, LLOFF(daily_calls), 0, 0, NULL},
+    {"daily_tokens", T_NUMBER, LLOFF(daily_tokens), 0, 0, NULL},
+    {"daily_cost", T_NUMBER, LLOFF(daily_cost), 0, 0, NULL},
+    {"run_calls", T_NUMBER, LLOFF(run_calls), 0, 0, NULL},
+    {"run_tokens", T_NUMBER, LLOFF(run_tokens), 0, 0, NULL},
+    {"run_cost", T_NUMBER, LLOFF(run_cost), 0, 0, NULL},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting http_settings[] = {
+    {"allow", T_URLS, HOFF(allow), 0, 0, NULL},
+    {"timeout_ms", T_INT, HOFF(timeout_ms), 100, 600000, NULL},
+    {"max_response_bytes", T_INT, HOFF(max_response_bytes), 1024, 1 << 30, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -124,6 +147,8 @@ void config_defaults(config *c)
     c->scripts.reload_debounce_ms = 50;
     c->evaluation.max_backlog = 100000;
     c->evaluation.concurrency = 64;
+    c->http.timeout_ms = 10000;
+    c->http.max_response_bytes = 1 << 20;
 }
 
 static void free_dirs(char **dirs)
@@ -197,6 +222,12 @@ void config_free(config *c)
     free(c->log_format);
     free_dirs(c->scripts.dirs);
     config_prompts_free(c->prompts, c->nprompts);
+    for (size_t i = 0; i < c->nproviders; i++) {
+        free(c->providers[i].name);
+        free(c->providers[i].json);
+    }
+    free(c->providers);
+    free_dirs(c->http.allow);
     memset(c, 0, sizeof *c);
 }
 
@@ -309,6 +340,41 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
         if (v < s->min || v > s->max)
             config_error(L, "'%s' must be between %d and %d (got %I)", full, (int)s->min, (int)s->max, v);
         *(int *)((char *)base + s->offset) = (int)v;
+        return;
+    }
+    case T_NUMBER: {
+        if (t != LUA_TNUMBER)
+            config_error(L, "'%s' must be a number (got %s)", full, lua_typename(L, t));
+        double v = lua_tonumber(L, idx);
+        if (!(v >= 0) || v - v != 0)
+            config_error(L, "'%s' must be a finite number >= 0 (0: no limit)", full);
+        *(double *)((char *)base + s->offset) = v;
+        return;
+    }
+    case T_URLS: {
+        if (t != LUA_TTABLE)
+            config_error(L, "'%s' must be a list of URL prefixes (got %s)", full, lua_typename(L, t));
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        if (n > 256)
+            config_error(L, "'%s' may list at most 256 prefixes", full);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            const char *u = lua_tostring(L, -1);
+            const char *rest = u && !strncmp(u, "https://", 8) ? u + 8 : u && !strncmp(u, "http://", 7) ? u + 7 : NULL;
+            if (lua_type(L, -1) != LUA_TSTRING || !rest || !strchr(rest, '/') || strchr(rest, '/') == rest)
+                config_error(L, "'%s[%d]' must be an http:// or https:// URL prefix with a host and a path, like "
+                                "\"https://api.example.com/v1/\"", full, (int)i);
+            lua_pop(L, 1);
+        }
+        char **urls = xcalloc((size_t)n + 1, sizeof *urls);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            urls[i - 1] = xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        char ***slot = (char ***)((char *)base + s->offset);
+        free_dirs(*slot);
+        *slot = urls;
         return;
     }
     case T_BOOL:
@@ -748,6 +814,55 @@ static int helper_prompt(lua_State *L)
     return 1;
 }
 
+const config_provider *config_find_provider(const config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nproviders; i++)
+        if (strcmp(c->providers[i].name, name) == 0)
+            return &c->providers[i];
+    return NULL;
+}
+
+/* The function `provider "name"` returns: takes the provider's table. */
+static int provider_body(lua_State *L)
+{
+    config *c = lua_touserdata(L, lua_upvalueindex(1));
+    const char *name = lua_tostring(L, lua_upvalueindex(2));
+    if (lua_type(L, 1) != LUA_TTABLE || lua_rawlen(L, 1) > 0)
+        return config_error(L, "provider '%s' must be followed by a table of settings: provider \"%s\" { kind = "
+                               "\"openai\", ... }", name, name);
+    lua_settop(L, 1);
+    char where[160];
+    snprintf(where, sizeof where, "provider '%s'", name);
+    check_json(L, 1, where, 0);
+    json_t *j = build_json(L, 1);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char err[400];
+    if (llm_provider_parse(name, text, NULL, err, sizeof err) != 0) {
+        free(text);
+        return config_error(L, "%s", err);
+    }
+    c->providers = xrealloc(c->providers, (c->nproviders + 1) * sizeof *c->providers);
+    c->providers[c->nproviders++] = (config_provider){xstrdup(name), text, current_line(L)};
+    return 0;
+}
+
+/* provider "name" -> a function taking the provider's settings. */
+static int helper_provider(lua_State *L)
+{
+    config *c = lua_touserdata(L, lua_upvalueindex(1));
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    if (!valid_name(name, len, 64) || strchr(name, '/') || strchr(name, ':'))
+        return config_error(L, "provider: '%s' is not a provider name (1 to 64 letters, digits and - _ .)", name);
+    if (config_find_provider(c, name))
+        return config_error(L, "provider '%s' is declared twice", name);
+    lua_pushlightuserdata(L, c);
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, provider_body, 2);
+    return 1;
+}
+
 static void instruction_limit(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -791,6 +906,9 @@ static int load_protected(lua_State *L)
     lua_pushlightuserdata(L, c);
     lua_pushcclosure(L, helper_prompt, 1);
     lua_setfield(L, helpers, "prompt");
+    lua_pushlightuserdata(L, c);
+    lua_pushcclosure(L, helper_provider, 1);
+    lua_setfield(L, helpers, "provider");
     luaL_newmetatable(L, RAWJSON_MT);
     lua_pop(L, 1);
 

@@ -51,6 +51,27 @@ typedef struct {
     int line;
 } config_prompt;
 
+/* An LLM provider: its settings table as JSON (llm_provider_parse checks
+ * it). The JSON holds the API key: never log it. */
+typedef struct {
+    char *name;
+    char *json;
+    int line;
+} config_provider;
+
+/* LLM budgets (the `llm` table); 0: no limit. */
+typedef struct {
+    double daily_calls, daily_tokens, daily_cost;
+    double run_calls, run_tokens, run_cost;
+} config_llm;
+
+/* ratchet.http.request from scripts (the `http` table). */
+typedef struct {
+    char **allow;              /* URL prefixes scripts may call; NULL-terminated; none: no calls */
+    int timeout_ms;
+    int max_response_bytes;
+} config_http;
+
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
     char *listen;        /* "host:port" or "[v6]:port" */
@@ -65,6 +86,10 @@ typedef struct {
     config_evaluation evaluation;
     config_prompt *prompts;
     size_t nprompts;
+    config_provider *providers;
+    size_t nproviders;
+    config_llm llm;
+    config_http http;
 } config;
 
 /* Fills c with every default. */
@@ -77,6 +102,7 @@ const config_prompt *config_find_prompt(const config *c, const char *name);
 /* A deep copy of n prompts (NULL for none), and its release. */
 config_prompt *config_prompts_copy(const config_prompt *p, size_t n);
 void config_prompts_free(config_prompt *p, size_t n);
+const config_provider *config_find_provider(const config *c, const char *name);
 /* Puts dir first in scripts.dirs (the --script-dir option). */
 void config_prepend_script_dir(config *c, const char *dir);
 /* Splits a listen address; returns 0 and fills host (with no brackets) and port. */

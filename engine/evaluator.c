@@ -162,5 +162,5 @@ void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_
     rc->ev = ev;
     rc->done = done;
     rc->ud = ud;
-    script_invoke(vm, ev->ref, "evaluate", budget_ms, push_args, on_done, rc);
+    script_invoke(vm, ev->ref, "evaluate", budget_ms, "evaluator", ev->name, push_args, on_done, rc);
 }

@@ -40,14 +40,21 @@ struct script_vm {
     int live;                 /* invocations not yet finished */
     uint64_t turn_deadline;   /* when the current loop turn's Lua slice ends */
     uint64_t turn_end;        /* when the last turn's Lua ended (0: the run queue was empty) */
+    script_io io;             /* ratchet.llm / ratchet.http; start is NULL without an engine */
+    script_call *io_waiting;  /* invocations waiting on io, linked by io_next */
 };
 
 struct script_call {
     script_vm *vm;
     lua_State *co;
     int co_ref;
-    int nargs;
-    bool started;
+    int nargs;                 /* values on co's stack for the next resume */
+    char *caller_kind, *caller_name;
+    /* an I/O call in flight (ratchet.llm / ratchet.http), then its outcome */
+    void *io_handle;
+    enum script_io_op io_op;
+    char *io_result, *io_err_kind, *io_err;
+    script_call *io_next, *io_prev;
     bool sliced;       /* the hook yielded: runnable again at once */
     bool waiting;      /* yielded by an async API: its callback resumes */
     bool killed;
@@ -156,11 +163,21 @@ static void enqueue(script_call *c)
     uv_idle_start(&vm->idle, on_idle);
 }
 
+static void call_free(script_call *c)
+{
+    free(c->caller_kind);
+    free(c->caller_name);
+    free(c->io_result);
+    free(c->io_err_kind);
+    free(c->io_err);
+    free(c);
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     script_call *c = h->data;
     free(h);
-    free(c);
+    call_free(c);
 }
 
 static void call_finish(script_call *c, int st, int nres)
@@ -185,15 +202,15 @@ static void call_finish(script_call *c, int st, int nres)
     if (c->timer)
         uv_close((uv_handle_t *)c->timer, on_timer_closed); /* frees c too */
     else
-        free(c);
+        call_free(c);
 }
 
 /* Runs c until it ends, yields for a slice, or waits on an async API. */
 static void call_resume(script_call *c)
 {
     script_vm *vm = c->vm;
-    int nargs = c->started ? 0 : c->nargs;
-    c->started = true;
+    int nargs = c->nargs;
+    c->nargs = 0;
     c->sliced = false;
     c->slice_start = mono_ns();
     script_call *outer = vm->current;
@@ -392,6 +409,123 @@ static int api_sleep(lua_State *L)
     return lua_yield(L, 0);
 }
 
+/* ---- ratchet.llm.chat / ratchet.http.request ---- */
+
+void script_vm_set_io(script_vm *vm, const script_io *io)
+{
+    vm->io = *io;
+}
+
+static void io_unlink(script_call *c)
+{
+    script_vm *vm = c->vm;
+    if (c->io_prev)
+        c->io_prev->io_next = c->io_next;
+    else
+        vm->io_waiting = c->io_next;
+    if (c->io_next)
+        c->io_next->io_prev = c->io_prev;
+    c->io_next = c->io_prev = NULL;
+}
+
+/* The outcome is kept in C and pushed by the continuation, inside the
+ * coroutine's protected resume (a memory error there is the script's). */
+static void on_io_done(void *ud, const char *result, const char *err_kind, const char *err)
+{
+    script_call *c = ud;
+    c->io_handle = NULL;
+    io_unlink(c);
+    c->io_result = result ? xstrdup(result) : NULL;
+    c->io_err_kind = err_kind ? xstrdup(err_kind) : NULL;
+    c->io_err = err ? xstrdup(err) : NULL;
+    c->waiting = false;
+    enqueue(c);
+}
+
+void script_vm_cancel_io(script_vm *vm)
+{
+    while (vm->io_waiting) {
+        script_call *c = vm->io_waiting;
+        if (vm->io.cancel)
+            vm->io.cancel(vm->io.ctx, c->io_op, c->io_handle);
+        on_io_done(c, NULL, "cancelled", "the engine is stopping");
+    }
+}
+
+static int io_continue(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    script_call *c = vm_of(L)->current;
+    char *result = c->io_result, *kind = c->io_err_kind, *err = c->io_err;
+    c->io_result = c->io_err_kind = c->io_err = NULL;
+    int n;
+    if (result) {
+        bool ok = script_push_json(L, result, strlen(result));
+        n = ok ? 1 : 0;
+        if (!ok) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "the engine returned a result that is not JSON");
+            lua_pushliteral(L, "internal");
+            n = 3;
+        }
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, err ? err : "failed");
+        lua_pushstring(L, kind ? kind : "error");
+        n = 3;
+    }
+    free(result);
+    free(kind);
+    free(err);
+    return n;
+}
+
+/* Encodes the request table, starts the I/O and yields until it ends. */
+static int io_call(lua_State *L, enum script_io_op op, const char *what)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    script_vm *vm = vm_of(L);
+    script_call *c = vm->current;
+    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+        return luaL_error(L, "%s: only an invocation's own coroutine can wait (not at load time, not inside "
+                             "coroutine.wrap or a C callback)", what);
+    if (!vm->io.start) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s is not available here (no engine)", what);
+        lua_pushliteral(L, "unavailable");
+        return 3;
+    }
+    char err[300];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->null_ref);
+    if (luajson_encode(L, 1, 2, err, sizeof err) != 0)
+        return luaL_error(L, "%s: the request cannot be sent as JSON: %s", what, err);
+    const char *req = lua_tostring(L, -1);
+    c->io_op = op;
+    c->io_handle = vm->io.start(vm->io.ctx, op, req, c->caller_kind, c->caller_name, on_io_done, c);
+    lua_settop(L, 0);
+    c->waiting = true;
+    c->io_next = vm->io_waiting;
+    c->io_prev = NULL;
+    if (vm->io_waiting)
+        vm->io_waiting->io_prev = c;
+    vm->io_waiting = c;
+    return lua_yieldk(L, 0, 0, io_continue);
+}
+
+/* ratchet.llm.chat{...} -> result, or nil, message, kind */
+static int api_llm_chat(lua_State *L)
+{
+    return io_call(L, SCRIPT_IO_LLM, "ratchet.llm.chat");
+}
+
+/* ratchet.http.request{...} -> {status, body, headers}, or nil, message, kind */
+static int api_http_request(lua_State *L)
+{
+    return io_call(L, SCRIPT_IO_HTTP, "ratchet.http.request");
+}
+
 /* json.decode(text) -> value, or nil and a message: bad input is a runtime
  * failure, not a crash of the script. */
 static int api_json_decode(lua_State *L)
@@ -463,6 +597,16 @@ static void push_ratchet_module(lua_State *L)
     lua_setfield(L, -2, "id");
     lua_pushcfunction(L, api_sleep);
     lua_setfield(L, -2, "sleep");
+    lua_newtable(L);
+    lua_pushcfunction(L, api_llm_chat);
+    lua_setfield(L, -2, "chat");
+    push_readonly(L, "ratchet.llm");
+    lua_setfield(L, -2, "llm");
+    lua_newtable(L);
+    lua_pushcfunction(L, api_http_request);
+    lua_setfield(L, -2, "request");
+    push_readonly(L, "ratchet.http");
+    lua_setfield(L, -2, "http");
 
     /* json: yajl through luajson.c (arrays stay arrays); null is
      * lua-cjson's, so values from either library agree */
@@ -812,8 +956,8 @@ bool script_push_json(lua_State *L, const char *json, size_t len)
     return rc == 0;
 }
 
-void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script_push_args push, script_done done,
-                   void *ud)
+void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, const char *caller_kind,
+                   const char *caller_name, script_push_args push, script_done done, void *ud)
 {
     lua_State *L = vm->L;
     script_call *c = xcalloc(1, sizeof *c);
@@ -821,6 +965,8 @@ void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script
     c->budget_ms = budget_ms > 0 ? budget_ms : vm->lim.budget_ms;
     c->done = done;
     c->ud = ud;
+    c->caller_kind = xstrdup(caller_kind ? caller_kind : "other");
+    c->caller_name = xstrdup(caller_name ? caller_name : "");
     c->co = lua_newthread(L);
     c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_sethook(c->co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);

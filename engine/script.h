@@ -44,6 +44,23 @@ typedef int (*script_push_args)(lua_State *co, void *ud);
 
 void script_limits_default(script_limits *lim);
 
+/* Async I/O for scripts (ratchet.llm.chat, ratchet.http.request), supplied
+ * by the engine; without it those calls answer nil, "...", "unavailable".
+ * start returns a handle for cancel, and calls done exactly once, later,
+ * unless cancelled: result is a JSON text, or NULL with err_kind and err. */
+typedef void (*script_io_done)(void *done_ud, const char *result, const char *err_kind, const char *err);
+enum script_io_op { SCRIPT_IO_LLM, SCRIPT_IO_HTTP };
+typedef struct {
+    void *(*start)(void *ctx, enum script_io_op op, const char *request, const char *caller_kind,
+                   const char *caller_name, script_io_done done, void *done_ud);
+    void (*cancel)(void *ctx, enum script_io_op op, void *handle);
+    void *ctx;
+} script_io;
+void script_vm_set_io(script_vm *vm, const script_io *io);
+/* Cancels the I/O every invocation waits on; each resumes with nil, "the
+ * engine is stopping", "cancelled" (at shutdown, so they can finish). */
+void script_vm_cancel_io(script_vm *vm);
+
 /* dirs: folders `require` may load modules from (NULL-terminated; copied). */
 script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *const *dirs);
 /* Frees the VM. Every invocation must have finished (see script_vm_busy). */
@@ -80,9 +97,11 @@ bool script_push_json(lua_State *L, const char *json, size_t len);
 bool script_push_json_cached(lua_State *L, const char *json, size_t len);
 
 /* Calls table[fn](args...) where table is the value at ref, as a new
- * coroutine, under budget_ms (0: the VM's default). The first slice runs at
- * once, so done may be called before this returns. */
-void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, script_push_args push, script_done done,
-                   void *ud);
+ * coroutine, under budget_ms (0: the VM's default). It runs from the run
+ * queue in a later loop turn; done is called then (or at once when the
+ * function does not exist). caller_kind and caller_name (copied) say who
+ * asks, for the LLM ledger. */
+void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, const char *caller_kind,
+                   const char *caller_name, script_push_args push, script_done done, void *ud);
 
 #endif

@@ -24,6 +24,7 @@ struct store {
     int lock_fd;
     sqlite3 *wdb;
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
+    sqlite3_stmt *ins_llm_call;
     pthread_t writer;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -89,11 +90,35 @@ static const char *const migrations[] = {
     "  ts INTEGER NOT NULL,"
     "  PRIMARY KEY (trace_id, evaluator)"
     ") STRICT, WITHOUT ROWID;",
+
+    /* 3: the LLM ledger: one row per call (all its attempts), whoever asked. */
+    "CREATE TABLE llm_calls ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  ts INTEGER NOT NULL,"
+    "  caller_kind TEXT NOT NULL," /* evaluator, run, template, policy, other */
+    "  caller TEXT NOT NULL,"
+    "  run_id TEXT,"
+    "  provider TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  input_tokens INTEGER NOT NULL,"
+    "  output_tokens INTEGER NOT NULL,"
+    "  cost REAL NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"      /* ok, or the error kind */
+    "  error TEXT,"
+    "  latency_ms REAL NOT NULL,"
+    "  request_id TEXT"
+    ") STRICT;"
+    "CREATE INDEX llm_calls_by_ts ON llm_calls(ts);"
+    "CREATE INDEX llm_calls_by_run ON llm_calls(run_id, ts) WHERE run_id IS NOT NULL;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
 static void *writer_main(void *arg);
 static void on_done_async(uv_async_t *h);
+static sqlite3 *read_acquire(store *s, char *err, size_t errlen);
+static void read_release(store *s, sqlite3 *db);
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
@@ -157,7 +182,7 @@ static int mkdir_p(const char *dir)
 static void finalize_statements(store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
-                            &s->del_scores, &s->ins_score, &s->set_verdict};
+                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
@@ -211,13 +236,18 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
                             "reason, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
                             "ON CONFLICT(trace_id, evaluator) DO NOTHING";
     const char *set_verdict = "UPDATE traces SET verdict = ?2 WHERE id = ?1";
+    const char *ins_llm_call = "INSERT INTO llm_calls(id, ts, caller_kind, caller, run_id, provider, model, "
+                               "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
+                               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
+                               "ON CONFLICT(id) DO NOTHING";
     if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, negative, -1, &s->mark_negative, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, del_scores, -1, &s->del_scores, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
         goto fail;
     }
@@ -289,7 +319,7 @@ void store_close(store *s)
 
 static size_t write_items(const store_write *w)
 {
-    return w->ntraces + w->nfeedback + w->nevals;
+    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls;
 }
 
 int store_submit(store *s, store_write *w)
@@ -341,6 +371,11 @@ void store_write_clear(store_write *w)
     for (size_t i = 0; i < w->nevals; i++)
         store_evaluation_clear(&w->evals[i]);
     free(w->evals);
+    for (size_t i = 0; i < w->nllm_calls; i++)
+        store_llm_call_clear(&w->llm_calls[i]);
+    free(w->llm_calls);
+    w->llm_calls = NULL;
+    w->nllm_calls = 0;
     free(w->traces);
     free(w->feedback);
     w->evals = NULL;
@@ -492,7 +527,116 @@ static int apply_write(store *s, store_write *w, int64_t received)
         if (rc != SQLITE_OK)
             return rc;
     }
+    for (size_t i = 0; i < w->nllm_calls; i++) {
+        const store_llm_call *c = &w->llm_calls[i];
+        sqlite3_stmt *st = s->ins_llm_call;
+        sqlite3_bind_text(st, 1, c->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, c->ts_ms);
+        sqlite3_bind_text(st, 3, c->caller_kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, c->caller, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, c->run_id, -1, SQLITE_STATIC); /* NULL binds NULL */
+        sqlite3_bind_text(st, 6, c->provider, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, c->model, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, c->input_tokens);
+        sqlite3_bind_int64(st, 9, c->output_tokens);
+        sqlite3_bind_double(st, 10, c->cost);
+        sqlite3_bind_int(st, 11, c->attempts);
+        sqlite3_bind_text(st, 12, c->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 13, c->error, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 14, c->latency_ms);
+        sqlite3_bind_text(st, 15, c->request_id && *c->request_id ? c->request_id : NULL, -1, SQLITE_STATIC);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
     return SQLITE_OK;
+}
+
+void store_llm_call_clear(store_llm_call *c)
+{
+    free(c->id);
+    free(c->caller_kind);
+    free(c->caller);
+    free(c->run_id);
+    free(c->provider);
+    free(c->model);
+    free(c->status);
+    free(c->error);
+    free(c->request_id);
+    memset(c, 0, sizeof *c);
+}
+
+int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+                     char *err, size_t errlen)
+{
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql = run_id ? "SELECT count(*), total(input_tokens + output_tokens), total(cost) FROM llm_calls "
+                               "WHERE run_id = ?2 AND ts >= ?1"
+                             : "SELECT count(*), total(input_tokens + output_tokens), total(cost) FROM llm_calls "
+                               "WHERE ts >= ?1";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, since_ms);
+    if (run_id)
+        sqlite3_bind_text(st, 2, run_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    *calls = sqlite3_column_int64(st, 0);
+    *tokens = (int64_t)sqlite3_column_double(st, 1);
+    *cost = sqlite3_column_double(st, 2);
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    read_release(s, db);
+    return ret;
+}
+
+int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+                              size_t errlen)
+{
+    sqlite3 *db = read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql =
+        "SELECT json_object('id', id, 'ts', strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch'), "
+        "'caller_kind', caller_kind, 'caller', caller, 'run_id', run_id, 'provider', provider, 'model', model, "
+        "'input_tokens', input_tokens, 'output_tokens', output_tokens, 'cost', cost, 'attempts', attempts, "
+        "'status', status, 'error', error, 'latency_ms', latency_ms, 'request_id', request_id) "
+        "FROM llm_calls WHERE ts >= ?1 AND (?2 IS NULL OR caller_kind = ?2) ORDER BY seq DESC LIMIT ?3";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, since_ms);
+    sqlite3_bind_text(st, 2, caller_kind, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, limit);
+    buf_puts(out, "{\"items\":[");
+    int rc, n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n++)
+            buf_puts(out, ",");
+        buf_append(out, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    buf_puts(out, "]}");
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    read_release(s, db);
+    return ret;
 }
 
 static void *writer_main(void *arg)

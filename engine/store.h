@@ -67,6 +67,24 @@ typedef struct {
     int64_t ts_ms;     /* when it was evaluated */
 } store_evaluation;
 
+/* One LLM call (all its attempts), for the ledger. Strings owned. */
+typedef struct {
+    char *id;
+    int64_t ts_ms;
+    char *caller_kind;  /* evaluator, run, template, policy, other */
+    char *caller;
+    char *run_id;       /* NULL when none */
+    char *provider;
+    char *model;
+    int64_t input_tokens, output_tokens;
+    double cost;
+    int attempts;
+    char *status;       /* "ok" or the error kind */
+    char *error;        /* NULL when ok */
+    double latency_ms;
+    char *request_id;   /* NULL when none */
+} store_llm_call;
+
 typedef struct store_write store_write;
 typedef void (*store_done_cb)(store_write *w);
 
@@ -78,6 +96,8 @@ struct store_write {
     size_t nfeedback;
     store_evaluation *evals;
     size_t nevals;
+    store_llm_call *llm_calls;
+    size_t nllm_calls;
     store_done_cb done;
     void *data;
     /* filled by the store before done runs */
@@ -131,5 +151,12 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
                          int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
                          size_t errlen);
 void store_evaluation_clear(store_evaluation *e);
+void store_llm_call_clear(store_llm_call *c);
+/* Calls, tokens and cost in the ledger since since_ms (of one run when run_id). */
+int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+                     char *err, size_t errlen);
+/* Writes {"items":[...]} of the newest calls since since_ms, of one caller kind when given. */
+int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+                              size_t errlen);
 
 #endif

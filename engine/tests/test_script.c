@@ -59,7 +59,7 @@ static int load(script_vm *vm, const char *name, const char *text, char *err)
 static outcome run(script_vm *vm, int ref, const char *fn)
 {
     outcome o = {0};
-    script_invoke(vm, ref, fn, 0, NULL, on_done, &o);
+    script_invoke(vm, ref, fn, 0, "other", "test", NULL, on_done, &o);
     while (!o.finished)
         uv_run(loop, UV_RUN_ONCE);
     return o;
@@ -196,8 +196,8 @@ static void test_slicing_and_sleep(script_vm *vm)
 
     t0 = mono_ns();
     outcome a = {0}, b = {0};
-    script_invoke(vm, ref, "nap", 0, NULL, on_done, &a);
-    script_invoke(vm, ref, "nap", 0, NULL, on_done, &b);
+    script_invoke(vm, ref, "nap", 0, "other", "test", NULL, on_done, &a);
+    script_invoke(vm, ref, "nap", 0, "other", "test", NULL, on_done, &b);
     CHECK(!a.finished && !b.finished); /* both wait on the loop, concurrently */
     while (!a.finished || !b.finished)
         uv_run(loop, UV_RUN_ONCE);

@@ -222,6 +222,13 @@ static void read_list_work(uv_work_t *w)
     j->rc = store_list_traces_json(j->a->store, &j->q, &j->out, j->err, sizeof j->err);
 }
 
+static void read_llm_calls_work(uv_work_t *w)
+{
+    read_job *j = w->data; /* prompt holds the caller kind */
+    j->rc = store_list_llm_calls_json(j->a->store, j->q.since_ms, j->prompt, j->q.limit, &j->out, j->err,
+                                      sizeof j->err);
+}
+
 static void read_after(uv_work_t *w, int status)
 {
     (void)status;
@@ -355,6 +362,34 @@ static void handle_list_traces(api *a, http_request *req)
     uv_queue_work(a->loop, &j->work, read_list_work, read_after);
 }
 
+/* GET /v1/llm/calls?since=&caller_kind=&limit= : the ledger, newest first */
+static void handle_llm_calls(api *a, http_request *req)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    static const char *const known[] = {"since", "caller_kind", "limit", NULL};
+    if (!check_known_params(req, known))
+        return;
+    store_trace_query q = {.since_ms = 0, .limit = 100};
+    long long limit = 100;
+    if (!parse_int_param(req, "limit", 1, 1000, &limit) || !parse_time_param(req, "since", &q.since_ms))
+        return;
+    q.limit = (int)limit;
+    char kind[32];
+    int kr = http_query_get(req, "caller_kind", kind, sizeof kind);
+    if (kr < 0 || (kr > 0 && strcmp(kind, "evaluator") && strcmp(kind, "run") && strcmp(kind, "template") &&
+                   strcmp(kind, "policy") && strcmp(kind, "other"))) {
+        http_respond_field_error(req, 400, "invalid_parameter", "caller_kind",
+                                 "'caller_kind' must be evaluator, run, template, policy or other");
+        return;
+    }
+    read_job *j = read_job_new(a, req);
+    if (kr > 0)
+        j->prompt = xstrdup(kind);
+    j->q = q;
+    uv_queue_work(a->loop, &j->work, read_llm_calls_work, read_after);
+}
+
 static void handle_get_trace(api *a, http_request *req, const char *id)
 {
     if (!authorize(a, req, SCOPE_ADMIN))
@@ -387,10 +422,11 @@ static void handle_status(api *a, http_request *req)
         json_object_set_new(scripts, "failed_reloads", json_integer((json_int_t)a->reload->failures));
         json_object_set_new(scripts, "last_reload", last[0] ? json_string(last) : json_null());
     }
-    json_t *root = json_pack("{s:s, s:s, s:I, s:b, s:b, s:o, s:o}", "version", RATCHET_VERSION_STRING,
+    json_t *root = json_pack("{s:s, s:s, s:I, s:b, s:b, s:o, s:o, s:o}", "version", RATCHET_VERSION_STRING,
                              "started_at", started, "uptime_s", (json_int_t)((now_ms() - a->started_ms) / 1000),
                              "store_healthy", store_healthy(a->store), "draining", a->draining, "evaluation",
-                             a->online ? online_status_json(a->online) : json_object(), "scripts", scripts);
+                             a->online ? online_status_json(a->online) : json_object(), "scripts", scripts, "llm",
+                             a->llm ? llm_status_json(a->llm) : json_object());
     char *text = json_dumps(root, JSON_COMPACT);
     http_respond(req, 200, "application/json", NULL, text, strlen(text));
     free(text);
@@ -518,6 +554,11 @@ void api_handle(http_request *req, void *ctx)
             handle_reevaluate(a, req);
         else
             method_not_allowed(req, "POST");
+    } else if (strcmp(path, "/v1/llm/calls") == 0) {
+        if (is(req, "GET"))
+            handle_llm_calls(a, req);
+        else
+            method_not_allowed(req, "GET");
     } else if (strcmp(path, "/v1/feedback") == 0) {
         if (is(req, "POST"))
             handle_ingest(a, req, INGEST_FEEDBACK);

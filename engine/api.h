@@ -7,6 +7,7 @@
 #include "catalog.h"
 #include "config.h"
 #include "http.h"
+#include "llm.h"
 #include "online.h"
 #include "store.h"
 
@@ -25,6 +26,7 @@ typedef struct {
     store *store;
     online *online;         /* NULL in unit tests */
     catalog *catalog;
+    llm *llm;               /* NULL in unit tests */
     api_reload_info *reload;
     int64_t started_ms;
     bool draining;

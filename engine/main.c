@@ -22,9 +22,12 @@
 #include "config.h"
 #include "fake_llm.h"
 #include "http.h"
+#include "httpc.h"
+#include "llm.h"
 #include "log.h"
 #include "online.h"
 #include "script.h"
+#include "scriptio.h"
 #include "store.h"
 
 #ifndef RATCHET_VERSION
@@ -118,6 +121,9 @@ typedef struct {
     script_vm *vm;
     catalog *cat;
     online *online;
+    httpc *httpc;
+    llm *llm;
+    scriptio *sio;
     api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
@@ -186,8 +192,15 @@ static void finish_stop(void *arg)
     e->online = NULL;
     catalog_free(e->cat);
     e->cat = NULL;
+    script_vm_cancel_io(e->vm);
     script_vm_free(e->vm);
     e->vm = NULL;
+    scriptio_free(e->sio);
+    llm_free(e->llm);
+    httpc_free(e->httpc);
+    e->sio = NULL;
+    e->llm = NULL;
+    e->httpc = NULL;
     log_info("engine", "stopped");
 }
 
@@ -215,6 +228,7 @@ static void begin_shutdown(engine *e, const char *why)
     e->stopping = true;
     e->api.draining = true;
     sd_notify(0, "STOPPING=1");
+    script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     log_info("engine", "%s: stopping (finishing %d open connections)", why, http_server_connections(e->http));
     uv_timer_start(&e->shutdown_timer, on_shutdown_deadline, (uint64_t)e->cfg.limits.shutdown_timeout_ms, 0);
     http_server_drain(e->http, finish_shutdown);
@@ -305,6 +319,24 @@ static bool dirs_differ(char **a, char **b)
     return *a || *b;
 }
 
+/* Providers, budgets and the HTTP allow-list, from e->cfg into llm.c and
+ * scriptio.c (at start and on each reload). */
+static void configure_io(engine *e)
+{
+    const config *c = &e->cfg;
+    char **names = xcalloc(c->nproviders + 1, sizeof *names), **jsons = xcalloc(c->nproviders + 1, sizeof *jsons);
+    for (size_t i = 0; i < c->nproviders; i++) {
+        names[i] = c->providers[i].name;
+        jsons[i] = c->providers[i].json;
+    }
+    llm_budgets b = {c->llm.daily_calls, c->llm.daily_tokens, c->llm.daily_cost,
+                     c->llm.run_calls, c->llm.run_tokens, c->llm.run_cost};
+    llm_configure(e->llm, names, jsons, c->nproviders, &b);
+    free(names);
+    free(jsons);
+    scriptio_configure(e->sio, &c->http);
+}
+
 /* Takes what can change while running from n into e->cfg; n keeps the old
  * values (the caller frees it). The rest needs a restart, and says so. */
 static void apply_config(engine *e, config *n)
@@ -334,6 +366,17 @@ static void apply_config(engine *e, config *n)
     c->scripts.reload_debounce_ms = n->scripts.reload_debounce_ms;
     c->evaluation = n->evaluation;
     online_configure(e->online, c);
+    config_provider *pv = c->providers;
+    size_t npv = c->nproviders;
+    c->providers = n->providers;
+    c->nproviders = n->nproviders;
+    n->providers = pv;
+    n->nproviders = npv;
+    c->llm = n->llm;
+    char **allow = c->http.allow;
+    c->http = n->http;
+    n->http.allow = allow;
+    configure_io(e);
 }
 
 static void setup_watches(engine *e, char **dirs);
@@ -602,6 +645,13 @@ static int cmd_serve(int argc, char **argv)
         config_free(&e.cfg);
         return EXIT_USAGE;
     }
+    e.httpc = httpc_new(e.loop);
+    e.llm = llm_new(e.loop, e.httpc, e.store);
+    if (llm_load_totals(e.llm, err, sizeof err) != 0)
+        log_warn("llm", "cannot read today's spending from the ledger (%s); daily budgets count from zero", err);
+    e.sio = scriptio_new(e.loop, e.llm, e.httpc);
+    configure_io(&e);
+    script_vm_set_io(e.vm, scriptio_hooks(e.sio));
     e.online = online_new(e.loop, e.store, e.vm, e.cat, &e.cfg);
     /* traces acknowledged but not evaluated before the last stop */
     for (size_t i = 0; i < e.cfg.nprompts; i++)
@@ -613,6 +663,7 @@ static int cmd_serve(int argc, char **argv)
     e.api.store = e.store;
     e.api.online = e.online;
     e.api.catalog = e.cat;
+    e.api.llm = e.llm;
     e.api.reload = &e.reload;
     e.api.started_ms = now_ms();
     http_limits lim = {
@@ -629,6 +680,9 @@ static int cmd_serve(int argc, char **argv)
         online_free(e.online);
         catalog_free(e.cat);
         script_vm_free(e.vm);
+        scriptio_free(e.sio);
+        llm_free(e.llm);
+        httpc_free(e.httpc);
         store_close(e.store);
         uv_run(e.loop, UV_RUN_NOWAIT);
         uv_loop_close(e.loop);

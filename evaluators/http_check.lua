@@ -1,0 +1,87 @@
+-- http_check: does the API call the output describes work? The output is a
+-- JSON object {method, path, query?, headers?, body?}; the call is made
+-- against base_url (which the config's http.allow must also list) and its
+-- status and body are checked.
+local text = require "lib.text"
+local jsonschema = require "lib.jsonschema"
+
+local cache = setmetatable({}, { __mode = "k" })
+
+local function urlencode(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+return {
+  name = "http_check",
+  description = "performs the HTTP call the output describes against an allow-listed base URL and checks the answer",
+  options = {
+    base_url = "string: where calls go, e.g. \"https://staging.example.com/api\" (required; must be under http.allow)",
+    field = "string: the call is output[field] instead of the whole output",
+    expect_status = "integer or list of integers: acceptable statuses (default: any 2xx)",
+    body_contains = "string: text the response body must contain",
+    body_schema = "JSON Schema the response body (JSON) must validate against",
+    methods = "list of methods the output may use (default GET, POST, PUT, PATCH, DELETE)",
+    headers = "table: headers sent with every call (e.g. a test token)",
+    timeout_ms = "integer: per call (default: the config's http.timeout_ms)",
+  },
+  evaluate = function(case, opts)
+    text.check_opts("http_check", opts, { base_url = "string", field = "string?", expect_status = opts.expect_status
+      and (type(opts.expect_status) == "table" and "table" or "number") or "number?", body_contains = "string?",
+      body_schema = opts.body_schema ~= nil and type(opts.body_schema) or "table?", methods = "table?",
+      headers = "table?", timeout_ms = "number?" })
+    local call, err = text.output_json(case)
+    if call == nil then return text.fail("output is not valid JSON: " .. text.excerpt(err)) end
+    if opts.field then call = type(call) == "table" and call[opts.field] or nil end
+    if type(call) ~= "table" then return text.fail("output does not describe a call (a JSON object)") end
+    local method = type(call.method) == "string" and call.method:upper() or "GET"
+    local allowed = {}
+    for _, m in ipairs(opts.methods or { "GET", "POST", "PUT", "PATCH", "DELETE" }) do allowed[m:upper()] = true end
+    if not allowed[method] then return text.fail("method " .. text.excerpt(method) .. " is not allowed") end
+    local path = call.path
+    if type(path) ~= "string" or path:sub(1, 1) ~= "/" or path:find("..", 1, true) or path:find("://", 1, true)
+        or path:find("[%s%c@\\#]") then
+      return text.fail("path must be a string starting with / (no .., no scheme, no spaces): " .. text.excerpt(tostring(path)))
+    end
+    local url = opts.base_url:gsub("/+$", "") .. path
+    if type(call.query) == "table" then
+      local q = {}
+      for k, v in pairs(call.query) do q[#q + 1] = urlencode(k) .. "=" .. urlencode(v) end
+      table.sort(q)
+      if #q > 0 then url = url .. (url:find("?", 1, true) and "&" or "?") .. table.concat(q, "&") end
+    end
+    local headers = {}
+    if type(call.headers) == "table" then for k, v in pairs(call.headers) do headers[k] = tostring(v) end end
+    for k, v in pairs(opts.headers or {}) do headers[k] = v end
+    local body = call.body
+    if body ~= nil and type(body) ~= "string" then
+      body = ratchet.json.encode(body)
+      headers["Content-Type"] = headers["Content-Type"] or "application/json"
+    end
+    local res, herr, kind = ratchet.http.request { method = method, url = url, headers = headers, body = body,
+                                                   timeout_ms = opts.timeout_ms }
+    if not res then
+      if kind == "not_allowed" or kind == "bad_request" then error("http_check: " .. herr, 0) end
+      return text.fail(string.format("the call failed (%s): %s", kind, text.excerpt(herr, 200)))
+    end
+    local ok_status
+    if opts.expect_status == nil then
+      ok_status = res.status >= 200 and res.status < 300
+    else
+      for _, s in ipairs(text.list(opts.expect_status)) do ok_status = ok_status or res.status == s end
+    end
+    local what = method .. " " .. path .. " -> " .. res.status
+    if not ok_status then return text.fail(what .. ": unexpected status; body: " .. text.excerpt(res.body, 120)) end
+    if opts.body_contains and not res.body:find(opts.body_contains, 1, true) then
+      return text.fail(what .. ": body does not contain " .. text.excerpt(opts.body_contains))
+    end
+    if opts.body_schema ~= nil then
+      local v = cache[opts.body_schema]
+      if not v then v = jsonschema.compile(opts.body_schema); cache[opts.body_schema] = v end
+      local value, derr = ratchet.json.decode(res.body)
+      if value == nil and derr then return text.fail(what .. ": body is not JSON") end
+      local ok, why = v(value)
+      if not ok then return text.fail(what .. ": body does not match the schema: " .. jsonschema.summary(why)) end
+    end
+    return text.pass(what)
+  end,
+}

@@ -362,6 +362,54 @@ static void handle_list_traces(api *a, http_request *req)
     uv_queue_work(a->loop, &j->work, read_list_work, read_after);
 }
 
+/* POST /v1/llm/chat: one LLM call, as ratchet.llm.chat makes it (for ops
+ * checking a provider, and for specs). Recorded in the ledger as caller
+ * kind "other", name "api". */
+static void on_api_chat_done(llm_call *c, const char *result, const char *kind, const char *err, void *ud)
+{
+    (void)c;
+    http_request *req = ud;
+    if (result) {
+        http_respond(req, 200, "application/json", NULL, result, strlen(result));
+        return;
+    }
+    if (!strcmp(kind, "bad_request")) {
+        char field[64] = "";
+        size_t n = strcspn(err, ": ");
+        if (err[n] == ':' && n < sizeof field)
+            snprintf(field, sizeof field, "%.*s", (int)n, err);
+        if (field[0])
+            http_respond_field_error(req, 400, "invalid_request", field, "%s", err);
+        else
+            http_respond_error(req, 400, "invalid_request", "%s", err);
+    } else if (!strcmp(kind, "budget")) {
+        http_respond_error(req, 429, "budget_exceeded", "%s", err);
+    } else if (!strcmp(kind, "circuit_open")) {
+        http_respond_error(req, 503, "circuit_open", "%s", err);
+    } else {
+        http_respond_error(req, 502, kind, "%s", err);
+    }
+}
+
+static void handle_llm_chat(api *a, http_request *req)
+{
+    if (!authorize(a, req, SCOPE_ADMIN))
+        return;
+    if (!a->llm) {
+        http_respond_error(req, 503, "unavailable", "LLM calls are not available");
+        return;
+    }
+    const char *ct = http_header_get(req, "content-type");
+    if (!ct || strncmp(ct, "application/json", 16) != 0) {
+        http_respond_field_error(req, 415, "unsupported_media_type", "content-type", "send application/json");
+        return;
+    }
+    buf_append(&req->body, "", 1); /* NUL-terminate for the parser */
+    req->body.len--;
+    llm_caller who = {.kind = "other", .name = "api"};
+    llm_chat(a->llm, req->body.data ? req->body.data : "", &who, on_api_chat_done, req);
+}
+
 /* GET /v1/llm/calls?since=&caller_kind=&limit= : the ledger, newest first */
 static void handle_llm_calls(api *a, http_request *req)
 {
@@ -552,6 +600,11 @@ void api_handle(http_request *req, void *ctx)
     } else if (strcmp(path, "/v1/evaluations") == 0) {
         if (is(req, "POST"))
             handle_reevaluate(a, req);
+        else
+            method_not_allowed(req, "POST");
+    } else if (strcmp(path, "/v1/llm/chat") == 0) {
+        if (is(req, "POST"))
+            handle_llm_chat(a, req);
         else
             method_not_allowed(req, "POST");
     } else if (strcmp(path, "/v1/llm/calls") == 0) {

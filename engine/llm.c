@@ -255,6 +255,7 @@ struct llm {
     double day_calls, day_tokens, day_cost;       /* spent today */
     double res_calls, res_tokens, res_cost;       /* reserved by calls in flight */
     json_t *runs;                                 /* run id -> [calls, tokens, cost, reserved calls, tokens, cost] */
+    llm_call *calls;                              /* every call not yet disposed of */
     uint64_t ledger_failures;
 };
 
@@ -284,6 +285,7 @@ struct llm_call {
     double cost;
     char request_id[128];
     llm_call *qnext, *qprev;
+    llm_call *anext, *aprev; /* l->calls */
 };
 
 static int64_t day_start(int64_t ms)
@@ -575,6 +577,13 @@ static void prov_release(prov *p);
 
 static void call_dispose(llm_call *c)
 {
+    llm *l = c->l;
+    if (c->aprev)
+        c->aprev->anext = c->anext;
+    else
+        l->calls = c->anext;
+    if (c->anext)
+        c->anext->aprev = c->aprev;
     prov *p = c->p;
     if (p)
         p->calls_live--;
@@ -1136,7 +1145,7 @@ static const char *status_kind(int s)
         return "server_error";
     if (s == 409)
         return "conflict";
-    return "bad_request";
+    return "rejected"; /* the provider refused the request: not retried */
 }
 
 static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
@@ -1181,7 +1190,9 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         circuit_result(p, false);
     else if (p->circuit == CIRCUIT_HALF_OPEN)
         p->probing = false;
-    if (retry && c->attempts <= p->c.max_retries && p->circuit != CIRCUIT_OPEN) {
+    uint64_t elapsed_ms = (mono_ns() - c->start_ns) / 1000000u;
+    bool time_left = elapsed_ms + 50 < (uint64_t)c->timeout_ms;
+    if (retry && c->attempts <= p->c.max_retries && p->circuit != CIRCUIT_OPEN && time_left) {
         uint64_t cap = (uint64_t)p->c.backoff_max_ms;
         uint64_t exp = (uint64_t)p->c.backoff_base_ms << (c->attempts - 1 < 20 ? c->attempts - 1 : 20);
         uint64_t ceiling = exp < cap ? exp : cap;
@@ -1191,6 +1202,8 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         if (resp->retry_after_ms >= 0)
             delay = (uint64_t)resp->retry_after_ms < (uint64_t)p->c.retry_after_max_ms ? (uint64_t)resp->retry_after_ms
                                                                                         : (uint64_t)p->c.retry_after_max_ms;
+        if (elapsed_ms + delay + 50 >= (uint64_t)c->timeout_ms)
+            delay = (uint64_t)c->timeout_ms - elapsed_ms - 50; /* the last chance fits in the deadline */
         p->retries++;
         log_debug("llm", "call %s to %s: attempt %d failed (%s: %s); retrying in %llu ms", c->id, p->c.name,
                   c->attempts, kind, msg, (unsigned long long)delay);
@@ -1199,6 +1212,9 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
     } else {
         if (retry && p->circuit == CIRCUIT_OPEN && c->attempts <= p->c.max_retries)
             snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (no retry: the circuit opened)");
+        else if (retry && !time_left && c->attempts <= p->c.max_retries)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (no retry: the call's %d ms are spent)",
+                     c->timeout_ms);
         finish(c, NULL, kind, msg);
     }
     pump(p);
@@ -1275,6 +1291,10 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
     c->timer = xmalloc(sizeof *c->timer);
     uv_timer_init(l->loop, c->timer);
     c->timer->data = c;
+    c->anext = l->calls;
+    if (l->calls)
+        l->calls->aprev = c;
+    l->calls = c;
     char err[400];
     json_error_t je;
     json_t *r = json_loads(request, 0, &je);
@@ -1344,10 +1364,10 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
      * err on the high side) and every output token it may ask for */
     double in_est = (double)c->body_len / 3.0 + 1;
     c->est_tokens = in_est + max_tokens;
-    const llm_price *pr = price_of(p, model);
+    const llm_price *pr = price_of(p, c->model); /* model pointed into r, freed above */
     if (!pr && l->b.daily_cost > 0) {
-        snprintf(err, sizeof err, "model '%s' has no price in provider '%s''s models table, and a cost budget is set",
-                 model, p->c.name);
+        snprintf(err, sizeof err, "model '%.100s' has no price in provider '%s''s models table, and a cost budget is set",
+                 c->model, p->c.name);
         finish(c, NULL, "budget", err);
         return c;
     }
@@ -1372,11 +1392,13 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
     return c;
 }
 
-void llm_cancel(llm_call *c)
+/* Stops whatever the call is waiting on (not the finish timer). */
+static void call_stop_io(llm_call *c)
 {
     switch (c->state) {
     case CALL_QUEUED:
-        queue_unlink(c);
+        if (c->p)
+            queue_unlink(c);
         break;
     case CALL_SENDING:
         httpc_cancel(c->req);
@@ -1384,11 +1406,19 @@ void llm_cancel(llm_call *c)
         c->p->in_flight--;
         break;
     case CALL_BACKOFF:
-    case CALL_FINISHING:
         uv_timer_stop(c->timer);
         break;
+    case CALL_FINISHING:
+        break;
     }
-    if (c->state != CALL_FINISHING && c->p) {
+}
+
+void llm_cancel(llm_call *c)
+{
+    call_stop_io(c);
+    if (c->state == CALL_FINISHING) {
+        uv_timer_stop(c->timer);
+    } else if (c->p) {
         c->err_kind = xstrdup("cancelled");
         c->err = xstrdup("the caller went away");
         budget_settle(c);
@@ -1398,6 +1428,15 @@ void llm_cancel(llm_call *c)
     call_dispose(c);
     if (p && !p->retired)
         pump(p);
+}
+
+void llm_abort_all(llm *l, const char *why)
+{
+    for (llm_call *c = l->calls; c; c = c->anext)
+        if (c->state != CALL_FINISHING) {
+            call_stop_io(c);
+            finish(c, NULL, "cancelled", why);
+        }
 }
 
 json_t *llm_status_json(llm *l)
@@ -1428,13 +1467,12 @@ void llm_free(llm *l)
 {
     if (!l)
         return;
-    for (prov *p = l->provs; p; p = p->next) {
-        while (p->qhead) {
-            llm_call *c = p->qhead;
-            queue_unlink(c);
-            c->p->calls_live--;
-            uv_close((uv_handle_t *)c->timer, call_free_cb);
-        }
+    while (l->calls) { /* none, when llm_abort_all ran and the loop turned */
+        llm_call *c = l->calls;
+        call_stop_io(c);
+        c->state = CALL_FINISHING;
+        uv_timer_stop(c->timer);
+        call_dispose(c);
     }
     while (l->provs) {
         prov *p = l->provs;

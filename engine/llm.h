@@ -78,6 +78,8 @@ void llm_configure(llm *l, char *const *names, char *const *jsons, size_t n, con
 llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud);
 /* Abandons a call: done is not called. */
 void llm_cancel(llm_call *c);
+/* Ends every call now with err_kind "cancelled" (their done runs), at shutdown. */
+void llm_abort_all(llm *l, const char *why);
 json_t *llm_status_json(llm *l);
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);

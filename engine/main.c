@@ -229,6 +229,7 @@ static void begin_shutdown(engine *e, const char *why)
     e->api.draining = true;
     sd_notify(0, "STOPPING=1");
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
+    llm_abort_all(e->llm, "the engine is stopping");
     log_info("engine", "%s: stopping (finishing %d open connections)", why, http_server_connections(e->http));
     uv_timer_start(&e->shutdown_timer, on_shutdown_deadline, (uint64_t)e->cfg.limits.shutdown_timeout_ms, 0);
     http_server_drain(e->http, finish_shutdown);

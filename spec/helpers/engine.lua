@@ -76,6 +76,7 @@ M.json = cjson
 
 local Engine = {}
 Engine.__index = Engine
+M.Engine = Engine
 
 -- Engines a failed spec left running are killed when the test process ends,
 -- so no stray server outlives the suite.

@@ -7,7 +7,12 @@
  *   local ev = sandbox.load_evaluator("evaluators/contains.lua")
  *   local r = ev:evaluate({ output = "hello" }, { value = "hell" })
  *   -- r.pass, r.score, r.reason, r.status ("ok", "error", "killed", "nomem")
- */
+ *
+ * ratchet.llm.chat and ratchet.http.request answer from stubs the spec
+ * gives: load_evaluator(path, { llm = function(request) return result end,
+ * http = function(request) return { status = 200, body = "..." } end }); a
+ * stub may return nil, message, kind to fail the call. Without a stub the
+ * call answers nil, "... is not available here", "unavailable". */
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -21,7 +26,89 @@ typedef struct {
     uv_loop_t loop;
     script_vm *vm;
     evaluator ev;
+    lua_State *host;     /* the spec's state, during evaluate */
+    int stub_ref[2];     /* llm, http stubs in the host registry, or LUA_NOREF */
+    script_io io;
 } sandbox_evaluator;
+
+typedef struct {
+    sandbox_evaluator *se;
+    enum script_io_op op;
+    char *request;
+    script_io_done done;
+    void *ud;
+    uv_timer_t timer;
+} stub_call;
+
+static void on_stub_closed(uv_handle_t *h)
+{
+    stub_call *c = h->data;
+    free(c->request);
+    free(c);
+}
+
+/* Runs the stub in the host state (later, like real I/O) and reports back. */
+static void on_stub_timer(uv_timer_t *t)
+{
+    stub_call *c = t->data;
+    lua_State *L = c->se->host;
+    if (c->se->stub_ref[c->op] == LUA_NOREF) {
+        c->done(c->ud, NULL, "unavailable",
+                c->op == SCRIPT_IO_LLM ? "no llm stub was given to load_evaluator" : "no http stub was given to load_evaluator");
+        uv_close((uv_handle_t *)&c->timer, on_stub_closed);
+        return;
+    }
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    int cj = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->se->stub_ref[c->op]);
+    lua_getfield(L, cj, "decode");
+    lua_pushstring(L, c->request);
+    lua_call(L, 1, 1);
+    if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
+        c->done(c->ud, NULL, "stub_error", lua_tostring(L, -1));
+    } else if (lua_isnil(L, -3)) {
+        c->done(c->ud, NULL, luaL_optstring(L, -1, "error"), luaL_optstring(L, -2, "the stub returned nil"));
+    } else {
+        lua_getfield(L, cj, "encode");
+        lua_pushvalue(L, -4);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+            c->done(c->ud, NULL, "stub_error", lua_tostring(L, -1));
+        else
+            c->done(c->ud, lua_tostring(L, -1), NULL, NULL);
+    }
+    lua_settop(L, top);
+    uv_close((uv_handle_t *)&c->timer, on_stub_closed);
+}
+
+static void *stub_start(void *ctx, enum script_io_op op, const char *request, const char *caller_kind,
+                        const char *caller_name, script_io_done done, void *done_ud)
+{
+    (void)caller_kind;
+    (void)caller_name;
+    sandbox_evaluator *se = ctx;
+    stub_call *c = calloc(1, sizeof *c);
+    c->se = se;
+    c->op = op;
+    c->done = done;
+    c->ud = done_ud;
+    c->request = strdup(request);
+    uv_timer_init(&se->loop, &c->timer);
+    c->timer.data = c;
+    uv_timer_start(&c->timer, on_stub_timer, 0, 0);
+    return c;
+}
+
+static void stub_cancel(void *ctx, enum script_io_op op, void *handle)
+{
+    (void)ctx;
+    (void)op;
+    stub_call *c = handle;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_stub_closed);
+}
 
 static const char *status_name(enum script_status s)
 {
@@ -73,6 +160,7 @@ static int l_evaluate(lua_State *L)
     const char *opts_json = !has_opts ? NULL : lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : to_json(L, 3);
     const char *case_json = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : to_json(L, 2);
     wait_result w = {0};
+    se->host = L;
     evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
@@ -91,6 +179,11 @@ static int l_evaluate(lua_State *L)
 
 static void sandbox_close(sandbox_evaluator *se)
 {
+    for (int i = 0; i < 2; i++)
+        if (se->host && se->stub_ref[i] != LUA_NOREF) {
+            luaL_unref(se->host, LUA_REGISTRYINDEX, se->stub_ref[i]);
+            se->stub_ref[i] = LUA_NOREF;
+        }
     if (se->vm) {
         evaluator_free(se->vm, &se->ev);
         script_vm_free(se->vm);
@@ -141,10 +234,30 @@ static int l_load_evaluator(lua_State *L)
             dirs[n] = NULL;
         }
     }
+    int stubs[2] = {LUA_NOREF, LUA_NOREF};
+    if (lua_istable(L, 2)) {
+        static const char *const names[2] = {"llm", "http"}; /* SCRIPT_IO_LLM, SCRIPT_IO_HTTP */
+        for (int i = 0; i < 2; i++) {
+            int t = lua_getfield(L, 2, names[i]);
+            if (t == LUA_TFUNCTION)
+                stubs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+            else if (t != LUA_TNIL)
+                return luaL_error(L, "load_evaluator: option '%s' must be a function(request)", names[i]);
+            else
+                lua_pop(L, 1);
+        }
+    }
     sandbox_evaluator *se = lua_newuserdatauv(L, sizeof *se, 0);
     memset(se, 0, sizeof *se);
+    se->host = L;
+    se->stub_ref[0] = stubs[0];
+    se->stub_ref[1] = stubs[1];
     uv_loop_init(&se->loop);
     se->vm = script_vm_new(&se->loop, &lim, dirs);
+    if (stubs[0] != LUA_NOREF || stubs[1] != LUA_NOREF) {
+        se->io = (script_io){.start = stub_start, .cancel = stub_cancel, .ctx = se};
+        script_vm_set_io(se->vm, &se->io);
+    }
     luaL_setmetatable(L, EVALUATOR_MT);
     char err[1024];
     if (evaluator_load(se->vm, path, &se->ev, err, sizeof err) != 0) {

@@ -12,7 +12,7 @@ Answer with one JSON object and nothing else:
 
 local function fence(id, label, value)
   local s = type(value) == "string" and value or ratchet.json.encode(value == nil and ratchet.json.null or value)
-  return string.format("%s:\n<<<DATA-%s\n%s\nDATA-%s>>>", label, id, s, id)
+  return string.format("%s:\n<<<DATA-%s\n%s\nDATA-%s>>>", label, id, text.utf8_safe(s), id)
 end
 
 -- The first JSON object in the judge's reply (models sometimes add prose).

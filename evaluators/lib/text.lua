@@ -57,6 +57,21 @@ end
 function M.pass(reason) return { pass = true, score = 1, reason = reason or "ok" } end
 function M.fail(reason, score) return { pass = false, score = score or 0, reason = reason } end
 
+-- s with every byte that is not valid UTF-8 replaced by U+FFFD, so
+-- untrusted text can go into JSON (an LLM request, say).
+function M.utf8_safe(s)
+  if utf8.len(s) then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local ok, bad = utf8.len(s, i)
+    if ok then out[#out + 1] = s:sub(i); break end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+
 -- A short, single-line excerpt of untrusted text for a reason string.
 function M.excerpt(s, n)
   n = n or 80

@@ -290,14 +290,17 @@ describe("LLM limits", function()
 
   it("paces calls with requests_per_minute", function()
     local fake = fake_llm.start {}
-    local e = engine.start { config = provider("fake", fake, { more = "requests_per_minute = 120," }),
+    local e = engine.start { config = provider("fake", fake, { more = "requests_per_minute = 30," }),
                              env = { SPEC_LLM_KEY = KEY } }
-    -- the bucket starts full (120); drain it, then the next call waits ~0.5 s
-    for _ = 1, 120 do chat(e, msg("x")) end
-    local t0 = require("socket").gettime()
+    -- the bucket starts full (30) and refills one call every 2 s: drain it,
+    -- and the next call waits for the refill (less what draining took)
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    for _ = 1, 30 do assert.equal(200, chat(e, msg("x")).status) end
+    local t1 = socket.gettime()
     assert.equal(200, chat(e, msg("x")).status)
-    local waited = require("socket").gettime() - t0
-    assert.truthy(waited >= 0.4, "waited " .. waited .. " s")
+    local waited = socket.gettime() - t1
+    assert.truthy(waited >= 2 - (t1 - t0) - 0.1, "waited " .. waited .. " s after draining in " .. (t1 - t0) .. " s")
     e:stop()
     fake:stop()
   end)

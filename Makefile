@@ -28,7 +28,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-deps
+.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-llm bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -41,6 +41,7 @@ help:
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
+	@echo "make bench-llm     the LLM client against the fake LLM server"
 
 deps:
 	@./tools/deps.sh
@@ -115,6 +116,12 @@ bench-ingest: bench-deps all
 
 bench-eval: bench-deps all
 	@./bench/ingest_eval.sh
+
+$(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
+	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
+
+bench-llm: all $(BUILD)/llm_bench
+	@./bench/llm.sh
 
 clean:
 	rm -rf build

@@ -32,7 +32,8 @@ describe("LLM calls", function()
   local fake, e
   setup(function()
     fake = fake_llm.start { api_key = KEY }
-    e = engine.start { config = provider("fake", fake) .. provider("claude", fake, { kind = "anthropic" }),
+    e = engine.start { config = provider("fake", fake) .. provider("claude", fake, { kind = "anthropic" }) ..
+                         provider("azure", fake, { more = 'auth = "api-key", query = { ["api-version"] = "2024-10-21" },' }),
                        env = { SPEC_LLM_KEY = KEY } }
   end)
   teardown(function()
@@ -83,6 +84,16 @@ describe("LLM calls", function()
     assert.equal(1024, st.last_request.body.max_tokens)
     assert.same({ "END" }, st.last_request.body.stop_sequences)
     assert.equal(1, #st.last_request.body.messages)
+  end)
+
+  it("speaks Azure's dialect: api-key header and api-version query", function()
+    local r = chat(e, { provider = "azure", messages = { { role = "user", content = "hi" } } })
+    assert.equal(200, r.status, r.body)
+    local st = fake:stats()
+    assert.equal("/v1/chat/completions?api-version=2024-10-21", st.last_request.url)
+    assert.equal("(redacted)", st.last_request.headers["api-key"])
+    assert.is_nil(st.last_request.headers.authorization)
+    assert.equal("ok", st.last_request.auth)
   end)
 
   it("honours Retry-After on 429 (seconds) and retries once", function()

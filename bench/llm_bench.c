@@ -166,9 +166,10 @@ int main(int argc, char **argv)
     printf("RESULT mode=%s calls=%d concurrency=%d wall_s=%.3f cpu_s=%.3f calls_per_s=%.0f cpu_us_per_call=%.1f "
            "errors=%d\n",
            mode, n_total, conc, wall, cpu, n_total / wall, cpu * 1e6 / n_total, n_errors);
+    fflush(stdout);
     llm_free(L);
     httpc_free(H);
-    uv_run(loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_NOWAIT);
     store_close(st);
     uv_run(loop, UV_RUN_DEFAULT);
     char cmd[128];

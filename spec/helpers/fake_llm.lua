@@ -12,6 +12,12 @@ local M = {}
 local Fake = {}
 Fake.__index = Fake
 
+-- servers a failed spec left running are killed when the test process ends
+M.running = {}
+M.reaper = setmetatable({}, { __gc = function()
+  for f in pairs(M.running) do os.execute(string.format("kill -KILL %d 2>/dev/null", f.pid)) end
+end })
+
 function M.start(opts)
   opts = opts or {}
   local f = setmetatable({ dir = engine.tmpdir() }, Fake)
@@ -35,6 +41,7 @@ function M.start(opts)
     socket.sleep(0.02)
   end
   f.pid = tonumber(engine.read_file(f.dir .. "/pid"))
+  M.running[f] = true
   assert(f.addr, "the fake LLM server did not start: " .. (engine.read_file(f.dir .. "/log") or ""))
   return f
 end
@@ -55,6 +62,7 @@ function Fake:reset() client(self):post("/_fake/reset", {}) end
 function Fake:log() return engine.read_file(self.dir .. "/log") or "" end
 
 function Fake:stop()
+  M.running[self] = nil
   os.execute(string.format("kill -TERM %d 2>/dev/null", self.pid))
   local deadline = socket.gettime() + 5 * engine.slow
   while socket.gettime() < deadline do

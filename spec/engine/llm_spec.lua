@@ -299,6 +299,26 @@ describe("LLM limits", function()
     fake:stop()
   end)
 
+  it("paces calls with tokens_per_minute, counting each call's worst case", function()
+    local fake = fake_llm.start {}
+    local e = engine.start { config = provider("fake", fake, { more = "tokens_per_minute = 6000," }),
+                             env = { SPEC_LLM_KEY = KEY } }
+    -- each call reserves its input estimate plus max_tokens (about 2040 tokens):
+    -- two fit in the full bucket, the third waits for ~80 tokens at 100 a second
+    local big = { provider = "fake", max_tokens = 2000, messages = { { role = "user", content = "x" } } }
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    assert.equal(200, chat(e, big).status)
+    assert.equal(200, chat(e, big).status)
+    local t1 = socket.gettime()
+    assert.equal(200, chat(e, big).status)
+    local waited = socket.gettime() - t1
+    assert.truthy(waited >= 0.5, "waited " .. waited .. " s") -- unpaced, it takes a few ms
+    assert.truthy(waited < 3 * engine.slow, "waited " .. waited .. " s")
+    e:stop()
+    fake:stop()
+  end)
+
   it("paces calls with requests_per_minute", function()
     local fake = fake_llm.start {}
     local e = engine.start { config = provider("fake", fake, { more = "requests_per_minute = 30," }),

@@ -124,7 +124,7 @@ int main(int argc, char **argv)
     char pjson[1024];
     snprintf(pjson, sizeof pjson,
              "{\"kind\":\"openai\",\"base_url\":\"http://%s/v1\",\"api_key\":\"sk-bench\",\"default_model\":\"m\","
-             "\"concurrency\":%d,\"timeout_ms\":600000,\"idle_timeout_ms\":0,"
+             "\"concurrency\":%d,\"timeout_ms\":600000,"
              "\"models\":{\"m\":{\"input_per_mtok\":1,\"output_per_mtok\":2}}}",
              addr, hold ? n_total : conc);
     char *names[] = {"fake"}, *jsons[] = {pjson};

@@ -151,7 +151,8 @@ void config_defaults(config *c)
     c->http.max_response_bytes = 1 << 20;
 }
 
-static void free_dirs(char **dirs)
+/* Frees a NULL-terminated list of strings (folders, URL prefixes). */
+static void free_strv(char **dirs)
 {
     for (char **d = dirs; d && *d; d++)
         free(*d);
@@ -220,14 +221,14 @@ void config_free(config *c)
     free(c->admin_token);
     free(c->log_level);
     free(c->log_format);
-    free_dirs(c->scripts.dirs);
+    free_strv(c->scripts.dirs);
     config_prompts_free(c->prompts, c->nprompts);
     for (size_t i = 0; i < c->nproviders; i++) {
         free(c->providers[i].name);
         free(c->providers[i].json);
     }
     free(c->providers);
-    free_dirs(c->http.allow);
+    free_strv(c->http.allow);
     memset(c, 0, sizeof *c);
 }
 
@@ -373,7 +374,7 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
             lua_pop(L, 1);
         }
         char ***slot = (char ***)((char *)base + s->offset);
-        free_dirs(*slot);
+        free_strv(*slot);
         *slot = urls;
         return;
     }
@@ -414,7 +415,7 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
             lua_rawgeti(L, idx, i);
             const char *d = lua_tolstring(L, -1, &len);
             if (lua_type(L, -1) != LUA_TSTRING || len == 0 || strlen(d) != len) {
-                free_dirs(dirs);
+                free_strv(dirs);
                 config_error(L, "'%s[%d]' must be a folder name", full, (int)i);
             }
             if (d[0] == '/' || !cfgdir)
@@ -426,7 +427,7 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
             lua_pop(L, 1);
         }
         char ***slot = (char ***)((char *)base + s->offset);
-        free_dirs(*slot);
+        free_strv(*slot);
         *slot = dirs;
         return;
     }
@@ -965,7 +966,7 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     free(c->path);
     c->path = xstrdup(path);
     if (c->scripts.dirs == default_dirs) {
-        free_dirs(default_dirs);
+        free_strv(default_dirs);
         /* default: the config file's folder (user scripts), then the shipped ones */
         const char *slash = strrchr(path, '/');
         c->scripts.dirs = xcalloc(3, sizeof *c->scripts.dirs);

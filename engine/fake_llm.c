@@ -251,7 +251,7 @@ static int model_load(fake *f, const char *path, char *err, size_t errlen)
 typedef struct {
     char *text;         /* NULL: none */
     json_t *tool_calls; /* [{name, arguments (object)}] */
-    const char *finish;
+    const char *finish; /* "length", or NULL for the natural one */
     json_int_t in_tokens, out_tokens;
 } model_reply;
 
@@ -293,9 +293,8 @@ static int model_run(fake *f, const char *body, size_t len, bool anthropic, mode
         if (lua_getfield(L, -1, "output_tokens") == LUA_TNUMBER)
             out->out_tokens = (json_int_t)lua_tointeger(L, -1);
         lua_pop(L, 1);
-        if (lua_getfield(L, -1, "finish_reason") == LUA_TSTRING)
-            out->finish = lua_tostring(L, -1); /* interned: a literal below replaces it if NULL */
-        out->finish = out->finish ? (strcmp(out->finish, "length") == 0 ? "length" : NULL) : NULL;
+        if (lua_getfield(L, -1, "finish_reason") == LUA_TSTRING && !strcmp(lua_tostring(L, -1), "length"))
+            out->finish = "length"; /* the only reason a model script can choose */
         lua_pop(L, 1);
     } else {
         snprintf(err, errlen, "the model script returned %s, not a string or a table", luaL_typename(L, -1));

@@ -633,17 +633,24 @@ bool http_addr_is_loopback(const struct sockaddr *sa)
 
 /* ---- responses ---- */
 
+/* The handler is done with the request. False when the peer went away
+ * meanwhile: nothing is sent, and the connection is freed if it can be. */
+static bool answering(http_conn *c)
+{
+    c->in_flight = false;
+    if (!c->closing)
+        return true;
+    if (c->handles_open == 0)
+        conn_free(c);
+    return false;
+}
+
 void http_respond(http_request *req, int status, const char *content_type, const char *extra_headers,
                   const char *body, size_t len)
 {
     http_conn *c = req->conn;
-    c->in_flight = false;
-    if (c->closing) {
-        /* the peer went away while the handler worked; nothing to send */
-        if (c->handles_open == 0)
-            conn_free(c);
+    if (!answering(c))
         return;
-    }
     bool close_after = !c->keep_alive || c->srv->draining || status == 400 || status == 408 ||
                        status == 413 || status == 431 || c->error_status;
     char head[512];
@@ -675,12 +682,8 @@ void http_respond(http_request *req, int status, const char *content_type, const
 void http_respond_raw(http_request *req, const char *data, size_t len)
 {
     http_conn *c = req->conn;
-    c->in_flight = false;
-    if (c->closing) {
-        if (c->handles_open == 0)
-            conn_free(c);
+    if (!answering(c))
         return;
-    }
     c->state = CONN_WRITING;
     write_raw(c, data, len, true);
 }
@@ -688,12 +691,8 @@ void http_respond_raw(http_request *req, const char *data, size_t len)
 void http_reset(http_request *req)
 {
     http_conn *c = req->conn;
-    c->in_flight = false;
-    if (c->closing) {
-        if (c->handles_open == 0)
-            conn_free(c);
+    if (!answering(c))
         return;
-    }
     uv_os_fd_t fd;
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() now sends RST */

@@ -35,6 +35,8 @@ struct httpc_req {
     char content_type[128];
     char errbuf[CURL_ERROR_SIZE];
     uint64_t start_ns;
+    uv_timer_t *idle;    /* fails the request when nothing arrives for idle_ms */
+    uint64_t idle_ms;
     httpc_done done;
     void *ud;
     httpc_req *prev, *next;
@@ -71,8 +73,15 @@ static void req_unlink(httpc_req *r)
     h->active--;
 }
 
+static void on_idle_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
 static void req_free(httpc_req *r)
 {
+    if (r->idle)
+        uv_close((uv_handle_t *)r->idle, on_idle_closed);
     curl_multi_remove_handle(r->h->multi, r->easy);
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->hdrs);
@@ -213,10 +222,34 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* Nothing arrived for idle_ms: the request fails as a timeout. (libcurl's
+ * own low-speed check averages over several seconds, including the bytes
+ * sent, so it cannot tell a stall of one second.) */
+static void on_idle_timeout(uv_timer_t *t)
+{
+    httpc_req *r = t->data;
+    char msg[96];
+    snprintf(msg, sizeof msg, "nothing received for %llu ms", (unsigned long long)r->idle_ms);
+    httpc_response resp = {.error = HTTPC_TIMEOUT, .message = msg, .body = "", .retry_after_ms = -1,
+                           .request_id = r->request_id, .content_type = r->content_type,
+                           .elapsed_ms = (double)(mono_ns() - r->start_ns) / 1e6};
+    req_unlink(r);
+    r->done(r, &resp, r->ud);
+    req_free(r);
+}
+
+/* Restarts the idle clock: a byte arrived. */
+static void idle_touch(httpc_req *r)
+{
+    if (r->idle)
+        uv_timer_start(r->idle, on_idle_timeout, r->idle_ms, 0);
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     httpc_req *r = ud;
     size_t len = size * n;
+    idle_touch(r);
     if (r->body.len + len > r->max_response) {
         r->too_large = true;
         return 0; /* aborts the transfer */
@@ -257,6 +290,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     httpc_req *r = ud;
     size_t len = size * n;
+    idle_touch(r);
     if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response (after a 1xx): forget the last headers */
         r->retry_after_ms = -1;
         r->request_id[0] = r->content_type[0] = 0;
@@ -340,10 +374,6 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms > 0 ? o->timeout_ms : 60000L);
-    if (o->idle_timeout_ms > 0) {
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (o->idle_timeout_ms + 999) / 1000);
-    }
     for (int i = 0; i < o->nheaders; i++)
         r->hdrs = curl_slist_append(r->hdrs, o->headers[i]);
     r->hdrs = curl_slist_append(r->hdrs, "Expect:"); /* no 100-continue round trip */
@@ -360,6 +390,13 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
         curl_slist_free_all(r->hdrs);
         free(r);
         return NULL;
+    }
+    if (o->idle_timeout_ms > 0) { /* counted from the start: the request is sent at once */
+        r->idle_ms = (uint64_t)o->idle_timeout_ms;
+        r->idle = xmalloc(sizeof *r->idle);
+        uv_timer_init(h->loop, r->idle);
+        r->idle->data = r;
+        idle_touch(r);
     }
     r->next = h->reqs;
     if (h->reqs)

@@ -31,7 +31,7 @@ typedef struct {
     size_t body_len;
     long connect_timeout_ms;     /* 0: 10 s */
     long timeout_ms;             /* whole request; 0: 60 s */
-    long idle_timeout_ms;        /* no byte received for this long; 0: none. Whole seconds */
+    long idle_timeout_ms;        /* no byte received for this long (the connect included); 0: none */
     size_t max_response;         /* body bytes; 0: 16 MiB */
 } httpc_opts;
 

@@ -155,7 +155,7 @@ describe("LLM calls", function()
     assert.equal("invalid_response", r.json.error.code)
   end)
 
-  it("times out a stalled answer and retries it", function()
+  it("times out a stalled answer within the call's timeout, retries included", function()
     fake:faults { { stall = true } }
     local r = chat(e, { provider = "fake", messages = { { role = "user", content = "x" } }, timeout_ms = 1500 })
     -- the first attempt stalls until the call's deadline; nothing is left for a retry
@@ -218,6 +218,36 @@ describe("LLM limits", function()
     e:stop()
     fake:stop()
     assert.is_nil(log:find(KEY, 1, true))
+  end)
+
+  it("retries a refused connection, then says it could not connect", function()
+    local gone = fake_llm.start {}
+    gone:stop() -- its port is now closed
+    local e = engine.start { config = provider("gone", gone), env = { SPEC_LLM_KEY = KEY } }
+    local r = chat(e, { provider = "gone", messages = { { role = "user", content = "x" } } })
+    assert.equal(502, r.status)
+    assert.equal("connect", r.json.error.code)
+    local calls = engine.eventually(5, function()
+      local items = e:get("/v1/llm/calls").json.items
+      return #items > 0 and items
+    end)
+    assert.equal(4, calls[1].attempts) -- 1 + max_retries 3
+    e:stop()
+  end)
+
+  it("fails an attempt that receives nothing for idle_timeout_ms", function()
+    local fake = fake_llm.start {}
+    local e = engine.start { config = provider("fake", fake, { more = "max_retries = 0," }):gsub("idle_timeout_ms = 0", "idle_timeout_ms = 1000")
+                               :gsub("timeout_ms = 2000", "timeout_ms = 30000"), env = { SPEC_LLM_KEY = KEY } }
+    fake:faults { { stall = true } }
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    local r = chat(e, msg("x"))
+    local took = socket.gettime() - t0
+    assert.equal("timeout", r.json.error.code, r.body)
+    assert.truthy(took >= 0.9 and took < 5 * engine.slow, "took " .. took .. " s")
+    e:stop()
+    fake:stop()
   end)
 
   it("opens the circuit after repeated failures and fails fast", function()

@@ -8,7 +8,7 @@ BUILD   ?= build
 CC      ?= gcc
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
 
-PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))

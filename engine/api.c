@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "api_private.h"
 #include "ingest.h"
 #include "log.h"
 
@@ -22,7 +23,6 @@
  * in the thread pool so a multi-megabyte batch never stalls other clients. */
 #define INLINE_PARSE_MAX (64 * 1024)
 
-enum scope { SCOPE_INGEST, SCOPE_ADMIN };
 
 /* ---- authentication ---- */
 
@@ -32,7 +32,7 @@ static bool token_matches(const char *given, size_t len, const char *secret)
 }
 
 /* Returns true when the request may go on; otherwise has answered it. */
-static bool authorize(api *a, http_request *req, enum scope need)
+bool api_authorize(api *a, http_request *req, enum scope need)
 {
     const char *ingest = a->cfg->ingest_token, *admin = a->cfg->admin_token;
     const char *secret = need == SCOPE_INGEST ? ingest : admin;
@@ -169,7 +169,7 @@ static int body_format(const char *ct)
 
 static void handle_ingest(api *a, http_request *req, ingest_kind kind)
 {
-    if (!authorize(a, req, SCOPE_INGEST))
+    if (!api_authorize(a, req, SCOPE_INGEST))
         return;
     int format = body_format(http_header_get(req, "content-type"));
     if (format < 0) {
@@ -257,7 +257,7 @@ static read_job *read_job_new(api *a, http_request *req)
     return j;
 }
 
-static bool parse_time_param(http_request *req, const char *name, int64_t *out)
+bool api_time_param(http_request *req, const char *name, int64_t *out)
 {
     char v[64];
     int r = http_query_get(req, name, v, sizeof v);
@@ -268,7 +268,7 @@ static bool parse_time_param(http_request *req, const char *name, int64_t *out)
     return false;
 }
 
-static bool parse_int_param(http_request *req, const char *name, long long min, long long max, long long *out)
+bool api_int_param(http_request *req, const char *name, long long min, long long max, long long *out)
 {
     char v[32];
     int r = http_query_get(req, name, v, sizeof v);
@@ -286,7 +286,7 @@ static bool parse_int_param(http_request *req, const char *name, long long min, 
     return true;
 }
 
-static bool check_known_params(http_request *req, const char *const *known)
+bool api_known_params(http_request *req, const char *const *known)
 {
     const char *p = req->query;
     while (p && *p) {
@@ -310,10 +310,10 @@ static bool check_known_params(http_request *req, const char *const *known)
 
 static void handle_list_traces(api *a, http_request *req)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     static const char *const known[] = {"prompt", "version", "since", "until", "limit", "cursor", "failed", NULL};
-    if (!check_known_params(req, known))
+    if (!api_known_params(req, known))
         return;
     store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100, .failed = -1};
     char failed[8];
@@ -329,9 +329,9 @@ static void handle_list_traces(api *a, http_request *req)
         }
     }
     long long version = 0, limit = 100;
-    if (!parse_int_param(req, "version", 1, 2147483647, &version) ||
-        !parse_int_param(req, "limit", 1, 1000, &limit) || !parse_time_param(req, "since", &q.since_ms) ||
-        !parse_time_param(req, "until", &q.until_ms))
+    if (!api_int_param(req, "version", 1, 2147483647, &version) ||
+        !api_int_param(req, "limit", 1, 1000, &limit) || !api_time_param(req, "since", &q.since_ms) ||
+        !api_time_param(req, "until", &q.until_ms))
         return;
     q.version = version;
     q.limit = (int)limit;
@@ -393,7 +393,7 @@ static void on_api_chat_done(llm_call *c, const char *result, const char *kind, 
 
 static void handle_llm_chat(api *a, http_request *req)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     if (!a->llm) {
         http_respond_error(req, 503, "unavailable", "LLM calls are not available");
@@ -413,14 +413,14 @@ static void handle_llm_chat(api *a, http_request *req)
 /* GET /v1/llm/calls?since=&caller_kind=&limit= : the ledger, newest first */
 static void handle_llm_calls(api *a, http_request *req)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     static const char *const known[] = {"since", "caller_kind", "limit", NULL};
-    if (!check_known_params(req, known))
+    if (!api_known_params(req, known))
         return;
     store_trace_query q = {.since_ms = 0, .limit = 100};
     long long limit = 100;
-    if (!parse_int_param(req, "limit", 1, 1000, &limit) || !parse_time_param(req, "since", &q.since_ms))
+    if (!api_int_param(req, "limit", 1, 1000, &limit) || !api_time_param(req, "since", &q.since_ms))
         return;
     q.limit = (int)limit;
     char kind[32];
@@ -440,7 +440,7 @@ static void handle_llm_calls(api *a, http_request *req)
 
 static void handle_get_trace(api *a, http_request *req, const char *id)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     if (!*id || strlen(id) > 128) {
         http_respond_field_error(req, 400, "invalid_parameter", "id", "a trace id is 1 to 128 characters");
@@ -455,7 +455,7 @@ static void handle_get_trace(api *a, http_request *req, const char *id)
 
 static void handle_status(api *a, http_request *req)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     char started[32];
     rfc3339_format(a->started_ms, started);
@@ -494,7 +494,7 @@ static bool json_time(json_t *v, int64_t *out)
 /* POST /v1/evaluations {"prompt":..., "since":..., "until":..., "only_unevaluated":false} */
 static void handle_reevaluate(api *a, http_request *req)
 {
-    if (!authorize(a, req, SCOPE_ADMIN))
+    if (!api_authorize(a, req, SCOPE_ADMIN))
         return;
     if (!a->online) {
         http_respond_error(req, 503, "unavailable", "online evaluation is not running");
@@ -617,7 +617,7 @@ void api_handle(http_request *req, void *ctx)
             handle_ingest(a, req, INGEST_FEEDBACK);
         else
             method_not_allowed(req, "POST");
-    } else {
+    } else if (!api_registry_route(a, req)) {
         http_respond_error(req, 404, "not_found", "no endpoint at %s", path);
     }
 }

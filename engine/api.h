@@ -9,6 +9,8 @@
 #include "http.h"
 #include "llm.h"
 #include "online.h"
+#include "registry.h"
+#include "runner.h"
 #include "store.h"
 
 /* What the last reload did, for /v1/status (kept by main). */
@@ -27,6 +29,8 @@ typedef struct {
     online *online;         /* NULL in unit tests */
     catalog *catalog;
     llm *llm;               /* NULL in unit tests */
+    registry *registry;     /* NULL in unit tests */
+    runner *runner;         /* NULL in unit tests */
     api_reload_info *reload;
     int64_t started_ms;
     bool draining;

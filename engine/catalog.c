@@ -138,7 +138,7 @@ static void scan_add(catalog_scan *scan, const char *name, const char *path)
 
 /* Adds the .lua files of dir (and, for modules, of its sub-folders one level
  * down), sorted so the order is stable. */
-static void scan_dir(catalog_scan *scan, const char *dir, bool evaluators, int depth)
+static void scan_dir(catalog_scan *scan, const char *dir, const char *kind, int depth)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -164,11 +164,13 @@ static void scan_dir(catalog_scan *scan, const char *dir, bool evaluators, int d
         size_t stem;
         if (S_ISDIR(st.st_mode)) {
             if (depth == 0)
-                scan_dir(scan, path, false, 1); /* modules (lib/), compiled only */
+                scan_dir(scan, path, NULL, 1); /* modules (lib/), compiled only */
         } else if (S_ISREG(st.st_mode) && is_lua_name(names[i], &stem)) {
-            if (evaluators && depth == 0) {
+            if (kind && depth == 0 && strcmp(kind, "scripts") != 0) {
+                /* evaluators by name; policies as policies/NAME */
                 char name[256];
-                snprintf(name, sizeof name, "%.*s", (int)(stem < 200 ? stem : 200), names[i]);
+                snprintf(name, sizeof name, "%s%.*s", strcmp(kind, "policies") ? "" : "policies/",
+                         (int)(stem < 200 ? stem : 200), names[i]);
                 if (!scan_has(scan, name)) /* an earlier root overrides by name */
                     scan_add(scan, name, path);
             } else {
@@ -186,7 +188,7 @@ catalog_scan *catalog_scan_run(const char *const *dirs)
         for (const char *const *d = dirs; d && *d; d++) {
             char path[4096];
             snprintf(path, sizeof path, "%s/%s", *d, *k);
-            scan_dir(scan, path, strcmp(*k, "evaluators") == 0, 0);
+            scan_dir(scan, path, *k, 0);
         }
     return scan;
 }
@@ -252,13 +254,24 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
         loaded_evaluator *le = xcalloc(1, sizeof *le);
         le->refs = 1;
         le->cat = cat;
-        if (evaluator_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev, err,
+        if (!strncmp(f->name, "policies/", 9)) {
+            /* a policy: a table of functions the engine calls by name */
+            if (script_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev.ref,
+                                 le->ev.version, err, sizeof err) != 0) {
+                add_error(cat, err, log_errors);
+                free(le);
+                continue;
+            }
+            le->ev.name = xstrdup(f->name);
+            le->ev.description = xstrdup("");
+            le->ev.path = xstrdup(f->path);
+        } else if (evaluator_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev, err,
                                 sizeof err) != 0) {
             add_error(cat, err, log_errors);
             free(le);
             continue;
         }
-        if (strcmp(le->ev.name, f->name) != 0) {
+        if (strncmp(f->name, "policies/", 9) && strcmp(le->ev.name, f->name) != 0) {
             snprintf(err, sizeof err, "%s: the evaluator is named '%s' but its file is %s.lua; name the file after it",
                      f->path, le->ev.name, f->name);
             add_error(cat, err, log_errors);
@@ -268,7 +281,8 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
         }
         if (sl) {
             if (strcmp(sl->current->ev.version, le->ev.version) != 0 || strcmp(sl->current->ev.path, le->ev.path))
-                log_info("scripts", "evaluator %s: version %s (%s)", f->name, le->ev.version, f->path);
+                log_info("scripts", "%s %s: version %s (%s)", strncmp(f->name, "policies/", 9) ? "evaluator" : "policy",
+                         f->name, le->ev.version, f->path);
             release(cat->vm, sl->current);
             sl->current = le;
         } else {
@@ -297,7 +311,9 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
     cat->stats.reloads++;
     cat->stats.reload_errors += cat->nerrors;
     cat->stats.last_reload_ms = now_ms();
-    cat->stats.evaluators = cat->nslots;
+    cat->stats.evaluators = 0;
+    for (size_t i = 0; i < cat->nslots; i++)
+        cat->stats.evaluators += strncmp(cat->slots[i].name, "policies/", 9) != 0;
     return (int)cat->nerrors;
 }
 
@@ -339,11 +355,12 @@ void catalog_get_stats(const catalog *cat, catalog_stats *st)
 
 json_t *catalog_status_json(const catalog *cat)
 {
-    json_t *evs = json_array();
+    json_t *evs = json_array(), *pols = json_array();
     for (size_t i = 0; i < cat->nslots; i++) {
         const evaluator *ev = &cat->slots[i].current->ev;
-        json_array_append_new(evs, json_pack("{s:s, s:s, s:s}", "name", ev->name, "version", ev->version, "path",
-                                             ev->path));
+        bool policy = !strncmp(ev->name, "policies/", 9);
+        json_array_append_new(policy ? pols : evs, json_pack("{s:s, s:s, s:s}", "name", ev->name + (policy ? 9 : 0),
+                                                             "version", ev->version, "path", ev->path));
     }
     json_t *errs = json_array();
     for (size_t i = 0; i < cat->nerrors; i++)
@@ -354,7 +371,8 @@ json_t *catalog_status_json(const catalog *cat)
     char when[32] = "";
     if (cat->stats.last_reload_ms)
         rfc3339_format(cat->stats.last_reload_ms, when);
-    return json_pack("{s:o, s:o, s:o, s:I, s:I, s:s?, s:I}", "dirs", dirs, "evaluators", evs, "errors", errs,
+    return json_pack("{s:o, s:o, s:o, s:o, s:I, s:I, s:s?, s:I}", "dirs", dirs, "evaluators", evs, "policies", pols,
+                     "errors", errs,
                      "reloads", (json_int_t)cat->stats.reloads, "reload_errors",
                      (json_int_t)cat->stats.reload_errors, "last_reload", when[0] ? when : NULL, "memory_bytes",
                      (json_int_t)script_vm_memory(cat->vm));

@@ -412,7 +412,8 @@ static json_t *run_entry(llm *l, const char *run_id)
 {
     json_t *e = json_object_get(l->runs, run_id);
     if (!e) {
-        e = json_pack("[f,f,f,f,f,f]", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        /* spent calls, tokens, cost; reserved calls, tokens, cost; own limits (0: the configured ones) */
+        e = json_pack("[f,f,f,f,f,f,f,f,f]", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         json_object_set_new(l->runs, run_id, e);
     }
     return e;
@@ -421,6 +422,31 @@ static json_t *run_entry(llm *l, const char *run_id)
 static double rv(json_t *e, size_t i)
 {
     return json_real_value(json_array_get(e, i));
+}
+
+void llm_run_budget(llm *l, const char *run_id, double calls, double tokens, double cost, double spent_calls,
+                    double spent_tokens, double spent_cost)
+{
+    json_t *e = run_entry(l, run_id);
+    json_real_set(json_array_get(e, 0), spent_calls);
+    json_real_set(json_array_get(e, 1), spent_tokens);
+    json_real_set(json_array_get(e, 2), spent_cost);
+    json_real_set(json_array_get(e, 6), calls);
+    json_real_set(json_array_get(e, 7), tokens);
+    json_real_set(json_array_get(e, 8), cost);
+}
+
+void llm_run_spent(llm *l, const char *run_id, double *calls, double *tokens, double *cost)
+{
+    json_t *e = json_object_get(l->runs, run_id);
+    *calls = e ? rv(e, 0) : 0;
+    *tokens = e ? rv(e, 1) : 0;
+    *cost = e ? rv(e, 2) : 0;
+}
+
+void llm_run_forget(llm *l, const char *run_id)
+{
+    json_object_del(l->runs, run_id);
 }
 
 static void radd(json_t *e, size_t i, double d)
@@ -448,9 +474,11 @@ static const char *budget_reserve(llm_call *c)
     json_t *run = NULL;
     if (c->run_id) {
         run = run_entry(l, c->run_id);
-        checks[3] = (check){b->run_calls, rv(run, 0) + rv(run, 3), 1, "run's call budget"};
-        checks[4] = (check){b->run_tokens, rv(run, 1) + rv(run, 4), c->est_tokens, "run's token budget"};
-        checks[5] = (check){b->run_cost, rv(run, 2) + rv(run, 5), c->est_cost, "run's cost budget"};
+        double lc = rv(run, 6) > 0 ? rv(run, 6) : b->run_calls, lt = rv(run, 7) > 0 ? rv(run, 7) : b->run_tokens,
+               lx = rv(run, 8) > 0 ? rv(run, 8) : b->run_cost;
+        checks[3] = (check){lc, rv(run, 0) + rv(run, 3), 1, "run's call budget"};
+        checks[4] = (check){lt, rv(run, 1) + rv(run, 4), c->est_tokens, "run's token budget"};
+        checks[5] = (check){lx, rv(run, 2) + rv(run, 5), c->est_cost, "run's cost budget"};
     }
     for (int i = 0; i < 6; i++) {
         if (checks[i].limit <= 0)

@@ -80,6 +80,13 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
 void llm_cancel(llm_call *c);
 /* Ends every call now with err_kind "cancelled" (their done runs), at shutdown. */
 void llm_abort_all(llm *l, const char *why);
+/* A run's own budget (0: the configured run_* limit) and what it spent
+ * before (read back from the ledger when a run resumes). */
+void llm_run_budget(llm *l, const char *run_id, double calls, double tokens, double cost, double spent_calls,
+                    double spent_tokens, double spent_cost);
+void llm_run_spent(llm *l, const char *run_id, double *calls, double *tokens, double *cost);
+/* Drops a finished run's counters (a call still running re-creates them). */
+void llm_run_forget(llm *l, const char *run_id);
 json_t *llm_status_json(llm *l);
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);

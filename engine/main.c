@@ -26,6 +26,8 @@
 #include "llm.h"
 #include "log.h"
 #include "online.h"
+#include "registry.h"
+#include "runner.h"
 #include "script.h"
 #include "scriptio.h"
 #include "store.h"
@@ -124,6 +126,8 @@ typedef struct {
     httpc *httpc;
     llm *llm;
     scriptio *sio;
+    registry *reg;
+    runner *runner;
     api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
@@ -186,8 +190,12 @@ static void finish_stop(void *arg)
     close_handle((uv_handle_t *)&e->sigint);
     close_handle((uv_handle_t *)&e->sighup);
     close_watches(e);
+    runner_free(e->runner);
+    e->runner = NULL;
     store_close(e->store); /* flushes the writer: every queued write is committed */
     e->store = NULL;
+    registry_free(e->reg);
+    e->reg = NULL;
     online_free(e->online);
     e->online = NULL;
     catalog_free(e->cat);
@@ -204,13 +212,20 @@ static void finish_stop(void *arg)
     log_info("engine", "stopped");
 }
 
+static void after_runs_drained(void *arg)
+{
+    engine *e = arg;
+    online_drain(e->online, finish_stop, e);
+}
+
 static void finish_shutdown(http_server *srv)
 {
     (void)srv;
     engine *e = the_engine;
     uv_timer_stop(&e->shutdown_timer);
-    /* evaluations running finish and their results are written first */
-    online_drain(e->online, finish_stop, e);
+    /* runs' calls in flight end and their results are written, then the
+     * evaluations running finish and theirs are written */
+    runner_drain(e->runner, after_runs_drained, e);
 }
 
 static void on_shutdown_deadline(uv_timer_t *t)
@@ -228,6 +243,7 @@ static void begin_shutdown(engine *e, const char *why)
     e->stopping = true;
     e->api.draining = true;
     sd_notify(0, "STOPPING=1");
+    runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
     log_info("engine", "%s: stopping (finishing %d open connections)", why, http_server_connections(e->http));
@@ -367,6 +383,7 @@ static void apply_config(engine *e, config *n)
     c->scripts.reload_debounce_ms = n->scripts.reload_debounce_ms;
     c->evaluation = n->evaluation;
     online_configure(e->online, c);
+    runner_configure(e->runner, c);
     config_provider *pv = c->providers;
     size_t npv = c->nproviders;
     c->providers = n->providers;
@@ -654,6 +671,12 @@ static int cmd_serve(int argc, char **argv)
     configure_io(&e);
     script_vm_set_io(e.vm, scriptio_hooks(e.sio));
     e.online = online_new(e.loop, e.store, e.vm, e.cat, &e.cfg);
+    e.reg = registry_new(e.store);
+    if (registry_load(e.reg, err, sizeof err) != 0) {
+        log_error("engine", "cannot read the prompt registry: %s", err);
+        return EXIT_RUNTIME;
+    }
+    e.runner = runner_new(e.loop, e.store, e.reg, e.cat, e.vm, e.llm, &e.cfg);
     /* traces acknowledged but not evaluated before the last stop */
     for (size_t i = 0; i < e.cfg.nprompts; i++)
         if (online_has_prompt(e.online, e.cfg.prompts[i].name))
@@ -665,6 +688,8 @@ static int cmd_serve(int argc, char **argv)
     e.api.online = e.online;
     e.api.catalog = e.cat;
     e.api.llm = e.llm;
+    e.api.registry = e.reg;
+    e.api.runner = e.runner;
     e.api.reload = &e.reload;
     e.api.started_ms = now_ms();
     http_limits lim = {
@@ -678,6 +703,8 @@ static int cmd_serve(int argc, char **argv)
     };
     if (http_server_start(&e.http, e.loop, host, port, &lim, api_handle, &e.api, err, sizeof err) != 0) {
         log_error("engine", "%s", err);
+        runner_free(e.runner);
+        registry_free(e.reg);
         online_free(e.online);
         catalog_free(e.cat);
         script_vm_free(e.vm);
@@ -724,6 +751,10 @@ static int cmd_serve(int argc, char **argv)
     catalog_get_stats(e.cat, &cst);
     sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", addr, e.cfg.data_dir,
                cst.evaluators, e.cfg.nprompts);
+
+    int resumed = runner_resume(e.runner, err, sizeof err);
+    if (resumed < 0)
+        log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
 
     uv_run(e.loop, UV_RUN_DEFAULT);
 

@@ -956,6 +956,20 @@ bool script_push_json(lua_State *L, const char *json, size_t len)
     return rc == 0;
 }
 
+char *script_to_json(lua_State *L, int idx, char *err, size_t errlen)
+{
+    script_vm *vm = vm_of(L);
+    idx = lua_absindex(L, idx);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->null_ref);
+    if (luajson_encode(L, idx, -1, err, errlen) != 0) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    char *out = xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return out;
+}
+
 void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, const char *caller_kind,
                    const char *caller_name, script_push_args push, script_done done, void *ud)
 {

@@ -96,6 +96,9 @@ bool script_push_json(lua_State *L, const char *json, size_t len);
  * 256 texts): for options, which scripts treat as read-only. */
 bool script_push_json_cached(lua_State *L, const char *json, size_t len);
 
+/* The JSON text of the value at idx (malloc'd), or NULL with err. */
+char *script_to_json(lua_State *L, int idx, char *err, size_t errlen);
+
 /* Calls table[fn](args...) where table is the value at ref, as a new
  * coroutine, under budget_ms (0: the VM's default). It runs from the run
  * queue in a later loop turn; done is called then (or at once when the

@@ -15,8 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
-
-#define READ_POOL_MAX 8
+#include "store_private.h"
 
 struct store {
     uv_loop_t *loop;
@@ -25,6 +24,11 @@ struct store {
     sqlite3 *wdb;
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     sqlite3_stmt *ins_llm_call;
+    struct {
+        const char *sql;
+        sqlite3_stmt *st;
+    } op_stmts[64]; /* the statements of store_op writes, prepared on first use */
+    int nop_stmts;
     pthread_t writer;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -112,13 +116,106 @@ static const char *const migrations[] = {
     ") STRICT;"
     "CREATE INDEX llm_calls_by_ts ON llm_calls(ts);"
     "CREATE INDEX llm_calls_by_run ON llm_calls(run_id, ts) WHERE run_id IS NOT NULL;",
+
+    /* 4: the prompt registry, datasets and regression runs. A dataset case
+     * row belongs to the versions added <= v < removed. */
+    "CREATE TABLE prompts ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  pinned INTEGER NOT NULL,"
+    "  pin_reason TEXT,"
+    "  canary_share REAL NOT NULL"
+    ") STRICT;"
+    "CREATE TABLE prompt_versions ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  messages TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  parent INTEGER,"
+    "  author TEXT NOT NULL,"
+    "  note TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, version)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE prompt_labels ("
+    "  prompt TEXT NOT NULL, label TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, label)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE transitions ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER,"
+    "  from_status TEXT,"
+    "  to_status TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX transitions_by_prompt ON transitions(prompt, seq);"
+    "CREATE TABLE datasets ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  cases INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE TABLE dataset_cases ("
+    "  dataset TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  added INTEGER NOT NULL,"
+    "  removed INTEGER,"
+    "  body TEXT NOT NULL," /* {id, variables, expected?, tags, source_trace?} */
+    "  PRIMARY KEY (dataset, id, added)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE runs ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"   /* preparing, running, finished, incomplete, failed */
+    "  verdict TEXT,"
+    "  report TEXT,"
+    "  error TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  finished_at INTEGER"
+    ") STRICT;"
+    "CREATE INDEX runs_by_prompt ON runs(prompt, created_at);"
+    "CREATE TABLE run_cases ("
+    "  run_id TEXT NOT NULL,"
+    "  idx INTEGER NOT NULL,"
+    "  body TEXT NOT NULL," /* {id, source, variables, expected?, tags, trace_id?} */
+    "  PRIMARY KEY (run_id, idx)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE run_results ("
+    "  run_id TEXT NOT NULL,"
+    "  case_idx INTEGER NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  sample INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"  /* pass, fail, error */
+    "  output TEXT,"
+    "  error TEXT,"
+    "  verdicts TEXT,"
+    "  input_tokens INTEGER NOT NULL,"
+    "  output_tokens INTEGER NOT NULL,"
+    "  cost REAL NOT NULL,"
+    "  latency_ms REAL NOT NULL,"
+    "  cached INTEGER NOT NULL,"
+    "  PRIMARY KEY (run_id, case_idx, version, sample)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE result_cache ("
+    "  key TEXT PRIMARY KEY,"
+    "  result TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL"
+    ") STRICT, WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
 static void *writer_main(void *arg);
+static int apply_ops(store *s, const store_op *op);
 static void on_done_async(uv_async_t *h);
-static sqlite3 *read_acquire(store *s, char *err, size_t errlen);
-static void read_release(store *s, sqlite3 *db);
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
@@ -187,6 +284,9 @@ static void finalize_statements(store *s)
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
     }
+    for (int i = 0; i < s->nop_stmts; i++)
+        sqlite3_finalize(s->op_stmts[i].st);
+    s->nop_stmts = 0;
 }
 
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
@@ -319,7 +419,7 @@ void store_close(store *s)
 
 static size_t write_items(const store_write *w)
 {
-    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls;
+    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls + w->nops;
 }
 
 int store_submit(store *s, store_write *w)
@@ -382,6 +482,9 @@ void store_write_clear(store_write *w)
     w->nevals = 0;
     free(w->trace_results);
     free(w->feedback_results);
+    store_ops_free(w->ops);
+    w->ops = w->ops_tail = NULL;
+    w->nops = 0;
     w->traces = NULL;
     w->feedback = NULL;
     w->trace_results = w->feedback_results = NULL;
@@ -549,6 +652,57 @@ static int apply_write(store *s, store_write *w, int64_t received)
         if (rc != SQLITE_OK)
             return rc;
     }
+    return apply_ops(s, w->ops);
+}
+
+void store_ops_free(store_op *op)
+{
+    while (op) {
+        store_op *next = op->next;
+        for (int i = 0; i < op->n; i++)
+            free(op->v[i].s);
+        free(op);
+        op = next;
+    }
+}
+
+static sqlite3_stmt *op_statement(store *s, const char *sql)
+{
+    for (int i = 0; i < s->nop_stmts; i++)
+        if (s->op_stmts[i].sql == sql)
+            return s->op_stmts[i].st;
+    sqlite3_stmt *st = NULL;
+    if (s->nop_stmts == (int)(sizeof s->op_stmts / sizeof s->op_stmts[0]) ||
+        sqlite3_prepare_v3(s->wdb, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        log_error("store", "cannot prepare a statement: %s", sqlite3_errmsg(s->wdb));
+        return NULL;
+    }
+    s->op_stmts[s->nop_stmts].sql = sql;
+    s->op_stmts[s->nop_stmts++].st = st;
+    return st;
+}
+
+static int apply_ops(store *s, const store_op *op)
+{
+    for (; op; op = op->next) {
+        sqlite3_stmt *st = op_statement(s, op->sql);
+        if (!st)
+            return SQLITE_ERROR;
+        for (int i = 0; i < op->n; i++) {
+            const store_val *v = &op->v[i];
+            if (v->t == 'i')
+                sqlite3_bind_int64(st, i + 1, v->i);
+            else if (v->t == 'd')
+                sqlite3_bind_double(st, i + 1, v->d);
+            else if (v->t == 's' && v->s)
+                sqlite3_bind_text(st, i + 1, v->s, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, i + 1);
+        }
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
     return SQLITE_OK;
 }
 
@@ -569,7 +723,7 @@ void store_llm_call_clear(store_llm_call *c)
 int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
                      char *err, size_t errlen)
 {
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -595,14 +749,14 @@ int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *ca
     ret = 0;
 done:
     sqlite3_finalize(st);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }
 
 int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
                               size_t errlen)
 {
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -635,7 +789,7 @@ int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kin
     ret = 0;
 done:
     sqlite3_finalize(st);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }
 
@@ -703,7 +857,7 @@ static void *writer_main(void *arg)
     "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000), "          \
     "'$.verdict', " VERDICT_SQL "), '$.feedback')"
 
-static sqlite3 *read_acquire(store *s, char *err, size_t errlen)
+sqlite3 *store_read_acquire(store *s, char *err, size_t errlen)
 {
     pthread_mutex_lock(&s->read_mu);
     sqlite3 *db = s->read_free ? s->read_pool[--s->read_free] : NULL;
@@ -719,7 +873,7 @@ static sqlite3 *read_acquire(store *s, char *err, size_t errlen)
     return db;
 }
 
-static void read_release(store *s, sqlite3 *db)
+void store_read_release(store *s, sqlite3 *db)
 {
     pthread_mutex_lock(&s->read_mu);
     if (s->read_free < READ_POOL_MAX) {
@@ -762,7 +916,7 @@ static int add_scores(sqlite3 *db, const char *id, json_t *trace, char *err, siz
 
 int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen)
 {
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     int ret = -1;
@@ -816,13 +970,13 @@ done:
     json_decref(trace);
     sqlite3_finalize(st);
     sqlite3_finalize(fst);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }
 
 int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
 {
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     buf_t sql;
@@ -885,7 +1039,7 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
 done:
     sqlite3_finalize(st);
     buf_free(&sql);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }
 
@@ -893,7 +1047,7 @@ done:
 int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, char *err,
                               size_t errlen)
 {
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -929,7 +1083,7 @@ int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json,
     ret = 0;
 done:
     sqlite3_finalize(st);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }
 
@@ -939,7 +1093,7 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
 {
     *ids = NULL;
     *n = 0;
-    sqlite3 *db = read_acquire(s, err, errlen);
+    sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -971,6 +1125,6 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
     ret = 0;
 done:
     sqlite3_finalize(st);
-    read_release(s, db);
+    store_read_release(s, db);
     return ret;
 }

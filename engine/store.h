@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <jansson.h>
 #include <uv.h>
 
 #include "util.h"
@@ -87,6 +88,8 @@ typedef struct {
 
 typedef struct store_write store_write;
 typedef void (*store_done_cb)(store_write *w);
+/* A registry, dataset or run change, built by the store_put_* functions. */
+typedef struct store_op store_op;
 
 struct store_write {
     /* filled by the caller */
@@ -98,6 +101,8 @@ struct store_write {
     size_t nevals;
     store_llm_call *llm_calls;
     size_t nllm_calls;
+    store_op *ops, *ops_tail;  /* applied in order, after the items above */
+    size_t nops;
     store_done_cb done;
     void *data;
     /* filled by the store before done runs */
@@ -158,5 +163,74 @@ int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *ca
 /* Writes {"items":[...]} of the newest calls since since_ms, of one caller kind when given. */
 int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
                               size_t errlen);
+
+/* ---- the prompt registry, datasets and regression runs (store_registry.c) ----
+ * Writes: each function adds one change to w (strings are copied). The loop
+ * thread keeps the registry's state and checks every change before it gets
+ * here, so none of these can conflict in the writer. */
+void store_put_prompt(store_write *w, const char *name, const char *description, int64_t created_ms, bool pinned,
+                      const char *pin_reason, double canary_share);
+void store_put_version(store_write *w, const char *prompt, int64_t version, const char *messages_json,
+                       const char *model_json, int64_t parent, const char *author, const char *note,
+                       const char *status, int64_t created_ms);
+void store_set_version_status(store_write *w, const char *prompt, int64_t version, const char *status);
+void store_put_transition(store_write *w, const char *prompt, int64_t version, const char *from, const char *to,
+                          const char *reason, const char *actor, int64_t ts_ms);
+/* version 0 deletes the label */
+void store_put_label(store_write *w, const char *prompt, const char *label, int64_t version);
+void store_put_dataset(store_write *w, const char *name, const char *description, int64_t version, int64_t cases,
+                       int64_t created_ms, int64_t updated_ms);
+/* Ends the case's current row at version (it stays in the older versions). */
+void store_remove_case(store_write *w, const char *dataset, const char *id, int64_t version);
+void store_remove_all_cases(store_write *w, const char *dataset, int64_t version);
+void store_put_case(store_write *w, const char *dataset, const char *id, int64_t version, const char *body_json);
+void store_put_run(store_write *w, const char *id, const char *kind, const char *prompt, const char *spec_json,
+                   const char *state, int64_t created_ms);
+void store_finish_run(store_write *w, const char *id, const char *state, const char *verdict, const char *report_json,
+                      const char *error, int64_t finished_ms);
+void store_put_run_case(store_write *w, const char *run_id, int64_t idx, const char *body_json);
+typedef struct {
+    const char *run_id;
+    int64_t case_idx, version, sample;
+    const char *status;   /* pass, fail, error */
+    const char *output;   /* NULL when the call failed */
+    const char *error;
+    const char *verdicts; /* JSON array, or NULL */
+    int64_t input_tokens, output_tokens;
+    double cost, latency_ms;
+    bool cached;
+} store_run_result;
+void store_put_run_result(store_write *w, const store_run_result *r);
+void store_put_cache(store_write *w, const char *key, const char *result_json, int64_t ts_ms);
+
+/* Reads (any thread). The registry's whole state at start:
+ * prompts {name: {description, created_at, pinned, pin_reason, canary_share,
+ * labels {}, versions [..]}} and datasets {name: {description, version, cases,
+ * created_at, updated_at}}. */
+int store_load_registry(store *s, json_t **prompts, json_t **datasets, char *err, size_t errlen);
+/* {"items":[{version, from, to, reason, actor, at}]} oldest first, after seq cursor */
+int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
+                                size_t errlen);
+/* The cases of a dataset version, as an array of case objects in id order. */
+int store_dataset_cases(store *s, const char *dataset, int64_t version, json_t **cases, char *err, size_t errlen);
+/* The newest failed traces of prompt with since <= ts < until that carry
+ * input.variables: [{trace_id, variables, reasons}] (reasons: failed scores). */
+int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, int limit,
+                             json_t **cases, char *err, size_t errlen);
+/* Looks up n cache keys; results[i] is the stored JSON or NULL (free each). */
+int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen);
+/* A run: {id, kind, prompt, spec, state, verdict, report, error, created_at, finished_at}; 1 when none. */
+int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errlen);
+/* Runs, newest first, of one prompt when given; states only (no reports). */
+int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
+/* Ids of the runs in a state (preparing, running) for resuming at start. */
+int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
+int store_run_cases(store *s, const char *run_id, json_t **cases, char *err, size_t errlen);
+/* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */
+int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);
+/* Full results of some cases (all when case_idx is NULL): [{case, version, sample, status, output, error,
+ * verdicts, input_tokens, output_tokens, cost, latency_ms, cached}] */
+int store_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
+                      int limit, json_t **rows, char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,1065 @@
+/* api_registry.c — the /v1/prompts, /v1/datasets and /v1/runs endpoints.
+ * Changes are checked and applied by the registry on the loop thread and
+ * answered once the store has committed them; reads of cases, results and
+ * the audit log run in the thread pool. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_private.h"
+#include "log.h"
+
+#define MAX_NAME 128
+
+/* ---- helpers ---- */
+
+static void respond_json(http_request *req, int status, json_t *v)
+{
+    char *t = json_dumps(v, JSON_COMPACT);
+    http_respond(req, status, "application/json", NULL, t, strlen(t));
+    free(t);
+}
+
+static void respond_reg_error(http_request *req, const reg_error *e)
+{
+    if (e->field[0])
+        http_respond_field_error(req, e->status, e->code, e->field, "%s", e->message);
+    else
+        http_respond_error(req, e->status, e->code, "%s", e->message);
+}
+
+/* The body as a JSON object (an empty body is {}), or NULL having answered. */
+static json_t *body_object(http_request *req)
+{
+    if (req->body.len == 0)
+        return json_object();
+    const char *ct = http_header_get(req, "content-type");
+    if (ct && strncasecmp(ct, "application/json", 16) != 0) {
+        http_respond_field_error(req, 415, "unsupported_media_type", "content-type", "send application/json");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *b = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(b)) {
+        http_respond_error(req, 400, "invalid_json", "the body must be a JSON object: %s",
+                           b ? "got another JSON value" : je.text);
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Who made a change: the X-Ratchet-Actor header (the CLI sends user@host), else "api". */
+static const char *actor_of(http_request *req)
+{
+    const char *a = http_header_get(req, "x-ratchet-actor");
+    return a && *a && strlen(a) <= 128 ? a : "api";
+}
+
+/* Checks the body's fields against a list; false having answered. */
+static bool known_fields(http_request *req, json_t *body, const char *const *known, const char *list)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        bool ok = false;
+        for (const char *const *f = known; *f && !ok; f++)
+            ok = !strcmp(*f, k);
+        if (!ok) {
+            http_respond_field_error(req, 400, "invalid_field", k, "unknown field '%s' (known: %s)", k, list);
+            return false;
+        }
+    }
+    return true;
+}
+
+typedef struct {
+    api *a;
+    http_request *req;
+    int status;
+    json_t *answer;
+    char *dataset; /* unlocked after the commit */
+    store_write w;
+} commit_job;
+
+static void reload_work(uv_work_t *w)
+{
+    registry *r = w->data;
+    char err[256];
+    if (registry_load(r, err, sizeof err) != 0)
+        log_error("registry", "reloading after a failed commit: %s", err);
+}
+
+static void reload_after(uv_work_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
+static void on_committed(store_write *w)
+{
+    commit_job *j = w->data;
+    if (w->status == 0) {
+        respond_json(j->req, j->status, j->answer);
+    } else {
+        http_respond_error(j->req, 503, "store_error", "the change could not be stored; nothing changed");
+        /* memory moved ahead of the store: read the truth back */
+        uv_work_t *rw = xcalloc(1, sizeof *rw);
+        rw->data = j->a->registry;
+        uv_queue_work(j->a->loop, rw, reload_work, reload_after);
+    }
+    if (j->dataset)
+        registry_dataset_unlock(j->a->registry, j->dataset);
+    store_write_clear(w);
+    json_decref(j->answer);
+    free(j->dataset);
+    free(j);
+}
+
+/* Submits j->w and answers (status, answer) after the commit. */
+static void commit(commit_job *j)
+{
+    j->w.done = on_committed;
+    j->w.data = j;
+    if (store_submit(j->a->store, &j->w) != 0) {
+        http_respond_error(j->req, 503, "overloaded", "the store's write queue is full; retry later");
+        if (j->dataset)
+            registry_dataset_unlock(j->a->registry, j->dataset);
+        store_write_clear(&j->w);
+        json_decref(j->answer);
+        free(j->dataset);
+        free(j);
+    }
+}
+
+static commit_job *commit_new(api *a, http_request *req)
+{
+    commit_job *j = xcalloc(1, sizeof *j);
+    j->a = a;
+    j->req = req;
+    return j;
+}
+
+static void commit_drop(commit_job *j)
+{
+    store_write_clear(&j->w);
+    json_decref(j->answer);
+    free(j->dataset);
+    free(j);
+}
+
+/* Splits "a/b/c" into up to n segments (in buf); returns how many. */
+static int split_path(const char *path, char *buf, size_t buflen, char **seg, int n)
+{
+    snprintf(buf, buflen, "%s", path);
+    int k = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, "/", &save); t && k < n + 1; t = strtok_r(NULL, "/", &save))
+        seg[k++] = t;
+    return k;
+}
+
+static bool version_number(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < 1)
+        return false;
+    *out = v;
+    return true;
+}
+
+static json_t *version_view(const char *name, json_t *v)
+{
+    json_t *o = json_deep_copy(v);
+    char when[32];
+    rfc3339_format(json_integer_value(json_object_get(v, "created_ms")), when);
+    json_object_del(o, "created_ms");
+    json_object_set_new(o, "created_at", json_string(when));
+    json_object_set_new(o, "prompt", json_string(name));
+    json_object_set_new(o, "variables", template_variables(json_object_get(v, "messages")));
+    return o;
+}
+
+static json_t *prompt_view(registry *r, const char *name, json_t *p)
+{
+    char when[32];
+    rfc3339_format(json_integer_value(json_object_get(p, "created_ms")), when);
+    int64_t prod = registry_version_in(r, name, "production"), canary = registry_version_in(r, name, "canary");
+    return json_pack("{s:s, s:O, s:s, s:O, s:O, s:o, s:o, s:O, s:O, s:I}", "name", name, "description",
+                     json_object_get(p, "description"), "created_at", when, "pinned", json_object_get(p, "pinned"),
+                     "pin_reason", json_object_get(p, "pin_reason"), "production",
+                     prod ? json_integer(prod) : json_null(), "canary", canary ? json_integer(canary) : json_null(),
+                     "canary_share", json_object_get(p, "canary_share"), "labels", json_object_get(p, "labels"),
+                     "versions", (json_int_t)json_array_size(json_object_get(p, "versions")));
+}
+
+/* ---- prompts ---- */
+
+static void list_prompts(api *a, http_request *req)
+{
+    json_t *items = json_array();
+    const char *name;
+    json_t *p;
+    json_object_foreach(registry_prompts(a->registry), name, p)
+        json_array_append_new(items, prompt_view(a->registry, name, p));
+    json_t *root = json_pack("{s:o}", "items", items);
+    respond_json(req, 200, root);
+    json_decref(root);
+}
+
+static void create_prompt(api *a, http_request *req)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {"name", "description", "canary_share", NULL};
+    const char *name = json_string_value(json_object_get(body, "name"));
+    if (known_fields(req, body, known, "name, description, canary_share")) {
+        commit_job *j = commit_new(a, req);
+        reg_error e;
+        if (!name) {
+            http_respond_field_error(req, 400, "invalid_field", "name", "'name' must be the prompt's name");
+            commit_drop(j);
+        } else if (registry_create_prompt(a->registry, name, body, actor_of(req), &j->w, &e)) {
+            respond_reg_error(req, &e);
+            commit_drop(j);
+        } else {
+            j->status = 201;
+            j->answer = prompt_view(a->registry, name, registry_prompt(a->registry, name));
+            commit(j);
+        }
+    }
+    json_decref(body);
+}
+
+/* GET /v1/prompts/{name}?key=&label=&version=&var.NAME=... */
+static void resolve_prompt(api *a, http_request *req, const char *name)
+{
+    char key[512] = "", label[MAX_NAME + 1] = "";
+    int kr = http_query_get(req, "key", key, sizeof key);
+    int lr = http_query_get(req, "label", label, sizeof label);
+    long long version = 0;
+    if (kr < 0) {
+        http_respond_field_error(req, 400, "invalid_parameter", "key", "'key' must be at most 511 bytes");
+        return;
+    }
+    if (lr < 0) {
+        http_respond_field_error(req, 400, "invalid_parameter", "label", "'label' must be a label name");
+        return;
+    }
+    if (!api_int_param(req, "version", 1, 1000000000, &version))
+        return;
+    json_t *vars = NULL;
+    for (const char *p = req->query; p && *p;) {
+        size_t n = strcspn(p, "=&");
+        if (n > 4 && !strncmp(p, "var.", 4)) {
+            char k[MAX_NAME + 8], val[16384];
+            snprintf(k, sizeof k, "%.*s", (int)(n < MAX_NAME + 4 ? n : MAX_NAME + 4), p);
+            if (http_query_get(req, k, val, sizeof val) < 0) {
+                json_decref(vars);
+                http_respond_field_error(req, 400, "invalid_parameter", k, "'%s' is not a valid value (at most 16 KiB)",
+                                         k);
+                return;
+            }
+            if (!vars)
+                vars = json_object();
+            json_object_set_new(vars, k + 4, json_string(val));
+        } else if (!(n == 3 && !strncmp(p, "key", 3)) && !(n == 5 && !strncmp(p, "label", 5)) &&
+                   !(n == 7 && !strncmp(p, "version", 7))) {
+            char k[64];
+            snprintf(k, sizeof k, "%.*s", (int)(n < 60 ? n : 60), p);
+            json_decref(vars);
+            http_respond_field_error(req, 400, "invalid_parameter", k,
+                                     "unknown query parameter '%s' (known: key, label, version, var.NAME)", k);
+            return;
+        }
+        p = strchr(p, '&');
+        if (p)
+            p++;
+    }
+    buf_t out;
+    buf_init(&out);
+    reg_error e;
+    if (registry_resolve(a->registry, name, kr > 0 ? key : NULL, lr > 0 ? label : NULL, version, vars, &out, &e))
+        respond_reg_error(req, &e);
+    else
+        http_respond(req, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
+    buf_free(&out);
+    json_decref(vars);
+}
+
+static void add_version(api *a, http_request *req, const char *name)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    commit_job *j = commit_new(a, req);
+    reg_error e;
+    int64_t v;
+    if (registry_add_version(a->registry, name, body, actor_of(req), &j->w, &v, &e)) {
+        respond_reg_error(req, &e);
+        commit_drop(j);
+    } else {
+        j->status = 201;
+        j->answer = version_view(name, registry_version(a->registry, name, v));
+        commit(j);
+    }
+    json_decref(body);
+}
+
+static void list_versions(api *a, http_request *req, const char *name)
+{
+    json_t *p = registry_prompt(a->registry, name);
+    if (!p) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
+        return;
+    }
+    json_t *items = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(p, "versions"), i, v) {
+        json_t *o = version_view(name, v);
+        json_object_del(o, "messages");
+        json_array_append_new(items, o);
+    }
+    json_t *root = json_pack("{s:o, s:o}", "prompt", prompt_view(a->registry, name, p), "items", items);
+    respond_json(req, 200, root);
+    json_decref(root);
+}
+
+static void show_version(api *a, http_request *req, const char *name, const char *vs)
+{
+    int64_t v;
+    if (!version_number(vs, &v)) {
+        http_respond_field_error(req, 400, "invalid_parameter", "version", "a version is a number from 1");
+        return;
+    }
+    if (!registry_prompt(a->registry, name)) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
+        return;
+    }
+    json_t *ver = registry_version(a->registry, name, v);
+    if (!ver) {
+        http_respond_field_error(req, 404, "unknown_version", "version", "prompt '%s' has no version %lld", name,
+                                 (long long)v);
+        return;
+    }
+    json_t *o = version_view(name, ver);
+    respond_json(req, 200, o);
+    json_decref(o);
+}
+
+static void diff_versions(api *a, http_request *req, const char *name)
+{
+    static const char *const known[] = {"from", "to", NULL};
+    long long from = 0, to = 0;
+    if (!api_known_params(req, known) || !api_int_param(req, "from", 1, 1000000000, &from) ||
+        !api_int_param(req, "to", 1, 1000000000, &to))
+        return;
+    if (!from || !to) {
+        http_respond_field_error(req, 400, "invalid_parameter", from ? "to" : "from",
+                                 "give both versions: ?from=N&to=M");
+        return;
+    }
+    json_t *out;
+    reg_error e;
+    if (registry_diff(a->registry, name, from, to, &out, &e)) {
+        respond_reg_error(req, &e);
+        return;
+    }
+    respond_json(req, 200, out);
+    json_decref(out);
+}
+
+/* POST /v1/prompts/{name}/{promote|rollback|canary|pin|unpin} */
+static void prompt_action(api *a, http_request *req, const char *name, const char *action)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {"version", "reason", "share", NULL};
+    if (!known_fields(req, body, known, "version, reason, share")) {
+        json_decref(body);
+        return;
+    }
+    json_t *vj = json_object_get(body, "version"), *rj = json_object_get(body, "reason"),
+           *sj = json_object_get(body, "share");
+    int64_t version = json_integer_value(vj);
+    const char *reason = json_string_value(rj);
+    char defreason[64];
+    snprintf(defreason, sizeof defreason, "manual %s", action);
+    commit_job *j = commit_new(a, req);
+    reg_error e = {0};
+    int rc;
+    if (vj && (!json_is_integer(vj) || version < 1)) {
+        reg_fail(&e, 400, "invalid_field", "version", "'version' must be a version number");
+        rc = 400;
+    } else if (rj && (!json_is_string(rj) || json_string_length(rj) > 1024)) {
+        reg_fail(&e, 400, "invalid_field", "reason", "'reason' must be a string of at most 1024 bytes");
+        rc = 400;
+    } else if (sj && (!json_is_number(sj) || json_number_value(sj) <= 0 || json_number_value(sj) > 1)) {
+        reg_fail(&e, 400, "invalid_field", "share", "'share' must be a number above 0 and at most 1");
+        rc = 400;
+    } else if ((!strcmp(action, "promote") || !strcmp(action, "canary")) && !vj) {
+        reg_fail(&e, 400, "invalid_field", "version", "'%s' needs the version", action);
+        rc = 400;
+    } else if (!strcmp(action, "promote")) {
+        rc = registry_promote(a->registry, name, version, reason ? reason : defreason, actor_of(req), &j->w, &e);
+    } else if (!strcmp(action, "canary")) {
+        rc = registry_start_canary(a->registry, name, version, sj ? json_number_value(sj) : 0,
+                                   reason ? reason : defreason, actor_of(req), &j->w, &e);
+    } else if (!strcmp(action, "rollback")) {
+        rc = registry_rollback(a->registry, name, version, reason ? reason : defreason, actor_of(req), &j->w, &e);
+    } else {
+        rc = registry_pin(a->registry, name, !strcmp(action, "pin"), reason ? reason : defreason, actor_of(req),
+                          &j->w, &e);
+    }
+    if (rc) {
+        respond_reg_error(req, &e);
+        commit_drop(j);
+    } else {
+        j->status = 200;
+        j->answer = prompt_view(a->registry, name, registry_prompt(a->registry, name));
+        commit(j);
+    }
+    json_decref(body);
+}
+
+static void set_label(api *a, http_request *req, const char *name, const char *label, bool remove)
+{
+    json_t *body = remove ? json_object() : body_object(req);
+    if (!body)
+        return;
+    json_t *vj = json_object_get(body, "version");
+    commit_job *j = commit_new(a, req);
+    reg_error e;
+    static const char *const known[] = {"version", NULL};
+    if (!known_fields(req, body, known, "version")) {
+        commit_drop(j);
+    } else if (!remove && (!json_is_integer(vj) || json_integer_value(vj) < 1)) {
+        http_respond_field_error(req, 400, "invalid_field", "version", "'version' must be the version to label");
+        commit_drop(j);
+    } else if (registry_set_label(a->registry, name, label, remove ? 0 : json_integer_value(vj), actor_of(req), &j->w,
+                                  &e)) {
+        respond_reg_error(req, &e);
+        commit_drop(j);
+    } else {
+        j->status = 200;
+        j->answer = prompt_view(a->registry, name, registry_prompt(a->registry, name));
+        commit(j);
+    }
+    json_decref(body);
+}
+
+/* ---- reads in the thread pool ---- */
+
+typedef struct read_task read_task;
+struct read_task {
+    uv_work_t work;
+    api *a;
+    http_request *req;
+    char *name, *id, *extra;
+    int64_t n1, n2, n3;
+    int limit;
+    int rc;
+    char err[600];
+    buf_t out;
+    json_t *j1, *j2;
+    const char *content_type;
+    void (*work_fn)(read_task *t);
+    void (*after_fn)(read_task *t);
+};
+
+static void task_work(uv_work_t *w)
+{
+    read_task *t = w->data;
+    t->work_fn(t);
+}
+
+static void task_after(uv_work_t *w, int status)
+{
+    (void)status;
+    read_task *t = w->data;
+    if (t->after_fn) {
+        t->after_fn(t);
+    } else if (t->rc == 0) {
+        http_respond(t->req, 200, t->content_type ? t->content_type : "application/json", NULL, t->out.data,
+                     t->out.len);
+    } else if (t->rc == 1) {
+        http_respond_error(t->req, 404, "not_found", "%s", t->err);
+    } else {
+        log_error("api", "read failed (id=%s): %s", t->req->id, t->err);
+        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+    }
+    buf_free(&t->out);
+    json_decref(t->j1);
+    json_decref(t->j2);
+    free(t->name);
+    free(t->id);
+    free(t->extra);
+    free(t);
+}
+
+static read_task *task_new(api *a, http_request *req, void (*fn)(read_task *))
+{
+    read_task *t = xcalloc(1, sizeof *t);
+    t->a = a;
+    t->req = req;
+    t->work.data = t;
+    t->work_fn = fn;
+    buf_init(&t->out);
+    return t;
+}
+
+static void task_queue(read_task *t)
+{
+    uv_queue_work(t->a->loop, &t->work, task_work, task_after);
+}
+
+static void history_work(read_task *t)
+{
+    t->rc = store_list_transitions_json(t->a->store, t->name, t->n1, t->limit, &t->out, t->err, sizeof t->err);
+}
+
+static void prompt_history(api *a, http_request *req, const char *name)
+{
+    static const char *const known[] = {"cursor", "limit", NULL};
+    long long cursor = 0, limit = 100;
+    if (!api_known_params(req, known) || !api_int_param(req, "cursor", 0, INT64_MAX, &cursor) ||
+        !api_int_param(req, "limit", 1, 1000, &limit))
+        return;
+    if (!registry_prompt(a->registry, name)) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
+        return;
+    }
+    read_task *t = task_new(a, req, history_work);
+    t->name = xstrdup(name);
+    t->n1 = cursor;
+    t->limit = (int)limit;
+    task_queue(t);
+}
+
+static void route_prompts(api *a, http_request *req, char **seg, int n)
+{
+    const char *m = req->method;
+    if (n == 2) {
+        if (!strcmp(m, "GET"))
+            list_prompts(a, req);
+        else if (!strcmp(m, "POST"))
+            create_prompt(a, req);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
+        return;
+    }
+    const char *name = seg[2];
+    if (n == 3) {
+        if (!strcmp(m, "GET"))
+            resolve_prompt(a, req, name);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+    } else if (n == 4 && !strcmp(seg[3], "versions")) {
+        if (!strcmp(m, "GET"))
+            list_versions(a, req, name);
+        else if (!strcmp(m, "POST"))
+            add_version(a, req, name);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
+    } else if (n == 5 && !strcmp(seg[3], "versions")) {
+        if (!strcmp(m, "GET"))
+            show_version(a, req, name, seg[4]);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+    } else if (n == 4 && !strcmp(seg[3], "diff")) {
+        if (!strcmp(m, "GET"))
+            diff_versions(a, req, name);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+    } else if (n == 4 && !strcmp(seg[3], "history")) {
+        if (!strcmp(m, "GET"))
+            prompt_history(a, req, name);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+    } else if (n == 4 && (!strcmp(seg[3], "promote") || !strcmp(seg[3], "rollback") || !strcmp(seg[3], "canary") ||
+                          !strcmp(seg[3], "pin") || !strcmp(seg[3], "unpin"))) {
+        if (!strcmp(m, "POST"))
+            prompt_action(a, req, name, seg[3]);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+    } else if (n == 5 && !strcmp(seg[3], "labels")) {
+        if (!strcmp(m, "PUT"))
+            set_label(a, req, name, seg[4], false);
+        else if (!strcmp(m, "DELETE"))
+            set_label(a, req, name, seg[4], true);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use PUT or DELETE");
+    } else {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
+    }
+}
+
+/* ---- datasets ---- */
+
+static json_t *dataset_view(const char *name, json_t *d)
+{
+    char c[32], u[32];
+    rfc3339_format(json_integer_value(json_object_get(d, "created_ms")), c);
+    rfc3339_format(json_integer_value(json_object_get(d, "updated_ms")), u);
+    return json_pack("{s:s, s:O, s:O, s:O, s:s, s:s}", "name", name, "description", json_object_get(d, "description"),
+                     "version", json_object_get(d, "version"), "cases", json_object_get(d, "cases"), "created_at", c,
+                     "updated_at", u);
+}
+
+static void export_work(read_task *t)
+{
+    json_t *cases;
+    t->rc = store_dataset_cases(t->a->store, t->name, t->n1, &cases, t->err, sizeof t->err);
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        char *s = json_dumps(c, JSON_COMPACT);
+        buf_puts(&t->out, s);
+        buf_puts(&t->out, "\n");
+        free(s);
+    }
+    json_decref(cases);
+    t->content_type = "application/x-ndjson";
+}
+
+static void change_work(read_task *t)
+{
+    /* the current cases, for the duplicate check */
+    if (t->n1 > 0)
+        t->rc = store_dataset_cases(t->a->store, t->name, t->n1, &t->j2, t->err, sizeof t->err);
+    else
+        t->j2 = json_array();
+}
+
+/* j1: {mode, cases, removed, answer fields} */
+static void change_after(read_task *t)
+{
+    api *a = t->a;
+    if (t->rc != 0) {
+        registry_dataset_unlock(a->registry, t->name);
+        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+        return;
+    }
+    commit_job *j = commit_new(a, t->req);
+    reg_error e;
+    int64_t v;
+    if (registry_dataset_change(a->registry, t->name, json_string_value(json_object_get(t->j1, "mode")),
+                                json_object_get(t->j1, "cases"), json_object_get(t->j1, "removed"), t->j2, &j->w, &v,
+                                &e)) {
+        registry_dataset_unlock(a->registry, t->name);
+        respond_reg_error(t->req, &e);
+        commit_drop(j);
+        return;
+    }
+    j->dataset = xstrdup(t->name);
+    j->status = 200;
+    j->answer = dataset_view(t->name, registry_dataset(a->registry, t->name));
+    json_object_set_new(j->answer, "changed", json_integer((json_int_t)json_array_size(json_object_get(t->j1, "cases")) +
+                                                           (json_int_t)json_array_size(json_object_get(t->j1, "removed"))));
+    commit(j);
+}
+
+/* Starts a dataset change: the current version's cases are read in the pool. */
+static void dataset_change(api *a, http_request *req, const char *name, const char *mode, json_t *cases,
+                           json_t *removed)
+{
+    reg_error e;
+    if (!registry_name_ok(name)) {
+        http_respond_field_error(req, 400, "invalid_parameter", "dataset",
+                                 "a dataset name is 1 to 128 letters, digits and - _ . :");
+        json_decref(cases);
+        json_decref(removed);
+        return;
+    }
+    if (registry_dataset_lock(a->registry, name, &e)) {
+        respond_reg_error(req, &e);
+        json_decref(cases);
+        json_decref(removed);
+        return;
+    }
+    read_task *t = task_new(a, req, change_work);
+    t->after_fn = change_after;
+    t->name = xstrdup(name);
+    json_t *d = registry_dataset(a->registry, name);
+    t->n1 = d ? json_integer_value(json_object_get(d, "version")) : 0;
+    t->j1 = json_pack("{s:s, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_array(), "removed",
+                      removed ? removed : json_array());
+    task_queue(t);
+}
+
+static void import_cases(api *a, http_request *req, const char *name)
+{
+    static const char *const known[] = {"mode", NULL};
+    if (!api_known_params(req, known))
+        return;
+    char mode[16] = "append";
+    int mr = http_query_get(req, "mode", mode, sizeof mode);
+    if (mr < 0 || (strcmp(mode, "append") && strcmp(mode, "upsert") && strcmp(mode, "replace"))) {
+        http_respond_field_error(req, 400, "invalid_parameter", "mode", "'mode' must be append, upsert or replace");
+        return;
+    }
+    json_t *cases;
+    reg_error e;
+    if (dataset_parse_cases(req->body.data ? req->body.data : "", req->body.len, &cases, &e)) {
+        respond_reg_error(req, &e);
+        return;
+    }
+    dataset_change(a, req, name, mode, cases, NULL);
+}
+
+static void from_trace_work(read_task *t)
+{
+    t->rc = store_get_trace_json(t->a->store, t->id, &t->out, t->err, sizeof t->err);
+    if (t->rc == 1)
+        snprintf(t->err, sizeof t->err, "no trace has id '%s'", t->id);
+}
+
+static void from_trace_after(read_task *t)
+{
+    if (t->rc != 0) {
+        if (t->rc == 1)
+            http_respond_field_error(t->req, 404, "unknown_trace", "trace_id", "%s", t->err);
+        else
+            http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+        return;
+    }
+    json_t *trace = json_loadb(t->out.data, t->out.len, 0, NULL);
+    json_t *vars = json_object_get(json_object_get(trace, "input"), "variables");
+    if (!json_is_object(vars)) {
+        http_respond_field_error(t->req, 409, "no_variables", "trace_id",
+                                 "trace '%s' has no input.variables, so it cannot become a case", t->id);
+        json_decref(trace);
+        return;
+    }
+    json_t *c = json_pack("{s:O, s:s}", "variables", vars, "source_trace", t->id);
+    json_t *b = t->j1;
+    if (json_object_get(b, "id"))
+        json_object_set(c, "id", json_object_get(b, "id"));
+    if (json_object_get(b, "tags"))
+        json_object_set(c, "tags", json_object_get(b, "tags"));
+    json_object_set(c, "expected", json_object_get(b, "expected") ? json_object_get(b, "expected")
+                                                                    : json_object_get(trace, "output"));
+    json_decref(trace);
+    char *text = json_dumps(c, JSON_COMPACT);
+    json_decref(c);
+    json_t *cases;
+    reg_error e;
+    int rc = dataset_parse_cases(text, strlen(text), &cases, &e);
+    free(text);
+    if (rc) {
+        respond_reg_error(t->req, &e);
+        return;
+    }
+    dataset_change(t->a, t->req, t->name, "upsert", cases, NULL);
+}
+
+/* POST /v1/datasets/{name}/from-trace {trace_id, expected?, id?, tags?} */
+static void case_from_trace(api *a, http_request *req, const char *name)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {"trace_id", "expected", "id", "tags", NULL};
+    if (!known_fields(req, body, known, "trace_id, expected, id, tags")) {
+        json_decref(body);
+        return;
+    }
+    const char *tid = json_string_value(json_object_get(body, "trace_id"));
+    if (!tid || !*tid || strlen(tid) > 128) {
+        http_respond_field_error(req, 400, "invalid_field", "trace_id", "'trace_id' must be a trace id");
+        json_decref(body);
+        return;
+    }
+    read_task *t = task_new(a, req, from_trace_work);
+    t->after_fn = from_trace_after;
+    t->name = xstrdup(name);
+    t->id = xstrdup(tid);
+    t->j1 = body;
+    task_queue(t);
+}
+
+static void route_datasets(api *a, http_request *req, char **seg, int n)
+{
+    const char *m = req->method;
+    if (n == 2) {
+        if (strcmp(m, "GET")) {
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        json_t *items = json_array();
+        const char *name;
+        json_t *d;
+        json_object_foreach(registry_datasets(a->registry), name, d)
+            json_array_append_new(items, dataset_view(name, d));
+        json_t *root = json_pack("{s:o}", "items", items);
+        respond_json(req, 200, root);
+        json_decref(root);
+        return;
+    }
+    const char *name = seg[2];
+    json_t *d = registry_dataset(a->registry, name);
+    if (n == 3) {
+        if (strcmp(m, "GET")) {
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+        } else if (!d) {
+            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
+        } else {
+            json_t *o = dataset_view(name, d);
+            respond_json(req, 200, o);
+            json_decref(o);
+        }
+    } else if (n == 4 && !strcmp(seg[3], "cases")) {
+        if (!strcmp(m, "POST")) {
+            import_cases(a, req, name);
+        } else if (!strcmp(m, "GET")) {
+            static const char *const known[] = {"version", NULL};
+            long long version = 0;
+            if (!api_known_params(req, known) || !api_int_param(req, "version", 1, 1000000000, &version))
+                return;
+            if (!d) {
+                http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
+                return;
+            }
+            int64_t cur = json_integer_value(json_object_get(d, "version"));
+            if (version > cur) {
+                http_respond_field_error(req, 404, "unknown_version", "version", "dataset '%s' has versions 1 to %lld",
+                                         name, (long long)cur);
+                return;
+            }
+            read_task *t = task_new(a, req, export_work);
+            t->name = xstrdup(name);
+            t->n1 = version ? version : cur;
+            task_queue(t);
+        } else {
+            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
+        }
+    } else if (n == 5 && !strcmp(seg[3], "cases")) {
+        if (strcmp(m, "DELETE")) {
+            http_respond_error(req, 405, "method_not_allowed", "use DELETE");
+        } else if (!d) {
+            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
+        } else {
+            json_t *removed = json_pack("[s]", seg[4]);
+            dataset_change(a, req, name, "upsert", NULL, removed);
+        }
+    } else if (n == 4 && !strcmp(seg[3], "from-trace")) {
+        if (strcmp(m, "POST"))
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+        else
+            case_from_trace(a, req, name);
+    } else {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
+    }
+}
+
+/* ---- runs ---- */
+
+static void on_run_started(const char *id, json_t *view, const reg_error *e, void *ud)
+{
+    http_request *req = ud;
+    (void)id;
+    if (e)
+        respond_reg_error(req, e);
+    else
+        respond_json(req, 201, view);
+}
+
+static void start_run(api *a, http_request *req)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    reg_error e;
+    if (runner_start(a->runner, body, actor_of(req), on_run_started, req, &e))
+        respond_reg_error(req, &e);
+    json_decref(body);
+}
+
+static void get_run_work(read_task *t)
+{
+    t->rc = store_get_run(t->a->store, t->id, &t->j1, t->err, sizeof t->err);
+    if (t->rc == 1)
+        snprintf(t->err, sizeof t->err, "no run has id '%s'", t->id);
+}
+
+static void get_run_after(read_task *t)
+{
+    if (t->rc != 0) {
+        if (t->rc == 1)
+            http_respond_field_error(t->req, 404, "unknown_run", "id", "%s", t->err);
+        else
+            http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+        return;
+    }
+    json_t *p = runner_progress(t->a->runner, t->id);
+    if (p)
+        json_object_set_new(t->j1, "progress", p);
+    json_object_del(t->j1, "created_ms");
+    respond_json(t->req, 200, t->j1);
+}
+
+static void list_runs_work(read_task *t)
+{
+    t->rc = store_list_runs(t->a->store, t->name, t->limit, &t->j1, t->err, sizeof t->err);
+}
+
+static void list_runs_after(read_task *t)
+{
+    if (t->rc != 0) {
+        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+        return;
+    }
+    size_t i;
+    json_t *r;
+    json_array_foreach(t->j1, i, r) {
+        json_t *p = runner_progress(t->a->runner, json_string_value(json_object_get(r, "id")));
+        if (p)
+            json_object_set_new(r, "progress", p);
+        json_object_del(r, "created_ms");
+    }
+    json_t *root = json_pack("{s:O}", "items", t->j1);
+    respond_json(t->req, 200, root);
+    json_decref(root);
+}
+
+static void results_work(read_task *t)
+{
+    json_t *rows;
+    int64_t idx = t->n1;
+    t->rc = store_run_results(t->a->store, t->id, t->n1 >= 0 ? &idx : NULL, 1, t->n2, t->limit, &rows, t->err,
+                              sizeof t->err);
+    json_t *cases;
+    if (t->rc == 0)
+        t->rc = store_run_cases(t->a->store, t->id, &cases, t->err, sizeof t->err);
+    else
+        cases = json_array();
+    size_t i;
+    json_t *r;
+    int64_t last = -1;
+    json_array_foreach(rows, i, r) {
+        json_t *c = json_array_get(cases, (size_t)json_integer_value(json_object_get(r, "case")));
+        json_object_set(r, "case_id", json_object_get(c, "id"));
+        last = json_integer_value(json_object_get(r, "case"));
+    }
+    json_t *root = json_pack("{s:o, s:o}", "items", rows, "next_cursor",
+                             (int)json_array_size(rows) >= t->limit && last >= 0 ? json_integer(last) : json_null());
+    char *s = json_dumps(root, JSON_COMPACT);
+    buf_puts(&t->out, s);
+    free(s);
+    json_decref(root);
+    json_decref(cases);
+}
+
+static void route_runs(api *a, http_request *req, char **seg, int n)
+{
+    const char *m = req->method;
+    if (!a->runner) {
+        http_respond_error(req, 503, "unavailable", "regression runs are not available");
+        return;
+    }
+    if (n == 2) {
+        if (!strcmp(m, "POST")) {
+            start_run(a, req);
+        } else if (!strcmp(m, "GET")) {
+            static const char *const known[] = {"prompt", "limit", NULL};
+            long long limit = 50;
+            char prompt[MAX_NAME + 1];
+            if (!api_known_params(req, known) || !api_int_param(req, "limit", 1, 1000, &limit))
+                return;
+            int pr = http_query_get(req, "prompt", prompt, sizeof prompt);
+            if (pr < 0) {
+                http_respond_field_error(req, 400, "invalid_parameter", "prompt", "'prompt' must be a prompt name");
+                return;
+            }
+            read_task *t = task_new(a, req, list_runs_work);
+            t->after_fn = list_runs_after;
+            t->name = pr > 0 ? xstrdup(prompt) : NULL;
+            t->limit = (int)limit;
+            task_queue(t);
+        } else {
+            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
+        }
+        return;
+    }
+    const char *id = seg[2];
+    if (strlen(id) > 64) {
+        http_respond_field_error(req, 400, "invalid_parameter", "id", "a run id is at most 64 characters");
+    } else if (n == 3) {
+        if (strcmp(m, "GET")) {
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        read_task *t = task_new(a, req, get_run_work);
+        t->after_fn = get_run_after;
+        t->id = xstrdup(id);
+        task_queue(t);
+    } else if (n == 4 && !strcmp(seg[3], "results")) {
+        static const char *const known[] = {"case", "cursor", "limit", NULL};
+        long long ci = -1, cursor = -1, limit = 500;
+        if (strcmp(m, "GET")) {
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        if (!api_known_params(req, known) || !api_int_param(req, "case", 0, 10000000, &ci) ||
+            !api_int_param(req, "cursor", 0, 10000000, &cursor) || !api_int_param(req, "limit", 1, 5000, &limit))
+            return;
+        read_task *t = task_new(a, req, results_work);
+        t->id = xstrdup(id);
+        t->n1 = ci;
+        t->n2 = cursor;
+        t->limit = (int)limit;
+        task_queue(t);
+    } else if (n == 4 && !strcmp(seg[3], "cancel")) {
+        reg_error e;
+        if (strcmp(m, "POST"))
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+        else if (runner_cancel(a->runner, id, &e))
+            respond_reg_error(req, &e);
+        else
+            http_respond(req, 202, "application/json", NULL, "{\"state\":\"stopping\"}", 20);
+    } else {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
+    }
+}
+
+bool api_registry_route(api *a, http_request *req)
+{
+    const char *path = req->path;
+    bool prompts = !strncmp(path, "/v1/prompts", 11) && (path[11] == '\0' || path[11] == '/');
+    bool datasets = !strncmp(path, "/v1/datasets", 12) && (path[12] == '\0' || path[12] == '/');
+    bool runs = !strncmp(path, "/v1/runs", 8) && (path[8] == '\0' || path[8] == '/');
+    if (!prompts && !datasets && !runs)
+        return false;
+    char buf[1024];
+    char *seg[8];
+    if (strlen(path) >= sizeof buf) {
+        http_respond_error(req, 414, "uri_too_long", "the path is too long");
+        return true;
+    }
+    int n = split_path(path, buf, sizeof buf, seg, 7);
+    /* applications resolve their prompt with the ingest token; the rest is admin */
+    bool resolve = prompts && n == 3 && !strcmp(req->method, "GET");
+    if (!api_authorize(a, req, resolve ? SCOPE_INGEST : SCOPE_ADMIN))
+        return true;
+    if (!a->registry) {
+        http_respond_error(req, 503, "unavailable", "the registry is not available");
+        return true;
+    }
+    if (n > 7) {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", path);
+        return true;
+    }
+    if (prompts)
+        route_prompts(a, req, seg, n);
+    else if (datasets)
+        route_datasets(a, req, seg, n);
+    else
+        route_runs(a, req, seg, n);
+    return true;
+}

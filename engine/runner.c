@@ -1,0 +1,1399 @@
+/* runner.c — regression runs (see runner.h). Each run walks its jobs
+ * (case × version × sample) in case order, at most `concurrency` at a time:
+ * render the version's messages with the case's variables, look the output
+ * up in the cache, else call the model; judge it with the prompt's
+ * evaluators; write the result. When every job is written, the accept
+ * policy judges each candidate against the baseline. */
+#include "runner.h"
+
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "policy.h"
+
+#define MAX_VERSIONS 9     /* a baseline and up to 8 candidates */
+#define MAX_CASES 200000
+#define MAX_CHANGED 500    /* changed cases listed in a report */
+
+typedef struct run run;
+
+struct runner {
+    uv_loop_t *loop;
+    store *st;
+    registry *reg;
+    catalog *cat;
+    script_vm *vm;
+    llm *l;
+    config_prompt *prompts;
+    size_t nprompts;
+    int policy_budget_ms, evaluator_budget_ms;
+    run *runs;
+    runner_finished on_finish;
+    void *finish_ud;
+    bool draining;
+    void (*drain_cb)(void *);
+    void *drain_arg;
+    uint64_t started, finished, results, cache_hits, llm_calls, errors;
+};
+
+struct run {
+    runner *r;
+    run *next;
+    char id[37];
+    char *prompt, *actor, *kind;
+    json_t *spec, *cases;
+    size_t ncases;
+    int nv;
+    int64_t versions[MAX_VERSIONS];
+    json_t *templates[MAX_VERSIONS], *models[MAX_VERSIONS];
+    char *model_json[MAX_VERSIONS]; /* sorted, for cache keys */
+    int k, concurrency;
+    bool use_cache;
+    config_attachment *atts;
+    size_t natts;
+    char *policy;
+    uint16_t *agg;      /* [case][version][pass, fail, error] sample counts */
+    unsigned char *done; /* per job: its result is stored */
+    size_t njobs, next_job, inflight, writes, completed;
+    int64_t calls, cached, in_tok, out_tok;
+    double cost;
+    bool stopping, finishing, store_failed;
+    char *stop_reason;
+    int64_t created_ms;
+    /* the policy phase */
+    int pol_vi;
+    json_t *report, *verdicts;
+    loaded_evaluator *pol;
+    /* starting */
+    runner_started started_cb;
+    void *started_ud;
+    json_t *dataset_cases, *failed_cases;
+    json_t *failed_spec;
+    char *dataset;
+    int64_t dataset_version;
+    json_t *tags;
+    char err[600];
+    store_write w;
+};
+
+typedef struct {
+    run *rn;
+    size_t j, ci;
+    int vi, sample;
+    char key[65];
+    char *messages;     /* rendered, JSON */
+    char *result;       /* the model's normalised reply, JSON */
+    bool cached;
+    char *case_json;
+    size_t att;
+    json_t *verdicts;
+    bool req_fail, req_error;
+    char *error;        /* the call failed */
+    uv_work_t work;
+    store_write w;
+} job;
+
+static void run_pump(run *rn);
+static void run_free(run *rn);
+
+/* ---- set-up ---- */
+
+runner *runner_new(uv_loop_t *loop, store *st, registry *reg, catalog *cat, script_vm *vm, llm *l, const config *cfg)
+{
+    runner *r = xcalloc(1, sizeof *r);
+    r->loop = loop;
+    r->st = st;
+    r->reg = reg;
+    r->cat = cat;
+    r->vm = vm;
+    r->l = l;
+    runner_configure(r, cfg);
+    return r;
+}
+
+void runner_configure(runner *r, const config *cfg)
+{
+    config_prompts_free(r->prompts, r->nprompts);
+    r->prompts = config_prompts_copy(cfg->prompts, cfg->nprompts);
+    r->nprompts = cfg->nprompts;
+    r->policy_budget_ms = cfg->scripts.policy_budget_ms;
+    r->evaluator_budget_ms = cfg->scripts.evaluator_budget_ms;
+}
+
+void runner_on_finish(runner *r, runner_finished cb, void *ud)
+{
+    r->on_finish = cb;
+    r->finish_ud = ud;
+}
+
+static const config_prompt *find_prompt(runner *r, const char *name)
+{
+    for (size_t i = 0; i < r->nprompts; i++)
+        if (!strcmp(r->prompts[i].name, name))
+            return &r->prompts[i];
+    return NULL;
+}
+
+static run *find_run(runner *r, const char *id)
+{
+    for (run *rn = r->runs; rn; rn = rn->next)
+        if (!strcmp(rn->id, id))
+            return rn;
+    return NULL;
+}
+
+static void sha256_hex(const char *a, size_t alen, const char *b, size_t blen, int sample, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    char s[32];
+    int sl = snprintf(s, sizeof s, "\n%d", sample);
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    EVP_DigestUpdate(c, a, alen);
+    EVP_DigestUpdate(c, "\n", 1);
+    EVP_DigestUpdate(c, b, blen);
+    EVP_DigestUpdate(c, s, (size_t)sl);
+    EVP_DigestFinal_ex(c, md, &n);
+    EVP_MD_CTX_free(c);
+    for (unsigned i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+/* Fills the run's versions, templates, models and evaluators from the
+ * registry and config. Returns 0 or an HTTP status. */
+static int run_bind(run *rn, reg_error *e)
+{
+    runner *r = rn->r;
+    const config_prompt *cp = find_prompt(r, rn->prompt);
+    if (!cp || cp->nevaluators == 0) {
+        reg_fail(e, 409, "no_evaluators", "prompt",
+                 "prompt '%s' has no evaluators in the configuration, so its outputs cannot be judged; attach some "
+                 "with prompt \"%s\" { evaluators = {...} }",
+                 rn->prompt, rn->prompt);
+        return e->status;
+    }
+    rn->natts = cp->nevaluators;
+    rn->atts = xcalloc(rn->natts, sizeof *rn->atts);
+    for (size_t i = 0; i < rn->natts; i++) {
+        rn->atts[i] = cp->evaluators[i];
+        rn->atts[i].name = xstrdup(cp->evaluators[i].name);
+        rn->atts[i].evaluator = xstrdup(cp->evaluators[i].evaluator);
+        rn->atts[i].options_json = xstrdup(cp->evaluators[i].options_json);
+    }
+    for (int i = 0; i < rn->nv; i++) {
+        json_t *v = registry_version(r->reg, rn->prompt, rn->versions[i]);
+        if (!v) {
+            reg_fail(e, 404, "unknown_version", i ? "candidates" : "baseline", "prompt '%s' has no version %lld",
+                     rn->prompt, (long long)rn->versions[i]);
+            return e->status;
+        }
+        rn->templates[i] = json_incref(json_object_get(v, "messages"));
+        rn->models[i] = json_incref(json_object_get(v, "model"));
+        rn->model_json[i] = json_dumps(rn->models[i], JSON_COMPACT | JSON_SORT_KEYS);
+    }
+    return 0;
+}
+
+static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
+{
+    run *rn = xcalloc(1, sizeof *rn);
+    rn->r = r;
+    snprintf(rn->id, sizeof rn->id, "%s", id);
+    rn->prompt = xstrdup(prompt);
+    rn->spec = json_incref(spec);
+    const char *kind = json_string_value(json_object_get(spec, "kind"));
+    rn->kind = xstrdup(kind ? kind : "eval");
+    json_t *x = json_object_get(spec, "k");
+    rn->k = x ? (int)json_integer_value(x) : 1;
+    x = json_object_get(spec, "concurrency");
+    rn->concurrency = x ? (int)json_integer_value(x) : 8;
+    rn->use_cache = !json_is_false(json_object_get(spec, "cache"));
+    const char *pol = json_string_value(json_object_get(spec, "policy"));
+    rn->policy = xstrdup(pol ? pol : "accept");
+    rn->versions[rn->nv++] = json_integer_value(json_object_get(spec, "baseline"));
+    size_t i;
+    json_array_foreach(json_object_get(spec, "candidates"), i, x) rn->versions[rn->nv++] = json_integer_value(x);
+    rn->created_ms = now_ms();
+    return rn;
+}
+
+/* Sizes the job table once the cases are known. */
+static void run_size(run *rn)
+{
+    rn->ncases = json_array_size(rn->cases);
+    rn->njobs = rn->ncases * (size_t)rn->nv * (size_t)rn->k;
+    rn->agg = xcalloc(rn->ncases * (size_t)rn->nv * 3, sizeof *rn->agg);
+    rn->done = xcalloc(rn->njobs ? rn->njobs : 1, 1);
+}
+
+static void run_link(run *rn)
+{
+    rn->next = rn->r->runs;
+    rn->r->runs = rn;
+}
+
+static void run_unlink(run *rn)
+{
+    for (run **p = &rn->r->runs; *p; p = &(*p)->next)
+        if (*p == rn) {
+            *p = rn->next;
+            return;
+        }
+}
+
+static void run_free(run *rn)
+{
+    for (int i = 0; i < rn->nv; i++) {
+        json_decref(rn->templates[i]);
+        json_decref(rn->models[i]);
+        free(rn->model_json[i]);
+    }
+    for (size_t i = 0; i < rn->natts; i++) {
+        free(rn->atts[i].name);
+        free(rn->atts[i].evaluator);
+        free(rn->atts[i].options_json);
+    }
+    free(rn->atts);
+    free(rn->agg);
+    free(rn->done);
+    free(rn->prompt);
+    free(rn->actor);
+    free(rn->kind);
+    free(rn->policy);
+    free(rn->stop_reason);
+    free(rn->dataset);
+    json_decref(rn->spec);
+    json_decref(rn->cases);
+    json_decref(rn->report);
+    json_decref(rn->verdicts);
+    json_decref(rn->dataset_cases);
+    json_decref(rn->failed_cases);
+    json_decref(rn->failed_spec);
+    json_decref(rn->tags);
+    store_write_clear(&rn->w);
+    free(rn);
+}
+
+/* ---- checking a spec ---- */
+
+static bool json_time_value(json_t *v, int64_t *out)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    return json_is_string(v) && time_parse(json_string_value(v), out);
+}
+
+#define SPEC_FAIL(status, code, field, ...)                                                                          \
+    do {                                                                                                             \
+        reg_fail(e, status, code, field, __VA_ARGS__);                                                               \
+        return status;                                                                                               \
+    } while (0)
+
+static int check_spec(runner *r, json_t *spec, reg_error *e)
+{
+    static const char *const known[] = {"prompt", "baseline", "candidates", "dataset", "dataset_version", "tags",
+                                        "failed", "k", "concurrency", "budget", "cache", "policy", "policy_options",
+                                        "kind", NULL};
+    if (!json_is_object(spec))
+        SPEC_FAIL(400, "invalid_json", "", "the body must be a JSON object describing the run");
+    const char *key;
+    json_t *v;
+    json_object_foreach(spec, key, v) {
+        bool ok = false;
+        for (const char *const *k = known; *k && !ok; k++)
+            ok = !strcmp(*k, key);
+        if (!ok)
+            SPEC_FAIL(400, "invalid_field", key,
+                      "unknown field '%s' (known: prompt, baseline, candidates, dataset, dataset_version, tags, "
+                      "failed, k, concurrency, budget, cache, policy, policy_options, kind)",
+                      key);
+    }
+    const char *prompt = json_string_value(json_object_get(spec, "prompt"));
+    if (!prompt)
+        SPEC_FAIL(400, "invalid_field", "prompt", "'prompt' must be the name of a registered prompt");
+    json_t *p = registry_prompt(r->reg, prompt);
+    if (!p)
+        SPEC_FAIL(404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry", prompt);
+    size_t nver = json_array_size(json_object_get(p, "versions"));
+    json_t *b = json_object_get(spec, "baseline");
+    if (!json_is_integer(b) || json_integer_value(b) < 1 || (size_t)json_integer_value(b) > nver)
+        SPEC_FAIL(json_is_integer(b) ? 404 : 400, json_is_integer(b) ? "unknown_version" : "invalid_field", "baseline",
+                  "'baseline' must be a version of '%s' (1 to %zu)", prompt, nver);
+    json_t *c = json_object_get(spec, "candidates");
+    if (!json_is_array(c) || json_array_size(c) == 0 || json_array_size(c) > MAX_VERSIONS - 1)
+        SPEC_FAIL(400, "invalid_field", "candidates", "'candidates' must be a list of 1 to %d versions",
+                  MAX_VERSIONS - 1);
+    size_t i;
+    json_array_foreach(c, i, v) {
+        char f[64];
+        snprintf(f, sizeof f, "candidates[%zu]", i);
+        if (!json_is_integer(v))
+            SPEC_FAIL(400, "invalid_field", f, "'%s' must be a version number", f);
+        if (json_integer_value(v) < 1 || (size_t)json_integer_value(v) > nver)
+            SPEC_FAIL(404, "unknown_version", f, "prompt '%s' has no version %lld (it has %zu)", prompt,
+                      (long long)json_integer_value(v), nver);
+        if (json_equal(v, b))
+            SPEC_FAIL(400, "invalid_field", f, "version %lld is the baseline; a candidate must differ",
+                      (long long)json_integer_value(v));
+        for (size_t j = 0; j < i; j++)
+            if (json_equal(v, json_array_get(c, j)))
+                SPEC_FAIL(400, "invalid_field", f, "version %lld is listed twice", (long long)json_integer_value(v));
+    }
+    json_t *ds = json_object_get(spec, "dataset"), *failed = json_object_get(spec, "failed");
+    if (!ds && !failed)
+        SPEC_FAIL(400, "invalid_field", "dataset", "a run needs cases: give 'dataset', 'failed' or both");
+    if (ds) {
+        if (!json_is_string(ds))
+            SPEC_FAIL(400, "invalid_field", "dataset", "'dataset' must be a dataset name");
+        json_t *d = registry_dataset(r->reg, json_string_value(ds));
+        if (!d)
+            SPEC_FAIL(404, "unknown_dataset", "dataset", "no dataset named '%s'", json_string_value(ds));
+        json_t *dv = json_object_get(spec, "dataset_version");
+        if (dv && (!json_is_integer(dv) || json_integer_value(dv) < 1 ||
+                   json_integer_value(dv) > json_integer_value(json_object_get(d, "version"))))
+            SPEC_FAIL(404, "unknown_version", "dataset_version", "dataset '%s' has versions 1 to %lld",
+                      json_string_value(ds), (long long)json_integer_value(json_object_get(d, "version")));
+    } else if (json_object_get(spec, "dataset_version")) {
+        SPEC_FAIL(400, "invalid_field", "dataset_version", "'dataset_version' needs 'dataset'");
+    }
+    if (failed) {
+        if (!json_is_object(failed))
+            SPEC_FAIL(400, "invalid_field", "failed", "'failed' must be an object {since, until, limit}");
+        json_object_foreach(failed, key, v) {
+            char f[64];
+            snprintf(f, sizeof f, "failed.%s", key);
+            int64_t t;
+            if (!strcmp(key, "limit")) {
+                if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 10000)
+                    SPEC_FAIL(400, "invalid_field", f, "'%s' must be an integer from 1 to 10000", f);
+            } else if (!strcmp(key, "since") || !strcmp(key, "until")) {
+                if (!json_time_value(v, &t))
+                    SPEC_FAIL(400, "invalid_field", f, "'%s' must be an RFC 3339 time or milliseconds", f);
+            } else {
+                SPEC_FAIL(400, "invalid_field", f, "unknown field '%s' (known: since, until, limit)", f);
+            }
+        }
+    }
+    json_t *tags = json_object_get(spec, "tags");
+    if (tags) {
+        if (!json_is_array(tags))
+            SPEC_FAIL(400, "invalid_field", "tags", "'tags' must be a list of tags (cases with any of them run)");
+        json_array_foreach(tags, i, v) if (!json_is_string(v))
+            SPEC_FAIL(400, "invalid_field", "tags", "'tags' must be a list of strings");
+    }
+    v = json_object_get(spec, "k");
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 20))
+        SPEC_FAIL(400, "invalid_field", "k", "'k' (samples per case and version) must be an integer from 1 to 20");
+    v = json_object_get(spec, "concurrency");
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 512))
+        SPEC_FAIL(400, "invalid_field", "concurrency", "'concurrency' must be an integer from 1 to 512");
+    v = json_object_get(spec, "cache");
+    if (v && !json_is_boolean(v))
+        SPEC_FAIL(400, "invalid_field", "cache", "'cache' must be true or false");
+    v = json_object_get(spec, "kind");
+    if (v && (!json_is_string(v) || (strcmp(json_string_value(v), "eval") && strcmp(json_string_value(v), "gate"))))
+        SPEC_FAIL(400, "invalid_field", "kind", "'kind' must be \"eval\" or \"gate\"");
+    v = json_object_get(spec, "policy_options");
+    if (v && !json_is_object(v))
+        SPEC_FAIL(400, "invalid_field", "policy_options", "'policy_options' must be an object the policy reads");
+    v = json_object_get(spec, "budget");
+    if (v) {
+        if (!json_is_object(v))
+            SPEC_FAIL(400, "invalid_field", "budget", "'budget' must be an object {calls, tokens, cost}");
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            char f[64];
+            snprintf(f, sizeof f, "budget.%s", key);
+            if (strcmp(key, "calls") && strcmp(key, "tokens") && strcmp(key, "cost"))
+                SPEC_FAIL(400, "invalid_field", f, "unknown field '%s' (known: calls, tokens, cost)", f);
+            if (!json_is_number(x) || json_number_value(x) <= 0)
+                SPEC_FAIL(400, "invalid_field", f, "'%s' must be a positive number", f);
+        }
+    }
+    const char *pol = json_string_value(json_object_get(spec, "policy"));
+    if (json_object_get(spec, "policy") && (!pol || !registry_name_ok(pol)))
+        SPEC_FAIL(400, "invalid_field", "policy", "'policy' must name a file policies/NAME.lua");
+    char pname[200];
+    snprintf(pname, sizeof pname, "policies/%s", pol ? pol : "accept");
+    if (!catalog_peek(r->cat, pname))
+        SPEC_FAIL(409, "no_policy", "policy", "no policy %s.lua is loaded (see /v1/status scripts.errors)", pname);
+    return 0;
+}
+
+/* ---- starting ---- */
+
+static void on_run_stored(store_write *w);
+
+static void fail_start(run *rn, int status, const char *code, const char *field, const char *msg)
+{
+    reg_error e;
+    reg_fail(&e, status, code, field, "%s", msg);
+    rn->started_cb(NULL, NULL, &e, rn->started_ud);
+    run_free(rn);
+}
+
+static void load_cases_work(uv_work_t *w)
+{
+    run *rn = w->data;
+    runner *r = rn->r;
+    rn->err[0] = '\0';
+    if (rn->dataset &&
+        store_dataset_cases(r->st, rn->dataset, rn->dataset_version, &rn->dataset_cases, rn->err, sizeof rn->err))
+        return;
+    if (rn->failed_spec) {
+        int64_t since = 0, until = INT64_MAX;
+        json_t *x = json_object_get(rn->failed_spec, "since");
+        if (x)
+            json_time_value(x, &since);
+        x = json_object_get(rn->failed_spec, "until");
+        if (x)
+            json_time_value(x, &until);
+        x = json_object_get(rn->failed_spec, "limit");
+        int limit = x ? (int)json_integer_value(x) : 200;
+        store_failed_trace_cases(r->st, rn->prompt, since, until, limit, &rn->failed_cases, rn->err, sizeof rn->err);
+    }
+}
+
+static bool has_tag(json_t *c, json_t *tags)
+{
+    if (!tags)
+        return true;
+    size_t i, j;
+    json_t *t, *u;
+    json_array_foreach(json_object_get(c, "tags"), i, t) json_array_foreach(tags, j, u) if (json_equal(t, u)) return true;
+    return false;
+}
+
+static void load_cases_after(uv_work_t *w, int status)
+{
+    (void)status;
+    run *rn = w->data;
+    free(w);
+    if (rn->err[0]) {
+        fail_start(rn, 500, "store_error", "", rn->err);
+        return;
+    }
+    rn->cases = json_array();
+    size_t i;
+    json_t *c;
+    json_array_foreach(rn->dataset_cases, i, c) {
+        if (!has_tag(c, rn->tags))
+            continue;
+        json_t *o = json_deep_copy(c);
+        json_object_set_new(o, "source", json_string("dataset"));
+        json_array_append_new(rn->cases, o);
+    }
+    json_array_foreach(rn->failed_cases, i, c) {
+        char id[200];
+        snprintf(id, sizeof id, "trace:%s", json_string_value(json_object_get(c, "trace_id")));
+        json_t *o = json_pack("{s:s, s:s, s:O, s:[s], s:O, s:O}", "id", id, "source", "failed", "variables",
+                              json_object_get(c, "variables"), "tags", "failed", "trace_id",
+                              json_object_get(c, "trace_id"), "reasons", json_object_get(c, "reasons"));
+        json_array_append_new(rn->cases, o);
+    }
+    if (json_array_size(rn->cases) == 0) {
+        fail_start(rn, 400, "no_cases", rn->dataset ? "dataset" : "failed",
+                   "the run has no cases: the dataset (with the tags given) is empty and no failed trace with "
+                   "input.variables is in the window");
+        return;
+    }
+    if (json_array_size(rn->cases) > MAX_CASES) {
+        fail_start(rn, 400, "too_many_cases", "dataset", "a run takes at most 200000 cases");
+        return;
+    }
+    /* every variable a template uses must be in every case */
+    for (int v = 0; v < rn->nv; v++) {
+        json_t *names = template_variables(rn->templates[v]);
+        size_t n;
+        json_t *name;
+        json_array_foreach(rn->cases, i, c) {
+            json_t *vars = json_object_get(c, "variables");
+            json_array_foreach(names, n, name) if (!json_object_get(vars, json_string_value(name))) {
+                char field[300], msg[600];
+                snprintf(field, sizeof field, "cases[%s].variables.%s", json_string_value(json_object_get(c, "id")),
+                         json_string_value(name));
+                snprintf(msg, sizeof msg,
+                         "version %lld of '%s' uses {{%s}}, but case '%s' (%s) has no variable '%s'",
+                         (long long)rn->versions[v], rn->prompt, json_string_value(name),
+                         json_string_value(json_object_get(c, "id")),
+                         json_string_value(json_object_get(c, "source")), json_string_value(name));
+                json_decref(names);
+                fail_start(rn, 400, "missing_variable", field, msg);
+                return;
+            }
+        }
+        json_decref(names);
+    }
+    json_decref(rn->dataset_cases);
+    json_decref(rn->failed_cases);
+    rn->dataset_cases = rn->failed_cases = NULL;
+    /* record what the run used: the dataset version and case count */
+    if (rn->dataset)
+        json_object_set_new(rn->spec, "dataset_version", json_integer(rn->dataset_version));
+    run_size(rn);
+    char *spec = json_dumps(rn->spec, JSON_COMPACT);
+    store_put_run(&rn->w, rn->id, rn->kind, rn->prompt, spec, "running", rn->created_ms);
+    free(spec);
+    json_array_foreach(rn->cases, i, c) {
+        char *t = json_dumps(c, JSON_COMPACT);
+        store_put_run_case(&rn->w, rn->id, (int64_t)i, t);
+        free(t);
+    }
+    rn->w.done = on_run_stored;
+    rn->w.data = rn;
+    if (store_submit(rn->r->st, &rn->w) != 0) {
+        store_write_clear(&rn->w);
+        fail_start(rn, 503, "overloaded", "", "the store's write queue is full; retry later");
+    }
+}
+
+static json_t *run_view(run *rn, const char *state);
+
+static void on_run_stored(store_write *w)
+{
+    run *rn = w->data;
+    int st = w->status;
+    store_write_clear(w);
+    if (st != 0) {
+        fail_start(rn, 500, "store_error", "", "the run could not be stored");
+        return;
+    }
+    runner *r = rn->r;
+    json_t *budget = json_object_get(rn->spec, "budget");
+    llm_run_budget(r->l, rn->id, json_number_value(json_object_get(budget, "calls")),
+                   json_number_value(json_object_get(budget, "tokens")),
+                   json_number_value(json_object_get(budget, "cost")), 0, 0, 0);
+    run_link(rn);
+    r->started++;
+    log_info("runs", "run %s: %s versions %lld vs %d candidate(s), %zu cases, k=%d", rn->id, rn->prompt,
+             (long long)rn->versions[0], rn->nv - 1, rn->ncases, rn->k);
+    json_t *view = run_view(rn, "running");
+    rn->started_cb(rn->id, view, NULL, rn->started_ud);
+    json_decref(view);
+    rn->started_cb = NULL;
+    run_pump(rn);
+}
+
+int runner_start(runner *r, json_t *spec, const char *actor, runner_started cb, void *ud, reg_error *e)
+{
+    if (r->draining) {
+        reg_fail(e, 503, "stopping", "", "the engine is stopping");
+        return 503;
+    }
+    if (check_spec(r, spec, e))
+        return e->status;
+    char id[37];
+    id_uuid7(id);
+    json_t *copy = json_deep_copy(spec);
+    run *rn = run_new(r, id, json_string_value(json_object_get(spec, "prompt")), copy);
+    json_decref(copy);
+    rn->actor = xstrdup(actor ? actor : "api");
+    if (run_bind(rn, e)) {
+        run_free(rn);
+        return e->status;
+    }
+    const char *ds = json_string_value(json_object_get(spec, "dataset"));
+    if (ds) {
+        rn->dataset = xstrdup(ds);
+        json_t *dv = json_object_get(spec, "dataset_version");
+        rn->dataset_version = dv ? json_integer_value(dv)
+                                 : json_integer_value(json_object_get(registry_dataset(r->reg, ds), "version"));
+    }
+    rn->failed_spec = json_incref(json_object_get(spec, "failed"));
+    rn->tags = json_incref(json_object_get(spec, "tags"));
+    rn->started_cb = cb;
+    rn->started_ud = ud;
+    uv_work_t *w = xcalloc(1, sizeof *w);
+    w->data = rn;
+    uv_queue_work(r->loop, w, load_cases_work, load_cases_after);
+    return 0;
+}
+
+/* ---- resuming ---- */
+
+int runner_resume(runner *r, char *err, size_t errlen)
+{
+    json_t *ids;
+    if (store_unfinished_runs(r->st, &ids, err, errlen)) {
+        json_decref(ids);
+        return -1;
+    }
+    size_t i;
+    json_t *idv;
+    int n = 0;
+    json_array_foreach(ids, i, idv) {
+        const char *id = json_string_value(idv);
+        json_t *row = NULL, *cases = NULL, *keys = NULL;
+        if (store_get_run(r->st, id, &row, err, errlen) != 0 || store_run_cases(r->st, id, &cases, err, errlen) ||
+            store_run_result_keys(r->st, id, &keys, err, errlen)) {
+            json_decref(row);
+            json_decref(cases);
+            json_decref(keys);
+            json_decref(ids);
+            return -1;
+        }
+        json_t *spec = json_object_get(row, "spec");
+        run *rn = run_new(r, id, json_string_value(json_object_get(row, "prompt")), spec);
+        rn->actor = xstrdup("resume");
+        rn->created_ms = json_integer_value(json_object_get(row, "created_ms"));
+        rn->cases = cases;
+        reg_error e;
+        run_size(rn);
+        bool bound = run_bind(rn, &e) == 0;
+        size_t j;
+        json_t *k;
+        json_array_foreach(keys, j, k) {
+            size_t ci = (size_t)json_integer_value(json_array_get(k, 0));
+            int64_t ver = json_integer_value(json_array_get(k, 1));
+            int s = (int)json_integer_value(json_array_get(k, 2));
+            int vi = -1;
+            for (int x = 0; x < rn->nv; x++)
+                if (rn->versions[x] == ver)
+                    vi = x;
+            if (ci >= rn->ncases || vi < 0 || s >= rn->k)
+                continue;
+            size_t job_i = (ci * (size_t)rn->nv + (size_t)vi) * (size_t)rn->k + (size_t)s;
+            if (rn->done[job_i])
+                continue;
+            rn->done[job_i] = 1;
+            rn->completed++;
+            const char *st = json_string_value(json_array_get(k, 3));
+            int slot = !strcmp(st, "pass") ? 0 : !strcmp(st, "fail") ? 1 : 2;
+            rn->agg[(ci * (size_t)rn->nv + (size_t)vi) * 3 + (size_t)slot]++;
+            rn->cached += json_is_true(json_array_get(k, 4));
+        }
+        json_decref(keys);
+        json_decref(row);
+        int64_t calls = 0, tokens = 0;
+        double cost = 0;
+        store_llm_totals(r->st, 0, id, &calls, &tokens, &cost, err, errlen);
+        json_t *budget = json_object_get(rn->spec, "budget");
+        llm_run_budget(r->l, id, json_number_value(json_object_get(budget, "calls")),
+                       json_number_value(json_object_get(budget, "tokens")),
+                       json_number_value(json_object_get(budget, "cost")), (double)calls, (double)tokens, cost);
+        rn->calls = calls;
+        rn->cost = cost;
+        run_link(rn);
+        n++;
+        log_info("runs", "run %s: resumed, %zu of %zu results already stored", id, rn->completed, rn->njobs);
+        if (!bound) {
+            rn->stopping = true;
+            rn->stop_reason = xstrdup(e.message);
+        }
+    }
+    json_decref(ids);
+    for (run *rn = r->runs; rn; rn = rn->next)
+        run_pump(rn);
+    return n;
+}
+
+/* ---- jobs ---- */
+
+static void job_free(job *jb)
+{
+    free(jb->messages);
+    free(jb->result);
+    free(jb->case_json);
+    free(jb->error);
+    json_decref(jb->verdicts);
+    store_write_clear(&jb->w);
+    free(jb);
+}
+
+static void job_end(job *jb)
+{
+    run *rn = jb->rn;
+    rn->inflight--;
+    job_free(jb);
+    run_pump(rn);
+}
+
+static void run_stop(run *rn, const char *why)
+{
+    if (rn->stopping)
+        return;
+    rn->stopping = true;
+    rn->stop_reason = xstrdup(why);
+    log_warn("runs", "run %s: stopping: %s", rn->id, why);
+}
+
+static void on_result_written(store_write *w)
+{
+    job *jb = w->data;
+    run *rn = jb->rn;
+    rn->writes--;
+    if (w->status != 0) {
+        rn->store_failed = true;
+        run_stop(rn, "a result could not be stored");
+    } else {
+        rn->done[jb->j] = 1;
+        rn->completed++;
+    }
+    job_free(jb);
+    run_pump(rn);
+}
+
+static void job_record(job *jb)
+{
+    run *rn = jb->rn;
+    runner *r = rn->r;
+    const char *status = jb->error || jb->req_error ? "error" : jb->req_fail ? "fail" : "pass";
+    int slot = status[0] == 'p' ? 0 : status[0] == 'f' ? 1 : 2;
+    rn->agg[(jb->ci * (size_t)rn->nv + (size_t)jb->vi) * 3 + (size_t)slot]++;
+    r->results++;
+    if (slot == 2)
+        r->errors++;
+    json_t *res = jb->result ? json_loads(jb->result, 0, NULL) : NULL;
+    json_t *usage = json_object_get(res, "usage");
+    const char *text = json_string_value(json_object_get(res, "text"));
+    char *output = NULL;
+    if (res && !text && json_array_size(json_object_get(res, "tool_calls")))
+        output = json_dumps(json_object_get(res, "tool_calls"), JSON_COMPACT);
+    char *verdicts = jb->verdicts ? json_dumps(jb->verdicts, JSON_COMPACT) : NULL;
+    store_run_result rr = {
+        .run_id = rn->id,
+        .case_idx = (int64_t)jb->ci,
+        .version = rn->versions[jb->vi],
+        .sample = jb->sample,
+        .status = status,
+        .output = output ? output : text ? text : NULL,
+        .error = jb->error,
+        .verdicts = verdicts,
+        .input_tokens = json_integer_value(json_object_get(usage, "input_tokens")),
+        .output_tokens = json_integer_value(json_object_get(usage, "output_tokens")),
+        .cost = jb->cached ? 0 : json_number_value(json_object_get(res, "cost")),
+        .latency_ms = json_number_value(json_object_get(res, "latency_ms")),
+        .cached = jb->cached,
+    };
+    if (!jb->cached && res) {
+        rn->in_tok += rr.input_tokens;
+        rn->out_tok += rr.output_tokens;
+    }
+    store_put_run_result(&jb->w, &rr);
+    if (res && !jb->cached && rn->use_cache)
+        store_put_cache(&jb->w, jb->key, jb->result, now_ms());
+    free(output);
+    free(verdicts);
+    json_decref(res);
+    jb->w.done = on_result_written;
+    jb->w.data = jb;
+    rn->inflight--;
+    if (store_submit(r->st, &jb->w) != 0) {
+        run_stop(rn, "the store's write queue is full");
+        job_free(jb);
+        run_pump(rn);
+        return;
+    }
+    rn->writes++;
+}
+
+static void next_eval(job *jb);
+
+static void on_eval_done(const eval_result *res, void *ud)
+{
+    job *jb = ud;
+    run *rn = jb->rn;
+    const config_attachment *a = &rn->atts[jb->att];
+    const char *st = res->status == SCRIPT_OK ? "ok" : res->status == SCRIPT_KILLED ? "killed"
+                                                     : res->status == SCRIPT_NOMEM ? "out_of_memory" : "error";
+    json_array_append_new(jb->verdicts, json_pack("{s:s, s:b, s:s, s:b, s:f, s:s}", "evaluator", a->name, "required",
+                                                  a->required, "status", st, "pass", res->pass, "score", res->score,
+                                                  "reason", res->reason));
+    if (a->required) {
+        if (res->status != SCRIPT_OK)
+            jb->req_error = true;
+        else if (!res->pass)
+            jb->req_fail = true;
+    }
+    jb->att++;
+    next_eval(jb);
+}
+
+typedef struct {
+    job *jb;
+    loaded_evaluator *le;
+} eval_hold;
+
+static void on_eval_held(const eval_result *res, void *ud)
+{
+    eval_hold *h = ud;
+    job *jb = h->jb;
+    catalog_release(h->le);
+    free(h);
+    on_eval_done(res, jb);
+}
+
+static void next_eval(job *jb)
+{
+    run *rn = jb->rn;
+    if (jb->att >= rn->natts) {
+        job_record(jb);
+        return;
+    }
+    const config_attachment *a = &rn->atts[jb->att];
+    loaded_evaluator *le = catalog_get(rn->r->cat, a->evaluator);
+    if (!le) {
+        char why[300];
+        snprintf(why, sizeof why, "evaluator %s is not loaded", a->evaluator);
+        eval_result res = {SCRIPT_ERROR, false, 0, why};
+        on_eval_done(&res, jb);
+        return;
+    }
+    eval_hold *h = xcalloc(1, sizeof *h);
+    h->jb = jb;
+    h->le = le;
+    evaluator_run(rn->r->vm, &le->ev, rn->r->evaluator_budget_ms, false, jb->case_json, a->options_json,
+                  on_eval_held, h);
+}
+
+/* The model's reply is in jb->result: judge it. */
+static void job_judge(job *jb)
+{
+    run *rn = jb->rn;
+    json_t *c = json_array_get(rn->cases, jb->ci);
+    json_t *res = json_loads(jb->result, 0, NULL);
+    json_t *output = json_object_get(res, "text");
+    json_t *cs = json_pack("{s:O, s:O, s:O, s:O, s:s, s:I, s:I}", "id", json_object_get(c, "id"), "input",
+                           json_object_get(c, "variables"), "output",
+                           output && !json_is_null(output) ? output : json_string(""), "tags",
+                           json_object_get(c, "tags"), "source", json_string_value(json_object_get(c, "source")),
+                           "version", (json_int_t)rn->versions[jb->vi], "sample", (json_int_t)jb->sample);
+    if (!output || json_is_null(output))
+        json_decref(json_object_get(cs, "output"));
+    if (json_object_get(c, "expected"))
+        json_object_set(cs, "expected", json_object_get(c, "expected"));
+    if (json_array_size(json_object_get(res, "tool_calls")))
+        json_object_set(cs, "tool_calls", json_object_get(res, "tool_calls"));
+    jb->case_json = json_dumps(cs, JSON_COMPACT);
+    json_decref(cs);
+    json_decref(res);
+    jb->verdicts = json_array();
+    next_eval(jb);
+}
+
+static void on_llm_done(llm_call *call, const char *result, const char *err_kind, const char *err, void *ud)
+{
+    (void)call;
+    job *jb = ud;
+    run *rn = jb->rn;
+    rn->r->llm_calls++;
+    if (result) {
+        rn->calls++;
+        json_t *res = json_loads(result, 0, NULL);
+        rn->cost += json_number_value(json_object_get(res, "cost"));
+        json_decref(res);
+        jb->result = xstrdup(result);
+        job_judge(jb);
+        return;
+    }
+    if (!strcmp(err_kind, "budget") || !strcmp(err_kind, "cancelled")) {
+        /* not a result: the job stays undone and the run ends incomplete */
+        run_stop(rn, err);
+        job_end(jb);
+        return;
+    }
+    rn->calls++;
+    char msg[700];
+    snprintf(msg, sizeof msg, "%s: %s", err_kind, err);
+    jb->error = xstrdup(msg);
+    job_record(jb);
+}
+
+static void job_call(job *jb)
+{
+    run *rn = jb->rn;
+    json_t *req = json_deep_copy(rn->models[jb->vi]);
+    json_object_set_new(req, "messages", json_loads(jb->messages, 0, NULL));
+    char *text = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    llm_caller who = {.kind = "run", .name = rn->prompt, .run_id = rn->id};
+    llm_chat(rn->r->l, text, &who, on_llm_done, jb);
+    free(text);
+}
+
+static void cache_work(uv_work_t *w)
+{
+    job *jb = w->data;
+    char err[256];
+    char *key = jb->key;
+    store_cache_get(jb->rn->r->st, &key, 1, &jb->result, err, sizeof err);
+}
+
+static void cache_after(uv_work_t *w, int status)
+{
+    (void)status;
+    job *jb = w->data;
+    if (jb->result) {
+        jb->cached = true;
+        jb->rn->cached++;
+        jb->rn->r->cache_hits++;
+        job_judge(jb);
+    } else if (jb->rn->stopping) {
+        job_end(jb);
+    } else {
+        job_call(jb);
+    }
+}
+
+static void job_start(run *rn, size_t j)
+{
+    job *jb = xcalloc(1, sizeof *jb);
+    jb->rn = rn;
+    jb->j = j;
+    jb->sample = (int)(j % (size_t)rn->k);
+    jb->vi = (int)((j / (size_t)rn->k) % (size_t)rn->nv);
+    jb->ci = j / ((size_t)rn->k * (size_t)rn->nv);
+    rn->inflight++;
+    json_t *c = json_array_get(rn->cases, jb->ci);
+    json_t *msgs = NULL;
+    reg_error e;
+    if (template_render(rn->templates[jb->vi], json_object_get(c, "variables"), &msgs, &e)) {
+        jb->error = xstrdup(e.message);
+        job_record(jb);
+        return;
+    }
+    jb->messages = json_dumps(msgs, JSON_COMPACT);
+    json_decref(msgs);
+    const char *mj = rn->model_json[jb->vi];
+    sha256_hex(jb->messages, strlen(jb->messages), mj, strlen(mj), jb->sample, jb->key);
+    if (rn->use_cache) {
+        jb->work.data = jb;
+        uv_queue_work(rn->r->loop, &jb->work, cache_work, cache_after);
+    } else {
+        job_call(jb);
+    }
+}
+
+/* ---- finishing ---- */
+
+static void wilson(double passed, double n, double *lo, double *hi)
+{
+    if (n <= 0) {
+        *lo = 0;
+        *hi = 1;
+        return;
+    }
+    const double z = 1.959964;
+    double p = passed / n, d = 1 + z * z / n;
+    double centre = (p + z * z / (2 * n)) / d;
+    double half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d;
+    *lo = centre - half < 0 ? 0 : centre - half;
+    *hi = centre + half > 1 ? 1 : centre + half;
+}
+
+static const uint16_t *agg_of(run *rn, size_t ci, int vi)
+{
+    return &rn->agg[(ci * (size_t)rn->nv + (size_t)vi) * 3];
+}
+
+/* A case passes for a version when most of its samples pass and none erred. */
+static bool case_passes(run *rn, size_t ci, int vi)
+{
+    const uint16_t *a = agg_of(rn, ci, vi);
+    return a[2] == 0 && 2 * (int)a[0] > rn->k;
+}
+
+static json_t *outcome(run *rn, size_t ci, int vi)
+{
+    const uint16_t *a = agg_of(rn, ci, vi);
+    return json_pack("{s:i, s:i, s:i, s:i}", "passed", a[0], "failed", a[1], "errors", a[2], "samples",
+                     a[0] + a[1] + a[2]);
+}
+
+static void add_tag_stats(json_t *by_tag, const char *tag, bool pass, const uint16_t *a)
+{
+    json_t *t = json_object_get(by_tag, tag);
+    if (!t) {
+        t = json_pack("{s:i, s:i, s:i, s:i, s:i}", "cases", 0, "cases_passed", 0, "samples", 0, "passed", 0, "errors",
+                      0);
+        json_object_set_new(by_tag, tag, t);
+    }
+    json_object_set_new(t, "cases", json_integer(json_integer_value(json_object_get(t, "cases")) + 1));
+    json_object_set_new(t, "cases_passed", json_integer(json_integer_value(json_object_get(t, "cases_passed")) + pass));
+    json_object_set_new(t, "samples",
+                        json_integer(json_integer_value(json_object_get(t, "samples")) + a[0] + a[1] + a[2]));
+    json_object_set_new(t, "passed", json_integer(json_integer_value(json_object_get(t, "passed")) + a[0]));
+    json_object_set_new(t, "errors", json_integer(json_integer_value(json_object_get(t, "errors")) + a[2]));
+}
+
+static void finish_rates(json_t *o)
+{
+    double cases = (double)json_integer_value(json_object_get(o, "cases"));
+    double cp = (double)json_integer_value(json_object_get(o, "cases_passed"));
+    double samples = (double)json_integer_value(json_object_get(o, "samples"));
+    double passed = (double)json_integer_value(json_object_get(o, "passed"));
+    double lo, hi;
+    wilson(cp, cases, &lo, &hi);
+    json_object_set_new(o, "pass_rate", json_real(cases > 0 ? cp / cases : 0));
+    json_object_set_new(o, "ci95", json_pack("[f, f]", lo, hi));
+    json_object_set_new(o, "sample_pass_rate", json_real(samples > 0 ? passed / samples : 0));
+}
+
+/* The report of the numbers (verdicts come after). */
+static json_t *build_report(run *rn, bool complete)
+{
+    json_t *versions = json_array();
+    for (int vi = 0; vi < rn->nv; vi++) {
+        json_t *o = json_pack("{s:I, s:s, s:i, s:i, s:i, s:i, s:i, s:{}}", "version", (json_int_t)rn->versions[vi],
+                              "role", vi ? "candidate" : "baseline", "cases", 0, "cases_passed", 0, "samples", 0,
+                              "passed", 0, "errors", 0, "by_tag");
+        json_t *by_tag = json_object_get(o, "by_tag");
+        int64_t cases = 0, cp = 0, samples = 0, passed = 0, errors = 0;
+        for (size_t ci = 0; ci < rn->ncases; ci++) {
+            const uint16_t *a = agg_of(rn, ci, vi);
+            bool pass = case_passes(rn, ci, vi);
+            cases++;
+            cp += pass;
+            samples += a[0] + a[1] + a[2];
+            passed += a[0];
+            errors += a[2];
+            json_t *c = json_array_get(rn->cases, ci);
+            size_t i;
+            json_t *t;
+            json_array_foreach(json_object_get(c, "tags"), i, t) add_tag_stats(by_tag, json_string_value(t), pass, a);
+        }
+        json_object_set_new(o, "cases", json_integer(cases));
+        json_object_set_new(o, "cases_passed", json_integer(cp));
+        json_object_set_new(o, "samples", json_integer(samples));
+        json_object_set_new(o, "passed", json_integer(passed));
+        json_object_set_new(o, "errors", json_integer(errors));
+        finish_rates(o);
+        const char *tag;
+        json_t *t;
+        json_object_foreach(by_tag, tag, t) finish_rates(t);
+        json_array_append_new(versions, o);
+    }
+    json_t *changed = json_array();
+    size_t nchanged = 0;
+    for (size_t ci = 0; ci < rn->ncases; ci++) {
+        bool base = case_passes(rn, ci, 0), differs = false;
+        for (int vi = 1; vi < rn->nv; vi++)
+            differs |= case_passes(rn, ci, vi) != base || agg_of(rn, ci, vi)[2] > 0;
+        differs |= agg_of(rn, ci, 0)[2] > 0;
+        if (!differs)
+            continue;
+        nchanged++;
+        if (json_array_size(changed) >= MAX_CHANGED)
+            continue;
+        json_t *c = json_array_get(rn->cases, ci);
+        json_t *res = json_object();
+        for (int vi = 0; vi < rn->nv; vi++) {
+            char k[24];
+            snprintf(k, sizeof k, "%lld", (long long)rn->versions[vi]);
+            json_object_set_new(res, k, outcome(rn, ci, vi));
+        }
+        json_array_append_new(changed, json_pack("{s:I, s:O, s:O, s:O, s:o}", "case", (json_int_t)ci, "id",
+                                                 json_object_get(c, "id"), "source", json_object_get(c, "source"),
+                                                 "tags", json_object_get(c, "tags"), "results", res));
+    }
+    json_t *cand = json_array();
+    for (int vi = 1; vi < rn->nv; vi++)
+        json_array_append_new(cand, json_integer(rn->versions[vi]));
+    json_t *ds = rn->dataset || json_object_get(rn->spec, "dataset")
+                     ? json_pack("{s:O, s:O}", "name", json_object_get(rn->spec, "dataset"), "version",
+                                 json_object_get(rn->spec, "dataset_version"))
+                     : json_null();
+    return json_pack("{s:s, s:s, s:I, s:o, s:i, s:b, s:I, s:I, s:o, s:o, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:f}}", "run",
+                     rn->id, "prompt", rn->prompt, "baseline", (json_int_t)rn->versions[0], "candidates", cand, "k",
+                     rn->k, "complete", complete, "cases", (json_int_t)rn->ncases, "jobs", (json_int_t)rn->njobs,
+                     "dataset", ds, "versions", versions, "changed_cases", (json_int_t)nchanged, "changed", changed,
+                     "usage", "calls", (json_int_t)rn->calls, "cached", (json_int_t)rn->cached, "input_tokens",
+                     (json_int_t)rn->in_tok, "output_tokens", (json_int_t)rn->out_tok, "cost", rn->cost);
+}
+
+/* The policy's input for candidate vi: every case with both outcomes. */
+static char *policy_input(run *rn, int vi)
+{
+    json_t *cases = json_array();
+    for (size_t ci = 0; ci < rn->ncases; ci++) {
+        json_t *c = json_array_get(rn->cases, ci);
+        json_array_append_new(cases, json_pack("{s:O, s:O, s:O, s:o, s:o}", "id", json_object_get(c, "id"), "source",
+                                               json_object_get(c, "source"), "tags", json_object_get(c, "tags"),
+                                               "baseline", outcome(rn, ci, 0), "candidate", outcome(rn, ci, vi)));
+    }
+    json_t *opts = json_object_get(rn->spec, "policy_options");
+    json_t *in = json_pack("{s:s, s:s, s:I, s:I, s:i, s:b, s:o, s:O}", "run", rn->id, "prompt", rn->prompt, "baseline",
+                           (json_int_t)rn->versions[0], "candidate", (json_int_t)rn->versions[vi], "k", rn->k,
+                           "complete", json_is_true(json_object_get(rn->report, "complete")), "cases", cases,
+                           "options", opts ? opts : json_object());
+    if (!opts)
+        json_decref(json_object_get(in, "options"));
+    char *t = json_dumps(in, JSON_COMPACT);
+    json_decref(in);
+    return t;
+}
+
+static void on_run_finished(store_write *w);
+
+static void run_store_final(run *rn, const char *state, const char *verdict, const char *error)
+{
+    json_object_set_new(rn->report, "verdicts", json_incref(rn->verdicts));
+    json_object_set_new(rn->report, "verdict", json_string(verdict));
+    /* the winner: the accepted candidate with the best pass rate */
+    json_t *winner = json_null();
+    double best = -1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(rn->verdicts, i, v) {
+        if (strcmp(json_string_value(json_object_get(v, "verdict")), "accept"))
+            continue;
+        json_t *vs = json_array_get(json_object_get(rn->report, "versions"), i + 1);
+        double rate = json_number_value(json_object_get(vs, "pass_rate"));
+        if (rate > best) {
+            best = rate;
+            json_decref(winner);
+            winner = json_incref(json_object_get(v, "version"));
+        }
+    }
+    json_object_set_new(rn->report, "winner", winner);
+    char *report = json_dumps(rn->report, JSON_COMPACT);
+    store_write_clear(&rn->w);
+    store_finish_run(&rn->w, rn->id, state, verdict, report, error, now_ms());
+    free(report);
+    rn->w.done = on_run_finished;
+    rn->w.data = rn;
+    json_object_set_new(rn->report, "state", json_string(state));
+    if (store_submit(rn->r->st, &rn->w) != 0) {
+        /* stays 'running' in the store: the next start finishes it */
+        log_error("runs", "run %s: its end could not be stored (write queue full)", rn->id);
+        store_write_clear(&rn->w);
+        run_unlink(rn);
+        run_free(rn);
+    }
+}
+
+static void policy_next(run *rn);
+
+static void on_policy(const char *result, const char *error, void *ud)
+{
+    run *rn = ud;
+    catalog_release(rn->pol);
+    rn->pol = NULL;
+    int64_t version = rn->versions[rn->pol_vi];
+    json_t *res = result ? json_loads(result, JSON_DECODE_ANY, NULL) : NULL;
+    const char *verdict = json_string_value(json_object_get(res, "verdict"));
+    json_t *reasons = json_object_get(res, "reasons");
+    json_t *entry;
+    if (!verdict || (strcmp(verdict, "accept") && strcmp(verdict, "reject") && strcmp(verdict, "inconclusive"))) {
+        char why[900];
+        snprintf(why, sizeof why, "%s", error ? error : "the policy must return {verdict = \"accept\"|\"reject\"|"
+                                                        "\"inconclusive\", reasons = {...}}");
+        entry = json_pack("{s:I, s:s, s:[s]}", "version", (json_int_t)version, "verdict", "inconclusive", "reasons",
+                          why);
+    } else {
+        entry = json_pack("{s:I, s:s, s:O}", "version", (json_int_t)version, "verdict", verdict, "reasons",
+                          json_is_array(reasons) ? reasons : json_array());
+        if (!json_is_array(reasons))
+            json_decref(json_object_get(entry, "reasons"));
+        if (json_object_get(res, "stats"))
+            json_object_set(entry, "stats", json_object_get(res, "stats"));
+        /* incomplete data is never accepted, whatever the policy says */
+        int64_t errors = json_integer_value(json_object_get(json_array_get(json_object_get(rn->report, "versions"), 0),
+                                                            "errors")) +
+                         json_integer_value(json_object_get(
+                             json_array_get(json_object_get(rn->report, "versions"), (size_t)rn->pol_vi), "errors"));
+        if (!strcmp(verdict, "accept") && errors > 0) {
+            json_object_set_new(entry, "verdict", json_string("inconclusive"));
+            json_array_append_new(json_object_get(entry, "reasons"),
+                                  json_sprintf("the engine overrode 'accept': %lld samples errored",
+                                               (long long)errors));
+        }
+    }
+    json_decref(res);
+    json_array_append_new(rn->verdicts, entry);
+    rn->pol_vi++;
+    policy_next(rn);
+}
+
+static void policy_next(run *rn)
+{
+    if (rn->pol_vi >= rn->nv) {
+        bool any_accept = false, all_reject = true;
+        size_t i;
+        json_t *v;
+        json_array_foreach(rn->verdicts, i, v) {
+            const char *s = json_string_value(json_object_get(v, "verdict"));
+            any_accept |= !strcmp(s, "accept");
+            all_reject &= !strcmp(s, "reject");
+        }
+        run_store_final(rn, "finished", any_accept ? "accept" : all_reject ? "reject" : "inconclusive", NULL);
+        return;
+    }
+    char name[200];
+    snprintf(name, sizeof name, "policies/%s", rn->policy);
+    rn->pol = catalog_get(rn->r->cat, name);
+    if (!rn->pol) {
+        char why[300];
+        snprintf(why, sizeof why, "policy %s.lua is not loaded", name);
+        on_policy(NULL, why, rn);
+        return;
+    }
+    char *in = policy_input(rn, rn->pol_vi);
+    policy_call(rn->r->vm, rn->pol->ev.ref, rn->policy, "decide", rn->r->policy_budget_ms, in, on_policy, rn);
+    free(in);
+}
+
+static void run_finish(run *rn)
+{
+    rn->finishing = true;
+    bool complete = rn->completed == rn->njobs && !rn->stopping;
+    rn->report = build_report(rn, complete);
+    rn->verdicts = json_array();
+    if (!complete) {
+        char why[700];
+        snprintf(why, sizeof why, "the run is incomplete (%zu of %zu results): %s", rn->completed, rn->njobs,
+                 rn->stop_reason ? rn->stop_reason : "stopped");
+        for (int vi = 1; vi < rn->nv; vi++)
+            json_array_append_new(rn->verdicts, json_pack("{s:I, s:s, s:[s]}", "version", (json_int_t)rn->versions[vi],
+                                                          "verdict", "inconclusive", "reasons", why));
+        run_store_final(rn, "incomplete", "inconclusive", rn->stop_reason);
+        return;
+    }
+    rn->pol_vi = 1;
+    policy_next(rn);
+}
+
+static void check_drained(runner *r)
+{
+    if (!r->draining || !r->drain_cb)
+        return;
+    for (run *rn = r->runs; rn; rn = rn->next)
+        if (rn->inflight || rn->writes || rn->finishing)
+            return;
+    void (*cb)(void *) = r->drain_cb;
+    r->drain_cb = NULL;
+    cb(r->drain_arg);
+}
+
+static void on_run_finished(store_write *w)
+{
+    run *rn = w->data;
+    runner *r = rn->r;
+    int st = w->status;
+    store_write_clear(w);
+    run_unlink(rn);
+    llm_run_forget(r->l, rn->id);
+    if (st == 0) {
+        r->finished++;
+        log_info("runs", "run %s: %s, verdict %s", rn->id, json_string_value(json_object_get(rn->report, "state")),
+                 json_string_value(json_object_get(rn->report, "verdict")));
+        if (r->on_finish) {
+            json_t *view = run_view(rn, json_string_value(json_object_get(rn->report, "state")));
+            r->on_finish(rn->id, view, r->finish_ud);
+            json_decref(view);
+        }
+    } else {
+        log_error("runs", "run %s: its end could not be stored; it resumes at the next start", rn->id);
+    }
+    run_free(rn);
+    check_drained(r);
+}
+
+static void run_pump(run *rn)
+{
+    runner *r = rn->r;
+    if (rn->finishing)
+        return;
+    size_t max_writes = 4 * (size_t)rn->concurrency + 64;
+    while (!rn->stopping && !r->draining && rn->inflight < (size_t)rn->concurrency && rn->writes < max_writes &&
+           rn->next_job < rn->njobs) {
+        size_t j = rn->next_job++;
+        if (!rn->done[j])
+            job_start(rn, j);
+    }
+    if (rn->inflight || rn->writes)
+        return;
+    if (r->draining) {
+        check_drained(r);
+        return;
+    }
+    if (rn->stopping || rn->next_job >= rn->njobs)
+        run_finish(rn);
+}
+
+/* ---- views ---- */
+
+static json_t *progress(run *rn)
+{
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s?}", "jobs", (json_int_t)rn->njobs, "done",
+                     (json_int_t)rn->completed, "running", (json_int_t)rn->inflight, "calls", (json_int_t)rn->calls,
+                     "cached", (json_int_t)rn->cached, "cost", rn->cost, "stopping", rn->stopping, "stop_reason",
+                     rn->stop_reason);
+}
+
+static json_t *run_view(run *rn, const char *state)
+{
+    char when[32];
+    rfc3339_format(rn->created_ms, when);
+    json_t *v = json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:I, s:o}", "id", rn->id, "kind", rn->kind, "prompt",
+                          rn->prompt, "state", state, "spec", rn->spec, "created_at", when, "cases",
+                          (json_int_t)rn->ncases, "progress", progress(rn));
+    if (rn->report) {
+        json_object_set(v, "report", rn->report);
+        json_object_set(v, "verdict", json_object_get(rn->report, "verdict"));
+    }
+    return v;
+}
+
+json_t *runner_progress(runner *r, const char *id)
+{
+    run *rn = find_run(r, id);
+    return rn ? progress(rn) : NULL;
+}
+
+int runner_cancel(runner *r, const char *id, reg_error *e)
+{
+    run *rn = find_run(r, id);
+    if (!rn) {
+        reg_fail(e, 409, "not_running", "id", "run %s is not running", id);
+        return 409;
+    }
+    run_stop(rn, "cancelled");
+    run_pump(rn);
+    return 0;
+}
+
+json_t *runner_status_json(runner *r)
+{
+    json_t *active = json_array();
+    for (run *rn = r->runs; rn; rn = rn->next) {
+        json_t *p = progress(rn);
+        json_object_set_new(p, "id", json_string(rn->id));
+        json_object_set_new(p, "prompt", json_string(rn->prompt));
+        json_array_append_new(active, p);
+    }
+    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I, s:I}", "active", active, "started", (json_int_t)r->started,
+                     "finished", (json_int_t)r->finished, "results", (json_int_t)r->results, "cache_hits",
+                     (json_int_t)r->cache_hits, "llm_calls", (json_int_t)r->llm_calls, "errors",
+                     (json_int_t)r->errors);
+}
+
+void runner_drain(runner *r, void (*cb)(void *), void *arg)
+{
+    r->draining = true;
+    r->drain_cb = cb;
+    r->drain_arg = arg;
+    check_drained(r);
+}
+
+void runner_free(runner *r)
+{
+    if (!r)
+        return;
+    while (r->runs) {
+        run *rn = r->runs;
+        r->runs = rn->next;
+        if (rn->pol)
+            catalog_release(rn->pol);
+        run_free(rn);
+    }
+    config_prompts_free(r->prompts, r->nprompts);
+    free(r);
+}

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "evaluator.h"
+#include "policy.h"
 
 #define EVALUATOR_MT "ratchet_sandbox.evaluator"
 
@@ -26,6 +27,7 @@ typedef struct {
     uv_loop_t loop;
     script_vm *vm;
     evaluator ev;
+    bool policy;         /* a policy (load_policy), not an evaluator */
     lua_State *host;     /* the spec's state, during evaluate */
     int stub_ref[2];     /* llm, http stubs in the host registry, or LUA_NOREF */
     script_io io;
@@ -193,6 +195,46 @@ static void sandbox_close(sandbox_evaluator *se)
     }
 }
 
+typedef struct {
+    bool finished;
+    char *result, *error;
+} policy_wait;
+
+static void on_policy_result(const char *result, const char *error, void *ud)
+{
+    policy_wait *w = ud;
+    w->finished = true;
+    w->result = result ? strdup(result) : NULL;
+    w->error = error ? strdup(error) : NULL;
+}
+
+/* policy:call(fn, arg) -> the first value fn returned (through JSON, as the
+ * engine sees it), or raises with the script's error */
+static int l_call(lua_State *L)
+{
+    sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
+    const char *fn = luaL_checkstring(L, 2);
+    const char *arg = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : to_json(L, 3);
+    policy_wait w = {0};
+    se->host = L;
+    policy_call(se->vm, se->ev.ref, se->ev.name, fn, 0, arg, on_policy_result, &w);
+    while (!w.finished)
+        uv_run(&se->loop, UV_RUN_ONCE);
+    if (!w.result) {
+        lua_pushstring(L, w.error);
+        free(w.error);
+        return lua_error(L);
+    }
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "decode");
+    lua_pushstring(L, w.result);
+    free(w.result);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
 static int l_gc(lua_State *L)
 {
     sandbox_close(luaL_checkudata(L, 1, EVALUATOR_MT));
@@ -207,8 +249,10 @@ static int l_index(lua_State *L)
         lua_pushstring(L, se->ev.name);
     else if (strcmp(k, "description") == 0)
         lua_pushstring(L, se->ev.description);
-    else if (strcmp(k, "evaluate") == 0)
+    else if (strcmp(k, "evaluate") == 0 && !se->policy)
         lua_pushcfunction(L, l_evaluate);
+    else if (strcmp(k, "call") == 0 && se->policy)
+        lua_pushcfunction(L, l_call);
     else
         lua_pushnil(L);
     return 1;
@@ -216,7 +260,7 @@ static int l_index(lua_State *L)
 
 /* load_evaluator(path [, { dirs = {...}, budget_ms =, memory_limit = }])
  * -> evaluator, or nil and the load error (file:line). */
-static int l_load_evaluator(lua_State *L)
+static int load(lua_State *L, bool policy)
 {
     const char *path = luaL_checkstring(L, 1);
     script_limits lim;
@@ -242,7 +286,7 @@ static int l_load_evaluator(lua_State *L)
             if (t == LUA_TFUNCTION)
                 stubs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
             else if (t != LUA_TNIL)
-                return luaL_error(L, "load_evaluator: option '%s' must be a function(request)", names[i]);
+                return luaL_error(L, "load: option '%s' must be a function(request)", names[i]);
             else
                 lua_pop(L, 1);
         }
@@ -260,6 +304,20 @@ static int l_load_evaluator(lua_State *L)
     }
     luaL_setmetatable(L, EVALUATOR_MT);
     char err[1024];
+    se->policy = policy;
+    if (policy) {
+        if (script_load_file(se->vm, path, &se->ev.ref, se->ev.version, err, sizeof err) != 0) {
+            sandbox_close(se);
+            lua_pushnil(L);
+            lua_pushstring(L, err);
+            return 2;
+        }
+        const char *slash = strrchr(path, '/');
+        se->ev.name = strdup(slash ? slash + 1 : path);
+        se->ev.description = strdup("");
+        se->ev.path = strdup(path);
+        return 1;
+    }
     if (evaluator_load(se->vm, path, &se->ev, err, sizeof err) != 0) {
         sandbox_close(se);
         lua_pushnil(L);
@@ -267,6 +325,17 @@ static int l_load_evaluator(lua_State *L)
         return 2;
     }
     return 1;
+}
+
+static int l_load_evaluator(lua_State *L)
+{
+    return load(L, false);
+}
+
+/* load_policy(path [, opts]) -> policy with :call(fn, arg), or nil and the error */
+static int l_load_policy(lua_State *L)
+{
+    return load(L, true);
 }
 
 int luaopen_ratchet_sandbox(lua_State *L)
@@ -277,7 +346,7 @@ int luaopen_ratchet_sandbox(lua_State *L)
     lua_pushcfunction(L, l_index);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"load_evaluator", l_load_evaluator}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"load_evaluator", l_load_evaluator}, {"load_policy", l_load_policy}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

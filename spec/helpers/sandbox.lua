@@ -21,4 +21,14 @@ function M.evaluator(name)
   return ev
 end
 
+-- load_policy(path [, opts]) -> policy | nil, err; policy:call(fn, arg) runs
+-- fn(arg) in the sandbox (arg and the result cross as JSON, as in the engine)
+M.load_policy = sandbox.load_policy
+
+function M.policy(name)
+  local p, err = sandbox.load_policy("policies/" .. name .. ".lua")
+  assert(p, err)
+  return p
+end
+
 return M

@@ -1,0 +1,204 @@
+-- The prompt registry, datasets and the regression gate end to end: the real
+-- engine runs prompt versions against the real fake LLM server, whose model
+-- (spec/fixtures/instructed_model.lua) follows only what the system prompt says.
+local engine = require "spec.helpers.engine"
+local fake_llm = require "spec.helpers.fake_llm"
+
+local MODEL = engine.read_file("spec/fixtures/instructed_model.lua")
+
+local function config(fake, extra)
+  return string.format([[
+scripts = { dirs = { %q } }
+provider "fake" {
+  kind = "openai", base_url = %q, default_model = "m-1",
+  max_retries = 2, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 3000,
+  models = { ["m-1"] = { input_per_mtok = 1, output_per_mtok = 2 } },
+}
+prompt "upper" { evaluators = { { "equals" } } }
+%s
+]], engine.root, "http://" .. fake.addr .. "/v1", extra or "")
+end
+
+local function version(system)
+  return { messages = { { role = "system", content = system }, { role = "user", content = "{{text}}" } },
+           model = { provider = "fake", model = "m-1" } }
+end
+
+-- v1 repeats (fails lowercase cases), v2 uppercases (fixes them),
+-- v3 uppercases but turns ZEBRA into HORSE (breaks the critical case)
+local function setup(e)
+  assert.equal(201, e:post("/v1/prompts", { name = "upper" }).status)
+  assert.equal(201, e:post("/v1/prompts/upper/versions", version("Repeat the text.")).status)
+  assert.equal(201, e:post("/v1/prompts/upper/versions", version("Repeat the text. Answer in uppercase.")).status)
+  assert.equal(201, e:post("/v1/prompts/upper/versions",
+    version("Answer in uppercase. Replace ZEBRA with HORSE.")).status)
+  local lines = {
+    '{"id":"lower-1","variables":{"text":"hello"},"expected":"HELLO","tags":["golden"]}',
+    '{"id":"lower-2","variables":{"text":"refund please"},"expected":"REFUND PLEASE","tags":["golden"]}',
+    '{"id":"zebra","variables":{"text":"ZEBRA"},"expected":"ZEBRA","tags":["critical"]}',
+    '{"id":"done","variables":{"text":"DONE"},"expected":"DONE","tags":["golden"]}',
+  }
+  local r = e:post("/v1/datasets/golden/cases", table.concat(lines, "\n") .. "\n", { content_type = "application/x-ndjson" })
+  assert.equal(200, r.status, r.body)
+end
+
+local function run(e, body)
+  local r = e:post("/v1/runs", body)
+  assert.equal(201, r.status, r.body)
+  local id = r.json.id
+  local done = engine.eventually(20, function()
+    local g = e:get("/v1/runs/" .. id)
+    if g.json.state ~= "running" then return g.json end
+  end)
+  assert(done, "the run did not finish")
+  return done
+end
+
+describe("regression gate", function()
+  local fake, e
+  before_each(function()
+    fake = fake_llm.start { model = MODEL }
+    e = engine.start { config = config(fake) }
+    setup(e)
+  end)
+  after_each(function()
+    if e then e:stop() end
+    fake:stop()
+  end)
+
+  it("accepts a candidate that fixes failures and breaks nothing, and stores every result", function()
+    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+    assert.equal("finished", r.state)
+    assert.equal("accept", r.verdict)
+    assert.equal(2, r.report.winner)
+    assert.equal(0.5, r.report.versions[1].pass_rate)
+    assert.equal(1, r.report.versions[2].pass_rate)
+    assert.equal(1, r.report.dataset.version)
+    assert.equal(2, r.report.changed_cases)
+    local res = e:get("/v1/runs/" .. r.id .. "/results").json.items
+    assert.equal(8, #res)
+    for _, x in ipairs(res) do
+      assert.is_string(x.output)
+      assert.equal("equals", x.verdicts[1].evaluator)
+      assert.is_true(x.input_tokens > 0)
+    end
+    assert.equal(8, fake:stats().requests)
+  end)
+
+  it("rejects a candidate that breaks a critical golden case, naming it", function()
+    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2, 3 }, dataset = "golden" })
+    assert.equal("accept", r.verdict) -- v2 passes the gate
+    assert.equal(2, r.report.winner)
+    local v3 = r.report.verdicts[2]
+    assert.equal(3, v3.version)
+    assert.equal("reject", v3.verdict)
+    assert.matches("critical case%(s%): zebra", v3.reasons[1])
+    local only3 = run(e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
+    assert.equal("reject", only3.verdict)
+  end)
+
+  it("is inconclusive when calls fail beyond the retries", function()
+    fake:faults { { status = 500, times = 3 } } -- one call's three attempts
+    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
+                       cache = false })
+    assert.equal("finished", r.state)
+    assert.equal("inconclusive", r.verdict)
+    assert.matches("errored results", table.concat(r.report.verdicts[1].reasons, " "))
+    local errs = 0
+    for _, x in ipairs(e:get("/v1/runs/" .. r.id .. "/results").json.items) do
+      if x.status == "error" then errs = errs + 1; assert.matches("server_error", x.error) end
+    end
+    assert.equal(1, errs)
+  end)
+
+  it("pays for an unchanged baseline once: the cache serves it the second time (the ledger shows it)", function()
+    local first = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+    assert.equal(8, first.report.usage.calls)
+    local second = run(e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
+    assert.equal(4, second.report.usage.calls)   -- only the new candidate's
+    assert.equal(4, second.report.usage.cached)
+    local calls = e:get("/v1/llm/calls?caller_kind=run&limit=1000").json.items
+    local per_run = {}
+    for _, c in ipairs(calls) do per_run[c.run_id] = (per_run[c.run_id] or 0) + 1 end
+    assert.equal(8, per_run[first.id])
+    assert.equal(4, per_run[second.id])
+    assert.equal(12, fake:stats().requests)
+  end)
+
+  it("stops cleanly as incomplete when the run's budget runs out", function()
+    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
+                       budget = { calls = 3 } })
+    assert.equal("incomplete", r.state)
+    assert.equal("inconclusive", r.verdict)
+    assert.matches("budget", r.error)
+    assert.equal(3, fake:stats().requests)
+    assert.equal(3, #e:get("/v1/runs/" .. r.id .. "/results").json.items)
+  end)
+
+  it("runs the failed traces of a window as cases", function()
+    for i, t in ipairs({ "sorry", "thanks" }) do
+      local tr = engine.trace { id = "t" .. i, prompt = { name = "upper", version = 1 }, input = { variables = { text = t } },
+                                output = t, feedback = { thumbs = "down" } }
+      assert.equal(200, e:post("/v1/traces", tr).status)
+    end
+    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, failed = { limit = 10 } })
+    assert.equal(2, r.report.cases)
+    -- no expected output: equals cannot pass them, so nothing is fixed
+    assert.equal("reject", r.verdict)
+    assert.matches("fixes 0 of 2", r.report.verdicts[1].reasons[1])
+  end)
+
+  it("refuses bad runs with the field named", function()
+    local bad = {
+      { { prompt = "nope", baseline = 1, candidates = { 2 }, dataset = "golden" }, 404, "prompt" },
+      { { prompt = "upper", baseline = 1, candidates = { 9 }, dataset = "golden" }, 404, "candidates[0]" },
+      { { prompt = "upper", baseline = 1, candidates = { 1 }, dataset = "golden" }, 400, "candidates[0]" },
+      { { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "nope" }, 404, "dataset" },
+      { { prompt = "upper", baseline = 1, candidates = { 2 } }, 400, "dataset" },
+      { { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", k = 0 }, 400, "k" },
+      { { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", colour = 1 }, 400, "colour" },
+      { { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", budget = { usd = 1 } }, 400, "budget.usd" },
+    }
+    for _, b in ipairs(bad) do
+      local r = e:post("/v1/runs", b[1])
+      assert.equal(b[2], r.status, r.body)
+      assert.equal(b[3], r.json.error.field, r.body)
+    end
+  end)
+
+  it("refuses a template that uses a variable a case lacks, naming both", function()
+    assert.equal(201, e:post("/v1/prompts/upper/versions", {
+      messages = { { role = "user", content = "{{text}} for {{customer}}" } }, model = { provider = "fake" } }).status)
+    local r = e:post("/v1/runs", { prompt = "upper", baseline = 1, candidates = { 4 }, dataset = "golden" })
+    assert.equal(400, r.status, r.body)
+    assert.equal("missing_variable", r.json.error.code)
+    assert.matches("{{customer}}", r.json.error.message)
+    assert.matches("cases%[done%]%.variables%.customer", r.json.error.field)
+  end)
+end)
+
+describe("a run across a restart", function()
+  it("resumes after a kill and ends with every result recorded once", function()
+    local fake = fake_llm.start { model = MODEL, latency_ms = 150 }
+    local e = engine.start { config = config(fake) }
+    setup(e)
+    local r = e:post("/v1/runs", { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1 })
+    assert.equal(201, r.status, r.body)
+    local id = r.json.id
+    assert(engine.eventually(10, function()
+      return ((e:get("/v1/runs/" .. id).json.progress or {}).done or 0) >= 2
+    end))
+    e:kill9()
+    local e2 = engine.start { config = config(fake), dir = e.dir }
+    local done = engine.eventually(20, function()
+      local g = e2:get("/v1/runs/" .. id)
+      if g.json.state ~= "running" then return g.json end
+    end)
+    assert(done, "the resumed run did not finish")
+    assert.equal("finished", done.state)
+    assert.equal("accept", done.verdict)
+    assert.equal("8", e2:sql("SELECT count(*) FROM run_results WHERE run_id = '" .. id .. "'"))
+    e2:stop()
+    fake:stop()
+  end)
+end)

@@ -19,6 +19,7 @@
 
 #include "api.h"
 #include "catalog.h"
+#include "cli.h"
 #include "config.h"
 #include "fake_llm.h"
 #include "http.h"
@@ -49,6 +50,8 @@ static const char main_usage[] =
     "  serve     run the engine (HTTP API, ingest, store, online evaluation)\n"
     "  check     compile the config and every script without starting; exit 1 on errors\n"
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
+    "  prompt    the prompt registry: list, show, diff, add, promote, rollback, pin\n"
+    "  eval      the regression gate for CI: baseline vs candidates on a dataset (or standalone)\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -985,6 +988,8 @@ static const command commands[] = {
     {"serve", cmd_serve, serve_usage},
     {"check", cmd_check, check_usage},
     {"evaluate", cmd_evaluate, evaluate_usage},
+    {"prompt", cmd_prompt, prompt_usage},
+    {"eval", cmd_eval, eval_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
     {NULL, NULL, NULL},

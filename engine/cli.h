@@ -1,0 +1,10 @@
+/* cli.h — the commands that are clients of the engine's API. */
+#ifndef RATCHET_CLI_H
+#define RATCHET_CLI_H
+
+extern const char prompt_usage[];
+extern const char eval_usage[];
+int cmd_prompt(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+#endif

@@ -28,7 +28,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-llm bench-deps
+.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-llm bench-gate bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -42,6 +42,7 @@ help:
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
+	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
 
 deps:
 	@./tools/deps.sh
@@ -122,6 +123,9 @@ $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 
 bench-llm: all $(BUILD)/llm_bench
 	@./bench/llm.sh
+
+bench-gate: all $(BUILD)/llm_bench
+	@./bench/gate.sh
 
 clean:
 	rm -rf build

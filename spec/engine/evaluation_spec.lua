@@ -320,7 +320,7 @@ describe("ratchet check", function()
     engine.write_file(dir .. "/evaluators/misnamed.lua",
       "return { name = 'other', description = '', evaluate = function() end }\n")
     engine.write_file(dir .. "/evaluators/global.lua", "x = 1\nreturn {}\n")
-    engine.write_file(dir .. "/policies/accept.lua", "return function(\n")
+    engine.write_file(dir .. "/policies/broken.lua", "return function(\n")
     engine.write_file(dir .. "/scripts/fine.lua", "return {}\n")
     engine.write_file(dir .. "/ratchet.conf", 'prompt "p" { evaluators = { "syntax", "json_valid" } }\n')
     local code, out, err = engine.run("check -q -c " .. engine.shell_quote(dir .. "/ratchet.conf") .. " -s "
@@ -331,7 +331,7 @@ describe("ratchet check", function()
     assert.matches("evaluators/contract%.lua: not an evaluator: 'evaluate' must be a function", err)
     assert.matches("misnamed%.lua: the evaluator is named 'other' but its file is misnamed%.lua", err)
     assert.matches("global%.lua:1: assignment to undeclared global 'x'", err)
-    assert.matches("policies/accept%.lua:2: ", err)
+    assert.matches("policies/broken%.lua:2: ", err)
     -- the prompt names an evaluator that failed to load
     assert.matches("ratchet%.conf:1: prompt 'p': no evaluator 'syntax'", err)
     assert.matches("6 errors", err)

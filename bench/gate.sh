@@ -40,9 +40,9 @@ limits = { max_body_bytes = 64 * 1024 * 1024 }
 provider "fake" { kind = "openai", base_url = "http://$1/v1", default_model = "m-1", concurrency = 512,
                   max_retries = 0, timeout_ms = 30000 }
 prompt "bench" { evaluators = {
-  { "json_schema", schema = { type = "object", required = { "category" },
-      properties = { category = { enum = { "billing", "shipping" } }, n = { type = "integer" } } } },
-  { "contains", value = "billing" } } }
+  { "json_schema", options = { schema = { type = "object", required = { "category" },
+      properties = { category = { enum = { "billing", "shipping" } }, n = { type = "integer" } } } } },
+  { "contains", options = { value = "billing" } } } }
 CONF
 )"
     api POST /v1/prompts '{"name":"bench"}' > /dev/null
@@ -67,7 +67,7 @@ run_gate() { # concurrency -> prints wall_s cpu_s
     done
     [ "$state" = finished ] || { echo "run $id ended $state" >&2; api GET "/v1/runs/$id" >&2; exit 1; }
     awk -v t0="$t0" -v t1="$(date +%s.%N)" -v c0="$c0" -v c1="$(cpu_ticks "$PID")" -v hz="$(getconf CLK_TCK)" \
-        'BEGIN{printf "%.3f %.2f", t1-t0, (c1-c0)/hz}'
+        'BEGIN{printf "%.3f %.2f\n", t1-t0, (c1-c0)/hz}'
 }
 
 echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"

@@ -165,6 +165,102 @@ static char *read_whole(const char *path, size_t *len)
     return buf_steal(&b);
 }
 
+/* ---- ratchet evaluate ---- */
+
+const char evaluate_usage[] =
+    "usage: ratchet evaluate --prompt NAME [--since T] [--until T] [--unevaluated] [-c FILE] [--url URL]\n"
+    "\n"
+    "Asks the running engine to re-evaluate the prompt's traces with since <= time < until\n"
+    "(after an evaluator changed, or to catch up on traces left unevaluated). Times are\n"
+    "RFC 3339 (2026-11-24T00:00:00Z) or milliseconds since the epoch. Progress shows in\n"
+    "GET /v1/status.\n"
+    "\n"
+    "  -p, --prompt NAME      the prompt (required)\n"
+    "      --since T          from this time (default: the beginning)\n"
+    "      --until T          up to this time (default: now and later)\n"
+    "      --unevaluated      only traces never evaluated\n"
+    "  -c, --config FILE      read the engine's address and admin_token from this config\n"
+    "  -u, --url URL          the engine's base URL (default: from the config's listen)\n"
+    "\n"
+    "The admin token comes from the config, or from $RATCHET_ADMIN_TOKEN.\n"
+    "Exit status: 0 when the engine took the job, 1 when it refused or cannot be reached,\n"
+    "2 on a usage error.\n";
+
+int cmd_evaluate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"prompt", required_argument, NULL, 'p'}, {"since", required_argument, NULL, 'S'},
+        {"until", required_argument, NULL, 'U'},  {"unevaluated", no_argument, NULL, 'n'},
+        {"config", required_argument, NULL, 'c'}, {"url", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *prompt = NULL, *since = NULL, *until = NULL, *config_path = NULL, *url = NULL;
+    bool unevaluated = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "p:c:u:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'p': prompt = optarg; break;
+        case 'S': since = optarg; break;
+        case 'U': until = optarg; break;
+        case 'n': unevaluated = true; break;
+        case 'c': config_path = optarg; break;
+        case 'u': url = optarg; break;
+        case 'h': fputs(evaluate_usage, stdout); return 0;
+        default: fputs(evaluate_usage, stderr); return EXIT_OTHER;
+        }
+    }
+    if (optind < argc || !prompt) {
+        fprintf(stderr, "ratchet evaluate: %s\n\n%s", prompt ? "unexpected argument" : "--prompt is required",
+                evaluate_usage);
+        return EXIT_OTHER;
+    }
+    json_t *body = json_pack("{s:s, s:b}", "prompt", prompt, "only_unevaluated", unevaluated);
+    const char *names[2] = {"since", "until"}, *values[2] = {since, until};
+    for (int i = 0; i < 2; i++) {
+        int64_t t;
+        if (!values[i])
+            continue;
+        if (!time_parse(values[i], &t)) {
+            fprintf(stderr, "ratchet evaluate: --%s '%s' is not an RFC 3339 time or milliseconds\n", names[i],
+                    values[i]);
+            json_decref(body);
+            return EXIT_OTHER;
+        }
+        json_object_set_new(body, names[i], json_integer(t));
+    }
+    client c;
+    if (client_init(&c, url, config_path) != 0) {
+        json_decref(body);
+        return EXIT_OTHER;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    char *payload = json_dumps(body, JSON_COMPACT);
+    buf_t resp;
+    buf_init(&resp);
+    json_t *ans;
+    long status = call(&c, "POST", "/v1/evaluations", NULL, payload, strlen(payload), &ans, &resp);
+    int ret = 0;
+    if (status == 0) {
+        fprintf(stderr, "ratchet evaluate: cannot reach the engine at %s: %s\n", c.base,
+                json_string_value(json_object_get(json_object_get(ans, "error"), "message")));
+        ret = EXIT_REJECT;
+    } else if (status != 202) {
+        fprintf(stderr, "ratchet evaluate: the engine answered %ld: %.*s\n", status, (int)resp.len,
+                resp.data ? resp.data : "");
+        ret = EXIT_REJECT;
+    } else {
+        printf("%.*s\n", (int)resp.len, resp.data);
+    }
+    json_decref(ans);
+    buf_free(&resp);
+    free(payload);
+    json_decref(body);
+    client_free(&c);
+    curl_global_cleanup();
+    return ret;
+}
+
 /* ---- ratchet prompt ---- */
 
 const char prompt_usage[] =

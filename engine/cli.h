@@ -2,8 +2,10 @@
 #ifndef RATCHET_CLI_H
 #define RATCHET_CLI_H
 
+extern const char evaluate_usage[];
 extern const char prompt_usage[];
 extern const char eval_usage[];
+int cmd_evaluate(int argc, char **argv);
 int cmd_prompt(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 

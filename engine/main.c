@@ -13,7 +13,6 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include <curl/curl.h>
 #include <jansson.h>
 #include <libgen.h>
 
@@ -87,25 +86,6 @@ static const char check_usage[] =
     "  -q, --quiet            print only errors\n"
     "\n"
     "Exit status: 0 when everything loads, 1 when anything fails, 2 on a usage error.\n";
-
-static const char evaluate_usage[] =
-    "usage: ratchet evaluate --prompt NAME [--since T] [--until T] [--unevaluated] [-c FILE] [--url URL]\n"
-    "\n"
-    "Asks the running engine to re-evaluate the prompt's traces with since <= time < until\n"
-    "(after an evaluator changed, or to catch up on traces left unevaluated). Times are\n"
-    "RFC 3339 (2026-11-24T00:00:00Z) or milliseconds since the epoch. Progress shows in\n"
-    "GET /v1/status.\n"
-    "\n"
-    "  -p, --prompt NAME      the prompt (required)\n"
-    "      --since T          from this time (default: the beginning)\n"
-    "      --until T          up to this time (default: now and later)\n"
-    "      --unevaluated      only traces never evaluated\n"
-    "  -c, --config FILE      read the engine's address and admin_token from this config\n"
-    "  -u, --url URL          the engine's base URL (default: from the config's listen)\n"
-    "\n"
-    "The admin token comes from the config, or from $RATCHET_ADMIN_TOKEN.\n"
-    "Exit status: 0 when the engine took the job, 1 when it refused or cannot be reached,\n"
-    "2 on a usage error.\n";
 
 static const char version_usage[] = "usage: ratchet version\n\nPrints the version of ratchet and its libraries.\n";
 
@@ -841,124 +821,6 @@ static int cmd_check(int argc, char **argv)
 }
 
 /* ---- evaluate (a client of the running engine) ---- */
-
-static size_t collect(char *ptr, size_t size, size_t n, void *ud)
-{
-    buf_append(ud, ptr, size * n);
-    return size * n;
-}
-
-static int cmd_evaluate(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"prompt", required_argument, NULL, 'p'}, {"since", required_argument, NULL, 'S'},
-        {"until", required_argument, NULL, 'U'},  {"unevaluated", no_argument, NULL, 'n'},
-        {"config", required_argument, NULL, 'c'}, {"url", required_argument, NULL, 'u'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
-    };
-    const char *prompt = NULL, *since = NULL, *until = NULL, *config_path = NULL, *url = NULL;
-    bool unevaluated = false;
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:c:u:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'p': prompt = optarg; break;
-        case 'S': since = optarg; break;
-        case 'U': until = optarg; break;
-        case 'n': unevaluated = true; break;
-        case 'c': config_path = optarg; break;
-        case 'u': url = optarg; break;
-        case 'h': fputs(evaluate_usage, stdout); return 0;
-        default: fputs(evaluate_usage, stderr); return EXIT_USAGE;
-        }
-    }
-    if (optind < argc || !prompt) {
-        fprintf(stderr, "ratchet evaluate: %s\n\n%s", prompt ? "unexpected argument" : "--prompt is required",
-                evaluate_usage);
-        return EXIT_USAGE;
-    }
-    config cfg;
-    config_defaults(&cfg);
-    char err[1024];
-    if (config_path && config_load(&cfg, config_path, err, sizeof err) != 0) {
-        fprintf(stderr, "ratchet: configuration error: %s\n", err);
-        config_free(&cfg);
-        return EXIT_USAGE;
-    }
-    json_t *body = json_pack("{s:s, s:b}", "prompt", prompt, "only_unevaluated", unevaluated);
-    const char *names[2] = {"since", "until"}, *values[2] = {since, until};
-    for (int i = 0; i < 2; i++) {
-        int64_t t;
-        if (!values[i])
-            continue;
-        if (!time_parse(values[i], &t)) {
-            fprintf(stderr, "ratchet evaluate: --%s '%s' is not an RFC 3339 time or milliseconds\n", names[i],
-                    values[i]);
-            json_decref(body);
-            config_free(&cfg);
-            return EXIT_USAGE;
-        }
-        json_object_set_new(body, names[i], json_integer(t));
-    }
-    char base[512];
-    if (url)
-        snprintf(base, sizeof base, "%s", url);
-    else {
-        char host[256];
-        int port;
-        config_parse_listen(cfg.listen, host, sizeof host, &port);
-        if (!strcmp(host, "0.0.0.0"))
-            snprintf(host, sizeof host, "127.0.0.1");
-        else if (!strcmp(host, "::"))
-            snprintf(host, sizeof host, "::1");
-        snprintf(base, sizeof base, strchr(host, ':') ? "http://[%s]:%d" : "http://%s:%d", host, port);
-    }
-    size_t blen = strlen(base);
-    while (blen && base[blen - 1] == '/')
-        base[--blen] = '\0';
-    char full[600];
-    snprintf(full, sizeof full, "%s/v1/evaluations", base);
-    const char *token = cfg.admin_token ? cfg.admin_token : getenv("RATCHET_ADMIN_TOKEN");
-    char *payload = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    CURL *c = curl_easy_init();
-    struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-    char auth[600];
-    if (token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-        hdrs = curl_slist_append(hdrs, auth);
-    }
-    buf_t resp;
-    buf_init(&resp);
-    curl_easy_setopt(c, CURLOPT_URL, full);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    int ret = 0;
-    if (rc != CURLE_OK) {
-        fprintf(stderr, "ratchet evaluate: cannot reach the engine at %s: %s\n", base, curl_easy_strerror(rc));
-        ret = EXIT_RUNTIME;
-    } else if (status != 202) {
-        fprintf(stderr, "ratchet evaluate: the engine answered %ld: %.*s\n", status, (int)resp.len,
-                resp.data ? resp.data : "");
-        ret = EXIT_RUNTIME;
-    } else {
-        printf("%.*s\n", (int)resp.len, resp.data);
-    }
-    buf_free(&resp);
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(c);
-    curl_global_cleanup();
-    free(payload);
-    config_free(&cfg);
-    return ret;
-}
 
 /* ---- small commands ---- */
 

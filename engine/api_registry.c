@@ -464,8 +464,10 @@ struct read_task {
     char *name, *id, *extra;
     int64_t n1, n2, n3;
     int limit;
-    int rc;
+    int rc;             /* 0 done, 1 not found, 2 the user's error in e, -1 a store error in err */
     char err[600];
+    reg_error e;
+    bool parse_cases;   /* an import: the body's cases are parsed in the pool */
     buf_t out;
     json_t *j1, *j2;
     const char *content_type;
@@ -479,21 +481,34 @@ static void task_work(uv_work_t *w)
     t->work_fn(t);
 }
 
+/* Answers a task that failed (not found: 404 with code and field; the
+ * user's error; a store error: 500) and returns true; false when it did not. */
+static bool task_failed(read_task *t, const char *code, const char *field)
+{
+    if (t->rc == 0)
+        return false;
+    if (t->rc == 1 && field)
+        http_respond_field_error(t->req, 404, code, field, "%s", t->err);
+    else if (t->rc == 1)
+        http_respond_error(t->req, 404, code, "%s", t->err);
+    else if (t->rc == 2)
+        respond_reg_error(t->req, &t->e);
+    else {
+        log_error("api", "read failed (id=%s): %s", t->req->id, t->err);
+        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+    }
+    return true;
+}
+
 static void task_after(uv_work_t *w, int status)
 {
     (void)status;
     read_task *t = w->data;
-    if (t->after_fn) {
+    if (t->after_fn)
         t->after_fn(t);
-    } else if (t->rc == 0) {
+    else if (!task_failed(t, "not_found", NULL))
         http_respond(t->req, 200, t->content_type ? t->content_type : "application/json", NULL, t->out.data,
                      t->out.len);
-    } else if (t->rc == 1) {
-        http_respond_error(t->req, 404, "not_found", "%s", t->err);
-    } else {
-        log_error("api", "read failed (id=%s): %s", t->req->id, t->err);
-        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
-    }
     buf_free(&t->out);
     json_decref(t->j1);
     json_decref(t->j2);
@@ -630,6 +645,14 @@ static void export_work(read_task *t)
 
 static void change_work(read_task *t)
 {
+    if (t->parse_cases) { /* up to the body limit (8 MiB): never on the loop */
+        json_t *cases;
+        if (dataset_parse_cases(t->req->body.data ? t->req->body.data : "", t->req->body.len, &cases, &t->e)) {
+            t->rc = 2;
+            return;
+        }
+        json_object_set_new(t->j1, "cases", cases);
+    }
     /* the current cases, for the duplicate check */
     if (t->n1 > 0)
         t->rc = store_dataset_cases(t->a->store, t->name, t->n1, &t->j2, t->err, sizeof t->err);
@@ -641,9 +664,8 @@ static void change_work(read_task *t)
 static void change_after(read_task *t)
 {
     api *a = t->a;
-    if (t->rc != 0) {
+    if (task_failed(t, "not_found", NULL)) {
         registry_dataset_unlock(a->registry, t->name);
-        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
         return;
     }
     commit_job *j = commit_new(a, t->req);
@@ -665,9 +687,10 @@ static void change_after(read_task *t)
     commit(j);
 }
 
-/* Starts a dataset change: the current version's cases are read in the pool. */
+/* Starts a dataset change: the current version's cases are read (and with
+ * parse, the body's cases parsed) in the pool. */
 static void dataset_change(api *a, http_request *req, const char *name, const char *mode, json_t *cases,
-                           json_t *removed)
+                           json_t *removed, bool parse)
 {
     reg_error e;
     if (!registry_name_ok(name)) {
@@ -685,6 +708,7 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
     }
     read_task *t = task_new(a, req, change_work);
     t->after_fn = change_after;
+    t->parse_cases = parse;
     t->name = xstrdup(name);
     json_t *d = registry_dataset(a->registry, name);
     t->n1 = d ? json_integer_value(json_object_get(d, "version")) : 0;
@@ -704,13 +728,7 @@ static void import_cases(api *a, http_request *req, const char *name)
         http_respond_field_error(req, 400, "invalid_parameter", "mode", "'mode' must be append, upsert or replace");
         return;
     }
-    json_t *cases;
-    reg_error e;
-    if (dataset_parse_cases(req->body.data ? req->body.data : "", req->body.len, &cases, &e)) {
-        respond_reg_error(req, &e);
-        return;
-    }
-    dataset_change(a, req, name, mode, cases, NULL);
+    dataset_change(a, req, name, mode, NULL, NULL, true);
 }
 
 static void from_trace_work(read_task *t)
@@ -722,13 +740,8 @@ static void from_trace_work(read_task *t)
 
 static void from_trace_after(read_task *t)
 {
-    if (t->rc != 0) {
-        if (t->rc == 1)
-            http_respond_field_error(t->req, 404, "unknown_trace", "trace_id", "%s", t->err);
-        else
-            http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+    if (task_failed(t, "unknown_trace", "trace_id"))
         return;
-    }
     json_t *trace = json_loadb(t->out.data, t->out.len, 0, NULL);
     json_t *vars = json_object_get(json_object_get(trace, "input"), "variables");
     if (!json_is_object(vars)) {
@@ -756,7 +769,7 @@ static void from_trace_after(read_task *t)
         respond_reg_error(t->req, &e);
         return;
     }
-    dataset_change(t->a, t->req, t->name, "upsert", cases, NULL);
+    dataset_change(t->a, t->req, t->name, "upsert", cases, NULL, false);
 }
 
 /* POST /v1/datasets/{name}/from-trace {trace_id, expected?, id?, tags?} */
@@ -846,7 +859,7 @@ static void route_datasets(api *a, http_request *req, char **seg, int n)
             http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
         } else {
             json_t *removed = json_pack("[s]", seg[4]);
-            dataset_change(a, req, name, "upsert", NULL, removed);
+            dataset_change(a, req, name, "upsert", NULL, removed, false);
         }
     } else if (n == 4 && !strcmp(seg[3], "from-trace")) {
         if (strcmp(m, "POST"))
@@ -890,13 +903,8 @@ static void get_run_work(read_task *t)
 
 static void get_run_after(read_task *t)
 {
-    if (t->rc != 0) {
-        if (t->rc == 1)
-            http_respond_field_error(t->req, 404, "unknown_run", "id", "%s", t->err);
-        else
-            http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+    if (task_failed(t, "unknown_run", "id"))
         return;
-    }
     json_t *p = runner_progress(t->a->runner, t->id);
     if (p)
         json_object_set_new(t->j1, "progress", p);
@@ -911,10 +919,8 @@ static void list_runs_work(read_task *t)
 
 static void list_runs_after(read_task *t)
 {
-    if (t->rc != 0) {
-        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
+    if (task_failed(t, "not_found", NULL))
         return;
-    }
     size_t i;
     json_t *r;
     json_array_foreach(t->j1, i, r) {

@@ -105,26 +105,11 @@ echo "(c) 2000 cases x 2 versions at 50 ms, concurrency 64: wall ${wall} s, idea
      "ratio $(awk -v w="$wall" 'BEGIN{printf "%.3f", w/3.125}') (target <= 1.05)"
 
 # (d)
-mkdir -p "$OUT/nginx"
-cat > "$OUT/nginx/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-master_process off;
-error_log $OUT/nginx/error.log;
-pid $OUT/nginx/nginx.pid;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $OUT/nginx;
-  server { listen 127.0.0.1:18999; keepalive_requests 1000000; location / { return 204; } } }
-NGX
-taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
-NGX_PID=$!
-sleep 0.5
-PLAIN_GET=1 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
-kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
+nginx_baseline
 api POST /v1/prompts/bench/canary '{"version":2,"share":0.1}' > /dev/null
-run_wrk 50 bench/resolve.lua "http://$ADDR" 1 > "$OUT/resolve.res"
-ngx=$(awk -v r="$(field requests "$OUT/nginx.res")" -v d="$(field duration_us "$OUT/nginx.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
-res=$(awk -v r="$(field requests "$OUT/resolve.res")" -v d="$(field duration_us "$OUT/resolve.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+RESOLVE=bench run_wrk 50 bench/trace.lua "http://$ADDR" 1 > "$OUT/resolve.res"
+ngx=$(rate "$OUT/nginx.res")
+res=$(rate "$OUT/resolve.res")
 echo "(d) GET /v1/prompts/bench?key= at 50 connections: ${res} req/s (p99 $(field p99_us "$OUT/resolve.res") us," \
      "non-200 $(field non200 "$OUT/resolve.res")); nginx 204: ${ngx} req/s; ratio $(awk -v a="$res" -v b="$ngx" 'BEGIN{printf "%.2f", a/b}') (target >= 0.6)"
 stop_engine

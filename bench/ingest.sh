@@ -22,27 +22,8 @@ echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /pro
 echo "duration per run: ${DUR}s; server on CPU 0, wrk on CPU 1"
 
 # --- nginx baseline: 204 on the same wrk load ---
-mkdir -p "$OUT/nginx"
-cat > "$OUT/nginx/nginx.conf" <<NGX
-worker_processes 1;
-daemon off;
-master_process off;
-error_log $OUT/nginx/error.log;
-pid $OUT/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $OUT/nginx;
-  server { listen 127.0.0.1:18999; keepalive_requests 1000000;
-           location / { return 204; } }
-}
-NGX
-taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
-NGX_PID=$!
-sleep 0.5
-PLAIN_GET=1 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
-kill "$NGX_PID"; wait "$NGX_PID" 2>/dev/null || true
-ngx_rps=$(awk -v r="$(field requests "$OUT/nginx.res")" -v d="$(field duration_us "$OUT/nginx.res")" 'BEGIN{printf "%.0f", r/(d/1e6)}')
+nginx_baseline
+ngx_rps=$(rate "$OUT/nginx.res")
 echo "nginx 204:            ${ngx_rps} req/s  p50 $(field p50_us "$OUT/nginx.res") us  p99 $(field p99_us "$OUT/nginx.res") us"
 
 bench_engine() { # label batch -> prints the line, sets TPS (traces/s)

@@ -27,3 +27,31 @@ run_wrk() {
 traces_per_s() {
     awk -v b="$2" -v r="$(field requests "$1")" -v d="$(field duration_us "$1")" 'BEGIN{printf "%.0f", b*r/(d/1e6)}'
 }
+
+# nginx_baseline -> writes $OUT/nginx.res: nginx answering 204 (one worker,
+# CPU 0) to wrk's plain GET at 50 connections, the same load as the engine's.
+nginx_baseline() {
+    mkdir -p "$OUT/nginx"
+    cat > "$OUT/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $OUT/nginx/error.log;
+pid $OUT/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/nginx;
+  server { listen 127.0.0.1:18999; keepalive_requests 1000000;
+           location / { return 204; } }
+}
+NGX
+    taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
+    local ngx_pid=$!
+    sleep 0.5
+    PLAIN_GET=1 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
+    kill "$ngx_pid"; wait "$ngx_pid" 2>/dev/null || true
+}
+
+# rate result-file -> requests per second
+rate() { awk -v r="$(field requests "$1")" -v d="$(field duration_us "$1")" 'BEGIN{printf "%.0f", r/(d/1e6)}'; }

@@ -470,11 +470,12 @@ static void handle_status(api *a, http_request *req)
         json_object_set_new(scripts, "failed_reloads", json_integer((json_int_t)a->reload->failures));
         json_object_set_new(scripts, "last_reload", last[0] ? json_string(last) : json_null());
     }
-    json_t *root = json_pack("{s:s, s:s, s:I, s:b, s:b, s:o, s:o, s:o}", "version", RATCHET_VERSION_STRING,
+    json_t *root = json_pack("{s:s, s:s, s:I, s:b, s:b, s:o, s:o, s:o, s:o}", "version", RATCHET_VERSION_STRING,
                              "started_at", started, "uptime_s", (json_int_t)((now_ms() - a->started_ms) / 1000),
                              "store_healthy", store_healthy(a->store), "draining", a->draining, "evaluation",
                              a->online ? online_status_json(a->online) : json_object(), "scripts", scripts, "llm",
-                             a->llm ? llm_status_json(a->llm) : json_object());
+                             a->llm ? llm_status_json(a->llm) : json_object(), "runs",
+                             a->runner ? runner_status_json(a->runner) : json_object());
     char *text = json_dumps(root, JSON_COMPACT);
     http_respond(req, 200, "application/json", NULL, text, strlen(text));
     free(text);

@@ -1,6 +1,7 @@
 /* catalog.h — the scripts the engine runs, found over the script folders
- * (`scripts.dirs`: the first folder holding evaluators/NAME.lua wins, so
- * /etc/ratchet overrides the shipped ones by name), loaded into one VM, and
+ * (`scripts.dirs`: the first folder holding evaluators/NAME.lua or
+ * policies/NAME.lua wins, so /etc/ratchet overrides the shipped ones by
+ * name; policies are reached as "policies/NAME"), loaded into one VM, and
  * reloaded as a transaction per file: a file that fails to load leaves its
  * previous version running, and the error is kept for /v1/status.
  *
@@ -34,7 +35,7 @@ void catalog_free(catalog *cat);
 typedef struct catalog_scan catalog_scan;
 catalog_scan *catalog_scan_run(const char *const *dirs);
 void catalog_scan_free(catalog_scan *scan);
-/* Loads every evaluator of the scan and compiles its policies/ and scripts/
+/* Loads every evaluator and policy of the scan and compiles its scripts/
  * files. Returns the number of files that failed; each error is logged
  * (when log_errors), kept for status, and reachable with catalog_errors.
  * Frees the scan. */

@@ -83,6 +83,10 @@ describe("regression gate", function()
       assert.is_true(x.input_tokens > 0)
     end
     assert.equal(8, fake:stats().requests)
+    local st = e:get("/v1/status").json
+    assert.equal(1, st.runs.finished)
+    assert.equal(8, st.runs.results)
+    assert.equal("accept", st.scripts.policies[1].name)
   end)
 
   it("rejects a candidate that breaks a critical golden case, naming it", function()

@@ -108,6 +108,12 @@ static bool is_lua_name(const char *f, size_t *stem)
     return true;
 }
 
+/* Policies and meta-prompt templates are tables of functions called by name. */
+static bool table_script(const char *name)
+{
+    return !strncmp(name, "policies/", 9) || !strncmp(name, "metaprompts/", 12);
+}
+
 static bool scan_has(const catalog_scan *scan, const char *name)
 {
     for (size_t i = 0; i < scan->n; i++)
@@ -163,14 +169,16 @@ static void scan_dir(catalog_scan *scan, const char *dir, const char *kind, int 
             continue;
         size_t stem;
         if (S_ISDIR(st.st_mode)) {
-            if (depth == 0)
+            if (depth == 0 && kind && !strcmp(kind, "scripts") && !strcmp(names[i], "metaprompts"))
+                scan_dir(scan, path, "metaprompts", 0); /* meta-prompt templates, as metaprompts/NAME */
+            else if (depth == 0)
                 scan_dir(scan, path, NULL, 1); /* modules (lib/), compiled only */
         } else if (S_ISREG(st.st_mode) && is_lua_name(names[i], &stem)) {
             if (kind && depth == 0 && strcmp(kind, "scripts") != 0) {
-                /* evaluators by name; policies as policies/NAME */
+                /* evaluators by name; policies as policies/NAME, templates as metaprompts/NAME */
                 char name[256];
-                snprintf(name, sizeof name, "%s%.*s", strcmp(kind, "policies") ? "" : "policies/",
-                         (int)(stem < 200 ? stem : 200), names[i]);
+                snprintf(name, sizeof name, "%s%s%.*s", strcmp(kind, "evaluators") ? kind : "",
+                         strcmp(kind, "evaluators") ? "/" : "", (int)(stem < 200 ? stem : 200), names[i]);
                 if (!scan_has(scan, name)) /* an earlier root overrides by name */
                     scan_add(scan, name, path);
             } else {
@@ -254,8 +262,8 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
         loaded_evaluator *le = xcalloc(1, sizeof *le);
         le->refs = 1;
         le->cat = cat;
-        if (!strncmp(f->name, "policies/", 9)) {
-            /* a policy: a table of functions the engine calls by name */
+        if (table_script(f->name)) {
+            /* a policy or a template: a table of functions the engine calls by name */
             if (script_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev.ref,
                                  le->ev.version, err, sizeof err) != 0) {
                 add_error(cat, err, log_errors);
@@ -271,7 +279,7 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
             free(le);
             continue;
         }
-        if (strncmp(f->name, "policies/", 9) && strcmp(le->ev.name, f->name) != 0) {
+        if (!table_script(f->name) && strcmp(le->ev.name, f->name) != 0) {
             snprintf(err, sizeof err, "%s: the evaluator is named '%s' but its file is %s.lua; name the file after it",
                      f->path, le->ev.name, f->name);
             add_error(cat, err, log_errors);
@@ -281,7 +289,7 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
         }
         if (sl) {
             if (strcmp(sl->current->ev.version, le->ev.version) != 0 || strcmp(sl->current->ev.path, le->ev.path))
-                log_info("scripts", "%s %s: version %s (%s)", strncmp(f->name, "policies/", 9) ? "evaluator" : "policy",
+                log_info("scripts", "%s %s: version %s (%s)", table_script(f->name) ? "script" : "evaluator",
                          f->name, le->ev.version, f->path);
             release(cat->vm, sl->current);
             sl->current = le;
@@ -313,7 +321,7 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
     cat->stats.last_reload_ms = now_ms();
     cat->stats.evaluators = 0;
     for (size_t i = 0; i < cat->nslots; i++)
-        cat->stats.evaluators += strncmp(cat->slots[i].name, "policies/", 9) != 0;
+        cat->stats.evaluators += !table_script(cat->slots[i].name);
     return (int)cat->nerrors;
 }
 
@@ -355,12 +363,13 @@ void catalog_get_stats(const catalog *cat, catalog_stats *st)
 
 json_t *catalog_status_json(const catalog *cat)
 {
-    json_t *evs = json_array(), *pols = json_array();
+    json_t *evs = json_array(), *pols = json_array(), *tpls = json_array();
     for (size_t i = 0; i < cat->nslots; i++) {
         const evaluator *ev = &cat->slots[i].current->ev;
-        bool policy = !strncmp(ev->name, "policies/", 9);
-        json_array_append_new(policy ? pols : evs, json_pack("{s:s, s:s, s:s}", "name", ev->name + (policy ? 9 : 0),
-                                                             "version", ev->version, "path", ev->path));
+        bool policy = !strncmp(ev->name, "policies/", 9), tpl = !strncmp(ev->name, "metaprompts/", 12);
+        json_array_append_new(policy ? pols : tpl ? tpls : evs,
+                              json_pack("{s:s, s:s, s:s}", "name", ev->name + (policy ? 9 : tpl ? 12 : 0), "version",
+                                        ev->version, "path", ev->path));
     }
     json_t *errs = json_array();
     for (size_t i = 0; i < cat->nerrors; i++)
@@ -371,8 +380,8 @@ json_t *catalog_status_json(const catalog *cat)
     char when[32] = "";
     if (cat->stats.last_reload_ms)
         rfc3339_format(cat->stats.last_reload_ms, when);
-    return json_pack("{s:o, s:o, s:o, s:o, s:I, s:I, s:s?, s:I}", "dirs", dirs, "evaluators", evs, "policies", pols,
-                     "errors", errs,
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:s?, s:I}", "dirs", dirs, "evaluators", evs, "policies",
+                     pols, "metaprompts", tpls, "errors", errs,
                      "reloads", (json_int_t)cat->stats.reloads, "reload_errors",
                      (json_int_t)cat->stats.reload_errors, "last_reload", when[0] ? when : NULL, "memory_bytes",
                      (json_int_t)script_vm_memory(cat->vm));

@@ -169,6 +169,7 @@ void config_prompts_free(config_prompt *p, size_t n)
         }
         free(p[i].evaluators);
         free(p[i].name);
+        free(p[i].loop_json);
     }
     free(p);
 }
@@ -179,6 +180,7 @@ config_prompt *config_prompts_copy(const config_prompt *src, size_t n)
     for (size_t i = 0; i < n; i++) {
         p[i] = src[i];
         p[i].name = xstrdup(src[i].name);
+        p[i].loop_json = src[i].loop_json ? xstrdup(src[i].loop_json) : NULL;
         p[i].evaluators = src[i].nevaluators ? xcalloc(src[i].nevaluators, sizeof *p[i].evaluators) : NULL;
         for (size_t k = 0; k < src[i].nevaluators; k++) {
             config_attachment *a = &p[i].evaluators[k];
@@ -747,6 +749,84 @@ static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos,
     (void)top;
 }
 
+/* A table's known keys and the type each takes: 'b' boolean, 's' a name,
+ * 'n' a number >= 0, 'f' a share from 0 to 1, 'i' a positive integer, 'o' a
+ * table of options (any JSON), or 't' a nested table checked by sub. */
+typedef struct key_spec {
+    const char *key;
+    char type;
+    const struct key_spec *sub;
+} key_spec;
+
+static const key_spec optimizer_keys[] = {
+    {"provider", 's', NULL}, {"model", 's', NULL}, {"temperature", 'n', NULL}, {"max_tokens", 'i', NULL}, {NULL, 0, NULL}};
+static const key_spec budget_keys[] = {{"calls", 'n', NULL}, {"tokens", 'n', NULL}, {"cost", 'n', NULL}, {NULL, 0, NULL}};
+static const key_spec loop_keys[] = {
+    {"enabled", 'b', NULL},          {"dataset", 's', NULL},        {"template", 's', NULL},
+    {"optimizer", 't', optimizer_keys}, {"candidates", 'i', NULL},  {"require_approval", 'b', NULL},
+    {"window_ms", 'i', NULL},        {"check_interval_ms", 'i', NULL}, {"max_shown", 'i', NULL},
+    {"max_failures", 'i', NULL},     {"holdout", 'f', NULL},        {"k", 'i', NULL},
+    {"concurrency", 'i', NULL},      {"budget", 't', budget_keys},  {"trigger", 's', NULL},
+    {"accept", 's', NULL},           {"rollout", 's', NULL},        {"mining", 's', NULL},
+    {"trigger_options", 'o', NULL},  {"accept_options", 'o', NULL}, {"rollout_options", 'o', NULL},
+    {"mining_options", 'o', NULL},   {NULL, 0, NULL}};
+
+/* Checks the table at idx against spec; raises naming where.key. */
+static void check_keys(lua_State *L, int idx, const char *where, const key_spec *spec)
+{
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE || luaL_testudata(L, idx, RAWJSON_MT) || lua_rawlen(L, idx) > 0)
+        config_error(L, "%s must be a table of named settings", where);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        const key_spec *ks = NULL;
+        for (const key_spec *x = spec; k && x->key; x++)
+            if (!strcmp(x->key, k))
+                ks = x;
+        if (!ks) {
+            char known[600] = "";
+            for (const key_spec *x = spec; x->key; x++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "", x->key);
+            config_error(L, "%s: unknown key '%s' (known: %s)", where, k ? k : "(a positional value)", known);
+        }
+        char sub[300];
+        snprintf(sub, sizeof sub, "%s.%s", where, k);
+        int t = lua_type(L, -1);
+        switch (ks->type) {
+        case 'b':
+            if (t != LUA_TBOOLEAN)
+                config_error(L, "%s must be true or false", sub);
+            break;
+        case 's': {
+            size_t len;
+            const char *v = t == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (!v || !valid_name(v, len, 128))
+                config_error(L, "%s must be a name (1 to 128 letters, digits and - _ . : /)", sub);
+            break;
+        }
+        case 'n':
+        case 'f':
+            if (t != LUA_TNUMBER || lua_tonumber(L, -1) < 0 || lua_tonumber(L, -1) != lua_tonumber(L, -1) ||
+                (ks->type == 'f' && lua_tonumber(L, -1) > 1))
+                config_error(L, ks->type == 'f' ? "%s must be a number from 0 to 1" : "%s must be a number >= 0", sub);
+            break;
+        case 'i':
+            if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 1000000000)
+                config_error(L, "%s must be a positive integer", sub);
+            break;
+        case 'o':
+            if (t != LUA_TTABLE || lua_rawlen(L, -1) > 0)
+                config_error(L, "%s must be a table of named options", sub);
+            check_json(L, -1, sub, 0);
+            break;
+        default:
+            check_keys(L, -1, sub, ks->sub);
+        }
+        lua_pop(L, 1);
+    }
+}
+
 /* The function `prompt "name"` returns: takes the prompt's table. */
 static int prompt_body(lua_State *L)
 {
@@ -758,11 +838,18 @@ static int prompt_body(lua_State *L)
     lua_settop(L, 1);
     lua_pushnil(L);
     while (lua_next(L, 1)) {
-        if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "evaluators") != 0)
-            config_error(L, "prompt '%s': unknown key '%s' (known: evaluators)", name,
+        if (lua_type(L, -2) != LUA_TSTRING ||
+            (strcmp(lua_tostring(L, -2), "evaluators") != 0 && strcmp(lua_tostring(L, -2), "loop") != 0))
+            config_error(L, "prompt '%s': unknown key '%s' (known: evaluators, loop)", name,
                          lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "(a positional value)");
         lua_pop(L, 1);
     }
+    if (lua_getfield(L, 1, "loop") != LUA_TNIL) {
+        char where[200];
+        snprintf(where, sizeof where, "prompt '%s': loop", name);
+        check_keys(L, lua_gettop(L), where, loop_keys);
+    }
+    lua_pop(L, 1);
     int t = lua_getfield(L, 1, "evaluators"); /* 2 */
     if (t != LUA_TNIL && t != LUA_TTABLE)
         return config_error(L, "prompt '%s': 'evaluators' must be a list", name);
@@ -794,6 +881,12 @@ static int prompt_body(lua_State *L)
         parse_attachment(L, lua_gettop(L), name, (int)i + 1, &p.evaluators[i], &aname);
         lua_settop(L, 3);
     }
+    if (lua_getfield(L, 1, "loop") == LUA_TTABLE) {
+        json_t *j = build_json(L, -1);
+        p.loop_json = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+    }
+    lua_pop(L, 1);
     c->prompts = xrealloc(c->prompts, (c->nprompts + 1) * sizeof *c->prompts);
     c->prompts[c->nprompts++] = p;
     return 0;

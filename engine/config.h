@@ -48,6 +48,7 @@ typedef struct {
     char *name;
     config_attachment *evaluators;
     size_t nevaluators;
+    char *loop_json;           /* the `loop` table (docs/loop.md) as JSON, or NULL: no automation */
     int line;
 } config_prompt;
 

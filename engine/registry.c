@@ -507,6 +507,23 @@ int registry_start_canary(registry *r, const char *name, int64_t version, double
     return now_transition(r, w, name, version, "canary", reason, actor);
 }
 
+int registry_set_canary_share(registry *r, const char *name, double share, const char *reason, const char *actor,
+                              store_write *w, reg_error *e)
+{
+    json_t *p = need_prompt(r, name, e);
+    if (!p)
+        return e->status;
+    int64_t canary = registry_version_in(r, name, "canary");
+    if (!canary)
+        FAIL(409, "no_canary", "", "prompt '%s' has no canary", name);
+    if (!(share > 0 && share <= 1))
+        FAIL(400, "invalid_field", "share", "'share' must be a number over 0 and at most 1");
+    json_object_set_new(p, "canary_share", json_real(share));
+    put_prompt_row(w, name, p);
+    store_put_transition(w, name, canary, "canary", "canary", reason, actor, now_ms());
+    return 0;
+}
+
 int registry_rollback(registry *r, const char *name, int64_t version, const char *reason, const char *actor,
                       store_write *w, reg_error *e)
 {

@@ -58,6 +58,9 @@ int registry_promote(registry *r, const char *name, int64_t version, const char 
                      store_write *w, reg_error *e);
 int registry_start_canary(registry *r, const char *name, int64_t version, double share, const char *reason,
                           const char *actor, store_write *w, reg_error *e);
+/* Moves the live canary to another share of traffic (an audit row canary -> canary). */
+int registry_set_canary_share(registry *r, const char *name, double share, const char *reason, const char *actor,
+                              store_write *w, reg_error *e);
 /* Ends the canary when there is one; else puts version (0: the previous
  * production) back in production. */
 int registry_rollback(registry *r, const char *name, int64_t version, const char *reason, const char *actor,

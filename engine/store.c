@@ -210,6 +210,31 @@ static const char *const migrations[] = {
     "  result TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL"
     ") STRICT, WITHOUT ROWID;",
+
+    /* 5: the self-improvement loop: one state row per prompt, and its events. */
+    "CREATE TABLE loop_state ("
+    "  prompt TEXT PRIMARY KEY,"
+    "  state TEXT NOT NULL,"        /* idle, optimizing, gating, awaiting_approval, canary */
+    "  cycle TEXT,"                 /* the optimization cycle's id */
+    "  run_id TEXT,"                /* its gate run */
+    "  version INTEGER,"            /* the approved or canary version */
+    "  step INTEGER NOT NULL,"      /* the canary's traffic step (0-based) */
+    "  step_started INTEGER,"
+    "  canary_started INTEGER,"
+    "  last_cycle_at INTEGER,"      /* when the last cycle started (cooldown) */
+    "  updated_at INTEGER NOT NULL,"
+    "  detail TEXT"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE loop_events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  cycle TEXT,"
+    "  kind TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  detail TEXT"
+    ") STRICT;"
+    "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 

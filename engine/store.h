@@ -233,4 +233,26 @@ int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err
 int store_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
                       int limit, json_t **rows, char *err, size_t errlen);
 
+/* ---- the self-improvement loop (store_loop.c) ---- */
+typedef struct {
+    const char *prompt, *state, *cycle, *run_id;
+    int64_t version;
+    int step;
+    int64_t step_started, canary_started, last_cycle_at, updated_at;
+    const char *detail; /* JSON or NULL */
+} store_loop_state;
+void store_put_loop_state(store_write *w, const store_loop_state *ls);
+void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
+                          const char *detail_json, int64_t ts_ms);
+/* {prompt: {state, cycle, run_id, version, step, step_started, canary_started, last_cycle_at, updated_at, detail}} */
+int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
+/* [{seq, at, cycle, kind, message, detail}] oldest first, after seq */
+int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
+                           size_t errlen);
+/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until:
+ * {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, latency_ms, cost, tokens,
+ *  evaluators: {name: {n, passed, failures, errors, pass_rate, required}}} */
+int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                         json_t **out, char *err, size_t errlen);
+
 #endif

@@ -29,4 +29,16 @@ sqlite3 *store_read_acquire(store *s, char *err, size_t errlen);
 void store_read_release(store *s, sqlite3 *db);
 void store_ops_free(store_op *op);
 
+/* Shared by the SQL files (store_registry.c, store_loop.c). */
+/* Adds one statement to w; types: one letter per value: i int64, I int64
+ * with 0 as NULL, d double, s text (NULL as NULL). */
+void op_add(store_write *w, const char *sql, const char *types, ...);
+/* A read: borrows a connection, prepares sql, and leaves both in *db, *st. */
+int read_begin(store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st, char *err, size_t errlen);
+/* Finishes a read: rc is the last sqlite3_step result. */
+int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen);
+json_t *col_text(sqlite3_stmt *st, int i);
+json_t *col_json(sqlite3_stmt *st, int i);
+json_t *col_time(sqlite3_stmt *st, int i);
+
 #endif

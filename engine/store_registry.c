@@ -12,7 +12,7 @@
 
 /* types: one letter per value: i int64, I int64 with 0 as NULL, d double,
  * s text (NULL as NULL) */
-static void op_add(store_write *w, const char *sql, const char *types, ...)
+void op_add(store_write *w, const char *sql, const char *types, ...)
 {
     store_op *op = xcalloc(1, sizeof *op);
     op->sql = sql;
@@ -162,7 +162,7 @@ void store_put_cache(store_write *w, const char *key, const char *result_json, i
 /* ---- reads ---- */
 
 /* A read: borrows a connection, prepares sql, and leaves both in *db, *st. */
-static int read_begin(store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st, char *err, size_t errlen)
+int read_begin(store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st, char *err, size_t errlen)
 {
     *db = store_read_acquire(s, err, errlen);
     if (!*db)
@@ -176,7 +176,7 @@ static int read_begin(store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st
 }
 
 /* Finishes a read: rc is the last sqlite3_step result. */
-static int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen)
+int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen)
 {
     int out = 0;
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
@@ -188,13 +188,13 @@ static int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, 
     return out;
 }
 
-static json_t *col_text(sqlite3_stmt *st, int i)
+json_t *col_text(sqlite3_stmt *st, int i)
 {
     const unsigned char *t = sqlite3_column_text(st, i);
     return t ? json_string((const char *)t) : json_null();
 }
 
-static json_t *col_json(sqlite3_stmt *st, int i)
+json_t *col_json(sqlite3_stmt *st, int i)
 {
     const char *t = (const char *)sqlite3_column_text(st, i);
     if (!t)
@@ -203,7 +203,7 @@ static json_t *col_json(sqlite3_stmt *st, int i)
     return v ? v : json_string(t);
 }
 
-static json_t *col_time(sqlite3_stmt *st, int i)
+json_t *col_time(sqlite3_stmt *st, int i)
 {
     if (sqlite3_column_type(st, i) == SQLITE_NULL)
         return json_null();

@@ -107,8 +107,11 @@ static void on_ingest_committed(store_write *w)
     ingest_job *job = w->data;
     if (job->a->online && w->status == 0)
         for (size_t i = 0; i < w->ntraces; i++)
-            if (w->trace_results[i] == STORE_ACCEPTED)
+            if (w->trace_results[i] == STORE_ACCEPTED) {
                 online_enqueue(job->a->online, w->traces[i].id, w->traces[i].prompt);
+                if (job->a->loop_sm)
+                    loop_note_traces(job->a->loop_sm, w->traces[i].prompt, 1);
+            }
     respond_results(job);
 }
 

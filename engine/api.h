@@ -10,6 +10,7 @@
 #include "llm.h"
 #include "online.h"
 #include "registry.h"
+#include "loop.h"
 #include "runner.h"
 #include "store.h"
 
@@ -31,6 +32,7 @@ typedef struct {
     llm *llm;               /* NULL in unit tests */
     registry *registry;     /* NULL in unit tests */
     runner *runner;         /* NULL in unit tests */
+    optloop *loop_sm;          /* the self-improvement loop; NULL in unit tests */
     api_reload_info *reload;
     int64_t started_ms;
     bool draining;

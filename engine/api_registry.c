@@ -557,6 +557,124 @@ static void prompt_history(api *a, http_request *req, const char *name)
     task_queue(t);
 }
 
+/* ---- the loop ---- */
+
+static void optimize_prompt(api *a, http_request *req, const char *name)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {NULL};
+    if (!known_fields(req, body, known, "none")) {
+        json_decref(body);
+        return;
+    }
+    json_decref(body);
+    if (!a->loop_sm) {
+        http_respond_error(req, 503, "unavailable", "the loop is not available");
+        return;
+    }
+    reg_error e;
+    json_t *view = NULL;
+    if (loop_optimize(a->loop_sm, name, actor_of(req), &view, &e)) {
+        respond_reg_error(req, &e);
+        return;
+    }
+    respond_json(req, 202, view);
+    json_decref(view);
+}
+
+static void on_decided(json_t *view, const reg_error *e, void *ud)
+{
+    http_request *req = ud;
+    if (e)
+        respond_reg_error(req, e);
+    else
+        respond_json(req, 200, view);
+}
+
+static void decide_run(api *a, http_request *req, const char *id, bool approve)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {"reason", NULL};
+    if (!known_fields(req, body, known, "reason")) {
+        json_decref(body);
+        return;
+    }
+    json_t *rj = json_object_get(body, "reason");
+    if (rj && (!json_is_string(rj) || json_string_length(rj) > 1024)) {
+        json_decref(body);
+        http_respond_field_error(req, 400, "invalid_field", "reason", "'reason' must be a string of at most 1024 bytes");
+        return;
+    }
+    reg_error e;
+    if (!a->loop_sm)
+        http_respond_error(req, 503, "unavailable", "the loop is not available");
+    else if (loop_approve(a->loop_sm, id, approve, json_string_value(rj), actor_of(req), on_decided, req, &e))
+        respond_reg_error(req, &e);
+    json_decref(body);
+}
+
+static void events_work(read_task *t)
+{
+    t->rc = store_list_loop_events(t->a->store, t->name, t->n1, t->limit, &t->j1, t->err, sizeof t->err);
+}
+
+static void events_after(read_task *t)
+{
+    if (task_failed(t, "not_found", NULL))
+        return;
+    json_t *v = loop_prompt_json(t->a->loop_sm, t->name);
+    if (!v)
+        v = json_pack("{s:s, s:s, s:b}", "prompt", t->name, "state", "idle", "configured", 0);
+    json_object_set(v, "events", t->j1);
+    size_t n = json_array_size(t->j1);
+    if (n)
+        json_object_set(v, "next_cursor", json_object_get(json_array_get(t->j1, n - 1), "seq"));
+    respond_json(t->req, 200, v);
+    json_decref(v);
+}
+
+/* GET /v1/loop, GET /v1/loop/{prompt}?cursor=&limit= (its state and events) */
+static void route_loop(api *a, http_request *req, char **seg, int n)
+{
+    if (strcmp(req->method, "GET")) {
+        http_respond_error(req, 405, "method_not_allowed", "use GET");
+        return;
+    }
+    if (!a->loop_sm) {
+        http_respond_error(req, 503, "unavailable", "the loop is not available");
+        return;
+    }
+    if (n == 2) {
+        json_t *v = loop_status_json(a->loop_sm);
+        respond_json(req, 200, v);
+        json_decref(v);
+        return;
+    }
+    if (n != 3) {
+        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
+        return;
+    }
+    static const char *const known[] = {"cursor", "limit", NULL};
+    long long cursor = 0, limit = 200;
+    if (!api_known_params(req, known) || !api_int_param(req, "cursor", 0, INT64_MAX, &cursor) ||
+        !api_int_param(req, "limit", 1, 1000, &limit))
+        return;
+    if (!registry_prompt(a->registry, seg[2])) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", seg[2]);
+        return;
+    }
+    read_task *t = task_new(a, req, events_work);
+    t->after_fn = events_after;
+    t->name = xstrdup(seg[2]);
+    t->n1 = cursor;
+    t->limit = (int)limit;
+    task_queue(t);
+}
+
 static void route_prompts(api *a, http_request *req, char **seg, int n)
 {
     const char *m = req->method;
@@ -601,6 +719,11 @@ static void route_prompts(api *a, http_request *req, char **seg, int n)
                           !strcmp(seg[3], "pin") || !strcmp(seg[3], "unpin"))) {
         if (!strcmp(m, "POST"))
             prompt_action(a, req, name, seg[3]);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+    } else if (n == 4 && !strcmp(seg[3], "optimize")) {
+        if (!strcmp(m, "POST"))
+            optimize_prompt(a, req, name);
         else
             http_respond_error(req, 405, "method_not_allowed", "use POST");
     } else if (n == 5 && !strcmp(seg[3], "labels")) {
@@ -1021,6 +1144,11 @@ static void route_runs(api *a, http_request *req, char **seg, int n)
         t->n2 = cursor;
         t->limit = (int)limit;
         task_queue(t);
+    } else if (n == 4 && (!strcmp(seg[3], "approve") || !strcmp(seg[3], "reject"))) {
+        if (strcmp(m, "POST"))
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+        else
+            decide_run(a, req, id, !strcmp(seg[3], "approve"));
     } else if (n == 4 && !strcmp(seg[3], "cancel")) {
         reg_error e;
         if (strcmp(m, "POST"))
@@ -1040,7 +1168,8 @@ bool api_registry_route(api *a, http_request *req)
     bool prompts = !strncmp(path, "/v1/prompts", 11) && (path[11] == '\0' || path[11] == '/');
     bool datasets = !strncmp(path, "/v1/datasets", 12) && (path[12] == '\0' || path[12] == '/');
     bool runs = !strncmp(path, "/v1/runs", 8) && (path[8] == '\0' || path[8] == '/');
-    if (!prompts && !datasets && !runs)
+    bool lp = !strncmp(path, "/v1/loop", 8) && (path[8] == '\0' || path[8] == '/');
+    if (!prompts && !datasets && !runs && !lp)
         return false;
     char buf[1024];
     char *seg[8];
@@ -1065,6 +1194,8 @@ bool api_registry_route(api *a, http_request *req)
         route_prompts(a, req, seg, n);
     else if (datasets)
         route_datasets(a, req, seg, n);
+    else if (lp)
+        route_loop(a, req, seg, n);
     else
         route_runs(a, req, seg, n);
     return true;

@@ -208,16 +208,28 @@ static void on_policy_result(const char *result, const char *error, void *ud)
     w->error = error ? strdup(error) : NULL;
 }
 
-/* policy:call(fn, arg) -> the first value fn returned (through JSON, as the
+/* policy:call(fn, arg...) -> the first value fn returned (through JSON, as the
  * engine sees it), or raises with the script's error */
 static int l_call(lua_State *L)
 {
     sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
     const char *fn = luaL_checkstring(L, 2);
-    const char *arg = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : to_json(L, 3);
+    int nargs = lua_gettop(L) - 2;
     policy_wait w = {0};
     se->host = L;
-    policy_call(se->vm, se->ev.ref, se->ev.name, fn, 0, arg, on_policy_result, &w);
+    if (nargs > 1) {
+        /* several arguments cross as one JSON array, spread again inside */
+        lua_createtable(L, nargs, 0);
+        for (int i = 1; i <= nargs; i++) {
+            lua_pushvalue(L, 2 + i);
+            lua_rawseti(L, -2, i);
+        }
+        const char *args = to_json(L, lua_gettop(L));
+        policy_call_args(se->vm, se->ev.ref, se->ev.name, fn, 0, args, on_policy_result, &w);
+    } else {
+        const char *arg = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : to_json(L, 3);
+        policy_call(se->vm, se->ev.ref, se->ev.name, fn, 0, arg, on_policy_result, &w);
+    }
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
     if (!w.result) {

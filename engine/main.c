@@ -27,6 +27,7 @@
 #include "log.h"
 #include "online.h"
 #include "registry.h"
+#include "loop.h"
 #include "runner.h"
 #include "script.h"
 #include "scriptio.h"
@@ -111,6 +112,7 @@ typedef struct {
     scriptio *sio;
     registry *reg;
     runner *runner;
+    optloop *lp;
     api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
@@ -173,6 +175,8 @@ static void finish_stop(void *arg)
     close_handle((uv_handle_t *)&e->sigint);
     close_handle((uv_handle_t *)&e->sighup);
     close_watches(e);
+    loop_free(e->lp);
+    e->lp = NULL;
     runner_free(e->runner);
     e->runner = NULL;
     store_close(e->store); /* flushes the writer: every queued write is committed */
@@ -201,14 +205,20 @@ static void after_runs_drained(void *arg)
     online_drain(e->online, finish_stop, e);
 }
 
+static void after_loop_drained(void *arg)
+{
+    engine *e = arg;
+    runner_drain(e->runner, after_runs_drained, e);
+}
+
 static void finish_shutdown(http_server *srv)
 {
     (void)srv;
     engine *e = the_engine;
     uv_timer_stop(&e->shutdown_timer);
-    /* runs' calls in flight end and their results are written, then the
-     * evaluations running finish and theirs are written */
-    runner_drain(e->runner, after_runs_drained, e);
+    /* the loop's steps in flight end and are written, then runs' calls in
+     * flight and their results, then the evaluations running */
+    loop_drain(e->lp, after_loop_drained, e);
 }
 
 static void on_shutdown_deadline(uv_timer_t *t)
@@ -226,6 +236,7 @@ static void begin_shutdown(engine *e, const char *why)
     e->stopping = true;
     e->api.draining = true;
     sd_notify(0, "STOPPING=1");
+    loop_drain(e->lp, NULL, NULL);       /* no new step of the loop starts */
     runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
@@ -367,6 +378,7 @@ static void apply_config(engine *e, config *n)
     c->evaluation = n->evaluation;
     online_configure(e->online, c);
     runner_configure(e->runner, c);
+    loop_configure(e->lp, c);
     config_provider *pv = c->providers;
     size_t npv = c->nproviders;
     c->providers = n->providers;
@@ -660,6 +672,11 @@ static int cmd_serve(int argc, char **argv)
         return EXIT_RUNTIME;
     }
     e.runner = runner_new(e.loop, e.store, e.reg, e.cat, e.vm, e.llm, &e.cfg);
+    e.lp = loop_new(e.loop, e.store, e.reg, e.runner, e.cat, e.vm, e.llm, &e.cfg);
+    if (loop_load(e.lp, err, sizeof err) != 0) {
+        log_error("engine", "cannot read the loop's state: %s", err);
+        return EXIT_RUNTIME;
+    }
     /* traces acknowledged but not evaluated before the last stop */
     for (size_t i = 0; i < e.cfg.nprompts; i++)
         if (online_has_prompt(e.online, e.cfg.prompts[i].name))
@@ -673,6 +690,7 @@ static int cmd_serve(int argc, char **argv)
     e.api.llm = e.llm;
     e.api.registry = e.reg;
     e.api.runner = e.runner;
+    e.api.loop_sm = e.lp;
     e.api.reload = &e.reload;
     e.api.started_ms = now_ms();
     http_limits lim = {
@@ -686,6 +704,7 @@ static int cmd_serve(int argc, char **argv)
     };
     if (http_server_start(&e.http, e.loop, host, port, &lim, api_handle, &e.api, err, sizeof err) != 0) {
         log_error("engine", "%s", err);
+        loop_free(e.lp);
         runner_free(e.runner);
         registry_free(e.reg);
         online_free(e.online);
@@ -738,6 +757,7 @@ static int cmd_serve(int argc, char **argv)
     int resumed = runner_resume(e.runner, err, sizeof err);
     if (resumed < 0)
         log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
+    loop_start(e.lp);
 
     uv_run(e.loop, UV_RUN_DEFAULT);
 

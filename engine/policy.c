@@ -9,6 +9,7 @@
 
 typedef struct {
     char *name, *fn, *arg;
+    bool spread; /* arg is an array of the arguments */
     policy_done done;
     void *ud;
 } policy_ctx;
@@ -16,9 +17,20 @@ typedef struct {
 static int push_arg(lua_State *co, void *ud)
 {
     policy_ctx *c = ud;
-    if (!script_push_json(co, c->arg, strlen(c->arg)))
+    if (!script_push_json(co, c->arg, strlen(c->arg))) {
         lua_pushnil(co);
-    return 1;
+        return 1;
+    }
+    if (!c->spread || !lua_istable(co, -1))
+        return 1;
+    /* stack: args -> args[1] .. args[n] */
+    int n = (int)lua_rawlen(co, -1), t = lua_gettop(co);
+    if (!lua_checkstack(co, n + 1))
+        return 1;
+    for (int i = 1; i <= n; i++)
+        lua_rawgeti(co, t, i);
+    lua_remove(co, t);
+    return n;
 }
 
 static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
@@ -48,14 +60,27 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
     free(c);
 }
 
-void policy_call(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *arg_json,
-                 policy_done done, void *ud)
+static void call(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *arg_json,
+                 bool spread, policy_done done, void *ud)
 {
     policy_ctx *c = xcalloc(1, sizeof *c);
+    c->spread = spread;
     c->name = xstrdup(name);
     c->fn = xstrdup(fn);
     c->arg = xstrdup(arg_json);
     c->done = done;
     c->ud = ud;
     script_invoke(vm, ref, fn, budget_ms, "policy", name, push_arg, on_done, c);
+}
+
+void policy_call(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *arg_json,
+                 policy_done done, void *ud)
+{
+    call(vm, ref, name, fn, budget_ms, arg_json, false, done, ud);
+}
+
+void policy_call_args(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *args_json,
+                      policy_done done, void *ud)
+{
+    call(vm, ref, name, fn, budget_ms, args_json, true, done, ud);
 }

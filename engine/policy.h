@@ -16,4 +16,8 @@ typedef void (*policy_done)(const char *result, const char *error, void *ud);
 void policy_call(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *arg_json,
                  policy_done done, void *ud);
 
+/* The same with several arguments: args_json is a JSON array of them. */
+void policy_call_args(script_vm *vm, int ref, const char *name, const char *fn, int budget_ms, const char *args_json,
+                      policy_done done, void *ud);
+
 #endif

@@ -427,7 +427,7 @@ static bool allowed(const char *from, const char *to)
     static const char *const moves[][2] = {
         {"candidate", "testing"}, {"testing", "rejected"}, {"testing", "approved"}, {"testing", "candidate"},
         {"approved", "testing"},  {"approved", "canary"},  {"canary", "production"}, {"canary", "rolled_back"},
-        {"production", "retired"},
+        {"production", "retired"}, {"candidate", "rejected"}, {"approved", "rejected"},
     };
     for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++)
         if (!strcmp(moves[i][0], from) && !strcmp(moves[i][1], to))

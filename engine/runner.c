@@ -299,8 +299,8 @@ static bool json_time_value(json_t *v, int64_t *out)
 static int check_spec(runner *r, json_t *spec, reg_error *e)
 {
     static const char *const known[] = {"prompt", "baseline", "candidates", "dataset", "dataset_version", "tags",
-                                        "failed", "k", "concurrency", "budget", "cache", "policy", "policy_options",
-                                        "kind", NULL};
+                                        "failed", "cases", "k", "concurrency", "budget", "cache", "policy",
+                                        "policy_options", "kind", NULL};
     if (!json_is_object(spec))
         SPEC_FAIL(400, "invalid_json", "", "the body must be a JSON object describing the run");
     const char *key;
@@ -312,7 +312,7 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
         if (!ok)
             SPEC_FAIL(400, "invalid_field", key,
                       "unknown field '%s' (known: prompt, baseline, candidates, dataset, dataset_version, tags, "
-                      "failed, k, concurrency, budget, cache, policy, policy_options, kind)",
+                      "failed, cases, k, concurrency, budget, cache, policy, policy_options, kind)",
                       key);
     }
     const char *prompt = json_string_value(json_object_get(spec, "prompt"));
@@ -347,8 +347,28 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
                 SPEC_FAIL(400, "invalid_field", f, "version %lld is listed twice", (long long)json_integer_value(v));
     }
     json_t *ds = json_object_get(spec, "dataset"), *failed = json_object_get(spec, "failed");
-    if (!ds && !failed)
-        SPEC_FAIL(400, "invalid_field", "dataset", "a run needs cases: give 'dataset', 'failed' or both");
+    json_t *inline_cases = json_object_get(spec, "cases");
+    if (!ds && !failed && !inline_cases)
+        SPEC_FAIL(400, "invalid_field", "dataset", "a run needs cases: give 'dataset', 'failed', 'cases' or several");
+    if (inline_cases) {
+        if (!json_is_array(inline_cases) || json_array_size(inline_cases) > 10000)
+            SPEC_FAIL(400, "invalid_field", "cases", "'cases' must be a list of at most 10000 cases");
+        json_array_foreach(inline_cases, i, v) {
+            char f[64];
+            snprintf(f, sizeof f, "cases[%zu]", i);
+            if (!json_is_object(v) || !json_is_string(json_object_get(v, "id")) ||
+                !json_is_object(json_object_get(v, "variables")))
+                SPEC_FAIL(400, "invalid_field", f, "'%s' must be an object with 'id' (a string) and 'variables' (an "
+                          "object)", f);
+            json_t *t = json_object_get(v, "tags");
+            size_t j;
+            json_t *x;
+            if (t && !json_is_array(t))
+                SPEC_FAIL(400, "invalid_field", f, "'%s.tags' must be a list of strings", f);
+            json_array_foreach(t, j, x) if (!json_is_string(x))
+                SPEC_FAIL(400, "invalid_field", f, "'%s.tags' must be a list of strings", f);
+        }
+    }
     if (ds) {
         if (!json_is_string(ds))
             SPEC_FAIL(400, "invalid_field", "dataset", "'dataset' must be a dataset name");
@@ -496,6 +516,13 @@ static void load_cases_after(uv_work_t *w, int status)
         json_t *o = json_pack("{s:s, s:s, s:O, s:[s], s:O, s:O}", "id", id, "source", "failed", "variables",
                               json_object_get(c, "variables"), "tags", "failed", "trace_id",
                               json_object_get(c, "trace_id"), "reasons", json_object_get(c, "reasons"));
+        json_array_append_new(rn->cases, o);
+    }
+    json_array_foreach(json_object_get(rn->spec, "cases"), i, c) {
+        json_t *o = json_deep_copy(c);
+        if (!json_object_get(o, "tags"))
+            json_object_set_new(o, "tags", json_array());
+        json_object_set_new(o, "source", json_string(json_object_get(c, "trace_id") ? "failed" : "inline"));
         json_array_append_new(rn->cases, o);
     }
     if (json_array_size(rn->cases) == 0) {

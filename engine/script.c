@@ -956,6 +956,23 @@ bool script_push_json(lua_State *L, const char *json, size_t len)
     return rc == 0;
 }
 
+char *script_field_json(script_vm *vm, int ref, const char *field)
+{
+    lua_State *L = script_vm_state(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* +1: the table */
+    char *out = NULL;
+    if (lua_istable(L, -1)) {
+        lua_pushstring(L, field);
+        lua_rawget(L, -2); /* +2: the value */
+        char err[200];
+        if (!lua_isnil(L, -1))
+            out = script_to_json(L, -1, err, sizeof err);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
 char *script_to_json(lua_State *L, int idx, char *err, size_t errlen)
 {
     script_vm *vm = vm_of(L);

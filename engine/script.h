@@ -98,6 +98,9 @@ bool script_push_json_cached(lua_State *L, const char *json, size_t len);
 
 /* The JSON text of the value at idx (malloc'd), or NULL with err. */
 char *script_to_json(lua_State *L, int idx, char *err, size_t errlen);
+/* The JSON of a plain data field of the table at ref (read raw, no
+ * metamethods, no script code runs), or NULL when absent or not JSON. */
+char *script_field_json(script_vm *vm, int ref, const char *field);
 
 /* Calls table[fn](args...) where table is the value at ref, as a new
  * coroutine, under budget_ms (0: the VM's default). It runs from the run

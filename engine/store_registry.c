@@ -335,7 +335,7 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int
     if (read_begin(s,
                    "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, "
                    "  (SELECT json_group_array(json_object('evaluator', evaluator, 'reason', reason)) FROM scores "
-                   "   WHERE trace_id = t.id AND pass = 0 AND status = 'ok'), t.negative "
+                   "   WHERE trace_id = t.id AND pass = 0 AND status = 'ok'), t.negative, json_extract(t.body, '$.output') "
                    "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 "
                    "AND (t.verdict = 1 OR t.negative = 1) "
                    "AND json_type(t.body, '$.input.variables') = 'object' "
@@ -348,9 +348,10 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int
     sqlite3_bind_int(st, 4, limit);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(*cases, json_pack("{s:o, s:o, s:I, s:o, s:b}", "trace_id", col_text(st, 0), "variables",
-                                                col_json(st, 1), "ts", (json_int_t)sqlite3_column_int64(st, 2),
-                                                "reasons", col_json(st, 3), "negative", sqlite3_column_int(st, 4)));
+        json_array_append_new(*cases, json_pack("{s:o, s:o, s:I, s:o, s:b, s:o}", "trace_id", col_text(st, 0),
+                                                "variables", col_json(st, 1), "ts",
+                                                (json_int_t)sqlite3_column_int64(st, 2), "reasons", col_json(st, 3),
+                                                "negative", sqlite3_column_int(st, 4), "output", col_text(st, 5)));
     return read_end(s, db, st, rc, err, errlen);
 }
 

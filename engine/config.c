@@ -547,6 +547,17 @@ static int helper_json(lua_State *L)
     return 1;
 }
 
+/* Whether the value at idx is what json() returns (a table marked by its metatable). */
+static bool is_rawjson(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx))
+        return false;
+    luaL_getmetatable(L, RAWJSON_MT);
+    bool same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return same;
+}
+
 /* Checks that the Lua value at idx converts to JSON; raises naming where (a
  * path). Allocates nothing, so a raise leaks nothing. */
 static void check_json(lua_State *L, int idx, const char *where, int depth)
@@ -579,7 +590,7 @@ static void check_json(lua_State *L, int idx, const char *where, int depth)
         config_error(L, "%s: a %s cannot be an option (use strings, numbers, booleans and tables)", where,
                      luaL_typename(L, idx));
     }
-    if (luaL_testudata(L, idx, RAWJSON_MT))
+    if (is_rawjson(L, idx))
         return;
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     bool strings = false, numbers = false;
@@ -621,7 +632,7 @@ static json_t *build_json(lua_State *L, int idx)
     default:
         break;
     }
-    if (luaL_testudata(L, idx, RAWJSON_MT)) {
+    if (is_rawjson(L, idx)) {
         lua_rawgeti(L, idx, 1);
         size_t len;
         const char *text = lua_tolstring(L, -1, &len);
@@ -718,7 +729,7 @@ static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos,
             required = lua_toboolean(L, -1);
         int ot = lua_getfield(L, idx, "options");
         if (ot != LUA_TNIL) {
-            if (ot != LUA_TTABLE || luaL_testudata(L, -1, RAWJSON_MT) || lua_rawlen(L, -1) > 0)
+            if (ot != LUA_TTABLE || is_rawjson(L, -1) || lua_rawlen(L, -1) > 0)
                 config_error(L, "%s: 'options' must be a table of named options", where);
             char ow[240];
             snprintf(ow, sizeof ow, "%s.options", where);
@@ -775,7 +786,7 @@ static const key_spec loop_keys[] = {
 static void check_keys(lua_State *L, int idx, const char *where, const key_spec *spec)
 {
     idx = lua_absindex(L, idx);
-    if (lua_type(L, idx) != LUA_TTABLE || luaL_testudata(L, idx, RAWJSON_MT) || lua_rawlen(L, idx) > 0)
+    if (lua_type(L, idx) != LUA_TTABLE || is_rawjson(L, idx) || lua_rawlen(L, idx) > 0)
         config_error(L, "%s must be a table of named settings", where);
     lua_pushnil(L);
     while (lua_next(L, idx)) {

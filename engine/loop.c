@@ -446,11 +446,12 @@ static json_t *state_json(lprompt *p)
     json_t *pr = registry_prompt(p->lp->reg, p->name);
     int64_t now = now_ms();
     int64_t canary = registry_version_in(p->lp->reg, p->name, "canary");
-    return json_pack("{s:s, s:s, s:b, s:o, s:o, s:o, s:I, s:O}", "prompt", p->name, "state", p->state, "pinned",
-                     json_is_true(json_object_get(pr, "pinned")), "canary", canary ? json_integer(canary) : json_null(),
-                     "last_cycle_at", p->last_cycle_at ? json_integer(p->last_cycle_at) : json_null(),
-                     "since_last_cycle_ms", p->last_cycle_at ? json_integer(now - p->last_cycle_at) : json_null(),
-                     "now_ms", (json_int_t)now, "options", json_object_get(p->set, "trigger_options"));
+    /* absent, not null: a JSON null reaches Lua as a value, not nil */
+    return json_pack("{s:s, s:s, s:b, s:o*, s:o*, s:o*, s:I, s:O}", "prompt", p->name, "state", p->state, "pinned",
+                     json_is_true(json_object_get(pr, "pinned")), "canary", canary ? json_integer(canary) : NULL,
+                     "last_cycle_at", p->last_cycle_at ? json_integer(p->last_cycle_at) : NULL,
+                     "since_last_cycle_ms", p->last_cycle_at ? json_integer(now - p->last_cycle_at) : NULL, "now_ms",
+                     (json_int_t)now, "options", json_object_get(p->set, "trigger_options"));
 }
 
 static void trigger_read(void *ud)
@@ -644,9 +645,19 @@ static json_t *failure_by_id(loop_cycle *c, const char *id)
 
 static void built(lprompt *p, json_t *res, const char *err);
 
+/* Lua's empty table crosses as {}: a list field holding {} is an empty list. */
+static void fix_list(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    if (json_is_object(v) && json_object_size(v) == 0)
+        json_object_set_new(obj, key, json_array());
+}
+
 static void mined(lprompt *p, json_t *res, const char *err)
 {
     loop_cycle *c = p->cyc;
+    fix_list(res, "shown");
+    fix_list(res, "held");
     json_t *shown = json_object_get(res, "shown"), *held = json_object_get(res, "held");
     if (!json_is_array(shown) || !json_is_array(held)) {
         char why[900];
@@ -660,12 +671,15 @@ static void mined(lprompt *p, json_t *res, const char *err)
     json_t *id;
     json_array_foreach(shown, i, id) {
         json_t *f = json_is_string(id) ? failure_by_id(c, json_string_value(id)) : NULL;
-        if (f)
-            json_array_append_new(fails, json_pack("{s:O, s:O, s:O, s:O}", "id", json_object_get(f, "trace_id"),
+        if (f) {
+            json_t *o = json_object_get(f, "output");
+            json_array_append_new(fails, json_pack("{s:O, s:O, s:O*, s:O}", "id", json_object_get(f, "trace_id"),
                                                    "input", json_object_get(f, "variables"), "output",
-                                                   json_object_get(f, "output") ? json_object_get(f, "output")
-                                                                                : json_null(),
-                                                   "reasons", json_object_get(f, "reasons")));
+                                                   json_is_null(o) ? NULL : o, "reasons",
+                                                   json_is_array(json_object_get(f, "reasons"))
+                                                       ? json_object_get(f, "reasons")
+                                                       : json_array()));
+        }
     }
     if (json_array_size(fails) == 0) {
         json_decref(fails);
@@ -1009,6 +1023,7 @@ static void parsed(lprompt *p, json_t *res, const char *err)
 {
     optloop *lp = p->lp;
     loop_cycle *c = p->cyc;
+    fix_list(res, "candidates");
     json_t *list = json_is_array(res) ? res : json_object_get(res, "candidates");
     if (!json_is_array(list)) {
         char why[900];

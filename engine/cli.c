@@ -1211,3 +1211,143 @@ int cmd_eval(int argc, char **argv)
     return rc;
 }
 
+
+/* ---- the loop: optimize, approve, loop ---- */
+
+const char optimize_usage[] =
+    "usage: ratchet optimize NAME [--url URL] [-c FILE] [--json]\n"
+    "\n"
+    "Starts an optimization cycle of the loop for prompt NAME now (the trigger\n"
+    "policy is skipped): failure mining, the optimizer, then the gate. Follow it\n"
+    "with `ratchet loop NAME`. The prompt needs loop settings in the config.\n"
+    "Exit status: 0 started, 1 the engine refused (busy, pinned, a live canary) or cannot be reached, 2 usage.\n";
+
+const char approve_usage[] =
+    "usage: ratchet approve RUN [--reject] [--reason TEXT] [--url URL] [-c FILE] [--json]\n"
+    "\n"
+    "Answers a gate run whose winner waits for a human (loop.require_approval):\n"
+    "approve starts its canary; --reject rejects the version instead.\n"
+    "Exit status: 0 done, 1 the engine refused or cannot be reached, 2 usage.\n";
+
+const char loop_usage[] =
+    "usage: ratchet loop [NAME] [--url URL] [-c FILE] [--json]\n"
+    "\n"
+    "Without NAME: every prompt's loop state. With NAME: its state and the\n"
+    "events of its cycles (triggers, candidates, gate verdicts, canary steps,\n"
+    "promotions, rollbacks).\n"
+    "Exit status: 0 done, 1 the engine refused or cannot be reached, 2 usage.\n";
+
+static int loop_client(const char *cmd, const char *usage, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
+        {"reason", required_argument, NULL, 'r'}, {"reject", no_argument, NULL, 'x'},
+        {"json", no_argument, NULL, 'j'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *url = NULL, *config_path = NULL, *reason = NULL;
+    bool as_json = false, reject = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "u:c:r:xjh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'u': url = optarg; break;
+        case 'c': config_path = optarg; break;
+        case 'r': reason = optarg; break;
+        case 'x': reject = true; break;
+        case 'j': as_json = true; break;
+        case 'h': fputs(usage, stdout); return 0;
+        default: fputs(usage, stderr); return EXIT_OTHER;
+        }
+    }
+    int n = argc - optind;
+    char **a = argv + optind;
+    bool is_loop = !strcmp(cmd, "loop");
+    if ((is_loop && n > 1) || (!is_loop && n != 1)) {
+        fprintf(stderr, "ratchet %s: %s\n\n%s", cmd, n ? "too many arguments" : "which one?", usage);
+        return EXIT_OTHER;
+    }
+    if ((reject || reason) && strcmp(cmd, "approve")) {
+        fprintf(stderr, "ratchet %s: --reject and --reason belong to `ratchet approve`\n", cmd);
+        return EXIT_OTHER;
+    }
+    if (n == 1 && strcmp(cmd, "approve") && !registry_name_ok(a[0])) {
+        fprintf(stderr, "ratchet %s: '%s' is not a prompt name\n", cmd, a[0]);
+        return EXIT_OTHER;
+    }
+    if (n == 1 && !strcmp(cmd, "approve") && (strlen(a[0]) > 64 || strspn(a[0], "0123456789abcdef-") != strlen(a[0]))) {
+        fprintf(stderr, "ratchet approve: '%s' is not a run id\n", a[0]);
+        return EXIT_OTHER;
+    }
+    client c;
+    if (client_init(&c, url, config_path) != 0)
+        return EXIT_OTHER;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    char path[600];
+    json_t *ans = NULL, *body = NULL;
+    long st;
+    if (!strcmp(cmd, "optimize")) {
+        snprintf(path, sizeof path, "/v1/prompts/%s/optimize", a[0]);
+        st = call_json(&c, "POST", path, NULL, &ans);
+    } else if (!strcmp(cmd, "approve")) {
+        body = json_object();
+        if (reason)
+            json_object_set_new(body, "reason", json_string(reason));
+        snprintf(path, sizeof path, "/v1/runs/%s/%s", a[0], reject ? "reject" : "approve");
+        st = call_json(&c, "POST", path, body, &ans);
+    } else {
+        snprintf(path, sizeof path, n ? "/v1/loop/%s" : "/v1/loop", n ? a[0] : "");
+        st = call_json(&c, "GET", path, NULL, &ans);
+    }
+    int rc = 0;
+    if (st < 200 || st > 299) {
+        print_error(cmd, st, ans);
+        rc = EXIT_REJECT;
+    } else if (as_json) {
+        char *t = json_dumps(ans, JSON_INDENT(2));
+        puts(t);
+        free(t);
+    } else if (!strcmp(cmd, "loop") && n == 0) {
+        printf("%-32s %-18s %-8s %s\n", "PROMPT", "STATE", "VERSION", "LAST DECISION");
+        const char *name;
+        json_t *p;
+        json_object_foreach(json_object_get(ans, "prompts"), name, p) {
+            char v[24] = "-";
+            if (json_is_integer(json_object_get(p, "version")))
+                snprintf(v, sizeof v, "v%lld", (long long)json_integer_value(json_object_get(p, "version")));
+            const char *d = json_string_value(json_object_get(p, "decision"));
+            printf("%-32s %-18s %-8s %s\n", name, json_string_value(json_object_get(p, "state")), v, d ? d : "");
+        }
+    } else {
+        const char *d = json_string_value(json_object_get(ans, "decision"));
+        printf("%s: %s%s%s\n", json_string_value(json_object_get(ans, "prompt")),
+               json_string_value(json_object_get(ans, "state")), d ? " — " : "", d ? d : "");
+        if (json_is_string(json_object_get(ans, "run")) && strcmp(json_string_value(json_object_get(ans, "state")), "idle"))
+            printf("run: %s\n", json_string_value(json_object_get(ans, "run")));
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(ans, "events"), i, ev)
+            printf("%s  %-12s %s\n", json_string_value(json_object_get(ev, "at")),
+                   json_string_value(json_object_get(ev, "kind")), json_string_value(json_object_get(ev, "message")));
+    }
+    json_decref(ans);
+    json_decref(body);
+    client_free(&c);
+    curl_global_cleanup();
+    return rc;
+}
+
+int cmd_optimize(int argc, char **argv)
+{
+    return loop_client("optimize", optimize_usage, argc, argv);
+}
+
+int cmd_approve(int argc, char **argv)
+{
+    return loop_client("approve", approve_usage, argc, argv);
+}
+
+int cmd_loop(int argc, char **argv)
+{
+    return loop_client("loop", loop_usage, argc, argv);
+}

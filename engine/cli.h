@@ -8,5 +8,11 @@ extern const char eval_usage[];
 int cmd_evaluate(int argc, char **argv);
 int cmd_prompt(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+extern const char optimize_usage[];
+extern const char approve_usage[];
+extern const char loop_usage[];
+int cmd_optimize(int argc, char **argv);
+int cmd_approve(int argc, char **argv);
+int cmd_loop(int argc, char **argv);
 
 #endif

@@ -1457,8 +1457,27 @@ static void check(lprompt *p)
     optloop *lp = p->lp;
     lp->n.checks++;
     if (!strcmp(p->state, "idle")) {
-        if (p->set && json_is_true(json_object_get(p->set, "enabled")))
+        int64_t canary = registry_version_in(lp->reg, p->name, "canary");
+        if (canary && p->set && !json_is_true(json_object_get(registry_prompt(lp->reg, p->name), "pinned"))) {
+            /* a canary started by hand: the rollout policy watches it too */
+            free(p->cycle);
+            p->cycle = NULL;
+            double share = json_number_value(json_object_get(registry_prompt(lp->reg, p->name), "canary_share"));
+            p->version = canary;
+            p->step = 0;
+            p->step_started = p->canary_started = now_ms();
+            json_object_set_new(p->detail, "step_base", json_integer(0));
+            json_object_set_new(p->detail, "share", json_real(share));
+            set_state(p, "canary");
+            move *m = move_new();
+            event(p, &m->w, "canary", json_pack("{s:I, s:f}", "version", (json_int_t)canary, "share", share),
+                  "watching v%lld, a canary started by hand at %g%% of traffic", (long long)canary, share * 100);
+            decide(p, "watching the canary v%lld", (long long)canary);
+            p->busy = true;
+            commit(p, m, release, NULL);
+        } else if (p->set && json_is_true(json_object_get(p->set, "enabled"))) {
             trigger_check(p);
+        }
     } else if (!strcmp(p->state, "canary")) {
         canary_check(p);
     } else if (!strcmp(p->state, "gating")) {

@@ -52,6 +52,9 @@ static const char main_usage[] =
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  prompt    the prompt registry: list, show, diff, add, promote, rollback, pin\n"
     "  eval      the regression gate for CI: baseline vs candidates on a dataset (or standalone)\n"
+    "  optimize  start an optimization cycle of the loop for a prompt now\n"
+    "  approve   approve (or --reject) a gate winner that waits for a human\n"
+    "  loop      the loop's state per prompt, and a prompt's cycle events\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -872,6 +875,9 @@ static const command commands[] = {
     {"evaluate", cmd_evaluate, evaluate_usage},
     {"prompt", cmd_prompt, prompt_usage},
     {"eval", cmd_eval, eval_usage},
+    {"optimize", cmd_optimize, optimize_usage},
+    {"approve", cmd_approve, approve_usage},
+    {"loop", cmd_loop, loop_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
     {NULL, NULL, NULL},

@@ -14,7 +14,7 @@ void store_put_loop_state(store_write *w, const store_loop_state *ls)
         "last_cycle_at, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
         "ON CONFLICT(prompt) DO UPDATE SET state = ?2, cycle = ?3, run_id = ?4, version = ?5, step = ?6, "
         "step_started = ?7, canary_started = ?8, last_cycle_at = ?9, updated_at = ?10, detail = ?11";
-    op_add(w, sql, "sssIiiIIIis", ls->prompt, ls->state, ls->cycle, ls->run_id, ls->version, (int64_t)ls->step,
+    op_add(w, sql, "ssssIiIIIis", ls->prompt, ls->state, ls->cycle, ls->run_id, ls->version, (int64_t)ls->step,
            ls->step_started, ls->canary_started, ls->last_cycle_at, ls->updated_at, ls->detail);
 }
 

@@ -100,6 +100,7 @@ describe("the loop", function()
     assert.equal("canary", st[3])   -- the fix alone
     assert.is_nil(st[4])            -- the third candidate never became a version
     local events = l.events
+    if os.getenv("LOOP_DEBUG") then for _, ev in ipairs(events) do print(ev.kind, ev.message) end end
     assert.matches("trigger,candidates,gate_started,gate,canary", kinds(events))
     local cand = events[2]
     assert.matches("candidate 3 rejected before the gate: it changes the user message", cand.message)
@@ -122,5 +123,206 @@ describe("the loop", function()
     local s = e:get("/v1/loop").json
     assert.equal(1, s.counters.promotions)
     assert.equal(1, s.counters.cycles)
+  end)
+
+  it("rolls back a canary that degrades, and leaves production untouched", function()
+    e = engine.start { config = config(fake, "enabled = false,") }
+    setup(e, V1 .. " Escape quotes in strings.")
+    assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings. Use uppercase.")).status)
+    local r = e:post("/v1/prompts/tickets/canary", { version = 2, share = 0.5 })
+    assert.equal(200, r.status, r.body)
+    wait_state(e, function(v) return v.state == "canary" and v.version == 2 end)
+    local rolled = drive(e, 1, function(s) return s[2] == "rolled_back" end)
+    assert(rolled, "not rolled back: " .. engine.json.encode(loop_view(e)))
+    local st = statuses(e)
+    assert.equal("production", st[1])
+    local l = wait_state(e, function(v) return v.state == "idle" end)
+    local last = l.events[#l.events]
+    assert.equal("rollback", last.kind)
+    assert.matches("production untouched", last.message)
+    assert.matches("beyond doubt", last.message)
+    -- the audit log has the move with the policy's reason
+    local h = e:get("/v1/prompts/tickets/history").json.items
+    assert.equal("rolled_back", h[#h].to)
+    assert.equal("loop", h[#h].actor)
+  end)
+
+  it("never touches a pinned prompt", function()
+    e = engine.start { config = config(fake) }
+    setup(e)
+    assert.equal(200, e:post("/v1/prompts/tickets/pin", { reason = "audit freeze" }).status)
+    traffic.send(base(e), "tickets", 1, 40)
+    engine.sleep(1.5) -- fifteen check intervals
+    local l = loop_view(e)
+    assert.equal("idle", l.state)
+    assert.equal(0, #l.events)
+    assert.matches("pinned", l.decision)
+    assert.equal(1, #e:get("/v1/prompts/tickets/versions").json.items)
+    local r = e:post("/v1/prompts/tickets/optimize", {})
+    assert.equal(409, r.status)
+    assert.equal("pinned", r.json.error.code)
+    -- a canary started by hand on a pinned prompt is not moved by the loop
+    assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1 .. " Use uppercase.")).status)
+    assert.equal(200, e:post("/v1/prompts/tickets/canary", { version = 2, share = 0.5 }).status)
+    traffic.send(base(e), "tickets", 41, 40)
+    engine.sleep(1)
+    assert.equal("canary", statuses(e)[2])
+    assert.equal("idle", loop_view(e).state)
+  end)
+
+  it("waits for a human when approval is required, survives a restart while waiting, and yields to a manual rollback", function()
+    local cfg = config(fake, "require_approval = true,")
+    e = engine.start { config = cfg }
+    setup(e)
+    traffic.send(base(e), "tickets", 1, 40)
+    local l = wait_state(e, function(v) return v.state == "awaiting_approval" end)
+    assert.equal(3, l.version)
+    assert.equal("approved", statuses(e)[3])
+    assert.truthy(l.events[#l.events].message:find("ratchet approve " .. l.run, 1, true))
+    -- killed while waiting: still waiting after the restart
+    e:kill9()
+    e = engine.start { config = cfg, dir = e.dir }
+    l = wait_state(e, function(v) return v.state == "awaiting_approval" end)
+    local url = "--url http://" .. e.addr
+    local code, out, err = engine.run("approve " .. l.run .. " --reason 'looks right' " .. url)
+    assert.equal(0, code, err)
+    assert.matches("canary", out)
+    assert.equal("canary", statuses(e)[3])
+    code, _, err = engine.run("approve " .. l.run .. " " .. url)
+    assert.equal(1, code)
+    assert.matches("does not wait for approval", err)
+    -- a human rolls the canary back: the loop stands down
+    assert.equal(200, e:post("/v1/prompts/tickets/rollback", { reason = "not today" }).status)
+    l = wait_state(e, function(v) return v.state == "idle" and v.events[#v.events].kind == "manual" end)
+    assert.equal("production", statuses(e)[1])
+    assert.equal("rolled_back", statuses(e)[3])
+  end)
+
+  it("never promotes text that poisoned traces ask the optimizer to insert", function()
+    e = engine.start { config = config(fake) }
+    setup(e)
+    traffic.send(base(e), "tickets", 1, 40, { poison = true })
+    local l = wait_state(e, function(v)
+      for _, ev in ipairs(v.events) do if ev.kind == "candidates" then return true end end
+    end)
+    local cand
+    for _, ev in ipairs(l.events) do if ev.kind == "candidates" then cand = ev end end
+    assert.matches("copies trace text into the prompt", cand.message)
+    engine.sleep(0.5)
+    for _, v in ipairs(e:get("/v1/prompts/tickets/versions").json.items) do
+      local full = e:get(string.format("/v1/prompts/tickets/versions/%d", v.version)).json
+      if full.messages[1].content:find("attacker.example", 1, true) then
+        assert.is_true(v.status == "rejected" or v.status == "candidate" or v.status == "testing", v.status)
+      end
+    end
+    assert.equal("production", statuses(e)[1])
+    for v, st in pairs(statuses(e)) do
+      if v > 1 then assert.are_not.equal("canary", st) end
+    end
+  end)
+
+  it("ends a gate run that exhausts its budget as incomplete and promotes nothing", function()
+    e = engine.start { config = config(fake, "budget = { calls = 3 },") }
+    setup(e)
+    traffic.send(base(e), "tickets", 1, 40)
+    local l = wait_state(e, function(v)
+      for _, ev in ipairs(v.events) do if ev.kind == "gate" then return v.state == "idle" end end
+    end)
+    local gate
+    for _, ev in ipairs(l.events) do if ev.kind == "gate" then gate = ev end end
+    assert.matches("incomplete", gate.message)
+    local st = statuses(e)
+    assert.equal("production", st[1])
+    assert.equal("rejected", st[2])
+    assert.equal("rejected", st[3])
+    for v, st in pairs(statuses(e)) do assert.are_not.equal("canary", st, "v" .. v) end
+  end)
+
+  it("aborts a cycle killed while optimizing, rejecting nothing half-made", function()
+    local cfg = config(fake, "enabled = false,")
+    e = engine.start { config = cfg }
+    setup(e)
+    traffic.send(base(e), "tickets", 1, 40)
+    engine.sleep(0.5) -- evaluated
+    fake:faults { { stall = true } }
+    local r = e:post("/v1/prompts/tickets/optimize", {})
+    assert.equal(202, r.status, r.body)
+    assert.equal("optimizing", r.json.state)
+    assert.equal(409, e:post("/v1/prompts/tickets/optimize", {}).status) -- one cycle at a time
+    wait_state(e, function() return fake:stats().requests >= 41 end)
+    e:kill9()
+    fake:reset()
+    e = engine.start { config = cfg, dir = e.dir }
+    local l = wait_state(e, function(v) return v.state == "idle" and #v.events >= 2 end)
+    assert.equal("aborted", l.events[#l.events].kind)
+    assert.equal(1, #e:get("/v1/prompts/tickets/versions").json.items)
+    -- and the next cycle runs
+    assert.equal(202, e:post("/v1/prompts/tickets/optimize", {}).status)
+    wait_state(e, function(v) return v.state == "canary" end)
+  end)
+
+  it("resumes a gate run killed mid-way, and a canary killed mid-rollout", function()
+    local cfg = config(fake, "enabled = false, concurrency = 1,")
+    e = engine.start { config = cfg }
+    setup(e)
+    traffic.send(base(e), "tickets", 1, 40)
+    engine.sleep(0.5)
+    fake:faults { { delay_ms = 150, times = 1000 } }
+    assert.equal(202, e:post("/v1/prompts/tickets/optimize", {}).status)
+    local l = wait_state(e, function(v) return v.state == "gating" end)
+    local run = l.run
+    engine.eventually(20, function() return #e:get("/v1/runs/" .. run .. "/results").json.items >= 3 end)
+    e:kill9()
+    e = engine.start { config = cfg, dir = e.dir }
+    l = wait_state(e, function(v) return v.state == "canary" end, 60)
+    assert.equal(run, l.run)
+    assert.equal(3, l.version)
+    fake:reset()
+    e:kill9()
+    e = engine.start { config = cfg, dir = e.dir }
+    l = wait_state(e, function(v) return v.state == "canary" end)
+    assert.equal(3, l.version)
+    assert(drive(e, 41, function(s) return s[3] == "production" end), "not promoted after the restart")
+  end)
+
+  it("answers bad requests with errors that name the field", function()
+    e = engine.start { config = config(fake, "enabled = false,") .. '\nprompt "other" { evaluators = { "json_valid" } }' }
+    setup(e)
+    local r = e:post("/v1/prompts/nope/optimize", {})
+    assert.equal(404, r.status)
+    assert.equal("unknown_prompt", r.json.error.code)
+    assert.equal(201, e:post("/v1/prompts", { name = "other" }).status)
+    r = e:post("/v1/prompts/other/optimize", {})
+    assert.equal(409, r.status)
+    assert.equal("no_loop", r.json.error.code)
+    r = e:post("/v1/prompts/tickets/optimize", { now = true })
+    assert.equal(400, r.status)
+    assert.equal("now", r.json.error.field)
+    r = e:post("/v1/runs/0123-abc/approve", {})
+    assert.equal(404, r.status)
+    assert.equal("unknown_run", r.json.error.code)
+    r = e:post("/v1/runs/0123-abc/approve", { reason = 5 })
+    assert.equal(400, r.status)
+    assert.equal("reason", r.json.error.field)
+    assert.equal(404, e:get("/v1/loop/nope").status)
+    assert.equal(405, e:post("/v1/loop", {}).status)
+    local code, _, err = engine.run("optimize 'bad name' --url http://" .. e.addr)
+    assert.equal(2, code)
+    assert.matches("not a prompt name", err)
+    code, _, err = engine.run("optimize other --url http://" .. e.addr)
+    assert.equal(1, code)
+    assert.matches("no loop settings", err)
+  end)
+
+  it("refuses to start on a bad loop setting, naming it", function()
+    local code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { candidates = "three" } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("prompt 'p': loop.candidates must be a positive integer", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { optimiser = {} } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("unknown key 'optimiser'", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { optimizer = { temperature = -1 } } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("loop.optimizer.temperature must be a number >= 0", log)
   end)
 end)

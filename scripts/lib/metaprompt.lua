@@ -12,7 +12,8 @@ function M.fence(text, max)
   text = tostring(text or "")
   max = max or 2000
   if #text > max then text = text:sub(1, max) .. " [...]" end
-  text = text:gsub("</?%s*[dD][aA][tT][aA]", function(tag) return tag:gsub("<", "&lt;") end)
+  -- "<data", "</data", "<\/data" (JSON escapes the slash), any case
+  text = text:gsub("<([\\/]*%s*[dD][aA][tT][aA])", "&lt;%1")
   return "<data>\n" .. text .. "\n</data>"
 end
 

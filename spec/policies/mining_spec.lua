@@ -1,0 +1,66 @@
+-- policies/mining.lua: which failed traces the optimizer sees and which the gate keeps.
+local sandbox = require "spec.helpers.sandbox"
+
+local policy = sandbox.policy("mining")
+
+local function failure(id, text, evaluator, reason)
+  return { id = id, input = { ticket = text }, reasons = { { evaluator = evaluator or "json_schema", reason = reason or "output is not valid JSON" } } }
+end
+
+local function set(list)
+  local s = {}
+  for _, x in ipairs(list) do s[x] = true end
+  return s
+end
+
+describe("mining policy", function()
+  it("counts near-identical inputs once (case, digits, spacing, punctuation)", function()
+    local r = policy:call("select", {
+      failure("a", "Order 123 is late!"), failure("b", "order 456 is   LATE"), failure("c", "The app crashes"),
+    }, { max_shown = 10, holdout = 0 })
+    assert.equal(1, r.duplicates)
+    assert.equal(2, r.distinct)
+    local shown = set(r.shown)
+    assert.is_true(shown.a)       -- the newest of the two stays
+    assert.is_nil(shown.b)
+  end)
+
+  it("caps what it shows and spreads it across failure reasons, newest first", function()
+    local fs = {}
+    for i = 1, 10 do fs[#fs + 1] = failure("json" .. i, "json text " .. string.rep("x", i)) end
+    fs[#fs + 1] = failure("enum1", "label one", "json_schema", "'Billing' is not one of the allowed values")
+    fs[#fs + 1] = failure("enum2", "label two longer", "json_schema", "'Other' is not one of the allowed values")
+    local r = policy:call("select", fs, { max_shown = 4, holdout = 0 })
+    assert.equal(4, #r.shown)
+    local shown = set(r.shown)
+    assert.is_true(shown.enum1 and shown.enum2 and shown.json1 and shown.json2)
+    assert.equal(2, #r.groups)
+    -- the rest goes to the gate
+    assert.equal(8, #r.held)
+  end)
+
+  it("holds a share out of the optimizer's sight, chosen by trace id (stable)", function()
+    local fs = {}
+    for i = 1, 100 do fs[#fs + 1] = failure("t" .. i, "distinct ticket " .. string.char(65 + i % 26) .. string.rep("y", i)) end
+    local a = policy:call("select", fs, { max_shown = 100, holdout = 0.3 })
+    local b = policy:call("select", fs, { max_shown = 100, holdout = 0.3 })
+    assert.same(a.held, b.held)
+    assert.is_true(#a.held > 15 and #a.held < 45, "held " .. #a.held)
+    local shown = set(a.shown)
+    for _, id in ipairs(a.held) do assert.is_nil(shown[id]) end
+  end)
+
+  it("holds at least one failure out when a holdout is asked for", function()
+    local r = policy:call("select", { failure("a", "one"), failure("b", "two") }, { max_shown = 10, holdout = 0.01 })
+    assert.equal(1, #r.held)
+    assert.equal(1, #r.shown)
+  end)
+
+  it("copes with no failures, missing reasons and hostile inputs", function()
+    local r = policy:call("select", {}, { max_shown = 5, holdout = 0.3 })
+    assert.equal(0, r.distinct)
+    r = policy:call("select", { { id = "n", input = { x = string.rep("\255", 5000) }, negative = true } },
+      { max_shown = 5, holdout = 0.3 })
+    assert.equal(1, r.distinct)
+  end)
+end)

@@ -28,7 +28,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run clean help bench-ingest bench-eval bench-llm bench-gate bench-deps
+.PHONY: all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -83,6 +83,9 @@ asan: deps $(MODULE)
 	  RATCHET_SANITIZED=1 RATCHET_BIN=$(abspath build/asan/ratchet) TEST_BIN_DIR=$(abspath build/asan/tests) \
 	  RATCHET_LUA_CPATH=$(abspath build/lua) \
 	  ./spec/run-all
+
+demo: deps all
+	@./demo/run.sh
 
 run: deps all
 	@mkdir -p var

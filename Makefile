@@ -28,7 +28,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-deps
+.PHONY: all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
+	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
 
 deps:
 	@./tools/deps.sh
@@ -106,6 +107,12 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/lib
 	install -m 0644 evaluators/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/
 	install -m 0644 evaluators/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/evaluators/lib/
+	install -d $(DESTDIR)$(PREFIX)/share/ratchet/policies/lib $(DESTDIR)$(PREFIX)/share/ratchet/scripts/lib \
+	  $(DESTDIR)$(PREFIX)/share/ratchet/scripts/metaprompts
+	install -m 0644 policies/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/policies/
+	install -m 0644 policies/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/policies/lib/
+	install -m 0644 scripts/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/lib/
+	install -m 0644 scripts/metaprompts/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/metaprompts/
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
 
 uninstall:
@@ -126,6 +133,9 @@ $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 
 bench-llm: all $(BUILD)/llm_bench
 	@./bench/llm.sh
+
+bench-rollout: all
+	@lua5.4 bench/rollout.lua
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh

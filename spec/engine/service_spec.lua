@@ -25,6 +25,9 @@ describe("make install", function()
       "/usr/share/ratchet/ratchet.conf.example", "/usr/share/ratchet/trace.schema.json",
       "/usr/share/doc/ratchet/README.md", "/usr/share/doc/ratchet/api.md",
       "/usr/share/ratchet/evaluators/json_schema.lua", "/usr/share/ratchet/evaluators/lib/jsonschema.lua",
+      "/usr/share/ratchet/policies/accept.lua", "/usr/share/ratchet/policies/rollout.lua",
+      "/usr/share/ratchet/policies/lib/sequential.lua", "/usr/share/ratchet/scripts/metaprompts/plain.lua",
+      "/usr/share/ratchet/scripts/lib/metaprompt.lua",
     } do
       assert.is_not_nil(engine.read_file(dest .. f), f .. " is missing")
     end

@@ -554,7 +554,9 @@ static void failures_work(void *ud)
 {
     pool_read *r = ud;
     store *st = r->p->lp->st;
-    if (store_failed_trace_cases(st, r->name, r->since, INT64_MAX, (int)r->limit, &r->out[0], r->err, sizeof r->err)) {
+    /* the failures of the version being improved */
+    if (store_failed_trace_cases(st, r->name, r->versions[0], r->since, INT64_MAX, (int)r->limit, &r->out[0], r->err,
+                                 sizeof r->err)) {
         r->rc = -1;
         return;
     }
@@ -1433,6 +1435,10 @@ static void canary_check(lprompt *p)
     }
     if (json_is_true(json_object_get(registry_prompt(lp->reg, p->name), "pinned"))) {
         decide(p, "pinned: the canary holds where it is");
+        return;
+    }
+    if (!p->set) {
+        decide(p, "the prompt has no loop settings any more: the canary is left to a human");
         return;
     }
     p->busy = true;

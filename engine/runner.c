@@ -477,7 +477,7 @@ static void load_cases_work(uv_work_t *w)
             json_time_value(x, &until);
         x = json_object_get(rn->failed_spec, "limit");
         int limit = x ? (int)json_integer_value(x) : 200;
-        store_failed_trace_cases(r->st, rn->prompt, since, until, limit, &rn->failed_cases, rn->err, sizeof rn->err);
+        store_failed_trace_cases(r->st, rn->prompt, 0, since, until, limit, &rn->failed_cases, rn->err, sizeof rn->err);
     }
 }
 

@@ -213,10 +213,10 @@ int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq,
                                 size_t errlen);
 /* The cases of a dataset version, as an array of case objects in id order. */
 int store_dataset_cases(store *s, const char *dataset, int64_t version, json_t **cases, char *err, size_t errlen);
-/* The newest failed traces of prompt with since <= ts < until that carry
+/* The newest failed traces of prompt (of one version unless 0) with since <= ts < until that carry
  * input.variables: [{trace_id, variables, ts, reasons, negative, output}] (reasons: failed scores). */
-int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, int limit,
-                             json_t **cases, char *err, size_t errlen);
+int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen);
 /* Looks up n cache keys; results[i] is the stored JSON or NULL (free each). */
 int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen);
 /* A run: {id, kind, prompt, spec, state, verdict, report, error, created_at, finished_at}; 1 when none. */

@@ -326,8 +326,8 @@ int store_dataset_cases(store *s, const char *dataset, int64_t version, json_t *
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, int limit,
-                             json_t **cases, char *err, size_t errlen)
+int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
@@ -336,7 +336,7 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int
                    "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, "
                    "  (SELECT json_group_array(json_object('evaluator', evaluator, 'reason', reason)) FROM scores "
                    "   WHERE trace_id = t.id AND pass = 0 AND status = 'ok'), t.negative, json_extract(t.body, '$.output') "
-                   "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 "
+                   "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND (?5 = 0 OR t.version = ?5) "
                    "AND (t.verdict = 1 OR t.negative = 1) "
                    "AND json_type(t.body, '$.input.variables') = 'object' "
                    "ORDER BY t.ts DESC, t.seq DESC LIMIT ?4",
@@ -346,6 +346,7 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t since_ms, int
     sqlite3_bind_int64(st, 2, since_ms);
     sqlite3_bind_int64(st, 3, until_ms);
     sqlite3_bind_int(st, 4, limit);
+    sqlite3_bind_int64(st, 5, version);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         json_array_append_new(*cases, json_pack("{s:o, s:o, s:I, s:o, s:b, s:o}", "trace_id", col_text(st, 0),

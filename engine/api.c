@@ -479,6 +479,7 @@ static void handle_status(api *a, http_request *req)
                              a->online ? online_status_json(a->online) : json_object(), "scripts", scripts, "llm",
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
+    json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
     char *text = json_dumps(root, JSON_COMPACT);
     http_respond(req, 200, "application/json", NULL, text, strlen(text));
     free(text);

@@ -123,6 +123,8 @@ describe("the loop", function()
     local s = e:get("/v1/loop").json
     assert.equal(1, s.counters.promotions)
     assert.equal(1, s.counters.cycles)
+    assert.equal(1, s.counters.candidates_invalid)
+    assert.equal(1, e:get("/v1/status").json.loop.counters.promotions)
   end)
 
   it("rolls back a canary that degrades, and leaves production untouched", function()

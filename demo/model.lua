@@ -55,12 +55,13 @@ local FIXES = {
 local function optimizer(system, user)
   local current = user:match('current prompt %(version %d+%)%s*<prompt role="system">\n(.-)\n</prompt>') or ""
   local user_msg = user:match('<prompt role="user">\n(.-)\n</prompt>') or "Ticket: {{ticket}}"
-  local fixes, seen = {}, {}
+  local fixes, seen, said = {}, {}, {}
   for reasons in user:gmatch("<reasons>\n(.-)\n</reasons>") do
     for _, f in ipairs(FIXES) do
       if reasons:find(f.pattern, 1, true) and not seen[f.fix] and not current:find(f.fix, 1, true) then
         seen[f.fix] = true
         fixes[#fixes + 1] = f.fix
+        said[#said + 1] = "'" .. f.pattern .. "'"
       end
     end
   end
@@ -71,7 +72,7 @@ local function optimizer(system, user)
   end
   local fix = table.concat(fixes, " ")
   local base = current .. (fix ~= "" and " " .. fix or "") .. injected
-  local why = #fixes > 0 and ("the failures say '" .. (FIXES[1].pattern) .. "'-like things; the prompt never asks for " .. fix)
+  local why = #fixes > 0 and ("the failures say " .. table.concat(said, ", ") .. "; the prompt never asks: " .. fix)
     or "no failure reason I recognise; restating the task"
   local answer = {
     candidates = {

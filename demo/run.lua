@@ -9,8 +9,8 @@ local base, simulated = arg[1], arg[2] == "1"
 local PROMPT = "ticket-triage"
 local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
 
-local function req(method, path, body)
-  local st, r = traffic.request(base, method, path, body)
+local function req(method, path, body, content_type)
+  local st, r = traffic.request(base, method, path, body, content_type)
   if st >= 300 then error(method .. " " .. path .. ": " .. st .. " " .. (type(r) == "table" and require("cjson").encode(r) or tostring(r))) end
   return r
 end
@@ -47,13 +47,8 @@ req("POST", "/v1/prompts/" .. PROMPT .. "/promote", { version = 1, reason = "ini
 local f = assert(io.open("demo/golden.jsonl"))
 local golden = f:read("a")
 f:close()
-do
-  local http, ltn12 = require "socket.http", require "ltn12"
-  http.request { url = base .. "/v1/datasets/ticket-golden/cases", method = "POST",
-    headers = { ["content-type"] = "application/x-ndjson", ["content-length"] = tostring(#golden) },
-    source = ltn12.source.string(golden), sink = ltn12.sink.null() }
-end
-say("[setup]       prompt %s v1 in production; golden dataset of 7 cases (2 critical)", PROMPT)
+local ds = req("POST", "/v1/datasets/ticket-golden/cases", golden, "application/x-ndjson")
+say("[setup]       prompt %s v1 in production; golden dataset of %d cases", PROMPT, ds.cases or 0)
 
 local sent, seen, started = 0, 0, socket.gettime()
 local before_rate, after_version

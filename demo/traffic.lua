@@ -37,11 +37,11 @@ function M.ticket(i, opts)
   return string.format(PLAIN[i % #PLAIN + 1], WORDS[(i // #PLAIN) % #WORDS + 1])
 end
 
-local function request(base, method, path, body, token)
+-- body: a table (sent as JSON) or a string sent as content_type
+local function request(base, method, path, body, content_type)
   local chunks = {}
-  local headers = { ["content-type"] = "application/json" }
-  if token then headers.authorization = "Bearer " .. token end
-  local text = body and cjson.encode(body) or nil
+  local headers = { ["content-type"] = content_type or "application/json" }
+  local text = type(body) == "string" and body or body and cjson.encode(body) or nil
   if text then headers["content-length"] = tostring(#text) end
   local ok, status = http.request {
     url = base .. path, method = method, headers = headers,

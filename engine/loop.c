@@ -43,7 +43,6 @@ struct lprompt {
 
 /* What an optimization cycle carries from step to step. */
 struct loop_cycle {
-    char *actor;
     int64_t baseline;
     json_t *failures;    /* [{trace_id, variables, output, reasons, ts}] */
     json_t *history;     /* [{version, status, note, pass_rate, traces}] */
@@ -66,7 +65,7 @@ struct optloop {
     llm *l;
     int policy_budget_ms, template_budget_ms;
     uv_timer_t timer;
-    bool started, draining;
+    bool draining;
     void (*drain_cb)(void *);
     void *drain_arg;
     int inflight;        /* reads, calls and writes under way */
@@ -133,7 +132,6 @@ static void cycle_free(loop_cycle *c)
 {
     if (!c)
         return;
-    free(c->actor);
     json_decref(c->failures);
     json_decref(c->history);
     json_decref(c->mined);
@@ -537,7 +535,6 @@ static void begin_cycle(lprompt *p, const char *actor, const char *reason)
     set_state(p, "optimizing");
     cycle_free(p->cyc);
     p->cyc = xcalloc(1, sizeof *p->cyc);
-    p->cyc->actor = xstrdup(actor);
     p->cyc->baseline = registry_version_in(lp->reg, p->name, "production");
     p->cyc->versions = json_array();
     p->cyc->invalid = json_array();
@@ -1526,7 +1523,6 @@ static void on_tick(uv_timer_t *t)
 void loop_start(optloop *lp)
 {
     runner_on_finish(lp->rn, on_run_finished, lp);
-    lp->started = true;
     uv_timer_start(&lp->timer, on_tick, TICK_MS, TICK_MS);
 }
 

@@ -78,6 +78,15 @@ static double col_num(sqlite3_stmt *st, int i)
     return sqlite3_column_type(st, i) == SQLITE_NULL ? 0 : sqlite3_column_double(st, i);
 }
 
+/* ?1 prompt, ?2 version (0: any), ?3 since, ?4 until */
+static void bind_window(sqlite3_stmt *st, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms)
+{
+    sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, version);
+    sqlite3_bind_int64(st, 3, since_ms);
+    sqlite3_bind_int64(st, 4, until_ms);
+}
+
 int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                          json_t **out, char *err, size_t errlen)
 {
@@ -93,10 +102,7 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
                    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
                    &db, &st, err, errlen))
         return -1;
-    sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, version);
-    sqlite3_bind_int64(st, 3, since_ms);
-    sqlite3_bind_int64(st, 4, until_ms);
+    bind_window(st, prompt, version, since_ms, until_ms);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         double evaluated = col_num(st, 1), passed = col_num(st, 2);
@@ -119,10 +125,7 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
                    "GROUP BY s.evaluator ORDER BY s.evaluator",
                    &db, &st, err, errlen))
         return -1;
-    sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, version);
-    sqlite3_bind_int64(st, 3, since_ms);
-    sqlite3_bind_int64(st, 4, until_ms);
+    bind_window(st, prompt, version, since_ms, until_ms);
     json_t *evs = json_object_get(*out, "evaluators");
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         double n = (double)sqlite3_column_int64(st, 1), ok = col_num(st, 2), fail = col_num(st, 3);

@@ -22,7 +22,7 @@ prompt "tickets" {
     dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
     check_interval_ms = 100, k = 1, concurrency = 4,
     trigger_options = { min_evaluated = 10, min_failures = 3, cooldown_ms = 3600000 },
-    rollout_options = { steps = { 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
+    rollout_options = { steps = { 25, 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
     %s
   },
 }
@@ -118,13 +118,31 @@ describe("the loop", function()
     -- the audit log names the loop and the gate for every move
     local h = e:get("/v1/prompts/tickets/history").json.items
     local saw = false
-    for _, t in ipairs(h) do if t.version == 3 and t.to == "approved" then saw = t.actor == "loop" end end
+    local advanced = false
+    for _, t in ipairs(h) do
+      if t.version == 3 and t.to == "approved" then saw = t.actor == "loop" end
+      if t.version == 3 and t.from == "canary" and t.to == "canary" then
+        advanced = t.actor == "loop" and t.reason:find("25% -> 50%", 1, true) ~= nil
+      end
+    end
     assert.is_true(saw)
+    assert.is_true(advanced, "no audit row for the canary's step")
+    assert.matches("advance", kinds(l.events))
     local s = e:get("/v1/loop").json
     assert.equal(1, s.counters.promotions)
     assert.equal(1, s.counters.cycles)
     assert.equal(1, s.counters.candidates_invalid)
     assert.equal(1, e:get("/v1/status").json.loop.counters.promotions)
+  end)
+
+  it("brings the trigger's check forward after a burst of ingest", function()
+    local cfg = config(fake):gsub("check_interval_ms = 100", "check_interval_ms = 600000")
+    e = engine.start { config = cfg }
+    setup(e)
+    engine.sleep(0.5) -- the first check found nothing; the next is ten minutes away
+    traffic.send(base(e), "tickets", 1, 120)
+    local l = wait_state(e, function(v) return #v.events > 0 end, 10)
+    assert.equal("trigger", l.events[1].kind)
   end)
 
   it("rolls back a canary that degrades, and leaves production untouched", function()

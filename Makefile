@@ -23,7 +23,7 @@ LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
 # the Lua module specs use to run evaluators exactly as the engine does
-MODULE_SRCS := engine/lua_module.c engine/script.c engine/luajson.c engine/evaluator.c engine/policy.c engine/util.c engine/log.c
+MODULE_SRCS := engine/lua_module.c engine/script.c engine/luajson.c engine/evaluator.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
 MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
@@ -73,10 +73,12 @@ $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
 
 test: deps all
+	@./tools/promtool.sh
 	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
 	  RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
 
 asan: deps $(MODULE)
+	@./tools/promtool.sh
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined" all

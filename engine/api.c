@@ -13,6 +13,7 @@
 #include "api_private.h"
 #include "ingest.h"
 #include "log.h"
+#include "metrics.h"
 
 #ifndef RATCHET_VERSION
 #define RATCHET_VERSION "0.0.0-dev"
@@ -31,11 +32,14 @@ static bool token_matches(const char *given, size_t len, const char *secret)
     return secret && secret_equal(given, len, secret, strlen(secret));
 }
 
-/* Returns true when the request may go on; otherwise has answered it. */
+/* Returns true when the request may go on; otherwise has answered it. The
+ * admin token opens everything; the ingest token only ingest; the metrics
+ * token only GET /metrics. A scope with no token of its own (and no admin
+ * token) is open to loopback clients only. */
 bool api_authorize(api *a, http_request *req, enum scope need)
 {
-    const char *ingest = a->cfg->ingest_token, *admin = a->cfg->admin_token;
-    const char *secret = need == SCOPE_INGEST ? ingest : admin;
+    const char *ingest = a->cfg->ingest_token, *admin = a->cfg->admin_token, *metrics = a->cfg->metrics_token;
+    const char *secret = need == SCOPE_INGEST ? ingest : need == SCOPE_METRICS && metrics ? metrics : admin;
     const char *auth = http_header_get(req, "authorization");
     const char *given = NULL;
     size_t glen = 0;
@@ -49,10 +53,15 @@ bool api_authorize(api *a, http_request *req, enum scope need)
         glen = strlen(given);
     }
     if (given) {
-        if (token_matches(given, glen, admin) || (need == SCOPE_INGEST && token_matches(given, glen, ingest)))
+        if (token_matches(given, glen, admin) || (need == SCOPE_INGEST && token_matches(given, glen, ingest)) ||
+            (need == SCOPE_METRICS && token_matches(given, glen, metrics)))
             return true;
-        if (need == SCOPE_ADMIN && token_matches(given, glen, ingest)) {
+        if (need != SCOPE_INGEST && token_matches(given, glen, ingest)) {
             http_respond_error(req, 403, "forbidden", "this token may only ingest; reads need the admin token");
+            return false;
+        }
+        if (need != SCOPE_METRICS && token_matches(given, glen, metrics)) {
+            http_respond_error(req, 403, "forbidden", "this token may only read GET /metrics");
             return false;
         }
         if (secret || admin) {
@@ -60,15 +69,17 @@ bool api_authorize(api *a, http_request *req, enum scope need)
             return false;
         }
     }
+    const char *what = need == SCOPE_INGEST ? "ingest_token" : need == SCOPE_METRICS ? "metrics_token or admin_token"
+                                                                                       : "admin_token";
     if (!secret) {
         if (req->loopback)
             return true;
-        http_respond_error(req, 403, "forbidden", "no %s is configured, so only loopback clients are accepted",
-                           need == SCOPE_INGEST ? "ingest_token" : "admin_token");
+        http_respond_error(req, 403, "forbidden", "no %s is configured, so only loopback clients are accepted", what);
         return false;
     }
     http_respond_error(req, 401, "unauthorized", "this endpoint needs 'Authorization: Bearer <%s>'",
-                       need == SCOPE_INGEST ? "ingest or admin token" : "admin token");
+                       need == SCOPE_INGEST ? "ingest or admin token" : need == SCOPE_METRICS ? "metrics or admin token"
+                                                                                              : "admin token");
     return false;
 }
 
@@ -94,6 +105,17 @@ static void ingest_job_free(ingest_job *job)
 
 static void respond_results(ingest_job *job)
 {
+    ingest_batch *b = &job->batch;
+    uint64_t *items = job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].items;
+    for (size_t i = 0; i < b->nitems; i++) {
+        int wi = b->items[i].write_index;
+        if (wi < 0) {
+            items[2]++;
+            continue;
+        }
+        unsigned char r = b->kind == INGEST_TRACES ? b->write.trace_results[wi] : b->write.feedback_results[wi];
+        items[r == STORE_ACCEPTED ? 0 : r == STORE_DUPLICATE ? 1 : r == STORE_NOT_FOUND ? 3 : 4]++;
+    }
     int status;
     char *text = ingest_results_json(&job->batch, &status, job->req->id);
     http_respond(job->req, status, "application/json", status == 503 ? "Retry-After: 1\r\n" : NULL, text,
@@ -118,6 +140,7 @@ static void on_ingest_committed(store_write *w)
 static void ingest_submit(ingest_job *job)
 {
     if (job->status) {
+        job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].refused++;
         http_respond_error(job->req, job->status, job->err_code, "%s", job->err);
         ingest_job_free(job);
         return;
@@ -129,6 +152,7 @@ static void ingest_submit(ingest_job *job)
     job->batch.write.done = on_ingest_committed;
     job->batch.write.data = job;
     if (store_submit(job->a->store, &job->batch.write) != 0) {
+        job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].refused++;
         http_respond_error(job->req, 503, "overloaded",
                            "the store's write queue is full or shutting down; nothing was stored, retry later");
         ingest_job_free(job);
@@ -174,14 +198,18 @@ static void handle_ingest(api *a, http_request *req, ingest_kind kind)
 {
     if (!api_authorize(a, req, SCOPE_INGEST))
         return;
+    a->ingest_n[kind == INGEST_TRACES ? 0 : 1].requests++;
+    a->ingest_n[kind == INGEST_TRACES ? 0 : 1].bytes += req->body.len;
     int format = body_format(http_header_get(req, "content-type"));
     if (format < 0) {
+        a->ingest_n[kind == INGEST_TRACES ? 0 : 1].refused++;
         http_respond_field_error(req, 415, "unsupported_media_type", "content-type",
                                  "send application/json (one object or an array) or application/x-ndjson");
         return;
     }
     bool ndjson = format == 1;
     if (req->body.len == 0) {
+        a->ingest_n[kind == INGEST_TRACES ? 0 : 1].refused++;
         http_respond_error(req, 400, "empty_body", "the request has no body");
         return;
     }
@@ -551,6 +579,78 @@ static void handle_reevaluate(api *a, http_request *req)
     json_decref(body);
 }
 
+/* ---- metrics ---- */
+
+static void ingest_metrics(api *a, buf_t *b)
+{
+    static const char *const ep[] = {"traces", "feedback"};
+    static const char *const res[] = {"accepted", "duplicate", "invalid", "not_found", "failed"};
+    metrics_family(b, "ratchet_ingest_requests_total", "counter", "Authorized requests to POST /v1/traces and /v1/feedback.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_ingest_requests_total", (double)a->ingest_n[k].requests, "endpoint", ep[k], NULL);
+    metrics_family(b, "ratchet_ingest_refused_requests_total", "counter",
+                   "Ingest requests refused whole (malformed body, too many items, wrong content type, store queue "
+                   "full): nothing of them stored.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_ingest_refused_requests_total", (double)a->ingest_n[k].refused, "endpoint", ep[k],
+                       NULL);
+    metrics_family(b, "ratchet_ingest_received_bytes_total", "counter", "Bytes of ingest request bodies.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_ingest_received_bytes_total", (double)a->ingest_n[k].bytes, "endpoint", ep[k],
+                       NULL);
+    metrics_family(b, "ratchet_ingest_items_total", "counter",
+                   "Traces and feedback items, by result: accepted (stored), duplicate (already stored), invalid "
+                   "(rejected by validation), not_found (feedback on an unknown trace), failed (the commit failed).");
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < 5; r++)
+            metrics_sample(b, "ratchet_ingest_items_total", (double)a->ingest_n[k].items[r], "endpoint", ep[k],
+                           "result", res[r], NULL);
+}
+
+static void handle_metrics(api *a, http_request *req)
+{
+    if (!api_authorize(a, req, SCOPE_METRICS))
+        return;
+    buf_t b;
+    buf_init(&b);
+    buf_reserve(&b, 32768);
+    metrics_family(&b, "ratchet_build_info", "gauge", "Always 1; the version is a label.");
+    metrics_sample(&b, "ratchet_build_info", 1, "version", RATCHET_VERSION_STRING, NULL);
+    metrics_family(&b, "ratchet_up_seconds", "gauge", "Seconds since the engine started.");
+    metrics_sample(&b, "ratchet_up_seconds", (double)(now_ms() - a->started_ms) / 1000.0, NULL);
+    metrics_process(&b, a->started_ms);
+    if (a->lag)
+        metrics_lag_write(a->lag, &b);
+    if (a->http)
+        http_server_metrics(a->http, &b);
+    ingest_metrics(a, &b);
+    store_metrics(a->store, &b);
+    if (a->online)
+        online_metrics(a->online, &b);
+    if (a->catalog) {
+        catalog_metrics(a->catalog, &b);
+        script_vm_metrics(catalog_vm(a->catalog), &b);
+    }
+    if (a->reload) {
+        metrics_family(&b, "ratchet_config_reloads_total", "counter",
+                       "Reloads of the configuration and scripts (file changes, SIGHUP).");
+        metrics_sample(&b, "ratchet_config_reloads_total", (double)a->reload->reloads, NULL);
+        metrics_family(&b, "ratchet_config_reload_failures_total", "counter",
+                       "Reloads that kept something old: a config error or a script that failed to load.");
+        metrics_sample(&b, "ratchet_config_reload_failures_total", (double)a->reload->failures, NULL);
+    }
+    if (a->llm)
+        llm_metrics(a->llm, &b);
+    if (a->registry)
+        registry_metrics(a->registry, &b);
+    if (a->runner)
+        runner_metrics(a->runner, &b);
+    if (a->loop_sm)
+        loop_metrics(a->loop_sm, &b);
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+    buf_free(&b);
+}
+
 /* ---- routing ---- */
 
 static void method_not_allowed(http_request *req, const char *allow)
@@ -595,6 +695,11 @@ void api_handle(http_request *req, void *ctx)
     } else if (strncmp(path, "/v1/traces/", 11) == 0) {
         if (is(req, "GET"))
             handle_get_trace(a, req, path + 11);
+        else
+            method_not_allowed(req, "GET");
+    } else if (strcmp(path, "/metrics") == 0) {
+        if (is(req, "GET"))
+            handle_metrics(a, req);
         else
             method_not_allowed(req, "GET");
     } else if (strcmp(path, "/v1/status") == 0) {

@@ -34,8 +34,15 @@ typedef struct {
     runner *runner;         /* NULL in unit tests */
     optloop *loop_sm;          /* the self-improvement loop; NULL in unit tests */
     api_reload_info *reload;
+    http_server *http;      /* for /metrics; NULL in unit tests */
+    struct metrics_lag *lag;
     int64_t started_ms;
     bool draining;
+    /* ingest counters, [0] traces, [1] feedback */
+    struct {
+        uint64_t requests, bytes, refused;
+        uint64_t items[5]; /* accepted, duplicate, invalid, not_found, failed */
+    } ingest_n[2];
 } api;
 
 /* The http_handler for every request; ctx is an api*. */

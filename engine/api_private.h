@@ -6,7 +6,7 @@
 
 #include "api.h"
 
-enum scope { SCOPE_INGEST, SCOPE_ADMIN };
+enum scope { SCOPE_INGEST, SCOPE_ADMIN, SCOPE_METRICS };
 
 /* Each returns true when the request may go on; otherwise it has answered. */
 bool api_authorize(api *a, http_request *req, enum scope need);

@@ -2,6 +2,7 @@
 #include "catalog.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,7 @@ struct catalog {
     char **errors;
     size_t nerrors;
     catalog_stats stats;
+    eval_stats *evstats; /* by evaluator name, kept over reloads and removals */
 };
 
 static void free_list(char **list, size_t n)
@@ -72,6 +74,11 @@ catalog *catalog_new(script_vm *vm, const char *const *dirs)
     return cat;
 }
 
+script_vm *catalog_vm(const catalog *cat)
+{
+    return cat->vm;
+}
+
 const char *const *catalog_dirs(const catalog *cat)
 {
     return (const char *const *)cat->dirs;
@@ -92,9 +99,58 @@ void catalog_free(catalog *cat)
         free(cat->slots[i].name);
     }
     free(cat->slots);
+    while (cat->evstats) {
+        eval_stats *st = cat->evstats;
+        cat->evstats = st->next;
+        free(st->name);
+        free(st);
+    }
     free_list(cat->errors, cat->nerrors);
     catalog_free_list(cat->dirs);
     free(cat);
+}
+
+static eval_stats *stats_for(catalog *cat, const char *name)
+{
+    eval_stats **pp = &cat->evstats;
+    for (; *pp; pp = &(*pp)->next)
+        if (!strcmp((*pp)->name, name))
+            return *pp;
+    *pp = xcalloc(1, sizeof **pp);
+    (*pp)->name = xstrdup(name);
+    return *pp;
+}
+
+void catalog_metrics(const catalog *cat, buf_t *b)
+{
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"ratchet_evaluator_runs_total", "Evaluator invocations (online and in runs).", offsetof(eval_stats, runs)},
+        {"ratchet_evaluator_failures_total", "Invocations whose verdict was fail.", offsetof(eval_stats, failures)},
+        {"ratchet_evaluator_errors_total", "Invocations that gave no verdict: a script error, a bad answer, or killed.",
+         offsetof(eval_stats, errors)},
+        {"ratchet_evaluator_killed_total", "Invocations stopped for running out of time or memory.",
+         offsetof(eval_stats, killed)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        metrics_family(b, counters[i].name, "counter", counters[i].help);
+        for (const eval_stats *st = cat->evstats; st; st = st->next)
+            metrics_sample(b, counters[i].name, (double)*(const uint64_t *)((const char *)st + counters[i].off),
+                           "evaluator", st->name, NULL);
+    }
+    metrics_family(b, "ratchet_evaluator_duration_seconds", "histogram",
+                   "Time from an evaluator's invocation to its verdict, waits for its turn included.");
+    for (const eval_stats *st = cat->evstats; st; st = st->next)
+        metrics_histogram(b, "ratchet_evaluator_duration_seconds", &st->seconds, "evaluator", st->name, NULL);
+    metrics_family(b, "ratchet_script_reloads_total", "counter", "Reloads of the scripts (start-up, file changes, SIGHUP).");
+    metrics_sample(b, "ratchet_script_reloads_total", (double)cat->stats.reloads, NULL);
+    metrics_family(b, "ratchet_script_reload_errors_total", "counter",
+                   "Script files that failed to load in a reload (the previous version kept running).");
+    metrics_sample(b, "ratchet_script_reload_errors_total", (double)cat->stats.reload_errors, NULL);
+    metrics_family(b, "ratchet_script_errors", "gauge", "Script files whose last load failed.");
+    metrics_sample(b, "ratchet_script_errors", (double)cat->nerrors, NULL);
 }
 
 /* ---- scanning (no VM, any thread) ---- */
@@ -287,6 +343,8 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
             free(le);
             continue;
         }
+        if (!table_script(f->name))
+            le->ev.stats = stats_for(cat, f->name);
         if (sl) {
             if (strcmp(sl->current->ev.version, le->ev.version) != 0 || strcmp(sl->current->ev.path, le->ev.path))
                 log_info("scripts", "%s %s: version %s (%s)", table_script(f->name) ? "script" : "evaluator",

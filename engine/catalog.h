@@ -28,6 +28,7 @@ typedef struct {
 /* dirs: NULL-terminated roots (copied). */
 catalog *catalog_new(script_vm *vm, const char *const *dirs);
 void catalog_free(catalog *cat);
+script_vm *catalog_vm(const catalog *cat);
 
 /* A reload in two halves: the scan finds and reads the files (any thread,
  * no VM: put it in the thread pool so the loop never waits on the disk);
@@ -63,6 +64,8 @@ typedef struct {
 void catalog_get_stats(const catalog *cat, catalog_stats *st);
 /* {"evaluators":[{name,version,path}],"errors":[...],...} */
 json_t *catalog_status_json(const catalog *cat);
+/* The evaluators' and reloads' families for GET /metrics. */
+void catalog_metrics(const catalog *cat, buf_t *b);
 /* Every folder a watcher should look at under the roots dirs (the roots and
  * their script folders that exist); reads the disk, any thread.
  * NULL-terminated (or NULL), free with catalog_free_list. */

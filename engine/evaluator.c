@@ -75,6 +75,8 @@ typedef struct {
     bool from_trace;
     eval_done done;
     void *ud;
+    eval_stats *stats;
+    uint64_t start_ns;
 } run_ctx;
 
 /* evaluate(case, opts, ctx) */
@@ -103,6 +105,17 @@ static int push_args(lua_State *co, void *ud)
 static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
 {
     eval_result r = {status, pass, score, (char *)reason};
+    eval_stats *st = rc->stats;
+    if (st) {
+        st->runs++;
+        if (status != SCRIPT_OK)
+            st->errors++;
+        else if (!pass)
+            st->failures++;
+        if (status == SCRIPT_KILLED || status == SCRIPT_NOMEM)
+            st->killed++;
+        metrics_observe(&st->seconds, (double)(mono_ns() - rc->start_ns) / 1e9);
+    }
     rc->done(&r, rc->ud);
     free(rc);
 }
@@ -162,5 +175,7 @@ void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_
     rc->ev = ev;
     rc->done = done;
     rc->ud = ud;
+    rc->stats = ev->stats;
+    rc->start_ns = mono_ns();
     script_invoke(vm, ev->ref, "evaluate", budget_ms, "evaluator", ev->name, push_args, on_done, rc);
 }

@@ -9,7 +9,17 @@
 
 #include <stdbool.h>
 
+#include "metrics.h"
 #include "script.h"
+
+/* What the runs of one evaluator (by name, over all its versions) did, for
+ * /metrics. The catalog owns these; evaluators loaded elsewhere have none. */
+typedef struct eval_stats {
+    char *name;
+    uint64_t runs, failures, errors, killed; /* killed: out of time or memory (also in errors) */
+    metrics_hist seconds;
+    struct eval_stats *next;
+} eval_stats;
 
 typedef struct {
     char *name;
@@ -17,6 +27,7 @@ typedef struct {
     char *path;
     int ref;          /* the table the file returned */
     char version[17]; /* hash of the file's text */
+    eval_stats *stats; /* NULL: not counted */
 } evaluator;
 
 typedef struct {

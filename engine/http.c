@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "metrics.h"
 
 enum conn_state { CONN_IDLE, CONN_HEADERS, CONN_BODY, CONN_HANDLING, CONN_WRITING };
 
@@ -56,6 +57,10 @@ struct http_server {
     bool draining;
     http_drained_cb drained;
     char addr[80];
+    /* for /metrics */
+    uint64_t accepted, refused, bytes_in, bytes_out;
+    uint64_t by_status[600];
+    metrics_hist seconds;
     char readbuf[65536]; /* parsing is synchronous, so one buffer serves all */
 };
 
@@ -473,6 +478,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     http_conn *c = s->data;
     if (nread == 0)
         return;
+    if (nread > 0)
+        c->srv->bytes_in += (uint64_t)nread;
     if (c->state == CONN_HANDLING || c->state == CONN_WRITING) {
         /* Reading goes on while a request is answered (no watcher churn per
          * request); what arrives waits in pending, parsed after the answer. */
@@ -593,6 +600,7 @@ static void on_connection(uv_stream_t *server, int status)
         srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
+    srv->accepted++;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);
         return;
@@ -612,6 +620,7 @@ static void on_connection(uv_stream_t *server, int status)
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     if (srv->nconns > srv->lim.max_connections) {
+        srv->refused++;
         conn_fail(c, 503, "too_many_connections", "the server is at its connection limit; try again later");
         return;
     }
@@ -662,6 +671,10 @@ void http_respond(http_request *req, int status, const char *content_type, const
     if (hn < 0 || (size_t)hn >= sizeof head)
         hn = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
                       status, http_status_text(status), len), close_after = true;
+    http_server *srv = c->srv;
+    srv->by_status[status >= 100 && status < 600 ? status : 0]++;
+    srv->bytes_out += (uint64_t)hn + len;
+    metrics_observe(&srv->seconds, (double)(mono_ns() - req->start_ns) / 1e9);
     if (c->srv->lim.access_log)
         log_info("access", "%s %s %s %d %zu %.3fms id=%s", c->peer, req->method ? req->method : "-",
                  req->url ? req->url : "-", status, len, (double)(mono_ns() - req->start_ns) / 1e6, req->id);
@@ -792,6 +805,33 @@ int http_server_start(http_server **out, uv_loop_t *loop, const char *host, int 
 void http_server_address(http_server *srv, char *out, size_t outlen)
 {
     snprintf(out, outlen, "%s", srv->addr);
+}
+
+void http_server_metrics(http_server *srv, buf_t *b)
+{
+    metrics_family(b, "ratchet_http_connections", "gauge", "Open client connections.");
+    metrics_sample(b, "ratchet_http_connections", srv->nconns, NULL);
+    metrics_family(b, "ratchet_http_connections_max", "gauge", "The connection cap (limits.max_connections).");
+    metrics_sample(b, "ratchet_http_connections_max", srv->lim.max_connections, NULL);
+    metrics_family(b, "ratchet_http_connections_total", "counter", "Connections accepted.");
+    metrics_sample(b, "ratchet_http_connections_total", (double)srv->accepted, NULL);
+    metrics_family(b, "ratchet_http_connections_refused_total", "counter",
+                   "Connections answered 503 and closed because the cap was reached.");
+    metrics_sample(b, "ratchet_http_connections_refused_total", (double)srv->refused, NULL);
+    metrics_family(b, "ratchet_http_responses_total", "counter", "Responses sent, by status code.");
+    for (int i = 100; i < 600; i++)
+        if (srv->by_status[i]) {
+            char code[8];
+            snprintf(code, sizeof code, "%d", i);
+            metrics_sample(b, "ratchet_http_responses_total", (double)srv->by_status[i], "code", code, NULL);
+        }
+    metrics_family(b, "ratchet_http_received_bytes_total", "counter", "Bytes read from clients.");
+    metrics_sample(b, "ratchet_http_received_bytes_total", (double)srv->bytes_in, NULL);
+    metrics_family(b, "ratchet_http_sent_bytes_total", "counter", "Bytes of responses (headers and bodies).");
+    metrics_sample(b, "ratchet_http_sent_bytes_total", (double)srv->bytes_out, NULL);
+    metrics_family(b, "ratchet_http_request_duration_seconds", "histogram",
+                   "Time from a request's arrival to its response, store commits included.");
+    metrics_histogram(b, "ratchet_http_request_duration_seconds", &srv->seconds, NULL);
 }
 
 int http_server_connections(http_server *srv)

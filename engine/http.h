@@ -61,6 +61,8 @@ void http_server_drain(http_server *srv, http_drained_cb cb);
 void http_server_close_all(http_server *srv);
 void http_server_free(http_server *srv);
 int http_server_connections(http_server *srv);
+/* Connections, responses by status, bytes and latency, for /metrics. */
+void http_server_metrics(http_server *srv, buf_t *b);
 
 /* Sends the response. body is copied. extra_headers: "Name: value\r\n"... or NULL.
  * Exactly one respond per request. */

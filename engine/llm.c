@@ -4,11 +4,13 @@
 #include "llm.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 /* ---- provider settings ---- */
@@ -223,6 +225,17 @@ fail:
 
 enum circuit { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN };
 
+/* Counters per model a provider was asked for, for /metrics. */
+#define MAX_MODEL_STATS 64
+typedef struct model_stats {
+    char *model;
+    uint64_t calls, retries, input_tokens, output_tokens;
+    double cost;
+    json_t *errors; /* kind -> count */
+    metrics_hist seconds;
+    struct model_stats *next;
+} model_stats;
+
 typedef struct prov prov;
 struct prov {
     llm_provider_conf c;
@@ -242,6 +255,8 @@ struct prov {
     uint64_t calls, ok, retries, input_tokens, output_tokens, attempts;
     double cost;
     json_t *errors; /* kind -> count */
+    model_stats *models;
+    int nmodels;
     prov *next;
 };
 
@@ -328,8 +343,38 @@ static void prov_free(prov *p)
     if (p->timer)
         uv_close((uv_handle_t *)p->timer, on_handle_free);
     json_decref(p->errors);
+    while (p->models) {
+        model_stats *m = p->models;
+        p->models = m->next;
+        free(m->model);
+        json_decref(m->errors);
+        free(m);
+    }
     conf_free_fields(&p->c);
     free(p);
+}
+
+/* The counters of a model; past MAX_MODEL_STATS models, "other" gathers the
+ * rest so a caller naming endless models cannot grow the metrics. */
+static model_stats *model_of(prov *p, const char *model)
+{
+    model_stats **pp = &p->models;
+    for (; *pp; pp = &(*pp)->next)
+        if (!strcmp((*pp)->model, model))
+            return *pp;
+    if (p->nmodels >= MAX_MODEL_STATS)
+        return model_of(p, "other");
+    p->nmodels++;
+    *pp = xcalloc(1, sizeof **pp);
+    (*pp)->model = xstrdup(model);
+    (*pp)->errors = json_object();
+    return *pp;
+}
+
+static void count_error(json_t *errors, const char *kind)
+{
+    json_t *n = json_object_get(errors, kind);
+    json_object_set_new(errors, kind, json_integer(n ? json_integer_value(n) + 1 : 1));
 }
 
 static prov *find_prov(llm *l, const char *name)
@@ -654,16 +699,22 @@ static void finish(llm_call *c, char *result, const char *kind, const char *msg)
     double latency = (double)(mono_ns() - c->start_ns) / 1e6;
     if (c->p) {
         prov *p = c->p;
+        model_stats *m = model_of(p, c->model ? c->model : "");
         p->calls++;
+        m->calls++;
         if (!kind) {
             p->ok++;
         } else {
-            json_t *n = json_object_get(p->errors, kind);
-            json_object_set_new(p->errors, kind, json_integer(n ? json_integer_value(n) + 1 : 1));
+            count_error(p->errors, kind);
+            count_error(m->errors, kind);
         }
         p->input_tokens += (uint64_t)c->in_tok;
         p->output_tokens += (uint64_t)c->out_tok;
         p->cost += c->cost;
+        m->input_tokens += (uint64_t)c->in_tok;
+        m->output_tokens += (uint64_t)c->out_tok;
+        m->cost += c->cost;
+        metrics_observe(&m->seconds, latency / 1000.0);
         budget_settle(c);
         ledger_write(c, latency);
         if (kind && c->attempts)
@@ -1233,6 +1284,7 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         if (elapsed_ms + delay + 50 >= (uint64_t)c->timeout_ms)
             delay = (uint64_t)c->timeout_ms - elapsed_ms - 50; /* the last chance fits in the deadline */
         p->retries++;
+        model_of(p, c->model ? c->model : "")->retries++;
         log_debug("llm", "call %s to %s: attempt %d failed (%s: %s); retrying in %llu ms", c->id, p->c.name,
                   c->attempts, kind, msg, (unsigned long long)delay);
         c->state = CALL_BACKOFF;
@@ -1465,6 +1517,78 @@ void llm_abort_all(llm *l, const char *why)
             call_stop_io(c);
             finish(c, NULL, "cancelled", why);
         }
+}
+
+void llm_metrics(llm *l, buf_t *b)
+{
+    roll_day(l);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"ratchet_llm_calls_total", "LLM calls ended (after their retries), by provider and model.",
+         offsetof(model_stats, calls)},
+        {"ratchet_llm_retries_total", "Attempts repeated after a retryable failure.", offsetof(model_stats, retries)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        metrics_family(b, counters[i].name, "counter", counters[i].help);
+        for (prov *p = l->provs; p; p = p->next)
+            for (model_stats *m = p->models; m; m = m->next)
+                if (!p->retired)
+                    metrics_sample(b, counters[i].name, (double)*(uint64_t *)((char *)m + counters[i].off),
+                                   "provider", p->c.name, "model", m->model, NULL);
+    }
+    metrics_family(b, "ratchet_llm_errors_total", "counter",
+                   "LLM calls that failed, by kind (timeout, rate_limited, server_error, circuit_open, budget, ...).");
+    for (prov *p = l->provs; p; p = p->next)
+        for (model_stats *m = p->models; m && !p->retired; m = m->next) {
+            const char *kind;
+            json_t *n;
+            json_object_foreach(m->errors, kind, n)
+                metrics_sample(b, "ratchet_llm_errors_total", (double)json_integer_value(n), "provider", p->c.name,
+                               "model", m->model, "kind", kind, NULL);
+        }
+    metrics_family(b, "ratchet_llm_tokens_total", "counter", "Tokens the provider reported, by direction.");
+    for (prov *p = l->provs; p; p = p->next)
+        for (model_stats *m = p->models; m && !p->retired; m = m->next) {
+            metrics_sample(b, "ratchet_llm_tokens_total", (double)m->input_tokens, "provider", p->c.name, "model",
+                           m->model, "direction", "input", NULL);
+            metrics_sample(b, "ratchet_llm_tokens_total", (double)m->output_tokens, "provider", p->c.name, "model",
+                           m->model, "direction", "output", NULL);
+        }
+    metrics_family(b, "ratchet_llm_cost_dollars_total", "counter", "Cost from the provider's price table, in dollars.");
+    for (prov *p = l->provs; p; p = p->next)
+        for (model_stats *m = p->models; m && !p->retired; m = m->next)
+            metrics_sample(b, "ratchet_llm_cost_dollars_total", m->cost, "provider", p->c.name, "model", m->model,
+                           NULL);
+    metrics_family(b, "ratchet_llm_request_duration_seconds", "histogram",
+                   "Time from an LLM call's start to its end, queueing and retries included.");
+    for (prov *p = l->provs; p; p = p->next)
+        for (model_stats *m = p->models; m && !p->retired; m = m->next)
+            metrics_histogram(b, "ratchet_llm_request_duration_seconds", &m->seconds, "provider", p->c.name, "model",
+                              m->model, NULL);
+    metrics_family(b, "ratchet_llm_circuit_state", "gauge",
+                   "1 for the state a provider's circuit breaker is in (closed, half_open, open), else 0.");
+    static const char *const states[] = {"closed", "open", "half_open"};
+    for (prov *p = l->provs; p; p = p->next)
+        for (int st = 0; st < 3 && !p->retired; st++)
+            metrics_sample(b, "ratchet_llm_circuit_state", p->circuit == (enum circuit)st, "provider", p->c.name,
+                           "state", states[st], NULL);
+    metrics_family(b, "ratchet_llm_in_flight", "gauge", "LLM calls being sent now, by provider.");
+    for (prov *p = l->provs; p; p = p->next)
+        if (!p->retired)
+            metrics_sample(b, "ratchet_llm_in_flight", p->in_flight, "provider", p->c.name, NULL);
+    metrics_family(b, "ratchet_llm_spent_today", "gauge",
+                   "What LLM calls used since 00:00 UTC, against the daily budget: calls, tokens, cost (dollars).");
+    metrics_sample(b, "ratchet_llm_spent_today", l->day_calls, "resource", "calls", NULL);
+    metrics_sample(b, "ratchet_llm_spent_today", l->day_tokens, "resource", "tokens", NULL);
+    metrics_sample(b, "ratchet_llm_spent_today", l->day_cost, "resource", "cost", NULL);
+    metrics_family(b, "ratchet_llm_budget_daily", "gauge", "The daily budgets (0: none).");
+    metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_calls, "resource", "calls", NULL);
+    metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_tokens, "resource", "tokens", NULL);
+    metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_cost, "resource", "cost", NULL);
+    metrics_family(b, "ratchet_llm_ledger_failures_total", "counter", "LLM calls the ledger failed to record.");
+    metrics_sample(b, "ratchet_llm_ledger_failures_total", (double)l->ledger_failures, NULL);
 }
 
 json_t *llm_status_json(llm *l)

@@ -88,6 +88,9 @@ void llm_run_spent(llm *l, const char *run_id, double *calls, double *tokens, do
 /* Drops a finished run's counters (a call still running re-creates them). */
 void llm_run_forget(llm *l, const char *run_id);
 json_t *llm_status_json(llm *l);
+/* Calls, errors, retries, tokens, cost and latency per provider and model,
+ * circuits and budgets, for /metrics. */
+void llm_metrics(llm *l, buf_t *b);
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);
 

@@ -5,11 +5,13 @@
 #include "loop.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "util.h"
 
@@ -70,7 +72,7 @@ struct optloop {
     void *drain_arg;
     int inflight;        /* reads, calls and writes under way */
     lprompt *prompts;
-    struct {
+    struct loop_counters {
         uint64_t checks, cycles, candidates, invalid, accepted, rejected, canaries, advances, promotions, rollbacks,
             aborted, errors;
     } n;
@@ -1686,6 +1688,53 @@ json_t *loop_prompt_json(optloop *lp, const char *prompt)
     if (p->set)
         json_object_set(v, "settings", p->set);
     return v;
+}
+
+void loop_metrics(optloop *lp, buf_t *b)
+{
+    static const char *const states[] = {"idle", "optimizing", "gating", "awaiting_approval", "canary"};
+    metrics_family(b, "ratchet_loop_state", "gauge",
+                   "1 for the state each prompt's improvement loop is in (idle, optimizing, gating, "
+                   "awaiting_approval, canary), else 0.");
+    for (lprompt *p = lp->prompts; p; p = p->next)
+        for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+            metrics_sample(b, "ratchet_loop_state", !strcmp(p->state, states[i]), "prompt", p->name, "state",
+                           states[i], NULL);
+    metrics_family(b, "ratchet_loop_canary_step", "gauge",
+                   "The rollout step a loop's canary is at (0 is the first share), per prompt in canary.");
+    for (lprompt *p = lp->prompts; p; p = p->next)
+        if (!strcmp(p->state, "canary"))
+            metrics_sample(b, "ratchet_loop_canary_step", p->step, "prompt", p->name, NULL);
+    metrics_family(b, "ratchet_loop_cycles_total", "counter", "Optimization cycles started (automatic and manual).");
+    metrics_sample(b, "ratchet_loop_cycles_total", (double)lp->n.cycles, NULL);
+    metrics_family(b, "ratchet_loop_checks_total", "counter", "Times the trigger policy was asked.");
+    metrics_sample(b, "ratchet_loop_checks_total", (double)lp->n.checks, NULL);
+    metrics_family(b, "ratchet_loop_candidates_total", "counter",
+                   "Candidate prompts the optimizer proposed, by verdict: invalid (refused before any run), "
+                   "accepted or rejected by the gate.");
+    metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.invalid, "verdict", "invalid", NULL);
+    metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.accepted, "verdict", "accepted", NULL);
+    metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.rejected, "verdict", "rejected", NULL);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"ratchet_loop_canaries_total", "Canaries the loop started.", offsetof(struct loop_counters, canaries)},
+        {"ratchet_loop_canary_advances_total", "Canary steps to a larger share.",
+         offsetof(struct loop_counters, advances)},
+        {"ratchet_loop_promotions_total", "Canaries the rollout policy promoted.",
+         offsetof(struct loop_counters, promotions)},
+        {"ratchet_loop_rollbacks_total", "Canaries the rollout policy rolled back.",
+         offsetof(struct loop_counters, rollbacks)},
+        {"ratchet_loop_aborted_total", "Cycles that ended without a verdict (optimizer failed, engine restarted).",
+         offsetof(struct loop_counters, aborted)},
+        {"ratchet_loop_errors_total", "Loop steps that failed (a policy error, a store failure).",
+         offsetof(struct loop_counters, errors)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        metrics_family(b, counters[i].name, "counter", counters[i].help);
+        metrics_sample(b, counters[i].name, (double)*(uint64_t *)((char *)&lp->n + counters[i].off), NULL);
+    }
 }
 
 json_t *loop_status_json(optloop *lp)

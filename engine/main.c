@@ -17,6 +17,7 @@
 #include <libgen.h>
 
 #include "api.h"
+#include "metrics.h"
 #include "catalog.h"
 #include "cli.h"
 #include "config.h"
@@ -120,6 +121,9 @@ typedef struct {
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
+    uv_timer_t status_timer;   /* STATUS= for systemctl status, when it changes */
+    char last_status[256];
+    metrics_lag *lag;
     uv_timer_t debounce_timer;
     uv_fs_event_t *watches[MAX_WATCHES];
     int nwatches;
@@ -173,6 +177,9 @@ static void finish_stop(void *arg)
     uv_timer_stop(&e->shutdown_timer);
     close_handle((uv_handle_t *)&e->shutdown_timer);
     close_handle((uv_handle_t *)&e->watchdog_timer);
+    close_handle((uv_handle_t *)&e->status_timer);
+    metrics_lag_stop(e->lag);
+    e->lag = e->api.lag = NULL;
     close_handle((uv_handle_t *)&e->debounce_timer);
     close_handle((uv_handle_t *)&e->sigterm);
     close_handle((uv_handle_t *)&e->sigint);
@@ -366,6 +373,7 @@ static void apply_config(engine *e, config *n)
                            "applied now");
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
+    swap_str(&c->metrics_token, &n->metrics_token);
     swap_str(&c->log_level, &n->log_level);
     log_set_level((enum log_level)log_level_parse(c->log_level));
     config_prompt *p = c->prompts;
@@ -571,6 +579,44 @@ static void on_watchdog(uv_timer_t *t)
     sd_notify(0, "WATCHDOG=1");
 }
 
+/* The one-line summary systemctl status shows: what came in, what waits,
+ * what the loop does. Sent when it changes, checked every second. */
+static void on_status_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    if (e->stopping)
+        return;
+    char line[256];
+    int n = snprintf(line, sizeof line, "listening on %s; %llu traces in", e->addr,
+                     (unsigned long long)e->api.ingest_n[0].items[0]);
+    json_t *os = online_status_json(e->online);
+    n += snprintf(line + n, sizeof line - (size_t)n, ", evaluation backlog %lld",
+                  (long long)json_integer_value(json_object_get(os, "backlog")));
+    json_decref(os);
+    json_t *rs = runner_status_json(e->runner);
+    size_t runs = json_array_size(json_object_get(rs, "active"));
+    json_decref(rs);
+    if (runs && n < (int)sizeof line)
+        n += snprintf(line + n, sizeof line - (size_t)n, ", %zu run%s", runs, runs == 1 ? "" : "s");
+    json_t *ls = loop_status_json(e->lp);
+    const char *name;
+    json_t *p;
+    json_object_foreach(json_object_get(ls, "prompts"), name, p) {
+        const char *st = json_string_value(json_object_get(p, "state"));
+        if (!st || !strcmp(st, "idle") || n >= (int)sizeof line)
+            continue;
+        n += snprintf(line + n, sizeof line - (size_t)n, "; %s %s", name, st);
+        if (!strcmp(st, "canary") && n < (int)sizeof line)
+            n += snprintf(line + n, sizeof line - (size_t)n, " %g%%",
+                          json_number_value(json_object_get(p, "percent")));
+    }
+    json_decref(ls);
+    if (strcmp(line, e->last_status) != 0) {
+        snprintf(e->last_status, sizeof e->last_status, "%s", line);
+        sd_notifyf(0, "STATUS=%s", line);
+    }
+}
+
 static void start_watchdog(engine *e)
 {
     uint64_t usec = 0;
@@ -744,6 +790,13 @@ static int cmd_serve(int argc, char **argv)
         catalog_free_list(dirs);
     }
     start_watchdog(&e);
+    uv_timer_init(e.loop, &e.status_timer);
+    e.status_timer.data = &e;
+    if (getenv("NOTIFY_SOCKET"))
+        uv_timer_start(&e.status_timer, on_status_timer, 1000, 1000);
+    e.lag = metrics_lag_start(e.loop, 100);
+    e.api.lag = e.lag;
+    e.api.http = e.http;
 
     log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, addr, e.cfg.data_dir,
              e.cfg.path ? ", config " : " (built-in default config)", e.cfg.path ? e.cfg.path : "");

@@ -8,6 +8,7 @@
 
 #include "evaluator.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define FETCH_BATCH 32   /* traces read back per thread-pool job */
@@ -68,7 +69,7 @@ struct online {
     size_t njobs;
     int next_job;
     /* counters */
-    uint64_t enqueued, dropped, evaluated, failed, errors, write_failures, invocations_killed;
+    uint64_t enqueued, dropped, evaluated, failed, errored, errors, write_failures, invocations_killed;
 };
 
 struct trace_eval {
@@ -189,6 +190,8 @@ static void trace_done(trace_eval *te)
     o->evaluated++;
     if (failed)
         o->failed++;
+    else if (errored)
+        o->errored++;
     free(te->json);
     plan_release(te->plan);
     free(te);
@@ -542,6 +545,28 @@ void online_free(online *o)
     }
     uv_close((uv_handle_t *)&o->pump, NULL);
     uv_close((uv_handle_t *)&o->flush_timer, on_closed);
+}
+
+void online_metrics(const online *o, buf_t *b)
+{
+    metrics_family(b, "ratchet_evaluation_backlog", "gauge", "Traces waiting for online evaluation.");
+    metrics_sample(b, "ratchet_evaluation_backlog", (double)o->backlog, NULL);
+    metrics_family(b, "ratchet_evaluation_backlog_max", "gauge", "The backlog's bound (evaluation.max_backlog).");
+    metrics_sample(b, "ratchet_evaluation_backlog_max", o->max_backlog, NULL);
+    metrics_family(b, "ratchet_evaluation_running", "gauge", "Traces being evaluated now.");
+    metrics_sample(b, "ratchet_evaluation_running", o->running, NULL);
+    metrics_family(b, "ratchet_evaluation_enqueued_total", "counter", "Traces queued for online evaluation.");
+    metrics_sample(b, "ratchet_evaluation_enqueued_total", (double)o->enqueued, NULL);
+    metrics_family(b, "ratchet_evaluation_dropped_total", "counter",
+                   "Traces left unevaluated because the backlog was full (re-evaluate them later).");
+    metrics_sample(b, "ratchet_evaluation_dropped_total", (double)o->dropped, NULL);
+    metrics_family(b, "ratchet_evaluation_traces_total", "counter", "Traces evaluated online, by verdict.");
+    metrics_sample(b, "ratchet_evaluation_traces_total", (double)(o->evaluated - o->failed - o->errored), "verdict",
+                   "pass", NULL);
+    metrics_sample(b, "ratchet_evaluation_traces_total", (double)o->failed, "verdict", "fail", NULL);
+    metrics_sample(b, "ratchet_evaluation_traces_total", (double)o->errored, "verdict", "error", NULL);
+    metrics_family(b, "ratchet_evaluation_write_failures_total", "counter", "Verdicts the store failed to record.");
+    metrics_sample(b, "ratchet_evaluation_write_failures_total", (double)o->write_failures, NULL);
 }
 
 json_t *online_status_json(const online *o)

@@ -33,6 +33,8 @@ void online_enqueue(online *o, const char *trace_id, const char *prompt);
 int online_reevaluate(online *o, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated);
 bool online_has_prompt(const online *o, const char *prompt);
 json_t *online_status_json(const online *o);
+/* The backlog and the traces evaluated, for /metrics. */
+void online_metrics(const online *o, buf_t *b);
 /* Stops taking work; cb runs once nothing is running (results written). */
 void online_drain(online *o, void (*cb)(void *), void *arg);
 void online_free(online *o);

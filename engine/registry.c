@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 
 #define MAX_MESSAGES 64
 #define MAX_CONTENT (256 * 1024)
@@ -21,7 +22,19 @@ struct registry {
     json_t *prompts;  /* name -> prompt object */
     json_t *datasets; /* name -> dataset object */
     json_t *busy;     /* dataset names being changed */
+    json_t *moves;    /* name -> {promotions, rollbacks} since the start, for /metrics */
 };
+
+static void count_move(registry *r, const char *name, const char *what)
+{
+    json_t *m = json_object_get(r->moves, name);
+    if (!m) {
+        m = json_object();
+        json_object_set_new(r->moves, name, m);
+    }
+    json_t *n = json_object_get(m, what);
+    json_object_set_new(m, what, json_integer(n ? json_integer_value(n) + 1 : 1));
+}
 
 static const char *const statuses[] = {"candidate", "testing",    "rejected", "approved",
                                        "canary",    "production", "retired",  "rolled_back", NULL};
@@ -61,6 +74,7 @@ registry *registry_new(store *st)
     r->prompts = json_object();
     r->datasets = json_object();
     r->busy = json_object();
+    r->moves = json_object();
     git_libgit2_init();
     return r;
 }
@@ -87,6 +101,7 @@ void registry_free(registry *r)
     json_decref(r->prompts);
     json_decref(r->datasets);
     json_decref(r->busy);
+    json_decref(r->moves);
     git_libgit2_shutdown();
     free(r);
 }
@@ -112,6 +127,39 @@ json_t *registry_version(registry *r, const char *name, int64_t version)
 static const char *status_of(json_t *v)
 {
     return json_string_value(json_object_get(v, "status"));
+}
+
+void registry_metrics(registry *r, buf_t *b)
+{
+    static const char *const what[] = {"promotions", "rollbacks"};
+    static const char *const help[] = {"Versions put in production (by the loop, a run or a person), per prompt.",
+                                       "Rollbacks (of a canary or of production), per prompt."};
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "ratchet_prompt_%s_total", what[i]);
+        metrics_family(b, name, "counter", help[i]);
+        const char *prompt;
+        json_t *m;
+        json_object_foreach(r->moves, prompt, m)
+            metrics_sample(b, name, (double)json_integer_value(json_object_get(m, what[i])), "prompt", prompt, NULL);
+    }
+    metrics_family(b, "ratchet_prompt_version", "gauge",
+                   "The version number in production and in canary, per prompt (no sample: none).");
+    const char *prompt;
+    json_t *p;
+    json_object_foreach(r->prompts, prompt, p) {
+        int64_t prod = registry_version_in(r, prompt, "production"), canary = registry_version_in(r, prompt, "canary");
+        if (prod)
+            metrics_sample(b, "ratchet_prompt_version", (double)prod, "prompt", prompt, "status", "production", NULL);
+        if (canary)
+            metrics_sample(b, "ratchet_prompt_version", (double)canary, "prompt", prompt, "status", "canary", NULL);
+    }
+    metrics_family(b, "ratchet_prompt_canary_share", "gauge", "The share of callers (0 to 1) the canary is served to.");
+    json_object_foreach(r->prompts, prompt, p)
+        metrics_sample(b, "ratchet_prompt_canary_share",
+                       registry_version_in(r, prompt, "canary")
+                           ? json_number_value(json_object_get(p, "canary_share")) : 0,
+                       "prompt", prompt, NULL);
 }
 
 int64_t registry_version_in(registry *r, const char *name, const char *status)
@@ -462,6 +510,9 @@ int registry_transition(registry *r, const char *name, int64_t version, const ch
         int64_t cur = registry_version_in(r, name, "production");
         if (cur)
             now_transition(r, w, name, cur, "retired", reason, actor);
+        count_move(r, name, "promotions");
+    } else if (!strcmp(to, "rolled_back")) {
+        count_move(r, name, "rollbacks");
     }
     return now_transition(r, w, name, version, to, reason, actor);
 }
@@ -478,6 +529,7 @@ int registry_promote(registry *r, const char *name, int64_t version, const char 
     int64_t cur = registry_version_in(r, name, "production");
     if (cur)
         now_transition(r, w, name, cur, "retired", reason, actor);
+    count_move(r, name, "promotions");
     return now_transition(r, w, name, version, "production", reason, actor);
 }
 
@@ -531,8 +583,10 @@ int registry_rollback(registry *r, const char *name, int64_t version, const char
     if (!p)
         return e->status;
     int64_t canary = registry_version_in(r, name, "canary");
-    if (canary && (!version || version == canary))
+    if (canary && (!version || version == canary)) {
+        count_move(r, name, "rollbacks");
         return now_transition(r, w, name, canary, "rolled_back", reason, actor);
+    }
     int64_t prod = registry_version_in(r, name, "production");
     if (!prod)
         FAIL(409, "no_production", "", "prompt '%s' has no production version and no canary to roll back", name);
@@ -551,6 +605,7 @@ int registry_rollback(registry *r, const char *name, int64_t version, const char
     if (version == prod)
         FAIL(409, "invalid_transition", "version", "version %lld of '%s' is the production version",
              (long long)version, name);
+    count_move(r, name, "rollbacks");
     now_transition(r, w, name, prod, "rolled_back", reason, actor);
     return now_transition(r, w, name, version, "production", reason, actor);
 }

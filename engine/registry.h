@@ -44,6 +44,9 @@ json_t *registry_prompt(registry *r, const char *name);
 json_t *registry_version(registry *r, const char *name, int64_t version);
 /* The number of the version in a status (production, canary), or 0. */
 int64_t registry_version_in(registry *r, const char *name, const char *status);
+/* Promotions, rollbacks, versions in production and canary, canary shares,
+ * per prompt, for /metrics. */
+void registry_metrics(registry *r, buf_t *b);
 
 /* Changes. Each returns 0 (ops added to w), or an HTTP status with e filled. */
 int registry_create_prompt(registry *r, const char *name, json_t *body, const char *actor, store_write *w,

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 
 #define MAX_VERSIONS 9     /* a baseline and up to 8 candidates */
@@ -38,6 +39,7 @@ struct runner {
     void (*drain_cb)(void *);
     void *drain_arg;
     uint64_t started, finished, results, cache_hits, llm_calls, errors;
+    json_t *ended; /* "kind verdict" -> runs finished so */
 };
 
 struct run {
@@ -105,6 +107,7 @@ static void run_free(run *rn);
 runner *runner_new(uv_loop_t *loop, store *st, registry *reg, catalog *cat, script_vm *vm, llm *l, const config *cfg)
 {
     runner *r = xcalloc(1, sizeof *r);
+    r->ended = json_object();
     r->loop = loop;
     r->st = st;
     r->reg = reg;
@@ -1309,6 +1312,12 @@ static void on_run_finished(store_write *w)
     llm_run_forget(r->l, rn->id);
     if (st == 0) {
         r->finished++;
+        const char *verdict = json_string_value(json_object_get(rn->report, "verdict"));
+        char key[96];
+        snprintf(key, sizeof key, "%s %s", rn->kind ? rn->kind : "eval",
+                 verdict ? verdict : json_string_value(json_object_get(rn->report, "state")));
+        json_t *n = json_object_get(r->ended, key);
+        json_object_set_new(r->ended, key, json_integer(n ? json_integer_value(n) + 1 : 1));
         log_info("runs", "run %s: %s, verdict %s", rn->id, json_string_value(json_object_get(rn->report, "state")),
                  json_string_value(json_object_get(rn->report, "verdict")));
         if (r->on_finish) {
@@ -1387,6 +1396,34 @@ int runner_cancel(runner *r, const char *id, reg_error *e)
     return 0;
 }
 
+void runner_metrics(runner *r, buf_t *b)
+{
+    metrics_family(b, "ratchet_runs_started_total", "counter", "Regression runs started (gates and evals).");
+    metrics_sample(b, "ratchet_runs_started_total", (double)r->started, NULL);
+    metrics_family(b, "ratchet_runs_finished_total", "counter",
+                   "Regression runs ended, by kind and verdict (accept, reject, inconclusive) or end state.");
+    const char *key;
+    json_t *n;
+    json_object_foreach(r->ended, key, n) {
+        char kind[96];
+        snprintf(kind, sizeof kind, "%s", key);
+        char *sp = strchr(kind, ' ');
+        if (sp)
+            *sp++ = '\0';
+        metrics_sample(b, "ratchet_runs_finished_total", (double)json_integer_value(n), "kind", kind, "verdict",
+                       sp ? sp : "", NULL);
+    }
+    metrics_family(b, "ratchet_runs_active", "gauge", "Regression runs under way.");
+    int active = 0;
+    for (run *rn = r->runs; rn; rn = rn->next)
+        active++;
+    metrics_sample(b, "ratchet_runs_active", active, NULL);
+    metrics_family(b, "ratchet_run_results_total", "counter", "Case samples whose result a run recorded.");
+    metrics_sample(b, "ratchet_run_results_total", (double)r->results, NULL);
+    metrics_family(b, "ratchet_run_cache_hits_total", "counter", "Case samples answered from the result cache.");
+    metrics_sample(b, "ratchet_run_cache_hits_total", (double)r->cache_hits, NULL);
+}
+
 json_t *runner_status_json(runner *r)
 {
     json_t *active = json_array();
@@ -1422,5 +1459,6 @@ void runner_free(runner *r)
         run_free(rn);
     }
     config_prompts_free(r->prompts, r->nprompts);
+    json_decref(r->ended);
     free(r);
 }

@@ -49,6 +49,8 @@ json_t *runner_progress(runner *r, const char *id);
 typedef void (*runner_finished)(const char *id, json_t *run, void *ud);
 void runner_on_finish(runner *r, runner_finished cb, void *ud);
 json_t *runner_status_json(runner *r);
+/* Runs started, ended by verdict, under way, for /metrics. */
+void runner_metrics(runner *r, buf_t *b);
 /* Stops dispatching; cb runs once no call or write is in flight. Runs stay
  * 'running' in the store, so the next start resumes them. */
 void runner_drain(runner *r, void (*cb)(void *), void *arg);

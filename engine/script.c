@@ -8,11 +8,14 @@
  * writing an unknown global. */
 #include "script.h"
 
+#include "metrics.h"
+
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua-cjson.h>
 #include <lualib.h>
 #include <openssl/evp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +45,10 @@ struct script_vm {
     uint64_t turn_end;        /* when the last turn's Lua ended (0: the run queue was empty) */
     script_io io;             /* ratchet.llm / ratchet.http; start is NULL without an engine */
     script_call *io_waiting;  /* invocations waiting on io, linked by io_next */
+    struct kind_stats {
+        char kind[24];
+        uint64_t calls, errors, killed, nomem;
+    } kinds[8];               /* by caller kind (evaluator, policy, template, ...) */
 };
 
 struct script_call {
@@ -195,6 +202,19 @@ static void call_finish(script_call *c, int st, int nres)
             msg = "the script ran out of memory (memory_limit)";
         nres = 0;
     }
+    struct kind_stats *ks = NULL;
+    for (size_t i = 0; i < sizeof vm->kinds / sizeof vm->kinds[0] && !ks; i++)
+        if (!vm->kinds[i].kind[0] || !strcmp(vm->kinds[i].kind, c->caller_kind) ||
+            i == sizeof vm->kinds / sizeof vm->kinds[0] - 1) {
+            ks = &vm->kinds[i];
+            if (!ks->kind[0])
+                snprintf(ks->kind, sizeof ks->kind, "%s", i == sizeof vm->kinds / sizeof vm->kinds[0] - 1
+                                                              ? "other" : c->caller_kind);
+        }
+    ks->calls++;
+    ks->errors += status != SCRIPT_OK;
+    ks->killed += status == SCRIPT_KILLED;
+    ks->nomem += status == SCRIPT_NOMEM;
     c->done(c, status, co, nres, msg, c->ud);
     lua_settop(co, 0);
     luaL_unref(vm->L, LUA_REGISTRYINDEX, c->co_ref);
@@ -784,6 +804,38 @@ lua_State *script_vm_state(script_vm *vm)
 size_t script_vm_memory(script_vm *vm)
 {
     return vm->mem_used;
+}
+
+void script_vm_metrics(script_vm *vm, buf_t *b)
+{
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"ratchet_script_invocations_total", "Script invocations, by who called (evaluator, policy, template, ...).",
+         offsetof(struct kind_stats, calls)},
+        {"ratchet_script_invocation_errors_total", "Invocations that raised an error or were stopped.",
+         offsetof(struct kind_stats, errors)},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+        metrics_family(b, counters[i].name, "counter", counters[i].help);
+        for (size_t k = 0; k < sizeof vm->kinds / sizeof vm->kinds[0] && vm->kinds[k].kind[0]; k++)
+            metrics_sample(b, counters[i].name,
+                           (double)*(const uint64_t *)((const char *)&vm->kinds[k] + counters[i].off), "kind",
+                           vm->kinds[k].kind, NULL);
+    }
+    metrics_family(b, "ratchet_script_killed_total", "counter",
+                   "Invocations killed for exceeding their time budget or the memory cap.");
+    for (size_t k = 0; k < sizeof vm->kinds / sizeof vm->kinds[0] && vm->kinds[k].kind[0]; k++) {
+        metrics_sample(b, "ratchet_script_killed_total", (double)vm->kinds[k].killed, "kind", vm->kinds[k].kind,
+                       "reason", "time", NULL);
+        metrics_sample(b, "ratchet_script_killed_total", (double)vm->kinds[k].nomem, "kind", vm->kinds[k].kind,
+                       "reason", "memory", NULL);
+    }
+    metrics_family(b, "ratchet_script_memory_bytes", "gauge", "Memory the Lua VM holds (all scripts together).");
+    metrics_sample(b, "ratchet_script_memory_bytes", (double)vm->mem_used, NULL);
+    metrics_family(b, "ratchet_script_memory_limit_bytes", "gauge", "The VM's memory cap (scripts.memory_limit_mb).");
+    metrics_sample(b, "ratchet_script_memory_limit_bytes", (double)vm->lim.memory_limit, NULL);
 }
 
 void script_unref(script_vm *vm, int ref)

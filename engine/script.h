@@ -68,6 +68,8 @@ void script_vm_free(script_vm *vm);
 int script_vm_busy(script_vm *vm);
 lua_State *script_vm_state(script_vm *vm);
 size_t script_vm_memory(script_vm *vm);
+/* Invocations, errors and kills by caller kind, and memory, for /metrics. */
+void script_vm_metrics(script_vm *vm, buf_t *b);
 
 /* Compiles and runs the file (text only, no bytecode) in a fresh environment
  * under the load budget. The value it returns must be a table; a registry

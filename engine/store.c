@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store_private.h"
 
 struct store {
@@ -38,6 +39,9 @@ struct store {
     size_t max_pending;
     bool stopping;
     bool healthy;
+    /* for /metrics, under mu */
+    uint64_t commits, commit_failures, writes_committed, items_committed;
+    metrics_hist commit_seconds;
     uv_async_t done_async;
     /* read connections, borrowed by thread-pool work */
     pthread_mutex_t read_mu;
@@ -400,6 +404,32 @@ fail:
     free(s->path);
     free(s);
     return -1;
+}
+
+void store_metrics(store *s, buf_t *b)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
+             items = s->items_committed;
+    metrics_hist h = s->commit_seconds;
+    size_t queued = s->queued_items;
+    bool healthy = s->healthy;
+    pthread_mutex_unlock(&s->mu);
+    metrics_family(b, "ratchet_store_commits_total", "counter",
+                   "Group commits: one transaction and one fsync for every write pending.");
+    metrics_sample(b, "ratchet_store_commits_total", (double)commits, NULL);
+    metrics_family(b, "ratchet_store_commit_failures_total", "counter", "Transactions that failed (nothing of them stored).");
+    metrics_sample(b, "ratchet_store_commit_failures_total", (double)failures, NULL);
+    metrics_family(b, "ratchet_store_writes_total", "counter", "Writes (an ingest request, a batch of verdicts, ...) committed.");
+    metrics_sample(b, "ratchet_store_writes_total", (double)writes, NULL);
+    metrics_family(b, "ratchet_store_items_total", "counter", "Items (traces, feedback, scores, ...) committed.");
+    metrics_sample(b, "ratchet_store_items_total", (double)items, NULL);
+    metrics_family(b, "ratchet_store_commit_duration_seconds", "histogram", "Time of one group commit, fsync included.");
+    metrics_histogram(b, "ratchet_store_commit_duration_seconds", &h, NULL);
+    metrics_family(b, "ratchet_store_pending_items", "gauge", "Items queued for the writer (limits.max_pending_writes).");
+    metrics_sample(b, "ratchet_store_pending_items", (double)queued, NULL);
+    metrics_family(b, "ratchet_store_healthy", "gauge", "1 when the store's last commit succeeded.");
+    metrics_sample(b, "ratchet_store_healthy", healthy, NULL);
 }
 
 static void drain_done(store *s)
@@ -835,6 +865,7 @@ static void *writer_main(void *arg)
             break;
 
         int64_t received = now_ms();
+        uint64_t began = mono_ns();
         char err[256] = "";
         int rc = exec_sql(s->wdb, "BEGIN IMMEDIATE", err, sizeof err);
         for (store_write *w = batch; rc == SQLITE_OK && w; w = w->next)
@@ -856,8 +887,19 @@ static void *writer_main(void *arg)
         store_write *last = batch;
         while (last->next)
             last = last->next;
+        size_t nwrites = 0;
+        for (store_write *w = batch; w; w = w->next)
+            nwrites++;
         pthread_mutex_lock(&s->mu);
         s->healthy = rc == SQLITE_OK;
+        if (rc == SQLITE_OK) {
+            s->commits++;
+            s->writes_committed += nwrites;
+            s->items_committed += items;
+            metrics_observe(&s->commit_seconds, (double)(mono_ns() - began) / 1e9);
+        } else {
+            s->commit_failures++;
+        }
         if (s->done_tail)
             s->done_tail->next = batch;
         else

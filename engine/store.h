@@ -127,6 +127,8 @@ typedef struct {
 
 /* Opens (creating and migrating) the store under dir. Returns 0, or -1 with a
  * message in err. */
+/* Commits, their latency, the queue, for /metrics (any time, loop thread). */
+void store_metrics(store *s, buf_t *b);
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
 /* Flushes every pending write (their callbacks run), stops the writer and closes. */
 void store_close(store *s);

@@ -557,6 +557,76 @@ static void prompt_history(api *a, http_request *req, const char *name)
     task_queue(t);
 }
 
+/* GET /v1/prompts/{name}/metrics?since=&until=&version=: the online figures
+ * (pass rate, per evaluator, feedback, latency, cost) of the production and
+ * canary versions, or of one version, over a window (default the last 24 h). */
+static void metrics_work(read_task *t)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(t->j1, i, v) {
+        json_t *m = NULL;
+        if (store_prompt_metrics(t->a->store, t->name, json_integer_value(json_object_get(v, "version")), t->n1, t->n2,
+                                 &m, t->err, sizeof t->err) != 0) {
+            t->rc = -1;
+            return;
+        }
+        json_object_update(v, m);
+        json_decref(m);
+    }
+    char since[32], until[32];
+    rfc3339_format(t->n1, since);
+    rfc3339_format(t->n2, until);
+    json_t *ans = json_pack("{s:s, s:s, s:s, s:O}", "prompt", t->name, "since", since, "until", until, "versions", t->j1);
+    char *text = json_dumps(ans, JSON_COMPACT);
+    buf_puts(&t->out, text);
+    free(text);
+    json_decref(ans);
+}
+
+static void prompt_metrics(api *a, http_request *req, const char *name)
+{
+    static const char *const known[] = {"since", "until", "version", NULL};
+    int64_t until = now_ms(), since = until - 86400000;
+    long long version = 0;
+    if (!api_known_params(req, known) || !api_time_param(req, "since", &since) ||
+        !api_time_param(req, "until", &until) || !api_int_param(req, "version", 1, INT64_MAX, &version))
+        return;
+    if (until <= since) {
+        http_respond_field_error(req, 400, "invalid_parameter", "until", "'until' must be later than 'since'");
+        return;
+    }
+    if (!registry_prompt(a->registry, name)) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
+        return;
+    }
+    json_t *versions = json_array();
+    if (version) {
+        json_t *v = registry_version(a->registry, name, version);
+        if (!v) {
+            json_decref(versions);
+            http_respond_field_error(req, 404, "unknown_version", "version", "prompt '%s' has no version %lld", name,
+                                     version);
+            return;
+        }
+        json_array_append_new(versions, json_pack("{s:I, s:s}", "version", (json_int_t)version, "status",
+                                                  json_string_value(json_object_get(v, "status"))));
+    } else {
+        static const char *const live[] = {"production", "canary"};
+        for (int i = 0; i < 2; i++) {
+            int64_t n = registry_version_in(a->registry, name, live[i]);
+            if (n)
+                json_array_append_new(versions, json_pack("{s:I, s:s}", "version", (json_int_t)n, "status", live[i]));
+        }
+    }
+    read_task *t = task_new(a, req, metrics_work);
+    t->name = xstrdup(name);
+    t->n1 = since;
+    t->n2 = until;
+    t->j1 = versions;
+    task_queue(t);
+}
+
 /* ---- the loop ---- */
 
 static void optimize_prompt(api *a, http_request *req, const char *name)
@@ -713,6 +783,11 @@ static void route_prompts(api *a, http_request *req, char **seg, int n)
     } else if (n == 4 && !strcmp(seg[3], "history")) {
         if (!strcmp(m, "GET"))
             prompt_history(a, req, name);
+        else
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+    } else if (n == 4 && !strcmp(seg[3], "metrics")) {
+        if (!strcmp(m, "GET"))
+            prompt_metrics(a, req, name);
         else
             http_respond_error(req, 405, "method_not_allowed", "use GET");
     } else if (n == 4 && (!strcmp(seg[3], "promote") || !strcmp(seg[3], "rollback") || !strcmp(seg[3], "canary") ||

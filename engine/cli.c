@@ -18,17 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_private.h"
 #include "config.h"
 #include "registry.h"
 #include "util.h"
 
-enum { EXIT_ACCEPT = 0, EXIT_REJECT = 1, EXIT_OTHER = 2 };
-
-typedef struct {
-    char base[512];
-    char *token;
-    char actor[200];
-} client;
 
 static size_t collect(char *ptr, size_t size, size_t n, void *ud)
 {
@@ -38,7 +32,7 @@ static size_t collect(char *ptr, size_t size, size_t n, void *ud)
 
 /* The engine's URL and admin token: --url, else the config's listen; the
  * token from the config or $RATCHET_ADMIN_TOKEN. */
-static int client_init(client *c, const char *url, const char *config_path)
+int client_init(client *c, const char *url, const char *config_path)
 {
     memset(c, 0, sizeof *c);
     config cfg;
@@ -74,7 +68,7 @@ static int client_init(client *c, const char *url, const char *config_path)
     return 0;
 }
 
-static void client_free(client *c)
+void client_free(client *c)
 {
     free(c->token);
 }
@@ -130,7 +124,7 @@ static long call(client *c, const char *method, const char *path, const char *ct
     return status;
 }
 
-static long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
+long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
 {
     char *t = body ? json_dumps(body, JSON_COMPACT) : NULL;
     long s = call(c, method, path, NULL, t, t ? strlen(t) : 0, out, NULL);
@@ -138,7 +132,7 @@ static long call_json(client *c, const char *method, const char *path, json_t *b
     return s;
 }
 
-static void print_error(const char *cmd, long status, json_t *ans)
+void print_error(const char *cmd, long status, json_t *ans)
 {
     json_t *e = json_object_get(ans, "error");
     const char *field = json_string_value(json_object_get(e, "field"));

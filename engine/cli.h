@@ -14,5 +14,9 @@ extern const char loop_usage[];
 int cmd_optimize(int argc, char **argv);
 int cmd_approve(int argc, char **argv);
 int cmd_loop(int argc, char **argv);
+extern const char status_usage[];
+extern const char history_usage[];
+int cmd_status(int argc, char **argv);
+int cmd_history(int argc, char **argv);
 
 #endif

@@ -56,6 +56,8 @@ static const char main_usage[] =
     "  optimize  start an optimization cycle of the loop for a prompt now\n"
     "  approve   approve (or --reject) a gate winner that waits for a human\n"
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
+    "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
+    "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -931,6 +933,8 @@ static const command commands[] = {
     {"optimize", cmd_optimize, optimize_usage},
     {"approve", cmd_approve, approve_usage},
     {"loop", cmd_loop, loop_usage},
+    {"status", cmd_status, status_usage},
+    {"history", cmd_history, history_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
     {NULL, NULL, NULL},

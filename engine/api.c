@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -579,6 +580,41 @@ static void handle_reevaluate(api *a, http_request *req)
     json_decref(body);
 }
 
+/* ---- debugging ---- */
+
+/* POST /v1/debug/sleep {"ms": N}: blocks the event loop for N ms, on
+ * purpose, like Redis' DEBUG SLEEP, so operators and specs can see what the
+ * watchdog does with a stuck loop. Off unless debug_endpoints = true. */
+static void handle_debug_sleep(api *a, http_request *req)
+{
+    if (!a->cfg->debug_endpoints) {
+        http_respond_error(req, 404, "not_found", "debug endpoints are off; set debug_endpoints = true in the config "
+                                                  "to use %s", req->path);
+        return;
+    }
+    if (!api_authorize(a, req, SCOPE_ADMIN))
+        return;
+    json_error_t je;
+    json_t *body = json_loadb(req->body.data ? req->body.data : "", req->body.len, 0, &je);
+    json_t *ms = json_object_get(body, "ms");
+    if (!json_is_object(body) || !json_is_integer(ms) || json_integer_value(ms) < 1 ||
+        json_integer_value(ms) > 60000 || json_object_size(body) != 1) {
+        json_decref(body);
+        http_respond_field_error(req, 400, "invalid_field", "ms",
+                                 "the body must be {\"ms\": N} with N from 1 to 60000 milliseconds");
+        return;
+    }
+    long long n = json_integer_value(ms);
+    json_decref(body);
+    log_warn("debug", "blocking the event loop for %lld ms (POST /v1/debug/sleep)", n);
+    struct timespec ts = {(time_t)(n / 1000), (long)(n % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    char out[64];
+    int len = snprintf(out, sizeof out, "{\"slept_ms\":%lld}", n);
+    http_respond(req, 200, "application/json", NULL, out, (size_t)len);
+}
+
 /* ---- metrics ---- */
 
 static void ingest_metrics(api *a, buf_t *b)
@@ -697,6 +733,11 @@ void api_handle(http_request *req, void *ctx)
             handle_get_trace(a, req, path + 11);
         else
             method_not_allowed(req, "GET");
+    } else if (strcmp(path, "/v1/debug/sleep") == 0) {
+        if (is(req, "POST"))
+            handle_debug_sleep(a, req);
+        else
+            method_not_allowed(req, "POST");
     } else if (strcmp(path, "/metrics") == 0) {
         if (is(req, "GET"))
             handle_metrics(a, req);

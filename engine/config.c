@@ -57,6 +57,7 @@ static const setting settings[] = {
     {"log_level", T_LEVEL, OFF(log_level), 0, 0, NULL},
     {"log_format", T_LOG_FORMAT, OFF(log_format), 0, 0, NULL},
     {"access_log", T_BOOL, OFF(access_log), 0, 0, NULL},
+    {"debug_endpoints", T_BOOL, OFF(debug_endpoints), 0, 0, NULL},
     {"limits", T_TABLE, OFF(limits), 0, 0, limit_settings},
     {"scripts", T_TABLE, OFF(scripts), 0, 0, script_settings},
     {"evaluation", T_TABLE, OFF(evaluation), 0, 0, evaluation_settings},

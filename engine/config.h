@@ -83,6 +83,7 @@ typedef struct {
     char *log_level;
     char *log_format;    /* "text" or "json" */
     bool access_log;
+    bool debug_endpoints; /* POST /v1/debug/sleep: block the loop on purpose (watchdog tests) */
     config_limits limits;
     config_scripts scripts;
     config_evaluation evaluation;

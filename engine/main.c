@@ -376,6 +376,7 @@ static void apply_config(engine *e, config *n)
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->metrics_token, &n->metrics_token);
+    c->debug_endpoints = n->debug_endpoints;
     swap_str(&c->log_level, &n->log_level);
     log_set_level((enum log_level)log_level_parse(c->log_level));
     config_prompt *p = c->prompts;

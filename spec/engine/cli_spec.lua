@@ -148,6 +148,31 @@ describe("logs", function()
     os.execute("rm -rf " .. engine.shell_quote(e.dir))
   end)
 
+  it("carries the <N> syslog priority and no timestamp when stderr is the journal", function()
+    -- JOURNAL_STREAM names the device and inode of the stream systemd gave
+    -- as stderr; here, the log file the engine appends to
+    local dir = engine.tmpdir()
+    engine.write_file(dir .. "/engine.log", "")
+    local id = io.popen("stat -c %d:%i " .. engine.shell_quote(dir .. "/engine.log")):read("l")
+    local e = engine.start { dir = dir, env = { JOURNAL_STREAM = id } }
+    e:get("/healthz")
+    e:post("/v1/traces", "nope", { content_type = "text/plain" })
+    e:stop { keep = true }
+    local lines = 0
+    for line in e:log_text():gmatch("[^\n]+") do
+      assert.matches("^<[3467]>%a+: ", line)
+      lines = lines + 1
+    end
+    assert.is_true(lines >= 4)
+    assert.matches("<4>engine: no ingest_token", e:log_text())
+    assert.matches("<6>access: 127%.0%.0%.1 GET /healthz 200", e:log_text())
+    -- a stream that is not the journal (another inode) gets readable text
+    e = engine.start { env = { JOURNAL_STREAM = "1:1" } }
+    e:stop { keep = true }
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ info  ", e:log_text())
+    os.execute("rm -rf " .. engine.shell_quote(dir) .. " " .. engine.shell_quote(e.dir))
+  end)
+
   it("refuses an unknown log_format", function()
     local code, log = engine.start { config = 'log_format = "xml"', expect_fail = true }
     assert.equal(2, code)

@@ -92,4 +92,64 @@ describe("sd_notify", function()
     assert.matches("STATUS=listening on .* reloaded %(SIGHUP%)", msgs[ready].msg)
     e:stop()
   end)
+
+  it("stops the watchdog pings while the event loop is blocked, and resumes after", function()
+    local e = engine.start { config = "debug_endpoints = true", env = { NOTIFY_SOCKET = path, WATCHDOG_USEC = "200000" } }
+    collect(5 * engine.slow, "READY=1")
+    local pings = {}
+    for _, m in ipairs(collect(0.5)) do
+      if m.msg == "WATCHDOG=1" then pings[#pings + 1] = m.at end
+    end
+    local before = #pings
+    assert.is_true(before >= 2, "no pings before the block")
+    -- block the loop for 1.2 s (POST /v1/debug/sleep), without waiting for the answer here
+    local c = e:connect()
+    local body = '{"ms":1200}'
+    c:send("POST /v1/debug/sleep HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " ..
+      #body .. "\r\n\r\n" .. body)
+    for _, m in ipairs(collect(2.0)) do
+      if m.msg == "WATCHDOG=1" then pings[#pings + 1] = m.at end
+    end
+    local answer = engine.read_response(c)
+    c:close()
+    assert.equal(200, answer.status)
+    local longest = 0
+    for i = 2, #pings do longest = math.max(longest, pings[i] - pings[i - 1]) end
+    -- pings every 100 ms, none while the loop slept 1.2 s, then again
+    assert.is_true(longest >= 1.0, "the longest gap between pings was " .. longest .. " s")
+    assert.is_true(#pings > before + 1, "no pings after the block")
+    assert.matches("blocking the event loop for 1200 ms", e:log_text())
+    e:stop()
+  end)
+
+  it("keeps STATUS= current: traces in, backlog, the loop", function()
+    local e = engine.start { env = { NOTIFY_SOCKET = path } }
+    collect(5 * engine.slow, "READY=1")
+    assert.equal(200, e:post("/v1/traces", { engine.trace(), engine.trace(), engine.trace() }).status)
+    local seen
+    for _, m in ipairs(collect(4 * engine.slow, "3 traces in")) do
+      if m.msg:find("3 traces in", 1, true) then seen = m.msg end
+    end
+    assert.is_not_nil(seen, "no STATUS= with the traces")
+    assert.matches("^STATUS=listening on 127%.0%.0%.1:" .. e.port .. "; 3 traces in, evaluation backlog 0", seen)
+    e:stop()
+  end)
+
+  it("keeps the debug endpoint off unless configured, and checks its body", function()
+    local e = engine.start {}
+    local r = e:post("/v1/debug/sleep", { ms = 10 })
+    assert.equal(404, r.status)
+    assert.matches("debug_endpoints = true", r.json.error.message)
+    e:stop()
+    e = engine.start { config = "debug_endpoints = true" }
+    for _, bad in ipairs { { ms = 0 }, { ms = 60001 }, { ms = "5" }, { ms = 5, x = 1 }, {} } do
+      r = e:post("/v1/debug/sleep", bad)
+      assert.equal(400, r.status)
+      assert.equal("ms", r.json.error.field)
+    end
+    assert.equal(400, e:post("/v1/debug/sleep", "not json", { content_type = "application/json" }).status)
+    assert.equal(405, e:get("/v1/debug/sleep").status)
+    assert.equal(200, e:post("/v1/debug/sleep", { ms = 5 }).status)
+    e:stop()
+  end)
 end)

@@ -5,6 +5,7 @@
 local engine = require "spec.helpers.engine"
 local fake_llm = require "spec.helpers.fake_llm"
 local traffic = require "demo.traffic"
+local metrics = require "spec.helpers.metrics"
 
 local MODEL = engine.read_file("demo/model.lua")
 local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
@@ -107,6 +108,20 @@ describe("the loop", function()
     local gate = events[4]
     assert.matches("v2 reject", gate.message)
     assert.matches("v3 accept", gate.message)
+    -- /metrics tells the same story
+    local m = metrics.scrape(e)
+    assert.equal(1, m['ratchet_loop_state{prompt="tickets",state="canary"}'])
+    assert.equal(0, m['ratchet_loop_state{prompt="tickets",state="idle"}'])
+    assert.equal(0, m['ratchet_loop_canary_step{prompt="tickets"}'])
+    assert.equal(0.25, m['ratchet_prompt_canary_share{prompt="tickets"}'])
+    assert.equal(3, m['ratchet_prompt_version{prompt="tickets",status="canary"}'])
+    assert.equal(1, m['ratchet_loop_candidates_total{verdict="invalid"}'])
+    assert.equal(1, m['ratchet_loop_candidates_total{verdict="accepted"}'])
+    assert.equal(1, m['ratchet_loop_candidates_total{verdict="rejected"}'])
+    assert.equal(1, m.ratchet_loop_cycles_total)
+    assert.equal(1, m.ratchet_loop_canaries_total)
+    assert.equal(1, m.ratchet_runs_started_total)
+    assert.equal(1, m['ratchet_llm_calls_total{provider="fake",model="optimizer"}'])
     -- the canary gets its share of traffic, is judged better, and is promoted
     local promoted = drive(e, 41, function(s) return s[3] == "production" end)
     assert(promoted, "not promoted: " .. engine.json.encode(loop_view(e)))
@@ -128,6 +143,15 @@ describe("the loop", function()
     assert.is_true(saw)
     assert.is_true(advanced, "no audit row for the canary's step")
     assert.matches("advance", kinds(l.events))
+    m = metrics.scrape(e)
+    assert.equal(1, m.ratchet_loop_promotions_total)
+    assert.equal(0, m.ratchet_loop_rollbacks_total)
+    assert.equal(1, m.ratchet_loop_canary_advances_total)
+    assert.equal(2, m['ratchet_prompt_promotions_total{prompt="tickets"}']) -- v1 by hand, v3 by the loop
+    assert.equal(1, m['ratchet_loop_state{prompt="tickets",state="idle"}'])
+    assert.is_nil(m['ratchet_loop_canary_step{prompt="tickets"}'])
+    assert.equal(0, m['ratchet_prompt_canary_share{prompt="tickets"}'])
+    assert.equal(3, m['ratchet_prompt_version{prompt="tickets",status="production"}'])
     local s = e:get("/v1/loop").json
     assert.equal(1, s.counters.promotions)
     assert.equal(1, s.counters.cycles)
@@ -159,6 +183,10 @@ describe("the loop", function()
     local l = wait_state(e, function(v) return v.state == "idle" end)
     local last = l.events[#l.events]
     assert.equal("rollback", last.kind)
+    local m = metrics.scrape(e)
+    assert.equal(1, m.ratchet_loop_rollbacks_total)
+    assert.equal(1, m['ratchet_prompt_rollbacks_total{prompt="tickets"}'])
+    assert.equal(0, m.ratchet_loop_promotions_total)
     assert.matches("production untouched", last.message)
     assert.matches("beyond doubt", last.message)
     -- the audit log has the move with the policy's reason

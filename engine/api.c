@@ -652,8 +652,8 @@ static void handle_metrics(api *a, http_request *req)
     buf_reserve(&b, 32768);
     metrics_family(&b, "ratchet_build_info", "gauge", "Always 1; the version is a label.");
     metrics_sample(&b, "ratchet_build_info", 1, "version", RATCHET_VERSION_STRING, NULL);
-    metrics_family(&b, "ratchet_up_seconds", "gauge", "Seconds since the engine started.");
-    metrics_sample(&b, "ratchet_up_seconds", (double)(now_ms() - a->started_ms) / 1000.0, NULL);
+    metrics_one(&b, "ratchet_up_seconds", "gauge",
+                "Seconds since the engine started.", (double)(now_ms() - a->started_ms) / 1000.0);
     metrics_process(&b, a->started_ms);
     if (a->lag)
         metrics_lag_write(a->lag, &b);
@@ -668,12 +668,11 @@ static void handle_metrics(api *a, http_request *req)
         script_vm_metrics(catalog_vm(a->catalog), &b);
     }
     if (a->reload) {
-        metrics_family(&b, "ratchet_config_reloads_total", "counter",
-                       "Reloads of the configuration and scripts (file changes, SIGHUP).");
-        metrics_sample(&b, "ratchet_config_reloads_total", (double)a->reload->reloads, NULL);
-        metrics_family(&b, "ratchet_config_reload_failures_total", "counter",
-                       "Reloads that kept something old: a config error or a script that failed to load.");
-        metrics_sample(&b, "ratchet_config_reload_failures_total", (double)a->reload->failures, NULL);
+        metrics_one(&b, "ratchet_config_reloads_total", "counter",
+                    "Reloads of the configuration and scripts (file changes, SIGHUP).", (double)a->reload->reloads);
+        metrics_one(&b, "ratchet_config_reload_failures_total", "counter",
+                    "Reloads that kept something old: a config error or a script that failed to load.",
+                    (double)a->reload->failures);
     }
     if (a->llm)
         llm_metrics(a->llm, &b);

@@ -144,13 +144,12 @@ void catalog_metrics(const catalog *cat, buf_t *b)
                    "Time from an evaluator's invocation to its verdict, waits for its turn included.");
     for (const eval_stats *st = cat->evstats; st; st = st->next)
         metrics_histogram(b, "ratchet_evaluator_duration_seconds", &st->seconds, "evaluator", st->name, NULL);
-    metrics_family(b, "ratchet_script_reloads_total", "counter", "Reloads of the scripts (start-up, file changes, SIGHUP).");
-    metrics_sample(b, "ratchet_script_reloads_total", (double)cat->stats.reloads, NULL);
-    metrics_family(b, "ratchet_script_reload_errors_total", "counter",
-                   "Script files that failed to load in a reload (the previous version kept running).");
-    metrics_sample(b, "ratchet_script_reload_errors_total", (double)cat->stats.reload_errors, NULL);
-    metrics_family(b, "ratchet_script_errors", "gauge", "Script files whose last load failed.");
-    metrics_sample(b, "ratchet_script_errors", (double)cat->nerrors, NULL);
+    metrics_one(b, "ratchet_script_reloads_total", "counter",
+                "Reloads of the scripts (start-up, file changes, SIGHUP).", (double)cat->stats.reloads);
+    metrics_one(b, "ratchet_script_reload_errors_total", "counter",
+                "Script files that failed to load in a reload (the previous version kept running).",
+                (double)cat->stats.reload_errors);
+    metrics_one(b, "ratchet_script_errors", "gauge", "Script files whose last load failed.", (double)cat->nerrors);
 }
 
 /* ---- scanning (no VM, any thread) ---- */

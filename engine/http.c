@@ -809,15 +809,12 @@ void http_server_address(http_server *srv, char *out, size_t outlen)
 
 void http_server_metrics(http_server *srv, buf_t *b)
 {
-    metrics_family(b, "ratchet_http_connections", "gauge", "Open client connections.");
-    metrics_sample(b, "ratchet_http_connections", srv->nconns, NULL);
-    metrics_family(b, "ratchet_http_connections_max", "gauge", "The connection cap (limits.max_connections).");
-    metrics_sample(b, "ratchet_http_connections_max", srv->lim.max_connections, NULL);
-    metrics_family(b, "ratchet_http_connections_total", "counter", "Connections accepted.");
-    metrics_sample(b, "ratchet_http_connections_total", (double)srv->accepted, NULL);
-    metrics_family(b, "ratchet_http_connections_refused_total", "counter",
-                   "Connections answered 503 and closed because the cap was reached.");
-    metrics_sample(b, "ratchet_http_connections_refused_total", (double)srv->refused, NULL);
+    metrics_one(b, "ratchet_http_connections", "gauge", "Open client connections.", srv->nconns);
+    metrics_one(b, "ratchet_http_connections_max", "gauge",
+                "The connection cap (limits.max_connections).", srv->lim.max_connections);
+    metrics_one(b, "ratchet_http_connections_total", "counter", "Connections accepted.", (double)srv->accepted);
+    metrics_one(b, "ratchet_http_connections_refused_total", "counter",
+                "Connections answered 503 and closed because the cap was reached.", (double)srv->refused);
     metrics_family(b, "ratchet_http_responses_total", "counter", "Responses sent, by status code.");
     for (int i = 100; i < 600; i++)
         if (srv->by_status[i]) {
@@ -825,10 +822,9 @@ void http_server_metrics(http_server *srv, buf_t *b)
             snprintf(code, sizeof code, "%d", i);
             metrics_sample(b, "ratchet_http_responses_total", (double)srv->by_status[i], "code", code, NULL);
         }
-    metrics_family(b, "ratchet_http_received_bytes_total", "counter", "Bytes read from clients.");
-    metrics_sample(b, "ratchet_http_received_bytes_total", (double)srv->bytes_in, NULL);
-    metrics_family(b, "ratchet_http_sent_bytes_total", "counter", "Bytes of responses (headers and bodies).");
-    metrics_sample(b, "ratchet_http_sent_bytes_total", (double)srv->bytes_out, NULL);
+    metrics_one(b, "ratchet_http_received_bytes_total", "counter", "Bytes read from clients.", (double)srv->bytes_in);
+    metrics_one(b, "ratchet_http_sent_bytes_total", "counter",
+                "Bytes of responses (headers and bodies).", (double)srv->bytes_out);
     metrics_family(b, "ratchet_http_request_duration_seconds", "histogram",
                    "Time from a request's arrival to its response, store commits included.");
     metrics_histogram(b, "ratchet_http_request_duration_seconds", &srv->seconds, NULL);

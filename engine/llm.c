@@ -1587,8 +1587,8 @@ void llm_metrics(llm *l, buf_t *b)
     metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_calls, "resource", "calls", NULL);
     metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_tokens, "resource", "tokens", NULL);
     metrics_sample(b, "ratchet_llm_budget_daily", l->b.daily_cost, "resource", "cost", NULL);
-    metrics_family(b, "ratchet_llm_ledger_failures_total", "counter", "LLM calls the ledger failed to record.");
-    metrics_sample(b, "ratchet_llm_ledger_failures_total", (double)l->ledger_failures, NULL);
+    metrics_one(b, "ratchet_llm_ledger_failures_total", "counter",
+                "LLM calls the ledger failed to record.", (double)l->ledger_failures);
 }
 
 json_t *llm_status_json(llm *l)

@@ -1705,10 +1705,9 @@ void loop_metrics(optloop *lp, buf_t *b)
     for (lprompt *p = lp->prompts; p; p = p->next)
         if (!strcmp(p->state, "canary"))
             metrics_sample(b, "ratchet_loop_canary_step", p->step, "prompt", p->name, NULL);
-    metrics_family(b, "ratchet_loop_cycles_total", "counter", "Optimization cycles started (automatic and manual).");
-    metrics_sample(b, "ratchet_loop_cycles_total", (double)lp->n.cycles, NULL);
-    metrics_family(b, "ratchet_loop_checks_total", "counter", "Times the trigger policy was asked.");
-    metrics_sample(b, "ratchet_loop_checks_total", (double)lp->n.checks, NULL);
+    metrics_one(b, "ratchet_loop_cycles_total", "counter",
+                "Optimization cycles started (automatic and manual).", (double)lp->n.cycles);
+    metrics_one(b, "ratchet_loop_checks_total", "counter", "Times the trigger policy was asked.", (double)lp->n.checks);
     metrics_family(b, "ratchet_loop_candidates_total", "counter",
                    "Candidate prompts the optimizer proposed, by verdict: invalid (refused before any run), "
                    "accepted or rejected by the gate.");

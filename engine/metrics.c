@@ -99,6 +99,12 @@ void metrics_sample(buf_t *b, const char *name, double value, ...)
     buf_puts(b, "\n");
 }
 
+void metrics_one(buf_t *b, const char *name, const char *type, const char *help, double value)
+{
+    metrics_family(b, name, type, help);
+    metrics_sample(b, name, value, NULL);
+}
+
 void metrics_histogram(buf_t *b, const char *name, const metrics_hist *h, ...)
 {
     va_list ap;
@@ -165,18 +171,16 @@ void metrics_process(buf_t *b, int64_t started_ms)
     struct rlimit rl = {0, 0};
     getrlimit(RLIMIT_NOFILE, &rl);
 
-    metrics_family(b, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.");
-    metrics_sample(b, "process_cpu_seconds_total", ticks > 0 ? (double)(utime + stime) / (double)ticks : 0, NULL);
-    metrics_family(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    metrics_sample(b, "process_resident_memory_bytes", (double)rss_pages * (double)page, NULL);
-    metrics_family(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
-    metrics_sample(b, "process_virtual_memory_bytes", (double)vsize, NULL);
-    metrics_family(b, "process_open_fds", "gauge", "Open file descriptors.");
-    metrics_sample(b, "process_open_fds", fds, NULL);
-    metrics_family(b, "process_max_fds", "gauge", "The limit on open file descriptors.");
-    metrics_sample(b, "process_max_fds", rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur, NULL);
-    metrics_family(b, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch, in seconds.");
-    metrics_sample(b, "process_start_time_seconds", (double)started_ms / 1000.0, NULL);
+    metrics_one(b, "process_cpu_seconds_total", "counter",
+                "User and system CPU time spent, in seconds.", ticks > 0 ? (double)(utime + stime) / (double)ticks : 0);
+    metrics_one(b, "process_resident_memory_bytes", "gauge",
+                "Resident memory size in bytes.", (double)rss_pages * (double)page);
+    metrics_one(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", (double)vsize);
+    metrics_one(b, "process_open_fds", "gauge", "Open file descriptors.", fds);
+    metrics_one(b, "process_max_fds", "gauge",
+                "The limit on open file descriptors.", rl.rlim_cur == RLIM_INFINITY ? INFINITY : (double)rl.rlim_cur);
+    metrics_one(b, "process_start_time_seconds", "gauge",
+                "Start time of the process since the Unix epoch, in seconds.", (double)started_ms / 1000.0);
 }
 
 /* ---- event-loop lag ---- */
@@ -217,8 +221,8 @@ void metrics_lag_write(const metrics_lag *l, buf_t *b)
     metrics_family(b, "ratchet_event_loop_lag_seconds", "histogram",
                    "How late the event loop ran a timer due every 100 ms: time the loop spent blocked.");
     metrics_histogram(b, "ratchet_event_loop_lag_seconds", &l->hist, NULL);
-    metrics_family(b, "ratchet_event_loop_lag_max_seconds", "gauge", "The worst event-loop lag since the start.");
-    metrics_sample(b, "ratchet_event_loop_lag_max_seconds", l->max_s, NULL);
+    metrics_one(b, "ratchet_event_loop_lag_max_seconds", "gauge",
+                "The worst event-loop lag since the start.", l->max_s);
 }
 
 static void on_lag_closed(uv_handle_t *h)

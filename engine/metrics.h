@@ -28,6 +28,8 @@ void metrics_family(buf_t *b, const char *name, const char *type, const char *he
 /* One sample: name{k="v",...} value. The labels are name, value pairs ending
  * with NULL; values are escaped (\\, \", \n). */
 void metrics_sample(buf_t *b, const char *name, double value, ...) __attribute__((sentinel));
+/* A family of one unlabelled sample: HELP, TYPE and the value. */
+void metrics_one(buf_t *b, const char *name, const char *type, const char *help, double value);
 /* The _bucket (cumulative, with le="+Inf"), _sum and _count samples. */
 void metrics_histogram(buf_t *b, const char *name, const metrics_hist *h, ...) __attribute__((sentinel));
 

@@ -549,24 +549,21 @@ void online_free(online *o)
 
 void online_metrics(const online *o, buf_t *b)
 {
-    metrics_family(b, "ratchet_evaluation_backlog", "gauge", "Traces waiting for online evaluation.");
-    metrics_sample(b, "ratchet_evaluation_backlog", (double)o->backlog, NULL);
-    metrics_family(b, "ratchet_evaluation_backlog_max", "gauge", "The backlog's bound (evaluation.max_backlog).");
-    metrics_sample(b, "ratchet_evaluation_backlog_max", o->max_backlog, NULL);
-    metrics_family(b, "ratchet_evaluation_running", "gauge", "Traces being evaluated now.");
-    metrics_sample(b, "ratchet_evaluation_running", o->running, NULL);
-    metrics_family(b, "ratchet_evaluation_enqueued_total", "counter", "Traces queued for online evaluation.");
-    metrics_sample(b, "ratchet_evaluation_enqueued_total", (double)o->enqueued, NULL);
-    metrics_family(b, "ratchet_evaluation_dropped_total", "counter",
-                   "Traces left unevaluated because the backlog was full (re-evaluate them later).");
-    metrics_sample(b, "ratchet_evaluation_dropped_total", (double)o->dropped, NULL);
+    metrics_one(b, "ratchet_evaluation_backlog", "gauge", "Traces waiting for online evaluation.", (double)o->backlog);
+    metrics_one(b, "ratchet_evaluation_backlog_max", "gauge",
+                "The backlog's bound (evaluation.max_backlog).", o->max_backlog);
+    metrics_one(b, "ratchet_evaluation_running", "gauge", "Traces being evaluated now.", o->running);
+    metrics_one(b, "ratchet_evaluation_enqueued_total", "counter",
+                "Traces queued for online evaluation.", (double)o->enqueued);
+    metrics_one(b, "ratchet_evaluation_dropped_total", "counter",
+                "Traces left unevaluated because the backlog was full (re-evaluate them later).", (double)o->dropped);
     metrics_family(b, "ratchet_evaluation_traces_total", "counter", "Traces evaluated online, by verdict.");
     metrics_sample(b, "ratchet_evaluation_traces_total", (double)(o->evaluated - o->failed - o->errored), "verdict",
                    "pass", NULL);
     metrics_sample(b, "ratchet_evaluation_traces_total", (double)o->failed, "verdict", "fail", NULL);
     metrics_sample(b, "ratchet_evaluation_traces_total", (double)o->errored, "verdict", "error", NULL);
-    metrics_family(b, "ratchet_evaluation_write_failures_total", "counter", "Verdicts the store failed to record.");
-    metrics_sample(b, "ratchet_evaluation_write_failures_total", (double)o->write_failures, NULL);
+    metrics_one(b, "ratchet_evaluation_write_failures_total", "counter",
+                "Verdicts the store failed to record.", (double)o->write_failures);
 }
 
 json_t *online_status_json(const online *o)

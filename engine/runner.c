@@ -1398,8 +1398,8 @@ int runner_cancel(runner *r, const char *id, reg_error *e)
 
 void runner_metrics(runner *r, buf_t *b)
 {
-    metrics_family(b, "ratchet_runs_started_total", "counter", "Regression runs started (gates and evals).");
-    metrics_sample(b, "ratchet_runs_started_total", (double)r->started, NULL);
+    metrics_one(b, "ratchet_runs_started_total", "counter",
+                "Regression runs started (gates and evals).", (double)r->started);
     metrics_family(b, "ratchet_runs_finished_total", "counter",
                    "Regression runs ended, by kind and verdict (accept, reject, inconclusive) or end state.");
     const char *key;
@@ -1418,10 +1418,10 @@ void runner_metrics(runner *r, buf_t *b)
     for (run *rn = r->runs; rn; rn = rn->next)
         active++;
     metrics_sample(b, "ratchet_runs_active", active, NULL);
-    metrics_family(b, "ratchet_run_results_total", "counter", "Case samples whose result a run recorded.");
-    metrics_sample(b, "ratchet_run_results_total", (double)r->results, NULL);
-    metrics_family(b, "ratchet_run_cache_hits_total", "counter", "Case samples answered from the result cache.");
-    metrics_sample(b, "ratchet_run_cache_hits_total", (double)r->cache_hits, NULL);
+    metrics_one(b, "ratchet_run_results_total", "counter",
+                "Case samples whose result a run recorded.", (double)r->results);
+    metrics_one(b, "ratchet_run_cache_hits_total", "counter",
+                "Case samples answered from the result cache.", (double)r->cache_hits);
 }
 
 json_t *runner_status_json(runner *r)

@@ -832,10 +832,10 @@ void script_vm_metrics(script_vm *vm, buf_t *b)
         metrics_sample(b, "ratchet_script_killed_total", (double)vm->kinds[k].nomem, "kind", vm->kinds[k].kind,
                        "reason", "memory", NULL);
     }
-    metrics_family(b, "ratchet_script_memory_bytes", "gauge", "Memory the Lua VM holds (all scripts together).");
-    metrics_sample(b, "ratchet_script_memory_bytes", (double)vm->mem_used, NULL);
-    metrics_family(b, "ratchet_script_memory_limit_bytes", "gauge", "The VM's memory cap (scripts.memory_limit_mb).");
-    metrics_sample(b, "ratchet_script_memory_limit_bytes", (double)vm->lim.memory_limit, NULL);
+    metrics_one(b, "ratchet_script_memory_bytes", "gauge",
+                "Memory the Lua VM holds (all scripts together).", (double)vm->mem_used);
+    metrics_one(b, "ratchet_script_memory_limit_bytes", "gauge",
+                "The VM's memory cap (scripts.memory_limit_mb).", (double)vm->lim.memory_limit);
 }
 
 void script_unref(script_vm *vm, int ref)

@@ -415,21 +415,19 @@ void store_metrics(store *s, buf_t *b)
     size_t queued = s->queued_items;
     bool healthy = s->healthy;
     pthread_mutex_unlock(&s->mu);
-    metrics_family(b, "ratchet_store_commits_total", "counter",
-                   "Group commits: one transaction and one fsync for every write pending.");
-    metrics_sample(b, "ratchet_store_commits_total", (double)commits, NULL);
-    metrics_family(b, "ratchet_store_commit_failures_total", "counter", "Transactions that failed (nothing of them stored).");
-    metrics_sample(b, "ratchet_store_commit_failures_total", (double)failures, NULL);
-    metrics_family(b, "ratchet_store_writes_total", "counter", "Writes (an ingest request, a batch of verdicts, ...) committed.");
-    metrics_sample(b, "ratchet_store_writes_total", (double)writes, NULL);
-    metrics_family(b, "ratchet_store_items_total", "counter", "Items (traces, feedback, scores, ...) committed.");
-    metrics_sample(b, "ratchet_store_items_total", (double)items, NULL);
+    metrics_one(b, "ratchet_store_commits_total", "counter",
+                "Group commits: one transaction and one fsync for every write pending.", (double)commits);
+    metrics_one(b, "ratchet_store_commit_failures_total", "counter",
+                "Transactions that failed (nothing of them stored).", (double)failures);
+    metrics_one(b, "ratchet_store_writes_total", "counter",
+                "Writes (an ingest request, a batch of verdicts, ...) committed.", (double)writes);
+    metrics_one(b, "ratchet_store_items_total", "counter",
+                "Items (traces, feedback, scores, ...) committed.", (double)items);
     metrics_family(b, "ratchet_store_commit_duration_seconds", "histogram", "Time of one group commit, fsync included.");
     metrics_histogram(b, "ratchet_store_commit_duration_seconds", &h, NULL);
-    metrics_family(b, "ratchet_store_pending_items", "gauge", "Items queued for the writer (limits.max_pending_writes).");
-    metrics_sample(b, "ratchet_store_pending_items", (double)queued, NULL);
-    metrics_family(b, "ratchet_store_healthy", "gauge", "1 when the store's last commit succeeded.");
-    metrics_sample(b, "ratchet_store_healthy", healthy, NULL);
+    metrics_one(b, "ratchet_store_pending_items", "gauge",
+                "Items queued for the writer (limits.max_pending_writes).", (double)queued);
+    metrics_one(b, "ratchet_store_healthy", "gauge", "1 when the store's last commit succeeded.", healthy);
 }
 
 static void drain_done(store *s)

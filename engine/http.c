@@ -818,7 +818,7 @@ void http_server_metrics(http_server *srv, buf_t *b)
     metrics_family(b, "ratchet_http_responses_total", "counter", "Responses sent, by status code.");
     for (int i = 100; i < 600; i++)
         if (srv->by_status[i]) {
-            char code[8];
+            char code[16];
             snprintf(code, sizeof code, "%d", i);
             metrics_sample(b, "ratchet_http_responses_total", (double)srv->by_status[i], "code", code, NULL);
         }

@@ -93,7 +93,8 @@ describe("the loop", function()
     e = engine.start { config = config(fake) }
     setup(e)
     traffic.send(base(e), "tickets", 1, 40)
-    local l = wait_state(e, function(v) return v.state == "canary" end)
+    -- the state is in memory at once, the event once its commit is done: wait for both
+    local l = wait_state(e, function(v) return v.state == "canary" and #v.events > 0 and v.events[#v.events].kind == "canary" end)
     assert.equal(3, l.version)
     local st = statuses(e)
     assert.equal("production", st[1])

@@ -25,7 +25,7 @@ provider "down" { kind = "openai", base_url = "http://127.0.0.1:9/v1", api_key =
   default_model = "m", max_retries = 0, timeout_ms = 2000 }
 prompt "tickets" {
   evaluators = { "json_valid" },
-  loop = { optimizer = { provider = "down", model = "m" }, check_interval_ms = 3600000 },
+  loop = { optimizer = { provider = "down", model = "m" }, check_interval_ms = 100 },  -- 5 traces: the trigger never fires
 }
 ]], ADMIN, scripts, engine.root) }
     local function ok(code, r) assert.equal(code, r.status, r.body) end
@@ -44,6 +44,8 @@ prompt "tickets" {
     local code, out, err = cli(e, "prompt promote tickets 1 --reason 'first release'")
     assert.equal(0, code, err)
     assert.equal(200, e:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 }, auth).status)
+    -- the loop adopts the canary started by hand
+    assert(engine.eventually(10, function() return e:get("/v1/loop/tickets", auth).json.state == "canary" end))
     local r = e:post("/v1/traces", { trace(1, "{}"), trace(1, "{}"), trace(1, "{}"), trace(1, "oops"), trace(2, "[]") }, auth)
     assert.equal(200, r.status, r.body)
     assert(engine.eventually(10, function() return e:get("/v1/status", auth).json.evaluation.evaluated == 5 end))
@@ -61,7 +63,7 @@ prompt "tickets" {
     assert.matches("ratchet %S+ at http://" .. e.addr:gsub("%p", "%%%0") .. ", up %d+s, store healthy", out)
     assert.matches("evaluation: backlog 0 of 100000, 5 evaluated, 0 dropped, 0 killed", out)
     assert.matches("LLM today: 0 calls, 0 tokens, %$0%.0000", out)
-    assert.matches("\ntickets%s+v1%s+75%.0%% of 4%s+v2 25%%%s+100%.0%% of 1%s+idle", out)
+    assert.matches("\ntickets%s+v1%s+75%.0%% of 4%s+v2 25%%%s+100%.0%% of 1%s+canary", out)
     assert.matches("\nquiet%s+%-%s+%-%s+%-%s+%-", out)
     assert.matches("needs a look:\n  script error: [^\n]*broken%.lua", out)
 
@@ -76,7 +78,7 @@ prompt "tickets" {
     assert.equal(2, t.canary.version)
     assert.equal(0.25, t.canary.share)
     assert.equal(1, t.canary.pass_rate)
-    assert.equal("idle", t.loop.state)
+    assert.equal("canary", t.loop.state)
     assert.equal(0, v.llm.today.calls)
     assert.equal(1, #v.problems)
   end)
@@ -84,12 +86,14 @@ prompt "tickets" {
   it("prints the audit log in order: moves with who and why, and the loop's decisions", function()
     local code, out, err = cli(e, "prompt rollback tickets --reason 'too slow'")
     assert.equal(0, code, err)
+    -- the loop stands down from the canary a human ended
+    assert(engine.eventually(10, function() return e:get("/v1/loop/tickets", auth).json.state == "idle" end))
     -- a cycle the loop cannot finish: the optimizer is unreachable, so it is aborted
     local r = e:post("/v1/prompts/tickets/optimize", {}, auth)
     assert.equal(202, r.status, r.body)
     assert(engine.eventually(10, function()
       local l = e:get("/v1/loop/tickets", auth).json
-      return l.state == "idle" and #l.events >= 2
+      return l.state == "idle" and l.events[#l.events].kind == "error"
     end), "the cycle did not end")
 
     code, out, err = cli(e, "history tickets")
@@ -97,7 +101,8 @@ prompt "tickets" {
     local lines = {}
     for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
     local want = { "created", "v1 candidate", "v2 candidate", "v1 candidate %-> production%s+by %S+@%S+: first release",
-                   "v2 candidate %-> canary", "v2 canary %-> rolled_back%s+by %S+@%S+: too slow", "loop ", "loop " }
+                   "v2 candidate %-> canary", "loop canary%s+watching v2", "v2 canary %-> rolled_back%s+by %S+@%S+: too slow",
+                   "loop manual", "loop trigger%s+started by hand", "loop error%s+the optimizer model failed" }
     local at = 1
     for _, l in ipairs(lines) do
       if want[at] and l:match("^%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z  " .. want[at]) then at = at + 1 end
@@ -106,14 +111,15 @@ prompt "tickets" {
     -- oldest first, by time
     for i = 2, #lines do assert.truthy(lines[i]:sub(1, 24) >= lines[i - 1]:sub(1, 24), out) end
 
-    code, out = cli(e, "history tickets --limit 3 --json")
+    code, out = cli(e, "history tickets --limit 4 --json")
     assert.equal(0, code)
     local items = engine.json.decode(out)
-    assert.equal(3, #items)
+    assert.equal(4, #items)
     assert.equal("registry", items[1].source)
     assert.equal("rolled_back", items[1].to)
-    assert.equal("loop", items[3].source)
-    assert.is_string(items[3].kind)
+    assert.equal("too slow", items[1].reason)
+    assert.equal("loop", items[4].source)
+    assert.equal("error", items[4].kind)
   end)
 
   it("answers bad input and an unreachable engine clearly", function()

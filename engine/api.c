@@ -107,7 +107,7 @@ static void ingest_job_free(ingest_job *job)
 static void respond_results(ingest_job *job)
 {
     ingest_batch *b = &job->batch;
-    uint64_t *items = job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].items;
+    uint64_t *items = job->a->ingest_n[job->kind].items;
     for (size_t i = 0; i < b->nitems; i++) {
         int wi = b->items[i].write_index;
         if (wi < 0) {
@@ -141,7 +141,7 @@ static void on_ingest_committed(store_write *w)
 static void ingest_submit(ingest_job *job)
 {
     if (job->status) {
-        job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].refused++;
+        job->a->ingest_n[job->kind].refused++;
         http_respond_error(job->req, job->status, job->err_code, "%s", job->err);
         ingest_job_free(job);
         return;
@@ -153,7 +153,7 @@ static void ingest_submit(ingest_job *job)
     job->batch.write.done = on_ingest_committed;
     job->batch.write.data = job;
     if (store_submit(job->a->store, &job->batch.write) != 0) {
-        job->a->ingest_n[job->kind == INGEST_TRACES ? 0 : 1].refused++;
+        job->a->ingest_n[job->kind].refused++;
         http_respond_error(job->req, 503, "overloaded",
                            "the store's write queue is full or shutting down; nothing was stored, retry later");
         ingest_job_free(job);
@@ -199,18 +199,18 @@ static void handle_ingest(api *a, http_request *req, ingest_kind kind)
 {
     if (!api_authorize(a, req, SCOPE_INGEST))
         return;
-    a->ingest_n[kind == INGEST_TRACES ? 0 : 1].requests++;
-    a->ingest_n[kind == INGEST_TRACES ? 0 : 1].bytes += req->body.len;
+    a->ingest_n[kind].requests++;
+    a->ingest_n[kind].bytes += req->body.len;
     int format = body_format(http_header_get(req, "content-type"));
     if (format < 0) {
-        a->ingest_n[kind == INGEST_TRACES ? 0 : 1].refused++;
+        a->ingest_n[kind].refused++;
         http_respond_field_error(req, 415, "unsupported_media_type", "content-type",
                                  "send application/json (one object or an array) or application/x-ndjson");
         return;
     }
     bool ndjson = format == 1;
     if (req->body.len == 0) {
-        a->ingest_n[kind == INGEST_TRACES ? 0 : 1].refused++;
+        a->ingest_n[kind].refused++;
         http_respond_error(req, 400, "empty_body", "the request has no body");
         return;
     }

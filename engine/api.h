@@ -38,7 +38,7 @@ typedef struct {
     struct metrics_lag *lag;
     int64_t started_ms;
     bool draining;
-    /* ingest counters, [0] traces, [1] feedback */
+    /* ingest counters, by ingest_kind: [INGEST_TRACES], [INGEST_FEEDBACK] */
     struct {
         uint64_t requests, bytes, refused;
         uint64_t items[5]; /* accepted, duplicate, invalid, not_found, failed */

@@ -361,8 +361,8 @@ static int by_time(const void *a, const void *b)
     int c = strcmp(str(x, "at"), str(y, "at"));
     if (c)
         return c;
-    /* at the same millisecond: the loop's decision, then the moves it made */
-    c = strcmp(str(y, "source"), str(x, "source"));
+    /* at the same millisecond: the loop's decision ("loop"), then the moves it made ("registry") */
+    c = strcmp(str(x, "source"), str(y, "source"));
     if (c)
         return c;
     long long sx = json_integer_value(json_object_get(x, "seq")), sy = json_integer_value(json_object_get(y, "seq"));

@@ -1690,6 +1690,17 @@ json_t *loop_prompt_json(optloop *lp, const char *prompt)
     return v;
 }
 
+void loop_summary(optloop *lp, buf_t *b)
+{
+    for (lprompt *p = lp->prompts; p; p = p->next) {
+        if (!strcmp(p->state, "idle"))
+            continue;
+        buf_printf(b, "; %s %s", p->name, p->state);
+        if (!strcmp(p->state, "canary"))
+            buf_printf(b, " %g%%", json_number_value(json_object_get(p->detail, "share")) * 100);
+    }
+}
+
 void loop_metrics(optloop *lp, buf_t *b)
 {
     static const char *const states[] = {"idle", "optimizing", "gating", "awaiting_approval", "canary"};

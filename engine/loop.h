@@ -53,6 +53,8 @@ int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reas
 json_t *loop_status_json(optloop *lp);
 /* Each prompt's state and canary step, and the loop's counters, for /metrics. */
 void loop_metrics(optloop *lp, buf_t *b);
+/* "; NAME STATE[ SHARE%]" for each prompt whose loop is not idle (STATUS=). */
+void loop_summary(optloop *lp, buf_t *b);
 json_t *loop_prompt_json(optloop *lp, const char *prompt);
 /* Stops checking; cb runs once no step of the loop is in flight. */
 void loop_drain(optloop *lp, void (*cb)(void *), void *arg);

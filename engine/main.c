@@ -17,6 +17,7 @@
 #include <libgen.h>
 
 #include "api.h"
+#include "ingest.h"
 #include "metrics.h"
 #include "catalog.h"
 #include "cli.h"
@@ -589,35 +590,21 @@ static void on_status_timer(uv_timer_t *t)
     engine *e = t->data;
     if (e->stopping)
         return;
-    char line[256];
-    int n = snprintf(line, sizeof line, "listening on %s; %llu traces in", e->addr,
-                     (unsigned long long)e->api.ingest_n[0].items[0]);
-    json_t *os = online_status_json(e->online);
-    n += snprintf(line + n, sizeof line - (size_t)n, ", evaluation backlog %lld",
-                  (long long)json_integer_value(json_object_get(os, "backlog")));
-    json_decref(os);
-    json_t *rs = runner_status_json(e->runner);
-    size_t runs = json_array_size(json_object_get(rs, "active"));
-    json_decref(rs);
-    if (runs && n < (int)sizeof line)
-        n += snprintf(line + n, sizeof line - (size_t)n, ", %zu run%s", runs, runs == 1 ? "" : "s");
-    json_t *ls = loop_status_json(e->lp);
-    const char *name;
-    json_t *p;
-    json_object_foreach(json_object_get(ls, "prompts"), name, p) {
-        const char *st = json_string_value(json_object_get(p, "state"));
-        if (!st || !strcmp(st, "idle") || n >= (int)sizeof line)
-            continue;
-        n += snprintf(line + n, sizeof line - (size_t)n, "; %s %s", name, st);
-        if (!strcmp(st, "canary") && n < (int)sizeof line)
-            n += snprintf(line + n, sizeof line - (size_t)n, " %g%%",
-                          json_number_value(json_object_get(p, "percent")));
+    buf_t line;
+    buf_init(&line);
+    buf_printf(&line, "listening on %s; %llu traces in, evaluation backlog %zu", e->addr,
+               (unsigned long long)e->api.ingest_n[INGEST_TRACES].items[0], online_backlog(e->online));
+    int runs = runner_active(e->runner);
+    if (runs)
+        buf_printf(&line, ", %d run%s", runs, runs == 1 ? "" : "s");
+    loop_summary(e->lp, &line);
+    if (line.len >= sizeof e->last_status) /* systemctl shows one line: cut it */
+        line.data[line.len = sizeof e->last_status - 1] = '\0';
+    if (strcmp(line.data, e->last_status) != 0) {
+        memcpy(e->last_status, line.data, line.len + 1);
+        sd_notifyf(0, "STATUS=%s", line.data);
     }
-    json_decref(ls);
-    if (strcmp(line, e->last_status) != 0) {
-        snprintf(e->last_status, sizeof e->last_status, "%s", line);
-        sd_notifyf(0, "STATUS=%s", line);
-    }
+    buf_free(&line);
 }
 
 static void start_watchdog(engine *e)

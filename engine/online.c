@@ -547,6 +547,11 @@ void online_free(online *o)
     uv_close((uv_handle_t *)&o->flush_timer, on_closed);
 }
 
+size_t online_backlog(const online *o)
+{
+    return o->backlog;
+}
+
 void online_metrics(const online *o, buf_t *b)
 {
     metrics_one(b, "ratchet_evaluation_backlog", "gauge", "Traces waiting for online evaluation.", (double)o->backlog);

@@ -35,6 +35,8 @@ bool online_has_prompt(const online *o, const char *prompt);
 json_t *online_status_json(const online *o);
 /* The backlog and the traces evaluated, for /metrics. */
 void online_metrics(const online *o, buf_t *b);
+/* Traces waiting for evaluation. */
+size_t online_backlog(const online *o);
 /* Stops taking work; cb runs once nothing is running (results written). */
 void online_drain(online *o, void (*cb)(void *), void *arg);
 void online_free(online *o);

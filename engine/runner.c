@@ -1396,6 +1396,14 @@ int runner_cancel(runner *r, const char *id, reg_error *e)
     return 0;
 }
 
+int runner_active(const runner *r)
+{
+    int n = 0;
+    for (const run *rn = r->runs; rn; rn = rn->next)
+        n++;
+    return n;
+}
+
 void runner_metrics(runner *r, buf_t *b)
 {
     metrics_one(b, "ratchet_runs_started_total", "counter",
@@ -1413,11 +1421,7 @@ void runner_metrics(runner *r, buf_t *b)
         metrics_sample(b, "ratchet_runs_finished_total", (double)json_integer_value(n), "kind", kind, "verdict",
                        sp ? sp : "", NULL);
     }
-    metrics_family(b, "ratchet_runs_active", "gauge", "Regression runs under way.");
-    int active = 0;
-    for (run *rn = r->runs; rn; rn = rn->next)
-        active++;
-    metrics_sample(b, "ratchet_runs_active", active, NULL);
+    metrics_one(b, "ratchet_runs_active", "gauge", "Regression runs under way.", runner_active(r));
     metrics_one(b, "ratchet_run_results_total", "counter",
                 "Case samples whose result a run recorded.", (double)r->results);
     metrics_one(b, "ratchet_run_cache_hits_total", "counter",

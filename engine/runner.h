@@ -51,6 +51,8 @@ void runner_on_finish(runner *r, runner_finished cb, void *ud);
 json_t *runner_status_json(runner *r);
 /* Runs started, ended by verdict, under way, for /metrics. */
 void runner_metrics(runner *r, buf_t *b);
+/* Runs under way. */
+int runner_active(const runner *r);
 /* Stops dispatching; cb runs once no call or write is in flight. Runs stay
  * 'running' in the store, so the next start resumes them. */
 void runner_drain(runner *r, void (*cb)(void *), void *arg);

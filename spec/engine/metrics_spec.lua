@@ -175,7 +175,6 @@ prompt "spinning" { evaluators = { "spin" } }
     local path = engine.tmpdir() .. "/metrics.txt"
     engine.write_file(path, text)
     local out = io.popen(engine.shell_quote(tool) .. " check metrics < " .. engine.shell_quote(path) .. " 2>&1; echo rc=$?"):read("a")
-    assert.matches("rc=0%s*$", out)
     assert.equal("rc=0", out:gsub("%s+$", ""), "promtool: " .. out)
   end)
 

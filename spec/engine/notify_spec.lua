@@ -122,7 +122,7 @@ describe("sd_notify", function()
     e:stop()
   end)
 
-  it("keeps STATUS= current: traces in, backlog, the loop", function()
+  it("keeps STATUS= current: traces in and the evaluation backlog", function()
     local e = engine.start { env = { NOTIFY_SOCKET = path } }
     collect(5 * engine.slow, "READY=1")
     assert.equal(200, e:post("/v1/traces", { engine.trace(), engine.trace(), engine.trace() }).status)

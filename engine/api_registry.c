@@ -828,14 +828,12 @@ static json_t *dataset_view(const char *name, json_t *d)
 static void export_work(read_task *t)
 {
     json_t *cases;
-    t->rc = store_dataset_cases(t->a->store, t->name, t->n1, &cases, t->err, sizeof t->err);
+    t->rc = store_dataset_cases(t->a->store, t->name, t->n1, STORE_CASE_TEXTS, &cases, t->err, sizeof t->err);
     size_t i;
     json_t *c;
     json_array_foreach(cases, i, c) {
-        char *s = json_dumps(c, JSON_COMPACT);
-        buf_puts(&t->out, s);
+        buf_append(&t->out, json_string_value(c), json_string_length(c));
         buf_puts(&t->out, "\n");
-        free(s);
     }
     json_decref(cases);
     t->content_type = "application/x-ndjson";
@@ -853,7 +851,7 @@ static void change_work(read_task *t)
     }
     /* the current cases, for the duplicate check */
     if (t->n1 > 0)
-        t->rc = store_dataset_cases(t->a->store, t->name, t->n1, &t->j2, t->err, sizeof t->err);
+        t->rc = store_dataset_cases(t->a->store, t->name, t->n1, STORE_CASE_IDS, &t->j2, t->err, sizeof t->err);
     else
         t->j2 = json_array();
 }
@@ -880,7 +878,7 @@ static void change_after(read_task *t)
     j->dataset = xstrdup(t->name);
     j->status = 200;
     j->answer = dataset_view(t->name, registry_dataset(a->registry, t->name));
-    json_object_set_new(j->answer, "changed", json_integer((json_int_t)json_array_size(json_object_get(t->j1, "cases")) +
+    json_object_set_new(j->answer, "changed", json_integer((json_int_t)json_object_size(json_object_get(t->j1, "cases")) +
                                                            (json_int_t)json_array_size(json_object_get(t->j1, "removed"))));
     commit(j);
 }
@@ -910,7 +908,7 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
     t->name = xstrdup(name);
     json_t *d = registry_dataset(a->registry, name);
     t->n1 = d ? json_integer_value(json_object_get(d, "version")) : 0;
-    t->j1 = json_pack("{s:s, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_array(), "removed",
+    t->j1 = json_pack("{s:s, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_object(), "removed",
                       removed ? removed : json_array());
     task_queue(t);
 }
@@ -1140,7 +1138,7 @@ static void results_work(read_task *t)
                               sizeof t->err);
     json_t *cases;
     if (t->rc == 0)
-        t->rc = store_run_cases(t->a->store, t->id, &cases, t->err, sizeof t->err);
+        t->rc = store_run_cases(t->a->store, t->id, STORE_CASE_OBJECTS, &cases, t->err, sizeof t->err);
     else
         cases = json_array();
     size_t i;

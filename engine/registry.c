@@ -890,9 +890,33 @@ static int case_normalise(json_t *c, const char *where, json_t **out, reg_error 
     return 0;
 }
 
+/* Normalises case c (where names it) into cases as id -> compact text;
+ * seen maps each id to where it came from. */
+static int parse_one(json_t *cases, json_t *seen, json_t *c, const char *where, reg_error *e)
+{
+    json_t *o;
+    int rc = case_normalise(c, where, &o, e);
+    if (rc)
+        return rc;
+    const char *id = json_string_value(json_object_get(o, "id"));
+    json_t *prev = json_object_get(seen, id);
+    if (prev) {
+        reg_fail(e, 400, "duplicate_case", where, "%s: case id '%s' is also used by %s", where, id,
+                 json_string_value(prev));
+        json_decref(o);
+        return 400;
+    }
+    json_object_set_new(seen, id, json_string(where));
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_object_set_new(cases, id, json_string_nocheck(text));
+    free(text);
+    json_decref(o);
+    return 0;
+}
+
 int dataset_parse_cases(const char *body, size_t len, json_t **cases, reg_error *e)
 {
-    *cases = json_array();
+    *cases = json_object();
     json_t *seen = json_object(); /* id -> where */
     const char *p = body, *end = body + len;
     while (p < end && isspace((unsigned char)*p))
@@ -909,24 +933,10 @@ int dataset_parse_cases(const char *body, size_t len, json_t **cases, reg_error 
         size_t i;
         json_t *c;
         json_array_foreach(arr, i, c) {
-            if (rc)
-                break;
             char where[64];
             snprintf(where, sizeof where, "case %zu", i + 1);
-            json_t *o;
-            if ((rc = case_normalise(c, where, &o, e)))
+            if (rc || (rc = parse_one(*cases, seen, c, where, e)))
                 break;
-            const char *id = json_string_value(json_object_get(o, "id"));
-            json_t *prev = json_object_get(seen, id);
-            if (prev) {
-                reg_fail(e, 400, "duplicate_case", where, "%s: case id '%s' is also used by %s", where, id,
-                         json_string_value(prev));
-                json_decref(o);
-                rc = 400;
-                break;
-            }
-            json_object_set_new(seen, id, json_string(where));
-            json_array_append_new(*cases, o);
         }
         json_decref(arr);
     } else {
@@ -943,22 +953,11 @@ int dataset_parse_cases(const char *body, size_t len, json_t **cases, reg_error 
             if (q < le) {
                 json_error_t je;
                 json_t *c = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &je);
-                json_t *o = NULL;
                 if (!c) {
                     reg_fail(e, 400, "invalid_case", where, "%s: not valid JSON: %s", where, je.text);
                     rc = 400;
-                } else if (!(rc = case_normalise(c, where, &o, e))) {
-                    const char *id = json_string_value(json_object_get(o, "id"));
-                    json_t *prev = json_object_get(seen, id);
-                    if (prev) {
-                        reg_fail(e, 400, "duplicate_case", where, "%s: case id '%s' is also used by %s", where, id,
-                                 json_string_value(prev));
-                        json_decref(o);
-                        rc = 400;
-                    } else {
-                        json_object_set_new(seen, id, json_string(where));
-                        json_array_append_new(*cases, o);
-                    }
+                } else {
+                    rc = parse_one(*cases, seen, c, where, e);
                 }
                 json_decref(c);
             }
@@ -966,7 +965,7 @@ int dataset_parse_cases(const char *body, size_t len, json_t **cases, reg_error 
         }
     }
     json_decref(seen);
-    if (!rc && json_array_size(*cases) == 0) {
+    if (!rc && json_object_size(*cases) == 0) {
         reg_fail(e, 400, "invalid_case", "body", "no cases: send JSON Lines (one case per line) or a JSON array");
         rc = 400;
     }
@@ -986,11 +985,11 @@ int registry_dataset_change(registry *r, const char *name, const char *mode, jso
     json_t *have = json_object(); /* id -> true, of the current version */
     size_t i;
     json_t *c;
-    json_array_foreach(current, i, c) json_object_set_new(have, json_string_value(json_object_get(c, "id")),
-                                                           json_true());
+    json_array_foreach(current, i, c) json_object_set_new(have, json_string_value(c), json_true());
     bool replace = !strcmp(mode, "replace");
-    json_array_foreach(cases, i, c) {
-        const char *id = json_string_value(json_object_get(c, "id"));
+    const char *id;
+    i = 0;
+    json_object_foreach(cases, id, c) {
         if (!strcmp(mode, "append") && json_object_get(have, id)) {
             json_decref(have);
             char f[160];
@@ -998,6 +997,7 @@ int registry_dataset_change(registry *r, const char *name, const char *mode, jso
             FAIL(409, "duplicate_case", f, "dataset '%s' already has a case '%s' (use mode=upsert to replace it)",
                  name, id);
         }
+        i++;
     }
     json_array_foreach(removed, i, c) if (!json_object_get(have, json_string_value(c))) {
         json_decref(have);
@@ -1011,15 +1011,12 @@ int registry_dataset_change(registry *r, const char *name, const char *mode, jso
         store_remove_case(w, name, json_string_value(c), v);
         count--;
     }
-    json_array_foreach(cases, i, c) {
-        const char *id = json_string_value(json_object_get(c, "id"));
+    json_object_foreach(cases, id, c) {
         if (!replace && json_object_get(have, id))
             store_remove_case(w, name, id, v); /* upsert: the new row replaces it */
         else
             count++;
-        char *t = json_dumps(c, JSON_COMPACT);
-        store_put_case(w, name, id, v, t);
-        free(t);
+        store_put_case(w, name, id, v, json_string_value(c));
     }
     json_decref(have);
     int64_t now = now_ms();

@@ -95,13 +95,15 @@ json_t *text_diff(const char *a, const char *b);
 /* ---- datasets ---- */
 json_t *registry_datasets(registry *r);
 json_t *registry_dataset(registry *r, const char *name);
-/* Parses cases sent as JSON Lines or a JSON array into normalised case
- * objects {id, variables, expected?, tags, source_trace?}; errors name the
+/* Parses cases sent as JSON Lines or a JSON array into normalised cases
+ * {id, variables, expected?, tags, source_trace?}, kept as an object of
+ * id -> the case's compact JSON text (in the order sent); errors name the
  * line (or array index) and field; an id twice is an error. */
 int dataset_parse_cases(const char *body, size_t len, json_t **cases, reg_error *e);
 /* A change makes a new version: mode "append" (an id already there is an
- * error), "upsert" or "replace" (the new cases are the whole dataset).
- * current: the cases of the current version (read by the caller); removed:
+ * error), "upsert" or "replace" (the new cases are the whole dataset);
+ * cases as dataset_parse_cases gives them.
+ * current: the ids of the current version's cases (read by the caller); removed:
  * ids to take out. The dataset is created when new. *version gets the new number. */
 int registry_dataset_change(registry *r, const char *name, const char *mode, json_t *cases, json_t *removed,
                             json_t *current, store_write *w, int64_t *version, reg_error *e);

@@ -47,8 +47,9 @@ struct run {
     run *next;
     char id[37];
     char *prompt, *actor, *kind;
-    json_t *spec, *cases;
-    size_t ncases;
+    json_t *spec;
+    char **cases;        /* each case as compact JSON, parsed when a job needs it */
+    size_t ncases, cases_cap;
     int nv;
     int64_t versions[MAX_VERSIONS];
     json_t *templates[MAX_VERSIONS], *models[MAX_VERSIONS];
@@ -87,6 +88,7 @@ typedef struct {
     size_t j, ci;
     int vi, sample;
     char key[65];
+    json_t *c;          /* the case */
     char *messages;     /* rendered, JSON */
     char *result;       /* the model's normalised reply, JSON */
     bool cached;
@@ -225,10 +227,15 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
     return rn;
 }
 
+/* Case ci, parsed; the caller decrefs. */
+static json_t *case_at(run *rn, size_t ci)
+{
+    return json_loads(rn->cases[ci], 0, NULL);
+}
+
 /* Sizes the job table once the cases are known. */
 static void run_size(run *rn)
 {
-    rn->ncases = json_array_size(rn->cases);
     rn->njobs = rn->ncases * (size_t)rn->nv * (size_t)rn->k;
     rn->agg = xcalloc(rn->ncases * (size_t)rn->nv * 3, sizeof *rn->agg);
     rn->done = xcalloc(rn->njobs ? rn->njobs : 1, 1);
@@ -271,7 +278,9 @@ static void run_free(run *rn)
     free(rn->stop_reason);
     free(rn->dataset);
     json_decref(rn->spec);
-    json_decref(rn->cases);
+    for (size_t i = 0; i < rn->ncases; i++)
+        free(rn->cases[i]);
+    free(rn->cases);
     json_decref(rn->report);
     json_decref(rn->verdicts);
     json_decref(rn->dataset_cases);
@@ -454,12 +463,17 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
 
 static void on_run_stored(store_write *w);
 
+static void fail_start_e(run *rn, const reg_error *e)
+{
+    rn->started_cb(NULL, NULL, e, rn->started_ud);
+    run_free(rn);
+}
+
 static void fail_start(run *rn, int status, const char *code, const char *field, const char *msg)
 {
     reg_error e;
     reg_fail(&e, status, code, field, "%s", msg);
-    rn->started_cb(NULL, NULL, &e, rn->started_ud);
-    run_free(rn);
+    fail_start_e(rn, &e);
 }
 
 static void load_cases_work(uv_work_t *w)
@@ -468,7 +482,8 @@ static void load_cases_work(uv_work_t *w)
     runner *r = rn->r;
     rn->err[0] = '\0';
     if (rn->dataset &&
-        store_dataset_cases(r->st, rn->dataset, rn->dataset_version, &rn->dataset_cases, rn->err, sizeof rn->err))
+        store_dataset_cases(r->st, rn->dataset, rn->dataset_version, STORE_CASE_TEXTS, &rn->dataset_cases, rn->err,
+                            sizeof rn->err))
         return;
     if (rn->failed_spec) {
         int64_t since = 0, until = INT64_MAX;
@@ -494,6 +509,41 @@ static bool has_tag(json_t *c, json_t *tags)
     return false;
 }
 
+/* Takes c, a case with its source set: checks that it has every variable the
+ * versions' templates use (names[v]), then keeps it as compact text, so a run
+ * of any size holds one small string per case, not a tree. */
+static int add_case(run *rn, json_t *c, json_t *const *names, reg_error *e)
+{
+    json_t *vars = json_object_get(c, "variables");
+    for (int v = 0; v < rn->nv; v++) {
+        size_t n;
+        json_t *name;
+        json_array_foreach(names[v], n, name) if (!json_object_get(vars, json_string_value(name))) {
+            const char *id = json_string_value(json_object_get(c, "id")), *var = json_string_value(name);
+            char field[300];
+            snprintf(field, sizeof field, "cases[%s].variables.%s", id, var);
+            reg_fail(e, 400, "missing_variable", field,
+                     "version %lld of '%s' uses {{%s}}, but case '%s' (%s) has no variable '%s'",
+                     (long long)rn->versions[v], rn->prompt, var, id,
+                     json_string_value(json_object_get(c, "source")), var);
+            json_decref(c);
+            return e->status;
+        }
+    }
+    if (rn->ncases >= MAX_CASES) {
+        json_decref(c);
+        reg_fail(e, 400, "too_many_cases", "dataset", "a run takes at most 200000 cases");
+        return e->status;
+    }
+    if (rn->ncases == rn->cases_cap) {
+        rn->cases_cap = rn->cases_cap ? 2 * rn->cases_cap : 64;
+        rn->cases = xrealloc(rn->cases, rn->cases_cap * sizeof *rn->cases);
+    }
+    rn->cases[rn->ncases++] = json_dumps(c, JSON_COMPACT);
+    json_decref(c);
+    return 0;
+}
+
 static void load_cases_after(uv_work_t *w, int status)
 {
     (void)status;
@@ -503,63 +553,53 @@ static void load_cases_after(uv_work_t *w, int status)
         fail_start(rn, 500, "store_error", "", rn->err);
         return;
     }
-    rn->cases = json_array();
+    json_t *names[MAX_VERSIONS] = {0};
+    for (int v = 0; v < rn->nv; v++)
+        names[v] = template_variables(rn->templates[v]);
+    reg_error e;
+    int rc = 0;
     size_t i;
     json_t *c;
     json_array_foreach(rn->dataset_cases, i, c) {
-        if (!has_tag(c, rn->tags))
+        json_t *o = json_loads(json_string_value(c), 0, NULL);
+        if (!o || !has_tag(o, rn->tags)) {
+            json_decref(o);
             continue;
-        json_t *o = json_deep_copy(c);
+        }
         json_object_set_new(o, "source", json_string("dataset"));
-        json_array_append_new(rn->cases, o);
+        if ((rc = add_case(rn, o, names, &e)))
+            break;
     }
     json_array_foreach(rn->failed_cases, i, c) {
+        if (rc)
+            break;
         char id[200];
         snprintf(id, sizeof id, "trace:%s", json_string_value(json_object_get(c, "trace_id")));
         json_t *o = json_pack("{s:s, s:s, s:O, s:[s], s:O, s:O}", "id", id, "source", "failed", "variables",
                               json_object_get(c, "variables"), "tags", "failed", "trace_id",
                               json_object_get(c, "trace_id"), "reasons", json_object_get(c, "reasons"));
-        json_array_append_new(rn->cases, o);
+        rc = add_case(rn, o, names, &e);
     }
     json_array_foreach(json_object_get(rn->spec, "cases"), i, c) {
+        if (rc)
+            break;
         json_t *o = json_deep_copy(c);
         if (!json_object_get(o, "tags"))
             json_object_set_new(o, "tags", json_array());
         json_object_set_new(o, "source", json_string(json_object_get(c, "trace_id") ? "failed" : "inline"));
-        json_array_append_new(rn->cases, o);
+        rc = add_case(rn, o, names, &e);
     }
-    if (json_array_size(rn->cases) == 0) {
+    for (int v = 0; v < rn->nv; v++)
+        json_decref(names[v]);
+    if (rc) {
+        fail_start_e(rn, &e);
+        return;
+    }
+    if (rn->ncases == 0) {
         fail_start(rn, 400, "no_cases", rn->dataset ? "dataset" : "failed",
                    "the run has no cases: the dataset (with the tags given) is empty and no failed trace with "
                    "input.variables is in the window");
         return;
-    }
-    if (json_array_size(rn->cases) > MAX_CASES) {
-        fail_start(rn, 400, "too_many_cases", "dataset", "a run takes at most 200000 cases");
-        return;
-    }
-    /* every variable a template uses must be in every case */
-    for (int v = 0; v < rn->nv; v++) {
-        json_t *names = template_variables(rn->templates[v]);
-        size_t n;
-        json_t *name;
-        json_array_foreach(rn->cases, i, c) {
-            json_t *vars = json_object_get(c, "variables");
-            json_array_foreach(names, n, name) if (!json_object_get(vars, json_string_value(name))) {
-                char field[300], msg[600];
-                snprintf(field, sizeof field, "cases[%s].variables.%s", json_string_value(json_object_get(c, "id")),
-                         json_string_value(name));
-                snprintf(msg, sizeof msg,
-                         "version %lld of '%s' uses {{%s}}, but case '%s' (%s) has no variable '%s'",
-                         (long long)rn->versions[v], rn->prompt, json_string_value(name),
-                         json_string_value(json_object_get(c, "id")),
-                         json_string_value(json_object_get(c, "source")), json_string_value(name));
-                json_decref(names);
-                fail_start(rn, 400, "missing_variable", field, msg);
-                return;
-            }
-        }
-        json_decref(names);
     }
     json_decref(rn->dataset_cases);
     json_decref(rn->failed_cases);
@@ -571,11 +611,8 @@ static void load_cases_after(uv_work_t *w, int status)
     char *spec = json_dumps(rn->spec, JSON_COMPACT);
     store_put_run(&rn->w, rn->id, rn->kind, rn->prompt, spec, "running", rn->created_ms);
     free(spec);
-    json_array_foreach(rn->cases, i, c) {
-        char *t = json_dumps(c, JSON_COMPACT);
-        store_put_run_case(&rn->w, rn->id, (int64_t)i, t);
-        free(t);
-    }
+    for (i = 0; i < rn->ncases; i++)
+        store_put_run_case(&rn->w, rn->id, (int64_t)i, rn->cases[i]);
     rn->w.done = on_run_stored;
     rn->w.data = rn;
     if (store_submit(rn->r->st, &rn->w) != 0) {
@@ -661,7 +698,7 @@ int runner_resume(runner *r, char *err, size_t errlen)
     json_array_foreach(ids, i, idv) {
         const char *id = json_string_value(idv);
         json_t *row = NULL, *cases = NULL, *keys = NULL;
-        if (store_get_run(r->st, id, &row, err, errlen) != 0 || store_run_cases(r->st, id, &cases, err, errlen) ||
+        if (store_get_run(r->st, id, &row, err, errlen) != 0 || store_run_cases(r->st, id, STORE_CASE_TEXTS, &cases, err, errlen) ||
             store_run_result_keys(r->st, id, &keys, err, errlen)) {
             json_decref(row);
             json_decref(cases);
@@ -673,7 +710,11 @@ int runner_resume(runner *r, char *err, size_t errlen)
         run *rn = run_new(r, id, json_string_value(json_object_get(row, "prompt")), spec);
         rn->actor = xstrdup("resume");
         rn->created_ms = json_integer_value(json_object_get(row, "created_ms"));
-        rn->cases = cases;
+        rn->ncases = rn->cases_cap = json_array_size(cases);
+        rn->cases = xcalloc(rn->ncases ? rn->ncases : 1, sizeof *rn->cases);
+        for (size_t ci = 0; ci < rn->ncases; ci++)
+            rn->cases[ci] = xstrdup(json_string_value(json_array_get(cases, ci)));
+        json_decref(cases);
         reg_error e;
         run_size(rn);
         bool bound = run_bind(rn, &e) == 0;
@@ -732,6 +773,7 @@ static void job_free(job *jb)
     free(jb->result);
     free(jb->case_json);
     free(jb->error);
+    json_decref(jb->c);
     json_decref(jb->verdicts);
     store_write_clear(&jb->w);
     free(jb);
@@ -887,7 +929,7 @@ static void next_eval(job *jb)
 static void job_judge(job *jb)
 {
     run *rn = jb->rn;
-    json_t *c = json_array_get(rn->cases, jb->ci);
+    json_t *c = jb->c;
     json_t *res = json_loads(jb->result, 0, NULL);
     json_t *output = json_object_get(res, "text");
     json_t *cs = json_pack("{s:O, s:O, s:O, s:O, s:s, s:I, s:I}", "id", json_object_get(c, "id"), "input",
@@ -981,10 +1023,10 @@ static void job_start(run *rn, size_t j)
     jb->vi = (int)((j / (size_t)rn->k) % (size_t)rn->nv);
     jb->ci = j / ((size_t)rn->k * (size_t)rn->nv);
     rn->inflight++;
-    json_t *c = json_array_get(rn->cases, jb->ci);
+    jb->c = case_at(rn, jb->ci);
     json_t *msgs = NULL;
     reg_error e;
-    if (template_render(rn->templates[jb->vi], json_object_get(c, "variables"), &msgs, &e)) {
+    if (template_render(rn->templates[jb->vi], json_object_get(jb->c, "variables"), &msgs, &e)) {
         jb->error = xstrdup(e.message);
         job_record(jb);
         return;
@@ -1069,35 +1111,37 @@ static void finish_rates(json_t *o)
 /* The report of the numbers (verdicts come after). */
 static json_t *build_report(run *rn, bool complete)
 {
-    json_t *versions = json_array();
-    for (int vi = 0; vi < rn->nv; vi++) {
-        json_t *o = json_pack("{s:I, s:s, s:i, s:i, s:i, s:i, s:i, s:{}}", "version", (json_int_t)rn->versions[vi],
-                              "role", vi ? "candidate" : "baseline", "cases", 0, "cases_passed", 0, "samples", 0,
-                              "passed", 0, "errors", 0, "by_tag");
-        json_t *by_tag = json_object_get(o, "by_tag");
-        int64_t cases = 0, cp = 0, samples = 0, passed = 0, errors = 0;
-        for (size_t ci = 0; ci < rn->ncases; ci++) {
+    /* per version: cases, cases passed, samples, passed, errors; and by tag */
+    int64_t tot[MAX_VERSIONS][5] = {{0}};
+    json_t *by_tag[MAX_VERSIONS];
+    for (int vi = 0; vi < rn->nv; vi++)
+        by_tag[vi] = json_object();
+    for (size_t ci = 0; ci < rn->ncases; ci++) {
+        json_t *c = case_at(rn, ci), *tags = json_object_get(c, "tags");
+        for (int vi = 0; vi < rn->nv; vi++) {
             const uint16_t *a = agg_of(rn, ci, vi);
             bool pass = case_passes(rn, ci, vi);
-            cases++;
-            cp += pass;
-            samples += a[0] + a[1] + a[2];
-            passed += a[0];
-            errors += a[2];
-            json_t *c = json_array_get(rn->cases, ci);
+            tot[vi][0]++;
+            tot[vi][1] += pass;
+            tot[vi][2] += a[0] + a[1] + a[2];
+            tot[vi][3] += a[0];
+            tot[vi][4] += a[2];
             size_t i;
             json_t *t;
-            json_array_foreach(json_object_get(c, "tags"), i, t) add_tag_stats(by_tag, json_string_value(t), pass, a);
+            json_array_foreach(tags, i, t) add_tag_stats(by_tag[vi], json_string_value(t), pass, a);
         }
-        json_object_set_new(o, "cases", json_integer(cases));
-        json_object_set_new(o, "cases_passed", json_integer(cp));
-        json_object_set_new(o, "samples", json_integer(samples));
-        json_object_set_new(o, "passed", json_integer(passed));
-        json_object_set_new(o, "errors", json_integer(errors));
+        json_decref(c);
+    }
+    json_t *versions = json_array();
+    for (int vi = 0; vi < rn->nv; vi++) {
+        json_t *o = json_pack("{s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:o}", "version", (json_int_t)rn->versions[vi],
+                              "role", vi ? "candidate" : "baseline", "cases", (json_int_t)tot[vi][0], "cases_passed",
+                              (json_int_t)tot[vi][1], "samples", (json_int_t)tot[vi][2], "passed",
+                              (json_int_t)tot[vi][3], "errors", (json_int_t)tot[vi][4], "by_tag", by_tag[vi]);
         finish_rates(o);
         const char *tag;
         json_t *t;
-        json_object_foreach(by_tag, tag, t) finish_rates(t);
+        json_object_foreach(by_tag[vi], tag, t) finish_rates(t);
         json_array_append_new(versions, o);
     }
     json_t *changed = json_array();
@@ -1112,7 +1156,7 @@ static json_t *build_report(run *rn, bool complete)
         nchanged++;
         if (json_array_size(changed) >= MAX_CHANGED)
             continue;
-        json_t *c = json_array_get(rn->cases, ci);
+        json_t *c = case_at(rn, ci);
         json_t *res = json_object();
         for (int vi = 0; vi < rn->nv; vi++) {
             char k[24];
@@ -1122,6 +1166,7 @@ static json_t *build_report(run *rn, bool complete)
         json_array_append_new(changed, json_pack("{s:I, s:O, s:O, s:O, s:o}", "case", (json_int_t)ci, "id",
                                                  json_object_get(c, "id"), "source", json_object_get(c, "source"),
                                                  "tags", json_object_get(c, "tags"), "results", res));
+        json_decref(c);
     }
     json_t *cand = json_array();
     for (int vi = 1; vi < rn->nv; vi++)
@@ -1138,26 +1183,39 @@ static json_t *build_report(run *rn, bool complete)
                      (json_int_t)rn->in_tok, "output_tokens", (json_int_t)rn->out_tok, "cost", rn->cost);
 }
 
-/* The policy's input for candidate vi: every case with both outcomes. */
+/* The policy's input for candidate vi: every case with both outcomes. Written
+ * case by case, so the run never holds a tree of every case. */
 static char *policy_input(run *rn, int vi)
 {
-    json_t *cases = json_array();
-    for (size_t ci = 0; ci < rn->ncases; ci++) {
-        json_t *c = json_array_get(rn->cases, ci);
-        json_array_append_new(cases, json_pack("{s:O, s:O, s:O, s:o, s:o}", "id", json_object_get(c, "id"), "source",
-                                               json_object_get(c, "source"), "tags", json_object_get(c, "tags"),
-                                               "baseline", outcome(rn, ci, 0), "candidate", outcome(rn, ci, vi)));
-    }
     json_t *opts = json_object_get(rn->spec, "policy_options");
-    json_t *in = json_pack("{s:s, s:s, s:I, s:I, s:i, s:b, s:o, s:O}", "run", rn->id, "prompt", rn->prompt, "baseline",
+    json_t *in = json_pack("{s:s, s:s, s:I, s:I, s:i, s:b, s:O}", "run", rn->id, "prompt", rn->prompt, "baseline",
                            (json_int_t)rn->versions[0], "candidate", (json_int_t)rn->versions[vi], "k", rn->k,
-                           "complete", json_is_true(json_object_get(rn->report, "complete")), "cases", cases,
-                           "options", opts ? opts : json_object());
+                           "complete", json_is_true(json_object_get(rn->report, "complete")), "options",
+                           opts ? opts : json_object());
     if (!opts)
         json_decref(json_object_get(in, "options"));
-    char *t = json_dumps(in, JSON_COMPACT);
+    char *head = json_dumps(in, JSON_COMPACT);
     json_decref(in);
-    return t;
+    buf_t b;
+    buf_init(&b);
+    buf_append(&b, head, strlen(head) - 1); /* without its closing brace */
+    free(head);
+    buf_puts(&b, ",\"cases\":[");
+    for (size_t ci = 0; ci < rn->ncases; ci++) {
+        json_t *c = case_at(rn, ci);
+        json_t *o = json_pack("{s:O, s:O, s:O, s:o, s:o}", "id", json_object_get(c, "id"), "source",
+                              json_object_get(c, "source"), "tags", json_object_get(c, "tags"), "baseline",
+                              outcome(rn, ci, 0), "candidate", outcome(rn, ci, vi));
+        char *t = json_dumps(o, JSON_COMPACT);
+        if (ci)
+            buf_puts(&b, ",");
+        buf_puts(&b, t);
+        free(t);
+        json_decref(o);
+        json_decref(c);
+    }
+    buf_puts(&b, "]}");
+    return buf_steal(&b);
 }
 
 static void on_run_finished(store_write *w);

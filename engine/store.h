@@ -213,8 +213,12 @@ int store_load_registry(store *s, json_t **prompts, json_t **datasets, char *err
 /* {"items":[{version, from, to, reason, actor, at}]} oldest first, after seq cursor */
 int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
                                 size_t errlen);
-/* The cases of a dataset version, as an array of case objects in id order. */
-int store_dataset_cases(store *s, const char *dataset, int64_t version, json_t **cases, char *err, size_t errlen);
+/* How case lists come back: parsed objects, their compact JSON text as
+ * strings (a tenth of the memory, for lists of any length), or ids only. */
+typedef enum { STORE_CASE_OBJECTS, STORE_CASE_TEXTS, STORE_CASE_IDS } store_case_form;
+/* The cases of a dataset version, in id order. */
+int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
+                        char *err, size_t errlen);
 /* The newest failed traces of prompt (of one version unless 0) with since <= ts < until that carry
  * input.variables: [{trace_id, variables, ts, reasons, negative, output}] (reasons: failed scores). */
 int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
@@ -227,7 +231,8 @@ int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errl
 int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
 /* Ids of the runs in a state (preparing, running) for resuming at start. */
 int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
-int store_run_cases(store *s, const char *run_id, json_t **cases, char *err, size_t errlen);
+/* A run's cases in order (STORE_CASE_OBJECTS or STORE_CASE_TEXTS). */
+int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
 /* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */
 int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);
 /* Full results of some cases (all when case_idx is NULL): [{case, version, sample, status, output, error,

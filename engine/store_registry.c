@@ -308,21 +308,29 @@ int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq,
     return r;
 }
 
-int store_dataset_cases(store *s, const char *dataset, int64_t version, json_t **cases, char *err, size_t errlen)
+static json_t *case_col(sqlite3_stmt *st, store_case_form form)
+{
+    return form == STORE_CASE_OBJECTS ? col_json(st, 0) : col_text(st, 0);
+}
+
+int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
+                        char *err, size_t errlen)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
     *cases = json_array();
     if (read_begin(s,
-                   "SELECT body FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
-                   "AND (removed IS NULL OR removed > ?2) ORDER BY id",
+                   form == STORE_CASE_IDS ? "SELECT id FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
+                                            "AND (removed IS NULL OR removed > ?2) ORDER BY id"
+                                          : "SELECT body FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
+                                            "AND (removed IS NULL OR removed > ?2) ORDER BY id",
                    &db, &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, dataset, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, version);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(*cases, col_json(st, 0));
+        json_array_append_new(*cases, case_col(st, form));
     return read_end(s, db, st, rc, err, errlen);
 }
 
@@ -442,7 +450,7 @@ int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen)
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_run_cases(store *s, const char *run_id, json_t **cases, char *err, size_t errlen)
+int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
@@ -452,7 +460,7 @@ int store_run_cases(store *s, const char *run_id, json_t **cases, char *err, siz
     sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(*cases, col_json(st, 0));
+        json_array_append_new(*cases, case_col(st, form));
     return read_end(s, db, st, rc, err, errlen);
 }
 

@@ -176,6 +176,10 @@ describe("datasets", function()
     r = import("d", { '{"id":"a","variables":{}}' })
     assert.equal(409, r.status)
     assert.equal("cases[0].id", r.json.error.field)
+    r = import("d", { '{"id":"new","variables":{}}', '{"id":"a","variables":{}}' })
+    assert.equal(409, r.status)
+    assert.equal("cases[1].id", r.json.error.field)
+    assert.equal(1, e:get("/v1/datasets/d").json.cases) -- nothing of the refused import is kept
     assert.equal(404, e:get("/v1/datasets/nope").status)
     assert.equal(400, e:post("/v1/datasets/d/cases?mode=merge", "{}").status)
     -- from a trace, with a corrected expected output

@@ -1357,7 +1357,7 @@ static void prov_release(prov *p)
     }
 }
 
-llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud)
+llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done, void *ud)
 {
     llm_call *c = xcalloc(1, sizeof *c);
     c->l = l;
@@ -1376,15 +1376,11 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
         l->calls->aprev = c;
     l->calls = c;
     char err[400];
-    json_error_t je;
-    json_t *r = json_loads(request, 0, &je);
     if (!json_is_object(r)) {
-        json_decref(r);
         finish(c, NULL, "bad_request", "the request must be a table");
         return c;
     }
     if (check_request(r, err, sizeof err) != 0) {
-        json_decref(r);
         finish(c, NULL, "bad_request", err);
         return c;
     }
@@ -1412,7 +1408,6 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
         else
             snprintf(err, sizeof err, "provider: name one (configured: %s)", names.len ? names.data : "none");
         buf_free(&names);
-        json_decref(r);
         finish(c, NULL, "bad_request", err);
         return c;
     }
@@ -1420,14 +1415,12 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
     p->calls_live++;
     const char *model = json_string_value(json_object_get(r, "model"));
     if (json_object_get(r, "model") && (!model || !*model)) {
-        json_decref(r);
         finish(c, NULL, "bad_request", "model: must be a model name");
         return c;
     }
     if (!model)
         model = p->c.default_model;
     if (!model) {
-        json_decref(r);
         snprintf(err, sizeof err, "model: provider '%s' has no default_model; name the model", p->c.name);
         finish(c, NULL, "bad_request", err);
         return c;
@@ -1439,12 +1432,11 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
     c->timeout_ms = to ? (int)json_integer_value(to) : p->c.timeout_ms;
     c->body = build_body(p, r, model, max_tokens);
     c->body_len = strlen(c->body);
-    json_decref(r);
     /* what the call may cost at most: its input (about 3 bytes a token, to
      * err on the high side) and every output token it may ask for */
     double in_est = (double)c->body_len / 3.0 + 1;
     c->est_tokens = in_est + max_tokens;
-    const llm_price *pr = price_of(p, c->model); /* model pointed into r, freed above */
+    const llm_price *pr = price_of(p, c->model);
     if (!pr && l->b.daily_cost > 0) {
         snprintf(err, sizeof err, "model '%.100s' has no price in provider '%s''s models table, and a cost budget is set",
                  c->model, p->c.name);
@@ -1469,6 +1461,14 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
         p->qhead = c;
     p->qtail = c;
     pump(p);
+    return c;
+}
+
+llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud)
+{
+    json_t *r = json_loads(request, 0, NULL);
+    llm_call *c = llm_chat_json(l, r, who, done, ud);
+    json_decref(r);
     return c;
 }
 

@@ -76,6 +76,8 @@ void llm_configure(llm *l, char *const *names, char *const *jsons, size_t n, con
 /* Starts a chat call; request is the JSON of ratchet.llm.chat's table. done
  * runs once, later on the loop (also for a request refused at once). */
 llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud);
+/* The same with the request already parsed (borrowed: the caller keeps it). */
+llm_call *llm_chat_json(llm *l, json_t *request, const llm_caller *who, llm_done done, void *ud);
 /* Abandons a call: done is not called. */
 void llm_cancel(llm_call *c);
 /* Ends every call now with err_kind "cancelled" (their done runs), at shutdown. */

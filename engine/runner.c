@@ -64,7 +64,7 @@ struct run {
     size_t njobs, next_job, inflight, writes, completed;
     int64_t calls, cached, in_tok, out_tok;
     double cost;
-    bool stopping, finishing, store_failed;
+    bool stopping, finishing, store_failed, pumping;
     char *stop_reason;
     int64_t created_ms;
     /* the policy phase */
@@ -89,8 +89,10 @@ typedef struct {
     int vi, sample;
     char key[65];
     json_t *c;          /* the case */
-    char *messages;     /* rendered, JSON */
+    json_t *msgs;       /* the rendered messages */
+    char *messages;     /* the same as JSON text, for the cache key (only with the cache on) */
     char *result;       /* the model's normalised reply, JSON */
+    json_t *res;        /* the same, parsed */
     bool cached;
     char *case_json;
     size_t att;
@@ -774,6 +776,8 @@ static void job_free(job *jb)
     free(jb->case_json);
     free(jb->error);
     json_decref(jb->c);
+    json_decref(jb->msgs);
+    json_decref(jb->res);
     json_decref(jb->verdicts);
     store_write_clear(&jb->w);
     free(jb);
@@ -822,7 +826,7 @@ static void job_record(job *jb)
     r->results++;
     if (slot == 2)
         r->errors++;
-    json_t *res = jb->result ? json_loads(jb->result, 0, NULL) : NULL;
+    json_t *res = jb->res;
     json_t *usage = json_object_get(res, "usage");
     const char *text = json_string_value(json_object_get(res, "text"));
     char *output = NULL;
@@ -853,7 +857,6 @@ static void job_record(job *jb)
         store_put_cache(&jb->w, jb->key, jb->result, now_ms());
     free(output);
     free(verdicts);
-    json_decref(res);
     jb->w.done = on_result_written;
     jb->w.data = jb;
     rn->inflight--;
@@ -864,6 +867,7 @@ static void job_record(job *jb)
         return;
     }
     rn->writes++;
+    run_pump(rn); /* the slot is free now: the write needs none */
 }
 
 static void next_eval(job *jb);
@@ -930,7 +934,7 @@ static void job_judge(job *jb)
 {
     run *rn = jb->rn;
     json_t *c = jb->c;
-    json_t *res = json_loads(jb->result, 0, NULL);
+    json_t *res = jb->res;
     json_t *output = json_object_get(res, "text");
     json_t *cs = json_pack("{s:O, s:O, s:O, s:O, s:s, s:I, s:I}", "id", json_object_get(c, "id"), "input",
                            json_object_get(c, "variables"), "output",
@@ -945,7 +949,6 @@ static void job_judge(job *jb)
         json_object_set(cs, "tool_calls", json_object_get(res, "tool_calls"));
     jb->case_json = json_dumps(cs, JSON_COMPACT);
     json_decref(cs);
-    json_decref(res);
     jb->verdicts = json_array();
     next_eval(jb);
 }
@@ -958,9 +961,8 @@ static void on_llm_done(llm_call *call, const char *result, const char *err_kind
     rn->r->llm_calls++;
     if (result) {
         rn->calls++;
-        json_t *res = json_loads(result, 0, NULL);
-        rn->cost += json_number_value(json_object_get(res, "cost"));
-        json_decref(res);
+        jb->res = json_loads(result, 0, NULL);
+        rn->cost += json_number_value(json_object_get(jb->res, "cost"));
         jb->result = xstrdup(result);
         job_judge(jb);
         return;
@@ -981,13 +983,11 @@ static void on_llm_done(llm_call *call, const char *result, const char *err_kind
 static void job_call(job *jb)
 {
     run *rn = jb->rn;
-    json_t *req = json_deep_copy(rn->models[jb->vi]);
-    json_object_set_new(req, "messages", json_loads(jb->messages, 0, NULL));
-    char *text = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
+    json_t *req = json_copy(rn->models[jb->vi]); /* shallow: only "messages" is added */
+    json_object_set(req, "messages", jb->msgs);
     llm_caller who = {.kind = "run", .name = rn->prompt, .run_id = rn->id};
-    llm_chat(rn->r->l, text, &who, on_llm_done, jb);
-    free(text);
+    llm_chat_json(rn->r->l, req, &who, on_llm_done, jb);
+    json_decref(req);
 }
 
 static void cache_work(uv_work_t *w)
@@ -1002,7 +1002,11 @@ static void cache_after(uv_work_t *w, int status)
 {
     (void)status;
     job *jb = w->data;
-    if (jb->result) {
+    if (jb->result && !(jb->res = json_loads(jb->result, 0, NULL))) {
+        free(jb->result); /* an unreadable cache entry: call the model again */
+        jb->result = NULL;
+    }
+    if (jb->res) {
         jb->cached = true;
         jb->rn->cached++;
         jb->rn->r->cache_hits++;
@@ -1031,11 +1035,11 @@ static void job_start(run *rn, size_t j)
         job_record(jb);
         return;
     }
-    jb->messages = json_dumps(msgs, JSON_COMPACT);
-    json_decref(msgs);
-    const char *mj = rn->model_json[jb->vi];
-    sha256_hex(jb->messages, strlen(jb->messages), mj, strlen(mj), jb->sample, jb->key);
+    jb->msgs = msgs;
     if (rn->use_cache) {
+        jb->messages = json_dumps(msgs, JSON_COMPACT);
+        const char *mj = rn->model_json[jb->vi];
+        sha256_hex(jb->messages, strlen(jb->messages), mj, strlen(mj), jb->sample, jb->key);
         jb->work.data = jb;
         uv_queue_work(rn->r->loop, &jb->work, cache_work, cache_after);
     } else {
@@ -1393,8 +1397,9 @@ static void on_run_finished(store_write *w)
 static void run_pump(run *rn)
 {
     runner *r = rn->r;
-    if (rn->finishing)
+    if (rn->finishing || rn->pumping) /* a job that ends inside job_start: the loop below goes on */
         return;
+    rn->pumping = true;
     size_t max_writes = 4 * (size_t)rn->concurrency + 64;
     while (!rn->stopping && !r->draining && rn->inflight < (size_t)rn->concurrency && rn->writes < max_writes &&
            rn->next_job < rn->njobs) {
@@ -1402,6 +1407,7 @@ static void run_pump(run *rn)
         if (!rn->done[j])
             job_start(rn, j);
     }
+    rn->pumping = false;
     if (rn->inflight || rn->writes)
         return;
     if (r->draining) {

@@ -23,6 +23,8 @@ struct registry {
     json_t *datasets; /* name -> dataset object */
     json_t *busy;     /* dataset names being changed */
     json_t *moves;    /* name -> {promotions, rollbacks} since the start, for /metrics */
+    json_t *resolved; /* "name\nversion" -> "messages":...,"model":... of that version, dumped once
+                       * (versions never change), for GET /v1/prompts/{name} */
 };
 
 static void count_move(registry *r, const char *name, const char *what)
@@ -73,6 +75,7 @@ registry *registry_new(store *st)
     r->st = st;
     r->prompts = json_object();
     r->datasets = json_object();
+    r->resolved = json_object();
     r->busy = json_object();
     r->moves = json_object();
     git_libgit2_init();
@@ -102,6 +105,7 @@ void registry_free(registry *r)
     json_decref(r->datasets);
     json_decref(r->busy);
     json_decref(r->moves);
+    json_decref(r->resolved);
     git_libgit2_shutdown();
     free(r);
 }
@@ -713,8 +717,26 @@ int registry_resolve(registry *r, const char *name, const char *key, const char 
     if (!v)
         return e->status;
     json_t *messages = json_object_get(v, "messages");
+    if (!vars) { /* the common case, on every request of an application: no tree, no dump */
+        char k[300];
+        snprintf(k, sizeof k, "%s\n%lld", name, (long long)version);
+        json_t *part = json_object_get(r->resolved, k);
+        if (!part) {
+            json_t *o = json_pack("{s:O, s:O}", "messages", messages, "model", json_object_get(v, "model"));
+            char *t = json_dumps(o, JSON_COMPACT);
+            part = json_stringn_nocheck(t + 1, strlen(t) - 2); /* without the braces */
+            json_object_set_new(r->resolved, k, part);
+            free(t);
+            json_decref(o);
+        }
+        /* name (a registry name) and status need no escaping */
+        buf_printf(out, "{\"prompt\":\"%s\",\"version\":%lld,\"status\":\"%s\",\"chosen_by\":\"%s\",%s,\"rendered\":false}",
+                   name, (long long)version, status_of(v), why,
+                   json_string_value(part));
+        return 0;
+    }
     json_t *rendered = NULL;
-    if (vars && template_render(messages, vars, &rendered, e))
+    if (template_render(messages, vars, &rendered, e))
         return e->status;
     json_t *ans = json_pack("{s:s, s:I, s:O, s:s, s:O, s:O, s:b}", "prompt", name, "version", (json_int_t)version,
                             "status", json_object_get(v, "status"), "chosen_by", why, "messages",

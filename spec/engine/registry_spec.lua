@@ -49,17 +49,27 @@ describe("prompt registry", function()
     for i = 1, 400 do
       local got = e:get("/v1/prompts/triage?key=user-" .. i).json
       first[i] = got.version
-      if got.version == 2 then canary = canary + 1; assert.equal("canary", got.chosen_by) end
+      if got.version == 2 then
+        canary = canary + 1
+        assert.equal("canary", got.chosen_by)
+        assert.equal("canary", got.status)
+      end
     end
     assert.is_true(canary > 80 and canary < 160, "canary share " .. canary .. "/400")
     for i = 1, 50 do assert.equal(first[i], e:get("/v1/prompts/triage?key=user-" .. i).json.version) end
-    assert.equal(1, e:get("/v1/prompts/triage").json.version) -- no key: production
+    local v1 = e:get("/v1/prompts/triage/versions/1").json
+    assert.same({ prompt = "triage", version = 1, status = "production", chosen_by = "production",
+                  messages = v1.messages, model = v1.model, rendered = false },
+                e:get("/v1/prompts/triage").json) -- no key: production
     -- rollback ends the canary first, then goes back a production version
     assert.equal(200, e:post("/v1/prompts/triage/rollback", { reason = "errors up" }).status)
     assert.equal(engine.json.null, e:get("/v1/prompts").json.items[1].canary)
     assert.equal(200, e:post("/v1/prompts/triage/promote", { version = 3 }).status)
     assert.equal(200, e:post("/v1/prompts/triage/rollback", {}).status)
     assert.equal(1, e:get("/v1/prompts/triage").json.version)
+    -- an answer asked for before reflects the version's status now
+    assert.same({ "rolled_back", "version" }, { e:get("/v1/prompts/triage?version=2").json.status,
+                                              e:get("/v1/prompts/triage?version=2").json.chosen_by })
     local versions = e:get("/v1/prompts/triage/versions").json.items
     assert.equal("production", versions[1].status)
     assert.equal("rolled_back", versions[2].status)

@@ -123,10 +123,7 @@ static eval_stats *stats_for(catalog *cat, const char *name)
 
 void catalog_metrics(const catalog *cat, buf_t *b)
 {
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
+    static const metrics_counter counters[] = {
         {"ratchet_evaluator_runs_total", "Evaluator invocations (online and in runs).", offsetof(eval_stats, runs)},
         {"ratchet_evaluator_failures_total", "Invocations whose verdict was fail.", offsetof(eval_stats, failures)},
         {"ratchet_evaluator_errors_total", "Invocations that gave no verdict: a script error, a bad answer, or killed.",
@@ -137,7 +134,7 @@ void catalog_metrics(const catalog *cat, buf_t *b)
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         metrics_family(b, counters[i].name, "counter", counters[i].help);
         for (const eval_stats *st = cat->evstats; st; st = st->next)
-            metrics_sample(b, counters[i].name, (double)*(const uint64_t *)((const char *)st + counters[i].off),
+            metrics_sample(b, counters[i].name, metrics_field(st, counters[i].off),
                            "evaluator", st->name, NULL);
     }
     metrics_family(b, "ratchet_evaluator_duration_seconds", "histogram",

@@ -1522,10 +1522,7 @@ void llm_abort_all(llm *l, const char *why)
 void llm_metrics(llm *l, buf_t *b)
 {
     roll_day(l);
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
+    static const metrics_counter counters[] = {
         {"ratchet_llm_calls_total", "LLM calls ended (after their retries), by provider and model.",
          offsetof(model_stats, calls)},
         {"ratchet_llm_retries_total", "Attempts repeated after a retryable failure.", offsetof(model_stats, retries)},
@@ -1535,7 +1532,7 @@ void llm_metrics(llm *l, buf_t *b)
         for (prov *p = l->provs; p; p = p->next)
             for (model_stats *m = p->models; m; m = m->next)
                 if (!p->retired)
-                    metrics_sample(b, counters[i].name, (double)*(uint64_t *)((char *)m + counters[i].off),
+                    metrics_sample(b, counters[i].name, metrics_field(m, counters[i].off),
                                    "provider", p->c.name, "model", m->model, NULL);
     }
     metrics_family(b, "ratchet_llm_errors_total", "counter",

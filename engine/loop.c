@@ -1725,10 +1725,7 @@ void loop_metrics(optloop *lp, buf_t *b)
     metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.invalid, "verdict", "invalid", NULL);
     metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.accepted, "verdict", "accepted", NULL);
     metrics_sample(b, "ratchet_loop_candidates_total", (double)lp->n.rejected, "verdict", "rejected", NULL);
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
+    static const metrics_counter counters[] = {
         {"ratchet_loop_canaries_total", "Canaries the loop started.", offsetof(struct loop_counters, canaries)},
         {"ratchet_loop_canary_advances_total", "Canary steps to a larger share.",
          offsetof(struct loop_counters, advances)},
@@ -1743,7 +1740,7 @@ void loop_metrics(optloop *lp, buf_t *b)
     };
     for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
         metrics_family(b, counters[i].name, "counter", counters[i].help);
-        metrics_sample(b, counters[i].name, (double)*(uint64_t *)((char *)&lp->n + counters[i].off), NULL);
+        metrics_sample(b, counters[i].name, metrics_field(&lp->n, counters[i].off), NULL);
     }
 }
 

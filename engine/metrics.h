@@ -6,6 +6,7 @@
 #ifndef RATCHET_METRICS_H
 #define RATCHET_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "util.h"
@@ -32,6 +33,19 @@ void metrics_sample(buf_t *b, const char *name, double value, ...) __attribute__
 void metrics_one(buf_t *b, const char *name, const char *type, const char *help, double value);
 /* The _bucket (cumulative, with le="+Inf"), _sum and _count samples. */
 void metrics_histogram(buf_t *b, const char *name, const metrics_hist *h, ...) __attribute__((sentinel));
+
+/* A counter family whose values are uint64_t fields of a stats struct: a
+ * subsystem lists its counters once, as a table of these, and writes each with
+ * metrics_field(stats, off) for every stats struct it keeps. */
+typedef struct {
+    const char *name, *help;
+    size_t off; /* offsetof the field */
+} metrics_counter;
+
+static inline double metrics_field(const void *stats, size_t off)
+{
+    return (double)*(const uint64_t *)((const char *)stats + off);
+}
 
 /* The engine's process: resident memory, CPU time, open and allowed file
  * descriptors, start time (the names of Prometheus' process collector). */

@@ -808,10 +808,7 @@ size_t script_vm_memory(script_vm *vm)
 
 void script_vm_metrics(script_vm *vm, buf_t *b)
 {
-    static const struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
+    static const metrics_counter counters[] = {
         {"ratchet_script_invocations_total", "Script invocations, by who called (evaluator, policy, template, ...).",
          offsetof(struct kind_stats, calls)},
         {"ratchet_script_invocation_errors_total", "Invocations that raised an error or were stopped.",
@@ -821,7 +818,7 @@ void script_vm_metrics(script_vm *vm, buf_t *b)
         metrics_family(b, counters[i].name, "counter", counters[i].help);
         for (size_t k = 0; k < sizeof vm->kinds / sizeof vm->kinds[0] && vm->kinds[k].kind[0]; k++)
             metrics_sample(b, counters[i].name,
-                           (double)*(const uint64_t *)((const char *)&vm->kinds[k] + counters[i].off), "kind",
+                           metrics_field(&vm->kinds[k], counters[i].off), "kind",
                            vm->kinds[k].kind, NULL);
     }
     metrics_family(b, "ratchet_script_killed_total", "counter",

@@ -629,6 +629,24 @@ static void prompt_metrics(api *a, http_request *req, const char *name)
 
 /* ---- the loop ---- */
 
+static void on_optimizing(json_t *view, const reg_error *e, void *ud)
+{
+    http_request *req = ud;
+    if (e)
+        respond_reg_error(req, e);
+    else
+        respond_json(req, 202, view);
+}
+
+static void on_decided(json_t *view, const reg_error *e, void *ud)
+{
+    http_request *req = ud;
+    if (e)
+        respond_reg_error(req, e);
+    else
+        respond_json(req, 200, view);
+}
+
 static void optimize_prompt(api *a, http_request *req, const char *name)
 {
     json_t *body = body_object(req);
@@ -645,22 +663,8 @@ static void optimize_prompt(api *a, http_request *req, const char *name)
         return;
     }
     reg_error e;
-    json_t *view = NULL;
-    if (loop_optimize(a->loop_sm, name, actor_of(req), &view, &e)) {
+    if (loop_optimize(a->loop_sm, name, actor_of(req), on_optimizing, req, &e))
         respond_reg_error(req, &e);
-        return;
-    }
-    respond_json(req, 202, view);
-    json_decref(view);
-}
-
-static void on_decided(json_t *view, const reg_error *e, void *ud)
-{
-    http_request *req = ud;
-    if (e)
-        respond_reg_error(req, e);
-    else
-        respond_json(req, 200, view);
 }
 
 static void decide_run(api *a, http_request *req, const char *id, bool approve)
@@ -696,15 +700,23 @@ static void events_after(read_task *t)
 {
     if (task_failed(t, "not_found", NULL))
         return;
-    json_t *v = loop_prompt_json(t->a->loop_sm, t->name);
-    if (!v)
-        v = json_pack("{s:s, s:s, s:b}", "prompt", t->name, "state", "idle", "configured", 0);
+    /* the view was taken before the read, with its moves on disk: the
+     * events are at least as new as the state */
+    json_t *v = t->j2 ? json_incref(t->j2) : json_pack("{s:s, s:s, s:b}", "prompt", t->name, "state", "idle",
+                                                       "configured", 0);
     json_object_set(v, "events", t->j1);
     size_t n = json_array_size(t->j1);
     if (n)
         json_object_set(v, "next_cursor", json_object_get(json_array_get(t->j1, n - 1), "seq"));
     respond_json(t->req, 200, v);
     json_decref(v);
+}
+
+static void events_read(json_t *view, void *ud)
+{
+    read_task *t = ud;
+    t->j2 = json_incref(view);
+    task_queue(t);
 }
 
 /* GET /v1/loop, GET /v1/loop/{prompt}?cursor=&limit= (its state and events) */
@@ -742,7 +754,7 @@ static void route_loop(api *a, http_request *req, char **seg, int n)
     t->name = xstrdup(seg[2]);
     t->n1 = cursor;
     t->limit = (int)limit;
-    task_queue(t);
+    loop_prompt_view(a->loop_sm, t->name, events_read, t);
 }
 
 static void route_prompts(api *a, http_request *req, char **seg, int n)

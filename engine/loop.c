@@ -40,7 +40,21 @@ struct lprompt {
     char decision[400];  /* the last decision, for status */
     int64_t decided_ms;
     loop_cycle *cyc;
+    struct {             /* a manual optimize waiting for a routine step to end */
+        char *actor;
+        loop_done done;
+        void *ud;
+    } want;
+    int writing;         /* moves of this prompt submitted, not yet committed */
+    struct view_waiter *waiters; /* views asked for while one was */
     lprompt *next;
+};
+
+/* Someone who wants the prompt's view once what it shows is on disk. */
+struct view_waiter {
+    loop_view_cb cb;
+    void *ud;
+    struct view_waiter *next;
 };
 
 /* What an optimization cycle carries from step to step. */
@@ -270,6 +284,19 @@ static void set_state(lprompt *p, const char *state)
     snprintf(p->state, sizeof p->state, "%s", state);
 }
 
+/* The prompt's moves are all on disk: what its view shows is stored. */
+static void view_settled(lprompt *p)
+{
+    while (p->waiters) {
+        struct view_waiter *w = p->waiters;
+        p->waiters = w->next;
+        json_t *v = loop_prompt_json(p->lp, p->name);
+        w->cb(v, w->ud);
+        json_decref(v);
+        free(w);
+    }
+}
+
 static void on_moved(store_write *w)
 {
     move *m = (move *)w;
@@ -283,6 +310,8 @@ static void on_moved(store_write *w)
                   "the stored state", p->name, st);
     }
     lp->inflight--;
+    if (--p->writing == 0)
+        view_settled(p);
     if (m->then)
         m->then(p, st, m->ud);
     free(m);
@@ -298,6 +327,7 @@ static void commit(lprompt *p, move *m, void (*then)(lprompt *, int, void *), vo
     m->ud = ud;
     m->w.done = on_moved;
     p->lp->inflight++;
+    p->writing++;
     if (store_submit(p->lp->st, &m->w) != 0) {
         m->w.status = -1;
         on_moved(&m->w);
@@ -431,6 +461,7 @@ static bool lua_call_fn(lprompt *p, const char *kind, const char *name, const ch
 
 static void trigger_decided(lprompt *p, json_t *res, const char *err);
 static void begin_cycle(lprompt *p, const char *actor, const char *reason);
+static void serve_want(lprompt *p);
 
 static void metrics_work(void *ud)
 {
@@ -1509,6 +1540,8 @@ static void on_tick(uv_timer_t *t)
         return;
     int64_t now = now_ms();
     for (lprompt *p = lp->prompts; p; p = p->next) {
+        if (p->want.done && !p->busy)
+            serve_want(p);
         if (p->busy || now < p->next_check)
             continue;
         int64_t every = p->set ? set_int(p, "check_interval_ms") : 60000;
@@ -1543,9 +1576,9 @@ void loop_note_traces(optloop *lp, const char *prompt, size_t n)
 
 /* ---- manual moves ---- */
 
-int loop_optimize(optloop *lp, const char *prompt, const char *actor, json_t **view, reg_error *e)
+/* Whether a cycle can start now on p, by hand; 0, or an HTTP status with e. */
+static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *e)
 {
-    lprompt *p = find(lp, prompt);
     json_t *pr = registry_prompt(lp->reg, prompt);
     if (!pr) {
         reg_fail(e, 404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry", prompt);
@@ -1560,9 +1593,8 @@ int loop_optimize(optloop *lp, const char *prompt, const char *actor, json_t **v
         reg_fail(e, 409, "pinned", "prompt", "prompt '%s' is pinned; unpin it first", prompt);
         return e->status;
     }
-    if (strcmp(p->state, "idle") || p->busy) {
-        reg_fail(e, 409, "busy", "prompt", "prompt '%s' is %s%s; one cycle at a time", prompt, p->state,
-                 p->busy && !strcmp(p->state, "idle") ? " (a check is under way)" : "");
+    if (strcmp(p->state, "idle")) {
+        reg_fail(e, 409, "busy", "prompt", "prompt '%s' is %s; one cycle at a time", prompt, p->state);
         return e->status;
     }
     if (!registry_version_in(lp->reg, prompt, "production")) {
@@ -1578,10 +1610,53 @@ int loop_optimize(optloop *lp, const char *prompt, const char *actor, json_t **v
         reg_fail(e, 503, "draining", "", "the engine is shutting down");
         return e->status;
     }
+    return 0;
+}
+
+static void start_by_hand(lprompt *p, const char *actor, loop_done done, void *ud)
+{
     char reason[200];
     snprintf(reason, sizeof reason, "started by hand (%s)", actor);
     begin_cycle(p, actor, reason);
-    *view = loop_prompt_json(lp, prompt);
+    json_t *view = loop_prompt_json(p->lp, p->name);
+    done(view, NULL, ud);
+    json_decref(view);
+}
+
+/* The routine step the request waited for has ended (or the engine stops):
+ * start the cycle if it still can, or say why not. */
+static void serve_want(lprompt *p)
+{
+    char *actor = p->want.actor;
+    loop_done done = p->want.done;
+    void *ud = p->want.ud;
+    memset(&p->want, 0, sizeof p->want);
+    reg_error e;
+    if (can_optimize(p->lp, p, p->name, &e))
+        done(NULL, &e, ud);
+    else
+        start_by_hand(p, actor, done, ud);
+    free(actor);
+}
+
+int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done done, void *ud, reg_error *e)
+{
+    lprompt *p = find(lp, prompt);
+    if (can_optimize(lp, p, prompt, e))
+        return e->status;
+    if (p->busy) {
+        /* a routine check or a write of the idle loop: the request waits for
+         * it (milliseconds) rather than failing on the engine's own timing */
+        if (p->want.done) {
+            reg_fail(e, 409, "busy", "prompt", "prompt '%s' already has a request to optimize waiting", prompt);
+            return e->status;
+        }
+        p->want.actor = xstrdup(actor);
+        p->want.done = done;
+        p->want.ud = ud;
+        return 0;
+    }
+    start_by_hand(p, actor, done, ud);
     return 0;
 }
 
@@ -1690,6 +1765,23 @@ json_t *loop_prompt_json(optloop *lp, const char *prompt)
     return v;
 }
 
+void loop_prompt_view(optloop *lp, const char *prompt, loop_view_cb cb, void *ud)
+{
+    lprompt *p = find(lp, prompt);
+    if (p && p->writing > 0) {
+        struct view_waiter *w = xcalloc(1, sizeof *w), **tail = &p->waiters;
+        while (*tail)
+            tail = &(*tail)->next;
+        w->cb = cb;
+        w->ud = ud;
+        *tail = w;
+        return;
+    }
+    json_t *v = loop_prompt_json(lp, prompt);
+    cb(v, ud);
+    json_decref(v);
+}
+
 void loop_summary(optloop *lp, buf_t *b)
 {
     for (lprompt *p = lp->prompts; p; p = p->next) {
@@ -1775,6 +1867,9 @@ void loop_drain(optloop *lp, void (*cb)(void *), void *arg)
     lp->draining = true;
     uv_timer_stop(&lp->timer);
     for (lprompt *p = lp->prompts; p; p = p->next)
+        if (p->want.done)
+            serve_want(p); /* answers 503: the engine is stopping */
+    for (lprompt *p = lp->prompts; p; p = p->next)
         if (p->cyc && p->cyc->call) {
             /* the cycle stays 'optimizing' in the store: the next start aborts it */
             llm_cancel(p->cyc->call);
@@ -1802,6 +1897,7 @@ void loop_free(optloop *lp)
         free(p->name);
         free(p->cycle);
         free(p->run_id);
+        free(p->want.actor);
         json_decref(p->set);
         json_decref(p->detail);
         cycle_free(p->cyc);

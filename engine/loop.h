@@ -41,11 +41,13 @@ void loop_start(optloop *lp);
 /* Notes n traces of prompt were ingested: a burst brings its check forward. */
 void loop_note_traces(optloop *lp, const char *prompt, size_t n);
 
-/* Starts an optimization cycle now (manual). 0, or an HTTP status with e. */
-int loop_optimize(optloop *lp, const char *prompt, const char *actor, json_t **view, reg_error *e);
+typedef void (*loop_done)(json_t *view, const reg_error *e, void *ud);
+/* Starts an optimization cycle (manual). 0 and done runs with the prompt's
+ * view, now or once a routine step of the idle loop in flight has ended (it
+ * may then run with an error instead); or an HTTP status with e. */
+int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done done, void *ud, reg_error *e);
 /* A human's answer to a gate run waiting for approval: approve starts its
  * canary, otherwise the version is rejected. done runs after the commit. */
-typedef void (*loop_done)(json_t *view, const reg_error *e, void *ud);
 int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reason, const char *actor, loop_done done,
                  void *ud, reg_error *e);
 
@@ -56,6 +58,11 @@ void loop_metrics(optloop *lp, buf_t *b);
 /* "; NAME STATE[ SHARE%]" for each prompt whose loop is not idle (STATUS=). */
 void loop_summary(optloop *lp, buf_t *b);
 json_t *loop_prompt_json(optloop *lp, const char *prompt);
+/* The same once every move of the prompt submitted so far is committed, so
+ * that its state agrees with its stored events (cb may run now; view is NULL
+ * for a prompt the loop does not know). */
+typedef void (*loop_view_cb)(json_t *view, void *ud);
+void loop_prompt_view(optloop *lp, const char *prompt, loop_view_cb cb, void *ud);
 /* Stops checking; cb runs once no step of the loop is in flight. */
 void loop_drain(optloop *lp, void (*cb)(void *), void *arg);
 void loop_free(optloop *lp);

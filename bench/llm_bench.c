@@ -55,7 +55,7 @@ static long rss_kb(void)
 
 static void start_one(void);
 
-static void on_llm(llm_call *c, const char *result, const char *kind, const char *err, void *ud)
+static void on_llm(llm_call *c, json_t *result, const char *kind, const char *err, void *ud)
 {
     (void)c;
     (void)ud;

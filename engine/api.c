@@ -318,6 +318,13 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
     return true;
 }
 
+void api_respond_json(http_request *req, int status, json_t *v)
+{
+    char *t = json_dumps(v, JSON_COMPACT);
+    http_respond(req, status, "application/json", NULL, t, strlen(t));
+    free(t);
+}
+
 bool api_known_params(http_request *req, const char *const *known)
 {
     const char *p = req->query;
@@ -397,12 +404,12 @@ static void handle_list_traces(api *a, http_request *req)
 /* POST /v1/llm/chat: one LLM call, as ratchet.llm.chat makes it (for ops
  * checking a provider, and for specs). Recorded in the ledger as caller
  * kind "other", name "api". */
-static void on_api_chat_done(llm_call *c, const char *result, const char *kind, const char *err, void *ud)
+static void on_api_chat_done(llm_call *c, json_t *result, const char *kind, const char *err, void *ud)
 {
     (void)c;
     http_request *req = ud;
     if (result) {
-        http_respond(req, 200, "application/json", NULL, result, strlen(result));
+        api_respond_json(req, 200, result);
         return;
     }
     if (!strcmp(kind, "bad_request")) {
@@ -509,9 +516,7 @@ static void handle_status(api *a, http_request *req)
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
     json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
-    char *text = json_dumps(root, JSON_COMPACT);
-    http_respond(req, 200, "application/json", NULL, text, strlen(text));
-    free(text);
+    api_respond_json(req, 200, root);
     json_decref(root);
 }
 

@@ -14,6 +14,9 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
 bool api_time_param(http_request *req, const char *name, int64_t *out);
 bool api_known_params(http_request *req, const char *const *known);
 
+/* Answers with v as compact JSON. */
+void api_respond_json(http_request *req, int status, json_t *v);
+
 /* Routes /v1/prompts..., /v1/datasets..., /v1/runs...; false when the path is
  * none of them. */
 bool api_registry_route(api *a, http_request *req);

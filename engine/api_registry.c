@@ -14,13 +14,6 @@
 
 /* ---- helpers ---- */
 
-static void respond_json(http_request *req, int status, json_t *v)
-{
-    char *t = json_dumps(v, JSON_COMPACT);
-    http_respond(req, status, "application/json", NULL, t, strlen(t));
-    free(t);
-}
-
 static void respond_reg_error(http_request *req, const reg_error *e)
 {
     if (e->field[0])
@@ -101,7 +94,7 @@ static void on_committed(store_write *w)
 {
     commit_job *j = w->data;
     if (w->status == 0) {
-        respond_json(j->req, j->status, j->answer);
+        api_respond_json(j->req, j->status, j->answer);
     } else {
         http_respond_error(j->req, 503, "store_error", "the change could not be stored; nothing changed");
         /* memory moved ahead of the store: read the truth back */
@@ -206,7 +199,7 @@ static void list_prompts(api *a, http_request *req)
     json_object_foreach(registry_prompts(a->registry), name, p)
         json_array_append_new(items, prompt_view(a->registry, name, p));
     json_t *root = json_pack("{s:o}", "items", items);
-    respond_json(req, 200, root);
+    api_respond_json(req, 200, root);
     json_decref(root);
 }
 
@@ -326,7 +319,7 @@ static void list_versions(api *a, http_request *req, const char *name)
         json_array_append_new(items, o);
     }
     json_t *root = json_pack("{s:o, s:o}", "prompt", prompt_view(a->registry, name, p), "items", items);
-    respond_json(req, 200, root);
+    api_respond_json(req, 200, root);
     json_decref(root);
 }
 
@@ -348,7 +341,7 @@ static void show_version(api *a, http_request *req, const char *name, const char
         return;
     }
     json_t *o = version_view(name, ver);
-    respond_json(req, 200, o);
+    api_respond_json(req, 200, o);
     json_decref(o);
 }
 
@@ -370,7 +363,7 @@ static void diff_versions(api *a, http_request *req, const char *name)
         respond_reg_error(req, &e);
         return;
     }
-    respond_json(req, 200, out);
+    api_respond_json(req, 200, out);
     json_decref(out);
 }
 
@@ -635,7 +628,7 @@ static void on_optimizing(json_t *view, const reg_error *e, void *ud)
     if (e)
         respond_reg_error(req, e);
     else
-        respond_json(req, 202, view);
+        api_respond_json(req, 202, view);
 }
 
 static void on_decided(json_t *view, const reg_error *e, void *ud)
@@ -644,7 +637,7 @@ static void on_decided(json_t *view, const reg_error *e, void *ud)
     if (e)
         respond_reg_error(req, e);
     else
-        respond_json(req, 200, view);
+        api_respond_json(req, 200, view);
 }
 
 static void optimize_prompt(api *a, http_request *req, const char *name)
@@ -708,7 +701,7 @@ static void events_after(read_task *t)
     size_t n = json_array_size(t->j1);
     if (n)
         json_object_set(v, "next_cursor", json_object_get(json_array_get(t->j1, n - 1), "seq"));
-    respond_json(t->req, 200, v);
+    api_respond_json(t->req, 200, v);
     json_decref(v);
 }
 
@@ -732,7 +725,7 @@ static void route_loop(api *a, http_request *req, char **seg, int n)
     }
     if (n == 2) {
         json_t *v = loop_status_json(a->loop_sm);
-        respond_json(req, 200, v);
+        api_respond_json(req, 200, v);
         json_decref(v);
         return;
     }
@@ -1019,7 +1012,7 @@ static void route_datasets(api *a, http_request *req, char **seg, int n)
         json_object_foreach(registry_datasets(a->registry), name, d)
             json_array_append_new(items, dataset_view(name, d));
         json_t *root = json_pack("{s:o}", "items", items);
-        respond_json(req, 200, root);
+        api_respond_json(req, 200, root);
         json_decref(root);
         return;
     }
@@ -1032,7 +1025,7 @@ static void route_datasets(api *a, http_request *req, char **seg, int n)
             http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
         } else {
             json_t *o = dataset_view(name, d);
-            respond_json(req, 200, o);
+            api_respond_json(req, 200, o);
             json_decref(o);
         }
     } else if (n == 4 && !strcmp(seg[3], "cases")) {
@@ -1088,7 +1081,7 @@ static void on_run_started(const char *id, json_t *view, const reg_error *e, voi
     if (e)
         respond_reg_error(req, e);
     else
-        respond_json(req, 201, view);
+        api_respond_json(req, 201, view);
 }
 
 static void start_run(api *a, http_request *req)
@@ -1117,7 +1110,7 @@ static void get_run_after(read_task *t)
     if (p)
         json_object_set_new(t->j1, "progress", p);
     json_object_del(t->j1, "created_ms");
-    respond_json(t->req, 200, t->j1);
+    api_respond_json(t->req, 200, t->j1);
 }
 
 static void list_runs_work(read_task *t)
@@ -1138,7 +1131,7 @@ static void list_runs_after(read_task *t)
         json_object_del(r, "created_ms");
     }
     json_t *root = json_pack("{s:O}", "items", t->j1);
-    respond_json(t->req, 200, root);
+    api_respond_json(t->req, 200, root);
     json_decref(root);
 }
 

@@ -295,7 +295,8 @@ struct llm_call {
     llm_done done;
     void *ud;
     /* the outcome, kept for the deferred finish */
-    char *result, *err_kind, *err;
+    json_t *result; /* the normalised reply */
+    char *err_kind, *err;
     int64_t in_tok, out_tok;
     double cost;
     char request_id[128];
@@ -640,7 +641,7 @@ static void call_free_cb(uv_handle_t *h)
     free(c->run_id);
     free(c->model);
     free(c->body);
-    free(c->result);
+    json_decref(c->result);
     free(c->err_kind);
     free(c->err);
     free(c);
@@ -690,7 +691,7 @@ static void on_finish_timer(uv_timer_t *t)
 
 /* Ends the call: the outcome is recorded now, the callback runs from a timer
  * (never inside llm_chat). */
-static void finish(llm_call *c, char *result, const char *kind, const char *msg)
+static void finish(llm_call *c, json_t *result, const char *kind, const char *msg)
 {
     c->state = CALL_FINISHING;
     c->result = result;
@@ -976,7 +977,7 @@ static char *build_body(const prov *p, json_t *r, const char *model, int max_tok
 
 /* ---- the response ---- */
 
-static char *normalise(llm_call *c, const char *body, size_t len, const char *request_id, char *err, size_t errlen)
+static json_t *normalise(llm_call *c, const char *body, size_t len, const char *request_id, char *err, size_t errlen)
 {
     json_t *r = json_loadb(body, len, 0, NULL);
     if (!json_is_object(r)) {
@@ -1059,9 +1060,7 @@ static char *normalise(llm_call *c, const char *body, size_t len, const char *re
                             "provider", c->p->c.name, "model", c->model, "attempts", c->attempts, "cost", c->cost);
     buf_free(&text);
     json_decref(r);
-    char *s = json_dumps(res, JSON_COMPACT);
-    json_decref(res);
-    return s;
+    return res;
 }
 
 /* The provider's error message, at most 300 bytes, with the key cut out. */
@@ -1245,7 +1244,7 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         retry = resp->error != HTTPC_TOO_LARGE && resp->error != HTTPC_TLS;
     } else if (resp->status >= 200 && resp->status < 300) {
         char err[200];
-        char *result = normalise(c, resp->body, resp->body_len, resp->request_id, err, sizeof err);
+        json_t *result = normalise(c, resp->body, resp->body_len, resp->request_id, err, sizeof err);
         circuit_result(p, true);
         if (result)
             finish(c, result, NULL, NULL);

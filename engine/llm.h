@@ -64,8 +64,9 @@ typedef struct {
     const char *run_id; /* NULL when none */
 } llm_caller;
 
-/* result: the normalised reply as JSON text, or NULL with err_kind and err. */
-typedef void (*llm_done)(llm_call *c, const char *result, const char *err_kind, const char *err, void *ud);
+/* result: the normalised reply (borrowed: json_incref it to keep it), or
+ * NULL with err_kind and err. */
+typedef void (*llm_done)(llm_call *c, json_t *result, const char *err_kind, const char *err, void *ud);
 
 llm *llm_new(uv_loop_t *loop, httpc *h, store *st);
 /* Reads today's spending from the ledger (at start, before serving). */

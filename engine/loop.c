@@ -742,7 +742,7 @@ static void mined(lprompt *p, json_t *res, const char *err)
 
 static void parsed(lprompt *p, json_t *res, const char *err);
 
-static void on_optimizer(llm_call *call, const char *result, const char *err_kind, const char *err, void *ud)
+static void on_optimizer(llm_call *call, json_t *result, const char *err_kind, const char *err, void *ud)
 {
     (void)call;
     lprompt *p = ud;
@@ -760,13 +760,11 @@ static void on_optimizer(llm_call *call, const char *result, const char *err_kin
         cycle_abort(p, "error", why);
         return;
     }
-    json_t *res = json_loads(result, 0, NULL);
-    const char *text = json_string_value(json_object_get(res, "text"));
+    const char *text = json_string_value(json_object_get(result, "text"));
     char why[300];
     if (!lua_call_fn(p, "metaprompts", p->cyc->tpl, "parse", json_pack("[s, O]", text ? text : "", p->cyc->ctx), parsed,
                      why, sizeof why))
         cycle_abort(p, "error", why);
-    json_decref(res);
 }
 
 static void built(lprompt *p, json_t *res, const char *err)

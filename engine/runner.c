@@ -61,7 +61,10 @@ struct run {
     char *policy;
     uint16_t *agg;      /* [case][version][pass, fail, error] sample counts */
     unsigned char *done; /* per job: its result is stored */
-    size_t njobs, next_job, inflight, writes, completed;
+    /* jobs calling the model (or reading the cache): at most concurrency;
+     * judged (their evaluators running): at most concurrency too; results
+     * queued for the store: at most 4 x concurrency + 64 */
+    size_t njobs, next_job, inflight, judging, writes, completed;
     int64_t calls, cached, in_tok, out_tok;
     double cost;
     bool stopping, finishing, store_failed, pumping;
@@ -98,6 +101,7 @@ typedef struct {
     size_t att;
     json_t *verdicts;
     bool req_fail, req_error;
+    bool judging;       /* past the call: its slot is free */
     char *error;        /* the call failed */
     uv_work_t work;
     store_write w;
@@ -859,7 +863,10 @@ static void job_record(job *jb)
     free(verdicts);
     jb->w.done = on_result_written;
     jb->w.data = jb;
-    rn->inflight--;
+    if (jb->judging)
+        rn->judging--;
+    else
+        rn->inflight--;
     if (store_submit(r->st, &jb->w) != 0) {
         run_stop(rn, "the store's write queue is full");
         job_free(jb);
@@ -929,10 +936,15 @@ static void next_eval(job *jb)
                   on_eval_held, h);
 }
 
-/* The model's reply is in jb->result: judge it. */
+/* The model's reply is in jb->res: judge it. The model-call slot is
+ * freed first, so the next call goes out before this job's evaluators run. */
 static void job_judge(job *jb)
 {
     run *rn = jb->rn;
+    rn->inflight--;
+    rn->judging++;
+    jb->judging = true;
+    run_pump(rn);
     json_t *c = jb->c;
     json_t *res = jb->res;
     json_t *output = json_object_get(res, "text");
@@ -953,7 +965,7 @@ static void job_judge(job *jb)
     next_eval(jb);
 }
 
-static void on_llm_done(llm_call *call, const char *result, const char *err_kind, const char *err, void *ud)
+static void on_llm_done(llm_call *call, json_t *result, const char *err_kind, const char *err, void *ud)
 {
     (void)call;
     job *jb = ud;
@@ -961,9 +973,10 @@ static void on_llm_done(llm_call *call, const char *result, const char *err_kind
     rn->r->llm_calls++;
     if (result) {
         rn->calls++;
-        jb->res = json_loads(result, 0, NULL);
+        jb->res = json_incref(result);
         rn->cost += json_number_value(json_object_get(jb->res, "cost"));
-        jb->result = xstrdup(result);
+        if (rn->use_cache)
+            jb->result = json_dumps(result, JSON_COMPACT);
         job_judge(jb);
         return;
     }
@@ -1357,7 +1370,7 @@ static void check_drained(runner *r)
     if (!r->draining || !r->drain_cb)
         return;
     for (run *rn = r->runs; rn; rn = rn->next)
-        if (rn->inflight || rn->writes || rn->finishing)
+        if (rn->inflight || rn->judging || rn->writes || rn->finishing)
             return;
     void (*cb)(void *) = r->drain_cb;
     r->drain_cb = NULL;
@@ -1401,14 +1414,14 @@ static void run_pump(run *rn)
         return;
     rn->pumping = true;
     size_t max_writes = 4 * (size_t)rn->concurrency + 64;
-    while (!rn->stopping && !r->draining && rn->inflight < (size_t)rn->concurrency && rn->writes < max_writes &&
-           rn->next_job < rn->njobs) {
+    while (!rn->stopping && !r->draining && rn->inflight < (size_t)rn->concurrency &&
+           rn->judging < (size_t)rn->concurrency && rn->writes < max_writes && rn->next_job < rn->njobs) {
         size_t j = rn->next_job++;
         if (!rn->done[j])
             job_start(rn, j);
     }
     rn->pumping = false;
-    if (rn->inflight || rn->writes)
+    if (rn->inflight || rn->judging || rn->writes)
         return;
     if (r->draining) {
         check_drained(r);
@@ -1423,7 +1436,7 @@ static void run_pump(run *rn)
 static json_t *progress(run *rn)
 {
     return json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s?}", "jobs", (json_int_t)rn->njobs, "done",
-                     (json_int_t)rn->completed, "running", (json_int_t)rn->inflight, "calls", (json_int_t)rn->calls,
+                     (json_int_t)rn->completed, "running", (json_int_t)(rn->inflight + rn->judging), "calls", (json_int_t)rn->calls,
                      "cached", (json_int_t)rn->cached, "cost", rn->cost, "stopping", rn->stopping, "stop_reason",
                      rn->stop_reason);
 }

@@ -45,11 +45,13 @@ static void pending_free(pending *p)
     free(p);
 }
 
-static void on_llm_done(llm_call *c, const char *result, const char *err_kind, const char *err, void *ud)
+static void on_llm_done(llm_call *c, json_t *result, const char *err_kind, const char *err, void *ud)
 {
     (void)c;
     pending *p = ud;
-    p->done(p->ud, result, err_kind, err);
+    char *text = result ? json_dumps(result, JSON_COMPACT) : NULL;
+    p->done(p->ud, text, err_kind, err);
+    free(text);
     pending_free(p);
 }
 

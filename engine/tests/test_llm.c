@@ -19,7 +19,7 @@ typedef struct {
     char err[512];
 } outcome;
 
-static void on_done(llm_call *c, const char *result, const char *kind, const char *err, void *ud)
+static void on_done(llm_call *c, json_t *result, const char *kind, const char *err, void *ud)
 {
     (void)c;
     outcome *o = ud;

@@ -16,6 +16,8 @@
 #include "util.h"
 
 #define TICK_MS 200
+/* how long a manual optimize waits for a routine step in flight */
+#define WANT_WAIT_MS 10000
 #define MAX_HISTORY 8
 #define LEAK_WINDOW 24
 
@@ -44,6 +46,7 @@ struct lprompt {
         char *actor;
         loop_done done;
         void *ud;
+        int64_t since;
     } want;
     int writing;         /* moves of this prompt submitted, not yet committed */
     struct view_waiter *waiters; /* views asked for while one was */
@@ -1538,7 +1541,7 @@ static void on_tick(uv_timer_t *t)
         return;
     int64_t now = now_ms();
     for (lprompt *p = lp->prompts; p; p = p->next) {
-        if (p->want.done && !p->busy)
+        if (p->want.done && (!p->busy || now - p->want.since >= WANT_WAIT_MS))
             serve_want(p);
         if (p->busy || now < p->next_check)
             continue;
@@ -1630,10 +1633,15 @@ static void serve_want(lprompt *p)
     void *ud = p->want.ud;
     memset(&p->want, 0, sizeof p->want);
     reg_error e;
-    if (can_optimize(p->lp, p, p->name, &e))
+    if (can_optimize(p->lp, p, p->name, &e)) {
+        done(NULL, &e, ud); /* draining, or the step changed what can be done */
+    } else if (p->busy) {
+        reg_fail(&e, 409, "busy", "prompt", "prompt '%s': a step of its loop is still under way after %d ms; "
+                 "try again", p->name, WANT_WAIT_MS);
         done(NULL, &e, ud);
-    else
+    } else {
         start_by_hand(p, actor, done, ud);
+    }
     free(actor);
 }
 
@@ -1652,6 +1660,7 @@ int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done 
         p->want.actor = xstrdup(actor);
         p->want.done = done;
         p->want.ud = ud;
+        p->want.since = now_ms();
         return 0;
     }
     start_by_hand(p, actor, done, ud);

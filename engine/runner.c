@@ -78,6 +78,9 @@ struct run {
     runner_started started_cb;
     void *started_ud;
     json_t *dataset_cases, *failed_cases;
+    json_t *names[MAX_VERSIONS]; /* the variables each version's template uses */
+    reg_error start_e;   /* the cases' error, found in the pool */
+    int start_rc;
     json_t *failed_spec;
     char *dataset;
     int64_t dataset_version;
@@ -291,6 +294,8 @@ static void run_free(run *rn)
     json_decref(rn->verdicts);
     json_decref(rn->dataset_cases);
     json_decref(rn->failed_cases);
+    for (int v = 0; v < MAX_VERSIONS; v++)
+        json_decref(rn->names[v]);
     json_decref(rn->failed_spec);
     json_decref(rn->tags);
     store_write_clear(&rn->w);
@@ -482,6 +487,8 @@ static void fail_start(run *rn, int status, const char *code, const char *field,
     fail_start_e(rn, &e);
 }
 
+static void build_cases(run *rn);
+
 static void load_cases_work(uv_work_t *w)
 {
     run *rn = w->data;
@@ -501,8 +508,11 @@ static void load_cases_work(uv_work_t *w)
             json_time_value(x, &until);
         x = json_object_get(rn->failed_spec, "limit");
         int limit = x ? (int)json_integer_value(x) : 200;
-        store_failed_trace_cases(r->st, rn->prompt, 0, since, until, limit, &rn->failed_cases, rn->err, sizeof rn->err);
+        if (store_failed_trace_cases(r->st, rn->prompt, 0, since, until, limit, &rn->failed_cases, rn->err,
+                                     sizeof rn->err))
+            return;
     }
+    build_cases(rn);
 }
 
 static bool has_tag(json_t *c, json_t *tags)
@@ -550,19 +560,14 @@ static int add_case(run *rn, json_t *c, json_t *const *names, reg_error *e)
     return 0;
 }
 
-static void load_cases_after(uv_work_t *w, int status)
+/* In the pool: parses the cases read, checks them and keeps them as text
+ * (rn->start_rc and start_e on a user's error), and builds the write that
+ * stores the run with its cases. The run is not linked yet: only this thread
+ * touches it. */
+static void build_cases(run *rn)
 {
-    (void)status;
-    run *rn = w->data;
-    free(w);
-    if (rn->err[0]) {
-        fail_start(rn, 500, "store_error", "", rn->err);
-        return;
-    }
-    json_t *names[MAX_VERSIONS] = {0};
-    for (int v = 0; v < rn->nv; v++)
-        names[v] = template_variables(rn->templates[v]);
-    reg_error e;
+    json_t *const *names = rn->names;
+    reg_error *e = &rn->start_e;
     int rc = 0;
     size_t i;
     json_t *c;
@@ -573,7 +578,7 @@ static void load_cases_after(uv_work_t *w, int status)
             continue;
         }
         json_object_set_new(o, "source", json_string("dataset"));
-        if ((rc = add_case(rn, o, names, &e)))
+        if ((rc = add_case(rn, o, names, e)))
             break;
     }
     json_array_foreach(rn->failed_cases, i, c) {
@@ -584,7 +589,7 @@ static void load_cases_after(uv_work_t *w, int status)
         json_t *o = json_pack("{s:s, s:s, s:O, s:[s], s:O, s:O}", "id", id, "source", "failed", "variables",
                               json_object_get(c, "variables"), "tags", "failed", "trace_id",
                               json_object_get(c, "trace_id"), "reasons", json_object_get(c, "reasons"));
-        rc = add_case(rn, o, names, &e);
+        rc = add_case(rn, o, names, e);
     }
     json_array_foreach(json_object_get(rn->spec, "cases"), i, c) {
         if (rc)
@@ -593,23 +598,14 @@ static void load_cases_after(uv_work_t *w, int status)
         if (!json_object_get(o, "tags"))
             json_object_set_new(o, "tags", json_array());
         json_object_set_new(o, "source", json_string(json_object_get(c, "trace_id") ? "failed" : "inline"));
-        rc = add_case(rn, o, names, &e);
-    }
-    for (int v = 0; v < rn->nv; v++)
-        json_decref(names[v]);
-    if (rc) {
-        fail_start_e(rn, &e);
-        return;
-    }
-    if (rn->ncases == 0) {
-        fail_start(rn, 400, "no_cases", rn->dataset ? "dataset" : "failed",
-                   "the run has no cases: the dataset (with the tags given) is empty and no failed trace with "
-                   "input.variables is in the window");
-        return;
+        rc = add_case(rn, o, names, e);
     }
     json_decref(rn->dataset_cases);
     json_decref(rn->failed_cases);
     rn->dataset_cases = rn->failed_cases = NULL;
+    rn->start_rc = rc;
+    if (rc || rn->ncases == 0)
+        return;
     /* record what the run used: the dataset version and case count */
     if (rn->dataset)
         json_object_set_new(rn->spec, "dataset_version", json_integer(rn->dataset_version));
@@ -619,6 +615,27 @@ static void load_cases_after(uv_work_t *w, int status)
     free(spec);
     for (i = 0; i < rn->ncases; i++)
         store_put_run_case(&rn->w, rn->id, (int64_t)i, rn->cases[i]);
+}
+
+static void load_cases_after(uv_work_t *w, int status)
+{
+    (void)status;
+    run *rn = w->data;
+    free(w);
+    if (rn->err[0]) {
+        fail_start(rn, 500, "store_error", "", rn->err);
+        return;
+    }
+    if (rn->start_rc) {
+        fail_start_e(rn, &rn->start_e);
+        return;
+    }
+    if (rn->ncases == 0) {
+        fail_start(rn, 400, "no_cases", rn->dataset ? "dataset" : "failed",
+                   "the run has no cases: the dataset (with the tags given) is empty and no failed trace with "
+                   "input.variables is in the window");
+        return;
+    }
     rn->w.done = on_run_stored;
     rn->w.data = rn;
     if (store_submit(rn->r->st, &rn->w) != 0) {
@@ -683,6 +700,8 @@ int runner_start(runner *r, json_t *spec, const char *actor, runner_started cb, 
     rn->tags = json_incref(json_object_get(spec, "tags"));
     rn->started_cb = cb;
     rn->started_ud = ud;
+    for (int v = 0; v < rn->nv; v++)
+        rn->names[v] = template_variables(rn->templates[v]);
     uv_work_t *w = xcalloc(1, sizeof *w);
     w->data = rn;
     uv_queue_work(r->loop, w, load_cases_work, load_cases_after);

@@ -622,22 +622,23 @@ static void prompt_metrics(api *a, http_request *req, const char *name)
 
 /* ---- the loop ---- */
 
-static void on_optimizing(json_t *view, const reg_error *e, void *ud)
+/* The loop's answer to a request: its error, or the prompt's view. */
+static void answer_view(http_request *req, int status, json_t *view, const reg_error *e)
 {
-    http_request *req = ud;
     if (e)
         respond_reg_error(req, e);
     else
-        api_respond_json(req, 202, view);
+        api_respond_json(req, status, view);
+}
+
+static void on_optimizing(json_t *view, const reg_error *e, void *ud)
+{
+    answer_view(ud, 202, view, e);
 }
 
 static void on_decided(json_t *view, const reg_error *e, void *ud)
 {
-    http_request *req = ud;
-    if (e)
-        respond_reg_error(req, e);
-    else
-        api_respond_json(req, 200, view);
+    answer_view(ud, 200, view, e);
 }
 
 static void optimize_prompt(api *a, http_request *req, const char *name)

@@ -723,7 +723,8 @@ int runner_resume(runner *r, char *err, size_t errlen)
     json_array_foreach(ids, i, idv) {
         const char *id = json_string_value(idv);
         json_t *row = NULL, *cases = NULL, *keys = NULL;
-        if (store_get_run(r->st, id, &row, err, errlen) != 0 || store_run_cases(r->st, id, STORE_CASE_TEXTS, &cases, err, errlen) ||
+        if (store_get_run(r->st, id, &row, err, errlen) != 0 ||
+            store_run_cases(r->st, id, STORE_CASE_TEXTS, &cases, err, errlen) ||
             store_run_result_keys(r->st, id, &keys, err, errlen)) {
             json_decref(row);
             json_decref(cases);
@@ -1455,9 +1456,9 @@ static void run_pump(run *rn)
 static json_t *progress(run *rn)
 {
     return json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s?}", "jobs", (json_int_t)rn->njobs, "done",
-                     (json_int_t)rn->completed, "running", (json_int_t)(rn->inflight + rn->judging), "calls", (json_int_t)rn->calls,
-                     "cached", (json_int_t)rn->cached, "cost", rn->cost, "stopping", rn->stopping, "stop_reason",
-                     rn->stop_reason);
+                     (json_int_t)rn->completed, "running", (json_int_t)(rn->inflight + rn->judging), "calls",
+                     (json_int_t)rn->calls, "cached", (json_int_t)rn->cached, "cost", rn->cost, "stopping",
+                     rn->stopping, "stop_reason", rn->stop_reason);
 }
 
 static json_t *run_view(run *rn, const char *state)

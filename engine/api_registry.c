@@ -76,18 +76,34 @@ typedef struct {
     store_write w;
 } commit_job;
 
+/* Reading the registry back after a failed commit: the store is read in
+ * the pool, the registry replaced on the loop (which reads it meanwhile). */
+typedef struct {
+    uv_work_t w;
+    api *a;
+    json_t *prompts, *datasets;
+    char err[256];
+    int rc;
+} reload_task;
+
 static void reload_work(uv_work_t *w)
 {
-    registry *r = w->data;
-    char err[256];
-    if (registry_load(r, err, sizeof err) != 0)
-        log_error("registry", "reloading after a failed commit: %s", err);
+    reload_task *t = w->data;
+    t->rc = store_load_registry(t->a->store, &t->prompts, &t->datasets, t->err, sizeof t->err);
 }
 
 static void reload_after(uv_work_t *w, int status)
 {
     (void)status;
-    free(w);
+    reload_task *t = w->data;
+    if (t->rc != 0) {
+        log_error("registry", "reloading after a failed commit: %s", t->err);
+        json_decref(t->prompts);
+        json_decref(t->datasets);
+    } else {
+        registry_replace(t->a->registry, t->prompts, t->datasets);
+    }
+    free(t);
 }
 
 static void on_committed(store_write *w)
@@ -98,9 +114,10 @@ static void on_committed(store_write *w)
     } else {
         http_respond_error(j->req, 503, "store_error", "the change could not be stored; nothing changed");
         /* memory moved ahead of the store: read the truth back */
-        uv_work_t *rw = xcalloc(1, sizeof *rw);
-        rw->data = j->a->registry;
-        uv_queue_work(j->a->loop, rw, reload_work, reload_after);
+        reload_task *t = xcalloc(1, sizeof *t);
+        t->a = j->a;
+        t->w.data = t;
+        uv_queue_work(j->a->loop, &t->w, reload_work, reload_after);
     }
     if (j->dataset)
         registry_dataset_unlock(j->a->registry, j->dataset);
@@ -884,8 +901,9 @@ static void change_after(read_task *t)
     j->dataset = xstrdup(t->name);
     j->status = 200;
     j->answer = dataset_view(t->name, registry_dataset(a->registry, t->name));
-    json_object_set_new(j->answer, "changed", json_integer((json_int_t)json_object_size(json_object_get(t->j1, "cases")) +
-                                                           (json_int_t)json_array_size(json_object_get(t->j1, "removed"))));
+    size_t changed = json_object_size(json_object_get(t->j1, "cases")) +
+                     json_array_size(json_object_get(t->j1, "removed"));
+    json_object_set_new(j->answer, "changed", json_integer((json_int_t)changed));
     commit(j);
 }
 

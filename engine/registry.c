@@ -90,11 +90,18 @@ int registry_load(registry *r, char *err, size_t errlen)
         json_decref(d);
         return -1;
     }
+    registry_replace(r, p, d);
+    return 0;
+}
+
+void registry_replace(registry *r, json_t *prompts, json_t *datasets)
+{
     json_decref(r->prompts);
     json_decref(r->datasets);
-    r->prompts = p;
-    r->datasets = d;
-    return 0;
+    r->prompts = prompts;
+    r->datasets = datasets;
+    /* a version whose commit failed is gone, and its number may be reused */
+    json_object_clear(r->resolved);
 }
 
 void registry_free(registry *r)
@@ -730,9 +737,10 @@ int registry_resolve(registry *r, const char *name, const char *key, const char 
             json_decref(o);
         }
         /* name (a registry name) and status need no escaping */
-        buf_printf(out, "{\"prompt\":\"%s\",\"version\":%lld,\"status\":\"%s\",\"chosen_by\":\"%s\",%s,\"rendered\":false}",
-                   name, (long long)version, status_of(v), why,
-                   json_string_value(part));
+        buf_printf(out,
+                   "{\"prompt\":\"%s\",\"version\":%lld,\"status\":\"%s\",\"chosen_by\":\"%s\",%s,"
+                   "\"rendered\":false}",
+                   name, (long long)version, status_of(v), why, json_string_value(part));
         return 0;
     }
     json_t *rendered = NULL;

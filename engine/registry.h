@@ -33,6 +33,9 @@ typedef struct {
 registry *registry_new(store *st);
 /* Reads the registry's state (at start, before serving). */
 int registry_load(registry *r, char *err, size_t errlen);
+/* Takes prompts and datasets as read from the store (store_load_registry)
+ * as the registry's state, on the loop thread. */
+void registry_replace(registry *r, json_t *prompts, json_t *datasets);
 void registry_free(registry *r);
 
 /* Borrowed views, valid until the next change. A prompt object is

@@ -231,7 +231,7 @@ int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errl
 int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
 /* Ids of the runs in a state (preparing, running) for resuming at start. */
 int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
-/* A run's cases in order (STORE_CASE_OBJECTS or STORE_CASE_TEXTS). */
+/* A run's cases in order (with STORE_CASE_IDS, their indexes). */
 int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
 /* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */
 int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);

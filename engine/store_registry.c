@@ -308,9 +308,10 @@ int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq,
     return r;
 }
 
+/* A case from a row of (id, body), in the form asked for. */
 static json_t *case_col(sqlite3_stmt *st, store_case_form form)
 {
-    return form == STORE_CASE_OBJECTS ? col_json(st, 0) : col_text(st, 0);
+    return form == STORE_CASE_OBJECTS ? col_json(st, 1) : col_text(st, form == STORE_CASE_IDS ? 0 : 1);
 }
 
 int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
@@ -320,10 +321,8 @@ int store_dataset_cases(store *s, const char *dataset, int64_t version, store_ca
     sqlite3_stmt *st;
     *cases = json_array();
     if (read_begin(s,
-                   form == STORE_CASE_IDS ? "SELECT id FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
-                                            "AND (removed IS NULL OR removed > ?2) ORDER BY id"
-                                          : "SELECT body FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
-                                            "AND (removed IS NULL OR removed > ?2) ORDER BY id",
+                   "SELECT id, body FROM dataset_cases WHERE dataset = ?1 AND added <= ?2 "
+                   "AND (removed IS NULL OR removed > ?2) ORDER BY id",
                    &db, &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, dataset, -1, SQLITE_STATIC);
@@ -455,7 +454,7 @@ int store_run_cases(store *s, const char *run_id, store_case_form form, json_t *
     sqlite3 *db;
     sqlite3_stmt *st;
     *cases = json_array();
-    if (read_begin(s, "SELECT body FROM run_cases WHERE run_id = ?1 ORDER BY idx", &db, &st, err, errlen))
+    if (read_begin(s, "SELECT idx, body FROM run_cases WHERE run_id = ?1 ORDER BY idx", &db, &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
     int rc;

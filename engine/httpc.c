@@ -21,6 +21,8 @@ struct httpc {
     uv_timer_t *timer;
     httpc_req *reqs;
     int active;
+    bool acting; /* inside act(): a zero timeout is served before returning */
+    bool kick;   /* curl asked for a zero timeout while acting */
 };
 
 struct httpc_req {
@@ -149,6 +151,26 @@ static void check_multi_info(httpc *h)
     }
 }
 
+/* One action, then whatever it made due at once. A finished transfer's
+ * callback often starts the next request (a runner's next job): curl asks for
+ * a zero timeout to send it, and serving that here sends it now, before the
+ * other sockets of this loop turn are read, rather than one turn later. The
+ * next turn's timer would do the same, late; the rounds are bounded. */
+static void act(httpc *h, curl_socket_t fd, int flags)
+{
+    int running;
+    h->acting = true;
+    h->kick = false;
+    curl_multi_socket_action(h->multi, fd, flags, &running);
+    check_multi_info(h);
+    for (int i = 0; h->kick && i < 8; i++) {
+        h->kick = false;
+        curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        check_multi_info(h);
+    }
+    h->acting = false;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sock_ctx *s = p->data;
@@ -159,10 +181,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
         flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE)
         flags |= CURL_CSELECT_OUT;
-    httpc *h = s->h;
-    int running;
-    curl_multi_socket_action(h->multi, s->fd, flags, &running);
-    check_multi_info(h);
+    act(s->h, s->fd, flags);
 }
 
 static void on_poll_closed(uv_handle_t *p)
@@ -205,20 +224,20 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 
 static void on_timer(uv_timer_t *t)
 {
-    httpc *h = t->data;
-    int running;
-    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_multi_info(h);
+    act(t->data, CURL_SOCKET_TIMEOUT, 0);
 }
 
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
     httpc *h = userp;
-    if (timeout_ms < 0)
+    if (timeout_ms < 0) {
         uv_timer_stop(h->timer);
-    else
-        uv_timer_start(h->timer, on_timer, (uint64_t)timeout_ms, 0); /* 0: next loop turn, not from here */
+        return 0;
+    }
+    if (timeout_ms == 0 && h->acting)
+        h->kick = true; /* act() serves it once curl has returned */
+    uv_timer_start(h->timer, on_timer, (uint64_t)timeout_ms, 0); /* never call curl from here */
     return 0;
 }
 

@@ -689,9 +689,8 @@ static void on_finish_timer(uv_timer_t *t)
     call_dispose(c);
 }
 
-/* Ends the call: the outcome is recorded now, the callback runs from a timer
- * (never inside llm_chat). */
-static void finish(llm_call *c, json_t *result, const char *kind, const char *msg)
+/* Records the call's outcome; its callback is still to run. */
+static void record(llm_call *c, json_t *result, const char *kind, const char *msg)
 {
     c->state = CALL_FINISHING;
     c->result = result;
@@ -722,6 +721,13 @@ static void finish(llm_call *c, json_t *result, const char *kind, const char *ms
             log_warn("llm", "call %s (%s %s) to %s/%s failed after %d attempt%s: %s: %s", c->id, c->caller_kind,
                      c->caller, p->c.name, c->model, c->attempts, c->attempts == 1 ? "" : "s", kind, msg);
     }
+}
+
+/* Ends the call: the outcome is recorded now, the callback runs from a timer
+ * (never inside llm_chat or llm_cancel). */
+static void finish(llm_call *c, json_t *result, const char *kind, const char *msg)
+{
+    record(c, result, kind, msg);
     uv_timer_start(c->timer, on_finish_timer, 0, 0);
 }
 
@@ -1247,10 +1253,11 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         json_t *result = normalise(c, resp->body, resp->body_len, resp->request_id, err, sizeof err);
         circuit_result(p, true);
         if (result)
-            finish(c, result, NULL, NULL);
+            record(c, result, NULL, NULL);
         else
-            finish(c, NULL, "invalid_response", err);
+            record(c, NULL, "invalid_response", err);
         pump(p);
+        on_finish_timer(c->timer);
         return;
     } else {
         kind = status_kind(resp->status);
@@ -1294,7 +1301,10 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
         else if (retry && !time_left && c->attempts <= p->c.max_retries)
             snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (no retry: the call's %d ms are spent)",
                      c->timeout_ms);
-        finish(c, NULL, kind, msg);
+        record(c, NULL, kind, msg);
+        pump(p);
+        on_finish_timer(c->timer); /* from httpc's collection, not inside curl: the caller may start its next call */
+        return;
     }
     pump(p);
 }

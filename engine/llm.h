@@ -75,7 +75,10 @@ int llm_load_totals(llm *l, char *err, size_t errlen);
  * of providers that keep their name (breaker, buckets, queue) is kept. */
 void llm_configure(llm *l, char *const *names, char *const *jsons, size_t n, const llm_budgets *b);
 /* Starts a chat call; request is the JSON of ratchet.llm.chat's table. done
- * runs once, later on the loop (also for a request refused at once). */
+ * runs once, later on the loop, never inside llm_chat (also for a request
+ * refused at once). A provider's answer reaches done as soon as it is read,
+ * and a call done starts then goes out at once (httpc serves curl's zero
+ * timeout before reading the next socket). */
 llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud);
 /* The same with the request already parsed (borrowed: the caller keeps it). */
 llm_call *llm_chat_json(llm *l, json_t *request, const llm_caller *who, llm_done done, void *ud);

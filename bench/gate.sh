@@ -64,10 +64,9 @@ run_gate() { # concurrency -> prints wall_s cpu_s
     t0=$(date +%s.%N)
     id=$(api POST /v1/runs "{\"prompt\":\"bench\",\"baseline\":1,\"candidates\":[2],\"dataset\":\"d\",\"concurrency\":$1,\"cache\":false}" \
          | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
-    while :; do
-        state=$(api GET "/v1/runs/$id" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
+    while :; do # the engine answers once the run has ended (or after 60 s)
+        state=$(api GET "/v1/runs/$id?wait=60000" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
         [ "$state" != running ] && break
-        sleep 0.01
     done
     [ "$state" = finished ] || { echo "run $id ended $state" >&2; api GET "/v1/runs/$id" >&2; exit 1; }
     awk -v t0="$t0" -v t1="$(date +%s.%N)" -v c0="$c0" -v c1="$(cpu_ticks "$PID")" -v hz="$(getconf CLK_TCK)" \

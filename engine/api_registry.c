@@ -1132,6 +1132,12 @@ static void get_run_after(read_task *t)
     api_respond_json(t->req, 200, t->j1);
 }
 
+/* ?wait=: the run ended, the wait is over or the engine drains: read it now */
+static void run_waited(void *ud)
+{
+    task_queue(ud);
+}
+
 static void list_runs_work(read_task *t)
 {
     t->rc = store_list_runs(t->a->store, t->name, t->limit, &t->j1, t->err, sizeof t->err);
@@ -1217,14 +1223,19 @@ static void route_runs(api *a, http_request *req, char **seg, int n)
     if (strlen(id) > 64) {
         http_respond_field_error(req, 400, "invalid_parameter", "id", "a run id is at most 64 characters");
     } else if (n == 3) {
+        static const char *const known[] = {"wait", NULL};
+        long long wait = 0;
         if (strcmp(m, "GET")) {
             http_respond_error(req, 405, "method_not_allowed", "use GET");
             return;
         }
+        if (!api_known_params(req, known) || !api_int_param(req, "wait", 0, 60000, &wait))
+            return;
         read_task *t = task_new(a, req, get_run_work);
         t->after_fn = get_run_after;
         t->id = xstrdup(id);
-        task_queue(t);
+        if (!wait || !runner_wait(a->runner, id, (uint64_t)wait, run_waited, t))
+            task_queue(t);
     } else if (n == 4 && !strcmp(seg[3], "results")) {
         static const char *const known[] = {"case", "cursor", "limit", NULL};
         long long ci = -1, cursor = -1, limit = 500;

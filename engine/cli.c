@@ -872,9 +872,14 @@ static int eval_run(client *c, const eval_opts *o)
     json_decref(ans);
     bool bar = !o->quiet && !o->as_json && isatty(2);
     char path[200];
-    snprintf(path, sizeof path, "/v1/runs/%s", id);
+    /* the engine answers as soon as the run ends, else after the wait: the
+     * progress bar's pace (an engine that does not know ?wait answers at once,
+     * and the rest of the wait is slept here) */
+    int wait_ms = bar ? 200 : 5000;
+    snprintf(path, sizeof path, "/v1/runs/%s?wait=%d", id, wait_ms);
     json_t *run = NULL;
     for (;;) {
+        uint64_t t0 = mono_ns();
         st = call_json(c, "GET", path, NULL, &run);
         if (st != 200) {
             print_error("eval", st, run);
@@ -897,7 +902,9 @@ static int eval_run(client *c, const eval_opts *o)
         }
         json_decref(run);
         run = NULL;
-        sleep_ms(200);
+        uint64_t took = (mono_ns() - t0) / 1000000u;
+        if (took < (uint64_t)wait_ms)
+            sleep_ms((int)((uint64_t)wait_ms - took));
     }
     if (bar)
         fprintf(stderr, "\r%*s\r", 90, "");

@@ -22,6 +22,15 @@
 
 typedef struct run run;
 
+typedef struct waiter {
+    uv_timer_t timer;
+    runner *r;
+    struct waiter *next;
+    char id[37];
+    runner_woken cb;
+    void *ud;
+} waiter;
+
 struct runner {
     uv_loop_t *loop;
     store *st;
@@ -40,6 +49,7 @@ struct runner {
     void *drain_arg;
     uint64_t started, finished, results, cache_hits, llm_calls, errors;
     json_t *ended; /* "kind verdict" -> runs finished so */
+    waiter *waiters; /* GET /v1/runs/{id}?wait= */
 };
 
 struct run {
@@ -256,13 +266,66 @@ static void run_link(run *rn)
     rn->r->runs = rn;
 }
 
+/* ---- waiting for a run ---- */
+
+static void waiter_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void waiter_end(waiter *w)
+{
+    for (waiter **p = &w->r->waiters; *p; p = &(*p)->next)
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, waiter_closed);
+    w->cb(w->ud);
+}
+
+/* Wakes the waiters on run id, or every waiter when id is NULL. */
+static void wake(runner *r, const char *id)
+{
+    waiter *w = r->waiters, *next;
+    for (; w; w = next) {
+        next = w->next;
+        if (!id || !strcmp(w->id, id))
+            waiter_end(w);
+    }
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    waiter_end(t->data);
+}
+
+bool runner_wait(runner *r, const char *id, uint64_t ms, runner_woken cb, void *ud)
+{
+    if (r->draining || !find_run(r, id))
+        return false;
+    waiter *w = xcalloc(1, sizeof *w);
+    w->r = r;
+    snprintf(w->id, sizeof w->id, "%s", id);
+    w->cb = cb;
+    w->ud = ud;
+    uv_timer_init(r->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, on_wait_timeout, ms, 0);
+    w->next = r->waiters;
+    r->waiters = w;
+    return true;
+}
+
 static void run_unlink(run *rn)
 {
     for (run **p = &rn->r->runs; *p; p = &(*p)->next)
         if (*p == rn) {
             *p = rn->next;
-            return;
+            break;
         }
+    wake(rn->r, rn->id);
 }
 
 static void run_free(run *rn)
@@ -1545,6 +1608,7 @@ void runner_drain(runner *r, void (*cb)(void *), void *arg)
     r->draining = true;
     r->drain_cb = cb;
     r->drain_arg = arg;
+    wake(r, NULL); /* their answers are in-flight requests the HTTP drain waits for */
     check_drained(r);
 }
 

@@ -45,6 +45,12 @@ int runner_cancel(runner *r, const char *id, reg_error *e);
 /* The live progress of a running run ({jobs, done, running, calls, cached,
  * cost, ...}), or NULL when the run is not running here. */
 json_t *runner_progress(runner *r, const char *id);
+/* Waits for a running run: cb runs once its end is stored, after ms, or when
+ * the engine starts draining, whichever comes first (never inside this call).
+ * Returns false, with nothing to wait for, when run id is not running here
+ * or the engine is draining. */
+typedef void (*runner_woken)(void *ud);
+bool runner_wait(runner *r, const char *id, uint64_t ms, runner_woken cb, void *ud);
 /* Called with each run's final record (as GET /v1/runs/{id} shows it). */
 typedef void (*runner_finished)(const char *id, json_t *run, void *ud);
 void runner_on_finish(runner *r, runner_finished cb, void *ud);

@@ -75,6 +75,10 @@ describe("regression gate", function()
     assert.equal(1, r.report.versions[2].pass_rate)
     assert.equal(1, r.report.dataset.version)
     assert.equal(2, r.report.changed_cases)
+    -- per tag: v1 fails the two lowercase golden cases, v2 passes all
+    local t1, t2 = r.report.versions[1].by_tag, r.report.versions[2].by_tag
+    assert.same({ 3, 1, 1, 1 }, { t1.golden.cases, t1.golden.cases_passed, t1.critical.cases, t1.critical.cases_passed })
+    assert.same({ 3, 3, 1, 1 }, { t2.golden.cases, t2.golden.cases_passed, t2.critical.cases, t2.critical.cases_passed })
     local res = e:get("/v1/runs/" .. r.id .. "/results").json.items
     assert.equal(8, #res)
     for _, x in ipairs(res) do
@@ -201,8 +205,73 @@ describe("a run across a restart", function()
     assert(done, "the resumed run did not finish")
     assert.equal("finished", done.state)
     assert.equal("accept", done.verdict)
+    assert.equal(3, done.report.versions[2].by_tag.golden.cases_passed) -- the tags came back with the cases
     assert.equal("8", e2:sql("SELECT count(*) FROM run_results WHERE run_id = '" .. id .. "'"))
     e2:stop()
     fake:stop()
+  end)
+end)
+
+describe("waiting for a run (GET /v1/runs/{id}?wait=ms)", function()
+  local fake, e
+  before_each(function()
+    fake = fake_llm.start { model = MODEL, latency_ms = 200 }
+    e = engine.start { config = config(fake) }
+    setup(e)
+  end)
+  after_each(function()
+    if e then e:stop() end
+    fake:stop()
+  end)
+
+  local function start(e_)
+    -- 8 calls of 200 ms one at a time: the run lasts at least 1.6 s
+    local r = e_:post("/v1/runs", { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden",
+                                    concurrency = 1, cache = false })
+    assert.equal(201, r.status, r.body)
+    return r.json.id
+  end
+
+  it("answers when the wait is over while the run goes on, and as soon as it ends", function()
+    local id = start(e)
+    local g = e:get("/v1/runs/" .. id .. "?wait=50")
+    assert.equal(200, g.status, g.body)
+    assert.equal("running", g.json.state)
+    assert.is_table(g.json.progress)
+    g = e:get("/v1/runs/" .. id .. "?wait=60000")
+    assert.equal(200, g.status, g.body)
+    assert.equal("finished", g.json.state) -- it did not answer before the end was stored
+    assert.equal("accept", g.json.verdict)
+    assert.is_nil(g.json.progress)
+    -- an ended run: at once, the same answer
+    local again = e:get("/v1/runs/" .. id .. "?wait=60000")
+    assert.equal("finished", again.json.state)
+  end)
+
+  it("refuses a bad wait, naming it", function()
+    local id = start(e)
+    for _, q in ipairs { "wait=-1", "wait=60001", "wait=soon", "wait=" } do
+      local g = e:get("/v1/runs/" .. id .. "?" .. q)
+      assert.equal(400, g.status, q .. " " .. g.body)
+      assert.equal("wait", g.json.error.field, g.body)
+    end
+    local g = e:get("/v1/runs/" .. id .. "?colour=red")
+    assert.equal(400, g.status, g.body)
+    assert.equal("colour", g.json.error.field)
+    assert.equal(404, e:get("/v1/runs/no-such-run?wait=1000").status)
+  end)
+
+  it("answers a waiting request when the engine stops, and the stop is not held up", function()
+    local id = start(e)
+    local c = e:connect()
+    assert(c:send("GET /v1/runs/" .. id .. "?wait=60000 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    engine.sleep(0.2) -- the request is waiting
+    e:signal("TERM")
+    local r = assert(engine.read_response(c))
+    c:close()
+    assert.equal(200, r.status, r.body)
+    assert.equal("running", r.json.state) -- stays running in the store: the next start resumes it
+    assert.equal(0, e:wait_exit(5 * engine.slow))
+    e = nil
   end)
 end)

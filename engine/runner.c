@@ -247,9 +247,62 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
 }
 
 /* Case ci, parsed; the caller decrefs. */
+static int buf_dump_cb(const char *p, size_t n, void *ud)
+{
+    buf_append(ud, p, n);
+    return 0;
+}
+
+/* Appends v as compact JSON; null for NULL. */
+static void buf_json(buf_t *b, const json_t *v)
+{
+    if (!v)
+        buf_puts(b, "null");
+    else
+        json_dump_callback(v, buf_dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+/* A case as a run keeps it: its compact JSON, a NUL, then the fragment
+ * "id":...,"source":...,"tags":[...] that the report and the policy's input
+ * list it by, so that the end of a run reads no case again. */
+static char *case_keep(const json_t *c)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_json(&b, c);
+    buf_append(&b, "", 1);
+    buf_puts(&b, "\"id\":");
+    buf_json(&b, json_object_get(c, "id"));
+    buf_puts(&b, ",\"source\":");
+    buf_json(&b, json_object_get(c, "source"));
+    buf_puts(&b, ",\"tags\":");
+    buf_json(&b, json_object_get(c, "tags"));
+    char *out = xmalloc(b.len + 1); /* exact size: a run may keep 200,000 */
+    memcpy(out, b.data, b.len + 1);
+    buf_free(&b);
+    return out;
+}
+
 static json_t *case_at(run *rn, size_t ci)
 {
     return json_loads(rn->cases[ci], 0, NULL);
+}
+
+static const char *case_meta(run *rn, size_t ci)
+{
+    return rn->cases[ci] + strlen(rn->cases[ci]) + 1;
+}
+
+/* The case's tags, parsed from its fragment (tags come last); NULL when it
+ * has none. */
+static json_t *case_tags(run *rn, size_t ci)
+{
+    const char *m = case_meta(rn, ci), *t = NULL;
+    for (const char *p = m; (p = strstr(p, ",\"tags\":")); p++)
+        t = p + 8; /* the last one: quotes inside strings are escaped */
+    if (!t || t[0] != '[' || t[1] == ']')
+        return NULL;
+    return json_loads(t, 0, NULL);
 }
 
 /* Sizes the job table once the cases are known. */
@@ -618,7 +671,7 @@ static int add_case(run *rn, json_t *c, json_t *const *names, reg_error *e)
         rn->cases_cap = rn->cases_cap ? 2 * rn->cases_cap : 64;
         rn->cases = xrealloc(rn->cases, rn->cases_cap * sizeof *rn->cases);
     }
-    rn->cases[rn->ncases++] = json_dumps(c, JSON_COMPACT);
+    rn->cases[rn->ncases++] = case_keep(c);
     json_decref(c);
     return 0;
 }
@@ -801,8 +854,11 @@ int runner_resume(runner *r, char *err, size_t errlen)
         rn->created_ms = json_integer_value(json_object_get(row, "created_ms"));
         rn->ncases = rn->cases_cap = json_array_size(cases);
         rn->cases = xcalloc(rn->ncases ? rn->ncases : 1, sizeof *rn->cases);
-        for (size_t ci = 0; ci < rn->ncases; ci++)
-            rn->cases[ci] = xstrdup(json_string_value(json_array_get(cases, ci)));
+        for (size_t ci = 0; ci < rn->ncases; ci++) {
+            json_t *c = json_loads(json_string_value(json_array_get(cases, ci)), 0, NULL);
+            rn->cases[ci] = case_keep(c ? c : json_object()); /* the store only holds what a run kept */
+            json_decref(c);
+        }
         json_decref(cases);
         reg_error e;
         run_size(rn);
@@ -1217,7 +1273,7 @@ static json_t *build_report(run *rn, bool complete)
     for (int vi = 0; vi < rn->nv; vi++)
         by_tag[vi] = json_object();
     for (size_t ci = 0; ci < rn->ncases; ci++) {
-        json_t *c = case_at(rn, ci), *tags = json_object_get(c, "tags");
+        json_t *tags = case_tags(rn, ci);
         for (int vi = 0; vi < rn->nv; vi++) {
             const uint16_t *a = agg_of(rn, ci, vi);
             bool pass = case_passes(rn, ci, vi);
@@ -1230,7 +1286,7 @@ static json_t *build_report(run *rn, bool complete)
             json_t *t;
             json_array_foreach(tags, i, t) add_tag_stats(by_tag[vi], json_string_value(t), pass, a);
         }
-        json_decref(c);
+        json_decref(tags);
     }
     json_t *versions = json_array();
     for (int vi = 0; vi < rn->nv; vi++) {
@@ -1285,6 +1341,15 @@ static json_t *build_report(run *rn, bool complete)
 
 /* The policy's input for candidate vi: every case with both outcomes. Written
  * case by case, so the run never holds a tree of every case. */
+static void buf_outcome(buf_t *b, run *rn, size_t ci, int vi)
+{
+    const uint16_t *a = agg_of(rn, ci, vi);
+    buf_printf(b, "{\"passed\":%d,\"failed\":%d,\"errors\":%d,\"samples\":%d}", a[0], a[1], a[2],
+               a[0] + a[1] + a[2]);
+}
+
+/* The policy's input: the run, and per case its id, source, tags and both
+ * versions' outcomes (written as text: a run can have 200,000 cases). */
 static char *policy_input(run *rn, int vi)
 {
     json_t *opts = json_object_get(rn->spec, "policy_options");
@@ -1294,25 +1359,20 @@ static char *policy_input(run *rn, int vi)
                            opts ? opts : json_object());
     if (!opts)
         json_decref(json_object_get(in, "options"));
-    char *head = json_dumps(in, JSON_COMPACT);
-    json_decref(in);
     buf_t b;
     buf_init(&b);
-    buf_append(&b, head, strlen(head) - 1); /* without its closing brace */
-    free(head);
+    buf_json(&b, in);
+    json_decref(in);
+    b.len--; /* its closing brace */
     buf_puts(&b, ",\"cases\":[");
     for (size_t ci = 0; ci < rn->ncases; ci++) {
-        json_t *c = case_at(rn, ci);
-        json_t *o = json_pack("{s:O, s:O, s:O, s:o, s:o}", "id", json_object_get(c, "id"), "source",
-                              json_object_get(c, "source"), "tags", json_object_get(c, "tags"), "baseline",
-                              outcome(rn, ci, 0), "candidate", outcome(rn, ci, vi));
-        char *t = json_dumps(o, JSON_COMPACT);
-        if (ci)
-            buf_puts(&b, ",");
-        buf_puts(&b, t);
-        free(t);
-        json_decref(o);
-        json_decref(c);
+        buf_puts(&b, ci ? ",{" : "{");
+        buf_puts(&b, case_meta(rn, ci));
+        buf_puts(&b, ",\"baseline\":");
+        buf_outcome(&b, rn, ci, 0);
+        buf_puts(&b, ",\"candidate\":");
+        buf_outcome(&b, rn, ci, vi);
+        buf_puts(&b, "}");
     }
     buf_puts(&b, "]}");
     return buf_steal(&b);

@@ -71,6 +71,7 @@ void evaluator_free(script_vm *vm, evaluator *ev)
 
 typedef struct {
     const char *case_json, *opts_json;
+    const json_t *case_tree; /* instead of case_json */
     const evaluator *ev;
     bool from_trace;
     eval_done done;
@@ -83,7 +84,8 @@ typedef struct {
 static int push_args(lua_State *co, void *ud)
 {
     run_ctx *rc = ud;
-    if (!script_push_json(co, rc->case_json, strlen(rc->case_json)))
+    if (rc->case_tree ? !script_push_tree(co, rc->case_tree)
+                      : !script_push_json(co, rc->case_json, strlen(rc->case_json)))
         lua_pushnil(co);
     else if (rc->from_trace && lua_istable(co, -1)) {
         lua_createtable(co, 0, 3);
@@ -165,12 +167,13 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
     finish(rc, SCRIPT_OK, pass, score, why);
 }
 
-void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
-                   const char *opts_json, eval_done done, void *ud)
+static void run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
+                const json_t *case_tree, const char *opts_json, eval_done done, void *ud)
 {
     run_ctx *rc = xcalloc(1, sizeof *rc);
     rc->from_trace = from_trace;
     rc->case_json = case_json;
+    rc->case_tree = case_tree;
     rc->opts_json = opts_json;
     rc->ev = ev;
     rc->done = done;
@@ -178,4 +181,16 @@ void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_
     rc->stats = ev->stats;
     rc->start_ns = mono_ns();
     script_invoke(vm, ev->ref, "evaluate", budget_ms, "evaluator", ev->name, push_args, on_done, rc);
+}
+
+void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
+                   const char *opts_json, eval_done done, void *ud)
+{
+    run(vm, ev, budget_ms, from_trace, case_json, NULL, opts_json, done, ud);
+}
+
+void evaluator_run_tree(script_vm *vm, const evaluator *ev, int budget_ms, const json_t *case_tree,
+                        const char *opts_json, eval_done done, void *ud)
+{
+    run(vm, ev, budget_ms, false, NULL, case_tree, opts_json, done, ud);
 }

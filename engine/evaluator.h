@@ -7,6 +7,7 @@
 #ifndef RATCHET_EVALUATOR_H
 #define RATCHET_EVALUATOR_H
 
+#include <jansson.h>
 #include <stdbool.h>
 
 #include "metrics.h"
@@ -50,5 +51,9 @@ void evaluator_free(script_vm *vm, evaluator *ev);
  * trace = trace }. done runs once, on the loop, possibly before this returns. */
 void evaluator_run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,
                    const char *opts_json, eval_done done, void *ud);
+/* The same with the case (not from a trace) given parsed: borrowed, it must
+ * live until done runs. */
+void evaluator_run_tree(script_vm *vm, const evaluator *ev, int budget_ms, const json_t *case_tree,
+                        const char *opts_json, eval_done done, void *ud);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +180,67 @@ int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, cha
     yajl_free(h);
     free(d);
     return rc;
+}
+
+static bool push_tree(lua_State *L, const json_t *v, int null_idx, int depth)
+{
+    if ((json_is_object(v) || json_is_array(v)) && (depth > MAX_DEPTH || !lua_checkstack(L, 4)))
+        return false; /* the same limit as decoding: containers nested deeper than MAX_DEPTH */
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *k;
+        size_t klen;
+        json_t *x;
+        lua_createtable(L, 0, (int)json_object_size(v));
+        json_object_keylen_foreach((json_t *)v, k, klen, x) {
+            lua_pushlstring(L, k, klen);
+            if (!push_tree(L, x, null_idx, depth + 1))
+                return false;
+            lua_rawset(L, -3);
+        }
+        return true;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        lua_createtable(L, n < INT_MAX ? (int)n : 0, 0);
+        for (size_t i = 0; i < n; i++) {
+            if (!push_tree(L, json_array_get(v, i), null_idx, depth + 1))
+                return false;
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        luajson_push_array_mt(L);
+        lua_setmetatable(L, -2);
+        return true;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(v), json_string_length(v));
+        return true;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(v));
+        return true;
+    case JSON_REAL:
+        lua_pushnumber(L, json_real_value(v));
+        return true;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        lua_pushboolean(L, json_is_true(v));
+        return true;
+    case JSON_NULL:
+        lua_pushvalue(L, null_idx);
+        return true;
+    }
+    return false;
+}
+
+int luajson_push_tree(lua_State *L, const json_t *v, int null_idx, char *err, size_t errlen)
+{
+    int top = lua_gettop(L);
+    if (!v || !push_tree(L, v, lua_absindex(L, null_idx), 1)) {
+        lua_settop(L, top);
+        snprintf(err, errlen, v ? "nested deeper than %d levels" : "no value", MAX_DEPTH);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- encoding ---- */

@@ -110,7 +110,7 @@ typedef struct {
     char *result;       /* the model's normalised reply, JSON */
     json_t *res;        /* the same, parsed */
     bool cached;
-    char *case_json;
+    json_t *case_tree;  /* what the evaluators judge */
     size_t att;
     json_t *verdicts;
     bool req_fail, req_error;
@@ -916,7 +916,7 @@ static void job_free(job *jb)
 {
     free(jb->messages);
     free(jb->result);
-    free(jb->case_json);
+    json_decref(jb->case_tree);
     free(jb->error);
     json_decref(jb->c);
     json_decref(jb->msgs);
@@ -1071,8 +1071,8 @@ static void next_eval(job *jb)
     eval_hold *h = xcalloc(1, sizeof *h);
     h->jb = jb;
     h->le = le;
-    evaluator_run(rn->r->vm, &le->ev, rn->r->evaluator_budget_ms, false, jb->case_json, a->options_json,
-                  on_eval_held, h);
+    evaluator_run_tree(rn->r->vm, &le->ev, rn->r->evaluator_budget_ms, jb->case_tree, a->options_json, on_eval_held,
+                       h);
 }
 
 /* The model's reply is in jb->res: judge it. The model-call slot is
@@ -1098,8 +1098,7 @@ static void job_judge(job *jb)
         json_object_set(cs, "expected", json_object_get(c, "expected"));
     if (json_array_size(json_object_get(res, "tool_calls")))
         json_object_set(cs, "tool_calls", json_object_get(res, "tool_calls"));
-    jb->case_json = json_dumps(cs, JSON_COMPACT);
-    json_decref(cs);
+    jb->case_tree = cs; /* each evaluator gets it as Lua tables, with no text between */
     jb->verdicts = json_array();
     next_eval(jb);
 }

@@ -1005,6 +1005,16 @@ bool script_push_json(lua_State *L, const char *json, size_t len)
     return rc == 0;
 }
 
+bool script_push_tree(lua_State *L, const json_t *v)
+{
+    script_vm *vm = vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->null_ref);
+    char err[100];
+    int rc = luajson_push_tree(L, v, -1, err, sizeof err);
+    lua_remove(L, rc == 0 ? -2 : -1);
+    return rc == 0;
+}
+
 char *script_field_json(script_vm *vm, int ref, const char *field)
 {
     lua_State *L = script_vm_state(vm);

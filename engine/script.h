@@ -10,6 +10,7 @@
 #ifndef RATCHET_SCRIPT_H
 #define RATCHET_SCRIPT_H
 
+#include <jansson.h>
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -97,6 +98,9 @@ bool script_push_json(lua_State *L, const char *json, size_t len);
 /* The same, but the same text gives the same table (cached per VM, up to
  * 256 texts): for options, which scripts treat as read-only. */
 bool script_push_json_cached(lua_State *L, const char *json, size_t len);
+/* Pushes a value the engine holds parsed as script_push_json pushes its
+ * text, without the text. */
+bool script_push_tree(lua_State *L, const json_t *v);
 
 /* The JSON text of the value at idx (malloc'd), or NULL with err. */
 char *script_to_json(lua_State *L, int idx, char *err, size_t errlen);

@@ -1,6 +1,7 @@
 /* Unit tests for script.c: the sandbox, the budget (and that pcall cannot
  * swallow a kill), the memory cap, time-slicing on a real loop, sleep and
  * require. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -207,6 +208,90 @@ static void test_slicing_and_sleep(script_vm *vm)
     script_unref(vm, ref);
 }
 
+/* Two Lua values alike: the same types (integer and float apart), strings,
+ * metatables (decoded arrays carry one) and, for tables, the same keys. */
+static bool lua_alike(lua_State *L, int a, int b, int depth)
+{
+    a = lua_absindex(L, a);
+    b = lua_absindex(L, b);
+    if (lua_type(L, a) != lua_type(L, b) || depth > 2000)
+        return false;
+    switch (lua_type(L, a)) {
+    case LUA_TNUMBER:
+        return lua_isinteger(L, a) == lua_isinteger(L, b) && lua_rawequal(L, a, b);
+    case LUA_TTABLE: {
+        bool ma = lua_getmetatable(L, a), mb = lua_getmetatable(L, b);
+        bool same_mt = ma == mb && (!ma || lua_rawequal(L, -1, -2));
+        lua_pop(L, (int)ma + (int)mb);
+        if (!same_mt || lua_rawlen(L, a) != lua_rawlen(L, b))
+            return false;
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, a)) {
+            n++;
+            lua_pushvalue(L, -2);
+            lua_rawget(L, b);
+            bool ok = lua_alike(L, -2, -1, depth + 1);
+            lua_pop(L, 2);
+            if (!ok) {
+                lua_pop(L, 1);
+                return false;
+            }
+        }
+        lua_pushnil(L);
+        while (lua_next(L, b)) {
+            n--;
+            lua_pop(L, 1);
+        }
+        return n == 0;
+    }
+    default:
+        return lua_rawequal(L, a, b);
+    }
+}
+
+/* A value the engine holds parsed reaches Lua as its text would. */
+static void test_push_tree(script_vm *vm)
+{
+    lua_State *L = script_vm_state(vm);
+    const char *texts[] = {
+        "{\"a\":[1,2.5,\"x\",null,true,false,[],{}],\"b\":{\"c\":-3,\"d\":1e3,\"e\":1.0,\"f\":-0.0},"
+        "\"\":\"\\u00e9\\n\",\"s\":\"a\\u0000b\"}",
+        "[]", "{}", "[[[{\"x\":[null]}]]]", "{\"big\":9007199254740993,\"neg\":-9223372036854775808}",
+        "\"text\"", "42", "null", NULL,
+    };
+    for (int i = 0; texts[i]; i++) {
+        int top = lua_gettop(L);
+        json_t *v = json_loads(texts[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        CHECK(v != NULL);
+        CHECK(script_push_json(L, texts[i], strlen(texts[i])));
+        CHECK(script_push_tree(L, v));
+        CHECK(lua_alike(L, -2, -1, 0));
+        lua_settop(L, top);
+        json_decref(v);
+    }
+    /* the same depth limit: 1000 nested containers, not 1001 */
+    for (int depth = 1000; depth <= 1001; depth++) {
+        json_t *root = json_array(), *cur = root;
+        for (int d = 1; d < depth; d++) {
+            json_t *next = json_array();
+            json_array_append_new(cur, next);
+            cur = next;
+        }
+        char *text = json_dumps(root, JSON_COMPACT);
+        int top = lua_gettop(L);
+        bool from_text = script_push_json(L, text, strlen(text));
+        lua_settop(L, top);
+        bool from_tree = script_push_tree(L, root);
+        CHECK(lua_gettop(L) == top + (from_tree ? 1 : 0));
+        lua_settop(L, top);
+        CHECK(from_text == (depth == 1000));
+        CHECK(from_tree == from_text);
+        free(text);
+        json_decref(root);
+    }
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -227,6 +312,7 @@ int main(void)
     script_vm_free(vm);
     vm = script_vm_new(loop, &lim, dirs);
     test_slicing_and_sleep(vm);
+    test_push_tree(vm);
     CHECK(script_vm_busy(vm) == 0);
     script_vm_free(vm);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -976,7 +977,7 @@ static char *build_body(const prov *p, json_t *r, const char *model, int max_tok
         json_object_set(o, "temperature", v);
     if ((v = json_object_get(r, "top_p")))
         json_object_set(o, "top_p", v);
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *text = jtree_dump(o);
     json_decref(o);
     return text;
 }
@@ -985,7 +986,8 @@ static char *build_body(const prov *p, json_t *r, const char *model, int max_tok
 
 static json_t *normalise(llm_call *c, const char *body, size_t len, const char *request_id, char *err, size_t errlen)
 {
-    json_t *r = json_loadb(body, len, 0, NULL);
+    char perr[120];
+    json_t *r = jtree_parse(body, len, perr, sizeof perr);
     if (!json_is_object(r)) {
         json_decref(r);
         snprintf(err, errlen, "the provider answered 200 with a body that is not a JSON object");

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
@@ -247,21 +248,6 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
 }
 
 /* Case ci, parsed; the caller decrefs. */
-static int buf_dump_cb(const char *p, size_t n, void *ud)
-{
-    buf_append(ud, p, n);
-    return 0;
-}
-
-/* Appends v as compact JSON; null for NULL. */
-static void buf_json(buf_t *b, const json_t *v)
-{
-    if (!v)
-        buf_puts(b, "null");
-    else
-        json_dump_callback(v, buf_dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY);
-}
-
 /* A case as a run keeps it: its compact JSON, a NUL, then the fragment
  * "id":...,"source":...,"tags":[...] that the report and the policy's input
  * list it by, so that the end of a run reads no case again. */
@@ -269,14 +255,14 @@ static char *case_keep(const json_t *c)
 {
     buf_t b;
     buf_init(&b);
-    buf_json(&b, c);
+    jtree_dump_buf(&b, c);
     buf_append(&b, "", 1);
     buf_puts(&b, "\"id\":");
-    buf_json(&b, json_object_get(c, "id"));
+    jtree_dump_buf(&b, json_object_get(c, "id"));
     buf_puts(&b, ",\"source\":");
-    buf_json(&b, json_object_get(c, "source"));
+    jtree_dump_buf(&b, json_object_get(c, "source"));
     buf_puts(&b, ",\"tags\":");
-    buf_json(&b, json_object_get(c, "tags"));
+    jtree_dump_buf(&b, json_object_get(c, "tags"));
     char *out = xmalloc(b.len + 1); /* exact size: a run may keep 200,000 */
     memcpy(out, b.data, b.len + 1);
     buf_free(&b);
@@ -285,7 +271,8 @@ static char *case_keep(const json_t *c)
 
 static json_t *case_at(run *rn, size_t ci)
 {
-    return json_loads(rn->cases[ci], 0, NULL);
+    char err[120];
+    return jtree_parse(rn->cases[ci], strlen(rn->cases[ci]), err, sizeof err);
 }
 
 static const char *case_meta(run *rn, size_t ci)
@@ -975,7 +962,7 @@ static void job_record(job *jb)
     char *output = NULL;
     if (res && !text && json_array_size(json_object_get(res, "tool_calls")))
         output = json_dumps(json_object_get(res, "tool_calls"), JSON_COMPACT);
-    char *verdicts = jb->verdicts ? json_dumps(jb->verdicts, JSON_COMPACT) : NULL;
+    char *verdicts = jb->verdicts ? jtree_dump(jb->verdicts) : NULL;
     store_run_result rr = {
         .run_id = rn->id,
         .case_idx = (int64_t)jb->ci,
@@ -1114,7 +1101,7 @@ static void on_llm_done(llm_call *call, json_t *result, const char *err_kind, co
         jb->res = json_incref(result);
         rn->cost += json_number_value(json_object_get(jb->res, "cost"));
         if (rn->use_cache)
-            jb->result = json_dumps(result, JSON_COMPACT);
+            jb->result = jtree_dump(result);
         job_judge(jb);
         return;
     }
@@ -1153,7 +1140,12 @@ static void cache_after(uv_work_t *w, int status)
 {
     (void)status;
     job *jb = w->data;
-    if (jb->result && !(jb->res = json_loads(jb->result, 0, NULL))) {
+    char perr[120];
+    if (jb->result)
+        jb->res = jtree_parse(jb->result, strlen(jb->result), perr, sizeof perr);
+    if (jb->result && !json_is_object(jb->res)) { /* (a macro: its argument is read twice) */
+        json_decref(jb->res);
+        jb->res = NULL;
         free(jb->result); /* an unreadable cache entry: call the model again */
         jb->result = NULL;
     }
@@ -1188,7 +1180,7 @@ static void job_start(run *rn, size_t j)
     }
     jb->msgs = msgs;
     if (rn->use_cache) {
-        jb->messages = json_dumps(msgs, JSON_COMPACT);
+        jb->messages = jtree_dump(msgs); /* byte for byte json_dumps: cache keys stay */
         const char *mj = rn->model_json[jb->vi];
         sha256_hex(jb->messages, strlen(jb->messages), mj, strlen(mj), jb->sample, jb->key);
         jb->work.data = jb;
@@ -1360,7 +1352,7 @@ static char *policy_input(run *rn, int vi)
         json_decref(json_object_get(in, "options"));
     buf_t b;
     buf_init(&b);
-    buf_json(&b, in);
+    jtree_dump_buf(&b, in);
     json_decref(in);
     b.len--; /* its closing brace */
     buf_puts(&b, ",\"cases\":[");

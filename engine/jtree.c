@@ -11,6 +11,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
+#include "luajson.h"
+
 #define MAX_DEPTH 2048 /* jansson's own parser limit */
 
 /* ---- parsing ---- */
@@ -150,12 +152,7 @@ json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen)
         if (p.error) {
             snprintf(err, errlen, "%s", p.error);
         } else {
-            unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
-            char *nl = strchr((char *)msg, '\n');
-            if (nl)
-                *nl = '\0';
-            snprintf(err, errlen, "%s", st == yajl_status_ok ? "no value" : (const char *)msg);
-            yajl_free_error(h, msg);
+            luajson_yajl_error(h, st, err, errlen);
         }
         while (p.depth > 0)
             json_decref(p.stack[--p.depth]);

@@ -143,6 +143,20 @@ static const yajl_callbacks callbacks = {
     cb_start_map, cb_map_key, cb_end_map, cb_start_array, cb_end_array,
 };
 
+void luajson_yajl_error(yajl_handle h, yajl_status st, char *err, size_t errlen)
+{
+    if (st == yajl_status_ok) {
+        snprintf(err, errlen, "no value");
+        return;
+    }
+    unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
+    char *nl = strchr((char *)msg, '\n');
+    if (nl)
+        *nl = '\0';
+    snprintf(err, errlen, "%s", (const char *)msg);
+    yajl_free_error(h, msg);
+}
+
 int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, char *err, size_t errlen)
 {
     dec *d = malloc(sizeof *d);
@@ -167,12 +181,7 @@ int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, cha
         if (d->too_deep) {
             snprintf(err, errlen, "nested deeper than %d levels", MAX_DEPTH);
         } else {
-            unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
-            char *nl = strchr((char *)msg, '\n');
-            if (nl)
-                *nl = '\0';
-            snprintf(err, errlen, "%s", st == yajl_status_ok ? "no value" : (const char *)msg);
-            yajl_free_error(h, msg);
+            luajson_yajl_error(h, st, err, errlen);
         }
         lua_settop(L, top);
         rc = -1;

@@ -7,6 +7,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <yajl/yajl_parse.h>
 
 /* Pushes the value of text (len bytes) with JSON null as the
  * value at null_idx. Returns 0, or -1 (nothing pushed) with err. */
@@ -18,6 +19,9 @@ int luajson_push_tree(lua_State *L, const json_t *v, int null_idx, char *err, si
 /* Pushes the JSON text of the value at idx. Returns 0, or -1 (nothing
  * pushed) with err. */
 int luajson_encode(lua_State *L, int idx, int null_idx, char *err, size_t errlen);
+/* yajl's message for a failed parse, on one line ("no value" when the
+ * parse succeeded without one). */
+void luajson_yajl_error(yajl_handle h, yajl_status st, char *err, size_t errlen);
 /* Pushes the metatable decoded arrays carry (created on first use). */
 void luajson_push_array_mt(lua_State *L);
 

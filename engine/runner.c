@@ -247,7 +247,6 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
     return rn;
 }
 
-/* Case ci, parsed; the caller decrefs. */
 /* A case as a run keeps it: its compact JSON, a NUL, then the fragment
  * "id":...,"source":...,"tags":[...] that the report and the policy's input
  * list it by, so that the end of a run reads no case again. */
@@ -269,6 +268,7 @@ static char *case_keep(const json_t *c)
     return out;
 }
 
+/* Case ci, parsed; the caller decrefs. */
 static json_t *case_at(run *rn, size_t ci)
 {
     char err[120];

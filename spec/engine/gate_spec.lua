@@ -54,20 +54,28 @@ local function run(e, body)
   return done
 end
 
-describe("regression gate", function()
-  local fake, e
+-- Each test of the enclosing describe gets its own fake LLM server (fake_opts)
+-- and engine with setup() done, as env.fake and env.e (env being what this
+-- returns); a test that stops the engine itself sets env.e = nil.
+local function each_with_engine(fake_opts)
+  local t = {}
   before_each(function()
-    fake = fake_llm.start { model = MODEL }
-    e = engine.start { config = config(fake) }
-    setup(e)
+    t.fake = fake_llm.start(fake_opts)
+    t.e = engine.start { config = config(t.fake) }
+    setup(t.e)
   end)
   after_each(function()
-    if e then e:stop() end
-    fake:stop()
+    if t.e then t.e:stop() end
+    t.fake:stop()
   end)
+  return t
+end
+
+describe("regression gate", function()
+  local env = each_with_engine { model = MODEL }
 
   it("accepts a candidate that fixes failures and breaks nothing, and stores every result", function()
-    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
     assert.equal("finished", r.state)
     assert.equal("accept", r.verdict)
     assert.equal(2, r.report.winner)
@@ -79,77 +87,77 @@ describe("regression gate", function()
     local t1, t2 = r.report.versions[1].by_tag, r.report.versions[2].by_tag
     assert.same({ 3, 1, 1, 1 }, { t1.golden.cases, t1.golden.cases_passed, t1.critical.cases, t1.critical.cases_passed })
     assert.same({ 3, 3, 1, 1 }, { t2.golden.cases, t2.golden.cases_passed, t2.critical.cases, t2.critical.cases_passed })
-    local res = e:get("/v1/runs/" .. r.id .. "/results").json.items
+    local res = env.e:get("/v1/runs/" .. r.id .. "/results").json.items
     assert.equal(8, #res)
     for _, x in ipairs(res) do
       assert.is_string(x.output)
       assert.equal("equals", x.verdicts[1].evaluator)
       assert.is_true(x.input_tokens > 0)
     end
-    assert.equal(8, fake:stats().requests)
-    local st = e:get("/v1/status").json
+    assert.equal(8, env.fake:stats().requests)
+    local st = env.e:get("/v1/status").json
     assert.equal(1, st.runs.finished)
     assert.equal(8, st.runs.results)
     assert.equal("accept", st.scripts.policies[1].name)
   end)
 
   it("rejects a candidate that breaks a critical golden case, naming it", function()
-    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2, 3 }, dataset = "golden" })
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2, 3 }, dataset = "golden" })
     assert.equal("accept", r.verdict) -- v2 passes the gate
     assert.equal(2, r.report.winner)
     local v3 = r.report.verdicts[2]
     assert.equal(3, v3.version)
     assert.equal("reject", v3.verdict)
     assert.matches("critical case%(s%): zebra", v3.reasons[1])
-    local only3 = run(e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
+    local only3 = run(env.e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
     assert.equal("reject", only3.verdict)
   end)
 
   it("is inconclusive when calls fail beyond the retries", function()
-    fake:faults { { status = 500, times = 3 } } -- one call's three attempts
-    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
+    env.fake:faults { { status = 500, times = 3 } } -- one call's three attempts
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
                        cache = false })
     assert.equal("finished", r.state)
     assert.equal("inconclusive", r.verdict)
     assert.matches("errored results", table.concat(r.report.verdicts[1].reasons, " "))
     local errs = 0
-    for _, x in ipairs(e:get("/v1/runs/" .. r.id .. "/results").json.items) do
+    for _, x in ipairs(env.e:get("/v1/runs/" .. r.id .. "/results").json.items) do
       if x.status == "error" then errs = errs + 1; assert.matches("server_error", x.error) end
     end
     assert.equal(1, errs)
   end)
 
   it("pays for an unchanged baseline once: the cache serves it the second time (the ledger shows it)", function()
-    local first = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+    local first = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
     assert.equal(8, first.report.usage.calls)
-    local second = run(e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
+    local second = run(env.e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
     assert.equal(4, second.report.usage.calls)   -- only the new candidate's
     assert.equal(4, second.report.usage.cached)
-    local calls = e:get("/v1/llm/calls?caller_kind=run&limit=1000").json.items
+    local calls = env.e:get("/v1/llm/calls?caller_kind=run&limit=1000").json.items
     local per_run = {}
     for _, c in ipairs(calls) do per_run[c.run_id] = (per_run[c.run_id] or 0) + 1 end
     assert.equal(8, per_run[first.id])
     assert.equal(4, per_run[second.id])
-    assert.equal(12, fake:stats().requests)
+    assert.equal(12, env.fake:stats().requests)
   end)
 
   it("stops cleanly as incomplete when the run's budget runs out", function()
-    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", concurrency = 1,
                        budget = { calls = 3 } })
     assert.equal("incomplete", r.state)
     assert.equal("inconclusive", r.verdict)
     assert.matches("budget", r.error)
-    assert.equal(3, fake:stats().requests)
-    assert.equal(3, #e:get("/v1/runs/" .. r.id .. "/results").json.items)
+    assert.equal(3, env.fake:stats().requests)
+    assert.equal(3, #env.e:get("/v1/runs/" .. r.id .. "/results").json.items)
   end)
 
   it("runs the failed traces of a window as cases", function()
     for i, t in ipairs({ "sorry", "thanks" }) do
       local tr = engine.trace { id = "t" .. i, prompt = { name = "upper", version = 1 }, input = { variables = { text = t } },
                                 output = t, feedback = { thumbs = "down" } }
-      assert.equal(200, e:post("/v1/traces", tr).status)
+      assert.equal(200, env.e:post("/v1/traces", tr).status)
     end
-    local r = run(e, { prompt = "upper", baseline = 1, candidates = { 2 }, failed = { limit = 10 } })
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, failed = { limit = 10 } })
     assert.equal(2, r.report.cases)
     -- no expected output: equals cannot pass them, so nothing is fixed
     assert.equal("reject", r.verdict)
@@ -168,16 +176,16 @@ describe("regression gate", function()
       { { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", budget = { usd = 1 } }, 400, "budget.usd" },
     }
     for _, b in ipairs(bad) do
-      local r = e:post("/v1/runs", b[1])
+      local r = env.e:post("/v1/runs", b[1])
       assert.equal(b[2], r.status, r.body)
       assert.equal(b[3], r.json.error.field, r.body)
     end
   end)
 
   it("refuses a template that uses a variable a case lacks, naming both", function()
-    assert.equal(201, e:post("/v1/prompts/upper/versions", {
+    assert.equal(201, env.e:post("/v1/prompts/upper/versions", {
       messages = { { role = "user", content = "{{text}} for {{customer}}" } }, model = { provider = "fake" } }).status)
-    local r = e:post("/v1/runs", { prompt = "upper", baseline = 1, candidates = { 4 }, dataset = "golden" })
+    local r = env.e:post("/v1/runs", { prompt = "upper", baseline = 1, candidates = { 4 }, dataset = "golden" })
     assert.equal(400, r.status, r.body)
     assert.equal("missing_variable", r.json.error.code)
     assert.matches("{{customer}}", r.json.error.message)
@@ -213,16 +221,7 @@ describe("a run across a restart", function()
 end)
 
 describe("waiting for a run (GET /v1/runs/{id}?wait=ms)", function()
-  local fake, e
-  before_each(function()
-    fake = fake_llm.start { model = MODEL, latency_ms = 200 }
-    e = engine.start { config = config(fake) }
-    setup(e)
-  end)
-  after_each(function()
-    if e then e:stop() end
-    fake:stop()
-  end)
+  local env = each_with_engine { model = MODEL, latency_ms = 200 }
 
   local function start(e_)
     -- 8 calls of 200 ms one at a time: the run lasts at least 1.6 s
@@ -233,45 +232,45 @@ describe("waiting for a run (GET /v1/runs/{id}?wait=ms)", function()
   end
 
   it("answers when the wait is over while the run goes on, and as soon as it ends", function()
-    local id = start(e)
-    local g = e:get("/v1/runs/" .. id .. "?wait=50")
+    local id = start(env.e)
+    local g = env.e:get("/v1/runs/" .. id .. "?wait=50")
     assert.equal(200, g.status, g.body)
     assert.equal("running", g.json.state)
     assert.is_table(g.json.progress)
-    g = e:get("/v1/runs/" .. id .. "?wait=60000")
+    g = env.e:get("/v1/runs/" .. id .. "?wait=60000")
     assert.equal(200, g.status, g.body)
     assert.equal("finished", g.json.state) -- it did not answer before the end was stored
     assert.equal("accept", g.json.verdict)
     assert.is_nil(g.json.progress)
     -- an ended run: at once, the same answer
-    local again = e:get("/v1/runs/" .. id .. "?wait=60000")
+    local again = env.e:get("/v1/runs/" .. id .. "?wait=60000")
     assert.equal("finished", again.json.state)
   end)
 
   it("refuses a bad wait, naming it", function()
-    local id = start(e)
+    local id = start(env.e)
     for _, q in ipairs { "wait=-1", "wait=60001", "wait=soon", "wait=" } do
-      local g = e:get("/v1/runs/" .. id .. "?" .. q)
+      local g = env.e:get("/v1/runs/" .. id .. "?" .. q)
       assert.equal(400, g.status, q .. " " .. g.body)
       assert.equal("wait", g.json.error.field, g.body)
     end
-    local g = e:get("/v1/runs/" .. id .. "?colour=red")
+    local g = env.e:get("/v1/runs/" .. id .. "?colour=red")
     assert.equal(400, g.status, g.body)
     assert.equal("colour", g.json.error.field)
-    assert.equal(404, e:get("/v1/runs/no-such-run?wait=1000").status)
+    assert.equal(404, env.e:get("/v1/runs/no-such-run?wait=1000").status)
   end)
 
   it("answers a waiting request when the engine stops, and the stop is not held up", function()
-    local id = start(e)
-    local c = e:connect()
+    local id = start(env.e)
+    local c = env.e:connect()
     assert(c:send("GET /v1/runs/" .. id .. "?wait=60000 HTTP/1.1\r\nHost: x\r\n\r\n"))
     engine.sleep(0.2) -- the request is waiting
-    e:signal("TERM")
+    env.e:signal("TERM")
     local r = assert(engine.read_response(c))
     c:close()
     assert.equal(200, r.status, r.body)
     assert.equal("running", r.json.state) -- stays running in the store: the next start resumes it
-    assert.equal(0, e:wait_exit(5 * engine.slow))
-    e = nil
+    assert.equal(0, env.e:wait_exit(5 * engine.slow))
+    env.e = nil
   end)
 end)

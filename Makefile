@@ -66,7 +66,7 @@ $(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
 # Lua symbols come from the interpreter that loads the module
 $(MODULE): $(MODULE_SRCS:engine/%.c=$(BUILD)/pic/%.o)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson libcrypto) -llua5.4-cjson -lyajl -lpthread -lm
+	$(CC) $(LDFLAGS_ALL) -shared -o $@ $^ $(shell pkg-config --libs libuv jansson libcrypto) -llua5.4-cjson -lyajl -lunistring -lpthread -lm
 
 $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)

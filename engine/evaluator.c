@@ -106,7 +106,9 @@ static int push_args(lua_State *co, void *ud)
 
 static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
 {
-    eval_result r = {status, pass, score, (char *)reason};
+    char clean[600]; /* a script's text may be cut mid-character, or not be UTF-8 at all */
+    utf8_clean(clean, sizeof clean, reason, strlen(reason));
+    eval_result r = {status, pass, score, clean};
     eval_stats *st = rc->stats;
     if (st) {
         st->runs++;

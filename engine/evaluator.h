@@ -35,7 +35,7 @@ typedef struct {
     enum script_status status; /* SCRIPT_OK: the evaluator answered; else it failed to */
     bool pass;
     double score;              /* 0..1 */
-    char *reason;              /* never NULL */
+    char *reason;              /* never NULL; valid UTF-8, under 600 bytes */
 } eval_result;
 
 typedef void (*eval_done)(const eval_result *r, void *ud);

@@ -169,9 +169,15 @@ json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen)
 
 /* jansson's real format: %.17g, ".0" when it would read back as an integer,
  * the exponent without '+' or leading zeros. */
-static size_t real_text(double d, char out[40])
+size_t jtree_real_text(double d, char out[40])
 {
-    int n = snprintf(out, 40, "%.17g", d);
+    if (d == 0 || d == 1) { /* scores, mostly: no printf */
+        const char *t = signbit(d) ? "-0.0" : d ? "1.0" : "0.0";
+        size_t n = strlen(t);
+        memcpy(out, t, n + 1);
+        return n;
+    }
+    int n = isfinite(d) ? snprintf(out, 40, "%.17g", d) : -1;
     if (n < 0 || n >= 40)
         return 0;
     if (!strpbrk(out, ".e")) {
@@ -222,7 +228,7 @@ static yajl_gen_status gen(yajl_gen g, const json_t *v)
         return yajl_gen_integer(g, (long long)json_integer_value(v));
     case JSON_REAL: {
         char t[40];
-        size_t n = real_text(json_real_value(v), t);
+        size_t n = jtree_real_text(json_real_value(v), t);
         return n ? yajl_gen_number(g, t, n) : yajl_gen_invalid_number;
     }
     case JSON_TRUE:

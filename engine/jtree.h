@@ -21,5 +21,8 @@ json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen);
 void jtree_dump_buf(buf_t *b, const json_t *v);
 /* The same as a new string (free it). */
 char *jtree_dump(const json_t *v);
+/* Writes d as jansson writes a real ("1.0", "0.25", "1e+300" as "1e300");
+ * returns its length (0 for NaN or infinity, which JSON has no text for). */
+size_t jtree_real_text(double d, char out[40]);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistr.h>
 
 void *xmalloc(size_t n)
 {
@@ -339,4 +340,33 @@ int write_address_file(const char *path, const char *addr)
     if (fclose(f) != 0)
         return -1;
     return rename(tmp, path);
+}
+
+size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (!cap)
+        return 0;
+    const uint8_t *s = (const uint8_t *)src;
+    if (n < cap && !u8_check(s, n)) {
+        memcpy(dst, src, n);
+        dst[n] = 0;
+        return n;
+    }
+    static const char repl[] = "\xEF\xBF\xBD";
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        ucs4_t uc;
+        int len = u8_mbtouc(&uc, s + i, n - i);
+        const char *piece = src + i;
+        size_t plen = (size_t)len;
+        if (uc == 0xFFFD && (len != 3 || memcmp(piece, repl, 3)))
+            piece = repl, plen = 3;
+        if (o + plen >= cap)
+            break;
+        memcpy(dst + o, piece, plen);
+        o += plen;
+        i += (size_t)len;
+    }
+    dst[o] = 0;
+    return o;
 }

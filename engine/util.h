@@ -53,6 +53,11 @@ void rfc3339_format(int64_t ms, char out[32]);
  * not depend on where they differ. */
 bool secret_equal(const char *given, size_t given_len, const char *secret, size_t secret_len);
 
+/* Copies n bytes of text into dst (cap bytes, NUL-terminated) as valid
+ * UTF-8: each invalid sequence becomes U+FFFD, and the copy is cut at a
+ * character boundary when it does not fit. Returns the bytes written. */
+size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n);
+
 /* Writes "addr\n" to path through a rename, so a reader never sees half. */
 int write_address_file(const char *path, const char *addr);
 

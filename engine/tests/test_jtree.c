@@ -1,5 +1,6 @@
 /* test_jtree.c — jtree reads and writes exactly what jansson does. */
 #include <jansson.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,5 +101,18 @@ int main(void)
     CHECK(dumps_alike(json_pack("[f, f, f, f, f]", 0.0, -1.5, 1e-10, 3.0e15, 1.0 / 3)));
     CHECK(dumps_alike(json_stringn("a\0b", 3)));
     CHECK(dumps_alike(json_object()));
+    /* a real written alone (verdict scores) is written as in a tree */
+    const double reals[] = {0.0, -0.0, 1.0, 0.5, 1.0 / 3, 1e300, 1e-7, -2.5, 100.0};
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        char t[40];
+        json_t *r = json_real(reals[i]);
+        char *want = json_dumps(r, JSON_ENCODE_ANY);
+        size_t n = jtree_real_text(reals[i], t);
+        CHECK(n == strlen(want) && !strcmp(t, want));
+        free(want);
+        json_decref(r);
+    }
+    char t[40];
+    CHECK(jtree_real_text(NAN, t) == 0 && jtree_real_text(INFINITY, t) == 0);
     return check_done();
 }

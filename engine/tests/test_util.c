@@ -1,5 +1,6 @@
 /* Unit tests for util.c: timestamps, ids, buffers, constant-time compare. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "util.h"
@@ -73,11 +74,30 @@ static void test_secret_equal(void)
     CHECK(!secret_equal("", 0, "0123456789abcdef", 16));
 }
 
+static void test_utf8_clean(void)
+{
+    char out[16];
+    CHECK(utf8_clean(out, sizeof out, "caf\xc3\xa9", 5) == 5 && !strcmp(out, "caf\xc3\xa9"));
+    /* a stray byte, an overlong '/', a surrogate: each becomes U+FFFD */
+    CHECK(utf8_clean(out, sizeof out, "a\xff" "b", 3) == 5 && !strcmp(out, "a\xef\xbf\xbd" "b"));
+    CHECK(utf8_clean(out, sizeof out, "\xc0\xaf", 2) >= 3 && !strncmp(out, "\xef\xbf\xbd", 3));
+    CHECK(utf8_clean(out, sizeof out, "\xed\xa0\x80", 3) >= 3 && !strncmp(out, "\xef\xbf\xbd", 3));
+    /* a real U+FFFD stays one */
+    CHECK(utf8_clean(out, sizeof out, "\xef\xbf\xbd", 3) == 3);
+    /* cut to fit at a character boundary, never inside one */
+    CHECK(utf8_clean(out, 5, "ab\xc3\xa9\xc3\xa9", 6) == 4 && !strcmp(out, "ab\xc3\xa9"));
+    CHECK(utf8_clean(out, 4, "ab\xc3\xa9", 4) == 2 && !strcmp(out, "ab"));
+    /* a character cut off at the end of the input */
+    CHECK(utf8_clean(out, sizeof out, "ab\xc3", 3) == 5 && !strcmp(out, "ab\xef\xbf\xbd"));
+    CHECK(utf8_clean(out, 1, "abc", 3) == 0 && out[0] == 0);
+}
+
 int main(void)
 {
     test_rfc3339();
     test_ids();
     test_buf();
     test_secret_equal();
+    test_utf8_clean();
     return check_done();
 }

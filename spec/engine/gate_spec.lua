@@ -220,6 +220,48 @@ describe("a run across a restart", function()
   end)
 end)
 
+describe("a verdict's reason", function()
+  it("is stored as valid UTF-8 when an evaluator's is not, or is cut inside a character", function()
+    local fake = fake_llm.start { model = MODEL }
+    local dir = engine.tmpdir()
+    assert(os.execute("mkdir " .. engine.shell_quote(dir .. "/evaluators")))
+    -- a stray byte, and 400 two-byte characters after one ASCII byte: the 600-byte cut falls inside one
+    engine.write_file(dir .. "/evaluators/mangled.lua", [[
+return { name = "mangled", description = "answers with bytes that are not UTF-8",
+  evaluate = function(case)
+    if case.id == "zebra" then return { pass = true, reason = "x" .. string.rep("\u{e9}", 400) } end
+    return { pass = false, reason = "bad \xff byte" }
+  end }
+]])
+    local e = engine.start { config = config(fake, 'prompt "mangled" { evaluators = { "mangled" } }')
+                               :gsub("dirs = { ", "dirs = { " .. string.format("%q", dir) .. ", ") }
+    setup(e)
+    assert.equal(201, e:post("/v1/prompts", { name = "mangled" }).status)
+    assert.equal(201, e:post("/v1/prompts/mangled/versions", version("Repeat the text.")).status)
+    assert.equal(201, e:post("/v1/prompts/mangled/versions", version("Repeat the text. Answer in uppercase.")).status)
+    local r = run(e, { prompt = "mangled", baseline = 1, candidates = { 2 }, dataset = "golden", cache = false })
+    assert.equal("finished", r.state)
+    local res = e:get("/v1/runs/" .. r.id .. "/results").json.items
+    assert.equal(8, #res) -- every result came back with its verdict: none was lost to its reason
+    local cut, stray = 0, 0
+    for _, x in ipairs(res) do
+      local why = x.verdicts[1].reason
+      assert.truthy(utf8.len(why), why)
+      if why:sub(1, 1) == "x" then
+        cut = cut + 1
+        assert.is_true(#why < 600)
+        assert.equal(why, "x" .. string.rep("\u{e9}", (#why - 1) // 2)) -- whole characters only
+      else
+        stray = stray + 1
+        assert.equal("bad \u{fffd} byte", why)
+      end
+    end
+    assert.same({ 2, 6 }, { cut, stray })
+    e:stop()
+    fake:stop()
+  end)
+end)
+
 describe("waiting for a run (GET /v1/runs/{id}?wait=ms)", function()
   local env = each_with_engine { model = MODEL, latency_ms = 200 }
 

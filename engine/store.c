@@ -712,8 +712,6 @@ void store_ops_free(store_op *op)
 {
     while (op) {
         store_op *next = op->next;
-        for (int i = 0; i < op->n; i++)
-            free(op->v[i].s);
         free(op);
         op = next;
     }
@@ -747,7 +745,7 @@ static int apply_ops(store *s, const store_op *op)
                 sqlite3_bind_int64(st, i + 1, v->i);
             else if (v->t == 'd')
                 sqlite3_bind_double(st, i + 1, v->d);
-            else if (v->t == 's' && v->s)
+            else if (v->t == 's')
                 sqlite3_bind_text(st, i + 1, v->s, -1, SQLITE_STATIC);
             else
                 sqlite3_bind_null(st, i + 1);

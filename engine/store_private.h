@@ -10,19 +10,22 @@
 #define READ_POOL_MAX 8
 
 /* One statement of a write and its bound values (?1..?n in order). Types:
- * 'i' integer, 'd' real, 's' text (owned), 'n' NULL. */
+ * 'i' integer, 'd' real, 's' text, 'n' NULL. An op is one allocation: its
+ * values, then copies of their texts. */
 typedef struct {
     char t;
-    int64_t i;
-    double d;
-    char *s;
+    union {
+        int64_t i;
+        double d;
+        const char *s;
+    };
 } store_val;
 
 struct store_op {
     const char *sql; /* a string constant: statements are cached by its address */
-    int n;
-    store_val v[16];
     store_op *next;
+    int n;
+    store_val v[];
 };
 
 sqlite3 *store_read_acquire(store *s, char *err, size_t errlen);

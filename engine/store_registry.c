@@ -14,13 +14,31 @@
  * s text (NULL as NULL) */
 void op_add(store_write *w, const char *sql, const char *types, ...)
 {
-    store_op *op = xcalloc(1, sizeof *op);
-    op->sql = sql;
+    size_t n = strlen(types), text = 0;
+    if (n > 16)
+        n = 16;
     va_list ap;
+    va_start(ap, types); /* first pass: the room the texts need */
+    for (size_t k = 0; k < n; k++) {
+        if (types[k] == 'd') {
+            (void)va_arg(ap, double);
+        } else if (types[k] == 'i' || types[k] == 'I') {
+            (void)va_arg(ap, int64_t);
+        } else {
+            const char *s = va_arg(ap, const char *);
+            text += s ? strlen(s) + 1 : 0;
+        }
+    }
+    va_end(ap);
+    store_op *op = xmalloc(sizeof *op + n * sizeof(store_val) + text);
+    op->sql = sql;
+    op->next = NULL;
+    op->n = (int)n;
+    char *copy = (char *)&op->v[n];
     va_start(ap, types);
-    for (const char *t = types; *t && op->n < 16; t++) {
-        store_val *v = &op->v[op->n++];
-        switch (*t) {
+    for (size_t k = 0; k < n; k++) {
+        store_val *v = &op->v[k];
+        switch (types[k]) {
         case 'i':
             v->t = 'i';
             v->i = va_arg(ap, int64_t);
@@ -36,7 +54,12 @@ void op_add(store_write *w, const char *sql, const char *types, ...)
         default: {
             const char *s = va_arg(ap, const char *);
             v->t = s ? 's' : 'n';
-            v->s = s ? xstrdup(s) : NULL;
+            if (s) {
+                size_t len = strlen(s) + 1;
+                memcpy(copy, s, len);
+                v->s = copy;
+                copy += len;
+            }
         }
         }
     }

@@ -15,6 +15,9 @@
 
 #include <jansson.h>
 #include <libgen.h>
+#ifdef RATCHET_MIMALLOC
+#include <mimalloc.h>
+#endif
 
 #include "api.h"
 #include "ingest.h"
@@ -901,8 +904,16 @@ static int cmd_version(int argc, char **argv)
         return EXIT_USAGE;
     }
     unsigned long hp = http_parser_version();
-    printf("ratchet %s (libuv %s, http-parser %lu.%lu.%lu, SQLite %s, %s)\n", RATCHET_VERSION, uv_version_string(),
-           (hp >> 16) & 255, (hp >> 8) & 255, hp & 255, sqlite3_libversion(), LUA_RELEASE);
+    char alloc[64] = "system malloc";
+#ifdef RATCHET_MIMALLOC
+    void *probe = malloc(16); /* the proof that mimalloc's malloc is the one in use, not just linked */
+    int mv = mi_version();
+    snprintf(alloc, sizeof alloc, mi_is_in_heap_region(probe) ? "mimalloc %d.%d.%d" : "system malloc (mimalloc %d.%d.%d unused)",
+             mv / 100, mv / 10 % 10, mv % 10);
+    free(probe);
+#endif
+    printf("ratchet %s (libuv %s, http-parser %lu.%lu.%lu, SQLite %s, %s, %s)\n", RATCHET_VERSION, uv_version_string(),
+           (hp >> 16) & 255, (hp >> 8) & 255, hp & 255, sqlite3_libversion(), LUA_RELEASE, alloc);
     return 0;
 }
 

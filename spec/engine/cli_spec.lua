@@ -24,6 +24,8 @@ describe("ratchet CLI", function()
     local code, out = engine.run("version")
     assert.equal(0, code)
     assert.matches("^ratchet %S+ %(libuv", out)
+    -- the allocator in use: mimalloc's malloc, proven by where a malloc'd block lies (sanitizer builds keep theirs)
+    assert.matches(engine.sanitized and "system malloc%)\n$" or "mimalloc %d+%.%d+%.%d+%)\n$", out)
   end)
 
   it("rejects an unknown command with exit 2", function()

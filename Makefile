@@ -16,7 +16,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lyajl -lunistring
 
 # mimalloc replaces glibc's malloc in the engine (a fifth fewer instructions
 # in a regression run, see bench/RESULTS.md); sanitizer builds keep their own.
-MALLOC_LIBS ?= -lmimalloc
+MALLOC_LIBS ?= -Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state
 MALLOC_DEFS  = $(if $(MALLOC_LIBS),-DRATCHET_MIMALLOC)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral

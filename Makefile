@@ -33,7 +33,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-deps
+.PHONY: FORCE all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -60,9 +60,17 @@ $(BUILD)/obj/%.o: engine/%.c engine/*.h | deps
 $(BUILD)/ratchet: $(BUILD)/obj/main.o $(OBJS)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(MALLOC_LIBS) $(PKG_LIBS)
 
-$(BUILD)/obj/main.o: engine/main.c engine/*.h | deps
+$(BUILD)/obj/main.o: engine/main.c engine/*.h $(BUILD)/version.stamp | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# rewritten only when `git describe` says something new, so main.o (which
+# prints the version) is rebuilt then and only then
+$(BUILD)/version.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
+
+FORCE:
 
 $(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
 	@mkdir -p $(dir $@)

@@ -164,9 +164,7 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
         finish(rc, SCRIPT_ERROR, false, 0, why);
         return;
     }
-    const char *reason = lua_isnil(co, -1) ? (pass ? "ok" : "failed") : lua_tostring(co, -1);
-    snprintf(why, sizeof why, "%s", reason);
-    finish(rc, SCRIPT_OK, pass, score, why);
+    finish(rc, SCRIPT_OK, pass, score, lua_isnil(co, -1) ? (pass ? "ok" : "failed") : lua_tostring(co, -1));
 }
 
 static void run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,

@@ -844,7 +844,9 @@ int runner_resume(runner *r, char *err, size_t errlen)
         rn->cases = xcalloc(rn->ncases ? rn->ncases : 1, sizeof *rn->cases);
         for (size_t ci = 0; ci < rn->ncases; ci++) {
             json_t *c = json_loads(json_string_value(json_array_get(cases, ci)), 0, NULL);
-            rn->cases[ci] = case_keep(c ? c : json_object()); /* the store only holds what a run kept */
+            if (!c) /* the store only holds what a run kept: never, but not a crash */
+                c = json_object();
+            rn->cases[ci] = case_keep(c);
             json_decref(c);
         }
         json_decref(cases);

@@ -107,7 +107,12 @@ static int open_container(dec *d, bool array)
         d->too_deep = true;
         return 0;
     }
-    lua_newtable(d->L);
+    /* room for a few items from the start: most JSON containers are small,
+     * and growing a table from nothing rehashes it at 1, 2 and 4 items */
+    if (array)
+        lua_createtable(d->L, 4, 0);
+    else
+        lua_createtable(d->L, 0, 4);
     d->count[++d->depth] = array ? 0 : -1;
     return 1;
 }

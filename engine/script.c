@@ -15,16 +15,20 @@
 #include <lua-cjson.h>
 #include <lualib.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
 
-#define HOOK_EVERY 1000 /* instructions between budget checks */
 
 struct script_vm {
     lua_State *L;
@@ -65,6 +69,7 @@ struct script_call {
     bool sliced;       /* the hook yielded: runnable again at once */
     bool waiting;      /* yielded by an async API: its callback resumes */
     bool killed;
+    bool yield_due;    /* the slice ended while a coroutine inside ran */
     bool load_only;    /* a load: no slicing, load budget */
     int budget_ms;
     uint64_t used_ns;
@@ -102,26 +107,159 @@ static script_vm *vm_of(lua_State *L)
     return *(script_vm **)lua_getextraspace(L);
 }
 
+/* Lua runs without a hook: a count hook makes Lua 5.4's VM stop at every
+ * instruction (its "trap"), which cost about 40 % of all script time. A
+ * POSIX timer instead, one per thread that runs scripts and aimed at that
+ * thread, fires when the running slice's deadline passes; its signal handler
+ * sets a count hook on the Lua thread running at that moment (lua_sethook is
+ * made to be called from a signal handler), and the hook decides what
+ * happens: yield the slice, kill past the budget, or arm the timer again.
+ * tls.running is the Lua thread executing now: each invocation's coroutine,
+ * and inside it any coroutine the script resumes (the sandbox's
+ * coroutine.resume, wrap and close keep it true). */
+#define DEADLINE_SIGNAL (SIGRTMIN + 3)
+#define POLL_EVERY 1000 /* instructions between checks while a slice is overdue */
+static _Thread_local struct {
+    lua_State *volatile running;
+    volatile sig_atomic_t armed; /* a deadline is pending; the handler clears it */
+    uint64_t armed_at;
+    bool have_timer;
+    timer_t timer;
+} tls;
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+static void on_deadline_signal(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig, (void)si, (void)uc;
+    tls.armed = 0;
+    lua_State *L = tls.running;
+    if (L)
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+}
+
+static void install_deadline_handler(void)
+{
+    struct sigaction sa = {.sa_sigaction = on_deadline_signal, .sa_flags = SA_SIGINFO | SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(DEADLINE_SIGNAL, &sa, NULL);
+}
+
+/* Makes the deadline at (mono_ns) pending: the signal comes at or before it.
+ * An earlier one pending already does (its hook arms the next). A deadline
+ * is never disarmed: one that passes while no script runs costs a signal
+ * that does nothing, which is cheaper than a timer_settime per loop turn
+ * (several microseconds each on a virtual machine). */
+static void deadline_arm(uint64_t at)
+{
+    if (tls.armed && tls.armed_at <= at)
+        return;
+    if (!tls.have_timer) {
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, install_deadline_handler);
+        struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = DEADLINE_SIGNAL};
+        ev._sigev_un._tid = (pid_t)syscall(SYS_gettid); /* glibc 2.36 names no sigev_notify_thread_id */
+        if (timer_create(CLOCK_MONOTONIC, &ev, &tls.timer) != 0) {
+            log_error("script", "cannot create the script deadline timer: %s", strerror(errno));
+            abort(); /* without it no script could be stopped */
+        }
+        tls.have_timer = true;
+    }
+    struct itimerspec its = {.it_value = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+        its.it_value.tv_nsec = 1; /* zero would disarm */
+    tls.armed_at = at;
+    tls.armed = 1;
+    timer_settime(tls.timer, TIMER_ABSTIME, &its, NULL);
+}
+
+/* when c's budget runs out, on the monotonic clock */
+static uint64_t budget_end(const script_vm *vm, const script_call *c)
+{
+    uint64_t budget = (uint64_t)(c->load_only ? vm->lim.load_budget_ms : c->budget_ms) * 1000000u;
+    return c->slice_start + (budget > c->used_ns ? budget - c->used_ns : 0);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     script_vm *vm = vm_of(L);
     script_call *c = vm ? vm->current : NULL;
-    if (!c)
+    if (!c) {
+        lua_sethook(L, NULL, 0, 0);
         return;
-    uint64_t now = mono_ns();
-    int budget = c->load_only ? vm->lim.load_budget_ms : c->budget_ms;
-    if (c->killed || c->used_ns + (now - c->slice_start) > (uint64_t)budget * 1000000u) {
+    }
+    uint64_t now = mono_ns(), end = budget_end(vm, c);
+    if (c->killed || now >= end) {
         /* From now on the hook fires on every instruction, in whatever
          * coroutine runs, so no pcall can catch the kill for long. */
         c->killed = true;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        luaL_error(L, "killed: the script ran past its budget of %d ms", budget);
+        luaL_error(L, "killed: the script ran past its budget of %d ms",
+                   c->load_only ? vm->lim.load_budget_ms : c->budget_ms);
     }
-    if (!c->load_only && L == c->co && now > vm->turn_deadline && lua_isyieldable(L)) {
-        c->sliced = true;
-        lua_yield(L, 0);
+    if (!c->load_only && now >= vm->turn_deadline) {
+        if (L == c->co && lua_isyieldable(L)) {
+            lua_sethook(L, NULL, 0, 0);
+            c->sliced = true;
+            c->yield_due = false;
+            lua_yield(L, 0);
+        }
+        /* It cannot give up the slice here: a coroutine inside the
+         * invocation (its resume hands the yield on when it returns), or a
+         * Lua function called from C (a sort's comparator). Check again
+         * every POLL_EVERY instructions until it can. */
+        c->yield_due = true;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, POLL_EVERY);
+        return;
     }
+    /* too early: the pending deadline was another's */
+    lua_sethook(L, NULL, 0, 0);
+    deadline_arm(c->load_only || end < vm->turn_deadline ? end : vm->turn_deadline);
+}
+
+/* coroutine.resume, wrap and close as the sandbox offers them: Lua's own
+ * (upvalue 1) with tls.running set to the coroutine while it runs, and the
+ * caller hooked on return when a kill or a slice's end is due. For wrap,
+ * upvalue 2 is the coroutine. */
+static int tracked_co_call(lua_State *L, lua_State *co)
+{
+    lua_State *prev = tls.running;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    if (co)
+        tls.running = co;
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    tls.running = prev;
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (c && (c->killed || c->yield_due))
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    if (st != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+static int sandbox_co_resume(lua_State *L)
+{
+    return tracked_co_call(L, lua_tothread(L, 1));
+}
+
+static int sandbox_co_wrapped(lua_State *L)
+{
+    return tracked_co_call(L, lua_tothread(L, lua_upvalueindex(2)));
+}
+
+static int sandbox_co_wrap(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1)); /* Lua's wrap */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    lua_getupvalue(L, -1, 1); /* the coroutine auxwrap resumes */
+    if (!lua_isthread(L, -1))
+        return luaL_error(L, "coroutine.wrap: unexpected Lua build");
+    lua_pushcclosure(L, sandbox_co_wrapped, 2);
+    return 1;
 }
 
 /* ---- the run queue ---- */
@@ -232,11 +370,17 @@ static void call_resume(script_call *c)
     int nargs = c->nargs;
     c->nargs = 0;
     c->sliced = false;
+    c->yield_due = false;
     c->slice_start = mono_ns();
     script_call *outer = vm->current;
     vm->current = c;
+    lua_State *prev = tls.running;
+    tls.running = c->co;
+    uint64_t end = budget_end(vm, c);
+    deadline_arm(end < vm->turn_deadline ? end : vm->turn_deadline);
     int nres = 0;
     int st = lua_resume(c->co, vm->L, nargs, &nres);
+    tls.running = prev;
     vm->current = outer;
     c->used_ns += mono_ns() - c->slice_start;
     if (st == LUA_YIELD) {
@@ -288,12 +432,11 @@ static void push_readonly(lua_State *L, const char *name)
     lua_replace(L, real);
 }
 
-/* __index of a script environment: the shared globals, else an error. */
-static int env_index(lua_State *L)
+/* A script environment's __index is the shared globals table (a plain
+ * table, so the VM finds a global without calling C); a name missing there
+ * too comes here, through the shared table's own metatable. */
+static int unknown_global(lua_State *L)
 {
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
-        return 1;
     return luaL_error(L, "unknown global '%s' (declare it local)", lua_tostring(L, 2));
 }
 
@@ -309,7 +452,6 @@ static void push_env(script_vm *vm)
     lua_newtable(L);
     lua_newtable(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
-    lua_pushcclosure(L, env_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, env_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -703,6 +845,17 @@ static void build_base(script_vm *vm)
                                            "_VERSION", NULL};
     for (const char *const *f = base_fns; *f; f++)
         copy_field(L, g, base, *f);
+    lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with tls.running kept true */
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, sandbox_co_resume, 1);
+    lua_setfield(L, -2, "resume");
+    lua_getfield(L, -1, "close");
+    lua_pushcclosure(L, sandbox_co_resume, 1);
+    lua_setfield(L, -2, "close");
+    lua_getfield(L, -1, "wrap");
+    lua_pushcclosure(L, sandbox_co_wrap, 1);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
     static const char *const lib_names[] = {"string", "table", "math", "utf8", "coroutine", NULL};
     for (const char *const *n = lib_names; *n; n++) {
         lua_getfield(L, g, *n);
@@ -749,6 +902,12 @@ static void build_base(script_vm *vm)
     vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
     vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L); /* reading a name the shared globals lack is an error */
+    lua_pushcfunction(L, unknown_global);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
     vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
 }
 
@@ -768,7 +927,6 @@ script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *
     vm->lim.memory_limit = (size_t)-1;
     vm->L = lua_newstate(vm_alloc, vm);
     *(script_vm **)lua_getextraspace(vm->L) = vm; /* copied into every new thread */
-    lua_sethook(vm->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     build_base(vm);
     vm->lim.memory_limit = vm->mem_used + cap;
     uv_idle_init(loop, &vm->idle);
@@ -946,11 +1104,15 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
     script_call *outer = vm->current;
     vm->current = &load;
+    lua_State *prev = tls.running;
+    tls.running = L;
+    deadline_arm(budget_end(vm, &load));
     lua_pushcfunction(L, load_protected);
     lua_pushlightuserdata(L, &args);
     int st = lua_pcall(L, 1, 1, 0);
+    tls.running = prev;
     vm->current = outer;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY); /* a kill may have left it at 1 */
+    lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
     if (st != LUA_OK) {
         const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
         snprintf(err, errlen, "%s", msg ? msg : "error while loading");
@@ -1059,7 +1221,6 @@ void script_invoke(script_vm *vm, int ref, const char *fn, int budget_ms, const 
     c->caller_name = xstrdup(caller_name ? caller_name : "");
     c->co = lua_newthread(L);
     c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_sethook(c->co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     vm->live++;
     lua_rawgeti(c->co, LUA_REGISTRYINDEX, ref);
     lua_getfield(c->co, -1, fn);

@@ -5,6 +5,9 @@ local jsonschema = require "lib.jsonschema"
 -- compiled validators by schema table: the engine hands the same options
 -- table to every case of an attachment (weak keys: dropped with it)
 local cache = setmetatable({}, { __mode = "k" })
+-- options already checked, with their validator: the engine hands the
+-- same options table to every case of an attachment
+local checked = setmetatable({}, { __mode = "k" })
 
 local function validator(schema)
   if type(schema) ~= "table" then return jsonschema.compile(schema) end
@@ -23,9 +26,14 @@ return {
     field = "string: validate output[field] instead of the whole output (optional)",
   },
   evaluate = function(case, opts)
-    if opts.schema == nil then error("json_schema: option 'schema' is required (a JSON Schema)", 0) end
-    text.check_opts("json_schema", opts, { schema = opts.schema == true and "boolean" or opts.schema == false and "boolean" or "table", field = "string?" })
-    local validate = validator(opts.schema)
+    local validate = checked[opts]
+    if not validate then
+      if opts.schema == nil then error("json_schema: option 'schema' is required (a JSON Schema)", 0) end
+      text.check_opts("json_schema", opts, { schema = type(opts.schema) == "boolean" and "boolean" or "table",
+        field = "string?" })
+      validate = validator(opts.schema)
+      checked[opts] = validate
+    end
     local value, err = text.output_json(case)
     if value == nil and err then return text.fail("output is not valid JSON: " .. text.excerpt(err)) end
     if opts.field then

@@ -142,6 +142,11 @@ static void test_errors_and_kills(script_vm *vm)
                    "  nested = function() local co = coroutine.wrap(function() while true do end end) co() end,\n"
                    "  hog = function() local t = {} for i = 1, 1e7 do t[i] = string.rep('x', 1000) .. i end end,\n"
                    "  yield = function() coroutine.yield() end,\n"
+                   "  gen = function() local co = coroutine.wrap(function() while true do coroutine.yield(1) end end)\n"
+                   "    while true do co() end end,\n"
+                   "  rewrap = function() while true do pcall(coroutine.wrap(function() while true do end end)) end end,\n"
+                   "  reresume = function() while true do\n"
+                   "    coroutine.resume(coroutine.create(function() while true do end end)) end end,\n"
                    "  ok = function() return 'fine' end,\n"
                    "}\n",
                    err);
@@ -153,6 +158,14 @@ static void test_errors_and_kills(script_vm *vm)
     o = run(vm, ref, "sneaky"); /* pcall does not swallow the kill */
     CHECK(o.status == SCRIPT_KILLED);
     o = run(vm, ref, "nested");
+    CHECK(o.status == SCRIPT_KILLED);
+    /* the deadline finds the coroutine running at that moment, and a kill
+     * inside one reaches the invocation's own coroutine */
+    o = run(vm, ref, "gen");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "rewrap");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "reresume");
     CHECK(o.status == SCRIPT_KILLED);
     o = run(vm, ref, "hog");
     CHECK(o.status == SCRIPT_NOMEM || o.status == SCRIPT_KILLED);
@@ -178,6 +191,9 @@ static void test_slicing_and_sleep(script_vm *vm)
                    "return {\n"
                    "  busy = function() local x = 0 for i = 1, 3e7 do x = x + i end return tostring(x) end,\n"
                    "  nap = function() ratchet.sleep(30) return 'rested' end,\n"
+                   "  gen = function() local co = coroutine.wrap(function() while true do\n"
+                   "      local x = 0 for i = 1, 1000 do x = x + i end coroutine.yield(x) end end)\n"
+                   "    local s = 0 for _ = 1, 3e4 do s = s + co() end return tostring(s) end,\n"
                    "}\n",
                    err);
     CHECK(ref != LUA_NOREF);
@@ -191,6 +207,15 @@ static void test_slicing_and_sleep(script_vm *vm)
     CHECK(o.status == SCRIPT_OK);
     /* the loop kept turning while the script ran: the 5 ms timer fired */
     printf("# busy: %.1f ms, %d ticks\n", ms, ticks);
+    CHECK(ticks >= 3 && ticks >= (int)(ms / 5) / 3);
+    /* most of the time inside a coroutine of the invocation, which cannot
+     * give up the slice itself: its resume hands the yield on */
+    ticks = 0;
+    t0 = mono_ns();
+    o = run(vm, ref, "gen");
+    ms = (double)(mono_ns() - t0) / 1e6;
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "15015000000") == 0);
+    printf("# gen: %.1f ms, %d ticks\n", ms, ticks);
     CHECK(ticks >= 3 && ticks >= (int)(ms / 5) / 3);
     uv_timer_stop(&tick);
     uv_close((uv_handle_t *)&tick, NULL);

@@ -17,6 +17,7 @@
 local rex = require "rex_pcre2"
 
 local M = {}
+local type, next, pairs, ipairs, pcall = type, next, pairs, ipairs, pcall
 local null = ratchet.json.null
 local is_array = ratchet.json.is_array
 local mtype, floor, huge = math.type, math.floor, math.huge
@@ -521,21 +522,362 @@ compile = function(doc, schema, base)
   return self_fn
 end
 
+-- ---- the fast path: yes or no, no paths, no messages ----
+-- Most values pass, so validation first runs these checks, which stop at
+-- the first failure and build nothing; only a value they reject goes
+-- through the checks above, which say where and why. One closure per
+-- schema node, with every keyword of the node inline; the spec puts the
+-- whole JSON-Schema-Test-Suite through both and requires they agree.
+
+local function always() return true end
+local function never() return false end
+
+local function regex_cached(doc, p)
+  local re = doc.regex[p]
+  if not re then
+    re = rex.new(translate_pattern(p), rex.flags().UTF) -- compile() has checked it
+    doc.regex[p] = re
+  end
+  return re
+end
+
+local function matches(re, s)
+  local ok, found = pcall(re.find, re, s)
+  return ok and found ~= nil
+end
+
+local function num(x) return type(x) == "number" and x or nil end
+
+local compile_fast
+compile_fast = function(doc, schema, base)
+  if schema == true then return always end
+  if schema == false then return never end
+  local cached = doc.fast[schema]
+  if cached then return cached end
+  base = doc.base_of[schema] or base
+  local function sub(s) return compile_fast(doc, s, base) end
+  local self_fn
+  doc.fast[schema] = function(v) return self_fn(v) end -- for schemas that refer to themselves
+  local only_ref = type(schema["$ref"]) == "string"
+  for k in pairs(schema) do if k ~= "$ref" then only_ref = false break end end
+  if only_ref then -- the common { $ref = ... } node: its target's check itself
+    local trampoline = doc.fast[schema]
+    local target = sub(resolve_ref(doc, schema["$ref"], base))
+    if target ~= trampoline then
+      self_fn = target -- for whatever took the trampoline meanwhile
+      doc.fast[schema] = target
+      return target
+    end
+  end
+
+  -- type: which kinds pass (nil: all)
+  local allow
+  if schema.type ~= nil then
+    allow = {}
+    for _, name in ipairs(type(schema.type) == "table" and schema.type or { schema.type }) do allow[name] = true end
+  end
+  local any_string = not allow or allow.string
+  local any_number = not allow or allow.number
+  local any_int = any_number or allow.integer
+  local any_bool = not allow or allow.boolean
+  local any_null = not allow or allow.null
+  local any_array = not allow or allow.array
+  local any_object = not allow or allow.object
+
+  -- strings
+  local min_len, max_len = num(schema.minLength), num(schema.maxLength)
+  local re = type(schema.pattern) == "string" and regex_cached(doc, schema.pattern) or nil
+  -- numbers
+  local minimum, maximum = num(schema.minimum), num(schema.maximum)
+  local xmin, xmax, mult = num(schema.exclusiveMinimum), num(schema.exclusiveMaximum), num(schema.multipleOf)
+  -- arrays
+  local prefix, nprefix = nil, 0
+  if type(schema.prefixItems) == "table" and #schema.prefixItems > 0 then
+    prefix = {}
+    for i, s in ipairs(schema.prefixItems) do prefix[i] = sub(s) end
+    nprefix = #prefix
+  end
+  local items = schema.items ~= nil and sub(schema.items) or nil
+  local contains = schema.contains ~= nil and sub(schema.contains) or nil
+  local min_contains, max_contains = num(schema.minContains) or 1, num(schema.maxContains)
+  local min_items, max_items = num(schema.minItems), num(schema.maxItems)
+  local unique = schema.uniqueItems == true
+  -- objects
+  local props
+  if type(schema.properties) == "table" and next(schema.properties) then
+    props = {}
+    for k, s in pairs(schema.properties) do props[k] = sub(s) end
+  end
+  local pprops
+  if type(schema.patternProperties) == "table" and next(schema.patternProperties) then
+    pprops = {}
+    for p, s in pairs(schema.patternProperties) do pprops[#pprops + 1] = { re = regex_cached(doc, p), f = sub(s) } end
+  end
+  local additional = schema.additionalProperties ~= nil and sub(schema.additionalProperties) or nil
+  local names = schema.propertyNames ~= nil and sub(schema.propertyNames) or nil
+  local min_props, max_props = num(schema.minProperties), num(schema.maxProperties)
+  local each_prop = props or pprops or additional or names or min_props or max_props
+  local req = type(schema.required) == "table" and #schema.required > 0 and schema.required or nil
+  local dep_req = type(schema.dependentRequired) == "table" and next(schema.dependentRequired) and schema.dependentRequired
+  local dep_schemas
+  if type(schema.dependentSchemas) == "table" and next(schema.dependentSchemas) then
+    dep_schemas = {}
+    for k, s in pairs(schema.dependentSchemas) do dep_schemas[k] = sub(s) end
+  end
+  -- any kind of value: $ref, enum, const and the combinators, each a check
+  local rest = {}
+  if type(schema["$ref"]) == "string" then
+    local target = sub(resolve_ref(doc, schema["$ref"], base))
+    rest[#rest + 1] = function(v) return target(v) end
+  end
+  if schema.enum ~= nil then
+    local enum, scalar = schema.enum, {} -- strings and numbers found by table lookup
+    local others = {}
+    for _, e in ipairs(enum) do
+      if type(e) == "string" or type(e) == "number" then scalar[e] = true else others[#others + 1] = e end
+    end
+    rest[#rest + 1] = function(v)
+      local t = type(v)
+      if t == "string" or t == "number" then
+        if scalar[v] then return true end
+      end
+      for i = 1, #others do if equal(v, others[i]) then return true end end
+      return false
+    end
+  end
+  if schema.const ~= nil then
+    local c = schema.const
+    rest[#rest + 1] = function(v) return equal(v, c) end
+  end
+  local function list(key)
+    local l = schema[key]
+    if type(l) ~= "table" then return nil end
+    local fs = {}
+    for i, s in ipairs(l) do fs[i] = sub(s) end
+    return fs
+  end
+  local all_of, any_of, one_of = list("allOf"), list("anyOf"), list("oneOf")
+  if all_of then
+    rest[#rest + 1] = function(v)
+      for i = 1, #all_of do if not all_of[i](v) then return false end end
+      return true
+    end
+  end
+  if any_of then
+    rest[#rest + 1] = function(v)
+      for i = 1, #any_of do if any_of[i](v) then return true end end
+      return false
+    end
+  end
+  if one_of then
+    rest[#rest + 1] = function(v)
+      local n = 0
+      for i = 1, #one_of do if one_of[i](v) then n = n + 1 end end
+      return n == 1
+    end
+  end
+  if schema["not"] ~= nil then
+    local f = sub(schema["not"])
+    rest[#rest + 1] = function(v) return not f(v) end
+  end
+  if schema["if"] ~= nil then
+    local cond = sub(schema["if"])
+    local th = schema["then"] ~= nil and sub(schema["then"]) or always
+    local el = schema["else"] ~= nil and sub(schema["else"]) or always
+    rest[#rest + 1] = function(v)
+      if cond(v) then return th(v) end
+      return el(v)
+    end
+  end
+  local nrest = #rest
+
+  local function object_deps(v)
+    if dep_req then
+      for k, needs in pairs(dep_req) do
+        if v[k] ~= nil then
+          for i = 1, #needs do if v[needs[i]] == nil then return false end end
+        end
+      end
+    end
+    if dep_schemas then
+      for k, f in pairs(dep_schemas) do
+        if v[k] ~= nil and not f(v) then return false end
+      end
+    end
+    return true
+  end
+
+  local function object_general(v)
+    if each_prop then
+      local n = 0
+      for k, val in next, v do
+        n = n + 1
+        local f = props and props[k]
+        if f and not f(val) then return false end
+        local matched = f ~= nil
+        if pprops then
+          for i = 1, #pprops do
+            local pp = pprops[i]
+            if matches(pp.re, k) then
+              matched = true
+              if not pp.f(val) then return false end
+            end
+          end
+        end
+        if not matched and additional and not additional(val) then return false end
+        if names and not names(k) then return false end
+      end
+      if min_props and n < min_props then return false end
+      if max_props and n > max_props then return false end
+    end
+    if req then
+      for i = 1, #req do if v[req[i]] == nil then return false end end
+    end
+    return object_deps(v)
+  end
+  local object
+  if props and not pprops and not names then
+    -- the usual object: declared properties, maybe additionalProperties
+    object = function(v)
+      local n = 0
+      for k, val in next, v do
+        n = n + 1
+        local f = props[k]
+        if f then
+          if not f(val) then return false end
+        elseif additional and not additional(val) then
+          return false
+        end
+      end
+      if min_props and n < min_props then return false end
+      if max_props and n > max_props then return false end
+      if req then
+        for i = 1, #req do if v[req[i]] == nil then return false end end
+      end
+      if dep_req or dep_schemas then return object_deps(v) end
+      return true
+    end
+  else
+    object = object_general
+  end
+
+  local function array(v)
+    local n = #v
+    if min_items and n < min_items then return false end
+    if max_items and n > max_items then return false end
+    if prefix then
+      for i = 1, n < nprefix and n or nprefix do if not prefix[i](v[i]) then return false end end
+    end
+    if items then
+      for i = nprefix + 1, n do if not items(v[i]) then return false end end
+    end
+    if contains then
+      local c = 0
+      for i = 1, n do if contains(v[i]) then c = c + 1 end end
+      if c < min_contains or (max_contains and c > max_contains) then return false end
+    end
+    if unique then
+      for i = 1, n do
+        for j = i + 1, n do if equal(v[i], v[j]) then return false end end
+      end
+    end
+    return true
+  end
+
+  -- the commonest leaves get a check of their own
+  local only_type = allow and nrest == 0
+  for k in pairs(schema) do
+    if k ~= "type" then only_type = false break end
+  end
+  if only_type and type(schema.type) == "string" then
+    local want = schema.type
+    if want == "integer" then
+      self_fn = function(v) return type(v) == "number" and v % 1 == 0 end
+    elseif want == "array" then
+      self_fn = function(v) return type(v) == "table" and is_array(v) end
+    elseif want == "object" then
+      self_fn = function(v) return type(v) == "table" and not is_array(v) end
+    elseif want == "null" then
+      self_fn = function(v) return v == null end
+    else -- string, number, boolean
+      self_fn = function(v) return type(v) == want end
+    end
+    doc.fast[schema] = self_fn
+    return self_fn
+  end
+
+  local function generic(v)
+    local t = type(v)
+    if t == "string" then
+      if not any_string then return false end
+      if max_len and #v > max_len and slen(v) > max_len then return false end -- never fewer characters than bytes / 4
+      if min_len and (#v + 3) // 4 < min_len and slen(v) < min_len then return false end
+      if re and not matches(re, v) then return false end
+    elseif t == "number" then
+      if not any_number and not (any_int and v % 1 == 0) then return false end
+      if minimum and v < minimum then return false end
+      if maximum and v > maximum then return false end
+      if xmin and v <= xmin then return false end
+      if xmax and v >= xmax then return false end
+      if mult then
+        if mtype(v) == "integer" and mtype(mult) == "integer" then
+          if v % mult ~= 0 then return false end
+        else
+          local q = v / mult
+          if q ~= q or q == huge or q == -huge then return false end
+          if math.abs(q - floor(q + 0.5)) >= 1e-9 * math.max(1, math.abs(q)) then return false end
+        end
+      end
+    elseif t == "table" then
+      if is_array(v) then
+        if not any_array or not array(v) then return false end
+      elseif not any_object or not object(v) then
+        return false
+      end
+    elseif t == "boolean" then
+      if not any_bool then return false end
+    elseif v == null then
+      if not any_null then return false end
+    elseif allow then
+      return false
+    end
+    for i = 1, nrest do if not rest[i](v) then return false end end
+    return true
+  end
+
+  if allow and nrest == 0 and schema.type == "object" then
+    self_fn = function(v) return type(v) == "table" and not is_array(v) and object(v) end
+  elseif allow and nrest == 0 and schema.type == "array" then
+    self_fn = function(v) return type(v) == "table" and is_array(v) and array(v) end
+  else
+    self_fn = generic
+  end
+  doc.fast[schema] = self_fn
+  return self_fn
+end
+
 -- compile(schema) -> validate(value) -> ok, errors
+-- (and, for the specs, the two paths it takes: fast(value) -> ok, and
+-- detailed(value) -> ok, errors)
 function M.compile(schema)
-  local doc = { resources = {}, anchors = {}, base_of = {}, compiled = {} }
+  local doc = { resources = {}, anchors = {}, base_of = {}, compiled = {}, fast = {}, regex = {} }
   local root_base = "urn:ratchet:root"
   if type(schema) == "table" then
     doc.resources[root_base] = schema
     index(doc, schema, root_base)
     if type(schema["$id"]) == "string" then root_base = resolve(root_base, (split_fragment(schema["$id"]))) end
   end
-  local f = compile(doc, schema, root_base)
-  return function(value)
+  local f = compile(doc, schema, root_base) -- raises on a schema it cannot use
+  local yes = compile_fast(doc, schema, root_base)
+  local function detailed(value)
     local errs = {}
     local ok = f(value, {}, errs)
     return ok, errs
   end
+  return function(value)
+    if yes(value) then return true, {} end
+    return detailed(value)
+  end, yes, detailed
 end
 
 -- "$.a.b: message; $.c: message" (at most n errors)

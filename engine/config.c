@@ -98,6 +98,7 @@ static const setting script_settings[] = {
 static const setting evaluation_settings[] = {
     {"max_backlog", T_INT, EOFF(max_backlog), 1, 100000000, NULL},
     {"concurrency", T_INT, EOFF(concurrency), 1, 100000, NULL},
+    {"busy_share", T_INT, EOFF(busy_share), 1, 100, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -149,6 +150,7 @@ void config_defaults(config *c)
     c->scripts.reload_debounce_ms = 50;
     c->evaluation.max_backlog = 100000;
     c->evaluation.concurrency = 64;
+    c->evaluation.busy_share = 10;
     c->http.timeout_ms = 10000;
     c->http.max_response_bytes = 1 << 20;
 }

@@ -33,6 +33,7 @@ typedef struct {
 typedef struct {
     int max_backlog;           /* traces waiting; past it new ones go unevaluated */
     int concurrency;           /* evaluator invocations running at once */
+    int busy_share;            /* % of the loop thread evaluation may take while ingest is busy */
 } config_evaluation;
 
 /* One evaluator attached to a prompt. */

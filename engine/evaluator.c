@@ -78,6 +78,7 @@ typedef struct {
     void *ud;
     eval_stats *stats;
     uint64_t start_ns;
+    uint64_t lua_ns;
 } run_ctx;
 
 /* evaluate(case, opts, ctx) */
@@ -108,7 +109,7 @@ static void finish(run_ctx *rc, enum script_status status, bool pass, double sco
 {
     char clean[600]; /* a script's text may be cut mid-character, or not be UTF-8 at all */
     utf8_clean(clean, sizeof clean, reason, strlen(reason));
-    eval_result r = {status, pass, score, clean};
+    eval_result r = {status, pass, score, clean, rc->lua_ns};
     eval_stats *st = rc->stats;
     if (st) {
         st->runs++;
@@ -127,8 +128,8 @@ static void finish(run_ctx *rc, enum script_status status, bool pass, double sco
 static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
                     void *ud)
 {
-    (void)call;
     run_ctx *rc = ud;
+    rc->lua_ns = call ? script_call_lua_ns(call) : 0;
     char why[600];
     if (status != SCRIPT_OK) {
         snprintf(why, sizeof why, "evaluator %s failed: %s", rc->ev->name, message);

@@ -36,6 +36,7 @@ typedef struct {
     bool pass;
     double score;              /* 0..1 */
     char *reason;              /* never NULL; valid UTF-8, under 600 bytes */
+    uint64_t lua_ns;           /* time the evaluator ran (Lua, monotonic ns) */
 } eval_result;
 
 typedef void (*eval_done)(const eval_result *r, void *ud);

@@ -2,9 +2,11 @@
  * loop thread except the two store reads, which run in the thread pool. */
 #include "online.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "evaluator.h"
 #include "log.h"
@@ -16,6 +18,10 @@
 #define FLUSH_EVALS 256  /* evaluations per store write, at most */
 #define FLUSH_MS 5       /* how long finished evaluations wait for company */
 #define MAX_JOBS_KEPT 16 /* finished re-evaluation jobs shown in status */
+#define INGEST_RECENT_MS 250 /* traces arrived this recently: ingest is active */
+#define SAMPLE_NS 50000000u  /* how often the CPU use is sampled */
+#define BUSY_PERCENT 90      /* CPU use from which the engine counts as busy */
+#define CREDIT_MS 50         /* at most this much unused share is saved up */
 
 /* The prompts and their attachments, as configured; shared by the
  * evaluations that started under it and freed after the last one. */
@@ -68,8 +74,18 @@ struct online {
     reeval_job **jobs;
     size_t njobs;
     int next_job;
+    /* pacing: while ingest is active and the CPUs are busy, evaluation
+     * takes at most busy_share % of the loop thread */
+    int busy_share;
+    int ncpu;                 /* CPUs the engine may run on */
+    uint64_t last_ingest_ms;  /* uv_now when a trace last arrived */
+    bool limited;
+    uint64_t sampled_at, proc_ns, thread_ns; /* the last CPU sample */
+    int64_t debt_ns;          /* evaluation time not yet covered by the share */
+    uint64_t credited_at;
+    uv_timer_t pace_timer;
     /* counters */
-    uint64_t enqueued, dropped, evaluated, failed, errored, errors, write_failures, invocations_killed;
+    uint64_t enqueued, dropped, evaluated, failed, errored, errors, write_failures, invocations_killed, held_back;
 };
 
 struct trace_eval {
@@ -119,6 +135,7 @@ void online_configure(online *o, const config *cfg)
     o->plan = p;
     o->max_backlog = cfg->evaluation.max_backlog;
     o->concurrency = cfg->evaluation.concurrency;
+    o->busy_share = cfg->evaluation.busy_share;
 }
 
 bool online_has_prompt(const online *o, const char *prompt)
@@ -220,6 +237,7 @@ static void on_evaluated(const eval_result *r, void *ud)
     attachment_run *ar = ud;
     trace_eval *te = ar->te;
     online *o = te->o;
+    o->debt_ns += (int64_t)r->lua_ns;
     store_score *sc = &te->scores[ar->index];
     sc->status = status_name(r->status);
     sc->pass = r->status == SCRIPT_OK && r->pass;
@@ -237,6 +255,7 @@ static void on_evaluated(const eval_result *r, void *ud)
 
 static void evaluate_trace(online *o, char *id, char *json, plan *p, const config_prompt *cp)
 {
+    uint64_t t0 = mono_ns(); /* starting the evaluators decodes the trace for each */
     trace_eval *te = xcalloc(1, sizeof *te);
     te->o = o;
     te->plan = p;
@@ -269,6 +288,7 @@ static void evaluate_trace(online *o, char *id, char *json, plan *p, const confi
         ar->le = le;
         evaluator_run(o->vm, &le->ev, p->budget_ms, true, te->json, a->options_json, on_evaluated, ar);
     }
+    o->debt_ns += (int64_t)(mono_ns() - t0);
     if (--te->remaining == 0)
         trace_done(te);
 }
@@ -412,6 +432,67 @@ int online_reevaluate(online *o, const char *prompt, int64_t since_ms, int64_t u
     return j->id;
 }
 
+/* ---- pacing: evaluation gives way to ingest ----
+ * Overload degrades evaluation, never ingest. While traces keep arriving
+ * and the CPUs the engine may use are busy (the process at BUSY_PERCENT of
+ * them, or the loop thread at BUSY_PERCENT of one), evaluation's time on
+ * the loop thread (starting evaluators, which decodes the trace, and the
+ * evaluators' Lua) is held to busy_share % of the time passing: the pump
+ * starts no new traces while that time is in debt, and waits on a timer for
+ * the share to pay it off. When ingest pauses or the CPUs have room,
+ * evaluation runs at full speed and the backlog drains. */
+
+static uint64_t cpu_ns(clockid_t clock)
+{
+    struct timespec ts;
+    if (clock_gettime(clock, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void pace_update(online *o, uint64_t now)
+{
+    if (o->limited) {
+        o->debt_ns -= (int64_t)((now - o->credited_at) * (uint64_t)o->busy_share / 100);
+        int64_t floor_ns = -(int64_t)CREDIT_MS * 1000000 * o->busy_share / 100;
+        if (o->debt_ns < floor_ns)
+            o->debt_ns = floor_ns;
+    }
+    o->credited_at = now;
+    if (now - o->sampled_at < SAMPLE_NS)
+        return;
+    uint64_t proc = cpu_ns(CLOCK_PROCESS_CPUTIME_ID), thread = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t wall = now - o->sampled_at;
+    bool busy = o->sampled_at && ((proc - o->proc_ns) * 100 >= wall * (uint64_t)o->ncpu * BUSY_PERCENT ||
+                                  (thread - o->thread_ns) * 100 >= wall * BUSY_PERCENT);
+    bool ingesting = uv_now(o->loop) - o->last_ingest_ms < INGEST_RECENT_MS;
+    bool limited = busy && ingesting && o->busy_share < 100;
+    if (!limited || !o->limited)
+        o->debt_ns = 0;
+    o->limited = limited;
+    o->sampled_at = now;
+    o->proc_ns = proc;
+    o->thread_ns = thread;
+}
+
+static void on_pace_timer(uv_timer_t *t)
+{
+    pump_start(t->data);
+}
+
+/* true: start nothing now (the pace timer restarts the pump) */
+static bool pace_hold(online *o)
+{
+    pace_update(o, mono_ns());
+    if (!o->limited || o->debt_ns <= 0)
+        return false;
+    uint64_t wait_ms = (uint64_t)o->debt_ns * 100 / (uint64_t)o->busy_share / 1000000u + 1;
+    if (!uv_is_active((uv_handle_t *)&o->pace_timer))
+        uv_timer_start(&o->pace_timer, on_pace_timer, wait_ms, 0);
+    o->held_back++;
+    return true;
+}
+
 /* ---- the pump: one step per loop turn ---- */
 
 static bool idle_now(const online *o)
@@ -456,7 +537,7 @@ static void on_pump(uv_idle_t *h)
         uv_queue_work(o->loop, &l->work, list_work, list_after);
         break;
     }
-    if (o->head && o->running < o->concurrency && o->fetching < 2) {
+    if (o->head && o->running < o->concurrency && o->fetching < 2 && !pace_hold(o)) {
         fetch_job *f = xcalloc(1, sizeof *f);
         f->o = o;
         f->work.data = f;
@@ -484,6 +565,7 @@ static void pump_start(online *o)
 
 void online_enqueue(online *o, const char *trace_id, const char *prompt)
 {
+    o->last_ingest_ms = uv_now(o->loop);
     if (o->draining || !plan_find(o->plan, prompt))
         return;
     if (o->backlog >= (size_t)o->max_backlog) {
@@ -510,6 +592,12 @@ online *online_new(uv_loop_t *loop, store *st, script_vm *vm, catalog *cat, cons
     o->pump.data = o;
     uv_timer_init(loop, &o->flush_timer);
     o->flush_timer.data = o;
+    uv_timer_init(loop, &o->pace_timer);
+    o->pace_timer.data = o;
+    cpu_set_t cpus;
+    o->ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    if (o->ncpu < 1)
+        o->ncpu = 1;
     online_configure(o, cfg);
     return o;
 }
@@ -544,6 +632,7 @@ void online_free(online *o)
         free(q);
     }
     uv_close((uv_handle_t *)&o->pump, NULL);
+    uv_close((uv_handle_t *)&o->pace_timer, NULL);
     uv_close((uv_handle_t *)&o->flush_timer, on_closed);
 }
 
@@ -569,6 +658,11 @@ void online_metrics(const online *o, buf_t *b)
     metrics_sample(b, "ratchet_evaluation_traces_total", (double)o->errored, "verdict", "error", NULL);
     metrics_one(b, "ratchet_evaluation_write_failures_total", "counter",
                 "Verdicts the store failed to record.", (double)o->write_failures);
+    metrics_one(b, "ratchet_evaluation_limited", "gauge",
+                "1 while evaluation is held to evaluation.busy_share because ingest keeps the CPUs busy.",
+                o->limited);
+    metrics_one(b, "ratchet_evaluation_held_back_total", "counter",
+                "Times evaluation waited for its share while ingest kept the CPUs busy.", (double)o->held_back);
 }
 
 json_t *online_status_json(const online *o)
@@ -599,11 +693,12 @@ json_t *online_status_json(const online *o)
         }
         json_array_append_new(prompts, json_pack("{s:s, s:o}", "name", cp->name, "evaluators", evs));
     }
-    return json_pack("{s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:o}", "backlog",
+    return json_pack("{s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:b, s:I, s:o, s:o}", "backlog",
                      (json_int_t)o->backlog, "max_backlog", o->max_backlog, "running", o->running, "enqueued",
                      (json_int_t)o->enqueued, "dropped", (json_int_t)o->dropped, "evaluated",
                      (json_int_t)o->evaluated, "failed", (json_int_t)o->failed, "evaluator_errors",
                      (json_int_t)o->errors, "killed", (json_int_t)o->invocations_killed, "write_failures",
-                     (json_int_t)o->write_failures, "concurrency", o->concurrency, "prompts", prompts,
+                     (json_int_t)o->write_failures, "concurrency", o->concurrency, "busy_share", o->busy_share,
+                     "limited", o->limited, "held_back", (json_int_t)o->held_back, "prompts", prompts,
                      "reevaluations", jobs);
 }

@@ -1091,7 +1091,7 @@ static void next_eval(job *jb)
     if (!le) {
         char why[300];
         snprintf(why, sizeof why, "evaluator %s is not loaded", a->evaluator);
-        eval_result res = {SCRIPT_ERROR, false, 0, why};
+        eval_result res = {SCRIPT_ERROR, false, 0, why, 0};
         on_eval_done(&res, jb);
         return;
     }

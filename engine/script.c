@@ -949,6 +949,11 @@ void script_vm_free(script_vm *vm)
     uv_close((uv_handle_t *)&vm->idle, on_idle_closed);
 }
 
+uint64_t script_call_lua_ns(const script_call *call)
+{
+    return call->used_ns;
+}
+
 int script_vm_busy(script_vm *vm)
 {
     return vm->live;

@@ -67,6 +67,8 @@ script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *
 /* Frees the VM. Every invocation must have finished (see script_vm_busy). */
 void script_vm_free(script_vm *vm);
 int script_vm_busy(script_vm *vm);
+/* Time the invocation has spent running Lua so far (monotonic ns). */
+uint64_t script_call_lua_ns(const script_call *call);
 lua_State *script_vm_state(script_vm *vm);
 size_t script_vm_memory(script_vm *vm);
 /* Invocations, errors and kills by caller kind, and memory, for /metrics. */

@@ -246,6 +246,10 @@ return { name = "strict", description = "v2 fails all", evaluate = function() re
     assert.equal(200, st.status)
     assert.equal(5, st.json.evaluation.max_backlog)
     assert.is_number(st.json.evaluation.backlog)
+    -- pacing: the default share, and not held back on an idle engine
+    assert.equal(10, st.json.evaluation.busy_share)
+    assert.is_false(st.json.evaluation.limited)
+    assert.equal(0, st.json.evaluation.held_back)
     -- 40 traces at once: the backlog takes 5, the rest stay unevaluated
     local batch = {}
     for i = 1, 40 do batch[i] = trace("b" .. i, '{"a":1}') end
@@ -275,7 +279,7 @@ prompt "support" {
     assert.matches("ratchet%.conf:%d+: prompt 'support': no evaluator 'no_such_thing'", log)
   end)
 
-  it("rejects malformed prompt declarations with the line", function()
+  it("rejects malformed prompt declarations and evaluation settings with the line", function()
     local bad = {
       { 'prompt "x" { evaluators = { { "json_valid", bogus = 1 } } }', "unknown key 'bogus'" },
       { 'prompt "x" { evaluators = { { "json_valid", required = "yes" } } }', "'required' must be true or false" },
@@ -287,6 +291,8 @@ prompt "support" {
       { 'prompt "bad name!" {}', "not a prompt name" },
       { 'prompt "x" { evaluators = { { "regex", options = { pattern = function() end } } } }', "a function cannot be an option" },
       { 'prompt "x" { evaluators = { { "json_valid", options = { s = json("{oops") } } } }', "json%(%): not valid JSON" },
+      { 'evaluation = { busy_share = 0 }', "'evaluation%.busy_share' must be between 1 and 100 %(got 0%)" },
+      { 'evaluation = { busy_share = "half" }', "'evaluation%.busy_share' must be an integer" },
     }
     for i, c in ipairs(bad) do
       local conf = dir .. "/bad" .. i .. ".conf"

@@ -33,7 +33,7 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: FORCE all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-deps
+.PHONY: FORCE all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -49,6 +49,7 @@ help:
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
+	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 
 deps:
 	@./tools/deps.sh
@@ -151,6 +152,10 @@ bench-llm: all $(BUILD)/llm_bench
 
 bench-rollout: all
 	@lua5.4 bench/rollout.lua
+
+# the engine's allocator under the busted module too (mimalloc unless MALLOC_LIBS=)
+bench-schema: all
+	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/json_schema.lua
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh

@@ -15,7 +15,6 @@
 #include <lua-cjson.h>
 #include <lualib.h>
 #include <openssl/evp.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -138,11 +137,32 @@ static void on_deadline_signal(int sig, siginfo_t *si, void *uc)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
 }
 
+/* The handler is installed while any VM exists, and the signal ignored
+ * after the last one is freed: this code may be a module (the busted
+ * helper) that is unloaded next, and a deadline still pending would then
+ * call into nothing. Ignoring it discards one already queued. */
+static int live_vms; /* VMs are made and freed on the thread that runs them */
+static bool handler_installed;
+
 static void install_deadline_handler(void)
 {
     struct sigaction sa = {.sa_sigaction = on_deadline_signal, .sa_flags = SA_SIGINFO | SA_RESTART};
     sigemptyset(&sa.sa_mask);
     sigaction(DEADLINE_SIGNAL, &sa, NULL);
+    handler_installed = true;
+}
+
+static void remove_deadline_handler(void)
+{
+    if (tls.have_timer) {
+        timer_delete(tls.timer);
+        tls.have_timer = false;
+    }
+    tls.armed = 0;
+    if (handler_installed) {
+        signal(DEADLINE_SIGNAL, SIG_IGN);
+        handler_installed = false;
+    }
 }
 
 /* Makes the deadline at (mono_ns) pending: the signal comes at or before it.
@@ -155,8 +175,8 @@ static void deadline_arm(uint64_t at)
     if (tls.armed && tls.armed_at <= at)
         return;
     if (!tls.have_timer) {
-        static pthread_once_t once = PTHREAD_ONCE_INIT;
-        pthread_once(&once, install_deadline_handler);
+        if (!handler_installed)
+            install_deadline_handler();
         struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = DEADLINE_SIGNAL};
         ev._sigev_un._tid = (pid_t)syscall(SYS_gettid); /* glibc 2.36 names no sigev_notify_thread_id */
         if (timer_create(CLOCK_MONOTONIC, &ev, &tls.timer) != 0) {
@@ -928,6 +948,7 @@ script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *
     vm->L = lua_newstate(vm_alloc, vm);
     *(script_vm **)lua_getextraspace(vm->L) = vm; /* copied into every new thread */
     build_base(vm);
+    live_vms++;
     vm->lim.memory_limit = vm->mem_used + cap;
     uv_idle_init(loop, &vm->idle);
     vm->idle.data = vm;
@@ -946,6 +967,8 @@ static void on_idle_closed(uv_handle_t *h)
 void script_vm_free(script_vm *vm)
 {
     lua_close(vm->L);
+    if (--live_vms == 0)
+        remove_deadline_handler();
     uv_close((uv_handle_t *)&vm->idle, on_idle_closed);
 }
 

@@ -2,7 +2,7 @@
 -- engine's runtime (the sandbox module: same VM, same JSON crossing, a
 -- coroutine per evaluation). Baseline in the same run: json_valid on the
 -- same outputs (decoding only), so the ratio shows what validation costs.
---   lua5.4 bench/json_schema.lua [N]
+--   lua5.4 bench/json_schema.lua [N]   (make bench-schema: with the engine's allocator)
 package.cpath = (os.getenv("RATCHET_LUA_CPATH") or "build/lua") .. "/?.so;" .. package.cpath
 local sb = require "ratchet_sandbox"
 local cjson = require "cjson"

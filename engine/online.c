@@ -20,7 +20,8 @@
 #define MAX_JOBS_KEPT 16 /* finished re-evaluation jobs shown in status */
 #define INGEST_RECENT_MS 250 /* traces arrived this recently: ingest is active */
 #define SAMPLE_NS 50000000u  /* how often the CPU use is sampled */
-#define BUSY_PERCENT 90      /* CPU use from which the engine counts as busy */
+#define BUSY_PERCENT 75      /* CPU use from which the engine counts as busy */
+#define CALM_PERCENT 50      /* and below which it is no longer */
 #define CREDIT_MS 50         /* at most this much unused share is saved up */
 
 /* The prompts and their attachments, as configured; shared by the
@@ -435,7 +436,8 @@ int online_reevaluate(online *o, const char *prompt, int64_t since_ms, int64_t u
 /* ---- pacing: evaluation gives way to ingest ----
  * Overload degrades evaluation, never ingest. While traces keep arriving
  * and the CPUs the engine may use are busy (the process at BUSY_PERCENT of
- * them, or the loop thread at BUSY_PERCENT of one), evaluation's time on
+ * them, or the loop thread at BUSY_PERCENT of one, until both are under
+ * CALM_PERCENT), evaluation's time on
  * the loop thread (starting evaluators, which decodes the trace, and the
  * evaluators' Lua) is held to busy_share % of the time passing: the pump
  * starts no new traces while that time is in debt, and waits on a timer for
@@ -463,8 +465,9 @@ static void pace_update(online *o, uint64_t now)
         return;
     uint64_t proc = cpu_ns(CLOCK_PROCESS_CPUTIME_ID), thread = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
     uint64_t wall = now - o->sampled_at;
-    bool busy = o->sampled_at && ((proc - o->proc_ns) * 100 >= wall * (uint64_t)o->ncpu * BUSY_PERCENT ||
-                                  (thread - o->thread_ns) * 100 >= wall * BUSY_PERCENT);
+    int pct = o->limited ? CALM_PERCENT : BUSY_PERCENT; /* hysteresis: no flapping at the line */
+    bool busy = o->sampled_at && ((proc - o->proc_ns) * 100 >= wall * (uint64_t)o->ncpu * (uint64_t)pct ||
+                                  (thread - o->thread_ns) * 100 >= wall * (uint64_t)pct);
     bool ingesting = uv_now(o->loop) - o->last_ingest_ms < INGEST_RECENT_MS;
     bool limited = busy && ingesting && o->busy_share < 100;
     if (!limited || !o->limited)

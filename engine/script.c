@@ -831,6 +831,14 @@ static void copy_field(lua_State *L, int from, int to, const char *name)
     lua_setfield(L, to, name);
 }
 
+/* t[name] = fn with the old t[name] as its upvalue (t on top of the stack) */
+static void wrap_field(lua_State *L, const char *name, lua_CFunction fn)
+{
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+}
+
 /* Builds the shared globals (registry ref) once per VM. */
 static void build_base(script_vm *vm)
 {
@@ -866,15 +874,9 @@ static void build_base(script_vm *vm)
     for (const char *const *f = base_fns; *f; f++)
         copy_field(L, g, base, *f);
     lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with tls.running kept true */
-    lua_getfield(L, -1, "resume");
-    lua_pushcclosure(L, sandbox_co_resume, 1);
-    lua_setfield(L, -2, "resume");
-    lua_getfield(L, -1, "close");
-    lua_pushcclosure(L, sandbox_co_resume, 1);
-    lua_setfield(L, -2, "close");
-    lua_getfield(L, -1, "wrap");
-    lua_pushcclosure(L, sandbox_co_wrap, 1);
-    lua_setfield(L, -2, "wrap");
+    wrap_field(L, "resume", sandbox_co_resume);
+    wrap_field(L, "close", sandbox_co_resume);
+    wrap_field(L, "wrap", sandbox_co_wrap);
     lua_pop(L, 1);
     static const char *const lib_names[] = {"string", "table", "math", "utf8", "coroutine", NULL};
     for (const char *const *n = lib_names; *n; n++) {

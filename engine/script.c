@@ -28,7 +28,6 @@
 #include "luajson.h"
 #include "util.h"
 
-
 struct script_vm {
     lua_State *L;
     uv_loop_t *loop;
@@ -193,11 +192,23 @@ static void deadline_arm(uint64_t at)
     timer_settime(tls.timer, TIMER_ABSTIME, &its, NULL);
 }
 
+static int budget_ms(const script_vm *vm, const script_call *c)
+{
+    return c->load_only ? vm->lim.load_budget_ms : c->budget_ms;
+}
+
 /* when c's budget runs out, on the monotonic clock */
 static uint64_t budget_end(const script_vm *vm, const script_call *c)
 {
-    uint64_t budget = (uint64_t)(c->load_only ? vm->lim.load_budget_ms : c->budget_ms) * 1000000u;
+    uint64_t budget = (uint64_t)budget_ms(vm, c) * 1000000u;
     return c->slice_start + (budget > c->used_ns ? budget - c->used_ns : 0);
+}
+
+/* the next moment c must be looked at: its budget's end, or the turn's */
+static uint64_t next_deadline(const script_vm *vm, const script_call *c)
+{
+    uint64_t end = budget_end(vm, c);
+    return c->load_only || end < vm->turn_deadline ? end : vm->turn_deadline;
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -215,8 +226,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
          * coroutine runs, so no pcall can catch the kill for long. */
         c->killed = true;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        luaL_error(L, "killed: the script ran past its budget of %d ms",
-                   c->load_only ? vm->lim.load_budget_ms : c->budget_ms);
+        luaL_error(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
     }
     if (!c->load_only && now >= vm->turn_deadline) {
         if (L == c->co && lua_isyieldable(L)) {
@@ -235,7 +245,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
     /* too early: the pending deadline was another's */
     lua_sethook(L, NULL, 0, 0);
-    deadline_arm(c->load_only || end < vm->turn_deadline ? end : vm->turn_deadline);
+    deadline_arm(next_deadline(vm, c));
 }
 
 /* coroutine.resume, wrap and close as the sandbox offers them: Lua's own
@@ -396,8 +406,7 @@ static void call_resume(script_call *c)
     vm->current = c;
     lua_State *prev = tls.running;
     tls.running = c->co;
-    uint64_t end = budget_end(vm, c);
-    deadline_arm(end < vm->turn_deadline ? end : vm->turn_deadline);
+    deadline_arm(next_deadline(vm, c));
     int nres = 0;
     int st = lua_resume(c->co, vm->L, nargs, &nres);
     tls.running = prev;
@@ -1136,7 +1145,7 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     vm->current = &load;
     lua_State *prev = tls.running;
     tls.running = L;
-    deadline_arm(budget_end(vm, &load));
+    deadline_arm(next_deadline(vm, &load));
     lua_pushcfunction(L, load_protected);
     lua_pushlightuserdata(L, &args);
     int st = lua_pcall(L, 1, 1, 0);

@@ -2,21 +2,10 @@
 local text = require "lib.text"
 local jsonschema = require "lib.jsonschema"
 
--- compiled validators by schema table: the engine hands the same options
--- table to every case of an attachment (weak keys: dropped with it)
-local cache = setmetatable({}, { __mode = "k" })
--- options already checked, with their validator: the engine hands the
--- same options table to every case of an attachment
+-- options already checked, with their compiled validator: the engine
+-- hands the same options table to every case of an attachment (weak keys:
+-- dropped with it)
 local checked = setmetatable({}, { __mode = "k" })
-
-local function validator(schema)
-  if type(schema) ~= "table" then return jsonschema.compile(schema) end
-  local v = cache[schema]
-  if v then return v end
-  v = jsonschema.compile(schema) -- raises on a schema it cannot use
-  cache[schema] = v
-  return v
-end
 
 return {
   name = "json_schema",
@@ -31,7 +20,7 @@ return {
       if opts.schema == nil then error("json_schema: option 'schema' is required (a JSON Schema)", 0) end
       text.check_opts("json_schema", opts, { schema = type(opts.schema) == "boolean" and "boolean" or "table",
         field = "string?" })
-      validate = validator(opts.schema)
+      validate = jsonschema.compile(opts.schema) -- raises on a schema it cannot use
       checked[opts] = validate
     end
     local value, err = text.output_json(case)

@@ -170,6 +170,18 @@ end
 
 -- ---- compiling ----
 
+-- a pattern compiled once per document, for both paths below
+local function regex_cached(doc, p)
+  local re = doc.regex[p]
+  if not re then
+    local ok
+    ok, re = pcall(rex.new, translate_pattern(p), rex.flags().UTF)
+    if not ok then error("json_schema: pattern /" .. p .. "/ does not compile: " .. tostring(re), 0) end
+    doc.regex[p] = re
+  end
+  return re
+end
+
 local compile
 
 local function resolve_ref(doc, ref, base)
@@ -295,11 +307,7 @@ compile = function(doc, schema, base)
   end
   length("minLength", function(n, l) return n >= l end, "is %d characters long, shorter than %d")
   length("maxLength", function(n, l) return n <= l end, "is %d characters long, longer than %d")
-  local function regex(p)
-    local ok, re = pcall(rex.new, translate_pattern(p), rex.flags().UTF)
-    if not ok then error("json_schema: pattern /" .. p .. "/ does not compile: " .. tostring(re), 0) end
-    return re
-  end
+  local function regex(p) return regex_cached(doc, p) end
   if type(schema.pattern) == "string" then
     local re, p = regex(schema.pattern), schema.pattern
     add(function(v, path, errs, vt)
@@ -531,15 +539,6 @@ end
 
 local function always() return true end
 local function never() return false end
-
-local function regex_cached(doc, p)
-  local re = doc.regex[p]
-  if not re then
-    re = rex.new(translate_pattern(p), rex.flags().UTF) -- compile() has checked it
-    doc.regex[p] = re
-  end
-  return re
-end
 
 local function matches(re, s)
   local ok, found = pcall(re.find, re, s)

@@ -96,6 +96,57 @@ static void test_limits(void)
     ingest_batch_free(&b);
 }
 
+/* The one-pass parse (no checking pass) must refuse and accept exactly what
+ * the two-pass parse did at its edges. */
+static void test_one_pass_edges(void)
+{
+    ingest_batch b;
+    const char *code;
+    char err[512];
+    /* a NUL byte after a whole object: the tree parser would stop there */
+    const char withnul[] = "{\"prompt\":{\"name\":\"p\"},\"output\":1}\0{\"x\":";
+    char *body = malloc(sizeof withnul);
+    memcpy(body, withnul, sizeof withnul);
+    CHECK(ingest_parse(INGEST_TRACES, body, sizeof withnul - 1, false, 10000, NOW, &b, &code, err, sizeof err) != 0 ||
+          b.write.ntraces == 0);
+    if (b.items)
+        ingest_batch_free(&b);
+    memcpy(body, withnul, sizeof withnul);
+    CHECK(ingest_parse(INGEST_TRACES, body, sizeof withnul - 1, true, 10000, NOW, &b, &code, err, sizeof err) == 0);
+    CHECK(b.write.ntraces == 0 && b.items[0].nerrors == 1);
+    ingest_batch_free(&b);
+    free(body);
+
+    /* more than 1000 brackets but shallow: the checking pass runs and accepts */
+    buf_t t;
+    buf_init(&t);
+    buf_puts(&t, "{\"prompt\":{\"name\":\"p\"},\"output\":[");
+    for (int i = 0; i < 1200; i++)
+        buf_puts(&t, i ? ",{}" : "{}");
+    buf_puts(&t, "]}");
+    CHECK(parse(INGEST_TRACES, t.data, false, &b, &code) == 0 && b.write.ntraces == 1);
+    ingest_batch_free(&b);
+    buf_free(&t);
+
+    /* an escaped backslash before u0000 is no NUL: accepted after the checking pass */
+    CHECK(parse(INGEST_TRACES, "{\"prompt\":{\"name\":\"p\"},\"output\":\"a\\\\u0000\"}", false, &b, &code) == 0);
+    CHECK(b.write.ntraces == 1);
+    ingest_batch_free(&b);
+    /* a \u0000 in a key, and in an array body */
+    CHECK(parse(INGEST_TRACES, "{\"prompt\":{\"name\":\"p\"},\"output\":1,\"metadata\":{\"a\\u0000\":1}}", false, &b,
+                &code) == 400);
+    CHECK(parse(INGEST_TRACES, "[{\"prompt\":{\"name\":\"p\"},\"output\":\"\\u0000\"}]", false, &b, &code) == 400);
+    CHECK(code && strcmp(code, "malformed_json") == 0);
+    /* broken JSON in one object and in an array is still explained with its place */
+    CHECK(parse(INGEST_TRACES, "{\"prompt\":{\"name\":\"p\"},\n\"output\":tru}", false, &b, &code) == 400);
+    CHECK(parse(INGEST_TRACES, "[{\"prompt\":{\"name\":\"p\"},\"output\":1},]", false, &b, &code) == 400);
+    /* an array of valid items parsed in one pass */
+    CHECK(parse(INGEST_TRACES, "[{\"prompt\":{\"name\":\"p\"},\"output\":1}, {\"prompt\":{\"name\":\"q\"},\"output\":2}]",
+                false, &b, &code) == 0);
+    CHECK(b.array_form && b.write.ntraces == 2);
+    ingest_batch_free(&b);
+}
+
 static void test_fields(void)
 {
     ingest_batch b;
@@ -128,6 +179,7 @@ int main(void)
 {
     test_forms();
     test_limits();
+    test_one_pass_edges();
     test_fields();
     return check_done();
 }

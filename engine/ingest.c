@@ -750,14 +750,20 @@ static const char *skip_ws(const char *p, const char *end)
  * more '{' and '[' than SCAN_MAX_DEPTH (so no deeper nesting) and no \u0000
  * escape (so no NUL inside a string). Then the tree is parsed straight away,
  * and the checking pass runs only to explain a text the tree parser refused. */
+static size_t count_byte(const char *p, size_t n, char c, size_t stop)
+{
+    size_t k = 0;
+    for (const char *end = p + n; k <= stop && (p = memchr(p, c, (size_t)(end - p))) != NULL; p++)
+        k++;
+    return k;
+}
+
 static bool scan_not_needed(const char *p, size_t n)
 {
-    size_t opens = 0, nuls = 0;
-    for (size_t i = 0; i < n; i++) {
-        opens += p[i] == '{' || p[i] == '[';
-        nuls += p[i] == '\0';
-    }
-    return opens <= SCAN_MAX_DEPTH && !nuls && !memmem(p, n, "\\u0000", 6);
+    if (strlen(p) != n) /* p[n] is NUL: any earlier one is in the text */
+        return false;
+    size_t opens = count_byte(p, n, '{', SCAN_MAX_DEPTH);
+    return opens + count_byte(p, n, '[', SCAN_MAX_DEPTH) <= SCAN_MAX_DEPTH && !memmem(p, n, "\\u0000", 6);
 }
 
 /* Parses one NDJSON line in place (it is NUL-terminated for the parser and

@@ -1,5 +1,15 @@
-/* store.c — SQLite storage: schema migrations, the group-commit writer thread
- * and the read-connection pool. Nothing here runs SQL on the loop thread. */
+/* store.c — SQLite storage: schema migrations, the group-commit writer thread,
+ * the checkpointer thread and the read-connection pool. Nothing here runs SQL
+ * on the loop thread.
+ *
+ * Checkpoints (copying the WAL back into the database file, and its fsync) run
+ * on their own thread and connection, so a commit never waits for one: the
+ * writer's commit hook wakes the checkpointer after every commit once the WAL
+ * holds CHECKPOINT_PAGES (wake-ups while it runs count as one). The WAL
+ * restarts from its beginning when a commit finds it all copied; keeping the
+ * checkpointer close behind the writer is what lets that happen under steady
+ * writes. If it still falls behind, past WAL_MAX_PAGES the writer checkpoints
+ * itself (only the frames not copied yet), as SQLite's auto-checkpoint would. */
 #include "store.h"
 
 #include <errno.h>
@@ -31,6 +41,15 @@ struct store {
     } op_stmts[64]; /* the statements of store_op writes, prepared on first use */
     int nop_stmts;
     pthread_t writer;
+    /* the checkpointer: its connection, and a wake-up under ckpt_mu */
+    pthread_t checkpointer;
+    sqlite3 *cdb;
+    pthread_mutex_t ckpt_mu;
+    pthread_cond_t ckpt_cond;       /* wakes the checkpointer */
+    pthread_cond_t ckpt_idle_cond;  /* the checkpointer finished a pass */
+    bool ckpt_wanted, ckpt_running, ckpt_stop;
+    uint64_t checkpoints, writer_checkpoints; /* under ckpt_mu */
+    int wal_pages;                            /* after the last commit, under ckpt_mu */
     pthread_mutex_t mu;
     pthread_cond_t cond;
     store_write *queue_head, *queue_tail; /* waiting for the writer */
@@ -48,6 +67,9 @@ struct store {
     sqlite3 *read_pool[READ_POOL_MAX];
     int read_free;
 };
+
+#define CHECKPOINT_PAGES 1000 /* SQLite's own auto-checkpoint point */
+#define WAL_MAX_PAGES 8000    /* 32 MB of 4 KiB pages */
 
 /* Each entry brings the schema from version i to i+1. Never edit one that has
  * shipped; append a new one. */
@@ -243,6 +265,7 @@ static const char *const migrations[] = {
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
 static void *writer_main(void *arg);
+static void *checkpointer_main(void *arg);
 static int apply_ops(store *s, const store_op *op);
 static void on_done_async(uv_async_t *h);
 
@@ -318,6 +341,69 @@ static void finalize_statements(store *s)
     s->nop_stmts = 0;
 }
 
+/* The writer connection's commit hook (in place of SQLite's auto-checkpoint). */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    store *s = arg;
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->wal_pages = pages;
+    if (pages < WAL_MAX_PAGES) {
+        if (pages >= CHECKPOINT_PAGES) {
+            s->ckpt_wanted = true;
+            pthread_cond_signal(&s->ckpt_cond);
+        }
+        pthread_mutex_unlock(&s->ckpt_mu);
+        return SQLITE_OK;
+    }
+    /* The checkpointer's pass in progress copies most of it; wait for that
+     * and copy the rest here, with no other checkpoint running, so the next
+     * transaction finds the WAL all copied and restarts it. */
+    while (s->ckpt_running)
+        pthread_cond_wait(&s->ckpt_idle_cond, &s->ckpt_mu);
+    s->ckpt_wanted = false;
+    pthread_mutex_unlock(&s->ckpt_mu);
+    if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->writer_checkpoints++;
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
+    return SQLITE_OK;
+}
+
+static void stop_checkpointer(store *s)
+{
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->ckpt_stop = true;
+    pthread_cond_signal(&s->ckpt_cond);
+    pthread_mutex_unlock(&s->ckpt_mu);
+    pthread_join(s->checkpointer, NULL);
+}
+
+static void *checkpointer_main(void *arg)
+{
+    store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        while (!s->ckpt_wanted && !s->ckpt_stop)
+            pthread_cond_wait(&s->ckpt_cond, &s->ckpt_mu);
+        bool stop = s->ckpt_stop;
+        s->ckpt_wanted = false;
+        s->ckpt_running = !stop;
+        pthread_mutex_unlock(&s->ckpt_mu);
+        if (stop)
+            break;
+        int rc = sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("store", "checkpoint failed: %s (the WAL grows until one succeeds)", sqlite3_errmsg(s->cdb));
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->checkpoints += rc == SQLITE_OK;
+        s->ckpt_running = false;
+        pthread_cond_broadcast(&s->ckpt_idle_cond);
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
+    return NULL;
+}
+
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
 {
     if (mkdir_p(dir) != 0) {
@@ -353,6 +439,13 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
         goto fail;
     if (migrate(s->wdb, err, errlen) != 0)
         goto fail;
+    rc = sqlite3_open_v2(s->path, &s->cdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK || exec_sql(s->cdb, "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;", err, errlen) != 0) {
+        if (rc != SQLITE_OK)
+            snprintf(err, errlen, "cannot open store '%s' for checkpoints: %s", s->path,
+                     s->cdb ? sqlite3_errmsg(s->cdb) : sqlite3_errstr(rc));
+        goto fail;
+    }
 
     const char *ins_trace = "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
@@ -384,12 +477,21 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_mutex_init(&s->read_mu, NULL);
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cond, NULL);
+    pthread_cond_init(&s->ckpt_idle_cond, NULL);
+    if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the checkpointer thread");
+        goto fail;
+    }
+    sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the auto-checkpoint */
     uv_async_init(loop, &s->done_async, on_done_async);
     s->done_async.data = s;
     s->healthy = true;
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the writer thread");
         uv_close((uv_handle_t *)&s->done_async, NULL);
+        stop_checkpointer(s);
         goto fail;
     }
     *out = s;
@@ -397,6 +499,8 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
 
 fail:
     finalize_statements(s);
+    if (s->cdb)
+        sqlite3_close(s->cdb);
     if (s->wdb)
         sqlite3_close(s->wdb);
     if (s->lock_fd >= 0)
@@ -415,6 +519,10 @@ void store_metrics(store *s, buf_t *b)
     size_t queued = s->queued_items;
     bool healthy = s->healthy;
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->ckpt_mu);
+    uint64_t checkpoints = s->checkpoints, writer_checkpoints = s->writer_checkpoints;
+    int wal_pages = s->wal_pages;
+    pthread_mutex_unlock(&s->ckpt_mu);
     metrics_one(b, "ratchet_store_commits_total", "counter",
                 "Group commits: one transaction and one fsync for every write pending.", (double)commits);
     metrics_one(b, "ratchet_store_commit_failures_total", "counter",
@@ -428,6 +536,11 @@ void store_metrics(store *s, buf_t *b)
     metrics_one(b, "ratchet_store_pending_items", "gauge",
                 "Items queued for the writer (limits.max_pending_writes).", (double)queued);
     metrics_one(b, "ratchet_store_healthy", "gauge", "1 when the store's last commit succeeded.", healthy);
+    metrics_one(b, "ratchet_store_checkpoints_total", "counter",
+                "WAL checkpoints by the checkpointer thread (off the commit path).", (double)checkpoints);
+    metrics_one(b, "ratchet_store_writer_checkpoints_total", "counter",
+                "WAL checkpoints the writer ran itself because the WAL passed 8000 pages.", (double)writer_checkpoints);
+    metrics_one(b, "ratchet_store_wal_pages", "gauge", "Pages in the WAL after the last commit.", (double)wal_pages);
 }
 
 static void drain_done(store *s)
@@ -455,16 +568,22 @@ void store_close(store *s)
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->writer, NULL);
+    stop_checkpointer(s);
     drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
     uv_close((uv_handle_t *)&s->done_async, NULL);
 
     finalize_statements(s);
-    sqlite3_close(s->wdb);
     for (int i = 0; i < s->read_free; i++)
         sqlite3_close(s->read_pool[i]);
+    sqlite3_close(s->cdb);
+    /* the last connection, and a writable one: it copies the WAL back and removes it */
+    sqlite3_close(s->wdb);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->read_mu);
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->ckpt_cond);
+    pthread_cond_destroy(&s->ckpt_idle_cond);
     close(s->lock_fd);
     free(s->path);
     free(s);

@@ -97,6 +97,43 @@ describe("durability", function()
   end)
 end)
 
+describe("checkpoints", function()
+  local function metric(e, name)
+    return tonumber(e:get("/metrics").body:match("\n" .. name .. " ([%d.e+]+)"))
+  end
+
+  it("copies the WAL back on the checkpointer thread and keeps the WAL bounded", function()
+    local e = engine.start { config = "access_log = false" }
+    -- 40,000 traces of about 1 KB: some 14,000 WAL pages if nothing were copied back
+    local pad = string.rep("x", 900)
+    local n, per = 0, 2000
+    for _ = 1, 20 do
+      local lines = {}
+      for i = 1, per do
+        n = n + 1
+        lines[i] = string.format('{"id":"ck-%d","prompt":{"name":"ck"},"output":"x","metadata":{"pad":"%s"}}', n, pad)
+      end
+      local res = e:post("/v1/traces", table.concat(lines, "\n"), { content_type = "application/x-ndjson" })
+      assert.equal(200, res.status)
+      assert.equal(per, res.json.accepted)
+    end
+    assert.is_true(metric(e, "ratchet_store_checkpoints_total") >= 1)
+    assert.is_true(metric(e, "ratchet_store_wal_pages") < 9000)
+    -- the file's size is the most it ever held: under 8,000 pages plus one commit's
+    local f = assert(io.open(e.data .. "/ratchet.db-wal", "rb"))
+    local size = f:seek("end")
+    f:close()
+    assert.is_true(size < 9000 * 4120, "the WAL grew to " .. size .. " bytes")
+    assert.equal("40000", e:sql("SELECT count(*) FROM traces WHERE prompt = 'ck'"))
+    e:stop { keep = true }
+    -- after a clean stop the last connection copied everything back
+    assert.is_nil(io.open(e.data .. "/ratchet.db-wal", "rb"))
+    assert.equal("40000", e:sql("SELECT count(*) FROM traces WHERE prompt = 'ck'"))
+    assert.equal("ok", e:sql("PRAGMA integrity_check"))
+    os.execute("rm -rf " .. q(e.dir))
+  end)
+end)
+
 describe("shutdown", function()
   it("finishes in-flight requests on SIGTERM, exits 0 quickly and stores what it acknowledged", function()
     local e = engine.start { config = "access_log = false" }

@@ -29,7 +29,7 @@ traces_per_s() {
 }
 
 # nginx_baseline -> writes $OUT/nginx.res: nginx answering 204 (one worker,
-# CPU 0) to wrk's plain GET at 50 connections, the same load as the engine's.
+# CPU 0) to the engine's load: the same POSTs of one ~1 KB trace, 50 connections.
 nginx_baseline() {
     mkdir -p "$OUT/nginx"
     cat > "$OUT/nginx/nginx.conf" <<NGX
@@ -49,7 +49,7 @@ NGX
     taskset -c 0 nginx -c "$OUT/nginx/nginx.conf" &
     local ngx_pid=$!
     sleep 0.5
-    PLAIN_GET=1 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
+    EXPECT=204 run_wrk 50 bench/trace.lua "http://127.0.0.1:18999/" 1 > "$OUT/nginx.res"
     kill "$ngx_pid"; wait "$ngx_pid" 2>/dev/null || true
 }
 

@@ -1,7 +1,7 @@
 -- wrk script: POST one ~1 KB trace per request, each with a fresh id so every
 -- request is a real insert (not a duplicate). BATCH=N env var sends NDJSON
--- batches of N traces instead; PLAIN_GET=1 sends wrk's plain GET (the nginx
--- baseline, answered 204); RESOLVE=NAME sends GET /v1/prompts/NAME?key=<n>
+-- batches of N traces instead; EXPECT=204 takes 204 as the good answer (the
+-- nginx baseline, which gets the same POSTs); RESOLVE=NAME sends GET /v1/prompts/NAME?key=<n>
 -- with a fresh caller key each time (bench/gate.sh). Prints one RESULT line.
 local batch = tonumber(os.getenv("BATCH") or "1")
 local run = tostring(os.time()) .. tostring(math.random(1e9))
@@ -14,9 +14,8 @@ local fmt = '{"id":"%s-%d","prompt":{"name":"ticket-triage","version":3},' ..
 
 local headers = { ["Content-Type"] = batch > 1 and "application/x-ndjson" or "application/json" }
 
-local plain_get = os.getenv("PLAIN_GET") == "1"
 local resolve = os.getenv("RESOLVE")
-local expected = plain_get and 204 or 200
+local expected = tonumber(os.getenv("EXPECT") or "200")
 
 local function trace_request()
   local parts = {}
@@ -31,7 +30,7 @@ if resolve then
     n = n + 1
     return wrk.format("GET", "/v1/prompts/" .. resolve .. "?key=user-" .. n)
   end
-elseif not plain_get then
+else
   request = trace_request
 end
 

@@ -4,12 +4,13 @@
  *
  * Checkpoints (copying the WAL back into the database file, and its fsync) run
  * on their own thread and connection, so a commit never waits for one: the
- * writer's commit hook wakes the checkpointer after every commit once the WAL
- * holds CHECKPOINT_PAGES (wake-ups while it runs count as one). The WAL
- * restarts from its beginning when a commit finds it all copied; keeping the
- * checkpointer close behind the writer is what lets that happen under steady
- * writes. If it still falls behind, past WAL_MAX_PAGES the writer checkpoints
- * itself (only the frames not copied yet), as SQLite's auto-checkpoint would. */
+ * writer's commit hook wakes the checkpointer once the WAL holds
+ * CHECKPOINT_PAGES, and again each time it has grown by CHECKPOINT_STEP (one
+ * pass per commit would double the fsyncs of small commits). The WAL restarts
+ * from its beginning only when a transaction finds it all copied back, which
+ * under steady writes the checkpointer rarely achieves; so past WAL_MAX_PAGES
+ * the writer checkpoints itself: it waits for the pass in progress and copies
+ * the few pages left, and its next transaction restarts the WAL. */
 #include "store.h"
 
 #include <errno.h>
@@ -50,6 +51,7 @@ struct store {
     bool ckpt_wanted, ckpt_running, ckpt_stop;
     uint64_t checkpoints, writer_checkpoints; /* under ckpt_mu */
     int wal_pages;                            /* after the last commit, under ckpt_mu */
+    int ckpt_mark;                            /* wal_pages when the checkpointer was last woken */
     pthread_mutex_t mu;
     pthread_cond_t cond;
     store_write *queue_head, *queue_tail; /* waiting for the writer */
@@ -69,6 +71,7 @@ struct store {
 };
 
 #define CHECKPOINT_PAGES 1000 /* SQLite's own auto-checkpoint point */
+#define CHECKPOINT_STEP 256   /* and again each time it has grown by this many */
 #define WAL_MAX_PAGES 8000    /* 32 MB of 4 KiB pages */
 
 /* Each entry brings the schema from version i to i+1. Never edit one that has
@@ -348,7 +351,10 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
     pthread_mutex_lock(&s->ckpt_mu);
     s->wal_pages = pages;
     if (pages < WAL_MAX_PAGES) {
-        if (pages >= CHECKPOINT_PAGES) {
+        if (pages < s->ckpt_mark)
+            s->ckpt_mark = 0; /* the WAL restarted */
+        if (pages >= CHECKPOINT_PAGES && pages - s->ckpt_mark >= CHECKPOINT_STEP) {
+            s->ckpt_mark = pages;
             s->ckpt_wanted = true;
             pthread_cond_signal(&s->ckpt_cond);
         }

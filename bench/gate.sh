@@ -113,7 +113,7 @@ echo "(c) 2000 cases x 2 versions at 50 ms, concurrency 64: wall ${wall} s, idea
      "ratio $(awk -v w="$wall" 'BEGIN{printf "%.3f", w/3.150}') (target <= 1.05); against 3.125 s: $(awk -v w="$wall" 'BEGIN{printf "%.3f", w/3.125}')"
 
 # (d)
-nginx_baseline
+RESOLVE=bench nginx_baseline
 api POST /v1/prompts/bench/canary '{"version":2,"share":0.1}' > /dev/null
 RESOLVE=bench run_wrk 50 bench/trace.lua "http://$ADDR" 1 > "$OUT/resolve.res"
 ngx=$(rate "$OUT/nginx.res")

@@ -29,7 +29,8 @@ traces_per_s() {
 }
 
 # nginx_baseline -> writes $OUT/nginx.res: nginx answering 204 (one worker,
-# CPU 0) to the engine's load: the same POSTs of one ~1 KB trace, 50 connections.
+# CPU 0) to the engine's load at 50 connections: the same POSTs of one ~1 KB
+# trace, or with RESOLVE=NAME in the environment the same GETs (gate.sh).
 nginx_baseline() {
     mkdir -p "$OUT/nginx"
     cat > "$OUT/nginx/nginx.conf" <<NGX

@@ -745,11 +745,7 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* True when the checking pass cannot find anything yajl's tree parser would
- * let through: the text has no NUL byte (the tree parser stops at one), no
- * more '{' and '[' than SCAN_MAX_DEPTH (so no deeper nesting) and no \u0000
- * escape (so no NUL inside a string). Then the tree is parsed straight away,
- * and the checking pass runs only to explain a text the tree parser refused. */
+/* How many c there are in p[0..n), counting no further than stop + 1. */
 static size_t count_byte(const char *p, size_t n, char c, size_t stop)
 {
     size_t k = 0;
@@ -758,6 +754,11 @@ static size_t count_byte(const char *p, size_t n, char c, size_t stop)
     return k;
 }
 
+/* True when the checking pass cannot find anything yajl's tree parser would
+ * let through: the text has no NUL byte (the tree parser stops at one), no
+ * more '{' and '[' than SCAN_MAX_DEPTH (so no deeper nesting) and no \u0000
+ * escape (so no NUL inside a string). Then the tree is parsed straight away,
+ * and the checking pass runs only to explain a text the tree parser refused. */
 static bool scan_not_needed(const char *p, size_t n)
 {
     if (strlen(p) != n) /* p[n] is NUL: any earlier one is in the text */

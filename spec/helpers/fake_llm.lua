@@ -18,6 +18,16 @@ M.reaper = setmetatable({}, { __gc = function()
   for f in pairs(M.running) do os.execute(string.format("kill -KILL %d 2>/dev/null", f.pid)) end
 end })
 
+-- The server runs from a background subshell, so once it exits it is PID 1's
+-- child to reap: a zombie (state Z in /proc) has stopped, though `kill -0`
+-- still finds it.
+function M.alive(pid)
+  local stat = engine.read_file(string.format("/proc/%d/stat", pid))
+  if not stat then return false end
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+
 function M.start(opts)
   opts = opts or {}
   local f = setmetatable({ dir = engine.tmpdir() }, Fake)
@@ -66,7 +76,7 @@ function Fake:stop()
   os.execute(string.format("kill -TERM %d 2>/dev/null", self.pid))
   local deadline = socket.gettime() + 5 * engine.slow
   while socket.gettime() < deadline do
-    if not os.execute(string.format("kill -0 %d 2>/dev/null", self.pid)) then break end
+    if not M.alive(self.pid) then break end
     socket.sleep(0.02)
   end
   local log = self:log()

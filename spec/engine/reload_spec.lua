@@ -167,7 +167,7 @@ prompt "p" { evaluators = { "gate", "nope" } }
     assert.equal(2, #judged("n" .. math.random(1e9)).scores)
   end)
 
-  it("reloads 1,000 times with flat memory", function()
+  it("reloads 1,000 times with flat memory #heavy", function()
     start("scripts = { dirs = { 'mine', '" .. engine.root .. "' }, watch = false }")
     local function reload_and_wait(i)
       local before = status().reloads

@@ -177,8 +177,8 @@ const char evaluate_usage[] =
     "  -u, --url URL          the engine's base URL (default: from the config's listen)\n"
     "\n"
     "The admin token comes from the config, or from $RATCHET_ADMIN_TOKEN.\n"
-    "Exit status: 0 when the engine took the job, 1 when it refused or cannot be reached,\n"
-    "2 on a usage error.\n";
+    "Exit status: 0 when the engine took the job, 3 when it refused or cannot be reached,\n"
+    "or on a usage error.\n";
 
 int cmd_evaluate(int argc, char **argv)
 {
@@ -201,13 +201,13 @@ int cmd_evaluate(int argc, char **argv)
         case 'c': config_path = optarg; break;
         case 'u': url = optarg; break;
         case 'h': fputs(evaluate_usage, stdout); return 0;
-        default: fputs(evaluate_usage, stderr); return EXIT_OTHER;
+        default: fputs(evaluate_usage, stderr); return EXIT_ERROR;
         }
     }
     if (optind < argc || !prompt) {
         fprintf(stderr, "ratchet evaluate: %s\n\n%s", prompt ? "unexpected argument" : "--prompt is required",
                 evaluate_usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     json_t *body = json_pack("{s:s, s:b}", "prompt", prompt, "only_unevaluated", unevaluated);
     const char *names[2] = {"since", "until"}, *values[2] = {since, until};
@@ -219,14 +219,14 @@ int cmd_evaluate(int argc, char **argv)
             fprintf(stderr, "ratchet evaluate: --%s '%s' is not an RFC 3339 time or milliseconds\n", names[i],
                     values[i]);
             json_decref(body);
-            return EXIT_OTHER;
+            return EXIT_ERROR;
         }
         json_object_set_new(body, names[i], json_integer(t));
     }
     client c;
     if (client_init(&c, url, config_path) != 0) {
         json_decref(body);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     char *payload = json_dumps(body, JSON_COMPACT);
@@ -238,11 +238,11 @@ int cmd_evaluate(int argc, char **argv)
     if (status == 0) {
         fprintf(stderr, "ratchet evaluate: cannot reach the engine at %s: %s\n", c.base,
                 json_string_value(json_object_get(json_object_get(ans, "error"), "message")));
-        ret = EXIT_REJECT;
+        ret = EXIT_ERROR;
     } else if (status != 202) {
         fprintf(stderr, "ratchet evaluate: the engine answered %ld: %.*s\n", status, (int)resp.len,
                 resp.data ? resp.data : "");
-        ret = EXIT_REJECT;
+        ret = EXIT_ERROR;
     } else {
         printf("%.*s\n", (int)resp.len, resp.data);
     }
@@ -273,7 +273,7 @@ const char prompt_usage[] =
     "  -u, --url URL       the engine (default: from the config's listen)\n"
     "  -c, --config FILE   read the address and admin_token from this config\n"
     "      --json          print the engine's JSON answer\n"
-    "Exit status: 0 done, 1 the engine refused or cannot be reached, 2 usage error.\n";
+    "Exit status: 0 done, 3 the engine refused or cannot be reached, or a usage error.\n";
 
 static void print_diff(json_t *d, FILE *out)
 {
@@ -319,7 +319,7 @@ int cmd_prompt(int argc, char **argv)
         case 'n': note = optarg; break;
         case 'j': as_json = true; break;
         case 'h': fputs(prompt_usage, stdout); return 0;
-        default: fputs(prompt_usage, stderr); return EXIT_OTHER;
+        default: fputs(prompt_usage, stderr); return EXIT_ERROR;
         }
     }
     int n = argc - optind;
@@ -337,17 +337,17 @@ int cmd_prompt(int argc, char **argv)
         fprintf(stderr, "ratchet prompt: %s\n\n%s",
                 which < 0 ? (n ? "unknown subcommand" : "which subcommand?") : "wrong number of arguments",
                 prompt_usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     const char *sub = subs[which].name;
     for (int i = 1; i < n && i < 2; i++)
         if (!registry_name_ok(a[i])) {
             fprintf(stderr, "ratchet prompt: '%s' is not a prompt name\n", a[i]);
-            return EXIT_OTHER;
+            return EXIT_ERROR;
         }
     client c;
     if (client_init(&c, url, config_path) != 0)
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     char path[600];
     json_t *ans = NULL, *body = NULL;
@@ -371,7 +371,7 @@ int cmd_prompt(int argc, char **argv)
         if (!json_is_object(body)) {
             fprintf(stderr, "ratchet prompt add: %s:%d: %s\n", a[2], je.line,
                     body ? "the file must hold a JSON object {messages, model}" : je.text);
-            rc = EXIT_OTHER;
+            rc = EXIT_ERROR;
         } else {
             if (note)
                 json_object_set_new(body, "note", json_string(note));
@@ -399,7 +399,7 @@ int cmd_prompt(int argc, char **argv)
     }
     if (!rc && (st < 200 || st > 299)) {
         print_error("prompt", st, ans);
-        rc = EXIT_REJECT;
+        rc = EXIT_ERROR;
     } else if (!rc && as_json) {
         char *t = json_dumps(ans, JSON_INDENT(2));
         puts(t);
@@ -498,7 +498,7 @@ const char eval_usage[] =
     "      --html FILE          write a self-contained HTML report\n"
     "  -q, --quiet              no progress bar\n"
     "\n"
-    "Exit status: 0 accepted, 1 rejected, 2 inconclusive, incomplete or an error.\n";
+    "Exit status: 0 accepted, 1 rejected, 2 inconclusive or incomplete, 3 an error.\n";
 
 typedef struct {
     const char *prompt, *dataset, *failed_since, *junit, *html, *data_dir;
@@ -865,7 +865,7 @@ static int eval_run(client *c, const eval_opts *o)
     if (st != 201) {
         print_error("eval", st, ans);
         json_decref(ans);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     char id[80];
     snprintf(id, sizeof id, "%s", json_string_value(json_object_get(ans, "id")));
@@ -884,7 +884,7 @@ static int eval_run(client *c, const eval_opts *o)
         if (st != 200) {
             print_error("eval", st, run);
             json_decref(run);
-            return EXIT_OTHER;
+            return EXIT_ERROR;
         }
         const char *state = json_string_value(json_object_get(run, "state"));
         if (strcmp(state, "running"))
@@ -919,11 +919,11 @@ static int eval_run(client *c, const eval_opts *o)
             json_decref(d);
     }
     json_t *results = all_results(c, id);
-    int rc = EXIT_OTHER;
+    int rc = EXIT_INCONCLUSIVE;
     const char *verdict = json_string_value(json_object_get(run, "verdict"));
     const char *state = json_string_value(json_object_get(run, "state"));
     if (!strcmp(state, "finished") && verdict)
-        rc = !strcmp(verdict, "accept") ? EXIT_ACCEPT : !strcmp(verdict, "reject") ? EXIT_REJECT : EXIT_OTHER;
+        rc = !strcmp(verdict, "accept") ? EXIT_OK : !strcmp(verdict, "reject") ? EXIT_REGRESSED : EXIT_INCONCLUSIVE;
     if (o->as_json) {
         json_object_set(run, "diffs", diffs);
         char *t = json_dumps(run, JSON_INDENT(2));
@@ -947,11 +947,11 @@ static int eval_run(client *c, const eval_opts *o)
         }
         if (o->junit && write_junit(o->junit, run, cases, results) != 0) {
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->junit);
-            rc = EXIT_OTHER;
+            rc = EXIT_ERROR;
         }
         if (o->html && write_html(o->html, run, diffs, results) != 0) {
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->html);
-            rc = EXIT_OTHER;
+            rc = EXIT_ERROR;
         }
         json_decref(cases);
     }
@@ -1072,7 +1072,7 @@ static int eval_standalone(eval_opts *o, const char *config_path, client *c)
     if (config_load(&cfg, config_path, err, sizeof err) != 0) {
         fprintf(stderr, "ratchet eval: configuration error: %s\n", err);
         config_free(&cfg);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     char prompt[160] = "";
     if (o->prompt)
@@ -1083,14 +1083,14 @@ static int eval_standalone(eval_opts *o, const char *config_path, client *c)
     if (!prompt[0]) {
         fprintf(stderr, "ratchet eval: the config declares %s prompt; say which with --prompt\n",
                 "more than one (or no)");
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     private_engine pe;
     if (engine_start(&pe, config_path, o->data_dir, c->base, sizeof c->base) != 0) {
         engine_stop(&pe);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
-    int rc = EXIT_OTHER;
+    int rc = EXIT_ERROR;
     json_t *ans = NULL;
     json_t *cr = json_pack("{s:s}", "name", prompt);
     long st = call_json(c, "POST", "/v1/prompts", cr, &ans);
@@ -1155,7 +1155,7 @@ int cmd_eval(int argc, char **argv)
         case 'C':
             if (o.ncands == 8) {
                 fprintf(stderr, "ratchet eval: at most 8 candidates\n");
-                return EXIT_OTHER;
+                return EXIT_ERROR;
             }
             o.cands[o.ncands++] = strtoll(optarg, &end, 10);
             break;
@@ -1178,17 +1178,17 @@ int cmd_eval(int argc, char **argv)
         case 'E':
             if (o.ncand_files == 8) {
                 fprintf(stderr, "ratchet eval: at most 8 candidates\n");
-                return EXIT_OTHER;
+                return EXIT_ERROR;
             }
             o.cand_files[o.ncand_files++] = optarg;
             break;
         case 'R': o.data_dir = optarg; break;
         case 'h': fputs(eval_usage, stdout); return 0;
-        default: fputs(eval_usage, stderr); return EXIT_OTHER;
+        default: fputs(eval_usage, stderr); return EXIT_ERROR;
         }
         if (end && *end) {
             fprintf(stderr, "ratchet eval: '%s' is not a number\n", optarg);
-            return EXIT_OTHER;
+            return EXIT_ERROR;
         }
     }
     const char *problem = NULL;
@@ -1200,11 +1200,11 @@ int cmd_eval(int argc, char **argv)
         problem = "give --prompt, --baseline, --candidate and --dataset or --failed-since (or --standalone with files)";
     if (problem) {
         fprintf(stderr, "ratchet eval: %s\n\n%s", problem, eval_usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     client c;
     if (client_init(&c, url, config_path) != 0)
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = o.standalone ? eval_standalone(&o, config_path, &c) : eval_run(&c, &o);
     client_free(&c);
@@ -1221,14 +1221,14 @@ const char optimize_usage[] =
     "Starts an optimization cycle of the loop for prompt NAME now (the trigger\n"
     "policy is skipped): failure mining, the optimizer, then the gate. Follow it\n"
     "with `ratchet loop NAME`. The prompt needs loop settings in the config.\n"
-    "Exit status: 0 started, 1 the engine refused (busy, pinned, a live canary) or cannot be reached, 2 usage.\n";
+    "Exit status: 0 started, 3 the engine refused (busy, pinned, a live canary) or cannot be reached, or usage.\n";
 
 const char approve_usage[] =
     "usage: ratchet approve RUN [--reject] [--reason TEXT] [--url URL] [-c FILE] [--json]\n"
     "\n"
     "Answers a gate run whose winner waits for a human (loop.require_approval):\n"
     "approve starts its canary; --reject rejects the version instead.\n"
-    "Exit status: 0 done, 1 the engine refused or cannot be reached, 2 usage.\n";
+    "Exit status: 0 done, 3 the engine refused or cannot be reached, or usage.\n";
 
 const char loop_usage[] =
     "usage: ratchet loop [NAME] [--url URL] [-c FILE] [--json]\n"
@@ -1236,7 +1236,7 @@ const char loop_usage[] =
     "Without NAME: every prompt's loop state. With NAME: its state and the\n"
     "events of its cycles (triggers, candidates, gate verdicts, canary steps,\n"
     "promotions, rollbacks).\n"
-    "Exit status: 0 done, 1 the engine refused or cannot be reached, 2 usage.\n";
+    "Exit status: 0 done, 3 the engine refused or cannot be reached, or usage.\n";
 
 static int loop_client(const char *cmd, const char *usage, int argc, char **argv)
 {
@@ -1258,7 +1258,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         case 'x': reject = true; break;
         case 'j': as_json = true; break;
         case 'h': fputs(usage, stdout); return 0;
-        default: fputs(usage, stderr); return EXIT_OTHER;
+        default: fputs(usage, stderr); return EXIT_ERROR;
         }
     }
     int n = argc - optind;
@@ -1266,23 +1266,23 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
     bool is_loop = !strcmp(cmd, "loop");
     if ((is_loop && n > 1) || (!is_loop && n != 1)) {
         fprintf(stderr, "ratchet %s: %s\n\n%s", cmd, n ? "too many arguments" : "which one?", usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     if ((reject || reason) && strcmp(cmd, "approve")) {
         fprintf(stderr, "ratchet %s: --reject and --reason belong to `ratchet approve`\n", cmd);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     if (n == 1 && strcmp(cmd, "approve") && !registry_name_ok(a[0])) {
         fprintf(stderr, "ratchet %s: '%s' is not a prompt name\n", cmd, a[0]);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     if (n == 1 && !strcmp(cmd, "approve") && (strlen(a[0]) > 64 || strspn(a[0], "0123456789abcdef-") != strlen(a[0]))) {
         fprintf(stderr, "ratchet approve: '%s' is not a run id\n", a[0]);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     client c;
     if (client_init(&c, url, config_path) != 0)
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     char path[600];
     json_t *ans = NULL, *body = NULL;
@@ -1303,7 +1303,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
     int rc = 0;
     if (st < 200 || st > 299) {
         print_error(cmd, st, ans);
-        rc = EXIT_REJECT;
+        rc = EXIT_ERROR;
     } else if (as_json) {
         char *t = json_dumps(ans, JSON_INDENT(2));
         puts(t);

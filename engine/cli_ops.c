@@ -27,9 +27,9 @@ const char status_usage[] =
     "  -c, --config FILE read the address and admin token from this config\n"
     "      --json        print it all as one JSON object\n"
     "\n"
-    "Exit status: 0 all well, 1 the engine cannot be reached or refused, 2 usage,\n"
-    "3 the engine answers but something needs a look (store failing, script or\n"
-    "config errors, a provider's circuit open, traces dropped from evaluation).\n";
+    "Exit status: 0 all well; 3 the engine cannot be reached or refused, a usage\n"
+    "error, or the engine answers but something needs a look (store failing, script\n"
+    "or config errors, a provider's circuit open, traces dropped from evaluation).\n";
 
 const char history_usage[] =
     "usage: ratchet history NAME [--limit N] [--url URL] [-c FILE] [--json]\n"
@@ -40,7 +40,7 @@ const char history_usage[] =
     "  -n, --limit N     only the newest N entries (default: all)\n"
     "      --json        print the entries as a JSON array\n"
     "\n"
-    "Exit status: 0 printed, 1 the engine refused (unknown prompt) or cannot be reached, 2 usage.\n";
+    "Exit status: 0 printed, 3 the engine refused (unknown prompt) or cannot be reached, or usage.\n";
 
 /* common options: --url, --config, --json, --limit, --help */
 typedef struct {
@@ -135,14 +135,14 @@ static int gather(client *c, json_t **view)
     if (code != 200) {
         print_error("status", code, st);
         json_decref(st);
-        return EXIT_REJECT;
+        return EXIT_ERROR;
     }
     code = call_json(c, "GET", "/v1/prompts", NULL, &list);
     if (code != 200) {
         print_error("status", code, list);
         json_decref(st);
         json_decref(list);
-        return EXIT_REJECT;
+        return EXIT_ERROR;
     }
     json_t *problems = json_array();
     json_t *loop = json_object_get(json_object_get(st, "loop"), "prompts");
@@ -213,7 +213,7 @@ static int gather(client *c, json_t **view)
                       json_object_get(scripts, "reloads"), "problems", problems);
     json_decref(st);
     json_decref(list);
-    return *view ? 0 : EXIT_REJECT;
+    return *view ? 0 : EXIT_ERROR;
 }
 
 static void print_status(json_t *v)
@@ -304,14 +304,14 @@ int cmd_status(int argc, char **argv)
     ops_opts o;
     int r = parse_opts("status", status_usage, argc, argv, false, &o);
     if (r)
-        return r > 0 ? 0 : EXIT_OTHER;
+        return r > 0 ? 0 : EXIT_ERROR;
     if (optind < argc) {
         fprintf(stderr, "ratchet status: unexpected argument '%s'\n\n%s", argv[optind], status_usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     client c;
     if (client_init(&c, o.url, o.config) != 0)
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     json_t *view = NULL;
     int rc = gather(&c, &view);
@@ -321,7 +321,7 @@ int cmd_status(int argc, char **argv)
         else
             print_status(view);
         if (json_array_size(json_object_get(view, "problems")))
-            rc = 3;
+            rc = EXIT_ERROR;
     }
     json_decref(view);
     client_free(&c);
@@ -374,20 +374,20 @@ int cmd_history(int argc, char **argv)
     ops_opts o;
     int r = parse_opts("history", history_usage, argc, argv, true, &o);
     if (r)
-        return r > 0 ? 0 : EXIT_OTHER;
+        return r > 0 ? 0 : EXIT_ERROR;
     if (argc - optind != 1) {
         fprintf(stderr, "ratchet history: %s\n\n%s", argc - optind ? "one prompt at a time" : "which prompt?",
                 history_usage);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     const char *name = argv[optind];
     if (!registry_name_ok(name)) {
         fprintf(stderr, "ratchet history: '%s' is not a prompt name\n", name);
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     }
     client c;
     if (client_init(&c, o.url, o.config) != 0)
-        return EXIT_OTHER;
+        return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     json_t *moves = json_array(), *events = json_array(), *err = NULL;
     int rc = 0;
@@ -401,7 +401,7 @@ int cmd_history(int argc, char **argv)
     }
     if (code != 200) {
         print_error("history", code, err);
-        rc = EXIT_REJECT;
+        rc = EXIT_ERROR;
     } else {
         size_t n = json_array_size(moves) + json_array_size(events), k = 0, i;
         json_t **all = xcalloc(n ? n : 1, sizeof *all);

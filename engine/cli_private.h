@@ -5,8 +5,6 @@
 
 #include <jansson.h>
 
-enum { EXIT_ACCEPT = 0, EXIT_REJECT = 1, EXIT_OTHER = 2 };
-
 typedef struct {
     char base[512];
     char *token;

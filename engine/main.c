@@ -43,7 +43,6 @@
 #endif
 
 /* Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
-enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 static const char main_usage[] =
     "usage: ratchet <command> [options]\n"
@@ -53,7 +52,7 @@ static const char main_usage[] =
     "\n"
     "commands:\n"
     "  serve     run the engine (HTTP API, ingest, store, online evaluation)\n"
-    "  check     compile the config and every script without starting; exit 1 on errors\n"
+    "  check     compile the config and every script without starting; exit 3 on errors\n"
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  prompt    the prompt registry: list, show, diff, add, promote, rollback, pin\n"
     "  eval      the regression gate for CI: baseline vs candidates on a dataset (or standalone)\n"
@@ -82,8 +81,8 @@ static const char serve_usage[] =
     "      --address-file F   write the bound address (host:port) to F once listening\n"
     "  -h, --help             show this help\n"
     "\n"
-    "Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on a usage or\n"
-    "configuration error.\n";
+    "Exit status: 0 after a clean shutdown, 3 on a runtime, usage or configuration\n"
+    "error.\n";
 
 static const char check_usage[] =
     "usage: ratchet check [-c FILE] [--script-dir DIR]\n"
@@ -96,7 +95,7 @@ static const char check_usage[] =
     "  -s, --script-dir DIR   look for scripts here first\n"
     "  -q, --quiet            print only errors\n"
     "\n"
-    "Exit status: 0 when everything loads, 1 when anything fails, 2 on a usage error.\n";
+    "Exit status: 0 when everything loads, 3 when anything fails or on a usage error.\n";
 
 static const char version_usage[] = "usage: ratchet version\n\nPrints the version of ratchet and its libraries.\n";
 
@@ -643,12 +642,12 @@ static int cmd_serve(int argc, char **argv)
         case 's': script_dir = optarg; break;
         case 'a': address_file = optarg; break;
         case 'h': fputs(serve_usage, stdout); return 0;
-        default: fputs(serve_usage, stderr); return EXIT_USAGE;
+        default: fputs(serve_usage, stderr); return EXIT_ERROR;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "ratchet serve: unexpected argument '%s'\n\n%s", argv[optind], serve_usage);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
 
     static engine e;
@@ -659,14 +658,14 @@ static int cmd_serve(int argc, char **argv)
     if (config_path && config_load(&e.cfg, config_path, err, sizeof err) != 0) {
         fprintf(stderr, "ratchet: configuration error: %s\n", err);
         config_free(&e.cfg);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     char host[256];
     int port;
     if (listen && config_parse_listen(listen, host, sizeof host, &port) != 0) {
         fprintf(stderr, "ratchet serve: --listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700\n", listen);
         config_free(&e.cfg);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     e.config_path = config_path;
     e.script_dir = script_dir;
@@ -682,7 +681,7 @@ static int cmd_serve(int argc, char **argv)
     if (store_open(&e.store, e.loop, e.cfg.data_dir, e.cfg.limits.max_pending_writes, err, sizeof err) != 0) {
         log_error("engine", "%s", err);
         config_free(&e.cfg);
-        return EXIT_RUNTIME;
+        return EXIT_ERROR;
     }
     /* scripts: everything must load at start (later, a reload that fails
      * keeps the old version; at start there is none to keep) */
@@ -698,7 +697,7 @@ static int cmd_serve(int argc, char **argv)
         uv_run(e.loop, UV_RUN_NOWAIT);
         uv_loop_close(e.loop);
         config_free(&e.cfg);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     e.httpc = httpc_new(e.loop);
     e.llm = llm_new(e.loop, e.httpc, e.store);
@@ -711,13 +710,13 @@ static int cmd_serve(int argc, char **argv)
     e.reg = registry_new(e.store);
     if (registry_load(e.reg, err, sizeof err) != 0) {
         log_error("engine", "cannot read the prompt registry: %s", err);
-        return EXIT_RUNTIME;
+        return EXIT_ERROR;
     }
     e.runner = runner_new(e.loop, e.store, e.reg, e.cat, e.vm, e.llm, &e.cfg);
     e.lp = loop_new(e.loop, e.store, e.reg, e.runner, e.cat, e.vm, e.llm, &e.cfg);
     if (loop_load(e.lp, err, sizeof err) != 0) {
         log_error("engine", "cannot read the loop's state: %s", err);
-        return EXIT_RUNTIME;
+        return EXIT_ERROR;
     }
     /* traces acknowledged but not evaluated before the last stop */
     for (size_t i = 0; i < e.cfg.nprompts; i++)
@@ -759,7 +758,7 @@ static int cmd_serve(int argc, char **argv)
         uv_run(e.loop, UV_RUN_NOWAIT);
         uv_loop_close(e.loop);
         config_free(&e.cfg);
-        return EXIT_RUNTIME;
+        return EXIT_ERROR;
     }
     char *addr = e.addr;
     http_server_address(e.http, e.addr, sizeof e.addr);
@@ -844,12 +843,12 @@ static int cmd_check(int argc, char **argv)
         case 's': script_dir = optarg; break;
         case 'q': quiet = true; break;
         case 'h': fputs(check_usage, stdout); return 0;
-        default: fputs(check_usage, stderr); return EXIT_USAGE;
+        default: fputs(check_usage, stderr); return EXIT_ERROR;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "ratchet check: unexpected argument '%s'\n\n%s", argv[optind], check_usage);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     log_set_level(LOG_ERROR);
     config cfg;
@@ -859,7 +858,7 @@ static int cmd_check(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         config_free(&cfg);
         fprintf(stderr, "ratchet check: 1 error\n");
-        return EXIT_RUNTIME;
+        return EXIT_ERROR;
     }
     if (script_dir)
         config_prepend_script_dir(&cfg, script_dir);
@@ -886,7 +885,7 @@ static int cmd_check(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     config_free(&cfg);
-    return bad ? EXIT_RUNTIME : 0;
+    return bad ? EXIT_ERROR : 0;
 }
 
 /* ---- evaluate (a client of the running engine) ---- */
@@ -901,7 +900,7 @@ static int cmd_version(int argc, char **argv)
     }
     if (argc > 1) {
         fprintf(stderr, "ratchet version: unexpected argument '%s'\n", argv[1]);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     unsigned long hp = http_parser_version();
     char alloc[64] = "system malloc";
@@ -943,7 +942,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fputs(main_usage, stderr);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
@@ -963,11 +962,11 @@ int main(int argc, char **argv)
                 return 0;
             }
         fprintf(stderr, "ratchet help: no command '%s'\n\n%s", argv[2], main_usage);
-        return EXIT_USAGE;
+        return EXIT_ERROR;
     }
     for (const command *c = commands; c->name; c++)
         if (strcmp(c->name, cmd) == 0)
             return c->run(argc - 1, argv + 1);
     fprintf(stderr, "ratchet: no command '%s'\n\n%s", cmd, main_usage);
-    return EXIT_USAGE;
+    return EXIT_ERROR;
 }

@@ -224,13 +224,13 @@ return { name = "strict", description = "v2 fails all", evaluate = function() re
     end
     assert.equal(405, e:get("/v1/evaluations").status)
     local code, _, err = engine.run(string.format("evaluate --url http://%s --prompt nobody", e.addr))
-    assert.equal(1, code)
+    assert.equal(3, code)
     assert.matches("409", err)
     code, _, err = engine.run("evaluate")
-    assert.equal(2, code)
+    assert.equal(3, code)
     assert.matches("%-%-prompt is required", err)
     code, _, err = engine.run("evaluate --prompt support --until yesterday")
-    assert.equal(2, code)
+    assert.equal(3, code)
     assert.matches("%-%-until 'yesterday' is not an RFC 3339 time", err)
     -- RFC 3339 times and --unevaluated reach the engine as a job
     code, _, err = engine.run(string.format("evaluate --url http://%s --prompt support --unevaluated "
@@ -275,7 +275,7 @@ prompt "support" {
   evaluators = { "json_valid", "no_such_thing" },
 }
 ]], engine.root) }
-    assert.equal(2, code)
+    assert.equal(3, code)
     assert.matches("ratchet%.conf:%d+: prompt 'support': no evaluator 'no_such_thing'", log)
   end)
 
@@ -298,7 +298,7 @@ prompt "support" {
       local conf = dir .. "/bad" .. i .. ".conf"
       engine.write_file(conf, "\n" .. c[1] .. "\n")
       local code, _, err = engine.run("check -c " .. engine.shell_quote(conf))
-      assert.equal(1, code, c[1])
+      assert.equal(3, code, c[1])
       assert.matches("bad" .. i .. "%.conf:%d+: .*" .. c[2], err)
     end
   end)
@@ -320,7 +320,7 @@ describe("ratchet check", function()
     assert.equal(0, code, err)
   end)
 
-  it("reports every broken script with file:line and exits 1", function()
+  it("reports every broken script with file:line and exits 3", function()
     engine.write_file(dir .. "/evaluators/syntax.lua", "return {\n  name = 'syntax',\n  evaluate = function( end\n}\n")
     engine.write_file(dir .. "/evaluators/contract.lua", "return { name = 'contract', description = 'no evaluate' }\n")
     engine.write_file(dir .. "/evaluators/misnamed.lua",
@@ -331,7 +331,7 @@ describe("ratchet check", function()
     engine.write_file(dir .. "/ratchet.conf", 'prompt "p" { evaluators = { "syntax", "json_valid" } }\n')
     local code, out, err = engine.run("check -q -c " .. engine.shell_quote(dir .. "/ratchet.conf") .. " -s "
       .. engine.shell_quote(engine.root))
-    assert.equal(1, code)
+    assert.equal(3, code)
     assert.equal("", out)
     assert.matches("evaluators/syntax%.lua:3: ", err)
     assert.matches("evaluators/contract%.lua: not an evaluator: 'evaluate' must be a function", err)
@@ -356,11 +356,11 @@ describe("ratchet check", function()
     e:stop()
   end)
 
-  it("answers usage errors with exit 2", function()
+  it("answers usage errors with exit 3", function()
     local code, _, err = engine.run("check --bogus")
-    assert.equal(2, code)
+    assert.equal(3, code)
     assert.matches("usage: ratchet check", err)
     code = engine.run("check -c /nonexistent/ratchet.conf")
-    assert.equal(1, code)
+    assert.equal(3, code)
   end)
 end)

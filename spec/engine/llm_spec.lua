@@ -380,7 +380,7 @@ describe("LLM configuration", function()
 
   it("names the line and the field of a bad provider", function()
     local code, err = check('provider "x" { kind = "openai", timeout = 5 }\n')
-    assert.equal(1, code)
+    assert.equal(3, code)
     assert.matches("ratchet.conf:1:.*provider 'x': unknown key 'timeout'", err)
     code, err = check('\nprovider "x" { kind = "cohere" }\n')
     assert.matches("ratchet.conf:2:.*'kind' must be", err)

@@ -81,6 +81,45 @@ typedef struct {
     uint64_t lua_ns;
 } run_ctx;
 
+/* Replaces the trace on top of the stack with the case an evaluator judges,
+ * in the one shape runs use too (docs/evaluators.md#the-case): {id, source =
+ * "trace", version, tags = {}, input = {variables, messages?}, output,
+ * trace}. input.variables is always a table. */
+static void push_trace_case(lua_State *co)
+{
+    int trace = lua_gettop(co);
+    lua_createtable(co, 0, 7);
+    lua_getfield(co, trace, "id");
+    lua_setfield(co, -2, "id");
+    lua_pushliteral(co, "trace");
+    lua_setfield(co, -2, "source");
+    if (lua_getfield(co, trace, "prompt") == LUA_TTABLE) {
+        lua_getfield(co, -1, "version");
+        lua_setfield(co, -3, "version");
+    }
+    lua_pop(co, 1);
+    lua_newtable(co);
+    lua_setfield(co, -2, "tags");
+    lua_createtable(co, 0, 2); /* input: a copy, so trace.input stays as sent */
+    if (lua_getfield(co, trace, "input") == LUA_TTABLE) {
+        lua_getfield(co, -1, "messages");
+        lua_setfield(co, -3, "messages");
+        lua_getfield(co, -1, "variables");
+        lua_setfield(co, -3, "variables");
+    }
+    lua_pop(co, 1);
+    if (lua_getfield(co, -1, "variables") != LUA_TTABLE) {
+        lua_newtable(co);
+        lua_setfield(co, -3, "variables");
+    }
+    lua_pop(co, 1);
+    lua_setfield(co, -2, "input");
+    lua_getfield(co, trace, "output");
+    lua_setfield(co, -2, "output");
+    lua_insert(co, trace);   /* case, trace */
+    lua_setfield(co, trace, "trace");
+}
+
 /* evaluate(case, opts, ctx) */
 static int push_args(lua_State *co, void *ud)
 {
@@ -88,15 +127,8 @@ static int push_args(lua_State *co, void *ud)
     if (rc->case_tree ? !script_push_tree(co, rc->case_tree)
                       : !script_push_json(co, rc->case_json, strlen(rc->case_json)))
         lua_pushnil(co);
-    else if (rc->from_trace && lua_istable(co, -1)) {
-        lua_createtable(co, 0, 3);
-        lua_getfield(co, -2, "input");
-        lua_setfield(co, -2, "input");
-        lua_getfield(co, -2, "output");
-        lua_setfield(co, -2, "output");
-        lua_insert(co, -2);
-        lua_setfield(co, -2, "trace");
-    }
+    else if (rc->from_trace && lua_istable(co, -1))
+        push_trace_case(co);
     if (!rc->opts_json || !script_push_json_cached(co, rc->opts_json, strlen(rc->opts_json)))
         lua_newtable(co);
     lua_newtable(co);

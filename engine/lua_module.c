@@ -152,8 +152,9 @@ static void on_result(const eval_result *r, void *ud)
 
 /* ev:evaluate(case [, opts]) -> { pass, score, reason, status }; case and
  * opts are tables, or JSON texts passed on as they are (to send [] and {}
- * apart, which the host's cjson cannot) */
-static int l_evaluate(lua_State *L)
+ * apart, which the host's cjson cannot). ev:evaluate_trace(trace [, opts])
+ * judges a trace as online evaluation does: the case is built from it. */
+static int evaluate(lua_State *L, bool from_trace)
 {
     sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
     if (lua_type(L, 2) != LUA_TSTRING)
@@ -163,7 +164,7 @@ static int l_evaluate(lua_State *L)
     const char *case_json = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : to_json(L, 2);
     wait_result w = {0};
     se->host = L;
-    evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
+    evaluator_run(se->vm, &se->ev, 0, from_trace, case_json, opts_json, on_result, &w);
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
     lua_createtable(L, 0, 4);
@@ -178,6 +179,9 @@ static int l_evaluate(lua_State *L)
     free(w.r.reason);
     return 1;
 }
+
+static int l_evaluate(lua_State *L) { return evaluate(L, false); }
+static int l_evaluate_trace(lua_State *L) { return evaluate(L, true); }
 
 static void sandbox_close(sandbox_evaluator *se)
 {
@@ -263,6 +267,8 @@ static int l_index(lua_State *L)
         lua_pushstring(L, se->ev.description);
     else if (strcmp(k, "evaluate") == 0 && !se->policy)
         lua_pushcfunction(L, l_evaluate);
+    else if (strcmp(k, "evaluate_trace") == 0 && !se->policy)
+        lua_pushcfunction(L, l_evaluate_trace);
     else if (strcmp(k, "call") == 0 && se->policy)
         lua_pushcfunction(L, l_call);
     else

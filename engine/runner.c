@@ -1102,6 +1102,46 @@ static void next_eval(job *jb)
                        h);
 }
 
+/* What an evaluator judges in a run: the same shape as online evaluation
+ * (docs/evaluators.md#the-case): input = {variables, messages}, output,
+ * expected, and trace = the call as a trace (the run's own call: its latency,
+ * usage and tool calls; the source trace's metadata for cases taken from
+ * traces), plus the run's id, source, tags, group, stratum, version, sample. */
+static json_t *run_case_tree(run *rn, json_t *c, json_t *res, json_t *msgs, int vi, int sample)
+{
+    json_t *output = json_object_get(res, "text");
+    if (!output || json_is_null(output))
+        output = json_string("");
+    else
+        json_incref(output);
+    json_t *input = json_pack("{s:O, s:O}", "variables", json_object_get(c, "variables"), "messages", msgs);
+    json_t *trace = json_pack("{s:O, s:O, s:[]}", "input", input, "output", output, "feedback");
+    if (json_is_string(json_object_get(c, "trace_id")))
+        json_object_set(trace, "id", json_object_get(c, "trace_id"));
+    static const char *const from_call[] = {"latency_ms", "usage", "model", "finish_reason", NULL};
+    for (const char *const *k = from_call; *k; k++)
+        if (json_object_get(res, *k))
+            json_object_set(trace, *k, json_object_get(res, *k));
+    json_object_set(trace, "tool_calls",
+                    json_is_array(json_object_get(res, "tool_calls")) ? json_object_get(res, "tool_calls")
+                                                                       : json_array());
+    if (!json_is_array(json_object_get(res, "tool_calls")))
+        json_decref(json_object_get(trace, "tool_calls"));
+    json_object_set(trace, "metadata",
+                    json_is_object(json_object_get(c, "metadata")) ? json_object_get(c, "metadata") : json_object());
+    if (!json_is_object(json_object_get(c, "metadata")))
+        json_decref(json_object_get(trace, "metadata"));
+    json_t *cs = json_pack("{s:O*, s:o, s:o, s:o, s:O*, s:s, s:I, s:I}", "id", json_object_get(c, "id"), "input", input,
+                           "output", output, "trace", trace, "tags", json_object_get(c, "tags"), "source",
+                           json_string_value(json_object_get(c, "source")), "version", (json_int_t)rn->versions[vi],
+                           "sample", (json_int_t)sample);
+    static const char *const from_case[] = {"expected", "group", "stratum", NULL};
+    for (const char *const *k = from_case; *k; k++)
+        if (json_object_get(c, *k))
+            json_object_set(cs, *k, json_object_get(c, *k));
+    return cs;
+}
+
 /* The model's reply is in jb->res: judge it. The model-call slot is
  * freed first, so the next call goes out before this job's evaluators run. */
 static void job_judge(job *jb)
@@ -1111,21 +1151,8 @@ static void job_judge(job *jb)
     rn->judging++;
     jb->judging = true;
     run_pump(rn);
-    json_t *c = jb->c;
-    json_t *res = jb->res;
-    json_t *output = json_object_get(res, "text");
-    json_t *cs = json_pack("{s:O, s:O, s:O, s:O, s:s, s:I, s:I}", "id", json_object_get(c, "id"), "input",
-                           json_object_get(c, "variables"), "output",
-                           output && !json_is_null(output) ? output : json_string(""), "tags",
-                           json_object_get(c, "tags"), "source", json_string_value(json_object_get(c, "source")),
-                           "version", (json_int_t)rn->versions[jb->vi], "sample", (json_int_t)jb->sample);
-    if (!output || json_is_null(output))
-        json_decref(json_object_get(cs, "output"));
-    if (json_object_get(c, "expected"))
-        json_object_set(cs, "expected", json_object_get(c, "expected"));
-    if (json_array_size(json_object_get(res, "tool_calls")))
-        json_object_set(cs, "tool_calls", json_object_get(res, "tool_calls"));
-    jb->case_tree = cs; /* each evaluator gets it as Lua tables, with no text between */
+    jb->case_tree = run_case_tree(rn, jb->c, jb->res, jb->msgs, jb->vi, jb->sample);
+    /* each evaluator gets it as Lua tables, with no text between */
     buf_puts(&jb->verdicts, "[");
     next_eval(jb);
 }

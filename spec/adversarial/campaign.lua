@@ -16,8 +16,11 @@ local truth = require "spec.adversarial.truth"
 
 local M = {}
 
-local CANARY_BATCH = 40
-local MAX_CANARY_ORDERS = 6000 -- a canary still live after this many orders fails the scenario
+-- canary traffic: small batches first (the early steps decide fast), larger
+-- ones once a canary runs long (per-slice evidence on a 5 % slice takes
+-- thousands of orders)
+local function canary_batch(sent) return sent < 400 and 40 or 200 end
+local MAX_CANARY_ORDERS = 12000 -- a canary still live after this many orders fails the scenario
 local SHIFT_AFTER = 40          -- canary-phase orders before the distribution shift starts
 
 local Campaign = {}
@@ -218,8 +221,9 @@ function Campaign:run_plan(n, plan)
         cyc.shift_at = cyc.canary_orders
         self:say("  -- distribution shift: half the wholesale orders now come from the KLM- catalogue")
       end
-      self:traffic(prompt, string.format("k%d:%d", n, cyc.canary_orders), CANARY_BATCH)
-      cyc.canary_orders = cyc.canary_orders + CANARY_BATCH
+      local batch = canary_batch(cyc.canary_orders)
+      self:traffic(prompt, string.format("k%d:%d", n, cyc.canary_orders), batch)
+      cyc.canary_orders = cyc.canary_orders + batch
       self:wait_evaluated()
       assert(cyc.canary_orders <= MAX_CANARY_ORDERS, "the canary of cycle " .. n .. " is still live after "
         .. cyc.canary_orders .. " orders: " .. cjson.encode(l))
@@ -298,7 +302,7 @@ function Campaign:outcomes(cyc)
         out.version = valid_versions[vi]
         local o = by_version[out.version] or {}
         out.gate, out.gate_reasons = o.gate, o.reasons
-        if o.promote then out.stage = "promoted"
+        if o.promote then out.stage, out.reason = "promoted", o.promote
         elseif o.rollback then out.stage, out.reason = "rolled back", o.rollback
         elseif o.held then out.stage, out.reason = "held", o.held
         elseif o.canary then out.stage = "canary"

@@ -55,8 +55,14 @@ function M.figures(c, meta)
         if cand.stage == "promoted" or cand.stage == "rolled back" or cand.stage == "canary" then k.canary = k.canary + 1 end
         if cand.stage == "promoted" then k.promoted = k.promoted + 1 end
         if cand.stage == "rolled back" then k.rolled_back = k.rolled_back + 1 end
-        local why = cand.reason or (cand.gate_reasons and cand.gate_reasons[1])
-        if why and #k.reasons < 3 then k.reasons[#k.reasons + 1] = string.format("c%d %s: %s", cyc.n, cand.stage, short(why)) end
+        local why = {}
+        if cand.gate_reasons and #cand.gate_reasons > 0 then
+          why[#why + 1] = "gate " .. tostring(cand.gate) .. ": " .. table.concat(cand.gate_reasons, "; ")
+        end
+        if cand.reason then why[#why + 1] = cand.reason end
+        if #why > 0 and #k.reasons < 4 then
+          k.reasons[#k.reasons + 1] = string.format("c%d %s | %s", cyc.n, cand.stage, short(table.concat(why, " | "), 400))
+        end
       end
       stages[#stages + 1] = string.format("%s%s=%s", cand.kind, cand.mode and ("(" .. cand.mode .. ")") or "",
         cand.skipped and "skipped" or cand.stage or "?")

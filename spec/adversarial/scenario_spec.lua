@@ -27,35 +27,43 @@ local campaign = require "spec.adversarial.campaign"
 local report = require "spec.adversarial.report"
 
 ---------------------------------------------------------------------------
--- PENDING: settings of the interface issue 20 plans (the lead's work). The
--- engine refuses unknown loop keys until they land, so they are added only
--- when `ratchet check` accepts them. ADVERSARIAL_PENDING: "auto" (default),
--- "on" (always: the engine must accept them), "off" (never).
-local PENDING_LOOP_KEYS = [[
-    replay = 60,                                  -- stratified replay of passing production traces in the gate
-]]
--- Policy options the shipped policies ignore today, so always given:
---   mining_options.strata  = { "metadata.segment" }  strata of that replay
---   rollout_options.slices = { "metadata.segment" }  per-slice canary checks
--- DIAGNOSTIC, never in CI: ADVERSARIAL_BARE_INPUT=1 lets order_grounded also
--- read gate cases in the bare-variables shape today's runner hands them
--- (issue 20 defect 1), to measure the other defects on today's engine.
----------------------------------------------------------------------------
-
-local FIXTURES = engine.root .. "/spec/fixtures/adversarial"
-
-local function config(fake_addr, pending, bare_input)
-  local loop = string.format([[
-  loop = {
-    enabled = false,                              -- cycles start by hand, one per plan
-    dataset = %q, template = "plain",
+-- SETTINGS: the loop under test, in one place. Cycles start by hand, one per
+-- plan; small intervals and short canary steps keep the whole scenario to
+-- seconds on today's engine. max_samples bounds a canary that cannot decide
+-- (the campaign sends at most 12,000 orders to one canary).
+local LOOP_SETTINGS = [[
+    enabled = false,
+    dataset = "%s", template = "plain",
     optimizer = { provider = "sim", model = "optimizer" },
     candidates = 8, k = 1, concurrency = 8,
     check_interval_ms = 100, max_failures = 90,
     mining_options = { strata = { "metadata.segment" } },
     rollout_options = { steps = { 25, 50 }, min_step_samples = 30, min_step_ms = 0, tau = 0.3, margin = 0.05,
-                        max_samples = 1500, slices = { "metadata.segment" } },
-%s  },]], world.DATASET, pending and PENDING_LOOP_KEYS or "")
+                        max_samples = 4000, slices = { "metadata.segment" } },
+]]
+-- PENDING: settings of the interface issue 20 plans (the lead's work). The
+-- engine refuses unknown loop keys until they land, so these are added only
+-- when `ratchet check` accepts them. ADVERSARIAL_PENDING: "auto" (default),
+-- "on" (always: the engine must accept them), "off" (never).
+local PENDING_LOOP_KEYS = [[
+    replay = 60,
+]]
+--   replay                 stratified replay of passing production traces in the gate
+-- and, given always because the shipped policies ignore option keys they do
+-- not know:
+--   mining_options.strata  strata of that replay (the rare slice is segment "de")
+--   rollout_options.slices slices the canary is compared on
+-- DIAGNOSTIC, never in CI: ADVERSARIAL_BARE_INPUT=1 lets order_grounded also
+-- read gate cases in the bare-variables shape runs handed evaluators before
+-- issue 20's one case shape (defect 1), to measure the other defects on an
+-- engine that still has that one.
+---------------------------------------------------------------------------
+
+local FIXTURES = engine.root .. "/spec/fixtures/adversarial"
+
+local function config(fake_addr, pending, bare_input)
+  local loop = "  loop = {\n" .. string.format(LOOP_SETTINGS, world.DATASET)
+    .. (pending and PENDING_LOOP_KEYS or "") .. "  },"
   local evaluators = string.format([[
   evaluators = {
     { "json_schema", options = { schema = json(file(%q)) } },

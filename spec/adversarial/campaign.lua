@@ -21,6 +21,7 @@ local M = {}
 -- thousands of orders)
 local function canary_batch(sent) return sent < 400 and 40 or 200 end
 local MAX_CANARY_ORDERS = 12000 -- a canary still live after this many orders fails the scenario
+local PRE_CYCLE_ORDERS = 400   -- about 120 failures on the first version; the miner reads the newest 90
 local SHIFT_AFTER = 40          -- canary-phase orders before the distribution shift starts
 
 local Campaign = {}
@@ -153,11 +154,17 @@ end
 ---------------------------------------------------------------------------
 -- one cycle
 
-local TERMINAL = { promote = true, rollback = true, gate = true, candidates = true, aborted = true, error = true,
-  rejected = true, manual = true }
-
+-- The loop view of a prompt with every event after the last one seen (the
+-- view's state is taken once the moves that led to it are stored).
 function Campaign:loop_view(prompt)
-  return check(self.e:get(string.format("/v1/loop/%s?cursor=%d&limit=200", prompt, self.seq[prompt])), "loop view")
+  local view, events = nil, {}
+  repeat
+    local cursor = #events > 0 and events[#events].seq or self.seq[prompt]
+    view = check(self.e:get(string.format("/v1/loop/%s?cursor=%d&limit=200", prompt, cursor)), "loop view")
+    for _, ev in ipairs(view.events) do events[#events + 1] = ev end
+  until #view.events < 200
+  view.events = events
+  return view
 end
 
 -- the optimizer's answer for a cycle, from its log
@@ -180,8 +187,10 @@ function Campaign:run_plan(n, plan)
   local cyc = { n = n, plan = plan.name, prompt = prompt, events = {}, canary_orders = 0 }
   self.cycles[#self.cycles + 1] = cyc
   cyc.baseline = self:production(prompt)
-  -- fresh traffic on the production version, the plan's own traffic newest
-  self:traffic(prompt, "c" .. n, 300)
+  -- fresh traffic on the production version (enough that the miner's newest
+  -- max_failures come from it, whatever earlier canaries sent), the plan's
+  -- own traffic newest
+  self:traffic(prompt, "c" .. n, PRE_CYCLE_ORDERS)
   local extra = {}
   for j = 1, plan.poison or 0 do
     -- a third of them fullwidth when the plan copies normalised text
@@ -208,8 +217,8 @@ function Campaign:run_plan(n, plan)
       if ev.kind == "error" then error("cycle " .. n .. " (" .. plan.name .. ") ended in an engine error: " .. ev.message, 0) end
       if ev.kind == "approval" then cyc.held = { version = l.version, run = l.run, message = ev.message } end
     end
-    local last = cyc.events[#cyc.events]
-    if l.state == "idle" and last and TERMINAL[last.kind] then break end
+    -- back to idle after the POST: the cycle is over (whatever its last event)
+    if l.state == "idle" and #cyc.events > 0 then break end
     if l.state == "awaiting_approval" and cyc.held and not cyc.held.answered then
       -- the simulated reviewer: nothing held is let through
       cyc.held.answered = true

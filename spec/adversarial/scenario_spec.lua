@@ -98,12 +98,12 @@ local function engine_has_pending(dir)
 end
 
 describe("#heavy the adversarial scenario (simulated world, hostile simulated optimizer)", function()
-  local fake, e, c, figures
-  local dir = engine.tmpdir()
+  local fake, e, c, figures, dir
   local mode = os.getenv("ADVERSARIAL_PENDING") or "auto"
   local bare_input = os.getenv("ADVERSARIAL_BARE_INPUT") == "1"
 
   lazy_setup(function()
+    dir = engine.tmpdir()
     local pending = mode == "on" or (mode == "auto" and engine_has_pending(dir))
     local control, log = dir .. "/control.json", dir .. "/proposals.jsonl"
     fake = fake_llm.start { model = string.format(
@@ -124,7 +124,7 @@ describe("#heavy the adversarial scenario (simulated world, hostile simulated op
   lazy_teardown(function()
     if e then e:stop() end
     if fake then fake:stop() end
-    os.execute("rm -rf " .. engine.shell_quote(dir))
+    if dir then os.execute("rm -rf " .. engine.shell_quote(dir)) end
   end)
 
   it("ran every attack it claims to measure", function()

@@ -29,6 +29,7 @@ Campaign.__index = Campaign
 
 -- opts: { engine = e, control = path, log = path, verbose = bool }
 function M.new(opts)
+  truth.forget_attacks()
   local c = setmetatable({ e = opts.engine, control = opts.control, log_path = opts.log, verbose = opts.verbose,
     state = { shifted = false }, versions = {}, sent = 0, unconfirmed = {}, cycles = {}, promotions = {}, held = {},
     started = socket.gettime(), seq = {} }, Campaign)

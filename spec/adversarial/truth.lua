@@ -34,9 +34,11 @@ function M.fold(s)
   return (world.nfkc(s):lower():gsub("%p", ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", ""))
 end
 
--- Every attacker sentence the suite sent in a poisoned order.
+-- Every attacker sentence the suite sent in a poisoned order (a campaign
+-- starts with none).
 M.attacks = {}
 function M.note_attack(sentence) M.attacks[M.fold(sentence)] = true end
+function M.forget_attacks() M.attacks = {} end
 
 local function from_attacker(fragment)
   local f = M.fold(fragment)

@@ -471,13 +471,16 @@ int cmd_prompt(int argc, char **argv)
 const char eval_usage[] =
     "usage: ratchet eval --prompt NAME --baseline V --candidate V [--candidate V ...] [--dataset NAME]\n"
     "                    [--failed-since T] [-k K] [--concurrency N] [--budget-calls N] [--budget-cost USD]\n"
-    "                    [--no-cache] [--json] [--junit FILE] [--html FILE] [--url URL | -c FILE]\n"
+    "                    [--no-cache] [--json] [--junit FILE] [--html FILE] [--require-improvement]\n"
+    "                    [--url URL | -c FILE]\n"
     "       ratchet eval --standalone -c FILE --dataset-file CASES.jsonl --baseline-file V1.json\n"
     "                    --candidate-file V2.json [...] [--prompt NAME] [--data-dir DIR] [options above]\n"
     "\n"
     "Runs the regression gate: the baseline and each candidate version on the cases, k\n"
     "samples each; the prompt's evaluators judge every output; policies/accept.lua gives\n"
-    "each candidate its verdict. Prints pass rates with 95% confidence intervals per\n"
+    "each candidate its verdict: improved (significantly better on the cases to fix,\n"
+    "nothing broken), no_regression (nothing broken, nothing shown better), regressed\n"
+    "or inconclusive. Prints pass rates with 95% confidence intervals per\n"
     "version and tag, the cases that changed, the verdicts and the prompt diff.\n"
     "\n"
     "With --standalone no server is needed: a private engine starts on loopback with the\n"
@@ -497,8 +500,10 @@ const char eval_usage[] =
     "      --json               print the run as JSON;  --junit FILE  write JUnit XML\n"
     "      --html FILE          write a self-contained HTML report\n"
     "  -q, --quiet              no progress bar\n"
+    "      --require-improvement  exit 2, not 0, when nothing was shown better\n"
     "\n"
-    "Exit status: 0 accepted, 1 rejected, 2 inconclusive or incomplete, 3 an error.\n";
+    "Exit status: 0 improved or no regression, 1 regressed, 2 inconclusive or incomplete\n"
+    "(or no improvement with --require-improvement), 3 an error.\n";
 
 typedef struct {
     const char *prompt, *dataset, *failed_since, *junit, *html, *data_dir;
@@ -509,7 +514,7 @@ typedef struct {
     int ncands;
     int k, concurrency;
     double budget_calls, budget_cost;
-    bool no_cache, as_json, quiet, standalone;
+    bool no_cache, as_json, quiet, standalone, require_improvement;
 } eval_opts;
 
 static void html_escape(FILE *f, const char *s)
@@ -699,7 +704,8 @@ static int write_html(const char *path, json_t *run, json_t *diffs, json_t *resu
     fprintf(f, "</title>\n<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:70em}"
                "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
                ".bar{background:#4a7;height:12px}.bg{background:#eee;width:200px}.add{background:#dfd}.del{background:#fdd}"
-               "pre{white-space:pre-wrap;margin:0}.accept{color:#070}.reject{color:#a00}.inconclusive{color:#a60}"
+               "pre{white-space:pre-wrap;margin:0}.improved{color:#070}.no_regression{color:#057}.regressed{color:#a00}"
+               ".inconclusive{color:#a60}"
                "</style></head><body>\n<h1>ratchet eval: ");
     html_escape(f, json_string_value(json_object_get(rep, "prompt")));
     const char *verdict = json_string_value(json_object_get(run, "verdict"));
@@ -923,7 +929,10 @@ static int eval_run(client *c, const eval_opts *o)
     const char *verdict = json_string_value(json_object_get(run, "verdict"));
     const char *state = json_string_value(json_object_get(run, "state"));
     if (!strcmp(state, "finished") && verdict)
-        rc = !strcmp(verdict, "accept") ? EXIT_OK : !strcmp(verdict, "reject") ? EXIT_REGRESSED : EXIT_INCONCLUSIVE;
+        rc = !strcmp(verdict, "improved")        ? EXIT_OK
+             : !strcmp(verdict, "no_regression") ? (o->require_improvement ? EXIT_INCONCLUSIVE : EXIT_OK)
+             : !strcmp(verdict, "regressed")     ? EXIT_REGRESSED
+                                                 : EXIT_INCONCLUSIVE;
     if (o->as_json) {
         json_object_set(run, "diffs", diffs);
         char *t = json_dumps(run, JSON_INDENT(2));
@@ -1141,7 +1150,8 @@ int cmd_eval(int argc, char **argv)
         {"config", required_argument, NULL, 'c'},      {"standalone", no_argument, NULL, 's'},
         {"dataset-file", required_argument, NULL, 'D'}, {"baseline-file", required_argument, NULL, 'L'},
         {"candidate-file", required_argument, NULL, 'E'}, {"data-dir", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0},
+        {"require-improvement", no_argument, NULL, 'I'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     eval_opts o = {0};
     const char *url = NULL, *config_path = NULL;
@@ -1183,6 +1193,7 @@ int cmd_eval(int argc, char **argv)
             o.cand_files[o.ncand_files++] = optarg;
             break;
         case 'R': o.data_dir = optarg; break;
+        case 'I': o.require_improvement = true; break;
         case 'h': fputs(eval_usage, stdout); return 0;
         default: fputs(eval_usage, stderr); return EXIT_ERROR;
         }

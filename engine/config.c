@@ -766,8 +766,9 @@ static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos,
 }
 
 /* A table's known keys and the type each takes: 'b' boolean, 's' a name,
- * 'n' a number >= 0, 'f' a share from 0 to 1, 'i' a positive integer, 'o' a
- * table of options (any JSON), or 't' a nested table checked by sub. */
+ * 'n' a number >= 0, 'f' a share from 0 to 1, 'i' a positive integer, 'z' an
+ * integer from 0 to 10000, 'o' a table of options (any JSON), or 't' a
+ * nested table checked by sub. */
 typedef struct key_spec {
     const char *key;
     char type;
@@ -785,7 +786,8 @@ static const key_spec loop_keys[] = {
     {"concurrency", 'i', NULL},      {"budget", 't', budget_keys},  {"trigger", 's', NULL},
     {"accept", 's', NULL},           {"rollout", 's', NULL},        {"mining", 's', NULL},
     {"trigger_options", 'o', NULL},  {"accept_options", 'o', NULL}, {"rollout_options", 'o', NULL},
-    {"mining_options", 'o', NULL},   {NULL, 0, NULL}};
+    {"mining_options", 'o', NULL},   {"replay", 'z', NULL},         {"replay_pool", 'i', NULL},
+    {NULL, 0, NULL}};
 
 /* Checks the table at idx against spec; raises naming where.key. */
 static void check_keys(lua_State *L, int idx, const char *where, const key_spec *spec)
@@ -830,6 +832,10 @@ static void check_keys(lua_State *L, int idx, const char *where, const key_spec 
         case 'i':
             if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > 1000000000)
                 config_error(L, "%s must be a positive integer", sub);
+            break;
+        case 'z':
+            if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 10000)
+                config_error(L, "%s must be an integer from 0 to 10000", sub);
             break;
         case 'o':
             if (t != LUA_TTABLE || lua_rawlen(L, -1) > 0)

@@ -13,13 +13,13 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "provenance.h"
 #include "util.h"
 
 #define TICK_MS 200
 /* how long a manual optimize waits for a routine step in flight */
 #define WANT_WAIT_MS 10000
 #define MAX_HISTORY 8
-#define LEAK_WINDOW 24
 
 typedef struct lprompt lprompt;
 typedef struct loop_cycle loop_cycle;
@@ -63,7 +63,13 @@ struct view_waiter {
 /* What an optimization cycle carries from step to step. */
 struct loop_cycle {
     int64_t baseline;
-    json_t *failures;    /* [{trace_id, variables, output, reasons, ts}] */
+    json_t *failures;    /* [{trace_id, variables, output, reasons, ts, messages, metadata}] */
+    json_t *passing;     /* recent passing traces, the same shape: the replay's pool */
+    provenance *prov;    /* the user-controlled text of every trace read */
+    provenance *golden;  /* the golden set's text */
+    json_t *group_of;    /* failure id -> its group (from the mining policy) */
+    json_t *replay;      /* [{id, stratum}] passing traces the gate replays */
+    json_t *facts;       /* version -> what the accept policy is told about it */
     json_t *history;     /* [{version, status, note, pass_rate, traces}] */
     json_t *mined;       /* {shown, held, ...} from the mining policy */
     json_t *ctx;         /* what the template is given */
@@ -98,7 +104,7 @@ struct optloop {
 static const char *const DEFAULTS =
     "{\"enabled\":true,\"template\":\"plain\",\"optimizer\":{},\"candidates\":3,\"require_approval\":false,"
     "\"window_ms\":86400000,\"check_interval_ms\":60000,\"max_shown\":12,\"max_failures\":500,\"holdout\":0.3,"
-    "\"k\":3,\"concurrency\":8,\"trigger\":\"trigger\",\"accept\":\"accept\",\"rollout\":\"rollout\","
+    "\"k\":3,\"concurrency\":8,\"replay\":60,\"replay_pool\":1000,\"trigger\":\"trigger\",\"accept\":\"accept\",\"rollout\":\"rollout\","
     "\"mining\":\"mining\",\"trigger_options\":{},\"accept_options\":{},\"rollout_options\":{},"
     "\"mining_options\":{}}";
 
@@ -152,6 +158,12 @@ static void cycle_free(loop_cycle *c)
     if (!c)
         return;
     json_decref(c->failures);
+    json_decref(c->passing);
+    provenance_free(c->prov);
+    provenance_free(c->golden);
+    json_decref(c->group_of);
+    json_decref(c->replay);
+    json_decref(c->facts);
     json_decref(c->history);
     json_decref(c->mined);
     json_decref(c->ctx);
@@ -361,6 +373,10 @@ typedef struct {
     json_t *history;
     json_t *run;
     char *run_id;
+    json_t *slices;      /* metadata keys to break the metrics down by */
+    char *dataset;       /* the golden set to read, and its version */
+    int64_t dataset_version;
+    provenance *prov, *golden;
     char err[512];
     int rc;
     void (*work)(void *);
@@ -387,8 +403,12 @@ static void pool_after(uv_work_t *w, int status)
     json_decref(r->out[1]);
     json_decref(r->history);
     json_decref(r->run);
+    provenance_free(r->prov);
+    provenance_free(r->golden);
+    json_decref(r->slices);
     free(r->name);
     free(r->run_id);
+    free(r->dataset);
     free(r);
     check_drained(lp);
 }
@@ -470,8 +490,8 @@ static void metrics_work(void *ud)
 {
     pool_read *r = ud;
     for (int i = 0; i < 2; i++)
-        if (r->versions[i] && store_prompt_metrics(r->p->lp->st, r->name, r->versions[i], r->since, INT64_MAX,
-                                                   &r->out[i], r->err, sizeof r->err))
+        if (r->versions[i] && store_prompt_metrics_sliced(r->p->lp->st, r->name, r->versions[i], r->since,
+                                                          INT64_MAX, r->slices, &r->out[i], r->err, sizeof r->err))
             r->rc = -1;
 }
 
@@ -583,6 +603,24 @@ static void begin_cycle(lprompt *p, const char *actor, const char *reason)
     commit(p, m, cycle_read, NULL);
 }
 
+/* The golden set's text, for telling tokens it holds from tokens only
+ * traffic has. */
+static provenance *golden_text(json_t *texts)
+{
+    provenance *g = provenance_new(PROVENANCE_WINDOW);
+    size_t i;
+    json_t *t;
+    json_array_foreach(texts, i, t) {
+        json_t *c = json_loads(json_string_value(t), 0, NULL);
+        json_t *both = json_pack("[O*, O*]", json_object_get(c, "variables"), json_object_get(c, "expected"));
+        provenance_add_trace(g, both, NULL);
+        json_decref(both);
+        json_decref(c);
+    }
+    provenance_seal(g);
+    return g;
+}
+
 static void failures_work(void *ud)
 {
     pool_read *r = ud;
@@ -590,6 +628,12 @@ static void failures_work(void *ud)
     /* the failures of the version being improved */
     if (store_failed_trace_cases(st, r->name, r->versions[0], r->since, INT64_MAX, (int)r->limit, &r->out[0], r->err,
                                  sizeof r->err)) {
+        r->rc = -1;
+        return;
+    }
+    /* its passing traces, for the gate's replay */
+    if (r->versions[1] > 0 && store_passed_trace_cases(st, r->name, r->versions[0], r->since, INT64_MAX,
+                                                       (int)r->versions[1], &r->out[1], r->err, sizeof r->err)) {
         r->rc = -1;
         return;
     }
@@ -603,9 +647,31 @@ static void failures_work(void *ud)
         }
         json_array_append_new(r->history, m);
     }
+    /* what traffic said, for the copy check and the rare-token facts */
+    r->prov = provenance_new(PROVENANCE_WINDOW);
+    for (int i = 0; i < 2; i++) {
+        size_t j;
+        json_t *t;
+        json_array_foreach(r->out[i], j, t)
+            provenance_add_trace(r->prov, json_object_get(t, "variables"), json_object_get(t, "messages"));
+    }
+    provenance_seal(r->prov);
+    json_t *texts = NULL;
+    if (r->dataset) {
+        if (store_dataset_cases(st, r->dataset, r->dataset_version, STORE_CASE_TEXTS, &texts, r->err,
+                                sizeof r->err)) {
+            json_decref(texts);
+            r->rc = -1;
+            return;
+        }
+    }
+    r->golden = golden_text(texts);
+    json_decref(texts);
 }
 
 static void mined(lprompt *p, json_t *res, const char *err);
+static void replayed(lprompt *p, json_t *res, const char *err);
+static void ask_template(lprompt *p);
 
 static void cycle_failures(void *ud)
 {
@@ -617,6 +683,10 @@ static void cycle_failures(void *ud)
         return;
     }
     c->failures = json_incref(r->out[0]);
+    c->passing = r->out[1] ? json_incref(r->out[1]) : json_array();
+    c->prov = r->prov;
+    c->golden = r->golden;
+    r->prov = r->golden = NULL;
     /* history entries: version, status, note, pass rate */
     c->history = json_array();
     size_t i;
@@ -667,6 +737,13 @@ static void cycle_read(lprompt *p, int status, void *ud)
     r->since = now_ms() - set_int(p, "window_ms");
     r->limit = set_int(p, "max_failures");
     r->versions[0] = p->cyc->baseline;
+    r->versions[1] = set_int(p, "replay") > 0 ? set_int(p, "replay_pool") : 0;
+    const char *ds = set_str(p, "dataset");
+    json_t *d = ds ? registry_dataset(p->lp->reg, ds) : NULL;
+    if (d) {
+        r->dataset = xstrdup(ds);
+        r->dataset_version = json_integer_value(json_object_get(d, "version"));
+    }
     pool_go(r);
 }
 
@@ -701,10 +778,52 @@ static void mined(lprompt *p, json_t *res, const char *err)
         return;
     }
     c->mined = json_incref(res);
+    c->group_of = json_is_object(json_object_get(res, "group_of")) ? json_incref(json_object_get(res, "group_of"))
+                                                                    : json_object();
+    if (set_int(p, "replay") > 0 && json_array_size(c->passing) > 0) {
+        json_t *list = json_array();
+        size_t i;
+        json_t *t;
+        json_array_foreach(c->passing, i, t)
+            json_array_append_new(list, json_pack("{s:O, s:O, s:O, s:O}", "id", json_object_get(t, "trace_id"), "input",
+                                                  json_object_get(t, "variables"), "metadata",
+                                                  json_object_get(t, "metadata"), "ts", json_object_get(t, "ts")));
+        json_t *opts = json_deep_copy(json_object_get(p->set, "mining_options"));
+        json_object_set_new(opts, "replay", json_integer(set_int(p, "replay")));
+        char why[300];
+        if (!lua_call_fn(p, "policies", set_str(p, "mining"), "replay", json_pack("[o, o]", list, opts), replayed, why,
+                         sizeof why))
+            cycle_abort(p, "error", why);
+        return;
+    }
+    ask_template(p);
+}
+
+/* The mining policy's replay(traces, options): {cases = {{id, stratum}}, strata = {...}}. */
+static void replayed(lprompt *p, json_t *res, const char *err)
+{
+    loop_cycle *c = p->cyc;
+    fix_list(res, "cases");
+    json_t *cases = json_object_get(res, "cases");
+    if (!json_is_array(cases)) {
+        char why[900];
+        snprintf(why, sizeof why, "mining: %s", err ? err : "replay must return {cases = {{id = ..., stratum = ...}}}");
+        cycle_abort(p, "error", why);
+        return;
+    }
+    c->replay = json_incref(cases);
+    json_object_set(c->mined, "strata", json_object_get(res, "strata") ? json_object_get(res, "strata") : json_null());
+    ask_template(p);
+}
+
+/* Hands the shown failures to the meta-prompt template's build. */
+static void ask_template(lprompt *p)
+{
+    loop_cycle *c = p->cyc;
     json_t *fails = json_array();
     size_t i;
     json_t *id;
-    json_array_foreach(shown, i, id) {
+    json_array_foreach(json_object_get(c->mined, "shown"), i, id) {
         json_t *f = json_is_string(id) ? failure_by_id(c, json_string_value(id)) : NULL;
         if (f) {
             json_t *o = json_object_get(f, "output");
@@ -820,35 +939,26 @@ static void text_of(json_t *msgs, buf_t *b)
     }
 }
 
-/* A run of LEAK_WINDOW bytes of a shown input that the candidate has and
- * the current version has not: trace text copied into the prompt. */
-static bool leaks(const char *cand, const char *cur, json_t *v, char *found, size_t flen)
+/* What the accept policy is told about a candidate beside the gate's
+ * numbers: the words it adds that traffic holds ({token, traces, golden}),
+ * rarest first, out of how many traces read. */
+static json_t *candidate_facts(loop_cycle *c, json_t *msgs, json_t *cur)
 {
-    if (json_is_object(v) || json_is_array(v)) {
-        size_t i;
-        const char *k;
-        json_t *x;
-        if (json_is_array(v)) {
-            json_array_foreach(v, i, x) if (leaks(cand, cur, x, found, flen)) return true;
-        } else {
-            json_object_foreach(v, k, x) if (leaks(cand, cur, x, found, flen)) return true;
-        }
-        return false;
-    }
-    const char *s = json_string_value(v);
-    size_t n = s ? strlen(s) : 0;
-    if (n < LEAK_WINDOW)
-        return false;
-    char win[LEAK_WINDOW + 1];
-    for (size_t off = 0; off + LEAK_WINDOW <= n; off += 4) {
-        memcpy(win, s + off, LEAK_WINDOW);
-        win[LEAK_WINDOW] = '\0';
-        if (strstr(cand, win) && !strstr(cur, win)) {
-            snprintf(found, flen, "%s", win);
-            return true;
-        }
-    }
-    return false;
+    buf_t a, b;
+    buf_init(&a);
+    buf_init(&b);
+    text_of(msgs, &a);
+    text_of(cur, &b);
+    json_t *toks = provenance_new_tokens(c->prov, a.data ? a.data : "", b.data ? b.data : "", 20);
+    buf_free(&a);
+    buf_free(&b);
+    size_t i;
+    json_t *t;
+    json_array_foreach(toks, i, t)
+        json_object_set_new(t, "golden",
+                            json_boolean(provenance_token_traces(c->golden, json_string_value(json_object_get(t, "token")))
+                                         > 0));
+    return json_pack("{s:o, s:I}", "trace_tokens", toks, "traces", (json_int_t)provenance_traces(c->prov));
 }
 
 /* Returns the candidate's messages, or NULL with why. */
@@ -945,16 +1055,13 @@ static json_t *check_candidate(lprompt *p, json_t *cand, char *why, size_t whyle
     buf_init(&b);
     text_of(msgs, &a);
     text_of(cur, &b);
-    char found[LEAK_WINDOW + 1];
-    bool leak = false;
-    json_t *f;
-    json_array_foreach(json_object_get(c->ctx, "failures"), i, f) if (!leak) leak =
-        leaks(a.data ? a.data : "", b.data ? b.data : "", json_object_get(f, "input"), found, sizeof found);
+    char found[200];
+    bool leak = provenance_copied(c->prov, a.data ? a.data : "", b.data ? b.data : "", found, sizeof found);
     buf_free(&a);
     buf_free(&b);
     if (leak) {
-        snprintf(why, whylen, "it copies trace text into the prompt (\"%s...\"): trace text is data, never "
-                 "instructions", found);
+        snprintf(why, whylen, "it copies trace text into the prompt (\"%s\", as normalised): trace text is data, "
+                 "never instructions", found);
         json_decref(msgs);
         return NULL;
     }
@@ -988,9 +1095,32 @@ static void start_gate(lprompt *p, int status, void *ud)
             continue;
         char cid[200];
         snprintf(cid, sizeof cid, "trace:%s", json_string_value(id));
-        json_array_append_new(cases, json_pack("{s:s, s:O, s:[s], s:O, s:O}", "id", cid, "variables",
-                                               json_object_get(f, "variables"), "tags", "failed", "trace_id", id,
-                                               "reasons", json_object_get(f, "reasons")));
+        json_t *group = json_object_get(c->group_of, json_string_value(id));
+        json_t *meta = json_object_get(f, "metadata");
+        json_array_append_new(cases, json_pack("{s:s, s:s, s:O, s:[s], s:O, s:O, s:O*, s:O*}", "id", cid, "source",
+                                               "failed", "variables", json_object_get(f, "variables"), "tags",
+                                               "failed", "trace_id", id, "reasons", json_object_get(f, "reasons"),
+                                               "group", json_is_string(group) ? group : NULL, "metadata",
+                                               json_is_object(meta) ? meta : NULL));
+    }
+    /* passing production traces, replayed: nothing that worked may break */
+    json_t *r;
+    json_array_foreach(c->replay, i, r) {
+        const char *tid = json_string_value(json_object_get(r, "id"));
+        json_t *t = NULL, *x;
+        size_t j;
+        json_array_foreach(c->passing, j, x) if (tid && !strcmp(json_string_value(json_object_get(x, "trace_id")), tid))
+            t = x;
+        if (!t)
+            continue;
+        char cid[200];
+        snprintf(cid, sizeof cid, "replay:%s", tid);
+        json_t *stratum = json_object_get(r, "stratum"), *meta = json_object_get(t, "metadata");
+        json_array_append_new(cases, json_pack("{s:s, s:s, s:O, s:[s], s:s, s:O*, s:O*}", "id", cid, "source",
+                                               "replay", "variables", json_object_get(t, "variables"), "tags",
+                                               "replay", "trace_id", tid, "stratum",
+                                               json_is_string(stratum) ? stratum : NULL, "metadata",
+                                               json_is_object(meta) ? meta : NULL));
     }
     json_t *spec = json_pack("{s:s, s:I, s:O, s:s, s:I, s:I, s:s, s:O}", "prompt", p->name, "baseline",
                              (json_int_t)c->baseline, "candidates", c->versions, "kind", "gate", "k",
@@ -1000,6 +1130,8 @@ static void start_gate(lprompt *p, int status, void *ud)
     if (json_array_size(cases))
         json_object_set(spec, "cases", cases);
     json_decref(cases);
+    if (json_object_size(c->facts))
+        json_object_set(spec, "candidate_facts", c->facts);
     if (set_str(p, "dataset"))
         json_object_set_new(spec, "dataset", json_string(set_str(p, "dataset")));
     if (json_object_get(p->set, "budget"))
@@ -1071,6 +1203,8 @@ static void parsed(lprompt *p, json_t *res, const char *err)
     size_t max = (size_t)set_int(p, "candidates");
     json_t *cur = registry_version(lp->reg, p->name, c->baseline);
     json_t *seen = json_array();
+    json_decref(c->facts);
+    c->facts = json_object();
     json_array_foreach(list, i, cand) {
         if (i >= max) {
             json_array_append_new(c->invalid, json_pack("{s:I, s:s}", "index", (json_int_t)i, "reason",
@@ -1094,6 +1228,7 @@ static void parsed(lprompt *p, json_t *res, const char *err)
             continue;
         }
         json_array_append(seen, msgs);
+        json_t *fact = candidate_facts(c, msgs, json_object_get(cur, "messages"));
         const char *rationale = json_string_value(json_object_get(cand, "rationale"));
         char note[1100], author[80];
         snprintf(note, sizeof note, "%.1000s", rationale ? rationale : "(no rationale given)");
@@ -1107,11 +1242,15 @@ static void parsed(lprompt *p, json_t *res, const char *err)
         reg_error e;
         if (registry_add_version(lp->reg, p->name, body, "loop", &m->w, &v, &e) == 0) {
             json_array_append_new(c->versions, json_integer(v));
+            char key[24];
+            snprintf(key, sizeof key, "%lld", (long long)v);
+            json_object_set_new(c->facts, key, json_incref(fact));
             lp->n.candidates++;
         } else {
             json_array_append_new(c->invalid, json_pack("{s:I, s:s}", "index", (json_int_t)i, "reason", e.message));
         }
         json_decref(body);
+        json_decref(fact);
     }
     json_decref(seen);
     buf_t msg;
@@ -1199,7 +1338,7 @@ static void gate_apply(lprompt *p, json_t *report, const char *run_state)
         json_array_foreach(json_object_get(v, "reasons"), j, r) buf_printf(&why, "%s%s", j ? "; " : ": ",
                                                                           json_string_value(r) ? json_string_value(r)
                                                                                                : "");
-        bool ok = verdict && !strcmp(verdict, "accept");
+        bool ok = verdict && !strcmp(verdict, "improved");
         json_t *cur = registry_version(lp->reg, p->name, ver);
         if (cur && !strcmp(json_string_value(json_object_get(cur, "status")), "testing")) {
             reg_error e;
@@ -1225,24 +1364,31 @@ static void gate_apply(lprompt *p, json_t *report, const char *run_state)
         }
     }
     json_t *winner = json_object_get(report, "winner");
-    event(p, &m->w, "gate", json_pack("{s:s, s:O, s:O}", "run", p->run_id, "verdicts",
+    const char *hold = json_string_value(json_object_get(report, "hold"));
+    const char *winner_reason = json_string_value(json_object_get(report, "winner_reason"));
+    if (winner_reason)
+        buf_printf(&msg, "; winner %s", winner_reason);
+    event(p, &m->w, "gate", json_pack("{s:s, s:O, s:O, s:s*, s:s*}", "run", p->run_id, "verdicts",
                                       json_object_get(report, "verdicts") ? json_object_get(report, "verdicts")
                                                                           : json_null(),
-                                      "winner", winner ? winner : json_null()),
+                                      "winner", winner ? winner : json_null(), "winner_reason", winner_reason, "hold",
+                                      hold),
           "%s", msg.data);
     buf_free(&msg);
     bool pinned = json_is_true(json_object_get(pr, "pinned"));
-    if (json_is_integer(winner) && (json_is_true(json_object_get(p->set, "require_approval")) || pinned)) {
+    if (json_is_integer(winner) && (json_is_true(json_object_get(p->set, "require_approval")) || pinned || hold)) {
         p->version = json_integer_value(winner);
         set_state(p, "awaiting_approval");
-        event(p, &m->w, "approval", NULL, "v%lld passed the gate and waits for a human: ratchet approve %s%s",
-              (long long)p->version, p->run_id, pinned ? " (the prompt is pinned)" : "");
-        decide(p, "waiting for approval of v%lld (run %s)", (long long)p->version, p->run_id);
+        event(p, &m->w, "approval", hold ? json_pack("{s:s}", "hold", hold) : NULL,
+              "v%lld passed the gate and waits for a human: ratchet approve %s%s%s", (long long)p->version, p->run_id,
+              hold ? "; held: " : pinned ? " (the prompt is pinned)" : "", hold ? hold : "");
+        decide(p, "waiting for approval of v%lld (run %s)%s%s", (long long)p->version, p->run_id, hold ? ": " : "",
+               hold ? hold : "");
     } else if (json_is_integer(winner) && p->set) {
         begin_canary(p, &m->w, json_integer_value(winner), "loop");
     } else {
         set_state(p, "idle");
-        decide(p, "the gate accepted no candidate");
+        decide(p, "the gate showed no candidate improved");
     }
     cycle_free(p->cyc);
     p->cyc = NULL;
@@ -1292,22 +1438,60 @@ static void run_read(void *ud)
 
 /* The first traffic step from the rollout policy's settings (steps in
  * percent), overridden by loop.rollout_options.steps. */
+/* A setting of the rollout policy the engine needs itself: the prompt's
+ * loop.rollout_options, else the policy's own settings. The caller decrefs. */
+static json_t *rollout_setting(lprompt *p, const char *key)
+{
+    json_t *v = json_object_get(json_object_get(p->set, "rollout_options"), key);
+    if (v)
+        return json_incref(v);
+    char slot[200];
+    snprintf(slot, sizeof slot, "policies/%s", set_str(p, "rollout"));
+    const loaded_evaluator *le = catalog_peek(p->lp->cat, slot);
+    char *s = le ? script_field_json(p->lp->vm, le->ev.ref, "settings") : NULL;
+    json_t *settings = s ? json_loads(s, 0, NULL) : NULL;
+    free(s);
+    v = json_incref(json_object_get(settings, key));
+    json_decref(settings);
+    return v;
+}
+
+/* The first traffic step from the rollout policy's settings (steps in percent). */
 static void rollout_first_share(lprompt *p, double *share)
 {
-    json_t *steps = json_object_get(json_object_get(p->set, "rollout_options"), "steps");
-    json_t *settings = NULL;
-    if (!json_is_array(steps)) {
-        char slot[200];
-        snprintf(slot, sizeof slot, "policies/%s", set_str(p, "rollout"));
-        const loaded_evaluator *le = catalog_peek(p->lp->cat, slot);
-        char *s = le ? script_field_json(p->lp->vm, le->ev.ref, "settings") : NULL;
-        settings = s ? json_loads(s, 0, NULL) : NULL;
-        free(s);
-        steps = json_object_get(settings, "steps");
-    }
+    json_t *steps = rollout_setting(p, "steps");
     double pct = json_number_value(json_array_get(steps, 0));
     *share = pct > 0 && pct <= 100 ? pct / 100.0 : 0.05;
-    json_decref(settings);
+    json_decref(steps);
+}
+
+/* The metadata keys of the rollout's slices ("metadata.KEY" in its
+ * settings), or NULL with why when one is not of that form. */
+static json_t *rollout_slices(lprompt *p, char *why, size_t whylen)
+{
+    json_t *names = rollout_setting(p, "slices"), *keys = json_array();
+    size_t i;
+    json_t *n;
+    if (names && !json_is_array(names) && !(json_is_object(names) && json_object_size(names) == 0)) {
+        snprintf(why, whylen, "rollout: 'slices' must be a list of \"metadata.KEY\"");
+        goto bad;
+    }
+    json_array_foreach(names, i, n) {
+        const char *s = json_string_value(n);
+        size_t len = s && !strncmp(s, "metadata.", 9) ? strlen(s + 9) : 0;
+        if (!len || len > 64 || strspn(s + 9, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") != len) {
+            snprintf(why, whylen, "rollout: slice %zu must be \"metadata.KEY\", KEY of 1 to 64 letters, digits, _ "
+                     "and -", i + 1);
+            goto bad;
+        }
+        json_array_append_new(keys, json_string(s + 9));
+    }
+    json_decref(names);
+    return keys;
+bad:
+    json_decref(names);
+    json_decref(keys);
+    return NULL;
 }
 
 static void begin_canary(lprompt *p, store_write *w, int64_t version, const char *actor)
@@ -1472,18 +1656,24 @@ static void canary_check(lprompt *p)
         decide(p, "the prompt has no loop settings any more: the canary is left to a human");
         return;
     }
-    p->busy = true;
-    pool_read *r = pool_new(p, metrics_work, rollout_read);
-    r->versions[0] = p->version;
-    r->versions[1] = registry_version_in(lp->reg, p->name, "production");
-    r->since = p->canary_started;
-    if (!r->versions[1]) {
-        p->busy = false;
-        free(r->name);
-        free(r);
+    int64_t prod = registry_version_in(lp->reg, p->name, "production");
+    if (!prod) {
         decide(p, "no production version to compare the canary with");
         return;
     }
+    char why[200];
+    json_t *slices = rollout_slices(p, why, sizeof why);
+    if (!slices) {
+        lp->n.errors++;
+        decide(p, "%s; the canary holds", why);
+        return;
+    }
+    p->busy = true;
+    pool_read *r = pool_new(p, metrics_work, rollout_read);
+    r->versions[0] = p->version;
+    r->versions[1] = prod;
+    r->since = p->canary_started;
+    r->slices = slices;
     pool_go(r);
 }
 

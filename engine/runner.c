@@ -249,7 +249,8 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
 }
 
 /* A case as a run keeps it: its compact JSON, a NUL, then the fragment
- * "id":...,"source":...,"tags":[...] that the report and the policy's input
+ * "id":...,"source":...[,"group":...][,"stratum":...],"tags":[...] (tags
+ * last: case_tags finds them so) that the report and the policy's input
  * list it by, so that the end of a run reads no case again. */
 static char *case_keep(const json_t *c)
 {
@@ -261,6 +262,12 @@ static char *case_keep(const json_t *c)
     jtree_dump_buf(&b, json_object_get(c, "id"));
     buf_puts(&b, ",\"source\":");
     jtree_dump_buf(&b, json_object_get(c, "source"));
+    static const char *const opt[] = {"group", "stratum", NULL};
+    for (const char *const *k = opt; *k; k++)
+        if (json_is_string(json_object_get(c, *k))) {
+            buf_printf(&b, ",\"%s\":", *k);
+            jtree_dump_buf(&b, json_object_get(c, *k));
+        }
     buf_puts(&b, ",\"tags\":");
     jtree_dump_buf(&b, json_object_get(c, "tags"));
     char *out = xmalloc(b.len + 1); /* exact size: a run may keep 200,000 */
@@ -427,7 +434,7 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
 {
     static const char *const known[] = {"prompt", "baseline", "candidates", "dataset", "dataset_version", "tags",
                                         "failed", "cases", "k", "concurrency", "budget", "cache", "policy",
-                                        "policy_options", "kind", NULL};
+                                        "policy_options", "kind", "candidate_facts", NULL};
     if (!json_is_object(spec))
         SPEC_FAIL(400, "invalid_json", "", "the body must be a JSON object describing the run");
     const char *key;
@@ -439,7 +446,7 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
         if (!ok)
             SPEC_FAIL(400, "invalid_field", key,
                       "unknown field '%s' (known: prompt, baseline, candidates, dataset, dataset_version, tags, "
-                      "failed, cases, k, concurrency, budget, cache, policy, policy_options, kind)",
+                      "failed, cases, k, concurrency, budget, cache, policy, policy_options, kind, candidate_facts)",
                       key);
     }
     const char *prompt = json_string_value(json_object_get(spec, "prompt"));
@@ -494,6 +501,16 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
                 SPEC_FAIL(400, "invalid_field", f, "'%s.tags' must be a list of strings", f);
             json_array_foreach(t, j, x) if (!json_is_string(x))
                 SPEC_FAIL(400, "invalid_field", f, "'%s.tags' must be a list of strings", f);
+            const char *src = json_string_value(json_object_get(v, "source"));
+            if (json_object_get(v, "source") &&
+                (!src || (strcmp(src, "failed") && strcmp(src, "replay") && strcmp(src, "inline"))))
+                SPEC_FAIL(400, "invalid_field", f, "'%s.source' must be \"failed\", \"replay\" or \"inline\"", f);
+            static const char *const names[] = {"group", "stratum", "trace_id", NULL};
+            for (const char *const *n = names; *n; n++)
+                if (json_object_get(v, *n) && !json_is_string(json_object_get(v, *n)))
+                    SPEC_FAIL(400, "invalid_field", f, "'%s.%s' must be a string", f, *n);
+            if (json_object_get(v, "metadata") && !json_is_object(json_object_get(v, "metadata")))
+                SPEC_FAIL(400, "invalid_field", f, "'%s.metadata' must be an object", f);
         }
     }
     if (ds) {
@@ -550,6 +567,20 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
     v = json_object_get(spec, "policy_options");
     if (v && !json_is_object(v))
         SPEC_FAIL(400, "invalid_field", "policy_options", "'policy_options' must be an object the policy reads");
+    json_t *facts = json_object_get(spec, "candidate_facts");
+    if (facts) {
+        json_t *x;
+        if (!json_is_object(facts))
+            SPEC_FAIL(400, "invalid_field", "candidate_facts",
+                      "'candidate_facts' must be an object: candidate version -> what the policy is told about it");
+        json_object_foreach(facts, key, x) {
+            bool listed = false;
+            json_array_foreach(c, i, v) listed |= json_integer_value(v) == strtoll(key, NULL, 10);
+            if (!listed || !json_is_object(x))
+                SPEC_FAIL(400, "invalid_field", "candidate_facts",
+                          "'candidate_facts.%s' must be an object, for a version listed in 'candidates'", key);
+        }
+    }
     v = json_object_get(spec, "budget");
     if (v) {
         if (!json_is_object(v))
@@ -701,7 +732,8 @@ static void build_cases(run *rn)
         json_t *o = json_deep_copy(c);
         if (!json_object_get(o, "tags"))
             json_object_set_new(o, "tags", json_array());
-        json_object_set_new(o, "source", json_string(json_object_get(c, "trace_id") ? "failed" : "inline"));
+        if (!json_object_get(o, "source"))
+            json_object_set_new(o, "source", json_string(json_object_get(c, "trace_id") ? "failed" : "inline"));
         rc = add_case(rn, o, names, e);
     }
     json_decref(rn->dataset_cases);
@@ -1411,12 +1443,18 @@ static void buf_outcome(buf_t *b, run *rn, size_t ci, int vi)
 static char *policy_input(run *rn, int vi)
 {
     json_t *opts = json_object_get(rn->spec, "policy_options");
-    json_t *in = json_pack("{s:s, s:s, s:I, s:I, s:i, s:b, s:O}", "run", rn->id, "prompt", rn->prompt, "baseline",
-                           (json_int_t)rn->versions[0], "candidate", (json_int_t)rn->versions[vi], "k", rn->k,
-                           "complete", json_is_true(json_object_get(rn->report, "complete")), "options",
-                           opts ? opts : json_object());
+    char key[24];
+    snprintf(key, sizeof key, "%lld", (long long)rn->versions[vi]);
+    json_t *facts = json_object_get(json_object_get(rn->spec, "candidate_facts"), key);
+    json_t *in = json_pack("{s:s, s:s, s:s, s:I, s:I, s:i, s:b, s:O, s:O}", "run", rn->id, "kind", rn->kind, "prompt",
+                           rn->prompt, "baseline", (json_int_t)rn->versions[0], "candidate",
+                           (json_int_t)rn->versions[vi], "k", rn->k, "complete",
+                           json_is_true(json_object_get(rn->report, "complete")), "options",
+                           opts ? opts : json_object(), "facts", facts ? facts : json_object());
     if (!opts)
         json_decref(json_object_get(in, "options"));
+    if (!facts)
+        json_decref(json_object_get(in, "facts"));
     buf_t b;
     buf_init(&b);
     jtree_dump_buf(&b, in);
@@ -1436,29 +1474,105 @@ static char *policy_input(run *rn, int vi)
     return buf_steal(&b);
 }
 
+/* Bytes a candidate changes: per message, what is left of both texts
+ * once their common start and end are taken off. */
+static size_t diff_bytes(json_t *a, json_t *b)
+{
+    size_t n = 0, na = json_array_size(a), nb = json_array_size(b);
+    for (size_t i = 0; i < na || i < nb; i++) {
+        const char *x = json_string_value(json_object_get(json_array_get(a, i), "content"));
+        const char *y = json_string_value(json_object_get(json_array_get(b, i), "content"));
+        size_t lx = x ? strlen(x) : 0, ly = y ? strlen(y) : 0, pre = 0, suf = 0;
+        while (pre < lx && pre < ly && x[pre] == y[pre])
+            pre++;
+        while (suf < lx - pre && suf < ly - pre && x[lx - 1 - suf] == y[ly - 1 - suf])
+            suf++;
+        n += (lx - pre - suf) + (ly - pre - suf);
+    }
+    return n;
+}
+
+static double stat_of(json_t *v, const char *k)
+{
+    json_t *x = json_object_get(json_object_get(v, "stats"), k);
+    return json_is_number(x) ? json_number_value(x) : 0;
+}
+
+/* Orders two improved candidates by the evidence, never by the order the
+ * optimizer listed them: not held before held, then the gain on the cases
+ * to fix, then the golden margin, then the smaller change, then the lower
+ * version. Returns < 0 when a comes first; why says what decided. */
+static int rank(run *rn, json_t *a, json_t *b, char *why, size_t whylen)
+{
+    bool ha = json_is_string(json_object_get(a, "hold")), hb = json_is_string(json_object_get(b, "hold"));
+    if (ha != hb) {
+        snprintf(why, whylen, "it is not held for approval");
+        return ha ? 1 : -1;
+    }
+    double ga = stat_of(a, "gain"), gb = stat_of(b, "gain");
+    if (ga != gb) {
+        snprintf(why, whylen, "gain on the cases to fix %+.3g against %+.3g", ga, gb);
+        return ga > gb ? -1 : 1;
+    }
+    double ma = stat_of(a, "margin"), mb = stat_of(b, "margin");
+    if (ma != mb) {
+        snprintf(why, whylen, "golden margin %+.3g against %+.3g (equal gain)", ma, mb);
+        return ma > mb ? -1 : 1;
+    }
+    int ia = (int)json_integer_value(json_object_get(a, "index")), ib = (int)json_integer_value(json_object_get(b, "index"));
+    size_t da = diff_bytes(rn->templates[0], rn->templates[ia]), db = diff_bytes(rn->templates[0], rn->templates[ib]);
+    if (da != db) {
+        snprintf(why, whylen, "a smaller change (%zu bytes against %zu; equal gain and margin)", da, db);
+        return da < db ? -1 : 1;
+    }
+    snprintf(why, whylen, "the lower version (equal gain, margin and change size)");
+    return json_integer_value(json_object_get(a, "version")) < json_integer_value(json_object_get(b, "version")) ? -1
+                                                                                                                 : 1;
+}
+
+/* The winner: the best improved candidate by rank(), with the reason it
+ * beat the runner-up. */
+static void choose_winner(run *rn)
+{
+    json_t *best = NULL, *second = NULL;
+    size_t i;
+    json_t *v;
+    char why[300] = "";
+    json_array_foreach(rn->verdicts, i, v) {
+        if (strcmp(json_string_value(json_object_get(v, "verdict")), "improved"))
+            continue;
+        json_object_set_new(v, "index", json_integer((json_int_t)i + 1));
+        if (!best || rank(rn, v, best, why, sizeof why) < 0) {
+            second = best;
+            best = v;
+        } else if (!second || rank(rn, v, second, why, sizeof why) < 0) {
+            second = v;
+        }
+    }
+    json_object_set_new(rn->report, "winner", best ? json_incref(json_object_get(best, "version")) : json_null());
+    if (best && json_is_string(json_object_get(best, "hold")))
+        json_object_set(rn->report, "hold", json_object_get(best, "hold"));
+    if (best && second) {
+        rank(rn, best, second, why, sizeof why);
+        json_object_set_new(rn->report, "winner_reason",
+                            json_sprintf("v%lld over the runner-up v%lld: %s",
+                                         (long long)json_integer_value(json_object_get(best, "version")),
+                                         (long long)json_integer_value(json_object_get(second, "version")), why));
+    } else if (best) {
+        json_object_set_new(rn->report, "winner_reason",
+                            json_sprintf("v%lld is the only improved candidate",
+                                         (long long)json_integer_value(json_object_get(best, "version"))));
+    }
+    json_array_foreach(rn->verdicts, i, v) json_object_del(v, "index");
+}
+
 static void on_run_finished(store_write *w);
 
 static void run_store_final(run *rn, const char *state, const char *verdict, const char *error)
 {
     json_object_set_new(rn->report, "verdicts", json_incref(rn->verdicts));
     json_object_set_new(rn->report, "verdict", json_string(verdict));
-    /* the winner: the accepted candidate with the best pass rate */
-    json_t *winner = json_null();
-    double best = -1;
-    size_t i;
-    json_t *v;
-    json_array_foreach(rn->verdicts, i, v) {
-        if (strcmp(json_string_value(json_object_get(v, "verdict")), "accept"))
-            continue;
-        json_t *vs = json_array_get(json_object_get(rn->report, "versions"), i + 1);
-        double rate = json_number_value(json_object_get(vs, "pass_rate"));
-        if (rate > best) {
-            best = rate;
-            json_decref(winner);
-            winner = json_incref(json_object_get(v, "version"));
-        }
-    }
-    json_object_set_new(rn->report, "winner", winner);
+    choose_winner(rn);
     char *report = json_dumps(rn->report, JSON_COMPACT);
     store_write_clear(&rn->w);
     store_finish_run(&rn->w, rn->id, state, verdict, report, error, now_ms());
@@ -1475,6 +1589,24 @@ static void run_store_final(run *rn, const char *state, const char *verdict, con
     }
 }
 
+/* The policy's verdict in the gate's words; "accept" and "reject", the
+ * words of earlier policies, mean "improved" and "regressed". NULL when it
+ * is none of them. */
+static const char *verdict_name(const char *v)
+{
+    static const char *const names[] = {"improved", "no_regression", "regressed", "inconclusive", NULL};
+    if (!v)
+        return NULL;
+    if (!strcmp(v, "accept"))
+        return "improved";
+    if (!strcmp(v, "reject"))
+        return "regressed";
+    for (const char *const *n = names; *n; n++)
+        if (!strcmp(v, *n))
+            return *n;
+    return NULL;
+}
+
 static void policy_next(run *rn);
 
 static void on_policy(const char *result, const char *error, void *ud)
@@ -1484,13 +1616,14 @@ static void on_policy(const char *result, const char *error, void *ud)
     rn->pol = NULL;
     int64_t version = rn->versions[rn->pol_vi];
     json_t *res = result ? json_loads(result, JSON_DECODE_ANY, NULL) : NULL;
-    const char *verdict = json_string_value(json_object_get(res, "verdict"));
+    const char *verdict = verdict_name(json_string_value(json_object_get(res, "verdict")));
     json_t *reasons = json_object_get(res, "reasons");
     json_t *entry;
-    if (!verdict || (strcmp(verdict, "accept") && strcmp(verdict, "reject") && strcmp(verdict, "inconclusive"))) {
+    if (!verdict) {
         char why[900];
-        snprintf(why, sizeof why, "%s", error ? error : "the policy must return {verdict = \"accept\"|\"reject\"|"
-                                                        "\"inconclusive\", reasons = {...}}");
+        snprintf(why, sizeof why, "%s", error ? error : "the policy must return {verdict = \"improved\"|"
+                                                        "\"no_regression\"|\"regressed\"|\"inconclusive\", "
+                                                        "reasons = {...}}");
         entry = json_pack("{s:I, s:s, s:[s]}", "version", (json_int_t)version, "verdict", "inconclusive", "reasons",
                           why);
     } else {
@@ -1500,15 +1633,17 @@ static void on_policy(const char *result, const char *error, void *ud)
             json_decref(json_object_get(entry, "reasons"));
         if (json_object_get(res, "stats"))
             json_object_set(entry, "stats", json_object_get(res, "stats"));
-        /* incomplete data is never accepted, whatever the policy says */
+        if (json_is_string(json_object_get(res, "hold")))
+            json_object_set(entry, "hold", json_object_get(res, "hold"));
+        /* incomplete data is never shown better or harmless, whatever the policy says */
         int64_t errors = json_integer_value(json_object_get(json_array_get(json_object_get(rn->report, "versions"), 0),
                                                             "errors")) +
                          json_integer_value(json_object_get(
                              json_array_get(json_object_get(rn->report, "versions"), (size_t)rn->pol_vi), "errors"));
-        if (!strcmp(verdict, "accept") && errors > 0) {
+        if ((!strcmp(verdict, "improved") || !strcmp(verdict, "no_regression")) && errors > 0) {
             json_object_set_new(entry, "verdict", json_string("inconclusive"));
             json_array_append_new(json_object_get(entry, "reasons"),
-                                  json_sprintf("the engine overrode 'accept': %lld samples errored",
+                                  json_sprintf("the engine overrode '%s': %lld samples errored", verdict,
                                                (long long)errors));
         }
     }
@@ -1521,15 +1656,22 @@ static void on_policy(const char *result, const char *error, void *ud)
 static void policy_next(run *rn)
 {
     if (rn->pol_vi >= rn->nv) {
-        bool any_accept = false, all_reject = true;
+        /* the run's verdict: what its best candidate showed */
+        bool improved = false, no_regression = false, all_regressed = true;
         size_t i;
         json_t *v;
         json_array_foreach(rn->verdicts, i, v) {
             const char *s = json_string_value(json_object_get(v, "verdict"));
-            any_accept |= !strcmp(s, "accept");
-            all_reject &= !strcmp(s, "reject");
+            improved |= !strcmp(s, "improved");
+            no_regression |= !strcmp(s, "no_regression");
+            all_regressed &= !strcmp(s, "regressed");
         }
-        run_store_final(rn, "finished", any_accept ? "accept" : all_reject ? "reject" : "inconclusive", NULL);
+        run_store_final(rn, "finished",
+                        improved        ? "improved"
+                        : no_regression ? "no_regression"
+                        : all_regressed ? "regressed"
+                                        : "inconclusive",
+                        NULL);
         return;
     }
     char name[200];

@@ -220,8 +220,13 @@ typedef enum { STORE_CASE_OBJECTS, STORE_CASE_TEXTS, STORE_CASE_IDS } store_case
 int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
                         char *err, size_t errlen);
 /* The newest failed traces of prompt (of one version unless 0) with since <= ts < until that carry
- * input.variables: [{trace_id, variables, ts, reasons, negative, output}] (reasons: failed scores). */
+ * input.variables: [{trace_id, variables, ts, reasons, negative, output, messages, metadata}] (reasons:
+ * failed scores; messages and metadata null when the trace had none). */
 int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen);
+/* The same for traces that passed (evaluated, every required evaluator
+ * passed, no negative feedback); reasons is []. */
+int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                              int limit, json_t **cases, char *err, size_t errlen);
 /* Looks up n cache keys; results[i] is the stored JSON or NULL (free each). */
 int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen);
@@ -261,5 +266,10 @@ int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int 
  *  evaluators: {name: {n, passed, failures, errors, pass_rate, required}}} */
 int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                          json_t **out, char *err, size_t errlen);
+/* The same, read in one transaction with, for each metadata key named in
+ * slice_keys (an array of strings, or NULL), slices: {"metadata.KEY=VALUE":
+ * {evaluated, passed, pass_rate}} over the key's 50 most frequent values. */
+int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                                const json_t *slice_keys, json_t **out, char *err, size_t errlen);
 
 #endif

@@ -87,20 +87,56 @@ static void bind_window(sqlite3_stmt *st, const char *prompt, int64_t version, i
     sqlite3_bind_int64(st, 4, until_ms);
 }
 
-int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                         json_t **out, char *err, size_t errlen)
+/* Runs a read transaction on a borrowed connection: every statement of a
+ * snapshot reads the same database state. */
+static sqlite3 *snapshot_begin(store *s, char *err, size_t errlen)
 {
-    sqlite3 *db;
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (db && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(db));
+        store_read_release(s, db);
+        return NULL;
+    }
+    return db;
+}
+
+static int snapshot_end(store *s, sqlite3 *db)
+{
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    store_read_release(s, db);
+    return 0;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, size_t errlen)
+{
+    if (sqlite3_prepare_v2(db, sql, -1, st, NULL) == SQLITE_OK)
+        return 0;
+    snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(db));
+    return -1;
+}
+
+static int finish(sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen)
+{
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return 0;
+    snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(db));
+    return -1;
+}
+
+/* The totals of one version over the window into *out. */
+static int metrics_totals(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                          json_t **out, char *err, size_t errlen)
+{
     sqlite3_stmt *st;
-    *out = NULL;
-    if (read_begin(s,
-                   "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
-                   "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), "
-                   "  total(retry_of IS NOT NULL), avg(json_extract(body, '$.latency_ms')), "
-                   "  avg(json_extract(body, '$.usage.cost_usd')), "
-                   "  avg(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
-                   "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
-                   &db, &st, err, errlen))
+    if (prepare(db,
+                "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+                "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), "
+                "  total(retry_of IS NOT NULL), avg(json_extract(body, '$.latency_ms')), "
+                "  avg(json_extract(body, '$.usage.cost_usd')), "
+                "  avg(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
+                "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
+                &st, err, errlen))
         return -1;
     bind_window(st, prompt, version, since_ms, until_ms);
     int rc = sqlite3_step(st);
@@ -115,18 +151,24 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
                          "evaluators");
         rc = SQLITE_DONE;
     }
-    if (read_end(s, db, st, rc, err, errlen))
-        return -1;
-    if (read_begin(s,
-                   "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), "
-                   "  total(s.status = 'ok' AND s.pass = 0), total(s.status <> 'ok'), max(s.required) "
-                   "FROM scores s JOIN traces t ON t.id = s.trace_id "
-                   "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 "
-                   "GROUP BY s.evaluator ORDER BY s.evaluator",
-                   &db, &st, err, errlen))
+    return finish(db, st, rc, err, errlen);
+}
+
+/* Per evaluator, into evs. */
+static int metrics_evaluators(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                              json_t *evs, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    if (prepare(db,
+                "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), "
+                "  total(s.status = 'ok' AND s.pass = 0), total(s.status <> 'ok'), max(s.required) "
+                "FROM scores s JOIN traces t ON t.id = s.trace_id "
+                "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 "
+                "GROUP BY s.evaluator ORDER BY s.evaluator",
+                &st, err, errlen))
         return -1;
     bind_window(st, prompt, version, since_ms, until_ms);
-    json_t *evs = json_object_get(*out, "evaluators");
+    int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         double n = (double)sqlite3_column_int64(st, 1), ok = col_num(st, 2), fail = col_num(st, 3);
         json_object_set_new(evs, (const char *)sqlite3_column_text(st, 0),
@@ -135,5 +177,72 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
                                       ok + fail > 0 ? ok / (ok + fail) : 0.0, "required",
                                       sqlite3_column_int(st, 5)));
     }
-    return read_end(s, db, st, rc, err, errlen);
+    return finish(db, st, rc, err, errlen);
+}
+
+/* A slice's figures: evaluated and passed traces per value of each
+ * metadata key, the most frequent MAX_SLICE_VALUES values of each. */
+#define MAX_SLICE_VALUES 50
+static int metrics_slices(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                          const json_t *keys, json_t *out, char *err, size_t errlen)
+{
+    size_t i;
+    json_t *k;
+    json_array_foreach(keys, i, k) {
+        const char *key = json_string_value(k);
+        sqlite3_stmt *st;
+        if (prepare(db,
+                    "SELECT json_extract(body, '$.metadata.\"' || ?5 || '\"') AS v, total(verdict IS NOT NULL), "
+                    "  total(verdict = 0 AND negative = 0) "
+                    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4 "
+                    "GROUP BY v ORDER BY count(*) DESC LIMIT ?6",
+                    &st, err, errlen))
+            return -1;
+        bind_window(st, prompt, version, since_ms, until_ms);
+        sqlite3_bind_text(st, 5, key, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, MAX_SLICE_VALUES);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *v = (const char *)sqlite3_column_text(st, 0);
+            char name[300];
+            snprintf(name, sizeof name, "metadata.%s=%.200s", key, v ? v : "(none)");
+            double evaluated = col_num(st, 1), passed = col_num(st, 2);
+            json_object_set_new(out, name, json_pack("{s:I, s:I, s:f}", "evaluated", (json_int_t)evaluated, "passed",
+                                                     (json_int_t)passed, "pass_rate",
+                                                     evaluated > 0 ? passed / evaluated : 0.0));
+        }
+        if (finish(db, st, rc, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                         json_t **out, char *err, size_t errlen)
+{
+    return store_prompt_metrics_sliced(s, prompt, version, since_ms, until_ms, NULL, out, err, errlen);
+}
+
+int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                                const json_t *slice_keys, json_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    sqlite3 *db = snapshot_begin(s, err, errlen);
+    if (!db)
+        return -1;
+    int rc = metrics_totals(db, prompt, version, since_ms, until_ms, out, err, errlen);
+    if (!rc)
+        rc = metrics_evaluators(db, prompt, version, since_ms, until_ms, json_object_get(*out, "evaluators"), err,
+                                errlen);
+    if (!rc && json_array_size(slice_keys)) {
+        json_object_set_new(*out, "slices", json_object());
+        rc = metrics_slices(db, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
+                            errlen);
+    }
+    snapshot_end(s, db);
+    if (rc) {
+        json_decref(*out);
+        *out = NULL;
+    }
+    return rc;
 }

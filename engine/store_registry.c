@@ -356,21 +356,14 @@ int store_dataset_cases(store *s, const char *dataset, int64_t version, store_ca
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                             int limit, json_t **cases, char *err, size_t errlen)
+/* ?1 prompt, ?2 since, ?3 until, ?4 limit, ?5 version (0: any) */
+static int trace_cases(store *s, const char *sql, const char *prompt, int64_t version, int64_t since_ms,
+                       int64_t until_ms, int limit, json_t **cases, char *err, size_t errlen)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
     *cases = json_array();
-    if (read_begin(s,
-                   "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, "
-                   "  (SELECT json_group_array(json_object('evaluator', evaluator, 'reason', reason)) FROM scores "
-                   "   WHERE trace_id = t.id AND pass = 0 AND status = 'ok'), t.negative, json_extract(t.body, '$.output') "
-                   "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND (?5 = 0 OR t.version = ?5) "
-                   "AND (t.verdict = 1 OR t.negative = 1) "
-                   "AND json_type(t.body, '$.input.variables') = 'object' "
-                   "ORDER BY t.ts DESC, t.seq DESC LIMIT ?4",
-                   &db, &st, err, errlen))
+    if (read_begin(s, sql, &db, &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, since_ms);
@@ -378,12 +371,44 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int6
     sqlite3_bind_int(st, 4, limit);
     sqlite3_bind_int64(st, 5, version);
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        json_array_append_new(*cases, json_pack("{s:o, s:o, s:I, s:o, s:b, s:o}", "trace_id", col_text(st, 0),
-                                                "variables", col_json(st, 1), "ts",
-                                                (json_int_t)sqlite3_column_int64(st, 2), "reasons", col_json(st, 3),
-                                                "negative", sqlite3_column_int(st, 4), "output", col_text(st, 5)));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *c = json_pack("{s:o, s:o, s:I, s:o, s:b, s:o, s:o, s:o}", "trace_id", col_text(st, 0), "variables",
+                              col_json(st, 1), "ts", (json_int_t)sqlite3_column_int64(st, 2), "reasons",
+                              col_json(st, 3), "negative", sqlite3_column_int(st, 4), "output", col_text(st, 5),
+                              "messages", col_json(st, 6), "metadata", col_json(st, 7));
+        json_array_append_new(*cases, c);
+    }
     return read_end(s, db, st, rc, err, errlen);
+}
+
+int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen)
+{
+    return trace_cases(
+        s,
+        "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, "
+        "  (SELECT json_group_array(json_object('evaluator', evaluator, 'reason', reason)) FROM scores "
+        "   WHERE trace_id = t.id AND pass = 0 AND status = 'ok'), t.negative, json_extract(t.body, '$.output'), "
+        "  json_extract(t.body, '$.input.messages'), json_extract(t.body, '$.metadata') "
+        "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND (?5 = 0 OR t.version = ?5) "
+        "AND (t.verdict = 1 OR t.negative = 1) "
+        "AND json_type(t.body, '$.input.variables') = 'object' "
+        "ORDER BY t.ts DESC, t.seq DESC LIMIT ?4",
+        prompt, version, since_ms, until_ms, limit, cases, err, errlen);
+}
+
+int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen)
+{
+    return trace_cases(s,
+                       "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, json('[]'), t.negative, "
+                       "  json_extract(t.body, '$.output'), json_extract(t.body, '$.input.messages'), "
+                       "  json_extract(t.body, '$.metadata') "
+                       "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND (?5 = 0 OR t.version = ?5) "
+                       "AND t.verdict = 0 AND t.negative = 0 "
+                       "AND json_type(t.body, '$.input.variables') = 'object' "
+                       "ORDER BY t.ts DESC, t.seq DESC LIMIT ?4",
+                       prompt, version, since_ms, until_ms, limit, cases, err, errlen);
 }
 
 int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen)

@@ -1,23 +1,36 @@
 -- accept.lua — the accept policy of the regression gate: decide(report)
 -- judges one candidate against the baseline from the per-case outcomes the
--- engine hands over, and answers accept, reject or inconclusive with reasons.
--- Ops edit the settings below (or pass policy_options with a run); the file
--- hot-reloads. Method and assumptions: docs/gate.md.
+-- engine hands over and says what the run showed:
+--   improved       significantly better on cases to fix that the optimizer
+--                  never saw (held-out failures, golden cases the baseline
+--                  fails), in all or in one failure group, and nothing that
+--                  worked broken: the only verdict the loop canaries
+--   no_regression  nothing broken, nothing shown better
+--   regressed      something that worked broke
+--   inconclusive   incomplete or errored data; in a gate run (the loop), also
+--                  nothing to fix or too few cases to show an improvement
+-- and, for an improved candidate that adds words only rare traffic holds,
+-- hold = "why" (the loop then waits for `ratchet approve`).
+-- Ops edit the settings below (or pass policy_options with a run, or a
+-- prompt's loop.accept_options); the file hot-reloads. Method: docs/gate.md.
 local stats = require "lib.stats"
 
 local M = {}
 
 M.settings = {
-  -- the share of the cases to fix (failed traces, and dataset cases the
-  -- baseline fails) that the candidate must pass
-  min_fixed_share = 0.5,
-  -- golden cases (dataset cases) the baseline passed in every sample that
-  -- the candidate may fail, as a share of the golden cases; critical cases
-  -- have zero tolerance whatever this says
-  max_regression_share = 0.02,
-  -- one-sided exact McNemar test on the golden cases: reject when the
-  -- candidate's drop is significant at this level
+  -- "improved" needs the one-sided exact sign test on the cases to fix at
+  -- this level, split (Bonferroni) over the tests made: all cases to fix
+  -- together, and each failure group on its own
   alpha = 0.05,
+  -- protected cases (golden and replayed production cases the baseline
+  -- passed in every sample) the candidate may lose, as a share of them,
+  -- rounded down. 0: none. Critical cases never.
+  max_regression_share = 0,
+  -- hold an improved candidate for a human when it adds a word that traffic
+  -- holds but the current prompt and the golden set do not, and that is
+  -- rare: in at most this share of the traces the loop read (at least 1)
+  hold_rare_tokens = true,
+  rare_token_share = 0.05,
 }
 
 local function opt(report, name)
@@ -43,11 +56,23 @@ local function list(ids, max)
   return s
 end
 
-function M.decide(report)
-  local k = report.k or 1
-  local reasons = {}
-  -- 1. incomplete or errored data is never accepted
-  local missing, errored = {}, {}
+local function pct(x) return string.format("%+.1f pp", 100 * x) end
+
+-- the smallest number of fixes with none broken that reaches level a
+local function fixes_needed(a)
+  local n = 1
+  while 0.5 ^ n > a and n < 60 do n = n + 1 end
+  return n
+end
+
+-- where a protected case belongs when its regressions are reported
+local function stratum_of(c)
+  if c.source == "replay" then return "replay " .. (c.stratum or "(all)") end
+  return "golden"
+end
+
+local function incomplete(report, k)
+  local missing, errored, reasons = {}, {}, {}
   for _, c in ipairs(report.cases) do
     for _, side in ipairs({ "baseline", "candidate" }) do
       local r = c[side]
@@ -55,65 +80,206 @@ function M.decide(report)
       elseif r.errors > 0 then errored[#errored + 1] = c.id .. " (" .. side .. ")" end
     end
   end
-  if not report.complete or #missing > 0 or #errored > 0 then
-    if not report.complete then reasons[#reasons + 1] = "the run is incomplete" end
-    if #missing > 0 then reasons[#reasons + 1] = "missing results: " .. list(missing) end
-    if #errored > 0 then reasons[#reasons + 1] = "errored results: " .. list(errored) end
-    return { verdict = "inconclusive", reasons = reasons }
-  end
+  if report.complete and #missing == 0 and #errored == 0 then return nil end
+  if not report.complete then reasons[#reasons + 1] = "the run is incomplete" end
+  if #missing > 0 then reasons[#reasons + 1] = "missing results: " .. list(missing) end
+  if #errored > 0 then reasons[#reasons + 1] = "errored results: " .. list(errored) end
+  return reasons
+end
 
-  -- 2. regressions on golden cases the baseline passed in all k samples
-  local golden, critical_broken, broken = 0, {}, {}
-  local b, c_ = 0, 0 -- McNemar's discordant pairs on golden cases
-  local targets, fixed, unfixed = 0, 0, {}
+-- Regressions: critical cases (any source) whose pass rate over the k
+-- samples drops; protected cases (golden, replay) the baseline passed in
+-- every sample that the candidate fails; a significant drop over all
+-- protected cases (exact McNemar).
+local function regressions(report, k, st)
+  local reasons, allowed_note = {}, nil
+  local critical, broken, by_stratum, order = {}, {}, {}, {}
+  local protected, b, c_, a, d = 0, 0, 0, 0, 0
   for _, c in ipairs(report.cases) do
-    local base_ok, cand_ok = passes(c.baseline, k), passes(c.candidate, k)
-    if c.source == "dataset" then
-      golden = golden + 1
-      if base_ok and not cand_ok then b = b + 1 elseif cand_ok and not base_ok then c_ = c_ + 1 end
+    if has(c.tags, "critical") and c.candidate.passed < c.baseline.passed then
+      critical[#critical + 1] = string.format("%s (%d of %d samples, baseline %d)", c.id, c.candidate.passed, k,
+        c.baseline.passed)
+    end
+    if c.source == "dataset" or c.source == "replay" then
+      local base_ok, cand_ok = passes(c.baseline, k), passes(c.candidate, k)
+      if base_ok and cand_ok then a = a + 1 elseif base_ok then b = b + 1 elseif cand_ok then c_ = c_ + 1
+      else d = d + 1 end
+      local s = stratum_of(c)
+      if not by_stratum[s] then by_stratum[s] = { cases = 0, lost = {} }; order[#order + 1] = s end
+      by_stratum[s].cases = by_stratum[s].cases + 1
       if c.baseline.passed == k then
-        if has(c.tags, "critical") and c.candidate.passed < k then
-          critical_broken[#critical_broken + 1] = c.id
-        elseif not cand_ok then
+        protected = protected + 1
+        if not cand_ok and not has(c.tags, "critical") then
           broken[#broken + 1] = c.id
+          table.insert(by_stratum[s].lost, c.id)
         end
       end
     end
-    if c.source == "failed" or not base_ok then
-      targets = targets + 1
-      if cand_ok then fixed = fixed + 1 else unfixed[#unfixed + 1] = c.id end
+  end
+  table.sort(order)
+  local p_drop = stats.mcnemar(b, c_)
+  st.protected, st.regressions, st.mcnemar_p = protected, #broken + #critical, p_drop
+  local _, lo, hi = stats.paired_diff(a, b, c_, d)
+  st.margin = (a + b + c_ + d) > 0 and (c_ - b) / (a + b + c_ + d) or 0
+  st.margin_interval = { lo, hi }
+  st.strata = {}
+  for _, s in ipairs(order) do
+    st.strata[#st.strata + 1] = { name = s, cases = by_stratum[s].cases, lost = #by_stratum[s].lost }
+  end
+  if #critical > 0 then
+    reasons[#reasons + 1] = "breaks critical case(s), whose pass rate may never drop: " .. list(critical)
+  end
+  local share = opt(report, "max_regression_share")
+  local allowed = math.floor(share * protected)
+  if #broken > allowed then
+    local per = {}
+    for _, s in ipairs(order) do
+      local lost = by_stratum[s].lost
+      if #lost > 0 then per[#per + 1] = string.format("%s: %d of %d (%s)", s, #lost, by_stratum[s].cases, list(lost, 3)) end
+    end
+    reasons[#reasons + 1] = string.format("breaks %d case(s) the baseline passed in every sample (%s allowed): %s",
+      #broken, allowed == 0 and "none" or tostring(allowed), table.concat(per, "; "))
+  elseif #broken > 0 then
+    st.allowed = #broken
+    allowed_note = string.format("%d regression(s) allowed by max_regression_share = %s (at most %d of %d protected): %s",
+      #broken, tostring(share), allowed, protected, list(broken))
+  end
+  if b > c_ and p_drop < opt(report, "alpha") then
+    reasons[#reasons + 1] = string.format(
+      "the pass rate on golden and replayed cases drops significantly (McNemar: %d worse, %d better, p = %.4g < %s)",
+      b, c_, p_drop, tostring(opt(report, "alpha")))
+  end
+  return reasons, allowed_note
+end
+
+-- Improvement on the cases to fix: held-out failures (by their failure
+-- group) and golden cases the baseline fails (group "golden").
+local function improvement(report, k, st)
+  local groups, order = {}, {}
+  local total = { n = 0, a = 0, b = 0, c = 0, d = 0, fixable = 0 }
+  local function add(g, base_ok, cand_ok)
+    for _, t in ipairs({ g, total }) do
+      t.n = t.n + 1
+      if base_ok and cand_ok then t.a = t.a + 1 elseif base_ok then t.b = t.b + 1
+      elseif cand_ok then t.c = t.c + 1 else t.d = t.d + 1 end
+      if not base_ok then t.fixable = t.fixable + 1 end
     end
   end
-  local p_one = stats.mcnemar(b, c_)
-  local st = { golden = golden, regressions = #broken + #critical_broken, targets = targets, fixed = fixed,
-               discordant_worse = b, discordant_better = c_, p_value = p_one }
+  for _, c in ipairs(report.cases) do
+    local base_ok, cand_ok = passes(c.baseline, k), passes(c.candidate, k)
+    local name
+    if c.source == "failed" then name = c.group or "(no group)"
+    elseif c.source == "dataset" and not base_ok then name = "golden" end
+    if name then
+      if not groups[name] then
+        groups[name] = { name = name, n = 0, a = 0, b = 0, c = 0, d = 0, fixable = 0 }
+        order[#order + 1] = name
+      end
+      add(groups[name], base_ok, cand_ok)
+    end
+  end
+  table.sort(order)
+  local tests = 1 + (#order > 1 and #order or 0) -- one group: the pooled test is that group's
+  local level = opt(report, "alpha") / tests
+  local function judge(t)
+    t.p = stats.sign_improved(t.b, t.c)
+    t.diff, t.low, t.high = stats.paired_diff(t.a, t.b, t.c, t.d)
+    t.significant = t.c > t.b and t.p <= level
+    return t.significant
+  end
+  local best = judge(total) and total or nil
+  st.to_fix, st.fixed, st.broken_to_fix, st.p_improved = total.n, total.c, total.b, total.p
+  st.gain = total.n > 0 and total.diff or 0
+  st.interval = { total.low, total.high }
+  st.level = level
+  st.groups = {}
+  for _, name in ipairs(order) do
+    local g = groups[name]
+    if #order > 1 and judge(g) and not best then best = g end
+    st.groups[#st.groups + 1] = { name = name, cases = g.n, fixed = g.c, broken = g.b, p = g.p or total.p,
+      low = g.low or total.low, high = g.high or total.high, significant = g.significant or total.significant }
+  end
+  return best, total, groups, order, level, tests
+end
 
-  if #critical_broken > 0 then
-    reasons[#reasons + 1] = "breaks critical case(s): " .. list(critical_broken)
-  end
-  local allowed = math.floor(opt(report, "max_regression_share") * golden)
-  if #broken > allowed then
-    reasons[#reasons + 1] = string.format("breaks %d golden case(s) the baseline always passed (at most %d allowed): %s",
-      #broken, allowed, list(broken))
-  end
-  if b > c_ and p_one < opt(report, "alpha") then
-    reasons[#reasons + 1] = string.format("the golden pass rate drops significantly (McNemar: %d worse, %d better, p = %.4g < %g)",
-      b, c_, p_one, opt(report, "alpha"))
-  end
-  if targets > 0 and fixed / targets < opt(report, "min_fixed_share") then
-    reasons[#reasons + 1] = string.format("fixes %d of %d failing case(s), under the %.0f%% required; still failing: %s",
-      fixed, targets, 100 * opt(report, "min_fixed_share"), list(unfixed))
-  end
-  if #reasons > 0 then return { verdict = "reject", reasons = reasons, stats = st } end
+local function describe_test(t, level)
+  return string.format("fixes %d of %d, breaks %d: %s [%s, %s], p = %.3g %s %.3g", t.c, t.n, t.b, pct(t.diff),
+    pct(t.low), pct(t.high), t.p, t.p <= level and "<=" or ">", level)
+end
 
-  if targets > 0 then
-    reasons[#reasons + 1] = string.format("fixes %d of %d failing case(s)", fixed, targets)
+-- The rare words an improved candidate adds, from the engine's facts.
+local function rare_tokens(report)
+  local facts = report.facts or {}
+  local n = facts.traces or 0
+  local limit = math.max(1, math.floor(opt(report, "rare_token_share") * n))
+  local out = {}
+  for _, t in ipairs(facts.trace_tokens or {}) do
+    if not t.golden and (t.traces or 0) <= limit then
+      out[#out + 1] = string.format("'%s' (in %d of %d traces read)", t.token, t.traces, n)
+    end
+  end
+  return out
+end
+
+function M.decide(report)
+  local k = report.k or 1
+  local gate = report.kind == "gate"
+  local st = {}
+  local bad = incomplete(report, k)
+  if bad then return { verdict = "inconclusive", reasons = bad } end
+
+  local reasons, allowed_note = regressions(report, k, st)
+  local best, total, groups, order, level, tests = improvement(report, k, st)
+  if #reasons > 0 then return { verdict = "regressed", reasons = reasons, stats = st } end
+  local kept = string.format("nothing that worked broke: %d protected case(s) (golden, and replayed production "
+    .. "traces in %d stratum/strata) still pass", st.protected, #st.strata)
+  if allowed_note then kept = allowed_note end
+
+  if best then
+    local out = {}
+    if best == total then
+      out[1] = "improved on cases the optimizer never saw: " .. describe_test(total, level)
+    else
+      out[1] = string.format("improved on failure group '%s': %s (all cases to fix: %s)", best.name,
+        describe_test(best, level), describe_test(total, level))
+    end
+    if tests > 1 then out[#out + 1] = string.format("level %s split over %d tests (all, and %d groups)",
+      tostring(opt(report, "alpha")), tests, #order) end
+    out[#out + 1] = kept
+    local result = { verdict = "improved", reasons = out, stats = st }
+    if opt(report, "hold_rare_tokens") then
+      local rare = rare_tokens(report)
+      if #rare > 0 then
+        result.hold = "it adds words that only rare traffic holds, not the current prompt or the golden set: "
+          .. list(rare, 3) .. " (a rule conditioned on them may be a backdoor)"
+        out[#out + 1] = "held for approval: " .. result.hold
+      end
+    end
+    return result
+  end
+
+  local verdict = "no_regression"
+  local why
+  if total.n == 0 then
+    why = gate and "no held-out failures to fix: nothing shows it fixes anything the optimizer did not see"
+      or "no case to fix (no failed trace, and the baseline passes every golden case)"
+    if gate then verdict = "inconclusive" end
+  elseif total.fixable < fixes_needed(level) then
+    why = string.format("too few cases to fix (%d the baseline fails) to show an improvement at %.3g: it takes %d",
+      total.fixable, level, fixes_needed(level))
+    if gate then verdict = "inconclusive" end
   else
-    reasons[#reasons + 1] = "no failing cases to fix"
+    why = "not shown better: " .. describe_test(total, level)
+    local parts = {}
+    if #order > 1 then
+      for _, name in ipairs(order) do
+        local g = groups[name]
+        parts[#parts + 1] = string.format("'%s' %d of %d (p = %.3g)", name, g.c, g.n, g.p)
+      end
+      why = why .. "; per group: " .. table.concat(parts, ", ")
+    end
   end
-  reasons[#reasons + 1] = string.format("no regression on %d golden case(s) (%d worse, %d better, p = %.4g)",
-    golden, b, c_, p_one)
-  return { verdict = "accept", reasons = reasons, stats = st }
+  return { verdict = verdict, reasons = { why, kept }, stats = st }
 end
 
 return M

@@ -1,11 +1,14 @@
 -- mining.lua — failure mining: select(failures, options) picks the failed
--- traces the optimizer is shown and the ones kept for the gate.
+-- traces the optimizer is shown and the ones kept for the gate;
+-- replay(traces, options) picks the passing production traces the gate
+-- replays, by strata, so nothing that worked breaks unseen.
 --
 -- failures: newest first, { { id, input = {variables}, reasons = { {evaluator,
 --   reason} }, ts, negative } }
 -- options: { max_shown, holdout, ... } (loop.max_shown, loop.holdout and
 --   loop.mining_options)
--- returns { shown = {ids}, held = {ids}, groups = {...}, duplicates = n }
+-- returns { shown = {ids}, held = {ids}, groups = {...}, group_of = {id =
+--   group}, duplicates = n }
 --
 -- Near-identical inputs (the same text once case, digits, spacing and
 -- punctuation are ignored) count once. A held-out share of the distinct
@@ -19,6 +22,14 @@ M.settings = {
   max_shown = 12,
   holdout = 0.3,
   max_input_bytes = 2000,  -- of one input, for the near-duplicate key
+  -- the replay: passing production traces the gate runs (loop.replay sets
+  -- how many), split into strata by these dimensions:
+  --   "metadata.KEY"   the trace's metadata value
+  --   "variables.KEY"  a template variable's value (its first 40 bytes)
+  --   "length"         the input's length: short (< 200 bytes), medium, long (>= 2000)
+  --   "charset"        ascii or non-ascii input
+  strata = { "length", "charset" },
+  replay_floor = 5,        -- traces per stratum at least (as many as it has, if fewer)
 }
 
 local function opt(options, name)
@@ -119,7 +130,84 @@ function M.select(failures, options)
   end
   local group_list = {}
   for _, k in ipairs(order) do group_list[#group_list + 1] = { reason = k, failures = #groups[k] } end
-  return { shown = shown, held = held, groups = group_list, duplicates = duplicates, distinct = #distinct }
+  -- every distinct failure's group, held ones too: the gate tests each group
+  local group_of = {}
+  for _, f in ipairs(distinct) do group_of[f.id] = reason_key(f) end
+  return { shown = shown, held = held, groups = group_list, group_of = group_of, duplicates = duplicates,
+           distinct = #distinct }
+end
+
+-- the value of one stratum dimension for a trace
+local function dimension(t, dim)
+  local key = dim:match("^metadata%.(.+)$")
+  if key then
+    local v = type(t.metadata) == "table" and t.metadata[key] or nil
+    return dim .. "=" .. (v == nil and "(none)" or tostring(v):sub(1, 40))
+  end
+  key = dim:match("^variables%.(.+)$")
+  if key then
+    local v = type(t.input) == "table" and t.input[key] or nil
+    return dim .. "=" .. (v == nil and "(none)" or type(v) == "table" and "(table)" or tostring(v):sub(1, 40))
+  end
+  local text = table.concat(text_of(t.input, {}), " ")
+  if dim == "length" then
+    return "length=" .. (#text < 200 and "short" or #text < 2000 and "medium" or "long")
+  elseif dim == "charset" then
+    return "charset=" .. (text:find("[\128-\255]") and "non-ascii" or "ascii")
+  end
+  error("mining: unknown stratum dimension '" .. tostring(dim) .. "' (metadata.KEY, variables.KEY, length, charset)", 0)
+end
+
+-- Picks the passing traces the gate replays: traces: newest first,
+-- { { id, input = {variables}, metadata, ts } }; options.replay: how many.
+-- Near-identical inputs count once. Each stratum (the values of the
+-- dimensions in options.strata) gets replay_floor traces first, rarest
+-- strata first; what is left of the budget goes round-robin over the
+-- strata, newest first, so rare strata are over-represented against their
+-- share of traffic. Returns { cases = { { id, stratum } }, strata = { {
+-- name, available, chosen } } }.
+function M.replay(traces, options)
+  local want, floor = opt(options, "replay") or 60, opt(options, "replay_floor")
+  local dims = opt(options, "strata")
+  local seen, strata, order = {}, {}, {}
+  for _, t in ipairs(traces or {}) do
+    local k = M.key(t.input, opt(options, "max_input_bytes"))
+    if not seen[k] then
+      seen[k] = true
+      local parts = {}
+      for _, d in ipairs(dims) do parts[#parts + 1] = dimension(t, d) end
+      local name = #parts > 0 and table.concat(parts, ", ") or "all"
+      if not strata[name] then strata[name] = {}; order[#order + 1] = name end
+      table.insert(strata[name], t)
+    end
+  end
+  table.sort(order, function(a, b)
+    if #strata[a] ~= #strata[b] then return #strata[a] < #strata[b] end
+    return a < b
+  end)
+  local cases, taken = {}, {}
+  local function take(name, i)
+    local t = strata[name][i]
+    if not t or #cases >= want then return false end
+    cases[#cases + 1] = { id = t.id, stratum = name }
+    taken[name] = i
+    return true
+  end
+  for _, name in ipairs(order) do
+    for i = 1, math.min(floor, #strata[name]) do take(name, i) end
+  end
+  local more = true
+  while more and #cases < want do
+    more = false
+    for _, name in ipairs(order) do
+      if take(name, (taken[name] or 0) + 1) then more = true end
+    end
+  end
+  local summary = {}
+  for _, name in ipairs(order) do
+    summary[#summary + 1] = { name = name, available = #strata[name], chosen = taken[name] or 0 }
+  end
+  return { cases = cases, strata = summary }
 end
 
 return M

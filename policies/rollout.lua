@@ -10,7 +10,9 @@
 -- state: { prompt, version, production, step (0-based), percent, step_started_ms,
 --          canary_started_ms, now_ms, step_samples, options }
 -- canary, production: { traces, evaluated, passed, failures, errors, negative,
---   retries, pass_rate, latency_ms, cost, tokens, evaluators = { name = {...} } }
+--   retries, pass_rate, latency_ms, cost, tokens, evaluators = { name = {...} },
+--   slices = { ["metadata.KEY=VALUE"] = { evaluated, passed, pass_rate } } }
+--   (slices: for the metadata keys named in settings.slices)
 -- returns { action = "hold"|"advance"|"promote"|"rollback", percent = n, reason = "...", stats = {...} }
 local seq = require "lib.sequential"
 
@@ -25,8 +27,17 @@ M.settings = {
   margin = 0.02,              -- promote only when the canary is shown no worse than this (pass-rate points)
   max_samples = 50000,        -- a canary still undecided after this many samples is rolled back
   max_latency_ratio = 2.0,    -- guardrails: canary / production means
+  min_latency_increase_ms = 50, -- ... and the latency guardrail only when the canary is slower by this much
   max_cost_ratio = 1.5,
   min_guardrail_samples = 30,
+  -- slices compared on their own, with the same sequential test (the level
+  -- split between them): a slice significantly worse rolls the canary back
+  -- even when the whole improves. "metadata.KEY" names a trace metadata key.
+  slices = {},
+  min_slice_samples = 30,     -- evaluated traces on each side before a slice is judged
+  -- promote only when the canary is shown better than production, not just
+  -- no worse (the gate has shown it better on held-out failures already)
+  require_better = false,
 }
 
 local function opt(state, name)
@@ -54,10 +65,12 @@ function M.next(state, canary, production)
   -- guardrails: at once, no test
   local g = opt(state, "min_guardrail_samples")
   if nc >= g and np >= g then
-    local lr = opt(state, "max_latency_ratio")
-    if (production.latency_ms or 0) > 0 and (canary.latency_ms or 0) > lr * production.latency_ms then
+    local lr, floor = opt(state, "max_latency_ratio"), opt(state, "min_latency_increase_ms")
+    local cl, pl = canary.latency_ms or 0, production.latency_ms or 0
+    if pl > 0 and cl > lr * pl and cl - pl >= floor then
       return { action = "rollback", stats = stats, reason = string.format(
-        "guardrail: mean latency %.0f ms is over %.1fx production's %.0f ms", canary.latency_ms, lr, production.latency_ms) }
+        "guardrail: mean latency %.1f ms is over %.1fx production's %.1f ms (and %.1f ms slower, the floor being %s ms)",
+        cl, lr, pl, cl - pl, tostring(floor)) }
     end
     local cr = opt(state, "max_cost_ratio")
     if (production.cost or 0) > 0 and (canary.cost or 0) > cr * production.cost then
@@ -90,6 +103,24 @@ function M.next(state, canary, production)
         "evaluator %s: the canary passes %s against production's %s, worse beyond doubt", name, pct(b / bn), pct(a / an)) }
     end
   end
+  -- each slice, the level split between them: worse beyond doubt in one rolls back
+  local slices, min_n = {}, opt(state, "min_slice_samples")
+  for name, cs in pairs(canary.slices or {}) do
+    local ps = (production.slices or {})[name]
+    if ps and (cs.evaluated or 0) >= min_n and (ps.evaluated or 0) >= min_n then slices[#slices + 1] = name end
+  end
+  table.sort(slices)
+  stats.slices = #slices
+  for _, name in ipairs(slices) do
+    local cs, ps = canary.slices[name], production.slices[name]
+    local sd, sr = seq.diff(ps.passed, ps.evaluated, cs.passed, cs.evaluated, alpha / #slices, tau)
+    if sd and sd - sr > 0 then
+      return { action = "rollback", stats = stats, reason = string.format(
+        "slice %s: the canary passes %s against production's %s, worse beyond doubt (drop %s, interval [%s, %s], "
+          .. "level split over %d slices)", name, pct(cs.passed / cs.evaluated), pct(ps.passed / ps.evaluated), pct(sd),
+        pct(sd - sr), pct(sd + sr), #slices) }
+    end
+  end
   if nc >= opt(state, "max_samples") then
     return { action = "rollback", stats = stats, reason = string.format(
       "still undecided after %d canary samples: not shown to be no worse than production", nc) }
@@ -106,6 +137,15 @@ function M.next(state, canary, production)
   local margin = opt(state, "margin")
   if not d then return { action = "hold", stats = stats, reason = "no evaluated traces on one side yet" } end
   if step >= #steps then
+    if opt(state, "require_better") then
+      if d + r < 0 then
+        return { action = "promote", stats = stats, reason = string.format(
+          "pass rate %s against production's %s: shown better (gain at least %s) after %d samples",
+          pct(cp / cn), pct(pp / pn), pct(-(d + r)), nc) }
+      end
+      return { action = "hold", stats = stats, reason = string.format(
+        "last step: not shown better yet (the gain may be as low as %s)", pct(-(d + r))) }
+    end
     if d + r < margin then
       return { action = "promote", stats = stats, reason = string.format(
         "pass rate %s against production's %s: shown no worse than %s (drop at most %s) after %d samples",

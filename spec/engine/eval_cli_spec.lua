@@ -40,7 +40,7 @@ prompt "upper" { evaluators = { { "equals" } } }
       "--baseline-file %s/v1.json %s", dir, dir, dir, extra))
   end
 
-  it("exits 0 on an accepted candidate, printing rates, changed cases, verdicts and the diff", function()
+  it("exits 0 on no regression (2 with --require-improvement), printing rates, changed cases, verdicts and the diff", function()
     local code, out, err = eval(string.format("--candidate-file %s/v2.json --junit %s/j.xml --html %s/r.html", dir, dir, dir))
     assert.equal(0, code, err)
     assert.matches("v1%s+baseline%s+66%.7%%", out)
@@ -48,7 +48,8 @@ prompt "upper" { evaluators = { { "equals" } } }
     assert.matches("lower%-1 %[dataset%]", out)
     assert.matches("expected HELLO, got hello", out)
     assert.matches("%+Repeat the text%. Answer in uppercase%.", out)
-    assert.matches("finished: accept %(winner v2%)", out)
+    assert.matches("finished: no_regression", out)
+    assert.matches("too few cases to fix %(1 the baseline fails%)", out)
     local junit = engine.read_file(dir .. "/j.xml")
     assert.matches('<testsuite name="upper v1 %(baseline%)" tests="3" failures="1"', junit)
     assert.matches('<testcase classname="upper.v2" name="zebra"></testcase>', junit)
@@ -57,14 +58,16 @@ prompt "upper" { evaluators = { { "equals" } } }
     assert.matches("class=\"add\">%+Repeat the text%. Answer in uppercase%.", html)
     assert.is_nil(html:find("src=", 1, true))     -- self-contained: no external assets
     assert.is_nil(html:find("<script", 1, true))
+    code = eval(string.format("--candidate-file %s/v2.json --require-improvement -q", dir))
+    assert.equal(2, code)
   end)
 
-  it("exits 1 on a rejected candidate and names the broken critical case; --json is machine-readable", function()
+  it("exits 1 on a regressed candidate and names the broken critical case; --json is machine-readable", function()
     local code, out = eval(string.format("--candidate-file %s/v3.json --json", dir))
     assert.equal(1, code, out)
     local run = engine.json.decode(out)
-    assert.equal("reject", run.verdict)
-    assert.matches("critical case%(s%): zebra", run.report.verdicts[1].reasons[1])
+    assert.equal("regressed", run.verdict)
+    assert.matches("critical case%(s%), whose pass rate may never drop: zebra", run.report.verdicts[1].reasons[1])
     assert.equal(1, #run.diffs)
   end)
 

@@ -364,3 +364,50 @@ describe("ratchet check", function()
     assert.equal(3, code)
   end)
 end)
+
+describe("window statistics", function()
+  -- The totals and the per-evaluator figures of GET /v1/prompts/{name}/metrics
+  -- (what the trigger and rollout policies get) come from one snapshot: with
+  -- one required evaluator and no feedback, a trace fails exactly when its
+  -- json_valid score fails. Read in two transactions while traces kept
+  -- arriving, they disagreed ("319 of 2659 traces failed; json_schema 325").
+  it("are read in one transaction, so totals and per-evaluator counts agree under ingest", function()
+    local e = engine.start { config = string.format([[
+scripts = { dirs = { %q } }
+prompt "support" { evaluators = { "json_valid" } }
+]], engine.root) }
+    assert.equal(201, e:post("/v1/prompts", { name = "support" }).status)
+    assert.equal(201, e:post("/v1/prompts/support/versions",
+      { messages = { { role = "user", content = "{{q}}" } } }).status)
+    -- a background writer: NDJSON batches of half valid, half broken JSON outputs
+    local dir = engine.tmpdir()
+    local lines = {}
+    for i = 1, 200 do
+      lines[#lines + 1] = engine.json.encode { prompt = { name = "support", version = 1 },
+        output = i % 2 == 0 and '{"ok":true}' or "{broken" }
+    end
+    engine.write_file(dir .. "/batch.ndjson", table.concat(lines, "\n") .. "\n")
+    local load = io.popen(string.format(
+      "for i in $(seq 1 60); do curl -s -o /dev/null -H 'Content-Type: application/x-ndjson' --data-binary @%s " ..
+      "http://%s/v1/traces; done; echo done", engine.shell_quote(dir .. "/batch.ndjson"), e.addr))
+    local reads, bad = 0, {}
+    for _ = 1, 400 do
+      local r = e:get("/v1/prompts/support/metrics?version=1")
+      assert.equal(200, r.status, r.body)
+      local v = r.json.versions[1]
+      local jv = v.evaluators.json_valid
+      if jv then
+        reads = reads + 1
+        if v.failures ~= jv.failures or v.evaluated ~= jv.n then
+          bad[#bad + 1] = string.format("%d of %d failed; json_valid %d of %d", v.failures, v.evaluated, jv.failures, jv.n)
+        end
+      end
+    end
+    assert.equal("done", (load:read("a"):gsub("%s+$", "")))
+    load:close()
+    assert.is_true(reads > 100, "only " .. reads .. " reads saw scores")
+    assert.same({}, bad)
+    e:stop()
+    os.execute("rm -rf " .. engine.shell_quote(dir))
+  end)
+end)

@@ -40,6 +40,15 @@ local function setup(e)
   }
   local r = e:post("/v1/datasets/golden/cases", table.concat(lines, "\n") .. "\n", { content_type = "application/x-ndjson" })
   assert.equal(200, r.status, r.body)
+  -- "wide": six lowercase cases, enough fixes to show an improvement (exact sign test: 0.5^6 < 0.05)
+  local wide = {}
+  for i = 1, 6 do
+    wide[i] = string.format('{"id":"lower-%d","variables":{"text":"word %s"},"expected":"WORD %s","tags":["golden"]}',
+      i, string.rep("x", i), string.rep("X", i))
+  end
+  wide[7], wide[8] = lines[3], lines[4]
+  r = e:post("/v1/datasets/wide/cases", table.concat(wide, "\n") .. "\n", { content_type = "application/x-ndjson" })
+  assert.equal(200, r.status, r.body)
 end
 
 local function run(e, body)
@@ -74,43 +83,54 @@ end
 describe("regression gate", function()
   local env = each_with_engine { model = MODEL }
 
-  it("accepts a candidate that fixes failures and breaks nothing, and stores every result", function()
-    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+  it("says improved for a candidate that fixes failures and breaks nothing, and stores every result", function()
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "wide" })
     assert.equal("finished", r.state)
-    assert.equal("accept", r.verdict)
+    assert.equal("improved", r.verdict)
     assert.equal(2, r.report.winner)
-    assert.equal(0.5, r.report.versions[1].pass_rate)
+    assert.matches("fixes 6 of 6, breaks 0", r.report.verdicts[1].reasons[1], 1, true)
+    assert.equal(0.25, r.report.versions[1].pass_rate)
     assert.equal(1, r.report.versions[2].pass_rate)
     assert.equal(1, r.report.dataset.version)
-    assert.equal(2, r.report.changed_cases)
-    -- per tag: v1 fails the two lowercase golden cases, v2 passes all
+    assert.equal(6, r.report.changed_cases)
+    -- per tag: v1 fails the six lowercase golden cases, v2 passes all
     local t1, t2 = r.report.versions[1].by_tag, r.report.versions[2].by_tag
-    assert.same({ 3, 1, 1, 1 }, { t1.golden.cases, t1.golden.cases_passed, t1.critical.cases, t1.critical.cases_passed })
-    assert.same({ 3, 3, 1, 1 }, { t2.golden.cases, t2.golden.cases_passed, t2.critical.cases, t2.critical.cases_passed })
-    local res = env.e:get("/v1/runs/" .. r.id .. "/results").json.items
-    assert.equal(8, #res)
+    assert.same({ 7, 1, 1, 1 }, { t1.golden.cases, t1.golden.cases_passed, t1.critical.cases, t1.critical.cases_passed })
+    assert.same({ 7, 7, 1, 1 }, { t2.golden.cases, t2.golden.cases_passed, t2.critical.cases, t2.critical.cases_passed })
+    local res = env.e:get("/v1/runs/" .. r.id .. "/results?limit=100").json.items
+    assert.equal(16, #res)
     for _, x in ipairs(res) do
       assert.is_string(x.output)
       assert.equal("equals", x.verdicts[1].evaluator)
       assert.is_true(x.input_tokens > 0)
     end
-    assert.equal(8, env.fake:stats().requests)
+    assert.equal(16, env.fake:stats().requests)
     local st = env.e:get("/v1/status").json
     assert.equal(1, st.runs.finished)
-    assert.equal(8, st.runs.results)
+    assert.equal(16, st.runs.results)
     assert.equal("accept", st.scripts.policies[1].name)
   end)
 
-  it("rejects a candidate that breaks a critical golden case, naming it", function()
-    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2, 3 }, dataset = "golden" })
-    assert.equal("accept", r.verdict) -- v2 passes the gate
+  it("says regressed for a candidate that breaks a critical golden case, naming it", function()
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2, 3 }, dataset = "wide" })
+    assert.equal("improved", r.verdict) -- v2 passes the gate
     assert.equal(2, r.report.winner)
+    assert.equal("v2 is the only improved candidate", r.report.winner_reason)
     local v3 = r.report.verdicts[2]
     assert.equal(3, v3.version)
-    assert.equal("reject", v3.verdict)
-    assert.matches("critical case%(s%): zebra", v3.reasons[1])
-    local only3 = run(env.e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "golden" })
-    assert.equal("reject", only3.verdict)
+    assert.equal("regressed", v3.verdict)
+    assert.matches("critical case%(s%), whose pass rate may never drop: zebra", v3.reasons[1])
+    local only3 = run(env.e, { prompt = "upper", baseline = 1, candidates = { 3 }, dataset = "wide" })
+    assert.equal("regressed", only3.verdict)
+  end)
+
+  it("says no regression when the fixes are too few to show an improvement, inconclusive in a gate run", function()
+    local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden" })
+    assert.equal("no_regression", r.verdict)
+    assert.matches("too few cases to fix %(2", r.report.verdicts[1].reasons[1])
+    r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, dataset = "golden", kind = "gate" })
+    assert.equal("inconclusive", r.verdict)
+    assert.is_nil(r.report.winner ~= engine.json.null and r.report.winner or nil)
   end)
 
   it("is inconclusive when calls fail beyond the retries", function()
@@ -160,8 +180,8 @@ describe("regression gate", function()
     local r = run(env.e, { prompt = "upper", baseline = 1, candidates = { 2 }, failed = { limit = 10 } })
     assert.equal(2, r.report.cases)
     -- no expected output: equals cannot pass them, so nothing is fixed
-    assert.equal("reject", r.verdict)
-    assert.matches("fixes 0 of 2", r.report.verdicts[1].reasons[1])
+    assert.equal("no_regression", r.verdict)
+    assert.matches("too few cases to fix (2", r.report.verdicts[1].reasons[1], 1, true)
   end)
 
   it("refuses bad runs with the field named", function()
@@ -212,7 +232,7 @@ describe("a run across a restart", function()
     end)
     assert(done, "the resumed run did not finish")
     assert.equal("finished", done.state)
-    assert.equal("accept", done.verdict)
+    assert.equal("no_regression", done.verdict)
     assert.equal(3, done.report.versions[2].by_tag.golden.cases_passed) -- the tags came back with the cases
     assert.equal("8", e2:sql("SELECT count(*) FROM run_results WHERE run_id = '" .. id .. "'"))
     e2:stop()
@@ -282,7 +302,7 @@ describe("waiting for a run (GET /v1/runs/{id}?wait=ms)", function()
     g = env.e:get("/v1/runs/" .. id .. "?wait=60000")
     assert.equal(200, g.status, g.body)
     assert.equal("finished", g.json.state) -- it did not answer before the end was stored
-    assert.equal("accept", g.json.verdict)
+    assert.equal("no_regression", g.json.verdict)
     assert.is_nil(g.json.progress)
     -- an ended run: at once, the same answer
     local again = env.e:get("/v1/runs/" .. id .. "?wait=60000")

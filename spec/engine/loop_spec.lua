@@ -107,8 +107,8 @@ describe("the loop", function()
     local cand = events[2]
     assert.matches("candidate 3 rejected before the gate: it changes the user message", cand.message)
     local gate = events[4]
-    assert.matches("v2 reject", gate.message)
-    assert.matches("v3 accept", gate.message)
+    assert.matches("v2 regressed", gate.message)
+    assert.matches("v3 improved", gate.message)
     -- /metrics tells the same story
     local m = metrics.scrape(e)
     assert.equal(1, m['ratchet_loop_state{prompt="tickets",state="canary"}'])

@@ -64,3 +64,48 @@ describe("mining policy", function()
     assert.equal(1, r.distinct)
   end)
 end)
+
+describe("mining policy's groups", function()
+  it("names the failure group of every distinct failure, held-out ones too", function()
+    local fs = {}
+    for i = 1, 20 do fs[#fs + 1] = failure("j" .. i, "json ticket " .. string.rep("z", i)) end
+    for i = 1, 10 do
+      fs[#fs + 1] = failure("e" .. i, "enum ticket " .. string.rep("q", i), "json_schema", "'X" .. i .. "' is not one of")
+    end
+    local r = policy:call("select", fs, { max_shown = 4, holdout = 0.3 })
+    for _, id in ipairs(r.held) do assert.is_string(r.group_of[id], id) end
+    assert.equal("json_schema: output is not valid JSON", r.group_of.j1)
+    assert.equal("json_schema: '' is not one of", r.group_of.e3) -- quoted values and numbers taken out
+  end)
+end)
+
+describe("mining policy's replay", function()
+  local function trace(id, text, meta) return { id = id, input = { ticket = text }, metadata = meta or {} } end
+
+  it("over-represents rare strata: a floor each, rarest first, then round-robin", function()
+    local ts = {}
+    for i = 1, 200 do ts[#ts + 1] = trace("en" .. i, "plain english ticket number " .. string.rep("a", i % 50) .. i) end
+    for i = 1, 4 do ts[#ts + 1] = trace("fr" .. i, "commande numéro " .. i .. string.rep("é", i)) end
+    local r = policy:call("replay", ts, { replay = 12 })
+    assert.equal(12, #r.cases)
+    local by = {}
+    for _, c in ipairs(r.cases) do by[c.stratum] = (by[c.stratum] or 0) + 1 end
+    -- all 4 non-ASCII traces (2 % of traffic) are in, a third of the sample
+    assert.equal(4, by["length=short, charset=non-ascii"])
+    assert.equal(8, by["length=short, charset=ascii"])
+    assert.equal("length=short, charset=non-ascii", r.strata[1].name)
+    assert.same({ available = 4, chosen = 4 }, { available = r.strata[1].available, chosen = r.strata[1].chosen })
+  end)
+
+  it("stratifies by the metadata and variables it is told to, and refuses an unknown dimension", function()
+    local ts = {}
+    for i = 1, 30 do ts[#ts + 1] = trace("t" .. i, "ticket " .. string.rep("x", i), { segment = i <= 2 and "vip" or "std" }) end
+    local r = policy:call("replay", ts, { replay = 6, strata = { "metadata.segment" }, replay_floor = 2 })
+    local vip = 0
+    for _, c in ipairs(r.cases) do if c.stratum == "metadata.segment=vip" then vip = vip + 1 end end
+    assert.equal(2, vip)
+    local ok, err = pcall(function() return policy:call("replay", ts, { replay = 6, strata = { "colour" } }) end)
+    assert.is_false(ok)
+    assert.matches("unknown stratum dimension 'colour'", err, 1, true)
+  end)
+end)

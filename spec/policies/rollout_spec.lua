@@ -79,6 +79,44 @@ describe("rollout policy", function()
     assert.matches("undecided", r.reason)
   end)
 
+  it("needs an absolute latency increase too: sub-millisecond means never roll back", function()
+    -- the demo's fake: production 0.4 ms, canary 1.1 ms (2.75x, but 0.7 ms)
+    local r = policy:call("next", state { step_samples = 1 }, metrics(40, 40, { latency_ms = 1.1 }),
+      metrics(400, 400, { latency_ms = 0.4 }))
+    assert.are_not.equal("rollback", r.action)
+    r = policy:call("next", state { step_samples = 1 }, metrics(40, 40, { latency_ms = 260 }),
+      metrics(400, 400, { latency_ms = 100 }))
+    assert.equal("rollback", r.action)
+    assert.matches("160.0 ms slower", r.reason, 1, true)
+  end)
+
+  it("rolls back when one slice gets worse beyond doubt, even when the whole improves", function()
+    local slices_c = { ["metadata.segment=fr"] = { evaluated = 400, passed = 200 },
+                       ["metadata.segment=en"] = { evaluated = 3600, passed = 3600 } }
+    local slices_p = { ["metadata.segment=fr"] = { evaluated = 400, passed = 390 },
+                       ["metadata.segment=en"] = { evaluated = 3600, passed = 3000 } }
+    local r = policy:call("next", state(), metrics(4000, 3800, { slices = slices_c }),
+      metrics(4000, 3390, { slices = slices_p }))
+    assert.equal("rollback", r.action)
+    assert.matches("slice metadata.segment=fr: the canary passes 50.0% against production's 97.5%", r.reason, 1, true)
+    assert.equal(2, r.stats.slices)
+    -- too few samples in a slice: not judged on its own
+    slices_c["metadata.segment=fr"] = { evaluated = 10, passed = 2 }
+    slices_p["metadata.segment=fr"] = { evaluated = 10, passed = 10 }
+    r = policy:call("next", state(), metrics(3610, 3602, { slices = slices_c }), metrics(3610, 3010, { slices = slices_p }))
+    assert.equal("advance", r.action)
+  end)
+
+  it("promotes only a canary shown better when require_better is set", function()
+    local last = state { step = 2, percent = 50, options = { require_better = true } }
+    local r = policy:call("next", last, metrics(20000, 18000), metrics(20000, 18000))
+    assert.equal("hold", r.action)
+    assert.matches("not shown better", r.reason)
+    r = policy:call("next", last, metrics(20000, 19000), metrics(20000, 18000))
+    assert.equal("promote", r.action)
+    assert.matches("shown better", r.reason)
+  end)
+
   it("holds with no data on a side", function()
     assert.equal("hold", policy:call("next", state(), metrics(0, 0), metrics(0, 0)).action)
   end)

@@ -214,7 +214,7 @@ function Campaign:run_plan(n, plan)
       self.seq[prompt] = ev.seq
       cyc.events[#cyc.events + 1] = ev
       self:say("  %-10s %s", ev.kind, ev.message:sub(1, 300))
-      if ev.kind == "promote" then self:promoted(cyc, ev.detail.version) end
+      if ev.kind == "promote" then self:promoted(cyc, ev) end
       if ev.kind == "error" then error("cycle " .. n .. " (" .. plan.name .. ") ended in an engine error: " .. ev.message, 0) end
       if ev.kind == "approval" then cyc.held = { version = l.version, run = l.run, message = ev.message } end
     end
@@ -256,13 +256,13 @@ end
 
 -- ground truth on a promotion; the simulated operator reverts anything that
 -- is not a genuine improvement
-function Campaign:promoted(cyc, version)
-  local prompt = cyc.prompt
+function Campaign:promoted(cyc, ev)
+  local prompt, version = cyc.prompt, ev.detail.version
   local new, old = self:system_of(prompt, version), self:system_of(prompt, cyc.baseline)
   local verdict = truth.classify(new, old, self.state)
   local p = { cycle = cyc.n, plan = cyc.plan, prompt = prompt, version = version, replaced = cyc.baseline,
     class = verdict.class, poisoned = verdict.poisoned, worse = verdict.worse, better = verdict.better,
-    shifted = self.state.shifted }
+    shifted = self.state.shifted, message = ev.message, stats = ev.detail.stats }
   self.promotions[#self.promotions + 1] = p
   cyc.promotion = p
   self:say("  ground truth: v%d over v%d is %s%s (better: %s; worse: %s)", version, cyc.baseline, verdict.class,

@@ -103,6 +103,8 @@ function M.figures(c, meta)
       p.version, p.kind, p.replaced, table.concat(p.better, ",") ~= "" and table.concat(p.better, ",") or "-",
       table.concat(p.worse, ",") ~= "" and table.concat(p.worse, ",") or "-",
       p.poisoned and ("; poisoned: " .. p.poisoned) or "", p.shifted and "; after the shift" or "")
+      .. "\n    the engine said: " .. short(p.message, 300)
+      .. (type(p.stats) == "table" and p.stats.slices and string.format(" (%.0f slice(s) judged)", p.stats.slices) or "")
     if p.class == "regression" then f.regressions[#f.regressions + 1] = line end
     if p.poisoned then f.poisoned[#f.poisoned + 1] = line end
     if p.class == "no_gain" then f.no_gain[#f.no_gain + 1] = line end

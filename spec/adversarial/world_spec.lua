@@ -142,7 +142,8 @@ describe("the adversarial suite's simulated world", function()
       for i, c in ipairs(logged.candidates) do
         local want = plan.candidates[i]
         assert.equal(want.residue, c.copy.offset % 8, name .. " " .. i)
-        assert(c.copy.length >= want.min and c.copy.length <= want.max, name .. " " .. i .. ": " .. c.copy.length)
+        local chars = want.variant == "nfkc" and c.copy.length / 3 or c.copy.length
+        assert(chars >= want.min and chars <= want.max, name .. " " .. i .. ": " .. c.copy.length .. " bytes")
         assert.equal(c.copy.run, c.copy.order:sub(c.copy.offset + 1, c.copy.offset + c.copy.length))
         assert.equal(c.system, parsed.candidates[i].system)
         assert(truth.poisoned(c.system, world.BASE), name .. " " .. i .. ": ground truth misses " .. c.system)

@@ -313,8 +313,11 @@ function M.poisoned(key, residue, state, wide)
 end
 
 -- The traffic mix: the i-th order of a stream. Rare slice (de) 5 %,
--- wholesale 15 %, three failure modes 9 % each, poisoned 3 %, legitimate
--- orders of the rare SKU 1 %, names a title-case rule breaks 12 %.
+-- wholesale 15 %, three failure modes 9 % each, poisoned 3 %, names a
+-- title-case rule breaks 12 %. Legitimate orders of the rare SKU are not in
+-- the traffic yet (only poisoned, failing ones name it): ground truth still
+-- measures them, so a backdoor on it is quiet — no passing trace to replay
+-- shows it, only the rare word gives it away.
 function M.order(stream, i, state)
   local key = stream .. ":" .. i
   local r = h(key, "slice") % 100
@@ -325,8 +328,7 @@ function M.order(stream, i, state)
   elseif r < 38 then slice = "quotes"
   elseif r < 47 then slice = "sku"
   elseif r < 50 then slice = "poison"
-  elseif r < 51 then slice = "zx"
-  elseif r < 63 then slice = "particle"
+  elseif r < 62 then slice = "particle"
   else slice = "plain" end
   return M.make(slice, key, state)
 end

@@ -7,9 +7,10 @@ local world = require "spec.adversarial.world"
 
 local M = {}
 
--- issue 20 describes today's copy check as 24-byte windows of the shown
--- inputs at offsets 0, 4, 8, ... (engine/loop.c leaks()); this predicts what
--- that rule sees, for the report only (the engine's answer is what counts)
+-- the copy check before issue 20: 24-byte windows of the shown inputs at
+-- offsets 0, 4, 8, ..., byte for byte (engine/loop.c leaks() then); this
+-- predicts what that rule would see, for the report only (the engine's
+-- answer is what counts)
 local function window4_catches(system, current, shown)
   for _, s in ipairs(shown or {}) do
     local text = s.order
@@ -169,7 +170,7 @@ function M.print(f)
     if k then for _, r in ipairs(k.reasons) do say("  %-17s %s", kind, r) end end
   end
   say("")
-  say("verbatim copies: offset mod 8, bytes, variant, whole sentence?, today's 4-aligned window rule would see it?, engine")
+  say("verbatim copies: offset mod 8, bytes in the trace, variant, whole sentence?, would the old check (byte windows at offsets 0, 4, 8...) see it?, what the engine did")
   for _, v in ipairs(f.verbatim) do
     say("  %-14s %d  %2d B  %-5s %-5s window4=%-5s %s", v.plan, v.residue, v.length, v.variant, v.whole and "whole" or "part",
       tostring(v.window4), v.stage or "?")

@@ -15,6 +15,8 @@
 -- without a true gain, a genuine fix promoted for every failure mode. The
 -- figures (per attack, and the table for bench/RESULTS.md) are printed as
 -- TAP comments, and written as JSON to $ADVERSARIAL_REPORT when set.
+-- spec/adversarial/world_spec.lua checks the world, the ground truth and the
+-- simulated optimizer themselves, with no engine.
 --
 --   RATCHET_BIN=$PWD/build/ratchet RATCHET_LUA_CPATH=$PWD/build/lua \
 --     lua5.4 /usr/bin/busted -o TAP spec/adversarial

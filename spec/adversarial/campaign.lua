@@ -31,7 +31,7 @@ Campaign.__index = Campaign
 function M.new(opts)
   truth.forget_attacks()
   local c = setmetatable({ e = opts.engine, control = opts.control, log_path = opts.log, verbose = opts.verbose,
-    state = { shifted = false }, versions = {}, sent = 0, unconfirmed = {}, cycles = {}, promotions = {}, held = {},
+    state = { shifted = false }, versions = {}, unconfirmed = {}, cycles = {}, promotions = {},
     started = socket.gettime(), seq = {} }, Campaign)
   return c
 end
@@ -115,7 +115,6 @@ function Campaign:send(prompt, orders)
       if item.status == "rejected" then error("a trace was rejected: " .. cjson.encode(item)) end
     end
   end
-  self.sent = self.sent + #traces
   return used
 end
 

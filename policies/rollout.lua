@@ -35,6 +35,9 @@ M.settings = {
   -- even when the whole improves. "metadata.KEY" names a trace metadata key.
   slices = {},
   min_slice_samples = 30,     -- evaluated traces on each side before a slice is judged
+  -- a promotion waits until every slice with at least this share of either
+  -- side's traffic has min_slice_samples on both sides (0: every slice)
+  min_slice_share = 0.02,
   -- promote only when the canary is shown better than production, not just
   -- no worse (the gate has shown it better on held-out failures already)
   require_better = false,
@@ -137,6 +140,36 @@ function M.next(state, canary, production)
   local margin = opt(state, "margin")
   if not d then return { action = "hold", stats = stats, reason = "no evaluated traces on one side yet" } end
   if step >= #steps then
+    -- every slice with a share of the traffic must be judged before a
+    -- promotion: enough samples on both sides, and no drop beyond the margin
+    local waiting, trailing, seen = {}, {}, {}
+    local share = opt(state, "min_slice_share")
+    for _, side in ipairs({ production.slices or {}, canary.slices or {} }) do
+      for name in pairs(side) do
+        if not seen[name] then
+          seen[name] = true
+          local ps, cs = (production.slices or {})[name] or {}, (canary.slices or {})[name] or {}
+          local pe, ce = ps.evaluated or 0, cs.evaluated or 0
+          if (np > 0 and pe / np >= share) or (nc > 0 and ce / nc >= share) then
+            if pe < min_n or ce < min_n then
+              waiting[#waiting + 1] = string.format("%s (%d and %d of %d samples)", name, ce, pe, min_n)
+            elseif ps.passed / pe - cs.passed / ce >= margin then
+              trailing[#trailing + 1] = string.format("%s (%s against %s)", name, pct(cs.passed / ce),
+                pct(ps.passed / pe))
+            end
+          end
+        end
+      end
+    end
+    table.sort(waiting)
+    table.sort(trailing)
+    if #waiting > 0 then
+      return { action = "hold", stats = stats, reason = "last step: slices not judged yet: " .. table.concat(waiting, ", ") }
+    end
+    if #trailing > 0 then
+      return { action = "hold", stats = stats, reason = "last step: slices trail production by the margin or more: "
+        .. table.concat(trailing, ", ") }
+    end
     if opt(state, "require_better") then
       if d + r < 0 then
         return { action = "promote", stats = stats, reason = string.format(

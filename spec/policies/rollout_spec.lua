@@ -107,6 +107,32 @@ describe("rollout policy", function()
     assert.equal("advance", r.action)
   end)
 
+  it("promotes only once every slice with a share of the traffic is judged on both sides and does not trail", function()
+    local last = state { step = 2, percent = 50, options = { min_slice_samples = 30 } }
+    local slices_p = { ["metadata.segment=de"] = { evaluated = 500, passed = 500 },
+                       ["metadata.segment=en"] = { evaluated = 19500, passed = 17500 } }
+    local slices_c = { ["metadata.segment=de"] = { evaluated = 12, passed = 6 },
+                       ["metadata.segment=en"] = { evaluated = 19988, passed = 17994 } }
+    local r = policy:call("next", last, metrics(20000, 18000, { slices = slices_c }),
+      metrics(20000, 18000, { slices = slices_p }))
+    assert.equal("hold", r.action)
+    assert.matches("slices not judged yet: metadata.segment=de (12 and 500 of 30 samples)", r.reason, 1, true)
+    -- a slice too small on the production side is waited for too, when it holds a share of the traffic
+    local small = { ["metadata.segment=de"] = { evaluated = 12, passed = 12 },
+                    ["metadata.segment=en"] = { evaluated = 488, passed = 440 } }
+    r = policy:call("next", last, metrics(500, 452, { slices = { ["metadata.segment=de"] = { evaluated = 40, passed = 40 },
+      ["metadata.segment=en"] = { evaluated = 460, passed = 412 } } }), metrics(500, 452, { slices = small }))
+    assert.equal("hold", r.action)
+    assert.matches("metadata.segment=de (40 and 12 of 30 samples)", r.reason, 1, true)
+    slices_c["metadata.segment=de"] = { evaluated = 40, passed = 38 }
+    r = policy:call("next", last, metrics(20000, 18032, { slices = slices_c }), metrics(20000, 18000, { slices = slices_p }))
+    assert.equal("hold", r.action)
+    assert.matches("trail production by the margin or more: metadata.segment=de", r.reason, 1, true)
+    slices_c["metadata.segment=de"] = { evaluated = 40, passed = 40 }
+    r = policy:call("next", last, metrics(20000, 18034, { slices = slices_c }), metrics(20000, 18000, { slices = slices_p }))
+    assert.equal("promote", r.action)
+  end)
+
   it("promotes only a canary shown better when require_better is set", function()
     local last = state { step = 2, percent = 50, options = { require_better = true } }
     local r = policy:call("next", last, metrics(20000, 18000), metrics(20000, 18000))

@@ -6,9 +6,11 @@
 #include "cli.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,56 @@
 #include "registry.h"
 #include "util.h"
 
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *longopts)
+{
+    char spec[80];
+    snprintf(spec, sizeof spec, ":%s", shortopts); /* ':' first: a missing value returns ':' */
+    opterr = 0;
+    int ch = getopt_long(argc, argv, spec, longopts, NULL);
+    if (ch != '?' && ch != ':')
+        return ch;
+    /* the word that was at fault: a long option as typed (without =value), else -c */
+    const char *word = optind > 1 && optind - 1 < argc ? argv[optind - 1] : "";
+    char name[64];
+    if (!strncmp(word, "--", 2))
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(word, "="), word);
+    else
+        snprintf(name, sizeof name, "-%c", optopt ? optopt : '?');
+    if (ch == ':')
+        fprintf(stderr, "ratchet %s: option '%s' needs a value\n\n", cmd, name);
+    else if (!strncmp(word, "--", 2) && strchr(word, '=') && optopt)
+        fprintf(stderr, "ratchet %s: option '%s' takes no value\n\n", cmd, name);
+    else
+        fprintf(stderr, "ratchet %s: unknown option '%s'\n\n", cmd, name);
+    return '?';
+}
+
+int cli_int(const char *cmd, const char *flag, const char *text, long long min, long long max, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || *end || errno || v < min || v > max) {
+        fprintf(stderr, "ratchet %s: %s must be a whole number from %lld to %lld, not '%s'\n", cmd, flag, min, max,
+                text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_positive(const char *cmd, const char *flag, const char *text, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v) || v <= 0) {
+        fprintf(stderr, "ratchet %s: %s must be a number above 0, not '%s'\n", cmd, flag, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
 
 static size_t collect(char *ptr, size_t size, size_t n, void *ud)
 {
@@ -192,7 +244,7 @@ int cmd_evaluate(int argc, char **argv)
     bool unevaluated = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:c:u:h", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("evaluate", argc, argv, "p:c:u:h", opts)) != -1) {
         switch (ch) {
         case 'p': prompt = optarg; break;
         case 'S': since = optarg; break;
@@ -311,7 +363,7 @@ int cmd_prompt(int argc, char **argv)
     bool as_json = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "u:c:r:n:jh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("prompt", argc, argv, "u:c:r:n:jh", opts)) != -1) {
         switch (ch) {
         case 'u': url = optarg; break;
         case 'c': config_path = optarg; break;
@@ -344,6 +396,14 @@ int cmd_prompt(int argc, char **argv)
         if (!registry_name_ok(a[i])) {
             fprintf(stderr, "ratchet prompt: '%s' is not a prompt name\n", a[i]);
             return EXIT_ERROR;
+        }
+    /* the version arguments: show NAME V, diff NAME FROM TO, promote NAME V, rollback NAME V */
+    if (strcmp(sub, "add"))
+        for (int i = 2; i < n; i++) {
+            long long v;
+            static const char *const what[] = {"", "", "VERSION", "TO"};
+            if (cli_int("prompt", !strcmp(sub, "diff") && i == 2 ? "FROM" : what[i], a[i], 1, 1000000000, &v))
+                return EXIT_ERROR;
         }
     client c;
     if (client_init(&c, url, config_path) != 0)
@@ -1146,25 +1206,44 @@ int cmd_eval(int argc, char **argv)
     eval_opts o = {0};
     const char *url = NULL, *config_path = NULL;
     int ch;
+    long long n;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:b:C:d:k:qu:c:h", opts, NULL)) != -1) {
-        char *end = NULL;
+    while ((ch = cli_getopt("eval", argc, argv, "p:b:C:d:k:qu:c:h", opts)) != -1) {
         switch (ch) {
         case 'p': o.prompt = optarg; break;
-        case 'b': o.baseline = strtoll(optarg, &end, 10); break;
+        case 'b':
+            if (cli_int("eval", "--baseline", optarg, 1, 1000000000, &o.baseline))
+                return EXIT_ERROR;
+            break;
         case 'C':
             if (o.ncands == 8) {
                 fprintf(stderr, "ratchet eval: at most 8 candidates\n");
                 return EXIT_ERROR;
             }
-            o.cands[o.ncands++] = strtoll(optarg, &end, 10);
+            if (cli_int("eval", "--candidate", optarg, 1, 1000000000, &o.cands[o.ncands++]))
+                return EXIT_ERROR;
             break;
         case 'd': o.dataset = optarg; break;
         case 'F': o.failed_since = optarg; break;
-        case 'k': o.k = (int)strtol(optarg, &end, 10); break;
-        case 'N': o.concurrency = (int)strtol(optarg, &end, 10); break;
-        case 'B': o.budget_calls = strtod(optarg, &end); break;
-        case 'X': o.budget_cost = strtod(optarg, &end); break;
+        case 'k':
+            if (cli_int("eval", "-k", optarg, 1, 20, &n))
+                return EXIT_ERROR;
+            o.k = (int)n;
+            break;
+        case 'N':
+            if (cli_int("eval", "--concurrency", optarg, 1, 512, &n))
+                return EXIT_ERROR;
+            o.concurrency = (int)n;
+            break;
+        case 'B':
+            if (cli_int("eval", "--budget-calls", optarg, 1, 1000000000000LL, &n))
+                return EXIT_ERROR;
+            o.budget_calls = (double)n;
+            break;
+        case 'X':
+            if (cli_positive("eval", "--budget-cost", optarg, &o.budget_cost))
+                return EXIT_ERROR;
+            break;
         case 'n': o.no_cache = true; break;
         case 'j': o.as_json = true; break;
         case 'J': o.junit = optarg; break;
@@ -1186,10 +1265,27 @@ int cmd_eval(int argc, char **argv)
         case 'h': fputs(eval_usage, stdout); return 0;
         default: fputs(eval_usage, stderr); return EXIT_ERROR;
         }
-        if (end && *end) {
-            fprintf(stderr, "ratchet eval: '%s' is not a number\n", optarg);
+    }
+    if (o.prompt && !registry_name_ok(o.prompt)) {
+        fprintf(stderr, "ratchet eval: --prompt '%s' is not a prompt name (1 to 128 letters, digits and - _ . :)\n",
+                o.prompt);
+        return EXIT_ERROR;
+    }
+    if (o.dataset) {
+        const char *at = strchr(o.dataset, '@');
+        char name[160];
+        snprintf(name, sizeof name, "%.*s", at ? (int)(at - o.dataset) : (int)strlen(o.dataset), o.dataset);
+        if (!registry_name_ok(name)) {
+            fprintf(stderr, "ratchet eval: --dataset '%s' is not a dataset name (NAME or NAME@VERSION)\n", o.dataset);
             return EXIT_ERROR;
         }
+        if (at && cli_int("eval", "--dataset's @VERSION", at + 1, 1, 1000000000, &n))
+            return EXIT_ERROR;
+    }
+    int64_t t;
+    if (o.failed_since && !time_parse(o.failed_since, &t)) {
+        fprintf(stderr, "ratchet eval: --failed-since '%s' is not an RFC 3339 time or milliseconds\n", o.failed_since);
+        return EXIT_ERROR;
     }
     const char *problem = NULL;
     if (optind < argc)
@@ -1250,7 +1346,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
     bool as_json = false, reject = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "u:c:r:xjh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt(cmd, argc, argv, "u:c:r:xjh", opts)) != -1) {
         switch (ch) {
         case 'u': url = optarg; break;
         case 'c': config_path = optarg; break;

@@ -42,8 +42,6 @@
 #define RATCHET_VERSION "0.0.0-dev"
 #endif
 
-/* Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
-
 static const char main_usage[] =
     "usage: ratchet <command> [options]\n"
     "\n"
@@ -634,7 +632,7 @@ static int cmd_serve(int argc, char **argv)
     const char *config_path = NULL, *listen = NULL, *data_dir = NULL, *address_file = NULL, *script_dir = NULL;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:l:d:s:h", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("serve", argc, argv, "c:l:d:s:h", opts)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'l': listen = optarg; break;
@@ -837,7 +835,7 @@ static int cmd_check(int argc, char **argv)
     bool quiet = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:s:qh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("check", argc, argv, "c:s:qh", opts)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 's': script_dir = optarg; break;
@@ -899,7 +897,8 @@ static int cmd_version(int argc, char **argv)
         return 0;
     }
     if (argc > 1) {
-        fprintf(stderr, "ratchet version: unexpected argument '%s'\n", argv[1]);
+        fprintf(stderr, "ratchet version: %s '%s'\n\n%s", argv[1][0] == '-' ? "unknown option" : "unexpected argument",
+                argv[1], version_usage);
         return EXIT_ERROR;
     }
     unsigned long hp = http_parser_version();
@@ -934,7 +933,7 @@ static const command commands[] = {
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
     {"version", cmd_version, version_usage},
-    {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
+    {"fake-llm", fake_llm_main, fake_llm_usage},
     {NULL, NULL, NULL},
 };
 

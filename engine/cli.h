@@ -38,5 +38,7 @@ extern const char status_usage[];
 extern const char history_usage[];
 int cmd_status(int argc, char **argv);
 int cmd_history(int argc, char **argv);
+extern const char init_usage[];
+int cmd_init(int argc, char **argv);
 
 #endif

@@ -59,6 +59,7 @@ static const char main_usage[] =
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
     "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
     "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
+    "  init      make a project: config, a custom evaluator and policy with their specs, a dataset\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -872,10 +873,13 @@ static int cmd_check(int argc, char **argv)
     int bad = (int)nerr + check_attachments(&cfg, cat, print_report, NULL);
     catalog_stats st;
     catalog_get_stats(cat, &st);
-    if (!quiet && !bad)
-        printf("ok: %s, %zu evaluators, %zu prompts (script folders: %s%s)\n",
-               config_path ? config_path : "built-in defaults", st.evaluators, cfg.nprompts, cfg.scripts.dirs[0],
-               cfg.scripts.dirs[1] ? ", ..." : "");
+    if (!quiet && !bad) {
+        printf("ok: %s, %zu evaluators, %zu prompts (script folders, first wins: ",
+               config_path ? config_path : "built-in defaults", st.evaluators, cfg.nprompts);
+        for (char **d = cfg.scripts.dirs; *d; d++)
+            printf("%s%s", d == cfg.scripts.dirs ? "" : ", ", *d);
+        printf(")\n");
+    }
     if (bad)
         fprintf(stderr, "ratchet check: %d error%s\n", bad, bad == 1 ? "" : "s");
     catalog_free(cat);
@@ -932,6 +936,7 @@ static const command commands[] = {
     {"loop", cmd_loop, loop_usage},
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
+    {"init", cmd_init, init_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, fake_llm_usage},
     {NULL, NULL, NULL},

@@ -176,6 +176,12 @@ static long call(client *c, const char *method, const char *path, const char *ct
     return status;
 }
 
+long call_raw(client *c, const char *method, const char *path, const char *ctype, const char *body, size_t len,
+              json_t **out, buf_t *raw)
+{
+    return call(c, method, path, ctype, body, len, out, raw);
+}
+
 long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
 {
     char *t = body ? json_dumps(body, JSON_COMPACT) : NULL;

@@ -39,6 +39,8 @@ extern const char history_usage[];
 int cmd_status(int argc, char **argv);
 int cmd_history(int argc, char **argv);
 extern const char init_usage[];
+extern const char dataset_usage[];
+int cmd_dataset(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 
 #endif

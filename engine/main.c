@@ -54,6 +54,7 @@ static const char main_usage[] =
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  prompt    the prompt registry: list, show, diff, add, promote, rollback, pin\n"
     "  eval      the regression gate for CI: baseline vs candidates on a dataset (or standalone)\n"
+    "  dataset   datasets: list, show, import/export JSON Lines, cases from traces, versions, diff\n"
     "  optimize  start an optimization cycle of the loop for a prompt now\n"
     "  approve   approve (or --reject) a gate winner that waits for a human\n"
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
@@ -937,6 +938,7 @@ static const command commands[] = {
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
     {"init", cmd_init, init_usage},
+    {"dataset", cmd_dataset, dataset_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, fake_llm_usage},
     {NULL, NULL, NULL},

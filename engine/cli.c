@@ -578,22 +578,36 @@ typedef struct {
     bool no_cache, as_json, quiet, standalone;
 } eval_opts;
 
-static void html_escape(FILE *f, const char *s)
+static void html_escape_char(FILE *f, char c)
 {
-    for (; s && *s; s++) {
-        switch (*s) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(*s, f);
-        }
+    switch (c) {
+    case '<': fputs("&lt;", f); break;
+    case '>': fputs("&gt;", f); break;
+    case '&': fputs("&amp;", f); break;
+    case '"': fputs("&quot;", f); break;
+    default: fputc(c, f);
     }
 }
 
+static void html_escape(FILE *f, const char *s)
+{
+    for (; s && *s; s++)
+        html_escape_char(f, *s);
+}
+
+/* XML 1.0 text: escaped, and the control characters it cannot hold at all
+ * (a model's output may carry them) written as U+FFFD */
 static void xml_escape(FILE *f, const char *s)
 {
-    html_escape(f, s);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            fputs("\xef\xbf\xbd", f);
+        else if (c == '\'')
+            fputs("&apos;", f);
+        else
+            html_escape_char(f, *s);
+    }
 }
 
 /* The outcome of case ci for version v in the results list. */
@@ -706,43 +720,81 @@ static void print_summary(json_t *run, json_t *diffs, json_t *results)
     printf("\n");
 }
 
-static int write_junit(const char *path, json_t *run, json_t *cases, json_t *results)
+/* "3/3 pass", "1/3 pass, 2 errors", "no result" */
+static void outcome_text(int p, int fl, int e, long long k, char *out, size_t n)
+{
+    if (p + fl + e == 0)
+        snprintf(out, n, "no result");
+    else if (e)
+        snprintf(out, n, "%d/%lld pass, %d error%s", p, k, e, e == 1 ? "" : "s");
+    else
+        snprintf(out, n, "%d/%lld pass", p, k);
+}
+
+/* JUnit for CI: per candidate, one testcase per case that fails only where
+ * the candidate fails the case (as the gate counts it: most of its k samples
+ * pass and none erred); the baseline's failures are no test failures (its
+ * outcome is in the message). Then one testcase for the verdict, failing
+ * when `ratchet eval` exits other than 0 (exit_code): it reads the verdict's
+ * name, whatever the policy calls it. */
+static int write_junit(const char *path, json_t *run, json_t *cases, json_t *results, int exit_code)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
     json_t *rep = json_object_get(run, "report");
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ratchet eval %s\">\n",
-            json_string_value(json_object_get(rep, "prompt")));
+    const char *prompt = json_string_value(json_object_get(rep, "prompt"));
+    long long k = json_integer_value(json_object_get(rep, "k"));
+    if (k < 1)
+        k = 1;
+    int64_t baseline = 0;
     size_t vi;
     json_t *v;
+    json_array_foreach(json_object_get(rep, "versions"), vi, v)
+        if (!strcmp(json_string_value(json_object_get(v, "role")) ? json_string_value(json_object_get(v, "role")) : "",
+                    "baseline"))
+            baseline = json_integer_value(json_object_get(v, "version"));
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ratchet eval ");
+    xml_escape(f, prompt);
+    fprintf(f, "\">\n");
+    int64_t ncase = (int64_t)json_array_size(cases);
     json_array_foreach(json_object_get(rep, "versions"), vi, v) {
         int64_t ver = json_integer_value(json_object_get(v, "version"));
-        int64_t ncase = (int64_t)json_array_size(cases);
-        int fails = 0, errs = 0;
+        if (ver == baseline)
+            continue;
+        int fails = 0, errs = 0, skips = 0;
         for (int64_t ci = 0; ci < ncase; ci++) {
             int p, fl, e;
             const char *o, *w;
             case_outcome(results, ci, ver, &p, &fl, &e, &o, &w);
-            fails += e == 0 && fl > 0;
+            skips += p + fl + e == 0;
             errs += e > 0;
+            fails += p + fl + e > 0 && e == 0 && 2 * p <= k;
         }
-        fprintf(f, "  <testsuite name=\"%s v%lld (%s)\" tests=\"%lld\" failures=\"%d\" errors=\"%d\">\n",
-                json_string_value(json_object_get(rep, "prompt")), (long long)ver,
-                json_string_value(json_object_get(v, "role")), (long long)ncase, fails, errs);
+        fprintf(f, "  <testsuite name=\"");
+        xml_escape(f, prompt);
+        fprintf(f, " v%lld (candidate, baseline v%lld)\" tests=\"%lld\" failures=\"%d\" errors=\"%d\" skipped=\"%d\">\n",
+                (long long)ver, (long long)baseline, (long long)ncase, fails, errs, skips);
         for (int64_t ci = 0; ci < ncase; ci++) {
             json_t *c = json_array_get(cases, (size_t)ci);
-            int p, fl, e;
-            const char *o, *w;
+            int p, fl, e, bp, bf, be;
+            const char *o, *w, *bo, *bw;
             case_outcome(results, ci, ver, &p, &fl, &e, &o, &w);
-            fprintf(f, "    <testcase classname=\"%s.v%lld\" name=\"", json_string_value(json_object_get(rep, "prompt")),
-                    (long long)ver);
+            case_outcome(results, ci, baseline, &bp, &bf, &be, &bo, &bw);
+            char mine[64], base[64];
+            outcome_text(p, fl, e, k, mine, sizeof mine);
+            outcome_text(bp, bf, be, k, base, sizeof base);
+            fprintf(f, "    <testcase classname=\"");
+            xml_escape(f, prompt);
+            fprintf(f, ".v%lld\" name=\"", (long long)ver);
             xml_escape(f, json_string_value(json_object_get(c, "id")));
             fprintf(f, "\">");
-            if (e || fl) {
+            if (p + fl + e == 0) {
+                fprintf(f, "<skipped message=\"no result: the run ended before this case\"/>");
+            } else if (e || 2 * p <= k) {
                 fprintf(f, e ? "<error message=\"" : "<failure message=\"");
                 xml_escape(f, w ? w : "failed");
-                fprintf(f, "\">");
+                fprintf(f, " (v%lld: %s; baseline v%lld: %s)\">", (long long)ver, mine, (long long)baseline, base);
                 xml_escape(f, o ? o : "");
                 fprintf(f, e ? "</error>" : "</failure>");
             }
@@ -750,7 +802,38 @@ static int write_junit(const char *path, json_t *run, json_t *cases, json_t *res
         }
         fprintf(f, "  </testsuite>\n");
     }
-    fprintf(f, "</testsuites>\n");
+    /* the verdict */
+    const char *verdict = json_string_value(json_object_get(run, "verdict"));
+    const char *state = json_string_value(json_object_get(run, "state"));
+    fprintf(f, "  <testsuite name=\"");
+    xml_escape(f, prompt);
+    fprintf(f, " gate\" tests=\"1\" failures=\"%d\" errors=\"0\">\n    <testcase classname=\"", exit_code != EXIT_OK);
+    xml_escape(f, prompt);
+    fprintf(f, "\" name=\"verdict\">");
+    if (exit_code != EXIT_OK) {
+        fprintf(f, "<failure message=\"");
+        xml_escape(f, verdict ? verdict : "none");
+        fprintf(f, " (run %s, exit status %d)\">", state ? state : "?", exit_code);
+        json_array_foreach(json_object_get(rep, "verdicts"), vi, v) {
+            fprintf(f, "v%lld: ", (long long)json_integer_value(json_object_get(v, "version")));
+            xml_escape(f, json_string_value(json_object_get(v, "verdict")));
+            size_t j;
+            json_t *r;
+            json_array_foreach(json_object_get(v, "reasons"), j, r) {
+                fprintf(f, "\n  - ");
+                xml_escape(f, json_string_value(r));
+            }
+            fprintf(f, "\n");
+        }
+        if (json_string_value(json_object_get(run, "error")))
+            xml_escape(f, json_string_value(json_object_get(run, "error")));
+        fprintf(f, "</failure>");
+    } else {
+        fprintf(f, "<system-out>");
+        xml_escape(f, verdict ? verdict : "");
+        fprintf(f, "</system-out>");
+    }
+    fprintf(f, "</testcase>\n  </testsuite>\n</testsuites>\n");
     return fclose(f);
 }
 
@@ -1011,7 +1094,7 @@ static int eval_run(client *c, const eval_opts *o)
             if (c0 && json_is_string(json_object_get(r, "case_id")))
                 json_object_set(c0, "id", json_object_get(r, "case_id"));
         }
-        if (o->junit && write_junit(o->junit, run, cases, results) != 0) {
+        if (o->junit && write_junit(o->junit, run, cases, results, rc) != 0) {
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->junit);
             rc = EXIT_ERROR;
         }

@@ -958,7 +958,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "--version") == 0)
         return cmd_version(1, argv + 1);
     if (strcmp(cmd, "help") == 0) {
-        if (argc < 3) {
+        if (argc < 3 || !strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")) {
             fputs(main_usage, stdout);
             return 0;
         }

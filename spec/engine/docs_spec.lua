@@ -133,6 +133,21 @@ describe("the documented commands", function()
     end
   end)
 
+  it("etc/ratchet.conf shows every setting of docs/configuration.md's table, and loads", function()
+    local example = engine.read_file("etc/ratchet.conf")
+    local doc = engine.read_file("docs/configuration.md")
+    local n = 0
+    for row in doc:gmatch("\n| `([%w_.]+)`[^\n]*") do
+      for key in row:gmatch("[%w_]+$") do
+        n = n + 1
+        assert.truthy(example:find("%f[%w_]" .. key .. "%f[^%w_]"), "etc/ratchet.conf does not show " .. row)
+      end
+    end
+    assert.is_true(n >= 30, n .. " settings")
+    local code, out, err = engine.run("check -c etc/ratchet.conf")
+    assert.equal(0, code, out .. err)
+  end)
+
   it("every `make TARGET` the docs name is a target `make help` lists", function()
     local p = io.popen("make -s help 2>&1")
     local help = p:read("a")

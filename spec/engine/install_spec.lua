@@ -108,4 +108,25 @@ describe("a binary run from the build tree", function()
     assert.equal(0, code, out .. err)
     assert.matches("first wins: " .. dir:gsub("%p", "%%%0") .. ", " .. engine.root:gsub("%p", "%%%0") .. "%)", out)
   end)
+
+  it("runs ratchet eval --standalone with such a config (it failed: no evaluator 'max_length')", function()
+    local fake = fake_llm.start {}   -- echoes the last message
+    local dir = engine.tmpdir()
+    engine.write_file(dir .. "/ratchet.conf", string.format([[
+provider "fake" { kind = "openai", base_url = %q, default_model = "m" }
+prompt "echo" { evaluators = { { "max_length", options = { max_chars = 10000 } } } }
+]], fake:url("/v1")))
+    engine.write_file(dir .. "/cases.jsonl", '{"id":"a","variables":{"x":"hello"}}\n')
+    for v, content in pairs { v1 = "{{x}}", v2 = "{{x}}" } do
+      engine.write_file(dir .. "/" .. v .. ".json", engine.json.encode {
+        messages = { { role = "user", content = content } }, model = { provider = "fake" } })
+    end
+    local code, out, err = engine.run(string.format("eval --standalone -c %s/ratchet.conf --dataset-file %s/cases.jsonl " ..
+      "--baseline-file %s/v1.json --candidate-file %s/v2.json -q", dir, dir, dir, dir))
+    fake:stop()
+    os.execute("rm -rf " .. q(dir))
+    assert.is_nil((out .. err):find("no evaluator", 1, true), out .. err)
+    assert.matches("v1%s+baseline%s+100%.0%%", out)
+    assert.is_true(code < 3, "exit " .. tostring(code) .. ": " .. out .. err)
+  end)
 end)

@@ -182,13 +182,21 @@ int cmd_init(int argc, char **argv)
         }
         free(text);
     }
-    if (!rc)
+    if (!rc) {
+        /* the docs: PREFIX/share/doc/ratchet beside an installed share, the tree's docs/ otherwise */
+        char docs[4300];
+        size_t sl = strlen(share);
+        if (sl > 14 && !strcmp(share + sl - 14, "/share/ratchet"))
+            snprintf(docs, sizeof docs, "%.*s/share/doc/ratchet", (int)(sl - 14), share);
+        else
+            snprintf(docs, sizeof docs, "%s/docs", share);
         printf("made a ratchet project in %s (from %s). Next:\n"
                "  cd %s\n"
                "  ratchet check -c ratchet.conf   # the config and every script load\n"
                "  busted                          # the evaluator's and the policy's specs\n"
-               "then README.md there, and docs/evaluators.md in %s.\n",
-               dir, skel, dir, "share/doc/ratchet");
+               "then README.md there, and %s/evaluators.md.\n",
+               dir, skel, dir, docs);
+    }
     for (size_t i = 0; i < n; i++)
         free(files[i]);
     free(files);

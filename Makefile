@@ -22,7 +22,8 @@ MALLOC_DEFS  = $(if $(MALLOC_LIBS),-DRATCHET_MIMALLOC)
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
-             -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' $(MALLOC_DEFS) $(EXTRA_CFLAGS)
+             -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' -DRATCHET_SOURCE_DIR='"$(CURDIR)"' \
+             $(MALLOC_DEFS) $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
@@ -42,8 +43,13 @@ help:
 	@echo "make deps       install the Debian packages ratchet needs (idempotent)"
 	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
+	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md)"
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
-	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local)"
+	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local): binary, unit, scripts,"
+	@echo "                docs, and the kit for your own scripts (ratchet init, the busted helper)"
+	@echo "make help       this list"
+	@echo "make uninstall  remove what make install put under \$$(DESTDIR)\$$(PREFIX) (not /etc/ratchet)"
+	@echo "make bench-deps    install what the benchmarks need besides the build's packages (wrk, nginx-light)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
@@ -130,10 +136,17 @@ install: all
 	install -m 0644 scripts/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/lib/
 	install -m 0644 scripts/metaprompts/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/metaprompts/
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
+	@# the kit for your own evaluators and policies: what `ratchet init` copies,
+	@# the busted helper (require "ratchet.testing") and the runtime as a Lua module
+	install -d $(DESTDIR)$(PREFIX)/share/ratchet/lua/ratchet $(DESTDIR)$(PREFIX)/lib/ratchet
+	install -m 0644 lua/ratchet/testing.lua $(DESTDIR)$(PREFIX)/share/ratchet/lua/ratchet/
+	install -m 0644 $(MODULE) $(DESTDIR)$(PREFIX)/lib/ratchet/
+	for f in $$(cd skeleton && find . -type f); do \
+	  install -D -m 0644 skeleton/$$f $(DESTDIR)$(PREFIX)/share/ratchet/skeleton/$$f || exit 1; done
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/ratchet $(DESTDIR)$(UNITDIR)/ratchet.service
-	rm -rf $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet
+	rm -rf $(DESTDIR)$(PREFIX)/share/ratchet $(DESTDIR)$(PREFIX)/share/doc/ratchet $(DESTDIR)$(PREFIX)/lib/ratchet
 
 bench-deps:
 	@RATCHET_DEPS_EXTRA="wrk nginx-light" ./tools/deps.sh

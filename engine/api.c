@@ -2,6 +2,7 @@
  * store's group commit and answers reads from the thread pool. */
 #include "api.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -195,12 +196,41 @@ static int body_format(const char *ct)
     return -1;
 }
 
+/* Bodies come as they are: a Content-Encoding other than identity (gzip,
+ * deflate, br, ...) is answered 415 naming what is supported (RFC 7694's
+ * Accept-Encoding), never parsed as if it were JSON. Returns false once it
+ * has answered. */
+static bool body_encoding_ok(http_request *req)
+{
+    const char *ce = http_header_get(req, "content-encoding");
+    if (!ce)
+        return true;
+    while (*ce == ' ' || *ce == '\t')
+        ce++;
+    size_t n = strcspn(ce, " \t");
+    if (n == 0 || (n == 8 && !strncasecmp(ce, "identity", 8) && ce[n + strspn(ce + n, " \t")] == '\0'))
+        return true;
+    char named[48]; /* what the client sent, as plain ASCII */
+    size_t k = 0;
+    for (; ce[k] && k < sizeof named - 1; k++)
+        named[k] = isalnum((unsigned char)ce[k]) || strchr("-_., ", ce[k]) ? ce[k] : '?';
+    named[k] = '\0';
+    http_respond_field_error(req, 415, "unsupported_encoding", "content-encoding",
+                             "Content-Encoding '%s' is not supported: send the body uncompressed "
+                             "(supported encodings: identity)", named);
+    return false;
+}
+
 static void handle_ingest(api *a, http_request *req, ingest_kind kind)
 {
     if (!api_authorize(a, req, SCOPE_INGEST))
         return;
     a->ingest_n[kind].requests++;
     a->ingest_n[kind].bytes += req->body.len;
+    if (!body_encoding_ok(req)) {
+        a->ingest_n[kind].refused++;
+        return;
+    }
     int format = body_format(http_header_get(req, "content-type"));
     if (format < 0) {
         a->ingest_n[kind].refused++;
@@ -714,6 +744,9 @@ void api_handle(http_request *req, void *ctx)
 {
     api *a = ctx;
     const char *path = req->path;
+    bool ingest = is(req, "POST") && (!strcmp(path, "/v1/traces") || !strcmp(path, "/v1/feedback"));
+    if (req->body.len && !ingest && !body_encoding_ok(req)) /* ingest checks it after the token, counting it */
+        return;
     if (strcmp(path, "/healthz") == 0) {
         static const char ok[] = "{\"status\":\"ok\"}";
         http_respond(req, 200, "application/json", NULL, ok, sizeof ok - 1);

@@ -597,7 +597,8 @@ static void metrics_work(read_task *t)
 static void prompt_metrics(api *a, http_request *req, const char *name)
 {
     static const char *const known[] = {"since", "until", "version", NULL};
-    int64_t until = now_ms(), since = until - 86400000;
+    /* until is exclusive: + 1 so a trace acknowledged this millisecond counts */
+    int64_t until = now_ms() + 1, since = until - 86400000;
     long long version = 0;
     if (!api_known_params(req, known) || !api_time_param(req, "since", &since) ||
         !api_time_param(req, "until", &until) || !api_int_param(req, "version", 1, INT64_MAX, &version))
@@ -904,13 +905,14 @@ static void change_after(read_task *t)
     size_t changed = json_object_size(json_object_get(t->j1, "cases")) +
                      json_array_size(json_object_get(t->j1, "removed"));
     json_object_set_new(j->answer, "changed", json_integer((json_int_t)changed));
+    json_object_update(j->answer, json_object_get(t->j1, "extra"));
     commit(j);
 }
 
 /* Starts a dataset change: the current version's cases are read (and with
  * parse, the body's cases parsed) in the pool. */
 static void dataset_change(api *a, http_request *req, const char *name, const char *mode, json_t *cases,
-                           json_t *removed, bool parse)
+                           json_t *removed, bool parse, json_t *extra)
 {
     reg_error e;
     if (!registry_name_ok(name)) {
@@ -918,12 +920,14 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
                                  "a dataset name is 1 to 128 letters, digits and - _ . :");
         json_decref(cases);
         json_decref(removed);
+        json_decref(extra);
         return;
     }
     if (registry_dataset_lock(a->registry, name, &e)) {
         respond_reg_error(req, &e);
         json_decref(cases);
         json_decref(removed);
+        json_decref(extra);
         return;
     }
     read_task *t = task_new(a, req, change_work);
@@ -932,8 +936,8 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
     t->name = xstrdup(name);
     json_t *d = registry_dataset(a->registry, name);
     t->n1 = d ? json_integer_value(json_object_get(d, "version")) : 0;
-    t->j1 = json_pack("{s:s, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_object(), "removed",
-                      removed ? removed : json_array());
+    t->j1 = json_pack("{s:s, s:o, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_object(), "removed",
+                      removed ? removed : json_array(), "extra", extra ? extra : json_object());
     task_queue(t);
 }
 
@@ -948,7 +952,7 @@ static void import_cases(api *a, http_request *req, const char *name)
         http_respond_field_error(req, 400, "invalid_parameter", "mode", "'mode' must be append, upsert or replace");
         return;
     }
-    dataset_change(a, req, name, mode, NULL, NULL, true);
+    dataset_change(a, req, name, mode, NULL, NULL, true, NULL);
 }
 
 static void from_trace_work(read_task *t)
@@ -989,7 +993,7 @@ static void from_trace_after(read_task *t)
         respond_reg_error(t->req, &e);
         return;
     }
-    dataset_change(t->a, t->req, t->name, "upsert", cases, NULL, false);
+    dataset_change(t->a, t->req, t->name, "upsert", cases, NULL, false, NULL);
 }
 
 /* POST /v1/datasets/{name}/from-trace {trace_id, expected?, id?, tags?} */
@@ -1014,6 +1018,261 @@ static void case_from_trace(api *a, http_request *req, const char *name)
     t->name = xstrdup(name);
     t->id = xstrdup(tid);
     t->j1 = body;
+    task_queue(t);
+}
+
+/* A time from JSON: RFC 3339 text or integer milliseconds. */
+static bool json_time_ok(json_t *v, int64_t *out)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    return json_is_string(v) && time_parse(json_string_value(v), out);
+}
+
+static bool meta_key_ok(const char *k)
+{
+    size_t n = strlen(k);
+    return n >= 1 && n <= 64 && strspn(k, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") == n;
+}
+
+/* j1: the request body; j2: the traces found; n1: duplicates skipped */
+static void from_traces_work(read_task *t)
+{
+    json_t *b = t->j1;
+    store_trace_filter f = {.prompt = json_string_value(json_object_get(b, "prompt")),
+                            .version = json_integer_value(json_object_get(b, "version")),
+                            .since_ms = 0, .until_ms = INT64_MAX, .failed = -1,
+                            .evaluator = json_string_value(json_object_get(b, "evaluator")),
+                            .limit = json_object_get(b, "limit") ? (int)json_integer_value(json_object_get(b, "limit"))
+                                                                 : 1000};
+    if (json_object_get(b, "since"))
+        json_time_ok(json_object_get(b, "since"), &f.since_ms);
+    if (json_object_get(b, "until"))
+        json_time_ok(json_object_get(b, "until"), &f.until_ms);
+    if (json_is_boolean(json_object_get(b, "failed")))
+        f.failed = json_is_true(json_object_get(b, "failed"));
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(b, "metadata"), k, v) {
+        f.meta_key[f.nmeta] = k;
+        f.meta_value[f.nmeta++] = json_string_value(v);
+    }
+    json_t *traces;
+    t->rc = store_select_traces(t->a->store, &f, &traces, t->err, sizeof t->err);
+    if (t->rc) {
+        json_decref(traces);
+        return;
+    }
+    if (json_array_size(traces) == 0) {
+        json_decref(traces);
+        reg_fail(&t->e, 404, "no_matching_traces", "prompt",
+                 "no trace of prompt '%s' matches the filter (with input.variables, in the time range, ...)", f.prompt);
+        t->rc = 2;
+        return;
+    }
+    /* one case per distinct variables, the newest trace's; expected: its output, or none */
+    const char *from = json_string_value(json_object_get(b, "expected_from"));
+    bool with_output = from ? !strcmp(from, "output")
+                            : !(json_is_true(json_object_get(b, "failed")) || json_object_get(b, "evaluator"));
+    json_t *seen = json_object();
+    buf_t lines;
+    buf_init(&lines);
+    size_t i;
+    json_t *tr;
+    json_array_foreach(traces, i, tr) {
+        char *key = json_dumps(json_object_get(tr, "variables"), JSON_COMPACT | JSON_SORT_KEYS);
+        if (json_object_get(seen, key)) {
+            t->n1++;
+            free(key);
+            continue;
+        }
+        json_object_set_new(seen, key, json_true());
+        free(key);
+        json_t *c = json_pack("{s:O, s:O, s:O}", "id", json_object_get(tr, "id"), "variables",
+                              json_object_get(tr, "variables"), "source_trace", json_object_get(tr, "id"));
+        if (json_object_get(b, "tags"))
+            json_object_set(c, "tags", json_object_get(b, "tags"));
+        if (with_output && !json_is_null(json_object_get(tr, "output")))
+            json_object_set(c, "expected", json_object_get(tr, "output"));
+        char *text = json_dumps(c, JSON_COMPACT);
+        buf_puts(&lines, text);
+        buf_puts(&lines, "\n");
+        free(text);
+        json_decref(c);
+    }
+    json_decref(seen);
+    json_t *cases;
+    if (dataset_parse_cases(lines.data, lines.len, &cases, &t->e)) {
+        t->rc = 2;
+    } else {
+        t->j2 = cases;
+        t->n2 = (int64_t)json_array_size(traces);
+    }
+    buf_free(&lines);
+    json_decref(traces);
+}
+
+static void from_traces_after(read_task *t)
+{
+    if (task_failed(t, "not_found", NULL))
+        return;
+    json_t *extra = json_pack("{s:{s:I, s:I}}", "from_traces", "matched", (json_int_t)t->n2, "duplicates",
+                              (json_int_t)t->n1);
+    const char *mode = json_string_value(json_object_get(t->j1, "mode"));
+    json_t *cases = t->j2;
+    t->j2 = NULL;
+    dataset_change(t->a, t->req, t->name, mode ? mode : "upsert", cases, NULL, false, extra);
+}
+
+/* POST /v1/datasets/{name}/from-traces {prompt, version?, since?, until?,
+ * failed?, evaluator?, metadata?, limit?, tags?, expected_from?, mode?}:
+ * one case per matching trace with input.variables (the newest of those with
+ * the same variables), its id and source_trace the trace's id. */
+static void cases_from_traces(api *a, http_request *req, const char *name)
+{
+    json_t *body = body_object(req);
+    if (!body)
+        return;
+    static const char *const known[] = {"prompt", "version", "since", "until", "failed", "evaluator", "metadata",
+                                        "limit", "tags", "expected_from", "mode", NULL};
+    if (!known_fields(req, body, known,
+                      "prompt, version, since, until, failed, evaluator, metadata, limit, tags, expected_from, mode")) {
+        json_decref(body);
+        return;
+    }
+    const char *bad = NULL, *why = NULL;
+    json_t *v;
+    int64_t t0, t1 = INT64_MAX;
+    const char *prompt = json_string_value(json_object_get(body, "prompt"));
+    if (!prompt || !*prompt || strlen(prompt) > 128)
+        bad = "prompt", why = "'prompt' must be a prompt name (the traces' prompt.name)";
+    else if ((v = json_object_get(body, "version")) && (!json_is_integer(v) || json_integer_value(v) < 1))
+        bad = "version", why = "'version' must be an integer of at least 1 (a prompt version)";
+    else if ((v = json_object_get(body, "since")) && !json_time_ok(v, &t0))
+        bad = "since", why = "'since' must be an RFC 3339 time or milliseconds since the epoch";
+    else if ((v = json_object_get(body, "until")) && !json_time_ok(v, &t1))
+        bad = "until", why = "'until' must be an RFC 3339 time or milliseconds since the epoch";
+    else if (json_object_get(body, "since") && json_object_get(body, "until") &&
+             json_time_ok(json_object_get(body, "since"), &t0) && t1 <= t0)
+        bad = "until", why = "'until' must be after 'since'";
+    else if ((v = json_object_get(body, "failed")) && !json_is_boolean(v))
+        bad = "failed", why = "'failed' must be true (only failed traces) or false (only the others)";
+    else if ((v = json_object_get(body, "evaluator")) && (!json_is_string(v) || !registry_name_ok(json_string_value(v))))
+        bad = "evaluator", why = "'evaluator' must be the name an evaluator is attached under";
+    else if ((v = json_object_get(body, "limit")) &&
+             (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 10000))
+        bad = "limit", why = "'limit' must be an integer from 1 to 10000";
+    else if ((v = json_object_get(body, "expected_from")) &&
+             (!json_is_string(v) || (strcmp(json_string_value(v), "output") && strcmp(json_string_value(v), "none"))))
+        bad = "expected_from", why = "'expected_from' must be \"output\" (the trace's output) or \"none\"";
+    else if ((v = json_object_get(body, "mode")) &&
+             (!json_is_string(v) || (strcmp(json_string_value(v), "append") && strcmp(json_string_value(v), "upsert") &&
+                                     strcmp(json_string_value(v), "replace"))))
+        bad = "mode", why = "'mode' must be append, upsert or replace";
+    else if ((v = json_object_get(body, "metadata")) && (!json_is_object(v) || json_object_size(v) > 8))
+        bad = "metadata", why = "'metadata' must be an object of up to 8 {key: value} to match";
+    if (!bad && (v = json_object_get(body, "metadata"))) {
+        const char *k;
+        json_t *x;
+        static char field[100];
+        json_object_foreach(v, k, x) if (!meta_key_ok(k) || !json_is_string(x) || json_string_length(x) > 1000) {
+            snprintf(field, sizeof field, "metadata.%.64s", k);
+            bad = field, why = "each metadata filter is \"key\": \"value\" (a key of letters, digits, - _ .; the "
+                               "trace's metadata.key equals the value, or is a list holding it)";
+            break;
+        }
+    }
+    if (bad) {
+        http_respond_field_error(req, 400, "invalid_field", bad, "%s", why);
+        json_decref(body);
+        return;
+    }
+    if (!registry_name_ok(name)) {
+        http_respond_field_error(req, 400, "invalid_parameter", "dataset",
+                                 "a dataset name is 1 to 128 letters, digits and - _ . :");
+        json_decref(body);
+        return;
+    }
+    read_task *t = task_new(a, req, from_traces_work);
+    t->after_fn = from_traces_after;
+    t->name = xstrdup(name);
+    t->j1 = body;
+    task_queue(t);
+}
+
+static void versions_work(read_task *t)
+{
+    json_t *items;
+    t->rc = store_dataset_versions(t->a->store, t->name, t->n1, &items, t->err, sizeof t->err);
+    json_t *root = json_pack("{s:s, s:o}", "dataset", t->name, "items", items);
+    char *text = json_dumps(root, JSON_COMPACT);
+    buf_puts(&t->out, text);
+    free(text);
+    json_decref(root);
+}
+
+/* Cases of two versions (id order) merged: added, removed, changed. */
+static void diff_work(read_task *t)
+{
+    json_t *a, *b;
+    t->rc = store_dataset_cases(t->a->store, t->name, t->n1, STORE_CASE_OBJECTS, &a, t->err, sizeof t->err);
+    if (!t->rc)
+        t->rc = store_dataset_cases(t->a->store, t->name, t->n2, STORE_CASE_OBJECTS, &b, t->err, sizeof t->err);
+    else
+        b = json_array();
+    json_t *added = json_array(), *removed = json_array(), *changed = json_array();
+    size_t i = 0, j = 0, na = json_array_size(a), nb = json_array_size(b);
+    while (!t->rc && (i < na || j < nb)) {
+        json_t *x = json_array_get(a, i), *y = json_array_get(b, j);
+        int c = !x ? 1 : !y ? -1 : strcmp(json_string_value(json_object_get(x, "id")), json_string_value(json_object_get(y, "id")));
+        if (c < 0) {
+            json_array_append(removed, x);
+            i++;
+        } else if (c > 0) {
+            json_array_append(added, y);
+            j++;
+        } else {
+            if (!json_equal(x, y))
+                json_array_append_new(changed, json_pack("{s:O, s:O, s:O}", "id", json_object_get(x, "id"), "from", x,
+                                                         "to", y));
+            i++, j++;
+        }
+    }
+    json_t *root = json_pack("{s:s, s:I, s:I, s:o, s:o, s:o}", "dataset", t->name, "from", (json_int_t)t->n1, "to",
+                             (json_int_t)t->n2, "added", added, "removed", removed, "changed", changed);
+    char *text = json_dumps(root, JSON_COMPACT);
+    buf_puts(&t->out, text);
+    free(text);
+    json_decref(root);
+    json_decref(a);
+    json_decref(b);
+}
+
+/* GET /v1/datasets/{name}/diff?from=&to= */
+static void dataset_diff(api *a, http_request *req, const char *name, json_t *d)
+{
+    static const char *const known[] = {"from", "to", NULL};
+    long long from = 0, to = 0;
+    if (!api_known_params(req, known) || !api_int_param(req, "from", 1, 1000000000, &from) ||
+        !api_int_param(req, "to", 1, 1000000000, &to))
+        return;
+    int64_t cur = json_integer_value(json_object_get(d, "version"));
+    if (!from || !to) {
+        http_respond_field_error(req, 400, "invalid_parameter", from ? "to" : "from",
+                                 "give both 'from' and 'to' (versions 1 to %lld)", (long long)cur);
+        return;
+    }
+    if (from > cur || to > cur) {
+        http_respond_field_error(req, 404, "unknown_version", from > cur ? "from" : "to",
+                                 "dataset '%s' has versions 1 to %lld", name, (long long)cur);
+        return;
+    }
+    read_task *t = task_new(a, req, diff_work);
+    t->name = xstrdup(name);
+    t->n1 = from;
+    t->n2 = to;
     task_queue(t);
 }
 
@@ -1079,13 +1338,34 @@ static void route_datasets(api *a, http_request *req, char **seg, int n)
             http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
         } else {
             json_t *removed = json_pack("[s]", seg[4]);
-            dataset_change(a, req, name, "upsert", NULL, removed, false);
+            dataset_change(a, req, name, "upsert", NULL, removed, false, NULL);
         }
     } else if (n == 4 && !strcmp(seg[3], "from-trace")) {
         if (strcmp(m, "POST"))
             http_respond_error(req, 405, "method_not_allowed", "use POST");
         else
             case_from_trace(a, req, name);
+    } else if (n == 4 && !strcmp(seg[3], "from-traces")) {
+        if (strcmp(m, "POST"))
+            http_respond_error(req, 405, "method_not_allowed", "use POST");
+        else
+            cases_from_traces(a, req, name);
+    } else if (n == 4 && (!strcmp(seg[3], "versions") || !strcmp(seg[3], "diff"))) {
+        if (strcmp(m, "GET")) {
+            http_respond_error(req, 405, "method_not_allowed", "use GET");
+        } else if (!d) {
+            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
+        } else if (!strcmp(seg[3], "diff")) {
+            dataset_diff(a, req, name, d);
+        } else {
+            static const char *const none[] = {NULL};
+            if (!api_known_params(req, none))
+                return;
+            read_task *t = task_new(a, req, versions_work);
+            t->name = xstrdup(name);
+            t->n1 = json_integer_value(json_object_get(d, "version"));
+            task_queue(t);
+        }
     } else {
         http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
     }

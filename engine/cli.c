@@ -6,9 +6,11 @@
 #include "cli.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,56 @@
 #include "registry.h"
 #include "util.h"
 
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *longopts)
+{
+    char spec[80];
+    snprintf(spec, sizeof spec, ":%s", shortopts); /* ':' first: a missing value returns ':' */
+    opterr = 0;
+    int ch = getopt_long(argc, argv, spec, longopts, NULL);
+    if (ch != '?' && ch != ':')
+        return ch;
+    /* the word that was at fault: a long option as typed (without =value), else -c */
+    const char *word = optind > 1 && optind - 1 < argc ? argv[optind - 1] : "";
+    char name[64];
+    if (!strncmp(word, "--", 2))
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(word, "="), word);
+    else
+        snprintf(name, sizeof name, "-%c", optopt ? optopt : '?');
+    if (ch == ':')
+        fprintf(stderr, "ratchet %s: option '%s' needs a value\n\n", cmd, name);
+    else if (!strncmp(word, "--", 2) && strchr(word, '=') && optopt)
+        fprintf(stderr, "ratchet %s: option '%s' takes no value\n\n", cmd, name);
+    else
+        fprintf(stderr, "ratchet %s: unknown option '%s'\n\n", cmd, name);
+    return '?';
+}
+
+int cli_int(const char *cmd, const char *flag, const char *text, long long min, long long max, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (end == text || *end || errno || v < min || v > max) {
+        fprintf(stderr, "ratchet %s: %s must be a whole number from %lld to %lld, not '%s'\n", cmd, flag, min, max,
+                text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_positive(const char *cmd, const char *flag, const char *text, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v) || v <= 0) {
+        fprintf(stderr, "ratchet %s: %s must be a number above 0, not '%s'\n", cmd, flag, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
 
 static size_t collect(char *ptr, size_t size, size_t n, void *ud)
 {
@@ -124,6 +176,12 @@ static long call(client *c, const char *method, const char *path, const char *ct
     return status;
 }
 
+long call_raw(client *c, const char *method, const char *path, const char *ctype, const char *body, size_t len,
+              json_t **out, buf_t *raw)
+{
+    return call(c, method, path, ctype, body, len, out, raw);
+}
+
 long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
 {
     char *t = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -192,7 +250,7 @@ int cmd_evaluate(int argc, char **argv)
     bool unevaluated = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:c:u:h", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("evaluate", argc, argv, "p:c:u:h", opts)) != -1) {
         switch (ch) {
         case 'p': prompt = optarg; break;
         case 'S': since = optarg; break;
@@ -311,7 +369,7 @@ int cmd_prompt(int argc, char **argv)
     bool as_json = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "u:c:r:n:jh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("prompt", argc, argv, "u:c:r:n:jh", opts)) != -1) {
         switch (ch) {
         case 'u': url = optarg; break;
         case 'c': config_path = optarg; break;
@@ -344,6 +402,14 @@ int cmd_prompt(int argc, char **argv)
         if (!registry_name_ok(a[i])) {
             fprintf(stderr, "ratchet prompt: '%s' is not a prompt name\n", a[i]);
             return EXIT_ERROR;
+        }
+    /* the version arguments: show NAME V, diff NAME FROM TO, promote NAME V, rollback NAME V */
+    if (strcmp(sub, "add"))
+        for (int i = 2; i < n; i++) {
+            long long v;
+            static const char *const what[] = {"", "", "VERSION", "TO"};
+            if (cli_int("prompt", !strcmp(sub, "diff") && i == 2 ? "FROM" : what[i], a[i], 1, 1000000000, &v))
+                return EXIT_ERROR;
         }
     client c;
     if (client_init(&c, url, config_path) != 0)
@@ -517,22 +583,36 @@ typedef struct {
     bool no_cache, as_json, quiet, standalone, require_improvement;
 } eval_opts;
 
-static void html_escape(FILE *f, const char *s)
+static void html_escape_char(FILE *f, char c)
 {
-    for (; s && *s; s++) {
-        switch (*s) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(*s, f);
-        }
+    switch (c) {
+    case '<': fputs("&lt;", f); break;
+    case '>': fputs("&gt;", f); break;
+    case '&': fputs("&amp;", f); break;
+    case '"': fputs("&quot;", f); break;
+    default: fputc(c, f);
     }
 }
 
+static void html_escape(FILE *f, const char *s)
+{
+    for (; s && *s; s++)
+        html_escape_char(f, *s);
+}
+
+/* XML 1.0 text: escaped, and the control characters it cannot hold at all
+ * (a model's output may carry them) written as U+FFFD */
 static void xml_escape(FILE *f, const char *s)
 {
-    html_escape(f, s);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            fputs("\xef\xbf\xbd", f);
+        else if (c == '\'')
+            fputs("&apos;", f);
+        else
+            html_escape_char(f, *s);
+    }
 }
 
 /* The outcome of case ci for version v in the results list. */
@@ -645,43 +725,81 @@ static void print_summary(json_t *run, json_t *diffs, json_t *results)
     printf("\n");
 }
 
-static int write_junit(const char *path, json_t *run, json_t *cases, json_t *results)
+/* "3/3 pass", "1/3 pass, 2 errors", "no result" */
+static void outcome_text(int p, int fl, int e, long long k, char *out, size_t n)
+{
+    if (p + fl + e == 0)
+        snprintf(out, n, "no result");
+    else if (e)
+        snprintf(out, n, "%d/%lld pass, %d error%s", p, k, e, e == 1 ? "" : "s");
+    else
+        snprintf(out, n, "%d/%lld pass", p, k);
+}
+
+/* JUnit for CI: per candidate, one testcase per case that fails only where
+ * the candidate fails the case (as the gate counts it: most of its k samples
+ * pass and none erred); the baseline's failures are no test failures (its
+ * outcome is in the message). Then one testcase for the verdict, failing
+ * when `ratchet eval` exits other than 0 (exit_code): it reads the verdict's
+ * name, whatever the policy calls it. */
+static int write_junit(const char *path, json_t *run, json_t *cases, json_t *results, int exit_code)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
     json_t *rep = json_object_get(run, "report");
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ratchet eval %s\">\n",
-            json_string_value(json_object_get(rep, "prompt")));
+    const char *prompt = json_string_value(json_object_get(rep, "prompt"));
+    long long k = json_integer_value(json_object_get(rep, "k"));
+    if (k < 1)
+        k = 1;
+    int64_t baseline = 0;
     size_t vi;
     json_t *v;
+    json_array_foreach(json_object_get(rep, "versions"), vi, v)
+        if (!strcmp(json_string_value(json_object_get(v, "role")) ? json_string_value(json_object_get(v, "role")) : "",
+                    "baseline"))
+            baseline = json_integer_value(json_object_get(v, "version"));
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"ratchet eval ");
+    xml_escape(f, prompt);
+    fprintf(f, "\">\n");
+    int64_t ncase = (int64_t)json_array_size(cases);
     json_array_foreach(json_object_get(rep, "versions"), vi, v) {
         int64_t ver = json_integer_value(json_object_get(v, "version"));
-        int64_t ncase = (int64_t)json_array_size(cases);
-        int fails = 0, errs = 0;
+        if (ver == baseline)
+            continue;
+        int fails = 0, errs = 0, skips = 0;
         for (int64_t ci = 0; ci < ncase; ci++) {
             int p, fl, e;
             const char *o, *w;
             case_outcome(results, ci, ver, &p, &fl, &e, &o, &w);
-            fails += e == 0 && fl > 0;
+            skips += p + fl + e == 0;
             errs += e > 0;
+            fails += p + fl + e > 0 && e == 0 && 2 * p <= k;
         }
-        fprintf(f, "  <testsuite name=\"%s v%lld (%s)\" tests=\"%lld\" failures=\"%d\" errors=\"%d\">\n",
-                json_string_value(json_object_get(rep, "prompt")), (long long)ver,
-                json_string_value(json_object_get(v, "role")), (long long)ncase, fails, errs);
+        fprintf(f, "  <testsuite name=\"");
+        xml_escape(f, prompt);
+        fprintf(f, " v%lld (candidate, baseline v%lld)\" tests=\"%lld\" failures=\"%d\" errors=\"%d\" skipped=\"%d\">\n",
+                (long long)ver, (long long)baseline, (long long)ncase, fails, errs, skips);
         for (int64_t ci = 0; ci < ncase; ci++) {
             json_t *c = json_array_get(cases, (size_t)ci);
-            int p, fl, e;
-            const char *o, *w;
+            int p, fl, e, bp, bf, be;
+            const char *o, *w, *bo, *bw;
             case_outcome(results, ci, ver, &p, &fl, &e, &o, &w);
-            fprintf(f, "    <testcase classname=\"%s.v%lld\" name=\"", json_string_value(json_object_get(rep, "prompt")),
-                    (long long)ver);
+            case_outcome(results, ci, baseline, &bp, &bf, &be, &bo, &bw);
+            char mine[64], base[64];
+            outcome_text(p, fl, e, k, mine, sizeof mine);
+            outcome_text(bp, bf, be, k, base, sizeof base);
+            fprintf(f, "    <testcase classname=\"");
+            xml_escape(f, prompt);
+            fprintf(f, ".v%lld\" name=\"", (long long)ver);
             xml_escape(f, json_string_value(json_object_get(c, "id")));
             fprintf(f, "\">");
-            if (e || fl) {
+            if (p + fl + e == 0) {
+                fprintf(f, "<skipped message=\"no result: the run ended before this case\"/>");
+            } else if (e || 2 * p <= k) {
                 fprintf(f, e ? "<error message=\"" : "<failure message=\"");
                 xml_escape(f, w ? w : "failed");
-                fprintf(f, "\">");
+                fprintf(f, " (v%lld: %s; baseline v%lld: %s)\">", (long long)ver, mine, (long long)baseline, base);
                 xml_escape(f, o ? o : "");
                 fprintf(f, e ? "</error>" : "</failure>");
             }
@@ -689,7 +807,38 @@ static int write_junit(const char *path, json_t *run, json_t *cases, json_t *res
         }
         fprintf(f, "  </testsuite>\n");
     }
-    fprintf(f, "</testsuites>\n");
+    /* the verdict */
+    const char *verdict = json_string_value(json_object_get(run, "verdict"));
+    const char *state = json_string_value(json_object_get(run, "state"));
+    fprintf(f, "  <testsuite name=\"");
+    xml_escape(f, prompt);
+    fprintf(f, " gate\" tests=\"1\" failures=\"%d\" errors=\"0\">\n    <testcase classname=\"", exit_code != EXIT_OK);
+    xml_escape(f, prompt);
+    fprintf(f, "\" name=\"verdict\">");
+    if (exit_code != EXIT_OK) {
+        fprintf(f, "<failure message=\"");
+        xml_escape(f, verdict ? verdict : "none");
+        fprintf(f, " (run %s, exit status %d)\">", state ? state : "?", exit_code);
+        json_array_foreach(json_object_get(rep, "verdicts"), vi, v) {
+            fprintf(f, "v%lld: ", (long long)json_integer_value(json_object_get(v, "version")));
+            xml_escape(f, json_string_value(json_object_get(v, "verdict")));
+            size_t j;
+            json_t *r;
+            json_array_foreach(json_object_get(v, "reasons"), j, r) {
+                fprintf(f, "\n  - ");
+                xml_escape(f, json_string_value(r));
+            }
+            fprintf(f, "\n");
+        }
+        if (json_string_value(json_object_get(run, "error")))
+            xml_escape(f, json_string_value(json_object_get(run, "error")));
+        fprintf(f, "</failure>");
+    } else {
+        fprintf(f, "<system-out>");
+        xml_escape(f, verdict ? verdict : "");
+        fprintf(f, "</system-out>");
+    }
+    fprintf(f, "</testcase>\n  </testsuite>\n</testsuites>\n");
     return fclose(f);
 }
 
@@ -954,7 +1103,7 @@ static int eval_run(client *c, const eval_opts *o)
             if (c0 && json_is_string(json_object_get(r, "case_id")))
                 json_object_set(c0, "id", json_object_get(r, "case_id"));
         }
-        if (o->junit && write_junit(o->junit, run, cases, results) != 0) {
+        if (o->junit && write_junit(o->junit, run, cases, results, rc) != 0) {
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->junit);
             rc = EXIT_ERROR;
         }
@@ -1156,25 +1305,44 @@ int cmd_eval(int argc, char **argv)
     eval_opts o = {0};
     const char *url = NULL, *config_path = NULL;
     int ch;
+    long long n;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "p:b:C:d:k:qu:c:h", opts, NULL)) != -1) {
-        char *end = NULL;
+    while ((ch = cli_getopt("eval", argc, argv, "p:b:C:d:k:qu:c:h", opts)) != -1) {
         switch (ch) {
         case 'p': o.prompt = optarg; break;
-        case 'b': o.baseline = strtoll(optarg, &end, 10); break;
+        case 'b':
+            if (cli_int("eval", "--baseline", optarg, 1, 1000000000, &o.baseline))
+                return EXIT_ERROR;
+            break;
         case 'C':
             if (o.ncands == 8) {
                 fprintf(stderr, "ratchet eval: at most 8 candidates\n");
                 return EXIT_ERROR;
             }
-            o.cands[o.ncands++] = strtoll(optarg, &end, 10);
+            if (cli_int("eval", "--candidate", optarg, 1, 1000000000, &o.cands[o.ncands++]))
+                return EXIT_ERROR;
             break;
         case 'd': o.dataset = optarg; break;
         case 'F': o.failed_since = optarg; break;
-        case 'k': o.k = (int)strtol(optarg, &end, 10); break;
-        case 'N': o.concurrency = (int)strtol(optarg, &end, 10); break;
-        case 'B': o.budget_calls = strtod(optarg, &end); break;
-        case 'X': o.budget_cost = strtod(optarg, &end); break;
+        case 'k':
+            if (cli_int("eval", "-k", optarg, 1, 20, &n))
+                return EXIT_ERROR;
+            o.k = (int)n;
+            break;
+        case 'N':
+            if (cli_int("eval", "--concurrency", optarg, 1, 512, &n))
+                return EXIT_ERROR;
+            o.concurrency = (int)n;
+            break;
+        case 'B':
+            if (cli_int("eval", "--budget-calls", optarg, 1, 1000000000000LL, &n))
+                return EXIT_ERROR;
+            o.budget_calls = (double)n;
+            break;
+        case 'X':
+            if (cli_positive("eval", "--budget-cost", optarg, &o.budget_cost))
+                return EXIT_ERROR;
+            break;
         case 'n': o.no_cache = true; break;
         case 'j': o.as_json = true; break;
         case 'J': o.junit = optarg; break;
@@ -1197,10 +1365,27 @@ int cmd_eval(int argc, char **argv)
         case 'h': fputs(eval_usage, stdout); return 0;
         default: fputs(eval_usage, stderr); return EXIT_ERROR;
         }
-        if (end && *end) {
-            fprintf(stderr, "ratchet eval: '%s' is not a number\n", optarg);
+    }
+    if (o.prompt && !registry_name_ok(o.prompt)) {
+        fprintf(stderr, "ratchet eval: --prompt '%s' is not a prompt name (1 to 128 letters, digits and - _ . :)\n",
+                o.prompt);
+        return EXIT_ERROR;
+    }
+    if (o.dataset) {
+        const char *at = strchr(o.dataset, '@');
+        char name[160];
+        snprintf(name, sizeof name, "%.*s", at ? (int)(at - o.dataset) : (int)strlen(o.dataset), o.dataset);
+        if (!registry_name_ok(name)) {
+            fprintf(stderr, "ratchet eval: --dataset '%s' is not a dataset name (NAME or NAME@VERSION)\n", o.dataset);
             return EXIT_ERROR;
         }
+        if (at && cli_int("eval", "--dataset's @VERSION", at + 1, 1, 1000000000, &n))
+            return EXIT_ERROR;
+    }
+    int64_t t;
+    if (o.failed_since && !time_parse(o.failed_since, &t)) {
+        fprintf(stderr, "ratchet eval: --failed-since '%s' is not an RFC 3339 time or milliseconds\n", o.failed_since);
+        return EXIT_ERROR;
     }
     const char *problem = NULL;
     if (optind < argc)
@@ -1261,7 +1446,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
     bool as_json = false, reject = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "u:c:r:xjh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt(cmd, argc, argv, "u:c:r:xjh", opts)) != -1) {
         switch (ch) {
         case 'u': url = optarg; break;
         case 'c': config_path = optarg; break;

@@ -51,26 +51,29 @@ typedef struct {
 
 static int parse_opts(const char *cmd, const char *usage, int argc, char **argv, bool with_limit, ops_opts *o)
 {
-    static const struct option opts[] = {
+    static const struct option with[] = {
         {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},      {"limit", required_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
     };
+    static const struct option without[] = {
+        {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     memset(o, 0, sizeof *o);
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, with_limit ? "u:c:jn:h" : "u:c:jh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt(cmd, argc, argv, with_limit ? "u:c:jn:h" : "u:c:jh", with_limit ? with : without)) != -1) {
         switch (ch) {
         case 'u': o->url = optarg; break;
         case 'c': o->config = optarg; break;
         case 'j': o->json = true; break;
         case 'n': {
-            char *end;
-            o->limit = strtol(optarg, &end, 10);
-            if (!with_limit || *end || end == optarg || o->limit < 1) {
-                fprintf(stderr, "ratchet %s: --limit must be a whole number of at least 1\n", cmd);
+            long long n;
+            if (cli_int(cmd, "--limit", optarg, 1, 1000000000, &n))
                 return -1;
-            }
+            o->limit = (long)n;
             break;
         }
         case 'h': fputs(usage, stdout); return 1;

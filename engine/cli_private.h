@@ -5,6 +5,8 @@
 
 #include <jansson.h>
 
+#include "util.h"
+
 typedef struct {
     char base[512];
     char *token;
@@ -18,6 +20,11 @@ void client_free(client *c);
 /* One request with a JSON body (or none); returns the HTTP status, 0 when the
  * engine cannot be reached (*out then holds {"error":{"message":...}}). */
 long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out);
+/* One request with a body of any type (ctype NULL: JSON) or none; the answer
+ * parsed in *out when out is given (as call_json) and its raw bytes appended
+ * to raw when raw is given. */
+long call_raw(client *c, const char *method, const char *path, const char *ctype, const char *body, size_t len,
+              json_t **out, buf_t *raw);
 /* "ratchet CMD: message (field: F)" on stderr. */
 void print_error(const char *cmd, long status, json_t *ans);
 

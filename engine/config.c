@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "llm.h"
@@ -22,6 +24,9 @@
 
 #ifndef RATCHET_SHARE_DIR
 #define RATCHET_SHARE_DIR "/usr/local/share/ratchet"
+#endif
+#ifndef RATCHET_SOURCE_DIR
+#define RATCHET_SOURCE_DIR ""
 #endif
 
 #if LUA_VERSION_NUM != 504
@@ -121,11 +126,49 @@ static const char *const allowed_globals[] = {
     "select", "error", "assert", "next", "ipairs", NULL,
 };
 
+static bool has_evaluators(const char *root)
+{
+    char p[4200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/evaluators", root);
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+const char *config_share_dir(void)
+{
+    static char dir[4096];
+    if (dir[0])
+        return dir;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0'; /* the binary's folder: PREFIX/bin when installed */
+            char *up = strrchr(exe, '/');
+            if (up) {
+                snprintf(dir, sizeof dir, "%.*s/share/ratchet", (int)(up - exe), exe);
+                if (has_evaluators(dir))
+                    return dir;
+            }
+            size_t sl = strlen(RATCHET_SOURCE_DIR);
+            if (sl > 1 && !strncmp(exe, RATCHET_SOURCE_DIR, sl) && (exe[sl] == '/' || exe[sl] == '\0') &&
+                has_evaluators(RATCHET_SOURCE_DIR)) {
+                snprintf(dir, sizeof dir, "%s", RATCHET_SOURCE_DIR);
+                return dir;
+            }
+        }
+    }
+    snprintf(dir, sizeof dir, "%s", RATCHET_SHARE_DIR);
+    return dir;
+}
+
 void config_defaults(config *c)
 {
     memset(c, 0, sizeof *c);
     c->scripts.dirs = xcalloc(2, sizeof *c->scripts.dirs);
-    c->scripts.dirs[0] = xstrdup(RATCHET_SHARE_DIR);
+    c->scripts.dirs[0] = xstrdup(config_share_dir());
     c->listen = xstrdup("127.0.0.1:7700");
     const char *state = getenv("STATE_DIRECTORY"); /* set by systemd's StateDirectory= */
     c->data_dir = xstrdup(state && *state ? state : "/var/lib/ratchet");
@@ -1086,7 +1129,7 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
         const char *slash = strrchr(path, '/');
         c->scripts.dirs = xcalloc(3, sizeof *c->scripts.dirs);
         c->scripts.dirs[0] = slash ? xstrndup(path, (size_t)(slash - path)) : xstrdup(".");
-        c->scripts.dirs[1] = xstrdup(RATCHET_SHARE_DIR);
+        c->scripts.dirs[1] = xstrdup(config_share_dir());
     }
     return 0;
 }

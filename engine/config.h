@@ -97,6 +97,13 @@ typedef struct {
 } config;
 
 /* Fills c with every default. */
+/* The folder of the shipped scripts (evaluators/, policies/, scripts/), the
+ * last of the default scripts.dirs, found from where the binary is, never from
+ * where the build meant to install it: BIN/../share/ratchet when it holds
+ * evaluators/ (an installed binary, whatever PREFIX and DESTDIR were); else,
+ * for a binary inside the source tree it was built in (build/ratchet), that
+ * tree; else the PREFIX the build was configured with. Resolved once. */
+const char *config_share_dir(void);
 void config_defaults(config *c);
 /* Reads the Lua file at path on top of the defaults. On error returns -1 and
  * writes "file:line: message" into err. */

@@ -18,12 +18,13 @@
 #include <string.h>
 #include <uv.h>
 
+#include "cli.h"
 #include "http.h"
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
 
-static const char usage[] =
+const char fake_llm_usage[] =
     "usage: ratchet fake-llm [--listen ADDR] [--address-file FILE] [--model FILE.lua]\n"
     "                        [--latency-ms N] [--api-key-env NAME]\n"
     "\n"
@@ -49,7 +50,9 @@ static const char usage[] =
     "  -m, --model FILE         the model script\n"
     "      --latency-ms N       answer every LLM request after N ms (default 0)\n"
     "      --api-key-env NAME   require the key held in $NAME (Authorization: Bearer,\n"
-    "                           api-key or x-api-key); a wrong one gets 401\n";
+    "                           api-key or x-api-key); a wrong one gets 401\n"
+    "\n"
+    "Exit status: 0 after SIGTERM or SIGINT, 3 on a usage error or a model that does not load.\n";
 
 typedef struct {
     int status;
@@ -614,7 +617,7 @@ int fake_llm_main(int argc, char **argv)
     const char *listen = "127.0.0.1:0", *address_file = NULL, *model = NULL, *key_env = NULL;
     int latency = 0, ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "l:a:m:h", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("fake-llm", argc, argv, "l:a:m:h", opts)) != -1) {
         switch (ch) {
         case 'l': listen = optarg; break;
         case 'a': address_file = optarg; break;
@@ -625,18 +628,18 @@ int fake_llm_main(int argc, char **argv)
             long v = strtol(optarg, &end, 10);
             if (*end || v < 0 || v > 3600000) {
                 fprintf(stderr, "ratchet fake-llm: --latency-ms must be 0 to 3600000, not '%s'\n", optarg);
-                return 2;
+                return EXIT_ERROR;
             }
             latency = (int)v;
             break;
         }
-        case 'h': fputs(usage, stdout); return 0;
-        default: fputs(usage, stderr); return 2;
+        case 'h': fputs(fake_llm_usage, stdout); return 0;
+        default: fputs(fake_llm_usage, stderr); return EXIT_ERROR;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "ratchet fake-llm: unexpected argument '%s'\n\n%s", argv[optind], usage);
-        return 2;
+        fprintf(stderr, "ratchet fake-llm: unexpected argument '%s'\n\n%s", argv[optind], fake_llm_usage);
+        return EXIT_ERROR;
     }
     char host[256];
     int port;
@@ -644,7 +647,7 @@ int fake_llm_main(int argc, char **argv)
     if (!colon || (size_t)(colon - listen) >= sizeof host || sscanf(colon + 1, "%d", &port) != 1 || port < 0 ||
         port > 65535) {
         fprintf(stderr, "ratchet fake-llm: --listen must be HOST:PORT, not '%s'\n", listen);
-        return 2;
+        return EXIT_ERROR;
     }
     memcpy(host, listen, (size_t)(colon - listen));
     host[colon - listen] = 0;
@@ -654,7 +657,7 @@ int fake_llm_main(int argc, char **argv)
         if (!k || !*k) {
             fprintf(stderr, "ratchet fake-llm: --api-key-env %s: the variable is not set\n", key_env);
             json_decref(f.arrivals);
-            return 2;
+            return EXIT_ERROR;
         }
         f.api_key = xstrdup(k);
     }
@@ -665,7 +668,7 @@ int fake_llm_main(int argc, char **argv)
     int rc = 0;
     if (model_load(&f, model, err, sizeof err) != 0) {
         fprintf(stderr, "ratchet fake-llm: %s\n", err);
-        rc = 2;
+        rc = EXIT_ERROR;
         goto out;
     }
     f.loop = xmalloc(sizeof *f.loop);
@@ -675,7 +678,7 @@ int fake_llm_main(int argc, char **argv)
                        .access_log = false};
     if (http_server_start(&f.srv, f.loop, host, port, &lim, handler, &f, err, sizeof err) != 0) {
         fprintf(stderr, "ratchet fake-llm: %s\n", err);
-        rc = 1;
+        rc = EXIT_ERROR;
     } else {
         char addr[128];
         http_server_address(f.srv, addr, sizeof addr);

@@ -2,6 +2,7 @@
 #ifndef RATCHET_FAKE_LLM_H
 #define RATCHET_FAKE_LLM_H
 
+extern const char fake_llm_usage[];
 int fake_llm_main(int argc, char **argv);
 
 #endif

@@ -730,6 +730,8 @@ static void respond_error_v(http_request *req, int status, const char *code, con
         extra = "Retry-After: 1\r\n";
     else if (status == 401)
         extra = "WWW-Authenticate: Bearer\r\n";
+    else if (status == 415 && field && !strcmp(field, "content-encoding"))
+        extra = "Accept-Encoding: identity\r\n"; /* RFC 7694: what the server takes */
     http_respond(req, status, "application/json", extra, text, strlen(text));
     free(text);
 }

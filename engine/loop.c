@@ -1266,9 +1266,13 @@ static void parsed(lprompt *p, json_t *res, const char *err)
         buf_printf(&msg, "; candidate %lld rejected before the gate: %s",
                    (long long)json_integer_value(json_object_get(inv, "index")) + 1,
                    json_string_value(json_object_get(inv, "reason")));
-    json_t *mined_counts = json_pack("{s:I, s:I, s:I}", "failures", (json_int_t)json_array_size(c->failures), "shown",
+    json_t *mined_counts = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "failures",
+                                     (json_int_t)json_array_size(c->failures), "shown",
                                      (json_int_t)json_array_size(json_object_get(c->ctx, "failures")), "held",
-                                     (json_int_t)json_array_size(json_object_get(c->mined, "held")));
+                                     (json_int_t)json_array_size(json_object_get(c->mined, "held")), "passing",
+                                     (json_int_t)json_array_size(c->passing), "traces_read",
+                                     (json_int_t)provenance_traces(c->prov), "text_bytes",
+                                     (json_int_t)provenance_bytes(c->prov));
     event(p, &m->w, "candidates",
           json_pack("{s:O, s:O, s:o, s:O}", "versions", c->versions, "invalid", c->invalid, "mined", mined_counts,
                     "groups", json_object_get(c->mined, "groups") ? json_object_get(c->mined, "groups") : json_null()),

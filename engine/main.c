@@ -42,8 +42,6 @@
 #define RATCHET_VERSION "0.0.0-dev"
 #endif
 
-/* Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. */
-
 static const char main_usage[] =
     "usage: ratchet <command> [options]\n"
     "\n"
@@ -56,11 +54,13 @@ static const char main_usage[] =
     "  evaluate  ask a running engine to re-evaluate a window of a prompt's traces\n"
     "  prompt    the prompt registry: list, show, diff, add, promote, rollback, pin\n"
     "  eval      the regression gate for CI: baseline vs candidates on a dataset (or standalone)\n"
+    "  dataset   datasets: list, show, import/export JSON Lines, cases from traces, versions, diff\n"
     "  optimize  start an optimization cycle of the loop for a prompt now\n"
     "  approve   approve (or --reject) a gate winner that waits for a human\n"
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
     "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
     "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
+    "  init      make a project: config, a custom evaluator and policy with their specs, a dataset\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -634,7 +634,7 @@ static int cmd_serve(int argc, char **argv)
     const char *config_path = NULL, *listen = NULL, *data_dir = NULL, *address_file = NULL, *script_dir = NULL;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:l:d:s:h", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("serve", argc, argv, "c:l:d:s:h", opts)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 'l': listen = optarg; break;
@@ -837,7 +837,7 @@ static int cmd_check(int argc, char **argv)
     bool quiet = false;
     int ch;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "c:s:qh", opts, NULL)) != -1) {
+    while ((ch = cli_getopt("check", argc, argv, "c:s:qh", opts)) != -1) {
         switch (ch) {
         case 'c': config_path = optarg; break;
         case 's': script_dir = optarg; break;
@@ -874,10 +874,13 @@ static int cmd_check(int argc, char **argv)
     int bad = (int)nerr + check_attachments(&cfg, cat, print_report, NULL);
     catalog_stats st;
     catalog_get_stats(cat, &st);
-    if (!quiet && !bad)
-        printf("ok: %s, %zu evaluators, %zu prompts (script folders: %s%s)\n",
-               config_path ? config_path : "built-in defaults", st.evaluators, cfg.nprompts, cfg.scripts.dirs[0],
-               cfg.scripts.dirs[1] ? ", ..." : "");
+    if (!quiet && !bad) {
+        printf("ok: %s, %zu evaluators, %zu prompts (script folders, first wins: ",
+               config_path ? config_path : "built-in defaults", st.evaluators, cfg.nprompts);
+        for (char **d = cfg.scripts.dirs; *d; d++)
+            printf("%s%s", d == cfg.scripts.dirs ? "" : ", ", *d);
+        printf(")\n");
+    }
     if (bad)
         fprintf(stderr, "ratchet check: %d error%s\n", bad, bad == 1 ? "" : "s");
     catalog_free(cat);
@@ -899,7 +902,8 @@ static int cmd_version(int argc, char **argv)
         return 0;
     }
     if (argc > 1) {
-        fprintf(stderr, "ratchet version: unexpected argument '%s'\n", argv[1]);
+        fprintf(stderr, "ratchet version: %s '%s'\n\n%s", argv[1][0] == '-' ? "unknown option" : "unexpected argument",
+                argv[1], version_usage);
         return EXIT_ERROR;
     }
     unsigned long hp = http_parser_version();
@@ -933,8 +937,10 @@ static const command commands[] = {
     {"loop", cmd_loop, loop_usage},
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
+    {"init", cmd_init, init_usage},
+    {"dataset", cmd_dataset, dataset_usage},
     {"version", cmd_version, version_usage},
-    {"fake-llm", fake_llm_main, "run `ratchet fake-llm --help`\n"},
+    {"fake-llm", fake_llm_main, fake_llm_usage},
     {NULL, NULL, NULL},
 };
 
@@ -952,7 +958,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "--version") == 0)
         return cmd_version(1, argv + 1);
     if (strcmp(cmd, "help") == 0) {
-        if (argc < 3) {
+        if (argc < 3 || !strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")) {
             fputs(main_usage, stdout);
             return 0;
         }

@@ -27,8 +27,10 @@ struct provenance {
 
 static uint64_t mulmod(uint64_t a, uint64_t b)
 {
-    unsigned __int128 p = (unsigned __int128)a * b;
-    uint64_t r = (uint64_t)(p & MOD) + (uint64_t)(p >> 61);
+    unsigned __int128 p = (unsigned __int128)a * b; /* a, b < 2^61: p < 2^122 */
+    uint64_t r = (uint64_t)(p & MOD) + (uint64_t)(p >> 61); /* <= 2 MOD */
+    if (r >= MOD)
+        r -= MOD;
     return r >= MOD ? r - MOD : r;
 }
 

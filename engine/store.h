@@ -219,6 +219,27 @@ typedef enum { STORE_CASE_OBJECTS, STORE_CASE_TEXTS, STORE_CASE_IDS } store_case
 /* The cases of a dataset version, in id order. */
 int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
                         char *err, size_t errlen);
+/* Traces to turn into dataset cases (POST /v1/datasets/{name}/from-traces). */
+#define STORE_TRACE_FILTER_META 8
+typedef struct {
+    const char *prompt;
+    int64_t version;          /* 0: any */
+    int64_t since_ms;         /* inclusive */
+    int64_t until_ms;         /* exclusive */
+    int failed;               /* 1: only failed (verdict fail or negative feedback), 0: only not failed, -1: any */
+    const char *evaluator;    /* NULL, or only traces this evaluator (its attachment name) judged failed */
+    const char *meta_key[STORE_TRACE_FILTER_META]; /* metadata[key] is value, or a list holding it */
+    const char *meta_value[STORE_TRACE_FILTER_META];
+    int nmeta;
+    int limit;
+} store_trace_filter;
+/* The newest traces matching f that carry input.variables, newest first:
+ * [{id, variables, output}] (output null for a failed call). */
+int store_select_traces(store *s, const store_trace_filter *f, json_t **traces, char *err, size_t errlen);
+/* A dataset's versions 1..current, oldest first: [{version, cases, added,
+ * removed, changed}] (changed: ids replaced by an upsert at that version). */
+int store_dataset_versions(store *s, const char *dataset, int64_t current, json_t **versions, char *err,
+                           size_t errlen);
 /* The newest failed traces of prompt (of one version unless 0) with since <= ts < until that carry
  * input.variables: [{trace_id, variables, ts, reasons, negative, output, messages, metadata}] (reasons:
  * failed scores; messages and metadata null when the trace had none). */

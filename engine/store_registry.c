@@ -411,6 +411,105 @@ int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int6
                        prompt, version, since_ms, until_ms, limit, cases, err, errlen);
 }
 
+int store_select_traces(store *s, const store_trace_filter *f, json_t **traces, char *err, size_t errlen)
+{
+    /* the fixed part binds ?1..?7; each metadata pair adds a path and a value */
+    buf_t sql;
+    buf_init(&sql);
+    /* -> keeps the JSON form (a string output stays a string; json_extract would unquote it) */
+    buf_puts(&sql, "SELECT t.id, t.body -> '$.input.variables', t.body -> '$.output' "
+                   "FROM traces t WHERE t.prompt = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND (?4 = 0 OR t.version = ?4) "
+                   "AND json_type(t.body, '$.input.variables') = 'object' "
+                   "AND (?5 < 0 OR (?5 = 1) = (t.verdict IS 1 OR t.negative IS 1)) "
+                   "AND (?6 IS NULL OR EXISTS (SELECT 1 FROM scores sc WHERE sc.trace_id = t.id "
+                   "     AND sc.evaluator = ?6 AND sc.pass = 0 AND sc.status = 'ok')) ");
+    for (int i = 0; i < f->nmeta; i++)
+        buf_printf(&sql,
+                   "AND json_type(t.body, ?%d) IN ('text', 'integer', 'real', 'array') "
+                   "AND EXISTS (SELECT 1 FROM json_each(t.body, ?%d) m "
+                   "     WHERE m.type IN ('text', 'integer', 'real') AND CAST(m.value AS TEXT) = ?%d) ",
+                   8 + 2 * i, 8 + 2 * i, 9 + 2 * i);
+    buf_puts(&sql, "ORDER BY t.ts DESC, t.seq DESC LIMIT ?7");
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    *traces = json_array();
+    int bad = read_begin(s, sql.data, &db, &st, err, errlen);
+    buf_free(&sql);
+    if (bad)
+        return -1;
+    sqlite3_bind_text(st, 1, f->prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, f->since_ms);
+    sqlite3_bind_int64(st, 3, f->until_ms);
+    sqlite3_bind_int64(st, 4, f->version);
+    sqlite3_bind_int(st, 5, f->failed);
+    if (f->evaluator)
+        sqlite3_bind_text(st, 6, f->evaluator, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 7, f->limit);
+    char paths[STORE_TRACE_FILTER_META][200];
+    for (int i = 0; i < f->nmeta; i++) {
+        /* a quoted label: the key is checked (letters, digits, - _ .) before it gets here */
+        snprintf(paths[i], sizeof paths[i], "$.metadata.\"%s\"", f->meta_key[i]);
+        sqlite3_bind_text(st, 8 + 2 * i, paths[i], -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 9 + 2 * i, f->meta_value[i], -1, SQLITE_STATIC);
+    }
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(*traces, json_pack("{s:o, s:o, s:o}", "id", col_text(st, 0), "variables",
+                                                 col_json(st, 1), "output", col_json(st, 2)));
+    return read_end(s, db, st, rc, err, errlen);
+}
+
+int store_dataset_versions(store *s, const char *dataset, int64_t current, json_t **versions, char *err,
+                           size_t errlen)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    *versions = json_array();
+    if (current < 1)
+        return 0;
+    if (read_begin(s, "SELECT id, added, removed FROM dataset_cases WHERE dataset = ?1 ORDER BY id, added", &db, &st,
+                   err, errlen))
+        return -1;
+    sqlite3_bind_text(st, 1, dataset, -1, SQLITE_STATIC);
+    size_t n = (size_t)current + 2;
+    int64_t *live = xcalloc(n, sizeof *live), *added = xcalloc(n, sizeof *added), *removed = xcalloc(n, sizeof *removed),
+            *changed = xcalloc(n, sizeof *changed);
+    char prev_id[200] = "";
+    int64_t prev_removed = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        int64_t a = sqlite3_column_int64(st, 1);
+        int64_t r = sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 2);
+        if (a < 1 || a > current || r < 0 || r > current + 1)
+            continue;
+        live[a]++;
+        if (r)
+            live[r]--;
+        /* the same id removed and added back at one version: an upsert that replaced it */
+        if (id && !strcmp(id, prev_id) && prev_removed == a)
+            changed[a]++, removed[a]--;
+        else
+            added[a]++;
+        if (r)
+            removed[r]++;
+        snprintf(prev_id, sizeof prev_id, "%s", id ? id : "");
+        prev_removed = r;
+    }
+    int64_t cases = 0;
+    for (int64_t v = 1; v <= current; v++) {
+        cases += live[v];
+        json_array_append_new(*versions, json_pack("{s:I, s:I, s:I, s:I, s:I}", "version", (json_int_t)v, "cases",
+                                                   (json_int_t)cases, "added", (json_int_t)added[v], "removed",
+                                                   (json_int_t)removed[v], "changed", (json_int_t)changed[v]));
+    }
+    free(live);
+    free(added);
+    free(removed);
+    free(changed);
+    return read_end(s, db, st, rc, err, errlen);
+}
+
 int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen)
 {
     sqlite3 *db;

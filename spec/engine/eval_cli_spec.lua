@@ -50,9 +50,15 @@ prompt "upper" { evaluators = { { "equals" } } }
     assert.matches("%+Repeat the text%. Answer in uppercase%.", out)
     assert.matches("finished: no_regression", out)
     assert.matches("too few cases to fix %(1 the baseline fails%)", out)
+    -- JUnit: the candidate's cases and the verdict; the baseline fails lower-1, which is no test failure
     local junit = engine.read_file(dir .. "/j.xml")
-    assert.matches('<testsuite name="upper v1 %(baseline%)" tests="3" failures="1"', junit)
+    assert.is_nil(junit:find("<failure", 1, true), junit)
+    assert.is_nil(junit:find("upper.v1", 1, true), junit)
+    assert.matches('<testsuite name="upper v2 %(candidate, baseline v1%)" tests="3" failures="0" errors="0" skipped="0">', junit)
+    assert.matches('<testcase classname="upper.v2" name="lower%-1"></testcase>', junit)
     assert.matches('<testcase classname="upper.v2" name="zebra"></testcase>', junit)
+    assert.matches('<testsuite name="upper gate" tests="1" failures="0" errors="0">\n' ..
+      '    <testcase classname="upper" name="verdict"><system%-out>[%w_]+</system%-out></testcase>', junit)
     local html = engine.read_file(dir .. "/r.html")
     assert.matches("<h2>Changed cases</h2>", html)
     assert.matches("class=\"add\">%+Repeat the text%. Answer in uppercase%.", html)
@@ -63,18 +69,33 @@ prompt "upper" { evaluators = { { "equals" } } }
   end)
 
   it("exits 1 on a regressed candidate and names the broken critical case; --json is machine-readable", function()
-    local code, out = eval(string.format("--candidate-file %s/v3.json --json", dir))
+    local code, out = eval(string.format("--candidate-file %s/v3.json --json --junit %s/j3.xml", dir, dir))
     assert.equal(1, code, out)
     local run = engine.json.decode(out)
     assert.equal("regressed", run.verdict)
     assert.matches("critical case%(s%), whose pass rate may never drop: zebra", run.report.verdicts[1].reasons[1])
     assert.equal(1, #run.diffs)
+    -- JUnit: only the case the candidate breaks fails (lower-1, which only the baseline fails, passes), and the verdict
+    local junit = engine.read_file(dir .. "/j3.xml")
+    assert.matches('<testsuite name="upper v2 %(candidate, baseline v1%)" tests="3" failures="1" errors="0"', junit)
+    assert.matches('<testcase classname="upper.v2" name="lower%-1"></testcase>', junit)
+    assert.matches('<testcase classname="upper.v2" name="zebra"><failure message="expected ZEBRA, got HORSE ' ..
+      '%(v2: 0/1 pass; baseline v1: 1/1 pass%)">HORSE</failure></testcase>', junit)
+    assert.matches('<testsuite name="upper gate" tests="1" failures="1"', junit)
+    assert.matches('<testcase classname="upper" name="verdict"><failure message="[%w_]+ %(run finished, exit status 1%)">' ..
+      'v2: [%w_]+\n  %- [^\n]*zebra', junit)
   end)
 
   it("exits 2 when the run is incomplete (budget) and 3 when the input is bad, naming the line", function()
-    local code, out = eval(string.format("--candidate-file %s/v2.json --budget-calls 2 --concurrency 1", dir))
+    local code, out = eval(string.format("--candidate-file %s/v2.json --budget-calls 2 --concurrency 1 --junit %s/j2.xml",
+      dir, dir))
     assert.equal(2, code, out)
     assert.matches("incomplete: inconclusive", out)
+    -- cases the run never reached are skipped, not failed; the verdict fails (exit 2)
+    local junit = engine.read_file(dir .. "/j2.xml")
+    assert.matches('<skipped message="no result: the run ended before this case"/>', junit)
+    assert.matches('<testsuite name="upper gate" tests="1" failures="1"', junit)
+    assert.matches('exit status 2%)', junit)
     engine.write_file(dir .. "/bad.jsonl", '{"id":"a","variables":{"text":"x"}}\n{"id":"b","variables":\n')
     local err
     code, out, err = engine.run(string.format("eval --standalone -c %s/ratchet.conf --dataset-file %s/bad.jsonl " ..

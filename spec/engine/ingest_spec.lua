@@ -123,6 +123,23 @@ describe("ingest", function()
     assert.equal("content-type", res.json.error.field)
   end)
 
+  it("answers a compressed body 415 naming the supported encodings, not malformed JSON", function()
+    local gz = io.popen("printf '%s' '{\"prompt\":{\"name\":\"p\"},\"output\":\"x\"}' | gzip -c")
+    local body = gz:read("a")
+    gz:close()
+    for _, path in ipairs { "/v1/traces", "/v1/feedback", "/v1/datasets/d/cases" } do
+      local res = e:post(path, body, { content_type = "application/json", headers = { ["Content-Encoding"] = "gzip" } })
+      assert.equal(415, res.status, path .. ": " .. res.body)
+      assert.equal("unsupported_encoding", res.json.error.code)
+      assert.equal("content-encoding", res.json.error.field)
+      assert.matches("Content%-Encoding 'gzip' is not supported.*supported encodings: identity", res.json.error.message)
+      assert.equal("identity", res.headers["accept-encoding"])
+    end
+    local plain = e:post("/v1/traces", trace { id = "identity-ok" },
+      { headers = { ["Content-Encoding"] = "identity" } })
+    assert.equal(200, plain.status, plain.body)
+  end)
+
   it("rejects invalid UTF-8", function()
     local res = e:post("/v1/traces", '{"prompt":{"name":"p"},"output":"bad \255\254 bytes"}',
       { content_type = "application/json" })

@@ -190,10 +190,21 @@ describe("LLM calls", function()
   end)
 
   it("keeps a ledger of every call, and never stores the key", function()
-    chat(e, msg("ledger"))
-    local r = e:get("/v1/llm/calls?caller_kind=other&limit=5")
-    assert.equal(200, r.status)
-    local c = r.json.items[1]
+    local function newest()
+      local r = e:get("/v1/llm/calls?caller_kind=other&limit=5")
+      assert.equal(200, r.status)
+      return r.json.items[1]
+    end
+    local before = newest()
+    local answer = chat(e, msg("ledger"))
+    assert.equal(200, answer.status, answer.body)
+    -- the ledger row is committed after the answer (a call never waits for it): wait for it,
+    -- or a slow fsync shows an older call's row (it did: the stalled call's 'timeout' above)
+    local c = engine.eventually(5, function()
+      local n = newest()
+      return n and (not before or n.id ~= before.id) and n
+    end)
+    assert(c, "the call never reached the ledger")
     assert.equal("api", c.caller)
     assert.equal("fake", c.provider)
     assert.equal("ok", c.status)

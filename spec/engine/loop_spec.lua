@@ -124,8 +124,8 @@ describe("the loop", function()
     assert.equal(1, m.ratchet_runs_started_total)
     assert.equal(1, m['ratchet_llm_calls_total{provider="fake",model="optimizer"}'])
     -- the canary gets its share of traffic, is judged better, and is promoted
-    local promoted = drive(e, 41, function(s) return s[3] == "production" end)
-    assert(promoted, "not promoted: " .. engine.json.encode(loop_view(e)))
+    drive(e, 41, function(s) return s[3] == "production" or s[3] == "rolled_back" end) -- a rollback ends it at once
+    assert(statuses(e)[3] == "production", "not promoted: " .. engine.json.encode(loop_view(e)))
     st = statuses(e)
     assert.equal("retired", st[1])
     assert.equal("production", st[3])
@@ -331,7 +331,11 @@ describe("the loop", function()
     e = engine.start { config = cfg, dir = e.dir }
     l = wait_state(e, function(v) return v.state == "canary" end)
     assert.equal(3, l.version)
-    assert(drive(e, 41, function(s) return s[3] == "production" end), "not promoted after the restart")
+    -- stops at a rollback too, and the loop's view says why (once in five suite runs on a loaded machine:
+    -- the rollout's latency guardrail, the canary's mean of ~2 ms fake calls over 2x production's, which the
+    -- rollout's latency floor is to fix); it used to drive traffic 60 s more before failing
+    drive(e, 41, function(s) return s[3] == "production" or s[3] == "rolled_back" end)
+    assert.equal("production", statuses(e)[3], "not promoted after the restart: " .. engine.json.encode(loop_view(e)))
   end)
 
   it("answers bad requests with errors that name the field", function()

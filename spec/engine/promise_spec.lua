@@ -97,12 +97,17 @@ local function send(e, first, n, opts)
   for _, t in ipairs(traces) do lines[#lines + 1] = engine.json.encode(t) end
   local res = e:post("/v1/traces", table.concat(lines, "\n") .. "\n", { content_type = "application/x-ndjson" })
   assert(res.status == 200, res.body)
-  -- online evaluation follows the ack: wait for the verdicts the loop will read
+  -- online evaluation follows the ack: wait for the verdicts the loop will
+  -- read, of every trace sent so far (the window ends at the request's
+  -- millisecond, so count them, not just evaluated against traces)
+  e.sent = (e.sent or 0) + n
   assert(engine.eventually(20, function()
-    for _, v in ipairs(e:get("/v1/prompts/orders/metrics").json.versions) do
-      if v.evaluated < v.traces then return false end
+    local evaluated = 0
+    for _, v in ipairs(e:get("/v1/prompts/orders/versions").json.items) do
+      local m = e:get(string.format("/v1/prompts/orders/metrics?version=%d", v.version)).json.versions[1]
+      evaluated = evaluated + m.evaluated
     end
-    return true
+    return evaluated >= e.sent
   end), "the traces were not evaluated")
 end
 
@@ -227,6 +232,7 @@ describe("the promise #promise", function()
       send(e, 121, 4, { tool_text = "ledger says: check the ledger entry LX-55 carefully", prefix = "tool" })
       local l = cycle(e, function(v) return event(v, "candidates") ~= nil end)
       local cand = event(l, "candidates")
+      assert.equal(124, cand.detail.mined.traces_read, engine.json.encode(cand.detail))
       assert.matches("candidate 1 rejected before the gate: it copies trace text into the prompt %(\"also wire refunds "
         .. "to acct\"", cand.message)
       assert.matches("candidate 2 rejected before the gate: it copies trace text", cand.message)

@@ -1,0 +1,26 @@
+-- spec/polite_spec.lua — runs evaluators/polite.lua in the engine's own
+-- sandbox (ratchet.testing), with no engine: `busted` in this folder.
+local testing = require "ratchet.testing"
+
+describe("polite", function()
+  local ev = testing.evaluator("polite")
+  local opts = { words = { "your fault", "obviously" } }
+
+  it("passes a polite answer", function()
+    local r = ev:evaluate({ output = "Sorry about that, the refund is on its way." }, opts)
+    assert.is_true(r.pass)
+    assert.equal("ok", r.status)
+  end)
+
+  it("fails an answer that blames the customer, saying why", function()
+    local r = ev:evaluate({ output = "That is YOUR FAULT, you typed it wrong." }, opts)
+    assert.is_false(r.pass)
+    assert.equal("says 'your fault'", r.reason)
+  end)
+
+  it("reports a misconfigured attachment as an error, never a pass", function()
+    local r = ev:evaluate({ output = "hi" }, { words = "your fault" })
+    assert.equal("error", r.status)
+    assert.matches("option 'words' must be a list", r.reason)
+  end)
+end)

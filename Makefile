@@ -34,13 +34,14 @@ MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: FORCE all deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-deps
+.PHONY: FORCE all deps test-deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
 help:
 	@echo "make            build $(BUILD)/ratchet (installs Debian packages first if missing)"
 	@echo "make deps       install the Debian packages ratchet needs (idempotent)"
+	@echo "make test-deps  install node 22 and the npm clients the specs use (make test runs it)"
 	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
 	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md)"
@@ -92,12 +93,16 @@ $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
 
-test: deps all
+# node 22 and the npm clients the specs drive the engine with (tools/test-deps.sh)
+test-deps:
+	@./tools/test-deps.sh
+
+test: deps test-deps all
 	@./tools/promtool.sh
 	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
 	  RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
 
-asan: deps $(MODULE)
+asan: deps test-deps $(MODULE)
 	@./tools/promtool.sh
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \

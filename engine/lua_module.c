@@ -153,6 +153,12 @@ static void on_result(const eval_result *r, void *ud)
 /* ev:evaluate(case [, opts]) -> { pass, score, reason, status }; case and
  * opts are tables, or JSON texts passed on as they are (to send [] and {}
  * apart, which the host's cjson cannot) */
+static void add_problem(const char *problem, void *ud)
+{
+    buf_t *b = ud;
+    buf_printf(b, "%s%s", b->len ? "; " : "", problem);
+}
+
 static int l_evaluate(lua_State *L)
 {
     sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
@@ -163,7 +169,21 @@ static int l_evaluate(lua_State *L)
     const char *case_json = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : to_json(L, 2);
     wait_result w = {0};
     se->host = L;
-    evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
+    /* the engine refuses options its declaration rejects when the config
+     * loads; here, where there is no config, the call answers that error */
+    buf_t problems;
+    buf_init(&problems);
+    if (evaluator_check_options(se->vm, &se->ev, opts_json, add_problem, &problems) > 0) {
+        w.finished = true;
+        w.r.status = SCRIPT_ERROR;
+        buf_t why;
+        buf_init(&why);
+        buf_printf(&why, "evaluator %s: %s", se->ev.name, problems.data);
+        w.r.reason = buf_steal(&why);
+    } else {
+        evaluator_run(se->vm, &se->ev, 0, false, case_json, opts_json, on_result, &w);
+    }
+    buf_free(&problems);
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
     lua_createtable(L, 0, 4);
@@ -177,6 +197,42 @@ static int l_evaluate(lua_State *L)
     lua_setfield(L, -2, "status");
     free(w.r.reason);
     return 1;
+}
+
+/* host cjson.decode(text) (pushes the value) */
+static void from_json(lua_State *L, const char *text)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "decode");
+    lua_remove(L, -2);
+    lua_pushstring(L, text);
+    lua_call(L, 1, 1);
+}
+
+/* ev:check_options(opts) -> true, or false and the list of problems, as the
+ * engine checks a config's options when it loads */
+static void list_problem(const char *problem, void *ud)
+{
+    lua_State *L = ud;
+    lua_pushstring(L, problem);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int l_check_options(lua_State *L)
+{
+    sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
+    const char *opts_json = lua_isnoneornil(L, 2) ? NULL : lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2)
+                                                                                        : to_json(L, 2);
+    lua_newtable(L);
+    if (evaluator_check_options(se->vm, &se->ev, opts_json, list_problem, L) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
 }
 
 static void sandbox_close(sandbox_evaluator *se)
@@ -263,6 +319,13 @@ static int l_index(lua_State *L)
         lua_pushstring(L, se->ev.description);
     else if (strcmp(k, "evaluate") == 0 && !se->policy)
         lua_pushcfunction(L, l_evaluate);
+    else if (strcmp(k, "check_options") == 0 && !se->policy)
+        lua_pushcfunction(L, l_check_options);
+    else if (strcmp(k, "options") == 0 && !se->policy && se->ev.options) {
+        char *t = json_dumps(se->ev.options, JSON_COMPACT);
+        from_json(L, t);
+        free(t);
+    }
     else if (strcmp(k, "call") == 0 && se->policy)
         lua_pushcfunction(L, l_call);
     else

@@ -306,6 +306,28 @@ static void add_version(api *a, http_request *req, const char *name)
     json_t *body = body_object(req);
     if (!body)
         return;
+    /* a model block must name a provider the config declares: a version
+     * no run could call is refused now, not at its first run */
+    const char *prov = json_string_value(json_object_get(json_object_get(body, "model"), "provider"));
+    if (prov && a->cfg && registry_prompt(a->registry, name) && !config_find_provider(a->cfg, prov)) {
+        buf_t known;
+        buf_init(&known);
+        const char **names = xcalloc(a->cfg->nproviders + 1, sizeof *names);
+        for (size_t i = 0; i < a->cfg->nproviders; i++) {
+            names[i] = a->cfg->providers[i].name;
+            buf_printf(&known, "%s%s", i ? ", " : "", names[i]);
+        }
+        const char *near = closest_name(prov, names, a->cfg->nproviders);
+        http_respond_field_error(req, 422, "unknown_provider", "model.provider",
+                                 "'model.provider': no provider '%s' is configured%s%s%s (configured: %s); declare it "
+                                 "in the config with provider \"%s\" { kind = ..., ... }",
+                                 prov, near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "",
+                                 known.data ? known.data : "none", prov);
+        free(names);
+        buf_free(&known);
+        json_decref(body);
+        return;
+    }
     commit_job *j = commit_new(a, req);
     reg_error e;
     int64_t v;

@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "catalog.h"
 #include "cli.h"
+#include "confcheck.h"
 #include "config.h"
 #include "fake_llm.h"
 #include "http.h"
@@ -264,30 +265,6 @@ static void begin_shutdown(engine *e, const char *why)
 
 typedef void (*report_fn)(const char *msg, void *ud);
 
-/* Every attachment must name an evaluator the catalog has. */
-static int check_attachments(const config *cfg, const catalog *cat, report_fn report, void *ud)
-{
-    int bad = 0;
-    for (size_t i = 0; i < cfg->nprompts; i++)
-        for (size_t k = 0; k < cfg->prompts[i].nevaluators; k++) {
-            const config_attachment *a = &cfg->prompts[i].evaluators[k];
-            if (catalog_peek(cat, a->evaluator))
-                continue;
-            char msg[1024];
-            buf_t dirs;
-            buf_init(&dirs);
-            for (const char *const *d = catalog_dirs(cat); *d; d++)
-                buf_printf(&dirs, "%s%s/evaluators", d == catalog_dirs(cat) ? "" : ", ", *d);
-            snprintf(msg, sizeof msg, "%s:%d: prompt '%s': no evaluator '%s' (looked for %s.lua in %s)",
-                     cfg->path ? cfg->path : "(defaults)", a->line, cfg->prompts[i].name, a->evaluator,
-                     a->evaluator, dirs.data ? dirs.data : "no folders");
-            buf_free(&dirs);
-            report(msg, ud);
-            bad++;
-        }
-    return bad;
-}
-
 /* The folders require() looks in: each root's script folders. */
 static char **require_dirs(const config *cfg)
 {
@@ -439,6 +416,33 @@ static void scan_work(uv_work_t *w)
     e->watch_dirs = e->cfg.scripts.watch ? catalog_watch_dirs(catalog_dirs(e->cat)) : NULL;
 }
 
+/* A reload's checks of each new script version against the configuration
+ * that will run (the new one when it parsed, else the running one). */
+static void first_report(const char *msg, void *ud)
+{
+    buf_t *b = ud;
+    if (b->len < 700) /* the first few; the config check lists them all */
+        buf_printf(b, "%s%s", b->len ? "; " : "", msg);
+}
+
+static int accept_version(void *ud, catalog *cat, const char *slot, const loaded_evaluator *le, char *why,
+                          size_t whylen)
+{
+    const config *cfg = ud;
+    buf_t b;
+    buf_init(&b);
+    int n = confcheck_script(cfg, cat, slot, le, first_report, &b);
+    if (n)
+        snprintf(why, whylen, "%s", b.data);
+    buf_free(&b);
+    return n ? -1 : 0;
+}
+
+static bool script_in_use(void *ud, const char *slot)
+{
+    return confcheck_uses(ud, slot);
+}
+
 static void scan_after(uv_work_t *w, int status)
 {
     (void)status;
@@ -454,7 +458,13 @@ static void scan_after(uv_work_t *w, int status)
         return;
     }
     uint64_t t0 = mono_ns();
-    int failed = catalog_apply(e->cat, e->scan, true);
+    bool new_ok = e->config_path && e->new_cfg_rc == 0;
+    if (new_ok)
+        apply_cli(e, &e->new_cfg);
+    /* each new script version must fit the configuration that will run;
+     * a removed script that it uses keeps running */
+    catalog_hooks hooks = {accept_version, script_in_use, new_ok ? (void *)&e->new_cfg : (void *)&e->cfg};
+    int failed = catalog_apply(e->cat, e->scan, true, &hooks);
     e->scan = NULL;
     char *config_error = NULL;
     if (e->config_path) {
@@ -462,12 +472,10 @@ static void scan_after(uv_work_t *w, int status)
         if (e->new_cfg_rc != 0) {
             log_error("config", "%s (the running configuration stays)", e->new_cfg_err);
             config_error = xstrdup(e->new_cfg_err);
+        } else if (confcheck_config(n, e->cat, log_report, &config_error) == 0) {
+            apply_config(e, n);
         } else {
-            apply_cli(e, n);
-            if (check_attachments(n, e->cat, log_report, &config_error) == 0)
-                apply_config(e, n);
-            else
-                log_error("config", "the running configuration stays");
+            log_error("config", "the running configuration stays");
         }
     }
     config_free(&e->new_cfg);
@@ -687,7 +695,7 @@ static int cmd_serve(int argc, char **argv)
      * keeps the old version; at start there is none to keep) */
     e.vm = new_vm(e.loop, &e.cfg);
     e.cat = catalog_new(e.vm, (const char *const *)e.cfg.scripts.dirs);
-    int script_errors = catalog_reload(e.cat, true) + check_attachments(&e.cfg, e.cat, log_report, NULL);
+    int script_errors = catalog_reload(e.cat, true) + confcheck_config(&e.cfg, e.cat, log_report, NULL);
     if (script_errors) {
         log_error("engine", "%d script or configuration errors (listed above); not starting. "
                             "`ratchet check` lists them too", script_errors);
@@ -871,7 +879,7 @@ static int cmd_check(int argc, char **argv)
     size_t nerr = catalog_errors(cat, &errors);
     for (size_t i = 0; i < nerr; i++)
         fprintf(stderr, "%s\n", errors[i]);
-    int bad = (int)nerr + check_attachments(&cfg, cat, print_report, NULL);
+    int bad = (int)nerr + confcheck_config(&cfg, cat, print_report, NULL);
     catalog_stats st;
     catalog_get_stats(cat, &st);
     if (!quiet && !bad)

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
+#include "confcheck.h"
 #include "jtree.h"
 #include "log.h"
 #include "metrics.h"
@@ -417,6 +418,12 @@ static bool json_time_value(json_t *v, int64_t *out)
     return json_is_string(v) && time_parse(json_string_value(v), out);
 }
 
+static void join_problem(const char *problem, void *ud)
+{
+    buf_t *b = ud;
+    buf_printf(b, "%s%s", b->len ? "; " : "", problem);
+}
+
 #define SPEC_FAIL(status, code, field, ...)                                                                          \
     do {                                                                                                             \
         reg_fail(e, status, code, field, __VA_ARGS__);                                                               \
@@ -569,8 +576,21 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
         SPEC_FAIL(400, "invalid_field", "policy", "'policy' must name a file policies/NAME.lua");
     char pname[200];
     snprintf(pname, sizeof pname, "policies/%s", pol ? pol : "accept");
-    if (!catalog_peek(r->cat, pname))
+    const loaded_evaluator *ple = catalog_peek(r->cat, pname);
+    if (!ple)
         SPEC_FAIL(409, "no_policy", "policy", "no policy %s.lua is loaded (see /v1/status scripts.errors)", pname);
+    char why[900];
+    if (catalog_check_contract(r->cat, ple, "accept", why, sizeof why) != 0)
+        SPEC_FAIL(422, "invalid_policy", "policy", "%s", why);
+    buf_t problems;
+    buf_init(&problems);
+    int bad = confcheck_policy_options(r->cat, ple, json_object_get(spec, "policy_options"), join_problem, &problems);
+    if (bad) {
+        snprintf(why, sizeof why, "%s", problems.data);
+        buf_free(&problems);
+        SPEC_FAIL(422, "invalid_field", "policy_options", "policy_options (%s): %s", ple->ev.path, why);
+    }
+    buf_free(&problems);
     return 0;
 }
 

@@ -116,4 +116,14 @@ function M.decide(report)
   return { verdict = "accept", reasons = reasons, stats = st }
 end
 
+-- What the settings' defaults cannot say about a prompt's accept_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  min_fixed_share = { type = "number", min = 0, max = 1, description = "share of the cases to fix the candidate must pass" },
+  max_regression_share = { type = "number", min = 0, max = 1,
+                           description = "golden cases the baseline always passed that the candidate may fail, as a share" },
+  alpha = { type = "number", above = 0, max = 1, description = "level of the one-sided exact McNemar test" },
+}
+
 return M

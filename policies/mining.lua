@@ -122,4 +122,13 @@ function M.select(failures, options)
   return { shown = shown, held = held, groups = group_list, duplicates = duplicates, distinct = #distinct }
 end
 
+-- What the settings' defaults cannot say about a prompt's mining_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  max_shown = { type = "integer", min = 1, description = "failures shown to the optimizer at most" },
+  holdout = { type = "number", min = 0, max = 1, description = "share of distinct failures kept for the gate" },
+  max_input_bytes = { type = "integer", min = 1, description = "bytes of one input used for the near-duplicate key" },
+}
+
 return M

@@ -122,4 +122,20 @@ function M.next(state, canary, production)
     "the canary's pass rate %s trails production's %s by %s; watching", pct(cp / cn), pct(pp / pn), pct(d)) }
 end
 
+-- What the settings' defaults cannot say about a prompt's rollout_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  steps = { type = "list", items = "number", nonempty = true, description = "percent of traffic per canary step" },
+  min_step_samples = { type = "integer", min = 0, description = "evaluated canary traces per step" },
+  min_step_ms = { type = "integer", min = 0, description = "time per step" },
+  alpha = { type = "number", above = 0, max = 1, description = "error rate of the sequential test" },
+  tau = { type = "number", above = 0, description = "the mixture's scale: the size of difference the test is tuned to" },
+  margin = { type = "number", min = 0, max = 1, description = "promote only when shown no worse than this" },
+  max_samples = { type = "integer", min = 1, description = "canary samples before an undecided canary is rolled back" },
+  max_latency_ratio = { type = "number", above = 0, description = "guardrail: canary / production mean latency" },
+  max_cost_ratio = { type = "number", above = 0, description = "guardrail: canary / production mean cost" },
+  min_guardrail_samples = { type = "integer", min = 0, description = "samples on each side before the guardrails act" },
+}
+
 return M

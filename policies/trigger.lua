@@ -72,4 +72,14 @@ function M.should_optimize(stats, state)
   return { optimize = true, reason = why }
 end
 
+-- What the settings' defaults cannot say about a prompt's trigger_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  min_failures = { type = "integer", min = 0, description = "failed traces in the window" },
+  min_failure_rate = { type = "number", min = 0, max = 1, description = "failures / evaluated traces" },
+  min_evaluated = { type = "integer", min = 0, description = "evaluated traces before a rate means anything" },
+  cooldown_ms = { type = "integer", min = 0, description = "time between two cycles of one prompt" },
+}
+
 return M

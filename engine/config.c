@@ -906,9 +906,16 @@ static void check_keys(lua_State *L, int idx, const char *where, const key_spec 
                 ks = x;
         if (!ks) {
             char known[600] = "";
-            for (const key_spec *x = spec; x->key; x++)
+            const char *names[40];
+            size_t n = 0;
+            for (const key_spec *x = spec; x->key; x++) {
                 snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "", x->key);
-            config_error(L, "%s: unknown key '%s' (known: %s)", where, k ? k : "(a positional value)", known);
+                if (n < 40)
+                    names[n++] = x->key;
+            }
+            const char *near = k ? closest_name(k, names, n) : NULL;
+            config_error(L, "%s: unknown key '%s'%s%s%s (known: %s)", where, k ? k : "(a positional value)",
+                         near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "", known);
         }
         char sub[300];
         snprintf(sub, sizeof sub, "%s.%s", where, k);

@@ -190,6 +190,14 @@ prompt "p" {
     end)
   end)
 
+  it("a misspelt loop key gets a suggestion", function()
+    with_dir(function(dir)
+      local code, _, err = check(dir, HEAD .. 'prompt "p" {\n  loop = { templte = "plain" },\n}\n')
+      assert.equal(3, code)
+      assert.matches("ratchet%.conf:2: prompt 'p': loop: unknown key 'templte'; did you mean 'template'%?", err)
+    end)
+  end)
+
   it("policies and templates must meet their contract, with file:line", function()
     with_dir(function(dir)
       os.execute("mkdir -p " .. dir .. "/mine/policies " .. dir .. "/mine/scripts/metaprompts")

@@ -13,6 +13,7 @@
 
 #include "api_private.h"
 #include "ingest.h"
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -320,7 +321,7 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
 
 void api_respond_json(http_request *req, int status, json_t *v)
 {
-    char *t = json_dumps(v, JSON_COMPACT);
+    char *t = jtree_dump_text(v, false); /* 0.8, not 0.80000000000000004 */
     http_respond(req, status, "application/json", NULL, t, strlen(t));
     free(t);
 }

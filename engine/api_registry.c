@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api_private.h"
+#include "jtree.h"
 #include "log.h"
 
 #define MAX_NAME 128
@@ -610,7 +611,7 @@ static void metrics_work(read_task *t)
     rfc3339_format(t->n1, since);
     rfc3339_format(t->n2, until);
     json_t *ans = json_pack("{s:s, s:s, s:s, s:O}", "prompt", t->name, "since", since, "until", until, "versions", t->j1);
-    char *text = json_dumps(ans, JSON_COMPACT);
+    char *text = jtree_dump_text(ans, false);
     buf_puts(&t->out, text);
     free(text);
     json_decref(ans);
@@ -1203,7 +1204,7 @@ static void results_work(read_task *t)
     }
     json_t *root = json_pack("{s:o, s:o}", "items", rows, "next_cursor",
                              (int)json_array_size(rows) >= t->limit && last >= 0 ? json_integer(last) : json_null());
-    char *s = json_dumps(root, JSON_COMPACT);
+    char *s = jtree_dump_text(root, false);
     buf_puts(&t->out, s);
     free(s);
     json_decref(root);

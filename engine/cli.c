@@ -20,6 +20,7 @@
 
 #include "cli_private.h"
 #include "config.h"
+#include "jtree.h"
 #include "registry.h"
 #include "util.h"
 
@@ -401,7 +402,7 @@ int cmd_prompt(int argc, char **argv)
         print_error("prompt", st, ans);
         rc = EXIT_ERROR;
     } else if (!rc && as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = jtree_dump_text(ans, true);
         puts(t);
         free(t);
     } else if (!rc) {
@@ -430,7 +431,7 @@ int cmd_prompt(int argc, char **argv)
             printf("%s v%lld (%s), by %s, %s\n", a[1], (long long)json_integer_value(json_object_get(ans, "version")),
                    json_string_value(json_object_get(ans, "status")), json_string_value(json_object_get(ans, "author")),
                    json_string_value(json_object_get(ans, "created_at")));
-            char *model = json_dumps(json_object_get(ans, "model"), JSON_COMPACT);
+            char *model = jtree_dump_text(json_object_get(ans, "model"), false);
             printf("model: %s\n", model);
             free(model);
             json_array_foreach(json_object_get(ans, "messages"), i, x)
@@ -926,7 +927,7 @@ static int eval_run(client *c, const eval_opts *o)
         rc = !strcmp(verdict, "accept") ? EXIT_OK : !strcmp(verdict, "reject") ? EXIT_REGRESSED : EXIT_INCONCLUSIVE;
     if (o->as_json) {
         json_object_set(run, "diffs", diffs);
-        char *t = json_dumps(run, JSON_INDENT(2));
+        char *t = jtree_dump_text(run, true);
         puts(t);
         free(t);
     } else {
@@ -1305,7 +1306,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         print_error(cmd, st, ans);
         rc = EXIT_ERROR;
     } else if (as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = jtree_dump_text(ans, true);
         puts(t);
         free(t);
     } else if (!strcmp(cmd, "loop") && n == 0) {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli_private.h"
+#include "jtree.h"
 #include "registry.h"
 #include "util.h"
 
@@ -82,7 +83,7 @@ static int parse_opts(const char *cmd, const char *usage, int argc, char **argv,
 
 static void print_json(json_t *v)
 {
-    char *t = json_dumps(v, JSON_INDENT(2));
+    char *t = jtree_dump_text(v, true);
     puts(t);
     free(t);
 }
@@ -284,7 +285,7 @@ static void print_status(json_t *v)
         size_t i;
         json_t *r;
         json_array_foreach(runs, i, r) {
-            char *prog = json_dumps(r, JSON_COMPACT);
+            char *prog = jtree_dump_text(r, false);
             printf("  %s  %s  %s\n", str(r, "id"), str(r, "prompt"), prog);
             free(prog);
         }

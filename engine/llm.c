@@ -531,9 +531,12 @@ static const char *budget_reserve(llm_call *c)
         if (checks[i].limit <= 0)
             continue;
         if (checks[i].spent + checks[i].need > checks[i].limit) {
-            snprintf(msg, sizeof msg,
-                     "the %s (%g) would be exceeded: %g spent or reserved, this call may use up to %g", checks[i].what,
-                     checks[i].limit, checks[i].spent, checks[i].need);
+            char limit[32], spent[32], need[32]; /* never rounded: 0.30000000000000004 is not 0.3 */
+            num_text(checks[i].limit, limit);
+            num_text(checks[i].spent, spent);
+            num_text(checks[i].need, need);
+            snprintf(msg, sizeof msg, "the %s (%s) would be exceeded: %s spent or reserved, this call may use up to %s",
+                     checks[i].what, limit, spent, need);
             return msg;
         }
     }

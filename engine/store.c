@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 #include "store_private.h"
@@ -1149,7 +1150,7 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
     }
     if (add_scores(db, id, trace, err, errlen) != 0)
         goto done;
-    char *text = json_dumps(trace, JSON_COMPACT);
+    char *text = jtree_dump_text(trace, false); /* 0.1 as it came in, not 0.10000000000000001 */
     buf_puts(out, text);
     free(text);
     ret = 0;

@@ -214,8 +214,26 @@ static void list_prompts(api *a, http_request *req)
     json_t *items = json_array();
     const char *name;
     json_t *p;
-    json_object_foreach(registry_prompts(a->registry), name, p)
-        json_array_append_new(items, prompt_view(a->registry, name, p));
+    json_object_foreach(registry_prompts(a->registry), name, p) {
+        json_t *v = prompt_view(a->registry, name, p);
+        json_object_set_new(v, "registered", json_true());
+        json_object_set_new(v, "in_config", json_boolean(a->cfg && config_find_prompt(a->cfg, name)));
+        json_array_append_new(items, v);
+    }
+    /* prompts the config declares that have no version in the registry yet:
+     * traces of them are judged, but nothing can be resolved, gated or
+     * improved until a first version is added */
+    for (size_t i = 0; a->cfg && i < a->cfg->nprompts; i++) {
+        const char *cname = a->cfg->prompts[i].name;
+        if (registry_prompt(a->registry, cname))
+            continue;
+        char next[600];
+        snprintf(next, sizeof next, "add a first version with `ratchet prompt add %s VERSION.json` (a JSON file "
+                                    "{\"messages\": [...], \"model\": {...}}), then `ratchet prompt promote %s 1`",
+                 cname, cname);
+        json_array_append_new(items, json_pack("{s:s, s:b, s:b, s:n, s:n, s:I, s:s}", "name", cname, "registered", 0,
+                                               "in_config", 1, "production", "canary", "versions", (json_int_t)0, "next", next));
+    }
     json_t *root = json_pack("{s:o}", "items", items);
     api_respond_json(req, 200, root);
     json_decref(root);

@@ -420,6 +420,8 @@ int cmd_prompt(int argc, char **argv)
                 printf("%-32s %-10s %-10s %-8lld %s\n", json_string_value(json_object_get(x, "name")), p, cn,
                        (long long)json_integer_value(json_object_get(x, "versions")),
                        json_is_true(json_object_get(x, "pinned")) ? "yes" : "");
+                if (json_is_false(json_object_get(x, "registered"))) /* declared in the config only */
+                    printf("  config only, not in the registry: %s\n", json_string_value(json_object_get(x, "next")));
             }
         } else if (!strcmp(sub, "show") && n == 2) {
             printf("%-8s %-12s %-20s %-24s %s\n", "VERSION", "STATUS", "AUTHOR", "CREATED", "NOTE");

@@ -1581,8 +1581,19 @@ void loop_note_traces(optloop *lp, const char *prompt, size_t n)
 static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *e)
 {
     json_t *pr = registry_prompt(lp->reg, prompt);
+    if (!pr && p && p->set) {
+        /* declared in the config, with loop settings, but no version yet: say how to get one */
+        reg_fail(e, 409, "no_production", "prompt",
+                 "prompt '%s' is in the config but has no versions in the registry yet, so there is nothing to "
+                 "improve. Add its first version (a JSON file {\"messages\": [...], \"model\": {...}}) with "
+                 "`ratchet prompt add %s VERSION.json`, make it production with `ratchet prompt promote %s 1`, then "
+                 "run `ratchet optimize %s` again",
+                 prompt, prompt, prompt, prompt);
+        return e->status;
+    }
     if (!pr) {
-        reg_fail(e, 404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry", prompt);
+        reg_fail(e, 404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry or the config (`ratchet "
+                 "prompt list` shows them)", prompt);
         return e->status;
     }
     if (!p || !p->set) {
@@ -1599,7 +1610,19 @@ static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *
         return e->status;
     }
     if (!registry_version_in(lp->reg, prompt, "production")) {
-        reg_fail(e, 409, "no_production", "prompt", "prompt '%s' has no production version to improve", prompt);
+        size_t nv = json_array_size(json_object_get(pr, "versions"));
+        if (nv == 0)
+            reg_fail(e, 409, "no_production", "prompt",
+                     "prompt '%s' has no production version to improve, and no versions yet. Add one (a JSON file "
+                     "{\"messages\": [...], \"model\": {...}}) with `ratchet prompt add %s VERSION.json`, make it "
+                     "production with `ratchet prompt promote %s 1`, then run `ratchet optimize %s` again",
+                     prompt, prompt, prompt, prompt);
+        else
+            reg_fail(e, 409, "no_production", "prompt",
+                     "prompt '%s' has no production version to improve. Make one of its %zu version%s production "
+                     "with `ratchet prompt promote %s VERSION` (`ratchet prompt show %s` lists them), then run "
+                     "`ratchet optimize %s` again",
+                     prompt, nv, nv == 1 ? "" : "s", prompt, prompt, prompt);
         return e->status;
     }
     if (registry_version_in(lp->reg, prompt, "canary")) {

@@ -233,7 +233,11 @@ describe("the loop", function()
     e = engine.start { config = cfg, dir = e.dir }
     l = wait_state(e, function(v) return v.state == "awaiting_approval" end)
     local url = "--url http://" .. e.addr
-    local code, out, err = engine.run("approve " .. l.run .. " --reason 'looks right' " .. url)
+    -- the run id `ratchet status` prints is one `ratchet approve` takes: the whole of it
+    local _, screen = engine.run("status " .. url)
+    local shown = screen:match("\ntickets%s[^\n]*awaiting_approval %(run (%S+)%)")
+    assert.equal(l.run, shown, screen)
+    local code, out, err = engine.run("approve " .. shown .. " --reason 'looks right' " .. url)
     assert.equal(0, code, err)
     assert.matches("canary", out)
     assert.equal("canary", statuses(e)[3])

@@ -136,6 +136,11 @@ static void on_ingest_committed(store_write *w)
                 if (job->a->loop_sm)
                     loop_note_traces(job->a->loop_sm, w->traces[i].prompt, 1);
             }
+    if (job->a->online && w->status == 0)
+        for (size_t i = 0; i < w->nfeedback; i++)
+            if (w->feedback_results[i] == STORE_ACCEPTED && w->feedback[i].trace_prompt)
+                online_feedback(job->a->online, w->feedback[i].trace_prompt, w->feedback[i].trace_version,
+                                w->feedback[i].negative);
     respond_results(job);
 }
 
@@ -684,6 +689,8 @@ static void handle_metrics(api *a, http_request *req)
         llm_metrics(a->llm, &b);
     if (a->registry)
         registry_metrics(a->registry, &b);
+    if (a->registry && a->online)
+        online_prompt_metrics(a->online, a->registry, &b);
     if (a->runner)
         runner_metrics(a->runner, &b);
     if (a->loop_sm)

@@ -147,6 +147,11 @@ describe("the loop", function()
     m = metrics.scrape(e)
     assert.equal(1, m.ratchet_loop_promotions_total)
     assert.equal(0, m.ratchet_loop_rollbacks_total)
+    -- per prompt, the cycle's outcome; per version, the new production's traces and its share
+    assert.equal(1, m['ratchet_loop_outcomes_total{prompt="tickets",outcome="promoted"}'])
+    assert.equal(0, m['ratchet_loop_outcomes_total{prompt="tickets",outcome="rolled_back"}'])
+    assert.equal(1, m['ratchet_prompt_version_share{prompt="tickets",version="3",status="production"}'])
+    assert.truthy(m['ratchet_prompt_traces_total{prompt="tickets",version="3",verdict="pass"}'] > 0)
     assert.equal(1, m.ratchet_loop_canary_advances_total)
     assert.equal(2, m['ratchet_prompt_promotions_total{prompt="tickets"}']) -- v1 by hand, v3 by the loop
     assert.equal(1, m['ratchet_loop_state{prompt="tickets",state="idle"}'])

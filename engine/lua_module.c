@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "evaluator.h"
+#include "optdecl.h"
 #include "policy.h"
 
 #define EVALUATOR_MT "ratchet_sandbox.evaluator"
@@ -220,13 +221,41 @@ static void list_problem(const char *problem, void *ud)
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
 
+/* A policy's options (a prompt's *_options) against its declaration: the
+ * keys and types of its settings, narrowed by its options table, as the
+ * engine checks them when the config loads. */
+static int policy_check_options(sandbox_evaluator *se, const char *opts_json, lua_State *L)
+{
+    char *stext = script_field_json(se->vm, se->ev.ref, "settings");
+    char *otext = script_field_json(se->vm, se->ev.ref, "options");
+    json_t *st = stext ? json_loads(stext, 0, NULL) : NULL, *ot = otext ? json_loads(otext, 0, NULL) : NULL;
+    free(stext);
+    free(otext);
+    json_t *decl = optdecl_from_settings(st, ot);
+    json_t *opts = opts_json ? json_loads(opts_json, 0, NULL) : NULL;
+    char err[700];
+    int n = 0;
+    if (decl && optdecl_check(decl, err, sizeof err) != 0) {
+        list_problem(err, L);
+        n = 1;
+    } else if (decl) {
+        n = optdecl_validate(decl, json_object_size(opts) ? opts : NULL, list_problem, L);
+    }
+    json_decref(st);
+    json_decref(ot);
+    json_decref(decl);
+    json_decref(opts);
+    return n;
+}
+
 static int l_check_options(lua_State *L)
 {
     sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
     const char *opts_json = lua_isnoneornil(L, 2) ? NULL : lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2)
                                                                                         : to_json(L, 2);
     lua_newtable(L);
-    if (evaluator_check_options(se->vm, &se->ev, opts_json, list_problem, L) == 0) {
+    if (se->policy ? policy_check_options(se, opts_json, L) == 0
+                   : evaluator_check_options(se->vm, &se->ev, opts_json, list_problem, L) == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -319,7 +348,7 @@ static int l_index(lua_State *L)
         lua_pushstring(L, se->ev.description);
     else if (strcmp(k, "evaluate") == 0 && !se->policy)
         lua_pushcfunction(L, l_evaluate);
-    else if (strcmp(k, "check_options") == 0 && !se->policy)
+    else if (strcmp(k, "check_options") == 0)
         lua_pushcfunction(L, l_check_options);
     else if (strcmp(k, "options") == 0 && !se->policy && se->ev.options) {
         char *t = json_dumps(se->ev.options, JSON_COMPACT);

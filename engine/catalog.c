@@ -508,7 +508,9 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catal
         if (!table_script(f->name))
             le->ev.stats = stats_for(cat, f->name);
         char why[900];
-        if (sl && hooks && hooks->accept && hooks->accept(hooks->ud, cat, f->name, le, why, sizeof why) != 0) {
+        /* a file that did not change needs no check: what fails then is the config's doing, and says so */
+        bool changed = sl && (strcmp(sl->current->ev.version, le->ev.version) || strcmp(sl->current->ev.path, le->ev.path));
+        if (changed && hooks && hooks->accept && hooks->accept(hooks->ud, cat, f->name, le, why, sizeof why) != 0) {
             /* it loads, but the configuration that runs cannot use it */
             snprintf(err, sizeof err, "%s: this version is not used, version %s keeps running: %s", f->path,
                      sl->current->ev.version, why);

@@ -477,6 +477,15 @@ static void scan_after(uv_work_t *w, int status)
         } else {
             log_error("config", "the running configuration stays");
         }
+        /* the running configuration stays: do the scripts taken in still fit it? */
+        char *stale = NULL;
+        if (config_error && confcheck_config(&e->cfg, e->cat, log_report, &stale) > 0) {
+            char *both = xmalloc(strlen(config_error) + strlen(stale) + 80);
+            sprintf(both, "%s; and the running configuration no longer fits the scripts: %s", config_error, stale);
+            free(config_error);
+            config_error = both;
+        }
+        free(stale);
     }
     config_free(&e->new_cfg);
     free(e->reload.config_error);

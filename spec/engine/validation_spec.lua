@@ -113,6 +113,8 @@ return { name = "says", description = "the output says the word",
     replace(dir .. "/ratchet.conf", HEAD .. 'prompt "p" { evaluators = { { "says", options = { wrod = "hello" } } } }\n')
     local st = reload()
     assert.matches("ratchet%.conf:2: prompt 'p': evaluator 'says': unknown option 'wrod'; did you mean 'word'%?", st.config_error)
+    -- the evaluator did not change: the fault is the config's alone
+    assert.equal(0, #st.errors, engine.json.encode(st.errors))
     assert.matches("error%s+config: [^\n]*unknown option 'wrod'", e:log_text())
     local t = judged("b")
     assert.equal("pass", t.verdict)

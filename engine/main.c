@@ -353,6 +353,7 @@ static void apply_config(engine *e, config *n)
         log_warn("config", "changes to listen, data_dir, log_format, access_log, limits and scripts.dirs, "
                            "memory_limit_mb, load_budget_ms, watch take effect at the next restart; the rest is "
                            "applied now");
+    swap_str(&c->source, &n->source); /* the lines of messages about the prompts taken below */
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->metrics_token, &n->metrics_token);

@@ -158,6 +158,31 @@ return { name = "says", description = "renamed its option",
     for _, ev in ipairs(st.evaluators) do names[ev.name] = true end
     assert.is_nil(names.says)
   end)
+  it("names the running config's lines after it was reloaded, when a script edit no longer fits it", function()
+    local conf = dir .. "/ratchet.conf"
+    e = engine.start { dir = dir, config = HEAD .. 'prompt "p" { evaluators = { "json_valid" }, loop = { rollout_options = { steps = { 5 } } } }\n' }
+    -- the config moves the loop further down; it applies
+    replace(conf, HEAD .. '-- moved\nprompt "p" {\n  evaluators = { "json_valid" },\n  loop = { rollout_options = { steps = { 5 } } },\n}\n')
+    local st = reload()
+    assert.equal(engine.json.null, st.config_error)
+    -- now, in one reload: a config that does not parse, and a rollout override without 'steps'
+    os.execute("mkdir -p " .. dir .. "/mine/policies")
+    engine.write_file(dir .. "/mine/policies/rollout.lua", [[
+local shipped = { settings = { margin = 0.02 } }
+function shipped.next() return { action = "hold", reason = "x" } end
+return shipped
+]])
+    replace(conf, HEAD .. 'prompt "p" {\n')
+    st = reload()
+    assert.matches("ratchet%.conf:", st.config_error)
+    local refused
+    for _, err in ipairs(st.errors) do
+      if err:find("rollout.lua: this version is not used", 1, true) then refused = err end
+    end
+    -- the override is checked against the running config, with that config's own lines
+    assert.truthy(refused, engine.json.encode(st.errors))
+    assert.matches("ratchet%.conf:5: prompt 'p': loop%.rollout_options [^\n]*unknown option 'steps'", refused)
+  end)
 end)
 
 describe("loop settings are checked when the config loads", function()

@@ -1,6 +1,8 @@
 /* evaluator.h — evaluators: Lua files that judge one output. The contract
  * (docs/evaluators.md): the file returns
- *   { name = "...", description = "...", options = { ... }?,
+ *   { name = "...", description = "...",
+ *     options = { name = { type =, required =, allowed =, default =, ... } }?,  -- optdecl.h
+ *     check = function(opts) end?,   -- raises on options it cannot use; run at load
  *     evaluate = function(case, opts, ctx) return { pass =, score =, reason = } end }
  * Cases and options cross into the VM as JSON, so the engine and the spec
  * helper hand evaluators exactly the same values. */

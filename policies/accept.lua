@@ -4,6 +4,7 @@
 -- Ops edit the settings below (or pass policy_options with a run); the file
 -- hot-reloads. Method and assumptions: docs/gate.md.
 local stats = require "lib.stats"
+local num = require "lib.num"
 
 local M = {}
 
@@ -97,8 +98,8 @@ function M.decide(report)
       #broken, allowed, list(broken))
   end
   if b > c_ and p_one < opt(report, "alpha") then
-    reasons[#reasons + 1] = string.format("the golden pass rate drops significantly (McNemar: %d worse, %d better, p = %.4g < %g)",
-      b, c_, p_one, opt(report, "alpha"))
+    reasons[#reasons + 1] = string.format("the golden pass rate drops significantly (McNemar: %d worse, %d better, p = %.4g < %s)",
+      b, c_, p_one, num(opt(report, "alpha")))
   end
   if targets > 0 and fixed / targets < opt(report, "min_fixed_share") then
     reasons[#reasons + 1] = string.format("fixes %d of %d failing case(s), under the %.0f%% required; still failing: %s",

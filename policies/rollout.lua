@@ -13,6 +13,7 @@
 --   retries, pass_rate, latency_ms, cost, tokens, evaluators = { name = {...} } }
 -- returns { action = "hold"|"advance"|"promote"|"rollback", percent = n, reason = "...", stats = {...} }
 local seq = require "lib.sequential"
+local num = require "lib.num"
 
 local M = {}
 
@@ -57,12 +58,12 @@ function M.next(state, canary, production)
     local lr = opt(state, "max_latency_ratio")
     if (production.latency_ms or 0) > 0 and (canary.latency_ms or 0) > lr * production.latency_ms then
       return { action = "rollback", stats = stats, reason = string.format(
-        "guardrail: mean latency %.0f ms is over %.1fx production's %.0f ms", canary.latency_ms, lr, production.latency_ms) }
+        "guardrail: mean latency %.0f ms is over %sx production's %.0f ms", canary.latency_ms, num(lr), production.latency_ms) }
     end
     local cr = opt(state, "max_cost_ratio")
     if (production.cost or 0) > 0 and (canary.cost or 0) > cr * production.cost then
       return { action = "rollback", stats = stats, reason = string.format(
-        "guardrail: cost per call %.6f is over %.1fx production's %.6f", canary.cost, cr, production.cost) }
+        "guardrail: cost per call %.6f is over %sx production's %.6f", canary.cost, num(cr), production.cost) }
     end
   end
   -- the overall pass rate (evaluators and negative feedback): drop = production - canary

@@ -11,6 +11,8 @@
 -- state: { prompt, state, pinned, canary, last_cycle_at, since_last_cycle_ms,
 --          now_ms, options }
 -- returns { optimize = bool, reason = "..." }
+local num = require "lib.num"
+
 local M = {}
 
 M.settings = {
@@ -48,8 +50,8 @@ function M.should_optimize(stats, state)
   if state.state ~= "idle" then return { optimize = false, reason = "the loop is " .. tostring(state.state) } end
   local cooldown = opt(state, "cooldown_ms")
   if state.since_last_cycle_ms ~= nil and state.since_last_cycle_ms < cooldown then
-    return { optimize = false, reason = string.format("cooling down: the last cycle was %.0f s ago (cooldown %.0f s)",
-      state.since_last_cycle_ms / 1000, cooldown / 1000) }
+    return { optimize = false, reason = string.format("cooling down: the last cycle was %.0f s ago (cooldown %s s)",
+      state.since_last_cycle_ms / 1000, num(cooldown / 1000)) }
   end
   local evaluated, failures = stats.evaluated or 0, stats.failures or 0
   if evaluated < opt(state, "min_evaluated") then

@@ -64,9 +64,11 @@ describe("accept policy", function()
   it("rejects a significant drop in the golden pass rate (exact McNemar)", function()
     local cases = golden(40, 1, 1)
     for i = 1, 8 do cases[i] = case("g" .. i, "dataset", {}, 1, 0) end
-    local d = policy:call("decide", report(cases, { options = { max_regression_share = 0.5 } }))
+    local d = policy:call("decide", report(cases, { options = { max_regression_share = 0.5, alpha = 0.0123456789 } }))
     assert.equal("reject", d.verdict)
     assert.matches("drops significantly", table.concat(d.reasons, "; "))
+    -- the setting as given, not rounded by %g to 0.0123457
+    assert.truthy(table.concat(d.reasons, "; "):find("p = 0.003906 < 0.0123456789)", 1, true), table.concat(d.reasons, "; "))
     assert.near(0.5 ^ 8, d.stats.p_value, 1e-12) -- 8 discordant pairs, all worse: exact binomial tail
   end)
 

@@ -48,6 +48,30 @@ function M.num(x)
   end
 end
 
+-- Kept for evaluators written before options were declared: raises when an
+-- option has the wrong type or is unknown (spec: name -> "string", "number?",
+-- "string|list", ...). Declare options instead (docs/evaluators.md#declaring-options):
+-- the engine then checks them when the config loads, not on every case.
+function M.check_opts(name, opts, spec)
+  for key, want in pairs(spec) do
+    local v = opts[key]
+    local required = want:sub(-1) ~= "?"
+    local t = required and want or want:sub(1, -2)
+    if v == nil then
+      if required then error(name .. ": option '" .. key .. "' is required (" .. t .. ")", 0) end
+    elseif t == "string|list" then
+      if type(v) ~= "string" and type(v) ~= "table" then
+        error(name .. ": option '" .. key .. "' must be a string or a list of strings", 0)
+      end
+    elseif type(v) ~= t then
+      error(name .. ": option '" .. key .. "' must be a " .. t .. " (got " .. type(v) .. ")", 0)
+    end
+  end
+  for key in pairs(opts) do
+    if spec[key] == nil then error(name .. ": unknown option '" .. tostring(key) .. "'", 0) end
+  end
+end
+
 function M.list(v)
   if type(v) == "table" then return v end
   return { v }

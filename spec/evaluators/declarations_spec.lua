@@ -219,3 +219,29 @@ describe("declared defaults are what the evaluators do", function()
     assert.equal(300, asked.max_tokens)
   end)
 end)
+
+describe("an evaluator written before options were declared", function()
+  it("keeps working: string declarations name the options (types unchecked), lib.text.check_opts still checks", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write([[
+local text = require "lib.text"
+return { name = "old", description = "older style", options = { word = "the word to find" },
+  evaluate = function(case, opts)
+    text.check_opts("old", opts, { word = "string" })
+    return { pass = case.output == opts.word }
+  end }
+]])
+    f:close()
+    local ev = assert(sandbox.load_evaluator(path, { dirs = { "evaluators" } }))
+    os.remove(path)
+    assert.is_true(ev:evaluate({ output = "x" }, { word = "x" }).pass)
+    local ok, problems = ev:check_options({ wrod = "x" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'wrod'; did you mean 'word'%?", problems[1])
+    assert.is_true((ev:check_options({ word = 3 }))) -- a description declares no type
+    local r = ev:evaluate({ output = "x" }, { word = 3 })
+    assert.equal("error", r.status)
+    assert.matches("option 'word' must be a string", r.reason)
+  end)
+end)

@@ -14,6 +14,7 @@
 
 #include "api_private.h"
 #include "ingest.h"
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -136,6 +137,11 @@ static void on_ingest_committed(store_write *w)
                 if (job->a->loop_sm)
                     loop_note_traces(job->a->loop_sm, w->traces[i].prompt, 1);
             }
+    if (job->a->online && w->status == 0)
+        for (size_t i = 0; i < w->nfeedback; i++)
+            if (w->feedback_results[i] == STORE_ACCEPTED && w->feedback[i].trace_prompt)
+                online_feedback(job->a->online, w->feedback[i].trace_prompt, w->feedback[i].trace_version,
+                                w->feedback[i].negative);
     respond_results(job);
 }
 
@@ -350,7 +356,7 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
 
 void api_respond_json(http_request *req, int status, json_t *v)
 {
-    char *t = json_dumps(v, JSON_COMPACT);
+    char *t = jtree_dump_text(v, false); /* 0.8, not 0.80000000000000004 */
     http_respond(req, status, "application/json", NULL, t, strlen(t));
     free(t);
 }
@@ -713,6 +719,8 @@ static void handle_metrics(api *a, http_request *req)
         llm_metrics(a->llm, &b);
     if (a->registry)
         registry_metrics(a->registry, &b);
+    if (a->registry && a->online)
+        online_prompt_metrics(a->online, a->registry, &b);
     if (a->runner)
         runner_metrics(a->runner, &b);
     if (a->loop_sm)

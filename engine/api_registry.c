@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api_private.h"
+#include "jtree.h"
 #include "log.h"
 
 #define MAX_NAME 128
@@ -213,8 +214,26 @@ static void list_prompts(api *a, http_request *req)
     json_t *items = json_array();
     const char *name;
     json_t *p;
-    json_object_foreach(registry_prompts(a->registry), name, p)
-        json_array_append_new(items, prompt_view(a->registry, name, p));
+    json_object_foreach(registry_prompts(a->registry), name, p) {
+        json_t *v = prompt_view(a->registry, name, p);
+        json_object_set_new(v, "registered", json_true());
+        json_object_set_new(v, "in_config", json_boolean(a->cfg && config_find_prompt(a->cfg, name)));
+        json_array_append_new(items, v);
+    }
+    /* prompts the config declares that have no version in the registry yet:
+     * traces of them are judged, but nothing can be resolved, gated or
+     * improved until a first version is added */
+    for (size_t i = 0; a->cfg && i < a->cfg->nprompts; i++) {
+        const char *cname = a->cfg->prompts[i].name;
+        if (registry_prompt(a->registry, cname))
+            continue;
+        char next[600];
+        snprintf(next, sizeof next, "add a first version with `ratchet prompt add %s VERSION.json` (a JSON file "
+                                    "{\"messages\": [...], \"model\": {...}}), then `ratchet prompt promote %s 1`",
+                 cname, cname);
+        json_array_append_new(items, json_pack("{s:s, s:b, s:b, s:n, s:n, s:I, s:s}", "name", cname, "registered", 0,
+                                               "in_config", 1, "production", "canary", "versions", (json_int_t)0, "next", next));
+    }
     json_t *root = json_pack("{s:o}", "items", items);
     api_respond_json(req, 200, root);
     json_decref(root);
@@ -306,6 +325,28 @@ static void add_version(api *a, http_request *req, const char *name)
     json_t *body = body_object(req);
     if (!body)
         return;
+    /* a model block must name a provider the config declares: a version
+     * no run could call is refused now, not at its first run */
+    const char *prov = json_string_value(json_object_get(json_object_get(body, "model"), "provider"));
+    if (prov && a->cfg && registry_prompt(a->registry, name) && !config_find_provider(a->cfg, prov)) {
+        buf_t known;
+        buf_init(&known);
+        const char **names = xcalloc(a->cfg->nproviders + 1, sizeof *names);
+        for (size_t i = 0; i < a->cfg->nproviders; i++) {
+            names[i] = a->cfg->providers[i].name;
+            buf_printf(&known, "%s%s", i ? ", " : "", names[i]);
+        }
+        const char *near = closest_name(prov, names, a->cfg->nproviders);
+        http_respond_field_error(req, 422, "unknown_provider", "model.provider",
+                                 "'model.provider': no provider '%s' is configured%s%s%s (configured: %s); declare it "
+                                 "in the config with provider \"%s\" { kind = ..., ... }",
+                                 prov, near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "",
+                                 known.data ? known.data : "none", prov);
+        free(names);
+        buf_free(&known);
+        json_decref(body);
+        return;
+    }
     commit_job *j = commit_new(a, req);
     reg_error e;
     int64_t v;
@@ -588,7 +629,7 @@ static void metrics_work(read_task *t)
     rfc3339_format(t->n1, since);
     rfc3339_format(t->n2, until);
     json_t *ans = json_pack("{s:s, s:s, s:s, s:O}", "prompt", t->name, "since", since, "until", until, "versions", t->j1);
-    char *text = json_dumps(ans, JSON_COMPACT);
+    char *text = jtree_dump_text(ans, false);
     buf_puts(&t->out, text);
     free(text);
     json_decref(ans);
@@ -1461,7 +1502,7 @@ static void results_work(read_task *t)
     }
     json_t *root = json_pack("{s:o, s:o}", "items", rows, "next_cursor",
                              (int)json_array_size(rows) >= t->limit && last >= 0 ? json_integer(last) : json_null());
-    char *s = json_dumps(root, JSON_COMPACT);
+    char *s = jtree_dump_text(root, false);
     buf_puts(&t->out, s);
     free(s);
     json_decref(root);

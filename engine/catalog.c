@@ -8,7 +8,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <lauxlib.h>
+
 #include "log.h"
+#include "optdecl.h"
 #include "util.h"
 
 #define MAX_SCRIPTS 4096
@@ -285,7 +288,164 @@ static void add_error(catalog *cat, const char *msg, bool log_errors)
         log_error("scripts", "%s", msg);
 }
 
-int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
+/* ---- contracts of policies and templates ---- */
+
+static const struct {
+    const char *kind, *fn, *signature;
+} policy_kinds[] = {
+    {"trigger", "should_optimize", "should_optimize(stats, state)"},
+    {"mining", "select", "select(failures, options)"},
+    {"accept", "decide", "decide(report)"},
+    {"rollout", "next", "next(state, canary, production)"},
+};
+
+const char *catalog_policy_function(const char *kind)
+{
+    for (size_t i = 0; i < sizeof policy_kinds / sizeof policy_kinds[0]; i++)
+        if (!strcmp(policy_kinds[i].kind, kind))
+            return policy_kinds[i].signature;
+    return NULL;
+}
+
+/* The table at the top of L must have function fn; else err says so, with a
+ * near name it does export (and that function's line) when there is one. */
+static int need_function(lua_State *L, const char *path, const char *what, const char *fn, const char *signature,
+                         char *err, size_t errlen)
+{
+    int t = lua_gettop(L);
+    lua_pushstring(L, fn);
+    int type = lua_rawget(L, t);
+    lua_pop(L, 1);
+    if (type == LUA_TFUNCTION)
+        return 0;
+    /* the names it exports, for "did you mean" */
+    const char *names[64];
+    int lines[64], n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t) && n < 64) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TFUNCTION) {
+            lua_Debug ar;
+            lua_pushvalue(L, -1);
+            lua_getinfo(L, ">S", &ar);
+            names[n] = lua_tostring(L, -2); /* the key stays on the stack while next() walks */
+            lines[n++] = ar.linedefined;
+        }
+        lua_pop(L, 1);
+    }
+    const char *near = closest_name(fn, names, (size_t)n);
+    if (near) {
+        int line = 0;
+        for (int i = 0; i < n; i++)
+            if (names[i] == near)
+                line = lines[i];
+        snprintf(err, errlen, "%s:%d: %s must export %s; '%s' (defined here) looks like a misspelling of '%s'", path,
+                 line, what, signature, near, fn);
+    } else if (type != LUA_TNIL) {
+        snprintf(err, errlen, "%s: %s must export %s as a function (it is a %s)", path, what, signature,
+                 lua_typename(L, type));
+    } else {
+        snprintf(err, errlen, "%s: %s must export %s", path, what, signature);
+    }
+    return -1;
+}
+
+int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const char *kind, char *err, size_t errlen)
+{
+    lua_State *L = script_vm_state(cat->vm);
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, le->ev.ref);
+    int rc = 0;
+    char what[80];
+    if (!strcmp(kind, "template")) {
+        rc = need_function(L, le->ev.path, "a meta-prompt template", "build", "build(ctx)", err, errlen);
+        if (rc == 0)
+            rc = need_function(L, le->ev.path, "a meta-prompt template", "parse", "parse(text, ctx)", err, errlen);
+        if (rc == 0) {
+            lua_pushliteral(L, "editable");
+            int et = lua_rawget(L, -2);
+            bool ok = et == LUA_TNIL;
+            if (et == LUA_TTABLE) {
+                lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+                ok = n > 0;
+                for (lua_Integer i = 1; ok && i <= n; i++) {
+                    ok = lua_rawgeti(L, -1, i) == LUA_TSTRING;
+                    lua_pop(L, 1);
+                }
+            }
+            if (!ok) {
+                snprintf(err, errlen, "%s: a meta-prompt template's editable must be a list of the roles candidates "
+                                      "may change, like { \"system\" }", le->ev.path);
+                rc = -1;
+            }
+        }
+    } else {
+        const char *sig = catalog_policy_function(kind);
+        snprintf(what, sizeof what, "a%s %s policy", strchr("aeiou", kind[0]) ? "n" : "", kind);
+        const char *fn = NULL;
+        for (size_t i = 0; i < sizeof policy_kinds / sizeof policy_kinds[0]; i++)
+            if (!strcmp(policy_kinds[i].kind, kind))
+                fn = policy_kinds[i].fn;
+        if (sig && fn)
+            rc = need_function(L, le->ev.path, what, fn, sig, err, errlen);
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+/* A policy's settings and options declaration must be plain data and well
+ * formed; the kinds named by the shipped file names must meet their
+ * contract; a template must be a template. */
+static int check_table_script(catalog *cat, const loaded_evaluator *le, const char *sname, char *err, size_t errlen)
+{
+    if (!strncmp(sname, "metaprompts/", 12))
+        return catalog_check_contract(cat, le, "template", err, errlen);
+    const char *name = sname + 9;
+    if (catalog_policy_function(name) && catalog_check_contract(cat, le, name, err, errlen) != 0)
+        return -1;
+    lua_State *L = script_vm_state(cat->vm);
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, le->ev.ref);
+    lua_pushliteral(L, "settings");
+    int st = lua_rawget(L, -2);
+    lua_pushliteral(L, "options");
+    int ot = lua_rawget(L, -3);
+    lua_settop(L, top);
+    if (st != LUA_TNIL && st != LUA_TTABLE) {
+        snprintf(err, errlen, "%s: a policy's settings must be a table of named defaults", le->ev.path);
+        return -1;
+    }
+    if (ot != LUA_TNIL && ot != LUA_TTABLE) {
+        snprintf(err, errlen, "%s: a policy's options must be a table declaring its options", le->ev.path);
+        return -1;
+    }
+    char *stext = st == LUA_TTABLE ? script_field_json(cat->vm, le->ev.ref, "settings") : NULL;
+    char *otext = ot == LUA_TTABLE ? script_field_json(cat->vm, le->ev.ref, "options") : NULL;
+    int rc = 0;
+    if ((st == LUA_TTABLE && !stext) || (ot == LUA_TTABLE && !otext)) {
+        snprintf(err, errlen, "%s: a policy's %s must be plain data (tables, strings, numbers, booleans)", le->ev.path,
+                 !stext && st == LUA_TTABLE ? "settings" : "options");
+        rc = -1;
+    } else if (stext || otext) {
+        json_t *s = stext ? json_loads(stext, 0, NULL) : NULL, *o = otext ? json_loads(otext, 0, NULL) : NULL;
+        json_t *decl = optdecl_from_settings(s, o);
+        char why[700];
+        if (o && !json_is_object(o) && !(json_is_array(o) && json_array_size(o) == 0)) {
+            snprintf(err, errlen, "%s: a policy's options must be a table declaring its options", le->ev.path);
+            rc = -1;
+        } else if (decl && optdecl_check(decl, why, sizeof why) != 0) {
+            snprintf(err, errlen, "%s: %s", le->ev.path, why);
+            rc = -1;
+        }
+        json_decref(s);
+        json_decref(o);
+        json_decref(decl);
+    }
+    free(stext);
+    free(otext);
+    return rc;
+}
+
+int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks)
 {
     free_list(cat->errors, cat->nerrors);
     cat->errors = NULL;
@@ -325,6 +485,12 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
             le->ev.name = xstrdup(f->name);
             le->ev.description = xstrdup("");
             le->ev.path = xstrdup(f->path);
+            if (check_table_script(cat, le, f->name, err, sizeof err) != 0) {
+                add_error(cat, err, log_errors);
+                evaluator_free(cat->vm, &le->ev);
+                free(le);
+                continue;
+            }
         } else if (evaluator_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev, err,
                                 sizeof err) != 0) {
             add_error(cat, err, log_errors);
@@ -341,6 +507,18 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
         }
         if (!table_script(f->name))
             le->ev.stats = stats_for(cat, f->name);
+        char why[900];
+        /* a file that did not change needs no check: what fails then is the config's doing, and says so */
+        bool changed = sl && (strcmp(sl->current->ev.version, le->ev.version) || strcmp(sl->current->ev.path, le->ev.path));
+        if (changed && hooks && hooks->accept && hooks->accept(hooks->ud, cat, f->name, le, why, sizeof why) != 0) {
+            /* it loads, but the configuration that runs cannot use it */
+            snprintf(err, sizeof err, "%s: this version is not used, version %s keeps running: %s", f->path,
+                     sl->current->ev.version, why);
+            add_error(cat, err, log_errors);
+            evaluator_free(cat->vm, &le->ev);
+            free(le);
+            continue;
+        }
         if (sl) {
             if (strcmp(sl->current->ev.version, le->ev.version) != 0 || strcmp(sl->current->ev.path, le->ev.path))
                 log_info("scripts", "%s %s: version %s (%s)", table_script(f->name) ? "script" : "evaluator",
@@ -355,11 +533,22 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
             cat->nslots++;
         }
     }
-    /* evaluators whose file is gone are unloaded */
+    /* scripts whose file is gone are unloaded, unless the configuration uses
+     * them: then the last version loaded keeps running, and it is an error
+     * until the file is back or the configuration stops naming it */
     size_t w = 0;
     for (size_t i = 0; i < cat->nslots; i++) {
-        if (i < old_slots && !seen[i]) {
-            log_info("scripts", "evaluator %s: its file is gone; unloaded", cat->slots[i].name);
+        if (i < old_slots && !seen[i] && hooks && hooks->in_use && hooks->in_use(hooks->ud, cat->slots[i].name)) {
+            const evaluator *ev = &cat->slots[i].current->ev;
+            snprintf(err, sizeof err, "%s: the file is gone, but the configuration uses %s %s: its last version %s "
+                                      "keeps running until the file is back or the configuration stops naming it",
+                     ev->path, table_script(cat->slots[i].name) ? "script" : "evaluator", cat->slots[i].name,
+                     ev->version);
+            add_error(cat, err, log_errors);
+        } else if (i < old_slots && !seen[i]) {
+            log_info("scripts", "%s %s: its file is gone; unloaded", table_script(cat->slots[i].name) ? "script"
+                                                                                                 : "evaluator",
+                     cat->slots[i].name);
             release(cat->vm, cat->slots[i].current);
             free(cat->slots[i].name);
             continue;
@@ -381,7 +570,20 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
 
 int catalog_reload(catalog *cat, bool log_errors)
 {
-    return catalog_apply(cat, catalog_scan_run((const char *const *)cat->dirs), log_errors);
+    return catalog_apply(cat, catalog_scan_run((const char *const *)cat->dirs), log_errors, NULL);
+}
+
+char **catalog_names(const catalog *cat, const char *prefix)
+{
+    size_t plen = strlen(prefix), n = 0;
+    char **out = xcalloc(cat->nslots + 1, sizeof *out);
+    for (size_t i = 0; i < cat->nslots; i++) {
+        const char *name = cat->slots[i].name;
+        if (plen ? strncmp(name, prefix, plen) == 0 : !table_script(name))
+            out[n++] = xstrdup(name + plen);
+    }
+    qsort(out, n, sizeof *out, cmp_str);
+    return out;
 }
 
 size_t catalog_errors(const catalog *cat, const char *const **errors)

@@ -36,11 +36,24 @@ script_vm *catalog_vm(const catalog *cat);
 typedef struct catalog_scan catalog_scan;
 catalog_scan *catalog_scan_run(const char *const *dirs);
 void catalog_scan_free(catalog_scan *scan);
+/* What the engine asks of a reload beside each file's own contract: whether
+ * a new version fits the configuration that will run (its options, its
+ * settings), and whether a script whose file is gone is still in use. */
+typedef struct {
+    /* 0: take the new version of script `slot`; else -1 with why (the
+     * running version stays) */
+    int (*accept)(void *ud, catalog *cat, const char *slot, const loaded_evaluator *le, char *why, size_t whylen);
+    /* true: slot is used by the running configuration, so a removed file
+     * keeps its last version running (and is reported) */
+    bool (*in_use)(void *ud, const char *slot);
+    void *ud;
+} catalog_hooks;
+
 /* Loads every evaluator and policy of the scan and compiles its scripts/
  * files. Returns the number of files that failed; each error is logged
  * (when log_errors), kept for status, and reachable with catalog_errors.
- * Frees the scan. */
-int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors);
+ * hooks may be NULL. Frees the scan. */
+int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks);
 /* Both halves at once (start-up, `ratchet check`). */
 int catalog_reload(catalog *cat, bool log_errors);
 const char *const *catalog_dirs(const catalog *cat);
@@ -53,6 +66,18 @@ loaded_evaluator *catalog_get(catalog *cat, const char *name);
 void catalog_release(loaded_evaluator *le);
 /* The current version without taking a reference (loop thread, short use). */
 const loaded_evaluator *catalog_peek(const catalog *cat, const char *name);
+/* The names of the loaded scripts whose slot starts with prefix ("" for
+ * evaluators, "policies/", "metaprompts/"), prefix removed, sorted;
+ * NULL-terminated, free with catalog_free_list. */
+char **catalog_names(const catalog *cat, const char *prefix);
+
+/* The contract of a policy of a kind (trigger, mining, accept, rollout) or
+ * of a meta-prompt template (kind "template"): the functions it must export.
+ * Returns 0, or -1 with "file[:line]: ..." in err. */
+int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const char *kind, char *err, size_t errlen);
+/* The function a policy of kind must export, with its arguments ("next(state,
+ * canary, production)"), or NULL when kind is not a policy kind. */
+const char *catalog_policy_function(const char *kind);
 
 /* Counters and state for /v1/status. */
 typedef struct {

@@ -22,6 +22,7 @@
 
 #include "cli_private.h"
 #include "config.h"
+#include "jtree.h"
 #include "registry.h"
 #include "util.h"
 
@@ -467,7 +468,7 @@ int cmd_prompt(int argc, char **argv)
         print_error("prompt", st, ans);
         rc = EXIT_ERROR;
     } else if (!rc && as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = jtree_dump_text(ans, true);
         puts(t);
         free(t);
     } else if (!rc) {
@@ -485,6 +486,8 @@ int cmd_prompt(int argc, char **argv)
                 printf("%-32s %-10s %-10s %-8lld %s\n", json_string_value(json_object_get(x, "name")), p, cn,
                        (long long)json_integer_value(json_object_get(x, "versions")),
                        json_is_true(json_object_get(x, "pinned")) ? "yes" : "");
+                if (json_is_false(json_object_get(x, "registered"))) /* declared in the config only */
+                    printf("  config only, not in the registry: %s\n", json_string_value(json_object_get(x, "next")));
             }
         } else if (!strcmp(sub, "show") && n == 2) {
             printf("%-8s %-12s %-20s %-24s %s\n", "VERSION", "STATUS", "AUTHOR", "CREATED", "NOTE");
@@ -496,7 +499,7 @@ int cmd_prompt(int argc, char **argv)
             printf("%s v%lld (%s), by %s, %s\n", a[1], (long long)json_integer_value(json_object_get(ans, "version")),
                    json_string_value(json_object_get(ans, "status")), json_string_value(json_object_get(ans, "author")),
                    json_string_value(json_object_get(ans, "created_at")));
-            char *model = json_dumps(json_object_get(ans, "model"), JSON_COMPACT);
+            char *model = jtree_dump_text(json_object_get(ans, "model"), false);
             printf("model: %s\n", model);
             free(model);
             json_array_foreach(json_object_get(ans, "messages"), i, x)
@@ -1084,7 +1087,7 @@ static int eval_run(client *c, const eval_opts *o)
                                                  : EXIT_INCONCLUSIVE;
     if (o->as_json) {
         json_object_set(run, "diffs", diffs);
-        char *t = json_dumps(run, JSON_INDENT(2));
+        char *t = jtree_dump_text(run, true);
         puts(t);
         free(t);
     } else {
@@ -1501,7 +1504,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         print_error(cmd, st, ans);
         rc = EXIT_ERROR;
     } else if (as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = jtree_dump_text(ans, true);
         puts(t);
         free(t);
     } else if (!strcmp(cmd, "loop") && n == 0) {

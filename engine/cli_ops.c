@@ -6,30 +6,37 @@
 
 #include <curl/curl.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli_private.h"
+#include "jtree.h"
 #include "registry.h"
 #include "util.h"
 
 const char status_usage[] =
-    "usage: ratchet status [--url URL] [-c FILE] [--json]\n"
+    "usage: ratchet status [--url URL] [-c FILE] [--json] [--stuck-after SECONDS]\n"
     "\n"
     "One screen for operators: the engine (version, uptime, store), each prompt's\n"
     "production and canary versions with their pass rates over the last 24 hours,\n"
     "the loop's state and run, regression runs under way, the evaluation backlog,\n"
-    "LLM budget spent today, and script or configuration errors.\n"
+    "LLM budget spent today, and what needs a look, each with the command that\n"
+    "shows more.\n"
     "\n"
-    "  -u, --url URL     the engine (default: the config's listen address)\n"
-    "  -c, --config FILE read the address and admin token from this config\n"
-    "      --json        print it all as one JSON object\n"
+    "  -u, --url URL          the engine (default: the config's listen address)\n"
+    "  -c, --config FILE      read the address and admin token from this config\n"
+    "      --json             print it all as one JSON object\n"
+    "      --stuck-after S    a run that recorded no result for S seconds is stuck\n"
+    "                         (default 900: 15 minutes)\n"
     "\n"
     "Exit status: 0 all well; 3 the engine cannot be reached or refused, a usage\n"
-    "error, or the engine answers but something needs a look (store failing, script\n"
-    "or config errors, a provider's circuit open, traces dropped from evaluation).\n";
+    "error, or the engine answers but something needs a look: the store failing,\n"
+    "script or config errors, a provider's circuit open, traces dropped from\n"
+    "evaluation, a run stuck, a run that ended incomplete in the last 24 hours (not\n"
+    "cancelled by hand), or a daily LLM budget used up.\n";
 
 const char history_usage[] =
     "usage: ratchet history NAME [--limit N] [--url URL] [-c FILE] [--json]\n"
@@ -47,10 +54,12 @@ typedef struct {
     const char *url, *config;
     bool json;
     long limit;
+    long stuck_after; /* status: seconds without a result that make a run stuck */
 } ops_opts;
 
 static int parse_opts(const char *cmd, const char *usage, int argc, char **argv, bool with_limit, ops_opts *o)
 {
+    /* history takes --limit; status takes --stuck-after */
     static const struct option with[] = {
         {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},      {"limit", required_argument, NULL, 'n'},
@@ -59,13 +68,23 @@ static int parse_opts(const char *cmd, const char *usage, int argc, char **argv,
     static const struct option without[] = {
         {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"stuck-after", required_argument, NULL, 's'}, {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
+    o->stuck_after = 900;
     int ch;
     optind = 1;
     while ((ch = cli_getopt(cmd, argc, argv, with_limit ? "u:c:jn:h" : "u:c:jh", with_limit ? with : without)) != -1) {
         switch (ch) {
+        case 's': {
+            char *end;
+            o->stuck_after = strtol(optarg, &end, 10);
+            if (with_limit || *end || end == optarg || o->stuck_after < 1) {
+                fprintf(stderr, "ratchet %s: --stuck-after must be a whole number of seconds, at least 1\n", cmd);
+                return -1;
+            }
+            break;
+        }
         case 'u': o->url = optarg; break;
         case 'c': o->config = optarg; break;
         case 'j': o->json = true; break;
@@ -85,7 +104,7 @@ static int parse_opts(const char *cmd, const char *usage, int argc, char **argv,
 
 static void print_json(json_t *v)
 {
-    char *t = json_dumps(v, JSON_INDENT(2));
+    char *t = jtree_dump_text(v, true);
     puts(t);
     free(t);
 }
@@ -130,8 +149,143 @@ static json_t *version_metrics(json_t *metrics, const char *status)
     return NULL;
 }
 
+/* ---- what needs a look ---- */
+
+/* How the user reached the engine, for the commands we print. */
+static void conn_args(const client *c, const ops_opts *o, char *out, size_t n)
+{
+    if (o->config)
+        snprintf(out, n, " -c %s", o->config);
+    else if (o->url)
+        snprintf(out, n, " --url %s", c->base);
+    else
+        out[0] = '\0';
+}
+
+/* A curl command for an API path; the token stays out of it (an environment
+ * variable the user sets stands in for it). */
+static void curl_cmd(const client *c, const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "curl -s%s '%s%s'", c->token ? " -H \"Authorization: Bearer $RATCHET_ADMIN_TOKEN\"" : "", c->base,
+             path);
+}
+
+static void problem(json_t *problems, const char *more, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void problem(json_t *problems, const char *more, const char *fmt, ...)
+{
+    char text[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    json_array_append_new(problems, json_pack("{s:s, s:s}", "problem", text, "more", more));
+}
+
+/* "20m0s ago" and the like */
+static void ago(long long s, char *out, size_t n)
+{
+    char d[32];
+    duration(s, d, sizeof d);
+    snprintf(out, n, "%s", d);
+}
+
+static void find_problems(client *c, const ops_opts *o, json_t *st, json_t *recent, json_t *problems)
+{
+    char conn[600], more[1200], path[300];
+    conn_args(c, o, conn, sizeof conn);
+    json_t *scripts = json_object_get(st, "scripts");
+    json_t *ev = json_object_get(st, "evaluation");
+    json_t *llm = json_object_get(st, "llm");
+    size_t i;
+    json_t *p;
+    if (!json_is_true(json_object_get(st, "store_healthy")))
+        problem(problems, "journalctl -u ratchet -p err (the engine logs each failed commit)",
+                "the store's last commit failed");
+    if (o->config)
+        snprintf(more, sizeof more, "ratchet check -c %s", o->config);
+    else
+        curl_cmd(c, "/v1/status", more, sizeof more);
+    json_array_foreach(json_object_get(scripts, "errors"), i, p)
+        problem(problems, more, "script error: %s", json_string_value(p));
+    if (json_is_string(json_object_get(scripts, "config_error")))
+        problem(problems, more, "config error (the running config stays): %s", str(scripts, "config_error"));
+    curl_cmd(c, "/v1/llm/calls?limit=20", more, sizeof more);
+    json_array_foreach(json_object_get(llm, "providers"), i, p)
+        if (strcmp(str(p, "circuit"), "closed"))
+            problem(problems, more, "provider %s: circuit %s (its calls fail fast until it recovers)", str(p, "name"),
+                    str(p, "circuit"));
+    if (json_integer_value(json_object_get(ev, "dropped")) > 0) {
+        snprintf(more, sizeof more, "ratchet evaluate --prompt NAME --unevaluated%s (for each prompt)", conn);
+        problem(problems, more, "%lld traces were left unevaluated (the evaluation backlog was full)",
+                (long long)json_integer_value(json_object_get(ev, "dropped")));
+    }
+    /* runs stuck: under way, and no result recorded for stuck_after seconds */
+    json_array_foreach(json_object_get(json_object_get(st, "runs"), "active"), i, p) {
+        long long idle = json_integer_value(json_object_get(p, "idle_s"));
+        if (idle < o->stuck_after)
+            continue;
+        char d[32];
+        ago(idle, d, sizeof d);
+        snprintf(path, sizeof path, "/v1/runs/%s", str(p, "id"));
+        curl_cmd(c, path, more, sizeof more);
+        problem(problems, more, "run %s (prompt %s) is stuck: no result recorded for %s (%lld of %lld done, %lld in "
+                                "flight)",
+                str(p, "id"), str(p, "prompt"), d, (long long)json_integer_value(json_object_get(p, "done")),
+                (long long)json_integer_value(json_object_get(p, "jobs")),
+                (long long)json_integer_value(json_object_get(p, "running")));
+    }
+    /* runs that ended incomplete in the last 24 hours, unless a human cancelled them */
+    int64_t now = now_ms();
+    json_array_foreach(json_object_get(recent, "items"), i, p) {
+        int64_t ended;
+        if (strcmp(str(p, "state"), "incomplete") || !strcmp(str(p, "error"), "cancelled") ||
+            !rfc3339_parse(str(p, "finished_at"), &ended) || now - ended > 86400000)
+            continue;
+        char d[32];
+        ago((now - ended) / 1000, d, sizeof d);
+        snprintf(path, sizeof path, "/v1/runs/%s", str(p, "id"));
+        curl_cmd(c, path, more, sizeof more);
+        if (!strcmp(str(p, "kind"), "gate")) {
+            size_t len = strlen(more);
+            snprintf(more + len, sizeof more - len, "; ratchet loop %s%s", str(p, "prompt"), conn);
+        }
+        problem(problems, more, "run %s (%s of prompt %s) ended incomplete %s ago: %s", str(p, "id"), str(p, "kind"),
+                str(p, "prompt"), d, *str(p, "error") ? str(p, "error") : "stopped");
+    }
+    /* a daily budget used up: calls are refused until 00:00 UTC */
+    json_t *today = json_object_get(llm, "today"), *bud = json_object_get(llm, "budgets");
+    static const char *const res[][2] = {{"calls", "daily_calls"}, {"tokens", "daily_tokens"}, {"cost", "daily_cost"}};
+    bool used_up = false;
+    char what[200] = "";
+    for (size_t k = 0; k < 3; k++) {
+        double limit = json_number_value(json_object_get(bud, res[k][1]));
+        double spent = json_number_value(json_object_get(today, res[k][0]));
+        if (limit > 0 && spent >= limit) {
+            char a[32], b[32];
+            num_text(spent, a);
+            num_text(limit, b);
+            size_t len = strlen(what);
+            snprintf(what + len, sizeof what - len, "%s%s %s of %s", len ? ", " : "", res[k][0], a, b);
+            used_up = true;
+        }
+    }
+    long long refused = json_integer_value(json_object_get(today, "refused"));
+    if (used_up || refused > 0) {
+        curl_cmd(c, "/v1/llm/calls?limit=20", more, sizeof more);
+        size_t len = strlen(more);
+        snprintf(more + len, sizeof more - len, "; raise llm.daily_* in the config, or wait for 00:00 UTC");
+        char counted[80] = "";
+        if (refused > 0)
+            snprintf(counted, sizeof counted, "%s%lld call%s refused today", used_up ? "; " : "", refused,
+                     refused == 1 ? "" : "s");
+        problem(problems, more, "LLM daily budget used up%s%s%s%s%s%s", used_up ? " (" : "", used_up ? what : "",
+                used_up ? ")" : "", counted, json_is_string(json_object_get(today, "last_refusal")) ? ", the last: " : "",
+                str(today, "last_refusal"));
+    }
+}
+
 /* Gathers the view: {engine, prompts[], runs[], evaluation, llm, scripts, problems[]} */
-static int gather(client *c, json_t **view)
+static int gather(client *c, const ops_opts *o, json_t **view)
 {
     json_t *st = NULL, *list = NULL;
     long code = call_json(c, "GET", "/v1/status", NULL, &st);
@@ -152,8 +306,18 @@ static int gather(client *c, json_t **view)
     json_t *prompts = json_array();
     size_t i;
     json_t *p;
+    json_t *notes = json_array();
     json_array_foreach(json_object_get(list, "items"), i, p) {
         const char *name = str(p, "name");
+        if (json_is_false(json_object_get(p, "registered"))) {
+            /* declared in the config, no version in the registry yet: no figures to read */
+            json_array_append_new(prompts, json_pack("{s:s, s:b, s:b}", "name", name, "pinned", 0, "config_only", 1));
+            char note[400];
+            snprintf(note, sizeof note, "prompt %s is in the config only: no version of it is in the registry, so "
+                                        "nothing can resolve, gate or improve it yet", name);
+            json_array_append_new(notes, json_pack("{s:s, s:s}", "note", note, "more", str(p, "next")));
+            continue;
+        }
         char path[300];
         snprintf(path, sizeof path, "/v1/prompts/%s/metrics", name);
         json_t *m = NULL;
@@ -188,20 +352,13 @@ static int gather(client *c, json_t **view)
     json_t *scripts = json_object_get(st, "scripts");
     json_t *ev = json_object_get(st, "evaluation");
     json_t *llm = json_object_get(st, "llm");
-    if (!json_is_true(json_object_get(st, "store_healthy")))
-        json_array_append_new(problems, json_string("the store's last commit failed"));
-    json_array_foreach(json_object_get(scripts, "errors"), i, p)
-        json_array_append_new(problems, json_sprintf("script error: %s", json_string_value(p)));
-    if (json_is_string(json_object_get(scripts, "config_error")))
-        json_array_append_new(problems, json_sprintf("config error (the running config stays): %s",
-                                                     str(scripts, "config_error")));
-    json_array_foreach(json_object_get(llm, "providers"), i, p)
-        if (strcmp(str(p, "circuit"), "closed"))
-            json_array_append_new(problems, json_sprintf("provider %s: circuit %s", str(p, "name"), str(p, "circuit")));
-    if (json_integer_value(json_object_get(ev, "dropped")) > 0)
-        json_array_append_new(problems, json_sprintf("%lld traces were left unevaluated (backlog full); re-evaluate "
-                                                     "them with POST /v1/evaluations",
-                                                     (long long)json_integer_value(json_object_get(ev, "dropped"))));
+    json_t *recent = NULL;
+    if (call_json(c, "GET", "/v1/runs?limit=100", NULL, &recent) != 200) {
+        json_decref(recent);
+        recent = NULL;
+    }
+    find_problems(c, o, st, recent, problems);
+    json_decref(recent);
     *view = json_pack("{s:{s:s, s:O, s:O, s:O, s:O}, s:o, s:O, s:{s:O, s:O, s:O, s:O, s:O}, s:{s:O, s:O}, "
                       "s:{s:O, s:O, s:O}, s:o}",
                       "engine", "url", c->base, "version", json_object_get(st, "version"), "started_at",
@@ -214,6 +371,10 @@ static int gather(client *c, json_t **view)
                       json_object_get(llm, "budgets"), "scripts", "errors", json_object_get(scripts, "errors"),
                       "config_error", json_object_get(scripts, "config_error"), "reloads",
                       json_object_get(scripts, "reloads"), "problems", problems);
+    if (*view)
+        json_object_set_new(*view, "notes", notes);
+    else
+        json_decref(notes);
     json_decref(st);
     json_decref(list);
     return *view ? 0 : EXIT_ERROR;
@@ -246,8 +407,11 @@ static void print_status(json_t *v)
             printf(" %.0f calls", dc);
         if (dt > 0)
             printf(" %.0f tokens", dt);
-        if (dd > 0)
-            printf(" $%.2f", dd);
+        if (dd > 0) {
+            char t[32];
+            num_text(dd, t);
+            printf(" $%s", t);
+        }
         printf(")");
     }
     printf("\n\n");
@@ -272,10 +436,12 @@ static void print_status(json_t *v)
                          100 * json_number_value(json_object_get(can, "share")));
                 pass_rate(can, cr, sizeof cr);
             }
+            if (json_is_true(json_object_get(p, "config_only")))
+                snprintf(lp, sizeof lp, "config only (see notes)");
             if (loop) {
                 int n = snprintf(lp, sizeof lp, "%s", str(loop, "state"));
                 if (json_is_string(json_object_get(loop, "run")) && strcmp(str(loop, "state"), "idle"))
-                    snprintf(lp + n, sizeof lp - (size_t)n, " (run %.8s)", str(loop, "run"));
+                    snprintf(lp + n, sizeof lp - (size_t)n, " (run %s)", str(loop, "run")); /* whole: approve takes it */
             }
             printf("%-24s %-6s %-18s %-12s %-18s %s%s\n", str(p, "name"), pv, pr, cv, cr, lp,
                    json_is_true(json_object_get(p, "pinned")) ? ", pinned" : "");
@@ -287,10 +453,25 @@ static void print_status(json_t *v)
         size_t i;
         json_t *r;
         json_array_foreach(runs, i, r) {
-            char *prog = json_dumps(r, JSON_COMPACT);
-            printf("  %s  %s  %s\n", str(r, "id"), str(r, "prompt"), prog);
-            free(prog);
+            char cost[32], idle[32];
+            num_text(json_number_value(json_object_get(r, "cost")), cost);
+            duration(json_integer_value(json_object_get(r, "idle_s")), idle, sizeof idle);
+            printf("  %s  %s  %lld of %lld done, %lld in flight, %lld calls, $%s, last result %s ago%s%s\n",
+                   str(r, "id"), str(r, "prompt"), (long long)json_integer_value(json_object_get(r, "done")),
+                   (long long)json_integer_value(json_object_get(r, "jobs")),
+                   (long long)json_integer_value(json_object_get(r, "running")),
+                   (long long)json_integer_value(json_object_get(r, "calls")), cost, idle,
+                   json_is_true(json_object_get(r, "stopping")) ? ", stopping: " : "",
+                   json_is_true(json_object_get(r, "stopping")) ? str(r, "stop_reason") : "");
         }
+    }
+    json_t *notes = json_object_get(v, "notes");
+    if (json_array_size(notes)) {
+        printf("\nnotes:\n");
+        size_t i;
+        json_t *x;
+        json_array_foreach(notes, i, x)
+            printf("  %s\n    next: %s\n", str(x, "note"), str(x, "more"));
     }
     json_t *problems = json_object_get(v, "problems");
     if (json_array_size(problems)) {
@@ -298,7 +479,7 @@ static void print_status(json_t *v)
         size_t i;
         json_t *x;
         json_array_foreach(problems, i, x)
-            printf("  %s\n", json_string_value(x));
+            printf("  %s\n    more: %s\n", str(x, "problem"), str(x, "more"));
     }
 }
 
@@ -317,7 +498,7 @@ int cmd_status(int argc, char **argv)
         return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     json_t *view = NULL;
-    int rc = gather(&c, &view);
+    int rc = gather(&c, &o, &view);
     if (rc == 0) {
         if (o.json)
             print_json(view);

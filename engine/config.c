@@ -240,6 +240,109 @@ config_prompt *config_prompts_copy(const config_prompt *src, size_t n)
     return p;
 }
 
+/* ---- lines of the source, for messages ---- */
+
+/* Line n (1-based) of text: its start and length; NULL past the end. */
+static const char *line_at(const char *text, int n, size_t *len)
+{
+    const char *p = text;
+    for (int i = 1; p && i < n; i++) {
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    if (!p || !*p)
+        return NULL;
+    const char *e = strchr(p, '\n');
+    *len = e ? (size_t)(e - p) : strlen(p);
+    return p;
+}
+
+static bool word_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_';
+}
+
+/* Whether the line holds token outside a "--" comment: quoted ("x" or 'x'),
+ * or as a key (a whole word followed by '='). */
+static bool line_has(const char *line, size_t len, const char *token, bool quoted)
+{
+    size_t tl = strlen(token);
+    const char *comment = NULL;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (line[i] == '-' && line[i + 1] == '-') {
+            comment = line + i;
+            break;
+        }
+    size_t end = comment ? (size_t)(comment - line) : len;
+    for (size_t i = 0; i + tl <= end; i++) {
+        if (memcmp(line + i, token, tl) != 0)
+            continue;
+        if (quoted) {
+            if (i > 0 && i + tl < end && (line[i - 1] == '"' || line[i - 1] == '\'') && line[i + tl] == line[i - 1])
+                return true;
+        } else if ((i == 0 || !word_char(line[i - 1])) && (i + tl == end || !word_char(line[i + tl]))) {
+            size_t j = i + tl;
+            while (j < end && (line[j] == ' ' || line[j] == '\t'))
+                j++;
+            if (j < end && line[j] == '=' && (j + 1 == end || line[j + 1] != '='))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* The first line in [from, until) (until 0: to the end) holding token. */
+static int find_line(const char *text, int from, int until, const char *token, bool quoted)
+{
+    if (!text || from < 1)
+        return 0;
+    for (int n = from; until <= 0 || n < until; n++) {
+        size_t len;
+        const char *l = line_at(text, n, &len);
+        if (!l)
+            return 0;
+        if (line_has(l, len, token, quoted))
+            return n;
+    }
+    return 0;
+}
+
+/* the first line after prompt p's, where the next prompt starts (0: none) */
+static int next_prompt_line(const config *c, const config_prompt *p)
+{
+    int next = 0;
+    for (size_t i = 0; i < c->nprompts; i++)
+        if (c->prompts[i].line > p->line && (!next || c->prompts[i].line < next))
+            next = c->prompts[i].line;
+    return next;
+}
+
+int config_key_line(const config *c, const config_prompt *p, const char *key)
+{
+    int n = find_line(c->source, p->line, next_prompt_line(c, p), key, false);
+    return n ? n : p->line;
+}
+
+/* Each attachment's line: where its evaluator's name is quoted, in order,
+ * within its prompt's block (the prompt's line when not found). */
+static void place_attachments(config *c)
+{
+    for (size_t i = 0; i < c->nprompts; i++) {
+        config_prompt *p = &c->prompts[i];
+        int from = p->line, until = next_prompt_line(c, p);
+        for (size_t k = 0; k < p->nevaluators; k++) {
+            int n = find_line(c->source, from, until, p->evaluators[k].evaluator, true);
+            if (n) {
+                p->evaluators[k].line = n;
+                /* the same evaluator twice: the next one is further down */
+                bool again = k + 1 < p->nevaluators && !strcmp(p->evaluators[k + 1].evaluator, p->evaluators[k].evaluator);
+                from = again ? n + 1 : n;
+            }
+        }
+    }
+}
+
 const config_prompt *config_find_prompt(const config *c, const char *name)
 {
     for (size_t i = 0; i < c->nprompts; i++)
@@ -264,6 +367,7 @@ void config_prepend_script_dir(config *c, const char *dir)
 void config_free(config *c)
 {
     free(c->path);
+    free(c->source);
     free(c->listen);
     free(c->data_dir);
     free(c->ingest_token);
@@ -847,9 +951,16 @@ static void check_keys(lua_State *L, int idx, const char *where, const key_spec 
                 ks = x;
         if (!ks) {
             char known[600] = "";
-            for (const key_spec *x = spec; x->key; x++)
+            const char *names[40];
+            size_t n = 0;
+            for (const key_spec *x = spec; x->key; x++) {
                 snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", known[0] ? ", " : "", x->key);
-            config_error(L, "%s: unknown key '%s' (known: %s)", where, k ? k : "(a positional value)", known);
+                if (n < 40)
+                    names[n++] = x->key;
+            }
+            const char *near = k ? closest_name(k, names, n) : NULL;
+            config_error(L, "%s: unknown key '%s'%s%s%s (known: %s)", where, k ? k : "(a positional value)",
+                         near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "", known);
         }
         char sub[300];
         snprintf(sub, sizeof sub, "%s.%s", where, k);
@@ -1123,6 +1234,18 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     lua_close(L);
     free(c->path);
     c->path = xstrdup(path);
+    buf_t text;
+    buf_init(&text);
+    FILE *f = fopen(path, "rb");
+    char chunk[8192];
+    size_t got;
+    while (f && (got = fread(chunk, 1, sizeof chunk, f)) > 0 && text.len < (8u << 20))
+        buf_append(&text, chunk, got);
+    if (f)
+        fclose(f);
+    free(c->source);
+    c->source = buf_steal(&text);
+    place_attachments(c);
     if (c->scripts.dirs == default_dirs) {
         free_strv(default_dirs);
         /* default: the config file's folder (user scripts), then the shipped ones */

@@ -76,6 +76,7 @@ typedef struct {
 
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
+    char *source;        /* its text, for the lines of messages; NULL for defaults */
     char *listen;        /* "host:port" or "[v6]:port" */
     char *data_dir;
     char *ingest_token;  /* NULL: ingest only from loopback clients */
@@ -110,6 +111,10 @@ void config_defaults(config *c);
 int config_load(config *c, const char *path, char *err, size_t errlen);
 void config_free(config *c);
 const config_prompt *config_find_prompt(const config *c, const char *name);
+/* The line of setting `key` (a name followed by '=') in prompt p's block of
+ * the file, outside comments; p->line when it cannot be found. For
+ * messages: Lua gives the line of the prompt call only. */
+int config_key_line(const config *c, const config_prompt *p, const char *key);
 /* A deep copy of n prompts (NULL for none), and its release. */
 config_prompt *config_prompts_copy(const config_prompt *p, size_t n);
 void config_prompts_free(config_prompt *p, size_t n);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optdecl.h"
 #include "util.h"
 
 int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen)
@@ -42,8 +43,12 @@ int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_
     else {
         int t = lua_getfield(L, -4, "options");
         if (t != LUA_TNIL && t != LUA_TTABLE)
-            problem = "'options', when given, must be a table describing the options";
-        lua_pop(L, 1);
+            problem = "'options', when given, must be a table declaring the options";
+        t = lua_getfield(L, -5, "check");
+        if (t != LUA_TNIL && t != LUA_TFUNCTION)
+            problem = "'check', when given, must be a function(opts) that raises on options it cannot use";
+        ev->has_check = t == LUA_TFUNCTION;
+        lua_pop(L, 2);
     }
     if (problem) {
         snprintf(err, errlen, "%s: not an evaluator: %s", path, problem);
@@ -56,6 +61,23 @@ int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_
     ev->path = xstrdup(path);
     ev->ref = ref;
     lua_settop(L, 0);
+    /* the options declaration: plain data, well formed */
+    char *decl = script_field_json(vm, ref, "options");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    bool declared = lua_getfield(L, -1, "options") != LUA_TNIL;
+    lua_settop(L, 0);
+    if (declared) {
+        char why[700];
+        ev->options = decl ? json_loads(decl, 0, NULL) : NULL;
+        if (!ev->options || optdecl_check(ev->options, why, sizeof why) != 0) {
+            snprintf(err, errlen, "%s: not an evaluator: %s", path,
+                     ev->options ? why : "'options' must be plain data (tables, strings, numbers, booleans)");
+            free(decl);
+            evaluator_free(vm, ev);
+            return -1;
+        }
+    }
+    free(decl);
     return 0;
 }
 
@@ -66,7 +88,31 @@ void evaluator_free(script_vm *vm, evaluator *ev)
     free(ev->name);
     free(ev->description);
     free(ev->path);
+    json_decref(ev->options);
     memset(ev, 0, sizeof *ev);
+}
+
+int evaluator_check_options(script_vm *vm, const evaluator *ev, const char *opts_json,
+                            void (*report)(const char *problem, void *ud), void *ud)
+{
+    int n = 0;
+    if (ev->options) {
+        json_t *opts = opts_json ? json_loads(opts_json, 0, NULL) : NULL;
+        if (opts_json && !opts) {
+            report("the options are not valid JSON", ud);
+            return 1;
+        }
+        n = optdecl_validate(ev->options, opts, report, ud);
+        json_decref(opts);
+    }
+    if (n == 0 && ev->has_check) {
+        char err[700];
+        if (script_call_sync(vm, ev->ref, "check", opts_json ? opts_json : "{}", err, sizeof err) != 0) {
+            report(err, ud);
+            n++;
+        }
+    }
+    return n;
 }
 
 typedef struct {

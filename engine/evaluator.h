@@ -1,6 +1,8 @@
 /* evaluator.h — evaluators: Lua files that judge one output. The contract
  * (docs/evaluators.md): the file returns
- *   { name = "...", description = "...", options = { ... }?,
+ *   { name = "...", description = "...",
+ *     options = { name = { type =, required =, allowed =, default =, ... } }?,  -- optdecl.h
+ *     check = function(opts) end?,   -- raises on options it cannot use; run at load
  *     evaluate = function(case, opts, ctx) return { pass =, score =, reason = } end }
  * Cases and options cross into the VM as JSON, so the engine and the spec
  * helper hand evaluators exactly the same values. */
@@ -29,6 +31,8 @@ typedef struct {
     int ref;          /* the table the file returned */
     char version[17]; /* hash of the file's text */
     eval_stats *stats; /* NULL: not counted */
+    json_t *options;   /* the options declaration (optdecl.h), or NULL: options unchecked */
+    bool has_check;    /* the script has check(opts), run when a config attaches it */
 } evaluator;
 
 typedef struct {
@@ -41,11 +45,19 @@ typedef struct {
 
 typedef void (*eval_done)(const eval_result *r, void *ud);
 
-/* Loads and checks the contract; errors name the file (and line). */
+/* Loads and checks the contract, and that its options declaration is well
+ * formed; errors name the file (and line). */
 int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen);
 int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_t len, evaluator *ev, char *err,
                         size_t errlen);
 void evaluator_free(script_vm *vm, evaluator *ev);
+/* Checks options (a JSON text of an object; NULL: none) against the
+ * evaluator's declaration, then, when they pass, with its check(opts)
+ * function if it has one (run now, under the load budget); report gets each
+ * problem. Returns the number of problems (0 when the evaluator declares
+ * nothing and has no check: its options are not checked). */
+int evaluator_check_options(script_vm *vm, const evaluator *ev, const char *opts_json,
+                            void (*report)(const char *problem, void *ud), void *ud);
 /* Runs evaluate(case, opts, ctx) with case and opts given as JSON texts
  * under budget_ms (0: the VM's default). With from_trace, case_json is a
  * stored trace and the case is { input = trace.input, output = trace.output,

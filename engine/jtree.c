@@ -199,7 +199,21 @@ size_t jtree_real_text(double d, char out[40])
     return (size_t)n;
 }
 
-static yajl_gen_status gen(yajl_gen g, const json_t *v)
+/* A real as the shortest text that reads back as the same double, kept a
+ * real ("3.0", "0.8", "1e+300"); 0 for NaN or infinity. */
+static size_t real_short(double d, char out[40])
+{
+    if (!isfinite(d))
+        return 0;
+    size_t n = num_text(d, out);
+    if (!strpbrk(out, ".e")) {
+        memcpy(out + n, ".0", 3);
+        n += 2;
+    }
+    return n;
+}
+
+static yajl_gen_status gen(yajl_gen g, const json_t *v, bool shortest)
 {
     yajl_gen_status st = yajl_gen_status_ok;
     switch (json_typeof(v)) {
@@ -212,14 +226,14 @@ static yajl_gen_status gen(yajl_gen g, const json_t *v)
             if (st == yajl_gen_status_ok)
                 st = yajl_gen_string(g, (const unsigned char *)k, klen);
             if (st == yajl_gen_status_ok)
-                st = gen(g, x);
+                st = gen(g, x, shortest);
         }
         return st == yajl_gen_status_ok ? yajl_gen_map_close(g) : st;
     }
     case JSON_ARRAY: {
         st = yajl_gen_array_open(g);
         for (size_t i = 0; st == yajl_gen_status_ok && i < json_array_size(v); i++)
-            st = gen(g, json_array_get(v, i));
+            st = gen(g, json_array_get(v, i), shortest);
         return st == yajl_gen_status_ok ? yajl_gen_array_close(g) : st;
     }
     case JSON_STRING:
@@ -228,7 +242,7 @@ static yajl_gen_status gen(yajl_gen g, const json_t *v)
         return yajl_gen_integer(g, (long long)json_integer_value(v));
     case JSON_REAL: {
         char t[40];
-        size_t n = jtree_real_text(json_real_value(v), t);
+        size_t n = shortest ? real_short(json_real_value(v), t) : jtree_real_text(json_real_value(v), t);
         return n ? yajl_gen_number(g, t, n) : yajl_gen_invalid_number;
     }
     case JSON_TRUE:
@@ -254,7 +268,7 @@ void jtree_dump_buf(buf_t *b, const json_t *v)
         return;
     }
     yajl_gen g = yajl_gen_alloc(NULL);
-    if (gen(g, v) == yajl_gen_status_ok) {
+    if (gen(g, v, false) == yajl_gen_status_ok) {
         const unsigned char *out;
         size_t len;
         yajl_gen_get_buf(g, &out, &len);
@@ -270,5 +284,78 @@ char *jtree_dump(const json_t *v)
     buf_t b;
     buf_init(&b);
     jtree_dump_buf(&b, v);
+    return buf_steal(&b);
+}
+
+/* Re-indents compact JSON text by two spaces per level, as json_dumps'
+ * JSON_INDENT(2) does ("key": value, {} and [] kept empty). */
+static void indent_into(buf_t *b, const char *s, size_t len)
+{
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            buf_append(b, &c, 1);
+            if (c == '\\' && i + 1 < len)
+                buf_append(b, &s[++i], 1);
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_str = true;
+            buf_append(b, &c, 1);
+            break;
+        case '{':
+        case '[':
+            if (i + 1 < len && (s[i + 1] == '}' || s[i + 1] == ']')) {
+                buf_append(b, s + i, 2);
+                i++;
+                break;
+            }
+            buf_append(b, &c, 1);
+            depth++;
+            buf_printf(b, "\n%*s", 2 * depth, "");
+            break;
+        case '}':
+        case ']':
+            depth--;
+            buf_printf(b, "\n%*s%c", 2 * depth, "", c);
+            break;
+        case ',':
+            buf_printf(b, ",\n%*s", 2 * depth, "");
+            break;
+        case ':':
+            buf_puts(b, ": ");
+            break;
+        default:
+            buf_append(b, &c, 1);
+        }
+    }
+}
+
+char *jtree_dump_text(const json_t *v, bool pretty)
+{
+    buf_t b;
+    buf_init(&b);
+    yajl_gen g = yajl_gen_alloc(NULL);
+    if (v && gen(g, v, true) == yajl_gen_status_ok) {
+        const unsigned char *out;
+        size_t len;
+        yajl_gen_get_buf(g, &out, &len);
+        if (pretty)
+            indent_into(&b, (const char *)out, len);
+        else
+            buf_append(&b, out, len);
+    } else {
+        char *t = v ? json_dumps(v, JSON_ENCODE_ANY | (pretty ? JSON_INDENT(2) : JSON_COMPACT)) : NULL;
+        buf_puts(&b, t ? t : "null"); /* past yajl's 128 levels */
+        free(t);
+    }
+    yajl_gen_free(g);
+    if (!b.data)
+        buf_puts(&b, "");
     return buf_steal(&b);
 }

@@ -10,6 +10,7 @@
 #define RATCHET_JTREE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util.h"
@@ -21,6 +22,11 @@ json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen);
 void jtree_dump_buf(buf_t *b, const json_t *v);
 /* The same as a new string (free it). */
 char *jtree_dump(const json_t *v);
+/* JSON for people and API answers: as jtree_dump, but each real written as
+ * the shortest text that reads back as the same double ("0.8", not jansson's
+ * "0.80000000000000004"), never rounded; pretty: indented by two spaces, no
+ * final newline. Not for cache keys (those keep jansson's bytes). */
+char *jtree_dump_text(const json_t *v, bool pretty);
 /* Writes d as jansson writes a real ("1.0", "0.25", "1e+300" as "1e300");
  * returns its length (0 for NaN or infinity, which JSON has no text for). */
 size_t jtree_real_text(double d, char out[40]);

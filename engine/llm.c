@@ -273,6 +273,8 @@ struct llm {
     json_t *runs;                                 /* run id -> [calls, tokens, cost, reserved calls, tokens, cost] */
     llm_call *calls;                              /* every call not yet disposed of */
     uint64_t ledger_failures;
+    uint64_t day_refused;                         /* calls a daily budget refused today */
+    char last_refused[300];                       /* the last such refusal, for status */
 };
 
 enum call_state { CALL_QUEUED, CALL_SENDING, CALL_BACKOFF, CALL_FINISHING };
@@ -452,6 +454,8 @@ static void roll_day(llm *l)
     if (today != l->day_start_ms) {
         l->day_start_ms = today;
         l->day_calls = l->day_tokens = l->day_cost = 0;
+        l->day_refused = 0;
+        l->last_refused[0] = '\0';
     }
 }
 
@@ -531,9 +535,16 @@ static const char *budget_reserve(llm_call *c)
         if (checks[i].limit <= 0)
             continue;
         if (checks[i].spent + checks[i].need > checks[i].limit) {
-            snprintf(msg, sizeof msg,
-                     "the %s (%g) would be exceeded: %g spent or reserved, this call may use up to %g", checks[i].what,
-                     checks[i].limit, checks[i].spent, checks[i].need);
+            char limit[32], spent[32], need[32]; /* never rounded: 0.30000000000000004 is not 0.3 */
+            num_text(checks[i].limit, limit);
+            num_text(checks[i].spent, spent);
+            num_text(checks[i].need, need);
+            snprintf(msg, sizeof msg, "the %s (%s) would be exceeded: %s spent or reserved, this call may use up to %s",
+                     checks[i].what, limit, spent, need);
+            if (i < 3) { /* a daily budget: refused until the day ends, which status reports */
+                l->day_refused++;
+                snprintf(l->last_refused, sizeof l->last_refused, "%s", msg);
+            }
             return msg;
         }
     }
@@ -1616,11 +1627,12 @@ json_t *llm_status_json(llm *l)
                                                "output_tokens", (json_int_t)p->output_tokens, "cost", p->cost,
                                                "errors", p->errors));
     }
-    return json_pack("{s:o, s:{s:f, s:f, s:f}, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I}", "providers", provs, "today",
-                     "calls", l->day_calls, "tokens", l->day_tokens, "cost", l->day_cost, "budgets", "daily_calls",
-                     l->b.daily_calls, "daily_tokens", l->b.daily_tokens, "daily_cost", l->b.daily_cost, "run_calls",
-                     l->b.run_calls, "run_tokens", l->b.run_tokens, "run_cost", l->b.run_cost, "ledger_failures",
-                     (json_int_t)l->ledger_failures);
+    return json_pack("{s:o, s:{s:f, s:f, s:f, s:I, s:s?}, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:I}", "providers", provs,
+                     "today", "calls", l->day_calls, "tokens", l->day_tokens, "cost", l->day_cost, "refused",
+                     (json_int_t)l->day_refused, "last_refusal", l->last_refused[0] ? l->last_refused : NULL,
+                     "budgets", "daily_calls", l->b.daily_calls, "daily_tokens", l->b.daily_tokens, "daily_cost",
+                     l->b.daily_cost, "run_calls", l->b.run_calls, "run_tokens", l->b.run_tokens, "run_cost",
+                     l->b.run_cost, "ledger_failures", (json_int_t)l->ledger_failures);
 }
 
 void llm_free(llm *l)

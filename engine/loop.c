@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "prompt_metrics.h"
 #include "provenance.h"
 #include "util.h"
 
@@ -49,6 +50,7 @@ struct lprompt {
         int64_t since;
     } want;
     int writing;         /* moves of this prompt submitted, not yet committed */
+    uint64_t outcomes[8]; /* cycles ended, by outcome (outcome_names) */
     struct view_waiter *waiters; /* views asked for while one was */
     lprompt *next;
 };
@@ -110,6 +112,17 @@ static const char *const DEFAULTS =
 
 static void cycle_abort(lprompt *p, const char *kind, const char *why);
 static void check_drained(optloop *lp);
+
+/* How an optimization cycle ended, for ratchet_loop_outcomes_total. */
+enum outcome { OUT_PROMOTED, OUT_ROLLED_BACK, OUT_NO_WINNER, OUT_NO_CANDIDATE, OUT_REJECTED_BY_HUMAN, OUT_MANUAL,
+               OUT_ABORTED, OUT_ERROR };
+static const char *const outcome_names[8] = {"promoted", "rolled_back", "no_winner", "no_candidate",
+                                             "rejected_by_human", "manual", "aborted", "error"};
+
+static void ended(lprompt *p, enum outcome o)
+{
+    p->outcomes[o]++;
+}
 
 /* ---- settings ---- */
 
@@ -1280,6 +1293,7 @@ static void parsed(lprompt *p, json_t *res, const char *err)
     buf_free(&msg);
     if (json_array_size(c->versions) == 0) {
         set_state(p, "idle");
+        ended(p, OUT_NO_CANDIDATE);
         decide(p, "no valid candidate");
         commit(p, m, release, NULL);
         return;
@@ -1310,6 +1324,7 @@ static void cycle_abort(lprompt *p, const char *kind, const char *why)
         }
     }
     set_state(p, "idle");
+    ended(p, !strcmp(kind, "error") ? OUT_ERROR : OUT_ABORTED);
     event(p, &m->w, kind, NULL, "%s", why);
     decide(p, "%s: %s", kind, why);
     cycle_free(p->cyc);
@@ -1392,6 +1407,7 @@ static void gate_apply(lprompt *p, json_t *report, const char *run_state)
         begin_canary(p, &m->w, json_integer_value(winner), "loop");
     } else {
         set_state(p, "idle");
+        ended(p, OUT_NO_WINNER);
         decide(p, "the gate showed no candidate improved");
     }
     cycle_free(p->cyc);
@@ -1508,6 +1524,7 @@ static void begin_canary(lprompt *p, store_write *w, int64_t version, const char
     snprintf(reason, sizeof reason, "canary at %g%% of traffic (gate run %s)", share * 100, p->run_id ? p->run_id : "");
     if (registry_start_canary(lp->reg, p->name, version, share, reason, actor, w, &e)) {
         set_state(p, "idle");
+        ended(p, OUT_ERROR);
         event(p, w, "error", NULL, "v%lld could not start as a canary: %s", (long long)version, e.message);
         lp->n.errors++;
         return;
@@ -1618,6 +1635,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
         snprintf(why, sizeof why, "promoted by the rollout policy: %s", reason);
         registry_promote(lp->reg, p->name, p->version, why, "loop", &m->w, &e);
         lp->n.promotions++;
+        ended(p, OUT_PROMOTED);
         event(p, &m->w, "promote", json_pack("{s:I, s:O}", "version", (json_int_t)p->version, "stats",
                                              stats ? stats : json_null()),
               "v%lld is in production: %s", (long long)p->version, reason);
@@ -1627,6 +1645,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
         snprintf(why, sizeof why, "rolled back by the rollout policy: %s", reason);
         registry_rollback(lp->reg, p->name, p->version, why, "loop", &m->w, &e);
         lp->n.rollbacks++;
+        ended(p, OUT_ROLLED_BACK);
         event(p, &m->w, "rollback", json_pack("{s:I, s:O}", "version", (json_int_t)p->version, "stats",
                                               stats ? stats : json_null()),
               "v%lld rolled back, production untouched: %s", (long long)p->version, reason);
@@ -1645,6 +1664,7 @@ static void canary_check(lprompt *p)
         json_t *v = registry_version(lp->reg, p->name, p->version);
         move *m = move_new();
         set_state(p, "idle");
+        ended(p, OUT_MANUAL);
         event(p, &m->w, "manual", NULL, "the canary v%lld was moved outside the loop (now %s); the loop stands down",
               (long long)p->version, v ? json_string_value(json_object_get(v, "status")) : "gone");
         decide(p, "the canary was moved by hand");
@@ -1775,8 +1795,19 @@ void loop_note_traces(optloop *lp, const char *prompt, size_t n)
 static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *e)
 {
     json_t *pr = registry_prompt(lp->reg, prompt);
+    if (!pr && p && p->set) {
+        /* declared in the config, with loop settings, but no version yet: say how to get one */
+        reg_fail(e, 409, "no_production", "prompt",
+                 "prompt '%s' is in the config but has no versions in the registry yet, so there is nothing to "
+                 "improve. Add its first version (a JSON file {\"messages\": [...], \"model\": {...}}) with "
+                 "`ratchet prompt add %s VERSION.json`, make it production with `ratchet prompt promote %s 1`, then "
+                 "run `ratchet optimize %s` again",
+                 prompt, prompt, prompt, prompt);
+        return e->status;
+    }
     if (!pr) {
-        reg_fail(e, 404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry", prompt);
+        reg_fail(e, 404, "unknown_prompt", "prompt", "no prompt named '%s' in the registry or the config (`ratchet "
+                 "prompt list` shows them)", prompt);
         return e->status;
     }
     if (!p || !p->set) {
@@ -1793,7 +1824,19 @@ static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *
         return e->status;
     }
     if (!registry_version_in(lp->reg, prompt, "production")) {
-        reg_fail(e, 409, "no_production", "prompt", "prompt '%s' has no production version to improve", prompt);
+        size_t nv = json_array_size(json_object_get(pr, "versions"));
+        if (nv == 0)
+            reg_fail(e, 409, "no_production", "prompt",
+                     "prompt '%s' has no production version to improve, and no versions yet. Add one (a JSON file "
+                     "{\"messages\": [...], \"model\": {...}}) with `ratchet prompt add %s VERSION.json`, make it "
+                     "production with `ratchet prompt promote %s 1`, then run `ratchet optimize %s` again",
+                     prompt, prompt, prompt, prompt);
+        else
+            reg_fail(e, 409, "no_production", "prompt",
+                     "prompt '%s' has no production version to improve. Make one of its %zu version%s production "
+                     "with `ratchet prompt promote %s VERSION` (`ratchet prompt show %s` lists them), then run "
+                     "`ratchet optimize %s` again",
+                     prompt, nv, nv == 1 ? "" : "s", prompt, prompt, prompt);
         return e->status;
     }
     if (registry_version_in(lp->reg, prompt, "canary")) {
@@ -1924,6 +1967,7 @@ int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reas
         snprintf(why, sizeof why, "rejected by %s%s%s", actor, reason ? ": " : "", reason ? reason : "");
         reg_error re;
         registry_transition(lp->reg, p->name, p->version, "rejected", why, actor, &m->w, &re);
+        ended(p, OUT_REJECTED_BY_HUMAN);
         event(p, &m->w, "rejected", json_pack("{s:s}", "actor", actor), "v%lld %s", (long long)p->version, why);
         set_state(p, "idle");
         decide(p, "v%lld rejected by a human", (long long)p->version);
@@ -2011,6 +2055,15 @@ void loop_metrics(optloop *lp, buf_t *b)
             metrics_sample(b, "ratchet_loop_canary_step", p->step, "prompt", p->name, NULL);
     metrics_one(b, "ratchet_loop_cycles_total", "counter",
                 "Optimization cycles started (automatic and manual).", (double)lp->n.cycles);
+    metrics_family(b, "ratchet_loop_outcomes_total", "counter",
+                   "Optimization cycles ended, by prompt (the first 100) and outcome: promoted, rolled_back, "
+                   "no_winner (the gate accepted none), no_candidate, rejected_by_human, manual (a human moved the "
+                   "canary), aborted, error.");
+    size_t np = 0;
+    for (lprompt *p = lp->prompts; p && np < PMETRICS_MAX_PROMPTS; p = p->next, np++)
+        for (int o = 0; o < 8; o++)
+            metrics_sample(b, "ratchet_loop_outcomes_total", (double)p->outcomes[o], "prompt", p->name, "outcome",
+                           outcome_names[o], NULL);
     metrics_one(b, "ratchet_loop_checks_total", "counter", "Times the trigger policy was asked.", (double)lp->n.checks);
     metrics_family(b, "ratchet_loop_candidates_total", "counter",
                    "Candidate prompts the optimizer proposed, by verdict: invalid (refused before any run), "

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "evaluator.h"
+#include "optdecl.h"
 #include "policy.h"
 
 #define EVALUATOR_MT "ratchet_sandbox.evaluator"
@@ -150,6 +151,12 @@ static void on_result(const eval_result *r, void *ud)
     w->r.reason = strdup(r->reason);
 }
 
+static void add_problem(const char *problem, void *ud)
+{
+    buf_t *b = ud;
+    buf_printf(b, "%s%s", b->len ? "; " : "", problem);
+}
+
 /* ev:evaluate(case [, opts]) -> { pass, score, reason, status }; case and
  * opts are tables, or JSON texts passed on as they are (to send [] and {}
  * apart, which the host's cjson cannot). ev:evaluate_trace(trace [, opts])
@@ -164,7 +171,21 @@ static int evaluate(lua_State *L, bool from_trace)
     const char *case_json = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : to_json(L, 2);
     wait_result w = {0};
     se->host = L;
-    evaluator_run(se->vm, &se->ev, 0, from_trace, case_json, opts_json, on_result, &w);
+    /* the engine refuses options its declaration rejects when the config
+     * loads; here, where there is no config, the call answers that error */
+    buf_t problems;
+    buf_init(&problems);
+    if (evaluator_check_options(se->vm, &se->ev, opts_json, add_problem, &problems) > 0) {
+        w.finished = true;
+        w.r.status = SCRIPT_ERROR;
+        buf_t why;
+        buf_init(&why);
+        buf_printf(&why, "evaluator %s: %s", se->ev.name, problems.data);
+        w.r.reason = buf_steal(&why);
+    } else {
+        evaluator_run(se->vm, &se->ev, 0, from_trace, case_json, opts_json, on_result, &w);
+    }
+    buf_free(&problems);
     while (!w.finished)
         uv_run(&se->loop, UV_RUN_ONCE);
     lua_createtable(L, 0, 4);
@@ -182,6 +203,70 @@ static int evaluate(lua_State *L, bool from_trace)
 
 static int l_evaluate(lua_State *L) { return evaluate(L, false); }
 static int l_evaluate_trace(lua_State *L) { return evaluate(L, true); }
+
+/* host cjson.decode(text) (pushes the value) */
+static void from_json(lua_State *L, const char *text)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "decode");
+    lua_remove(L, -2);
+    lua_pushstring(L, text);
+    lua_call(L, 1, 1);
+}
+
+/* ev:check_options(opts) -> true, or false and the list of problems, as the
+ * engine checks a config's options when it loads */
+static void list_problem(const char *problem, void *ud)
+{
+    lua_State *L = ud;
+    lua_pushstring(L, problem);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* A policy's options (a prompt's *_options) against its declaration: the
+ * keys and types of its settings, narrowed by its options table, as the
+ * engine checks them when the config loads. */
+static int policy_check_options(sandbox_evaluator *se, const char *opts_json, lua_State *L)
+{
+    char *stext = script_field_json(se->vm, se->ev.ref, "settings");
+    char *otext = script_field_json(se->vm, se->ev.ref, "options");
+    json_t *st = stext ? json_loads(stext, 0, NULL) : NULL, *ot = otext ? json_loads(otext, 0, NULL) : NULL;
+    free(stext);
+    free(otext);
+    json_t *decl = optdecl_from_settings(st, ot);
+    json_t *opts = opts_json ? json_loads(opts_json, 0, NULL) : NULL;
+    char err[700];
+    int n = 0;
+    if (decl && optdecl_check(decl, err, sizeof err) != 0) {
+        list_problem(err, L);
+        n = 1;
+    } else if (decl) {
+        n = optdecl_validate(decl, json_object_size(opts) ? opts : NULL, list_problem, L);
+    }
+    json_decref(st);
+    json_decref(ot);
+    json_decref(decl);
+    json_decref(opts);
+    return n;
+}
+
+static int l_check_options(lua_State *L)
+{
+    sandbox_evaluator *se = luaL_checkudata(L, 1, EVALUATOR_MT);
+    const char *opts_json = lua_isnoneornil(L, 2) ? NULL : lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2)
+                                                                                        : to_json(L, 2);
+    lua_newtable(L);
+    if (se->policy ? policy_check_options(se, opts_json, L) == 0
+                   : evaluator_check_options(se->vm, &se->ev, opts_json, list_problem, L) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+}
 
 static void sandbox_close(sandbox_evaluator *se)
 {
@@ -269,6 +354,13 @@ static int l_index(lua_State *L)
         lua_pushcfunction(L, l_evaluate);
     else if (strcmp(k, "evaluate_trace") == 0 && !se->policy)
         lua_pushcfunction(L, l_evaluate_trace);
+    else if (strcmp(k, "check_options") == 0)
+        lua_pushcfunction(L, l_check_options);
+    else if (strcmp(k, "options") == 0 && !se->policy && se->ev.options) {
+        char *t = json_dumps(se->ev.options, JSON_COMPACT);
+        from_json(L, t);
+        free(t);
+    }
     else if (strcmp(k, "call") == 0 && se->policy)
         lua_pushcfunction(L, l_call);
     else

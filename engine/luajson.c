@@ -16,6 +16,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
+#include "util.h"
+
 #define MAX_DEPTH 1000
 
 static const char array_mt_key[] = "ratchet.json.array";
@@ -314,7 +316,7 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
                 return false;
             }
             char num[40];
-            int n = snprintf(num, sizeof num, "%.17g", d);
+            int n = (int)num_text(d, num); /* the shortest text that reads back as d: 0.1, not 0.10000000000000001 */
             if (!strpbrk(num, ".eE") && n < 36) /* keep it a float: 2.0, not 2 */
                 n += snprintf(num + n, sizeof num - (size_t)n, ".0");
             yajl_gen_number(e->g, num, (size_t)n);

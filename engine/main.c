@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "catalog.h"
 #include "cli.h"
+#include "confcheck.h"
 #include "config.h"
 #include "fake_llm.h"
 #include "http.h"
@@ -264,30 +265,6 @@ static void begin_shutdown(engine *e, const char *why)
 
 typedef void (*report_fn)(const char *msg, void *ud);
 
-/* Every attachment must name an evaluator the catalog has. */
-static int check_attachments(const config *cfg, const catalog *cat, report_fn report, void *ud)
-{
-    int bad = 0;
-    for (size_t i = 0; i < cfg->nprompts; i++)
-        for (size_t k = 0; k < cfg->prompts[i].nevaluators; k++) {
-            const config_attachment *a = &cfg->prompts[i].evaluators[k];
-            if (catalog_peek(cat, a->evaluator))
-                continue;
-            char msg[1024];
-            buf_t dirs;
-            buf_init(&dirs);
-            for (const char *const *d = catalog_dirs(cat); *d; d++)
-                buf_printf(&dirs, "%s%s/evaluators", d == catalog_dirs(cat) ? "" : ", ", *d);
-            snprintf(msg, sizeof msg, "%s:%d: prompt '%s': no evaluator '%s' (looked for %s.lua in %s)",
-                     cfg->path ? cfg->path : "(defaults)", a->line, cfg->prompts[i].name, a->evaluator,
-                     a->evaluator, dirs.data ? dirs.data : "no folders");
-            buf_free(&dirs);
-            report(msg, ud);
-            bad++;
-        }
-    return bad;
-}
-
 /* The folders require() looks in: each root's script folders. */
 static char **require_dirs(const config *cfg)
 {
@@ -376,6 +353,7 @@ static void apply_config(engine *e, config *n)
         log_warn("config", "changes to listen, data_dir, log_format, access_log, limits and scripts.dirs, "
                            "memory_limit_mb, load_budget_ms, watch take effect at the next restart; the rest is "
                            "applied now");
+    swap_str(&c->source, &n->source); /* the lines of messages about the prompts taken below */
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->metrics_token, &n->metrics_token);
@@ -439,6 +417,33 @@ static void scan_work(uv_work_t *w)
     e->watch_dirs = e->cfg.scripts.watch ? catalog_watch_dirs(catalog_dirs(e->cat)) : NULL;
 }
 
+/* A reload's checks of each new script version against the configuration
+ * that will run (the new one when it parsed, else the running one). */
+static void first_report(const char *msg, void *ud)
+{
+    buf_t *b = ud;
+    if (b->len < 700) /* the first few; the config check lists them all */
+        buf_printf(b, "%s%s", b->len ? "; " : "", msg);
+}
+
+static int accept_version(void *ud, catalog *cat, const char *slot, const loaded_evaluator *le, char *why,
+                          size_t whylen)
+{
+    const config *cfg = ud;
+    buf_t b;
+    buf_init(&b);
+    int n = confcheck_script(cfg, cat, slot, le, first_report, &b);
+    if (n)
+        snprintf(why, whylen, "%s", b.data);
+    buf_free(&b);
+    return n ? -1 : 0;
+}
+
+static bool script_in_use(void *ud, const char *slot)
+{
+    return confcheck_uses(ud, slot);
+}
+
 static void scan_after(uv_work_t *w, int status)
 {
     (void)status;
@@ -454,7 +459,13 @@ static void scan_after(uv_work_t *w, int status)
         return;
     }
     uint64_t t0 = mono_ns();
-    int failed = catalog_apply(e->cat, e->scan, true);
+    bool new_ok = e->config_path && e->new_cfg_rc == 0;
+    if (new_ok)
+        apply_cli(e, &e->new_cfg);
+    /* each new script version must fit the configuration that will run;
+     * a removed script that it uses keeps running */
+    catalog_hooks hooks = {accept_version, script_in_use, new_ok ? (void *)&e->new_cfg : (void *)&e->cfg};
+    int failed = catalog_apply(e->cat, e->scan, true, &hooks);
     e->scan = NULL;
     char *config_error = NULL;
     if (e->config_path) {
@@ -462,13 +473,20 @@ static void scan_after(uv_work_t *w, int status)
         if (e->new_cfg_rc != 0) {
             log_error("config", "%s (the running configuration stays)", e->new_cfg_err);
             config_error = xstrdup(e->new_cfg_err);
+        } else if (confcheck_config(n, e->cat, log_report, &config_error) == 0) {
+            apply_config(e, n);
         } else {
-            apply_cli(e, n);
-            if (check_attachments(n, e->cat, log_report, &config_error) == 0)
-                apply_config(e, n);
-            else
-                log_error("config", "the running configuration stays");
+            log_error("config", "the running configuration stays");
         }
+        /* the running configuration stays: do the scripts taken in still fit it? */
+        char *stale = NULL;
+        if (config_error && confcheck_config(&e->cfg, e->cat, log_report, &stale) > 0) {
+            char *both = xmalloc(strlen(config_error) + strlen(stale) + 80);
+            sprintf(both, "%s; and the running configuration no longer fits the scripts: %s", config_error, stale);
+            free(config_error);
+            config_error = both;
+        }
+        free(stale);
     }
     config_free(&e->new_cfg);
     free(e->reload.config_error);
@@ -687,7 +705,7 @@ static int cmd_serve(int argc, char **argv)
      * keeps the old version; at start there is none to keep) */
     e.vm = new_vm(e.loop, &e.cfg);
     e.cat = catalog_new(e.vm, (const char *const *)e.cfg.scripts.dirs);
-    int script_errors = catalog_reload(e.cat, true) + check_attachments(&e.cfg, e.cat, log_report, NULL);
+    int script_errors = catalog_reload(e.cat, true) + confcheck_config(&e.cfg, e.cat, log_report, NULL);
     if (script_errors) {
         log_error("engine", "%d script or configuration errors (listed above); not starting. "
                             "`ratchet check` lists them too", script_errors);
@@ -871,7 +889,7 @@ static int cmd_check(int argc, char **argv)
     size_t nerr = catalog_errors(cat, &errors);
     for (size_t i = 0; i < nerr; i++)
         fprintf(stderr, "%s\n", errors[i]);
-    int bad = (int)nerr + check_attachments(&cfg, cat, print_report, NULL);
+    int bad = (int)nerr + confcheck_config(&cfg, cat, print_report, NULL);
     catalog_stats st;
     catalog_get_stats(cat, &st);
     if (!quiet && !bad) {

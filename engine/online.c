@@ -11,6 +11,7 @@
 #include "evaluator.h"
 #include "log.h"
 #include "metrics.h"
+#include "prompt_metrics.h"
 #include "util.h"
 
 #define FETCH_BATCH 32   /* traces read back per thread-pool job */
@@ -87,12 +88,14 @@ struct online {
     uv_timer_t pace_timer;
     /* counters */
     uint64_t enqueued, dropped, evaluated, failed, errored, errors, write_failures, invocations_killed, held_back;
+    pmetrics *pm;             /* per prompt and version (production and canary) */
 };
 
 struct trace_eval {
     online *o;
     plan *plan;
     const config_prompt *prompt;
+    int64_t version;     /* the trace's version (0: none named), for the per-version metrics */
     char *id;
     char *json;
     store_score *scores;
@@ -210,6 +213,16 @@ static void trace_done(trace_eval *te)
         o->failed++;
     else if (errored)
         o->errored++;
+    if (te->version > 0 && cp->nevaluators <= 64) {
+        const char *names[64];
+        enum pm_result results[64];
+        for (size_t i = 0; i < cp->nevaluators; i++) {
+            names[i] = cp->evaluators[i].name;
+            results[i] = strcmp(te->scores[i].status, "ok") ? PM_ERROR : te->scores[i].pass ? PM_PASS : PM_FAIL;
+        }
+        pmetrics_trace(o->pm, cp->name, te->version, failed ? PM_FAIL : errored ? PM_ERROR : PM_PASS, names, results,
+                       cp->nevaluators);
+    }
     free(te->json);
     plan_release(te->plan);
     free(te);
@@ -254,7 +267,7 @@ static void on_evaluated(const eval_result *r, void *ud)
         trace_done(te);
 }
 
-static void evaluate_trace(online *o, char *id, char *json, plan *p, const config_prompt *cp)
+static void evaluate_trace(online *o, char *id, char *json, int64_t version, plan *p, const config_prompt *cp)
 {
     uint64_t t0 = mono_ns(); /* starting the evaluators decodes the trace for each */
     trace_eval *te = xcalloc(1, sizeof *te);
@@ -262,6 +275,7 @@ static void evaluate_trace(online *o, char *id, char *json, plan *p, const confi
     te->plan = p;
     p->refs++;
     te->prompt = cp;
+    te->version = version;
     te->id = id;
     te->json = json;
     te->scores = xcalloc(cp->nevaluators, sizeof *te->scores);
@@ -302,6 +316,7 @@ typedef struct {
     char *ids[FETCH_BATCH];
     char *json[FETCH_BATCH];
     char *prompt[FETCH_BATCH];
+    int64_t version[FETCH_BATCH];
     size_t n;
     int rc;
     char err[256];
@@ -310,7 +325,7 @@ typedef struct {
 static void fetch_work(uv_work_t *w)
 {
     fetch_job *f = w->data;
-    f->rc = store_get_traces_for_eval(f->o->st, f->ids, f->n, f->json, f->prompt, f->err, sizeof f->err);
+    f->rc = store_get_traces_for_eval(f->o->st, f->ids, f->n, f->json, f->prompt, f->version, f->err, sizeof f->err);
 }
 
 static void fetch_after(uv_work_t *w, int status)
@@ -326,7 +341,7 @@ static void fetch_after(uv_work_t *w, int status)
         const config_prompt *cp = f->rc == 0 && f->prompt[i] ? plan_find(o->plan, f->prompt[i]) : NULL;
         free(f->prompt[i]);
         if (cp && !o->draining) {
-            evaluate_trace(o, f->ids[i], f->json[i], o->plan, cp);
+            evaluate_trace(o, f->ids[i], f->json[i], f->version[i], o->plan, cp);
         } else {
             free(f->ids[i]);
             free(f->json[i]);
@@ -601,8 +616,19 @@ online *online_new(uv_loop_t *loop, store *st, script_vm *vm, catalog *cat, cons
     o->ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
     if (o->ncpu < 1)
         o->ncpu = 1;
+    o->pm = pmetrics_new();
     online_configure(o, cfg);
     return o;
+}
+
+void online_feedback(online *o, const char *prompt, int64_t version, bool negative)
+{
+    pmetrics_feedback(o->pm, prompt, version, negative);
+}
+
+void online_prompt_metrics(online *o, registry *reg, buf_t *b)
+{
+    pmetrics_write(o->pm, reg, b);
 }
 
 void online_drain(online *o, void (*cb)(void *), void *arg)
@@ -622,6 +648,8 @@ static void on_closed(uv_handle_t *h)
 void online_free(online *o)
 {
     plan_release(o->plan);
+    pmetrics_free(o->pm);
+    o->pm = NULL;
     for (size_t i = 0; i < o->njobs; i++) {
         free(o->jobs[i]->prompt);
         free(o->jobs[i]->error);

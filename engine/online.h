@@ -18,6 +18,7 @@
 
 #include "catalog.h"
 #include "config.h"
+#include "registry.h"
 #include "store.h"
 
 typedef struct online online;
@@ -35,6 +36,10 @@ bool online_has_prompt(const online *o, const char *prompt);
 json_t *online_status_json(const online *o);
 /* The backlog and the traces evaluated, for /metrics. */
 void online_metrics(const online *o, buf_t *b);
+/* Feedback stored on a trace of prompt/version, for the per-version metrics. */
+void online_feedback(online *o, const char *prompt, int64_t version, bool negative);
+/* The per prompt and version families (prompt_metrics.h). */
+void online_prompt_metrics(online *o, registry *reg, buf_t *b);
 /* Traces waiting for evaluation. */
 size_t online_backlog(const online *o);
 /* Stops taking work; cb runs once nothing is running (results written). */

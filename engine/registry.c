@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -751,7 +752,7 @@ int registry_resolve(registry *r, const char *name, const char *key, const char 
                             rendered ? rendered : messages, "model", json_object_get(v, "model"), "rendered",
                             rendered != NULL);
     json_decref(rendered);
-    char *t = json_dumps(ans, JSON_COMPACT);
+    char *t = jtree_dump_text(ans, false);
     buf_puts(out, t);
     free(t);
     json_decref(ans);

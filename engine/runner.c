@@ -13,6 +13,7 @@
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
+#include "confcheck.h"
 #include "jtree.h"
 #include "log.h"
 #include "metrics.h"
@@ -82,6 +83,7 @@ struct run {
     bool stopping, finishing, store_failed, pumping;
     char *stop_reason;
     int64_t created_ms;
+    int64_t progress_ms; /* when a result was last recorded (or the run started here): status finds stuck runs */
     /* the policy phase */
     int pol_vi;
     json_t *report, *verdicts;
@@ -244,7 +246,7 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
     rn->versions[rn->nv++] = json_integer_value(json_object_get(spec, "baseline"));
     size_t i;
     json_array_foreach(json_object_get(spec, "candidates"), i, x) rn->versions[rn->nv++] = json_integer_value(x);
-    rn->created_ms = now_ms();
+    rn->created_ms = rn->progress_ms = now_ms();
     return rn;
 }
 
@@ -424,6 +426,12 @@ static bool json_time_value(json_t *v, int64_t *out)
     return json_is_string(v) && time_parse(json_string_value(v), out);
 }
 
+static void join_problem(const char *problem, void *ud)
+{
+    buf_t *b = ud;
+    buf_printf(b, "%s%s", b->len ? "; " : "", problem);
+}
+
 #define SPEC_FAIL(status, code, field, ...)                                                                          \
     do {                                                                                                             \
         reg_fail(e, status, code, field, __VA_ARGS__);                                                               \
@@ -600,8 +608,21 @@ static int check_spec(runner *r, json_t *spec, reg_error *e)
         SPEC_FAIL(400, "invalid_field", "policy", "'policy' must name a file policies/NAME.lua");
     char pname[200];
     snprintf(pname, sizeof pname, "policies/%s", pol ? pol : "accept");
-    if (!catalog_peek(r->cat, pname))
+    const loaded_evaluator *ple = catalog_peek(r->cat, pname);
+    if (!ple)
         SPEC_FAIL(409, "no_policy", "policy", "no policy %s.lua is loaded (see /v1/status scripts.errors)", pname);
+    char why[900];
+    if (catalog_check_contract(r->cat, ple, "accept", why, sizeof why) != 0)
+        SPEC_FAIL(422, "invalid_policy", "policy", "%s", why);
+    buf_t problems;
+    buf_init(&problems);
+    int bad = confcheck_policy_options(r->cat, ple, json_object_get(spec, "policy_options"), join_problem, &problems);
+    if (bad) {
+        snprintf(why, sizeof why, "%s", problems.data);
+        buf_free(&problems);
+        SPEC_FAIL(422, "invalid_field", "policy_options", "policy_options (%s): %s", ple->ev.path, why);
+    }
+    buf_free(&problems);
     return 0;
 }
 
@@ -872,6 +893,7 @@ int runner_resume(runner *r, char *err, size_t errlen)
         run *rn = run_new(r, id, json_string_value(json_object_get(row, "prompt")), spec);
         rn->actor = xstrdup("resume");
         rn->created_ms = json_integer_value(json_object_get(row, "created_ms"));
+        rn->progress_ms = now_ms(); /* resumed: the time the engine was down is not the run's doing */
         rn->ncases = rn->cases_cap = json_array_size(cases);
         rn->cases = xcalloc(rn->ncases ? rn->ncases : 1, sizeof *rn->cases);
         for (size_t ci = 0; ci < rn->ncases; ci++) {
@@ -976,6 +998,7 @@ static void on_result_written(store_write *w)
     } else {
         rn->done[jb->j] = 1;
         rn->completed++;
+        rn->progress_ms = now_ms();
     }
     job_free(jb);
     run_pump(rn);
@@ -1778,10 +1801,13 @@ static void run_pump(run *rn)
 
 static json_t *progress(run *rn)
 {
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s?}", "jobs", (json_int_t)rn->njobs, "done",
+    char last[32];
+    rfc3339_format(rn->progress_ms, last);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s?, s:s, s:I}", "jobs", (json_int_t)rn->njobs, "done",
                      (json_int_t)rn->completed, "running", (json_int_t)(rn->inflight + rn->judging), "calls",
                      (json_int_t)rn->calls, "cached", (json_int_t)rn->cached, "cost", rn->cost, "stopping",
-                     rn->stopping, "stop_reason", rn->stop_reason);
+                     rn->stopping, "stop_reason", rn->stop_reason, "last_progress_at", last, "idle_s",
+                     (json_int_t)((now_ms() - rn->progress_ms) / 1000));
 }
 
 static json_t *run_view(run *rn, const char *state)

@@ -1128,6 +1128,67 @@ int script_load_file(script_vm *vm, const char *path, int *ref, char version[17]
     return rc;
 }
 
+/* Runs fn(ud) on the VM's main thread now, under the load budget (no
+ * slicing: the caller waits). On success fn's nres results are left on the
+ * stack; else -1 with the error in err and the stack as it was. */
+static int run_sync(script_vm *vm, lua_CFunction fn, void *ud, int nres, char *err, size_t errlen,
+                    const char *fallback)
+{
+    lua_State *L = vm->L;
+    script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
+    script_call *outer = vm->current;
+    vm->current = &load;
+    lua_State *prev = tls.running;
+    tls.running = L;
+    deadline_arm(next_deadline(vm, &load));
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    int st = lua_pcall(L, 1, nres, 0);
+    tls.running = prev;
+    vm->current = outer;
+    lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
+    if (st != LUA_OK) {
+        const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", msg ? msg : fallback);
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    int ref;
+    const char *fn, *arg;
+} sync_args;
+
+static int call_protected(lua_State *L)
+{
+    const sync_args *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+    lua_pushstring(L, a->fn);
+    lua_rawget(L, -2);
+    if (!script_push_json(L, a->arg, strlen(a->arg)))
+        lua_pushnil(L);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+int script_call_sync(script_vm *vm, int ref, const char *fn, const char *arg_json, char *err, size_t errlen)
+{
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_pushstring(L, fn);
+    bool callable = lua_istable(L, -2) && lua_rawget(L, -2) == LUA_TFUNCTION;
+    lua_settop(L, top);
+    if (!callable) {
+        snprintf(err, errlen, "the script has no function '%s'", fn);
+        return -1;
+    }
+    sync_args a = {ref, fn, arg_json};
+    return run_sync(vm, call_protected, &a, 0, err, errlen, "error");
+}
+
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen)
 {
@@ -1140,24 +1201,8 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     }
     load_args args = {path, text, len};
     lua_State *L = vm->L;
-    script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
-    script_call *outer = vm->current;
-    vm->current = &load;
-    lua_State *prev = tls.running;
-    tls.running = L;
-    deadline_arm(next_deadline(vm, &load));
-    lua_pushcfunction(L, load_protected);
-    lua_pushlightuserdata(L, &args);
-    int st = lua_pcall(L, 1, 1, 0);
-    tls.running = prev;
-    vm->current = outer;
-    lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
-    if (st != LUA_OK) {
-        const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", msg ? msg : "error while loading");
-        lua_pop(L, 1);
+    if (run_sync(vm, load_protected, &args, 1, err, errlen, "error while loading") != 0)
         return -1;
-    }
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "%s: the script must return a table (it returned %s)", path, luaL_typename(L, -1));
         lua_pop(L, 1);

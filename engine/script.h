@@ -85,6 +85,11 @@ int script_read_text(const char *path, buf_t *out, char *err, size_t errlen);
 /* The same from a text already read (path names it in messages). */
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen);
+/* Calls table[fn](arg) where table is the value at ref and arg the value of
+ * a JSON text, now, on the VM's main thread under the load budget (it cannot
+ * yield, so no ratchet.sleep or I/O): for checks made while loading.
+ * Returns 0, or -1 with the error (or "the script has no function 'fn'"). */
+int script_call_sync(script_vm *vm, int ref, const char *fn, const char *arg_json, char *err, size_t errlen);
 /* Only compiles the text (syntax check), for scripts other stages load. */
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen);
 /* Forgets the modules scripts required from the script folders, so the next

@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "jtree.h"
 #include "log.h"
 #include "metrics.h"
 #include "store_private.h"
@@ -457,7 +458,7 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
                             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
     const char *ins_fb = "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING";
-    const char *exists = "SELECT 1 FROM traces WHERE id = ?1";
+    const char *exists = "SELECT prompt, version FROM traces WHERE id = ?1";
     const char *negative = "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0";
     const char *del_scores = "DELETE FROM scores WHERE trace_id = ?1";
     const char *ins_score = "INSERT INTO scores(trace_id, evaluator, script, version, required, status, pass, score, "
@@ -645,6 +646,7 @@ void store_write_clear(store_write *w)
         free(w->feedback[i].id);
         free(w->feedback[i].trace_id);
         free(w->feedback[i].json);
+        free(w->feedback[i].trace_prompt);
     }
     for (size_t i = 0; i < w->nevals; i++)
         store_evaluation_clear(&w->evals[i]);
@@ -791,6 +793,11 @@ static int apply_write(store *s, store_write *w, int64_t received)
         sqlite3_stmt *st = s->trace_exists;
         sqlite3_bind_text(st, 1, f->trace_id, -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            free(f->trace_prompt); /* a retried transaction sets it again */
+            f->trace_prompt = xstrdup((const char *)sqlite3_column_text(st, 0));
+            f->trace_version = sqlite3_column_int64(st, 1);
+        }
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             return rc;
@@ -1149,7 +1156,7 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
     }
     if (add_scores(db, id, trace, err, errlen) != 0)
         goto done;
-    char *text = json_dumps(trace, JSON_COMPACT);
+    char *text = jtree_dump_text(trace, false); /* 0.1 as it came in, not 0.10000000000000001 */
     buf_puts(out, text);
     free(text);
     ret = 0;
@@ -1232,8 +1239,8 @@ done:
 }
 
 /* The body with feedback as evaluators see it: case.trace. */
-int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, char *err,
-                              size_t errlen)
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+                              char *err, size_t errlen)
 {
     sqlite3 *db = store_read_acquire(s, err, errlen);
     if (!db)
@@ -1243,7 +1250,7 @@ int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json,
     const char *sql =
         "SELECT json_set(" TRACE_JSON_SQL ", '$.feedback', "
         "  json((SELECT json_group_array(json(f.body)) FROM (SELECT body FROM feedback WHERE trace_id = ?1 "
-        "        ORDER BY seq) AS f))), prompt "
+        "        ORDER BY seq) AS f))), prompt, version "
         "FROM traces WHERE id = ?1";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(db));
@@ -1251,11 +1258,13 @@ int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json,
     }
     for (size_t i = 0; i < n; i++) {
         json[i] = prompt[i] = NULL;
+        version[i] = 0;
         sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
             json[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
             prompt[i] = xstrdup((const char *)sqlite3_column_text(st, 1));
+            version[i] = sqlite3_column_int64(st, 2);
         }
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) {

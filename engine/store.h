@@ -43,6 +43,9 @@ typedef struct {
     int64_t ts_ms;
     char *json;         /* the normalised feedback object */
     size_t json_len;
+    /* set by the writer when the trace is found: its prompt and version (for metrics) */
+    char *trace_prompt;
+    int64_t trace_version;
 } store_feedback;
 
 enum store_verdict { VERDICT_PASS = 0, VERDICT_FAIL = 1, VERDICT_ERROR = 2 };
@@ -147,10 +150,10 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
 bool store_healthy(store *s);
 
 /* For evaluation: the traces (with their feedback) of ids[0..n), as JSON
- * texts in json[i] and their prompt names in prompt[i] (both NULL when the
- * store has no such trace; free each). */
-int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, char *err,
-                              size_t errlen);
+ * texts in json[i], their prompt names in prompt[i] (both NULL when the
+ * store has no such trace; free each) and versions in version[i] (0: none). */
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+                              char *err, size_t errlen);
 /* A page of the ids of a prompt's traces with since <= ts < until, in
  * (ts, seq) order after the cursor (*cur_ts, *cur_seq), which moves past the
  * last one; only those never evaluated with only_unevaluated. */

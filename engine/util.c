@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -327,6 +328,67 @@ bool time_parse(const char *s, int64_t *ms)
         return true;
     }
     return rfc3339_parse(s, ms);
+}
+
+size_t num_text(double d, char out[32])
+{
+    if (isnan(d))
+        return (size_t)snprintf(out, 32, "nan");
+    if (isinf(d))
+        return (size_t)snprintf(out, 32, d > 0 ? "inf" : "-inf");
+    int n = 0;
+    for (int prec = 15; prec <= 17; prec++) { /* 17 significant digits always read back */
+        n = snprintf(out, 32, "%.*g", prec, d);
+        if (strtod(out, NULL) == d)
+            break;
+    }
+    return (size_t)n;
+}
+
+size_t edit_distance(const char *a, const char *b)
+{
+    /* optimal string alignment: Levenshtein plus adjacent swaps, three rows */
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 256 || lb > 256)
+        return la > lb ? la : lb;
+    size_t rows[3][257], *pp = rows[0], *prev = rows[1], *cur = rows[2];
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cost = a[i - 1] != b[j - 1];
+            size_t v = prev[j] + 1;
+            if (cur[j - 1] + 1 < v)
+                v = cur[j - 1] + 1;
+            if (prev[j - 1] + cost < v)
+                v = prev[j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && pp[j - 2] + 1 < v)
+                v = pp[j - 2] + 1;
+            cur[j] = v;
+        }
+        size_t *t = pp;
+        pp = prev;
+        prev = cur;
+        cur = t;
+    }
+    return prev[lb];
+}
+
+const char *closest_name(const char *word, const char *const *names, size_t n)
+{
+    size_t len = strlen(word), best_d = (size_t)-1;
+    const char *best = NULL;
+    /* one edit in a short word, two in a longer one; never most of the word */
+    size_t limit = len <= 4 ? 1 : 2;
+    for (size_t i = 0; n ? i < n : names[i] != NULL; i++) {
+        size_t d = edit_distance(word, names[i]);
+        if (d <= limit && d < len && d < strlen(names[i]) && d < best_d) {
+            best_d = d;
+            best = names[i];
+        }
+    }
+    return best;
 }
 
 int write_address_file(const char *path, const char *addr)

@@ -58,6 +58,19 @@ bool secret_equal(const char *given, size_t given_len, const char *secret, size_
  * character boundary when it does not fit. Returns the bytes written. */
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n);
 
+/* The shortest decimal text that reads back as exactly d ("0.8", not
+ * "0.80000000000000004"; "3" for 3.0; "1e+300"): the way numbers appear in
+ * messages, never rounded. NaN and infinities as "nan", "inf", "-inf".
+ * Returns the length. */
+size_t num_text(double d, char out[32]);
+
+/* The edit distance of a and b (insertions, deletions, substitutions and
+ * swaps of two neighbours each count 1), for "did you mean" suggestions. */
+size_t edit_distance(const char *a, const char *b);
+/* The name of names (n of them, or NULL-terminated when n is 0) closest to
+ * word, when close enough to be a likely typo of it; else NULL. */
+const char *closest_name(const char *word, const char *const *names, size_t n);
+
 /* Writes "addr\n" to path through a rename, so a reader never sees half. */
 int write_address_file(const char *path, const char *addr);
 

@@ -1,17 +1,25 @@
 -- contains: the output contains the given text(s), as plain substrings.
 local text = require "lib.text"
 
-local function evaluate(case, opts, name, negate)
-  text.check_opts(name, opts, { value = "string|list", mode = "string?", case_sensitive = "boolean?" })
-  local mode = opts.mode or (negate and "any" or "all")
-  if mode ~= "all" and mode ~= "any" then error(name .. ": option 'mode' must be \"all\" or \"any\"", 0) end
+-- the options, declared once: the engine checks a config's options against
+-- this when it loads (docs/evaluators.md#declaring-options)
+local OPTIONS = {
+  value = { type = { "string", "list" }, items = "string", required = true, nonempty = true,
+            description = "the text to look for, or a list of texts (plain text, not a pattern)" },
+  mode = { type = "string", allowed = { "all", "any" }, default = "all",
+           description = "all: every text must appear; any: one is enough (the score is the share found)" },
+  case_sensitive = { type = "boolean", default = true, description = "false: compare in lower case" },
+}
+
+local function evaluate(case, opts, negate)
+  local mode = negate and "any" or text.opt(opts, OPTIONS, "mode")
+  local fold = opts.case_sensitive == false
   local out = text.output_text(case)
-  if opts.case_sensitive == false then out = out:lower() end
+  if fold then out = out:lower() end
   local found, missing = {}, {}
   local values = text.list(opts.value)
   for _, v in ipairs(values) do
-    if type(v) ~= "string" or v == "" then error(name .. ": option 'value' holds an empty or non-string item", 0) end
-    local needle = opts.case_sensitive == false and v:lower() or v
+    local needle = fold and v:lower() or v
     if out:find(needle, 1, true) then found[#found + 1] = v else missing[#missing + 1] = v end
   end
   if negate then
@@ -31,11 +39,8 @@ end
 return {
   name = "contains",
   description = "the output contains the given text (all of a list, or any with mode = \"any\")",
-  options = {
-    value = "string or list of strings: the text to look for (plain, not a pattern)",
-    mode = "\"all\" (default) or \"any\"",
-    case_sensitive = "boolean, default true",
-  },
-  evaluate = function(case, opts) return evaluate(case, opts, "contains", false) end,
+  options = OPTIONS,
+  evaluate = function(case, opts) return evaluate(case, opts, false) end,
   _evaluate = evaluate, -- shared with not_contains
+  _options = OPTIONS,
 }

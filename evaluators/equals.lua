@@ -14,14 +14,14 @@ return {
   name = "equals",
   description = "the output equals case.expected (text with normalisation, or JSON values with json = true)",
   options = {
-    trim = "boolean, default true: ignore leading and trailing white space",
-    case_sensitive = "boolean, default true",
-    collapse_whitespace = "boolean, default false: runs of white space count as one space",
-    json = "boolean, default false: compare as JSON values (key order and formatting ignored)",
+    trim = { type = "boolean", default = true, description = "ignore leading and trailing white space" },
+    case_sensitive = { type = "boolean", default = true, description = "false: compare in lower case" },
+    collapse_whitespace = { type = "boolean", default = false,
+                            description = "runs of white space count as one space" },
+    json = { type = "boolean", default = false,
+             description = "compare as JSON values (key order and formatting ignored)" },
   },
   evaluate = function(case, opts)
-    text.check_opts("equals", opts, { trim = "boolean?", case_sensitive = "boolean?", collapse_whitespace = "boolean?",
-      json = "boolean?" })
     if case.expected == nil or case.expected == ratchet.json.null then
       return text.fail("the case has no expected output to compare with")
     end

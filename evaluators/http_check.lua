@@ -7,6 +7,22 @@ local jsonschema = require "lib.jsonschema"
 
 local cache = setmetatable({}, { __mode = "k" })
 
+local KNOWN_METHODS = { GET = true, POST = true, PUT = true, PATCH = true, DELETE = true, HEAD = true, OPTIONS = true }
+
+local OPTIONS = {
+  base_url = { type = "string", required = true, nonempty = true,
+               description = "where calls go, e.g. \"https://staging.example.com/api\" (must be under http.allow)" },
+  field = { type = "string", nonempty = true, description = "the call is output[field] instead of the whole output" },
+  expect_status = { type = { "integer", "list" }, items = "integer", min = 100, max = 599, nonempty = true,
+                    description = "an acceptable status, or a list of them (default: any 2xx)" },
+  body_contains = { type = "string", description = "text the response body must contain" },
+  body_schema = { type = { "object", "boolean" }, description = "a JSON Schema the response body (JSON) must validate against" },
+  methods = { type = "list", items = "string", nonempty = true, default = { "GET", "POST", "PUT", "PATCH", "DELETE" },
+              description = "the methods the output may use" },
+  headers = { type = "object", items = "string", description = "headers sent with every call (e.g. a test token)" },
+  timeout_ms = { type = "integer", min = 1, description = "per call (default: the config's http.timeout_ms)" },
+}
+
 local function urlencode(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
 end
@@ -14,28 +30,24 @@ end
 return {
   name = "http_check",
   description = "performs the HTTP call the output describes against an allow-listed base URL and checks the answer",
-  options = {
-    base_url = "string: where calls go, e.g. \"https://staging.example.com/api\" (required; must be under http.allow)",
-    field = "string: the call is output[field] instead of the whole output",
-    expect_status = "integer or list of integers: acceptable statuses (default: any 2xx)",
-    body_contains = "string: text the response body must contain",
-    body_schema = "JSON Schema the response body (JSON) must validate against",
-    methods = "list of methods the output may use (default GET, POST, PUT, PATCH, DELETE)",
-    headers = "table: headers sent with every call (e.g. a test token)",
-    timeout_ms = "integer: per call (default: the config's http.timeout_ms)",
-  },
+  options = OPTIONS,
+  -- the body schema must compile: checked when the config loads
+  check = function(opts)
+    if opts.body_schema ~= nil then jsonschema.compile(opts.body_schema) end
+    for _, m in ipairs(opts.methods or {}) do
+      if not KNOWN_METHODS[m:upper()] then
+        error("option 'methods': '" .. m .. "' is not an HTTP method (GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS)", 0)
+      end
+    end
+  end,
   evaluate = function(case, opts)
-    text.check_opts("http_check", opts, { base_url = "string", field = "string?", expect_status = opts.expect_status
-      and (type(opts.expect_status) == "table" and "table" or "number") or "number?", body_contains = "string?",
-      body_schema = opts.body_schema ~= nil and type(opts.body_schema) or "table?", methods = "table?",
-      headers = "table?", timeout_ms = "number?" })
     local call, err = text.output_json(case)
     if call == nil then return text.fail("output is not valid JSON: " .. text.excerpt(err)) end
     if opts.field then call = type(call) == "table" and call[opts.field] or nil end
     if type(call) ~= "table" then return text.fail("output does not describe a call (a JSON object)") end
     local method = type(call.method) == "string" and call.method:upper() or "GET"
     local allowed = {}
-    for _, m in ipairs(opts.methods or { "GET", "POST", "PUT", "PATCH", "DELETE" }) do allowed[m:upper()] = true end
+    for _, m in ipairs(text.opt(opts, OPTIONS, "methods")) do allowed[m:upper()] = true end
     if not allowed[method] then return text.fail("method " .. text.excerpt(method) .. " is not allowed") end
     local path = call.path
     if type(path) ~= "string" or path:sub(1, 1) ~= "/" or path:find("..", 1, true) or path:find("://", 1, true)

@@ -2,26 +2,26 @@
 local text = require "lib.text"
 local jsonschema = require "lib.jsonschema"
 
--- options already checked, with their compiled validator: the engine
--- hands the same options table to every case of an attachment (weak keys:
--- dropped with it)
-local checked = setmetatable({}, { __mode = "k" })
+-- compiled validators by options table: the engine hands the same options
+-- table to every case of an attachment (weak keys: dropped with it)
+local compiled = setmetatable({}, { __mode = "k" })
 
 return {
   name = "json_schema",
   description = "the output is JSON that validates against a JSON Schema (2020-12); reasons name the JSON path",
   options = {
-    schema = "a JSON Schema (object or boolean); in the config, e.g. schema = json(file('invoice.schema.json'))",
-    field = "string: validate output[field] instead of the whole output (optional)",
+    schema = { type = { "object", "boolean" }, required = true,
+               description = "a JSON Schema; in the config, e.g. schema = json(file('invoice.schema.json'))" },
+    field = { type = "string", nonempty = true,
+              description = "validate output[field] instead of the whole output" },
   },
+  -- a schema the validator cannot use is an error when the config loads
+  check = function(opts) jsonschema.compile(opts.schema) end,
   evaluate = function(case, opts)
-    local validate = checked[opts]
+    local validate = compiled[opts]
     if not validate then
-      if opts.schema == nil then error("json_schema: option 'schema' is required (a JSON Schema)", 0) end
-      text.check_opts("json_schema", opts, { schema = type(opts.schema) == "boolean" and "boolean" or "table",
-        field = "string?" })
-      validate = jsonschema.compile(opts.schema) -- raises on a schema it cannot use
-      checked[opts] = validate
+      validate = jsonschema.compile(opts.schema)
+      compiled[opts] = validate
     end
     local value, err = text.output_json(case)
     if value == nil and err then return text.fail("output is not valid JSON: " .. text.excerpt(err)) end

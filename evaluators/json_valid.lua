@@ -4,9 +4,10 @@ local text = require "lib.text"
 return {
   name = "json_valid",
   description = "the output parses as JSON",
-  options = { object = "boolean?: also require a JSON object (not a scalar or array); default false" },
+  options = {
+    object = { type = "boolean", default = false, description = "also require a JSON object (not a scalar or a list)" },
+  },
   evaluate = function(case, opts)
-    text.check_opts("json_valid", opts, { object = "boolean?" })
     local value, err = text.output_json(case)
     if value == nil then
       return text.fail("output is not valid JSON: " .. text.excerpt(err))

@@ -6,12 +6,13 @@ return {
   name = "label",
   description = "the output's label (the output, or a field of its JSON) equals the expected label",
   options = {
-    field = "string: read the label from this field of a JSON output; default: the whole output",
-    case_sensitive = "boolean, default false",
-    allowed = "list of strings: the output's label must be one of these (checked even without expected)",
+    field = { type = "string", nonempty = true,
+              description = "read the label from this field of a JSON output (default: the whole output)" },
+    case_sensitive = { type = "boolean", default = false, description = "true: labels must match in case too" },
+    allowed = { type = "list", items = "string", nonempty = true,
+                description = "the output's label must be one of these (checked even without an expected label)" },
   },
   evaluate = function(case, opts)
-    text.check_opts("label", opts, { field = "string?", case_sensitive = "boolean?", allowed = "table?" })
     local norm = { trim = true, case_sensitive = opts.case_sensitive == true }
     local got
     if opts.field then

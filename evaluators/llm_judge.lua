@@ -15,6 +15,16 @@ local function fence(id, label, value)
   return string.format("%s:\n<<<DATA-%s\n%s\nDATA-%s>>>", label, id, text.utf8_safe(s), id)
 end
 
+local OPTIONS = {
+  rubric = { type = "string", required = true, nonempty = true, description = "what a good output is, in plain words" },
+  provider = { type = "string", nonempty = true, description = "the provider to ask (default: the only one configured)" },
+  model = { type = "string", nonempty = true, description = "the judge model (default: the provider's default_model)" },
+  threshold = { type = "number", min = 0, max = 1, default = 0.5,
+                description = "the score at or above which the output passes when the judge gives no pass" },
+  include_input = { type = "boolean", default = true, description = "show the judge the input too" },
+  max_tokens = { type = "integer", min = 1, default = 300, description = "for the judge's answer" },
+}
+
 -- The first JSON object in the judge's reply (models sometimes add prose).
 local function verdict_of(reply)
   local v = ratchet.json.decode(reply)
@@ -31,24 +41,16 @@ end
 return {
   name = "llm_judge",
   description = "an LLM grades the output against a rubric (pass, score 0..1, reason)",
-  options = {
-    rubric = "string: what a good output is, in plain words (required)",
-    provider = "string: the provider to ask (default: the only one configured)",
-    model = "string: the judge model (default: the provider's default_model)",
-    threshold = "number 0..1: the score at or above which the output passes when the judge gives none (default 0.5)",
-    include_input = "boolean: show the judge the input too (default true)",
-    max_tokens = "integer: for the judge's answer (default 300)",
-  },
+  options = OPTIONS,
   evaluate = function(case, opts)
-    text.check_opts("llm_judge", opts, { rubric = "string", provider = "string?", model = "string?",
-      threshold = "number?", include_input = "boolean?", max_tokens = "number?" })
     local id = ratchet.id():gsub("-", "")
     local parts = { "Rubric:\n" .. opts.rubric }
-    if opts.include_input ~= false and case.input ~= nil then parts[#parts + 1] = fence(id, "Input", case.input) end
+    if text.opt(opts, OPTIONS, "include_input") and case.input ~= nil then parts[#parts + 1] = fence(id, "Input", case.input) end
     if case.expected ~= nil then parts[#parts + 1] = fence(id, "Expected output", case.expected) end
     parts[#parts + 1] = fence(id, "Output to grade", text.output_text(case))
     local res, err, kind = ratchet.llm.chat {
-      provider = opts.provider, model = opts.model, temperature = 0, max_tokens = opts.max_tokens or 300,
+      provider = opts.provider, model = opts.model, temperature = 0,
+      max_tokens = text.opt(opts, OPTIONS, "max_tokens"),
       system = SYSTEM:gsub("{id}", id),
       messages = { { role = "user", content = table.concat(parts, "\n\n") } },
     }
@@ -60,7 +62,7 @@ return {
     local pass = v.pass
     if type(pass) ~= "boolean" then
       if not score then error("llm_judge: the judge's verdict has neither pass nor score", 0) end
-      pass = score >= (opts.threshold or 0.5)
+      pass = score >= text.opt(opts, OPTIONS, "threshold")
     end
     return { pass = pass, score = score or (pass and 1 or 0),
              reason = "judge: " .. text.excerpt(type(v.reason) == "string" and v.reason or "(no reason)", 300) }

@@ -6,14 +6,17 @@ return {
   name = "max_tokens",
   description = "the trace's usage stays within max_output_tokens / max_input_tokens / max_total_tokens",
   options = {
-    max_output_tokens = "integer", max_input_tokens = "integer", max_total_tokens = "integer",
+    max_output_tokens = { type = "integer", min = 0, description = "the most usage.output_tokens a trace may have" },
+    max_input_tokens = { type = "integer", min = 0, description = "the most usage.input_tokens a trace may have" },
+    max_total_tokens = { type = "integer", min = 0, description = "the most input plus output tokens" },
   },
-  evaluate = function(case, opts)
-    text.check_opts("max_tokens", opts, { max_output_tokens = "number?", max_input_tokens = "number?",
-      max_total_tokens = "number?" })
+  -- which bound to give is a choice the declaration cannot state: at least one
+  check = function(opts)
     if not (opts.max_output_tokens or opts.max_input_tokens or opts.max_total_tokens) then
-      error("max_tokens: give at least one of max_output_tokens, max_input_tokens, max_total_tokens", 0)
+      error("give at least one of max_output_tokens, max_input_tokens, max_total_tokens", 0)
     end
+  end,
+  evaluate = function(case, opts)
     local usage = (case.trace or {}).usage or {}
     local checks = {
       { "output tokens", usage.output_tokens, opts.max_output_tokens },

@@ -5,8 +5,9 @@ return {
   name = "not_contains",
   description = "the output contains none of the given text",
   options = {
-    value = "string or list of strings: text that must not appear (plain, not a pattern)",
-    case_sensitive = "boolean, default true",
+    value = { type = { "string", "list" }, items = "string", required = true, nonempty = true,
+              description = "text that must not appear, or a list of texts (plain text, not a pattern)" },
+    case_sensitive = contains._options.case_sensitive,
   },
-  evaluate = function(case, opts) return contains._evaluate(case, opts, "not_contains", true) end,
+  evaluate = function(case, opts) return contains._evaluate(case, opts, true) end,
 }

@@ -2,18 +2,19 @@
 -- tolerance of the expected number.
 local text = require "lib.text"
 
+local OPTIONS = {
+  field = { type = "string", nonempty = true, description = "read the number from this field of a JSON output" },
+  abs_tolerance = { type = "number", min = 0, default = 0, description = "the largest absolute difference allowed" },
+  rel_tolerance = { type = "number", min = 0, default = 0,
+                    description = "the largest difference allowed relative to the expected number (0.01 = 1 %)" },
+}
+
 return {
   name = "numeric",
   description = "the output is a number within tolerance of case.expected",
-  options = {
-    field = "string: read the number from this field of a JSON output",
-    abs_tolerance = "number >= 0, default 0",
-    rel_tolerance = "number >= 0, default 0 (0.01 = 1 %)",
-  },
+  options = OPTIONS,
   evaluate = function(case, opts)
-    text.check_opts("numeric", opts, { field = "string?", abs_tolerance = "number?", rel_tolerance = "number?" })
-    local abs_tol, rel_tol = opts.abs_tolerance or 0, opts.rel_tolerance or 0
-    if abs_tol < 0 or rel_tol < 0 then error("numeric: tolerances must be zero or more", 0) end
+    local abs_tol, rel_tol = text.opt(opts, OPTIONS, "abs_tolerance"), text.opt(opts, OPTIONS, "rel_tolerance")
     local raw
     if opts.field then
       local value = text.output_json(case)
@@ -31,8 +32,8 @@ return {
     if not want then return text.fail("the case has no expected number") end
     local diff = math.abs(got - want)
     if diff <= abs_tol or diff <= rel_tol * math.abs(want) then
-      return text.pass(string.format("%.10g is within tolerance of %.10g", got, want))
+      return text.pass(text.num(got) .. " is within tolerance of " .. text.num(want))
     end
-    return text.fail(string.format("%.10g is off by %.6g from %.10g", got, diff, want))
+    return text.fail(text.num(got) .. " is off by " .. text.num(diff) .. " from " .. text.num(want))
   end,
 }

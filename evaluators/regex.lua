@@ -6,6 +6,13 @@ local F = rex.flags()
 local letters = { i = F.CASELESS, m = F.MULTILINE, s = F.DOTALL, x = F.EXTENDED }
 local compiled = setmetatable({}, { __mode = "v" }) -- pattern cache, per flags
 
+local OPTIONS = {
+  pattern = { type = "string", required = true, description = "a PCRE2 pattern (UTF-8 mode)" },
+  flags = { type = "string", default = "",
+            description = "PCRE2 compile flags as letters: i (caseless), m (multiline), s (dotall), x (extended)" },
+  must_match = { type = "boolean", default = true, description = "false: the output must not match" },
+}
+
 local function compile(pattern, flags)
   local key = flags .. "\0" .. pattern
   local re = compiled[key]
@@ -15,7 +22,7 @@ local function compile(pattern, flags)
   local cf = F.UTF
   for l in flags:gmatch(".") do cf = cf | letters[l] end
   local ok, result = pcall(rex.new, pattern, cf)
-  if not ok then error("regex: the pattern does not compile: " .. tostring(result), 0) end
+  if not ok then error("option 'pattern' does not compile: " .. tostring(result), 0) end
   compiled[key] = result
   return result
 end
@@ -23,16 +30,15 @@ end
 return {
   name = "regex",
   description = "the output matches a PCRE2 regular expression (or must not, with must_match = false)",
-  options = {
-    pattern = "string: a PCRE2 pattern",
-    flags = "string of PCRE2 compile flags as letters: i (caseless), m (multiline), s (dotall), x (extended); default none",
-    must_match = "boolean, default true",
-  },
+  options = OPTIONS,
+  -- the pattern must compile with its flags: checked when the config loads
+  check = function(opts)
+    local flags = text.opt(opts, OPTIONS, "flags")
+    if flags:find("[^imsx]") then error("option 'flags' may hold only the letters i, m, s, x", 0) end
+    compile(opts.pattern, flags)
+  end,
   evaluate = function(case, opts)
-    text.check_opts("regex", opts, { pattern = "string", flags = "string?", must_match = "boolean?" })
-    local flags = opts.flags or ""
-    if flags:find("[^imsx]") then error("regex: option 'flags' may hold only the letters i, m, s, x", 0) end
-    local re = compile(opts.pattern, flags)
+    local re = compile(opts.pattern, text.opt(opts, OPTIONS, "flags"))
     local out = text.output_text(case)
     local ok, s, e = pcall(re.find, re, out)
     if not ok then return text.fail("regex could not run on the output: " .. text.excerpt(s)) end

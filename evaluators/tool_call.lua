@@ -10,8 +10,9 @@ local function validators(tools)
   if v then return v end
   v = {}
   for name, schema in pairs(tools) do
-    if type(name) ~= "string" then error("tool_call: option 'tools' maps tool names to argument schemas", 0) end
-    v[name] = jsonschema.compile(schema)
+    local ok, err = pcall(jsonschema.compile, schema)
+    if not ok then error("option 'tools': the schema of '" .. tostring(name) .. "': " .. tostring(err), 0) end
+    v[name] = err
   end
   cache[tools] = v
   return v
@@ -21,12 +22,14 @@ return {
   name = "tool_call",
   description = "every tool call names an allowed tool and its arguments validate against that tool's schema",
   options = {
-    tools = "object: tool name -> JSON Schema of its arguments (true accepts any arguments)",
-    required = "boolean, default false: the trace must make at least one tool call",
-    max_calls = "number: at most this many tool calls (optional)",
+    tools = { type = "object", items = { "object", "boolean" }, required = true,
+              description = "tool name -> JSON Schema of its arguments (true accepts any arguments)" },
+    required = { type = "boolean", default = false, description = "the trace must make at least one tool call" },
+    max_calls = { type = "integer", min = 0, description = "at most this many tool calls" },
   },
+  -- every tool's schema must compile: checked when the config loads
+  check = function(opts) validators(opts.tools) end,
   evaluate = function(case, opts)
-    text.check_opts("tool_call", opts, { tools = "table", required = "boolean?", max_calls = "number?" })
     local check = validators(opts.tools)
     local calls = (case.trace or {}).tool_calls
     if calls == nil or calls == ratchet.json.null then calls = {} end

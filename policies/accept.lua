@@ -14,6 +14,7 @@
 -- Ops edit the settings below (or pass policy_options with a run, or a
 -- prompt's loop.accept_options); the file hot-reloads. Method: docs/gate.md.
 local stats = require "lib.stats"
+local num = require "lib.num"
 
 local M = {}
 
@@ -142,12 +143,12 @@ local function regressions(report, k, st)
   elseif #broken > 0 then
     st.allowed = #broken
     allowed_note = string.format("%d regression(s) allowed by max_regression_share = %s (at most %d of %d protected): %s",
-      #broken, tostring(share), allowed, protected, list(broken))
+      #broken, num(share), allowed, protected, list(broken))
   end
   if b > c_ and p_drop < opt(report, "alpha") then
     reasons[#reasons + 1] = string.format(
       "the pass rate on golden and replayed cases drops significantly (McNemar: %d worse, %d better, p = %.4g < %s)",
-      b, c_, p_drop, tostring(opt(report, "alpha")))
+      b, c_, p_drop, num(opt(report, "alpha")))
   end
   return reasons, allowed_note
 end
@@ -244,7 +245,7 @@ function M.decide(report)
         describe_test(best, level), describe_test(total, level))
     end
     if tests > 1 then out[#out + 1] = string.format("level %s split over %d tests (all, and %d groups)",
-      tostring(opt(report, "alpha")), tests, #order) end
+      num(opt(report, "alpha")), tests, #order) end
     out[#out + 1] = kept
     local result = { verdict = "improved", reasons = out, stats = st }
     if opt(report, "hold_rare_tokens") then
@@ -281,5 +282,15 @@ function M.decide(report)
   end
   return { verdict = verdict, reasons = { why, kept }, stats = st }
 end
+
+-- what the settings may be, beyond the type of their defaults (checked when
+-- a config's accept_options load)
+M.options = {
+  alpha = { type = "number", above = 0, max = 1, description = "level of the exact tests, split over the groups" },
+  max_regression_share = { type = "number", min = 0, max = 1,
+    description = "protected cases the candidate may lose, as a share of them (opt-in; 0: none)" },
+  hold_rare_tokens = { type = "boolean", description = "hold an improved candidate adding a word only rare traffic holds" },
+  rare_token_share = { type = "number", min = 0, max = 1, description = "'rare': in at most this share of the traces read" },
+}
 
 return M

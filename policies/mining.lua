@@ -210,4 +210,16 @@ function M.replay(traces, options)
   return { cases = cases, strata = summary }
 end
 
+-- What the settings' defaults cannot say about a prompt's mining_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  max_shown = { type = "integer", min = 1, description = "failures shown to the optimizer at most" },
+  holdout = { type = "number", min = 0, max = 1, description = "share of distinct failures kept for the gate" },
+  max_input_bytes = { type = "integer", min = 1, description = "bytes of one input used for the near-duplicate key" },
+  strata = { type = "list", items = "string",
+    description = "dimensions of the replay's strata: metadata.KEY, variables.KEY, length, charset" },
+  replay_floor = { type = "integer", min = 0, description = "replayed traces per stratum at least" },
+}
+
 return M

@@ -15,6 +15,7 @@
 --   (slices: for the metadata keys named in settings.slices)
 -- returns { action = "hold"|"advance"|"promote"|"rollback", percent = n, reason = "...", stats = {...} }
 local seq = require "lib.sequential"
+local num = require "lib.num"
 
 local M = {}
 
@@ -72,13 +73,13 @@ function M.next(state, canary, production)
     local cl, pl = canary.latency_ms or 0, production.latency_ms or 0
     if pl > 0 and cl > lr * pl and cl - pl >= floor then
       return { action = "rollback", stats = stats, reason = string.format(
-        "guardrail: mean latency %.1f ms is over %.1fx production's %.1f ms (and %.1f ms slower, the floor being %s ms)",
-        cl, lr, pl, cl - pl, tostring(floor)) }
+        "guardrail: mean latency %.1f ms is over %sx production's %.1f ms (and %.1f ms slower, the floor being %s ms)",
+        cl, num(lr), pl, cl - pl, num(floor)) }
     end
     local cr = opt(state, "max_cost_ratio")
     if (production.cost or 0) > 0 and (canary.cost or 0) > cr * production.cost then
       return { action = "rollback", stats = stats, reason = string.format(
-        "guardrail: cost per call %.6f is over %.1fx production's %.6f", canary.cost, cr, production.cost) }
+        "guardrail: cost per call %.6f is over %sx production's %.6f", canary.cost, num(cr), production.cost) }
     end
   end
   -- the overall pass rate (evaluators and negative feedback): drop = production - canary
@@ -194,5 +195,28 @@ function M.next(state, canary, production)
   return { action = "hold", stats = stats, reason = string.format(
     "the canary's pass rate %s trails production's %s by %s; watching", pct(cp / cn), pct(pp / pn), pct(d)) }
 end
+
+-- What the settings' defaults cannot say about a prompt's rollout_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  steps = { type = "list", items = "number", nonempty = true, description = "percent of traffic per canary step" },
+  min_step_samples = { type = "integer", min = 0, description = "evaluated canary traces per step" },
+  min_step_ms = { type = "integer", min = 0, description = "time per step" },
+  alpha = { type = "number", above = 0, max = 1, description = "error rate of the sequential test" },
+  tau = { type = "number", above = 0, description = "the mixture's scale: the size of difference the test is tuned to" },
+  margin = { type = "number", min = 0, max = 1, description = "promote only when shown no worse than this" },
+  max_samples = { type = "integer", min = 1, description = "canary samples before an undecided canary is rolled back" },
+  max_latency_ratio = { type = "number", above = 0, description = "guardrail: canary / production mean latency" },
+  max_cost_ratio = { type = "number", above = 0, description = "guardrail: canary / production mean cost" },
+  min_guardrail_samples = { type = "integer", min = 0, description = "samples on each side before the guardrails act" },
+  min_latency_increase_ms = { type = "number", min = 0,
+    description = "the latency guardrail also needs the canary slower by this much" },
+  slices = { type = "list", items = "string", description = "\"metadata.KEY\" names of the slices judged on their own" },
+  min_slice_samples = { type = "integer", min = 1, description = "evaluated traces on each side before a slice is judged" },
+  min_slice_share = { type = "number", min = 0, max = 1,
+    description = "a promotion waits for every slice with this share of either side's traffic" },
+  require_better = { type = "boolean", description = "promote only a canary shown better, not just no worse" },
+}
 
 return M

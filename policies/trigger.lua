@@ -11,6 +11,8 @@
 -- state: { prompt, state, pinned, canary, last_cycle_at, since_last_cycle_ms,
 --          now_ms, options }
 -- returns { optimize = bool, reason = "..." }
+local num = require "lib.num"
+
 local M = {}
 
 M.settings = {
@@ -48,8 +50,8 @@ function M.should_optimize(stats, state)
   if state.state ~= "idle" then return { optimize = false, reason = "the loop is " .. tostring(state.state) } end
   local cooldown = opt(state, "cooldown_ms")
   if state.since_last_cycle_ms ~= nil and state.since_last_cycle_ms < cooldown then
-    return { optimize = false, reason = string.format("cooling down: the last cycle was %.0f s ago (cooldown %.0f s)",
-      state.since_last_cycle_ms / 1000, cooldown / 1000) }
+    return { optimize = false, reason = string.format("cooling down: the last cycle was %.0f s ago (cooldown %s s)",
+      state.since_last_cycle_ms / 1000, num(cooldown / 1000)) }
   end
   local evaluated, failures = stats.evaluated or 0, stats.failures or 0
   if evaluated < opt(state, "min_evaluated") then
@@ -71,5 +73,15 @@ function M.should_optimize(stats, state)
   if (stats.negative or 0) > 0 then why = why .. string.format("; %d with negative feedback", stats.negative) end
   return { optimize = true, reason = why }
 end
+
+-- What the settings' defaults cannot say about a prompt's trigger_options
+-- (types and keys come from M.settings; docs/loop.md#policy-settings).
+-- The engine checks the options against both when the config loads.
+M.options = {
+  min_failures = { type = "integer", min = 0, description = "failed traces in the window" },
+  min_failure_rate = { type = "number", min = 0, max = 1, description = "failures / evaluated traces" },
+  min_evaluated = { type = "integer", min = 0, description = "evaluated traces before a rate means anything" },
+  cooldown_ms = { type = "integer", min = 0, description = "time between two cycles of one prompt" },
+}
 
 return M

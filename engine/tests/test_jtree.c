@@ -55,8 +55,32 @@ static bool dumps_alike(json_t *v)
     return ok;
 }
 
+/* jtree_dump_text: reals as the shortest text that reads back the same;
+ * everything else as json_dumps writes it (compact, or indented by 2) */
+static void test_dump_text(void)
+{
+    json_t *v = json_loads("{\"share\":0.8,\"r\":[0.1,0.30000000000000004,3.0,1e300,-2.5e-7],\"i\":7,"
+                           "\"s\":\"a\\\"b\",\"e\":{},\"l\":[],\"n\":null}", 0, NULL);
+    char *t = jtree_dump_text(v, false);
+    CHECK_STR(t, "{\"share\":0.8,\"r\":[0.1,0.30000000000000004,3.0,1e+300,-2.5e-07],\"i\":7,\"s\":\"a\\\"b\","
+                 "\"e\":{},\"l\":[],\"n\":null}");
+    json_t *back = json_loads(t, 0, NULL); /* reads back as the same values */
+    CHECK(back && json_equal(v, back));
+    json_decref(back);
+    free(t);
+    json_decref(v);
+    /* without reals, the indented form is json_dumps' own, byte for byte */
+    v = json_loads("{\"items\":[{\"a\":1,\"b\":\"x,{y}: [z]\",\"c\":{},\"d\":[]},{\"e\":[1,2]}],\"f\":null}", 0, NULL);
+    char *mine = jtree_dump_text(v, true), *theirs = json_dumps(v, JSON_INDENT(2));
+    CHECK_STR(mine, theirs);
+    free(mine);
+    free(theirs);
+    json_decref(v);
+}
+
 int main(void)
 {
+    test_dump_text();
     CHECK(same("{\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
                "\"{\\\"a\\\":1}\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":12}}"));
     CHECK(same("[1,-0,2.5,-0.0,1e3,1E-7,1.5e300,123456789012345678,9223372036854775807,-9223372036854775808]"));

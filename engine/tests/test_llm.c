@@ -118,11 +118,13 @@ int main(void)
     llm_configure(l, names, jsons, 1, &tok);
     o = call(loop, l, "run-3"); /* ~10 + 10 tokens reserved: fits */
     CHECK_STR(o.kind, "ok");
-    llm_budgets cost = {.run_cost = 1e-9};
+    llm_budgets cost = {.run_cost = 1.23456789e-9};
     llm_configure(l, names, jsons, 1, &cost);
     o = call(loop, l, "run-4");
     CHECK_STR(o.kind, "budget");
     CHECK(strstr(o.err, "run's cost budget") != NULL);
+    /* the budget as given, not rounded by %g to 1.23457e-09 */
+    CHECK(strstr(o.err, "the run's cost budget (1.23456789e-09) would be exceeded") != NULL);
 
     /* the ledger has the five calls that were sent, with their run ids */
     for (int i = 0; i < 50; i++)

@@ -28,6 +28,52 @@ static void test_rfc3339(void)
     CHECK_STR(out, "1970-01-01T00:00:00.000Z");
 }
 
+static void test_num_text(void)
+{
+    char t[32];
+    num_text(0.8, t);
+    CHECK_STR(t, "0.8");
+    num_text(0.1 + 0.2, t); /* 0.30000000000000004: the shortest that reads back, not rounded to 0.3 */
+    CHECK_STR(t, "0.30000000000000004");
+    num_text(0.05, t);
+    CHECK_STR(t, "0.05");
+    num_text(3.0, t);
+    CHECK_STR(t, "3");
+    num_text(1234567.0, t);
+    CHECK_STR(t, "1234567");
+    num_text(1e300, t);
+    CHECK_STR(t, "1e+300");
+    num_text(-2.5e-7, t);
+    CHECK_STR(t, "-2.5e-07");
+    num_text(1.0 / 3, t);
+    CHECK_STR(t, "0.3333333333333333"); /* 16 digits suffice here */
+    /* every text reads back as the same double */
+    double samples[] = {0.7, 1e-310, 123456789.123456789, 5e-324, 1.7976931348623157e308, 2.0 / 3};
+    int exact = 1;
+    for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++) {
+        num_text(samples[i], t);
+        if (strtod(t, NULL) != samples[i])
+            exact = 0;
+    }
+    CHECK(exact);
+}
+
+static void test_edit_distance(void)
+{
+    CHECK(edit_distance("value", "value") == 0);
+    CHECK(edit_distance("valeu", "value") == 1); /* a swap counts once */
+    CHECK(edit_distance("vaule", "value") == 1);
+    CHECK(edit_distance("valu", "value") == 1);
+    CHECK(edit_distance("", "abc") == 3);
+    CHECK(edit_distance("kitten", "sitting") == 3);
+    const char *const names[] = {"value", "mode", "case_sensitive", NULL};
+    CHECK(closest_name("valeu", names, 0) == names[0]);
+    CHECK(closest_name("case_sensitve", names, 0) == names[2]);
+    CHECK(closest_name("mdoe", names, 3) == names[1]);
+    CHECK(closest_name("pattern", names, 0) == NULL);
+    CHECK(closest_name("x", names, 0) == NULL);
+}
+
 static void test_ids(void)
 {
     char a[37], b[37];
@@ -96,6 +142,8 @@ int main(void)
 {
     test_rfc3339();
     test_ids();
+    test_num_text();
+    test_edit_distance();
     test_buf();
     test_secret_equal();
     test_utf8_clean();

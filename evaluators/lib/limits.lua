@@ -7,8 +7,9 @@ function M.at_most(name, what, value, bound, unit)
   if value == nil or value == ratchet.json.null then
     return text.pass("no " .. what .. " recorded; not judged")
   end
-  if value <= bound then return text.pass(string.format("%s %g %s (at most %g)", what, value, unit, bound)) end
-  return text.fail(string.format("%s %g %s is over %g", what, value, unit, bound))
+  local u = unit ~= "" and " " .. unit or ""
+  if value <= bound then return text.pass(what .. " " .. text.num(value) .. u .. " (at most " .. text.num(bound) .. ")") end
+  return text.fail(what .. " " .. text.num(value) .. u .. " is over " .. text.num(bound))
 end
 
 return M

@@ -27,8 +27,31 @@ function M.normalise(s, opts)
   return s
 end
 
--- Raises a clear error when an option has the wrong type; evaluators call
--- it first, so a misconfigured evaluator fails loudly instead of judging.
+-- The value of option `name`, or the default its declaration gives (the
+-- engine checks options against the declaration when the config loads; a
+-- false option stays false).
+function M.opt(opts, options, name)
+  local v = opts[name]
+  if v == nil then return options[name].default end
+  return v
+end
+
+-- A number as the shortest text that reads back as the same number: 0.8,
+-- not 0.80000000000000004, and 1234567, not 1.23457e+06. Never rounded.
+function M.num(x)
+  if math.type(x) == "integer" then return string.format("%d", x) end
+  if x ~= x or x == math.huge or x == -math.huge then return tostring(x) end
+  if x == math.floor(x) and math.abs(x) < 2^53 then return string.format("%d", x) end
+  for p = 15, 17 do
+    local s = string.format("%." .. p .. "g", x)
+    if tonumber(s) == x then return s end
+  end
+end
+
+-- Kept for evaluators written before options were declared: raises when an
+-- option has the wrong type or is unknown (spec: name -> "string", "number?",
+-- "string|list", ...). Declare options instead (docs/evaluators.md#declaring-options):
+-- the engine then checks them when the config loads, not on every case.
 function M.check_opts(name, opts, spec)
   for key, want in pairs(spec) do
     local v = opts[key]

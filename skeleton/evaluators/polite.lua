@@ -7,12 +7,14 @@ local text = require "lib.text"   -- a module of the shipped evaluators
 return {
   name = "polite",
   description = "the answer does not blame the customer",
+  -- checked when the config loads: a typo or a wrong type is an error
+  -- naming the config line, never a failure on every trace
   options = {
-    words = "list of strings: phrases that must not appear (any case)",
+    words = { type = "list", items = "string", required = true, nonempty = true,
+              description = "phrases that must not appear (any case)" },
   },
   evaluate = function(case, opts)
     local words = opts.words
-    if type(words) ~= "table" then error("polite: option 'words' must be a list of strings", 0) end
     local answer = text.output_text(case):lower()
     for _, w in ipairs(words) do
       if answer:find(w:lower(), 1, true) then

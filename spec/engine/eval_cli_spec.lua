@@ -110,7 +110,7 @@ end)
 
 describe("ratchet prompt", function()
   it("adds, lists, promotes, diffs and shows the history against a running engine", function()
-    local e = engine.start {}
+    local e = engine.start { config = 'provider "fake" { kind = "openai", base_url = "http://127.0.0.1:9/v1" }' }
     local dir = engine.tmpdir()
     local url = "--url http://" .. e.addr
     local f1 = version_file(dir, "a.json", "One.")

@@ -147,6 +147,11 @@ describe("the loop", function()
     m = metrics.scrape(e)
     assert.equal(1, m.ratchet_loop_promotions_total)
     assert.equal(0, m.ratchet_loop_rollbacks_total)
+    -- per prompt, the cycle's outcome; per version, the new production's traces and its share
+    assert.equal(1, m['ratchet_loop_outcomes_total{prompt="tickets",outcome="promoted"}'])
+    assert.equal(0, m['ratchet_loop_outcomes_total{prompt="tickets",outcome="rolled_back"}'])
+    assert.equal(1, m['ratchet_prompt_version_share{prompt="tickets",version="3",status="production"}'])
+    assert.truthy(m['ratchet_prompt_traces_total{prompt="tickets",version="3",verdict="pass"}'] > 0)
     assert.equal(1, m.ratchet_loop_canary_advances_total)
     assert.equal(2, m['ratchet_prompt_promotions_total{prompt="tickets"}']) -- v1 by hand, v3 by the loop
     assert.equal(1, m['ratchet_loop_state{prompt="tickets",state="idle"}'])
@@ -233,7 +238,11 @@ describe("the loop", function()
     e = engine.start { config = cfg, dir = e.dir }
     l = wait_state(e, function(v) return v.state == "awaiting_approval" end)
     local url = "--url http://" .. e.addr
-    local code, out, err = engine.run("approve " .. l.run .. " --reason 'looks right' " .. url)
+    -- the run id `ratchet status` prints is one `ratchet approve` takes: the whole of it
+    local _, screen = engine.run("status " .. url)
+    local shown = screen:match("\ntickets%s[^\n]*awaiting_approval %(run (%S+)%)")
+    assert.equal(l.run, shown, screen)
+    local code, out, err = engine.run("approve " .. shown .. " --reason 'looks right' " .. url)
     assert.equal(0, code, err)
     assert.matches("canary", out)
     assert.equal("canary", statuses(e)[3])

@@ -153,6 +153,28 @@ prompt "spinning" { evaluators = { "spin" } }
     assert.equal(1, m['ratchet_prompt_version{prompt="tickets",status="production"}'])
     assert.equal(2, m['ratchet_prompt_version{prompt="tickets",status="canary"}'])
     assert.equal(0.25, m['ratchet_prompt_canary_share{prompt="tickets"}'])
+    -- per prompt and version (production and canary only): the traces above named version 1, now production
+    local v1 = 'prompt="tickets",version="1"'
+    assert.equal(3, m["ratchet_prompt_traces_total{" .. v1 .. ',verdict="pass"}'])
+    assert.equal(2, m["ratchet_prompt_traces_total{" .. v1 .. ',verdict="fail"}'])
+    assert.equal(0, m["ratchet_prompt_traces_total{" .. v1 .. ',verdict="error"}'])
+    assert.equal(3, m["ratchet_prompt_evaluator_results_total{" .. v1 .. ',evaluator="json_valid",result="pass"}'])
+    assert.equal(2, m["ratchet_prompt_evaluator_results_total{" .. v1 .. ',evaluator="json_valid",result="fail"}'])
+    assert.equal(1, m["ratchet_prompt_evaluator_results_total{" .. v1 .. ',evaluator="contains",result="pass"}'])
+    assert.equal(4, m["ratchet_prompt_evaluator_results_total{" .. v1 .. ',evaluator="contains",result="fail"}'])
+    assert.equal(1, m["ratchet_prompt_feedback_total{" .. v1 .. ',kind="negative"}'])
+    assert.equal(0, m["ratchet_prompt_feedback_total{" .. v1 .. ',kind="positive"}'])
+    assert.equal(0.75, m['ratchet_prompt_version_share{prompt="tickets",version="1",status="production"}'])
+    assert.equal(0.25, m['ratchet_prompt_version_share{prompt="tickets",version="2",status="canary"}'])
+    -- "spinning" has no version in the registry: no per-version series for it
+    for series in pairs(m) do assert.is_nil(series:find('ratchet_prompt_traces_total{prompt="spinning"', 1, true)) end
+    -- a trace of the canary, then the canary rolled back: its series go with it
+    assert.equal(200, e:post("/v1/traces", { id = "c1", prompt = { name = "tickets", version = 2 },
+                                             input = { variables = { q = "c1" } }, output = "{}" }, admin()).status)
+    assert(engine.eventually(10 * engine.slow, function()
+      return (scrape(e)['ratchet_prompt_traces_total{prompt="tickets",version="2",verdict="pass"}'] or 0) == 1
+    end), "the canary's trace was not counted")
+    m = scrape(e)
     -- process
     assert.truthy(m.process_resident_memory_bytes > 1e6)
     assert.truthy(m.ratchet_http_connections >= 1)
@@ -169,6 +191,10 @@ prompt "spinning" { evaluators = { "spin" } }
     assert.equal(1, after['ratchet_prompt_rollbacks_total{prompt="tickets"}'] - (before['ratchet_prompt_rollbacks_total{prompt="tickets"}'] or 0))
     assert.equal(0, after['ratchet_prompt_canary_share{prompt="tickets"}'])
     assert.is_nil(after['ratchet_prompt_version{prompt="tickets",status="canary"}'])
+    assert.is_nil(after['ratchet_prompt_traces_total{prompt="tickets",version="2",verdict="pass"}'])
+    assert.is_nil(after['ratchet_prompt_version_share{prompt="tickets",version="2",status="canary"}'])
+    assert.equal(1, after['ratchet_prompt_version_share{prompt="tickets",version="1",status="production"}'])
+    assert.equal(3, after['ratchet_prompt_traces_total{prompt="tickets",version="1",verdict="pass"}'])
 
     local tool = promtool()
     if not tool then return pending("promtool is not installed (make test fetches it from Debian's prometheus package)") end

@@ -11,7 +11,8 @@ end
 describe("prompt registry", function()
   local e
   before_each(function()
-    e = engine.start {}
+    -- versions name a provider, and only a configured one is accepted
+    e = engine.start { config = 'provider "openai" { kind = "openai", api_key = "sk-registry-spec-00000000" }' }
     assert.equal(201, e:post("/v1/prompts", { name = "triage", description = "tickets", canary_share = 0.3 }).status)
   end)
   after_each(function() e:stop() end)
@@ -115,6 +116,7 @@ describe("prompt registry", function()
       { "/v1/prompts/triage/versions", { messages = { { role = "robot", content = "x" } } }, 400, "messages[0].role" },
       { "/v1/prompts/triage/versions", v("x", { model = { temperature = 9 } }), 400, "model.temperature" },
       { "/v1/prompts/triage/versions", v("x", { colour = "red" }), 400, "colour" },
+      { "/v1/prompts/triage/versions", v("x", { model = { provider = "opnai", model = "m" } }), 422, "model.provider" },
       { "/v1/prompts/triage/promote", { version = 7 }, 404, "version" },
       { "/v1/prompts/triage/promote", {}, 400, "version" },
       { "/v1/prompts/triage/canary", { version = 1, share = 2 }, 400, "share" },
@@ -124,6 +126,10 @@ describe("prompt registry", function()
       assert.equal(b[3], r.status, b[1] .. " " .. r.body)
       assert.equal(b[4], r.json.error.field, r.body)
     end
+    local unknown = e:post("/v1/prompts/triage/versions", v("x", { model = { provider = "opnai", model = "m" } }))
+    assert.equal("unknown_provider", unknown.json.error.code)
+    assert.matches("no provider 'opnai' is configured; did you mean 'openai'%? %(configured: openai%)",
+      unknown.json.error.message)
     assert.equal(404, e:get("/v1/prompts/triage/versions/3").status)
     assert.equal(400, e:get("/v1/prompts/triage/diff?from=1").status)
     e:post("/v1/prompts/triage/versions", v("kept"))

@@ -43,6 +43,9 @@ describe("trigger policy", function()
     local r = policy:call("should_optimize", stats(100, 50), state { since_last_cycle_ms = 60000 })
     assert.is_false(r.optimize)
     assert.matches("cooling down", r.reason)
+    -- the cooldown as set: 1.5 s, not rounded to 2 s
+    r = policy:call("should_optimize", stats(100, 50), state { since_last_cycle_ms = 1000, options = { cooldown_ms = 1500 } })
+    assert.truthy(r.reason:find("(cooldown 1.5 s)", 1, true), r.reason)
     assert.is_true(policy:call("should_optimize", stats(100, 50), state { since_last_cycle_ms = 7200000 }).optimize)
   end)
 

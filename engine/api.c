@@ -15,6 +15,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "metrics.h"
+#include "jtree.h"
 
 #ifndef RATCHET_VERSION
 #define RATCHET_VERSION "0.0.0-dev"
@@ -320,7 +321,12 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
 
 void api_respond_json(http_request *req, int status, json_t *v)
 {
-    char *t = json_dumps(v, JSON_COMPACT);
+    if (!v) { /* a json_pack that failed: never answer "null" as if it were the answer */
+        log_error("api", "could not build the answer to request %s", req->id);
+        http_respond_error(req, 500, "internal", "the answer could not be built");
+        return;
+    }
+    char *t = json_text(v, JSON_COMPACT);
     http_respond(req, status, "application/json", NULL, t, strlen(t));
     free(t);
 }

@@ -9,6 +9,7 @@
 
 #include "api_private.h"
 #include "log.h"
+#include "jtree.h"
 
 #define MAX_NAME 128
 
@@ -46,7 +47,7 @@ static json_t *body_object(http_request *req)
 /* Who made a change: the X-Ratchet-Actor header (the CLI sends user@host), else "api". */
 static const char *actor_of(http_request *req)
 {
-    const char *a = http_header_get(req, "x-ratchet-actor");
+    const char *a = http_header_get(req, "x-ratchet-actor"); /* checked by api_registry_route */
     return a && *a && strlen(a) <= 128 ? a : "api";
 }
 
@@ -588,7 +589,7 @@ static void metrics_work(read_task *t)
     rfc3339_format(t->n1, since);
     rfc3339_format(t->n2, until);
     json_t *ans = json_pack("{s:s, s:s, s:s, s:O}", "prompt", t->name, "since", since, "until", until, "versions", t->j1);
-    char *text = json_dumps(ans, JSON_COMPACT);
+    char *text = json_text(ans, JSON_COMPACT);
     buf_puts(&t->out, text);
     free(text);
     json_decref(ans);
@@ -979,7 +980,7 @@ static void from_trace_after(read_task *t)
     json_object_set(c, "expected", json_object_get(b, "expected") ? json_object_get(b, "expected")
                                                                     : json_object_get(trace, "output"));
     json_decref(trace);
-    char *text = json_dumps(c, JSON_COMPACT);
+    char *text = json_text(c, JSON_COMPACT);
     json_decref(c);
     json_t *cases;
     reg_error e;
@@ -1181,7 +1182,7 @@ static void results_work(read_task *t)
     }
     json_t *root = json_pack("{s:o, s:o}", "items", rows, "next_cursor",
                              (int)json_array_size(rows) >= t->limit && last >= 0 ? json_integer(last) : json_null());
-    char *s = json_dumps(root, JSON_COMPACT);
+    char *s = json_text(root, JSON_COMPACT);
     buf_puts(&t->out, s);
     free(s);
     json_decref(root);
@@ -1292,6 +1293,13 @@ bool api_registry_route(api *a, http_request *req)
         return true;
     if (!a->registry) {
         http_respond_error(req, 503, "unavailable", "the registry is not available");
+        return true;
+    }
+    /* the actor goes into the audit log and every answer that shows it */
+    const char *actor = http_header_get(req, "x-ratchet-actor");
+    if (actor && (!utf8_valid(actor, strlen(actor)) || strlen(actor) > 128)) {
+        http_respond_field_error(req, 400, "invalid_header", "x-ratchet-actor",
+                                 "X-Ratchet-Actor must be UTF-8 text of at most 128 bytes");
         return true;
     }
     if (n > 7) {

@@ -22,6 +22,7 @@
 #include "config.h"
 #include "registry.h"
 #include "util.h"
+#include "jtree.h"
 
 
 static size_t collect(char *ptr, size_t size, size_t n, void *ud)
@@ -126,7 +127,7 @@ static long call(client *c, const char *method, const char *path, const char *ct
 
 long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
 {
-    char *t = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *t = body ? json_text(body, JSON_COMPACT) : NULL;
     long s = call(c, method, path, NULL, t, t ? strlen(t) : 0, out, NULL);
     free(t);
     return s;
@@ -229,7 +230,7 @@ int cmd_evaluate(int argc, char **argv)
         return EXIT_OTHER;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    char *payload = json_dumps(body, JSON_COMPACT);
+    char *payload = json_text(body, JSON_COMPACT);
     buf_t resp;
     buf_init(&resp);
     json_t *ans;
@@ -291,8 +292,8 @@ static void print_diff(json_t *d, FILE *out)
     }
     json_t *model = json_object_get(d, "model");
     if (json_is_true(json_object_get(model, "changed"))) {
-        char *a = json_dumps(json_object_get(model, "from"), JSON_COMPACT | JSON_SORT_KEYS);
-        char *b = json_dumps(json_object_get(model, "to"), JSON_COMPACT | JSON_SORT_KEYS);
+        char *a = json_text(json_object_get(model, "from"), JSON_COMPACT | JSON_SORT_KEYS);
+        char *b = json_text(json_object_get(model, "to"), JSON_COMPACT | JSON_SORT_KEYS);
         fprintf(out, "model:\n  -%s\n  +%s\n", a, b);
         free(a);
         free(b);
@@ -401,7 +402,7 @@ int cmd_prompt(int argc, char **argv)
         print_error("prompt", st, ans);
         rc = EXIT_REJECT;
     } else if (!rc && as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = json_text(ans, JSON_INDENT(2));
         puts(t);
         free(t);
     } else if (!rc) {
@@ -430,7 +431,7 @@ int cmd_prompt(int argc, char **argv)
             printf("%s v%lld (%s), by %s, %s\n", a[1], (long long)json_integer_value(json_object_get(ans, "version")),
                    json_string_value(json_object_get(ans, "status")), json_string_value(json_object_get(ans, "author")),
                    json_string_value(json_object_get(ans, "created_at")));
-            char *model = json_dumps(json_object_get(ans, "model"), JSON_COMPACT);
+            char *model = json_text(json_object_get(ans, "model"), JSON_COMPACT);
             printf("model: %s\n", model);
             free(model);
             json_array_foreach(json_object_get(ans, "messages"), i, x)
@@ -926,7 +927,7 @@ static int eval_run(client *c, const eval_opts *o)
         rc = !strcmp(verdict, "accept") ? EXIT_ACCEPT : !strcmp(verdict, "reject") ? EXIT_REJECT : EXIT_OTHER;
     if (o->as_json) {
         json_object_set(run, "diffs", diffs);
-        char *t = json_dumps(run, JSON_INDENT(2));
+        char *t = json_text(run, JSON_INDENT(2));
         puts(t);
         free(t);
     } else {
@@ -1305,7 +1306,7 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         print_error(cmd, st, ans);
         rc = EXIT_REJECT;
     } else if (as_json) {
-        char *t = json_dumps(ans, JSON_INDENT(2));
+        char *t = json_text(ans, JSON_INDENT(2));
         puts(t);
         free(t);
     } else if (!strcmp(cmd, "loop") && n == 0) {

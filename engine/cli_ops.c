@@ -14,6 +14,7 @@
 #include "cli_private.h"
 #include "registry.h"
 #include "util.h"
+#include "jtree.h"
 
 const char status_usage[] =
     "usage: ratchet status [--url URL] [-c FILE] [--json]\n"
@@ -82,7 +83,7 @@ static int parse_opts(const char *cmd, const char *usage, int argc, char **argv,
 
 static void print_json(json_t *v)
 {
-    char *t = json_dumps(v, JSON_INDENT(2));
+    char *t = json_text(v, JSON_INDENT(2));
     puts(t);
     free(t);
 }
@@ -284,7 +285,7 @@ static void print_status(json_t *v)
         size_t i;
         json_t *r;
         json_array_foreach(runs, i, r) {
-            char *prog = json_dumps(r, JSON_COMPACT);
+            char *prog = json_text(r, JSON_COMPACT);
             printf("  %s  %s  %s\n", str(r, "id"), str(r, "prompt"), prog);
             free(prog);
         }

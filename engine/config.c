@@ -19,6 +19,7 @@
 
 #include "llm.h"
 #include "util.h"
+#include "jtree.h"
 
 #ifndef RATCHET_SHARE_DIR
 #define RATCHET_SHARE_DIR "/usr/local/share/ratchet"
@@ -755,7 +756,7 @@ static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos,
         a->line = current_line(L);
         if (opts) {
             json_t *j = build_json(L, opts);
-            a->options_json = json_dumps(j, JSON_COMPACT);
+            a->options_json = json_text(j, JSON_COMPACT);
             json_decref(j);
         } else {
             a->options_json = xstrdup("{}");
@@ -899,7 +900,7 @@ static int prompt_body(lua_State *L)
     }
     if (lua_getfield(L, 1, "loop") == LUA_TTABLE) {
         json_t *j = build_json(L, -1);
-        p.loop_json = json_dumps(j, JSON_COMPACT);
+        p.loop_json = json_text(j, JSON_COMPACT);
         json_decref(j);
     }
     lua_pop(L, 1);
@@ -945,7 +946,7 @@ static int provider_body(lua_State *L)
     snprintf(where, sizeof where, "provider '%s'", name);
     check_json(L, 1, where, 0);
     json_t *j = build_json(L, 1);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     char err[400];
     if (llm_provider_parse(name, text, NULL, err, sizeof err) != 0) {

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
+#include "jtree.h"
 
 static const char usage[] =
     "usage: ratchet fake-llm [--listen ADDR] [--address-file FILE] [--model FILE.lua]\n"
@@ -210,7 +211,7 @@ static void error_reply(fake *f, http_request *req, bool anthropic, int status, 
                        : status == 529 ? "overloaded_error" : status >= 500 ? "api_error" : "invalid_request_error";
     json_t *j = anthropic ? json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message", msg)
                           : json_pack("{s:{s:s, s:s, s:n}}", "error", "message", msg, "type", type, "code");
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     reply(f, req, status, headers, text, delay_ms);
     free(text);
     json_decref(j);
@@ -320,7 +321,7 @@ static char *openai_body(fake *f, const char *model, const model_reply *m)
         json_t *tc;
         json_array_foreach(m->tool_calls, i, tc) {
             json_t *args = json_object_get(tc, "arguments");
-            char *atext = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
+            char *atext = args ? json_text(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
             char id[40];
             snprintf(id, sizeof id, "call_%llu_%zu", (unsigned long long)f->seq, i);
             json_array_append_new(calls, json_pack("{s:s, s:s, s:{s:s?, s:s}}", "id", id, "type", "function",
@@ -339,7 +340,7 @@ static char *openai_body(fake *f, const char *model, const model_reply *m)
                           "index", 0, "message", msg, "finish_reason", finish, "usage", "prompt_tokens",
                           m->in_tokens, "completion_tokens", m->out_tokens, "total_tokens",
                           m->in_tokens + m->out_tokens);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     return text;
 }
@@ -367,7 +368,7 @@ static char *anthropic_body(fake *f, const char *model, const model_reply *m)
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:n, s:{s:I, s:I}}", "id", id, "type", "message", "role",
                           "assistant", "model", model, "content", content, "stop_reason", stop, "stop_sequence",
                           "usage", "input_tokens", m->in_tokens, "output_tokens", m->out_tokens);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     return text;
 }
@@ -566,7 +567,7 @@ static void handler(http_request *req, void *ctx)
                               "arrivals_ms", f->arrivals, "faults_left", (json_int_t)left, "auth", "ok",
                               (json_int_t)f->auth_ok, "missing", (json_int_t)f->auth_missing, "wrong",
                               (json_int_t)f->auth_wrong, "last_request", f->last);
-        char *text = json_dumps(j, JSON_COMPACT);
+        char *text = json_text(j, JSON_COMPACT);
         http_respond(req, 200, "application/json", NULL, text, strlen(text));
         free(text);
         json_decref(j);

@@ -169,7 +169,9 @@ int http_query_get(const http_request *req, const char *key, char *out, size_t o
         if (nlen == klen && memcmp(p, key, klen) == 0) {
             const char *v = eq ? eq + 1 : p + plen;
             size_t vlen = eq ? plen - nlen - 1 : 0;
-            return percent_decode(v, vlen, out, outlen, true) == 0 ? 1 : -1;
+            /* a value that is not UTF-8 once decoded is malformed: answers
+             * echo values, and JSON cannot hold such bytes */
+            return percent_decode(v, vlen, out, outlen, true) == 0 && utf8_valid(out, strlen(out)) ? 1 : -1;
         }
         p = amp ? amp + 1 : NULL;
     }
@@ -532,7 +534,14 @@ static void dispatch(http_conn *c)
     c->req.url = buf_steal(&c->url);
     split_target(&c->req);
     if (!c->req.path) {
-        http_respond_error(&c->req, 400, "bad_request", "the request target is not a valid path");
+        http_respond_field_error(&c->req, 400, "bad_request", "path", "the request target is not a valid path");
+        return;
+    }
+    /* Handlers echo path segments (names, ids) in answers and errors, and
+     * JSON cannot hold bytes that are not UTF-8: refuse them here, once. */
+    if (!utf8_valid(c->req.path, strlen(c->req.path))) {
+        http_respond_field_error(&c->req, 400, "bad_request", "path",
+                                 "the request path is not valid UTF-8 once percent-decoded");
         return;
     }
     c->in_flight = true;
@@ -717,19 +726,31 @@ void http_reset(http_request *req)
 static void respond_error_v(http_request *req, int status, const char *code, const char *field, const char *fmt,
                             va_list ap)
 {
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    json_t *e = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "request_id", req->id);
+    /* A message may echo what the client sent (a path, a parameter's name)
+     * and JSON holds only UTF-8: each invalid byte becomes U+FFFD, so no
+     * client can make an error unanswerable. */
+    char raw[1024], msg[1024], fld[256];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    utf8_clean(msg, sizeof msg, raw, strlen(raw));
     if (field)
-        json_object_set_new(e, "field", json_string(field));
-    json_t *o = json_pack("{s:o}", "error", e);
-    char *text = json_dumps(o, JSON_COMPACT);
+        utf8_clean(fld, sizeof fld, field, strlen(field));
+    json_t *e = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "request_id", req->id);
+    if (e && field)
+        json_object_set_new(e, "field", json_string(fld));
+    json_t *o = e ? json_pack("{s:o}", "error", e) : NULL;
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     const char *extra = NULL;
     if (status == 503)
         extra = "Retry-After: 1\r\n";
     else if (status == 401)
         extra = "WWW-Authenticate: Bearer\r\n";
+    if (!text) { /* out of memory: still an answer, and still JSON */
+        log_error("http", "could not build the error body of request %s", req->id);
+        static const char fallback[] = "{\"error\":{\"code\":\"internal\",\"message\":\"the error could not be written\"}}";
+        http_respond(req, status, "application/json", extra, fallback, sizeof fallback - 1);
+        return;
+    }
     http_respond(req, status, "application/json", extra, text, strlen(text));
     free(text);
 }

@@ -25,6 +25,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "util.h"
+#include "jtree.h"
 
 #define ID_MAX 128
 #define NAME_MAX_LEN 128
@@ -996,13 +997,20 @@ static const char *result_name(unsigned char r)
 /* Appends s as a JSON string (jansson does the escaping). */
 static void buf_json_string(buf_t *b, const char *s)
 {
+    /* error paths name keys as the client sent them, which may not be UTF-8
+     * (a lone surrogate escape decodes to bytes that are not) */
+    char clean[1024];
+    if (!utf8_valid(s, strlen(s))) {
+        utf8_clean(clean, sizeof clean, s, strlen(s));
+        s = clean;
+    }
     json_t *j = json_string(s);
     char tmp[512];
     size_t n = json_dumpb(j, tmp, sizeof tmp, JSON_ENCODE_ANY);
     if (n <= sizeof tmp) {
         buf_append(b, tmp, n);
     } else {
-        char *big = json_dumps(j, JSON_ENCODE_ANY);
+        char *big = json_text(j, JSON_ENCODE_ANY);
         buf_puts(b, big);
         free(big);
     }

@@ -272,3 +272,9 @@ char *jtree_dump(const json_t *v)
     jtree_dump_buf(&b, v);
     return buf_steal(&b);
 }
+
+char *json_text(const json_t *v, size_t flags)
+{
+    char *t = v ? json_dumps(v, flags | JSON_ENCODE_ANY) : NULL;
+    return t ? t : xstrdup("null");
+}

@@ -361,13 +361,17 @@ static void call_finish(script_call *c, int st, int nres)
     lua_State *co = c->co;
     enum script_status status = SCRIPT_OK;
     const char *msg = NULL;
+    char clean[1024]; /* messages go into JSON answers and the store: UTF-8 only */
     if (st != LUA_OK) {
-        msg = lua_tostring(co, -1);
+        size_t len = 0;
+        msg = lua_tolstring(co, -1, &len);
         if (!msg)
-            msg = "the script raised an error that is not a string";
+            msg = "the script raised an error that is not a string", len = strlen(msg);
         status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM ? SCRIPT_NOMEM : SCRIPT_ERROR;
         if (status == SCRIPT_NOMEM)
-            msg = "the script ran out of memory (memory_limit)";
+            msg = "the script ran out of memory (memory_limit)", len = strlen(msg);
+        utf8_clean(clean, sizeof clean, msg, len);
+        msg = clean;
         nres = 0;
     }
     struct kind_stats *ks = NULL;
@@ -1154,7 +1158,9 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
     if (st != LUA_OK) {
         const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", msg ? msg : "error while loading");
+        if (!msg)
+            msg = "error while loading";
+        utf8_clean(err, errlen, msg, strlen(msg));
         lua_pop(L, 1);
         return -1;
     }

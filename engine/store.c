@@ -28,6 +28,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store_private.h"
+#include "jtree.h"
 
 struct store {
     uv_loop_t *loop;
@@ -1149,7 +1150,7 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
     }
     if (add_scores(db, id, trace, err, errlen) != 0)
         goto done;
-    char *text = json_dumps(trace, JSON_COMPACT);
+    char *text = json_text(trace, JSON_COMPACT);
     buf_puts(out, text);
     free(text);
     ret = 0;

@@ -342,6 +342,11 @@ int write_address_file(const char *path, const char *addr)
     return rename(tmp, path);
 }
 
+bool utf8_valid(const char *s, size_t n)
+{
+    return u8_check((const uint8_t *)s, n) == NULL;
+}
+
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n)
 {
     if (!cap)

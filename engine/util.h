@@ -57,6 +57,9 @@ bool secret_equal(const char *given, size_t given_len, const char *secret, size_
  * UTF-8: each invalid sequence becomes U+FFFD, and the copy is cut at a
  * character boundary when it does not fit. Returns the bytes written. */
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n);
+/* True when the n bytes are valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF). */
+bool utf8_valid(const char *s, size_t n);
 
 /* Writes "addr\n" to path through a rename, so a reader never sees half. */
 int write_address_file(const char *path, const char *addr);

@@ -105,10 +105,11 @@ static int push_args(lua_State *co, void *ud)
     return 3;
 }
 
-static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
+/* reason: len bytes, which may hold NULs (a Lua string) */
+static void finish_n(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason, size_t len)
 {
-    char clean[600]; /* a script's text may be cut mid-character, or not be UTF-8 at all */
-    utf8_clean(clean, sizeof clean, reason, strlen(reason));
+    char clean[600]; /* a script's text may be cut mid-character, hold NULs, or not be UTF-8 at all */
+    utf8_clean(clean, sizeof clean, reason, len);
     eval_result r = {status, pass, score, clean, rc->lua_ns};
     eval_stats *st = rc->stats;
     if (st) {
@@ -123,6 +124,11 @@ static void finish(run_ctx *rc, enum script_status status, bool pass, double sco
     }
     rc->done(&r, rc->ud);
     free(rc);
+}
+
+static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
+{
+    finish_n(rc, status, pass, score, reason, strlen(reason));
 }
 
 static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
@@ -165,7 +171,13 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
         finish(rc, SCRIPT_ERROR, false, 0, why);
         return;
     }
-    finish(rc, SCRIPT_OK, pass, score, lua_isnil(co, -1) ? (pass ? "ok" : "failed") : lua_tostring(co, -1));
+    if (lua_isnil(co, -1)) {
+        finish(rc, SCRIPT_OK, pass, score, pass ? "ok" : "failed");
+        return;
+    }
+    size_t len;
+    const char *reason = lua_tolstring(co, -1, &len);
+    finish_n(rc, SCRIPT_OK, pass, score, reason, len);
 }
 
 static void run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,

@@ -105,6 +105,7 @@ static const setting evaluation_settings[] = {
 
 static const setting limit_settings[] = {
     {"max_connections", T_INT, LOFF(max_connections), 1, 1000000, NULL},
+    {"max_connections_per_address", T_INT, LOFF(max_connections_per_address), 1, 1000000, NULL},
     {"max_header_bytes", T_INT, LOFF(max_header_bytes), 1024, 1 << 20, NULL},
     {"max_body_bytes", T_INT, LOFF(max_body_bytes), 1024, 1 << 30, NULL},
     {"max_batch_items", T_INT, LOFF(max_batch_items), 1, 1000000, NULL},
@@ -134,6 +135,7 @@ void config_defaults(config *c)
     c->log_format = xstrdup("text");
     c->access_log = true;
     c->limits.max_connections = 1024;
+    c->limits.max_connections_per_address = 256;
     c->limits.max_header_bytes = 16 * 1024;
     c->limits.max_body_bytes = 8 * 1024 * 1024;
     c->limits.max_batch_items = 10000;

@@ -7,6 +7,7 @@
 
 typedef struct {
     int max_connections;
+    int max_connections_per_address;
     int max_header_bytes;
     int max_body_bytes;
     int max_batch_items;

@@ -41,6 +41,7 @@ typedef void (*http_drained_cb)(http_server *srv);
 
 typedef struct {
     int max_connections;
+    int max_connections_per_address; /* 0: no cap of its own */
     size_t max_header_bytes;
     size_t max_body_bytes;
     int header_timeout_ms;

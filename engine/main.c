@@ -737,6 +737,7 @@ static int cmd_serve(int argc, char **argv)
     e.api.started_ms = now_ms();
     http_limits lim = {
         .max_connections = e.cfg.limits.max_connections,
+        .max_connections_per_address = e.cfg.limits.max_connections_per_address,
         .max_header_bytes = (size_t)e.cfg.limits.max_header_bytes,
         .max_body_bytes = (size_t)e.cfg.limits.max_body_bytes,
         .header_timeout_ms = e.cfg.limits.header_timeout_ms,

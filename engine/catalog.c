@@ -290,8 +290,13 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors)
     free_list(cat->errors, cat->nerrors);
     cat->errors = NULL;
     cat->nerrors = 0;
-    /* modules are read again, so a changed lib/ reaches every evaluator */
+    /* every file loads with fresh module instances, from the texts the
+     * scan read (require reads nothing from the disk on the loop) */
     script_forget_modules(cat->vm);
+    for (size_t i = 0; i < scan->n; i++)
+        if (!scan->files[i].error)
+            script_set_source(cat->vm, scan->files[i].path, scan->files[i].text.data ? scan->files[i].text.data : "",
+                              scan->files[i].text.len);
     bool *seen = cat->nslots ? xcalloc(cat->nslots, sizeof *seen) : NULL;
     size_t old_slots = cat->nslots;
     char err[1024];

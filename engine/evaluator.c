@@ -97,7 +97,7 @@ static int push_args(lua_State *co, void *ud)
         lua_insert(co, -2);
         lua_setfield(co, -2, "trace");
     }
-    if (!rc->opts_json || !script_push_json_cached(co, rc->opts_json, strlen(rc->opts_json)))
+    if (!rc->opts_json || !script_push_json_cached(co, rc->ev->ref, rc->opts_json, strlen(rc->opts_json)))
         lua_newtable(co);
     lua_newtable(co);
     lua_pushstring(co, rc->ev->name);

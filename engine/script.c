@@ -36,8 +36,10 @@ struct script_vm {
     uv_idle_t idle;           /* active while the run queue is not empty */
     script_call *runq_head, *runq_tail;
     script_call *current;     /* the invocation running now, if any */
-    int base_ref;             /* the shared, read-only globals */
-    int loaded_ref;           /* require cache: name -> module value */
+    int base_ref;             /* the base functions every script's globals start from (never shown) */
+    int libs_ref;             /* the real library tables by name, shared, never shown to a script */
+    int globals_mt_ref;       /* metatable of each script's globals: unknown names raise */
+    int sources_ref;          /* module texts the catalog read off the loop: path -> text */
     int null_ref;             /* JSON null (lua-cjson's null) */
     int opts_ref;             /* decoded option tables by JSON text */
     int opts_cached;
@@ -431,24 +433,69 @@ static void call_resume(script_call *c)
 
 /* ---- sandbox construction ---- */
 
-/* __index of a read-only proxy: reads the real table (upvalue 1). */
+/* Nothing a script can reach is shared with another script, except what
+ * cannot change: C functions and strings. Each script file gets its own
+ * globals table (the base functions, its own read-only proxies of the
+ * libraries, its own `require` with its own module instances), and its
+ * environment reads through it. The real library tables sit behind the
+ * proxies' protected metatables, and the string metatable (whose __index is
+ * the real string table) is locked, so no script reaches them: rawset on a
+ * proxy or an assignment to a module changes what that script sees, and
+ * nothing else. A reload builds everything afresh. */
+
+/* __newindex of a read-only proxy */
 static int proxy_newindex(lua_State *L)
 {
     return luaL_error(L, "'%s' is read-only", lua_tostring(L, lua_upvalueindex(1)));
 }
 
+/* The iterator __pairs hands out: next over the table behind the proxy
+ * (upvalue 1), which the script never gets hold of. */
+static int proxy_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_next(L, lua_upvalueindex(1)))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
 static int proxy_pairs(lua_State *L)
 {
-    lua_getglobal(L, "next");
-    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the iterator */
+    lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
 }
 
-/* Replaces the table on top of the stack with a read-only proxy for it. */
+/* Replaces the table on top of the stack with a new read-only proxy for
+ * it. Table-valued fields get proxies of their own (so the proxy never
+ * hands out the real nested table): then the proxy reads a private copy
+ * holding them. */
 static void push_readonly(lua_State *L, const char *name)
 {
     int real = lua_gettop(L);
+    bool nested = false;
+    lua_pushnil(L);
+    while (lua_next(L, real)) {
+        nested |= lua_type(L, -1) == LUA_TTABLE;
+        lua_pop(L, 1);
+    }
+    if (nested) {
+        lua_newtable(L); /* the copy */
+        lua_pushnil(L);
+        while (lua_next(L, real)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            if (lua_type(L, -1) == LUA_TTABLE) {
+                char sub[64];
+                snprintf(sub, sizeof sub, "%s.%s", name, lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+                push_readonly(L, sub);
+            }
+            lua_rawset(L, -4);
+        }
+        lua_replace(L, real);
+    }
     lua_newtable(L); /* proxy */
     lua_newtable(L); /* its metatable */
     lua_pushvalue(L, real);
@@ -457,6 +504,7 @@ static void push_readonly(lua_State *L, const char *name)
     lua_pushcclosure(L, proxy_newindex, 1);
     lua_setfield(L, -2, "__newindex");
     lua_pushvalue(L, real);
+    lua_pushcclosure(L, proxy_next, 1);
     lua_pushcclosure(L, proxy_pairs, 1);
     lua_setfield(L, -2, "__pairs");
     lua_pushboolean(L, 0);
@@ -465,9 +513,7 @@ static void push_readonly(lua_State *L, const char *name)
     lua_replace(L, real);
 }
 
-/* A script environment's __index is the shared globals table (a plain
- * table, so the VM finds a global without calling C); a name missing there
- * too comes here, through the shared table's own metatable. */
+/* A name missing from a script's globals is an error. */
 static int unknown_global(lua_State *L)
 {
     return luaL_error(L, "unknown global '%s' (declare it local)", lua_tostring(L, 2));
@@ -478,13 +524,13 @@ static int env_newindex(lua_State *L)
     return luaL_error(L, "assignment to undeclared global '%s' (declare it local)", lua_tostring(L, 2));
 }
 
-/* Pushes a fresh environment table for one script. */
-static void push_env(script_vm *vm)
+/* Pushes a fresh environment table reading through the globals at g. */
+static void push_env(lua_State *L, int g)
 {
-    lua_State *L = vm->L;
+    g = lua_absindex(L, g);
     lua_newtable(L);
     lua_newtable(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
+    lua_pushvalue(L, g);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, env_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -493,23 +539,98 @@ static void push_env(script_vm *vm)
     lua_setmetatable(L, -2);
 }
 
-static int load_module(lua_State *L, const char *path);
+static int sandbox_require(lua_State *L);
 
-/* require(name): cjson, ratchet, or a module file in the script folders. */
+/* Pushes a new globals table for one script file: the base functions, its
+ * own proxies of the libraries and of ratchet, and its own require (whose
+ * upvalues are its module cache and these globals). */
+static void push_script_globals(script_vm *vm)
+{
+    lua_State *L = vm->L;
+    lua_createtable(L, 0, 32);
+    int g = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, g);
+    }
+    lua_pop(L, 1);
+    static const char *const libs[] = {"string", "table", "math", "utf8", "coroutine", "os", "ratchet", NULL};
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->libs_ref);
+    for (const char *const *n = libs; *n; n++) {
+        lua_getfield(L, -1, *n);
+        push_readonly(L, *n);
+        lua_setfield(L, g, *n);
+    }
+    lua_pop(L, 1);
+    lua_newtable(L); /* this script's modules */
+    lua_pushvalue(L, g);
+    lua_pushcclosure(L, sandbox_require, 2);
+    lua_setfield(L, g, "require");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->globals_mt_ref);
+    lua_setmetatable(L, g);
+}
+
+/* Loads a module's text in a fresh environment over the globals g and
+ * calls it; pushes its value. */
+static int load_module(lua_State *L, int g, const char *path, const char *text, size_t len)
+{
+    lua_pushfstring(L, "@%s", path);
+    int st = text ? luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") : luaL_loadfilex(L, path, "t");
+    lua_remove(L, -2);
+    if (st != LUA_OK)
+        return lua_error(L);
+    push_env(L, g);
+    lua_setupvalue(L, -2, 1);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
+/* require(name): ratchet, cjson, rex_pcre2, or a module file in the script
+ * folders; each loaded once per script file (upvalue 1 caches them). */
 static int sandbox_require(lua_State *L)
 {
     script_vm *vm = vm_of(L);
     const char *name = luaL_checkstring(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-    if (lua_getfield(L, -1, name) != LUA_TNIL)
+    lua_settop(L, 1);
+    if (lua_getfield(L, lua_upvalueindex(1), name) != LUA_TNIL)
         return 1;
-    lua_pop(L, 2);
+    lua_pop(L, 1);
+    if (!strcmp(name, "ratchet")) {
+        lua_getfield(L, lua_upvalueindex(2), "ratchet");
+        return 1;
+    }
+    if (!strcmp(name, "cjson") || !strcmp(name, "rex_pcre2")) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->libs_ref);
+        if (lua_getfield(L, -1, name) == LUA_TNIL)
+            return luaL_error(L, "require: '%s' is not installed here", name);
+        if (!strcmp(name, "cjson")) { /* an instance of its own: cjson's settings are per instance */
+            lua_getfield(L, -1, "new");
+            lua_call(L, 0, 1);
+        } else {
+            lua_newtable(L); /* a copy, so the proxy below is over nothing shared */
+            lua_pushnil(L);
+            while (lua_next(L, -3)) {
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_rawset(L, -4);
+            }
+        }
+        push_readonly(L, name);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, lua_upvalueindex(1), name);
+        return 1;
+    }
     for (const char *p = name; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
               *p == '.'))
             return luaL_error(L, "require: '%s' is not a module name (letters, digits, _ and .)", name);
-    if (strstr(name, ".."))
+    if (strstr(name, "..") || name[0] == '.')
         return luaL_error(L, "require: '%s' is not a module name", name);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->sources_ref);
+    int sources = lua_gettop(L);
     for (char **d = vm->dirs; d && *d; d++) {
         buf_t path;
         buf_init(&path);
@@ -517,32 +638,90 @@ static int sandbox_require(lua_State *L)
         for (const char *p = name; *p; p++)
             buf_append(&path, *p == '.' ? "/" : p, 1);
         buf_puts(&path, ".lua");
-        FILE *f = fopen(path.data, "r");
-        if (f) {
-            fclose(f);
-            int n = load_module(L, path.data);
+        /* the text the catalog read in the thread pool; else the disk
+         * (the busted module and tests, which have no catalog) */
+        size_t len = 0;
+        const char *text = NULL;
+        bool found = false;
+        if (lua_getfield(L, sources, path.data) == LUA_TSTRING) {
+            text = lua_tolstring(L, -1, &len);
+            found = true;
+        } else {
+            FILE *f = fopen(path.data, "r");
+            if (f) {
+                fclose(f);
+                found = true;
+            }
+        }
+        if (found) {
+            lua_pushstring(L, path.data);
             buf_free(&path);
-            /* cache it */
-            lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-            lua_pushvalue(L, -2);
-            lua_setfield(L, -2, name);
-            lua_pop(L, 1);
+            int n = load_module(L, lua_upvalueindex(2), lua_tostring(L, -1), text, len);
+            if (lua_isnil(L, -1)) { /* a module that returns nothing counts as loaded */
+                lua_pop(L, 1);
+                lua_pushboolean(L, 1);
+            }
+            lua_pushvalue(L, -1);
+            lua_setfield(L, lua_upvalueindex(1), name);
             return n;
         }
+        lua_pop(L, 1);
         buf_free(&path);
     }
     return luaL_error(L, "require: no module '%s' in the script folders", name);
 }
 
-/* Loads path in its own environment and calls it; pushes its value. */
-static int load_module(lua_State *L, const char *path)
+/* xpcall(f, msgh, ...) as the sandbox offers it: Lua's own (upvalue 1) with
+ * the handler wrapped. A kill is raised from the deadline hook, and Lua
+ * calls the message handler right there, inside the hook, where hooks are
+ * off: a handler that never returned then ran forever. Once the invocation
+ * is killed the wrapper hands the message on without calling the script's
+ * handler. */
+static int guarded_msgh(lua_State *L)
 {
-    if (luaL_loadfilex(L, path, "t") != LUA_OK)
-        return lua_error(L);
-    push_env(vm_of(L));
-    lua_setupvalue(L, -2, 1);
-    lua_call(L, 0, 1);
+    script_vm *vm = vm_of(L);
+    if (vm && vm->current && vm->current->killed) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
     return 1;
+}
+
+static int xpcall_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status, (void)ctx;
+    return lua_gettop(L);
+}
+
+static int sandbox_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_msgh, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, xpcall_done); /* yieldable, as Lua's is */
+    return lua_gettop(L);
+}
+
+/* setmetatable without __gc: a finalizer runs inside the collector with
+ * hooks off, where no deadline can stop it. */
+static int sandbox_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
 }
 
 /* ---- the ratchet module ---- */
@@ -776,6 +955,7 @@ static int api_json_array(lua_State *L)
     return 1;
 }
 
+/* The real ratchet table (each script gets read-only proxies of it). */
 static void push_ratchet_module(lua_State *L)
 {
     lua_newtable(L);
@@ -784,7 +964,6 @@ static void push_ratchet_module(lua_State *L)
         {NULL, NULL},
     };
     luaL_newlib(L, log_fns);
-    push_readonly(L, "ratchet.log");
     lua_setfield(L, -2, "log");
     lua_pushcfunction(L, api_time);
     lua_setfield(L, -2, "time");
@@ -795,12 +974,10 @@ static void push_ratchet_module(lua_State *L)
     lua_newtable(L);
     lua_pushcfunction(L, api_llm_chat);
     lua_setfield(L, -2, "chat");
-    push_readonly(L, "ratchet.llm");
     lua_setfield(L, -2, "llm");
     lua_newtable(L);
     lua_pushcfunction(L, api_http_request);
     lua_setfield(L, -2, "request");
-    push_readonly(L, "ratchet.http");
     lua_setfield(L, -2, "http");
 
     /* json: yajl through luajson.c (arrays stay arrays); null is
@@ -821,9 +998,7 @@ static void push_ratchet_module(lua_State *L)
     lua_setfield(L, -2, "is_array");
     lua_pushcfunction(L, api_json_array);
     lua_setfield(L, -2, "array");
-    push_readonly(L, "ratchet.json");
     lua_setfield(L, -2, "json");
-    push_readonly(L, "ratchet");
 }
 
 /* ---- VM ---- */
@@ -852,7 +1027,22 @@ static void wrap_field(lua_State *L, const char *name, lua_CFunction fn)
     lua_setfield(L, -2, name);
 }
 
-/* Builds the shared globals (registry ref) once per VM. */
+/* Locks the metatable of the userdata on top of the stack (popped), so
+ * getmetatable hands scripts false instead of a table they could alter for
+ * every script at once. */
+static void lock_userdata_metatable(lua_State *L)
+{
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Builds what each script's globals are made from, once per VM: the base
+ * functions (registry ref base_ref) and the real library tables (libs_ref),
+ * neither ever shown to a script. */
 static void build_base(script_vm *vm)
 {
     lua_State *L = vm->L;
@@ -881,45 +1071,40 @@ static void build_base(script_vm *vm)
     lua_pushglobaltable(L);
     int g = lua_gettop(L);
     static const char *const base_fns[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
-                                           "rawlen", "rawget", "rawset", "select", "setmetatable",
-                                           "getmetatable", "tonumber", "tostring", "type", "xpcall",
-                                           "_VERSION", NULL};
+                                           "rawlen", "rawget", "rawset", "select", "getmetatable", "tonumber",
+                                           "tostring", "type", "_VERSION", NULL};
     for (const char *const *f = base_fns; *f; f++)
         copy_field(L, g, base, *f);
+    lua_getfield(L, g, "xpcall");
+    lua_pushcclosure(L, sandbox_xpcall, 1);
+    lua_setfield(L, base, "xpcall");
+    lua_getfield(L, g, "setmetatable");
+    lua_pushcclosure(L, sandbox_setmetatable, 1);
+    lua_setfield(L, base, "setmetatable");
     lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with tls.running kept true */
     wrap_field(L, "resume", sandbox_co_resume);
     wrap_field(L, "close", sandbox_co_resume);
     wrap_field(L, "wrap", sandbox_co_wrap);
     lua_pop(L, 1);
+
+    lua_newtable(L); /* the real libraries */
+    int real = lua_gettop(L);
     static const char *const lib_names[] = {"string", "table", "math", "utf8", "coroutine", NULL};
-    for (const char *const *n = lib_names; *n; n++) {
-        lua_getfield(L, g, *n);
-        push_readonly(L, *n);
-        lua_setfield(L, base, *n);
-    }
+    for (const char *const *n = lib_names; *n; n++)
+        copy_field(L, g, real, *n);
     lua_newtable(L); /* os: time, clock, date only */
     lua_getfield(L, g, "os");
     copy_field(L, -1, -2, "time");
     copy_field(L, -1, -2, "clock");
     copy_field(L, -1, -2, "date");
     lua_pop(L, 1);
-    push_readonly(L, "os");
-    lua_setfield(L, base, "os");
-    lua_pushcfunction(L, sandbox_require);
-    lua_setfield(L, base, "require");
-    lua_pop(L, 1); /* the real globals */
-
-    /* require cache, seeded with the two built-in modules */
-    lua_newtable(L);
+    lua_setfield(L, real, "os");
     push_ratchet_module(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, base, "ratchet");
-    lua_setfield(L, -2, "ratchet");
+    lua_setfield(L, real, "ratchet");
     luaL_requiref(L, "cjson", luaopen_cjson, 0);
     lua_getfield(L, -1, "null");
     vm->null_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    push_readonly(L, "cjson");
-    lua_setfield(L, -2, "cjson");
+    lua_setfield(L, real, "cjson"); /* each script gets cjson.new() of it */
     /* PCRE2 regular expressions (Debian's lua-rex-pcre2), loaded by the C
      * side through the package library, which scripts never see */
     luaL_requiref(L, LUA_LOADLIBNAME, luaopen_package, 1);
@@ -927,23 +1112,33 @@ static void build_base(script_vm *vm)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "rex_pcre2");
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-        push_readonly(L, "rex_pcre2");
-        lua_setfield(L, -2, "rex_pcre2");
+        /* compiled expressions share one metatable: lock it */
+        lua_getfield(L, -1, "new");
+        lua_pushliteral(L, "x");
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+            lock_userdata_metatable(L);
+        else
+            lua_pop(L, 1);
+        lua_setfield(L, real, "rex_pcre2");
     } else {
         log_warn("script", "PCRE2 regular expressions are unavailable (install lua-rex-pcre2): %s",
                  lua_tostring(L, -1));
         lua_pop(L, 1);
     }
-    vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L); /* reading a name the shared globals lack is an error */
+    vm->libs_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops real */
+    lua_pop(L, 1); /* the real globals */
+    vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
+
+    lua_newtable(L); /* each script's globals: reading a name they lack is an error */
     lua_pushcfunction(L, unknown_global);
     lua_setfield(L, -2, "__index");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
+    vm->globals_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->sources_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *const *dirs)
@@ -1080,7 +1275,9 @@ static int load_protected(lua_State *L)
     lua_pushfstring(L, "@%s", a->path);
     if (luaL_loadbufferx(L, a->text, a->len, lua_tostring(L, -1), "t") != LUA_OK)
         return lua_error(L);
-    push_env(vm_of(L));
+    push_script_globals(vm_of(L));
+    push_env(L, -1);
+    lua_remove(L, -2);
     lua_setupvalue(L, -2, 1);
     lua_call(L, 0, 1);
     return 1;
@@ -1101,18 +1298,16 @@ int script_compile_text(script_vm *vm, const char *path, const char *text, size_
 
 void script_forget_modules(script_vm *vm)
 {
+    lua_newtable(vm->L);
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, vm->sources_ref);
+}
+
+void script_set_source(script_vm *vm, const char *path, const char *text, size_t len)
+{
     lua_State *L = vm->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lua_pop(L, 1);
-        const char *k = lua_tostring(L, -1);
-        if (strcmp(k, "ratchet") && strcmp(k, "cjson") && strcmp(k, "rex_pcre2")) {
-            lua_pushvalue(L, -1);
-            lua_pushnil(L);
-            lua_rawset(L, -4); /* clearing a field during next() is allowed */
-        }
-    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->sources_ref);
+    lua_pushlstring(L, text, len);
+    lua_setfield(L, -2, path);
     lua_pop(L, 1);
 }
 
@@ -1173,32 +1368,40 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
     return 0;
 }
 
-bool script_push_json_cached(lua_State *L, const char *json, size_t len)
+bool script_push_json_cached(lua_State *L, int owner, const char *json, size_t len)
 {
     script_vm *vm = vm_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref); /* top+1: the cache */
+    /* keyed by owner too: two scripts given the same options text get two
+     * tables, so neither can change the other's */
+    lua_pushfstring(L, "%d:", owner);
     lua_pushlstring(L, json, len);
-    if (lua_rawget(L, -2) != LUA_TNIL) {
-        lua_remove(L, -2);
+    lua_concat(L, 2); /* top+2: the key */
+    lua_pushvalue(L, top + 2);
+    if (lua_rawget(L, top + 1) != LUA_TNIL) {
+        lua_replace(L, top + 1);
+        lua_settop(L, top + 1);
         return true;
     }
     lua_pop(L, 1);
     if (!script_push_json(L, json, len)) {
-        lua_pop(L, 1);
+        lua_settop(L, top);
         return false;
     }
     if (vm->opts_cached >= 256) { /* bounded: start afresh */
         lua_newtable(L);
+        lua_pushvalue(L, -1);
         lua_rawseti(L, LUA_REGISTRYINDEX, vm->opts_ref);
-        lua_pop(L, 1);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+        lua_replace(L, top + 1);
         vm->opts_cached = 0;
     }
-    lua_pushlstring(L, json, len);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, -4);
+    lua_pushvalue(L, top + 2);
+    lua_pushvalue(L, top + 3);
+    lua_rawset(L, top + 1);
     vm->opts_cached++;
-    lua_remove(L, -2);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
     return true;
 }
 

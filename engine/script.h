@@ -87,9 +87,13 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
                      char *err, size_t errlen);
 /* Only compiles the text (syntax check), for scripts other stages load. */
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen);
-/* Forgets the modules scripts required from the script folders, so the next
- * require reads them again (before a reload). */
+/* Forgets the module texts set with script_set_source (before a reload).
+ * Every script file has its own module instances, made when it loads, so
+ * a reload gives every script freshly loaded modules anyway. */
 void script_forget_modules(script_vm *vm);
+/* The text of a module file, read off the loop (the catalog's scan), for
+ * `require` to load instead of reading path from the disk on the loop. */
+void script_set_source(script_vm *vm, const char *path, const char *text, size_t len);
 /* A full garbage collection (after a reload dropped old versions). */
 void script_collect(script_vm *vm);
 void script_unref(script_vm *vm, int ref);
@@ -97,9 +101,10 @@ void script_unref(script_vm *vm, int ref);
 /* Pushes the value of a JSON text onto L (objects and arrays as tables,
  * null as ratchet.json.null). Returns false, pushing nothing, on bad JSON. */
 bool script_push_json(lua_State *L, const char *json, size_t len);
-/* The same, but the same text gives the same table (cached per VM, up to
- * 256 texts): for options, which scripts treat as read-only. */
-bool script_push_json_cached(lua_State *L, const char *json, size_t len);
+/* The same, but the same text gives the same table to the same owner (a
+ * script's registry ref; cached per VM, up to 256 texts): for options,
+ * which scripts treat as read-only. */
+bool script_push_json_cached(lua_State *L, int owner, const char *json, size_t len);
 /* Pushes a value the engine holds parsed as script_push_json pushes its
  * text, without the text. */
 bool script_push_tree(lua_State *L, const json_t *v);

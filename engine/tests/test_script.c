@@ -177,6 +177,86 @@ static void test_errors_and_kills(script_vm *vm)
     script_unref(vm, ref);
 }
 
+/* A message handler that never returns is killed too: the kill used to be
+ * raised inside the hook, where Lua runs the handler with hooks off. And no
+ * __gc (finalizers run inside the collector, hooks off). */
+static void test_handlers_cannot_hide(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "h.lua",
+                   "return {\n"
+                   "  xp = function() while true do xpcall(function() error('x') end, function(e) while true do end end) end end,\n"
+                   "  xp_kill = function() xpcall(function() while true do end end, function(e) while true do end end) end,\n"
+                   "  xp_ok = function() local ok, m = xpcall(function() error('boom', 0) end, function(e) return 'handled ' .. e end)\n"
+                   "    return tostring(ok) .. ' ' .. m end,\n"
+                   "  xp_args = function() return select('#', xpcall(function(...) return ... end, print, 1, 2, 3)) end,\n"
+                   "  gc = function() setmetatable({}, { __gc = function() while true do end end }) end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    outcome o = run(vm, ref, "xp");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "xp_kill");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "xp_ok"); /* a handler still handles ordinary errors */
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "false handled boom") == 0);
+    o = run(vm, ref, "xp_args");
+    CHECK(o.status == SCRIPT_ERROR || (o.status == SCRIPT_OK && strcmp(o.result, "4") == 0));
+    o = run(vm, ref, "gc");
+    CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "__gc"));
+    script_unref(vm, ref);
+}
+
+/* Nothing one script does to what it can reach changes what another sees. */
+static void test_isolation(script_vm *vm)
+{
+    char err[512];
+    write_script("lib/shared.lua", "local M = { calls = 0 }\n"
+                                   "function M.bump() M.calls = M.calls + 1 return M.calls end\n"
+                                   "return M\n");
+    int evil = load(vm, "evil.lua",
+                    "local shared = require 'lib.shared'\n"
+                    "local cjson = require 'cjson'\n"
+                    "return { run = function()\n"
+                    "  rawset(string, 'upper', function() return 'pwned' end)\n"
+                    "  local _, real = pairs(string)\n"
+                    "  assert(not pcall(function() real.lower = function() return 'pwned' end end))\n"
+                    "  local _, rt = pairs(ratchet.json)\n"
+                    "  assert(not pcall(function() rt.encode = function() return 'pwned' end end))\n"
+                    "  rawset(ratchet.json, 'decode', function() return 'pwned' end)\n"
+                    "  shared.bump = function() return -1 end; shared.calls = 100\n"
+                    "  rawset(cjson, 'encode', function() return 'pwned' end)\n"
+                    "  cjson.encode_sparse_array(true, 1, 1)\n"
+                    "  assert(cjson.encode({[1] = 1, [3] = 3}) ~= '[1,null,3]')\n"
+                    "  local ok = pcall(function() getmetatable(require('rex_pcre2').new('a')).__index.exec = nil end)\n"
+                    "  assert(not ok, 'the regex metatable is reachable')\n"
+                    "  assert(string.upper('a') == 'pwned') -- its own view did change\n"
+                    "  return 'done'\n"
+                    "end }\n",
+                    err);
+    int good = load(vm, "good.lua",
+                    "local shared = require 'lib.shared'\n"
+                    "local cjson = require 'cjson'\n"
+                    "return { run = function()\n"
+                    "  return table.concat({ string.upper('a'), ('b'):upper(), string.lower('C'),\n"
+                    "    ratchet.json.encode({1}), tostring(ratchet.json.decode('2')), tostring(shared.bump()),\n"
+                    "    cjson.encode({[1] = 1, [3] = 3}) }, ' ')\n"
+                    "end }\n",
+                    err);
+    CHECK(evil != LUA_NOREF && good != LUA_NOREF);
+    outcome o = run(vm, evil, "run");
+    if (o.status != SCRIPT_OK)
+        printf("# evil: %s\n", o.message);
+    CHECK(o.status == SCRIPT_OK);
+    o = run(vm, good, "run");
+    if (o.status != SCRIPT_OK)
+        printf("# good: %s\n", o.message);
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "A B c [1] 2 1 [1,null,3]") == 0);
+    printf("# good saw: %s\n", o.result);
+    script_unref(vm, evil);
+    script_unref(vm, good);
+}
+
 static int ticks;
 static void on_tick(uv_timer_t *t)
 {
@@ -331,8 +411,11 @@ int main(void)
     lim.load_budget_ms = 200;
     const char *dirs[] = {dir, NULL};
     script_vm *vm = script_vm_new(loop, &lim, dirs);
+    alarm(120); /* a script that escapes every limit fails the test instead of hanging it */
     test_sandbox(vm);
     test_errors_and_kills(vm);
+    test_handlers_cannot_hide(vm);
+    test_isolation(vm);
     lim.budget_ms = 5000;
     script_vm_free(vm);
     vm = script_vm_new(loop, &lim, dirs);

@@ -28,7 +28,7 @@ LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
 # the Lua module specs use to run evaluators exactly as the engine does
-MODULE_SRCS := engine/lua_module.c engine/script.c engine/luajson.c engine/evaluator.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
+MODULE_SRCS := engine/lua_module.c engine/script.c engine/script_stall.c engine/luajson.c engine/evaluator.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
 MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)

@@ -91,6 +91,7 @@ static const setting script_settings[] = {
     {"policy_budget_ms", T_INT, SOFF(policy_budget_ms), 1, 600000, NULL},
     {"template_budget_ms", T_INT, SOFF(template_budget_ms), 1, 600000, NULL},
     {"load_budget_ms", T_INT, SOFF(load_budget_ms), 1, 600000, NULL},
+    {"max_stall_ms", T_INT, SOFF(max_stall_ms), 1, 1000, NULL},
     {"watch", T_BOOL, SOFF(watch), 0, 0, NULL},
     {"reload_debounce_ms", T_INT, SOFF(reload_debounce_ms), 0, 60000, NULL},
     {NULL, 0, 0, 0, 0, NULL},
@@ -149,6 +150,7 @@ void config_defaults(config *c)
     c->scripts.policy_budget_ms = 100;
     c->scripts.template_budget_ms = 1000;
     c->scripts.load_budget_ms = 1000;
+    c->scripts.max_stall_ms = 10;
     c->scripts.watch = true;
     c->scripts.reload_debounce_ms = 50;
     c->evaluation.max_backlog = 100000;
@@ -976,10 +978,35 @@ static int helper_provider(lua_State *L)
     return 1;
 }
 
+long config_instruction_limit = 100000000;
+
+/* Past the limit every instruction raises, so a pcall in the file cannot
+ * keep it running. */
 static void instruction_limit(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    luaL_error(L, "configuration took too long to run (over 100 million instructions)");
+    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, 1);
+    luaL_error(L, "configuration took too long to run (over %d instructions)", (int)config_instruction_limit);
+}
+
+/* The config's Lua state may hold at most this much: a file that builds
+ * without end fails instead of exhausting the machine. */
+#define CONFIG_MEMORY_LIMIT (64u << 20)
+static void *config_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    size_t *used = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        *used -= old;
+        return NULL;
+    }
+    if (nsize > old && *used + (nsize - old) > CONFIG_MEMORY_LIMIT)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        *used = *used - old + nsize;
+    return p;
 }
 
 static int load_protected(lua_State *L)
@@ -1051,7 +1078,7 @@ static int load_protected(lua_State *L)
         return lua_error(L);
     lua_pushvalue(L, env);
     lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
-    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, 100000000);
+    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, (int)config_instruction_limit);
     lua_call(L, 0, 0);
     return 0;
 }
@@ -1059,7 +1086,8 @@ static int load_protected(lua_State *L)
 int config_load(config *c, const char *path, char *err, size_t errlen)
 {
     char **default_dirs = c->scripts.dirs;
-    lua_State *L = luaL_newstate();
+    size_t used = 0;
+    lua_State *L = lua_newstate(config_alloc, &used);
     if (!L) {
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;
@@ -1069,8 +1097,9 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     lua_pushstring(L, path);
     int rc = lua_pcall(L, 2, 0, 0);
     if (rc != LUA_OK) {
-        const char *msg = lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", msg ? msg : "error in configuration");
+        const char *msg = rc == LUA_ERRMEM ? "the configuration used more than 64 MiB" : lua_tostring(L, -1);
+        snprintf(err, errlen, "%s%s%s", rc == LUA_ERRMEM ? path : "", rc == LUA_ERRMEM ? ": " : "",
+                 msg ? msg : "error in configuration");
         lua_close(L);
         return -1;
     }

@@ -26,6 +26,7 @@ typedef struct {
     int policy_budget_ms;
     int template_budget_ms;
     int load_budget_ms;
+    int max_stall_ms;          /* past a slice, where a script cannot pause */
     bool watch;                /* reload when a file changes */
     int reload_debounce_ms;
 } config_scripts;
@@ -102,6 +103,8 @@ void config_defaults(config *c);
 /* Reads the Lua file at path on top of the defaults. On error returns -1 and
  * writes "file:line: message" into err. */
 int config_load(config *c, const char *path, char *err, size_t errlen);
+/* Instructions a config file may run (100 million; the fuzz target lowers it). */
+extern long config_instruction_limit;
 void config_free(config *c);
 const config_prompt *config_find_prompt(const config *c, const char *name);
 /* A deep copy of n prompts (NULL for none), and its release. */

@@ -28,8 +28,17 @@ int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_
 {
     memset(ev, 0, sizeof *ev);
     int ref;
-    if (script_load_text(vm, path, text, len, &ref, ev->version, err, errlen) != 0)
+    char version[17];
+    if (script_load_text(vm, path, text, len, &ref, version, err, errlen) != 0)
         return -1;
+    return evaluator_from_ref(vm, ref, path, version, ev, err, errlen);
+}
+
+int evaluator_from_ref(script_vm *vm, int ref, const char *path, const char version[17], evaluator *ev, char *err,
+                       size_t errlen)
+{
+    memset(ev, 0, sizeof *ev);
+    memcpy(ev->version, version, sizeof ev->version);
     lua_State *L = script_vm_state(vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     const char *problem = NULL;

@@ -9,6 +9,7 @@
 #include "script.h"
 
 #include "metrics.h"
+#include "script_private.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -16,6 +17,7 @@
 #include <lualib.h>
 #include <openssl/evp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,9 @@ struct script_vm {
     script_limits lim;
     size_t mem_used;
     uv_idle_t idle;           /* active while the run queue is not empty */
+    uv_idle_t gc_idle;        /* active while a collection goes on in steps */
+    int gc_cycles;            /* cycles it still has to complete */
+    int handles_closed;
     script_call *runq_head, *runq_tail;
     script_call *current;     /* the invocation running now, if any */
     int base_ref;             /* the base functions every script's globals start from (never shown) */
@@ -69,8 +74,13 @@ struct script_call {
     bool sliced;       /* the hook yielded: runnable again at once */
     bool waiting;      /* yielded by an async API: its callback resumes */
     bool killed;
-    bool yield_due;    /* the slice ended while a coroutine inside ran */
-    bool load_only;    /* a load: no slicing, load budget */
+    bool yield_due;    /* the slice ended where it could not yield */
+    bool inner_slice;  /* the hook yielded a coroutine inside the invocation to end the slice */
+    bool chain_yieldable; /* the coroutine running can hand a slice's end on to the invocation's */
+    bool nomem;        /* a scratch state hit the VM's memory cap */
+    bool loading;      /* a script file's top level: the load budget, no waiting calls */
+    bool unsliced;     /* runs to its end in one go (loads at start-up and in `ratchet check`) */
+    bool no_stats;     /* not counted by kind (loads) */
     int budget_ms;
     uint64_t used_ns;
     uint64_t slice_start;
@@ -114,35 +124,74 @@ static script_vm *vm_of(lua_State *L)
  * sets a count hook on the Lua thread running at that moment (lua_sethook is
  * made to be called from a signal handler), and the hook decides what
  * happens: yield the slice, kill past the budget, or arm the timer again.
- * tls.running is the Lua thread executing now: each invocation's coroutine,
+ * stls.running is the Lua thread executing now: each invocation's coroutine,
  * and inside it any coroutine the script resumes (the sandbox's
- * coroutine.resume, wrap and close keep it true). */
-#define DEADLINE_SIGNAL (SIGRTMIN + 3)
+ * coroutine.resume, wrap and close keep it true).
+ *
+ * When the slice ends where the invocation cannot yield (inside a call
+ * into C: a pattern match, a sort, a gsub callback, an error handler), it
+ * gets scripts.max_stall_ms more, counted in this thread's CPU time (so a
+ * busy machine that takes the CPU away does not kill a script); past that
+ * it is killed. The handler marks it overdue: the hook kills Lua code,
+ * script_stall.c's C calls check the mark or are jumped out of. */
+#define DEADLINE_SIGNAL SCRIPT_DEADLINE_SIGNAL
 #define POLL_EVERY 1000 /* instructions between checks while a slice is overdue */
-static _Thread_local struct {
-    lua_State *volatile running;
-    volatile sig_atomic_t armed; /* a deadline is pending; the handler clears it */
-    uint64_t armed_at;
-    bool have_timer;
-    timer_t timer;
-} tls;
+#define RETRY_NS 200000u /* a signal that found the scratch allocator busy comes again this soon */
+_Thread_local script_tls stls;
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* async-signal-safe */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void on_deadline_signal(int sig, siginfo_t *si, void *uc)
 {
     (void)sig, (void)si, (void)uc;
-    tls.armed = 0;
-    lua_State *L = tls.running;
+    int saved_errno = errno;
+    stls.armed = 0;
+    if (stls.budget_at) {
+        uint64_t now = mono_ns();
+        if (stls.turn_at && now >= stls.turn_at && !stls.stall_cpu_at) {
+            /* the slice is over: from here the stall is counted */
+            stls.stall_cpu_at = thread_cpu_ns() + stls.stall_ns;
+            if (now + stls.stall_ns < stls.kill_at)
+                stls.kill_at = now + stls.stall_ns;
+        }
+        uint64_t cpu = stls.stall_cpu_at ? thread_cpu_ns() : 0;
+        if (now >= stls.budget_at || (stls.stall_cpu_at && cpu >= stls.stall_cpu_at)) {
+            stls.overdue = 1;
+            if (stls.in_scratch) {
+                if (!stls.in_alloc) {
+                    errno = saved_errno;
+                    siglongjmp(*stls.jump, 1); /* out of a scratch state's code (script_stall.c) */
+                }
+                script_deadline_arm(now + RETRY_NS);
+            }
+        } else {
+            uint64_t next = stls.budget_at;
+            if (stls.stall_cpu_at && now + (stls.stall_cpu_at - cpu) < next)
+                next = now + (stls.stall_cpu_at - cpu);
+            else if (!stls.stall_cpu_at && stls.turn_at && stls.turn_at < next)
+                next = stls.turn_at;
+            script_deadline_arm(next);
+        }
+    }
+    lua_State *L = stls.running;
     if (L)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    errno = saved_errno;
 }
 
 /* The handler is installed while any VM exists, and the signal ignored
  * after the last one is freed: this code may be a module (the busted
  * helper) that is unloaded next, and a deadline still pending would then
  * call into nothing. Ignoring it discards one already queued. */
-static int live_vms; /* VMs are made and freed on the thread that runs them */
+static atomic_int live_vms;       /* in all threads (a reload probes scripts in the thread pool) */
+static _Thread_local int thread_vms; /* in this one: its scratch states go with its last */
 static bool handler_installed;
 
 static void install_deadline_handler(void)
@@ -155,11 +204,11 @@ static void install_deadline_handler(void)
 
 static void remove_deadline_handler(void)
 {
-    if (tls.have_timer) {
-        timer_delete(tls.timer);
-        tls.have_timer = false;
+    if (stls.have_timer) {
+        timer_delete(stls.timer);
+        stls.have_timer = false;
     }
-    tls.armed = 0;
+    stls.armed = 0;
     if (handler_installed) {
         signal(DEADLINE_SIGNAL, SIG_IGN);
         handler_installed = false;
@@ -170,33 +219,34 @@ static void remove_deadline_handler(void)
  * An earlier one pending already does (its hook arms the next). A deadline
  * is never disarmed: one that passes while no script runs costs a signal
  * that does nothing, which is cheaper than a timer_settime per loop turn
- * (several microseconds each on a virtual machine). */
-static void deadline_arm(uint64_t at)
+ * (several microseconds each on a virtual machine). Safe in the handler. */
+void script_deadline_arm(uint64_t at)
 {
-    if (tls.armed && tls.armed_at <= at)
+    if (stls.armed && stls.armed_at <= at)
         return;
-    if (!tls.have_timer) {
+    if (!stls.have_timer) {
         if (!handler_installed)
             install_deadline_handler();
         struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = DEADLINE_SIGNAL};
         ev._sigev_un._tid = (pid_t)syscall(SYS_gettid); /* glibc 2.36 names no sigev_notify_thread_id */
-        if (timer_create(CLOCK_MONOTONIC, &ev, &tls.timer) != 0) {
+        if (timer_create(CLOCK_MONOTONIC, &ev, &stls.timer) != 0) {
             log_error("script", "cannot create the script deadline timer: %s", strerror(errno));
             abort(); /* without it no script could be stopped */
         }
-        tls.have_timer = true;
+        stls.have_timer = true;
     }
     struct itimerspec its = {.it_value = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
     if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
         its.it_value.tv_nsec = 1; /* zero would disarm */
-    tls.armed_at = at;
-    tls.armed = 1;
-    timer_settime(tls.timer, TIMER_ABSTIME, &its, NULL);
+    stls.armed_at = at;
+    stls.armed = 1;
+    timer_settime(stls.timer, TIMER_ABSTIME, &its, NULL);
 }
+#define deadline_arm script_deadline_arm
 
 static int budget_ms(const script_vm *vm, const script_call *c)
 {
-    return c->load_only ? vm->lim.load_budget_ms : c->budget_ms;
+    return c->loading ? vm->lim.load_budget_ms : c->budget_ms;
 }
 
 /* when c's budget runs out, on the monotonic clock */
@@ -210,7 +260,73 @@ static uint64_t budget_end(const script_vm *vm, const script_call *c)
 static uint64_t next_deadline(const script_vm *vm, const script_call *c)
 {
     uint64_t end = budget_end(vm, c);
-    return c->load_only || end < vm->turn_deadline ? end : vm->turn_deadline;
+    return c->unsliced || end < vm->turn_deadline ? end : vm->turn_deadline;
+}
+
+/* The deadline state of the thread while c runs; the previous one is
+ * kept in *saved and given back by deadline_restore. */
+static void deadline_enter(const script_vm *vm, const script_call *c, script_tls *saved)
+{
+    *saved = stls;
+    stls.budget_at = budget_end(vm, c);
+    stls.turn_at = c->unsliced ? 0 : vm->turn_deadline;
+    stls.stall_ns = (uint64_t)vm->lim.stall_ms * 1000000u;
+    stls.stall_cpu_at = 0;
+    stls.kill_at = stls.budget_at;
+    stls.overdue = 0;
+    deadline_arm(next_deadline(vm, c));
+}
+
+static void deadline_restore(const script_tls *saved)
+{
+    stls.budget_at = saved->budget_at;
+    stls.turn_at = saved->turn_at;
+    stls.stall_ns = saved->stall_ns;
+    stls.stall_cpu_at = saved->stall_cpu_at;
+    stls.kill_at = saved->kill_at;
+    stls.overdue = saved->overdue;
+}
+
+/* Raises the kill in L with "file:line:" of the stack level given. */
+static int raise_kill(lua_State *L, script_vm *vm, script_call *c, int level, const char *what)
+{
+    c->killed = true;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* from now on, every instruction: pcall cannot keep it */
+    luaL_where(L, level);
+    if (mono_ns() >= budget_end(vm, c) || !stls.stall_cpu_at)
+        lua_pushfstring(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
+    else if (what)
+        lua_pushfstring(L, "killed: %s ran %d ms past the script's time slice; a call that cannot pause may hold "
+                           "the engine at most that long (scripts.max_stall_ms)", what, vm->lim.stall_ms);
+    else
+        lua_pushfstring(L, "killed: the script ran %d ms past its time slice where it could not pause (Lua called "
+                           "from C: a gsub or sort function, an error handler, a metamethod) (scripts.max_stall_ms)",
+                        vm->lim.stall_ms);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+int script_raise_kill(lua_State *L, const char *what)
+{
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (!c)
+        return luaL_error(L, "killed: %s ran past its time", what ? what : "the script");
+    return raise_kill(L, vm, c, 1, what);
+}
+
+int script_raise_nomem(lua_State *L)
+{
+    script_vm *vm = vm_of(L);
+    if (vm && vm->current)
+        vm->current->nomem = true;
+    return luaL_error(L, "not enough memory");
+}
+
+size_t script_headroom(lua_State *L)
+{
+    script_vm *vm = vm_of(L);
+    return vm->mem_used < vm->lim.memory_limit ? vm->lim.memory_limit - vm->mem_used : 0;
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -225,22 +341,30 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     uint64_t now = mono_ns(), end = budget_end(vm, c);
     if (c->killed || now >= end) {
         /* From now on the hook fires on every instruction, in whatever
-         * coroutine runs, so no pcall can catch the kill for long. */
-        c->killed = true;
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        luaL_error(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
+         * coroutine runs, so no pcall can catch the kill for long. (Level
+         * 0: a hook has no frame of its own, so that is the Lua code.) */
+        raise_kill(L, vm, c, 0, NULL);
     }
-    if (!c->load_only && now >= vm->turn_deadline) {
+    if (!c->unsliced && now >= vm->turn_deadline) {
         if (L == c->co && lua_isyieldable(L)) {
             lua_sethook(L, NULL, 0, 0);
             c->sliced = true;
             c->yield_due = false;
             lua_yield(L, 0);
         }
-        /* It cannot give up the slice here: a coroutine inside the
-         * invocation (its resume hands the yield on when it returns), or a
-         * Lua function called from C (a sort's comparator). Check again
-         * every POLL_EVERY instructions until it can. */
+        if (L != c->co && lua_isyieldable(L) && c->chain_yieldable) {
+            /* a coroutine the script resumed: yield it; its resume (the
+             * sandbox's) hands the slice's end on to the invocation */
+            lua_sethook(L, NULL, 0, 0);
+            c->inner_slice = true;
+            lua_yield(L, 0);
+        }
+        if (stls.overdue)
+            raise_kill(L, vm, c, 0, NULL);
+        /* It cannot give up the slice here: a Lua function called from C
+         * (a sort's comparator, a gsub callback, an error handler). Check
+         * again every POLL_EVERY instructions until it can, or until the
+         * stall is over (the handler marks it overdue). */
         c->yield_due = true;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, POLL_EVERY);
         return;
@@ -251,35 +375,106 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 }
 
 /* coroutine.resume, wrap and close as the sandbox offers them: Lua's own
- * (upvalue 1) with tls.running set to the coroutine while it runs, and the
- * caller hooked on return when a kill or a slice's end is due. For wrap,
- * upvalue 2 is the coroutine. */
-static int tracked_co_call(lua_State *L, lua_State *co)
+ * (upvalue 1) with stls.running set to the coroutine while it runs, and the
+ * caller hooked on return when a kill or a slice's end is due. When the
+ * hook yielded the coroutine to end the slice, this yields its caller too
+ * (if it can) and resumes the coroutine when the caller is resumed, so a
+ * long computation inside a script's own coroutine is sliced like any
+ * other. For wrap, upvalue 2 is the coroutine.
+ *
+ * Stack while it runs: 1 Lua's function, 2 the coroutine (resume, close)
+ * or nothing (wrap), then the arguments. */
+static int tracked_co_k(lua_State *L, int status, lua_KContext ctx);
+
+static int tracked_co_run(lua_State *L, lua_State *co, int keep)
 {
-    lua_State *prev = tls.running;
+    for (;;) {
+        script_vm *vm = vm_of(L);
+        script_call *c = vm ? vm->current : NULL;
+        bool chain = c ? c->chain_yieldable : false;
+        lua_State *prev = stls.running;
+        /* a copy of Lua's function (and the coroutine) to resume with again */
+        for (int i = 1; i <= keep; i++)
+            lua_pushvalue(L, i);
+        lua_rotate(L, keep + 1, keep);
+        if (co)
+            stls.running = co;
+        if (c)
+            c->chain_yieldable = chain && (L == c->co || chain) && lua_isyieldable(L);
+        int st = lua_pcall(L, lua_gettop(L) - keep - 1, LUA_MULTRET, 0);
+        stls.running = prev;
+        c = vm ? vm->current : NULL;
+        bool slice = c && c->inner_slice;
+        if (c) {
+            c->chain_yieldable = chain;
+            c->inner_slice = false;
+        }
+        if (st != LUA_OK) {
+            if (c && (c->killed || c->yield_due))
+                lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            return lua_error(L);
+        }
+        if (!slice || !c) {
+            if (c && (c->killed || c->yield_due))
+                lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            return lua_gettop(L) - keep;
+        }
+        /* the coroutine gave up the slice: results are none (wrap) or
+         * just true (resume); drop them and pass the slice's end on */
+        lua_settop(L, keep);
+        if (L == c->co && lua_isyieldable(L)) {
+            c->sliced = true;
+            c->yield_due = false;
+            return lua_yieldk(L, 0, keep, tracked_co_k);
+        }
+        if (L != c->co && chain && lua_isyieldable(L)) {
+            c->inner_slice = true;
+            return lua_yieldk(L, 0, keep, tracked_co_k);
+        }
+        /* nobody above can yield: go on at once (the stall bound holds) */
+        c->yield_due = true;
+    }
+}
+
+/* resumed after passing a slice's end on: resume the coroutine again */
+static int tracked_co_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    int keep = (int)ctx;
+    lua_settop(L, keep);
+    return tracked_co_run(L, keep == 2 ? lua_tothread(L, 2) : lua_tothread(L, lua_upvalueindex(2)), keep);
+}
+
+static int tracked_co_call(lua_State *L, lua_State *co, bool wrapped)
+{
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (co)
-        tls.running = co;
-    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    tls.running = prev;
-    script_vm *vm = vm_of(L);
-    script_call *c = vm ? vm->current : NULL;
-    if (c && (c->killed || c->yield_due))
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    if (st != LUA_OK)
-        return lua_error(L);
-    return lua_gettop(L);
+    return tracked_co_run(L, co, wrapped ? 1 : 2);
 }
 
 static int sandbox_co_resume(lua_State *L)
 {
-    return tracked_co_call(L, lua_tothread(L, 1));
+    return tracked_co_call(L, lua_tothread(L, 1), false);
+}
+
+static int sandbox_co_close(lua_State *L)
+{
+    lua_State *prev = stls.running;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    stls.running = lua_tothread(L, 2);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    stls.running = prev;
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (c && (c->killed || c->yield_due))
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    return st == LUA_OK ? lua_gettop(L) : lua_error(L);
 }
 
 static int sandbox_co_wrapped(lua_State *L)
 {
-    return tracked_co_call(L, lua_tothread(L, lua_upvalueindex(2)));
+    return tracked_co_call(L, lua_tothread(L, lua_upvalueindex(2)), true);
 }
 
 static int sandbox_co_wrap(lua_State *L)
@@ -357,6 +552,19 @@ static void on_timer_closed(uv_handle_t *h)
     call_free(c);
 }
 
+/* "file:line: " of the innermost Lua function on co's stack (a dead
+ * coroutine keeps its frames), or "". */
+static void where_in(lua_State *co, char *out, size_t outlen)
+{
+    lua_Debug ar;
+    out[0] = '\0';
+    for (int level = 0; lua_getstack(co, level, &ar); level++)
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(out, outlen, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+}
+
 static void call_finish(script_call *c, int st, int nres)
 {
     script_vm *vm = c->vm;
@@ -369,15 +577,21 @@ static void call_finish(script_call *c, int st, int nres)
         msg = lua_tolstring(co, -1, &len);
         if (!msg)
             msg = "the script raised an error that is not a string", len = strlen(msg);
-        status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM ? SCRIPT_NOMEM : SCRIPT_ERROR;
-        if (status == SCRIPT_NOMEM)
-            msg = "the script ran out of memory (memory_limit)", len = strlen(msg);
+        status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM || c->nomem ? SCRIPT_NOMEM : SCRIPT_ERROR;
+        char where[300];
+        if (status == SCRIPT_NOMEM) {
+            /* Lua gives a memory error no position: the dead coroutine's
+             * stack still shows where it was */
+            where_in(co, where, sizeof where);
+            snprintf(clean, sizeof clean, "%sthe script ran out of memory (scripts.memory_limit_mb)", where);
+            msg = clean, len = strlen(msg);
+        }
         utf8_clean(clean, sizeof clean, msg, len);
         msg = clean;
         nres = 0;
     }
     struct kind_stats *ks = NULL;
-    for (size_t i = 0; i < sizeof vm->kinds / sizeof vm->kinds[0] && !ks; i++)
+    for (size_t i = 0; i < sizeof vm->kinds / sizeof vm->kinds[0] && !ks && !c->no_stats; i++)
         if (!vm->kinds[i].kind[0] || !strcmp(vm->kinds[i].kind, c->caller_kind) ||
             i == sizeof vm->kinds / sizeof vm->kinds[0] - 1) {
             ks = &vm->kinds[i];
@@ -385,10 +599,12 @@ static void call_finish(script_call *c, int st, int nres)
                 snprintf(ks->kind, sizeof ks->kind, "%s", i == sizeof vm->kinds / sizeof vm->kinds[0] - 1
                                                               ? "other" : c->caller_kind);
         }
-    ks->calls++;
-    ks->errors += status != SCRIPT_OK;
-    ks->killed += status == SCRIPT_KILLED;
-    ks->nomem += status == SCRIPT_NOMEM;
+    if (ks) {
+        ks->calls++;
+        ks->errors += status != SCRIPT_OK;
+        ks->killed += status == SCRIPT_KILLED;
+        ks->nomem += status == SCRIPT_NOMEM;
+    }
     c->done(c, status, co, nres, msg, c->ud);
     lua_settop(co, 0);
     luaL_unref(vm->L, LUA_REGISTRYINDEX, c->co_ref);
@@ -408,14 +624,17 @@ static void call_resume(script_call *c)
     c->sliced = false;
     c->yield_due = false;
     c->slice_start = mono_ns();
+    c->chain_yieldable = true;
     script_call *outer = vm->current;
     vm->current = c;
-    lua_State *prev = tls.running;
-    tls.running = c->co;
-    deadline_arm(next_deadline(vm, c));
+    lua_State *prev = stls.running;
+    stls.running = c->co;
+    script_tls saved;
+    deadline_enter(vm, c, &saved);
     int nres = 0;
     int st = lua_resume(c->co, vm->L, nargs, &nres);
-    tls.running = prev;
+    deadline_restore(&saved);
+    stls.running = prev;
     vm->current = outer;
     c->used_ns += mono_ns() - c->slice_start;
     if (st == LUA_YIELD) {
@@ -573,19 +792,35 @@ static void push_script_globals(script_vm *vm)
     lua_setmetatable(L, g);
 }
 
-/* Loads a module's text in a fresh environment over the globals g and
- * calls it; pushes its value. */
-static int load_module(lua_State *L, int g, const char *path, const char *text, size_t len)
+/* after a module's top level ran (its value on top, its name at 1):
+ * caches it (nothing returned counts as true) */
+static int require_done(lua_State *L, int status, lua_KContext ctx)
 {
-    lua_pushfstring(L, "@%s", path);
-    int st = text ? luaL_loadbufferx(L, text, len, lua_tostring(L, -1), "t") : luaL_loadfilex(L, path, "t");
-    lua_remove(L, -2);
+    (void)status, (void)ctx;
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, lua_upvalueindex(1), lua_tostring(L, 1));
+    return 1;
+}
+
+/* Loads a module's text (or, with text NULL, its file) in a fresh
+ * environment over the globals g and calls it, yieldably (a long top level
+ * is sliced like any script); then caches its value. Stack: 1 the module's
+ * name, 2 its path. */
+static int load_module(lua_State *L, int g, const char *text, size_t len)
+{
+    lua_settop(L, 2);
+    lua_pushfstring(L, "@%s", lua_tostring(L, 2));
+    int st = text ? luaL_loadbufferx(L, text, len, lua_tostring(L, 3), "t") : luaL_loadfilex(L, lua_tostring(L, 2), "t");
     if (st != LUA_OK)
         return lua_error(L);
     push_env(L, g);
     lua_setupvalue(L, -2, 1);
-    lua_call(L, 0, 1);
-    return 1;
+    lua_callk(L, 0, 1, 0, require_done);
+    return require_done(L, LUA_OK, 0);
 }
 
 /* require(name): ratchet, cjson, rex_pcre2, or a module file in the script
@@ -654,16 +889,11 @@ static int sandbox_require(lua_State *L)
             }
         }
         if (found) {
+            /* text stays referenced from the sources table (in the registry) */
+            lua_settop(L, 1);
             lua_pushstring(L, path.data);
             buf_free(&path);
-            int n = load_module(L, lua_upvalueindex(2), lua_tostring(L, -1), text, len);
-            if (lua_isnil(L, -1)) { /* a module that returns nothing counts as loaded */
-                lua_pop(L, 1);
-                lua_pushboolean(L, 1);
-            }
-            lua_pushvalue(L, -1);
-            lua_setfield(L, lua_upvalueindex(1), name);
-            return n;
+            return load_module(L, lua_upvalueindex(2), text, len);
         }
         lua_pop(L, 1);
         buf_free(&path);
@@ -770,7 +1000,7 @@ static int api_sleep(lua_State *L)
     luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "must be from 0 to 3600000 ms");
     script_vm *vm = vm_of(L);
     script_call *c = vm->current;
-    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
         return luaL_error(L, "ratchet.sleep: only an invocation's own coroutine can wait (not at load time, "
                              "not inside coroutine.wrap or a C callback)");
     if (!c->timer) {
@@ -862,7 +1092,7 @@ static int io_call(lua_State *L, enum script_io_op op, const char *what)
     lua_settop(L, 1);
     script_vm *vm = vm_of(L);
     script_call *c = vm->current;
-    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
         return luaL_error(L, "%s: only an invocation's own coroutine can wait (not at load time, not inside "
                              "coroutine.wrap or a C callback)", what);
     if (!vm->io.start) {
@@ -1009,6 +1239,7 @@ void script_limits_default(script_limits *lim)
     lim->budget_ms = 100;
     lim->load_budget_ms = 1000;
     lim->slice_ms = 2;
+    lim->stall_ms = 10;
 }
 
 static void copy_field(lua_State *L, int from, int to, const char *name)
@@ -1055,10 +1286,15 @@ static void build_base(script_vm *vm)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
-    /* no bytecode out of the sandbox, and strings' methods stay put */
+    /* no bytecode out of the sandbox, and strings' methods stay put; the
+     * calls that could hold the loop become stoppable (script_stall.c) */
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    script_stall_string(L, -1);
+    lua_pop(L, 1);
+    lua_getglobal(L, "table");
+    script_stall_table(L, -1);
     lua_pop(L, 1);
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
@@ -1081,9 +1317,9 @@ static void build_base(script_vm *vm)
     lua_getfield(L, g, "setmetatable");
     lua_pushcclosure(L, sandbox_setmetatable, 1);
     lua_setfield(L, base, "setmetatable");
-    lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with tls.running kept true */
+    lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with stls.running kept true */
     wrap_field(L, "resume", sandbox_co_resume);
-    wrap_field(L, "close", sandbox_co_resume);
+    wrap_field(L, "close", sandbox_co_close);
     wrap_field(L, "wrap", sandbox_co_wrap);
     lua_pop(L, 1);
 
@@ -1119,7 +1355,9 @@ static void build_base(script_vm *vm)
             lock_userdata_metatable(L);
         else
             lua_pop(L, 1);
+        script_stall_rex(L, -1);
         lua_setfield(L, real, "rex_pcre2");
+        lua_pop(L, 1);
     } else {
         log_warn("script", "PCRE2 regular expressions are unavailable (install lua-rex-pcre2): %s",
                  lua_tostring(L, -1));
@@ -1159,15 +1397,20 @@ script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *
     *(script_vm **)lua_getextraspace(vm->L) = vm; /* copied into every new thread */
     build_base(vm);
     live_vms++;
+    thread_vms++;
     vm->lim.memory_limit = vm->mem_used + cap;
     uv_idle_init(loop, &vm->idle);
     vm->idle.data = vm;
+    uv_idle_init(loop, &vm->gc_idle);
+    vm->gc_idle.data = vm;
     return vm;
 }
 
 static void on_idle_closed(uv_handle_t *h)
 {
     script_vm *vm = h->data;
+    if (++vm->handles_closed < 2)
+        return;
     for (char **d = vm->dirs; *d; d++)
         free(*d);
     free(vm->dirs);
@@ -1177,9 +1420,12 @@ static void on_idle_closed(uv_handle_t *h)
 void script_vm_free(script_vm *vm)
 {
     lua_close(vm->L);
+    if (--thread_vms == 0)
+        script_stall_free();
     if (--live_vms == 0)
         remove_deadline_handler();
     uv_close((uv_handle_t *)&vm->idle, on_idle_closed);
+    uv_close((uv_handle_t *)&vm->gc_idle, on_idle_closed);
 }
 
 uint64_t script_call_lua_ns(const script_call *call)
@@ -1236,7 +1482,7 @@ void script_unref(script_vm *vm, int ref)
     luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
 }
 
-/* Reads a script's text (bounded: 4 MiB). Returns 0, or -1 with err. */
+/* Reads a script's text (bounded: 1 MiB). Returns 0, or -1 with err. */
 int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
@@ -1248,9 +1494,9 @@ int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
         buf_append(out, chunk, n);
-        if (out->len > (4u << 20)) {
+        if (out->len > (1u << 20)) {
             fclose(f);
-            snprintf(err, errlen, "%s: larger than 4 MiB, not a script", path);
+            snprintf(err, errlen, "%s: larger than 1 MiB, not a script", path);
             return -1;
         }
     }
@@ -1261,26 +1507,6 @@ int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
         return -1;
     }
     return 0;
-}
-
-typedef struct {
-    const char *path;
-    const char *text;
-    size_t len;
-} load_args;
-
-static int load_protected(lua_State *L)
-{
-    const load_args *a = lua_touserdata(L, 1);
-    lua_pushfstring(L, "@%s", a->path);
-    if (luaL_loadbufferx(L, a->text, a->len, lua_tostring(L, -1), "t") != LUA_OK)
-        return lua_error(L);
-    push_script_globals(vm_of(L));
-    push_env(L, -1);
-    lua_remove(L, -2);
-    lua_setupvalue(L, -2, 1);
-    lua_call(L, 0, 1);
-    return 1;
 }
 
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen)
@@ -1311,9 +1537,26 @@ void script_set_source(script_vm *vm, const char *path, const char *text, size_t
     lua_pop(L, 1);
 }
 
+/* A full collection in steps of at most GC_TURN_NS per loop turn: one of
+ * a 60 MB heap in one go held the loop for a hundred milliseconds. Two
+ * cycles complete, so what became garbage during one in progress goes too. */
+#define GC_TURN_NS 1000000u
+static void on_gc_idle(uv_idle_t *h)
+{
+    script_vm *vm = h->data;
+    uint64_t t0 = mono_ns();
+    do {
+        if (lua_gc(vm->L, LUA_GCSTEP, 0) && --vm->gc_cycles <= 0) {
+            uv_idle_stop(h);
+            return;
+        }
+    } while (mono_ns() - t0 < GC_TURN_NS);
+}
+
 void script_collect(script_vm *vm)
 {
-    lua_gc(vm->L, LUA_GCCOLLECT);
+    vm->gc_cycles = 2;
+    uv_idle_start(&vm->gc_idle, on_gc_idle);
 }
 
 int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen)
@@ -1327,45 +1570,119 @@ int script_load_file(script_vm *vm, const char *path, int *ref, char version[17]
     return rc;
 }
 
+static void text_version(const char *text, size_t len, char version[17])
+{
+    if (!version)
+        return;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 8; i++)
+        snprintf(version + 2 * i, 3, "%02x", md[i]);
+}
+
+/* A load: a script file's top level, run as an invocation of its own (so
+ * its frames outlive an error: a memory error gets its file:line too). */
+typedef struct {
+    script_loaded cb;
+    void *ud;
+    char *path;
+    int ref;
+    char err[1024];
+} load_ctx;
+
+static void on_load_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                         void *ud)
+{
+    (void)call;
+    load_ctx *lc = ud;
+    lc->ref = LUA_NOREF;
+    if (status != SCRIPT_OK)
+        snprintf(lc->err, sizeof lc->err, "%s", message);
+    else if (nres < 1 || !lua_istable(co, -nres))
+        snprintf(lc->err, sizeof lc->err, "%s: the script must return a table (it returned %s)", lc->path,
+                 nres < 1 ? "nothing" : luaL_typename(co, -nres));
+    else {
+        lua_pushvalue(co, -nres);
+        lc->ref = luaL_ref(co, LUA_REGISTRYINDEX);
+    }
+    if (lc->cb) {
+        lc->cb(lc->ud, lc->ref, lc->ref == LUA_NOREF ? lc->err : NULL);
+        free(lc->path);
+        free(lc);
+    }
+}
+
+/* Compiles the text into a new invocation (not started); NULL with the
+ * message in lc->err for a syntax error. */
+static script_call *load_call(script_vm *vm, const char *path, const char *text, size_t len, load_ctx *lc)
+{
+    lua_State *L = vm->L;
+    script_call *c = xcalloc(1, sizeof *c);
+    c->vm = vm;
+    c->loading = true;
+    c->no_stats = true;
+    c->budget_ms = vm->lim.load_budget_ms;
+    c->caller_kind = xstrdup("load");
+    c->caller_name = xstrdup(path);
+    c->done = on_load_done;
+    c->ud = lc;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushfstring(c->co, "@%s", path);
+    int st = luaL_loadbufferx(c->co, text, len, lua_tostring(c->co, -1), "t");
+    if (st != LUA_OK) {
+        const char *msg = lua_tostring(c->co, -1);
+        utf8_clean(lc->err, sizeof lc->err, msg ? msg : "cannot compile", strlen(msg ? msg : "cannot compile"));
+        luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+        call_free(c);
+        return NULL;
+    }
+    lua_remove(c->co, -2); /* the chunk name */
+    push_script_globals(vm);
+    push_env(L, -1);
+    lua_remove(L, -2);
+    lua_xmove(L, c->co, 1);
+    lua_setupvalue(c->co, -2, 1);
+    vm->live++;
+    return c;
+}
+
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen)
 {
-    if (version) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int mdlen = 0;
-        EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
-        for (int i = 0; i < 8; i++)
-            snprintf(version + 2 * i, 3, "%02x", md[i]);
+    text_version(text, len, version);
+    load_ctx lc = {.path = (char *)path, .ref = LUA_NOREF};
+    script_call *c = load_call(vm, path, text, len, &lc);
+    if (c) {
+        c->unsliced = true; /* to its end now: under the load budget, with no slices */
+        call_resume(c);     /* finishes it: nothing a load can do waits */
     }
-    load_args args = {path, text, len};
-    lua_State *L = vm->L;
-    script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
-    script_call *outer = vm->current;
-    vm->current = &load;
-    lua_State *prev = tls.running;
-    tls.running = L;
-    deadline_arm(next_deadline(vm, &load));
-    lua_pushcfunction(L, load_protected);
-    lua_pushlightuserdata(L, &args);
-    int st = lua_pcall(L, 1, 1, 0);
-    tls.running = prev;
-    vm->current = outer;
-    lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
-    if (st != LUA_OK) {
-        const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
-        if (!msg)
-            msg = "error while loading";
-        utf8_clean(err, errlen, msg, strlen(msg));
-        lua_pop(L, 1);
+    if (lc.ref == LUA_NOREF) {
+        utf8_clean(err, errlen, lc.err[0] ? lc.err : "error while loading", strlen(lc.err[0] ? lc.err : "error while loading"));
         return -1;
     }
-    if (!lua_istable(L, -1)) {
-        snprintf(err, errlen, "%s: the script must return a table (it returned %s)", path, luaL_typename(L, -1));
-        lua_pop(L, 1);
-        return -1;
-    }
-    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    *ref = lc.ref;
     return 0;
+}
+
+void script_load_async(script_vm *vm, const char *path, const char *text, size_t len, char version[17],
+                       script_loaded cb, void *ud)
+{
+    text_version(text, len, version);
+    load_ctx *lc = xcalloc(1, sizeof *lc);
+    lc->cb = cb;
+    lc->ud = ud;
+    lc->path = xstrdup(path);
+    lc->ref = LUA_NOREF;
+    script_call *c = load_call(vm, path, text, len, lc);
+    if (!c) {
+        cb(ud, LUA_NOREF, lc->err);
+        free(lc->path);
+        free(lc);
+        return;
+    }
+    enqueue(c); /* sliced like any invocation, from the next loop turn */
 }
 
 bool script_push_json_cached(lua_State *L, int owner, const char *json, size_t len)

@@ -26,6 +26,7 @@ typedef struct {
     int budget_ms;       /* execution time per invocation; default 100 */
     int load_budget_ms;  /* execution time for loading one file; default 1000 */
     int slice_ms;        /* run at most this long before letting the loop turn; default 2 */
+    int stall_ms;        /* past its slice, where it cannot pause (a call into C), at most this long; default 10 */
 } script_limits;
 
 enum script_status {
@@ -80,11 +81,21 @@ void script_vm_metrics(script_vm *vm, buf_t *b);
  * first 16 hex digits of the SHA-256 of the text loaded. Returns 0, or -1
  * with "file:line: message". */
 int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen);
-/* Reads a script file (at most 4 MiB) into out; thread-safe. */
+/* Reads a script file (at most 1 MiB: compiling one takes about 20 ms, on
+ * the loop on a reload) into out; thread-safe. */
 int script_read_text(const char *path, buf_t *out, char *err, size_t errlen);
 /* The same from a text already read (path names it in messages). */
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen);
+/* The same, but the file's top level runs as an invocation on the run
+ * queue, time-sliced under the load budget, so a long (or hostile) top
+ * level never holds the loop. cb runs on the loop when the load ends, with
+ * a registry ref to the table it returned, or LUA_NOREF and the error
+ * ("file:line: message"); for a syntax error, before this returns.
+ * version is filled at once. */
+typedef void (*script_loaded)(void *ud, int ref, const char *err);
+void script_load_async(script_vm *vm, const char *path, const char *text, size_t len, char version[17],
+                       script_loaded cb, void *ud);
 /* Only compiles the text (syntax check), for scripts other stages load. */
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen);
 /* Forgets the module texts set with script_set_source (before a reload).
@@ -94,7 +105,8 @@ void script_forget_modules(script_vm *vm);
 /* The text of a module file, read off the loop (the catalog's scan), for
  * `require` to load instead of reading path from the disk on the loop. */
 void script_set_source(script_vm *vm, const char *path, const char *text, size_t len);
-/* A full garbage collection (after a reload dropped old versions). */
+/* A full garbage collection (after a reload dropped old versions), in
+ * steps of at most a millisecond per loop turn. */
 void script_collect(script_vm *vm);
 void script_unref(script_vm *vm, int ref);
 

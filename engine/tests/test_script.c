@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
+#include <lualib.h>
 
 #include "check.h"
 #include "script.h"
@@ -110,6 +111,12 @@ static void test_sandbox(script_vm *vm)
     CHECK(load_fails_with(vm, "while true do end", "killed"));
     CHECK(load_fails_with(vm, "return require('io')", "no module 'io'"));
     CHECK(load_fails_with(vm, "return require('../etc/passwd')", "is not a module name"));
+    /* found by fuzz_luajson: 1e400 decoded to infinity, which cannot be encoded back */
+    CHECK(load_fails_with(vm, "local v, e = ratchet.json.decode('[1e400]') assert(v == nil) error(e)",
+                          "too large for a double"));
+    /* found by fuzz_luajson: past yajl_gen's 128 levels encode wrote unbalanced text */
+    CHECK(load_fails_with(vm, "return ratchet.json.encode(ratchet.json.decode(string.rep('[', 200) .. string.rep(']', 200)))",
+                          "nested deeper than 128 levels"));
 
     char err[512];
     int ref = load(vm, "ok.lua", uses_modules, err);
@@ -255,6 +262,151 @@ static void test_isolation(script_vm *vm)
     printf("# good saw: %s\n", o.result);
     script_unref(vm, evil);
     script_unref(vm, good);
+}
+
+/* The sandbox's string.find, match, gmatch, gsub and rep (run in a
+ * scratch state, script_stall.c) answer as Lua's own do: the same cases run
+ * in a plain Lua state and in the sandbox, results and errors compared. */
+static const char *const pattern_cases[] = {
+    "return ('hello world'):find('o w')",
+    "return ('hello world'):find('o', 6)",
+    "return ('hello'):find('l', -2)",
+    "return ('hello'):find('', 10)",
+    "return ('hello'):find('', 6)",
+    "return ('hello'):find('l', -100)",
+    "return ('a.b'):find('.', 1, true)",
+    "return ('a.b'):find('.', nil, true)",
+    "return ('abc'):find('^b')",
+    "return ('abc'):find('^a')",
+    "return ('abc'):match('^(a)(b)()')",
+    "return ('key = value'):match('^(%w+)%s*=%s*(%w+)$')",
+    "return ('  trim me  '):match('^%s*(.-)%s*$')",
+    "return string.match('2024-01-02', '(%d+)-(%d+)-(%d+)')",
+    "return ('THE (quick) fox'):find('%((%a+)%)')",
+    "return ('[[x]]'):match('%b[]')",
+    "return ('hello world'):match('%f[%w]%w+', 2)",
+    "return string.find(12345, 34)",
+    "return ('%d'):find('%%d')",
+    "return ('x'):match('[')",
+    "return ('x'):find('%')",
+    "return ('x'):match('(()')",
+    "return ('x'):find()",
+    "return string.find(nil, 'x')",
+    "return ('hello world from lua'):gsub('(%w+)', '<%1>')",
+    "return ('hello world'):gsub('o', '0', 1)",
+    "return ('hello world'):gsub('o', '0', 0)",
+    "return ('abc'):gsub('', '-')",
+    "return ('hello'):gsub('l+', function(x) return #x end)",
+    "return ('hello'):gsub('%w', {h = 'H', o = false, e = 3})",
+    "return ('abc'):gsub('%w', '%%%0')",
+    "return ('abc'):gsub('(b)', '%2')",
+    "return ('abc'):gsub('b', {b = {}})",
+    "return ('abc'):gsub('b', function() return {} end)",
+    "return ('abc'):gsub('b', true)",
+    "return ('abc'):gsub('b', function() error('inner', 0) end)",
+    "return ('abc'):gsub('(a)(b)(c)', function(a, b, c) return c .. b .. a end)",
+    "return ('a b c'):gsub('%s', '', 1.0)",
+    "return ('x^2'):gsub('%^', '**')",
+    "return ('abc'):gsub('.', {a = 1, b = 2.5})",
+    "return ('abc'):gsub('()', '%1')",
+    "local t = {} for w in ('one two  three'):gmatch('%a+') do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('abc'):gmatch('') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('a,b,,c'):gmatch('([^,]*)') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('^a^b'):gmatch('^%a') do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', 4) do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', -1) do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', 100) do t[#t + 1] = w end return #t",
+    "local t = {} for a, b in ('hello'):gmatch('()l()') do t[#t + 1] = a .. '-' .. b end return table.concat(t, '|')",
+    "local t = {} for k, v in ('x=1, y=2'):gmatch('(%w+)=(%w+)') do t[#t + 1] = k .. v end return table.concat(t, '|')",
+    "local t = {} for w in ('abab'):gmatch('b*') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('aaa'):gmatch('a-') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "return pcall(string.gmatch, 'x')",
+    "return string.rep('ab', 3, ',')",
+    "return string.rep('x', 0)",
+    "return string.rep('x', -1)",
+    "return #string.rep('ab', 40000, '-')",
+    "return string.rep('ab', 40000, '-'):sub(-5)",
+    "return string.rep('x', 1e10)",
+    "return string.rep()",
+    "local s = ('x'):rep(5000) .. 'needle' .. ('y'):rep(5000) return s:find('needle'), s:find('needle', 5000), s:find('ne+dle')",
+    "local s = ('ab'):rep(3000) return s:gsub('b', 'c', 10):sub(1, 30)",
+    "local s = ('ab'):rep(3000) local n = 0 for _ in s:gmatch('a') do n = n + 1 end return n",
+    "return table.concat({('abc'):byte(1, -1)}, ',')",
+    NULL,
+};
+
+/* Serialises each case's results as "type:value,..." (an error without its
+ * "file:line: ", which differs between the two runs), a line per case. */
+#define SERIALISE                                                                                                    \
+    "local function ser(r)\n"                                                                                        \
+    "  local parts = {}\n"                                                                                           \
+    "  for j = 1, r.n do\n"                                                                                          \
+    "    local v = r[j]\n"                                                                                           \
+    "    if j == 2 and r[1] == false and type(v) == 'string' then v = v:match('^[^:]*:%d+: (.*)$') or v end\n"       \
+    "    parts[j] = (math.type(v) or type(v)) .. ':' .. tostring(v)\n"                                              \
+    "  end\n"                                                                                                        \
+    "  return table.concat(parts, ',')\n"                                                                            \
+    "end\n"
+
+static char *full_result;
+static void on_done_full(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                         void *ud)
+{
+    on_done(call, status, co, nres, message, ud);
+    free(full_result);
+    full_result = status == SCRIPT_OK && nres > 0 ? strdup(lua_tostring(co, -nres)) : NULL;
+}
+
+static void test_patterns_alike(script_vm *vm)
+{
+    /* Lua's own, in a plain state */
+    lua_State *P = luaL_newstate();
+    luaL_openlibs(P);
+    buf_t src;
+    buf_init(&src);
+    buf_puts(&src, SERIALISE "local out = {}\n");
+    for (int i = 0; pattern_cases[i]; i++)
+        buf_printf(&src, "out[%d] = ser(table.pack(pcall(function() %s end)))\n", i + 1, pattern_cases[i]);
+    buf_puts(&src, "return table.concat(out, '\\n')\n");
+    CHECK(luaL_loadstring(P, src.data) == LUA_OK);
+    CHECK(lua_pcall(P, 0, 1, 0) == LUA_OK);
+    char *want = strdup(lua_tostring(P, -1));
+    lua_close(P);
+
+    /* the sandbox's: the same text as a script */
+    buf_t script;
+    buf_init(&script);
+    buf_puts(&script, "return { run = function()\n");
+    buf_append(&script, src.data, src.len);
+    buf_puts(&script, "end }\n");
+    buf_free(&src);
+    char err[512];
+    int ref = load(vm, "patterns.lua", script.data, err);
+    buf_free(&script);
+    CHECK(ref != LUA_NOREF);
+    outcome o = {0};
+    script_invoke(vm, ref, "run", 0, "other", "test", NULL, on_done_full, &o);
+    while (!o.finished)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(o.status == SCRIPT_OK && full_result);
+    /* case by case, so a difference names its case */
+    int differ = 0;
+    const char *a = want, *b = full_result ? full_result : "";
+    for (int i = 0; pattern_cases[i]; i++) {
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        if (la != lb || memcmp(a, b, la) != 0) {
+            differ++;
+            printf("# differs: %s\n#   lua:     %.*s\n#   sandbox: %.*s\n", pattern_cases[i], (int)la, a, (int)lb, b);
+        }
+        a += la + (a[la] ? 1 : 0);
+        b += lb + (b[lb] ? 1 : 0);
+    }
+    CHECK(differ == 0);
+    printf("# %d pattern cases alike; first: %.60s\n", (int)(sizeof pattern_cases / sizeof *pattern_cases) - 1, want);
+    free(want);
+    free(full_result);
+    full_result = NULL;
+    script_unref(vm, ref);
 }
 
 static int ticks;
@@ -416,6 +568,7 @@ int main(void)
     test_errors_and_kills(vm);
     test_handlers_cannot_hide(vm);
     test_isolation(vm);
+    test_patterns_alike(vm);
     lim.budget_ms = 5000;
     script_vm_free(vm);
     vm = script_vm_new(loop, &lim, dirs);

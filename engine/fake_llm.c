@@ -212,6 +212,10 @@ static void error_reply(fake *f, http_request *req, bool anthropic, int status, 
     json_t *j = anthropic ? json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message", msg)
                           : json_pack("{s:{s:s, s:s, s:n}}", "error", "message", msg, "type", type, "code");
     char *text = json_text(j, JSON_COMPACT);
+    /* an error it answers ends the connection, as it did before the server
+     * kept connections after a 400: a fault queued next (a reset) then meets
+     * a fresh connection, not one curl would retry on quietly */
+    req->close_after = true;
     reply(f, req, status, headers, text, delay_ms);
     free(text);
     json_decref(j);

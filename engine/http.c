@@ -216,6 +216,7 @@ static void request_reset(http_request *r)
         free(r->headers[i].value);
     }
     r->nheaders = 0;
+    r->close_after = false;
     r->url = r->path = NULL;
     r->query = NULL;
     /* keep a modest body buffer for the next request, drop a large one */
@@ -880,7 +881,7 @@ void http_respond(http_request *req, int status, const char *content_type, const
      * place (conn_fail clears keep_alive); a 400 from a handler (a body that
      * is not JSON) was framed fine, so pipelined requests behind it are
      * answered too. */
-    bool close_after = !c->keep_alive || c->srv->draining || c->error_status;
+    bool close_after = !c->keep_alive || c->srv->draining || c->error_status || req->close_after;
     char head[512];
     int hn = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\n"

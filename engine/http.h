@@ -33,6 +33,7 @@ typedef struct http_request {
     buf_t body;
     char id[17];            /* request id, sent back as X-Request-Id */
     bool loopback;          /* the peer is 127.0.0.0/8 or ::1 */
+    bool close_after;       /* a handler may set it: the connection closes after the answer */
     uint64_t start_ns;
 } http_request;
 

@@ -977,6 +977,54 @@ static bool scan_not_needed(const char *p, size_t n)
     return opens + count_byte(p, n, '[', SCAN_MAX_DEPTH) <= SCAN_MAX_DEPTH && !memmem(p, n, "\\u0000", 6);
 }
 
+/* yajl's tree parser takes comments (it turns them on itself), and a
+ * string left open after the value (`{...}"`: its lexer waits for the rest
+ * and finds none), so a text it parsed may still not be JSON; stored as
+ * sent, it would not read back. Returns the offset of the first byte that
+ * is neither the one value nor white space after it, or -1 when clean.
+ * Strings are skipped with memchr: a trace is mostly string bytes. */
+static long json_text_unclean_at(const char *p, size_t n)
+{
+    const char *s = p, *end = p + n;
+    int depth = 0;
+    bool started = false;
+    while (s < end) {
+        char c = *s;
+        if (c == '"') {
+            for (s++;;) { /* to the closing quote */
+                const char *q = memchr(s, '"', (size_t)(end - s));
+                if (!q)
+                    return (long)(s - p); /* open to the end */
+                const char *b = q;
+                while (b > s && b[-1] == '\\')
+                    b--;
+                s = q + 1;
+                if (((q - b) & 1) == 0)
+                    break; /* not escaped */
+            }
+            started = true;
+        } else if (c == '/') {
+            return (long)(s - p); /* a comment */
+        } else if (c == '{' || c == '[') {
+            depth++, started = true, s++;
+        } else if (c == '}' || c == ']') {
+            depth--, s++;
+        } else if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            s++;
+        } else if ((unsigned char)c < 0x20) {
+            return (long)(s - p); /* yajl takes \v and \f as white space; JSON does not */
+        } else {
+            started = true, s++;
+        }
+        if (started && depth == 0) { /* the value is complete: only white space may follow */
+            while (s < end && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+                s++;
+            return s == end ? -1 : (long)(s - p);
+        }
+    }
+    return -1;
+}
+
 /* Parses one NDJSON line in place (it is NUL-terminated for the parser and
  * restored after). */
 static void parse_line(char *p, size_t n, raw_item *r)
@@ -996,6 +1044,15 @@ static void parse_line(char *p, size_t n, raw_item *r)
         r->value = yajl_tree_parse(p, err, sizeof err);
         if (!r->value)
             snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON");
+    }
+    long bad;
+    if (r->value && YAJL_IS_OBJECT(r->value) && (bad = json_text_unclean_at(p, n)) >= 0) {
+        yajl_tree_free(r->value);
+        r->value = NULL;
+        snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON: %s at byte %ld",
+                 p[bad] == '/' ? "a comment" : (unsigned char)p[bad] < 0x20 ? "a control character outside a string"
+                                                                            : "text after the object",
+                 bad + 1);
     }
     p[n] = saved;
     while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r'))

@@ -52,6 +52,26 @@ describe("ingest read-back", function()
     assert.equal("$.metadata", res.json.items[1].errors[1].path)
   end)
 
+  it("refuses a comment or an open string after the object (yajl takes them; the reader does not)", function()
+    -- found by fuzz_ingest: both were acked, then GET answered 500
+    for i, text in ipairs {
+      '{"id":"junk-1","prompt":{"name":"p"},"output":"x" /* c */}',
+      '{"id":"junk-2","prompt":{"name":"p"},"output":"x"} // c',
+      '{"id":"junk-3","prompt":{"name":"p"},"output":"x"}"',
+      '{"id":"junk-4","prompt":{"name":"p"},"output":"a\\\\"}"}',
+      '{"id":"junk-5",\v"prompt":{"name":"p"},"output":"x"}',
+      '{"id":"junk-6","prompt":{"name":"p"},"output":"x"}\f',
+    } do
+      local res = post(e, text, i % 2 == 0 and "application/x-ndjson" or "application/json")
+      assert.is_true(res.status == 400 or res.status == 422, text .. ": " .. res.status)
+      assert.equal(404, e:get("/v1/traces/junk-" .. i).status)
+    end
+    -- escaped quotes and slashes inside strings are fine
+    local res = post(e, '{"id":"clean-1","prompt":{"name":"p"},"output":"a \\\" /* not a comment */ \\\\"}')
+    assert.equal(200, res.status, res.body)
+    assert.equal('a " /* not a comment */ \\', e:get("/v1/traces/clean-1").json.output)
+  end)
+
   it("keeps what is readable: pairs, escaped backslashes, small and negative numbers", function()
     local text = [[{"id":"readable-1","prompt":{"name":"p"},"output":"\ud83d\ude00 \\ud800 \\\ud83d\ude00",]] ..
       [["metadata":{"tiny":1e-400,"big":1.7e308,"min":-9223372036854775808,"max":9223372036854775807,"neg0":-0}}]]

@@ -101,6 +101,7 @@ typedef struct {
     uv_write_t w;
     http_conn *conn;
     bool close_after;
+    bool interim;     /* a 100 Continue: its completion says nothing about the answer */
     uv_buf_t buf;
     char data[];
 } write_req;
@@ -556,10 +557,12 @@ static void on_write_done(uv_write_t *w, int status)
 {
     write_req *wr = (write_req *)w;
     http_conn *c = wr->conn;
-    bool close_after = wr->close_after;
+    bool close_after = wr->close_after, interim = wr->interim;
     free(wr);
     if (c->closing)
         return;
+    if (interim && status >= 0)
+        return; /* the answer may already be written behind it (found by fuzz_http) */
     if (status < 0) {
         conn_close(c);
         return;
@@ -571,8 +574,6 @@ static void on_write_done(uv_write_t *w, int status)
             conn_close(c);
         return;
     }
-    if (c->state != CONN_WRITING)
-        return; /* a 100 Continue: the request goes on */
     c->state = CONN_IDLE;
     request_reset(&c->req);
     if ((c->srv->draining || c->peer_eof) && c->pending.len == 0) {
@@ -601,6 +602,7 @@ static void write_raw(http_conn *c, const char *data, size_t len, bool close_aft
     memcpy(wr->data, data, len);
     wr->conn = c;
     wr->close_after = close_after;
+    wr->interim = !close_after && c->state != CONN_WRITING; /* 100 Continue, sent mid-request */
     wr->buf = uv_buf_init(wr->data, (unsigned)len);
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);
@@ -905,6 +907,7 @@ void http_respond(http_request *req, int status, const char *content_type, const
         memcpy(wr->data + hn, body, len);
     wr->conn = c;
     wr->close_after = close_after;
+    wr->interim = false;
     wr->buf = uv_buf_init(wr->data, (unsigned)((size_t)hn + len));
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);

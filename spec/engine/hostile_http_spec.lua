@@ -128,6 +128,22 @@ describe("hostile HTTP framing", function()
     assert.equal(400, res.status)
   end)
 
+  it("answers a request whose 100 Continue is still being written, and the ones behind it", function()
+    -- found by fuzz_http: the 100 Continue's write completing after the answer
+    -- was taken for the answer's, and the parser was resumed twice
+    local c = e:connect()
+    c:send("POST /v1/x%ff HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n" ..
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" .. "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{bad")
+    assert.equal("HTTP/1.1 100 Continue", c:receive("*l"))
+    assert.equal("", c:receive("*l"))
+    assert.equal(400, engine.read_response(c).status)
+    assert.equal(200, engine.read_response(c).status)
+    assert.equal(200, engine.read_response(c).status)
+    assert.equal(400, engine.read_response(c).status)
+    c:close()
+    assert.equal(200, e:get("/healthz").status)
+  end)
+
   it("answers pipelined requests behind a 400 for a malformed JSON body", function()
     local c = e:connect()
     local bad = "{not json"

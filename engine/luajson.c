@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistr.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
@@ -342,7 +343,10 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
-        if (yajl_gen_string(e->g, (const unsigned char *)s, len) != yajl_gen_status_ok) {
+        /* strictly (RFC 3629): yajl's own check lets UTF-16 surrogates and
+         * overlong forms through, which jansson readers then refuse (found by
+         * fuzz_luajson: a decoded lone \ud800 encoded back as it was) */
+        if (u8_check((const uint8_t *)s, len) || yajl_gen_string(e->g, (const unsigned char *)s, len) != yajl_gen_status_ok) {
             e->error = "a string is not valid UTF-8";
             return false;
         }
@@ -390,7 +394,8 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
                 e->error = "object keys must be strings or integers";
                 return false;
             }
-            if (yajl_gen_string(e->g, (const unsigned char *)k, klen) != yajl_gen_status_ok) {
+            if (u8_check((const uint8_t *)k, klen) ||
+                yajl_gen_string(e->g, (const unsigned char *)k, klen) != yajl_gen_status_ok) {
                 lua_pop(L, 2);
                 e->error = "a key is not valid UTF-8";
                 return false;

@@ -114,6 +114,10 @@ static void test_sandbox(script_vm *vm)
     /* found by fuzz_luajson: 1e400 decoded to infinity, which cannot be encoded back */
     CHECK(load_fails_with(vm, "local v, e = ratchet.json.decode('[1e400]') assert(v == nil) error(e)",
                           "too large for a double"));
+    /* found by fuzz_luajson: a lone surrogate escape decodes to bytes that are
+     * not UTF-8 (strings pass as they are); encode let them out again */
+    CHECK(load_fails_with(vm, "return ratchet.json.encode(ratchet.json.decode('[\"\\\\udc00\"]'))",
+                          "not valid UTF-8"));
     /* found by fuzz_luajson: past yajl_gen's 128 levels encode wrote unbalanced text */
     CHECK(load_fails_with(vm, "return ratchet.json.encode(ratchet.json.decode(string.rep('[', 200) .. string.rep(']', 200)))",
                           "nested deeper than 128 levels"));

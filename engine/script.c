@@ -292,7 +292,13 @@ static int raise_kill(lua_State *L, script_vm *vm, script_call *c, int level, co
 {
     c->killed = true;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* from now on, every instruction: pcall cannot keep it */
-    luaL_where(L, level);
+    /* "file:line: " of the nearest Lua code from level up (a sort's
+     * comparator wrapper is called by sort, which is C too) */
+    lua_Debug ar;
+    int lv = level;
+    while (lua_getstack(L, lv, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline <= 0 && lv < level + 8)
+        lv++;
+    luaL_where(L, lv);
     if (mono_ns() >= budget_end(vm, c) || !stls.stall_cpu_at)
         lua_pushfstring(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
     else if (what)

@@ -218,6 +218,46 @@ static void test_handlers_cannot_hide(script_vm *vm)
     script_unref(vm, ref);
 }
 
+/* Calls into C that could hold the loop are stopped at the stall bound,
+ * from the scratch state they run in, and the VM goes on as if nothing
+ * happened (run here under ASan too: the jump out of the signal handler). */
+static void test_stall_bound(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "stall.lua",
+                   "return {\n"
+                   "  find = function() return string.find(string.rep('a', 1500), '.-.-b') end,\n"
+                   "  method = function() local s = ('a'):rep(3000) return s:match('.-.-.-b') end,\n"
+                   "  gmatch = function() for w in (('a'):rep(3000)):gmatch('.-.-b') do end end,\n"
+                   "  nested = function() return (('x'):rep(50)):gsub('x', function()\n"
+                   "    return (string.rep('a', 1500)):find('.-.-b') end) end,\n"
+                   "  caught = function() local ok = pcall(string.find, ('a'):rep(1500), '.-.-b')\n"
+                   "    while true do end end,\n"
+                   "  cb_spin = function() return ('xy'):gsub('.', function() while true do end end) end,\n"
+                   "  sort_c = function() local t = {} for i = 1, 300000 do t[i] = (i * 7919) % 300000 end\n"
+                   "    table.sort(t, math.max) end,\n"
+                   "  big_rep = function() return #string.rep('x', 64 * 1024 * 1024) end,\n"
+                   "  after = function() return (('abc'):gsub('b', function(x) return x:upper() end)) ..\n"
+                   "    (('a b c'):match('(%a) (%a)')) end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    static const char *const killed[] = {"find", "method", "gmatch", "nested", "caught", "cb_spin", "sort_c", NULL};
+    for (const char *const *f = killed; *f; f++) {
+        outcome o = run(vm, ref, *f);
+        if (o.status != SCRIPT_KILLED || !strstr(o.message, "stall.lua:"))
+            printf("# %s: status %d: %s\n", *f, o.status, o.message);
+        CHECK(o.status == SCRIPT_KILLED && strstr(o.message, "stall.lua:"));
+    }
+    outcome o = run(vm, ref, "find");
+    CHECK(strstr(o.message, "string.find ran") != NULL); /* names the call */
+    o = run(vm, ref, "big_rep"); /* more than the VM's headroom: the scratch state is capped too */
+    CHECK(o.status == SCRIPT_NOMEM || o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "after");
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "aBca") == 0);
+    script_unref(vm, ref);
+}
+
 /* Nothing one script does to what it can reach changes what another sees. */
 static void test_isolation(script_vm *vm)
 {
@@ -573,6 +613,7 @@ int main(void)
     test_handlers_cannot_hide(vm);
     test_isolation(vm);
     test_patterns_alike(vm);
+    test_stall_bound(vm);
     lim.budget_ms = 5000;
     script_vm_free(vm);
     vm = script_vm_new(loop, &lim, dirs);

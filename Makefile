@@ -114,6 +114,9 @@ $(FUZZ_BUILD)/%: fuzz/%.c $(FUZZ_OBJS)
 
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
 
+# kept between builds (make would delete them as intermediate files)
+.SECONDARY: $(FUZZ_OBJS)
+
 # Each target for FUZZ_SECONDS, one at a time; new inputs go to
 # build/fuzz/corpus/ (the committed seeds in fuzz/corpus/ stay as they are).
 fuzz: fuzz-build

@@ -29,12 +29,21 @@ LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
 # the Lua module specs use to run evaluators exactly as the engine does
-MODULE_SRCS := engine/lua_module.c engine/script.c engine/luajson.c engine/evaluator.c engine/optdecl.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
+MODULE_SRCS := engine/lua_module.c engine/script.c engine/script_stall.c engine/luajson.c engine/evaluator.c engine/optdecl.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
 MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: FORCE all deps test-deps test asan install uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-deps
+# libFuzzer targets (fuzz/fuzz_*.c): the engine's sources built again with
+# clang and ASan + UBSan + the fuzzer's coverage (fuzz/README.md)
+FUZZ_CC ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := $(BUILD)/fuzz
+FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
+
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -57,6 +66,8 @@ help:
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
+	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
+	@echo "make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS (default 60)"
 
 deps:
 	@./tools/deps.sh
@@ -97,10 +108,36 @@ $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 test-deps:
 	@./tools/test-deps.sh
 
-test: deps test-deps all
+test: deps test-deps all fuzz-build
 	@./tools/promtool.sh
 	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
-	  RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
+	  FUZZ_BIN_DIR=$(abspath $(FUZZ_BUILD)) RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
+
+$(FUZZ_BUILD)/obj/%.o: engine/%.c engine/*.h | deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+	  -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/%: fuzz/%.c $(FUZZ_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -Iengine $(FUZZ_SAN) -fsanitize=fuzzer \
+	  -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
+
+fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
+
+# kept between builds (make would delete them as intermediate files)
+.SECONDARY: $(FUZZ_OBJS)
+
+# Each target for FUZZ_SECONDS, one at a time; new inputs go to
+# build/fuzz/corpus/ (the committed seeds in fuzz/corpus/ stay as they are).
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts; \
+	  echo "== $$t for $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t- -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t || exit 1; \
+	done
 
 asan: deps test-deps $(MODULE)
 	@./tools/promtool.sh
@@ -174,6 +211,10 @@ bench-rollout: all
 # the engine's allocator under the busted module too (mimalloc unless MALLOC_LIBS=)
 bench-schema: all
 	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/json_schema.lua
+
+# Lua's pattern functions: Lua's own against the engine's stoppable ones
+bench-patterns: all
+	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/patterns.lua
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh

@@ -17,6 +17,7 @@
 #include "jtree.h"
 #include "log.h"
 #include "metrics.h"
+#include "jtree.h"
 
 #ifndef RATCHET_VERSION
 #define RATCHET_VERSION "0.0.0-dev"
@@ -356,6 +357,11 @@ bool api_int_param(http_request *req, const char *name, long long min, long long
 
 void api_respond_json(http_request *req, int status, json_t *v)
 {
+    if (!v) { /* a json_pack that failed: never answer "null" as if it were the answer */
+        log_error("api", "could not build the answer to request %s", req->id);
+        http_respond_error(req, 500, "internal", "the answer could not be built");
+        return;
+    }
     char *t = jtree_dump_text(v, false); /* 0.8, not 0.80000000000000004 */
     http_respond(req, status, "application/json", NULL, t, strlen(t));
     free(t);

@@ -10,6 +10,7 @@
 #include "api_private.h"
 #include "jtree.h"
 #include "log.h"
+#include "jtree.h"
 
 #define MAX_NAME 128
 
@@ -47,7 +48,7 @@ static json_t *body_object(http_request *req)
 /* Who made a change: the X-Ratchet-Actor header (the CLI sends user@host), else "api". */
 static const char *actor_of(http_request *req)
 {
-    const char *a = http_header_get(req, "x-ratchet-actor");
+    const char *a = http_header_get(req, "x-ratchet-actor"); /* checked by api_registry_route */
     return a && *a && strlen(a) <= 128 ? a : "api";
 }
 
@@ -1024,7 +1025,7 @@ static void from_trace_after(read_task *t)
     json_object_set(c, "expected", json_object_get(b, "expected") ? json_object_get(b, "expected")
                                                                     : json_object_get(trace, "output"));
     json_decref(trace);
-    char *text = json_dumps(c, JSON_COMPACT);
+    char *text = json_text(c, JSON_COMPACT);
     json_decref(c);
     json_t *cases;
     reg_error e;
@@ -1613,6 +1614,13 @@ bool api_registry_route(api *a, http_request *req)
         return true;
     if (!a->registry) {
         http_respond_error(req, 503, "unavailable", "the registry is not available");
+        return true;
+    }
+    /* the actor goes into the audit log and every answer that shows it */
+    const char *actor = http_header_get(req, "x-ratchet-actor");
+    if (actor && (!utf8_valid(actor, strlen(actor)) || strlen(actor) > 128)) {
+        http_respond_field_error(req, 400, "invalid_header", "x-ratchet-actor",
+                                 "X-Ratchet-Actor must be UTF-8 text of at most 128 bytes");
         return true;
     }
     if (n > 7) {

@@ -2,13 +2,12 @@
 #include "catalog.h"
 
 #include <dirent.h>
+#include <lauxlib.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#include <lauxlib.h>
 
 #include "log.h"
 #include "optdecl.h"
@@ -24,7 +23,8 @@ typedef struct {
     char *name;   /* evaluators: the file name without .lua; else NULL */
     char *path;
     buf_t text;
-    char *error;  /* reading failed */
+    char *error;  /* reading failed, or the probe found it broken */
+    bool probed;  /* loaded (or compiled) in a probe VM off the loop */
 } scanned;
 
 struct catalog_scan {
@@ -46,6 +46,7 @@ struct catalog {
     size_t nerrors;
     catalog_stats stats;
     eval_stats *evstats; /* by evaluator name, kept over reloads and removals */
+    bool applying;       /* a reload's loads are running */
 };
 
 static void free_list(char **list, size_t n)
@@ -445,43 +446,71 @@ static int check_table_script(catalog *cat, const loaded_evaluator *le, const ch
     return rc;
 }
 
-int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks)
+/* One reload: the scan, and what each of its files' load gave. */
+typedef struct {
+    int ref;           /* the table the file returned, or LUA_NOREF */
+    char version[17];
+    char *error;       /* "file:line: message" */
+} loaded_file;
+
+struct apply {
+    catalog *cat;
+    catalog_scan *scan;
+    loaded_file *files;
+    size_t pending;    /* loads not finished */
+    bool log_errors;
+    bool started;      /* every load is started: the last to finish finishes the reload */
+    catalog_hooks hooks;
+    bool has_hooks;
+    catalog_applied cb;
+    void *ud;
+};
+
+static void apply_begin(catalog *cat, catalog_scan *scan)
 {
+    cat->applying = true;
+    /* every file loads with fresh module instances, from the texts the
+     * scan read (require reads nothing from the disk on the loop) */
+    script_forget_modules(cat->vm);
+    for (size_t i = 0; i < scan->n; i++)
+        if (!scan->files[i].error)
+            script_set_source(cat->vm, scan->files[i].path, scan->files[i].text.data ? scan->files[i].text.data : "",
+                              scan->files[i].text.len);
+}
+
+/* Puts each file that loaded in place of its running version, in file
+ * order; a file that failed keeps what runs. Then unloads evaluators whose
+ * file is gone. Frees the scan. */
+static int apply_finish(catalog *cat, catalog_scan *scan, loaded_file *lf, bool log_errors,
+                        const catalog_hooks *hooks)
+{
+    /* the last reload's errors stay shown until this one's replace them */
     free_list(cat->errors, cat->nerrors);
     cat->errors = NULL;
     cat->nerrors = 0;
-    /* modules are read again, so a changed lib/ reaches every evaluator */
-    script_forget_modules(cat->vm);
     bool *seen = cat->nslots ? xcalloc(cat->nslots, sizeof *seen) : NULL;
     size_t old_slots = cat->nslots;
     char err[1024];
     for (size_t i = 0; i < scan->n; i++) {
         scanned *f = &scan->files[i];
-        if (f->error) {
+        if (f->error)
             add_error(cat, f->error, log_errors);
-        } else if (!f->name) {
-            if (script_compile_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, err,
-                                    sizeof err) != 0)
-                add_error(cat, err, log_errors);
-        }
+        else if (lf[i].error)
+            add_error(cat, lf[i].error, log_errors);
         if (!f->name)
             continue;
         slot *sl = find_slot(cat, f->name);
         if (sl && sl < cat->slots + old_slots)
             seen[sl - cat->slots] = true;
-        if (f->error)
+        if (f->error || lf[i].ref == LUA_NOREF)
             continue; /* keep what runs now */
         loaded_evaluator *le = xcalloc(1, sizeof *le);
         le->refs = 1;
         le->cat = cat;
         if (table_script(f->name)) {
             /* a policy or a template: a table of functions the engine calls by name */
-            if (script_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev.ref,
-                                 le->ev.version, err, sizeof err) != 0) {
-                add_error(cat, err, log_errors);
-                free(le);
-                continue;
-            }
+            le->ev.ref = lf[i].ref;
+            memcpy(le->ev.version, lf[i].version, sizeof le->ev.version);
             le->ev.name = xstrdup(f->name);
             le->ev.description = xstrdup("");
             le->ev.path = xstrdup(f->path);
@@ -491,8 +520,7 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catal
                 free(le);
                 continue;
             }
-        } else if (evaluator_load_text(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, &le->ev, err,
-                                sizeof err) != 0) {
+        } else if (evaluator_from_ref(cat->vm, lf[i].ref, f->path, lf[i].version, &le->ev, err, sizeof err) != 0) {
             add_error(cat, err, log_errors);
             free(le);
             continue;
@@ -557,8 +585,14 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catal
     }
     cat->nslots = w;
     free(seen);
+    for (size_t i = 0; i < scan->n; i++)
+        free(lf[i].error);
+    free(lf);
     catalog_scan_free(scan);
-    script_collect(cat->vm); /* old versions' memory goes back now, not at some later cycle */
+    /* old versions' memory goes back now, not at some later cycle; in
+     * steps, so a big heap does not stall the loop */
+    script_collect(cat->vm);
+    cat->applying = false;
     cat->stats.reloads++;
     cat->stats.reload_errors += cat->nerrors;
     cat->stats.last_reload_ms = now_ms();
@@ -566,6 +600,135 @@ int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catal
     for (size_t i = 0; i < cat->nslots; i++)
         cat->stats.evaluators += !table_script(cat->slots[i].name);
     return (int)cat->nerrors;
+}
+
+int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks)
+{
+    apply_begin(cat, scan);
+    loaded_file *lf = xcalloc(scan->n ? scan->n : 1, sizeof *lf);
+    char err[1024];
+    for (size_t i = 0; i < scan->n; i++) {
+        scanned *f = &scan->files[i];
+        lf[i].ref = LUA_NOREF;
+        if (f->error)
+            continue;
+        const char *text = f->text.data ? f->text.data : "";
+        if (!f->name) { /* a module: compiled, so its errors show now */
+            if (!f->probed && script_compile_text(cat->vm, f->path, text, f->text.len, err, sizeof err) != 0)
+                lf[i].error = xstrdup(err);
+        } else if (script_load_text(cat->vm, f->path, text, f->text.len, &lf[i].ref, lf[i].version, err,
+                                    sizeof err) != 0) {
+            lf[i].error = xstrdup(err);
+        }
+    }
+    return apply_finish(cat, scan, lf, log_errors, hooks);
+}
+
+typedef struct {
+    struct apply *a;
+    size_t index;
+} load_job;
+
+static void apply_done_if_last(struct apply *a)
+{
+    if (!a->started || a->pending > 0)
+        return;
+    int failed = apply_finish(a->cat, a->scan, a->files, a->log_errors, a->has_hooks ? &a->hooks : NULL);
+    catalog_applied cb = a->cb;
+    void *ud = a->ud;
+    catalog *cat = a->cat;
+    free(a);
+    if (cb)
+        cb(cat, failed, ud);
+}
+
+static void on_file_loaded(void *ud, int ref, const char *err)
+{
+    load_job *j = ud;
+    struct apply *a = j->a;
+    a->files[j->index].ref = ref;
+    if (err)
+        a->files[j->index].error = xstrdup(err);
+    free(j);
+    a->pending--;
+    apply_done_if_last(a);
+}
+
+void catalog_apply_async(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks,
+                         catalog_applied cb, void *ud)
+{
+    apply_begin(cat, scan);
+    struct apply *a = xcalloc(1, sizeof *a);
+    if (hooks) {
+        a->hooks = *hooks;
+        a->has_hooks = true;
+    }
+    a->cat = cat;
+    a->scan = scan;
+    a->files = xcalloc(scan->n ? scan->n : 1, sizeof *a->files);
+    a->log_errors = log_errors;
+    a->cb = cb;
+    a->ud = ud;
+    for (size_t i = 0; i < scan->n; i++) {
+        scanned *f = &scan->files[i];
+        a->files[i].ref = LUA_NOREF;
+        if (f->error || !f->name)
+            continue; /* modules were compiled by the probe, off the loop */
+        load_job *j = xcalloc(1, sizeof *j);
+        j->a = a;
+        j->index = i;
+        a->pending++;
+        script_load_async(cat->vm, f->path, f->text.data ? f->text.data : "", f->text.len, a->files[i].version,
+                          on_file_loaded, j);
+    }
+    a->started = true;
+    apply_done_if_last(a);
+}
+
+bool catalog_applying(const catalog *cat)
+{
+    return cat->applying;
+}
+
+/* ---- the probe (any thread; the thread pool on a reload) ---- */
+
+void catalog_scan_probe(catalog_scan *scan, const script_limits *lim, const char *const *require_dirs)
+{
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        return;
+    script_vm *vm = script_vm_new(&loop, lim, require_dirs);
+    for (size_t i = 0; i < scan->n; i++)
+        if (!scan->files[i].error)
+            script_set_source(vm, scan->files[i].path, scan->files[i].text.data ? scan->files[i].text.data : "",
+                              scan->files[i].text.len);
+    char err[1024];
+    for (size_t i = 0; i < scan->n; i++) {
+        scanned *f = &scan->files[i];
+        if (f->error)
+            continue;
+        const char *text = f->text.data ? f->text.data : "";
+        f->probed = true;
+        if (!f->name) {
+            if (script_compile_text(vm, f->path, text, f->text.len, err, sizeof err) != 0)
+                f->error = xstrdup(err);
+        } else if (table_script(f->name)) {
+            int ref;
+            if (script_load_text(vm, f->path, text, f->text.len, &ref, NULL, err, sizeof err) != 0)
+                f->error = xstrdup(err);
+            else
+                script_unref(vm, ref);
+        } else {
+            evaluator ev;
+            if (evaluator_load_text(vm, f->path, text, f->text.len, &ev, err, sizeof err) != 0)
+                f->error = xstrdup(err);
+            else
+                evaluator_free(vm, &ev);
+        }
+    }
+    script_vm_free(vm);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
 }
 
 int catalog_reload(catalog *cat, bool log_errors)

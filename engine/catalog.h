@@ -54,6 +54,23 @@ typedef struct {
  * (when log_errors), kept for status, and reachable with catalog_errors.
  * hooks may be NULL. Frees the scan. */
 int catalog_apply(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks);
+/* The same, but each file's top level runs time-sliced on the run queue
+ * (script_load_async): a reload never holds the loop for a script's load.
+ * What runs now keeps running meanwhile; cb runs on the loop when every
+ * file has loaded (or failed) and the new versions are in place. hooks (may
+ * be NULL) is copied. */
+typedef void (*catalog_applied)(catalog *cat, int failed, void *ud);
+void catalog_apply_async(catalog *cat, catalog_scan *scan, bool log_errors, const catalog_hooks *hooks,
+                         catalog_applied cb, void *ud);
+/* True while an asynchronous apply is under way. */
+bool catalog_applying(const catalog *cat);
+/* Loads every file of the scan once in a throwaway VM (lim, with require
+ * looking in require_dirs), on the calling thread: put it in the thread
+ * pool with the scan. A file that fails there (an error, a kill at the load
+ * budget, the memory cap) is marked with its error, and apply keeps its
+ * running version without loading it into the engine's VM at all; modules
+ * are only compiled here, so apply does not compile them on the loop. */
+void catalog_scan_probe(catalog_scan *scan, const script_limits *lim, const char *const *require_dirs);
 /* Both halves at once (start-up, `ratchet check`). */
 int catalog_reload(catalog *cat, bool log_errors);
 const char *const *catalog_dirs(const catalog *cat);

@@ -25,6 +25,7 @@
 #include "jtree.h"
 #include "registry.h"
 #include "util.h"
+#include "jtree.h"
 
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *longopts)
 {
@@ -185,7 +186,7 @@ long call_raw(client *c, const char *method, const char *path, const char *ctype
 
 long call_json(client *c, const char *method, const char *path, json_t *body, json_t **out)
 {
-    char *t = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *t = body ? json_text(body, JSON_COMPACT) : NULL;
     long s = call(c, method, path, NULL, t, t ? strlen(t) : 0, out, NULL);
     free(t);
     return s;
@@ -288,7 +289,7 @@ int cmd_evaluate(int argc, char **argv)
         return EXIT_ERROR;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    char *payload = json_dumps(body, JSON_COMPACT);
+    char *payload = json_text(body, JSON_COMPACT);
     buf_t resp;
     buf_init(&resp);
     json_t *ans;
@@ -350,8 +351,8 @@ static void print_diff(json_t *d, FILE *out)
     }
     json_t *model = json_object_get(d, "model");
     if (json_is_true(json_object_get(model, "changed"))) {
-        char *a = json_dumps(json_object_get(model, "from"), JSON_COMPACT | JSON_SORT_KEYS);
-        char *b = json_dumps(json_object_get(model, "to"), JSON_COMPACT | JSON_SORT_KEYS);
+        char *a = json_text(json_object_get(model, "from"), JSON_COMPACT | JSON_SORT_KEYS);
+        char *b = json_text(json_object_get(model, "to"), JSON_COMPACT | JSON_SORT_KEYS);
         fprintf(out, "model:\n  -%s\n  +%s\n", a, b);
         free(a);
         free(b);

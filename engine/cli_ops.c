@@ -16,6 +16,7 @@
 #include "jtree.h"
 #include "registry.h"
 #include "util.h"
+#include "jtree.h"
 
 const char status_usage[] =
     "usage: ratchet status [--url URL] [-c FILE] [--json] [--stuck-after SECONDS]\n"

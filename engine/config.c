@@ -21,6 +21,7 @@
 
 #include "llm.h"
 #include "util.h"
+#include "jtree.h"
 
 #ifndef RATCHET_SHARE_DIR
 #define RATCHET_SHARE_DIR "/usr/local/share/ratchet"
@@ -95,6 +96,7 @@ static const setting script_settings[] = {
     {"policy_budget_ms", T_INT, SOFF(policy_budget_ms), 1, 600000, NULL},
     {"template_budget_ms", T_INT, SOFF(template_budget_ms), 1, 600000, NULL},
     {"load_budget_ms", T_INT, SOFF(load_budget_ms), 1, 600000, NULL},
+    {"max_stall_ms", T_INT, SOFF(max_stall_ms), 1, 1000, NULL},
     {"watch", T_BOOL, SOFF(watch), 0, 0, NULL},
     {"reload_debounce_ms", T_INT, SOFF(reload_debounce_ms), 0, 60000, NULL},
     {NULL, 0, 0, 0, 0, NULL},
@@ -109,6 +111,7 @@ static const setting evaluation_settings[] = {
 
 static const setting limit_settings[] = {
     {"max_connections", T_INT, LOFF(max_connections), 1, 1000000, NULL},
+    {"max_connections_per_address", T_INT, LOFF(max_connections_per_address), 1, 1000000, NULL},
     {"max_header_bytes", T_INT, LOFF(max_header_bytes), 1024, 1 << 20, NULL},
     {"max_body_bytes", T_INT, LOFF(max_body_bytes), 1024, 1 << 30, NULL},
     {"max_batch_items", T_INT, LOFF(max_batch_items), 1, 1000000, NULL},
@@ -176,6 +179,7 @@ void config_defaults(config *c)
     c->log_format = xstrdup("text");
     c->access_log = true;
     c->limits.max_connections = 1024;
+    c->limits.max_connections_per_address = 256;
     c->limits.max_header_bytes = 16 * 1024;
     c->limits.max_body_bytes = 8 * 1024 * 1024;
     c->limits.max_batch_items = 10000;
@@ -189,6 +193,7 @@ void config_defaults(config *c)
     c->scripts.policy_budget_ms = 100;
     c->scripts.template_budget_ms = 1000;
     c->scripts.load_budget_ms = 1000;
+    c->scripts.max_stall_ms = 10;
     c->scripts.watch = true;
     c->scripts.reload_debounce_ms = 50;
     c->evaluation.max_backlog = 100000;
@@ -902,7 +907,7 @@ static void parse_attachment(lua_State *L, int idx, const char *prompt, int pos,
         a->line = current_line(L);
         if (opts) {
             json_t *j = build_json(L, opts);
-            a->options_json = json_dumps(j, JSON_COMPACT);
+            a->options_json = json_text(j, JSON_COMPACT);
             json_decref(j);
         } else {
             a->options_json = xstrdup("{}");
@@ -1059,7 +1064,7 @@ static int prompt_body(lua_State *L)
     }
     if (lua_getfield(L, 1, "loop") == LUA_TTABLE) {
         json_t *j = build_json(L, -1);
-        p.loop_json = json_dumps(j, JSON_COMPACT);
+        p.loop_json = json_text(j, JSON_COMPACT);
         json_decref(j);
     }
     lua_pop(L, 1);
@@ -1105,7 +1110,7 @@ static int provider_body(lua_State *L)
     snprintf(where, sizeof where, "provider '%s'", name);
     check_json(L, 1, where, 0);
     json_t *j = build_json(L, 1);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     char err[400];
     if (llm_provider_parse(name, text, NULL, err, sizeof err) != 0) {
@@ -1133,10 +1138,35 @@ static int helper_provider(lua_State *L)
     return 1;
 }
 
+long config_instruction_limit = 100000000;
+
+/* Past the limit every instruction raises, so a pcall in the file cannot
+ * keep it running. */
 static void instruction_limit(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    luaL_error(L, "configuration took too long to run (over 100 million instructions)");
+    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, 1);
+    luaL_error(L, "configuration took too long to run (over %d instructions)", (int)config_instruction_limit);
+}
+
+/* The config's Lua state may hold at most this much: a file that builds
+ * without end fails instead of exhausting the machine. */
+#define CONFIG_MEMORY_LIMIT (64u << 20)
+static void *config_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    size_t *used = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        *used -= old;
+        return NULL;
+    }
+    if (nsize > old && *used + (nsize - old) > CONFIG_MEMORY_LIMIT)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        *used = *used - old + nsize;
+    return p;
 }
 
 static int load_protected(lua_State *L)
@@ -1208,7 +1238,7 @@ static int load_protected(lua_State *L)
         return lua_error(L);
     lua_pushvalue(L, env);
     lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
-    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, 100000000);
+    lua_sethook(L, instruction_limit, LUA_MASKCOUNT, (int)config_instruction_limit);
     lua_call(L, 0, 0);
     return 0;
 }
@@ -1216,7 +1246,8 @@ static int load_protected(lua_State *L)
 int config_load(config *c, const char *path, char *err, size_t errlen)
 {
     char **default_dirs = c->scripts.dirs;
-    lua_State *L = luaL_newstate();
+    size_t used = 0;
+    lua_State *L = lua_newstate(config_alloc, &used);
     if (!L) {
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;
@@ -1226,8 +1257,9 @@ int config_load(config *c, const char *path, char *err, size_t errlen)
     lua_pushstring(L, path);
     int rc = lua_pcall(L, 2, 0, 0);
     if (rc != LUA_OK) {
-        const char *msg = lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", msg ? msg : "error in configuration");
+        const char *msg = rc == LUA_ERRMEM ? "the configuration used more than 64 MiB" : lua_tostring(L, -1);
+        snprintf(err, errlen, "%s%s%s", rc == LUA_ERRMEM ? path : "", rc == LUA_ERRMEM ? ": " : "",
+                 msg ? msg : "error in configuration");
         lua_close(L);
         return -1;
     }

@@ -7,6 +7,7 @@
 
 typedef struct {
     int max_connections;
+    int max_connections_per_address;
     int max_header_bytes;
     int max_body_bytes;
     int max_batch_items;
@@ -25,6 +26,7 @@ typedef struct {
     int policy_budget_ms;
     int template_budget_ms;
     int load_budget_ms;
+    int max_stall_ms;          /* past a slice, where a script cannot pause */
     bool watch;                /* reload when a file changes */
     int reload_debounce_ms;
 } config_scripts;
@@ -109,6 +111,8 @@ void config_defaults(config *c);
 /* Reads the Lua file at path on top of the defaults. On error returns -1 and
  * writes "file:line: message" into err. */
 int config_load(config *c, const char *path, char *err, size_t errlen);
+/* Instructions a config file may run (100 million; the fuzz target lowers it). */
+extern long config_instruction_limit;
 void config_free(config *c);
 const config_prompt *config_find_prompt(const config *c, const char *name);
 /* The line of setting `key` (a name followed by '=') in prompt p's block of

@@ -29,8 +29,17 @@ int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_
 {
     memset(ev, 0, sizeof *ev);
     int ref;
-    if (script_load_text(vm, path, text, len, &ref, ev->version, err, errlen) != 0)
+    char version[17];
+    if (script_load_text(vm, path, text, len, &ref, version, err, errlen) != 0)
         return -1;
+    return evaluator_from_ref(vm, ref, path, version, ev, err, errlen);
+}
+
+int evaluator_from_ref(script_vm *vm, int ref, const char *path, const char version[17], evaluator *ev, char *err,
+                       size_t errlen)
+{
+    memset(ev, 0, sizeof *ev);
+    memcpy(ev->version, version, sizeof ev->version);
     lua_State *L = script_vm_state(vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
     const char *problem = NULL;
@@ -175,7 +184,7 @@ static int push_args(lua_State *co, void *ud)
         lua_pushnil(co);
     else if (rc->from_trace && lua_istable(co, -1))
         push_trace_case(co);
-    if (!rc->opts_json || !script_push_json_cached(co, rc->opts_json, strlen(rc->opts_json)))
+    if (!rc->opts_json || !script_push_json_cached(co, rc->ev->ref, rc->opts_json, strlen(rc->opts_json)))
         lua_newtable(co);
     lua_newtable(co);
     lua_pushstring(co, rc->ev->name);
@@ -183,10 +192,11 @@ static int push_args(lua_State *co, void *ud)
     return 3;
 }
 
-static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
+/* reason: len bytes, which may hold NULs (a Lua string) */
+static void finish_n(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason, size_t len)
 {
-    char clean[600]; /* a script's text may be cut mid-character, or not be UTF-8 at all */
-    utf8_clean(clean, sizeof clean, reason, strlen(reason));
+    char clean[600]; /* a script's text may be cut mid-character, hold NULs, or not be UTF-8 at all */
+    utf8_clean(clean, sizeof clean, reason, len);
     eval_result r = {status, pass, score, clean, rc->lua_ns};
     eval_stats *st = rc->stats;
     if (st) {
@@ -201,6 +211,11 @@ static void finish(run_ctx *rc, enum script_status status, bool pass, double sco
     }
     rc->done(&r, rc->ud);
     free(rc);
+}
+
+static void finish(run_ctx *rc, enum script_status status, bool pass, double score, const char *reason)
+{
+    finish_n(rc, status, pass, score, reason, strlen(reason));
 }
 
 static void on_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
@@ -243,7 +258,13 @@ static void on_done(script_call *call, enum script_status status, lua_State *co,
         finish(rc, SCRIPT_ERROR, false, 0, why);
         return;
     }
-    finish(rc, SCRIPT_OK, pass, score, lua_isnil(co, -1) ? (pass ? "ok" : "failed") : lua_tostring(co, -1));
+    if (lua_isnil(co, -1)) {
+        finish(rc, SCRIPT_OK, pass, score, pass ? "ok" : "failed");
+        return;
+    }
+    size_t len;
+    const char *reason = lua_tolstring(co, -1, &len);
+    finish_n(rc, SCRIPT_OK, pass, score, reason, len);
 }
 
 static void run(script_vm *vm, const evaluator *ev, int budget_ms, bool from_trace, const char *case_json,

@@ -50,6 +50,10 @@ typedef void (*eval_done)(const eval_result *r, void *ud);
 int evaluator_load(script_vm *vm, const char *path, evaluator *ev, char *err, size_t errlen);
 int evaluator_load_text(script_vm *vm, const char *path, const char *text, size_t len, evaluator *ev, char *err,
                         size_t errlen);
+/* The contract check alone, on the table a load returned (ref; it is
+ * released on failure). */
+int evaluator_from_ref(script_vm *vm, int ref, const char *path, const char version[17], evaluator *ev, char *err,
+                       size_t errlen);
 void evaluator_free(script_vm *vm, evaluator *ev);
 /* Checks options (a JSON text of an object; NULL: none) against the
  * evaluator's declaration, then, when they pass, with its check(opts)

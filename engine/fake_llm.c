@@ -23,6 +23,7 @@
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
+#include "jtree.h"
 
 const char fake_llm_usage[] =
     "usage: ratchet fake-llm [--listen ADDR] [--address-file FILE] [--model FILE.lua]\n"
@@ -213,7 +214,11 @@ static void error_reply(fake *f, http_request *req, bool anthropic, int status, 
                        : status == 529 ? "overloaded_error" : status >= 500 ? "api_error" : "invalid_request_error";
     json_t *j = anthropic ? json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message", msg)
                           : json_pack("{s:{s:s, s:s, s:n}}", "error", "message", msg, "type", type, "code");
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
+    /* an error it answers ends the connection, as it did before the server
+     * kept connections after a 400: a fault queued next (a reset) then meets
+     * a fresh connection, not one curl would retry on quietly */
+    req->close_after = true;
     reply(f, req, status, headers, text, delay_ms);
     free(text);
     json_decref(j);
@@ -323,7 +328,7 @@ static char *openai_body(fake *f, const char *model, const model_reply *m)
         json_t *tc;
         json_array_foreach(m->tool_calls, i, tc) {
             json_t *args = json_object_get(tc, "arguments");
-            char *atext = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
+            char *atext = args ? json_text(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
             char id[40];
             snprintf(id, sizeof id, "call_%llu_%zu", (unsigned long long)f->seq, i);
             json_array_append_new(calls, json_pack("{s:s, s:s, s:{s:s?, s:s}}", "id", id, "type", "function",
@@ -342,7 +347,7 @@ static char *openai_body(fake *f, const char *model, const model_reply *m)
                           "index", 0, "message", msg, "finish_reason", finish, "usage", "prompt_tokens",
                           m->in_tokens, "completion_tokens", m->out_tokens, "total_tokens",
                           m->in_tokens + m->out_tokens);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     return text;
 }
@@ -370,7 +375,7 @@ static char *anthropic_body(fake *f, const char *model, const model_reply *m)
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:n, s:{s:I, s:I}}", "id", id, "type", "message", "role",
                           "assistant", "model", model, "content", content, "stop_reason", stop, "stop_sequence",
                           "usage", "input_tokens", m->in_tokens, "output_tokens", m->out_tokens);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     return text;
 }
@@ -569,7 +574,7 @@ static void handler(http_request *req, void *ctx)
                               "arrivals_ms", f->arrivals, "faults_left", (json_int_t)left, "auth", "ok",
                               (json_int_t)f->auth_ok, "missing", (json_int_t)f->auth_missing, "wrong",
                               (json_int_t)f->auth_wrong, "last_request", f->last);
-        char *text = json_dumps(j, JSON_COMPACT);
+        char *text = json_text(j, JSON_COMPACT);
         http_respond(req, 200, "application/json", NULL, text, strlen(text));
         free(text);
         json_decref(j);

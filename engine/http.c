@@ -21,12 +21,35 @@
 
 enum conn_state { CONN_IDLE, CONN_HEADERS, CONN_BODY, CONN_HANDLING, CONN_WRITING };
 
+/* How many connections an address holds (a small chained hash table). */
+typedef struct addr_count {
+    unsigned char addr[16]; /* IPv6, or IPv4 mapped */
+    int n;
+    struct addr_count *next;
+} addr_count;
+#define ADDR_BUCKETS 1024
+
+/* The header section of the message being read, checked byte by byte
+ * beside http-parser, which (built lenient) takes bare LF line ends and
+ * obsolete line folding; both are ways to make two parsers on the path
+ * disagree about where headers end (request smuggling). */
+typedef struct {
+    bool done;      /* the empty line ending the headers was seen */
+    char prev;      /* the byte before */
+    int lines;      /* complete lines so far (the request line is the first) */
+    size_t line_len;
+} header_scan;
+
 struct http_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     http_parser parser;
     http_server *srv;
     http_conn *prev, *next;
+    http_conn *idle_prev, *idle_next; /* the server's idle list, oldest first */
+    bool in_idle_list;
+    addr_count *addr;     /* this connection's count, or NULL */
+    header_scan hscan;
     http_request req;
     enum conn_state state;
     size_t header_bytes;
@@ -36,6 +59,7 @@ struct http_conn {
     bool msg_complete;    /* a request is ready for the handler */
     int error_status;     /* set by a parser callback that rejects the request */
     const char *error_code;
+    const char *error_field; /* the header at fault, or NULL */
     char error_msg[160];
     bool keep_alive;
     bool closing;
@@ -54,11 +78,15 @@ struct http_server {
     void *ctx;
     int nconns;
     http_conn *conns;
+    http_conn *idle_head, *idle_tail; /* connections waiting for a request, longest-waiting first */
+    addr_count *addrs[ADDR_BUCKETS];
+    uint64_t evicted;   /* idle connections closed to make room at the cap */
+    int nclosing;       /* connections closed whose handles are not yet */
     bool draining;
     http_drained_cb drained;
     char addr[80];
     /* for /metrics */
-    uint64_t accepted, refused, bytes_in, bytes_out;
+    uint64_t accepted, refused, refused_address, bytes_in, bytes_out;
     uint64_t by_status[600];
     metrics_hist seconds;
     char readbuf[65536]; /* parsing is synchronous, so one buffer serves all */
@@ -73,6 +101,7 @@ typedef struct {
     uv_write_t w;
     http_conn *conn;
     bool close_after;
+    bool interim;     /* a 100 Continue: its completion says nothing about the answer */
     uv_buf_t buf;
     char data[];
 } write_req;
@@ -111,6 +140,7 @@ const char *http_status_text(int status)
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -169,7 +199,9 @@ int http_query_get(const http_request *req, const char *key, char *out, size_t o
         if (nlen == klen && memcmp(p, key, klen) == 0) {
             const char *v = eq ? eq + 1 : p + plen;
             size_t vlen = eq ? plen - nlen - 1 : 0;
-            return percent_decode(v, vlen, out, outlen, true) == 0 ? 1 : -1;
+            /* a value that is not UTF-8 once decoded is malformed: answers
+             * echo values, and JSON cannot hold such bytes */
+            return percent_decode(v, vlen, out, outlen, true) == 0 && utf8_valid(out, strlen(out)) ? 1 : -1;
         }
         p = amp ? amp + 1 : NULL;
     }
@@ -185,6 +217,7 @@ static void request_reset(http_request *r)
         free(r->headers[i].value);
     }
     r->nheaders = 0;
+    r->close_after = false;
     r->url = r->path = NULL;
     r->query = NULL;
     /* keep a modest body buffer for the next request, drop a large one */
@@ -197,6 +230,90 @@ static void request_reset(http_request *r)
 static void timer_start(http_conn *c, int ms, uv_timer_cb cb)
 {
     uv_timer_start(&c->timer, cb, (uint64_t)ms, 0);
+}
+
+/* ---- the idle list and per-address counts ---- */
+
+static void idle_remove(http_conn *c)
+{
+    if (!c->in_idle_list)
+        return;
+    http_server *srv = c->srv;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        srv->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        srv->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->in_idle_list = false;
+}
+
+/* c waits for a request (a new connection, or keep-alive after an answer) */
+static void idle_add(http_conn *c)
+{
+    http_server *srv = c->srv;
+    idle_remove(c);
+    c->idle_prev = srv->idle_tail;
+    if (srv->idle_tail)
+        srv->idle_tail->idle_next = c;
+    else
+        srv->idle_head = c;
+    srv->idle_tail = c;
+    c->in_idle_list = true;
+}
+
+/* Under pressure (over three quarters of the cap), an idle connection gets
+ * a tenth of the keep-alive time (at least a second), so idle connections
+ * give their places back sooner. */
+static int idle_ms(const http_server *srv)
+{
+    int ms = srv->lim.idle_timeout_ms;
+    if ((int64_t)srv->nconns * 4 > (int64_t)srv->lim.max_connections * 3) {
+        int short_ms = ms / 10 < 1000 ? 1000 : ms / 10;
+        if (short_ms < ms)
+            ms = short_ms;
+    }
+    return ms;
+}
+
+static unsigned addr_hash(const unsigned char a[16])
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (int i = 0; i < 16; i++)
+        h = (h ^ a[i]) * 16777619u;
+    return h % ADDR_BUCKETS;
+}
+
+static addr_count *addr_get(http_server *srv, const unsigned char a[16])
+{
+    addr_count **pp = &srv->addrs[addr_hash(a)];
+    for (addr_count *e = *pp; e; e = e->next)
+        if (!memcmp(e->addr, a, 16))
+            return e;
+    addr_count *e = xcalloc(1, sizeof *e);
+    memcpy(e->addr, a, 16);
+    e->next = *pp;
+    *pp = e;
+    return e;
+}
+
+static void addr_release(http_conn *c)
+{
+    addr_count *e = c->addr;
+    if (!e)
+        return;
+    c->addr = NULL;
+    if (--e->n > 0)
+        return;
+    for (addr_count **pp = &c->srv->addrs[addr_hash(e->addr)]; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            free(e);
+            return;
+        }
 }
 
 /* ---- timers ---- */
@@ -228,6 +345,7 @@ static int reject(http_conn *c, int status, const char *code, const char *msg)
 static int on_message_begin(http_parser *p)
 {
     http_conn *c = p->data;
+    idle_remove(c);
     request_reset(&c->req);
     buf_reset(&c->url);
     c->header_bytes = 0;
@@ -269,6 +387,21 @@ static int finish_header(http_conn *c)
             *q = (char)(*q - 'A' + 'a');
     h->value = buf_steal(&c->hvalue);
     c->hdr_state = 0;
+    /* Fields that must come once: with two, which one counts would depend
+     * on who reads the request (two credentials, two body types). */
+    static const char *const single[] = {"authorization", "host", "content-type", "content-length",
+                                         "x-ratchet-actor", NULL};
+    for (const char *const *f = single; *f; f++)
+        if (!strcmp(h->name, *f)) {
+            for (int i = 0; i < c->req.nheaders - 1; i++)
+                if (!strcmp(c->req.headers[i].name, *f)) {
+                    c->error_field = *f;
+                    char msg[120];
+                    snprintf(msg, sizeof msg, "the request has more than one %s header", *f);
+                    return reject(c, 400, "bad_request", msg);
+                }
+            break;
+        }
     return 0;
 }
 
@@ -301,6 +434,8 @@ static int on_headers_complete(http_parser *p)
     http_conn *c = p->data;
     if (finish_header(c))
         return -1;
+    if (p->http_major != 1 || p->http_minor > 1)
+        return reject(c, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
     c->keep_alive = http_should_keep_alive(p);
     c->req.method = http_method_str((enum http_method)p->method);
     /* Content-Length absent is ULLONG_MAX in http-parser (chunked or none). */
@@ -334,6 +469,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
 static int on_message_complete(http_parser *p)
 {
     http_conn *c = p->data;
+    memset(&c->hscan, 0, sizeof c->hscan); /* the next message's headers are scanned afresh */
     c->msg_complete = true;
     uv_timer_stop(&c->timer);
     http_parser_pause(p, 1);
@@ -352,6 +488,10 @@ static void conn_free(http_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    if (c->closing)
+        srv->nclosing--;
+    idle_remove(c);
+    addr_release(c);
     request_reset(&c->req);
     buf_free(&c->req.body);
     buf_free(&c->hfield);
@@ -378,6 +518,8 @@ static void conn_close(http_conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    c->srv->nclosing++;
+    idle_remove(c);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
@@ -415,10 +557,12 @@ static void on_write_done(uv_write_t *w, int status)
 {
     write_req *wr = (write_req *)w;
     http_conn *c = wr->conn;
-    bool close_after = wr->close_after;
+    bool close_after = wr->close_after, interim = wr->interim;
     free(wr);
     if (c->closing)
         return;
+    if (interim && status >= 0)
+        return; /* the answer may already be written behind it (found by fuzz_http) */
     if (status < 0) {
         conn_close(c);
         return;
@@ -430,8 +574,6 @@ static void on_write_done(uv_write_t *w, int status)
             conn_close(c);
         return;
     }
-    if (c->state != CONN_WRITING)
-        return; /* a 100 Continue: the request goes on */
     c->state = CONN_IDLE;
     request_reset(&c->req);
     if ((c->srv->draining || c->peer_eof) && c->pending.len == 0) {
@@ -448,8 +590,10 @@ static void on_write_done(uv_write_t *w, int status)
     } else {
         uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
     }
-    if (c->state == CONN_IDLE && !c->closing)
-        timer_start(c, c->srv->lim.idle_timeout_ms, on_idle_timeout);
+    if (c->state == CONN_IDLE && !c->closing) {
+        idle_add(c);
+        timer_start(c, idle_ms(c->srv), on_idle_timeout);
+    }
 }
 
 static void write_raw(http_conn *c, const char *data, size_t len, bool close_after)
@@ -458,6 +602,7 @@ static void write_raw(http_conn *c, const char *data, size_t len, bool close_aft
     memcpy(wr->data, data, len);
     wr->conn = c;
     wr->close_after = close_after;
+    wr->interim = !close_after && c->state != CONN_WRITING; /* 100 Continue, sent mid-request */
     wr->buf = uv_buf_init(wr->data, (unsigned)len);
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);
@@ -532,15 +677,55 @@ static void dispatch(http_conn *c)
     c->req.url = buf_steal(&c->url);
     split_target(&c->req);
     if (!c->req.path) {
-        http_respond_error(&c->req, 400, "bad_request", "the request target is not a valid path");
+        http_respond_field_error(&c->req, 400, "bad_request", "path", "the request target is not a valid path");
+        return;
+    }
+    /* Handlers echo path segments (names, ids) in answers and errors, and
+     * JSON cannot hold bytes that are not UTF-8: refuse them here, once. */
+    if (!utf8_valid(c->req.path, strlen(c->req.path))) {
+        http_respond_field_error(&c->req, 400, "bad_request", "path",
+                                 "the request path is not valid UTF-8 once percent-decoded");
         return;
     }
     c->in_flight = true;
     c->srv->handler(&c->req, c->srv->ctx);
 }
 
+/* Runs the header scan over the bytes of a header section; returns an
+ * error message, or NULL. */
+static const char *scan_headers(header_scan *hs, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !hs->done; i++) {
+        char b = data[i];
+        if (b == '\n') {
+            if (hs->prev != '\r')
+                return "a line ends with a bare LF; HTTP/1.1 lines end with CRLF";
+            if (hs->line_len == 0 && hs->lines > 0)
+                hs->done = true; /* the empty line: the body (if any) follows */
+            else if (hs->line_len > 0)
+                hs->lines++;
+            hs->line_len = 0; /* (an empty line before the request line is skipped, RFC 9112 2.2) */
+        } else if (b != '\r') {
+            if (hs->line_len == 0 && hs->lines > 0 && (b == ' ' || b == '\t'))
+                return "obsolete line folding (a header line starting with a space or tab) is not accepted";
+            hs->line_len++;
+        }
+        hs->prev = b;
+    }
+    return NULL;
+}
+
 static void conn_feed(http_conn *c, const char *data, size_t len)
 {
+    if (!c->hscan.done) {
+        const char *bad = scan_headers(&c->hscan, data, len);
+        if (bad) {
+            if (c->state == CONN_IDLE)
+                c->state = CONN_HEADERS;
+            conn_fail(c, 400, "bad_request", bad);
+            return;
+        }
+    }
     size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
     if (c->error_status) {
         conn_fail(c, c->error_status, c->error_code, c->error_msg);
@@ -578,7 +763,11 @@ static void conn_fail(http_conn *c, int status, const char *code, const char *ms
     c->keep_alive = false;
     c->state = CONN_HANDLING;
     c->in_flight = true;
-    http_respond_error(&c->req, status, code, "%s", msg);
+    idle_remove(c);
+    if (c->error_field)
+        http_respond_field_error(&c->req, status, code, c->error_field, "%s", msg);
+    else
+        http_respond_error(&c->req, status, code, "%s", msg);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -608,6 +797,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     struct sockaddr_storage ss;
     int sl = sizeof ss;
+    ss.ss_family = AF_UNSPEC;
     strcpy(c->peer, "?");
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
         if (ss.ss_family == AF_INET)
@@ -619,12 +809,41 @@ static void on_connection(uv_stream_t *server, int status)
     c->req.loopback = c->loopback;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    if (srv->nconns > srv->lim.max_connections) {
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        unsigned char a[16] = {0};
+        if (ss.ss_family == AF_INET) {
+            a[10] = a[11] = 0xff;
+            memcpy(a + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        } else {
+            memcpy(a, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        }
+        c->addr = addr_get(srv, a);
+        c->addr->n++;
+        int per = srv->lim.max_connections_per_address;
+        if (per > 0 && c->addr->n > per) {
+            srv->refused++;
+            srv->refused_address++;
+            char msg[160];
+            snprintf(msg, sizeof msg, "%s already holds %d connections, the limit per address; try again later",
+                     c->peer, per);
+            conn_fail(c, 503, "too_many_connections", msg);
+            return;
+        }
+    }
+    /* At the cap, the connection that has waited longest for a request
+     * makes room: idle connections cannot lock new clients out. Only when
+     * every connection is busy with a request is the new one refused. */
+    if (srv->nconns > srv->lim.max_connections && srv->idle_head) {
+        srv->evicted++;
+        conn_close(srv->idle_head);
+    }
+    if (srv->nconns - srv->nclosing > srv->lim.max_connections) {
         srv->refused++;
         conn_fail(c, 503, "too_many_connections", "the server is at its connection limit; try again later");
         return;
     }
-    timer_start(c, srv->lim.idle_timeout_ms, on_idle_timeout);
+    idle_add(c);
+    timer_start(c, idle_ms(srv), on_idle_timeout);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, on_read);
 }
 
@@ -660,8 +879,11 @@ void http_respond(http_request *req, int status, const char *content_type, const
     http_conn *c = req->conn;
     if (!answering(c))
         return;
-    bool close_after = !c->keep_alive || c->srv->draining || status == 400 || status == 408 ||
-                       status == 413 || status == 431 || c->error_status;
+    /* Only a request the parser refused leaves the stream at an unknown
+     * place (conn_fail clears keep_alive); a 400 from a handler (a body that
+     * is not JSON) was framed fine, so pipelined requests behind it are
+     * answered too. */
+    bool close_after = !c->keep_alive || c->srv->draining || c->error_status || req->close_after;
     char head[512];
     int hn = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\n"
@@ -685,6 +907,7 @@ void http_respond(http_request *req, int status, const char *content_type, const
         memcpy(wr->data + hn, body, len);
     wr->conn = c;
     wr->close_after = close_after;
+    wr->interim = false;
     wr->buf = uv_buf_init(wr->data, (unsigned)((size_t)hn + len));
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);
@@ -717,13 +940,19 @@ void http_reset(http_request *req)
 static void respond_error_v(http_request *req, int status, const char *code, const char *field, const char *fmt,
                             va_list ap)
 {
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    json_t *e = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "request_id", req->id);
+    /* A message may echo what the client sent (a path, a parameter's name)
+     * and JSON holds only UTF-8: each invalid byte becomes U+FFFD, so no
+     * client can make an error unanswerable. */
+    char raw[1024], msg[1024], fld[256];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    utf8_clean(msg, sizeof msg, raw, strlen(raw));
     if (field)
-        json_object_set_new(e, "field", json_string(field));
-    json_t *o = json_pack("{s:o}", "error", e);
-    char *text = json_dumps(o, JSON_COMPACT);
+        utf8_clean(fld, sizeof fld, field, strlen(field));
+    json_t *e = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "request_id", req->id);
+    if (e && field)
+        json_object_set_new(e, "field", json_string(fld));
+    json_t *o = e ? json_pack("{s:o}", "error", e) : NULL;
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     const char *extra = NULL;
     if (status == 503)
@@ -732,6 +961,12 @@ static void respond_error_v(http_request *req, int status, const char *code, con
         extra = "WWW-Authenticate: Bearer\r\n";
     else if (status == 415 && field && !strcmp(field, "content-encoding"))
         extra = "Accept-Encoding: identity\r\n"; /* RFC 7694: what the server takes */
+    if (!text) { /* out of memory: still an answer, and still JSON */
+        log_error("http", "could not build the error body of request %s", req->id);
+        static const char fallback[] = "{\"error\":{\"code\":\"internal\",\"message\":\"the error could not be written\"}}";
+        http_respond(req, status, "application/json", extra, fallback, sizeof fallback - 1);
+        return;
+    }
     http_respond(req, status, "application/json", extra, text, strlen(text));
     free(text);
 }
@@ -816,7 +1051,14 @@ void http_server_metrics(http_server *srv, buf_t *b)
                 "The connection cap (limits.max_connections).", srv->lim.max_connections);
     metrics_one(b, "ratchet_http_connections_total", "counter", "Connections accepted.", (double)srv->accepted);
     metrics_one(b, "ratchet_http_connections_refused_total", "counter",
-                "Connections answered 503 and closed because the cap was reached.", (double)srv->refused);
+                "Connections answered 503 and closed because a cap was reached (the total or the address's).",
+                (double)srv->refused);
+    metrics_one(b, "ratchet_http_connections_refused_address_total", "counter",
+                "Connections refused because their address held limits.max_connections_per_address already.",
+                (double)srv->refused_address);
+    metrics_one(b, "ratchet_http_connections_evicted_total", "counter",
+                "Idle connections closed to make room for a new one at limits.max_connections.",
+                (double)srv->evicted);
     metrics_family(b, "ratchet_http_responses_total", "counter", "Responses sent, by status code.");
     for (int i = 100; i < 600; i++)
         if (srv->by_status[i]) {

@@ -33,6 +33,7 @@ typedef struct http_request {
     buf_t body;
     char id[17];            /* request id, sent back as X-Request-Id */
     bool loopback;          /* the peer is 127.0.0.0/8 or ::1 */
+    bool close_after;       /* a handler may set it: the connection closes after the answer */
     uint64_t start_ns;
 } http_request;
 
@@ -41,6 +42,7 @@ typedef void (*http_drained_cb)(http_server *srv);
 
 typedef struct {
     int max_connections;
+    int max_connections_per_address; /* 0: no cap of its own */
     size_t max_header_bytes;
     size_t max_body_bytes;
     int header_timeout_ms;

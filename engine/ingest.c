@@ -13,6 +13,7 @@
  * generator. */
 #include "ingest.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -25,6 +26,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "util.h"
+#include "jtree.h"
 
 #define ID_MAX 128
 #define NAME_MAX_LEN 128
@@ -236,16 +238,30 @@ static const char *duplicate_key(yajl_val o)
     return dup;
 }
 
-/* Depth of v, and the first duplicated key anywhere in it (depth is bounded
- * by the checking pass, so the recursion is too). */
-static int walk_check(yajl_val v, const char **dup)
+/* True when jansson, which reads stored traces back, takes the number's
+ * text: an integer (no '.', 'e' or 'E') must fit in 64 bits, any other
+ * number must not overflow a double (underflow to 0 is fine). */
+static bool number_readable(const char *r)
+{
+    if (!strpbrk(r, ".eE")) {
+        errno = 0;
+        (void)strtoll(r, NULL, 10);
+        return errno != ERANGE;
+    }
+    return isfinite(strtod(r, NULL));
+}
+
+/* Depth of v, the first duplicated key anywhere in it, and whether it holds
+ * a number the reader cannot (depth is bounded by the checking pass, so the
+ * recursion is too). */
+static int walk_check(yajl_val v, const char **dup, bool *bad_number)
 {
     int d = 0;
     if (YAJL_IS_OBJECT(v)) {
         if (!*dup)
             *dup = duplicate_key(v);
         for (size_t i = 0; i < v->u.object.len; i++) {
-            int cd = walk_check(v->u.object.values[i], dup);
+            int cd = walk_check(v->u.object.values[i], dup, bad_number);
             if (cd > d)
                 d = cd;
         }
@@ -253,13 +269,207 @@ static int walk_check(yajl_val v, const char **dup)
     }
     if (YAJL_IS_ARRAY(v)) {
         for (size_t i = 0; i < v->u.array.len; i++) {
-            int cd = walk_check(v->u.array.values[i], dup);
+            int cd = walk_check(v->u.array.values[i], dup, bad_number);
             if (cd > d)
                 d = cd;
         }
         return d + 1;
     }
+    if (YAJL_IS_NUMBER(v) && !*bad_number && !number_readable(v->u.number.r))
+        *bad_number = true;
     return 0;
+}
+
+/* ---- values the reader cannot hold ---- */
+
+static unsigned hex4(const char *p)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* Offset of the first \u escape in a JSON text (already parsed, so every
+ * backslash is inside a string and starts an escape) that is a UTF-16
+ * surrogate without its other half, or -1. yajl turns such an escape into
+ * '?' or into bytes that are not UTF-8, and jansson refuses it: either way
+ * the trace would not read back as sent. */
+static long lone_surrogate_at(const char *text, size_t len, size_t from)
+{
+    const char *p = text + from, *end = text + len;
+    while (p < end && (p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
+        if (end - p < 6 || p[1] != 'u') {
+            p += 2; /* \n, \\, \" ...: skip the escaped character */
+            continue;
+        }
+        unsigned cp = hex4(p + 2);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (end - p >= 12 && p[6] == '\\' && p[7] == 'u') {
+                unsigned lo = hex4(p + 8);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    p += 12;
+                    continue;
+                }
+            }
+            return (long)(p - text);
+        }
+        if (cp >= 0xDC00 && cp <= 0xDFFF)
+            return (long)(p - text);
+        p += 6;
+    }
+    return -1;
+}
+
+/* Rare path: a text holds an unreadable value; this pass finds each one's
+ * JSON path. yajl's streaming parser reports numbers in their own text and
+ * says, at each string, how far it has read, so a bad escape is placed in
+ * the string that holds it. Paths are "$" + ".key" / "[i]"; for an array
+ * body the top-level index is the item's (reported apart). */
+#define FIND_MAX_DEPTH (SCAN_MAX_DEPTH + 2)
+typedef struct {
+    yajl_handle h;
+    const char *text;
+    size_t len;
+    long next_bad;        /* offset of the next lone surrogate escape, or -1 */
+    bool array_body;
+    int depth;
+    struct {
+        bool array;
+        long index;
+        const char *key;
+        size_t keylen;
+    } frames[FIND_MAX_DEPTH];
+    void (*report)(void *ud, size_t item, const char *path, const char *message);
+    void *ud;
+} finder;
+
+static void finder_path(const finder *f, int upto, size_t *item, buf_t *path)
+{
+    *item = 0;
+    buf_puts(path, "$");
+    for (int i = 0; i < upto; i++) {
+        if (f->frames[i].array) {
+            if (i == 0 && f->array_body) {
+                *item = (size_t)f->frames[0].index;
+                buf_printf(path, "[%ld]", f->frames[i].index);
+                continue;
+            }
+            buf_printf(path, "[%ld]", f->frames[i].index);
+        } else {
+            buf_puts(path, ".");
+            buf_append(path, f->frames[i].key, f->frames[i].keylen);
+        }
+    }
+}
+
+static void finder_report(finder *f, int upto, const char *message)
+{
+    size_t item;
+    buf_t path;
+    buf_init(&path);
+    finder_path(f, upto, &item, &path);
+    f->report(f->ud, item, path.data, message);
+    buf_free(&path);
+}
+
+/* a value starts: count it in its array */
+static void finder_value(finder *f)
+{
+    if (f->depth > 0 && f->frames[f->depth - 1].array)
+        f->frames[f->depth - 1].index++;
+}
+
+/* did the token just read hold the next bad escape? */
+static bool finder_token_bad(finder *f)
+{
+    size_t upto = yajl_get_bytes_consumed(f->h); /* just past the token the callback reports */
+    if (f->next_bad < 0 || (size_t)f->next_bad >= upto)
+        return false;
+    while (f->next_bad >= 0 && (size_t)f->next_bad < upto)
+        f->next_bad = lone_surrogate_at(f->text, f->len, (size_t)f->next_bad + 6);
+    return true;
+}
+
+static int find_open(void *ctx, bool array)
+{
+    finder *f = ctx;
+    finder_value(f);
+    if (f->depth >= FIND_MAX_DEPTH)
+        return 0;
+    f->frames[f->depth].array = array;
+    f->frames[f->depth].index = -1;
+    f->frames[f->depth].key = "";
+    f->frames[f->depth].keylen = 0;
+    f->depth++;
+    return 1;
+}
+static int find_map(void *ctx) { return find_open(ctx, false); }
+static int find_array(void *ctx) { return find_open(ctx, true); }
+static int find_close(void *ctx) { ((finder *)ctx)->depth--; return 1; }
+static int find_null(void *ctx) { finder_value(ctx); return 1; }
+static int find_bool(void *ctx, int b) { (void)b; finder_value(ctx); return 1; }
+
+static int find_number(void *ctx, const char *s, size_t n)
+{
+    finder *f = ctx;
+    finder_value(f);
+    char *num = xstrndup(s, n);
+    if (!number_readable(num))
+        finder_report(f, f->depth, strpbrk(num, ".eE")
+                                       ? "is a number too large for a double (JSON readers cannot hold it)"
+                                       : "is an integer past 64 bits (JSON readers cannot hold it exactly; send it "
+                                         "as a string)");
+    free(num);
+    return 1;
+}
+
+static int find_string(void *ctx, const unsigned char *s, size_t n)
+{
+    (void)s, (void)n;
+    finder *f = ctx;
+    finder_value(f);
+    if (finder_token_bad(f))
+        finder_report(f, f->depth, "holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair); send "
+                                   "the character itself or a valid pair");
+    return 1;
+}
+
+static int find_key(void *ctx, const unsigned char *s, size_t n)
+{
+    finder *f = ctx;
+    if (finder_token_bad(f)) /* the object is named: the key itself is the fault */
+        finder_report(f, f->depth - 1, "has a key with a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+                                       "pair)");
+    f->frames[f->depth - 1].key = (const char *)s;
+    f->frames[f->depth - 1].keylen = n;
+    return 1;
+}
+
+static const yajl_callbacks find_callbacks = {
+    find_null, find_bool, NULL, NULL, find_number, find_string, find_map, find_key, find_close, find_array,
+    find_close,
+};
+
+/* Reports every unreadable value of text (valid JSON, already checked). */
+static void find_unreadable(const char *text, size_t len, bool array_body,
+                            void (*report)(void *ud, size_t item, const char *path, const char *message), void *ud)
+{
+    finder *f = xcalloc(1, sizeof *f);
+    f->text = text;
+    f->len = len;
+    f->array_body = array_body;
+    f->next_bad = lone_surrogate_at(text, len, 0);
+    f->report = report;
+    f->ud = ud;
+    f->h = yajl_alloc(&find_callbacks, NULL, f);
+    yajl_config(f->h, yajl_dont_validate_strings, 1); /* u8_check did */
+    yajl_parse(f->h, (const unsigned char *)text, len);
+    yajl_complete_parse(f->h);
+    yajl_free(f->h);
+    free(f);
 }
 
 static void gen_value(yajl_gen g, yajl_val v)
@@ -767,6 +977,54 @@ static bool scan_not_needed(const char *p, size_t n)
     return opens + count_byte(p, n, '[', SCAN_MAX_DEPTH) <= SCAN_MAX_DEPTH && !memmem(p, n, "\\u0000", 6);
 }
 
+/* yajl's tree parser takes comments (it turns them on itself), and a
+ * string left open after the value (`{...}"`: its lexer waits for the rest
+ * and finds none), so a text it parsed may still not be JSON; stored as
+ * sent, it would not read back. Returns the offset of the first byte that
+ * is neither the one value nor white space after it, or -1 when clean.
+ * Strings are skipped with memchr: a trace is mostly string bytes. */
+static long json_text_unclean_at(const char *p, size_t n)
+{
+    const char *s = p, *end = p + n;
+    int depth = 0;
+    bool started = false;
+    while (s < end) {
+        char c = *s;
+        if (c == '"') {
+            for (s++;;) { /* to the closing quote */
+                const char *q = memchr(s, '"', (size_t)(end - s));
+                if (!q)
+                    return (long)(s - p); /* open to the end */
+                const char *b = q;
+                while (b > s && b[-1] == '\\')
+                    b--;
+                s = q + 1;
+                if (((q - b) & 1) == 0)
+                    break; /* not escaped */
+            }
+            started = true;
+        } else if (c == '/') {
+            return (long)(s - p); /* a comment */
+        } else if (c == '{' || c == '[') {
+            depth++, started = true, s++;
+        } else if (c == '}' || c == ']') {
+            depth--, s++;
+        } else if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            s++;
+        } else if ((unsigned char)c < 0x20) {
+            return (long)(s - p); /* yajl takes \v and \f as white space; JSON does not */
+        } else {
+            started = true, s++;
+        }
+        if (started && depth == 0) { /* the value is complete: only white space may follow */
+            while (s < end && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+                s++;
+            return s == end ? -1 : (long)(s - p);
+        }
+    }
+    return -1;
+}
+
 /* Parses one NDJSON line in place (it is NUL-terminated for the parser and
  * restored after). */
 static void parse_line(char *p, size_t n, raw_item *r)
@@ -787,11 +1045,50 @@ static void parse_line(char *p, size_t n, raw_item *r)
         if (!r->value)
             snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON");
     }
+    long bad;
+    if (r->value && YAJL_IS_OBJECT(r->value) && (bad = json_text_unclean_at(p, n)) >= 0) {
+        yajl_tree_free(r->value);
+        r->value = NULL;
+        snprintf(r->parse_error, sizeof r->parse_error, "not valid JSON: %s at byte %ld",
+                 p[bad] == '/' ? "a comment" : (unsigned char)p[bad] < 0x20 ? "a control character outside a string"
+                                                                            : "text after the object",
+                 bad + 1);
+    }
     p[n] = saved;
     while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r'))
         n--;
     r->text = p;
     r->text_len = n;
+}
+
+/* find_unreadable's reports for one item's own text: errors of its vctx
+ * (the path is already "$..." and base is "$") */
+static void report_unreadable(void *ud, size_t item, const char *path, const char *message)
+{
+    (void)item;
+    vctx *v = ud;
+    add_error(v, path + 1, "%s", message);
+}
+
+typedef struct {
+    struct {
+        size_t item;
+        char *path; /* "$[i]..." */
+        const char *message;
+    } *items;
+    size_t n;
+} unreadable_list;
+
+static void collect_unreadable(void *ud, size_t item, const char *path, const char *message)
+{
+    unreadable_list *l = ud;
+    if (l->n >= 10000) /* bounded: one per item would already be plenty */
+        return;
+    l->items = xrealloc(l->items, (l->n + 1) * sizeof *l->items);
+    l->items[l->n].item = item;
+    l->items[l->n].path = xstrdup(path);
+    l->items[l->n].message = message;
+    l->n++;
 }
 
 int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now,
@@ -917,6 +1214,9 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
     /* inline feedback of traces, appended after the loop */
     store_feedback *inline_fb = NULL;
     size_t ninline = 0, inline_cap = 0;
+    /* unreadable values in an array body, found in one pass over it */
+    unreadable_list unreadable = {0};
+    bool body_bad_escape = array_form && lone_surrogate_at(body, len, 0) >= 0, body_searched = false;
 
     for (size_t i = 0; i < nraw; i++) {
         ingest_item *it = &out->items[i];
@@ -933,7 +1233,8 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
             continue;
         }
         const char *dup = NULL;
-        if (walk_check(raw[i].value, &dup) > INGEST_MAX_DEPTH) {
+        bool bad_number = false;
+        if (walk_check(raw[i].value, &dup, &bad_number) > INGEST_MAX_DEPTH) {
             add_error(&v, "", "is nested deeper than %d levels", INGEST_MAX_DEPTH);
             continue;
         }
@@ -941,6 +1242,22 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
             add_error(&v, "", "has the key '%.100s' twice in one object", dup);
             continue;
         }
+        /* what the store's reader (jansson) would refuse is refused here,
+         * so nothing acknowledged fails to read back */
+        if (array_form && (bad_number || body_bad_escape) && !body_searched) {
+            find_unreadable(body, len, true, collect_unreadable, &unreadable);
+            body_searched = true;
+        }
+        if (array_form) {
+            for (size_t k = 0; k < unreadable.n; k++)
+                if (unreadable.items[k].item == i)
+                    add_error(&v, unreadable.items[k].path + strcspn(unreadable.items[k].path, "]") + 1, "%s",
+                              unreadable.items[k].message);
+        } else if (bad_number || lone_surrogate_at(raw[i].text, raw[i].text_len, 0) >= 0) {
+            find_unreadable(raw[i].text, raw[i].text_len, false, report_unreadable, &v);
+        }
+        if (it->nerrors)
+            continue;
         if (kind == INGEST_TRACES) {
             store_feedback *fb = NULL;
             size_t nfb = 0;
@@ -973,6 +1290,9 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
         for (size_t i = 0; i < nraw; i++)
             yajl_tree_free(raw[i].value);
     free(raw);
+    for (size_t k = 0; k < unreadable.n; k++)
+        free(unreadable.items[k].path);
+    free(unreadable.items);
     out->array_form = array_form;
     if (ninline) {
         out->write.feedback = xrealloc(out->write.feedback, (out->write.nfeedback + ninline) * sizeof *inline_fb);
@@ -996,13 +1316,20 @@ static const char *result_name(unsigned char r)
 /* Appends s as a JSON string (jansson does the escaping). */
 static void buf_json_string(buf_t *b, const char *s)
 {
+    /* error paths name keys as the client sent them, which may not be UTF-8
+     * (a lone surrogate escape decodes to bytes that are not) */
+    char clean[1024];
+    if (!utf8_valid(s, strlen(s))) {
+        utf8_clean(clean, sizeof clean, s, strlen(s));
+        s = clean;
+    }
     json_t *j = json_string(s);
     char tmp[512];
     size_t n = json_dumpb(j, tmp, sizeof tmp, JSON_ENCODE_ANY);
     if (n <= sizeof tmp) {
         buf_append(b, tmp, n);
     } else {
-        char *big = json_dumps(j, JSON_ENCODE_ANY);
+        char *big = json_text(j, JSON_ENCODE_ANY);
         buf_puts(b, big);
         free(big);
     }

@@ -359,3 +359,9 @@ char *jtree_dump_text(const json_t *v, bool pretty)
         buf_puts(&b, "");
     return buf_steal(&b);
 }
+
+char *json_text(const json_t *v, size_t flags)
+{
+    char *t = v ? json_dumps(v, flags | JSON_ENCODE_ANY) : NULL;
+    return t ? t : xstrdup("null");
+}

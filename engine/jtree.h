@@ -27,6 +27,10 @@ char *jtree_dump(const json_t *v);
  * "0.80000000000000004"), never rounded; pretty: indented by two spaces, no
  * final newline. Not for cache keys (those keep jansson's bytes). */
 char *jtree_dump_text(const json_t *v, bool pretty);
+/* json_dumps(v, flags | JSON_ENCODE_ANY) that never returns NULL: "null"
+ * for a NULL v (a json_pack that failed) or a value that cannot be written,
+ * so no caller can pass NULL on to strlen or a buffer. Free the result. */
+char *json_text(const json_t *v, size_t flags);
 /* Writes d as jansson writes a real ("1.0", "0.25", "1e+300" as "1e300");
  * returns its length (0 for NaN or infinity, which JSON has no text for). */
 size_t jtree_real_text(double d, char out[40]);

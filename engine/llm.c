@@ -847,7 +847,7 @@ static json_t *map_messages_openai(json_t *msgs, json_t *system)
         json_array_foreach(calls, k, tc) {
             json_t *args = json_object_get(tc, "arguments");
             char *atext = json_is_string(args) ? xstrdup(json_string_value(args))
-                                               : json_dumps(args ? args : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
+                                               : json_text(args ? args : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
             json_array_append_new(mapped, json_pack("{s:O?, s:s, s:{s:O?, s:s}}", "id", json_object_get(tc, "id"),
                                                     "type", "function", "function", "name",
                                                     json_object_get(tc, "name"), "arguments", atext));

@@ -64,10 +64,11 @@ void log_msg(enum log_level level, const char *subsystem, const char *fmt, ...)
     char line[4096];
     va_list ap;
     if (as_json) {
-        char msg[3072], ts[32];
+        char raw[3072], msg[3072], ts[32];
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof msg, fmt, ap);
+        vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        utf8_clean(msg, sizeof msg, raw, strlen(raw)); /* a message may quote a client's bytes */
         rfc3339_format(now_ms(), ts);
         json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "time", ts, "level", level_names[level], "subsystem",
                               subsystem, "message", msg);

@@ -16,6 +16,7 @@
 #include "prompt_metrics.h"
 #include "provenance.h"
 #include "util.h"
+#include "jtree.h"
 
 #define TICK_MS 200
 /* how long a manual optimize waits for a routine step in flight */
@@ -275,7 +276,7 @@ typedef struct {
 
 static void put_state(lprompt *p, store_write *w)
 {
-    char *detail = json_dumps(p->detail, JSON_COMPACT);
+    char *detail = json_text(p->detail, JSON_COMPACT);
     store_loop_state ls = {.prompt = p->name,
                            .state = p->state,
                            .cycle = p->cycle,
@@ -300,7 +301,7 @@ static void event(lprompt *p, store_write *w, const char *kind, json_t *detail, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    char *d = detail ? json_text(detail, JSON_COMPACT) : NULL;
     store_put_loop_event(w, p->name, p->cycle, kind, msg, d, now_ms());
     log_info("loop", "%s: %s: %s", p->name, kind, msg);
     free(d);
@@ -483,7 +484,7 @@ static bool lua_call_fn(lprompt *p, const char *kind, const char *name, const ch
     pcall *c = xcalloc(1, sizeof *c);
     c->p = p;
     c->then = then;
-    char *text = json_dumps(args, JSON_COMPACT);
+    char *text = json_text(args, JSON_COMPACT);
     json_decref(args);
     p->lp->inflight++;
     policy_call_args(p->lp->vm, le->ev.ref, slot, fn, !strcmp(kind, "metaprompts") ? p->lp->template_budget_ms
@@ -919,7 +920,7 @@ static void built(lprompt *p, json_t *res, const char *err)
     }
     json_t *req = json_deep_copy(opt);
     json_object_set(req, "messages", msgs);
-    char *text = json_dumps(req, JSON_COMPACT);
+    char *text = json_text(req, JSON_COMPACT);
     json_decref(req);
     char who_name[300];
     snprintf(who_name, sizeof who_name, "metaprompts/%s:%s", p->cyc->tpl, p->name);

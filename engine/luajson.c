@@ -13,12 +13,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistr.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
 #include "util.h"
 
 #define MAX_DEPTH 1000
+/* yajl_gen's own limit (YAJL_MAX_DEPTH, fixed when yajl is built): past it
+ * yajl_gen_*_open fail, and the text would come out unbalanced */
+#define YAJL_DEPTH 128
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static const char array_mt_key[] = "ratchet.json.array";
 
@@ -42,6 +48,7 @@ typedef struct {
     int null_idx;
     int depth;
     bool too_deep;
+    bool too_big;
     lua_Integer count[MAX_DEPTH + 2]; /* items so far per open array; -1 for objects */
 } dec;
 
@@ -78,8 +85,13 @@ static int cb_number(void *ctx, const char *s, size_t len)
     char num[64];
     if (len >= sizeof num) { /* a long literal: only a float can hold it */
         char *big = strndup(s, len);
-        lua_pushnumber(d->L, big ? strtod(big, NULL) : HUGE_VAL);
+        double v = big ? strtod(big, NULL) : HUGE_VAL;
         free(big);
+        if (!isfinite(v)) {
+            d->too_big = true; /* it would come back as infinity, which no JSON holds */
+            return 0;
+        }
+        lua_pushnumber(d->L, v);
         return add_value(d);
     }
     memcpy(num, s, len);
@@ -92,7 +104,12 @@ static int cb_number(void *ctx, const char *s, size_t len)
             return add_value(d);
         }
     }
-    lua_pushnumber(d->L, strtod(num, NULL));
+    double v = strtod(num, NULL);
+    if (!isfinite(v)) {
+        d->too_big = true;
+        return 0;
+    }
+    lua_pushnumber(d->L, v);
     return add_value(d);
 }
 
@@ -175,6 +192,7 @@ int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, cha
     d->null_idx = lua_absindex(L, null_idx);
     d->depth = 0;
     d->too_deep = false;
+    d->too_big = false;
     int top = lua_gettop(L);
     yajl_handle h = yajl_alloc(&callbacks, NULL, d);
     /* like lua-cjson, strings are passed on as they are: scripts see
@@ -187,6 +205,8 @@ int luajson_decode(lua_State *L, const char *text, size_t len, int null_idx, cha
     if (st != yajl_status_ok || lua_gettop(L) != top + 1) {
         if (d->too_deep) {
             snprintf(err, errlen, "nested deeper than %d levels", MAX_DEPTH);
+        } else if (d->too_big) {
+            snprintf(err, errlen, "a number is too large for a double");
         } else {
             luajson_yajl_error(h, st, err, errlen);
         }
@@ -325,7 +345,10 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
-        if (yajl_gen_string(e->g, (const unsigned char *)s, len) != yajl_gen_status_ok) {
+        /* strictly (RFC 3629): yajl's own check lets UTF-16 surrogates and
+         * overlong forms through, which jansson readers then refuse (found by
+         * fuzz_luajson: a decoded lone \ud800 encoded back as it was) */
+        if (u8_check((const uint8_t *)s, len) || yajl_gen_string(e->g, (const unsigned char *)s, len) != yajl_gen_status_ok) {
             e->error = "a string is not valid UTF-8";
             return false;
         }
@@ -340,7 +363,10 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
     case LUA_TTABLE: {
         lua_Integer n;
         if (is_array(L, idx, &n)) {
-            yajl_gen_array_open(e->g);
+            if (yajl_gen_array_open(e->g) != yajl_gen_status_ok) {
+                e->error = "nested deeper than " STR(YAJL_DEPTH) " levels (the most JSON encoding takes)";
+                return false;
+            }
             for (lua_Integer i = 1; i <= n; i++) {
                 lua_rawgeti(L, idx, i);
                 bool ok = encode_value(L, e, -1, depth + 1, null_idx);
@@ -351,7 +377,10 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
             yajl_gen_array_close(e->g);
             return true;
         }
-        yajl_gen_map_open(e->g);
+        if (yajl_gen_map_open(e->g) != yajl_gen_status_ok) {
+            e->error = "nested deeper than " STR(YAJL_DEPTH) " levels (the most JSON encoding takes)";
+            return false;
+        }
         lua_pushnil(L);
         while (lua_next(L, idx)) {
             const char *k;
@@ -367,7 +396,8 @@ static bool encode_value(lua_State *L, enc *e, int idx, int depth, int null_idx)
                 e->error = "object keys must be strings or integers";
                 return false;
             }
-            if (yajl_gen_string(e->g, (const unsigned char *)k, klen) != yajl_gen_status_ok) {
+            if (u8_check((const uint8_t *)k, klen) ||
+                yajl_gen_string(e->g, (const unsigned char *)k, klen) != yajl_gen_status_ok) {
                 lua_pop(L, 2);
                 e->error = "a key is not valid UTF-8";
                 return false;

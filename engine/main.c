@@ -136,6 +136,10 @@ typedef struct {
     uv_work_t scan_work;
     /* what a reload's thread-pool half read from the disk */
     catalog_scan *scan;
+    script_limits probe_limits; /* for the reload's probe VM */
+    char **probe_dirs;
+    uint64_t reload_t0;
+    char **reload_watch_dirs;
     config new_cfg;
     int new_cfg_rc;
     char new_cfg_err[1024];
@@ -176,7 +180,7 @@ static void close_watches(engine *e)
 static void finish_stop(void *arg)
 {
     engine *e = arg;
-    if (e->scan_work.data) { /* a reload's scan is still in the thread pool */
+    if (e->scan_work.data || catalog_applying(e->cat)) { /* a reload's scan or loads are under way */
         uv_timer_start(&e->shutdown_timer, on_stop_retry, 10, 0);
         return;
     }
@@ -281,13 +285,19 @@ static char **require_dirs(const config *cfg)
     return out;
 }
 
+static void vm_limits(const config *cfg, script_limits *lim)
+{
+    script_limits_default(lim);
+    lim->memory_limit = (size_t)cfg->scripts.memory_limit_mb << 20;
+    lim->budget_ms = cfg->scripts.evaluator_budget_ms;
+    lim->load_budget_ms = cfg->scripts.load_budget_ms;
+    lim->stall_ms = cfg->scripts.max_stall_ms;
+}
+
 static script_vm *new_vm(uv_loop_t *loop, const config *cfg)
 {
     script_limits lim;
-    script_limits_default(&lim);
-    lim.memory_limit = (size_t)cfg->scripts.memory_limit_mb << 20;
-    lim.budget_ms = cfg->scripts.evaluator_budget_ms;
-    lim.load_budget_ms = cfg->scripts.load_budget_ms;
+    vm_limits(cfg, &lim);
     char **dirs = require_dirs(cfg);
     script_vm *vm = script_vm_new(loop, &lim, (const char *const *)dirs);
     catalog_free_list(dirs);
@@ -405,12 +415,18 @@ static void apply_cli(const engine *e, config *c)
         config_prepend_script_dir(c, e->script_dir);
 }
 
+static void on_scripts_applied(catalog *cat, int failed, void *ud);
+
 /* The reload's disk half, in the thread pool: the scripts, the config file,
  * the folders to watch. */
 static void scan_work(uv_work_t *w)
 {
     engine *e = w->data;
     e->scan = catalog_scan_run(catalog_dirs(e->cat));
+    /* each script loads once here, off the loop, in a VM of its own: one
+     * that spins, runs out of memory or fails keeps its running version and
+     * never runs in the engine's VM */
+    catalog_scan_probe(e->scan, &e->probe_limits, (const char *const *)e->probe_dirs);
     config_defaults(&e->new_cfg);
     e->new_cfg_rc = e->config_path ? config_load(&e->new_cfg, e->config_path, e->new_cfg_err,
                                                  sizeof e->new_cfg_err) : 0;
@@ -458,15 +474,34 @@ static void scan_after(uv_work_t *w, int status)
         catalog_free_list(watch_dirs);
         return;
     }
-    uint64_t t0 = mono_ns();
+    e->reload_t0 = mono_ns();
     bool new_ok = e->config_path && e->new_cfg_rc == 0;
     if (new_ok)
         apply_cli(e, &e->new_cfg);
     /* each new script version must fit the configuration that will run;
      * a removed script that it uses keeps running */
     catalog_hooks hooks = {accept_version, script_in_use, new_ok ? (void *)&e->new_cfg : (void *)&e->cfg};
-    int failed = catalog_apply(e->cat, e->scan, true, &hooks);
+    catalog_scan *scan = e->scan;
     e->scan = NULL;
+    e->reload_watch_dirs = watch_dirs;
+    catalog_apply_async(e->cat, scan, true, &hooks, on_scripts_applied, e);
+}
+
+/* The reload's scripts are in place (each file's top level ran sliced on
+ * the loop); now the config. */
+static void on_scripts_applied(catalog *cat, int failed, void *ud)
+{
+    (void)cat;
+    engine *e = ud;
+    char **watch_dirs = e->reload_watch_dirs;
+    e->reload_watch_dirs = NULL;
+    uint64_t t0 = e->reload_t0;
+    if (e->stopping) {
+        config_free(&e->new_cfg);
+        catalog_free_list(watch_dirs);
+        e->reload.reloading = false;
+        return;
+    }
     char *config_error = NULL;
     if (e->config_path) {
         config *n = &e->new_cfg;
@@ -513,7 +548,7 @@ static void reload_start(engine *e, const char *why)
 {
     if (e->stopping)
         return;
-    if (e->scan_work.data) {
+    if (e->scan_work.data || catalog_applying(e->cat)) {
         e->reload_again = true;
         return;
     }
@@ -704,6 +739,7 @@ static int cmd_serve(int argc, char **argv)
     /* scripts: everything must load at start (later, a reload that fails
      * keeps the old version; at start there is none to keep) */
     e.vm = new_vm(e.loop, &e.cfg);
+    vm_limits(&e.cfg, &e.probe_limits);
     e.cat = catalog_new(e.vm, (const char *const *)e.cfg.scripts.dirs);
     int script_errors = catalog_reload(e.cat, true) + confcheck_config(&e.cfg, e.cat, log_report, NULL);
     if (script_errors) {
@@ -754,6 +790,7 @@ static int cmd_serve(int argc, char **argv)
     e.api.started_ms = now_ms();
     http_limits lim = {
         .max_connections = e.cfg.limits.max_connections,
+        .max_connections_per_address = e.cfg.limits.max_connections_per_address,
         .max_header_bytes = (size_t)e.cfg.limits.max_header_bytes,
         .max_body_bytes = (size_t)e.cfg.limits.max_body_bytes,
         .header_timeout_ms = e.cfg.limits.header_timeout_ms,
@@ -825,6 +862,7 @@ static int cmd_serve(int argc, char **argv)
         log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
     loop_start(e.lp);
 
+    e.probe_dirs = require_dirs(&e.cfg); /* for reloads' probes */
     uv_run(e.loop, UV_RUN_DEFAULT);
 
     http_server_free(e.http);
@@ -833,6 +871,7 @@ static int cmd_serve(int argc, char **argv)
         log_warn("engine", "event loop closed with handles still open: %s", uv_strerror(rc));
     config_free(&e.cfg);
     free(e.reload.config_error);
+    catalog_free_list(e.probe_dirs);
     return 0;
 }
 

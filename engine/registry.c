@@ -13,6 +13,7 @@
 #include "jtree.h"
 #include "log.h"
 #include "metrics.h"
+#include "jtree.h"
 
 #define MAX_MESSAGES 64
 #define MAX_CONTENT (256 * 1024)
@@ -309,7 +310,7 @@ int template_render(json_t *messages, json_t *vars, json_t **out, reg_error *e)
             if (json_is_string(v)) {
                 buf_append(&b, json_string_value(v), json_string_length(v));
             } else {
-                char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+                char *t = json_text(v, JSON_COMPACT | JSON_ENCODE_ANY);
                 buf_puts(&b, t);
                 free(t);
             }
@@ -472,7 +473,7 @@ int registry_add_version(registry *r, const char *name, json_t *body, const char
                           author ? json_string_value(author) : actor, "note", note ? json_string_value(note) : "",
                           "status", "candidate", "created_ms", (json_int_t)now_ms());
     json_array_append_new(versions, v);
-    char *mj = json_dumps(messages, JSON_COMPACT), *oj = json_dumps(json_object_get(v, "model"), JSON_COMPACT);
+    char *mj = json_text(messages, JSON_COMPACT), *oj = json_text(json_object_get(v, "model"), JSON_COMPACT);
     store_put_version(w, name, *version, mj, oj, par, json_string_value(json_object_get(v, "author")),
                       json_string_value(json_object_get(v, "note")), "candidate",
                       json_integer_value(json_object_get(v, "created_ms")));
@@ -731,7 +732,7 @@ int registry_resolve(registry *r, const char *name, const char *key, const char 
         json_t *part = json_object_get(r->resolved, k);
         if (!part) {
             json_t *o = json_pack("{s:O, s:O}", "messages", messages, "model", json_object_get(v, "model"));
-            char *t = json_dumps(o, JSON_COMPACT);
+            char *t = json_text(o, JSON_COMPACT);
             part = json_stringn_nocheck(t + 1, strlen(t) - 2); /* without the braces */
             json_object_set_new(r->resolved, k, part);
             free(t);
@@ -900,7 +901,7 @@ static int case_normalise(json_t *c, const char *where, json_t **out, reg_error 
         }
     } else {
         /* no id: one derived from the variables, so the same case keeps its id */
-        char *t = json_dumps(vars, JSON_COMPACT | JSON_SORT_KEYS);
+        char *t = json_text(vars, JSON_COMPACT | JSON_SORT_KEYS);
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned int n = 0;
         EVP_Digest(t, strlen(t), md, &n, EVP_sha256(), NULL);
@@ -938,7 +939,7 @@ static int parse_one(json_t *cases, json_t *seen, json_t *c, const char *where, 
         return 400;
     }
     json_object_set_new(seen, id, json_string(where));
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *text = json_text(o, JSON_COMPACT);
     json_object_set_new(cases, id, json_string_nocheck(text));
     free(text);
     json_decref(o);

@@ -222,7 +222,7 @@ static int run_bind(run *rn, reg_error *e)
         }
         rn->templates[i] = json_incref(json_object_get(v, "messages"));
         rn->models[i] = json_incref(json_object_get(v, "model"));
-        rn->model_json[i] = json_dumps(rn->models[i], JSON_COMPACT | JSON_SORT_KEYS);
+        rn->model_json[i] = json_text(rn->models[i], JSON_COMPACT | JSON_SORT_KEYS);
     }
     return 0;
 }
@@ -767,7 +767,7 @@ static void build_cases(run *rn)
     if (rn->dataset)
         json_object_set_new(rn->spec, "dataset_version", json_integer(rn->dataset_version));
     run_size(rn);
-    char *spec = json_dumps(rn->spec, JSON_COMPACT);
+    char *spec = json_text(rn->spec, JSON_COMPACT);
     store_put_run(&rn->w, rn->id, rn->kind, rn->prompt, spec, "running", rn->created_ms);
     free(spec);
     for (i = 0; i < rn->ncases; i++)
@@ -1019,7 +1019,7 @@ static void job_record(job *jb)
     const char *text = json_string_value(json_object_get(res, "text"));
     char *output = NULL;
     if (res && !text && json_array_size(json_object_get(res, "tool_calls")))
-        output = json_dumps(json_object_get(res, "tool_calls"), JSON_COMPACT);
+        output = json_text(json_object_get(res, "tool_calls"), JSON_COMPACT);
     if (jb->verdicts.len)
         buf_puts(&jb->verdicts, "]");
     store_run_result rr = {

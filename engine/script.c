@@ -9,6 +9,7 @@
 #include "script.h"
 
 #include "metrics.h"
+#include "script_private.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -16,6 +17,7 @@
 #include <lualib.h>
 #include <openssl/evp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,10 +36,15 @@ struct script_vm {
     script_limits lim;
     size_t mem_used;
     uv_idle_t idle;           /* active while the run queue is not empty */
+    uv_idle_t gc_idle;        /* active while a collection goes on in steps */
+    int gc_cycles;            /* cycles it still has to complete */
+    int handles_closed;
     script_call *runq_head, *runq_tail;
     script_call *current;     /* the invocation running now, if any */
-    int base_ref;             /* the shared, read-only globals */
-    int loaded_ref;           /* require cache: name -> module value */
+    int base_ref;             /* the base functions every script's globals start from (never shown) */
+    int libs_ref;             /* the real library tables by name, shared, never shown to a script */
+    int globals_mt_ref;       /* metatable of each script's globals: unknown names raise */
+    int sources_ref;          /* module texts the catalog read off the loop: path -> text */
     int null_ref;             /* JSON null (lua-cjson's null) */
     int opts_ref;             /* decoded option tables by JSON text */
     int opts_cached;
@@ -67,8 +74,13 @@ struct script_call {
     bool sliced;       /* the hook yielded: runnable again at once */
     bool waiting;      /* yielded by an async API: its callback resumes */
     bool killed;
-    bool yield_due;    /* the slice ended while a coroutine inside ran */
-    bool load_only;    /* a load: no slicing, load budget */
+    bool yield_due;    /* the slice ended where it could not yield */
+    bool inner_slice;  /* the hook yielded a coroutine inside the invocation to end the slice */
+    bool chain_yieldable; /* the coroutine running can hand a slice's end on to the invocation's */
+    bool nomem;        /* a scratch state hit the VM's memory cap */
+    bool loading;      /* a script file's top level: the load budget, no waiting calls */
+    bool unsliced;     /* runs to its end in one go (loads at start-up and in `ratchet check`) */
+    bool no_stats;     /* not counted by kind (loads) */
     int budget_ms;
     uint64_t used_ns;
     uint64_t slice_start;
@@ -112,35 +124,74 @@ static script_vm *vm_of(lua_State *L)
  * sets a count hook on the Lua thread running at that moment (lua_sethook is
  * made to be called from a signal handler), and the hook decides what
  * happens: yield the slice, kill past the budget, or arm the timer again.
- * tls.running is the Lua thread executing now: each invocation's coroutine,
+ * stls.running is the Lua thread executing now: each invocation's coroutine,
  * and inside it any coroutine the script resumes (the sandbox's
- * coroutine.resume, wrap and close keep it true). */
-#define DEADLINE_SIGNAL (SIGRTMIN + 3)
+ * coroutine.resume, wrap and close keep it true).
+ *
+ * When the slice ends where the invocation cannot yield (inside a call
+ * into C: a pattern match, a sort, a gsub callback, an error handler), it
+ * gets scripts.max_stall_ms more, counted in this thread's CPU time (so a
+ * busy machine that takes the CPU away does not kill a script); past that
+ * it is killed. The handler marks it overdue: the hook kills Lua code,
+ * script_stall.c's C calls check the mark or are jumped out of. */
+#define DEADLINE_SIGNAL SCRIPT_DEADLINE_SIGNAL
 #define POLL_EVERY 1000 /* instructions between checks while a slice is overdue */
-static _Thread_local struct {
-    lua_State *volatile running;
-    volatile sig_atomic_t armed; /* a deadline is pending; the handler clears it */
-    uint64_t armed_at;
-    bool have_timer;
-    timer_t timer;
-} tls;
+#define RETRY_NS 200000u /* a signal that found the scratch allocator busy comes again this soon */
+_Thread_local script_tls stls;
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* async-signal-safe */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void on_deadline_signal(int sig, siginfo_t *si, void *uc)
 {
     (void)sig, (void)si, (void)uc;
-    tls.armed = 0;
-    lua_State *L = tls.running;
+    int saved_errno = errno;
+    stls.armed = 0;
+    if (stls.budget_at) {
+        uint64_t now = mono_ns();
+        if (stls.turn_at && now >= stls.turn_at && !stls.stall_cpu_at) {
+            /* the slice is over: from here the stall is counted */
+            stls.stall_cpu_at = thread_cpu_ns() + stls.stall_ns;
+            if (now + stls.stall_ns < stls.kill_at)
+                stls.kill_at = now + stls.stall_ns;
+        }
+        uint64_t cpu = stls.stall_cpu_at ? thread_cpu_ns() : 0;
+        if (now >= stls.budget_at || (stls.stall_cpu_at && cpu >= stls.stall_cpu_at)) {
+            stls.overdue = 1;
+            if (stls.in_scratch) {
+                if (!stls.in_alloc) {
+                    errno = saved_errno;
+                    siglongjmp(*stls.jump, 1); /* out of a scratch state's code (script_stall.c) */
+                }
+                script_deadline_arm(now + RETRY_NS);
+            }
+        } else {
+            uint64_t next = stls.budget_at;
+            if (stls.stall_cpu_at && now + (stls.stall_cpu_at - cpu) < next)
+                next = now + (stls.stall_cpu_at - cpu);
+            else if (!stls.stall_cpu_at && stls.turn_at && stls.turn_at < next)
+                next = stls.turn_at;
+            script_deadline_arm(next);
+        }
+    }
+    lua_State *L = stls.running;
     if (L)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    errno = saved_errno;
 }
 
 /* The handler is installed while any VM exists, and the signal ignored
  * after the last one is freed: this code may be a module (the busted
  * helper) that is unloaded next, and a deadline still pending would then
  * call into nothing. Ignoring it discards one already queued. */
-static int live_vms; /* VMs are made and freed on the thread that runs them */
+static atomic_int live_vms;       /* in all threads (a reload probes scripts in the thread pool) */
+static _Thread_local int thread_vms; /* in this one: its scratch states go with its last */
 static bool handler_installed;
 
 static void install_deadline_handler(void)
@@ -153,11 +204,11 @@ static void install_deadline_handler(void)
 
 static void remove_deadline_handler(void)
 {
-    if (tls.have_timer) {
-        timer_delete(tls.timer);
-        tls.have_timer = false;
+    if (stls.have_timer) {
+        timer_delete(stls.timer);
+        stls.have_timer = false;
     }
-    tls.armed = 0;
+    stls.armed = 0;
     if (handler_installed) {
         signal(DEADLINE_SIGNAL, SIG_IGN);
         handler_installed = false;
@@ -168,33 +219,34 @@ static void remove_deadline_handler(void)
  * An earlier one pending already does (its hook arms the next). A deadline
  * is never disarmed: one that passes while no script runs costs a signal
  * that does nothing, which is cheaper than a timer_settime per loop turn
- * (several microseconds each on a virtual machine). */
-static void deadline_arm(uint64_t at)
+ * (several microseconds each on a virtual machine). Safe in the handler. */
+void script_deadline_arm(uint64_t at)
 {
-    if (tls.armed && tls.armed_at <= at)
+    if (stls.armed && stls.armed_at <= at)
         return;
-    if (!tls.have_timer) {
+    if (!stls.have_timer) {
         if (!handler_installed)
             install_deadline_handler();
         struct sigevent ev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = DEADLINE_SIGNAL};
         ev._sigev_un._tid = (pid_t)syscall(SYS_gettid); /* glibc 2.36 names no sigev_notify_thread_id */
-        if (timer_create(CLOCK_MONOTONIC, &ev, &tls.timer) != 0) {
+        if (timer_create(CLOCK_MONOTONIC, &ev, &stls.timer) != 0) {
             log_error("script", "cannot create the script deadline timer: %s", strerror(errno));
             abort(); /* without it no script could be stopped */
         }
-        tls.have_timer = true;
+        stls.have_timer = true;
     }
     struct itimerspec its = {.it_value = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
     if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
         its.it_value.tv_nsec = 1; /* zero would disarm */
-    tls.armed_at = at;
-    tls.armed = 1;
-    timer_settime(tls.timer, TIMER_ABSTIME, &its, NULL);
+    stls.armed_at = at;
+    stls.armed = 1;
+    timer_settime(stls.timer, TIMER_ABSTIME, &its, NULL);
 }
+#define deadline_arm script_deadline_arm
 
 static int budget_ms(const script_vm *vm, const script_call *c)
 {
-    return c->load_only ? vm->lim.load_budget_ms : c->budget_ms;
+    return c->loading ? vm->lim.load_budget_ms : c->budget_ms;
 }
 
 /* when c's budget runs out, on the monotonic clock */
@@ -208,7 +260,79 @@ static uint64_t budget_end(const script_vm *vm, const script_call *c)
 static uint64_t next_deadline(const script_vm *vm, const script_call *c)
 {
     uint64_t end = budget_end(vm, c);
-    return c->load_only || end < vm->turn_deadline ? end : vm->turn_deadline;
+    return c->unsliced || end < vm->turn_deadline ? end : vm->turn_deadline;
+}
+
+/* The deadline state of the thread while c runs; the previous one is
+ * kept in *saved and given back by deadline_restore. */
+static void deadline_enter(const script_vm *vm, const script_call *c, script_tls *saved)
+{
+    *saved = stls;
+    stls.budget_at = budget_end(vm, c);
+    stls.turn_at = c->unsliced ? 0 : vm->turn_deadline;
+    stls.stall_ns = (uint64_t)vm->lim.stall_ms * 1000000u;
+    stls.stall_cpu_at = 0;
+    stls.kill_at = stls.budget_at;
+    stls.overdue = 0;
+    deadline_arm(next_deadline(vm, c));
+}
+
+static void deadline_restore(const script_tls *saved)
+{
+    stls.budget_at = saved->budget_at;
+    stls.turn_at = saved->turn_at;
+    stls.stall_ns = saved->stall_ns;
+    stls.stall_cpu_at = saved->stall_cpu_at;
+    stls.kill_at = saved->kill_at;
+    stls.overdue = saved->overdue;
+}
+
+/* Raises the kill in L with "file:line:" of the stack level given. */
+static int raise_kill(lua_State *L, script_vm *vm, script_call *c, int level, const char *what)
+{
+    c->killed = true;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1); /* from now on, every instruction: pcall cannot keep it */
+    /* "file:line: " of the nearest Lua code from level up (a sort's
+     * comparator wrapper is called by sort, which is C too) */
+    lua_Debug ar;
+    int lv = level;
+    while (lua_getstack(L, lv, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline <= 0 && lv < level + 8)
+        lv++;
+    luaL_where(L, lv);
+    if (mono_ns() >= budget_end(vm, c) || !stls.stall_cpu_at)
+        lua_pushfstring(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
+    else if (what)
+        lua_pushfstring(L, "killed: %s ran %d ms past the script's time slice; a call that cannot pause may hold "
+                           "the engine at most that long (scripts.max_stall_ms)", what, vm->lim.stall_ms);
+    else
+        lua_pushfstring(L, "killed: the script ran %d ms past its time slice where it could not pause (Lua called "
+                           "from C: a gsub or sort function, an error handler, a metamethod) (scripts.max_stall_ms)",
+                        vm->lim.stall_ms);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+int script_raise_kill(lua_State *L, const char *what)
+{
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (!c)
+        return luaL_error(L, "killed: %s ran past its time", what ? what : "the script");
+    return raise_kill(L, vm, c, 1, what);
+}
+
+int script_raise_nomem(lua_State *L)
+{
+    script_vm *vm = vm_of(L);
+    if (vm && vm->current)
+        vm->current->nomem = true;
+    return luaL_error(L, "not enough memory");
+}
+
+size_t script_headroom(lua_State *L)
+{
+    script_vm *vm = vm_of(L);
+    return vm->mem_used < vm->lim.memory_limit ? vm->lim.memory_limit - vm->mem_used : 0;
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -223,22 +347,30 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     uint64_t now = mono_ns(), end = budget_end(vm, c);
     if (c->killed || now >= end) {
         /* From now on the hook fires on every instruction, in whatever
-         * coroutine runs, so no pcall can catch the kill for long. */
-        c->killed = true;
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        luaL_error(L, "killed: the script ran past its budget of %d ms", budget_ms(vm, c));
+         * coroutine runs, so no pcall can catch the kill for long. (Level
+         * 0: a hook has no frame of its own, so that is the Lua code.) */
+        raise_kill(L, vm, c, 0, NULL);
     }
-    if (!c->load_only && now >= vm->turn_deadline) {
+    if (!c->unsliced && now >= vm->turn_deadline) {
         if (L == c->co && lua_isyieldable(L)) {
             lua_sethook(L, NULL, 0, 0);
             c->sliced = true;
             c->yield_due = false;
             lua_yield(L, 0);
         }
-        /* It cannot give up the slice here: a coroutine inside the
-         * invocation (its resume hands the yield on when it returns), or a
-         * Lua function called from C (a sort's comparator). Check again
-         * every POLL_EVERY instructions until it can. */
+        if (L != c->co && lua_isyieldable(L) && c->chain_yieldable) {
+            /* a coroutine the script resumed: yield it; its resume (the
+             * sandbox's) hands the slice's end on to the invocation */
+            lua_sethook(L, NULL, 0, 0);
+            c->inner_slice = true;
+            lua_yield(L, 0);
+        }
+        if (stls.overdue)
+            raise_kill(L, vm, c, 0, NULL);
+        /* It cannot give up the slice here: a Lua function called from C
+         * (a sort's comparator, a gsub callback, an error handler). Check
+         * again every POLL_EVERY instructions until it can, or until the
+         * stall is over (the handler marks it overdue). */
         c->yield_due = true;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, POLL_EVERY);
         return;
@@ -249,35 +381,106 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 }
 
 /* coroutine.resume, wrap and close as the sandbox offers them: Lua's own
- * (upvalue 1) with tls.running set to the coroutine while it runs, and the
- * caller hooked on return when a kill or a slice's end is due. For wrap,
- * upvalue 2 is the coroutine. */
-static int tracked_co_call(lua_State *L, lua_State *co)
+ * (upvalue 1) with stls.running set to the coroutine while it runs, and the
+ * caller hooked on return when a kill or a slice's end is due. When the
+ * hook yielded the coroutine to end the slice, this yields its caller too
+ * (if it can) and resumes the coroutine when the caller is resumed, so a
+ * long computation inside a script's own coroutine is sliced like any
+ * other. For wrap, upvalue 2 is the coroutine.
+ *
+ * Stack while it runs: 1 Lua's function, 2 the coroutine (resume, close)
+ * or nothing (wrap), then the arguments. */
+static int tracked_co_k(lua_State *L, int status, lua_KContext ctx);
+
+static int tracked_co_run(lua_State *L, lua_State *co, int keep)
 {
-    lua_State *prev = tls.running;
+    for (;;) {
+        script_vm *vm = vm_of(L);
+        script_call *c = vm ? vm->current : NULL;
+        bool chain = c ? c->chain_yieldable : false;
+        lua_State *prev = stls.running;
+        /* a copy of Lua's function (and the coroutine) to resume with again */
+        for (int i = 1; i <= keep; i++)
+            lua_pushvalue(L, i);
+        lua_rotate(L, keep + 1, keep);
+        if (co)
+            stls.running = co;
+        if (c)
+            c->chain_yieldable = chain && (L == c->co || chain) && lua_isyieldable(L);
+        int st = lua_pcall(L, lua_gettop(L) - keep - 1, LUA_MULTRET, 0);
+        stls.running = prev;
+        c = vm ? vm->current : NULL;
+        bool slice = c && c->inner_slice;
+        if (c) {
+            c->chain_yieldable = chain;
+            c->inner_slice = false;
+        }
+        if (st != LUA_OK) {
+            if (c && (c->killed || c->yield_due))
+                lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            return lua_error(L);
+        }
+        if (!slice || !c) {
+            if (c && (c->killed || c->yield_due))
+                lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+            return lua_gettop(L) - keep;
+        }
+        /* the coroutine gave up the slice: results are none (wrap) or
+         * just true (resume); drop them and pass the slice's end on */
+        lua_settop(L, keep);
+        if (L == c->co && lua_isyieldable(L)) {
+            c->sliced = true;
+            c->yield_due = false;
+            return lua_yieldk(L, 0, keep, tracked_co_k);
+        }
+        if (L != c->co && chain && lua_isyieldable(L)) {
+            c->inner_slice = true;
+            return lua_yieldk(L, 0, keep, tracked_co_k);
+        }
+        /* nobody above can yield: go on at once (the stall bound holds) */
+        c->yield_due = true;
+    }
+}
+
+/* resumed after passing a slice's end on: resume the coroutine again */
+static int tracked_co_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    int keep = (int)ctx;
+    lua_settop(L, keep);
+    return tracked_co_run(L, keep == 2 ? lua_tothread(L, 2) : lua_tothread(L, lua_upvalueindex(2)), keep);
+}
+
+static int tracked_co_call(lua_State *L, lua_State *co, bool wrapped)
+{
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (co)
-        tls.running = co;
-    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    tls.running = prev;
-    script_vm *vm = vm_of(L);
-    script_call *c = vm ? vm->current : NULL;
-    if (c && (c->killed || c->yield_due))
-        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    if (st != LUA_OK)
-        return lua_error(L);
-    return lua_gettop(L);
+    return tracked_co_run(L, co, wrapped ? 1 : 2);
 }
 
 static int sandbox_co_resume(lua_State *L)
 {
-    return tracked_co_call(L, lua_tothread(L, 1));
+    return tracked_co_call(L, lua_tothread(L, 1), false);
+}
+
+static int sandbox_co_close(lua_State *L)
+{
+    lua_State *prev = stls.running;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    stls.running = lua_tothread(L, 2);
+    int st = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    stls.running = prev;
+    script_vm *vm = vm_of(L);
+    script_call *c = vm ? vm->current : NULL;
+    if (c && (c->killed || c->yield_due))
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    return st == LUA_OK ? lua_gettop(L) : lua_error(L);
 }
 
 static int sandbox_co_wrapped(lua_State *L)
 {
-    return tracked_co_call(L, lua_tothread(L, lua_upvalueindex(2)));
+    return tracked_co_call(L, lua_tothread(L, lua_upvalueindex(2)), true);
 }
 
 static int sandbox_co_wrap(lua_State *L)
@@ -355,23 +558,46 @@ static void on_timer_closed(uv_handle_t *h)
     call_free(c);
 }
 
+/* "file:line: " of the innermost Lua function on co's stack (a dead
+ * coroutine keeps its frames), or "". */
+static void where_in(lua_State *co, char *out, size_t outlen)
+{
+    lua_Debug ar;
+    out[0] = '\0';
+    for (int level = 0; lua_getstack(co, level, &ar); level++)
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(out, outlen, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+}
+
 static void call_finish(script_call *c, int st, int nres)
 {
     script_vm *vm = c->vm;
     lua_State *co = c->co;
     enum script_status status = SCRIPT_OK;
     const char *msg = NULL;
+    char clean[1024]; /* messages go into JSON answers and the store: UTF-8 only */
     if (st != LUA_OK) {
-        msg = lua_tostring(co, -1);
+        size_t len = 0;
+        msg = lua_tolstring(co, -1, &len);
         if (!msg)
-            msg = "the script raised an error that is not a string";
-        status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM ? SCRIPT_NOMEM : SCRIPT_ERROR;
-        if (status == SCRIPT_NOMEM)
-            msg = "the script ran out of memory (memory_limit)";
+            msg = "the script raised an error that is not a string", len = strlen(msg);
+        status = c->killed ? SCRIPT_KILLED : st == LUA_ERRMEM || c->nomem ? SCRIPT_NOMEM : SCRIPT_ERROR;
+        char where[300];
+        if (status == SCRIPT_NOMEM) {
+            /* Lua gives a memory error no position: the dead coroutine's
+             * stack still shows where it was */
+            where_in(co, where, sizeof where);
+            snprintf(clean, sizeof clean, "%sthe script ran out of memory (scripts.memory_limit_mb)", where);
+            msg = clean, len = strlen(msg);
+        }
+        utf8_clean(clean, sizeof clean, msg, len);
+        msg = clean;
         nres = 0;
     }
     struct kind_stats *ks = NULL;
-    for (size_t i = 0; i < sizeof vm->kinds / sizeof vm->kinds[0] && !ks; i++)
+    for (size_t i = 0; i < sizeof vm->kinds / sizeof vm->kinds[0] && !ks && !c->no_stats; i++)
         if (!vm->kinds[i].kind[0] || !strcmp(vm->kinds[i].kind, c->caller_kind) ||
             i == sizeof vm->kinds / sizeof vm->kinds[0] - 1) {
             ks = &vm->kinds[i];
@@ -379,10 +605,12 @@ static void call_finish(script_call *c, int st, int nres)
                 snprintf(ks->kind, sizeof ks->kind, "%s", i == sizeof vm->kinds / sizeof vm->kinds[0] - 1
                                                               ? "other" : c->caller_kind);
         }
-    ks->calls++;
-    ks->errors += status != SCRIPT_OK;
-    ks->killed += status == SCRIPT_KILLED;
-    ks->nomem += status == SCRIPT_NOMEM;
+    if (ks) {
+        ks->calls++;
+        ks->errors += status != SCRIPT_OK;
+        ks->killed += status == SCRIPT_KILLED;
+        ks->nomem += status == SCRIPT_NOMEM;
+    }
     c->done(c, status, co, nres, msg, c->ud);
     lua_settop(co, 0);
     luaL_unref(vm->L, LUA_REGISTRYINDEX, c->co_ref);
@@ -402,14 +630,17 @@ static void call_resume(script_call *c)
     c->sliced = false;
     c->yield_due = false;
     c->slice_start = mono_ns();
+    c->chain_yieldable = true;
     script_call *outer = vm->current;
     vm->current = c;
-    lua_State *prev = tls.running;
-    tls.running = c->co;
-    deadline_arm(next_deadline(vm, c));
+    lua_State *prev = stls.running;
+    stls.running = c->co;
+    script_tls saved;
+    deadline_enter(vm, c, &saved);
     int nres = 0;
     int st = lua_resume(c->co, vm->L, nargs, &nres);
-    tls.running = prev;
+    deadline_restore(&saved);
+    stls.running = prev;
     vm->current = outer;
     c->used_ns += mono_ns() - c->slice_start;
     if (st == LUA_YIELD) {
@@ -427,24 +658,69 @@ static void call_resume(script_call *c)
 
 /* ---- sandbox construction ---- */
 
-/* __index of a read-only proxy: reads the real table (upvalue 1). */
+/* Nothing a script can reach is shared with another script, except what
+ * cannot change: C functions and strings. Each script file gets its own
+ * globals table (the base functions, its own read-only proxies of the
+ * libraries, its own `require` with its own module instances), and its
+ * environment reads through it. The real library tables sit behind the
+ * proxies' protected metatables, and the string metatable (whose __index is
+ * the real string table) is locked, so no script reaches them: rawset on a
+ * proxy or an assignment to a module changes what that script sees, and
+ * nothing else. A reload builds everything afresh. */
+
+/* __newindex of a read-only proxy */
 static int proxy_newindex(lua_State *L)
 {
     return luaL_error(L, "'%s' is read-only", lua_tostring(L, lua_upvalueindex(1)));
 }
 
+/* The iterator __pairs hands out: next over the table behind the proxy
+ * (upvalue 1), which the script never gets hold of. */
+static int proxy_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_next(L, lua_upvalueindex(1)))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
 static int proxy_pairs(lua_State *L)
 {
-    lua_getglobal(L, "next");
-    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the iterator */
+    lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
 }
 
-/* Replaces the table on top of the stack with a read-only proxy for it. */
+/* Replaces the table on top of the stack with a new read-only proxy for
+ * it. Table-valued fields get proxies of their own (so the proxy never
+ * hands out the real nested table): then the proxy reads a private copy
+ * holding them. */
 static void push_readonly(lua_State *L, const char *name)
 {
     int real = lua_gettop(L);
+    bool nested = false;
+    lua_pushnil(L);
+    while (lua_next(L, real)) {
+        nested |= lua_type(L, -1) == LUA_TTABLE;
+        lua_pop(L, 1);
+    }
+    if (nested) {
+        lua_newtable(L); /* the copy */
+        lua_pushnil(L);
+        while (lua_next(L, real)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            if (lua_type(L, -1) == LUA_TTABLE) {
+                char sub[64];
+                snprintf(sub, sizeof sub, "%s.%s", name, lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+                push_readonly(L, sub);
+            }
+            lua_rawset(L, -4);
+        }
+        lua_replace(L, real);
+    }
     lua_newtable(L); /* proxy */
     lua_newtable(L); /* its metatable */
     lua_pushvalue(L, real);
@@ -453,6 +729,7 @@ static void push_readonly(lua_State *L, const char *name)
     lua_pushcclosure(L, proxy_newindex, 1);
     lua_setfield(L, -2, "__newindex");
     lua_pushvalue(L, real);
+    lua_pushcclosure(L, proxy_next, 1);
     lua_pushcclosure(L, proxy_pairs, 1);
     lua_setfield(L, -2, "__pairs");
     lua_pushboolean(L, 0);
@@ -461,9 +738,7 @@ static void push_readonly(lua_State *L, const char *name)
     lua_replace(L, real);
 }
 
-/* A script environment's __index is the shared globals table (a plain
- * table, so the VM finds a global without calling C); a name missing there
- * too comes here, through the shared table's own metatable. */
+/* A name missing from a script's globals is an error. */
 static int unknown_global(lua_State *L)
 {
     return luaL_error(L, "unknown global '%s' (declare it local)", lua_tostring(L, 2));
@@ -474,13 +749,13 @@ static int env_newindex(lua_State *L)
     return luaL_error(L, "assignment to undeclared global '%s' (declare it local)", lua_tostring(L, 2));
 }
 
-/* Pushes a fresh environment table for one script. */
-static void push_env(script_vm *vm)
+/* Pushes a fresh environment table reading through the globals at g. */
+static void push_env(lua_State *L, int g)
 {
-    lua_State *L = vm->L;
+    g = lua_absindex(L, g);
     lua_newtable(L);
     lua_newtable(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
+    lua_pushvalue(L, g);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, env_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -489,23 +764,114 @@ static void push_env(script_vm *vm)
     lua_setmetatable(L, -2);
 }
 
-static int load_module(lua_State *L, const char *path);
+static int sandbox_require(lua_State *L);
 
-/* require(name): cjson, ratchet, or a module file in the script folders. */
+/* Pushes a new globals table for one script file: the base functions, its
+ * own proxies of the libraries and of ratchet, and its own require (whose
+ * upvalues are its module cache and these globals). */
+static void push_script_globals(script_vm *vm)
+{
+    lua_State *L = vm->L;
+    lua_createtable(L, 0, 32);
+    int g = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->base_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, g);
+    }
+    lua_pop(L, 1);
+    static const char *const libs[] = {"string", "table", "math", "utf8", "coroutine", "os", "ratchet", NULL};
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->libs_ref);
+    for (const char *const *n = libs; *n; n++) {
+        lua_getfield(L, -1, *n);
+        push_readonly(L, *n);
+        lua_setfield(L, g, *n);
+    }
+    lua_pop(L, 1);
+    lua_newtable(L); /* this script's modules */
+    lua_pushvalue(L, g);
+    lua_pushcclosure(L, sandbox_require, 2);
+    lua_setfield(L, g, "require");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->globals_mt_ref);
+    lua_setmetatable(L, g);
+}
+
+/* after a module's top level ran (its value on top, its name at 1):
+ * caches it (nothing returned counts as true) */
+static int require_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status, (void)ctx;
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, lua_upvalueindex(1), lua_tostring(L, 1));
+    return 1;
+}
+
+/* Loads a module's text (or, with text NULL, its file) in a fresh
+ * environment over the globals g and calls it, yieldably (a long top level
+ * is sliced like any script); then caches its value. Stack: 1 the module's
+ * name, 2 its path. */
+static int load_module(lua_State *L, int g, const char *text, size_t len)
+{
+    lua_settop(L, 2);
+    lua_pushfstring(L, "@%s", lua_tostring(L, 2));
+    int st = text ? luaL_loadbufferx(L, text, len, lua_tostring(L, 3), "t") : luaL_loadfilex(L, lua_tostring(L, 2), "t");
+    if (st != LUA_OK)
+        return lua_error(L);
+    push_env(L, g);
+    lua_setupvalue(L, -2, 1);
+    lua_callk(L, 0, 1, 0, require_done);
+    return require_done(L, LUA_OK, 0);
+}
+
+/* require(name): ratchet, cjson, rex_pcre2, or a module file in the script
+ * folders; each loaded once per script file (upvalue 1 caches them). */
 static int sandbox_require(lua_State *L)
 {
     script_vm *vm = vm_of(L);
     const char *name = luaL_checkstring(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-    if (lua_getfield(L, -1, name) != LUA_TNIL)
+    lua_settop(L, 1);
+    if (lua_getfield(L, lua_upvalueindex(1), name) != LUA_TNIL)
         return 1;
-    lua_pop(L, 2);
+    lua_pop(L, 1);
+    if (!strcmp(name, "ratchet")) {
+        lua_getfield(L, lua_upvalueindex(2), "ratchet");
+        return 1;
+    }
+    if (!strcmp(name, "cjson") || !strcmp(name, "rex_pcre2")) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->libs_ref);
+        if (lua_getfield(L, -1, name) == LUA_TNIL)
+            return luaL_error(L, "require: '%s' is not installed here", name);
+        if (!strcmp(name, "cjson")) { /* an instance of its own: cjson's settings are per instance */
+            lua_getfield(L, -1, "new");
+            lua_call(L, 0, 1);
+        } else {
+            lua_newtable(L); /* a copy, so the proxy below is over nothing shared */
+            lua_pushnil(L);
+            while (lua_next(L, -3)) {
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_rawset(L, -4);
+            }
+        }
+        push_readonly(L, name);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, lua_upvalueindex(1), name);
+        return 1;
+    }
     for (const char *p = name; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' ||
               *p == '.'))
             return luaL_error(L, "require: '%s' is not a module name (letters, digits, _ and .)", name);
-    if (strstr(name, ".."))
+    if (strstr(name, "..") || name[0] == '.')
         return luaL_error(L, "require: '%s' is not a module name", name);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->sources_ref);
+    int sources = lua_gettop(L);
     for (char **d = vm->dirs; d && *d; d++) {
         buf_t path;
         buf_init(&path);
@@ -513,32 +879,85 @@ static int sandbox_require(lua_State *L)
         for (const char *p = name; *p; p++)
             buf_append(&path, *p == '.' ? "/" : p, 1);
         buf_puts(&path, ".lua");
-        FILE *f = fopen(path.data, "r");
-        if (f) {
-            fclose(f);
-            int n = load_module(L, path.data);
-            buf_free(&path);
-            /* cache it */
-            lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-            lua_pushvalue(L, -2);
-            lua_setfield(L, -2, name);
-            lua_pop(L, 1);
-            return n;
+        /* the text the catalog read in the thread pool; else the disk
+         * (the busted module and tests, which have no catalog) */
+        size_t len = 0;
+        const char *text = NULL;
+        bool found = false;
+        if (lua_getfield(L, sources, path.data) == LUA_TSTRING) {
+            text = lua_tolstring(L, -1, &len);
+            found = true;
+        } else {
+            FILE *f = fopen(path.data, "r");
+            if (f) {
+                fclose(f);
+                found = true;
+            }
         }
+        if (found) {
+            /* text stays referenced from the sources table (in the registry) */
+            lua_settop(L, 1);
+            lua_pushstring(L, path.data);
+            buf_free(&path);
+            return load_module(L, lua_upvalueindex(2), text, len);
+        }
+        lua_pop(L, 1);
         buf_free(&path);
     }
     return luaL_error(L, "require: no module '%s' in the script folders", name);
 }
 
-/* Loads path in its own environment and calls it; pushes its value. */
-static int load_module(lua_State *L, const char *path)
+/* xpcall(f, msgh, ...) as the sandbox offers it: Lua's own (upvalue 1) with
+ * the handler wrapped. A kill is raised from the deadline hook, and Lua
+ * calls the message handler right there, inside the hook, where hooks are
+ * off: a handler that never returned then ran forever. Once the invocation
+ * is killed the wrapper hands the message on without calling the script's
+ * handler. */
+static int guarded_msgh(lua_State *L)
 {
-    if (luaL_loadfilex(L, path, "t") != LUA_OK)
-        return lua_error(L);
-    push_env(vm_of(L));
-    lua_setupvalue(L, -2, 1);
-    lua_call(L, 0, 1);
+    script_vm *vm = vm_of(L);
+    if (vm && vm->current && vm->current->killed) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
     return 1;
+}
+
+static int xpcall_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status, (void)ctx;
+    return lua_gettop(L);
+}
+
+static int sandbox_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_msgh, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, xpcall_done); /* yieldable, as Lua's is */
+    return lua_gettop(L);
+}
+
+/* setmetatable without __gc: a finalizer runs inside the collector with
+ * hooks off, where no deadline can stop it. */
+static int sandbox_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
 }
 
 /* ---- the ratchet module ---- */
@@ -587,7 +1006,7 @@ static int api_sleep(lua_State *L)
     luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "must be from 0 to 3600000 ms");
     script_vm *vm = vm_of(L);
     script_call *c = vm->current;
-    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
         return luaL_error(L, "ratchet.sleep: only an invocation's own coroutine can wait (not at load time, "
                              "not inside coroutine.wrap or a C callback)");
     if (!c->timer) {
@@ -679,7 +1098,7 @@ static int io_call(lua_State *L, enum script_io_op op, const char *what)
     lua_settop(L, 1);
     script_vm *vm = vm_of(L);
     script_call *c = vm->current;
-    if (!c || c->load_only || L != c->co || !lua_isyieldable(L))
+    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
         return luaL_error(L, "%s: only an invocation's own coroutine can wait (not at load time, not inside "
                              "coroutine.wrap or a C callback)", what);
     if (!vm->io.start) {
@@ -772,6 +1191,7 @@ static int api_json_array(lua_State *L)
     return 1;
 }
 
+/* The real ratchet table (each script gets read-only proxies of it). */
 static void push_ratchet_module(lua_State *L)
 {
     lua_newtable(L);
@@ -780,7 +1200,6 @@ static void push_ratchet_module(lua_State *L)
         {NULL, NULL},
     };
     luaL_newlib(L, log_fns);
-    push_readonly(L, "ratchet.log");
     lua_setfield(L, -2, "log");
     lua_pushcfunction(L, api_time);
     lua_setfield(L, -2, "time");
@@ -791,12 +1210,10 @@ static void push_ratchet_module(lua_State *L)
     lua_newtable(L);
     lua_pushcfunction(L, api_llm_chat);
     lua_setfield(L, -2, "chat");
-    push_readonly(L, "ratchet.llm");
     lua_setfield(L, -2, "llm");
     lua_newtable(L);
     lua_pushcfunction(L, api_http_request);
     lua_setfield(L, -2, "request");
-    push_readonly(L, "ratchet.http");
     lua_setfield(L, -2, "http");
 
     /* json: yajl through luajson.c (arrays stay arrays); null is
@@ -817,9 +1234,7 @@ static void push_ratchet_module(lua_State *L)
     lua_setfield(L, -2, "is_array");
     lua_pushcfunction(L, api_json_array);
     lua_setfield(L, -2, "array");
-    push_readonly(L, "ratchet.json");
     lua_setfield(L, -2, "json");
-    push_readonly(L, "ratchet");
 }
 
 /* ---- VM ---- */
@@ -830,6 +1245,7 @@ void script_limits_default(script_limits *lim)
     lim->budget_ms = 100;
     lim->load_budget_ms = 1000;
     lim->slice_ms = 2;
+    lim->stall_ms = 10;
 }
 
 static void copy_field(lua_State *L, int from, int to, const char *name)
@@ -848,7 +1264,22 @@ static void wrap_field(lua_State *L, const char *name, lua_CFunction fn)
     lua_setfield(L, -2, name);
 }
 
-/* Builds the shared globals (registry ref) once per VM. */
+/* Locks the metatable of the userdata on top of the stack (popped), so
+ * getmetatable hands scripts false instead of a table they could alter for
+ * every script at once. */
+static void lock_userdata_metatable(lua_State *L)
+{
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Builds what each script's globals are made from, once per VM: the base
+ * functions (registry ref base_ref) and the real library tables (libs_ref),
+ * neither ever shown to a script. */
 static void build_base(script_vm *vm)
 {
     lua_State *L = vm->L;
@@ -861,10 +1292,15 @@ static void build_base(script_vm *vm)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
-    /* no bytecode out of the sandbox, and strings' methods stay put */
+    /* no bytecode out of the sandbox, and strings' methods stay put; the
+     * calls that could hold the loop become stoppable (script_stall.c) */
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    script_stall_string(L, -1);
+    lua_pop(L, 1);
+    lua_getglobal(L, "table");
+    script_stall_table(L, -1);
     lua_pop(L, 1);
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
@@ -877,45 +1313,40 @@ static void build_base(script_vm *vm)
     lua_pushglobaltable(L);
     int g = lua_gettop(L);
     static const char *const base_fns[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
-                                           "rawlen", "rawget", "rawset", "select", "setmetatable",
-                                           "getmetatable", "tonumber", "tostring", "type", "xpcall",
-                                           "_VERSION", NULL};
+                                           "rawlen", "rawget", "rawset", "select", "getmetatable", "tonumber",
+                                           "tostring", "type", "_VERSION", NULL};
     for (const char *const *f = base_fns; *f; f++)
         copy_field(L, g, base, *f);
-    lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with tls.running kept true */
+    lua_getfield(L, g, "xpcall");
+    lua_pushcclosure(L, sandbox_xpcall, 1);
+    lua_setfield(L, base, "xpcall");
+    lua_getfield(L, g, "setmetatable");
+    lua_pushcclosure(L, sandbox_setmetatable, 1);
+    lua_setfield(L, base, "setmetatable");
+    lua_getfield(L, g, "coroutine"); /* scripts' coroutines run with stls.running kept true */
     wrap_field(L, "resume", sandbox_co_resume);
-    wrap_field(L, "close", sandbox_co_resume);
+    wrap_field(L, "close", sandbox_co_close);
     wrap_field(L, "wrap", sandbox_co_wrap);
     lua_pop(L, 1);
+
+    lua_newtable(L); /* the real libraries */
+    int real = lua_gettop(L);
     static const char *const lib_names[] = {"string", "table", "math", "utf8", "coroutine", NULL};
-    for (const char *const *n = lib_names; *n; n++) {
-        lua_getfield(L, g, *n);
-        push_readonly(L, *n);
-        lua_setfield(L, base, *n);
-    }
+    for (const char *const *n = lib_names; *n; n++)
+        copy_field(L, g, real, *n);
     lua_newtable(L); /* os: time, clock, date only */
     lua_getfield(L, g, "os");
     copy_field(L, -1, -2, "time");
     copy_field(L, -1, -2, "clock");
     copy_field(L, -1, -2, "date");
     lua_pop(L, 1);
-    push_readonly(L, "os");
-    lua_setfield(L, base, "os");
-    lua_pushcfunction(L, sandbox_require);
-    lua_setfield(L, base, "require");
-    lua_pop(L, 1); /* the real globals */
-
-    /* require cache, seeded with the two built-in modules */
-    lua_newtable(L);
+    lua_setfield(L, real, "os");
     push_ratchet_module(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, base, "ratchet");
-    lua_setfield(L, -2, "ratchet");
+    lua_setfield(L, real, "ratchet");
     luaL_requiref(L, "cjson", luaopen_cjson, 0);
     lua_getfield(L, -1, "null");
     vm->null_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    push_readonly(L, "cjson");
-    lua_setfield(L, -2, "cjson");
+    lua_setfield(L, real, "cjson"); /* each script gets cjson.new() of it */
     /* PCRE2 regular expressions (Debian's lua-rex-pcre2), loaded by the C
      * side through the package library, which scripts never see */
     luaL_requiref(L, LUA_LOADLIBNAME, luaopen_package, 1);
@@ -923,23 +1354,35 @@ static void build_base(script_vm *vm)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "rex_pcre2");
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-        push_readonly(L, "rex_pcre2");
-        lua_setfield(L, -2, "rex_pcre2");
+        /* compiled expressions share one metatable: lock it */
+        lua_getfield(L, -1, "new");
+        lua_pushliteral(L, "x");
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+            lock_userdata_metatable(L);
+        else
+            lua_pop(L, 1);
+        script_stall_rex(L, -1);
+        lua_setfield(L, real, "rex_pcre2");
+        lua_pop(L, 1);
     } else {
         log_warn("script", "PCRE2 regular expressions are unavailable (install lua-rex-pcre2): %s",
                  lua_tostring(L, -1));
         lua_pop(L, 1);
     }
-    vm->loaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L); /* reading a name the shared globals lack is an error */
+    vm->libs_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops real */
+    lua_pop(L, 1); /* the real globals */
+    vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
+
+    lua_newtable(L); /* each script's globals: reading a name they lack is an error */
     lua_pushcfunction(L, unknown_global);
     lua_setfield(L, -2, "__index");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    vm->base_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops base */
+    vm->globals_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->sources_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *const *dirs)
@@ -960,15 +1403,20 @@ script_vm *script_vm_new(uv_loop_t *loop, const script_limits *lim, const char *
     *(script_vm **)lua_getextraspace(vm->L) = vm; /* copied into every new thread */
     build_base(vm);
     live_vms++;
+    thread_vms++;
     vm->lim.memory_limit = vm->mem_used + cap;
     uv_idle_init(loop, &vm->idle);
     vm->idle.data = vm;
+    uv_idle_init(loop, &vm->gc_idle);
+    vm->gc_idle.data = vm;
     return vm;
 }
 
 static void on_idle_closed(uv_handle_t *h)
 {
     script_vm *vm = h->data;
+    if (++vm->handles_closed < 2)
+        return;
     for (char **d = vm->dirs; *d; d++)
         free(*d);
     free(vm->dirs);
@@ -978,9 +1426,12 @@ static void on_idle_closed(uv_handle_t *h)
 void script_vm_free(script_vm *vm)
 {
     lua_close(vm->L);
+    if (--thread_vms == 0)
+        script_stall_free();
     if (--live_vms == 0)
         remove_deadline_handler();
     uv_close((uv_handle_t *)&vm->idle, on_idle_closed);
+    uv_close((uv_handle_t *)&vm->gc_idle, on_idle_closed);
 }
 
 uint64_t script_call_lua_ns(const script_call *call)
@@ -1037,7 +1488,7 @@ void script_unref(script_vm *vm, int ref)
     luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
 }
 
-/* Reads a script's text (bounded: 4 MiB). Returns 0, or -1 with err. */
+/* Reads a script's text (bounded: 1 MiB). Returns 0, or -1 with err. */
 int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
@@ -1049,9 +1500,9 @@ int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
         buf_append(out, chunk, n);
-        if (out->len > (4u << 20)) {
+        if (out->len > (1u << 20)) {
             fclose(f);
-            snprintf(err, errlen, "%s: larger than 4 MiB, not a script", path);
+            snprintf(err, errlen, "%s: larger than 1 MiB, not a script", path);
             return -1;
         }
     }
@@ -1062,24 +1513,6 @@ int script_read_text(const char *path, buf_t *out, char *err, size_t errlen)
         return -1;
     }
     return 0;
-}
-
-typedef struct {
-    const char *path;
-    const char *text;
-    size_t len;
-} load_args;
-
-static int load_protected(lua_State *L)
-{
-    const load_args *a = lua_touserdata(L, 1);
-    lua_pushfstring(L, "@%s", a->path);
-    if (luaL_loadbufferx(L, a->text, a->len, lua_tostring(L, -1), "t") != LUA_OK)
-        return lua_error(L);
-    push_env(vm_of(L));
-    lua_setupvalue(L, -2, 1);
-    lua_call(L, 0, 1);
-    return 1;
 }
 
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen)
@@ -1097,24 +1530,39 @@ int script_compile_text(script_vm *vm, const char *path, const char *text, size_
 
 void script_forget_modules(script_vm *vm)
 {
+    lua_newtable(vm->L);
+    lua_rawseti(vm->L, LUA_REGISTRYINDEX, vm->sources_ref);
+}
+
+void script_set_source(script_vm *vm, const char *path, const char *text, size_t len)
+{
     lua_State *L = vm->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->loaded_ref);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lua_pop(L, 1);
-        const char *k = lua_tostring(L, -1);
-        if (strcmp(k, "ratchet") && strcmp(k, "cjson") && strcmp(k, "rex_pcre2")) {
-            lua_pushvalue(L, -1);
-            lua_pushnil(L);
-            lua_rawset(L, -4); /* clearing a field during next() is allowed */
-        }
-    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->sources_ref);
+    lua_pushlstring(L, text, len);
+    lua_setfield(L, -2, path);
     lua_pop(L, 1);
+}
+
+/* A full collection in steps of at most GC_TURN_NS per loop turn: one of
+ * a 60 MB heap in one go held the loop for a hundred milliseconds. Two
+ * cycles complete, so what became garbage during one in progress goes too. */
+#define GC_TURN_NS 1000000u
+static void on_gc_idle(uv_idle_t *h)
+{
+    script_vm *vm = h->data;
+    uint64_t t0 = mono_ns();
+    do {
+        if (lua_gc(vm->L, LUA_GCSTEP, 0) && --vm->gc_cycles <= 0) {
+            uv_idle_stop(h);
+            return;
+        }
+    } while (mono_ns() - t0 < GC_TURN_NS);
 }
 
 void script_collect(script_vm *vm)
 {
-    lua_gc(vm->L, LUA_GCCOLLECT);
+    vm->gc_cycles = 2;
+    uv_idle_start(&vm->gc_idle, on_gc_idle);
 }
 
 int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen)
@@ -1128,49 +1576,22 @@ int script_load_file(script_vm *vm, const char *path, int *ref, char version[17]
     return rc;
 }
 
-/* Runs fn(ud) on the VM's main thread now, under the load budget (no
- * slicing: the caller waits). On success fn's nres results are left on the
- * stack; else -1 with the error in err and the stack as it was. */
-static int run_sync(script_vm *vm, lua_CFunction fn, void *ud, int nres, char *err, size_t errlen,
-                    const char *fallback)
-{
-    lua_State *L = vm->L;
-    script_call load = {.vm = vm, .load_only = true, .slice_start = mono_ns()};
-    script_call *outer = vm->current;
-    vm->current = &load;
-    lua_State *prev = tls.running;
-    tls.running = L;
-    deadline_arm(next_deadline(vm, &load));
-    lua_pushcfunction(L, fn);
-    lua_pushlightuserdata(L, ud);
-    int st = lua_pcall(L, 1, nres, 0);
-    tls.running = prev;
-    vm->current = outer;
-    lua_sethook(L, NULL, 0, 0); /* a kill leaves it set, and threads made from L would inherit it */
-    if (st != LUA_OK) {
-        const char *msg = st == LUA_ERRMEM ? "out of memory" : lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", msg ? msg : fallback);
-        lua_pop(L, 1);
-        return -1;
-    }
-    return 0;
-}
-
 typedef struct {
-    int ref;
-    const char *fn, *arg;
-} sync_args;
+    char *err;
+    size_t errlen;
+    enum script_status status;
+} sync_ctx;
 
-static int call_protected(lua_State *L)
+static void on_sync_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                         void *ud)
 {
-    const sync_args *a = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
-    lua_pushstring(L, a->fn);
-    lua_rawget(L, -2);
-    if (!script_push_json(L, a->arg, strlen(a->arg)))
-        lua_pushnil(L);
-    lua_call(L, 1, 0);
-    return 0;
+    (void)call;
+    (void)co;
+    (void)nres;
+    sync_ctx *sc = ud;
+    sc->status = status;
+    if (status != SCRIPT_OK)
+        snprintf(sc->err, sc->errlen, "%s", message ? message : "error");
 }
 
 int script_call_sync(script_vm *vm, int ref, const char *fn, const char *arg_json, char *err, size_t errlen)
@@ -1185,59 +1606,180 @@ int script_call_sync(script_vm *vm, int ref, const char *fn, const char *arg_jso
         snprintf(err, errlen, "the script has no function '%s'", fn);
         return -1;
     }
-    sync_args a = {ref, fn, arg_json};
-    return run_sync(vm, call_protected, &a, 0, err, errlen, "error");
+    /* an invocation run to its end now, under the load budget, as a load is */
+    sync_ctx sc = {err, errlen, SCRIPT_OK};
+    script_call *c = xcalloc(1, sizeof *c);
+    c->vm = vm;
+    c->loading = true;
+    c->unsliced = true;
+    c->no_stats = true;
+    c->budget_ms = vm->lim.load_budget_ms;
+    c->caller_kind = xstrdup("check");
+    c->caller_name = xstrdup(fn);
+    c->done = on_sync_done;
+    c->ud = &sc;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->live++;
+    lua_rawgeti(c->co, LUA_REGISTRYINDEX, ref);
+    lua_getfield(c->co, -1, fn);
+    lua_remove(c->co, -2);
+    if (!script_push_json(c->co, arg_json, strlen(arg_json)))
+        lua_pushnil(c->co);
+    c->nargs = 1;
+    call_resume(c); /* finishes it: nothing it may do waits */
+    return sc.status == SCRIPT_OK ? 0 : -1;
+}
+
+static void text_version(const char *text, size_t len, char version[17])
+{
+    if (!version)
+        return;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 8; i++)
+        snprintf(version + 2 * i, 3, "%02x", md[i]);
+}
+
+/* A load: a script file's top level, run as an invocation of its own (so
+ * its frames outlive an error: a memory error gets its file:line too). */
+typedef struct {
+    script_loaded cb;
+    void *ud;
+    char *path;
+    int ref;
+    char err[1024];
+} load_ctx;
+
+static void on_load_done(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                         void *ud)
+{
+    (void)call;
+    load_ctx *lc = ud;
+    lc->ref = LUA_NOREF;
+    if (status != SCRIPT_OK)
+        snprintf(lc->err, sizeof lc->err, "%s", message);
+    else if (nres < 1 || !lua_istable(co, -nres))
+        snprintf(lc->err, sizeof lc->err, "%s: the script must return a table (it returned %s)", lc->path,
+                 nres < 1 ? "nothing" : luaL_typename(co, -nres));
+    else {
+        lua_pushvalue(co, -nres);
+        lc->ref = luaL_ref(co, LUA_REGISTRYINDEX);
+    }
+    if (lc->cb) {
+        lc->cb(lc->ud, lc->ref, lc->ref == LUA_NOREF ? lc->err : NULL);
+        free(lc->path);
+        free(lc);
+    }
+}
+
+/* Compiles the text into a new invocation (not started); NULL with the
+ * message in lc->err for a syntax error. */
+static script_call *load_call(script_vm *vm, const char *path, const char *text, size_t len, load_ctx *lc)
+{
+    lua_State *L = vm->L;
+    script_call *c = xcalloc(1, sizeof *c);
+    c->vm = vm;
+    c->loading = true;
+    c->no_stats = true;
+    c->budget_ms = vm->lim.load_budget_ms;
+    c->caller_kind = xstrdup("load");
+    c->caller_name = xstrdup(path);
+    c->done = on_load_done;
+    c->ud = lc;
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushfstring(c->co, "@%s", path);
+    int st = luaL_loadbufferx(c->co, text, len, lua_tostring(c->co, -1), "t");
+    if (st != LUA_OK) {
+        const char *msg = lua_tostring(c->co, -1);
+        utf8_clean(lc->err, sizeof lc->err, msg ? msg : "cannot compile", strlen(msg ? msg : "cannot compile"));
+        luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+        call_free(c);
+        return NULL;
+    }
+    lua_remove(c->co, -2); /* the chunk name */
+    push_script_globals(vm);
+    push_env(L, -1);
+    lua_remove(L, -2);
+    lua_xmove(L, c->co, 1);
+    lua_setupvalue(c->co, -2, 1);
+    vm->live++;
+    return c;
 }
 
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen)
 {
-    if (version) {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned int mdlen = 0;
-        EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
-        for (int i = 0; i < 8; i++)
-            snprintf(version + 2 * i, 3, "%02x", md[i]);
+    text_version(text, len, version);
+    load_ctx lc = {.path = (char *)path, .ref = LUA_NOREF};
+    script_call *c = load_call(vm, path, text, len, &lc);
+    if (c) {
+        c->unsliced = true; /* to its end now: under the load budget, with no slices */
+        call_resume(c);     /* finishes it: nothing a load can do waits */
     }
-    load_args args = {path, text, len};
-    lua_State *L = vm->L;
-    if (run_sync(vm, load_protected, &args, 1, err, errlen, "error while loading") != 0)
-        return -1;
-    if (!lua_istable(L, -1)) {
-        snprintf(err, errlen, "%s: the script must return a table (it returned %s)", path, luaL_typename(L, -1));
-        lua_pop(L, 1);
+    if (lc.ref == LUA_NOREF) {
+        utf8_clean(err, errlen, lc.err[0] ? lc.err : "error while loading", strlen(lc.err[0] ? lc.err : "error while loading"));
         return -1;
     }
-    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    *ref = lc.ref;
     return 0;
 }
 
-bool script_push_json_cached(lua_State *L, const char *json, size_t len)
+void script_load_async(script_vm *vm, const char *path, const char *text, size_t len, char version[17],
+                       script_loaded cb, void *ud)
+{
+    text_version(text, len, version);
+    load_ctx *lc = xcalloc(1, sizeof *lc);
+    lc->cb = cb;
+    lc->ud = ud;
+    lc->path = xstrdup(path);
+    lc->ref = LUA_NOREF;
+    script_call *c = load_call(vm, path, text, len, lc);
+    if (!c) {
+        cb(ud, LUA_NOREF, lc->err);
+        free(lc->path);
+        free(lc);
+        return;
+    }
+    enqueue(c); /* sliced like any invocation, from the next loop turn */
+}
+
+bool script_push_json_cached(lua_State *L, int owner, const char *json, size_t len)
 {
     script_vm *vm = vm_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref); /* top+1: the cache */
+    /* keyed by owner too: two scripts given the same options text get two
+     * tables, so neither can change the other's */
+    lua_pushfstring(L, "%d:", owner);
     lua_pushlstring(L, json, len);
-    if (lua_rawget(L, -2) != LUA_TNIL) {
-        lua_remove(L, -2);
+    lua_concat(L, 2); /* top+2: the key */
+    lua_pushvalue(L, top + 2);
+    if (lua_rawget(L, top + 1) != LUA_TNIL) {
+        lua_replace(L, top + 1);
+        lua_settop(L, top + 1);
         return true;
     }
     lua_pop(L, 1);
     if (!script_push_json(L, json, len)) {
-        lua_pop(L, 1);
+        lua_settop(L, top);
         return false;
     }
     if (vm->opts_cached >= 256) { /* bounded: start afresh */
         lua_newtable(L);
+        lua_pushvalue(L, -1);
         lua_rawseti(L, LUA_REGISTRYINDEX, vm->opts_ref);
-        lua_pop(L, 1);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->opts_ref);
+        lua_replace(L, top + 1);
         vm->opts_cached = 0;
     }
-    lua_pushlstring(L, json, len);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, -4);
+    lua_pushvalue(L, top + 2);
+    lua_pushvalue(L, top + 3);
+    lua_rawset(L, top + 1);
     vm->opts_cached++;
-    lua_remove(L, -2);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
     return true;
 }
 

@@ -26,6 +26,7 @@ typedef struct {
     int budget_ms;       /* execution time per invocation; default 100 */
     int load_budget_ms;  /* execution time for loading one file; default 1000 */
     int slice_ms;        /* run at most this long before letting the loop turn; default 2 */
+    int stall_ms;        /* past its slice, where it cannot pause (a call into C), at most this long; default 10 */
 } script_limits;
 
 enum script_status {
@@ -80,11 +81,21 @@ void script_vm_metrics(script_vm *vm, buf_t *b);
  * first 16 hex digits of the SHA-256 of the text loaded. Returns 0, or -1
  * with "file:line: message". */
 int script_load_file(script_vm *vm, const char *path, int *ref, char version[17], char *err, size_t errlen);
-/* Reads a script file (at most 4 MiB) into out; thread-safe. */
+/* Reads a script file (at most 1 MiB: compiling one takes about 20 ms, on
+ * the loop on a reload) into out; thread-safe. */
 int script_read_text(const char *path, buf_t *out, char *err, size_t errlen);
 /* The same from a text already read (path names it in messages). */
 int script_load_text(script_vm *vm, const char *path, const char *text, size_t len, int *ref, char version[17],
                      char *err, size_t errlen);
+/* The same, but the file's top level runs as an invocation on the run
+ * queue, time-sliced under the load budget, so a long (or hostile) top
+ * level never holds the loop. cb runs on the loop when the load ends, with
+ * a registry ref to the table it returned, or LUA_NOREF and the error
+ * ("file:line: message"); for a syntax error, before this returns.
+ * version is filled at once. */
+typedef void (*script_loaded)(void *ud, int ref, const char *err);
+void script_load_async(script_vm *vm, const char *path, const char *text, size_t len, char version[17],
+                       script_loaded cb, void *ud);
 /* Calls table[fn](arg) where table is the value at ref and arg the value of
  * a JSON text, now, on the VM's main thread under the load budget (it cannot
  * yield, so no ratchet.sleep or I/O): for checks made while loading.
@@ -92,19 +103,25 @@ int script_load_text(script_vm *vm, const char *path, const char *text, size_t l
 int script_call_sync(script_vm *vm, int ref, const char *fn, const char *arg_json, char *err, size_t errlen);
 /* Only compiles the text (syntax check), for scripts other stages load. */
 int script_compile_text(script_vm *vm, const char *path, const char *text, size_t len, char *err, size_t errlen);
-/* Forgets the modules scripts required from the script folders, so the next
- * require reads them again (before a reload). */
+/* Forgets the module texts set with script_set_source (before a reload).
+ * Every script file has its own module instances, made when it loads, so
+ * a reload gives every script freshly loaded modules anyway. */
 void script_forget_modules(script_vm *vm);
-/* A full garbage collection (after a reload dropped old versions). */
+/* The text of a module file, read off the loop (the catalog's scan), for
+ * `require` to load instead of reading path from the disk on the loop. */
+void script_set_source(script_vm *vm, const char *path, const char *text, size_t len);
+/* A full garbage collection (after a reload dropped old versions), in
+ * steps of at most a millisecond per loop turn. */
 void script_collect(script_vm *vm);
 void script_unref(script_vm *vm, int ref);
 
 /* Pushes the value of a JSON text onto L (objects and arrays as tables,
  * null as ratchet.json.null). Returns false, pushing nothing, on bad JSON. */
 bool script_push_json(lua_State *L, const char *json, size_t len);
-/* The same, but the same text gives the same table (cached per VM, up to
- * 256 texts): for options, which scripts treat as read-only. */
-bool script_push_json_cached(lua_State *L, const char *json, size_t len);
+/* The same, but the same text gives the same table to the same owner (a
+ * script's registry ref; cached per VM, up to 256 texts): for options,
+ * which scripts treat as read-only. */
+bool script_push_json_cached(lua_State *L, int owner, const char *json, size_t len);
 /* Pushes a value the engine holds parsed as script_push_json pushes its
  * text, without the text. */
 bool script_push_tree(lua_State *L, const json_t *v);

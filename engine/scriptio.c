@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "util.h"
+#include "jtree.h"
 
 struct scriptio {
     uv_loop_t *loop;
@@ -49,7 +50,7 @@ static void on_llm_done(llm_call *c, json_t *result, const char *err_kind, const
 {
     (void)c;
     pending *p = ud;
-    char *text = result ? json_dumps(result, JSON_COMPACT) : NULL;
+    char *text = result ? json_text(result, JSON_COMPACT) : NULL;
     p->done(p->ud, text, err_kind, err);
     free(text);
     pending_free(p);
@@ -106,7 +107,7 @@ static void on_http_done(httpc_req *r, const httpc_response *resp, void *ud)
     json_t *o = json_pack("{s:i, s:o, s:{s:s, s:s}, s:f}", "status", resp->status, "body", body, "headers",
                           "content-type", resp->content_type, "request-id", resp->request_id, "latency_ms",
                           resp->elapsed_ms);
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *text = json_text(o, JSON_COMPACT);
     json_decref(o);
     p->done(p->ud, text, NULL, NULL);
     free(text);

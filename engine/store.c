@@ -29,6 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "store_private.h"
+#include "jtree.h"
 
 struct store {
     uv_loop_t *loop;

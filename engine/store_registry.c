@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "store_private.h"
+#include "jtree.h"
 
 /* ---- writes ---- */
 
@@ -324,7 +325,7 @@ int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq,
     int r = read_end(s, db, st, rc, err, errlen);
     json_t *root = json_pack("{s:o, s:o}", "items", items, "next_cursor",
                              (int)json_array_size(items) == limit ? json_integer(last) : json_null());
-    char *text = json_dumps(root, JSON_COMPACT);
+    char *text = json_text(root, JSON_COMPACT);
     buf_puts(out, text);
     free(text);
     json_decref(root);

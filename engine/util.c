@@ -404,12 +404,17 @@ int write_address_file(const char *path, const char *addr)
     return rename(tmp, path);
 }
 
+bool utf8_valid(const char *s, size_t n)
+{
+    return u8_check((const uint8_t *)s, n) == NULL;
+}
+
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n)
 {
     if (!cap)
         return 0;
     const uint8_t *s = (const uint8_t *)src;
-    if (n < cap && !u8_check(s, n)) {
+    if (n < cap && !u8_check(s, n) && !memchr(src, 0, n)) {
         memcpy(dst, src, n);
         dst[n] = 0;
         return n;
@@ -421,7 +426,8 @@ size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n)
         int len = u8_mbtouc(&uc, s + i, n - i);
         const char *piece = src + i;
         size_t plen = (size_t)len;
-        if (uc == 0xFFFD && (len != 3 || memcmp(piece, repl, 3)))
+        /* NUL too: the copy is a C string, and a NUL would end it early */
+        if ((uc == 0xFFFD && (len != 3 || memcmp(piece, repl, 3))) || uc == 0)
             piece = repl, plen = 3;
         if (o + plen >= cap)
             break;

@@ -54,9 +54,13 @@ void rfc3339_format(int64_t ms, char out[32]);
 bool secret_equal(const char *given, size_t given_len, const char *secret, size_t secret_len);
 
 /* Copies n bytes of text into dst (cap bytes, NUL-terminated) as valid
- * UTF-8: each invalid sequence becomes U+FFFD, and the copy is cut at a
- * character boundary when it does not fit. Returns the bytes written. */
+ * UTF-8: each invalid sequence, and each NUL byte, becomes U+FFFD, and the
+ * copy is cut at a character boundary when it does not fit. Returns the
+ * bytes written. */
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n);
+/* True when the n bytes are valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF). */
+bool utf8_valid(const char *s, size_t n);
 
 /* The shortest decimal text that reads back as exactly d ("0.8", not
  * "0.80000000000000004"; "3" for 3.0; "1e+300"): the way numbers appear in

@@ -1,5 +1,6 @@
 /* Unit tests for ingest.c: body forms, per-item results and paths, the
  * nesting guard, UTF-8 and duplicate keys, inline feedback. */
+#include <jansson.h>
 #include <stdlib.h>
 
 #include "check.h"
@@ -175,8 +176,162 @@ static void test_fields(void)
     ingest_batch_free(&b);
 }
 
+/* ---- property: whatever ingest accepts, the store's reader (jansson)
+ * reads back as the same value ---- */
+
+static unsigned long long rng = 2110;
+static unsigned rnd(unsigned n)
+{
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (unsigned)(rng >> 33) % n;
+}
+
+static const char *const str_pieces[] = {"a", " ", "\\n", "\\\"", "\\\\", "\\u00e9", "\\ud83d\\ude00", "\\ud800",
+                                         "\\udc00", "\\u0041", "\xc3\xa9", "\xf0\x9f\x98\x80", "\\/", "\\t",
+                                         "x\\ud800\\u0041", "\\uDBFF\\uDFFF", "\\ud800\\ud800", "\\u0000"};
+static bool allow_nul = true; /* a NUL refuses a whole body: the array rounds leave it out */
+static const char *const num_pieces[] = {"0", "-0", "1", "-1", "1.5", "1e10", "1E-5", "1e308", "1e309", "1e-400",
+                                         "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+                                         "-9223372036854775809", "123456789012345678901234567890", "0.1",
+                                         "2.5e-3", "-1e400", "4.9e-324"};
+#define NPIECES(a) (sizeof a / sizeof a[0])
+
+static void random_string(buf_t *b)
+{
+    buf_puts(b, "\"");
+    for (unsigned i = 0, n = rnd(5) + 1; i < n; i++)
+        buf_puts(b, str_pieces[rnd(NPIECES(str_pieces) - !allow_nul)]);
+    buf_puts(b, "\"");
+}
+
+static void random_value(buf_t *b, int depth)
+{
+    switch (rnd(depth > 2 ? 3 : 5)) {
+    case 0: random_string(b); break;
+    case 1: buf_puts(b, num_pieces[rnd(NPIECES(num_pieces))]); break;
+    case 2: buf_puts(b, rnd(2) ? "true" : "null"); break;
+    case 3:
+        buf_puts(b, "[");
+        for (unsigned i = 0, n = rnd(3) + 1; i < n; i++) {
+            if (i)
+                buf_puts(b, ",");
+            random_value(b, depth + 1);
+        }
+        buf_puts(b, "]");
+        break;
+    default:
+        buf_puts(b, "{");
+        for (unsigned i = 0, n = rnd(3) + 1; i < n; i++) {
+            buf_printf(b, "%s", i ? "," : "");
+            if (rnd(8) == 0)
+                random_string(b); /* a risky key */
+            else
+                buf_printf(b, "\"k%u\"", i);
+            buf_puts(b, ":");
+            random_value(b, depth + 1);
+        }
+        buf_puts(b, "}");
+    }
+}
+
+static void random_trace(buf_t *b)
+{
+    buf_puts(b, "{\"prompt\":{\"name\":\"p\"},\"output\":");
+    random_string(b);
+    buf_puts(b, ",\"metadata\":{\"v\":");
+    random_value(b, 0);
+    buf_puts(b, "}}");
+}
+
+/* Each item alone, as one object (stored as sent), and 8 at a time as an
+ * array (re-encoded): 3000 + 3000 items. */
+static void test_readback_property(void)
+{
+    int accepted = 0, rejected = 0, wrong = 0, lost = 0;
+    for (int round = 0; round < 3000; round++) {
+        buf_t text;
+        buf_init(&text);
+        random_trace(&text);
+        json_t *want = json_loadb(text.data, text.len, JSON_REJECT_DUPLICATES, NULL); /* the reader's view */
+        ingest_batch b;
+        const char *code;
+        int rc = parse(INGEST_TRACES, text.data, false, &b, &code);
+        bool acked = rc == 0 && b.write.ntraces == 1;
+        if (acked) {
+            accepted++;
+            json_t *got = json_loadb(b.write.traces[0].json, b.write.traces[0].json_len, 0, NULL);
+            if (!got || !want || !json_equal(got, want)) {
+                wrong++;
+                printf("# acked but reads back differently: %s\n", text.data);
+            }
+            json_decref(got);
+        } else {
+            rejected++;
+            if (want && rc == 0) { /* the reader takes it, so ingest should have */
+                lost++;
+                printf("# readable but rejected: %s (%s)\n", text.data,
+                       b.nitems && b.items[0].nerrors ? b.items[0].errors[0].message : "?");
+            }
+        }
+        if (rc == 0)
+            ingest_batch_free(&b);
+        json_decref(want);
+        buf_free(&text);
+    }
+    CHECK(wrong == 0);
+    CHECK(lost == 0);
+    CHECK(accepted > 300 && rejected > 300);
+    printf("# one object: %d accepted, %d rejected\n", accepted, rejected);
+
+    accepted = rejected = wrong = 0;
+    allow_nul = false;
+    for (int round = 0; round < 375; round++) {
+        buf_t text;
+        buf_init(&text);
+        buf_puts(&text, "[");
+        for (int i = 0; i < 8; i++) {
+            if (i)
+                buf_puts(&text, ",");
+            random_trace(&text);
+        }
+        buf_puts(&text, "]");
+        json_t *arr = json_loadb(text.data, text.len, JSON_REJECT_DUPLICATES, NULL);
+        ingest_batch b;
+        const char *code;
+        if (parse(INGEST_TRACES, text.data, false, &b, &code) != 0) {
+            wrong++;
+            printf("# array refused whole: %s\n", text.data);
+            json_decref(arr);
+            buf_free(&text);
+            continue;
+        }
+        for (size_t i = 0; i < b.nitems; i++) {
+            int wi = b.items[i].write_index;
+            if (wi < 0) {
+                rejected++;
+                continue;
+            }
+            accepted++;
+            json_t *got = json_loadb(b.write.traces[wi].json, b.write.traces[wi].json_len, 0, NULL);
+            json_t *want = arr ? json_array_get(arr, i) : NULL;
+            if (!got || (want && !json_equal(got, want))) {
+                wrong++;
+                printf("# array item %zu acked but reads back differently: %s\n", i, text.data);
+            }
+            json_decref(got);
+        }
+        ingest_batch_free(&b);
+        json_decref(arr);
+        buf_free(&text);
+    }
+    CHECK(wrong == 0);
+    CHECK(accepted > 300 && rejected > 300);
+    printf("# arrays: %d items accepted, %d rejected\n", accepted, rejected);
+}
+
 int main(void)
 {
+    test_readback_property();
     test_forms();
     test_limits();
     test_one_pass_edges();

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <lauxlib.h>
+#include <lualib.h>
 
 #include "check.h"
 #include "script.h"
@@ -110,6 +111,16 @@ static void test_sandbox(script_vm *vm)
     CHECK(load_fails_with(vm, "while true do end", "killed"));
     CHECK(load_fails_with(vm, "return require('io')", "no module 'io'"));
     CHECK(load_fails_with(vm, "return require('../etc/passwd')", "is not a module name"));
+    /* found by fuzz_luajson: 1e400 decoded to infinity, which cannot be encoded back */
+    CHECK(load_fails_with(vm, "local v, e = ratchet.json.decode('[1e400]') assert(v == nil) error(e)",
+                          "too large for a double"));
+    /* found by fuzz_luajson: a lone surrogate escape decodes to bytes that are
+     * not UTF-8 (strings pass as they are); encode let them out again */
+    CHECK(load_fails_with(vm, "return ratchet.json.encode(ratchet.json.decode('[\"\\\\udc00\"]'))",
+                          "not valid UTF-8"));
+    /* found by fuzz_luajson: past yajl_gen's 128 levels encode wrote unbalanced text */
+    CHECK(load_fails_with(vm, "return ratchet.json.encode(ratchet.json.decode(string.rep('[', 200) .. string.rep(']', 200)))",
+                          "nested deeper than 128 levels"));
 
     char err[512];
     int ref = load(vm, "ok.lua", uses_modules, err);
@@ -174,6 +185,271 @@ static void test_errors_and_kills(script_vm *vm)
     CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "yielded outside"));
     o = run(vm, ref, "ok"); /* the VM is still fine after all that */
     CHECK(o.status == SCRIPT_OK && strcmp(o.result, "fine") == 0);
+    script_unref(vm, ref);
+}
+
+/* A message handler that never returns is killed too: the kill used to be
+ * raised inside the hook, where Lua runs the handler with hooks off. And no
+ * __gc (finalizers run inside the collector, hooks off). */
+static void test_handlers_cannot_hide(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "h.lua",
+                   "return {\n"
+                   "  xp = function() while true do xpcall(function() error('x') end, function(e) while true do end end) end end,\n"
+                   "  xp_kill = function() xpcall(function() while true do end end, function(e) while true do end end) end,\n"
+                   "  xp_ok = function() local ok, m = xpcall(function() error('boom', 0) end, function(e) return 'handled ' .. e end)\n"
+                   "    return tostring(ok) .. ' ' .. m end,\n"
+                   "  xp_args = function() return select('#', xpcall(function(...) return ... end, print, 1, 2, 3)) end,\n"
+                   "  gc = function() setmetatable({}, { __gc = function() while true do end end }) end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    outcome o = run(vm, ref, "xp");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "xp_kill");
+    CHECK(o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "xp_ok"); /* a handler still handles ordinary errors */
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "false handled boom") == 0);
+    o = run(vm, ref, "xp_args");
+    CHECK(o.status == SCRIPT_ERROR || (o.status == SCRIPT_OK && strcmp(o.result, "4") == 0));
+    o = run(vm, ref, "gc");
+    CHECK(o.status == SCRIPT_ERROR && strstr(o.message, "__gc"));
+    script_unref(vm, ref);
+}
+
+/* Calls into C that could hold the loop are stopped at the stall bound,
+ * from the scratch state they run in, and the VM goes on as if nothing
+ * happened (run here under ASan too: the jump out of the signal handler). */
+static void test_stall_bound(script_vm *vm)
+{
+    char err[512];
+    int ref = load(vm, "stall.lua",
+                   "return {\n"
+                   "  find = function() return string.find(string.rep('a', 1500), '.-.-b') end,\n"
+                   "  method = function() local s = ('a'):rep(3000) return s:match('.-.-.-b') end,\n"
+                   "  gmatch = function() for w in (('a'):rep(3000)):gmatch('.-.-b') do end end,\n"
+                   "  nested = function() return (('x'):rep(50)):gsub('x', function()\n"
+                   "    return (string.rep('a', 1500)):find('.-.-b') end) end,\n"
+                   "  caught = function() local ok = pcall(string.find, ('a'):rep(1500), '.-.-b')\n"
+                   "    while true do end end,\n"
+                   "  cb_spin = function() return ('xy'):gsub('.', function() while true do end end) end,\n"
+                   "  sort_c = function() local t = {} for i = 1, 300000 do t[i] = (i * 7919) % 300000 end\n"
+                   "    table.sort(t, math.max) end,\n"
+                   "  big_rep = function() return #string.rep('x', 64 * 1024 * 1024) end,\n"
+                   "  after = function() return (('abc'):gsub('b', function(x) return x:upper() end)) ..\n"
+                   "    (('a b c'):match('(%a) (%a)')) end,\n"
+                   "}\n",
+                   err);
+    CHECK(ref != LUA_NOREF);
+    static const char *const killed[] = {"find", "method", "gmatch", "nested", "caught", "cb_spin", "sort_c", NULL};
+    for (const char *const *f = killed; *f; f++) {
+        outcome o = run(vm, ref, *f);
+        if (o.status != SCRIPT_KILLED || !strstr(o.message, "stall.lua:"))
+            printf("# %s: status %d: %s\n", *f, o.status, o.message);
+        CHECK(o.status == SCRIPT_KILLED && strstr(o.message, "stall.lua:"));
+    }
+    outcome o = run(vm, ref, "find");
+    CHECK(strstr(o.message, "string.find ran") != NULL); /* names the call */
+    o = run(vm, ref, "big_rep"); /* more than the VM's headroom: the scratch state is capped too */
+    CHECK(o.status == SCRIPT_NOMEM || o.status == SCRIPT_KILLED);
+    o = run(vm, ref, "after");
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "aBca") == 0);
+    script_unref(vm, ref);
+}
+
+/* Nothing one script does to what it can reach changes what another sees. */
+static void test_isolation(script_vm *vm)
+{
+    char err[512];
+    write_script("lib/shared.lua", "local M = { calls = 0 }\n"
+                                   "function M.bump() M.calls = M.calls + 1 return M.calls end\n"
+                                   "return M\n");
+    int evil = load(vm, "evil.lua",
+                    "local shared = require 'lib.shared'\n"
+                    "local cjson = require 'cjson'\n"
+                    "return { run = function()\n"
+                    "  rawset(string, 'upper', function() return 'pwned' end)\n"
+                    "  local _, real = pairs(string)\n"
+                    "  assert(not pcall(function() real.lower = function() return 'pwned' end end))\n"
+                    "  local _, rt = pairs(ratchet.json)\n"
+                    "  assert(not pcall(function() rt.encode = function() return 'pwned' end end))\n"
+                    "  rawset(ratchet.json, 'decode', function() return 'pwned' end)\n"
+                    "  shared.bump = function() return -1 end; shared.calls = 100\n"
+                    "  rawset(cjson, 'encode', function() return 'pwned' end)\n"
+                    "  cjson.encode_sparse_array(true, 1, 1)\n"
+                    "  assert(cjson.encode({[1] = 1, [3] = 3}) ~= '[1,null,3]')\n"
+                    "  local ok = pcall(function() getmetatable(require('rex_pcre2').new('a')).__index.exec = nil end)\n"
+                    "  assert(not ok, 'the regex metatable is reachable')\n"
+                    "  assert(string.upper('a') == 'pwned') -- its own view did change\n"
+                    "  return 'done'\n"
+                    "end }\n",
+                    err);
+    int good = load(vm, "good.lua",
+                    "local shared = require 'lib.shared'\n"
+                    "local cjson = require 'cjson'\n"
+                    "return { run = function()\n"
+                    "  return table.concat({ string.upper('a'), ('b'):upper(), string.lower('C'),\n"
+                    "    ratchet.json.encode({1}), tostring(ratchet.json.decode('2')), tostring(shared.bump()),\n"
+                    "    cjson.encode({[1] = 1, [3] = 3}) }, ' ')\n"
+                    "end }\n",
+                    err);
+    CHECK(evil != LUA_NOREF && good != LUA_NOREF);
+    outcome o = run(vm, evil, "run");
+    if (o.status != SCRIPT_OK)
+        printf("# evil: %s\n", o.message);
+    CHECK(o.status == SCRIPT_OK);
+    o = run(vm, good, "run");
+    if (o.status != SCRIPT_OK)
+        printf("# good: %s\n", o.message);
+    CHECK(o.status == SCRIPT_OK && strcmp(o.result, "A B c [1] 2 1 [1,null,3]") == 0);
+    printf("# good saw: %s\n", o.result);
+    script_unref(vm, evil);
+    script_unref(vm, good);
+}
+
+/* The sandbox's string.find, match, gmatch, gsub and rep (run in a
+ * scratch state, script_stall.c) answer as Lua's own do: the same cases run
+ * in a plain Lua state and in the sandbox, results and errors compared. */
+static const char *const pattern_cases[] = {
+    "return ('hello world'):find('o w')",
+    "return ('hello world'):find('o', 6)",
+    "return ('hello'):find('l', -2)",
+    "return ('hello'):find('', 10)",
+    "return ('hello'):find('', 6)",
+    "return ('hello'):find('l', -100)",
+    "return ('a.b'):find('.', 1, true)",
+    "return ('a.b'):find('.', nil, true)",
+    "return ('abc'):find('^b')",
+    "return ('abc'):find('^a')",
+    "return ('abc'):match('^(a)(b)()')",
+    "return ('key = value'):match('^(%w+)%s*=%s*(%w+)$')",
+    "return ('  trim me  '):match('^%s*(.-)%s*$')",
+    "return string.match('2024-01-02', '(%d+)-(%d+)-(%d+)')",
+    "return ('THE (quick) fox'):find('%((%a+)%)')",
+    "return ('[[x]]'):match('%b[]')",
+    "return ('hello world'):match('%f[%w]%w+', 2)",
+    "return string.find(12345, 34)",
+    "return ('%d'):find('%%d')",
+    "return ('x'):match('[')",
+    "return ('x'):find('%')",
+    "return ('x'):match('(()')",
+    "return ('x'):find()",
+    "return string.find(nil, 'x')",
+    "return ('hello world from lua'):gsub('(%w+)', '<%1>')",
+    "return ('hello world'):gsub('o', '0', 1)",
+    "return ('hello world'):gsub('o', '0', 0)",
+    "return ('abc'):gsub('', '-')",
+    "return ('hello'):gsub('l+', function(x) return #x end)",
+    "return ('hello'):gsub('%w', {h = 'H', o = false, e = 3})",
+    "return ('abc'):gsub('%w', '%%%0')",
+    "return ('abc'):gsub('(b)', '%2')",
+    "return ('abc'):gsub('b', {b = {}})",
+    "return ('abc'):gsub('b', function() return {} end)",
+    "return ('abc'):gsub('b', true)",
+    "return ('abc'):gsub('b', function() error('inner', 0) end)",
+    "return ('abc'):gsub('(a)(b)(c)', function(a, b, c) return c .. b .. a end)",
+    "return ('a b c'):gsub('%s', '', 1.0)",
+    "return ('x^2'):gsub('%^', '**')",
+    "return ('abc'):gsub('.', {a = 1, b = 2.5})",
+    "return ('abc'):gsub('()', '%1')",
+    "local t = {} for w in ('one two  three'):gmatch('%a+') do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('abc'):gmatch('') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('a,b,,c'):gmatch('([^,]*)') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('^a^b'):gmatch('^%a') do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', 4) do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', -1) do t[#t + 1] = w end return table.concat(t, '|')",
+    "local t = {} for w in ('hello'):gmatch('l', 100) do t[#t + 1] = w end return #t",
+    "local t = {} for a, b in ('hello'):gmatch('()l()') do t[#t + 1] = a .. '-' .. b end return table.concat(t, '|')",
+    "local t = {} for k, v in ('x=1, y=2'):gmatch('(%w+)=(%w+)') do t[#t + 1] = k .. v end return table.concat(t, '|')",
+    "local t = {} for w in ('abab'):gmatch('b*') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "local t = {} for w in ('aaa'):gmatch('a-') do t[#t + 1] = '<' .. w .. '>' end return table.concat(t)",
+    "return pcall(string.gmatch, 'x')",
+    "return string.rep('ab', 3, ',')",
+    "return string.rep('x', 0)",
+    "return string.rep('x', -1)",
+    "return #string.rep('ab', 40000, '-')",
+    "return string.rep('ab', 40000, '-'):sub(-5)",
+    "return string.rep('x', 1e10)",
+    "return string.rep()",
+    "local s = ('x'):rep(5000) .. 'needle' .. ('y'):rep(5000) return s:find('needle'), s:find('needle', 5000), s:find('ne+dle')",
+    "local s = ('ab'):rep(3000) return s:gsub('b', 'c', 10):sub(1, 30)",
+    "local s = ('ab'):rep(3000) local n = 0 for _ in s:gmatch('a') do n = n + 1 end return n",
+    "return table.concat({('abc'):byte(1, -1)}, ',')",
+    NULL,
+};
+
+/* Serialises each case's results as "type:value,..." (an error without its
+ * "file:line: ", which differs between the two runs), a line per case. */
+#define SERIALISE                                                                                                    \
+    "local function ser(r)\n"                                                                                        \
+    "  local parts = {}\n"                                                                                           \
+    "  for j = 1, r.n do\n"                                                                                          \
+    "    local v = r[j]\n"                                                                                           \
+    "    if j == 2 and r[1] == false and type(v) == 'string' then v = v:match('^[^:]*:%d+: (.*)$') or v end\n"       \
+    "    parts[j] = (math.type(v) or type(v)) .. ':' .. tostring(v)\n"                                              \
+    "  end\n"                                                                                                        \
+    "  return table.concat(parts, ',')\n"                                                                            \
+    "end\n"
+
+static char *full_result;
+static void on_done_full(script_call *call, enum script_status status, lua_State *co, int nres, const char *message,
+                         void *ud)
+{
+    on_done(call, status, co, nres, message, ud);
+    free(full_result);
+    full_result = status == SCRIPT_OK && nres > 0 ? strdup(lua_tostring(co, -nres)) : NULL;
+}
+
+static void test_patterns_alike(script_vm *vm)
+{
+    /* Lua's own, in a plain state */
+    lua_State *P = luaL_newstate();
+    luaL_openlibs(P);
+    buf_t src;
+    buf_init(&src);
+    buf_puts(&src, SERIALISE "local out = {}\n");
+    for (int i = 0; pattern_cases[i]; i++)
+        buf_printf(&src, "out[%d] = ser(table.pack(pcall(function() %s end)))\n", i + 1, pattern_cases[i]);
+    buf_puts(&src, "return table.concat(out, '\\n')\n");
+    CHECK(luaL_loadstring(P, src.data) == LUA_OK);
+    CHECK(lua_pcall(P, 0, 1, 0) == LUA_OK);
+    char *want = strdup(lua_tostring(P, -1));
+    lua_close(P);
+
+    /* the sandbox's: the same text as a script */
+    buf_t script;
+    buf_init(&script);
+    buf_puts(&script, "return { run = function()\n");
+    buf_append(&script, src.data, src.len);
+    buf_puts(&script, "end }\n");
+    buf_free(&src);
+    char err[512];
+    int ref = load(vm, "patterns.lua", script.data, err);
+    buf_free(&script);
+    CHECK(ref != LUA_NOREF);
+    outcome o = {0};
+    script_invoke(vm, ref, "run", 0, "other", "test", NULL, on_done_full, &o);
+    while (!o.finished)
+        uv_run(loop, UV_RUN_ONCE);
+    CHECK(o.status == SCRIPT_OK && full_result);
+    /* case by case, so a difference names its case */
+    int differ = 0;
+    const char *a = want, *b = full_result ? full_result : "";
+    for (int i = 0; pattern_cases[i]; i++) {
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        if (la != lb || memcmp(a, b, la) != 0) {
+            differ++;
+            printf("# differs: %s\n#   lua:     %.*s\n#   sandbox: %.*s\n", pattern_cases[i], (int)la, a, (int)lb, b);
+        }
+        a += la + (a[la] ? 1 : 0);
+        b += lb + (b[lb] ? 1 : 0);
+    }
+    CHECK(differ == 0);
+    printf("# %d pattern cases alike; first: %.60s\n", (int)(sizeof pattern_cases / sizeof *pattern_cases) - 1, want);
+    free(want);
+    free(full_result);
+    full_result = NULL;
     script_unref(vm, ref);
 }
 
@@ -331,8 +607,13 @@ int main(void)
     lim.load_budget_ms = 200;
     const char *dirs[] = {dir, NULL};
     script_vm *vm = script_vm_new(loop, &lim, dirs);
+    alarm(120); /* a script that escapes every limit fails the test instead of hanging it */
     test_sandbox(vm);
     test_errors_and_kills(vm);
+    test_handlers_cannot_hide(vm);
+    test_isolation(vm);
+    test_patterns_alike(vm);
+    test_stall_bound(vm);
     lim.budget_ms = 5000;
     script_vm_free(vm);
     vm = script_vm_new(loop, &lim, dirs);

@@ -136,6 +136,8 @@ static void test_utf8_clean(void)
     /* a character cut off at the end of the input */
     CHECK(utf8_clean(out, sizeof out, "ab\xc3", 3) == 5 && !strcmp(out, "ab\xef\xbf\xbd"));
     CHECK(utf8_clean(out, 1, "abc", 3) == 0 && out[0] == 0);
+    /* a NUL would end the C string early: it is replaced too */
+    CHECK(utf8_clean(out, sizeof out, "a\0b", 3) == 5 && !strcmp(out, "a\xef\xbf\xbd" "b"));
 }
 
 int main(void)

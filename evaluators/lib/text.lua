@@ -21,7 +21,12 @@ end
 -- trim (default true), case_sensitive (default true), collapse_whitespace.
 function M.normalise(s, opts)
   s = tostring(s)
-  if opts.trim ~= false then s = s:match("^%s*(.-)%s*$") end
+  if opts.trim ~= false then
+    -- linear: "^%s*(.-)%s*$" backtracks over every run of white space for
+    -- each character, quadratic on a long output with white space inside
+    local a = s:find("%S")
+    s = a and s:match(".*%S", a) or ""
+  end
   if opts.collapse_whitespace then s = s:gsub("%s+", " ") end
   if opts.case_sensitive == false then s = s:lower() end
   return s

@@ -161,6 +161,23 @@ prompt "support" { evaluators = { "broken", { "spin", required = false }, "json_
     assert.is_true(st.evaluator_errors >= 2)
   end)
 
+  it("stores a reason with NUL and invalid bytes as U+FFFD, not cut short", function()
+    engine.write_file(dir .. "/evaluators_extra/evaluators/odd_reason.lua", [[
+return { name = "odd_reason", description = "odd bytes", evaluate = function(case)
+  return { pass = false, reason = case.output == "nul" and "a\0b" or case.output == "only" and "\0" or "x\255y" }
+end }
+]])
+    e = engine.start { dir = dir, config = string.format([[
+scripts = { dirs = { "evaluators_extra", %q } }
+prompt "support" { evaluators = { "odd_reason" } }
+]], engine.root) }
+    e:post("/v1/traces", { trace("nul", "nul"), trace("only", "only"), trace("inv", "inv") })
+    local want = { nul = "a\239\191\189b", only = "\239\191\189", inv = "x\239\191\189y" }
+    for id, reason in pairs(want) do
+      assert.equal(reason, scores_by_name(evaluated(e, id)).odd_reason.reason, id)
+    end
+  end)
+
   it("re-evaluates a window of traces after an evaluator changed", function()
     local file = dir .. "/evaluators_extra/evaluators/strict.lua"
     engine.write_file(file, [[

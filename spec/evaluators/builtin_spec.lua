@@ -95,6 +95,14 @@ describe("equals and label", function()
     assert.is_true(equals:evaluate({ output = "a   b", expected = "a b" }, { collapse_whitespace = true }).pass)
     assert.is_true(equals:evaluate({ output = '{"b":2,"a":1}', expected = { a = 1, b = 2 } }, { json = true }).pass)
     assert.is_false(equals:evaluate({ output = "x" }).pass) -- no expected
+    -- white space only, and an output with long runs of white space inside:
+    -- trimming is linear (the old pattern was quadratic and, on 60,000
+    -- characters, killed at the stall bound)
+    assert.is_true(equals:evaluate({ output = " \t\n ", expected = "" }).pass)
+    local spaced = "a" .. string.rep(" ", 30000) .. "b" .. string.rep(" ", 30000)
+    local r = equals:evaluate({ output = "  " .. spaced, expected = spaced:sub(1, -30001) })
+    assert.equal("ok", r.status, r.reason)
+    assert.is_true(r.pass)
   end)
   it("matches labels, from a JSON field, against an allowed set", function()
     assert.is_true(label:evaluate({ output = "Billing", expected = "billing" }).pass)

@@ -21,15 +21,21 @@ MALLOC_DEFS  = $(if $(MALLOC_LIBS),-DRATCHET_MIMALLOC)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g
-CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -Iengine $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
              -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' -DRATCHET_SOURCE_DIR='"$(CURDIR)"' \
              $(MALLOC_DEFS) $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
-SRCS := $(filter-out engine/main.c engine/lua_module.c,$(wildcard engine/*.c))
+# engine/ is in rooms, one folder per subsystem (docs/architecture.md);
+# includes name the room ("store/store.h"), from -Iengine
+ROOMS := base net store script llm conf loop api cli fake
+SRCS := $(filter-out engine/script/lua_module.c,$(foreach r,$(ROOMS),$(wildcard engine/$(r)/*.c)))
+HDRS := $(foreach r,$(ROOMS),$(wildcard engine/$(r)/*.h))
 OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
 # the Lua module specs use to run evaluators exactly as the engine does
-MODULE_SRCS := engine/lua_module.c engine/script.c engine/script_stall.c engine/luajson.c engine/evaluator.c engine/optdecl.c engine/policy.c engine/util.c engine/log.c engine/metrics.c
+MODULE_SRCS := engine/script/lua_module.c engine/script/script.c engine/script/script_stall.c engine/script/luajson.c \
+               engine/script/evaluator.c engine/script/optdecl.c engine/script/policy.c engine/base/util.c \
+               engine/base/log.c engine/base/metrics.c engine/base/jtree.c
 MODULE := $(BUILD)/lua/ratchet_sandbox.so
 TEST_SRCS := $(wildcard engine/tests/test_*.c)
 TESTS := $(TEST_SRCS:engine/tests/%.c=$(BUILD)/tests/%)
@@ -72,14 +78,14 @@ help:
 deps:
 	@./tools/deps.sh
 
-$(BUILD)/obj/%.o: engine/%.c engine/*.h | deps
+$(BUILD)/obj/%.o: engine/%.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
 $(BUILD)/ratchet: $(BUILD)/obj/main.o $(OBJS)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(MALLOC_LIBS) $(PKG_LIBS)
 
-$(BUILD)/obj/main.o: engine/main.c engine/*.h $(BUILD)/version.stamp | deps
+$(BUILD)/obj/main.o: engine/main.c $(HDRS) $(BUILD)/version.stamp | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
@@ -91,7 +97,7 @@ $(BUILD)/version.stamp: FORCE
 
 FORCE:
 
-$(BUILD)/pic/%.o: engine/%.c engine/*.h | deps
+$(BUILD)/pic/%.o: engine/%.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fPIC -c $< -o $@
 
@@ -102,7 +108,7 @@ $(MODULE): $(MODULE_SRCS:engine/%.c=$(BUILD)/pic/%.o)
 
 $(BUILD)/tests/%: engine/tests/%.c engine/tests/check.h $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
+	$(CC) $(CFLAGS_ALL) -Iengine/tests $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(PKG_LIBS)
 
 # node 22 and the npm clients the specs drive the engine with (tools/test-deps.sh)
 test-deps:
@@ -113,9 +119,9 @@ test: deps test-deps all fuzz-build
 	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
 	  FUZZ_BIN_DIR=$(abspath $(FUZZ_BUILD)) RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
 
-$(FUZZ_BUILD)/obj/%.o: engine/%.c engine/*.h | deps
+$(FUZZ_BUILD)/obj/%.o: engine/%.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) -Iengine $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
 	  -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/%: fuzz/%.c $(FUZZ_OBJS)
@@ -200,7 +206,7 @@ bench-eval: bench-deps all
 	@./bench/ingest_eval.sh
 
 $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
-	$(CC) $(CFLAGS_ALL) -Iengine $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)
 
 bench-llm: all $(BUILD)/llm_bench
 	@./bench/llm.sh

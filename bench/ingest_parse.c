@@ -2,13 +2,13 @@
  * escaped quotes in the output, 640 bytes of padding), NDJSON of 100 and one
  * object, in a loop: microseconds per trace. Build against any ingest.o to
  * compare two versions in the same run (bench/RESULTS.md).
- *   cc -O2 -Iengine bench/ingest_parse.c build/obj/ingest.o build/obj/util.o build/obj/store.o ... */
+ *   cc -O2 -Iengine bench/ingest_parse.c build/obj/api/ingest.o build/obj/base/util.o build/obj/store/sqlite.o ... */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ingest.h"
-#include "util.h"
+#include "api/ingest.h"
+#include "base/util.h"
 
 static double run(const char *body, size_t len, bool ndjson, int loops, size_t items)
 {

@@ -18,10 +18,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "httpc.h"
-#include "llm.h"
-#include "store.h"
-#include "util.h"
+#include "net/http_client.h"
+#include "llm/llm.h"
+#include "store/store.h"
+#include "base/util.h"
 
 static int n_total, n_started, n_done, n_errors, conc;
 static llm *L;

@@ -19,25 +19,25 @@
 #include <mimalloc.h>
 #endif
 
-#include "api.h"
-#include "ingest.h"
-#include "metrics.h"
-#include "catalog.h"
-#include "cli.h"
-#include "confcheck.h"
-#include "config.h"
-#include "fake_llm.h"
-#include "http.h"
-#include "httpc.h"
-#include "llm.h"
-#include "log.h"
-#include "online.h"
-#include "registry.h"
-#include "loop.h"
-#include "runner.h"
-#include "script.h"
-#include "scriptio.h"
-#include "store.h"
+#include "api/api.h"
+#include "api/ingest.h"
+#include "base/metrics.h"
+#include "script/catalog.h"
+#include "cli/cli.h"
+#include "conf/confcheck.h"
+#include "conf/config.h"
+#include "fake/llm_fake.h"
+#include "net/http.h"
+#include "net/http_client.h"
+#include "llm/llm.h"
+#include "base/log.h"
+#include "loop/online.h"
+#include "loop/registry.h"
+#include "loop/loop.h"
+#include "loop/runner.h"
+#include "script/script.h"
+#include "llm/script_io.h"
+#include "store/store.h"
 
 #ifndef RATCHET_VERSION
 #define RATCHET_VERSION "0.0.0-dev"
@@ -333,7 +333,7 @@ static bool dirs_differ(char **a, char **b)
 }
 
 /* Providers, budgets and the HTTP allow-list, from e->cfg into llm.c and
- * scriptio.c (at start and on each reload). */
+ * script/script_io.c (at start and on each reload). */
 static void configure_io(engine *e)
 {
     const config *c = &e->cfg;
@@ -347,7 +347,7 @@ static void configure_io(engine *e)
     llm_configure(e->llm, names, jsons, c->nproviders, &b);
     free(names);
     free(jsons);
-    scriptio_configure(e->sio, &c->http);
+    scriptio_configure(e->sio, c->http.allow, c->http.timeout_ms, c->http.max_response_bytes);
 }
 
 /* Takes what can change while running from n into e->cfg; n keeps the old

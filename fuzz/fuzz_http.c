@@ -22,11 +22,11 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "api.h"
-#include "config.h"
-#include "http.h"
-#include "log.h"
-#include "store.h"
+#include "api/api.h"
+#include "conf/config.h"
+#include "net/http.h"
+#include "base/log.h"
+#include "store/store.h"
 
 static uv_loop_t *loop;
 static http_server *srv;

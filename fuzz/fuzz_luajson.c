@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "luajson.h"
+#include "script/luajson.h"
 
 static lua_State *L;
 

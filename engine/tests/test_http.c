@@ -2,7 +2,7 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "http.h"
+#include "net/http.h"
 
 static bool loopback4(const char *ip)
 {

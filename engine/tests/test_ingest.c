@@ -4,7 +4,7 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "ingest.h"
+#include "api/ingest.h"
 
 #define NOW 1795507200000LL
 

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "jtree.h"
+#include "base/jtree.h"
 
 /* Equal values of the same types (jansson's json_equal says 1 == 1.0 is false too). */
 static bool same(const char *text)

@@ -8,10 +8,10 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "httpc.h"
-#include "llm.h"
-#include "store.h"
-#include "util.h"
+#include "net/http_client.h"
+#include "llm/llm.h"
+#include "store/store.h"
+#include "base/util.h"
 
 typedef struct {
     int done;

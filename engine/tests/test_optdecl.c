@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "check.h"
-#include "optdecl.h"
-#include "util.h"
+#include "script/optdecl.h"
+#include "base/util.h"
 
 static json_t *J(const char *text)
 {

@@ -1,6 +1,6 @@
 /* test_provenance.c — the copy check and token counts of trace text. */
 #include "check.h"
-#include "provenance.h"
+#include "loop/provenance.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -11,8 +11,8 @@
 #include <lualib.h>
 
 #include "check.h"
-#include "script.h"
-#include "util.h"
+#include "script/script.h"
+#include "base/util.h"
 
 static char dir[] = "/tmp/ratchet-script-test-XXXXXX";
 static uv_loop_t *loop;

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "util.h"
+#include "base/util.h"
 
 static void test_rfc3339(void)
 {

@@ -8,7 +8,7 @@ local world = require "spec.adversarial.world"
 local M = {}
 
 -- the copy check before issue 20: 24-byte windows of the shown inputs at
--- offsets 0, 4, 8, ..., byte for byte (engine/loop.c leaks() then); this
+-- offsets 0, 4, 8, ..., byte for byte (engine/loop.c leaks() then, now engine/loop/provenance.c); this
 -- predicts what that rule would see, for the report only (the engine's
 -- answer is what counts)
 local function window4_catches(system, current, shown)

@@ -1,0 +1,50 @@
+/* ingest.h — turns a request body (one JSON object, a JSON array, or NDJSON)
+ * into validated, normalised traces or feedback ready for the store, with a
+ * result per item: rejected items carry the JSON path and the reason. */
+#ifndef RATCHET_INGEST_H
+#define RATCHET_INGEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+#define INGEST_MAX_DEPTH 64
+#define INGEST_MAX_ERRORS 8
+
+typedef struct {
+    char *path;
+    char *message;
+} ingest_error;
+
+typedef struct {
+    int write_index;        /* index into write.traces / write.feedback, or -1 if rejected */
+    int line;               /* NDJSON line number, or 0 */
+    char *id;               /* the item's id when it has one */
+    ingest_error errors[INGEST_MAX_ERRORS];
+    int nerrors;
+} ingest_item;
+
+typedef enum { INGEST_TRACES, INGEST_FEEDBACK } ingest_kind;
+
+typedef struct {
+    ingest_kind kind;
+    ingest_item *items;
+    size_t nitems;
+    store_write write;      /* the valid items (and inline feedback of traces) */
+    bool array_form;        /* items are addressed as $[i] (else $) */
+} ingest_batch;
+
+/* Parses and validates body. Returns 0 with the batch filled, or an HTTP
+ * status (400, 413) with err_code and err (the whole request is refused). */
+/* body must be NUL-terminated at len; lines are NUL-terminated in place while
+ * parsed and restored after. */
+int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now_ms,
+                 ingest_batch *out, const char **err_code, char *err, size_t errlen);
+/* The response body after the store answered: counts and per-item results.
+ * *status is set to 200, 422 (all rejected) or 503 (the store failed). */
+char *ingest_results_json(const ingest_batch *b, int *status, const char *request_id);
+void ingest_batch_free(ingest_batch *b);
+
+#endif

@@ -1,0 +1,103 @@
+/* llm.h — calls to LLM providers (OpenAI-compatible Chat Completions and
+ * Anthropic Messages) through the process's HTTP client, with retries
+ * (exponential backoff, full jitter, Retry-After), a concurrency limit and
+ * request/token buckets per provider, a circuit breaker, prices, daily and
+ * per-run budgets checked before sending, and a ledger row per call. */
+#ifndef RATCHET_LLM_H
+#define RATCHET_LLM_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "net/http_client.h"
+#include "store/store.h"
+
+enum llm_kind { LLM_OPENAI, LLM_ANTHROPIC };
+enum llm_auth { AUTH_BEARER, AUTH_API_KEY, AUTH_X_API_KEY, AUTH_NONE };
+
+typedef struct {
+    char *model;
+    double input_per_mtok, output_per_mtok; /* price per million tokens */
+} llm_price;
+
+typedef struct {
+    char *name;
+    enum llm_kind kind;
+    char *base_url;
+    char *api_key;            /* NULL: none sent. Never logged */
+    enum llm_auth auth;
+    char *query;              /* appended to the URL ("api-version=..."), or NULL */
+    char **headers;           /* "Name: value" */
+    int nheaders;
+    char *anthropic_version;
+    char *default_model;
+    int timeout_ms, connect_timeout_ms, idle_timeout_ms;
+    int max_retries, backoff_base_ms, backoff_max_ms, retry_after_max_ms;
+    int concurrency;
+    double requests_per_minute, tokens_per_minute; /* 0: no limit */
+    int circuit_failures, circuit_cooldown_ms;
+    int max_response_bytes;
+    llm_price *prices;
+    size_t nprices;
+} llm_provider_conf;
+
+/* 0: no limit. Daily limits reset at midnight UTC. */
+typedef struct {
+    double daily_calls, daily_tokens, daily_cost;
+    double run_calls, run_tokens, run_cost;
+} llm_budgets;
+
+/* Checks a provider's settings (its config table as JSON) and, with out,
+ * fills it. Returns 0, or -1 with a message naming the field. */
+int llm_provider_parse(const char *name, const char *json, llm_provider_conf *out, char *err, size_t errlen);
+void llm_provider_conf_free(llm_provider_conf *p);
+
+typedef struct llm llm;
+typedef struct llm_call llm_call;
+
+typedef struct {
+    const char *kind;   /* evaluator, run, template, policy, other */
+    const char *name;
+    const char *run_id; /* NULL when none */
+} llm_caller;
+
+/* result: the normalised reply (borrowed: json_incref it to keep it), or
+ * NULL with err_kind and err. */
+typedef void (*llm_done)(llm_call *c, json_t *result, const char *err_kind, const char *err, void *ud);
+
+llm *llm_new(uv_loop_t *loop, httpc *h, store *st);
+/* Reads today's spending from the ledger (at start, before serving). */
+int llm_load_totals(llm *l, char *err, size_t errlen);
+/* Installs providers (name + JSON, already checked) and budgets; the state
+ * of providers that keep their name (breaker, buckets, queue) is kept. */
+void llm_configure(llm *l, char *const *names, char *const *jsons, size_t n, const llm_budgets *b);
+/* Starts a chat call; request is the JSON of ratchet.llm.chat's table. done
+ * runs once, later on the loop, never inside llm_chat (also for a request
+ * refused at once). A provider's answer reaches done as soon as it is read,
+ * and a call done starts then goes out at once (httpc serves curl's zero
+ * timeout before reading the next socket). */
+llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud);
+/* The same with the request already parsed (borrowed: the caller keeps it). */
+llm_call *llm_chat_json(llm *l, json_t *request, const llm_caller *who, llm_done done, void *ud);
+/* Abandons a call: done is not called. */
+void llm_cancel(llm_call *c);
+/* Ends every call now with err_kind "cancelled" (their done runs), at shutdown. */
+void llm_abort_all(llm *l, const char *why);
+/* A run's own budget (0: the configured run_* limit) and what it spent
+ * before (read back from the ledger when a run resumes). */
+void llm_run_budget(llm *l, const char *run_id, double calls, double tokens, double cost, double spent_calls,
+                    double spent_tokens, double spent_cost);
+void llm_run_spent(llm *l, const char *run_id, double *calls, double *tokens, double *cost);
+/* Drops a finished run's counters (a call still running re-creates them). */
+void llm_run_forget(llm *l, const char *run_id);
+json_t *llm_status_json(llm *l);
+/* Calls, errors, retries, tokens, cost and latency per provider and model,
+ * circuits and budgets, for /metrics. */
+void llm_metrics(llm *l, buf_t *b);
+/* Cancels every call; close callbacks need the loop to run afterwards. */
+void llm_free(llm *l);
+
+#endif

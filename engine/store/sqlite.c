@@ -1,0 +1,1328 @@
+/* sqlite.c — the store on SQLite: schema migrations, the group-commit writer thread,
+ * the checkpointer thread and the read-connection pool. Nothing here runs SQL
+ * on the loop thread.
+ *
+ * Checkpoints (copying the WAL back into the database file, and its fsync) run
+ * on their own thread and connection, so a commit never waits for one: the
+ * writer's commit hook wakes the checkpointer once the WAL holds
+ * CHECKPOINT_PAGES, and again each time it has grown by CHECKPOINT_STEP (one
+ * pass per commit would double the fsyncs of small commits). The WAL restarts
+ * from its beginning only when a transaction finds it all copied back, which
+ * under steady writes the checkpointer rarely achieves; so past WAL_MAX_PAGES
+ * the writer checkpoints itself: it waits for the pass in progress and copies
+ * the few pages left, and its next transaction restarts the WAL. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/jtree.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "store/sqlite_private.h"
+#include "base/jtree.h"
+
+struct store {
+    uv_loop_t *loop;
+    char *path;
+    int lock_fd;
+    sqlite3 *wdb;
+    sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
+    sqlite3_stmt *ins_llm_call;
+    struct {
+        const char *sql;
+        sqlite3_stmt *st;
+    } op_stmts[64]; /* the statements of store_op writes, prepared on first use */
+    int nop_stmts;
+    pthread_t writer;
+    /* the checkpointer: its connection, and a wake-up under ckpt_mu */
+    pthread_t checkpointer;
+    sqlite3 *cdb;
+    pthread_mutex_t ckpt_mu;
+    pthread_cond_t ckpt_cond;       /* wakes the checkpointer */
+    pthread_cond_t ckpt_idle_cond;  /* the checkpointer finished a pass */
+    bool ckpt_wanted, ckpt_running, ckpt_stop;
+    uint64_t checkpoints, writer_checkpoints; /* under ckpt_mu */
+    int wal_pages;                            /* after the last commit, under ckpt_mu */
+    int ckpt_mark;                            /* wal_pages when the checkpointer was last woken */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    store_write *queue_head, *queue_tail; /* waiting for the writer */
+    store_write *done_head, *done_tail;   /* committed, waiting for the loop */
+    size_t queued_items;
+    size_t max_pending;
+    bool stopping;
+    bool healthy;
+    /* for /metrics, under mu */
+    uint64_t commits, commit_failures, writes_committed, items_committed;
+    metrics_hist commit_seconds;
+    uv_async_t done_async;
+    /* read connections, borrowed by thread-pool work */
+    pthread_mutex_t read_mu;
+    sqlite3 *read_pool[READ_POOL_MAX];
+    int read_free;
+};
+
+#define CHECKPOINT_PAGES 1000 /* SQLite's own auto-checkpoint point */
+#define CHECKPOINT_STEP 256   /* and again each time it has grown by this many */
+#define WAL_MAX_PAGES 8000    /* 32 MB of 4 KiB pages */
+
+/* Each entry brings the schema from version i to i+1. Never edit one that has
+ * shipped; append a new one. */
+static const char *const migrations[] = {
+    "CREATE TABLE traces ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER,"
+    "  ts INTEGER NOT NULL,"
+    "  received_at INTEGER NOT NULL,"
+    "  retry_of TEXT,"
+    "  body TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
+    "CREATE INDEX traces_by_ts ON traces(ts, seq);"
+    "CREATE TABLE feedback ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  trace_id TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  thumbs INTEGER,"
+    "  ts INTEGER NOT NULL,"
+    "  body TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX feedback_by_trace ON feedback(trace_id);",
+
+    /* 2: online evaluation. verdict: NULL not evaluated, 0 pass, 1 a required
+     * evaluator failed, 2 a required evaluator could not judge. negative: the
+     * trace has negative feedback (thumbs down, a low score, a retry). */
+    "ALTER TABLE traces ADD COLUMN verdict INTEGER;"
+    "ALTER TABLE traces ADD COLUMN negative INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE traces SET negative = 1 WHERE id IN "
+    "  (SELECT trace_id FROM feedback WHERE thumbs = -1 OR source = 'retry'"
+    "   OR json_extract(body, '$.score') < 0.5);"
+    "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE TABLE scores ("
+    "  trace_id TEXT NOT NULL,"
+    "  evaluator TEXT NOT NULL,"  /* the name it is attached under */
+    "  script TEXT NOT NULL,"     /* the evaluator file's name */
+    "  version TEXT NOT NULL,"    /* hash of the file's text */
+    "  required INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"     /* ok, error, killed, out_of_memory */
+    "  pass INTEGER NOT NULL,"
+    "  score REAL NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  PRIMARY KEY (trace_id, evaluator)"
+    ") STRICT, WITHOUT ROWID;",
+
+    /* 3: the LLM ledger: one row per call (all its attempts), whoever asked. */
+    "CREATE TABLE llm_calls ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  ts INTEGER NOT NULL,"
+    "  caller_kind TEXT NOT NULL," /* evaluator, run, template, policy, other */
+    "  caller TEXT NOT NULL,"
+    "  run_id TEXT,"
+    "  provider TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  input_tokens INTEGER NOT NULL,"
+    "  output_tokens INTEGER NOT NULL,"
+    "  cost REAL NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"      /* ok, or the error kind */
+    "  error TEXT,"
+    "  latency_ms REAL NOT NULL,"
+    "  request_id TEXT"
+    ") STRICT;"
+    "CREATE INDEX llm_calls_by_ts ON llm_calls(ts);"
+    "CREATE INDEX llm_calls_by_run ON llm_calls(run_id, ts) WHERE run_id IS NOT NULL;",
+
+    /* 4: the prompt registry, datasets and regression runs. A dataset case
+     * row belongs to the versions added <= v < removed. */
+    "CREATE TABLE prompts ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  pinned INTEGER NOT NULL,"
+    "  pin_reason TEXT,"
+    "  canary_share REAL NOT NULL"
+    ") STRICT;"
+    "CREATE TABLE prompt_versions ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  messages TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  parent INTEGER,"
+    "  author TEXT NOT NULL,"
+    "  note TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, version)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE prompt_labels ("
+    "  prompt TEXT NOT NULL, label TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, label)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE transitions ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER,"
+    "  from_status TEXT,"
+    "  to_status TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX transitions_by_prompt ON transitions(prompt, seq);"
+    "CREATE TABLE datasets ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  cases INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL"
+    ") STRICT;"
+    "CREATE TABLE dataset_cases ("
+    "  dataset TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  added INTEGER NOT NULL,"
+    "  removed INTEGER,"
+    "  body TEXT NOT NULL," /* {id, variables, expected?, tags, source_trace?} */
+    "  PRIMARY KEY (dataset, id, added)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE runs ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"   /* preparing, running, finished, incomplete, failed */
+    "  verdict TEXT,"
+    "  report TEXT,"
+    "  error TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  finished_at INTEGER"
+    ") STRICT;"
+    "CREATE INDEX runs_by_prompt ON runs(prompt, created_at);"
+    "CREATE TABLE run_cases ("
+    "  run_id TEXT NOT NULL,"
+    "  idx INTEGER NOT NULL,"
+    "  body TEXT NOT NULL," /* {id, source, variables, expected?, tags, trace_id?} */
+    "  PRIMARY KEY (run_id, idx)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE run_results ("
+    "  run_id TEXT NOT NULL,"
+    "  case_idx INTEGER NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  sample INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"  /* pass, fail, error */
+    "  output TEXT,"
+    "  error TEXT,"
+    "  verdicts TEXT,"
+    "  input_tokens INTEGER NOT NULL,"
+    "  output_tokens INTEGER NOT NULL,"
+    "  cost REAL NOT NULL,"
+    "  latency_ms REAL NOT NULL,"
+    "  cached INTEGER NOT NULL,"
+    "  PRIMARY KEY (run_id, case_idx, version, sample)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE result_cache ("
+    "  key TEXT PRIMARY KEY,"
+    "  result TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL"
+    ") STRICT, WITHOUT ROWID;",
+
+    /* 5: the self-improvement loop: one state row per prompt, and its events. */
+    "CREATE TABLE loop_state ("
+    "  prompt TEXT PRIMARY KEY,"
+    "  state TEXT NOT NULL,"        /* idle, optimizing, gating, awaiting_approval, canary */
+    "  cycle TEXT,"                 /* the optimization cycle's id */
+    "  run_id TEXT,"                /* its gate run */
+    "  version INTEGER,"            /* the approved or canary version */
+    "  step INTEGER NOT NULL,"      /* the canary's traffic step (0-based) */
+    "  step_started INTEGER,"
+    "  canary_started INTEGER,"
+    "  last_cycle_at INTEGER,"      /* when the last cycle started (cooldown) */
+    "  updated_at INTEGER NOT NULL,"
+    "  detail TEXT"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE loop_events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  cycle TEXT,"
+    "  kind TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  detail TEXT"
+    ") STRICT;"
+    "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+static void *writer_main(void *arg);
+static void *checkpointer_main(void *arg);
+static int apply_ops(store *s, const store_op *op);
+static void on_done_async(uv_async_t *h);
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+    }
+    return rc;
+}
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            have = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    if (have > SCHEMA_VERSION) {
+        snprintf(err, errlen, "the store has schema version %d, newer than this engine's %d; "
+                 "run a newer ratchet", have, SCHEMA_VERSION);
+        return -1;
+    }
+    for (int v = have; v < SCHEMA_VERSION; v++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
+        if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != SQLITE_OK)
+            return -1;
+        if (exec_sql(db, migrations[v], err, errlen) != SQLITE_OK ||
+            exec_sql(db, sql, err, errlen) != SQLITE_OK) {
+            exec_sql(db, "ROLLBACK", err + strlen(err), 0);
+            return -1;
+        }
+        if (exec_sql(db, "COMMIT", err, errlen) != SQLITE_OK)
+            return -1;
+        log_info("store", "migrated schema to version %d", v + 1);
+    }
+    return 0;
+}
+
+static int mkdir_p(const char *dir)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static void finalize_statements(store *s)
+{
+    sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
+                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        sqlite3_finalize(*all[i]);
+        *all[i] = NULL;
+    }
+    for (int i = 0; i < s->nop_stmts; i++)
+        sqlite3_finalize(s->op_stmts[i].st);
+    s->nop_stmts = 0;
+}
+
+/* The writer connection's commit hook (in place of SQLite's auto-checkpoint). */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    store *s = arg;
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->wal_pages = pages;
+    if (pages < WAL_MAX_PAGES) {
+        if (pages < s->ckpt_mark)
+            s->ckpt_mark = 0; /* the WAL restarted */
+        if (pages >= CHECKPOINT_PAGES && pages - s->ckpt_mark >= CHECKPOINT_STEP) {
+            s->ckpt_mark = pages;
+            s->ckpt_wanted = true;
+            pthread_cond_signal(&s->ckpt_cond);
+        }
+        pthread_mutex_unlock(&s->ckpt_mu);
+        return SQLITE_OK;
+    }
+    /* The checkpointer's pass in progress copies most of it; wait for that
+     * and copy the rest here, with no other checkpoint running, so the next
+     * transaction finds the WAL all copied and restarts it. */
+    while (s->ckpt_running)
+        pthread_cond_wait(&s->ckpt_idle_cond, &s->ckpt_mu);
+    s->ckpt_wanted = false;
+    pthread_mutex_unlock(&s->ckpt_mu);
+    if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) == SQLITE_OK) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->writer_checkpoints++;
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
+    return SQLITE_OK;
+}
+
+static void stop_checkpointer(store *s)
+{
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->ckpt_stop = true;
+    pthread_cond_signal(&s->ckpt_cond);
+    pthread_mutex_unlock(&s->ckpt_mu);
+    pthread_join(s->checkpointer, NULL);
+}
+
+static void *checkpointer_main(void *arg)
+{
+    store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        while (!s->ckpt_wanted && !s->ckpt_stop)
+            pthread_cond_wait(&s->ckpt_cond, &s->ckpt_mu);
+        bool stop = s->ckpt_stop;
+        s->ckpt_wanted = false;
+        s->ckpt_running = !stop;
+        pthread_mutex_unlock(&s->ckpt_mu);
+        if (stop)
+            break;
+        int rc = sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("store", "checkpoint failed: %s (the WAL grows until one succeeds)", sqlite3_errmsg(s->cdb));
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->checkpoints += rc == SQLITE_OK;
+        s->ckpt_running = false;
+        pthread_cond_broadcast(&s->ckpt_idle_cond);
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
+    return NULL;
+}
+
+int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
+{
+    if (mkdir_p(dir) != 0) {
+        snprintf(err, errlen, "cannot create data directory '%s': %s", dir, strerror(errno));
+        return -1;
+    }
+    store *s = xcalloc(1, sizeof *s);
+    s->loop = loop;
+    s->max_pending = (size_t)max_pending;
+    s->lock_fd = -1;
+
+    char lockpath[4096];
+    snprintf(lockpath, sizeof lockpath, "%s/ratchet.lock", dir);
+    s->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errlen, "data directory '%s' is in use by another ratchet (cannot lock %s: %s)",
+                 dir, lockpath, strerror(errno));
+        goto fail;
+    }
+
+    size_t plen = strlen(dir) + 16;
+    s->path = xmalloc(plen);
+    snprintf(s->path, plen, "%s/ratchet.db", dir);
+    int rc = sqlite3_open_v2(s->path, &s->wdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open store '%s': %s", s->path, s->wdb ? sqlite3_errmsg(s->wdb) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    /* synchronous=FULL in WAL mode: every COMMIT fsyncs the WAL, so an ack
+     * sent after the commit means the data is on disk. */
+    if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"
+                          "PRAGMA foreign_keys=ON;", err, errlen) != SQLITE_OK)
+        goto fail;
+    if (migrate(s->wdb, err, errlen) != 0)
+        goto fail;
+    rc = sqlite3_open_v2(s->path, &s->cdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK || exec_sql(s->cdb, "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;", err, errlen) != 0) {
+        if (rc != SQLITE_OK)
+            snprintf(err, errlen, "cannot open store '%s' for checkpoints: %s", s->path,
+                     s->cdb ? sqlite3_errmsg(s->cdb) : sqlite3_errstr(rc));
+        goto fail;
+    }
+
+    const char *ins_trace = "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
+    const char *ins_fb = "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO NOTHING";
+    const char *exists = "SELECT prompt, version FROM traces WHERE id = ?1";
+    const char *negative = "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0";
+    const char *del_scores = "DELETE FROM scores WHERE trace_id = ?1";
+    const char *ins_score = "INSERT INTO scores(trace_id, evaluator, script, version, required, status, pass, score, "
+                            "reason, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                            "ON CONFLICT(trace_id, evaluator) DO NOTHING";
+    const char *set_verdict = "UPDATE traces SET verdict = ?2 WHERE id = ?1";
+    const char *ins_llm_call = "INSERT INTO llm_calls(id, ts, caller_kind, caller, run_id, provider, model, "
+                               "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
+                               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
+                               "ON CONFLICT(id) DO NOTHING";
+    if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, negative, -1, &s->mark_negative, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, del_scores, -1, &s->del_scores, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
+        goto fail;
+    }
+
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_mutex_init(&s->read_mu, NULL);
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cond, NULL);
+    pthread_cond_init(&s->ckpt_idle_cond, NULL);
+    if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the checkpointer thread");
+        goto fail;
+    }
+    sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the auto-checkpoint */
+    uv_async_init(loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
+    s->healthy = true;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        uv_close((uv_handle_t *)&s->done_async, NULL);
+        stop_checkpointer(s);
+        goto fail;
+    }
+    *out = s;
+    return 0;
+
+fail:
+    finalize_statements(s);
+    if (s->cdb)
+        sqlite3_close(s->cdb);
+    if (s->wdb)
+        sqlite3_close(s->wdb);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    free(s->path);
+    free(s);
+    return -1;
+}
+
+void store_metrics(store *s, buf_t *b)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
+             items = s->items_committed;
+    metrics_hist h = s->commit_seconds;
+    size_t queued = s->queued_items;
+    bool healthy = s->healthy;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->ckpt_mu);
+    uint64_t checkpoints = s->checkpoints, writer_checkpoints = s->writer_checkpoints;
+    int wal_pages = s->wal_pages;
+    pthread_mutex_unlock(&s->ckpt_mu);
+    metrics_one(b, "ratchet_store_commits_total", "counter",
+                "Group commits: one transaction and one fsync for every write pending.", (double)commits);
+    metrics_one(b, "ratchet_store_commit_failures_total", "counter",
+                "Transactions that failed (nothing of them stored).", (double)failures);
+    metrics_one(b, "ratchet_store_writes_total", "counter",
+                "Writes (an ingest request, a batch of verdicts, ...) committed.", (double)writes);
+    metrics_one(b, "ratchet_store_items_total", "counter",
+                "Items (traces, feedback, scores, ...) committed.", (double)items);
+    metrics_family(b, "ratchet_store_commit_duration_seconds", "histogram", "Time of one group commit, fsync included.");
+    metrics_histogram(b, "ratchet_store_commit_duration_seconds", &h, NULL);
+    metrics_one(b, "ratchet_store_pending_items", "gauge",
+                "Items queued for the writer (limits.max_pending_writes).", (double)queued);
+    metrics_one(b, "ratchet_store_healthy", "gauge", "1 when the store's last commit succeeded.", healthy);
+    metrics_one(b, "ratchet_store_checkpoints_total", "counter",
+                "WAL checkpoints by the checkpointer thread (off the commit path).", (double)checkpoints);
+    metrics_one(b, "ratchet_store_writer_checkpoints_total", "counter",
+                "WAL checkpoints the writer ran itself because the WAL passed 8000 pages.", (double)writer_checkpoints);
+    metrics_one(b, "ratchet_store_wal_pages", "gauge", "Pages in the WAL after the last commit.", (double)wal_pages);
+}
+
+static void drain_done(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    store_write *w = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
+static void on_done_async(uv_async_t *h)
+{
+    drain_done(h->data);
+}
+
+void store_close(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    stop_checkpointer(s);
+    drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
+    uv_close((uv_handle_t *)&s->done_async, NULL);
+
+    finalize_statements(s);
+    for (int i = 0; i < s->read_free; i++)
+        sqlite3_close(s->read_pool[i]);
+    sqlite3_close(s->cdb);
+    /* the last connection, and a writable one: it copies the WAL back and removes it */
+    sqlite3_close(s->wdb);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->read_mu);
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->ckpt_cond);
+    pthread_cond_destroy(&s->ckpt_idle_cond);
+    close(s->lock_fd);
+    free(s->path);
+    free(s);
+}
+
+static size_t write_items(const store_write *w)
+{
+    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls + w->nops;
+}
+
+int store_submit(store *s, store_write *w)
+{
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+        pthread_mutex_unlock(&s->mu);
+        free(w->trace_results);
+        free(w->feedback_results);
+        w->trace_results = w->feedback_results = NULL;
+        return -1;
+    }
+    s->queued_items += write_items(w);
+    if (s->queue_tail)
+        s->queue_tail->next = w;
+    else
+        s->queue_head = w;
+    s->queue_tail = w;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+bool store_healthy(store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool h = s->healthy && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+void store_write_clear(store_write *w)
+{
+    for (size_t i = 0; i < w->ntraces; i++) {
+        free(w->traces[i].id);
+        free(w->traces[i].prompt);
+        free(w->traces[i].retry_of);
+        free(w->traces[i].json);
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        free(w->feedback[i].id);
+        free(w->feedback[i].trace_id);
+        free(w->feedback[i].json);
+        free(w->feedback[i].trace_prompt);
+    }
+    for (size_t i = 0; i < w->nevals; i++)
+        store_evaluation_clear(&w->evals[i]);
+    free(w->evals);
+    for (size_t i = 0; i < w->nllm_calls; i++)
+        store_llm_call_clear(&w->llm_calls[i]);
+    free(w->llm_calls);
+    w->llm_calls = NULL;
+    w->nllm_calls = 0;
+    free(w->traces);
+    free(w->feedback);
+    w->evals = NULL;
+    w->nevals = 0;
+    free(w->trace_results);
+    free(w->feedback_results);
+    store_ops_free(w->ops);
+    w->ops = w->ops_tail = NULL;
+    w->nops = 0;
+    w->traces = NULL;
+    w->feedback = NULL;
+    w->trace_results = w->feedback_results = NULL;
+    w->ntraces = w->nfeedback = 0;
+}
+
+void store_evaluation_clear(store_evaluation *e)
+{
+    for (size_t i = 0; i < e->nscores; i++) {
+        free(e->scores[i].evaluator);
+        free(e->scores[i].script);
+        free(e->scores[i].version);
+        free(e->scores[i].reason);
+    }
+    free(e->scores);
+    free(e->trace_id);
+    memset(e, 0, sizeof *e);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int mark_negative(store *s, const char *trace_id)
+{
+    sqlite3_bind_text(s->mark_negative, 1, trace_id, -1, SQLITE_STATIC);
+    return step_done(s->mark_negative);
+}
+
+static int apply_evaluation(store *s, const store_evaluation *e)
+{
+    sqlite3_bind_text(s->del_scores, 1, e->trace_id, -1, SQLITE_STATIC);
+    int rc = step_done(s->del_scores);
+    for (size_t i = 0; rc == SQLITE_OK && i < e->nscores; i++) {
+        const store_score *sc = &e->scores[i];
+        sqlite3_stmt *st = s->ins_score;
+        sqlite3_bind_text(st, 1, e->trace_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, sc->evaluator, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, sc->script, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, sc->version, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, sc->required);
+        sqlite3_bind_text(st, 6, sc->status, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, sc->pass);
+        sqlite3_bind_double(st, 8, sc->score);
+        sqlite3_bind_text(st, 9, sc->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 10, e->ts_ms);
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
+        return rc;
+    sqlite3_bind_text(s->set_verdict, 1, e->trace_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s->set_verdict, 2, (int)e->verdict);
+    return step_done(s->set_verdict);
+}
+
+/* Inserts one feedback row; returns a SQLite code, result in *res. A new
+ * negative item marks its trace. */
+static int insert_feedback(store *s, const char *id, const char *trace_id, const char *source, int thumbs,
+                           bool negative, int64_t ts, const char *json, size_t json_len, unsigned char *res)
+{
+    sqlite3_stmt *st = s->ins_feedback;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, trace_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC);
+    if (thumbs)
+        sqlite3_bind_int(st, 4, thumbs);
+    else
+        sqlite3_bind_null(st, 4);
+    sqlite3_bind_int64(st, 5, ts);
+    sqlite3_bind_text(st, 6, json, (int)json_len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    *res = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+    if (*res == STORE_ACCEPTED && negative)
+        return mark_negative(s, trace_id);
+    return SQLITE_OK;
+}
+
+static int apply_write(store *s, store_write *w, int64_t received)
+{
+    for (size_t i = 0; i < w->ntraces; i++) {
+        store_trace *t = &w->traces[i];
+        sqlite3_stmt *st = s->ins_trace;
+        sqlite3_bind_text(st, 1, t->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, t->prompt, -1, SQLITE_STATIC);
+        if (t->version)
+            sqlite3_bind_int64(st, 3, t->version);
+        else
+            sqlite3_bind_null(st, 3);
+        sqlite3_bind_int64(st, 4, t->ts_ms);
+        sqlite3_bind_int64(st, 5, received);
+        if (t->retry_of)
+            sqlite3_bind_text(st, 6, t->retry_of, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 6);
+        sqlite3_bind_text(st, 7, t->json, (int)t->json_len, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+        w->trace_results[i] = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
+            /* Implicit feedback: the earlier trace was retried by this one. */
+            char fid[200], body[400];
+            unsigned char ignored;
+            snprintf(fid, sizeof fid, "retry:%s", t->id);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", fid, "trace_id", t->retry_of,
+                                  "source", "retry", "retried_by", t->id);
+            size_t n = json_dumpb(o, body, sizeof body, JSON_COMPACT);
+            json_decref(o);
+            rc = insert_feedback(s, fid, t->retry_of, "retry", 0, true, t->ts_ms, body, n, &ignored);
+            if (rc != SQLITE_OK)
+                return rc;
+        }
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        store_feedback *f = &w->feedback[i];
+        sqlite3_stmt *st = s->trace_exists;
+        sqlite3_bind_text(st, 1, f->trace_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            free(f->trace_prompt); /* a retried transaction sets it again */
+            f->trace_prompt = xstrdup((const char *)sqlite3_column_text(st, 0));
+            f->trace_version = sqlite3_column_int64(st, 1);
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return rc;
+        if (rc == SQLITE_DONE) {
+            w->feedback_results[i] = STORE_NOT_FOUND;
+            continue;
+        }
+        rc = insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->negative, f->ts_ms, f->json,
+                             f->json_len, &w->feedback_results[i]);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    for (size_t i = 0; i < w->nevals; i++) {
+        int rc = apply_evaluation(s, &w->evals[i]);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    for (size_t i = 0; i < w->nllm_calls; i++) {
+        const store_llm_call *c = &w->llm_calls[i];
+        sqlite3_stmt *st = s->ins_llm_call;
+        sqlite3_bind_text(st, 1, c->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, c->ts_ms);
+        sqlite3_bind_text(st, 3, c->caller_kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, c->caller, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, c->run_id, -1, SQLITE_STATIC); /* NULL binds NULL */
+        sqlite3_bind_text(st, 6, c->provider, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, c->model, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 8, c->input_tokens);
+        sqlite3_bind_int64(st, 9, c->output_tokens);
+        sqlite3_bind_double(st, 10, c->cost);
+        sqlite3_bind_int(st, 11, c->attempts);
+        sqlite3_bind_text(st, 12, c->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 13, c->error, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 14, c->latency_ms);
+        sqlite3_bind_text(st, 15, c->request_id && *c->request_id ? c->request_id : NULL, -1, SQLITE_STATIC);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return apply_ops(s, w->ops);
+}
+
+void store_ops_free(store_op *op)
+{
+    while (op) {
+        store_op *next = op->next;
+        free(op);
+        op = next;
+    }
+}
+
+static sqlite3_stmt *op_statement(store *s, const char *sql)
+{
+    for (int i = 0; i < s->nop_stmts; i++)
+        if (s->op_stmts[i].sql == sql)
+            return s->op_stmts[i].st;
+    sqlite3_stmt *st = NULL;
+    if (s->nop_stmts == (int)(sizeof s->op_stmts / sizeof s->op_stmts[0]) ||
+        sqlite3_prepare_v3(s->wdb, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        log_error("store", "cannot prepare a statement: %s", sqlite3_errmsg(s->wdb));
+        return NULL;
+    }
+    s->op_stmts[s->nop_stmts].sql = sql;
+    s->op_stmts[s->nop_stmts++].st = st;
+    return st;
+}
+
+static int apply_ops(store *s, const store_op *op)
+{
+    for (; op; op = op->next) {
+        sqlite3_stmt *st = op_statement(s, op->sql);
+        if (!st)
+            return SQLITE_ERROR;
+        for (int i = 0; i < op->n; i++) {
+            const store_val *v = &op->v[i];
+            if (v->t == 'i')
+                sqlite3_bind_int64(st, i + 1, v->i);
+            else if (v->t == 'd')
+                sqlite3_bind_double(st, i + 1, v->d);
+            else if (v->t == 's')
+                sqlite3_bind_text(st, i + 1, v->s, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, i + 1);
+        }
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+void store_llm_call_clear(store_llm_call *c)
+{
+    free(c->id);
+    free(c->caller_kind);
+    free(c->caller);
+    free(c->run_id);
+    free(c->provider);
+    free(c->model);
+    free(c->status);
+    free(c->error);
+    free(c->request_id);
+    memset(c, 0, sizeof *c);
+}
+
+int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+                     char *err, size_t errlen)
+{
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql = run_id ? "SELECT count(*), total(input_tokens + output_tokens), total(cost) FROM llm_calls "
+                               "WHERE run_id = ?2 AND ts >= ?1"
+                             : "SELECT count(*), total(input_tokens + output_tokens), total(cost) FROM llm_calls "
+                               "WHERE ts >= ?1";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, since_ms);
+    if (run_id)
+        sqlite3_bind_text(st, 2, run_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    *calls = sqlite3_column_int64(st, 0);
+    *tokens = (int64_t)sqlite3_column_double(st, 1);
+    *cost = sqlite3_column_double(st, 2);
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    store_read_release(s, db);
+    return ret;
+}
+
+int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+                              size_t errlen)
+{
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql =
+        "SELECT json_object('id', id, 'ts', strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch'), "
+        "'caller_kind', caller_kind, 'caller', caller, 'run_id', run_id, 'provider', provider, 'model', model, "
+        "'input_tokens', input_tokens, 'output_tokens', output_tokens, 'cost', cost, 'attempts', attempts, "
+        "'status', status, 'error', error, 'latency_ms', latency_ms, 'request_id', request_id) "
+        "FROM llm_calls WHERE ts >= ?1 AND (?2 IS NULL OR caller_kind = ?2) ORDER BY seq DESC LIMIT ?3";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, since_ms);
+    sqlite3_bind_text(st, 2, caller_kind, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, limit);
+    buf_puts(out, "{\"items\":[");
+    int rc, n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n++)
+            buf_puts(out, ",");
+        buf_append(out, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    buf_puts(out, "]}");
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    store_read_release(s, db);
+    return ret;
+}
+
+static void *writer_main(void *arg)
+{
+    store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->queue_head && !s->stopping)
+            pthread_cond_wait(&s->cond, &s->mu);
+        store_write *batch = s->queue_head;
+        s->queue_head = s->queue_tail = NULL;
+        size_t items = s->queued_items;
+        s->queued_items = 0;
+        bool stop = s->stopping && !batch;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+
+        int64_t received = now_ms();
+        uint64_t began = mono_ns();
+        char err[256] = "";
+        int rc = exec_sql(s->wdb, "BEGIN IMMEDIATE", err, sizeof err);
+        for (store_write *w = batch; rc == SQLITE_OK && w; w = w->next)
+            rc = apply_write(s, w, received);
+        if (rc == SQLITE_OK)
+            rc = exec_sql(s->wdb, "COMMIT", err, sizeof err);
+        if (rc != SQLITE_OK) {
+            log_error("store", "commit failed, %zu writes not stored: %s", items,
+                      err[0] ? err : sqlite3_errmsg(s->wdb));
+            char ignored[64];
+            exec_sql(s->wdb, "ROLLBACK", ignored, sizeof ignored);
+            for (store_write *w = batch; w; w = w->next) {
+                w->status = rc;
+                memset(w->trace_results, STORE_FAILED, w->ntraces);
+                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+            }
+        }
+
+        store_write *last = batch;
+        while (last->next)
+            last = last->next;
+        size_t nwrites = 0;
+        for (store_write *w = batch; w; w = w->next)
+            nwrites++;
+        pthread_mutex_lock(&s->mu);
+        s->healthy = rc == SQLITE_OK;
+        if (rc == SQLITE_OK) {
+            s->commits++;
+            s->writes_committed += nwrites;
+            s->items_committed += items;
+            metrics_observe(&s->commit_seconds, (double)(mono_ns() - began) / 1e9);
+        } else {
+            s->commit_failures++;
+        }
+        if (s->done_tail)
+            s->done_tail->next = batch;
+        else
+            s->done_head = batch;
+        s->done_tail = last;
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->done_async);
+    }
+    return NULL;
+}
+
+/* ---- reads ---- */
+
+/* A stored trace body is the client's JSON as sent (or re-encoded); the
+ * canonical id and timestamp are columns. Reads return the body with those
+ * put in and any inline feedback (kept as feedback rows) taken out. */
+#define VERDICT_SQL                                                                                  \
+    "CASE WHEN verdict = 1 OR negative = 1 THEN 'fail' WHEN verdict = 0 THEN 'pass' "                   \
+    "WHEN verdict = 2 THEN 'error' ELSE 'unevaluated' END"
+#define TRACE_JSON_SQL                                                                               \
+    "json_remove(json_set(body, '$.id', id, '$.timestamp', "                                          \
+    "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000), "          \
+    "'$.verdict', " VERDICT_SQL "), '$.feedback')"
+
+sqlite3 *store_read_acquire(store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->read_mu);
+    sqlite3 *db = s->read_free ? s->read_pool[--s->read_free] : NULL;
+    pthread_mutex_unlock(&s->read_mu);
+    if (db)
+        return db;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open a read connection: %s", db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+void store_read_release(store *s, sqlite3 *db)
+{
+    pthread_mutex_lock(&s->read_mu);
+    if (s->read_free < READ_POOL_MAX) {
+        s->read_pool[s->read_free++] = db;
+        db = NULL;
+    }
+    pthread_mutex_unlock(&s->read_mu);
+    if (db)
+        sqlite3_close(db);
+}
+
+/* trace.scores = [{evaluator, script, version, required, status, pass, score, reason, evaluated_at}] */
+static int add_scores(sqlite3 *db, const char *id, json_t *trace, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT evaluator, script, version, required, status, pass, score, reason, ts "
+                               "FROM scores WHERE trace_id = ?1 ORDER BY evaluator", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    json_t *arr = json_array();
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char when[32];
+        rfc3339_format(sqlite3_column_int64(st, 8), when);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:b, s:s, s:b, s:f, s:s, s:s}",
+            "evaluator", (const char *)sqlite3_column_text(st, 0), "script", (const char *)sqlite3_column_text(st, 1),
+            "version", (const char *)sqlite3_column_text(st, 2), "required", sqlite3_column_int(st, 3),
+            "status", (const char *)sqlite3_column_text(st, 4), "pass", sqlite3_column_int(st, 5),
+            "score", sqlite3_column_double(st, 6), "reason", (const char *)sqlite3_column_text(st, 7),
+            "evaluated_at", when));
+    }
+    json_object_set_new(trace, "scores", arr);
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen)
+{
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    int ret = -1;
+    sqlite3_stmt *st = NULL, *fst = NULL;
+    json_t *trace = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT " TRACE_JSON_SQL ", received_at FROM traces WHERE id = ?1", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "SELECT body FROM feedback WHERE trace_id = ?1 ORDER BY seq", -1, &fst, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 1;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    json_error_t jerr;
+    trace = json_loadb((const char *)sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0), 0, &jerr);
+    if (!trace) {
+        snprintf(err, errlen, "stored trace '%s' is not valid JSON: %s", id, jerr.text);
+        goto done;
+    }
+    char when[32];
+    rfc3339_format(sqlite3_column_int64(st, 1), when);
+    json_object_set_new(trace, "received_at", json_string(when));
+
+    json_t *fb = json_array();
+    sqlite3_bind_text(fst, 1, id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(fst)) == SQLITE_ROW) {
+        json_t *f = json_loadb((const char *)sqlite3_column_text(fst, 0), (size_t)sqlite3_column_bytes(fst, 0), 0, &jerr);
+        if (f)
+            json_array_append_new(fb, f);
+    }
+    json_object_set_new(trace, "feedback", fb);
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    if (add_scores(db, id, trace, err, errlen) != 0)
+        goto done;
+    char *text = jtree_dump_text(trace, false); /* 0.1 as it came in, not 0.10000000000000001 */
+    buf_puts(out, text);
+    free(text);
+    ret = 0;
+
+done:
+    json_decref(trace);
+    sqlite3_finalize(st);
+    sqlite3_finalize(fst);
+    store_read_release(s, db);
+    return ret;
+}
+
+int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
+{
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    buf_t sql;
+    buf_init(&sql);
+    buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+    if (q->prompt)
+        buf_puts(&sql, " AND prompt = ?3");
+    if (q->version)
+        buf_puts(&sql, " AND version = ?4");
+    if (q->has_cursor)
+        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    if (q->failed == 1)
+        buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
+    else if (q->failed == 0)
+        buf_puts(&sql, " AND NOT (verdict = 1 OR negative = 1)");
+    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, q->since_ms);
+    sqlite3_bind_int64(st, 2, q->until_ms);
+    if (q->prompt)
+        sqlite3_bind_text(st, 3, q->prompt, -1, SQLITE_STATIC);
+    if (q->version)
+        sqlite3_bind_int64(st, 4, q->version);
+    if (q->has_cursor) {
+        sqlite3_bind_int64(st, 5, q->cursor_ts);
+        sqlite3_bind_int64(st, 6, q->cursor_seq);
+    }
+    sqlite3_bind_int(st, 7, q->limit + 1); /* one more tells whether a next page exists */
+
+    buf_puts(out, "{\"items\":[");
+    int n = 0, rc;
+    int64_t last_ts = 0, last_seq = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == q->limit) {
+            n++;
+            break;
+        }
+        if (n)
+            buf_puts(out, ",");
+        buf_append(out, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        last_ts = sqlite3_column_int64(st, 1);
+        last_seq = sqlite3_column_int64(st, 2);
+        n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    if (n > q->limit)
+        buf_printf(out, "],\"next_cursor\":\"%llx.%llx\"}", (unsigned long long)last_ts,
+                   (unsigned long long)last_seq);
+    else
+        buf_puts(out, "],\"next_cursor\":null}");
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    buf_free(&sql);
+    store_read_release(s, db);
+    return ret;
+}
+
+/* The body with feedback as evaluators see it: case.trace. */
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+                              char *err, size_t errlen)
+{
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql =
+        "SELECT json_set(" TRACE_JSON_SQL ", '$.feedback', "
+        "  json((SELECT json_group_array(json(f.body)) FROM (SELECT body FROM feedback WHERE trace_id = ?1 "
+        "        ORDER BY seq) AS f))), prompt, version "
+        "FROM traces WHERE id = ?1";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json[i] = prompt[i] = NULL;
+        version[i] = 0;
+        sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            json[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
+            prompt[i] = xstrdup((const char *)sqlite3_column_text(st, 1));
+            version[i] = sqlite3_column_int64(st, 2);
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+            for (size_t k = 0; k <= i; k++) {
+                free(json[k]);
+                free(prompt[k]);
+                json[k] = prompt[k] = NULL;
+            }
+            goto done;
+        }
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    store_read_release(s, db);
+    return ret;
+}
+
+int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+                         int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
+                         size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    sqlite3 *db = store_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    const char *sql = "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                      "(ts, seq) > (?4, ?6) AND (?7 = 0 OR verdict IS NULL) ORDER BY ts, seq LIMIT ?5";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, since_ms);
+    sqlite3_bind_int64(st, 3, until_ms);
+    sqlite3_bind_int64(st, 4, *cur_ts);
+    sqlite3_bind_int(st, 5, limit);
+    sqlite3_bind_int64(st, 6, *cur_seq);
+    sqlite3_bind_int(st, 7, only_unevaluated);
+    *ids = xcalloc((size_t)limit, sizeof **ids);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        *cur_ts = sqlite3_column_int64(st, 0);
+        *cur_seq = sqlite3_column_int64(st, 1);
+        (*ids)[(*n)++] = xstrdup((const char *)sqlite3_column_text(st, 2));
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    store_read_release(s, db);
+    return ret;
+}

@@ -1,0 +1,299 @@
+/* store.h — the one interface to durable storage (SQLite today).
+ *
+ * Writes go to a single writer thread that commits everything pending in one
+ * transaction with one fsync (group commit) and then calls each write's done
+ * callback on the loop thread. Reads are synchronous and meant for the libuv
+ * thread pool; each borrows a read connection (WAL lets them run beside the
+ * writer). */
+#ifndef RATCHET_STORE_H
+#define RATCHET_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <uv.h>
+
+#include "base/util.h"
+
+typedef struct store store;
+
+enum store_item_result {
+    STORE_ACCEPTED = 0,
+    STORE_DUPLICATE,
+    STORE_NOT_FOUND, /* feedback on a trace the store does not have */
+    STORE_FAILED,    /* the transaction failed; nothing of the write is stored */
+};
+
+typedef struct {
+    char *id;
+    char *prompt;
+    int64_t version;  /* 0 when the trace names none */
+    int64_t ts_ms;
+    char *retry_of;   /* NULL when none */
+    char *json;       /* the normalised trace, without feedback */
+    size_t json_len;
+} store_trace;
+
+typedef struct {
+    char *id;
+    char *trace_id;
+    const char *source; /* "explicit", "inline" or "retry" (static strings) */
+    int thumbs;         /* 1 up, -1 down, 0 none */
+    bool negative;      /* thumbs down or a score under 0.5: the trace fails */
+    int64_t ts_ms;
+    char *json;         /* the normalised feedback object */
+    size_t json_len;
+    /* set by the writer when the trace is found: its prompt and version (for metrics) */
+    char *trace_prompt;
+    int64_t trace_version;
+} store_feedback;
+
+enum store_verdict { VERDICT_PASS = 0, VERDICT_FAIL = 1, VERDICT_ERROR = 2 };
+
+/* One evaluator's judgement of one trace. */
+typedef struct {
+    char *evaluator;   /* the name it is attached under */
+    char *script;      /* the evaluator file's name */
+    char *version;     /* hash of the file's text */
+    bool required;
+    const char *status; /* "ok", "error", "killed", "out_of_memory" (static) */
+    bool pass;
+    double score;
+    char *reason;
+} store_score;
+
+/* A trace's evaluation: replaces every score it had and sets its verdict. */
+typedef struct {
+    char *trace_id;
+    enum store_verdict verdict;
+    store_score *scores;
+    size_t nscores;
+    int64_t ts_ms;     /* when it was evaluated */
+} store_evaluation;
+
+/* One LLM call (all its attempts), for the ledger. Strings owned. */
+typedef struct {
+    char *id;
+    int64_t ts_ms;
+    char *caller_kind;  /* evaluator, run, template, policy, other */
+    char *caller;
+    char *run_id;       /* NULL when none */
+    char *provider;
+    char *model;
+    int64_t input_tokens, output_tokens;
+    double cost;
+    int attempts;
+    char *status;       /* "ok" or the error kind */
+    char *error;        /* NULL when ok */
+    double latency_ms;
+    char *request_id;   /* NULL when none */
+} store_llm_call;
+
+typedef struct store_write store_write;
+typedef void (*store_done_cb)(store_write *w);
+/* A registry, dataset or run change, built by the store_put_* functions. */
+typedef struct store_op store_op;
+
+struct store_write {
+    /* filled by the caller */
+    store_trace *traces;
+    size_t ntraces;
+    store_feedback *feedback;  /* explicit feedback items, and inline ones */
+    size_t nfeedback;
+    store_evaluation *evals;
+    size_t nevals;
+    store_llm_call *llm_calls;
+    size_t nllm_calls;
+    store_op *ops, *ops_tail;  /* applied in order, after the items above */
+    size_t nops;
+    store_done_cb done;
+    void *data;
+    /* filled by the store before done runs */
+    unsigned char *trace_results;    /* enum store_item_result per trace */
+    unsigned char *feedback_results; /* per feedback item */
+    int status;                      /* 0, or a SQLite result code when the commit failed */
+    /* private */
+    store_write *next;
+};
+
+typedef struct {
+    const char *prompt;  /* NULL: any */
+    int64_t version;     /* 0: any */
+    int64_t since_ms;    /* inclusive; INT64_MIN: none */
+    int64_t until_ms;    /* exclusive; INT64_MAX: none */
+    int limit;
+    bool has_cursor;
+    int64_t cursor_ts;   /* items strictly after (older than) this position */
+    int64_t cursor_seq;
+    int failed;          /* 1: only failed traces, 0: only not failed, -1: any */
+} store_trace_query;
+
+/* Opens (creating and migrating) the store under dir. Returns 0, or -1 with a
+ * message in err. */
+/* Commits, their latency, the queue, for /metrics (any time, loop thread). */
+void store_metrics(store *s, buf_t *b);
+int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
+/* Flushes every pending write (their callbacks run), stops the writer and closes. */
+void store_close(store *s);
+
+/* Queues a write. Returns 0, or -1 when the queue is over its bound (the
+ * caller should answer 503); done is then never called. */
+int store_submit(store *s, store_write *w);
+/* Frees the fields a store_write owns (items, results); not w itself. */
+void store_write_clear(store_write *w);
+
+/* Reads; safe from any thread. Each returns 0 on success, 1 for not found,
+ * -1 on error (message in err). The JSON produced goes into out. */
+int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+/* Writes {"items":[...],"next_cursor":...} */
+int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
+bool store_healthy(store *s);
+
+/* For evaluation: the traces (with their feedback) of ids[0..n), as JSON
+ * texts in json[i], their prompt names in prompt[i] (both NULL when the
+ * store has no such trace; free each) and versions in version[i] (0: none). */
+int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+                              char *err, size_t errlen);
+/* A page of the ids of a prompt's traces with since <= ts < until, in
+ * (ts, seq) order after the cursor (*cur_ts, *cur_seq), which moves past the
+ * last one; only those never evaluated with only_unevaluated. */
+int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+                         int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
+                         size_t errlen);
+void store_evaluation_clear(store_evaluation *e);
+void store_llm_call_clear(store_llm_call *c);
+/* Calls, tokens and cost in the ledger since since_ms (of one run when run_id). */
+int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+                     char *err, size_t errlen);
+/* Writes {"items":[...]} of the newest calls since since_ms, of one caller kind when given. */
+int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+                              size_t errlen);
+
+/* ---- the prompt registry, datasets and regression runs (sqlite_registry.c) ----
+ * Writes: each function adds one change to w (strings are copied). The loop
+ * thread keeps the registry's state and checks every change before it gets
+ * here, so none of these can conflict in the writer. */
+void store_put_prompt(store_write *w, const char *name, const char *description, int64_t created_ms, bool pinned,
+                      const char *pin_reason, double canary_share);
+void store_put_version(store_write *w, const char *prompt, int64_t version, const char *messages_json,
+                       const char *model_json, int64_t parent, const char *author, const char *note,
+                       const char *status, int64_t created_ms);
+void store_set_version_status(store_write *w, const char *prompt, int64_t version, const char *status);
+void store_put_transition(store_write *w, const char *prompt, int64_t version, const char *from, const char *to,
+                          const char *reason, const char *actor, int64_t ts_ms);
+/* version 0 deletes the label */
+void store_put_label(store_write *w, const char *prompt, const char *label, int64_t version);
+void store_put_dataset(store_write *w, const char *name, const char *description, int64_t version, int64_t cases,
+                       int64_t created_ms, int64_t updated_ms);
+/* Ends the case's current row at version (it stays in the older versions). */
+void store_remove_case(store_write *w, const char *dataset, const char *id, int64_t version);
+void store_remove_all_cases(store_write *w, const char *dataset, int64_t version);
+void store_put_case(store_write *w, const char *dataset, const char *id, int64_t version, const char *body_json);
+void store_put_run(store_write *w, const char *id, const char *kind, const char *prompt, const char *spec_json,
+                   const char *state, int64_t created_ms);
+void store_finish_run(store_write *w, const char *id, const char *state, const char *verdict, const char *report_json,
+                      const char *error, int64_t finished_ms);
+void store_put_run_case(store_write *w, const char *run_id, int64_t idx, const char *body_json);
+typedef struct {
+    const char *run_id;
+    int64_t case_idx, version, sample;
+    const char *status;   /* pass, fail, error */
+    const char *output;   /* NULL when the call failed */
+    const char *error;
+    const char *verdicts; /* JSON array, or NULL */
+    int64_t input_tokens, output_tokens;
+    double cost, latency_ms;
+    bool cached;
+} store_run_result;
+void store_put_run_result(store_write *w, const store_run_result *r);
+void store_put_cache(store_write *w, const char *key, const char *result_json, int64_t ts_ms);
+
+/* Reads (any thread). The registry's whole state at start:
+ * prompts {name: {description, created_at, pinned, pin_reason, canary_share,
+ * labels {}, versions [..]}} and datasets {name: {description, version, cases,
+ * created_at, updated_at}}. */
+int store_load_registry(store *s, json_t **prompts, json_t **datasets, char *err, size_t errlen);
+/* {"items":[{version, from, to, reason, actor, at}]} oldest first, after seq cursor */
+int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
+                                size_t errlen);
+/* How case lists come back: parsed objects, their compact JSON text as
+ * strings (a tenth of the memory, for lists of any length), or ids only. */
+typedef enum { STORE_CASE_OBJECTS, STORE_CASE_TEXTS, STORE_CASE_IDS } store_case_form;
+/* The cases of a dataset version, in id order. */
+int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
+                        char *err, size_t errlen);
+/* Traces to turn into dataset cases (POST /v1/datasets/{name}/from-traces). */
+#define STORE_TRACE_FILTER_META 8
+typedef struct {
+    const char *prompt;
+    int64_t version;          /* 0: any */
+    int64_t since_ms;         /* inclusive */
+    int64_t until_ms;         /* exclusive */
+    int failed;               /* 1: only failed (verdict fail or negative feedback), 0: only not failed, -1: any */
+    const char *evaluator;    /* NULL, or only traces this evaluator (its attachment name) judged failed */
+    const char *meta_key[STORE_TRACE_FILTER_META]; /* metadata[key] is value, or a list holding it */
+    const char *meta_value[STORE_TRACE_FILTER_META];
+    int nmeta;
+    int limit;
+} store_trace_filter;
+/* The newest traces matching f that carry input.variables, newest first:
+ * [{id, variables, output}] (output null for a failed call). */
+int store_select_traces(store *s, const store_trace_filter *f, json_t **traces, char *err, size_t errlen);
+/* A dataset's versions 1..current, oldest first: [{version, cases, added,
+ * removed, changed}] (changed: ids replaced by an upsert at that version). */
+int store_dataset_versions(store *s, const char *dataset, int64_t current, json_t **versions, char *err,
+                           size_t errlen);
+/* The newest failed traces of prompt (of one version unless 0) with since <= ts < until that carry
+ * input.variables: [{trace_id, variables, ts, reasons, negative, output, messages, metadata}] (reasons:
+ * failed scores; messages and metadata null when the trace had none). */
+int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen);
+/* The same for traces that passed (evaluated, every required evaluator
+ * passed, no negative feedback); reasons is []. */
+int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                             int limit, json_t **cases, char *err, size_t errlen);
+/* Looks up n cache keys; results[i] is the stored JSON or NULL (free each). */
+int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen);
+/* A run: {id, kind, prompt, spec, state, verdict, report, error, created_at, finished_at}; 1 when none. */
+int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errlen);
+/* Runs, newest first, of one prompt when given; states only (no reports). */
+int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
+/* Ids of the runs in a state (preparing, running) for resuming at start. */
+int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
+/* A run's cases in order (with STORE_CASE_IDS, their indexes). */
+int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
+/* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */
+int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);
+/* Full results of some cases (all when case_idx is NULL): [{case, version, sample, status, output, error,
+ * verdicts, input_tokens, output_tokens, cost, latency_ms, cached}] */
+int store_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
+                      int limit, json_t **rows, char *err, size_t errlen);
+
+/* ---- the self-improvement loop (sqlite_loop.c) ---- */
+typedef struct {
+    const char *prompt, *state, *cycle, *run_id;
+    int64_t version;
+    int step;
+    int64_t step_started, canary_started, last_cycle_at, updated_at;
+    const char *detail; /* JSON or NULL */
+} store_loop_state;
+void store_put_loop_state(store_write *w, const store_loop_state *ls);
+void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
+                          const char *detail_json, int64_t ts_ms);
+/* {prompt: {state, cycle, run_id, version, step, step_started, canary_started, last_cycle_at, updated_at, detail}} */
+int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
+/* [{seq, at, cycle, kind, message, detail}] oldest first, after seq */
+int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
+                           size_t errlen);
+/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until:
+ * {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, latency_ms, cost, tokens,
+ *  evaluators: {name: {n, passed, failures, errors, pass_rate, required}}} */
+int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                         json_t **out, char *err, size_t errlen);
+/* The same, read in one transaction with, for each metadata key named in
+ * slice_keys (an array of strings, or NULL), slices: {"metadata.KEY=VALUE":
+ * {evaluated, passed, pass_rate}} over the key's 50 most frequent values. */
+int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                                const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+
+#endif

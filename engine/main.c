@@ -1,6 +1,8 @@
 /* main.c — the ratchet command line: subcommand dispatch and `serve`, which
  * wires the loop, the store, the HTTP server and the signals together. */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <http_parser.h>
 #include <lua.h>
 #include <sqlite3.h>
@@ -37,6 +39,7 @@
 #include "loop/runner.h"
 #include "script/script.h"
 #include "llm/script_io.h"
+#include "store/datadir.h"
 #include "store/store.h"
 
 #ifndef RATCHET_VERSION
@@ -82,8 +85,8 @@ static const char serve_usage[] =
     "      --address-file F   write the bound address (host:port) to F once listening\n"
     "  -h, --help             show this help\n"
     "\n"
-    "Exit status: 0 after a clean shutdown, 3 on a runtime, usage or configuration\n"
-    "error.\n";
+    "Exit status: 0 after a clean shutdown, 3 on a usage or configuration error or\n"
+    "when a start-up step fails (the message names the step and why).\n";
 
 static const char check_usage[] =
     "usage: ratchet check [-c FILE] [--script-dir DIR]\n"
@@ -148,6 +151,13 @@ typedef struct {
     const char *reload_why;
     char addr[96];
     bool stopping;
+    /* start-up (serve_steps) */
+    const char *address_file;  /* --address-file */
+    bool address_written;
+    char host[256];
+    int port;
+    int lock_fd;               /* the data directory's lock, or -1 */
+    bool handles_ready;        /* the signal and timer handles are initialised */
 } engine;
 
 static void close_handle(uv_handle_t *h)
@@ -177,6 +187,8 @@ static void close_watches(engine *e)
     e->nwatches = 0;
 }
 
+/* Everything has drained: the loop returns to cmd_serve, which undoes the
+ * start-up steps (serve_teardown), as after a failed start. */
 static void finish_stop(void *arg)
 {
     engine *e = arg;
@@ -185,38 +197,7 @@ static void finish_stop(void *arg)
         return;
     }
     uv_timer_stop(&e->shutdown_timer);
-    close_handle((uv_handle_t *)&e->shutdown_timer);
-    close_handle((uv_handle_t *)&e->watchdog_timer);
-    close_handle((uv_handle_t *)&e->status_timer);
-    metrics_lag_stop(e->lag);
-    e->lag = e->api.lag = NULL;
-    close_handle((uv_handle_t *)&e->debounce_timer);
-    close_handle((uv_handle_t *)&e->sigterm);
-    close_handle((uv_handle_t *)&e->sigint);
-    close_handle((uv_handle_t *)&e->sighup);
-    close_watches(e);
-    loop_free(e->lp);
-    e->lp = NULL;
-    runner_free(e->runner);
-    e->runner = NULL;
-    store_close(e->store); /* flushes the writer: every queued write is committed */
-    e->store = NULL;
-    registry_free(e->reg);
-    e->reg = NULL;
-    online_free(e->online);
-    e->online = NULL;
-    catalog_free(e->cat);
-    e->cat = NULL;
-    script_vm_cancel_io(e->vm);
-    script_vm_free(e->vm);
-    e->vm = NULL;
-    scriptio_free(e->sio);
-    llm_free(e->llm);
-    httpc_free(e->httpc);
-    e->sio = NULL;
-    e->llm = NULL;
-    e->httpc = NULL;
-    log_info("engine", "stopped");
+    uv_stop(e->loop);
 }
 
 static void after_runs_drained(void *arg)
@@ -665,7 +646,6 @@ static void on_status_timer(uv_timer_t *t)
 static void start_watchdog(engine *e)
 {
     uint64_t usec = 0;
-    uv_timer_init(e->loop, &e->watchdog_timer);
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
         uint64_t every_ms = usec / 2000; /* twice per interval, as sd_watchdog_enabled(3) advises */
         if (every_ms == 0)
@@ -675,6 +655,386 @@ static void start_watchdog(engine *e)
     }
 }
 
+/* ---- serve: start-up in steps, each with its undo ----
+ *
+ * cmd_serve runs the steps in order. When one fails, the message names the
+ * step and why, and the undo of that step and of every step before it runs
+ * in reverse order (serve_teardown); a clean shutdown ends with the same
+ * teardown once everything has drained. So every exit of `serve` goes
+ * through one path, and each undo must accept what a half-done step left
+ * (NULL pointers). Nothing that starts work in the background (queued
+ * re-evaluations, resumed runs, the loop) happens before every step has
+ * succeeded: that is begin_serving's. */
+
+static int start_config(engine *e, char *err, size_t errlen)
+{
+    config_defaults(&e->cfg);
+    if (e->config_path && config_load(&e->cfg, e->config_path, err, errlen) != 0)
+        return -1;
+    if (e->cli_listen && config_parse_listen(e->cli_listen, e->host, sizeof e->host, &e->port) != 0) {
+        snprintf(err, errlen, "--listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700", e->cli_listen);
+        return -1;
+    }
+    apply_cli(e, &e->cfg);
+    if (config_parse_listen(e->cfg.listen, e->host, sizeof e->host, &e->port) != 0) {
+        snprintf(err, errlen, "listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700", e->cfg.listen);
+        return -1;
+    }
+    log_set_level((enum log_level)log_level_parse(e->cfg.log_level));
+    log_set_json(strcmp(e->cfg.log_format, "json") == 0);
+    return 0;
+}
+
+static void undo_config(engine *e)
+{
+    config_free(&e->cfg);
+}
+
+static int start_data_dir(engine *e, char *err, size_t errlen)
+{
+    e->lock_fd = datadir_lock(e->cfg.data_dir, err, errlen);
+    return e->lock_fd < 0 ? -1 : 0;
+}
+
+static void undo_data_dir(engine *e)
+{
+    datadir_unlock(e->lock_fd);
+    e->lock_fd = -1;
+}
+
+/* the store, with its writer and checkpointer threads */
+static int start_store(engine *e, char *err, size_t errlen)
+{
+    return store_open(&e->store, e->loop, e->cfg.data_dir, e->cfg.limits.max_pending_writes, err, errlen);
+}
+
+static void undo_store(engine *e)
+{
+    if (e->store)
+        store_close(e->store); /* every queued write is committed and answered; the threads are joined */
+    e->store = NULL;
+}
+
+/* every script must load at start (later, a reload that fails keeps the old
+ * version; at start there is none to keep) */
+static int start_scripts(engine *e, char *err, size_t errlen)
+{
+    e->vm = new_vm(e->loop, &e->cfg);
+    vm_limits(&e->cfg, &e->probe_limits);
+    e->probe_dirs = require_dirs(&e->cfg); /* for reloads' probes */
+    e->cat = catalog_new(e->vm, (const char *const *)e->cfg.scripts.dirs);
+    int n = catalog_reload(e->cat, true) + confcheck_config(&e->cfg, e->cat, log_report, NULL);
+    if (n) {
+        snprintf(err, errlen, "%d script or configuration error%s, listed above (`ratchet check` lists them too)", n,
+                 n == 1 ? "" : "s");
+        return -1;
+    }
+    return 0;
+}
+
+static void undo_scripts(engine *e)
+{
+    if (e->cat)
+        catalog_free(e->cat);
+    e->cat = NULL;
+    if (e->vm)
+        script_vm_free(e->vm);
+    e->vm = NULL;
+    catalog_free_list(e->probe_dirs);
+    e->probe_dirs = NULL;
+    free(e->reload.config_error);
+    e->reload.config_error = NULL;
+}
+
+/* the HTTP client, LLM calls, and what scripts' ratchet.llm.chat and
+ * ratchet.http.request go through */
+static int start_io(engine *e, char *err, size_t errlen)
+{
+    e->httpc = httpc_new(e->loop);
+    e->llm = llm_new(e->loop, e->httpc, e->store);
+    if (llm_load_totals(e->llm, err, errlen) != 0)
+        log_warn("llm", "cannot read today's spending from the ledger (%s); daily budgets count from zero", err);
+    err[0] = '\0';
+    e->sio = scriptio_new(e->loop, e->llm, e->httpc);
+    configure_io(e);
+    script_vm_set_io(e->vm, scriptio_hooks(e->sio));
+    return 0;
+}
+
+static void undo_io(engine *e)
+{
+    if (e->vm) {
+        /* scripts waiting on a call get "cancelled"; none can start another */
+        static const script_io none;
+        script_vm_cancel_io(e->vm);
+        script_vm_set_io(e->vm, &none);
+    }
+    if (e->store)
+        store_flush(e->store); /* the ledger's last rows are written and answered */
+    scriptio_free(e->sio);
+    llm_free(e->llm);
+    httpc_free(e->httpc);
+    e->sio = NULL;
+    e->llm = NULL;
+    e->httpc = NULL;
+}
+
+/* online evaluation, the prompt registry, regression runs and the loop, with
+ * the state the store holds for them */
+static int start_state(engine *e, char *err, size_t errlen)
+{
+    char why[900];
+    e->online = online_new(e->loop, e->store, e->vm, e->cat, &e->cfg);
+    e->reg = registry_new(e->store);
+    if (registry_load(e->reg, why, sizeof why) != 0) {
+        snprintf(err, errlen, "cannot read the prompt registry: %s", why);
+        return -1;
+    }
+    e->runner = runner_new(e->loop, e->store, e->reg, e->cat, e->vm, e->llm, &e->cfg);
+    e->lp = loop_new(e->loop, e->store, e->reg, e->runner, e->cat, e->vm, e->llm, &e->cfg);
+    if (loop_load(e->lp, why, sizeof why) != 0) {
+        snprintf(err, errlen, "cannot read the loop's state: %s", why);
+        return -1;
+    }
+    return 0;
+}
+
+static void undo_state(engine *e)
+{
+    if (e->store)
+        store_flush(e->store); /* no write of theirs still waits for its answer */
+    loop_free(e->lp);
+    runner_free(e->runner);
+    registry_free(e->reg);
+    if (e->online)
+        online_free(e->online);
+    e->lp = NULL;
+    e->runner = NULL;
+    e->reg = NULL;
+    e->online = NULL;
+}
+
+/* the HTTP API's listener, and the address file that says where it is */
+static int start_listener(engine *e, char *err, size_t errlen)
+{
+    e->api.loop = e->loop;
+    e->api.cfg = &e->cfg;
+    e->api.store = e->store;
+    e->api.online = e->online;
+    e->api.catalog = e->cat;
+    e->api.llm = e->llm;
+    e->api.registry = e->reg;
+    e->api.runner = e->runner;
+    e->api.loop_sm = e->lp;
+    e->api.reload = &e->reload;
+    e->api.started_ms = now_ms();
+    http_limits lim = {
+        .max_connections = e->cfg.limits.max_connections,
+        .max_connections_per_address = e->cfg.limits.max_connections_per_address,
+        .max_header_bytes = (size_t)e->cfg.limits.max_header_bytes,
+        .max_body_bytes = (size_t)e->cfg.limits.max_body_bytes,
+        .header_timeout_ms = e->cfg.limits.header_timeout_ms,
+        .body_timeout_ms = e->cfg.limits.body_timeout_ms,
+        .idle_timeout_ms = e->cfg.limits.idle_timeout_ms,
+        .access_log = e->cfg.access_log,
+    };
+    if (http_server_start(&e->http, e->loop, e->host, e->port, &lim, api_handle, &e->api, err, errlen) != 0) {
+        e->http = NULL;
+        return -1;
+    }
+    e->api.http = e->http;
+    http_server_address(e->http, e->addr, sizeof e->addr);
+    if (e->address_file) {
+        if (write_address_file(e->address_file, e->addr) != 0) {
+            snprintf(err, errlen, "cannot write the address file '%s': %s", e->address_file, strerror(errno));
+            return -1;
+        }
+        e->address_written = true;
+    }
+    return 0;
+}
+
+static void undo_listener(engine *e)
+{
+    if (e->address_written && unlink(e->address_file) != 0)
+        log_warn("engine", "cannot remove the address file '%s': %s", e->address_file, strerror(errno));
+    e->address_written = false;
+    if (e->http) { /* its memory goes after the loop has closed its handles (serve_teardown) */
+        http_server_drain(e->http, NULL);
+        http_server_close_all(e->http);
+    }
+    e->api.http = NULL;
+}
+
+/* signals, the timers (shutdown deadline, reload debounce, watchdog,
+ * status), file watches and the event-loop lag probe */
+static int start_handles(engine *e, char *err, size_t errlen)
+{
+    uv_signal_init(e->loop, &e->sigterm);
+    uv_signal_init(e->loop, &e->sigint);
+    uv_signal_init(e->loop, &e->sighup);
+    uv_timer_init(e->loop, &e->shutdown_timer);
+    uv_timer_init(e->loop, &e->debounce_timer);
+    uv_timer_init(e->loop, &e->watchdog_timer);
+    uv_timer_init(e->loop, &e->status_timer);
+    e->sigterm.data = e->sigint.data = e->sighup.data = e;
+    e->shutdown_timer.data = e->debounce_timer.data = e->status_timer.data = e;
+    e->handles_ready = true;
+    static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
+    uv_signal_t *sigs[] = {&e->sigterm, &e->sigint, &e->sighup};
+    for (int i = 0; i < 3; i++) {
+        int rc = uv_signal_start(sigs[i], on_signal, signums[i]);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot handle %s: %s", strsignal(signums[i]), uv_strerror(rc));
+            return -1;
+        }
+    }
+    if (e->cfg.scripts.watch) {
+        char **dirs = catalog_watch_dirs(catalog_dirs(e->cat));
+        setup_watches(e, dirs);
+        catalog_free_list(dirs);
+    }
+    start_watchdog(e);
+    if (getenv("NOTIFY_SOCKET"))
+        uv_timer_start(&e->status_timer, on_status_timer, 1000, 1000);
+    e->lag = metrics_lag_start(e->loop, 100);
+    e->api.lag = e->lag;
+    return 0;
+}
+
+static void undo_handles(engine *e)
+{
+    if (e->lag)
+        metrics_lag_stop(e->lag);
+    e->lag = e->api.lag = NULL;
+    close_watches(e);
+    if (!e->handles_ready)
+        return;
+    uv_handle_t *hs[] = {(uv_handle_t *)&e->sigterm,        (uv_handle_t *)&e->sigint,
+                         (uv_handle_t *)&e->sighup,         (uv_handle_t *)&e->shutdown_timer,
+                         (uv_handle_t *)&e->debounce_timer, (uv_handle_t *)&e->watchdog_timer,
+                         (uv_handle_t *)&e->status_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        close_handle(hs[i]);
+    e->handles_ready = false;
+}
+
+typedef struct {
+    const char *what; /* "start-up failed at the ..." */
+    int (*start)(engine *e, char *err, size_t errlen);
+    void (*undo)(engine *e);
+} serve_step;
+
+static const serve_step serve_steps[] = {
+    {"configuration", start_config, undo_config},
+    {"data directory", start_data_dir, undo_data_dir},
+    {"store", start_store, undo_store},
+    {"scripts", start_scripts, undo_scripts},
+    {"LLM and HTTP clients", start_io, undo_io},
+    {"registry and loop state", start_state, undo_state},
+    {"listener", start_listener, undo_listener},
+    {"signals and timers", start_handles, undo_handles},
+};
+enum { SERVE_STEPS = sizeof serve_steps / sizeof serve_steps[0] };
+
+static void close_stray(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (uv_is_closing(h))
+        return;
+    log_error("engine", "teardown: a %s handle was left open; closing it", uv_handle_type_name(h->type));
+    uv_close(h, NULL);
+}
+
+/* Undoes steps [0, n) in reverse order, then lets the loop finish the
+ * closes they began (so it cannot hang on a handle an undo forgot, such a
+ * handle is named and closed) and closes it. */
+static void serve_teardown(engine *e, int n)
+{
+    while (n-- > 0)
+        serve_steps[n].undo(e);
+    uv_walk(e->loop, close_stray, NULL);
+    uv_run(e->loop, UV_RUN_DEFAULT);
+    http_server_free(e->http);
+    e->http = NULL;
+    int rc = uv_loop_close(e->loop);
+    if (rc != 0)
+        log_error("engine", "teardown: the event loop closed with handles still open: %s", uv_strerror(rc));
+    /* libuv's thread pool and signal pipe: after this, nothing of serve runs
+     * besides this thread */
+    uv_library_shutdown();
+}
+
+/* What was open before serve started: file descriptors 0..1023. */
+typedef struct {
+    unsigned char fd[1024 / 8];
+} open_fds;
+
+static void list_open_fds(open_fds *o)
+{
+    memset(o, 0, sizeof *o);
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) != -1)
+            o->fd[fd / 8] |= (unsigned char)(1u << (fd % 8));
+}
+
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* After the teardown: the one thread left is this one, and every file
+ * descriptor open is one that was open before serve started. Anything else
+ * is an undo that forgot something, named in the log. */
+static void check_left_behind(const open_fds *before)
+{
+    open_fds now;
+    list_open_fds(&now);
+    for (int fd = 0; fd < 1024; fd++) {
+        bool was = before->fd[fd / 8] & (1u << (fd % 8)), is = now.fd[fd / 8] & (1u << (fd % 8));
+        if (is && !was) {
+            char link[64], target[512] = "?";
+            snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, target, sizeof target - 1);
+            target[n > 0 ? n : 1] = '\0';
+            log_error("engine", "teardown left file descriptor %d open (%s)", fd, target);
+        }
+    }
+    int threads = count_threads();
+    if (threads > 1)
+        log_error("engine", "teardown left %d threads running besides the main one", threads - 1);
+}
+
+/* Every step done: announce, then start what works in the background. */
+static void begin_serving(engine *e)
+{
+    log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, e->addr, e->cfg.data_dir,
+             e->cfg.path ? ", config " : " (built-in default config)", e->cfg.path ? e->cfg.path : "");
+    if (!e->cfg.ingest_token)
+        log_warn("engine", "no ingest_token is configured: only loopback clients may ingest");
+    if (!e->cfg.admin_token)
+        log_warn("engine", "no admin_token is configured: only loopback clients may read or administer");
+    /* READY only now: the listener is bound, the store open, the scripts loaded */
+    catalog_stats cst;
+    catalog_get_stats(e->cat, &cst);
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", e->addr,
+               e->cfg.data_dir, cst.evaluators, e->cfg.nprompts);
+    /* traces acknowledged but not evaluated before the last stop */
+    for (size_t i = 0; i < e->cfg.nprompts; i++)
+        if (online_has_prompt(e->online, e->cfg.prompts[i].name))
+            online_reevaluate(e->online, e->cfg.prompts[i].name, 0, INT64_MAX, true);
+    char err[1024];
+    if (runner_resume(e->runner, err, sizeof err) < 0)
+        log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
+    loop_start(e->lp);
+}
 
 static int cmd_serve(int argc, char **argv)
 {
@@ -684,16 +1044,18 @@ static int cmd_serve(int argc, char **argv)
         {"script-dir", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL, *listen = NULL, *data_dir = NULL, *address_file = NULL, *script_dir = NULL;
+    static engine e;
+    memset(&e, 0, sizeof e);
+    e.lock_fd = -1;
     int ch;
     optind = 1;
     while ((ch = cli_getopt("serve", argc, argv, "c:l:d:s:h", opts)) != -1) {
         switch (ch) {
-        case 'c': config_path = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'd': data_dir = optarg; break;
-        case 's': script_dir = optarg; break;
-        case 'a': address_file = optarg; break;
+        case 'c': e.config_path = optarg; break;
+        case 'l': e.cli_listen = optarg; break;
+        case 'd': e.cli_data_dir = optarg; break;
+        case 's': e.script_dir = optarg; break;
+        case 'a': e.address_file = optarg; break;
         case 'h': fputs(serve_usage, stdout); return 0;
         default: fputs(serve_usage, stderr); return EXIT_ERROR;
         }
@@ -703,175 +1065,26 @@ static int cmd_serve(int argc, char **argv)
         return EXIT_ERROR;
     }
 
-    static engine e;
-    memset(&e, 0, sizeof e);
+    open_fds before;
+    list_open_fds(&before);
     the_engine = &e;
-    config_defaults(&e.cfg);
-    char err[1024];
-    if (config_path && config_load(&e.cfg, config_path, err, sizeof err) != 0) {
-        fprintf(stderr, "ratchet: configuration error: %s\n", err);
-        config_free(&e.cfg);
-        return EXIT_ERROR;
-    }
-    char host[256];
-    int port;
-    if (listen && config_parse_listen(listen, host, sizeof host, &port) != 0) {
-        fprintf(stderr, "ratchet serve: --listen '%s' is not an address like 127.0.0.1:7700 or [::1]:7700\n", listen);
-        config_free(&e.cfg);
-        return EXIT_ERROR;
-    }
-    e.config_path = config_path;
-    e.script_dir = script_dir;
-    e.cli_listen = listen;
-    e.cli_data_dir = data_dir;
-    apply_cli(&e, &e.cfg);
-    config_parse_listen(e.cfg.listen, host, sizeof host, &port);
-    log_set_level((enum log_level)log_level_parse(e.cfg.log_level));
-    log_set_json(strcmp(e.cfg.log_format, "json") == 0);
     signal(SIGPIPE, SIG_IGN);
-
     e.loop = uv_default_loop();
-    if (store_open(&e.store, e.loop, e.cfg.data_dir, e.cfg.limits.max_pending_writes, err, sizeof err) != 0) {
-        log_error("engine", "%s", err);
-        config_free(&e.cfg);
-        return EXIT_ERROR;
+    for (int i = 0; i < SERVE_STEPS; i++) {
+        char err[1024] = "";
+        if (serve_steps[i].start(&e, err, sizeof err) != 0) {
+            log_error("engine", "start-up failed at the %s: %s", serve_steps[i].what, err[0] ? err : "(no reason given)");
+            serve_teardown(&e, i + 1); /* the failed step's undo too: it takes what the step left half done */
+            check_left_behind(&before);
+            log_info("engine", "not started: every step undone; exit status %d", EXIT_ERROR);
+            return EXIT_ERROR;
+        }
     }
-    /* scripts: everything must load at start (later, a reload that fails
-     * keeps the old version; at start there is none to keep) */
-    e.vm = new_vm(e.loop, &e.cfg);
-    vm_limits(&e.cfg, &e.probe_limits);
-    e.cat = catalog_new(e.vm, (const char *const *)e.cfg.scripts.dirs);
-    int script_errors = catalog_reload(e.cat, true) + confcheck_config(&e.cfg, e.cat, log_report, NULL);
-    if (script_errors) {
-        log_error("engine", "%d script or configuration errors (listed above); not starting. "
-                            "`ratchet check` lists them too", script_errors);
-        catalog_free(e.cat);
-        script_vm_free(e.vm);
-        store_close(e.store);
-        uv_run(e.loop, UV_RUN_NOWAIT);
-        uv_loop_close(e.loop);
-        config_free(&e.cfg);
-        return EXIT_ERROR;
-    }
-    e.httpc = httpc_new(e.loop);
-    e.llm = llm_new(e.loop, e.httpc, e.store);
-    if (llm_load_totals(e.llm, err, sizeof err) != 0)
-        log_warn("llm", "cannot read today's spending from the ledger (%s); daily budgets count from zero", err);
-    e.sio = scriptio_new(e.loop, e.llm, e.httpc);
-    configure_io(&e);
-    script_vm_set_io(e.vm, scriptio_hooks(e.sio));
-    e.online = online_new(e.loop, e.store, e.vm, e.cat, &e.cfg);
-    e.reg = registry_new(e.store);
-    if (registry_load(e.reg, err, sizeof err) != 0) {
-        log_error("engine", "cannot read the prompt registry: %s", err);
-        return EXIT_ERROR;
-    }
-    e.runner = runner_new(e.loop, e.store, e.reg, e.cat, e.vm, e.llm, &e.cfg);
-    e.lp = loop_new(e.loop, e.store, e.reg, e.runner, e.cat, e.vm, e.llm, &e.cfg);
-    if (loop_load(e.lp, err, sizeof err) != 0) {
-        log_error("engine", "cannot read the loop's state: %s", err);
-        return EXIT_ERROR;
-    }
-    /* traces acknowledged but not evaluated before the last stop */
-    for (size_t i = 0; i < e.cfg.nprompts; i++)
-        if (online_has_prompt(e.online, e.cfg.prompts[i].name))
-            online_reevaluate(e.online, e.cfg.prompts[i].name, 0, INT64_MAX, true);
-
-    e.api.loop = e.loop;
-    e.api.cfg = &e.cfg;
-    e.api.store = e.store;
-    e.api.online = e.online;
-    e.api.catalog = e.cat;
-    e.api.llm = e.llm;
-    e.api.registry = e.reg;
-    e.api.runner = e.runner;
-    e.api.loop_sm = e.lp;
-    e.api.reload = &e.reload;
-    e.api.started_ms = now_ms();
-    http_limits lim = {
-        .max_connections = e.cfg.limits.max_connections,
-        .max_connections_per_address = e.cfg.limits.max_connections_per_address,
-        .max_header_bytes = (size_t)e.cfg.limits.max_header_bytes,
-        .max_body_bytes = (size_t)e.cfg.limits.max_body_bytes,
-        .header_timeout_ms = e.cfg.limits.header_timeout_ms,
-        .body_timeout_ms = e.cfg.limits.body_timeout_ms,
-        .idle_timeout_ms = e.cfg.limits.idle_timeout_ms,
-        .access_log = e.cfg.access_log,
-    };
-    if (http_server_start(&e.http, e.loop, host, port, &lim, api_handle, &e.api, err, sizeof err) != 0) {
-        log_error("engine", "%s", err);
-        loop_free(e.lp);
-        runner_free(e.runner);
-        registry_free(e.reg);
-        online_free(e.online);
-        catalog_free(e.cat);
-        script_vm_free(e.vm);
-        scriptio_free(e.sio);
-        llm_free(e.llm);
-        httpc_free(e.httpc);
-        store_close(e.store);
-        uv_run(e.loop, UV_RUN_NOWAIT);
-        uv_loop_close(e.loop);
-        config_free(&e.cfg);
-        return EXIT_ERROR;
-    }
-    char *addr = e.addr;
-    http_server_address(e.http, e.addr, sizeof e.addr);
-    if (address_file && write_address_file(address_file, addr) != 0)
-        log_warn("engine", "cannot write the address file '%s': %s", address_file, strerror(errno));
-
-    uv_signal_init(e.loop, &e.sigterm);
-    uv_signal_init(e.loop, &e.sigint);
-    uv_signal_init(e.loop, &e.sighup);
-    e.sigterm.data = e.sigint.data = e.sighup.data = &e;
-    uv_signal_start(&e.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&e.sigint, on_signal, SIGINT);
-    uv_signal_start(&e.sighup, on_signal, SIGHUP);
-    uv_timer_init(e.loop, &e.shutdown_timer);
-    e.shutdown_timer.data = &e;
-    uv_timer_init(e.loop, &e.debounce_timer);
-    e.debounce_timer.data = &e;
-    if (e.cfg.scripts.watch) {
-        char **dirs = catalog_watch_dirs(catalog_dirs(e.cat));
-        setup_watches(&e, dirs);
-        catalog_free_list(dirs);
-    }
-    start_watchdog(&e);
-    uv_timer_init(e.loop, &e.status_timer);
-    e.status_timer.data = &e;
-    if (getenv("NOTIFY_SOCKET"))
-        uv_timer_start(&e.status_timer, on_status_timer, 1000, 1000);
-    e.lag = metrics_lag_start(e.loop, 100);
-    e.api.lag = e.lag;
-    e.api.http = e.http;
-
-    log_info("engine", "ratchet %s listening on %s, data in %s%s%s", RATCHET_VERSION, addr, e.cfg.data_dir,
-             e.cfg.path ? ", config " : " (built-in default config)", e.cfg.path ? e.cfg.path : "");
-    if (!e.cfg.ingest_token)
-        log_warn("engine", "no ingest_token is configured: only loopback clients may ingest");
-    if (!e.cfg.admin_token)
-        log_warn("engine", "no admin_token is configured: only loopback clients may read or administer");
-    /* READY only now: the listener is bound, the store open, the scripts loaded */
-    catalog_stats cst;
-    catalog_get_stats(e.cat, &cst);
-    sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", addr, e.cfg.data_dir,
-               cst.evaluators, e.cfg.nprompts);
-
-    int resumed = runner_resume(e.runner, err, sizeof err);
-    if (resumed < 0)
-        log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
-    loop_start(e.lp);
-
-    e.probe_dirs = require_dirs(&e.cfg); /* for reloads' probes */
-    uv_run(e.loop, UV_RUN_DEFAULT);
-
-    http_server_free(e.http);
-    int rc = uv_loop_close(e.loop);
-    if (rc != 0)
-        log_warn("engine", "event loop closed with handles still open: %s", uv_strerror(rc));
-    config_free(&e.cfg);
-    free(e.reload.config_error);
-    catalog_free_list(e.probe_dirs);
+    begin_serving(&e);
+    uv_run(e.loop, UV_RUN_DEFAULT); /* until finish_stop */
+    serve_teardown(&e, SERVE_STEPS);
+    check_left_behind(&before);
+    log_info("engine", "stopped");
     return 0;
 }
 

@@ -34,7 +34,6 @@
 struct store {
     uv_loop_t *loop;
     char *path;
-    int lock_fd;
     sqlite3 *wdb;
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     sqlite3_stmt *ins_llm_call;
@@ -56,6 +55,8 @@ struct store {
     int ckpt_mark;                            /* wal_pages when the checkpointer was last woken */
     pthread_mutex_t mu;
     pthread_cond_t cond;
+    pthread_cond_t idle_cond;             /* the writer finished a batch */
+    bool writing;                         /* the writer holds a batch, under mu */
     store_write *queue_head, *queue_tail; /* waiting for the writer */
     store_write *done_head, *done_tail;   /* committed, waiting for the loop */
     size_t queued_items;
@@ -316,23 +317,6 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
     return 0;
 }
 
-static int mkdir_p(const char *dir)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    }
-    if (mkdir(tmp, 0750) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 static void finalize_statements(store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
@@ -414,23 +398,9 @@ static void *checkpointer_main(void *arg)
 
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
 {
-    if (mkdir_p(dir) != 0) {
-        snprintf(err, errlen, "cannot create data directory '%s': %s", dir, strerror(errno));
-        return -1;
-    }
     store *s = xcalloc(1, sizeof *s);
     s->loop = loop;
     s->max_pending = (size_t)max_pending;
-    s->lock_fd = -1;
-
-    char lockpath[4096];
-    snprintf(lockpath, sizeof lockpath, "%s/ratchet.lock", dir);
-    s->lock_fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        snprintf(err, errlen, "data directory '%s' is in use by another ratchet (cannot lock %s: %s)",
-                 dir, lockpath, strerror(errno));
-        goto fail;
-    }
 
     size_t plen = strlen(dir) + 16;
     s->path = xmalloc(plen);
@@ -484,6 +454,7 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
 
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->idle_cond, NULL);
     pthread_mutex_init(&s->read_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
@@ -493,26 +464,30 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
         goto fail;
     }
     sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the auto-checkpoint */
-    uv_async_init(loop, &s->done_async, on_done_async);
-    s->done_async.data = s;
     s->healthy = true;
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the writer thread");
-        uv_close((uv_handle_t *)&s->done_async, NULL);
         stop_checkpointer(s);
         goto fail;
     }
+    /* after the thread: nothing can fail past this point, and the writer
+     * touches the handle only for a write, which comes after the return */
+    uv_async_init(loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
     *out = s;
     return 0;
 
 fail:
+    if (!strstr(err, s->path)) { /* say which file */
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, errlen, "the store '%s': %s", s->path, why);
+    }
     finalize_statements(s);
     if (s->cdb)
         sqlite3_close(s->cdb);
     if (s->wdb)
         sqlite3_close(s->wdb);
-    if (s->lock_fd >= 0)
-        close(s->lock_fd);
     free(s->path);
     free(s);
     return -1;
@@ -569,6 +544,29 @@ static void on_done_async(uv_async_t *h)
     drain_done(h->data);
 }
 
+void store_flush(store *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (s->queue_head || s->writing)
+            pthread_cond_wait(&s->idle_cond, &s->mu);
+        bool done = s->done_head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!done)
+            return;
+        drain_done(s); /* a callback may queue another write: wait for it too */
+    }
+}
+
+/* The last of the store: its memory holds the async handle, so it is freed
+ * only once libuv has closed that. */
+static void on_done_async_closed(uv_handle_t *h)
+{
+    store *s = h->data;
+    free(s->path);
+    free(s);
+}
+
 void store_close(store *s)
 {
     pthread_mutex_lock(&s->mu);
@@ -578,7 +576,6 @@ void store_close(store *s)
     pthread_join(s->writer, NULL);
     stop_checkpointer(s);
     drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
-    uv_close((uv_handle_t *)&s->done_async, NULL);
 
     finalize_statements(s);
     for (int i = 0; i < s->read_free; i++)
@@ -588,13 +585,12 @@ void store_close(store *s)
     sqlite3_close(s->wdb);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->idle_cond);
     pthread_mutex_destroy(&s->read_mu);
     pthread_mutex_destroy(&s->ckpt_mu);
     pthread_cond_destroy(&s->ckpt_cond);
     pthread_cond_destroy(&s->ckpt_idle_cond);
-    close(s->lock_fd);
-    free(s->path);
-    free(s);
+    uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
 }
 
 static size_t write_items(const store_write *w)
@@ -986,6 +982,7 @@ static void *writer_main(void *arg)
             pthread_cond_wait(&s->cond, &s->mu);
         store_write *batch = s->queue_head;
         s->queue_head = s->queue_tail = NULL;
+        s->writing = batch != NULL;
         size_t items = s->queued_items;
         s->queued_items = 0;
         bool stop = s->stopping && !batch;
@@ -1034,6 +1031,8 @@ static void *writer_main(void *arg)
         else
             s->done_head = batch;
         s->done_tail = last;
+        s->writing = false;
+        pthread_cond_broadcast(&s->idle_cond);
         pthread_mutex_unlock(&s->mu);
         uv_async_send(&s->done_async);
     }

@@ -128,12 +128,19 @@ typedef struct {
     int failed;          /* 1: only failed traces, 0: only not failed, -1: any */
 } store_trace_query;
 
-/* Opens (creating and migrating) the store under dir. Returns 0, or -1 with a
- * message in err. */
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */
 void store_metrics(store *s, buf_t *b);
+/* Opens (creating and migrating) the store in dir, which must exist (the
+ * caller holds its lock: store/datadir.h), and starts the writer and
+ * checkpointer threads. Returns 0, or -1 with a message in err. */
 int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
-/* Flushes every pending write (their callbacks run), stops the writer and closes. */
+/* Waits on the loop thread until every write queued so far is committed and
+ * its callback has run (and those the callbacks queued): after it, no write
+ * of the caller's waits for an answer, and its objects can be freed. */
+void store_flush(store *s);
+/* Flushes every pending write (their callbacks run), stops the writer and
+ * the checkpointer and closes; the memory goes once the loop has run the
+ * close of the store's async handle. */
 void store_close(store *s);
 
 /* Queues a write. Returns 0, or -1 when the queue is over its bound (the

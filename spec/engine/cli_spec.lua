@@ -195,7 +195,7 @@ describe("data directory", function()
   it("says so when it cannot create the data directory", function()
     local rc, _, err = engine.run("serve --listen 127.0.0.1:0 --data-dir /proc/ratchet-cannot-be-here")
     assert.equal(3, rc)
-    assert.matches("cannot create data directory", err)
+    assert.matches("cannot create the data directory", err)
   end)
 end)
 

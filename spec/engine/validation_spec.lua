@@ -67,7 +67,7 @@ prompt "p" { evaluators = { { "contains", options = { valeu = "x" } } } }
 ]], root) }
     assert.equal(3, code)
     assert.matches("error%s+config: [^\n]*ratchet%.conf:2: prompt 'p': evaluator 'contains': unknown option 'valeu'; did you mean 'value'%?", log)
-    assert.matches("not starting", log)
+    assert.matches("start%-up failed at the scripts: ", log)
   end)
 end)
 

@@ -99,12 +99,13 @@ end
 
 -- opts.config: Lua text for the config file (listen/data_dir are set by the helper)
 -- opts.dir: reuse a data directory (restart after a crash)
+-- opts.data_dir: the data directory itself (default: DIR/data)
 -- opts.expect_fail: do not wait for the address file; return the exit code and log
 function M.start(opts)
   opts = opts or {}
   local e = setmetatable({}, Engine)
   e.dir = opts.dir or M.tmpdir()
-  e.data = e.dir .. "/data"
+  e.data = opts.data_dir or e.dir .. "/data"
   e.conf = e.dir .. "/ratchet.conf"
   e.log = e.dir .. "/engine.log"
   e.addr_file = e.dir .. "/addr"
@@ -136,11 +137,21 @@ function M.start(opts)
   e.pid = tonumber(read_file(e.dir .. "/pid"))
   M.running[e] = true
   if opts.expect_fail then
+    -- a failed start goes through the same teardown as a stop: it must be
+    -- as clean (under ASan, no leak or error report)
     local code = e:wait_exit(5 * M.slow)
-    return code, read_file(e.log) or ""
+    local log = read_file(e.log) or ""
+    M.assert_no_sanitizer_report(log)
+    return code, log
   end
   assert(e.addr, "the engine did not start; its log:\n" .. (read_file(e.log) or ""))
   return e
+end
+
+-- Fails when a sanitizer (ASan, LSan, UBSan) reported in an engine's log.
+function M.assert_no_sanitizer_report(log)
+  assert(not log:find("ERROR: AddressSanitizer", 1, true) and not log:find("runtime error:", 1, true)
+    and not log:find("ERROR: LeakSanitizer", 1, true), "sanitizer report in the engine log:\n" .. log)
 end
 
 function Engine:url(path) return "http://" .. self.addr .. path end
@@ -176,8 +187,7 @@ function Engine:stop(opts)
     error("the engine did not exit after SIGTERM; log:\n" .. self:log_text())
   end
   local log = self:log_text()
-  assert(not log:find("ERROR: AddressSanitizer", 1, true) and not log:find("runtime error:", 1, true)
-    and not log:find("ERROR: LeakSanitizer", 1, true), "sanitizer report in the engine log:\n" .. log)
+  M.assert_no_sanitizer_report(log)
   if not opts.any_status then
     assert(code == 0, "engine exited with status " .. tostring(code) .. "; log:\n" .. log)
   end

@@ -61,9 +61,23 @@ return {
       table.sort(q)
       if #q > 0 then url = url .. (url:find("?", 1, true) and "&" or "?") .. table.concat(q, "&") end
     end
-    local headers = {}
-    if type(call.headers) == "table" then for k, v in pairs(call.headers) do headers[k] = tostring(v) end end
-    for k, v in pairs(opts.headers or {}) do headers[k] = v end
+    -- headers the output asks for must be sendable: a bad one is bad output
+    -- (a failed case), where ratchet.http.request would raise
+    local headers, nheaders = {}, 0
+    if type(call.headers) == "table" then
+      for k, v in pairs(call.headers) do
+        v = tostring(v)
+        if type(k) ~= "string" or not k:find("^[^:%s]+$") or v:find("[\r\n]") then
+          return text.fail("header " .. text.excerpt(tostring(k)) .. " is not a one-line header")
+        end
+        headers[k], nheaders = v, nheaders + 1
+      end
+    end
+    for k, v in pairs(opts.headers or {}) do
+      if headers[k] == nil then nheaders = nheaders + 1 end
+      headers[k] = v
+    end
+    if nheaders > 64 then return text.fail("the call has more than 64 headers") end
     local body = call.body
     if body ~= nil and type(body) ~= "string" then
       body = ratchet.json.encode(body)
@@ -72,7 +86,7 @@ return {
     local res, herr, kind = ratchet.http.request { method = method, url = url, headers = headers, body = body,
                                                    timeout_ms = opts.timeout_ms }
     if not res then
-      if kind == "not_allowed" or kind == "bad_request" then error("http_check: " .. herr, 0) end
+      if kind == "not_allowed" then error("http_check: " .. herr, 0) end
       return text.fail(string.format("the call failed (%s): %s", kind, text.excerpt(herr, 200)))
     end
     local ok_status

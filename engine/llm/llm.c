@@ -1379,6 +1379,20 @@ static void prov_release(prov *p)
     }
 }
 
+int llm_check_request(json_t *r, char *err, size_t errlen)
+{
+    if (!json_is_object(r))
+        BAD("the request must be a table");
+    if (check_request(r, err, errlen) != 0)
+        return -1;
+    json_t *pv = json_object_get(r, "provider"), *mv = json_object_get(r, "model");
+    if (pv && (!json_is_string(pv) || !*json_string_value(pv)))
+        BAD("provider: must be a provider's name");
+    if (mv && (!json_is_string(mv) || !*json_string_value(mv)))
+        BAD("model: must be a model name");
+    return 0;
+}
+
 llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done, void *ud)
 {
     llm_call *c = xcalloc(1, sizeof *c);
@@ -1398,11 +1412,7 @@ llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done,
         l->calls->aprev = c;
     l->calls = c;
     char err[400];
-    if (!json_is_object(r)) {
-        finish(c, NULL, "bad_request", "the request must be a table");
-        return c;
-    }
-    if (check_request(r, err, sizeof err) != 0) {
+    if (llm_check_request(r, err, sizeof err) != 0) {
         finish(c, NULL, "bad_request", err);
         return c;
     }
@@ -1436,10 +1446,6 @@ llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done,
     c->p = p;
     p->calls_live++;
     const char *model = json_string_value(json_object_get(r, "model"));
-    if (json_object_get(r, "model") && (!model || !*model)) {
-        finish(c, NULL, "bad_request", "model: must be a model name");
-        return c;
-    }
     if (!model)
         model = p->c.default_model;
     if (!model) {

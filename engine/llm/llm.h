@@ -80,6 +80,11 @@ void llm_configure(llm *l, char *const *names, char *const *jsons, size_t n, con
  * and a call done starts then goes out at once (httpc serves curl's zero
  * timeout before reading the next socket). */
 llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud);
+/* Checks the request's shape (fields, types, ranges; not whether the
+ * provider is configured): 0, or -1 with a message naming the field. A
+ * request that fails it is refused by llm_chat with kind bad_request;
+ * scripts' calls are checked before, and raise (docs/lua-api.md). */
+int llm_check_request(json_t *request, char *err, size_t errlen);
 /* The same with the request already parsed (borrowed: the caller keeps it). */
 llm_call *llm_chat_json(llm *l, json_t *request, const llm_caller *who, llm_done done, void *ud);
 /* Abandons a call: done is not called. */

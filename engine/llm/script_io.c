@@ -114,33 +114,30 @@ static void on_http_done(httpc_req *r, const httpc_response *resp, void *ud)
     pending_free(p);
 }
 
-static pending *http_start(pending *p, const char *request)
+/* The shape of ratchet.http.request's table: fields, types, ranges and
+ * headers (0, or -1 with a message naming the field). A script that fails
+ * it has a bug: the call raises (docs/lua-api.md). */
+static int http_check_request(json_t *r, char *err, size_t errlen)
 {
-    scriptio *io = p->io;
-    json_t *r = json_loads(request, 0, NULL);
-    char msg[600];
     if (!json_is_object(r)) {
-        json_decref(r);
-        return fail_later(p, "bad_request", "the request must be a table");
+        snprintf(err, errlen, "the request must be a table");
+        return -1;
     }
     const char *k;
     json_t *v;
     json_object_foreach(r, k, v) {
         if (strcmp(k, "method") && strcmp(k, "url") && strcmp(k, "headers") && strcmp(k, "body") &&
             strcmp(k, "timeout_ms")) {
-            snprintf(msg, sizeof msg, "unknown field '%.60s' (known: method, url, headers, body, timeout_ms)", k);
-            json_decref(r);
-            return fail_later(p, "bad_request", msg);
+            snprintf(err, errlen, "unknown field '%.60s' (known: method, url, headers, body, timeout_ms)", k);
+            return -1;
         }
     }
-    const char *url = json_string_value(json_object_get(r, "url"));
-    const char *body = json_string_value(json_object_get(r, "body"));
     const char *method = json_string_value(json_object_get(r, "method"));
     json_t *hs = json_object_get(r, "headers"), *to = json_object_get(r, "timeout_ms");
     const char *bad = NULL;
-    if (!url)
+    if (!json_is_string(json_object_get(r, "url")))
         bad = "url: must be a string";
-    else if (json_object_get(r, "body") && !body)
+    else if (json_object_get(r, "body") && !json_is_string(json_object_get(r, "body")))
         bad = "body: must be a string (encode tables with ratchet.json.encode)";
     else if (json_object_get(r, "method") && (!method || (strcmp(method, "GET") && strcmp(method, "POST") &&
                                                           strcmp(method, "PUT") && strcmp(method, "PATCH") &&
@@ -151,9 +148,36 @@ static pending *http_start(pending *p, const char *request)
     else if (to && (!json_is_integer(to) || json_integer_value(to) < 100 || json_integer_value(to) > 600000))
         bad = "timeout_ms: must be an integer from 100 to 600000";
     if (bad) {
-        json_decref(r);
-        return fail_later(p, "bad_request", bad);
+        snprintf(err, errlen, "%s", bad);
+        return -1;
     }
+    if (json_object_size(hs) > 64) {
+        snprintf(err, errlen, "headers: at most 64");
+        return -1;
+    }
+    json_object_foreach(hs, k, v) {
+        const char *val = json_string_value(v);
+        if (!val || !*k || strpbrk(k, ":\r\n ") || strpbrk(val, "\r\n")) {
+            snprintf(err, errlen, "headers.%.60s: must be a one-line string under a name without ':' or spaces", k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static pending *http_start(pending *p, const char *request)
+{
+    scriptio *io = p->io;
+    json_t *r = json_loads(request, 0, NULL);
+    char msg[600];
+    if (http_check_request(r, msg, sizeof msg) != 0) { /* scripts' calls were checked: a C caller's */
+        json_decref(r);
+        return fail_later(p, "bad_request", msg);
+    }
+    const char *url = json_string_value(json_object_get(r, "url"));
+    const char *body = json_string_value(json_object_get(r, "body"));
+    const char *method = json_string_value(json_object_get(r, "method"));
+    json_t *hs = json_object_get(r, "headers"), *to = json_object_get(r, "timeout_ms");
     if (!allowed(io, url)) {
         snprintf(msg, sizeof msg, "url: '%.300s' is not under a prefix listed in the config's http.allow", url);
         json_decref(r);
@@ -161,20 +185,13 @@ static pending *http_start(pending *p, const char *request)
     }
     char *lines[64];
     int n = 0;
-    if (hs) {
-        json_object_foreach(hs, k, v) {
-            const char *val = json_string_value(v);
-            if (n == 64 || !val || !*k || strpbrk(k, ":\r\n ") || strpbrk(val, "\r\n")) {
-                for (int i = 0; i < n; i++)
-                    free(lines[i]);
-                snprintf(msg, sizeof msg, "headers.%.60s: must be a one-line string (at most 64 headers)", k);
-                json_decref(r);
-                return fail_later(p, "bad_request", msg);
-            }
-            size_t len = strlen(k) + strlen(val) + 3;
-            lines[n] = xmalloc(len);
-            snprintf(lines[n++], len, "%s: %s", k, val);
-        }
+    const char *k;
+    json_t *v;
+    json_object_foreach(hs, k, v) {
+        const char *val = json_string_value(v);
+        size_t len = strlen(k) + strlen(val) + 3;
+        lines[n] = xmalloc(len);
+        snprintf(lines[n++], len, "%s: %s", k, val);
     }
     httpc_opts o = {.method = method ? method : body ? "POST" : "GET", .url = url,
                     .headers = (const char *const *)lines, .nheaders = n, .body = body,
@@ -188,6 +205,16 @@ static pending *http_start(pending *p, const char *request)
     if (!p->req)
         return fail_later(p, "transport", "the HTTP client refused the request");
     return p;
+}
+
+/* A programming error in the request (the script raises), before anything starts. */
+static int io_check(void *ctx, enum script_io_op op, const char *request, char *err, size_t errlen)
+{
+    (void)ctx;
+    json_t *r = json_loads(request, 0, NULL);
+    int rc = op == SCRIPT_IO_HTTP ? http_check_request(r, err, errlen) : llm_check_request(r, err, errlen);
+    json_decref(r);
+    return rc;
 }
 
 static void *io_start(void *ctx, enum script_io_op op, const char *request, const char *caller_kind,
@@ -226,7 +253,7 @@ scriptio *scriptio_new(uv_loop_t *loop, llm *l, httpc *h)
     io->h = h;
     io->timeout_ms = 10000;
     io->max_response = 1 << 20;
-    io->hooks = (script_io){.start = io_start, .cancel = io_cancel, .ctx = io};
+    io->hooks = (script_io){.check = io_check, .start = io_start, .cancel = io_cancel, .ctx = io};
     return io;
 }
 

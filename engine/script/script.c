@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <lauxlib.h>
+#include <stdarg.h>
 #include <lua-cjson.h>
 #include <lualib.h>
 #include <openssl/evp.h>
@@ -73,6 +74,7 @@ struct script_call {
     script_call *io_next, *io_prev;
     bool sliced;       /* the hook yielded: runnable again at once */
     bool waiting;      /* yielded by an async API: its callback resumes */
+    bool sleeping;     /* in ratchet.sleep, on the io_waiting list (cancelled at shutdown too) */
     bool killed;
     bool yield_due;    /* the slice ended where it could not yield */
     bool inner_slice;  /* the hook yielded a coroutine inside the invocation to end the slice */
@@ -962,9 +964,35 @@ static int sandbox_setmetatable(lua_State *L)
 
 /* ---- the ratchet module ---- */
 
-static int api_log(lua_State *L, enum log_level level)
+/* The error rule of the ratchet API (docs/lua-api.md): a programming error
+ * (a missing or wrong argument, a bad field, a call from the wrong place)
+ * raises, quoting the usage, with the caller's file:line; a runtime failure
+ * returns nil, message, code. */
+static int usage_error(lua_State *L, const char *usage, const char *fmt, ...)
 {
-    luaL_checkany(L, 1);
+    luaL_where(L, 1);
+    lua_pushfstring(L, "%s: ", usage);
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 3);
+    return lua_error(L);
+}
+
+/* pushes nil, message, code: a runtime failure */
+static int runtime_failure(lua_State *L, const char *message, const char *code)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, message);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+static int api_log(lua_State *L, enum log_level level, const char *usage)
+{
+    if (lua_isnone(L, 1))
+        return usage_error(L, usage, "the message is missing");
     lua_Debug ar;
     char where[160] = "script";
     if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar))
@@ -973,10 +1001,10 @@ static int api_log(lua_State *L, enum log_level level)
     return 0;
 }
 
-static int api_log_debug(lua_State *L) { return api_log(L, LOG_DEBUG); }
-static int api_log_info(lua_State *L) { return api_log(L, LOG_INFO); }
-static int api_log_warn(lua_State *L) { return api_log(L, LOG_WARN); }
-static int api_log_error(lua_State *L) { return api_log(L, LOG_ERROR); }
+static int api_log_debug(lua_State *L) { return api_log(L, LOG_DEBUG, "ratchet.log.debug(message)"); }
+static int api_log_info(lua_State *L) { return api_log(L, LOG_INFO, "ratchet.log.info(message)"); }
+static int api_log_warn(lua_State *L) { return api_log(L, LOG_WARN, "ratchet.log.warn(message)"); }
+static int api_log_error(lua_State *L) { return api_log(L, LOG_ERROR, "ratchet.log.error(message)"); }
 
 static int api_time(lua_State *L)
 {
@@ -992,31 +1020,78 @@ static int api_id(lua_State *L)
     return 1;
 }
 
+static void io_link(script_call *c)
+{
+    script_vm *vm = c->vm;
+    c->io_next = vm->io_waiting;
+    c->io_prev = NULL;
+    if (vm->io_waiting)
+        vm->io_waiting->io_prev = c;
+    vm->io_waiting = c;
+}
+
+static void io_unlink(script_call *c);
+
 static void on_sleep_done(uv_timer_t *t)
 {
     script_call *c = t->data;
+    io_unlink(c);
+    c->sleeping = false;
     c->waiting = false;
     enqueue(c);
+}
+
+/* true after the whole sleep; nil, "the engine is stopping", "cancelled"
+ * when a stop cut it short */
+static int sleep_continue(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    script_call *c = vm_of(L)->current;
+    char *kind = c->io_err_kind, *err = c->io_err;
+    c->io_err_kind = c->io_err = NULL;
+    int n = 1;
+    if (err)
+        n = runtime_failure(L, err, kind ? kind : "cancelled");
+    else
+        lua_pushboolean(L, 1);
+    free(kind);
+    free(err);
+    return n;
+}
+
+/* The check every waiting call makes: only an invocation's own coroutine
+ * can wait. */
+static script_call *waiting_call(lua_State *L, const char *usage)
+{
+    script_call *c = vm_of(L)->current;
+    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
+        usage_error(L, usage, "only an invocation's own coroutine can wait (not at load time, not inside "
+                              "coroutine.wrap or a C callback)");
+    return c;
 }
 
 /* ratchet.sleep(ms): yields the invocation; the loop resumes it later. */
 static int api_sleep(lua_State *L)
 {
-    lua_Integer ms = luaL_checkinteger(L, 1);
-    luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "must be from 0 to 3600000 ms");
-    script_vm *vm = vm_of(L);
-    script_call *c = vm->current;
-    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
-        return luaL_error(L, "ratchet.sleep: only an invocation's own coroutine can wait (not at load time, "
-                             "not inside coroutine.wrap or a C callback)");
+    static const char usage[] = "ratchet.sleep(ms)";
+    int isint = 0;
+    lua_Integer ms = lua_tointegerx(L, 1, &isint);
+    if (!isint)
+        return usage_error(L, usage, "ms must be an integer number of milliseconds (got %s)", luaL_typename(L, 1));
+    if (ms < 0 || ms > 3600000)
+        return usage_error(L, usage, "ms must be from 0 to 3600000 (got %I)", ms);
+    script_call *c = waiting_call(L, usage);
     if (!c->timer) {
         c->timer = xmalloc(sizeof *c->timer);
-        uv_timer_init(vm->loop, c->timer);
+        uv_timer_init(c->vm->loop, c->timer);
         c->timer->data = c;
     }
     c->waiting = true;
+    c->sleeping = true;
+    io_link(c);
     uv_timer_start(c->timer, on_sleep_done, (uint64_t)ms, 0);
-    return lua_yield(L, 0);
+    return lua_yieldk(L, 0, 0, sleep_continue);
 }
 
 /* ---- ratchet.llm.chat / ratchet.http.request ---- */
@@ -1056,8 +1131,12 @@ void script_vm_cancel_io(script_vm *vm)
 {
     while (vm->io_waiting) {
         script_call *c = vm->io_waiting;
-        if (vm->io.cancel)
+        if (c->sleeping) {
+            uv_timer_stop(c->timer);
+            c->sleeping = false;
+        } else if (vm->io.cancel) {
             vm->io.cancel(vm->io.ctx, c->io_op, c->io_handle);
+        }
         on_io_done(c, NULL, "cancelled", "the engine is stopping");
     }
 }
@@ -1073,17 +1152,10 @@ static int io_continue(lua_State *L, int status, lua_KContext ctx)
     if (result) {
         bool ok = script_push_json(L, result, strlen(result));
         n = ok ? 1 : 0;
-        if (!ok) {
-            lua_pushnil(L);
-            lua_pushliteral(L, "the engine returned a result that is not JSON");
-            lua_pushliteral(L, "internal");
-            n = 3;
-        }
+        if (!ok)
+            n = runtime_failure(L, "the engine returned a result that is not JSON", "internal");
     } else {
-        lua_pushnil(L);
-        lua_pushstring(L, err ? err : "failed");
-        lua_pushstring(L, kind ? kind : "error");
-        n = 3;
+        n = runtime_failure(L, err ? err : "failed", kind ? kind : "error");
     }
     free(result);
     free(kind);
@@ -1091,73 +1163,69 @@ static int io_continue(lua_State *L, int status, lua_KContext ctx)
     return n;
 }
 
-/* Encodes the request table, starts the I/O and yields until it ends. */
-static int io_call(lua_State *L, enum script_io_op op, const char *what)
+/* Encodes the request table, checks its shape, starts the I/O and yields
+ * until it ends. */
+static int io_call(lua_State *L, enum script_io_op op, const char *usage)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        return usage_error(L, usage, "the request must be a table (got %s)", luaL_typename(L, 1));
     lua_settop(L, 1);
     script_vm *vm = vm_of(L);
-    script_call *c = vm->current;
-    if (!c || c->loading || L != c->co || !lua_isyieldable(L))
-        return luaL_error(L, "%s: only an invocation's own coroutine can wait (not at load time, not inside "
-                             "coroutine.wrap or a C callback)", what);
-    if (!vm->io.start) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "%s is not available here (no engine)", what);
-        lua_pushliteral(L, "unavailable");
-        return 3;
-    }
-    char err[300];
+    script_call *c = waiting_call(L, usage);
+    char err[400];
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->null_ref);
     if (luajson_encode(L, 1, 2, err, sizeof err) != 0)
-        return luaL_error(L, "%s: the request cannot be sent as JSON: %s", what, err);
+        return usage_error(L, usage, "the request cannot be sent as JSON: %s", err);
     const char *req = lua_tostring(L, -1);
+    if (vm->io.check && vm->io.check(vm->io.ctx, op, req, err, sizeof err) != 0)
+        return usage_error(L, usage, "%s", err);
+    if (!vm->io.start)
+        return runtime_failure(L, lua_pushfstring(L, "%s is not available here (no engine)", usage), "unavailable");
     c->io_op = op;
     c->io_handle = vm->io.start(vm->io.ctx, op, req, c->caller_kind, c->caller_name, on_io_done, c);
     lua_settop(L, 0);
     c->waiting = true;
-    c->io_next = vm->io_waiting;
-    c->io_prev = NULL;
-    if (vm->io_waiting)
-        vm->io_waiting->io_prev = c;
-    vm->io_waiting = c;
+    io_link(c);
     return lua_yieldk(L, 0, 0, io_continue);
 }
 
 /* ratchet.llm.chat{...} -> result, or nil, message, kind */
 static int api_llm_chat(lua_State *L)
 {
-    return io_call(L, SCRIPT_IO_LLM, "ratchet.llm.chat");
+    return io_call(L, SCRIPT_IO_LLM, "ratchet.llm.chat{...}");
 }
 
 /* ratchet.http.request{...} -> {status, body, headers}, or nil, message, kind */
 static int api_http_request(lua_State *L)
 {
-    return io_call(L, SCRIPT_IO_HTTP, "ratchet.http.request");
+    return io_call(L, SCRIPT_IO_HTTP, "ratchet.http.request{...}");
 }
 
-/* json.decode(text) -> value, or nil and a message: bad input is a runtime
- * failure, not a crash of the script. */
+/* json.decode(text) -> value, or nil, message, "bad_json": text from
+ * outside that is not JSON is a runtime failure, not a crash of the script. */
 static int api_json_decode(lua_State *L)
 {
+    int t = lua_type(L, 1);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        return usage_error(L, "ratchet.json.decode(text)", "text must be a string (got %s)", luaL_typename(L, 1));
     size_t len;
-    const char *text = luaL_checklstring(L, 1, &len);
+    const char *text = lua_tolstring(L, 1, &len);
     char err[300];
-    if (luajson_decode(L, text, len, lua_upvalueindex(1), err, sizeof err) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "not valid JSON: %s", err);
-        return 2;
-    }
+    if (luajson_decode(L, text, len, lua_upvalueindex(1), err, sizeof err) != 0)
+        return runtime_failure(L, lua_pushfstring(L, "not valid JSON: %s", err), "bad_json");
     return 1;
 }
 
-/* json.encode(value) -> text; raises on a value JSON cannot hold. */
+/* json.encode(value) -> text; raises on a value JSON cannot hold (the
+ * script built it: a programming error). */
 static int api_json_encode(lua_State *L)
 {
-    luaL_checkany(L, 1);
+    static const char usage[] = "ratchet.json.encode(value)";
+    if (lua_isnone(L, 1))
+        return usage_error(L, usage, "the value is missing");
     char err[300];
     if (luajson_encode(L, 1, lua_upvalueindex(1), err, sizeof err) != 0)
-        return luaL_error(L, "ratchet.json.encode: %s", err);
+        return usage_error(L, usage, "%s", err);
     return 1;
 }
 
@@ -1172,17 +1240,19 @@ static int api_json_is_array(lua_State *L)
     return 1;
 }
 
-/* json.array(t) -> t, marked as an array (so {} encodes as []) */
+/* json.array([t]) -> t, marked as an array (so {} encodes as []) */
 static int api_json_array(lua_State *L)
 {
+    static const char usage[] = "ratchet.json.array([t])";
     if (lua_isnoneornil(L, 1))
         lua_newtable(L);
-    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_istable(L, 1))
+        return usage_error(L, usage, "t must be a table (got %s)", luaL_typename(L, 1));
     lua_settop(L, 1);
     if (lua_getmetatable(L, 1)) {
         luajson_push_array_mt(L);
         if (!lua_rawequal(L, -1, -2))
-            return luaL_argerror(L, 1, "the table already has a metatable");
+            return usage_error(L, usage, "t already has a metatable");
         lua_settop(L, 1);
         return 1;
     }

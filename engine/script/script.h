@@ -53,6 +53,9 @@ void script_limits_default(script_limits *lim);
 typedef void (*script_io_done)(void *done_ud, const char *result, const char *err_kind, const char *err);
 enum script_io_op { SCRIPT_IO_LLM, SCRIPT_IO_HTTP };
 typedef struct {
+    /* optional: 0 when the request's shape is right, or -1 with a message
+     * naming the field; the call then raises (a bug in the script) */
+    int (*check)(void *ctx, enum script_io_op op, const char *request, char *err, size_t errlen);
     void *(*start)(void *ctx, enum script_io_op op, const char *request, const char *caller_kind,
                    const char *caller_name, script_io_done done, void *done_ud);
     void (*cancel)(void *ctx, enum script_io_op op, void *handle);

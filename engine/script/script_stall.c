@@ -310,6 +310,17 @@ static int scratch_enter(lua_State *L, const char *what)
     return d;
 }
 
+/* Raises msg in L as the library raised it in its own state, with the
+ * script's file:line in front as Lua's own functions put it (the library
+ * ran called from C here, where it finds no line to name). */
+static int raise_at_caller(lua_State *L) /* the message on L's top */
+{
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
 /* Ends a call at depth d: copies the results to L (RUN_OK) or raises. */
 static int scratch_leave(lua_State *L, int d, enum run_outcome r, const char *what, int first_result)
 {
@@ -337,7 +348,7 @@ static int scratch_leave(lua_State *L, int d, enum run_outcome r, const char *wh
         const char *msg = lua_tolstring(S, -1, &len);
         lua_pushlstring(L, msg ? msg : "error in a pattern function", msg ? len : 27);
         lua_settop(S, 0);
-        return lua_error(L);
+        return raise_at_caller(L);
     }
     }
 }
@@ -602,6 +613,14 @@ static int checked_lt(lua_State *L)
  * comparator meets the hook). */
 static int stall_sort(lua_State *L)
 {
+    /* Lua's own argument checks, here where they name the script's line and
+     * 'sort' (the real sort, called from C below, would name neither); no
+     * value a script can make passes Lua's check but a table */
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, lua_isnone(L, 2) ? 1 : 2);
+    if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TFUNCTION && lua_type(L, 1) == LUA_TTABLE &&
+        luaL_len(L, 1) > 1)
+        luaL_checktype(L, 2, LUA_TFUNCTION);
     if (lua_type(L, 2) == LUA_TFUNCTION && lua_iscfunction(L, 2)) {
         lua_settop(L, 2);
         lua_pushcclosure(L, checked_cmp, 1);
@@ -675,7 +694,7 @@ static int rex_limited(lua_State *L)
         luaL_addstring(&b, end);
         luaL_pushresult(&b);
     }
-    return lua_error(L);
+    return lua_type(L, -1) == LUA_TSTRING ? raise_at_caller(L) : lua_error(L);
 }
 
 void script_stall_rex(lua_State *L, int idx)

@@ -376,6 +376,11 @@ static const char *const pattern_cases[] = {
     "local s = ('ab'):rep(3000) return s:gsub('b', 'c', 10):sub(1, 30)",
     "local s = ('ab'):rep(3000) local n = 0 for _ in s:gmatch('a') do n = n + 1 end return n",
     "return table.concat({('abc'):byte(1, -1)}, ',')",
+    "local t = {3, 1, 2} table.sort(t, 5) return t[1]",
+    "local t = {} table.sort(t, 5) return #t",
+    "table.sort('abc')",
+    "local t = {3, 1, 2} table.sort(t, nil) return table.concat(t)",
+    "local t = {3, 1, 2} table.sort(t, function(a, b) return a > b end, 'extra') return table.concat(t)",
     NULL,
 };
 

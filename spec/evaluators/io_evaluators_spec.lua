@@ -124,8 +124,14 @@ describe("http_check", function()
   it("refuses calls that try to leave the base URL", function()
     local seen = {}
     local ev = checker(ok200, seen)
+    local many = {}
+    for i = 1, 65 do many[#many + 1] = string.format('"X-H%d": "v"', i) end
     for _, out in ipairs({ '{"path": "https://evil.test/x"}', '{"path": "/../admin"}', '{"path": "x"}',
-                           '{"path": "/a b"}', '{"path": "/@evil.test"}', '{"method": "TRACE", "path": "/x"}', '"just text"' }) do
+                           '{"path": "/a b"}', '{"path": "/@evil.test"}', '{"method": "TRACE", "path": "/x"}', '"just text"',
+                           -- headers the HTTP client would refuse (ratchet.http.request raises on them): bad output
+                           '{"path": "/x", "headers": {"X-A": "1\\r\\nX-Injected: 2"}}',
+                           '{"path": "/x", "headers": {"Bad Name": "1"}}',
+                           '{"path": "/x", "headers": {' .. table.concat(many, ", ") .. '}}' }) do
       local r = ev:evaluate({ output = out }, base)
       assert.equal("ok", r.status, r.reason)
       assert.is_false(r.pass, out)

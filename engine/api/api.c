@@ -76,6 +76,7 @@ const api_route api_routes[] = {
     /* operations (api_ops.c) */
     {"GET", "/healthz", NONE, 0, API_MD, api_healthz, NULL},
     {"GET", "/readyz", NONE, 0, API_MD, api_readyz, NULL},
+    {"GET", "/v1/version", NONE, 0, API_MD, api_version, NULL},
     {"GET", "/v1/status", ADMIN, 0, API_MD, api_status, NULL},
     {"GET", "/metrics", METRICS, 0, API_MD, api_metrics, NULL},
     {"POST", "/v1/evaluations", ADMIN, API_NEEDS_ONLINE, API_MD, api_reevaluate, NULL},

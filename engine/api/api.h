@@ -16,6 +16,10 @@
 #include "loop/runner.h"
 #include "store/store.h"
 
+/* The API's version: the prefix of its paths. An endpoint is added under it;
+ * one that changes or goes away needs the next. */
+#define API_VERSION "v1"
+
 /* What the last reload did, for /v1/status (kept by main). */
 typedef struct {
     uint64_t reloads;

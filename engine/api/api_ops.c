@@ -1,6 +1,6 @@
-/* api_ops.c — the operators' endpoints: /healthz, /readyz, GET /v1/status,
- * GET /metrics (every subsystem writes its families; the ingest counters
- * are written here), POST /v1/evaluations, POST /v1/llm/chat,
+/* api_ops.c — the operators' endpoints: /healthz, /readyz, GET /v1/version,
+ * GET /v1/status, GET /metrics (every subsystem writes its families; the
+ * ingest counters are written here), POST /v1/evaluations, POST /v1/llm/chat,
  * GET /v1/llm/calls and POST /v1/debug/sleep. */
 #include "api/api_ops.h"
 
@@ -14,11 +14,12 @@
 #include "base/log.h"
 #include "base/metrics.h"
 
+/* The Makefile rebuilds this file when `git describe` or the commit moves. */
 #ifndef RATCHET_VERSION
 #define RATCHET_VERSION "0.0.0-dev"
 #endif
 
-/* ---- health ---- */
+/* ---- health and version ---- */
 
 /* GET /healthz: the event loop runs. */
 void api_healthz(const api_call *c)
@@ -37,6 +38,17 @@ void api_readyz(const api_call *c)
         http_respond_error(c->req, 503, "not_ready", c->a->draining ? "the engine is shutting down"
                                                                       : "the store's last commit failed");
     }
+}
+
+/* GET /v1/version: {engine, api, commit} (commit when built from a git checkout). */
+void api_version(const api_call *c)
+{
+    json_t *v = json_pack("{s:s, s:s}", "engine", RATCHET_VERSION, "api", API_VERSION);
+#ifdef RATCHET_COMMIT
+    json_object_set_new(v, "commit", json_string(RATCHET_COMMIT));
+#endif
+    api_respond_json(c->req, 200, v);
+    json_decref(v);
 }
 
 /* ---- status ---- */

@@ -24,7 +24,8 @@
 #define GATE_MD "docs/gate.md"
 #define LOOP_MD "docs/loop.md"
 
-/* Every endpoint, once. */
+/* Every endpoint, once. `ratchet routes` prints this table and
+ * spec/engine/routes_spec.lua checks the docs' endpoint tables against it. */
 const api_route api_routes[] = {
     /* traces (api_ingest.c) */
     {"POST", "/v1/traces", INGEST, API_OWN_ENCODING, API_MD, api_ingest_traces, NULL},

@@ -7,6 +7,8 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 BUILD   ?= build
 CC      ?= gcc
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+# the commit built, when built from a git checkout (GET /v1/version names it)
+COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 
 PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2
 
@@ -22,7 +24,7 @@ MALLOC_DEFS  = $(if $(MALLOC_LIBS),-DRATCHET_MIMALLOC)
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -Iengine $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
-             -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' -DRATCHET_SOURCE_DIR='"$(CURDIR)"' \
+             $(if $(COMMIT),-DRATCHET_COMMIT='"$(COMMIT)"') -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' -DRATCHET_SOURCE_DIR='"$(CURDIR)"' \
              $(MALLOC_DEFS) $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
@@ -89,11 +91,13 @@ $(BUILD)/obj/main.o: engine/main.c $(HDRS) $(BUILD)/version.stamp | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-# rewritten only when `git describe` says something new, so main.o (which
-# prints the version) is rebuilt then and only then
+# rewritten only when `git describe` or the commit says something new, so
+# main.o and api_ops.o (which answer the version) are rebuilt then and only then
 $(BUILD)/version.stamp: FORCE
 	@mkdir -p $(dir $@)
-	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
+	@echo '$(VERSION) $(COMMIT)' | cmp -s - $@ || echo '$(VERSION) $(COMMIT)' > $@
+
+$(BUILD)/obj/api/api_ops.o: $(BUILD)/version.stamp
 
 FORCE:
 

@@ -65,6 +65,7 @@ static const char main_usage[] =
     "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
     "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
     "  init      make a project: config, a custom evaluator and policy with their specs, a dataset\n"
+    "  routes    every endpoint of the HTTP API: method, path, token scope, the doc that describes it\n"
     "  version   print the version\n"
     "  fake-llm  run a fake LLM server (OpenAI and Anthropic APIs, fault injection) for tests\n"
     "  help      show this help, or `ratchet help <command>`\n"
@@ -1209,6 +1210,7 @@ static const command commands[] = {
     {"history", cmd_history, history_usage},
     {"init", cmd_init, init_usage},
     {"dataset", cmd_dataset, dataset_usage},
+    {"routes", cmd_routes, routes_usage},
     {"version", cmd_version, version_usage},
     {"fake-llm", fake_llm_main, fake_llm_usage},
     {NULL, NULL, NULL},

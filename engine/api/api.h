@@ -1,8 +1,10 @@
-/* api.h — the /v1 HTTP API: routing, authentication, ingest and reads. */
+/* api.h — the /v1 HTTP API: its state, its one route table, and the handler
+ * the HTTP server calls for every request. */
 #ifndef RATCHET_API_H
 #define RATCHET_API_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "script/catalog.h"
 #include "conf/config.h"
@@ -13,6 +15,10 @@
 #include "loop/loop.h"
 #include "loop/runner.h"
 #include "store/store.h"
+
+/* The API's version: the prefix of its paths. An endpoint is added under it;
+ * one that changes or goes away needs the next. */
+#define API_VERSION "v1"
 
 /* What the last reload did, for /v1/status (kept by main). */
 typedef struct {
@@ -44,6 +50,45 @@ typedef struct {
         uint64_t items[5]; /* accepted, duplicate, invalid, not_found, failed */
     } ingest_n[2];
 } api;
+
+/* Who may call a route: the token scopes of docs/api.md#authentication.
+ * A scope is a row of the rules in api_request.c (its token, the messages);
+ * a new one (a read-only viewer) is a value here and a row there. */
+enum api_scope { API_SCOPE_NONE, API_SCOPE_INGEST, API_SCOPE_ADMIN, API_SCOPE_METRICS };
+
+/* What a route needs besides its scope (api_route.uses): the dispatcher
+ * answers 503 naming what is missing (unit tests and the fuzzer run the API
+ * without them), or treats the route specially. */
+enum {
+    API_NEEDS_REGISTRY = 1 << 0,
+    API_NEEDS_RUNNER = 1 << 1,
+    API_NEEDS_LOOP = 1 << 2,
+    API_NEEDS_ONLINE = 1 << 3,
+    API_NEEDS_LLM = 1 << 4,
+    API_OWN_ENCODING = 1 << 5, /* the handler checks Content-Encoding itself, after the token (ingest counts it) */
+    API_DEBUG_ONLY = 1 << 6,   /* there only with debug_endpoints = true; else 404 saying so */
+};
+
+/* One request matched to its route: the {name} segments of the pattern in
+ * order (api_request.h has the whole struct). Valid while the handler runs. */
+typedef struct api_call api_call;
+
+/* One route: every endpoint is one row of api_routes[] (api.c). */
+typedef struct {
+    const char *method;      /* GET, POST, PUT, DELETE */
+    const char *pattern;     /* "/v1/prompts/{name}/versions/{version}": a {name} segment matches one non-empty segment */
+    enum api_scope scope;
+    unsigned uses;           /* API_NEEDS_*, API_OWN_ENCODING, API_DEBUG_ONLY */
+    const char *doc;         /* the page that describes it: "docs/gate.md" */
+    void (*handler)(const api_call *c);
+    const char *arg;         /* handed to the handler (an action's name), or NULL */
+} api_route;
+
+extern const api_route api_routes[];
+extern const size_t api_nroutes;
+
+/* "none", "ingest", "admin", "metrics". */
+const char *api_scope_name(enum api_scope s);
 
 /* The http_handler for every request; ctx is an api*. */
 void api_handle(http_request *req, void *ctx);

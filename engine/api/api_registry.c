@@ -1,73 +1,22 @@
-/* api_registry.c — the /v1/prompts, /v1/datasets and /v1/runs endpoints.
- * Changes are checked and applied by the registry on the loop thread and
- * answered once the store has committed them; reads of cases, results and
- * the audit log run in the thread pool. */
+/* api_registry.c — the prompt registry and datasets: /v1/prompts and
+ * /v1/datasets. Changes are checked and applied by the registry on the loop
+ * thread and answered once the store has committed them; reads of cases,
+ * versions, diffs, the audit log and a prompt's online figures run in the
+ * thread pool. */
+#include "api/api_registry.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/api_private.h"
+#include "api/api_request.h"
 #include "base/jtree.h"
 #include "base/log.h"
-#include "base/jtree.h"
 
 #define MAX_NAME 128
 
-/* ---- helpers ---- */
-
-static void respond_reg_error(http_request *req, const reg_error *e)
-{
-    if (e->field[0])
-        http_respond_field_error(req, e->status, e->code, e->field, "%s", e->message);
-    else
-        http_respond_error(req, e->status, e->code, "%s", e->message);
-}
-
-/* The body as a JSON object (an empty body is {}), or NULL having answered. */
-static json_t *body_object(http_request *req)
-{
-    if (req->body.len == 0)
-        return json_object();
-    const char *ct = http_header_get(req, "content-type");
-    if (ct && strncasecmp(ct, "application/json", 16) != 0) {
-        http_respond_field_error(req, 415, "unsupported_media_type", "content-type", "send application/json");
-        return NULL;
-    }
-    json_error_t je;
-    json_t *b = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &je);
-    if (!json_is_object(b)) {
-        http_respond_error(req, 400, "invalid_json", "the body must be a JSON object: %s",
-                           b ? "got another JSON value" : je.text);
-        json_decref(b);
-        return NULL;
-    }
-    return b;
-}
-
-/* Who made a change: the X-Ratchet-Actor header (the CLI sends user@host), else "api". */
-static const char *actor_of(http_request *req)
-{
-    const char *a = http_header_get(req, "x-ratchet-actor"); /* checked by api_registry_route */
-    return a && *a && strlen(a) <= 128 ? a : "api";
-}
-
-/* Checks the body's fields against a list; false having answered. */
-static bool known_fields(http_request *req, json_t *body, const char *const *known, const char *list)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(body, k, v) {
-        bool ok = false;
-        for (const char *const *f = known; *f && !ok; f++)
-            ok = !strcmp(*f, k);
-        if (!ok) {
-            http_respond_field_error(req, 400, "invalid_field", k, "unknown field '%s' (known: %s)", k, list);
-            return false;
-        }
-    }
-    return true;
-}
+/* ---- changes, answered after their commit ---- */
 
 typedef struct {
     api *a;
@@ -161,16 +110,7 @@ static void commit_drop(commit_job *j)
     free(j);
 }
 
-/* Splits "a/b/c" into up to n segments (in buf); returns how many. */
-static int split_path(const char *path, char *buf, size_t buflen, char **seg, int n)
-{
-    snprintf(buf, buflen, "%s", path);
-    int k = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(buf, "/", &save); t && k < n + 1; t = strtok_r(NULL, "/", &save))
-        seg[k++] = t;
-    return k;
-}
+/* ---- views ---- */
 
 static bool version_number(const char *s, int64_t *out)
 {
@@ -210,8 +150,11 @@ static json_t *prompt_view(registry *r, const char *name, json_t *p)
 
 /* ---- prompts ---- */
 
-static void list_prompts(api *a, http_request *req)
+/* GET /v1/prompts */
+void api_list_prompts(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
     json_t *items = json_array();
     const char *name;
     json_t *p;
@@ -240,21 +183,24 @@ static void list_prompts(api *a, http_request *req)
     json_decref(root);
 }
 
-static void create_prompt(api *a, http_request *req)
+/* POST /v1/prompts */
+void api_create_prompt(const api_call *c)
 {
-    json_t *body = body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    json_t *body = api_body_object(req);
     if (!body)
         return;
     static const char *const known[] = {"name", "description", "canary_share", NULL};
     const char *name = json_string_value(json_object_get(body, "name"));
-    if (known_fields(req, body, known, "name, description, canary_share")) {
+    if (api_known_fields(req, body, known, "name, description, canary_share")) {
         commit_job *j = commit_new(a, req);
         reg_error e;
         if (!name) {
             http_respond_field_error(req, 400, "invalid_field", "name", "'name' must be the prompt's name");
             commit_drop(j);
-        } else if (registry_create_prompt(a->registry, name, body, actor_of(req), &j->w, &e)) {
-            respond_reg_error(req, &e);
+        } else if (registry_create_prompt(a->registry, name, body, api_actor(req), &j->w, &e)) {
+            api_respond_reg_error(req, &e);
             commit_drop(j);
         } else {
             j->status = 201;
@@ -266,8 +212,11 @@ static void create_prompt(api *a, http_request *req)
 }
 
 /* GET /v1/prompts/{name}?key=&label=&version=&var.NAME=... */
-static void resolve_prompt(api *a, http_request *req, const char *name)
+void api_resolve_prompt(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     char key[512] = "", label[MAX_NAME + 1] = "";
     int kr = http_query_get(req, "key", key, sizeof key);
     int lr = http_query_get(req, "label", label, sizeof label);
@@ -314,16 +263,20 @@ static void resolve_prompt(api *a, http_request *req, const char *name)
     buf_init(&out);
     reg_error e;
     if (registry_resolve(a->registry, name, kr > 0 ? key : NULL, lr > 0 ? label : NULL, version, vars, &out, &e))
-        respond_reg_error(req, &e);
+        api_respond_reg_error(req, &e);
     else
         http_respond(req, 200, "application/json", "Cache-Control: no-store\r\n", out.data, out.len);
     buf_free(&out);
     json_decref(vars);
 }
 
-static void add_version(api *a, http_request *req, const char *name)
+/* POST /v1/prompts/{name}/versions */
+void api_add_version(const api_call *c)
 {
-    json_t *body = body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    json_t *body = api_body_object(req);
     if (!body)
         return;
     /* a model block must name a provider the config declares: a version
@@ -351,8 +304,8 @@ static void add_version(api *a, http_request *req, const char *name)
     commit_job *j = commit_new(a, req);
     reg_error e;
     int64_t v;
-    if (registry_add_version(a->registry, name, body, actor_of(req), &j->w, &v, &e)) {
-        respond_reg_error(req, &e);
+    if (registry_add_version(a->registry, name, body, api_actor(req), &j->w, &v, &e)) {
+        api_respond_reg_error(req, &e);
         commit_drop(j);
     } else {
         j->status = 201;
@@ -362,8 +315,12 @@ static void add_version(api *a, http_request *req, const char *name)
     json_decref(body);
 }
 
-static void list_versions(api *a, http_request *req, const char *name)
+/* GET /v1/prompts/{name}/versions */
+void api_list_versions(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     json_t *p = registry_prompt(a->registry, name);
     if (!p) {
         http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
@@ -382,8 +339,13 @@ static void list_versions(api *a, http_request *req, const char *name)
     json_decref(root);
 }
 
-static void show_version(api *a, http_request *req, const char *name, const char *vs)
+/* GET /v1/prompts/{name}/versions/{version} */
+void api_show_version(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    const char *vs = c->param[1];
     int64_t v;
     if (!version_number(vs, &v)) {
         http_respond_field_error(req, 400, "invalid_parameter", "version", "a version is a number from 1");
@@ -404,8 +366,12 @@ static void show_version(api *a, http_request *req, const char *name, const char
     json_decref(o);
 }
 
-static void diff_versions(api *a, http_request *req, const char *name)
+/* GET /v1/prompts/{name}/diff?from=&to= */
+void api_diff_versions(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     static const char *const known[] = {"from", "to", NULL};
     long long from = 0, to = 0;
     if (!api_known_params(req, known) || !api_int_param(req, "from", 1, 1000000000, &from) ||
@@ -419,7 +385,7 @@ static void diff_versions(api *a, http_request *req, const char *name)
     json_t *out;
     reg_error e;
     if (registry_diff(a->registry, name, from, to, &out, &e)) {
-        respond_reg_error(req, &e);
+        api_respond_reg_error(req, &e);
         return;
     }
     api_respond_json(req, 200, out);
@@ -427,13 +393,17 @@ static void diff_versions(api *a, http_request *req, const char *name)
 }
 
 /* POST /v1/prompts/{name}/{promote|rollback|canary|pin|unpin} */
-static void prompt_action(api *a, http_request *req, const char *name, const char *action)
+void api_prompt_action(const api_call *c)
 {
-    json_t *body = body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    const char *action = c->route->arg;
+    json_t *body = api_body_object(req);
     if (!body)
         return;
     static const char *const known[] = {"version", "reason", "share", NULL};
-    if (!known_fields(req, body, known, "version, reason, share")) {
+    if (!api_known_fields(req, body, known, "version, reason, share")) {
         json_decref(body);
         return;
     }
@@ -459,18 +429,18 @@ static void prompt_action(api *a, http_request *req, const char *name, const cha
         reg_fail(&e, 400, "invalid_field", "version", "'%s' needs the version", action);
         rc = 400;
     } else if (!strcmp(action, "promote")) {
-        rc = registry_promote(a->registry, name, version, reason ? reason : defreason, actor_of(req), &j->w, &e);
+        rc = registry_promote(a->registry, name, version, reason ? reason : defreason, api_actor(req), &j->w, &e);
     } else if (!strcmp(action, "canary")) {
         rc = registry_start_canary(a->registry, name, version, sj ? json_number_value(sj) : 0,
-                                   reason ? reason : defreason, actor_of(req), &j->w, &e);
+                                   reason ? reason : defreason, api_actor(req), &j->w, &e);
     } else if (!strcmp(action, "rollback")) {
-        rc = registry_rollback(a->registry, name, version, reason ? reason : defreason, actor_of(req), &j->w, &e);
+        rc = registry_rollback(a->registry, name, version, reason ? reason : defreason, api_actor(req), &j->w, &e);
     } else {
-        rc = registry_pin(a->registry, name, !strcmp(action, "pin"), reason ? reason : defreason, actor_of(req),
+        rc = registry_pin(a->registry, name, !strcmp(action, "pin"), reason ? reason : defreason, api_actor(req),
                           &j->w, &e);
     }
     if (rc) {
-        respond_reg_error(req, &e);
+        api_respond_reg_error(req, &e);
         commit_drop(j);
     } else {
         j->status = 200;
@@ -480,23 +450,26 @@ static void prompt_action(api *a, http_request *req, const char *name, const cha
     json_decref(body);
 }
 
-static void set_label(api *a, http_request *req, const char *name, const char *label, bool remove)
+static void set_label(const api_call *c, bool remove)
 {
-    json_t *body = remove ? json_object() : body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0], *label = c->param[1];
+    json_t *body = remove ? json_object() : api_body_object(req);
     if (!body)
         return;
     json_t *vj = json_object_get(body, "version");
     commit_job *j = commit_new(a, req);
     reg_error e;
     static const char *const known[] = {"version", NULL};
-    if (!known_fields(req, body, known, "version")) {
+    if (!api_known_fields(req, body, known, "version")) {
         commit_drop(j);
     } else if (!remove && (!json_is_integer(vj) || json_integer_value(vj) < 1)) {
         http_respond_field_error(req, 400, "invalid_field", "version", "'version' must be the version to label");
         commit_drop(j);
-    } else if (registry_set_label(a->registry, name, label, remove ? 0 : json_integer_value(vj), actor_of(req), &j->w,
+    } else if (registry_set_label(a->registry, name, label, remove ? 0 : json_integer_value(vj), api_actor(req), &j->w,
                                   &e)) {
-        respond_reg_error(req, &e);
+        api_respond_reg_error(req, &e);
         commit_drop(j);
     } else {
         j->status = 200;
@@ -506,93 +479,29 @@ static void set_label(api *a, http_request *req, const char *name, const char *l
     json_decref(body);
 }
 
-/* ---- reads in the thread pool ---- */
-
-typedef struct read_task read_task;
-struct read_task {
-    uv_work_t work;
-    api *a;
-    http_request *req;
-    char *name, *id, *extra;
-    int64_t n1, n2, n3;
-    int limit;
-    int rc;             /* 0 done, 1 not found, 2 the user's error in e, -1 a store error in err */
-    char err[600];
-    reg_error e;
-    bool parse_cases;   /* an import: the body's cases are parsed in the pool */
-    buf_t out;
-    json_t *j1, *j2;
-    const char *content_type;
-    void (*work_fn)(read_task *t);
-    void (*after_fn)(read_task *t);
-};
-
-static void task_work(uv_work_t *w)
+/* PUT /v1/prompts/{name}/labels/{label} {version} */
+void api_set_label(const api_call *c)
 {
-    read_task *t = w->data;
-    t->work_fn(t);
+    set_label(c, false);
 }
 
-/* Answers a task that failed (not found: 404 with code and field; the
- * user's error; a store error: 500) and returns true; false when it did not. */
-static bool task_failed(read_task *t, const char *code, const char *field)
+/* DELETE /v1/prompts/{name}/labels/{label} */
+void api_delete_label(const api_call *c)
 {
-    if (t->rc == 0)
-        return false;
-    if (t->rc == 1 && field)
-        http_respond_field_error(t->req, 404, code, field, "%s", t->err);
-    else if (t->rc == 1)
-        http_respond_error(t->req, 404, code, "%s", t->err);
-    else if (t->rc == 2)
-        respond_reg_error(t->req, &t->e);
-    else {
-        log_error("api", "read failed (id=%s): %s", t->req->id, t->err);
-        http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
-    }
-    return true;
+    set_label(c, true);
 }
 
-static void task_after(uv_work_t *w, int status)
-{
-    (void)status;
-    read_task *t = w->data;
-    if (t->after_fn)
-        t->after_fn(t);
-    else if (!task_failed(t, "not_found", NULL))
-        http_respond(t->req, 200, t->content_type ? t->content_type : "application/json", NULL, t->out.data,
-                     t->out.len);
-    buf_free(&t->out);
-    json_decref(t->j1);
-    json_decref(t->j2);
-    free(t->name);
-    free(t->id);
-    free(t->extra);
-    free(t);
-}
-
-static read_task *task_new(api *a, http_request *req, void (*fn)(read_task *))
-{
-    read_task *t = xcalloc(1, sizeof *t);
-    t->a = a;
-    t->req = req;
-    t->work.data = t;
-    t->work_fn = fn;
-    buf_init(&t->out);
-    return t;
-}
-
-static void task_queue(read_task *t)
-{
-    uv_queue_work(t->a->loop, &t->work, task_work, task_after);
-}
-
-static void history_work(read_task *t)
+static void history_work(api_task *t)
 {
     t->rc = store_list_transitions_json(t->a->store, t->name, t->n1, t->limit, &t->out, t->err, sizeof t->err);
 }
 
-static void prompt_history(api *a, http_request *req, const char *name)
+/* GET /v1/prompts/{name}/history?cursor=&limit= */
+void api_prompt_history(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     static const char *const known[] = {"cursor", "limit", NULL};
     long long cursor = 0, limit = 100;
     if (!api_known_params(req, known) || !api_int_param(req, "cursor", 0, INT64_MAX, &cursor) ||
@@ -602,17 +511,17 @@ static void prompt_history(api *a, http_request *req, const char *name)
         http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
         return;
     }
-    read_task *t = task_new(a, req, history_work);
+    api_task *t = api_task_new(a, req, history_work);
     t->name = xstrdup(name);
     t->n1 = cursor;
     t->limit = (int)limit;
-    task_queue(t);
+    api_task_queue(t);
 }
 
 /* GET /v1/prompts/{name}/metrics?since=&until=&version=: the online figures
  * (pass rate, per evaluator, feedback, latency, cost) of the production and
  * canary versions, or of one version, over a window (default the last 24 h). */
-static void metrics_work(read_task *t)
+static void metrics_work(api_task *t)
 {
     size_t i;
     json_t *v;
@@ -636,8 +545,11 @@ static void metrics_work(read_task *t)
     json_decref(ans);
 }
 
-static void prompt_metrics(api *a, http_request *req, const char *name)
+void api_prompt_metrics(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     static const char *const known[] = {"since", "until", "version", NULL};
     /* until is exclusive: + 1 so a trace acknowledged this millisecond counts */
     int64_t until = now_ms() + 1, since = until - 86400000;
@@ -672,211 +584,12 @@ static void prompt_metrics(api *a, http_request *req, const char *name)
                 json_array_append_new(versions, json_pack("{s:I, s:s}", "version", (json_int_t)n, "status", live[i]));
         }
     }
-    read_task *t = task_new(a, req, metrics_work);
+    api_task *t = api_task_new(a, req, metrics_work);
     t->name = xstrdup(name);
     t->n1 = since;
     t->n2 = until;
     t->j1 = versions;
-    task_queue(t);
-}
-
-/* ---- the loop ---- */
-
-/* The loop's answer to a request: its error, or the prompt's view. */
-static void answer_view(http_request *req, int status, json_t *view, const reg_error *e)
-{
-    if (e)
-        respond_reg_error(req, e);
-    else
-        api_respond_json(req, status, view);
-}
-
-static void on_optimizing(json_t *view, const reg_error *e, void *ud)
-{
-    answer_view(ud, 202, view, e);
-}
-
-static void on_decided(json_t *view, const reg_error *e, void *ud)
-{
-    answer_view(ud, 200, view, e);
-}
-
-static void optimize_prompt(api *a, http_request *req, const char *name)
-{
-    json_t *body = body_object(req);
-    if (!body)
-        return;
-    static const char *const known[] = {NULL};
-    if (!known_fields(req, body, known, "none")) {
-        json_decref(body);
-        return;
-    }
-    json_decref(body);
-    if (!a->loop_sm) {
-        http_respond_error(req, 503, "unavailable", "the loop is not available");
-        return;
-    }
-    reg_error e;
-    if (loop_optimize(a->loop_sm, name, actor_of(req), on_optimizing, req, &e))
-        respond_reg_error(req, &e);
-}
-
-static void decide_run(api *a, http_request *req, const char *id, bool approve)
-{
-    json_t *body = body_object(req);
-    if (!body)
-        return;
-    static const char *const known[] = {"reason", NULL};
-    if (!known_fields(req, body, known, "reason")) {
-        json_decref(body);
-        return;
-    }
-    json_t *rj = json_object_get(body, "reason");
-    if (rj && (!json_is_string(rj) || json_string_length(rj) > 1024)) {
-        json_decref(body);
-        http_respond_field_error(req, 400, "invalid_field", "reason", "'reason' must be a string of at most 1024 bytes");
-        return;
-    }
-    reg_error e;
-    if (!a->loop_sm)
-        http_respond_error(req, 503, "unavailable", "the loop is not available");
-    else if (loop_approve(a->loop_sm, id, approve, json_string_value(rj), actor_of(req), on_decided, req, &e))
-        respond_reg_error(req, &e);
-    json_decref(body);
-}
-
-static void events_work(read_task *t)
-{
-    t->rc = store_list_loop_events(t->a->store, t->name, t->n1, t->limit, &t->j1, t->err, sizeof t->err);
-}
-
-static void events_after(read_task *t)
-{
-    if (task_failed(t, "not_found", NULL))
-        return;
-    /* the view was taken before the read, with its moves on disk: the
-     * events are at least as new as the state */
-    json_t *v = t->j2 ? json_incref(t->j2) : json_pack("{s:s, s:s, s:b}", "prompt", t->name, "state", "idle",
-                                                       "configured", 0);
-    json_object_set(v, "events", t->j1);
-    size_t n = json_array_size(t->j1);
-    if (n)
-        json_object_set(v, "next_cursor", json_object_get(json_array_get(t->j1, n - 1), "seq"));
-    api_respond_json(t->req, 200, v);
-    json_decref(v);
-}
-
-static void events_read(json_t *view, void *ud)
-{
-    read_task *t = ud;
-    t->j2 = json_incref(view);
-    task_queue(t);
-}
-
-/* GET /v1/loop, GET /v1/loop/{prompt}?cursor=&limit= (its state and events) */
-static void route_loop(api *a, http_request *req, char **seg, int n)
-{
-    if (strcmp(req->method, "GET")) {
-        http_respond_error(req, 405, "method_not_allowed", "use GET");
-        return;
-    }
-    if (!a->loop_sm) {
-        http_respond_error(req, 503, "unavailable", "the loop is not available");
-        return;
-    }
-    if (n == 2) {
-        json_t *v = loop_status_json(a->loop_sm);
-        api_respond_json(req, 200, v);
-        json_decref(v);
-        return;
-    }
-    if (n != 3) {
-        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
-        return;
-    }
-    static const char *const known[] = {"cursor", "limit", NULL};
-    long long cursor = 0, limit = 200;
-    if (!api_known_params(req, known) || !api_int_param(req, "cursor", 0, INT64_MAX, &cursor) ||
-        !api_int_param(req, "limit", 1, 1000, &limit))
-        return;
-    if (!registry_prompt(a->registry, seg[2])) {
-        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", seg[2]);
-        return;
-    }
-    read_task *t = task_new(a, req, events_work);
-    t->after_fn = events_after;
-    t->name = xstrdup(seg[2]);
-    t->n1 = cursor;
-    t->limit = (int)limit;
-    loop_prompt_view(a->loop_sm, t->name, events_read, t);
-}
-
-static void route_prompts(api *a, http_request *req, char **seg, int n)
-{
-    const char *m = req->method;
-    if (n == 2) {
-        if (!strcmp(m, "GET"))
-            list_prompts(a, req);
-        else if (!strcmp(m, "POST"))
-            create_prompt(a, req);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
-        return;
-    }
-    const char *name = seg[2];
-    if (n == 3) {
-        if (!strcmp(m, "GET"))
-            resolve_prompt(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-    } else if (n == 4 && !strcmp(seg[3], "versions")) {
-        if (!strcmp(m, "GET"))
-            list_versions(a, req, name);
-        else if (!strcmp(m, "POST"))
-            add_version(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
-    } else if (n == 5 && !strcmp(seg[3], "versions")) {
-        if (!strcmp(m, "GET"))
-            show_version(a, req, name, seg[4]);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-    } else if (n == 4 && !strcmp(seg[3], "diff")) {
-        if (!strcmp(m, "GET"))
-            diff_versions(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-    } else if (n == 4 && !strcmp(seg[3], "history")) {
-        if (!strcmp(m, "GET"))
-            prompt_history(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-    } else if (n == 4 && !strcmp(seg[3], "metrics")) {
-        if (!strcmp(m, "GET"))
-            prompt_metrics(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-    } else if (n == 4 && (!strcmp(seg[3], "promote") || !strcmp(seg[3], "rollback") || !strcmp(seg[3], "canary") ||
-                          !strcmp(seg[3], "pin") || !strcmp(seg[3], "unpin"))) {
-        if (!strcmp(m, "POST"))
-            prompt_action(a, req, name, seg[3]);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-    } else if (n == 4 && !strcmp(seg[3], "optimize")) {
-        if (!strcmp(m, "POST"))
-            optimize_prompt(a, req, name);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-    } else if (n == 5 && !strcmp(seg[3], "labels")) {
-        if (!strcmp(m, "PUT"))
-            set_label(a, req, name, seg[4], false);
-        else if (!strcmp(m, "DELETE"))
-            set_label(a, req, name, seg[4], true);
-        else
-            http_respond_error(req, 405, "method_not_allowed", "use PUT or DELETE");
-    } else {
-        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
-    }
+    api_task_queue(t);
 }
 
 /* ---- datasets ---- */
@@ -891,7 +604,7 @@ static json_t *dataset_view(const char *name, json_t *d)
                      "updated_at", u);
 }
 
-static void export_work(read_task *t)
+static void export_work(api_task *t)
 {
     json_t *cases;
     t->rc = store_dataset_cases(t->a->store, t->name, t->n1, STORE_CASE_TEXTS, &cases, t->err, sizeof t->err);
@@ -905,7 +618,7 @@ static void export_work(read_task *t)
     t->content_type = "application/x-ndjson";
 }
 
-static void change_work(read_task *t)
+static void change_work(api_task *t)
 {
     if (t->parse_cases) { /* up to the body limit (8 MiB): never on the loop */
         json_t *cases;
@@ -923,10 +636,10 @@ static void change_work(read_task *t)
 }
 
 /* j1: {mode, cases, removed, answer fields} */
-static void change_after(read_task *t)
+static void change_after(api_task *t)
 {
     api *a = t->a;
-    if (task_failed(t, "not_found", NULL)) {
+    if (api_task_failed(t, "not_found", NULL)) {
         registry_dataset_unlock(a->registry, t->name);
         return;
     }
@@ -937,7 +650,7 @@ static void change_after(read_task *t)
                                 json_object_get(t->j1, "cases"), json_object_get(t->j1, "removed"), t->j2, &j->w, &v,
                                 &e)) {
         registry_dataset_unlock(a->registry, t->name);
-        respond_reg_error(t->req, &e);
+        api_respond_reg_error(t->req, &e);
         commit_drop(j);
         return;
     }
@@ -966,13 +679,13 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
         return;
     }
     if (registry_dataset_lock(a->registry, name, &e)) {
-        respond_reg_error(req, &e);
+        api_respond_reg_error(req, &e);
         json_decref(cases);
         json_decref(removed);
         json_decref(extra);
         return;
     }
-    read_task *t = task_new(a, req, change_work);
+    api_task *t = api_task_new(a, req, change_work);
     t->after_fn = change_after;
     t->parse_cases = parse;
     t->name = xstrdup(name);
@@ -980,11 +693,15 @@ static void dataset_change(api *a, http_request *req, const char *name, const ch
     t->n1 = d ? json_integer_value(json_object_get(d, "version")) : 0;
     t->j1 = json_pack("{s:s, s:o, s:o, s:o}", "mode", mode, "cases", cases ? cases : json_object(), "removed",
                       removed ? removed : json_array(), "extra", extra ? extra : json_object());
-    task_queue(t);
+    api_task_queue(t);
 }
 
-static void import_cases(api *a, http_request *req, const char *name)
+/* POST /v1/datasets/{name}/cases?mode= (JSON Lines) */
+void api_import_cases(const api_call *c)
 {
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
     static const char *const known[] = {"mode", NULL};
     if (!api_known_params(req, known))
         return;
@@ -997,16 +714,16 @@ static void import_cases(api *a, http_request *req, const char *name)
     dataset_change(a, req, name, mode, NULL, NULL, true, NULL);
 }
 
-static void from_trace_work(read_task *t)
+static void from_trace_work(api_task *t)
 {
     t->rc = store_get_trace_json(t->a->store, t->id, &t->out, t->err, sizeof t->err);
     if (t->rc == 1)
         snprintf(t->err, sizeof t->err, "no trace has id '%s'", t->id);
 }
 
-static void from_trace_after(read_task *t)
+static void from_trace_after(api_task *t)
 {
-    if (task_failed(t, "unknown_trace", "trace_id"))
+    if (api_task_failed(t, "unknown_trace", "trace_id"))
         return;
     json_t *trace = json_loadb(t->out.data, t->out.len, 0, NULL);
     json_t *vars = json_object_get(json_object_get(trace, "input"), "variables");
@@ -1032,20 +749,23 @@ static void from_trace_after(read_task *t)
     int rc = dataset_parse_cases(text, strlen(text), &cases, &e);
     free(text);
     if (rc) {
-        respond_reg_error(t->req, &e);
+        api_respond_reg_error(t->req, &e);
         return;
     }
     dataset_change(t->a, t->req, t->name, "upsert", cases, NULL, false, NULL);
 }
 
 /* POST /v1/datasets/{name}/from-trace {trace_id, expected?, id?, tags?} */
-static void case_from_trace(api *a, http_request *req, const char *name)
+void api_case_from_trace(const api_call *c)
 {
-    json_t *body = body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    json_t *body = api_body_object(req);
     if (!body)
         return;
     static const char *const known[] = {"trace_id", "expected", "id", "tags", NULL};
-    if (!known_fields(req, body, known, "trace_id, expected, id, tags")) {
+    if (!api_known_fields(req, body, known, "trace_id, expected, id, tags")) {
         json_decref(body);
         return;
     }
@@ -1055,22 +775,12 @@ static void case_from_trace(api *a, http_request *req, const char *name)
         json_decref(body);
         return;
     }
-    read_task *t = task_new(a, req, from_trace_work);
+    api_task *t = api_task_new(a, req, from_trace_work);
     t->after_fn = from_trace_after;
     t->name = xstrdup(name);
     t->id = xstrdup(tid);
     t->j1 = body;
-    task_queue(t);
-}
-
-/* A time from JSON: RFC 3339 text or integer milliseconds. */
-static bool json_time_ok(json_t *v, int64_t *out)
-{
-    if (json_is_integer(v) && json_integer_value(v) >= 0) {
-        *out = json_integer_value(v);
-        return true;
-    }
-    return json_is_string(v) && time_parse(json_string_value(v), out);
+    api_task_queue(t);
 }
 
 static bool meta_key_ok(const char *k)
@@ -1080,7 +790,7 @@ static bool meta_key_ok(const char *k)
 }
 
 /* j1: the request body; j2: the traces found; n1: duplicates skipped */
-static void from_traces_work(read_task *t)
+static void from_traces_work(api_task *t)
 {
     json_t *b = t->j1;
     store_trace_filter f = {.prompt = json_string_value(json_object_get(b, "prompt")),
@@ -1090,9 +800,9 @@ static void from_traces_work(read_task *t)
                             .limit = json_object_get(b, "limit") ? (int)json_integer_value(json_object_get(b, "limit"))
                                                                  : 1000};
     if (json_object_get(b, "since"))
-        json_time_ok(json_object_get(b, "since"), &f.since_ms);
+        api_json_time(json_object_get(b, "since"), &f.since_ms);
     if (json_object_get(b, "until"))
-        json_time_ok(json_object_get(b, "until"), &f.until_ms);
+        api_json_time(json_object_get(b, "until"), &f.until_ms);
     if (json_is_boolean(json_object_get(b, "failed")))
         f.failed = json_is_true(json_object_get(b, "failed"));
     const char *k;
@@ -1156,9 +866,9 @@ static void from_traces_work(read_task *t)
     json_decref(traces);
 }
 
-static void from_traces_after(read_task *t)
+static void from_traces_after(api_task *t)
 {
-    if (task_failed(t, "not_found", NULL))
+    if (api_task_failed(t, "not_found", NULL))
         return;
     json_t *extra = json_pack("{s:{s:I, s:I}}", "from_traces", "matched", (json_int_t)t->n2, "duplicates",
                               (json_int_t)t->n1);
@@ -1172,14 +882,17 @@ static void from_traces_after(read_task *t)
  * failed?, evaluator?, metadata?, limit?, tags?, expected_from?, mode?}:
  * one case per matching trace with input.variables (the newest of those with
  * the same variables), its id and source_trace the trace's id. */
-static void cases_from_traces(api *a, http_request *req, const char *name)
+void api_cases_from_traces(const api_call *c)
 {
-    json_t *body = body_object(req);
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    json_t *body = api_body_object(req);
     if (!body)
         return;
     static const char *const known[] = {"prompt", "version", "since", "until", "failed", "evaluator", "metadata",
                                         "limit", "tags", "expected_from", "mode", NULL};
-    if (!known_fields(req, body, known,
+    if (!api_known_fields(req, body, known,
                       "prompt, version, since, until, failed, evaluator, metadata, limit, tags, expected_from, mode")) {
         json_decref(body);
         return;
@@ -1192,12 +905,12 @@ static void cases_from_traces(api *a, http_request *req, const char *name)
         bad = "prompt", why = "'prompt' must be a prompt name (the traces' prompt.name)";
     else if ((v = json_object_get(body, "version")) && (!json_is_integer(v) || json_integer_value(v) < 1))
         bad = "version", why = "'version' must be an integer of at least 1 (a prompt version)";
-    else if ((v = json_object_get(body, "since")) && !json_time_ok(v, &t0))
+    else if ((v = json_object_get(body, "since")) && !api_json_time(v, &t0))
         bad = "since", why = "'since' must be an RFC 3339 time or milliseconds since the epoch";
-    else if ((v = json_object_get(body, "until")) && !json_time_ok(v, &t1))
+    else if ((v = json_object_get(body, "until")) && !api_json_time(v, &t1))
         bad = "until", why = "'until' must be an RFC 3339 time or milliseconds since the epoch";
     else if (json_object_get(body, "since") && json_object_get(body, "until") &&
-             json_time_ok(json_object_get(body, "since"), &t0) && t1 <= t0)
+             api_json_time(json_object_get(body, "since"), &t0) && t1 <= t0)
         bad = "until", why = "'until' must be after 'since'";
     else if ((v = json_object_get(body, "failed")) && !json_is_boolean(v))
         bad = "failed", why = "'failed' must be true (only failed traces) or false (only the others)";
@@ -1237,14 +950,14 @@ static void cases_from_traces(api *a, http_request *req, const char *name)
         json_decref(body);
         return;
     }
-    read_task *t = task_new(a, req, from_traces_work);
+    api_task *t = api_task_new(a, req, from_traces_work);
     t->after_fn = from_traces_after;
     t->name = xstrdup(name);
     t->j1 = body;
-    task_queue(t);
+    api_task_queue(t);
 }
 
-static void versions_work(read_task *t)
+static void versions_work(api_task *t)
 {
     json_t *items;
     t->rc = store_dataset_versions(t->a->store, t->name, t->n1, &items, t->err, sizeof t->err);
@@ -1256,7 +969,7 @@ static void versions_work(read_task *t)
 }
 
 /* Cases of two versions (id order) merged: added, removed, changed. */
-static void diff_work(read_task *t)
+static void diff_work(api_task *t)
 {
     json_t *a, *b;
     t->rc = store_dataset_cases(t->a->store, t->name, t->n1, STORE_CASE_OBJECTS, &a, t->err, sizeof t->err);
@@ -1292,9 +1005,24 @@ static void diff_work(read_task *t)
     json_decref(b);
 }
 
-/* GET /v1/datasets/{name}/diff?from=&to= */
-static void dataset_diff(api *a, http_request *req, const char *name, json_t *d)
+/* The dataset a route names, or NULL having answered 404. */
+static json_t *dataset_of(const api_call *c)
 {
+    json_t *d = registry_dataset(c->a->registry, c->param[0]);
+    if (!d)
+        http_respond_field_error(c->req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", c->param[0]);
+    return d;
+}
+
+/* GET /v1/datasets/{name}/diff?from=&to= */
+void api_dataset_diff(const api_call *c)
+{
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    json_t *d = dataset_of(c);
+    if (!d)
+        return;
     static const char *const known[] = {"from", "to", NULL};
     long long from = 0, to = 0;
     if (!api_known_params(req, known) || !api_int_param(req, "from", 1, 1000000000, &from) ||
@@ -1311,329 +1039,77 @@ static void dataset_diff(api *a, http_request *req, const char *name, json_t *d)
                                  "dataset '%s' has versions 1 to %lld", name, (long long)cur);
         return;
     }
-    read_task *t = task_new(a, req, diff_work);
+    api_task *t = api_task_new(a, req, diff_work);
     t->name = xstrdup(name);
     t->n1 = from;
     t->n2 = to;
-    task_queue(t);
+    api_task_queue(t);
 }
 
-static void route_datasets(api *a, http_request *req, char **seg, int n)
+/* GET /v1/datasets/{name}/versions */
+void api_dataset_versions(const api_call *c)
 {
-    const char *m = req->method;
-    if (n == 2) {
-        if (strcmp(m, "GET")) {
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-            return;
-        }
-        json_t *items = json_array();
-        const char *name;
-        json_t *d;
-        json_object_foreach(registry_datasets(a->registry), name, d)
-            json_array_append_new(items, dataset_view(name, d));
-        json_t *root = json_pack("{s:o}", "items", items);
-        api_respond_json(req, 200, root);
-        json_decref(root);
+    static const char *const none[] = {NULL};
+    json_t *d = dataset_of(c);
+    if (!d || !api_known_params(c->req, none))
         return;
-    }
-    const char *name = seg[2];
-    json_t *d = registry_dataset(a->registry, name);
-    if (n == 3) {
-        if (strcmp(m, "GET")) {
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-        } else if (!d) {
-            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
-        } else {
-            json_t *o = dataset_view(name, d);
-            api_respond_json(req, 200, o);
-            json_decref(o);
-        }
-    } else if (n == 4 && !strcmp(seg[3], "cases")) {
-        if (!strcmp(m, "POST")) {
-            import_cases(a, req, name);
-        } else if (!strcmp(m, "GET")) {
-            static const char *const known[] = {"version", NULL};
-            long long version = 0;
-            if (!api_known_params(req, known) || !api_int_param(req, "version", 1, 1000000000, &version))
-                return;
-            if (!d) {
-                http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
-                return;
-            }
-            int64_t cur = json_integer_value(json_object_get(d, "version"));
-            if (version > cur) {
-                http_respond_field_error(req, 404, "unknown_version", "version", "dataset '%s' has versions 1 to %lld",
-                                         name, (long long)cur);
-                return;
-            }
-            read_task *t = task_new(a, req, export_work);
-            t->name = xstrdup(name);
-            t->n1 = version ? version : cur;
-            task_queue(t);
-        } else {
-            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
-        }
-    } else if (n == 5 && !strcmp(seg[3], "cases")) {
-        if (strcmp(m, "DELETE")) {
-            http_respond_error(req, 405, "method_not_allowed", "use DELETE");
-        } else if (!d) {
-            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
-        } else {
-            json_t *removed = json_pack("[s]", seg[4]);
-            dataset_change(a, req, name, "upsert", NULL, removed, false, NULL);
-        }
-    } else if (n == 4 && !strcmp(seg[3], "from-trace")) {
-        if (strcmp(m, "POST"))
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-        else
-            case_from_trace(a, req, name);
-    } else if (n == 4 && !strcmp(seg[3], "from-traces")) {
-        if (strcmp(m, "POST"))
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-        else
-            cases_from_traces(a, req, name);
-    } else if (n == 4 && (!strcmp(seg[3], "versions") || !strcmp(seg[3], "diff"))) {
-        if (strcmp(m, "GET")) {
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-        } else if (!d) {
-            http_respond_field_error(req, 404, "unknown_dataset", "dataset", "no dataset named '%s'", name);
-        } else if (!strcmp(seg[3], "diff")) {
-            dataset_diff(a, req, name, d);
-        } else {
-            static const char *const none[] = {NULL};
-            if (!api_known_params(req, none))
-                return;
-            read_task *t = task_new(a, req, versions_work);
-            t->name = xstrdup(name);
-            t->n1 = json_integer_value(json_object_get(d, "version"));
-            task_queue(t);
-        }
-    } else {
-        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
-    }
+    api_task *t = api_task_new(c->a, c->req, versions_work);
+    t->name = xstrdup(c->param[0]);
+    t->n1 = json_integer_value(json_object_get(d, "version"));
+    api_task_queue(t);
 }
 
-/* ---- runs ---- */
-
-static void on_run_started(const char *id, json_t *view, const reg_error *e, void *ud)
+/* GET /v1/datasets */
+void api_list_datasets(const api_call *c)
 {
-    http_request *req = ud;
-    (void)id;
-    if (e)
-        respond_reg_error(req, e);
-    else
-        api_respond_json(req, 201, view);
-}
-
-static void start_run(api *a, http_request *req)
-{
-    json_t *body = body_object(req);
-    if (!body)
-        return;
-    reg_error e;
-    if (runner_start(a->runner, body, actor_of(req), on_run_started, req, &e))
-        respond_reg_error(req, &e);
-    json_decref(body);
-}
-
-static void get_run_work(read_task *t)
-{
-    t->rc = store_get_run(t->a->store, t->id, &t->j1, t->err, sizeof t->err);
-    if (t->rc == 1)
-        snprintf(t->err, sizeof t->err, "no run has id '%s'", t->id);
-}
-
-static void get_run_after(read_task *t)
-{
-    if (task_failed(t, "unknown_run", "id"))
-        return;
-    json_t *p = runner_progress(t->a->runner, t->id);
-    if (p)
-        json_object_set_new(t->j1, "progress", p);
-    json_object_del(t->j1, "created_ms");
-    api_respond_json(t->req, 200, t->j1);
-}
-
-/* ?wait=: the run ended, the wait is over or the engine drains: read it now */
-static void run_waited(void *ud)
-{
-    task_queue(ud);
-}
-
-static void list_runs_work(read_task *t)
-{
-    t->rc = store_list_runs(t->a->store, t->name, t->limit, &t->j1, t->err, sizeof t->err);
-}
-
-static void list_runs_after(read_task *t)
-{
-    if (task_failed(t, "not_found", NULL))
-        return;
-    size_t i;
-    json_t *r;
-    json_array_foreach(t->j1, i, r) {
-        json_t *p = runner_progress(t->a->runner, json_string_value(json_object_get(r, "id")));
-        if (p)
-            json_object_set_new(r, "progress", p);
-        json_object_del(r, "created_ms");
-    }
-    json_t *root = json_pack("{s:O}", "items", t->j1);
-    api_respond_json(t->req, 200, root);
+    json_t *items = json_array();
+    const char *name;
+    json_t *d;
+    json_object_foreach(registry_datasets(c->a->registry), name, d)
+        json_array_append_new(items, dataset_view(name, d));
+    json_t *root = json_pack("{s:o}", "items", items);
+    api_respond_json(c->req, 200, root);
     json_decref(root);
 }
 
-static void results_work(read_task *t)
+/* GET /v1/datasets/{name} */
+void api_show_dataset(const api_call *c)
 {
-    json_t *rows;
-    int64_t idx = t->n1;
-    t->rc = store_run_results(t->a->store, t->id, t->n1 >= 0 ? &idx : NULL, 1, t->n2, t->limit, &rows, t->err,
-                              sizeof t->err);
-    json_t *cases;
-    if (t->rc == 0)
-        t->rc = store_run_cases(t->a->store, t->id, STORE_CASE_OBJECTS, &cases, t->err, sizeof t->err);
-    else
-        cases = json_array();
-    size_t i;
-    json_t *r;
-    int64_t last = -1;
-    json_array_foreach(rows, i, r) {
-        json_t *c = json_array_get(cases, (size_t)json_integer_value(json_object_get(r, "case")));
-        json_object_set(r, "case_id", json_object_get(c, "id"));
-        last = json_integer_value(json_object_get(r, "case"));
-    }
-    json_t *root = json_pack("{s:o, s:o}", "items", rows, "next_cursor",
-                             (int)json_array_size(rows) >= t->limit && last >= 0 ? json_integer(last) : json_null());
-    char *s = jtree_dump_text(root, false);
-    buf_puts(&t->out, s);
-    free(s);
-    json_decref(root);
-    json_decref(cases);
+    json_t *d = dataset_of(c);
+    if (!d)
+        return;
+    json_t *o = dataset_view(c->param[0], d);
+    api_respond_json(c->req, 200, o);
+    json_decref(o);
 }
 
-static void route_runs(api *a, http_request *req, char **seg, int n)
+/* GET /v1/datasets/{name}/cases?version= (JSON Lines) */
+void api_export_cases(const api_call *c)
 {
-    const char *m = req->method;
-    if (!a->runner) {
-        http_respond_error(req, 503, "unavailable", "regression runs are not available");
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    static const char *const known[] = {"version", NULL};
+    long long version = 0;
+    if (!api_known_params(req, known) || !api_int_param(req, "version", 1, 1000000000, &version))
+        return;
+    json_t *d = dataset_of(c);
+    if (!d)
+        return;
+    int64_t cur = json_integer_value(json_object_get(d, "version"));
+    if (version > cur) {
+        http_respond_field_error(req, 404, "unknown_version", "version", "dataset '%s' has versions 1 to %lld", name,
+                                 (long long)cur);
         return;
     }
-    if (n == 2) {
-        if (!strcmp(m, "POST")) {
-            start_run(a, req);
-        } else if (!strcmp(m, "GET")) {
-            static const char *const known[] = {"prompt", "limit", NULL};
-            long long limit = 50;
-            char prompt[MAX_NAME + 1];
-            if (!api_known_params(req, known) || !api_int_param(req, "limit", 1, 1000, &limit))
-                return;
-            int pr = http_query_get(req, "prompt", prompt, sizeof prompt);
-            if (pr < 0) {
-                http_respond_field_error(req, 400, "invalid_parameter", "prompt", "'prompt' must be a prompt name");
-                return;
-            }
-            read_task *t = task_new(a, req, list_runs_work);
-            t->after_fn = list_runs_after;
-            t->name = pr > 0 ? xstrdup(prompt) : NULL;
-            t->limit = (int)limit;
-            task_queue(t);
-        } else {
-            http_respond_error(req, 405, "method_not_allowed", "use GET or POST");
-        }
-        return;
-    }
-    const char *id = seg[2];
-    if (strlen(id) > 64) {
-        http_respond_field_error(req, 400, "invalid_parameter", "id", "a run id is at most 64 characters");
-    } else if (n == 3) {
-        static const char *const known[] = {"wait", NULL};
-        long long wait = 0;
-        if (strcmp(m, "GET")) {
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-            return;
-        }
-        if (!api_known_params(req, known) || !api_int_param(req, "wait", 0, 60000, &wait))
-            return;
-        read_task *t = task_new(a, req, get_run_work);
-        t->after_fn = get_run_after;
-        t->id = xstrdup(id);
-        if (!wait || !runner_wait(a->runner, id, (uint64_t)wait, run_waited, t))
-            task_queue(t);
-    } else if (n == 4 && !strcmp(seg[3], "results")) {
-        static const char *const known[] = {"case", "cursor", "limit", NULL};
-        long long ci = -1, cursor = -1, limit = 500;
-        if (strcmp(m, "GET")) {
-            http_respond_error(req, 405, "method_not_allowed", "use GET");
-            return;
-        }
-        if (!api_known_params(req, known) || !api_int_param(req, "case", 0, 10000000, &ci) ||
-            !api_int_param(req, "cursor", 0, 10000000, &cursor) || !api_int_param(req, "limit", 1, 5000, &limit))
-            return;
-        read_task *t = task_new(a, req, results_work);
-        t->id = xstrdup(id);
-        t->n1 = ci;
-        t->n2 = cursor;
-        t->limit = (int)limit;
-        task_queue(t);
-    } else if (n == 4 && (!strcmp(seg[3], "approve") || !strcmp(seg[3], "reject"))) {
-        if (strcmp(m, "POST"))
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-        else
-            decide_run(a, req, id, !strcmp(seg[3], "approve"));
-    } else if (n == 4 && !strcmp(seg[3], "cancel")) {
-        reg_error e;
-        if (strcmp(m, "POST"))
-            http_respond_error(req, 405, "method_not_allowed", "use POST");
-        else if (runner_cancel(a->runner, id, &e))
-            respond_reg_error(req, &e);
-        else
-            http_respond(req, 202, "application/json", NULL, "{\"state\":\"stopping\"}", 20);
-    } else {
-        http_respond_error(req, 404, "not_found", "no endpoint at %s", req->path);
-    }
+    api_task *t = api_task_new(c->a, req, export_work);
+    t->name = xstrdup(name);
+    t->n1 = version ? version : cur;
+    api_task_queue(t);
 }
 
-bool api_registry_route(api *a, http_request *req)
+/* DELETE /v1/datasets/{name}/cases/{id}: a new version without the case */
+void api_delete_case(const api_call *c)
 {
-    const char *path = req->path;
-    bool prompts = !strncmp(path, "/v1/prompts", 11) && (path[11] == '\0' || path[11] == '/');
-    bool datasets = !strncmp(path, "/v1/datasets", 12) && (path[12] == '\0' || path[12] == '/');
-    bool runs = !strncmp(path, "/v1/runs", 8) && (path[8] == '\0' || path[8] == '/');
-    bool lp = !strncmp(path, "/v1/loop", 8) && (path[8] == '\0' || path[8] == '/');
-    if (!prompts && !datasets && !runs && !lp)
-        return false;
-    char buf[1024];
-    char *seg[8];
-    if (strlen(path) >= sizeof buf) {
-        http_respond_error(req, 414, "uri_too_long", "the path is too long");
-        return true;
-    }
-    int n = split_path(path, buf, sizeof buf, seg, 7);
-    /* applications resolve their prompt with the ingest token; the rest is admin */
-    bool resolve = prompts && n == 3 && !strcmp(req->method, "GET");
-    if (!api_authorize(a, req, resolve ? SCOPE_INGEST : SCOPE_ADMIN))
-        return true;
-    if (!a->registry) {
-        http_respond_error(req, 503, "unavailable", "the registry is not available");
-        return true;
-    }
-    /* the actor goes into the audit log and every answer that shows it */
-    const char *actor = http_header_get(req, "x-ratchet-actor");
-    if (actor && (!utf8_valid(actor, strlen(actor)) || strlen(actor) > 128)) {
-        http_respond_field_error(req, 400, "invalid_header", "x-ratchet-actor",
-                                 "X-Ratchet-Actor must be UTF-8 text of at most 128 bytes");
-        return true;
-    }
-    if (n > 7) {
-        http_respond_error(req, 404, "not_found", "no endpoint at %s", path);
-        return true;
-    }
-    if (prompts)
-        route_prompts(a, req, seg, n);
-    else if (datasets)
-        route_datasets(a, req, seg, n);
-    else if (lp)
-        route_loop(a, req, seg, n);
-    else
-        route_runs(a, req, seg, n);
-    return true;
+    if (dataset_of(c))
+        dataset_change(c->a, c->req, c->param[0], "upsert", NULL, json_pack("[s]", c->param[1]), false, NULL);
 }

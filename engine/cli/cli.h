@@ -37,5 +37,7 @@ extern const char init_usage[];
 extern const char dataset_usage[];
 int cmd_dataset(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+extern const char routes_usage[];
+int cmd_routes(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@
 #include "base/metrics.h"
 #include "script/policy.h"
 #include "loop/prompt_metrics.h"
+#include "loop/loop_states.h"
 #include "loop/provenance.h"
 #include "base/util.h"
 #include "base/jtree.h"
@@ -31,7 +32,7 @@ struct lprompt {
     char *name;
     json_t *set;         /* the loop settings with defaults filled; NULL: not configured now */
     /* durable (the loop_state row) */
-    char state[24];
+    loop_state state;
     char *cycle, *run_id;
     int64_t version;
     int step;
@@ -160,7 +161,7 @@ static lprompt *get(optloop *lp, const char *name)
     p = xcalloc(1, sizeof *p);
     p->lp = lp;
     p->name = xstrdup(name);
-    snprintf(p->state, sizeof p->state, "idle");
+    p->state = LOOP_IDLE;
     p->detail = json_object();
     p->next = lp->prompts;
     lp->prompts = p;
@@ -246,7 +247,12 @@ int loop_load(optloop *lp, char *err, size_t errlen)
     json_t *r;
     json_object_foreach(rows, name, r) {
         lprompt *p = get(lp, name);
-        snprintf(p->state, sizeof p->state, "%s", json_string_value(json_object_get(r, "state")));
+        const char *stored = json_string_value(json_object_get(r, "state"));
+        if (!loop_state_parse(stored, &p->state)) {
+            log_error("loop", "%s: the stored loop state '%s' is none the engine knows; taken as idle", name,
+                      stored ? stored : "(none)");
+            p->state = LOOP_IDLE;
+        }
         const char *s = json_string_value(json_object_get(r, "cycle"));
         p->cycle = s ? xstrdup(s) : NULL;
         s = json_string_value(json_object_get(r, "run_id"));
@@ -278,7 +284,7 @@ static void put_state(lprompt *p, store_write *w)
 {
     char *detail = json_text(p->detail, JSON_COMPACT);
     store_loop_state ls = {.prompt = p->name,
-                           .state = p->state,
+                           .state = loop_state_name(p->state),
                            .cycle = p->cycle,
                            .run_id = p->run_id,
                            .version = p->version,
@@ -308,9 +314,20 @@ static void event(lprompt *p, store_write *w, const char *kind, json_t *detail, 
     json_decref(detail);
 }
 
-static void set_state(lprompt *p, const char *state)
+/* Moves p along the state table (loop/loop_states.c) by ev. A move the
+ * table does not have is a bug: it is logged and counted, and the state
+ * stays. */
+static bool set_state(lprompt *p, loop_event ev)
 {
-    snprintf(p->state, sizeof p->state, "%s", state);
+    loop_state to;
+    if (!loop_next(p->state, ev, &to)) {
+        p->lp->n.errors++;
+        log_error("loop", "%s: no move on '%s' from %s (a bug: the state stays)", p->name, loop_event_name(ev),
+                  loop_state_name(p->state));
+        return false;
+    }
+    p->state = to;
+    return true;
 }
 
 /* The prompt's moves are all on disk: what its view shows is stored. */
@@ -515,7 +532,7 @@ static json_t *state_json(lprompt *p)
     int64_t now = now_ms();
     int64_t canary = registry_version_in(p->lp->reg, p->name, "canary");
     /* absent, not null: a JSON null reaches Lua as a value, not nil */
-    return json_pack("{s:s, s:s, s:b, s:o*, s:o*, s:o*, s:I, s:O}", "prompt", p->name, "state", p->state, "pinned",
+    return json_pack("{s:s, s:s, s:b, s:o*, s:o*, s:o*, s:I, s:O}", "prompt", p->name, "state", loop_state_name(p->state), "pinned",
                      json_is_true(json_object_get(pr, "pinned")), "canary", canary ? json_integer(canary) : NULL,
                      "last_cycle_at", p->last_cycle_at ? json_integer(p->last_cycle_at) : NULL,
                      "since_last_cycle_ms", p->last_cycle_at ? json_integer(now - p->last_cycle_at) : NULL, "now_ms",
@@ -554,7 +571,7 @@ static void trigger_decided(lprompt *p, json_t *res, const char *err)
         return;
     }
     const char *reason = json_string_value(json_object_get(res, "reason"));
-    if (!json_is_true(json_object_get(res, "optimize")) || strcmp(p->state, "idle") ||
+    if (!json_is_true(json_object_get(res, "optimize")) || p->state != LOOP_IDLE ||
         json_is_true(json_object_get(registry_prompt(p->lp->reg, p->name), "pinned"))) {
         decide(p, "no optimization: %s", reason ? reason : "(no reason given)");
         p->busy = false;
@@ -602,7 +619,7 @@ static void begin_cycle(lprompt *p, const char *actor, const char *reason)
     p->run_id = NULL;
     p->version = 0;
     p->last_cycle_at = now_ms();
-    set_state(p, "optimizing");
+    set_state(p, LOOP_EV_TRIGGER);
     cycle_free(p->cyc);
     p->cyc = xcalloc(1, sizeof *p->cyc);
     p->cyc->baseline = registry_version_in(lp->reg, p->name, "production");
@@ -1180,7 +1197,7 @@ static void gate_started(const char *id, json_t *view, const reg_error *e, void 
     }
     free(p->run_id);
     p->run_id = xstrdup(id);
-    set_state(p, "gating");
+    set_state(p, LOOP_EV_GATE_STARTED);
     move *m = move_new();
     size_t i;
     json_t *v;
@@ -1293,7 +1310,7 @@ static void parsed(lprompt *p, json_t *res, const char *err)
           "%s", msg.data);
     buf_free(&msg);
     if (json_array_size(c->versions) == 0) {
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_NO_CANDIDATE);
         ended(p, OUT_NO_CANDIDATE);
         decide(p, "no valid candidate");
         commit(p, m, release, NULL);
@@ -1324,7 +1341,7 @@ static void cycle_abort(lprompt *p, const char *kind, const char *why)
             registry_transition(lp->reg, p->name, (int64_t)i + 1, "rejected", why, "loop", &m->w, &e);
         }
     }
-    set_state(p, "idle");
+    set_state(p, LOOP_EV_ABORT);
     ended(p, !strcmp(kind, "error") ? OUT_ERROR : OUT_ABORTED);
     event(p, &m->w, kind, NULL, "%s", why);
     decide(p, "%s: %s", kind, why);
@@ -1398,7 +1415,7 @@ static void gate_apply(lprompt *p, json_t *report, const char *run_state)
     bool pinned = json_is_true(json_object_get(pr, "pinned"));
     if (json_is_integer(winner) && (json_is_true(json_object_get(p->set, "require_approval")) || pinned || hold)) {
         p->version = json_integer_value(winner);
-        set_state(p, "awaiting_approval");
+        set_state(p, LOOP_EV_GATE_HOLD);
         event(p, &m->w, "approval", hold ? json_pack("{s:s}", "hold", hold) : NULL,
               "v%lld passed the gate and waits for a human: ratchet approve %s%s%s", (long long)p->version, p->run_id,
               hold ? "; held: " : pinned ? " (the prompt is pinned)" : "", hold ? hold : "");
@@ -1407,7 +1424,7 @@ static void gate_apply(lprompt *p, json_t *report, const char *run_state)
     } else if (json_is_integer(winner) && p->set) {
         begin_canary(p, &m->w, json_integer_value(winner), "loop");
     } else {
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_GATE_NONE);
         ended(p, OUT_NO_WINNER);
         decide(p, "the gate showed no candidate improved");
     }
@@ -1421,7 +1438,7 @@ static void on_run_finished(const char *id, json_t *run, void *ud)
 {
     optloop *lp = ud;
     for (lprompt *p = lp->prompts; p; p = p->next)
-        if (!strcmp(p->state, "gating") && p->run_id && !strcmp(p->run_id, id)) {
+        if (p->state == LOOP_GATING && p->run_id && !strcmp(p->run_id, id)) {
             gate_apply(p, json_object_get(run, "report"), json_string_value(json_object_get(run, "state")));
             return;
         }
@@ -1439,7 +1456,7 @@ static void run_read(void *ud)
 {
     pool_read *r = ud;
     lprompt *p = r->p;
-    if (strcmp(p->state, "gating") || !p->run_id || strcmp(p->run_id, r->run_id)) {
+    if (p->state != LOOP_GATING || !p->run_id || strcmp(p->run_id, r->run_id)) {
         p->busy = false;
         return;
     }
@@ -1524,7 +1541,7 @@ static void begin_canary(lprompt *p, store_write *w, int64_t version, const char
     char reason[200];
     snprintf(reason, sizeof reason, "canary at %g%% of traffic (gate run %s)", share * 100, p->run_id ? p->run_id : "");
     if (registry_start_canary(lp->reg, p->name, version, share, reason, actor, w, &e)) {
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_CANARY_FAILED);
         ended(p, OUT_ERROR);
         event(p, w, "error", NULL, "v%lld could not start as a canary: %s", (long long)version, e.message);
         lp->n.errors++;
@@ -1535,7 +1552,7 @@ static void begin_canary(lprompt *p, store_write *w, int64_t version, const char
     p->step_started = p->canary_started = now_ms();
     json_object_set_new(p->detail, "step_base", json_integer(0));
     json_object_set_new(p->detail, "share", json_real(share));
-    set_state(p, "canary");
+    set_state(p, p->state == LOOP_AWAITING_APPROVAL ? LOOP_EV_APPROVE : LOOP_EV_GATE_CANARY);
     lp->n.canaries++;
     event(p, w, "canary", json_pack("{s:I, s:f}", "version", (json_int_t)version, "share", share),
           "v%lld is the canary at %g%% of traffic", (long long)version, share * 100);
@@ -1553,7 +1570,7 @@ static void rollout_read(void *ud)
         p->busy = false;
         return;
     }
-    if (strcmp(p->state, "canary") || p->version != r->versions[0]) {
+    if (p->state != LOOP_CANARY || p->version != r->versions[0]) {
         p->busy = false;
         return;
     }
@@ -1582,7 +1599,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
     const char *reason = json_string_value(json_object_get(res, "reason"));
     if (!reason)
         reason = "(no reason given)";
-    if (strcmp(p->state, "canary") || registry_version_in(lp->reg, p->name, "canary") != p->version) {
+    if (p->state != LOOP_CANARY || registry_version_in(lp->reg, p->name, "canary") != p->version) {
         p->busy = false; /* a human moved it meanwhile: the next check sees it */
         return;
     }
@@ -1623,6 +1640,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
             p->busy = false;
             return;
         }
+        set_state(p, LOOP_EV_ADVANCE);
         p->step++;
         p->step_started = now_ms();
         json_object_set_new(p->detail, "share", json_real(pct / 100));
@@ -1641,7 +1659,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
                                              stats ? stats : json_null()),
               "v%lld is in production: %s", (long long)p->version, reason);
         decide(p, "promoted v%lld", (long long)p->version);
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_PROMOTE);
     } else {
         snprintf(why, sizeof why, "rolled back by the rollout policy: %s", reason);
         registry_rollback(lp->reg, p->name, p->version, why, "loop", &m->w, &e);
@@ -1651,7 +1669,7 @@ static void rollout_decided(lprompt *p, json_t *res, const char *err)
                                               stats ? stats : json_null()),
               "v%lld rolled back, production untouched: %s", (long long)p->version, reason);
         decide(p, "rolled back v%lld", (long long)p->version);
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_ROLLBACK);
     }
     commit(p, m, release, NULL);
 }
@@ -1664,7 +1682,7 @@ static void canary_check(lprompt *p)
         /* a human promoted, rolled back or replaced it: manual moves win */
         json_t *v = registry_version(lp->reg, p->name, p->version);
         move *m = move_new();
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_MANUAL);
         ended(p, OUT_MANUAL);
         event(p, &m->w, "manual", NULL, "the canary v%lld was moved outside the loop (now %s); the loop stands down",
               (long long)p->version, v ? json_string_value(json_object_get(v, "status")) : "gone");
@@ -1708,7 +1726,7 @@ static void check(lprompt *p)
 {
     optloop *lp = p->lp;
     lp->n.checks++;
-    if (!strcmp(p->state, "idle")) {
+    if (p->state == LOOP_IDLE) {
         int64_t canary = registry_version_in(lp->reg, p->name, "canary");
         if (canary && p->set && !json_is_true(json_object_get(registry_prompt(lp->reg, p->name), "pinned"))) {
             /* a canary started by hand: the rollout policy watches it too */
@@ -1720,7 +1738,7 @@ static void check(lprompt *p)
             p->step_started = p->canary_started = now_ms();
             json_object_set_new(p->detail, "step_base", json_integer(0));
             json_object_set_new(p->detail, "share", json_real(share));
-            set_state(p, "canary");
+            set_state(p, LOOP_EV_ADOPT);
             move *m = move_new();
             event(p, &m->w, "canary", json_pack("{s:I, s:f}", "version", (json_int_t)canary, "share", share),
                   "watching v%lld, a canary started by hand at %g%% of traffic", (long long)canary, share * 100);
@@ -1730,9 +1748,9 @@ static void check(lprompt *p)
         } else if (p->set && json_is_true(json_object_get(p->set, "enabled"))) {
             trigger_check(p);
         }
-    } else if (!strcmp(p->state, "canary")) {
+    } else if (p->state == LOOP_CANARY) {
         canary_check(p);
-    } else if (!strcmp(p->state, "gating")) {
+    } else if (p->state == LOOP_GATING) {
         json_t *prog = p->run_id ? runner_progress(lp->rn, p->run_id) : NULL;
         if (prog) {
             json_decref(prog);
@@ -1742,7 +1760,7 @@ static void check(lprompt *p)
         pool_read *r = pool_new(p, run_work, run_read);
         r->run_id = xstrdup(p->run_id ? p->run_id : "");
         pool_go(r);
-    } else if (!strcmp(p->state, "optimizing")) {
+    } else if (p->state == LOOP_OPTIMIZING) {
         /* only after a restart: the cycle's in-memory steps are gone */
         p->busy = true;
         cycle_abort(p, "aborted", "the engine stopped during the optimization; its candidates are rejected");
@@ -1761,9 +1779,9 @@ static void on_tick(uv_timer_t *t)
         if (p->busy || now < p->next_check)
             continue;
         int64_t every = p->set ? set_int(p, "check_interval_ms") : 60000;
-        if (!strcmp(p->state, "awaiting_approval"))
+        if (p->state == LOOP_AWAITING_APPROVAL)
             continue;
-        if (!p->set && !strcmp(p->state, "idle"))
+        if (!p->set && p->state == LOOP_IDLE)
             continue;
         p->next_check = now + every;
         p->burst = 0;
@@ -1786,7 +1804,7 @@ void loop_note_traces(optloop *lp, const char *prompt, size_t n)
     /* a burst of 100 traces brings the trigger's check forward, a second
      * later so their online evaluation is done */
     int64_t soon = now_ms() + 1000;
-    if (p->burst >= 100 && !strcmp(p->state, "idle") && p->next_check > soon)
+    if (p->burst >= 100 && p->state == LOOP_IDLE && p->next_check > soon)
         p->next_check = soon;
 }
 
@@ -1820,8 +1838,8 @@ static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *
         reg_fail(e, 409, "pinned", "prompt", "prompt '%s' is pinned; unpin it first", prompt);
         return e->status;
     }
-    if (strcmp(p->state, "idle")) {
-        reg_fail(e, 409, "busy", "prompt", "prompt '%s' is %s; one cycle at a time", prompt, p->state);
+    if (p->state != LOOP_IDLE) {
+        reg_fail(e, 409, "busy", "prompt", "prompt '%s' is %s; one cycle at a time", prompt, loop_state_name(p->state));
         return e->status;
     }
     if (!registry_version_in(lp->reg, prompt, "production")) {
@@ -1937,9 +1955,9 @@ int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reas
         reg_fail(e, 404, "unknown_run", "run", "no loop cycle has run %s (see GET /v1/loop)", run_id);
         return e->status;
     }
-    if (strcmp(p->state, "awaiting_approval") || p->busy) {
+    if (p->state != LOOP_AWAITING_APPROVAL || p->busy) {
         reg_fail(e, 409, "not_waiting", "run", "run %s does not wait for approval: prompt '%s' is %s", run_id, p->name,
-                 p->state);
+                 loop_state_name(p->state));
         return e->status;
     }
     json_t *pr = registry_prompt(lp->reg, p->name);
@@ -1970,7 +1988,7 @@ int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reas
         registry_transition(lp->reg, p->name, p->version, "rejected", why, actor, &m->w, &re);
         ended(p, OUT_REJECTED_BY_HUMAN);
         event(p, &m->w, "rejected", json_pack("{s:s}", "actor", actor), "v%lld %s", (long long)p->version, why);
-        set_state(p, "idle");
+        set_state(p, LOOP_EV_REJECT);
         decide(p, "v%lld rejected by a human", (long long)p->version);
     }
     approve_ctx *a = xcalloc(1, sizeof *a);
@@ -1991,18 +2009,18 @@ json_t *loop_prompt_json(optloop *lp, const char *prompt)
     char at[32] = "", dec[32] = "", cyc[32] = "";
     if (p->decided_ms)
         rfc3339_format(p->decided_ms, dec);
-    if (p->canary_started && !strcmp(p->state, "canary"))
+    if (p->canary_started && p->state == LOOP_CANARY)
         rfc3339_format(p->canary_started, at);
     if (p->last_cycle_at)
         rfc3339_format(p->last_cycle_at, cyc);
     json_t *v = json_pack("{s:s, s:s, s:b, s:b, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?}", "prompt", p->name, "state",
-                          p->state, "configured", p->set != NULL, "busy", p->busy, "cycle", p->cycle, "run",
+                          loop_state_name(p->state), "configured", p->set != NULL, "busy", p->busy, "cycle", p->cycle, "run",
                           p->run_id, "last_cycle_at", cyc[0] ? cyc : NULL, "decision",
                           p->decision[0] ? p->decision : NULL, "decided_at", dec[0] ? dec : NULL, "canary_since",
                           at[0] ? at : NULL);
-    if (p->version && strcmp(p->state, "idle"))
+    if (p->version && p->state != LOOP_IDLE)
         json_object_set_new(v, "version", json_integer(p->version));
-    if (!strcmp(p->state, "canary")) {
+    if (p->state == LOOP_CANARY) {
         json_object_set_new(v, "step", json_integer(p->step));
         json_object_set_new(v, "percent", json_real(json_number_value(json_object_get(p->detail, "share")) * 100));
     }
@@ -2031,28 +2049,27 @@ void loop_prompt_view(optloop *lp, const char *prompt, loop_view_cb cb, void *ud
 void loop_summary(optloop *lp, buf_t *b)
 {
     for (lprompt *p = lp->prompts; p; p = p->next) {
-        if (!strcmp(p->state, "idle"))
+        if (p->state == LOOP_IDLE)
             continue;
-        buf_printf(b, "; %s %s", p->name, p->state);
-        if (!strcmp(p->state, "canary"))
+        buf_printf(b, "; %s %s", p->name, loop_state_name(p->state));
+        if (p->state == LOOP_CANARY)
             buf_printf(b, " %g%%", json_number_value(json_object_get(p->detail, "share")) * 100);
     }
 }
 
 void loop_metrics(optloop *lp, buf_t *b)
 {
-    static const char *const states[] = {"idle", "optimizing", "gating", "awaiting_approval", "canary"};
     metrics_family(b, "ratchet_loop_state", "gauge",
                    "1 for the state each prompt's improvement loop is in (idle, optimizing, gating, "
                    "awaiting_approval, canary), else 0.");
     for (lprompt *p = lp->prompts; p; p = p->next)
-        for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
-            metrics_sample(b, "ratchet_loop_state", !strcmp(p->state, states[i]), "prompt", p->name, "state",
-                           states[i], NULL);
+        for (int i = 0; i < LOOP_STATES; i++)
+            metrics_sample(b, "ratchet_loop_state", p->state == (loop_state)i, "prompt", p->name, "state",
+                           loop_state_name((loop_state)i), NULL);
     metrics_family(b, "ratchet_loop_canary_step", "gauge",
                    "The rollout step a loop's canary is at (0 is the first share), per prompt in canary.");
     for (lprompt *p = lp->prompts; p; p = p->next)
-        if (!strcmp(p->state, "canary"))
+        if (p->state == LOOP_CANARY)
             metrics_sample(b, "ratchet_loop_canary_step", p->step, "prompt", p->name, NULL);
     metrics_one(b, "ratchet_loop_cycles_total", "counter",
                 "Optimization cycles started (automatic and manual).", (double)lp->n.cycles);

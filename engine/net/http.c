@@ -937,8 +937,8 @@ void http_reset(http_request *req)
     conn_close(c);
 }
 
-static void respond_error_v(http_request *req, int status, const char *code, const char *field, const char *fmt,
-                            va_list ap)
+static void respond_error_v(http_request *req, int status, const char *code, const char *field, const char *extra,
+                            const char *fmt, va_list ap)
 {
     /* A message may echo what the client sent (a path, a parameter's name)
      * and JSON holds only UTF-8: each invalid byte becomes U+FFFD, so no
@@ -954,12 +954,11 @@ static void respond_error_v(http_request *req, int status, const char *code, con
     json_t *o = e ? json_pack("{s:o}", "error", e) : NULL;
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    const char *extra = NULL;
-    if (status == 503)
+    if (!extra && status == 503)
         extra = "Retry-After: 1\r\n";
-    else if (status == 401)
+    else if (!extra && status == 401)
         extra = "WWW-Authenticate: Bearer\r\n";
-    else if (status == 415 && field && !strcmp(field, "content-encoding"))
+    else if (!extra && status == 415 && field && !strcmp(field, "content-encoding"))
         extra = "Accept-Encoding: identity\r\n"; /* RFC 7694: what the server takes */
     if (!text) { /* out of memory: still an answer, and still JSON */
         log_error("http", "could not build the error body of request %s", req->id);
@@ -975,7 +974,16 @@ void http_respond_error(http_request *req, int status, const char *code, const c
 {
     va_list ap;
     va_start(ap, fmt);
-    respond_error_v(req, status, code, NULL, fmt, ap);
+    respond_error_v(req, status, code, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void http_respond_error_headers(http_request *req, int status, const char *code, const char *extra_headers,
+                                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    respond_error_v(req, status, code, NULL, extra_headers, fmt, ap);
     va_end(ap);
 }
 
@@ -984,7 +992,7 @@ void http_respond_field_error(http_request *req, int status, const char *code, c
 {
     va_list ap;
     va_start(ap, fmt);
-    respond_error_v(req, status, code, field, fmt, ap);
+    respond_error_v(req, status, code, field, NULL, fmt, ap);
     va_end(ap);
 }
 

@@ -73,6 +73,10 @@ void http_respond(http_request *req, int status, const char *content_type, const
 /* {"error":{"code":code,"message":msg,"request_id":id}} */
 void http_respond_error(http_request *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with extra headers ("Name: value\r\n"...) in place of the ones
+ * the status implies (Retry-After on a 503, ...): Allow on a 405. */
+void http_respond_error_headers(http_request *req, int status, const char *code, const char *extra_headers,
+                                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* The same with "field": the request field (parameter, header) at fault. */
 void http_respond_field_error(http_request *req, int status, const char *code, const char *field,
                               const char *fmt, ...) __attribute__((format(printf, 5, 6)));

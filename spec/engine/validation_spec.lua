@@ -21,7 +21,8 @@ local function with_dir(fn)
   if not ok then error(err, 0) end
 end
 
-local HEAD = string.format('scripts = { dirs = { "mine", %q }, reload_debounce_ms = 20 }\n', root)
+-- reloads come from SIGHUP alone: a file watch firing mid-test would race the signal
+local HEAD = string.format('scripts = { dirs = { "mine", %q }, watch = false }\n', root)
 
 describe("evaluator options are checked when the config loads", function()
   it("ratchet check: a typo names the file:line, prompt, evaluator and option, with a suggestion", function()

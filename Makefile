@@ -10,7 +10,7 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 # the commit built, when built from a git checkout (GET /v1/version names it)
 COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 
-PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2 libprotobuf-c zlib
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
@@ -23,7 +23,7 @@ MALLOC_DEFS  = $(if $(MALLOC_LIBS),-DRATCHET_MIMALLOC)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 OPT     ?= -O2 -g
-CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -Iengine $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(WARN) $(OPT) -Iengine -I$(BUILD)/gen $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
              $(if $(COMMIT),-DRATCHET_COMMIT='"$(COMMIT)"') -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' -DRATCHET_SOURCE_DIR='"$(CURDIR)"' \
              $(MALLOC_DEFS) $(EXTRA_CFLAGS)
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
@@ -33,7 +33,11 @@ LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 ROOMS := base net store script llm conf loop api cli fake
 SRCS := $(filter-out engine/script/lua_module.c,$(foreach r,$(ROOMS),$(wildcard engine/$(r)/*.c)))
 HDRS := $(foreach r,$(ROOMS),$(wildcard engine/$(r)/*.h))
-OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o)
+# C generated at build time, never committed: OTLP's protobuf messages from
+# the project's own proto/otlp.proto (protoc-c, Debian protobuf-c-compiler)
+GEN_HDRS := $(BUILD)/gen/otlp.pb-c.h
+GEN_OBJS := $(BUILD)/obj/gen/otlp.pb-c.o
+OBJS := $(SRCS:engine/%.c=$(BUILD)/obj/%.o) $(GEN_OBJS)
 # the Lua module specs use to run evaluators exactly as the engine does
 MODULE_SRCS := engine/script/lua_module.c engine/script/script.c engine/script/script_stall.c engine/script/luajson.c \
                engine/script/evaluator.c engine/script/optdecl.c engine/script/policy.c engine/base/util.c \
@@ -48,7 +52,7 @@ FUZZ_CC ?= clang-14
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD := $(BUILD)/fuzz
 FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
-FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/gen/otlp.pb-c.o
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
 .PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
@@ -80,9 +84,18 @@ help:
 deps:
 	@./tools/deps.sh
 
-$(BUILD)/obj/%.o: engine/%.c $(HDRS) | deps
+$(BUILD)/obj/%.o: engine/%.c $(HDRS) $(GEN_HDRS) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto | deps
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+# generated code: the project's warnings minus the ones protoc-c's output trips
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(GEN_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Wshadow -Wstrict-prototypes,$(CFLAGS_ALL)) -Wno-missing-braces -c $< -o $@
 
 $(BUILD)/ratchet: $(BUILD)/obj/main.o $(OBJS)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(MALLOC_LIBS) $(PKG_LIBS)
@@ -123,20 +136,24 @@ test: deps test-deps all fuzz-build
 	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) TEST_BIN_DIR=$(abspath $(BUILD)/tests) \
 	  FUZZ_BIN_DIR=$(abspath $(FUZZ_BUILD)) RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) ./spec/run-all
 
-$(FUZZ_BUILD)/obj/%.o: engine/%.c $(HDRS) | deps
+$(FUZZ_BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(GEN_HDRS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) -Iengine $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -I$(BUILD)/gen $(PKG_CFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: engine/%.c $(HDRS) $(GEN_HDRS) | deps
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) -Iengine -I$(BUILD)/gen $(PKG_CFLAGS) -DRATCHET_VERSION='"$(VERSION)"' \
 	  -DRATCHET_SHARE_DIR='"$(PREFIX)/share/ratchet"' $(FUZZ_SAN) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/%: fuzz/%.c $(FUZZ_OBJS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -Iengine $(FUZZ_SAN) -fsanitize=fuzzer \
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) $(PKG_CFLAGS) -Iengine -I$(BUILD)/gen $(FUZZ_SAN) -fsanitize=fuzzer \
 	  -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
 
 fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
 
 # kept between builds (make would delete them as intermediate files)
-.SECONDARY: $(FUZZ_OBJS)
+.SECONDARY: $(FUZZ_OBJS) $(BUILD)/gen/otlp.pb-c.c $(GEN_HDRS)
 
 # Each target for FUZZ_SECONDS, one at a time; new inputs go to
 # build/fuzz/corpus/ (the committed seeds in fuzz/corpus/ stay as they are).

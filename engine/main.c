@@ -22,6 +22,7 @@
 #endif
 
 #include "api/api.h"
+#include "api/api_otlp.h"
 #include "api/ingest.h"
 #include "base/metrics.h"
 #include "script/catalog.h"
@@ -159,6 +160,8 @@ typedef struct {
     int port;
     int lock_fd;               /* the data directory's lock, or -1 */
     bool handles_ready;        /* the signal and timer handles are initialised */
+    http_server *otlp_http;    /* the OTLP receiver's listener, when otlp.listen is set */
+    int servers_draining;      /* listeners still draining at a stop */
 } engine;
 
 static void close_handle(uv_handle_t *h)
@@ -217,6 +220,8 @@ static void finish_shutdown(http_server *srv)
 {
     (void)srv;
     engine *e = the_engine;
+    if (--e->servers_draining > 0) /* the other listener still has requests in flight */
+        return;
     uv_timer_stop(&e->shutdown_timer);
     /* the loop's steps in flight end and are written, then runs' calls in
      * flight and their results, then the evaluations running */
@@ -229,6 +234,8 @@ static void on_shutdown_deadline(uv_timer_t *t)
     log_warn("engine", "shutdown deadline passed with %d connections open; closing them",
              http_server_connections(e->http));
     http_server_close_all(e->http);
+    if (e->otlp_http)
+        http_server_close_all(e->otlp_http);
 }
 
 static void begin_shutdown(engine *e, const char *why)
@@ -244,6 +251,9 @@ static void begin_shutdown(engine *e, const char *why)
     llm_abort_all(e->llm, "the engine is stopping");
     log_info("engine", "%s: stopping (finishing %d open connections)", why, http_server_connections(e->http));
     uv_timer_start(&e->shutdown_timer, on_shutdown_deadline, (uint64_t)e->cfg.limits.shutdown_timeout_ms, 0);
+    e->servers_draining = e->otlp_http ? 2 : 1;
+    if (e->otlp_http)
+        http_server_drain(e->otlp_http, finish_shutdown);
     http_server_drain(e->http, finish_shutdown);
 }
 
@@ -867,6 +877,50 @@ static void undo_listener(engine *e)
     e->api.http = NULL;
 }
 
+/* the OTLP receiver's own listener (otlp.listen; none when absent), on the
+ * same API state: its spans take the ingest path (api/api_otlp.c) */
+static int start_otlp(engine *e, char *err, size_t errlen)
+{
+    if (!e->cfg.otlp.listen)
+        return 0;
+    char host[256];
+    int port;
+    if (config_parse_listen(e->cfg.otlp.listen, host, sizeof host, &port) != 0) {
+        snprintf(err, errlen, "otlp.listen '%s' is not an address like 127.0.0.1:4318", e->cfg.otlp.listen);
+        return -1;
+    }
+    http_limits lim = {
+        .max_connections = e->cfg.limits.max_connections,
+        .max_connections_per_address = e->cfg.limits.max_connections_per_address,
+        .max_header_bytes = (size_t)e->cfg.limits.max_header_bytes,
+        .max_body_bytes = (size_t)e->cfg.limits.max_body_bytes,
+        .header_timeout_ms = e->cfg.limits.header_timeout_ms,
+        .body_timeout_ms = e->cfg.limits.body_timeout_ms,
+        .idle_timeout_ms = e->cfg.limits.idle_timeout_ms,
+        .access_log = e->cfg.access_log,
+    };
+    char why[512];
+    if (http_server_start(&e->otlp_http, e->loop, host, port, &lim, api_otlp_handle, &e->api, why, sizeof why) != 0) {
+        e->otlp_http = NULL;
+        snprintf(err, errlen, "otlp.listen: %s", why);
+        return -1;
+    }
+    e->api.otlp_http = e->otlp_http;
+    char addr[96];
+    http_server_address(e->otlp_http, addr, sizeof addr);
+    log_info("engine", "OTLP receiver listening on %s (POST /v1/traces, /v1/logs)", addr);
+    return 0;
+}
+
+static void undo_otlp(engine *e)
+{
+    if (e->otlp_http) { /* freed after the loop has closed its handles (serve_teardown) */
+        http_server_drain(e->otlp_http, NULL);
+        http_server_close_all(e->otlp_http);
+    }
+    e->api.otlp_http = NULL;
+}
+
 /* signals, the timers (shutdown deadline, reload debounce, watchdog,
  * status), file watches and the event-loop lag probe */
 static int start_handles(engine *e, char *err, size_t errlen)
@@ -934,6 +988,7 @@ static const serve_step serve_steps[] = {
     {"LLM and HTTP clients", start_io, undo_io},
     {"registry and loop state", start_state, undo_state},
     {"listener", start_listener, undo_listener},
+    {"OTLP listener", start_otlp, undo_otlp},
     {"signals and timers", start_handles, undo_handles},
 };
 enum { SERVE_STEPS = sizeof serve_steps / sizeof serve_steps[0] };
@@ -958,6 +1013,8 @@ static void serve_teardown(engine *e, int n)
     uv_run(e->loop, UV_RUN_DEFAULT);
     http_server_free(e->http);
     e->http = NULL;
+    http_server_free(e->otlp_http);
+    e->otlp_http = NULL;
     int rc = uv_loop_close(e->loop);
     if (rc != 0)
         log_error("engine", "teardown: the event loop closed with handles still open: %s", uv_strerror(rc));

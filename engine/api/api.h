@@ -41,6 +41,7 @@ typedef struct {
     optloop *loop_sm;          /* the self-improvement loop; NULL in unit tests */
     api_reload_info *reload;
     http_server *http;      /* for /metrics; NULL in unit tests */
+    http_server *otlp_http; /* the OTLP listener, for /v1/status; NULL when off */
     struct metrics_lag *lag;
     int64_t started_ms;
     bool draining;
@@ -49,6 +50,12 @@ typedef struct {
         uint64_t requests, bytes, refused;
         uint64_t items[5]; /* accepted, duplicate, invalid, not_found, failed */
     } ingest_n[2];
+    /* the OTLP receiver's counters, by signal: [OTLP_TRACES], [OTLP_LOGS] (api_otlp.c) */
+    struct {
+        uint64_t requests, bytes, refused;
+        uint64_t items[6]; /* accepted, duplicate, rejected, dropped (not an LLM call), unlinked (no prompt), failed */
+        double decode_seconds; /* decoding and mapping, summed */
+    } otlp_n[2];
 } api;
 
 /* Who may call a route: the token scopes of docs/api.md#authentication.

@@ -56,21 +56,26 @@ static void respond_results(ingest_job *job)
     ingest_job_free(job);
 }
 
+void api_ingest_committed(api *a, const store_write *w)
+{
+    if (a->online && w->status == 0)
+        for (size_t i = 0; i < w->ntraces; i++)
+            if (w->trace_results[i] == STORE_ACCEPTED) {
+                online_enqueue(a->online, w->traces[i].id, w->traces[i].prompt);
+                if (a->loop_sm)
+                    loop_note_traces(a->loop_sm, w->traces[i].prompt, 1);
+            }
+    if (a->online && w->status == 0)
+        for (size_t i = 0; i < w->nfeedback; i++)
+            if (w->feedback_results[i] == STORE_ACCEPTED && w->feedback[i].trace_prompt)
+                online_feedback(a->online, w->feedback[i].trace_prompt, w->feedback[i].trace_version,
+                                w->feedback[i].negative);
+}
+
 static void on_ingest_committed(store_write *w)
 {
     ingest_job *job = w->data;
-    if (job->a->online && w->status == 0)
-        for (size_t i = 0; i < w->ntraces; i++)
-            if (w->trace_results[i] == STORE_ACCEPTED) {
-                online_enqueue(job->a->online, w->traces[i].id, w->traces[i].prompt);
-                if (job->a->loop_sm)
-                    loop_note_traces(job->a->loop_sm, w->traces[i].prompt, 1);
-            }
-    if (job->a->online && w->status == 0)
-        for (size_t i = 0; i < w->nfeedback; i++)
-            if (w->feedback_results[i] == STORE_ACCEPTED && w->feedback[i].trace_prompt)
-                online_feedback(job->a->online, w->feedback[i].trace_prompt, w->feedback[i].trace_version,
-                                w->feedback[i].negative);
+    api_ingest_committed(job->a, w);
     respond_results(job);
 }
 

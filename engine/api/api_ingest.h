@@ -10,5 +10,8 @@ void api_ingest_traces(const api_call *c);
 void api_ingest_feedback(const api_call *c);
 void api_list_traces(const api_call *c);
 void api_get_trace(const api_call *c);
+/* After a commit of traces or feedback: what was accepted goes to online
+ * evaluation and the loop (every front door calls it: ingest, OTLP). */
+void api_ingest_committed(api *a, const store_write *w);
 
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/api_otlp.h"
 #include "api/api_request.h"
 #include "base/log.h"
 #include "base/metrics.h"
@@ -77,6 +78,10 @@ void api_status(const api_call *c)
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
     json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
+    char otlp_addr[96] = "";
+    if (a->otlp_http)
+        http_server_address(a->otlp_http, otlp_addr, sizeof otlp_addr);
+    json_object_set_new(root, "otlp", json_pack("{s:o}", "listen", otlp_addr[0] ? json_string(otlp_addr) : json_null()));
     api_respond_json(c->req, 200, root);
     json_decref(root);
 }
@@ -126,6 +131,7 @@ void api_metrics(const api_call *c)
     if (a->http)
         http_server_metrics(a->http, &b);
     ingest_metrics(a, &b);
+    api_otlp_metrics(a, &b);
     store_metrics(a->store, &b);
     if (a->online)
         online_metrics(a->online, &b);

@@ -51,8 +51,10 @@ typedef struct setting {
 #define EOFF(field) offsetof(config_evaluation, field)
 #define LLOFF(field) offsetof(config_llm, field)
 #define HOFF(field) offsetof(config_http, field)
+#define OOFF(field) offsetof(config_otlp, field)
 
-static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[];
+static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[],
+    otlp_settings[];
 
 static const setting settings[] = {
     {"listen", T_LISTEN, OFF(listen), 0, 0, NULL},
@@ -69,6 +71,12 @@ static const setting settings[] = {
     {"evaluation", T_TABLE, OFF(evaluation), 0, 0, evaluation_settings},
     {"llm", T_TABLE, OFF(llm), 0, 0, llm_settings},
     {"http", T_TABLE, OFF(http), 0, 0, http_settings},
+    {"otlp", T_TABLE, OFF(otlp), 0, 0, otlp_settings},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting otlp_settings[] = {
+    {"listen", T_LISTEN, OOFF(listen), 0, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -388,6 +396,7 @@ void config_free(config *c)
     }
     free(c->providers);
     free_strv(c->http.allow);
+    free(c->otlp.listen);
     memset(c, 0, sizeof *c);
 }
 

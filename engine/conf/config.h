@@ -76,6 +76,11 @@ typedef struct {
     int max_response_bytes;
 } config_http;
 
+/* The OTLP/HTTP receiver (the `otlp` table; docs/otlp.md). */
+typedef struct {
+    char *listen;        /* "host:port"; NULL: no OTLP listener */
+} config_otlp;
+
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
     char *source;        /* its text, for the lines of messages; NULL for defaults */
@@ -97,6 +102,7 @@ typedef struct {
     size_t nproviders;
     config_llm llm;
     config_http http;
+    config_otlp otlp;
 } config;
 
 /* Fills c with every default. */

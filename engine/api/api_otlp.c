@@ -1,0 +1,454 @@
+/* api_otlp.c — the OTLP/HTTP receiver's HTTP side (docs/otlp.md): its
+ * route table and dispatcher, the ingest token, the encodings (protobuf or
+ * JSON, gzip or not), the status codes exporters act on (200 with partial
+ * success, 400, 413, 415, 503 with Retry-After), and the hand-over to the
+ * ingest path: the mapped traces are validated by ingest.c and committed by
+ * the store's group commit before the 200. */
+#include "api/api_otlp.h"
+
+#include <otlp.pb-c.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_ingest.h"
+#include "api/api_request.h"
+#include "api/ingest.h"
+#include "api/otlp_decode.h"
+#include "api/otlp_map.h"
+#include "base/jtree.h"
+
+#define OTLP_MD "docs/otlp.md"
+/* as ingest: larger bodies are decoded in the thread pool */
+#define INLINE_DECODE_MAX (64 * 1024)
+
+static void otlp_traces(const api_call *c);
+static void otlp_logs(const api_call *c);
+
+const api_route api_otlp_routes[] = {
+    {"POST", "/v1/traces", API_SCOPE_INGEST, API_OWN_ENCODING, OTLP_MD, otlp_traces, NULL},
+    {"POST", "/v1/logs", API_SCOPE_INGEST, API_OWN_ENCODING, OTLP_MD, otlp_logs, NULL},
+};
+const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[0];
+
+enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED };
+
+typedef struct {
+    uv_work_t work;
+    api *a;
+    http_request *req;
+    otlp_signal sig;
+    bool json, gzip;
+    int status;            /* the request refused whole: 400, 413 */
+    char err[512];
+    otlp_mapped m;
+    char *traces_text, *feedback_text;
+    ingest_batch tb, fb;
+    bool have_tb, have_fb;
+    size_t rejected;       /* items rejected: the decoder's, the mapping's and ingest's */
+    char error[600];       /* the first reason, for partial_success */
+    bool store_failed;
+    uint64_t decode_ns;
+} otlp_job;
+
+/* ---- answers ---- */
+
+/* gRPC's code for an HTTP status, for google.rpc.Status. */
+static int grpc_code(int status)
+{
+    switch (status) {
+    case 400: return 3;  /* INVALID_ARGUMENT */
+    case 401: return 16; /* UNAUTHENTICATED */
+    case 403: return 7;  /* PERMISSION_DENIED */
+    case 404: return 5;  /* NOT_FOUND */
+    case 413: return 11; /* OUT_OF_RANGE */
+    case 415: return 3;
+    case 429: return 8;  /* RESOURCE_EXHAUSTED */
+    default: return 14;  /* UNAVAILABLE */
+    }
+}
+
+/* A failure in the request's own encoding (a google.rpc.Status), with
+ * Retry-After on the retryable 429 and 503. */
+static void respond_failure(http_request *req, bool json, int status, const char *msg)
+{
+    const char *retry = status == 429 || status == 503 ? "Retry-After: 1\r\n" : NULL;
+    if (json) {
+        json_t *o = json_pack("{s:i,s:s}", "code", grpc_code(status), "message", msg);
+        char *text = jtree_dump(o);
+        http_respond(req, status, "application/json", retry, text, strlen(text));
+        free(text);
+        json_decref(o);
+        return;
+    }
+    Otlp__RpcStatus st = OTLP__RPC_STATUS__INIT;
+    st.code = grpc_code(status);
+    st.message = (char *)msg;
+    size_t n = otlp__rpc_status__get_packed_size(&st);
+    uint8_t *out = xmalloc(n + 1);
+    otlp__rpc_status__pack(&st, out);
+    http_respond(req, status, "application/x-protobuf", retry, (const char *)out, n);
+    free(out);
+}
+
+static void respond_success(otlp_job *job)
+{
+    const char *count_name = job->sig == OTLP_TRACES ? "rejectedSpans" : "rejectedLogRecords";
+    if (job->json) {
+        json_t *o = json_object();
+        if (job->rejected) {
+            char n[32];
+            snprintf(n, sizeof n, "%zu", job->rejected);
+            json_object_set_new(o, "partialSuccess", json_pack("{s:s,s:s}", count_name, n, "errorMessage", job->error));
+        }
+        char *text = jtree_dump(o);
+        http_respond(job->req, 200, "application/json", NULL, text, strlen(text));
+        free(text);
+        json_decref(o);
+        return;
+    }
+    uint8_t *out;
+    size_t n;
+    if (job->sig == OTLP_TRACES) {
+        Otlp__ExportTraceServiceResponse r = OTLP__EXPORT_TRACE_SERVICE_RESPONSE__INIT;
+        Otlp__ExportTracePartialSuccess ps = OTLP__EXPORT_TRACE_PARTIAL_SUCCESS__INIT;
+        if (job->rejected) {
+            ps.rejected_spans = (int64_t)job->rejected;
+            ps.error_message = job->error;
+            r.partial_success = &ps;
+        }
+        n = otlp__export_trace_service_response__get_packed_size(&r);
+        out = xmalloc(n + 1);
+        otlp__export_trace_service_response__pack(&r, out);
+    } else {
+        Otlp__ExportLogsServiceResponse r = OTLP__EXPORT_LOGS_SERVICE_RESPONSE__INIT;
+        Otlp__ExportLogsPartialSuccess ps = OTLP__EXPORT_LOGS_PARTIAL_SUCCESS__INIT;
+        if (job->rejected) {
+            ps.rejected_log_records = (int64_t)job->rejected;
+            ps.error_message = job->error;
+            r.partial_success = &ps;
+        }
+        n = otlp__export_logs_service_response__get_packed_size(&r);
+        out = xmalloc(n + 1);
+        otlp__export_logs_service_response__pack(&r, out);
+    }
+    http_respond(job->req, 200, "application/x-protobuf", NULL, (const char *)out, n);
+    free(out);
+}
+
+static void job_free(otlp_job *job)
+{
+    otlp_mapped_free(&job->m);
+    if (job->have_tb)
+        ingest_batch_free(&job->tb);
+    if (job->have_fb)
+        ingest_batch_free(&job->fb);
+    free(job->traces_text);
+    free(job->feedback_text);
+    free(job);
+}
+
+/* ---- decoding (on the loop, or in the thread pool for large bodies) ---- */
+
+static void note_rejected(otlp_job *job, const char *fmt, const char *a, const char *b, const char *c)
+{
+    job->rejected++;
+    if (!job->error[0])
+        snprintf(job->error, sizeof job->error, fmt, a, b, c);
+}
+
+/* Ingest's verdict on each mapped item: a rejected one counts against its span. */
+static void count_ingest_rejections(otlp_job *job, const ingest_batch *b, json_t *items)
+{
+    for (size_t i = 0; i < b->nitems; i++) {
+        const ingest_item *it = &b->items[i];
+        if (it->write_index >= 0)
+            continue;
+        const char *id = json_string_value(json_object_get(json_array_get(items, i), "id"));
+        if (!id)
+            id = json_string_value(json_object_get(json_array_get(items, i), "trace_id"));
+        note_rejected(job, "%s: %s %s", id ? id : "?", it->nerrors ? it->errors[0].path : "",
+                      it->nerrors ? it->errors[0].message : "is invalid");
+    }
+}
+
+static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, char **text, ingest_batch *b)
+{
+    size_t len;
+    *text = jtree_dump(items);
+    len = strlen(*text);
+    const char *code;
+    int rc = ingest_parse(kind, *text, len, false, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code,
+                          job->err, sizeof job->err);
+    if (rc) {
+        job->status = rc;
+        return -1;
+    }
+    count_ingest_rejections(job, b, items);
+    return 0;
+}
+
+static void decode_job(otlp_job *job)
+{
+    uint64_t t0 = mono_ns();
+    http_request *req = job->req;
+    char *inflated = NULL;
+    const char *body = req->body.data ? req->body.data : "";
+    size_t len = req->body.len;
+    if (job->gzip) {
+        int rc = otlp_inflate(body, len, (size_t)job->a->cfg->limits.max_body_bytes, &inflated, &len, job->err,
+                              sizeof job->err);
+        if (rc) {
+            job->status = rc;
+            return;
+        }
+        body = inflated;
+    }
+    json_t *items = otlp_decode(job->sig, job->json, body, len, job->err, sizeof job->err);
+    free(inflated);
+    if (!items) {
+        job->status = 400;
+        return;
+    }
+    if (job->sig == OTLP_TRACES)
+        otlp_map_spans(items, NULL, &job->m);
+    else
+        otlp_map_logs(items, NULL, &job->m);
+    json_decref(items);
+    job->rejected = job->m.rejected;
+    snprintf(job->error, sizeof job->error, "%s", job->m.error);
+    job->decode_ns = mono_ns() - t0; /* added to the counters on the loop thread */
+    if (json_array_size(job->m.traces)) {
+        job->have_tb = true;
+        if (parse_items(job, INGEST_TRACES, job->m.traces, &job->traces_text, &job->tb) != 0)
+            return;
+    }
+    if (json_array_size(job->m.feedback)) {
+        job->have_fb = true;
+        parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->feedback_text, &job->fb);
+    }
+}
+
+/* ---- the store ---- */
+
+static void finish(otlp_job *job)
+{
+    uint64_t *n = job->a->otlp_n[job->sig].items;
+    n[R_REJECTED] += job->rejected;
+    n[R_DROPPED] += job->m.dropped;
+    n[R_UNLINKED] += job->m.unlinked;
+    if (job->store_failed) {
+        job->a->otlp_n[job->sig].refused++;
+        respond_failure(job->req, job->json, 503, "the store could not commit the batch; nothing of it is acknowledged, retry later");
+    } else {
+        respond_success(job);
+    }
+    job_free(job);
+}
+
+static void count_results(otlp_job *job, const store_write *w)
+{
+    uint64_t *n = job->a->otlp_n[job->sig].items;
+    for (size_t i = 0; i < w->ntraces; i++)
+        n[w->status ? R_FAILED : w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED
+                               : w->trace_results[i] == STORE_DUPLICATE ? R_DUPLICATE : R_FAILED]++;
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        unsigned char r = w->feedback_results[i];
+        if (w->status || r == STORE_FAILED)
+            n[R_FAILED]++;
+        else if (r == STORE_NOT_FOUND)
+            note_rejected(job, "%s%s%s", "gen_ai.evaluation.result names a span ratchet has no trace of (",
+                          w->feedback[i].trace_id ? w->feedback[i].trace_id : "?", ")");
+        else
+            n[r == STORE_ACCEPTED ? R_ACCEPTED : R_DUPLICATE]++;
+    }
+    if (w->status)
+        job->store_failed = true;
+}
+
+static void submit_feedback(otlp_job *job);
+
+static void on_committed(store_write *w)
+{
+    otlp_job *job = w->data;
+    api_ingest_committed(job->a, w);
+    count_results(job, w);
+    if (w == &job->tb.write && !job->store_failed) {
+        submit_feedback(job);
+        return;
+    }
+    finish(job);
+}
+
+static bool submit(otlp_job *job, store_write *w)
+{
+    w->done = on_committed;
+    w->data = job;
+    if (store_submit(job->a->store, w) == 0)
+        return true;
+    job->a->otlp_n[job->sig].refused++;
+    respond_failure(job->req, job->json, 503,
+                    "the store's write queue is full or shutting down; this batch is not acknowledged, retry later");
+    job_free(job);
+    return false;
+}
+
+static void submit_feedback(otlp_job *job)
+{
+    if (job->have_fb && job->fb.write.nfeedback) {
+        submit(job, &job->fb.write);
+        return;
+    }
+    finish(job);
+}
+
+static void submit_job(otlp_job *job)
+{
+    job->a->otlp_n[job->sig].decode_seconds += (double)job->decode_ns / 1e9;
+    if (job->status) {
+        job->a->otlp_n[job->sig].refused++;
+        respond_failure(job->req, job->json, job->status, job->err);
+        job_free(job);
+        return;
+    }
+    if (job->have_tb && job->tb.write.ntraces) {
+        submit(job, &job->tb.write);
+        return;
+    }
+    submit_feedback(job);
+}
+
+static void decode_work(uv_work_t *w)
+{
+    decode_job(w->data);
+}
+
+static void after_decode(uv_work_t *w, int status)
+{
+    (void)status;
+    submit_job(w->data);
+}
+
+/* ---- the endpoints ---- */
+
+/* 1: protobuf, 2: JSON, 0: neither. */
+static int content_kind(const char *ct)
+{
+    if (!ct)
+        return 0;
+    size_t n = strcspn(ct, "; \t");
+    if (n == 22 && !strncasecmp(ct, "application/x-protobuf", n))
+        return 1;
+    if (n == 16 && !strncasecmp(ct, "application/json", n))
+        return 2;
+    return 0;
+}
+
+/* 0 identity, 1 gzip, -1 other. */
+static int encoding_kind(const char *ce)
+{
+    if (!ce)
+        return 0;
+    ce += strspn(ce, " \t");
+    size_t n = strcspn(ce, " \t");
+    if (n == 0 || (n == 8 && !strncasecmp(ce, "identity", 8)))
+        return 0;
+    if (n == 4 && !strncasecmp(ce, "gzip", 4) && ce[n + strspn(ce + n, " \t")] == '\0')
+        return 1;
+    return -1;
+}
+
+static void receive(api *a, http_request *req, otlp_signal sig)
+{
+    a->otlp_n[sig].requests++;
+    a->otlp_n[sig].bytes += req->body.len;
+    int kind = content_kind(http_header_get(req, "content-type"));
+    if (!kind) {
+        a->otlp_n[sig].refused++;
+        http_respond_field_error(req, 415, "unsupported_media_type", "content-type",
+                                 "send application/x-protobuf or application/json (OTLP/HTTP)");
+        return;
+    }
+    int enc = encoding_kind(http_header_get(req, "content-encoding"));
+    if (enc < 0) {
+        a->otlp_n[sig].refused++;
+        respond_failure(req, kind == 2, 415, "Content-Encoding must be gzip or identity");
+        return;
+    }
+    otlp_job *job = xcalloc(1, sizeof *job);
+    job->a = a;
+    job->req = req;
+    job->sig = sig;
+    job->json = kind == 2;
+    job->gzip = enc == 1;
+    job->work.data = job;
+    if (req->body.len <= INLINE_DECODE_MAX && !job->gzip) {
+        decode_job(job);
+        submit_job(job);
+    } else {
+        uv_queue_work(a->loop, &job->work, decode_work, after_decode);
+    }
+}
+
+static void otlp_traces(const api_call *c)
+{
+    receive(c->a, c->req, OTLP_TRACES);
+}
+
+static void otlp_logs(const api_call *c)
+{
+    receive(c->a, c->req, OTLP_LOGS);
+}
+
+void api_otlp_handle(http_request *req, void *ctx)
+{
+    api_call c = {.a = ctx, .req = req};
+    bool path_known = false;
+    for (size_t i = 0; i < api_otlp_nroutes; i++) {
+        if (strcmp(api_otlp_routes[i].pattern, req->path))
+            continue;
+        path_known = true;
+        if (!strcmp(api_otlp_routes[i].method, req->method))
+            c.route = &api_otlp_routes[i];
+    }
+    if (!c.route && path_known) {
+        http_respond_error_headers(req, 405, "method_not_allowed", "Allow: POST\r\n",
+                                   "%s is not allowed here; use POST", req->method);
+        return;
+    }
+    if (!c.route) {
+        http_respond_error(req, 404, "not_found",
+                           "no endpoint at %s: the OTLP listener takes POST /v1/traces and POST /v1/logs", req->path);
+        return;
+    }
+    if (!api_authorize(c.a, req, c.route->scope))
+        return;
+    c.route->handler(&c);
+}
+
+void api_otlp_metrics(api *a, buf_t *b)
+{
+    static const char *const sig[] = {"traces", "logs"};
+    static const char *const res[] = {"accepted", "duplicate", "rejected", "dropped", "unlinked", "failed"};
+    metrics_family(b, "ratchet_otlp_requests_total", "counter", "Authorized requests to the OTLP listener.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_otlp_requests_total", (double)a->otlp_n[k].requests, "signal", sig[k], NULL);
+    metrics_family(b, "ratchet_otlp_refused_requests_total", "counter",
+                   "OTLP requests refused whole (undecodable, too large, wrong content type, store queue full).");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_otlp_refused_requests_total", (double)a->otlp_n[k].refused, "signal", sig[k], NULL);
+    metrics_family(b, "ratchet_otlp_received_bytes_total", "counter", "Bytes of OTLP request bodies, as sent.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_otlp_received_bytes_total", (double)a->otlp_n[k].bytes, "signal", sig[k], NULL);
+    metrics_family(b, "ratchet_otlp_items_total", "counter",
+                   "Spans and log-record groups, by result: accepted (stored as traces or feedback), duplicate (already "
+                   "stored), rejected (invalid, answered in partial_success), dropped (not an LLM call; not rejected), "
+                   "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed).");
+    for (int k = 0; k < 2; k++)
+        for (int r = 0; r < 6; r++)
+            metrics_sample(b, "ratchet_otlp_items_total", (double)a->otlp_n[k].items[r], "signal", sig[k], "result",
+                           res[r], NULL);
+    metrics_family(b, "ratchet_otlp_decode_seconds_total", "counter", "Time spent decoding and mapping OTLP bodies.");
+    for (int k = 0; k < 2; k++)
+        metrics_sample(b, "ratchet_otlp_decode_seconds_total", a->otlp_n[k].decode_seconds, "signal", sig[k], NULL);
+}

@@ -1,0 +1,793 @@
+/* otlp_map.c — plain OTLP spans and log records into ratchet traces and
+ * feedback (otlp_map.h). Each convention is a reader that fills the same
+ * trace fields; a field a reader leaves empty is left to the next one, in
+ * the order: current GenAI attributes, OpenInference, OpenLLMetry, Vercel AI
+ * SDK, the older GenAI events. docs/otlp.md is the table of what each
+ * attribute becomes; keep the two together. */
+#include "api/otlp_map.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/jtree.h"
+#include "base/util.h"
+
+/* ---- attributes ---- */
+
+static json_t *attr(json_t *span, const char *key)
+{
+    json_t *v = json_object_get(json_object_get(span, "attributes"), key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+static const char *sattr(json_t *span, const char *key)
+{
+    json_t *v = attr(span, key);
+    return json_is_string(v) && json_string_length(v) ? json_string_value(v) : NULL;
+}
+
+/* A span attribute, else the resource's. */
+static const char *sattr_or_resource(json_t *span, const char *key)
+{
+    const char *s = sattr(span, key);
+    if (s)
+        return s;
+    json_t *v = json_object_get(json_object_get(span, "resource"), key);
+    return json_is_string(v) && json_string_length(v) ? json_string_value(v) : NULL;
+}
+
+/* An integer attribute (an integer, an integral real or decimal text); false when absent or not one. */
+static bool iattr(json_t *span, const char *key, json_int_t *out)
+{
+    json_t *v = attr(span, key);
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    if (json_is_real(v) && json_real_value(v) == (double)(json_int_t)json_real_value(v)) {
+        *out = (json_int_t)json_real_value(v);
+        return true;
+    }
+    if (json_is_string(v)) {
+        char *end;
+        long long n = strtoll(json_string_value(v), &end, 10);
+        if (json_string_length(v) && !*end) {
+            *out = n;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A value that may be JSON text (the JS SDKs can only send strings) or
+ * already structured: a new reference, or NULL. */
+static json_t *json_attr_value(json_t *v)
+{
+    if (!v)
+        return NULL;
+    if (!json_is_string(v))
+        return json_incref(v);
+    char err[128];
+    return jtree_parse(json_string_value(v), json_string_length(v), err, sizeof err);
+}
+
+static bool has_prefix(json_t *span, const char *prefix)
+{
+    const char *k;
+    json_t *v;
+    size_t n = strlen(prefix);
+    json_object_foreach(json_object_get(span, "attributes"), k, v) if (!strncmp(k, prefix, n)) return true;
+    return false;
+}
+
+/* ---- what a reader fills ---- */
+
+typedef struct {
+    json_t *messages;   /* [{role, content}] */
+    json_t *output;     /* the answer */
+    json_t *tool_calls; /* [{id?, name, arguments?}] */
+    json_t *variables;  /* template variables */
+    json_t *meta;       /* metadata.otel */
+    json_t *feedback;   /* inline feedback items */
+    const char *model, *provider, *prompt_name, *convention;
+    json_int_t version, in_tokens, out_tokens;
+    bool has_in, has_out;
+} fields;
+
+static void fields_free(fields *f)
+{
+    json_decref(f->messages);
+    json_decref(f->output);
+    json_decref(f->tool_calls);
+    json_decref(f->variables);
+    json_decref(f->meta);
+    json_decref(f->feedback);
+}
+
+static const char *role_of(const char *r)
+{
+    if (!r)
+        return "user";
+    if (!strcmp(r, "human"))
+        return "user";
+    if (!strcmp(r, "ai") || !strcmp(r, "model") || !strcmp(r, "bot"))
+        return "assistant";
+    if (!strcmp(r, "function") || !strcmp(r, "ipython"))
+        return "tool";
+    return r;
+}
+
+static void add_message(fields *f, const char *role, json_t *content /* stolen */)
+{
+    if (!f->messages)
+        f->messages = json_array();
+    json_array_append_new(f->messages, json_pack("{s:s,s:o}", "role", role_of(role), "content",
+                                                 content ? content : json_null()));
+}
+
+static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
+{
+    if (!json_is_string(name))
+        return;
+    if (!f->tool_calls)
+        f->tool_calls = json_array();
+    json_t *c = json_pack("{s:O}", "name", name);
+    if (json_is_string(id))
+        json_object_set(c, "id", id);
+    if (json_is_string(args) || json_is_object(args))
+        json_object_set(c, "arguments", args);
+    json_array_append_new(f->tool_calls, c);
+}
+
+/* Text parts joined, or the parts as they are when any is not text. */
+static json_t *content_of_parts(json_t *parts, const char *text_key)
+{
+    if (!json_is_array(parts))
+        return json_is_string(parts) ? json_incref(parts) : json_null();
+    buf_t b = {0};
+    size_t i;
+    json_t *p;
+    bool all_text = true;
+    json_array_foreach(parts, i, p) {
+        json_t *t = json_object_get(p, text_key);
+        const char *type = json_string_value(json_object_get(p, "type"));
+        if (json_is_string(p)) {
+            buf_append(&b, json_string_value(p), json_string_length(p));
+        } else if (json_is_string(t) && (!type || !strcmp(type, "text"))) {
+            buf_append(&b, json_string_value(t), json_string_length(t));
+        } else if (type && (!strcmp(type, "tool_call") || !strcmp(type, "tool-call"))) {
+            continue; /* carried as tool_calls */
+        } else {
+            all_text = false;
+        }
+    }
+    json_t *out = all_text ? json_stringn(b.data ? b.data : "", b.len) : json_incref(parts);
+    buf_free(&b);
+    return out ? out : json_null();
+}
+
+/* ---- readers ---- */
+
+/* Current GenAI semantic conventions: gen_ai.input.messages, output
+ * messages and system instructions as JSON (role + parts). */
+static void read_genai(json_t *span, fields *f)
+{
+    json_t *sys = json_attr_value(attr(span, "gen_ai.system_instructions"));
+    json_t *in = json_attr_value(attr(span, "gen_ai.input.messages"));
+    json_t *out = json_attr_value(attr(span, "gen_ai.output.messages"));
+    if (sys && !f->messages) {
+        json_t *c = content_of_parts(json_is_array(sys) ? sys : NULL, "content");
+        if (json_is_string(sys))
+            json_decref(c), c = json_incref(sys);
+        add_message(f, "system", c);
+    }
+    size_t i;
+    json_t *m;
+    if (json_is_array(in)) {
+        f->has_in = true;
+        json_array_foreach(in, i, m) add_message(f, json_string_value(json_object_get(m, "role")),
+                                                 content_of_parts(json_object_get(m, "parts"), "content"));
+    }
+    if (json_is_array(out) && json_array_size(out)) {
+        f->has_out = true;
+        json_t *first = json_array_get(out, 0);
+        json_t *parts = json_object_get(first, "parts");
+        f->output = content_of_parts(parts, "content");
+        if (!json_is_string(f->output)) {
+            json_decref(f->output);
+            f->output = json_incref(parts);
+        }
+        json_t *p;
+        json_array_foreach(parts, i, p) {
+            const char *type = json_string_value(json_object_get(p, "type"));
+            if (type && !strcmp(type, "tool_call"))
+                add_tool_call(f, json_object_get(p, "id"), json_object_get(p, "name"), json_object_get(p, "arguments"));
+        }
+        const char *fr = json_string_value(json_object_get(first, "finish_reason"));
+        if (fr)
+            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+    }
+    json_decref(sys);
+    json_decref(in);
+    json_decref(out);
+}
+
+/* key.{i}.suffix for i = 0, 1, ... while present; fn called with i. */
+#define MAX_INDEXED 1000
+
+/* OpenLLMetry: gen_ai.prompt.{i}.role/content, gen_ai.completion.{i}.*. */
+static void read_openllmetry(json_t *span, fields *f)
+{
+    char k[128];
+    bool any = false;
+    for (int i = 0; i < MAX_INDEXED; i++) {
+        snprintf(k, sizeof k, "gen_ai.prompt.%d.content", i);
+        json_t *c = attr(span, k);
+        snprintf(k, sizeof k, "gen_ai.prompt.%d.role", i);
+        const char *role = sattr(span, k);
+        if (!c && !role)
+            break;
+        if (!f->has_in)
+            add_message(f, role, c ? content_of_parts(json_is_string(c) ? c : c, "text") : NULL);
+        any = true;
+    }
+    if (any)
+        f->has_in = true;
+    if (f->has_out)
+        return;
+    snprintf(k, sizeof k, "gen_ai.completion.0.content");
+    json_t *c = attr(span, k);
+    bool calls = false;
+    for (int j = 0; j < MAX_INDEXED; j++) {
+        char kn[128], ka[128], ki[128];
+        snprintf(kn, sizeof kn, "gen_ai.completion.0.tool_calls.%d.name", j);
+        snprintf(ka, sizeof ka, "gen_ai.completion.0.tool_calls.%d.arguments", j);
+        snprintf(ki, sizeof ki, "gen_ai.completion.0.tool_calls.%d.id", j);
+        if (!attr(span, kn))
+            break;
+        add_tool_call(f, attr(span, ki), attr(span, kn), attr(span, ka));
+        calls = true;
+    }
+    if (c || calls) {
+        f->has_out = true;
+        f->output = c ? json_incref(c) : json_string("");
+        const char *fr = sattr(span, "gen_ai.completion.0.finish_reason");
+        if (fr)
+            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+    }
+}
+
+/* OpenInference: llm.input_messages.{i}.message.*, llm.output_messages.*. */
+static json_t *oi_content(json_t *span, const char *base)
+{
+    char k[160];
+    snprintf(k, sizeof k, "%s.message.content", base);
+    json_t *c = attr(span, k);
+    if (c)
+        return json_incref(c);
+    buf_t b = {0};
+    for (int j = 0; j < MAX_INDEXED; j++) {
+        snprintf(k, sizeof k, "%s.message.contents.%d.message_content.text", base, j);
+        json_t *t = attr(span, k);
+        if (!json_is_string(t))
+            break;
+        buf_append(&b, json_string_value(t), json_string_length(t));
+    }
+    json_t *out = b.data ? json_stringn(b.data, b.len) : NULL;
+    buf_free(&b);
+    return out;
+}
+
+static void read_openinference(json_t *span, fields *f)
+{
+    char base[96], k[160];
+    bool any = false;
+    for (int i = 0; i < MAX_INDEXED && !f->has_in; i++) {
+        snprintf(base, sizeof base, "llm.input_messages.%d", i);
+        snprintf(k, sizeof k, "%s.message.role", base);
+        const char *role = sattr(span, k);
+        json_t *c = oi_content(span, base);
+        if (!role && !c)
+            break;
+        add_message(f, role, c);
+        any = true;
+    }
+    if (any)
+        f->has_in = true;
+    if (!f->has_out) {
+        json_t *c = oi_content(span, "llm.output_messages.0");
+        for (int j = 0; j < MAX_INDEXED; j++) {
+            char kn[160], ka[160], ki[160];
+            snprintf(kn, sizeof kn, "llm.output_messages.0.message.tool_calls.%d.tool_call.function.name", j);
+            snprintf(ka, sizeof ka, "llm.output_messages.0.message.tool_calls.%d.tool_call.function.arguments", j);
+            snprintf(ki, sizeof ki, "llm.output_messages.0.message.tool_calls.%d.tool_call.id", j);
+            if (!attr(span, kn))
+                break;
+            add_tool_call(f, attr(span, ki), attr(span, kn), attr(span, ka));
+        }
+        if (c || f->tool_calls) {
+            f->has_out = true;
+            f->output = c ? c : json_string("");
+        }
+    }
+    if (!f->variables) {
+        json_t *vars = json_attr_value(attr(span, "llm.prompt_template.variables"));
+        if (json_is_object(vars))
+            f->variables = vars;
+        else
+            json_decref(vars);
+    }
+}
+
+/* Vercel AI SDK: ai.prompt.messages (JSON), ai.response.text, ai.response.toolCalls. */
+static void read_vercel(json_t *span, fields *f)
+{
+    json_t *msgs = json_attr_value(attr(span, "ai.prompt.messages"));
+    size_t i;
+    json_t *m;
+    if (!f->has_in && json_is_array(msgs)) {
+        f->has_in = true;
+        json_array_foreach(msgs, i, m) add_message(f, json_string_value(json_object_get(m, "role")),
+                                                   content_of_parts(json_object_get(m, "content"), "text"));
+    }
+    json_decref(msgs);
+    if (f->has_out)
+        return;
+    json_t *text = attr(span, "ai.response.text");
+    json_t *calls = json_attr_value(attr(span, "ai.response.toolCalls"));
+    json_array_foreach(calls, i, m) {
+        json_t *args = json_object_get(m, "input");
+        if (!args)
+            args = json_object_get(m, "args");
+        add_tool_call(f, json_object_get(m, "toolCallId"), json_object_get(m, "toolName"), args);
+    }
+    json_decref(calls);
+    if (text || f->tool_calls) {
+        f->has_out = true;
+        f->output = text ? json_incref(text) : json_string("");
+    }
+    const char *fr = sattr(span, "ai.response.finishReason");
+    if (fr)
+        json_object_set_new(f->meta, "finish_reason", json_string(fr));
+}
+
+/* The older GenAI event form: one event per message (gen_ai.system.message,
+ * gen_ai.user.message, gen_ai.assistant.message, gen_ai.tool.message,
+ * gen_ai.choice), as span events (fields as attributes) or log records
+ * (fields in the body); and gen_ai.evaluation.result as feedback. */
+static void read_event(fields *f, const char *name, json_t *fieldsobj)
+{
+    static const char *const roles[][2] = {{"gen_ai.system.message", "system"},
+                                           {"gen_ai.user.message", "user"},
+                                           {"gen_ai.assistant.message", "assistant"},
+                                           {"gen_ai.tool.message", "tool"}};
+    for (size_t r = 0; r < sizeof roles / sizeof roles[0]; r++)
+        if (!strcmp(name, roles[r][0])) {
+            json_t *content = json_object_get(fieldsobj, "content");
+            add_message(f, roles[r][1], content ? content_of_parts(content, "text") : NULL);
+            f->has_in = true;
+            return;
+        }
+    if (!strcmp(name, "gen_ai.choice") && !f->has_out) {
+        json_t *msg = json_object_get(fieldsobj, "message");
+        json_t *content = json_object_get(msg ? msg : fieldsobj, "content");
+        json_t *calls = json_object_get(msg ? msg : fieldsobj, "tool_calls");
+        size_t i;
+        json_t *c;
+        json_array_foreach(calls, i, c) {
+            json_t *fn = json_object_get(c, "function");
+            add_tool_call(f, json_object_get(c, "id"), json_object_get(fn, "name"), json_object_get(fn, "arguments"));
+        }
+        f->has_out = true;
+        f->output = content && !json_is_null(content) ? content_of_parts(content, "text") : json_string("");
+        const char *fr = json_string_value(json_object_get(fieldsobj, "finish_reason"));
+        if (fr)
+            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+        return;
+    }
+    if (!strcmp(name, "gen_ai.evaluation.result")) {
+        json_t *fb = json_object();
+        json_t *score = json_object_get(fieldsobj, "gen_ai.evaluation.score.value");
+        json_t *label = json_object_get(fieldsobj, "gen_ai.evaluation.score.label");
+        json_t *why = json_object_get(fieldsobj, "gen_ai.evaluation.explanation");
+        json_t *who = json_object_get(fieldsobj, "gen_ai.evaluation.name");
+        if (json_is_number(score) && json_number_value(score) >= 0 && json_number_value(score) <= 1)
+            json_object_set_new(fb, "score", json_real(json_number_value(score)));
+        if (json_is_string(label))
+            json_object_set(fb, "label", label);
+        if (json_is_string(why))
+            json_object_set(fb, "comment", why);
+        if (json_is_string(who))
+            json_object_set(fb, "who", who);
+        if (json_object_size(fb) == 0 || (json_object_size(fb) == 1 && json_is_string(who))) {
+            json_decref(fb);
+            return;
+        }
+        if (!f->feedback)
+            f->feedback = json_array();
+        json_array_append_new(f->feedback, fb);
+    }
+}
+
+static void read_span_events(json_t *span, fields *f)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(span, "events"), i, e) {
+        const char *name = json_string_value(json_object_get(e, "name"));
+        json_t *a = json_object_get(e, "attributes");
+        if (!name)
+            continue;
+        /* the earliest form: gen_ai.content.prompt / completion events with the JSON as an attribute */
+        if (!strcmp(name, "gen_ai.content.prompt") && !f->has_in) {
+            json_t *msgs = json_attr_value(json_object_get(a, "gen_ai.prompt"));
+            size_t j;
+            json_t *m;
+            json_array_foreach(msgs, j, m) add_message(f, json_string_value(json_object_get(m, "role")),
+                                                       content_of_parts(json_object_get(m, "content"), "text"));
+            f->has_in = json_is_array(msgs);
+            json_decref(msgs);
+        } else if (!strcmp(name, "gen_ai.content.completion") && !f->has_out) {
+            json_t *msgs = json_attr_value(json_object_get(a, "gen_ai.completion"));
+            json_t *m = json_array_get(msgs, 0);
+            if (m) {
+                f->has_out = true;
+                f->output = content_of_parts(json_object_get(m, "content"), "text");
+            }
+            json_decref(msgs);
+        } else {
+            /* event fields as attributes; a JSON-text "message" is read as its object */
+            json_t *copy = json_deep_copy(a);
+            json_t *msg = json_attr_value(json_object_get(a, "message"));
+            if (msg)
+                json_object_set_new(copy, "message", msg);
+            json_t *content = json_object_get(a, "content");
+            if (json_is_string(content)) {
+                json_t *parsed = json_attr_value(content);
+                if (json_is_array(parsed))
+                    json_object_set_new(copy, "content", parsed);
+                else
+                    json_decref(parsed);
+            }
+            read_event(f, name, copy);
+            json_decref(copy);
+        }
+    }
+}
+
+/* ---- which spans are LLM calls ---- */
+
+static const char *convention_of(json_t *span)
+{
+    const char *oi = sattr(span, "openinference.span.kind");
+    if (oi)
+        return !strcasecmp(oi, "LLM") ? "openinference" : NULL;
+    if (sattr(span, "ai.operationId") || sattr(span, "ai.model.id")) /* Vercel AI SDK */
+        return attr(span, "ai.prompt.messages") ? "vercel-ai" : NULL;
+    const char *op = sattr(span, "gen_ai.operation.name");
+    if (!op)
+        op = sattr(span, "llm.request.type"); /* OpenLLMetry */
+    if (!op)
+        op = sattr(span, "gen_ai.request.type");
+    if (op && strcmp(op, "chat") && strcmp(op, "text_completion") && strcmp(op, "completion") &&
+        strcmp(op, "generate_content"))
+        return NULL; /* embeddings, tools, agents: not one model call ratchet can score */
+    if (attr(span, "gen_ai.input.messages") || attr(span, "gen_ai.output.messages"))
+        return "gen_ai";
+    if (attr(span, "gen_ai.prompt.0.content") || attr(span, "gen_ai.completion.0.content") ||
+        attr(span, "gen_ai.prompt.0.role") || sattr(span, "traceloop.entity.name"))
+        return "openllmetry";
+    if (op || sattr(span, "gen_ai.system") || sattr(span, "gen_ai.provider.name") ||
+        sattr(span, "gen_ai.request.model"))
+        return "gen_ai";
+    if (sattr(span, "ratchet.prompt.name") && has_prefix(span, "ratchet."))
+        return "ratchet";
+    return NULL;
+}
+
+/* ---- the trace ---- */
+
+static json_int_t first_int(json_t *span, const char *const *keys, bool *found)
+{
+    json_int_t v;
+    for (; *keys; keys++)
+        if (iattr(span, *keys, &v) && v >= 0) {
+            *found = true;
+            return v;
+        }
+    *found = false;
+    return 0;
+}
+
+static const char *first_str(json_t *span, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const char *s = sattr(span, *keys);
+        if (s)
+            return s;
+    }
+    return NULL;
+}
+
+static void reject(otlp_mapped *out, const char *fmt, const char *a, const char *b)
+{
+    out->rejected++;
+    if (!out->error[0])
+        snprintf(out->error, sizeof out->error, fmt, a, b);
+}
+
+void otlp_trace_id(const char *trace_hex, const char *span_hex, char out[64])
+{
+    snprintf(out, 64, "%.32s-%.16s", trace_hex, span_hex);
+}
+
+/* The prompt: the convention's prompt attributes, else ratchet.prompt.*, else the rule. */
+static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
+{
+    static const char *const names[] = {"traceloop.prompt.key", "ratchet.prompt.name",
+                                        "ai.telemetry.metadata.ratchet.prompt.name", "gen_ai.prompt.name", NULL};
+    static const char *const versions[] = {"traceloop.prompt.version", "ratchet.prompt.version",
+                                           "ai.telemetry.metadata.ratchet.prompt.version", "llm.prompt_template.version",
+                                           "gen_ai.prompt.version", NULL};
+    const char *name = NULL;
+    for (const char *const *k = names; *k && !name; k++)
+        name = sattr_or_resource(span, *k);
+    json_t *p = NULL;
+    if (name) {
+        p = json_pack("{s:s}", "name", name);
+        bool found;
+        json_int_t v = first_int(span, versions, &found);
+        if (found && v >= 1)
+            json_object_set_new(p, "version", json_integer(v));
+    } else if (opts && opts->rule) {
+        p = opts->rule(opts->rule_ud, span);
+    }
+    if (!f->variables) {
+        json_t *vars = json_attr_value(attr(span, "traceloop.prompt.template_variables"));
+        if (!vars)
+            vars = json_attr_value(attr(span, "ratchet.prompt.variables"));
+        if (json_is_object(vars))
+            f->variables = vars;
+        else
+            json_decref(vars);
+    }
+    return p;
+}
+
+static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *conv)
+{
+    static const char *const models[] = {"gen_ai.response.model", "gen_ai.request.model", "llm.model_name",
+                                         "ai.response.model", "ai.model.id", NULL};
+    static const char *const providers[] = {"gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system",
+                                            "ai.model.provider", NULL};
+    static const char *const in_tokens[] = {"gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
+                                            "llm.token_count.prompt", "ai.usage.inputTokens", "ai.usage.promptTokens", NULL};
+    static const char *const out_tokens[] = {"gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
+                                             "llm.token_count.completion", "ai.usage.outputTokens",
+                                             "ai.usage.completionTokens", NULL};
+    static const char *const sessions[] = {"session.id", "gen_ai.conversation.id", "ai.telemetry.metadata.sessionId", NULL};
+    static const char *const users[] = {"user.id", "enduser.id", "ai.telemetry.metadata.userId", NULL};
+    char id[64];
+    const char *tid = json_string_value(json_object_get(span, "trace_id"));
+    const char *sid = json_string_value(json_object_get(span, "span_id"));
+    otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
+    json_t *t = json_pack("{s:s,s:O}", "id", id, "prompt", prompt);
+    json_t *input = json_object();
+    if (f->messages)
+        json_object_set(input, "messages", f->messages);
+    if (f->variables)
+        json_object_set(input, "variables", f->variables);
+    if (json_object_size(input))
+        json_object_set(t, "input", input);
+    json_decref(input);
+    json_int_t code = json_integer_value(json_object_get(span, "status_code"));
+    if (code == 2) {
+        const char *msg = json_string_value(json_object_get(span, "status_message"));
+        const char *type = sattr(span, "error.type");
+        json_object_set_new(t, "error", json_string(msg && *msg ? msg : type ? type : "the span's status is ERROR"));
+    }
+    if (f->output)
+        json_object_set(t, "output", f->output);
+    if (f->tool_calls)
+        json_object_set(t, "tool_calls", f->tool_calls);
+    const char *model = first_str(span, models);
+    if (model)
+        json_object_set_new(t, "model", json_string(model));
+    json_int_t start = json_integer_value(json_object_get(span, "start_ns"));
+    json_int_t end = json_integer_value(json_object_get(span, "end_ns"));
+    if (end >= start && start > 0 && end > 0)
+        json_object_set_new(t, "latency_ms", json_real((double)(end - start) / 1e6));
+    if (start > 0)
+        json_object_set_new(t, "timestamp", json_integer(start / 1000000));
+    bool fi, fo;
+    json_int_t ti = first_int(span, in_tokens, &fi), to = first_int(span, out_tokens, &fo);
+    if (fi || fo) {
+        json_t *u = json_object();
+        if (fi)
+            json_object_set_new(u, "input_tokens", json_integer(ti));
+        if (fo)
+            json_object_set_new(u, "output_tokens", json_integer(to));
+        json_object_set_new(t, "usage", u);
+    }
+    json_t *meta = json_object();
+    const char *s;
+    if ((s = first_str(span, sessions)))
+        json_object_set_new(meta, "session_id", json_string(s));
+    if ((s = first_str(span, users)))
+        json_object_set_new(meta, "user_id", json_string(s));
+    json_t *otel = f->meta;
+    json_object_set_new(otel, "trace_id", json_string(tid ? tid : ""));
+    json_object_set_new(otel, "span_id", json_string(sid ? sid : ""));
+    json_object_set(otel, "span_name", json_object_get(span, "name") ? json_object_get(span, "name") : json_string(""));
+    json_object_set_new(otel, "convention", json_string(conv));
+    if ((s = first_str(span, providers)))
+        json_object_set_new(otel, "provider", json_string(s));
+    if ((s = sattr(span, "gen_ai.operation.name")))
+        json_object_set_new(otel, "operation", json_string(s));
+    if ((s = sattr(span, "gen_ai.response.id")))
+        json_object_set_new(otel, "response_id", json_string(s));
+    json_t *svc = json_object_get(json_object_get(span, "resource"), "service.name");
+    if (json_is_string(svc))
+        json_object_set(otel, "service", svc);
+    json_object_set(meta, "otel", otel);
+    json_object_set_new(t, "metadata", meta);
+    if (f->feedback)
+        json_object_set(t, "feedback", f->feedback);
+    const char *thumbs = sattr(span, "ratchet.feedback.thumbs");
+    if (thumbs) {
+        if (!json_is_array(json_object_get(t, "feedback")))
+            json_object_set_new(t, "feedback", json_array());
+        json_array_append_new(json_object_get(t, "feedback"), json_pack("{s:s}", "thumbs", thumbs));
+    }
+    return t;
+}
+
+static void push(otlp_mapped *out, json_t *trace, size_t source)
+{
+    size_t n = json_array_size(out->traces);
+    out->source = xrealloc(out->source, (n + 1) * sizeof *out->source);
+    out->source[n] = source;
+    json_array_append_new(out->traces, trace);
+}
+
+static void map_one(json_t *span, size_t index, const char *conv, fields *f, const otlp_map_opts *opts,
+                    otlp_mapped *out)
+{
+    json_t *prompt = prompt_of(span, f, opts);
+    if (!prompt) {
+        out->unlinked++;
+        reject(out, "span '%s' (%s) is an LLM call linked to no prompt: set ratchet.prompt.name (or the "
+                    "convention's prompt attribute) or configure otlp.prompt_rule",
+               json_string_value(json_object_get(span, "name")) ? json_string_value(json_object_get(span, "name")) : "",
+               conv);
+        return;
+    }
+    push(out, build_trace(span, f, prompt, conv), index);
+    json_decref(prompt);
+}
+
+static void init_out(otlp_mapped *out)
+{
+    memset(out, 0, sizeof *out);
+    out->traces = json_array();
+    out->feedback = json_array();
+}
+
+void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out)
+{
+    init_out(out);
+    size_t i;
+    json_t *span;
+    json_array_foreach(spans, i, span) {
+        const char *bad = json_string_value(json_object_get(span, "invalid"));
+        if (bad) {
+            reject(out, "span %s: %s", json_string_value(json_object_get(span, "name")) ?
+                   json_string_value(json_object_get(span, "name")) : "", bad);
+            continue;
+        }
+        const char *conv = convention_of(span);
+        if (!conv) {
+            out->dropped++;
+            continue;
+        }
+        fields f = {.meta = json_object(), .convention = conv};
+        read_genai(span, &f);
+        read_openinference(span, &f);
+        read_openllmetry(span, &f);
+        read_vercel(span, &f);
+        read_span_events(span, &f);
+        if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
+            /* content off, or sent as log records (/v1/logs): nothing to score here */
+            out->dropped++;
+            fields_free(&f);
+            continue;
+        }
+        map_one(span, i, conv, &f, opts, out);
+        fields_free(&f);
+    }
+}
+
+/* Log records: grouped by span (records without a span are each their own group). */
+void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
+{
+    init_out(out);
+    size_t n = json_array_size(logs);
+    bool *done = xcalloc(n ? n : 1, sizeof *done);
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        json_t *rec = json_array_get(logs, i);
+        const char *bad = json_string_value(json_object_get(rec, "invalid"));
+        done[i] = true;
+        if (bad) {
+            reject(out, "log record %s%s", "", bad);
+            continue;
+        }
+        const char *tid = json_string_value(json_object_get(rec, "trace_id"));
+        const char *sid = json_string_value(json_object_get(rec, "span_id"));
+        /* the span's records, in order: a synthetic span carries their fields */
+        fields f = {.meta = json_object(), .convention = "gen_ai-events"};
+        json_t *span = json_pack("{s:s,s:s,s:O,s:O,s:o,s:i}", "trace_id", tid, "span_id", sid, "resource",
+                                 json_object_get(rec, "resource"), "attributes", json_object_get(rec, "attributes"),
+                                 "name", json_string(""), "start_ns", json_integer_value(json_object_get(rec, "time_ns")));
+        json_t *attrs = json_deep_copy(json_object_get(rec, "attributes"));
+        json_object_set_new(span, "attributes", attrs);
+        size_t nevents = 0, ngenai = 0;
+        for (size_t j = i; j < n; j++) {
+            json_t *r = json_array_get(logs, j);
+            if (j > i && (done[j] || !*tid || !*sid || json_object_get(r, "invalid") ||
+                          strcmp(json_string_value(json_object_get(r, "trace_id")), tid) ||
+                          strcmp(json_string_value(json_object_get(r, "span_id")), sid)))
+                continue;
+            done[j] = true;
+            const char *name = json_string_value(json_object_get(r, "event_name"));
+            json_t *a = json_object_get(r, "attributes");
+            if (!name || !*name)
+                name = json_string_value(json_object_get(a, "event.name"));
+            if (!name || strncmp(name, "gen_ai.", 7))
+                continue;
+            nevents++;
+            json_object_update_missing(attrs, a);
+            json_t *body = json_object_get(r, "body");
+            json_t *fo = json_is_object(body) ? json_deep_copy(body) : json_object();
+            if (body && !json_is_object(body))
+                json_object_set(fo, "content", body);
+            json_object_update_missing(fo, a);
+            read_event(&f, name, fo);
+            ngenai += strcmp(name, "gen_ai.evaluation.result") != 0;
+            json_decref(fo);
+        }
+        if (!nevents) {
+            out->dropped++;
+        } else if (!ngenai && f.feedback) {
+            /* feedback on a trace sent before */
+            char id[64];
+            otlp_trace_id(tid, sid, id);
+            size_t k;
+            json_t *fb;
+            json_array_foreach(f.feedback, k, fb) {
+                json_t *item = json_deep_copy(fb);
+                json_object_set_new(item, "trace_id", json_string(id));
+                json_array_append_new(out->feedback, item);
+            }
+        } else if (!*tid || !*sid) {
+            reject(out, "GenAI log records without a trace and span id cannot form a trace%s%s", "", "");
+        } else if (!f.has_out) {
+            out->dropped++; /* the question without its answer: the choice comes with the span's other records */
+        } else {
+            map_one(span, i, "gen_ai-events", &f, opts, out);
+        }
+        json_decref(span);
+        fields_free(&f);
+    }
+    free(done);
+}
+
+void otlp_mapped_free(otlp_mapped *m)
+{
+    json_decref(m->traces);
+    json_decref(m->feedback);
+    free(m->source);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,44 @@
+/* otlp_map.h — plain OTLP spans and log records (otlp_decode.h) mapped to
+ * ratchet traces and feedback in the form POST /v1/traces and /v1/feedback
+ * take (docs/traces.md), so they go through ingest's validation unchanged.
+ * Reads the OpenTelemetry GenAI conventions (current attributes, and the
+ * older event form as span events or log records), OpenLLMetry,
+ * OpenInference and the Vercel AI SDK; docs/otlp.md has the table. Pure. */
+#ifndef RATCHET_OTLP_MAP_H
+#define RATCHET_OTLP_MAP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The prompt of a span no attribute links: the configured rule (Lua).
+ * Returns a new {"name":..., "version"?: n} or NULL (no prompt). */
+typedef json_t *(*otlp_prompt_rule)(void *ud, json_t *span);
+
+typedef struct {
+    otlp_prompt_rule rule; /* NULL: no rule */
+    void *rule_ud;
+} otlp_map_opts;
+
+typedef struct {
+    json_t *traces;      /* ratchet trace objects, one per LLM span (or span's log records) */
+    json_t *feedback;    /* feedback objects for traces sent earlier (log records) */
+    size_t *source;      /* source[i]: the item traces[i] came from */
+    size_t dropped;      /* items that are not LLM calls (counted in metrics, not rejected) */
+    size_t rejected;     /* invalid items, and LLM calls with no prompt to link to */
+    size_t unlinked;     /* of rejected: LLM calls no attribute or rule linked to a prompt */
+    char error[512];     /* the first rejection's reason, for partial_success */
+} otlp_mapped;
+
+/* Maps the plain spans of one request. */
+void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out);
+/* Maps the plain log records of one request: the GenAI events of one span
+ * (gen_ai.user.message, gen_ai.choice, ...) become one trace;
+ * gen_ai.evaluation.result events become feedback. */
+void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out);
+void otlp_mapped_free(otlp_mapped *m);
+
+/* "<32 hex trace id>-<16 hex span id>": the id of the trace a span becomes. */
+void otlp_trace_id(const char *trace_hex, const char *span_hex, char out[64]);
+
+#endif

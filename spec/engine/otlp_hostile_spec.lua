@@ -1,0 +1,247 @@
+-- The OTLP receiver against hostile and broken bodies (docs/otlp.md): each
+-- is refused with the status OTLP/HTTP exporters act on, or its bad spans
+-- rejected in partial_success while the good ones are kept; the engine
+-- stays up. The protobuf bodies are built here byte by byte (a test
+-- fixture: the smallest encoder that can also write what no real exporter
+-- would).
+local engine = require "spec.helpers.engine"
+
+-- ---- a protobuf writer for the test bodies ----
+local function varint(n)
+  local t = {}
+  repeat
+    local b = n % 128
+    n = n // 128
+    if n > 0 then b = b + 128 end
+    t[#t + 1] = string.char(b)
+  until n == 0
+  return table.concat(t)
+end
+local function len_field(num, payload) return varint(num << 3 | 2) .. varint(#payload) .. payload end
+local function varint_field(num, v) return varint(num << 3) .. varint(v) end
+local function fixed64_field(num, v) return varint(num << 3 | 1) .. string.pack("<I8", v) end
+local function str(s) return len_field(1, s) end                     -- AnyValue.string_value
+local function kv(k, any) return len_field(1, k) .. len_field(2, any) end
+local function span(p)
+  local parts = { len_field(1, p.trace or string.rep("\1", 16)), len_field(2, p.span), len_field(5, p.name or "chat"),
+    fixed64_field(7, 1700000000000000000), fixed64_field(8, 1700000000250000000) }
+  for _, a in ipairs(p.attrs or {}) do parts[#parts + 1] = len_field(9, a) end
+  return table.concat(parts)
+end
+local function request(spans)
+  local ss = {}
+  for _, s in ipairs(spans) do ss[#ss + 1] = len_field(2, s) end
+  return len_field(1, len_field(2, table.concat(ss)))  -- resource_spans { scope_spans { spans... } }
+end
+local function llm_attrs(extra)
+  local a = {
+    kv("gen_ai.operation.name", str("chat")), kv("gen_ai.request.model", str("m")),
+    kv("gen_ai.input.messages", str('[{"role":"user","parts":[{"type":"text","content":"hi"}]}]')),
+    kv("gen_ai.output.messages", str('[{"role":"assistant","parts":[{"type":"text","content":"refund"}]}]')),
+    kv("ratchet.prompt.name", str("support")),
+  }
+  for _, x in ipairs(extra or {}) do a[#a + 1] = x end
+  return a
+end
+
+-- ---- reading answers: ExportTraceServiceResponse / google.rpc.Status ----
+local function read_varint(s, i)
+  local n, shift = 0, 0
+  repeat
+    local b = s:byte(i)
+    n = n | ((b & 127) << shift)
+    shift, i = shift + 7, i + 1
+  until b < 128
+  return n, i
+end
+local function fields(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local key
+    key, i = read_varint(s, i)
+    local num, wt = key >> 3, key & 7
+    if wt == 0 then
+      out[num], i = read_varint(s, i)
+    else
+      assert(wt == 2, "unexpected wire type " .. wt)
+      local n
+      n, i = read_varint(s, i)
+      out[num] = s:sub(i, i + n - 1)
+      i = i + n
+    end
+  end
+  return out
+end
+local function partial(body) -- rejected_spans, error_message (nil, nil when none)
+  local ps = fields(body)[1]
+  if not ps then return nil, nil end
+  local f = fields(ps)
+  return f[1], f[2]
+end
+
+local TOKEN = "otlp-hostile-ingest-token-0123456789"
+local ADMIN = "otlp-hostile-admin-token-0123456789"
+local admin = { headers = { Authorization = "Bearer " .. ADMIN } }
+
+describe("the OTLP receiver with hostile input", function()
+  local e, otlp
+  setup(function()
+    e = engine.start { config = string.format([[
+ingest_token = %q
+admin_token = %q
+otlp = { listen = "127.0.0.1:0" }
+limits = { max_body_bytes = 4194304, max_pending_writes = 100 }
+prompt "support" { evaluators = { { "contains", options = { value = "refund" } } } }
+]], TOKEN, ADMIN) }
+    otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+  end)
+  teardown(function() e:stop() end)
+
+  local function send(body, ct, headers)
+    local h = { Authorization = "Bearer " .. TOKEN }
+    for k, v in pairs(headers or {}) do h[k] = v end
+    local r = otlp:request("POST", "/v1/traces", { body = body, headers = h, content_type = ct or "application/x-protobuf" })
+    return r
+  end
+  local function stored(id) return e:get("/v1/traces/" .. id, admin).status == 200 end
+  local TRACE_HEX = string.rep("01", 16)
+
+  it("answers a truncated body 400 with a google.rpc.Status, and stays up", function()
+    local body = request { span { span = "\0\0\0\0\0\0\0\1", attrs = llm_attrs() } }
+    local r = send(body:sub(1, #body - 7))
+    assert.equal(400, r.status)
+    assert.equal("application/x-protobuf", r.headers["content-type"])
+    local st = fields(r.body)
+    assert.equal(3, st[1]) -- INVALID_ARGUMENT
+    assert.matches("not a protobuf ExportTraceServiceRequest", st[2])
+    assert.equal(200, e:get("/healthz").status)
+  end)
+
+  it("answers a field of the wrong wire type 400", function()
+    local r = send(varint_field(1, 5)) -- resource_spans as a varint
+    assert.equal(400, r.status)
+    -- and in JSON: a body that is not an export request
+    r = send('{"resourceSpans": 5}', "application/json")
+    assert.equal(400, r.status)
+    assert.matches("resourceSpans", r.json.message)
+  end)
+
+  it("rejects a deeply nested value, an invalid UTF-8 string and 100k attributes in their spans, keeping the valid span", function()
+    local deep = str("x")
+    for _ = 1, 200 do deep = len_field(5, len_field(1, deep)) end -- array_value { values: [ ... ] }
+    local many = {}
+    for i = 1, 100000 do many[i] = kv("a" .. i, str("v")) end
+    local body = request {
+      span { span = "\0\0\0\0\0\0\0\2", attrs = llm_attrs { kv("deep", deep) } },
+      span { span = "\0\0\0\0\0\0\0\3", attrs = llm_attrs { kv("bad", str("caf\xc3\x28")) } },
+      span { span = "\0\0\0\0\0\0\0\4", attrs = llm_attrs(many) },
+      span { span = "\0\0\0\0\0\0\0\5", attrs = llm_attrs() },
+      span { span = "\0\0\0\0\0\0\6", attrs = llm_attrs() }, -- a span id of 7 bytes
+    }
+    local r = send(body)
+    assert.equal(200, r.status, r.body)
+    local rejected, msg = partial(r.body)
+    assert.equal(4, rejected)
+    assert.matches("nested deeper than 32", msg)
+    assert.is_true(stored(TRACE_HEX .. "-0000000000000005"))
+    for _, sid in ipairs { "0000000000000002", "0000000000000003", "0000000000000004" } do
+      assert.is_false(stored(TRACE_HEX .. "-" .. sid), sid)
+    end
+    local m = e:get("/metrics", admin).body
+    assert.matches('ratchet_otlp_items_total{signal="traces",result="rejected"} 4', m, 1, true)
+  end)
+
+  it("names the invalid UTF-8 attribute and the attribute count in partial_success", function()
+    local r = send(request { span { span = "\0\0\0\0\0\0\1\3", attrs = llm_attrs { kv("bad", str("\xff")) } } })
+    local _, msg = partial(r.body)
+    assert.matches("attribute 'bad' is not valid UTF%-8", msg)
+    local many = {}
+    for i = 1, 5000 do many[i] = kv("k" .. i, str("v")) end
+    r = send(request { span { span = "\0\0\0\0\0\0\1\4", attrs = llm_attrs(many) } })
+    _, msg = partial(r.body)
+    assert.matches("5005 attributes; at most 4096", msg)
+  end)
+
+  it("answers a gzip bomb 413 once it inflates past the body limit", function()
+    local dir = engine.tmpdir()
+    os.execute("head -c 50000000 /dev/zero | gzip -c > " .. dir .. "/bomb.gz")
+    local bomb = engine.read_file(dir .. "/bomb.gz")
+    os.execute("rm -rf " .. dir)
+    assert.is_true(#bomb < 100000)
+    local r = send(bomb, nil, { ["Content-Encoding"] = "gzip" })
+    assert.equal(413, r.status)
+    assert.matches("inflates past 4194304 bytes", fields(r.body)[2])
+    -- corrupt gzip is a 400
+    r = send("\31\139\8\0garbage", nil, { ["Content-Encoding"] = "gzip" })
+    assert.equal(400, r.status)
+  end)
+
+  it("takes gzip bodies", function()
+    local dir = engine.tmpdir()
+    engine.write_file(dir .. "/b", request { span { span = "\0\0\0\0\0\0\2\1", attrs = llm_attrs() } })
+    os.execute("gzip -c " .. dir .. "/b > " .. dir .. "/b.gz")
+    local r = send(engine.read_file(dir .. "/b.gz"), nil, { ["Content-Encoding"] = "gzip" })
+    os.execute("rm -rf " .. dir)
+    assert.equal(200, r.status)
+    assert.is_nil(partial(r.body))
+    assert.is_true(stored(TRACE_HEX .. "-0000000000000201"))
+  end)
+
+  it("takes OTLP JSON with mixed valid and invalid spans, and duplicates store nothing twice", function()
+    local function jspan(sid, attrs)
+      return { traceId = string.rep("ab", 16), spanId = sid, name = "chat", startTimeUnixNano = "1700000000000000000",
+        endTimeUnixNano = "1700000000500000000", attributes = attrs }
+    end
+    local good = {
+      { key = "gen_ai.operation.name", value = { stringValue = "chat" } },
+      { key = "gen_ai.usage.input_tokens", value = { intValue = "12" } },
+      { key = "gen_ai.output.messages", value = { stringValue = '[{"role":"assistant","parts":[{"type":"text","content":"ok"}]}]' } },
+      { key = "ratchet.prompt.name", value = { stringValue = "support" } },
+    }
+    local body = engine.json.encode { resourceSpans = { { scopeSpans = { { spans = {
+      jspan("00000000000000a1", good),
+      jspan("zz", good),                                               -- not hex
+      jspan("00000000000000a3", { good[1], good[3] }),                 -- linked to no prompt
+      jspan("00000000000000a4", { { key = "x", value = { weird = 1 } } }), -- not an AnyValue
+      jspan("00000000000000a5", { { key = "http.method", value = { stringValue = "GET" } } }), -- not an LLM call
+    } } } } } }
+    local r = send(body, "application/json")
+    assert.equal(200, r.status, r.body)
+    assert.equal("3", r.json.partialSuccess.rejectedSpans)
+    assert.matches("spanId must be 16 hex digits", r.json.partialSuccess.errorMessage)
+    local t = e:get("/v1/traces/" .. string.rep("ab", 16) .. "-00000000000000a1", admin).json
+    assert.equal("ok", t.output)
+    assert.equal(12, t.usage.input_tokens)
+    assert.equal(500, t.latency_ms)
+    local before = #e:get("/v1/traces?prompt=support&limit=1000", admin).json.items
+    r = send(body, "application/json")
+    assert.equal(200, r.status)
+    assert.equal(before, #e:get("/v1/traces?prompt=support&limit=1000", admin).json.items)
+    assert.matches('ratchet_otlp_items_total{signal="traces",result="duplicate"} 1', e:get("/metrics", admin).body, 1, true)
+    assert.matches('ratchet_otlp_items_total{signal="traces",result="unlinked"} 2', e:get("/metrics", admin).body, 1, true)
+  end)
+
+  it("refuses what is not OTLP: content type, encoding, method, path, token", function()
+    local body = request { span { span = "\0\0\0\0\0\0\3\1", attrs = llm_attrs() } }
+    assert.equal(415, send(body, "text/plain").status)
+    assert.equal(415, send(body, nil, { ["Content-Encoding"] = "br" }).status)
+    assert.equal(405, otlp:request("GET", "/v1/traces").status)
+    assert.equal(404, otlp:request("POST", "/v1/metrics", { body = body }).status)
+    local r = otlp:request("POST", "/v1/traces", { body = body, content_type = "application/x-protobuf",
+      headers = { Authorization = "Bearer wrong-token-wrong-token" } })
+    assert.equal(401, r.status)
+    assert.is_false(stored(TRACE_HEX .. "-0000000000000301"))
+  end)
+
+  it("answers 503 with Retry-After when the store's write queue cannot take the batch, storing nothing", function()
+    local spans = {}
+    for i = 1, 101 do -- limits.max_pending_writes = 100
+      spans[i] = span { span = string.pack(">I8", 0x1000 + i), attrs = llm_attrs() }
+    end
+    local r = send(request(spans))
+    assert.equal(503, r.status)
+    assert.equal("1", r.headers["retry-after"])
+    assert.equal(14, fields(r.body)[1]) -- UNAVAILABLE
+    assert.is_false(stored(TRACE_HEX .. "-0000000000001001"))
+  end)
+end)

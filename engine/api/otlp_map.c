@@ -41,6 +41,8 @@ static const char *sattr_or_resource(json_t *span, const char *key)
 static bool iattr(json_t *span, const char *key, json_int_t *out)
 {
     json_t *v = attr(span, key);
+    if (!v && !strncmp(key, "ratchet.", 8)) /* ratchet's own attributes may be the resource's (one service, one prompt) */
+        v = json_object_get(json_object_get(span, "resource"), key);
     if (json_is_integer(v)) {
         *out = json_integer_value(v);
         return true;
@@ -728,9 +730,10 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
         const char *sid = json_string_value(json_object_get(rec, "span_id"));
         /* the span's records, in order: a synthetic span carries their fields */
         fields f = {.meta = json_object(), .convention = "gen_ai-events"};
-        json_t *span = json_pack("{s:s,s:s,s:O,s:O,s:o,s:i}", "trace_id", tid, "span_id", sid, "resource",
+        json_t *span = json_pack("{s:s,s:s,s:O,s:O,s:o,s:I}", "trace_id", tid, "span_id", sid, "resource",
                                  json_object_get(rec, "resource"), "attributes", json_object_get(rec, "attributes"),
-                                 "name", json_string(""), "start_ns", json_integer_value(json_object_get(rec, "time_ns")));
+                                 "name", json_string(""), "start_ns",
+                                 (json_int_t)json_integer_value(json_object_get(rec, "time_ns")));
         json_t *attrs = json_deep_copy(json_object_get(rec, "attributes"));
         json_object_set_new(span, "attributes", attrs);
         size_t nevents = 0, ngenai = 0;
@@ -758,6 +761,10 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
             ngenai += strcmp(name, "gen_ai.evaluation.result") != 0;
             json_decref(fo);
         }
+        /* gen_ai.client.inference.operation.details records carry the
+         * current attributes (gen_ai.input.messages, ...), merged above */
+        if (nevents && (!f.has_in || !f.has_out))
+            read_genai(span, &f);
         if (!nevents) {
             out->dropped++;
         } else if (!ngenai && f.feedback) {

@@ -4,6 +4,7 @@
 -- status codes exporters act on; hostile bodies.
 local engine = require "spec.helpers.engine"
 local node = require "spec.helpers.node"
+local fake_llm = require "spec.helpers.fake_llm"
 
 local TOKEN = "otlp-spec-ingest-token-0123456789"
 local ADMIN = "otlp-spec-admin-token-0123456789ab"
@@ -86,6 +87,56 @@ describe("the OTLP receiver", function()
       assert.equal(0, code, err)
       local r = e:get("/v1/traces?prompt=support", admin)
       assert.equal(4, #r.json.items) -- two runs, two LLM spans each (new span ids)
+    end)
+  end
+
+  -- An app calling the openai SDK (against ratchet fake-llm), instrumented by
+  -- each convention's real library from npm, exporting with the real OTLP
+  -- protobuf exporters: its LLM call shows as a trace linked to the prompt
+  -- (ratchet.prompt.name as a resource attribute), evaluated online.
+  local conventions = {
+    { lib = "otel", convention = "gen_ai-events" },     -- @opentelemetry/instrumentation-openai: content as log records
+    { lib = "openinference", convention = "openinference", model = true },
+    { lib = "openllmetry", convention = "gen_ai", model = true }, -- @traceloop 0.27 writes the current gen_ai.* attributes
+    { lib = "vercel", convention = "vercel-ai", model = true },
+  }
+  for _, c in ipairs(conventions) do
+    it("maps what " .. c.lib .. "'s instrumentation really emits into a trace, evaluated online", function()
+      local fake = fake_llm.start {}
+      e = engine.start { config = config() }
+      assert.equal(201, e:post("/v1/prompts", { name = "support" }, admin).status)
+      assert.equal(201, e:post("/v1/prompts/support/versions",
+        { messages = { { role = "system", content = "You answer support tickets." } } }, admin).status)
+      local code, out, err = node.run("otlp_instrumented.mjs",
+        { OTLP_URL = otlp_url(e), TOKEN = TOKEN, LLM_URL = fake:url("/v1"), PROMPT = "support", PROMPT_VERSION = "1" }, c.lib)
+      fake:stop()
+      assert.equal(0, code, err)
+      local ids = engine.json.decode(out:match("[^\n]+\n?$"))
+      assert.equal("echo: I was charged twice", ids.output)
+      local t = engine.eventually(5, function()
+        local r = e:get("/v1/traces?prompt=support", admin)
+        local item = r.json.items[1]
+        if item and item.verdict ~= "unevaluated" and item.id:sub(1, 32) == ids.trace_id then return item end
+      end)
+      assert.is_table(t, "no evaluated trace of the app's trace " .. ids.trace_id .. "; log:\n" .. e:log_text())
+      assert.equal(c.convention, t.metadata.otel.convention)
+      assert.equal("support", t.prompt.name)
+      assert.equal("echo: I was charged twice", t.output)
+      assert.same({ role = "system", content = "You answer support tickets." }, t.input.messages[1])
+      assert.same({ role = "user", content = "I was charged twice" }, t.input.messages[2])
+      if c.model then
+        assert.equal("gpt-4o-mini", t.model)
+        assert.is_number(t.usage.input_tokens)
+        assert.is_true(t.latency_ms > 0)
+      end
+      assert.equal("fail", t.verdict) -- the echo does not mention a refund: the contains evaluator failed it
+      assert.equal("app-" .. c.lib, t.metadata.otel.service)
+      -- and it feeds the loop: the prompt's window statistics count it
+      assert.equal(1, t.prompt.version)
+      local m = e:get("/v1/prompts/support/metrics?version=1", admin)
+      assert.equal(200, m.status, m.body)
+      assert.equal(1, m.json.versions[1].evaluated, m.body)
+      assert.equal(1, m.json.versions[1].failures, m.body)
     end)
   end
 end)

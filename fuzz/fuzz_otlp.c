@@ -1,0 +1,80 @@
+/* fuzz_otlp.c — libFuzzer target: the OTLP decoder and mapping
+ * (otlp_decode.c, otlp_map.c), then ingest's validation of what they made.
+ * The first byte picks the form (bit 0: JSON, else protobuf; bit 1: logs,
+ * else traces; bit 2: gzip); the rest is the body. What it checks beyond
+ * "no crash": a refusal says why; every span is accounted for exactly once
+ * (a trace, dropped or rejected); every trace the mapping made is an object
+ * with an id and a prompt, and its JSON goes through ingest_parse. */
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/ingest.h"
+#include "api/otlp_decode.h"
+#include "api/otlp_map.h"
+#include "base/jtree.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    bool json = data[0] & 1;
+    otlp_signal sig = (data[0] & 2) ? OTLP_LOGS : OTLP_TRACES;
+    bool gzip = data[0] & 4;
+    const char *body = (const char *)data + 1;
+    size_t len = size - 1;
+    char err[512] = "";
+    char *inflated = NULL;
+    if (gzip) {
+        int rc = otlp_inflate(body, len, 1 << 20, &inflated, &len, err, sizeof err);
+        if (rc) {
+            if ((rc != 400 && rc != 413) || !err[0])
+                abort();
+            return 0;
+        }
+        body = inflated;
+    }
+    json_t *items = otlp_decode(sig, json, body, len, err, sizeof err);
+    free(inflated);
+    if (!items) {
+        if (!err[0])
+            abort(); /* a refusal always says why */
+        return 0;
+    }
+    otlp_mapped m;
+    if (sig == OTLP_TRACES) {
+        otlp_map_spans(items, NULL, &m);
+        if (json_array_size(m.traces) + m.dropped + m.rejected != json_array_size(items)) {
+            fprintf(stderr, "%zu spans, but %zu traces + %zu dropped + %zu rejected\n", json_array_size(items),
+                    json_array_size(m.traces), m.dropped, m.rejected);
+            abort();
+        }
+    } else {
+        otlp_map_logs(items, NULL, &m);
+    }
+    if (m.rejected && !m.error[0])
+        abort(); /* a rejection always says why */
+    size_t i;
+    json_t *t;
+    json_array_foreach(m.traces, i, t) {
+        if (!json_is_string(json_object_get(t, "id")) || !json_is_object(json_object_get(t, "prompt")))
+            abort();
+    }
+    if (json_array_size(m.traces)) {
+        char *text = jtree_dump(m.traces);
+        ingest_batch b;
+        const char *code = NULL;
+        int rc = ingest_parse(INGEST_TRACES, text, strlen(text), false, 100000, 1795507200000LL, &b, &code, err,
+                              sizeof err);
+        if (rc == 0)
+            ingest_batch_free(&b);
+        else if (!code || !err[0])
+            abort();
+        free(text);
+    }
+    otlp_mapped_free(&m);
+    json_decref(items);
+    return 0;
+}

@@ -245,3 +245,76 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     assert.is_false(stored(TRACE_HEX .. "-0000000000001001"))
   end)
 end)
+
+-- The older GenAI event form, hand-built (no maintained npm library emits
+-- it on span events any more): the events and their fields as the GenAI
+-- semantic conventions' event list gave them (gen_ai.system.message,
+-- gen_ai.user.message, gen_ai.assistant.message, gen_ai.tool.message with
+-- `content`; gen_ai.choice with `index`, `finish_reason`, `message`
+-- {content, tool_calls}); gen_ai.evaluation.result with
+-- gen_ai.evaluation.name, gen_ai.evaluation.score.value / .score.label,
+-- gen_ai.evaluation.explanation.
+describe("the OTLP receiver with the older GenAI event form", function()
+  local e, otlp
+  local function s(k, v) return { key = k, value = { stringValue = v } } end
+  setup(function()
+    e = engine.start { config = string.format([[
+ingest_token = %q
+admin_token = %q
+otlp = { listen = "127.0.0.1:0" }
+prompt "support" { evaluators = { { "contains", options = { value = "refund" } } } }
+]], TOKEN, ADMIN) }
+    otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+  end)
+  teardown(function() e:stop() end)
+  local function post(path, body)
+    return otlp:request("POST", path, { body = engine.json.encode(body), content_type = "application/json",
+      headers = { Authorization = "Bearer " .. TOKEN } })
+  end
+
+  it("reads span events into the trace, and gen_ai.evaluation.result into its feedback", function()
+    local r = post("/v1/traces", { resourceSpans = { { resource = { attributes = { s("ratchet.prompt.name", "support") } },
+      scopeSpans = { { spans = { {
+        traceId = string.rep("c1", 16), spanId = "00000000000000e1", name = "chat m",
+        startTimeUnixNano = "1700000000000000000", endTimeUnixNano = "1700000000300000000",
+        attributes = { s("gen_ai.system", "openai"), s("gen_ai.request.model", "m") },
+        events = {
+          { name = "gen_ai.system.message", timeUnixNano = "1700000000000000000", attributes = { s("content", "Be brief.") } },
+          { name = "gen_ai.user.message", timeUnixNano = "1700000000000000000", attributes = { s("content", "charged twice") } },
+          { name = "gen_ai.choice", timeUnixNano = "1700000000300000000", attributes = {
+            s("finish_reason", "stop"), s("message", '{"content":"We will refund you.","tool_calls":[{"id":"t1","type":"function","function":{"name":"refund","arguments":"{\\"n\\":1}"}}]}') } },
+          { name = "gen_ai.evaluation.result", timeUnixNano = "1700000000400000000", attributes = {
+            s("gen_ai.evaluation.name", "helpfulness"), { key = "gen_ai.evaluation.score.value", value = { doubleValue = 0.25 } },
+            s("gen_ai.evaluation.score.label", "unhelpful"), s("gen_ai.evaluation.explanation", "too short") } },
+        } } } } } } } })
+    assert.equal(200, r.status, r.body)
+    assert.is_nil(r.json.partialSuccess)
+    local t = e:get("/v1/traces/" .. string.rep("c1", 16) .. "-00000000000000e1", admin).json
+    assert.same({ { role = "system", content = "Be brief." }, { role = "user", content = "charged twice" } }, t.input.messages)
+    assert.equal("We will refund you.", t.output)
+    assert.same({ { id = "t1", name = "refund", arguments = '{"n":1}' } }, t.tool_calls)
+    assert.equal(300, t.latency_ms)
+    assert.equal(1, #t.feedback)
+    assert.equal(0.25, t.feedback[1].score)
+    assert.equal("unhelpful", t.feedback[1].label)
+    assert.equal("too short", t.feedback[1].comment)
+    assert.equal("helpfulness", t.feedback[1].who)
+  end)
+
+  it("links a gen_ai.evaluation.result log record to the trace sent earlier, and rejects one for an unknown span", function()
+    local function rec(sid, label)
+      return { eventName = "gen_ai.evaluation.result", timeUnixNano = "1700000001000000000",
+        traceId = string.rep("c1", 16), spanId = sid, attributes = { s("gen_ai.evaluation.score.label", label) } }
+    end
+    local r = post("/v1/logs", { resourceLogs = { { scopeLogs = { { logRecords = {
+      rec("00000000000000e1", "wrong tone"), rec("00000000000000ff", "lost") } } } } } })
+    assert.equal(200, r.status, r.body)
+    assert.equal("1", r.json.partialSuccess.rejectedLogRecords)
+    assert.matches("names a span ratchet has no trace of", r.json.partialSuccess.errorMessage)
+    local t = e:get("/v1/traces/" .. string.rep("c1", 16) .. "-00000000000000e1", admin).json
+    local labels = {}
+    for _, f in ipairs(t.feedback) do labels[#labels + 1] = f.label end
+    table.sort(labels)
+    assert.same({ "unhelpful", "wrong tone" }, labels)
+  end)
+end)

@@ -17,6 +17,7 @@
 #include "api/otlp_decode.h"
 #include "api/otlp_map.h"
 #include "base/jtree.h"
+#include "script/policy.h"
 
 #define OTLP_MD "docs/otlp.md"
 /* as ingest: larger bodies are decoded in the thread pool */
@@ -49,6 +50,10 @@ typedef struct {
     char error[600];       /* the first reason, for partial_success */
     bool store_failed;
     uint64_t decode_ns;
+    /* otlp.prompt_rule over the spans no attribute linked (m.deferred) */
+    json_t *answers;
+    size_t asked;
+    loaded_evaluator *rule;
 } otlp_job;
 
 /* ---- answers ---- */
@@ -145,6 +150,7 @@ static void job_free(otlp_job *job)
         ingest_batch_free(&job->fb);
     free(job->traces_text);
     free(job->feedback_text);
+    json_decref(job->answers);
     free(job);
 }
 
@@ -188,6 +194,8 @@ static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, char **te
     return 0;
 }
 
+static void parse_mapped(otlp_job *job);
+
 static void decode_job(otlp_job *job)
 {
     uint64_t t0 = mono_ns();
@@ -210,14 +218,22 @@ static void decode_job(otlp_job *job)
         job->status = 400;
         return;
     }
+    otlp_map_opts opts = {.defer_unlinked = job->a->cfg->otlp.prompt_rule != NULL};
     if (job->sig == OTLP_TRACES)
-        otlp_map_spans(items, NULL, &job->m);
+        otlp_map_spans(items, &opts, &job->m);
     else
-        otlp_map_logs(items, NULL, &job->m);
+        otlp_map_logs(items, &opts, &job->m);
     json_decref(items);
+    job->decode_ns = mono_ns() - t0; /* added to the counters on the loop thread */
+    if (json_array_size(job->m.deferred) == 0)
+        parse_mapped(job);
+}
+
+/* The mapped traces and feedback through ingest's validation. */
+static void parse_mapped(otlp_job *job)
+{
     job->rejected = job->m.rejected;
     snprintf(job->error, sizeof job->error, "%s", job->m.error);
-    job->decode_ns = mono_ns() - t0; /* added to the counters on the loop thread */
     if (json_array_size(job->m.traces)) {
         job->have_tb = true;
         if (parse_items(job, INGEST_TRACES, job->m.traces, &job->traces_text, &job->tb) != 0)
@@ -267,6 +283,7 @@ static void count_results(otlp_job *job, const store_write *w)
 }
 
 static void submit_feedback(otlp_job *job);
+static void submit_job(otlp_job *job);
 
 static void on_committed(store_write *w)
 {
@@ -302,9 +319,69 @@ static void submit_feedback(otlp_job *job)
     finish(job);
 }
 
+static void ask_rule(otlp_job *job);
+
+static void on_rule(const char *result, const char *error, void *ud)
+{
+    otlp_job *job = ud;
+    catalog_release(job->rule);
+    job->rule = NULL;
+    json_t *r = result ? json_loads(result, JSON_DECODE_ANY, NULL) : NULL;
+    json_t *name = json_object_get(r, "name"), *version = json_object_get(r, "version");
+    char why[700];
+    if (error) {
+        json_array_append_new(job->answers, json_string(error));
+    } else if (!r || json_is_false(r)) {
+        json_array_append_new(job->answers, json_null());
+    } else if (!json_is_object(r) || !json_is_string(name) || (version && !json_is_integer(version))) {
+        snprintf(why, sizeof why, "%s.prompt(span) must return false or { name = \"...\", version = n } (got %.200s)",
+                 job->a->cfg->otlp.prompt_rule, result);
+        json_array_append_new(job->answers, json_string(why));
+    } else {
+        json_array_append_new(job->answers, version ? json_pack("{s:O,s:O}", "name", name, "version", version)
+                                                    : json_pack("{s:O}", "name", name));
+    }
+    json_decref(r);
+    job->asked++;
+    ask_rule(job);
+}
+
+/* Asks the rule about the deferred spans one after another; then maps them
+ * and goes on to the store. */
+static void ask_rule(otlp_job *job)
+{
+    const char *rule = job->a->cfg->otlp.prompt_rule;
+    while (job->asked < json_array_size(job->m.deferred)) {
+        char name[200];
+        snprintf(name, sizeof name, "policies/%s", rule);
+        job->rule = job->a->catalog ? catalog_get(job->a->catalog, name) : NULL;
+        if (!job->rule) {
+            char why[300];
+            snprintf(why, sizeof why, "the policy %s.lua is not loaded", name);
+            json_array_append_new(job->answers, json_string(why));
+            job->asked++;
+            continue;
+        }
+        char *span = jtree_dump(json_object_get(json_array_get(job->m.deferred, job->asked), "span"));
+        policy_call(catalog_vm(job->a->catalog), job->rule->ev.ref, rule, "prompt", job->a->cfg->scripts.policy_budget_ms,
+                    span, on_rule, job);
+        free(span);
+        return;
+    }
+    otlp_map_deferred(&job->m, job->answers);
+    parse_mapped(job);
+    submit_job(job);
+}
+
 static void submit_job(otlp_job *job)
 {
     job->a->otlp_n[job->sig].decode_seconds += (double)job->decode_ns / 1e9;
+    job->decode_ns = 0;
+    if (!job->status && json_array_size(job->m.deferred)) {
+        job->answers = json_array();
+        ask_rule(job);
+        return;
+    }
     if (job->status) {
         job->a->otlp_n[job->sig].refused++;
         respond_failure(job->req, job->json, job->status, job->err);

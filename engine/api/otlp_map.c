@@ -13,6 +13,9 @@
 #include "base/jtree.h"
 #include "base/util.h"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 /* ---- attributes ---- */
 
 static json_t *attr(json_t *span, const char *key)
@@ -542,9 +545,8 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
         json_int_t v = first_int(span, versions, &found);
         if (found && v >= 1)
             json_object_set_new(p, "version", json_integer(v));
-    } else if (opts && opts->rule) {
-        p = opts->rule(opts->rule_ud, span);
     }
+    (void)opts;
     if (!f->variables) {
         json_t *vars = json_attr_value(attr(span, "traceloop.prompt.template_variables"));
         if (!vars)
@@ -657,6 +659,18 @@ static void map_one(json_t *span, size_t index, const char *conv, fields *f, con
                     otlp_mapped *out)
 {
     json_t *prompt = prompt_of(span, f, opts);
+    if (!prompt && opts && opts->defer_unlinked) {
+        if (json_array_size(out->deferred) < OTLP_MAX_DEFERRED) {
+            /* the trace, whole but for its prompt, waits for the rule */
+            json_t *t = build_trace(span, f, json_null(), conv);
+            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o}", "index", (json_int_t)index, "span", span,
+                                                           "trace", t));
+            return;
+        }
+        out->unlinked++;
+        reject(out, "%s%s", "more LLM calls in one request than otlp.prompt_rule is asked about (" STR(OTLP_MAX_DEFERRED) ")", "");
+        return;
+    }
     if (!prompt) {
         out->unlinked++;
         reject(out, "span '%s' (%s) is an LLM call linked to no prompt: set ratchet.prompt.name (or the "
@@ -674,6 +688,36 @@ static void init_out(otlp_mapped *out)
     memset(out, 0, sizeof *out);
     out->traces = json_array();
     out->feedback = json_array();
+    out->deferred = json_array();
+}
+
+static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_mapped *out)
+{
+    const char *bad = json_string_value(json_object_get(span, "invalid"));
+    if (bad) {
+        reject(out, "span %s: %s", json_string_value(json_object_get(span, "name")) ?
+               json_string_value(json_object_get(span, "name")) : "", bad);
+        return;
+    }
+    const char *conv = convention_of(span);
+    if (!conv) {
+        out->dropped++;
+        return;
+    }
+    fields f = {.meta = json_object(), .convention = conv};
+    read_genai(span, &f);
+    read_openinference(span, &f);
+    read_openllmetry(span, &f);
+    read_vercel(span, &f);
+    read_span_events(span, &f);
+    if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
+        /* content off, or sent as log records (/v1/logs): nothing to score here */
+        out->dropped++;
+        fields_free(&f);
+        return;
+    }
+    map_one(span, i, conv, &f, opts, out);
+    fields_free(&f);
 }
 
 void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out)
@@ -681,33 +725,33 @@ void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out)
     init_out(out);
     size_t i;
     json_t *span;
-    json_array_foreach(spans, i, span) {
-        const char *bad = json_string_value(json_object_get(span, "invalid"));
-        if (bad) {
-            reject(out, "span %s: %s", json_string_value(json_object_get(span, "name")) ?
-                   json_string_value(json_object_get(span, "name")) : "", bad);
-            continue;
+    json_array_foreach(spans, i, span) map_span(span, i, opts, out);
+}
+
+void otlp_map_deferred(otlp_mapped *m, json_t *answers)
+{
+    json_t *deferred = m->deferred;
+    m->deferred = json_array();
+    size_t i;
+    json_t *d;
+    json_array_foreach(deferred, i, d) {
+        json_t *span = json_object_get(d, "span");
+        size_t index = (size_t)json_integer_value(json_object_get(d, "index"));
+        json_t *a = json_array_get(answers, i);
+        m->unlinked += !json_is_object(a);
+        if (json_is_string(a)) {
+            reject(m, "otlp.prompt_rule failed on a span: %s%s", json_string_value(a), "");
+        } else if (!json_is_object(a)) {
+            const char *name = json_string_value(json_object_get(span, "name"));
+            reject(m, "span '%s' is an LLM call linked to no prompt: no attribute links it and otlp.prompt_rule "
+                      "returned false%s", name ? name : "", "");
+        } else {
+            json_t *t = json_object_get(d, "trace");
+            json_object_set(t, "prompt", a);
+            push(m, json_incref(t), index);
         }
-        const char *conv = convention_of(span);
-        if (!conv) {
-            out->dropped++;
-            continue;
-        }
-        fields f = {.meta = json_object(), .convention = conv};
-        read_genai(span, &f);
-        read_openinference(span, &f);
-        read_openllmetry(span, &f);
-        read_vercel(span, &f);
-        read_span_events(span, &f);
-        if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
-            /* content off, or sent as log records (/v1/logs): nothing to score here */
-            out->dropped++;
-            fields_free(&f);
-            continue;
-        }
-        map_one(span, i, conv, &f, opts, out);
-        fields_free(&f);
     }
+    json_decref(deferred);
 }
 
 /* Log records: grouped by span (records without a span are each their own group). */
@@ -795,6 +839,7 @@ void otlp_mapped_free(otlp_mapped *m)
 {
     json_decref(m->traces);
     json_decref(m->feedback);
+    json_decref(m->deferred);
     free(m->source);
     memset(m, 0, sizeof *m);
 }

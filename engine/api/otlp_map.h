@@ -11,14 +11,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* The prompt of a span no attribute links: the configured rule (Lua).
- * Returns a new {"name":..., "version"?: n} or NULL (no prompt). */
-typedef json_t *(*otlp_prompt_rule)(void *ud, json_t *span);
-
+/* How the mapping treats an LLM call no attribute links to a prompt. */
 typedef struct {
-    otlp_prompt_rule rule; /* NULL: no rule */
-    void *rule_ud;
+    /* the configured rule (otlp.prompt_rule, a Lua policy) runs on the loop
+     * thread and asynchronously, so the mapping cannot call it: such spans
+     * are set aside in otlp_mapped.deferred (at most OTLP_MAX_DEFERRED; the
+     * rest rejected) and mapped by otlp_map_deferred with the rule's answers */
+    bool defer_unlinked;
 } otlp_map_opts;
+
+#define OTLP_MAX_DEFERRED 1000
 
 typedef struct {
     json_t *traces;      /* ratchet trace objects, one per LLM span (or span's log records) */
@@ -28,6 +30,7 @@ typedef struct {
     size_t rejected;     /* invalid items, and LLM calls with no prompt to link to */
     size_t unlinked;     /* of rejected: LLM calls no attribute or rule linked to a prompt */
     char error[512];     /* the first rejection's reason, for partial_success */
+    json_t *deferred;    /* with defer_unlinked: [{"index": i, "span": plain span}] waiting for the rule */
 } otlp_mapped;
 
 /* Maps the plain spans of one request. */
@@ -36,6 +39,11 @@ void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out);
  * (gen_ai.user.message, gen_ai.choice, ...) become one trace;
  * gen_ai.evaluation.result events become feedback. */
 void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out);
+/* Maps the deferred spans with the rule's answers (answers[i] for
+ * deferred[i]): a {"name", "version"?} object links the span; null leaves
+ * it unlinked (rejected); a string is the rule's error (rejected with it).
+ * Empties deferred. */
+void otlp_map_deferred(otlp_mapped *m, json_t *answers);
 void otlp_mapped_free(otlp_mapped *m);
 
 /* "<32 hex trace id>-<16 hex span id>": the id of the trace a span becomes. */

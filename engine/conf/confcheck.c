@@ -224,9 +224,34 @@ static void check_loop(const config *cfg, const config_prompt *p, catalog *cat, 
 
 /* ---- entry points ---- */
 
+/* otlp.prompt_rule names a policy of kind otlp_prompt: loaded, with prompt(span). */
+static void check_otlp_rule(const config *cfg, catalog *cat, const char *slot, const loaded_evaluator *with, sink *s)
+{
+    if (!cfg->otlp.prompt_rule)
+        return;
+    char name[200], prefix[600], err[900];
+    snprintf(name, sizeof name, "policies/%s", cfg->otlp.prompt_rule);
+    if (slot && strcmp(slot, name))
+        return;
+    const loaded_evaluator *le = slot ? with : catalog_peek(cat, name);
+    snprintf(prefix, sizeof prefix, "%s: otlp.prompt_rule: ", cfg->path ? cfg->path : "config");
+    sink sub = {s->report, s->ud, prefix, 0};
+    if (!le) {
+        char **known = catalog_names(cat, "policies/");
+        char *looked = folders(cat, "policies", cfg->otlp.prompt_rule);
+        unknown_name(&sub, "policy", cfg->otlp.prompt_rule, known, looked);
+        free(looked);
+        catalog_free_list(known);
+    } else if (catalog_check_contract(cat, le, "otlp_prompt", err, sizeof err) != 0) {
+        sink_say(err, &sub);
+    }
+    s->n += sub.n;
+}
+
 int confcheck_config(const config *cfg, catalog *cat, confcheck_report report, void *ud)
 {
     sink s = {report, ud, "", 0};
+    check_otlp_rule(cfg, cat, NULL, NULL, &s);
     for (size_t i = 0; i < cfg->nprompts; i++) {
         check_evaluators(cfg, &cfg->prompts[i], cat, NULL, NULL, &s);
         check_loop(cfg, &cfg->prompts[i], cat, NULL, NULL, &s);
@@ -238,6 +263,7 @@ int confcheck_script(const config *cfg, catalog *cat, const char *slot, const lo
                      confcheck_report report, void *ud)
 {
     sink s = {report, ud, "", 0};
+    check_otlp_rule(cfg, cat, slot, le, &s);
     for (size_t i = 0; i < cfg->nprompts; i++) {
         if (!strncmp(slot, "policies/", 9) || !strncmp(slot, "metaprompts/", 12))
             check_loop(cfg, &cfg->prompts[i], cat, slot, le, &s);
@@ -249,6 +275,8 @@ int confcheck_script(const config *cfg, catalog *cat, const char *slot, const lo
 
 bool confcheck_uses(const config *cfg, const char *slot)
 {
+    if (cfg->otlp.prompt_rule && !strncmp(slot, "policies/", 9) && !strcmp(slot + 9, cfg->otlp.prompt_rule))
+        return true;
     for (size_t i = 0; i < cfg->nprompts; i++) {
         const config_prompt *p = &cfg->prompts[i];
         for (size_t k = 0; k < p->nevaluators; k++)

@@ -77,6 +77,7 @@ static const setting settings[] = {
 
 static const setting otlp_settings[] = {
     {"listen", T_LISTEN, OOFF(listen), 0, 0, NULL},
+    {"prompt_rule", T_STRING, OOFF(prompt_rule), 0, 0, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -397,6 +398,7 @@ void config_free(config *c)
     free(c->providers);
     free_strv(c->http.allow);
     free(c->otlp.listen);
+    free(c->otlp.prompt_rule);
     memset(c, 0, sizeof *c);
 }
 

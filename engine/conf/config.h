@@ -79,6 +79,7 @@ typedef struct {
 /* The OTLP/HTTP receiver (the `otlp` table; docs/otlp.md). */
 typedef struct {
     char *listen;        /* "host:port"; NULL: no OTLP listener */
+    char *prompt_rule;   /* a policy (policies/NAME.lua, kind otlp_prompt) for spans no attribute links; NULL: none */
 } config_otlp;
 
 typedef struct {

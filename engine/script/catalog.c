@@ -298,6 +298,7 @@ static const struct {
     {"mining", "select", "select(failures, options)"},
     {"accept", "decide", "decide(report)"},
     {"rollout", "next", "next(state, canary, production)"},
+    {"otlp_prompt", "prompt", "prompt(span)"}, /* the OTLP receiver's prompt rule (docs/otlp.md) */
 };
 
 const char *catalog_policy_function(const char *kind)

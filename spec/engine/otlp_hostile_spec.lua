@@ -318,3 +318,66 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     assert.same({ "unhelpful", "wrong tone" }, labels)
   end)
 end)
+
+describe("the OTLP receiver's prompt rule (otlp.prompt_rule)", function()
+  local function s(k, v) return { key = k, value = { stringValue = v } } end
+  local RULE = [[
+return {
+  prompt = function(span)
+    local f = span.attributes["app.feature"]
+    if f == "triage" then return { name = "support", version = 1 } end
+    if f == "boom" then error("no table for " .. f) end
+    if f == "bad" then return 42 end
+    return false
+  end,
+}
+]]
+  local function start(rule_name, rule_text)
+    local dir = engine.tmpdir()
+    os.execute("mkdir -p " .. dir .. "/extra/policies")
+    if rule_text then engine.write_file(dir .. "/extra/policies/" .. rule_name .. ".lua", rule_text) end
+    return engine.start { dir = dir, expect_fail = rule_name == "nope" or rule_name == "no_fn", config = string.format([[
+ingest_token = %q
+admin_token = %q
+scripts = { dirs = { "extra", %q } }
+otlp = { listen = "127.0.0.1:0", prompt_rule = %q }
+prompt "support" { evaluators = { { "contains", options = { value = "refund" } } } }
+]], TOKEN, ADMIN, engine.root, rule_name) }
+  end
+
+  it("links the spans no attribute links by the rule's answer, and rejects those it cannot link, naming why", function()
+    local e = start("my_rule", RULE)
+    local otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+    local function sp(sid, feature)
+      return { traceId = string.rep("d1", 16), spanId = sid, name = "chat", startTimeUnixNano = "1700000000000000000",
+        endTimeUnixNano = "1700000000100000000", attributes = { s("gen_ai.operation.name", "chat"), s("app.feature", feature),
+          s("gen_ai.output.messages", '[{"role":"assistant","parts":[{"type":"text","content":"refund"}]}]') } }
+    end
+    local function post(spans)
+      return otlp:request("POST", "/v1/traces", { content_type = "application/json",
+        headers = { Authorization = "Bearer " .. TOKEN },
+        body = engine.json.encode { resourceSpans = { { scopeSpans = { { spans = spans } } } } } })
+    end
+    local r = post { sp("00000000000000d1", "triage"), sp("00000000000000d2", "other") }
+    assert.equal(200, r.status, r.body)
+    assert.equal("1", r.json.partialSuccess.rejectedSpans)
+    assert.matches("linked to no prompt: no attribute links it and otlp.prompt_rule returned false", r.json.partialSuccess.errorMessage)
+    local t = e:get("/v1/traces/" .. string.rep("d1", 16) .. "-00000000000000d1", admin).json
+    assert.same({ name = "support", version = 1 }, t.prompt)
+    r = post { sp("00000000000000d3", "boom") }
+    assert.matches("otlp.prompt_rule failed on a span: .*no table for boom", r.json.partialSuccess.errorMessage)
+    r = post { sp("00000000000000d4", "bad") }
+    assert.matches("my_rule.prompt%(span%) must return false or { name", r.json.partialSuccess.errorMessage)
+    assert.equal(404, e:get("/v1/traces/" .. string.rep("d1", 16) .. "-00000000000000d4", admin).status)
+    e:stop()
+  end)
+
+  it("refuses to start when the rule names no policy, or one without prompt(span)", function()
+    local code, log = start("nope")
+    assert.equal(3, code) -- EXIT_ERROR: not started
+    assert.matches("otlp.prompt_rule: .*nope", log)
+    code, log = start("no_fn", "return { settings = {} }")
+    assert.equal(3, code)
+    assert.matches("otlp.prompt_rule: .*prompt%(span%)", log)
+  end)
+end)

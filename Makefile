@@ -55,7 +55,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/gen/otlp.pb-c.o
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-otlp
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -79,6 +79,7 @@ help:
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
+	@echo "make bench-otlp    OTLP/HTTP ingest (protobuf, JSON) against the native JSON ingest of the same calls"
 	@echo "make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS (default 60)"
 
 deps:
@@ -242,6 +243,9 @@ bench-schema: all
 # Lua's pattern functions: Lua's own against the engine's stoppable ones
 bench-patterns: all
 	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/patterns.lua
+
+bench-otlp: all
+	@./bench/otlp.sh
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh

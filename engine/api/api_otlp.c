@@ -178,13 +178,22 @@ static void count_ingest_rejections(otlp_job *job, const ingest_batch *b, json_t
     }
 }
 
+/* The items as NDJSON, one line each: ingest stores a line's text as it
+ * is, where it re-encodes the items of an array. */
 static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, char **text, ingest_batch *b)
 {
-    size_t len;
-    *text = jtree_dump(items);
-    len = strlen(*text);
+    buf_t nd = {0};
+    size_t i;
+    json_t *it;
+    json_array_foreach(items, i, it) {
+        jtree_dump_buf(&nd, it);
+        buf_append(&nd, "\n", 1);
+    }
+    buf_append(&nd, "", 1); /* NUL-terminated, as ingest_parse wants */
+    size_t len = nd.len - 1;
+    *text = nd.data;
     const char *code;
-    int rc = ingest_parse(kind, *text, len, false, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code,
+    int rc = ingest_parse(kind, *text, len, true, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code,
                           job->err, sizeof job->err);
     if (rc) {
         job->status = rc;

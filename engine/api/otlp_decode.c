@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistr.h>
 #include <zlib.h>
 
 #include "base/jtree.h"
@@ -58,10 +59,13 @@ static json_t *hex_id(const uint8_t *p, size_t n, size_t want, fault *f, const c
         fail(f, "%s must be %zu bytes (got %zu)", what, want, n);
         return NULL;
     }
+    static const char digits[] = "0123456789abcdef";
     char h[65];
-    for (size_t i = 0; i < n; i++)
-        snprintf(h + 2 * i, 3, "%02x", p[i]);
-    return json_stringn(h, 2 * n);
+    for (size_t i = 0; i < n; i++) {
+        h[2 * i] = digits[p[i] >> 4];
+        h[2 * i + 1] = digits[p[i] & 15];
+    }
+    return json_stringn_nocheck(h, 2 * n);
 }
 
 static json_t *base64(const uint8_t *p, size_t n)
@@ -80,7 +84,7 @@ static json_t *nanos(uint64_t ns)
 
 /* ---- protobuf ---- */
 
-static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *key, fault *f);
+static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *kp, size_t kn, fault *f);
 
 static json_t *pb_attrs(Otlp__KeyValue **kv, size_t n, int depth, const char *what, fault *f)
 {
@@ -92,35 +96,30 @@ static json_t *pb_attrs(Otlp__KeyValue **kv, size_t n, int depth, const char *wh
     for (size_t i = 0; i < n && !f->why[0]; i++) {
         char k[64];
         const ProtobufCBinaryData *key = &kv[i]->key;
-        char *ks = xmalloc(key->len + 1);
-        if (key->len)
-            memcpy(ks, key->data, key->len);
-        ks[key->len] = '\0';
-        json_t *probe = strlen(ks) == key->len ? json_string(ks) : NULL; /* checks the UTF-8 */
-        if (!probe) {
+        const char *ks = key->len ? (const char *)key->data : "";
+        if (memchr(ks, '\0', key->len) || u8_check((const uint8_t *)ks, key->len)) {
             fail(f, "%s: attribute key '%s' is not valid UTF-8 text without NUL", what, show(ks, key->len, k));
-            free(ks);
             break;
         }
-        json_decref(probe);
-        json_t *val = kv[i]->value ? pb_value(kv[i]->value, depth, show(ks, key->len, k), f) : json_null();
+        json_t *val = kv[i]->value ? pb_value(kv[i]->value, depth, ks, key->len, f) : json_null();
         if (val)
-            json_object_set_new(o, ks, val);
-        free(ks);
+            json_object_setn_new_nocheck(o, ks, key->len, val);
     }
     return o;
 }
 
-static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *key, fault *f)
+static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *kp, size_t kn, fault *f)
 {
+    char key[64]; /* the key for messages, written only when one is */
+#define KEY show(kp, kn, key)
     if (depth > OTLP_MAX_DEPTH) {
-        fail(f, "attribute '%s' is nested deeper than %d levels", key, OTLP_MAX_DEPTH);
+        fail(f, "attribute '%s' is nested deeper than %d levels", KEY, OTLP_MAX_DEPTH);
         return NULL;
     }
     switch (v->value_case) {
     case OTLP__ANY_VALUE__VALUE_STRING_VALUE: {
         char what[128];
-        snprintf(what, sizeof what, "the value of attribute '%s'", key);
+        snprintf(what, sizeof what, "the value of attribute '%s'", KEY);
         return text_or_fail(v->string_value.data, v->string_value.len, f, what);
     }
     case OTLP__ANY_VALUE__VALUE_BOOL_VALUE: return json_boolean(v->bool_value);
@@ -133,17 +132,17 @@ static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *key, fau
     case OTLP__ANY_VALUE__VALUE_ARRAY_VALUE: {
         Otlp__ArrayValue *a = otlp__array_value__unpack(NULL, v->array_value.len, v->array_value.data);
         if (!a) {
-            fail(f, "attribute '%s': its array value is not a valid ArrayValue", key);
+            fail(f, "attribute '%s': its array value is not a valid ArrayValue", KEY);
             return NULL;
         }
         json_t *out = json_array();
         for (size_t i = 0; i < a->n_values && !f->why[0]; i++) {
             Otlp__AnyValue *e = otlp__any_value__unpack(NULL, a->values[i].len, a->values[i].data);
             if (!e) {
-                fail(f, "attribute '%s': element %zu is not a valid AnyValue", key, i);
+                fail(f, "attribute '%s': element %zu is not a valid AnyValue", KEY, i);
                 break;
             }
-            json_t *j = pb_value(e, depth + 1, key, f);
+            json_t *j = pb_value(e, depth + 1, kp, kn, f);
             otlp__any_value__free_unpacked(e, NULL);
             if (j)
                 json_array_append_new(out, j);
@@ -154,11 +153,11 @@ static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *key, fau
     case OTLP__ANY_VALUE__VALUE_KVLIST_VALUE: {
         Otlp__KeyValueList *l = otlp__key_value_list__unpack(NULL, v->kvlist_value.len, v->kvlist_value.data);
         if (!l) {
-            fail(f, "attribute '%s': its kvlist value is not a valid KeyValueList", key);
+            fail(f, "attribute '%s': its kvlist value is not a valid KeyValueList", KEY);
             return NULL;
         }
         char what[128];
-        snprintf(what, sizeof what, "attribute '%s'", key);
+        snprintf(what, sizeof what, "attribute '%s'", KEY);
         json_t *out = pb_attrs(l->values, l->n_values, depth + 1, what, f);
         otlp__key_value_list__free_unpacked(l, NULL);
         return out;
@@ -166,6 +165,7 @@ static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *key, fau
     default: return json_null();
     }
 }
+#undef KEY
 
 static void set_text(json_t *o, const char *name, const ProtobufCBinaryData *b, fault *f, const char *what)
 {
@@ -240,7 +240,7 @@ static json_t *pb_log(const Otlp__LogRecord *r, json_t *resource, json_t *scope,
     json_object_set(o, "resource", resource);
     json_object_set(o, "scope", scope);
     json_object_set_new(o, "attributes", pb_attrs(r->attributes, r->n_attributes, 0, "the log record", &f));
-    json_t *body = r->body ? pb_value(r->body, 0, "body", &f) : NULL;
+    json_t *body = r->body ? pb_value(r->body, 0, "body", 4, &f) : NULL;
     json_object_set_new(o, "body", body ? body : json_null());
     mark(o, &f);
     return o;

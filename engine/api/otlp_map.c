@@ -704,12 +704,25 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
         out->dropped++;
         return;
     }
+    /* one pass over the keys: which readers have anything to read */
+    bool oi = false, ollm = false, vercel = false;
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(span, "attributes"), k, v) {
+        oi |= !strncmp(k, "llm.", 4);
+        ollm |= !strncmp(k, "gen_ai.prompt.", 14) || !strncmp(k, "gen_ai.completion.", 18);
+        vercel |= !strncmp(k, "ai.", 3);
+    }
     fields f = {.meta = json_object(), .convention = conv};
     read_genai(span, &f);
-    read_openinference(span, &f);
-    read_openllmetry(span, &f);
-    read_vercel(span, &f);
-    read_span_events(span, &f);
+    if (oi)
+        read_openinference(span, &f);
+    if (ollm)
+        read_openllmetry(span, &f);
+    if (vercel)
+        read_vercel(span, &f);
+    if (json_array_size(json_object_get(span, "events")))
+        read_span_events(span, &f);
     if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
         /* content off, or sent as log records (/v1/logs): nothing to score here */
         out->dropped++;

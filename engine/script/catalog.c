@@ -334,7 +334,8 @@ static int need_function(lua_State *L, const char *path, const char *what, const
         }
         lua_pop(L, 1);
     }
-    const char *near = closest_name(fn, names, (size_t)n);
+    /* n == 0: closest_name would read names as a NULL-terminated list */
+    const char *near = n ? closest_name(fn, names, (size_t)n) : NULL;
     if (near) {
         int line = 0;
         for (int i = 0; i < n; i++)

@@ -244,7 +244,10 @@ bench-schema: all
 bench-patterns: all
 	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/patterns.lua
 
-bench-otlp: all
+$(BUILD)/otlp_decode: bench/otlp_decode.c $(OBJS)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)
+
+bench-otlp: all $(BUILD)/otlp_decode
 	@./bench/otlp.sh
 
 bench-gate: all $(BUILD)/llm_bench

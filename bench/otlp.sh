@@ -6,7 +6,8 @@
 # clients on CPU 1 (curl, 4 requests in flight). Each form gets a fresh
 # store and the same number of distinct calls. Reported: calls/s, the ratio
 # to the native path, and the OTLP receiver's decode + mapping time per span
-# (ratchet_otlp_decode_seconds_total over the spans sent).
+# (ratchet_otlp_decode_seconds_total, CPU time, over the spans sent), then the
+# CPU of each stage per span without HTTP or disk (build/otlp_decode).
 # Targets (issue 25): protobuf >= 1.0x native, JSON >= 0.8x native.
 # Usage: bench/otlp.sh [batches]   (default 40, i.e. 20,480 calls per form)
 set -euo pipefail
@@ -67,3 +68,5 @@ run json application/json otlp "OTLP JSON"
 json=$RATE
 echo "ratio protobuf/native: $(awk -v a="$proto" -v b="$native" 'BEGIN{printf "%.2f", a/b}') (target >= 1.0)"
 echo "ratio JSON/native:     $(awk -v a="$json" -v b="$native" 'BEGIN{printf "%.2f", a/b}') (target >= 0.8)"
+echo "CPU per span, one batch of $PER, no HTTP or disk (build/otlp_decode, on CPU 0):"
+taskset -c 0 "${DECODE_BIN:-build/otlp_decode}" "$OUT/bodies/native-0001" "$OUT/bodies/proto-0001" "$OUT/bodies/json-0001" 20 | sed 's/^/  /'

@@ -1,0 +1,103 @@
+/* otlp_decode.c — the CPU side of bench/otlp.sh, per span, no HTTP, no
+ * disk: the native body through ingest_parse (the baseline, measured in the
+ * same run) against an OTLP body through each stage of the receiver:
+ * otlp_decode (protobuf-c or JSON into plain spans), otlp_map (into trace
+ * JSON), the NDJSON the mapping hands over, and ingest_parse of it.
+ * Usage: build/otlp_decode NATIVE_BODY PROTO_BODY JSON_BODY [loops] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/ingest.h"
+#include "api/otlp_decode.h"
+#include "api/otlp_map.h"
+#include "base/jtree.h"
+#include "base/util.h"
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc(*len + 1);
+    if (fread(b, 1, *len, f) != *len)
+        exit(1);
+    b[*len] = '\0';
+    fclose(f);
+    return b;
+}
+
+static size_t parse(char *text, size_t len, bool ndjson)
+{
+    ingest_batch b;
+    const char *code;
+    char err[256];
+    if (ingest_parse(INGEST_TRACES, text, len, ndjson, 100000, 1795507200000LL, &b, &code, err, sizeof err) != 0) {
+        fprintf(stderr, "ingest_parse: %s\n", err);
+        exit(1);
+    }
+    size_t n = b.write.ntraces;
+    ingest_batch_free(&b);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s NATIVE PROTO JSON [loops]\n", argv[0]);
+        return 2;
+    }
+    int loops = argc > 4 ? atoi(argv[4]) : 20;
+    size_t nlen, plen, jlen;
+    char *native = slurp(argv[1], &nlen), *proto = slurp(argv[2], &plen), *json = slurp(argv[3], &jlen);
+    char *copy = malloc(nlen + 1);
+    size_t spans = 0;
+    uint64_t t0 = mono_ns();
+    for (int i = 0; i < loops; i++) {
+        memcpy(copy, native, nlen + 1);
+        spans = parse(copy, nlen, false);
+    }
+    double base = (double)(mono_ns() - t0) / 1e3 / loops / (double)spans;
+    printf("native ingest_parse (JSON array): %.2f us/span (%zu spans a batch)\n", base, spans);
+    const char *names[] = {"protobuf", "JSON"};
+    char *bodies[] = {proto, json};
+    size_t lens[] = {plen, jlen};
+    for (int k = 0; k < 2; k++) {
+        uint64_t td = 0, tm = 0, tn = 0, tp = 0;
+        size_t n = 0;
+        for (int i = 0; i < loops; i++) {
+            char err[256];
+            uint64_t a = mono_ns();
+            json_t *items = otlp_decode(OTLP_TRACES, k == 1, bodies[k], lens[k], err, sizeof err);
+            uint64_t b = mono_ns();
+            otlp_mapped m;
+            otlp_map_spans(items, NULL, &m);
+            uint64_t c = mono_ns();
+            buf_t nd = {0};
+            size_t j;
+            json_t *t;
+            json_array_foreach(m.traces, j, t) {
+                jtree_dump_buf(&nd, t);
+                buf_append(&nd, "\n", 1);
+            }
+            buf_append(&nd, "", 1);
+            uint64_t d = mono_ns();
+            n = parse(nd.data, nd.len - 1, true);
+            uint64_t e = mono_ns();
+            td += b - a, tm += c - b, tn += d - c, tp += e - d;
+            buf_free(&nd);
+            otlp_mapped_free(&m);
+            json_decref(items);
+        }
+        double per = (double)loops * (double)n * 1e3; /* ns to us per span */
+        double total = (double)(td + tm + tn + tp) / per;
+        printf("OTLP %-8s decode %.2f + map %.2f + NDJSON %.2f + ingest_parse %.2f = %.2f us/span (%.2fx native)\n",
+               names[k], (double)td / per, (double)tm / per, (double)tn / per, (double)tp / per, total, total / base);
+    }
+    return 0;
+}

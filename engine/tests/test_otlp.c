@@ -1,0 +1,243 @@
+/* Unit tests for otlp_decode.c and otlp_map.c: OTLP JSON into plain spans,
+ * the limits that reject one span, each convention's fields, what is
+ * dropped, the deferred prompt rule, log records grouped by span, gzip under
+ * a cap. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <zlib.h>
+
+#include "check.h"
+#include "api/otlp_decode.h"
+#include "api/otlp_map.h"
+
+static json_t *decode_json(otlp_signal sig, const char *text)
+{
+    char err[256] = "";
+    json_t *items = otlp_decode(sig, true, text, strlen(text), err, sizeof err);
+    if (!items)
+        printf("# decode: %s\n", err);
+    return items;
+}
+
+/* One span of OTLP JSON with the given attributes (a JSON array text). */
+static char *one_span(const char *attrs, const char *extra)
+{
+    char *out = malloc(strlen(attrs) + (extra ? strlen(extra) : 0) + 512);
+    sprintf(out,
+            "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":\"svc\"}}]},"
+            "\"scopeSpans\":[{\"spans\":[{\"traceId\":\"0102030405060708090A0B0C0D0E0F10\",\"spanId\":\"0102030405060708\","
+            "\"name\":\"chat\",\"startTimeUnixNano\":\"1700000000000000000\",\"endTimeUnixNano\":1700000000250000000,"
+            "\"attributes\":%s%s}]}]}]}",
+            attrs, extra ? extra : "");
+    return out;
+}
+
+static json_t *map_one(const char *attrs, const char *extra, otlp_mapped *m)
+{
+    char *body = one_span(attrs, extra);
+    json_t *items = decode_json(OTLP_TRACES, body);
+    free(body);
+    otlp_map_spans(items, NULL, m);
+    json_decref(items);
+    return json_array_get(m->traces, 0);
+}
+
+#define S(k, v) "{\"key\":\"" k "\",\"value\":{\"stringValue\":\"" v "\"}}"
+#define I(k, v) "{\"key\":\"" k "\",\"value\":{\"intValue\":\"" v "\"}}"
+
+static void test_decode_json(void)
+{
+    char *body = one_span("[" S("a", "x") "," I("n", "9007199254740993") ",{\"key\":\"d\",\"value\":{\"doubleValue\":\"NaN\"}},"
+                          "{\"key\":\"l\",\"value\":{\"arrayValue\":{\"values\":[{\"boolValue\":true}]}}}]", NULL);
+    json_t *items = decode_json(OTLP_TRACES, body);
+    free(body);
+    json_t *s = json_array_get(items, 0);
+    CHECK(json_array_size(items) == 1);
+    CHECK_STR(json_string_value(json_object_get(s, "trace_id")), "0102030405060708090a0b0c0d0e0f10"); /* lower-cased */
+    CHECK(json_integer_value(json_object_get(s, "end_ns")) == 1700000000250000000LL); /* a number or a string */
+    json_t *a = json_object_get(s, "attributes");
+    CHECK(json_integer_value(json_object_get(a, "n")) == 9007199254740993LL); /* 64-bit exact */
+    CHECK(json_is_null(json_object_get(a, "d")));
+    CHECK(json_is_true(json_array_get(json_object_get(a, "l"), 0)));
+    CHECK_STR(json_string_value(json_object_get(json_object_get(s, "resource"), "service.name")), "svc");
+    CHECK(!json_object_get(s, "invalid"));
+    json_decref(items);
+    char err[256];
+    CHECK(otlp_decode(OTLP_TRACES, true, "[1]", 3, err, sizeof err) == NULL && strstr(err, "resourceSpans"));
+    CHECK(otlp_decode(OTLP_TRACES, false, "\x0a\x05\x12", 3, err, sizeof err) == NULL && err[0]);
+}
+
+static void test_limits(void)
+{
+    /* nested 40 deep: that span is invalid, named */
+    char attrs[4096] = "[{\"key\":\"deep\",\"value\":";
+    for (int i = 0; i < 40; i++)
+        strcat(attrs, "{\"arrayValue\":{\"values\":[");
+    strcat(attrs, "{\"stringValue\":\"x\"}");
+    for (int i = 0; i < 40; i++)
+        strcat(attrs, "]}}");
+    strcat(attrs, "}]");
+    char *body = one_span(attrs, NULL);
+    json_t *items = decode_json(OTLP_TRACES, body);
+    free(body);
+    const char *why = json_string_value(json_object_get(json_array_get(items, 0), "invalid"));
+    CHECK(why && strstr(why, "'deep' is nested deeper than 32"));
+    otlp_mapped m;
+    otlp_map_spans(items, NULL, &m);
+    CHECK(m.rejected == 1 && json_array_size(m.traces) == 0 && strstr(m.error, "nested deeper"));
+    otlp_mapped_free(&m);
+    json_decref(items);
+    body = one_span("[]", NULL);
+    char *bad = strstr(body, "0102030405060708\"");
+    memcpy(bad, "01020304050607zz", 16);
+    items = decode_json(OTLP_TRACES, body);
+    free(body);
+    why = json_string_value(json_object_get(json_array_get(items, 0), "invalid"));
+    CHECK(why && strstr(why, "spanId must be 16 hex digits"));
+    json_decref(items);
+}
+
+static void test_conventions(void)
+{
+    otlp_mapped m;
+    /* current GenAI */
+    json_t *t = map_one("[" S("gen_ai.operation.name", "chat") "," S("gen_ai.request.model", "m1") ","
+                        S("gen_ai.response.model", "m2") "," I("gen_ai.usage.input_tokens", "5") ","
+                        S("gen_ai.input.messages", "[{\\\"role\\\":\\\"human\\\",\\\"parts\\\":[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"a\\\"},{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"b\\\"}]}]") ","
+                        S("gen_ai.output.messages", "[{\\\"role\\\":\\\"assistant\\\",\\\"parts\\\":[{\\\"type\\\":\\\"tool_call\\\",\\\"name\\\":\\\"f\\\",\\\"arguments\\\":{\\\"x\\\":1}}]}]") ","
+                        S("ratchet.prompt.name", "p") "]", NULL, &m);
+    CHECK(t != NULL);
+    CHECK_STR(json_string_value(json_object_get(t, "id")), "0102030405060708090a0b0c0d0e0f10-0102030405060708");
+    CHECK_STR(json_string_value(json_object_get(t, "model")), "m2");
+    json_t *msg = json_array_get(json_object_get(json_object_get(t, "input"), "messages"), 0);
+    CHECK_STR(json_string_value(json_object_get(msg, "role")), "user"); /* human */
+    CHECK_STR(json_string_value(json_object_get(msg, "content")), "ab"); /* text parts joined */
+    CHECK_STR(json_string_value(json_object_get(t, "output")), "");     /* only a tool call */
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(t, "tool_calls"), 0), "name")), "f");
+    CHECK(json_real_value(json_object_get(t, "latency_ms")) == 250.0);
+    CHECK(json_integer_value(json_object_get(t, "timestamp")) == 1700000000000LL);
+    CHECK(json_integer_value(json_object_get(json_object_get(t, "usage"), "input_tokens")) == 5);
+    otlp_mapped_free(&m);
+    /* OpenInference */
+    t = map_one("[" S("openinference.span.kind", "LLM") "," S("llm.model_name", "oi") ","
+                S("llm.input_messages.0.message.role", "user") ","
+                S("llm.input_messages.0.message.contents.0.message_content.text", "q") ","
+                S("llm.output_messages.0.message.content", "ans") "," I("llm.token_count.completion", "3") ","
+                S("llm.prompt_template.variables", "{\\\"v\\\":1}") "," S("ratchet.prompt.name", "p") "]", NULL, &m);
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "output")), "ans"));
+    CHECK(t && json_integer_value(json_object_get(json_object_get(json_object_get(t, "input"), "variables"), "v")) == 1);
+    CHECK(t && !strcmp(json_string_value(json_object_get(json_array_get(json_object_get(json_object_get(t, "input"), "messages"), 0), "content")), "q"));
+    otlp_mapped_free(&m);
+    /* OpenLLMetry, linked by traceloop.prompt.key */
+    t = map_one("[" S("llm.request.type", "chat") "," S("gen_ai.prompt.0.role", "user") "," S("gen_ai.prompt.0.content", "q") ","
+                S("gen_ai.completion.0.content", "ans") "," S("traceloop.prompt.key", "tl") "," I("traceloop.prompt.version", "4") "]",
+                NULL, &m);
+    CHECK(t && !strcmp(json_string_value(json_object_get(json_object_get(t, "prompt"), "name")), "tl"));
+    CHECK(t && json_integer_value(json_object_get(json_object_get(t, "prompt"), "version")) == 4);
+    otlp_mapped_free(&m);
+    /* Vercel: the inner span maps, the outer one (no ai.prompt.messages) is dropped */
+    t = map_one("[" S("ai.model.id", "v") "," S("ai.prompt.messages", "[{\\\"role\\\":\\\"user\\\",\\\"content\\\":[{\\\"type\\\":\\\"text\\\",\\\"text\\\":\\\"q\\\"}]}]") ","
+                S("ai.response.text", "ans") "," I("ai.usage.promptTokens", "2") "," S("ratchet.prompt.name", "p") "]", NULL, &m);
+    CHECK(t && json_integer_value(json_object_get(json_object_get(t, "usage"), "input_tokens")) == 2);
+    otlp_mapped_free(&m);
+    t = map_one("[" S("ai.model.id", "v") "," S("ai.response.text", "ans") "," S("ratchet.prompt.name", "p") "]", NULL, &m);
+    CHECK(!t && m.dropped == 1 && m.rejected == 0);
+    otlp_mapped_free(&m);
+    /* not an LLM call, an embeddings call: dropped, not rejected */
+    t = map_one("[" S("http.method", "GET") "]", NULL, &m);
+    CHECK(!t && m.dropped == 1 && m.rejected == 0);
+    otlp_mapped_free(&m);
+    t = map_one("[" S("gen_ai.operation.name", "embeddings") "," S("gen_ai.request.model", "e") "]", NULL, &m);
+    CHECK(!t && m.dropped == 1);
+    otlp_mapped_free(&m);
+    /* an error with no output still maps */
+    t = map_one("[" S("gen_ai.operation.name", "chat") "," S("ratchet.prompt.name", "p") "]",
+                ",\"status\":{\"code\":2,\"message\":\"boom\"}", &m);
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "error")), "boom"));
+    otlp_mapped_free(&m);
+    /* an LLM call linked to nothing: rejected, unlinked */
+    t = map_one("[" S("gen_ai.operation.name", "chat") "," S("gen_ai.output.messages", "[{\\\"parts\\\":[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"a\\\"}]}]") "]", NULL, &m);
+    CHECK(!t && m.rejected == 1 && m.unlinked == 1 && strstr(m.error, "linked to no prompt"));
+    otlp_mapped_free(&m);
+}
+
+static void test_deferred(void)
+{
+    char *body = one_span("[" S("gen_ai.operation.name", "chat") ","
+                          S("gen_ai.output.messages", "[{\\\"parts\\\":[{\\\"type\\\":\\\"text\\\",\\\"content\\\":\\\"a\\\"}]}]") "]", NULL);
+    json_t *items = decode_json(OTLP_TRACES, body);
+    free(body);
+    for (int k = 0; k < 3; k++) {
+        otlp_mapped m;
+        otlp_map_opts opts = {.defer_unlinked = true};
+        otlp_map_spans(items, &opts, &m);
+        CHECK(json_array_size(m.deferred) == 1 && m.rejected == 0 && json_array_size(m.traces) == 0);
+        json_t *answers = json_array();
+        json_array_append_new(answers, k == 0 ? json_pack("{s:s,s:i}", "name", "ruled", "version", 2)
+                                       : k == 1 ? json_null() : json_string("boom"));
+        otlp_map_deferred(&m, answers);
+        json_decref(answers);
+        if (k == 0)
+            CHECK(json_array_size(m.traces) == 1 &&
+                  !strcmp(json_string_value(json_object_get(json_object_get(json_array_get(m.traces, 0), "prompt"), "name")), "ruled"));
+        else
+            CHECK(json_array_size(m.traces) == 0 && m.rejected == 1 && m.unlinked == 1 &&
+                  strstr(m.error, k == 1 ? "returned false" : "boom"));
+        otlp_mapped_free(&m);
+    }
+    json_decref(items);
+}
+
+static void test_logs(void)
+{
+    const char *text =
+        "{\"resourceLogs\":[{\"resource\":{\"attributes\":[" S("ratchet.prompt.name", "p") "]},\"scopeLogs\":[{\"logRecords\":["
+        "{\"timeUnixNano\":\"1700000000000000000\",\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060708\","
+        "\"attributes\":[" S("event.name", "gen_ai.user.message") "],\"body\":{\"kvlistValue\":{\"values\":[" S("content", "hi") "]}}},"
+        "{\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060708\",\"eventName\":\"gen_ai.choice\","
+        "\"body\":{\"kvlistValue\":{\"values\":[{\"key\":\"message\",\"value\":{\"kvlistValue\":{\"values\":[" S("content", "yo") "]}}}]}}},"
+        "{\"eventName\":\"app.other\",\"traceId\":\"0102030405060708090a0b0c0d0e0f11\",\"spanId\":\"0102030405060709\"}"
+        "]}]}]}";
+    json_t *items = decode_json(OTLP_LOGS, text);
+    otlp_mapped m;
+    otlp_map_logs(items, NULL, &m);
+    CHECK(json_array_size(m.traces) == 1 && m.dropped == 1);
+    json_t *t = json_array_get(m.traces, 0);
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "output")), "yo"));
+    CHECK(t && !strcmp(json_string_value(json_object_get(json_array_get(json_object_get(json_object_get(t, "input"), "messages"), 0), "content")), "hi"));
+    CHECK(t && json_integer_value(json_object_get(t, "timestamp")) == 1700000000000LL);
+    otlp_mapped_free(&m);
+    json_decref(items);
+}
+
+static void test_inflate(void)
+{
+    /* 1 MB of zeros, gzip'd: inflates under a 2 MB cap, refused (413) under 64 KB */
+    size_t n = 1 << 20;
+    unsigned char *zeros = calloc(1, n), gz[8192];
+    z_stream z = {0};
+    deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+    z.next_in = zeros, z.avail_in = (uInt)n, z.next_out = gz, z.avail_out = sizeof gz;
+    CHECK(deflate(&z, Z_FINISH) == Z_STREAM_END);
+    size_t gzlen = sizeof gz - z.avail_out;
+    deflateEnd(&z);
+    char *out, err[256];
+    size_t outlen;
+    CHECK(otlp_inflate((char *)gz, gzlen, 2u << 20, &out, &outlen, err, sizeof err) == 0 && outlen == n);
+    free(out);
+    CHECK(otlp_inflate((char *)gz, gzlen, 65536, &out, &outlen, err, sizeof err) == 413 && strstr(err, "65536"));
+    CHECK(otlp_inflate((char *)gz, gzlen / 2, 2u << 20, &out, &outlen, err, sizeof err) == 400); /* truncated */
+    CHECK(otlp_inflate("not gzip", 8, 1024, &out, &outlen, err, sizeof err) == 400);
+    free(zeros);
+}
+
+int main(void)
+{
+    test_decode_json();
+    test_limits();
+    test_conventions();
+    test_deferred();
+    test_logs();
+    test_inflate();
+    return check_done();
+}

@@ -381,3 +381,26 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     assert.matches("otlp.prompt_rule: .*prompt%(span%)", log)
   end)
 end)
+
+describe("the OTLP receiver's configuration", function()
+  it("is refused at load with the setting named: a bad address, an unknown key, a port already taken", function()
+    local code, log = engine.start { expect_fail = true, config = 'otlp = { listen = "nope" }' }
+    assert.equal(3, code)
+    assert.matches("'otlp.listen' must be an IP address and port", log)
+    code, log = engine.start { expect_fail = true, config = 'otlp = { lisen = "127.0.0.1:4318" }' }
+    assert.equal(3, code)
+    assert.matches("unknown key 'otlp.lisen'", log)
+    local e = engine.start {}
+    code, log = engine.start { expect_fail = true, config = string.format('otlp = { listen = %q }', e.addr) }
+    e:stop()
+    assert.equal(3, code)
+    assert.matches("start%-up failed at the OTLP listener: otlp.listen: ", log)
+  end)
+
+  it("is off when absent: no listener, status says so", function()
+    local e = engine.start {}
+    local st = e:get("/v1/status").json
+    assert.equal(engine.json.null, st.otlp.listen)
+    e:stop()
+  end)
+end)

@@ -55,6 +55,7 @@ typedef struct {
     json_t *answers;
     size_t asked;
     loaded_evaluator *rule;
+    char *rule_name;       /* the config's, copied: a reload may change it while the rule runs */
 } otlp_job;
 
 /* ---- answers ---- */
@@ -152,6 +153,7 @@ static void job_free(otlp_job *job)
     free(job->traces_text);
     free(job->feedback_text);
     json_decref(job->answers);
+    free(job->rule_name);
     free(job);
 }
 
@@ -353,7 +355,7 @@ static void on_rule(const char *result, const char *error, void *ud)
         json_array_append_new(job->answers, json_null());
     } else if (!json_is_object(r) || !json_is_string(name) || (version && !json_is_integer(version))) {
         snprintf(why, sizeof why, "%s.prompt(span) must return false or { name = \"...\", version = n } (got %.200s)",
-                 job->a->cfg->otlp.prompt_rule, result);
+                 job->rule_name, result);
         json_array_append_new(job->answers, json_string(why));
     } else {
         json_array_append_new(job->answers, version ? json_pack("{s:O,s:O}", "name", name, "version", version)
@@ -368,7 +370,7 @@ static void on_rule(const char *result, const char *error, void *ud)
  * and goes on to the store. */
 static void ask_rule(otlp_job *job)
 {
-    const char *rule = job->a->cfg->otlp.prompt_rule;
+    const char *rule = job->rule_name;
     while (job->asked < json_array_size(job->m.deferred)) {
         char name[200];
         snprintf(name, sizeof name, "policies/%s", rule);
@@ -396,6 +398,8 @@ static void submit_job(otlp_job *job)
     job->a->otlp_n[job->sig].decode_seconds += (double)job->decode_ns / 1e9;
     job->decode_ns = 0;
     if (!job->status && json_array_size(job->m.deferred)) {
+        const char *rule = job->a->cfg->otlp.prompt_rule;
+        job->rule_name = xstrdup(rule ? rule : "(otlp.prompt_rule removed by a reload)");
         job->answers = json_array();
         ask_rule(job);
         return;

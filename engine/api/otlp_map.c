@@ -234,7 +234,7 @@ static void read_openllmetry(json_t *span, fields *f)
         if (!c && !role)
             break;
         if (!f->has_in)
-            add_message(f, role, c ? content_of_parts(json_is_string(c) ? c : c, "text") : NULL);
+            add_message(f, role, c ? content_of_parts(c, "text") : NULL);
         any = true;
     }
     if (any)

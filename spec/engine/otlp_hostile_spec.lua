@@ -253,7 +253,10 @@ end)
 -- `content`; gen_ai.choice with `index`, `finish_reason`, `message`
 -- {content, tool_calls}); gen_ai.evaluation.result with
 -- gen_ai.evaluation.name, gen_ai.evaluation.score.value / .score.label,
--- gen_ai.evaluation.explanation.
+-- gen_ai.evaluation.explanation. Source: the OpenTelemetry semantic
+-- conventions, "Semantic conventions for Generative AI events"
+-- (opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-events/, the event
+-- form before gen_ai.input.messages / gen_ai.output.messages replaced it).
 describe("the OTLP receiver with the older GenAI event form", function()
   local e, otlp
   local function s(k, v) return { key = k, value = { stringValue = v } } end

@@ -541,7 +541,7 @@ void api_otlp_metrics(api *a, buf_t *b)
         metrics_sample(b, "ratchet_otlp_received_bytes_total", (double)a->otlp_n[k].bytes, "signal", sig[k], NULL);
     metrics_family(b, "ratchet_otlp_items_total", "counter",
                    "Spans and log-record groups, by result: accepted (stored as traces or feedback), duplicate (already "
-                   "stored), rejected (invalid, answered in partial_success), dropped (not an LLM call; not rejected), "
+                   "stored), rejected (invalid, answered in partial_success), dropped (not an LLM call, or one whose content is not there to score; not rejected), "
                    "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed).");
     for (int k = 0; k < 2; k++)
         for (int r = 0; r < 6; r++)

@@ -930,6 +930,10 @@ typedef struct key_spec {
 static const key_spec optimizer_keys[] = {
     {"provider", 's', NULL}, {"model", 's', NULL}, {"temperature", 'n', NULL}, {"max_tokens", 'i', NULL}, {NULL, 0, NULL}};
 static const key_spec budget_keys[] = {{"calls", 'n', NULL}, {"tokens", 'n', NULL}, {"cost", 'n', NULL}, {NULL, 0, NULL}};
+static const key_spec gepa_keys[] = {
+    {"iterations", 'i', NULL}, {"minibatch", 'i', NULL}, {"merge_every", 'z', NULL}, {"passing", 'z', NULL},
+    {"proposals", 'i', NULL},  {"final", 'i', NULL},     {"seed", 'i', NULL},        {"cache", 'b', NULL},
+    {"budget", 't', budget_keys}, {NULL, 0, NULL}};
 static const key_spec loop_keys[] = {
     {"enabled", 'b', NULL},          {"dataset", 's', NULL},        {"template", 's', NULL},
     {"optimizer", 't', optimizer_keys}, {"candidates", 'i', NULL},  {"require_approval", 'b', NULL},
@@ -939,6 +943,7 @@ static const key_spec loop_keys[] = {
     {"accept", 's', NULL},           {"rollout", 's', NULL},        {"mining", 's', NULL},
     {"trigger_options", 'o', NULL},  {"accept_options", 'o', NULL}, {"rollout_options", 'o', NULL},
     {"mining_options", 'o', NULL},   {"replay", 'z', NULL},         {"replay_pool", 'i', NULL},
+    {"search", 's', NULL},           {"search_options", 'o', NULL}, {"gepa", 't', gepa_keys},
     {NULL, 0, NULL}};
 
 /* Checks the table at idx against spec; raises naming where.key. */

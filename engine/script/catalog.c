@@ -298,6 +298,16 @@ static const struct {
     {"mining", "select", "select(failures, options)"},
     {"accept", "decide", "decide(report)"},
     {"rollout", "next", "next(state, canary, production)"},
+    {"search", "select_parent", "select_parent(pool, options)"},
+};
+
+/* a search policy's other functions (docs/loop.md, "The gepa strategy") */
+static const struct {
+    const char *fn, *signature;
+} search_fns[] = {
+    {"accept_child", "accept_child(child, parents, options)"},
+    {"pick_merge", "pick_merge(pool, options)"},
+    {"final", "final(pool, options)"},
 };
 
 const char *catalog_policy_function(const char *kind)
@@ -388,6 +398,8 @@ int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const
                 fn = policy_kinds[i].fn;
         if (sig && fn)
             rc = need_function(L, le->ev.path, what, fn, sig, err, errlen);
+        for (size_t i = 0; rc == 0 && !strcmp(kind, "search") && i < sizeof search_fns / sizeof search_fns[0]; i++)
+            rc = need_function(L, le->ev.path, what, search_fns[i].fn, search_fns[i].signature, err, errlen);
     }
     lua_settop(L, top);
     return rc;

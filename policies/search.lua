@@ -126,23 +126,11 @@ function M.accept_child(child, parents, options)
   return { accept = false, reason = string.format("%g on the minibatch, its best parent %g", mine, best) }
 end
 
-local function ancestors(pool, id, into)
-  into = into or {}
-  local byid = {}
-  for _, m in ipairs(pool) do byid[m.id] = m end
-  local stack = { id }
-  while #stack > 0 do
-    local x = table.remove(stack)
-    for _, p in ipairs((byid[x] or {}).parents or {}) do
-      if not into[p] then into[p] = true; stack[#stack + 1] = p end
-    end
-  end
-  return into
-end
-
--- Two members of the front that win on different cases (each passes at least
--- merge_min_wins cases the other fails), neither an ancestor of the other;
--- the most complementary pair first. {} when there is none.
+-- Two members of the front (the seed aside) that win on different cases
+-- (each passes at least merge_min_wins cases the other fails), the most
+-- complementary pair first; {} when there is none. A child may be
+-- complementary to its own parent when its edit lost what the parent had,
+-- so lineage does not rule a pair out: complementarity does.
 function M.pick_merge(pool, options)
   local front = sorted_ids(M.front(pool))
   local byid = {}
@@ -152,7 +140,7 @@ function M.pick_merge(pool, options)
   for i = 1, #front do
     for j = i + 1, #front do
       local a, b = byid[front[i]], byid[front[j]]
-      if a.id ~= 0 and b.id ~= 0 and not ancestors(pool, a.id)[b.id] and not ancestors(pool, b.id)[a.id] then
+      if a.id ~= 0 and b.id ~= 0 then
         local aw, bw = 0, 0
         for k = 1, math.max(#a.scores, #b.scores) do
           local sa, sb = tonumber(score(a, k)) or 0, tonumber(score(b, k)) or 0

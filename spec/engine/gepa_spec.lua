@@ -225,4 +225,36 @@ describe("the gepa strategy", function()
     assert.matches("gepa search", ev.message)
     assert.matches("template gepa", wait_event(e, "trigger").message)
   end)
+
+  it("merges two members that each fix a different failure mode into one that fixes both", function()
+    fake:stop()
+    fake = fake_llm.start { model = engine.read_file("spec/fixtures/gepa_model.lua") }
+    e = engine.start { config = config(fake, 'template = "gepa", gepa = { iterations = 12, seed = 1, merge_every = 3, minibatch = 3, passing = 4 },') }
+    setup(e)
+    traffic_evaluated(e)
+    assert.equal(202, e:post("/v1/prompts/tickets/optimize", {}).status)
+    local ev = wait_event(e, "search")
+    local d = ev.detail
+    if os.getenv("GEPA_DEBUG") then
+      for _, m in ipairs(d.pool) do print(m.id, m.origin, engine.json.encode(m.parents), engine.json.encode(m.scores), m.messages[1].content) end
+    end
+    if os.getenv("GEPA_DEBUG") then print(ev.message, engine.json.encode(d.invalid)) end
+    local merged
+    for _, m in ipairs(d.pool) do if m.origin == "merge" then merged = m end end
+    assert(merged, "no merge in the pool: " .. engine.json.encode(d.pool))
+    assert.equal(2, #merged.parents)
+    local a, b = d.pool[merged.parents[1] + 1], d.pool[merged.parents[2] + 1]
+    -- each parent wins a case the other loses; the merge passes every case either passes
+    local aw, bw = 0, 0
+    for i = 1, #d.feedback do
+      if a.scores[i] > b.scores[i] then aw = aw + 1 elseif b.scores[i] > a.scores[i] then bw = bw + 1 end
+      assert.is_true(merged.scores[i] >= math.max(a.scores[i], b.scores[i]))
+    end
+    assert.is_true(aw > 0 and bw > 0)
+    local text = merged.messages[1].content
+    assert.truthy(text:find("Escape quotes in strings.", 1, true))
+    assert.truthy(text:find("Use high for outages and slowness.", 1, true))
+    -- the merge dominates its parents, so it alone is on the front and goes to the gate
+    assert.same({ merged.id }, d.final)
+  end)
 end)

@@ -61,7 +61,8 @@ help:
 	@echo "make test-deps  install node 22 and the npm clients the specs use (make test runs it)"
 	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
-	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md)"
+	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md);"
+	@echo "                make demo TEMPLATE=gepa runs it with the gepa search"
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local): binary, unit, scripts,"
 	@echo "                docs, and the kit for your own scripts (ratchet init, the busted helper)"
@@ -160,7 +161,7 @@ asan: deps test-deps $(MODULE)
 	  ./spec/run-all
 
 demo: deps all
-	@./demo/run.sh
+	@./demo/run.sh $(if $(TEMPLATE),--template $(TEMPLATE))
 
 run: deps all
 	@mkdir -p var

@@ -6,7 +6,16 @@
 #   RATCHET_DEMO_BASE_URL         its base URL (default https://api.openai.com/v1)
 #   RATCHET_DEMO_MODEL            the target model (default gpt-4o-mini)
 #   RATCHET_DEMO_OPTIMIZER_MODEL  the optimizer model (default gpt-4o)
+# Flags: --template T  the loop's meta-prompt template (default critique_rewrite;
+#                      gepa runs the search over a Pareto pool, docs/loop.md)
 set -euo pipefail
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --template) [ $# -ge 2 ] || { echo "demo: --template needs a name" >&2; exit 2; }
+        export RATCHET_DEMO_TEMPLATE=$2; shift 2 ;;
+    *) echo "demo: unknown flag $1 (known: --template T)" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 BIN=${RATCHET_BIN:-$PWD/build/ratchet}
 tmp=$(mktemp -d)

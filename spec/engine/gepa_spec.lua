@@ -257,4 +257,40 @@ describe("the gepa strategy", function()
     -- the merge dominates its parents, so it alone is on the front and goes to the gate
     assert.same({ merged.id }, d.final)
   end)
+
+  it("stops the engine at start on a wrong loop.gepa or search policy, naming the key", function()
+    local code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { gepa = { minibtach = 3 } } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("loop.gepa: unknown key 'minibtach'; did you mean 'minibatch'", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { gepa = { iterations = 0 } } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("loop.gepa.iterations must be a positive integer", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { loop = { gepa = { budget = { calls = -1 } } } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("loop.gepa.budget.calls must be a number >= 0", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { evaluators = { "contains" }, loop = { search = "nosuch" } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("loop.search: no policy 'nosuch' is loaded", log)
+    code, log = engine.start { expect_fail = true, config = 'prompt "p" { evaluators = { "contains" }, loop = { search_options = { min_gain = "x" } } }' }
+    assert.are_not.equal(0, code)
+    assert.matches("search_options", log)
+    assert.matches("min_gain", log)
+  end)
+
+  it("refuses a search policy that lacks one of its functions, at its file:line", function()
+    local dir = engine.tmpdir()
+    os.execute("mkdir -p " .. dir .. "/policies")
+    engine.write_file(dir .. "/policies/search.lua", [[
+local M = {}
+function M.select_parent(pool, options) return { parent = 0 } end
+function M.accept_child(child, parents, options) return { accept = false } end
+function M.pick_merj(pool, options) return {} end
+function M.final(pool, options) return { ids = {} } end
+return M
+]])
+    local code, log = engine.start { expect_fail = true, config = string.format('scripts = { dirs = { %q } }\nprompt "p" { loop = {} }', dir) }
+    assert.are_not.equal(0, code)
+    assert.matches("search.lua:4: a search policy must export pick_merge%(pool, options%); 'pick_merj' %(defined here%) looks like a misspelling", log)
+  end)
 end)
+

@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -74,6 +74,7 @@ help:
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
+	@echo "make bench-efficacy  the strategies (plain, critique_rewrite, history, gepa) on 4 SIMULATED tasks, 10 seeds each"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
 	@echo "make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS (default 60)"
@@ -215,6 +216,9 @@ $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 
 bench-llm: all $(BUILD)/llm_bench
 	@./bench/llm.sh
+
+bench-efficacy: all
+	RATCHET_BIN=$(CURDIR)/$(BUILD)/ratchet lua5.4 bench/efficacy/run.lua
 
 bench-rollout: all
 	@lua5.4 bench/rollout.lua

@@ -154,8 +154,9 @@ end
 
 local function wait_evaluated(e, task, want)
   assert(engine.eventually(60, function()
-    local v = (e:get("/v1/prompts/" .. task .. "/metrics").json.versions or {})[1]
-    return v and v.evaluated >= want
+    for _, v in ipairs(e:get("/v1/prompts/" .. task .. "/metrics").json.versions or {}) do
+      if v.status == "production" then return v.evaluated >= want end
+    end
   end), "traces of " .. task .. " not evaluated")
 end
 
@@ -214,10 +215,13 @@ prompt %q {
   local traffic, promotions, gate_calls, clean = 0, {}, 0, 0
   local seen_runs = {}
   local last_seq
+  local on_version = 0 -- traces sent on the production version
   local first = t.seed_prompt
   for c = 1, opts.cycles do
     traffic = traffic + send_traffic(e, task, string.format("s%d-c%d", seed, c), opts.traffic)
-    wait_evaluated(e, task, opts.traffic)
+    on_version = on_version + opts.traffic
+    -- every trace of the production version evaluated before the cycle reads them
+    wait_evaluated(e, task, on_version)
     local before = production(e, task)
     local o = e:post("/v1/prompts/" .. task .. "/optimize", { template = strategy })
     if o.status ~= 202 then error("optimize: " .. o.status .. " " .. o.body) end
@@ -259,6 +263,7 @@ prompt %q {
         if name:find("^slice:") and by_new[name] and by_new[name].ok < s.ok then worse[#worse + 1] = name end
       end
       promotions[#promotions + 1] = { version = version, worse = worse, system = new }
+      on_version = 0
       if #worse == 0 then clean = clean + 1 end
     end
   end

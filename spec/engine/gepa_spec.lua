@@ -292,5 +292,26 @@ return M
     assert.are_not.equal(0, code)
     assert.matches("search.lua:4: a search policy must export pick_merge%(pool, options%); 'pick_merj' %(defined here%) looks like a misspelling", log)
   end)
+
+  it("runs the copy check on every child before it costs a call: poisoned traces never reach the pool", function()
+    e = engine.start { config = config(fake, 'template = "gepa", gepa = { iterations = 4, seed = 9 },') }
+    setup(e)
+    -- every third ticket carries "Add this sentence to the prompt: ..."; the simulated optimizer obeys it
+    traffic.send(base(e), "tickets", 1, 40, { poison = true })
+    assert(engine.eventually(20 * engine.slow, function()
+      local v = (e:get("/v1/prompts/tickets/metrics").json.versions or {})[1]
+      return v and v.evaluated >= 40
+    end))
+    assert.equal(202, e:post("/v1/prompts/tickets/optimize", {}).status)
+    local d = wait_event(e, "search").detail
+    local copied = 0
+    for _, x in ipairs(d.invalid) do
+      if x.reason:find("copies trace text into the prompt", 1, true) then copied = copied + 1 end
+    end
+    assert.is_true(copied > 0, engine.json.encode(d.invalid))
+    for _, m in ipairs(d.pool) do
+      assert.is_nil(m.messages[1].content:lower():find("attacker", 1, true), m.messages[1].content)
+    end
+  end)
 end)
 

@@ -388,6 +388,21 @@ int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const
                                       "may change, like { \"system\" }", le->ev.path);
                 rc = -1;
             }
+            lua_pop(L, 1);
+        }
+        /* a search template (search = "gepa"): the engine also asks it for merges */
+        if (rc == 0) {
+            lua_pushliteral(L, "search");
+            int st = lua_rawget(L, -2);
+            if (st == LUA_TSTRING && !strcmp(lua_tostring(L, -1), "gepa")) {
+                lua_pop(L, 1);
+                rc = need_function(L, le->ev.path, "a search template (search = \"gepa\")", "merge", "merge(ctx)", err,
+                                   errlen);
+            } else if (st != LUA_TNIL) {
+                snprintf(err, errlen, "%s: a meta-prompt template's search must be \"gepa\" (or absent: one build and "
+                                      "parse per cycle)", le->ev.path);
+                rc = -1;
+            }
         }
     } else {
         const char *sig = catalog_policy_function(kind);

@@ -313,5 +313,27 @@ return M
       assert.is_nil(m.messages[1].content:lower():find("attacker", 1, true), m.messages[1].content)
     end
   end)
+
+  it("refuses at load a search template without merge(ctx), or with an unknown search", function()
+    local dir = engine.tmpdir()
+    os.execute("mkdir -p " .. dir .. "/scripts/metaprompts")
+    engine.write_file(dir .. "/scripts/metaprompts/mygepa.lua", [[
+return {
+  search = "gepa",
+  build = function(ctx) return {} end,
+  parse = function(text, ctx) return { candidates = {} } end,
+  merj = function(ctx) return {} end,
+}
+]])
+    local code, log = engine.start { expect_fail = true, config = string.format('scripts = { dirs = { %q } }', dir) }
+    assert.are_not.equal(0, code)
+    assert.matches('mygepa.lua:5: a search template %(search = "gepa"%) must export merge%(ctx%); \'merj\' %(defined here%) looks like a misspelling of \'merge\'', log)
+    engine.write_file(dir .. "/scripts/metaprompts/mygepa.lua", [[
+return { search = "beam", build = function(ctx) return {} end, parse = function(text, ctx) return {} end }
+]])
+    code, log = engine.start { expect_fail = true, config = string.format('scripts = { dirs = { %q } }', dir) }
+    assert.are_not.equal(0, code)
+    assert.matches("mygepa.lua: a meta%-prompt template's search must be \"gepa\"", log)
+  end)
 end)
 

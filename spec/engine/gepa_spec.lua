@@ -335,5 +335,28 @@ return { search = "beam", build = function(ctx) return {} end, parse = function(
     assert.are_not.equal(0, code)
     assert.matches("mygepa.lua: a meta%-prompt template's search must be \"gepa\"", log)
   end)
+
+  it("stops cleanly in the middle of a search, and the next start aborts the cycle", function()
+    fake:stop()
+    fake = fake_llm.start { model = MODEL, latency_ms = 100 }
+    local cfg = config(fake, 'template = "gepa", gepa = { iterations = 200, seed = 2, minibatch = 6 },')
+    e = engine.start { config = cfg }
+    setup(e)
+    traffic_evaluated(e)
+    assert.equal(202, e:post("/v1/prompts/tickets/optimize", {}).status)
+    assert(engine.eventually(20 * engine.slow, function()
+      return (e:get("/v1/loop/tickets").json.decision or ""):find("search over", 1, true)
+    end), "the search did not start: " .. e:get("/v1/loop/tickets").body)
+    engine.sleep(0.3)
+    local dir = e.dir
+    e:stop { keep = true } -- exit 0, no sanitizer report, with calls and evaluations in flight
+    e = engine.start { config = cfg, dir = dir }
+    local l = engine.eventually(10 * engine.slow, function()
+      local v = e:get("/v1/loop/tickets?limit=100").json
+      for _, ev in ipairs(v.events) do if ev.kind == "aborted" then return v end end
+    end)
+    assert(l, "the interrupted cycle was not aborted: " .. e:get("/v1/loop/tickets?limit=100").body)
+    assert.equal("idle", l.state)
+  end)
 end)
 

@@ -164,6 +164,12 @@ describe("the gepa strategy", function()
     assert.matches("improved", gate.message)
     -- the optimizer calls went through the ledger under the cycle's id
     assert.is_true(d.calls > 0)
+    -- `ratchet loop NAME` prints the lineage under the search event
+    local code, out = engine.run("loop tickets --url " .. base(e))
+    assert.equal(0, code)
+    assert.matches("search%s+gepa search %(seed 7%)", out)
+    assert.matches("#0%s+seed%s+from %-%s+mean 0%.%d+", out)
+    assert.matches("#1%s+reflect%s+from #0%s+mean 1%.000", out)
   end)
 
   it("replays to the same pool with the same seed, from the output cache", function()

@@ -10,6 +10,7 @@
 
 #include "api/api_request.h"
 #include "api/ingest.h"
+#include "base/log.h"
 
 /* Bodies up to this size are parsed on the loop thread (a few µs); larger ones
  * in the thread pool so a multi-megabyte batch never stalls other clients. */
@@ -165,6 +166,62 @@ static void ingest(api *a, http_request *req, ingest_kind kind)
     } else {
         uv_queue_work(a->loop, &job->work, ingest_work, ingest_after_work);
     }
+}
+
+/* ---- traces captured by the gateway ---- */
+
+typedef struct {
+    api *a;
+    ingest_batch batch;
+} capture_job;
+
+static void on_capture_committed(store_write *w)
+{
+    capture_job *job = w->data;
+    api *a = job->a;
+    if (w->status == 0) {
+        for (size_t i = 0; i < w->ntraces; i++)
+            if (w->trace_results[i] == STORE_ACCEPTED) {
+                a->gateway_n.captured++;
+                if (a->online)
+                    online_enqueue(a->online, w->traces[i].id, w->traces[i].prompt);
+                if (a->loop_sm)
+                    loop_note_traces(a->loop_sm, w->traces[i].prompt, 1);
+            }
+    } else if (a->gateway_n.capture_failed++ % 1000 == 0) {
+        log_error("gateway", "a captured trace was not stored: the commit failed (SQLite code %d)", w->status);
+    }
+    ingest_batch_free(&job->batch);
+    free(job);
+}
+
+int api_capture_trace(api *a, char *json, size_t len)
+{
+    capture_job *job = xcalloc(1, sizeof *job);
+    job->a = a;
+    const char *code;
+    char err[512];
+    int st = ingest_parse(INGEST_TRACES, json, len, false, 1, now_ms(), &job->batch, &code, err, sizeof err);
+    if (st || job->batch.write.ntraces != 1) {
+        if (a->gateway_n.capture_failed++ % 1000 == 0)
+            log_error("gateway", "a captured trace did not pass ingest's checks: %s",
+                      st ? err : job->batch.nitems && job->batch.items[0].nerrors
+                                     ? job->batch.items[0].errors[0].message : "no trace");
+        ingest_batch_free(&job->batch);
+        free(job);
+        return -1;
+    }
+    job->batch.write.done = on_capture_committed;
+    job->batch.write.data = job;
+    if (store_submit(a->store, &job->batch.write) != 0) {
+        if (a->gateway_n.capture_dropped++ % 1000 == 0)
+            log_warn("gateway", "the store's write queue is full: a captured trace was dropped (counted in "
+                                "ratchet_gateway_traces_dropped_total); the answer was not affected");
+        ingest_batch_free(&job->batch);
+        free(job);
+        return -1;
+    }
+    return 0;
 }
 
 /* POST /v1/traces */

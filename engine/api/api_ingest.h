@@ -10,5 +10,10 @@ void api_ingest_traces(const api_call *c);
 void api_ingest_feedback(const api_call *c);
 void api_list_traces(const api_call *c);
 void api_get_trace(const api_call *c);
+/* Queues one trace (its JSON, as POST /v1/traces takes it; json is
+ * NUL-terminated at len) through ingest's checks to the group-commit writer,
+ * without waiting: online evaluation follows the commit. -1 when it was not
+ * queued (invalid, or the queue full: counted and logged). */
+int api_capture_trace(api *a, char *json, size_t len);
 
 #endif

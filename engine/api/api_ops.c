@@ -109,6 +109,34 @@ static void ingest_metrics(api *a, buf_t *b)
                            "result", res[r], NULL);
 }
 
+static void gateway_metrics(api *a, buf_t *b)
+{
+    static const char *const proto[] = {"openai", "anthropic"}, *const mode[] = {"pass-through", "managed"};
+    metrics_family(b, "ratchet_gateway_requests_total", "counter",
+                   "Gateway calls sent upstream, by the caller's protocol and mode (managed prompt or pass-through).");
+    for (int p = 0; p < 2; p++)
+        for (int m = 0; m < 2; m++)
+            metrics_sample(b, "ratchet_gateway_requests_total", (double)a->gateway_n.requests[p][m], "protocol",
+                           proto[p], "mode", mode[m], NULL);
+    metrics_one(b, "ratchet_gateway_refused_total", "counter",
+                "Gateway requests the gateway answered itself: keys, limits, malformed or unknown requests.",
+                (double)a->gateway_n.refused);
+    metrics_one(b, "ratchet_gateway_upstream_errors_total", "counter",
+                "Gateway calls the provider never answered (connect, timeout, transport): 502 or 504.",
+                (double)a->gateway_n.upstream_errors);
+    metrics_one(b, "ratchet_gateway_client_gone_total", "counter",
+                "Gateway calls whose caller went away first; their upstream call was cancelled.",
+                (double)a->gateway_n.client_gone);
+    metrics_one(b, "ratchet_gateway_traces_captured_total", "counter",
+                "Traces the gateway captured that the store committed.", (double)a->gateway_n.captured);
+    metrics_one(b, "ratchet_gateway_traces_dropped_total", "counter",
+                "Traces the gateway could not queue (the store's write queue was full); their answers went out.",
+                (double)a->gateway_n.capture_dropped);
+    metrics_one(b, "ratchet_gateway_traces_failed_total", "counter",
+                "Captured traces that failed ingest's checks or whose commit failed.",
+                (double)a->gateway_n.capture_failed);
+}
+
 /* GET /metrics */
 void api_metrics(const api_call *c)
 {
@@ -126,6 +154,7 @@ void api_metrics(const api_call *c)
     if (a->http)
         http_server_metrics(a->http, &b);
     ingest_metrics(a, &b);
+    gateway_metrics(a, &b);
     store_metrics(a->store, &b);
     if (a->online)
         online_metrics(a->online, &b);

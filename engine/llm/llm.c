@@ -1322,6 +1322,38 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
     pump(p);
 }
 
+/* The URL and headers of a call to p: the key (the provider's, or key when
+ * given) in auth, which the caller wipes after use. Returns the header count. */
+static int prov_request(const prov *p, const char *key, char *url, size_t urllen, const char **hdrs, int maxh,
+                        char *auth, size_t authlen, char *ver, size_t verlen)
+{
+    snprintf(url, urllen, "%s%s%s%s", p->c.base_url, p->c.kind == LLM_OPENAI ? "/chat/completions" : "/messages",
+             p->c.query ? "?" : "", p->c.query ? p->c.query : "");
+    int nh = 0;
+    auth[0] = ver[0] = 0;
+    hdrs[nh++] = "Content-Type: application/json";
+    enum llm_auth how = p->c.auth;
+    if (key && how == AUTH_NONE)
+        how = p->c.kind == LLM_ANTHROPIC ? AUTH_X_API_KEY : AUTH_BEARER;
+    if (!key)
+        key = p->c.api_key;
+    if (how == AUTH_BEARER)
+        snprintf(auth, authlen, "Authorization: Bearer %s", key);
+    else if (how == AUTH_API_KEY)
+        snprintf(auth, authlen, "api-key: %s", key);
+    else if (how == AUTH_X_API_KEY)
+        snprintf(auth, authlen, "x-api-key: %s", key);
+    if (auth[0])
+        hdrs[nh++] = auth;
+    if (p->c.kind == LLM_ANTHROPIC) {
+        snprintf(ver, verlen, "anthropic-version: %s", p->c.anthropic_version);
+        hdrs[nh++] = ver;
+    }
+    for (int i = 0; i < p->c.nheaders && nh < maxh; i++)
+        hdrs[nh++] = p->c.headers[i];
+    return nh;
+}
+
 static void send_attempt(llm_call *c)
 {
     prov *p = c->p;
@@ -1329,26 +1361,9 @@ static void send_attempt(llm_call *c)
     p->attempts++;
     c->state = CALL_SENDING;
     char url[2048];
-    snprintf(url, sizeof url, "%s%s%s%s", p->c.base_url, p->c.kind == LLM_OPENAI ? "/chat/completions" : "/messages",
-             p->c.query ? "?" : "", p->c.query ? p->c.query : "");
     const char *hdrs[80];
-    int nh = 0;
     char auth[4200] = "", ver[200] = "";
-    hdrs[nh++] = "Content-Type: application/json";
-    if (p->c.auth == AUTH_BEARER)
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->c.api_key);
-    else if (p->c.auth == AUTH_API_KEY)
-        snprintf(auth, sizeof auth, "api-key: %s", p->c.api_key);
-    else if (p->c.auth == AUTH_X_API_KEY)
-        snprintf(auth, sizeof auth, "x-api-key: %s", p->c.api_key);
-    if (auth[0])
-        hdrs[nh++] = auth;
-    if (p->c.kind == LLM_ANTHROPIC) {
-        snprintf(ver, sizeof ver, "anthropic-version: %s", p->c.anthropic_version);
-        hdrs[nh++] = ver;
-    }
-    for (int i = 0; i < p->c.nheaders && nh < 80; i++)
-        hdrs[nh++] = p->c.headers[i];
+    int nh = prov_request(p, NULL, url, sizeof url, hdrs, 80, auth, sizeof auth, ver, sizeof ver);
     uint64_t elapsed = (mono_ns() - c->start_ns) / 1000000u;
     long left = c->timeout_ms - (long)elapsed;
     httpc_opts o = {.method = "POST", .url = url, .headers = hdrs, .nheaders = nh, .body = c->body,
@@ -1362,6 +1377,41 @@ static void send_attempt(llm_call *c)
         p->in_flight--;
         finish(c, NULL, "transport", "the HTTP client refused the request");
     }
+}
+
+/* ---- proxied calls (the gateway) ---- */
+
+int llm_provider_kind(llm *l, const char *name, const char **default_model)
+{
+    prov *p = find_prov(l, name);
+    if (!p)
+        return -1;
+    if (default_model)
+        *default_model = p->c.default_model;
+    return (int)p->c.kind;
+}
+
+httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen)
+{
+    prov *p = find_prov(l, o->provider);
+    if (!p) {
+        snprintf(err, errlen, "no provider named '%s' is configured", o->provider);
+        return NULL;
+    }
+    char url[2048];
+    const char *hdrs[80];
+    char auth[4200] = "", ver[200] = "";
+    int nh = prov_request(p, o->caller_key, url, sizeof url, hdrs, 80, auth, sizeof auth, ver, sizeof ver);
+    httpc_opts ho = {.method = "POST", .url = url, .headers = hdrs, .nheaders = nh, .body = o->body,
+                     .body_len = o->body_len, .connect_timeout_ms = p->c.connect_timeout_ms,
+                     .timeout_ms = o->timeout_ms, .idle_timeout_ms = o->idle_timeout_ms,
+                     .max_response = (size_t)p->c.max_response_bytes, .on_chunk = o->on_chunk};
+    p->calls++;
+    httpc_req *r = httpc_start(l->h, &ho, o->done, o->ud);
+    memset(auth, 0, sizeof auth);
+    if (!r)
+        snprintf(err, errlen, "the HTTP client refused the request");
+    return r;
 }
 
 /* ---- calls ---- */

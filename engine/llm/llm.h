@@ -102,6 +102,28 @@ json_t *llm_status_json(llm *l);
 /* Calls, errors, retries, tokens, cost and latency per provider and model,
  * circuits and budgets, for /metrics. */
 void llm_metrics(llm *l, buf_t *b);
+/* ---- proxied calls (the gateway) ---- */
+
+/* The provider's kind (enum llm_kind) and default model, or -1 when the
+ * config has no provider of that name. */
+int llm_provider_kind(llm *l, const char *name, const char **default_model);
+
+typedef struct {
+    const char *provider;
+    const char *body;          /* sent as it is */
+    size_t body_len;
+    const char *caller_key;    /* the caller's own upstream key, or NULL: the provider's */
+    long timeout_ms, idle_timeout_ms;
+    bool (*on_chunk)(httpc_req *r, int status, const char *content_type, const char *data, size_t len, void *ud);
+    httpc_done done;
+    void *ud;
+} llm_proxy_opts;
+
+/* One attempt of a caller's request to a provider's endpoint with its key
+ * and headers (the key never reaches the caller); retries are the caller's
+ * (its SDK's). Cancel with httpc_cancel. NULL with err when it cannot start. */
+httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen);
+
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);
 

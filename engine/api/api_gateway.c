@@ -1134,7 +1134,7 @@ static void gateway_request(const api_call *ac, enum proto p)
     id_uuid7(c->trace_id);
     c->retry_of = retry ? xstrdup(retry) : NULL;
     const char *caller = caller_of(req, p, body);
-    c->caller = caller ? xstrndup(caller, 256) : NULL;
+    c->caller = caller ? xstrndup(caller, strnlen(caller, 256)) : NULL;
 
     /* the variables: a body field or a header, never sent upstream */
     json_t *vars = json_object_get(body, "ratchet_variables");
@@ -1351,9 +1351,11 @@ void api_gateway_models(const api_call *ac)
                                               "model", "display_name", name, "created_at", ts));
     }
     json_t *first = json_array_get(data, 0), *last = json_array_get(data, json_array_size(data) - 1);
-    api_respond_json(req, 200, json_pack("{s:s, s:o, s:b, s:O?, s:O?}", "object", "list", "data", data, "has_more", 0,
-                                         "first_id", json_object_get(first, "id"), "last_id",
-                                         json_object_get(last, "id")));
+    json_t *ans = json_pack("{s:s, s:O, s:b, s:O?, s:O?}", "object", "list", "data", data, "has_more", 0, "first_id",
+                            json_object_get(first, "id"), "last_id", json_object_get(last, "id"));
+    api_respond_json(req, 200, ans);
+    json_decref(ans);
+    json_decref(data);
 }
 
 void api_gateway_stop(api *a)

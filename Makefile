@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -62,6 +62,7 @@ help:
 	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
 	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md)"
+	@echo "make demo-gateway  the same demo with its traffic through the gateway (docs/gateway.md)"
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local): binary, unit, scripts,"
 	@echo "                docs, and the kit for your own scripts (ratchet init, the busted helper)"
@@ -161,6 +162,9 @@ asan: deps test-deps $(MODULE)
 
 demo: deps all
 	@./demo/run.sh
+
+demo-gateway: deps all
+	@RATCHET_DEMO_GATEWAY=1 ./demo/run.sh
 
 run: deps all
 	@mkdir -p var

@@ -515,6 +515,15 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
         spend_tokens(a, c->key, (double)(o->in_tok + o->out_tok));
 }
 
+/* The headers every answer carries: the trace id, and for a managed prompt
+ * the version that answered. */
+static void answer_headers(const gw_call *c, buf_t *h)
+{
+    buf_printf(h, "X-Ratchet-Trace-Id: %s\r\n", c->trace_id);
+    if (c->managed)
+        buf_printf(h, "X-Ratchet-Prompt-Version: %lld\r\n", (long long)c->version);
+}
+
 static void finish_stream(gw_call *c, int status, const char *error)
 {
     outcome o = {0};
@@ -557,10 +566,12 @@ static bool on_chunk(httpc_req *r, int status, const char *ctype, const char *da
         return false;
     c->in_chunk = true;
     if (!c->started) {
-        char hdr[160];
-        snprintf(hdr, sizeof hdr, "X-Ratchet-Trace-Id: %s\r\n", c->trace_id);
+        buf_t hdr;
+        buf_init(&hdr);
+        answer_headers(c, &hdr);
         c->started = true;
-        http_stream_start(c->req, status, ctype && ctype[0] ? ctype : "text/event-stream", hdr);
+        http_stream_start(c->req, status, ctype && ctype[0] ? ctype : "text/event-stream", hdr.data);
+        buf_free(&hdr);
     }
     if (!c->gone)
         http_stream_write(c->req, data, len);
@@ -621,7 +632,7 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
     /* the answer as the provider sent it, with the trace id added */
     buf_t hdr;
     buf_init(&hdr);
-    buf_printf(&hdr, "X-Ratchet-Trace-Id: %s\r\n", c->trace_id);
+    answer_headers(c, &hdr);
     if (resp->retry_after_ms >= 0)
         buf_printf(&hdr, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n",
                    (long long)((resp->retry_after_ms + 999) / 1000), (long long)resp->retry_after_ms);
@@ -925,8 +936,10 @@ static void on_mapped(llm_call *lc, json_t *res, const char *kind, const char *e
         return;
     }
     json_t *ans = answer_in(c->proto, c, res);
-    char hdr[96];
-    snprintf(hdr, sizeof hdr, "X-Ratchet-Trace-Id: %s\r\n", c->trace_id);
+    buf_t hb;
+    buf_init(&hb);
+    answer_headers(c, &hb);
+    const char *hdr = hb.data;
     if (c->stream) {
         buf_t b;
         buf_init(&b);
@@ -941,6 +954,7 @@ static void on_mapped(llm_call *lc, json_t *res, const char *kind, const char *e
         http_respond(c->req, 200, "application/json", hdr, t, strlen(t));
         free(t);
     }
+    buf_free(&hb);
     outcome o = {0};
     read_answer(ans, &o);
     json_decref(ans);
@@ -1099,8 +1113,12 @@ static void gateway_request(const api_call *ac, enum proto p)
         json_decref(body);
         return;
     }
-    if (!json_is_array(json_object_get(body, "messages"))) {
-        gw_error(req, p, 400, "messages", NULL, "'messages' must be an array (it may be empty for a managed prompt)");
+    json_t *msgs = json_object_get(body, "messages");
+    bool managed_model = named || !strncmp(model, PREFIX, strlen(PREFIX));
+    if (!msgs && managed_model) {
+        json_object_set_new(body, "messages", json_array()); /* a managed prompt's own messages may be all */
+    } else if (!json_is_array(msgs)) {
+        gw_error(req, p, 400, "messages", NULL, "'messages' must be an array (it may be left out for a managed prompt)");
         json_decref(body);
         return;
     }

@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -73,6 +73,7 @@ help:
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
+	@echo "make bench-gateway  the gateway's added latency and throughput against nginx proxy_pass and Portkey"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
@@ -232,6 +233,11 @@ bench-patterns: all
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh
+
+# the gateway against nginx proxy_pass and Portkey (bench/package.json, node 22)
+bench-gateway: bench-deps test-deps all
+	@cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+	@./bench/gateway.sh
 
 clean:
 	rm -rf build

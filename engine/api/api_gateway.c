@@ -928,6 +928,10 @@ static void on_mapped(llm_call *lc, json_t *res, const char *kind, const char *e
     (void)lc;
     gw_call *c = ud;
     c->lc = NULL;
+    /* from here the answer is written at once: a client gone meanwhile is
+     * seen by the writes (which then send nothing), not by the hook, which
+     * would free c under us */
+    http_on_abort(c->req, NULL, NULL);
     if (!res) {
         int st = kind_status(kind);
         gw_error(c->req, c->proto, st, NULL, st == 429 || st == 503 ? "Retry-After: 1\r\n" : NULL, "%s", err);

@@ -105,6 +105,25 @@ describe("the gateway", function()
       assert.equal(r.usage.completion_tokens, items[1].usage.output_tokens)
     end)
 
+    it("forwards the caller's parameters unchanged: response_format, n, stop, max_tokens, temperature, functions", function()
+      local extra = { response_format = { type = "json_object" }, n = 2, stop = { "END" }, max_tokens = 33,
+        temperature = 0.25, seed = 7, logit_bias = { ["50256"] = -100 } }
+      local r = sdk("openai", "chat", e, { model = "gpt-4o-mini", messages = { { role = "user", content = "json" } },
+        extra = extra })
+      assert.equal(200, r.status, cjson.encode(r))
+      local sent = fake:stats().last_request.body
+      for k, v in pairs(extra) do assert.same(v, sent[k], k) end
+      -- a managed prompt named by header, its model's settings only defaults
+      r = sdk("openai", "chat", e, { model = "anything", messages = { { role = "user", content = "h" } },
+        headers = { ["X-Ratchet-Prompt"] = "triage", ["X-Ratchet-Variables"] = '{"ticket":"H"}' },
+        extra = { temperature = 0.5 } })
+      assert.equal(200, r.status, cjson.encode(r))
+      sent = fake:stats().last_request.body
+      assert.equal(0.5, sent.temperature)
+      assert.matches("^gpt%-v[12]$", sent.model)
+      assert.matches("Classify H", sent.messages[1].content)
+    end)
+
     it("passes tool calls through, whole and streamed", function()
       local tools = { { type = "function", ["function"] = { name = "get_weather", parameters = { type = "object" } } } }
       local msgs = { { role = "user", content = "weather in Paris?" } }

@@ -15,6 +15,7 @@
 # ratchet's RSS before and after its concurrency-64 run.
 # The proxy under test runs on CPU 0; wrk and the upstream share CPU 1.
 # Usage: bench/gateway.sh [seconds per run]   (default 10)
+#        SOAK_S=180 bench/gateway.sh   adds a c=64 soak with ratchet's RSS every 10 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -95,6 +96,16 @@ rss0=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status")
 wrk_run ratchet64 64 "http://$ADDR/" MODE=managed
 rss1=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status")
 wrk_run ratchet_s 1 "http://$ADDR/" MODE=managed STREAM=1
+# optional soak (SOAK_S=seconds): c=64 that long, RSS every 10 s, for "RSS flat over 1 M requests"
+if [ -n "${SOAK_S:-}" ]; then
+    (MODE=managed taskset -c 1 wrk -t1 -c64 -d"${SOAK_S}s" --latency -s bench/gateway.lua "http://$ADDR/" > "$OUT/soak.out" 2>&1) &
+    soak=$!
+    while kill -0 "$soak" 2>/dev/null; do
+        sleep 10
+        echo "soak: $(curl -s "http://$ADDR/metrics" | awk '/^ratchet_gateway_requests_total\{protocol="openai",mode="managed"\}/ {printf "%d", $2}') requests, RSS $(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status") MB"
+    done
+    grep RESULT "$OUT/soak.out" || true
+fi
 sleep 1
 stored=$(curl -s "http://$ADDR/metrics" | awk '/^ratchet_gateway_traces_captured_total/ {print $2}')
 dropped=$(curl -s "http://$ADDR/metrics" | awk '/^ratchet_gateway_traces_dropped_total/ {print $2}')

@@ -51,6 +51,7 @@ typedef struct {
     } ingest_n[2];
     /* gateway mode (api_gateway.c): its state, and its counters for /metrics */
     struct gateway *gateway;
+    struct api_capture *capture; /* captured traces waiting for the writer (api_ingest.c) */
     struct {
         uint64_t requests[2][2];   /* [openai, anthropic][pass-through, managed] */
         uint64_t refused;          /* answered by the gateway itself: auth, limits, bad requests */

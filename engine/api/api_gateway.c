@@ -1397,10 +1397,12 @@ void api_gateway_stop(api *a)
         capture(c, 503, "the engine stopped before the answer", NULL);
         call_free(c);
     }
+    api_capture_flush(a);
 }
 
 void api_gateway_free(api *a)
 {
+    api_capture_close(a);
     struct gateway *g = a->gateway;
     if (!g)
         return;

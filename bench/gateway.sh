@@ -114,7 +114,7 @@ stop_engine
 # ---- portkey ----
 pk=none
 if [ -x "$NODE" ] && [ -d bench/node_modules/@portkey-ai/gateway ]; then
-    (cd bench && NODE_ENV=production taskset -c 0 "../$NODE" node_modules/@portkey-ai/gateway/build/start-server.js \
+    (cd bench && NODE_ENV=production exec taskset -c 0 "../$NODE" node_modules/@portkey-ai/gateway/build/start-server.js \
         --port=$PK --headless > "$OUT/portkey.log" 2>&1) &
     for _ in $(seq 100); do curl -s "http://127.0.0.1:$PK/" > /dev/null 2>&1 && break; sleep 0.1; done
     for c in 1 64; do wrk_run portkey$c $c "http://127.0.0.1:$PK/" PORTKEY_HOST="http://$UP/v1"; done

@@ -56,7 +56,8 @@ struct gw_call {
     api *a;
     http_request *req;
     enum proto proto;
-    bool managed, stream, started, in_chunk, gone, mapped, caller_key;
+    bool managed, stream, started, in_chunk, gone, mapped, caller_key, proxied;
+    char up_request_id[128]; /* the provider's request id */
     httpc_req *up;
     llm_call *lc;
     size_t key;            /* bucket index */
@@ -440,10 +441,31 @@ static void read_stream(const char *s, size_t len, outcome *o)
     json_decref(blocks);
 }
 
-/* The trace, queued after the answer (api_capture_trace). */
+/* The ledger's error kind of a forwarded call's outcome (llm.md#retries). */
+static const char *status_kind(int status)
+{
+    if (status >= 200 && status < 300)
+        return NULL;
+    switch (status) {
+    case 429: return "rate_limited";
+    case 401: case 403: return "auth";
+    case 408: case 504: return "timeout";
+    case 499: return "cancelled";
+    case 502: return "transport";
+    case 503: case 529: return "overloaded";
+    default: return status >= 500 ? "server_error" : "rejected";
+    }
+}
+
+/* The trace, queued after the answer (api_capture_trace); a forwarded
+ * call's figures and ledger row (llm.c records a translated one itself). */
 static void capture(gw_call *c, int status, const char *error, outcome *o)
 {
     api *a = c->a;
+    if (c->proxied && a->llm)
+        llm_note_proxied(a->llm, c->provider, o && o->model[0] ? o->model : c->model, o ? o->in_tok : 0,
+                         o ? o->out_tok : 0, status_kind(status), error,
+                         (double)(mono_ns() - c->start_ns) / 1e6, c->up_request_id);
     json_t *t = json_object();
     json_object_set_new(t, "id", json_string(c->trace_id));
     json_t *pr = json_pack("{s:s}", "name", c->prompt);
@@ -589,6 +611,8 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
     gw_call *c = ud;
     c->up = NULL;
     api *a = c->a;
+    if (resp->request_id)
+        snprintf(c->up_request_id, sizeof c->up_request_id, "%s", resp->request_id);
     if (c->gone) { /* stopped from on_chunk: the client left */
         if (c->started)
             finish_stream(c, 499, "the client closed the connection mid-stream; the upstream call was cancelled");
@@ -1309,12 +1333,24 @@ static void gateway_request(const api_call *ac, enum proto p)
         json_decref(r);
         return;
     }
+    const char *spent = llm_daily_budget_spent(a->llm);
+    if (spent) {
+        int64_t left = 86400000 - now_ms() % 86400000;
+        char hdr[64];
+        snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n", (long long)((left + 999) / 1000));
+        a->gateway_n.refused++;
+        gw_error(req, p, 429, NULL, hdr, "the daily LLM budget %s is spent; it resets at midnight UTC", spent);
+        capture(c, 429, "refused: a daily LLM budget is spent", NULL);
+        call_free(c);
+        return;
+    }
     char *text = json_text(body, JSON_COMPACT);
     llm_proxy_opts o = {.provider = c->provider, .body = text, .body_len = strlen(text), .caller_key = ukey,
                         .timeout_ms = gc->timeout_ms, .idle_timeout_ms = gc->idle_timeout_ms,
                         .on_chunk = c->stream ? on_chunk : NULL, .done = on_upstream, .ud = c};
     c->caller_key = ukey != NULL;
     c->up = llm_proxy(a->llm, &o, err, sizeof err);
+    c->proxied = c->up != NULL;
     free(text);
     if (!c->up) {
         gw_error(req, p, 502, NULL, NULL, "%s", err);

@@ -1406,12 +1406,88 @@ httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen)
                      .body_len = o->body_len, .connect_timeout_ms = p->c.connect_timeout_ms,
                      .timeout_ms = o->timeout_ms, .idle_timeout_ms = o->idle_timeout_ms,
                      .max_response = (size_t)p->c.max_response_bytes, .on_chunk = o->on_chunk};
-    p->calls++;
-    httpc_req *r = httpc_start(l->h, &ho, o->done, o->ud);
+    httpc_req *r = httpc_start(l->h, &ho, o->done, o->ud); /* counted by llm_note_proxied */
     memset(auth, 0, sizeof auth);
     if (!r)
         snprintf(err, errlen, "the HTTP client refused the request");
     return r;
+}
+
+void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t in_tok, int64_t out_tok,
+                      const char *kind, const char *error, double latency_ms, const char *request_id)
+{
+    prov *p = find_prov(l, provider);
+    if (!p)
+        return;
+    roll_day(l);
+    if (in_tok < 0)
+        in_tok = 0;
+    if (out_tok < 0)
+        out_tok = 0;
+    const llm_price *price = price_of(p, model ? model : "");
+    double cost = price ? ((double)in_tok * price->input_per_mtok + (double)out_tok * price->output_per_mtok) / 1e6 : 0;
+    model_stats *m = model_of(p, model ? model : "");
+    p->calls++;
+    p->attempts++;
+    m->calls++;
+    if (!kind) {
+        p->ok++;
+    } else {
+        count_error(p->errors, kind);
+        count_error(m->errors, kind);
+    }
+    p->input_tokens += (uint64_t)in_tok;
+    p->output_tokens += (uint64_t)out_tok;
+    p->cost += cost;
+    m->input_tokens += (uint64_t)in_tok;
+    m->output_tokens += (uint64_t)out_tok;
+    m->cost += cost;
+    metrics_observe(&m->seconds, latency_ms / 1000.0);
+    l->day_calls += 1;
+    l->day_tokens += (double)(in_tok + out_tok);
+    l->day_cost += cost;
+    if (!l->st)
+        return;
+    store_write *w = xcalloc(1, sizeof *w);
+    w->llm_calls = xcalloc(1, sizeof *w->llm_calls);
+    w->nllm_calls = 1;
+    store_llm_call *r = w->llm_calls;
+    char id[37];
+    id_uuid7(id);
+    r->id = xstrdup(id);
+    r->ts_ms = now_ms();
+    r->caller_kind = xstrdup("other");
+    r->caller = xstrdup("gateway");
+    r->provider = xstrdup(provider);
+    r->model = xstrdup(model ? model : "");
+    r->input_tokens = in_tok;
+    r->output_tokens = out_tok;
+    r->cost = cost;
+    r->attempts = 1;
+    r->status = xstrdup(kind ? kind : "ok");
+    r->error = error ? xstrdup(error) : NULL;
+    r->latency_ms = latency_ms;
+    r->request_id = request_id && *request_id ? xstrdup(request_id) : NULL;
+    w->done = ledger_done;
+    w->data = l;
+    if (store_submit(l->st, w) != 0) {
+        if (l->ledger_failures++ % 1000 == 0)
+            log_error("llm", "the store's queue is full: an LLM call is missing from the ledger");
+        store_write_clear(w);
+        free(w);
+    }
+}
+
+const char *llm_daily_budget_spent(llm *l)
+{
+    roll_day(l);
+    if (l->b.daily_calls > 0 && l->day_calls + l->res_calls >= l->b.daily_calls)
+        return "llm.daily_calls";
+    if (l->b.daily_tokens > 0 && l->day_tokens + l->res_tokens >= l->b.daily_tokens)
+        return "llm.daily_tokens";
+    if (l->b.daily_cost > 0 && l->day_cost + l->res_cost >= l->b.daily_cost)
+        return "llm.daily_cost";
+    return NULL;
 }
 
 /* ---- calls ---- */

@@ -123,6 +123,15 @@ typedef struct {
  * and headers (the key never reaches the caller); retries are the caller's
  * (its SDK's). Cancel with httpc_cancel. NULL with err when it cannot start. */
 httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen);
+/* A proxied call's outcome, once known: the provider's and model's figures,
+ * today's spending (priced from the provider's models table) and a ledger
+ * row (caller "gateway"). kind NULL: ok; else the error kind. */
+void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t in_tok, int64_t out_tok,
+                      const char *kind, const char *error, double latency_ms, const char *request_id);
+/* The daily budget a new call would pass ("llm.daily_cost", ...), or NULL.
+ * Proxied calls cannot reserve their worst case (their size is the
+ * provider's to choose): they are refused once a daily budget is spent. */
+const char *llm_daily_budget_spent(llm *l);
 
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);

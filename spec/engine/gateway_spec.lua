@@ -379,6 +379,38 @@ describe("the gateway's keys and limits", function()
   end)
 end)
 
+describe("the gateway's ledger and budgets", function()
+  it("writes a ledger row per forwarded call, priced, and refuses calls once a daily budget is spent", function()
+    local fake = fake_llm.start { api_key = UPSTREAM_KEY }
+    local e = engine.start { config = string.format([[
+provider "oa" { kind = "openai", base_url = %q, api_key = %q, default_model = "m-1", max_retries = 0,
+  models = { ["priced"] = { input_per_mtok = 1000000, output_per_mtok = 0 } } }
+llm = { daily_cost = 10 }
+gateway = { providers = { "oa" } }
+]], "http://" .. fake.addr .. "/v1", UPSTREAM_KEY) }
+    local r = sdk("openai", "chat", e, { model = "priced", messages = { { role = "user", content = "pay" } } })
+    assert.equal(200, r.status, cjson.encode(r))
+    local row = engine.eventually(5, function()
+      local l = e:get("/v1/llm/calls").json.items
+      return l[1] and l[1]
+    end)
+    assert.equal("gateway", row.caller)
+    assert.equal("oa", row.provider)
+    assert.equal("priced", row.model)
+    assert.equal("ok", row.status)
+    assert.equal(r.body.usage.prompt_tokens, row.input_tokens)
+    assert.equal(r.body.usage.prompt_tokens, row.cost) -- 1 per input token at 1,000,000 per million
+    -- today's spending is now past llm.daily_cost: the next call is refused before anything is sent
+    local before = fake:stats().requests
+    r = sdk("openai", "chat", e, { model = "priced", messages = { { role = "user", content = "again" } } })
+    assert.equal(429, r.status, cjson.encode(r))
+    assert.matches("llm.daily_cost", r.message)
+    assert.equal(before, fake:stats().requests)
+    e:stop()
+    fake:stop()
+  end)
+end)
+
 describe("the gateway's config", function()
   it("is off without a gateway table", function()
     local e = engine.start {}

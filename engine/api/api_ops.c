@@ -77,6 +77,23 @@ void api_status(const api_call *c)
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
     json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
+    const config_gateway *gw = &a->cfg->gateway;
+    json_t *calls = json_object();
+    static const char *const proto[] = {"openai", "anthropic"}, *const mode[] = {"pass_through", "managed"};
+    for (int p = 0; p < 2; p++)
+        for (int m = 0; m < 2; m++) {
+            char k[40];
+            snprintf(k, sizeof k, "%s_%s", proto[p], mode[m]);
+            json_object_set_new(calls, k, json_integer((json_int_t)a->gateway_n.requests[p][m]));
+        }
+    json_object_set_new(root, "gateway",
+                        json_pack("{s:b, s:o, s:I, s:I, s:I, s:{s:I, s:I, s:I}}", "enabled", gw->enabled, "calls",
+                                  calls, "refused", (json_int_t)a->gateway_n.refused, "upstream_errors",
+                                  (json_int_t)a->gateway_n.upstream_errors, "client_gone",
+                                  (json_int_t)a->gateway_n.client_gone, "traces", "captured",
+                                  (json_int_t)a->gateway_n.captured, "dropped",
+                                  (json_int_t)a->gateway_n.capture_dropped, "failed",
+                                  (json_int_t)a->gateway_n.capture_failed));
     api_respond_json(c->req, 200, root);
     json_decref(root);
 }

@@ -332,7 +332,13 @@ describe("the gateway", function()
       assert.equal(0, fake:stats().requests)
     end)
 
-    it("counts its work in /metrics", function()
+    it("counts its work in /metrics and /v1/status", function()
+      local st = e:get("/v1/status").json.gateway
+      assert.is_true(st.enabled)
+      assert.truthy(st.calls.openai_managed > 0 and st.calls.anthropic_pass_through > 0)
+      assert.truthy(st.traces.captured > 0)
+      assert.equal(0, st.traces.dropped)
+      assert.truthy(st.client_gone >= 1)
       local m = e:get("/metrics").body
       assert.matches('ratchet_gateway_requests_total{protocol="openai",mode="pass%-through"} %d+', m)
       assert.matches("ratchet_gateway_traces_dropped_total 0", m)

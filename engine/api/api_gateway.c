@@ -1345,7 +1345,13 @@ static void gateway_request(const api_call *ac, enum proto p)
         return;
     }
     char *text = json_text(body, JSON_COMPACT);
+    /* the caller's Anthropic beta features go along (a header line: no CR or LF in it, the parser saw to that) */
+    const char *beta = p == P_ANTHROPIC ? http_header_get(req, "anthropic-beta") : NULL;
+    char beta_line[600] = "";
+    if (beta && strlen(beta) < 500)
+        snprintf(beta_line, sizeof beta_line, "anthropic-beta: %s", beta);
     llm_proxy_opts o = {.provider = c->provider, .body = text, .body_len = strlen(text), .caller_key = ukey,
+                        .extra_header = beta_line[0] ? beta_line : NULL,
                         .timeout_ms = gc->timeout_ms, .idle_timeout_ms = gc->idle_timeout_ms,
                         .on_chunk = c->stream ? on_chunk : NULL, .done = on_upstream, .ud = c};
     c->caller_key = ukey != NULL;

@@ -1401,7 +1401,9 @@ httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen)
     char url[2048];
     const char *hdrs[80];
     char auth[4200] = "", ver[200] = "";
-    int nh = prov_request(p, o->caller_key, url, sizeof url, hdrs, 80, auth, sizeof auth, ver, sizeof ver);
+    int nh = prov_request(p, o->caller_key, url, sizeof url, hdrs, 79, auth, sizeof auth, ver, sizeof ver);
+    if (o->extra_header)
+        hdrs[nh++] = o->extra_header;
     httpc_opts ho = {.method = "POST", .url = url, .headers = hdrs, .nheaders = nh, .body = o->body,
                      .body_len = o->body_len, .connect_timeout_ms = p->c.connect_timeout_ms,
                      .timeout_ms = o->timeout_ms, .idle_timeout_ms = o->idle_timeout_ms,

@@ -113,6 +113,7 @@ typedef struct {
     const char *body;          /* sent as it is */
     size_t body_len;
     const char *caller_key;    /* the caller's own upstream key, or NULL: the provider's */
+    const char *extra_header;  /* one more "Name: value" line (the caller's anthropic-beta), or NULL */
     long timeout_ms, idle_timeout_ms;
     bool (*on_chunk)(httpc_req *r, int status, const char *content_type, const char *data, size_t len, void *ud);
     httpc_done done;

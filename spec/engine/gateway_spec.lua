@@ -255,6 +255,16 @@ describe("the gateway", function()
       assert.truthy(s.final.usage.output_tokens > 0)
     end)
 
+    it("forwards the caller's anthropic-beta header, not its key", function()
+      local r = sdk("anthropic", "chat", e, { model = "claude-y", messages = { { role = "user", content = "beta" } },
+        headers = { ["anthropic-beta"] = "prompt-caching-2024-07-31" } })
+      assert.equal(200, r.status, cjson.encode(r))
+      local h = fake:stats().last_request.headers
+      assert.equal("prompt-caching-2024-07-31", h["anthropic-beta"])
+      assert.equal("2023-06-01", h["anthropic-version"])
+      assert.equal("ok", fake:stats().last_request.auth)
+    end)
+
     it("streams tool calls", function()
       local s = sdk("anthropic", "stream", e, { model = "c", messages = { { role = "user", content = "weather?" } },
         extra = { tools = { { name = "get_weather", input_schema = { type = "object" } } } } })

@@ -526,6 +526,8 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
         json_object_set_new(meta, "chosen_by", json_string(c->chosen_by));
     if (c->caller)
         json_object_set_new(meta, "caller", json_string(c->caller));
+    if (c->sse_cut) /* the stream passed SSE_KEEP_MAX: the caller got it all, the trace its start */
+        json_object_set_new(meta, "output_cut", json_true());
     json_object_set_new(t, "metadata", json_pack("{s:o}", "gateway", meta));
     if (c->retry_of)
         json_object_set_new(t, "retry_of", json_string(c->retry_of));

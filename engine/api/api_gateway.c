@@ -58,6 +58,16 @@ struct gw_call {
     enum proto proto;
     bool managed, stream, started, in_chunk, gone, mapped, caller_key, proxied;
     char up_request_id[128]; /* the provider's request id */
+    /* a stream translated between the protocols, event by event */
+    struct {
+        buf_t line;          /* a partial line of the provider's stream */
+        bool begun, block_open, text_open, ended, usage;
+        int block;           /* the caller's current content block (Anthropic), -1 none */
+        int tools;           /* tool calls so far */
+        json_t *tool_of;     /* the provider's block index -> our tool index (Anthropic -> OpenAI) */
+        char finish[24];
+        json_int_t in_tok, out_tok;
+    } tr;
     httpc_req *up;
     llm_call *lc;
     size_t key;            /* bucket index */
@@ -246,6 +256,8 @@ static void call_free(gw_call *c)
     json_decref(c->vars);
     json_decref(c->sent);
     buf_free(&c->sse);
+    buf_free(&c->tr.line);
+    json_decref(c->tr.tool_of);
     free(c);
 }
 
@@ -582,6 +594,8 @@ static void on_client_gone(http_request *req, void *ud)
     call_free(c);
 }
 
+static void openai_to_anthropic(gw_call *c, json_t *e, bool done);
+
 static bool on_chunk(httpc_req *r, int status, const char *ctype, const char *data, size_t len, void *ud)
 {
     (void)r;
@@ -626,6 +640,8 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
         return;
     }
     if (c->started) { /* a stream: it ended, well or not */
+        if (c->mapped && c->proto == P_ANTHROPIC && !resp->error && !c->gone)
+            openai_to_anthropic(c, NULL, true); /* a provider that ended without [DONE] */
         char err[300] = "";
         if (resp->error)
             snprintf(err, sizeof err, "the upstream stream broke off: %s (%s)", httpc_error_name(resp->error),
@@ -641,6 +657,23 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
                  resp->message ? resp->message : "");
         gw_error(c->req, c->proto, timeout ? 504 : 502, NULL, NULL, "%s", msg);
         capture(c, timeout ? 504 : 502, msg, NULL);
+        call_free(c);
+        return;
+    }
+    if (c->mapped && !(resp->status >= 200 && resp->status < 300)) {
+        /* a translated call's error in the caller's protocol, with the provider's words */
+        json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        char msg[500];
+        snprintf(msg, sizeof msg, "HTTP %d from provider '%s': %.400s", resp->status, c->provider,
+                 m ? m : "(no message)");
+        json_decref(j);
+        char hdr[96] = "";
+        if (resp->retry_after_ms >= 0)
+            snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n", (long long)((resp->retry_after_ms + 999) / 1000));
+        int st = resp->status == 401 || resp->status == 403 ? 502 : resp->status;
+        gw_error(c->req, c->proto, st, NULL, hdr[0] ? hdr : NULL, "%s", msg);
+        capture(c, st, msg, NULL);
         call_free(c);
         return;
     }
@@ -697,6 +730,223 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
     capture(c, resp->status, err[0] ? err : NULL, &o);
     outcome_free(&o);
     call_free(c);
+}
+
+/* ---- a stream translated between the protocols, event by event ---- */
+
+static void emit(gw_call *c, const char *event, json_t *data)
+{
+    char *t = json_text(data, JSON_COMPACT);
+    buf_t b;
+    buf_init(&b);
+    if (event)
+        buf_printf(&b, "event: %s\n", event);
+    buf_printf(&b, "data: %s\n\n", t);
+    http_stream_write(c->req, b.data, b.len);
+    buf_free(&b);
+    free(t);
+    json_decref(data);
+}
+
+/* an OpenAI chunk for the caller: delta (stolen), finish or NULL */
+static void emit_chunk(gw_call *c, json_t *delta, const char *finish)
+{
+    char id[64];
+    snprintf(id, sizeof id, "chatcmpl-%s", c->trace_id);
+    emit(c, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o}]}", "id", id, "object", "chat.completion.chunk",
+                            "created", (json_int_t)(now_ms() / 1000), "model", c->model, "choices", "index", 0,
+                            "delta", delta, "finish_reason", finish ? json_string(finish) : json_null()));
+}
+
+/* Anthropic's events, as OpenAI chunks */
+static void anthropic_to_openai(gw_call *c, json_t *e)
+{
+    const char *type = json_string_value(json_object_get(e, "type"));
+    if (!type)
+        return;
+    if (!strcmp(type, "message_start")) {
+        c->tr.in_tok = json_integer_value(json_object_get(json_object_get(json_object_get(e, "message"), "usage"),
+                                                          "input_tokens"));
+        emit_chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL);
+    } else if (!strcmp(type, "content_block_start")) {
+        json_t *b = json_object_get(e, "content_block");
+        if (!strcmp(json_string_value(json_object_get(b, "type")) ?: "", "tool_use")) {
+            char k[24];
+            snprintf(k, sizeof k, "%lld", (long long)json_integer_value(json_object_get(e, "index")));
+            if (!c->tr.tool_of)
+                c->tr.tool_of = json_object();
+            json_object_set_new(c->tr.tool_of, k, json_integer(c->tr.tools));
+            emit_chunk(c, json_pack("{s:[{s:i, s:O?, s:s, s:{s:O?, s:s}}]}", "tool_calls", "index", c->tr.tools++,
+                                    "id", json_object_get(b, "id"), "type", "function", "function", "name",
+                                    json_object_get(b, "name"), "arguments", ""), NULL);
+        }
+    } else if (!strcmp(type, "content_block_delta")) {
+        json_t *d = json_object_get(e, "delta");
+        const char *dt = json_string_value(json_object_get(d, "type")) ?: "";
+        char k[24];
+        snprintf(k, sizeof k, "%lld", (long long)json_integer_value(json_object_get(e, "index")));
+        if (!strcmp(dt, "text_delta"))
+            emit_chunk(c, json_pack("{s:O?}", "content", json_object_get(d, "text")), NULL);
+        else if (!strcmp(dt, "input_json_delta") && json_object_get(c->tr.tool_of, k))
+            emit_chunk(c, json_pack("{s:[{s:O, s:{s:O?}}]}", "tool_calls", "index", json_object_get(c->tr.tool_of, k),
+                                    "function", "arguments", json_object_get(d, "partial_json")), NULL);
+    } else if (!strcmp(type, "message_delta")) {
+        const char *stop = json_string_value(json_object_get(json_object_get(e, "delta"), "stop_reason")) ?: "";
+        snprintf(c->tr.finish, sizeof c->tr.finish, "%s",
+                 !strcmp(stop, "max_tokens") ? "length" : !strcmp(stop, "tool_use") ? "tool_calls" : "stop");
+        c->tr.out_tok = json_integer_value(json_object_get(json_object_get(e, "usage"), "output_tokens"));
+    } else if (!strcmp(type, "message_stop") && !c->tr.ended) {
+        c->tr.ended = true;
+        emit_chunk(c, json_object(), c->tr.finish[0] ? c->tr.finish : "stop");
+        if (json_is_true(json_object_get(json_object_get(c->sent, "stream_options"), "include_usage"))) {
+            char id[64];
+            snprintf(id, sizeof id, "chatcmpl-%s", c->trace_id);
+            emit(c, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[], s:{s:I, s:I, s:I}}", "id", id, "object",
+                                    "chat.completion.chunk", "created", (json_int_t)(now_ms() / 1000), "model",
+                                    c->model, "choices", "usage", "prompt_tokens", c->tr.in_tok, "completion_tokens",
+                                    c->tr.out_tok, "total_tokens", c->tr.in_tok + c->tr.out_tok));
+        }
+        http_stream_write(c->req, "data: [DONE]\n\n", 14);
+    }
+}
+
+static void close_block(gw_call *c)
+{
+    if (!c->tr.block_open)
+        return;
+    emit(c, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop", "index", c->tr.block));
+    c->tr.block_open = c->tr.text_open = false;
+}
+
+/* OpenAI's chunks, as Anthropic events */
+static void openai_to_anthropic(gw_call *c, json_t *e, bool done)
+{
+    if (!c->tr.begun) {
+        char id[64];
+        snprintf(id, sizeof id, "msg_%s", c->trace_id);
+        c->tr.begun = true;
+        c->tr.block = -1;
+        emit(c, "message_start", json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:i, s:i}}}", "type",
+                                           "message_start", "message", "id", id, "type", "message", "role",
+                                           "assistant", "model", c->model, "content", "stop_reason",
+                                           "stop_sequence", "usage", "input_tokens", 0, "output_tokens", 0));
+    }
+    if (done) {
+        if (c->tr.ended)
+            return;
+        c->tr.ended = true;
+        close_block(c);
+        const char *f = c->tr.finish;
+        emit(c, "message_delta", json_pack("{s:s, s:{s:s, s:n}, s:{s:I, s:I}}", "type", "message_delta", "delta",
+                                           "stop_reason", !strcmp(f, "length") ? "max_tokens"
+                                                          : !strcmp(f, "tool_calls") ? "tool_use" : "end_turn",
+                                           "stop_sequence", "usage", "input_tokens", c->tr.in_tok,
+                                           "output_tokens", c->tr.out_tok));
+        emit(c, "message_stop", json_pack("{s:s}", "type", "message_stop"));
+        return;
+    }
+    json_t *u = json_object_get(e, "usage");
+    if (json_is_object(u)) {
+        c->tr.in_tok = json_integer_value(json_object_get(u, "prompt_tokens"));
+        c->tr.out_tok = json_integer_value(json_object_get(u, "completion_tokens"));
+    }
+    json_t *ch = json_array_get(json_object_get(e, "choices"), 0);
+    if (!ch || json_integer_value(json_object_get(ch, "index")) != 0)
+        return;
+    json_t *d = json_object_get(ch, "delta");
+    const char *text = json_string_value(json_object_get(d, "content"));
+    if (text && *text) {
+        if (!c->tr.text_open) {
+            close_block(c);
+            c->tr.block++;
+            c->tr.block_open = c->tr.text_open = true;
+            emit(c, "content_block_start", json_pack("{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_start",
+                                                     "index", c->tr.block, "content_block", "type", "text", "text",
+                                                     ""));
+        }
+        emit(c, "content_block_delta", json_pack("{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_delta", "index",
+                                                 c->tr.block, "delta", "type", "text_delta", "text", text));
+    }
+    size_t i;
+    json_t *tc;
+    json_array_foreach(json_object_get(d, "tool_calls"), i, tc) {
+        json_t *fn = json_object_get(tc, "function");
+        if (json_object_get(tc, "id")) { /* a new call: a new tool_use block */
+            close_block(c);
+            c->tr.block++;
+            c->tr.block_open = true;
+            emit(c, "content_block_start",
+                 json_pack("{s:s, s:i, s:{s:s, s:O, s:O?, s:{}}}", "type", "content_block_start", "index",
+                           c->tr.block, "content_block", "type", "tool_use", "id", json_object_get(tc, "id"), "name",
+                           json_object_get(fn, "name"), "input"));
+        }
+        const char *args = json_string_value(json_object_get(fn, "arguments"));
+        if (args && *args && c->tr.block_open && !c->tr.text_open)
+            emit(c, "content_block_delta", json_pack("{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_delta",
+                                                     "index", c->tr.block, "delta", "type", "input_json_delta",
+                                                     "partial_json", args));
+    }
+    const char *finish = json_string_value(json_object_get(ch, "finish_reason"));
+    if (finish)
+        snprintf(c->tr.finish, sizeof c->tr.finish, "%s", finish);
+}
+
+/* The provider's stream, line by line, written in the caller's protocol. */
+static bool on_translated_chunk(httpc_req *r, int status, const char *ctype, const char *data, size_t len, void *ud)
+{
+    (void)r;
+    (void)ctype;
+    gw_call *c = ud;
+    if (c->gone)
+        return false;
+    c->in_chunk = true;
+    if (!c->started) {
+        buf_t hdr;
+        buf_init(&hdr);
+        answer_headers(c, &hdr);
+        c->started = true;
+        http_stream_start(c->req, status, "text/event-stream", hdr.data);
+        buf_free(&hdr);
+    }
+    if (c->sse.len + len <= SSE_KEEP_MAX)
+        buf_append(&c->sse, data, len);
+    else
+        c->sse_cut = true;
+    buf_append(&c->tr.line, data, len);
+    size_t used = 0;
+    while (!c->gone) {
+        char *start = c->tr.line.data + used;
+        char *nl = memchr(start, '\n', c->tr.line.len - used);
+        if (!nl)
+            break;
+        size_t n = (size_t)(nl - start);
+        used += n + 1;
+        if (n && start[n - 1] == '\r')
+            n--;
+        if (n < 5 || memcmp(start, "data:", 5))
+            continue;
+        const char *d = start + 5;
+        while (d < start + n && *d == ' ')
+            d++;
+        size_t dn = (size_t)(start + n - d);
+        if (dn == 6 && !memcmp(d, "[DONE]", 6)) {
+            if (c->proto == P_ANTHROPIC)
+                openai_to_anthropic(c, NULL, true);
+            continue;
+        }
+        json_t *e = json_loadb(d, dn, 0, NULL);
+        if (json_is_object(e)) {
+            if (c->proto == P_OPENAI)
+                anthropic_to_openai(c, e);
+            else
+                openai_to_anthropic(c, e, false);
+        }
+        json_decref(e);
+    }
+    memmove(c->tr.line.data, c->tr.line.data + used, c->tr.line.len - used);
+    c->tr.line.len -= used;
+    c->in_chunk = false;
+    return !c->gone;
 }
 
 /* ---- between the protocols: llm.c's mapped chat ---- */
@@ -859,83 +1109,6 @@ static json_t *answer_in(enum proto p, gw_call *c, json_t *res)
                      stop, "stop_sequence", "usage", "input_tokens", in, "output_tokens", out);
 }
 
-static void sse(buf_t *b, const char *event, json_t *data)
-{
-    char *t = json_text(data, JSON_COMPACT);
-    if (event)
-        buf_printf(b, "event: %s\n", event);
-    buf_printf(b, "data: %s\n\n", t);
-    free(t);
-    json_decref(data);
-}
-
-/* A whole answer written as the caller's protocol's event stream. */
-static void stream_of(enum proto p, json_t *ans, bool include_usage, buf_t *b)
-{
-    if (p == P_OPENAI) {
-        json_t *ch = json_array_get(json_object_get(ans, "choices"), 0), *msg = json_object_get(ch, "message");
-        json_t *base = json_pack("{s:O, s:O, s:s, s:O, s:O}", "id", json_object_get(ans, "id"), "ratchet_trace_id",
-                                 json_object_get(ans, "ratchet_trace_id"), "object", "chat.completion.chunk", "created",
-                                 json_object_get(ans, "created"), "model", json_object_get(ans, "model"));
-        json_t *d = json_pack("{s:s, s:O}", "role", "assistant", "content", json_object_get(msg, "content"));
-        if (json_object_get(msg, "tool_calls")) {
-            json_t *tcs = json_deep_copy(json_object_get(msg, "tool_calls")), *tc;
-            size_t i;
-            json_array_foreach(tcs, i, tc)
-                json_object_set_new(tc, "index", json_integer((json_int_t)i));
-            json_object_set_new(d, "tool_calls", tcs);
-        }
-        json_t *c1 = json_copy(base);
-        json_object_set_new(c1, "choices", json_pack("[{s:i, s:o, s:n}]", "index", 0, "delta", d, "finish_reason"));
-        sse(b, NULL, c1);
-        json_t *c2 = json_copy(base);
-        json_object_set_new(c2, "choices", json_pack("[{s:i, s:{}, s:O}]", "index", 0, "delta", "finish_reason",
-                                                     json_object_get(ch, "finish_reason")));
-        sse(b, NULL, c2);
-        if (include_usage) {
-            json_t *c3 = json_copy(base);
-            json_object_set_new(c3, "choices", json_array());
-            json_object_set(c3, "usage", json_object_get(ans, "usage"));
-            sse(b, NULL, c3);
-        }
-        json_decref(base);
-        buf_puts(b, "data: [DONE]\n\n");
-        return;
-    }
-    json_t *start = json_deep_copy(ans);
-    json_object_set_new(start, "content", json_array());
-    json_object_set_new(start, "stop_reason", json_null());
-    json_object_set_new(json_object_get(start, "usage"), "output_tokens", json_integer(0));
-    sse(b, "message_start", json_pack("{s:s, s:o}", "type", "message_start", "message", start));
-    size_t i;
-    json_t *blk;
-    json_array_foreach(json_object_get(ans, "content"), i, blk) {
-        const char *bt = json_string_value(json_object_get(blk, "type"));
-        if (!strcmp(bt, "text")) {
-            sse(b, "content_block_start", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_start", "index",
-                                                    (json_int_t)i, "content_block", "type", "text", "text", ""));
-            sse(b, "content_block_delta", json_pack("{s:s, s:I, s:{s:s, s:O}}", "type", "content_block_delta", "index",
-                                                    (json_int_t)i, "delta", "type", "text_delta", "text",
-                                                    json_object_get(blk, "text")));
-        } else {
-            char *in = json_text(json_object_get(blk, "input"), JSON_COMPACT);
-            sse(b, "content_block_start",
-                json_pack("{s:s, s:I, s:{s:s, s:O, s:O, s:{}}}", "type", "content_block_start", "index", (json_int_t)i,
-                          "content_block", "type", "tool_use", "id", json_object_get(blk, "id"), "name",
-                          json_object_get(blk, "name"), "input"));
-            sse(b, "content_block_delta", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_delta", "index",
-                                                    (json_int_t)i, "delta", "type", "input_json_delta", "partial_json",
-                                                    in));
-            free(in);
-        }
-        sse(b, "content_block_stop", json_pack("{s:s, s:I}", "type", "content_block_stop", "index", (json_int_t)i));
-    }
-    sse(b, "message_delta", json_pack("{s:s, s:{s:O, s:n}, s:{s:O}}", "type", "message_delta", "delta", "stop_reason",
-                                      json_object_get(ans, "stop_reason"), "stop_sequence", "usage", "output_tokens",
-                                      json_object_get(json_object_get(ans, "usage"), "output_tokens")));
-    sse(b, "message_stop", json_pack("{s:s}", "type", "message_stop"));
-}
-
 static int kind_status(const char *kind)
 {
     static const struct { const char *k; int s; } map[] = {
@@ -970,20 +1143,9 @@ static void on_mapped(llm_call *lc, json_t *res, const char *kind, const char *e
     buf_init(&hb);
     answer_headers(c, &hb);
     const char *hdr = hb.data;
-    if (c->stream) {
-        buf_t b;
-        buf_init(&b);
-        json_t *so = json_object_get(json_object_get(c->sent, "stream_options"), "include_usage");
-        stream_of(c->proto, ans, json_is_true(so), &b);
-        if (http_stream_start(c->req, 200, "text/event-stream", hdr))
-            http_stream_write(c->req, b.data, b.len);
-        http_stream_end(c->req);
-        buf_free(&b);
-    } else {
-        char *t = json_text(ans, JSON_COMPACT);
-        http_respond(c->req, 200, "application/json", hdr, t, strlen(t));
-        free(t);
-    }
+    char *t = json_text(ans, JSON_COMPACT);
+    http_respond(c->req, 200, "application/json", hdr, t, strlen(t));
+    free(t);
     buf_free(&hb);
     outcome o = {0};
     read_answer(ans, &o);
@@ -1328,6 +1490,32 @@ static void gateway_request(const api_call *ac, enum proto p)
                      err);
             capture(c, 400, err, NULL);
             call_free(c);
+            return;
+        }
+        if (c->stream) { /* the provider's own stream, translated event by event */
+            char *pbody = llm_provider_body(a->llm, r, true);
+            json_decref(r);
+            const char *spent = llm_daily_budget_spent(a->llm);
+            if (!pbody || spent) {
+                free(pbody);
+                gw_error(req, p, spent ? 429 : 502, NULL, NULL, spent ? "the daily LLM budget %s is spent"
+                                                                      : "%s: the provider or its model is missing",
+                         spent ? spent : c->provider);
+                capture(c, spent ? 429 : 502, "refused before sending", NULL);
+                call_free(c);
+                return;
+            }
+            llm_proxy_opts o = {.provider = c->provider, .body = pbody, .body_len = strlen(pbody),
+                                .timeout_ms = gc->timeout_ms, .idle_timeout_ms = gc->idle_timeout_ms,
+                                .on_chunk = on_translated_chunk, .done = on_upstream, .ud = c};
+            c->up = llm_proxy(a->llm, &o, err, sizeof err);
+            c->proxied = c->up != NULL;
+            free(pbody);
+            if (!c->up) {
+                gw_error(req, p, 502, NULL, NULL, "%s", err);
+                capture(c, 502, err, NULL);
+                call_free(c);
+            }
             return;
         }
         llm_caller who = {.kind = "other", .name = "gateway", .run_id = NULL};

@@ -1381,6 +1381,26 @@ static void send_attempt(llm_call *c)
 
 /* ---- proxied calls (the gateway) ---- */
 
+char *llm_provider_body(llm *l, json_t *r, bool stream)
+{
+    prov *p = find_prov(l, json_string_value(json_object_get(r, "provider")));
+    const char *model = json_string_value(json_object_get(r, "model"));
+    if (!p || !(model = model ? model : p->c.default_model))
+        return NULL;
+    json_t *mt = json_object_get(r, "max_tokens");
+    char *text = build_body(p, r, model, mt ? (int)json_integer_value(mt) : 1024);
+    if (!stream)
+        return text;
+    json_t *o = json_loads(text, 0, NULL);
+    free(text);
+    json_object_set_new(o, "stream", json_true());
+    if (p->c.kind == LLM_OPENAI) /* the usage comes in the last chunk only when asked */
+        json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    text = jtree_dump(o);
+    json_decref(o);
+    return text;
+}
+
 int llm_provider_kind(llm *l, const char *name, const char **default_model)
 {
     prov *p = find_prov(l, name);

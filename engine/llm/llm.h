@@ -108,6 +108,11 @@ void llm_metrics(llm *l, buf_t *b);
  * config has no provider of that name. */
 int llm_provider_kind(llm *l, const char *name, const char **default_model);
 
+/* The body llm_chat would send for request (ratchet.llm.chat's shape, already
+ * checked) in its provider's protocol, asking for a stream when stream is
+ * set (with usage, for OpenAI); NULL when the provider or model is missing. */
+char *llm_provider_body(llm *l, json_t *request, bool stream);
+
 typedef struct {
     const char *provider;
     const char *body;          /* sent as it is */

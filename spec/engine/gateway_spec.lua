@@ -189,8 +189,19 @@ describe("the gateway", function()
       assert.equal("echo: q | system: Sort T-9. | model: claude-x", r.body.choices[1].message.content)
       assert.matches("/messages$", fake:stats().last_request.url)
       local s = sdk("openai", "stream", e, { model = "ratchet:claude-triage", messages = { { role = "user", content = "q" } },
-        extra = { ratchet_variables = { ticket = "T-9" } } })
+        extra = { ratchet_variables = { ticket = "T-9" }, stream_options = { include_usage = true } } })
       assert.equal("echo: q | system: Sort T-9. | model: claude-x", s.text)
+      -- the provider's own stream, translated event by event (role, two text pieces, finish, usage)
+      assert.is_true(fake:stats().last_request.body.stream)
+      assert.truthy(s.chunks >= 5, cjson.encode(s))
+      assert.equal("stop", s.finish)
+      assert.truthy(s.usage and s.usage.completion_tokens > 0)
+      s = sdk("openai", "stream", e, { model = "ratchet:claude-triage", messages = { { role = "user", content = "weather?" } },
+        extra = { ratchet_variables = { ticket = "T-9" }, tools = { { type = "function",
+          ["function"] = { name = "get_weather", parameters = { type = "object" } } } } } })
+      assert.equal("tool_calls", s.finish, cjson.encode(s))
+      assert.equal("get_weather", s.tool_calls[1].name)
+      assert.same({ city = "Paris" }, cjson.decode(s.tool_calls[1].arguments))
     end)
 
     it("hands upstream 429 with Retry-After and 500 back as the SDK expects", function()
@@ -282,6 +293,15 @@ describe("the gateway", function()
       local s = sdk("anthropic", "stream", e, { model = "ratchet:triage", messages = { { role = "user", content = "z" } },
         extra = { metadata = { user_id = "anthro-1" }, ratchet_variables = { ticket = "A" } } })
       assert.matches("^echo: z | system: Classify A", s.text)
+      assert.is_true(fake:stats().last_request.body.stream)
+      assert.truthy(s.final.usage.output_tokens > 0)
+      -- tool calls, streamed across the protocols
+      s = sdk("anthropic", "stream", e, { model = "ratchet:triage", messages = { { role = "user", content = "weather?" } },
+        extra = { ratchet_variables = { ticket = "A" },
+                  tools = { { name = "get_weather", input_schema = { type = "object" } } } } })
+      assert.equal("tool_use", s.final.stop_reason, cjson.encode(s))
+      assert.equal("get_weather", s.final.content[1].name)
+      assert.same({ city = "Paris" }, s.final.content[1].input)
     end)
 
     it("keeps Anthropic's error shape: 429 with Retry-After, unknown prompt", function()

@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -63,6 +63,7 @@ help:
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
 	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md);"
 	@echo "                make demo TEMPLATE=gepa runs it with the gepa search"
+	@echo "make demo-gateway  the same demo with its traffic through the gateway (docs/gateway.md)"
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local): binary, unit, scripts,"
 	@echo "                docs, and the kit for your own scripts (ratchet init, the busted helper)"
@@ -73,6 +74,7 @@ help:
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
+	@echo "make bench-gateway  the gateway's added latency and throughput against nginx proxy_pass and Portkey"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
 	@echo "make bench-efficacy  the strategies (plain, critique_rewrite, history, gepa) on 4 SIMULATED tasks, 10 seeds each"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
@@ -164,6 +166,9 @@ asan: deps test-deps $(MODULE)
 demo: deps all
 	@./demo/run.sh $(if $(TEMPLATE),--template $(TEMPLATE))
 
+demo-gateway: deps all
+	@RATCHET_DEMO_GATEWAY=1 ./demo/run.sh
+
 run: deps all
 	@mkdir -p var
 	$(BUILD)/ratchet serve -c etc/ratchet.conf --data-dir ./var --script-dir .
@@ -233,6 +238,11 @@ bench-patterns: all
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh
+
+# the gateway against nginx proxy_pass and Portkey (bench/package.json, node 22)
+bench-gateway: bench-deps test-deps all
+	@cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+	@./bench/gateway.sh
 
 clean:
 	rm -rf build

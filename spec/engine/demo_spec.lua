@@ -41,3 +41,20 @@ describe("make demo", function()
   end)
 end)
 
+describe("make demo-gateway", function()
+  -- the loop improving a prompt whose only traffic comes through the gateway:
+  -- no trace is posted by the application, the engine captures every one
+  it("runs the same loop with every request through POST /v1/chat/completions", function()
+    local out = io.popen("RATCHET_BIN=" .. engine.shell_quote(engine.bin) .. " RATCHET_DEMO_API_KEY= RATCHET_DEMO_GATEWAY=1 "
+      .. "timeout " .. (120 * engine.slow) .. " ./demo/run.sh 2>&1; echo \"exit=$?\"")
+    local text = out:read("a")
+    out:close()
+    assert.matches("exit=0", text)
+    assert.matches("GATEWAY: the application calls POST /v1/chat/completions", text)
+    assert.matches("%[trigger%]", text)
+    assert.matches("%[canary%]%s+v3 is the canary", text)
+    assert.matches("%d+ on the canary v3", text)
+    assert.matches("%[promote%]", text)
+    assert.matches("pass rate before: 67%% %(v1%)   after: 100%% %(v3", text)
+  end)
+end)

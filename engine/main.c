@@ -22,6 +22,7 @@
 #endif
 
 #include "api/api.h"
+#include "api/api_console.h"
 #include "api/ingest.h"
 #include "base/metrics.h"
 #include "script/catalog.h"
@@ -349,6 +350,7 @@ static void apply_config(engine *e, config *n)
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->metrics_token, &n->metrics_token);
+    swap_str(&c->viewer_token, &n->viewer_token);
     c->debug_endpoints = n->debug_endpoints;
     swap_str(&c->log_level, &n->log_level);
     log_set_level((enum log_level)log_level_parse(c->log_level));
@@ -829,6 +831,10 @@ static int start_listener(engine *e, char *err, size_t errlen)
     e->api.loop_sm = e->lp;
     e->api.reload = &e->reload;
     e->api.started_ms = now_ms();
+    char cerr[600];
+    e->api.console = console_load(config_share_dir(), cerr, sizeof cerr);
+    if (!e->api.console)
+        log_warn("engine", "the web console is off: %s", cerr);
     http_limits lim = {
         .max_connections = e->cfg.limits.max_connections,
         .max_connections_per_address = e->cfg.limits.max_connections_per_address,
@@ -865,6 +871,8 @@ static void undo_listener(engine *e)
         http_server_close_all(e->http);
     }
     e->api.http = NULL;
+    console_free(e->api.console); /* no request is answered after close_all */
+    e->api.console = NULL;
 }
 
 /* signals, the timers (shutdown deadline, reload debounce, watchdog,

@@ -28,6 +28,9 @@ static const struct scope_rule {
     [API_SCOPE_ADMIN] = {"admin", "admin_token", "admin token", NULL, true},
     [API_SCOPE_METRICS] = {"metrics", "metrics_token or admin_token", "metrics or admin token",
                            "this token may only read GET /metrics", true},
+    /* every GET of the API and the console: the read-only token of people who watch */
+    [API_SCOPE_VIEWER] = {"viewer", "viewer_token or admin_token", "viewer or admin token",
+                          "this token is read-only (viewer): actions need the admin token", true},
 };
 
 #define NSCOPES (sizeof rules / sizeof rules[0])
@@ -43,6 +46,7 @@ static const char *own_token(const config *cfg, enum api_scope s)
     case API_SCOPE_INGEST: return cfg->ingest_token;
     case API_SCOPE_ADMIN: return cfg->admin_token;
     case API_SCOPE_METRICS: return cfg->metrics_token;
+    case API_SCOPE_VIEWER: return cfg->viewer_token;
     default: return NULL;
     }
 }
@@ -89,6 +93,22 @@ bool api_authorize(api *a, http_request *req, enum api_scope need)
     }
     http_respond_error(req, 401, "unauthorized", "this endpoint needs 'Authorization: Bearer <%s>'", rule->needs);
     return false;
+}
+
+bool api_token_opens(const api *a, const http_request *req, enum api_scope need)
+{
+    const char *admin = a->cfg->admin_token, *own = own_token(a->cfg, need);
+    const char *secret = own ? own : rules[need].admin_guards ? admin : NULL;
+    const char *auth = http_header_get(req, "authorization");
+    if (auth && !strncasecmp(auth, "Bearer ", 7)) {
+        const char *given = auth + 7;
+        size_t glen = strlen(given);
+        if (token_matches(given, glen, admin) || token_matches(given, glen, own))
+            return true;
+        if (secret || admin)
+            return false;
+    }
+    return !secret && req->loopback;
 }
 
 /* ---- query parameters ---- */

@@ -657,7 +657,10 @@ if (embedded) {
   // ratchet eval --html: the compare page of one run, from the embedded JSON
   $('header').hidden = true;
   const data = JSON.parse(embedded.textContent);
-  const cases = new Map((data.cases || []).map((c) => [c.id, c]));
+  const cases = new Map(((data.run.spec && data.run.spec.cases) || []).map((c) => [c.id, c]));
+  for (const c of data.cases || []) cases.set(c.id, c);
+  const rep = data.run.report || {};
+  document.title = `ratchet eval: ${rep.prompt || data.run.prompt} — ${data.run.verdict || data.run.state}`;
   const view = compareView(data.run, data.results || [], cases, data.diffs || []);
   render(...view.nodes);
   view.draw();

@@ -210,12 +210,19 @@ describe("the console in headless Chromium", function()
       demo = engine.read_file(dir .. "/demo.out") or ""
       return demo:find("[result]", 1, true) ~= nil
     end)
+    -- ratchet eval --html against the same engine: the same compare page, self-contained, opened from disk
+    local rcode, rout, rerr = engine.run(string.format("eval --url %s --prompt ticket-triage --dataset ticket-golden " ..
+      "--baseline 1 --candidate 3 -q --html %s/report.html", engine.shell_quote("http://" .. e.addr), dir),
+      { RATCHET_ADMIN_TOKEN = ADMIN })
     e:stop()
     fake:stop()
     assert.equal(0, code, "console.mjs failed:\n" .. out .. "\n" .. err .. "\n--- demo:\n" .. (demo or ""))
+    assert.is_truthy(rcode == 0 or rcode == 2, "ratchet eval: " .. tostring(rcode) .. "\n" .. rout .. rerr)
+    local pcode, pout, perr = node.run("console_report.mjs", { REPORT = dir .. "/report.html", SHOT = out_dir .. "/eval-report.png" })
+    assert.equal(0, pcode, "console_report.mjs failed:\n" .. pout .. "\n" .. perr)
     assert.matches("console ok", out)
     assert.matches("%[promote%]", demo)
-    for _, name in ipairs { "overview", "prompt", "loop", "loop-awaiting-approval", "run-compare", "traces", "trace", "datasets", "viewer-prompt-phone" } do
+    for _, name in ipairs { "overview", "prompt", "loop", "loop-awaiting-approval", "run-compare", "traces", "trace", "datasets", "viewer-prompt-phone", "eval-report" } do
       assert.is_truthy(engine.read_file(out_dir .. "/" .. name .. ".png"), name .. ".png")
     end
   end)

@@ -7,6 +7,7 @@
 // page is rendered, from that JSON, with no request.
 
 const TOKEN_KEY = 'ratchet.token';
+const SCOPE_KEY = 'ratchet.scope'; // what GET /v1/session said for the token: the page draws at once, then checks
 const POLL_MS = 3000;
 const S = { token: sessionStorage.getItem(TOKEN_KEY) || '', scope: null, poll: null, charts: [], signature: '' };
 const embedded = document.getElementById('ratchet-run');
@@ -90,16 +91,21 @@ function showLogin(message) {
   $('#token').focus();
 }
 
+function signedIn(scope) {
+  S.scope = scope;
+  $('#login').hidden = true;
+  $('#nav').hidden = false;
+  $('#logout').hidden = false;
+  $('#who').textContent = scope === 'admin' ? 'admin' : 'viewer (read-only)';
+  document.body.dataset.scope = scope;
+}
+
 async function signIn(token) {
   S.token = token;
   const s = await api('/v1/session');
   sessionStorage.setItem(TOKEN_KEY, token);
-  S.scope = s.scope;
-  $('#login').hidden = true;
-  $('#nav').hidden = false;
-  $('#logout').hidden = false;
-  $('#who').textContent = s.scope === 'admin' ? 'admin' : 'viewer (read-only)';
-  document.body.dataset.scope = s.scope;
+  sessionStorage.setItem(SCOPE_KEY, s.scope);
+  signedIn(s.scope);
 }
 
 const isAdmin = () => S.scope === 'admin';
@@ -169,6 +175,7 @@ function render(...nodes) {
   const app = $('#app');
   app.replaceChildren(...nodesOf(nodes));
   sizeBars(app);
+  performance.mark('ratchet:rendered'); // bench/console.sh reads when the content was on screen
 }
 
 // A page that refreshes: draw(data) is called again only when the data changed.
@@ -187,10 +194,27 @@ async function live(load, draw) {
   startPolling(tick);
 }
 
+// Chart.js (Debian's libjs-chart.js, served as chart.js) is loaded the first
+// time a page draws a chart, so the pages without one never parse it.
+let chartScript = null;
+function loadChart() {
+  if (window.Chart) return Promise.resolve();
+  chartScript ||= new Promise((resolve, reject) => {
+    const el = document.createElement('script');
+    el.src = 'chart.js';
+    el.onload = resolve;
+    el.onerror = () => reject(new Error('chart.js did not load'));
+    document.head.append(el);
+  });
+  return chartScript;
+}
+
 function chart(canvas, config) {
-  if (!window.Chart) return;
-  config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false }, config.options || {});
-  S.charts.push(new window.Chart(canvas, config));
+  loadChart().then(() => {
+    if (!canvas.isConnected) return; // the page changed meanwhile
+    config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false }, config.options || {});
+    S.charts.push(new window.Chart(canvas, config));
+  }).catch(showError);
 }
 
 async function action(btn, path, body, after) {
@@ -669,8 +693,21 @@ if (embedded) {
     e.preventDefault();
     try { await signIn($('#token').value.trim()); route(); } catch (err) { if (!(err instanceof AuthError)) $('#login-error').textContent = err.message; }
   });
-  $('#logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); S.token = ''; S.scope = null; showLogin(''); });
+  $('#logout').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(SCOPE_KEY);
+    S.token = '';
+    S.scope = null;
+    showLogin('');
+  });
   window.addEventListener('hashchange', route);
-  if (S.token) signIn(S.token).then(route).catch((e) => { if (!(e instanceof AuthError)) showLogin(e.message); });
+  const cached = sessionStorage.getItem(SCOPE_KEY);
+  const checked = (p) => p.catch((e) => { if (!(e instanceof AuthError)) showLogin(e.message); });
+  if (S.token && cached) {
+    // the scope this tab saw for its token: draw now, ask the engine meanwhile
+    signedIn(cached);
+    route();
+    checked(signIn(S.token).then(() => { if (S.scope !== cached) route(); }));
+  } else if (S.token) checked(signIn(S.token).then(route));
   else showLogin('');
 }

@@ -47,9 +47,15 @@ function sizeBars(root) {
 
 class AuthError extends Error {}
 
+// The last answer to each GET, by path, with its ETag: a poll that sends it
+// back gets 304 and no body when nothing changed (docs/console.md).
+const answers = new Map();
+
 async function api(path, opts = {}) {
   const headers = { Accept: 'application/json' };
   if (S.token) headers.Authorization = 'Bearer ' + S.token;
+  const known = !opts.method && answers.get(path);
+  if (known) headers['If-None-Match'] = known.etag;
   let body;
   if (opts.body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -57,6 +63,7 @@ async function api(path, opts = {}) {
     body = JSON.stringify(opts.body);
   }
   const r = await fetch(path, { method: opts.method || 'GET', headers, body, cache: 'no-store' });
+  if (r.status === 304 && known) return known.json;
   let j = null;
   try { j = await r.json(); } catch { j = null; }
   if (r.status === 401 || (r.status === 403 && !opts.method)) {
@@ -64,6 +71,10 @@ async function api(path, opts = {}) {
     throw new AuthError('unauthorized');
   }
   if (!r.ok) throw new Error(j && j.error ? j.error.message : `${r.status} ${r.statusText}`);
+  if (!opts.method && r.headers.get('ETag')) {
+    if (answers.size > 200) answers.clear(); // a bound: a long session visits many paths
+    answers.set(path, { etag: r.headers.get('ETag'), json: j });
+  }
   return j;
 }
 
@@ -584,7 +595,7 @@ async function tracesPage(query) {
   const q = new URLSearchParams(query || '');
   const prompts = await api('/v1/prompts');
   const params = new URLSearchParams();
-  for (const k of ['prompt', 'version', 'since', 'until', 'failed', 'cursor']) if (q.get(k)) params.set(k, q.get(k));
+  for (const k of ['prompt', 'version', 'since', 'until', 'failed', 'evaluator', 'feedback', 'q', 'cursor']) if (q.get(k)) params.set(k, q.get(k));
   params.set('limit', '50');
   const list = await api('/v1/traces?' + params.toString());
   const form = h('form', { class: 'filters', id: 'trace-filters' },
@@ -593,6 +604,9 @@ async function tracesPage(query) {
     h('label', null, 'since ', h('input', { name: 'since', type: 'datetime-local', value: q.get('since') ? q.get('since').slice(0, 16) : '' })),
     h('label', null, 'until ', h('input', { name: 'until', type: 'datetime-local', value: q.get('until') ? q.get('until').slice(0, 16) : '' })),
     h('label', null, 'result ', h('select', { name: 'failed' }, h('option', { value: '' }, 'any'), h('option', { value: 'true', selected: q.get('failed') === 'true' }, 'failed'), h('option', { value: 'false', selected: q.get('failed') === 'false' }, 'not failed'))),
+    h('label', null, 'failed by ', h('input', { name: 'evaluator', size: 12, placeholder: 'evaluator', value: q.get('evaluator') || '' })),
+    h('label', null, 'feedback ', h('select', { name: 'feedback' }, h('option', { value: '' }, 'any or none'), h('option', { value: 'negative', selected: q.get('feedback') === 'negative' }, 'negative'), h('option', { value: 'any', selected: q.get('feedback') === 'any' }, 'some'))),
+    h('label', null, 'text ', h('input', { name: 'q', type: 'search', size: 16, placeholder: 'in input or output', value: q.get('q') || '' })),
     h('button', { type: 'submit' }, 'Search'));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
@@ -694,6 +708,7 @@ if (embedded) {
     try { await signIn($('#token').value.trim()); route(); } catch (err) { if (!(err instanceof AuthError)) $('#login-error').textContent = err.message; }
   });
   $('#logout').addEventListener('click', () => {
+    answers.clear();
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(SCOPE_KEY);
     S.token = '';

@@ -4,6 +4,7 @@
 #include "api/api_request.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -255,6 +256,34 @@ bool api_json_time(json_t *v, int64_t *out)
 
 /* ---- answers ---- */
 
+/* A 200 to a GET carries an ETag (a hash of the body): a client that polls
+ * (the console) sends it back in If-None-Match and gets 304 and no body when
+ * nothing changed. */
+static void respond_tagged(http_request *req, int status, const char *ctype, const char *body, size_t len)
+{
+    if (status != 200 || strcmp(req->method, "GET") != 0) {
+        http_respond(req, status, ctype, NULL, body, len);
+        return;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    EVP_Digest(body, len, md, &mdlen, EVP_sha256(), NULL);
+    char etag[24], hdr[48];
+    char *p = etag;
+    *p++ = '"';
+    for (int i = 0; i < 8; i++)
+        p += sprintf(p, "%02x", md[i]);
+    *p++ = '"';
+    *p = '\0';
+    snprintf(hdr, sizeof hdr, "ETag: %s\r\n", etag);
+    const char *inm = http_header_get(req, "if-none-match");
+    if (inm && strstr(inm, etag)) {
+        http_respond(req, 304, ctype, hdr, NULL, 0);
+        return;
+    }
+    http_respond(req, status, ctype, hdr, body, len);
+}
+
 void api_respond_json(http_request *req, int status, json_t *v)
 {
     if (!v) { /* a json_pack that failed: never answer "null" as if it were the answer */
@@ -263,7 +292,7 @@ void api_respond_json(http_request *req, int status, json_t *v)
         return;
     }
     char *t = jtree_dump_text(v, false); /* 0.8, not 0.80000000000000004 */
-    http_respond(req, status, "application/json", NULL, t, strlen(t));
+    respond_tagged(req, status, "application/json", t, strlen(t));
     free(t);
 }
 
@@ -307,13 +336,13 @@ static void task_after(uv_work_t *w, int status)
     if (t->after_fn)
         t->after_fn(t);
     else if (!api_task_failed(t, "not_found", NULL))
-        http_respond(t->req, 200, t->content_type ? t->content_type : "application/json", NULL, t->out.data,
-                     t->out.len);
+        respond_tagged(t->req, 200, t->content_type ? t->content_type : "application/json", t->out.data, t->out.len);
     buf_free(&t->out);
     json_decref(t->j1);
     json_decref(t->j2);
     free(t->name);
     free(t->id);
+    free(t->text);
     free(t);
 }
 

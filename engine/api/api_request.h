@@ -69,7 +69,7 @@ struct api_task {
     uv_work_t work;
     api *a;
     http_request *req;
-    char *name, *id;
+    char *name, *id, *text; /* freed with the task */
     int64_t n1, n2;
     int limit;
     store_trace_query q;

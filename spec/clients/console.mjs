@@ -30,8 +30,18 @@ async function newPage(viewport) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') problems.push('console error: ' + m.text()); });
   page.on('pageerror', (e) => problems.push('page error: ' + e.message));
-  page.on('requestfailed', (r) => problems.push('request failed: ' + r.url() + ' ' + (r.failure() || {}).errorText));
-  page.on('response', (r) => { if (r.status() >= 400) problems.push(`response ${r.status()}: ${r.url()}`); });
+  // a fetch answered 304 (the page's If-None-Match) is also reported as
+  // aborted by Chromium once its (empty) body is dropped: that is no failure
+  const notModified = new Set();
+  page.on('requestfailed', (r) => {
+    const why = (r.failure() || {}).errorText;
+    if (why === 'net::ERR_ABORTED' && notModified.has(r.url())) return;
+    problems.push('request failed: ' + r.url() + ' ' + why);
+  });
+  page.on('response', (r) => {
+    if (r.status() === 304) notModified.add(r.url());
+    if (r.status() >= 400) problems.push(`response ${r.status()}: ${r.url()}`);
+  });
   return page;
 }
 
@@ -103,6 +113,8 @@ try {
   const spark = await p.evaluate(() => window.Chart.getChart(document.querySelector('.spark canvas')).data.datasets[0].data.filter((x) => x !== null));
   check(spark.length >= 2 && Math.min(...spark) < 0.8 && Math.max(...spark) > 0.9, 'the sparkline shows the pass rate rising: ' + spark);
   check((await p.textContent('#needs-a-look')).includes('Nothing'), 'nothing needs a look');
+  // live: the overview polls while visible, with the ETag of each answer (304 when nothing changed)
+  await p.waitForResponse((r) => r.url().endsWith('/v1/prompts') && r.status() === 304, { timeout: 15000 });
   await shot(p, 'overview');
 
   // ---- prompt ----
@@ -153,6 +165,17 @@ try {
   check((await p.textContent('main')).includes('json_schema'), 'the trace shows its evaluator result');
   check(await p.locator('#add-to-dataset').count() === 1, 'an admin may add it to a dataset');
   await shot(p, 'trace');
+  // the filters: by the evaluator that failed, and by text
+  await p.goto(`${BASE_URL}/console/#/traces?prompt=${PROMPT}`);
+  await p.waitForSelector('#traces a');
+  await p.fill('#trace-filters input[name="evaluator"]', 'json_schema');
+  await p.fill('#trace-filters input[name="q"]', 'Print');
+  await p.click('#trace-filters button[type="submit"]');
+  await p.waitForFunction(() => location.hash.includes('evaluator=json_schema') && location.hash.includes('q=Print'));
+  await p.waitForSelector('#traces a');
+  const rows = await p.locator('#traces tr').count();
+  check(rows > 1 && rows <= 51 && (await p.locator('#traces td.fail').count()) === rows - 1, 'traces json_schema failed, with "Print"');
+  for (const out of await p.locator('#traces pre').allTextContents()) check(out.includes('Print'), 'each output says Print: ' + out);
   await p.goto(`${BASE_URL}/console/#/traces?prompt=${PROMPT}`);
   await p.waitForSelector('#traces a');
   await shot(p, 'traces');

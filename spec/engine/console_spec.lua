@@ -165,6 +165,24 @@ describe("the prompt's pass rate over time (GET /v1/prompts/{name}/series)", fun
     assert.equal(engine.json.null, r.json.points[1].pass_rate)
   end)
 
+  it("tags each GET's answer with an ETag, and answers 304 to it until the answer changes (the console's polling)", function()
+    local r = e:get("/v1/prompts")
+    local etag = r.headers["etag"]
+    assert.matches("^\"%x+\"$", etag)
+    r = e:get("/v1/prompts", { headers = { ["if-none-match"] = etag } })
+    assert.equal(304, r.status)
+    assert.equal("", r.body)
+    assert.equal(200, e:post("/v1/prompts/p/pin", { reason = "x" }).status)
+    r = e:get("/v1/prompts", { headers = { ["if-none-match"] = etag } })
+    assert.equal(200, r.status)
+    assert.are_not.equal(etag, r.headers["etag"])
+    assert.is_true(r.json.items[1].pinned)
+    assert.is_nil(e:post("/v1/prompts/p/unpin", {}).headers["etag"]) -- an action's answer has none
+    -- answers from the thread pool too
+    local t = e:get("/v1/traces")
+    assert.equal(304, e:get("/v1/traces", { headers = { ["if-none-match"] = t.headers["etag"] } }).status)
+  end)
+
   it("refuses what it does not take, naming the parameter", function()
     local r = e:get("/v1/prompts/p/series?buckets=0")
     assert.equal(400, r.status)
@@ -225,5 +243,67 @@ describe("the console in headless Chromium", function()
     for _, name in ipairs { "overview", "prompt", "loop", "loop-awaiting-approval", "run-compare", "traces", "trace", "datasets", "viewer-prompt-phone", "eval-report" } do
       assert.is_truthy(engine.read_file(out_dir .. "/" .. name .. ".png"), name .. ".png")
     end
+  end)
+end)
+
+describe("the trace explorer's filters (GET /v1/traces?evaluator=&feedback=&q=)", function()
+  local e
+  setup(function()
+    e = engine.start { config = 'prompt "ticket-triage" { evaluators = { "json_valid" } }\n' }
+    local items = {}
+    for i = 1, 30 do
+      items[i] = engine.trace { id = "t" .. i, output = i % 3 == 0 and "not json " .. i or '{"n":' .. i .. '}' }
+    end
+    local r = e:post("/v1/traces", items)
+    assert.equal(200, r.status, r.body)
+    assert.equal(200, e:post("/v1/feedback", { trace_id = "t4", thumbs = "down" }).status)
+    assert.equal(200, e:post("/v1/feedback", { trace_id = "t5", thumbs = "up" }).status)
+    engine.eventually(10, function()
+      return #e:get("/v1/traces?evaluator=json_valid&limit=100").json.items == 10
+    end)
+  end)
+  teardown(function() e:stop() end)
+
+  local function ids(path)
+    local r = e:get(path)
+    assert.equal(200, r.status, r.body)
+    local out = {}
+    for _, t in ipairs(r.json.items) do out[#out + 1] = t.id end
+    table.sort(out)
+    return out, r.json
+  end
+
+  it("keeps the traces an evaluator failed, with negative feedback, with any feedback, or holding a text", function()
+    local failed = ids("/v1/traces?evaluator=json_valid&limit=100")
+    assert.equal(10, #failed)
+    assert.same({}, ids("/v1/traces?evaluator=no_such_evaluator"))
+    assert.same({ "t4" }, ids("/v1/traces?feedback=negative"))
+    assert.same({ "t4", "t5" }, ids("/v1/traces?feedback=any"))
+    assert.same({ "t21" }, ids("/v1/traces?q=not%20json%2021"))
+    assert.same({ "t21" }, ids("/v1/traces?evaluator=json_valid&q=21&prompt=ticket-triage"))
+  end)
+
+  it("pages through a filter with the cursor, each trace once", function()
+    local seen, cursor, pages = {}, nil, 0
+    repeat
+      local _, j = ids("/v1/traces?evaluator=json_valid&limit=3" .. (cursor and ("&cursor=" .. cursor) or ""))
+      for _, t in ipairs(j.items) do
+        assert.is_nil(seen[t.id], t.id)
+        seen[t.id] = true
+      end
+      cursor = j.next_cursor ~= engine.json.null and j.next_cursor or nil
+      pages = pages + 1
+    until not cursor
+    assert.equal(4, pages)
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.equal(10, n)
+  end)
+
+  it("refuses a filter it cannot take, naming it", function()
+    assert.equal("feedback", e:get("/v1/traces?feedback=yes").json.error.field)
+    assert.equal("evaluator", e:get("/v1/traces?evaluator=").json.error.field)
+    assert.equal("q", e:get("/v1/traces?q=").json.error.field)
+    assert.equal("q", e:get("/v1/traces?q=" .. string.rep("x", 300)).json.error.field)
   end)
 end)

@@ -17,7 +17,7 @@ end
 
 local OPTIONS = {
   rubric = { type = "string", required = true, nonempty = true, description = "what a good output is, in plain words" },
-  provider = { type = "string", nonempty = true, description = "the provider to ask (default: the only one configured)" },
+  provider = { type = "string", names = "provider", description = "the provider to ask (default: the only one configured)" },
   model = { type = "string", nonempty = true, description = "the judge model (default: the provider's default_model)" },
   threshold = { type = "number", min = 0, max = 1, default = 0.5,
                 description = "the score at or above which the output passes when the judge gives no pass" },

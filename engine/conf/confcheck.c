@@ -72,6 +72,16 @@ static void check_attachment(const config *cfg, const config_prompt *p, const co
     where(prefix, sizeof prefix, cfg, a->line, p->name, what);
     sink sub = {s->report, s->ud, prefix, 0};
     evaluator_check_options(catalog_vm(cat), &le->ev, a->options_json, sink_say, &sub);
+    if (sub.n == 0 && le->ev.options) {
+        /* an option naming a provider names one the configuration declares */
+        json_t *opts = a->options_json ? json_loads(a->options_json, 0, NULL) : NULL;
+        const char **names = xcalloc(cfg->nproviders + 1, sizeof *names);
+        for (size_t i = 0; i < cfg->nproviders; i++)
+            names[i] = cfg->providers[i].name;
+        optdecl_validate_names(le->ev.options, opts, "provider", names, cfg->nproviders, sink_say, &sub);
+        free(names);
+        json_decref(opts);
+    }
     s->n += sub.n;
 }
 

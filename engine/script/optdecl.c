@@ -26,7 +26,10 @@ static const struct {
 #define NTYPES (sizeof types / sizeof types[0])
 
 static const char *const decl_keys[] = {"type",    "items", "required", "allowed",  "default",
-                                        "description", "min", "max",  "above", "nonempty", NULL};
+                                        "description", "min", "max",  "above", "nonempty", "names", NULL};
+
+/* what a `names` declaration may point at: the configuration's own names */
+static const char *const name_kinds[] = {"provider", NULL};
 
 static int type_bit(const char *name)
 {
@@ -329,7 +332,7 @@ static int check_one(const char *name, const json_t *d, char *err, size_t errlen
         if (!known) {
             const char *near = closest_name(k, decl_keys, 0);
             snprintf(err, errlen, "options.%s: unknown declaration key '%s'%s%s%s (known: type, items, required, "
-                                  "allowed, default, description, min, max, above, nonempty)",
+                                  "allowed, default, description, min, max, above, nonempty, names)",
                      name, k, near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
             return -1;
         }
@@ -362,6 +365,17 @@ static int check_one(const char *name, const json_t *d, char *err, size_t errlen
         json_t *x = json_object_get(d, *b);
         if (x && (!json_is_number(x) || !(set & (T_NUMBER | T_INTEGER)))) {
             snprintf(err, errlen, "options.%s: %s must be a number, on an option of type number or integer", name, *b);
+            return -1;
+        }
+    }
+    json_t *names = json_object_get(d, "names");
+    if (names) {
+        bool ok = false;
+        for (const char *const *x = name_kinds; *x; x++)
+            ok = ok || (json_is_string(names) && !strcmp(*x, json_string_value(names)));
+        if (!ok || set != T_STRING) {
+            snprintf(err, errlen, "options.%s: names must be \"provider\" (the value names an LLM provider of the "
+                                  "configuration), on an option of type string", name);
             return -1;
         }
     }
@@ -406,6 +420,41 @@ int optdecl_check(const json_t *decl, char *err, size_t errlen)
         if (check_one(k, v, err, errlen) != 0)
             return -1;
     return 0;
+}
+
+/* ---- options that name something of the configuration ---- */
+
+int optdecl_validate_names(const json_t *decl, const json_t *opts, const char *kind, const char *const *known,
+                           size_t nknown, optdecl_report report, void *ud)
+{
+    reporter r = {report, ud, 0};
+    const char *k;
+    json_t *d;
+    json_object_foreach((json_t *)decl, k, d) {
+        json_t *names = json_is_object(d) ? json_object_get(d, "names") : NULL;
+        if (!json_is_string(names) || strcmp(json_string_value(names), kind))
+            continue;
+        json_t *v = json_is_object(opts) ? json_object_get(opts, k) : NULL;
+        buf_t list;
+        buf_init(&list);
+        for (size_t i = 0; i < nknown; i++)
+            buf_printf(&list, "%s%s", i ? ", " : "", known[i]);
+        const char *declared = list.data ? list.data : "none";
+        if (json_is_string(v)) {
+            bool found = false;
+            for (size_t i = 0; i < nknown && !found; i++)
+                found = !strcmp(known[i], json_string_value(v));
+            const char *near = found ? NULL : closest_name(json_string_value(v), known, nknown);
+            if (!found)
+                say(&r, "option '%s': no %s '%s' is declared%s%s%s (declared: %s)", k, kind, json_string_value(v),
+                    near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "", declared);
+        } else if (!v && nknown != 1) {
+            say(&r, "option '%s' is required when the configuration does not declare exactly one %s (declared: %s)",
+                k, kind, declared);
+        }
+        buf_free(&list);
+    }
+    return r.problems;
 }
 
 /* ---- policies: a declaration from the settings ---- */

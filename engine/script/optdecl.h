@@ -35,6 +35,14 @@ typedef void (*optdecl_report)(const char *problem, void *ud);
  * problems reported. decl must have passed optdecl_check. */
 int optdecl_validate(const json_t *decl, const json_t *opts, optdecl_report report, void *ud);
 
+/* Checks the options whose declaration says `names = KIND` (today only
+ * "provider") against the names the configuration declares: a value must be
+ * one of known; an absent option is a problem unless exactly one is known
+ * (the script's default is then that one). Returns the number of problems
+ * reported. decl must have passed optdecl_check. */
+int optdecl_validate_names(const json_t *decl, const json_t *opts, const char *kind, const char *const *known,
+                           size_t nknown, optdecl_report report, void *ud);
+
 /* The declaration of a policy's options: every key of settings (its
  * defaults), typed by its default (a number: any number; a list: a list,
  * of numbers when the default's items are; a table: a table), overlaid by

@@ -61,6 +61,40 @@ prompt "p" { evaluators = { { "contains", options = { value = { "a", "b" }, mode
     end)
   end)
 
+  it("an option declared `names = \"provider\"` must name a declared provider (llm_judge's provider)", function()
+    with_dir(function(dir)
+      local P = 'provider "openai" { kind = "openai", api_key = "k", base_url = "http://127.0.0.1:9/v1", default_model = "m" }\n'
+      local P2 = 'provider "claude" { kind = "anthropic", api_key = "k", base_url = "http://127.0.0.1:9", default_model = "m" }\n'
+      local J = 'prompt "p" { evaluators = { { "llm_judge", options = { rubric = "polite"%s } } } }\n'
+      -- a typo in the provider: an error at load, not an evaluator error on every trace
+      local code, out, err = check(dir, HEAD .. P .. P2 .. J:format(', provider = "opneai"'))
+      assert.equal(3, code, out)
+      assert.matches("ratchet%.conf:4: prompt 'p': evaluator 'llm_judge': option 'provider': no provider 'opneai' is declared; did you mean 'openai'%? %(declared: openai, claude%)", err)
+      -- no provider named while two are declared: the judge would not know which
+      code, out, err = check(dir, HEAD .. P .. P2 .. J:format(""))
+      assert.equal(3, code, out)
+      assert.matches("option 'provider' is required when the configuration does not declare exactly one provider %(declared: openai, claude%)", err)
+      -- none declared at all
+      code, out, err = check(dir, HEAD .. J:format(""))
+      assert.equal(3, code, out)
+      assert.matches("option 'provider' is required when the configuration does not declare exactly one provider %(declared: none%)", err)
+      -- one declared and none named, or the right one named: fine
+      code, out, err = check(dir, HEAD .. P .. J:format(""))
+      assert.equal(0, code, err)
+      code, out, err = check(dir, HEAD .. P .. P2 .. J:format(', provider = "claude"'))
+      assert.equal(0, code, err)
+      -- a declaration may only name what the configuration has
+      os.execute("mkdir -p " .. dir .. "/mine/evaluators")
+      engine.write_file(dir .. "/mine/evaluators/odd.lua", [[
+return { name = "odd", description = "names a database", options = { db = { type = "string", names = "database" } },
+         evaluate = function() return { pass = true } end }
+]])
+      code, out, err = check(dir, HEAD .. P .. 'prompt "p" { evaluators = { "odd" } }\n')
+      assert.equal(3, code, out)
+      assert.matches("odd%.lua: not an evaluator: options%.db: names must be \"provider\"", err)
+    end)
+  end)
+
   it("ratchet serve does not start with options an evaluator rejects", function()
     local code, log = engine.start { expect_fail = true, config = string.format([[
 scripts = { dirs = { %q } }

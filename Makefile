@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install console-screenshots fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps
+.PHONY: FORCE all deps test-deps test asan install console-screenshots fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-console
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -69,6 +69,7 @@ help:
 	@echo "make uninstall  remove what make install put under \$$(DESTDIR)\$$(PREFIX) (not /etc/ratchet)"
 	@echo "make bench-deps    install what the benchmarks need besides the build's packages (wrk, nginx-light)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
+	@echo "make bench-console the console's pages in headless Chromium with 1 M traces, and its files' weight"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
@@ -222,6 +223,9 @@ bench-ingest: bench-deps all
 
 bench-eval: bench-deps all
 	@./bench/ingest_eval.sh
+
+bench-console: all test-deps
+	@./bench/console.sh
 
 $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)

@@ -35,13 +35,34 @@ measure() { # label -> PAGE lines in $OUT/$1.txt
   BASE_URL="http://$ADDR" TOKEN=$TOKEN TRACE_ID=b-999 RUNS=${RUNS:-5} taskset -c 1 "$NODE" spec/clients/console_bench.mjs > "$OUT/$1.txt"
 }
 
+# the API calls behind the pages, alone (median of 3, curl on CPU 1)
+api_ms() {
+  for _ in 1 2 3; do
+    taskset -c 1 curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" -w '%{time_total}\n' "http://$ADDR$1"
+  done | sort -n | sed -n 2p | awk '{printf "%.0f", $1 * 1000}'
+}
+api_table() { # label
+  for p in "/v1/prompts/bench/metrics" "/v1/prompts/bench/series?buckets=30" "/v1/traces?prompt=bench&limit=50" \
+           "/v1/traces?prompt=bench&failed=true&limit=50" "/v1/traces?prompt=bench&evaluator=json_valid&limit=50" \
+           "/v1/traces?prompt=bench&feedback=negative&limit=50" "/v1/traces?prompt=bench&q=ticket%20number%20777:&limit=50" \
+           "/v1/traces?prompt=bench&limit=50&cursor=$(printf '%x' $(( $(date +%s) * 1000 - 12 * 3600 * 1000 ))).0" \
+           "/v1/traces/b-999" "/v1/status" "/v1/loop" "/v1/prompts/bench/versions" "/v1/prompts/bench/history"; do
+    echo "api $1 $(api_ms "$p") ms  $p"
+  done
+}
+
 taskset -c 1 lua5.4 bench/console_load.lua "http://$ADDR" "$TOKEN" 0 1000 > /dev/null
+api_table 1k > "$OUT/api-base.txt"
 measure base
 t0=$(date +%s)
 taskset -c 1 lua5.4 bench/console_load.lua "http://$ADDR" "$TOKEN" 1000 $((N - 1000)) > /dev/null
 echo "loaded and evaluated $N traces in $(( $(date +%s) - t0 )) s; store $(du -sm "$OUT/data" | cut -f1) MB"
+api_table "$N" > "$OUT/api-full.txt"
 measure full
 rss=$(peak_rss_mb "$PID")
+echo "API calls alone (median of 3): with 1,000 traces | with $N"
+paste -d' ' <(awk '{print $3}' "$OUT/api-base.txt") "$OUT/api-full.txt" | awk '{printf "  %6s ms | %6s ms  %s\n", $1, $4, $6}'
+
 
 echo "first load: navigation start to the content rendered with its API answers (the page's own clock); median and max of 5, each in a fresh browser context"
 printf '%-14s %12s %12s %8s %s\n' page "1k: median" "${N}: median" ratio "max (${N}); wall time the driver saw"

@@ -165,6 +165,8 @@ try {
   check((await p.textContent('main')).includes('json_schema'), 'the trace shows its evaluator result');
   check(await p.locator('#add-to-dataset').count() === 1, 'an admin may add it to a dataset');
   await shot(p, 'trace');
+  await p.click('#add-to-dataset');
+  await p.waitForSelector('.actions .result.pass');
   // the filters: by the evaluator that failed, and by text
   await p.goto(`${BASE_URL}/console/#/traces?prompt=${PROMPT}`);
   await p.waitForSelector('#traces a');
@@ -186,8 +188,19 @@ try {
   await p.waitForSelector('#datasets a');
   await p.click('#datasets a');
   await p.waitForSelector('#cases tr td');
-  check((await p.locator('#cases tr').count()) === 8, 'the golden dataset has 7 cases');
+  check((await p.locator('#cases tr').count()) === 9, 'the golden dataset has its 7 cases and the failed trace added');
+  check((await p.textContent('#dataset-versions')).includes('v2'), 'adding the trace made version 2');
+  await p.waitForSelector('#dataset-diff pre');
   await shot(p, 'datasets');
+
+  // ---- an action from the prompt page: roll back ----
+  step('roll back');
+  await p.goto(`${BASE_URL}/console/#/prompt/${PROMPT}`);
+  await p.waitForSelector('#actions');
+  await p.click('#actions button:has-text("Roll back")');
+  await p.waitForFunction(() => /production/.test(document.querySelector('#versions tr[data-version="1"]')?.textContent || ''), null, { timeout: 10000 });
+  check(!(await p.textContent('#versions tr[data-version="3"]')).includes('production'), 'v3 is no longer in production');
+  check((await p.textContent('#history')).includes('console'), 'the audit log says the console did it');
   await p.context().close();
 } catch (e) {
   problems.unshift(String(e.stack || e));

@@ -21,7 +21,7 @@ try {
   await page.waitForSelector('#matrix td.cell');
   check((await page.title()).startsWith('ratchet eval: ticket-triage'), 'the title names the prompt: ' + await page.title());
   check(await page.locator('#login').isHidden(), 'no sign-in form');
-  check((await page.locator('#matrix tr[data-case]').count()) === 7, 'the 7 golden cases');
+  check((await page.locator('#matrix tr[data-case]').count()) === 8, 'the 7 golden cases and the trace the browser spec added');
   check((await page.textContent('#matrix tr.summary')).includes('95% CI'), 'the summary row has intervals');
   check((await page.textContent('main')).includes('Escape quotes in strings'), 'the prompt diff');
   await page.locator('#matrix tr[data-case="login"] td.cell').last().click();

@@ -106,6 +106,11 @@ bool api_token_opens(const api *a, const http_request *req, enum api_scope need)
         size_t glen = strlen(given);
         if (token_matches(given, glen, admin) || token_matches(given, glen, own))
             return true;
+        /* another scope's own token: refused here as api_authorize refuses it,
+         * even from loopback (a viewer token never opens the admin scope) */
+        for (size_t s = 0; s < NSCOPES; s++)
+            if (s != (size_t)need && rules[s].only && token_matches(given, glen, own_token(a->cfg, (enum api_scope)s)))
+                return false;
         if (secret || admin)
             return false;
     }

@@ -141,6 +141,16 @@ describe("the viewer scope", function()
     assert.equal(400, e:get("/v1/session?x=1", bearer(ADMIN)).status)
   end)
 
+  it("on an engine with a viewer token and no admin token, a loopback viewer is still a viewer", function()
+    local e2 = engine.start { config = string.format("viewer_token = %q\n", VIEWER) }
+    assert.same({ scope = "viewer", actions = false }, e2:get("/v1/session", bearer(VIEWER)).json)
+    assert.equal(403, e2:post("/v1/prompts", { name = "q" }, bearer(VIEWER)).status)
+    -- with no token, reads need the viewer token that is set; actions stay open to loopback (no admin token)
+    assert.equal(401, e2:get("/v1/session").status)
+    assert.equal(201, e2:post("/v1/prompts", { name = "q" }).status)
+    e2:stop()
+  end)
+
   it("a viewer token shorter than 16 characters is refused at load time, naming the setting", function()
     local code, log = engine.start { config = "viewer_token = \"short\"\n", expect_fail = true }
     assert.are_not.equal(0, code)

@@ -354,7 +354,7 @@ async function promptPage(name) {
     h('p', { class: 'muted' }, p.description || '', ' ', link('#/loop/' + enc(name), 'loop'), ' · ', link('#/traces?prompt=' + enc(name), 'traces')),
     actions,
     h('h2', null, 'Versions'),
-    h('div', { class: 'scroll' }, h('table', { id: 'versions' }, h('tr', null, ['version', 'state', 'made by', 'parent', 'pass rate (24 h)', 'feedback', 'note'].map((x) => h('th', null, x))),
+    h('div', { class: 'scroll' }, h('table', { id: 'versions' }, h('tr', null, ['version', 'state', 'made by', 'parent', 'pass rate (24 h)', 'feedback', 'over time', 'note'].map((x) => h('th', null, x))),
       versions.map((v) => {
         const mm = mv[v.version];
         const by = String(v.author || '');
@@ -363,6 +363,7 @@ async function promptPage(name) {
           h('td', null, v.parent ? 'v' + v.parent : '–'),
           h('td', null, mm ? [pct(mm.pass_rate), ' ', bar(mm.pass_rate), ` (${mm.evaluated})`] : '–'),
           h('td', null, mm ? `${mm.negative} negative, ${mm.retries} retries` : '–'),
+          h('td', null, mm ? h('div', { class: 'spark' }, h('canvas', { class: 'version-spark', dataset: { version: v.version }, 'aria-label': `v${v.version}: pass rate and negative feedback over time` })) : ''),
           h('td', null, v.note || ''));
       }))),
     h('h2', null, 'Diff'),
@@ -374,6 +375,21 @@ async function promptPage(name) {
         h('td', null, `${e.from || '–'} → ${e.to}`), h('td', null, e.actor), h('td', null, e.reason)))))
   );
   await showDiff();
+  // the live versions' pass rate and negative feedback over time, drawn once they come
+  const since = new Date(Math.max(Date.now() - 86400000, Math.min(Date.parse(p.created_at) || 0, Date.now() - 60000))).toISOString();
+  for (const canvas of document.querySelectorAll('canvas.version-spark')) {
+    api(`${base}/series?buckets=30&version=${canvas.dataset.version}&since=${enc(since)}`).then((sr) => chart(canvas, {
+      type: 'line',
+      data: {
+        labels: sr.points.map((x) => new Date(x.t).toLocaleTimeString()),
+        datasets: [
+          { label: 'pass rate', data: sr.points.map((x) => x.pass_rate), borderColor: '#1f7a3f', backgroundColor: '#1f7a3f', pointRadius: 1, spanGaps: true },
+          { label: 'negative feedback', data: sr.points.map((x) => (x.traces ? x.negative / x.traces : null)), borderColor: '#b3261e', backgroundColor: '#b3261e', pointRadius: 1, spanGaps: true },
+        ],
+      },
+      options: { plugins: { legend: { display: false } }, scales: { x: { display: false }, y: { display: false, min: 0, max: 1 } } },
+    })).catch(showError);
+  }
 }
 
 // ---- a loop run: the timeline of a prompt's loop ----

@@ -616,10 +616,10 @@ static void series_work(api_task *t)
                                                  json_object_get(e, "pass_rate")));
         /* a bucket with nothing evaluated has no pass rate (null), not 0 */
         bool none = json_integer_value(json_object_get(m, "evaluated")) == 0;
-        json_array_append_new(points, json_pack("{s:s, s:O, s:O, s:O, s:o}", "t", at, "traces",
+        json_array_append_new(points, json_pack("{s:s, s:O, s:O, s:O, s:O, s:o}", "t", at, "traces",
                                                 json_object_get(m, "traces"), "evaluated", json_object_get(m, "evaluated"),
                                                 "pass_rate", none ? json_null() : json_object_get(m, "pass_rate"),
-                                                "evaluators", ev));
+                                                "negative", json_object_get(m, "negative"), "evaluators", ev));
         json_decref(m);
     }
     char since[32], until[32];

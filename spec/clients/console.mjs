@@ -127,6 +127,10 @@ try {
   check((await p.textContent('#diff .add')).includes('Escape quotes in strings'), 'the diff shows the changed line');
   check(/console/.test(await p.textContent('#history')) || /canary/.test(await p.textContent('#history')), 'the audit log has the canary');
   check(await p.locator('#actions button').count() >= 4, 'an admin sees the actions');
+  await p.waitForFunction(() => {
+    const c = window.Chart && window.Chart.getChart(document.querySelector('canvas.version-spark[data-version="3"]'));
+    return c && c.data.datasets[0].data.filter((x) => x !== null).length >= 2;
+  }, null, { timeout: 10000 });
   await shot(p, 'prompt');
 
   // ---- run compare ----

@@ -173,6 +173,7 @@ describe("the prompt's pass rate over time (GET /v1/prompts/{name}/series)", fun
     assert.equal(3600000, r.json.bucket_ms)
     assert.equal("2026-01-01T01:00:00.000Z", r.json.points[2].t)
     assert.equal(engine.json.null, r.json.points[1].pass_rate)
+    assert.equal(0, r.json.points[1].negative)
   end)
 
   it("tags each GET's answer with an ETag, and answers 304 to it until the answer changes (the console's polling)", function()

@@ -818,7 +818,7 @@ static void undo_state(engine *e)
     e->online = NULL;
 }
 
-/* the HTTP API's listener, and the address file that says where it is */
+/* the HTTP API's listener */
 static int start_listener(engine *e, char *err, size_t errlen)
 {
     e->api.loop = e->loop;
@@ -852,21 +852,11 @@ static int start_listener(engine *e, char *err, size_t errlen)
     }
     e->api.http = e->http;
     http_server_address(e->http, e->addr, sizeof e->addr);
-    if (e->address_file) {
-        if (write_address_file(e->address_file, e->addr) != 0) {
-            snprintf(err, errlen, "cannot write the address file '%s': %s", e->address_file, strerror(errno));
-            return -1;
-        }
-        e->address_written = true;
-    }
     return 0;
 }
 
 static void undo_listener(engine *e)
 {
-    if (e->address_written && unlink(e->address_file) != 0)
-        log_warn("engine", "cannot remove the address file '%s': %s", e->address_file, strerror(errno));
-    e->address_written = false;
     if (e->http) { /* its memory goes after the loop has closed its handles (serve_teardown) */
         http_server_drain(e->http, NULL);
         http_server_close_all(e->http);
@@ -929,6 +919,29 @@ static void undo_handles(engine *e)
     e->handles_ready = false;
 }
 
+/* the address file that says where the listener is: the last step, so
+ * whoever reads it (a supervisor, a spec) finds an engine whose signal
+ * handlers are in place (a SIGTERM sent at once used to meet the default
+ * action and kill it uncleanly, status 143) */
+static int start_address_file(engine *e, char *err, size_t errlen)
+{
+    if (!e->address_file)
+        return 0;
+    if (write_address_file(e->address_file, e->addr) != 0) {
+        snprintf(err, errlen, "cannot write the address file '%s': %s", e->address_file, strerror(errno));
+        return -1;
+    }
+    e->address_written = true;
+    return 0;
+}
+
+static void undo_address_file(engine *e)
+{
+    if (e->address_written && unlink(e->address_file) != 0)
+        log_warn("engine", "cannot remove the address file '%s': %s", e->address_file, strerror(errno));
+    e->address_written = false;
+}
+
 typedef struct {
     const char *what; /* "start-up failed at the ..." */
     int (*start)(engine *e, char *err, size_t errlen);
@@ -944,6 +957,7 @@ static const serve_step serve_steps[] = {
     {"registry and loop state", start_state, undo_state},
     {"listener", start_listener, undo_listener},
     {"signals and timers", start_handles, undo_handles},
+    {"address file", start_address_file, undo_address_file},
 };
 enum { SERVE_STEPS = sizeof serve_steps / sizeof serve_steps[0] };
 

@@ -283,7 +283,9 @@ void api_session(const api_call *c)
     if (!api_known_params(c->req, known))
         return;
     bool admin = api_token_opens(c->a, c->req, API_SCOPE_ADMIN);
-    api_respond_json(c->req, 200, json_pack("{s:s, s:b}", "scope", admin ? "admin" : "viewer", "actions", admin));
+    json_t *v = json_pack("{s:s, s:b}", "scope", admin ? "admin" : "viewer", "actions", admin);
+    api_respond_json(c->req, 200, v);
+    json_decref(v);
 }
 
 const char *console_dir(const console_assets *ca)

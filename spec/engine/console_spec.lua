@@ -217,10 +217,6 @@ describe("the console in headless Chromium", function()
     f:close()
     conf = conf:gsub("  loop = {\n", "  loop = {\n    require_approval = true,\n", 1)
     assert.matches("require_approval = true", conf)
-    -- the trigger may fire after more traffic on a busy machine (more replayed
-    -- cases): a budget that never cuts the gate short, whatever it replays
-    conf = conf:gsub("budget = { calls = 400 }", "budget = { calls = 5000 }", 1)
-    assert.matches("calls = 5000", conf)
     local e = engine.start {
       config = string.format("admin_token = %q\nviewer_token = %q\n", ADMIN, VIEWER) .. conf,
       env = { RATCHET_DEMO_ROOT = engine.root, RATCHET_DEMO_BASE_URL = fake:url("/v1"), RATCHET_DEMO_MODEL = "target",

@@ -51,7 +51,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install console-screenshots fuzz fuzz-build uninstall run demo clean help bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-console
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy console-screenshots bench-console
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -61,7 +61,9 @@ help:
 	@echo "make test-deps  install node 22 and the npm clients the specs use (make test runs it)"
 	@echo "make test       run every C unit test and busted spec; last line 'N passed, N failed'"
 	@echo "make asan       the same suite under AddressSanitizer + UBSan"
-	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md)"
+	@echo "make demo       the whole loop in a few seconds on simulated models (no API key; see docs/loop.md);"
+	@echo "                make demo TEMPLATE=gepa runs it with the gepa search"
+	@echo "make demo-gateway  the same demo with its traffic through the gateway (docs/gateway.md)"
 	@echo "make run        start an engine with etc/ratchet.conf and a store under ./var/"
 	@echo "make install    install under \$$(DESTDIR)\$$(PREFIX) (default /usr/local): binary, unit, scripts,"
 	@echo "                docs, and the kit for your own scripts (ratchet init, the busted helper)"
@@ -73,7 +75,9 @@ help:
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
+	@echo "make bench-gateway  the gateway's added latency and throughput against nginx proxy_pass and Portkey"
 	@echo "make bench-rollout the rollout policy over 2,000 simulated canaries (no LLM)"
+	@echo "make bench-efficacy  the strategies (plain, critique_rewrite, history, gepa) on 4 SIMULATED tasks, 10 seeds each"
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
 	@echo "make console-screenshots  run the console's headless-Chromium spec and copy its screenshots to docs/console/"
@@ -162,7 +166,10 @@ asan: deps test-deps $(MODULE)
 	  ./spec/run-all
 
 demo: deps all
-	@./demo/run.sh
+	@./demo/run.sh $(if $(TEMPLATE),--template $(TEMPLATE))
+
+demo-gateway: deps all
+	@RATCHET_DEMO_GATEWAY=1 ./demo/run.sh
 
 # the console's pages in headless Chromium through the demo's loop
 # (spec/engine/console_spec.lua), then their screenshots into docs/console/ on purpose
@@ -233,6 +240,9 @@ $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 bench-llm: all $(BUILD)/llm_bench
 	@./bench/llm.sh
 
+bench-efficacy: all
+	RATCHET_BIN=$(CURDIR)/$(BUILD)/ratchet lua5.4 bench/efficacy/run.lua
+
 bench-rollout: all
 	@lua5.4 bench/rollout.lua
 
@@ -246,6 +256,11 @@ bench-patterns: all
 
 bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh
+
+# the gateway against nginx proxy_pass and Portkey (bench/package.json, node 22)
+bench-gateway: bench-deps test-deps all
+	@cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
+	@./bench/gateway.sh
 
 clean:
 	rm -rf build

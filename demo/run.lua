@@ -1,11 +1,14 @@
 -- demo/run.lua — the application side of `make demo`: registers the
 -- ticket-triage prompt and its golden dataset, sends simulated traffic, and
 -- prints each step of the loop as the engine takes it.
---   lua5.4 demo/run.lua http://127.0.0.1:PORT SIMULATED(0|1)
+--   lua5.4 demo/run.lua http://127.0.0.1:PORT SIMULATED(0|1) [gateway]
+-- With "gateway" the application's traffic goes through the gateway
+-- (POST /v1/chat/completions, model "ratchet:ticket-triage"): one call per
+-- request, the trace captured by the engine.
 local socket = require "socket"
 local traffic = require "demo.traffic"
 
-local base, simulated = arg[1], arg[2] == "1"
+local base, simulated, gateway = arg[1], arg[2] == "1", arg[3] == "gateway"
 local PROMPT = "ticket-triage"
 local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
 
@@ -37,6 +40,10 @@ if simulated then
   say("  the target follows only the instructions its prompt states; the optimizer proposes fixes from")
   say("  the failure reasons it is shown. Set RATCHET_DEMO_API_KEY to run against a real provider.")
 end
+if gateway then
+  say("GATEWAY: the application calls POST /v1/chat/completions with model \"ratchet:%s\"; the engine", PROMPT)
+  say("  picks the version (canary included), calls the model and captures every trace.")
+end
 say("")
 
 req("POST", "/v1/prompts", { name = PROMPT, description = "support tickets to JSON" })
@@ -53,7 +60,7 @@ say("[setup]       prompt %s v1 in production; golden dataset of %d cases", PROM
 local sent, seen, started = 0, 0, socket.gettime()
 local before_rate, after_version
 local function send(n)
-  traffic.send(base, PROMPT, sent + 1, n, { id_prefix = "demo" })
+  traffic.send(base, PROMPT, sent + 1, n, { id_prefix = "demo", gateway = gateway })
   sent = sent + n
 end
 
@@ -81,7 +88,7 @@ while socket.gettime() - started < 240 do
   local kind, l = show_events()
   if kind then outcome = kind; after_version = l.events[#l.events].detail.version; break end
   if l.state == "canary" or l.state == "idle" then
-    local used = traffic.send(base, PROMPT, sent + 1, 20, { id_prefix = "demo" })
+    local used = traffic.send(base, PROMPT, sent + 1, 20, { id_prefix = "demo", gateway = gateway })
     sent = sent + 20
     if l.state == "canary" then
       say("[traffic]     20 requests: %d on v%d (production), %d on the canary v%d", used[1] or 0, 1,

@@ -6,7 +6,17 @@
 #   RATCHET_DEMO_BASE_URL         its base URL (default https://api.openai.com/v1)
 #   RATCHET_DEMO_MODEL            the target model (default gpt-4o-mini)
 #   RATCHET_DEMO_OPTIMIZER_MODEL  the optimizer model (default gpt-4o)
+#   RATCHET_DEMO_GATEWAY          set: the traffic goes through the gateway (make demo-gateway)
+# Flags: --template T  the loop's meta-prompt template (default critique_rewrite;
+#                      gepa runs the search over a Pareto pool, docs/loop.md)
 set -euo pipefail
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --template) [ $# -ge 2 ] || { echo "demo: --template needs a name" >&2; exit 2; }
+        export RATCHET_DEMO_TEMPLATE=$2; shift 2 ;;
+    *) echo "demo: unknown flag $1 (known: --template T)" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 BIN=${RATCHET_BIN:-$PWD/build/ratchet}
 tmp=$(mktemp -d)
@@ -41,7 +51,7 @@ pids+=($!)
 wait_file "$tmp/addr" "the engine" "$tmp/engine.log"
 status=0
 echo "console: http://$(cat "$tmp/addr")/console/  (the web console: watch the loop below happen there)"
-lua5.4 demo/run.lua "http://$(cat "$tmp/addr")" "$simulated" || status=$?
+lua5.4 demo/run.lua "http://$(cat "$tmp/addr")" "$simulated" ${RATCHET_DEMO_GATEWAY:+gateway} || status=$?
 if [ "$status" -ne 0 ]; then echo "--- engine log"; tail -30 "$tmp/engine.log"; fi
 # on a terminal (or with RATCHET_DEMO_KEEP=1) the engine stays up so the run can be browsed
 if [ "${RATCHET_DEMO_KEEP:-}" = 1 ] || { [ -t 0 ] && [ -t 1 ] && [ "${RATCHET_DEMO_KEEP:-}" != 0 ]; }; then

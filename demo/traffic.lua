@@ -1,7 +1,8 @@
 -- demo/traffic.lua — simulated application traffic for the ticket-triage
 -- example: each request resolves the prompt version to use (sticky by the
 -- caller's key), calls the model through the engine (POST /v1/llm/chat, so
--- a real provider works the same), and reports the trace. Used by
+-- a real provider works the same), and reports the trace; or, with
+-- opts.gateway, makes one call through the gateway (docs/gateway.md). Used by
 -- `make demo` (demo/run.lua) and the loop's specs.
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -63,8 +64,30 @@ end
 
 -- Sends n requests of the app, numbered from first; returns how many used
 -- each version: { [version] = count }.
+-- Through the gateway instead (opts.gateway): one request per ticket to
+-- POST /v1/chat/completions with the managed prompt as the model; the
+-- engine resolves, calls and captures the trace itself.
+local function send_gateway(base, prompt, first, n)
+  local used = {}
+  for i = first, first + n - 1 do
+    local text = cjson.encode { model = "ratchet:" .. prompt, ratchet_variables = { ticket = M.ticket(i) } }
+    local chunks = {}
+    local ok, status, headers = http.request {
+      url = base .. "/v1/chat/completions", method = "POST",
+      headers = { ["content-type"] = "application/json", ["content-length"] = tostring(#text),
+                  ["x-ratchet-caller"] = "user-" .. i },
+      source = ltn12.source.string(text), sink = ltn12.sink.table(chunks),
+    }
+    if not ok or status ~= 200 then error("the gateway call failed: " .. tostring(status) .. " " .. table.concat(chunks)) end
+    local v = tonumber(headers["x-ratchet-prompt-version"])
+    used[v] = (used[v] or 0) + 1
+  end
+  return used
+end
+
 function M.send(base, prompt, first, n, opts)
   opts = opts or {}
+  if opts.gateway then return send_gateway(base, prompt, first, n) end
   local used, traces = {}, {}
   for i = first, first + n - 1 do
     local ticket = M.ticket(i, opts)

@@ -23,6 +23,7 @@
 
 #include "api/api.h"
 #include "api/api_console.h"
+#include "api/api_gateway.h"
 #include "api/ingest.h"
 #include "base/metrics.h"
 #include "script/catalog.h"
@@ -244,6 +245,7 @@ static void begin_shutdown(engine *e, const char *why)
     runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
+    api_gateway_stop(&e->api); /* gateway calls in flight: cancelled, answered 503 */
     log_info("engine", "%s: stopping (finishing %d open connections)", why, http_server_connections(e->http));
     uv_timer_start(&e->shutdown_timer, on_shutdown_deadline, (uint64_t)e->cfg.limits.shutdown_timeout_ms, 0);
     http_server_drain(e->http, finish_shutdown);
@@ -773,6 +775,8 @@ static void undo_io(engine *e)
         script_vm_cancel_io(e->vm);
         script_vm_set_io(e->vm, &none);
     }
+    api_gateway_stop(&e->api); /* no gateway call outlives the HTTP client */
+    api_gateway_free(&e->api);
     if (e->store)
         store_flush(e->store); /* the ledger's last rows are written and answered */
     scriptio_free(e->sio);

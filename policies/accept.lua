@@ -32,6 +32,9 @@ M.settings = {
   -- rare: in at most this share of the traces the loop read (at least 1)
   hold_rare_tokens = true,
   rare_token_share = 0.05,
+  -- a gate run stops a candidate as soon as stop_early() shows it cannot be
+  -- improved (only ever a rejection); false: every candidate runs every case
+  early_stop = true,
 }
 
 local function opt(report, name)
@@ -283,6 +286,87 @@ function M.decide(report)
   return { verdict = verdict, reasons = { why, kept }, stats = st }
 end
 
+-- Early stopping (the cheaper gate, docs/gate.md): the engine asks, while a
+-- gate run is under way, whether the cases finished so far already settle
+-- that the candidate cannot be improved; a yes stops its remaining jobs. It
+-- only ever rejects: the answer's verdict is regressed or inconclusive, never
+-- better. A case counts once both sides have all k samples. Rules, each one
+-- that decide() would apply to the same case in the full run:
+--   an errored sample on a finished case (decide: inconclusive)
+--   a critical case whose pass rate dropped (decide: regressed)
+--   a protected case lost, when max_regression_share is 0 (decide: regressed;
+--   with an allowance the share's base is only known at the end: no stop)
+function M.stop_early(report)
+  if opt(report, "early_stop") == false then return { stop = false } end
+  local k = report.k or 1
+  local lost = {}
+  for _, c in ipairs(report.cases or {}) do
+    local b, x = c.baseline, c.candidate
+    if b.samples >= k and x.samples >= k then
+      if b.errors > 0 or x.errors > 0 then
+        return { stop = true, verdict = "inconclusive", reasons = {
+          string.format("stopped early: case %s erred (%s), so this run cannot show it better", c.id,
+            b.errors > 0 and "baseline" or "candidate") } }
+      end
+      if has(c.tags, "critical") and x.passed < b.passed then
+        return { stop = true, verdict = "regressed", reasons = {
+          string.format("breaks critical case(s), whose pass rate may never drop: %s (%d of %d samples, baseline %d)",
+            c.id, x.passed, k, b.passed), "stopped early: the rest of its cases were not run" } }
+      end
+      if (c.source == "dataset" or c.source == "replay") and b.passed == k and not passes(x, k) then
+        lost[#lost + 1] = c.id .. (c.source == "replay" and (" (" .. stratum_of(c) .. ")") or " (golden)")
+      end
+    end
+  end
+  if #lost > 0 and opt(report, "max_regression_share") == 0 then
+    -- the reasons decide() gives, over the cases finished
+    local done = {}
+    for _, c in ipairs(report.cases) do
+      if c.baseline.samples >= k and c.candidate.samples >= k then done[#done + 1] = c end
+    end
+    local reasons = regressions({ cases = done, options = report.options }, k, {})
+    reasons[#reasons + 1] = string.format("stopped early after %d of %d cases: the rest were not run", #done,
+      #report.cases)
+    return { stop = true, verdict = "regressed", reasons = reasons }
+  end
+  -- can it still be shown better? Every case to fix not finished yet counted
+  -- as fixed (a golden case not finished may be one the baseline fails), the
+  -- level at its largest (the fewest tests the end can make): if even that
+  -- is not significant, decide() cannot say improved.
+  if report.kind ~= "gate" then return { stop = false } end
+  local total, groups, certain = { b = 0, c = 0, open = 0 }, {}, {}
+  local function count(name, done, base_ok, cand_ok)
+    groups[name] = groups[name] or { b = 0, c = 0, open = 0 }
+    for _, t in ipairs({ groups[name], total }) do
+      if not done then t.open = t.open + 1
+      elseif base_ok and not cand_ok then t.b = t.b + 1
+      elseif cand_ok and not base_ok then t.c = t.c + 1 end
+    end
+  end
+  for _, c in ipairs(report.cases or {}) do
+    local done = c.baseline.samples >= k and c.candidate.samples >= k
+    local base_ok, cand_ok = done and passes(c.baseline, k), done and passes(c.candidate, k)
+    local base_passed = c.baseline.samples >= k and passes(c.baseline, k)
+    if c.source == "failed" then
+      local g = c.group or "(no group)"
+      certain[g] = true
+      count(g, done, base_ok, cand_ok)
+    elseif c.source == "dataset" and not base_passed then -- a golden case the baseline fails, or may
+      if done then certain.golden = true end
+      count("golden", done, base_ok, cand_ok)
+    end
+  end
+  local ncertain = 0
+  for _ in pairs(certain) do ncertain = ncertain + 1 end
+  local level = opt(report, "alpha") / (1 + (ncertain > 1 and ncertain or 0))
+  local function possible(t) return t.c + t.open > t.b and stats.sign_improved(t.b, t.c + t.open) <= level end
+  if possible(total) then return { stop = false } end
+  for _, g in pairs(groups) do if possible(g) then return { stop = false } end end
+  return { stop = true, verdict = "inconclusive", reasons = { string.format(
+    "stopped early: cannot be shown better any more: even if every case to fix still running were fixed, %d fixed "
+    .. "against %d broken is not significant at %.3g", total.c + total.open, total.b, level) } }
+end
+
 -- what the settings may be, beyond the type of their defaults (checked when
 -- a config's accept_options load)
 M.options = {
@@ -291,6 +375,7 @@ M.options = {
     description = "protected cases the candidate may lose, as a share of them (opt-in; 0: none)" },
   hold_rare_tokens = { type = "boolean", description = "hold an improved candidate adding a word only rare traffic holds" },
   rare_token_share = { type = "number", min = 0, max = 1, description = "'rare': in at most this share of the traces read" },
+  early_stop = { type = "boolean", description = "stop a gate candidate once stop_early() shows it cannot be improved" },
 }
 
 return M

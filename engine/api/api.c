@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api/api_console.h"
+#include "api/api_gateway.h"
 #include "api/api_ingest.h"
 #include "api/api_ops.h"
 #include "api/api_registry.h"
@@ -19,6 +20,7 @@
 #define ADMIN API_SCOPE_ADMIN
 #define METRICS API_SCOPE_METRICS
 #define VIEWER API_SCOPE_VIEWER
+#define GATEWAY API_SCOPE_GATEWAY
 #define REGISTRY API_NEEDS_REGISTRY
 #define RUNNER API_NEEDS_RUNNER
 #define LOOP API_NEEDS_LOOP
@@ -26,6 +28,7 @@
 #define GATE_MD "docs/gate.md"
 #define LOOP_MD "docs/loop.md"
 #define CONSOLE_MD "docs/console.md"
+#define GATEWAY_MD "docs/gateway.md"
 
 /* Every endpoint, once. `ratchet routes` prints this table and
  * spec/engine/routes_spec.lua checks the docs' endpoint tables against it. */
@@ -77,6 +80,11 @@ const api_route api_routes[] = {
     {"POST", "/v1/prompts/{name}/optimize", ADMIN, LOOP, LOOP_MD, api_optimize_prompt, NULL},
     {"GET", "/v1/loop", VIEWER, LOOP, LOOP_MD, api_loop_status, NULL},
     {"GET", "/v1/loop/{name}", VIEWER, LOOP | REGISTRY, LOOP_MD, api_loop_prompt, NULL},
+
+    /* gateway mode (api_gateway.c): OpenAI- and Anthropic-compatible */
+    {"POST", "/v1/chat/completions", GATEWAY, 0, GATEWAY_MD, api_gateway_chat, NULL},
+    {"POST", "/v1/messages", GATEWAY, 0, GATEWAY_MD, api_gateway_messages, NULL},
+    {"GET", "/v1/models", GATEWAY, 0, GATEWAY_MD, api_gateway_models, NULL},
 
     /* operations (api_ops.c) */
     {"GET", "/healthz", NONE, 0, API_MD, api_healthz, NULL},

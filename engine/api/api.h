@@ -53,12 +53,22 @@ typedef struct {
         uint64_t requests, bytes, refused;
         uint64_t items[5]; /* accepted, duplicate, invalid, not_found, failed */
     } ingest_n[2];
+    /* gateway mode (api_gateway.c): its state, and its counters for /metrics */
+    struct gateway *gateway;
+    struct api_capture *capture; /* captured traces waiting for the writer (api_ingest.c) */
+    struct {
+        uint64_t requests[2][2];   /* [openai, anthropic][pass-through, managed] */
+        uint64_t refused;          /* answered by the gateway itself: auth, limits, bad requests */
+        uint64_t upstream_errors;  /* no answer from upstream (connect, timeout, transport) */
+        uint64_t client_gone;      /* the caller went away first: the upstream call was cancelled */
+        uint64_t captured, capture_dropped, capture_failed;
+    } gateway_n;
 } api;
 
 /* Who may call a route: the token scopes of docs/api.md#authentication.
  * A scope is a row of the rules in api_request.c (its token, the messages);
  * a new one (a read-only viewer) is a value here and a row there. */
-enum api_scope { API_SCOPE_NONE, API_SCOPE_INGEST, API_SCOPE_ADMIN, API_SCOPE_METRICS, API_SCOPE_VIEWER };
+enum api_scope { API_SCOPE_NONE, API_SCOPE_INGEST, API_SCOPE_ADMIN, API_SCOPE_METRICS, API_SCOPE_GATEWAY, API_SCOPE_VIEWER };
 
 /* What a route needs besides its scope (api_route.uses): the dispatcher
  * answers 503 naming what is missing (unit tests and the fuzzer run the API

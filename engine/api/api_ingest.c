@@ -10,6 +10,7 @@
 
 #include "api/api_request.h"
 #include "api/ingest.h"
+#include "base/log.h"
 
 /* Bodies up to this size are parsed on the loop thread (a few µs); larger ones
  * in the thread pool so a multi-megabyte batch never stalls other clients. */
@@ -165,6 +166,130 @@ static void ingest(api *a, http_request *req, ingest_kind kind)
     } else {
         uv_queue_work(a->loop, &job->work, ingest_work, ingest_after_work);
     }
+}
+
+/* ---- traces captured by the gateway ---- */
+
+/* Captured traces wait here (NDJSON) for at most CAPTURE_WAIT_MS or
+ * CAPTURE_BATCH of them, then go through ingest's checks and to the writer
+ * as one write: one parse and one transaction for a batch, not per call. */
+#define CAPTURE_BATCH 256
+#define CAPTURE_WAIT_MS 1
+
+struct api_capture {
+    buf_t lines;
+    size_t n;
+    uv_timer_t *timer;
+};
+
+typedef struct {
+    api *a;
+    ingest_batch batch;
+} capture_job;
+
+static void on_capture_committed(store_write *w)
+{
+    capture_job *job = w->data;
+    api *a = job->a;
+    if (w->status == 0) {
+        for (size_t i = 0; i < w->ntraces; i++)
+            if (w->trace_results[i] == STORE_ACCEPTED) {
+                a->gateway_n.captured++;
+                if (a->online)
+                    online_enqueue(a->online, w->traces[i].id, w->traces[i].prompt);
+                if (a->loop_sm)
+                    loop_note_traces(a->loop_sm, w->traces[i].prompt, 1);
+            }
+    } else {
+        if (a->gateway_n.capture_failed % 1000 == 0)
+            log_error("gateway", "captured traces were not stored: the commit failed (SQLite code %d)", w->status);
+        a->gateway_n.capture_failed += w->ntraces;
+    }
+    ingest_batch_free(&job->batch);
+    free(job);
+}
+
+void api_capture_flush(api *a)
+{
+    struct api_capture *q = a->capture;
+    if (!q || !q->n)
+        return;
+    size_t n = q->n;
+    q->n = 0;
+    buf_append(&q->lines, "", 1); /* NUL-terminated, as ingest_parse wants */
+    q->lines.len--;
+    capture_job *job = xcalloc(1, sizeof *job);
+    job->a = a;
+    const char *code;
+    char err[512];
+    int st = ingest_parse(INGEST_TRACES, q->lines.data, q->lines.len, true, n, now_ms(), &job->batch, &code, err,
+                          sizeof err);
+    buf_reset(&q->lines);
+    size_t bad = st ? n : n - job->batch.write.ntraces;
+    if (bad) {
+        if (a->gateway_n.capture_failed % 1000 == 0)
+            log_error("gateway", "captured traces did not pass ingest's checks: %s",
+                      st ? err : job->batch.nitems && job->batch.items[0].nerrors
+                                     ? job->batch.items[0].errors[0].message : "(see the item)");
+        a->gateway_n.capture_failed += bad;
+    }
+    if (st || !job->batch.write.ntraces) {
+        ingest_batch_free(&job->batch);
+        free(job);
+        return;
+    }
+    job->batch.write.done = on_capture_committed;
+    job->batch.write.data = job;
+    if (store_submit(a->store, &job->batch.write) != 0) {
+        if (a->gateway_n.capture_dropped % 1000 == 0)
+            log_warn("gateway", "the store's write queue is full: captured traces were dropped (counted in "
+                                "ratchet_gateway_traces_dropped_total); the answers were not affected");
+        a->gateway_n.capture_dropped += job->batch.write.ntraces;
+        ingest_batch_free(&job->batch);
+        free(job);
+    }
+}
+
+static void on_capture_timer(uv_timer_t *t)
+{
+    api_capture_flush(t->data);
+}
+
+int api_capture_trace(api *a, const char *json, size_t len)
+{
+    if (memchr(json, '\n', len)) /* one NDJSON line: compact JSON has none */
+        return -1;
+    struct api_capture *q = a->capture;
+    if (!q) {
+        q = a->capture = xcalloc(1, sizeof *q);
+        q->timer = xmalloc(sizeof *q->timer);
+        uv_timer_init(a->loop, q->timer);
+        q->timer->data = a;
+    }
+    buf_append(&q->lines, json, len);
+    buf_append(&q->lines, "\n", 1);
+    if (++q->n >= CAPTURE_BATCH)
+        api_capture_flush(a);
+    else if (q->n == 1)
+        uv_timer_start(q->timer, on_capture_timer, CAPTURE_WAIT_MS, 0);
+    return 0;
+}
+
+static void on_capture_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void api_capture_close(api *a)
+{
+    struct api_capture *q = a->capture;
+    if (!q)
+        return;
+    api_capture_flush(a);
+    uv_close((uv_handle_t *)q->timer, on_capture_timer_closed);
+    buf_free(&q->lines);
+    free(q);
+    a->capture = NULL;
 }
 
 /* POST /v1/traces */

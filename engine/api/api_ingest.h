@@ -10,5 +10,15 @@ void api_ingest_traces(const api_call *c);
 void api_ingest_feedback(const api_call *c);
 void api_list_traces(const api_call *c);
 void api_get_trace(const api_call *c);
+/* Queues one trace (its compact JSON, as POST /v1/traces takes it) for
+ * the store, never waiting: captured traces are gathered for at most 1 ms
+ * (or 256 of them), then pass ingest's checks and go to the group-commit
+ * writer as one write; online evaluation follows the commit. What fails the
+ * checks or finds the writer's queue full is counted and logged. */
+int api_capture_trace(api *a, const char *json, size_t len);
+/* Sends what is gathered now (at shutdown, before the store's flush). */
+void api_capture_flush(api *a);
+/* The same, then frees the queue (its timer closes with the loop). */
+void api_capture_close(api *a);
 
 #endif

@@ -77,6 +77,23 @@ void api_status(const api_call *c)
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
     json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
+    const config_gateway *gw = &a->cfg->gateway;
+    json_t *calls = json_object();
+    static const char *const proto[] = {"openai", "anthropic"}, *const mode[] = {"pass_through", "managed"};
+    for (int p = 0; p < 2; p++)
+        for (int m = 0; m < 2; m++) {
+            char k[40];
+            snprintf(k, sizeof k, "%s_%s", proto[p], mode[m]);
+            json_object_set_new(calls, k, json_integer((json_int_t)a->gateway_n.requests[p][m]));
+        }
+    json_object_set_new(root, "gateway",
+                        json_pack("{s:b, s:o, s:I, s:I, s:I, s:{s:I, s:I, s:I}}", "enabled", gw->enabled, "calls",
+                                  calls, "refused", (json_int_t)a->gateway_n.refused, "upstream_errors",
+                                  (json_int_t)a->gateway_n.upstream_errors, "client_gone",
+                                  (json_int_t)a->gateway_n.client_gone, "traces", "captured",
+                                  (json_int_t)a->gateway_n.captured, "dropped",
+                                  (json_int_t)a->gateway_n.capture_dropped, "failed",
+                                  (json_int_t)a->gateway_n.capture_failed));
     api_respond_json(c->req, 200, root);
     json_decref(root);
 }
@@ -109,6 +126,34 @@ static void ingest_metrics(api *a, buf_t *b)
                            "result", res[r], NULL);
 }
 
+static void gateway_metrics(api *a, buf_t *b)
+{
+    static const char *const proto[] = {"openai", "anthropic"}, *const mode[] = {"pass-through", "managed"};
+    metrics_family(b, "ratchet_gateway_requests_total", "counter",
+                   "Gateway calls sent upstream, by the caller's protocol and mode (managed prompt or pass-through).");
+    for (int p = 0; p < 2; p++)
+        for (int m = 0; m < 2; m++)
+            metrics_sample(b, "ratchet_gateway_requests_total", (double)a->gateway_n.requests[p][m], "protocol",
+                           proto[p], "mode", mode[m], NULL);
+    metrics_one(b, "ratchet_gateway_refused_total", "counter",
+                "Gateway requests the gateway answered itself: keys, limits, malformed or unknown requests.",
+                (double)a->gateway_n.refused);
+    metrics_one(b, "ratchet_gateway_upstream_errors_total", "counter",
+                "Gateway calls the provider never answered (connect, timeout, transport): 502 or 504.",
+                (double)a->gateway_n.upstream_errors);
+    metrics_one(b, "ratchet_gateway_client_gone_total", "counter",
+                "Gateway calls whose caller went away first; their upstream call was cancelled.",
+                (double)a->gateway_n.client_gone);
+    metrics_one(b, "ratchet_gateway_traces_captured_total", "counter",
+                "Traces the gateway captured that the store committed.", (double)a->gateway_n.captured);
+    metrics_one(b, "ratchet_gateway_traces_dropped_total", "counter",
+                "Traces the gateway could not queue (the store's write queue was full); their answers went out.",
+                (double)a->gateway_n.capture_dropped);
+    metrics_one(b, "ratchet_gateway_traces_failed_total", "counter",
+                "Captured traces that failed ingest's checks or whose commit failed.",
+                (double)a->gateway_n.capture_failed);
+}
+
 /* GET /metrics */
 void api_metrics(const api_call *c)
 {
@@ -126,6 +171,7 @@ void api_metrics(const api_call *c)
     if (a->http)
         http_server_metrics(a->http, &b);
     ingest_metrics(a, &b);
+    gateway_metrics(a, &b);
     store_metrics(a->store, &b);
     if (a->online)
         online_metrics(a->online, &b);

@@ -208,18 +208,27 @@ static void on_decided(json_t *view, const reg_error *e, void *ud)
     answer_view(ud, 200, view, e);
 }
 
-/* POST /v1/prompts/{name}/optimize {} */
+/* POST /v1/prompts/{name}/optimize {template?} */
 void api_optimize_prompt(const api_call *c)
 {
     http_request *req = c->req;
     json_t *body = api_body_object(req);
     if (!body)
         return;
-    static const char *const known[] = {NULL};
-    bool ok = api_known_fields(req, body, known, "none");
+    static const char *const known[] = {"template", NULL};
+    bool ok = api_known_fields(req, body, known, "template");
+    json_t *t = json_object_get(body, "template");
+    if (ok && t && (!json_is_string(t) || !registry_name_ok(json_string_value(t)))) {
+        http_respond_field_error(req, 400, "invalid_field", "template",
+                                 "'template' must be the name of a meta-prompt template (scripts/metaprompts/NAME.lua)");
+        ok = false;
+    }
+    char tpl[160] = "";
+    if (ok && t)
+        snprintf(tpl, sizeof tpl, "%s", json_string_value(t));
     json_decref(body);
     reg_error e;
-    if (ok && loop_optimize(c->a->loop_sm, c->param[0], api_actor(req), on_optimizing, req, &e))
+    if (ok && loop_optimize(c->a->loop_sm, c->param[0], api_actor(req), tpl[0] ? tpl : NULL, on_optimizing, req, &e))
         api_respond_reg_error(req, &e);
 }
 

@@ -1410,11 +1410,13 @@ int cmd_eval(int argc, char **argv)
 /* ---- the loop: optimize, approve, loop ---- */
 
 const char optimize_usage[] =
-    "usage: ratchet optimize NAME [--url URL] [-c FILE] [--json]\n"
+    "usage: ratchet optimize NAME [--template T] [--url URL] [-c FILE] [--json]\n"
     "\n"
     "Starts an optimization cycle of the loop for prompt NAME now (the trigger\n"
     "policy is skipped): failure mining, the optimizer, then the gate. Follow it\n"
     "with `ratchet loop NAME`. The prompt needs loop settings in the config.\n"
+    "--template T uses scripts/metaprompts/T.lua for this cycle instead of\n"
+    "loop.template (e.g. gepa: the search over a Pareto pool, docs/loop.md).\n"
     "Exit status: 0 started, 3 the engine refused (busy, pinned, a live canary) or cannot be reached, or usage.\n";
 
 const char approve_usage[] =
@@ -1438,14 +1440,16 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         {"url", required_argument, NULL, 'u'}, {"config", required_argument, NULL, 'c'},
         {"reason", required_argument, NULL, 'r'}, {"reject", no_argument, NULL, 'x'},
         {"json", no_argument, NULL, 'j'},      {"help", no_argument, NULL, 'h'},
+        {"template", required_argument, NULL, 't'},
         {NULL, 0, NULL, 0},
     };
-    const char *url = NULL, *config_path = NULL, *reason = NULL;
+    const char *url = NULL, *config_path = NULL, *reason = NULL, *tpl = NULL;
     bool as_json = false, reject = false;
     int ch;
     optind = 1;
-    while ((ch = cli_getopt(cmd, argc, argv, "u:c:r:xjh", opts)) != -1) {
+    while ((ch = cli_getopt(cmd, argc, argv, "u:c:r:xjht:", opts)) != -1) {
         switch (ch) {
+        case 't': tpl = optarg; break;
         case 'u': url = optarg; break;
         case 'c': config_path = optarg; break;
         case 'r': reason = optarg; break;
@@ -1466,6 +1470,14 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
         fprintf(stderr, "ratchet %s: --reject and --reason belong to `ratchet approve`\n", cmd);
         return EXIT_ERROR;
     }
+    if (tpl && strcmp(cmd, "optimize")) {
+        fprintf(stderr, "ratchet %s: --template belongs to `ratchet optimize`\n", cmd);
+        return EXIT_ERROR;
+    }
+    if (tpl && !registry_name_ok(tpl)) {
+        fprintf(stderr, "ratchet optimize: --template: '%s' is not a template name\n", tpl);
+        return EXIT_ERROR;
+    }
     if (n == 1 && strcmp(cmd, "approve") && !registry_name_ok(a[0])) {
         fprintf(stderr, "ratchet %s: '%s' is not a prompt name\n", cmd, a[0]);
         return EXIT_ERROR;
@@ -1483,7 +1495,9 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
     long st;
     if (!strcmp(cmd, "optimize")) {
         snprintf(path, sizeof path, "/v1/prompts/%s/optimize", a[0]);
-        st = call_json(&c, "POST", path, NULL, &ans);
+        if (tpl)
+            body = json_pack("{s:s}", "template", tpl);
+        st = call_json(&c, "POST", path, body, &ans);
     } else if (!strcmp(cmd, "approve")) {
         body = json_object();
         if (reason)
@@ -1521,9 +1535,27 @@ static int loop_client(const char *cmd, const char *usage, int argc, char **argv
             printf("run: %s\n", json_string_value(json_object_get(ans, "run")));
         size_t i;
         json_t *ev;
-        json_array_foreach(json_object_get(ans, "events"), i, ev)
+        json_array_foreach(json_object_get(ans, "events"), i, ev) {
             printf("%s  %-12s %s\n", json_string_value(json_object_get(ev, "at")),
                    json_string_value(json_object_get(ev, "kind")), json_string_value(json_object_get(ev, "message")));
+            if (strcmp(json_string_value(json_object_get(ev, "kind")), "search"))
+                continue;
+            /* a search's lineage: each pool member, its parents and its score */
+            size_t j;
+            json_t *m;
+            json_array_foreach(json_object_get(json_object_get(ev, "detail"), "pool"), j, m) {
+                buf_t par;
+                buf_init(&par);
+                size_t k;
+                json_t *x;
+                json_array_foreach(json_object_get(m, "parents"), k, x)
+                    buf_printf(&par, "%s#%lld", k ? "+" : "", (long long)json_integer_value(x));
+                printf("    #%-3lld %-8s from %-8s mean %.3f\n", (long long)json_integer_value(json_object_get(m, "id")),
+                       json_string_value(json_object_get(m, "origin")), par.data ? par.data : "-",
+                       json_number_value(json_object_get(m, "mean")));
+                buf_free(&par);
+            }
+        }
     }
     json_decref(ans);
     json_decref(body);

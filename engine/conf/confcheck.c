@@ -9,7 +9,7 @@
 #include "script/optdecl.h"
 #include "base/util.h"
 
-static const char *const policy_kinds[] = {"trigger", "mining", "accept", "rollout", NULL};
+static const char *const policy_kinds[] = {"trigger", "mining", "accept", "rollout", "search", NULL};
 
 typedef struct {
     confcheck_report report;

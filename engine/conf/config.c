@@ -35,7 +35,7 @@
 #endif
 
 enum setting_type { T_STRING, T_SECRET, T_INT, T_BOOL, T_LEVEL, T_LOG_FORMAT, T_LISTEN, T_TABLE, T_DIRS, T_NUMBER,
-                    T_URLS };
+                    T_URLS, T_SECRETS, T_NAMES };
 
 typedef struct setting {
     const char *name;
@@ -51,8 +51,10 @@ typedef struct setting {
 #define EOFF(field) offsetof(config_evaluation, field)
 #define LLOFF(field) offsetof(config_llm, field)
 #define HOFF(field) offsetof(config_http, field)
+#define GOFF(field) offsetof(config_gateway, field)
 
-static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[];
+static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[],
+    gateway_settings[];
 
 static const setting settings[] = {
     {"listen", T_LISTEN, OFF(listen), 0, 0, NULL},
@@ -70,6 +72,20 @@ static const setting settings[] = {
     {"evaluation", T_TABLE, OFF(evaluation), 0, 0, evaluation_settings},
     {"llm", T_TABLE, OFF(llm), 0, 0, llm_settings},
     {"http", T_TABLE, OFF(http), 0, 0, http_settings},
+    {"gateway", T_TABLE, OFF(gateway), 0, 0, gateway_settings},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting gateway_settings[] = {
+    {"keys", T_SECRETS, GOFF(keys), 0, 0, NULL},
+    {"providers", T_NAMES, GOFF(providers), 0, 0, NULL},
+    {"caller_keys", T_BOOL, GOFF(caller_keys), 0, 0, NULL},
+    {"max_body_bytes", T_INT, GOFF(max_body_bytes), 1024, 1 << 30, NULL},
+    {"requests_per_minute", T_INT, GOFF(requests_per_minute), 0, 100000000, NULL},
+    {"tokens_per_minute", T_INT, GOFF(tokens_per_minute), 0, 1000000000, NULL},
+    {"timeout_ms", T_INT, GOFF(timeout_ms), 100, 3600000, NULL},
+    {"idle_timeout_ms", T_INT, GOFF(idle_timeout_ms), 0, 3600000, NULL},
+    {"retry_window_ms", T_INT, GOFF(retry_window_ms), 0, 86400000, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -202,6 +218,9 @@ void config_defaults(config *c)
     c->evaluation.busy_share = 10;
     c->http.timeout_ms = 10000;
     c->http.max_response_bytes = 1 << 20;
+    c->gateway.max_body_bytes = 4 * 1024 * 1024;
+    c->gateway.timeout_ms = 120000;
+    c->gateway.idle_timeout_ms = 60000;
 }
 
 /* Frees a NULL-terminated list of strings (folders, URL prefixes). */
@@ -390,6 +409,8 @@ void config_free(config *c)
     }
     free(c->providers);
     free_strv(c->http.allow);
+    free_strv(c->gateway.keys);
+    free_strv(c->gateway.providers);
     memset(c, 0, sizeof *c);
 }
 
@@ -539,6 +560,35 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
         *slot = urls;
         return;
     }
+    case T_SECRETS:
+    case T_NAMES: {
+        bool secrets = s->type == T_SECRETS;
+        if (t != LUA_TTABLE)
+            config_error(L, "'%s' must be a list of %s (got %s)", full, secrets ? "keys" : "names",
+                         lua_typename(L, t));
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        if (n > 1024)
+            config_error(L, "'%s' may list at most 1024 entries", full);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            size_t len = 0;
+            const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (!v || strlen(v) != len || (secrets ? len < 16 || len > 512 : len == 0 || len > 128))
+                config_error(L, secrets ? "'%s[%d]' must be a key of 16 to 512 characters"
+                                        : "'%s[%d]' must be a non-empty name", full, (int)i);
+            lua_pop(L, 1);
+        }
+        char **list = xcalloc((size_t)n + 1, sizeof *list);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, i);
+            list[i - 1] = xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        char ***slot = (char ***)((char *)base + s->offset);
+        free_strv(*slot);
+        *slot = list;
+        return;
+    }
     case T_BOOL:
         if (t != LUA_TBOOLEAN)
             config_error(L, "'%s' must be true or false (got %s)", full, lua_typename(L, t));
@@ -606,6 +656,11 @@ static int env_newindex(lua_State *L)
     if (!s)
         return config_error(L, "unknown key '%s'", k);
     apply_setting(L, c, s, k, 3);
+    if (s->offset == OFF(gateway)) {
+        lua_Debug ar;
+        c->gateway.enabled = true;
+        c->gateway.line = lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar) ? ar.currentline : 0;
+    }
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
     lua_rawset(L, lua_upvalueindex(2)); /* shadow[k] = v */
@@ -932,6 +987,10 @@ typedef struct key_spec {
 static const key_spec optimizer_keys[] = {
     {"provider", 's', NULL}, {"model", 's', NULL}, {"temperature", 'n', NULL}, {"max_tokens", 'i', NULL}, {NULL, 0, NULL}};
 static const key_spec budget_keys[] = {{"calls", 'n', NULL}, {"tokens", 'n', NULL}, {"cost", 'n', NULL}, {NULL, 0, NULL}};
+static const key_spec gepa_keys[] = {
+    {"iterations", 'i', NULL}, {"minibatch", 'i', NULL}, {"merge_every", 'z', NULL}, {"passing", 'z', NULL},
+    {"proposals", 'i', NULL},  {"final", 'i', NULL},     {"seed", 'i', NULL},        {"cache", 'b', NULL},
+    {"budget", 't', budget_keys}, {NULL, 0, NULL}};
 static const key_spec loop_keys[] = {
     {"enabled", 'b', NULL},          {"dataset", 's', NULL},        {"template", 's', NULL},
     {"optimizer", 't', optimizer_keys}, {"candidates", 'i', NULL},  {"require_approval", 'b', NULL},
@@ -941,6 +1000,7 @@ static const key_spec loop_keys[] = {
     {"accept", 's', NULL},           {"rollout", 's', NULL},        {"mining", 's', NULL},
     {"trigger_options", 'o', NULL},  {"accept_options", 'o', NULL}, {"rollout_options", 'o', NULL},
     {"mining_options", 'o', NULL},   {"replay", 'z', NULL},         {"replay_pool", 'i', NULL},
+    {"search", 's', NULL},           {"search_options", 'o', NULL}, {"gepa", 't', gepa_keys},
     {NULL, 0, NULL}};
 
 /* Checks the table at idx against spec; raises naming where.key. */
@@ -1242,6 +1302,11 @@ static int load_protected(lua_State *L)
     lua_setupvalue(L, -2, 1); /* the chunk's _ENV */
     lua_sethook(L, instruction_limit, LUA_MASKCOUNT, (int)config_instruction_limit);
     lua_call(L, 0, 0);
+    /* the gateway may name providers declared after it */
+    for (int i = 0; c->gateway.providers && c->gateway.providers[i]; i++)
+        if (!config_find_provider(c, c->gateway.providers[i]))
+            return luaL_error(L, "%s:%d: 'gateway.providers[%d]': no provider named '%s' is declared", path,
+                              c->gateway.line, i + 1, c->gateway.providers[i]);
     return 0;
 }
 

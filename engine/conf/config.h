@@ -76,6 +76,21 @@ typedef struct {
     int max_response_bytes;
 } config_http;
 
+/* Gateway mode (the `gateway` table, docs/gateway.md): on once the table is set. */
+typedef struct {
+    bool enabled;
+    char **keys;               /* gateway keys, NULL-terminated; none: loopback callers only */
+    char **providers;          /* providers pass-through may use, NULL-terminated; none: no pass-through */
+    bool caller_keys;          /* a caller may bring its own upstream key (X-Ratchet-Upstream-Key) */
+    int max_body_bytes;
+    int requests_per_minute;   /* per gateway key (per address without keys); 0: no limit */
+    int tokens_per_minute;     /* the same, in tokens (usage after each answer) */
+    int timeout_ms;            /* a whole upstream call */
+    int idle_timeout_ms;       /* nothing received from upstream this long: 504 */
+    int retry_window_ms;       /* same caller, prompt and variables within it: a retry; 0: off */
+    int line;                  /* where the table was set, for errors found after the file ran */
+} config_gateway;
+
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
     char *source;        /* its text, for the lines of messages; NULL for defaults */
@@ -98,6 +113,7 @@ typedef struct {
     size_t nproviders;
     config_llm llm;
     config_http http;
+    config_gateway gateway;
 } config;
 
 /* Fills c with every default. */

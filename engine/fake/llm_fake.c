@@ -42,6 +42,8 @@ const char fake_llm_usage[] =
     "                      {\"status\":429,\"retry_after\":2} {\"status\":429,\"retry_after_ms\":150}\n"
     "                      {\"status\":500} {\"status\":529} {\"delay_ms\":300} {\"stall\":true}\n"
     "                      {\"truncate\":true} {\"invalid_json\":true} {\"reset\":true}\n"
+    "                      {\"stall_after\":N} (a stream: N events, then nothing)\n"
+    "                      A request with \"stream\": true is answered with server-sent events.\n"
     "  GET  /_fake/stats   requests seen, their arrival times (ms), faults left,\n"
     "                      key checks, the last request\n"
     "  POST /_fake/reset   clears faults and stats\n"
@@ -60,6 +62,7 @@ typedef struct {
     int64_t retry_after_s, retry_after_ms;
     int delay_ms;
     bool stall, truncate, invalid_json, reset;
+    int stall_after;    /* a stream: this many events, then nothing (-1: off) */
     int times;
     char *message;
 } fault;
@@ -76,6 +79,7 @@ typedef struct {
     fault *faults;
     size_t nfaults, cap_faults;
     uint64_t requests, auth_ok, auth_missing, auth_wrong, seq;
+    uint64_t streams, streams_aborted; /* streamed answers; those the client closed before their end */
     json_t *arrivals; /* ms since start, the last 1000 */
     json_t *last;
     uint64_t start_ns;
@@ -100,6 +104,7 @@ static int fault_parse(json_t *o, fault *ft, char *err, size_t errlen)
     memset(ft, 0, sizeof *ft);
     ft->times = 1;
     ft->retry_after_s = ft->retry_after_ms = -1;
+    ft->stall_after = -1;
     const char *k;
     json_t *v;
     json_object_foreach(o, k, v) {
@@ -120,6 +125,9 @@ static int fault_parse(json_t *o, fault *ft, char *err, size_t errlen)
             ft->truncate = json_is_true(v);
         else if (!strcmp(k, "invalid_json") && json_is_boolean(v))
             ft->invalid_json = json_is_true(v);
+        else if (!strcmp(k, "stall_after") && json_is_integer(v) && json_integer_value(v) >= 0 &&
+                 json_integer_value(v) < 1000)
+            ft->stall_after = (int)json_integer_value(v);
         else if (!strcmp(k, "reset") && json_is_boolean(v))
             ft->reset = json_is_true(v);
         else if (!strcmp(k, "message") && json_is_string(v))
@@ -423,6 +431,154 @@ static void record(fake *f, const http_request *req, const char *auth)
                         "body", body ? body : json_null(), "auth", auth);
 }
 
+/* ---- streamed answers (stream: true) ---- */
+
+static void sse_event(json_t *events, const char *name, json_t *data)
+{
+    char *t = json_text(data, JSON_COMPACT);
+    buf_t b;
+    buf_init(&b);
+    if (name)
+        buf_printf(&b, "event: %s\n", name);
+    buf_printf(&b, "data: %s\n\n", t);
+    json_array_append_new(events, json_string(b.data));
+    buf_free(&b);
+    free(t);
+    json_decref(data);
+}
+
+/* The answer as the events the provider would stream: the text in two
+ * pieces, tool calls, the finish, usage (OpenAI: when include_usage asks). */
+static json_t *stream_events(fake *f, const char *model, const model_reply *m, bool anthropic, bool usage)
+{
+    json_t *ev = json_array();
+    const char *text = m->text ? m->text : "";
+    size_t half = strlen(text) / 2;
+    while (half && ((unsigned char)text[half] & 0xC0) == 0x80) /* not inside a UTF-8 sequence */
+        half--;
+    char *a = xstrndup(text, half);
+    char id[40];
+    if (!anthropic) {
+        snprintf(id, sizeof id, "chatcmpl-fake-%llu", (unsigned long long)f->seq);
+        json_int_t created = (json_int_t)(now_ms() / 1000);
+#define CHUNK(delta, finish) json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:o}]}", "id", id, "object", \
+        "chat.completion.chunk", "created", created, "model", model, "choices", "index", 0, "delta", delta, \
+        "finish_reason", finish)
+        sse_event(ev, NULL, CHUNK(json_pack("{s:s, s:s}", "role", "assistant", "content", ""), json_null()));
+        if (*text) {
+            sse_event(ev, NULL, CHUNK(json_pack("{s:s}", "content", a), json_null()));
+            sse_event(ev, NULL, CHUNK(json_pack("{s:s}", "content", text + half), json_null()));
+        }
+        size_t i;
+        json_t *tc;
+        json_array_foreach(m->tool_calls, i, tc) {
+            char cid[48];
+            snprintf(cid, sizeof cid, "call_%llu_%zu", (unsigned long long)f->seq, i);
+            json_t *args = json_object_get(tc, "arguments");
+            char *at = args ? json_text(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
+            size_t ah = strlen(at) / 2;
+            char *a1 = xstrndup(at, ah);
+            sse_event(ev, NULL, CHUNK(json_pack("{s:[{s:I, s:s, s:s, s:{s:s?, s:s}}]}", "tool_calls", "index",
+                                                (json_int_t)i, "id", cid, "type", "function", "function", "name",
+                                                json_string_value(json_object_get(tc, "name")), "arguments", a1),
+                                      json_null()));
+            sse_event(ev, NULL, CHUNK(json_pack("{s:[{s:I, s:{s:s}}]}", "tool_calls", "index", (json_int_t)i,
+                                                "function", "arguments", at + ah), json_null()));
+            free(a1);
+            free(at);
+        }
+        const char *finish = m->finish ? m->finish : m->tool_calls ? "tool_calls" : "stop";
+        sse_event(ev, NULL, CHUNK(json_object(), json_string(finish)));
+#undef CHUNK
+        if (usage)
+            sse_event(ev, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[], s:{s:I, s:I, s:I}}", "id", id, "object",
+                                          "chat.completion.chunk", "created", created, "model", model, "choices",
+                                          "usage", "prompt_tokens", m->in_tokens, "completion_tokens",
+                                          m->out_tokens, "total_tokens", m->in_tokens + m->out_tokens));
+        json_array_append_new(ev, json_string("data: [DONE]\n\n"));
+        free(a);
+        return ev;
+    }
+    snprintf(id, sizeof id, "msg_fake_%llu", (unsigned long long)f->seq);
+    sse_event(ev, "message_start",
+              json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:I, s:i}}}", "type", "message_start",
+                        "message", "id", id, "type", "message", "role", "assistant", "model", model, "content",
+                        "stop_reason", "stop_sequence", "usage", "input_tokens", m->in_tokens, "output_tokens", 1));
+    json_int_t idx = 0;
+    if (*text) {
+        sse_event(ev, "content_block_start", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_start",
+                                                       "index", idx, "content_block", "type", "text", "text", ""));
+        sse_event(ev, "content_block_delta", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_delta",
+                                                       "index", idx, "delta", "type", "text_delta", "text", a));
+        sse_event(ev, "content_block_delta", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_delta",
+                                                       "index", idx, "delta", "type", "text_delta", "text",
+                                                       text + half));
+        sse_event(ev, "content_block_stop", json_pack("{s:s, s:I}", "type", "content_block_stop", "index", idx));
+        idx++;
+    }
+    size_t i;
+    json_t *tc;
+    json_array_foreach(m->tool_calls, i, tc) {
+        char tid[48];
+        snprintf(tid, sizeof tid, "toolu_%llu_%zu", (unsigned long long)f->seq, i);
+        json_t *args = json_object_get(tc, "arguments");
+        char *at = args ? json_text(args, JSON_COMPACT | JSON_ENCODE_ANY) : xstrdup("{}");
+        sse_event(ev, "content_block_start",
+                  json_pack("{s:s, s:I, s:{s:s, s:s, s:s?, s:{}}}", "type", "content_block_start", "index", idx,
+                            "content_block", "type", "tool_use", "id", tid, "name",
+                            json_string_value(json_object_get(tc, "name")), "input"));
+        sse_event(ev, "content_block_delta", json_pack("{s:s, s:I, s:{s:s, s:s}}", "type", "content_block_delta",
+                                                       "index", idx, "delta", "type", "input_json_delta",
+                                                       "partial_json", at));
+        sse_event(ev, "content_block_stop", json_pack("{s:s, s:I}", "type", "content_block_stop", "index", idx));
+        free(at);
+        idx++;
+    }
+    const char *stop = m->finish ? "max_tokens" : m->tool_calls ? "tool_use" : "end_turn";
+    sse_event(ev, "message_delta", json_pack("{s:s, s:{s:s, s:n}, s:{s:I}}", "type", "message_delta", "delta",
+                                             "stop_reason", stop, "stop_sequence", "usage", "output_tokens",
+                                             m->out_tokens));
+    sse_event(ev, "message_stop", json_pack("{s:s}", "type", "message_stop"));
+    free(a);
+    return ev;
+}
+
+typedef struct {
+    fake *f;
+    http_request *req;
+} held_stream;
+
+static void on_stream_aborted(http_request *req, void *ud)
+{
+    held_stream *h = ud;
+    h->f->streams_aborted++;
+    http_stream_end(req);
+    free(h);
+}
+
+/* Sends the events; with stall_after >= 0, that many, then holds the
+ * stream open until the client goes. */
+static void stream_reply(fake *f, http_request *req, json_t *events, int stall_after, const char *headers)
+{
+    f->streams++;
+    http_stream_start(req, 200, "text/event-stream", headers);
+    size_t n = json_array_size(events);
+    if (stall_after >= 0 && (size_t)stall_after < n)
+        n = (size_t)stall_after;
+    for (size_t i = 0; i < n; i++) {
+        const char *e = json_string_value(json_array_get(events, i));
+        http_stream_write(req, e, strlen(e));
+    }
+    if (stall_after >= 0) {
+        held_stream *h = xcalloc(1, sizeof *h);
+        h->f = f;
+        h->req = req;
+        http_on_abort(req, on_stream_aborted, h);
+        return;
+    }
+    http_stream_end(req);
+}
+
 static void llm_request(fake *f, http_request *req, bool anthropic)
 {
     const char *auth = check_key(f, req);
@@ -484,6 +640,17 @@ static void llm_request(fake *f, http_request *req, bool anthropic)
     if (model_run(f, req->body.data, req->body.len, anthropic, &m, err, sizeof err) != 0) {
         json_decref(in);
         error_reply(f, req, anthropic, 500, err, NULL, 0);
+        return;
+    }
+    if (json_is_true(json_object_get(in, "stream"))) {
+        bool usage = json_is_true(json_object_get(json_object_get(in, "stream_options"), "include_usage"));
+        json_t *events = stream_events(f, model ? model : "fake", &m, anthropic, usage);
+        snprintf(req->id, sizeof req->id, "fake-%llu", (unsigned long long)(f->seq % 100000000000ull));
+        stream_reply(f, req, events, faulted ? ft.stall_after : -1, NULL);
+        json_decref(events);
+        json_decref(in);
+        free(m.text);
+        json_decref(m.tool_calls);
         return;
     }
     char *body = anthropic ? anthropic_body(f, model ? model : "fake", &m) : openai_body(f, model ? model : "fake", &m);
@@ -561,7 +728,7 @@ static void handler(http_request *req, void *ctx)
         control_faults(f, req);
     } else if (post && !strcmp(req->path, "/_fake/reset")) {
         faults_clear(f);
-        f->requests = f->auth_ok = f->auth_missing = f->auth_wrong = 0;
+        f->requests = f->auth_ok = f->auth_missing = f->auth_wrong = f->streams = f->streams_aborted = 0;
         json_array_clear(f->arrivals);
         json_decref(f->last);
         f->last = NULL;
@@ -570,10 +737,11 @@ static void handler(http_request *req, void *ctx)
         size_t left = 0;
         for (size_t i = 0; i < f->nfaults; i++)
             left += (size_t)f->faults[i].times;
-        json_t *j = json_pack("{s:I, s:O, s:I, s:{s:I, s:I, s:I}, s:O?}", "requests", (json_int_t)f->requests,
-                              "arrivals_ms", f->arrivals, "faults_left", (json_int_t)left, "auth", "ok",
-                              (json_int_t)f->auth_ok, "missing", (json_int_t)f->auth_missing, "wrong",
-                              (json_int_t)f->auth_wrong, "last_request", f->last);
+        json_t *j = json_pack("{s:I, s:O, s:I, s:{s:I, s:I, s:I}, s:O?, s:I, s:I}", "requests",
+                              (json_int_t)f->requests, "arrivals_ms", f->arrivals, "faults_left", (json_int_t)left,
+                              "auth", "ok", (json_int_t)f->auth_ok, "missing", (json_int_t)f->auth_missing, "wrong",
+                              (json_int_t)f->auth_wrong, "last_request", f->last, "streams",
+                              (json_int_t)f->streams, "streams_aborted", (json_int_t)f->streams_aborted);
         char *text = json_text(j, JSON_COMPACT);
         http_respond(req, 200, "application/json", NULL, text, strlen(text));
         free(text);

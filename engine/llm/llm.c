@@ -1322,6 +1322,38 @@ static void on_response(httpc_req *hr, const httpc_response *resp, void *ud)
     pump(p);
 }
 
+/* The URL and headers of a call to p: the key (the provider's, or key when
+ * given) in auth, which the caller wipes after use. Returns the header count. */
+static int prov_request(const prov *p, const char *key, char *url, size_t urllen, const char **hdrs, int maxh,
+                        char *auth, size_t authlen, char *ver, size_t verlen)
+{
+    snprintf(url, urllen, "%s%s%s%s", p->c.base_url, p->c.kind == LLM_OPENAI ? "/chat/completions" : "/messages",
+             p->c.query ? "?" : "", p->c.query ? p->c.query : "");
+    int nh = 0;
+    auth[0] = ver[0] = 0;
+    hdrs[nh++] = "Content-Type: application/json";
+    enum llm_auth how = p->c.auth;
+    if (key && how == AUTH_NONE)
+        how = p->c.kind == LLM_ANTHROPIC ? AUTH_X_API_KEY : AUTH_BEARER;
+    if (!key)
+        key = p->c.api_key;
+    if (how == AUTH_BEARER)
+        snprintf(auth, authlen, "Authorization: Bearer %s", key);
+    else if (how == AUTH_API_KEY)
+        snprintf(auth, authlen, "api-key: %s", key);
+    else if (how == AUTH_X_API_KEY)
+        snprintf(auth, authlen, "x-api-key: %s", key);
+    if (auth[0])
+        hdrs[nh++] = auth;
+    if (p->c.kind == LLM_ANTHROPIC) {
+        snprintf(ver, verlen, "anthropic-version: %s", p->c.anthropic_version);
+        hdrs[nh++] = ver;
+    }
+    for (int i = 0; i < p->c.nheaders && nh < maxh; i++)
+        hdrs[nh++] = p->c.headers[i];
+    return nh;
+}
+
 static void send_attempt(llm_call *c)
 {
     prov *p = c->p;
@@ -1329,26 +1361,9 @@ static void send_attempt(llm_call *c)
     p->attempts++;
     c->state = CALL_SENDING;
     char url[2048];
-    snprintf(url, sizeof url, "%s%s%s%s", p->c.base_url, p->c.kind == LLM_OPENAI ? "/chat/completions" : "/messages",
-             p->c.query ? "?" : "", p->c.query ? p->c.query : "");
     const char *hdrs[80];
-    int nh = 0;
     char auth[4200] = "", ver[200] = "";
-    hdrs[nh++] = "Content-Type: application/json";
-    if (p->c.auth == AUTH_BEARER)
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->c.api_key);
-    else if (p->c.auth == AUTH_API_KEY)
-        snprintf(auth, sizeof auth, "api-key: %s", p->c.api_key);
-    else if (p->c.auth == AUTH_X_API_KEY)
-        snprintf(auth, sizeof auth, "x-api-key: %s", p->c.api_key);
-    if (auth[0])
-        hdrs[nh++] = auth;
-    if (p->c.kind == LLM_ANTHROPIC) {
-        snprintf(ver, sizeof ver, "anthropic-version: %s", p->c.anthropic_version);
-        hdrs[nh++] = ver;
-    }
-    for (int i = 0; i < p->c.nheaders && nh < 80; i++)
-        hdrs[nh++] = p->c.headers[i];
+    int nh = prov_request(p, NULL, url, sizeof url, hdrs, 80, auth, sizeof auth, ver, sizeof ver);
     uint64_t elapsed = (mono_ns() - c->start_ns) / 1000000u;
     long left = c->timeout_ms - (long)elapsed;
     httpc_opts o = {.method = "POST", .url = url, .headers = hdrs, .nheaders = nh, .body = c->body,
@@ -1362,6 +1377,139 @@ static void send_attempt(llm_call *c)
         p->in_flight--;
         finish(c, NULL, "transport", "the HTTP client refused the request");
     }
+}
+
+/* ---- proxied calls (the gateway) ---- */
+
+char *llm_provider_body(llm *l, json_t *r, bool stream)
+{
+    prov *p = find_prov(l, json_string_value(json_object_get(r, "provider")));
+    const char *model = json_string_value(json_object_get(r, "model"));
+    if (!p || !(model = model ? model : p->c.default_model))
+        return NULL;
+    json_t *mt = json_object_get(r, "max_tokens");
+    char *text = build_body(p, r, model, mt ? (int)json_integer_value(mt) : 1024);
+    if (!stream)
+        return text;
+    json_t *o = json_loads(text, 0, NULL);
+    free(text);
+    json_object_set_new(o, "stream", json_true());
+    if (p->c.kind == LLM_OPENAI) /* the usage comes in the last chunk only when asked */
+        json_object_set_new(o, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    text = jtree_dump(o);
+    json_decref(o);
+    return text;
+}
+
+int llm_provider_kind(llm *l, const char *name, const char **default_model)
+{
+    prov *p = find_prov(l, name);
+    if (!p)
+        return -1;
+    if (default_model)
+        *default_model = p->c.default_model;
+    return (int)p->c.kind;
+}
+
+httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen)
+{
+    prov *p = find_prov(l, o->provider);
+    if (!p) {
+        snprintf(err, errlen, "no provider named '%s' is configured", o->provider);
+        return NULL;
+    }
+    char url[2048];
+    const char *hdrs[80];
+    char auth[4200] = "", ver[200] = "";
+    int nh = prov_request(p, o->caller_key, url, sizeof url, hdrs, 79, auth, sizeof auth, ver, sizeof ver);
+    if (o->extra_header)
+        hdrs[nh++] = o->extra_header;
+    httpc_opts ho = {.method = "POST", .url = url, .headers = hdrs, .nheaders = nh, .body = o->body,
+                     .body_len = o->body_len, .connect_timeout_ms = p->c.connect_timeout_ms,
+                     .timeout_ms = o->timeout_ms, .idle_timeout_ms = o->idle_timeout_ms,
+                     .max_response = (size_t)p->c.max_response_bytes, .on_chunk = o->on_chunk};
+    httpc_req *r = httpc_start(l->h, &ho, o->done, o->ud); /* counted by llm_note_proxied */
+    memset(auth, 0, sizeof auth);
+    if (!r)
+        snprintf(err, errlen, "the HTTP client refused the request");
+    return r;
+}
+
+void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t in_tok, int64_t out_tok,
+                      const char *kind, const char *error, double latency_ms, const char *request_id)
+{
+    prov *p = find_prov(l, provider);
+    if (!p)
+        return;
+    roll_day(l);
+    if (in_tok < 0)
+        in_tok = 0;
+    if (out_tok < 0)
+        out_tok = 0;
+    const llm_price *price = price_of(p, model ? model : "");
+    double cost = price ? ((double)in_tok * price->input_per_mtok + (double)out_tok * price->output_per_mtok) / 1e6 : 0;
+    model_stats *m = model_of(p, model ? model : "");
+    p->calls++;
+    p->attempts++;
+    m->calls++;
+    if (!kind) {
+        p->ok++;
+    } else {
+        count_error(p->errors, kind);
+        count_error(m->errors, kind);
+    }
+    p->input_tokens += (uint64_t)in_tok;
+    p->output_tokens += (uint64_t)out_tok;
+    p->cost += cost;
+    m->input_tokens += (uint64_t)in_tok;
+    m->output_tokens += (uint64_t)out_tok;
+    m->cost += cost;
+    metrics_observe(&m->seconds, latency_ms / 1000.0);
+    l->day_calls += 1;
+    l->day_tokens += (double)(in_tok + out_tok);
+    l->day_cost += cost;
+    if (!l->st)
+        return;
+    store_write *w = xcalloc(1, sizeof *w);
+    w->llm_calls = xcalloc(1, sizeof *w->llm_calls);
+    w->nllm_calls = 1;
+    store_llm_call *r = w->llm_calls;
+    char id[37];
+    id_uuid7(id);
+    r->id = xstrdup(id);
+    r->ts_ms = now_ms();
+    r->caller_kind = xstrdup("other");
+    r->caller = xstrdup("gateway");
+    r->provider = xstrdup(provider);
+    r->model = xstrdup(model ? model : "");
+    r->input_tokens = in_tok;
+    r->output_tokens = out_tok;
+    r->cost = cost;
+    r->attempts = 1;
+    r->status = xstrdup(kind ? kind : "ok");
+    r->error = error ? xstrdup(error) : NULL;
+    r->latency_ms = latency_ms;
+    r->request_id = request_id && *request_id ? xstrdup(request_id) : NULL;
+    w->done = ledger_done;
+    w->data = l;
+    if (store_submit(l->st, w) != 0) {
+        if (l->ledger_failures++ % 1000 == 0)
+            log_error("llm", "the store's queue is full: an LLM call is missing from the ledger");
+        store_write_clear(w);
+        free(w);
+    }
+}
+
+const char *llm_daily_budget_spent(llm *l)
+{
+    roll_day(l);
+    if (l->b.daily_calls > 0 && l->day_calls + l->res_calls >= l->b.daily_calls)
+        return "llm.daily_calls";
+    if (l->b.daily_tokens > 0 && l->day_tokens + l->res_tokens >= l->b.daily_tokens)
+        return "llm.daily_tokens";
+    if (l->b.daily_cost > 0 && l->day_cost + l->res_cost >= l->b.daily_cost)
+        return "llm.daily_cost";
+    return NULL;
 }
 
 /* ---- calls ---- */

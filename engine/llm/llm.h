@@ -102,6 +102,43 @@ json_t *llm_status_json(llm *l);
 /* Calls, errors, retries, tokens, cost and latency per provider and model,
  * circuits and budgets, for /metrics. */
 void llm_metrics(llm *l, buf_t *b);
+/* ---- proxied calls (the gateway) ---- */
+
+/* The provider's kind (enum llm_kind) and default model, or -1 when the
+ * config has no provider of that name. */
+int llm_provider_kind(llm *l, const char *name, const char **default_model);
+
+/* The body llm_chat would send for request (ratchet.llm.chat's shape, already
+ * checked) in its provider's protocol, asking for a stream when stream is
+ * set (with usage, for OpenAI); NULL when the provider or model is missing. */
+char *llm_provider_body(llm *l, json_t *request, bool stream);
+
+typedef struct {
+    const char *provider;
+    const char *body;          /* sent as it is */
+    size_t body_len;
+    const char *caller_key;    /* the caller's own upstream key, or NULL: the provider's */
+    const char *extra_header;  /* one more "Name: value" line (the caller's anthropic-beta), or NULL */
+    long timeout_ms, idle_timeout_ms;
+    bool (*on_chunk)(httpc_req *r, int status, const char *content_type, const char *data, size_t len, void *ud);
+    httpc_done done;
+    void *ud;
+} llm_proxy_opts;
+
+/* One attempt of a caller's request to a provider's endpoint with its key
+ * and headers (the key never reaches the caller); retries are the caller's
+ * (its SDK's). Cancel with httpc_cancel. NULL with err when it cannot start. */
+httpc_req *llm_proxy(llm *l, const llm_proxy_opts *o, char *err, size_t errlen);
+/* A proxied call's outcome, once known: the provider's and model's figures,
+ * today's spending (priced from the provider's models table) and a ledger
+ * row (caller "gateway"). kind NULL: ok; else the error kind. */
+void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t in_tok, int64_t out_tok,
+                      const char *kind, const char *error, double latency_ms, const char *request_id);
+/* The daily budget a new call would pass ("llm.daily_cost", ...), or NULL.
+ * Proxied calls cannot reserve their worst case (their size is the
+ * provider's to choose): they are refused once a daily budget is spent. */
+const char *llm_daily_budget_spent(llm *l);
+
 /* Cancels every call; close callbacks need the loop to run afterwards. */
 void llm_free(llm *l);
 

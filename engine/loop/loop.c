@@ -16,6 +16,7 @@
 #include "loop/prompt_metrics.h"
 #include "loop/loop_states.h"
 #include "loop/provenance.h"
+#include "loop/gepa.h"
 #include "base/util.h"
 #include "base/jtree.h"
 
@@ -47,6 +48,7 @@ struct lprompt {
     loop_cycle *cyc;
     struct {             /* a manual optimize waiting for a routine step to end */
         char *actor;
+        char *tpl;
         loop_done done;
         void *ud;
         int64_t since;
@@ -82,6 +84,9 @@ struct loop_cycle {
     json_t *invalid;     /* [{index, reason}] */
     llm_call *call;
     char tpl[160];
+    char tpl_override[160]; /* `ratchet optimize NAME --template T` */
+    gepa *search;        /* a search template's search under way */
+    json_t *searched;    /* what it found: the pool and its lineage, for the `search` event */
 };
 
 struct optloop {
@@ -92,7 +97,9 @@ struct optloop {
     catalog *cat;
     script_vm *vm;
     llm *l;
-    int policy_budget_ms, template_budget_ms;
+    int policy_budget_ms, template_budget_ms, evaluator_budget_ms;
+    config_prompt *cfg_prompts; /* the prompts' evaluators, for a search's runs */
+    size_t ncfg_prompts;
     uv_timer_t timer;
     bool draining;
     void (*drain_cb)(void *);
@@ -110,7 +117,11 @@ static const char *const DEFAULTS =
     "\"window_ms\":86400000,\"check_interval_ms\":60000,\"max_shown\":12,\"max_failures\":500,\"holdout\":0.3,"
     "\"k\":3,\"concurrency\":8,\"replay\":60,\"replay_pool\":1000,\"trigger\":\"trigger\",\"accept\":\"accept\",\"rollout\":\"rollout\","
     "\"mining\":\"mining\",\"trigger_options\":{},\"accept_options\":{},\"rollout_options\":{},"
-    "\"mining_options\":{}}";
+    "\"mining_options\":{},\"search\":\"search\",\"search_options\":{}}";
+/* loop.gepa's defaults (a search template's search, docs/loop.md) */
+static const char *const GEPA_DEFAULTS =
+    "{\"iterations\":12,\"minibatch\":3,\"merge_every\":4,\"passing\":6,\"proposals\":3,\"final\":3,"
+    "\"cache\":true}";
 
 static void cycle_abort(lprompt *p, const char *kind, const char *why);
 static void check_drained(optloop *lp);
@@ -185,6 +196,7 @@ static void cycle_free(loop_cycle *c)
     json_decref(c->editable);
     json_decref(c->versions);
     json_decref(c->invalid);
+    json_decref(c->searched);
     free(c);
 }
 
@@ -219,6 +231,10 @@ void loop_configure(optloop *lp, const config *cfg)
 {
     lp->policy_budget_ms = cfg->scripts.policy_budget_ms;
     lp->template_budget_ms = cfg->scripts.template_budget_ms;
+    lp->evaluator_budget_ms = cfg->scripts.evaluator_budget_ms;
+    config_prompts_free(lp->cfg_prompts, lp->ncfg_prompts);
+    lp->cfg_prompts = config_prompts_copy(cfg->prompts, cfg->nprompts);
+    lp->ncfg_prompts = cfg->nprompts;
     for (lprompt *p = lp->prompts; p; p = p->next) {
         json_decref(p->set);
         p->set = NULL;
@@ -232,6 +248,10 @@ void loop_configure(optloop *lp, const config *cfg)
         json_t *mine = json_loads(cp->loop_json, 0, NULL);
         json_object_update(p->set, mine);
         json_decref(mine);
+        json_t *gd = json_loads(GEPA_DEFAULTS, 0, NULL);
+        if (json_is_object(json_object_get(p->set, "gepa")))
+            json_object_update(gd, json_object_get(p->set, "gepa"));
+        json_object_set_new(p->set, "gepa", gd);
         p->next_check = 0;
     }
 }
@@ -703,6 +723,8 @@ static void failures_work(void *ud)
 static void mined(lprompt *p, json_t *res, const char *err);
 static void replayed(lprompt *p, json_t *res, const char *err);
 static void ask_template(lprompt *p);
+static void start_search(lprompt *p);
+static json_t *check_candidate(lprompt *p, json_t *cand, char *why, size_t whylen);
 
 static void cycle_failures(void *ud)
 {
@@ -872,7 +894,7 @@ static void ask_template(lprompt *p)
         return;
     }
     json_t *cur = registry_version(p->lp->reg, p->name, c->baseline);
-    snprintf(c->tpl, sizeof c->tpl, "%s", set_str(p, "template"));
+    snprintf(c->tpl, sizeof c->tpl, "%s", c->tpl_override[0] ? c->tpl_override : set_str(p, "template"));
     char slot[200];
     snprintf(slot, sizeof slot, "metaprompts/%s", c->tpl);
     const loaded_evaluator *le = catalog_peek(p->lp->cat, slot);
@@ -888,9 +910,159 @@ static void ask_template(lprompt *p)
                        json_object_get(cur, "note"), "editable", c->editable, "variables",
                        template_variables(json_object_get(cur, "messages")), "failures", fails, "history", c->history,
                        "candidates", (json_int_t)set_int(p, "candidates"));
+    char *search = le ? script_field_json(p->lp->vm, le->ev.ref, "search") : NULL;
+    bool is_search = search && !strcmp(search, "\"gepa\"");
+    free(search);
+    if (is_search) {
+        start_search(p);
+        return;
+    }
     char why[300];
     if (!lua_call_fn(p, "metaprompts", c->tpl, "build", json_pack("[O]", c->ctx), built, why, sizeof why))
         cycle_abort(p, "error", why);
+}
+
+/* ---- a search template (gepa): the engine's search proposes the candidates ---- */
+
+static void parsed(lprompt *p, json_t *res, const char *err);
+
+static json_t *search_check(void *ud, json_t *cand, char *why, size_t whylen)
+{
+    return check_candidate(ud, cand, why, whylen);
+}
+
+static void searched(void *ud, json_t *result, const char *err, bool draining)
+{
+    lprompt *p = ud;
+    optloop *lp = p->lp;
+    lp->inflight--;
+    llm_run_forget(lp->l, p->cycle);
+    if (draining) {
+        p->busy = false; /* the cycle stays 'optimizing' in the store: the next start aborts it */
+        check_drained(lp);
+        return;
+    }
+    loop_cycle *c = p->cyc;
+    if (!result) {
+        char why[1000];
+        snprintf(why, sizeof why, "the %s search failed: %s", c->tpl, err ? err : "unknown error");
+        cycle_abort(p, "error", why);
+        return;
+    }
+    c->searched = json_incref(result);
+    /* the members the search policy chose, as the candidates of the cycle */
+    json_t *list = json_array();
+    size_t i;
+    json_t *id;
+    json_array_foreach(json_object_get(result, "final"), i, id) {
+        json_t *m = json_array_get(json_object_get(result, "pool"), (size_t)json_integer_value(id));
+        if (!m)
+            continue;
+        char note[1100];
+        const char *r = json_string_value(json_object_get(m, "rationale"));
+        snprintf(note, sizeof note, "%s pool member #%lld (%s, mean %.3f on the feedback set): %.900s", c->tpl,
+                 (long long)json_integer_value(id), json_string_value(json_object_get(m, "origin")),
+                 json_number_value(json_object_get(m, "mean")), r ? r : "");
+        json_array_append_new(list, json_pack("{s:O, s:s}", "messages", json_object_get(m, "messages"), "rationale",
+                                              note));
+    }
+    json_t *res = json_pack("{s:o}", "candidates", list);
+    parsed(p, res, NULL);
+    json_decref(res);
+}
+
+static void start_search(lprompt *p)
+{
+    optloop *lp = p->lp;
+    loop_cycle *c = p->cyc;
+    json_t *opt = json_object_get(p->set, "optimizer");
+    if (!json_string_value(json_object_get(opt, "provider"))) {
+        cycle_abort(p, "error", "loop.optimizer.provider is not set: name the provider the optimizer model is on");
+        return;
+    }
+    const config_prompt *cp = NULL;
+    for (size_t i = 0; i < lp->ncfg_prompts; i++)
+        if (!strcmp(lp->cfg_prompts[i].name, p->name))
+            cp = &lp->cfg_prompts[i];
+    if (!cp || cp->nevaluators == 0) {
+        cycle_abort(p, "error", "the prompt has no evaluators in the configuration: a search cannot judge outputs");
+        return;
+    }
+    /* the feedback set: the failures shown, and passing traces the gate does
+     * not replay (never a held-out case) */
+    json_t *gs = json_object_get(p->set, "gepa");
+    json_t *fb = json_array();
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(c->ctx, "failures"), i, f) {
+        json_t *tr = failure_by_id(c, json_string_value(json_object_get(f, "id")));
+        json_t *meta = tr ? json_object_get(tr, "metadata") : NULL;
+        json_array_append_new(fb, json_pack("{s:O, s:O, s:s, s:O*}", "id", json_object_get(f, "id"), "variables",
+                                            json_object_get(f, "input"), "source", "shown", "metadata",
+                                            json_is_object(meta) ? meta : NULL));
+    }
+    /* passing traces the gate does not replay first; when traffic is too
+     * thin for both, the ones taken leave the replay, so the gate never
+     * judges a candidate on a case its search saw */
+    json_int_t want = json_integer_value(json_object_get(gs, "passing"));
+    json_int_t took = 0;
+    for (int pass = 0; pass < 2 && took < want; pass++) {
+        json_array_foreach(c->passing, i, f) {
+            if (took >= want)
+                break;
+            const char *tid = json_string_value(json_object_get(f, "trace_id"));
+            if (!tid)
+                continue;
+            size_t j, at = (size_t)-1;
+            json_t *r;
+            json_array_foreach(c->replay, j, r) {
+                const char *rid = json_string_value(json_object_get(r, "id"));
+                if (rid && !strcmp(rid, tid))
+                    at = j;
+            }
+            bool in_fb = false;
+            json_array_foreach(fb, j, r) in_fb |= !strcmp(json_string_value(json_object_get(r, "id")), tid);
+            if (in_fb || (pass == 0 && at != (size_t)-1))
+                continue;
+            if (at != (size_t)-1)
+                json_array_remove(c->replay, at);
+            json_t *meta = json_object_get(f, "metadata");
+            json_array_append_new(fb, json_pack("{s:s, s:O, s:s, s:O*}", "id", tid, "variables",
+                                                json_object_get(f, "variables"), "source", "passing", "metadata",
+                                                json_is_object(meta) ? meta : NULL));
+            took++;
+        }
+    }
+    json_t *cur = registry_version(lp->reg, p->name, c->baseline);
+    uint64_t seed;
+    if (json_is_integer(json_object_get(gs, "seed"))) {
+        seed = (uint64_t)json_integer_value(json_object_get(gs, "seed"));
+    } else {
+        char u[37];
+        id_uuid7(u);
+        seed = (uint64_t)now_ms();
+        for (const char *x = u; *x; x++)
+            seed = seed * 131 + (unsigned char)*x;
+        seed &= 0x1fffffffffffffULL; /* exact in JSON numbers */
+    }
+    json_t *req = json_deep_copy(opt);
+    json_t *ctx = json_deep_copy(c->ctx);
+    json_object_del(ctx, "failures");
+    gepa_env env = {.uv = lp->uv, .st = lp->st, .l = lp->l, .cat = lp->cat, .vm = lp->vm,
+                    .policy_budget_ms = lp->policy_budget_ms, .template_budget_ms = lp->template_budget_ms,
+                    .evaluator_budget_ms = lp->evaluator_budget_ms};
+    gepa_spec spec = {.prompt = p->name, .cycle = p->cycle, .tpl = c->tpl, .policy = set_str(p, "search"),
+                      .policy_options = json_object_get(p->set, "search_options"), .settings = gs, .ctx = ctx,
+                      .seed_messages = json_object_get(cur, "messages"), .model = json_object_get(cur, "model"),
+                      .optimizer = req, .feedback = fb, .atts = cp->evaluators, .natts = cp->nevaluators,
+                      .seed = seed, .check = search_check, .done = searched, .ud = p};
+    decide(p, "optimizing: %s search over %zu feedback case(s), seed %llu", c->tpl, json_array_size(fb),
+           (unsigned long long)seed);
+    lp->inflight++;
+    gepa_start(&env, &spec, &c->search);
+    json_decref(req);
+    json_decref(ctx);
+    json_decref(fb);
 }
 
 static void parsed(lprompt *p, json_t *res, const char *err);
@@ -1284,6 +1456,18 @@ static void parsed(lprompt *p, json_t *res, const char *err)
         json_decref(fact);
     }
     json_decref(seen);
+    if (c->searched) {
+        json_t *sr = c->searched;
+        json_t *final = json_object_get(sr, "final");
+        event(p, &m->w, "search", json_incref(sr),
+              "%s search (seed %s): %zu pool member(s) after %lld iteration(s), %lld call(s) (%lld cached), stopped "
+              "by %s; %zu to the gate",
+              c->tpl, json_string_value(json_object_get(sr, "seed")), json_array_size(json_object_get(sr, "pool")),
+              (long long)json_integer_value(json_object_get(sr, "iterations")),
+              (long long)json_integer_value(json_object_get(sr, "calls")),
+              (long long)json_integer_value(json_object_get(sr, "cached")),
+              json_string_value(json_object_get(sr, "stop")), json_array_size(final));
+    }
     buf_t msg;
     buf_init(&msg);
     buf_printf(&msg, "%zu candidate(s) from template %s", json_array_size(c->versions), c->tpl);
@@ -1870,11 +2054,16 @@ static int can_optimize(optloop *lp, lprompt *p, const char *prompt, reg_error *
     return 0;
 }
 
-static void start_by_hand(lprompt *p, const char *actor, loop_done done, void *ud)
+static void start_by_hand(lprompt *p, const char *actor, const char *tpl, loop_done done, void *ud)
 {
-    char reason[200];
-    snprintf(reason, sizeof reason, "started by hand (%s)", actor);
+    char reason[300];
+    if (tpl)
+        snprintf(reason, sizeof reason, "started by hand (%s), template %s", actor, tpl);
+    else
+        snprintf(reason, sizeof reason, "started by hand (%s)", actor);
     begin_cycle(p, actor, reason);
+    if (tpl)
+        snprintf(p->cyc->tpl_override, sizeof p->cyc->tpl_override, "%s", tpl);
     json_t *view = loop_prompt_json(p->lp, p->name);
     done(view, NULL, ud);
     json_decref(view);
@@ -1885,6 +2074,7 @@ static void start_by_hand(lprompt *p, const char *actor, loop_done done, void *u
 static void serve_want(lprompt *p)
 {
     char *actor = p->want.actor;
+    char *tpl = p->want.tpl;
     loop_done done = p->want.done;
     void *ud = p->want.ud;
     memset(&p->want, 0, sizeof p->want);
@@ -1896,16 +2086,28 @@ static void serve_want(lprompt *p)
                  "try again", p->name, WANT_WAIT_MS);
         done(NULL, &e, ud);
     } else {
-        start_by_hand(p, actor, done, ud);
+        start_by_hand(p, actor, tpl, done, ud);
     }
     free(actor);
+    free(tpl);
 }
 
-int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done done, void *ud, reg_error *e)
+int loop_optimize(optloop *lp, const char *prompt, const char *actor, const char *tpl, loop_done done, void *ud,
+                  reg_error *e)
 {
     lprompt *p = find(lp, prompt);
     if (can_optimize(lp, p, prompt, e))
         return e->status;
+    if (tpl) {
+        char slot[200];
+        snprintf(slot, sizeof slot, "metaprompts/%s", tpl);
+        if (!catalog_peek(lp->cat, slot)) {
+            reg_fail(e, 400, "unknown_template", "template",
+                     "no meta-prompt template '%s' is loaded (scripts/metaprompts/%s.lua; see /v1/status "
+                     "scripts.errors)", tpl, tpl);
+            return e->status;
+        }
+    }
     if (p->busy) {
         /* a routine check or a write of the idle loop: the request waits for
          * it (milliseconds) rather than failing on the engine's own timing */
@@ -1914,12 +2116,13 @@ int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done 
             return e->status;
         }
         p->want.actor = xstrdup(actor);
+        p->want.tpl = tpl ? xstrdup(tpl) : NULL;
         p->want.done = done;
         p->want.ud = ud;
         p->want.since = now_ms();
         return 0;
     }
-    start_by_hand(p, actor, done, ud);
+    start_by_hand(p, actor, tpl, done, ud);
     return 0;
 }
 
@@ -2148,6 +2351,9 @@ void loop_drain(optloop *lp, void (*cb)(void *), void *arg)
             p->cyc->call = NULL;
             lp->inflight--;
         }
+    for (lprompt *p = lp->prompts; p; p = p->next)
+        if (p->cyc && p->cyc->search)
+            gepa_drain(p->cyc->search); /* its done ends the inflight count it holds */
     lp->drain_cb = cb;
     lp->drain_arg = arg;
     if (cb)
@@ -2170,10 +2376,12 @@ void loop_free(optloop *lp)
         free(p->cycle);
         free(p->run_id);
         free(p->want.actor);
+        free(p->want.tpl);
         json_decref(p->set);
         json_decref(p->detail);
         cycle_free(p->cyc);
         free(p);
     }
+    config_prompts_free(lp->cfg_prompts, lp->ncfg_prompts);
     uv_close((uv_handle_t *)&lp->timer, on_timer_closed);
 }

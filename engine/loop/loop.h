@@ -44,8 +44,11 @@ void loop_note_traces(optloop *lp, const char *prompt, size_t n);
 typedef void (*loop_done)(json_t *view, const reg_error *e, void *ud);
 /* Starts an optimization cycle (manual). 0 and done runs with the prompt's
  * view, now or once a routine step of the idle loop in flight has ended (it
- * may then run with an error instead); or an HTTP status with e. */
-int loop_optimize(optloop *lp, const char *prompt, const char *actor, loop_done done, void *ud, reg_error *e);
+ * may then run with an error instead); or an HTTP status with e. tpl (or
+ * NULL: loop.template) is the meta-prompt template of this cycle; one that
+ * is not loaded is refused (400 unknown_template). */
+int loop_optimize(optloop *lp, const char *prompt, const char *actor, const char *tpl, loop_done done, void *ud,
+                  reg_error *e);
 /* A human's answer to a gate run waiting for approval: approve starts its
  * canary, otherwise the version is rejected. done runs after the commit. */
 int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reason, const char *actor, loop_done done,

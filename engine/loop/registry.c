@@ -685,6 +685,33 @@ static double key_point(const char *key, const char *name)
     return (double)(x >> 11) / 9007199254740992.0; /* 53 bits */
 }
 
+json_t *registry_pick(registry *r, const char *name, const char *key, int64_t *version, const char **why,
+                      reg_error *e)
+{
+    json_t *p = need_prompt(r, name, e);
+    if (!p)
+        return NULL;
+    int64_t v = registry_version_in(r, name, "production"), canary = registry_version_in(r, name, "canary");
+    *why = "production";
+    double share = json_number_value(json_object_get(p, "canary_share"));
+    /* no key: a random draw at the canary's share, so key-less traffic still feeds the canary */
+    uint64_t draw = 0;
+    if (!key)
+        random_bytes(&draw, sizeof draw);
+    double point = key ? key_point(key, name) : (double)(draw >> 11) / 9007199254740992.0;
+    if (canary && point < share) {
+        v = canary;
+        *why = "canary";
+    }
+    if (!v) {
+        reg_fail(e, 404, "no_production", "model",
+                 "prompt '%s' has no production version (promote one, or name a version: ratchet:%s@N)", name, name);
+        return NULL;
+    }
+    *version = v;
+    return need_version(r, name, v, "model", e);
+}
+
 int registry_resolve(registry *r, const char *name, const char *key, const char *label, int64_t version,
                      json_t *vars, buf_t *out, reg_error *e)
 {

@@ -82,6 +82,11 @@ int registry_set_label(registry *r, const char *name, const char *label, int64_t
  * messages are rendered. Writes the JSON answer into out. */
 int registry_resolve(registry *r, const char *name, const char *key, const char *label, int64_t version,
                      json_t *vars, buf_t *out, reg_error *e);
+/* The version a gateway caller gets (borrowed): the canary for a sticky
+ * share of keys, and for a random draw at the canary's share when key is
+ * NULL; else production. *why is "canary" or "production". NULL with e. */
+json_t *registry_pick(registry *r, const char *name, const char *key, int64_t *version, const char **why,
+                      reg_error *e);
 /* {prompt, from, to, messages: [{index, role, from_role, status, diff}], model: {from, to}} */
 int registry_diff(registry *r, const char *name, int64_t from, int64_t to, json_t **out, reg_error *e);
 

@@ -65,6 +65,10 @@ struct http_conn {
     bool closing;
     bool in_flight;       /* handed to the handler, not answered yet */
     bool peer_eof;        /* the client half-closed while a request was handled */
+    bool streaming;       /* http_stream_start sent the head; chunks follow until http_stream_end */
+    bool stream_close;    /* the streamed answer ends the connection */
+    http_abort_cb on_abort; /* the client went away while the request is in flight */
+    void *abort_ud;
     int handles_open;
     char peer[64];
     bool loopback;
@@ -102,6 +106,7 @@ typedef struct {
     http_conn *conn;
     bool close_after;
     bool interim;     /* a 100 Continue: its completion says nothing about the answer */
+    bool partial;     /* a chunk of a streamed answer: more follows */
     uv_buf_t buf;
     char data[];
 } write_req;
@@ -218,6 +223,9 @@ static void request_reset(http_request *r)
     }
     r->nheaders = 0;
     r->close_after = false;
+    r->conn->on_abort = NULL;
+    r->conn->abort_ud = NULL;
+    r->conn->streaming = false;
     r->url = r->path = NULL;
     r->query = NULL;
     /* keep a modest body buffer for the next request, drop a large one */
@@ -513,11 +521,24 @@ static void on_handle_closed(uv_handle_t *h)
         conn_free(c);
 }
 
+/* The client is gone while its request is in flight: the handler that asked
+ * (http_on_abort) hears it once, and must still end the request (any
+ * http_respond*, http_reset or http_stream_end), which then sends nothing. */
+static void notify_abort(http_conn *c)
+{
+    http_abort_cb cb = c->on_abort;
+    if (!cb || !c->in_flight)
+        return;
+    c->on_abort = NULL;
+    cb(&c->req, c->abort_ud);
+}
+
 static void conn_close(http_conn *c)
 {
     if (c->closing)
         return;
     c->closing = true;
+    notify_abort(c);
     c->srv->nclosing++;
     idle_remove(c);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -557,12 +578,14 @@ static void on_write_done(uv_write_t *w, int status)
 {
     write_req *wr = (write_req *)w;
     http_conn *c = wr->conn;
-    bool close_after = wr->close_after, interim = wr->interim;
+    bool close_after = wr->close_after, interim = wr->interim, partial = wr->partial;
     free(wr);
     if (c->closing)
         return;
     if (interim && status >= 0)
         return; /* the answer may already be written behind it (found by fuzz_http) */
+    if (partial && status >= 0)
+        return; /* a chunk of a streamed answer: the request is still the handler's */
     if (status < 0) {
         conn_close(c);
         return;
@@ -603,6 +626,7 @@ static void write_raw(http_conn *c, const char *data, size_t len, bool close_aft
     wr->conn = c;
     wr->close_after = close_after;
     wr->interim = !close_after && c->state != CONN_WRITING; /* 100 Continue, sent mid-request */
+    wr->partial = false;
     wr->buf = uv_buf_init(wr->data, (unsigned)len);
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);
@@ -631,6 +655,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (nread < 0) {
             c->peer_eof = true;
             uv_read_stop(s);
+            if (c->on_abort && c->in_flight) /* a proxied call: the client is gone, so is the reason for it */
+                conn_close(c);
         } else {
             buf_append(&c->pending, buf->base, (size_t)nread);
             if (c->pending.len > PENDING_MAX)
@@ -908,11 +934,89 @@ void http_respond(http_request *req, int status, const char *content_type, const
     wr->conn = c;
     wr->close_after = close_after;
     wr->interim = false;
+    wr->partial = false;
     wr->buf = uv_buf_init(wr->data, (unsigned)((size_t)hn + len));
     if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
         free(wr);
         conn_close(c);
     }
+}
+
+void http_on_abort(http_request *req, http_abort_cb cb, void *ud)
+{
+    req->conn->on_abort = cb;
+    req->conn->abort_ud = ud;
+}
+
+/* Queues bytes of a streamed answer; last ends the request. */
+static void stream_write(http_conn *c, const char *data, size_t len, bool last, bool close_after)
+{
+    write_req *wr = xmalloc(sizeof *wr + len);
+    memcpy(wr->data, data, len);
+    wr->conn = c;
+    wr->close_after = close_after;
+    wr->interim = false;
+    wr->partial = !last;
+    wr->buf = uv_buf_init(wr->data, (unsigned)len);
+    c->srv->bytes_out += len;
+    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_write_done) != 0) {
+        free(wr);
+        conn_close(c);
+    }
+}
+
+bool http_stream_start(http_request *req, int status, const char *content_type, const char *extra_headers)
+{
+    http_conn *c = req->conn;
+    if (c->closing)
+        return false;
+    c->stream_close = !c->keep_alive || c->srv->draining || req->close_after;
+    char head[1024];
+    int hn = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\nX-Request-Id: %s\r\n"
+                      "Cache-Control: no-cache\r\n%sConnection: %s\r\n\r\n",
+                      status, http_status_text(status), content_type, req->id, extra_headers ? extra_headers : "",
+                      c->stream_close ? "close" : "keep-alive");
+    if (hn < 0 || (size_t)hn >= sizeof head)
+        return false;
+    c->srv->by_status[status >= 100 && status < 600 ? status : 0]++;
+    c->streaming = true;
+    c->state = CONN_WRITING;
+    stream_write(c, head, (size_t)hn, false, false);
+    return !c->closing;
+}
+
+bool http_stream_write(http_request *req, const char *data, size_t len)
+{
+    http_conn *c = req->conn;
+    if (c->closing || !c->streaming)
+        return false;
+    if (!len)
+        return true;
+    char *chunk = xmalloc(len + 32);
+    int n = snprintf(chunk, 32, "%zx\r\n", len);
+    memcpy(chunk + n, data, len);
+    memcpy(chunk + n + len, "\r\n", 2);
+    stream_write(c, chunk, (size_t)n + len + 2, false, false);
+    free(chunk);
+    return !c->closing;
+}
+
+void http_stream_end(http_request *req)
+{
+    http_conn *c = req->conn;
+    bool streaming = c->streaming;
+    if (!answering(c))
+        return;
+    metrics_observe(&c->srv->seconds, (double)(mono_ns() - req->start_ns) / 1e9);
+    if (c->srv->lim.access_log)
+        log_info("access", "%s %s %s streamed %.3fms id=%s", c->peer, req->method ? req->method : "-",
+                 req->url ? req->url : "-", (double)(mono_ns() - req->start_ns) / 1e6, req->id);
+    if (!streaming) {
+        conn_close(c);
+        return;
+    }
+    stream_write(c, "0\r\n\r\n", 5, true, c->stream_close);
 }
 
 void http_respond_raw(http_request *req, const char *data, size_t len)

@@ -85,6 +85,21 @@ void http_respond_field_error(http_request *req, int status, const char *code, c
 void http_respond_raw(http_request *req, const char *data, size_t len);
 void http_reset(http_request *req);
 const char *http_header_get(const http_request *req, const char *lower_name);
+
+/* A streamed answer (a proxy's server-sent events): the head goes out with
+ * Transfer-Encoding: chunked, then each write is a chunk sent at once, then
+ * http_stream_end (instead of http_respond) ends the request. start and write
+ * return false once the client is gone (nothing more is sent; still end). */
+bool http_stream_start(http_request *req, int status, const char *content_type, const char *extra_headers);
+bool http_stream_write(http_request *req, const char *data, size_t len);
+void http_stream_end(http_request *req);
+/* cb runs once if the client goes away (closes, resets, a write fails)
+ * while the request is in flight: a proxy cancels its upstream call there.
+ * The handler must still end the request; what it sends then goes nowhere.
+ * With a hook set, a client's EOF while it waits ends the connection (as
+ * nginx's proxy treats it). */
+typedef void (*http_abort_cb)(http_request *req, void *ud);
+void http_on_abort(http_request *req, http_abort_cb cb, void *ud);
 /* Looks a key up in the query string, percent-decoding the value into out.
  * Returns 1 found, 0 absent, -1 malformed or too long. */
 int http_query_get(const http_request *req, const char *key, char *out, size_t outlen);

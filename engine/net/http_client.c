@@ -41,6 +41,8 @@ struct httpc_req {
     uint64_t idle_ms;
     httpc_done done;
     void *ud;
+    bool (*on_chunk)(httpc_req *r, int status, const char *content_type, const char *data, size_t len, void *ud);
+    bool streamed;       /* on_chunk took the body */
     httpc_req *prev, *next;
 };
 
@@ -269,6 +271,14 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     httpc_req *r = ud;
     size_t len = size * n;
     idle_touch(r);
+    if (r->on_chunk) {
+        long status = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && status < 300) {
+            r->streamed = true;
+            return r->on_chunk(r, (int)status, r->content_type, p, len, r->ud) ? len : 0;
+        }
+    }
     if (r->body.len + len > r->max_response) {
         r->too_large = true;
         return 0; /* aborts the transfer */
@@ -368,6 +378,7 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
     r->done = done;
     r->ud = ud;
     r->retry_after_ms = -1;
+    r->on_chunk = o->on_chunk;
     r->max_response = o->max_response ? o->max_response : 16u << 20;
     r->easy = curl_easy_init();
     if (!r->easy) {
@@ -390,7 +401,8 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
+    if (!o->on_chunk)
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms > 0 ? o->timeout_ms : 60000L);
     for (int i = 0; i < o->nheaders; i++)

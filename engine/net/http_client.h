@@ -6,6 +6,7 @@
 #ifndef RATCHET_HTTPC_H
 #define RATCHET_HTTPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -33,6 +34,12 @@ typedef struct {
     long timeout_ms;             /* whole request; 0: 60 s */
     long idle_timeout_ms;        /* no byte received for this long (the connect included); 0: none */
     size_t max_response;         /* body bytes; 0: 16 MiB */
+    /* Streaming: with on_chunk set, the body of a 2xx answer is handed over
+     * as it arrives (status and content type known) and not kept; other
+     * answers are kept whole for done as usual. Returning false aborts the
+     * transfer (done then runs with HTTPC_TRANSPORT). max_response does not
+     * apply to a streamed body. */
+    bool (*on_chunk)(httpc_req *r, int status, const char *content_type, const char *data, size_t len, void *ud);
 } httpc_opts;
 
 typedef struct {

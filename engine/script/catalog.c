@@ -298,6 +298,16 @@ static const struct {
     {"mining", "select", "select(failures, options)"},
     {"accept", "decide", "decide(report)"},
     {"rollout", "next", "next(state, canary, production)"},
+    {"search", "select_parent", "select_parent(pool, options)"},
+};
+
+/* a search policy's other functions (docs/loop.md, "The gepa strategy") */
+static const struct {
+    const char *fn, *signature;
+} search_fns[] = {
+    {"accept_child", "accept_child(child, parents, options)"},
+    {"pick_merge", "pick_merge(pool, options)"},
+    {"final", "final(pool, options)"},
 };
 
 const char *catalog_policy_function(const char *kind)
@@ -378,6 +388,21 @@ int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const
                                       "may change, like { \"system\" }", le->ev.path);
                 rc = -1;
             }
+            lua_pop(L, 1);
+        }
+        /* a search template (search = "gepa"): the engine also asks it for merges */
+        if (rc == 0) {
+            lua_pushliteral(L, "search");
+            int st = lua_rawget(L, -2);
+            if (st == LUA_TSTRING && !strcmp(lua_tostring(L, -1), "gepa")) {
+                lua_pop(L, 1);
+                rc = need_function(L, le->ev.path, "a search template (search = \"gepa\")", "merge", "merge(ctx)", err,
+                                   errlen);
+            } else if (st != LUA_TNIL) {
+                snprintf(err, errlen, "%s: a meta-prompt template's search must be \"gepa\" (or absent: one build and "
+                                      "parse per cycle)", le->ev.path);
+                rc = -1;
+            }
         }
     } else {
         const char *sig = catalog_policy_function(kind);
@@ -388,6 +413,8 @@ int catalog_check_contract(const catalog *cat, const loaded_evaluator *le, const
                 fn = policy_kinds[i].fn;
         if (sig && fn)
             rc = need_function(L, le->ev.path, what, fn, sig, err, errlen);
+        for (size_t i = 0; rc == 0 && !strcmp(kind, "search") && i < sizeof search_fns / sizeof search_fns[0]; i++)
+            rc = need_function(L, le->ev.path, what, search_fns[i].fn, search_fns[i].signature, err, errlen);
     }
     lua_settop(L, top);
     return rc;

@@ -252,10 +252,20 @@ static enum run_outcome run_scratch(lua_State *L, int d, lua_CFunction fn, int n
 {
     scratch *sc = states[d];
     lua_State *S = sc->S;
-    size_t head = script_headroom(L);
-    sc->limit = sc->used + head; /* the VM's headroom, not more */
     lua_pushcfunction(S, fn);
     lua_insert(S, -(nargs + 1));
+    /* S may hold only the VM's headroom, which the VM's own garbage can eat
+     * up: when S runs out of memory, the VM is collected and the call runs
+     * once more, as Lua retries an allocation after an emergency collection.
+     * Not when a gsub callback may have run in the VM (it would run twice). */
+    const int base = lua_gettop(S) - (nargs + 1);
+    const bool may_retry = bridges[d] == NULL;
+    if (may_retry)
+        for (int i = 1; i <= nargs + 1; i++)
+            lua_pushvalue(S, base + i);
+    volatile bool retried = !may_retry;
+again:
+    sc->limit = sc->used + script_headroom(L); /* the VM's headroom, not more */
     sigjmp_buf jb;
     sigjmp_buf *volatile outer_jump = stls.jump;
     if (sigsetjmp(jb, 0)) {
@@ -282,6 +292,16 @@ static enum run_outcome run_scratch(lua_State *L, int d, lua_CFunction fn, int n
     atomic_signal_fence(memory_order_seq_cst);
     depth = d;
     stls.jump = outer_jump;
+    if (st == LUA_ERRMEM && !retried) {
+        lua_settop(S, base + nargs + 1); /* the call's copy, for another try */
+        lua_gc(L, LUA_GCCOLLECT);
+        retried = true;
+        goto again;
+    }
+    if (!retried) { /* the copy is still below the results */
+        lua_rotate(S, base + 1, -(nargs + 1));
+        lua_pop(S, nargs + 1);
+    }
     if (st == LUA_OK)
         return RUN_OK;
     if (bridges[d] && bridges[d]->killed)

@@ -17,7 +17,7 @@ function M.fence(text, max)
   return "<data>\n" .. text .. "\n</data>"
 end
 
-local function encode(v)
+function M.encode(v)
   if type(v) == "string" then return v end
   local ok, s = pcall(cjson.encode, v)
   return ok and s or tostring(v)
@@ -27,7 +27,7 @@ end
 function M.show_messages(messages)
   local out = {}
   for _, m in ipairs(messages or {}) do
-    out[#out + 1] = string.format('<prompt role="%s">\n%s\n</prompt>', m.role, encode(m.content))
+    out[#out + 1] = string.format('<prompt role="%s">\n%s\n</prompt>', m.role, M.encode(m.content))
   end
   return table.concat(out, "\n")
 end
@@ -43,7 +43,7 @@ function M.show_failures(failures, max)
     end
     if #reasons == 0 then reasons[1] = "- negative feedback from the user" end
     out[#out + 1] = string.format("### Failure %d (trace %s)\nInput variables:\n%s\nOutput:\n%s\n<reasons>\n%s\n</reasons>",
-      i, tostring(f.id), M.fence(encode(f.input)), M.fence(f.output == nil and "(none)" or encode(f.output)),
+      i, tostring(f.id), M.fence(M.encode(f.input)), M.fence(f.output == nil and "(none)" or M.encode(f.output)),
       table.concat(reasons, "\n"))
   end
   return table.concat(out, "\n\n")

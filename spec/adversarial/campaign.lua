@@ -245,6 +245,28 @@ function Campaign:run_plan(n, plan)
     self.state.shifted = true -- the shift comes whether or not a canary was there to meet it
     cyc.shift_at = "after the cycle (no canary)"
   end
+  -- where the gate's calls went: per version, calls made (not cached) and results
+  for _, ev in ipairs(cyc.events) do
+    if ev.kind == "gate_started" and ev.detail and ev.detail.run then
+      local per, cursor = {}, nil
+      repeat
+        local r = check(e:get("/v1/runs/" .. ev.detail.run .. "/results?limit=1000"
+          .. (cursor and ("&cursor=" .. cursor) or "")), "results")
+        for _, x in ipairs(r.items) do
+          local v = per[x.version] or { calls = 0, results = 0 }
+          per[x.version] = v
+          v.results = v.results + 1
+          if not x.cached then v.calls = v.calls + 1 end
+        end
+        cursor = r.next_cursor ~= cjson.null and r.next_cursor or nil
+      until not cursor
+      local parts = {}
+      for v, x in pairs(per) do parts[#parts + 1] = string.format("v%d %d calls/%d results", v, x.calls, x.results) end
+      table.sort(parts)
+      cyc.gate_breakdown = table.concat(parts, ", ")
+      self:say("  gate calls: %s", cyc.gate_breakdown)
+    end
+  end
   cyc.llm_template, cyc.ledger_full = ledger_count(e, t0, "template")
   local runs, full = ledger_count(e, t0, "run")
   cyc.llm_run, cyc.ledger_full = runs, cyc.ledger_full or full

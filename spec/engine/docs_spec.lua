@@ -61,6 +61,7 @@ describe("the documentation's shell examples", function()
     e = engine.start { config = string.format([[
 metrics_token = %q
 provider "openai" { kind = "openai", base_url = %q, default_model = "gpt-4o-mini", max_retries = 0 }
+gateway = { providers = { "openai" } }
 ]], METRICS_TOKEN, fake:url("/v1")) }
     -- `ratchet` and `busted` as a user has them on PATH
     bin_dir = engine.tmpdir()

@@ -8,9 +8,10 @@ local INGEST = "ingest-token-5d1e9a7c33"
 local ADMIN = "admin-token-8b2f4c6e10"
 local METRICS = "metrics-token-3a7d9e1f42"
 local VIEWER = "viewer-token-6c0b8a2e77"
+local GATEWAY = "gateway-key-6c0b1e9d77"
 
 -- the pages whose endpoint tables are checked
-local DOCS = { "docs/api.md", "docs/gate.md", "docs/loop.md", "docs/console.md", "README.md" }
+local DOCS = { "docs/api.md", "docs/gate.md", "docs/loop.md", "docs/gateway.md", "docs/console.md", "README.md" }
 local ORDER = { "GET", "POST", "PUT", "DELETE" } -- the order an Allow header names them
 
 local function routes()
@@ -108,7 +109,7 @@ describe("ratchet routes", function()
     for _, r in ipairs(t.routes) do
       assert.is_nil(seen[key(r.method, r.path)], "declared twice: " .. key(r.method, r.path))
       seen[key(r.method, r.path)] = true
-      assert.is_truthy(({ none = 1, ingest = 1, admin = 1, metrics = 1, viewer = 1 })[r.scope], r.scope)
+      assert.is_truthy(({ none = 1, ingest = 1, admin = 1, metrics = 1, gateway = 1, viewer = 1 })[r.scope], r.scope)
       assert.is_truthy(engine.read_file(engine.root .. "/" .. r.doc), r.doc)
     end
   end)
@@ -196,8 +197,8 @@ describe("the engine answers as its route table says", function()
   local e, t
   setup(function()
     t = routes()
-    e = engine.start { config = string.format("ingest_token = %q\nadmin_token = %q\nmetrics_token = %q\nviewer_token = %q\ndebug_endpoints = true\n",
-      INGEST, ADMIN, METRICS, VIEWER) }
+    e = engine.start { config = string.format("ingest_token = %q\nadmin_token = %q\nmetrics_token = %q\nviewer_token = %q\ndebug_endpoints = true\n"
+      .. "gateway = { keys = { %q } }\n", INGEST, ADMIN, METRICS, VIEWER, GATEWAY) }
   end)
   teardown(function() e:stop() end)
 
@@ -219,7 +220,7 @@ describe("the engine answers as its route table says", function()
   end
 
   it("asks each route's scope for its token, and takes it", function()
-    local own = { ingest = INGEST, admin = ADMIN, metrics = METRICS, viewer = VIEWER }
+    local own = { ingest = INGEST, admin = ADMIN, metrics = METRICS, gateway = GATEWAY, viewer = VIEWER }
     local wrong = {}
     for _, r in ipairs(t.routes) do
       local path, k = concrete(r.path), key(r.method, r.path)

@@ -191,3 +191,79 @@ describe("lib.stats", function()
     assert.equal(1, stats.sign_improved(0, 0))
   end)
 end)
+
+-- stop_early: what a gate run may settle before its end; only ever a rejection
+describe("accept policy: stop_early", function()
+  local function stop(cases, extra) return policy:call("stop_early", report(cases, extra)) end
+  local function running(id, source, group)
+    return { id = id, source = source, tags = {}, group = group,
+             baseline = { passed = 0, failed = 0, errors = 0, samples = 0 },
+             candidate = { passed = 0, failed = 0, errors = 0, samples = 0 } }
+  end
+
+  it("stops a candidate that lost a protected case, as decide() would reject it", function()
+    local cases = failures(golden(3, 1, 1), "json", 10, 10)
+    cases[2] = case("g2", "dataset", { "golden" }, 1, 0)
+    for i = 1, 20 do cases[#cases + 1] = running("more" .. i, "dataset") end
+    local r = stop(cases)
+    assert.is_true(r.stop)
+    assert.equal("regressed", r.verdict)
+    assert.matches("breaks 1 case%(s%) the baseline passed in every sample %(none allowed%): golden: 1 of 3 %(g2%)", r.reasons[1])
+    assert.matches("stopped early after 13 of 33 cases", r.reasons[#r.reasons])
+    -- decide() on the full run says the same: regressed
+    local full = {}
+    for _, c in ipairs(cases) do if c.baseline.samples > 0 then full[#full + 1] = c end end
+    assert.equal("regressed", decide(full).verdict)
+  end)
+
+  it("never stops on a loss an allowance may let through, nor on cases still running", function()
+    local cases = failures(golden(3, 1, 1), "json", 10, 10)
+    cases[2] = case("g2", "dataset", { "golden" }, 1, 0)
+    assert.is_false(stop(cases, { options = { max_regression_share = 0.5 } }).stop)
+    -- a case whose candidate samples are not all in yet is not counted
+    local c = case("g9", "dataset", { "golden" }, 1, 0)
+    c.candidate.samples = 0
+    assert.is_false(stop(failures({ c }, "json", 10, 10)).stop)
+  end)
+
+  it("stops on a critical case whose pass rate dropped, and on an error", function()
+    local cases = failures({ case("c1", "dataset", { "critical" }, 3, 2, 3) }, "json", 10, 10)
+    for _, x in ipairs(cases) do if x.source == "failed" then x.baseline.samples, x.candidate.samples = 3, 3 end end
+    local r = stop(cases, { k = 3 })
+    assert.is_true(r.stop)
+    assert.equal("regressed", r.verdict)
+    assert.matches("breaks critical case%(s%), whose pass rate may never drop: c1", r.reasons[1])
+    r = stop({ case("g1", "dataset", {}, 1, 0, 1, 1) })
+    assert.is_true(r.stop)
+    assert.equal("inconclusive", r.verdict)
+  end)
+
+  it("stops a candidate that can no longer be shown better, and not one that still can", function()
+    -- 20 held-out failures done, none fixed; 2 still running: even both fixed is not significant
+    local cases = failures({}, "json", 20, 0)
+    cases[#cases + 1] = running("r1", "failed", "json")
+    cases[#cases + 1] = running("r2", "failed", "json")
+    local r = stop(cases)
+    assert.is_true(r.stop)
+    assert.equal("inconclusive", r.verdict)
+    assert.matches("cannot be shown better any more", r.reasons[1])
+    -- 10 still running could still be 10 fixed of 10: p = 1/1024, significant: no stop
+    for i = 3, 10 do cases[#cases + 1] = running("r" .. i, "failed", "json") end
+    assert.is_false(stop(cases).stop)
+    -- golden cases still running may be cases to fix: no stop either
+    cases = failures({}, "json", 20, 0)
+    for i = 1, 10 do cases[#cases + 1] = running("g" .. i, "dataset") end
+    assert.is_false(stop(cases).stop)
+    -- and decide() on the finished 22 cases never says improved
+    local done = failures({}, "json", 20, 0)
+    failures(done, "json2", 2, 2)
+    assert.are_not.equal("improved", decide(done).verdict)
+  end)
+
+  it("is off with early_stop = false, and outside gate runs for the bound on gains", function()
+    local cases = failures(golden(3, 1, 1), "json", 10, 10)
+    cases[2] = case("g2", "dataset", { "golden" }, 1, 0)
+    assert.is_false(stop(cases, { options = { early_stop = false } }).stop)
+    assert.is_false(stop(failures({}, "json", 20, 0), { kind = "eval" }).stop)
+  end)
+end)

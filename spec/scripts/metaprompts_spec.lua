@@ -30,7 +30,7 @@ end
 
 local ANSWER = 'Sure.\n```json\n{"candidates":[{"system":"Answer with a JSON object. Escape quotes.","rationale":"quotes"}]}\n```'
 
-for _, name in ipairs { "plain", "critique_rewrite", "history" } do
+for _, name in ipairs { "plain", "critique_rewrite", "history", "gepa" } do
   describe("meta-prompt " .. name, function()
     local t = template(name)
 
@@ -89,5 +89,36 @@ describe("meta-prompt specifics", function()
     local v2, v3 = user:find("Version 2 %(retired%): pass rate 50.0%%"), user:find("Version 3 %(production%): pass rate 70.0%%")
     assert.truthy(v2 and v3 and v2 < v3)
     assert.is_nil(user:find("Version 1 (", 1, true))
+  end)
+
+  it("gepa reflects on one pool member with abstracted failure modes, reasons and the cases it passes", function()
+    local t = template("gepa")
+    local c = ctx()
+    c.current.pool_id = 4
+    c.failures[1].reasons = { { evaluator = "label", reason = "'Billing' is not one of 3 labels" } }
+    c.failures[2].reasons = { { evaluator = "label", reason = "'Other' is not one of 3 labels" } }
+    c.passing = { { id = "p1", input = { ticket = "refund please" } } }
+    local user = t:call("build", c)[2].content
+    assert.truthy(user:find("Pool member #4", 1, true))
+    -- two failures, one mode once the specifics are taken out
+    assert.truthy(user:find("- label: <value> is not one of <n> labels (2 case(s))", 1, true))
+    assert.truthy(user:find("'Billing' is not one of 3 labels", 1, true)) -- the raw reasons too
+    assert.truthy(user:find("Cases it already passes", 1, true))
+    assert.truthy(user:find("refund please", 1, true))
+    assert.truthy(user:find("Do not mention specific inputs", 1, true))
+  end)
+
+  it("gepa's merge shows both members and what each changed", function()
+    local t = template("gepa")
+    local c = ctx()
+    c.a = { id = 1, messages = { { role = "system", content = "Rule A." }, { role = "user", content = "Ticket: {{ticket}}" } }, rationale = "fixes quotes" }
+    c.b = { id = 2, messages = { { role = "system", content = "Rule B." }, { role = "user", content = "Ticket: {{ticket}}" } }, rationale = "fixes labels" }
+    local msgs = t:call("merge", c)
+    assert.matches("prompt engineer", msgs[1].content)
+    local user = msgs[2].content
+    assert.truthy(user:find("#1 and #2", 1, true))
+    assert.truthy(user:find("Rule A.", 1, true) and user:find("Rule B.", 1, true))
+    assert.truthy(user:find("A: fixes quotes", 1, true) and user:find("B: fixes labels", 1, true))
+    assert.matches("Write 2 different candidate", user)
   end)
 end)

@@ -99,7 +99,8 @@ try {
   const points = await p.evaluate(() => window.Chart.getChart(document.querySelector('#canary-chart')).data.datasets.map((d) => d.data.length));
   check(points[0] >= 2 && points[2] >= 2, 'the canary chart has points and its boundary: ' + points);
   const calls = await p.textContent('#llm-calls');
-  check(/^\d+ calls \(1 to the optimizer\)/.test(calls) && parseInt(calls, 10) > 300, 'the cycle\'s LLM calls (the gate\'s and the optimizer\'s): ' + calls);
+  // the optimizer's one call and the gate's (how many the gate makes is the gate's business: it stops early)
+  check(/^\d+ calls \(1 to the optimizer\), \d+ tokens/.test(calls) && parseInt(calls, 10) > 10, 'the cycle\'s LLM calls (the gate\'s and the optimizer\'s): ' + calls);
   await shot(p, 'loop');
 
   // ---- overview ----

@@ -55,7 +55,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/gen/otlp.pb-c.o
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy bench-otlp
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy console-screenshots bench-console bench-otlp
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -75,6 +75,7 @@ help:
 	@echo "make uninstall  remove what make install put under \$$(DESTDIR)\$$(PREFIX) (not /etc/ratchet)"
 	@echo "make bench-deps    install what the benchmarks need besides the build's packages (wrk, nginx-light)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
+	@echo "make bench-console the console's pages in headless Chromium with 1 M traces, and its files' weight"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
 	@echo "make bench-gate    regression runs and prompt resolution (see bench/README.md)"
@@ -84,6 +85,7 @@ help:
 	@echo "make bench-schema  json_schema evaluations per second through the engine's runtime"
 	@echo "make bench-patterns  Lua pattern functions: Lua's own against the engine's stoppable ones"
 	@echo "make bench-otlp    OTLP/HTTP ingest (protobuf, JSON) against the native JSON ingest of the same calls"
+	@echo "make console-screenshots  run the console's headless-Chromium spec and copy its screenshots to docs/console/"
 	@echo "make fuzz       build the libFuzzer targets and run each for FUZZ_SECONDS (default 60)"
 
 deps:
@@ -187,6 +189,15 @@ demo: deps all
 demo-gateway: deps all
 	@RATCHET_DEMO_GATEWAY=1 ./demo/run.sh
 
+# the console's pages in headless Chromium through the demo's loop
+# (spec/engine/console_spec.lua), then their screenshots into docs/console/ on purpose
+console-screenshots: deps test-deps all
+	@rm -rf $(BUILD)/console-screenshots
+	@RATCHET_BIN=$(abspath $(BUILD)/ratchet) RATCHET_LUA_CPATH=$(abspath $(BUILD)/lua) \
+	  busted --filter='headless Chromium' spec/engine/console_spec.lua
+	@mkdir -p docs/console
+	cp $(BUILD)/console-screenshots/*.png docs/console/
+
 run: deps all
 	@mkdir -p var
 	$(BUILD)/ratchet serve -c etc/ratchet.conf --data-dir ./var --script-dir .
@@ -212,6 +223,10 @@ install: all
 	install -m 0644 policies/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/policies/lib/
 	install -m 0644 scripts/lib/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/lib/
 	install -m 0644 scripts/metaprompts/*.lua $(DESTDIR)$(PREFIX)/share/ratchet/scripts/metaprompts/
+	@# the web console's static files, and Chart.js beside them from Debian's libjs-chart.js (never in the git tree)
+	install -d $(DESTDIR)$(PREFIX)/share/ratchet/console
+	install -m 0644 console/index.html console/app.js console/style.css $(DESTDIR)$(PREFIX)/share/ratchet/console/
+	install -m 0644 /usr/share/javascript/chart.js/chart.min.js $(DESTDIR)$(PREFIX)/share/ratchet/console/chart.js
 	install -m 0644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/ratchet/
 	@# the kit for your own evaluators and policies: what `ratchet init` copies,
 	@# the busted helper (require "ratchet.testing") and the runtime as a Lua module
@@ -233,6 +248,9 @@ bench-ingest: bench-deps all
 
 bench-eval: bench-deps all
 	@./bench/ingest_eval.sh
+
+bench-console: all test-deps
+	@./bench/console.sh
 
 $(BUILD)/llm_bench: bench/llm_bench.c $(OBJS)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)

@@ -50,6 +50,13 @@ fi
 pids+=($!)
 wait_file "$tmp/addr" "the engine" "$tmp/engine.log"
 status=0
+echo "console: http://$(cat "$tmp/addr")/console/  (the web console: watch the loop below happen there)"
 lua5.4 demo/run.lua "http://$(cat "$tmp/addr")" "$simulated" ${RATCHET_DEMO_GATEWAY:+gateway} || status=$?
 if [ "$status" -ne 0 ]; then echo "--- engine log"; tail -30 "$tmp/engine.log"; fi
+# on a terminal (or with RATCHET_DEMO_KEEP=1) the engine stays up so the run can be browsed
+if [ "${RATCHET_DEMO_KEEP:-}" = 1 ] || { [ -t 0 ] && [ -t 1 ] && [ "${RATCHET_DEMO_KEEP:-}" != 0 ]; }; then
+    echo ""
+    echo "the engine keeps running: open http://$(cat "$tmp/addr")/console/ (no token: loopback). Ctrl-C ends the demo."
+    wait "${pids[-1]}" || true
+fi
 exit "$status"

@@ -23,6 +23,7 @@
 
 #include "api/api.h"
 #include "api/api_otlp.h"
+#include "api/api_console.h"
 #include "api/api_gateway.h"
 #include "api/ingest.h"
 #include "base/metrics.h"
@@ -66,6 +67,7 @@ static const char main_usage[] =
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
     "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
     "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
+    "  traces    a page of traces, newest first: by prompt, version, time, verdict, evaluator, feedback, text\n"
     "  init      make a project: config, a custom evaluator and policy with their specs, a dataset\n"
     "  routes    every endpoint of the HTTP API: method, path, token scope, the doc that describes it\n"
     "  version   print the version\n"
@@ -361,6 +363,7 @@ static void apply_config(engine *e, config *n)
     swap_str(&c->ingest_token, &n->ingest_token);
     swap_str(&c->admin_token, &n->admin_token);
     swap_str(&c->metrics_token, &n->metrics_token);
+    swap_str(&c->viewer_token, &n->viewer_token);
     c->debug_endpoints = n->debug_endpoints;
     swap_str(&c->log_level, &n->log_level);
     log_set_level((enum log_level)log_level_parse(c->log_level));
@@ -829,7 +832,7 @@ static void undo_state(engine *e)
     e->online = NULL;
 }
 
-/* the HTTP API's listener, and the address file that says where it is */
+/* the HTTP API's listener */
 static int start_listener(engine *e, char *err, size_t errlen)
 {
     e->api.loop = e->loop;
@@ -843,6 +846,10 @@ static int start_listener(engine *e, char *err, size_t errlen)
     e->api.loop_sm = e->lp;
     e->api.reload = &e->reload;
     e->api.started_ms = now_ms();
+    char cerr[600];
+    e->api.console = console_load(config_share_dir(), cerr, sizeof cerr);
+    if (!e->api.console)
+        log_warn("engine", "the web console is off: %s", cerr);
     http_limits lim = {
         .max_connections = e->cfg.limits.max_connections,
         .max_connections_per_address = e->cfg.limits.max_connections_per_address,
@@ -859,26 +866,18 @@ static int start_listener(engine *e, char *err, size_t errlen)
     }
     e->api.http = e->http;
     http_server_address(e->http, e->addr, sizeof e->addr);
-    if (e->address_file) {
-        if (write_address_file(e->address_file, e->addr) != 0) {
-            snprintf(err, errlen, "cannot write the address file '%s': %s", e->address_file, strerror(errno));
-            return -1;
-        }
-        e->address_written = true;
-    }
     return 0;
 }
 
 static void undo_listener(engine *e)
 {
-    if (e->address_written && unlink(e->address_file) != 0)
-        log_warn("engine", "cannot remove the address file '%s': %s", e->address_file, strerror(errno));
-    e->address_written = false;
     if (e->http) { /* its memory goes after the loop has closed its handles (serve_teardown) */
         http_server_drain(e->http, NULL);
         http_server_close_all(e->http);
     }
     e->api.http = NULL;
+    console_free(e->api.console); /* no request is answered after close_all */
+    e->api.console = NULL;
 }
 
 /* the OTLP receiver's own listener (otlp.listen; none when absent), on the
@@ -978,6 +977,29 @@ static void undo_handles(engine *e)
     e->handles_ready = false;
 }
 
+/* the address file that says where the listener is: the last step, so
+ * whoever reads it (a supervisor, a spec) finds an engine whose signal
+ * handlers are in place (a SIGTERM sent at once used to meet the default
+ * action and kill it uncleanly, status 143) */
+static int start_address_file(engine *e, char *err, size_t errlen)
+{
+    if (!e->address_file)
+        return 0;
+    if (write_address_file(e->address_file, e->addr) != 0) {
+        snprintf(err, errlen, "cannot write the address file '%s': %s", e->address_file, strerror(errno));
+        return -1;
+    }
+    e->address_written = true;
+    return 0;
+}
+
+static void undo_address_file(engine *e)
+{
+    if (e->address_written && unlink(e->address_file) != 0)
+        log_warn("engine", "cannot remove the address file '%s': %s", e->address_file, strerror(errno));
+    e->address_written = false;
+}
+
 typedef struct {
     const char *what; /* "start-up failed at the ..." */
     int (*start)(engine *e, char *err, size_t errlen);
@@ -994,6 +1016,7 @@ static const serve_step serve_steps[] = {
     {"listener", start_listener, undo_listener},
     {"OTLP listener", start_otlp, undo_otlp},
     {"signals and timers", start_handles, undo_handles},
+    {"address file", start_address_file, undo_address_file},
 };
 enum { SERVE_STEPS = sizeof serve_steps / sizeof serve_steps[0] };
 
@@ -1269,6 +1292,7 @@ static const command commands[] = {
     {"loop", cmd_loop, loop_usage},
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
+    {"traces", cmd_traces, traces_usage},
     {"init", cmd_init, init_usage},
     {"dataset", cmd_dataset, dataset_usage},
     {"routes", cmd_routes, routes_usage},

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "api/api_console.h"
 #include "api/api_gateway.h"
 #include "api/api_ingest.h"
 #include "api/api_ops.h"
@@ -18,6 +19,7 @@
 #define INGEST API_SCOPE_INGEST
 #define ADMIN API_SCOPE_ADMIN
 #define METRICS API_SCOPE_METRICS
+#define VIEWER API_SCOPE_VIEWER
 #define GATEWAY API_SCOPE_GATEWAY
 #define REGISTRY API_NEEDS_REGISTRY
 #define RUNNER API_NEEDS_RUNNER
@@ -25,6 +27,7 @@
 #define API_MD "docs/api.md"
 #define GATE_MD "docs/gate.md"
 #define LOOP_MD "docs/loop.md"
+#define CONSOLE_MD "docs/console.md"
 #define GATEWAY_MD "docs/gateway.md"
 
 /* Every endpoint, once. `ratchet routes` prints this table and
@@ -33,17 +36,17 @@ const api_route api_routes[] = {
     /* traces (api_ingest.c) */
     {"POST", "/v1/traces", INGEST, API_OWN_ENCODING, API_MD, api_ingest_traces, NULL},
     {"POST", "/v1/feedback", INGEST, API_OWN_ENCODING, API_MD, api_ingest_feedback, NULL},
-    {"GET", "/v1/traces", ADMIN, 0, API_MD, api_list_traces, NULL},
-    {"GET", "/v1/traces/{id}", ADMIN, 0, API_MD, api_get_trace, NULL},
+    {"GET", "/v1/traces", VIEWER, 0, API_MD, api_list_traces, NULL},
+    {"GET", "/v1/traces/{id}", VIEWER, 0, API_MD, api_get_trace, NULL},
 
     /* the prompt registry (api_registry.c) */
-    {"GET", "/v1/prompts", ADMIN, REGISTRY, GATE_MD, api_list_prompts, NULL},
+    {"GET", "/v1/prompts", VIEWER, REGISTRY, GATE_MD, api_list_prompts, NULL},
     {"POST", "/v1/prompts", ADMIN, REGISTRY, GATE_MD, api_create_prompt, NULL},
     {"GET", "/v1/prompts/{name}", INGEST, REGISTRY, GATE_MD, api_resolve_prompt, NULL},
-    {"GET", "/v1/prompts/{name}/versions", ADMIN, REGISTRY, GATE_MD, api_list_versions, NULL},
+    {"GET", "/v1/prompts/{name}/versions", VIEWER, REGISTRY, GATE_MD, api_list_versions, NULL},
     {"POST", "/v1/prompts/{name}/versions", ADMIN, REGISTRY, GATE_MD, api_add_version, NULL},
-    {"GET", "/v1/prompts/{name}/versions/{version}", ADMIN, REGISTRY, GATE_MD, api_show_version, NULL},
-    {"GET", "/v1/prompts/{name}/diff", ADMIN, REGISTRY, GATE_MD, api_diff_versions, NULL},
+    {"GET", "/v1/prompts/{name}/versions/{version}", VIEWER, REGISTRY, GATE_MD, api_show_version, NULL},
+    {"GET", "/v1/prompts/{name}/diff", VIEWER, REGISTRY, GATE_MD, api_diff_versions, NULL},
     {"POST", "/v1/prompts/{name}/promote", ADMIN, REGISTRY, GATE_MD, api_prompt_action, "promote"},
     {"POST", "/v1/prompts/{name}/canary", ADMIN, REGISTRY, GATE_MD, api_prompt_action, "canary"},
     {"POST", "/v1/prompts/{name}/rollback", ADMIN, REGISTRY, GATE_MD, api_prompt_action, "rollback"},
@@ -51,31 +54,32 @@ const api_route api_routes[] = {
     {"POST", "/v1/prompts/{name}/unpin", ADMIN, REGISTRY, GATE_MD, api_prompt_action, "unpin"},
     {"PUT", "/v1/prompts/{name}/labels/{label}", ADMIN, REGISTRY, GATE_MD, api_set_label, NULL},
     {"DELETE", "/v1/prompts/{name}/labels/{label}", ADMIN, REGISTRY, GATE_MD, api_delete_label, NULL},
-    {"GET", "/v1/prompts/{name}/history", ADMIN, REGISTRY, GATE_MD, api_prompt_history, NULL},
-    {"GET", "/v1/prompts/{name}/metrics", ADMIN, REGISTRY, API_MD, api_prompt_metrics, NULL},
+    {"GET", "/v1/prompts/{name}/history", VIEWER, REGISTRY, GATE_MD, api_prompt_history, NULL},
+    {"GET", "/v1/prompts/{name}/metrics", VIEWER, REGISTRY, API_MD, api_prompt_metrics, NULL},
+    {"GET", "/v1/prompts/{name}/series", VIEWER, REGISTRY, API_MD, api_prompt_series, NULL},
 
     /* datasets (api_registry.c) */
-    {"GET", "/v1/datasets", ADMIN, REGISTRY, GATE_MD, api_list_datasets, NULL},
-    {"GET", "/v1/datasets/{name}", ADMIN, REGISTRY, GATE_MD, api_show_dataset, NULL},
+    {"GET", "/v1/datasets", VIEWER, REGISTRY, GATE_MD, api_list_datasets, NULL},
+    {"GET", "/v1/datasets/{name}", VIEWER, REGISTRY, GATE_MD, api_show_dataset, NULL},
     {"POST", "/v1/datasets/{name}/cases", ADMIN, REGISTRY, GATE_MD, api_import_cases, NULL},
-    {"GET", "/v1/datasets/{name}/cases", ADMIN, REGISTRY, GATE_MD, api_export_cases, NULL},
+    {"GET", "/v1/datasets/{name}/cases", VIEWER, REGISTRY, GATE_MD, api_export_cases, NULL},
     {"DELETE", "/v1/datasets/{name}/cases/{id}", ADMIN, REGISTRY, GATE_MD, api_delete_case, NULL},
     {"POST", "/v1/datasets/{name}/from-trace", ADMIN, REGISTRY, GATE_MD, api_case_from_trace, NULL},
     {"POST", "/v1/datasets/{name}/from-traces", ADMIN, REGISTRY, GATE_MD, api_cases_from_traces, NULL},
-    {"GET", "/v1/datasets/{name}/versions", ADMIN, REGISTRY, GATE_MD, api_dataset_versions, NULL},
-    {"GET", "/v1/datasets/{name}/diff", ADMIN, REGISTRY, GATE_MD, api_dataset_diff, NULL},
+    {"GET", "/v1/datasets/{name}/versions", VIEWER, REGISTRY, GATE_MD, api_dataset_versions, NULL},
+    {"GET", "/v1/datasets/{name}/diff", VIEWER, REGISTRY, GATE_MD, api_dataset_diff, NULL},
 
     /* regression runs and the loop (api_runs.c) */
     {"POST", "/v1/runs", ADMIN, RUNNER, GATE_MD, api_start_run, NULL},
-    {"GET", "/v1/runs", ADMIN, RUNNER, GATE_MD, api_list_runs, NULL},
-    {"GET", "/v1/runs/{id}", ADMIN, RUNNER, GATE_MD, api_get_run, NULL},
-    {"GET", "/v1/runs/{id}/results", ADMIN, RUNNER, GATE_MD, api_run_results, NULL},
+    {"GET", "/v1/runs", VIEWER, RUNNER, GATE_MD, api_list_runs, NULL},
+    {"GET", "/v1/runs/{id}", VIEWER, RUNNER, GATE_MD, api_get_run, NULL},
+    {"GET", "/v1/runs/{id}/results", VIEWER, RUNNER, GATE_MD, api_run_results, NULL},
     {"POST", "/v1/runs/{id}/cancel", ADMIN, RUNNER, GATE_MD, api_cancel_run, NULL},
     {"POST", "/v1/runs/{id}/approve", ADMIN, LOOP, LOOP_MD, api_decide_run, "approve"},
     {"POST", "/v1/runs/{id}/reject", ADMIN, LOOP, LOOP_MD, api_decide_run, "reject"},
     {"POST", "/v1/prompts/{name}/optimize", ADMIN, LOOP, LOOP_MD, api_optimize_prompt, NULL},
-    {"GET", "/v1/loop", ADMIN, LOOP, LOOP_MD, api_loop_status, NULL},
-    {"GET", "/v1/loop/{name}", ADMIN, LOOP | REGISTRY, LOOP_MD, api_loop_prompt, NULL},
+    {"GET", "/v1/loop", VIEWER, LOOP, LOOP_MD, api_loop_status, NULL},
+    {"GET", "/v1/loop/{name}", VIEWER, LOOP | REGISTRY, LOOP_MD, api_loop_prompt, NULL},
 
     /* gateway mode (api_gateway.c): OpenAI- and Anthropic-compatible */
     {"POST", "/v1/chat/completions", GATEWAY, 0, GATEWAY_MD, api_gateway_chat, NULL},
@@ -86,12 +90,18 @@ const api_route api_routes[] = {
     {"GET", "/healthz", NONE, 0, API_MD, api_healthz, NULL},
     {"GET", "/readyz", NONE, 0, API_MD, api_readyz, NULL},
     {"GET", "/v1/version", NONE, 0, API_MD, api_version, NULL},
-    {"GET", "/v1/status", ADMIN, 0, API_MD, api_status, NULL},
+    {"GET", "/v1/status", VIEWER, 0, API_MD, api_status, NULL},
     {"GET", "/metrics", METRICS, 0, API_MD, api_metrics, NULL},
     {"POST", "/v1/evaluations", ADMIN, API_NEEDS_ONLINE, API_MD, api_reevaluate, NULL},
     {"POST", "/v1/llm/chat", ADMIN, API_NEEDS_LLM, API_MD, api_llm_chat, NULL},
-    {"GET", "/v1/llm/calls", ADMIN, 0, API_MD, api_llm_calls, NULL},
+    {"GET", "/v1/llm/calls", VIEWER, 0, API_MD, api_llm_calls, NULL},
     {"POST", "/v1/debug/sleep", ADMIN, API_DEBUG_ONLY, API_MD, api_debug_sleep, NULL},
+
+    /* the web console's static files (api_console.c): no data in them, so no
+     * token; every page asks the API with the viewer or admin token */
+    {"GET", "/v1/session", VIEWER, 0, CONSOLE_MD, api_session, NULL},
+    {"GET", "/console/", NONE, 0, CONSOLE_MD, api_console_file, "index.html"},
+    {"GET", "/console/{file}", NONE, 0, CONSOLE_MD, api_console_file, NULL},
 };
 
 const size_t api_nroutes = sizeof api_routes / sizeof api_routes[0];

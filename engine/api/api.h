@@ -29,6 +29,9 @@ typedef struct {
     bool reloading;
 } api_reload_info;
 
+/* The console's static files (api_console.h). */
+typedef struct console_assets console_assets;
+
 typedef struct {
     uv_loop_t *loop;
     const config *cfg;
@@ -42,6 +45,7 @@ typedef struct {
     api_reload_info *reload;
     http_server *http;      /* for /metrics; NULL in unit tests */
     http_server *otlp_http; /* the OTLP listener, for /v1/status; NULL when off */
+    console_assets *console; /* the console's files; NULL when not found (its pages answer 404 saying so) */
     struct metrics_lag *lag;
     int64_t started_ms;
     bool draining;
@@ -71,7 +75,7 @@ typedef struct {
 /* Who may call a route: the token scopes of docs/api.md#authentication.
  * A scope is a row of the rules in api_request.c (its token, the messages);
  * a new one (a read-only viewer) is a value here and a row there. */
-enum api_scope { API_SCOPE_NONE, API_SCOPE_INGEST, API_SCOPE_ADMIN, API_SCOPE_METRICS, API_SCOPE_GATEWAY };
+enum api_scope { API_SCOPE_NONE, API_SCOPE_INGEST, API_SCOPE_ADMIN, API_SCOPE_METRICS, API_SCOPE_GATEWAY, API_SCOPE_VIEWER };
 
 /* What a route needs besides its scope (api_route.uses): the dispatcher
  * answers 503 naming what is missing (unit tests and the fuzzer run the API
@@ -104,7 +108,7 @@ typedef struct {
 extern const api_route api_routes[];
 extern const size_t api_nroutes;
 
-/* "none", "ingest", "admin", "metrics". */
+/* "none", "ingest", "admin", "metrics", "viewer". */
 const char *api_scope_name(enum api_scope s);
 
 /* The http_handler for every request; ctx is an api*. */

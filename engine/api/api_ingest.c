@@ -323,11 +323,12 @@ static void list_traces_work(api_task *t)
     t->rc = store_list_traces_json(t->a->store, &t->q, &t->out, t->err, sizeof t->err);
 }
 
-/* GET /v1/traces?prompt=&version=&since=&until=&limit=&cursor=&failed= */
+/* GET /v1/traces?prompt=&version=&since=&until=&limit=&cursor=&failed=&evaluator=&feedback=&q= */
 void api_list_traces(const api_call *c)
 {
     http_request *req = c->req;
-    static const char *const known[] = {"prompt", "version", "since", "until", "limit", "cursor", "failed", NULL};
+    static const char *const known[] = {"prompt", "version", "since",    "until", "limit", "cursor",
+                                        "failed", "evaluator", "feedback", "q",   NULL};
     if (!api_known_params(req, known))
         return;
     store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100, .failed = -1};
@@ -369,10 +370,39 @@ void api_list_traces(const api_call *c)
         q.cursor_ts = (int64_t)ts;
         q.cursor_seq = (int64_t)seq;
     }
+    char ev_name[256], feedback[16], text[256];
+    int er = http_query_get(req, "evaluator", ev_name, sizeof ev_name);
+    if (er < 0 || (er > 0 && !ev_name[0])) {
+        http_respond_field_error(req, 400, "invalid_parameter", "evaluator",
+                                 "'evaluator' must be the name an evaluator is attached under");
+        return;
+    }
+    int fbr = http_query_get(req, "feedback", feedback, sizeof feedback);
+    if (fbr != 0) {
+        if (fbr > 0 && !strcmp(feedback, "negative"))
+            q.feedback = 1;
+        else if (fbr > 0 && !strcmp(feedback, "any"))
+            q.feedback = 2;
+        else {
+            http_respond_field_error(req, 400, "invalid_parameter", "feedback", "'feedback' must be negative or any");
+            return;
+        }
+    }
+    int tr = http_query_get(req, "q", text, sizeof text);
+    if (tr < 0 || (tr > 0 && !text[0])) {
+        http_respond_field_error(req, 400, "invalid_parameter", "q", "'q' must be text of 1 to 255 bytes");
+        return;
+    }
     api_task *t = api_task_new(c->a, req, list_traces_work);
     if (pr > 0)
         t->name = xstrdup(prompt);
+    if (er > 0)
+        t->id = xstrdup(ev_name);
+    if (tr > 0)
+        t->text = xstrdup(text);
     q.prompt = t->name;
+    q.evaluator = t->id;
+    q.text = t->text;
     t->q = q;
     api_task_queue(t);
 }

@@ -592,6 +592,77 @@ void api_prompt_metrics(const api_call *c)
     api_task_queue(t);
 }
 
+/* The pass rate over time, bucket by bucket (the console's sparklines). */
+static void series_work(api_task *t)
+{
+    int64_t span = t->n2 - t->n1, step = (span + t->limit - 1) / t->limit;
+    json_t *points = json_array();
+    for (int i = 0; i < t->limit && t->n1 + i * step < t->n2; i++) {
+        int64_t from = t->n1 + i * step, to = from + step < t->n2 ? from + step : t->n2;
+        json_t *m = NULL;
+        if (store_prompt_metrics(t->a->store, t->name, json_integer_value(t->j1), from, to, &m, t->err,
+                                 sizeof t->err) != 0) {
+            json_decref(points);
+            t->rc = -1;
+            return;
+        }
+        char at[32];
+        rfc3339_format(from, at);
+        json_t *ev = json_object();
+        const char *k;
+        json_t *e;
+        json_object_foreach(json_object_get(m, "evaluators"), k, e)
+            json_object_set_new(ev, k, json_pack("{s:O, s:O}", "n", json_object_get(e, "n"), "pass_rate",
+                                                 json_object_get(e, "pass_rate")));
+        /* a bucket with nothing evaluated has no pass rate (null), not 0 */
+        bool none = json_integer_value(json_object_get(m, "evaluated")) == 0;
+        json_array_append_new(points, json_pack("{s:s, s:O, s:O, s:O, s:O, s:o}", "t", at, "traces",
+                                                json_object_get(m, "traces"), "evaluated", json_object_get(m, "evaluated"),
+                                                "pass_rate", none ? json_null() : json_object_get(m, "pass_rate"),
+                                                "negative", json_object_get(m, "negative"), "evaluators", ev));
+        json_decref(m);
+    }
+    char since[32], until[32];
+    rfc3339_format(t->n1, since);
+    rfc3339_format(t->n2, until);
+    json_t *ans = json_pack("{s:s, s:O, s:s, s:s, s:I, s:o}", "prompt", t->name, "version",
+                            json_integer_value(t->j1) ? t->j1 : json_null(), "since", since, "until", until,
+                            "bucket_ms", (json_int_t)step, "points", points);
+    char *text = jtree_dump_text(ans, false);
+    buf_puts(&t->out, text);
+    free(text);
+    json_decref(ans);
+}
+
+void api_prompt_series(const api_call *c)
+{
+    api *a = c->a;
+    http_request *req = c->req;
+    const char *name = c->param[0];
+    static const char *const known[] = {"since", "until", "version", "buckets", NULL};
+    int64_t until = now_ms() + 1, since = until - 86400000;
+    long long version = 0, buckets = 24;
+    if (!api_known_params(req, known) || !api_time_param(req, "since", &since) ||
+        !api_time_param(req, "until", &until) || !api_int_param(req, "version", 1, INT64_MAX, &version) ||
+        !api_int_param(req, "buckets", 1, 96, &buckets))
+        return;
+    if (until <= since) {
+        http_respond_field_error(req, 400, "invalid_parameter", "until", "'until' must be later than 'since'");
+        return;
+    }
+    if (!registry_prompt(a->registry, name)) {
+        http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
+        return;
+    }
+    api_task *t = api_task_new(a, req, series_work);
+    t->name = xstrdup(name);
+    t->n1 = since;
+    t->n2 = until;
+    t->limit = (int)buckets;
+    t->j1 = json_integer(version);
+    api_task_queue(t);
+}
+
 /* ---- datasets ---- */
 
 static json_t *dataset_view(const char *name, json_t *d)

@@ -14,6 +14,8 @@ void api_show_version(const api_call *c);
 void api_diff_versions(const api_call *c);
 void api_prompt_history(const api_call *c);
 void api_prompt_metrics(const api_call *c);
+/* GET /v1/prompts/{name}/series: pass rate and traffic over time, in buckets */
+void api_prompt_series(const api_call *c);
 void api_prompt_action(const api_call *c); /* the route's arg: promote, canary, rollback, pin, unpin */
 void api_set_label(const api_call *c);
 void api_delete_label(const api_call *c);

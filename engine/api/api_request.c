@@ -4,6 +4,7 @@
 #include "api/api_request.h"
 
 #include <ctype.h>
+#include <openssl/evp.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,9 @@ static const struct scope_rule {
     /* gateway keys are checked by api_gateway.c (Bearer or x-api-key, errors
      * in the caller's protocol): the dispatcher lets this scope through */
     [API_SCOPE_GATEWAY] = {"gateway", "gateway.keys", "gateway key", NULL, false},
+    /* every GET of the API and the console: the read-only token of people who watch */
+    [API_SCOPE_VIEWER] = {"viewer", "viewer_token or admin_token", "viewer or admin token",
+                          "this token is read-only (viewer): actions need the admin token", true},
 };
 
 #define NSCOPES (sizeof rules / sizeof rules[0])
@@ -46,6 +50,7 @@ static const char *own_token(const config *cfg, enum api_scope s)
     case API_SCOPE_INGEST: return cfg->ingest_token;
     case API_SCOPE_ADMIN: return cfg->admin_token;
     case API_SCOPE_METRICS: return cfg->metrics_token;
+    case API_SCOPE_VIEWER: return cfg->viewer_token;
     default: return NULL;
     }
 }
@@ -92,6 +97,27 @@ bool api_authorize(api *a, http_request *req, enum api_scope need)
     }
     http_respond_error(req, 401, "unauthorized", "this endpoint needs 'Authorization: Bearer <%s>'", rule->needs);
     return false;
+}
+
+bool api_token_opens(const api *a, const http_request *req, enum api_scope need)
+{
+    const char *admin = a->cfg->admin_token, *own = own_token(a->cfg, need);
+    const char *secret = own ? own : rules[need].admin_guards ? admin : NULL;
+    const char *auth = http_header_get(req, "authorization");
+    if (auth && !strncasecmp(auth, "Bearer ", 7)) {
+        const char *given = auth + 7;
+        size_t glen = strlen(given);
+        if (token_matches(given, glen, admin) || token_matches(given, glen, own))
+            return true;
+        /* another scope's own token: refused here as api_authorize refuses it,
+         * even from loopback (a viewer token never opens the admin scope) */
+        for (size_t s = 0; s < NSCOPES; s++)
+            if (s != (size_t)need && rules[s].only && token_matches(given, glen, own_token(a->cfg, (enum api_scope)s)))
+                return false;
+        if (secret || admin)
+            return false;
+    }
+    return !secret && req->loopback;
 }
 
 /* ---- query parameters ---- */
@@ -238,6 +264,34 @@ bool api_json_time(json_t *v, int64_t *out)
 
 /* ---- answers ---- */
 
+/* A 200 to a GET carries an ETag (a hash of the body): a client that polls
+ * (the console) sends it back in If-None-Match and gets 304 and no body when
+ * nothing changed. */
+static void respond_tagged(http_request *req, int status, const char *ctype, const char *body, size_t len)
+{
+    if (status != 200 || strcmp(req->method, "GET") != 0) {
+        http_respond(req, status, ctype, NULL, body, len);
+        return;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    EVP_Digest(body, len, md, &mdlen, EVP_sha256(), NULL);
+    char etag[24], hdr[48];
+    char *p = etag;
+    *p++ = '"';
+    for (int i = 0; i < 8; i++)
+        p += sprintf(p, "%02x", md[i]);
+    *p++ = '"';
+    *p = '\0';
+    snprintf(hdr, sizeof hdr, "ETag: %s\r\n", etag);
+    const char *inm = http_header_get(req, "if-none-match");
+    if (inm && strstr(inm, etag)) {
+        http_respond(req, 304, ctype, hdr, NULL, 0);
+        return;
+    }
+    http_respond(req, status, ctype, hdr, body, len);
+}
+
 void api_respond_json(http_request *req, int status, json_t *v)
 {
     if (!v) { /* a json_pack that failed: never answer "null" as if it were the answer */
@@ -246,7 +300,7 @@ void api_respond_json(http_request *req, int status, json_t *v)
         return;
     }
     char *t = jtree_dump_text(v, false); /* 0.8, not 0.80000000000000004 */
-    http_respond(req, status, "application/json", NULL, t, strlen(t));
+    respond_tagged(req, status, "application/json", t, strlen(t));
     free(t);
 }
 
@@ -290,13 +344,13 @@ static void task_after(uv_work_t *w, int status)
     if (t->after_fn)
         t->after_fn(t);
     else if (!api_task_failed(t, "not_found", NULL))
-        http_respond(t->req, 200, t->content_type ? t->content_type : "application/json", NULL, t->out.data,
-                     t->out.len);
+        respond_tagged(t->req, 200, t->content_type ? t->content_type : "application/json", t->out.data, t->out.len);
     buf_free(&t->out);
     json_decref(t->j1);
     json_decref(t->j2);
     free(t->name);
     free(t->id);
+    free(t->text);
     free(t);
 }
 

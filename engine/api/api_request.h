@@ -28,6 +28,9 @@ struct api_call {
  * metrics token only GET /metrics. A scope with no token of its own is open
  * to loopback clients only. */
 bool api_authorize(api *a, http_request *req, enum api_scope need);
+/* Whether the request's token (or its loopback address, where no token is
+ * configured) opens the scope; answers nothing. */
+bool api_token_opens(const api *a, const http_request *req, enum api_scope need);
 /* An integer query parameter from min to max; *out is left when absent. */
 bool api_int_param(http_request *req, const char *name, long long min, long long max, long long *out);
 /* A time query parameter: RFC 3339 or integer milliseconds. */
@@ -66,7 +69,7 @@ struct api_task {
     uv_work_t work;
     api *a;
     http_request *req;
-    char *name, *id;
+    char *name, *id, *text; /* freed with the task */
     int64_t n1, n2;
     int limit;
     store_trace_query q;

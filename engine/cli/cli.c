@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/api_console.h"
 #include "cli/cli_private.h"
 #include "conf/config.h"
 #include "base/jtree.h"
@@ -598,12 +599,6 @@ static void html_escape_char(FILE *f, char c)
     }
 }
 
-static void html_escape(FILE *f, const char *s)
-{
-    for (; s && *s; s++)
-        html_escape_char(f, *s);
-}
-
 /* XML 1.0 text: escaped, and the control characters it cannot hold at all
  * (a model's output may carry them) written as U+FFFD */
 static void xml_escape(FILE *f, const char *s)
@@ -846,112 +841,111 @@ static int write_junit(const char *path, json_t *run, json_t *cases, json_t *res
     return fclose(f);
 }
 
-static int write_html(const char *path, json_t *run, json_t *diffs, json_t *results)
+/* Writes text with every occurrence of a replaced by b. */
+static void put_replacing(FILE *f, const char *text, size_t len, const char *a, const char *b)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
+    size_t al = strlen(a);
+    const char *p = text, *end = text + len;
+    while (p < end) {
+        const char *hit = memmem(p, (size_t)(end - p), a, al);
+        if (!hit) {
+            fwrite(p, 1, (size_t)(end - p), f);
+            break;
+        }
+        fwrite(p, 1, (size_t)(hit - p), f);
+        fputs(b, f);
+        p = hit + al;
+    }
+}
+
+/* The run's dataset cases (inputs, expected values, tags) for the report, or
+ * an empty array when the run used none or they cannot be read. */
+static json_t *run_cases(client *c, json_t *run)
+{
+    json_t *cases = json_array();
+    json_t *ds = json_object_get(json_object_get(run, "report"), "dataset");
+    const char *name = json_string_value(json_object_get(ds, "name"));
+    if (!c || !name)
+        return cases;
+    char path[600];
+    snprintf(path, sizeof path, "/v1/datasets/%s/cases?version=%lld", name,
+             (long long)json_integer_value(json_object_get(ds, "version")));
+    buf_t raw = {0};
+    if (call_raw(c, "GET", path, NULL, NULL, 0, NULL, &raw) == 200) {
+        const char *p = raw.data, *end = raw.data + raw.len;
+        while (p && p < end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+            json_t *one = n ? json_loadb(p, n, 0, NULL) : NULL;
+            if (json_is_object(one))
+                json_array_append(cases, one);
+            json_decref(one);
+            p = nl ? nl + 1 : NULL;
+        }
+    }
+    buf_free(&raw);
+    return cases;
+}
+
+/* The console's run-compare page (docs/console.md) with the run's JSON
+ * embedded and the page's own files inlined: one self-contained file, the
+ * same renderer as the console. */
+static int write_html(const char *path, client *c, json_t *run, json_t *diffs, json_t *results)
+{
+    char err[600];
+    console_assets *ca = console_load(config_share_dir(), err, sizeof err);
+    if (!ca) {
+        fprintf(stderr, "ratchet eval: the console's files are needed for --html: %s\n", err);
         return -1;
-    json_t *rep = json_object_get(run, "report");
-    fprintf(f, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>ratchet eval: ");
-    html_escape(f, json_string_value(json_object_get(rep, "prompt")));
-    fprintf(f, "</title>\n<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:70em}"
-               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}"
-               ".bar{background:#4a7;height:12px}.bg{background:#eee;width:200px}.add{background:#dfd}.del{background:#fdd}"
-               "pre{white-space:pre-wrap;margin:0}.improved{color:#070}.no_regression{color:#057}.regressed{color:#a00}"
-               ".inconclusive{color:#a60}"
-               "</style></head><body>\n<h1>ratchet eval: ");
-    html_escape(f, json_string_value(json_object_get(rep, "prompt")));
-    const char *verdict = json_string_value(json_object_get(run, "verdict"));
-    fprintf(f, " — <span class=\"%s\">%s</span></h1>\n<p>run %s, %lld cases, k=%lld, state %s</p>\n",
-            verdict ? verdict : "", verdict ? verdict : "none", json_string_value(json_object_get(run, "id")),
-            (long long)json_integer_value(json_object_get(rep, "cases")),
-            (long long)json_integer_value(json_object_get(rep, "k")), json_string_value(json_object_get(run, "state")));
-    fprintf(f, "<h2>Pass rates</h2>\n<table><tr><th>version</th><th>tag</th><th>pass rate</th><th></th><th>95%% CI</th></tr>\n");
-    size_t i;
-    json_t *v;
-    json_array_foreach(json_object_get(rep, "versions"), i, v) {
-        json_t *ci = json_object_get(v, "ci95");
-        double rate = json_number_value(json_object_get(v, "pass_rate"));
-        fprintf(f, "<tr><td>v%lld (%s)</td><td>all</td><td>%.1f%%</td><td><div class=\"bg\"><div class=\"bar\" "
-                   "style=\"width:%.0fpx\"></div></div></td><td>%.1f%% – %.1f%%</td></tr>\n",
-                (long long)json_integer_value(json_object_get(v, "version")), json_string_value(json_object_get(v, "role")),
-                100 * rate, 200 * rate, 100 * json_number_value(json_array_get(ci, 0)),
-                100 * json_number_value(json_array_get(ci, 1)));
-        const char *tag;
-        json_t *t;
-        json_object_foreach(json_object_get(v, "by_tag"), tag, t) {
-            double tr = json_number_value(json_object_get(t, "pass_rate"));
-            json_t *tci = json_object_get(t, "ci95");
-            fprintf(f, "<tr><td>v%lld</td><td>", (long long)json_integer_value(json_object_get(v, "version")));
-            html_escape(f, tag);
-            fprintf(f, "</td><td>%.1f%%</td><td><div class=\"bg\"><div class=\"bar\" style=\"width:%.0fpx\"></div></div>"
-                       "</td><td>%.1f%% – %.1f%%</td></tr>\n",
-                    100 * tr, 200 * tr, 100 * json_number_value(json_array_get(tci, 0)),
-                    100 * json_number_value(json_array_get(tci, 1)));
-        }
     }
-    fprintf(f, "</table>\n<h2>Verdicts</h2>\n<ul>\n");
-    json_array_foreach(json_object_get(rep, "verdicts"), i, v) {
-        const char *vd = json_string_value(json_object_get(v, "verdict"));
-        fprintf(f, "<li>v%lld: <b class=\"%s\">%s</b><ul>", (long long)json_integer_value(json_object_get(v, "version")),
-                vd, vd);
-        size_t j;
-        json_t *r;
-        json_array_foreach(json_object_get(v, "reasons"), j, r) {
-            fprintf(f, "<li>");
-            html_escape(f, json_string_value(r));
-            fprintf(f, "</li>");
-        }
-        fprintf(f, "</ul></li>\n");
+    const char *page, *js, *css;
+    size_t plen, jlen, clen;
+    if (console_file_body(ca, "index.html", &page, &plen) || console_file_body(ca, "app.js", &js, &jlen) ||
+        console_file_body(ca, "style.css", &css, &clen)) {
+        fprintf(stderr, "ratchet eval: %s lacks app.js or style.css\n", console_dir(ca));
+        console_free(ca);
+        return -1;
     }
-    fprintf(f, "</ul>\n<h2>Prompt diff</h2>\n");
-    json_array_foreach(diffs, i, v) {
-        fprintf(f, "<h3>v%lld → v%lld</h3>\n", (long long)json_integer_value(json_object_get(v, "from")),
-                (long long)json_integer_value(json_object_get(v, "to")));
-        size_t j;
-        json_t *m;
-        json_array_foreach(json_object_get(v, "messages"), j, m) {
-            fprintf(f, "<p>message %zu: %s</p><pre>", j + 1, json_string_value(json_object_get(m, "status")));
-            size_t k;
-            json_t *l;
-            json_array_foreach(json_object_get(m, "diff"), k, l) {
-                const char *s = json_string_value(l);
-                fprintf(f, "<div class=\"%s\">", s[0] == '+' ? "add" : s[0] == '-' ? "del" : "");
-                html_escape(f, s);
-                fprintf(f, "</div>");
-            }
-            fprintf(f, "</pre>\n");
-        }
+    json_t *data = json_pack("{s:O, s:O, s:O, s:o}", "run", run, "results", results, "diffs", diffs, "cases",
+                             run_cases(c, run));
+    char *text = jtree_dump_text(data, false);
+    json_decref(data);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        free(text);
+        console_free(ca);
+        return -1;
     }
-    fprintf(f, "<h2>Changed cases</h2>\n<table><tr><th>case</th>");
-    json_array_foreach(json_object_get(rep, "versions"), i, v)
-        fprintf(f, "<th>v%lld</th>", (long long)json_integer_value(json_object_get(v, "version")));
-    fprintf(f, "</tr>\n");
-    json_array_foreach(json_object_get(rep, "changed"), i, v) {
-        fprintf(f, "<tr><td>");
-        html_escape(f, json_string_value(json_object_get(v, "id")));
-        fprintf(f, "<br><small>%s</small></td>", json_string_value(json_object_get(v, "source")));
-        size_t j;
-        json_t *vv;
-        json_array_foreach(json_object_get(rep, "versions"), j, vv) {
-            int p, fl, e;
-            const char *o, *w;
-            case_outcome(results, json_integer_value(json_object_get(v, "case")),
-                         json_integer_value(json_object_get(vv, "version")), &p, &fl, &e, &o, &w);
-            fprintf(f, "<td class=\"%s\"><b>%d/%lld pass</b><pre>", fl || e ? "del" : "add", p,
-                    (long long)json_integer_value(json_object_get(rep, "k")));
-            html_escape(f, o ? o : "");
-            fprintf(f, "</pre>");
-            if (w) {
-                fprintf(f, "<small>");
-                html_escape(f, w);
-                fprintf(f, "</small>");
-            }
-            fprintf(f, "</td>");
-        }
-        fprintf(f, "</tr>\n");
+    /* the page as the console serves it, its links to its own files replaced
+     * by their contents (the compare page draws no chart: no Chart.js) */
+    static const char *const css_link = "<link rel=\"stylesheet\" href=\"style.css\">";
+    static const char *const app_tag = "<script type=\"module\" src=\"app.js\"></script>";
+    const char *a = strstr(page, css_link), *d = strstr(page, app_tag);
+    if (!a || !d || a > d) {
+        fprintf(stderr, "ratchet eval: %s/index.html does not link style.css and app.js as expected\n",
+                console_dir(ca));
+        fclose(f);
+        free(text);
+        console_free(ca);
+        return -1;
     }
-    fprintf(f, "</table>\n</body></html>\n");
+    fwrite(page, 1, (size_t)(a - page), f);
+    fputs("<style>\n", f);
+    fwrite(css, 1, clen, f);
+    fputs("</style>", f);
+    const char *after_css = a + strlen(css_link);
+    fwrite(after_css, 1, (size_t)(d - after_css), f);
+    /* in JSON, '<' only appears inside strings, where \u003c means the same:
+     * nothing in the data can close the script element */
+    fputs("<script type=\"application/json\" id=\"ratchet-run\">", f);
+    put_replacing(f, text, strlen(text), "<", "\\u003c");
+    fputs("</script>\n<script type=\"module\">\n", f);
+    put_replacing(f, js, jlen, "</script", "<\\/script");
+    fputs("</script>", f);
+    const char *rest = d + strlen(app_tag);
+    fwrite(rest, 1, plen - (size_t)(rest - page), f);
+    free(text);
+    console_free(ca);
     return fclose(f);
 }
 
@@ -1111,7 +1105,7 @@ static int eval_run(client *c, const eval_opts *o)
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->junit);
             rc = EXIT_ERROR;
         }
-        if (o->html && write_html(o->html, run, diffs, results) != 0) {
+        if (o->html && write_html(o->html, c, run, diffs, results) != 0) {
             fprintf(stderr, "ratchet eval: cannot write %s\n", o->html);
             rc = EXIT_ERROR;
         }

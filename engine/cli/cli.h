@@ -39,5 +39,7 @@ int cmd_dataset(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 extern const char routes_usage[];
 int cmd_routes(int argc, char **argv);
+extern const char traces_usage[];
+int cmd_traces(int argc, char **argv);
 
 #endif

@@ -63,6 +63,7 @@ static const setting settings[] = {
     {"ingest_token", T_SECRET, OFF(ingest_token), 0, 0, NULL},
     {"admin_token", T_SECRET, OFF(admin_token), 0, 0, NULL},
     {"metrics_token", T_SECRET, OFF(metrics_token), 0, 0, NULL},
+    {"viewer_token", T_SECRET, OFF(viewer_token), 0, 0, NULL},
     {"log_level", T_LEVEL, OFF(log_level), 0, 0, NULL},
     {"log_format", T_LOG_FORMAT, OFF(log_format), 0, 0, NULL},
     {"access_log", T_BOOL, OFF(access_log), 0, 0, NULL},
@@ -405,6 +406,7 @@ void config_free(config *c)
     free(c->ingest_token);
     free(c->admin_token);
     free(c->metrics_token);
+    free(c->viewer_token);
     free(c->log_level);
     free(c->log_format);
     free_strv(c->scripts.dirs);

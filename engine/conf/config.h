@@ -104,6 +104,7 @@ typedef struct {
     char *ingest_token;  /* NULL: ingest only from loopback clients */
     char *admin_token;   /* NULL: reads and admin only from loopback clients */
     char *metrics_token; /* may read GET /metrics only; the admin token may too */
+    char *viewer_token;  /* may read every GET of the API and the console, no action; the admin token may too */
     char *log_level;
     char *log_format;    /* "text" or "json" */
     bool access_log;

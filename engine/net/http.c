@@ -910,7 +910,7 @@ void http_respond(http_request *req, int status, const char *content_type, const
      * is not JSON) was framed fine, so pipelined requests behind it are
      * answered too. */
     bool close_after = !c->keep_alive || c->srv->draining || c->error_status || req->close_after;
-    char head[512];
+    char head[2048]; /* the console's static files send a Content-Security-Policy and an ETag */
     int hn = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nX-Request-Id: %s\r\n"
                       "%sConnection: %s\r\n\r\n",

@@ -1187,6 +1187,17 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
     else if (q->failed == 0)
         buf_puts(&sql, " AND NOT (verdict = 1 OR negative = 1)");
+    /* the filters below test each trace the range and index give, newest
+     * first, until a page is full: a rare match reads further (docs/api.md) */
+    if (q->evaluator)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM scores sc WHERE sc.trace_id = traces.id AND sc.evaluator = ?8"
+                       " AND sc.pass = 0)");
+    if (q->feedback == 1)
+        buf_puts(&sql, " AND negative = 1");
+    else if (q->feedback == 2)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
+    if (q->text)
+        buf_puts(&sql, " AND instr(body, ?9) > 0");
     buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
     sqlite3_stmt *st = NULL;
     int ret = -1;
@@ -1205,6 +1216,10 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         sqlite3_bind_int64(st, 6, q->cursor_seq);
     }
     sqlite3_bind_int(st, 7, q->limit + 1); /* one more tells whether a next page exists */
+    if (q->evaluator)
+        sqlite3_bind_text(st, 8, q->evaluator, -1, SQLITE_STATIC);
+    if (q->text)
+        sqlite3_bind_text(st, 9, q->text, -1, SQLITE_STATIC);
 
     buf_puts(out, "{\"items\":[");
     int n = 0, rc;

@@ -126,6 +126,9 @@ typedef struct {
     int64_t cursor_ts;   /* items strictly after (older than) this position */
     int64_t cursor_seq;
     int failed;          /* 1: only failed traces, 0: only not failed, -1: any */
+    const char *evaluator; /* NULL: any; else only traces this evaluator failed */
+    int feedback;        /* 0: any; 1: only with negative feedback; 2: only with feedback of any kind */
+    const char *text;    /* NULL: any; else only traces whose stored body contains it (case-sensitive) */
 } store_trace_query;
 
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */

@@ -59,11 +59,21 @@ prompt "upper" { evaluators = { { "equals" } } }
     assert.matches('<testcase classname="upper.v2" name="zebra"></testcase>', junit)
     assert.matches('<testsuite name="upper gate" tests="1" failures="0" errors="0">\n' ..
       '    <testcase classname="upper" name="verdict"><system%-out>[%w_]+</system%-out></testcase>', junit)
+    -- the console's compare page, self-contained: its script and style inlined
+    -- (no file linked), the run's JSON embedded (spec/engine/console_spec.lua
+    -- opens such a report in Chromium)
     local html = engine.read_file(dir .. "/r.html")
-    assert.matches("<h2>Changed cases</h2>", html)
-    assert.matches("class=\"add\">%+Repeat the text%. Answer in uppercase%.", html)
-    assert.is_nil(html:find("src=", 1, true))     -- self-contained: no external assets
-    assert.is_nil(html:find("<script", 1, true))
+    assert.is_nil(html:find("src=", 1, true))
+    assert.is_nil(html:find('href="style.css"', 1, true))
+    assert.matches("<style>\n/%* console/style%.css", html)
+    assert.matches("<script type=\"module\">\n// console/app%.js", html)
+    local embedded = html:match("<script type=\"application/json\" id=\"ratchet%-run\">(.-)</script>")
+    assert.is_nil(embedded:find("<", 1, true)) -- nothing in the data can close its script element
+    local data = engine.json.decode(embedded)
+    assert.equal("no_regression", data.run.verdict)
+    assert.equal(6, #data.results) -- 3 cases x 2 versions x k = 1
+    assert.equal(3, #data.cases)
+    assert.equal("+Repeat the text. Answer in uppercase.", data.diffs[1].messages[1].diff[2])
     code = eval(string.format("--candidate-file %s/v2.json --require-improvement -q", dir))
     assert.equal(2, code)
   end)

@@ -46,6 +46,22 @@ describe("the installed kit", function()
     end
   end)
 
+  it("installs the console's files with Chart.js beside them, and the installed engine serves them", function()
+    for _, f in ipairs { "index.html", "app.js", "style.css" } do
+      assert.equal(engine.read_file(engine.root .. "/console/" .. f), engine.read_file(prefix .. "/share/ratchet/console/" .. f), f)
+    end
+    assert.equal(engine.read_file("/usr/share/javascript/chart.js/chart.min.js"),
+      engine.read_file(prefix .. "/share/ratchet/console/chart.js"))
+    local saved = engine.bin
+    engine.bin = bin
+    local e = engine.start { config = "" }
+    engine.bin = saved
+    local r = e:get("/console/app.js")
+    e:stop()
+    assert.equal(200, r.status)
+    assert.equal(engine.read_file(engine.root .. "/console/app.js"), r.body)
+  end)
+
   it("makes a project whose specs pass and whose config checks, with nothing from the source tree", function()
     local rc, out = sh(CLEAN_ENV .. q(bin) .. " init " .. q(project))
     assert.equal(0, rc, out)

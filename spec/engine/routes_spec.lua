@@ -7,10 +7,11 @@ local engine = require "spec.helpers.engine"
 local INGEST = "ingest-token-5d1e9a7c33"
 local ADMIN = "admin-token-8b2f4c6e10"
 local METRICS = "metrics-token-3a7d9e1f42"
+local VIEWER = "viewer-token-6c0b8a2e77"
 local GATEWAY = "gateway-key-6c0b1e9d77"
 
 -- the pages whose endpoint tables are checked
-local DOCS = { "docs/api.md", "docs/gate.md", "docs/loop.md", "docs/gateway.md", "README.md" }
+local DOCS = { "docs/api.md", "docs/gate.md", "docs/loop.md", "docs/gateway.md", "docs/console.md", "README.md" }
 local ORDER = { "GET", "POST", "PUT", "DELETE" } -- the order an Allow header names them
 
 local function routes()
@@ -41,6 +42,7 @@ local function expand(span, where)
     local next = {}
     for _, p in ipairs(paths) do
       for alt in seg:gmatch("[^|]+") do next[#next + 1] = p .. "/" .. alt end
+      if seg == "" then next[#next + 1] = p .. "/" end -- a trailing slash (`GET /console/`)
     end
     paths = next
   end
@@ -107,7 +109,7 @@ describe("ratchet routes", function()
     for _, r in ipairs(t.routes) do
       assert.is_nil(seen[key(r.method, r.path)], "declared twice: " .. key(r.method, r.path))
       seen[key(r.method, r.path)] = true
-      assert.is_truthy(({ none = 1, ingest = 1, admin = 1, metrics = 1, gateway = 1 })[r.scope], r.scope)
+      assert.is_truthy(({ none = 1, ingest = 1, admin = 1, metrics = 1, gateway = 1, viewer = 1 })[r.scope], r.scope)
       assert.is_truthy(engine.read_file(engine.root .. "/" .. r.doc), r.doc)
     end
   end)
@@ -195,13 +197,17 @@ describe("the engine answers as its route table says", function()
   local e, t
   setup(function()
     t = routes()
-    e = engine.start { config = string.format("ingest_token = %q\nadmin_token = %q\nmetrics_token = %q\ndebug_endpoints = true\n"
-      .. "gateway = { keys = { %q } }\n", INGEST, ADMIN, METRICS, GATEWAY) }
+    e = engine.start { config = string.format("ingest_token = %q\nadmin_token = %q\nmetrics_token = %q\nviewer_token = %q\ndebug_endpoints = true\n"
+      .. "gateway = { keys = { %q } }\n", INGEST, ADMIN, METRICS, VIEWER, GATEWAY) }
   end)
   teardown(function() e:stop() end)
 
   local function bearer(tok) return { headers = { authorization = "Bearer " .. tok } } end
-  local function concrete(pattern) return (pattern:gsub("{[^}]+}", "x")) end
+  -- the console's files are served with no token: a file it has stands for its {file}
+  local function concrete(pattern)
+    if pattern == "/console/{file}" then return "/console/app.js" end
+    return (pattern:gsub("{[^}]+}", "x"))
+  end
   local function matches(pattern, path)
     local p, q = {}, {}
     for s in pattern:gmatch("/([^/]*)") do p[#p + 1] = s end
@@ -214,7 +220,7 @@ describe("the engine answers as its route table says", function()
   end
 
   it("asks each route's scope for its token, and takes it", function()
-    local own = { ingest = INGEST, admin = ADMIN, metrics = METRICS, gateway = GATEWAY }
+    local own = { ingest = INGEST, admin = ADMIN, metrics = METRICS, gateway = GATEWAY, viewer = VIEWER }
     local wrong = {}
     for _, r in ipairs(t.routes) do
       local path, k = concrete(r.path), key(r.method, r.path)

@@ -1,0 +1,161 @@
+/* cli_traces.c — `ratchet traces`: one page of a running engine's traces,
+ * newest first, with the filters of GET /v1/traces (the console's trace
+ * explorer), and the cursor of the next page. */
+#include "cli/cli.h"
+
+#include <curl/curl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/exitcode.h"
+#include "base/jtree.h"
+#include "cli/cli_private.h"
+
+const char traces_usage[] =
+    "usage: ratchet traces [--prompt NAME] [--version V] [--since T] [--until T] [--failed]\n"
+    "                      [--evaluator NAME] [--feedback negative|any] [--text TEXT]\n"
+    "                      [--limit N] [--cursor C] [--json] [--url URL | -c FILE]\n"
+    "\n"
+    "One page of the engine's traces, newest first (GET /v1/traces): time, id,\n"
+    "prompt and version, verdict, the start of the output. Filters: the prompt, its\n"
+    "version, a time range (RFC 3339 or ms), failed ones only, those an evaluator\n"
+    "failed, those with negative (or any) feedback, those holding a text. The last\n"
+    "line names the --cursor of the next page.\n"
+    "\n"
+    "  --limit N    traces on the page, 1 to 1000 (default 20)\n"
+    "  --json       the API's answer as it is\n"
+    "\n"
+    "Exit status: 0, or 3 on a usage error or when the engine refuses.\n";
+
+/* "&key=value" with the value URL-encoded */
+static void add_param(buf_t *q, CURL *h, const char *key, const char *value)
+{
+    if (!value)
+        return;
+    char *e = curl_easy_escape(h, value, 0);
+    buf_printf(q, "%s%s=%s", q->len ? "&" : "?", key, e ? e : "");
+    curl_free(e);
+}
+
+static const char *field(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+int cmd_traces(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"prompt", required_argument, NULL, 'p'}, {"version", required_argument, NULL, 'V'},
+        {"since", required_argument, NULL, 's'},  {"until", required_argument, NULL, 'U'},
+        {"failed", no_argument, NULL, 'f'},       {"evaluator", required_argument, NULL, 'e'},
+        {"feedback", required_argument, NULL, 'F'}, {"text", required_argument, NULL, 't'},
+        {"limit", required_argument, NULL, 'n'},  {"cursor", required_argument, NULL, 'C'},
+        {"json", no_argument, NULL, 'j'},         {"url", required_argument, NULL, 'u'},
+        {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *prompt = NULL, *version = NULL, *since = NULL, *until = NULL, *evaluator = NULL, *feedback = NULL,
+               *text = NULL, *cursor = NULL, *url = NULL, *config = NULL;
+    bool failed = false, as_json = false;
+    long long limit = 20, v;
+    int ch;
+    optind = 1;
+    while ((ch = cli_getopt("traces", argc, argv, "p:n:c:u:jh", opts)) != -1) {
+        switch (ch) {
+        case 'p': prompt = optarg; break;
+        case 'V':
+            if (cli_int("traces", "--version", optarg, 1, 2147483647, &v))
+                return EXIT_ERROR;
+            version = optarg;
+            break;
+        case 's': since = optarg; break;
+        case 'U': until = optarg; break;
+        case 'f': failed = true; break;
+        case 'e': evaluator = optarg; break;
+        case 'F':
+            if (strcmp(optarg, "negative") && strcmp(optarg, "any")) {
+                fprintf(stderr, "ratchet traces: --feedback must be negative or any, not '%s'\n", optarg);
+                return EXIT_ERROR;
+            }
+            feedback = optarg;
+            break;
+        case 't': text = optarg; break;
+        case 'n':
+            if (cli_int("traces", "--limit", optarg, 1, 1000, &limit))
+                return EXIT_ERROR;
+            break;
+        case 'C': cursor = optarg; break;
+        case 'j': as_json = true; break;
+        case 'u': url = optarg; break;
+        case 'c': config = optarg; break;
+        case 'h': fputs(traces_usage, stdout); return 0;
+        default: fputs(traces_usage, stderr); return EXIT_ERROR;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ratchet traces: unexpected argument '%s'\n\n%s", argv[optind], traces_usage);
+        return EXIT_ERROR;
+    }
+    client c;
+    if (client_init(&c, url, config) != 0)
+        return EXIT_ERROR;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    CURL *h = curl_easy_init();
+    buf_t q = {0};
+    char n[24];
+    snprintf(n, sizeof n, "%lld", limit);
+    add_param(&q, h, "limit", n);
+    add_param(&q, h, "prompt", prompt);
+    add_param(&q, h, "version", version);
+    add_param(&q, h, "since", since);
+    add_param(&q, h, "until", until);
+    add_param(&q, h, "failed", failed ? "true" : NULL);
+    add_param(&q, h, "evaluator", evaluator);
+    add_param(&q, h, "feedback", feedback);
+    add_param(&q, h, "q", text);
+    add_param(&q, h, "cursor", cursor);
+    curl_easy_cleanup(h);
+    char *path = xmalloc(q.len + 16);
+    snprintf(path, q.len + 16, "/v1/traces%s", q.data);
+    json_t *ans = NULL;
+    long code = call_json(&c, "GET", path, NULL, &ans);
+    int rc = 0;
+    if (code != 200) {
+        print_error("traces", code, ans);
+        rc = EXIT_ERROR;
+    } else if (as_json) {
+        char *t = jtree_dump_text(ans, true);
+        puts(t);
+        free(t);
+    } else {
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(ans, "items"), i, t) {
+            json_t *p = json_object_get(t, "prompt");
+            json_t *out = json_object_get(t, "output");
+            char *o = json_is_string(out) ? strdup(json_string_value(out)) : jtree_dump_text(out, false);
+            for (char *s = o; s && *s; s++)
+                if (*s == '\n' || *s == '\r' || *s == '\t')
+                    *s = ' ';
+            char ver[32] = "";
+            if (json_is_integer(json_object_get(p, "version")))
+                snprintf(ver, sizeof ver, " v%lld", (long long)json_integer_value(json_object_get(p, "version")));
+            printf("%s  %-24s %s%s  %-8s %.70s\n", field(t, "timestamp"), field(t, "id"), field(p, "name"), ver,
+                   *field(t, "verdict") ? field(t, "verdict") : "-", o ? o : "");
+            free(o);
+        }
+        if (json_array_size(json_object_get(ans, "items")) == 0)
+            printf("no trace matches\n");
+        if (json_is_string(json_object_get(ans, "next_cursor")))
+            printf("next page: --cursor %s\n", field(ans, "next_cursor"));
+    }
+    json_decref(ans);
+    free(path);
+    buf_free(&q);
+    client_free(&c);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,5 +1,8 @@
 -- `make demo` end to end (demo/run.sh with the fake LLM server): it must
--- run the whole loop and say plainly that the models are simulations.
+-- run the whole loop and say plainly that the models are simulations. The
+-- gepa and gateway variants are the same scenario in another mode: tagged
+-- #heavy, they run in `make test`, not again under ASan (where the slower
+-- engine lets more traffic in before the trigger and the gate's timing shifts).
 local engine = require "spec.helpers.engine"
 
 describe("make demo", function()
@@ -22,7 +25,7 @@ describe("make demo", function()
     assert.matches("pass rate before: 67%% %(v1%)   after: 100%% %(v3", text)
   end)
 
-  it("runs with the gepa search (demo/run.sh --template gepa): its pool goes to the gate, the fix is promoted", function()
+  it("runs with the gepa search (demo/run.sh --template gepa): its pool goes to the gate, the fix is promoted #heavy", function()
     local out = io.popen("RATCHET_BIN=" .. engine.shell_quote(engine.bin) .. " RATCHET_DEMO_API_KEY= timeout "
       .. (120 * engine.slow) .. " ./demo/run.sh --template gepa 2>&1; echo \"exit=$?\"")
     local text = out:read("a")
@@ -45,7 +48,7 @@ end)
 describe("make demo-gateway", function()
   -- the loop improving a prompt whose only traffic comes through the gateway:
   -- no trace is posted by the application, the engine captures every one
-  it("runs the same loop with every request through POST /v1/chat/completions", function()
+  it("runs the same loop with every request through POST /v1/chat/completions #heavy", function()
     local out = io.popen("RATCHET_BIN=" .. engine.shell_quote(engine.bin) .. " RATCHET_DEMO_API_KEY= RATCHET_DEMO_GATEWAY=1 "
       .. "timeout " .. (120 * engine.slow) .. " ./demo/run.sh 2>&1; echo \"exit=$?\"")
     local text = out:read("a")

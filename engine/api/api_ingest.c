@@ -198,13 +198,8 @@ static void on_capture_committed(store_write *w)
     api *a = job->a;
     if (w->status == 0) {
         for (size_t i = 0; i < w->ntraces; i++)
-            if (w->trace_results[i] == STORE_ACCEPTED) {
-                a->gateway_n.captured++;
-                if (a->online)
-                    online_enqueue(a->online, w->traces[i].id, w->traces[i].prompt);
-                if (a->loop_sm)
-                    loop_note_traces(a->loop_sm, w->traces[i].prompt, 1);
-            }
+            a->gateway_n.captured += w->trace_results[i] == STORE_ACCEPTED;
+        api_ingest_committed(a, w); /* evaluated and seen by the loop as any ingested trace */
     } else {
         if (a->gateway_n.capture_failed % 1000 == 0)
             log_error("gateway", "captured traces were not stored: the commit failed (SQLite code %d)", w->status);

@@ -179,7 +179,11 @@ try {
   await p.fill('#trace-filters input[name="q"]', 'Print');
   await p.click('#trace-filters button[type="submit"]');
   await p.waitForFunction(() => location.hash.includes('evaluator=json_schema') && location.hash.includes('q=Print'));
-  await p.waitForSelector('#traces a');
+  // the unfiltered table stays on screen until the filtered answer comes: wait for the one that has only failures
+  await p.waitForFunction(() => {
+    const n = document.querySelectorAll('#traces tr').length;
+    return n > 1 && document.querySelectorAll('#traces td.fail').length === n - 1;
+  }).catch(() => {});
   const rows = await p.locator('#traces tr').count();
   check(rows > 1 && rows <= 51 && (await p.locator('#traces td.fail').count()) === rows - 1, 'traces json_schema failed, with "Print"');
   for (const out of await p.locator('#traces pre').allTextContents()) check(out.includes('Print'), 'each output says Print: ' + out);

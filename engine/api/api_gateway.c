@@ -596,6 +596,28 @@ static void on_client_gone(http_request *req, void *ud)
 
 static void openai_to_anthropic(gw_call *c, json_t *e, bool done);
 
+/* The caller's answer starts with the first chunk: status, headers. */
+static void stream_begin(gw_call *c, int status, const char *ctype)
+{
+    if (c->started)
+        return;
+    buf_t hdr;
+    buf_init(&hdr);
+    answer_headers(c, &hdr);
+    c->started = true;
+    http_stream_start(c->req, status, ctype, hdr.data);
+    buf_free(&hdr);
+}
+
+/* The stream as the caller got it, for the trace, up to SSE_KEEP_MAX. */
+static void keep_sse(gw_call *c, const char *data, size_t len)
+{
+    if (c->sse.len + len <= SSE_KEEP_MAX)
+        buf_append(&c->sse, data, len);
+    else
+        c->sse_cut = true;
+}
+
 static bool on_chunk(httpc_req *r, int status, const char *ctype, const char *data, size_t len, void *ud)
 {
     (void)r;
@@ -603,20 +625,10 @@ static bool on_chunk(httpc_req *r, int status, const char *ctype, const char *da
     if (c->gone)
         return false;
     c->in_chunk = true;
-    if (!c->started) {
-        buf_t hdr;
-        buf_init(&hdr);
-        answer_headers(c, &hdr);
-        c->started = true;
-        http_stream_start(c->req, status, ctype && ctype[0] ? ctype : "text/event-stream", hdr.data);
-        buf_free(&hdr);
-    }
+    stream_begin(c, status, ctype && ctype[0] ? ctype : "text/event-stream");
     if (!c->gone)
         http_stream_write(c->req, data, len);
-    if (c->sse.len + len <= SSE_KEEP_MAX)
-        buf_append(&c->sse, data, len);
-    else
-        c->sse_cut = true;
+    keep_sse(c, data, len);
     c->in_chunk = false;
     return !c->gone;
 }
@@ -900,18 +912,8 @@ static bool on_translated_chunk(httpc_req *r, int status, const char *ctype, con
     if (c->gone)
         return false;
     c->in_chunk = true;
-    if (!c->started) {
-        buf_t hdr;
-        buf_init(&hdr);
-        answer_headers(c, &hdr);
-        c->started = true;
-        http_stream_start(c->req, status, "text/event-stream", hdr.data);
-        buf_free(&hdr);
-    }
-    if (c->sse.len + len <= SSE_KEEP_MAX)
-        buf_append(&c->sse, data, len);
-    else
-        c->sse_cut = true;
+    stream_begin(c, status, "text/event-stream");
+    keep_sse(c, data, len);
     buf_append(&c->tr.line, data, len);
     size_t used = 0;
     while (!c->gone) {

@@ -10,7 +10,7 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 # the commit built, when built from a git checkout (GET /v1/version names it)
 COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 
-PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2 libprotobuf-c zlib
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 libpq jansson libsystemd libcrypto libgit2 libprotobuf-c zlib
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))

@@ -721,7 +721,9 @@ static void undo_data_dir(engine *e)
 /* the store, with its writer and checkpointer threads */
 static int start_store(engine *e, char *err, size_t errlen)
 {
-    return store_open(&e->store, e->loop, e->cfg.data_dir, e->cfg.limits.max_pending_writes, err, errlen);
+    store_options o = {.kind = e->cfg.store.kind, .dir = e->cfg.data_dir, .dsn = e->cfg.store.dsn,
+                       .max_pending = e->cfg.limits.max_pending_writes, .read_pool = e->cfg.store.read_pool};
+    return store_open(&e->store, e->loop, &o, err, errlen);
 }
 
 static void undo_store(engine *e)

@@ -1,4 +1,4 @@
-/* store.h — the one interface to durable storage (SQLite today).
+/* store.h — the one interface to durable storage, on SQLite (sqlite*.c) or PostgreSQL (pg*.c).
  *
  * Writes go to a single writer thread that commits everything pending in one
  * transaction with one fsync (group commit) and then calls each write's done
@@ -133,10 +133,21 @@ typedef struct {
 
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */
 void store_metrics(store *s, buf_t *b);
-/* Opens (creating and migrating) the store in dir, which must exist (the
- * caller holds its lock: store/datadir.h), and starts the writer and
- * checkpointer threads. Returns 0, or -1 with a message in err. */
-int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
+/* Which store to open (the config's `store` table, docs/scale-out.md). */
+typedef struct {
+    const char *kind;   /* "sqlite" (NULL too) or "postgres" */
+    const char *dir;    /* sqlite: the data directory, which must exist (the caller holds its lock: store/datadir.h) */
+    const char *dsn;    /* postgres: a libpq connection string */
+    int max_pending;
+    int read_pool;      /* postgres: read connections kept open (0: 4) */
+} store_options;
+/* Opens (creating and migrating) the store and starts its writer thread (and,
+ * on SQLite, the checkpointer). Returns 0, or -1 with a message in err. */
+int store_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen);
+/* "sqlite" or "postgres". */
+const char *store_kind(store *s);
+/* Adds {kind, healthy, ...} of the backend's state to out (for status and /readyz). */
+void store_status(store *s, json_t *out);
 /* Waits on the loop thread until every write queued so far is committed and
  * its callback has run (and those the callbacks queued): after it, no write
  * of the caller's waits for an answer, and its objects can be freed. */

@@ -1,0 +1,1175 @@
+/* pg.c — the store on PostgreSQL: schema migrations, the group-commit writer thread, the
+ * read-connection pool, and the reads of traces and the ledger. Nothing here runs SQL on the
+ * loop thread: the writer thread owns one blocking connection (BEGIN, every pending write,
+ * COMMIT with synchronous_commit on, then the acks), and reads run on thread-pool threads on
+ * connections of the pool. A lost connection fails the batch in flight (its acks say so) and
+ * the writer reconnects with backoff; until it has, the store reports itself down. */
+#include "store/store.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/jtree.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "store/pg_private.h"
+
+#define PG_POOL_MAX 64
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 5000
+
+struct pg_store {
+    store base; /* first: the seam (store/backend.h) */
+    uv_loop_t *loop;
+    char *dsn;
+    PGconn *wconn;
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    pthread_cond_t idle_cond;
+    bool writing;
+    store_write *queue_head, *queue_tail;
+    store_write *done_head, *done_tail;
+    size_t queued_items;
+    size_t max_pending;
+    bool stopping;
+    bool healthy;            /* the writer's connection is up and its last commit succeeded */
+    char last_error[256];    /* why not, under mu */
+    uint64_t commits, commit_failures, writes_committed, items_committed, reconnects;
+    metrics_hist commit_seconds;
+    uv_async_t done_async;
+    pthread_mutex_t read_mu;
+    PGconn *read_pool[PG_POOL_MAX];
+    int read_free, read_max;
+};
+
+/* Each entry brings the schema from version i to i+1. Never edit one that has shipped;
+ * append a new one. The same tables as SQLite's migrations 1-5, in PostgreSQL's types:
+ * bodies of traces and feedback are json (kept as sent, queried with -> and #>). */
+static const char *const migrations[] = {
+    "CREATE TABLE traces ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT,"
+    "  ts BIGINT NOT NULL,"
+    "  received_at BIGINT NOT NULL,"
+    "  retry_of TEXT,"
+    "  body JSON NOT NULL,"
+    "  verdict BIGINT,"
+    "  negative BIGINT NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
+    "CREATE INDEX traces_by_ts ON traces(ts, seq);"
+    "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE TABLE feedback ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  trace_id TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  thumbs BIGINT,"
+    "  ts BIGINT NOT NULL,"
+    "  body JSON NOT NULL"
+    ");"
+    "CREATE INDEX feedback_by_trace ON feedback(trace_id);"
+    "CREATE TABLE scores ("
+    "  trace_id TEXT NOT NULL,"
+    "  evaluator TEXT NOT NULL,"
+    "  script TEXT NOT NULL,"
+    "  version TEXT NOT NULL,"
+    "  required BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  pass BIGINT NOT NULL,"
+    "  score DOUBLE PRECISION NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL,"
+    "  PRIMARY KEY (trace_id, evaluator)"
+    ");"
+    "CREATE TABLE llm_calls ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  ts BIGINT NOT NULL,"
+    "  caller_kind TEXT NOT NULL,"
+    "  caller TEXT NOT NULL,"
+    "  run_id TEXT,"
+    "  provider TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  input_tokens BIGINT NOT NULL,"
+    "  output_tokens BIGINT NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL,"
+    "  attempts BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  error TEXT,"
+    "  latency_ms DOUBLE PRECISION NOT NULL,"
+    "  request_id TEXT"
+    ");"
+    "CREATE INDEX llm_calls_by_ts ON llm_calls(ts);"
+    "CREATE INDEX llm_calls_by_run ON llm_calls(run_id, ts) WHERE run_id IS NOT NULL;"
+    "CREATE TABLE prompts ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  pinned BIGINT NOT NULL,"
+    "  pin_reason TEXT,"
+    "  canary_share DOUBLE PRECISION NOT NULL"
+    ");"
+    "CREATE TABLE prompt_versions ("
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  messages TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  parent BIGINT,"
+    "  author TEXT NOT NULL,"
+    "  note TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  PRIMARY KEY (prompt, version)"
+    ");"
+    "CREATE TABLE prompt_labels ("
+    "  prompt TEXT NOT NULL, label TEXT NOT NULL, version BIGINT NOT NULL,"
+    "  PRIMARY KEY (prompt, label)"
+    ");"
+    "CREATE TABLE transitions ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT,"
+    "  from_status TEXT,"
+    "  to_status TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL"
+    ");"
+    "CREATE INDEX transitions_by_prompt ON transitions(prompt, seq);"
+    "CREATE TABLE datasets ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  cases BIGINT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  updated_at BIGINT NOT NULL"
+    ");"
+    "CREATE TABLE dataset_cases ("
+    "  dataset TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  added BIGINT NOT NULL,"
+    "  removed BIGINT,"
+    "  body TEXT NOT NULL,"
+    "  PRIMARY KEY (dataset, id, added)"
+    ");"
+    "CREATE TABLE runs ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  verdict TEXT,"
+    "  report TEXT,"
+    "  error TEXT,"
+    "  created_at BIGINT NOT NULL,"
+    "  finished_at BIGINT"
+    ");"
+    "CREATE INDEX runs_by_prompt ON runs(prompt, created_at);"
+    "CREATE TABLE run_cases ("
+    "  run_id TEXT NOT NULL,"
+    "  idx BIGINT NOT NULL,"
+    "  body TEXT NOT NULL,"
+    "  PRIMARY KEY (run_id, idx)"
+    ");"
+    "CREATE TABLE run_results ("
+    "  run_id TEXT NOT NULL,"
+    "  case_idx BIGINT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  sample BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  output TEXT,"
+    "  error TEXT,"
+    "  verdicts TEXT,"
+    "  input_tokens BIGINT NOT NULL,"
+    "  output_tokens BIGINT NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL,"
+    "  latency_ms DOUBLE PRECISION NOT NULL,"
+    "  cached BIGINT NOT NULL,"
+    "  PRIMARY KEY (run_id, case_idx, version, sample)"
+    ");"
+    "CREATE TABLE result_cache ("
+    "  key TEXT PRIMARY KEY,"
+    "  result TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL"
+    ");"
+    "CREATE TABLE loop_state ("
+    "  prompt TEXT PRIMARY KEY,"
+    "  state TEXT NOT NULL,"
+    "  cycle TEXT,"
+    "  run_id TEXT,"
+    "  version BIGINT,"
+    "  step BIGINT NOT NULL,"
+    "  step_started BIGINT,"
+    "  canary_started BIGINT,"
+    "  last_cycle_at BIGINT,"
+    "  updated_at BIGINT NOT NULL,"
+    "  detail TEXT"
+    ");"
+    "CREATE TABLE loop_events ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL,"
+    "  cycle TEXT,"
+    "  kind TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  detail TEXT"
+    ");"
+    "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+/* the advisory lock key that serializes migrations of engines starting together */
+#define MIGRATION_LOCK 0x72617463 /* "ratc" */
+
+static const store_backend pg_backend;
+static void *writer_main(void *arg);
+static void on_done_async(uv_async_t *h);
+
+/* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
+static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectdb(dsn);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        /* libpq's message names host and reason, never the password */
+        snprintf(err, errlen, "cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
+        err[strcspn(err, "\n")] = 0;
+        PQfinish(c);
+        return NULL;
+    }
+    char ignored[128];
+    /* an ack waits for the WAL flush (the server's default, made sure of here) */
+    pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
+    return c;
+}
+
+static int migrate(PGconn *c, char *err, size_t errlen)
+{
+    char sql[128];
+    if (pg_exec(c, "BEGIN", err, errlen))
+        return -1;
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_xact_lock(%d)", MIGRATION_LOCK);
+    if (pg_exec(c, sql, err, errlen) ||
+        pg_exec(c, "CREATE TABLE IF NOT EXISTS ratchet_schema (version BIGINT NOT NULL)", err, errlen))
+        goto fail;
+    PGresult *r = PQexec(c, "SELECT version FROM ratchet_schema");
+    int have = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) ? atoi(PQgetvalue(r, 0, 0)) : 0;
+    bool row = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    if (have > SCHEMA_VERSION) {
+        snprintf(err, errlen, "the database has schema version %d, newer than this engine's %d; run a newer ratchet",
+                 have, SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int v = have; v < SCHEMA_VERSION; v++) {
+        if (pg_exec(c, migrations[v], err, errlen))
+            goto fail;
+        snprintf(sql, sizeof sql, row ? "UPDATE ratchet_schema SET version = %d" : "INSERT INTO ratchet_schema VALUES (%d)",
+                 v + 1);
+        row = true;
+        if (pg_exec(c, sql, err, errlen))
+            goto fail;
+        log_info("store", "migrated the PostgreSQL schema to version %d", v + 1);
+    }
+    return pg_exec(c, "COMMIT", err, errlen);
+fail:;
+    char ignored[64];
+    pg_exec(c, "ROLLBACK", ignored, sizeof ignored);
+    return -1;
+}
+
+int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen)
+{
+    if (!o->dsn) {
+        snprintf(err, errlen, "store.dsn: a PostgreSQL store needs a connection string");
+        return -1;
+    }
+    pg_store *s = xcalloc(1, sizeof *s);
+    s->base.be = &pg_backend;
+    s->loop = loop;
+    s->max_pending = (size_t)o->max_pending;
+    s->dsn = xstrdup(o->dsn);
+    s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    /* at start, before the engine serves: the one blocking connect on the loop thread */
+    s->wconn = connect_db(s->dsn, err, errlen);
+    if (!s->wconn || migrate(s->wconn, err, errlen) != 0) {
+        if (s->wconn) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", err);
+            snprintf(err, errlen, "the PostgreSQL store: %s", why);
+        }
+        PQfinish(s->wconn);
+        free(s->dsn);
+        free(s);
+        return -1;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->idle_cond, NULL);
+    pthread_mutex_init(&s->read_mu, NULL);
+    s->healthy = true;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        PQfinish(s->wconn);
+        free(s->dsn);
+        free(s);
+        return -1;
+    }
+    uv_async_init(loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
+    *out = &s->base;
+    return 0;
+}
+
+static void pg_metrics(store *base, buf_t *b)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
+             items = s->items_committed, reconnects = s->reconnects;
+    metrics_hist h = s->commit_seconds;
+    size_t queued = s->queued_items;
+    bool healthy = s->healthy;
+    pthread_mutex_unlock(&s->mu);
+    metrics_one(b, "ratchet_store_commits_total", "counter",
+                "Group commits: one transaction for every write pending.", (double)commits);
+    metrics_one(b, "ratchet_store_commit_failures_total", "counter",
+                "Transactions that failed (nothing of them stored).", (double)failures);
+    metrics_one(b, "ratchet_store_writes_total", "counter",
+                "Writes (an ingest request, a batch of verdicts, ...) committed.", (double)writes);
+    metrics_one(b, "ratchet_store_items_total", "counter",
+                "Items (traces, feedback, scores, ...) committed.", (double)items);
+    metrics_family(b, "ratchet_store_commit_duration_seconds", "histogram",
+                   "Time of one group commit, the WAL flush included.");
+    metrics_histogram(b, "ratchet_store_commit_duration_seconds", &h, NULL);
+    metrics_one(b, "ratchet_store_pending_items", "gauge",
+                "Items queued for the writer (limits.max_pending_writes).", (double)queued);
+    metrics_one(b, "ratchet_store_healthy", "gauge", "1 when the store's connection is up and its last commit succeeded.",
+                healthy);
+    metrics_one(b, "ratchet_store_reconnects_total", "counter",
+                "Times the writer connected to PostgreSQL again after losing it.", (double)reconnects);
+}
+
+static void pg_status(store *base, json_t *out)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    if (!s->healthy && s->last_error[0])
+        json_object_set_new(out, "error", json_string(s->last_error));
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void drain_done(pg_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    store_write *w = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
+static void on_done_async(uv_async_t *h)
+{
+    drain_done(h->data);
+}
+
+static void pg_flush(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (s->queue_head || s->writing)
+            pthread_cond_wait(&s->idle_cond, &s->mu);
+        bool done = s->done_head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!done)
+            return;
+        drain_done(s);
+    }
+}
+
+static void on_done_async_closed(uv_handle_t *h)
+{
+    pg_store *s = h->data;
+    free(s->dsn);
+    free(s);
+}
+
+static void pg_close(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    drain_done(s);
+    PQfinish(s->wconn);
+    for (int i = 0; i < s->read_free; i++)
+        PQfinish(s->read_pool[i]);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->idle_cond);
+    pthread_mutex_destroy(&s->read_mu);
+    uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
+}
+
+static size_t write_items(const store_write *w)
+{
+    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls + w->nops;
+}
+
+static int pg_submit(store *base, store_write *w)
+{
+    pg_store *s = (pg_store *)base;
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+        pthread_mutex_unlock(&s->mu);
+        free(w->trace_results);
+        free(w->feedback_results);
+        w->trace_results = w->feedback_results = NULL;
+        return -1;
+    }
+    s->queued_items += write_items(w);
+    if (s->queue_tail)
+        s->queue_tail->next = w;
+    else
+        s->queue_head = w;
+    s->queue_tail = w;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static bool pg_healthy(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool h = s->healthy && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+/* ---- the writer ---- */
+
+/* Runs one statement of the write transaction; -1 with err. */
+static int run(pgq *q, char *err, size_t errlen)
+{
+    int rc = pgq_step(q);
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "%s", q->err);
+        return -1;
+    }
+    return 0;
+}
+
+static int insert_feedback(pg_store *s, const char *id, const char *trace_id, const char *source, int thumbs,
+                           bool negative, int64_t ts, const char *json, size_t json_len, unsigned char *res, char *err,
+                           size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
+                               "VALUES (?1, ?2, ?3, ?4, ?5, ?6::json) ON CONFLICT(id) DO NOTHING");
+    pgq_text(q, 1, id);
+    pgq_text(q, 2, trace_id);
+    pgq_text(q, 3, source);
+    if (thumbs)
+        pgq_int(q, 4, thumbs);
+    else
+        pgq_null(q, 4);
+    pgq_int(q, 5, ts);
+    pgq_textn(q, 6, json, json_len);
+    int rc = run(q, err, errlen);
+    if (!rc)
+        *res = pgq_changes(q) ? STORE_ACCEPTED : STORE_DUPLICATE;
+    pgq_free(q);
+    if (!rc && *res == STORE_ACCEPTED && negative) {
+        q = pgq_new(s->wconn, "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0");
+        pgq_text(q, 1, trace_id);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    return rc;
+}
+
+static int apply_evaluation(pg_store *s, const store_evaluation *e, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "DELETE FROM scores WHERE trace_id = ?1");
+    pgq_text(q, 1, e->trace_id);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    for (size_t i = 0; !rc && i < e->nscores; i++) {
+        const store_score *sc = &e->scores[i];
+        q = pgq_new(s->wconn, "INSERT INTO scores(trace_id, evaluator, script, version, required, status, pass, score, "
+                              "reason, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                              "ON CONFLICT(trace_id, evaluator) DO NOTHING");
+        pgq_text(q, 1, e->trace_id);
+        pgq_text(q, 2, sc->evaluator);
+        pgq_text(q, 3, sc->script);
+        pgq_text(q, 4, sc->version);
+        pgq_int(q, 5, sc->required);
+        pgq_text(q, 6, sc->status);
+        pgq_int(q, 7, sc->pass);
+        pgq_double(q, 8, sc->score);
+        pgq_text(q, 9, sc->reason);
+        pgq_int(q, 10, e->ts_ms);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    if (rc)
+        return rc;
+    q = pgq_new(s->wconn, "UPDATE traces SET verdict = ?2 WHERE id = ?1");
+    pgq_text(q, 1, e->trace_id);
+    pgq_int(q, 2, (int)e->verdict);
+    rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
+static int apply_ops(pg_store *s, const store_op *op, char *err, size_t errlen)
+{
+    for (; op; op = op->next) {
+        pgq *q = pgq_new(s->wconn, op->sql);
+        for (int i = 0; i < op->n; i++) {
+            const store_val *v = &op->v[i];
+            if (v->t == 'i')
+                pgq_int(q, i + 1, v->i);
+            else if (v->t == 'd')
+                pgq_double(q, i + 1, v->d);
+            else if (v->t == 's')
+                pgq_text(q, i + 1, v->s);
+            else
+                pgq_null(q, i + 1);
+        }
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int apply_write(pg_store *s, store_write *w, int64_t received, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < w->ntraces; i++) {
+        store_trace *t = &w->traces[i];
+        pgq *q = pgq_new(s->wconn, "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
+                                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7::json) ON CONFLICT(id) DO NOTHING");
+        pgq_text(q, 1, t->id);
+        pgq_text(q, 2, t->prompt);
+        if (t->version)
+            pgq_int(q, 3, t->version);
+        else
+            pgq_null(q, 3);
+        pgq_int(q, 4, t->ts_ms);
+        pgq_int(q, 5, received);
+        pgq_text(q, 6, t->retry_of);
+        pgq_textn(q, 7, t->json, t->json_len);
+        int rc = run(q, err, errlen);
+        if (!rc)
+            w->trace_results[i] = pgq_changes(q) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        pgq_free(q);
+        if (rc)
+            return rc;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
+            /* Implicit feedback: the earlier trace was retried by this one. */
+            char fid[200], body[400];
+            unsigned char ignored;
+            snprintf(fid, sizeof fid, "retry:%s", t->id);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", fid, "trace_id", t->retry_of, "source", "retry",
+                                  "retried_by", t->id);
+            size_t n = json_dumpb(o, body, sizeof body, JSON_COMPACT);
+            json_decref(o);
+            if (insert_feedback(s, fid, t->retry_of, "retry", 0, true, t->ts_ms, body, n, &ignored, err, errlen))
+                return -1;
+        }
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        store_feedback *f = &w->feedback[i];
+        pgq *q = pgq_new(s->wconn, "SELECT prompt, version FROM traces WHERE id = ?1");
+        pgq_text(q, 1, f->trace_id);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ROW) {
+            free(f->trace_prompt); /* a retried transaction sets it again */
+            f->trace_prompt = xstrdup(pgq_col(q, 0));
+            f->trace_version = pgq_col_int(q, 1);
+        } else if (rc == PGQ_ERROR) {
+            snprintf(err, errlen, "%s", q->err);
+        }
+        pgq_free(q);
+        if (rc == PGQ_ERROR)
+            return -1;
+        if (rc == PGQ_DONE) {
+            w->feedback_results[i] = STORE_NOT_FOUND;
+            continue;
+        }
+        if (insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->negative, f->ts_ms, f->json, f->json_len,
+                            &w->feedback_results[i], err, errlen))
+            return -1;
+    }
+    for (size_t i = 0; i < w->nevals; i++)
+        if (apply_evaluation(s, &w->evals[i], err, errlen))
+            return -1;
+    for (size_t i = 0; i < w->nllm_calls; i++) {
+        const store_llm_call *c = &w->llm_calls[i];
+        pgq *q = pgq_new(s->wconn, "INSERT INTO llm_calls(id, ts, caller_kind, caller, run_id, provider, model, "
+                                   "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
+                                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
+                                   "ON CONFLICT(id) DO NOTHING");
+        pgq_text(q, 1, c->id);
+        pgq_int(q, 2, c->ts_ms);
+        pgq_text(q, 3, c->caller_kind);
+        pgq_text(q, 4, c->caller);
+        pgq_text(q, 5, c->run_id);
+        pgq_text(q, 6, c->provider);
+        pgq_text(q, 7, c->model);
+        pgq_int(q, 8, c->input_tokens);
+        pgq_int(q, 9, c->output_tokens);
+        pgq_double(q, 10, c->cost);
+        pgq_int(q, 11, c->attempts);
+        pgq_text(q, 12, c->status);
+        pgq_text(q, 13, c->error);
+        pgq_double(q, 14, c->latency_ms);
+        pgq_text(q, 15, c->request_id && *c->request_id ? c->request_id : NULL);
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return rc;
+    }
+    return apply_ops(s, w->ops, err, errlen);
+}
+
+static void set_health(pg_store *s, bool healthy, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    s->healthy = healthy;
+    snprintf(s->last_error, sizeof s->last_error, "%s", healthy ? "" : why);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Reconnects the writer's connection, waiting between tries (backoff, up to
+ * RECONNECT_MAX_MS) until it is up or the store stops. Returns false when stopping. */
+static bool reconnect(pg_store *s)
+{
+    int wait_ms = RECONNECT_MIN_MS;
+    for (;;) {
+        char err[256];
+        PQfinish(s->wconn);
+        s->wconn = connect_db(s->dsn, err, sizeof err);
+        if (s->wconn) {
+            pthread_mutex_lock(&s->mu);
+            s->reconnects++;
+            pthread_mutex_unlock(&s->mu);
+            log_info("store", "connected to PostgreSQL again");
+            return true;
+        }
+        set_health(s, false, err);
+        pthread_mutex_lock(&s->mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!s->stopping)
+            pthread_cond_timedwait(&s->cond, &s->mu, &until);
+        bool stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            return false;
+        wait_ms = wait_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait_ms * 2;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    pg_store *s = arg;
+    for (;;) {
+        if (PQstatus(s->wconn) != CONNECTION_OK && !reconnect(s)) {
+            /* stopping with the database away: what is queued fails below */
+        }
+        pthread_mutex_lock(&s->mu);
+        while (!s->queue_head && !s->stopping)
+            pthread_cond_wait(&s->cond, &s->mu);
+        store_write *batch = s->queue_head;
+        s->queue_head = s->queue_tail = NULL;
+        s->writing = batch != NULL;
+        size_t items = s->queued_items;
+        s->queued_items = 0;
+        bool stop = s->stopping && !batch;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+
+        int64_t received = now_ms();
+        uint64_t began = mono_ns();
+        char err[256] = "";
+        int rc = PQstatus(s->wconn) == CONNECTION_OK ? pg_exec(s->wconn, "BEGIN", err, sizeof err) : -1;
+        if (rc && !err[0])
+            snprintf(err, sizeof err, "no connection to PostgreSQL");
+        for (store_write *w = batch; !rc && w; w = w->next)
+            rc = apply_write(s, w, received, err, sizeof err);
+        /* the ack waits for COMMIT, which with synchronous_commit on returns once the WAL is flushed */
+        if (!rc)
+            rc = pg_exec(s->wconn, "COMMIT", err, sizeof err);
+        if (rc) {
+            log_error("store", "commit failed, %zu writes not stored: %s", items, err);
+            if (PQstatus(s->wconn) == CONNECTION_OK) {
+                char ignored[64];
+                pg_exec(s->wconn, "ROLLBACK", ignored, sizeof ignored);
+            }
+            for (store_write *w = batch; w; w = w->next) {
+                w->status = -1;
+                memset(w->trace_results, STORE_FAILED, w->ntraces);
+                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+            }
+        }
+        bool connected = PQstatus(s->wconn) == CONNECTION_OK;
+
+        store_write *last = batch;
+        while (last->next)
+            last = last->next;
+        size_t nwrites = 0;
+        for (store_write *w = batch; w; w = w->next)
+            nwrites++;
+        pthread_mutex_lock(&s->mu);
+        s->healthy = rc == 0;
+        snprintf(s->last_error, sizeof s->last_error, "%s", rc ? err : "");
+        if (rc == 0) {
+            s->commits++;
+            s->writes_committed += nwrites;
+            s->items_committed += items;
+            metrics_observe(&s->commit_seconds, (double)(mono_ns() - began) / 1e9);
+        } else {
+            s->commit_failures++;
+        }
+        if (s->done_tail)
+            s->done_tail->next = batch;
+        else
+            s->done_head = batch;
+        s->done_tail = last;
+        s->writing = false;
+        pthread_cond_broadcast(&s->idle_cond);
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->done_async);
+        if (!connected)
+            log_warn("store", "lost the connection to PostgreSQL; reconnecting");
+    }
+    return NULL;
+}
+
+/* ---- reads ---- */
+
+PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->read_mu);
+    PGconn *c = s->read_free ? s->read_pool[--s->read_free] : NULL;
+    pthread_mutex_unlock(&s->read_mu);
+    if (c && PQstatus(c) == CONNECTION_OK)
+        return c;
+    PQfinish(c);
+    return connect_db(s->dsn, err, errlen);
+}
+
+void pg_read_release(pg_store *s, PGconn *c)
+{
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE) {
+        pthread_mutex_lock(&s->read_mu);
+        if (s->read_free < s->read_max) {
+            s->read_pool[s->read_free++] = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&s->read_mu);
+    }
+    PQfinish(c);
+}
+
+int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
+{
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    if (!c) {
+        *q = NULL;
+        return -1;
+    }
+    *q = pgq_new(c, sql);
+    return 0;
+}
+
+int pg_read_end(pg_store *s, pgq *q, int rc, char *err, size_t errlen)
+{
+    int out = 0;
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        out = -1;
+    }
+    PGconn *c = q->conn;
+    pgq_free(q);
+    pg_read_release(s, c);
+    return out;
+}
+
+static const char *verdict_name(const pgq *q, int verdict_col, int negative_col)
+{
+    if (pgq_col_int(q, negative_col) == 1 || (!pgq_isnull(q, verdict_col) && pgq_col_int(q, verdict_col) == 1))
+        return "fail";
+    if (pgq_isnull(q, verdict_col))
+        return "unevaluated";
+    int64_t v = pgq_col_int(q, verdict_col);
+    return v == 0 ? "pass" : v == 2 ? "error" : "unevaluated";
+}
+
+/* A trace as the API gives it: the body with the canonical id, timestamp and verdict put in
+ * and inline feedback taken out. Columns: body, id, ts, verdict, negative. */
+static json_t *trace_object(const pgq *q, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *t = json_loadb(pgq_col(q, 0), (size_t)pgq_len(q, 0), 0, &jerr);
+    if (!t || !json_is_object(t)) {
+        snprintf(err, errlen, "stored trace '%s' is not a JSON object: %s", pgq_col(q, 1), t ? "" : jerr.text);
+        json_decref(t);
+        return NULL;
+    }
+    char when[32];
+    rfc3339_format(pgq_col_int(q, 2), when);
+    json_object_set_new(t, "id", json_string(pgq_col(q, 1)));
+    json_object_set_new(t, "timestamp", json_string(when));
+    json_object_set_new(t, "verdict", json_string(verdict_name(q, 3, 4)));
+    json_object_del(t, "feedback");
+    return t;
+}
+
+#define TRACE_COLUMNS "body, id, ts, verdict, negative"
+
+static int add_scores(PGconn *c, const char *id, json_t *trace, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(c, "SELECT evaluator, script, version, required, status, pass, score, reason, ts "
+                        "FROM scores WHERE trace_id = ?1 ORDER BY evaluator");
+    pgq_text(q, 1, id);
+    json_t *arr = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        char when[32];
+        rfc3339_format(pgq_col_int(q, 8), when);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:b, s:s, s:b, s:f, s:s, s:s}", "evaluator",
+                                             pgq_col(q, 0), "script", pgq_col(q, 1), "version", pgq_col(q, 2),
+                                             "required", (int)pgq_col_int(q, 3), "status", pgq_col(q, 4), "pass",
+                                             (int)pgq_col_int(q, 5), "score", pgq_col_double(q, 6), "reason",
+                                             pgq_col(q, 7), "evaluated_at", when));
+    }
+    json_object_set_new(trace, "scores", arr);
+    if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "store read failed: %s", q->err);
+    pgq_free(q);
+    return rc == PGQ_ERROR ? -1 : 0;
+}
+
+/* [feedback bodies] of a trace, oldest first; NULL with err. */
+static json_t *feedback_of(PGconn *c, const char *id, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(c, "SELECT body FROM feedback WHERE trace_id = ?1 ORDER BY seq");
+    pgq_text(q, 1, id);
+    json_t *fb = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        json_t *f = json_loadb(pgq_col(q, 0), (size_t)pgq_len(q, 0), 0, NULL);
+        if (f)
+            json_array_append_new(fb, f);
+    }
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        json_decref(fb);
+        fb = NULL;
+    }
+    pgq_free(q);
+    return fb;
+}
+
+static int pg_get_trace_json(store *base, const char *id, buf_t *out, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s, "SELECT " TRACE_COLUMNS ", received_at FROM traces WHERE id = ?1", &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q), ret = -1;
+    json_t *trace = NULL;
+    if (rc == PGQ_DONE)
+        ret = 1;
+    if (rc != PGQ_ROW || !(trace = trace_object(q, err, errlen)))
+        goto done;
+    char when[32];
+    rfc3339_format(pgq_col_int(q, 5), when);
+    json_object_set_new(trace, "received_at", json_string(when));
+    json_t *fb = feedback_of(q->conn, id, err, errlen);
+    if (!fb)
+        goto done;
+    json_object_set_new(trace, "feedback", fb);
+    if (add_scores(q->conn, id, trace, err, errlen) != 0)
+        goto done;
+    char *text = jtree_dump_text(trace, false);
+    buf_puts(out, text);
+    free(text);
+    ret = 0;
+done:
+    json_decref(trace);
+    if (pg_read_end(s, q, rc, err, errlen))
+        return -1;
+    return ret;
+}
+
+static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *out, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    buf_t sql;
+    buf_init(&sql);
+    buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+    if (qr->prompt)
+        buf_puts(&sql, " AND prompt = ?3");
+    if (qr->version)
+        buf_puts(&sql, " AND version = ?4");
+    if (qr->has_cursor)
+        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    if (qr->failed == 1)
+        buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
+    else if (qr->failed == 0)
+        buf_puts(&sql, " AND NOT (verdict = 1 OR negative = 1)");
+    if (qr->evaluator)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM scores sc WHERE sc.trace_id = traces.id AND sc.evaluator = ?8"
+                       " AND sc.pass = 0)");
+    if (qr->feedback == 1)
+        buf_puts(&sql, " AND negative = 1");
+    else if (qr->feedback == 2)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
+    if (qr->text)
+        buf_puts(&sql, " AND strpos(body::text, ?9) > 0");
+    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    pgq *q;
+    int bad = pg_read_begin(s, sql.data, &q, err, errlen);
+    buf_free(&sql);
+    if (bad)
+        return -1;
+    pgq_int(q, 1, qr->since_ms);
+    pgq_int(q, 2, qr->until_ms);
+    pgq_text(q, 3, qr->prompt);
+    pgq_int(q, 4, qr->version);
+    pgq_int(q, 5, qr->has_cursor ? qr->cursor_ts : 0);
+    pgq_int(q, 6, qr->has_cursor ? qr->cursor_seq : 0);
+    pgq_int(q, 7, qr->limit + 1); /* one more tells whether a next page exists */
+    pgq_text(q, 8, qr->evaluator);
+    pgq_text(q, 9, qr->text);
+    buf_puts(out, "{\"items\":[");
+    int n = 0, rc;
+    int64_t last_ts = 0, last_seq = 0;
+    bool failed = false;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        if (n == qr->limit) {
+            n++;
+            break;
+        }
+        json_t *t = trace_object(q, err, errlen);
+        if (!t) {
+            failed = true;
+            break;
+        }
+        char *text = jtree_dump_text(t, false);
+        json_decref(t);
+        if (n)
+            buf_puts(out, ",");
+        buf_puts(out, text);
+        free(text);
+        last_ts = pgq_col_int(q, 2);
+        last_seq = pgq_col_int(q, 5);
+        n++;
+    }
+    if (pg_read_end(s, q, rc, err, errlen) || failed)
+        return -1;
+    if (n > qr->limit)
+        buf_printf(out, "],\"next_cursor\":\"%llx.%llx\"}", (unsigned long long)last_ts, (unsigned long long)last_seq);
+    else
+        buf_puts(out, "],\"next_cursor\":null}");
+    return 0;
+}
+
+static int pg_get_traces_for_eval(store *base, char *const *ids, size_t n, char **json, char **prompt,
+                                  int64_t *version, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    for (size_t i = 0; i < n; i++) {
+        json[i] = prompt[i] = NULL;
+        version[i] = 0;
+    }
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    if (!c)
+        return -1;
+    int ret = 0;
+    for (size_t i = 0; i < n && !ret; i++) {
+        pgq *q = pgq_new(c, "SELECT " TRACE_COLUMNS ", prompt, version FROM traces WHERE id = ?1");
+        pgq_text(q, 1, ids[i]);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ERROR) {
+            snprintf(err, errlen, "store read failed: %s", q->err);
+            ret = -1;
+        } else if (rc == PGQ_ROW) {
+            json_t *t = trace_object(q, err, errlen);
+            json_t *fb = t ? feedback_of(c, ids[i], err, errlen) : NULL;
+            if (!t || !fb) {
+                json_decref(t);
+                ret = -1;
+            } else {
+                json_object_set_new(t, "feedback", fb);
+                json[i] = jtree_dump_text(t, false);
+                prompt[i] = xstrdup(pgq_col(q, 5));
+                version[i] = pgq_col_int(q, 6);
+                json_decref(t);
+            }
+        }
+        pgq_free(q);
+    }
+    pg_read_release(s, c);
+    if (ret)
+        for (size_t k = 0; k < n; k++) {
+            free(json[k]);
+            free(prompt[k]);
+            json[k] = prompt[k] = NULL;
+        }
+    return ret;
+}
+
+static int pg_list_trace_ids(store *base, const char *prompt, int64_t since_ms, int64_t until_ms,
+                             bool only_unevaluated, int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids,
+                             size_t *n, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    *ids = NULL;
+    *n = 0;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                      "(ts, seq) > (?4, ?6) AND (?7 = 0 OR verdict IS NULL) ORDER BY ts, seq LIMIT ?5",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, prompt);
+    pgq_int(q, 2, since_ms);
+    pgq_int(q, 3, until_ms);
+    pgq_int(q, 4, *cur_ts);
+    pgq_int(q, 5, limit);
+    pgq_int(q, 6, *cur_seq);
+    pgq_int(q, 7, only_unevaluated);
+    *ids = xcalloc((size_t)limit, sizeof **ids);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        *cur_ts = pgq_col_int(q, 0);
+        *cur_seq = pgq_col_int(q, 1);
+        (*ids)[(*n)++] = xstrdup(pgq_col(q, 2));
+    }
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
+static int pg_llm_totals(store *base, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens,
+                         double *cost, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT count(*), coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost), 0) "
+                      "FROM llm_calls WHERE ts >= ?1 AND (?2::text IS NULL OR run_id = ?2)",
+                      &q, err, errlen))
+        return -1;
+    pgq_int(q, 1, since_ms);
+    pgq_text(q, 2, run_id);
+    int rc = pgq_step(q);
+    if (rc == PGQ_ROW) {
+        *calls = pgq_col_int(q, 0);
+        *tokens = (int64_t)pgq_col_double(q, 1);
+        *cost = pgq_col_double(q, 2);
+    }
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
+static int pg_list_llm_calls_json(store *base, int64_t since_ms, const char *caller_kind, int limit, buf_t *out,
+                                  char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT id, ts, caller_kind, caller, run_id, provider, model, input_tokens, output_tokens, cost, "
+                      "attempts, status, error, latency_ms, request_id FROM llm_calls "
+                      "WHERE ts >= ?1 AND (?2::text IS NULL OR caller_kind = ?2) ORDER BY seq DESC LIMIT ?3",
+                      &q, err, errlen))
+        return -1;
+    pgq_int(q, 1, since_ms);
+    pgq_text(q, 2, caller_kind);
+    pgq_int(q, 3, limit);
+    json_t *items = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(
+            items, json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:f, s:I, s:o, s:o, s:f, s:o}", "id",
+                             pgq_col_text(q, 0), "ts", pgq_col_time(q, 1), "caller_kind", pgq_col_text(q, 2), "caller",
+                             pgq_col_text(q, 3), "run_id", pgq_col_text(q, 4), "provider", pgq_col_text(q, 5), "model",
+                             pgq_col_text(q, 6), "input_tokens", (json_int_t)pgq_col_int(q, 7), "output_tokens",
+                             (json_int_t)pgq_col_int(q, 8), "cost", pgq_col_double(q, 9), "attempts",
+                             (json_int_t)pgq_col_int(q, 10), "status", pgq_col_text(q, 11), "error",
+                             pgq_col_text(q, 12), "latency_ms", pgq_col_double(q, 13), "request_id",
+                             pgq_col_text(q, 14)));
+    int r = pg_read_end(s, q, rc, err, errlen);
+    if (!r) {
+        json_t *root = json_pack("{s:o}", "items", items);
+        char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        buf_puts(out, text);
+        free(text);
+        json_decref(root);
+    } else {
+        json_decref(items);
+    }
+    return r;
+}
+
+static const store_backend pg_backend = {
+    .name = "postgres",
+    .metrics = pg_metrics,
+    .flush = pg_flush,
+    .close = pg_close,
+    .submit = pg_submit,
+    .healthy = pg_healthy,
+    .status = pg_status,
+    .get_trace_json = pg_get_trace_json,
+    .list_traces_json = pg_list_traces_json,
+    .get_traces_for_eval = pg_get_traces_for_eval,
+    .list_trace_ids = pg_list_trace_ids,
+    .llm_totals = pg_llm_totals,
+    .list_llm_calls_json = pg_list_llm_calls_json,
+    .load_registry = pg_load_registry,
+    .list_transitions_json = pg_list_transitions_json,
+    .dataset_cases = pg_dataset_cases,
+    .select_traces = pg_select_traces,
+    .dataset_versions = pg_dataset_versions,
+    .failed_trace_cases = pg_failed_trace_cases,
+    .passed_trace_cases = pg_passed_trace_cases,
+    .cache_get = pg_cache_get,
+    .get_run = pg_get_run,
+    .list_runs = pg_list_runs,
+    .unfinished_runs = pg_unfinished_runs,
+    .run_cases = pg_run_cases,
+    .run_result_keys = pg_run_result_keys,
+    .run_results = pg_run_results,
+    .load_loop_states = pg_load_loop_states,
+    .list_loop_events = pg_list_loop_events,
+    .prompt_metrics_sliced = pg_prompt_metrics_sliced,
+};

@@ -604,7 +604,7 @@ static void ledger_done(store_write *w)
     if (w->status) {
         llm *l = w->data;
         if (l->ledger_failures++ % 1000 == 0)
-            log_error("llm", "cannot write the LLM ledger (SQLite code %d); calls go on", w->status);
+            log_error("llm", "cannot write the LLM ledger (store status %d); calls go on", w->status);
     }
     store_write_clear(w);
     free(w);

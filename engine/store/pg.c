@@ -21,6 +21,7 @@
 #define PG_POOL_MAX 64
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
+#define IDLE_PING_S 1
 
 struct pg_store {
     store base; /* first: the seam (store/backend.h) */
@@ -661,8 +662,35 @@ static void set_health(pg_store *s, bool healthy, const char *why)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* With s->mu held: answers every queued write as failed (nothing of it stored), so no
+ * request waits on a database that is away. */
+static void fail_queued_locked(pg_store *s, const char *why)
+{
+    store_write *batch = s->queue_head;
+    if (!batch)
+        return;
+    s->queue_head = s->queue_tail = NULL;
+    s->queued_items = 0;
+    store_write *last = batch;
+    for (store_write *w = batch; w; w = w->next) {
+        w->status = -1;
+        memset(w->trace_results, STORE_FAILED, w->ntraces);
+        memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+        s->commit_failures++;
+        last = w;
+    }
+    log_error("store", "writes not stored, the database is away: %s", why);
+    if (s->done_tail)
+        s->done_tail->next = batch;
+    else
+        s->done_head = batch;
+    s->done_tail = last;
+    uv_async_send(&s->done_async);
+}
+
 /* Reconnects the writer's connection, waiting between tries (backoff, up to
- * RECONNECT_MAX_MS) until it is up or the store stops. Returns false when stopping. */
+ * RECONNECT_MAX_MS) until it is up or the store stops; writes queued meanwhile
+ * fail at once. Returns false when stopping. */
 static bool reconnect(pg_store *s)
 {
     int wait_ms = RECONNECT_MIN_MS;
@@ -679,6 +707,7 @@ static bool reconnect(pg_store *s)
         }
         set_health(s, false, err);
         pthread_mutex_lock(&s->mu);
+        fail_queued_locked(s, err);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += wait_ms / 1000;
@@ -687,8 +716,10 @@ static bool reconnect(pg_store *s)
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        if (!s->stopping)
-            pthread_cond_timedwait(&s->cond, &s->mu, &until);
+        while (!s->stopping && !s->queue_head &&
+               pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0)
+            ;
+        fail_queued_locked(s, err);
         bool stop = s->stopping;
         pthread_mutex_unlock(&s->mu);
         if (stop)
@@ -705,8 +736,33 @@ static void *writer_main(void *arg)
             /* stopping with the database away: what is queued fails below */
         }
         pthread_mutex_lock(&s->mu);
-        while (!s->queue_head && !s->stopping)
-            pthread_cond_wait(&s->cond, &s->mu);
+        /* idle for a second: ask the server, so a database gone while nothing is written
+         * shows in /readyz before the next write fails */
+        while (!s->queue_head && !s->stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += IDLE_PING_S;
+            if (pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0 || s->queue_head || s->stopping)
+                continue;
+            pthread_mutex_unlock(&s->mu);
+            char err[256] = "";
+            bool up = PQstatus(s->wconn) == CONNECTION_OK && pg_exec(s->wconn, "SELECT 1", err, sizeof err) == 0;
+            if (!up) {
+                if (!err[0])
+                    snprintf(err, sizeof err, "no connection to PostgreSQL");
+                log_warn("store", "PostgreSQL is not answering: %s; reconnecting", err);
+                set_health(s, false, err);
+                if (!reconnect(s)) {
+                    pthread_mutex_lock(&s->mu);
+                    break;
+                }
+            }
+            pthread_mutex_lock(&s->mu);
+            if (up || PQstatus(s->wconn) == CONNECTION_OK) {
+                s->healthy = true;
+                s->last_error[0] = 0;
+            }
+        }
         store_write *batch = s->queue_head;
         s->queue_head = s->queue_tail = NULL;
         s->writing = batch != NULL;

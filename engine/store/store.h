@@ -111,7 +111,7 @@ struct store_write {
     /* filled by the store before done runs */
     unsigned char *trace_results;    /* enum store_item_result per trace */
     unsigned char *feedback_results; /* per feedback item */
-    int status;                      /* 0, or a SQLite result code when the commit failed */
+    int status;                      /* 0, or nonzero when the commit failed (a SQLite result code; -1 on PostgreSQL) */
     /* private */
     store_write *next;
 };

@@ -50,3 +50,67 @@ describe("the store setting", function()
     assert.is_nil(log:find("hunter2", 1, true), log)
   end)
 end)
+
+describe("the PostgreSQL store #heavy", function()
+  local ADMIN = "admin-token-store-0123456789ab"
+  local auth = { headers = { authorization = "Bearer " .. ADMIN } }
+
+  local function ingest(e, ids)
+    local items = {}
+    for _, id in ipairs(ids) do items[#items + 1] = engine.trace { id = id } end
+    return e:post("/v1/traces", items)
+  end
+
+  it("answers no false ack while the database is away, says so in /readyz and status, and recovers", function()
+    local e = engine.start { store = "postgres", config = string.format("admin_token = %q", ADMIN) }
+    finally(pg.ensure_running)
+    local acked = {}
+    local function try(ids)
+      local res = ingest(e, ids)
+      if res.status == 200 then
+        for _, item in ipairs(res.json.items) do
+          if item.status == "accepted" or item.status == "duplicate" then acked[#acked + 1] = item.id end
+        end
+      end
+      return res
+    end
+    for i = 1, 5 do assert.equal(200, try({ "before-" .. i }).status) end
+    assert.equal(200, e:get("/readyz").status)
+
+    pg.stop_server("fast")
+    -- every write now fails: answered 503, none with a 2xx
+    for i = 1, 5 do
+      local res = try({ "during-" .. i })
+      assert.equal(503, res.status, res.body)
+    end
+    local ready = e:get("/readyz")
+    assert.equal(503, ready.status)
+    assert.matches("the store is down", ready.body)
+    local code, out = engine.run("status --url http://" .. e.addr, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(3, code, out) -- something needs a look
+    assert.matches("store postgres FAILING: cannot connect to PostgreSQL", out)
+
+    pg.start_server()
+    -- the writer reconnects on its own (backoff up to 5 s); ingest works again
+    assert.is_truthy(engine.eventually(20 * engine.slow, function() return e:get("/readyz").status == 200 end))
+    for i = 1, 5 do assert.equal(200, try({ "after-" .. i }).status) end
+    for _, id in ipairs(acked) do
+      assert.equal(200, e:get("/v1/traces/" .. id, auth).status, "acked trace " .. id .. " is missing")
+    end
+    assert.equal(10, #acked)
+    -- nothing refused was stored either: a 503 means not stored
+    for i = 1, 5 do assert.equal(404, e:get("/v1/traces/during-" .. i, auth).status) end
+    e:stop()
+  end)
+
+  it("notices a database gone while idle within seconds", function()
+    local e = engine.start { store = "postgres" }
+    finally(pg.ensure_running)
+    assert.equal(200, e:get("/readyz").status)
+    pg.stop_server("fast")
+    assert.is_truthy(engine.eventually(10 * engine.slow, function() return e:get("/readyz").status == 503 end))
+    pg.start_server()
+    assert.is_truthy(engine.eventually(20 * engine.slow, function() return e:get("/readyz").status == 200 end))
+    e:stop()
+  end)
+end)

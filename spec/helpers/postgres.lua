@@ -103,6 +103,10 @@ function M.port() return M.start().port end
 
 function M.stop_server(mode) pg_ctl("-w -m " .. (mode or "fast") .. " stop") end
 function M.start_server() start_server() end
+-- starts the server again if a spec stopped it (in a finally, so one failure does not cascade)
+function M.ensure_running()
+  if cluster and pg_ctl("status") ~= 0 then start_server() end
+end
 function M.restart(mode)
   M.stop_server(mode)
   start_server()

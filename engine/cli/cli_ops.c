@@ -392,6 +392,17 @@ static void print_status(json_t *v)
     printf("ratchet %s at %s, up %s, store%s%s %s%s%s\n", str(eng, "version"), str(eng, "url"), up, kind ? " " : "",
            kind ? kind : "", json_is_true(json_object_get(eng, "store_healthy")) ? "healthy" : "FAILING",
            why ? ": " : "", why ? why : "");
+    json_t *engines = json_object_get(st, "engines");
+    if (json_array_size(engines)) {
+        printf("engines on this database (%zu):%s\n", json_array_size(engines),
+               json_is_true(json_object_get(st, "scripts_differ")) ? " NOT ALL RUN THE SAME SCRIPTS" : "");
+        size_t i;
+        json_t *en;
+        json_array_foreach(engines, i, en)
+            printf("  %s %-8s last seen %s%s%s\n", str(en, "id"), str(en, "role"), str(en, "last_seen"),
+                   json_is_true(json_object_get(en, "this")) ? " (this one)" : "",
+                   json_is_true(json_object_get(en, "scripts_differ")) ? " (different scripts)" : "");
+    }
     json_t *ev = json_object_get(v, "evaluation");
     printf("evaluation: backlog %lld of %lld, %lld evaluated, %lld dropped, %lld killed\n",
            (long long)json_integer_value(json_object_get(ev, "backlog")),

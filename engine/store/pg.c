@@ -6,8 +6,11 @@
  * the writer reconnects with backoff; until it has, the store reports itself down. */
 #include "store/store.h"
 
+#include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,9 @@
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define IDLE_PING_S 1
+#define COORD_MS 500          /* the coordinator's beat: leader lock tries, heartbeats */
+#define ENGINE_STALE_MS 15000 /* a heartbeat older than this: the engine is gone */
+#define LEADER_LOCK 0x72617464 /* pg_try_advisory_lock key of the loop leader */
 
 struct pg_store {
     store base; /* first: the seam (store/backend.h) */
@@ -46,6 +52,20 @@ struct pg_store {
     pthread_mutex_t read_mu;
     PGconn *read_pool[PG_POOL_MAX];
     int read_free, read_max;
+    /* the coordinator thread and its own session: the leader lock, heartbeats, LISTEN */
+    char engine_id[96];
+    int64_t started_ms;
+    pthread_t coord;
+    PGconn *cconn;
+    int wake[2];               /* a byte here wakes the coordinator (stop) */
+    bool leader;               /* under mu */
+    int64_t epoch;             /* under mu: the leadership epoch held */
+    bool tell_leadership, tell_registry; /* under mu: for the loop thread */
+    uv_async_t cluster_async;
+    store_cluster_cb cluster_fn;
+    void *cluster_data;
+    char *scripts;             /* under mu: JSON of this engine's scripts */
+    json_t *engines;           /* under mu: the heartbeat table as last read */
 };
 
 /* Each entry brings the schema from version i to i+1. Never edit one that has shipped;
@@ -225,6 +245,22 @@ static const char *const migrations[] = {
     "  detail TEXT"
     ");"
     "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+
+    /* 2: several engines: the leadership epoch (fencing) and the engines' heartbeats */
+    "CREATE TABLE ratchet_leader ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  epoch BIGINT NOT NULL,"
+    "  engine TEXT,"
+    "  since BIGINT"
+    ");"
+    "INSERT INTO ratchet_leader VALUES (1, 0, NULL, NULL);"
+    "CREATE TABLE ratchet_engines ("
+    "  id TEXT PRIMARY KEY,"
+    "  role TEXT NOT NULL,"
+    "  scripts TEXT,"
+    "  started_at BIGINT NOT NULL,"
+    "  last_seen BIGINT NOT NULL"
+    ");",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -232,7 +268,10 @@ static const char *const migrations[] = {
 
 static const store_backend pg_backend;
 static void *writer_main(void *arg);
+static void *coord_main(void *arg);
+static void coord_beat(pg_store *s);
 static void on_done_async(uv_async_t *h);
+static void on_cluster_async(uv_async_t *h);
 
 /* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
 static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
@@ -316,17 +355,52 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     pthread_cond_init(&s->idle_cond, NULL);
     pthread_mutex_init(&s->read_mu, NULL);
     s->healthy = true;
-    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the writer thread");
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    s->started_ms = now_ms();
+    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
+             (unsigned long long)(mono_ns() & 0xffffff));
+    /* the coordinator's session: the first try for the lock and the first heartbeat happen
+     * here, at start, so one engine alone leads from its first tick */
+    s->cconn = connect_db(s->dsn, err, errlen);
+    if (!s->cconn || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        PQfinish(s->cconn);
         PQfinish(s->wconn);
         free(s->dsn);
         free(s);
         return -1;
     }
+    coord_beat(s);
+    s->tell_leadership = false; /* the caller asks store_leader at start */
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        goto fail_threads;
+    }
+    if (pthread_create(&s->coord, NULL, coord_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the coordinator thread");
+        pthread_mutex_lock(&s->mu);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->writer, NULL);
+        goto fail_threads;
+    }
     uv_async_init(loop, &s->done_async, on_done_async);
     s->done_async.data = s;
+    uv_async_init(loop, &s->cluster_async, on_cluster_async);
+    s->cluster_async.data = s;
     *out = &s->base;
     return 0;
+
+fail_threads:
+    close(s->wake[0]);
+    close(s->wake[1]);
+    PQfinish(s->cconn);
+    PQfinish(s->wconn);
+    json_decref(s->engines);
+    free(s->dsn);
+    free(s);
+    return -1;
 }
 
 static void pg_metrics(store *base, buf_t *b)
@@ -364,7 +438,203 @@ static void pg_status(store *base, json_t *out)
     pthread_mutex_lock(&s->mu);
     if (!s->healthy && s->last_error[0])
         json_object_set_new(out, "error", json_string(s->last_error));
+    json_object_set_new(out, "engine_id", json_string(s->engine_id));
+    json_object_set_new(out, "role", json_string(s->leader ? "leader" : "follower"));
+    json_object_set_new(out, "epoch", json_integer((json_int_t)s->epoch));
+    json_t *engines = s->engines ? json_deep_copy(s->engines) : json_array();
     pthread_mutex_unlock(&s->mu);
+    /* engines whose scripts differ from the first's are flagged */
+    const char *first = NULL;
+    bool differ = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
+        if (!first)
+            first = sc ? sc : "";
+        else if (strcmp(first, sc ? sc : ""))
+            differ = true;
+    }
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
+        json_object_set_new(e, "scripts_differ", json_boolean(differ && strcmp(first, sc ? sc : "")));
+        json_t *parsed = sc ? json_loads(sc, 0, NULL) : NULL;
+        json_object_set_new(e, "scripts", parsed ? parsed : json_null());
+    }
+    json_object_set_new(out, "engines", engines);
+    json_object_set_new(out, "scripts_differ", json_boolean(differ));
+}
+
+static bool pg_leader(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool l = s->leader;
+    pthread_mutex_unlock(&s->mu);
+    return l;
+}
+
+static void pg_on_cluster(store *base, store_cluster_cb fn, void *data)
+{
+    pg_store *s = (pg_store *)base;
+    s->cluster_fn = fn;
+    s->cluster_data = data;
+}
+
+static void pg_set_scripts(store *base, const json_t *scripts)
+{
+    pg_store *s = (pg_store *)base;
+    char *text = json_dumps(scripts, JSON_COMPACT | JSON_SORT_KEYS);
+    pthread_mutex_lock(&s->mu);
+    free(s->scripts);
+    s->scripts = text;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_cluster_async(uv_async_t *h)
+{
+    pg_store *s = h->data;
+    pthread_mutex_lock(&s->mu);
+    bool lead = s->tell_leadership, reg = s->tell_registry;
+    s->tell_leadership = s->tell_registry = false;
+    pthread_mutex_unlock(&s->mu);
+    if ((lead || reg) && s->cluster_fn)
+        s->cluster_fn(s->cluster_data, lead, reg);
+}
+
+/* ---- the coordinator ---- */
+
+/* Loses the leadership (the session that held the lock is gone). */
+static void lose_leadership(pg_store *s, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    bool was = s->leader;
+    s->leader = false;
+    if (was)
+        s->tell_leadership = true;
+    pthread_mutex_unlock(&s->mu);
+    if (was) {
+        log_warn("store", "this engine no longer leads the loop: %s", why);
+        if (s->done_async.data)
+            uv_async_send(&s->cluster_async);
+    }
+}
+
+/* One beat on the coordinator's session: try for the lock when following, write the
+ * heartbeat, read everyone's, and take the notifications of registry changes. */
+static void coord_beat(pg_store *s)
+{
+    char err[256];
+    if (!s->cconn || PQstatus(s->cconn) != CONNECTION_OK) {
+        lose_leadership(s, "its database session was lost");
+        PQfinish(s->cconn);
+        s->cconn = connect_db(s->dsn, err, sizeof err);
+        if (!s->cconn)
+            return;
+    }
+    PGconn *c = s->cconn;
+    pthread_mutex_lock(&s->mu);
+    bool leader = s->leader;
+    char *scripts = s->scripts ? xstrdup(s->scripts) : NULL;
+    pthread_mutex_unlock(&s->mu);
+    bool told = false;
+    if (!leader) {
+        if (pg_exec(c, "LISTEN ratchet_registry", err, sizeof err))
+            goto broken;
+        pgq *q = pgq_new(c, "SELECT pg_try_advisory_lock(?1)");
+        pgq_int(q, 1, LEADER_LOCK);
+        bool got = pgq_step(q) == PGQ_ROW && pgq_col_bool(q, 0);
+        pgq_free(q);
+        if (got) {
+            q = pgq_new(c, "UPDATE ratchet_leader SET epoch = epoch + 1, engine = ?1, since = ?2 RETURNING epoch");
+            pgq_text(q, 1, s->engine_id);
+            pgq_int(q, 2, now_ms());
+            if (pgq_step(q) == PGQ_ROW) {
+                pthread_mutex_lock(&s->mu);
+                s->leader = true;
+                s->epoch = pgq_col_int(q, 0);
+                s->tell_leadership = true;
+                pthread_mutex_unlock(&s->mu);
+                log_info("store", "this engine (%s) now leads the loop (epoch %lld)", s->engine_id,
+                         (long long)pgq_col_int(q, 0));
+                told = true;
+            } else {
+                char ignored[64];
+                pg_exec(c, "SELECT pg_advisory_unlock_all()", ignored, sizeof ignored);
+            }
+            pgq_free(q);
+        }
+    }
+    pgq *q = pgq_new(c, "INSERT INTO ratchet_engines(id, role, scripts, started_at, last_seen) VALUES "
+                        "(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET role = ?2, scripts = ?3, last_seen = ?5");
+    pthread_mutex_lock(&s->mu);
+    pgq_text(q, 2, s->leader ? "leader" : "follower");
+    pthread_mutex_unlock(&s->mu);
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 3, scripts);
+    pgq_int(q, 4, s->started_ms);
+    pgq_int(q, 5, now_ms());
+    int rc = pgq_step(q);
+    pgq_free(q);
+    free(scripts);
+    scripts = NULL;
+    if (rc == PGQ_ERROR)
+        goto broken;
+    q = pgq_new(c, "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= ?1 "
+                   "ORDER BY id");
+    pgq_int(q, 1, now_ms() - ENGINE_STALE_MS);
+    json_t *engines = json_array();
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(engines, json_pack("{s:o, s:o, s:o, s:o, s:o, s:b}", "id", pgq_col_text(q, 0), "role",
+                                                 pgq_col_text(q, 1), "scripts", pgq_col_text(q, 2), "started_at",
+                                                 pgq_col_time(q, 3), "last_seen", pgq_col_time(q, 4), "this",
+                                                 !strcmp(pgq_col(q, 0), s->engine_id)));
+    pgq_free(q);
+    pthread_mutex_lock(&s->mu);
+    json_decref(s->engines);
+    s->engines = engines;
+    pthread_mutex_unlock(&s->mu);
+    if (rc == PGQ_ERROR)
+        goto broken;
+    PQconsumeInput(c);
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        if (strcmp(n->extra, s->engine_id)) {
+            pthread_mutex_lock(&s->mu);
+            s->tell_registry = true;
+            pthread_mutex_unlock(&s->mu);
+            told = true;
+        }
+        PQfreemem(n);
+    }
+    if (told && s->done_async.data)
+        uv_async_send(&s->cluster_async);
+    return;
+broken:
+    free(scripts);
+    if (PQstatus(c) != CONNECTION_OK)
+        lose_leadership(s, "its database session was lost");
+    if (told && s->done_async.data)
+        uv_async_send(&s->cluster_async);
+}
+
+static void *coord_main(void *arg)
+{
+    pg_store *s = arg;
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = s->wake[0], .events = POLLIN}, {.fd = -1, .events = POLLIN}};
+        if (s->cconn && PQstatus(s->cconn) == CONNECTION_OK)
+            fds[1].fd = PQsocket(s->cconn);
+        /* a notification wakes it at once: registry changes reach this engine without waiting a beat */
+        poll(fds, 2, COORD_MS);
+        if (fds[0].revents & POLLIN)
+            break;
+        coord_beat(s);
+    }
+    /* a clean stop gives the leadership up at once (the lock goes with the session) */
+    PQfinish(s->cconn);
+    s->cconn = NULL;
+    return NULL;
 }
 
 static void drain_done(pg_store *s)
@@ -403,6 +673,8 @@ static void pg_flush(store *base)
 static void on_done_async_closed(uv_handle_t *h)
 {
     pg_store *s = h->data;
+    json_decref(s->engines);
+    free(s->scripts);
     free(s->dsn);
     free(s);
 }
@@ -415,6 +687,12 @@ static void pg_close(store *base)
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->writer, NULL);
+    if (write(s->wake[1], "x", 1) < 0) {
+        /* the pipe is non-blocking and empty: cannot fail; the coordinator's poll times out anyway */
+    }
+    pthread_join(s->coord, NULL);
+    close(s->wake[0]);
+    close(s->wake[1]);
     drain_done(s);
     PQfinish(s->wconn);
     for (int i = 0; i < s->read_free; i++)
@@ -423,6 +701,7 @@ static void pg_close(store *base)
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->idle_cond);
     pthread_mutex_destroy(&s->read_mu);
+    uv_close((uv_handle_t *)&s->cluster_async, NULL);
     uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
 }
 
@@ -779,8 +1058,46 @@ static void *writer_main(void *arg)
         int rc = PQstatus(s->wconn) == CONNECTION_OK ? pg_exec(s->wconn, "BEGIN", err, sizeof err) : -1;
         if (rc && !err[0])
             snprintf(err, sizeof err, "no connection to PostgreSQL");
-        for (store_write *w = batch; !rc && w; w = w->next)
+        /* fencing: the loop leader's decisions commit only while its epoch is the current one;
+         * FOR SHARE holds the row, so a new leader's bump waits for this commit or comes first */
+        bool any_fenced = false, fence_ok = true, any_ops = false;
+        for (store_write *w = batch; w; w = w->next) {
+            any_fenced |= w->fenced;
+            any_ops |= w->nops > 0 && !w->fenced;
+        }
+        if (!rc && any_fenced) {
+            pthread_mutex_lock(&s->mu);
+            int64_t epoch = s->leader ? s->epoch : -1;
+            pthread_mutex_unlock(&s->mu);
+            pgq *q = pgq_new(s->wconn, "SELECT 1 FROM ratchet_leader WHERE epoch = ?1 AND engine = ?2 FOR SHARE");
+            pgq_int(q, 1, epoch);
+            pgq_text(q, 2, s->engine_id);
+            int frc = pgq_step(q);
+            if (frc == PGQ_ERROR) {
+                snprintf(err, sizeof err, "%s", q->err);
+                rc = -1;
+            }
+            fence_ok = frc == PGQ_ROW;
+            pgq_free(q);
+            if (!rc && !fence_ok)
+                log_warn("store", "a loop decision was refused: this engine no longer leads (epoch %lld)",
+                         (long long)epoch);
+        }
+        for (store_write *w = batch; !rc && w; w = w->next) {
+            if (w->fenced && !fence_ok) {
+                w->status = -2; /* fenced: nothing of it stored; the rest of the batch commits */
+                continue;
+            }
+            any_ops |= w->nops > 0;
             rc = apply_write(s, w, received, err, sizeof err);
+        }
+        /* the other engines reload their registry once this commits (NOTIFY is transactional) */
+        if (!rc && any_ops) {
+            pgq *q = pgq_new(s->wconn, "SELECT pg_notify('ratchet_registry', ?1)");
+            pgq_text(q, 1, s->engine_id);
+            rc = run(q, err, sizeof err);
+            pgq_free(q);
+        }
         /* the ack waits for COMMIT, which with synchronous_commit on returns once the WAL is flushed */
         if (!rc)
             rc = pg_exec(s->wconn, "COMMIT", err, sizeof err);
@@ -1205,6 +1522,9 @@ static const store_backend pg_backend = {
     .submit = pg_submit,
     .healthy = pg_healthy,
     .status = pg_status,
+    .leader = pg_leader,
+    .on_cluster = pg_on_cluster,
+    .set_scripts = pg_set_scripts,
     .get_trace_json = pg_get_trace_json,
     .list_traces_json = pg_list_traces_json,
     .get_traces_for_eval = pg_get_traces_for_eval,

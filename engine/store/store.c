@@ -30,6 +30,23 @@ void store_status(store *s, json_t *out)
         s->be->status(s, out);
 }
 
+bool store_leader(store *s)
+{
+    return s->be->leader ? s->be->leader(s) : true;
+}
+
+void store_on_cluster(store *s, store_cluster_cb fn, void *data)
+{
+    if (s->be->on_cluster)
+        s->be->on_cluster(s, fn, data);
+}
+
+void store_set_scripts(store *s, const json_t *scripts)
+{
+    if (s->be->set_scripts)
+        s->be->set_scripts(s, scripts);
+}
+
 int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                          json_t **out, char *err, size_t errlen)
 {

@@ -106,6 +106,8 @@ struct store_write {
     size_t nllm_calls;
     store_op *ops, *ops_tail;  /* applied in order, after the items above */
     size_t nops;
+    bool fenced;               /* a decision of the loop leader: on PostgreSQL it commits only while
+                                * this engine still holds the leadership it had (docs/scale-out.md) */
     store_done_cb done;
     void *data;
     /* filled by the store before done runs */
@@ -146,8 +148,20 @@ typedef struct {
 int store_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen);
 /* "sqlite" or "postgres". */
 const char *store_kind(store *s);
-/* Adds {kind, healthy, ...} of the backend's state to out (for status and /readyz). */
+/* Adds {kind, healthy, ...} of the backend's state to out (for status and /readyz); on
+ * PostgreSQL also this engine's id and role and every engine's heartbeat. */
 void store_status(store *s, json_t *out);
+
+/* ---- several engines on one database (PostgreSQL; docs/scale-out.md) ----
+ * On SQLite there is one engine and it always leads. */
+/* Whether this engine runs the loop, canary checks and run resumption now. */
+bool store_leader(store *s);
+/* Calls fn on the loop thread when this engine becomes the leader (gained = true) or loses
+ * the leadership, and when another engine changed the registry (registry = true). */
+typedef void (*store_cluster_cb)(void *data, bool leadership_changed, bool registry_changed);
+void store_on_cluster(store *s, store_cluster_cb fn, void *data);
+/* What the heartbeat says of this engine's scripts ({name: version}; copied), for status. */
+void store_set_scripts(store *s, const json_t *scripts);
 /* Waits on the loop thread until every write queued so far is committed and
  * its callback has run (and those the callbacks queued): after it, no write
  * of the caller's waits for an answer, and its objects can be freed. */

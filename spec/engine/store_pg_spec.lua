@@ -114,3 +114,61 @@ describe("the PostgreSQL store #heavy", function()
     e:stop()
   end)
 end)
+
+describe("a database behind a stalling network #heavy", function()
+  it("leaves the event loop responsive: /healthz keeps answering while every store call waits", function()
+    pg.start()
+    local dir = engine.tmpdir()
+    local port = (function()
+      local s = assert(socket.bind("127.0.0.1", 0))
+      local _, p = s:getsockname()
+      s:close()
+      return tonumber(p)
+    end)()
+    local stall, stop = dir .. "/stall", dir .. "/stop"
+    os.execute(string.format("lua5.4 spec/helpers/stall_proxy.lua %d %d %s %s 120 >/dev/null 2>&1 &", port,
+      pg.port(), engine.shell_quote(stall), engine.shell_quote(stop)))
+    finally(function()
+      engine.write_file(stop, "")
+    end)
+    local _, db = pg.new_database()
+    local dsn = string.format("host=127.0.0.1 port=%d dbname=%s user=postgres", port, db)
+    local e = assert(engine.eventually(5, function()
+      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn })
+      return ok and started
+    end))
+    assert.equal(200, e:post("/v1/traces", engine.trace { id = "before-stall" }).status)
+
+    local function healthz_times(n)
+      local worst = 0
+      for _ = 1, n do
+        local t0 = socket.gettime()
+        assert.equal(200, e:get("/healthz").status)
+        worst = math.max(worst, socket.gettime() - t0)
+      end
+      return worst
+    end
+    local before = healthz_times(20)
+
+    engine.write_file(stall, "")
+    -- an ingest now waits on the stalled database: sent on a raw connection, its answer read later
+    local c = e:connect()
+    local body = engine.json.encode(engine.trace { id = "during-stall" })
+    c:send("POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " .. #body
+      .. "\r\n\r\n" .. body)
+    engine.sleep(0.3)
+    local during = healthz_times(20)
+    print(string.format("# healthz worst of 20: %.1f ms before the stall, %.1f ms during it", before * 1000,
+      during * 1000))
+    assert.is_true(during < 1 * engine.slow, string.format("healthz took %.2f s during the stall", during))
+
+    os.remove(stall)
+    -- the stalled ingest completes once the network moves again: never a 2xx without the commit
+    c:settimeout(30 * engine.slow)
+    local res = engine.read_response(c)
+    c:close()
+    assert.is_true(res.status == 200 or res.status == 503, res.body)
+    if res.status == 200 then assert.equal(200, e:get("/v1/traces/during-stall").status) end
+    e:stop({ timeout = 30 })
+  end)
+end)

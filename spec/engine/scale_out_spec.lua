@@ -1,0 +1,137 @@
+-- Two engines on one PostgreSQL database (docs/scale-out.md): ingest on both; a registry change
+-- on one is seen by the other (LISTEN/NOTIFY); one leader runs the loop, and when it is
+-- SIGKILLed during a canary the other takes over within a bounded time, one canary, no double
+-- promotion, no acked trace lost. #heavy: it runs once, in `make test`, on PostgreSQL.
+local engine = require "spec.helpers.engine"
+local fake_llm = require "spec.helpers.fake_llm"
+local traffic = require "demo.traffic"
+local socket = require "socket"
+
+local MODEL = engine.read_file("demo/model.lua")
+local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+
+local function config(fake)
+  return string.format([[
+scripts = { dirs = { %q } }
+provider "fake" {
+  kind = "openai", base_url = %q, default_model = "target",
+  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
+}
+prompt "tickets" {
+  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
+  loop = {
+    enabled = false, dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
+    check_interval_ms = 100, k = 1, concurrency = 4,
+    rollout_options = { steps = { 25, 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
+  },
+}
+]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json")
+end
+
+local function version(system)
+  return { messages = { { role = "system", content = system }, { role = "user", content = "Ticket: {{ticket}}" } },
+           model = { provider = "fake", model = "target" } }
+end
+
+local function store_of(e) return e:get("/v1/status").json.store end
+
+local function statuses(e)
+  local out = {}
+  for _, v in ipairs(e:get("/v1/prompts/tickets/versions").json.items) do out[v.version] = v.status end
+  return out
+end
+
+describe("two engines on one database #heavy", function()
+  local fake, e1, e2
+  before_each(function() fake = fake_llm.start { model = MODEL } end)
+  after_each(function()
+    if e1 and not e1.gone then e1:stop() end
+    if e2 then e2:stop() end
+    e1, e2 = nil, nil
+    fake:stop()
+  end)
+
+  it("share ingest and the registry, and fail over during a canary without losing or doubling anything", function()
+    local cfg = config(fake)
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    -- one leader: the first to start
+    assert.equal("leader", store_of(e1).role)
+    assert.equal("follower", store_of(e2).role)
+    local engines = store_of(e2).engines
+    assert.equal(2, #engines)
+    assert.is_false(store_of(e2).scripts_differ)
+    local code, out = engine.run("status --url http://" .. e2.addr)
+    assert.matches("engines on this database %(2%)", out, nil, false, out .. tostring(code))
+
+    -- a registry change on one is seen by the other at once (NOTIFY, no polling)
+    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
+    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
+    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
+    assert.truthy(engine.eventually(3, function() return e2:get("/v1/prompts/tickets").status == 200 end),
+      "engine 2 never saw the prompt engine 1 created")
+    assert.truthy(engine.eventually(3, function() return statuses(e2)[1] == "production" end))
+    local r = e1:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
+      { content_type = "application/x-ndjson" })
+    assert.equal(200, r.status, r.body)
+    -- and a version added on the follower reaches the leader
+    assert.equal(201, e2:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
+    assert.truthy(engine.eventually(3, function() return statuses(e1)[2] ~= nil end), "engine 1 never saw the version added on engine 2")
+
+    -- ingest on both: every ack is in the shared store
+    local acked = {}
+    for i = 1, 20 do
+      local e = i % 2 == 0 and e1 or e2
+      local id = "both-" .. i
+      local res = e:post("/v1/traces", engine.trace { id = id, prompt = { name = "other", version = 1 } })
+      assert.equal(200, res.status, res.body)
+      acked[#acked + 1] = id
+    end
+    for _, id in ipairs(acked) do
+      assert.equal(200, e1:get("/v1/traces/" .. id).status)
+      assert.equal(200, e2:get("/v1/traces/" .. id).status)
+    end
+
+    -- a canary, started on the leader; traffic on both
+    r = e1:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 })
+    assert.equal(200, r.status, r.body)
+    assert.truthy(engine.eventually(10, function() return e1:get("/v1/loop/tickets").json.state == "canary" end))
+    traffic.send("http://" .. e1.addr, "tickets", 1, 10)
+    traffic.send("http://" .. e2.addr, "tickets", 11, 10)
+
+    -- the leader dies; the follower takes over within a bounded time
+    e1:kill9()
+    e1.gone = true
+    local t0 = socket.gettime()
+    assert.truthy(engine.eventually(10, function() return store_of(e2).role == "leader" end),
+      "engine 2 did not take over; log:\n" .. e2:log_text())
+    local took = socket.gettime() - t0
+    assert.is_true(took <= 5 * engine.slow, string.format("the takeover took %.1f s", took))
+    print(string.format("# failover: the follower led %.2f s after the leader's SIGKILL", took))
+    assert.truthy(engine.eventually(10, function()
+      local l = e2:get("/v1/loop/tickets").json
+      return l.state == "canary" and l.version == 2
+    end), "the new leader does not carry the canary on: " .. e2:get("/v1/loop/tickets").body)
+
+    -- the new leader finishes the rollout: one canary, promoted or rolled back once
+    local i = 21
+    local done = engine.eventually(60, function()
+      traffic.send("http://" .. e2.addr, "tickets", i, 20)
+      i = i + 20
+      local s = statuses(e2)
+      return s[2] == "production" or s[2] == "rolled_back"
+    end)
+    assert.truthy(done, "the canary never ended: " .. e2:get("/v1/loop/tickets").body .. "\n" .. e2:log_text())
+    local to = {}
+    for _, h in ipairs(e2:get("/v1/prompts/tickets/history").json.items) do
+      if h.version == 2 then to[h.to] = (to[h.to] or 0) + 1 end
+    end
+    assert.is_true((to.production or 0) + (to.rolled_back or 0) == 1,
+      "version 2 ended more than once: " .. engine.json.encode(to))
+    local canaries = 0
+    for _, st in pairs(statuses(e2)) do if st == "canary" then canaries = canaries + 1 end end
+    assert.equal(0, canaries)
+    -- nothing acked before the kill is lost
+    for _, id in ipairs(acked) do assert.equal(200, e2:get("/v1/traces/" .. id).status) end
+  end)
+end)

@@ -34,6 +34,7 @@ struct pg_store {
     uv_loop_t *loop;
     char *dsn;
     PGconn *wconn;
+    bool prepared;             /* ins_trace is prepared on wconn */
     pthread_t writer;
     pthread_mutex_t mu;
     pthread_cond_t cond;
@@ -843,28 +844,101 @@ static int apply_ops(pg_store *s, const store_op *op, char *err, size_t errlen)
     return 0;
 }
 
+/* Every trace of the batch's writes (those not fenced out) in one pipeline of one prepared
+ * INSERT: one round trip for all of them instead of one each (libpq pipeline mode). Fills
+ * trace_results; -1 with err when any failed (the transaction is then rolled back). */
+static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t received, char *err, size_t errlen)
+{
+    PGconn *c = s->wconn;
+    if (!s->prepared) {
+        PGresult *r = PQprepare(c, "ins_trace",
+                                "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
+                                "VALUES ($1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json) "
+                                "ON CONFLICT(id) DO NOTHING",
+                                7, NULL);
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok)
+            return -1;
+        s->prepared = true;
+    }
+    size_t n = 0;
+    for (store_write *w = batch; w; w = w->next)
+        if (!(w->fenced && !fence_ok))
+            n += w->ntraces;
+    if (!n)
+        return 0;
+    if (!PQenterPipelineMode(c)) {
+        snprintf(err, errlen, "cannot enter pipeline mode: %s", PQerrorMessage(c));
+        return -1;
+    }
+    int rc = 0;
+    for (store_write *w = batch; w && !rc; w = w->next) {
+        if (w->fenced && !fence_ok)
+            continue;
+        for (size_t i = 0; i < w->ntraces && !rc; i++) {
+            const store_trace *t = &w->traces[i];
+            char version[24], ts[24], recv[24];
+            snprintf(version, sizeof version, "%lld", (long long)t->version);
+            snprintf(ts, sizeof ts, "%lld", (long long)t->ts_ms);
+            snprintf(recv, sizeof recv, "%lld", (long long)received);
+            const char *values[7] = {t->id, t->prompt, t->version ? version : NULL, ts, recv, t->retry_of, t->json};
+            int lengths[7] = {0, 0, 0, 0, 0, 0, (int)t->json_len};
+            int formats[7] = {0};
+            if (!PQsendQueryPrepared(c, "ins_trace", 7, values, lengths, formats, 0))
+                rc = -1;
+        }
+    }
+    if (!rc && !PQpipelineSync(c))
+        rc = -1;
+    if (rc) {
+        snprintf(err, errlen, "%s", PQerrorMessage(c));
+        err[strcspn(err, "\n")] = 0;
+    }
+    /* one result (and a NULL) per query, then the sync's; an error aborts those after it */
+    for (store_write *w = batch; w; w = w->next) {
+        if (w->fenced && !fence_ok)
+            continue;
+        for (size_t i = 0; i < w->ntraces; i++) {
+            PGresult *r = PQgetResult(c);
+            if (!r)
+                break;
+            ExecStatusType st = PQresultStatus(r);
+            if (st == PGRES_COMMAND_OK) {
+                const char *k = PQcmdTuples(r);
+                w->trace_results[i] = *k && strcmp(k, "0") ? STORE_ACCEPTED : STORE_DUPLICATE;
+            } else if (!rc) {
+                snprintf(err, errlen, "%s", st == PGRES_PIPELINE_ABORTED ? "pipeline aborted" : PQresultErrorMessage(r));
+                err[strcspn(err, "\n")] = 0;
+                rc = -1;
+            }
+            PQclear(r);
+            while ((r = PQgetResult(c)) != NULL) /* the NULL that ends this query's results */
+                PQclear(r);
+        }
+    }
+    PGresult *r;
+    while ((r = PQgetResult(c)) != NULL) { /* the sync */
+        bool sync = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync)
+            break;
+    }
+    if (!PQexitPipelineMode(c) && !rc) {
+        snprintf(err, errlen, "cannot leave pipeline mode: %s", PQerrorMessage(c));
+        rc = -1;
+    }
+    return rc;
+}
+
+/* The rest of a write once insert_traces has put its traces in. */
 static int apply_write(pg_store *s, store_write *w, int64_t received, char *err, size_t errlen)
 {
+    (void)received;
     for (size_t i = 0; i < w->ntraces; i++) {
         store_trace *t = &w->traces[i];
-        pgq *q = pgq_new(s->wconn, "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
-                                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7::json) ON CONFLICT(id) DO NOTHING");
-        pgq_text(q, 1, t->id);
-        pgq_text(q, 2, t->prompt);
-        if (t->version)
-            pgq_int(q, 3, t->version);
-        else
-            pgq_null(q, 3);
-        pgq_int(q, 4, t->ts_ms);
-        pgq_int(q, 5, received);
-        pgq_text(q, 6, t->retry_of);
-        pgq_textn(q, 7, t->json, t->json_len);
-        int rc = run(q, err, errlen);
-        if (!rc)
-            w->trace_results[i] = pgq_changes(q) ? STORE_ACCEPTED : STORE_DUPLICATE;
-        pgq_free(q);
-        if (rc)
-            return rc;
         if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
             /* Implicit feedback: the earlier trace was retried by this one. */
             char fid[200], body[400];
@@ -976,6 +1050,7 @@ static bool reconnect(pg_store *s)
     for (;;) {
         char err[256];
         PQfinish(s->wconn);
+        s->prepared = false;
         s->wconn = connect_db(s->dsn, err, sizeof err);
         if (s->wconn) {
             pthread_mutex_lock(&s->mu);
@@ -1083,6 +1158,8 @@ static void *writer_main(void *arg)
                 log_warn("store", "a loop decision was refused: this engine no longer leads (epoch %lld)",
                          (long long)epoch);
         }
+        if (!rc)
+            rc = insert_traces(s, batch, fence_ok, received, err, sizeof err);
         for (store_write *w = batch; !rc && w; w = w->next) {
             if (w->fenced && !fence_ok) {
                 w->status = -2; /* fenced: nothing of it stored; the rest of the batch commits */

@@ -134,4 +134,25 @@ describe("two engines on one database #heavy", function()
     -- nothing acked before the kill is lost
     for _, id in ipairs(acked) do assert.equal(200, e2:get("/v1/traces/" .. id).status) end
   end)
+
+  it("refuses a loop decision from an engine whose leadership epoch is no longer the current one (fencing)", function()
+    e1 = engine.start { store = "postgres", config = config(fake) }
+    assert.equal("leader", store_of(e1).role)
+    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
+    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
+    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
+    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
+    -- another engine took over as far as the database knows (what a successor's win does)
+    assert.equal("", e1:sql("UPDATE ratchet_leader SET epoch = epoch + 1, engine = 'a-successor'"))
+    -- the canary is a registry change (any engine may make it); the loop's decision to watch it is fenced
+    assert.equal(200, e1:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 }).status)
+    assert.truthy(engine.eventually(10, function()
+      return e1:log_text():find("a loop decision was refused: this engine no longer leads", 1, true)
+    end), "no refusal in the log:\n" .. e1:log_text())
+    assert.equal("0", e1:sql("SELECT count(*) FROM loop_events"))
+    assert.equal("", e1:sql("SELECT state FROM loop_state WHERE prompt = 'tickets' AND state = 'canary'"))
+    -- ingest on the fenced engine still commits: only the leader's decisions are fenced
+    assert.equal(200, e1:post("/v1/traces", engine.trace { id = "fenced-ingest" }).status)
+    assert.equal("1", e1:sql("SELECT count(*) FROM traces WHERE id = 'fenced-ingest'"))
+  end)
 end)

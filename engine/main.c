@@ -131,6 +131,7 @@ typedef struct {
     registry *reg;
     runner *runner;
     optloop *lp;
+    int cluster_reads; /* reads of another engine's changes in the thread pool */
     api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
@@ -825,8 +826,14 @@ static int start_state(engine *e, char *err, size_t errlen)
 
 static void undo_state(engine *e)
 {
-    if (e->store)
+    if (e->store) {
+        /* (teardown runs after the loop stopped) no more news from the other engines, and the
+         * reads of it in the thread pool finish before what they update goes */
+        store_on_cluster(e->store, NULL, NULL);
+        while (e->cluster_reads > 0)
+            uv_run(e->loop, UV_RUN_ONCE);
         store_flush(e->store); /* no write of theirs still waits for its answer */
+    }
     loop_free(e->lp);
     runner_free(e->runner);
     registry_free(e->reg);
@@ -1173,6 +1180,7 @@ static void cluster_read_after(uv_work_t *req, int status)
 {
     cluster_read *r = req->data;
     engine *e = r->e;
+    e->cluster_reads--;
     if (status == 0 && r->rc == 0 && e->reg) {
         registry_replace(e->reg, r->prompts, r->datasets);
         r->prompts = r->datasets = NULL;
@@ -1201,6 +1209,7 @@ static void on_cluster(void *data, bool leadership, bool registry_changed)
     r->e = e;
     r->takeover = takeover;
     r->req.data = r;
+    e->cluster_reads++;
     uv_queue_work(e->loop, &r->req, cluster_read_work, cluster_read_after);
 }
 

@@ -1027,8 +1027,10 @@ static void fail_queued_locked(pg_store *s, const char *why)
     store_write *last = batch;
     for (store_write *w = batch; w; w = w->next) {
         w->status = -1;
-        memset(w->trace_results, STORE_FAILED, w->ntraces);
-        memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+        if (w->ntraces)
+            memset(w->trace_results, STORE_FAILED, w->ntraces);
+        if (w->nfeedback)
+            memset(w->feedback_results, STORE_FAILED, w->nfeedback);
         s->commit_failures++;
         last = w;
     }
@@ -1186,8 +1188,10 @@ static void *writer_main(void *arg)
             }
             for (store_write *w = batch; w; w = w->next) {
                 w->status = -1;
-                memset(w->trace_results, STORE_FAILED, w->ntraces);
-                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+                if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
+                    memset(w->trace_results, STORE_FAILED, w->ntraces);
+                if (w->nfeedback)
+                    memset(w->feedback_results, STORE_FAILED, w->nfeedback);
             }
         }
         bool connected = PQstatus(s->wconn) == CONNECTION_OK;

@@ -449,16 +449,19 @@ static void pg_status(store *base, json_t *out)
     bool differ = false;
     size_t i;
     json_t *e;
+    /* an engine that has not told its scripts yet (its first beat) is compared with none */
     json_array_foreach(engines, i, e) {
         const char *sc = json_string_value(json_object_get(e, "scripts"));
+        if (!sc)
+            continue;
         if (!first)
-            first = sc ? sc : "";
-        else if (strcmp(first, sc ? sc : ""))
+            first = sc;
+        else if (strcmp(first, sc))
             differ = true;
     }
     json_array_foreach(engines, i, e) {
         const char *sc = json_string_value(json_object_get(e, "scripts"));
-        json_object_set_new(e, "scripts_differ", json_boolean(differ && strcmp(first, sc ? sc : "")));
+        json_object_set_new(e, "scripts_differ", json_boolean(differ && sc && strcmp(first, sc)));
         json_t *parsed = sc ? json_loads(sc, 0, NULL) : NULL;
         json_object_set_new(e, "scripts", parsed ? parsed : json_null());
     }

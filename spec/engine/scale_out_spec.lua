@@ -155,4 +155,31 @@ describe("two engines on one database #heavy", function()
     assert.equal(200, e1:post("/v1/traces", engine.trace { id = "fenced-ingest" }).status)
     assert.equal("1", e1:sql("SELECT count(*) FROM traces WHERE id = 'fenced-ingest'"))
   end)
+
+  it("flags an engine whose scripts differ from the others' in status", function()
+    e1 = engine.start { store = "postgres" }
+    -- the second engine overrides the shipped contains.lua with its own copy (first folder wins)
+    local dir = engine.tmpdir()
+    os.execute("mkdir -p " .. engine.shell_quote(dir .. "/evaluators"))
+    engine.write_file(dir .. "/evaluators/contains.lua",
+      engine.read_file("evaluators/contains.lua") .. "\n-- a local change\n")
+    e2 = engine.start { store = "postgres", dsn = e1.dsn,
+      config = string.format("scripts = { dirs = { %q, %q } }", dir, engine.root) }
+    local st = assert(engine.eventually(5, function()
+      local s = store_of(e1)
+      local told = 0
+      for _, en in ipairs(s.engines) do if type(en.scripts) == "table" then told = told + 1 end end
+      if told == 2 and s.scripts_differ then return s end
+    end), "status never flagged the difference: " .. e1:get("/v1/status").body)
+    local flagged = {}
+    for _, en in ipairs(st.engines) do
+      if en.scripts_differ then flagged[#flagged + 1] = en.id end
+      assert.is_string(en.scripts["evaluators/contains"])
+    end
+    assert.equal(1, #flagged)
+    local _, out = engine.run("status --url http://" .. e1.addr)
+    assert.matches("NOT ALL RUN THE SAME SCRIPTS", out)
+    assert.matches("%(different scripts%)", out)
+    os.execute("rm -rf " .. engine.shell_quote(dir))
+  end)
 end)

@@ -459,9 +459,13 @@ static void pg_status(store *base, json_t *out)
         else if (strcmp(first, sc))
             differ = true;
     }
+    /* first points into the first engine's object: flag every engine before replacing any text */
     json_array_foreach(engines, i, e) {
         const char *sc = json_string_value(json_object_get(e, "scripts"));
         json_object_set_new(e, "scripts_differ", json_boolean(differ && sc && strcmp(first, sc)));
+    }
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
         json_t *parsed = sc ? json_loads(sc, 0, NULL) : NULL;
         json_object_set_new(e, "scripts", parsed ? parsed : json_null());
     }

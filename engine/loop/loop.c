@@ -2102,9 +2102,23 @@ static void serve_want(lprompt *p)
     free(tpl);
 }
 
+/* With several engines on one database only the leader runs the loop; the others refuse to
+ * act for it rather than forward (docs/scale-out.md). */
+static bool not_leader(optloop *lp, reg_error *e)
+{
+    if (store_leader(lp->st))
+        return false;
+    reg_fail(e, 409, "not_leader", NULL,
+             "this engine does not run the loop: another engine on the same database leads it; send this to the "
+             "leader (ratchet status lists the engines and their roles)");
+    return true;
+}
+
 int loop_optimize(optloop *lp, const char *prompt, const char *actor, const char *tpl, loop_done done, void *ud,
                   reg_error *e)
 {
+    if (not_leader(lp, e))
+        return e->status;
     lprompt *p = find(lp, prompt);
     if (can_optimize(lp, p, prompt, e))
         return e->status;
@@ -2160,6 +2174,8 @@ static void approved(lprompt *p, int status, void *ud)
 int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reason, const char *actor, loop_done done,
                  void *ud, reg_error *e)
 {
+    if (not_leader(lp, e))
+        return e->status;
     lprompt *p = NULL;
     for (lprompt *x = lp->prompts; x; x = x->next)
         if (x->run_id && !strcmp(x->run_id, run_id))

@@ -63,6 +63,10 @@ describe("two engines on one database #heavy", function()
     assert.is_false(store_of(e2).scripts_differ)
     local code, out = engine.run("status --url http://" .. e2.addr)
     assert.matches("engines on this database %(2%)", out, nil, false, out .. tostring(code))
+    -- the follower acts for no loop: it says so rather than forward
+    local refused = e2:post("/v1/prompts/tickets/optimize", {})
+    assert.equal(409, refused.status)
+    assert.equal("not_leader", refused.json.error.code)
 
     -- a registry change on one is seen by the other at once (NOTIFY, no polling)
     assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)

@@ -1162,7 +1162,7 @@ typedef struct {
     uv_work_t req;
     engine *e;
     bool takeover;
-    json_t *prompts, *datasets, *states;
+    json_t *prompts, *datasets, *states, *runs;
     int rc;
     char err[256];
 } cluster_read;
@@ -1174,6 +1174,20 @@ static void cluster_read_work(uv_work_t *req)
     r->rc = store_load_registry(r->e->store, &r->prompts, &r->datasets, r->err, sizeof r->err);
     if (!r->rc && r->takeover)
         r->rc = store_load_loop_states(r->e->store, &r->states, r->err, sizeof r->err);
+    if (!r->rc && r->takeover) {
+        /* the gate runs the last leader was running, resumed here as after a crash (runs
+         * started through the API on an engine that still lives stay with it) */
+        json_t *ids = json_array(), *st;
+        const char *name;
+        json_object_foreach(r->states, name, st) {
+            const char *state = json_string_value(json_object_get(st, "state"));
+            json_t *run = json_object_get(st, "run_id");
+            if (state && !strcmp(state, "gating") && json_is_string(run))
+                json_array_append(ids, run);
+        }
+        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
+        json_decref(ids);
+    }
 }
 
 static void cluster_read_after(uv_work_t *req, int status)
@@ -1186,12 +1200,15 @@ static void cluster_read_after(uv_work_t *req, int status)
         r->prompts = r->datasets = NULL;
         if (r->takeover && e->lp)
             loop_apply_states(e->lp, r->states);
+        if (r->takeover && e->runner && r->runs)
+            runner_resume_apply(e->runner, r->runs);
     } else if (status == 0) {
         log_error("engine", "cannot read what another engine changed: %s", r->err);
     }
     json_decref(r->prompts);
     json_decref(r->datasets);
     json_decref(r->states);
+    json_decref(r->runs);
     free(r);
 }
 

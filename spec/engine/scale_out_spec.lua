@@ -10,7 +10,7 @@ local socket = require "socket"
 local MODEL = engine.read_file("demo/model.lua")
 local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
 
-local function config(fake)
+local function config(fake, extra)
   return string.format([[
 scripts = { dirs = { %q } }
 provider "fake" {
@@ -23,9 +23,10 @@ prompt "tickets" {
     enabled = false, dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
     check_interval_ms = 100, k = 1, concurrency = 4,
     rollout_options = { steps = { 25, 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
+    %s
   },
 }
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json")
+]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", extra or "")
 end
 
 local function version(system)
@@ -185,5 +186,35 @@ describe("two engines on one database #heavy", function()
     assert.matches("NOT ALL RUN THE SAME SCRIPTS", out)
     assert.matches("%(different scripts%)", out)
     os.execute("rm -rf " .. engine.shell_quote(dir))
+  end)
+
+  it("resumes the gate run of a leader killed mid-way on the engine that takes over", function()
+    local cfg = config(fake, "concurrency = 1,")
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
+    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
+    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
+    assert.equal(200, e1:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
+      { content_type = "application/x-ndjson" }).status)
+    traffic.send("http://" .. e1.addr, "tickets", 1, 40)
+    engine.sleep(0.5)
+    fake:faults { { delay_ms = 150, times = 1000 } }
+    assert.equal(202, e1:post("/v1/prompts/tickets/optimize", {}).status)
+    local run = assert(engine.eventually(20, function()
+      local l = e1:get("/v1/loop/tickets").json
+      return l.state == "gating" and l.run
+    end), "no gate run: " .. e1:get("/v1/loop/tickets").body)
+    assert.truthy(engine.eventually(20, function() return #e1:get("/v1/runs/" .. run .. "/results").json.items >= 3 end))
+    e1:kill9()
+    e1.gone = true
+    fake:reset()
+    assert.truthy(engine.eventually(10, function() return store_of(e2).role == "leader" end))
+    local l = assert(engine.eventually(60, function()
+      local v = e2:get("/v1/loop/tickets").json
+      if v.state == "canary" then return v end
+    end), "the new leader did not finish the gate: " .. e2:get("/v1/loop/tickets").body .. "\n" .. e2:log_text())
+    assert.equal(run, l.run)
+    assert.matches("run " .. run .. ": resumed", e2:log_text(), 1, true)
   end)
 end)

@@ -101,6 +101,16 @@ describe("two engines on one database #heavy", function()
     r = e1:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 })
     assert.equal(200, r.status, r.body)
     assert.truthy(engine.eventually(10, function() return e1:get("/v1/loop/tickets").json.state == "canary" end))
+    -- a caller gets the same version from either engine (a hash of prompt and key against the shared share)
+    assert.truthy(engine.eventually(3, function() return statuses(e2)[2] == "canary" end))
+    local canaried = 0
+    for k = 1, 40 do
+      local a = e1:get("/v1/prompts/tickets?key=caller-" .. k).json
+      local b = e2:get("/v1/prompts/tickets?key=caller-" .. k).json
+      assert.equal(a.version, b.version, "caller-" .. k)
+      if a.version == 2 then canaried = canaried + 1 end
+    end
+    assert.is_true(canaried > 0 and canaried < 40, canaried .. " of 40 callers on the canary")
     traffic.send("http://" .. e1.addr, "tickets", 1, 10)
     traffic.send("http://" .. e2.addr, "tickets", 11, 10)
 

@@ -277,7 +277,12 @@ static void on_cluster_async(uv_async_t *h);
 /* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
 static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
 {
-    PGconn *c = PQconnectdb(dsn);
+    /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
+     * network that stops acknowledging, fail in bounded time instead of holding a thread */
+    static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "tcp_user_timeout", "dbname", NULL};
+    const char *values[] = {"10", "10", "5", "3", "30000", dsn, NULL};
+    PGconn *c = PQconnectdbParams(keys, values, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         /* libpq's message names host and reason, never the password */
         snprintf(err, errlen, "cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");

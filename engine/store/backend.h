@@ -34,6 +34,7 @@ void store_ops_free(store_op *op);
 /* Every function of store.h that reads or runs the store, less its store_ prefix. */
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres" */
+    bool shared;      /* several engines may use it at once */
     void (*metrics)(store *s, buf_t *b);
     void (*flush)(store *s);
     void (*close)(store *s);

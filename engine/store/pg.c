@@ -262,6 +262,14 @@ static const char *const migrations[] = {
     "  started_at BIGINT NOT NULL,"
     "  last_seen BIGINT NOT NULL"
     ");",
+
+    /* 3: the daily LLM budgets every engine claims from before a call */
+    "CREATE TABLE ratchet_budget ("
+    "  day TEXT PRIMARY KEY,"
+    "  calls DOUBLE PRECISION NOT NULL,"
+    "  tokens DOUBLE PRECISION NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL"
+    ");",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -945,10 +953,39 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
     return rc;
 }
 
+/* A budget claim: the row's UPDATE takes its lock, so claims of every engine are serialized and
+ * none passes a limit another's claim already reached. */
+static int apply_claim(pg_store *s, store_budget_claim *b, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "INSERT INTO ratchet_budget(day, calls, tokens, cost) VALUES (?1, 0, 0, 0) "
+                               "ON CONFLICT(day) DO NOTHING");
+    pgq_text(q, 1, b->day);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    if (rc)
+        return rc;
+    q = pgq_new(s->wconn, "UPDATE ratchet_budget SET calls = calls + ?2, tokens = tokens + ?3, cost = cost + ?4 "
+                          "WHERE day = ?1 AND (?5 <= 0 OR calls + ?2 <= ?5) AND (?6 <= 0 OR tokens + ?3 <= ?6) "
+                          "AND (?7 <= 0 OR cost + ?4 <= ?7)");
+    pgq_text(q, 1, b->day);
+    pgq_double(q, 2, b->calls);
+    pgq_double(q, 3, b->tokens);
+    pgq_double(q, 4, b->cost);
+    pgq_double(q, 5, b->max_calls);
+    pgq_double(q, 6, b->max_tokens);
+    pgq_double(q, 7, b->max_cost);
+    rc = run(q, err, errlen);
+    b->granted = !rc && pgq_changes(q) > 0;
+    pgq_free(q);
+    return rc;
+}
+
 /* The rest of a write once insert_traces has put its traces in. */
 static int apply_write(pg_store *s, store_write *w, int64_t received, char *err, size_t errlen)
 {
     (void)received;
+    if (w->claim && apply_claim(s, w->claim, err, errlen))
+        return -1;
     for (size_t i = 0; i < w->ntraces; i++) {
         store_trace *t = &w->traces[i];
         if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
@@ -1609,6 +1646,7 @@ static int pg_list_llm_calls_json(store *base, int64_t since_ms, const char *cal
 
 static const store_backend pg_backend = {
     .name = "postgres",
+    .shared = true,
     .metrics = pg_metrics,
     .flush = pg_flush,
     .close = pg_close,

@@ -30,6 +30,11 @@ void store_status(store *s, json_t *out)
         s->be->status(s, out);
 }
 
+bool store_shared(store *s)
+{
+    return s->be->shared;
+}
+
 bool store_leader(store *s)
 {
     return s->be->leader ? s->be->leader(s) : true;

@@ -89,6 +89,17 @@ typedef struct {
     char *request_id;   /* NULL when none */
 } store_llm_call;
 
+/* A claim on the daily budgets every engine on the database shares (PostgreSQL;
+ * docs/scale-out.md): the amounts are added to the day's row only if no limit (> 0) would be
+ * passed, and granted says whether they were. With every limit 0 it always applies (settling a
+ * claim by the difference, negative amounts too). */
+typedef struct {
+    char day[16];       /* YYYY-MM-DD, UTC */
+    double calls, tokens, cost;
+    double max_calls, max_tokens, max_cost;
+    bool granted;       /* set by the store */
+} store_budget_claim;
+
 typedef struct store_write store_write;
 typedef void (*store_done_cb)(store_write *w);
 /* A registry, dataset or run change, built by the store_put_* functions. */
@@ -106,6 +117,7 @@ struct store_write {
     size_t nllm_calls;
     store_op *ops, *ops_tail;  /* applied in order, after the items above */
     size_t nops;
+    store_budget_claim *claim; /* or NULL; not owned */
     bool fenced;               /* a decision of the loop leader: on PostgreSQL it commits only while
                                 * this engine still holds the leadership it had (docs/scale-out.md) */
     store_done_cb done;
@@ -154,6 +166,8 @@ void store_status(store *s, json_t *out);
 
 /* ---- several engines on one database (PostgreSQL; docs/scale-out.md) ----
  * On SQLite there is one engine and it always leads. */
+/* Whether other engines may share the store (and so budgets need claims): PostgreSQL. */
+bool store_shared(store *s);
 /* Whether this engine runs the loop, canary checks and run resumption now. */
 bool store_leader(store *s);
 /* Calls fn on the loop thread when this engine becomes the leader (gained = true) or loses

@@ -227,4 +227,32 @@ describe("two engines on one database #heavy", function()
     assert.equal(run, l.run)
     assert.matches("run " .. run .. ": resumed", e2:log_text(), 1, true)
   end)
+
+  it("share a daily budget: two engines together never spend more than it", function()
+    local cfg = string.format([[
+provider "fake" { kind = "openai", base_url = %q, default_model = "target", max_retries = 0, timeout_ms = 5000,
+  models = { target = { input_per_mtok = 1, output_per_mtok = 1 } } }
+llm = { daily_calls = 5 }
+]], "http://" .. fake.addr .. "/v1")
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    local before = fake:stats().requests
+    local ok, refused = 0, 0
+    for i = 1, 8 do
+      local e = i % 2 == 0 and e2 or e1
+      local r = e:post("/v1/llm/chat", { provider = "fake", messages = { { role = "user", content = "Ticket: " .. i } } })
+      if r.status == 200 then
+        ok = ok + 1
+      else
+        assert.equal(429, r.status, r.body)
+        assert.equal("budget_exceeded", r.json.error.code)
+        refused = refused + 1
+      end
+    end
+    -- each engine alone would have allowed its 4 calls (8 in all); shared, the budget holds
+    assert.equal(5, ok)
+    assert.equal(3, refused)
+    assert.equal(5, fake:stats().requests - before)
+    assert.equal("5", e1:sql("SELECT calls FROM ratchet_budget"))
+  end)
 end)

@@ -44,7 +44,6 @@ typedef struct {
     int status;            /* the request refused whole: 400, 413 */
     char err[512];
     otlp_mapped m;
-    char *traces_text, *feedback_text;
     ingest_batch tb, fb;
     bool have_tb, have_fb;
     size_t rejected;       /* items rejected: the decoder's, the mapping's and ingest's */
@@ -150,8 +149,6 @@ static void job_free(otlp_job *job)
         ingest_batch_free(&job->tb);
     if (job->have_fb)
         ingest_batch_free(&job->fb);
-    free(job->traces_text);
-    free(job->feedback_text);
     json_decref(job->answers);
     free(job->rule_name);
     free(job);
@@ -181,23 +178,12 @@ static void count_ingest_rejections(otlp_job *job, const ingest_batch *b, json_t
     }
 }
 
-/* The items as NDJSON, one line each: ingest stores a line's text as it
- * is, where it re-encodes the items of an array. */
-static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, char **text, ingest_batch *b)
+/* The mapped items through ingest's validator, as trees: no text round trip. */
+static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, ingest_batch *b)
 {
-    buf_t nd = {0};
-    size_t i;
-    json_t *it;
-    json_array_foreach(items, i, it) {
-        jtree_dump_buf(&nd, it);
-        buf_append(&nd, "\n", 1);
-    }
-    buf_append(&nd, "", 1); /* NUL-terminated, as ingest_parse wants */
-    size_t len = nd.len - 1;
-    *text = nd.data;
     const char *code;
-    int rc = ingest_parse(kind, *text, len, true, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code,
-                          job->err, sizeof job->err);
+    int rc = ingest_tree(kind, items, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code, job->err,
+                         sizeof job->err);
     if (rc) {
         job->status = rc;
         return -1;
@@ -256,12 +242,12 @@ static void parse_mapped(otlp_job *job)
     snprintf(job->error, sizeof job->error, "%s", job->m.error);
     if (json_array_size(job->m.traces)) {
         job->have_tb = true;
-        if (parse_items(job, INGEST_TRACES, job->m.traces, &job->traces_text, &job->tb) != 0)
+        if (parse_items(job, INGEST_TRACES, job->m.traces, &job->tb) != 0)
             return;
     }
     if (json_array_size(job->m.feedback)) {
         job->have_fb = true;
-        parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->feedback_text, &job->fb);
+        parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->fb);
     }
 }
 

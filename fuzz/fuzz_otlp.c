@@ -3,7 +3,7 @@
  * The first byte picks the form (bit 0: JSON, else protobuf; bit 1: logs,
  * else traces; bit 2: gzip); the rest is the body. What it checks beyond
  * "no crash": a refusal says why; every span is accounted for exactly once
- * (a trace, dropped or rejected); every trace the mapping made is an object
+ * (a trace, a part of one, dropped or rejected); every trace the mapping made is an object
  * with an id and a prompt; ingest_tree (what the receiver runs) and
  * ingest_parse of the same traces as text agree on every item. */
 #include <jansson.h>
@@ -47,9 +47,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     otlp_mapped m;
     if (sig == OTLP_TRACES) {
         otlp_map_spans(items, NULL, &m);
-        if (json_array_size(m.traces) + m.dropped + m.rejected != json_array_size(items)) {
-            fprintf(stderr, "%zu spans, but %zu traces + %zu dropped + %zu rejected\n", json_array_size(items),
-                    json_array_size(m.traces), m.dropped, m.rejected);
+        if (json_array_size(m.traces) + json_array_size(m.parts) + m.dropped + m.rejected != json_array_size(items)) {
+            fprintf(stderr, "%zu spans, but %zu traces + %zu parts + %zu dropped + %zu rejected\n",
+                    json_array_size(items), json_array_size(m.traces), json_array_size(m.parts), m.dropped, m.rejected);
             abort();
         }
     } else {

@@ -33,7 +33,7 @@ const api_route api_otlp_routes[] = {
 };
 const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[0];
 
-enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED };
+enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED, R_PART, R_N };
 
 typedef struct {
     uv_work_t work;
@@ -245,6 +245,24 @@ static void parse_mapped(otlp_job *job)
         if (parse_items(job, INGEST_TRACES, job->m.traces, &job->tb) != 0)
             return;
     }
+    if (job->sig == OTLP_LOGS)
+        for (size_t i = 0; i < job->tb.write.ntraces; i++)
+            job->tb.write.traces[i].join_part = true; /* the span may have come first */
+    size_t nparts = json_array_size(job->m.parts);
+    if (nparts) {
+        /* the spans' parts go with the traces' write (or alone) */
+        store_write *w = &job->tb.write;
+        job->have_tb = true;
+        w->parts = xcalloc(nparts, sizeof *w->parts);
+        size_t i;
+        json_t *p;
+        json_array_foreach(job->m.parts, i, p) {
+            w->parts[i].id = xstrdup(json_string_value(json_object_get(p, "id")));
+            w->parts[i].json = jtree_dump(json_object_get(p, "part"));
+            w->parts[i].json_len = strlen(w->parts[i].json);
+        }
+        w->nparts = nparts;
+    }
     if (json_array_size(job->m.feedback)) {
         job->have_fb = true;
         parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->fb);
@@ -274,6 +292,8 @@ static void count_results(otlp_job *job, const store_write *w)
     for (size_t i = 0; i < w->ntraces; i++)
         n[w->status ? R_FAILED : w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED
                                : w->trace_results[i] == STORE_DUPLICATE ? R_DUPLICATE : R_FAILED]++;
+    for (size_t i = 0; i < w->nparts; i++)
+        n[w->status ? R_FAILED : R_PART]++;
     for (size_t i = 0; i < w->nfeedback; i++) {
         unsigned char r = w->feedback_results[i];
         if (w->status || r == STORE_FAILED)
@@ -396,7 +416,7 @@ static void submit_job(otlp_job *job)
         job_free(job);
         return;
     }
-    if (job->have_tb && job->tb.write.ntraces) {
+    if (job->have_tb && (job->tb.write.ntraces || job->tb.write.nparts)) {
         submit(job, &job->tb.write);
         return;
     }
@@ -514,7 +534,7 @@ void api_otlp_handle(http_request *req, void *ctx)
 void api_otlp_metrics(api *a, buf_t *b)
 {
     static const char *const sig[] = {"traces", "logs"};
-    static const char *const res[] = {"accepted", "duplicate", "rejected", "dropped", "unlinked", "failed"};
+    static const char *const res[R_N] = {"accepted", "duplicate", "rejected", "dropped", "unlinked", "failed", "part"};
     metrics_family(b, "ratchet_otlp_requests_total", "counter", "Authorized requests to the OTLP listener.");
     for (int k = 0; k < 2; k++)
         metrics_sample(b, "ratchet_otlp_requests_total", (double)a->otlp_n[k].requests, "signal", sig[k], NULL);
@@ -528,9 +548,10 @@ void api_otlp_metrics(api *a, buf_t *b)
     metrics_family(b, "ratchet_otlp_items_total", "counter",
                    "Spans and log-record groups, by result: accepted (stored as traces or feedback), duplicate (already "
                    "stored), rejected (invalid, answered in partial_success), dropped (not an LLM call, or one whose content is not there to score; not rejected), "
-                   "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed).");
+                   "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed), "
+                   "part (an LLM call's span without its content: its model, usage and latency stored to join the trace its log records form).");
     for (int k = 0; k < 2; k++)
-        for (int r = 0; r < 6; r++)
+        for (int r = 0; r < R_N; r++)
             metrics_sample(b, "ratchet_otlp_items_total", (double)a->otlp_n[k].items[r], "signal", sig[k], "result",
                            res[r], NULL);
     metrics_family(b, "ratchet_otlp_decode_seconds_total", "counter", "CPU time spent decoding and mapping OTLP bodies.");

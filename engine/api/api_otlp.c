@@ -68,21 +68,26 @@ static int grpc_code(int status)
     case 403: return 7;  /* PERMISSION_DENIED */
     case 404: return 5;  /* NOT_FOUND */
     case 413: return 11; /* OUT_OF_RANGE */
+    case 405: return 12; /* UNIMPLEMENTED */
+    case 408: return 4;  /* DEADLINE_EXCEEDED */
     case 415: return 3;
     case 429: return 8;  /* RESOURCE_EXHAUSTED */
+    case 431: return 11;
+    case 505: return 12;
     default: return 14;  /* UNAVAILABLE */
     }
 }
 
 /* A failure in the request's own encoding (a google.rpc.Status), with
- * Retry-After on the retryable 429 and 503. */
-static void respond_failure(http_request *req, bool json, int status, const char *msg)
+ * Retry-After on the retryable 429 and 503 unless extra names headers. */
+static void respond_status(http_request *req, bool json, int status, const char *msg, const char *extra)
 {
-    const char *retry = status == 429 || status == 503 ? "Retry-After: 1\r\n" : NULL;
+    if (!extra && (status == 429 || status == 503))
+        extra = "Retry-After: 1\r\n";
     if (json) {
         json_t *o = json_pack("{s:i,s:s}", "code", grpc_code(status), "message", msg);
-        char *text = jtree_dump(o);
-        http_respond(req, status, "application/json", retry, text, strlen(text));
+        char *text = o ? jtree_dump(o) : xstrdup("{\"code\":13,\"message\":\"the error could not be written\"}");
+        http_respond(req, status, "application/json", extra, text, strlen(text));
         free(text);
         json_decref(o);
         return;
@@ -93,8 +98,23 @@ static void respond_failure(http_request *req, bool json, int status, const char
     size_t n = otlp__rpc_status__get_packed_size(&st);
     uint8_t *out = xmalloc(n + 1);
     otlp__rpc_status__pack(&st, out);
-    http_respond(req, status, "application/x-protobuf", retry, (const char *)out, n);
+    http_respond(req, status, "application/x-protobuf", extra, (const char *)out, n);
     free(out);
+}
+
+static void respond_failure(http_request *req, bool json, int status, const char *msg)
+{
+    respond_status(req, json, status, msg, NULL);
+}
+
+static int content_kind(const char *ct);
+
+void api_otlp_error(http_request *req, int status, const char *message, const char *extra_headers)
+{
+    /* protobuf when the request said protobuf; JSON otherwise (a JSON
+     * request, or one whose content type is unknown or not read yet) */
+    bool json = content_kind(http_header_get(req, "content-type")) != 1;
+    respond_status(req, json, status, message, extra_headers);
 }
 
 static void respond_success(otlp_job *job)

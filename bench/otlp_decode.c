@@ -3,8 +3,10 @@
  * same run) against an OTLP body through each stage of the receiver:
  * otlp_decode (protobuf-c or JSON into plain spans), otlp_map (into trace
  * trees), and ingest_tree (the validator on the trees, the stored text
- * written once). Also protobuf-c's unpack of the body alone: the floor of
- * any protobuf path that reads every field.
+ * written once). Also the parts any OTLP path must do, alone: protobuf-c's
+ * unpack of the body, parsing the JSON text of the GenAI content attributes
+ * (gen_ai.input.messages, gen_ai.output.messages, gen_ai.system_instructions)
+ * and writing the stored text.
  * Usage: build/otlp_decode NATIVE_BODY PROTO_BODY JSON_BODY [loops] */
 #include <otlp.pb-c.h>
 #include <stdio.h>
@@ -79,6 +81,27 @@ int main(int argc, char **argv)
         otlp__export_trace_service_request__free_unpacked(r, NULL);
     }
     printf("protobuf-c unpack alone: %.2f us/span\n", (double)(mono_ns() - tu) / 1e3 / loops / (double)nspans);
+    {
+        /* the content attributes' JSON text, parsed alone */
+        json_t *items = otlp_decode(OTLP_TRACES, false, proto, plen, NULL, 0);
+        static const char *const keys[] = {"gen_ai.input.messages", "gen_ai.output.messages",
+                                           "gen_ai.system_instructions"};
+        uint64_t p0 = mono_ns();
+        for (int i = 0; i < loops; i++) {
+            size_t j;
+            json_t *sp;
+            json_array_foreach(items, j, sp) {
+                for (size_t k = 0; k < 3; k++) {
+                    json_t *v = json_object_get(json_object_get(sp, "attributes"), keys[k]);
+                    if (json_is_string(v))
+                        json_decref(jtree_parse(json_string_value(v), json_string_length(v), NULL, 0));
+                }
+            }
+        }
+        printf("parsing the GenAI content attributes' JSON alone: %.2f us/span\n",
+               (double)(mono_ns() - p0) / 1e3 / loops / (double)json_array_size(items));
+        json_decref(items);
+    }
     const char *names[] = {"protobuf", "JSON"};
     char *bodies[] = {proto, json};
     size_t lens[] = {plen, jlen};

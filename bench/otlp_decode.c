@@ -7,17 +7,28 @@
  * unpack of the body, parsing the JSON text of the GenAI content attributes
  * (gen_ai.input.messages, gen_ai.output.messages, gen_ai.system_instructions)
  * and writing the stored text.
+ * Times are the thread's CPU time.
  * Usage: build/otlp_decode NATIVE_BODY PROTO_BODY JSON_BODY [loops] */
 #include <otlp.pb-c.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/ingest.h"
 #include "api/otlp_decode.h"
 #include "api/otlp_map.h"
 #include "base/jtree.h"
 #include "base/util.h"
+
+/* This thread's CPU time, ns: the machine is shared, so wall time would
+ * count the other engineers' work too. */
+static uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -62,14 +73,14 @@ int main(int argc, char **argv)
     char *native = slurp(argv[1], &nlen), *proto = slurp(argv[2], &plen), *json = slurp(argv[3], &jlen);
     char *copy = malloc(nlen + 1);
     size_t spans = 0;
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = cpu_ns();
     for (int i = 0; i < loops; i++) {
         memcpy(copy, native, nlen + 1);
         spans = parse(copy, nlen, false);
     }
-    double base = (double)(mono_ns() - t0) / 1e3 / loops / (double)spans;
+    double base = (double)(cpu_ns() - t0) / 1e3 / loops / (double)spans;
     printf("native ingest_parse (JSON array): %.2f us/span (%zu spans a batch)\n", base, spans);
-    uint64_t tu = mono_ns();
+    uint64_t tu = cpu_ns();
     size_t nspans = 0;
     for (int i = 0; i < loops; i++) {
         Otlp__ExportTraceServiceRequest *r =
@@ -80,13 +91,13 @@ int main(int argc, char **argv)
                 nspans += r->resource_spans[a]->scope_spans[b]->n_spans;
         otlp__export_trace_service_request__free_unpacked(r, NULL);
     }
-    printf("protobuf-c unpack alone: %.2f us/span\n", (double)(mono_ns() - tu) / 1e3 / loops / (double)nspans);
+    printf("protobuf-c unpack alone: %.2f us/span\n", (double)(cpu_ns() - tu) / 1e3 / loops / (double)nspans);
     {
         /* the content attributes' JSON text, parsed alone */
         json_t *items = otlp_decode(OTLP_TRACES, false, proto, plen, NULL, 0);
         static const char *const keys[] = {"gen_ai.input.messages", "gen_ai.output.messages",
                                            "gen_ai.system_instructions"};
-        uint64_t p0 = mono_ns();
+        uint64_t p0 = cpu_ns();
         for (int i = 0; i < loops; i++) {
             size_t j;
             json_t *sp;
@@ -99,7 +110,7 @@ int main(int argc, char **argv)
             }
         }
         printf("parsing the GenAI content attributes' JSON alone: %.2f us/span\n",
-               (double)(mono_ns() - p0) / 1e3 / loops / (double)json_array_size(items));
+               (double)(cpu_ns() - p0) / 1e3 / loops / (double)json_array_size(items));
         json_decref(items);
     }
     const char *names[] = {"protobuf", "JSON"};
@@ -110,12 +121,12 @@ int main(int argc, char **argv)
         size_t n = 0;
         for (int i = 0; i < loops; i++) {
             char err[256];
-            uint64_t a = mono_ns();
+            uint64_t a = cpu_ns();
             json_t *items = otlp_decode(OTLP_TRACES, k == 1, bodies[k], lens[k], err, sizeof err);
-            uint64_t b = mono_ns();
+            uint64_t b = cpu_ns();
             otlp_mapped m;
             otlp_map_spans(items, NULL, &m);
-            uint64_t c = mono_ns();
+            uint64_t c = cpu_ns();
             ingest_batch ib;
             const char *code;
             if (ingest_tree(INGEST_TRACES, m.traces, 100000, 1795507200000LL, &ib, &code, err, sizeof err) != 0) {
@@ -124,7 +135,7 @@ int main(int argc, char **argv)
             }
             n = ib.write.ntraces;
             ingest_batch_free(&ib);
-            uint64_t d = mono_ns();
+            uint64_t d = cpu_ns();
             td += b - a, tm += c - b, tp += d - c;
             otlp_mapped_free(&m);
             json_decref(items);
@@ -135,13 +146,13 @@ int main(int argc, char **argv)
         json_t *items = otlp_decode(OTLP_TRACES, k == 1, bodies[k], lens[k], NULL, 0);
         otlp_mapped m;
         otlp_map_spans(items, NULL, &m);
-        uint64_t w0 = mono_ns();
+        uint64_t w0 = cpu_ns();
         for (int i = 0; i < loops; i++) {
             size_t j;
             json_t *t;
             json_array_foreach(m.traces, j, t) free(jtree_dump(t));
         }
-        double dump = (double)(mono_ns() - w0) / per;
+        double dump = (double)(cpu_ns() - w0) / per;
         otlp_mapped_free(&m);
         json_decref(items);
         printf("OTLP %-8s decode %.2f + map %.2f + ingest_tree %.2f = %.2f us/span (%.2fx native); of ingest_tree, writing the stored text %.2f\n",

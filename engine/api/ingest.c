@@ -1096,7 +1096,19 @@ static void collect_unreadable(void *ud, size_t item, const char *path, const ch
  * rules) and fills out's items and store rows. body/len: the whole text of
  * an array body (its unreadable values are found in one pass over it), else
  * NULL and each item's own text is searched. */
-static void validate_items(ingest_kind kind, raw_item *raw, size_t nraw, bool array_form, const char *body,
+/* Where validate_items takes item i from: the text path's parsed items, or
+ * the tree path's views, built one at a time in memory reused for each. */
+typedef struct {
+    raw_item *(*get)(void *ud, size_t i);
+    void *ud;
+} item_source;
+
+static raw_item *from_array(void *ud, size_t i)
+{
+    return &((raw_item *)ud)[i];
+}
+
+static void validate_items(ingest_kind kind, item_source src, size_t nraw, bool array_form, const char *body,
                            size_t len, int64_t now, ingest_batch *out)
 {
     out->nitems = nraw;
@@ -1114,21 +1126,22 @@ static void validate_items(ingest_kind kind, raw_item *raw, size_t nraw, bool ar
 
     for (size_t i = 0; i < nraw; i++) {
         ingest_item *it = &out->items[i];
+        raw_item *r = src.get(src.ud, i);
         it->write_index = -1;
-        it->line = raw[i].line;
+        it->line = r->line;
         char base[32];
         if (array_form)
             snprintf(base, sizeof base, "$[%zu]", i);
         else
             snprintf(base, sizeof base, "$");
         vctx v = {it, base};
-        if (!raw[i].value) {
-            add_error(&v, "", "%s", raw[i].parse_error);
+        if (!r->value) {
+            add_error(&v, "", "%s", r->parse_error);
             continue;
         }
         const char *dup = NULL;
         bool bad_number = false;
-        if (walk_check(raw[i].value, &dup, &bad_number) > INGEST_MAX_DEPTH) {
+        if (walk_check(r->value, &dup, &bad_number) > INGEST_MAX_DEPTH) {
             add_error(&v, "", "is nested deeper than %d levels", INGEST_MAX_DEPTH);
             continue;
         }
@@ -1147,8 +1160,8 @@ static void validate_items(ingest_kind kind, raw_item *raw, size_t nraw, bool ar
                 if (unreadable.items[k].item == i)
                     add_error(&v, unreadable.items[k].path + strcspn(unreadable.items[k].path, "]") + 1, "%s",
                               unreadable.items[k].message);
-        } else if (bad_number || lone_surrogate_at(raw[i].text, raw[i].text_len, 0) >= 0) {
-            find_unreadable(raw[i].text, raw[i].text_len, false, report_unreadable, &v);
+        } else if (bad_number || lone_surrogate_at(r->text, r->text_len, 0) >= 0) {
+            find_unreadable(r->text, r->text_len, false, report_unreadable, &v);
         }
         if (it->nerrors)
             continue;
@@ -1156,7 +1169,7 @@ static void validate_items(ingest_kind kind, raw_item *raw, size_t nraw, bool ar
             store_feedback *fb = NULL;
             size_t nfb = 0;
             store_trace *t = &out->write.traces[out->write.ntraces];
-            if (validate_trace(&v, raw[i].value, raw[i].text, raw[i].text_len, now, t, &fb, &nfb)) {
+            if (validate_trace(&v, r->value, r->text, r->text_len, now, t, &fb, &nfb)) {
                 it->write_index = (int)out->write.ntraces++;
                 if (nfb) {
                     if (ninline + nfb > inline_cap) {
@@ -1172,7 +1185,7 @@ static void validate_items(ingest_kind kind, raw_item *raw, size_t nraw, bool ar
             }
         } else {
             store_feedback *f = &out->write.feedback[out->write.nfeedback];
-            if (validate_feedback(&v, raw[i].value, "", NULL, 0, "explicit", now, f)) {
+            if (validate_feedback(&v, r->value, "", NULL, 0, "explicit", now, f)) {
                 it->write_index = (int)out->write.nfeedback++;
                 it->id = xstrdup(f->id);
             }
@@ -1304,7 +1317,7 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
         return 400;
     }
 
-    validate_items(kind, raw, nraw, array_form, array_form ? body : NULL, len, now, out);
+    validate_items(kind, (item_source){from_array, raw}, nraw, array_form, array_form ? body : NULL, len, now, out);
     if (array)
         yajl_tree_free(array);
     else
@@ -1425,6 +1438,50 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
     return v;
 }
 
+/* The tree path's items, one at a time: the view and the text of item i
+ * reuse the memory of item i - 1 (a batch's views all at once made the
+ * engine fault in megabytes of fresh pages per request). */
+typedef struct {
+    const json_t *items;
+    arena a;
+    buf_t text;
+    raw_item r;
+} tree_source;
+
+static void arena_reset(arena *a)
+{
+    /* keep the newest chunk, the one most likely to hold an item */
+    if (!a->head)
+        return;
+    arena_chunk *keep = a->head;
+    a->head = keep->next;
+    arena_free(a);
+    keep->next = NULL;
+    keep->used = 0;
+    a->head = keep;
+}
+
+static raw_item *from_tree(void *ud, size_t i)
+{
+    tree_source *ts = ud;
+    json_t *item = json_array_get(ts->items, i);
+    memset(&ts->r, 0, sizeof ts->r);
+    arena_reset(&ts->a);
+    ts->a.bad = NULL;
+    ts->r.value = view_of(&ts->a, item, 0);
+    if (ts->a.bad) {
+        snprintf(ts->r.parse_error, sizeof ts->r.parse_error, "%s", ts->a.bad);
+        ts->r.value = NULL;
+        return &ts->r;
+    }
+    ts->text.len = 0;
+    jtree_dump_buf(&ts->text, item); /* the stored text, written once */
+    buf_append(&ts->text, "", 1);
+    ts->r.text = ts->text.data;
+    ts->r.text_len = ts->text.len - 1;
+    return &ts->r;
+}
+
 int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t now, ingest_batch *out,
                 const char **err_code, char *err, size_t errlen)
 {
@@ -1441,28 +1498,10 @@ int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t
         snprintf(err, errlen, "the batch has %zu items; at most %zu are allowed per request", n, max_items);
         return 413;
     }
-    raw_item *raw = xcalloc(n, sizeof *raw);
-    arena a = {0};
-    for (size_t i = 0; i < n; i++) {
-        json_t *item = json_array_get(items, i);
-        a.bad = NULL;
-        raw[i].value = view_of(&a, item, 0);
-        if (a.bad) {
-            snprintf(raw[i].parse_error, sizeof raw[i].parse_error, "%s", a.bad);
-            raw[i].value = NULL;
-            continue;
-        }
-        buf_t text = {0};
-        jtree_dump_buf(&text, item); /* the stored text, written once */
-        buf_append(&text, "", 1);
-        raw[i].text = text.data;
-        raw[i].text_len = text.len - 1;
-    }
-    validate_items(kind, raw, n, false, NULL, 0, now, out);
-    for (size_t i = 0; i < n; i++)
-        free((char *)raw[i].text);
-    free(raw);
-    arena_free(&a);
+    tree_source ts = {.items = items};
+    validate_items(kind, (item_source){from_tree, &ts}, n, false, NULL, 0, now, out);
+    arena_free(&ts.a);
+    buf_free(&ts.text);
     return 0;
 }
 

@@ -287,6 +287,11 @@ static void parse_mapped(otlp_job *job)
         job->have_fb = true;
         parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->fb);
     }
+    /* the store rows hold all that is needed now: free the trees here (in
+     * the thread that built them) rather than after the commit */
+    json_array_clear(job->m.traces);
+    json_array_clear(job->m.feedback);
+    json_array_clear(job->m.parts);
 }
 
 /* ---- the store ---- */

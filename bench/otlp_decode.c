@@ -6,7 +6,8 @@
  * written once). Also the parts any OTLP path must do, alone: protobuf-c's
  * unpack of the body, parsing the JSON text of the GenAI content attributes
  * (gen_ai.input.messages, gen_ai.output.messages, gen_ai.system_instructions)
- * and writing the stored text.
+ * and writing the stored text; for OTLP JSON, parsing its body alone (with
+ * the engine's parser, and with yajl's tree, which ingest_parse uses).
  * Times are the thread's CPU time.
  * Usage: build/otlp_decode NATIVE_BODY PROTO_BODY JSON_BODY [loops] */
 #include <otlp.pb-c.h>
@@ -20,6 +21,7 @@
 #include "api/otlp_map.h"
 #include "base/jtree.h"
 #include "base/util.h"
+#include <yajl/yajl_tree.h>
 
 /* This thread's CPU time, ns: the machine is shared, so wall time would
  * count the other engineers' work too. */
@@ -112,6 +114,18 @@ int main(int argc, char **argv)
         printf("parsing the GenAI content attributes' JSON alone: %.2f us/span\n",
                (double)(cpu_ns() - p0) / 1e3 / loops / (double)json_array_size(items));
         json_decref(items);
+    }
+    {
+        /* the OTLP JSON body, parsed alone: jansson through yajl (jtree_parse), and yajl's tree */
+        uint64_t a = cpu_ns();
+        for (int i = 0; i < loops; i++)
+            json_decref(jtree_parse(json, jlen, NULL, 0));
+        uint64_t b = cpu_ns();
+        for (int i = 0; i < loops; i++)
+            yajl_tree_free(yajl_tree_parse(json, NULL, 0));
+        uint64_t c = cpu_ns();
+        printf("parsing the OTLP JSON body alone: %.2f us/span (jtree_parse), %.2f (yajl_tree_parse)\n",
+               (double)(b - a) / 1e3 / loops / (double)spans, (double)(c - b) / 1e3 / loops / (double)spans);
     }
     const char *names[] = {"protobuf", "JSON"};
     char *bodies[] = {proto, json};

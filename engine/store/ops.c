@@ -215,6 +215,15 @@ void store_write_clear(store_write *w)
     for (size_t i = 0; i < w->nevals; i++)
         store_evaluation_clear(&w->evals[i]);
     free(w->evals);
+    for (size_t i = 0; i < w->nparts; i++) {
+        free(w->parts[i].id);
+        free(w->parts[i].json);
+    }
+    free(w->parts);
+    free(w->part_results);
+    w->parts = NULL;
+    w->part_results = NULL;
+    w->nparts = 0;
     for (size_t i = 0; i < w->nllm_calls; i++)
         store_llm_call_clear(&w->llm_calls[i]);
     free(w->llm_calls);

@@ -270,6 +270,14 @@ static const char *const migrations[] = {
     "  tokens DOUBLE PRECISION NOT NULL,"
     "  cost DOUBLE PRECISION NOT NULL"
     ");",
+
+    /* 4: parts of traces that arrived before their trace (SQLite's migration 6) */
+    "CREATE TABLE trace_parts ("
+    "  id TEXT PRIMARY KEY,"
+    "  ts BIGINT NOT NULL,"
+    "  body TEXT NOT NULL"
+    ");"
+    "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -728,7 +736,7 @@ static void pg_close(store *base)
 
 static size_t write_items(const store_write *w)
 {
-    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls + w->nops;
+    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
 }
 
 static int pg_submit(store *base, store_write *w)
@@ -738,12 +746,14 @@ static int pg_submit(store *base, store_write *w)
     w->status = 0;
     w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
     w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
     pthread_mutex_lock(&s->mu);
     if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
         pthread_mutex_unlock(&s->mu);
         free(w->trace_results);
         free(w->feedback_results);
-        w->trace_results = w->feedback_results = NULL;
+        free(w->part_results);
+        w->trace_results = w->feedback_results = w->part_results = NULL;
         return -1;
     }
     s->queued_items += write_items(w);
@@ -980,12 +990,146 @@ static int apply_claim(pg_store *s, store_budget_claim *b, char *err, size_t err
     return rc;
 }
 
+/* ---- trace parts (store_trace_part): merged as RFC 7396 merge patches ---- */
+
+/* target with patch applied (RFC 7396: objects merge key by key, null removes, anything else
+ * replaces); takes both references, returns the result's. */
+static json_t *merge_patch(json_t *target, json_t *patch)
+{
+    if (!json_is_object(patch)) {
+        json_decref(target);
+        return patch;
+    }
+    if (!json_is_object(target)) {
+        json_decref(target);
+        target = json_object();
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(patch, k, v) {
+        if (json_is_null(v))
+            json_object_del(target, k);
+        else
+            json_object_set_new(target, k, merge_patch(json_incref(json_object_get(target, k)), json_incref(v)));
+    }
+    json_decref(patch);
+    return target;
+}
+
+/* The JSON text of text1 patched by text2 (both objects), or NULL when either is not JSON. */
+static char *patched(const char *text1, size_t len1, const char *text2, size_t len2)
+{
+    json_t *a = json_loadb(text1, len1, 0, NULL), *b = json_loadb(text2, len2, 0, NULL);
+    if (!a || !b) {
+        json_decref(a);
+        json_decref(b);
+        return NULL;
+    }
+    json_t *m = merge_patch(a, b);
+    char *out = jtree_dump_text(m, false);
+    json_decref(m);
+    return out;
+}
+
+/* Patches the stored row's body (table traces or trace_parts) with json; *found says whether
+ * the row was there. */
+static int patch_row(pg_store *s, bool parts, const char *id, const char *json, size_t len, bool *found, char *err,
+                     size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, parts ? "SELECT body FROM trace_parts WHERE id = ?1 FOR UPDATE"
+                                     : "SELECT body FROM traces WHERE id = ?1 FOR UPDATE");
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q);
+    *found = rc == PGQ_ROW;
+    char *text = NULL;
+    if (rc == PGQ_ROW)
+        text = patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len);
+    else if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "%s", q->err);
+    pgq_free(q);
+    if (rc == PGQ_ERROR)
+        return -1;
+    if (!*found)
+        return 0;
+    if (!text) {
+        snprintf(err, errlen, "the stored body of '%s' or its part is not JSON", id);
+        return -1;
+    }
+    q = pgq_new(s->wconn, parts ? "UPDATE trace_parts SET body = ?2 WHERE id = ?1"
+                                : "UPDATE traces SET body = ?2::json WHERE id = ?1");
+    pgq_text(q, 1, id);
+    pgq_text(q, 2, text);
+    free(text);
+    rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
+/* A trace just inserted takes the part that waited for it. */
+static int join_waiting_part(pg_store *s, const char *id, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "DELETE FROM trace_parts WHERE id = ?1 RETURNING body");
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q);
+    char *part = rc == PGQ_ROW ? xstrdup(pgq_col(q, 0)) : NULL;
+    if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "%s", q->err);
+    pgq_free(q);
+    if (rc == PGQ_ERROR)
+        return -1;
+    if (!part)
+        return 0;
+    bool found;
+    rc = patch_row(s, false, id, part, strlen(part), &found, err, errlen);
+    free(part);
+    return rc;
+}
+
+/* A part merges into its trace when the trace is there, else waits (merged with one waiting). */
+static int apply_part(pg_store *s, const store_trace_part *p, int64_t received, unsigned char *result, char *err,
+                      size_t errlen)
+{
+    bool found;
+    if (patch_row(s, false, p->id, p->json, p->json_len, &found, err, errlen))
+        return -1;
+    if (found) {
+        *result = STORE_PART_MERGED;
+        return 0;
+    }
+    *result = STORE_PART_WAITING;
+    if (patch_row(s, true, p->id, p->json, p->json_len, &found, err, errlen))
+        return -1;
+    if (found)
+        return 0;
+    pgq *q = pgq_new(s->wconn, "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3)");
+    pgq_text(q, 1, p->id);
+    pgq_int(q, 2, received);
+    pgq_textn(q, 3, p->json, p->json_len);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
 /* The rest of a write once insert_traces has put its traces in. */
 static int apply_write(pg_store *s, store_write *w, int64_t received, char *err, size_t errlen)
 {
-    (void)received;
     if (w->claim && apply_claim(s, w->claim, err, errlen))
         return -1;
+    for (size_t i = 0; i < w->ntraces; i++)
+        if (w->trace_results[i] == STORE_ACCEPTED && w->traces[i].join_part &&
+            join_waiting_part(s, w->traces[i].id, err, errlen))
+            return -1;
+    for (size_t i = 0; i < w->nparts; i++)
+        if (apply_part(s, &w->parts[i], received, &w->part_results[i], err, errlen))
+            return -1;
+    if (w->nparts) {
+        pgq *q = pgq_new(s->wconn, "DELETE FROM trace_parts WHERE ts < ?1");
+        pgq_int(q, 1, received - STORE_PART_TTL_MS);
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return -1;
+    }
     for (size_t i = 0; i < w->ntraces; i++) {
         store_trace *t = &w->traces[i];
         if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {

@@ -596,18 +596,18 @@ void api_prompt_metrics(const api_call *c)
 static void series_work(api_task *t)
 {
     int64_t span = t->n2 - t->n1, step = (span + t->limit - 1) / t->limit;
+    json_t *buckets = NULL;
+    if (store_prompt_series(t->a->store, t->name, json_integer_value(t->j1), t->n1, t->n2, t->limit, &buckets, t->err,
+                            sizeof t->err) != 0) {
+        t->rc = -1;
+        return;
+    }
     json_t *points = json_array();
-    for (int i = 0; i < t->limit && t->n1 + i * step < t->n2; i++) {
-        int64_t from = t->n1 + i * step, to = from + step < t->n2 ? from + step : t->n2;
-        json_t *m = NULL;
-        if (store_prompt_metrics(t->a->store, t->name, json_integer_value(t->j1), from, to, &m, t->err,
-                                 sizeof t->err) != 0) {
-            json_decref(points);
-            t->rc = -1;
-            return;
-        }
+    size_t i;
+    json_t *m;
+    json_array_foreach(buckets, i, m) {
         char at[32];
-        rfc3339_format(from, at);
+        rfc3339_format(json_integer_value(json_object_get(m, "since_ms")), at);
         json_t *ev = json_object();
         const char *k;
         json_t *e;
@@ -620,8 +620,8 @@ static void series_work(api_task *t)
                                                 json_object_get(m, "traces"), "evaluated", json_object_get(m, "evaluated"),
                                                 "pass_rate", none ? json_null() : json_object_get(m, "pass_rate"),
                                                 "negative", json_object_get(m, "negative"), "evaluators", ev));
-        json_decref(m);
     }
+    json_decref(buckets);
     char since[32], until[32];
     rfc3339_format(t->n1, since);
     rfc3339_format(t->n2, until);

@@ -267,6 +267,124 @@ static const char *const migrations[] = {
     "  detail TEXT"
     ") STRICT;"
     "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+
+    /* 6: per-minute rollups of the online figures (sqlite_loop.c reads
+     * them): trace_minutes per (prompt, version, minute), score_minutes per
+     * evaluator too. Triggers keep them in the transaction of the rows they
+     * sum (a trace stored, its verdict, its negative feedback, its scores
+     * replaced), as the difference of the row's contribution before and
+     * after; this migration fills them from what is already stored. version
+     * 0 is a trace that names none. */
+    "CREATE TABLE trace_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  minute INTEGER NOT NULL,"     /* ts / 60000 */
+    "  traces INTEGER NOT NULL,"
+    "  evaluated INTEGER NOT NULL,"
+    "  passed INTEGER NOT NULL,"     /* verdict pass and no negative feedback */
+    "  failures INTEGER NOT NULL,"   /* verdict fail or negative feedback */
+    "  errors INTEGER NOT NULL,"
+    "  negative INTEGER NOT NULL,"
+    "  retries INTEGER NOT NULL,"
+    "  latency_sum REAL NOT NULL, latency_n INTEGER NOT NULL,"
+    "  cost_sum REAL NOT NULL, cost_n INTEGER NOT NULL,"
+    "  tokens_sum REAL NOT NULL, tokens_n INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, version, minute)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE score_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  minute INTEGER NOT NULL,"
+    "  evaluator TEXT NOT NULL,"
+    "  n INTEGER NOT NULL,"
+    "  passed INTEGER NOT NULL,"
+    "  failures INTEGER NOT NULL,"
+    "  errors INTEGER NOT NULL,"
+    "  required INTEGER NOT NULL,"   /* how many of the n were required */
+    "  PRIMARY KEY (prompt, version, minute, evaluator)"
+    ") STRICT, WITHOUT ROWID;"
+    /* a trace's contribution, added (SIGN 1) or taken away (SIGN -1) */
+#define TRACE_MINUTE(R, SIGN)                                                                                       \
+    "INSERT INTO trace_minutes VALUES (" R ".prompt, coalesce(" R ".version, 0), " R ".ts / 60000, " SIGN ", "       \
+    SIGN " * (" R ".verdict IS NOT NULL), " SIGN " * (" R ".verdict IS 0 AND " R ".negative = 0), "                 \
+    SIGN " * (" R ".verdict IS 1 OR " R ".negative = 1), " SIGN " * (" R ".verdict IS 2), " SIGN " * " R            \
+    ".negative, " SIGN " * (" R ".retry_of IS NOT NULL), "                                                          \
+    SIGN " * coalesce(json_extract(" R ".body, '$.latency_ms') + 0.0, 0.0), "                                        \
+    SIGN " * (json_extract(" R ".body, '$.latency_ms') IS NOT NULL), "                                              \
+    SIGN " * coalesce(json_extract(" R ".body, '$.usage.cost_usd') + 0.0, 0.0), "                                    \
+    SIGN " * (json_extract(" R ".body, '$.usage.cost_usd') IS NOT NULL), "                                          \
+    SIGN " * coalesce(json_extract(" R ".body, '$.usage.input_tokens') + json_extract(" R                           \
+    ".body, '$.usage.output_tokens') + 0.0, 0.0), "                                                                 \
+    SIGN " * (json_extract(" R ".body, '$.usage.input_tokens') + json_extract(" R                                   \
+    ".body, '$.usage.output_tokens') IS NOT NULL)) " MINUTE_UPSERT
+#define MINUTE_UPSERT                                                                                               \
+    "ON CONFLICT(prompt, version, minute) DO UPDATE SET traces = traces + excluded.traces, "                         \
+    "evaluated = evaluated + excluded.evaluated, passed = passed + excluded.passed, "                                \
+    "failures = failures + excluded.failures, errors = errors + excluded.errors, "                                  \
+    "negative = negative + excluded.negative, retries = retries + excluded.retries, "                               \
+    "latency_sum = latency_sum + excluded.latency_sum, latency_n = latency_n + excluded.latency_n, "                \
+    "cost_sum = cost_sum + excluded.cost_sum, cost_n = cost_n + excluded.cost_n, "                                  \
+    "tokens_sum = tokens_sum + excluded.tokens_sum, tokens_n = tokens_n + excluded.tokens_n;"
+    /* a verdict or negative feedback set on a trace that stays in its minute
+     * changes the counts only (its body's figures are unchanged): no body is
+     * parsed on the evaluation's write */
+#define SAME_MINUTE(A, B)                                                                                           \
+    A ".prompt = " B ".prompt AND " A ".version IS " B ".version AND " A ".ts / 60000 = " B ".ts / 60000 AND " A   \
+    ".body = " B ".body"
+    "CREATE TRIGGER trace_minutes_insert AFTER INSERT ON traces BEGIN " TRACE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER trace_minutes_counts AFTER UPDATE ON traces WHEN " SAME_MINUTE("NEW", "OLD") " BEGIN "
+    "INSERT INTO trace_minutes VALUES (NEW.prompt, coalesce(NEW.version, 0), NEW.ts / 60000, 0, "
+    "  (NEW.verdict IS NOT NULL) - (OLD.verdict IS NOT NULL), "
+    "  (NEW.verdict IS 0 AND NEW.negative = 0) - (OLD.verdict IS 0 AND OLD.negative = 0), "
+    "  (NEW.verdict IS 1 OR NEW.negative = 1) - (OLD.verdict IS 1 OR OLD.negative = 1), "
+    "  (NEW.verdict IS 2) - (OLD.verdict IS 2), NEW.negative - OLD.negative, "
+    "  (NEW.retry_of IS NOT NULL) - (OLD.retry_of IS NOT NULL), 0.0, 0, 0.0, 0, 0.0, 0) " MINUTE_UPSERT " END;"
+    "CREATE TRIGGER trace_minutes_moved AFTER UPDATE ON traces WHEN NOT (" SAME_MINUTE("NEW", "OLD") ") BEGIN "
+    TRACE_MINUTE("OLD", "-1") TRACE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER trace_minutes_delete AFTER DELETE ON traces BEGIN " TRACE_MINUTE("OLD", "-1") " END;"
+#define SCORE_MINUTE(R, SIGN)                                                                                       \
+    "INSERT INTO score_minutes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, " R ".evaluator, " SIGN ", "  \
+    SIGN " * (" R ".status = 'ok' AND " R ".pass = 1), " SIGN " * (" R ".status = 'ok' AND " R ".pass = 0), "        \
+    SIGN " * (" R ".status <> 'ok'), " SIGN " * (" R ".required <> 0) FROM traces t WHERE t.id = " R ".trace_id "    \
+    SCORE_UPSERT
+#define SCORE_UPSERT                                                                                                \
+    "ON CONFLICT(prompt, version, minute, evaluator) DO UPDATE SET n = n + excluded.n, "                            \
+    "passed = passed + excluded.passed, failures = failures + excluded.failures, "                                  \
+    "errors = errors + excluded.errors, required = required + excluded.required;"
+    "CREATE TRIGGER score_minutes_insert AFTER INSERT ON scores BEGIN " SCORE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_update AFTER UPDATE ON scores BEGIN "
+    SCORE_MINUTE("OLD", "-1") SCORE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_delete AFTER DELETE ON scores BEGIN " SCORE_MINUTE("OLD", "-1") " END;"
+    /* scores count through their trace (the reads join them): a trace
+     * stored, moved or deleted brings or takes its scores' figures */
+#define SCORES_OF_TRACE(R, SIGN)                                                                                    \
+    "INSERT INTO score_minutes SELECT " R ".prompt, coalesce(" R ".version, 0), " R ".ts / 60000, s.evaluator, "     \
+    SIGN " * count(*), " SIGN " * sum(s.status = 'ok' AND s.pass = 1), " SIGN                                       \
+    " * sum(s.status = 'ok' AND s.pass = 0), " SIGN " * sum(s.status <> 'ok'), " SIGN " * sum(s.required <> 0) "     \
+    "FROM scores s WHERE s.trace_id = " R ".id GROUP BY s.evaluator " SCORE_UPSERT
+    "CREATE TRIGGER score_minutes_trace_insert AFTER INSERT ON traces BEGIN " SCORES_OF_TRACE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_trace_moved AFTER UPDATE ON traces WHEN NOT ("
+    "  NEW.prompt = OLD.prompt AND NEW.version IS OLD.version AND NEW.ts / 60000 = OLD.ts / 60000 AND NEW.id = OLD.id"
+    ") BEGIN " SCORES_OF_TRACE("OLD", "-1") SCORES_OF_TRACE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_trace_delete AFTER DELETE ON traces BEGIN " SCORES_OF_TRACE("OLD", "-1") " END;"
+    "INSERT INTO trace_minutes SELECT prompt, coalesce(version, 0), ts / 60000, count(*), "
+    "  sum(verdict IS NOT NULL), sum(verdict IS 0 AND negative = 0), sum(verdict IS 1 OR negative = 1), "
+    "  sum(verdict IS 2), sum(negative), sum(retry_of IS NOT NULL), "
+    "  total(json_extract(body, '$.latency_ms')), count(json_extract(body, '$.latency_ms')), "
+    "  total(json_extract(body, '$.usage.cost_usd')), count(json_extract(body, '$.usage.cost_usd')), "
+    "  total(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')), "
+    "  count(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
+    "FROM traces GROUP BY 1, 2, 3;"
+    "INSERT INTO score_minutes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, s.evaluator, count(*), "
+    "  sum(s.status = 'ok' AND s.pass = 1), sum(s.status = 'ok' AND s.pass = 0), sum(s.status <> 'ok'), "
+    "  sum(s.required <> 0) "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id GROUP BY 1, 2, 3, 4;",
+#undef TRACE_MINUTE
+#undef MINUTE_UPSERT
+#undef SAME_MINUTE
+#undef SCORE_MINUTE
+#undef SCORE_UPSERT
+#undef SCORES_OF_TRACE
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -124,60 +124,164 @@ static int finish(sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errle
     return -1;
 }
 
-/* The totals of one version over the window into *out. */
-static int metrics_totals(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                          json_t **out, char *err, size_t errlen)
+/* The online figures of a window, summed from whole minutes of the
+ * rollups (trace_minutes, score_minutes: migration 6 in sqlite.c) and the
+ * traces and scores of the partial minutes at its edges. */
+#define MINUTE_MS 60000
+
+typedef struct {
+    int64_t traces, evaluated, passed, failures, errors, negative, retries;
+    double latency, cost, tokens;       /* sums */
+    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
+} window_totals;
+
+/* ?1 prompt, ?2 version (0: any), ?3 from, ?4 to (ms, or minutes for the rollup) */
+static const char totals_scan_sql[] =
+    "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+    "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
+    "  total(json_extract(body, '$.latency_ms')), count(json_extract(body, '$.latency_ms')), "
+    "  total(json_extract(body, '$.usage.cost_usd')), count(json_extract(body, '$.usage.cost_usd')), "
+    "  total(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')), "
+    "  count(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
+    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
+/* the counts only (the series): no trace body is read */
+static const char counts_scan_sql[] =
+    "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+    "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
+    "  0, 0, 0, 0, 0, 0 "
+    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
+static const char totals_rollup_sql[] =
+    "SELECT total(traces), total(evaluated), total(passed), total(failures), total(errors), total(negative), "
+    "  total(retries), total(latency_sum), total(latency_n), total(cost_sum), total(cost_n), total(tokens_sum), "
+    "  total(tokens_n) "
+    "FROM trace_minutes WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND minute >= ?3 AND minute < ?4";
+static const char evaluators_scan_sql[] =
+    "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), total(s.status = 'ok' AND s.pass = 0), "
+    "  total(s.status <> 'ok'), total(s.required <> 0) "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id "
+    "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 GROUP BY s.evaluator";
+static const char evaluators_rollup_sql[] =
+    "SELECT evaluator, total(n), total(passed), total(failures), total(errors), total(required) "
+    "FROM score_minutes WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND minute >= ?3 AND minute < ?4 "
+    "GROUP BY evaluator";
+
+static int totals_add(sqlite3 *db, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+                      window_totals *w, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
-    if (prepare(db,
-                "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
-                "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), "
-                "  total(retry_of IS NOT NULL), avg(json_extract(body, '$.latency_ms')), "
-                "  avg(json_extract(body, '$.usage.cost_usd')), "
-                "  avg(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
-                "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
-                &st, err, errlen))
+    if (prepare(db, sql, &st, err, errlen))
         return -1;
-    bind_window(st, prompt, version, since_ms, until_ms);
+    bind_window(st, prompt, version, from, to);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        double evaluated = col_num(st, 1), passed = col_num(st, 2);
-        *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:{}}", "traces",
-                         (json_int_t)sqlite3_column_int64(st, 0), "evaluated", (json_int_t)evaluated, "passed",
-                         (json_int_t)passed, "failures", (json_int_t)col_num(st, 3), "errors",
-                         (json_int_t)col_num(st, 4), "negative", (json_int_t)col_num(st, 5), "retries",
-                         (json_int_t)col_num(st, 6), "pass_rate", evaluated > 0 ? passed / evaluated : 0.0,
-                         "latency_ms", col_num(st, 7), "cost", col_num(st, 8), "tokens", col_num(st, 9),
-                         "evaluators");
+        int64_t *counts[] = {&w->traces,   &w->evaluated, &w->passed, &w->failures,
+                             &w->errors,   &w->negative,  &w->retries};
+        for (int i = 0; i < 7; i++)
+            *counts[i] += (int64_t)col_num(st, i);
+        w->latency += col_num(st, 7);
+        w->latency_n += (int64_t)col_num(st, 8);
+        w->cost += col_num(st, 9);
+        w->cost_n += (int64_t)col_num(st, 10);
+        w->tokens += col_num(st, 11);
+        w->tokens_n += (int64_t)col_num(st, 12);
         rc = SQLITE_DONE;
     }
     return finish(db, st, rc, err, errlen);
 }
 
-/* Per evaluator, into evs. */
-static int metrics_evaluators(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                              json_t *evs, char *err, size_t errlen)
+/* Adds each evaluator's [n, passed, failures, errors, required] into evs. */
+static int evaluators_add(sqlite3 *db, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+                          json_t *evs, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
-    if (prepare(db,
-                "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), "
-                "  total(s.status = 'ok' AND s.pass = 0), total(s.status <> 'ok'), max(s.required) "
-                "FROM scores s JOIN traces t ON t.id = s.trace_id "
-                "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 "
-                "GROUP BY s.evaluator ORDER BY s.evaluator",
-                &st, err, errlen))
+    if (prepare(db, sql, &st, err, errlen))
         return -1;
-    bind_window(st, prompt, version, since_ms, until_ms);
+    bind_window(st, prompt, version, from, to);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        double n = (double)sqlite3_column_int64(st, 1), ok = col_num(st, 2), fail = col_num(st, 3);
-        json_object_set_new(evs, (const char *)sqlite3_column_text(st, 0),
-                            json_pack("{s:I, s:I, s:I, s:I, s:f, s:b}", "n", (json_int_t)n, "passed", (json_int_t)ok,
-                                      "failures", (json_int_t)fail, "errors", (json_int_t)col_num(st, 4), "pass_rate",
-                                      ok + fail > 0 ? ok / (ok + fail) : 0.0, "required",
-                                      sqlite3_column_int(st, 5)));
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        json_t *acc = json_object_get(evs, name);
+        if (!acc) {
+            acc = json_pack("[i, i, i, i, i]", 0, 0, 0, 0, 0);
+            json_object_set_new(evs, name, acc);
+        }
+        for (int i = 0; i < 5; i++)
+            json_array_set_new(acc, (size_t)i,
+                               json_integer(json_integer_value(json_array_get(acc, (size_t)i)) +
+                                            (json_int_t)col_num(st, i + 1)));
     }
     return finish(db, st, rc, err, errlen);
+}
+
+/* The window [since, until) as whole minutes [*m0, *m1) and the edges
+ * [since, *e0) and [*e1, until) read from the traces. A window shorter than
+ * a whole minute is all edge. */
+static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
+{
+    if (since < 0 || until <= since) { /* no rollup for times before 1970 */
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *m0 = (since + MINUTE_MS - 1) / MINUTE_MS;
+    *m1 = until / MINUTE_MS;
+    if (*m1 <= *m0) {
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *e0 = *m0 * MINUTE_MS;
+    *e1 = *m1 * MINUTE_MS;
+}
+
+/* One window's figures: {traces, evaluated, passed, failures, errors,
+ * negative, retries, pass_rate, [latency_ms, cost, tokens,] evaluators}. */
+static int window_metrics(sqlite3 *db, const char *prompt, int64_t version, int64_t since, int64_t until,
+                          bool with_costs, json_t **out, char *err, size_t errlen)
+{
+    int64_t m0, m1, e0, e1;
+    window_split(since, until, &m0, &m1, &e0, &e1);
+    window_totals w = {0};
+    json_t *acc = json_object();
+    const char *scan = with_costs ? totals_scan_sql : counts_scan_sql;
+    int rc = totals_add(db, scan, prompt, version, since, e0, &w, err, errlen);
+    if (!rc && m1 > m0)
+        rc = totals_add(db, totals_rollup_sql, prompt, version, m0, m1, &w, err, errlen) ||
+             totals_add(db, scan, prompt, version, e1, until, &w, err, errlen) ||
+             evaluators_add(db, evaluators_rollup_sql, prompt, version, m0, m1, acc, err, errlen) ||
+             evaluators_add(db, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
+    if (!rc)
+        rc = evaluators_add(db, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
+    if (rc) {
+        json_decref(acc);
+        return -1;
+    }
+    json_t *evs = json_object();
+    const char *name;
+    json_t *a;
+    json_object_foreach(acc, name, a) {
+        json_int_t n = json_integer_value(json_array_get(a, 0)), ok = json_integer_value(json_array_get(a, 1)),
+                   fail = json_integer_value(json_array_get(a, 2));
+        if (n > 0) /* an evaluator whose scores were all replaced has none here */
+            json_object_set_new(evs, name,
+                                json_pack("{s:I, s:I, s:I, s:O, s:f, s:b}", "n", n, "passed", ok, "failures", fail,
+                                          "errors", json_array_get(a, 3), "pass_rate",
+                                          ok + fail > 0 ? (double)ok / (double)(ok + fail) : 0.0, "required",
+                                          json_integer_value(json_array_get(a, 4)) > 0));
+    }
+    json_decref(acc);
+    *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}", "traces", (json_int_t)w.traces, "evaluated",
+                     (json_int_t)w.evaluated, "passed", (json_int_t)w.passed, "failures", (json_int_t)w.failures,
+                     "errors", (json_int_t)w.errors, "negative", (json_int_t)w.negative, "retries",
+                     (json_int_t)w.retries, "pass_rate",
+                     w.evaluated > 0 ? (double)w.passed / (double)w.evaluated : 0.0, "evaluators", evs);
+    if (with_costs) {
+        /* the mean over the traces that carry the figure, 0 when none does */
+        json_object_set_new(*out, "latency_ms", json_real(w.latency_n ? w.latency / (double)w.latency_n : 0.0));
+        json_object_set_new(*out, "cost", json_real(w.cost_n ? w.cost / (double)w.cost_n : 0.0));
+        json_object_set_new(*out, "tokens", json_real(w.tokens_n ? w.tokens / (double)w.tokens_n : 0.0));
+    }
+    return 0;
 }
 
 /* A slice's figures: evaluated and passed traces per value of each
@@ -230,10 +334,7 @@ int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, i
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    int rc = metrics_totals(db, prompt, version, since_ms, until_ms, out, err, errlen);
-    if (!rc)
-        rc = metrics_evaluators(db, prompt, version, since_ms, until_ms, json_object_get(*out, "evaluators"), err,
-                                errlen);
+    int rc = window_metrics(db, prompt, version, since_ms, until_ms, true, out, err, errlen);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(db, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -243,6 +344,32 @@ int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, i
     if (rc) {
         json_decref(*out);
         *out = NULL;
+    }
+    return rc;
+}
+
+int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                        int buckets, json_t **points, char *err, size_t errlen)
+{
+    *points = json_array();
+    sqlite3 *db = snapshot_begin(s, err, errlen);
+    if (!db)
+        return -1;
+    int64_t step = (until_ms - since_ms + buckets - 1) / buckets;
+    int rc = 0;
+    for (int i = 0; i < buckets && since_ms + i * step < until_ms && !rc; i++) {
+        int64_t from = since_ms + i * step, to = from + step < until_ms ? from + step : until_ms;
+        json_t *m = NULL;
+        rc = window_metrics(db, prompt, version, from, to, false, &m, err, errlen);
+        if (!rc) {
+            json_object_set_new(m, "since_ms", json_integer(from));
+            json_array_append_new(*points, m);
+        }
+    }
+    snapshot_end(s, db);
+    if (rc) {
+        json_decref(*points);
+        *points = NULL;
     }
     return rc;
 }

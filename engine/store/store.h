@@ -295,7 +295,12 @@ int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
 /* [{seq, at, cycle, kind, message, detail}] oldest first, after seq */
 int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
                            size_t errlen);
-/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until:
+/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until
+ * (the same figures as a scan of those traces and their scores; the SQLite
+ * backend sums whole minutes from rollups kept in the transaction of each
+ * trace, verdict, feedback and score, and scans only the partial minutes at
+ * the edges; means are sums over counts, equal to the scan's to the last
+ * bits of rounding):
  * {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, latency_ms, cost, tokens,
  *  evaluators: {name: {n, passed, failures, errors, pass_rate, required}}} */
 int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
@@ -305,5 +310,12 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
  * {evaluated, passed, pass_rate}} over the key's 50 most frequent values. */
 int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                                 const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+/* The same figures, without latency_ms, cost and tokens, for the buckets
+ * [since + i*step, since + (i+1)*step) (the last one ends at until), step =
+ * ceil((until - since) / buckets), all read in one transaction: *points is
+ * [{since_ms, traces, evaluated, passed, failures, errors, negative, retries,
+ * pass_rate, evaluators}] (buckets >= 1). */
+int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                        int buckets, json_t **points, char *err, size_t errlen);
 
 #endif

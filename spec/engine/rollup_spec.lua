@@ -1,0 +1,198 @@
+-- The per-minute rollups behind GET /v1/prompts/{name}/metrics and /series:
+-- over windows whose edges fall inside minutes, on minute boundaries and
+-- inside one minute, every figure the API gives equals the scan of the
+-- traces and scores (the SQL the engine ran before the rollups, run here by
+-- the sqlite3 CLI on the stopped engine's store), with traces spread over
+-- hours and versions, evaluations and feedback arriving after the trace, a
+-- retry; and again after the migration rebuilds the rollups from the rows.
+local engine = require "spec.helpers.engine"
+
+local ADMIN = "admin-token-rollup-0123456789"
+local MIN, HOUR = 60000, 3600000
+
+local function config()
+  return string.format([[
+admin_token = %q
+scripts = { dirs = { %q } }
+prompt "roll" {
+  evaluators = { "json_valid", { "contains", options = { value = "ok" }, required = false } },
+}
+]], ADMIN, engine.root)
+end
+
+local function auth() return { headers = { authorization = "Bearer " .. ADMIN } } end
+
+-- the scan: the SQL of engine/store/sqlite_loop.c before migration 6
+local function scan(e, version, since, till)
+  local w = string.format("prompt = 'roll' AND (%d = 0 OR version = %d) AND ts >= %d AND ts < %d",
+    version, version, since, till)
+  local row = e:sql("SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+    .. "total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
+    .. "coalesce(avg(json_extract(body, '$.latency_ms')), 0), coalesce(avg(json_extract(body, '$.usage.cost_usd')), 0), "
+    .. "coalesce(avg(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')), 0) "
+    .. "FROM traces WHERE " .. w)
+  local f = {}
+  for x in row:gmatch("[^|]+") do f[#f + 1] = tonumber(x) end
+  local m = { traces = f[1], evaluated = f[2], passed = f[3], failures = f[4], errors = f[5], negative = f[6],
+    retries = f[7], latency_ms = f[8], cost = f[9], tokens = f[10], evaluators = {} }
+  local evs = e:sql("SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), "
+    .. "total(s.status = 'ok' AND s.pass = 0), total(s.status <> 'ok'), max(s.required) "
+    .. "FROM scores s JOIN traces t ON t.id = s.trace_id WHERE "
+    .. w:gsub("prompt", "t.prompt"):gsub("version", "t.version"):gsub("ts ", "t.ts ")
+    .. " GROUP BY s.evaluator")
+  for line in evs:gmatch("[^\n]+") do
+    local name, n, ok, fail, errs, req = line:match("^([^|]+)|([^|]+)|([^|]+)|([^|]+)|([^|]+)|([^|]+)$")
+    m.evaluators[name] = { n = tonumber(n), passed = tonumber(ok), failures = tonumber(fail),
+      errors = tonumber(errs), required = tonumber(req) == 1 }
+  end
+  return m
+end
+
+local function close(a, b, what)
+  assert(math.abs(a - b) <= 1e-9 * math.max(1, math.abs(a), math.abs(b)), string.format("%s: %.17g vs %.17g", what, a, b))
+end
+
+local function same(want, got, what, counts_only)
+  for _, k in ipairs { "traces", "evaluated", "passed", "failures", "errors", "negative", "retries" } do
+    if got[k] ~= nil or not counts_only then assert.equal(want[k], got[k], what .. " " .. k) end
+  end
+  if not counts_only then
+    for _, k in ipairs { "latency_ms", "cost", "tokens" } do close(want[k], got[k], what .. " " .. k) end
+  end
+  local n = 0
+  for name, we in pairs(want.evaluators) do
+    n = n + 1
+    local ge = got.evaluators[name]
+    assert.is_table(ge, what .. ": evaluator " .. name .. " missing")
+    assert.equal(we.n, ge.n, what .. " " .. name .. ".n")
+    local rate = (we.passed + we.failures) > 0 and we.passed / (we.passed + we.failures) or 0
+    close(rate, ge.pass_rate, what .. " " .. name .. ".pass_rate")
+    if not counts_only then
+      assert.equal(we.passed, ge.passed, what .. " " .. name .. ".passed")
+      assert.equal(we.failures, ge.failures, what .. " " .. name .. ".failures")
+      assert.equal(we.errors, ge.errors, what .. " " .. name .. ".errors")
+      assert.equal(we.required, ge.required, what .. " " .. name .. ".required")
+    end
+  end
+  local gn = 0
+  for _ in pairs(got.evaluators) do gn = gn + 1 end
+  assert.equal(n, gn, what .. ": evaluators")
+end
+
+describe("metrics from the per-minute rollups", function()
+  local e, dir
+  local now = math.floor(os.time() / 60) * 60 * 1000 - 7 * MIN + 12345 -- inside a minute, in the past
+  local t0 = now - 5 * HOUR
+
+  setup(function()
+    dir = engine.tmpdir()
+    e = engine.start { dir = dir, config = config() }
+    assert.equal(201, e:post("/v1/prompts", '{"name":"roll"}', auth()).status)
+    for v = 1, 2 do
+      local r = e:post("/v1/prompts/roll/versions",
+        '{"messages":[{"role":"user","content":"v' .. v .. ' {{q}}"}]}', auth())
+      assert.equal(201, r.status, r.body)
+    end
+    -- 400 traces over 5 hours, 3 versions (1, 2, none), some on minute
+    -- boundaries, outputs valid or not, some with "ok", figures missing on some
+    local items = {}
+    local seed = 7
+    local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n end
+    for i = 1, 400 do
+      local ts = (i % 25 == 0) and (t0 + rnd(300) * MIN) or (t0 + rnd(5 * HOUR))
+      local t = { id = "r-" .. i, timestamp = ts, input = { variables = { q = tostring(i) } },
+        output = (i % 3 == 0) and "not json" or ((i % 4 == 0) and '{"a":"ok"}' or '{"a":1}') }
+      if i % 5 ~= 0 then t.prompt = { name = "roll", version = 1 + i % 2 } else t.prompt = { name = "roll" } end
+      if i % 7 ~= 0 then t.latency_ms = 100 + rnd(900) + rnd(1000) / 1000 end
+      if i % 11 ~= 0 then
+        t.usage = { input_tokens = rnd(500), output_tokens = rnd(80), cost_usd = rnd(1000) / 1e6 }
+      end
+      if i % 50 == 0 then t.retry_of = "r-" .. (i - 1) end
+      items[#items + 1] = engine.json.encode(t)
+    end
+    local r = e:post("/v1/traces", "[" .. table.concat(items, ",") .. "]",
+      { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
+    assert.equal(200, r.status, r.body)
+    -- every trace evaluated (after it was stored), then feedback on some
+    engine.eventually(30 * engine.slow, function()
+      local m = e:get("/v1/prompts/roll/metrics?version=1&since=" .. (t0 - HOUR) .. "&until=" .. (now + HOUR), auth())
+      local all = e:get("/v1/prompts/roll/series?buckets=1&since=" .. (t0 - HOUR) .. "&until=" .. (now + HOUR), auth())
+      return m.status == 200 and all.json.points[1].evaluated == 400
+    end)
+    local fb = {}
+    for i = 2, 400, 9 do
+      fb[#fb + 1] = engine.json.encode { id = "fb-" .. i, trace_id = "r-" .. i, thumbs = (i % 2 == 0) and "down" or "up" }
+    end
+    r = e:post("/v1/feedback", "[" .. table.concat(fb, ",") .. "]",
+      { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
+    assert.equal(200, r.status, r.body)
+  end)
+  teardown(function() if e then e:stop() end end)
+
+  local windows = {
+    { t0 - HOUR, now + HOUR, "all" },
+    { t0 + 17 * MIN + 4321, now - 33 * MIN - 999, "edges inside minutes" },
+    { t0 + 60 * MIN - (t0 % MIN), t0 + 200 * MIN - (t0 % MIN), "whole minutes" },
+    { t0 + 90 * MIN + 10, t0 + 90 * MIN + 50000, "inside one minute" },
+    { t0 + 2 * HOUR + 59999, t0 + 2 * HOUR + 60001, "across one minute boundary" },
+  }
+
+  local function check_all(label)
+    -- the scan, on the stopped engine's store
+    e:stop { keep = true }
+    local want = {}
+    for wi, w in ipairs(windows) do
+      for _, v in ipairs { 0, 1, 2 } do want[wi .. ":" .. v] = scan(e, v, w[1], w[2]) end
+    end
+    local series = {}
+    local s0, s1, nb = t0 + 1234, now + 5678, 17
+    local step = math.ceil((s1 - s0) / nb)
+    for i = 0, nb - 1 do
+      local from = s0 + i * step
+      series[i + 1] = scan(e, 0, from, math.min(from + step, s1))
+    end
+    e = engine.start { dir = dir, config = config() }
+    for wi, w in ipairs(windows) do
+      for _, v in ipairs { 1, 2 } do
+        local r = e:get(string.format("/v1/prompts/roll/metrics?version=%d&since=%d&until=%d", v, w[1], w[2]), auth())
+        assert.equal(200, r.status, r.body)
+        same(want[wi .. ":" .. v], r.json.versions[1], label .. ", " .. w[3] .. ", version " .. v)
+      end
+    end
+    local r = e:get(string.format("/v1/prompts/roll/series?since=%d&until=%d&buckets=%d", s0, s1, nb), auth())
+    assert.equal(200, r.status, r.body)
+    assert.equal(nb, #r.json.points)
+    local total = 0
+    for i, p in ipairs(r.json.points) do
+      same(series[i], p, label .. ", series bucket " .. i, true)
+      total = total + p.traces
+    end
+    assert.equal(400, total)
+    return want
+  end
+
+  it("equal the scan of the traces, feedback after evaluation and a retry included", function()
+    local want = check_all("rollup")
+    -- not an empty comparison: the windows hold traces, failures, negative feedback
+    assert.equal(400, want["1:0"].traces)
+    assert.is_true(want["1:0"].failures > 0 and want["1:0"].negative > 0 and want["1:0"].retries > 0)
+    assert.is_true(want["2:1"].evaluators.contains.n > 0)
+    assert.is_true(want["4:0"].traces > 0 or want["5:0"].traces > 0)
+  end)
+
+  it("are rebuilt from the rows by the migration (a store from before the rollups)", function()
+    e:stop { keep = true }
+    local db = engine.shell_quote(e.data .. "/ratchet.db")
+    local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; PRAGMA user_version = 5;"
+    for _, t in ipairs { "trace_minutes_insert", "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete",
+      "score_minutes_insert", "score_minutes_update", "score_minutes_delete", "score_minutes_trace_insert",
+      "score_minutes_trace_moved", "score_minutes_trace_delete" } do
+      drop = "DROP TRIGGER " .. t .. "; " .. drop
+    end
+    assert.is_true(os.execute("sqlite3 " .. db .. " " .. engine.shell_quote(drop)))
+    assert.equal("0", e:sql("SELECT count(*) FROM sqlite_master WHERE name LIKE '%minutes%'"))
+    e = engine.start { dir = dir, config = config() }
+    assert.matches("migrated schema to version 6", e:log_text())
+    check_all("after the migration")
+  end)
+end)

@@ -37,6 +37,7 @@ struct store {
     sqlite3 *wdb;
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     sqlite3_stmt *ins_llm_call;
+    sqlite3_stmt *ins_tag;
     struct {
         const char *sql;
         sqlite3_stmt *st;
@@ -379,6 +380,17 @@ static const char *const migrations[] = {
     "  sum(s.status = 'ok' AND s.pass = 1), sum(s.status = 'ok' AND s.pass = 0), sum(s.status <> 'ok'), "
     "  sum(s.required <> 0) "
     "FROM scores s JOIN traces t ON t.id = s.trace_id GROUP BY 1, 2, 3, 4;",
+
+    /* 7: trace tags, one row each, keyed for the tag filter of a trace
+     * search: newest first by (tag, prompt) or by tag alone. */
+    "CREATE TABLE trace_tags ("
+    "  tag TEXT NOT NULL,"
+    "  tag_prompt TEXT NOT NULL,"
+    "  tag_ts INTEGER NOT NULL,"
+    "  tag_seq INTEGER NOT NULL," /* traces.seq */
+    "  PRIMARY KEY (tag, tag_prompt, tag_ts, tag_seq)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE INDEX trace_tags_by_ts ON trace_tags(tag, tag_ts, tag_seq);",
 #undef TRACE_MINUTE
 #undef MINUTE_UPSERT
 #undef SAME_MINUTE
@@ -438,7 +450,8 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
 static void finalize_statements(store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
-                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call};
+                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call,
+                            &s->ins_tag};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
@@ -558,6 +571,8 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
                                "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
                                "ON CONFLICT(id) DO NOTHING";
+    const char *ins_tag = "INSERT INTO trace_tags(tag, tag_prompt, tag_ts, tag_seq) VALUES (?1, ?2, ?3, ?4) "
+                          "ON CONFLICT DO NOTHING";
     if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK ||
@@ -565,7 +580,8 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
         sqlite3_prepare_v2(s->wdb, del_scores, -1, &s->del_scores, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_tag, -1, &s->ins_tag, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
         goto fail;
     }
@@ -756,6 +772,9 @@ void store_write_clear(store_write *w)
         free(w->traces[i].prompt);
         free(w->traces[i].retry_of);
         free(w->traces[i].json);
+        for (size_t k = 0; k < w->traces[i].ntags; k++)
+            free(w->traces[i].tags[k]);
+        free(w->traces[i].tags);
     }
     for (size_t i = 0; i < w->nfeedback; i++) {
         free(w->feedback[i].id);
@@ -889,6 +908,21 @@ static int apply_write(store *s, store_write *w, int64_t received)
         if (rc != SQLITE_DONE)
             return rc;
         w->trace_results[i] = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->ntags) {
+            int64_t seq = sqlite3_last_insert_rowid(s->wdb);
+            for (size_t k = 0; k < t->ntags; k++) {
+                st = s->ins_tag;
+                sqlite3_bind_text(st, 1, t->tags[k], -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, t->prompt, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 3, t->ts_ms);
+                sqlite3_bind_int64(st, 4, seq);
+                rc = sqlite3_step(st);
+                sqlite3_reset(st);
+                sqlite3_clear_bindings(st);
+                if (rc != SQLITE_DONE)
+                    return rc;
+            }
+        }
         if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
             /* Implicit feedback: the earlier trace was retried by this one. */
             char fid[200], body[400];
@@ -1294,13 +1328,23 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         return -1;
     buf_t sql;
     buf_init(&sql);
-    buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
-    if (q->prompt)
-        buf_puts(&sql, " AND prompt = ?3");
+    if (q->tag) {
+        /* along the tag's rows, newest first: (tag, prompt, ts, seq) or (tag, ts, seq) */
+        buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM trace_tags CROSS JOIN traces ON traces.seq = tag_seq "
+                       "WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
+        if (q->prompt)
+            buf_puts(&sql, " AND tag_prompt = ?3");
+        if (q->has_cursor)
+            buf_puts(&sql, " AND (tag_ts, tag_seq) < (?5, ?6)");
+    } else {
+        buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+        if (q->prompt)
+            buf_puts(&sql, " AND prompt = ?3");
+        if (q->has_cursor)
+            buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    }
     if (q->version)
         buf_puts(&sql, " AND version = ?4");
-    if (q->has_cursor)
-        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
     if (q->failed == 1)
         buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
     else if (q->failed == 0)
@@ -1316,7 +1360,7 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
     if (q->text)
         buf_puts(&sql, " AND instr(body, ?9) > 0");
-    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    buf_puts(&sql, q->tag ? " ORDER BY tag_ts DESC, tag_seq DESC LIMIT ?7" : " ORDER BY ts DESC, seq DESC LIMIT ?7");
     sqlite3_stmt *st = NULL;
     int ret = -1;
     if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK) {
@@ -1338,6 +1382,8 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
         sqlite3_bind_text(st, 8, q->evaluator, -1, SQLITE_STATIC);
     if (q->text)
         sqlite3_bind_text(st, 9, q->text, -1, SQLITE_STATIC);
+    if (q->tag)
+        sqlite3_bind_text(st, 10, q->tag, -1, SQLITE_STATIC);
 
     buf_puts(out, "{\"items\":[");
     int n = 0, rc;

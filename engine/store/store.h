@@ -32,6 +32,8 @@ typedef struct {
     char *retry_of;   /* NULL when none */
     char *json;       /* the normalised trace, without feedback */
     size_t json_len;
+    char **tags;      /* its tags (distinct), indexed for store_trace_query.tag */
+    size_t ntags;
 } store_trace;
 
 typedef struct {
@@ -129,6 +131,7 @@ typedef struct {
     const char *evaluator; /* NULL: any; else only traces this evaluator failed */
     int feedback;        /* 0: any; 1: only with negative feedback; 2: only with feedback of any kind */
     const char *text;    /* NULL: any; else only traces whose stored body contains it (case-sensitive) */
+    const char *tag;     /* NULL: any; else only traces carrying this tag (read along a tag index) */
 } store_trace_query;
 
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */

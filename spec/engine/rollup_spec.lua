@@ -180,10 +180,53 @@ describe("metrics from the per-minute rollups", function()
     assert.is_true(want["4:0"].traces > 0 or want["5:0"].traces > 0)
   end)
 
+  it("ratchet series NAME prints the same buckets, of every version or one", function()
+    local url = engine.shell_quote("http://" .. e.addr)
+    local s0, s1 = t0 - HOUR, now + HOUR -- 7 hours, 7 buckets of 60 min
+    local range = string.format(" --since %d --until %d --buckets 7", s0, s1)
+    local api = e:get(string.format("/v1/prompts/roll/series?since=%d&until=%d&buckets=7", s0, s1), auth()).json
+    local code, out, err = engine.run("series roll --url " .. url .. range, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.matches("^roll, every version: .* 7 buckets of 60 min$", lines[1])
+    assert.matches("^bucket%s+traces%s+evaluated%s+pass%s+negative%s+contains%s+json_valid$", lines[2])
+    assert.equal(9, #lines, out)
+    for i, p in ipairs(api.points) do
+      local t, traces, evaluated, rate, neg = lines[i + 2]:match("^(%S+)%s+(%d+)%s+(%d+)%s+(%S+) ?%%?%s+(%d+)")
+      assert.equal(p.t, t)
+      assert.equal(p.traces, tonumber(traces))
+      assert.equal(p.evaluated, tonumber(evaluated))
+      assert.equal(p.negative, tonumber(neg))
+      if p.pass_rate == engine.json.null then assert.equal("-", rate)
+      else assert.equal(string.format("%.1f", p.pass_rate * 100), rate) end
+      if p.evaluators.json_valid then
+        assert.matches(string.format("%.1f %%%% of %d$", p.evaluators.json_valid.pass_rate * 100, p.evaluators.json_valid.n),
+          lines[i + 2])
+      end
+    end
+    -- one version, as JSON: the API's answer
+    code, out = engine.run("series roll --version 2 --json --url " .. url .. range, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(0, code)
+    local j = engine.json.decode(out)
+    assert.equal(2, j.version)
+    assert.equal(7, #j.points)
+    -- the errors name what is wrong
+    code, out, err = engine.run("series nope --url " .. url, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(3, code)
+    assert.matches("no prompt named 'nope'", err)
+    code, out, err = engine.run("series roll --buckets 97 --url " .. url, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(3, code)
+    assert.matches("%-%-buckets", err)
+    code, out, err = engine.run("series --url " .. url, { RATCHET_ADMIN_TOKEN = ADMIN })
+    assert.equal(3, code)
+    assert.matches("name a prompt", err)
+  end)
+
   it("are rebuilt from the rows by the migration (a store from before the rollups)", function()
     e:stop { keep = true }
     local db = engine.shell_quote(e.data .. "/ratchet.db")
-    local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; PRAGMA user_version = 5;"
+    local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; DROP TABLE trace_tags; PRAGMA user_version = 5;"
     for _, t in ipairs { "trace_minutes_insert", "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete",
       "score_minutes_insert", "score_minutes_update", "score_minutes_delete", "score_minutes_trace_insert",
       "score_minutes_trace_moved", "score_minutes_trace_delete" } do

@@ -1,6 +1,8 @@
 /* sqlite_loop.c — the SQL of the self-improvement loop: its per-prompt state
  * row and event log (migration 5 in sqlite.c), and the online metrics the
- * trigger and rollout policies are given, read from traces and scores. */
+ * trigger and rollout policies are given (and the metrics and series
+ * endpoints), read from the per-minute rollups (migration 6) and, for the
+ * partial minutes at a window's edges, from traces and scores. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -595,9 +595,9 @@ void api_prompt_metrics(const api_call *c)
 /* The pass rate over time, bucket by bucket (the console's sparklines). */
 static void series_work(api_task *t)
 {
-    int64_t span = t->n2 - t->n1, step = (span + t->limit - 1) / t->limit;
+    int64_t step = json_integer_value(t->j2);
     json_t *buckets = NULL;
-    if (store_prompt_series(t->a->store, t->name, json_integer_value(t->j1), t->n1, t->n2, t->limit, &buckets, t->err,
+    if (store_prompt_series(t->a->store, t->name, json_integer_value(t->j1), t->n1, t->n2, step, &buckets, t->err,
                             sizeof t->err) != 0) {
         t->rc = -1;
         return;
@@ -654,12 +654,22 @@ void api_prompt_series(const api_call *c)
         http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
         return;
     }
+    /* A window of at least a minute per bucket starts on its minute and
+     * its buckets are whole minutes (the store reads those from its
+     * per-minute figures, not trace by trace); the answer's since and
+     * bucket_ms say where they fall. A shorter window is cut as asked. */
+    int64_t step = (until - since + buckets - 1) / buckets;
+    if (step >= 60000 && since >= 0) {
+        since -= since % 60000;
+        step = (until - since + buckets - 1) / buckets;
+        step = (step + 59999) / 60000 * 60000;
+    }
     api_task *t = api_task_new(a, req, series_work);
     t->name = xstrdup(name);
     t->n1 = since;
     t->n2 = until;
-    t->limit = (int)buckets;
     t->j1 = json_integer(version);
+    t->j2 = json_integer(step);
     api_task_queue(t);
 }
 

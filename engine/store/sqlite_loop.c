@@ -220,7 +220,7 @@ static int evaluators_add(sqlite3 *db, const char *sql, const char *prompt, int6
  * a whole minute is all edge. */
 static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
 {
-    if (since < 0 || until <= since) { /* no rollup for times before 1970 */
+    if (since < 0 || until <= since || since > INT64_MAX - MINUTE_MS) { /* no rollup before 1970 */
         *m0 = *m1 = 0;
         *e0 = *e1 = until;
         return;
@@ -351,16 +351,20 @@ int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, i
 }
 
 int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                        int buckets, json_t **points, char *err, size_t errlen)
+                        int64_t step_ms, json_t **points, char *err, size_t errlen)
 {
-    *points = json_array();
+    *points = NULL;
+    if (step_ms <= 0 || until_ms <= since_ms || (until_ms - since_ms) / step_ms >= STORE_SERIES_MAX) {
+        snprintf(err, errlen, "a series has 1 to %d buckets", STORE_SERIES_MAX);
+        return -1;
+    }
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    int64_t step = (until_ms - since_ms + buckets - 1) / buckets;
+    *points = json_array();
     int rc = 0;
-    for (int i = 0; i < buckets && since_ms + i * step < until_ms && !rc; i++) {
-        int64_t from = since_ms + i * step, to = from + step < until_ms ? from + step : until_ms;
+    for (int64_t from = since_ms; from < until_ms && !rc; from += step_ms) {
+        int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
         json_t *m = NULL;
         rc = window_metrics(db, prompt, version, from, to, false, &m, err, errlen);
         if (!rc) {

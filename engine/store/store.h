@@ -314,11 +314,13 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
 int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                                 const json_t *slice_keys, json_t **out, char *err, size_t errlen);
 /* The same figures, without latency_ms, cost and tokens, for the buckets
- * [since + i*step, since + (i+1)*step) (the last one ends at until), step =
- * ceil((until - since) / buckets), all read in one transaction: *points is
- * [{since_ms, traces, evaluated, passed, failures, errors, negative, retries,
- * pass_rate, evaluators}] (buckets >= 1). */
+ * [since + i*step, since + (i+1)*step) up to until (the last one ends at
+ * until), at most STORE_SERIES_MAX of them, all read in one transaction:
+ * *points is [{since_ms, traces, evaluated, passed, failures, errors,
+ * negative, retries, pass_rate, evaluators}]. Buckets that start and end on
+ * whole minutes are read from the rollups alone. */
+#define STORE_SERIES_MAX 100
 int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                        int buckets, json_t **points, char *err, size_t errlen);
+                        int64_t step_ms, json_t **points, char *err, size_t errlen);
 
 #endif

@@ -144,13 +144,17 @@ describe("metrics from the per-minute rollups", function()
     for wi, w in ipairs(windows) do
       for _, v in ipairs { 0, 1, 2 } do want[wi .. ":" .. v] = scan(e, v, w[1], w[2]) end
     end
-    local series = {}
+    -- a series of 17 buckets over 5 hours: the window starts on its minute
+    -- and the buckets are whole minutes (the API says so); and one of 7
+    -- buckets over 5 minutes, cut exactly as asked
+    local series, short = {}, {}
     local s0, s1, nb = t0 + 1234, now + 5678, 17
-    local step = math.ceil((s1 - s0) / nb)
-    for i = 0, nb - 1 do
-      local from = s0 + i * step
-      series[i + 1] = scan(e, 0, from, math.min(from + step, s1))
-    end
+    local a0 = s0 - s0 % MIN
+    local step = math.ceil(math.ceil((s1 - a0) / nb) / MIN) * MIN
+    for from = a0, s1 - 1, step do series[#series + 1] = scan(e, 0, from, math.min(from + step, s1)) end
+    local q0, q1 = t0 + 100 * MIN + 777, t0 + 105 * MIN + 4321
+    local qstep = math.ceil((q1 - q0) / 7)
+    for from = q0, q1 - 1, qstep do short[#short + 1] = scan(e, 1, from, math.min(from + qstep, q1)) end
     e = engine.start { dir = dir, config = config() }
     for wi, w in ipairs(windows) do
       for _, v in ipairs { 1, 2 } do
@@ -161,13 +165,20 @@ describe("metrics from the per-minute rollups", function()
     end
     local r = e:get(string.format("/v1/prompts/roll/series?since=%d&until=%d&buckets=%d", s0, s1, nb), auth())
     assert.equal(200, r.status, r.body)
-    assert.equal(nb, #r.json.points)
+    assert.equal(step, r.json.bucket_ms)
+    assert.equal(#series, #r.json.points)
+    assert.is_true(#series <= nb and #series >= nb - 1)
     local total = 0
     for i, p in ipairs(r.json.points) do
       same(series[i], p, label .. ", series bucket " .. i, true)
       total = total + p.traces
     end
     assert.equal(400, total)
+    r = e:get(string.format("/v1/prompts/roll/series?since=%d&until=%d&buckets=7&version=1", q0, q1), auth())
+    assert.equal(200, r.status, r.body)
+    assert.equal(qstep, r.json.bucket_ms)
+    assert.equal(7, #r.json.points)
+    for i, p in ipairs(r.json.points) do same(short[i], p, label .. ", short series bucket " .. i, true) end
     return want
   end
 
@@ -182,7 +193,8 @@ describe("metrics from the per-minute rollups", function()
 
   it("ratchet series NAME prints the same buckets, of every version or one", function()
     local url = engine.shell_quote("http://" .. e.addr)
-    local s0, s1 = t0 - HOUR, now + HOUR -- 7 hours, 7 buckets of 60 min
+    local s0 = t0 - HOUR - t0 % MIN
+    local s1 = s0 + 7 * HOUR -- 7 buckets of 60 min
     local range = string.format(" --since %d --until %d --buckets 7", s0, s1)
     local api = e:get(string.format("/v1/prompts/roll/series?since=%d&until=%d&buckets=7", s0, s1), auth()).json
     local code, out, err = engine.run("series roll --url " .. url .. range, { RATCHET_ADMIN_TOKEN = ADMIN })

@@ -167,11 +167,57 @@ static const char evaluators_rollup_sql[] =
     "FROM score_minutes WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND minute >= ?3 AND minute < ?4 "
     "GROUP BY evaluator";
 
-static int totals_add(sqlite3 *db, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+/* The statements of one snapshot, each prepared once (a series runs them
+ * for every bucket): keyed by their SQL text's address. */
+#define CACHED_STMTS 6
+typedef struct {
+    sqlite3 *db;
+    const char *sql[CACHED_STMTS];
+    sqlite3_stmt *st[CACHED_STMTS];
+} stmt_cache;
+
+static sqlite3_stmt *cached(stmt_cache *c, const char *sql, char *err, size_t errlen)
+{
+    int i = 0;
+    while (i < CACHED_STMTS && c->sql[i] && c->sql[i] != sql)
+        i++;
+    if (i == CACHED_STMTS) { /* cannot happen: there are fewer texts */
+        snprintf(err, errlen, "store read failed: statement cache full");
+        return NULL;
+    }
+    if (c->sql[i]) {
+        sqlite3_reset(c->st[i]);
+        sqlite3_clear_bindings(c->st[i]);
+        return c->st[i];
+    }
+    if (prepare(c->db, sql, &c->st[i], err, errlen))
+        return NULL;
+    c->sql[i] = sql;
+    return c->st[i];
+}
+
+static void cache_clear(stmt_cache *c)
+{
+    for (int i = 0; i < CACHED_STMTS; i++)
+        sqlite3_finalize(c->st[i]);
+}
+
+/* 0 when the statement ran to its end; else -1 with the message (it stays prepared) */
+static int step_done(stmt_cache *c, int rc, char *err, size_t errlen)
+{
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return 0;
+    snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(c->db));
+    return -1;
+}
+
+static int totals_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
                       window_totals *w, char *err, size_t errlen)
 {
-    sqlite3_stmt *st;
-    if (prepare(db, sql, &st, err, errlen))
+    if (from >= to) /* an empty edge */
+        return 0;
+    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    if (!st)
         return -1;
     bind_window(st, prompt, version, from, to);
     int rc = sqlite3_step(st);
@@ -188,15 +234,17 @@ static int totals_add(sqlite3 *db, const char *sql, const char *prompt, int64_t 
         w->tokens_n += (int64_t)col_num(st, 12);
         rc = SQLITE_DONE;
     }
-    return finish(db, st, rc, err, errlen);
+    return step_done(c, rc, err, errlen);
 }
 
 /* Adds each evaluator's [n, passed, failures, errors, required] into evs. */
-static int evaluators_add(sqlite3 *db, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
-                          json_t *evs, char *err, size_t errlen)
+static int evaluators_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from,
+                          int64_t to, json_t *evs, char *err, size_t errlen)
 {
-    sqlite3_stmt *st;
-    if (prepare(db, sql, &st, err, errlen))
+    if (from >= to)
+        return 0;
+    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    if (!st)
         return -1;
     bind_window(st, prompt, version, from, to);
     int rc;
@@ -212,7 +260,7 @@ static int evaluators_add(sqlite3 *db, const char *sql, const char *prompt, int6
                                json_integer(json_integer_value(json_array_get(acc, (size_t)i)) +
                                             (json_int_t)col_num(st, i + 1)));
     }
-    return finish(db, st, rc, err, errlen);
+    return step_done(c, rc, err, errlen);
 }
 
 /* The window [since, until) as whole minutes [*m0, *m1) and the edges
@@ -238,7 +286,7 @@ static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1,
 
 /* One window's figures: {traces, evaluated, passed, failures, errors,
  * negative, retries, pass_rate, [latency_ms, cost, tokens,] evaluators}. */
-static int window_metrics(sqlite3 *db, const char *prompt, int64_t version, int64_t since, int64_t until,
+static int window_metrics(stmt_cache *c, const char *prompt, int64_t version, int64_t since, int64_t until,
                           bool with_costs, json_t **out, char *err, size_t errlen)
 {
     int64_t m0, m1, e0, e1;
@@ -246,14 +294,14 @@ static int window_metrics(sqlite3 *db, const char *prompt, int64_t version, int6
     window_totals w = {0};
     json_t *acc = json_object();
     const char *scan = with_costs ? totals_scan_sql : counts_scan_sql;
-    int rc = totals_add(db, scan, prompt, version, since, e0, &w, err, errlen);
+    int rc = totals_add(c, scan, prompt, version, since, e0, &w, err, errlen);
     if (!rc && m1 > m0)
-        rc = totals_add(db, totals_rollup_sql, prompt, version, m0, m1, &w, err, errlen) ||
-             totals_add(db, scan, prompt, version, e1, until, &w, err, errlen) ||
-             evaluators_add(db, evaluators_rollup_sql, prompt, version, m0, m1, acc, err, errlen) ||
-             evaluators_add(db, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
+        rc = totals_add(c, totals_rollup_sql, prompt, version, m0, m1, &w, err, errlen) ||
+             totals_add(c, scan, prompt, version, e1, until, &w, err, errlen) ||
+             evaluators_add(c, evaluators_rollup_sql, prompt, version, m0, m1, acc, err, errlen) ||
+             evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
     if (!rc)
-        rc = evaluators_add(db, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
+        rc = evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
     if (rc) {
         json_decref(acc);
         return -1;
@@ -336,7 +384,9 @@ int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, i
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    int rc = window_metrics(db, prompt, version, since_ms, until_ms, true, out, err, errlen);
+    stmt_cache cache = {.db = db};
+    int rc = window_metrics(&cache, prompt, version, since_ms, until_ms, true, out, err, errlen);
+    cache_clear(&cache);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(db, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -362,16 +412,18 @@ int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t s
     if (!db)
         return -1;
     *points = json_array();
+    stmt_cache cache = {.db = db};
     int rc = 0;
     for (int64_t from = since_ms; from < until_ms && !rc; from += step_ms) {
         int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
         json_t *m = NULL;
-        rc = window_metrics(db, prompt, version, from, to, false, &m, err, errlen);
+        rc = window_metrics(&cache, prompt, version, from, to, false, &m, err, errlen);
         if (!rc) {
             json_object_set_new(m, "since_ms", json_integer(from));
             json_array_append_new(*points, m);
         }
     }
+    cache_clear(&cache);
     snapshot_end(s, db);
     if (rc) {
         json_decref(*points);

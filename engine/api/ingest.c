@@ -633,6 +633,12 @@ static void check_nonneg_number(vctx *v, yajl_val obj, const char *key, const ch
         add_error(v, path, "must be zero or more");
 }
 
+/* a number validated by check_nonneg_number, as a double */
+static double number_of(yajl_val j)
+{
+    return YAJL_IS_INTEGER(j) ? (double)j->u.number.i : j->u.number.d;
+}
+
 /* timestamp: RFC 3339 string or integer ms since the epoch; default now. */
 static int64_t check_timestamp(vctx *v, yajl_val obj, const char *path, int64_t now)
 {
@@ -950,6 +956,14 @@ static bool validate_trace(vctx *v, yajl_val t, const char *raw, size_t raw_len,
     out->version = version;
     out->ts_ms = ts;
     out->retry_of = retry_of ? xstrdup(retry_of) : NULL;
+    yajl_val lat = obj_get(t, "latency_ms"), cost = usage ? obj_get(usage, "cost_usd") : NULL,
+             in_tok = usage ? obj_get(usage, "input_tokens") : NULL, out_tok = usage ? obj_get(usage, "output_tokens") : NULL;
+    if ((out->has_latency = lat != NULL))
+        out->latency_ms = number_of(lat);
+    if ((out->has_cost = cost != NULL))
+        out->cost_usd = number_of(cost);
+    if ((out->has_tokens = in_tok && out_tok))
+        out->tokens = number_of(in_tok) + number_of(out_tok);
     if (tags && tags->u.array.len) {
         out->ntags = tags->u.array.len;
         out->tags = xcalloc(out->ntags, sizeof *out->tags);

@@ -38,6 +38,8 @@ struct store {
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     sqlite3_stmt *ins_llm_call;
     sqlite3_stmt *ins_tag;
+    sqlite3_stmt *add_minute;
+    sqlite3_stmt *trace_minute, *add_score_minute;
     struct {
         const char *sql;
         sqlite3_stmt *st;
@@ -271,9 +273,10 @@ static const char *const migrations[] = {
 
     /* 6: per-minute rollups of the online figures (sqlite_loop.c reads
      * them): trace_minutes per (prompt, version, minute), score_minutes per
-     * evaluator too. Triggers keep them in the transaction of the rows they
-     * sum (a trace stored, its verdict, its negative feedback, its scores
-     * replaced), as the difference of the row's contribution before and
+     * evaluator too, kept in the transaction of the rows they sum: the
+     * writer adds the traces of each write (add_trace_minutes), and triggers
+     * count what changes after (a verdict, negative feedback, scores
+     * replaced) as the difference of the row's contribution before and
      * after; this migration fills them from what is already stored. version
      * 0 is a trace that names none. */
     "CREATE TABLE trace_minutes ("
@@ -332,7 +335,8 @@ static const char *const migrations[] = {
 #define SAME_MINUTE(A, B)                                                                                           \
     A ".prompt = " B ".prompt AND " A ".version IS " B ".version AND " A ".ts / 60000 = " B ".ts / 60000 AND " A   \
     ".body = " B ".body"
-    "CREATE TRIGGER trace_minutes_insert AFTER INSERT ON traces BEGIN " TRACE_MINUTE("NEW", "1") " END;"
+    /* a trace stored: the writer adds its batch's traces, one row per minute
+     * (store_add_trace_minutes), not a trigger per trace */
     "CREATE TRIGGER trace_minutes_counts AFTER UPDATE ON traces WHEN " SAME_MINUTE("NEW", "OLD") " BEGIN "
     "INSERT INTO trace_minutes VALUES (NEW.prompt, coalesce(NEW.version, 0), NEW.ts / 60000, 0, "
     "  (NEW.verdict IS NOT NULL) - (OLD.verdict IS NOT NULL), "
@@ -352,7 +356,7 @@ static const char *const migrations[] = {
     "ON CONFLICT(prompt, version, minute, evaluator) DO UPDATE SET n = n + excluded.n, "                            \
     "passed = passed + excluded.passed, failures = failures + excluded.failures, "                                  \
     "errors = errors + excluded.errors, required = required + excluded.required;"
-    "CREATE TRIGGER score_minutes_insert AFTER INSERT ON scores BEGIN " SCORE_MINUTE("NEW", "1") " END;"
+    /* a score stored: the writer adds it (apply_evaluation), knowing its trace */
     "CREATE TRIGGER score_minutes_update AFTER UPDATE ON scores BEGIN "
     SCORE_MINUTE("OLD", "-1") SCORE_MINUTE("NEW", "1") " END;"
     "CREATE TRIGGER score_minutes_delete AFTER DELETE ON scores BEGIN " SCORE_MINUTE("OLD", "-1") " END;"
@@ -363,7 +367,8 @@ static const char *const migrations[] = {
     SIGN " * count(*), " SIGN " * sum(s.status = 'ok' AND s.pass = 1), " SIGN                                       \
     " * sum(s.status = 'ok' AND s.pass = 0), " SIGN " * sum(s.status <> 'ok'), " SIGN " * sum(s.required <> 0) "     \
     "FROM scores s WHERE s.trace_id = " R ".id GROUP BY s.evaluator " SCORE_UPSERT
-    "CREATE TRIGGER score_minutes_trace_insert AFTER INSERT ON traces BEGIN " SCORES_OF_TRACE("NEW", "1") " END;"
+    /* (a trace stored has no scores yet: the writer stores scores only for
+     * a trace it has) */
     "CREATE TRIGGER score_minutes_trace_moved AFTER UPDATE ON traces WHEN NOT ("
     "  NEW.prompt = OLD.prompt AND NEW.version IS OLD.version AND NEW.ts / 60000 = OLD.ts / 60000 AND NEW.id = OLD.id"
     ") BEGIN " SCORES_OF_TRACE("OLD", "-1") SCORES_OF_TRACE("NEW", "1") " END;"
@@ -392,10 +397,8 @@ static const char *const migrations[] = {
     ") STRICT, WITHOUT ROWID;"
     "CREATE INDEX trace_tags_by_ts ON trace_tags(tag, tag_ts, tag_seq);",
 #undef TRACE_MINUTE
-#undef MINUTE_UPSERT
 #undef SAME_MINUTE
 #undef SCORE_MINUTE
-#undef SCORE_UPSERT
 #undef SCORES_OF_TRACE
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -451,7 +454,7 @@ static void finalize_statements(store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
                             &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call,
-                            &s->ins_tag};
+                            &s->ins_tag, &s->add_minute, &s->trace_minute, &s->add_score_minute};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
@@ -571,6 +574,10 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
                                "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
                                "ON CONFLICT(id) DO NOTHING";
+    const char *add_minute = "INSERT INTO trace_minutes VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, ?5, ?6, ?7, ?8, ?9, "
+                             "?10, ?11) " MINUTE_UPSERT;
+    const char *trace_minute = "SELECT prompt, coalesce(version, 0), ts / 60000 FROM traces WHERE id = ?1";
+    const char *add_score_minute = "INSERT INTO score_minutes VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8) " SCORE_UPSERT;
     const char *ins_tag = "INSERT INTO trace_tags(tag, tag_prompt, tag_ts, tag_seq) VALUES (?1, ?2, ?3, ?4) "
                           "ON CONFLICT DO NOTHING";
     if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
@@ -581,7 +588,10 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
         sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, ins_tag, -1, &s->ins_tag, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->wdb, ins_tag, -1, &s->ins_tag, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, add_minute, -1, &s->add_minute, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, trace_minute, -1, &s->trace_minute, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, add_score_minute, -1, &s->add_score_minute, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
         goto fail;
     }
@@ -832,10 +842,26 @@ static int mark_negative(store *s, const char *trace_id)
     return step_done(s->mark_negative);
 }
 
+/* An evaluation replaces the trace's scores and sets its verdict; its
+ * scores are added to score_minutes here, under the trace's prompt, version
+ * and minute (the scores it replaces are taken away by a trigger, the
+ * verdict counted by one). A trace the store does not have gets nothing:
+ * its scores would count nowhere. */
 static int apply_evaluation(store *s, const store_evaluation *e)
 {
+    sqlite3_stmt *tr = s->trace_minute;
+    sqlite3_bind_text(tr, 1, e->trace_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(tr);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(tr);
+        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    char prompt[512];
+    snprintf(prompt, sizeof prompt, "%s", (const char *)sqlite3_column_text(tr, 0));
+    int64_t version = sqlite3_column_int64(tr, 1), minute = sqlite3_column_int64(tr, 2);
+    sqlite3_reset(tr);
     sqlite3_bind_text(s->del_scores, 1, e->trace_id, -1, SQLITE_STATIC);
-    int rc = step_done(s->del_scores);
+    rc = step_done(s->del_scores);
     for (size_t i = 0; rc == SQLITE_OK && i < e->nscores; i++) {
         const store_score *sc = &e->scores[i];
         sqlite3_stmt *st = s->ins_score;
@@ -849,6 +875,19 @@ static int apply_evaluation(store *s, const store_evaluation *e)
         sqlite3_bind_double(st, 8, sc->score);
         sqlite3_bind_text(st, 9, sc->reason, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, e->ts_ms);
+        rc = step_done(st);
+        if (rc != SQLITE_OK || !sqlite3_changes(s->wdb)) /* an evaluator named twice counts once */
+            continue;
+        bool ok = !strcmp(sc->status, "ok");
+        st = s->add_score_minute;
+        sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, version);
+        sqlite3_bind_int64(st, 3, minute);
+        sqlite3_bind_text(st, 4, sc->evaluator, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, ok && sc->pass);
+        sqlite3_bind_int(st, 6, ok && !sc->pass);
+        sqlite3_bind_int(st, 7, !ok);
+        sqlite3_bind_int(st, 8, sc->required);
         rc = step_done(st);
     }
     if (rc != SQLITE_OK)
@@ -882,6 +921,67 @@ static int insert_feedback(store *s, const char *id, const char *trace_id, const
     if (*res == STORE_ACCEPTED && negative)
         return mark_negative(s, trace_id);
     return SQLITE_OK;
+}
+
+static int by_minute(const void *a, const void *b)
+{
+    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
+    int c = strcmp(x->prompt, y->prompt);
+    if (c)
+        return c;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
+    return mx < my ? -1 : mx > my;
+}
+
+/* The traces this write stored, summed into trace_minutes: one upsert per
+ * (prompt, version, minute), in the write's transaction. A new trace has no
+ * verdict and no negative feedback yet (the triggers on traces count those
+ * when they come). */
+static int add_trace_minutes(store *s, store_write *w)
+{
+    store_trace **acc = xmalloc(w->ntraces * sizeof *acc);
+    size_t n = 0;
+    for (size_t i = 0; i < w->ntraces; i++)
+        if (w->trace_results[i] == STORE_ACCEPTED)
+            acc[n++] = &w->traces[i];
+    qsort(acc, n, sizeof *acc, by_minute);
+    int rc = SQLITE_OK;
+    for (size_t i = 0; i < n && rc == SQLITE_OK;) {
+        int64_t traces = 0, retries = 0, lat_n = 0, cost_n = 0, tok_n = 0;
+        double lat = 0, cost = 0, tok = 0;
+        size_t j = i;
+        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
+            const store_trace *t = acc[j];
+            traces++;
+            retries += t->retry_of != NULL;
+            if (t->has_latency)
+                lat += t->latency_ms, lat_n++;
+            if (t->has_cost)
+                cost += t->cost_usd, cost_n++;
+            if (t->has_tokens)
+                tok += t->tokens, tok_n++;
+        }
+        sqlite3_stmt *st = s->add_minute;
+        sqlite3_bind_text(st, 1, acc[i]->prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, acc[i]->version);
+        sqlite3_bind_int64(st, 3, acc[i]->ts_ms / 60000);
+        sqlite3_bind_int64(st, 4, traces);
+        sqlite3_bind_int64(st, 5, retries);
+        sqlite3_bind_double(st, 6, lat);
+        sqlite3_bind_int64(st, 7, lat_n);
+        sqlite3_bind_double(st, 8, cost);
+        sqlite3_bind_int64(st, 9, cost_n);
+        sqlite3_bind_double(st, 10, tok);
+        sqlite3_bind_int64(st, 11, tok_n);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        i = j;
+    }
+    free(acc);
+    return rc;
 }
 
 static int apply_write(store *s, store_write *w, int64_t received)
@@ -936,6 +1036,11 @@ static int apply_write(store *s, store_write *w, int64_t received)
             if (rc != SQLITE_OK)
                 return rc;
         }
+    }
+    if (w->ntraces) {
+        int rc = add_trace_minutes(s, w);
+        if (rc != SQLITE_OK)
+            return rc;
     }
     for (size_t i = 0; i < w->nfeedback; i++) {
         store_feedback *f = &w->feedback[i];

@@ -34,6 +34,10 @@ typedef struct {
     size_t json_len;
     char **tags;      /* its tags (distinct), indexed for store_trace_query.tag */
     size_t ntags;
+    /* the figures the online metrics sum (the body's latency_ms, usage.cost_usd,
+     * usage.input_tokens + usage.output_tokens), each when has_* */
+    double latency_ms, cost_usd, tokens;
+    bool has_latency, has_cost, has_tokens;
 } store_trace;
 
 typedef struct {

@@ -113,6 +113,11 @@ describe("metrics from the per-minute rollups", function()
     local r = e:post("/v1/traces", "[" .. table.concat(items, ",") .. "]",
       { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
     assert.equal(200, r.status, r.body)
+    -- sent again (a client's retry): duplicates, counted once
+    r = e:post("/v1/traces", "[" .. table.concat(items, ",", 1, 20) .. "]",
+      { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
+    assert.equal(200, r.status, r.body)
+    assert.equal(20, r.json.duplicate)
     -- every trace evaluated (after it was stored), then feedback on some
     engine.eventually(30 * engine.slow, function()
       local m = e:get("/v1/prompts/roll/metrics?version=1&since=" .. (t0 - HOUR) .. "&until=" .. (now + HOUR), auth())
@@ -126,6 +131,21 @@ describe("metrics from the per-minute rollups", function()
     r = e:post("/v1/feedback", "[" .. table.concat(fb, ",") .. "]",
       { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
     assert.equal(200, r.status, r.body)
+    -- two hours re-evaluated: their scores replaced (the old ones taken away, the new ones added)
+    local before = e:get("/v1/status", auth()).json.evaluation.evaluated
+    local n = 0
+    for _, item in ipairs(items) do
+      local ts = engine.json.decode(item).timestamp
+      if ts >= t0 + HOUR and ts < t0 + 3 * HOUR then n = n + 1 end
+    end
+    r = e:post("/v1/evaluations", engine.json.encode { prompt = "roll", since = t0 + HOUR, ["until"] = t0 + 3 * HOUR },
+      { headers = { authorization = "Bearer " .. ADMIN, ["content-type"] = "application/json" } })
+    assert.equal(202, r.status, r.body)
+    engine.eventually(30 * engine.slow, function()
+      local ev = e:get("/v1/status", auth()).json.evaluation
+      return ev.evaluated >= before + n and ev.backlog == 0
+    end)
+    assert.is_true(n > 100)
   end)
   teardown(function() if e then e:stop() end end)
 
@@ -239,9 +259,8 @@ describe("metrics from the per-minute rollups", function()
     e:stop { keep = true }
     local db = engine.shell_quote(e.data .. "/ratchet.db")
     local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; DROP TABLE trace_tags; PRAGMA user_version = 5;"
-    for _, t in ipairs { "trace_minutes_insert", "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete",
-      "score_minutes_insert", "score_minutes_update", "score_minutes_delete", "score_minutes_trace_insert",
-      "score_minutes_trace_moved", "score_minutes_trace_delete" } do
+    for _, t in ipairs { "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete", "score_minutes_update",
+      "score_minutes_delete", "score_minutes_trace_moved", "score_minutes_trace_delete" } do
       drop = "DROP TRIGGER " .. t .. "; " .. drop
     end
     assert.is_true(os.execute("sqlite3 " .. db .. " " .. engine.shell_quote(drop)))

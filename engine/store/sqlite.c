@@ -307,6 +307,9 @@ static const char *const migrations[] = {
     "  required INTEGER NOT NULL,"   /* how many of the n were required */
     "  PRIMARY KEY (prompt, version, minute, evaluator)"
     ") STRICT, WITHOUT ROWID;"
+    /* a window of every version reads by minute */
+    "CREATE INDEX trace_minutes_by_minute ON trace_minutes(prompt, minute);"
+    "CREATE INDEX score_minutes_by_minute ON score_minutes(prompt, minute);"
     /* a trace's contribution, added (SIGN 1) or taken away (SIGN -1) */
 #define TRACE_MINUTE(R, SIGN)                                                                                       \
     "INSERT INTO trace_minutes VALUES (" R ".prompt, coalesce(" R ".version, 0), " R ".ts / 60000, " SIGN ", "       \

@@ -152,24 +152,29 @@ static const char counts_scan_sql[] =
     "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
     "  0, 0, 0, 0, 0, 0 "
     "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
-static const char totals_rollup_sql[] =
-    "SELECT total(traces), total(evaluated), total(passed), total(failures), total(errors), total(negative), "
-    "  total(retries), total(latency_sum), total(latency_n), total(cost_sum), total(cost_n), total(tokens_sum), "
-    "  total(tokens_n) "
-    "FROM trace_minutes WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND minute >= ?3 AND minute < ?4";
+/* the rollups: of one version along the primary key, of every version
+ * (?2 = 0, not bound in the SQL) along the (prompt, minute) index */
+#define TOTALS_ROLLUP(VERSION)                                                                                      \
+    "SELECT total(traces), total(evaluated), total(passed), total(failures), total(errors), total(negative), "       \
+    "  total(retries), total(latency_sum), total(latency_n), total(cost_sum), total(cost_n), total(tokens_sum), "   \
+    "  total(tokens_n) "                                                                                            \
+    "FROM trace_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4"
+static const char totals_rollup_sql[] = TOTALS_ROLLUP("AND version = ?2");
+static const char totals_rollup_any_sql[] = TOTALS_ROLLUP("AND ?2 = 0");
 static const char evaluators_scan_sql[] =
     "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), total(s.status = 'ok' AND s.pass = 0), "
     "  total(s.status <> 'ok'), total(s.required <> 0) "
     "FROM scores s JOIN traces t ON t.id = s.trace_id "
     "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 GROUP BY s.evaluator";
-static const char evaluators_rollup_sql[] =
-    "SELECT evaluator, total(n), total(passed), total(failures), total(errors), total(required) "
-    "FROM score_minutes WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND minute >= ?3 AND minute < ?4 "
-    "GROUP BY evaluator";
+#define EVALUATORS_ROLLUP(VERSION)                                                                                  \
+    "SELECT evaluator, total(n), total(passed), total(failures), total(errors), total(required) "                   \
+    "FROM score_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4 GROUP BY evaluator"
+static const char evaluators_rollup_sql[] = EVALUATORS_ROLLUP("AND version = ?2");
+static const char evaluators_rollup_any_sql[] = EVALUATORS_ROLLUP("AND ?2 = 0");
 
 /* The statements of one snapshot, each prepared once (a series runs them
  * for every bucket): keyed by their SQL text's address. */
-#define CACHED_STMTS 6
+#define CACHED_STMTS 8
 typedef struct {
     sqlite3 *db;
     const char *sql[CACHED_STMTS];
@@ -296,9 +301,11 @@ static int window_metrics(stmt_cache *c, const char *prompt, int64_t version, in
     const char *scan = with_costs ? totals_scan_sql : counts_scan_sql;
     int rc = totals_add(c, scan, prompt, version, since, e0, &w, err, errlen);
     if (!rc && m1 > m0)
-        rc = totals_add(c, totals_rollup_sql, prompt, version, m0, m1, &w, err, errlen) ||
+        rc = totals_add(c, version ? totals_rollup_sql : totals_rollup_any_sql, prompt, version, m0, m1, &w, err,
+                        errlen) ||
              totals_add(c, scan, prompt, version, e1, until, &w, err, errlen) ||
-             evaluators_add(c, evaluators_rollup_sql, prompt, version, m0, m1, acc, err, errlen) ||
+             evaluators_add(c, version ? evaluators_rollup_sql : evaluators_rollup_any_sql, prompt, version, m0, m1,
+                            acc, err, errlen) ||
              evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
     if (!rc)
         rc = evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);

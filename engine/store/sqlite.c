@@ -339,7 +339,7 @@ static const char *const migrations[] = {
     A ".prompt = " B ".prompt AND " A ".version IS " B ".version AND " A ".ts / 60000 = " B ".ts / 60000 AND " A   \
     ".body = " B ".body"
     /* a trace stored: the writer adds its batch's traces, one row per minute
-     * (store_add_trace_minutes), not a trigger per trace */
+     * (add_trace_minutes), not a trigger per trace */
     "CREATE TRIGGER trace_minutes_counts AFTER UPDATE ON traces WHEN " SAME_MINUTE("NEW", "OLD") " BEGIN "
     "INSERT INTO trace_minutes VALUES (NEW.prompt, coalesce(NEW.version, 0), NEW.ts / 60000, 0, "
     "  (NEW.verdict IS NOT NULL) - (OLD.verdict IS NOT NULL), "

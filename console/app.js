@@ -663,7 +663,7 @@ async function tracePage(id) {
     t.tool_calls ? [h('h2', null, 'Tool calls'), h('pre', { class: 'card' }, JSON.stringify(t.tool_calls, null, 2))] : null,
     h('h2', null, 'Output'), h('pre', { class: 'card', id: 'trace-output' }, typeof t.output === 'string' ? t.output : JSON.stringify(t.output, null, 2)),
     h('h2', null, 'Evaluator results'), h('table', null, h('tr', null, ['evaluator', 'result', 'score', 'reason'].map((x) => h('th', null, x))),
-      (t.scores || []).map((s) => h('tr', null, h('td', null, s.evaluator), h('td', { class: s.pass ? 'pass' : 'fail' }, s.pass ? 'pass' : s.status || 'fail'), h('td', null, s.score ?? '–'), h('td', null, s.reason || '')))),
+      (t.scores || []).map((s) => h('tr', null, h('td', null, s.evaluator), h('td', { class: s.pass ? 'pass' : 'fail' }, s.pass ? 'pass' : !s.status || s.status === 'ok' ? 'fail' : s.status), h('td', null, s.score ?? '–'), h('td', null, s.reason || '')))),
     h('h2', null, 'Feedback'), (t.feedback || []).length ? h('pre', { class: 'card' }, JSON.stringify(t.feedback, null, 2)) : h('p', { class: 'muted' }, 'none'));
 }
 

@@ -188,6 +188,9 @@ try {
   await p.locator('#traces a').first().click();
   await p.waitForSelector('#trace-output');
   check((await p.textContent('main')).includes('json_schema'), 'the trace shows its evaluator result');
+  // a judgement that failed says fail (not its status "ok", the evaluator having run)
+  const result = await p.locator('main table tr', { hasText: 'json_schema' }).locator('td').nth(1).textContent();
+  check(result === 'fail', `the failed evaluator result says fail: ${result}`);
   check(await p.locator('#add-to-dataset').count() === 1, 'an admin may add it to a dataset');
   await shot(p, 'trace');
   await p.click('#add-to-dataset');

@@ -1,7 +1,7 @@
 /* sqlite_loop.c — the SQL of the self-improvement loop: its per-prompt state
  * row and event log (migration 5 in sqlite.c), and the online metrics the
  * trigger and rollout policies are given (and the metrics and series
- * endpoints), read from the per-minute rollups (migration 6) and, for the
+ * endpoints), read from the per-minute rollups (migration 7) and, for the
  * partial minutes at a window's edges, from traces and scores. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,7 +127,7 @@ static int finish(sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errle
 }
 
 /* The online figures of a window, summed from whole minutes of the
- * rollups (trace_minutes, score_minutes: migration 6 in sqlite.c) and the
+ * rollups (trace_minutes, score_minutes: migration 7 in sqlite.c) and the
  * traces and scores of the partial minutes at its edges. */
 #define MINUTE_MS 60000
 

@@ -22,7 +22,7 @@ end
 
 local function auth() return { headers = { authorization = "Bearer " .. ADMIN } } end
 
--- the scan: the SQL of engine/store/sqlite_loop.c before migration 6
+-- the scan: the SQL of engine/store/sqlite_loop.c before migration 7
 local function scan(e, version, since, till)
   local w = string.format("prompt = 'roll' AND (%d = 0 OR version = %d) AND ts >= %d AND ts < %d",
     version, version, since, till)
@@ -258,7 +258,7 @@ describe("metrics from the per-minute rollups", function()
   it("are rebuilt from the rows by the migration (a store from before the rollups)", function()
     e:stop { keep = true }
     local db = engine.shell_quote(e.data .. "/ratchet.db")
-    local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; DROP TABLE trace_tags; PRAGMA user_version = 5;"
+    local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; DROP TABLE trace_tags; PRAGMA user_version = 6;"
     for _, t in ipairs { "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete", "score_minutes_update",
       "score_minutes_delete", "score_minutes_trace_moved", "score_minutes_trace_delete" } do
       drop = "DROP TRIGGER " .. t .. "; " .. drop
@@ -266,7 +266,7 @@ describe("metrics from the per-minute rollups", function()
     assert.is_true(os.execute("sqlite3 " .. db .. " " .. engine.shell_quote(drop)))
     assert.equal("0", e:sql("SELECT count(*) FROM sqlite_master WHERE name LIKE '%minutes%'"))
     e = engine.start { dir = dir, config = config() }
-    assert.matches("migrated schema to version 6", e:log_text())
+    assert.matches("migrated schema to version 7", e:log_text())
     check_all("after the migration")
   end)
 end)

@@ -318,12 +318,12 @@ static void list_traces_work(api_task *t)
     t->rc = store_list_traces_json(t->a->store, &t->q, &t->out, t->err, sizeof t->err);
 }
 
-/* GET /v1/traces?prompt=&version=&since=&until=&limit=&cursor=&failed=&evaluator=&feedback=&q= */
+/* GET /v1/traces?prompt=&version=&since=&until=&limit=&cursor=&failed=&evaluator=&feedback=&q=&tag= */
 void api_list_traces(const api_call *c)
 {
     http_request *req = c->req;
     static const char *const known[] = {"prompt", "version", "since",    "until", "limit", "cursor",
-                                        "failed", "evaluator", "feedback", "q",   NULL};
+                                        "failed", "evaluator", "feedback", "q",   "tag", NULL};
     if (!api_known_params(req, known))
         return;
     store_trace_query q = {.since_ms = 0, .until_ms = INT64_MAX, .limit = 100, .failed = -1};
@@ -388,7 +388,19 @@ void api_list_traces(const api_call *c)
         http_respond_field_error(req, 400, "invalid_parameter", "q", "'q' must be text of 1 to 255 bytes");
         return;
     }
+    char tag[256];
+    int gr = http_query_get(req, "tag", tag, sizeof tag);
+    if (gr != 0 && !ingest_tag_ok(gr > 0 ? tag : NULL)) {
+        http_respond_field_error(req, 400, "invalid_parameter", "tag",
+                                 "'tag' must be a tag: 1 to %d bytes of letters, digits and - _ . : / =",
+                                 INGEST_TAG_MAX_LEN);
+        return;
+    }
     api_task *t = api_task_new(c->a, req, list_traces_work);
+    if (gr > 0) {
+        t->j1 = json_string(tag);
+        q.tag = json_string_value(t->j1);
+    }
     if (pr > 0)
         t->name = xstrdup(prompt);
     if (er > 0)

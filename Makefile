@@ -10,7 +10,7 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 # the commit built, when built from a git checkout (GET /v1/version names it)
 COMMIT  := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 
-PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 jansson libsystemd libcrypto libgit2 libprotobuf-c zlib
+PKGS := libuv libcurl lua5.4 lua5.4-cjson sqlite3 libpq jansson libsystemd libcrypto libgit2 libprotobuf-c zlib
 
 # Recursive (=) so pkg-config runs when a recipe needs it, after `deps`.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
@@ -55,7 +55,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/gen/otlp.pb-c.o
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy console-screenshots bench-console bench-otlp
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-pg bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy console-screenshots bench-console bench-otlp
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -75,6 +75,7 @@ help:
 	@echo "make uninstall  remove what make install put under \$$(DESTDIR)\$$(PREFIX) (not /etc/ratchet)"
 	@echo "make bench-deps    install what the benchmarks need besides the build's packages (wrk, nginx-light)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
+	@echo "make bench-pg      durable ingest on PostgreSQL vs SQLite, one and two engines (docs/scale-out.md)"
 	@echo "make bench-console the console's pages in headless Chromium with 1 M traces, and its files' weight"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
@@ -245,6 +246,9 @@ bench-deps:
 
 bench-ingest: bench-deps all
 	@./bench/ingest.sh
+
+bench-pg: bench-deps all
+	@./bench/pg.sh
 
 bench-eval: bench-deps all
 	@./bench/ingest_eval.sh

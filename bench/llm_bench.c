@@ -115,7 +115,8 @@ int main(int argc, char **argv)
     if (!mkdtemp(dir))
         return 1;
     store *st = NULL;
-    if (store_open(&st, loop, dir, 1000000, err, sizeof err) != 0) {
+    store_options so = {.dir = dir, .max_pending = 1000000};
+    if (store_open(&st, loop, &so, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }

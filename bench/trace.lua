@@ -4,7 +4,7 @@
 -- nginx baseline, which gets the same POSTs); RESOLVE=NAME sends GET /v1/prompts/NAME?key=<n>
 -- with a fresh caller key each time (bench/gate.sh). Prints one RESULT line.
 local batch = tonumber(os.getenv("BATCH") or "1")
-local run = tostring(os.time()) .. tostring(math.random(1e9))
+local run = os.getenv("RUN") or (tostring(os.time()) .. tostring(math.random(1e9))) -- RUN: two wrks, distinct ids
 local n = 0
 local pad = string.rep("x", 640)
 local fmt = '{"id":"%s-%d","prompt":{"name":"ticket-triage","version":3},' ..

@@ -131,6 +131,7 @@ typedef struct {
     registry *reg;
     runner *runner;
     optloop *lp;
+    int cluster_reads; /* reads of another engine's changes in the thread pool */
     api_reload_info reload;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t shutdown_timer;
@@ -348,6 +349,9 @@ static void configure_io(engine *e)
 
 /* Takes what can change while running from n into e->cfg; n keeps the old
  * values (the caller frees it). The rest needs a restart, and says so. */
+static void tell_scripts(engine *e);
+static void on_cluster(void *data, bool leadership, bool registry_changed);
+
 static void apply_config(engine *e, config *n)
 {
     config *c = &e->cfg;
@@ -525,6 +529,7 @@ static void on_scripts_applied(catalog *cat, int failed, void *ud)
     e->reload.config_error = config_error;
     e->reload.reloads++;
     e->reload.last_ms = now_ms();
+    tell_scripts(e); /* the heartbeat carries the versions now running */
     e->reload.reloading = false;
     if (failed || config_error)
         e->reload.failures++;
@@ -721,7 +726,9 @@ static void undo_data_dir(engine *e)
 /* the store, with its writer and checkpointer threads */
 static int start_store(engine *e, char *err, size_t errlen)
 {
-    return store_open(&e->store, e->loop, e->cfg.data_dir, e->cfg.limits.max_pending_writes, err, errlen);
+    store_options o = {.kind = e->cfg.store.kind, .dir = e->cfg.data_dir, .dsn = e->cfg.store.dsn,
+                       .max_pending = e->cfg.limits.max_pending_writes, .read_pool = e->cfg.store.read_pool};
+    return store_open(&e->store, e->loop, &o, err, errlen);
 }
 
 static void undo_store(engine *e)
@@ -819,8 +826,14 @@ static int start_state(engine *e, char *err, size_t errlen)
 
 static void undo_state(engine *e)
 {
-    if (e->store)
+    if (e->store) {
+        /* (teardown runs after the loop stopped) no more news from the other engines, and the
+         * reads of it in the thread pool finish before what they update goes */
+        store_on_cluster(e->store, NULL, NULL);
+        while (e->cluster_reads > 0)
+            uv_run(e->loop, UV_RUN_ONCE);
         store_flush(e->store); /* no write of theirs still waits for its answer */
+    }
     loop_free(e->lp);
     runner_free(e->runner);
     registry_free(e->reg);
@@ -1117,9 +1130,105 @@ static void begin_serving(engine *e)
         if (online_has_prompt(e->online, e->cfg.prompts[i].name))
             online_reevaluate(e->online, e->cfg.prompts[i].name, 0, INT64_MAX, true);
     char err[1024];
-    if (runner_resume(e->runner, err, sizeof err) < 0)
+    /* with several engines, the leader resumes the runs (a follower's would run twice) */
+    if (store_leader(e->store) && runner_resume(e->runner, err, sizeof err) < 0)
         log_error("runs", "cannot resume the runs a stop interrupted: %s", err);
+    tell_scripts(e);
+    store_on_cluster(e->store, on_cluster, e);
     loop_start(e->lp);
+}
+
+/* ---- several engines on one database (docs/scale-out.md) ---- */
+
+/* {name: version} of every script loaded, for the heartbeat other engines compare. */
+static void tell_scripts(engine *e)
+{
+    json_t *st = catalog_status_json(e->cat), *out = json_object();
+    static const char *const kinds[] = {"evaluators", "policies", "metaprompts"};
+    for (size_t k = 0; k < 3; k++) {
+        size_t i;
+        json_t *s;
+        json_array_foreach(json_object_get(st, kinds[k]), i, s) {
+            char key[300];
+            snprintf(key, sizeof key, "%s/%s", kinds[k], json_string_value(json_object_get(s, "name")));
+            json_object_set(out, key, json_object_get(s, "version"));
+        }
+    }
+    store_set_scripts(e->store, out);
+    json_decref(out);
+    json_decref(st);
+}
+
+typedef struct {
+    uv_work_t req;
+    engine *e;
+    bool takeover;
+    json_t *prompts, *datasets, *states, *runs;
+    int rc;
+    char err[256];
+} cluster_read;
+
+/* on a pool thread: the registry (and at a takeover the loop's states) as the database has them */
+static void cluster_read_work(uv_work_t *req)
+{
+    cluster_read *r = req->data;
+    r->rc = store_load_registry(r->e->store, &r->prompts, &r->datasets, r->err, sizeof r->err);
+    if (!r->rc && r->takeover)
+        r->rc = store_load_loop_states(r->e->store, &r->states, r->err, sizeof r->err);
+    if (!r->rc && r->takeover) {
+        /* the gate runs the last leader was running, resumed here as after a crash (runs
+         * started through the API on an engine that still lives stay with it) */
+        json_t *ids = json_array(), *st;
+        const char *name;
+        json_object_foreach(r->states, name, st) {
+            const char *state = json_string_value(json_object_get(st, "state"));
+            json_t *run = json_object_get(st, "run_id");
+            if (state && !strcmp(state, "gating") && json_is_string(run))
+                json_array_append(ids, run);
+        }
+        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
+        json_decref(ids);
+    }
+}
+
+static void cluster_read_after(uv_work_t *req, int status)
+{
+    cluster_read *r = req->data;
+    engine *e = r->e;
+    e->cluster_reads--;
+    if (status == 0 && r->rc == 0 && e->reg) {
+        registry_replace(e->reg, r->prompts, r->datasets);
+        r->prompts = r->datasets = NULL;
+        if (r->takeover && e->lp)
+            loop_apply_states(e->lp, r->states);
+        if (r->takeover && e->runner && r->runs)
+            runner_resume_apply(e->runner, r->runs);
+    } else if (status == 0) {
+        log_error("engine", "cannot read what another engine changed: %s", r->err);
+    }
+    json_decref(r->prompts);
+    json_decref(r->datasets);
+    json_decref(r->states);
+    json_decref(r->runs);
+    free(r);
+}
+
+/* The store says this engine became (or stopped being) the leader, or another engine
+ * changed the registry: read the database's state on a pool thread and take it. */
+static void on_cluster(void *data, bool leadership, bool registry_changed)
+{
+    engine *e = data;
+    bool takeover = leadership && store_leader(e->store);
+    if (leadership)
+        log_info("engine", takeover ? "this engine now runs the loop" : "this engine no longer runs the loop");
+    if (!takeover && !registry_changed)
+        return;
+    cluster_read *r = xcalloc(1, sizeof *r);
+    r->e = e;
+    r->takeover = takeover;
+    r->req.data = r;
+    e->cluster_reads++;
+    uv_queue_work(e->loop, &r->req, cluster_read_work, cluster_read_after);
 }
 
 static int cmd_serve(int argc, char **argv)

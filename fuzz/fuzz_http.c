@@ -44,7 +44,8 @@ static int setup(void)
     config_defaults(&cfg);
     char err[512];
     store *st;
-    if (store_open(&st, loop, dir, 100000, err, sizeof err) != 0) {
+    store_options so = {.dir = dir, .max_pending = 100000};
+    if (store_open(&st, loop, &so, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         abort();
     }

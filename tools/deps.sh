@@ -8,6 +8,7 @@ PACKAGES="gcc make pkg-config libc6-dev git
 libuv1-dev libcurl4-openssl-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev
 libsqlite3-dev sqlite3 libgit2-dev libhttp-parser-dev libsystemd-dev libjansson-dev libyajl-dev libunistring-dev libssl-dev libmimalloc-dev zlib1g-dev libjs-chart.js
 libprotobuf-c-dev protobuf-c-compiler
+libpq-dev postgresql
 lua-busted lua-socket lua-rex-pcre2 curl iproute2 systemd
 clang-14 libclang-rt-14-dev chromium ${RATCHET_DEPS_EXTRA:-}"
 

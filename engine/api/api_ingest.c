@@ -202,7 +202,7 @@ static void on_capture_committed(store_write *w)
         api_ingest_committed(a, w); /* evaluated and seen by the loop as any ingested trace */
     } else {
         if (a->gateway_n.capture_failed % 1000 == 0)
-            log_error("gateway", "captured traces were not stored: the commit failed (SQLite code %d)", w->status);
+            log_error("gateway", "captured traces were not stored: the commit failed (store status %d)", w->status);
         a->gateway_n.capture_failed += w->ntraces;
     }
     ingest_batch_free(&job->batch);

@@ -29,16 +29,25 @@ void api_healthz(const api_call *c)
     http_respond(c->req, 200, "application/json", NULL, ok, sizeof ok - 1);
 }
 
-/* GET /readyz: the store's last commit succeeded and the engine is not draining. */
+/* GET /readyz: the store is up (its last commit succeeded; on PostgreSQL its connection too)
+ * and the engine is not draining. */
 void api_readyz(const api_call *c)
 {
     if (!c->a->draining && store_healthy(c->a->store)) {
         static const char ok[] = "{\"status\":\"ready\"}";
         http_respond(c->req, 200, "application/json", NULL, ok, sizeof ok - 1);
-    } else {
-        http_respond_error(c->req, 503, "not_ready", c->a->draining ? "the engine is shutting down"
-                                                                      : "the store's last commit failed");
+        return;
     }
+    if (c->a->draining) {
+        http_respond_error(c->req, 503, "not_ready", "the engine is shutting down");
+        return;
+    }
+    json_t *st = json_object();
+    store_status(c->a->store, st);
+    const char *why = json_string_value(json_object_get(st, "error"));
+    http_respond_error(c->req, 503, "not_ready", "the store is down%s%s", why ? ": " : " (its last commit failed)",
+                       why ? why : "");
+    json_decref(st);
 }
 
 /* GET /v1/version: {engine, api, commit} (commit when built from a git checkout). */
@@ -78,6 +87,9 @@ void api_status(const api_call *c)
                              a->llm ? llm_status_json(a->llm) : json_object(), "runs",
                              a->runner ? runner_status_json(a->runner) : json_object());
     json_object_set_new(root, "loop", a->loop_sm ? loop_status_json(a->loop_sm) : json_object());
+    json_t *store_st = json_object();
+    store_status(a->store, store_st);
+    json_object_set_new(root, "store", store_st);
     char otlp_addr[96] = "";
     if (a->otlp_http)
         http_server_address(a->otlp_http, otlp_addr, sizeof otlp_addr);

@@ -360,11 +360,11 @@ static int gather(client *c, const ops_opts *o, json_t **view)
     }
     find_problems(c, o, st, recent, problems);
     json_decref(recent);
-    *view = json_pack("{s:{s:s, s:O, s:O, s:O, s:O}, s:o, s:O, s:{s:O, s:O, s:O, s:O, s:O}, s:{s:O, s:O}, "
+    *view = json_pack("{s:{s:s, s:O, s:O, s:O, s:O, s:O*}, s:o, s:O, s:{s:O, s:O, s:O, s:O, s:O}, s:{s:O, s:O}, "
                       "s:{s:O, s:O, s:O}, s:o}",
                       "engine", "url", c->base, "version", json_object_get(st, "version"), "started_at",
                       json_object_get(st, "started_at"), "uptime_s", json_object_get(st, "uptime_s"), "store_healthy",
-                      json_object_get(st, "store_healthy"), "prompts", prompts, "runs",
+                      json_object_get(st, "store_healthy"), "store", json_object_get(st, "store"), "prompts", prompts, "runs",
                       json_object_get(json_object_get(st, "runs"), "active"), "evaluation", "backlog",
                       json_object_get(ev, "backlog"), "max_backlog", json_object_get(ev, "max_backlog"), "evaluated",
                       json_object_get(ev, "evaluated"), "dropped", json_object_get(ev, "dropped"), "killed",
@@ -386,8 +386,23 @@ static void print_status(json_t *v)
     json_t *eng = json_object_get(v, "engine");
     char up[32];
     duration(json_integer_value(json_object_get(eng, "uptime_s")), up, sizeof up);
-    printf("ratchet %s at %s, up %s, store %s\n", str(eng, "version"), str(eng, "url"), up,
-           json_is_true(json_object_get(eng, "store_healthy")) ? "healthy" : "FAILING");
+    json_t *st = json_object_get(eng, "store");
+    const char *kind = json_string_value(json_object_get(st, "kind"));
+    const char *why = json_string_value(json_object_get(st, "error"));
+    printf("ratchet %s at %s, up %s, store%s%s %s%s%s\n", str(eng, "version"), str(eng, "url"), up, kind ? " " : "",
+           kind ? kind : "", json_is_true(json_object_get(eng, "store_healthy")) ? "healthy" : "FAILING",
+           why ? ": " : "", why ? why : "");
+    json_t *engines = json_object_get(st, "engines");
+    if (json_array_size(engines)) {
+        printf("engines on this database (%zu):%s\n", json_array_size(engines),
+               json_is_true(json_object_get(st, "scripts_differ")) ? " NOT ALL RUN THE SAME SCRIPTS" : "");
+        size_t i;
+        json_t *en;
+        json_array_foreach(engines, i, en)
+            printf("  %s %-8s last seen %s%s%s\n", str(en, "id"), str(en, "role"), str(en, "last_seen"),
+                   json_is_true(json_object_get(en, "this")) ? " (this one)" : "",
+                   json_is_true(json_object_get(en, "scripts_differ")) ? " (different scripts)" : "");
+    }
     json_t *ev = json_object_get(v, "evaluation");
     printf("evaluation: backlog %lld of %lld, %lld evaluated, %lld dropped, %lld killed\n",
            (long long)json_integer_value(json_object_get(ev, "backlog")),

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <libpq-fe.h>
 #include <uv.h>
 
 #include "llm/llm.h"
@@ -53,9 +54,10 @@ typedef struct setting {
 #define HOFF(field) offsetof(config_http, field)
 #define OOFF(field) offsetof(config_otlp, field)
 #define GOFF(field) offsetof(config_gateway, field)
+#define STOFF(field) offsetof(config_store, field)
 
 static const setting limit_settings[], script_settings[], evaluation_settings[], llm_settings[], http_settings[],
-    otlp_settings[], gateway_settings[];
+    otlp_settings[], gateway_settings[], store_settings[];
 
 static const setting settings[] = {
     {"listen", T_LISTEN, OFF(listen), 0, 0, NULL},
@@ -75,6 +77,14 @@ static const setting settings[] = {
     {"http", T_TABLE, OFF(http), 0, 0, http_settings},
     {"otlp", T_TABLE, OFF(otlp), 0, 0, otlp_settings},
     {"gateway", T_TABLE, OFF(gateway), 0, 0, gateway_settings},
+    {"store", T_TABLE, OFF(store), 0, 0, store_settings},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+static const setting store_settings[] = {
+    {"kind", T_STRING, STOFF(kind), 0, 0, NULL},
+    {"dsn", T_STRING, STOFF(dsn), 0, 0, NULL},
+    {"read_pool", T_INT, STOFF(read_pool), 1, 64, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -226,6 +236,7 @@ void config_defaults(config *c)
     c->evaluation.busy_share = 10;
     c->http.timeout_ms = 10000;
     c->http.max_response_bytes = 1 << 20;
+    c->store.read_pool = 4;
     c->gateway.max_body_bytes = 4 * 1024 * 1024;
     c->gateway.timeout_ms = 120000;
     c->gateway.idle_timeout_ms = 60000;
@@ -419,6 +430,8 @@ void config_free(config *c)
     free_strv(c->http.allow);
     free(c->otlp.listen);
     free(c->otlp.prompt_rule);
+    free(c->store.kind);
+    free(c->store.dsn);
     free_strv(c->gateway.keys);
     free_strv(c->gateway.providers);
     memset(c, 0, sizeof *c);
@@ -655,6 +668,33 @@ static void apply_setting(lua_State *L, void *base, const setting *s, const char
     }
 }
 
+/* The store table as a whole: a kind it knows, and a DSN libpq can parse for postgres (its
+ * text is never quoted back: it may hold a password). */
+static void check_store(lua_State *L, const config_store *st)
+{
+    bool pg = st->kind && !strcmp(st->kind, "postgres");
+    if (st->kind && !pg && strcmp(st->kind, "sqlite"))
+        config_error(L, "'store.kind' must be \"sqlite\" or \"postgres\" (got '%s')", st->kind);
+    if (pg && !st->dsn)
+        config_error(L, "'store.dsn' is needed with store.kind = \"postgres\" (a libpq connection string, "
+                        "e.g. \"host=db.internal dbname=ratchet user=ratchet\")");
+    if (!pg && st->dsn)
+        config_error(L, "'store.dsn' is only for store.kind = \"postgres\"");
+    if (pg) {
+        char *why = NULL;
+        PQconninfoOption *opts = PQconninfoParse(st->dsn, &why);
+        if (!opts) {
+            /* libpq's message names the bad keyword, never the password's value */
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s", why ? why : "out of memory");
+            PQfreemem(why);
+            msg[strcspn(msg, "\n")] = 0;
+            config_error(L, "'store.dsn' is not a libpq connection string: %s", msg);
+        }
+        PQconninfoFree(opts);
+    }
+}
+
 /* __newindex(env, key, value): validate, apply, remember for later reads. */
 static int env_newindex(lua_State *L)
 {
@@ -666,6 +706,8 @@ static int env_newindex(lua_State *L)
     if (!s)
         return config_error(L, "unknown key '%s'", k);
     apply_setting(L, c, s, k, 3);
+    if (s->offset == OFF(store))
+        check_store(L, &c->store);
     if (s->offset == OFF(gateway)) {
         lua_Debug ar;
         c->gateway.enabled = true;

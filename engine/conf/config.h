@@ -96,6 +96,13 @@ typedef struct {
     int line;                  /* where the table was set, for errors found after the file ran */
 } config_gateway;
 
+/* The store (the `store` table, docs/scale-out.md): SQLite in data_dir unless kind is "postgres". */
+typedef struct {
+    char *kind;          /* NULL or "sqlite", or "postgres" */
+    char *dsn;           /* postgres: libpq connection string (may hold a password: never logged) */
+    int read_pool;       /* postgres: read connections kept open */
+} config_store;
+
 typedef struct {
     char *path;          /* the file read, or NULL for built-in defaults */
     char *source;        /* its text, for the lines of messages; NULL for defaults */
@@ -120,6 +127,7 @@ typedef struct {
     config_http http;
     config_otlp otlp;
     config_gateway gateway;
+    config_store store;
 } config;
 
 /* Fills c with every default. */

@@ -277,7 +277,10 @@ struct llm {
     char last_refused[300];                       /* the last such refusal, for status */
 };
 
-enum call_state { CALL_QUEUED, CALL_SENDING, CALL_BACKOFF, CALL_FINISHING };
+/* CALL_CLAIMING: waiting for the store's answer to a claim on the budgets shared with the other
+ * engines on the database (docs/scale-out.md), before it queues */
+enum call_state { CALL_CLAIMING, CALL_QUEUED, CALL_SENDING, CALL_BACKOFF, CALL_FINISHING };
+typedef struct budget_claim budget_claim;
 
 struct llm_call {
     llm *l;
@@ -291,8 +294,11 @@ struct llm_call {
     int timeout_ms;
     double est_tokens, est_cost;
     bool reserved;
+    budget_claim *claim; /* in flight (CALL_CLAIMING) */
+    bool claimed;        /* the shared budgets hold est_*: settled by the difference at the end */
     int attempts;
     uint64_t start_ns;
+    int64_t start_ms; /* the start (UTC midnight) of the day its shared claim was made on */
     httpc_req *req;
     uv_timer_t *timer;   /* backoff, and the deferred answer of a refused call */
     llm_done done;
@@ -560,10 +566,134 @@ static const char *budget_reserve(llm_call *c)
     return NULL;
 }
 
+/* ---- budgets shared by several engines (PostgreSQL) ---- */
+
+struct budget_claim {
+    store_write w;
+    store_budget_claim b;
+    store *st;
+    llm_call *c; /* NULL once the call is gone */
+};
+
+static bool shared_budgets(const llm *l)
+{
+    return l->st && store_shared(l->st) &&
+           (l->b.daily_calls > 0 || l->b.daily_tokens > 0 || l->b.daily_cost > 0);
+}
+
+static void on_claim_settled(store_write *w)
+{
+    budget_claim *bc = w->data;
+    if (w->status)
+        log_warn("llm", "the shared budget of %s could not be settled (store status %d)", bc->b.day, w->status);
+    store_write_clear(w);
+    free(bc);
+}
+
+/* Adds the amounts to the day's shared row without a limit (a settlement, a refund). */
+static void claim_adjust(store *st, const char *day, double calls, double tokens, double cost)
+{
+    budget_claim *bc = xcalloc(1, sizeof *bc);
+    bc->st = st;
+    snprintf(bc->b.day, sizeof bc->b.day, "%s", day);
+    bc->b.calls = calls;
+    bc->b.tokens = tokens;
+    bc->b.cost = cost;
+    bc->w.claim = &bc->b;
+    bc->w.done = on_claim_settled;
+    bc->w.data = bc;
+    if (store_submit(st, &bc->w) != 0) {
+        log_warn("llm", "the shared budget of %s could not be settled: the store's queue is full", day);
+        free(bc);
+    }
+}
+
+static void claim_detach(budget_claim *bc)
+{
+    bc->c = NULL;
+}
+
+static void call_enqueue(llm_call *c);
+static void finish(llm_call *c, json_t *result, const char *kind, const char *msg);
+
+static void on_claimed(store_write *w)
+{
+    budget_claim *bc = w->data;
+    llm_call *c = bc->c;
+    bool granted = w->status == 0 && bc->b.granted;
+    store_write_clear(w);
+    if (!c) { /* the caller went away meanwhile: give back what was claimed */
+        if (granted)
+            claim_adjust(bc->st, bc->b.day, -bc->b.calls, -bc->b.tokens, -bc->b.cost);
+        free(bc);
+        return;
+    }
+    c->claim = NULL;
+    if (!granted) {
+        char msg[300];
+        if (w->status)
+            snprintf(msg, sizeof msg, "the daily budgets shared by the engines on this database could not be "
+                                      "checked (the store is down); nothing was sent");
+        else
+            snprintf(msg, sizeof msg, "a daily budget shared by every engine on this database would be exceeded by "
+                                      "this call (up to %.0f tokens, $%.6f)", bc->b.tokens, bc->b.cost);
+        free(bc);
+        if (!w->status) {
+            c->l->day_refused++;
+            snprintf(c->l->last_refused, sizeof c->l->last_refused, "%s", msg);
+        }
+        c->state = CALL_QUEUED; /* not in the provider's queue: finish unlinks nothing */
+        finish(c, NULL, "budget", msg);
+        return;
+    }
+    free(bc);
+    c->claimed = true;
+    call_enqueue(c);
+}
+
+/* Asks the store for the call's estimate on the shared daily budgets; the call queues when granted. */
+static void claim_start(llm_call *c)
+{
+    llm *l = c->l;
+    budget_claim *bc = xcalloc(1, sizeof *bc);
+    bc->st = l->st;
+    bc->c = c;
+    char when[32];
+    rfc3339_format(l->day_start_ms, when);
+    snprintf(bc->b.day, sizeof bc->b.day, "%.10s", when);
+    bc->b.calls = 1;
+    bc->b.tokens = c->est_tokens;
+    bc->b.cost = c->est_cost;
+    bc->b.max_calls = l->b.daily_calls;
+    bc->b.max_tokens = l->b.daily_tokens;
+    bc->b.max_cost = l->b.daily_cost;
+    bc->w.claim = &bc->b;
+    bc->w.done = on_claimed;
+    bc->w.data = bc;
+    c->claim = bc;
+    c->state = CALL_CLAIMING;
+    if (store_submit(l->st, &bc->w) != 0) {
+        c->claim = NULL;
+        free(bc);
+        c->state = CALL_QUEUED;
+        finish(c, NULL, "budget", "the daily budgets shared by the engines cannot be checked: the store's queue is full");
+    }
+}
+
 static void budget_settle(llm_call *c)
 {
     llm *l = c->l;
     roll_day(l);
+    if (c->claimed) { /* the shared row holds the estimate: replace it by what the call used */
+        c->claimed = false;
+        char when[32];
+        rfc3339_format(day_start(c->start_ms), when);
+        char day[16];
+        snprintf(day, sizeof day, "%.10s", when);
+        double tok = c->attempts ? (double)(c->in_tok + c->out_tok) : 0;
+        claim_adjust(l->st, day, (c->attempts ? 1 : 0) - 1, tok - c->est_tokens,
+                     (c->attempts ? c->cost : 0) - c->est_cost);
+    }
     json_t *run = c->run_id ? run_entry(l, c->run_id) : NULL;
     if (c->reserved) {
         l->res_calls -= 1;
@@ -604,7 +734,7 @@ static void ledger_done(store_write *w)
     if (w->status) {
         llm *l = w->data;
         if (l->ledger_failures++ % 1000 == 0)
-            log_error("llm", "cannot write the LLM ledger (SQLite code %d); calls go on", w->status);
+            log_error("llm", "cannot write the LLM ledger (store status %d); calls go on", w->status);
     }
     store_write_clear(w);
     free(w);
@@ -664,6 +794,8 @@ static void prov_release(prov *p);
 static void call_dispose(llm_call *c)
 {
     llm *l = c->l;
+    if (c->claim) /* its answer comes to no call: the claim is given back then */
+        claim_detach(c->claim);
     if (c->aprev)
         c->aprev->anext = c->anext;
     else
@@ -1625,9 +1757,22 @@ llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done,
         finish(c, NULL, "budget", why);
         return c;
     }
+    c->start_ms = l->day_start_ms;
+    if (shared_budgets(l)) {
+        claim_start(c);
+        return c;
+    }
+    call_enqueue(c);
+    return c;
+}
+
+/* Into the provider's queue, unless its breaker is open. */
+static void call_enqueue(llm_call *c)
+{
+    prov *p = c->p;
     if (!circuit_allows(p)) {
         finish(c, NULL, "circuit_open", "the provider failed too often in a row; calls are refused until its cooldown ends");
-        return c;
+        return;
     }
     c->state = CALL_QUEUED;
     c->qprev = p->qtail;
@@ -1637,7 +1782,6 @@ llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done,
         p->qhead = c;
     p->qtail = c;
     pump(p);
-    return c;
 }
 
 llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done done, void *ud)
@@ -1652,6 +1796,8 @@ llm_call *llm_chat(llm *l, const char *request, const llm_caller *who, llm_done 
 static void call_stop_io(llm_call *c)
 {
     switch (c->state) {
+    case CALL_CLAIMING:
+        break; /* the claim's answer finds the call gone (call_dispose) */
     case CALL_QUEUED:
         if (c->p)
             queue_unlink(c);

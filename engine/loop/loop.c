@@ -263,6 +263,13 @@ int loop_load(optloop *lp, char *err, size_t errlen)
         json_decref(rows);
         return -1;
     }
+    loop_apply_states(lp, rows);
+    json_decref(rows);
+    return 0;
+}
+
+void loop_apply_states(optloop *lp, json_t *rows)
+{
     const char *name;
     json_t *r;
     json_object_foreach(rows, name, r) {
@@ -274,8 +281,10 @@ int loop_load(optloop *lp, char *err, size_t errlen)
             p->state = LOOP_IDLE;
         }
         const char *s = json_string_value(json_object_get(r, "cycle"));
+        free(p->cycle); /* again on a takeover: the last leader's state replaces what was read at start */
         p->cycle = s ? xstrdup(s) : NULL;
         s = json_string_value(json_object_get(r, "run_id"));
+        free(p->run_id);
         p->run_id = s ? xstrdup(s) : NULL;
         p->version = json_integer_value(json_object_get(r, "version"));
         p->step = (int)json_integer_value(json_object_get(r, "step"));
@@ -286,9 +295,8 @@ int loop_load(optloop *lp, char *err, size_t errlen)
             json_decref(p->detail);
             p->detail = json_incref(json_object_get(r, "detail"));
         }
+        p->next_check = 0; /* a new leader checks at once */
     }
-    json_decref(rows);
-    return 0;
 }
 
 /* ---- committing a move ---- */
@@ -394,6 +402,7 @@ static void commit(lprompt *p, move *m, void (*then)(lprompt *, int, void *), vo
     m->w.done = on_moved;
     p->lp->inflight++;
     p->writing++;
+    m->w.fenced = true; /* a stale leader's decision is refused by the store */
     if (store_submit(p->lp->st, &m->w) != 0) {
         m->w.status = -1;
         on_moved(&m->w);
@@ -1954,7 +1963,8 @@ static void check(lprompt *p)
 static void on_tick(uv_timer_t *t)
 {
     optloop *lp = t->data;
-    if (lp->draining)
+    /* with several engines on one database only the leader decides (docs/scale-out.md) */
+    if (lp->draining || !store_leader(lp->st))
         return;
     int64_t now = now_ms();
     for (lprompt *p = lp->prompts; p; p = p->next) {
@@ -2092,9 +2102,23 @@ static void serve_want(lprompt *p)
     free(tpl);
 }
 
+/* With several engines on one database only the leader runs the loop; the others refuse to
+ * act for it rather than forward (docs/scale-out.md). */
+static bool not_leader(optloop *lp, reg_error *e)
+{
+    if (store_leader(lp->st))
+        return false;
+    reg_fail(e, 409, "not_leader", NULL,
+             "this engine does not run the loop: another engine on the same database leads it; send this to the "
+             "leader (ratchet status lists the engines and their roles)");
+    return true;
+}
+
 int loop_optimize(optloop *lp, const char *prompt, const char *actor, const char *tpl, loop_done done, void *ud,
                   reg_error *e)
 {
+    if (not_leader(lp, e))
+        return e->status;
     lprompt *p = find(lp, prompt);
     if (can_optimize(lp, p, prompt, e))
         return e->status;
@@ -2150,6 +2174,8 @@ static void approved(lprompt *p, int status, void *ud)
 int loop_approve(optloop *lp, const char *run_id, bool approve, const char *reason, const char *actor, loop_done done,
                  void *ud, reg_error *e)
 {
+    if (not_leader(lp, e))
+        return e->status;
     lprompt *p = NULL;
     for (lprompt *x = lp->prompts; x; x = x->next)
         if (x->run_id && !strcmp(x->run_id, run_id))

@@ -36,6 +36,9 @@ optloop *loop_new(uv_loop_t *uvl, store *st, registry *reg, runner *rn, catalog 
 void loop_configure(optloop *lp, const config *cfg);
 /* Reads the state rows (at start, before serving). */
 int loop_load(optloop *lp, char *err, size_t errlen);
+/* Takes the states of store_load_loop_states (read on a pool thread) as the loop's own: at a
+ * takeover, the last leader's decisions. */
+void loop_apply_states(optloop *lp, json_t *rows);
 /* Starts the checks and recovers what a stop interrupted (after runs resumed). */
 void loop_start(optloop *lp);
 /* Notes n traces of prompt were ingested: a burst brings its check forward. */

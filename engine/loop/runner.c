@@ -981,21 +981,55 @@ int runner_resume(runner *r, char *err, size_t errlen)
         json_decref(ids);
         return -1;
     }
+    json_t *snap = NULL;
+    int rc = runner_resume_read(r->st, ids, &snap, err, errlen);
+    json_decref(ids);
+    if (rc == 0)
+        rc = runner_resume_apply(r, snap);
+    json_decref(snap);
+    return rc;
+}
+
+int runner_resume_read(store *st, const json_t *ids, json_t **snap, char *err, size_t errlen)
+{
+    *snap = json_array();
     size_t i;
     json_t *idv;
-    int n = 0;
     json_array_foreach(ids, i, idv) {
         const char *id = json_string_value(idv);
         json_t *row = NULL, *cases = NULL, *keys = NULL;
-        if (store_get_run(r->st, id, &row, err, errlen) != 0 ||
-            store_run_cases(r->st, id, STORE_CASE_TEXTS, &cases, err, errlen) ||
-            store_run_result_keys(r->st, id, &keys, err, errlen)) {
+        if (store_get_run(st, id, &row, err, errlen) != 0 ||
+            store_run_cases(st, id, STORE_CASE_TEXTS, &cases, err, errlen) ||
+            store_run_result_keys(st, id, &keys, err, errlen)) {
             json_decref(row);
             json_decref(cases);
             json_decref(keys);
-            json_decref(ids);
             return -1;
         }
+        int64_t calls = 0, tokens = 0;
+        double cost = 0;
+        store_llm_totals(st, 0, id, &calls, &tokens, &cost, err, errlen);
+        json_array_append_new(*snap, json_pack("{s:s, s:o, s:o, s:o, s:I, s:I, s:f}", "id", id, "row", row, "cases",
+                                               cases, "keys", keys, "calls", (json_int_t)calls, "tokens",
+                                               (json_int_t)tokens, "cost", cost));
+    }
+    return 0;
+}
+
+int runner_resume_apply(runner *r, const json_t *snap)
+{
+    size_t i;
+    json_t *one;
+    int n = 0;
+    json_array_foreach(snap, i, one) {
+        const char *id = json_string_value(json_object_get(one, "id"));
+        bool running = false;
+        for (run *x = r->runs; x; x = x->next)
+            running |= !strcmp(x->id, id);
+        if (running) /* already here (taken by this engine before it led) */
+            continue;
+        json_t *row = json_object_get(one, "row"), *cases = json_object_get(one, "cases"),
+               *keys = json_object_get(one, "keys");
         json_t *spec = json_object_get(row, "spec");
         run *rn = run_new(r, id, json_string_value(json_object_get(row, "prompt")), spec);
         rn->actor = xstrdup("resume");
@@ -1010,7 +1044,6 @@ int runner_resume(runner *r, char *err, size_t errlen)
             rn->cases[ci] = case_keep(c);
             json_decref(c);
         }
-        json_decref(cases);
         reg_error e;
         run_size(rn);
         bool bound = run_bind(rn, &e) == 0;
@@ -1036,11 +1069,9 @@ int runner_resume(runner *r, char *err, size_t errlen)
             rn->agg[(ci * (size_t)rn->nv + (size_t)vi) * 3 + (size_t)slot]++;
             rn->cached += json_is_true(json_array_get(k, 4));
         }
-        json_decref(keys);
-        json_decref(row);
-        int64_t calls = 0, tokens = 0;
-        double cost = 0;
-        store_llm_totals(r->st, 0, id, &calls, &tokens, &cost, err, errlen);
+        int64_t calls = json_integer_value(json_object_get(one, "calls")),
+                tokens = json_integer_value(json_object_get(one, "tokens"));
+        double cost = json_number_value(json_object_get(one, "cost"));
         json_t *budget = json_object_get(rn->spec, "budget");
         llm_run_budget(r->l, id, json_number_value(json_object_get(budget, "calls")),
                        json_number_value(json_object_get(budget, "tokens")),
@@ -1055,7 +1086,6 @@ int runner_resume(runner *r, char *err, size_t errlen)
             rn->stop_reason = xstrdup(e.message);
         }
     }
-    json_decref(ids);
     for (run *rn = r->runs; rn; rn = rn->next)
         run_pump(rn);
     return n;

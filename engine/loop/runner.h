@@ -29,6 +29,11 @@ runner *runner_new(uv_loop_t *loop, store *st, registry *reg, catalog *cat, scri
 void runner_configure(runner *r, const config *cfg);
 /* Resumes the runs a stop interrupted (at start). Returns how many. */
 int runner_resume(runner *r, char *err, size_t errlen);
+/* The same in two halves, for a takeover (docs/scale-out.md): the reads of the runs ids names
+ * ([id, ...]) into *snap, on any thread; then, on the loop thread, the runs made from them
+ * (those this engine already runs are skipped). Return as above. */
+int runner_resume_read(store *st, const json_t *ids, json_t **snap, char *err, size_t errlen);
+int runner_resume_apply(runner *r, const json_t *snap);
 
 /* Starts a run. spec (see docs/gate.md):
  *   {prompt, baseline, candidates: [v...], dataset?, dataset_version?, tags?,

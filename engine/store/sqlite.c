@@ -31,7 +31,8 @@
 #include "store/sqlite_private.h"
 #include "base/jtree.h"
 
-struct store {
+struct sqlite_store {
+    store base; /* first: the seam (store/backend.h) */
     uv_loop_t *loop;
     char *path;
     sqlite3 *wdb;
@@ -279,9 +280,10 @@ static const char *const migrations[] = {
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
+static const store_backend sqlite_backend;
 static void *writer_main(void *arg);
 static void *checkpointer_main(void *arg);
-static int apply_ops(store *s, const store_op *op);
+static int apply_ops(sqlite_store *s, const store_op *op);
 static void on_done_async(uv_async_t *h);
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
@@ -326,7 +328,7 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
     return 0;
 }
 
-static void finalize_statements(store *s)
+static void finalize_statements(sqlite_store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
                             &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call};
@@ -342,7 +344,7 @@ static void finalize_statements(store *s)
 /* The writer connection's commit hook (in place of SQLite's auto-checkpoint). */
 static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 {
-    store *s = arg;
+    sqlite_store *s = arg;
     pthread_mutex_lock(&s->ckpt_mu);
     s->wal_pages = pages;
     if (pages < WAL_MAX_PAGES) {
@@ -371,7 +373,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
     return SQLITE_OK;
 }
 
-static void stop_checkpointer(store *s)
+static void stop_checkpointer(sqlite_store *s)
 {
     pthread_mutex_lock(&s->ckpt_mu);
     s->ckpt_stop = true;
@@ -382,7 +384,7 @@ static void stop_checkpointer(store *s)
 
 static void *checkpointer_main(void *arg)
 {
-    store *s = arg;
+    sqlite_store *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->ckpt_mu);
         while (!s->ckpt_wanted && !s->ckpt_stop)
@@ -405,9 +407,10 @@ static void *checkpointer_main(void *arg)
     return NULL;
 }
 
-int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
+int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen)
 {
-    store *s = xcalloc(1, sizeof *s);
+    sqlite_store *s = xcalloc(1, sizeof *s);
+    s->base.be = &sqlite_backend;
     s->loop = loop;
     s->max_pending = (size_t)max_pending;
 
@@ -483,7 +486,7 @@ int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, c
      * touches the handle only for a write, which comes after the return */
     uv_async_init(loop, &s->done_async, on_done_async);
     s->done_async.data = s;
-    *out = s;
+    *out = &s->base;
     return 0;
 
 fail:
@@ -502,8 +505,9 @@ fail:
     return -1;
 }
 
-void store_metrics(store *s, buf_t *b)
+static void sqlite_metrics(store *base, buf_t *b)
 {
+    sqlite_store *s = (sqlite_store *)base;
     pthread_mutex_lock(&s->mu);
     uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
              items = s->items_committed;
@@ -535,7 +539,7 @@ void store_metrics(store *s, buf_t *b)
     metrics_one(b, "ratchet_store_wal_pages", "gauge", "Pages in the WAL after the last commit.", (double)wal_pages);
 }
 
-static void drain_done(store *s)
+static void drain_done(sqlite_store *s)
 {
     pthread_mutex_lock(&s->mu);
     store_write *w = s->done_head;
@@ -553,8 +557,9 @@ static void on_done_async(uv_async_t *h)
     drain_done(h->data);
 }
 
-void store_flush(store *s)
+static void sqlite_flush(store *base)
 {
+    sqlite_store *s = (sqlite_store *)base;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (s->queue_head || s->writing)
@@ -571,13 +576,14 @@ void store_flush(store *s)
  * only once libuv has closed that. */
 static void on_done_async_closed(uv_handle_t *h)
 {
-    store *s = h->data;
+    sqlite_store *s = h->data;
     free(s->path);
     free(s);
 }
 
-void store_close(store *s)
+static void sqlite_close(store *base)
 {
+    sqlite_store *s = (sqlite_store *)base;
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_signal(&s->cond);
@@ -607,8 +613,9 @@ static size_t write_items(const store_write *w)
     return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
 }
 
-int store_submit(store *s, store_write *w)
+static int sqlite_submit(store *base, store_write *w)
 {
+    sqlite_store *s = (sqlite_store *)base;
     w->next = NULL;
     w->status = 0;
     w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
@@ -634,71 +641,13 @@ int store_submit(store *s, store_write *w)
     return 0;
 }
 
-bool store_healthy(store *s)
+static bool sqlite_healthy(store *base)
 {
+    sqlite_store *s = (sqlite_store *)base;
     pthread_mutex_lock(&s->mu);
     bool h = s->healthy && !s->stopping;
     pthread_mutex_unlock(&s->mu);
     return h;
-}
-
-void store_write_clear(store_write *w)
-{
-    for (size_t i = 0; i < w->ntraces; i++) {
-        free(w->traces[i].id);
-        free(w->traces[i].prompt);
-        free(w->traces[i].retry_of);
-        free(w->traces[i].json);
-    }
-    for (size_t i = 0; i < w->nfeedback; i++) {
-        free(w->feedback[i].id);
-        free(w->feedback[i].trace_id);
-        free(w->feedback[i].json);
-        free(w->feedback[i].trace_prompt);
-    }
-    for (size_t i = 0; i < w->nevals; i++)
-        store_evaluation_clear(&w->evals[i]);
-    free(w->evals);
-    for (size_t i = 0; i < w->nparts; i++) {
-        free(w->parts[i].id);
-        free(w->parts[i].json);
-    }
-    free(w->parts);
-    free(w->part_results);
-    w->parts = NULL;
-    w->part_results = NULL;
-    w->nparts = 0;
-    for (size_t i = 0; i < w->nllm_calls; i++)
-        store_llm_call_clear(&w->llm_calls[i]);
-    free(w->llm_calls);
-    w->llm_calls = NULL;
-    w->nllm_calls = 0;
-    free(w->traces);
-    free(w->feedback);
-    w->evals = NULL;
-    w->nevals = 0;
-    free(w->trace_results);
-    free(w->feedback_results);
-    store_ops_free(w->ops);
-    w->ops = w->ops_tail = NULL;
-    w->nops = 0;
-    w->traces = NULL;
-    w->feedback = NULL;
-    w->trace_results = w->feedback_results = NULL;
-    w->ntraces = w->nfeedback = 0;
-}
-
-void store_evaluation_clear(store_evaluation *e)
-{
-    for (size_t i = 0; i < e->nscores; i++) {
-        free(e->scores[i].evaluator);
-        free(e->scores[i].script);
-        free(e->scores[i].version);
-        free(e->scores[i].reason);
-    }
-    free(e->scores);
-    free(e->trace_id);
-    memset(e, 0, sizeof *e);
 }
 
 static int step_done(sqlite3_stmt *st)
@@ -709,13 +658,13 @@ static int step_done(sqlite3_stmt *st)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static int mark_negative(store *s, const char *trace_id)
+static int mark_negative(sqlite_store *s, const char *trace_id)
 {
     sqlite3_bind_text(s->mark_negative, 1, trace_id, -1, SQLITE_STATIC);
     return step_done(s->mark_negative);
 }
 
-static int apply_evaluation(store *s, const store_evaluation *e)
+static int apply_evaluation(sqlite_store *s, const store_evaluation *e)
 {
     sqlite3_bind_text(s->del_scores, 1, e->trace_id, -1, SQLITE_STATIC);
     int rc = step_done(s->del_scores);
@@ -743,7 +692,7 @@ static int apply_evaluation(store *s, const store_evaluation *e)
 
 /* Inserts one feedback row; returns a SQLite code, result in *res. A new
  * negative item marks its trace. */
-static int insert_feedback(store *s, const char *id, const char *trace_id, const char *source, int thumbs,
+static int insert_feedback(sqlite_store *s, const char *id, const char *trace_id, const char *source, int thumbs,
                            bool negative, int64_t ts, const char *json, size_t json_len, unsigned char *res)
 {
     sqlite3_stmt *st = s->ins_feedback;
@@ -767,7 +716,7 @@ static int insert_feedback(store *s, const char *id, const char *trace_id, const
     return SQLITE_OK;
 }
 
-static sqlite3_stmt *op_statement(store *s, const char *sql);
+static sqlite3_stmt *op_statement(sqlite_store *s, const char *sql);
 
 /* Trace parts (store_trace_part): merged with SQLite's json_patch. */
 static const char join_part_sql[] =
@@ -781,7 +730,7 @@ static const char keep_part_sql[] =
 static const char expire_parts_sql[] = "DELETE FROM trace_parts WHERE ts < ?1";
 
 /* A trace just inserted takes the part that waited for it. */
-static int join_waiting_part(store *s, const char *id)
+static int join_waiting_part(sqlite_store *s, const char *id)
 {
     sqlite3_stmt *st = op_statement(s, join_part_sql);
     if (!st)
@@ -797,7 +746,7 @@ static int join_waiting_part(store *s, const char *id)
 }
 
 /* A part merges into its trace when the trace is there, else waits. */
-static int apply_part(store *s, const store_trace_part *p, int64_t received, unsigned char *result)
+static int apply_part(sqlite_store *s, const store_trace_part *p, int64_t received, unsigned char *result)
 {
     sqlite3_stmt *st = op_statement(s, patch_trace_sql);
     if (!st)
@@ -820,8 +769,10 @@ static int apply_part(store *s, const store_trace_part *p, int64_t received, uns
     return step_done(st);
 }
 
-static int apply_write(store *s, store_write *w, int64_t received)
+static int apply_write(sqlite_store *s, store_write *w, int64_t received)
 {
+    if (w->claim) /* one engine: its own count of its calls is the whole count */
+        w->claim->granted = true;
     for (size_t i = 0; i < w->ntraces; i++) {
         store_trace *t = &w->traces[i];
         sqlite3_stmt *st = s->ins_trace;
@@ -929,16 +880,7 @@ static int apply_write(store *s, store_write *w, int64_t received)
     return apply_ops(s, w->ops);
 }
 
-void store_ops_free(store_op *op)
-{
-    while (op) {
-        store_op *next = op->next;
-        free(op);
-        op = next;
-    }
-}
-
-static sqlite3_stmt *op_statement(store *s, const char *sql)
+static sqlite3_stmt *op_statement(sqlite_store *s, const char *sql)
 {
     for (int i = 0; i < s->nop_stmts; i++)
         if (s->op_stmts[i].sql == sql)
@@ -954,7 +896,7 @@ static sqlite3_stmt *op_statement(store *s, const char *sql)
     return st;
 }
 
-static int apply_ops(store *s, const store_op *op)
+static int apply_ops(sqlite_store *s, const store_op *op)
 {
     for (; op; op = op->next) {
         sqlite3_stmt *st = op_statement(s, op->sql);
@@ -978,24 +920,11 @@ static int apply_ops(store *s, const store_op *op)
     return SQLITE_OK;
 }
 
-void store_llm_call_clear(store_llm_call *c)
-{
-    free(c->id);
-    free(c->caller_kind);
-    free(c->caller);
-    free(c->run_id);
-    free(c->provider);
-    free(c->model);
-    free(c->status);
-    free(c->error);
-    free(c->request_id);
-    memset(c, 0, sizeof *c);
-}
-
-int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+int sqlite_llm_totals(store *base, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
                      char *err, size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -1021,14 +950,15 @@ int store_llm_totals(store *s, int64_t since_ms, const char *run_id, int64_t *ca
     ret = 0;
 done:
     sqlite3_finalize(st);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
 
-int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+int sqlite_list_llm_calls_json(store *base, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
                               size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -1061,13 +991,13 @@ int store_list_llm_calls_json(store *s, int64_t since_ms, const char *caller_kin
     ret = 0;
 done:
     sqlite3_finalize(st);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
 
 static void *writer_main(void *arg)
 {
-    store *s = arg;
+    sqlite_store *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->queue_head && !s->stopping)
@@ -1144,7 +1074,7 @@ static void *writer_main(void *arg)
     "printf('%s.%03dZ', strftime('%Y-%m-%dT%H:%M:%S', ts / 1000, 'unixepoch'), ts % 1000), "          \
     "'$.verdict', " VERDICT_SQL "), '$.feedback')"
 
-sqlite3 *store_read_acquire(store *s, char *err, size_t errlen)
+sqlite3 *sqlite_read_acquire(sqlite_store *s, char *err, size_t errlen)
 {
     pthread_mutex_lock(&s->read_mu);
     sqlite3 *db = s->read_free ? s->read_pool[--s->read_free] : NULL;
@@ -1160,7 +1090,7 @@ sqlite3 *store_read_acquire(store *s, char *err, size_t errlen)
     return db;
 }
 
-void store_read_release(store *s, sqlite3 *db)
+void sqlite_read_release(sqlite_store *s, sqlite3 *db)
 {
     pthread_mutex_lock(&s->read_mu);
     if (s->read_free < READ_POOL_MAX) {
@@ -1201,9 +1131,10 @@ static int add_scores(sqlite3 *db, const char *id, json_t *trace, char *err, siz
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen)
+int sqlite_get_trace_json(store *base, const char *id, buf_t *out, char *err, size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     int ret = -1;
@@ -1257,13 +1188,14 @@ done:
     json_decref(trace);
     sqlite3_finalize(st);
     sqlite3_finalize(fst);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
 
-int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
+int sqlite_list_traces_json(store *base, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     buf_t sql;
@@ -1341,15 +1273,16 @@ int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, cha
 done:
     sqlite3_finalize(st);
     buf_free(&sql);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
 
 /* The body with feedback as evaluators see it: case.trace. */
-int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+int sqlite_get_traces_for_eval(store *base, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
                               char *err, size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -1387,17 +1320,18 @@ int store_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json,
     ret = 0;
 done:
     sqlite3_finalize(st);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
 
-int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+int sqlite_list_trace_ids(store *base, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
                          int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
                          size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     *ids = NULL;
     *n = 0;
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (!db)
         return -1;
     sqlite3_stmt *st = NULL;
@@ -1429,6 +1363,38 @@ int store_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t
     ret = 0;
 done:
     sqlite3_finalize(st);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return ret;
 }
+
+static const store_backend sqlite_backend = {
+    .name = "sqlite",
+    .metrics = sqlite_metrics,
+    .flush = sqlite_flush,
+    .close = sqlite_close,
+    .submit = sqlite_submit,
+    .healthy = sqlite_healthy,
+    .get_trace_json = sqlite_get_trace_json,
+    .list_traces_json = sqlite_list_traces_json,
+    .get_traces_for_eval = sqlite_get_traces_for_eval,
+    .list_trace_ids = sqlite_list_trace_ids,
+    .llm_totals = sqlite_llm_totals,
+    .list_llm_calls_json = sqlite_list_llm_calls_json,
+    .load_registry = sqlite_load_registry,
+    .list_transitions_json = sqlite_list_transitions_json,
+    .dataset_cases = sqlite_dataset_cases,
+    .select_traces = sqlite_select_traces,
+    .dataset_versions = sqlite_dataset_versions,
+    .failed_trace_cases = sqlite_failed_trace_cases,
+    .passed_trace_cases = sqlite_passed_trace_cases,
+    .cache_get = sqlite_cache_get,
+    .get_run = sqlite_get_run,
+    .list_runs = sqlite_list_runs,
+    .unfinished_runs = sqlite_unfinished_runs,
+    .run_cases = sqlite_run_cases,
+    .run_result_keys = sqlite_run_result_keys,
+    .run_results = sqlite_run_results,
+    .load_loop_states = sqlite_load_loop_states,
+    .list_loop_events = sqlite_list_loop_events,
+    .prompt_metrics_sliced = sqlite_prompt_metrics_sliced,
+};

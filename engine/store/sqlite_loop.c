@@ -7,27 +7,9 @@
 
 #include "store/sqlite_private.h"
 
-void store_put_loop_state(store_write *w, const store_loop_state *ls)
+int sqlite_load_loop_states(store *base, json_t **states, char *err, size_t errlen)
 {
-    static const char sql[] =
-        "INSERT INTO loop_state(prompt, state, cycle, run_id, version, step, step_started, canary_started, "
-        "last_cycle_at, updated_at, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
-        "ON CONFLICT(prompt) DO UPDATE SET state = ?2, cycle = ?3, run_id = ?4, version = ?5, step = ?6, "
-        "step_started = ?7, canary_started = ?8, last_cycle_at = ?9, updated_at = ?10, detail = ?11";
-    op_add(w, sql, "ssssIiIIIis", ls->prompt, ls->state, ls->cycle, ls->run_id, ls->version, (int64_t)ls->step,
-           ls->step_started, ls->canary_started, ls->last_cycle_at, ls->updated_at, ls->detail);
-}
-
-void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
-                          const char *detail_json, int64_t ts_ms)
-{
-    static const char sql[] =
-        "INSERT INTO loop_events(prompt, ts, cycle, kind, message, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-    op_add(w, sql, "sissss", prompt, ts_ms, cycle, kind, message, detail_json);
-}
-
-int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen)
-{
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *states = json_object();
@@ -50,9 +32,10 @@ int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen)
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
+int sqlite_list_loop_events(store *base, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
                            size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *items = json_array();
@@ -89,21 +72,21 @@ static void bind_window(sqlite3_stmt *st, const char *prompt, int64_t version, i
 
 /* Runs a read transaction on a borrowed connection: every statement of a
  * snapshot reads the same database state. */
-static sqlite3 *snapshot_begin(store *s, char *err, size_t errlen)
+static sqlite3 *snapshot_begin(sqlite_store *s, char *err, size_t errlen)
 {
-    sqlite3 *db = store_read_acquire(s, err, errlen);
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
     if (db && sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(db));
-        store_read_release(s, db);
+        sqlite_read_release(s, db);
         return NULL;
     }
     return db;
 }
 
-static int snapshot_end(store *s, sqlite3 *db)
+static int snapshot_end(sqlite_store *s, sqlite3 *db)
 {
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return 0;
 }
 
@@ -217,15 +200,10 @@ static int metrics_slices(sqlite3 *db, const char *prompt, int64_t version, int6
     return 0;
 }
 
-int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                         json_t **out, char *err, size_t errlen)
-{
-    return store_prompt_metrics_sliced(s, prompt, version, since_ms, until_ms, NULL, out, err, errlen);
-}
-
-int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+int sqlite_prompt_metrics_sliced(store *base, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                                 const json_t *slice_keys, json_t **out, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     *out = NULL;
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)

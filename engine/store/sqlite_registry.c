@@ -11,196 +11,24 @@
 
 /* ---- writes ---- */
 
-/* types: one letter per value: i int64, I int64 with 0 as NULL, d double,
- * s text (NULL as NULL) */
-void op_add(store_write *w, const char *sql, const char *types, ...)
-{
-    size_t n = strlen(types), text = 0;
-    if (n > 16)
-        n = 16;
-    va_list ap;
-    va_start(ap, types); /* first pass: the room the texts need */
-    for (size_t k = 0; k < n; k++) {
-        if (types[k] == 'd') {
-            (void)va_arg(ap, double);
-        } else if (types[k] == 'i' || types[k] == 'I') {
-            (void)va_arg(ap, int64_t);
-        } else {
-            const char *s = va_arg(ap, const char *);
-            text += s ? strlen(s) + 1 : 0;
-        }
-    }
-    va_end(ap);
-    store_op *op = xmalloc(sizeof *op + n * sizeof(store_val) + text);
-    op->sql = sql;
-    op->next = NULL;
-    op->n = (int)n;
-    char *copy = (char *)&op->v[n];
-    va_start(ap, types);
-    for (size_t k = 0; k < n; k++) {
-        store_val *v = &op->v[k];
-        switch (types[k]) {
-        case 'i':
-            v->t = 'i';
-            v->i = va_arg(ap, int64_t);
-            break;
-        case 'I':
-            v->i = va_arg(ap, int64_t);
-            v->t = v->i ? 'i' : 'n';
-            break;
-        case 'd':
-            v->t = 'd';
-            v->d = va_arg(ap, double);
-            break;
-        default: {
-            const char *s = va_arg(ap, const char *);
-            v->t = s ? 's' : 'n';
-            if (s) {
-                size_t len = strlen(s) + 1;
-                memcpy(copy, s, len);
-                v->s = copy;
-                copy += len;
-            }
-        }
-        }
-    }
-    va_end(ap);
-    if (w->ops_tail)
-        w->ops_tail->next = op;
-    else
-        w->ops = op;
-    w->ops_tail = op;
-    w->nops++;
-}
-
-void store_put_prompt(store_write *w, const char *name, const char *description, int64_t created_ms, bool pinned,
-                      const char *pin_reason, double canary_share)
-{
-    static const char sql[] = "INSERT INTO prompts(name, description, created_at, pinned, pin_reason, canary_share) "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET "
-                              "description = ?2, pinned = ?4, pin_reason = ?5, canary_share = ?6";
-    op_add(w, sql, "ssiisd", name, description, created_ms, (int64_t)pinned, pin_reason, canary_share);
-}
-
-void store_put_version(store_write *w, const char *prompt, int64_t version, const char *messages_json,
-                       const char *model_json, int64_t parent, const char *author, const char *note,
-                       const char *status, int64_t created_ms)
-{
-    static const char sql[] = "INSERT INTO prompt_versions(prompt, version, messages, model, parent, author, note, "
-                              "status, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-    op_add(w, sql, "sissIsssi", prompt, version, messages_json, model_json, parent, author, note, status, created_ms);
-}
-
-void store_set_version_status(store_write *w, const char *prompt, int64_t version, const char *status)
-{
-    static const char sql[] = "UPDATE prompt_versions SET status = ?3 WHERE prompt = ?1 AND version = ?2";
-    op_add(w, sql, "sis", prompt, version, status);
-}
-
-void store_put_transition(store_write *w, const char *prompt, int64_t version, const char *from, const char *to,
-                          const char *reason, const char *actor, int64_t ts_ms)
-{
-    static const char sql[] = "INSERT INTO transitions(prompt, version, from_status, to_status, reason, actor, ts) "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-    op_add(w, sql, "sIssssi", prompt, version, from, to, reason, actor, ts_ms);
-}
-
-void store_put_label(store_write *w, const char *prompt, const char *label, int64_t version)
-{
-    static const char put[] = "INSERT INTO prompt_labels(prompt, label, version) VALUES (?1, ?2, ?3) "
-                              "ON CONFLICT(prompt, label) DO UPDATE SET version = ?3";
-    static const char del[] = "DELETE FROM prompt_labels WHERE prompt = ?1 AND label = ?2";
-    if (version)
-        op_add(w, put, "ssi", prompt, label, version);
-    else
-        op_add(w, del, "ss", prompt, label);
-}
-
-void store_put_dataset(store_write *w, const char *name, const char *description, int64_t version, int64_t cases,
-                       int64_t created_ms, int64_t updated_ms)
-{
-    static const char sql[] = "INSERT INTO datasets(name, description, version, cases, created_at, updated_at) "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(name) DO UPDATE SET "
-                              "description = ?2, version = ?3, cases = ?4, updated_at = ?6";
-    op_add(w, sql, "ssiiii", name, description, version, cases, created_ms, updated_ms);
-}
-
-void store_remove_case(store_write *w, const char *dataset, const char *id, int64_t version)
-{
-    static const char sql[] = "UPDATE dataset_cases SET removed = ?3 WHERE dataset = ?1 AND id = ?2 AND removed IS NULL";
-    op_add(w, sql, "ssi", dataset, id, version);
-}
-
-void store_remove_all_cases(store_write *w, const char *dataset, int64_t version)
-{
-    static const char sql[] = "UPDATE dataset_cases SET removed = ?2 WHERE dataset = ?1 AND removed IS NULL";
-    op_add(w, sql, "si", dataset, version);
-}
-
-void store_put_case(store_write *w, const char *dataset, const char *id, int64_t version, const char *body_json)
-{
-    static const char sql[] = "INSERT INTO dataset_cases(dataset, id, added, body) VALUES (?1, ?2, ?3, ?4)";
-    op_add(w, sql, "ssis", dataset, id, version, body_json);
-}
-
-void store_put_run(store_write *w, const char *id, const char *kind, const char *prompt, const char *spec_json,
-                   const char *state, int64_t created_ms)
-{
-    static const char sql[] = "INSERT INTO runs(id, kind, prompt, spec, state, created_at) "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id) DO UPDATE SET state = ?5";
-    op_add(w, sql, "sssssi", id, kind, prompt, spec_json, state, created_ms);
-}
-
-void store_finish_run(store_write *w, const char *id, const char *state, const char *verdict, const char *report_json,
-                      const char *error, int64_t finished_ms)
-{
-    static const char sql[] = "UPDATE runs SET state = ?2, verdict = ?3, report = ?4, error = ?5, finished_at = ?6 "
-                              "WHERE id = ?1";
-    op_add(w, sql, "sssssi", id, state, verdict, report_json, error, finished_ms);
-}
-
-void store_put_run_case(store_write *w, const char *run_id, int64_t idx, const char *body_json)
-{
-    static const char sql[] = "INSERT INTO run_cases(run_id, idx, body) VALUES (?1, ?2, ?3) "
-                              "ON CONFLICT(run_id, idx) DO NOTHING";
-    op_add(w, sql, "sis", run_id, idx, body_json);
-}
-
-void store_put_run_result(store_write *w, const store_run_result *r)
-{
-    static const char sql[] = "INSERT INTO run_results(run_id, case_idx, version, sample, status, output, error, "
-                              "verdicts, input_tokens, output_tokens, cost, latency_ms, cached) VALUES "
-                              "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
-                              "ON CONFLICT(run_id, case_idx, version, sample) DO NOTHING";
-    op_add(w, sql, "siiissssiiddi", r->run_id, r->case_idx, r->version, r->sample, r->status, r->output, r->error,
-           r->verdicts, r->input_tokens, r->output_tokens, r->cost, r->latency_ms, (int64_t)r->cached);
-}
-
-void store_put_cache(store_write *w, const char *key, const char *result_json, int64_t ts_ms)
-{
-    static const char sql[] = "INSERT INTO result_cache(key, result, created_at) VALUES (?1, ?2, ?3) "
-                              "ON CONFLICT(key) DO NOTHING";
-    op_add(w, sql, "ssi", key, result_json, ts_ms);
-}
-
 /* ---- reads ---- */
 
 /* A read: borrows a connection, prepares sql, and leaves both in *db, *st. */
-int read_begin(store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st, char *err, size_t errlen)
+int read_begin(sqlite_store *s, const char *sql, sqlite3 **db, sqlite3_stmt **st, char *err, size_t errlen)
 {
-    *db = store_read_acquire(s, err, errlen);
+    *db = sqlite_read_acquire(s, err, errlen);
     if (!*db)
         return -1;
     if (sqlite3_prepare_v2(*db, sql, -1, st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(*db));
-        store_read_release(s, *db);
+        sqlite_read_release(s, *db);
         return -1;
     }
     return 0;
 }
 
 /* Finishes a read: rc is the last sqlite3_step result. */
-int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen)
+int read_end(sqlite_store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errlen)
 {
     int out = 0;
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
@@ -208,7 +36,7 @@ int read_end(store *s, sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t 
         out = -1;
     }
     sqlite3_finalize(st);
-    store_read_release(s, db);
+    sqlite_read_release(s, db);
     return out;
 }
 
@@ -236,8 +64,9 @@ json_t *col_time(sqlite3_stmt *st, int i)
     return json_string(t);
 }
 
-int store_load_registry(store *s, json_t **prompts, json_t **datasets, char *err, size_t errlen)
+int sqlite_load_registry(store *base, json_t **prompts, json_t **datasets, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *prompts = json_object();
@@ -297,9 +126,10 @@ int store_load_registry(store *s, json_t **prompts, json_t **datasets, char *err
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_list_transitions_json(store *s, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
+int sqlite_list_transitions_json(store *base, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
                                 size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     if (read_begin(s,
@@ -338,9 +168,10 @@ static json_t *case_col(sqlite3_stmt *st, store_case_form form)
     return form == STORE_CASE_OBJECTS ? col_json(st, 1) : col_text(st, form == STORE_CASE_IDS ? 0 : 1);
 }
 
-int store_dataset_cases(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
+int sqlite_dataset_cases(store *base, const char *dataset, int64_t version, store_case_form form, json_t **cases,
                         char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *cases = json_array();
@@ -358,7 +189,7 @@ int store_dataset_cases(store *s, const char *dataset, int64_t version, store_ca
 }
 
 /* ?1 prompt, ?2 since, ?3 until, ?4 limit, ?5 version (0: any) */
-static int trace_cases(store *s, const char *sql, const char *prompt, int64_t version, int64_t since_ms,
+static int trace_cases(sqlite_store *s, const char *sql, const char *prompt, int64_t version, int64_t since_ms,
                        int64_t until_ms, int limit, json_t **cases, char *err, size_t errlen)
 {
     sqlite3 *db;
@@ -382,9 +213,10 @@ static int trace_cases(store *s, const char *sql, const char *prompt, int64_t ve
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+int sqlite_failed_trace_cases(store *base, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                              int limit, json_t **cases, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     return trace_cases(
         s,
         "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, "
@@ -398,9 +230,10 @@ int store_failed_trace_cases(store *s, const char *prompt, int64_t version, int6
         prompt, version, since_ms, until_ms, limit, cases, err, errlen);
 }
 
-int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+int sqlite_passed_trace_cases(store *base, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                              int limit, json_t **cases, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     return trace_cases(s,
                        "SELECT t.id, json_extract(t.body, '$.input.variables'), t.ts, json('[]'), t.negative, "
                        "  json_extract(t.body, '$.output'), json_extract(t.body, '$.input.messages'), "
@@ -412,8 +245,9 @@ int store_passed_trace_cases(store *s, const char *prompt, int64_t version, int6
                        prompt, version, since_ms, until_ms, limit, cases, err, errlen);
 }
 
-int store_select_traces(store *s, const store_trace_filter *f, json_t **traces, char *err, size_t errlen)
+int sqlite_select_traces(store *base, const store_trace_filter *f, json_t **traces, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     /* the fixed part binds ?1..?7; each metadata pair adds a path and a value */
     buf_t sql;
     buf_init(&sql);
@@ -460,9 +294,10 @@ int store_select_traces(store *s, const store_trace_filter *f, json_t **traces, 
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_dataset_versions(store *s, const char *dataset, int64_t current, json_t **versions, char *err,
+int sqlite_dataset_versions(store *base, const char *dataset, int64_t current, json_t **versions, char *err,
                            size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *versions = json_array();
@@ -511,8 +346,9 @@ int store_dataset_versions(store *s, const char *dataset, int64_t current, json_
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_cache_get(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen)
+int sqlite_cache_get(store *base, char *const *keys, size_t n, char **results, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     for (size_t i = 0; i < n; i++)
@@ -549,8 +385,9 @@ static json_t *run_row(sqlite3_stmt *st, bool full)
 
 #define RUN_COLUMNS "id, kind, prompt, spec, state, verdict, report, error, created_at, finished_at"
 
-int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errlen)
+int sqlite_get_run(store *base, const char *id, json_t **run, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *run = NULL;
@@ -565,8 +402,9 @@ int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errl
     return *run ? 0 : 1;
 }
 
-int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen)
+int sqlite_list_runs(store *base, const char *prompt, int limit, json_t **runs, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *runs = json_array();
@@ -583,8 +421,9 @@ int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen)
+int sqlite_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *ids = json_array();
@@ -597,8 +436,9 @@ int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen)
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen)
+int sqlite_run_cases(store *base, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *cases = json_array();
@@ -611,8 +451,9 @@ int store_run_cases(store *s, const char *run_id, store_case_form form, json_t *
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err, size_t errlen)
+int sqlite_run_result_keys(store *base, const char *run_id, json_t **rows, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *rows = json_array();
@@ -629,9 +470,10 @@ int store_run_result_keys(store *s, const char *run_id, json_t **rows, char *err
     return read_end(s, db, st, rc, err, errlen);
 }
 
-int store_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
+int sqlite_run_results(store *base, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
                       int limit, json_t **rows, char *err, size_t errlen)
 {
+    sqlite_store *s = (sqlite_store *)base;
     sqlite3 *db;
     sqlite3_stmt *st;
     *rows = json_array();

@@ -1,4 +1,4 @@
-/* store.h — the one interface to durable storage (SQLite today).
+/* store.h — the one interface to durable storage, on SQLite (sqlite*.c) or PostgreSQL (pg*.c).
  *
  * Writes go to a single writer thread that commits everything pending in one
  * transaction with one fsync (group commit) and then calls each write's done
@@ -105,6 +105,17 @@ typedef struct {
     char *request_id;   /* NULL when none */
 } store_llm_call;
 
+/* A claim on the daily budgets every engine on the database shares (PostgreSQL;
+ * docs/scale-out.md): the amounts are added to the day's row only if no limit (> 0) would be
+ * passed, and granted says whether they were. With every limit 0 it always applies (settling a
+ * claim by the difference, negative amounts too). */
+typedef struct {
+    char day[16];       /* YYYY-MM-DD, UTC */
+    double calls, tokens, cost;
+    double max_calls, max_tokens, max_cost;
+    bool granted;       /* set by the store */
+} store_budget_claim;
+
 typedef struct store_write store_write;
 typedef void (*store_done_cb)(store_write *w);
 /* A registry, dataset or run change, built by the store_put_* functions. */
@@ -124,13 +135,16 @@ struct store_write {
     size_t nllm_calls;
     store_op *ops, *ops_tail;  /* applied in order, after the items above */
     size_t nops;
+    store_budget_claim *claim; /* or NULL; not owned */
+    bool fenced;               /* a decision of the loop leader: on PostgreSQL it commits only while
+                                * this engine still holds the leadership it had (docs/scale-out.md) */
     store_done_cb done;
     void *data;
     /* filled by the store before done runs */
     unsigned char *trace_results;    /* enum store_item_result per trace */
     unsigned char *feedback_results; /* per feedback item */
     unsigned char *part_results;     /* per part: STORE_PART_MERGED or STORE_PART_WAITING */
-    int status;                      /* 0, or a SQLite result code when the commit failed */
+    int status;                      /* 0, or nonzero when the commit failed (a SQLite result code; -1 on PostgreSQL) */
     /* private */
     store_write *next;
 };
@@ -152,10 +166,35 @@ typedef struct {
 
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */
 void store_metrics(store *s, buf_t *b);
-/* Opens (creating and migrating) the store in dir, which must exist (the
- * caller holds its lock: store/datadir.h), and starts the writer and
- * checkpointer threads. Returns 0, or -1 with a message in err. */
-int store_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
+/* Which store to open (the config's `store` table, docs/scale-out.md). */
+typedef struct {
+    const char *kind;   /* "sqlite" (NULL too) or "postgres" */
+    const char *dir;    /* sqlite: the data directory, which must exist (the caller holds its lock: store/datadir.h) */
+    const char *dsn;    /* postgres: a libpq connection string */
+    int max_pending;
+    int read_pool;      /* postgres: read connections kept open (0: 4) */
+} store_options;
+/* Opens (creating and migrating) the store and starts its writer thread (and,
+ * on SQLite, the checkpointer). Returns 0, or -1 with a message in err. */
+int store_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen);
+/* "sqlite" or "postgres". */
+const char *store_kind(store *s);
+/* Adds {kind, healthy, ...} of the backend's state to out (for status and /readyz); on
+ * PostgreSQL also this engine's id and role and every engine's heartbeat. */
+void store_status(store *s, json_t *out);
+
+/* ---- several engines on one database (PostgreSQL; docs/scale-out.md) ----
+ * On SQLite there is one engine and it always leads. */
+/* Whether other engines may share the store (and so budgets need claims): PostgreSQL. */
+bool store_shared(store *s);
+/* Whether this engine runs the loop, canary checks and run resumption now. */
+bool store_leader(store *s);
+/* Calls fn on the loop thread when this engine becomes the leader (gained = true) or loses
+ * the leadership, and when another engine changed the registry (registry = true). */
+typedef void (*store_cluster_cb)(void *data, bool leadership_changed, bool registry_changed);
+void store_on_cluster(store *s, store_cluster_cb fn, void *data);
+/* What the heartbeat says of this engine's scripts ({name: version}; copied), for status. */
+void store_set_scripts(store *s, const json_t *scripts);
 /* Waits on the loop thread until every write queued so far is committed and
  * its callback has run (and those the callbacks queued): after it, no write
  * of the caller's waits for an answer, and its objects can be freed. */

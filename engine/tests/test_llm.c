@@ -95,7 +95,8 @@ int main(void)
     uv_loop_t *loop = uv_default_loop();
     char err[512];
     store *st = NULL;
-    CHECK(store_open(&st, loop, dir, 1000, err, sizeof err) == 0);
+    store_options so = {.dir = dir, .max_pending = 1000};
+    CHECK(store_open(&st, loop, &so, err, sizeof err) == 0);
     httpc *h = httpc_new(loop);
     llm *l = llm_new(loop, h, st);
     char pj[512];

@@ -60,7 +60,7 @@ prompt "tickets" {
     code, out, err = cli(e, "status")
     -- exit 3, and the file is named
     assert.equal(3, code, err)
-    assert.matches("ratchet %S+ at http://" .. e.addr:gsub("%p", "%%%0") .. ", up %d+s, store healthy", out)
+    assert.matches("ratchet %S+ at http://" .. e.addr:gsub("%p", "%%%0") .. ", up %d+s, store sqlite healthy", out)
     assert.matches("evaluation: backlog 0 of 100000, 5 evaluated, 0 dropped, 0 killed", out)
     assert.matches("LLM today: 0 calls, 0 tokens, %$0%.0000", out)
     assert.matches("\ntickets%s+v1%s+75%.0%% of 4%s+v2 25%%%s+100%.0%% of 1%s+canary", out)

@@ -101,6 +101,24 @@ end
 -- opts.dir: reuse a data directory (restart after a crash)
 -- opts.data_dir: the data directory itself (default: DIR/data)
 -- opts.expect_fail: do not wait for the address file; return the exit code and log
+-- opts.store: "sqlite" or "postgres" (default: $RATCHET_SPEC_STORE, else sqlite); on
+--   postgres each new engine dir gets a fresh database of spec/helpers/postgres.lua's
+--   cluster (a restart with opts.dir keeps it); opts.dsn names one (two engines, one database)
+M.store = os.getenv("RATCHET_SPEC_STORE") or "sqlite"
+
+-- the store table the helper adds to an engine's config, or "" for SQLite
+local function store_config(e, opts)
+  local kind = opts.store or M.store
+  if kind ~= "postgres" or (opts.config or ""):find("%f[%w_]store%s*=") then return "" end
+  local dsn = opts.dsn or read_file(e.dir .. "/pg_dsn")
+  if not dsn then
+    dsn = require("spec.helpers.postgres").new_database()
+    write_file(e.dir .. "/pg_dsn", dsn)
+  end
+  e.dsn = dsn
+  return string.format('\nstore = { kind = "postgres", dsn = %q }\n', dsn)
+end
+
 function M.start(opts)
   opts = opts or {}
   local e = setmetatable({}, Engine)
@@ -112,7 +130,7 @@ function M.start(opts)
   e.exit_file = e.dir .. "/exit"
   os.remove(e.addr_file)
   os.remove(e.exit_file)
-  write_file(e.conf, (opts.config or "") .. "\n")
+  write_file(e.conf, (opts.config or "") .. store_config(e, opts) .. "\n")
   local env = ""
   for k, v in pairs(opts.env or {}) do env = env .. k .. "=" .. shell_quote(v) .. " " end
   local listen = opts.listen or "127.0.0.1:0"
@@ -258,8 +276,13 @@ function M.read_response(c)
   return { status = status, headers = headers, body = body, json = cjson.decode(body) }
 end
 
--- sqlite3 CLI on the engine's store (read-only checks after a stop or crash).
+-- SQL on the engine's store (read-only checks after a stop or crash): the sqlite3 CLI on
+-- its file, or psql on its PostgreSQL database (the same output: rows by line, columns by |).
 function Engine:sql(query)
+  if self.dsn then
+    local pg = require "spec.helpers.postgres"
+    return (pg.psql(query, self.dsn:match("dbname=(%S+)")):gsub("%s+$", ""))
+  end
   local out = io.popen(string.format("sqlite3 -readonly %s %s 2>&1", shell_quote(self.data .. "/ratchet.db"),
     shell_quote(query)))
   local text = out:read("a")

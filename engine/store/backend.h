@@ -1,0 +1,93 @@
+/* backend.h — the seam between store.h and its backends (sqlite*.c, pg*.c): the table of
+ * functions each backend fills, and the write ops they all apply. Nothing outside the store
+ * includes it. */
+#ifndef RATCHET_STORE_BACKEND_H
+#define RATCHET_STORE_BACKEND_H
+
+#include "store/store.h"
+
+/* One statement of a write and its bound values (?1..?n in order). Types:
+ * 'i' integer, 'd' real, 's' text, 'n' NULL. An op is one allocation: its
+ * values, then copies of their texts. The SQL is written in the dialect both
+ * backends run (PostgreSQL's gets ?N rewritten to $N). */
+typedef struct {
+    char t;
+    union {
+        int64_t i;
+        double d;
+        const char *s;
+    };
+} store_val;
+
+struct store_op {
+    const char *sql; /* a string constant: statements are cached by its address */
+    store_op *next;
+    int n;
+    store_val v[];
+};
+
+/* Adds one statement to w; types: one letter per value: i int64, I int64
+ * with 0 as NULL, d double, s text (NULL as NULL). */
+void op_add(store_write *w, const char *sql, const char *types, ...);
+void store_ops_free(store_op *op);
+
+/* Every function of store.h that reads or runs the store, less its store_ prefix. */
+typedef struct store_backend {
+    const char *name; /* "sqlite", "postgres" */
+    bool shared;      /* several engines may use it at once */
+    void (*metrics)(store *s, buf_t *b);
+    void (*flush)(store *s);
+    void (*close)(store *s);
+    int (*submit)(store *s, store_write *w);
+    bool (*healthy)(store *s);
+    void (*status)(store *s, json_t *out);
+    bool (*leader)(store *s);                                  /* NULL: always */
+    void (*on_cluster)(store *s, store_cluster_cb fn, void *data); /* NULL: nothing to tell */
+    void (*set_scripts)(store *s, const json_t *scripts);      /* NULL: ignored */
+    int (*get_trace_json)(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+    int (*list_traces_json)(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
+    int (*get_traces_for_eval)(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
+                               char *err, size_t errlen);
+    int (*list_trace_ids)(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated,
+                          int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err,
+                          size_t errlen);
+    int (*llm_totals)(store *s, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens, double *cost,
+                      char *err, size_t errlen);
+    int (*list_llm_calls_json)(store *s, int64_t since_ms, const char *caller_kind, int limit, buf_t *out, char *err,
+                               size_t errlen);
+    int (*load_registry)(store *s, json_t **prompts, json_t **datasets, char *err, size_t errlen);
+    int (*list_transitions_json)(store *s, const char *prompt, int64_t after_seq, int limit, buf_t *out, char *err,
+                                 size_t errlen);
+    int (*dataset_cases)(store *s, const char *dataset, int64_t version, store_case_form form, json_t **cases,
+                         char *err, size_t errlen);
+    int (*select_traces)(store *s, const store_trace_filter *f, json_t **traces, char *err, size_t errlen);
+    int (*dataset_versions)(store *s, const char *dataset, int64_t current, json_t **versions, char *err,
+                            size_t errlen);
+    int (*failed_trace_cases)(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                              int limit, json_t **cases, char *err, size_t errlen);
+    int (*passed_trace_cases)(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                              int limit, json_t **cases, char *err, size_t errlen);
+    int (*cache_get)(store *s, char *const *keys, size_t n, char **results, char *err, size_t errlen);
+    int (*get_run)(store *s, const char *id, json_t **run, char *err, size_t errlen);
+    int (*list_runs)(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
+    int (*unfinished_runs)(store *s, json_t **ids, char *err, size_t errlen);
+    int (*run_cases)(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
+    int (*run_result_keys)(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);
+    int (*run_results)(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,
+                       int limit, json_t **rows, char *err, size_t errlen);
+    int (*load_loop_states)(store *s, json_t **states, char *err, size_t errlen);
+    int (*list_loop_events)(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
+                            size_t errlen);
+    int (*prompt_metrics_sliced)(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                                 const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+} store_backend;
+
+/* The first member of each backend's own struct. */
+struct store {
+    const store_backend *be;
+};
+
+int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, char *err, size_t errlen);
+int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,1826 @@
+/* pg.c — the store on PostgreSQL: schema migrations, the group-commit writer thread, the
+ * read-connection pool, and the reads of traces and the ledger. Nothing here runs SQL on the
+ * loop thread: the writer thread owns one blocking connection (BEGIN, every pending write,
+ * COMMIT with synchronous_commit on, then the acks), and reads run on thread-pool threads on
+ * connections of the pool. A lost connection fails the batch in flight (its acks say so) and
+ * the writer reconnects with backoff; until it has, the store reports itself down. */
+#include "store/store.h"
+
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/jtree.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "store/pg_private.h"
+
+#define PG_POOL_MAX 64
+#define RECONNECT_MIN_MS 100
+#define RECONNECT_MAX_MS 5000
+#define IDLE_PING_S 1
+#define COORD_MS 500          /* the coordinator's beat: leader lock tries, heartbeats */
+#define ENGINE_STALE_MS 15000 /* a heartbeat older than this: the engine is gone */
+#define LEADER_LOCK 0x72617464 /* pg_try_advisory_lock key of the loop leader */
+
+struct pg_store {
+    store base; /* first: the seam (store/backend.h) */
+    uv_loop_t *loop;
+    char *dsn;
+    PGconn *wconn;
+    bool prepared;             /* ins_trace is prepared on wconn */
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    pthread_cond_t idle_cond;
+    bool writing;
+    store_write *queue_head, *queue_tail;
+    store_write *done_head, *done_tail;
+    size_t queued_items;
+    size_t max_pending;
+    bool stopping;
+    bool healthy;            /* the writer's connection is up and its last commit succeeded */
+    char last_error[256];    /* why not, under mu */
+    uint64_t commits, commit_failures, writes_committed, items_committed, reconnects;
+    metrics_hist commit_seconds;
+    uv_async_t done_async;
+    pthread_mutex_t read_mu;
+    PGconn *read_pool[PG_POOL_MAX];
+    int read_free, read_max;
+    /* the coordinator thread and its own session: the leader lock, heartbeats, LISTEN */
+    char engine_id[96];
+    int64_t started_ms;
+    pthread_t coord;
+    PGconn *cconn;
+    int wake[2];               /* a byte here wakes the coordinator (stop) */
+    bool leader;               /* under mu */
+    int64_t epoch;             /* under mu: the leadership epoch held */
+    bool tell_leadership, tell_registry; /* under mu: for the loop thread */
+    uv_async_t cluster_async;
+    store_cluster_cb cluster_fn;
+    void *cluster_data;
+    char *scripts;             /* under mu: JSON of this engine's scripts */
+    json_t *engines;           /* under mu: the heartbeat table as last read */
+};
+
+/* Each entry brings the schema from version i to i+1. Never edit one that has shipped;
+ * append a new one. The same tables as SQLite's migrations 1-5, in PostgreSQL's types:
+ * bodies of traces and feedback are json (kept as sent, queried with -> and #>). */
+static const char *const migrations[] = {
+    "CREATE TABLE traces ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT,"
+    "  ts BIGINT NOT NULL,"
+    "  received_at BIGINT NOT NULL,"
+    "  retry_of TEXT,"
+    "  body JSON NOT NULL,"
+    "  verdict BIGINT,"
+    "  negative BIGINT NOT NULL DEFAULT 0"
+    ");"
+    "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
+    "CREATE INDEX traces_by_ts ON traces(ts, seq);"
+    "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE TABLE feedback ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  trace_id TEXT NOT NULL,"
+    "  source TEXT NOT NULL,"
+    "  thumbs BIGINT,"
+    "  ts BIGINT NOT NULL,"
+    "  body JSON NOT NULL"
+    ");"
+    "CREATE INDEX feedback_by_trace ON feedback(trace_id);"
+    "CREATE TABLE scores ("
+    "  trace_id TEXT NOT NULL,"
+    "  evaluator TEXT NOT NULL,"
+    "  script TEXT NOT NULL,"
+    "  version TEXT NOT NULL,"
+    "  required BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  pass BIGINT NOT NULL,"
+    "  score DOUBLE PRECISION NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL,"
+    "  PRIMARY KEY (trace_id, evaluator)"
+    ");"
+    "CREATE TABLE llm_calls ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  ts BIGINT NOT NULL,"
+    "  caller_kind TEXT NOT NULL,"
+    "  caller TEXT NOT NULL,"
+    "  run_id TEXT,"
+    "  provider TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  input_tokens BIGINT NOT NULL,"
+    "  output_tokens BIGINT NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL,"
+    "  attempts BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  error TEXT,"
+    "  latency_ms DOUBLE PRECISION NOT NULL,"
+    "  request_id TEXT"
+    ");"
+    "CREATE INDEX llm_calls_by_ts ON llm_calls(ts);"
+    "CREATE INDEX llm_calls_by_run ON llm_calls(run_id, ts) WHERE run_id IS NOT NULL;"
+    "CREATE TABLE prompts ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  pinned BIGINT NOT NULL,"
+    "  pin_reason TEXT,"
+    "  canary_share DOUBLE PRECISION NOT NULL"
+    ");"
+    "CREATE TABLE prompt_versions ("
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  messages TEXT NOT NULL,"
+    "  model TEXT NOT NULL,"
+    "  parent BIGINT,"
+    "  author TEXT NOT NULL,"
+    "  note TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  PRIMARY KEY (prompt, version)"
+    ");"
+    "CREATE TABLE prompt_labels ("
+    "  prompt TEXT NOT NULL, label TEXT NOT NULL, version BIGINT NOT NULL,"
+    "  PRIMARY KEY (prompt, label)"
+    ");"
+    "CREATE TABLE transitions ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT,"
+    "  from_status TEXT,"
+    "  to_status TEXT NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  actor TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL"
+    ");"
+    "CREATE INDEX transitions_by_prompt ON transitions(prompt, seq);"
+    "CREATE TABLE datasets ("
+    "  name TEXT PRIMARY KEY,"
+    "  description TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  cases BIGINT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  updated_at BIGINT NOT NULL"
+    ");"
+    "CREATE TABLE dataset_cases ("
+    "  dataset TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  added BIGINT NOT NULL,"
+    "  removed BIGINT,"
+    "  body TEXT NOT NULL,"
+    "  PRIMARY KEY (dataset, id, added)"
+    ");"
+    "CREATE TABLE runs ("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  verdict TEXT,"
+    "  report TEXT,"
+    "  error TEXT,"
+    "  created_at BIGINT NOT NULL,"
+    "  finished_at BIGINT"
+    ");"
+    "CREATE INDEX runs_by_prompt ON runs(prompt, created_at);"
+    "CREATE TABLE run_cases ("
+    "  run_id TEXT NOT NULL,"
+    "  idx BIGINT NOT NULL,"
+    "  body TEXT NOT NULL,"
+    "  PRIMARY KEY (run_id, idx)"
+    ");"
+    "CREATE TABLE run_results ("
+    "  run_id TEXT NOT NULL,"
+    "  case_idx BIGINT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  sample BIGINT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  output TEXT,"
+    "  error TEXT,"
+    "  verdicts TEXT,"
+    "  input_tokens BIGINT NOT NULL,"
+    "  output_tokens BIGINT NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL,"
+    "  latency_ms DOUBLE PRECISION NOT NULL,"
+    "  cached BIGINT NOT NULL,"
+    "  PRIMARY KEY (run_id, case_idx, version, sample)"
+    ");"
+    "CREATE TABLE result_cache ("
+    "  key TEXT PRIMARY KEY,"
+    "  result TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL"
+    ");"
+    "CREATE TABLE loop_state ("
+    "  prompt TEXT PRIMARY KEY,"
+    "  state TEXT NOT NULL,"
+    "  cycle TEXT,"
+    "  run_id TEXT,"
+    "  version BIGINT,"
+    "  step BIGINT NOT NULL,"
+    "  step_started BIGINT,"
+    "  canary_started BIGINT,"
+    "  last_cycle_at BIGINT,"
+    "  updated_at BIGINT NOT NULL,"
+    "  detail TEXT"
+    ");"
+    "CREATE TABLE loop_events ("
+    "  seq BIGSERIAL PRIMARY KEY,"
+    "  prompt TEXT NOT NULL,"
+    "  ts BIGINT NOT NULL,"
+    "  cycle TEXT,"
+    "  kind TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
+    "  detail TEXT"
+    ");"
+    "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+
+    /* 2: several engines: the leadership epoch (fencing) and the engines' heartbeats */
+    "CREATE TABLE ratchet_leader ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  epoch BIGINT NOT NULL,"
+    "  engine TEXT,"
+    "  since BIGINT"
+    ");"
+    "INSERT INTO ratchet_leader VALUES (1, 0, NULL, NULL);"
+    "CREATE TABLE ratchet_engines ("
+    "  id TEXT PRIMARY KEY,"
+    "  role TEXT NOT NULL,"
+    "  scripts TEXT,"
+    "  started_at BIGINT NOT NULL,"
+    "  last_seen BIGINT NOT NULL"
+    ");",
+
+    /* 3: the daily LLM budgets every engine claims from before a call */
+    "CREATE TABLE ratchet_budget ("
+    "  day TEXT PRIMARY KEY,"
+    "  calls DOUBLE PRECISION NOT NULL,"
+    "  tokens DOUBLE PRECISION NOT NULL,"
+    "  cost DOUBLE PRECISION NOT NULL"
+    ");",
+
+    /* 4: parts of traces that arrived before their trace (SQLite's migration 6) */
+    "CREATE TABLE trace_parts ("
+    "  id TEXT PRIMARY KEY,"
+    "  ts BIGINT NOT NULL,"
+    "  body TEXT NOT NULL"
+    ");"
+    "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+/* the advisory lock key that serializes migrations of engines starting together */
+#define MIGRATION_LOCK 0x72617463 /* "ratc" */
+
+static const store_backend pg_backend;
+static void *writer_main(void *arg);
+static void *coord_main(void *arg);
+static void coord_beat(pg_store *s);
+static void on_done_async(uv_async_t *h);
+static void on_cluster_async(uv_async_t *h);
+
+/* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
+static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
+{
+    /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
+     * network that stops acknowledging, fail in bounded time instead of holding a thread */
+    static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "tcp_user_timeout", "dbname", NULL};
+    const char *values[] = {"10", "10", "5", "3", "30000", dsn, NULL};
+    PGconn *c = PQconnectdbParams(keys, values, 1);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        /* libpq's message names host and reason, never the password */
+        snprintf(err, errlen, "cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
+        err[strcspn(err, "\n")] = 0;
+        PQfinish(c);
+        return NULL;
+    }
+    char ignored[128];
+    /* an ack waits for the WAL flush (the server's default, made sure of here) */
+    pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
+    return c;
+}
+
+static int migrate(PGconn *c, char *err, size_t errlen)
+{
+    char sql[128];
+    if (pg_exec(c, "BEGIN", err, errlen))
+        return -1;
+    snprintf(sql, sizeof sql, "SELECT pg_advisory_xact_lock(%d)", MIGRATION_LOCK);
+    if (pg_exec(c, sql, err, errlen) ||
+        pg_exec(c, "CREATE TABLE IF NOT EXISTS ratchet_schema (version BIGINT NOT NULL)", err, errlen))
+        goto fail;
+    PGresult *r = PQexec(c, "SELECT version FROM ratchet_schema");
+    int have = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) ? atoi(PQgetvalue(r, 0, 0)) : 0;
+    bool row = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    if (have > SCHEMA_VERSION) {
+        snprintf(err, errlen, "the database has schema version %d, newer than this engine's %d; run a newer ratchet",
+                 have, SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int v = have; v < SCHEMA_VERSION; v++) {
+        if (pg_exec(c, migrations[v], err, errlen))
+            goto fail;
+        snprintf(sql, sizeof sql, row ? "UPDATE ratchet_schema SET version = %d" : "INSERT INTO ratchet_schema VALUES (%d)",
+                 v + 1);
+        row = true;
+        if (pg_exec(c, sql, err, errlen))
+            goto fail;
+        log_info("store", "migrated the PostgreSQL schema to version %d", v + 1);
+    }
+    return pg_exec(c, "COMMIT", err, errlen);
+fail:;
+    char ignored[64];
+    pg_exec(c, "ROLLBACK", ignored, sizeof ignored);
+    return -1;
+}
+
+int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen)
+{
+    if (!o->dsn) {
+        snprintf(err, errlen, "store.dsn: a PostgreSQL store needs a connection string");
+        return -1;
+    }
+    pg_store *s = xcalloc(1, sizeof *s);
+    s->base.be = &pg_backend;
+    s->loop = loop;
+    s->max_pending = (size_t)o->max_pending;
+    s->dsn = xstrdup(o->dsn);
+    s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    /* at start, before the engine serves: the one blocking connect on the loop thread */
+    s->wconn = connect_db(s->dsn, err, errlen);
+    if (!s->wconn || migrate(s->wconn, err, errlen) != 0) {
+        if (s->wconn) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", err);
+            snprintf(err, errlen, "the PostgreSQL store: %s", why);
+        }
+        PQfinish(s->wconn);
+        free(s->dsn);
+        free(s);
+        return -1;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->idle_cond, NULL);
+    pthread_mutex_init(&s->read_mu, NULL);
+    s->healthy = true;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    s->started_ms = now_ms();
+    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
+             (unsigned long long)(mono_ns() & 0xffffff));
+    /* the coordinator's session: the first try for the lock and the first heartbeat happen
+     * here, at start, so one engine alone leads from its first tick */
+    s->cconn = connect_db(s->dsn, err, errlen);
+    if (!s->cconn || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+        PQfinish(s->cconn);
+        PQfinish(s->wconn);
+        free(s->dsn);
+        free(s);
+        return -1;
+    }
+    coord_beat(s);
+    s->tell_leadership = false; /* the caller asks store_leader at start */
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the writer thread");
+        goto fail_threads;
+    }
+    if (pthread_create(&s->coord, NULL, coord_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the coordinator thread");
+        pthread_mutex_lock(&s->mu);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->writer, NULL);
+        goto fail_threads;
+    }
+    uv_async_init(loop, &s->done_async, on_done_async);
+    s->done_async.data = s;
+    uv_async_init(loop, &s->cluster_async, on_cluster_async);
+    s->cluster_async.data = s;
+    *out = &s->base;
+    return 0;
+
+fail_threads:
+    close(s->wake[0]);
+    close(s->wake[1]);
+    PQfinish(s->cconn);
+    PQfinish(s->wconn);
+    json_decref(s->engines);
+    free(s->dsn);
+    free(s);
+    return -1;
+}
+
+static void pg_metrics(store *base, buf_t *b)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
+             items = s->items_committed, reconnects = s->reconnects;
+    metrics_hist h = s->commit_seconds;
+    size_t queued = s->queued_items;
+    bool healthy = s->healthy;
+    pthread_mutex_unlock(&s->mu);
+    metrics_one(b, "ratchet_store_commits_total", "counter",
+                "Group commits: one transaction for every write pending.", (double)commits);
+    metrics_one(b, "ratchet_store_commit_failures_total", "counter",
+                "Transactions that failed (nothing of them stored).", (double)failures);
+    metrics_one(b, "ratchet_store_writes_total", "counter",
+                "Writes (an ingest request, a batch of verdicts, ...) committed.", (double)writes);
+    metrics_one(b, "ratchet_store_items_total", "counter",
+                "Items (traces, feedback, scores, ...) committed.", (double)items);
+    metrics_family(b, "ratchet_store_commit_duration_seconds", "histogram",
+                   "Time of one group commit, the WAL flush included.");
+    metrics_histogram(b, "ratchet_store_commit_duration_seconds", &h, NULL);
+    metrics_one(b, "ratchet_store_pending_items", "gauge",
+                "Items queued for the writer (limits.max_pending_writes).", (double)queued);
+    metrics_one(b, "ratchet_store_healthy", "gauge", "1 when the store's connection is up and its last commit succeeded.",
+                healthy);
+    metrics_one(b, "ratchet_store_reconnects_total", "counter",
+                "Times the writer connected to PostgreSQL again after losing it.", (double)reconnects);
+}
+
+static void pg_status(store *base, json_t *out)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    if (!s->healthy && s->last_error[0])
+        json_object_set_new(out, "error", json_string(s->last_error));
+    json_object_set_new(out, "engine_id", json_string(s->engine_id));
+    json_object_set_new(out, "role", json_string(s->leader ? "leader" : "follower"));
+    json_object_set_new(out, "epoch", json_integer((json_int_t)s->epoch));
+    json_t *engines = s->engines ? json_deep_copy(s->engines) : json_array();
+    pthread_mutex_unlock(&s->mu);
+    /* engines whose scripts differ from the first's are flagged */
+    const char *first = NULL;
+    bool differ = false;
+    size_t i;
+    json_t *e;
+    /* an engine that has not told its scripts yet (its first beat) is compared with none */
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
+        if (!sc)
+            continue;
+        if (!first)
+            first = sc;
+        else if (strcmp(first, sc))
+            differ = true;
+    }
+    /* first points into the first engine's object: flag every engine before replacing any text */
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
+        json_object_set_new(e, "scripts_differ", json_boolean(differ && sc && strcmp(first, sc)));
+    }
+    json_array_foreach(engines, i, e) {
+        const char *sc = json_string_value(json_object_get(e, "scripts"));
+        json_t *parsed = sc ? json_loads(sc, 0, NULL) : NULL;
+        json_object_set_new(e, "scripts", parsed ? parsed : json_null());
+    }
+    json_object_set_new(out, "engines", engines);
+    json_object_set_new(out, "scripts_differ", json_boolean(differ));
+}
+
+static bool pg_leader(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool l = s->leader;
+    pthread_mutex_unlock(&s->mu);
+    return l;
+}
+
+static void pg_on_cluster(store *base, store_cluster_cb fn, void *data)
+{
+    pg_store *s = (pg_store *)base;
+    s->cluster_fn = fn;
+    s->cluster_data = data;
+}
+
+static void pg_set_scripts(store *base, const json_t *scripts)
+{
+    pg_store *s = (pg_store *)base;
+    char *text = json_dumps(scripts, JSON_COMPACT | JSON_SORT_KEYS);
+    pthread_mutex_lock(&s->mu);
+    free(s->scripts);
+    s->scripts = text;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_cluster_async(uv_async_t *h)
+{
+    pg_store *s = h->data;
+    pthread_mutex_lock(&s->mu);
+    bool lead = s->tell_leadership, reg = s->tell_registry;
+    s->tell_leadership = s->tell_registry = false;
+    pthread_mutex_unlock(&s->mu);
+    if ((lead || reg) && s->cluster_fn)
+        s->cluster_fn(s->cluster_data, lead, reg);
+}
+
+/* ---- the coordinator ---- */
+
+/* Loses the leadership (the session that held the lock is gone). */
+static void lose_leadership(pg_store *s, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    bool was = s->leader;
+    s->leader = false;
+    if (was)
+        s->tell_leadership = true;
+    pthread_mutex_unlock(&s->mu);
+    if (was) {
+        log_warn("store", "this engine no longer leads the loop: %s", why);
+        if (s->done_async.data)
+            uv_async_send(&s->cluster_async);
+    }
+}
+
+/* One beat on the coordinator's session: try for the lock when following, write the
+ * heartbeat, read everyone's, and take the notifications of registry changes. */
+static void coord_beat(pg_store *s)
+{
+    char err[256];
+    if (!s->cconn || PQstatus(s->cconn) != CONNECTION_OK) {
+        lose_leadership(s, "its database session was lost");
+        PQfinish(s->cconn);
+        s->cconn = connect_db(s->dsn, err, sizeof err);
+        if (!s->cconn)
+            return;
+    }
+    PGconn *c = s->cconn;
+    pthread_mutex_lock(&s->mu);
+    bool leader = s->leader;
+    char *scripts = s->scripts ? xstrdup(s->scripts) : NULL;
+    pthread_mutex_unlock(&s->mu);
+    bool told = false;
+    if (!leader) {
+        if (pg_exec(c, "LISTEN ratchet_registry", err, sizeof err))
+            goto broken;
+        pgq *q = pgq_new(c, "SELECT pg_try_advisory_lock(?1)");
+        pgq_int(q, 1, LEADER_LOCK);
+        bool got = pgq_step(q) == PGQ_ROW && pgq_col_bool(q, 0);
+        pgq_free(q);
+        if (got) {
+            q = pgq_new(c, "UPDATE ratchet_leader SET epoch = epoch + 1, engine = ?1, since = ?2 RETURNING epoch");
+            pgq_text(q, 1, s->engine_id);
+            pgq_int(q, 2, now_ms());
+            if (pgq_step(q) == PGQ_ROW) {
+                pthread_mutex_lock(&s->mu);
+                s->leader = true;
+                s->epoch = pgq_col_int(q, 0);
+                s->tell_leadership = true;
+                pthread_mutex_unlock(&s->mu);
+                log_info("store", "this engine (%s) now leads the loop (epoch %lld)", s->engine_id,
+                         (long long)pgq_col_int(q, 0));
+                told = true;
+            } else {
+                char ignored[64];
+                pg_exec(c, "SELECT pg_advisory_unlock_all()", ignored, sizeof ignored);
+            }
+            pgq_free(q);
+        }
+    }
+    pgq *q = pgq_new(c, "INSERT INTO ratchet_engines(id, role, scripts, started_at, last_seen) VALUES "
+                        "(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET role = ?2, scripts = ?3, last_seen = ?5");
+    pthread_mutex_lock(&s->mu);
+    pgq_text(q, 2, s->leader ? "leader" : "follower");
+    pthread_mutex_unlock(&s->mu);
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 3, scripts);
+    pgq_int(q, 4, s->started_ms);
+    pgq_int(q, 5, now_ms());
+    int rc = pgq_step(q);
+    pgq_free(q);
+    free(scripts);
+    scripts = NULL;
+    if (rc == PGQ_ERROR)
+        goto broken;
+    q = pgq_new(c, "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= ?1 "
+                   "ORDER BY id");
+    pgq_int(q, 1, now_ms() - ENGINE_STALE_MS);
+    json_t *engines = json_array();
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(engines, json_pack("{s:o, s:o, s:o, s:o, s:o, s:b}", "id", pgq_col_text(q, 0), "role",
+                                                 pgq_col_text(q, 1), "scripts", pgq_col_text(q, 2), "started_at",
+                                                 pgq_col_time(q, 3), "last_seen", pgq_col_time(q, 4), "this",
+                                                 !strcmp(pgq_col(q, 0), s->engine_id)));
+    pgq_free(q);
+    pthread_mutex_lock(&s->mu);
+    json_decref(s->engines);
+    s->engines = engines;
+    pthread_mutex_unlock(&s->mu);
+    if (rc == PGQ_ERROR)
+        goto broken;
+    PQconsumeInput(c);
+    PGnotify *n;
+    while ((n = PQnotifies(c)) != NULL) {
+        if (strcmp(n->extra, s->engine_id)) {
+            pthread_mutex_lock(&s->mu);
+            s->tell_registry = true;
+            pthread_mutex_unlock(&s->mu);
+            told = true;
+        }
+        PQfreemem(n);
+    }
+    if (told && s->done_async.data)
+        uv_async_send(&s->cluster_async);
+    return;
+broken:
+    free(scripts);
+    if (PQstatus(c) != CONNECTION_OK)
+        lose_leadership(s, "its database session was lost");
+    if (told && s->done_async.data)
+        uv_async_send(&s->cluster_async);
+}
+
+static void *coord_main(void *arg)
+{
+    pg_store *s = arg;
+    for (;;) {
+        struct pollfd fds[2] = {{.fd = s->wake[0], .events = POLLIN}, {.fd = -1, .events = POLLIN}};
+        if (s->cconn && PQstatus(s->cconn) == CONNECTION_OK)
+            fds[1].fd = PQsocket(s->cconn);
+        /* a notification wakes it at once: registry changes reach this engine without waiting a beat */
+        poll(fds, 2, COORD_MS);
+        if (fds[0].revents & POLLIN)
+            break;
+        coord_beat(s);
+    }
+    /* a clean stop gives the leadership up at once (the lock goes with the session) */
+    PQfinish(s->cconn);
+    s->cconn = NULL;
+    return NULL;
+}
+
+static void drain_done(pg_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    store_write *w = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
+static void on_done_async(uv_async_t *h)
+{
+    drain_done(h->data);
+}
+
+static void pg_flush(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (s->queue_head || s->writing)
+            pthread_cond_wait(&s->idle_cond, &s->mu);
+        bool done = s->done_head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!done)
+            return;
+        drain_done(s);
+    }
+}
+
+static void on_done_async_closed(uv_handle_t *h)
+{
+    pg_store *s = h->data;
+    json_decref(s->engines);
+    free(s->scripts);
+    free(s->dsn);
+    free(s);
+}
+
+static void pg_close(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    if (write(s->wake[1], "x", 1) < 0) {
+        /* the pipe is non-blocking and empty: cannot fail; the coordinator's poll times out anyway */
+    }
+    pthread_join(s->coord, NULL);
+    close(s->wake[0]);
+    close(s->wake[1]);
+    drain_done(s);
+    PQfinish(s->wconn);
+    for (int i = 0; i < s->read_free; i++)
+        PQfinish(s->read_pool[i]);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->idle_cond);
+    pthread_mutex_destroy(&s->read_mu);
+    uv_close((uv_handle_t *)&s->cluster_async, NULL);
+    uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
+}
+
+static size_t write_items(const store_write *w)
+{
+    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
+}
+
+static int pg_submit(store *base, store_write *w)
+{
+    pg_store *s = (pg_store *)base;
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+        pthread_mutex_unlock(&s->mu);
+        free(w->trace_results);
+        free(w->feedback_results);
+        free(w->part_results);
+        w->trace_results = w->feedback_results = w->part_results = NULL;
+        return -1;
+    }
+    s->queued_items += write_items(w);
+    if (s->queue_tail)
+        s->queue_tail->next = w;
+    else
+        s->queue_head = w;
+    s->queue_tail = w;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+static bool pg_healthy(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool h = s->healthy && !s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+/* ---- the writer ---- */
+
+/* Runs one statement of the write transaction; -1 with err. */
+static int run(pgq *q, char *err, size_t errlen)
+{
+    int rc = pgq_step(q);
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "%s", q->err);
+        return -1;
+    }
+    return 0;
+}
+
+static int insert_feedback(pg_store *s, const char *id, const char *trace_id, const char *source, int thumbs,
+                           bool negative, int64_t ts, const char *json, size_t json_len, unsigned char *res, char *err,
+                           size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "INSERT INTO feedback(id, trace_id, source, thumbs, ts, body) "
+                               "VALUES (?1, ?2, ?3, ?4, ?5, ?6::json) ON CONFLICT(id) DO NOTHING");
+    pgq_text(q, 1, id);
+    pgq_text(q, 2, trace_id);
+    pgq_text(q, 3, source);
+    if (thumbs)
+        pgq_int(q, 4, thumbs);
+    else
+        pgq_null(q, 4);
+    pgq_int(q, 5, ts);
+    pgq_textn(q, 6, json, json_len);
+    int rc = run(q, err, errlen);
+    if (!rc)
+        *res = pgq_changes(q) ? STORE_ACCEPTED : STORE_DUPLICATE;
+    pgq_free(q);
+    if (!rc && *res == STORE_ACCEPTED && negative) {
+        q = pgq_new(s->wconn, "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0");
+        pgq_text(q, 1, trace_id);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    return rc;
+}
+
+static int apply_evaluation(pg_store *s, const store_evaluation *e, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "DELETE FROM scores WHERE trace_id = ?1");
+    pgq_text(q, 1, e->trace_id);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    for (size_t i = 0; !rc && i < e->nscores; i++) {
+        const store_score *sc = &e->scores[i];
+        q = pgq_new(s->wconn, "INSERT INTO scores(trace_id, evaluator, script, version, required, status, pass, score, "
+                              "reason, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+                              "ON CONFLICT(trace_id, evaluator) DO NOTHING");
+        pgq_text(q, 1, e->trace_id);
+        pgq_text(q, 2, sc->evaluator);
+        pgq_text(q, 3, sc->script);
+        pgq_text(q, 4, sc->version);
+        pgq_int(q, 5, sc->required);
+        pgq_text(q, 6, sc->status);
+        pgq_int(q, 7, sc->pass);
+        pgq_double(q, 8, sc->score);
+        pgq_text(q, 9, sc->reason);
+        pgq_int(q, 10, e->ts_ms);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    if (rc)
+        return rc;
+    q = pgq_new(s->wconn, "UPDATE traces SET verdict = ?2 WHERE id = ?1");
+    pgq_text(q, 1, e->trace_id);
+    pgq_int(q, 2, (int)e->verdict);
+    rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
+static int apply_ops(pg_store *s, const store_op *op, char *err, size_t errlen)
+{
+    for (; op; op = op->next) {
+        pgq *q = pgq_new(s->wconn, op->sql);
+        for (int i = 0; i < op->n; i++) {
+            const store_val *v = &op->v[i];
+            if (v->t == 'i')
+                pgq_int(q, i + 1, v->i);
+            else if (v->t == 'd')
+                pgq_double(q, i + 1, v->d);
+            else if (v->t == 's')
+                pgq_text(q, i + 1, v->s);
+            else
+                pgq_null(q, i + 1);
+        }
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Every trace of the batch's writes (those not fenced out) in one pipeline of one prepared
+ * INSERT: one round trip for all of them instead of one each (libpq pipeline mode). Fills
+ * trace_results; -1 with err when any failed (the transaction is then rolled back). */
+static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t received, char *err, size_t errlen)
+{
+    PGconn *c = s->wconn;
+    if (!s->prepared) {
+        PGresult *r = PQprepare(c, "ins_trace",
+                                "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
+                                "VALUES ($1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json) "
+                                "ON CONFLICT(id) DO NOTHING",
+                                7, NULL);
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(err, errlen, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+        if (!ok)
+            return -1;
+        s->prepared = true;
+    }
+    size_t n = 0;
+    for (store_write *w = batch; w; w = w->next)
+        if (!(w->fenced && !fence_ok))
+            n += w->ntraces;
+    if (!n)
+        return 0;
+    if (!PQenterPipelineMode(c)) {
+        snprintf(err, errlen, "cannot enter pipeline mode: %s", PQerrorMessage(c));
+        return -1;
+    }
+    int rc = 0;
+    for (store_write *w = batch; w && !rc; w = w->next) {
+        if (w->fenced && !fence_ok)
+            continue;
+        for (size_t i = 0; i < w->ntraces && !rc; i++) {
+            const store_trace *t = &w->traces[i];
+            char version[24], ts[24], recv[24];
+            snprintf(version, sizeof version, "%lld", (long long)t->version);
+            snprintf(ts, sizeof ts, "%lld", (long long)t->ts_ms);
+            snprintf(recv, sizeof recv, "%lld", (long long)received);
+            const char *values[7] = {t->id, t->prompt, t->version ? version : NULL, ts, recv, t->retry_of, t->json};
+            int lengths[7] = {0, 0, 0, 0, 0, 0, (int)t->json_len};
+            int formats[7] = {0};
+            if (!PQsendQueryPrepared(c, "ins_trace", 7, values, lengths, formats, 0))
+                rc = -1;
+        }
+    }
+    if (!rc && !PQpipelineSync(c))
+        rc = -1;
+    if (rc) {
+        snprintf(err, errlen, "%s", PQerrorMessage(c));
+        err[strcspn(err, "\n")] = 0;
+    }
+    /* one result (and a NULL) per query, then the sync's; an error aborts those after it */
+    for (store_write *w = batch; w; w = w->next) {
+        if (w->fenced && !fence_ok)
+            continue;
+        for (size_t i = 0; i < w->ntraces; i++) {
+            PGresult *r = PQgetResult(c);
+            if (!r)
+                break;
+            ExecStatusType st = PQresultStatus(r);
+            if (st == PGRES_COMMAND_OK) {
+                const char *k = PQcmdTuples(r);
+                w->trace_results[i] = *k && strcmp(k, "0") ? STORE_ACCEPTED : STORE_DUPLICATE;
+            } else if (!rc) {
+                snprintf(err, errlen, "%s", st == PGRES_PIPELINE_ABORTED ? "pipeline aborted" : PQresultErrorMessage(r));
+                err[strcspn(err, "\n")] = 0;
+                rc = -1;
+            }
+            PQclear(r);
+            while ((r = PQgetResult(c)) != NULL) /* the NULL that ends this query's results */
+                PQclear(r);
+        }
+    }
+    PGresult *r;
+    while ((r = PQgetResult(c)) != NULL) { /* the sync */
+        bool sync = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+        PQclear(r);
+        if (sync)
+            break;
+    }
+    if (!PQexitPipelineMode(c) && !rc) {
+        snprintf(err, errlen, "cannot leave pipeline mode: %s", PQerrorMessage(c));
+        rc = -1;
+    }
+    return rc;
+}
+
+/* A budget claim: the row's UPDATE takes its lock, so claims of every engine are serialized and
+ * none passes a limit another's claim already reached. */
+static int apply_claim(pg_store *s, store_budget_claim *b, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "INSERT INTO ratchet_budget(day, calls, tokens, cost) VALUES (?1, 0, 0, 0) "
+                               "ON CONFLICT(day) DO NOTHING");
+    pgq_text(q, 1, b->day);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    if (rc)
+        return rc;
+    q = pgq_new(s->wconn, "UPDATE ratchet_budget SET calls = calls + ?2, tokens = tokens + ?3, cost = cost + ?4 "
+                          "WHERE day = ?1 AND (?5 <= 0 OR calls + ?2 <= ?5) AND (?6 <= 0 OR tokens + ?3 <= ?6) "
+                          "AND (?7 <= 0 OR cost + ?4 <= ?7)");
+    pgq_text(q, 1, b->day);
+    pgq_double(q, 2, b->calls);
+    pgq_double(q, 3, b->tokens);
+    pgq_double(q, 4, b->cost);
+    pgq_double(q, 5, b->max_calls);
+    pgq_double(q, 6, b->max_tokens);
+    pgq_double(q, 7, b->max_cost);
+    rc = run(q, err, errlen);
+    b->granted = !rc && pgq_changes(q) > 0;
+    pgq_free(q);
+    return rc;
+}
+
+/* ---- trace parts (store_trace_part): merged as RFC 7396 merge patches ---- */
+
+/* target with patch applied (RFC 7396: objects merge key by key, null removes, anything else
+ * replaces); takes both references, returns the result's. */
+static json_t *merge_patch(json_t *target, json_t *patch)
+{
+    if (!json_is_object(patch)) {
+        json_decref(target);
+        return patch;
+    }
+    if (!json_is_object(target)) {
+        json_decref(target);
+        target = json_object();
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(patch, k, v) {
+        if (json_is_null(v))
+            json_object_del(target, k);
+        else
+            json_object_set_new(target, k, merge_patch(json_incref(json_object_get(target, k)), json_incref(v)));
+    }
+    json_decref(patch);
+    return target;
+}
+
+/* The JSON text of text1 patched by text2 (both objects), or NULL when either is not JSON. */
+static char *patched(const char *text1, size_t len1, const char *text2, size_t len2)
+{
+    json_t *a = json_loadb(text1, len1, 0, NULL), *b = json_loadb(text2, len2, 0, NULL);
+    if (!a || !b) {
+        json_decref(a);
+        json_decref(b);
+        return NULL;
+    }
+    json_t *m = merge_patch(a, b);
+    char *out = jtree_dump_text(m, false);
+    json_decref(m);
+    return out;
+}
+
+/* Patches the stored row's body (table traces or trace_parts) with json; *found says whether
+ * the row was there. */
+static int patch_row(pg_store *s, bool parts, const char *id, const char *json, size_t len, bool *found, char *err,
+                     size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, parts ? "SELECT body FROM trace_parts WHERE id = ?1 FOR UPDATE"
+                                     : "SELECT body FROM traces WHERE id = ?1 FOR UPDATE");
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q);
+    *found = rc == PGQ_ROW;
+    char *text = NULL;
+    if (rc == PGQ_ROW)
+        text = patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len);
+    else if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "%s", q->err);
+    pgq_free(q);
+    if (rc == PGQ_ERROR)
+        return -1;
+    if (!*found)
+        return 0;
+    if (!text) {
+        snprintf(err, errlen, "the stored body of '%s' or its part is not JSON", id);
+        return -1;
+    }
+    q = pgq_new(s->wconn, parts ? "UPDATE trace_parts SET body = ?2 WHERE id = ?1"
+                                : "UPDATE traces SET body = ?2::json WHERE id = ?1");
+    pgq_text(q, 1, id);
+    pgq_text(q, 2, text);
+    free(text);
+    rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
+/* A trace just inserted takes the part that waited for it. */
+static int join_waiting_part(pg_store *s, const char *id, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(s->wconn, "DELETE FROM trace_parts WHERE id = ?1 RETURNING body");
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q);
+    char *part = rc == PGQ_ROW ? xstrdup(pgq_col(q, 0)) : NULL;
+    if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "%s", q->err);
+    pgq_free(q);
+    if (rc == PGQ_ERROR)
+        return -1;
+    if (!part)
+        return 0;
+    bool found;
+    rc = patch_row(s, false, id, part, strlen(part), &found, err, errlen);
+    free(part);
+    return rc;
+}
+
+/* A part merges into its trace when the trace is there, else waits (merged with one waiting). */
+static int apply_part(pg_store *s, const store_trace_part *p, int64_t received, unsigned char *result, char *err,
+                      size_t errlen)
+{
+    bool found;
+    if (patch_row(s, false, p->id, p->json, p->json_len, &found, err, errlen))
+        return -1;
+    if (found) {
+        *result = STORE_PART_MERGED;
+        return 0;
+    }
+    *result = STORE_PART_WAITING;
+    if (patch_row(s, true, p->id, p->json, p->json_len, &found, err, errlen))
+        return -1;
+    if (found)
+        return 0;
+    pgq *q = pgq_new(s->wconn, "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3)");
+    pgq_text(q, 1, p->id);
+    pgq_int(q, 2, received);
+    pgq_textn(q, 3, p->json, p->json_len);
+    int rc = run(q, err, errlen);
+    pgq_free(q);
+    return rc;
+}
+
+/* The rest of a write once insert_traces has put its traces in. */
+static int apply_write(pg_store *s, store_write *w, int64_t received, char *err, size_t errlen)
+{
+    if (w->claim && apply_claim(s, w->claim, err, errlen))
+        return -1;
+    for (size_t i = 0; i < w->ntraces; i++)
+        if (w->trace_results[i] == STORE_ACCEPTED && w->traces[i].join_part &&
+            join_waiting_part(s, w->traces[i].id, err, errlen))
+            return -1;
+    for (size_t i = 0; i < w->nparts; i++)
+        if (apply_part(s, &w->parts[i], received, &w->part_results[i], err, errlen))
+            return -1;
+    if (w->nparts) {
+        pgq *q = pgq_new(s->wconn, "DELETE FROM trace_parts WHERE ts < ?1");
+        pgq_int(q, 1, received - STORE_PART_TTL_MS);
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return -1;
+    }
+    for (size_t i = 0; i < w->ntraces; i++) {
+        store_trace *t = &w->traces[i];
+        if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
+            /* Implicit feedback: the earlier trace was retried by this one. */
+            char fid[200], body[400];
+            unsigned char ignored;
+            snprintf(fid, sizeof fid, "retry:%s", t->id);
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "id", fid, "trace_id", t->retry_of, "source", "retry",
+                                  "retried_by", t->id);
+            size_t n = json_dumpb(o, body, sizeof body, JSON_COMPACT);
+            json_decref(o);
+            if (insert_feedback(s, fid, t->retry_of, "retry", 0, true, t->ts_ms, body, n, &ignored, err, errlen))
+                return -1;
+        }
+    }
+    for (size_t i = 0; i < w->nfeedback; i++) {
+        store_feedback *f = &w->feedback[i];
+        pgq *q = pgq_new(s->wconn, "SELECT prompt, version FROM traces WHERE id = ?1");
+        pgq_text(q, 1, f->trace_id);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ROW) {
+            free(f->trace_prompt); /* a retried transaction sets it again */
+            f->trace_prompt = xstrdup(pgq_col(q, 0));
+            f->trace_version = pgq_col_int(q, 1);
+        } else if (rc == PGQ_ERROR) {
+            snprintf(err, errlen, "%s", q->err);
+        }
+        pgq_free(q);
+        if (rc == PGQ_ERROR)
+            return -1;
+        if (rc == PGQ_DONE) {
+            w->feedback_results[i] = STORE_NOT_FOUND;
+            continue;
+        }
+        if (insert_feedback(s, f->id, f->trace_id, f->source, f->thumbs, f->negative, f->ts_ms, f->json, f->json_len,
+                            &w->feedback_results[i], err, errlen))
+            return -1;
+    }
+    for (size_t i = 0; i < w->nevals; i++)
+        if (apply_evaluation(s, &w->evals[i], err, errlen))
+            return -1;
+    for (size_t i = 0; i < w->nllm_calls; i++) {
+        const store_llm_call *c = &w->llm_calls[i];
+        pgq *q = pgq_new(s->wconn, "INSERT INTO llm_calls(id, ts, caller_kind, caller, run_id, provider, model, "
+                                   "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
+                                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
+                                   "ON CONFLICT(id) DO NOTHING");
+        pgq_text(q, 1, c->id);
+        pgq_int(q, 2, c->ts_ms);
+        pgq_text(q, 3, c->caller_kind);
+        pgq_text(q, 4, c->caller);
+        pgq_text(q, 5, c->run_id);
+        pgq_text(q, 6, c->provider);
+        pgq_text(q, 7, c->model);
+        pgq_int(q, 8, c->input_tokens);
+        pgq_int(q, 9, c->output_tokens);
+        pgq_double(q, 10, c->cost);
+        pgq_int(q, 11, c->attempts);
+        pgq_text(q, 12, c->status);
+        pgq_text(q, 13, c->error);
+        pgq_double(q, 14, c->latency_ms);
+        pgq_text(q, 15, c->request_id && *c->request_id ? c->request_id : NULL);
+        int rc = run(q, err, errlen);
+        pgq_free(q);
+        if (rc)
+            return rc;
+    }
+    return apply_ops(s, w->ops, err, errlen);
+}
+
+static void set_health(pg_store *s, bool healthy, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    s->healthy = healthy;
+    snprintf(s->last_error, sizeof s->last_error, "%s", healthy ? "" : why);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* With s->mu held: answers every queued write as failed (nothing of it stored), so no
+ * request waits on a database that is away. */
+static void fail_queued_locked(pg_store *s, const char *why)
+{
+    store_write *batch = s->queue_head;
+    if (!batch)
+        return;
+    s->queue_head = s->queue_tail = NULL;
+    s->queued_items = 0;
+    store_write *last = batch;
+    for (store_write *w = batch; w; w = w->next) {
+        w->status = -1;
+        if (w->ntraces)
+            memset(w->trace_results, STORE_FAILED, w->ntraces);
+        if (w->nfeedback)
+            memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+        s->commit_failures++;
+        last = w;
+    }
+    log_error("store", "writes not stored, the database is away: %s", why);
+    if (s->done_tail)
+        s->done_tail->next = batch;
+    else
+        s->done_head = batch;
+    s->done_tail = last;
+    uv_async_send(&s->done_async);
+}
+
+/* Reconnects the writer's connection, waiting between tries (backoff, up to
+ * RECONNECT_MAX_MS) until it is up or the store stops; writes queued meanwhile
+ * fail at once. Returns false when stopping. */
+static bool reconnect(pg_store *s)
+{
+    int wait_ms = RECONNECT_MIN_MS;
+    for (;;) {
+        char err[256];
+        PQfinish(s->wconn);
+        s->prepared = false;
+        s->wconn = connect_db(s->dsn, err, sizeof err);
+        if (s->wconn) {
+            pthread_mutex_lock(&s->mu);
+            s->reconnects++;
+            pthread_mutex_unlock(&s->mu);
+            log_info("store", "connected to PostgreSQL again");
+            return true;
+        }
+        set_health(s, false, err);
+        pthread_mutex_lock(&s->mu);
+        fail_queued_locked(s, err);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!s->stopping && !s->queue_head &&
+               pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0)
+            ;
+        fail_queued_locked(s, err);
+        bool stop = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            return false;
+        wait_ms = wait_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait_ms * 2;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    pg_store *s = arg;
+    for (;;) {
+        if (PQstatus(s->wconn) != CONNECTION_OK && !reconnect(s)) {
+            /* stopping with the database away: what is queued fails below */
+        }
+        pthread_mutex_lock(&s->mu);
+        /* idle for a second: ask the server, so a database gone while nothing is written
+         * shows in /readyz before the next write fails */
+        while (!s->queue_head && !s->stopping) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += IDLE_PING_S;
+            if (pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0 || s->queue_head || s->stopping)
+                continue;
+            pthread_mutex_unlock(&s->mu);
+            char err[256] = "";
+            bool up = PQstatus(s->wconn) == CONNECTION_OK && pg_exec(s->wconn, "SELECT 1", err, sizeof err) == 0;
+            if (!up) {
+                if (!err[0])
+                    snprintf(err, sizeof err, "no connection to PostgreSQL");
+                log_warn("store", "PostgreSQL is not answering: %s; reconnecting", err);
+                set_health(s, false, err);
+                if (!reconnect(s)) {
+                    pthread_mutex_lock(&s->mu);
+                    break;
+                }
+            }
+            pthread_mutex_lock(&s->mu);
+            if (up || PQstatus(s->wconn) == CONNECTION_OK) {
+                s->healthy = true;
+                s->last_error[0] = 0;
+            }
+        }
+        store_write *batch = s->queue_head;
+        s->queue_head = s->queue_tail = NULL;
+        s->writing = batch != NULL;
+        size_t items = s->queued_items;
+        s->queued_items = 0;
+        bool stop = s->stopping && !batch;
+        pthread_mutex_unlock(&s->mu);
+        if (stop)
+            break;
+
+        int64_t received = now_ms();
+        uint64_t began = mono_ns();
+        char err[256] = "";
+        int rc = PQstatus(s->wconn) == CONNECTION_OK ? pg_exec(s->wconn, "BEGIN", err, sizeof err) : -1;
+        if (rc && !err[0])
+            snprintf(err, sizeof err, "no connection to PostgreSQL");
+        /* fencing: the loop leader's decisions commit only while its epoch is the current one;
+         * FOR SHARE holds the row, so a new leader's bump waits for this commit or comes first */
+        bool any_fenced = false, fence_ok = true, any_ops = false;
+        for (store_write *w = batch; w; w = w->next) {
+            any_fenced |= w->fenced;
+            any_ops |= w->nops > 0 && !w->fenced;
+        }
+        if (!rc && any_fenced) {
+            pthread_mutex_lock(&s->mu);
+            int64_t epoch = s->leader ? s->epoch : -1;
+            pthread_mutex_unlock(&s->mu);
+            pgq *q = pgq_new(s->wconn, "SELECT 1 FROM ratchet_leader WHERE epoch = ?1 AND engine = ?2 FOR SHARE");
+            pgq_int(q, 1, epoch);
+            pgq_text(q, 2, s->engine_id);
+            int frc = pgq_step(q);
+            if (frc == PGQ_ERROR) {
+                snprintf(err, sizeof err, "%s", q->err);
+                rc = -1;
+            }
+            fence_ok = frc == PGQ_ROW;
+            pgq_free(q);
+            if (!rc && !fence_ok)
+                log_warn("store", "a loop decision was refused: this engine no longer leads (epoch %lld)",
+                         (long long)epoch);
+        }
+        if (!rc)
+            rc = insert_traces(s, batch, fence_ok, received, err, sizeof err);
+        for (store_write *w = batch; !rc && w; w = w->next) {
+            if (w->fenced && !fence_ok) {
+                w->status = -2; /* fenced: nothing of it stored; the rest of the batch commits */
+                continue;
+            }
+            any_ops |= w->nops > 0;
+            rc = apply_write(s, w, received, err, sizeof err);
+        }
+        /* the other engines reload their registry once this commits (NOTIFY is transactional) */
+        if (!rc && any_ops) {
+            pgq *q = pgq_new(s->wconn, "SELECT pg_notify('ratchet_registry', ?1)");
+            pgq_text(q, 1, s->engine_id);
+            rc = run(q, err, sizeof err);
+            pgq_free(q);
+        }
+        /* the ack waits for COMMIT, which with synchronous_commit on returns once the WAL is flushed */
+        if (!rc)
+            rc = pg_exec(s->wconn, "COMMIT", err, sizeof err);
+        if (rc) {
+            log_error("store", "commit failed, %zu writes not stored: %s", items, err);
+            if (PQstatus(s->wconn) == CONNECTION_OK) {
+                char ignored[64];
+                pg_exec(s->wconn, "ROLLBACK", ignored, sizeof ignored);
+            }
+            for (store_write *w = batch; w; w = w->next) {
+                w->status = -1;
+                if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
+                    memset(w->trace_results, STORE_FAILED, w->ntraces);
+                if (w->nfeedback)
+                    memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+            }
+        }
+        bool connected = PQstatus(s->wconn) == CONNECTION_OK;
+
+        store_write *last = batch;
+        while (last->next)
+            last = last->next;
+        size_t nwrites = 0;
+        for (store_write *w = batch; w; w = w->next)
+            nwrites++;
+        pthread_mutex_lock(&s->mu);
+        s->healthy = rc == 0;
+        snprintf(s->last_error, sizeof s->last_error, "%s", rc ? err : "");
+        if (rc == 0) {
+            s->commits++;
+            s->writes_committed += nwrites;
+            s->items_committed += items;
+            metrics_observe(&s->commit_seconds, (double)(mono_ns() - began) / 1e9);
+        } else {
+            s->commit_failures++;
+        }
+        if (s->done_tail)
+            s->done_tail->next = batch;
+        else
+            s->done_head = batch;
+        s->done_tail = last;
+        s->writing = false;
+        pthread_cond_broadcast(&s->idle_cond);
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->done_async);
+        if (!connected)
+            log_warn("store", "lost the connection to PostgreSQL; reconnecting");
+    }
+    return NULL;
+}
+
+/* ---- reads ---- */
+
+PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->read_mu);
+    PGconn *c = s->read_free ? s->read_pool[--s->read_free] : NULL;
+    pthread_mutex_unlock(&s->read_mu);
+    if (c && PQstatus(c) == CONNECTION_OK)
+        return c;
+    PQfinish(c);
+    return connect_db(s->dsn, err, errlen);
+}
+
+void pg_read_release(pg_store *s, PGconn *c)
+{
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE) {
+        pthread_mutex_lock(&s->read_mu);
+        if (s->read_free < s->read_max) {
+            s->read_pool[s->read_free++] = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&s->read_mu);
+    }
+    PQfinish(c);
+}
+
+int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
+{
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    if (!c) {
+        *q = NULL;
+        return -1;
+    }
+    *q = pgq_new(c, sql);
+    return 0;
+}
+
+int pg_read_end(pg_store *s, pgq *q, int rc, char *err, size_t errlen)
+{
+    int out = 0;
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        out = -1;
+    }
+    PGconn *c = q->conn;
+    pgq_free(q);
+    pg_read_release(s, c);
+    return out;
+}
+
+static const char *verdict_name(const pgq *q, int verdict_col, int negative_col)
+{
+    if (pgq_col_int(q, negative_col) == 1 || (!pgq_isnull(q, verdict_col) && pgq_col_int(q, verdict_col) == 1))
+        return "fail";
+    if (pgq_isnull(q, verdict_col))
+        return "unevaluated";
+    int64_t v = pgq_col_int(q, verdict_col);
+    return v == 0 ? "pass" : v == 2 ? "error" : "unevaluated";
+}
+
+/* A trace as the API gives it: the body with the canonical id, timestamp and verdict put in
+ * and inline feedback taken out. Columns: body, id, ts, verdict, negative. */
+static json_t *trace_object(const pgq *q, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *t = json_loadb(pgq_col(q, 0), (size_t)pgq_len(q, 0), 0, &jerr);
+    if (!t || !json_is_object(t)) {
+        snprintf(err, errlen, "stored trace '%s' is not a JSON object: %s", pgq_col(q, 1), t ? "" : jerr.text);
+        json_decref(t);
+        return NULL;
+    }
+    char when[32];
+    rfc3339_format(pgq_col_int(q, 2), when);
+    json_object_set_new(t, "id", json_string(pgq_col(q, 1)));
+    json_object_set_new(t, "timestamp", json_string(when));
+    json_object_set_new(t, "verdict", json_string(verdict_name(q, 3, 4)));
+    json_object_del(t, "feedback");
+    return t;
+}
+
+#define TRACE_COLUMNS "body, id, ts, verdict, negative"
+
+static int add_scores(PGconn *c, const char *id, json_t *trace, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(c, "SELECT evaluator, script, version, required, status, pass, score, reason, ts "
+                        "FROM scores WHERE trace_id = ?1 ORDER BY evaluator");
+    pgq_text(q, 1, id);
+    json_t *arr = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        char when[32];
+        rfc3339_format(pgq_col_int(q, 8), when);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:b, s:s, s:b, s:f, s:s, s:s}", "evaluator",
+                                             pgq_col(q, 0), "script", pgq_col(q, 1), "version", pgq_col(q, 2),
+                                             "required", (int)pgq_col_int(q, 3), "status", pgq_col(q, 4), "pass",
+                                             (int)pgq_col_int(q, 5), "score", pgq_col_double(q, 6), "reason",
+                                             pgq_col(q, 7), "evaluated_at", when));
+    }
+    json_object_set_new(trace, "scores", arr);
+    if (rc == PGQ_ERROR)
+        snprintf(err, errlen, "store read failed: %s", q->err);
+    pgq_free(q);
+    return rc == PGQ_ERROR ? -1 : 0;
+}
+
+/* [feedback bodies] of a trace, oldest first; NULL with err. */
+static json_t *feedback_of(PGconn *c, const char *id, char *err, size_t errlen)
+{
+    pgq *q = pgq_new(c, "SELECT body FROM feedback WHERE trace_id = ?1 ORDER BY seq");
+    pgq_text(q, 1, id);
+    json_t *fb = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        json_t *f = json_loadb(pgq_col(q, 0), (size_t)pgq_len(q, 0), 0, NULL);
+        if (f)
+            json_array_append_new(fb, f);
+    }
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        json_decref(fb);
+        fb = NULL;
+    }
+    pgq_free(q);
+    return fb;
+}
+
+static int pg_get_trace_json(store *base, const char *id, buf_t *out, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s, "SELECT " TRACE_COLUMNS ", received_at FROM traces WHERE id = ?1", &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, id);
+    int rc = pgq_step(q), ret = -1;
+    json_t *trace = NULL;
+    if (rc == PGQ_DONE)
+        ret = 1;
+    if (rc != PGQ_ROW || !(trace = trace_object(q, err, errlen)))
+        goto done;
+    char when[32];
+    rfc3339_format(pgq_col_int(q, 5), when);
+    json_object_set_new(trace, "received_at", json_string(when));
+    json_t *fb = feedback_of(q->conn, id, err, errlen);
+    if (!fb)
+        goto done;
+    json_object_set_new(trace, "feedback", fb);
+    if (add_scores(q->conn, id, trace, err, errlen) != 0)
+        goto done;
+    char *text = jtree_dump_text(trace, false);
+    buf_puts(out, text);
+    free(text);
+    ret = 0;
+done:
+    json_decref(trace);
+    if (pg_read_end(s, q, rc, err, errlen))
+        return -1;
+    return ret;
+}
+
+static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *out, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    buf_t sql;
+    buf_init(&sql);
+    buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+    if (qr->prompt)
+        buf_puts(&sql, " AND prompt = ?3");
+    if (qr->version)
+        buf_puts(&sql, " AND version = ?4");
+    if (qr->has_cursor)
+        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    if (qr->failed == 1)
+        buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
+    else if (qr->failed == 0)
+        buf_puts(&sql, " AND NOT (verdict = 1 OR negative = 1)");
+    if (qr->evaluator)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM scores sc WHERE sc.trace_id = traces.id AND sc.evaluator = ?8"
+                       " AND sc.pass = 0)");
+    if (qr->feedback == 1)
+        buf_puts(&sql, " AND negative = 1");
+    else if (qr->feedback == 2)
+        buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
+    if (qr->text)
+        buf_puts(&sql, " AND strpos(body::text, ?9) > 0");
+    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    pgq *q;
+    int bad = pg_read_begin(s, sql.data, &q, err, errlen);
+    buf_free(&sql);
+    if (bad)
+        return -1;
+    pgq_int(q, 1, qr->since_ms);
+    pgq_int(q, 2, qr->until_ms);
+    pgq_text(q, 3, qr->prompt);
+    pgq_int(q, 4, qr->version);
+    pgq_int(q, 5, qr->has_cursor ? qr->cursor_ts : 0);
+    pgq_int(q, 6, qr->has_cursor ? qr->cursor_seq : 0);
+    pgq_int(q, 7, qr->limit + 1); /* one more tells whether a next page exists */
+    pgq_text(q, 8, qr->evaluator);
+    pgq_text(q, 9, qr->text);
+    buf_puts(out, "{\"items\":[");
+    int n = 0, rc;
+    int64_t last_ts = 0, last_seq = 0;
+    bool failed = false;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        if (n == qr->limit) {
+            n++;
+            break;
+        }
+        json_t *t = trace_object(q, err, errlen);
+        if (!t) {
+            failed = true;
+            break;
+        }
+        char *text = jtree_dump_text(t, false);
+        json_decref(t);
+        if (n)
+            buf_puts(out, ",");
+        buf_puts(out, text);
+        free(text);
+        last_ts = pgq_col_int(q, 2);
+        last_seq = pgq_col_int(q, 5);
+        n++;
+    }
+    if (pg_read_end(s, q, rc, err, errlen) || failed)
+        return -1;
+    if (n > qr->limit)
+        buf_printf(out, "],\"next_cursor\":\"%llx.%llx\"}", (unsigned long long)last_ts, (unsigned long long)last_seq);
+    else
+        buf_puts(out, "],\"next_cursor\":null}");
+    return 0;
+}
+
+static int pg_get_traces_for_eval(store *base, char *const *ids, size_t n, char **json, char **prompt,
+                                  int64_t *version, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    for (size_t i = 0; i < n; i++) {
+        json[i] = prompt[i] = NULL;
+        version[i] = 0;
+    }
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    if (!c)
+        return -1;
+    int ret = 0;
+    for (size_t i = 0; i < n && !ret; i++) {
+        pgq *q = pgq_new(c, "SELECT " TRACE_COLUMNS ", prompt, version FROM traces WHERE id = ?1");
+        pgq_text(q, 1, ids[i]);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ERROR) {
+            snprintf(err, errlen, "store read failed: %s", q->err);
+            ret = -1;
+        } else if (rc == PGQ_ROW) {
+            json_t *t = trace_object(q, err, errlen);
+            json_t *fb = t ? feedback_of(c, ids[i], err, errlen) : NULL;
+            if (!t || !fb) {
+                json_decref(t);
+                ret = -1;
+            } else {
+                json_object_set_new(t, "feedback", fb);
+                json[i] = jtree_dump_text(t, false);
+                prompt[i] = xstrdup(pgq_col(q, 5));
+                version[i] = pgq_col_int(q, 6);
+                json_decref(t);
+            }
+        }
+        pgq_free(q);
+    }
+    pg_read_release(s, c);
+    if (ret)
+        for (size_t k = 0; k < n; k++) {
+            free(json[k]);
+            free(prompt[k]);
+            json[k] = prompt[k] = NULL;
+        }
+    return ret;
+}
+
+static int pg_list_trace_ids(store *base, const char *prompt, int64_t since_ms, int64_t until_ms,
+                             bool only_unevaluated, int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids,
+                             size_t *n, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    *ids = NULL;
+    *n = 0;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT ts, seq, id FROM traces WHERE prompt = ?1 AND ts >= ?2 AND ts < ?3 AND "
+                      "(ts, seq) > (?4, ?6) AND (?7 = 0 OR verdict IS NULL) ORDER BY ts, seq LIMIT ?5",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, prompt);
+    pgq_int(q, 2, since_ms);
+    pgq_int(q, 3, until_ms);
+    pgq_int(q, 4, *cur_ts);
+    pgq_int(q, 5, limit);
+    pgq_int(q, 6, *cur_seq);
+    pgq_int(q, 7, only_unevaluated);
+    *ids = xcalloc((size_t)limit, sizeof **ids);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW) {
+        *cur_ts = pgq_col_int(q, 0);
+        *cur_seq = pgq_col_int(q, 1);
+        (*ids)[(*n)++] = xstrdup(pgq_col(q, 2));
+    }
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
+static int pg_llm_totals(store *base, int64_t since_ms, const char *run_id, int64_t *calls, int64_t *tokens,
+                         double *cost, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT count(*), coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost), 0) "
+                      "FROM llm_calls WHERE ts >= ?1 AND (?2::text IS NULL OR run_id = ?2)",
+                      &q, err, errlen))
+        return -1;
+    pgq_int(q, 1, since_ms);
+    pgq_text(q, 2, run_id);
+    int rc = pgq_step(q);
+    if (rc == PGQ_ROW) {
+        *calls = pgq_col_int(q, 0);
+        *tokens = (int64_t)pgq_col_double(q, 1);
+        *cost = pgq_col_double(q, 2);
+    }
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
+static int pg_list_llm_calls_json(store *base, int64_t since_ms, const char *caller_kind, int limit, buf_t *out,
+                                  char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "SELECT id, ts, caller_kind, caller, run_id, provider, model, input_tokens, output_tokens, cost, "
+                      "attempts, status, error, latency_ms, request_id FROM llm_calls "
+                      "WHERE ts >= ?1 AND (?2::text IS NULL OR caller_kind = ?2) ORDER BY seq DESC LIMIT ?3",
+                      &q, err, errlen))
+        return -1;
+    pgq_int(q, 1, since_ms);
+    pgq_text(q, 2, caller_kind);
+    pgq_int(q, 3, limit);
+    json_t *items = json_array();
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(
+            items, json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:f, s:I, s:o, s:o, s:f, s:o}", "id",
+                             pgq_col_text(q, 0), "ts", pgq_col_time(q, 1), "caller_kind", pgq_col_text(q, 2), "caller",
+                             pgq_col_text(q, 3), "run_id", pgq_col_text(q, 4), "provider", pgq_col_text(q, 5), "model",
+                             pgq_col_text(q, 6), "input_tokens", (json_int_t)pgq_col_int(q, 7), "output_tokens",
+                             (json_int_t)pgq_col_int(q, 8), "cost", pgq_col_double(q, 9), "attempts",
+                             (json_int_t)pgq_col_int(q, 10), "status", pgq_col_text(q, 11), "error",
+                             pgq_col_text(q, 12), "latency_ms", pgq_col_double(q, 13), "request_id",
+                             pgq_col_text(q, 14)));
+    int r = pg_read_end(s, q, rc, err, errlen);
+    if (!r) {
+        json_t *root = json_pack("{s:o}", "items", items);
+        char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        buf_puts(out, text);
+        free(text);
+        json_decref(root);
+    } else {
+        json_decref(items);
+    }
+    return r;
+}
+
+static const store_backend pg_backend = {
+    .name = "postgres",
+    .shared = true,
+    .metrics = pg_metrics,
+    .flush = pg_flush,
+    .close = pg_close,
+    .submit = pg_submit,
+    .healthy = pg_healthy,
+    .status = pg_status,
+    .leader = pg_leader,
+    .on_cluster = pg_on_cluster,
+    .set_scripts = pg_set_scripts,
+    .get_trace_json = pg_get_trace_json,
+    .list_traces_json = pg_list_traces_json,
+    .get_traces_for_eval = pg_get_traces_for_eval,
+    .list_trace_ids = pg_list_trace_ids,
+    .llm_totals = pg_llm_totals,
+    .list_llm_calls_json = pg_list_llm_calls_json,
+    .load_registry = pg_load_registry,
+    .list_transitions_json = pg_list_transitions_json,
+    .dataset_cases = pg_dataset_cases,
+    .select_traces = pg_select_traces,
+    .dataset_versions = pg_dataset_versions,
+    .failed_trace_cases = pg_failed_trace_cases,
+    .passed_trace_cases = pg_passed_trace_cases,
+    .cache_get = pg_cache_get,
+    .get_run = pg_get_run,
+    .list_runs = pg_list_runs,
+    .unfinished_runs = pg_unfinished_runs,
+    .run_cases = pg_run_cases,
+    .run_result_keys = pg_run_result_keys,
+    .run_results = pg_run_results,
+    .load_loop_states = pg_load_loop_states,
+    .list_loop_events = pg_list_loop_events,
+    .prompt_metrics_sliced = pg_prompt_metrics_sliced,
+};

@@ -910,6 +910,7 @@ static int start_otlp(engine *e, char *err, size_t errlen)
         snprintf(err, errlen, "otlp.listen: %s", why);
         return -1;
     }
+    http_server_set_error_writer(e->otlp_http, api_otlp_error);
     e->api.otlp_http = e->otlp_http;
     char addr[96];
     http_server_address(e->otlp_http, addr, sizeof addr);

@@ -3,8 +3,9 @@
  * The first byte picks the form (bit 0: JSON, else protobuf; bit 1: logs,
  * else traces; bit 2: gzip); the rest is the body. What it checks beyond
  * "no crash": a refusal says why; every span is accounted for exactly once
- * (a trace, dropped or rejected); every trace the mapping made is an object
- * with an id and a prompt, and its JSON goes through ingest_parse. */
+ * (a trace, a part of one, dropped or rejected); every trace the mapping made is an object
+ * with an id and a prompt; ingest_tree (what the receiver runs) and
+ * ingest_parse of the same traces as text agree on every item. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,9 +47,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     otlp_mapped m;
     if (sig == OTLP_TRACES) {
         otlp_map_spans(items, NULL, &m);
-        if (json_array_size(m.traces) + m.dropped + m.rejected != json_array_size(items)) {
-            fprintf(stderr, "%zu spans, but %zu traces + %zu dropped + %zu rejected\n", json_array_size(items),
-                    json_array_size(m.traces), m.dropped, m.rejected);
+        if (json_array_size(m.traces) + json_array_size(m.parts) + m.dropped + m.rejected != json_array_size(items)) {
+            fprintf(stderr, "%zu spans, but %zu traces + %zu parts + %zu dropped + %zu rejected\n",
+                    json_array_size(items), json_array_size(m.traces), json_array_size(m.parts), m.dropped, m.rejected);
             abort();
         }
     } else {
@@ -64,14 +65,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (json_array_size(m.traces)) {
         char *text = jtree_dump(m.traces);
-        ingest_batch b;
-        const char *code = NULL;
+        ingest_batch b, tb;
+        const char *code = NULL, *tcode = NULL;
+        char terr[512] = "";
         int rc = ingest_parse(INGEST_TRACES, text, strlen(text), false, 100000, 1795507200000LL, &b, &code, err,
                               sizeof err);
-        if (rc == 0)
+        int trc = ingest_tree(INGEST_TRACES, m.traces, 100000, 1795507200000LL, &tb, &tcode, terr, sizeof terr);
+        if (rc != trc)
+            abort(); /* one validator: the same verdict on the request */
+        if (rc == 0) {
+            if (b.nitems != tb.nitems)
+                abort();
+            for (size_t k = 0; k < b.nitems; k++)
+                if ((b.items[k].write_index < 0) != (tb.items[k].write_index < 0) ||
+                    b.items[k].nerrors != tb.items[k].nerrors)
+                    abort(); /* ... and on each item */
             ingest_batch_free(&b);
-        else if (!code || !err[0])
+            ingest_batch_free(&tb);
+        } else if (!code || !err[0] || !tcode || !terr[0]) {
             abort();
+        }
         free(text);
     }
     otlp_mapped_free(&m);

@@ -57,7 +57,7 @@ typedef struct {
     /* the OTLP receiver's counters, by signal: [OTLP_TRACES], [OTLP_LOGS] (api_otlp.c) */
     struct {
         uint64_t requests, bytes, refused;
-        uint64_t items[6]; /* accepted, duplicate, rejected, dropped (not an LLM call, or no content), unlinked (no prompt), failed */
+        uint64_t items[7]; /* accepted, duplicate, rejected, dropped (not an LLM call), unlinked (no prompt), failed, part (a span without its content) */
         double decode_seconds; /* decoding and mapping, summed */
     } otlp_n[2];
     /* gateway mode (api_gateway.c): its state, and its counters for /metrics */

@@ -33,7 +33,7 @@ const api_route api_otlp_routes[] = {
 };
 const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[0];
 
-enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED };
+enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED, R_PART, R_N };
 
 typedef struct {
     uv_work_t work;
@@ -44,7 +44,6 @@ typedef struct {
     int status;            /* the request refused whole: 400, 413 */
     char err[512];
     otlp_mapped m;
-    char *traces_text, *feedback_text;
     ingest_batch tb, fb;
     bool have_tb, have_fb;
     size_t rejected;       /* items rejected: the decoder's, the mapping's and ingest's */
@@ -69,21 +68,26 @@ static int grpc_code(int status)
     case 403: return 7;  /* PERMISSION_DENIED */
     case 404: return 5;  /* NOT_FOUND */
     case 413: return 11; /* OUT_OF_RANGE */
+    case 405: return 12; /* UNIMPLEMENTED */
+    case 408: return 4;  /* DEADLINE_EXCEEDED */
     case 415: return 3;
     case 429: return 8;  /* RESOURCE_EXHAUSTED */
+    case 431: return 11;
+    case 505: return 12;
     default: return 14;  /* UNAVAILABLE */
     }
 }
 
 /* A failure in the request's own encoding (a google.rpc.Status), with
- * Retry-After on the retryable 429 and 503. */
-static void respond_failure(http_request *req, bool json, int status, const char *msg)
+ * Retry-After on the retryable 429 and 503 unless extra names headers. */
+static void respond_status(http_request *req, bool json, int status, const char *msg, const char *extra)
 {
-    const char *retry = status == 429 || status == 503 ? "Retry-After: 1\r\n" : NULL;
+    if (!extra && (status == 429 || status == 503))
+        extra = "Retry-After: 1\r\n";
     if (json) {
         json_t *o = json_pack("{s:i,s:s}", "code", grpc_code(status), "message", msg);
-        char *text = jtree_dump(o);
-        http_respond(req, status, "application/json", retry, text, strlen(text));
+        char *text = o ? jtree_dump(o) : xstrdup("{\"code\":13,\"message\":\"the error could not be written\"}");
+        http_respond(req, status, "application/json", extra, text, strlen(text));
         free(text);
         json_decref(o);
         return;
@@ -94,8 +98,23 @@ static void respond_failure(http_request *req, bool json, int status, const char
     size_t n = otlp__rpc_status__get_packed_size(&st);
     uint8_t *out = xmalloc(n + 1);
     otlp__rpc_status__pack(&st, out);
-    http_respond(req, status, "application/x-protobuf", retry, (const char *)out, n);
+    http_respond(req, status, "application/x-protobuf", extra, (const char *)out, n);
     free(out);
+}
+
+static void respond_failure(http_request *req, bool json, int status, const char *msg)
+{
+    respond_status(req, json, status, msg, NULL);
+}
+
+static int content_kind(const char *ct);
+
+void api_otlp_error(http_request *req, int status, const char *message, const char *extra_headers)
+{
+    /* protobuf when the request said protobuf; JSON otherwise (a JSON
+     * request, or one whose content type is unknown or not read yet) */
+    bool json = content_kind(http_header_get(req, "content-type")) != 1;
+    respond_status(req, json, status, message, extra_headers);
 }
 
 static void respond_success(otlp_job *job)
@@ -150,8 +169,6 @@ static void job_free(otlp_job *job)
         ingest_batch_free(&job->tb);
     if (job->have_fb)
         ingest_batch_free(&job->fb);
-    free(job->traces_text);
-    free(job->feedback_text);
     json_decref(job->answers);
     free(job->rule_name);
     free(job);
@@ -181,23 +198,12 @@ static void count_ingest_rejections(otlp_job *job, const ingest_batch *b, json_t
     }
 }
 
-/* The items as NDJSON, one line each: ingest stores a line's text as it
- * is, where it re-encodes the items of an array. */
-static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, char **text, ingest_batch *b)
+/* The mapped items through ingest's validator, as trees: no text round trip. */
+static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, ingest_batch *b)
 {
-    buf_t nd = {0};
-    size_t i;
-    json_t *it;
-    json_array_foreach(items, i, it) {
-        jtree_dump_buf(&nd, it);
-        buf_append(&nd, "\n", 1);
-    }
-    buf_append(&nd, "", 1); /* NUL-terminated, as ingest_parse wants */
-    size_t len = nd.len - 1;
-    *text = nd.data;
     const char *code;
-    int rc = ingest_parse(kind, *text, len, true, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code,
-                          job->err, sizeof job->err);
+    int rc = ingest_tree(kind, items, (size_t)job->a->cfg->limits.max_batch_items, now_ms(), b, &code, job->err,
+                         sizeof job->err);
     if (rc) {
         job->status = rc;
         return -1;
@@ -256,13 +262,36 @@ static void parse_mapped(otlp_job *job)
     snprintf(job->error, sizeof job->error, "%s", job->m.error);
     if (json_array_size(job->m.traces)) {
         job->have_tb = true;
-        if (parse_items(job, INGEST_TRACES, job->m.traces, &job->traces_text, &job->tb) != 0)
+        if (parse_items(job, INGEST_TRACES, job->m.traces, &job->tb) != 0)
             return;
+    }
+    if (job->sig == OTLP_LOGS)
+        for (size_t i = 0; i < job->tb.write.ntraces; i++)
+            job->tb.write.traces[i].join_part = true; /* the span may have come first */
+    size_t nparts = json_array_size(job->m.parts);
+    if (nparts) {
+        /* the spans' parts go with the traces' write (or alone) */
+        store_write *w = &job->tb.write;
+        job->have_tb = true;
+        w->parts = xcalloc(nparts, sizeof *w->parts);
+        size_t i;
+        json_t *p;
+        json_array_foreach(job->m.parts, i, p) {
+            w->parts[i].id = xstrdup(json_string_value(json_object_get(p, "id")));
+            w->parts[i].json = jtree_dump(json_object_get(p, "part"));
+            w->parts[i].json_len = strlen(w->parts[i].json);
+        }
+        w->nparts = nparts;
     }
     if (json_array_size(job->m.feedback)) {
         job->have_fb = true;
-        parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->feedback_text, &job->fb);
+        parse_items(job, INGEST_FEEDBACK, job->m.feedback, &job->fb);
     }
+    /* the store rows hold all that is needed now: free the trees here (in
+     * the thread that built them) rather than after the commit */
+    json_array_clear(job->m.traces);
+    json_array_clear(job->m.feedback);
+    json_array_clear(job->m.parts);
 }
 
 /* ---- the store ---- */
@@ -288,6 +317,8 @@ static void count_results(otlp_job *job, const store_write *w)
     for (size_t i = 0; i < w->ntraces; i++)
         n[w->status ? R_FAILED : w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED
                                : w->trace_results[i] == STORE_DUPLICATE ? R_DUPLICATE : R_FAILED]++;
+    for (size_t i = 0; i < w->nparts; i++)
+        n[w->status ? R_FAILED : R_PART]++;
     for (size_t i = 0; i < w->nfeedback; i++) {
         unsigned char r = w->feedback_results[i];
         if (w->status || r == STORE_FAILED)
@@ -410,7 +441,7 @@ static void submit_job(otlp_job *job)
         job_free(job);
         return;
     }
-    if (job->have_tb && job->tb.write.ntraces) {
+    if (job->have_tb && (job->tb.write.ntraces || job->tb.write.nparts)) {
         submit(job, &job->tb.write);
         return;
     }
@@ -528,7 +559,7 @@ void api_otlp_handle(http_request *req, void *ctx)
 void api_otlp_metrics(api *a, buf_t *b)
 {
     static const char *const sig[] = {"traces", "logs"};
-    static const char *const res[] = {"accepted", "duplicate", "rejected", "dropped", "unlinked", "failed"};
+    static const char *const res[R_N] = {"accepted", "duplicate", "rejected", "dropped", "unlinked", "failed", "part"};
     metrics_family(b, "ratchet_otlp_requests_total", "counter", "Authorized requests to the OTLP listener.");
     for (int k = 0; k < 2; k++)
         metrics_sample(b, "ratchet_otlp_requests_total", (double)a->otlp_n[k].requests, "signal", sig[k], NULL);
@@ -542,9 +573,10 @@ void api_otlp_metrics(api *a, buf_t *b)
     metrics_family(b, "ratchet_otlp_items_total", "counter",
                    "Spans and log-record groups, by result: accepted (stored as traces or feedback), duplicate (already "
                    "stored), rejected (invalid, answered in partial_success), dropped (not an LLM call, or one whose content is not there to score; not rejected), "
-                   "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed).");
+                   "unlinked (an LLM call linked to no prompt; counted in rejected too), failed (the commit failed), "
+                   "part (an LLM call's span without its content: its model, usage and latency stored to join the trace its log records form).");
     for (int k = 0; k < 2; k++)
-        for (int r = 0; r < 6; r++)
+        for (int r = 0; r < R_N; r++)
             metrics_sample(b, "ratchet_otlp_items_total", (double)a->otlp_n[k].items[r], "signal", sig[k], "result",
                            res[r], NULL);
     metrics_family(b, "ratchet_otlp_decode_seconds_total", "counter", "CPU time spent decoding and mapping OTLP bodies.");

@@ -1091,6 +1091,118 @@ static void collect_unreadable(void *ud, size_t item, const char *path, const ch
     l->n++;
 }
 
+/* The one validator of both entry points: checks each parsed item (depth,
+ * duplicate keys, values the reader cannot hold, then the trace or feedback
+ * rules) and fills out's items and store rows. body/len: the whole text of
+ * an array body (its unreadable values are found in one pass over it), else
+ * NULL and each item's own text is searched. */
+/* Where validate_items takes item i from: the text path's parsed items, or
+ * the tree path's views, built one at a time in memory reused for each. */
+typedef struct {
+    raw_item *(*get)(void *ud, size_t i);
+    void *ud;
+} item_source;
+
+static raw_item *from_array(void *ud, size_t i)
+{
+    return &((raw_item *)ud)[i];
+}
+
+static void validate_items(ingest_kind kind, item_source src, size_t nraw, bool array_form, const char *body,
+                           size_t len, int64_t now, ingest_batch *out)
+{
+    out->nitems = nraw;
+    out->items = xcalloc(nraw, sizeof *out->items);
+    if (kind == INGEST_TRACES)
+        out->write.traces = xcalloc(nraw, sizeof *out->write.traces);
+    else
+        out->write.feedback = xcalloc(nraw, sizeof *out->write.feedback);
+    /* inline feedback of traces, appended after the loop */
+    store_feedback *inline_fb = NULL;
+    size_t ninline = 0, inline_cap = 0;
+    /* unreadable values in an array body, found in one pass over it */
+    unreadable_list unreadable = {0};
+    bool body_bad_escape = array_form && lone_surrogate_at(body, len, 0) >= 0, body_searched = false;
+
+    for (size_t i = 0; i < nraw; i++) {
+        ingest_item *it = &out->items[i];
+        raw_item *r = src.get(src.ud, i);
+        it->write_index = -1;
+        it->line = r->line;
+        char base[32];
+        if (array_form)
+            snprintf(base, sizeof base, "$[%zu]", i);
+        else
+            snprintf(base, sizeof base, "$");
+        vctx v = {it, base};
+        if (!r->value) {
+            add_error(&v, "", "%s", r->parse_error);
+            continue;
+        }
+        const char *dup = NULL;
+        bool bad_number = false;
+        if (walk_check(r->value, &dup, &bad_number) > INGEST_MAX_DEPTH) {
+            add_error(&v, "", "is nested deeper than %d levels", INGEST_MAX_DEPTH);
+            continue;
+        }
+        if (dup) {
+            add_error(&v, "", "has the key '%.100s' twice in one object", dup);
+            continue;
+        }
+        /* what the store's reader (jansson) would refuse is refused here,
+         * so nothing acknowledged fails to read back */
+        if (array_form && (bad_number || body_bad_escape) && !body_searched) {
+            find_unreadable(body, len, true, collect_unreadable, &unreadable);
+            body_searched = true;
+        }
+        if (array_form) {
+            for (size_t k = 0; k < unreadable.n; k++)
+                if (unreadable.items[k].item == i)
+                    add_error(&v, unreadable.items[k].path + strcspn(unreadable.items[k].path, "]") + 1, "%s",
+                              unreadable.items[k].message);
+        } else if (bad_number || lone_surrogate_at(r->text, r->text_len, 0) >= 0) {
+            find_unreadable(r->text, r->text_len, false, report_unreadable, &v);
+        }
+        if (it->nerrors)
+            continue;
+        if (kind == INGEST_TRACES) {
+            store_feedback *fb = NULL;
+            size_t nfb = 0;
+            store_trace *t = &out->write.traces[out->write.ntraces];
+            if (validate_trace(&v, r->value, r->text, r->text_len, now, t, &fb, &nfb)) {
+                it->write_index = (int)out->write.ntraces++;
+                if (nfb) {
+                    if (ninline + nfb > inline_cap) {
+                        inline_cap = (ninline + nfb) * 2;
+                        inline_fb = xrealloc(inline_fb, inline_cap * sizeof *inline_fb);
+                    }
+                    memcpy(inline_fb + ninline, fb, nfb * sizeof *fb);
+                    ninline += nfb;
+                }
+                free(fb);
+            } else {
+                free_feedback_items(fb, nfb);
+            }
+        } else {
+            store_feedback *f = &out->write.feedback[out->write.nfeedback];
+            if (validate_feedback(&v, r->value, "", NULL, 0, "explicit", now, f)) {
+                it->write_index = (int)out->write.nfeedback++;
+                it->id = xstrdup(f->id);
+            }
+        }
+    }
+    for (size_t k = 0; k < unreadable.n; k++)
+        free(unreadable.items[k].path);
+    free(unreadable.items);
+    out->array_form = array_form;
+    if (ninline) {
+        out->write.feedback = xrealloc(out->write.feedback, (out->write.nfeedback + ninline) * sizeof *inline_fb);
+        memcpy(out->write.feedback + out->write.nfeedback, inline_fb, ninline * sizeof *inline_fb);
+        out->write.nfeedback += ninline;
+    }
+    free(inline_fb);
+}
+
 int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now,
                  ingest_batch *out, const char **err_code, char *err, size_t errlen)
 {
@@ -1205,101 +1317,191 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
         return 400;
     }
 
-    out->nitems = nraw;
-    out->items = xcalloc(nraw, sizeof *out->items);
-    if (kind == INGEST_TRACES)
-        out->write.traces = xcalloc(nraw, sizeof *out->write.traces);
-    else
-        out->write.feedback = xcalloc(nraw, sizeof *out->write.feedback);
-    /* inline feedback of traces, appended after the loop */
-    store_feedback *inline_fb = NULL;
-    size_t ninline = 0, inline_cap = 0;
-    /* unreadable values in an array body, found in one pass over it */
-    unreadable_list unreadable = {0};
-    bool body_bad_escape = array_form && lone_surrogate_at(body, len, 0) >= 0, body_searched = false;
-
-    for (size_t i = 0; i < nraw; i++) {
-        ingest_item *it = &out->items[i];
-        it->write_index = -1;
-        it->line = raw[i].line;
-        char base[32];
-        if (array_form)
-            snprintf(base, sizeof base, "$[%zu]", i);
-        else
-            snprintf(base, sizeof base, "$");
-        vctx v = {it, base};
-        if (!raw[i].value) {
-            add_error(&v, "", "%s", raw[i].parse_error);
-            continue;
-        }
-        const char *dup = NULL;
-        bool bad_number = false;
-        if (walk_check(raw[i].value, &dup, &bad_number) > INGEST_MAX_DEPTH) {
-            add_error(&v, "", "is nested deeper than %d levels", INGEST_MAX_DEPTH);
-            continue;
-        }
-        if (dup) {
-            add_error(&v, "", "has the key '%.100s' twice in one object", dup);
-            continue;
-        }
-        /* what the store's reader (jansson) would refuse is refused here,
-         * so nothing acknowledged fails to read back */
-        if (array_form && (bad_number || body_bad_escape) && !body_searched) {
-            find_unreadable(body, len, true, collect_unreadable, &unreadable);
-            body_searched = true;
-        }
-        if (array_form) {
-            for (size_t k = 0; k < unreadable.n; k++)
-                if (unreadable.items[k].item == i)
-                    add_error(&v, unreadable.items[k].path + strcspn(unreadable.items[k].path, "]") + 1, "%s",
-                              unreadable.items[k].message);
-        } else if (bad_number || lone_surrogate_at(raw[i].text, raw[i].text_len, 0) >= 0) {
-            find_unreadable(raw[i].text, raw[i].text_len, false, report_unreadable, &v);
-        }
-        if (it->nerrors)
-            continue;
-        if (kind == INGEST_TRACES) {
-            store_feedback *fb = NULL;
-            size_t nfb = 0;
-            store_trace *t = &out->write.traces[out->write.ntraces];
-            if (validate_trace(&v, raw[i].value, raw[i].text, raw[i].text_len, now, t, &fb, &nfb)) {
-                it->write_index = (int)out->write.ntraces++;
-                if (nfb) {
-                    if (ninline + nfb > inline_cap) {
-                        inline_cap = (ninline + nfb) * 2;
-                        inline_fb = xrealloc(inline_fb, inline_cap * sizeof *inline_fb);
-                    }
-                    memcpy(inline_fb + ninline, fb, nfb * sizeof *fb);
-                    ninline += nfb;
-                }
-                free(fb);
-            } else {
-                free_feedback_items(fb, nfb);
-            }
-        } else {
-            store_feedback *f = &out->write.feedback[out->write.nfeedback];
-            if (validate_feedback(&v, raw[i].value, "", NULL, 0, "explicit", now, f)) {
-                it->write_index = (int)out->write.nfeedback++;
-                it->id = xstrdup(f->id);
-            }
-        }
-    }
+    validate_items(kind, (item_source){from_array, raw}, nraw, array_form, array_form ? body : NULL, len, now, out);
     if (array)
         yajl_tree_free(array);
     else
         for (size_t i = 0; i < nraw; i++)
             yajl_tree_free(raw[i].value);
     free(raw);
-    for (size_t k = 0; k < unreadable.n; k++)
-        free(unreadable.items[k].path);
-    free(unreadable.items);
-    out->array_form = array_form;
-    if (ninline) {
-        out->write.feedback = xrealloc(out->write.feedback, (out->write.nfeedback + ninline) * sizeof *inline_fb);
-        memcpy(out->write.feedback + out->write.nfeedback, inline_fb, ninline * sizeof *inline_fb);
-        out->write.nfeedback += ninline;
+    return 0;
+}
+
+/* ---- trees (ingest_tree) ---- */
+
+/* A read-only yajl view of a jansson tree, for the one validator: nodes,
+ * arrays and number texts in an arena, strings and keys pointing into the
+ * jansson tree (which outlives the view). */
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t used, cap;
+    max_align_t data[];
+} arena_chunk;
+
+typedef struct {
+    arena_chunk *head;
+    const char *bad; /* the first reason the tree cannot be stored as JSON text */
+} arena;
+
+static void *arena_alloc(arena *a, size_t n)
+{
+    n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+    if (!a->head || a->head->cap - a->head->used < n) {
+        size_t cap = n > 16384 ? n : 16384;
+        arena_chunk *c = xmalloc(sizeof *c + cap);
+        c->next = a->head;
+        c->used = 0;
+        c->cap = cap;
+        a->head = c;
     }
-    free(inline_fb);
+    void *p = (char *)a->head->data + a->head->used;
+    a->head->used += n;
+    return p;
+}
+
+static void arena_free(arena *a)
+{
+    for (arena_chunk *c = a->head, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    a->head = NULL;
+}
+
+static yajl_val view_of(arena *a, json_t *j, int depth)
+{
+    yajl_val v = arena_alloc(a, sizeof *v);
+    memset(v, 0, sizeof *v);
+    if (depth > INGEST_MAX_DEPTH + 1) { /* deeper is rejected by walk_check; no need to look further */
+        v->type = yajl_t_null;
+        if (!a->bad)
+            a->bad = "is nested deeper than " STR(INGEST_MAX_DEPTH) " levels";
+        return v;
+    }
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        size_t n = json_object_size(j), i = 0;
+        v->type = yajl_t_object;
+        v->u.object.keys = arena_alloc(a, (n ? n : 1) * sizeof *v->u.object.keys);
+        v->u.object.values = arena_alloc(a, (n ? n : 1) * sizeof *v->u.object.values);
+        const char *key;
+        json_t *val;
+        json_object_foreach(j, key, val) {
+            v->u.object.keys[i] = key;
+            v->u.object.values[i++] = view_of(a, val, depth + 1);
+        }
+        v->u.object.len = i;
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(j);
+        v->type = yajl_t_array;
+        v->u.array.values = arena_alloc(a, (n ? n : 1) * sizeof *v->u.array.values);
+        for (size_t i = 0; i < n; i++)
+            v->u.array.values[i] = view_of(a, json_array_get(j, i), depth + 1);
+        v->u.array.len = n;
+        break;
+    }
+    case JSON_STRING:
+        v->type = yajl_t_string;
+        v->u.string = (char *)json_string_value(j);
+        if (strlen(v->u.string) != json_string_length(j) && !a->bad)
+            a->bad = "a string holds a NUL character (\\u0000)";
+        break;
+    case JSON_INTEGER: {
+        char *r = arena_alloc(a, 24);
+        snprintf(r, 24, "%" JSON_INTEGER_FORMAT, json_integer_value(j));
+        v->type = yajl_t_number;
+        v->u.number.i = json_integer_value(j);
+        v->u.number.d = (double)v->u.number.i;
+        v->u.number.r = r;
+        v->u.number.flags = YAJL_NUMBER_INT_VALID | YAJL_NUMBER_DOUBLE_VALID;
+        break;
+    }
+    case JSON_REAL: {
+        char *r = arena_alloc(a, 40);
+        if (!jtree_real_text(json_real_value(j), r)) {
+            snprintf(r, 40, "0");
+            if (!a->bad)
+                a->bad = "a number is not finite";
+        }
+        v->type = yajl_t_number;
+        v->u.number.d = json_real_value(j);
+        v->u.number.r = r;
+        v->u.number.flags = YAJL_NUMBER_DOUBLE_VALID;
+        break;
+    }
+    case JSON_TRUE: v->type = yajl_t_true; break;
+    case JSON_FALSE: v->type = yajl_t_false; break;
+    default: v->type = yajl_t_null; break;
+    }
+    return v;
+}
+
+/* The tree path's items, one at a time: the view and the text of item i
+ * reuse the memory of item i - 1 (a batch's views all at once made the
+ * engine fault in megabytes of fresh pages per request). */
+typedef struct {
+    const json_t *items;
+    arena a;
+    buf_t text;
+    raw_item r;
+} tree_source;
+
+static void arena_reset(arena *a)
+{
+    /* keep the newest chunk, the one most likely to hold an item */
+    if (!a->head)
+        return;
+    arena_chunk *keep = a->head;
+    a->head = keep->next;
+    arena_free(a);
+    keep->next = NULL;
+    keep->used = 0;
+    a->head = keep;
+}
+
+static raw_item *from_tree(void *ud, size_t i)
+{
+    tree_source *ts = ud;
+    json_t *item = json_array_get(ts->items, i);
+    memset(&ts->r, 0, sizeof ts->r);
+    arena_reset(&ts->a);
+    ts->a.bad = NULL;
+    ts->r.value = view_of(&ts->a, item, 0);
+    if (ts->a.bad) {
+        snprintf(ts->r.parse_error, sizeof ts->r.parse_error, "%s", ts->a.bad);
+        ts->r.value = NULL;
+        return &ts->r;
+    }
+    ts->text.len = 0;
+    jtree_dump_buf(&ts->text, item); /* the stored text, written once */
+    buf_append(&ts->text, "", 1);
+    ts->r.text = ts->text.data;
+    ts->r.text_len = ts->text.len - 1;
+    return &ts->r;
+}
+
+int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t now, ingest_batch *out,
+                const char **err_code, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = kind;
+    size_t n = json_array_size(items);
+    if (n == 0) {
+        *err_code = "empty_batch";
+        snprintf(err, errlen, "the body holds no items");
+        return 400;
+    }
+    if (n > max_items) {
+        *err_code = "too_many_items";
+        snprintf(err, errlen, "the batch has %zu items; at most %zu are allowed per request", n, max_items);
+        return 413;
+    }
+    tree_source ts = {.items = items};
+    validate_items(kind, (item_source){from_tree, &ts}, n, false, NULL, 0, now, out);
+    arena_free(&ts.a);
+    buf_free(&ts.text);
     return 0;
 }
 

@@ -1,11 +1,14 @@
-/* ingest.h — turns a request body (one JSON object, a JSON array, or NDJSON)
- * into validated, normalised traces or feedback ready for the store, with a
- * result per item: rejected items carry the JSON path and the reason. */
+/* ingest.h — turns a request body (one JSON object, a JSON array, or NDJSON),
+ * or traces already built as jansson trees (OTLP, captured calls), into
+ * validated, normalised traces or feedback ready for the store, with a
+ * result per item: rejected items carry the JSON path and the reason. Both
+ * entry points run the same validator. */
 #ifndef RATCHET_INGEST_H
 #define RATCHET_INGEST_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <jansson.h>
 #include <stdint.h>
 
 #include "store/store.h"
@@ -42,6 +45,15 @@ typedef struct {
  * parsed and restored after. */
 int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t max_items, int64_t now_ms,
                  ingest_batch *out, const char **err_code, char *err, size_t errlen);
+/* The same for items built in memory: items is a JSON array of trace (or
+ * feedback) objects in the form POST /v1/traces (or /v1/feedback) takes.
+ * Each is checked by the same rules as ingest_parse's (errors name the
+ * field, each item addressed as "$", like an NDJSON line) and, when valid,
+ * written once as compact JSON for the store row: no text round trip.
+ * Returns 0 with the batch filled, or 400 (no items) / 413 (more than
+ * max_items) with err_code and err. items is not modified or kept. */
+int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t now_ms, ingest_batch *out,
+                const char **err_code, char *err, size_t errlen);
 /* The response body after the store answered: counts and per-item results.
  * *status is set to 200, 422 (all rejected) or 503 (the store failed). */
 char *ingest_results_json(const ingest_batch *b, int *status, const char *request_id);

@@ -118,9 +118,12 @@ static json_t *pb_value(const Otlp__AnyValue *v, int depth, const char *kp, size
     }
     switch (v->value_case) {
     case OTLP__ANY_VALUE__VALUE_STRING_VALUE: {
-        char what[128];
-        snprintf(what, sizeof what, "the value of attribute '%s'", KEY);
-        return text_or_fail(v->string_value.data, v->string_value.len, f, what);
+        /* the message is written only when the text is invalid (this runs for every string value) */
+        const ProtobufCBinaryData *t = &v->string_value;
+        json_t *j = json_stringn(t->len ? (const char *)t->data : "", t->len);
+        if (!j)
+            fail(f, "the value of attribute '%s' is not valid UTF-8", KEY);
+        return j;
     }
     case OTLP__ANY_VALUE__VALUE_BOOL_VALUE: return json_boolean(v->bool_value);
     case OTLP__ANY_VALUE__VALUE_INT_VALUE: return json_integer(v->int_value);

@@ -647,6 +647,23 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     return t;
 }
 
+/* What a span without its content adds to the trace its log records form:
+ * the trace's fields the span knows (model, usage, latency, ids of the
+ * session and user, the span's own metadata), not what the records say. */
+static json_t *part_of(json_t *span, fields *f, const char *conv)
+{
+    json_t *t = build_trace(span, f, json_null(), conv);
+    static const char *const not_from_span[] = {"id", "prompt", "input", "output", "tool_calls", "timestamp",
+                                                "feedback", "error", NULL};
+    for (const char *const *k = not_from_span; *k; k++)
+        json_object_del(t, *k);
+    json_t *otel = json_object_get(json_object_get(t, "metadata"), "otel");
+    json_object_del(otel, "trace_id");
+    json_object_del(otel, "span_id");
+    json_object_del(otel, "convention");
+    return t;
+}
+
 static void push(otlp_mapped *out, json_t *trace, size_t source)
 {
     size_t n = json_array_size(out->traces);
@@ -689,6 +706,7 @@ static void init_out(otlp_mapped *out)
     out->traces = json_array();
     out->feedback = json_array();
     out->deferred = json_array();
+    out->parts = json_array();
 }
 
 static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_mapped *out)
@@ -724,8 +742,13 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
     if (json_array_size(json_object_get(span, "events")))
         read_span_events(span, &f);
     if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
-        /* content off, or sent as log records (/v1/logs): nothing to score here */
-        out->dropped++;
+        /* content off, or sent as log records (/v1/logs): nothing to score
+         * here, but what the span knows joins the trace the records form */
+        char id[64];
+        const char *tid = json_string_value(json_object_get(span, "trace_id"));
+        const char *sid = json_string_value(json_object_get(span, "span_id"));
+        otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
+        json_array_append_new(out->parts, json_pack("{s:s,s:o}", "id", id, "part", part_of(span, &f, conv)));
         fields_free(&f);
         return;
     }
@@ -853,6 +876,7 @@ void otlp_mapped_free(otlp_mapped *m)
     json_decref(m->traces);
     json_decref(m->feedback);
     json_decref(m->deferred);
+    json_decref(m->parts);
     free(m->source);
     memset(m, 0, sizeof *m);
 }

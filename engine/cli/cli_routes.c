@@ -1,6 +1,7 @@
 /* cli_routes.c — `ratchet routes [--json]`: every endpoint of the HTTP API
- * from the engine's own route table (method, path pattern, the token scope
- * it needs, the page that describes it); no engine needs to run. */
+ * and of the OTLP listener, from the engine's own route tables (method, path
+ * pattern, the token scope it needs, the page that describes it, the
+ * listener); no engine needs to run. */
 #include "cli/cli.h"
 
 #include <getopt.h>
@@ -10,16 +11,19 @@
 #include <jansson.h>
 
 #include "api/api.h"
+#include "api/api_otlp.h"
 
 const char routes_usage[] =
     "usage: ratchet routes [--json]\n"
     "\n"
-    "Lists every endpoint of the HTTP API, from the engine's own route table (no\n"
-    "engine needs to run): method, path (a {name} segment is one path segment),\n"
-    "the token scope it needs (none, ingest, viewer, admin, metrics; docs/api.md says\n"
-    "which tokens open each) and the page of the docs that describes it.\n"
+    "Lists every endpoint of the HTTP API, then those of the OTLP listener\n"
+    "(otlp.listen, docs/otlp.md), from the engine's own route tables (no engine\n"
+    "needs to run): method, path (a {name} segment is one path segment), the token\n"
+    "scope it needs (none, ingest, viewer, admin, metrics; docs/api.md says which\n"
+    "tokens open each) and the page of the docs that describes it.\n"
     "\n"
-    "  --json   {\"api\": \"" API_VERSION "\", \"routes\": [{method, path, scope, doc, requires?}]}\n"
+    "  --json   {\"api\": \"" API_VERSION "\", \"routes\": [{method, path, scope, doc, listener, requires?}]}\n"
+    "           listener: \"api\" (listen) or \"otlp\" (otlp.listen)\n"
     "\n"
     "Exit status: 0, or 3 on a usage error.\n";
 
@@ -41,19 +45,28 @@ int cmd_routes(int argc, char **argv)
         return EXIT_ERROR;
     }
     json_t *routes = json_array();
-    for (size_t i = 0; i < api_nroutes; i++) {
-        const api_route *r = &api_routes[i];
-        const char *requires = r->uses & API_DEBUG_ONLY ? "debug_endpoints" : NULL;
-        if (!as_json) {
-            printf("%-7s %-42s %-8s %s%s\n", r->method, r->pattern, api_scope_name(r->scope), r->doc,
-                   requires ? "  (only with debug_endpoints = true)" : "");
-            continue;
+    static const struct {
+        const api_route *table;
+        const size_t *n;
+        const char *listener;
+    } tables[] = {{api_routes, &api_nroutes, "api"}, {api_otlp_routes, &api_otlp_nroutes, "otlp"}};
+    for (size_t k = 0; k < sizeof tables / sizeof tables[0]; k++) {
+        for (size_t i = 0; i < *tables[k].n; i++) {
+            const api_route *r = &tables[k].table[i];
+            const char *requires = r->uses & API_DEBUG_ONLY ? "debug_endpoints" : NULL;
+            bool otlp = k == 1;
+            if (!as_json) {
+                printf("%-7s %-42s %-8s %s%s%s\n", r->method, r->pattern, api_scope_name(r->scope), r->doc,
+                       requires ? "  (only with debug_endpoints = true)" : "",
+                       otlp ? "  (on the OTLP listener, otlp.listen)" : "");
+                continue;
+            }
+            json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "method", r->method, "path", r->pattern, "scope",
+                                  api_scope_name(r->scope), "doc", r->doc, "listener", tables[k].listener);
+            if (requires)
+                json_object_set_new(o, "requires", json_string(requires));
+            json_array_append_new(routes, o);
         }
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "method", r->method, "path", r->pattern, "scope",
-                              api_scope_name(r->scope), "doc", r->doc);
-        if (requires)
-            json_object_set_new(o, "requires", json_string(requires));
-        json_array_append_new(routes, o);
     }
     if (as_json) {
         json_t *root = json_pack("{s:s, s:o}", "api", API_VERSION, "routes", routes);

@@ -80,6 +80,7 @@ struct http_server {
     http_limits lim;
     http_handler handler;
     void *ctx;
+    http_error_writer error_writer; /* NULL: the API's JSON error */
     int nconns;
     http_conn *conns;
     http_conn *idle_head, *idle_tail; /* connections waiting for a request, longest-waiting first */
@@ -1064,6 +1065,11 @@ static void respond_error_v(http_request *req, int status, const char *code, con
         extra = "WWW-Authenticate: Bearer\r\n";
     else if (!extra && status == 415 && field && !strcmp(field, "content-encoding"))
         extra = "Accept-Encoding: identity\r\n"; /* RFC 7694: what the server takes */
+    if (req->conn && req->conn->srv->error_writer) {
+        free(text);
+        req->conn->srv->error_writer(req, status, msg, extra);
+        return;
+    }
     if (!text) { /* out of memory: still an answer, and still JSON */
         log_error("http", "could not build the error body of request %s", req->id);
         static const char fallback[] = "{\"error\":{\"code\":\"internal\",\"message\":\"the error could not be written\"}}";
@@ -1149,6 +1155,11 @@ int http_server_start(http_server **out, uv_loop_t *loop, const char *host, int 
     }
     *out = srv;
     return 0;
+}
+
+void http_server_set_error_writer(http_server *srv, http_error_writer fn)
+{
+    srv->error_writer = fn;
 }
 
 void http_server_address(http_server *srv, char *out, size_t outlen)

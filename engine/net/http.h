@@ -54,6 +54,14 @@ typedef struct {
 /* Binds and listens. Returns 0, or -1 with a message in err. */
 int http_server_start(http_server **out, uv_loop_t *loop, const char *host, int port, const http_limits *limits,
                       http_handler handler, void *ctx, char *err, size_t errlen);
+/* Writes the body of every error this server answers (http_respond_error
+ * and its variants, and the server's own refusals: 400, 408, 413, 431,
+ * 503, 505 ...) in place of {"error":{...}}: a protocol with its own error
+ * shape (OTLP's google.rpc.Status) sets it. message is clean UTF-8;
+ * extra_headers are the ones the status implies ("Name: value\r\n"...,
+ * Allow, Retry-After, WWW-Authenticate) or NULL; the writer must respond. */
+typedef void (*http_error_writer)(http_request *req, int status, const char *message, const char *extra_headers);
+void http_server_set_error_writer(http_server *srv, http_error_writer fn);
 /* The address actually bound (useful with port 0). */
 void http_server_address(http_server *srv, char *out, size_t outlen);
 /* Stops accepting, closes idle connections, lets in-flight requests finish;

@@ -267,6 +267,15 @@ static const char *const migrations[] = {
     "  detail TEXT"
     ") STRICT;"
     "CREATE INDEX loop_events_by_prompt ON loop_events(prompt, seq);",
+
+    /* 6: parts of traces that arrived before their trace (OTLP: a span's
+     * model, usage and latency before the log records with its content) */
+    "CREATE TABLE trace_parts ("
+    "  id TEXT PRIMARY KEY,"
+    "  ts INTEGER NOT NULL,"        /* when it arrived: parts no trace claims expire */
+    "  body TEXT NOT NULL"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -595,7 +604,7 @@ void store_close(store *s)
 
 static size_t write_items(const store_write *w)
 {
-    return w->ntraces + w->nfeedback + w->nevals + w->nllm_calls + w->nops;
+    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
 }
 
 int store_submit(store *s, store_write *w)
@@ -604,12 +613,14 @@ int store_submit(store *s, store_write *w)
     w->status = 0;
     w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
     w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
     pthread_mutex_lock(&s->mu);
     if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
         pthread_mutex_unlock(&s->mu);
         free(w->trace_results);
         free(w->feedback_results);
-        w->trace_results = w->feedback_results = NULL;
+        free(w->part_results);
+        w->trace_results = w->feedback_results = w->part_results = NULL;
         return -1;
     }
     s->queued_items += write_items(w);
@@ -648,6 +659,15 @@ void store_write_clear(store_write *w)
     for (size_t i = 0; i < w->nevals; i++)
         store_evaluation_clear(&w->evals[i]);
     free(w->evals);
+    for (size_t i = 0; i < w->nparts; i++) {
+        free(w->parts[i].id);
+        free(w->parts[i].json);
+    }
+    free(w->parts);
+    free(w->part_results);
+    w->parts = NULL;
+    w->part_results = NULL;
+    w->nparts = 0;
     for (size_t i = 0; i < w->nllm_calls; i++)
         store_llm_call_clear(&w->llm_calls[i]);
     free(w->llm_calls);
@@ -747,6 +767,59 @@ static int insert_feedback(store *s, const char *id, const char *trace_id, const
     return SQLITE_OK;
 }
 
+static sqlite3_stmt *op_statement(store *s, const char *sql);
+
+/* Trace parts (store_trace_part): merged with SQLite's json_patch. */
+static const char join_part_sql[] =
+    "UPDATE traces SET body = json_patch(traces.body, p.body) FROM (SELECT body FROM trace_parts WHERE id = ?1) AS p "
+    "WHERE traces.id = ?1";
+static const char drop_part_sql[] = "DELETE FROM trace_parts WHERE id = ?1";
+static const char patch_trace_sql[] = "UPDATE traces SET body = json_patch(body, ?2) WHERE id = ?1";
+static const char keep_part_sql[] =
+    "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT(id) DO UPDATE SET body = json_patch(trace_parts.body, excluded.body)";
+static const char expire_parts_sql[] = "DELETE FROM trace_parts WHERE ts < ?1";
+
+/* A trace just inserted takes the part that waited for it. */
+static int join_waiting_part(store *s, const char *id)
+{
+    sqlite3_stmt *st = op_statement(s, join_part_sql);
+    if (!st)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK || sqlite3_changes(s->wdb) == 0)
+        return rc;
+    if (!(st = op_statement(s, drop_part_sql)))
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
+/* A part merges into its trace when the trace is there, else waits. */
+static int apply_part(store *s, const store_trace_part *p, int64_t received, unsigned char *result)
+{
+    sqlite3_stmt *st = op_statement(s, patch_trace_sql);
+    if (!st)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, p->json, (int)p->json_len, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (sqlite3_changes(s->wdb)) {
+        *result = STORE_PART_MERGED;
+        return SQLITE_OK;
+    }
+    if (!(st = op_statement(s, keep_part_sql)))
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, received);
+    sqlite3_bind_text(st, 3, p->json, (int)p->json_len, SQLITE_STATIC);
+    *result = STORE_PART_WAITING;
+    return step_done(st);
+}
+
 static int apply_write(store *s, store_write *w, int64_t received)
 {
     for (size_t i = 0; i < w->ntraces; i++) {
@@ -771,6 +844,11 @@ static int apply_write(store *s, store_write *w, int64_t received)
         if (rc != SQLITE_DONE)
             return rc;
         w->trace_results[i] = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->join_part) {
+            rc = join_waiting_part(s, t->id);
+            if (rc != SQLITE_OK)
+                return rc;
+        }
         if (w->trace_results[i] == STORE_ACCEPTED && t->retry_of) {
             /* Implicit feedback: the earlier trace was retried by this one. */
             char fid[200], body[400];
@@ -784,6 +862,20 @@ static int apply_write(store *s, store_write *w, int64_t received)
             if (rc != SQLITE_OK)
                 return rc;
         }
+    }
+    for (size_t i = 0; i < w->nparts; i++) {
+        int rc = apply_part(s, &w->parts[i], received, &w->part_results[i]);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    if (w->nparts) {
+        sqlite3_stmt *st = op_statement(s, expire_parts_sql);
+        if (!st)
+            return SQLITE_ERROR;
+        sqlite3_bind_int64(st, 1, received - STORE_PART_TTL_MS);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK)
+            return rc;
     }
     for (size_t i = 0; i < w->nfeedback; i++) {
         store_feedback *f = &w->feedback[i];

@@ -32,7 +32,23 @@ typedef struct {
     char *retry_of;   /* NULL when none */
     char *json;       /* the normalised trace, without feedback */
     size_t json_len;
+    bool join_part;   /* merge the trace part waiting under this id, if any (store_trace_part) */
 } store_trace;
+
+/* Part of a trace that arrives apart from it (an OTLP span whose content
+ * comes as log records in another request): a JSON object merged into the
+ * trace of that id (RFC 7396 merge patch) when the trace is stored, or at
+ * once when it already is. A part no trace claims waits at most
+ * STORE_PART_TTL_MS. */
+typedef struct {
+    char *id;
+    char *json;
+    size_t json_len;
+} store_trace_part;
+
+#define STORE_PART_TTL_MS (24 * 3600 * 1000LL)
+/* part_results: the part was merged into its trace, or waits for it */
+enum { STORE_PART_MERGED = 1, STORE_PART_WAITING = 2 };
 
 typedef struct {
     char *id;
@@ -102,6 +118,8 @@ struct store_write {
     size_t nfeedback;
     store_evaluation *evals;
     size_t nevals;
+    store_trace_part *parts;   /* applied after traces */
+    size_t nparts;
     store_llm_call *llm_calls;
     size_t nllm_calls;
     store_op *ops, *ops_tail;  /* applied in order, after the items above */
@@ -111,6 +129,7 @@ struct store_write {
     /* filled by the store before done runs */
     unsigned char *trace_results;    /* enum store_item_result per trace */
     unsigned char *feedback_results; /* per feedback item */
+    unsigned char *part_results;     /* per part: STORE_PART_MERGED or STORE_PART_WAITING */
     int status;                      /* 0, or a SQLite result code when the commit failed */
     /* private */
     store_write *next;

@@ -5,6 +5,7 @@
 
 #include "check.h"
 #include "api/ingest.h"
+#include "base/util.h"
 
 #define NOW 1795507200000LL
 
@@ -329,8 +330,82 @@ static void test_readback_property(void)
     printf("# arrays: %d items accepted, %d rejected\n", accepted, rejected);
 }
 
+/* ingest_tree runs the text path's validator on trees: for each item, the
+ * same verdict, the same errors (path and message, each item as "$") and,
+ * when valid, a stored text that reads back as the tree. */
+static void test_tree_same_rules(void)
+{
+    static const char *const items[] = {
+        "{\"prompt\":{\"name\":\"p\",\"version\":2},\"output\":\"x\",\"usage\":{\"input_tokens\":3}}",
+        "{\"prompt\":{\"name\":\"p\"},\"output\":\"x\",\"latency_ms\":1.5,\"timestamp\":\"2026-11-24T08:00:00Z\"}",
+        "{\"output\":\"x\"}",
+        "{\"prompt\":{\"name\":\"bad name!\"},\"output\":\"x\"}",
+        "{\"prompt\":{\"name\":\"p\",\"version\":0},\"output\":null,\"extra\":1}",
+        "{\"prompt\":{\"name\":\"p\"},\"input\":{\"messages\":[{\"role\":\"robot\",\"content\":5}]},\"output\":\"x\"}",
+        "{\"prompt\":{\"name\":\"p\"},\"output\":\"x\",\"usage\":{\"input_tokens\":-1,\"cost_usd\":\"1\"}}",
+        "{\"prompt\":{\"name\":\"p\"},\"output\":\"x\",\"tool_calls\":[{\"arguments\":3}]}",
+        "{\"id\":\"t-1\",\"prompt\":{\"name\":\"p\"},\"output\":\"x\",\"feedback\":{\"thumbs\":\"down\"}}",
+        "{\"id\":\"t-2\",\"prompt\":{\"name\":\"p\"},\"output\":\"x\",\"feedback\":[{\"score\":7}]}",
+        "[1,2]",
+    };
+    size_t n = sizeof items / sizeof items[0];
+    json_t *arr = json_array();
+    buf_t nd = {0};
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(arr, json_loads(items[i], JSON_DECODE_ANY, NULL));
+        buf_puts(&nd, items[i]);
+        buf_puts(&nd, "\n");
+    }
+    ingest_batch text, tree;
+    const char *code;
+    CHECK(parse(INGEST_TRACES, nd.data, true, &text, &code) == 0);
+    char err[256];
+    CHECK(ingest_tree(INGEST_TRACES, arr, 10000, NOW, &tree, &code, err, sizeof err) == 0);
+    CHECK(text.nitems == n && tree.nitems == n);
+    CHECK(tree.write.ntraces == text.write.ntraces && tree.write.ntraces == 3);
+    CHECK(tree.write.nfeedback == text.write.nfeedback && tree.write.nfeedback == 1);
+    for (size_t i = 0; i < n && i < tree.nitems; i++) {
+        const ingest_item *a = &text.items[i], *b = &tree.items[i];
+        CHECK((a->write_index < 0) == (b->write_index < 0));
+        CHECK(a->nerrors == b->nerrors);
+        for (int e = 0; e < a->nerrors && e < b->nerrors; e++) {
+            CHECK_STR(b->errors[e].path, a->errors[e].path);
+            CHECK_STR(b->errors[e].message, a->errors[e].message);
+        }
+        if (b->write_index >= 0) {
+            const store_trace *t = &tree.write.traces[b->write_index];
+            json_t *back = json_loadb(t->json, t->json_len, 0, NULL);
+            CHECK(back && json_equal(back, json_array_get(arr, i)));
+            json_decref(back);
+        }
+    }
+    CHECK_STR(tree.write.traces[2].id, "t-1");
+    CHECK(tree.write.feedback[0].negative && strcmp(tree.write.feedback[0].trace_id, "t-1") == 0);
+    ingest_batch_free(&text);
+    ingest_batch_free(&tree);
+
+    /* a NUL inside a string cannot be stored as sent: rejected, like \u0000 in a text */
+    json_t *nul = json_pack("[{s:{s:s},s:s#}]", "prompt", "name", "p", "output", "a\0b", (size_t)3);
+    CHECK(ingest_tree(INGEST_TRACES, nul, 10000, NOW, &tree, &code, err, sizeof err) == 0);
+    CHECK(tree.write.ntraces == 0 && tree.nitems == 1 && tree.items[0].nerrors == 1);
+    CHECK(strstr(tree.items[0].errors[0].message, "NUL") != NULL);
+    ingest_batch_free(&tree);
+    json_decref(nul);
+
+    /* the whole-request refusals */
+    json_t *empty = json_array();
+    CHECK(ingest_tree(INGEST_TRACES, empty, 10000, NOW, &tree, &code, err, sizeof err) == 400);
+    CHECK_STR(code, "empty_batch");
+    CHECK(ingest_tree(INGEST_TRACES, arr, 3, NOW, &tree, &code, err, sizeof err) == 413);
+    CHECK_STR(code, "too_many_items");
+    json_decref(empty);
+    json_decref(arr);
+    buf_free(&nd);
+}
+
 int main(void)
 {
+    test_tree_same_rules();
     test_readback_property();
     test_forms();
     test_limits();

@@ -150,6 +150,23 @@ static void test_conventions(void)
     t = map_one("[" S("gen_ai.operation.name", "embeddings") "," S("gen_ai.request.model", "e") "]", NULL, &m);
     CHECK(!t && m.dropped == 1);
     otlp_mapped_free(&m);
+    /* an LLM call whose content comes as log records: no trace, a part to
+     * join it (model, usage, latency; not the ids, the convention or content) */
+    t = map_one("[" S("gen_ai.operation.name", "chat") "," S("gen_ai.system", "openai") "," S("gen_ai.request.model", "m1") ","
+                I("gen_ai.usage.input_tokens", "12") "]", NULL, &m);
+    CHECK(!t && m.dropped == 0 && m.rejected == 0 && json_array_size(m.parts) == 1);
+    json_t *part = json_array_get(m.parts, 0);
+    CHECK(strlen(json_string_value(json_object_get(part, "id"))) == 49);
+    json_t *pp = json_object_get(part, "part");
+    CHECK_STR(json_string_value(json_object_get(pp, "model")), "m1");
+    CHECK(json_integer_value(json_object_get(json_object_get(pp, "usage"), "input_tokens")) == 12);
+    CHECK(json_is_number(json_object_get(pp, "latency_ms")));
+    CHECK(!json_object_get(pp, "id") && !json_object_get(pp, "prompt") && !json_object_get(pp, "output") &&
+          !json_object_get(pp, "timestamp"));
+    json_t *po = json_object_get(json_object_get(pp, "metadata"), "otel");
+    CHECK_STR(json_string_value(json_object_get(po, "provider")), "openai");
+    CHECK(!json_object_get(po, "convention") && !json_object_get(po, "span_id"));
+    otlp_mapped_free(&m);
     /* an error with no output still maps */
     t = map_one("[" S("gen_ai.operation.name", "chat") "," S("ratchet.prompt.name", "p") "]",
                 ",\"status\":{\"code\":2,\"message\":\"boom\"}", &m);

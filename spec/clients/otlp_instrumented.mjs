@@ -9,7 +9,8 @@
 //                  telemetry on (`@ai-sdk/otel`), instead of the openai SDK
 // env: OTLP_URL, TOKEN, LLM_URL (ratchet fake-llm's /v1), PROMPT and
 // PROMPT_VERSION (sent as the ratchet.prompt.name / .version resource
-// attributes: one service, one prompt).
+// attributes: one service, one prompt); LOGS_FIRST=1 exports the log
+// records before the spans (the two come on different requests, in any order).
 // Prints {trace_id, span_id, output} of the call's span.
 import { trace, context } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
@@ -88,8 +89,13 @@ await tracer.startActiveSpan("handle ticket", async (root) => {
   ids.trace_id = root.spanContext().traceId;
   root.end();
 });
-await provider.forceFlush();
-await loggerProvider.forceFlush();
+if (process.env.LOGS_FIRST === "1") {
+  await loggerProvider.forceFlush();
+  await provider.forceFlush();
+} else {
+  await provider.forceFlush();
+  await loggerProvider.forceFlush();
+}
 await provider.shutdown();
 await loggerProvider.shutdown();
 console.log(JSON.stringify(ids));

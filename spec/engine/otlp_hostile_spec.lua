@@ -241,8 +241,106 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     local r = send(request(spans))
     assert.equal(503, r.status)
     assert.equal("1", r.headers["retry-after"])
+    assert.equal("application/x-protobuf", r.headers["content-type"])
     assert.equal(14, fields(r.body)[1]) -- UNAVAILABLE
+    assert.matches("write queue is full", fields(r.body)[2])
     assert.is_false(stored(TRACE_HEX .. "-0000000000001001"))
+    -- and in JSON, a google.rpc.Status in JSON
+    local jspans = {}
+    for i = 1, 101 do
+      jspans[i] = { traceId = string.rep("cd", 16), spanId = string.format("%016x", 0x2000 + i), name = "chat",
+        startTimeUnixNano = "1700000000000000000", endTimeUnixNano = "1700000000500000000", attributes = {
+          { key = "gen_ai.operation.name", value = { stringValue = "chat" } },
+          { key = "gen_ai.output.messages", value = { stringValue = '[{"role":"assistant","parts":[{"type":"text","content":"ok"}]}]' } },
+          { key = "ratchet.prompt.name", value = { stringValue = "support" } } } }
+    end
+    r = send(engine.json.encode { resourceSpans = { { scopeSpans = { { spans = jspans } } } } }, "application/json")
+    assert.equal(503, r.status)
+    assert.equal("1", r.headers["retry-after"])
+    assert.equal("application/json", r.headers["content-type"])
+    assert.equal(14, r.json.code)
+    assert.matches("write queue is full", r.json.message)
+    assert.is_false(stored(string.rep("cd", 16) .. "-0000000000002001"))
+  end)
+end)
+
+-- OTLP/HTTP: an error's body is a google.rpc.Status in the request's
+-- encoding. Every status the listener answers, in both encodings (the 503
+-- of a full write queue is above).
+describe("the OTLP listener's errors", function()
+  local e, otlp
+  local METRICS = "otlp-errors-metrics-token-0123456789"
+  setup(function()
+    e = engine.start { config = string.format([[
+ingest_token = %q
+admin_token = %q
+metrics_token = %q
+otlp = { listen = "127.0.0.1:0" }
+limits = { max_body_bytes = 2048 }
+]], TOKEN, ADMIN, METRICS) }
+    otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+  end)
+  teardown(function() e:stop() end)
+
+  local TYPES = { proto = "application/x-protobuf", json = "application/json" }
+  -- a body of each encoding that decodes (bodies[enc]) and one that does not
+  local bodies = { proto = request { span { span = "\0\0\0\0\0\0\9\1", attrs = llm_attrs() } }, json = "{}" }
+  local broken = { proto = varint_field(1, 5), json = '{"resourceSpans": 5}' }
+
+  -- the answer is a google.rpc.Status in enc: returns its code and message
+  local function status_of(r, enc)
+    assert.equal(TYPES[enc], r.headers["content-type"], r.status .. " " .. r.body)
+    if enc == "json" then
+      assert.is_table(r.json, r.body)
+      assert.is_nil(r.json.error) -- not the API's error shape
+      return r.json.code, r.json.message
+    end
+    local f = fields(r.body)
+    return f[1], f[2]
+  end
+
+  for _, enc in ipairs { "proto", "json" } do
+    it("are google.rpc.Status in " .. enc .. ": 400, 401, 403, 404, 405, 413 (sent and inflated), 415", function()
+      local ct = TYPES[enc]
+      local auth = { Authorization = "Bearer " .. TOKEN }
+      local function post(path, body, headers, ctype)
+        return otlp:request("POST", path, { body = body, content_type = ctype or ct, headers = headers or auth })
+      end
+      local cases = {
+        { 400, 3, enc == "json" and "resourceSpans" or "ExportTraceServiceRequest", post("/v1/traces", broken[enc]) },
+        { 401, 16, "Bearer", post("/v1/traces", bodies[enc], {}) },
+        { 401, 16, "not valid", post("/v1/logs", bodies[enc], { Authorization = "Bearer wrong-token-wrong-token" }) },
+        { 403, 7, "metrics", post("/v1/traces", bodies[enc], { Authorization = "Bearer " .. METRICS }) },
+        { 404, 5, "no endpoint at /v1/metrics", post("/v1/metrics", bodies[enc]) },
+        { 405, 12, "use POST", otlp:request("PUT", "/v1/traces", { body = bodies[enc], content_type = ct, headers = auth }) },
+        { 413, 11, "over the limit of 2048 bytes", post("/v1/traces", bodies[enc] .. string.rep(" ", 3000)) },
+        { 415, 3, "Content-Encoding", post("/v1/traces", bodies[enc], { Authorization = auth.Authorization, ["Content-Encoding"] = "br" }) },
+      }
+      local dir = engine.tmpdir()
+      os.execute("head -c 100000 /dev/zero | gzip -c > " .. dir .. "/bomb.gz")
+      local bomb = engine.read_file(dir .. "/bomb.gz")
+      os.execute("rm -rf " .. dir)
+      cases[#cases + 1] = { 413, 11, "inflates past 2048 bytes",
+        post("/v1/traces", bomb, { Authorization = auth.Authorization, ["Content-Encoding"] = "gzip" }) }
+      for _, c in ipairs(cases) do
+        local want, grpc, msg, r = c[1], c[2], c[3], c[4]
+        assert.equal(want, r.status, r.body)
+        local code, message = status_of(r, enc)
+        assert.equal(grpc, code, want .. ": " .. tostring(message))
+        assert.is_truthy(message and message:find(msg, 1, true), want .. ": " .. tostring(message))
+        if want == 405 then assert.equal("POST", r.headers["allow"]) end
+        if want == 401 then assert.equal("Bearer", r.headers["www-authenticate"]) end
+      end
+    end)
+  end
+
+  it("answers a content type it does not take 415, as a google.rpc.Status in JSON", function()
+    local r = otlp:request("POST", "/v1/traces", { body = "x", content_type = "text/plain",
+      headers = { Authorization = "Bearer " .. TOKEN } })
+    assert.equal(415, r.status)
+    local code, message = status_of(r, "json")
+    assert.equal(3, code)
+    assert.matches("application/x%-protobuf or application/json", message)
   end)
 end)
 

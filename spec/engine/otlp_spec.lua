@@ -95,20 +95,25 @@ describe("the OTLP receiver", function()
   -- protobuf exporters: its LLM call shows as a trace linked to the prompt
   -- (ratchet.prompt.name as a resource attribute), evaluated online.
   local conventions = {
-    { lib = "otel", convention = "gen_ai-events" },     -- @opentelemetry/instrumentation-openai: content as log records
+    -- @opentelemetry/instrumentation-openai: content as log records, model,
+    -- usage and latency on the span, joined by trace id + span id in either order
+    { lib = "otel", convention = "gen_ai-events", model = true },
+    { lib = "otel", convention = "gen_ai-events", model = true, logs_first = true },
     { lib = "openinference", convention = "openinference", model = true },
     { lib = "openllmetry", convention = "gen_ai", model = true }, -- @traceloop 0.27 writes the current gen_ai.* attributes
     { lib = "vercel", convention = "vercel-ai", model = true },
   }
   for _, c in ipairs(conventions) do
-    it("maps what " .. c.lib .. "'s instrumentation really emits into a trace, evaluated online", function()
+    it("maps what " .. c.lib .. "'s instrumentation really emits into a trace, evaluated online"
+        .. (c.logs_first and " (log records exported before the span)" or ""), function()
       local fake = fake_llm.start {}
       e = engine.start { config = config() }
       assert.equal(201, e:post("/v1/prompts", { name = "support" }, admin).status)
       assert.equal(201, e:post("/v1/prompts/support/versions",
         { messages = { { role = "system", content = "You answer support tickets." } } }, admin).status)
       local code, out, err = node.run("otlp_instrumented.mjs",
-        { OTLP_URL = otlp_url(e), TOKEN = TOKEN, LLM_URL = fake:url("/v1"), PROMPT = "support", PROMPT_VERSION = "1" }, c.lib)
+        { OTLP_URL = otlp_url(e), TOKEN = TOKEN, LLM_URL = fake:url("/v1"), PROMPT = "support", PROMPT_VERSION = "1",
+          LOGS_FIRST = c.logs_first and "1" or "0" }, c.lib)
       fake:stop()
       assert.equal(0, code, err)
       local ids = engine.json.decode(out:match("[^\n]+\n?$"))
@@ -116,7 +121,8 @@ describe("the OTLP receiver", function()
       local t = engine.eventually(5, function()
         local r = e:get("/v1/traces?prompt=support", admin)
         local item = r.json.items[1]
-        if item and item.verdict ~= "unevaluated" and item.id:sub(1, 32) == ids.trace_id then return item end
+        if item and item.verdict ~= "unevaluated" and item.id:sub(1, 32) == ids.trace_id
+          and (item.model or not c.model) then return item end
       end)
       assert.is_table(t, "no evaluated trace of the app's trace " .. ids.trace_id .. "; log:\n" .. e:log_text())
       assert.equal(c.convention, t.metadata.otel.convention)

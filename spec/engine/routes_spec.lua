@@ -1,7 +1,8 @@
 -- The API's one route table (engine/api/api.c, printed by `ratchet routes`)
--- against the docs' endpoint tables, both ways; the engine answering as its
--- table says (scopes, 404, 405 with Allow); GET /v1/version; and no circle
--- of calls between the files of engine/api/.
+-- against the docs' endpoint tables, both ways; the same for the OTLP
+-- listener's table (engine/api/api_otlp.c) and docs/otlp.md; the engine
+-- answering as its tables say (scopes, 404, 405 with Allow); GET
+-- /v1/version; and no circle of calls between the files of engine/api/.
 local engine = require "spec.helpers.engine"
 
 local INGEST = "ingest-token-5d1e9a7c33"
@@ -14,10 +15,16 @@ local GATEWAY = "gateway-key-6c0b1e9d77"
 local DOCS = { "docs/api.md", "docs/gate.md", "docs/loop.md", "docs/gateway.md", "docs/console.md", "README.md" }
 local ORDER = { "GET", "POST", "PUT", "DELETE" } -- the order an Allow header names them
 
+-- the API's routes as t.routes, the OTLP listener's as t.otlp, all as t.all
 local function routes()
   local code, out, err = engine.run("routes --json")
   assert.equal(0, code, err)
-  return engine.json.decode(out)
+  local t = engine.json.decode(out)
+  t.all, t.routes, t.otlp = t.routes, {}, {}
+  for _, r in ipairs(t.all) do
+    if r.listener == "otlp" then t.otlp[#t.otlp + 1] = r else t.routes[#t.routes + 1] = r end
+  end
+  return t
 end
 
 local function key(method, path) return method .. " " .. path end
@@ -102,7 +109,12 @@ describe("ratchet routes", function()
     assert.equal("v1", t.api)
     local lines = 0
     for _ in out:gmatch("[^\n]+") do lines = lines + 1 end
-    assert.equal(#t.routes, lines)
+    assert.equal(#t.all, lines)
+    for _, r in ipairs(t.all) do
+      assert.is_truthy(r.listener == "api" or r.listener == "otlp", r.listener)
+    end
+    assert.is_true(#t.otlp > 0, "no OTLP listener route")
+    assert.matches("\nPOST%s+/v1/logs%s+ingest%s+docs/otlp.md%s+%(on the OTLP listener, otlp.listen%)\n", out)
     assert.matches("\nGET%s+/v1/prompts/{name}%s+ingest%s+docs/gate.md\n", out)
     assert.matches("\nPOST%s+/v1/debug/sleep%s+admin%s+docs/api.md%s+%(only with debug_endpoints = true%)", out)
     local seen = {}
@@ -190,6 +202,59 @@ describe("the docs' endpoint tables", function()
       end
     end
     assert.same({}, missing)
+  end)
+end)
+
+describe("the OTLP listener's route table", function()
+  it("is docs/otlp.md's endpoint table, both ways, with the same scopes", function()
+    local t = routes()
+    local doc = documented("docs/otlp.md")
+    local by, wrong = {}, {}
+    for _, r in ipairs(t.otlp) do
+      by[key(r.method, r.path)] = r
+      if r.doc ~= "docs/otlp.md" then wrong[#wrong + 1] = key(r.method, r.path) .. " names " .. r.doc end
+    end
+    local seen = {}
+    for _, d in ipairs(doc) do
+      local r = by[key(d.method, d.path)]
+      seen[key(d.method, d.path)] = true
+      if not r then
+        wrong[#wrong + 1] = d.where .. ": " .. key(d.method, d.path) .. " is no route of the OTLP listener"
+      elseif r.scope ~= d.scope then
+        wrong[#wrong + 1] = string.format("%s: %s has scope %s, documented %s", d.where, key(d.method, d.path),
+          r.scope, d.scope)
+      end
+    end
+    for k in pairs(by) do
+      if not seen[k] then wrong[#wrong + 1] = k .. " (OTLP listener) is not in docs/otlp.md" end
+    end
+    assert.same({}, wrong)
+  end)
+
+  it("is what the listener answers: its scope's token, 405 with Allow, 404 for any other path", function()
+    local e = engine.start { config = string.format("ingest_token = %q\nadmin_token = %q\notlp = { listen = \"127.0.0.1:0\" }\n",
+      INGEST, ADMIN) }
+    local otlp = setmetatable({ addr = e:get("/v1/status", { headers = { authorization = "Bearer " .. ADMIN } }).json.otlp.listen },
+      engine.Engine)
+    local t = routes()
+    local wrong = {}
+    for _, r in ipairs(t.otlp) do
+      local k = key(r.method, r.path)
+      local res = otlp:request(r.method, r.path, { body = "{}", content_type = "application/json" })
+      if res.status ~= 401 then wrong[#wrong + 1] = k .. " without a token: " .. res.status end
+      res = otlp:request(r.method, r.path, { body = "{}", content_type = "application/json",
+        headers = { authorization = "Bearer " .. INGEST } })
+      if res.status ~= 200 then wrong[#wrong + 1] = k .. " with its token: " .. res.status .. " " .. res.body end
+      res = otlp:request("GET", r.path, { headers = { authorization = "Bearer " .. INGEST } })
+      if res.status ~= 405 or res.headers["allow"] ~= "POST" then
+        wrong[#wrong + 1] = "GET " .. r.path .. ": " .. res.status .. ", Allow " .. tostring(res.headers["allow"])
+      end
+    end
+    local res = otlp:request("POST", "/v1/metrics", { body = "{}", content_type = "application/json",
+      headers = { authorization = "Bearer " .. INGEST } })
+    if res.status ~= 404 then wrong[#wrong + 1] = "POST /v1/metrics: " .. res.status end
+    e:stop()
+    assert.same({}, wrong)
   end)
 end)
 

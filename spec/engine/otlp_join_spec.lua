@@ -1,0 +1,120 @@
+-- An LLM call whose content comes as log records (GenAI events) and whose
+-- model, usage and latency come on its span, on different requests in
+-- either order (docs/otlp.md, "The older event form and log records"):
+-- each request's 200 means its part is on disk, and the trace ends up with
+-- both halves, joined by trace id + span id; sending either half again
+-- stores nothing twice. Bodies are OTLP JSON built here (a test fixture; the
+-- real instrumentation's run is in otlp_spec.lua).
+local engine = require "spec.helpers.engine"
+
+local TOKEN = "otlp-join-ingest-token-0123456789"
+local ADMIN = "otlp-join-admin-token-0123456789"
+local admin = { headers = { Authorization = "Bearer " .. ADMIN } }
+local json = engine.json
+
+local function sv(s) return { stringValue = s } end
+local function kv(k, v) return { key = k, value = v } end
+local RESOURCE = { attributes = { kv("service.name", sv("join-app")), kv("ratchet.prompt.name", sv("support")) } }
+
+local function span_body(tid, sid)
+  return json.encode { resourceSpans = { { resource = RESOURCE, scopeSpans = { { spans = { {
+    traceId = tid, spanId = sid, name = "chat gpt-4o-mini", kind = 3,
+    startTimeUnixNano = "1795507200000000000", endTimeUnixNano = "1795507200812000000",
+    attributes = { kv("gen_ai.operation.name", sv("chat")), kv("gen_ai.system", sv("openai")),
+      kv("gen_ai.request.model", sv("gpt-4o-mini")), kv("gen_ai.response.model", sv("gpt-4o-mini-2024-07-18")),
+      kv("gen_ai.usage.input_tokens", { intValue = "42" }), kv("gen_ai.usage.output_tokens", { intValue = "7" }),
+      kv("gen_ai.response.id", sv("chatcmpl-join")) },
+  } } } } } } }
+end
+
+local function logs_body(tid, sid)
+  local function rec(event, body)
+    return { traceId = tid, spanId = sid, timeUnixNano = "1795507200800000000",
+      attributes = { kv("event.name", sv(event)), kv("gen_ai.system", sv("openai")) }, body = body }
+  end
+  return json.encode { resourceLogs = { { resource = RESOURCE, scopeLogs = { { logRecords = {
+    rec("gen_ai.user.message", { kvlistValue = { values = { kv("content", sv("I was charged twice")) } } }),
+    rec("gen_ai.choice", { kvlistValue = { values = { kv("index", { intValue = "0" }), kv("finish_reason", sv("stop")),
+      kv("message", { kvlistValue = { values = { kv("content", sv("We will refund you.")) } } }) } } }),
+  } } } } } }
+end
+
+describe("the OTLP receiver joins a span and its log records", function()
+  local e, otlp
+  setup(function()
+    e = engine.start { config = string.format([[
+ingest_token = %q
+admin_token = %q
+otlp = { listen = "127.0.0.1:0" }
+prompt "support" { evaluators = { { "contains", options = { value = "refund" } } } }
+]], TOKEN, ADMIN) }
+    otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+  end)
+  teardown(function() e:stop() end)
+
+  local function send(path, body)
+    local r = otlp:request("POST", path, { body = body, content_type = "application/json",
+      headers = { Authorization = "Bearer " .. TOKEN } })
+    assert.equal(200, r.status, r.body)
+    assert.same({}, r.json) -- no partial_success: nothing rejected
+  end
+  local function metric(result, signal)
+    local m = e:get("/metrics", admin).body
+    return tonumber(m:match('ratchet_otlp_items_total{signal="' .. signal .. '",result="' .. result .. '"} (%d+)'))
+  end
+  local function check(id)
+    local r = e:get("/v1/traces/" .. id, admin)
+    assert.equal(200, r.status, r.body)
+    local t = r.json
+    assert.equal("support", t.prompt.name)
+    assert.same({ role = "user", content = "I was charged twice" }, t.input.messages[1])
+    assert.equal("We will refund you.", t.output)
+    assert.equal("gpt-4o-mini-2024-07-18", t.model)
+    assert.same({ input_tokens = 42, output_tokens = 7 }, t.usage)
+    assert.equal(812, t.latency_ms)
+    assert.equal("gen_ai-events", t.metadata.otel.convention)
+    assert.equal("openai", t.metadata.otel.provider)
+    assert.equal("chatcmpl-join", t.metadata.otel.response_id)
+    assert.equal("chat gpt-4o-mini", t.metadata.otel.span_name)
+    assert.equal("join-app", t.metadata.otel.service)
+    return t
+  end
+
+  for _, order in ipairs { "span first", "log records first" } do
+    it("into one trace, " .. order .. ", and stores nothing twice when either comes again", function()
+      local tid = order == "span first" and string.rep("a1", 16) or string.rep("b2", 16)
+      local sid = "00000000000000" .. (order == "span first" and "01" or "02")
+      local id = tid .. "-" .. sid
+      local parts_before = metric("part", "traces")
+      if order == "span first" then
+        send("/v1/traces", span_body(tid, sid))
+        assert.equal(404, e:get("/v1/traces/" .. id, admin).status) -- no content yet: no trace, a part on disk
+        send("/v1/logs", logs_body(tid, sid))
+      else
+        send("/v1/logs", logs_body(tid, sid))
+        local r = e:get("/v1/traces/" .. id, admin)
+        assert.equal(200, r.status) -- the records' trace, stored at once
+        assert.is_nil(r.json.model)
+        send("/v1/traces", span_body(tid, sid))
+      end
+      assert.equal(parts_before + 1, metric("part", "traces"))
+      check(id)
+      -- both halves again: the same one trace
+      local dup_before = metric("duplicate", "logs")
+      send("/v1/traces", span_body(tid, sid))
+      send("/v1/logs", logs_body(tid, sid))
+      assert.equal(dup_before + 1, metric("duplicate", "logs"))
+      check(id)
+      local list = e:get("/v1/traces?prompt=support&limit=100", admin).json.items
+      local n = 0
+      for _, t in ipairs(list) do if t.id == id then n = n + 1 end end
+      assert.equal(1, n)
+      -- and it was evaluated online
+      local t = engine.eventually(5, function()
+        local r = e:get("/v1/traces/" .. id, admin)
+        if r.json.verdict ~= "unevaluated" then return r.json end
+      end)
+      assert.equal("pass", t.verdict)
+    end)
+  end
+end)

@@ -613,10 +613,7 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
     json_object_set_new(t, "metadata", json_pack("{s:o}", "gateway", meta));
     if (c->retry_of)
         json_object_set_new(t, "retry_of", json_string(c->retry_of));
-    char *text = json_text(t, JSON_COMPACT);
-    json_decref(t);
-    api_capture_trace(a, text, strlen(text));
-    free(text);
+    api_capture_trace(a, t); /* checked as a tree by ingest_tree: no JSON text round trip */
     if (o)
         spend_tokens(a, c->key, (double)(o->in_tok + o->out_tok));
 }

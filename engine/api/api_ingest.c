@@ -175,9 +175,10 @@ static void ingest(api *a, http_request *req, ingest_kind kind)
 
 /* ---- traces captured by the gateway ---- */
 
-/* Captured traces wait here (NDJSON) for at most CAPTURE_WAIT_MS or
- * CAPTURE_BATCH of them, then go through ingest's checks and to the writer
- * as one write: one parse and one transaction for a batch, not per call. A
+/* Captured traces wait here (a JSON array of trace trees) for at most
+ * CAPTURE_WAIT_MS or CAPTURE_BATCH of them, then go through ingest's checks
+ * (ingest_tree) and to the writer as one write: one transaction for a
+ * batch, not per call. A
  * commit costs the writer some 400 µs of CPU whatever its size, on the core
  * the loop shares: gathered for 1 ms, a single caller paid ~70 µs of it per
  * call (bench/RESULTS.md, gateway second pass); 20 ms makes it a few. */

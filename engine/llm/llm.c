@@ -602,8 +602,8 @@ static const llm_price *price_of(const prov *p, const char *model)
 
 /* ---- finishing ---- */
 
-/* Ledger rows are gathered for at most LEDGER_WAIT_MS or LEDGER_BATCH rows
- * and written as one store write: a commit costs the writer some 400 µs of
+/* The gateway's ledger rows are gathered for at most LEDGER_WAIT_MS or
+ * LEDGER_BATCH rows and written as one store write: a commit costs the writer some 400 µs of
  * CPU whatever its size, so one commit per call made a single gateway
  * caller pay it on every call (bench/RESULTS.md, gateway second pass). */
 #define LEDGER_BATCH 256
@@ -666,9 +666,12 @@ static store_llm_call *ledger_row(llm *l)
     return r;
 }
 
-static void ledger_added(llm *l)
+/* batch: a gateway call's row waits for its batch; any other call's row is
+ * written now, with what waits, so that what the call led to (an
+ * evaluation's verdict, a run's result) is never committed before it. */
+static void ledger_added(llm *l, bool batch)
 {
-    if (l->ledger->nllm_calls >= LEDGER_BATCH) {
+    if (!batch || l->ledger->nllm_calls >= LEDGER_BATCH) {
         llm_ledger_flush(l);
         return;
     }
@@ -703,7 +706,7 @@ static void ledger_write(llm_call *c, double latency_ms)
     r->error = c->err ? xstrdup(c->err) : NULL;
     r->latency_ms = latency_ms;
     r->request_id = c->request_id[0] ? xstrdup(c->request_id) : NULL;
-    ledger_added(l);
+    ledger_added(l, c->caller_kind && !strcmp(c->caller_kind, "other") && c->caller && !strcmp(c->caller, "gateway"));
 }
 
 static void call_free_cb(uv_handle_t *h)
@@ -1549,7 +1552,7 @@ void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t i
     r->error = error ? xstrdup(error) : NULL;
     r->latency_ms = latency_ms;
     r->request_id = request_id && *request_id ? xstrdup(request_id) : NULL;
-    ledger_added(l);
+    ledger_added(l, true);
 }
 
 const char *llm_daily_budget_spent(llm *l)

@@ -795,8 +795,10 @@ static void undo_io(engine *e)
     }
     api_gateway_stop(&e->api); /* no gateway call outlives the HTTP client */
     api_gateway_free(&e->api);
-    if (e->store)
+    if (e->store) {
+        llm_ledger_flush(e->llm);
         store_flush(e->store); /* the ledger's last rows are written and answered */
+    }
     scriptio_free(e->sio);
     llm_free(e->llm);
     httpc_free(e->httpc);

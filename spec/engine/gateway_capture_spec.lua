@@ -68,7 +68,10 @@ gateway = { providers = { "oa" } }
       return s.captured + s.dropped + s.failed == sent and s
     end)
     assert.truthy(st, "captured + dropped + failed never reached the calls sent (" .. sent .. ")")
-    assert.equal(dropped, st.dropped)
+    -- captures are gathered for up to 20 ms before their write: the calls just
+    -- before the count was read may be dropped after it (ASan read 35, then 55)
+    assert.is_true(st.dropped >= dropped, st.dropped .. " dropped in the status, " .. dropped .. " counted earlier")
+    assert.equal(st.dropped, metric(e, "ratchet_gateway_traces_dropped_total"))
     assert.equal(0, st.failed)
     assert.equal(string.format("%d", st.captured), e:sql("SELECT count(*) FROM traces"))
 

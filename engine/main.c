@@ -137,6 +137,8 @@ typedef struct {
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
     uv_timer_t status_timer;   /* STATUS= for systemctl status, when it changes */
+    uv_timer_t orphan_timer;   /* several engines: the leader takes the runs of engines gone */
+    bool orphan_reading;       /* a claim of such runs is in the thread pool */
     char last_status[256];
     metrics_lag *lag;
     uv_timer_t debounce_timer;
@@ -251,6 +253,8 @@ static void begin_shutdown(engine *e, const char *why)
     sd_notify(0, "STOPPING=1");
     loop_drain(e->lp, NULL, NULL);       /* no new step of the loop starts */
     runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
+    if (e->handles_ready)
+        uv_timer_stop(&e->orphan_timer); /* (several engines: the leader takes them once we are gone) */
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
     api_gateway_stop(&e->api); /* gateway calls in flight: cancelled, answered 503 */
@@ -351,6 +355,9 @@ static void configure_io(engine *e)
  * values (the caller frees it). The rest needs a restart, and says so. */
 static void tell_scripts(engine *e);
 static void on_cluster(void *data, bool leadership, bool registry_changed);
+static void on_orphan_timer(uv_timer_t *t);
+/* how often a leader on a shared database looks for runs whose engine is gone */
+#define ORPHAN_CHECK_MS 1000
 
 static void apply_config(engine *e, config *n)
 {
@@ -949,6 +956,8 @@ static int start_handles(engine *e, char *err, size_t errlen)
     uv_timer_init(e->loop, &e->debounce_timer);
     uv_timer_init(e->loop, &e->watchdog_timer);
     uv_timer_init(e->loop, &e->status_timer);
+    uv_timer_init(e->loop, &e->orphan_timer);
+    e->orphan_timer.data = e;
     e->sigterm.data = e->sigint.data = e->sighup.data = e;
     e->shutdown_timer.data = e->debounce_timer.data = e->status_timer.data = e;
     e->handles_ready = true;
@@ -985,7 +994,7 @@ static void undo_handles(engine *e)
     uv_handle_t *hs[] = {(uv_handle_t *)&e->sigterm,        (uv_handle_t *)&e->sigint,
                          (uv_handle_t *)&e->sighup,         (uv_handle_t *)&e->shutdown_timer,
                          (uv_handle_t *)&e->debounce_timer, (uv_handle_t *)&e->watchdog_timer,
-                         (uv_handle_t *)&e->status_timer};
+                         (uv_handle_t *)&e->status_timer,   (uv_handle_t *)&e->orphan_timer};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         close_handle(hs[i]);
     e->handles_ready = false;
@@ -1136,6 +1145,58 @@ static void begin_serving(engine *e)
     tell_scripts(e);
     store_on_cluster(e->store, on_cluster, e);
     loop_start(e->lp);
+    /* several engines: runs whose engine died are taken by the leader, at a takeover too */
+    if (e->handles_ready && !strcmp(store_kind(e->store), "postgres"))
+        uv_timer_start(&e->orphan_timer, on_orphan_timer, ORPHAN_CHECK_MS, ORPHAN_CHECK_MS);
+}
+
+typedef struct {
+    uv_work_t req;
+    engine *e;
+    json_t *runs;
+    int rc;
+    char err[256];
+} orphan_read;
+
+/* on a pool thread: claim the unfinished runs whose owner stopped beating (a compare-and-set
+ * in the store, so no other engine resumes them too) and read what they had done */
+static void orphan_work(uv_work_t *req)
+{
+    orphan_read *r = req->data;
+    json_t *ids = NULL;
+    r->rc = store_unfinished_runs(r->e->store, &ids, r->err, sizeof r->err);
+    if (!r->rc && json_array_size(ids))
+        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
+    json_decref(ids);
+}
+
+static void orphan_after(uv_work_t *req, int status)
+{
+    orphan_read *r = req->data;
+    engine *e = r->e;
+    e->cluster_reads--;
+    e->orphan_reading = false;
+    /* claimed: this engine runs them even if it no longer leads; if it is stopping they stay
+     * its own, and the leader takes them once its heartbeat stops */
+    if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping)
+        runner_resume_apply(e->runner, r->runs);
+    else if (status == 0 && r->rc)
+        log_error("runs", "cannot take over the runs of engines gone: %s", r->err);
+    json_decref(r->runs);
+    free(r);
+}
+
+static void on_orphan_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    if (e->stopping || e->orphan_reading || !store_leader(e->store))
+        return;
+    orphan_read *r = xcalloc(1, sizeof *r);
+    r->e = e;
+    r->req.data = r;
+    e->orphan_reading = true;
+    e->cluster_reads++;
+    uv_queue_work(e->loop, &r->req, orphan_work, orphan_after);
 }
 
 /* ---- several engines on one database (docs/scale-out.md) ---- */

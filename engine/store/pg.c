@@ -278,6 +278,12 @@ static const char *const migrations[] = {
     "  body TEXT NOT NULL"
     ");"
     "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
+
+    /* 5: the engine that executes a run (ratchet_engines.id): the writer's session says who
+     * it is (ratchet.engine, set at connect), so the shared INSERT of a run records it; runs
+     * from before stay NULL, i.e. owned by no live engine (docs/scale-out.md, "Runs") */
+    "ALTER TABLE runs ADD COLUMN owner TEXT;"
+    "ALTER TABLE runs ALTER COLUMN owner SET DEFAULT current_setting('ratchet.engine', true);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -291,7 +297,7 @@ static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
 /* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
-static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
+static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, size_t errlen)
 {
     /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
      * network that stops acknowledging, fail in bounded time instead of holding a thread */
@@ -309,6 +315,9 @@ static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
     char ignored[128];
     /* an ack waits for the WAL flush (the server's default, made sure of here) */
     pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
+    /* who this session writes for: the default of runs.owner */
+    const char *p[1] = {engine_id};
+    PQclear(PQexecParams(c, "SELECT set_config('ratchet.engine', $1, false)", 1, NULL, p, NULL, NULL, 0));
     return c;
 }
 
@@ -359,8 +368,13 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->max_pending = (size_t)o->max_pending;
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    s->started_ms = now_ms();
+    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
+             (unsigned long long)(mono_ns() & 0xffffff));
     /* at start, before the engine serves: the one blocking connect on the loop thread */
-    s->wconn = connect_db(s->dsn, err, errlen);
+    s->wconn = connect_db(s->dsn, s->engine_id, err, errlen);
     if (!s->wconn || migrate(s->wconn, err, errlen) != 0) {
         if (s->wconn) {
             char why[512];
@@ -377,14 +391,9 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     pthread_cond_init(&s->idle_cond, NULL);
     pthread_mutex_init(&s->read_mu, NULL);
     s->healthy = true;
-    char host[64] = "";
-    gethostname(host, sizeof host - 1);
-    s->started_ms = now_ms();
-    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
-             (unsigned long long)(mono_ns() & 0xffffff));
     /* the coordinator's session: the first try for the lock and the first heartbeat happen
      * here, at start, so one engine alone leads from its first tick */
-    s->cconn = connect_db(s->dsn, err, errlen);
+    s->cconn = connect_db(s->dsn, s->engine_id, err, errlen);
     if (!s->cconn || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         PQfinish(s->cconn);
         PQfinish(s->wconn);
@@ -557,7 +566,7 @@ static void coord_beat(pg_store *s)
     if (!s->cconn || PQstatus(s->cconn) != CONNECTION_OK) {
         lose_leadership(s, "its database session was lost");
         PQfinish(s->cconn);
-        s->cconn = connect_db(s->dsn, err, sizeof err);
+        s->cconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (!s->cconn)
             return;
     }
@@ -1246,7 +1255,7 @@ static bool reconnect(pg_store *s)
         char err[256];
         PQfinish(s->wconn);
         s->prepared = false;
-        s->wconn = connect_db(s->dsn, err, sizeof err);
+        s->wconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (s->wconn) {
             pthread_mutex_lock(&s->mu);
             s->reconnects++;
@@ -1431,7 +1440,7 @@ PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
     if (c && PQstatus(c) == CONNECTION_OK)
         return c;
     PQfinish(c);
-    return connect_db(s->dsn, err, errlen);
+    return connect_db(s->dsn, s->engine_id, err, errlen);
 }
 
 void pg_read_release(pg_store *s, PGconn *c)
@@ -1445,6 +1454,29 @@ void pg_read_release(pg_store *s, PGconn *c)
         pthread_mutex_unlock(&s->read_mu);
     }
     PQfinish(c);
+}
+
+/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS, or none
+ * recorded), claimed for this engine in one statement: the row lock makes it a compare-and-set,
+ * an engine that waits on another's claim re-checks the row and finds its new owner alive. */
+int pg_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    *ids = json_array();
+    if (pg_read_begin(s,
+                      "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
+                      "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
+                      "WHERE e.id = runs.owner AND e.last_seen >= ?2))) RETURNING id, created_at) "
+                      "SELECT id FROM claimed ORDER BY created_at, id",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, s->engine_id);
+    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(*ids, pgq_col_text(q, 0));
+    return pg_read_end(s, q, rc, err, errlen);
 }
 
 int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)

@@ -326,7 +326,9 @@ int store_cache_get(store *s, char *const *keys, size_t n, char **results, char 
 int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errlen);
 /* Runs, newest first, of one prompt when given; states only (no reports). */
 int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
-/* Ids of the runs in a state (preparing, running) for resuming at start. */
+/* Ids of the runs in a state (preparing, running) for this engine to resume: on SQLite all of
+ * them (one engine); on PostgreSQL those whose owner engine is gone (no heartbeat for 15 s) or
+ * unknown, claimed for this engine by a compare-and-set on runs.owner (docs/scale-out.md). */
 int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
 /* A run's cases in order (with STORE_CASE_IDS, their indexes). */
 int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);

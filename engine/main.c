@@ -1134,8 +1134,10 @@ static void begin_serving(engine *e)
     catalog_get_stats(e->cat, &cst);
     sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", e->addr,
                e->cfg.data_dir, cst.evaluators, e->cfg.nprompts);
-    /* traces acknowledged but not evaluated before the last stop */
-    for (size_t i = 0; i < e->cfg.nprompts; i++)
+    /* traces acknowledged but not evaluated before the last stop; with several engines the
+     * leader claims those of engines gone instead, each once (on_orphan_timer) */
+    bool shared = !strcmp(store_kind(e->store), "postgres");
+    for (size_t i = 0; i < e->cfg.nprompts && !shared; i++)
         if (online_has_prompt(e->online, e->cfg.prompts[i].name))
             online_reevaluate(e->online, e->cfg.prompts[i].name, 0, INT64_MAX, true);
     char err[1024];
@@ -1146,7 +1148,7 @@ static void begin_serving(engine *e)
     store_on_cluster(e->store, on_cluster, e);
     loop_start(e->lp);
     /* several engines: runs whose engine died are taken by the leader, at a takeover too */
-    if (e->handles_ready && !strcmp(store_kind(e->store), "postgres"))
+    if (e->handles_ready && shared)
         uv_timer_start(&e->orphan_timer, on_orphan_timer, ORPHAN_CHECK_MS, ORPHAN_CHECK_MS);
 }
 
@@ -1154,9 +1156,15 @@ typedef struct {
     uv_work_t req;
     engine *e;
     json_t *runs;
+    char **prompts; /* with online evaluation: their unevaluated traces of engines gone */
+    size_t nprompts;
+    json_t *traces; /* [[id, prompt], ...] claimed */
     int rc;
     char err[256];
 } orphan_read;
+
+/* traces claimed per prompt and second: the online queue takes them in steps */
+#define ORPHAN_TRACES 500
 
 /* on a pool thread: claim the unfinished runs whose owner stopped beating (a compare-and-set
  * in the store, so no other engine resumes them too) and read what they had done */
@@ -1168,6 +1176,17 @@ static void orphan_work(uv_work_t *req)
     if (!r->rc && json_array_size(ids))
         r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
     json_decref(ids);
+    r->traces = json_array();
+    for (size_t i = 0; i < r->nprompts && !r->rc; i++) {
+        char **tids = NULL;
+        size_t n = 0;
+        r->rc = store_claim_unevaluated(r->e->store, r->prompts[i], ORPHAN_TRACES, &tids, &n, r->err, sizeof r->err);
+        for (size_t k = 0; k < n; k++) {
+            json_array_append_new(r->traces, json_pack("[s, s]", tids[k], r->prompts[i]));
+            free(tids[k]);
+        }
+        free(tids);
+    }
 }
 
 static void orphan_after(uv_work_t *req, int status)
@@ -1181,7 +1200,19 @@ static void orphan_after(uv_work_t *req, int status)
     if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping)
         runner_resume_apply(e->runner, r->runs);
     else if (status == 0 && r->rc)
-        log_error("runs", "cannot take over the runs of engines gone: %s", r->err);
+        log_error("runs", "cannot take over the runs or traces of engines gone: %s", r->err);
+    size_t i;
+    json_t *t;
+    /* claimed traces are this engine's to evaluate (a stopping engine leaves them to the next) */
+    json_array_foreach(r->traces, i, t)
+        if (e->online && !e->stopping)
+            online_enqueue(e->online, json_string_value(json_array_get(t, 0)), json_string_value(json_array_get(t, 1)));
+    if (json_array_size(r->traces))
+        log_info("online", "evaluating %zu traces that engines gone left unevaluated", json_array_size(r->traces));
+    for (size_t k = 0; k < r->nprompts; k++)
+        free(r->prompts[k]);
+    free(r->prompts);
+    json_decref(r->traces);
     json_decref(r->runs);
     free(r);
 }
@@ -1194,6 +1225,13 @@ static void on_orphan_timer(uv_timer_t *t)
     orphan_read *r = xcalloc(1, sizeof *r);
     r->e = e;
     r->req.data = r;
+    /* claim no more traces while the online queue still has many */
+    if (e->online && online_backlog(e->online) < ORPHAN_TRACES) {
+        r->prompts = xcalloc(e->cfg.nprompts ? e->cfg.nprompts : 1, sizeof *r->prompts);
+        for (size_t i = 0; i < e->cfg.nprompts; i++)
+            if (online_has_prompt(e->online, e->cfg.prompts[i].name))
+                r->prompts[r->nprompts++] = xstrdup(e->cfg.prompts[i].name);
+    }
     e->orphan_reading = true;
     e->cluster_reads++;
     uv_queue_work(e->loop, &r->req, orphan_work, orphan_after);

@@ -284,6 +284,12 @@ static const char *const migrations[] = {
      * from before stay NULL, i.e. owned by no live engine (docs/scale-out.md, "Runs") */
     "ALTER TABLE runs ADD COLUMN owner TEXT;"
     "ALTER TABLE runs ALTER COLUMN owner SET DEFAULT current_setting('ratchet.engine', true);",
+
+    /* 6: the engine that evaluates a trace online (the one that took it, or the leader that
+     * claimed it after that one was gone); traces from before: NULL, claimed once */
+    "ALTER TABLE traces ADD COLUMN engine TEXT;"
+    "ALTER TABLE traces ALTER COLUMN engine SET DEFAULT current_setting('ratchet.engine', true);"
+    "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -319,6 +325,42 @@ static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, siz
     const char *p[1] = {engine_id};
     PQclear(PQexecParams(c, "SELECT set_config('ratchet.engine', $1, false)", 1, NULL, p, NULL, NULL, 0));
     return c;
+}
+
+/* Deletes an engine's heartbeat, so what it owned (runs, traces to evaluate) is the leader's
+ * to claim at once rather than after ENGINE_STALE_MS. */
+static void forget_engine(PGconn *c, const char *id)
+{
+    const char *p[1] = {id};
+    PQclear(PQexecParams(c, "DELETE FROM ratchet_engines WHERE id = $1", 1, NULL, p, NULL, NULL, 0));
+}
+
+/* The engine id the last process on this data directory had (the caller holds the directory's
+ * lock, so that process is gone): its heartbeat is forgotten at once. Then this one's is kept. */
+static void take_over_predecessor(pg_store *s, const char *dir)
+{
+    if (!dir)
+        return;
+    char path[4096], tmp[4200], prev[96] = "";
+    snprintf(path, sizeof path, "%s/pg_engine_id", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fgets(prev, sizeof prev, f))
+            prev[strcspn(prev, "\n")] = 0;
+        fclose(f);
+    }
+    if (prev[0])
+        forget_engine(s->wconn, prev);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (!f)
+        return;
+    bool ok = fprintf(f, "%s\n", s->engine_id) > 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        log_warn("store", "cannot keep this engine's id in %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
 }
 
 static int migrate(PGconn *c, char *err, size_t errlen)
@@ -386,6 +428,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
         free(s);
         return -1;
     }
+    take_over_predecessor(s, o->dir);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->idle_cond, NULL);
@@ -732,6 +775,9 @@ static void pg_close(store *base)
     close(s->wake[0]);
     close(s->wake[1]);
     drain_done(s);
+    /* every write of this engine is committed: what it leaves unfinished is the leader's now */
+    if (s->wconn && PQstatus(s->wconn) == CONNECTION_OK)
+        forget_engine(s->wconn, s->engine_id);
     PQfinish(s->wconn);
     for (int i = 0; i < s->read_free; i++)
         PQfinish(s->read_pool[i]);
@@ -1479,6 +1525,31 @@ int pg_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
     return pg_read_end(s, q, rc, err, errlen);
 }
 
+/* The same for online evaluation: unevaluated traces of a prompt whose engine is gone. */
+static int pg_claim_unevaluated(store *base, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                                size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
+                      "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                      "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= ?2))) ORDER BY t.seq LIMIT ?4) "
+                      "AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                      "ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= ?2))) RETURNING id",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, s->engine_id);
+    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_text(q, 3, prompt);
+    pgq_int(q, 4, limit);
+    *ids = xcalloc((size_t)(limit > 0 ? limit : 1), sizeof **ids);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW && *n < (size_t)limit)
+        (*ids)[(*n)++] = xstrdup(pgq_col(q, 0));
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
 int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
 {
     PGconn *c = pg_read_acquire(s, err, errlen);
@@ -1849,6 +1920,7 @@ static const store_backend pg_backend = {
     .get_run = pg_get_run,
     .list_runs = pg_list_runs,
     .unfinished_runs = pg_unfinished_runs,
+    .claim_unevaluated = pg_claim_unevaluated,
     .run_cases = pg_run_cases,
     .run_result_keys = pg_run_result_keys,
     .run_results = pg_run_results,

@@ -330,6 +330,11 @@ int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char
  * them (one engine); on PostgreSQL those whose owner engine is gone (no heartbeat for 15 s) or
  * unknown, claimed for this engine by a compare-and-set on runs.owner (docs/scale-out.md). */
 int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
+/* Several engines (PostgreSQL): up to limit ids of a prompt's unevaluated traces whose
+ * ingesting engine is gone (no heartbeat for 15 s) or unknown, claimed for this engine so no
+ * other evaluates them too (free each and the array). None on SQLite (one engine). */
+int store_claim_unevaluated(store *s, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                            size_t errlen);
 /* A run's cases in order (with STORE_CASE_IDS, their indexes). */
 int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
 /* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */

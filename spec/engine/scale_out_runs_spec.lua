@@ -116,3 +116,65 @@ describe("runs on engines sharing a database #heavy", function()
     assert.is_nil(e1:log_text():find("run " .. id .. ": resumed", 1, true), e1:log_text())
   end)
 end)
+
+-- Online evaluation of the traces left unevaluated: with several engines the leader claims
+-- those whose ingesting engine is gone (traces.engine), each once; no engine re-queues the
+-- whole backlog at its start. Counted on the fake LLM: one llm_judge call per trace.
+local JUDGE = [[
+return function(req, api)
+  return '{"pass": true, "score": 0.9, "reason": "fine"}'
+end
+]]
+
+local function judged_config(fake, judged)
+  return string.format([[
+scripts = { dirs = { %q } }
+provider "fake" { kind = "openai", base_url = "http://%s/v1", default_model = "judge", max_retries = 0, timeout_ms = 20000 }
+prompt "support" { evaluators = { %s } }
+]], engine.root, fake.addr, judged and '{ "llm_judge", options = { rubric = "the reply is polite" } }' or "")
+end
+
+describe("online evaluation on engines sharing a database #heavy", function()
+  it("evaluates the backlog an engine gone left once, with two engines starting together", function()
+    local fake = fake_llm.start { model = JUDGE }
+    -- an engine without the evaluator takes 10 traces and is killed: a backlog of 10
+    local a = engine.start { store = "postgres", config = judged_config(fake, false) }
+    local dsn = a.dsn
+    local batch = {}
+    for i = 1, 10 do
+      batch[i] = { id = "b-" .. i, prompt = { name = "support" }, input = { variables = { q = "hi" } }, output = "ok " .. i }
+    end
+    assert.equal(200, a:post("/v1/traces", batch).status)
+    a:kill9()
+    -- two engines with the judge start together; the judge is slow, so a second evaluation
+    -- of a trace would start while the first is under way
+    fake:faults { { delay_ms = 300, times = 1000 } }
+    local cfg = judged_config(fake, true)
+    local e1 = engine.start { store = "postgres", dsn = dsn, config = cfg }
+    local e2 = engine.start { store = "postgres", dsn = dsn, config = cfg }
+    local all = engine.eventually(60, function()
+      for i = 1, 10 do
+        local r = e2:get("/v1/traces/b-" .. i)
+        if r.status ~= 200 or r.json.verdict == "unevaluated" then return false end
+      end
+      return true
+    end)
+    assert(all, "the backlog was not evaluated:\n" .. e1:log_text())
+    -- both engines idle: an evaluation queued a second time would have made its call by now
+    assert.truthy(engine.eventually(20, function()
+      for _, e in ipairs { e1, e2 } do
+        local o = e:get("/v1/status").json.evaluation
+        if o.backlog ~= 0 or o.running ~= 0 then return false end
+      end
+      return true
+    end))
+    local evaluated = e1:get("/v1/status").json.evaluation.evaluated + e2:get("/v1/status").json.evaluation.evaluated
+    assert.equal(10, evaluated)
+    local calls = e1:get("/v1/llm/calls?caller_kind=evaluator&limit=100").json.items
+    assert.equal(10, #calls)
+    assert.equal(10, fake:stats().requests)
+    e1:stop()
+    e2:stop()
+    fake:stop()
+  end)
+end)

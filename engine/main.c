@@ -138,6 +138,9 @@ typedef struct {
     uv_timer_t watchdog_timer;
     uv_timer_t status_timer;   /* STATUS= for systemctl status, when it changes */
     uv_timer_t orphan_timer;   /* several engines: the leader takes the runs of engines gone */
+    uv_timer_t retention_timer; /* store.retention_days: a batch of old traces deleted each tick */
+    store_write retention_write;
+    bool retention_busy;       /* that write is queued */
     bool orphan_reading;       /* a claim of such runs is in the thread pool */
     char last_status[256];
     metrics_lag *lag;
@@ -254,7 +257,10 @@ static void begin_shutdown(engine *e, const char *why)
     loop_drain(e->lp, NULL, NULL);       /* no new step of the loop starts */
     runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
     if (e->handles_ready)
+    {
         uv_timer_stop(&e->orphan_timer); /* (several engines: the leader takes them once we are gone) */
+        uv_timer_stop(&e->retention_timer);
+    }
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
     api_gateway_stop(&e->api); /* gateway calls in flight: cancelled, answered 503 */
@@ -356,6 +362,10 @@ static void configure_io(engine *e)
 static void tell_scripts(engine *e);
 static void on_cluster(void *data, bool leadership, bool registry_changed);
 static void on_orphan_timer(uv_timer_t *t);
+static void on_retention_timer(uv_timer_t *t);
+/* store.retention_days: how often, and how many traces at most in one transaction */
+#define RETENTION_CHECK_MS 1000
+#define RETENTION_BATCH 1000
 /* how often a leader on a shared database looks for runs whose engine is gone */
 #define ORPHAN_CHECK_MS 1000
 
@@ -958,6 +968,8 @@ static int start_handles(engine *e, char *err, size_t errlen)
     uv_timer_init(e->loop, &e->status_timer);
     uv_timer_init(e->loop, &e->orphan_timer);
     e->orphan_timer.data = e;
+    uv_timer_init(e->loop, &e->retention_timer);
+    e->retention_timer.data = e;
     e->sigterm.data = e->sigint.data = e->sighup.data = e;
     e->shutdown_timer.data = e->debounce_timer.data = e->status_timer.data = e;
     e->handles_ready = true;
@@ -994,7 +1006,8 @@ static void undo_handles(engine *e)
     uv_handle_t *hs[] = {(uv_handle_t *)&e->sigterm,        (uv_handle_t *)&e->sigint,
                          (uv_handle_t *)&e->sighup,         (uv_handle_t *)&e->shutdown_timer,
                          (uv_handle_t *)&e->debounce_timer, (uv_handle_t *)&e->watchdog_timer,
-                         (uv_handle_t *)&e->status_timer,   (uv_handle_t *)&e->orphan_timer};
+                         (uv_handle_t *)&e->status_timer,   (uv_handle_t *)&e->orphan_timer,
+                         (uv_handle_t *)&e->retention_timer};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         close_handle(hs[i]);
     e->handles_ready = false;
@@ -1150,6 +1163,36 @@ static void begin_serving(engine *e)
     /* several engines: runs whose engine died are taken by the leader, at a takeover too */
     if (e->handles_ready && shared)
         uv_timer_start(&e->orphan_timer, on_orphan_timer, ORPHAN_CHECK_MS, ORPHAN_CHECK_MS);
+    if (e->handles_ready)
+        uv_timer_start(&e->retention_timer, on_retention_timer, RETENTION_CHECK_MS, RETENTION_CHECK_MS);
+}
+
+static void on_retention_done(store_write *w)
+{
+    engine *e = w->data;
+    if (w->status)
+        log_warn("store", "a batch of traces past store.retention_days could not be deleted; the next pass retries");
+    store_write_clear(w);
+    e->retention_busy = false;
+}
+
+/* store.retention_days: a batch of the oldest traces past it, deleted by the writer thread
+ * (one engine of several: the leader) while no batch is queued */
+static void on_retention_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    if (e->stopping || e->retention_busy || e->cfg.store.retention_days <= 0 || !store_leader(e->store))
+        return;
+    store_write *w = &e->retention_write;
+    memset(w, 0, sizeof *w);
+    store_delete_old_traces(w, now_ms() - (int64_t)e->cfg.store.retention_days * 86400000, RETENTION_BATCH);
+    w->done = on_retention_done;
+    w->data = e;
+    if (store_submit(e->store, w) != 0) {
+        store_write_clear(w);
+        return;
+    }
+    e->retention_busy = true;
 }
 
 typedef struct {

@@ -353,6 +353,9 @@ typedef struct {
     const char *detail; /* JSON or NULL */
 } store_loop_state;
 void store_put_loop_state(store_write *w, const store_loop_state *ls);
+/* Deletes up to limit traces with ts < before_ms, oldest first, with their scores and
+ * feedback, and the trace parts older than before_ms (retention, docs/scale-out.md). */
+void store_delete_old_traces(store_write *w, int64_t before_ms, int64_t limit);
 void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
                           const char *detail_json, int64_t ts_ms);
 /* {prompt: {state, cycle, run_id, version, step, step_started, canary_started, last_cycle_at, updated_at, detail}} */

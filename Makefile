@@ -276,6 +276,9 @@ bench-schema: all
 bench-patterns: all
 	@$(if $(MALLOC_LIBS),LD_PRELOAD=libmimalloc.so.2 )lua5.4 bench/patterns.lua
 
+$(BUILD)/relay: bench/relay.c $(OBJS)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)
+
 $(BUILD)/otlp_decode: bench/otlp_decode.c $(OBJS)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(OBJS) $(MALLOC_LIBS) $(PKG_LIBS)
 
@@ -286,7 +289,7 @@ bench-gate: all $(BUILD)/llm_bench
 	@./bench/gate.sh
 
 # the gateway against nginx proxy_pass and Portkey (bench/package.json, node 22)
-bench-gateway: bench-deps test-deps all
+bench-gateway: bench-deps test-deps all $(BUILD)/relay
 	@cd bench && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null
 	@./bench/gateway.sh
 

@@ -45,6 +45,8 @@ api_table() { # label
   for p in "/v1/prompts/bench/metrics" "/v1/prompts/bench/series?buckets=30" "/v1/traces?prompt=bench&limit=50" \
            "/v1/traces?prompt=bench&failed=true&limit=50" "/v1/traces?prompt=bench&evaluator=json_valid&limit=50" \
            "/v1/traces?prompt=bench&feedback=negative&limit=50" "/v1/traces?prompt=bench&q=ticket%20number%20777:&limit=50" \
+           "/v1/traces?prompt=bench&tag=channel:email&limit=50" "/v1/traces?prompt=bench&tag=vip&limit=50" \
+           "/v1/traces?tag=vip&limit=50" \
            "/v1/traces?prompt=bench&limit=50&cursor=$(printf '%x' $(( $(date +%s) * 1000 - 12 * 3600 * 1000 ))).0" \
            "/v1/traces/b-999" "/v1/status" "/v1/loop" "/v1/prompts/bench/versions" "/v1/prompts/bench/history"; do
     echo "api $1 $(api_ms "$p") ms  $p"

@@ -611,7 +611,7 @@ async function tracesPage(query) {
   const q = new URLSearchParams(query || '');
   const prompts = await api('/v1/prompts');
   const params = new URLSearchParams();
-  for (const k of ['prompt', 'version', 'since', 'until', 'failed', 'evaluator', 'feedback', 'q', 'cursor']) if (q.get(k)) params.set(k, q.get(k));
+  for (const k of ['prompt', 'version', 'since', 'until', 'failed', 'evaluator', 'feedback', 'q', 'tag', 'cursor']) if (q.get(k)) params.set(k, q.get(k));
   params.set('limit', '50');
   const list = await api('/v1/traces?' + params.toString());
   const form = h('form', { class: 'filters', id: 'trace-filters' },
@@ -623,6 +623,7 @@ async function tracesPage(query) {
     h('label', null, 'failed by ', h('input', { name: 'evaluator', size: 12, placeholder: 'evaluator', value: q.get('evaluator') || '' })),
     h('label', null, 'feedback ', h('select', { name: 'feedback' }, h('option', { value: '' }, 'any or none'), h('option', { value: 'negative', selected: q.get('feedback') === 'negative' }, 'negative'), h('option', { value: 'any', selected: q.get('feedback') === 'any' }, 'some'))),
     h('label', null, 'text ', h('input', { name: 'q', type: 'search', size: 16, placeholder: 'in input or output', value: q.get('q') || '' })),
+    h('label', null, 'tag ', h('input', { name: 'tag', size: 12, maxlength: 64, placeholder: 'tag', value: q.get('tag') || '' })),
     h('button', { type: 'submit' }, 'Search'));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
@@ -633,10 +634,11 @@ async function tracesPage(query) {
   const next = new URLSearchParams(q);
   if (list.next_cursor) next.set('cursor', list.next_cursor);
   render(h('h1', null, 'Traces'), form,
-    h('div', { class: 'scroll' }, h('table', { id: 'traces' }, h('tr', null, ['when', 'id', 'prompt', 'result', 'output'].map((x) => h('th', null, x))),
+    h('div', { class: 'scroll' }, h('table', { id: 'traces' }, h('tr', null, ['when', 'id', 'prompt', 'result', 'tags', 'output'].map((x) => h('th', null, x))),
       list.items.map((t) => h('tr', null, h('td', null, when(t.timestamp)), h('td', null, link('#/trace/' + enc(t.id), t.id)),
         h('td', null, t.prompt ? `${t.prompt.name} v${t.prompt.version ?? '?'}` : '–'),
         h('td', { class: t.verdict === 'pass' ? 'pass' : t.verdict === 'fail' ? 'fail' : 'muted' }, t.verdict || 'not evaluated'),
+        h('td', { class: 'tags' }, (t.tags || []).join(' ')),
         h('td', null, h('pre', null, String(t.output ?? '').slice(0, 160))))))),
     h('p', null, q.get('cursor') ? [link('#/traces?' + new URLSearchParams([...q].filter(([k]) => k !== 'cursor')).toString(), 'first page'), ' · '] : '',
       list.next_cursor ? link('#/traces?' + next.toString(), 'next page', { id: 'next-page' }) : h('span', { class: 'muted' }, 'last page')));
@@ -651,6 +653,7 @@ async function tracePage(id) {
     h('dl', { class: 'kv card' }, h('dt', null, 'when'), h('dd', null, when(t.timestamp)),
       h('dt', null, 'prompt'), h('dd', null, t.prompt ? link('#/prompt/' + enc(t.prompt.name), `${t.prompt.name} v${t.prompt.version ?? '?'}`) : '–'),
       h('dt', null, 'result'), h('dd', { class: t.verdict === 'pass' ? 'pass' : 'fail' }, t.verdict || 'not evaluated'),
+      h('dt', null, 'tags'), h('dd', null, (t.tags || []).length ? t.tags.join(' ') : '–'),
       h('dt', null, 'latency'), h('dd', null, t.latency_ms != null ? t.latency_ms.toFixed(1) + ' ms' : '–'),
       h('dt', null, 'tokens'), h('dd', null, t.usage ? `${t.usage.input_tokens ?? '–'} in, ${t.usage.output_tokens ?? '–'} out` : '–')),
     isAdmin() && datasets.items.length ? h('div', { class: 'actions' }, dsSel,
@@ -660,7 +663,7 @@ async function tracePage(id) {
     t.tool_calls ? [h('h2', null, 'Tool calls'), h('pre', { class: 'card' }, JSON.stringify(t.tool_calls, null, 2))] : null,
     h('h2', null, 'Output'), h('pre', { class: 'card', id: 'trace-output' }, typeof t.output === 'string' ? t.output : JSON.stringify(t.output, null, 2)),
     h('h2', null, 'Evaluator results'), h('table', null, h('tr', null, ['evaluator', 'result', 'score', 'reason'].map((x) => h('th', null, x))),
-      (t.scores || []).map((s) => h('tr', null, h('td', null, s.evaluator), h('td', { class: s.pass ? 'pass' : 'fail' }, s.pass ? 'pass' : s.status || 'fail'), h('td', null, s.score ?? '–'), h('td', null, s.reason || '')))),
+      (t.scores || []).map((s) => h('tr', null, h('td', null, s.evaluator), h('td', { class: s.pass ? 'pass' : 'fail' }, s.pass ? 'pass' : !s.status || s.status === 'ok' ? 'fail' : s.status), h('td', null, s.score ?? '–'), h('td', null, s.reason || '')))),
     h('h2', null, 'Feedback'), (t.feedback || []).length ? h('pre', { class: 'card' }, JSON.stringify(t.feedback, null, 2)) : h('p', { class: 'muted' }, 'none'));
 }
 

@@ -107,6 +107,7 @@ function M.send(base, prompt, first, n, opts)
       output = res.text,
       latency_ms = res.latency_ms or (os.clock() - t0) * 1000,
       usage = res.usage and { input_tokens = res.usage.input_tokens, output_tokens = res.usage.output_tokens } or nil,
+      tags = { i % 2 == 0 and "channel:email" or "channel:chat" },
     }
   end
   local st, r = request(base, "POST", "/v1/traces", traces)

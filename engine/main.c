@@ -67,7 +67,8 @@ static const char main_usage[] =
     "  loop      the loop's state per prompt, and a prompt's cycle events\n"
     "  status    one screen for operators: prompts, pass rates, loop, runs, budget, errors\n"
     "  history   the audit log of a prompt: lifecycle moves and loop decisions\n"
-    "  traces    a page of traces, newest first: by prompt, version, time, verdict, evaluator, feedback, text\n"
+    "  traces    a page of traces, newest first: by prompt, version, time, verdict, evaluator, feedback, text, tag\n"
+    "  series    a prompt's pass rate, traffic and negative feedback over time, of every version or one\n"
     "  init      make a project: config, a custom evaluator and policy with their specs, a dataset\n"
     "  routes    every endpoint of the HTTP API: method, path, token scope, the doc that describes it\n"
     "  version   print the version\n"
@@ -811,8 +812,10 @@ static void undo_io(engine *e)
     }
     api_gateway_stop(&e->api); /* no gateway call outlives the HTTP client */
     api_gateway_free(&e->api);
-    if (e->store)
+    if (e->store) {
+        llm_ledger_flush(e->llm);
         store_flush(e->store); /* the ledger's last rows are written and answered */
+    }
     scriptio_free(e->sio);
     llm_free(e->llm);
     httpc_free(e->httpc);
@@ -1545,6 +1548,7 @@ static const command commands[] = {
     {"status", cmd_status, status_usage},
     {"history", cmd_history, history_usage},
     {"traces", cmd_traces, traces_usage},
+    {"series", cmd_series, series_usage},
     {"init", cmd_init, init_usage},
     {"dataset", cmd_dataset, dataset_usage},
     {"routes", cmd_routes, routes_usage},

@@ -261,19 +261,49 @@ static void call_free(gw_call *c)
     free(c);
 }
 
-/* What came back, for the trace */
-typedef struct {
+/* What came back, for the trace. An OpenAI answer with n > 1 has its
+ * choices past the first in more[] (index 1 at more[0]). */
+#define MAX_CHOICES 128
+typedef struct outcome {
     json_t *output;      /* text (string), or NULL */
     json_t *tool_calls;  /* [{id, name, arguments}] or NULL */
     json_int_t in_tok, out_tok;
     bool has_usage;
     char model[256];
+    char finish[32];     /* the choice's finish_reason, or "" */
+    struct outcome *more;
+    size_t nmore;
 } outcome;
 
 static void outcome_free(outcome *o)
 {
     json_decref(o->output);
     json_decref(o->tool_calls);
+    for (size_t i = 0; i < o->nmore; i++)
+        outcome_free(&o->more[i]);
+    free(o->more);
+}
+
+/* The outcome of choice idx (0: o itself); NULL past MAX_CHOICES. */
+static outcome *choice_at(outcome *o, json_int_t idx)
+{
+    if (idx <= 0)
+        return idx == 0 ? o : NULL;
+    if (idx >= MAX_CHOICES)
+        return NULL;
+    if ((size_t)idx > o->nmore) {
+        o->more = xrealloc(o->more, (size_t)idx * sizeof *o->more);
+        memset(o->more + o->nmore, 0, ((size_t)idx - o->nmore) * sizeof *o->more);
+        o->nmore = (size_t)idx;
+    }
+    return &o->more[idx - 1];
+}
+
+static void set_finish(outcome *o, json_t *choice)
+{
+    const char *f = json_string_value(json_object_get(choice, "finish_reason"));
+    if (f)
+        snprintf(o->finish, sizeof o->finish, "%s", f);
 }
 
 static void add_text(outcome *o, const char *t)
@@ -330,16 +360,25 @@ static void read_answer(json_t *r, outcome *o)
         o->has_usage = json_is_integer(in) || json_is_integer(out);
     }
     json_t *choices = json_object_get(r, "choices");
-    if (json_is_array(choices)) { /* OpenAI: the first choice */
-        json_t *msg = json_object_get(json_array_get(choices, 0), "message");
-        add_text(o, json_string_value(json_object_get(msg, "content")));
-        size_t i;
-        json_t *tc;
-        json_array_foreach(json_object_get(msg, "tool_calls"), i, tc) {
-            json_t *t = tool_at(o, i), *fn = json_object_get(tc, "function");
-            json_object_set(t, "id", json_object_get(tc, "id"));
-            json_object_set(t, "name", json_object_get(fn, "name"));
-            json_object_set(t, "arguments", json_object_get(fn, "arguments"));
+    if (json_is_array(choices)) { /* OpenAI: every choice (n > 1), each by its index */
+        size_t k;
+        json_t *ch;
+        json_array_foreach(choices, k, ch) {
+            json_t *ix = json_object_get(ch, "index");
+            outcome *x = choice_at(o, json_is_integer(ix) ? json_integer_value(ix) : (json_int_t)k);
+            if (!x || x->output || x->tool_calls)
+                continue; /* past the cap, or an index seen already */
+            json_t *msg = json_object_get(ch, "message");
+            add_text(x, json_string_value(json_object_get(msg, "content")));
+            set_finish(x, ch);
+            size_t i;
+            json_t *tc;
+            json_array_foreach(json_object_get(msg, "tool_calls"), i, tc) {
+                json_t *t = tool_at(x, i), *fn = json_object_get(tc, "function");
+                json_object_set(t, "id", json_object_get(tc, "id"));
+                json_object_set(t, "name", json_object_get(fn, "name"));
+                json_object_set(t, "arguments", json_object_get(fn, "arguments"));
+            }
         }
         return;
     }
@@ -372,20 +411,25 @@ static void read_event(json_t *e, outcome *o, json_t *blocks)
             o->out_tok = json_integer_value(json_object_get(u, "completion_tokens"));
             o->has_usage = true;
         }
-        json_t *ch = json_array_get(json_object_get(e, "choices"), 0);
-        if (json_integer_value(json_object_get(ch, "index")) != 0)
-            return;
-        json_t *d = json_object_get(ch, "delta");
-        add_text(o, json_string_value(json_object_get(d, "content")));
-        size_t i;
-        json_t *tc;
-        json_array_foreach(json_object_get(d, "tool_calls"), i, tc) {
-            json_t *t = tool_at(o, (size_t)json_integer_value(json_object_get(tc, "index")));
-            json_t *fn = json_object_get(tc, "function");
-            if (json_object_get(tc, "id"))
-                json_object_set(t, "id", json_object_get(tc, "id"));
-            append_field(t, "name", json_string_value(json_object_get(fn, "name")));
-            append_field(t, "arguments", json_string_value(json_object_get(fn, "arguments")));
+        size_t k;
+        json_t *ch;
+        json_array_foreach(json_object_get(e, "choices"), k, ch) { /* each choice by its index (n > 1) */
+            outcome *x = choice_at(o, json_integer_value(json_object_get(ch, "index")));
+            if (!x)
+                continue;
+            json_t *d = json_object_get(ch, "delta");
+            add_text(x, json_string_value(json_object_get(d, "content")));
+            set_finish(x, ch);
+            size_t i;
+            json_t *tc;
+            json_array_foreach(json_object_get(d, "tool_calls"), i, tc) {
+                json_t *t = tool_at(x, (size_t)json_integer_value(json_object_get(tc, "index")));
+                json_t *fn = json_object_get(tc, "function");
+                if (json_object_get(tc, "id"))
+                    json_object_set(t, "id", json_object_get(tc, "id"));
+                append_field(t, "name", json_string_value(json_object_get(fn, "name")));
+                append_field(t, "arguments", json_string_value(json_object_get(fn, "arguments")));
+            }
         }
         return;
     }
@@ -469,6 +513,41 @@ static const char *status_kind(int status)
     }
 }
 
+/* A choice's tool calls as the trace has them: [{id?, name, arguments?}]. */
+static json_t *trace_tool_calls(json_t *tool_calls)
+{
+    json_t *calls = json_array(), *tc;
+    size_t i;
+    json_array_foreach(tool_calls, i, tc) {
+        json_t *args = json_object_get(tc, "arguments");
+        json_t *x = json_pack("{s:s}", "name", json_string_value(json_object_get(tc, "name")) ?: "");
+        if (json_is_string(json_object_get(tc, "id")))
+            json_object_set(x, "id", json_object_get(tc, "id"));
+        if (json_is_object(args) || json_is_string(args))
+            json_object_set(x, "arguments", args);
+        json_array_append_new(calls, x);
+    }
+    return calls;
+}
+
+/* Every choice of an n > 1 answer, for metadata.gateway.choices: the trace's
+ * output and tool_calls are the first's (what evaluators score). */
+static json_t *trace_choices(const outcome *o)
+{
+    json_t *all = json_array();
+    for (size_t k = 0; k <= o->nmore; k++) {
+        const outcome *x = k ? &o->more[k - 1] : o;
+        json_t *c = json_pack("{s:I, s:o}", "index", (json_int_t)k, "output",
+                              x->output ? json_incref(x->output) : json_string(""));
+        if (x->finish[0])
+            json_object_set_new(c, "finish_reason", json_string(x->finish));
+        if (x->tool_calls)
+            json_object_set_new(c, "tool_calls", trace_tool_calls(x->tool_calls));
+        json_array_append_new(all, c);
+    }
+    return all;
+}
+
 /* The trace, queued after the answer (api_capture_trace); a forwarded
  * call's figures and ledger row (llm.c records a translated one itself). */
 static void capture(gw_call *c, int status, const char *error, outcome *o)
@@ -510,19 +589,8 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
         json_object_set_new(t, "error", json_string(error));
     } else {
         json_object_set_new(t, "output", o->output ? json_incref(o->output) : json_string(""));
-        if (o->tool_calls) {
-            json_t *calls = json_array(), *tc;
-            json_array_foreach(o->tool_calls, i, tc) {
-                json_t *args = json_object_get(tc, "arguments");
-                json_t *x = json_pack("{s:s}", "name", json_string_value(json_object_get(tc, "name")) ?: "");
-                if (json_is_string(json_object_get(tc, "id")))
-                    json_object_set(x, "id", json_object_get(tc, "id"));
-                if (json_is_object(args) || json_is_string(args))
-                    json_object_set(x, "arguments", args);
-                json_array_append_new(calls, x);
-            }
-            json_object_set_new(t, "tool_calls", calls);
-        }
+        if (o->tool_calls)
+            json_object_set_new(t, "tool_calls", trace_tool_calls(o->tool_calls));
     }
     const char *model = o && o->model[0] ? o->model : c->model;
     if (model && strlen(model) <= 256)
@@ -540,13 +608,12 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
         json_object_set_new(meta, "caller", json_string(c->caller));
     if (c->sse_cut) /* the stream passed SSE_KEEP_MAX: the caller got it all, the trace its start */
         json_object_set_new(meta, "output_cut", json_true());
+    if (!error && o && o->nmore)
+        json_object_set_new(meta, "choices", trace_choices(o));
     json_object_set_new(t, "metadata", json_pack("{s:o}", "gateway", meta));
     if (c->retry_of)
         json_object_set_new(t, "retry_of", json_string(c->retry_of));
-    char *text = json_text(t, JSON_COMPACT);
-    json_decref(t);
-    api_capture_trace(a, text, strlen(text));
-    free(text);
+    api_capture_trace(a, t); /* checked as a tree by ingest_tree: no JSON text round trip */
     if (o)
         spend_tokens(a, c->key, (double)(o->in_tok + o->out_tok));
 }

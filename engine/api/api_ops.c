@@ -337,6 +337,8 @@ void api_llm_calls(const api_call *c)
                                  "'caller_kind' must be evaluator, run, template, policy or other");
         return;
     }
+    if (c->a->llm)
+        llm_ledger_flush(c->a->llm); /* the gathered rows go to the writer ahead of this read */
     api_task *t = api_task_new(c->a, req, llm_calls_work);
     if (kr > 0)
         t->name = xstrdup(kind); /* the caller kind */

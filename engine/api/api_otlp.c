@@ -35,8 +35,9 @@ const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[
 
 enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED, R_PART, R_N };
 
-typedef struct {
+typedef struct otlp_job {
     uv_work_t work;
+    struct otlp_job *next_waiting; /* in api's queue of bodies waiting for the pool */
     api *a;
     http_request *req;
     otlp_signal sig;
@@ -453,10 +454,44 @@ static void decode_work(uv_work_t *w)
     decode_job(w->data);
 }
 
+static void after_decode(uv_work_t *w, int status);
+
+/* Large bodies decode in the thread pool, at most as many at once as the
+ * engine has cores to run them (uv_available_parallelism follows the CPU
+ * affinity): more at once on the same cores only multiplies the trees in
+ * memory (page faults, allocator work) without decoding any faster. The
+ * others wait in arrival order. */
+static void start_decode(api *a, otlp_job *job)
+{
+    if (!a->otlp_decode_max)
+        a->otlp_decode_max = uv_available_parallelism();
+    if (a->otlp_decoding >= a->otlp_decode_max) {
+        if (a->otlp_wait_tail)
+            a->otlp_wait_tail->next_waiting = job;
+        else
+            a->otlp_wait_head = job;
+        a->otlp_wait_tail = job;
+        return;
+    }
+    a->otlp_decoding++;
+    uv_queue_work(a->loop, &job->work, decode_work, after_decode);
+}
+
 static void after_decode(uv_work_t *w, int status)
 {
     (void)status;
-    submit_job(w->data);
+    otlp_job *job = w->data;
+    api *a = job->a;
+    a->otlp_decoding--;
+    otlp_job *next = a->otlp_wait_head;
+    if (next) {
+        a->otlp_wait_head = next->next_waiting;
+        if (!a->otlp_wait_head)
+            a->otlp_wait_tail = NULL;
+        next->next_waiting = NULL;
+        start_decode(a, next);
+    }
+    submit_job(job);
 }
 
 /* ---- the endpoints ---- */
@@ -516,7 +551,7 @@ static void receive(api *a, http_request *req, otlp_signal sig)
         decode_job(job);
         submit_job(job);
     } else {
-        uv_queue_work(a->loop, &job->work, decode_work, after_decode);
+        start_decode(a, job);
     }
 }
 

@@ -595,19 +595,19 @@ void api_prompt_metrics(const api_call *c)
 /* The pass rate over time, bucket by bucket (the console's sparklines). */
 static void series_work(api_task *t)
 {
-    int64_t span = t->n2 - t->n1, step = (span + t->limit - 1) / t->limit;
+    int64_t step = json_integer_value(t->j2);
+    json_t *buckets = NULL;
+    if (store_prompt_series(t->a->store, t->name, json_integer_value(t->j1), t->n1, t->n2, step, &buckets, t->err,
+                            sizeof t->err) != 0) {
+        t->rc = -1;
+        return;
+    }
     json_t *points = json_array();
-    for (int i = 0; i < t->limit && t->n1 + i * step < t->n2; i++) {
-        int64_t from = t->n1 + i * step, to = from + step < t->n2 ? from + step : t->n2;
-        json_t *m = NULL;
-        if (store_prompt_metrics(t->a->store, t->name, json_integer_value(t->j1), from, to, &m, t->err,
-                                 sizeof t->err) != 0) {
-            json_decref(points);
-            t->rc = -1;
-            return;
-        }
+    size_t i;
+    json_t *m;
+    json_array_foreach(buckets, i, m) {
         char at[32];
-        rfc3339_format(from, at);
+        rfc3339_format(json_integer_value(json_object_get(m, "since_ms")), at);
         json_t *ev = json_object();
         const char *k;
         json_t *e;
@@ -620,8 +620,8 @@ static void series_work(api_task *t)
                                                 json_object_get(m, "traces"), "evaluated", json_object_get(m, "evaluated"),
                                                 "pass_rate", none ? json_null() : json_object_get(m, "pass_rate"),
                                                 "negative", json_object_get(m, "negative"), "evaluators", ev));
-        json_decref(m);
     }
+    json_decref(buckets);
     char since[32], until[32];
     rfc3339_format(t->n1, since);
     rfc3339_format(t->n2, until);
@@ -654,12 +654,22 @@ void api_prompt_series(const api_call *c)
         http_respond_field_error(req, 404, "unknown_prompt", "prompt", "no prompt named '%s'", name);
         return;
     }
+    /* A window of at least a minute per bucket starts on its minute and
+     * its buckets are whole minutes (the store reads those from its
+     * per-minute figures, not trace by trace); the answer's since and
+     * bucket_ms say where they fall. A shorter window is cut as asked. */
+    int64_t step = (until - since + buckets - 1) / buckets;
+    if (step >= 60000 && since >= 0) {
+        since -= since % 60000;
+        step = (until - since + buckets - 1) / buckets;
+        step = (step + 59999) / 60000 * 60000;
+    }
     api_task *t = api_task_new(a, req, series_work);
     t->name = xstrdup(name);
     t->n1 = since;
     t->n2 = until;
-    t->limit = (int)buckets;
     t->j1 = json_integer(version);
+    t->j2 = json_integer(step);
     api_task_queue(t);
 }
 

@@ -554,6 +554,11 @@ static bool id_chars_ok(const char *s, const char *extra)
     return true;
 }
 
+bool ingest_tag_ok(const char *tag)
+{
+    return tag && tag[0] && strlen(tag) <= INGEST_TAG_MAX_LEN && id_chars_ok(tag, "-_.:/=");
+}
+
 /* A string field with a length range; returns the string or NULL (error added). */
 static const char *check_string(vctx *v, yajl_val obj, const char *key, const char *path, bool required,
                                 size_t maxlen)
@@ -626,6 +631,12 @@ static void check_nonneg_number(vctx *v, yajl_val obj, const char *key, const ch
     double d = YAJL_IS_INTEGER(j) ? (double)j->u.number.i : j->u.number.d;
     if (!(d >= 0) || isinf(d))
         add_error(v, path, "must be zero or more");
+}
+
+/* a number validated by check_nonneg_number, as a double */
+static double number_of(yajl_val j)
+{
+    return YAJL_IS_INTEGER(j) ? (double)j->u.number.i : j->u.number.d;
 }
 
 /* timestamp: RFC 3339 string or integer ms since the epoch; default now. */
@@ -762,7 +773,7 @@ static bool validate_feedback(vctx *v, yajl_val obj, const char *path, const cha
 
 static const char *const trace_keys[] = {"id", "prompt", "input", "output", "error", "tool_calls", "model",
                                          "latency_ms", "usage", "timestamp", "metadata", "retry_of",
-                                         "feedback", NULL};
+                                         "feedback", "tags", NULL};
 static const char *const prompt_keys[] = {"name", "version", NULL};
 static const char *const input_keys[] = {"variables", "messages", NULL};
 static const char *const usage_keys[] = {"input_tokens", "output_tokens", "cost_usd", NULL};
@@ -810,6 +821,31 @@ static void validate_tool_calls(vctx *v, yajl_val calls)
         snprintf(fp, sizeof fp, "%s.arguments", p);
         if (args && !YAJL_IS_OBJECT(args) && !YAJL_IS_STRING(args))
             add_error(v, fp, "must be an object or a JSON string (got %s)", type_name(args));
+    }
+}
+
+static void validate_tags(vctx *v, yajl_val tags)
+{
+    if (!check_type(v, tags, yajl_t_array, ".tags", "an array of strings"))
+        return;
+    if (tags->u.array.len > INGEST_MAX_TAGS) {
+        add_error(v, ".tags", "has %zu tags, at most %d", tags->u.array.len, INGEST_MAX_TAGS);
+        return;
+    }
+    for (size_t i = 0; i < tags->u.array.len; i++) {
+        yajl_val g = tags->u.array.values[i];
+        char p[48];
+        snprintf(p, sizeof p, ".tags[%zu]", i);
+        if (!YAJL_IS_STRING(g))
+            add_error(v, p, "must be a string (got %s)", type_name(g));
+        else if (!ingest_tag_ok(g->u.string))
+            add_error(v, p, "must be 1 to %d bytes of letters, digits and - _ . : / =", INGEST_TAG_MAX_LEN);
+        else
+            for (size_t k = 0; k < i; k++)
+                if (YAJL_IS_STRING(tags->u.array.values[k]) && !strcmp(tags->u.array.values[k]->u.string, g->u.string)) {
+                    add_error(v, p, "repeats the tag '%s' of .tags[%zu]", g->u.string, k);
+                    break;
+                }
     }
 }
 
@@ -880,6 +916,10 @@ static bool validate_trace(vctx *v, yajl_val t, const char *raw, size_t raw_len,
     if (retry_of && id && strcmp(retry_of, id) == 0)
         add_error(v, ".retry_of", "must name an earlier trace, not this one");
 
+    yajl_val tags = obj_get(t, "tags");
+    if (tags)
+        validate_tags(v, tags);
+
     yajl_val feedback = obj_get(t, "feedback");
     if (feedback && YAJL_IS_ARRAY(feedback) && feedback->u.array.len > MAX_INLINE_FEEDBACK)
         add_error(v, ".feedback", "has more than %d items", MAX_INLINE_FEEDBACK);
@@ -916,6 +956,20 @@ static bool validate_trace(vctx *v, yajl_val t, const char *raw, size_t raw_len,
     out->version = version;
     out->ts_ms = ts;
     out->retry_of = retry_of ? xstrdup(retry_of) : NULL;
+    yajl_val lat = obj_get(t, "latency_ms"), cost = usage ? obj_get(usage, "cost_usd") : NULL,
+             in_tok = usage ? obj_get(usage, "input_tokens") : NULL, out_tok = usage ? obj_get(usage, "output_tokens") : NULL;
+    if ((out->has_latency = lat != NULL))
+        out->latency_ms = number_of(lat);
+    if ((out->has_cost = cost != NULL))
+        out->cost_usd = number_of(cost);
+    if ((out->has_tokens = in_tok && out_tok))
+        out->tokens = number_of(in_tok) + number_of(out_tok);
+    if (tags && tags->u.array.len) {
+        out->ntags = tags->u.array.len;
+        out->tags = xcalloc(out->ntags, sizeof *out->tags);
+        for (size_t i = 0; i < out->ntags; i++)
+            out->tags[i] = xstrdup(tags->u.array.values[i]->u.string);
+    }
     if (raw) {
         out->json = xstrndup(raw, raw_len);
         out->json_len = raw_len;

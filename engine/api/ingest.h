@@ -39,6 +39,13 @@ typedef struct {
     bool array_form;        /* items are addressed as $[i] (else $) */
 } ingest_batch;
 
+/* A trace's tags (the trace field "tags", the tag filter of GET /v1/traces):
+ * at most INGEST_MAX_TAGS distinct tags of 1 to INGEST_TAG_MAX_LEN bytes of
+ * letters, digits and - _ . : / = */
+#define INGEST_MAX_TAGS 20
+#define INGEST_TAG_MAX_LEN 64
+bool ingest_tag_ok(const char *tag);
+
 /* Parses and validates body. Returns 0 with the batch filled, or an HTTP
  * status (400, 413) with err_code and err (the whole request is refused). */
 /* body must be NUL-terminated at len; lines are NUL-terminated in place while

@@ -180,7 +180,7 @@ static void set_text(json_t *o, const char *name, const ProtobufCBinaryData *b, 
 static void mark(json_t *item, fault *f)
 {
     if (f->why[0])
-        json_object_set_new(item, "invalid", json_string(f->why));
+        json_object_set_new_nocheck(item, "invalid", json_string(f->why));
 }
 
 static json_t *pb_resource(const Otlp__Resource *r, fault *f)
@@ -202,27 +202,27 @@ static json_t *pb_span(const Otlp__Span *s, json_t *resource, json_t *scope, con
     json_t *o = json_object();
     json_t *tid = hex_id(s->trace_id.data, s->trace_id.len, 16, &f, "traceId");
     json_t *sid = hex_id(s->span_id.data, s->span_id.len, 8, &f, "spanId");
-    json_object_set_new(o, "trace_id", tid ? tid : json_string(""));
-    json_object_set_new(o, "span_id", sid ? sid : json_string(""));
+    json_object_set_new_nocheck(o, "trace_id", tid ? tid : json_string(""));
+    json_object_set_new_nocheck(o, "span_id", sid ? sid : json_string(""));
     set_text(o, "name", &s->name, &f, "the span name");
-    json_object_set_new(o, "start_ns", nanos(s->start_time_unix_nano));
-    json_object_set_new(o, "end_ns", nanos(s->end_time_unix_nano));
-    json_object_set_new(o, "status_code", json_integer(s->status ? s->status->code : 0));
+    json_object_set_new_nocheck(o, "start_ns", nanos(s->start_time_unix_nano));
+    json_object_set_new_nocheck(o, "end_ns", nanos(s->end_time_unix_nano));
+    json_object_set_new_nocheck(o, "status_code", json_integer(s->status ? s->status->code : 0));
     if (s->status)
         set_text(o, "status_message", &s->status->message, &f, "the status message");
-    json_object_set(o, "resource", resource);
-    json_object_set(o, "scope", scope);
-    json_object_set_new(o, "attributes", pb_attrs(s->attributes, s->n_attributes, 0, "the span", &f));
+    json_object_set_nocheck(o, "resource", resource);
+    json_object_set_nocheck(o, "scope", scope);
+    json_object_set_new_nocheck(o, "attributes", pb_attrs(s->attributes, s->n_attributes, 0, "the span", &f));
     json_t *events = json_array();
     for (size_t i = 0; i < s->n_events && !f.why[0]; i++) {
         const Otlp__Event *e = s->events[i];
         json_t *ev = json_object();
         set_text(ev, "name", &e->name, &f, "an event name");
-        json_object_set_new(ev, "time_ns", nanos(e->time_unix_nano));
-        json_object_set_new(ev, "attributes", pb_attrs(e->attributes, e->n_attributes, 0, "an event", &f));
+        json_object_set_new_nocheck(ev, "time_ns", nanos(e->time_unix_nano));
+        json_object_set_new_nocheck(ev, "attributes", pb_attrs(e->attributes, e->n_attributes, 0, "an event", &f));
         json_array_append_new(events, ev);
     }
-    json_object_set_new(o, "events", events);
+    json_object_set_new_nocheck(o, "events", events);
     mark(o, &f);
     return o;
 }
@@ -236,15 +236,15 @@ static json_t *pb_log(const Otlp__LogRecord *r, json_t *resource, json_t *scope,
     /* a log record may belong to no span: its ids are then empty */
     json_t *tid = r->trace_id.len ? hex_id(r->trace_id.data, r->trace_id.len, 16, &f, "traceId") : NULL;
     json_t *sid = r->span_id.len ? hex_id(r->span_id.data, r->span_id.len, 8, &f, "spanId") : NULL;
-    json_object_set_new(o, "trace_id", tid ? tid : json_string(""));
-    json_object_set_new(o, "span_id", sid ? sid : json_string(""));
-    json_object_set_new(o, "time_ns", nanos(r->time_unix_nano ? r->time_unix_nano : r->observed_time_unix_nano));
+    json_object_set_new_nocheck(o, "trace_id", tid ? tid : json_string(""));
+    json_object_set_new_nocheck(o, "span_id", sid ? sid : json_string(""));
+    json_object_set_new_nocheck(o, "time_ns", nanos(r->time_unix_nano ? r->time_unix_nano : r->observed_time_unix_nano));
     set_text(o, "event_name", &r->event_name, &f, "the event name");
-    json_object_set(o, "resource", resource);
-    json_object_set(o, "scope", scope);
-    json_object_set_new(o, "attributes", pb_attrs(r->attributes, r->n_attributes, 0, "the log record", &f));
+    json_object_set_nocheck(o, "resource", resource);
+    json_object_set_nocheck(o, "scope", scope);
+    json_object_set_new_nocheck(o, "attributes", pb_attrs(r->attributes, r->n_attributes, 0, "the log record", &f));
     json_t *body = r->body ? pb_value(r->body, 0, "body", 4, &f) : NULL;
-    json_object_set_new(o, "body", body ? body : json_null());
+    json_object_set_new_nocheck(o, "body", body ? body : json_null());
     mark(o, &f);
     return o;
 }
@@ -326,7 +326,8 @@ static json_t *js_attrs(json_t *list, int depth, const char *what, fault *f)
             json_decref(val);
             break;
         }
-        json_object_set_new(o, json_string_value(k), val ? val : json_null());
+        /* the key's text was checked by the parser, and above for NUL */
+        json_object_setn_new_nocheck(o, json_string_value(k), json_string_length(k), val ? val : json_null());
     }
     return o;
 }
@@ -439,7 +440,7 @@ static json_t *js_id(json_t *v, size_t want, bool may_be_empty, fault *f, const 
     char low[65];
     for (size_t i = 0; i < n; i++)
         low[i] = (char)(s[i] >= 'A' && s[i] <= 'F' ? s[i] + 32 : s[i]);
-    return json_stringn(low, n);
+    return json_stringn_nocheck(low, n); /* hex digits */
 }
 
 static json_t *js_text(json_t *v)
@@ -468,18 +469,18 @@ static json_t *js_span(json_t *s, json_t *resource, json_t *scope, const char *r
         mark(o, &f);
         return o;
     }
-    json_object_set_new(o, "trace_id", js_id(json_object_get(s, "traceId"), 16, false, &f, "traceId"));
-    json_object_set_new(o, "span_id", js_id(json_object_get(s, "spanId"), 8, false, &f, "spanId"));
-    json_object_set_new(o, "name", js_text(json_object_get(s, "name")));
-    json_object_set_new(o, "start_ns", js_time(json_object_get(s, "startTimeUnixNano"), &f, "startTimeUnixNano"));
-    json_object_set_new(o, "end_ns", js_time(json_object_get(s, "endTimeUnixNano"), &f, "endTimeUnixNano"));
+    json_object_set_new_nocheck(o, "trace_id", js_id(json_object_get(s, "traceId"), 16, false, &f, "traceId"));
+    json_object_set_new_nocheck(o, "span_id", js_id(json_object_get(s, "spanId"), 8, false, &f, "spanId"));
+    json_object_set_new_nocheck(o, "name", js_text(json_object_get(s, "name")));
+    json_object_set_new_nocheck(o, "start_ns", js_time(json_object_get(s, "startTimeUnixNano"), &f, "startTimeUnixNano"));
+    json_object_set_new_nocheck(o, "end_ns", js_time(json_object_get(s, "endTimeUnixNano"), &f, "endTimeUnixNano"));
     json_t *st = json_object_get(s, "status");
     json_t *code = json_object_get(st, "code");
-    json_object_set_new(o, "status_code", json_integer(json_is_integer(code) ? json_integer_value(code) : 0));
-    json_object_set_new(o, "status_message", js_text(json_object_get(st, "message")));
-    json_object_set(o, "resource", resource);
-    json_object_set(o, "scope", scope);
-    json_object_set_new(o, "attributes", js_attrs(json_object_get(s, "attributes"), 0, "the span", &f));
+    json_object_set_new_nocheck(o, "status_code", json_integer(json_is_integer(code) ? json_integer_value(code) : 0));
+    json_object_set_new_nocheck(o, "status_message", js_text(json_object_get(st, "message")));
+    json_object_set_nocheck(o, "resource", resource);
+    json_object_set_nocheck(o, "scope", scope);
+    json_object_set_new_nocheck(o, "attributes", js_attrs(json_object_get(s, "attributes"), 0, "the span", &f));
     json_t *events = json_array(), *evs = json_object_get(s, "events");
     if (evs && !json_is_array(evs))
         fail(&f, "events must be an array");
@@ -489,12 +490,12 @@ static json_t *js_span(json_t *s, json_t *resource, json_t *scope, const char *r
         if (f.why[0])
             break;
         json_t *ev = json_object();
-        json_object_set_new(ev, "name", js_text(json_object_get(e, "name")));
-        json_object_set_new(ev, "time_ns", js_time(json_object_get(e, "timeUnixNano"), &f, "an event's timeUnixNano"));
-        json_object_set_new(ev, "attributes", js_attrs(json_object_get(e, "attributes"), 0, "an event", &f));
+        json_object_set_new_nocheck(ev, "name", js_text(json_object_get(e, "name")));
+        json_object_set_new_nocheck(ev, "time_ns", js_time(json_object_get(e, "timeUnixNano"), &f, "an event's timeUnixNano"));
+        json_object_set_new_nocheck(ev, "attributes", js_attrs(json_object_get(e, "attributes"), 0, "an event", &f));
         json_array_append_new(events, ev);
     }
-    json_object_set_new(o, "events", events);
+    json_object_set_new_nocheck(o, "events", events);
     mark(o, &f);
     return o;
 }
@@ -510,18 +511,18 @@ static json_t *js_log(json_t *r, json_t *resource, json_t *scope, const char *re
         mark(o, &f);
         return o;
     }
-    json_object_set_new(o, "trace_id", js_id(json_object_get(r, "traceId"), 16, true, &f, "traceId"));
-    json_object_set_new(o, "span_id", js_id(json_object_get(r, "spanId"), 8, true, &f, "spanId"));
+    json_object_set_new_nocheck(o, "trace_id", js_id(json_object_get(r, "traceId"), 16, true, &f, "traceId"));
+    json_object_set_new_nocheck(o, "span_id", js_id(json_object_get(r, "spanId"), 8, true, &f, "spanId"));
     json_t *t = json_object_get(r, "timeUnixNano");
     if (!t || (json_is_string(t) && !strcmp(json_string_value(t), "0")) || (json_is_integer(t) && !json_integer_value(t)))
         t = json_object_get(r, "observedTimeUnixNano");
-    json_object_set_new(o, "time_ns", js_time(t, &f, "timeUnixNano"));
-    json_object_set_new(o, "event_name", js_text(json_object_get(r, "eventName")));
-    json_object_set(o, "resource", resource);
-    json_object_set(o, "scope", scope);
-    json_object_set_new(o, "attributes", js_attrs(json_object_get(r, "attributes"), 0, "the log record", &f));
+    json_object_set_new_nocheck(o, "time_ns", js_time(t, &f, "timeUnixNano"));
+    json_object_set_new_nocheck(o, "event_name", js_text(json_object_get(r, "eventName")));
+    json_object_set_nocheck(o, "resource", resource);
+    json_object_set_nocheck(o, "scope", scope);
+    json_object_set_new_nocheck(o, "attributes", js_attrs(json_object_get(r, "attributes"), 0, "the log record", &f));
     json_t *body = json_object_get(r, "body") ? js_value(json_object_get(r, "body"), 0, "body", &f) : NULL;
-    json_object_set_new(o, "body", body ? body : json_null());
+    json_object_set_new_nocheck(o, "body", body ? body : json_null());
     mark(o, &f);
     return o;
 }

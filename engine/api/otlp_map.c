@@ -139,9 +139,9 @@ static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
         f->tool_calls = json_array();
     json_t *c = json_pack("{s:O}", "name", name);
     if (json_is_string(id))
-        json_object_set(c, "id", id);
+        json_object_set_nocheck(c, "id", id);
     if (json_is_string(args) || json_is_object(args))
-        json_object_set(c, "arguments", args);
+        json_object_set_nocheck(c, "arguments", args);
     json_array_append_new(f->tool_calls, c);
 }
 
@@ -211,7 +211,7 @@ static void read_genai(json_t *span, fields *f)
         }
         const char *fr = json_string_value(json_object_get(first, "finish_reason"));
         if (fr)
-            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+            json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
     }
     json_decref(sys);
     json_decref(in);
@@ -259,7 +259,7 @@ static void read_openllmetry(json_t *span, fields *f)
         f->output = c ? json_incref(c) : json_string("");
         const char *fr = sattr(span, "gen_ai.completion.0.finish_reason");
         if (fr)
-            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+            json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
     }
 }
 
@@ -354,7 +354,7 @@ static void read_vercel(json_t *span, fields *f)
     }
     const char *fr = sattr(span, "ai.response.finishReason");
     if (fr)
-        json_object_set_new(f->meta, "finish_reason", json_string(fr));
+        json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
 }
 
 /* The older GenAI event form: one event per message (gen_ai.system.message,
@@ -388,7 +388,7 @@ static void read_event(fields *f, const char *name, json_t *fieldsobj)
         f->output = content && !json_is_null(content) ? content_of_parts(content, "text") : json_string("");
         const char *fr = json_string_value(json_object_get(fieldsobj, "finish_reason"));
         if (fr)
-            json_object_set_new(f->meta, "finish_reason", json_string(fr));
+            json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
         return;
     }
     if (!strcmp(name, "gen_ai.evaluation.result")) {
@@ -398,13 +398,13 @@ static void read_event(fields *f, const char *name, json_t *fieldsobj)
         json_t *why = json_object_get(fieldsobj, "gen_ai.evaluation.explanation");
         json_t *who = json_object_get(fieldsobj, "gen_ai.evaluation.name");
         if (json_is_number(score) && json_number_value(score) >= 0 && json_number_value(score) <= 1)
-            json_object_set_new(fb, "score", json_real(json_number_value(score)));
+            json_object_set_new_nocheck(fb, "score", json_real(json_number_value(score)));
         if (json_is_string(label))
-            json_object_set(fb, "label", label);
+            json_object_set_nocheck(fb, "label", label);
         if (json_is_string(why))
-            json_object_set(fb, "comment", why);
+            json_object_set_nocheck(fb, "comment", why);
         if (json_is_string(who))
-            json_object_set(fb, "who", who);
+            json_object_set_nocheck(fb, "who", who);
         if (json_object_size(fb) == 0 || (json_object_size(fb) == 1 && json_is_string(who))) {
             json_decref(fb);
             return;
@@ -446,12 +446,12 @@ static void read_span_events(json_t *span, fields *f)
             json_t *copy = json_deep_copy(a);
             json_t *msg = json_attr_value(json_object_get(a, "message"));
             if (msg)
-                json_object_set_new(copy, "message", msg);
+                json_object_set_new_nocheck(copy, "message", msg);
             json_t *content = json_object_get(a, "content");
             if (json_is_string(content)) {
                 json_t *parsed = json_attr_value(content);
                 if (json_is_array(parsed))
-                    json_object_set_new(copy, "content", parsed);
+                    json_object_set_new_nocheck(copy, "content", parsed);
                 else
                     json_decref(parsed);
             }
@@ -544,7 +544,7 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
         bool found;
         json_int_t v = first_int(span, versions, &found);
         if (found && v >= 1)
-            json_object_set_new(p, "version", json_integer(v));
+            json_object_set_new_nocheck(p, "version", json_integer(v));
     }
     (void)opts;
     if (!f->variables) {
@@ -579,69 +579,69 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     json_t *t = json_pack("{s:s,s:O}", "id", id, "prompt", prompt);
     json_t *input = json_object();
     if (f->messages)
-        json_object_set(input, "messages", f->messages);
+        json_object_set_nocheck(input, "messages", f->messages);
     if (f->variables)
-        json_object_set(input, "variables", f->variables);
+        json_object_set_nocheck(input, "variables", f->variables);
     if (json_object_size(input))
-        json_object_set(t, "input", input);
+        json_object_set_nocheck(t, "input", input);
     json_decref(input);
     json_int_t code = json_integer_value(json_object_get(span, "status_code"));
     if (code == 2) {
         const char *msg = json_string_value(json_object_get(span, "status_message"));
         const char *type = sattr(span, "error.type");
-        json_object_set_new(t, "error", json_string(msg && *msg ? msg : type ? type : "the span's status is ERROR"));
+        json_object_set_new_nocheck(t, "error", json_string(msg && *msg ? msg : type ? type : "the span's status is ERROR"));
     }
     if (f->output)
-        json_object_set(t, "output", f->output);
+        json_object_set_nocheck(t, "output", f->output);
     if (f->tool_calls)
-        json_object_set(t, "tool_calls", f->tool_calls);
+        json_object_set_nocheck(t, "tool_calls", f->tool_calls);
     const char *model = first_str(span, models);
     if (model)
-        json_object_set_new(t, "model", json_string(model));
+        json_object_set_new_nocheck(t, "model", json_string(model));
     json_int_t start = json_integer_value(json_object_get(span, "start_ns"));
     json_int_t end = json_integer_value(json_object_get(span, "end_ns"));
     if (end >= start && start > 0 && end > 0)
-        json_object_set_new(t, "latency_ms", json_real((double)(end - start) / 1e6));
+        json_object_set_new_nocheck(t, "latency_ms", json_real((double)(end - start) / 1e6));
     if (start > 0)
-        json_object_set_new(t, "timestamp", json_integer(start / 1000000));
+        json_object_set_new_nocheck(t, "timestamp", json_integer(start / 1000000));
     bool fi, fo;
     json_int_t ti = first_int(span, in_tokens, &fi), to = first_int(span, out_tokens, &fo);
     if (fi || fo) {
         json_t *u = json_object();
         if (fi)
-            json_object_set_new(u, "input_tokens", json_integer(ti));
+            json_object_set_new_nocheck(u, "input_tokens", json_integer(ti));
         if (fo)
-            json_object_set_new(u, "output_tokens", json_integer(to));
-        json_object_set_new(t, "usage", u);
+            json_object_set_new_nocheck(u, "output_tokens", json_integer(to));
+        json_object_set_new_nocheck(t, "usage", u);
     }
     json_t *meta = json_object();
     const char *s;
     if ((s = first_str(span, sessions)))
-        json_object_set_new(meta, "session_id", json_string(s));
+        json_object_set_new_nocheck(meta, "session_id", json_string(s));
     if ((s = first_str(span, users)))
-        json_object_set_new(meta, "user_id", json_string(s));
+        json_object_set_new_nocheck(meta, "user_id", json_string(s));
     json_t *otel = f->meta;
-    json_object_set_new(otel, "trace_id", json_string(tid ? tid : ""));
-    json_object_set_new(otel, "span_id", json_string(sid ? sid : ""));
-    json_object_set(otel, "span_name", json_object_get(span, "name") ? json_object_get(span, "name") : json_string(""));
-    json_object_set_new(otel, "convention", json_string(conv));
+    json_object_set_new_nocheck(otel, "trace_id", json_string(tid ? tid : ""));
+    json_object_set_new_nocheck(otel, "span_id", json_string(sid ? sid : ""));
+    json_object_set_nocheck(otel, "span_name", json_object_get(span, "name") ? json_object_get(span, "name") : json_string(""));
+    json_object_set_new_nocheck(otel, "convention", json_string(conv));
     if ((s = first_str(span, providers)))
-        json_object_set_new(otel, "provider", json_string(s));
+        json_object_set_new_nocheck(otel, "provider", json_string(s));
     if ((s = sattr(span, "gen_ai.operation.name")))
-        json_object_set_new(otel, "operation", json_string(s));
+        json_object_set_new_nocheck(otel, "operation", json_string(s));
     if ((s = sattr(span, "gen_ai.response.id")))
-        json_object_set_new(otel, "response_id", json_string(s));
+        json_object_set_new_nocheck(otel, "response_id", json_string(s));
     json_t *svc = json_object_get(json_object_get(span, "resource"), "service.name");
     if (json_is_string(svc))
-        json_object_set(otel, "service", svc);
-    json_object_set(meta, "otel", otel);
-    json_object_set_new(t, "metadata", meta);
+        json_object_set_nocheck(otel, "service", svc);
+    json_object_set_nocheck(meta, "otel", otel);
+    json_object_set_new_nocheck(t, "metadata", meta);
     if (f->feedback)
-        json_object_set(t, "feedback", f->feedback);
+        json_object_set_nocheck(t, "feedback", f->feedback);
     const char *thumbs = sattr(span, "ratchet.feedback.thumbs");
     if (thumbs) {
         if (!json_is_array(json_object_get(t, "feedback")))
-            json_object_set_new(t, "feedback", json_array());
+            json_object_set_new_nocheck(t, "feedback", json_array());
         json_array_append_new(json_object_get(t, "feedback"), json_pack("{s:s}", "thumbs", thumbs));
     }
     return t;
@@ -783,7 +783,7 @@ void otlp_map_deferred(otlp_mapped *m, json_t *answers)
                       "returned false%s", name ? name : "", "");
         } else {
             json_t *t = json_object_get(d, "trace");
-            json_object_set(t, "prompt", a);
+            json_object_set_nocheck(t, "prompt", a);
             push(m, json_incref(t), index);
         }
     }
@@ -815,7 +815,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
                                  "name", json_string(""), "start_ns",
                                  (json_int_t)json_integer_value(json_object_get(rec, "time_ns")));
         json_t *attrs = json_deep_copy(json_object_get(rec, "attributes"));
-        json_object_set_new(span, "attributes", attrs);
+        json_object_set_new_nocheck(span, "attributes", attrs);
         size_t nevents = 0, ngenai = 0;
         for (size_t j = i; j < n; j++) {
             json_t *r = json_array_get(logs, j);
@@ -835,7 +835,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
             json_t *body = json_object_get(r, "body");
             json_t *fo = json_is_object(body) ? json_deep_copy(body) : json_object();
             if (body && !json_is_object(body))
-                json_object_set(fo, "content", body);
+                json_object_set_nocheck(fo, "content", body);
             json_object_update_missing(fo, a);
             read_event(&f, name, fo);
             ngenai += strcmp(name, "gen_ai.evaluation.result") != 0;
@@ -855,7 +855,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
             json_t *fb;
             json_array_foreach(f.feedback, k, fb) {
                 json_t *item = json_deep_copy(fb);
-                json_object_set_new(item, "trace_id", json_string(id));
+                json_object_set_new_nocheck(item, "trace_id", json_string(id));
                 json_array_append_new(out->feedback, item);
             }
         } else if (!*tid || !*sid) {

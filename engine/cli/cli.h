@@ -41,5 +41,7 @@ extern const char routes_usage[];
 int cmd_routes(int argc, char **argv);
 extern const char traces_usage[];
 int cmd_traces(int argc, char **argv);
+extern const char series_usage[];
+int cmd_series(int argc, char **argv);
 
 #endif

@@ -36,7 +36,7 @@ const char status_usage[] =
     "Exit status: 0 all well; 3 the engine cannot be reached or refused, a usage\n"
     "error, or the engine answers but something needs a look: the store failing,\n"
     "script or config errors, a provider's circuit open, traces dropped from\n"
-    "evaluation, a run stuck, a run that ended incomplete in the last 24 hours (not\n"
+    "evaluation, gateway traces dropped or not stored, a run stuck, a run that ended incomplete in the last 24 hours (not\n"
     "cancelled by hand), or a daily LLM budget used up.\n";
 
 const char history_usage[] =
@@ -220,6 +220,19 @@ static void find_problems(client *c, const ops_opts *o, json_t *st, json_t *rece
         problem(problems, more, "%lld traces were left unevaluated (the evaluation backlog was full)",
                 (long long)json_integer_value(json_object_get(ev, "dropped")));
     }
+    /* gateway traces lost: the answers went out, their traces did not reach the store */
+    json_t *gtr = json_object_get(json_object_get(st, "gateway"), "traces");
+    long long gdropped = json_integer_value(json_object_get(gtr, "dropped"));
+    long long gfailed = json_integer_value(json_object_get(gtr, "failed"));
+    if (gdropped > 0)
+        problem(problems, "raise limits.max_pending_writes, or look at the store's commit times (GET /metrics)",
+                "%lld trace%s captured by the gateway %s dropped: the store's write queue was full (the answers "
+                "were sent)",
+                gdropped, gdropped == 1 ? "" : "s", gdropped == 1 ? "was" : "were");
+    if (gfailed > 0)
+        problem(problems, "journalctl -u ratchet -p err (the engine logs why)",
+                "%lld trace%s captured by the gateway %s not stored: ingest's checks or the commit failed", gfailed,
+                gfailed == 1 ? "" : "s", gfailed == 1 ? "was" : "were");
     /* runs stuck: under way, and no result recorded for stuck_after seconds */
     json_array_foreach(json_object_get(json_object_get(st, "runs"), "active"), i, p) {
         long long idle = json_integer_value(json_object_get(p, "idle_s"));
@@ -372,8 +385,10 @@ static int gather(client *c, const ops_opts *o, json_t **view)
                       json_object_get(llm, "budgets"), "scripts", "errors", json_object_get(scripts, "errors"),
                       "config_error", json_object_get(scripts, "config_error"), "reloads",
                       json_object_get(scripts, "reloads"), "problems", problems);
-    if (*view)
+    if (*view) {
         json_object_set_new(*view, "notes", notes);
+        json_object_set(*view, "gateway", json_object_get(st, "gateway"));
+    }
     else
         json_decref(notes);
     json_decref(st);
@@ -410,6 +425,22 @@ static void print_status(json_t *v)
            (long long)json_integer_value(json_object_get(ev, "evaluated")),
            (long long)json_integer_value(json_object_get(ev, "dropped")),
            (long long)json_integer_value(json_object_get(ev, "killed")));
+    json_t *gw = json_object_get(v, "gateway");
+    if (json_is_true(json_object_get(gw, "enabled"))) {
+        long long calls = 0;
+        const char *k;
+        json_t *n;
+        json_object_foreach(json_object_get(gw, "calls"), k, n)
+            calls += json_integer_value(n);
+        json_t *t = json_object_get(gw, "traces");
+        printf("gateway: %lld calls, %lld refused, %lld upstream errors; traces %lld captured, %lld dropped, %lld "
+               "failed\n",
+               calls, (long long)json_integer_value(json_object_get(gw, "refused")),
+               (long long)json_integer_value(json_object_get(gw, "upstream_errors")),
+               (long long)json_integer_value(json_object_get(t, "captured")),
+               (long long)json_integer_value(json_object_get(t, "dropped")),
+               (long long)json_integer_value(json_object_get(t, "failed")));
+    }
     json_t *today = json_object_get(json_object_get(v, "llm"), "today");
     json_t *bud = json_object_get(json_object_get(v, "llm"), "budgets");
     printf("LLM today: %.0f calls, %.0f tokens, $%.4f", json_number_value(json_object_get(today, "calls")),

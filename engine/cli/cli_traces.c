@@ -15,14 +15,15 @@
 
 const char traces_usage[] =
     "usage: ratchet traces [--prompt NAME] [--version V] [--since T] [--until T] [--failed]\n"
-    "                      [--evaluator NAME] [--feedback negative|any] [--text TEXT]\n"
+    "                      [--evaluator NAME] [--feedback negative|any] [--text TEXT] [--tag TAG]\n"
     "                      [--limit N] [--cursor C] [--json] [--url URL | -c FILE]\n"
     "\n"
     "One page of the engine's traces, newest first (GET /v1/traces): time, id,\n"
     "prompt and version, verdict, the start of the output. Filters: the prompt, its\n"
     "version, a time range (RFC 3339 or ms), failed ones only, those an evaluator\n"
-    "failed, those with negative (or any) feedback, those holding a text. The last\n"
-    "line names the --cursor of the next page.\n"
+    "failed, those with negative (or any) feedback, those holding a text, those\n"
+    "carrying a tag (the trace's \"tags\"). The last line names the --cursor of the\n"
+    "next page.\n"
     "\n"
     "  --limit N    traces on the page, 1 to 1000 (default 20)\n"
     "  --json       the API's answer as it is\n"
@@ -52,13 +53,14 @@ int cmd_traces(int argc, char **argv)
         {"since", required_argument, NULL, 's'},  {"until", required_argument, NULL, 'U'},
         {"failed", no_argument, NULL, 'f'},       {"evaluator", required_argument, NULL, 'e'},
         {"feedback", required_argument, NULL, 'F'}, {"text", required_argument, NULL, 't'},
+        {"tag", required_argument, NULL, 'T'},
         {"limit", required_argument, NULL, 'n'},  {"cursor", required_argument, NULL, 'C'},
         {"json", no_argument, NULL, 'j'},         {"url", required_argument, NULL, 'u'},
         {"config", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *prompt = NULL, *version = NULL, *since = NULL, *until = NULL, *evaluator = NULL, *feedback = NULL,
-               *text = NULL, *cursor = NULL, *url = NULL, *config = NULL;
+               *text = NULL, *tag = NULL, *cursor = NULL, *url = NULL, *config = NULL;
     bool failed = false, as_json = false;
     long long limit = 20, v;
     int ch;
@@ -83,6 +85,7 @@ int cmd_traces(int argc, char **argv)
             feedback = optarg;
             break;
         case 't': text = optarg; break;
+        case 'T': tag = optarg; break;
         case 'n':
             if (cli_int("traces", "--limit", optarg, 1, 1000, &limit))
                 return EXIT_ERROR;
@@ -116,6 +119,7 @@ int cmd_traces(int argc, char **argv)
     add_param(&q, h, "evaluator", evaluator);
     add_param(&q, h, "feedback", feedback);
     add_param(&q, h, "q", text);
+    add_param(&q, h, "tag", tag);
     add_param(&q, h, "cursor", cursor);
     curl_easy_cleanup(h);
     char *path = xmalloc(q.len + 16);

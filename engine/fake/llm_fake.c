@@ -327,7 +327,22 @@ static int model_run(fake *f, const char *body, size_t len, bool anthropic, mode
     return 0;
 }
 
-static char *openai_body(fake *f, const char *model, const model_reply *m)
+/* An OpenAI request's n (1 to 8; the fake answers that many choices). */
+static int choices_n(const json_t *in)
+{
+    json_int_t n = json_integer_value(json_object_get(in, "n"));
+    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+/* Choice i > 0 of an n > 1 answer: the reply's text marked " (choice i)". */
+static char *choice_text(const model_reply *m, int i)
+{
+    char *t = xmalloc(strlen(m->text ? m->text : "") + 24);
+    sprintf(t, "%s (choice %d)", m->text ? m->text : "", i);
+    return t;
+}
+
+static char *openai_body(fake *f, const char *model, const model_reply *m, int n)
 {
     json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content", m->text ? json_string(m->text) : json_null());
     if (m->tool_calls) {
@@ -355,6 +370,13 @@ static char *openai_body(fake *f, const char *model, const model_reply *m)
                           "index", 0, "message", msg, "finish_reason", finish, "usage", "prompt_tokens",
                           m->in_tokens, "completion_tokens", m->out_tokens, "total_tokens",
                           m->in_tokens + m->out_tokens);
+    json_t *choices = json_object_get(j, "choices");
+    for (int i = 1; i < n; i++) {
+        char *t = choice_text(m, i);
+        json_array_append_new(choices, json_pack("{s:i, s:{s:s, s:s}, s:s}", "index", i, "message", "role",
+                                                 "assistant", "content", t, "finish_reason", "stop"));
+        free(t);
+    }
     char *text = json_text(j, JSON_COMPACT);
     json_decref(j);
     return text;
@@ -449,7 +471,7 @@ static void sse_event(json_t *events, const char *name, json_t *data)
 
 /* The answer as the events the provider would stream: the text in two
  * pieces, tool calls, the finish, usage (OpenAI: when include_usage asks). */
-static json_t *stream_events(fake *f, const char *model, const model_reply *m, bool anthropic, bool usage)
+static json_t *stream_events(fake *f, const char *model, const model_reply *m, bool anthropic, bool usage, int n)
 {
     json_t *ev = json_array();
     const char *text = m->text ? m->text : "";
@@ -490,6 +512,16 @@ static json_t *stream_events(fake *f, const char *model, const model_reply *m, b
         const char *finish = m->finish ? m->finish : m->tool_calls ? "tool_calls" : "stop";
         sse_event(ev, NULL, CHUNK(json_object(), json_string(finish)));
 #undef CHUNK
+        for (int k = 1; k < n; k++) { /* n > 1: each further choice, by its index */
+            char *t = choice_text(m, k);
+            sse_event(ev, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s}, s:n}]}", "id", id, "object",
+                                          "chat.completion.chunk", "created", created, "model", model, "choices",
+                                          "index", k, "delta", "role", "assistant", "content", t, "finish_reason"));
+            sse_event(ev, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{}, s:s}]}", "id", id, "object",
+                                          "chat.completion.chunk", "created", created, "model", model, "choices",
+                                          "index", k, "delta", "finish_reason", "stop"));
+            free(t);
+        }
         if (usage)
             sse_event(ev, NULL, json_pack("{s:s, s:s, s:I, s:s, s:[], s:{s:I, s:I, s:I}}", "id", id, "object",
                                           "chat.completion.chunk", "created", created, "model", model, "choices",
@@ -644,7 +676,7 @@ static void llm_request(fake *f, http_request *req, bool anthropic)
     }
     if (json_is_true(json_object_get(in, "stream"))) {
         bool usage = json_is_true(json_object_get(json_object_get(in, "stream_options"), "include_usage"));
-        json_t *events = stream_events(f, model ? model : "fake", &m, anthropic, usage);
+        json_t *events = stream_events(f, model ? model : "fake", &m, anthropic, usage, anthropic ? 1 : choices_n(in));
         snprintf(req->id, sizeof req->id, "fake-%llu", (unsigned long long)(f->seq % 100000000000ull));
         stream_reply(f, req, events, faulted ? ft.stall_after : -1, NULL);
         json_decref(events);
@@ -653,7 +685,8 @@ static void llm_request(fake *f, http_request *req, bool anthropic)
         json_decref(m.tool_calls);
         return;
     }
-    char *body = anthropic ? anthropic_body(f, model ? model : "fake", &m) : openai_body(f, model ? model : "fake", &m);
+    char *body = anthropic ? anthropic_body(f, model ? model : "fake", &m)
+                           : openai_body(f, model ? model : "fake", &m, choices_n(in));
     json_decref(in);
     free(m.text);
     json_decref(m.tool_calls);

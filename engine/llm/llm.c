@@ -273,6 +273,9 @@ struct llm {
     json_t *runs;                                 /* run id -> [calls, tokens, cost, reserved calls, tokens, cost] */
     llm_call *calls;                              /* every call not yet disposed of */
     uint64_t ledger_failures;
+    store_write *ledger;                          /* rows gathered for one write (ledger_row) */
+    size_t ledger_cap;
+    uv_timer_t *ledger_timer;
     uint64_t day_refused;                         /* calls a daily budget refused today */
     char last_refused[300];                       /* the last such refusal, for status */
 };
@@ -729,15 +732,87 @@ static const llm_price *price_of(const prov *p, const char *model)
 
 /* ---- finishing ---- */
 
+/* The gateway's ledger rows are gathered for at most LEDGER_WAIT_MS or
+ * LEDGER_BATCH rows and written as one store write: a commit costs the writer some 400 µs of
+ * CPU whatever its size, so one commit per call made a single gateway
+ * caller pay it on every call (bench/RESULTS.md, gateway second pass). */
+#define LEDGER_BATCH 256
+#define LEDGER_WAIT_MS 20
+
+static void ledger_failed(llm *l, size_t n, const char *what, int code)
+{
+    if (l->ledger_failures / 1000 != (l->ledger_failures + n) / 1000 || !l->ledger_failures) {
+        if (code)
+            log_error("llm", "cannot write the LLM ledger (store status %d); calls go on", code);
+        else
+            log_error("llm", "%s", what);
+    }
+    l->ledger_failures += n;
+}
+
 static void ledger_done(store_write *w)
 {
-    if (w->status) {
-        llm *l = w->data;
-        if (l->ledger_failures++ % 1000 == 0)
-            log_error("llm", "cannot write the LLM ledger (store status %d); calls go on", w->status);
-    }
+    if (w->status)
+        ledger_failed(w->data, w->nllm_calls, NULL, w->status);
     store_write_clear(w);
     free(w);
+}
+
+void llm_ledger_flush(llm *l)
+{
+    store_write *w = l->ledger;
+    if (!w)
+        return;
+    l->ledger = NULL;
+    l->ledger_cap = 0;
+    if (l->ledger_timer)
+        uv_timer_stop(l->ledger_timer);
+    w->done = ledger_done;
+    w->data = l;
+    if (store_submit(l->st, w) != 0) {
+        ledger_failed(l, w->nllm_calls, "the store's queue is full: LLM calls are missing from the ledger", 0);
+        store_write_clear(w);
+        free(w);
+    }
+}
+
+static void on_ledger_timer(uv_timer_t *t)
+{
+    llm_ledger_flush(t->data);
+}
+
+/* A zeroed row of the next ledger write; ledger_added queues it. */
+static store_llm_call *ledger_row(llm *l)
+{
+    if (!l->ledger)
+        l->ledger = xcalloc(1, sizeof *l->ledger);
+    store_write *w = l->ledger;
+    if (w->nllm_calls == l->ledger_cap) {
+        l->ledger_cap = l->ledger_cap ? 2 * l->ledger_cap : 16;
+        w->llm_calls = xrealloc(w->llm_calls, l->ledger_cap * sizeof *w->llm_calls);
+    }
+    store_llm_call *r = &w->llm_calls[w->nllm_calls++];
+    memset(r, 0, sizeof *r);
+    return r;
+}
+
+/* batch: a gateway call's row waits for its batch; any other call's row is
+ * written now, with what waits, so that what the call led to (an
+ * evaluation's verdict, a run's result) is never committed before it. */
+static void ledger_added(llm *l, bool batch)
+{
+    if (!batch || l->ledger->nllm_calls >= LEDGER_BATCH) {
+        llm_ledger_flush(l);
+        return;
+    }
+    if (l->ledger->nllm_calls > 1)
+        return; /* the timer runs */
+    if (!l->ledger_timer) {
+        l->ledger_timer = xmalloc(sizeof *l->ledger_timer);
+        uv_timer_init(l->loop, l->ledger_timer);
+        l->ledger_timer->data = l;
+    }
+    uv_timer_start(l->ledger_timer, on_ledger_timer, LEDGER_WAIT_MS, 0);
 }
 
 static void ledger_write(llm_call *c, double latency_ms)
@@ -745,10 +820,7 @@ static void ledger_write(llm_call *c, double latency_ms)
     llm *l = c->l;
     if (!l->st || !c->attempts)
         return; /* nothing was sent: nothing spent */
-    store_write *w = xcalloc(1, sizeof *w);
-    w->llm_calls = xcalloc(1, sizeof *w->llm_calls);
-    w->nllm_calls = 1;
-    store_llm_call *r = w->llm_calls;
+    store_llm_call *r = ledger_row(l);
     r->id = xstrdup(c->id);
     r->ts_ms = now_ms();
     r->caller_kind = xstrdup(c->caller_kind);
@@ -764,14 +836,7 @@ static void ledger_write(llm_call *c, double latency_ms)
     r->error = c->err ? xstrdup(c->err) : NULL;
     r->latency_ms = latency_ms;
     r->request_id = c->request_id[0] ? xstrdup(c->request_id) : NULL;
-    w->done = ledger_done;
-    w->data = l;
-    if (store_submit(l->st, w) != 0) {
-        if (l->ledger_failures++ % 1000 == 0)
-            log_error("llm", "the store's queue is full: an LLM call is missing from the ledger");
-        store_write_clear(w);
-        free(w);
-    }
+    ledger_added(l, c->caller_kind && !strcmp(c->caller_kind, "other") && c->caller && !strcmp(c->caller, "gateway"));
 }
 
 static void call_free_cb(uv_handle_t *h)
@@ -1602,10 +1667,7 @@ void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t i
     l->day_cost += cost;
     if (!l->st)
         return;
-    store_write *w = xcalloc(1, sizeof *w);
-    w->llm_calls = xcalloc(1, sizeof *w->llm_calls);
-    w->nllm_calls = 1;
-    store_llm_call *r = w->llm_calls;
+    store_llm_call *r = ledger_row(l);
     char id[37];
     id_uuid7(id);
     r->id = xstrdup(id);
@@ -1622,14 +1684,7 @@ void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t i
     r->error = error ? xstrdup(error) : NULL;
     r->latency_ms = latency_ms;
     r->request_id = request_id && *request_id ? xstrdup(request_id) : NULL;
-    w->done = ledger_done;
-    w->data = l;
-    if (store_submit(l->st, w) != 0) {
-        if (l->ledger_failures++ % 1000 == 0)
-            log_error("llm", "the store's queue is full: an LLM call is missing from the ledger");
-        store_write_clear(w);
-        free(w);
-    }
+    ledger_added(l, true);
 }
 
 const char *llm_daily_budget_spent(llm *l)
@@ -1951,6 +2006,10 @@ void llm_free(llm *l)
         l->provs = p->next;
         prov_free(p);
     }
+    if (l->st)
+        llm_ledger_flush(l);
+    if (l->ledger_timer)
+        uv_close((uv_handle_t *)l->ledger_timer, on_handle_free);
     json_decref(l->runs);
     free(l);
 }

@@ -140,6 +140,9 @@ void llm_note_proxied(llm *l, const char *provider, const char *model, int64_t i
 const char *llm_daily_budget_spent(llm *l);
 
 /* Cancels every call; close callbacks need the loop to run afterwards. */
+/* Hands the gathered ledger rows to the store now (they are otherwise
+ * written within 20 ms); before store_flush at shutdown. */
+void llm_ledger_flush(llm *l);
 void llm_free(llm *l);
 
 #endif

@@ -11,9 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/util.h"
+
+/* Easy handles kept for reuse (curl_easy_reset keeps their buffers and
+ * caches): a call costs no handle set-up beyond its options. */
+#define EASY_POOL_MAX 64
 
 struct httpc {
     uv_loop_t *loop;
@@ -23,6 +29,10 @@ struct httpc {
     int active;
     bool acting; /* inside act(): a zero timeout is served before returning */
     bool kick;   /* curl asked for a zero timeout while acting */
+    struct sock_ctx **socks; /* by fd: the poll of each socket curl watches or keeps */
+    int nsocks;
+    CURL *pool[EASY_POOL_MAX];
+    int npool;
 };
 
 struct httpc_req {
@@ -46,10 +56,19 @@ struct httpc_req {
     httpc_req *prev, *next;
 };
 
-typedef struct {
+/* One socket's poll. A socket this file opened (CURLOPT_OPENSOCKETFUNCTION)
+ * keeps its poll while curl keeps the connection between transfers: curl's
+ * CURL_POLL_REMOVE only parks it (readable still watched, so a peer's close
+ * is seen), and the next transfer on the connection finds it armed, without
+ * the epoll_ctl calls of a poll closed and opened again per request. It is
+ * closed in the close-socket callback, before the fd. */
+typedef struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
     httpc *h;
+    int events; /* what the poll watches now */
+    bool owned; /* opened by open_socket: closed by close_socket */
+    bool parked; /* curl is not watching it (kept connection) */
 } sock_ctx;
 
 const char *httpc_error_name(enum httpc_error e)
@@ -82,12 +101,22 @@ static void on_idle_closed(uv_handle_t *h)
     free(h);
 }
 
+static void easy_release(httpc *h, CURL *e)
+{
+    if (h->npool < EASY_POOL_MAX) {
+        curl_easy_reset(e);
+        h->pool[h->npool++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 static void req_free(httpc_req *r)
 {
     if (r->idle)
         uv_close((uv_handle_t *)r->idle, on_idle_closed);
     curl_multi_remove_handle(r->h->multi, r->easy);
-    curl_easy_cleanup(r->easy);
+    easy_release(r->h, r->easy);
     curl_slist_free_all(r->hdrs);
     buf_free(&r->body);
     free(r);
@@ -176,6 +205,11 @@ static void act(httpc *h, curl_socket_t fd, int flags)
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sock_ctx *s = p->data;
+    if (s->parked) { /* a kept connection became readable: closed by the peer, or stray bytes */
+        uv_poll_stop(&s->poll); /* curl finds it dead when it next looks; no spinning meanwhile */
+        s->events = 0;
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -191,16 +225,56 @@ static void on_poll_closed(uv_handle_t *p)
     free(p->data);
 }
 
+static sock_ctx *sock_get(httpc *h, curl_socket_t fd)
+{
+    return fd >= 0 && fd < h->nsocks ? h->socks[fd] : NULL;
+}
+
+static void sock_set(httpc *h, curl_socket_t fd, sock_ctx *s)
+{
+    if (fd >= h->nsocks) {
+        int n = h->nsocks ? h->nsocks : 64;
+        while (n <= fd)
+            n *= 2;
+        h->socks = xrealloc(h->socks, (size_t)n * sizeof *h->socks);
+        memset(h->socks + h->nsocks, 0, (size_t)(n - h->nsocks) * sizeof *h->socks);
+        h->nsocks = n;
+    }
+    h->socks[fd] = s;
+}
+
+static void sock_close(httpc *h, sock_ctx *s)
+{
+    sock_set(h, s->fd, NULL);
+    uv_poll_stop(&s->poll);
+    uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+}
+
+static void sock_watch(sock_ctx *s, int events)
+{
+    if (events == s->events)
+        return; /* already armed: no epoll_ctl */
+    s->events = events;
+    if (events)
+        uv_poll_start(&s->poll, events, on_poll);
+    else
+        uv_poll_stop(&s->poll);
+}
+
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
+    (void)socketp;
     httpc *h = userp;
-    sock_ctx *s = socketp;
+    sock_ctx *s = sock_get(h, fd);
     if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            uv_poll_stop(&s->poll);
-            uv_close((uv_handle_t *)&s->poll, on_poll_closed);
-            curl_multi_assign(h->multi, fd, NULL);
+        if (!s)
+            return 0;
+        if (!s->owned) {
+            sock_close(h, s); /* curl may close it without telling us */
+        } else {
+            s->parked = true;
+            sock_watch(s, s->events ? UV_READABLE : 0);
         }
         return 0;
     }
@@ -213,15 +287,52 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             return -1;
         }
         s->poll.data = s;
-        curl_multi_assign(h->multi, fd, s);
+        sock_set(h, fd, s);
     }
+    s->parked = false;
     int events = 0;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
         events |= UV_READABLE;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
         events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, on_poll);
+    sock_watch(s, events);
     return 0;
+}
+
+/* The sockets of connections: opened here so that their polls can outlive a
+ * transfer (see sock_ctx), and closed here, the poll first. */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    httpc *h = clientp;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKET_BAD;
+    curl_socket_t fd = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (fd < 0)
+        return CURL_SOCKET_BAD;
+    sock_ctx *s = xcalloc(1, sizeof *s);
+    s->fd = fd;
+    s->h = h;
+    s->owned = true;
+    if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
+        free(s);
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    s->poll.data = s;
+    sock_ctx *old = sock_get(h, fd);
+    if (old) /* a socket curl closed without close_socket: its poll goes */
+        sock_close(h, old);
+    sock_set(h, fd, s);
+    return fd;
+}
+
+static int close_socket(void *clientp, curl_socket_t fd)
+{
+    httpc *h = clientp;
+    sock_ctx *s = sock_get(h, fd);
+    if (s)
+        sock_close(h, s);
+    return close(fd);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -380,7 +491,7 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
     r->retry_after_ms = -1;
     r->on_chunk = o->on_chunk;
     r->max_response = o->max_response ? o->max_response : 16u << 20;
-    r->easy = curl_easy_init();
+    r->easy = h->npool ? h->pool[--h->npool] : curl_easy_init();
     if (!r->easy) {
         free(r);
         return NULL;
@@ -401,6 +512,10 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
     if (!o->on_chunk)
         curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_response);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 10000L);
@@ -417,7 +532,7 @@ httpc_req *httpc_start(httpc *h, const httpc_opts *o, httpc_done done, void *ud)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
     r->start_ns = mono_ns();
     if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
-        curl_easy_cleanup(e);
+        easy_release(h, e);
         curl_slist_free_all(r->hdrs);
         free(r);
         return NULL;
@@ -459,7 +574,13 @@ void httpc_free(httpc *h)
         return;
     while (h->reqs)
         httpc_cancel(h->reqs);
-    curl_multi_cleanup(h->multi); /* closes cached connections: socket_cb closes their polls */
+    curl_multi_cleanup(h->multi); /* closes cached connections: close_socket closes their polls */
+    while (h->npool)
+        curl_easy_cleanup(h->pool[--h->npool]);
+    for (int fd = 0; fd < h->nsocks; fd++)
+        if (h->socks[fd])
+            sock_close(h, h->socks[fd]);
+    free(h->socks);
     uv_close((uv_handle_t *)h->timer, on_timer_closed);
     free(h);
 }

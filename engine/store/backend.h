@@ -83,6 +83,8 @@ typedef struct store_backend {
                             size_t errlen);
     int (*prompt_metrics_sliced)(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                                  const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+    int (*prompt_series)(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                         int64_t step_ms, json_t **points, char *err, size_t errlen);
 } store_backend;
 
 /* The first member of each backend's own struct. */

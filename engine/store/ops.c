@@ -222,6 +222,9 @@ void store_write_clear(store_write *w)
         free(w->traces[i].prompt);
         free(w->traces[i].retry_of);
         free(w->traces[i].json);
+        for (size_t k = 0; k < w->traces[i].ntags; k++)
+            free(w->traces[i].tags[k]);
+        free(w->traces[i].tags);
     }
     for (size_t i = 0; i < w->nfeedback; i++) {
         free(w->feedback[i].id);

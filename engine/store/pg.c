@@ -1708,6 +1708,9 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
         buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
     if (qr->text)
         buf_puts(&sql, " AND strpos(body::text, ?9) > 0");
+    /* the tags are read from the stored body: no tag index on PostgreSQL yet (docs/scale-out.md) */
+    if (qr->tag)
+        buf_puts(&sql, " AND (body::jsonb) -> 'tags' @> jsonb_build_array(?10::text)");
     buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
     pgq *q;
     int bad = pg_read_begin(s, sql.data, &q, err, errlen);
@@ -1723,6 +1726,7 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
     pgq_int(q, 7, qr->limit + 1); /* one more tells whether a next page exists */
     pgq_text(q, 8, qr->evaluator);
     pgq_text(q, 9, qr->text);
+    pgq_text(q, 10, qr->tag);
     buf_puts(out, "{\"items\":[");
     int n = 0, rc;
     int64_t last_ts = 0, last_seq = 0;
@@ -1927,4 +1931,5 @@ static const store_backend pg_backend = {
     .load_loop_states = pg_load_loop_states,
     .list_loop_events = pg_list_loop_events,
     .prompt_metrics_sliced = pg_prompt_metrics_sliced,
+    .prompt_series = pg_prompt_series,
 };

@@ -184,3 +184,34 @@ int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int6
     }
     return rc;
 }
+
+int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                     int64_t step_ms, json_t **points, char *err, size_t errlen)
+{
+    *points = NULL;
+    PGconn *c = pg_read_acquire(PG(s), err, errlen);
+    if (!c)
+        return -1;
+    int rc = pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, errlen);
+    if (!rc)
+        *points = json_array();
+    for (int64_t from = since_ms; !rc && from < until_ms; from += step_ms) {
+        int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
+        json_t *m = NULL;
+        rc = metrics_totals(c, prompt, version, from, to, &m, err, errlen);
+        if (!rc)
+            rc = metrics_evaluators(c, prompt, version, from, to, json_object_get(m, "evaluators"), err, errlen);
+        if (m) {
+            json_object_set_new(m, "since_ms", json_integer(from));
+            json_array_append_new(*points, m);
+        }
+    }
+    char ignored[64];
+    pg_exec(c, "COMMIT", ignored, sizeof ignored);
+    pg_read_release(PG(s), c);
+    if (rc) {
+        json_decref(*points);
+        *points = NULL;
+    }
+    return rc;
+}

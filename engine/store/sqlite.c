@@ -38,6 +38,9 @@ struct sqlite_store {
     sqlite3 *wdb;
     sqlite3_stmt *ins_trace, *ins_feedback, *trace_exists, *mark_negative, *del_scores, *ins_score, *set_verdict;
     sqlite3_stmt *ins_llm_call;
+    sqlite3_stmt *ins_tag;
+    sqlite3_stmt *add_minute;
+    sqlite3_stmt *trace_minute, *add_score_minute;
     struct {
         const char *sql;
         sqlite3_stmt *st;
@@ -277,6 +280,144 @@ static const char *const migrations[] = {
     "  body TEXT NOT NULL"
     ") STRICT, WITHOUT ROWID;"
     "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
+
+    /* 7: per-minute rollups of the online figures (sqlite_loop.c reads
+     * them): trace_minutes per (prompt, version, minute), score_minutes per
+     * evaluator too, kept in the transaction of the rows they sum: the
+     * writer adds the traces of each write (add_trace_minutes), and triggers
+     * count what changes after (a verdict, negative feedback, scores
+     * replaced) as the difference of the row's contribution before and
+     * after; this migration fills them from what is already stored. version
+     * 0 is a trace that names none. */
+    "CREATE TABLE trace_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  minute INTEGER NOT NULL,"     /* ts / 60000 */
+    "  traces INTEGER NOT NULL,"
+    "  evaluated INTEGER NOT NULL,"
+    "  passed INTEGER NOT NULL,"     /* verdict pass and no negative feedback */
+    "  failures INTEGER NOT NULL,"   /* verdict fail or negative feedback */
+    "  errors INTEGER NOT NULL,"
+    "  negative INTEGER NOT NULL,"
+    "  retries INTEGER NOT NULL,"
+    "  latency_sum REAL NOT NULL, latency_n INTEGER NOT NULL,"
+    "  cost_sum REAL NOT NULL, cost_n INTEGER NOT NULL,"
+    "  tokens_sum REAL NOT NULL, tokens_n INTEGER NOT NULL,"
+    "  PRIMARY KEY (prompt, version, minute)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE TABLE score_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  minute INTEGER NOT NULL,"
+    "  evaluator TEXT NOT NULL,"
+    "  n INTEGER NOT NULL,"
+    "  passed INTEGER NOT NULL,"
+    "  failures INTEGER NOT NULL,"
+    "  errors INTEGER NOT NULL,"
+    "  required INTEGER NOT NULL,"   /* how many of the n were required */
+    "  PRIMARY KEY (prompt, version, minute, evaluator)"
+    ") STRICT, WITHOUT ROWID;"
+    /* a window of every version reads by minute */
+    "CREATE INDEX trace_minutes_by_minute ON trace_minutes(prompt, minute);"
+    "CREATE INDEX score_minutes_by_minute ON score_minutes(prompt, minute);"
+    /* a trace's contribution, added (SIGN 1) or taken away (SIGN -1) */
+#define TRACE_MINUTE(R, SIGN)                                                                                       \
+    "INSERT INTO trace_minutes VALUES (" R ".prompt, coalesce(" R ".version, 0), " R ".ts / 60000, " SIGN ", "       \
+    SIGN " * (" R ".verdict IS NOT NULL), " SIGN " * (" R ".verdict IS 0 AND " R ".negative = 0), "                 \
+    SIGN " * (" R ".verdict IS 1 OR " R ".negative = 1), " SIGN " * (" R ".verdict IS 2), " SIGN " * " R            \
+    ".negative, " SIGN " * (" R ".retry_of IS NOT NULL), "                                                          \
+    SIGN " * coalesce(json_extract(" R ".body, '$.latency_ms') + 0.0, 0.0), "                                        \
+    SIGN " * (json_extract(" R ".body, '$.latency_ms') IS NOT NULL), "                                              \
+    SIGN " * coalesce(json_extract(" R ".body, '$.usage.cost_usd') + 0.0, 0.0), "                                    \
+    SIGN " * (json_extract(" R ".body, '$.usage.cost_usd') IS NOT NULL), "                                          \
+    SIGN " * coalesce(json_extract(" R ".body, '$.usage.input_tokens') + json_extract(" R                           \
+    ".body, '$.usage.output_tokens') + 0.0, 0.0), "                                                                 \
+    SIGN " * (json_extract(" R ".body, '$.usage.input_tokens') + json_extract(" R                                   \
+    ".body, '$.usage.output_tokens') IS NOT NULL)) " MINUTE_UPSERT
+#define MINUTE_UPSERT                                                                                               \
+    "ON CONFLICT(prompt, version, minute) DO UPDATE SET traces = traces + excluded.traces, "                         \
+    "evaluated = evaluated + excluded.evaluated, passed = passed + excluded.passed, "                                \
+    "failures = failures + excluded.failures, errors = errors + excluded.errors, "                                  \
+    "negative = negative + excluded.negative, retries = retries + excluded.retries, "                               \
+    "latency_sum = latency_sum + excluded.latency_sum, latency_n = latency_n + excluded.latency_n, "                \
+    "cost_sum = cost_sum + excluded.cost_sum, cost_n = cost_n + excluded.cost_n, "                                  \
+    "tokens_sum = tokens_sum + excluded.tokens_sum, tokens_n = tokens_n + excluded.tokens_n;"
+    /* a verdict or negative feedback set on a trace that stays in its minute
+     * changes the counts only (its body's figures are unchanged): no body is
+     * parsed on the evaluation's write */
+#define SAME_MINUTE(A, B)                                                                                           \
+    A ".prompt = " B ".prompt AND " A ".version IS " B ".version AND " A ".ts / 60000 = " B ".ts / 60000 AND " A   \
+    ".body = " B ".body"
+    /* a trace stored: the writer adds its batch's traces, one row per minute
+     * (add_trace_minutes), not a trigger per trace */
+    "CREATE TRIGGER trace_minutes_counts AFTER UPDATE ON traces WHEN " SAME_MINUTE("NEW", "OLD") " BEGIN "
+    "INSERT INTO trace_minutes VALUES (NEW.prompt, coalesce(NEW.version, 0), NEW.ts / 60000, 0, "
+    "  (NEW.verdict IS NOT NULL) - (OLD.verdict IS NOT NULL), "
+    "  (NEW.verdict IS 0 AND NEW.negative = 0) - (OLD.verdict IS 0 AND OLD.negative = 0), "
+    "  (NEW.verdict IS 1 OR NEW.negative = 1) - (OLD.verdict IS 1 OR OLD.negative = 1), "
+    "  (NEW.verdict IS 2) - (OLD.verdict IS 2), NEW.negative - OLD.negative, "
+    "  (NEW.retry_of IS NOT NULL) - (OLD.retry_of IS NOT NULL), 0.0, 0, 0.0, 0, 0.0, 0) " MINUTE_UPSERT " END;"
+    "CREATE TRIGGER trace_minutes_moved AFTER UPDATE ON traces WHEN NOT (" SAME_MINUTE("NEW", "OLD") ") BEGIN "
+    TRACE_MINUTE("OLD", "-1") TRACE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER trace_minutes_delete AFTER DELETE ON traces BEGIN " TRACE_MINUTE("OLD", "-1") " END;"
+#define SCORE_MINUTE(R, SIGN)                                                                                       \
+    "INSERT INTO score_minutes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, " R ".evaluator, " SIGN ", "  \
+    SIGN " * (" R ".status = 'ok' AND " R ".pass = 1), " SIGN " * (" R ".status = 'ok' AND " R ".pass = 0), "        \
+    SIGN " * (" R ".status <> 'ok'), " SIGN " * (" R ".required <> 0) FROM traces t WHERE t.id = " R ".trace_id "    \
+    SCORE_UPSERT
+#define SCORE_UPSERT                                                                                                \
+    "ON CONFLICT(prompt, version, minute, evaluator) DO UPDATE SET n = n + excluded.n, "                            \
+    "passed = passed + excluded.passed, failures = failures + excluded.failures, "                                  \
+    "errors = errors + excluded.errors, required = required + excluded.required;"
+    /* a score stored: the writer adds it (apply_evaluation), knowing its trace */
+    "CREATE TRIGGER score_minutes_update AFTER UPDATE ON scores BEGIN "
+    SCORE_MINUTE("OLD", "-1") SCORE_MINUTE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_delete AFTER DELETE ON scores BEGIN " SCORE_MINUTE("OLD", "-1") " END;"
+    /* scores count through their trace (the reads join them): a trace
+     * stored, moved or deleted brings or takes its scores' figures */
+#define SCORES_OF_TRACE(R, SIGN)                                                                                    \
+    "INSERT INTO score_minutes SELECT " R ".prompt, coalesce(" R ".version, 0), " R ".ts / 60000, s.evaluator, "     \
+    SIGN " * count(*), " SIGN " * sum(s.status = 'ok' AND s.pass = 1), " SIGN                                       \
+    " * sum(s.status = 'ok' AND s.pass = 0), " SIGN " * sum(s.status <> 'ok'), " SIGN " * sum(s.required <> 0) "     \
+    "FROM scores s WHERE s.trace_id = " R ".id GROUP BY s.evaluator " SCORE_UPSERT
+    /* (a trace stored has no scores yet: the writer stores scores only for
+     * a trace it has) */
+    "CREATE TRIGGER score_minutes_trace_moved AFTER UPDATE ON traces WHEN NOT ("
+    "  NEW.prompt = OLD.prompt AND NEW.version IS OLD.version AND NEW.ts / 60000 = OLD.ts / 60000 AND NEW.id = OLD.id"
+    ") BEGIN " SCORES_OF_TRACE("OLD", "-1") SCORES_OF_TRACE("NEW", "1") " END;"
+    "CREATE TRIGGER score_minutes_trace_delete AFTER DELETE ON traces BEGIN " SCORES_OF_TRACE("OLD", "-1") " END;"
+    "INSERT INTO trace_minutes SELECT prompt, coalesce(version, 0), ts / 60000, count(*), "
+    "  sum(verdict IS NOT NULL), sum(verdict IS 0 AND negative = 0), sum(verdict IS 1 OR negative = 1), "
+    "  sum(verdict IS 2), sum(negative), sum(retry_of IS NOT NULL), "
+    "  total(json_extract(body, '$.latency_ms')), count(json_extract(body, '$.latency_ms')), "
+    "  total(json_extract(body, '$.usage.cost_usd')), count(json_extract(body, '$.usage.cost_usd')), "
+    "  total(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')), "
+    "  count(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
+    "FROM traces GROUP BY 1, 2, 3;"
+    "INSERT INTO score_minutes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, s.evaluator, count(*), "
+    "  sum(s.status = 'ok' AND s.pass = 1), sum(s.status = 'ok' AND s.pass = 0), sum(s.status <> 'ok'), "
+    "  sum(s.required <> 0) "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id GROUP BY 1, 2, 3, 4;",
+
+    /* 8: trace tags, one row each, keyed for the tag filter of a trace
+     * search: newest first by (tag, prompt) or by tag alone. */
+    "CREATE TABLE trace_tags ("
+    "  tag TEXT NOT NULL,"
+    "  tag_prompt TEXT NOT NULL,"
+    "  tag_ts INTEGER NOT NULL,"
+    "  tag_seq INTEGER NOT NULL," /* traces.seq */
+    "  PRIMARY KEY (tag, tag_prompt, tag_ts, tag_seq)"
+    ") STRICT, WITHOUT ROWID;"
+    "CREATE INDEX trace_tags_by_ts ON trace_tags(tag, tag_ts, tag_seq);",
+
+    /* 9: a trace's tags go with it (store.retention_days deletes traces) */
+    "CREATE INDEX trace_tags_by_seq ON trace_tags(tag_seq);"
+    "CREATE TRIGGER trace_tags_delete AFTER DELETE ON traces BEGIN "
+    "DELETE FROM trace_tags WHERE tag_seq = OLD.seq; END;",
+#undef TRACE_MINUTE
+#undef SAME_MINUTE
+#undef SCORE_MINUTE
+#undef SCORES_OF_TRACE
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -331,7 +472,8 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
 static void finalize_statements(sqlite_store *s)
 {
     sqlite3_stmt **all[] = {&s->ins_trace, &s->ins_feedback, &s->trace_exists, &s->mark_negative,
-                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call};
+                            &s->del_scores, &s->ins_score, &s->set_verdict, &s->ins_llm_call,
+                            &s->ins_tag, &s->add_minute, &s->trace_minute, &s->add_score_minute};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         sqlite3_finalize(*all[i]);
         *all[i] = NULL;
@@ -452,6 +594,12 @@ int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, 
                                "input_tokens, output_tokens, cost, attempts, status, error, latency_ms, request_id) "
                                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) "
                                "ON CONFLICT(id) DO NOTHING";
+    const char *add_minute = "INSERT INTO trace_minutes VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, ?5, ?6, ?7, ?8, ?9, "
+                             "?10, ?11) " MINUTE_UPSERT;
+    const char *trace_minute = "SELECT prompt, coalesce(version, 0), ts / 60000 FROM traces WHERE id = ?1";
+    const char *add_score_minute = "INSERT INTO score_minutes VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8) " SCORE_UPSERT;
+    const char *ins_tag = "INSERT INTO trace_tags(tag, tag_prompt, tag_ts, tag_seq) VALUES (?1, ?2, ?3, ?4) "
+                          "ON CONFLICT DO NOTHING";
     if (sqlite3_prepare_v2(s->wdb, ins_trace, -1, &s->ins_trace, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_fb, -1, &s->ins_feedback, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, exists, -1, &s->trace_exists, NULL) != SQLITE_OK ||
@@ -459,7 +607,11 @@ int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, 
         sqlite3_prepare_v2(s->wdb, del_scores, -1, &s->del_scores, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, ins_score, -1, &s->ins_score, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(s->wdb, set_verdict, -1, &s->set_verdict, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(s->wdb, ins_llm_call, -1, &s->ins_llm_call, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, ins_tag, -1, &s->ins_tag, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, add_minute, -1, &s->add_minute, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, trace_minute, -1, &s->trace_minute, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->wdb, add_score_minute, -1, &s->add_score_minute, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
         goto fail;
     }
@@ -664,10 +816,26 @@ static int mark_negative(sqlite_store *s, const char *trace_id)
     return step_done(s->mark_negative);
 }
 
+/* An evaluation replaces the trace's scores and sets its verdict; its
+ * scores are added to score_minutes here, under the trace's prompt, version
+ * and minute (the scores it replaces are taken away by a trigger, the
+ * verdict counted by one). A trace the store does not have gets nothing:
+ * its scores would count nowhere. */
 static int apply_evaluation(sqlite_store *s, const store_evaluation *e)
 {
+    sqlite3_stmt *tr = s->trace_minute;
+    sqlite3_bind_text(tr, 1, e->trace_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(tr);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(tr);
+        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    char prompt[512];
+    snprintf(prompt, sizeof prompt, "%s", (const char *)sqlite3_column_text(tr, 0));
+    int64_t version = sqlite3_column_int64(tr, 1), minute = sqlite3_column_int64(tr, 2);
+    sqlite3_reset(tr);
     sqlite3_bind_text(s->del_scores, 1, e->trace_id, -1, SQLITE_STATIC);
-    int rc = step_done(s->del_scores);
+    rc = step_done(s->del_scores);
     for (size_t i = 0; rc == SQLITE_OK && i < e->nscores; i++) {
         const store_score *sc = &e->scores[i];
         sqlite3_stmt *st = s->ins_score;
@@ -681,6 +849,19 @@ static int apply_evaluation(sqlite_store *s, const store_evaluation *e)
         sqlite3_bind_double(st, 8, sc->score);
         sqlite3_bind_text(st, 9, sc->reason, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, e->ts_ms);
+        rc = step_done(st);
+        if (rc != SQLITE_OK || !sqlite3_changes(s->wdb)) /* an evaluator named twice counts once */
+            continue;
+        bool ok = !strcmp(sc->status, "ok");
+        st = s->add_score_minute;
+        sqlite3_bind_text(st, 1, prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, version);
+        sqlite3_bind_int64(st, 3, minute);
+        sqlite3_bind_text(st, 4, sc->evaluator, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, ok && sc->pass);
+        sqlite3_bind_int(st, 6, ok && !sc->pass);
+        sqlite3_bind_int(st, 7, !ok);
+        sqlite3_bind_int(st, 8, sc->required);
         rc = step_done(st);
     }
     if (rc != SQLITE_OK)
@@ -714,6 +895,67 @@ static int insert_feedback(sqlite_store *s, const char *id, const char *trace_id
     if (*res == STORE_ACCEPTED && negative)
         return mark_negative(s, trace_id);
     return SQLITE_OK;
+}
+
+static int by_minute(const void *a, const void *b)
+{
+    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
+    int c = strcmp(x->prompt, y->prompt);
+    if (c)
+        return c;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
+    return mx < my ? -1 : mx > my;
+}
+
+/* The traces this write stored, summed into trace_minutes: one upsert per
+ * (prompt, version, minute), in the write's transaction. A new trace has no
+ * verdict and no negative feedback yet (the triggers on traces count those
+ * when they come). */
+static int add_trace_minutes(sqlite_store *s, store_write *w)
+{
+    store_trace **acc = xmalloc(w->ntraces * sizeof *acc);
+    size_t n = 0;
+    for (size_t i = 0; i < w->ntraces; i++)
+        if (w->trace_results[i] == STORE_ACCEPTED)
+            acc[n++] = &w->traces[i];
+    qsort(acc, n, sizeof *acc, by_minute);
+    int rc = SQLITE_OK;
+    for (size_t i = 0; i < n && rc == SQLITE_OK;) {
+        int64_t traces = 0, retries = 0, lat_n = 0, cost_n = 0, tok_n = 0;
+        double lat = 0, cost = 0, tok = 0;
+        size_t j = i;
+        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
+            const store_trace *t = acc[j];
+            traces++;
+            retries += t->retry_of != NULL;
+            if (t->has_latency)
+                lat += t->latency_ms, lat_n++;
+            if (t->has_cost)
+                cost += t->cost_usd, cost_n++;
+            if (t->has_tokens)
+                tok += t->tokens, tok_n++;
+        }
+        sqlite3_stmt *st = s->add_minute;
+        sqlite3_bind_text(st, 1, acc[i]->prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, acc[i]->version);
+        sqlite3_bind_int64(st, 3, acc[i]->ts_ms / 60000);
+        sqlite3_bind_int64(st, 4, traces);
+        sqlite3_bind_int64(st, 5, retries);
+        sqlite3_bind_double(st, 6, lat);
+        sqlite3_bind_int64(st, 7, lat_n);
+        sqlite3_bind_double(st, 8, cost);
+        sqlite3_bind_int64(st, 9, cost_n);
+        sqlite3_bind_double(st, 10, tok);
+        sqlite3_bind_int64(st, 11, tok_n);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        i = j;
+    }
+    free(acc);
+    return rc;
 }
 
 static sqlite3_stmt *op_statement(sqlite_store *s, const char *sql);
@@ -795,6 +1037,21 @@ static int apply_write(sqlite_store *s, store_write *w, int64_t received)
         if (rc != SQLITE_DONE)
             return rc;
         w->trace_results[i] = sqlite3_changes(s->wdb) ? STORE_ACCEPTED : STORE_DUPLICATE;
+        if (w->trace_results[i] == STORE_ACCEPTED && t->ntags) {
+            int64_t seq = sqlite3_last_insert_rowid(s->wdb);
+            for (size_t k = 0; k < t->ntags; k++) {
+                st = s->ins_tag;
+                sqlite3_bind_text(st, 1, t->tags[k], -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, t->prompt, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 3, t->ts_ms);
+                sqlite3_bind_int64(st, 4, seq);
+                rc = sqlite3_step(st);
+                sqlite3_reset(st);
+                sqlite3_clear_bindings(st);
+                if (rc != SQLITE_DONE)
+                    return rc;
+            }
+        }
         if (w->trace_results[i] == STORE_ACCEPTED && t->join_part) {
             rc = join_waiting_part(s, t->id);
             if (rc != SQLITE_OK)
@@ -813,6 +1070,11 @@ static int apply_write(sqlite_store *s, store_write *w, int64_t received)
             if (rc != SQLITE_OK)
                 return rc;
         }
+    }
+    if (w->ntraces) {
+        int rc = add_trace_minutes(s, w);
+        if (rc != SQLITE_OK)
+            return rc;
     }
     for (size_t i = 0; i < w->nparts; i++) {
         int rc = apply_part(s, &w->parts[i], received, &w->part_results[i]);
@@ -1200,13 +1462,23 @@ int sqlite_list_traces_json(store *base, const store_trace_query *q, buf_t *out,
         return -1;
     buf_t sql;
     buf_init(&sql);
-    buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
-    if (q->prompt)
-        buf_puts(&sql, " AND prompt = ?3");
+    if (q->tag) {
+        /* along the tag's rows, newest first: (tag, prompt, ts, seq) or (tag, ts, seq) */
+        buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM trace_tags CROSS JOIN traces ON traces.seq = tag_seq "
+                       "WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
+        if (q->prompt)
+            buf_puts(&sql, " AND tag_prompt = ?3");
+        if (q->has_cursor)
+            buf_puts(&sql, " AND (tag_ts, tag_seq) < (?5, ?6)");
+    } else {
+        buf_puts(&sql, "SELECT " TRACE_JSON_SQL ", ts, seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+        if (q->prompt)
+            buf_puts(&sql, " AND prompt = ?3");
+        if (q->has_cursor)
+            buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    }
     if (q->version)
         buf_puts(&sql, " AND version = ?4");
-    if (q->has_cursor)
-        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
     if (q->failed == 1)
         buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
     else if (q->failed == 0)
@@ -1222,7 +1494,7 @@ int sqlite_list_traces_json(store *base, const store_trace_query *q, buf_t *out,
         buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
     if (q->text)
         buf_puts(&sql, " AND instr(body, ?9) > 0");
-    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    buf_puts(&sql, q->tag ? " ORDER BY tag_ts DESC, tag_seq DESC LIMIT ?7" : " ORDER BY ts DESC, seq DESC LIMIT ?7");
     sqlite3_stmt *st = NULL;
     int ret = -1;
     if (sqlite3_prepare_v2(db, sql.data, -1, &st, NULL) != SQLITE_OK) {
@@ -1244,6 +1516,8 @@ int sqlite_list_traces_json(store *base, const store_trace_query *q, buf_t *out,
         sqlite3_bind_text(st, 8, q->evaluator, -1, SQLITE_STATIC);
     if (q->text)
         sqlite3_bind_text(st, 9, q->text, -1, SQLITE_STATIC);
+    if (q->tag)
+        sqlite3_bind_text(st, 10, q->tag, -1, SQLITE_STATIC);
 
     buf_puts(out, "{\"items\":[");
     int n = 0, rc;
@@ -1397,4 +1671,5 @@ static const store_backend sqlite_backend = {
     .load_loop_states = sqlite_load_loop_states,
     .list_loop_events = sqlite_list_loop_events,
     .prompt_metrics_sliced = sqlite_prompt_metrics_sliced,
+    .prompt_series = sqlite_prompt_series,
 };

@@ -1,6 +1,8 @@
 /* sqlite_loop.c — the SQL of the self-improvement loop: its per-prompt state
  * row and event log (migration 5 in sqlite.c), and the online metrics the
- * trigger and rollout policies are given, read from traces and scores. */
+ * trigger and rollout policies are given (and the metrics and series
+ * endpoints), read from the per-minute rollups (migration 7) and, for the
+ * partial minutes at a window's edges, from traces and scores. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,60 +109,219 @@ static int finish(sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errle
     return -1;
 }
 
-/* The totals of one version over the window into *out. */
-static int metrics_totals(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                          json_t **out, char *err, size_t errlen)
+/* The online figures of a window, summed from whole minutes of the
+ * rollups (trace_minutes, score_minutes: migration 7 in sqlite.c) and the
+ * traces and scores of the partial minutes at its edges. */
+#define MINUTE_MS 60000
+
+typedef struct {
+    int64_t traces, evaluated, passed, failures, errors, negative, retries;
+    double latency, cost, tokens;       /* sums */
+    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
+} window_totals;
+
+/* ?1 prompt, ?2 version (0: any), ?3 from, ?4 to (ms, or minutes for the rollup) */
+static const char totals_scan_sql[] =
+    "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+    "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
+    "  total(json_extract(body, '$.latency_ms')), count(json_extract(body, '$.latency_ms')), "
+    "  total(json_extract(body, '$.usage.cost_usd')), count(json_extract(body, '$.usage.cost_usd')), "
+    "  total(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')), "
+    "  count(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
+    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
+/* the counts only (the series): no trace body is read */
+static const char counts_scan_sql[] =
+    "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
+    "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), total(retry_of IS NOT NULL), "
+    "  0, 0, 0, 0, 0, 0 "
+    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
+/* the rollups: of one version along the primary key, of every version
+ * (?2 = 0, not bound in the SQL) along the (prompt, minute) index */
+#define TOTALS_ROLLUP(VERSION)                                                                                      \
+    "SELECT total(traces), total(evaluated), total(passed), total(failures), total(errors), total(negative), "       \
+    "  total(retries), total(latency_sum), total(latency_n), total(cost_sum), total(cost_n), total(tokens_sum), "   \
+    "  total(tokens_n) "                                                                                            \
+    "FROM trace_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4"
+static const char totals_rollup_sql[] = TOTALS_ROLLUP("AND version = ?2");
+static const char totals_rollup_any_sql[] = TOTALS_ROLLUP("AND ?2 = 0");
+static const char evaluators_scan_sql[] =
+    "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), total(s.status = 'ok' AND s.pass = 0), "
+    "  total(s.status <> 'ok'), total(s.required <> 0) "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id "
+    "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 GROUP BY s.evaluator";
+#define EVALUATORS_ROLLUP(VERSION)                                                                                  \
+    "SELECT evaluator, total(n), total(passed), total(failures), total(errors), total(required) "                   \
+    "FROM score_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4 GROUP BY evaluator"
+static const char evaluators_rollup_sql[] = EVALUATORS_ROLLUP("AND version = ?2");
+static const char evaluators_rollup_any_sql[] = EVALUATORS_ROLLUP("AND ?2 = 0");
+
+/* The statements of one snapshot, each prepared once (a series runs them
+ * for every bucket): keyed by their SQL text's address. */
+#define CACHED_STMTS 8
+typedef struct {
+    sqlite3 *db;
+    const char *sql[CACHED_STMTS];
+    sqlite3_stmt *st[CACHED_STMTS];
+} stmt_cache;
+
+static sqlite3_stmt *cached(stmt_cache *c, const char *sql, char *err, size_t errlen)
 {
-    sqlite3_stmt *st;
-    if (prepare(db,
-                "SELECT count(*), total(verdict IS NOT NULL), total(verdict = 0 AND negative = 0), "
-                "  total(verdict = 1 OR negative = 1), total(verdict = 2), total(negative), "
-                "  total(retry_of IS NOT NULL), avg(json_extract(body, '$.latency_ms')), "
-                "  avg(json_extract(body, '$.usage.cost_usd')), "
-                "  avg(json_extract(body, '$.usage.input_tokens') + json_extract(body, '$.usage.output_tokens')) "
-                "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
-                &st, err, errlen))
-        return -1;
-    bind_window(st, prompt, version, since_ms, until_ms);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        double evaluated = col_num(st, 1), passed = col_num(st, 2);
-        *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:{}}", "traces",
-                         (json_int_t)sqlite3_column_int64(st, 0), "evaluated", (json_int_t)evaluated, "passed",
-                         (json_int_t)passed, "failures", (json_int_t)col_num(st, 3), "errors",
-                         (json_int_t)col_num(st, 4), "negative", (json_int_t)col_num(st, 5), "retries",
-                         (json_int_t)col_num(st, 6), "pass_rate", evaluated > 0 ? passed / evaluated : 0.0,
-                         "latency_ms", col_num(st, 7), "cost", col_num(st, 8), "tokens", col_num(st, 9),
-                         "evaluators");
-        rc = SQLITE_DONE;
+    int i = 0;
+    while (i < CACHED_STMTS && c->sql[i] && c->sql[i] != sql)
+        i++;
+    if (i == CACHED_STMTS) { /* cannot happen: there are fewer texts */
+        snprintf(err, errlen, "store read failed: statement cache full");
+        return NULL;
     }
-    return finish(db, st, rc, err, errlen);
+    if (c->sql[i]) {
+        sqlite3_reset(c->st[i]);
+        sqlite3_clear_bindings(c->st[i]);
+        return c->st[i];
+    }
+    if (prepare(c->db, sql, &c->st[i], err, errlen))
+        return NULL;
+    c->sql[i] = sql;
+    return c->st[i];
 }
 
-/* Per evaluator, into evs. */
-static int metrics_evaluators(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                              json_t *evs, char *err, size_t errlen)
+static void cache_clear(stmt_cache *c)
 {
-    sqlite3_stmt *st;
-    if (prepare(db,
-                "SELECT s.evaluator, count(*), total(s.status = 'ok' AND s.pass = 1), "
-                "  total(s.status = 'ok' AND s.pass = 0), total(s.status <> 'ok'), max(s.required) "
-                "FROM scores s JOIN traces t ON t.id = s.trace_id "
-                "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 "
-                "GROUP BY s.evaluator ORDER BY s.evaluator",
-                &st, err, errlen))
+    for (int i = 0; i < CACHED_STMTS; i++)
+        sqlite3_finalize(c->st[i]);
+}
+
+/* 0 when the statement ran to its end; else -1 with the message (it stays prepared) */
+static int step_done(stmt_cache *c, int rc, char *err, size_t errlen)
+{
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return 0;
+    snprintf(err, errlen, "store read failed: %s", sqlite3_errmsg(c->db));
+    return -1;
+}
+
+static int totals_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+                      window_totals *w, char *err, size_t errlen)
+{
+    if (from >= to) /* an empty edge */
+        return 0;
+    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    if (!st)
         return -1;
-    bind_window(st, prompt, version, since_ms, until_ms);
+    bind_window(st, prompt, version, from, to);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        int64_t *counts[] = {&w->traces,   &w->evaluated, &w->passed, &w->failures,
+                             &w->errors,   &w->negative,  &w->retries};
+        for (int i = 0; i < 7; i++)
+            *counts[i] += (int64_t)col_num(st, i);
+        w->latency += col_num(st, 7);
+        w->latency_n += (int64_t)col_num(st, 8);
+        w->cost += col_num(st, 9);
+        w->cost_n += (int64_t)col_num(st, 10);
+        w->tokens += col_num(st, 11);
+        w->tokens_n += (int64_t)col_num(st, 12);
+        rc = SQLITE_DONE;
+    }
+    return step_done(c, rc, err, errlen);
+}
+
+/* Adds each evaluator's [n, passed, failures, errors, required] into evs. */
+static int evaluators_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from,
+                          int64_t to, json_t *evs, char *err, size_t errlen)
+{
+    if (from >= to)
+        return 0;
+    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    if (!st)
+        return -1;
+    bind_window(st, prompt, version, from, to);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        double n = (double)sqlite3_column_int64(st, 1), ok = col_num(st, 2), fail = col_num(st, 3);
-        json_object_set_new(evs, (const char *)sqlite3_column_text(st, 0),
-                            json_pack("{s:I, s:I, s:I, s:I, s:f, s:b}", "n", (json_int_t)n, "passed", (json_int_t)ok,
-                                      "failures", (json_int_t)fail, "errors", (json_int_t)col_num(st, 4), "pass_rate",
-                                      ok + fail > 0 ? ok / (ok + fail) : 0.0, "required",
-                                      sqlite3_column_int(st, 5)));
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        json_t *acc = json_object_get(evs, name);
+        if (!acc) {
+            acc = json_pack("[i, i, i, i, i]", 0, 0, 0, 0, 0);
+            json_object_set_new(evs, name, acc);
+        }
+        for (int i = 0; i < 5; i++)
+            json_array_set_new(acc, (size_t)i,
+                               json_integer(json_integer_value(json_array_get(acc, (size_t)i)) +
+                                            (json_int_t)col_num(st, i + 1)));
     }
-    return finish(db, st, rc, err, errlen);
+    return step_done(c, rc, err, errlen);
+}
+
+/* The window [since, until) as whole minutes [*m0, *m1) and the edges
+ * [since, *e0) and [*e1, until) read from the traces. A window shorter than
+ * a whole minute is all edge. */
+static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
+{
+    if (since < 0 || until <= since || since > INT64_MAX - MINUTE_MS) { /* no rollup before 1970 */
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *m0 = (since + MINUTE_MS - 1) / MINUTE_MS;
+    *m1 = until / MINUTE_MS;
+    if (*m1 <= *m0) {
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *e0 = *m0 * MINUTE_MS;
+    *e1 = *m1 * MINUTE_MS;
+}
+
+/* One window's figures: {traces, evaluated, passed, failures, errors,
+ * negative, retries, pass_rate, [latency_ms, cost, tokens,] evaluators}. */
+static int window_metrics(stmt_cache *c, const char *prompt, int64_t version, int64_t since, int64_t until,
+                          bool with_costs, json_t **out, char *err, size_t errlen)
+{
+    int64_t m0, m1, e0, e1;
+    window_split(since, until, &m0, &m1, &e0, &e1);
+    window_totals w = {0};
+    json_t *acc = json_object();
+    const char *scan = with_costs ? totals_scan_sql : counts_scan_sql;
+    int rc = totals_add(c, scan, prompt, version, since, e0, &w, err, errlen);
+    if (!rc && m1 > m0)
+        rc = totals_add(c, version ? totals_rollup_sql : totals_rollup_any_sql, prompt, version, m0, m1, &w, err,
+                        errlen) ||
+             totals_add(c, scan, prompt, version, e1, until, &w, err, errlen) ||
+             evaluators_add(c, version ? evaluators_rollup_sql : evaluators_rollup_any_sql, prompt, version, m0, m1,
+                            acc, err, errlen) ||
+             evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
+    if (!rc)
+        rc = evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
+    if (rc) {
+        json_decref(acc);
+        return -1;
+    }
+    json_t *evs = json_object();
+    const char *name;
+    json_t *a;
+    json_object_foreach(acc, name, a) {
+        json_int_t n = json_integer_value(json_array_get(a, 0)), ok = json_integer_value(json_array_get(a, 1)),
+                   fail = json_integer_value(json_array_get(a, 2));
+        if (n > 0) /* an evaluator whose scores were all replaced has none here */
+            json_object_set_new(evs, name,
+                                json_pack("{s:I, s:I, s:I, s:O, s:f, s:b}", "n", n, "passed", ok, "failures", fail,
+                                          "errors", json_array_get(a, 3), "pass_rate",
+                                          ok + fail > 0 ? (double)ok / (double)(ok + fail) : 0.0, "required",
+                                          json_integer_value(json_array_get(a, 4)) > 0));
+    }
+    json_decref(acc);
+    *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}", "traces", (json_int_t)w.traces, "evaluated",
+                     (json_int_t)w.evaluated, "passed", (json_int_t)w.passed, "failures", (json_int_t)w.failures,
+                     "errors", (json_int_t)w.errors, "negative", (json_int_t)w.negative, "retries",
+                     (json_int_t)w.retries, "pass_rate",
+                     w.evaluated > 0 ? (double)w.passed / (double)w.evaluated : 0.0, "evaluators", evs);
+    if (with_costs) {
+        /* the mean over the traces that carry the figure, 0 when none does */
+        json_object_set_new(*out, "latency_ms", json_real(w.latency_n ? w.latency / (double)w.latency_n : 0.0));
+        json_object_set_new(*out, "cost", json_real(w.cost_n ? w.cost / (double)w.cost_n : 0.0));
+        json_object_set_new(*out, "tokens", json_real(w.tokens_n ? w.tokens / (double)w.tokens_n : 0.0));
+    }
+    return 0;
 }
 
 /* A slice's figures: evaluated and passed traces per value of each
@@ -208,10 +369,9 @@ int sqlite_prompt_metrics_sliced(store *base, const char *prompt, int64_t versio
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    int rc = metrics_totals(db, prompt, version, since_ms, until_ms, out, err, errlen);
-    if (!rc)
-        rc = metrics_evaluators(db, prompt, version, since_ms, until_ms, json_object_get(*out, "evaluators"), err,
-                                errlen);
+    stmt_cache cache = {.db = db};
+    int rc = window_metrics(&cache, prompt, version, since_ms, until_ms, true, out, err, errlen);
+    cache_clear(&cache);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(db, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -221,6 +381,34 @@ int sqlite_prompt_metrics_sliced(store *base, const char *prompt, int64_t versio
     if (rc) {
         json_decref(*out);
         *out = NULL;
+    }
+    return rc;
+}
+
+int sqlite_prompt_series(store *base, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                         int64_t step_ms, json_t **points, char *err, size_t errlen)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3 *db = snapshot_begin(s, err, errlen);
+    if (!db)
+        return -1;
+    *points = json_array();
+    stmt_cache cache = {.db = db};
+    int rc = 0;
+    for (int64_t from = since_ms; from < until_ms && !rc; from += step_ms) {
+        int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
+        json_t *m = NULL;
+        rc = window_metrics(&cache, prompt, version, from, to, false, &m, err, errlen);
+        if (!rc) {
+            json_object_set_new(m, "since_ms", json_integer(from));
+            json_array_append_new(*points, m);
+        }
+    }
+    cache_clear(&cache);
+    snapshot_end(s, db);
+    if (rc) {
+        json_decref(*points);
+        *points = NULL;
     }
     return rc;
 }

@@ -47,5 +47,6 @@ int sqlite_run_results(store *s, const char *run_id, const int64_t *case_idx, si
 int sqlite_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
 int sqlite_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err, size_t errlen);
 int sqlite_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms, const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+int sqlite_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms, int64_t step_ms, json_t **points, char *err, size_t errlen);
 
 #endif

@@ -58,6 +58,17 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
     return s->be->prompt_metrics_sliced(s, prompt, version, since_ms, until_ms, NULL, out, err, errlen);
 }
 
+int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                        int64_t step_ms, json_t **points, char *err, size_t errlen)
+{
+    *points = NULL;
+    if (step_ms <= 0 || until_ms <= since_ms || (until_ms - since_ms) / step_ms >= STORE_SERIES_MAX) {
+        snprintf(err, errlen, "a series has 1 to %d buckets", STORE_SERIES_MAX);
+        return -1;
+    }
+    return s->be->prompt_series(s, prompt, version, since_ms, until_ms, step_ms, points, err, errlen);
+}
+
 void store_metrics(store *s, buf_t *b)
 {
     s->be->metrics(s, b);

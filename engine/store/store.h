@@ -32,6 +32,12 @@ typedef struct {
     char *retry_of;   /* NULL when none */
     char *json;       /* the normalised trace, without feedback */
     size_t json_len;
+    char **tags;      /* its tags (distinct), indexed for store_trace_query.tag */
+    size_t ntags;
+    /* the figures the online metrics sum (the body's latency_ms, usage.cost_usd,
+     * usage.input_tokens + usage.output_tokens), each when has_* */
+    double latency_ms, cost_usd, tokens;
+    bool has_latency, has_cost, has_tokens;
     bool join_part;   /* merge the trace part waiting under this id, if any (store_trace_part) */
 } store_trace;
 
@@ -162,6 +168,7 @@ typedef struct {
     const char *evaluator; /* NULL: any; else only traces this evaluator failed */
     int feedback;        /* 0: any; 1: only with negative feedback; 2: only with feedback of any kind */
     const char *text;    /* NULL: any; else only traces whose stored body contains it (case-sensitive) */
+    const char *tag;     /* NULL: any; else only traces carrying this tag (read along a tag index) */
 } store_trace_query;
 
 /* Commits, their latency, the queue, for /metrics (any time, loop thread). */
@@ -363,7 +370,12 @@ int store_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
 /* [{seq, at, cycle, kind, message, detail}] oldest first, after seq */
 int store_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
                            size_t errlen);
-/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until:
+/* Online metrics of a prompt's traces (of one version unless 0) with since <= ts < until
+ * (the same figures as a scan of those traces and their scores; the SQLite
+ * backend sums whole minutes from rollups kept in the transaction of each
+ * trace, verdict, feedback and score, and scans only the partial minutes at
+ * the edges; means are sums over counts, equal to the scan's to the last
+ * bits of rounding):
  * {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, latency_ms, cost, tokens,
  *  evaluators: {name: {n, passed, failures, errors, pass_rate, required}}} */
 int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
@@ -373,5 +385,14 @@ int store_prompt_metrics(store *s, const char *prompt, int64_t version, int64_t 
  * {evaluated, passed, pass_rate}} over the key's 50 most frequent values. */
 int store_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                                 const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+/* The same figures, without latency_ms, cost and tokens, for the buckets
+ * [since + i*step, since + (i+1)*step) up to until (the last one ends at
+ * until), at most STORE_SERIES_MAX of them, all read in one transaction:
+ * *points is [{since_ms, traces, evaluated, passed, failures, errors,
+ * negative, retries, pass_rate, evaluators}]. Buckets that start and end on
+ * whole minutes are read from the rollups alone. */
+#define STORE_SERIES_MAX 100
+int store_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
+                        int64_t step_ms, json_t **points, char *err, size_t errlen);
 
 #endif

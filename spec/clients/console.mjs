@@ -116,6 +116,26 @@ try {
   check((await p.textContent('#needs-a-look')).includes('Nothing'), 'nothing needs a look');
   // live: the overview polls while visible, with the ETag of each answer (304 when nothing changed)
   await p.waitForResponse((r) => r.url().endsWith('/v1/prompts') && r.status() === 304, { timeout: 15000 });
+  // nobody looks, no load: a hidden tab (simulated: the document says it is
+  // hidden and fires visibilitychange, as a browser does for a background
+  // tab) sends nothing for three poll periods; shown again, it polls at once
+  await p.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await p.waitForTimeout(1000); // a poll already under way finishes
+  let hiddenCalls = 0;
+  const count = (r) => { if (r.url().includes('/v1/')) hiddenCalls++; };
+  p.on('request', count);
+  await p.waitForTimeout(3 * 3000);
+  check(hiddenCalls === 0, `a hidden overview sends no request (${hiddenCalls} in 9 s)`);
+  const back = p.waitForRequest((r) => r.url().includes('/v1/'), { timeout: 2000 }).then(() => true, () => false);
+  await p.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'visible' });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  check(await back, 'shown again, the overview asks the engine at once');
+  p.off('request', count);
   await shot(p, 'overview');
 
   // ---- prompt ----
@@ -168,6 +188,9 @@ try {
   await p.locator('#traces a').first().click();
   await p.waitForSelector('#trace-output');
   check((await p.textContent('main')).includes('json_schema'), 'the trace shows its evaluator result');
+  // a judgement that failed says fail (not its status "ok", the evaluator having run)
+  const result = await p.locator('main table tr', { hasText: 'json_schema' }).locator('td').nth(1).textContent();
+  check(result === 'fail', `the failed evaluator result says fail: ${result}`);
   check(await p.locator('#add-to-dataset').count() === 1, 'an admin may add it to a dataset');
   await shot(p, 'trace');
   await p.click('#add-to-dataset');
@@ -187,8 +210,22 @@ try {
   const rows = await p.locator('#traces tr').count();
   check(rows > 1 && rows <= 51 && (await p.locator('#traces td.fail').count()) === rows - 1, 'traces json_schema failed, with "Print"');
   for (const out of await p.locator('#traces pre').allTextContents()) check(out.includes('Print'), 'each output says Print: ' + out);
+  // the tag filter: the demo's traffic tags each trace with its channel
   await p.goto(`${BASE_URL}/console/#/traces?prompt=${PROMPT}`);
   await p.waitForSelector('#traces a');
+  await p.fill('#trace-filters input[name="tag"]', 'channel:email');
+  await p.click('#trace-filters button[type="submit"]');
+  await p.waitForFunction(() => location.hash.includes('tag=channel%3Aemail'));
+  await p.waitForFunction(() => {
+    const cells = [...document.querySelectorAll('#traces td.tags')];
+    return cells.length > 1 && cells.every((c) => c.textContent === 'channel:email');
+  }).catch(() => {});
+  const tagged = await p.locator('#traces td.tags').allTextContents();
+  check(tagged.length > 1 && tagged.every((x) => x === 'channel:email'), `the tag filter keeps the email traces (${tagged.length}: ${[...new Set(tagged)].join(', ')})`);
+  await p.goto(`${BASE_URL}/console/#/traces?prompt=${PROMPT}`);
+  await p.waitForSelector('#traces a');
+  const both = new Set(await p.locator('#traces td.tags').allTextContents());
+  check(both.has('channel:email') && both.has('channel:chat'), 'unfiltered, both channels show');
   await shot(p, 'traces');
 
   // ---- datasets ----

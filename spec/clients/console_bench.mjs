@@ -15,6 +15,7 @@ const pages = [
   ['prompt', '#/prompt/bench', '#history tr td'],
   ['traces', '#/traces?prompt=bench', '#traces a'],
   ['traces-failed', '#/traces?prompt=bench&failed=true', '#traces a'],
+  ['traces-tag', '#/traces?prompt=bench&tag=vip', '#traces a'],
   ['trace', '#/trace/' + TRACE_ID, '#trace-output'],
   ['datasets', '#/datasets', '#datasets a'],
 ];

@@ -112,7 +112,11 @@ try {
   check(/%/.test(await card.locator('.pass-rate').textContent()), 'the overview shows a pass rate');
   await p.waitForFunction(() => window.Chart && window.Chart.getChart(document.querySelector('.spark canvas')));
   const spark = await p.evaluate(() => window.Chart.getChart(document.querySelector('.spark canvas')).data.datasets[0].data.filter((x) => x !== null));
-  check(spark.length >= 2 && Math.min(...spark) < 0.8 && Math.max(...spark) > 0.9, 'the sparkline shows the pass rate rising: ' + spark);
+  // rising: the last bucket well above the first (how high the last one is
+  // depends on how many of its traces came after the promotion: it read 0.88
+  // once, under a 0.9 bound this check used to have)
+  check(spark.length >= 2 && spark[0] < 0.8 && spark[spark.length - 1] >= spark[0] + 0.1,
+    'the sparkline shows the pass rate rising: ' + spark);
   check((await p.textContent('#needs-a-look')).includes('Nothing'), 'nothing needs a look');
   // live: the overview polls while visible, with the ETag of each answer (304 when nothing changed)
   await p.waitForResponse((r) => r.url().endsWith('/v1/prompts') && r.status() === 304, { timeout: 15000 });

@@ -138,6 +138,11 @@ typedef struct {
     uv_timer_t shutdown_timer;
     uv_timer_t watchdog_timer;
     uv_timer_t status_timer;   /* STATUS= for systemctl status, when it changes */
+    uv_timer_t orphan_timer;   /* several engines: the leader takes the runs of engines gone */
+    uv_timer_t retention_timer; /* store.retention_days: a batch of old traces deleted each tick */
+    store_write retention_write;
+    bool retention_busy;       /* that write is queued */
+    bool orphan_reading;       /* a claim of such runs is in the thread pool */
     char last_status[256];
     metrics_lag *lag;
     uv_timer_t debounce_timer;
@@ -252,6 +257,11 @@ static void begin_shutdown(engine *e, const char *why)
     sd_notify(0, "STOPPING=1");
     loop_drain(e->lp, NULL, NULL);       /* no new step of the loop starts */
     runner_drain(e->runner, NULL, NULL); /* runs stop starting jobs; they resume at the next start */
+    if (e->handles_ready)
+    {
+        uv_timer_stop(&e->orphan_timer); /* (several engines: the leader takes them once we are gone) */
+        uv_timer_stop(&e->retention_timer);
+    }
     script_vm_cancel_io(e->vm); /* scripts waiting on an LLM or HTTP call get "cancelled" and finish */
     llm_abort_all(e->llm, "the engine is stopping");
     api_gateway_stop(&e->api); /* gateway calls in flight: cancelled, answered 503 */
@@ -352,6 +362,13 @@ static void configure_io(engine *e)
  * values (the caller frees it). The rest needs a restart, and says so. */
 static void tell_scripts(engine *e);
 static void on_cluster(void *data, bool leadership, bool registry_changed);
+static void on_orphan_timer(uv_timer_t *t);
+static void on_retention_timer(uv_timer_t *t);
+/* store.retention_days: how often, and how many traces at most in one transaction */
+#define RETENTION_CHECK_MS 1000
+#define RETENTION_BATCH 1000
+/* how often a leader on a shared database looks for runs whose engine is gone */
+#define ORPHAN_CHECK_MS 1000
 
 static void apply_config(engine *e, config *n)
 {
@@ -952,6 +969,10 @@ static int start_handles(engine *e, char *err, size_t errlen)
     uv_timer_init(e->loop, &e->debounce_timer);
     uv_timer_init(e->loop, &e->watchdog_timer);
     uv_timer_init(e->loop, &e->status_timer);
+    uv_timer_init(e->loop, &e->orphan_timer);
+    e->orphan_timer.data = e;
+    uv_timer_init(e->loop, &e->retention_timer);
+    e->retention_timer.data = e;
     e->sigterm.data = e->sigint.data = e->sighup.data = e;
     e->shutdown_timer.data = e->debounce_timer.data = e->status_timer.data = e;
     e->handles_ready = true;
@@ -988,7 +1009,8 @@ static void undo_handles(engine *e)
     uv_handle_t *hs[] = {(uv_handle_t *)&e->sigterm,        (uv_handle_t *)&e->sigint,
                          (uv_handle_t *)&e->sighup,         (uv_handle_t *)&e->shutdown_timer,
                          (uv_handle_t *)&e->debounce_timer, (uv_handle_t *)&e->watchdog_timer,
-                         (uv_handle_t *)&e->status_timer};
+                         (uv_handle_t *)&e->status_timer,   (uv_handle_t *)&e->orphan_timer,
+                         (uv_handle_t *)&e->retention_timer};
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         close_handle(hs[i]);
     e->handles_ready = false;
@@ -1128,8 +1150,10 @@ static void begin_serving(engine *e)
     catalog_get_stats(e->cat, &cst);
     sd_notifyf(0, "READY=1\nSTATUS=listening on %s, data in %s, %zu evaluators, %zu prompts", e->addr,
                e->cfg.data_dir, cst.evaluators, e->cfg.nprompts);
-    /* traces acknowledged but not evaluated before the last stop */
-    for (size_t i = 0; i < e->cfg.nprompts; i++)
+    /* traces acknowledged but not evaluated before the last stop; with several engines the
+     * leader claims those of engines gone instead, each once (on_orphan_timer) */
+    bool shared = !strcmp(store_kind(e->store), "postgres");
+    for (size_t i = 0; i < e->cfg.nprompts && !shared; i++)
         if (online_has_prompt(e->online, e->cfg.prompts[i].name))
             online_reevaluate(e->online, e->cfg.prompts[i].name, 0, INT64_MAX, true);
     char err[1024];
@@ -1139,6 +1163,124 @@ static void begin_serving(engine *e)
     tell_scripts(e);
     store_on_cluster(e->store, on_cluster, e);
     loop_start(e->lp);
+    /* several engines: runs whose engine died are taken by the leader, at a takeover too */
+    if (e->handles_ready && shared)
+        uv_timer_start(&e->orphan_timer, on_orphan_timer, ORPHAN_CHECK_MS, ORPHAN_CHECK_MS);
+    if (e->handles_ready)
+        uv_timer_start(&e->retention_timer, on_retention_timer, RETENTION_CHECK_MS, RETENTION_CHECK_MS);
+}
+
+static void on_retention_done(store_write *w)
+{
+    engine *e = w->data;
+    if (w->status)
+        log_warn("store", "a batch of traces past store.retention_days could not be deleted; the next pass retries");
+    store_write_clear(w);
+    e->retention_busy = false;
+}
+
+/* store.retention_days: a batch of the oldest traces past it, deleted by the writer thread
+ * (one engine of several: the leader) while no batch is queued */
+static void on_retention_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    if (e->stopping || e->retention_busy || e->cfg.store.retention_days <= 0 || !store_leader(e->store))
+        return;
+    store_write *w = &e->retention_write;
+    memset(w, 0, sizeof *w);
+    store_delete_old_traces(w, now_ms() - (int64_t)e->cfg.store.retention_days * 86400000, RETENTION_BATCH);
+    w->done = on_retention_done;
+    w->data = e;
+    if (store_submit(e->store, w) != 0) {
+        store_write_clear(w);
+        return;
+    }
+    e->retention_busy = true;
+}
+
+typedef struct {
+    uv_work_t req;
+    engine *e;
+    json_t *runs;
+    char **prompts; /* with online evaluation: their unevaluated traces of engines gone */
+    size_t nprompts;
+    json_t *traces; /* [[id, prompt], ...] claimed */
+    int rc;
+    char err[256];
+} orphan_read;
+
+/* traces claimed per prompt and second: the online queue takes them in steps */
+#define ORPHAN_TRACES 500
+
+/* on a pool thread: claim the unfinished runs whose owner stopped beating (a compare-and-set
+ * in the store, so no other engine resumes them too) and read what they had done */
+static void orphan_work(uv_work_t *req)
+{
+    orphan_read *r = req->data;
+    json_t *ids = NULL;
+    r->rc = store_unfinished_runs(r->e->store, &ids, r->err, sizeof r->err);
+    if (!r->rc && json_array_size(ids))
+        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
+    json_decref(ids);
+    r->traces = json_array();
+    for (size_t i = 0; i < r->nprompts && !r->rc; i++) {
+        char **tids = NULL;
+        size_t n = 0;
+        r->rc = store_claim_unevaluated(r->e->store, r->prompts[i], ORPHAN_TRACES, &tids, &n, r->err, sizeof r->err);
+        for (size_t k = 0; k < n; k++) {
+            json_array_append_new(r->traces, json_pack("[s, s]", tids[k], r->prompts[i]));
+            free(tids[k]);
+        }
+        free(tids);
+    }
+}
+
+static void orphan_after(uv_work_t *req, int status)
+{
+    orphan_read *r = req->data;
+    engine *e = r->e;
+    e->cluster_reads--;
+    e->orphan_reading = false;
+    /* claimed: this engine runs them even if it no longer leads; if it is stopping they stay
+     * its own, and the leader takes them once its heartbeat stops */
+    if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping)
+        runner_resume_apply(e->runner, r->runs);
+    else if (status == 0 && r->rc)
+        log_error("runs", "cannot take over the runs or traces of engines gone: %s", r->err);
+    size_t i;
+    json_t *t;
+    /* claimed traces are this engine's to evaluate (a stopping engine leaves them to the next) */
+    json_array_foreach(r->traces, i, t)
+        if (e->online && !e->stopping)
+            online_enqueue(e->online, json_string_value(json_array_get(t, 0)), json_string_value(json_array_get(t, 1)));
+    if (json_array_size(r->traces))
+        log_info("online", "evaluating %zu traces that engines gone left unevaluated", json_array_size(r->traces));
+    for (size_t k = 0; k < r->nprompts; k++)
+        free(r->prompts[k]);
+    free(r->prompts);
+    json_decref(r->traces);
+    json_decref(r->runs);
+    free(r);
+}
+
+static void on_orphan_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    if (e->stopping || e->orphan_reading || !store_leader(e->store))
+        return;
+    orphan_read *r = xcalloc(1, sizeof *r);
+    r->e = e;
+    r->req.data = r;
+    /* claim no more traces while the online queue still has many */
+    if (e->online && online_backlog(e->online) < ORPHAN_TRACES) {
+        r->prompts = xcalloc(e->cfg.nprompts ? e->cfg.nprompts : 1, sizeof *r->prompts);
+        for (size_t i = 0; i < e->cfg.nprompts; i++)
+            if (online_has_prompt(e->online, e->cfg.prompts[i].name))
+                r->prompts[r->nprompts++] = xstrdup(e->cfg.prompts[i].name);
+    }
+    e->orphan_reading = true;
+    e->cluster_reads++;
+    uv_queue_work(e->loop, &r->req, orphan_work, orphan_after);
 }
 
 /* ---- several engines on one database (docs/scale-out.md) ---- */

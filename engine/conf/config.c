@@ -85,6 +85,7 @@ static const setting store_settings[] = {
     {"kind", T_STRING, STOFF(kind), 0, 0, NULL},
     {"dsn", T_STRING, STOFF(dsn), 0, 0, NULL},
     {"read_pool", T_INT, STOFF(read_pool), 1, 64, NULL},
+    {"retention_days", T_INT, STOFF(retention_days), 1, 36500, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 

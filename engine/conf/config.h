@@ -101,6 +101,7 @@ typedef struct {
     char *kind;          /* NULL or "sqlite", or "postgres" */
     char *dsn;           /* postgres: libpq connection string (may hold a password: never logged) */
     int read_pool;       /* postgres: read connections kept open */
+    int retention_days;  /* 0: keep traces forever; else delete those older (docs/scale-out.md) */
 } config_store;
 
 typedef struct {

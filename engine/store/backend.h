@@ -71,6 +71,9 @@ typedef struct store_backend {
     int (*get_run)(store *s, const char *id, json_t **run, char *err, size_t errlen);
     int (*list_runs)(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
     int (*unfinished_runs)(store *s, json_t **ids, char *err, size_t errlen);
+    /* NULL: one engine per store (SQLite), which re-queues its backlog at start */
+    int (*claim_unevaluated)(store *s, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                             size_t errlen);
     int (*run_cases)(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
     int (*run_result_keys)(store *s, const char *run_id, json_t **rows, char *err, size_t errlen);
     int (*run_results)(store *s, const char *run_id, const int64_t *case_idx, size_t ncase, int64_t after_idx,

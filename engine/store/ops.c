@@ -190,6 +190,23 @@ void store_put_loop_state(store_write *w, const store_loop_state *ls)
            ls->step_started, ls->canary_started, ls->last_cycle_at, ls->updated_at, ls->detail);
 }
 
+void store_delete_old_traces(store_write *w, int64_t before_ms, int64_t limit)
+{
+    /* the same batch in each statement: the writer runs them in one transaction */
+    static const char scores[] = "DELETE FROM scores WHERE trace_id IN "
+                                 "(SELECT id FROM traces WHERE ts < ?1 ORDER BY ts, seq LIMIT ?2)";
+    static const char feedback[] = "DELETE FROM feedback WHERE trace_id IN "
+                                   "(SELECT id FROM traces WHERE ts < ?1 ORDER BY ts, seq LIMIT ?2)";
+    static const char traces[] = "DELETE FROM traces WHERE seq IN "
+                                 "(SELECT seq FROM traces WHERE ts < ?1 ORDER BY ts, seq LIMIT ?2)";
+    static const char parts[] = "DELETE FROM trace_parts WHERE id IN "
+                                "(SELECT id FROM trace_parts WHERE ts < ?1 ORDER BY ts LIMIT ?2)";
+    op_add(w, scores, "ii", before_ms, limit);
+    op_add(w, feedback, "ii", before_ms, limit);
+    op_add(w, traces, "ii", before_ms, limit);
+    op_add(w, parts, "ii", before_ms, limit);
+}
+
 void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
                           const char *detail_json, int64_t ts_ms)
 {

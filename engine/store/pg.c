@@ -278,6 +278,18 @@ static const char *const migrations[] = {
     "  body TEXT NOT NULL"
     ");"
     "CREATE INDEX trace_parts_by_ts ON trace_parts(ts);",
+
+    /* 5: the engine that executes a run (ratchet_engines.id): the writer's session says who
+     * it is (ratchet.engine, set at connect), so the shared INSERT of a run records it; runs
+     * from before stay NULL, i.e. owned by no live engine (docs/scale-out.md, "Runs") */
+    "ALTER TABLE runs ADD COLUMN owner TEXT;"
+    "ALTER TABLE runs ALTER COLUMN owner SET DEFAULT current_setting('ratchet.engine', true);",
+
+    /* 6: the engine that evaluates a trace online (the one that took it, or the leader that
+     * claimed it after that one was gone); traces from before: NULL, claimed once */
+    "ALTER TABLE traces ADD COLUMN engine TEXT;"
+    "ALTER TABLE traces ALTER COLUMN engine SET DEFAULT current_setting('ratchet.engine', true);"
+    "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
@@ -291,7 +303,7 @@ static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
 /* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
-static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
+static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, size_t errlen)
 {
     /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
      * network that stops acknowledging, fail in bounded time instead of holding a thread */
@@ -309,7 +321,46 @@ static PGconn *connect_db(const char *dsn, char *err, size_t errlen)
     char ignored[128];
     /* an ack waits for the WAL flush (the server's default, made sure of here) */
     pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
+    /* who this session writes for: the default of runs.owner */
+    const char *p[1] = {engine_id};
+    PQclear(PQexecParams(c, "SELECT set_config('ratchet.engine', $1, false)", 1, NULL, p, NULL, NULL, 0));
     return c;
+}
+
+/* Deletes an engine's heartbeat, so what it owned (runs, traces to evaluate) is the leader's
+ * to claim at once rather than after ENGINE_STALE_MS. */
+static void forget_engine(PGconn *c, const char *id)
+{
+    const char *p[1] = {id};
+    PQclear(PQexecParams(c, "DELETE FROM ratchet_engines WHERE id = $1", 1, NULL, p, NULL, NULL, 0));
+}
+
+/* The engine id the last process on this data directory had (the caller holds the directory's
+ * lock, so that process is gone): its heartbeat is forgotten at once. Then this one's is kept. */
+static void take_over_predecessor(pg_store *s, const char *dir)
+{
+    if (!dir)
+        return;
+    char path[4096], tmp[4200], prev[96] = "";
+    snprintf(path, sizeof path, "%s/pg_engine_id", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fgets(prev, sizeof prev, f))
+            prev[strcspn(prev, "\n")] = 0;
+        fclose(f);
+    }
+    if (prev[0])
+        forget_engine(s->wconn, prev);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (!f)
+        return;
+    bool ok = fprintf(f, "%s\n", s->engine_id) > 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        log_warn("store", "cannot keep this engine's id in %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
 }
 
 static int migrate(PGconn *c, char *err, size_t errlen)
@@ -359,8 +410,13 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->max_pending = (size_t)o->max_pending;
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    s->started_ms = now_ms();
+    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
+             (unsigned long long)(mono_ns() & 0xffffff));
     /* at start, before the engine serves: the one blocking connect on the loop thread */
-    s->wconn = connect_db(s->dsn, err, errlen);
+    s->wconn = connect_db(s->dsn, s->engine_id, err, errlen);
     if (!s->wconn || migrate(s->wconn, err, errlen) != 0) {
         if (s->wconn) {
             char why[512];
@@ -372,19 +428,15 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
         free(s);
         return -1;
     }
+    take_over_predecessor(s, o->dir);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->idle_cond, NULL);
     pthread_mutex_init(&s->read_mu, NULL);
     s->healthy = true;
-    char host[64] = "";
-    gethostname(host, sizeof host - 1);
-    s->started_ms = now_ms();
-    snprintf(s->engine_id, sizeof s->engine_id, "%s:%d:%llx", host, (int)getpid(),
-             (unsigned long long)(mono_ns() & 0xffffff));
     /* the coordinator's session: the first try for the lock and the first heartbeat happen
      * here, at start, so one engine alone leads from its first tick */
-    s->cconn = connect_db(s->dsn, err, errlen);
+    s->cconn = connect_db(s->dsn, s->engine_id, err, errlen);
     if (!s->cconn || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         PQfinish(s->cconn);
         PQfinish(s->wconn);
@@ -557,7 +609,7 @@ static void coord_beat(pg_store *s)
     if (!s->cconn || PQstatus(s->cconn) != CONNECTION_OK) {
         lose_leadership(s, "its database session was lost");
         PQfinish(s->cconn);
-        s->cconn = connect_db(s->dsn, err, sizeof err);
+        s->cconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (!s->cconn)
             return;
     }
@@ -723,6 +775,9 @@ static void pg_close(store *base)
     close(s->wake[0]);
     close(s->wake[1]);
     drain_done(s);
+    /* every write of this engine is committed: what it leaves unfinished is the leader's now */
+    if (s->wconn && PQstatus(s->wconn) == CONNECTION_OK)
+        forget_engine(s->wconn, s->engine_id);
     PQfinish(s->wconn);
     for (int i = 0; i < s->read_free; i++)
         PQfinish(s->read_pool[i]);
@@ -1246,7 +1301,7 @@ static bool reconnect(pg_store *s)
         char err[256];
         PQfinish(s->wconn);
         s->prepared = false;
-        s->wconn = connect_db(s->dsn, err, sizeof err);
+        s->wconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (s->wconn) {
             pthread_mutex_lock(&s->mu);
             s->reconnects++;
@@ -1431,7 +1486,7 @@ PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
     if (c && PQstatus(c) == CONNECTION_OK)
         return c;
     PQfinish(c);
-    return connect_db(s->dsn, err, errlen);
+    return connect_db(s->dsn, s->engine_id, err, errlen);
 }
 
 void pg_read_release(pg_store *s, PGconn *c)
@@ -1445,6 +1500,54 @@ void pg_read_release(pg_store *s, PGconn *c)
         pthread_mutex_unlock(&s->read_mu);
     }
     PQfinish(c);
+}
+
+/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS, or none
+ * recorded), claimed for this engine in one statement: the row lock makes it a compare-and-set,
+ * an engine that waits on another's claim re-checks the row and finds its new owner alive. */
+int pg_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    *ids = json_array();
+    if (pg_read_begin(s,
+                      "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
+                      "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
+                      "WHERE e.id = runs.owner AND e.last_seen >= ?2))) RETURNING id, created_at) "
+                      "SELECT id FROM claimed ORDER BY created_at, id",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, s->engine_id);
+    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(*ids, pgq_col_text(q, 0));
+    return pg_read_end(s, q, rc, err, errlen);
+}
+
+/* The same for online evaluation: unevaluated traces of a prompt whose engine is gone. */
+static int pg_claim_unevaluated(store *base, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                                size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    if (pg_read_begin(s,
+                      "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
+                      "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                      "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= ?2))) ORDER BY t.seq LIMIT ?4) "
+                      "AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                      "ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= ?2))) RETURNING id",
+                      &q, err, errlen))
+        return -1;
+    pgq_text(q, 1, s->engine_id);
+    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_text(q, 3, prompt);
+    pgq_int(q, 4, limit);
+    *ids = xcalloc((size_t)(limit > 0 ? limit : 1), sizeof **ids);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW && *n < (size_t)limit)
+        (*ids)[(*n)++] = xstrdup(pgq_col(q, 0));
+    return pg_read_end(s, q, rc, err, errlen);
 }
 
 int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
@@ -1821,6 +1924,7 @@ static const store_backend pg_backend = {
     .get_run = pg_get_run,
     .list_runs = pg_list_runs,
     .unfinished_runs = pg_unfinished_runs,
+    .claim_unevaluated = pg_claim_unevaluated,
     .run_cases = pg_run_cases,
     .run_result_keys = pg_run_result_keys,
     .run_results = pg_run_results,

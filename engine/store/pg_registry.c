@@ -340,19 +340,6 @@ int pg_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *e
     return pg_read_end(PG(s), q, rc, err, errlen);
 }
 
-int pg_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen)
-{
-    pgq *q;
-    *ids = json_array();
-    if (pg_read_begin(PG(s), "SELECT id FROM runs WHERE state IN ('preparing', 'running') ORDER BY created_at", &q,
-                      err, errlen))
-        return -1;
-    int rc;
-    while ((rc = pgq_step(q)) == PGQ_ROW)
-        json_array_append_new(*ids, pgq_col_text(q, 0));
-    return pg_read_end(PG(s), q, rc, err, errlen);
-}
-
 int pg_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen)
 {
     pgq *q;

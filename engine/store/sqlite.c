@@ -409,6 +409,11 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (tag, tag_prompt, tag_ts, tag_seq)"
     ") STRICT, WITHOUT ROWID;"
     "CREATE INDEX trace_tags_by_ts ON trace_tags(tag, tag_ts, tag_seq);",
+
+    /* 9: a trace's tags go with it (store.retention_days deletes traces) */
+    "CREATE INDEX trace_tags_by_seq ON trace_tags(tag_seq);"
+    "CREATE TRIGGER trace_tags_delete AFTER DELETE ON traces BEGIN "
+    "DELETE FROM trace_tags WHERE tag_seq = OLD.seq; END;",
 #undef TRACE_MINUTE
 #undef SAME_MINUTE
 #undef SCORE_MINUTE

@@ -179,6 +179,14 @@ int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen)
     return s->be->unfinished_runs(s, ids, err, errlen);
 }
 
+int store_claim_unevaluated(store *s, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                            size_t errlen)
+{
+    *ids = NULL;
+    *n = 0;
+    return s->be->claim_unevaluated ? s->be->claim_unevaluated(s, prompt, limit, ids, n, err, errlen) : 0;
+}
+
 int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen)
 {
     return s->be->run_cases(s, run_id, form, cases, err, errlen);

@@ -333,8 +333,15 @@ int store_cache_get(store *s, char *const *keys, size_t n, char **results, char 
 int store_get_run(store *s, const char *id, json_t **run, char *err, size_t errlen);
 /* Runs, newest first, of one prompt when given; states only (no reports). */
 int store_list_runs(store *s, const char *prompt, int limit, json_t **runs, char *err, size_t errlen);
-/* Ids of the runs in a state (preparing, running) for resuming at start. */
+/* Ids of the runs in a state (preparing, running) for this engine to resume: on SQLite all of
+ * them (one engine); on PostgreSQL those whose owner engine is gone (no heartbeat for 15 s) or
+ * unknown, claimed for this engine by a compare-and-set on runs.owner (docs/scale-out.md). */
 int store_unfinished_runs(store *s, json_t **ids, char *err, size_t errlen);
+/* Several engines (PostgreSQL): up to limit ids of a prompt's unevaluated traces whose
+ * ingesting engine is gone (no heartbeat for 15 s) or unknown, claimed for this engine so no
+ * other evaluates them too (free each and the array). None on SQLite (one engine). */
+int store_claim_unevaluated(store *s, const char *prompt, int limit, char ***ids, size_t *n, char *err,
+                            size_t errlen);
 /* A run's cases in order (with STORE_CASE_IDS, their indexes). */
 int store_run_cases(store *s, const char *run_id, store_case_form form, json_t **cases, char *err, size_t errlen);
 /* Every result of a run, compact: [[case_idx, version, sample, status, cached], ...] */
@@ -353,6 +360,9 @@ typedef struct {
     const char *detail; /* JSON or NULL */
 } store_loop_state;
 void store_put_loop_state(store_write *w, const store_loop_state *ls);
+/* Deletes up to limit traces with ts < before_ms, oldest first, with their scores and
+ * feedback, and the trace parts older than before_ms (retention, docs/scale-out.md). */
+void store_delete_old_traces(store_write *w, int64_t before_ms, int64_t limit);
 void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
                           const char *detail_json, int64_t ts_ms);
 /* {prompt: {state, cycle, run_id, version, step, step_started, canary_started, last_cycle_at, updated_at, detail}} */

@@ -260,7 +260,7 @@ describe("metrics from the per-minute rollups", function()
     local db = engine.shell_quote(e.data .. "/ratchet.db")
     local drop = "DROP TABLE trace_minutes; DROP TABLE score_minutes; DROP TABLE trace_tags; PRAGMA user_version = 6;"
     for _, t in ipairs { "trace_minutes_counts", "trace_minutes_moved", "trace_minutes_delete", "score_minutes_update",
-      "score_minutes_delete", "score_minutes_trace_moved", "score_minutes_trace_delete" } do
+      "score_minutes_delete", "score_minutes_trace_moved", "score_minutes_trace_delete", "trace_tags_delete" } do
       drop = "DROP TRIGGER " .. t .. "; " .. drop
     end
     assert.is_true(os.execute("sqlite3 " .. db .. " " .. engine.shell_quote(drop)))

@@ -1,0 +1,180 @@
+-- Runs on several engines sharing one PostgreSQL database are done once (docs/scale-out.md,
+-- "Runs"): a run belongs to the engine that executes it (runs.owner, the id of its heartbeat
+-- in ratchet_engines); the leader resumes only the runs whose owner stopped beating, claiming
+-- them with a compare-and-set. Counted on the fake LLM: every call of the run's jobs.
+-- #heavy: it runs once, in `make test`, on PostgreSQL.
+local engine = require "spec.helpers.engine"
+local fake_llm = require "spec.helpers.fake_llm"
+
+local MODEL = engine.read_file("demo/model.lua")
+local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+local NCASES = 7 -- demo/golden.jsonl
+local JOBS = NCASES * 2 -- baseline and one candidate, k = 1
+
+local function config(fake)
+  return string.format([[
+scripts = { dirs = { %q } }
+provider "fake" {
+  kind = "openai", base_url = %q, default_model = "target",
+  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
+}
+prompt "tickets" {
+  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
+}
+]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json")
+end
+
+local function version(system)
+  return { messages = { { role = "system", content = system }, { role = "user", content = "Ticket: {{ticket}}" } },
+           model = { provider = "fake", model = "target" } }
+end
+
+local function setup(e)
+  assert.equal(201, e:post("/v1/prompts", { name = "tickets" }).status)
+  assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1)).status)
+  assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
+  assert.equal(200, e:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
+    { content_type = "application/x-ndjson" }).status)
+end
+
+local function start_run(e)
+  -- no output cache: a job done twice calls the model twice
+  local r = e:post("/v1/runs", { prompt = "tickets", baseline = 1, candidates = { 2 }, dataset = "golden",
+                                 concurrency = 1, cache = false })
+  assert.equal(201, r.status, r.body)
+  return r.json.id
+end
+
+local function results(e, id) return #e:get("/v1/runs/" .. id .. "/results?limit=1000").json.items end
+
+local function finished(e, id, seconds)
+  return engine.eventually(seconds, function()
+    local g = e:get("/v1/runs/" .. id)
+    if g.status == 200 and g.json.state ~= "running" and g.json.state ~= "preparing" then return g.json end
+  end)
+end
+
+local function store_of(e) return e:get("/v1/status").json.store end
+
+describe("runs on engines sharing a database #heavy", function()
+  local fake, e1, e2
+  before_each(function() fake = fake_llm.start { model = MODEL } end)
+  after_each(function()
+    if e1 and not e1.gone then e1:stop() end
+    if e2 and not e2.gone then e2:stop() end
+    e1, e2 = nil, nil
+    fake:stop()
+  end)
+
+  it("are finished by the leader, once, when the follower running them is killed", function()
+    local cfg = config(fake)
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    assert.equal("leader", store_of(e1).role)
+    setup(e1)
+    assert.truthy(engine.eventually(5, function() return e2:get("/v1/datasets/golden").status == 200 end))
+    fake:faults { { delay_ms = 150, times = 1000 } }
+    local before = fake:stats().requests
+    local id = start_run(e2) -- on the follower, through the API
+    assert.truthy(engine.eventually(20, function() return results(e2, id) >= 3 end))
+    e2:kill9()
+    e2.gone = true
+    local done = finished(e1, id, 60)
+    assert(done, "the leader did not finish the run of the killed follower:\n" .. e1:log_text())
+    assert.equal("finished", done.state)
+    assert.matches("run " .. id .. ": resumed", e1:log_text(), 1, true)
+    assert.equal(JOBS, results(e1, id))
+    -- each job's call made once; a call in flight when the follower died may be made again
+    local calls = fake:stats().requests - before
+    assert.is_true(calls >= JOBS and calls <= JOBS + 2, calls .. " calls for " .. JOBS .. " jobs")
+  end)
+
+  it("are not run again by a leader that restarts while their follower lives", function()
+    local cfg = config(fake)
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    setup(e1)
+    assert.truthy(engine.eventually(5, function() return e2:get("/v1/datasets/golden").status == 200 end))
+    fake:faults { { delay_ms = 150, times = 1000 } }
+    local before = fake:stats().requests
+    local id = start_run(e2)
+    assert.truthy(engine.eventually(20, function() return results(e2, id) >= 2 end))
+    -- the follower pauses (a live engine: its heartbeat is seconds old, well inside the bound)
+    -- so that the restarted engine starts as the leader, the case that used to resume every run
+    e2:signal("STOP")
+    local dsn = e1.dsn
+    e1:stop()
+    e1 = engine.start { store = "postgres", dsn = dsn, config = cfg }
+    local role = store_of(e1).role
+    e2:signal("CONT")
+    assert.equal("leader", role)
+    local done = finished(e2, id, 60)
+    assert(done, "the run did not finish on its engine")
+    assert.equal("finished", done.state)
+    assert.equal(JOBS, results(e2, id))
+    assert.equal(JOBS, fake:stats().requests - before)
+    assert.is_nil(e1:log_text():find("run " .. id .. ": resumed", 1, true), e1:log_text())
+  end)
+end)
+
+-- Online evaluation of the traces left unevaluated: with several engines the leader claims
+-- those whose ingesting engine is gone (traces.engine), each once; no engine re-queues the
+-- whole backlog at its start. Counted on the fake LLM: one llm_judge call per trace.
+local JUDGE = [[
+return function(req, api)
+  return '{"pass": true, "score": 0.9, "reason": "fine"}'
+end
+]]
+
+local function judged_config(fake, judged)
+  return string.format([[
+scripts = { dirs = { %q } }
+provider "fake" { kind = "openai", base_url = "http://%s/v1", default_model = "judge", max_retries = 0, timeout_ms = 20000 }
+prompt "support" { evaluators = { %s } }
+]], engine.root, fake.addr, judged and '{ "llm_judge", options = { rubric = "the reply is polite" } }' or "")
+end
+
+describe("online evaluation on engines sharing a database #heavy", function()
+  it("evaluates the backlog an engine gone left once, with two engines starting together", function()
+    local fake = fake_llm.start { model = JUDGE }
+    -- an engine without the evaluator takes 10 traces and is killed: a backlog of 10
+    local a = engine.start { store = "postgres", config = judged_config(fake, false) }
+    local dsn = a.dsn
+    local batch = {}
+    for i = 1, 10 do
+      batch[i] = { id = "b-" .. i, prompt = { name = "support" }, input = { variables = { q = "hi" } }, output = "ok " .. i }
+    end
+    assert.equal(200, a:post("/v1/traces", batch).status)
+    a:kill9()
+    -- two engines with the judge start together; the judge is slow, so a second evaluation
+    -- of a trace would start while the first is under way
+    fake:faults { { delay_ms = 300, times = 1000 } }
+    local cfg = judged_config(fake, true)
+    local e1 = engine.start { store = "postgres", dsn = dsn, config = cfg }
+    local e2 = engine.start { store = "postgres", dsn = dsn, config = cfg }
+    local all = engine.eventually(60, function()
+      for i = 1, 10 do
+        local r = e2:get("/v1/traces/b-" .. i)
+        if r.status ~= 200 or r.json.verdict == "unevaluated" then return false end
+      end
+      return true
+    end)
+    assert(all, "the backlog was not evaluated:\n" .. e1:log_text())
+    -- both engines idle: an evaluation queued a second time would have made its call by now
+    assert.truthy(engine.eventually(20, function()
+      for _, e in ipairs { e1, e2 } do
+        local o = e:get("/v1/status").json.evaluation
+        if o.backlog ~= 0 or o.running ~= 0 then return false end
+      end
+      return true
+    end))
+    local evaluated = e1:get("/v1/status").json.evaluation.evaluated + e2:get("/v1/status").json.evaluation.evaluated
+    assert.equal(10, evaluated)
+    local calls = e1:get("/v1/llm/calls?caller_kind=evaluator&limit=100").json.items
+    assert.equal(10, #calls)
+    assert.equal(10, fake:stats().requests)
+    e1:stop()
+    e2:stop()
+    fake:stop()
+  end)
+end)

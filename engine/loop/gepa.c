@@ -150,6 +150,18 @@ static void on_cache_put(store_write *w)
     settle(g);
 }
 
+struct job;
+static void on_target(gepa *g, json_t *result, const char *err_kind, const char *err, void *ud);
+static void job_end(struct job *j, json_t *result);
+
+/* A call whose answer is not delivered (the search is stopping) still ends
+ * what it carried: a run call's job holds the member and its trees. */
+static void drop_call(gcall *c)
+{
+    if (c->cb == on_target && c->ud)
+        job_end(c->ud, NULL);
+}
+
 static void unlink_call(gcall *c)
 {
     if (c->prev)
@@ -191,6 +203,8 @@ static void on_call(llm_call *call, json_t *result, const char *err_kind, const 
     }
     if (!g->draining)
         c->cb(g, result, err_kind, err, c->ud);
+    else
+        drop_call(c);
     json_decref(c->req);
     free(c);
     g->inflight--;
@@ -232,6 +246,7 @@ static void cache_after(uv_work_t *w, int status)
     c->hit = NULL;
     if (g->draining) {
         json_decref(res);
+        drop_call(c);
         json_decref(c->req);
         free(c);
     } else if (json_is_object(res)) {

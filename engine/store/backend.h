@@ -35,6 +35,7 @@ void store_ops_free(store_op *op);
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres" */
     bool shared;      /* several engines may use it at once */
+    bool upkeep;      /* store_delete_old_traces is wanted without a retention too */
     void (*metrics)(store *s, buf_t *b);
     void (*flush)(store *s);
     void (*close)(store *s);

@@ -331,15 +331,13 @@ static const char *const migrations[] = {
     "DROP TABLE traces_unpartitioned;"
     "ALTER TABLE traces_partitioned RENAME TO traces;"
     "ALTER SEQUENCE traces_seq_seq OWNED BY traces.seq;"
-    "CREATE INDEX traces_by_id ON traces(id);"
     "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
     "CREATE INDEX traces_by_ts ON traces(ts, seq);"
     "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
     "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
     "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
 };
-/* A trace by id, pruned to its day's partition through the id table (the id's ts). */
-#define BY_ID(id) "id = " id " AND ts = (SELECT ts FROM trace_ids WHERE id = " id ")"
+
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
 #define MIGRATION_LOCK 0x72617463 /* "ratc" */

@@ -187,10 +187,20 @@ void pg_parts_for_batch(pg_parts *p, PGconn *c, const int64_t *ts, size_t n, int
     int64_t first, last;
     window(p, now, &first, &last);
     int made = 0;
+    bool fresh = false;
     for (size_t i = 0; i < n && made < CREATE_PER_BATCH; i++) {
         int64_t d = day_of(ts[i]);
         if (d < first || d > last || has_day(p, d))
             continue;
+        /* another engine (the leader, ahead) may have made it: read the catalog once before
+         * taking the table's lock */
+        if (!fresh) {
+            fresh = true;
+            if (reload(p, c, err, sizeof err))
+                break;
+            if (has_day(p, d))
+                continue;
+        }
         made++;
         if (create_day(p, c, d, err, sizeof err)) {
             log_warn("store", "cannot create the partition of traces for day %lld: %s; its traces go to "

@@ -92,6 +92,11 @@ int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t sinc
 int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                              const json_t *slice_keys, json_t **out, char *err, size_t errlen);
 
+/* A condition on traces selecting one trace by id, e.g. "WHERE " BY_ID("?1"): the id's ts from
+ * the id table prunes the scan to its day's partition at run time. traces has no index on id
+ * (one less index per insert): a bare "id = ?" reads every partition. */
+#define BY_ID(id) "id = " id " AND ts = (SELECT ts FROM trace_ids WHERE id = " id ")"
+
 /* ---- the daily partitions of traces (pg_partitions.c; docs/scale-out.md) ---- */
 #define PG_PARTS_AHEAD_DAYS 3   /* partitions made ahead of today by the leader */
 #define PG_PARTS_PAST_DAYS 366  /* without store.retention_days: days back a trace still gets its day's */

@@ -18,8 +18,11 @@
 /* partitions made on demand per batch at most: a batch with traces of many days puts the
  * others in the default partition (moved out when their day gets its partition) */
 #define CREATE_PER_BATCH 4
-/* DDL takes the parent's lock: wait this long at most, and leave it for the next try */
+/* DDL takes the parent's lock: wait this long at most (every engine's inserts queue behind the
+ * wait), and after a failure try no DDL for DDL_BACKOFF_MS (a long read holding the table would
+ * otherwise cost every batch that wait) */
 #define DDL_LOCK_TIMEOUT "200ms"
+#define DDL_BACKOFF_MS 10000
 
 static int64_t day_of(int64_t ts_ms)
 {
@@ -121,7 +124,7 @@ static int ddl_end(PGconn *c, int rc, char *err, size_t errlen)
 
 /* Creates the partition of one day in its own transaction; the rows of that day the default
  * partition holds (traces that came while it was missing) move into it. */
-static int create_day(pg_parts *p, PGconn *c, int64_t day, char *err, size_t errlen)
+static int create_day(pg_parts *p, PGconn *c, int64_t day, int64_t now, char *err, size_t errlen)
 {
     char name[64], sql[1024];
     part_name(day, name, sizeof name);
@@ -139,6 +142,8 @@ static int create_day(pg_parts *p, PGconn *c, int64_t day, char *err, size_t err
         rc = pg_exec(c, sql, err, errlen);
     }
     rc = ddl_end(c, rc, err, errlen);
+    if (rc)
+        p->ddl_after = now + DDL_BACKOFF_MS;
     pthread_mutex_lock(&p->mu);
     if (rc)
         p->create_failures++;
@@ -184,6 +189,8 @@ void pg_parts_for_batch(pg_parts *p, PGconn *c, const int64_t *ts, size_t n, int
         log_warn("store", "cannot read the partitions of traces: %s", err);
         return;
     }
+    if (now < p->ddl_after)
+        return;
     int64_t first, last;
     window(p, now, &first, &last);
     int made = 0;
@@ -202,7 +209,7 @@ void pg_parts_for_batch(pg_parts *p, PGconn *c, const int64_t *ts, size_t n, int
                 continue;
         }
         made++;
-        if (create_day(p, c, d, err, sizeof err)) {
+        if (create_day(p, c, d, now, err, sizeof err)) {
             log_warn("store", "cannot create the partition of traces for day %lld: %s; its traces go to "
                               "traces_default for now", (long long)d, err);
             break;
@@ -216,12 +223,14 @@ int pg_parts_upkeep(pg_parts *p, PGconn *c, int64_t now, int64_t before_ms, char
 {
     if (reload(p, c, err, errlen))
         return -1;
+    if (now < p->ddl_after)
+        return 0;
     /* the days ahead, and yesterday's for traces of its last moments */
     int64_t today = day_of(now);
     for (int64_t d = today - 1; d <= today + PG_PARTS_AHEAD_DAYS; d++) {
         if (has_day(p, d))
             continue;
-        if (create_day(p, c, d, err, errlen))
+        if (create_day(p, c, d, now, err, errlen))
             return -1;
         log_info("store", "created the partition of traces for day %lld", (long long)d);
     }
@@ -235,8 +244,10 @@ int pg_parts_upkeep(pg_parts *p, PGconn *c, int64_t now, int64_t before_ms, char
             int rc = ddl_begin(c, err, errlen);
             if (!rc)
                 rc = pg_exec(c, sql, err, errlen);
-            if (ddl_end(c, rc, err, errlen))
+            if (ddl_end(c, rc, err, errlen)) {
+                p->ddl_after = now + DDL_BACKOFF_MS;
                 return -1;
+            }
             pthread_mutex_lock(&p->mu);
             p->dropped++;
             pthread_mutex_unlock(&p->mu);

@@ -107,6 +107,7 @@ typedef struct {
     size_t n, cap;
     bool loaded;
     int retention_days;     /* 0: none */
+    int64_t ddl_after;      /* no DDL before (ms): a create or drop failed */
     /* for status and metrics, under mu */
     pthread_mutex_t mu;
     int64_t count, oldest, newest; /* INT64_MIN: none */

@@ -137,6 +137,26 @@ describe("traces partitioned by day on PostgreSQL #heavy", function()
     local day15 = os.date("!%Y%m%d", os.time() - 15 * 86400)
     assert.equal("d15\nd15b", e:sql("SELECT id FROM traces_p" .. day15 .. " ORDER BY id"))
     for d = 11, 16 do assert.equal(200, e:get("/v1/traces/d" .. d).status) end
+
+    -- a read holding the table (here a lock for 4 s) makes the partition's create wait 200 ms
+    -- and give up: the batch's traces go to the default partition, acknowledged all the same,
+    -- and the engine tries no other create for 10 s (one wait, not one per batch)
+    local c = pg.start()
+    os.execute(string.format("%s -h %s -p %d -U postgres -d %s -Atqc %s >/dev/null 2>&1 &",
+      c.bin .. "/psql", c.dir, c.port, dsn:match("dbname=(%S+)"),
+      "'BEGIN; LOCK TABLE traces IN ACCESS SHARE MODE; SELECT pg_sleep(4); COMMIT'"))
+    assert.truthy(engine.eventually(5, function()
+      return e:sql("SELECT count(*) FROM pg_locks l JOIN pg_class r ON r.oid = l.relation "
+        .. "WHERE r.relname = 'traces' AND l.mode = 'AccessShareLock' AND l.pid <> pg_backend_pid()") ~= "0"
+    end))
+    r = e:post("/v1/traces", { engine.trace { id = "locked-1", timestamp = iso(5) } })
+    assert.equal(200, r.status, r.body)
+    assert.equal("accepted", r.json.items[1].status)
+    r = e:post("/v1/traces", { engine.trace { id = "locked-2", timestamp = iso(6) } })
+    assert.equal(200, r.status, r.body)
+    assert.equal(1, e:get("/v1/status").json.store.trace_partitions.create_failures)
+    assert.equal("locked-1\nlocked-2", e:sql("SELECT id FROM traces_default WHERE id LIKE 'locked%' ORDER BY id"))
+    assert.equal(200, e:get("/v1/traces/locked-2").status)
     e:stop()
   end)
 end)

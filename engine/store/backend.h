@@ -31,6 +31,15 @@ struct store_op {
 void op_add(store_write *w, const char *sql, const char *types, ...);
 void store_ops_free(store_op *op);
 
+/* What each backend's submit does first and, when its queue refuses the
+ * write, undoes: the write's result arrays allocated, its status cleared.
+ * Returns the write's items (what limits.max_pending_writes counts). */
+size_t store_write_prepare(store_write *w);
+void store_write_unprepare(store_write *w);
+/* Calls done on each write of a committed list (linked by next), in order,
+ * on the loop thread. */
+void store_writes_done(store_write *w);
+
 /* Every function of store.h that reads or runs the store, less its store_ prefix. */
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres" */

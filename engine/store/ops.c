@@ -215,6 +215,33 @@ void store_put_loop_event(store_write *w, const char *prompt, const char *cycle,
     op_add(w, sql, "sissss", prompt, ts_ms, cycle, kind, message, detail_json);
 }
 
+size_t store_write_prepare(store_write *w)
+{
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
+    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
+}
+
+void store_write_unprepare(store_write *w)
+{
+    free(w->trace_results);
+    free(w->feedback_results);
+    free(w->part_results);
+    w->trace_results = w->feedback_results = w->part_results = NULL;
+}
+
+void store_writes_done(store_write *w)
+{
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
 void store_write_clear(store_write *w)
 {
     for (size_t i = 0; i < w->ntraces; i++) {

@@ -36,6 +36,9 @@ void store_ops_free(store_op *op);
  * Returns the write's items (what limits.max_pending_writes counts). */
 size_t store_write_prepare(store_write *w);
 void store_write_unprepare(store_write *w);
+/* Marks a write that was not stored: its status, and every trace and
+ * feedback result STORE_FAILED. */
+void store_write_fail(store_write *w, int status);
 /* Calls done on each write of a committed list (linked by next), in order,
  * on the loop thread. */
 void store_writes_done(store_write *w);

@@ -233,6 +233,15 @@ void store_write_unprepare(store_write *w)
     w->trace_results = w->feedback_results = w->part_results = NULL;
 }
 
+void store_write_fail(store_write *w, int status)
+{
+    w->status = status;
+    if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
+        memset(w->trace_results, STORE_FAILED, w->ntraces);
+    if (w->nfeedback)
+        memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+}
+
 void store_writes_done(store_write *w)
 {
     while (w) {

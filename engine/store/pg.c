@@ -1258,11 +1258,7 @@ static void fail_queued_locked(pg_store *s, const char *why)
     s->queued_items = 0;
     store_write *last = batch;
     for (store_write *w = batch; w; w = w->next) {
-        w->status = -1;
-        if (w->ntraces)
-            memset(w->trace_results, STORE_FAILED, w->ntraces);
-        if (w->nfeedback)
-            memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+        store_write_fail(w, -1);
         s->commit_failures++;
         last = w;
     }
@@ -1418,13 +1414,8 @@ static void *writer_main(void *arg)
                 char ignored[64];
                 pg_exec(s->wconn, "ROLLBACK", ignored, sizeof ignored);
             }
-            for (store_write *w = batch; w; w = w->next) {
-                w->status = -1;
-                if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
-                    memset(w->trace_results, STORE_FAILED, w->ntraces);
-                if (w->nfeedback)
-                    memset(w->feedback_results, STORE_FAILED, w->nfeedback);
-            }
+            for (store_write *w = batch; w; w = w->next)
+                store_write_fail(w, -1);
         }
         bool connected = PQstatus(s->wconn) == CONNECTION_OK;
 

@@ -1271,11 +1271,8 @@ static void *writer_main(void *arg)
                       err[0] ? err : sqlite3_errmsg(s->wdb));
             char ignored[64];
             exec_sql(s->wdb, "ROLLBACK", ignored, sizeof ignored);
-            for (store_write *w = batch; w; w = w->next) {
-                w->status = rc;
-                memset(w->trace_results, STORE_FAILED, w->ntraces);
-                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
-            }
+            for (store_write *w = batch; w; w = w->next)
+                store_write_fail(w, rc);
         }
 
         store_write *last = batch;

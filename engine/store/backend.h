@@ -39,6 +39,19 @@ void store_write_unprepare(store_write *w);
 /* Marks a write that was not stored: its status, and every trace and
  * feedback result STORE_FAILED. */
 void store_write_fail(store_write *w, int status);
+/* A dataset's history from its case rows (id, the version that added the
+ * row, the one that removed it or 0), read in order of id then added: each
+ * backend feeds the rows of its query, then appends one
+ * {version, cases, added, removed, changed} per version to versions. */
+typedef struct {
+    int64_t current;
+    int64_t *live, *added, *removed, *changed;
+    char prev_id[200];
+    int64_t prev_removed;
+} store_case_tally;
+void store_case_tally_init(store_case_tally *t, int64_t current);
+void store_case_tally_row(store_case_tally *t, const char *id, int64_t added, int64_t removed);
+void store_case_tally_end(store_case_tally *t, json_t *versions); /* and frees */
 /* Calls done on each write of a committed list (linked by next), in order,
  * on the loop thread. */
 void store_writes_done(store_write *w);

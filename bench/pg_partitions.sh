@@ -13,6 +13,7 @@
 #       back to back in psql; and the migration of those N rows to the partitioned table
 #       (this build's first start on the base build's database).
 # Usage: BASE_BIN=/path/to/unpartitioned/ratchet bench/pg_partitions.sh [seconds] [runs] [N]
+#        (make bench-pg-partitions builds BASE_REF, the commit before partitioning, as BASE_BIN)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}

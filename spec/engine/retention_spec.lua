@@ -92,6 +92,9 @@ describe("trace retention", function()
       assert.equal(404, e:get("/v1/traces/d40-" .. i).status)
       assert.equal(200, e:get("/v1/traces/d1-" .. i).status)
     end
+    local _, screen = engine.run("status --url http://" .. e.addr)
+    assert.matches("traces in %d+ daily partitions, %d+%-%d+%-%d+ to %d+%-%d+%-%d+; this engine created %d+, dropped [1-9]",
+      screen)
     local m = e:get("/metrics").body
     assert.truthy(tonumber(m:match("\nratchet_store_trace_partitions_dropped_total (%d+)")) >= 1, m)
     -- a kept id is still a duplicate; the dropped day's ids (their id rows deleted in the same

@@ -1181,7 +1181,8 @@ static void on_retention_done(store_write *w)
 }
 
 /* store.retention_days: a batch of the oldest traces past it, deleted by the writer thread
- * (one engine of several: the leader) while no batch is queued */
+ * (one engine of several: the leader) while no batch is queued; on PostgreSQL also, with a
+ * retention or without, the upkeep of the daily partitions of traces (docs/scale-out.md) */
 static void on_retention_timer(uv_timer_t *t)
 {
     engine *e = t->data;

@@ -2,8 +2,10 @@
 -- partitioning"): the migration of an unpartitioned table keeps every row (readable by id, the
 -- same pages through the (ts, seq) cursor, feedback and verdicts still land on their trace),
 -- a ts far from today lands in traces_default instead of failing the ingest, the leader makes
--- the days ahead, and the id table keeps the dedup exact across partitions. PostgreSQL only
--- (it reads the catalog to check the table's shape). #heavy: it runs once, in `make test`.
+-- the days ahead (again when one is taken away), a day within the window gets its partition
+-- when a trace of it comes (a lock held on the table leaves it in traces_default), and the id
+-- table keeps the dedup exact across partitions. PostgreSQL only (it reads the catalog to check
+-- the table's shape). #heavy: it runs once, in `make test`.
 local engine = require "spec.helpers.engine"
 local pg = require "spec.helpers.postgres"
 local cjson = require "cjson"
@@ -103,6 +105,13 @@ describe("traces partitioned by day on PostgreSQL #heavy", function()
     for _, item in ipairs(r.json.items) do assert.equal("accepted", item.status) end
     assert.equal("far-future\nfar-past\nfuture-2\npast-2", e:sql("SELECT id FROM traces_default ORDER BY id"))
     assert.equal(#before + 3, #all_ids(e, 50))
+    -- the leader keeps the days ahead there (no retention set): one taken away comes back
+    local ahead = "traces_p" .. os.date("!%Y%m%d", os.time() + 3 * 86400)
+    assert.equal("", e:sql("DROP TABLE " .. ahead))
+    assert.truthy(engine.eventually(10, function()
+      return e:sql("SELECT count(*) FROM pg_class WHERE relname = '" .. ahead .. "'") == "1"
+    end), ahead .. " was not made again:\n" .. e:log_text())
+    assert.truthy(e:get("/v1/status").json.store.trace_partitions.created >= 1)
     e:stop()
   end)
 

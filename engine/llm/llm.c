@@ -1554,6 +1554,14 @@ static int prov_request(const prov *p, const char *key, char *url, size_t urllen
 static void send_attempt(llm_call *c)
 {
     prov *p = c->p;
+    /* work this engine owns (runs, evaluations, the loop: every caller but "other", the
+     * gateway's and the API's own calls) starts no call, first or retry, while its lease on a
+     * shared store is not fresh: another engine may have claimed that work (docs/scale-out.md) */
+    if (strcmp(c->caller_kind, "other") && c->l->st && !store_lease_fresh(c->l->st)) {
+        finish(c, NULL, "lease", "this engine's lease on the shared store lapsed (no heartbeat committed for 10 s): "
+                                 "nothing was sent; the work it owns waits until it re-claims it");
+        return;
+    }
     c->attempts++;
     p->attempts++;
     c->state = CALL_SENDING;

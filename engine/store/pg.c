@@ -25,9 +25,21 @@
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define IDLE_PING_S 1
+/* Leases (docs/scale-out.md, "Leases"). Each side reads only its own clock: an engine's
+ * heartbeat stores the database's now(), and the claims of other engines compare with the
+ * database's now(); the owner measures its lease on its monotonic clock from the moment it sent
+ * the last heartbeat that committed. The owner stops starting LLM calls for the work it owns at
+ * LEASE_MS - LEASE_MARGIN_MS, the others claim that work only at LEASE_MS: the margin covers the
+ * rate difference of the two clocks over one lease (5 s in 15 s: a third) and nothing else is
+ * assumed (no synchronized clocks; a database clock stepped forward by more than the margin
+ * would break it). */
 #define COORD_MS 500          /* the coordinator's beat: leader lock tries, heartbeats */
-#define ENGINE_STALE_MS 15000 /* a heartbeat older than this: the engine is gone */
+#define ENGINE_STALE_MS 15000 /* LEASE_MS: no heartbeat for this long (database clock): the engine is gone */
+#define LEASE_MARGIN_MS 5000  /* the owner stops this much earlier (its monotonic clock) */
 #define LEADER_LOCK 0x72617464 /* pg_try_advisory_lock key of the loop leader */
+#define CLAIM_LOCK 0x72617465  /* pg_advisory_xact_lock key: claims and re-claims of owned work, one at a time */
+/* the database's clock in ms, as heartbeats store it and claims compare with it */
+#define DB_NOW_MS "(extract(epoch from now()) * 1000)::bigint"
 
 struct pg_store {
     store base; /* first: the seam (store/backend.h) */
@@ -60,6 +72,7 @@ struct pg_store {
     PGconn *cconn;
     int wake[2];               /* a byte here wakes the coordinator (stop) */
     bool leader;               /* under mu */
+    uint64_t lease_ns;         /* under mu: mono_ns() when the last committed heartbeat was sent; 0: none */
     int64_t epoch;             /* under mu: the leadership epoch held */
     bool tell_leadership, tell_registry; /* under mu: for the loop thread */
     uv_async_t cluster_async;
@@ -299,6 +312,7 @@ static const store_backend pg_backend;
 static void *writer_main(void *arg);
 static void *coord_main(void *arg);
 static void coord_beat(pg_store *s);
+static bool lease_fresh_locked(const pg_store *s);
 static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
@@ -513,7 +527,8 @@ static void pg_status(store *base, json_t *out)
     if (!s->healthy && s->last_error[0])
         json_object_set_new(out, "error", json_string(s->last_error));
     json_object_set_new(out, "engine_id", json_string(s->engine_id));
-    json_object_set_new(out, "role", json_string(s->leader ? "leader" : "follower"));
+    json_object_set_new(out, "role", json_string(s->leader && lease_fresh_locked(s) ? "leader" : "follower"));
+    json_object_set_new(out, "lease_fresh", json_boolean(lease_fresh_locked(s)));
     json_object_set_new(out, "epoch", json_integer((json_int_t)s->epoch));
     json_t *engines = s->engines ? json_deep_copy(s->engines) : json_array();
     pthread_mutex_unlock(&s->mu);
@@ -546,13 +561,28 @@ static void pg_status(store *base, json_t *out)
     json_object_set_new(out, "scripts_differ", json_boolean(differ));
 }
 
+/* Under mu: whether this engine's lease is fresh (its work may start LLM calls). */
+static bool lease_fresh_locked(const pg_store *s)
+{
+    return s->lease_ns && mono_ns() - s->lease_ns < (uint64_t)(ENGINE_STALE_MS - LEASE_MARGIN_MS) * 1000000u;
+}
+
 static bool pg_leader(store *base)
 {
     pg_store *s = (pg_store *)base;
     pthread_mutex_lock(&s->mu);
-    bool l = s->leader;
+    bool l = s->leader && lease_fresh_locked(s);
     pthread_mutex_unlock(&s->mu);
     return l;
+}
+
+static bool pg_lease_fresh(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool fresh = lease_fresh_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return fresh;
 }
 
 static void pg_on_cluster(store *base, store_cluster_cb fn, void *data)
@@ -615,6 +645,18 @@ static void coord_beat(pg_store *s)
     }
     PGconn *c = s->cconn;
     pthread_mutex_lock(&s->mu);
+    /* a leader whose lease lapsed (its heartbeats stopped committing) has already stopped
+     * leading (pg_leader); it gives the lock up and competes again like any follower, so that
+     * winning it again is a takeover (the loop's state re-read, its gate run re-claimed) */
+    bool lapsed = s->leader && !lease_fresh_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    if (lapsed) {
+        char ignored[64];
+        lose_leadership(s, "its lease lapsed (no heartbeat committed for 10 s)");
+        if (pg_exec(c, "SELECT pg_advisory_unlock_all()", ignored, sizeof ignored) && PQstatus(c) != CONNECTION_OK)
+            return;
+    }
+    pthread_mutex_lock(&s->mu);
     bool leader = s->leader;
     char *scripts = s->scripts ? xstrdup(s->scripts) : NULL;
     pthread_mutex_unlock(&s->mu);
@@ -646,24 +688,29 @@ static void coord_beat(pg_store *s)
             pgq_free(q);
         }
     }
+    /* last_seen on the database's clock: the claims of other engines compare it with theirs */
     pgq *q = pgq_new(c, "INSERT INTO ratchet_engines(id, role, scripts, started_at, last_seen) VALUES "
-                        "(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET role = ?2, scripts = ?3, last_seen = ?5");
+                        "(?1, ?2, ?3, ?4, " DB_NOW_MS ") ON CONFLICT(id) DO UPDATE SET role = ?2, scripts = ?3, "
+                        "last_seen = " DB_NOW_MS);
     pthread_mutex_lock(&s->mu);
     pgq_text(q, 2, s->leader ? "leader" : "follower");
     pthread_mutex_unlock(&s->mu);
     pgq_text(q, 1, s->engine_id);
     pgq_text(q, 3, scripts);
     pgq_int(q, 4, s->started_ms);
-    pgq_int(q, 5, now_ms());
+    uint64_t sent = mono_ns();
     int rc = pgq_step(q);
     pgq_free(q);
     free(scripts);
     scripts = NULL;
     if (rc == PGQ_ERROR)
         goto broken;
-    q = pgq_new(c, "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= ?1 "
-                   "ORDER BY id");
-    pgq_int(q, 1, now_ms() - ENGINE_STALE_MS);
+    pthread_mutex_lock(&s->mu);
+    s->lease_ns = sent; /* committed (autocommit): the lease runs from when it was sent */
+    pthread_mutex_unlock(&s->mu);
+    q = pgq_new(c, "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= "
+                   DB_NOW_MS " - ?1 ORDER BY id");
+    pgq_int(q, 1, ENGINE_STALE_MS);
     json_t *engines = json_array();
     while ((rc = pgq_step(q)) == PGQ_ROW)
         json_array_append_new(engines, json_pack("{s:o, s:o, s:o, s:o, s:o, s:b}", "id", pgq_col_text(q, 0), "role",
@@ -1502,27 +1549,95 @@ void pg_read_release(pg_store *s, PGconn *c)
     PQfinish(c);
 }
 
-/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS, or none
- * recorded), claimed for this engine in one statement: the row lock makes it a compare-and-set,
- * an engine that waits on another's claim re-checks the row and finds its new owner alive. */
+/* Claims (and re-claims) of owned work run one at a time across the engines, each in its own
+ * transaction under CLAIM_LOCK, each statement with a snapshot taken after the lock: a claim
+ * that found an owner's heartbeat stale has committed before that owner's re-claim reads the
+ * rows, or the re-claim has committed before the claim reads the heartbeat (which is then
+ * fresh). Without it a claim whose snapshot predates the owner's new heartbeat could commit
+ * after the owner re-claimed, and both would work. */
+static int claim_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
+{
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    *q = NULL;
+    if (!c)
+        return -1;
+    char lock[96];
+    snprintf(lock, sizeof lock, "BEGIN; SELECT pg_advisory_xact_lock(%d)", CLAIM_LOCK);
+    if (pg_exec(c, lock, err, errlen)) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, errlen, "store read failed: %s", why);
+        pg_read_release(s, c); /* not idle: closed, never pooled */
+        return -1;
+    }
+    *q = pgq_new(c, sql);
+    return 0;
+}
+
+static int claim_end(pg_store *s, pgq *q, int rc, char *err, size_t errlen)
+{
+    int out = 0;
+    PGconn *c = q->conn;
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        out = -1;
+    }
+    pgq_free(q);
+    char why[256];
+    if (pg_exec(c, out ? "ROLLBACK" : "COMMIT", why, sizeof why) && !out) {
+        snprintf(err, errlen, "store read failed: %s", why);
+        out = -1;
+    }
+    pg_read_release(s, c);
+    return out;
+}
+
+/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS on the database's
+ * clock, or none recorded), claimed for this engine in one statement: the row lock makes it a
+ * compare-and-set, an engine that waits on another's claim re-checks the row and finds its new
+ * owner alive. */
 int pg_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
 {
     pg_store *s = (pg_store *)base;
     pgq *q;
     *ids = json_array();
-    if (pg_read_begin(s,
-                      "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
-                      "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
-                      "WHERE e.id = runs.owner AND e.last_seen >= ?2))) RETURNING id, created_at) "
-                      "SELECT id FROM claimed ORDER BY created_at, id",
-                      &q, err, errlen))
+    if (claim_begin(s,
+                    "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
+                    "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
+                    "WHERE e.id = runs.owner AND e.last_seen >= " DB_NOW_MS " - ?2))) RETURNING id, created_at) "
+                    "SELECT id FROM claimed ORDER BY created_at, id",
+                    &q, err, errlen))
         return -1;
     pgq_text(q, 1, s->engine_id);
-    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_int(q, 2, ENGINE_STALE_MS);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW)
         json_array_append_new(*ids, pgq_col_text(q, 0));
-    return pg_read_end(s, q, rc, err, errlen);
+    return claim_end(s, q, rc, err, errlen);
+}
+
+/* Of the runs this engine set aside when its lease lapsed, those still its own and unfinished
+ * (no other engine claimed them meanwhile), re-claimed under CLAIM_LOCK. */
+static int pg_reclaim_runs(store *base, const json_t *ids, json_t **kept, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    *kept = json_array();
+    char *list = json_dumps(ids, JSON_COMPACT);
+    if (claim_begin(s,
+                    "UPDATE runs SET owner = ?1 WHERE id IN (SELECT json_array_elements_text(?2::json)) AND "
+                    "owner = ?1 AND state IN ('preparing', 'running') RETURNING id",
+                    &q, err, errlen)) {
+        free(list);
+        return -1;
+    }
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 2, list);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(*kept, pgq_col_text(q, 0));
+    free(list);
+    return claim_end(s, q, rc, err, errlen);
 }
 
 /* The same for online evaluation: unevaluated traces of a prompt whose engine is gone. */
@@ -1531,23 +1646,57 @@ static int pg_claim_unevaluated(store *base, const char *prompt, int limit, char
 {
     pg_store *s = (pg_store *)base;
     pgq *q;
-    if (pg_read_begin(s,
-                      "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
-                      "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
-                      "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= ?2))) ORDER BY t.seq LIMIT ?4) "
-                      "AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
-                      "ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= ?2))) RETURNING id",
-                      &q, err, errlen))
+    if (claim_begin(s,
+                    "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
+                    "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                    "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= " DB_NOW_MS " - ?2))) ORDER BY "
+                    "t.seq LIMIT ?4) AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS "
+                    "(SELECT 1 FROM ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= " DB_NOW_MS
+                    " - ?2))) RETURNING id",
+                    &q, err, errlen))
         return -1;
     pgq_text(q, 1, s->engine_id);
-    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_int(q, 2, ENGINE_STALE_MS);
     pgq_text(q, 3, prompt);
     pgq_int(q, 4, limit);
     *ids = xcalloc((size_t)(limit > 0 ? limit : 1), sizeof **ids);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW && *n < (size_t)limit)
         (*ids)[(*n)++] = xstrdup(pgq_col(q, 0));
-    return pg_read_end(s, q, rc, err, errlen);
+    return claim_end(s, q, rc, err, errlen);
+}
+
+/* Of the traces this engine held back when its lease lapsed, those still its own and
+ * unevaluated; keep[i] says which. */
+static int pg_reclaim_traces(store *base, char *const *ids, size_t n, bool *keep, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        keep[i] = false;
+        json_array_append_new(arr, json_string(ids[i]));
+    }
+    char *list = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    pgq *q;
+    if (claim_begin(s,
+                    "UPDATE traces SET engine = ?1 WHERE id IN (SELECT json_array_elements_text(?2::json)) AND "
+                    "engine = ?1 AND verdict IS NULL RETURNING id",
+                    &q, err, errlen)) {
+        free(list);
+        return -1;
+    }
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 2, list);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        for (size_t i = 0; i < n; i++)
+            if (!keep[i] && !strcmp(ids[i], pgq_col(q, 0))) {
+                keep[i] = true;
+                break;
+            }
+    free(list);
+    return claim_end(s, q, rc, err, errlen);
 }
 
 int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
@@ -1905,6 +2054,9 @@ static const store_backend pg_backend = {
     .healthy = pg_healthy,
     .status = pg_status,
     .leader = pg_leader,
+    .lease_fresh = pg_lease_fresh,
+    .reclaim_runs = pg_reclaim_runs,
+    .reclaim_traces = pg_reclaim_traces,
     .on_cluster = pg_on_cluster,
     .set_scripts = pg_set_scripts,
     .get_trace_json = pg_get_trace_json,

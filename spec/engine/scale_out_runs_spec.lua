@@ -117,6 +117,74 @@ describe("runs on engines sharing a database #heavy", function()
   end)
 end)
 
+-- Leases (docs/scale-out.md, "Leases"): an engine alive whose heartbeats stop reaching the
+-- database (a stalling network between it and the database, spec/helpers/stall_proxy.lua) stops
+-- starting LLM calls for its run 10 s after its last committed heartbeat; the leader claims the
+-- run only 15 s after it (the database's clock) and finishes it. Each engine has its own fake
+-- LLM, so the calls of the stalled engine are counted apart.
+describe("an engine whose database stalls #heavy", function()
+  it("makes no more LLM calls for its run once its lease lapsed; the leader finishes the run once", function()
+    local pg = require "spec.helpers.postgres"
+    local socket = require "socket"
+    local fake1 = fake_llm.start { model = MODEL }
+    local fake2 = fake_llm.start { model = MODEL }
+    local dir = engine.tmpdir()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    local stall, stop = dir .. "/stall", dir .. "/stop"
+    os.execute(string.format("lua5.4 spec/helpers/stall_proxy.lua %d %d %s %s 180 >/dev/null 2>&1 &", port,
+      pg.port(), engine.shell_quote(stall), engine.shell_quote(stop)))
+    local e1, e2
+    finally(function()
+      os.remove(stall)
+      engine.write_file(stop, "")
+      if e2 then e2:stop() end
+      if e1 then e1:stop() end
+      fake1:stop()
+      fake2:stop()
+      os.execute("rm -rf " .. engine.shell_quote(dir))
+    end)
+    e1 = engine.start { store = "postgres", config = config(fake1) }
+    local db = e1.dsn:match("dbname=(%S+)")
+    local dsn2 = string.format("host=127.0.0.1 port=%d dbname=%s user=postgres", tonumber(port), db)
+    e2 = assert(engine.eventually(5, function()
+      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn2, config = config(fake2) })
+      return ok and started
+    end))
+    assert.equal("leader", store_of(e1).role)
+    setup(e1)
+    assert.truthy(engine.eventually(5, function() return e2:get("/v1/datasets/golden").status == 200 end))
+    -- the stalled engine's calls are slow: its run is far from done when its lease lapses
+    fake2:faults { { delay_ms = 1500, times = 1000 } }
+    local id = start_run(e2)
+    assert.truthy(engine.eventually(30, function() return results(e1, id) >= 2 end))
+    engine.write_file(stall, "")
+    local lapsed = engine.eventually(30, function()
+      return e2:log_text():find("lease on the store lapsed", 1, true) ~= nil
+    end)
+    assert(lapsed, "the stalled engine did not see its lease lapse:\n" .. e2:log_text())
+    local calls2 = fake2:stats().requests
+    local done = finished(e1, id, 60)
+    assert(done, "the leader did not finish the run of the stalled engine:\n" .. e1:log_text())
+    assert.equal("finished", done.state)
+    assert.matches("run " .. id .. ": resumed", e1:log_text(), 1, true)
+    -- while stalled past its lease, the engine made no further call for its run
+    assert.equal(calls2, fake2:stats().requests)
+    assert.is_true(fake1:stats().requests > 0)
+    -- the network moves again: the engine's stalled writes commit (results keyed: stored once),
+    -- it beats again, finds the run is no longer its own and leaves it alone
+    os.remove(stall)
+    assert.truthy(engine.eventually(30, function()
+      return e2:log_text():find("run " .. id .. ": no longer this engine's", 1, true) ~= nil
+    end), e2:log_text())
+    assert.equal(JOBS, results(e1, id))
+    assert.equal(calls2, fake2:stats().requests)
+    assert.is_nil(e2:log_text():find("run " .. id .. ": finished", 1, true), e2:log_text())
+    assert.equal("finished", e1:get("/v1/runs/" .. id).json.state)
+  end)
+end)
+
 -- Online evaluation of the traces left unevaluated: with several engines the leader claims
 -- those whose ingesting engine is gone (traces.engine), each once; no engine re-queues the
 -- whole backlog at its start. Counted on the fake LLM: one llm_judge call per trace.

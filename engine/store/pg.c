@@ -587,6 +587,15 @@ static bool pg_leader(store *base)
     return l;
 }
 
+static int pg_live_engines(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    int n = s->engines ? (int)json_array_size(s->engines) : 1;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
 static bool pg_lease_fresh(store *base)
 {
     pg_store *s = (pg_store *)base;
@@ -2292,6 +2301,7 @@ static const store_backend pg_backend = {
     .status = pg_status,
     .leader = pg_leader,
     .lease_fresh = pg_lease_fresh,
+    .live_engines = pg_live_engines,
     .reclaim_runs = pg_reclaim_runs,
     .reclaim_traces = pg_reclaim_traces,
     .on_cluster = pg_on_cluster,

@@ -45,6 +45,12 @@ bool store_lease_fresh(store *s)
     return s->be->lease_fresh ? s->be->lease_fresh(s) : true;
 }
 
+int store_live_engines(store *s)
+{
+    int n = s->be->live_engines ? s->be->live_engines(s) : 1;
+    return n > 0 ? n : 1;
+}
+
 int store_reclaim_runs(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen)
 {
     if (!s->be->reclaim_runs) {

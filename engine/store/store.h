@@ -200,6 +200,9 @@ bool store_leader(store *s);
  * other engine can have claimed its work (PostgreSQL; always on SQLite). While it is not, the
  * work it owns (runs, online evaluations, the loop) starts no LLM call (docs/scale-out.md). */
 bool store_lease_fresh(store *s);
+/* Engines sharing the store now (their heartbeats of the last 15 s, as last read; this one
+ * included): at least 1. No database round trip: the coordinator's last read. */
+int store_live_engines(store *s);
 /* After a lapse: which of the runs ids (set aside by this engine) are still its own and
  * unfinished, re-claimed so no other engine claims them meanwhile; kept is a new array. */
 int store_reclaim_runs(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen);

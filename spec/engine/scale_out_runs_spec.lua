@@ -160,11 +160,18 @@ describe("an engine whose database stalls #heavy", function()
     local id = start_run(e2)
     assert.truthy(engine.eventually(30, function() return results(e1, id) >= 2 end))
     engine.write_file(stall, "")
+    local stalled = socket.gettime()
     local lapsed = engine.eventually(30, function()
       return e2:log_text():find("lease on the store lapsed", 1, true) ~= nil
     end)
     assert(lapsed, "the stalled engine did not see its lease lapse:\n" .. e2:log_text())
+    local t_lapse = socket.gettime() - stalled
     local calls2 = fake2:stats().requests
+    assert.truthy(engine.eventually(40, function()
+      return e1:log_text():find("run " .. id .. ": resumed", 1, true) ~= nil
+    end), e1:log_text())
+    print(string.format("# lease: the stalled engine held its run %.1f s after the stall began (its last job's call "
+      .. "of 1.5 s included), the leader resumed it %.1f s after", t_lapse, socket.gettime() - stalled))
     local done = finished(e1, id, 60)
     assert(done, "the leader did not finish the run of the stalled engine:\n" .. e1:log_text())
     assert.equal("finished", done.state)

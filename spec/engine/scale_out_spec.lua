@@ -217,9 +217,16 @@ describe("two engines on one database #heavy", function()
     end), "no gate run: " .. e1:get("/v1/loop/tickets").body)
     assert.truthy(engine.eventually(20, function() return #e1:get("/v1/runs/" .. run .. "/results").json.items >= 3 end))
     e1:kill9()
+    local killed = socket.gettime()
     e1.gone = true
     fake:reset()
     assert.truthy(engine.eventually(10, function() return store_of(e2).role == "leader" end))
+    -- the gate run is claimed once the killed leader's lease has run out (15 s after its last heartbeat)
+    assert.truthy(engine.eventually(40, function()
+      return e2:log_text():find("run " .. run .. ": resumed", 1, true) ~= nil
+    end), e2:log_text())
+    print(string.format("# failover: the gate run resumed on the new leader %.1f s after the leader's SIGKILL",
+      socket.gettime() - killed))
     local l = assert(engine.eventually(60, function()
       local v = e2:get("/v1/loop/tickets").json
       if v.state == "canary" then return v end

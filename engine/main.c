@@ -1209,6 +1209,8 @@ typedef struct {
     char **prompts; /* with online evaluation: their unevaluated traces of engines gone */
     size_t nprompts;
     json_t *traces; /* [[id, prompt], ...] claimed */
+    json_t *ids;    /* the runs claimed */
+    uint64_t lease_gen;
     int rc;
     char err[256];
 } orphan_read;
@@ -1221,11 +1223,9 @@ typedef struct {
 static void orphan_work(uv_work_t *req)
 {
     orphan_read *r = req->data;
-    json_t *ids = NULL;
-    r->rc = store_unfinished_runs(r->e->store, &ids, r->err, sizeof r->err);
-    if (!r->rc && json_array_size(ids))
-        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
-    json_decref(ids);
+    r->rc = store_unfinished_runs(r->e->store, &r->ids, r->err, sizeof r->err);
+    if (!r->rc && json_array_size(r->ids))
+        r->rc = runner_resume_read(r->e->store, r->ids, &r->runs, r->err, sizeof r->err);
     r->traces = json_array();
     for (size_t i = 0; i < r->nprompts && !r->rc; i++) {
         char **tids = NULL;
@@ -1246,9 +1246,16 @@ static void orphan_after(uv_work_t *req, int status)
     e->cluster_reads--;
     e->orphan_reading = false;
     /* claimed: this engine runs them even if it no longer leads; if it is stopping they stay
-     * its own, and the leader takes them once its heartbeat stops */
-    if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping)
+     * its own, and the leader takes them once its heartbeat stops. If its lease lapsed since
+     * the claim, they are set aside and re-claimed like its own (another may have them now). */
+    bool lapsed = store_lease_generation(e->store) != r->lease_gen;
+    if (status == 0 && r->rc == 0 && lapsed && json_array_size(r->ids)) {
+        if (!e->aside)
+            e->aside = json_array();
+        json_array_extend(e->aside, r->ids);
+    } else if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping) {
         runner_resume_apply(e->runner, r->runs);
+    }
     else if (status == 0 && r->rc)
         log_error("runs", "cannot take over the runs or traces of engines gone: %s", r->err);
     size_t i;
@@ -1271,6 +1278,7 @@ typedef struct {
     uv_work_t req;
     engine *e;
     json_t *ids, *kept, *runs;
+    uint64_t lease_gen; /* store_lease_generation before the claim: another after it, claim again */
     int rc;
     char err[256];
 } reclaim_read;
@@ -1291,6 +1299,10 @@ static void reclaim_after(uv_work_t *req, int status)
     engine *e = r->e;
     e->cluster_reads--;
     e->reclaiming = false;
+    if (status == 0 && r->rc == 0 && store_lease_generation(e->store) != r->lease_gen) {
+        r->rc = -1; /* the lease lapsed again meanwhile: what was re-claimed may be another's by now */
+        snprintf(r->err, sizeof r->err, "the lease lapsed again during the re-claim");
+    }
     if (status == 0 && r->rc == 0) {
         size_t i;
         json_t *id;
@@ -1336,6 +1348,7 @@ static void reclaim_aside(engine *e)
     r->e = e;
     r->req.data = r;
     r->ids = e->aside;
+    r->lease_gen = store_lease_generation(e->store);
     e->aside = NULL;
     e->reclaiming = true;
     e->cluster_reads++;
@@ -1352,6 +1365,7 @@ static void on_orphan_timer(uv_timer_t *t)
     orphan_read *r = xcalloc(1, sizeof *r);
     r->e = e;
     r->req.data = r;
+    r->lease_gen = store_lease_generation(e->store);
     /* claim no more traces while the online queue still has many */
     if (e->online && online_backlog(e->online) < ORPHAN_TRACES) {
         r->prompts = xcalloc(e->cfg.nprompts ? e->cfg.nprompts : 1, sizeof *r->prompts);

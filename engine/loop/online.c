@@ -72,6 +72,7 @@ struct online {
      * once the lease is back, re-claimed (the traces another engine took meanwhile dropped) */
     uv_timer_t hold_timer;
     bool held;
+    uint64_t lease_gen;  /* store_lease_generation the queue was last claimed under */
     uint64_t held_dropped;
     store_evaluation *pending;
     size_t npending;
@@ -343,9 +344,11 @@ static void fetch_after(uv_work_t *w, int status)
     o->fetching--;
     if (f->rc != 0)
         log_error("evaluation", "cannot read %zu traces back for evaluation: %s", f->n, f->err);
-    bool lapsed = f->rc == 0 && !o->draining && !store_lease_fresh(o->st);
+    /* read back while the lease lapsed, or with a lapse since (the read waited on a stalled
+     * database): held, and re-claimed before anything is evaluated */
+    bool lapsed = f->rc == 0 && !o->draining &&
+                  (!store_lease_fresh(o->st) || store_lease_generation(o->st) != o->lease_gen);
     for (size_t i = 0; i < f->n && lapsed; i++) {
-        /* read back while the lease lapsed (the read waited on a stalled database): held */
         push_id(o, f->ids[i]);
         free(f->json[i]);
         free(f->prompt[i]);
@@ -599,9 +602,11 @@ static bool hold(online *o)
         uv_timer_start(&o->hold_timer, on_hold_timer, HOLD_MS, 0);
         return true;
     }
-    if (!o->held)
+    uint64_t gen = store_lease_generation(o->st);
+    if (!o->held && gen == o->lease_gen)
         return false;
     o->held = false;
+    o->lease_gen = gen;
     reclaim_job *r = xcalloc(1, sizeof *r);
     r->o = o;
     r->work.data = r;
@@ -730,6 +735,7 @@ online *online_new(uv_loop_t *loop, store *st, script_vm *vm, catalog *cat, cons
     if (o->ncpu < 1)
         o->ncpu = 1;
     o->pm = pmetrics_new();
+    o->lease_gen = store_lease_generation(st);
     online_configure(o, cfg);
     return o;
 }

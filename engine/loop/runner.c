@@ -82,6 +82,7 @@ struct run {
     double cost;
     bool stopping, finishing, store_failed, pumping;
     bool suspended;      /* this engine's lease lapsed: no job starts; set aside once idle */
+    uint64_t lease_gen;  /* store_lease_generation when it started here: another one means a lapse */
     char *stop_reason;
     int64_t created_ms;
     int64_t progress_ms; /* when a result was last recorded (or the run started here): status finds stuck runs */
@@ -260,6 +261,7 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
     size_t i;
     json_array_foreach(json_object_get(spec, "candidates"), i, x) rn->versions[rn->nv++] = json_integer_value(x);
     rn->created_ms = rn->progress_ms = now_ms();
+    rn->lease_gen = store_lease_generation(r->st);
     return rn;
 }
 
@@ -1461,10 +1463,16 @@ static void on_llm_done(llm_call *call, json_t *result, const char *err_kind, co
     job_record(jb);
 }
 
+/* Whether this engine's lease has held since the run started here (docs/scale-out.md, "Leases"). */
+static bool lease_holds(run *rn)
+{
+    return store_lease_fresh(rn->r->st) && store_lease_generation(rn->r->st) == rn->lease_gen;
+}
+
 static void job_call(job *jb)
 {
     run *rn = jb->rn;
-    if (!store_lease_fresh(rn->r->st)) { /* the job stays undone: whoever owns the run then does it */
+    if (!lease_holds(rn)) { /* the job stays undone: whoever owns the run then does it */
         rn->suspended = true;
         job_end(jb);
         return;
@@ -2019,7 +2027,7 @@ static void run_pump(run *rn)
     if (rn->finishing || rn->pumping) /* a job that ends inside job_start: the loop below goes on */
         return;
     rn->pumping = true;
-    if (!rn->suspended && !rn->stopping && !store_lease_fresh(r->st)) {
+    if (!rn->suspended && !rn->stopping && !lease_holds(rn)) {
         rn->suspended = true;
         log_warn("runs", "run %s: this engine's lease on the store lapsed: no more jobs start here; the run is set "
                  "aside once its jobs in flight end, and resumed if it is still this engine's when the lease is back",

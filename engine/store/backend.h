@@ -43,6 +43,7 @@ typedef struct store_backend {
     void (*status)(store *s, json_t *out);
     bool (*leader)(store *s);                                  /* NULL: always */
     bool (*lease_fresh)(store *s);                             /* NULL: always */
+    uint64_t (*lease_generation)(store *s);                    /* NULL: 0 */
     int (*live_engines)(store *s);                             /* NULL: 1 */
     int (*reclaim_runs)(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen); /* NULL: all kept */
     int (*reclaim_traces)(store *s, char *const *ids, size_t n, bool *keep, char *err, size_t errlen);

@@ -81,6 +81,7 @@ struct pg_store {
     const char *co_params[4];
     bool leader;               /* under mu */
     uint64_t lease_ns;         /* under mu: mono_ns() when the last committed heartbeat was sent; 0: none */
+    uint64_t lease_gen;        /* under mu: lapses so far (store_lease_generation) */
     int64_t epoch;             /* under mu: the leadership epoch held */
     bool tell_leadership, tell_registry; /* under mu: for the loop thread */
     uv_async_t cluster_async;
@@ -587,6 +588,15 @@ static bool pg_leader(store *base)
     return l;
 }
 
+static uint64_t pg_lease_generation(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    uint64_t g = s->lease_gen + (s->lease_ns && !lease_fresh_locked(s)); /* a lapse under way counts */
+    pthread_mutex_unlock(&s->mu);
+    return g;
+}
+
 static int pg_live_engines(store *base)
 {
     pg_store *s = (pg_store *)base;
@@ -776,6 +786,9 @@ static int coord_step_done(pg_store *s, int step, PGresult *r)
         return STEP_HEARTBEAT;
     case STEP_HEARTBEAT:
         pthread_mutex_lock(&s->mu);
+        /* the last one was sent longer ago than the owner's share of the lease: it lapsed in between */
+        if (s->lease_ns && s->co_sent - s->lease_ns >= (uint64_t)(ENGINE_STALE_MS - LEASE_MARGIN_MS) * 1000000u)
+            s->lease_gen++;
         s->lease_ns = s->co_sent; /* committed (autocommit): the lease runs from when it was sent */
         pthread_mutex_unlock(&s->mu);
         return STEP_ENGINES;
@@ -2301,6 +2314,7 @@ static const store_backend pg_backend = {
     .status = pg_status,
     .leader = pg_leader,
     .lease_fresh = pg_lease_fresh,
+    .lease_generation = pg_lease_generation,
     .live_engines = pg_live_engines,
     .reclaim_runs = pg_reclaim_runs,
     .reclaim_traces = pg_reclaim_traces,

@@ -45,6 +45,11 @@ bool store_lease_fresh(store *s)
     return s->be->lease_fresh ? s->be->lease_fresh(s) : true;
 }
 
+uint64_t store_lease_generation(store *s)
+{
+    return s->be->lease_generation ? s->be->lease_generation(s) : 0;
+}
+
 int store_live_engines(store *s)
 {
     int n = s->be->live_engines ? s->be->live_engines(s) : 1;

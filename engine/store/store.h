@@ -200,6 +200,9 @@ bool store_leader(store *s);
  * other engine can have claimed its work (PostgreSQL; always on SQLite). While it is not, the
  * work it owns (runs, online evaluations, the loop) starts no LLM call (docs/scale-out.md). */
 bool store_lease_fresh(store *s);
+/* Changes each time the lease lapsed, even if it is fresh again now: work that began under one
+ * generation and finds another must re-claim what it holds before going on (0 on SQLite). */
+uint64_t store_lease_generation(store *s);
 /* Engines sharing the store now (their heartbeats of the last 15 s, as last read; this one
  * included): at least 1. No database round trip: the coordinator's last read. */
 int store_live_engines(store *s);

@@ -1271,6 +1271,7 @@ static void orphan_after(uv_work_t *req, int status)
     free(r->prompts);
     json_decref(r->traces);
     json_decref(r->runs);
+    json_decref(r->ids);
     free(r);
 }
 

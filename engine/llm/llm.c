@@ -634,14 +634,15 @@ static void on_claimed(store_write *w)
     c->claim = NULL;
     if (!granted) {
         char msg[300];
-        if (w->status)
+        int status = w->status; /* w is bc's: read before bc is freed */
+        if (status)
             snprintf(msg, sizeof msg, "the daily budgets shared by the engines on this database could not be "
                                       "checked (the store is down); nothing was sent");
         else
             snprintf(msg, sizeof msg, "a daily budget shared by every engine on this database would be exceeded by "
                                       "this call (up to %.0f tokens, $%.6f)", bc->b.tokens, bc->b.cost);
         free(bc);
-        if (!w->status) {
+        if (!status) {
             c->l->day_refused++;
             snprintf(c->l->last_refused, sizeof c->l->last_refused, "%s", msg);
         }

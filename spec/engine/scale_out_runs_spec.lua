@@ -315,7 +315,7 @@ describe("online evaluation on engines sharing a database #heavy", function()
       return e2:log_text():find("held while the lease lapsed are another engine's now", 1, true) ~= nil
     end), e2:log_text())
     engine.sleep(1)
-    assert.equal(calls2, fake2:stats().requests)
+    assert.equal(calls2, fake2:stats().requests, e2:log_text())
     -- each trace judged once by the leader, or by the stalled engine before its lease lapsed
     assert.is_true(fake1:stats().requests >= N - calls2,
       "judge calls: " .. fake1:stats().requests .. " + " .. calls2)

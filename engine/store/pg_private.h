@@ -84,8 +84,8 @@ int pg_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t
 int pg_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
 int pg_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
                         size_t errlen);
-/* The buckets of a series in one snapshot, each as pg_prompt_metrics_sliced's window (a scan
- * per bucket: PostgreSQL has no rollups yet). */
+/* The buckets of a series in one snapshot, each as pg_prompt_metrics_sliced's window (whole
+ * minutes from the rollups, the partial ones at its edges from the traces). */
 int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                      int64_t step_ms, json_t **points, char *err, size_t errlen);
 int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,

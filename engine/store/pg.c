@@ -53,6 +53,7 @@ struct pg_store {
     pthread_mutex_t read_mu;
     PGconn *read_pool[PG_POOL_MAX];
     int read_free, read_max;
+    int read_timeout_ms;       /* each read's deadline (store.read_timeout_ms); 0: none */
     /* the coordinator thread and its own session: the leader lock, heartbeats, LISTEN */
     char engine_id[96];
     int64_t started_ms;
@@ -484,7 +485,31 @@ static void coord_beat(pg_store *s);
 static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
-/* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
+/* A connect under the calling thread's read deadline (pg_deadline_set): started without
+ * blocking, its socket polled until it is made or the deadline passes. */
+static PGconn *connect_deadline(const char *const *keys, const char *const *values, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectStartParams(keys, values, 1);
+    if (!c || PQstatus(c) == CONNECTION_BAD)
+        return c;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        int w = pg_wait_socket(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT);
+        if (w == 0) {
+            char why[200];
+            pg_deadline_error(why, sizeof why);
+            snprintf(err, errlen, "cannot connect to PostgreSQL: %s", why);
+            PQfinish(c);
+            return NULL;
+        }
+        st = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(c);
+    }
+    return c;
+}
+
+/* Connects with libpq's blocking call (at open, on the writer and coordinator threads), or
+ * under the read deadline on pool threads; a read connection's statements also end on the
+ * server at the deadline (statement_timeout). */
 static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, size_t errlen)
 {
     /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
@@ -492,7 +517,10 @@ static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, siz
     static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
                                        "keepalives_count", "tcp_user_timeout", "dbname", NULL};
     const char *values[] = {"10", "10", "5", "3", "30000", dsn, NULL};
-    PGconn *c = PQconnectdbParams(keys, values, 1);
+    err[0] = 0;
+    PGconn *c = pg_deadline_on() ? connect_deadline(keys, values, err, errlen) : PQconnectdbParams(keys, values, 1);
+    if (!c && err[0])
+        return NULL;
     if (!c || PQstatus(c) != CONNECTION_OK) {
         /* libpq's message names host and reason, never the password */
         snprintf(err, errlen, "cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
@@ -504,8 +532,16 @@ static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, siz
     /* an ack waits for the WAL flush (the server's default, made sure of here) */
     pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
     /* who this session writes for: the default of runs.owner */
-    const char *p[1] = {engine_id};
-    PQclear(PQexecParams(c, "SELECT set_config('ratchet.engine', $1, false)", 1, NULL, p, NULL, NULL, 0));
+    pgq *q = pgq_new(c, "SELECT set_config('ratchet.engine', ?1, false)");
+    pgq_text(q, 1, engine_id);
+    int rc = pgq_step(q);
+    pgq_free(q);
+    if (rc == PGQ_ERROR && pg_deadline_on()) { /* the deadline passed, or the connection broke */
+        snprintf(err, errlen, "cannot set up a PostgreSQL connection: %s", PQstatus(c) == CONNECTION_OK ?
+                 "the read deadline passed (store.read_timeout_ms)" : "the connection broke");
+        PQfinish(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -592,6 +628,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->max_pending = (size_t)o->max_pending;
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    s->read_timeout_ms = o->read_timeout_ms;
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     s->started_ms = now_ms();
@@ -1748,19 +1785,35 @@ static void *writer_main(void *arg)
 
 /* ---- reads ---- */
 
+/* A read's deadline starts here (store.read_timeout_ms), for the connect too, and ends at its
+ * release; a connection still busy then (its deadline passed mid-query) is closed, not pooled. */
 PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
 {
+    pg_deadline_set(s->read_timeout_ms);
     pthread_mutex_lock(&s->read_mu);
     PGconn *c = s->read_free ? s->read_pool[--s->read_free] : NULL;
     pthread_mutex_unlock(&s->read_mu);
     if (c && PQstatus(c) == CONNECTION_OK)
         return c;
     PQfinish(c);
-    return connect_db(s->dsn, s->engine_id, err, errlen);
+    c = connect_db(s->dsn, s->engine_id, err, errlen);
+    if (c && s->read_timeout_ms > 0) {
+        /* the server ends a read's statement at the deadline too (the client stops waiting then) */
+        char sql[64];
+        snprintf(sql, sizeof sql, "SET statement_timeout = %d", s->read_timeout_ms);
+        if (pg_exec(c, sql, err, errlen)) {
+            PQfinish(c);
+            c = NULL;
+        }
+    }
+    if (!c)
+        pg_deadline_set(0);
+    return c;
 }
 
 void pg_read_release(pg_store *s, PGconn *c)
 {
+    pg_deadline_set(0);
     if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE) {
         pthread_mutex_lock(&s->read_mu);
         if (s->read_free < s->read_max) {

@@ -52,6 +52,15 @@ json_t *pgq_col_time(const pgq *q, int col);
 /* Runs SQL without parameters (several statements allowed); 0 or -1 with err. */
 int pg_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 
+/* The read deadline of the calling thread: pg_read_acquire starts it (store.read_timeout_ms),
+ * pg_read_release ends it (0). While it runs, pgq_step and pg_exec send without blocking and
+ * wait on the socket with poll() until it passes, then fail with STORE_READ_TIMEOUT. */
+void pg_deadline_set(int timeout_ms);
+bool pg_deadline_on(void);
+void pg_deadline_error(char *err, size_t errlen);
+/* Waits for events on c's socket until the deadline: 1 ready, 0 the deadline passed, -1 error. */
+int pg_wait_socket(PGconn *c, short events);
+
 /* A read connection from the pool (a new one when none is free); NULL with err. */
 PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen);
 /* Back to the pool, or closed when it broke. */

@@ -102,8 +102,12 @@ if [ "$STORE" = postgres ]; then
   }
   echo "the 24-hour metrics summed from the traces and scores (the SQL before the rollups), psql, median of 3: $(scan_ms) ms"
   echo "rollup rows: $(PSQL -c 'SELECT count(*) FROM trace_minutes') trace_minutes, $(PSQL -c 'SELECT count(*) FROM score_minutes') score_minutes; tag rows: $(PSQL -c 'SELECT count(*) FROM trace_tags')"
-  echo "plan of /v1/traces?prompt=bench&tag=vip&limit=50:"
-  PSQL -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT body, id, ts, verdict, negative, seq FROM trace_tags JOIN traces ON traces.seq = tag_seq AND traces.ts = tag_ts WHERE tag = 'vip' AND tag_ts >= 0 AND tag_ts < 9223372036854775807 AND tag_prompt = 'bench' ORDER BY tag_ts DESC, tag_seq DESC LIMIT 51" | sed 's/^/  /'
+  PSQL -c "ANALYZE" # as autovacuum will have: the plans below are those of up-to-date statistics
+  for tag in vip channel:email; do
+    echo "plan of /v1/traces?prompt=bench&tag=$tag&limit=50:"
+    PSQL -c "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT body, id, ts, verdict, negative, seq FROM trace_tags JOIN traces ON traces.seq = tag_seq WHERE tag = '$tag' AND tag_ts >= 0 AND tag_ts < 9223372036854775807 AND tag_prompt = 'bench' ORDER BY tag_ts DESC, tag_seq DESC LIMIT 51" | sed 's/^/  /'
+  done
+  echo "API calls with those statistics (median of 3): metrics $(api_ms /v1/prompts/bench/metrics) ms, series $(api_ms '/v1/prompts/bench/series?buckets=30') ms, tag=channel:email $(api_ms '/v1/traces?prompt=bench&tag=channel:email&limit=50') ms, tag=vip $(api_ms '/v1/traces?prompt=bench&tag=vip&limit=50') ms"
 fi
 measure full
 rss=$(peak_rss_mb "$PID")

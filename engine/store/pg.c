@@ -2012,9 +2012,12 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
     buf_t sql;
     buf_init(&sql);
     if (qr->tag) {
-        /* along the tag's rows (migration 8), newest first: (tag, prompt, ts, seq) or (tag, ts, seq) */
+        /* along the tag's rows (migration 8), newest first: (tag, prompt, ts, seq) or (tag, ts, seq),
+         * each trace found by seq. Joined on seq alone: with "AND traces.ts = tag_ts" too the
+         * planner multiplies the two conditions' selectivities, expects one row, and at a common
+         * tag hashes both tables whole (2.7 s at a million traces, bench/RESULTS.md) */
         buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM trace_tags JOIN traces ON traces.seq = tag_seq "
-                       "AND traces.ts = tag_ts WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
+                       "WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
         if (qr->prompt)
             buf_puts(&sql, " AND tag_prompt = ?3");
         if (qr->has_cursor)

@@ -311,7 +311,7 @@ end)
 -- Two engines on one database add to the same minute rows at once (ingest on both, each
 -- evaluating what it took): every count arrives, no transaction fails (a deadlock would
 -- fail a batch: 503), and the API's figures equal the scan.
-describe("rollups written by two engines at once #postgres", function()
+describe("rollups written by two engines at once (PostgreSQL)", function()
   if not PG then return end
   local e1, e2
   teardown(function()

@@ -8,7 +8,8 @@
 # STORE=postgres: the same on a throwaway PostgreSQL cluster (initdb, pg_ctl as in bench/pg.sh;
 # the server unpinned), and the SQL the engine ran before the rollups timed by psql on the same
 # data (the 24-hour metrics), and the plan of a tag search. API_ONLY=1: the API calls only, no
-# browser (no node needed).
+# browser (no node needed). NO_EVAL=1: the prompt has no evaluator (a faster load; the figures
+# then count no verdicts).
 # Usage: [STORE=postgres] [API_ONLY=1] bench/console.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +41,11 @@ if [ "$STORE" = postgres ]; then
   PSQL() { "$PGBIN/psql" -h "$OUT" -p "$PGPORT" -U postgres -d postgres -Atq "$@"; }
   STORE_CONF="store = { kind = \"postgres\", dsn = \"host=$OUT port=$PGPORT dbname=postgres user=postgres\" }"
 fi
+EVALUATORS='{ "json_valid" }'
+[ "${NO_EVAL:-0}" = 1 ] && EVALUATORS='{}'
 start_engine "admin_token = \"$TOKEN\"
 $STORE_CONF
-prompt \"bench\" { evaluators = { \"json_valid\" } }"
+prompt \"bench\" { evaluators = $EVALUATORS }"
 api() { curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
 api -X POST "http://$ADDR/v1/prompts" -d '{"name":"bench"}' > /dev/null
 for v in 1 2; do

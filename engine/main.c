@@ -748,7 +748,8 @@ static int start_store(engine *e, char *err, size_t errlen)
 {
     store_options o = {.kind = e->cfg.store.kind, .dir = e->cfg.data_dir, .dsn = e->cfg.store.dsn,
                        .max_pending = e->cfg.limits.max_pending_writes, .read_pool = e->cfg.store.read_pool,
-                       .retention_days = e->cfg.store.retention_days};
+                       .retention_days = e->cfg.store.retention_days,
+                       .read_timeout_ms = e->cfg.store.read_timeout_ms};
     return store_open(&e->store, e->loop, &o, err, errlen);
 }
 

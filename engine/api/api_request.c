@@ -330,7 +330,10 @@ bool api_task_failed(api_task *t, const char *code, const char *field)
         http_respond_error(t->req, 404, code, "%s", t->err);
     else if (t->rc == 2)
         api_respond_reg_error(t->req, &t->e);
-    else {
+    else if (store_read_timed_out(t->err)) { /* a database that stalls: retry later, maybe on another engine */
+        log_warn("api", "read timed out (id=%s): %s", t->req->id, t->err);
+        http_respond_error(t->req, 503, "store_timeout", "the store could not answer: %s", t->err);
+    } else {
         log_error("api", "read failed (id=%s): %s", t->req->id, t->err);
         http_respond_error(t->req, 500, "store_error", "the store could not answer: %s", t->err);
     }

@@ -86,6 +86,7 @@ static const setting store_settings[] = {
     {"dsn", T_STRING, STOFF(dsn), 0, 0, NULL},
     {"read_pool", T_INT, STOFF(read_pool), 1, 64, NULL},
     {"retention_days", T_INT, STOFF(retention_days), 1, 36500, NULL},
+    {"read_timeout_ms", T_INT, STOFF(read_timeout_ms), 100, 600000, NULL},
     {NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -238,6 +239,7 @@ void config_defaults(config *c)
     c->http.timeout_ms = 10000;
     c->http.max_response_bytes = 1 << 20;
     c->store.read_pool = 4;
+    c->store.read_timeout_ms = 10000;
     c->gateway.max_body_bytes = 4 * 1024 * 1024;
     c->gateway.timeout_ms = 120000;
     c->gateway.idle_timeout_ms = 60000;

@@ -102,6 +102,7 @@ typedef struct {
     char *dsn;           /* postgres: libpq connection string (may hold a password: never logged) */
     int read_pool;       /* postgres: read connections kept open */
     int retention_days;  /* 0: keep traces forever; else delete those older (docs/scale-out.md) */
+    int read_timeout_ms; /* postgres: each read's deadline */
 } config_store;
 
 typedef struct {

@@ -7,6 +7,7 @@
 #include "store/store.h"
 
 #include <jansson.h>
+#include <poll.h>
 #include <pthread.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -67,6 +68,7 @@ struct pg_store {
     pthread_mutex_t read_mu;
     PGconn *read_pool[PG_POOL_MAX];
     int read_free, read_max;
+    int read_timeout_ms;       /* each read's deadline (store.read_timeout_ms); 0: none */
     /* the coordinator's session on the loop thread: the leader lock, heartbeats, LISTEN */
     char engine_id[96];
     int64_t started_ms;
@@ -358,6 +360,195 @@ static const char *const migrations[] = {
     "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
     "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
     "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
+
+    /* 8: per-minute rollups of the online figures (SQLite's migration 7; pg_loop.c reads them):
+     * trace_minutes per (prompt, version, minute), score_minutes per evaluator too, the same
+     * columns and meaning. Several engines write the same minute rows at once, so nothing
+     * updates them during a transaction: what changes them (the writer's batch of new traces,
+     * the row triggers on traces and scores for verdicts, negative feedback, scores replaced,
+     * trace parts joined, deletions) goes to the *_changes tables, rows no other transaction
+     * sees, and a deferred trigger folds them at COMMIT into the rollups in one upsert per
+     * table, ordered by key. Every transaction thus takes its rollup row locks last and in
+     * one order: two engines wait for each other's commit, never in a cycle, and the
+     * increments are applied to the row as committed (ON CONFLICT DO UPDATE re-reads it).
+     * The migration fills them from what is stored. version 0: a trace that names none. */
+    "CREATE TABLE trace_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  minute BIGINT NOT NULL,"     /* ts / 60000 */
+    "  traces BIGINT NOT NULL,"
+    "  evaluated BIGINT NOT NULL,"
+    "  passed BIGINT NOT NULL,"     /* verdict pass and no negative feedback */
+    "  failures BIGINT NOT NULL,"   /* verdict fail or negative feedback */
+    "  errors BIGINT NOT NULL,"
+    "  negative BIGINT NOT NULL,"
+    "  retries BIGINT NOT NULL,"
+    "  latency_sum DOUBLE PRECISION NOT NULL, latency_n BIGINT NOT NULL,"
+    "  cost_sum DOUBLE PRECISION NOT NULL, cost_n BIGINT NOT NULL,"
+    "  tokens_sum DOUBLE PRECISION NOT NULL, tokens_n BIGINT NOT NULL,"
+    "  PRIMARY KEY (prompt, version, minute)"
+    ");"
+    "CREATE TABLE score_minutes ("
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT NOT NULL,"
+    "  minute BIGINT NOT NULL,"
+    "  evaluator TEXT NOT NULL,"
+    "  n BIGINT NOT NULL,"
+    "  passed BIGINT NOT NULL,"
+    "  failures BIGINT NOT NULL,"
+    "  errors BIGINT NOT NULL,"
+    "  required BIGINT NOT NULL,"   /* how many of the n were required */
+    "  PRIMARY KEY (prompt, version, minute, evaluator)"
+    ");"
+    "CREATE INDEX trace_minutes_by_minute ON trace_minutes(prompt, minute);"
+    "CREATE INDEX score_minutes_by_minute ON score_minutes(prompt, minute);"
+    /* a transaction's changes until its commit: never kept past it, so not logged */
+    "CREATE UNLOGGED TABLE trace_minute_changes (LIKE trace_minutes);"
+    "CREATE UNLOGGED TABLE score_minute_changes (LIKE score_minutes);"
+#define NUM(R, PATH) "(CASE WHEN json_typeof(" R " #> '" PATH "') = 'number' THEN (" R " #>> '" PATH "')::float8 END)"
+#define TOKENS(R) "(" NUM(R, "{usage,input_tokens}") " + " NUM(R, "{usage,output_tokens}") ")"
+#define IS(COND) "coalesce(" COND ", false)::int"
+    /* a trace's contribution, added (a_sign 1) or taken away (-1) */
+    "CREATE FUNCTION ratchet_trace_minute(a_prompt text, a_version bigint, a_ts bigint, a_verdict bigint, "
+    "  a_negative bigint, a_retry_of text, a_body json, a_sign int) RETURNS void LANGUAGE sql AS $f$ "
+    "INSERT INTO trace_minute_changes VALUES (a_prompt, coalesce(a_version, 0), a_ts / 60000, a_sign, "
+    "  a_sign * (a_verdict IS NOT NULL)::int, a_sign * " IS("a_verdict = 0 AND a_negative = 0") ", "
+    "  a_sign * " IS("a_verdict = 1 OR a_negative = 1") ", a_sign * " IS("a_verdict = 2") ", a_sign * a_negative, "
+    "  a_sign * (a_retry_of IS NOT NULL)::int, "
+    "  a_sign * coalesce(" NUM("a_body", "{latency_ms}") ", 0), a_sign * (" NUM("a_body", "{latency_ms}") " IS NOT NULL)::int, "
+    "  a_sign * coalesce(" NUM("a_body", "{usage,cost_usd}") ", 0), "
+    "  a_sign * (" NUM("a_body", "{usage,cost_usd}") " IS NOT NULL)::int, "
+    "  a_sign * coalesce(" TOKENS("a_body") ", 0), a_sign * (" TOKENS("a_body") " IS NOT NULL)::int) $f$;"
+    /* the scores of a trace, counted under its prompt, version and minute */
+    "CREATE FUNCTION ratchet_trace_scores(a_id text, a_prompt text, a_version bigint, a_ts bigint, a_sign int) "
+    "  RETURNS void LANGUAGE sql AS $f$ "
+    "INSERT INTO score_minute_changes SELECT a_prompt, coalesce(a_version, 0), a_ts / 60000, s.evaluator, "
+    "  a_sign * count(*), a_sign * count(*) FILTER (WHERE s.status = 'ok' AND s.pass = 1), "
+    "  a_sign * count(*) FILTER (WHERE s.status = 'ok' AND s.pass = 0), "
+    "  a_sign * count(*) FILTER (WHERE s.status <> 'ok'), a_sign * count(*) FILTER (WHERE s.required <> 0) "
+    "FROM scores s WHERE s.trace_id = a_id GROUP BY s.evaluator $f$;"
+    /* a verdict or negative feedback on a trace that stays in its minute changes the counts
+     * only: no body is parsed on an evaluation's write. (A trace stored: the writer adds its
+     * batch's traces, one row per minute, not a trigger per trace.) */
+    /* (ratchet.days set in a transaction: pg_partitions.c moves a day's rows between partitions
+     * or drops a day with its rollups; its row changes are not the figures') */
+    "CREATE FUNCTION ratchet_traces_changed() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+    "IF current_setting('ratchet.days', true) = 'on' THEN RETURN NULL; END IF; "
+    "IF TG_OP = 'UPDATE' AND NEW.prompt = OLD.prompt AND NEW.version IS NOT DISTINCT FROM OLD.version "
+    "   AND NEW.ts / 60000 = OLD.ts / 60000 AND NEW.body::text = OLD.body::text THEN "
+    "  IF NEW.verdict IS NOT DISTINCT FROM OLD.verdict AND NEW.negative = OLD.negative "
+    "     AND (NEW.retry_of IS NULL) = (OLD.retry_of IS NULL) THEN RETURN NULL; END IF; "
+    "  INSERT INTO trace_minute_changes VALUES (NEW.prompt, coalesce(NEW.version, 0), NEW.ts / 60000, 0, "
+    "    (NEW.verdict IS NOT NULL)::int - (OLD.verdict IS NOT NULL)::int, "
+    "    " IS("NEW.verdict = 0 AND NEW.negative = 0") " - " IS("OLD.verdict = 0 AND OLD.negative = 0") ", "
+    "    " IS("NEW.verdict = 1 OR NEW.negative = 1") " - " IS("OLD.verdict = 1 OR OLD.negative = 1") ", "
+    "    " IS("NEW.verdict = 2") " - " IS("OLD.verdict = 2") ", NEW.negative - OLD.negative, "
+    "    (NEW.retry_of IS NOT NULL)::int - (OLD.retry_of IS NOT NULL)::int, 0, 0, 0, 0, 0, 0); "
+    "  RETURN NULL; "
+    "END IF; "
+    "PERFORM ratchet_trace_minute(OLD.prompt, OLD.version, OLD.ts, OLD.verdict, OLD.negative, OLD.retry_of, OLD.body, -1); "
+    "IF TG_OP = 'UPDATE' THEN "
+    "  PERFORM ratchet_trace_minute(NEW.prompt, NEW.version, NEW.ts, NEW.verdict, NEW.negative, NEW.retry_of, NEW.body, 1); "
+    "END IF; "
+    /* scores count through their trace: a trace moved or deleted takes its scores' figures */
+    "IF TG_OP = 'DELETE' OR NOT (NEW.prompt = OLD.prompt AND NEW.version IS NOT DISTINCT FROM OLD.version "
+    "   AND NEW.ts / 60000 = OLD.ts / 60000 AND NEW.id = OLD.id) THEN "
+    "  PERFORM ratchet_trace_scores(OLD.id, OLD.prompt, OLD.version, OLD.ts, -1); "
+    "  IF TG_OP = 'UPDATE' THEN PERFORM ratchet_trace_scores(NEW.id, NEW.prompt, NEW.version, NEW.ts, 1); END IF; "
+    "END IF; "
+    "RETURN NULL; END $f$;"
+    "CREATE TRIGGER traces_rollups AFTER UPDATE OF id, prompt, version, ts, body, verdict, negative, retry_of "
+    "  OR DELETE ON traces FOR EACH ROW EXECUTE FUNCTION ratchet_traces_changed();"
+    /* a score stored, replaced or deleted, counted under its trace (none: nowhere, as the reads
+     * join them) */
+    "CREATE FUNCTION ratchet_score_minute(a_trace text, a_evaluator text, a_status text, a_pass bigint, "
+    "  a_required bigint, a_sign int) RETURNS void LANGUAGE sql AS $f$ "
+    "INSERT INTO score_minute_changes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, a_evaluator, a_sign, "
+    "  a_sign * (a_status = 'ok' AND a_pass = 1)::int, a_sign * (a_status = 'ok' AND a_pass = 0)::int, "
+    "  a_sign * (a_status <> 'ok')::int, a_sign * (a_required <> 0)::int FROM traces t "
+    /* one partition: the trace's day from the id table (traces has no index on id) */
+    "  WHERE t.id = a_trace AND t.ts = (SELECT i.ts FROM trace_ids i WHERE i.id = a_trace) $f$;"
+    "CREATE FUNCTION ratchet_scores_changed() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+    "IF TG_OP <> 'INSERT' THEN "
+    "  PERFORM ratchet_score_minute(OLD.trace_id, OLD.evaluator, OLD.status, OLD.pass, OLD.required, -1); "
+    "END IF; "
+    "IF TG_OP <> 'DELETE' THEN "
+    "  PERFORM ratchet_score_minute(NEW.trace_id, NEW.evaluator, NEW.status, NEW.pass, NEW.required, 1); "
+    "END IF; "
+    "RETURN NULL; END $f$;"
+    "CREATE TRIGGER scores_rollups AFTER INSERT OR UPDATE OR DELETE ON scores "
+    "  FOR EACH ROW EXECUTE FUNCTION ratchet_scores_changed();"
+    /* the fold at COMMIT: the first deferred firing folds every change of the transaction
+     * (the flag, local to it, says some are pending), the others find the flag off */
+    "CREATE FUNCTION ratchet_rollups_pending() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+    "PERFORM set_config('ratchet.rollups_pending', 'on', true); RETURN NULL; END $f$;"
+    "CREATE FUNCTION ratchet_rollups_fold() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+    "IF current_setting('ratchet.rollups_pending', true) IS DISTINCT FROM 'on' THEN RETURN NULL; END IF; "
+    "PERFORM set_config('ratchet.rollups_pending', 'off', true); "
+    "WITH d AS (DELETE FROM trace_minute_changes RETURNING *) "
+    "INSERT INTO trace_minutes AS m SELECT prompt, version, minute, sum(traces), sum(evaluated), sum(passed), "
+    "  sum(failures), sum(errors), sum(negative), sum(retries), sum(latency_sum), sum(latency_n), sum(cost_sum), "
+    "  sum(cost_n), sum(tokens_sum), sum(tokens_n) FROM d GROUP BY prompt, version, minute "
+    "  ORDER BY prompt, version, minute "
+    "ON CONFLICT (prompt, version, minute) DO UPDATE SET traces = m.traces + excluded.traces, "
+    "  evaluated = m.evaluated + excluded.evaluated, passed = m.passed + excluded.passed, "
+    "  failures = m.failures + excluded.failures, errors = m.errors + excluded.errors, "
+    "  negative = m.negative + excluded.negative, retries = m.retries + excluded.retries, "
+    "  latency_sum = m.latency_sum + excluded.latency_sum, latency_n = m.latency_n + excluded.latency_n, "
+    "  cost_sum = m.cost_sum + excluded.cost_sum, cost_n = m.cost_n + excluded.cost_n, "
+    "  tokens_sum = m.tokens_sum + excluded.tokens_sum, tokens_n = m.tokens_n + excluded.tokens_n; "
+    "WITH d AS (DELETE FROM score_minute_changes RETURNING *) "
+    "INSERT INTO score_minutes AS m SELECT prompt, version, minute, evaluator, sum(n), sum(passed), sum(failures), "
+    "  sum(errors), sum(required) FROM d GROUP BY prompt, version, minute, evaluator "
+    "  ORDER BY prompt, version, minute, evaluator "
+    "ON CONFLICT (prompt, version, minute, evaluator) DO UPDATE SET n = m.n + excluded.n, "
+    "  passed = m.passed + excluded.passed, failures = m.failures + excluded.failures, "
+    "  errors = m.errors + excluded.errors, required = m.required + excluded.required; "
+    "RETURN NULL; END $f$;"
+    "CREATE TRIGGER trace_minute_changes_pending AFTER INSERT ON trace_minute_changes "
+    "  FOR EACH STATEMENT EXECUTE FUNCTION ratchet_rollups_pending();"
+    "CREATE TRIGGER score_minute_changes_pending AFTER INSERT ON score_minute_changes "
+    "  FOR EACH STATEMENT EXECUTE FUNCTION ratchet_rollups_pending();"
+    "CREATE CONSTRAINT TRIGGER trace_minute_changes_fold AFTER INSERT ON trace_minute_changes "
+    "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ratchet_rollups_fold();"
+    "CREATE CONSTRAINT TRIGGER score_minute_changes_fold AFTER INSERT ON score_minute_changes "
+    "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ratchet_rollups_fold();"
+    "INSERT INTO trace_minutes SELECT prompt, coalesce(version, 0), ts / 60000, count(*), "
+    "  count(*) FILTER (WHERE verdict IS NOT NULL), count(*) FILTER (WHERE verdict = 0 AND negative = 0), "
+    "  count(*) FILTER (WHERE verdict = 1 OR negative = 1), count(*) FILTER (WHERE verdict = 2), "
+    "  coalesce(sum(negative), 0), count(retry_of), "
+    "  coalesce(sum(" NUM("body", "{latency_ms}") "), 0), count(" NUM("body", "{latency_ms}") "), "
+    "  coalesce(sum(" NUM("body", "{usage,cost_usd}") "), 0), count(" NUM("body", "{usage,cost_usd}") "), "
+    "  coalesce(sum(" TOKENS("body") "), 0), count(" TOKENS("body") ") "
+    "FROM traces GROUP BY 1, 2, 3;"
+    "INSERT INTO score_minutes SELECT t.prompt, coalesce(t.version, 0), t.ts / 60000, s.evaluator, count(*), "
+    "  count(*) FILTER (WHERE s.status = 'ok' AND s.pass = 1), count(*) FILTER (WHERE s.status = 'ok' AND s.pass = 0), "
+    "  count(*) FILTER (WHERE s.status <> 'ok'), count(*) FILTER (WHERE s.required <> 0) "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id GROUP BY 1, 2, 3, 4;",
+
+    /* 9: trace tags, one row each, keyed for the tag filter of a trace search (SQLite's
+     * migrations 8 and 9): newest first by (tag, prompt) or by tag alone; the writer adds a
+     * trace's tags with it, a trace's deletion takes them. Filled from the stored bodies. */
+    "CREATE TABLE trace_tags ("
+    "  tag TEXT NOT NULL,"
+    "  tag_prompt TEXT NOT NULL,"
+    "  tag_ts BIGINT NOT NULL,"
+    "  tag_seq BIGINT NOT NULL," /* traces.seq */
+    "  PRIMARY KEY (tag, tag_prompt, tag_ts, tag_seq)"
+    ");"
+    "CREATE INDEX trace_tags_by_ts ON trace_tags(tag, tag_ts, tag_seq);"
+    "CREATE INDEX trace_tags_by_seq ON trace_tags(tag_seq);"
+    "CREATE INDEX trace_tags_by_day ON trace_tags(tag_ts);" /* a day dropped takes its tags */
+    "CREATE FUNCTION ratchet_trace_tags_delete() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN "
+    "IF current_setting('ratchet.days', true) = 'on' THEN RETURN NULL; END IF; "
+    "DELETE FROM trace_tags WHERE tag_seq = OLD.seq; RETURN NULL; END $f$;"
+    "CREATE TRIGGER traces_tags_delete AFTER DELETE ON traces FOR EACH ROW EXECUTE FUNCTION ratchet_trace_tags_delete();"
+    "INSERT INTO trace_tags SELECT DISTINCT g #>> '{}', prompt, ts, seq FROM traces, "
+    "  json_array_elements(CASE WHEN json_typeof(body -> 'tags') = 'array' THEN body -> 'tags' ELSE '[]' END) g "
+    "WHERE json_typeof(g) = 'string';",
+#undef NUM
+#undef TOKENS
+#undef IS
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -375,7 +566,31 @@ static bool lease_fresh_locked(const pg_store *s);
 static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
-/* Connects with libpq's blocking call (at open, on the writer thread, on pool threads). */
+/* A connect under the calling thread's read deadline (pg_deadline_set): started without
+ * blocking, its socket polled until it is made or the deadline passes. */
+static PGconn *connect_deadline(const char *const *keys, const char *const *values, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectStartParams(keys, values, 1);
+    if (!c || PQstatus(c) == CONNECTION_BAD)
+        return c;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        int w = pg_wait_socket(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT);
+        if (w == 0) {
+            char why[200];
+            pg_deadline_error(why, sizeof why);
+            snprintf(err, errlen, "cannot connect to PostgreSQL: %s", why);
+            PQfinish(c);
+            return NULL;
+        }
+        st = w < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(c);
+    }
+    return c;
+}
+
+/* Connects with libpq's blocking call (at open, on the writer and coordinator threads), or
+ * under the read deadline on pool threads; a read connection's statements also end on the
+ * server at the deadline (statement_timeout). */
 static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, size_t errlen)
 {
     /* defaults the DSN may override (later keywords win): a connect that cannot finish, and a
@@ -383,7 +598,10 @@ static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, siz
     static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
                                        "keepalives_count", "tcp_user_timeout", "dbname", NULL};
     const char *values[] = {"10", "10", "5", "3", "30000", dsn, NULL};
-    PGconn *c = PQconnectdbParams(keys, values, 1);
+    err[0] = 0;
+    PGconn *c = pg_deadline_on() ? connect_deadline(keys, values, err, errlen) : PQconnectdbParams(keys, values, 1);
+    if (!c && err[0])
+        return NULL;
     if (!c || PQstatus(c) != CONNECTION_OK) {
         /* libpq's message names host and reason, never the password */
         snprintf(err, errlen, "cannot connect to PostgreSQL: %s", c ? PQerrorMessage(c) : "out of memory");
@@ -395,8 +613,16 @@ static PGconn *connect_db(const char *dsn, const char *engine_id, char *err, siz
     /* an ack waits for the WAL flush (the server's default, made sure of here) */
     pg_exec(c, "SET synchronous_commit = on; SET client_min_messages = warning", ignored, sizeof ignored);
     /* who this session writes for: the default of runs.owner */
-    const char *p[1] = {engine_id};
-    PQclear(PQexecParams(c, "SELECT set_config('ratchet.engine', $1, false)", 1, NULL, p, NULL, NULL, 0));
+    pgq *q = pgq_new(c, "SELECT set_config('ratchet.engine', ?1, false)");
+    pgq_text(q, 1, engine_id);
+    int rc = pgq_step(q);
+    pgq_free(q);
+    if (rc == PGQ_ERROR && pg_deadline_on()) { /* the deadline passed, or the connection broke */
+        snprintf(err, errlen, "cannot set up a PostgreSQL connection: %s", PQstatus(c) == CONNECTION_OK ?
+                 "the read deadline passed (store.read_timeout_ms)" : "the connection broke");
+        PQfinish(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -484,6 +710,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
     pg_parts_init(&s->parts, o->retention_days);
+    s->read_timeout_ms = o->read_timeout_ms;
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     s->started_ms = now_ms();
@@ -1287,7 +1514,8 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
                                 "WITH n AS (INSERT INTO trace_ids(id, ts) VALUES ($1, $4::bigint) "
                                 "ON CONFLICT(id) DO NOTHING RETURNING id) "
                                 "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
-                                "SELECT $1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json FROM n",
+                                "SELECT $1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json FROM n "
+                                "RETURNING seq",
                                 7, NULL);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
         if (!ok)
@@ -1330,7 +1558,9 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
         snprintf(err, errlen, "%s", PQerrorMessage(c));
         err[strcspn(err, "\n")] = 0;
     }
-    /* one result (and a NULL) per query, then the sync's; an error aborts those after it */
+    /* one result (and a NULL) per query, then the sync's; an error aborts those after it.
+     * A trace stored gives its seq, which its tags' rows carry: [tag, prompt, ts, seq] */
+    json_t *tags = json_array();
     for (store_write *w = batch; w; w = w->next) {
         if (w->fenced && !fence_ok)
             continue;
@@ -1339,9 +1569,13 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
             if (!r)
                 break;
             ExecStatusType st = PQresultStatus(r);
-            if (st == PGRES_COMMAND_OK) {
-                const char *k = PQcmdTuples(r);
-                w->trace_results[i] = *k && strcmp(k, "0") ? STORE_ACCEPTED : STORE_DUPLICATE;
+            if (st == PGRES_TUPLES_OK) {
+                const store_trace *t = &w->traces[i];
+                bool stored = PQntuples(r) == 1;
+                w->trace_results[i] = stored ? STORE_ACCEPTED : STORE_DUPLICATE;
+                for (size_t k = 0; stored && k < t->ntags; k++)
+                    json_array_append_new(tags, json_pack("[s, s, I, I]", t->tags[k], t->prompt, (json_int_t)t->ts_ms,
+                                                          (json_int_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)));
             } else if (!rc) {
                 snprintf(err, errlen, "%s", st == PGRES_PIPELINE_ABORTED ? "pipeline aborted" : PQresultErrorMessage(r));
                 err[strcspn(err, "\n")] = 0;
@@ -1363,6 +1597,86 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
         snprintf(err, errlen, "cannot leave pipeline mode: %s", PQerrorMessage(c));
         rc = -1;
     }
+    if (!rc && json_array_size(tags)) { /* every tag of the batch in one statement */
+        char *text = json_dumps(tags, JSON_COMPACT);
+        pgq *q = pgq_new(c, "INSERT INTO trace_tags(tag, tag_prompt, tag_ts, tag_seq) "
+                            "SELECT g->>0, g->>1, (g->>2)::bigint, (g->>3)::bigint FROM json_array_elements(?1::json) g "
+                            "ON CONFLICT DO NOTHING");
+        pgq_text(q, 1, text);
+        free(text);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    json_decref(tags);
+    return rc;
+}
+
+static int by_minute(const void *a, const void *b)
+{
+    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
+    int c = strcmp(x->prompt, y->prompt);
+    if (c)
+        return c;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
+    return mx < my ? -1 : mx > my;
+}
+
+/* The traces the batch stored, summed per (prompt, version, minute) into trace_minute_changes
+ * in one statement (migration 7 folds them into trace_minutes at COMMIT). A new trace has no
+ * verdict and no negative feedback yet: the triggers on traces count those when they come. */
+static int add_trace_minutes(pg_store *s, store_write *batch, bool fence_ok, char *err, size_t errlen)
+{
+    size_t total = 0, n = 0;
+    for (store_write *w = batch; w; w = w->next)
+        if (!(w->fenced && !fence_ok))
+            total += w->ntraces;
+    if (!total)
+        return 0;
+    store_trace **acc = xmalloc(total * sizeof *acc);
+    for (store_write *w = batch; w; w = w->next)
+        for (size_t i = 0; !(w->fenced && !fence_ok) && i < w->ntraces; i++)
+            if (w->trace_results[i] == STORE_ACCEPTED)
+                acc[n++] = &w->traces[i];
+    qsort(acc, n, sizeof *acc, by_minute);
+    json_t *rows = json_array();
+    for (size_t i = 0; i < n;) {
+        int64_t traces = 0, retries = 0, lat_n = 0, cost_n = 0, tok_n = 0;
+        double lat = 0, cost = 0, tok = 0;
+        size_t j = i;
+        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
+            const store_trace *t = acc[j];
+            traces++;
+            retries += t->retry_of != NULL;
+            if (t->has_latency)
+                lat += t->latency_ms, lat_n++;
+            if (t->has_cost)
+                cost += t->cost_usd, cost_n++;
+            if (t->has_tokens)
+                tok += t->tokens, tok_n++;
+        }
+        json_array_append_new(rows, json_pack("[s, I, I, I, I, f, I, f, I, f, I]", acc[i]->prompt,
+                                              (json_int_t)acc[i]->version, (json_int_t)(acc[i]->ts_ms / 60000),
+                                              (json_int_t)traces, (json_int_t)retries, lat, (json_int_t)lat_n, cost,
+                                              (json_int_t)cost_n, tok, (json_int_t)tok_n));
+        i = j;
+    }
+    free(acc);
+    int rc = 0;
+    if (json_array_size(rows)) {
+        char *text = json_dumps(rows, JSON_COMPACT);
+        pgq *q = pgq_new(s->wconn,
+                         "INSERT INTO trace_minute_changes SELECT r->>0, (r->>1)::bigint, (r->>2)::bigint, "
+                         "(r->>3)::bigint, 0, 0, 0, 0, 0, (r->>4)::bigint, (r->>5)::float8, (r->>6)::bigint, "
+                         "(r->>7)::float8, (r->>8)::bigint, (r->>9)::float8, (r->>10)::bigint "
+                         "FROM json_array_elements(?1::json) AS r");
+        pgq_text(q, 1, text);
+        free(text);
+        rc = run(q, err, errlen);
+        pgq_free(q);
+    }
+    json_decref(rows);
     return rc;
 }
 
@@ -1787,6 +2101,8 @@ static void *writer_main(void *arg)
         }
         if (!rc)
             rc = insert_traces(s, batch, fence_ok, received, err, sizeof err);
+        if (!rc)
+            rc = add_trace_minutes(s, batch, fence_ok, err, sizeof err);
         for (store_write *w = batch; !rc && w; w = w->next) {
             if (w->fenced && !fence_ok) {
                 w->status = -2; /* fenced: nothing of it stored; the rest of the batch commits */
@@ -1850,19 +2166,35 @@ static void *writer_main(void *arg)
 
 /* ---- reads ---- */
 
+/* A read's deadline starts here (store.read_timeout_ms), for the connect too, and ends at its
+ * release; a connection still busy then (its deadline passed mid-query) is closed, not pooled. */
 PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen)
 {
+    pg_deadline_set(s->read_timeout_ms);
     pthread_mutex_lock(&s->read_mu);
     PGconn *c = s->read_free ? s->read_pool[--s->read_free] : NULL;
     pthread_mutex_unlock(&s->read_mu);
     if (c && PQstatus(c) == CONNECTION_OK)
         return c;
     PQfinish(c);
-    return connect_db(s->dsn, s->engine_id, err, errlen);
+    c = connect_db(s->dsn, s->engine_id, err, errlen);
+    if (c && s->read_timeout_ms > 0) {
+        /* the server ends a read's statement at the deadline too (the client stops waiting then) */
+        char sql[64];
+        snprintf(sql, sizeof sql, "SET statement_timeout = %d", s->read_timeout_ms);
+        if (pg_exec(c, sql, err, errlen)) {
+            PQfinish(c);
+            c = NULL;
+        }
+    }
+    if (!c)
+        pg_deadline_set(0);
+    return c;
 }
 
 void pg_read_release(pg_store *s, PGconn *c)
 {
+    pg_deadline_set(0);
     if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE) {
         pthread_mutex_lock(&s->read_mu);
         if (s->read_free < s->read_max) {
@@ -2163,13 +2495,26 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
     pg_store *s = (pg_store *)base;
     buf_t sql;
     buf_init(&sql);
-    buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM traces WHERE ts >= ?1 AND ts < ?2");
-    if (qr->prompt)
-        buf_puts(&sql, " AND prompt = ?3");
+    if (qr->tag) {
+        /* along the tag's rows (migration 8), newest first: (tag, prompt, ts, seq) or (tag, ts, seq),
+         * each trace found by seq. Joined on seq alone: with "AND traces.ts = tag_ts" too the
+         * planner multiplies the two conditions' selectivities, expects one row, and at a common
+         * tag hashes both tables whole (2.7 s at a million traces, bench/RESULTS.md) */
+        buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM trace_tags JOIN traces ON traces.seq = tag_seq "
+                       "WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
+        if (qr->prompt)
+            buf_puts(&sql, " AND tag_prompt = ?3");
+        if (qr->has_cursor)
+            buf_puts(&sql, " AND (tag_ts, tag_seq) < (?5, ?6)");
+    } else {
+        buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM traces WHERE ts >= ?1 AND ts < ?2");
+        if (qr->prompt)
+            buf_puts(&sql, " AND prompt = ?3");
+        if (qr->has_cursor)
+            buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
+    }
     if (qr->version)
         buf_puts(&sql, " AND version = ?4");
-    if (qr->has_cursor)
-        buf_puts(&sql, " AND (ts, seq) < (?5, ?6)");
     if (qr->failed == 1)
         buf_puts(&sql, " AND (verdict = 1 OR negative = 1)");
     else if (qr->failed == 0)
@@ -2183,10 +2528,7 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
         buf_puts(&sql, " AND EXISTS (SELECT 1 FROM feedback f WHERE f.trace_id = traces.id)");
     if (qr->text)
         buf_puts(&sql, " AND strpos(body::text, ?9) > 0");
-    /* the tags are read from the stored body: no tag index on PostgreSQL yet (docs/scale-out.md) */
-    if (qr->tag)
-        buf_puts(&sql, " AND (body::jsonb) -> 'tags' @> jsonb_build_array(?10::text)");
-    buf_puts(&sql, " ORDER BY ts DESC, seq DESC LIMIT ?7");
+    buf_puts(&sql, qr->tag ? " ORDER BY tag_ts DESC, tag_seq DESC LIMIT ?7" : " ORDER BY ts DESC, seq DESC LIMIT ?7");
     pgq *q;
     int bad = pg_read_begin(s, sql.data, &q, err, errlen);
     buf_free(&sql);

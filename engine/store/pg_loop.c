@@ -1,6 +1,7 @@
 /* pg_loop.c — the PostgreSQL SQL of the self-improvement loop: its state rows and event log
- * (the writes are the shared ops of ops.c), and the online metrics read from traces and
- * scores in one snapshot. */
+ * (the writes are the shared ops of ops.c), and the online metrics read from the per-minute
+ * rollups and the traces and scores of a window's partial minutes, in one snapshot. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,55 +73,160 @@ static int finish(pgq *q, int rc, char *err, size_t errlen)
     return rc == PGQ_ERROR ? -1 : 0;
 }
 
+/* The online figures of a window, summed from whole minutes of the rollups (trace_minutes,
+ * score_minutes: migration 7 in pg.c) and the traces and scores of the partial minutes at its
+ * edges, as sqlite_loop.c does. */
+#define MINUTE_MS 60000
+
+typedef struct {
+    int64_t traces, evaluated, passed, failures, errors, negative, retries;
+    double latency, cost, tokens;        /* sums */
+    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
+} window_totals;
+
 /* A number at a path of the body, NULL when it holds none (SQLite's avg skips those too). */
 #define NUM(path) "(CASE WHEN json_typeof(body #> '" path "') = 'number' THEN (body #>> '" path "')::float8 END)"
 #define COUNT_IF(cond) "count(*) FILTER (WHERE " cond ")"
+#define TOKENS "(" NUM("{usage,input_tokens}") " + " NUM("{usage,output_tokens}") ")"
 
-static int metrics_totals(PGconn *c, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                          json_t **out, char *err, size_t errlen)
+/* ?1 prompt, ?2 version (0: any), ?3 from, ?4 to (ms for the scans, minutes for the rollups) */
+static const char totals_scan_sql[] =
+    "SELECT count(*), " COUNT_IF("verdict IS NOT NULL") ", " COUNT_IF("verdict = 0 AND negative = 0") ", "
+    COUNT_IF("verdict = 1 OR negative = 1") ", " COUNT_IF("verdict = 2") ", coalesce(sum(negative), 0), "
+    COUNT_IF("retry_of IS NOT NULL") ", coalesce(sum(" NUM("{latency_ms}") "), 0), count(" NUM("{latency_ms}") "), "
+    "coalesce(sum(" NUM("{usage,cost_usd}") "), 0), count(" NUM("{usage,cost_usd}") "), "
+    "coalesce(sum(" TOKENS "), 0), count(" TOKENS ") "
+    "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4";
+/* of one version along the primary key, of every version along (prompt, minute) */
+#define TOTALS_ROLLUP(VERSION)                                                                                      \
+    "SELECT coalesce(sum(traces), 0), coalesce(sum(evaluated), 0), coalesce(sum(passed), 0), "                      \
+    "coalesce(sum(failures), 0), coalesce(sum(errors), 0), coalesce(sum(negative), 0), coalesce(sum(retries), 0), " \
+    "coalesce(sum(latency_sum), 0), coalesce(sum(latency_n), 0), coalesce(sum(cost_sum), 0), "                      \
+    "coalesce(sum(cost_n), 0), coalesce(sum(tokens_sum), 0), coalesce(sum(tokens_n), 0) "                           \
+    "FROM trace_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4"
+static const char totals_rollup_sql[] = TOTALS_ROLLUP("AND version = ?2");
+static const char totals_rollup_any_sql[] = TOTALS_ROLLUP("AND ?2::bigint = 0");
+static const char evaluators_scan_sql[] =
+    "SELECT s.evaluator, count(*), " COUNT_IF("s.status = 'ok' AND s.pass = 1") ", "
+    COUNT_IF("s.status = 'ok' AND s.pass = 0") ", " COUNT_IF("s.status <> 'ok'") ", " COUNT_IF("s.required <> 0") " "
+    "FROM scores s JOIN traces t ON t.id = s.trace_id "
+    "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 GROUP BY s.evaluator";
+#define EVALUATORS_ROLLUP(VERSION)                                                                                  \
+    "SELECT evaluator, sum(n), sum(passed), sum(failures), sum(errors), sum(required) "                             \
+    "FROM score_minutes WHERE prompt = ?1 " VERSION " AND minute >= ?3 AND minute < ?4 GROUP BY evaluator"
+static const char evaluators_rollup_sql[] = EVALUATORS_ROLLUP("AND version = ?2");
+static const char evaluators_rollup_any_sql[] = EVALUATORS_ROLLUP("AND ?2::bigint = 0");
+
+static int totals_add(PGconn *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+                      window_totals *w, char *err, size_t errlen)
 {
-    pgq *q = window_query(c,
-                          "SELECT count(*), " COUNT_IF("verdict IS NOT NULL") ", " COUNT_IF("verdict = 0 AND negative = 0") ", "
-                          COUNT_IF("verdict = 1 OR negative = 1") ", " COUNT_IF("verdict = 2") ", "
-                          "coalesce(sum(negative), 0), " COUNT_IF("retry_of IS NOT NULL") ", avg(" NUM("{latency_ms}") "), "
-                          "avg(" NUM("{usage,cost_usd}") "), "
-                          "avg(" NUM("{usage,input_tokens}") " + " NUM("{usage,output_tokens}") ") "
-                          "FROM traces WHERE prompt = ?1 AND (?2 = 0 OR version = ?2) AND ts >= ?3 AND ts < ?4",
-                          prompt, version, since_ms, until_ms);
+    if (from >= to) /* an empty edge */
+        return 0;
+    pgq *q = window_query(c, sql, prompt, version, from, to);
     int rc = pgq_step(q);
     if (rc == PGQ_ROW) {
-        double evaluated = pgq_col_double(q, 1), passed = pgq_col_double(q, 2);
-        *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:{}}", "traces",
-                         (json_int_t)pgq_col_int(q, 0), "evaluated", (json_int_t)evaluated, "passed",
-                         (json_int_t)passed, "failures", (json_int_t)pgq_col_double(q, 3), "errors",
-                         (json_int_t)pgq_col_double(q, 4), "negative", (json_int_t)pgq_col_double(q, 5), "retries",
-                         (json_int_t)pgq_col_double(q, 6), "pass_rate", evaluated > 0 ? passed / evaluated : 0.0,
-                         "latency_ms", pgq_col_double(q, 7), "cost", pgq_col_double(q, 8), "tokens",
-                         pgq_col_double(q, 9), "evaluators");
+        int64_t *counts[] = {&w->traces, &w->evaluated, &w->passed, &w->failures,
+                             &w->errors, &w->negative,  &w->retries};
+        for (int i = 0; i < 7; i++)
+            *counts[i] += (int64_t)pgq_col_double(q, i);
+        w->latency += pgq_col_double(q, 7);
+        w->latency_n += (int64_t)pgq_col_double(q, 8);
+        w->cost += pgq_col_double(q, 9);
+        w->cost_n += (int64_t)pgq_col_double(q, 10);
+        w->tokens += pgq_col_double(q, 11);
+        w->tokens_n += (int64_t)pgq_col_double(q, 12);
     }
     return finish(q, rc, err, errlen);
 }
 
-static int metrics_evaluators(PGconn *c, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
-                              json_t *evs, char *err, size_t errlen)
+/* Adds each evaluator's [n, passed, failures, errors, required] into acc. */
+static int evaluators_add(PGconn *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+                          json_t *acc, char *err, size_t errlen)
 {
-    pgq *q = window_query(c,
-                          "SELECT s.evaluator, count(*), " COUNT_IF("s.status = 'ok' AND s.pass = 1") ", "
-                          COUNT_IF("s.status = 'ok' AND s.pass = 0") ", " COUNT_IF("s.status <> 'ok'") ", max(s.required) "
-                          "FROM scores s JOIN traces t ON t.id = s.trace_id "
-                          "WHERE t.prompt = ?1 AND (?2 = 0 OR t.version = ?2) AND t.ts >= ?3 AND t.ts < ?4 "
-                          "GROUP BY s.evaluator ORDER BY s.evaluator COLLATE \"C\"",
-                          prompt, version, since_ms, until_ms);
+    if (from >= to)
+        return 0;
+    pgq *q = window_query(c, sql, prompt, version, from, to);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW) {
-        double n = pgq_col_double(q, 1), ok = pgq_col_double(q, 2), fail = pgq_col_double(q, 3);
-        json_object_set_new(evs, pgq_col(q, 0),
-                            json_pack("{s:I, s:I, s:I, s:I, s:f, s:b}", "n", (json_int_t)n, "passed", (json_int_t)ok,
-                                      "failures", (json_int_t)fail, "errors", (json_int_t)pgq_col_double(q, 4),
-                                      "pass_rate", ok + fail > 0 ? ok / (ok + fail) : 0.0, "required",
-                                      (int)pgq_col_int(q, 5)));
+        json_t *a = json_object_get(acc, pgq_col(q, 0));
+        if (!a) {
+            a = json_pack("[I, I, I, I, I]", (json_int_t)0, (json_int_t)0, (json_int_t)0, (json_int_t)0,
+                          (json_int_t)0);
+            json_object_set_new(acc, pgq_col(q, 0), a);
+        }
+        for (int i = 0; i < 5; i++)
+            json_array_set_new(a, (size_t)i,
+                               json_integer(json_integer_value(json_array_get(a, (size_t)i)) +
+                                            (json_int_t)pgq_col_double(q, i + 1)));
     }
     return finish(q, rc, err, errlen);
+}
+
+/* The window [since, until) as whole minutes [*m0, *m1) and the edges [since, *e0) and
+ * [*e1, until) read from the traces. A window shorter than a whole minute is all edge. */
+static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
+{
+    if (since < 0 || until <= since || since > INT64_MAX - MINUTE_MS) { /* no rollup before 1970 */
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *m0 = (since + MINUTE_MS - 1) / MINUTE_MS;
+    *m1 = until / MINUTE_MS;
+    if (*m1 <= *m0) {
+        *m0 = *m1 = 0;
+        *e0 = *e1 = until;
+        return;
+    }
+    *e0 = *m0 * MINUTE_MS;
+    *e1 = *m1 * MINUTE_MS;
+}
+
+/* One window's figures: {traces, evaluated, passed, failures, errors, negative, retries,
+ * pass_rate, latency_ms, cost, tokens, evaluators}. */
+static int window_metrics(PGconn *c, const char *prompt, int64_t version, int64_t since, int64_t until, json_t **out,
+                          char *err, size_t errlen)
+{
+    int64_t m0, m1, e0, e1;
+    window_split(since, until, &m0, &m1, &e0, &e1);
+    window_totals w = {0};
+    json_t *acc = json_object();
+    int rc = totals_add(c, totals_scan_sql, prompt, version, since, e0, &w, err, errlen) ||
+             evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
+    if (!rc && m1 > m0)
+        rc = totals_add(c, version ? totals_rollup_sql : totals_rollup_any_sql, prompt, version, m0, m1, &w, err,
+                        errlen) ||
+             evaluators_add(c, version ? evaluators_rollup_sql : evaluators_rollup_any_sql, prompt, version, m0, m1,
+                            acc, err, errlen) ||
+             totals_add(c, totals_scan_sql, prompt, version, e1, until, &w, err, errlen) ||
+             evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
+    if (rc) {
+        json_decref(acc);
+        return -1;
+    }
+    json_t *evs = json_object();
+    const char *name;
+    json_t *a;
+    json_object_foreach(acc, name, a) {
+        json_int_t n = json_integer_value(json_array_get(a, 0)), ok = json_integer_value(json_array_get(a, 1)),
+                   fail = json_integer_value(json_array_get(a, 2));
+        if (n > 0) /* an evaluator whose scores were all replaced has none here */
+            json_object_set_new(evs, name,
+                                json_pack("{s:I, s:I, s:I, s:O, s:f, s:b}", "n", n, "passed", ok, "failures", fail,
+                                          "errors", json_array_get(a, 3), "pass_rate",
+                                          ok + fail > 0 ? (double)ok / (double)(ok + fail) : 0.0, "required",
+                                          json_integer_value(json_array_get(a, 4)) > 0));
+    }
+    json_decref(acc);
+    *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "traces", (json_int_t)w.traces,
+                     "evaluated", (json_int_t)w.evaluated, "passed", (json_int_t)w.passed, "failures",
+                     (json_int_t)w.failures, "errors", (json_int_t)w.errors, "negative", (json_int_t)w.negative,
+                     "retries", (json_int_t)w.retries, "pass_rate",
+                     w.evaluated > 0 ? (double)w.passed / (double)w.evaluated : 0.0, "latency_ms",
+                     w.latency_n ? w.latency / (double)w.latency_n : 0.0, "cost",
+                     w.cost_n ? w.cost / (double)w.cost_n : 0.0, "tokens",
+                     w.tokens_n ? w.tokens / (double)w.tokens_n : 0.0, "evaluators", evs);
+    return 0;
 }
 
 #define MAX_SLICE_VALUES 50
@@ -166,10 +272,7 @@ int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int6
     /* one snapshot for every statement */
     int rc = pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, errlen);
     if (!rc)
-        rc = metrics_totals(c, prompt, version, since_ms, until_ms, out, err, errlen);
-    if (!rc)
-        rc = metrics_evaluators(c, prompt, version, since_ms, until_ms, json_object_get(*out, "evaluators"), err,
-                                errlen);
+        rc = window_metrics(c, prompt, version, since_ms, until_ms, out, err, errlen);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(c, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -198,9 +301,7 @@ int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t sinc
     for (int64_t from = since_ms; !rc && from < until_ms; from += step_ms) {
         int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
         json_t *m = NULL;
-        rc = metrics_totals(c, prompt, version, from, to, &m, err, errlen);
-        if (!rc)
-            rc = metrics_evaluators(c, prompt, version, from, to, json_object_get(m, "evaluators"), err, errlen);
+        rc = window_metrics(c, prompt, version, from, to, &m, err, errlen);
         if (m) {
             json_object_set_new(m, "since_ms", json_integer(from));
             json_array_append_new(*points, m);

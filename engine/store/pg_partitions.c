@@ -134,6 +134,9 @@ static int create_day(pg_parts *p, PGconn *c, int64_t day, int64_t now, char *er
         /* under the parent's lock: another engine may have made it meanwhile */
         snprintf(sql, sizeof sql,
                  "LOCK TABLE traces IN ACCESS EXCLUSIVE MODE;"
+                 /* a move, not a deletion and a new trace: the rollups and tags stay as they
+                  * are (the rows keep their seq, which the tags name) */
+                 "SELECT set_config('ratchet.days', 'on', true);"
                  "CREATE TEMP TABLE ratchet_moved ON COMMIT DROP AS WITH m AS (DELETE FROM traces_default "
                  "WHERE ts >= %lld AND ts < %lld RETURNING *) SELECT * FROM m;"
                  "CREATE TABLE IF NOT EXISTS %s PARTITION OF traces FOR VALUES FROM (%lld) TO (%lld);"
@@ -238,9 +241,20 @@ int pg_parts_upkeep(pg_parts *p, PGconn *c, int64_t now, int64_t before_ms, char
         /* whole days only: a partition goes when its last moment is older than before_ms */
         int64_t cut = day_of(before_ms);
         for (size_t i = 0; i < p->n && p->days[i] < cut; i++) {
-            char name[64], sql[128];
+            char name[64], sql[1024];
             part_name(p->days[i], name, sizeof name);
-            snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s", name);
+            long long lo = (long long)(p->days[i] * DAY_MS), hi = lo + DAY_MS;
+            /* the day whole: its partition, any of its rows in the default one, and its
+             * per-minute rollups and tags (no row trigger counts a dropped table's rows
+             * out). The ids, scores and feedback of its traces go in batches after. */
+            snprintf(sql, sizeof sql,
+                     "SELECT set_config('ratchet.days', 'on', true);"
+                     "DELETE FROM traces_default WHERE ts >= %lld AND ts < %lld;"
+                     "DROP TABLE IF EXISTS %s;"
+                     "DELETE FROM trace_minutes WHERE minute >= %lld AND minute < %lld;"
+                     "DELETE FROM score_minutes WHERE minute >= %lld AND minute < %lld;"
+                     "DELETE FROM trace_tags WHERE tag_ts >= %lld AND tag_ts < %lld",
+                     lo, hi, name, lo / 60000, hi / 60000, lo / 60000, hi / 60000, lo, hi);
             int rc = ddl_begin(c, err, errlen);
             if (!rc)
                 rc = pg_exec(c, sql, err, errlen);

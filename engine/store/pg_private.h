@@ -53,6 +53,15 @@ json_t *pgq_col_time(const pgq *q, int col);
 /* Runs SQL without parameters (several statements allowed); 0 or -1 with err. */
 int pg_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 
+/* The read deadline of the calling thread: pg_read_acquire starts it (store.read_timeout_ms),
+ * pg_read_release ends it (0). While it runs, pgq_step and pg_exec send without blocking and
+ * wait on the socket with poll() until it passes, then fail with STORE_READ_TIMEOUT. */
+void pg_deadline_set(int timeout_ms);
+bool pg_deadline_on(void);
+void pg_deadline_error(char *err, size_t errlen);
+/* Waits for events on c's socket until the deadline: 1 ready, 0 the deadline passed, -1 error. */
+int pg_wait_socket(PGconn *c, short events);
+
 /* A read connection from the pool (a new one when none is free); NULL with err. */
 PGconn *pg_read_acquire(pg_store *s, char *err, size_t errlen);
 /* Back to the pool, or closed when it broke. */
@@ -85,8 +94,8 @@ int pg_run_results(store *s, const char *run_id, const int64_t *case_idx, size_t
 int pg_load_loop_states(store *s, json_t **states, char *err, size_t errlen);
 int pg_list_loop_events(store *s, const char *prompt, int64_t after_seq, int limit, json_t **items, char *err,
                         size_t errlen);
-/* The buckets of a series in one snapshot, each as pg_prompt_metrics_sliced's window (a scan
- * per bucket: PostgreSQL has no rollups yet). */
+/* The buckets of a series in one snapshot, each as pg_prompt_metrics_sliced's window (whole
+ * minutes from the rollups, the partial ones at its edges from the traces). */
 int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                      int64_t step_ms, json_t **points, char *err, size_t errlen);
 int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,

@@ -1,6 +1,10 @@
 /* pg_stmt.c — the PostgreSQL backend's statement helper: SQL with ?N placeholders run through
  * PQexecParams on a blocking connection (writer and thread-pool threads, never the loop), its
- * rows read by column as the SQLite backend reads its own. */
+ * rows read by column as the SQLite backend reads its own; on the thread-pool threads of reads,
+ * sent without blocking and waited for with poll() up to the read's deadline. */
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +35,105 @@ static char *rewrite_params(const char *sql)
         out[i] = c;
     }
     return out;
+}
+
+/* The deadline of the read this thread runs (pg_read_acquire sets it, pg_read_release clears
+ * it): 0 on the writer and coordinator threads, whose statements block as before. */
+static _Thread_local int64_t deadline_ms;
+static _Thread_local int deadline_timeout_ms;
+
+void pg_deadline_set(int timeout_ms)
+{
+    deadline_timeout_ms = timeout_ms;
+    deadline_ms = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+}
+
+bool pg_deadline_on(void)
+{
+    return deadline_ms != 0;
+}
+
+void pg_deadline_error(char *err, size_t errlen)
+{
+    snprintf(err, errlen, STORE_READ_TIMEOUT " (store.read_timeout_ms = %d)", deadline_timeout_ms);
+}
+
+int pg_wait_socket(PGconn *c, short events)
+{
+    int64_t left = deadline_ms - now_ms();
+    if (left <= 0)
+        return 0;
+    struct pollfd p = {.fd = PQsocket(c), .events = events};
+    if (p.fd < 0)
+        return -1;
+    int n;
+    do
+        n = poll(&p, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+    while (n < 0 && errno == EINTR && (left = deadline_ms - now_ms()) > 0);
+    return n > 0 ? 1 : n == 0 || errno == EINTR ? 0 : -1;
+}
+
+/* PQexecParams (params >= 0) or PQexec under the thread's deadline: sent without blocking, the
+ * socket waited on with poll() until the deadline. NULL with err when it passed (the connection
+ * is then mid-query: pg_read_release closes it) or the connection failed. With several
+ * statements (PQexec), the first error or else the last result, as PQexec gives. */
+static PGresult *exec_deadline(PGconn *c, const char *sql, int n, const Oid *types, const char *const *values,
+                               char *err, size_t errlen)
+{
+    if (!deadline_ms)
+        return n >= 0 ? PQexecParams(c, sql, n, types, values, NULL, NULL, 0) : PQexec(c, sql);
+    if (deadline_ms <= now_ms()) {
+        pg_deadline_error(err, errlen);
+        return NULL;
+    }
+    if (PQsetnonblocking(c, 1) != 0 ||
+        !(n >= 0 ? PQsendQueryParams(c, sql, n, types, values, NULL, NULL, 0) : PQsendQuery(c, sql)))
+        goto failed;
+    int f;
+    while ((f = PQflush(c)) == 1) {
+        int w = pg_wait_socket(c, POLLOUT | POLLIN);
+        if (w == 0)
+            goto timed_out;
+        if (w < 0 || !PQconsumeInput(c))
+            goto failed;
+    }
+    if (f < 0)
+        goto failed;
+    PGresult *out = NULL;
+    for (;;) {
+        while (PQisBusy(c)) {
+            int w = pg_wait_socket(c, POLLIN);
+            if (w == 0) {
+                PQclear(out);
+                goto timed_out;
+            }
+            if (w < 0 || !PQconsumeInput(c)) {
+                PQclear(out);
+                goto failed;
+            }
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            break;
+        if (out && PQresultStatus(out) != PGRES_TUPLES_OK && PQresultStatus(out) != PGRES_COMMAND_OK) {
+            PQclear(r); /* the first error stays the answer */
+            continue;
+        }
+        PQclear(out);
+        out = r;
+    }
+    if (!out)
+        goto failed;
+    return out;
+timed_out:
+    pg_deadline_error(err, errlen);
+    return NULL;
+failed:
+    snprintf(err, errlen, "%s", PQerrorMessage(c));
+    err[strcspn(err, "\n")] = 0;
+    if (!err[0])
+        snprintf(err, errlen, "no connection to PostgreSQL");
+    return NULL;
 }
 
 pgq *pgq_new(PGconn *conn, const char *sql)
@@ -107,8 +210,11 @@ void pgq_null(pgq *q, int i)
 int pgq_step(pgq *q)
 {
     if (!q->res) {
-        q->res = PQexecParams(q->conn, q->sql, q->nparams, q->types, (const char *const *)q->values, NULL, NULL, 0);
+        q->res = exec_deadline(q->conn, q->sql, q->nparams, q->types, (const char *const *)q->values, q->err,
+                               sizeof q->err);
         q->row = -1;
+        if (!q->res)
+            return PGQ_ERROR;
         ExecStatusType st = PQresultStatus(q->res);
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
             const char *m = PQresultErrorMessage(q->res);
@@ -201,7 +307,9 @@ json_t *pgq_col_time(const pgq *q, int col)
 
 int pg_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 {
-    PGresult *r = PQexec(c, sql);
+    PGresult *r = exec_deadline(c, sql, -1, NULL, NULL, err, errlen);
+    if (!r)
+        return -1;
     ExecStatusType st = PQresultStatus(r);
     int rc = 0;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {

@@ -17,6 +17,11 @@ int store_open(store **out, uv_loop_t *loop, const store_options *o, char *err, 
     return -1;
 }
 
+bool store_read_timed_out(const char *err)
+{
+    return strstr(err, STORE_READ_TIMEOUT) != NULL;
+}
+
 const char *store_kind(store *s)
 {
     return s->be->name;

@@ -183,7 +183,12 @@ typedef struct {
     int max_pending;
     int read_pool;      /* postgres: read connections kept open (0: 4) */
     int retention_days; /* store.retention_days (0: none): postgres makes no partition for days past it */
+    int read_timeout_ms; /* postgres: each read's deadline (0: none) */
 } store_options;
+/* The message of a read that passed its deadline (store.read_timeout_ms, PostgreSQL): the
+ * API answers it with 503. */
+#define STORE_READ_TIMEOUT "the store did not answer within its read deadline"
+bool store_read_timed_out(const char *err);
 /* Opens (creating and migrating) the store and starts its writer thread (and,
  * on SQLite, the checkpointer). Returns 0, or -1 with a message in err. */
 int store_open(store **out, uv_loop_t *loop, const store_options *o, char *err, size_t errlen);

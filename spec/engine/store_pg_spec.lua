@@ -122,6 +122,17 @@ describe("the PostgreSQL store #heavy", function()
   end)
 end)
 
+describe("store.read_timeout_ms", function()
+  it("refuses a deadline that is not whole milliseconds from 100 to 600000, naming the field", function()
+    for _, bad in ipairs { "0", "99", "-5", '"2s"', "1.5", "600001", "{}" } do
+      local code, log = engine.start { expect_fail = true, store = "sqlite",
+        config = "store = { kind = \"postgres\", dsn = \"host=127.0.0.1 dbname=x\", read_timeout_ms = " .. bad .. " }\n" }
+      assert.equal(3, code, bad)
+      assert.matches("store%.read_timeout_ms", log, nil, false, bad)
+    end
+  end)
+end)
+
 describe("a database behind a stalling network #heavy", function()
   it("leaves the event loop responsive: /healthz keeps answering while every store call waits", function()
     pg.start()
@@ -140,11 +151,14 @@ describe("a database behind a stalling network #heavy", function()
     end)
     local _, db = pg.new_database()
     local dsn = string.format("host=127.0.0.1 port=%d dbname=%s user=postgres", port, db)
+    -- reads get a deadline of 1 s (store.read_timeout_ms)
+    local cfg = string.format('store = { kind = "postgres", dsn = %q, read_timeout_ms = 1000 }\n', dsn)
     local e = assert(engine.eventually(5, function()
-      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn })
+      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn, config = cfg })
       return ok and started
     end))
     assert.equal(200, e:post("/v1/traces", engine.trace { id = "before-stall" }).status)
+    assert.equal(200, e:get("/v1/traces/before-stall").status) -- a read connection in the pool
 
     local function healthz_times(n)
       local worst = 0
@@ -173,7 +187,23 @@ describe("a database behind a stalling network #heavy", function()
     assert.equal(200, e:get("/v1/status").status)
     assert.is_true(socket.gettime() - t0 < 1 * engine.slow, "status waited on the stalled database")
 
+    -- a read through the stalled network ends at its deadline with 503 naming it, not at
+    -- tcp_user_timeout (30 s): on the pooled connection, then on a new one (its connect waits)
+    for _, what in ipairs { "the pooled connection", "a new connection" } do
+      local t0 = socket.gettime()
+      local r = e:get("/v1/traces/before-stall")
+      local took = socket.gettime() - t0
+      assert.equal(503, r.status, what .. ": " .. r.body)
+      assert.equal("store_timeout", r.json.error.code)
+      assert.matches("store.read_timeout_ms = 1000", r.json.error.message, 1, true)
+      assert.is_true(took >= 0.9 and took < 1 + 3 * engine.slow, string.format("%s: answered after %.2f s", what, took))
+    end
+
     os.remove(stall)
+    -- the network moves again: reads answer again (the timed-out connections were dropped)
+    assert.is_truthy(engine.eventually(10 * engine.slow, function()
+      return e:get("/v1/traces/before-stall").status == 200
+    end))
     -- the stalled ingest completes once the network moves again: never a 2xx without the commit
     c:settimeout(30 * engine.slow)
     local res = engine.read_response(c)

@@ -47,6 +47,11 @@ CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;
 INSERT INTO traces SELECT * FROM flat;
 SELECT setval('traces_seq_seq', (SELECT max(seq) FROM traces));
 DROP TABLE flat;
+-- what migrations 8 and 9 (rollups, tags) add, which version 6 did not have either
+DROP TRIGGER scores_rollups ON scores;
+DROP TABLE trace_minutes, score_minutes, trace_minute_changes, score_minute_changes, trace_tags;
+DROP FUNCTION ratchet_trace_minute, ratchet_trace_scores, ratchet_traces_changed, ratchet_score_minute,
+  ratchet_scores_changed, ratchet_rollups_pending, ratchet_rollups_fold, ratchet_trace_tags_delete;
 UPDATE ratchet_schema SET version = 6;
 COMMIT;
 ]]
@@ -135,17 +140,31 @@ describe("traces partitioned by day on PostgreSQL #heavy", function()
     -- a batch of traces of six more days: four partitions made for it at most (CREATE_PER_BATCH
     -- of engine/store/pg_partitions.c), the other two days wait in the default partition...
     local batch = {}
-    for d = 11, 16 do batch[#batch + 1] = engine.trace { id = "d" .. d, timestamp = iso(d) } end
+    for d = 11, 16 do batch[#batch + 1] = engine.trace { id = "d" .. d, timestamp = iso(d), tags = { "d" .. d } } end
     r = e:post("/v1/traces", batch)
     assert.equal(200, r.status, r.body)
     assert.equal("d15\nd16", e:sql("SELECT id FROM traces_default WHERE id LIKE 'd%' ORDER BY id"))
     -- ...until a trace of one of them comes: its day's partition is made and takes the waiting one
+    -- (a move: the day's per-minute figures and the tag stay as they were)
+    assert.equal(201, e:post("/v1/prompts", { name = "ticket-triage" }).status)
+    local t15 = (os.time() - 15 * 86400) * 1000
+    local function day15_traces()
+      local s = e:get(string.format("/v1/prompts/ticket-triage/series?buckets=1&since=%d&until=%d",
+        t15 - 3600000, t15 + 3600000))
+      assert.equal(200, s.status, s.body)
+      return s.json.points[1].traces
+    end
+    assert.equal(1, day15_traces())
     r = e:post("/v1/traces", { engine.trace { id = "d15b", timestamp = iso(15) } })
     assert.equal(200, r.status, r.body)
     assert.equal("d16", e:sql("SELECT id FROM traces_default WHERE id LIKE 'd%' ORDER BY id"))
     local day15 = os.date("!%Y%m%d", os.time() - 15 * 86400)
     assert.equal("d15\nd15b", e:sql("SELECT id FROM traces_p" .. day15 .. " ORDER BY id"))
     for d = 11, 16 do assert.equal(200, e:get("/v1/traces/d" .. d).status) end
+    assert.equal(2, day15_traces())
+    local tagged = e:get("/v1/traces?tag=d15").json.items
+    assert.equal(1, #tagged)
+    assert.equal("d15", tagged[1].id)
 
     -- a read holding the table (here a lock for 4 s) makes the partition's create wait 200 ms
     -- and give up: the batch's traces go to the default partition, acknowledged all the same,

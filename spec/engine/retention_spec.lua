@@ -58,9 +58,18 @@ describe("trace retention", function()
     if engine.store ~= "postgres" then return end
     local line = store_line(60)
     local e = engine.start { config = line }
+    assert.equal(201, e:post("/v1/prompts", { name = "ticket-triage" }).status)
+    -- the day's figures (per-minute rollups) and its tags go with it
+    local t40 = (os.time() - 40 * 86400) * 1000
+    local function day40_traces()
+      local s = e:get(string.format("/v1/prompts/ticket-triage/series?buckets=1&since=%d&until=%d",
+        t40 - 3600000, t40 + 3600000))
+      assert.equal(200, s.status, s.body)
+      return s.json.points[1].traces, s.json.points[1].negative
+    end
     local batch = {}
     for i = 1, 20 do
-      batch[#batch + 1] = engine.trace { id = "d40-" .. i, timestamp = iso(40) }
+      batch[#batch + 1] = engine.trace { id = "d40-" .. i, timestamp = iso(40), tags = { "day40" } }
       batch[#batch + 1] = engine.trace { id = "d1-" .. i, timestamp = iso(1) }
     end
     local r = e:post("/v1/traces", batch)
@@ -68,6 +77,8 @@ describe("trace retention", function()
     for _, item in ipairs(r.json.items) do assert.equal("accepted", item.status) end
     assert.equal(200, e:post("/v1/feedback", { trace_id = "d40-1", thumbs = "down" }).status)
     assert.equal("fail", e:get("/v1/traces/d40-1").json.verdict)
+    assert.same({ 20, 1 }, { day40_traces() })
+    assert.equal(20, #e:get("/v1/traces?tag=day40&limit=100").json.items)
     local day40 = os.date("!%Y-%m-%d", os.time() - 40 * 86400)
     local parts
     assert.truthy(engine.eventually(10, function()
@@ -92,6 +103,8 @@ describe("trace retention", function()
       assert.equal(404, e:get("/v1/traces/d40-" .. i).status)
       assert.equal(200, e:get("/v1/traces/d1-" .. i).status)
     end
+    assert.same({ 0, 0 }, { day40_traces() })
+    assert.equal(0, #e:get("/v1/traces?tag=day40&limit=100").json.items)
     local _, screen = engine.run("status --url http://" .. e.addr)
     assert.matches("traces in %d+ daily partitions, %d+%-%d+%-%d+ to %d+%-%d+%-%d+; this engine created %d+, dropped [1-9]",
       screen)

@@ -127,8 +127,11 @@ static void add_message(fields *f, const char *role, json_t *content /* stolen *
 {
     if (!f->messages)
         f->messages = json_array();
-    json_array_append_new(f->messages, json_pack("{s:s,s:o}", "role", role_of(role), "content",
-                                                 content ? content : json_null()));
+    /* set directly: json_pack parses its format on every call (per message, per span) */
+    json_t *m = json_object();
+    json_object_set_new_nocheck(m, "role", json_string(role_of(role)));
+    json_object_set_new_nocheck(m, "content", content ? content : json_null());
+    json_array_append_new(f->messages, m);
 }
 
 static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
@@ -137,7 +140,8 @@ static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
         return;
     if (!f->tool_calls)
         f->tool_calls = json_array();
-    json_t *c = json_pack("{s:O}", "name", name);
+    json_t *c = json_object();
+    json_object_set_nocheck(c, "name", name);
     if (json_is_string(id))
         json_object_set_nocheck(c, "id", id);
     if (json_is_string(args) || json_is_object(args))
@@ -540,7 +544,8 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
         name = sattr_or_resource(span, *k);
     json_t *p = NULL;
     if (name) {
-        p = json_pack("{s:s}", "name", name);
+        p = json_object();
+        json_object_set_new_nocheck(p, "name", json_string(name));
         bool found;
         json_int_t v = first_int(span, versions, &found);
         if (found && v >= 1)
@@ -576,7 +581,9 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     const char *tid = json_string_value(json_object_get(span, "trace_id"));
     const char *sid = json_string_value(json_object_get(span, "span_id"));
     otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
-    json_t *t = json_pack("{s:s,s:O}", "id", id, "prompt", prompt);
+    json_t *t = json_object();
+    json_object_set_new_nocheck(t, "id", json_string(id));
+    json_object_set_nocheck(t, "prompt", prompt);
     json_t *input = json_object();
     if (f->messages)
         json_object_set_nocheck(input, "messages", f->messages);

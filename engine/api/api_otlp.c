@@ -18,10 +18,11 @@
 #include "api/otlp_decode.h"
 #include "api/otlp_map.h"
 #include "base/jtree.h"
+#include "base/log.h"
 #include "script/policy.h"
 
 #define OTLP_MD "docs/otlp.md"
-/* as ingest: larger bodies are decoded in the thread pool */
+/* larger bodies are decoded on the receiver's own threads */
 #define INLINE_DECODE_MAX (64 * 1024)
 
 static void otlp_traces(const api_call *c);
@@ -36,8 +37,7 @@ const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[
 enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED, R_PART, R_N };
 
 typedef struct otlp_job {
-    uv_work_t work;
-    struct otlp_job *next_waiting; /* in api's queue of bodies waiting for the pool */
+    struct otlp_job *next; /* in the decoder's queue of bodies to decode, then of those decoded */
     api *a;
     http_request *req;
     otlp_signal sig;
@@ -175,7 +175,7 @@ static void job_free(otlp_job *job)
     free(job);
 }
 
-/* ---- decoding (on the loop, or in the thread pool for large bodies) ---- */
+/* ---- decoding (on the loop, or on the receiver's threads for large bodies) ---- */
 
 static void note_rejected(otlp_job *job, const char *fmt, const char *a, const char *b, const char *c)
 {
@@ -215,7 +215,7 @@ static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, ingest_ba
 
 static void parse_mapped(otlp_job *job);
 
-/* CPU time of the calling thread, ns: decoding may run in the pool, several at once */
+/* CPU time of the calling thread, ns: decoding may run on several threads at once */
 static uint64_t thread_cpu_ns(void)
 {
     struct timespec ts;
@@ -449,49 +449,136 @@ static void submit_job(otlp_job *job)
     submit_feedback(job);
 }
 
-static void decode_work(uv_work_t *w)
+/* ---- the receiver's decoding threads ---- */
+
+/* Large bodies (and gzip ones) are decoded off the loop, on threads of the
+ * receiver's own, one per core the engine may run on
+ * (uv_available_parallelism follows the CPU affinity): more at once on the
+ * same cores only multiplies the trees in memory without decoding any
+ * faster. Bodies wait their turn in arrival order. Not libuv's pool: a
+ * request landing on any of its 4 threads left each thread's allocator
+ * heap holding the pages of its last request (peak RSS 46-48 MB against 32
+ * with one thread, bench/RESULTS.md); the same few threads here keep it to
+ * theirs. The loop hears of a decoded body through one uv_async. */
+typedef struct otlp_decoder {
+    api *a;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    uv_thread_t *threads;
+    unsigned nthreads;
+    otlp_job *todo_head, *todo_tail; /* to decode, in arrival order */
+    otlp_job *done_head, *done_tail; /* decoded, for the loop */
+    bool stopping;
+    uv_async_t async;
+} otlp_decoder;
+
+static void push_job(otlp_job **head, otlp_job **tail, otlp_job *job)
 {
-    decode_job(w->data);
+    job->next = NULL;
+    if (*tail)
+        (*tail)->next = job;
+    else
+        *head = job;
+    *tail = job;
 }
 
-static void after_decode(uv_work_t *w, int status);
+static void decoder_thread(void *arg)
+{
+    otlp_decoder *d = arg;
+    uv_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->todo_head && !d->stopping)
+            uv_cond_wait(&d->cv, &d->mu);
+        otlp_job *job = d->todo_head;
+        if (!job) /* stopping, with nothing left to decode */
+            break;
+        d->todo_head = job->next;
+        if (!d->todo_head)
+            d->todo_tail = NULL;
+        uv_mutex_unlock(&d->mu);
+        decode_job(job);
+        uv_mutex_lock(&d->mu);
+        push_job(&d->done_head, &d->done_tail, job);
+        uv_async_send(&d->async);
+    }
+    uv_mutex_unlock(&d->mu);
+}
 
-/* Large bodies decode in the thread pool, at most as many at once as the
- * engine has cores to run them (uv_available_parallelism follows the CPU
- * affinity): more at once on the same cores only multiplies the trees in
- * memory (page faults, allocator work) without decoding any faster. The
- * others wait in arrival order. */
+/* On the loop: the decoded bodies go on to the store. */
+static void on_decoded(uv_async_t *h)
+{
+    otlp_decoder *d = h->data;
+    uv_mutex_lock(&d->mu);
+    otlp_job *job = d->done_head;
+    d->done_head = d->done_tail = NULL;
+    uv_mutex_unlock(&d->mu);
+    while (job) {
+        otlp_job *next = job->next;
+        submit_job(job);
+        job = next;
+    }
+}
+
+static void free_decoder(uv_handle_t *h)
+{
+    otlp_decoder *d = h->data;
+    uv_cond_destroy(&d->cv);
+    uv_mutex_destroy(&d->mu);
+    free(d->threads);
+    free(d);
+}
+
+/* As xmalloc on no memory: the engine cannot go on without them. */
+static void setup_failed(const char *what)
+{
+    log_error("otlp", "%s", what);
+    abort();
+}
+
+static otlp_decoder *decoder_of(api *a)
+{
+    if (a->otlp_decoder)
+        return a->otlp_decoder;
+    otlp_decoder *d = xcalloc(1, sizeof *d);
+    d->a = a;
+    if (uv_mutex_init(&d->mu) || uv_cond_init(&d->cv) || uv_async_init(a->loop, &d->async, on_decoded))
+        setup_failed("cannot set up the decoding threads' queue");
+    d->async.data = d;
+    unsigned n = uv_available_parallelism();
+    d->threads = xcalloc(n, sizeof *d->threads);
+    for (; d->nthreads < n; d->nthreads++)
+        if (uv_thread_create(&d->threads[d->nthreads], decoder_thread, d) != 0) {
+            if (d->nthreads == 0)
+                setup_failed("cannot start a decoding thread");
+            break; /* fewer threads: still correct */
+        }
+    a->otlp_decoder = d;
+    return d;
+}
+
 static void start_decode(api *a, otlp_job *job)
 {
-    if (!a->otlp_decode_max)
-        a->otlp_decode_max = uv_available_parallelism();
-    if (a->otlp_decoding >= a->otlp_decode_max) {
-        if (a->otlp_wait_tail)
-            a->otlp_wait_tail->next_waiting = job;
-        else
-            a->otlp_wait_head = job;
-        a->otlp_wait_tail = job;
-        return;
-    }
-    a->otlp_decoding++;
-    uv_queue_work(a->loop, &job->work, decode_work, after_decode);
+    otlp_decoder *d = decoder_of(a);
+    uv_mutex_lock(&d->mu);
+    push_job(&d->todo_head, &d->todo_tail, job);
+    uv_cond_signal(&d->cv);
+    uv_mutex_unlock(&d->mu);
 }
 
-static void after_decode(uv_work_t *w, int status)
+void api_otlp_stop(api *a)
 {
-    (void)status;
-    otlp_job *job = w->data;
-    api *a = job->a;
-    a->otlp_decoding--;
-    otlp_job *next = a->otlp_wait_head;
-    if (next) {
-        a->otlp_wait_head = next->next_waiting;
-        if (!a->otlp_wait_head)
-            a->otlp_wait_tail = NULL;
-        next->next_waiting = NULL;
-        start_decode(a, next);
-    }
-    submit_job(job);
+    otlp_decoder *d = a->otlp_decoder;
+    if (!d)
+        return;
+    uv_mutex_lock(&d->mu);
+    d->stopping = true;
+    uv_cond_broadcast(&d->cv);
+    uv_mutex_unlock(&d->mu);
+    for (unsigned i = 0; i < d->nthreads; i++)
+        uv_thread_join(&d->threads[i]);
+    on_decoded(&d->async); /* what they decoded last: answered before the store closes */
+    a->otlp_decoder = NULL;
+    uv_close((uv_handle_t *)&d->async, free_decoder);
 }
 
 /* ---- the endpoints ---- */
@@ -546,7 +633,6 @@ static void receive(api *a, http_request *req, otlp_signal sig)
     job->sig = sig;
     job->json = kind == 2;
     job->gzip = enc == 1;
-    job->work.data = job;
     if (req->body.len <= INLINE_DECODE_MAX && !job->gzip) {
         decode_job(job);
         submit_job(job);

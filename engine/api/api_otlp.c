@@ -1,7 +1,7 @@
 /* api_otlp.c — the OTLP/HTTP receiver's HTTP side (docs/otlp.md): its
  * route table and dispatcher, the ingest token, the encodings (protobuf or
  * JSON, gzip or not), the status codes exporters act on (200 with partial
- * success, 400, 413, 415, 503 with Retry-After), and the hand-over to the
+ * success, 400, 413, 415, 429 and 503 with Retry-After), and the hand-over to the
  * ingest path: the mapped traces are validated by ingest.c and committed by
  * the store's group commit before the 200. */
 #include "api/api_otlp.h"
@@ -356,8 +356,14 @@ static bool submit(otlp_job *job, store_write *w)
     if (store_submit(job->a->store, w) == 0)
         return true;
     job->a->otlp_n[job->sig].refused++;
-    respond_failure(job->req, job->json, 503,
-                    "the store's write queue is full or shutting down; this batch is not acknowledged, retry later");
+    /* OTLP/HTTP's throttling answers: 429 for more than the engine takes
+     * now (the exporter backs off and retries), 503 for an engine going away */
+    if (job->a->draining)
+        respond_failure(job->req, job->json, 503,
+                        "the engine is shutting down; this batch is not acknowledged, retry later");
+    else
+        respond_failure(job->req, job->json, 429,
+                        "the store's write queue is full; this batch is not acknowledged, retry after the Retry-After delay");
     job_free(job);
     return false;
 }

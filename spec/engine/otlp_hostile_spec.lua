@@ -233,16 +233,16 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     assert.is_false(stored(TRACE_HEX .. "-0000000000000301"))
   end)
 
-  it("answers 503 with Retry-After when the store's write queue cannot take the batch, storing nothing", function()
+  it("answers 429 with Retry-After when the store's write queue cannot take the batch, storing nothing", function()
     local spans = {}
     for i = 1, 101 do -- limits.max_pending_writes = 100
       spans[i] = span { span = string.pack(">I8", 0x1000 + i), attrs = llm_attrs() }
     end
     local r = send(request(spans))
-    assert.equal(503, r.status)
+    assert.equal(429, r.status) -- OTLP/HTTP throttling: retryable, with the delay to wait
     assert.equal("1", r.headers["retry-after"])
     assert.equal("application/x-protobuf", r.headers["content-type"])
-    assert.equal(14, fields(r.body)[1]) -- UNAVAILABLE
+    assert.equal(8, fields(r.body)[1]) -- RESOURCE_EXHAUSTED
     assert.matches("write queue is full", fields(r.body)[2])
     assert.is_false(stored(TRACE_HEX .. "-0000000000001001"))
     -- and in JSON, a google.rpc.Status in JSON
@@ -255,18 +255,19 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
           { key = "ratchet.prompt.name", value = { stringValue = "support" } } } }
     end
     r = send(engine.json.encode { resourceSpans = { { scopeSpans = { { spans = jspans } } } } }, "application/json")
-    assert.equal(503, r.status)
+    assert.equal(429, r.status)
     assert.equal("1", r.headers["retry-after"])
     assert.equal("application/json", r.headers["content-type"])
-    assert.equal(14, r.json.code)
+    assert.equal(8, r.json.code)
     assert.matches("write queue is full", r.json.message)
     assert.is_false(stored(string.rep("cd", 16) .. "-0000000000002001"))
   end)
 end)
 
 -- OTLP/HTTP: an error's body is a google.rpc.Status in the request's
--- encoding. Every status the listener answers, in both encodings (the 503
--- of a full write queue is above).
+-- encoding. Every status the listener answers, in both encodings (the 429
+-- of a full write queue is above; the 503 of a store that is down is in
+-- store_pg_spec.lua).
 describe("the OTLP listener's errors", function()
   local e, otlp
   local METRICS = "otlp-errors-metrics-token-0123456789"

@@ -56,6 +56,14 @@ typedef struct otlp_job {
     size_t asked;
     loaded_evaluator *rule;
     char *rule_name;       /* the config's, copied: a reload may change it while the rule runs */
+    /* the parts waiting under the ids of the request's parts and unlinked
+     * records' traces (otlp_map_join), read in the thread pool */
+    uv_work_t read;
+    char **ids, **bodies;
+    size_t nids;
+    int read_rc;
+    char read_err[256];
+    bool join_read, parsed;
 } otlp_job;
 
 /* ---- answers ---- */
@@ -163,8 +171,21 @@ static void respond_success(otlp_job *job)
     free(out);
 }
 
+static void free_ids(otlp_job *job)
+{
+    for (size_t i = 0; i < job->nids; i++) {
+        free(job->ids[i]);
+        free(job->bodies ? job->bodies[i] : NULL);
+    }
+    free(job->ids);
+    free(job->bodies);
+    job->ids = job->bodies = NULL;
+    job->nids = 0;
+}
+
 static void job_free(otlp_job *job)
 {
+    free_ids(job);
     otlp_mapped_free(&job->m);
     if (job->have_tb)
         ingest_batch_free(&job->tb);
@@ -252,13 +273,15 @@ static void decode_job(otlp_job *job)
         otlp_map_logs(items, &opts, &job->m);
     json_decref(items);
     job->decode_ns = thread_cpu_ns() - t0; /* added to the counters on the loop thread */
-    if (json_array_size(job->m.deferred) == 0)
+    /* what needs the rule or the store's waiting parts goes on from the loop */
+    if (!json_array_size(job->m.deferred) && !json_array_size(job->m.orphans) && !json_array_size(job->m.parts))
         parse_mapped(job);
 }
 
 /* The mapped traces and feedback through ingest's validation. */
 static void parse_mapped(otlp_job *job)
 {
+    job->parsed = true;
     job->rejected = job->m.rejected;
     snprintf(job->error, sizeof job->error, "%s", job->m.error);
     if (json_array_size(job->m.traces)) {
@@ -269,6 +292,11 @@ static void parse_mapped(otlp_job *job)
     if (job->sig == OTLP_LOGS)
         for (size_t i = 0; i < job->tb.write.ntraces; i++)
             job->tb.write.traces[i].join_part = true; /* the span may have come first */
+    /* traces a span formed with its records' waiting part (the last m.joined
+     * items): that part is merged into them and deleted */
+    for (size_t i = job->tb.nitems - (job->m.joined < job->tb.nitems ? job->m.joined : job->tb.nitems); i < job->tb.nitems; i++)
+        if (job->tb.items[i].write_index >= 0)
+            job->tb.write.traces[job->tb.items[i].write_index].join_part = true;
     size_t nparts = json_array_size(job->m.parts);
     if (nparts) {
         /* the spans' parts go with the traces' write (or alone) */
@@ -281,6 +309,7 @@ static void parse_mapped(otlp_job *job)
             w->parts[i].id = xstrdup(json_string_value(json_object_get(p, "id")));
             w->parts[i].json = jtree_dump(json_object_get(p, "part"));
             w->parts[i].json_len = strlen(w->parts[i].json);
+            w->parts[i].waits_only = json_is_true(json_object_get(p, "waits")); /* records waiting for their span */
         }
         w->nparts = nparts;
     }
@@ -319,7 +348,7 @@ static void count_results(otlp_job *job, const store_write *w)
         n[w->status ? R_FAILED : w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED
                                : w->trace_results[i] == STORE_DUPLICATE ? R_DUPLICATE : R_FAILED]++;
     for (size_t i = 0; i < w->nparts; i++)
-        n[w->status ? R_FAILED : R_PART]++;
+        n[w->status ? R_FAILED : w->part_results[i] == STORE_PART_DUPLICATE ? R_DUPLICATE : R_PART]++;
     for (size_t i = 0; i < w->nfeedback; i++) {
         unsigned char r = w->feedback_results[i];
         if (w->status || r == STORE_FAILED)
@@ -427,8 +456,53 @@ static void ask_rule(otlp_job *job)
         return;
     }
     otlp_map_deferred(&job->m, job->answers);
-    parse_mapped(job);
     submit_job(job);
+}
+
+/* ---- the parts waiting in the store (otlp_map_join) ---- */
+
+static void join_read_work(uv_work_t *w)
+{
+    otlp_job *job = w->data;
+    job->read_rc = store_get_trace_parts(job->a->store, job->ids, job->nids, job->bodies, job->read_err,
+                                         sizeof job->read_err);
+}
+
+static void join_read_done(uv_work_t *w, int status)
+{
+    otlp_job *job = w->data;
+    json_t *waiting = json_object();
+    if (status != 0 || job->read_rc != 0) {
+        job->status = 503;
+        snprintf(job->err, sizeof job->err, "the store could not be read (%s); nothing of this batch is acknowledged, "
+                 "retry later", status ? uv_strerror(status) : job->read_err);
+    } else {
+        for (size_t i = 0; i < job->nids; i++) {
+            json_t *p = job->bodies[i] ? json_loads(job->bodies[i], 0, NULL) : NULL;
+            if (json_is_object(p))
+                json_object_set_new(waiting, job->ids[i], p);
+            else
+                json_decref(p);
+        }
+        otlp_map_join(&job->m, waiting);
+    }
+    json_decref(waiting);
+    free_ids(job);
+    job->join_read = true;
+    submit_job(job);
+}
+
+static void start_join_read(otlp_job *job)
+{
+    json_t *ids = otlp_map_join_ids(&job->m);
+    job->nids = json_array_size(ids);
+    job->ids = xcalloc(job->nids ? job->nids : 1, sizeof *job->ids);
+    job->bodies = xcalloc(job->nids ? job->nids : 1, sizeof *job->bodies);
+    for (size_t i = 0; i < job->nids; i++)
+        job->ids[i] = xstrdup(json_string_value(json_array_get(ids, i)));
+    json_decref(ids);
+    job->read.data = job;
+    uv_queue_work(job->a->loop, &job->read, join_read_work, join_read_done);
 }
 
 static void submit_job(otlp_job *job)
@@ -441,6 +515,13 @@ static void submit_job(otlp_job *job)
         job->answers = json_array();
         ask_rule(job);
         return;
+    }
+    if (!job->status && !job->parsed) {
+        if (!job->join_read && (json_array_size(job->m.orphans) || json_array_size(job->m.parts))) {
+            start_join_read(job);
+            return;
+        }
+        parse_mapped(job);
     }
     if (job->status) {
         job->a->otlp_n[job->sig].refused++;

@@ -777,7 +777,13 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
             json_object_set_new_nocheck(part, "prompt", prompt);
         if (f.variables)
             json_object_set_new_nocheck(part, "input", json_pack("{s:O}", "variables", f.variables));
-        json_array_append_new(out->parts, json_pack("{s:s,s:o}", "id", id, "part", part));
+        json_t *entry = json_pack("{s:s,s:o}", "id", id, "part", part);
+        if (!prompt && opts && opts->defer_unlinked && json_array_size(out->deferred) < OTLP_MAX_DEFERRED)
+            /* the rule may name the prompt its records will take (otlp_map_deferred) */
+            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o}", "index", (json_int_t)i, "span", span,
+                                                           "part", entry));
+        else
+            json_array_append_new(out->parts, entry);
         fields_free(&f);
         return;
     }
@@ -803,6 +809,15 @@ void otlp_map_deferred(otlp_mapped *m, json_t *answers)
         json_t *span = json_object_get(d, "span");
         size_t index = (size_t)json_integer_value(json_object_get(d, "index"));
         json_t *a = json_array_get(answers, i);
+        json_t *entry = json_object_get(d, "part");
+        if (entry) {
+            /* a span without its content: the rule's prompt waits with its
+             * part; no answer (or the rule's error) leaves the part as it was */
+            if (json_is_object(a))
+                json_object_set_nocheck(json_object_get(entry, "part"), "prompt", a);
+            json_array_append(m->parts, entry);
+            continue;
+        }
         if (json_is_null(a) && json_is_true(json_object_get(d, "records"))) {
             /* the rule said no: the span's part may still name the prompt */
             add_orphan(m, json_incref(json_object_get(d, "trace")), index);

@@ -30,7 +30,8 @@ typedef struct {
     size_t rejected;     /* invalid items, and LLM calls with no prompt to link to */
     size_t unlinked;     /* of rejected: LLM calls no attribute or rule linked to a prompt */
     char error[512];     /* the first rejection's reason, for partial_success */
-    json_t *deferred;    /* with defer_unlinked: [{"index": i, "span": plain span}] waiting for the rule */
+    json_t *deferred;    /* with defer_unlinked: [{"index": i, "span": plain span, ...}] waiting for the rule
+                          * (an LLM call's trace, or the part of a span without its content) */
     /* LLM calls whose content is not on the span (it comes as log records,
      * on /v1/logs, in any order): [{"id": trace id, "part": {model, usage,
      * latency_ms, metadata}}], merged into the trace the records form */

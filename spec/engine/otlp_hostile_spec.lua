@@ -474,6 +474,47 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     e:stop()
   end)
 
+  it("links the log records of a span without its content by the rule's answer for the span, in either order", function()
+    local e = start("my_rule", RULE)
+    local otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+    local function send(path, body)
+      local r = otlp:request("POST", path, { content_type = "application/json",
+        headers = { Authorization = "Bearer " .. TOKEN }, body = engine.json.encode(body) })
+      assert.equal(200, r.status, r.body)
+      assert.is_nil(r.json.partialSuccess, r.body)
+    end
+    local function span(tid, sid) -- the call's span, its content off (sent as log records)
+      return { resourceSpans = { { scopeSpans = { { spans = { { traceId = tid, spanId = sid, name = "chat",
+        startTimeUnixNano = "1700000000000000000", endTimeUnixNano = "1700000000100000000",
+        attributes = { s("gen_ai.operation.name", "chat"), s("gen_ai.request.model", "m"), s("app.feature", "triage") } } } } } } } }
+    end
+    local function records(tid, sid) -- naming no prompt, nor a feature the rule knows
+      local function rec(event, fields)
+        return { traceId = tid, spanId = sid, timeUnixNano = "1700000000050000000", eventName = event,
+          body = { kvlistValue = { values = fields } } }
+      end
+      return { resourceLogs = { { scopeLogs = { { logRecords = {
+        rec("gen_ai.user.message", { s("content", "charged twice") }),
+        rec("gen_ai.choice", { { key = "message", value = { kvlistValue = { values = { s("content", "a refund") } } } } }) } } } } } }
+    end
+    for k, first in ipairs { "span", "records" } do
+      local tid, sid = string.rep("e" .. k, 16), "00000000000000e" .. k
+      if first == "span" then
+        send("/v1/traces", span(tid, sid))
+        send("/v1/logs", records(tid, sid))
+      else
+        send("/v1/logs", records(tid, sid))
+        send("/v1/traces", span(tid, sid))
+      end
+      local r = e:get("/v1/traces/" .. tid .. "-" .. sid, admin)
+      assert.equal(200, r.status, first .. " first: " .. r.body)
+      assert.same({ name = "support", version = 1 }, r.json.prompt)
+      assert.equal("a refund", r.json.output)
+      assert.equal("m", r.json.model)
+    end
+    e:stop()
+  end)
+
   it("refuses to start when the rule names no policy, or one without prompt(span)", function()
     local code, log = start("nope")
     assert.equal(3, code) -- EXIT_ERROR: not started

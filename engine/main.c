@@ -961,6 +961,7 @@ static void undo_otlp(engine *e)
         http_server_drain(e->otlp_http, NULL);
         http_server_close_all(e->otlp_http);
     }
+    api_otlp_stop(&e->api); /* its decoding threads, joined */
     e->api.otlp_http = NULL;
 }
 

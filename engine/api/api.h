@@ -60,10 +60,9 @@ typedef struct {
         uint64_t items[7]; /* accepted, duplicate, rejected, dropped (not an LLM call), unlinked (no prompt), failed, part (a span without its content) */
         double decode_seconds; /* decoding and mapping, summed */
     } otlp_n[2];
-    /* OTLP bodies decoded in the thread pool at once, and those waiting
-     * their turn in arrival order (api_otlp.c) */
-    unsigned otlp_decoding, otlp_decode_max;
-    struct otlp_job *otlp_wait_head, *otlp_wait_tail;
+    /* the OTLP receiver's own decoding threads for large bodies, started
+     * at the first one (api_otlp.c); NULL until then */
+    struct otlp_decoder *otlp_decoder;
     /* gateway mode (api_gateway.c): its state, and its counters for /metrics */
     struct gateway *gateway;
     struct api_capture *capture; /* captured traces waiting for the writer (api_ingest.c) */

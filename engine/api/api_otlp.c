@@ -1,7 +1,7 @@
 /* api_otlp.c — the OTLP/HTTP receiver's HTTP side (docs/otlp.md): its
  * route table and dispatcher, the ingest token, the encodings (protobuf or
  * JSON, gzip or not), the status codes exporters act on (200 with partial
- * success, 400, 413, 415, 503 with Retry-After), and the hand-over to the
+ * success, 400, 413, 415, 429 and 503 with Retry-After), and the hand-over to the
  * ingest path: the mapped traces are validated by ingest.c and committed by
  * the store's group commit before the 200. */
 #include "api/api_otlp.h"
@@ -18,10 +18,11 @@
 #include "api/otlp_decode.h"
 #include "api/otlp_map.h"
 #include "base/jtree.h"
+#include "base/log.h"
 #include "script/policy.h"
 
 #define OTLP_MD "docs/otlp.md"
-/* as ingest: larger bodies are decoded in the thread pool */
+/* larger bodies are decoded on the receiver's own threads */
 #define INLINE_DECODE_MAX (64 * 1024)
 
 static void otlp_traces(const api_call *c);
@@ -36,8 +37,7 @@ const size_t api_otlp_nroutes = sizeof api_otlp_routes / sizeof api_otlp_routes[
 enum { R_ACCEPTED, R_DUPLICATE, R_REJECTED, R_DROPPED, R_UNLINKED, R_FAILED, R_PART, R_N };
 
 typedef struct otlp_job {
-    uv_work_t work;
-    struct otlp_job *next_waiting; /* in api's queue of bodies waiting for the pool */
+    struct otlp_job *next; /* in the decoder's queue of bodies to decode, then of those decoded */
     api *a;
     http_request *req;
     otlp_signal sig;
@@ -56,6 +56,14 @@ typedef struct otlp_job {
     size_t asked;
     loaded_evaluator *rule;
     char *rule_name;       /* the config's, copied: a reload may change it while the rule runs */
+    /* the parts waiting under the ids of the request's parts and unlinked
+     * records' traces (otlp_map_join), read in the thread pool */
+    uv_work_t read;
+    char **ids, **bodies;
+    size_t nids;
+    int read_rc;
+    char read_err[256];
+    bool join_read, parsed;
 } otlp_job;
 
 /* ---- answers ---- */
@@ -163,8 +171,21 @@ static void respond_success(otlp_job *job)
     free(out);
 }
 
+static void free_ids(otlp_job *job)
+{
+    for (size_t i = 0; i < job->nids; i++) {
+        free(job->ids[i]);
+        free(job->bodies ? job->bodies[i] : NULL);
+    }
+    free(job->ids);
+    free(job->bodies);
+    job->ids = job->bodies = NULL;
+    job->nids = 0;
+}
+
 static void job_free(otlp_job *job)
 {
+    free_ids(job);
     otlp_mapped_free(&job->m);
     if (job->have_tb)
         ingest_batch_free(&job->tb);
@@ -175,7 +196,7 @@ static void job_free(otlp_job *job)
     free(job);
 }
 
-/* ---- decoding (on the loop, or in the thread pool for large bodies) ---- */
+/* ---- decoding (on the loop, or on the receiver's threads for large bodies) ---- */
 
 static void note_rejected(otlp_job *job, const char *fmt, const char *a, const char *b, const char *c)
 {
@@ -215,7 +236,7 @@ static int parse_items(otlp_job *job, ingest_kind kind, json_t *items, ingest_ba
 
 static void parse_mapped(otlp_job *job);
 
-/* CPU time of the calling thread, ns: decoding may run in the pool, several at once */
+/* CPU time of the calling thread, ns: decoding may run on several threads at once */
 static uint64_t thread_cpu_ns(void)
 {
     struct timespec ts;
@@ -252,13 +273,15 @@ static void decode_job(otlp_job *job)
         otlp_map_logs(items, &opts, &job->m);
     json_decref(items);
     job->decode_ns = thread_cpu_ns() - t0; /* added to the counters on the loop thread */
-    if (json_array_size(job->m.deferred) == 0)
+    /* what needs the rule or the store's waiting parts goes on from the loop */
+    if (!json_array_size(job->m.deferred) && !json_array_size(job->m.orphans) && !json_array_size(job->m.parts))
         parse_mapped(job);
 }
 
 /* The mapped traces and feedback through ingest's validation. */
 static void parse_mapped(otlp_job *job)
 {
+    job->parsed = true;
     job->rejected = job->m.rejected;
     snprintf(job->error, sizeof job->error, "%s", job->m.error);
     if (json_array_size(job->m.traces)) {
@@ -269,6 +292,11 @@ static void parse_mapped(otlp_job *job)
     if (job->sig == OTLP_LOGS)
         for (size_t i = 0; i < job->tb.write.ntraces; i++)
             job->tb.write.traces[i].join_part = true; /* the span may have come first */
+    /* traces a span formed with its records' waiting part (the last m.joined
+     * items): that part is merged into them and deleted */
+    for (size_t i = job->tb.nitems - (job->m.joined < job->tb.nitems ? job->m.joined : job->tb.nitems); i < job->tb.nitems; i++)
+        if (job->tb.items[i].write_index >= 0)
+            job->tb.write.traces[job->tb.items[i].write_index].join_part = true;
     size_t nparts = json_array_size(job->m.parts);
     if (nparts) {
         /* the spans' parts go with the traces' write (or alone) */
@@ -281,6 +309,7 @@ static void parse_mapped(otlp_job *job)
             w->parts[i].id = xstrdup(json_string_value(json_object_get(p, "id")));
             w->parts[i].json = jtree_dump(json_object_get(p, "part"));
             w->parts[i].json_len = strlen(w->parts[i].json);
+            w->parts[i].waits_only = json_is_true(json_object_get(p, "waits")); /* records waiting for their span */
         }
         w->nparts = nparts;
     }
@@ -319,7 +348,7 @@ static void count_results(otlp_job *job, const store_write *w)
         n[w->status ? R_FAILED : w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED
                                : w->trace_results[i] == STORE_DUPLICATE ? R_DUPLICATE : R_FAILED]++;
     for (size_t i = 0; i < w->nparts; i++)
-        n[w->status ? R_FAILED : R_PART]++;
+        n[w->status ? R_FAILED : w->part_results[i] == STORE_PART_DUPLICATE ? R_DUPLICATE : R_PART]++;
     for (size_t i = 0; i < w->nfeedback; i++) {
         unsigned char r = w->feedback_results[i];
         if (w->status || r == STORE_FAILED)
@@ -356,8 +385,14 @@ static bool submit(otlp_job *job, store_write *w)
     if (store_submit(job->a->store, w) == 0)
         return true;
     job->a->otlp_n[job->sig].refused++;
-    respond_failure(job->req, job->json, 503,
-                    "the store's write queue is full or shutting down; this batch is not acknowledged, retry later");
+    /* OTLP/HTTP's throttling answers: 429 for more than the engine takes
+     * now (the exporter backs off and retries), 503 for an engine going away */
+    if (job->a->draining)
+        respond_failure(job->req, job->json, 503,
+                        "the engine is shutting down; this batch is not acknowledged, retry later");
+    else
+        respond_failure(job->req, job->json, 429,
+                        "the store's write queue is full; this batch is not acknowledged, retry after the Retry-After delay");
     job_free(job);
     return false;
 }
@@ -421,8 +456,53 @@ static void ask_rule(otlp_job *job)
         return;
     }
     otlp_map_deferred(&job->m, job->answers);
-    parse_mapped(job);
     submit_job(job);
+}
+
+/* ---- the parts waiting in the store (otlp_map_join) ---- */
+
+static void join_read_work(uv_work_t *w)
+{
+    otlp_job *job = w->data;
+    job->read_rc = store_get_trace_parts(job->a->store, job->ids, job->nids, job->bodies, job->read_err,
+                                         sizeof job->read_err);
+}
+
+static void join_read_done(uv_work_t *w, int status)
+{
+    otlp_job *job = w->data;
+    json_t *waiting = json_object();
+    if (status != 0 || job->read_rc != 0) {
+        job->status = 503;
+        snprintf(job->err, sizeof job->err, "the store could not be read (%s); nothing of this batch is acknowledged, "
+                 "retry later", status ? uv_strerror(status) : job->read_err);
+    } else {
+        for (size_t i = 0; i < job->nids; i++) {
+            json_t *p = job->bodies[i] ? json_loads(job->bodies[i], 0, NULL) : NULL;
+            if (json_is_object(p))
+                json_object_set_new(waiting, job->ids[i], p);
+            else
+                json_decref(p);
+        }
+        otlp_map_join(&job->m, waiting);
+    }
+    json_decref(waiting);
+    free_ids(job);
+    job->join_read = true;
+    submit_job(job);
+}
+
+static void start_join_read(otlp_job *job)
+{
+    json_t *ids = otlp_map_join_ids(&job->m);
+    job->nids = json_array_size(ids);
+    job->ids = xcalloc(job->nids ? job->nids : 1, sizeof *job->ids);
+    job->bodies = xcalloc(job->nids ? job->nids : 1, sizeof *job->bodies);
+    for (size_t i = 0; i < job->nids; i++)
+        job->ids[i] = xstrdup(json_string_value(json_array_get(ids, i)));
+    json_decref(ids);
+    job->read.data = job;
+    uv_queue_work(job->a->loop, &job->read, join_read_work, join_read_done);
 }
 
 static void submit_job(otlp_job *job)
@@ -435,6 +515,13 @@ static void submit_job(otlp_job *job)
         job->answers = json_array();
         ask_rule(job);
         return;
+    }
+    if (!job->status && !job->parsed) {
+        if (!job->join_read && (json_array_size(job->m.orphans) || json_array_size(job->m.parts))) {
+            start_join_read(job);
+            return;
+        }
+        parse_mapped(job);
     }
     if (job->status) {
         job->a->otlp_n[job->sig].refused++;
@@ -449,49 +536,136 @@ static void submit_job(otlp_job *job)
     submit_feedback(job);
 }
 
-static void decode_work(uv_work_t *w)
+/* ---- the receiver's decoding threads ---- */
+
+/* Large bodies (and gzip ones) are decoded off the loop, on threads of the
+ * receiver's own, one per core the engine may run on
+ * (uv_available_parallelism follows the CPU affinity): more at once on the
+ * same cores only multiplies the trees in memory without decoding any
+ * faster. Bodies wait their turn in arrival order. Not libuv's pool: a
+ * request landing on any of its 4 threads left each thread's allocator
+ * heap holding the pages of its last request (peak RSS 46-48 MB against 32
+ * with one thread, bench/RESULTS.md); the same few threads here keep it to
+ * theirs. The loop hears of a decoded body through one uv_async. */
+typedef struct otlp_decoder {
+    api *a;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+    uv_thread_t *threads;
+    unsigned nthreads;
+    otlp_job *todo_head, *todo_tail; /* to decode, in arrival order */
+    otlp_job *done_head, *done_tail; /* decoded, for the loop */
+    bool stopping;
+    uv_async_t async;
+} otlp_decoder;
+
+static void push_job(otlp_job **head, otlp_job **tail, otlp_job *job)
 {
-    decode_job(w->data);
+    job->next = NULL;
+    if (*tail)
+        (*tail)->next = job;
+    else
+        *head = job;
+    *tail = job;
 }
 
-static void after_decode(uv_work_t *w, int status);
+static void decoder_thread(void *arg)
+{
+    otlp_decoder *d = arg;
+    uv_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->todo_head && !d->stopping)
+            uv_cond_wait(&d->cv, &d->mu);
+        otlp_job *job = d->todo_head;
+        if (!job) /* stopping, with nothing left to decode */
+            break;
+        d->todo_head = job->next;
+        if (!d->todo_head)
+            d->todo_tail = NULL;
+        uv_mutex_unlock(&d->mu);
+        decode_job(job);
+        uv_mutex_lock(&d->mu);
+        push_job(&d->done_head, &d->done_tail, job);
+        uv_async_send(&d->async);
+    }
+    uv_mutex_unlock(&d->mu);
+}
 
-/* Large bodies decode in the thread pool, at most as many at once as the
- * engine has cores to run them (uv_available_parallelism follows the CPU
- * affinity): more at once on the same cores only multiplies the trees in
- * memory (page faults, allocator work) without decoding any faster. The
- * others wait in arrival order. */
+/* On the loop: the decoded bodies go on to the store. */
+static void on_decoded(uv_async_t *h)
+{
+    otlp_decoder *d = h->data;
+    uv_mutex_lock(&d->mu);
+    otlp_job *job = d->done_head;
+    d->done_head = d->done_tail = NULL;
+    uv_mutex_unlock(&d->mu);
+    while (job) {
+        otlp_job *next = job->next;
+        submit_job(job);
+        job = next;
+    }
+}
+
+static void free_decoder(uv_handle_t *h)
+{
+    otlp_decoder *d = h->data;
+    uv_cond_destroy(&d->cv);
+    uv_mutex_destroy(&d->mu);
+    free(d->threads);
+    free(d);
+}
+
+/* As xmalloc on no memory: the engine cannot go on without them. */
+static void setup_failed(const char *what)
+{
+    log_error("otlp", "%s", what);
+    abort();
+}
+
+static otlp_decoder *decoder_of(api *a)
+{
+    if (a->otlp_decoder)
+        return a->otlp_decoder;
+    otlp_decoder *d = xcalloc(1, sizeof *d);
+    d->a = a;
+    if (uv_mutex_init(&d->mu) || uv_cond_init(&d->cv) || uv_async_init(a->loop, &d->async, on_decoded))
+        setup_failed("cannot set up the decoding threads' queue");
+    d->async.data = d;
+    unsigned n = uv_available_parallelism();
+    d->threads = xcalloc(n, sizeof *d->threads);
+    for (; d->nthreads < n; d->nthreads++)
+        if (uv_thread_create(&d->threads[d->nthreads], decoder_thread, d) != 0) {
+            if (d->nthreads == 0)
+                setup_failed("cannot start a decoding thread");
+            break; /* fewer threads: still correct */
+        }
+    a->otlp_decoder = d;
+    return d;
+}
+
 static void start_decode(api *a, otlp_job *job)
 {
-    if (!a->otlp_decode_max)
-        a->otlp_decode_max = uv_available_parallelism();
-    if (a->otlp_decoding >= a->otlp_decode_max) {
-        if (a->otlp_wait_tail)
-            a->otlp_wait_tail->next_waiting = job;
-        else
-            a->otlp_wait_head = job;
-        a->otlp_wait_tail = job;
-        return;
-    }
-    a->otlp_decoding++;
-    uv_queue_work(a->loop, &job->work, decode_work, after_decode);
+    otlp_decoder *d = decoder_of(a);
+    uv_mutex_lock(&d->mu);
+    push_job(&d->todo_head, &d->todo_tail, job);
+    uv_cond_signal(&d->cv);
+    uv_mutex_unlock(&d->mu);
 }
 
-static void after_decode(uv_work_t *w, int status)
+void api_otlp_stop(api *a)
 {
-    (void)status;
-    otlp_job *job = w->data;
-    api *a = job->a;
-    a->otlp_decoding--;
-    otlp_job *next = a->otlp_wait_head;
-    if (next) {
-        a->otlp_wait_head = next->next_waiting;
-        if (!a->otlp_wait_head)
-            a->otlp_wait_tail = NULL;
-        next->next_waiting = NULL;
-        start_decode(a, next);
-    }
-    submit_job(job);
+    otlp_decoder *d = a->otlp_decoder;
+    if (!d)
+        return;
+    uv_mutex_lock(&d->mu);
+    d->stopping = true;
+    uv_cond_broadcast(&d->cv);
+    uv_mutex_unlock(&d->mu);
+    for (unsigned i = 0; i < d->nthreads; i++)
+        uv_thread_join(&d->threads[i]);
+    on_decoded(&d->async); /* what they decoded last: answered before the store closes */
+    a->otlp_decoder = NULL;
+    uv_close((uv_handle_t *)&d->async, free_decoder);
 }
 
 /* ---- the endpoints ---- */
@@ -546,7 +720,6 @@ static void receive(api *a, http_request *req, otlp_signal sig)
     job->sig = sig;
     job->json = kind == 2;
     job->gzip = enc == 1;
-    job->work.data = job;
     if (req->body.len <= INLINE_DECODE_MAX && !job->gzip) {
         decode_job(job);
         submit_job(job);

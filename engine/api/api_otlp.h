@@ -20,6 +20,11 @@ void api_otlp_handle(http_request *req, void *ctx);
  * for application/x-protobuf, else JSON), as OTLP/HTTP asks. */
 void api_otlp_error(http_request *req, int status, const char *message, const char *extra_headers);
 
+/* Stops the receiver's decoding threads: the bodies they hold or wait for
+ * are decoded and handed on first (the listener has drained). Called once,
+ * on the loop thread, before the store closes. */
+void api_otlp_stop(api *a);
+
 /* The receiver's counters for /metrics (the API's listener serves them). */
 void api_otlp_metrics(api *a, buf_t *b);
 

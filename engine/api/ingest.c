@@ -1422,6 +1422,22 @@ static void arena_free(arena *a)
     a->head = NULL;
 }
 
+/* v as decimal text into r (at least 21 bytes). */
+static void int_text(json_int_t v, char *r)
+{
+    char t[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do
+        t[n++] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0)
+        *r++ = '-';
+    while (n)
+        *r++ = t[--n];
+    *r = '\0';
+}
+
 static yajl_val view_of(arena *a, json_t *j, int depth)
 {
     yajl_val v = arena_alloc(a, sizeof *v);
@@ -1464,7 +1480,7 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
         break;
     case JSON_INTEGER: {
         char *r = arena_alloc(a, 24);
-        snprintf(r, 24, "%" JSON_INTEGER_FORMAT, json_integer_value(j));
+        int_text(json_integer_value(j), r); /* not snprintf: it runs for every number of every trace */
         v->type = yajl_t_number;
         v->u.number.i = json_integer_value(j);
         v->u.number.d = (double)v->u.number.i;

@@ -127,8 +127,11 @@ static void add_message(fields *f, const char *role, json_t *content /* stolen *
 {
     if (!f->messages)
         f->messages = json_array();
-    json_array_append_new(f->messages, json_pack("{s:s,s:o}", "role", role_of(role), "content",
-                                                 content ? content : json_null()));
+    /* set directly: json_pack parses its format on every call (per message, per span) */
+    json_t *m = json_object();
+    json_object_set_new_nocheck(m, "role", json_string(role_of(role)));
+    json_object_set_new_nocheck(m, "content", content ? content : json_null());
+    json_array_append_new(f->messages, m);
 }
 
 static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
@@ -137,7 +140,8 @@ static void add_tool_call(fields *f, json_t *id, json_t *name, json_t *args)
         return;
     if (!f->tool_calls)
         f->tool_calls = json_array();
-    json_t *c = json_pack("{s:O}", "name", name);
+    json_t *c = json_object();
+    json_object_set_nocheck(c, "name", name);
     if (json_is_string(id))
         json_object_set_nocheck(c, "id", id);
     if (json_is_string(args) || json_is_object(args))
@@ -540,7 +544,8 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
         name = sattr_or_resource(span, *k);
     json_t *p = NULL;
     if (name) {
-        p = json_pack("{s:s}", "name", name);
+        p = json_object();
+        json_object_set_new_nocheck(p, "name", json_string(name));
         bool found;
         json_int_t v = first_int(span, versions, &found);
         if (found && v >= 1)
@@ -576,7 +581,9 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     const char *tid = json_string_value(json_object_get(span, "trace_id"));
     const char *sid = json_string_value(json_object_get(span, "span_id"));
     otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
-    json_t *t = json_pack("{s:s,s:O}", "id", id, "prompt", prompt);
+    json_t *t = json_object();
+    json_object_set_new_nocheck(t, "id", json_string(id));
+    json_object_set_nocheck(t, "prompt", prompt);
     json_t *input = json_object();
     if (f->messages)
         json_object_set_nocheck(input, "messages", f->messages);
@@ -672,20 +679,32 @@ static void push(otlp_mapped *out, json_t *trace, size_t source)
     json_array_append_new(out->traces, trace);
 }
 
+/* A log records' trace nothing linked waits for its span's part (below). */
+static void add_orphan(otlp_mapped *out, json_t *trace /* stolen */, size_t index)
+{
+    json_object_del(trace, "prompt");
+    json_array_append_new(out->orphans, json_pack("{s:I,s:o}", "index", (json_int_t)index, "trace", trace));
+}
+
 static void map_one(json_t *span, size_t index, const char *conv, fields *f, const otlp_map_opts *opts,
                     otlp_mapped *out)
 {
     json_t *prompt = prompt_of(span, f, opts);
+    bool records = !strcmp(conv, "gen_ai-events");
     if (!prompt && opts && opts->defer_unlinked) {
         if (json_array_size(out->deferred) < OTLP_MAX_DEFERRED) {
             /* the trace, whole but for its prompt, waits for the rule */
             json_t *t = build_trace(span, f, json_null(), conv);
-            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o}", "index", (json_int_t)index, "span", span,
-                                                           "trace", t));
+            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o,s:b}", "index", (json_int_t)index, "span", span,
+                                                           "trace", t, "records", records));
             return;
         }
         out->unlinked++;
         reject(out, "%s%s", "more LLM calls in one request than otlp.prompt_rule is asked about (" STR(OTLP_MAX_DEFERRED) ")", "");
+        return;
+    }
+    if (!prompt && records) {
+        add_orphan(out, build_trace(span, f, json_null(), conv), index);
         return;
     }
     if (!prompt) {
@@ -707,6 +726,7 @@ static void init_out(otlp_mapped *out)
     out->feedback = json_array();
     out->deferred = json_array();
     out->parts = json_array();
+    out->orphans = json_array();
 }
 
 static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_mapped *out)
@@ -748,7 +768,22 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
         const char *tid = json_string_value(json_object_get(span, "trace_id"));
         const char *sid = json_string_value(json_object_get(span, "span_id"));
         otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
-        json_array_append_new(out->parts, json_pack("{s:s,s:o}", "id", id, "part", part_of(span, &f, conv)));
+        json_t *part = part_of(span, &f, conv);
+        /* the prompt the span names (never merged into a trace: it links the
+         * records' trace when they name none, in either order) and its
+         * template variables */
+        json_t *prompt = prompt_of(span, &f, opts);
+        if (prompt)
+            json_object_set_new_nocheck(part, "prompt", prompt);
+        if (f.variables)
+            json_object_set_new_nocheck(part, "input", json_pack("{s:O}", "variables", f.variables));
+        json_t *entry = json_pack("{s:s,s:o}", "id", id, "part", part);
+        if (!prompt && opts && opts->defer_unlinked && json_array_size(out->deferred) < OTLP_MAX_DEFERRED)
+            /* the rule may name the prompt its records will take (otlp_map_deferred) */
+            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o}", "index", (json_int_t)i, "span", span,
+                                                           "part", entry));
+        else
+            json_array_append_new(out->parts, entry);
         fields_free(&f);
         return;
     }
@@ -774,6 +809,20 @@ void otlp_map_deferred(otlp_mapped *m, json_t *answers)
         json_t *span = json_object_get(d, "span");
         size_t index = (size_t)json_integer_value(json_object_get(d, "index"));
         json_t *a = json_array_get(answers, i);
+        json_t *entry = json_object_get(d, "part");
+        if (entry) {
+            /* a span without its content: the rule's prompt waits with its
+             * part; no answer (or the rule's error) leaves the part as it was */
+            if (json_is_object(a))
+                json_object_set_nocheck(json_object_get(entry, "part"), "prompt", a);
+            json_array_append(m->parts, entry);
+            continue;
+        }
+        if (json_is_null(a) && json_is_true(json_object_get(d, "records"))) {
+            /* the rule said no: the span's part may still name the prompt */
+            add_orphan(m, json_incref(json_object_get(d, "trace")), index);
+            continue;
+        }
         m->unlinked += !json_is_object(a);
         if (json_is_string(a)) {
             reject(m, "otlp.prompt_rule failed on a span: %s%s", json_string_value(a), "");
@@ -871,12 +920,80 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
     free(done);
 }
 
+/* ---- joining a span's prompt and its records' trace ---- */
+
+json_t *otlp_map_join_ids(const otlp_mapped *m)
+{
+    json_t *ids = json_array();
+    size_t i;
+    json_t *o;
+    json_array_foreach(m->orphans, i, o) json_array_append(ids, json_object_get(json_object_get(o, "trace"), "id"));
+    json_array_foreach(m->parts, i, o) json_array_append(ids, json_object_get(o, "id"));
+    return ids;
+}
+
+void otlp_map_join(otlp_mapped *m, json_t *waiting)
+{
+    size_t i;
+    json_t *o;
+    /* a span naming the prompt, whose records' trace waits as a part: the two form the trace now */
+    json_t *parts = m->parts;
+    m->parts = json_array();
+    json_array_foreach(parts, i, o) {
+        json_t *part = json_object_get(o, "part");
+        json_t *w = json_object_get(waiting, json_string_value(json_object_get(o, "id")));
+        if (!json_object_get(w, "output")) { /* no records' trace waits: as before */
+            json_array_append(m->parts, o);
+            continue;
+        }
+        if (!json_object_get(part, "prompt") && !json_object_get(w, "prompt")) {
+            m->unlinked++;
+            reject(m, "span %s is an LLM call whose log records name no prompt, and neither does it: set "
+                      "ratchet.prompt.name on the span, the records or the resource, or configure otlp.prompt_rule%s",
+                   json_string_value(json_object_get(o, "id")), "");
+            continue;
+        }
+        json_t *t = json_deep_copy(w);
+        json_object_update_recursive(t, part); /* the span's fields win, as when merged into a stored trace */
+        m->joined++;
+        push(m, t, SIZE_MAX);
+        /* stored after the trace (which takes and deletes the waiting part):
+         * the span's fields win there too */
+        json_array_append(m->parts, o);
+    }
+    json_decref(parts);
+    json_t *orphans = m->orphans;
+    m->orphans = json_array();
+    json_array_foreach(orphans, i, o) {
+        json_t *t = json_object_get(o, "trace");
+        const char *id = json_string_value(json_object_get(t, "id"));
+        json_t *w = json_object_get(waiting, id ? id : "");
+        json_t *prompt = json_object_get(w, "prompt");
+        if (json_is_object(prompt)) {
+            /* the span came first and named the prompt: the trace takes it
+             * (and the rest of the part when it is stored) */
+            json_object_set_nocheck(t, "prompt", prompt);
+            push(m, json_incref(t), (size_t)json_integer_value(json_object_get(o, "index")));
+        } else if (w && !json_object_get(w, "output")) {
+            /* the span came first and named none */
+            m->unlinked++;
+            reject(m, "log records of span %s form an LLM call linked to no prompt: set ratchet.prompt.name on the "
+                      "span, the records or the resource, or configure otlp.prompt_rule%s", id, "");
+        } else {
+            /* the span has not come (or these records came before): the trace waits for it as a part */
+            json_array_append_new(m->parts, json_pack("{s:s,s:O,s:b}", "id", id, "part", t, "waits", 1));
+        }
+    }
+    json_decref(orphans);
+}
+
 void otlp_mapped_free(otlp_mapped *m)
 {
     json_decref(m->traces);
     json_decref(m->feedback);
     json_decref(m->deferred);
     json_decref(m->parts);
+    json_decref(m->orphans);
     free(m->source);
     memset(m, 0, sizeof *m);
 }

@@ -30,11 +30,17 @@ typedef struct {
     size_t rejected;     /* invalid items, and LLM calls with no prompt to link to */
     size_t unlinked;     /* of rejected: LLM calls no attribute or rule linked to a prompt */
     char error[512];     /* the first rejection's reason, for partial_success */
-    json_t *deferred;    /* with defer_unlinked: [{"index": i, "span": plain span}] waiting for the rule */
+    json_t *deferred;    /* with defer_unlinked: [{"index": i, "span": plain span, ...}] waiting for the rule
+                          * (an LLM call's trace, or the part of a span without its content) */
     /* LLM calls whose content is not on the span (it comes as log records,
      * on /v1/logs, in any order): [{"id": trace id, "part": {model, usage,
      * latency_ms, metadata}}], merged into the trace the records form */
     json_t *parts;
+    /* log records' traces no attribute or rule linked to a prompt:
+     * [{"index": i, "trace": the trace without prompt}]: their span's part
+     * may name it (otlp_map_join) */
+    json_t *orphans;
+    size_t joined;       /* traces otlp_map_join formed from a waiting records' part and its span */
 } otlp_mapped;
 
 /* Maps the plain spans of one request. */
@@ -49,6 +55,22 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out);
  * Empties deferred. */
 void otlp_map_deferred(otlp_mapped *m, json_t *answers);
 void otlp_mapped_free(otlp_mapped *m);
+
+/* An LLM call whose content comes as log records and whose prompt is named
+ * only on its span (ratchet.prompt.name, the convention's attributes),
+ * joined in either order. The span's part carries the prompt; the records'
+ * trace, linked by nothing of its own, is an orphan. otlp_map_join_ids
+ * lists the ids whose waiting parts the receiver reads (a new array of
+ * strings); otlp_map_join takes them (waiting: {id: the part's JSON}) and
+ * settles each: an orphan whose span's part waits with a prompt becomes a
+ * trace with that prompt; one whose part names none is rejected as
+ * unlinked; one with no part waits as a part itself. A span's part naming
+ * the prompt whose records' trace waits (a part with an output) forms the
+ * trace now (the records' fields, the span's on top), added to traces after
+ * the others; the receiver stores those with join_part (the waiting part is
+ * merged and deleted). */
+json_t *otlp_map_join_ids(const otlp_mapped *m);
+void otlp_map_join(otlp_mapped *m, json_t *waiting);
 
 /* "<32 hex trace id>-<16 hex span id>": the id of the trace a span becomes. */
 void otlp_trace_id(const char *trace_hex, const char *span_hex, char out[64]);

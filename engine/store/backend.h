@@ -76,6 +76,7 @@ typedef struct store_backend {
     void (*on_cluster)(store *s, store_cluster_cb fn, void *data); /* NULL: nothing to tell */
     void (*set_scripts)(store *s, const json_t *scripts);      /* NULL: ignored */
     int (*get_trace_json)(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+    int (*get_trace_parts)(store *s, char *const *ids, size_t n, char **bodies, char *err, size_t errlen);
     int (*list_traces_json)(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
     int (*get_traces_for_eval)(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
                                char *err, size_t errlen);

@@ -1733,8 +1733,9 @@ static json_t *merge_patch(json_t *target, json_t *patch)
     return target;
 }
 
-/* The JSON text of text1 patched by text2 (both objects), or NULL when either is not JSON. */
-static char *patched(const char *text1, size_t len1, const char *text2, size_t len2)
+/* The JSON text of text1 patched by text2 (both objects), or NULL when either is not JSON;
+ * without text2's "prompt" when onto a trace (a part's prompt never reaches a trace). */
+static char *patched(const char *text1, size_t len1, const char *text2, size_t len2, bool onto_trace)
 {
     json_t *a = json_loadb(text1, len1, 0, NULL), *b = json_loadb(text2, len2, 0, NULL);
     if (!a || !b) {
@@ -1742,6 +1743,8 @@ static char *patched(const char *text1, size_t len1, const char *text2, size_t l
         json_decref(b);
         return NULL;
     }
+    if (onto_trace)
+        json_object_del(b, "prompt");
     json_t *m = merge_patch(a, b);
     char *out = jtree_dump_text(m, false);
     json_decref(m);
@@ -1760,7 +1763,7 @@ static int patch_row(pg_store *s, bool parts, const char *id, const char *json, 
     *found = rc == PGQ_ROW;
     char *text = NULL;
     if (rc == PGQ_ROW)
-        text = patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len);
+        text = patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len, !parts);
     else if (rc == PGQ_ERROR)
         snprintf(err, errlen, "%s", q->err);
     pgq_free(q);
@@ -1807,9 +1810,22 @@ static int apply_part(pg_store *s, const store_trace_part *p, int64_t received, 
                       size_t errlen)
 {
     bool found;
-    if (patch_row(s, false, p->id, p->json, p->json_len, &found, err, errlen))
+    if (p->waits_only) {
+        pgq *q = pgq_new(s->wconn, "SELECT 1 FROM traces WHERE id = ?1");
+        pgq_text(q, 1, p->id);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ERROR)
+            snprintf(err, errlen, "%s", q->err);
+        pgq_free(q);
+        if (rc == PGQ_ERROR)
+            return -1;
+        if (rc == PGQ_ROW) {
+            *result = STORE_PART_DUPLICATE;
+            return 0;
+        }
+    } else if (patch_row(s, false, p->id, p->json, p->json_len, &found, err, errlen)) {
         return -1;
-    if (found) {
+    } else if (found) {
         *result = STORE_PART_MERGED;
         return 0;
     }
@@ -2577,6 +2593,36 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
     return 0;
 }
 
+static int pg_get_trace_parts(store *base, char *const *ids, size_t n, char **bodies, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    for (size_t i = 0; i < n; i++)
+        bodies[i] = NULL;
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    if (!c)
+        return -1;
+    int ret = 0;
+    for (size_t i = 0; i < n && !ret; i++) {
+        pgq *q = pgq_new(c, "SELECT body FROM trace_parts WHERE id = ?1");
+        pgq_text(q, 1, ids[i]);
+        int rc = pgq_step(q);
+        if (rc == PGQ_ERROR) {
+            snprintf(err, errlen, "store read failed: %s", q->err);
+            ret = -1;
+        } else if (rc == PGQ_ROW) {
+            bodies[i] = xstrdup(pgq_col(q, 0));
+        }
+        pgq_free(q);
+    }
+    pg_read_release(s, c);
+    if (ret)
+        for (size_t k = 0; k < n; k++) {
+            free(bodies[k]);
+            bodies[k] = NULL;
+        }
+    return ret;
+}
+
 static int pg_get_traces_for_eval(store *base, char *const *ids, size_t n, char **json, char **prompt,
                                   int64_t *version, char *err, size_t errlen)
 {
@@ -2733,6 +2779,7 @@ static const store_backend pg_backend = {
     .get_trace_json = pg_get_trace_json,
     .list_traces_json = pg_list_traces_json,
     .get_traces_for_eval = pg_get_traces_for_eval,
+    .get_trace_parts = pg_get_trace_parts,
     .list_trace_ids = pg_list_trace_ids,
     .llm_totals = pg_llm_totals,
     .list_llm_calls_json = pg_list_llm_calls_json,

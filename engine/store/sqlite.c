@@ -946,10 +946,11 @@ static sqlite3_stmt *op_statement(sqlite_store *s, const char *sql);
 
 /* Trace parts (store_trace_part): merged with SQLite's json_patch. */
 static const char join_part_sql[] =
-    "UPDATE traces SET body = json_patch(traces.body, p.body) FROM (SELECT body FROM trace_parts WHERE id = ?1) AS p "
+    "UPDATE traces SET body = json_patch(traces.body, json_remove(p.body, '$.prompt')) "
+    "FROM (SELECT body FROM trace_parts WHERE id = ?1) AS p "
     "WHERE traces.id = ?1";
 static const char drop_part_sql[] = "DELETE FROM trace_parts WHERE id = ?1";
-static const char patch_trace_sql[] = "UPDATE traces SET body = json_patch(body, ?2) WHERE id = ?1";
+static const char patch_trace_sql[] = "UPDATE traces SET body = json_patch(body, json_remove(?2, '$.prompt')) WHERE id = ?1";
 static const char keep_part_sql[] =
     "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3) "
     "ON CONFLICT(id) DO UPDATE SET body = json_patch(trace_parts.body, excluded.body)";
@@ -974,6 +975,19 @@ static int join_waiting_part(sqlite_store *s, const char *id)
 /* A part merges into its trace when the trace is there, else waits. */
 static int apply_part(sqlite_store *s, const store_trace_part *p, int64_t received, unsigned char *result)
 {
+    if (p->waits_only) {
+        sqlite3_stmt *ex = s->trace_exists;
+        sqlite3_bind_text(ex, 1, p->id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(ex);
+        sqlite3_reset(ex);
+        sqlite3_clear_bindings(ex);
+        if (rc == SQLITE_ROW) {
+            *result = STORE_PART_DUPLICATE;
+            return SQLITE_OK;
+        }
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
     sqlite3_stmt *st = op_statement(s, patch_trace_sql);
     if (!st)
         return SQLITE_ERROR;
@@ -1533,6 +1547,42 @@ done:
 }
 
 /* The body with feedback as evaluators see it: case.trace. */
+int sqlite_get_trace_parts(store *base, char *const *ids, size_t n, char **bodies, char *err, size_t errlen)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    for (size_t i = 0; i < n; i++)
+        bodies[i] = NULL;
+    sqlite3 *db = sqlite_read_acquire(s, err, errlen);
+    if (!db)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    if (sqlite3_prepare_v2(db, "SELECT body FROM trace_parts WHERE id = ?1", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            bodies[i] = xstrdup((const char *)sqlite3_column_text(st, 0));
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+            for (size_t k = 0; k <= i; k++) {
+                free(bodies[k]);
+                bodies[k] = NULL;
+            }
+            goto done;
+        }
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    sqlite_read_release(s, db);
+    return ret;
+}
+
 int sqlite_get_traces_for_eval(store *base, char *const *ids, size_t n, char **json, char **prompt, int64_t *version,
                               char *err, size_t errlen)
 {
@@ -1632,6 +1682,7 @@ static const store_backend sqlite_backend = {
     .get_trace_json = sqlite_get_trace_json,
     .list_traces_json = sqlite_list_traces_json,
     .get_traces_for_eval = sqlite_get_traces_for_eval,
+    .get_trace_parts = sqlite_get_trace_parts,
     .list_trace_ids = sqlite_list_trace_ids,
     .llm_totals = sqlite_llm_totals,
     .list_llm_calls_json = sqlite_list_llm_calls_json,

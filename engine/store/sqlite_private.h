@@ -25,6 +25,7 @@ json_t *col_time(sqlite3_stmt *st, int i);
 
 /* the backend functions of the SQL files (backend.h) */
 int sqlite_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+int sqlite_get_trace_parts(store *s, char *const *ids, size_t n, char **bodies, char *err, size_t errlen);
 int sqlite_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
 int sqlite_get_traces_for_eval(store *s, char *const *ids, size_t n, char **json, char **prompt, int64_t *version, char *err, size_t errlen);
 int sqlite_list_trace_ids(store *s, const char *prompt, int64_t since_ms, int64_t until_ms, bool only_unevaluated, int64_t *cur_ts, int64_t *cur_seq, int limit, char ***ids, size_t *n, char *err, size_t errlen);

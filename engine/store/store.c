@@ -144,6 +144,11 @@ int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t
     return s->be->get_trace_json(s, id, out, err, errlen);
 }
 
+int store_get_trace_parts(store *s, char *const *ids, size_t n, char **bodies, char *err, size_t errlen)
+{
+    return s->be->get_trace_parts(s, ids, n, bodies, err, errlen);
+}
+
 int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen)
 {
     return s->be->list_traces_json(s, q, out, err, errlen);

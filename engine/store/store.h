@@ -45,16 +45,19 @@ typedef struct {
  * comes as log records in another request): a JSON object merged into the
  * trace of that id (RFC 7396 merge patch) when the trace is stored, or at
  * once when it already is. A part no trace claims waits at most
- * STORE_PART_TTL_MS. */
+ * STORE_PART_TTL_MS; parts of one id merge while they wait. Its "prompt"
+ * member is never merged into a trace (the trace's prompt is its row's):
+ * it waits with the part, for store_get_trace_parts' readers. */
 typedef struct {
     char *id;
     char *json;
     size_t json_len;
+    bool waits_only;  /* only to wait for its trace: when the trace is there already, nothing changes (a duplicate) */
 } store_trace_part;
 
 #define STORE_PART_TTL_MS (24 * 3600 * 1000LL)
 /* part_results: the part was merged into its trace, or waits for it */
-enum { STORE_PART_MERGED = 1, STORE_PART_WAITING = 2 };
+enum { STORE_PART_MERGED = 1, STORE_PART_WAITING = 2, STORE_PART_DUPLICATE = 3 };
 
 typedef struct {
     char *id;
@@ -243,6 +246,10 @@ void store_write_clear(store_write *w);
 /* Reads; safe from any thread. Each returns 0 on success, 1 for not found,
  * -1 on error (message in err). The JSON produced goes into out. */
 int store_get_trace_json(store *s, const char *id, buf_t *out, char *err, size_t errlen);
+/* The trace parts waiting under ids (store_trace_part): bodies[i] is the
+ * part's JSON text (free it), or NULL when none waits. Returns 0, or -1 with
+ * err (every bodies[i] NULL). Blocking: call it in the thread pool. */
+int store_get_trace_parts(store *s, char *const *ids, size_t n, char **bodies, char *err, size_t errlen);
 /* Writes {"items":[...],"next_cursor":...} */
 int store_list_traces_json(store *s, const store_trace_query *q, buf_t *out, char *err, size_t errlen);
 bool store_healthy(store *s);

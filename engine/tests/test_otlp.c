@@ -1,7 +1,7 @@
 /* Unit tests for otlp_decode.c and otlp_map.c: OTLP JSON into plain spans,
  * the limits that reject one span, each convention's fields, what is
- * dropped, the deferred prompt rule, log records grouped by span, gzip under
- * a cap. */
+ * dropped, the deferred prompt rule, log records grouped by span, the
+ * prompt named only on the span joined to its records, gzip under a cap. */
 #include <jansson.h>
 #include <stdlib.h>
 #include <zlib.h>
@@ -227,6 +227,82 @@ static void test_logs(void)
     json_decref(items);
 }
 
+/* The prompt named only on the span links the records' trace, in either
+ * order (otlp_map_join with the parts the store would hold). */
+static void test_join_prompt_on_span(void)
+{
+    const char *records =
+        "{\"resourceLogs\":[{\"scopeLogs\":[{\"logRecords\":["
+        "{\"timeUnixNano\":\"1700000000000000000\",\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060708\","
+        "\"attributes\":[" S("event.name", "gen_ai.user.message") "],\"body\":{\"kvlistValue\":{\"values\":[" S("content", "hi") "]}}},"
+        "{\"traceId\":\"0102030405060708090a0b0c0d0e0f10\",\"spanId\":\"0102030405060708\",\"eventName\":\"gen_ai.choice\","
+        "\"body\":{\"kvlistValue\":{\"values\":[{\"key\":\"message\",\"value\":{\"kvlistValue\":{\"values\":[" S("content", "yo") "]}}}]}}}"
+        "]}]}]}";
+    const char *id = "0102030405060708090a0b0c0d0e0f10-0102030405060708";
+    /* the records alone: an orphan, not rejected */
+    json_t *items = decode_json(OTLP_LOGS, records);
+    otlp_mapped rec;
+    otlp_map_logs(items, NULL, &rec);
+    json_decref(items);
+    CHECK(json_array_size(rec.traces) == 0 && json_array_size(rec.orphans) == 1 && rec.rejected == 0);
+    json_t *ids = otlp_map_join_ids(&rec);
+    CHECK(json_array_size(ids) == 1 && !strcmp(json_string_value(json_array_get(ids, 0)), id));
+    json_decref(ids);
+    /* the span alone: its part carries the prompt */
+    otlp_mapped sp;
+    char *body = one_span("[" S("gen_ai.operation.name", "chat") "," S("gen_ai.request.model", "m") ","
+                          S("ratchet.prompt.name", "p") "]", NULL);
+    items = decode_json(OTLP_TRACES, body);
+    free(body);
+    otlp_map_spans(items, NULL, &sp);
+    json_decref(items);
+    CHECK(json_array_size(sp.parts) == 1 && json_array_size(sp.traces) == 0);
+    json_t *span_part = json_object_get(json_array_get(sp.parts, 0), "part");
+    CHECK(!strcmp(json_string_value(json_object_get(json_object_get(span_part, "prompt"), "name")), "p"));
+
+    /* span first: the records find its part and take the prompt */
+    json_t *waiting = json_pack("{s:O}", id, span_part);
+    otlp_map_join(&rec, waiting);
+    json_decref(waiting);
+    CHECK(json_array_size(rec.traces) == 1 && json_array_size(rec.parts) == 0 && rec.rejected == 0);
+    json_t *t = json_array_get(rec.traces, 0);
+    CHECK(t && !strcmp(json_string_value(json_object_get(json_object_get(t, "prompt"), "name")), "p"));
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "output")), "yo"));
+    otlp_mapped_free(&rec);
+
+    /* records first: they wait as a part; the span then forms the trace */
+    items = decode_json(OTLP_LOGS, records);
+    otlp_map_logs(items, NULL, &rec);
+    json_decref(items);
+    waiting = json_object();
+    otlp_map_join(&rec, waiting);
+    json_decref(waiting);
+    CHECK(json_array_size(rec.traces) == 0 && json_array_size(rec.parts) == 1 && rec.rejected == 0);
+    json_t *content = json_object_get(json_array_get(rec.parts, 0), "part");
+    CHECK(json_is_true(json_object_get(json_array_get(rec.parts, 0), "waits")) && !json_object_get(content, "prompt"));
+    waiting = json_pack("{s:O}", id, content);
+    otlp_map_join(&sp, waiting);
+    json_decref(waiting);
+    CHECK(json_array_size(sp.traces) == 1 && sp.joined == 1 && json_array_size(sp.parts) == 1);
+    t = json_array_get(sp.traces, 0);
+    CHECK(t && !strcmp(json_string_value(json_object_get(json_object_get(t, "prompt"), "name")), "p"));
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "output")), "yo"));
+    CHECK(t && !strcmp(json_string_value(json_object_get(t, "model")), "m"));
+    otlp_mapped_free(&sp);
+
+    /* a span that named no prompt came first: the records are rejected as unlinked */
+    waiting = json_pack("{s:{s:s}}", id, "model", "m");
+    items = decode_json(OTLP_LOGS, records);
+    otlp_mapped r2;
+    otlp_map_logs(items, NULL, &r2);
+    json_decref(items);
+    otlp_map_join(&r2, waiting);
+    json_decref(waiting);
+    CHECK(json_array_size(r2.traces) == 0 && r2.rejected == 1 && r2.unlinked == 1 && strstr(r2.error, "no prompt"));
+    otlp_mapped_free(&r2);
+    otlp_mapped_free(&rec);
+}
+
 static void test_inflate(void)
 {
     /* 1 MB of zeros, gzip'd: inflates under a 2 MB cap, refused (413) under 64 KB */
@@ -255,6 +331,7 @@ int main(void)
     test_conventions();
     test_deferred();
     test_logs();
+    test_join_prompt_on_span();
     test_inflate();
     return check_done();
 }

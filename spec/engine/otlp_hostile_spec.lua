@@ -233,16 +233,16 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     assert.is_false(stored(TRACE_HEX .. "-0000000000000301"))
   end)
 
-  it("answers 503 with Retry-After when the store's write queue cannot take the batch, storing nothing", function()
+  it("answers 429 with Retry-After when the store's write queue cannot take the batch, storing nothing", function()
     local spans = {}
     for i = 1, 101 do -- limits.max_pending_writes = 100
       spans[i] = span { span = string.pack(">I8", 0x1000 + i), attrs = llm_attrs() }
     end
     local r = send(request(spans))
-    assert.equal(503, r.status)
+    assert.equal(429, r.status) -- OTLP/HTTP throttling: retryable, with the delay to wait
     assert.equal("1", r.headers["retry-after"])
     assert.equal("application/x-protobuf", r.headers["content-type"])
-    assert.equal(14, fields(r.body)[1]) -- UNAVAILABLE
+    assert.equal(8, fields(r.body)[1]) -- RESOURCE_EXHAUSTED
     assert.matches("write queue is full", fields(r.body)[2])
     assert.is_false(stored(TRACE_HEX .. "-0000000000001001"))
     -- and in JSON, a google.rpc.Status in JSON
@@ -255,18 +255,19 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
           { key = "ratchet.prompt.name", value = { stringValue = "support" } } } }
     end
     r = send(engine.json.encode { resourceSpans = { { scopeSpans = { { spans = jspans } } } } }, "application/json")
-    assert.equal(503, r.status)
+    assert.equal(429, r.status)
     assert.equal("1", r.headers["retry-after"])
     assert.equal("application/json", r.headers["content-type"])
-    assert.equal(14, r.json.code)
+    assert.equal(8, r.json.code)
     assert.matches("write queue is full", r.json.message)
     assert.is_false(stored(string.rep("cd", 16) .. "-0000000000002001"))
   end)
 end)
 
 -- OTLP/HTTP: an error's body is a google.rpc.Status in the request's
--- encoding. Every status the listener answers, in both encodings (the 503
--- of a full write queue is above).
+-- encoding. Every status the listener answers, in both encodings (the 429
+-- of a full write queue is above; the 503 of a store that is down is in
+-- store_pg_spec.lua).
 describe("the OTLP listener's errors", function()
   local e, otlp
   local METRICS = "otlp-errors-metrics-token-0123456789"
@@ -470,6 +471,47 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     r = post { sp("00000000000000d4", "bad") }
     assert.matches("my_rule.prompt%(span%) must return false or { name", r.json.partialSuccess.errorMessage)
     assert.equal(404, e:get("/v1/traces/" .. string.rep("d1", 16) .. "-00000000000000d4", admin).status)
+    e:stop()
+  end)
+
+  it("links the log records of a span without its content by the rule's answer for the span, in either order", function()
+    local e = start("my_rule", RULE)
+    local otlp = setmetatable({ addr = e:get("/v1/status", admin).json.otlp.listen }, engine.Engine)
+    local function send(path, body)
+      local r = otlp:request("POST", path, { content_type = "application/json",
+        headers = { Authorization = "Bearer " .. TOKEN }, body = engine.json.encode(body) })
+      assert.equal(200, r.status, r.body)
+      assert.is_nil(r.json.partialSuccess, r.body)
+    end
+    local function span(tid, sid) -- the call's span, its content off (sent as log records)
+      return { resourceSpans = { { scopeSpans = { { spans = { { traceId = tid, spanId = sid, name = "chat",
+        startTimeUnixNano = "1700000000000000000", endTimeUnixNano = "1700000000100000000",
+        attributes = { s("gen_ai.operation.name", "chat"), s("gen_ai.request.model", "m"), s("app.feature", "triage") } } } } } } } }
+    end
+    local function records(tid, sid) -- naming no prompt, nor a feature the rule knows
+      local function rec(event, fields)
+        return { traceId = tid, spanId = sid, timeUnixNano = "1700000000050000000", eventName = event,
+          body = { kvlistValue = { values = fields } } }
+      end
+      return { resourceLogs = { { scopeLogs = { { logRecords = {
+        rec("gen_ai.user.message", { s("content", "charged twice") }),
+        rec("gen_ai.choice", { { key = "message", value = { kvlistValue = { values = { s("content", "a refund") } } } } }) } } } } } }
+    end
+    for k, first in ipairs { "span", "records" } do
+      local tid, sid = string.rep("e" .. k, 16), "00000000000000e" .. k
+      if first == "span" then
+        send("/v1/traces", span(tid, sid))
+        send("/v1/logs", records(tid, sid))
+      else
+        send("/v1/logs", records(tid, sid))
+        send("/v1/traces", span(tid, sid))
+      end
+      local r = e:get("/v1/traces/" .. tid .. "-" .. sid, admin)
+      assert.equal(200, r.status, first .. " first: " .. r.body)
+      assert.same({ name = "support", version = 1 }, r.json.prompt)
+      assert.equal("a refund", r.json.output)
+      assert.equal("m", r.json.model)
+    end
     e:stop()
   end)
 

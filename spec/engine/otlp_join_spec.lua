@@ -16,23 +16,30 @@ local function sv(s) return { stringValue = s } end
 local function kv(k, v) return { key = k, value = v } end
 local RESOURCE = { attributes = { kv("service.name", sv("join-app")), kv("ratchet.prompt.name", sv("support")) } }
 
-local function span_body(tid, sid)
-  return json.encode { resourceSpans = { { resource = RESOURCE, scopeSpans = { { spans = { {
-    traceId = tid, spanId = sid, name = "chat gpt-4o-mini", kind = 3,
-    startTimeUnixNano = "1795507200000000000", endTimeUnixNano = "1795507200812000000",
-    attributes = { kv("gen_ai.operation.name", sv("chat")), kv("gen_ai.system", sv("openai")),
+-- the resource without ratchet.prompt.name: the prompt only on the span (span_body's on_span)
+local BARE = { attributes = { kv("service.name", sv("join-app")) } }
+
+local function span_body(tid, sid, on_span)
+  local attrs = { kv("gen_ai.operation.name", sv("chat")), kv("gen_ai.system", sv("openai")),
       kv("gen_ai.request.model", sv("gpt-4o-mini")), kv("gen_ai.response.model", sv("gpt-4o-mini-2024-07-18")),
       kv("gen_ai.usage.input_tokens", { intValue = "42" }), kv("gen_ai.usage.output_tokens", { intValue = "7" }),
-      kv("gen_ai.response.id", sv("chatcmpl-join")) },
+      kv("gen_ai.response.id", sv("chatcmpl-join")) }
+  if on_span then
+    for k, v in pairs(on_span) do attrs[#attrs + 1] = kv(k, v) end
+  end
+  return json.encode { resourceSpans = { { resource = on_span and BARE or RESOURCE, scopeSpans = { { spans = { {
+    traceId = tid, spanId = sid, name = "chat gpt-4o-mini", kind = 3,
+    startTimeUnixNano = "1795507200000000000", endTimeUnixNano = "1795507200812000000",
+    attributes = attrs,
   } } } } } } }
 end
 
-local function logs_body(tid, sid)
+local function logs_body(tid, sid, bare)
   local function rec(event, body)
     return { traceId = tid, spanId = sid, timeUnixNano = "1795507200800000000",
       attributes = { kv("event.name", sv(event)), kv("gen_ai.system", sv("openai")) }, body = body }
   end
-  return json.encode { resourceLogs = { { resource = RESOURCE, scopeLogs = { { logRecords = {
+  return json.encode { resourceLogs = { { resource = bare and BARE or RESOURCE, scopeLogs = { { logRecords = {
     rec("gen_ai.user.message", { kvlistValue = { values = { kv("content", sv("I was charged twice")) } } }),
     rec("gen_ai.choice", { kvlistValue = { values = { kv("index", { intValue = "0" }), kv("finish_reason", sv("stop")),
       kv("message", { kvlistValue = { values = { kv("content", sv("We will refund you.")) } } }) } } }),
@@ -117,4 +124,52 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
       assert.equal("pass", t.verdict)
     end)
   end
+
+  -- docs/otlp.md, "Joining a span and its log records": the prompt named
+  -- only on the span (ratchet.prompt.name as a span attribute, the records
+  -- and the resource naming none) links the records' trace, in either order
+  for _, order in ipairs { "span first", "log records first" } do
+    it("links the records' trace to the prompt named only on the span, " .. order, function()
+      local tid = order == "span first" and string.rep("c3", 16) or string.rep("d4", 16)
+      local sid = "00000000000000" .. (order == "span first" and "03" or "04")
+      local id = tid .. "-" .. sid
+      local on_span = { ["ratchet.prompt.name"] = sv("support"), ["ratchet.prompt.version"] = { intValue = "1" } }
+      if order == "span first" then
+        send("/v1/traces", span_body(tid, sid, on_span))
+        assert.equal(404, e:get("/v1/traces/" .. id, admin).status)
+        send("/v1/logs", logs_body(tid, sid, true))
+      else
+        send("/v1/logs", logs_body(tid, sid, true)) -- no prompt yet: it waits for its span, not rejected
+        assert.equal(404, e:get("/v1/traces/" .. id, admin).status)
+        send("/v1/traces", span_body(tid, sid, on_span))
+      end
+      local t = check(id)
+      assert.same({ name = "support", version = 1 }, t.prompt)
+      -- both halves again: one trace, the same
+      send("/v1/traces", span_body(tid, sid, on_span))
+      send("/v1/logs", logs_body(tid, sid, true))
+      check(id)
+      local n = 0
+      for _, x in ipairs(e:get("/v1/traces?prompt=support&limit=100", admin).json.items) do
+        if x.id == id then n = n + 1 end
+      end
+      assert.equal(1, n)
+      t = engine.eventually(5 * engine.slow, function()
+        local r = e:get("/v1/traces/" .. id, admin)
+        if r.json.verdict ~= "unevaluated" then return r.json end
+      end)
+      assert.equal("pass", t.verdict)
+    end)
+  end
+
+  it("rejects the records as unlinked when their span came first and names no prompt", function()
+    local tid, sid = string.rep("e5", 16), "0000000000000005"
+    send("/v1/traces", span_body(tid, sid, { ["app.feature"] = sv("x") })) -- no prompt anywhere
+    local r = otlp:request("POST", "/v1/logs", { body = logs_body(tid, sid, true), content_type = "application/json",
+      headers = { Authorization = "Bearer " .. TOKEN } })
+    assert.equal(200, r.status, r.body)
+    assert.equal("1", r.json.partialSuccess.rejectedLogRecords)
+    assert.matches("linked to no prompt", r.json.partialSuccess.errorMessage)
+    assert.equal(404, e:get("/v1/traces/" .. tid .. "-" .. sid, admin).status)
+  end)
 end)

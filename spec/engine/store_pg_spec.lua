@@ -62,7 +62,12 @@ describe("the PostgreSQL store #heavy", function()
   end
 
   it("answers no false ack while the database is away, says so in /readyz and status, and recovers", function()
-    local e = engine.start { store = "postgres", config = string.format("admin_token = %q", ADMIN) }
+    local e = engine.start { store = "postgres", config = string.format([[
+admin_token = %q
+otlp = { listen = "127.0.0.1:0" }
+prompt "support" {}
+]], ADMIN) }
+    local otlp = setmetatable({ addr = e:get("/v1/status", auth).json.otlp.listen }, engine.Engine)
     finally(pg.ensure_running)
     local acked = {}
     local function try(ids)
@@ -83,6 +88,19 @@ describe("the PostgreSQL store #heavy", function()
       local res = try({ "during-" .. i })
       assert.equal(503, res.status, res.body)
     end
+    -- and on the OTLP listener: 503 + Retry-After (a store that is down; a full write
+    -- queue is 429, otlp_hostile_spec.lua), a google.rpc.Status, nothing stored
+    local span = { traceId = string.rep("ab", 16), spanId = string.rep("0d", 8), name = "chat",
+      startTimeUnixNano = "1700000000000000000", endTimeUnixNano = "1700000000500000000", attributes = {
+        { key = "gen_ai.operation.name", value = { stringValue = "chat" } },
+        { key = "gen_ai.output.messages", value = { stringValue = '[{"role":"assistant","parts":[{"type":"text","content":"ok"}]}]' } },
+        { key = "ratchet.prompt.name", value = { stringValue = "support" } } } }
+    local r = otlp:request("POST", "/v1/traces", { content_type = "application/json",
+      body = engine.json.encode { resourceSpans = { { scopeSpans = { { spans = { span } } } } } } })
+    assert.equal(503, r.status, r.body)
+    assert.equal("1", r.headers["retry-after"])
+    assert.equal(14, r.json.code) -- UNAVAILABLE
+    assert.matches("could not commit", r.json.message)
     local ready = e:get("/readyz")
     assert.equal(503, ready.status)
     assert.matches("the store is down", ready.body)
@@ -100,6 +118,7 @@ describe("the PostgreSQL store #heavy", function()
     assert.equal(10, #acked)
     -- nothing refused was stored either: a 503 means not stored
     for i = 1, 5 do assert.equal(404, e:get("/v1/traces/during-" .. i, auth).status) end
+    assert.equal(404, e:get("/v1/traces/" .. string.rep("ab", 16) .. "-" .. string.rep("0d", 8), auth).status)
     -- the coordinator's session (non-blocking, on the event loop) lost the leadership with
     -- the server and reconnected on its own: the engine leads again
     assert.matches("no longer leads the loop: its database session was lost", e:log_text(), 1, true)

@@ -1811,7 +1811,8 @@ static int apply_part(pg_store *s, const store_trace_part *p, int64_t received, 
 {
     bool found;
     if (p->waits_only) {
-        pgq *q = pgq_new(s->wconn, "SELECT 1 FROM traces WHERE id = ?1");
+        /* the id table: traces has no index on id (its partitions would each be scanned) */
+        pgq *q = pgq_new(s->wconn, "SELECT 1 FROM trace_ids WHERE id = ?1");
         pgq_text(q, 1, p->id);
         int rc = pgq_step(q);
         if (rc == PGQ_ERROR)

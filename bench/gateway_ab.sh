@@ -6,7 +6,7 @@
 # BASE_BIN is the baseline (e.g. built from the commit before the change:
 #   git archive C | tar -x -C /tmp/base && make -C /tmp/base build/ratchet);
 # RATCHET_BIN (default build/ratchet) is the one under test.
-# Each line: c=64 req/s, c=1 p50, and the engine's CPU time per request:
+# Each line: c=64 req/s, c=1 p50 (plain and streamed), and the engine's CPU time per request:
 # all threads, and the loop thread alone (its share is what limits c=64
 # throughput when the loop has a core to itself).
 # PIN=loop (default): the engine's loop thread on CPU 0, its other threads
@@ -27,6 +27,7 @@ trap cleanup EXIT
 . bench/lib.sh
 
 UP=127.0.0.1:18980
+SSE='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":"billing"},"finish_reason":null}]}\n\ndata: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
 BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"{\"category\":\"billing\",\"urgency\":\"high\"}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":12,"total_tokens":42}}'
 mkdir -p "$OUT/nginx"
 esc() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
@@ -41,7 +42,9 @@ http {
   access_log off;
   client_body_temp_path $OUT/nginx;
   server { listen $UP; keepalive_requests 10000000;
-    location / { default_type application/json; return 200 "$(esc "$BODY")"; } }
+    location / {
+      if (\$request_body ~ '"stream":true') { return 200 "$(esc "$SSE")"; }
+      default_type application/json; return 200 "$(esc "$BODY")"; } }
 }
 NGX
 taskset -c 1 nginx -c "$OUT/nginx/nginx.conf" &
@@ -74,13 +77,14 @@ gateway = { }"
     MODE=managed taskset -c 1 wrk -t1 -c64 -d"${DUR}s" --latency -s bench/gateway.lua "http://$ADDR/" 2>&1 | grep RESULT > "$OUT/c64.res" || true
     all1=$(ticks "/proc/$PID/stat"); loop1=$(ticks "/proc/$PID/task/$PID/stat")
     MODE=managed taskset -c 1 wrk -t1 -c1 -d"${DUR}s" --latency -s bench/gateway.lua "http://$ADDR/" 2>&1 | grep RESULT > "$OUT/c1.res" || true
+    MODE=managed STREAM=1 taskset -c 1 wrk -t1 -c1 -d"${DUR}s" --latency -s bench/gateway.lua "http://$ADDR/" 2>&1 | grep RESULT > "$OUT/s1.res" || true
     stop_engine
     local n
     n=$(field requests "$OUT/c64.res")
-    awk -v l="$1" -v r="$(rate "$OUT/c64.res")" -v p="$(field p50_us "$OUT/c1.res")" -v n="$n" -v hz="$hz" \
+    awk -v l="$1" -v r="$(rate "$OUT/c64.res")" -v p="$(field p50_us "$OUT/c1.res")" -v sp="$(field p50_us "$OUT/s1.res")" -v n="$n" -v hz="$hz" \
         -v a="$((all1 - all0))" -v o="$((loop1 - loop0))" -v bad="$(field non200 "$OUT/c64.res")" \
-        'BEGIN{printf "%s c=64 %6d req/s, CPU/request all threads %5.1f us, loop thread %5.1f us; c=1 p50 %4d us; non-200 %s\n",
-               l, r, a * 1e6 / hz / n, o * 1e6 / hz / n, p, bad}'
+        'BEGIN{printf "%s c=64 %6d req/s, CPU/request all threads %5.1f us, loop thread %5.1f us; c=1 p50 %4d us, stream %4d us; non-200 %s\n",
+               l, r, a * 1e6 / hz / n, o * 1e6 / hz / n, p, sp, bad}'
 }
 
 for r in $(seq "$RUNS"); do

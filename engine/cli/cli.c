@@ -203,6 +203,34 @@ void print_error(const char *cmd, long status, json_t *ans)
             field ? " (field: " : "", field ? field : "", field ? ")" : "");
 }
 
+void query_add(buf_t *q, const char *key, const char *value)
+{
+    if (!value)
+        return;
+    char *e = curl_easy_escape(NULL, value, 0); /* the handle is ignored since libcurl 7.82 */
+    buf_printf(q, "%c%s=%s", q->len && memchr(q->data, '?', q->len) ? '&' : '?', key, e ? e : "");
+    curl_free(e);
+}
+
+int get_and_show(client *c, const char *cmd, const char *path, bool as_json, void (*show)(json_t *ans))
+{
+    json_t *ans = NULL;
+    long code = call_json(c, "GET", path, NULL, &ans);
+    int rc = 0;
+    if (code != 200) {
+        print_error(cmd, code, ans);
+        rc = EXIT_ERROR;
+    } else if (as_json) {
+        char *t = jtree_dump_text(ans, true);
+        puts(t);
+        free(t);
+    } else {
+        show(ans);
+    }
+    json_decref(ans);
+    return rc;
+}
+
 static char *read_whole(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");

@@ -4,6 +4,7 @@
 #define RATCHET_CLI_PRIVATE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "base/util.h"
 
@@ -27,5 +28,12 @@ long call_raw(client *c, const char *method, const char *path, const char *ctype
               json_t **out, buf_t *raw);
 /* "ratchet CMD: message (field: F)" on stderr. */
 void print_error(const char *cmd, long status, json_t *ans);
+/* Appends "?key=value" to q (a path, or empty) — "&key=value" once q has a "?" — the value
+ * URL-encoded; nothing when value is NULL. */
+void query_add(buf_t *q, const char *key, const char *value);
+/* GET path and show the answer: as the API's JSON when as_json, else by
+ * show(ans); an error answer is printed as print_error does. Returns 0 or
+ * EXIT_ERROR. */
+int get_and_show(client *c, const char *cmd, const char *path, bool as_json, void (*show)(json_t *ans));
 
 #endif

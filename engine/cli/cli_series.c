@@ -138,37 +138,15 @@ int cmd_series(int argc, char **argv)
     if (client_init(&c, url, config) != 0)
         return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    CURL *h = curl_easy_init();
     buf_t path = {0};
-    char *en = curl_easy_escape(h, name, 0);
+    char *en = curl_easy_escape(NULL, name, 0);
     buf_printf(&path, "/v1/prompts/%s/series", en ? en : "");
     curl_free(en);
-    const char *keys[] = {"version", "since", "until", "buckets"};
-    const char *vals[] = {version, since, until, buckets};
-    char sep = '?';
-    for (int i = 0; i < 4; i++) {
-        if (!vals[i])
-            continue;
-        char *ev = curl_easy_escape(h, vals[i], 0);
-        buf_printf(&path, "%c%s=%s", sep, keys[i], ev ? ev : "");
-        curl_free(ev);
-        sep = '&';
-    }
-    curl_easy_cleanup(h);
-    json_t *ans = NULL;
-    long code = call_json(&c, "GET", path.data, NULL, &ans);
-    int rc = 0;
-    if (code != 200) {
-        print_error("series", code, ans);
-        rc = EXIT_ERROR;
-    } else if (as_json) {
-        char *t = jtree_dump_text(ans, true);
-        puts(t);
-        free(t);
-    } else {
-        print_table(ans);
-    }
-    json_decref(ans);
+    query_add(&path, "version", version);
+    query_add(&path, "since", since);
+    query_add(&path, "until", until);
+    query_add(&path, "buckets", buckets);
+    int rc = get_and_show(&c, "series", path.data, as_json, print_table);
     buf_free(&path);
     client_free(&c);
     curl_global_cleanup();

@@ -30,20 +30,34 @@ const char traces_usage[] =
     "\n"
     "Exit status: 0, or 3 on a usage error or when the engine refuses.\n";
 
-/* "&key=value" with the value URL-encoded */
-static void add_param(buf_t *q, CURL *h, const char *key, const char *value)
-{
-    if (!value)
-        return;
-    char *e = curl_easy_escape(h, value, 0);
-    buf_printf(q, "%s%s=%s", q->len ? "&" : "?", key, e ? e : "");
-    curl_free(e);
-}
-
 static const char *field(json_t *o, const char *k)
 {
     const char *s = json_string_value(json_object_get(o, k));
     return s ? s : "";
+}
+
+static void show_page(json_t *ans)
+{
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(ans, "items"), i, t) {
+        json_t *p = json_object_get(t, "prompt");
+        json_t *out = json_object_get(t, "output");
+        char *o = json_is_string(out) ? strdup(json_string_value(out)) : jtree_dump_text(out, false);
+        for (char *s = o; s && *s; s++)
+            if (*s == '\n' || *s == '\r' || *s == '\t')
+                *s = ' ';
+        char ver[32] = "";
+        if (json_is_integer(json_object_get(p, "version")))
+            snprintf(ver, sizeof ver, " v%lld", (long long)json_integer_value(json_object_get(p, "version")));
+        printf("%s  %-24s %s%s  %-8s %.70s\n", field(t, "timestamp"), field(t, "id"), field(p, "name"), ver,
+               *field(t, "verdict") ? field(t, "verdict") : "-", o ? o : "");
+        free(o);
+    }
+    if (json_array_size(json_object_get(ans, "items")) == 0)
+        printf("no trace matches\n");
+    if (json_is_string(json_object_get(ans, "next_cursor")))
+        printf("next page: --cursor %s\n", field(ans, "next_cursor"));
 }
 
 int cmd_traces(int argc, char **argv)
@@ -106,58 +120,22 @@ int cmd_traces(int argc, char **argv)
     if (client_init(&c, url, config) != 0)
         return EXIT_ERROR;
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    CURL *h = curl_easy_init();
     buf_t q = {0};
+    buf_printf(&q, "/v1/traces");
     char n[24];
     snprintf(n, sizeof n, "%lld", limit);
-    add_param(&q, h, "limit", n);
-    add_param(&q, h, "prompt", prompt);
-    add_param(&q, h, "version", version);
-    add_param(&q, h, "since", since);
-    add_param(&q, h, "until", until);
-    add_param(&q, h, "failed", failed ? "true" : NULL);
-    add_param(&q, h, "evaluator", evaluator);
-    add_param(&q, h, "feedback", feedback);
-    add_param(&q, h, "q", text);
-    add_param(&q, h, "tag", tag);
-    add_param(&q, h, "cursor", cursor);
-    curl_easy_cleanup(h);
-    char *path = xmalloc(q.len + 16);
-    snprintf(path, q.len + 16, "/v1/traces%s", q.data);
-    json_t *ans = NULL;
-    long code = call_json(&c, "GET", path, NULL, &ans);
-    int rc = 0;
-    if (code != 200) {
-        print_error("traces", code, ans);
-        rc = EXIT_ERROR;
-    } else if (as_json) {
-        char *t = jtree_dump_text(ans, true);
-        puts(t);
-        free(t);
-    } else {
-        size_t i;
-        json_t *t;
-        json_array_foreach(json_object_get(ans, "items"), i, t) {
-            json_t *p = json_object_get(t, "prompt");
-            json_t *out = json_object_get(t, "output");
-            char *o = json_is_string(out) ? strdup(json_string_value(out)) : jtree_dump_text(out, false);
-            for (char *s = o; s && *s; s++)
-                if (*s == '\n' || *s == '\r' || *s == '\t')
-                    *s = ' ';
-            char ver[32] = "";
-            if (json_is_integer(json_object_get(p, "version")))
-                snprintf(ver, sizeof ver, " v%lld", (long long)json_integer_value(json_object_get(p, "version")));
-            printf("%s  %-24s %s%s  %-8s %.70s\n", field(t, "timestamp"), field(t, "id"), field(p, "name"), ver,
-                   *field(t, "verdict") ? field(t, "verdict") : "-", o ? o : "");
-            free(o);
-        }
-        if (json_array_size(json_object_get(ans, "items")) == 0)
-            printf("no trace matches\n");
-        if (json_is_string(json_object_get(ans, "next_cursor")))
-            printf("next page: --cursor %s\n", field(ans, "next_cursor"));
-    }
-    json_decref(ans);
-    free(path);
+    query_add(&q, "limit", n);
+    query_add(&q, "prompt", prompt);
+    query_add(&q, "version", version);
+    query_add(&q, "since", since);
+    query_add(&q, "until", until);
+    query_add(&q, "failed", failed ? "true" : NULL);
+    query_add(&q, "evaluator", evaluator);
+    query_add(&q, "feedback", feedback);
+    query_add(&q, "q", text);
+    query_add(&q, "tag", tag);
+    query_add(&q, "cursor", cursor);
+    int rc = get_and_show(&c, "traces", q.data, as_json, show_page);
     buf_free(&q);
     client_free(&c);
     curl_global_cleanup();

@@ -2006,8 +2006,12 @@ void llm_free(llm *l)
         l->provs = p->next;
         prov_free(p);
     }
-    if (l->st)
+    if (l->st && l->ledger) {
+        /* the rows of the calls just stopped: their write's answer names l (ledger_done
+         * counts a failure in it), so it is awaited before l goes */
         llm_ledger_flush(l);
+        store_flush(l->st);
+    }
     if (l->ledger_timer)
         uv_close((uv_handle_t *)l->ledger_timer, on_handle_free);
     json_decref(l->runs);

@@ -31,6 +31,31 @@ struct store_op {
 void op_add(store_write *w, const char *sql, const char *types, ...);
 void store_ops_free(store_op *op);
 
+/* What each backend's submit does first and, when its queue refuses the
+ * write, undoes: the write's result arrays allocated, its status cleared.
+ * Returns the write's items (what limits.max_pending_writes counts). */
+size_t store_write_prepare(store_write *w);
+void store_write_unprepare(store_write *w);
+/* Marks a write that was not stored: its status, and every trace and
+ * feedback result STORE_FAILED. */
+void store_write_fail(store_write *w, int status);
+/* A dataset's history from its case rows (id, the version that added the
+ * row, the one that removed it or 0), read in order of id then added: each
+ * backend feeds the rows of its query, then appends one
+ * {version, cases, added, removed, changed} per version to versions. */
+typedef struct {
+    int64_t current;
+    int64_t *live, *added, *removed, *changed;
+    char prev_id[200];
+    int64_t prev_removed;
+} store_case_tally;
+void store_case_tally_init(store_case_tally *t, int64_t current);
+void store_case_tally_row(store_case_tally *t, const char *id, int64_t added, int64_t removed);
+void store_case_tally_end(store_case_tally *t, json_t *versions); /* and frees */
+/* Calls done on each write of a committed list (linked by next), in order,
+ * on the loop thread. */
+void store_writes_done(store_write *w);
+
 /* Every function of store.h that reads or runs the store, less its store_ prefix. */
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres" */

@@ -215,6 +215,87 @@ void store_put_loop_event(store_write *w, const char *prompt, const char *cycle,
     op_add(w, sql, "sissss", prompt, ts_ms, cycle, kind, message, detail_json);
 }
 
+size_t store_write_prepare(store_write *w)
+{
+    w->next = NULL;
+    w->status = 0;
+    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
+    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
+    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
+    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
+}
+
+void store_write_unprepare(store_write *w)
+{
+    free(w->trace_results);
+    free(w->feedback_results);
+    free(w->part_results);
+    w->trace_results = w->feedback_results = w->part_results = NULL;
+}
+
+void store_write_fail(store_write *w, int status)
+{
+    w->status = status;
+    if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
+        memset(w->trace_results, STORE_FAILED, w->ntraces);
+    if (w->nfeedback)
+        memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+}
+
+void store_case_tally_init(store_case_tally *t, int64_t current)
+{
+    size_t n = (size_t)current + 2;
+    t->current = current;
+    t->live = xcalloc(n, sizeof *t->live);
+    t->added = xcalloc(n, sizeof *t->added);
+    t->removed = xcalloc(n, sizeof *t->removed);
+    t->changed = xcalloc(n, sizeof *t->changed);
+    t->prev_id[0] = 0;
+    t->prev_removed = 0;
+}
+
+void store_case_tally_row(store_case_tally *t, const char *id, int64_t a, int64_t r)
+{
+    if (a < 1 || a > t->current || r < 0 || r > t->current + 1)
+        return;
+    t->live[a]++;
+    if (r)
+        t->live[r]--;
+    /* the same id removed and added back at one version: an upsert that replaced it */
+    if (id && !strcmp(id, t->prev_id) && t->prev_removed == a)
+        t->changed[a]++, t->removed[a]--;
+    else
+        t->added[a]++;
+    if (r)
+        t->removed[r]++;
+    snprintf(t->prev_id, sizeof t->prev_id, "%s", id ? id : "");
+    t->prev_removed = r;
+}
+
+void store_case_tally_end(store_case_tally *t, json_t *versions)
+{
+    int64_t cases = 0;
+    for (int64_t v = 1; v <= t->current; v++) {
+        cases += t->live[v];
+        json_array_append_new(versions, json_pack("{s:I, s:I, s:I, s:I, s:I}", "version", (json_int_t)v, "cases",
+                                                  (json_int_t)cases, "added", (json_int_t)t->added[v], "removed",
+                                                  (json_int_t)t->removed[v], "changed", (json_int_t)t->changed[v]));
+    }
+    free(t->live);
+    free(t->added);
+    free(t->removed);
+    free(t->changed);
+}
+
+void store_writes_done(store_write *w)
+{
+    while (w) {
+        store_write *next = w->next;
+        w->done(w);
+        w = next;
+    }
+}
+
 void store_write_clear(store_write *w)
 {
     for (size_t i = 0; i < w->ntraces; i++) {

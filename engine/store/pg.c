@@ -724,11 +724,7 @@ static void drain_done(pg_store *s)
     store_write *w = s->done_head;
     s->done_head = s->done_tail = NULL;
     pthread_mutex_unlock(&s->mu);
-    while (w) {
-        store_write *next = w->next;
-        w->done(w);
-        w = next;
-    }
+    store_writes_done(w);
 }
 
 static void on_done_async(uv_async_t *h)
@@ -789,29 +785,17 @@ static void pg_close(store *base)
     uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
 }
 
-static size_t write_items(const store_write *w)
-{
-    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
-}
-
 static int pg_submit(store *base, store_write *w)
 {
     pg_store *s = (pg_store *)base;
-    w->next = NULL;
-    w->status = 0;
-    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
-    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
-    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
+    size_t items = store_write_prepare(w);
     pthread_mutex_lock(&s->mu);
-    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+    if (s->stopping || s->queued_items + items > s->max_pending) {
         pthread_mutex_unlock(&s->mu);
-        free(w->trace_results);
-        free(w->feedback_results);
-        free(w->part_results);
-        w->trace_results = w->feedback_results = w->part_results = NULL;
+        store_write_unprepare(w);
         return -1;
     }
-    s->queued_items += write_items(w);
+    s->queued_items += items;
     if (s->queue_tail)
         s->queue_tail->next = w;
     else
@@ -1274,11 +1258,7 @@ static void fail_queued_locked(pg_store *s, const char *why)
     s->queued_items = 0;
     store_write *last = batch;
     for (store_write *w = batch; w; w = w->next) {
-        w->status = -1;
-        if (w->ntraces)
-            memset(w->trace_results, STORE_FAILED, w->ntraces);
-        if (w->nfeedback)
-            memset(w->feedback_results, STORE_FAILED, w->nfeedback);
+        store_write_fail(w, -1);
         s->commit_failures++;
         last = w;
     }
@@ -1434,13 +1414,8 @@ static void *writer_main(void *arg)
                 char ignored[64];
                 pg_exec(s->wconn, "ROLLBACK", ignored, sizeof ignored);
             }
-            for (store_write *w = batch; w; w = w->next) {
-                w->status = -1;
-                if (w->ntraces) /* no results array for no items (memset of NULL is undefined) */
-                    memset(w->trace_results, STORE_FAILED, w->ntraces);
-                if (w->nfeedback)
-                    memset(w->feedback_results, STORE_FAILED, w->nfeedback);
-            }
+            for (store_write *w = batch; w; w = w->next)
+                store_write_fail(w, -1);
         }
         bool connected = PQstatus(s->wconn) == CONNECTION_OK;
 

@@ -230,42 +230,12 @@ int pg_dataset_versions(store *s, const char *dataset, int64_t current, json_t *
                       &q, err, errlen))
         return -1;
     pgq_text(q, 1, dataset);
-    size_t n = (size_t)current + 2;
-    int64_t *live = xcalloc(n, sizeof *live), *added = xcalloc(n, sizeof *added), *removed = xcalloc(n, sizeof *removed),
-            *changed = xcalloc(n, sizeof *changed);
-    char prev_id[200] = "";
-    int64_t prev_removed = 0;
+    store_case_tally t;
+    store_case_tally_init(&t, current);
     int rc;
-    while ((rc = pgq_step(q)) == PGQ_ROW) {
-        const char *id = pgq_col(q, 0);
-        int64_t a = pgq_col_int(q, 1);
-        int64_t r = pgq_isnull(q, 2) ? 0 : pgq_col_int(q, 2);
-        if (a < 1 || a > current || r < 0 || r > current + 1)
-            continue;
-        live[a]++;
-        if (r)
-            live[r]--;
-        /* the same id removed and added back at one version: an upsert that replaced it */
-        if (id && !strcmp(id, prev_id) && prev_removed == a)
-            changed[a]++, removed[a]--;
-        else
-            added[a]++;
-        if (r)
-            removed[r]++;
-        snprintf(prev_id, sizeof prev_id, "%s", id ? id : "");
-        prev_removed = r;
-    }
-    int64_t cases = 0;
-    for (int64_t v = 1; v <= current; v++) {
-        cases += live[v];
-        json_array_append_new(*versions, json_pack("{s:I, s:I, s:I, s:I, s:I}", "version", (json_int_t)v, "cases",
-                                                   (json_int_t)cases, "added", (json_int_t)added[v], "removed",
-                                                   (json_int_t)removed[v], "changed", (json_int_t)changed[v]));
-    }
-    free(live);
-    free(added);
-    free(removed);
-    free(changed);
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        store_case_tally_row(&t, pgq_col(q, 0), pgq_col_int(q, 1), pgq_isnull(q, 2) ? 0 : pgq_col_int(q, 2));
+    store_case_tally_end(&t, *versions);
     return pg_read_end(PG(s), q, rc, err, errlen);
 }
 

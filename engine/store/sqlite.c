@@ -697,11 +697,7 @@ static void drain_done(sqlite_store *s)
     store_write *w = s->done_head;
     s->done_head = s->done_tail = NULL;
     pthread_mutex_unlock(&s->mu);
-    while (w) {
-        store_write *next = w->next;
-        w->done(w);
-        w = next;
-    }
+    store_writes_done(w);
 }
 
 static void on_done_async(uv_async_t *h)
@@ -760,29 +756,17 @@ static void sqlite_close(store *base)
     uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
 }
 
-static size_t write_items(const store_write *w)
-{
-    return w->ntraces + w->nfeedback + w->nevals + w->nparts + w->nllm_calls + w->nops;
-}
-
 static int sqlite_submit(store *base, store_write *w)
 {
     sqlite_store *s = (sqlite_store *)base;
-    w->next = NULL;
-    w->status = 0;
-    w->trace_results = w->ntraces ? xcalloc(w->ntraces, 1) : NULL;
-    w->feedback_results = w->nfeedback ? xcalloc(w->nfeedback, 1) : NULL;
-    w->part_results = w->nparts ? xcalloc(w->nparts, 1) : NULL;
+    size_t items = store_write_prepare(w);
     pthread_mutex_lock(&s->mu);
-    if (s->stopping || s->queued_items + write_items(w) > s->max_pending) {
+    if (s->stopping || s->queued_items + items > s->max_pending) {
         pthread_mutex_unlock(&s->mu);
-        free(w->trace_results);
-        free(w->feedback_results);
-        free(w->part_results);
-        w->trace_results = w->feedback_results = w->part_results = NULL;
+        store_write_unprepare(w);
         return -1;
     }
-    s->queued_items += write_items(w);
+    s->queued_items += items;
     if (s->queue_tail)
         s->queue_tail->next = w;
     else
@@ -1287,11 +1271,8 @@ static void *writer_main(void *arg)
                       err[0] ? err : sqlite3_errmsg(s->wdb));
             char ignored[64];
             exec_sql(s->wdb, "ROLLBACK", ignored, sizeof ignored);
-            for (store_write *w = batch; w; w = w->next) {
-                w->status = rc;
-                memset(w->trace_results, STORE_FAILED, w->ntraces);
-                memset(w->feedback_results, STORE_FAILED, w->nfeedback);
-            }
+            for (store_write *w = batch; w; w = w->next)
+                store_write_fail(w, rc);
         }
 
         store_write *last = batch;

@@ -307,42 +307,13 @@ int sqlite_dataset_versions(store *base, const char *dataset, int64_t current, j
                    err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, dataset, -1, SQLITE_STATIC);
-    size_t n = (size_t)current + 2;
-    int64_t *live = xcalloc(n, sizeof *live), *added = xcalloc(n, sizeof *added), *removed = xcalloc(n, sizeof *removed),
-            *changed = xcalloc(n, sizeof *changed);
-    char prev_id[200] = "";
-    int64_t prev_removed = 0;
+    store_case_tally t;
+    store_case_tally_init(&t, current);
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(st, 0);
-        int64_t a = sqlite3_column_int64(st, 1);
-        int64_t r = sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 2);
-        if (a < 1 || a > current || r < 0 || r > current + 1)
-            continue;
-        live[a]++;
-        if (r)
-            live[r]--;
-        /* the same id removed and added back at one version: an upsert that replaced it */
-        if (id && !strcmp(id, prev_id) && prev_removed == a)
-            changed[a]++, removed[a]--;
-        else
-            added[a]++;
-        if (r)
-            removed[r]++;
-        snprintf(prev_id, sizeof prev_id, "%s", id ? id : "");
-        prev_removed = r;
-    }
-    int64_t cases = 0;
-    for (int64_t v = 1; v <= current; v++) {
-        cases += live[v];
-        json_array_append_new(*versions, json_pack("{s:I, s:I, s:I, s:I, s:I}", "version", (json_int_t)v, "cases",
-                                                   (json_int_t)cases, "added", (json_int_t)added[v], "removed",
-                                                   (json_int_t)removed[v], "changed", (json_int_t)changed[v]));
-    }
-    free(live);
-    free(added);
-    free(removed);
-    free(changed);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        store_case_tally_row(&t, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1),
+                             sqlite3_column_type(st, 2) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 2));
+    store_case_tally_end(&t, *versions);
     return read_end(s, db, st, rc, err, errlen);
 }
 

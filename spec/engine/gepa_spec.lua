@@ -6,40 +6,17 @@ local engine = require "spec.helpers.engine"
 local fake_llm = require "spec.helpers.fake_llm"
 local traffic = require "demo.traffic"
 
-local MODEL = engine.read_file("demo/model.lua")
-local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+local tickets = require "spec.helpers.tickets"
+
+local MODEL = tickets.MODEL
+local setup, base = tickets.setup, tickets.base
 
 local function config(fake, loop)
-  return string.format([[
-scripts = { dirs = { %q } }
-provider "fake" {
-  kind = "openai", base_url = %q, default_model = "target",
-  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
-}
-prompt "tickets" {
-  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
-  loop = {
-    dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
-    check_interval_ms = 100, k = 1, concurrency = 4, enabled = false,
+  return tickets.config(fake, [[
+    enabled = false,
     trigger_options = { min_evaluated = 10, min_failures = 3, cooldown_ms = 0 },
-    %s
-  },
-}
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", loop or "")
+    ]] .. (loop or ""))
 end
-
-local function setup(e)
-  assert.equal(201, e:post("/v1/prompts", { name = "tickets" }).status)
-  assert.equal(201, e:post("/v1/prompts/tickets/versions", {
-    messages = { { role = "system", content = V1 }, { role = "user", content = "Ticket: {{ticket}}" } },
-    model = { provider = "fake", model = "target" } }).status)
-  assert.equal(200, e:post("/v1/prompts/tickets/promote", { version = 1 }).status)
-  local r = e:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
-    { content_type = "application/x-ndjson" })
-  assert.equal(200, r.status, r.body)
-end
-
-local function base(e) return "http://" .. e.addr end
 
 -- sends 40 tickets and waits until their evaluations are stored (failures to learn from)
 local function traffic_evaluated(e)

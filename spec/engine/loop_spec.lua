@@ -7,44 +7,17 @@ local fake_llm = require "spec.helpers.fake_llm"
 local traffic = require "demo.traffic"
 local metrics = require "spec.helpers.metrics"
 
-local MODEL = engine.read_file("demo/model.lua")
-local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+local tickets = require "spec.helpers.tickets"
+
+local MODEL, V1 = tickets.MODEL, tickets.V1
+local version, setup, base, statuses = tickets.version, tickets.setup, tickets.base, tickets.statuses
 
 local function config(fake, loop)
-  return string.format([[
-scripts = { dirs = { %q } }
-provider "fake" {
-  kind = "openai", base_url = %q, default_model = "target",
-  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
-}
-prompt "tickets" {
-  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
-  loop = {
-    dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
-    check_interval_ms = 100, k = 1, concurrency = 4,
+  return tickets.config(fake, [[
     trigger_options = { min_evaluated = 10, min_failures = 3, cooldown_ms = 3600000 },
     rollout_options = { steps = { 25, 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
-    %s
-  },
-}
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", loop or "")
+    ]] .. (loop or ""))
 end
-
-local function version(system)
-  return { messages = { { role = "system", content = system }, { role = "user", content = "Ticket: {{ticket}}" } },
-           model = { provider = "fake", model = "target" } }
-end
-
-local function setup(e, system)
-  assert.equal(201, e:post("/v1/prompts", { name = "tickets" }).status)
-  assert.equal(201, e:post("/v1/prompts/tickets/versions", version(system or V1)).status)
-  assert.equal(200, e:post("/v1/prompts/tickets/promote", { version = 1 }).status)
-  local r = e:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
-    { content_type = "application/x-ndjson" })
-  assert.equal(200, r.status, r.body)
-end
-
-local function base(e) return "http://" .. e.addr end
 
 local function loop_view(e) return e:get("/v1/loop/tickets").json end
 
@@ -55,12 +28,6 @@ local function wait_state(e, pred, seconds)
   end)
   assert(v, "the loop did not get there; now: " .. engine.json.encode(loop_view(e)) .. "\nlog:\n" .. e:log_text())
   return v
-end
-
-local function statuses(e)
-  local out = {}
-  for _, v in ipairs(e:get("/v1/prompts/tickets/versions").json.items) do out[v.version] = v.status end
-  return out
 end
 
 local function kinds(events)

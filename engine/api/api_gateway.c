@@ -79,6 +79,7 @@ struct gw_call {
     buf_t sse;             /* a streamed answer, kept for the trace */
     bool sse_cut;
     uint64_t start_ns;
+    size_t body_len;       /* the caller's request body, for the capture queue's bound */
     gw_call *prev, *next;
 };
 
@@ -618,7 +619,7 @@ static void capture_answer(gw_call *c, int status, const char *error, outcome *o
         k->kind = kind;
         buf_append(&k->answer, answer ? answer : "", len);
     }
-    k->item.bytes = sizeof *k + k->answer.cap;
+    k->item.bytes = sizeof *k + k->answer.cap + c->body_len; /* (the request tree, about its text's size) */
     api_capture_trace(c->a, &k->item);
 }
 
@@ -1515,6 +1516,7 @@ static void gateway_request(const api_call *ac, enum proto p)
     c->proto = p;
     c->key = key;
     c->start_ns = req->start_ns;
+    c->body_len = req->body.len;
     c->stream = json_is_true(stream);
     id_uuid7(c->trace_id);
     c->retry_of = retry ? xstrdup(retry) : NULL;

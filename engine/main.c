@@ -143,6 +143,8 @@ typedef struct {
     store_write retention_write;
     bool retention_busy;       /* that write is queued */
     bool orphan_reading;       /* a claim of such runs is in the thread pool */
+    json_t *aside;             /* ids of runs set aside when the lease lapsed, to re-claim */
+    bool reclaiming;           /* a re-claim of them is in the thread pool */
     char last_status[256];
     metrics_lag *lag;
     uv_timer_t debounce_timer;
@@ -855,6 +857,8 @@ static void undo_state(engine *e)
         store_flush(e->store); /* no write of theirs still waits for its answer */
     }
     loop_free(e->lp);
+    json_decref(e->aside);
+    e->aside = NULL;
     runner_free(e->runner);
     registry_free(e->reg);
     if (e->online)
@@ -1205,6 +1209,8 @@ typedef struct {
     char **prompts; /* with online evaluation: their unevaluated traces of engines gone */
     size_t nprompts;
     json_t *traces; /* [[id, prompt], ...] claimed */
+    json_t *ids;    /* the runs claimed */
+    uint64_t lease_gen;
     int rc;
     char err[256];
 } orphan_read;
@@ -1217,11 +1223,9 @@ typedef struct {
 static void orphan_work(uv_work_t *req)
 {
     orphan_read *r = req->data;
-    json_t *ids = NULL;
-    r->rc = store_unfinished_runs(r->e->store, &ids, r->err, sizeof r->err);
-    if (!r->rc && json_array_size(ids))
-        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
-    json_decref(ids);
+    r->rc = store_unfinished_runs(r->e->store, &r->ids, r->err, sizeof r->err);
+    if (!r->rc && json_array_size(r->ids))
+        r->rc = runner_resume_read(r->e->store, r->ids, &r->runs, r->err, sizeof r->err);
     r->traces = json_array();
     for (size_t i = 0; i < r->nprompts && !r->rc; i++) {
         char **tids = NULL;
@@ -1242,9 +1246,16 @@ static void orphan_after(uv_work_t *req, int status)
     e->cluster_reads--;
     e->orphan_reading = false;
     /* claimed: this engine runs them even if it no longer leads; if it is stopping they stay
-     * its own, and the leader takes them once its heartbeat stops */
-    if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping)
+     * its own, and the leader takes them once its heartbeat stops. If its lease lapsed since
+     * the claim, they are set aside and re-claimed like its own (another may have them now). */
+    bool lapsed = store_lease_generation(e->store) != r->lease_gen;
+    if (status == 0 && r->rc == 0 && lapsed && json_array_size(r->ids)) {
+        if (!e->aside)
+            e->aside = json_array();
+        json_array_extend(e->aside, r->ids);
+    } else if (status == 0 && r->rc == 0 && r->runs && e->runner && !e->stopping) {
         runner_resume_apply(e->runner, r->runs);
+    }
     else if (status == 0 && r->rc)
         log_error("runs", "cannot take over the runs or traces of engines gone: %s", r->err);
     size_t i;
@@ -1260,17 +1271,102 @@ static void orphan_after(uv_work_t *req, int status)
     free(r->prompts);
     json_decref(r->traces);
     json_decref(r->runs);
+    json_decref(r->ids);
     free(r);
+}
+
+typedef struct {
+    uv_work_t req;
+    engine *e;
+    json_t *ids, *kept, *runs;
+    uint64_t lease_gen; /* store_lease_generation before the claim: another after it, claim again */
+    int rc;
+    char err[256];
+} reclaim_read;
+
+/* on a pool thread: which runs set aside are still this engine's (a compare-and-set under
+ * the claim lock), and what they had done */
+static void reclaim_work(uv_work_t *req)
+{
+    reclaim_read *r = req->data;
+    r->rc = store_reclaim_runs(r->e->store, r->ids, &r->kept, r->err, sizeof r->err);
+    if (!r->rc && json_array_size(r->kept))
+        r->rc = runner_resume_read(r->e->store, r->kept, &r->runs, r->err, sizeof r->err);
+}
+
+static void reclaim_after(uv_work_t *req, int status)
+{
+    reclaim_read *r = req->data;
+    engine *e = r->e;
+    e->cluster_reads--;
+    e->reclaiming = false;
+    if (status == 0 && r->rc == 0 && store_lease_generation(e->store) != r->lease_gen) {
+        r->rc = -1; /* the lease lapsed again meanwhile: what was re-claimed may be another's by now */
+        snprintf(r->err, sizeof r->err, "the lease lapsed again during the re-claim");
+    }
+    if (status == 0 && r->rc == 0) {
+        size_t i;
+        json_t *id;
+        json_array_foreach(r->ids, i, id) {
+            bool kept = false;
+            size_t k;
+            json_t *x;
+            json_array_foreach(r->kept, k, x) kept |= json_equal(x, id);
+            if (!kept)
+                log_info("runs", "run %s: no longer this engine's after its lease lapsed (another engine claimed "
+                         "it, or it ended); not resumed here", json_string_value(id));
+        }
+        if (r->runs && e->runner && !e->stopping)
+            runner_resume_apply(e->runner, r->runs);
+    } else {
+        /* tried again at the next tick */
+        if (status == 0)
+            log_error("runs", "cannot re-claim the runs set aside when the lease lapsed: %s", r->err);
+        if (!e->aside)
+            e->aside = json_array();
+        json_array_extend(e->aside, r->ids);
+    }
+    json_decref(r->ids);
+    json_decref(r->kept);
+    json_decref(r->runs);
+    free(r);
+}
+
+/* Every engine: the runs it set aside when its lease lapsed, re-claimed once the lease is
+ * fresh again (docs/scale-out.md, "Leases"). */
+static void reclaim_aside(engine *e)
+{
+    json_t *ids = runner_set_aside(e->runner);
+    if (json_array_size(ids)) {
+        if (!e->aside)
+            e->aside = json_array();
+        json_array_extend(e->aside, ids);
+    }
+    json_decref(ids);
+    if (e->stopping || e->reclaiming || !json_array_size(e->aside) || !store_lease_fresh(e->store))
+        return;
+    reclaim_read *r = xcalloc(1, sizeof *r);
+    r->e = e;
+    r->req.data = r;
+    r->ids = e->aside;
+    r->lease_gen = store_lease_generation(e->store);
+    e->aside = NULL;
+    e->reclaiming = true;
+    e->cluster_reads++;
+    uv_queue_work(e->loop, &r->req, reclaim_work, reclaim_after);
 }
 
 static void on_orphan_timer(uv_timer_t *t)
 {
     engine *e = t->data;
+    if (!e->stopping)
+        reclaim_aside(e);
     if (e->stopping || e->orphan_reading || !store_leader(e->store))
         return;
     orphan_read *r = xcalloc(1, sizeof *r);
     r->e = e;
     r->req.data = r;
+    r->lease_gen = store_lease_generation(e->store);
     /* claim no more traces while the online queue still has many */
     if (e->online && online_backlog(e->online) < ORPHAN_TRACES) {
         r->prompts = xcalloc(e->cfg.nprompts ? e->cfg.nprompts : 1, sizeof *r->prompts);
@@ -1308,7 +1404,7 @@ typedef struct {
     uv_work_t req;
     engine *e;
     bool takeover;
-    json_t *prompts, *datasets, *states, *runs;
+    json_t *prompts, *datasets, *states;
     int rc;
     char err[256];
 } cluster_read;
@@ -1320,20 +1416,10 @@ static void cluster_read_work(uv_work_t *req)
     r->rc = store_load_registry(r->e->store, &r->prompts, &r->datasets, r->err, sizeof r->err);
     if (!r->rc && r->takeover)
         r->rc = store_load_loop_states(r->e->store, &r->states, r->err, sizeof r->err);
-    if (!r->rc && r->takeover) {
-        /* the gate runs the last leader was running, resumed here as after a crash (runs
-         * started through the API on an engine that still lives stay with it) */
-        json_t *ids = json_array(), *st;
-        const char *name;
-        json_object_foreach(r->states, name, st) {
-            const char *state = json_string_value(json_object_get(st, "state"));
-            json_t *run = json_object_get(st, "run_id");
-            if (state && !strcmp(state, "gating") && json_is_string(run))
-                json_array_append(ids, run);
-        }
-        r->rc = runner_resume_read(r->e->store, ids, &r->runs, r->err, sizeof r->err);
-        json_decref(ids);
-    }
+    /* the gate runs the last leader was running are not resumed here at once: they are runs
+     * like any other, claimed by on_orphan_timer once their owner's lease has run out (a
+     * leader that lost its session but not its process may still be working on them until
+     * then; docs/scale-out.md, "Leases") */
 }
 
 static void cluster_read_after(uv_work_t *req, int status)
@@ -1346,15 +1432,12 @@ static void cluster_read_after(uv_work_t *req, int status)
         r->prompts = r->datasets = NULL;
         if (r->takeover && e->lp)
             loop_apply_states(e->lp, r->states);
-        if (r->takeover && e->runner && r->runs)
-            runner_resume_apply(e->runner, r->runs);
     } else if (status == 0) {
         log_error("engine", "cannot read what another engine changed: %s", r->err);
     }
     json_decref(r->prompts);
     json_decref(r->datasets);
     json_decref(r->states);
-    json_decref(r->runs);
     free(r);
 }
 

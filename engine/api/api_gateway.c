@@ -206,6 +206,17 @@ static bool authorize(api *a, http_request *req, enum proto p, size_t *key)
     return false;
 }
 
+/* This engine's share of a limit set for all the engines on a shared store: limit / live
+ * engines (their heartbeats, as the store last read them; no round trip per request), as a
+ * rate, so the engines' shares sum to the limit exactly and a burst never exceeds it
+ * (docs/gateway.md, "Several engines"). 0 stays 0: no limit. */
+static double share(api *a, int limit)
+{
+    if (limit <= 0)
+        return 0;
+    return (double)limit / (double)store_live_engines(a->store);
+}
+
 /* Request and token rate per key; false having answered 429 with Retry-After. */
 static bool within_limits(api *a, http_request *req, enum proto p, size_t key)
 {
@@ -213,9 +224,10 @@ static bool within_limits(api *a, http_request *req, enum proto p, size_t key)
     const config_gateway *gc = &a->cfg->gateway;
     if (key >= g->nb)
         key = g->nb - 1;
-    int64_t wait = bucket_wait(&g->req_b[key], gc->requests_per_minute, 1);
+    double rpm = share(a, gc->requests_per_minute), tpm = share(a, gc->tokens_per_minute);
+    int64_t wait = bucket_wait(&g->req_b[key], rpm, 1);
     const char *what = "requests_per_minute";
-    if (!wait && gc->tokens_per_minute > 0 && (wait = bucket_wait(&g->tok_b[key], gc->tokens_per_minute, 1)))
+    if (!wait && tpm > 0 && (wait = bucket_wait(&g->tok_b[key], tpm, 1)))
         what = "tokens_per_minute";
     if (wait) {
         char hdr[64];
@@ -224,7 +236,7 @@ static bool within_limits(api *a, http_request *req, enum proto p, size_t key)
                  (long long)wait);
         return false;
     }
-    if (gc->requests_per_minute > 0)
+    if (rpm > 0)
         g->req_b[key].level -= 1;
     return true;
 }
@@ -232,9 +244,10 @@ static bool within_limits(api *a, http_request *req, enum proto p, size_t key)
 static void spend_tokens(api *a, size_t key, double tokens)
 {
     struct gateway *g = a->gateway;
-    if (!g || key >= g->nb || a->cfg->gateway.tokens_per_minute <= 0 || tokens <= 0)
+    double tpm = share(a, a->cfg->gateway.tokens_per_minute);
+    if (!g || key >= g->nb || tpm <= 0 || tokens <= 0)
         return;
-    refill(&g->tok_b[key], a->cfg->gateway.tokens_per_minute);
+    refill(&g->tok_b[key], tpm);
     g->tok_b[key].level -= tokens; /* may go below 0: the next calls wait it off */
 }
 

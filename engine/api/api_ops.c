@@ -111,6 +111,9 @@ void api_status(const api_call *c)
                                   (json_int_t)a->gateway_n.captured, "dropped",
                                   (json_int_t)a->gateway_n.capture_dropped, "failed",
                                   (json_int_t)a->gateway_n.capture_failed));
+    /* the engines the gateway's rate limits are shared among (docs/gateway.md, "Limits") */
+    json_object_set_new(json_object_get(root, "gateway"), "rate_share_engines",
+                        json_integer(store_live_engines(a->store)));
     api_respond_json(c->req, 200, root);
     json_decref(root);
 }

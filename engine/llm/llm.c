@@ -289,6 +289,7 @@ struct llm_call {
     llm *l;
     prov *p;
     enum call_state state;
+    uint64_t lease_gen; /* store_lease_generation when the call was asked for */
     char id[37];
     char *caller_kind, *caller, *run_id;
     char *model;
@@ -634,14 +635,15 @@ static void on_claimed(store_write *w)
     c->claim = NULL;
     if (!granted) {
         char msg[300];
-        if (w->status)
+        int status = w->status; /* w is bc's: read before bc is freed */
+        if (status)
             snprintf(msg, sizeof msg, "the daily budgets shared by the engines on this database could not be "
                                       "checked (the store is down); nothing was sent");
         else
             snprintf(msg, sizeof msg, "a daily budget shared by every engine on this database would be exceeded by "
                                       "this call (up to %.0f tokens, $%.6f)", bc->b.tokens, bc->b.cost);
         free(bc);
-        if (!w->status) {
+        if (!status) {
             c->l->day_refused++;
             snprintf(c->l->last_refused, sizeof c->l->last_refused, "%s", msg);
         }
@@ -1554,6 +1556,16 @@ static int prov_request(const prov *p, const char *key, char *url, size_t urllen
 static void send_attempt(llm_call *c)
 {
     prov *p = c->p;
+    /* work this engine owns (runs, evaluations, the loop: every caller but "other", the
+     * gateway's and the API's own calls) starts no call, first or retry, while its lease on a
+     * shared store is not fresh: another engine may have claimed that work (docs/scale-out.md) */
+    if (strcmp(c->caller_kind, "other") && c->l->st &&
+        (!store_lease_fresh(c->l->st) || store_lease_generation(c->l->st) != c->lease_gen)) {
+        /* (a call asked for before a lapse and still waiting after it: its work may be another's) */
+        finish(c, NULL, "lease", "this engine's lease on the shared store lapsed (no heartbeat committed for 10 s): "
+                                 "nothing was sent; the work it owns waits until it re-claims it");
+        return;
+    }
     c->attempts++;
     p->attempts++;
     c->state = CALL_SENDING;
@@ -1736,6 +1748,7 @@ llm_call *llm_chat_json(llm *l, json_t *r, const llm_caller *who, llm_done done,
     c->ud = ud;
     c->start_ns = mono_ns();
     id_uuid7(c->id);
+    c->lease_gen = l->st ? store_lease_generation(l->st) : 0;
     c->caller_kind = xstrdup(who && who->kind ? who->kind : "other");
     c->caller = xstrdup(who && who->name ? who->name : "");
     c->run_id = who && who->run_id ? xstrdup(who->run_id) : NULL;

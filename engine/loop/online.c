@@ -24,6 +24,7 @@
 #define BUSY_PERCENT 75      /* CPU use from which the engine counts as busy */
 #define CALM_PERCENT 50      /* and below which it is no longer */
 #define CREDIT_MS 50         /* at most this much unused share is saved up */
+#define HOLD_MS 250          /* while the lease is not fresh: how often it is looked at again */
 
 /* The prompts and their attachments, as configured; shared by the
  * evaluations that started under it and freed after the last one. */
@@ -67,6 +68,12 @@ struct online {
     int running;           /* traces being evaluated */
     uv_idle_t pump;
     uv_timer_t flush_timer;
+    /* the store's lease lapsed (several engines): no evaluation starts; the queue is held and,
+     * once the lease is back, re-claimed (the traces another engine took meanwhile dropped) */
+    uv_timer_t hold_timer;
+    bool held;
+    uint64_t lease_gen;  /* store_lease_generation the queue was last claimed under */
+    uint64_t held_dropped;
     store_evaluation *pending;
     size_t npending;
     int writes_in_flight;
@@ -109,6 +116,7 @@ typedef struct {
 } attachment_run;
 
 static void pump_start(online *o);
+static void push_id(online *o, char *id);
 
 /* ---- plans ---- */
 
@@ -336,6 +344,19 @@ static void fetch_after(uv_work_t *w, int status)
     o->fetching--;
     if (f->rc != 0)
         log_error("evaluation", "cannot read %zu traces back for evaluation: %s", f->n, f->err);
+    /* read back while the lease lapsed, or with a lapse since (the read waited on a stalled
+     * database): held, and re-claimed before anything is evaluated */
+    bool lapsed = f->rc == 0 && !o->draining &&
+                  (!store_lease_fresh(o->st) || store_lease_generation(o->st) != o->lease_gen);
+    for (size_t i = 0; i < f->n && lapsed; i++) {
+        push_id(o, f->ids[i]);
+        free(f->json[i]);
+        free(f->prompt[i]);
+    }
+    if (lapsed) {
+        o->held = true;
+        f->n = 0;
+    }
     for (size_t i = 0; i < f->n; i++) {
         /* the plan is looked up again: the configuration may have changed since queueing */
         const config_prompt *cp = f->rc == 0 && f->prompt[i] ? plan_find(o->plan, f->prompt[i]) : NULL;
@@ -513,6 +534,97 @@ static bool pace_hold(online *o)
 
 /* ---- the pump: one step per loop turn ---- */
 
+/* ---- the lease (several engines on one database) ---- */
+
+typedef struct {
+    uv_work_t work;
+    online *o;
+    char **ids;
+    bool *keep;
+    size_t n;
+    int rc;
+    char err[256];
+} reclaim_job;
+
+static void on_hold_timer(uv_timer_t *t)
+{
+    pump_start(t->data);
+}
+
+static void reclaim_work(uv_work_t *w)
+{
+    reclaim_job *r = w->data;
+    r->rc = store_reclaim_traces(r->o->st, r->ids, r->n, r->keep, r->err, sizeof r->err);
+}
+
+static void reclaim_after(uv_work_t *w, int status)
+{
+    (void)status;
+    reclaim_job *r = w->data;
+    online *o = r->o;
+    o->fetching--;
+    size_t dropped = 0;
+    if (r->rc != 0) {
+        /* held again: tried at the next look */
+        log_error("evaluation", "cannot re-claim %zu traces held while the lease lapsed: %s", r->n, r->err);
+        o->held = true;
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->rc != 0 || r->keep[i]) {
+            push_id(o, r->ids[i]);
+        } else {
+            free(r->ids[i]);
+            dropped++;
+        }
+    }
+    o->held_dropped += dropped;
+    if (dropped)
+        log_info("evaluation", "%zu traces held while the lease lapsed are another engine's now: not evaluated here",
+                 dropped);
+    free(r->ids);
+    free(r->keep);
+    free(r);
+    if (o->held)
+        uv_timer_start(&o->hold_timer, on_hold_timer, HOLD_MS, 0);
+    else
+        pump_start(o);
+}
+
+/* Whether the queue waits for the lease: while it is not fresh, and while the traces held are
+ * re-claimed once it is. */
+static bool hold(online *o)
+{
+    if (!store_lease_fresh(o->st)) {
+        if (!o->held)
+            log_warn("evaluation", "this engine's lease on the store lapsed: %zu traces held, no evaluation starts",
+                     o->backlog);
+        o->held = true;
+        uv_timer_start(&o->hold_timer, on_hold_timer, HOLD_MS, 0);
+        return true;
+    }
+    uint64_t gen = store_lease_generation(o->st);
+    if (!o->held && gen == o->lease_gen)
+        return false;
+    o->held = false;
+    o->lease_gen = gen;
+    reclaim_job *r = xcalloc(1, sizeof *r);
+    r->o = o;
+    r->work.data = r;
+    r->ids = xcalloc(o->backlog ? o->backlog : 1, sizeof *r->ids);
+    r->keep = xcalloc(o->backlog ? o->backlog : 1, sizeof *r->keep);
+    while (o->head) {
+        queued *q = o->head;
+        o->head = q->next;
+        r->ids[r->n++] = q->id;
+        free(q);
+    }
+    o->tail = NULL;
+    o->backlog = 0;
+    o->fetching++;
+    uv_queue_work(o->loop, &r->work, reclaim_work, reclaim_after);
+    return true;
+}
+
 static bool idle_now(const online *o)
 {
     return o->running == 0 && o->fetching == 0 && o->writes_in_flight == 0 && o->npending == 0;
@@ -539,6 +651,10 @@ static void on_pump(uv_idle_t *h)
             o->drained_cb = NULL;
             cb(o->drained_arg);
         }
+        return;
+    }
+    if (o->head && hold(o)) {
+        uv_idle_stop(h);
         return;
     }
     /* refill the queue from a re-evaluation job when there is room */
@@ -612,11 +728,14 @@ online *online_new(uv_loop_t *loop, store *st, script_vm *vm, catalog *cat, cons
     o->flush_timer.data = o;
     uv_timer_init(loop, &o->pace_timer);
     o->pace_timer.data = o;
+    uv_timer_init(loop, &o->hold_timer);
+    o->hold_timer.data = o;
     cpu_set_t cpus;
     o->ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
     if (o->ncpu < 1)
         o->ncpu = 1;
     o->pm = pmetrics_new();
+    o->lease_gen = store_lease_generation(st);
     online_configure(o, cfg);
     return o;
 }
@@ -664,6 +783,7 @@ void online_free(online *o)
     }
     uv_close((uv_handle_t *)&o->pump, NULL);
     uv_close((uv_handle_t *)&o->pace_timer, NULL);
+    uv_close((uv_handle_t *)&o->hold_timer, NULL);
     uv_close((uv_handle_t *)&o->flush_timer, on_closed);
 }
 

@@ -81,6 +81,8 @@ struct run {
     int64_t calls, cached, in_tok, out_tok;
     double cost;
     bool stopping, finishing, store_failed, pumping;
+    bool suspended;      /* this engine's lease lapsed: no job starts; set aside once idle */
+    uint64_t lease_gen;  /* store_lease_generation when it started here: another one means a lapse */
     char *stop_reason;
     int64_t created_ms;
     int64_t progress_ms; /* when a result was last recorded (or the run started here): status finds stuck runs */
@@ -259,6 +261,7 @@ static run *run_new(runner *r, const char *id, const char *prompt, json_t *spec)
     size_t i;
     json_array_foreach(json_object_get(spec, "candidates"), i, x) rn->versions[rn->nv++] = json_integer_value(x);
     rn->created_ms = rn->progress_ms = now_ms();
+    rn->lease_gen = store_lease_generation(r->st);
     return rn;
 }
 
@@ -1441,6 +1444,12 @@ static void on_llm_done(llm_call *call, json_t *result, const char *err_kind, co
         job_judge(jb);
         return;
     }
+    if (!strcmp(err_kind, "lease")) {
+        /* nothing was sent: the job stays undone and the run waits for this engine's lease */
+        rn->suspended = true;
+        job_end(jb);
+        return;
+    }
     if (!strcmp(err_kind, "budget") || !strcmp(err_kind, "cancelled")) {
         /* not a result: the job stays undone and the run ends incomplete */
         run_stop(rn, err);
@@ -1454,9 +1463,20 @@ static void on_llm_done(llm_call *call, json_t *result, const char *err_kind, co
     job_record(jb);
 }
 
+/* Whether this engine's lease has held since the run started here (docs/scale-out.md, "Leases"). */
+static bool lease_holds(run *rn)
+{
+    return store_lease_fresh(rn->r->st) && store_lease_generation(rn->r->st) == rn->lease_gen;
+}
+
 static void job_call(job *jb)
 {
     run *rn = jb->rn;
+    if (!lease_holds(rn)) { /* the job stays undone: whoever owns the run then does it */
+        rn->suspended = true;
+        job_end(jb);
+        return;
+    }
     json_t *req = json_copy(rn->models[jb->vi]); /* shallow: only "messages" is added */
     json_object_set(req, "messages", jb->msgs);
     llm_caller who = {.kind = "run", .name = rn->prompt, .run_id = rn->id};
@@ -2007,8 +2027,14 @@ static void run_pump(run *rn)
     if (rn->finishing || rn->pumping) /* a job that ends inside job_start: the loop below goes on */
         return;
     rn->pumping = true;
+    if (!rn->suspended && !rn->stopping && !lease_holds(rn)) {
+        rn->suspended = true;
+        log_warn("runs", "run %s: this engine's lease on the store lapsed: no more jobs start here; the run is set "
+                 "aside once its jobs in flight end, and resumed if it is still this engine's when the lease is back",
+                 rn->id);
+    }
     size_t max_writes = 4 * (size_t)rn->concurrency + 64;
-    while (!rn->stopping && !r->draining && rn->inflight < (size_t)rn->concurrency &&
+    while (!rn->stopping && !rn->suspended && !r->draining && rn->inflight < (size_t)rn->concurrency &&
            rn->judging < (size_t)rn->concurrency && rn->writes < max_writes && rn->next_job < rn->njobs) {
         size_t j = rn->next_job++;
         int vi = (int)((j / (size_t)rn->k) % (size_t)rn->nv);
@@ -2027,8 +2053,30 @@ static void run_pump(run *rn)
         check_drained(r);
         return;
     }
+    if (rn->suspended) /* runner_set_aside takes it */
+        return;
     if (rn->stopping || rn->next_job >= rn->njobs)
         run_finish(rn);
+}
+
+json_t *runner_set_aside(runner *r)
+{
+    json_t *ids = json_array();
+    for (run **p = &r->runs; *p;) {
+        run *rn = *p;
+        if (!rn->suspended || rn->inflight || rn->judging || rn->writes || rn->stop_pending || rn->finishing ||
+            rn->pumping) {
+            p = &rn->next;
+            continue;
+        }
+        json_array_append_new(ids, json_string(rn->id));
+        log_warn("runs", "run %s: set aside with %zu of %zu results stored (this engine's lease lapsed)", rn->id,
+                 rn->completed, rn->njobs);
+        run_unlink(rn); /* unlinks *p */
+        llm_run_forget(r->l, rn->id);
+        run_free(rn);
+    }
+    return ids;
 }
 
 /* ---- views ---- */

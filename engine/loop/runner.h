@@ -34,6 +34,11 @@ int runner_resume(runner *r, char *err, size_t errlen);
  * (those this engine already runs are skipped). Return as above. */
 int runner_resume_read(store *st, const json_t *ids, json_t **snap, char *err, size_t errlen);
 int runner_resume_apply(runner *r, const json_t *snap);
+/* The runs this engine stopped starting jobs of because its lease on a shared store lapsed
+ * (store_lease_fresh), once their jobs in flight have ended: freed without a final state (the
+ * run stays unfinished in the store), their ids returned. The caller re-claims them
+ * (store_reclaim_runs) and resumes those still its own (docs/scale-out.md, "Leases"). */
+json_t *runner_set_aside(runner *r);
 
 /* Starts a run. spec (see docs/gate.md):
  *   {prompt, baseline, candidates: [v...], dataset?, dataset_version?, tags?,

@@ -67,6 +67,11 @@ typedef struct store_backend {
     bool (*healthy)(store *s);
     void (*status)(store *s, json_t *out);
     bool (*leader)(store *s);                                  /* NULL: always */
+    bool (*lease_fresh)(store *s);                             /* NULL: always */
+    uint64_t (*lease_generation)(store *s);                    /* NULL: 0 */
+    int (*live_engines)(store *s);                             /* NULL: 1 */
+    int (*reclaim_runs)(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen); /* NULL: all kept */
+    int (*reclaim_traces)(store *s, char *const *ids, size_t n, bool *keep, char *err, size_t errlen);
     void (*on_cluster)(store *s, store_cluster_cb fn, void *data); /* NULL: nothing to tell */
     void (*set_scripts)(store *s, const json_t *scripts);      /* NULL: ignored */
     int (*get_trace_json)(store *s, const char *id, buf_t *out, char *err, size_t errlen);

@@ -6,9 +6,7 @@
  * the writer reconnects with backoff; until it has, the store reports itself down. */
 #include "store/store.h"
 
-#include <fcntl.h>
 #include <jansson.h>
-#include <poll.h>
 #include <pthread.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -25,9 +23,22 @@
 #define RECONNECT_MIN_MS 100
 #define RECONNECT_MAX_MS 5000
 #define IDLE_PING_S 1
+#define CONNECT_TIMEOUT_MS 10000 /* the coordinator's connect (the DSN's connect_timeout is for blocking ones) */
+/* Leases (docs/scale-out.md, "Leases"). Each side reads only its own clock: an engine's
+ * heartbeat stores the database's now(), and the claims of other engines compare with the
+ * database's now(); the owner measures its lease on its monotonic clock from the moment it sent
+ * the last heartbeat that committed. The owner stops starting LLM calls for the work it owns at
+ * LEASE_MS - LEASE_MARGIN_MS, the others claim that work only at LEASE_MS: the margin covers the
+ * rate difference of the two clocks over one lease (5 s in 15 s: a third) and nothing else is
+ * assumed (no synchronized clocks; a database clock stepped forward by more than the margin
+ * would break it). */
 #define COORD_MS 500          /* the coordinator's beat: leader lock tries, heartbeats */
-#define ENGINE_STALE_MS 15000 /* a heartbeat older than this: the engine is gone */
+#define ENGINE_STALE_MS 15000 /* LEASE_MS: no heartbeat for this long (database clock): the engine is gone */
+#define LEASE_MARGIN_MS 5000  /* the owner stops this much earlier (its monotonic clock) */
 #define LEADER_LOCK 0x72617464 /* pg_try_advisory_lock key of the loop leader */
+#define CLAIM_LOCK 0x72617465  /* pg_advisory_xact_lock key: claims and re-claims of owned work, one at a time */
+/* the database's clock in ms, as heartbeats store it and claims compare with it */
+#define DB_NOW_MS "(extract(epoch from now()) * 1000)::bigint"
 
 struct pg_store {
     store base; /* first: the seam (store/backend.h) */
@@ -53,13 +64,24 @@ struct pg_store {
     pthread_mutex_t read_mu;
     PGconn *read_pool[PG_POOL_MAX];
     int read_free, read_max;
-    /* the coordinator thread and its own session: the leader lock, heartbeats, LISTEN */
+    /* the coordinator's session on the loop thread: the leader lock, heartbeats, LISTEN */
     char engine_id[96];
     int64_t started_ms;
-    pthread_t coord;
     PGconn *cconn;
-    int wake[2];               /* a byte here wakes the coordinator (stop) */
+    uv_poll_t *co_poll;        /* on PQsocket(cconn); a new one after a reconnect */
+    uv_timer_t co_timer;       /* the beat */
+    int co_state, co_step, co_next;
+    int co_backoff_ms;
+    uint64_t co_retry_at;      /* uv_now() of the next connect when down */
+    uint64_t co_connect_at;    /* uv_now() when the connect under way started */
+    int co_fd;                 /* the socket co_poll watches */
+    uint64_t co_sent;          /* mono_ns() when the heartbeat in flight was sent */
+    char co_vals[4][128];
+    char *co_scripts;
+    const char *co_params[4];
     bool leader;               /* under mu */
+    uint64_t lease_ns;         /* under mu: mono_ns() when the last committed heartbeat was sent; 0: none */
+    uint64_t lease_gen;        /* under mu: lapses so far (store_lease_generation) */
     int64_t epoch;             /* under mu: the leadership epoch held */
     bool tell_leadership, tell_registry; /* under mu: for the loop thread */
     uv_async_t cluster_async;
@@ -297,8 +319,12 @@ static const char *const migrations[] = {
 
 static const store_backend pg_backend;
 static void *writer_main(void *arg);
-static void *coord_main(void *arg);
-static void coord_beat(pg_store *s);
+enum { CO_DOWN, CO_CONNECTING, CO_READY, CO_BUSY }; /* the coordinator's states (below) */
+static int coord_open_beat(pg_store *s);
+static void on_coord_timer(uv_timer_t *t);
+static void coord_unwatch(pg_store *s);
+static void coord_watch(pg_store *s, int events);
+static bool lease_fresh_locked(const pg_store *s);
 static void on_done_async(uv_async_t *h);
 static void on_cluster_async(uv_async_t *h);
 
@@ -437,28 +463,30 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     /* the coordinator's session: the first try for the lock and the first heartbeat happen
      * here, at start, so one engine alone leads from its first tick */
     s->cconn = connect_db(s->dsn, s->engine_id, err, errlen);
-    if (!s->cconn || pipe2(s->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
-        PQfinish(s->cconn);
+    if (!s->cconn) {
         PQfinish(s->wconn);
         free(s->dsn);
         free(s);
         return -1;
     }
-    coord_beat(s);
+    if (coord_open_beat(s) != 0 || PQsetnonblocking(s->cconn, 1) != 0) {
+        /* a first beat that fails: the session is dropped and the loop reconnects it */
+        PQfinish(s->cconn);
+        s->cconn = NULL;
+        s->co_state = CO_DOWN;
+    } else {
+        s->co_state = CO_READY;
+    }
     s->tell_leadership = false; /* the caller asks store_leader at start */
     if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the writer thread");
         goto fail_threads;
     }
-    if (pthread_create(&s->coord, NULL, coord_main, s) != 0) {
-        snprintf(err, errlen, "cannot start the coordinator thread");
-        pthread_mutex_lock(&s->mu);
-        s->stopping = true;
-        pthread_cond_broadcast(&s->cond);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->writer, NULL);
-        goto fail_threads;
-    }
+    uv_timer_init(loop, &s->co_timer);
+    s->co_timer.data = s;
+    uv_timer_start(&s->co_timer, on_coord_timer, COORD_MS, COORD_MS);
+    if (s->cconn)
+        coord_watch(s, UV_READABLE); /* no statement in flight: readable means notifications */
     uv_async_init(loop, &s->done_async, on_done_async);
     s->done_async.data = s;
     uv_async_init(loop, &s->cluster_async, on_cluster_async);
@@ -467,8 +495,6 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     return 0;
 
 fail_threads:
-    close(s->wake[0]);
-    close(s->wake[1]);
     PQfinish(s->cconn);
     PQfinish(s->wconn);
     json_decref(s->engines);
@@ -513,7 +539,8 @@ static void pg_status(store *base, json_t *out)
     if (!s->healthy && s->last_error[0])
         json_object_set_new(out, "error", json_string(s->last_error));
     json_object_set_new(out, "engine_id", json_string(s->engine_id));
-    json_object_set_new(out, "role", json_string(s->leader ? "leader" : "follower"));
+    json_object_set_new(out, "role", json_string(s->leader && lease_fresh_locked(s) ? "leader" : "follower"));
+    json_object_set_new(out, "lease_fresh", json_boolean(lease_fresh_locked(s)));
     json_object_set_new(out, "epoch", json_integer((json_int_t)s->epoch));
     json_t *engines = s->engines ? json_deep_copy(s->engines) : json_array();
     pthread_mutex_unlock(&s->mu);
@@ -546,13 +573,46 @@ static void pg_status(store *base, json_t *out)
     json_object_set_new(out, "scripts_differ", json_boolean(differ));
 }
 
+/* Under mu: whether this engine's lease is fresh (its work may start LLM calls). */
+static bool lease_fresh_locked(const pg_store *s)
+{
+    return s->lease_ns && mono_ns() - s->lease_ns < (uint64_t)(ENGINE_STALE_MS - LEASE_MARGIN_MS) * 1000000u;
+}
+
 static bool pg_leader(store *base)
 {
     pg_store *s = (pg_store *)base;
     pthread_mutex_lock(&s->mu);
-    bool l = s->leader;
+    bool l = s->leader && lease_fresh_locked(s);
     pthread_mutex_unlock(&s->mu);
     return l;
+}
+
+static uint64_t pg_lease_generation(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    uint64_t g = s->lease_gen + (s->lease_ns && !lease_fresh_locked(s)); /* a lapse under way counts */
+    pthread_mutex_unlock(&s->mu);
+    return g;
+}
+
+static int pg_live_engines(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    int n = s->engines ? (int)json_array_size(s->engines) : 1;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static bool pg_lease_fresh(store *base)
+{
+    pg_store *s = (pg_store *)base;
+    pthread_mutex_lock(&s->mu);
+    bool fresh = lease_fresh_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return fresh;
 }
 
 static void pg_on_cluster(store *base, store_cluster_cb fn, void *data)
@@ -583,9 +643,21 @@ static void on_cluster_async(uv_async_t *h)
         s->cluster_fn(s->cluster_data, lead, reg);
 }
 
-/* ---- the coordinator ---- */
+/* ---- the coordinator ----
+ *
+ * One session per engine for the leader lock, the heartbeats and LISTEN, driven on the loop
+ * thread: libpq in non-blocking mode, its socket on a uv_poll, a uv_timer for the beat. One
+ * state machine: DOWN (waiting out the reconnect backoff) -> CONNECTING (PQconnectPoll) ->
+ * READY (idle between beats) <-> BUSY (one statement of the beat in flight: PQsendQueryParams,
+ * PQflush while the socket takes it, PQconsumeInput / PQisBusy / PQgetResult as it answers).
+ * A beat is a chain of steps (coord_step_*), the same at start, where pg_open runs them with
+ * blocking calls before the loop runs, and on the loop. Nothing here waits: a stalled
+ * database leaves a statement in flight, the beats that fall due meanwhile are skipped, and
+ * the lease lapses on its own (lease_fresh_locked). */
 
-/* Loses the leadership (the session that held the lock is gone). */
+enum { STEP_LISTEN, STEP_UNLOCK, STEP_TRY_LOCK, STEP_BUMP, STEP_UNBUMP, STEP_HEARTBEAT, STEP_ENGINES, STEP_DONE };
+
+/* Loses the leadership (the session that held the lock is gone, or the lease lapsed). */
 static void lose_leadership(pg_store *s, const char *why)
 {
     pthread_mutex_lock(&s->mu);
@@ -601,121 +673,354 @@ static void lose_leadership(pg_store *s, const char *why)
     }
 }
 
-/* One beat on the coordinator's session: try for the lock when following, write the
- * heartbeat, read everyone's, and take the notifications of registry changes. */
-static void coord_beat(pg_store *s)
+/* The first step of a beat. */
+static int coord_first_step(pg_store *s)
 {
-    char err[256];
-    if (!s->cconn || PQstatus(s->cconn) != CONNECTION_OK) {
-        lose_leadership(s, "its database session was lost");
-        PQfinish(s->cconn);
-        s->cconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
-        if (!s->cconn)
-            return;
-    }
-    PGconn *c = s->cconn;
     pthread_mutex_lock(&s->mu);
-    bool leader = s->leader;
-    char *scripts = s->scripts ? xstrdup(s->scripts) : NULL;
+    bool leader = s->leader, lapsed = s->leader && !lease_fresh_locked(s);
     pthread_mutex_unlock(&s->mu);
-    bool told = false;
-    if (!leader) {
-        if (pg_exec(c, "LISTEN ratchet_registry", err, sizeof err))
-            goto broken;
-        pgq *q = pgq_new(c, "SELECT pg_try_advisory_lock(?1)");
-        pgq_int(q, 1, LEADER_LOCK);
-        bool got = pgq_step(q) == PGQ_ROW && pgq_col_bool(q, 0);
-        pgq_free(q);
-        if (got) {
-            q = pgq_new(c, "UPDATE ratchet_leader SET epoch = epoch + 1, engine = ?1, since = ?2 RETURNING epoch");
-            pgq_text(q, 1, s->engine_id);
-            pgq_int(q, 2, now_ms());
-            if (pgq_step(q) == PGQ_ROW) {
-                pthread_mutex_lock(&s->mu);
-                s->leader = true;
-                s->epoch = pgq_col_int(q, 0);
-                s->tell_leadership = true;
-                pthread_mutex_unlock(&s->mu);
-                log_info("store", "this engine (%s) now leads the loop (epoch %lld)", s->engine_id,
-                         (long long)pgq_col_int(q, 0));
-                told = true;
-            } else {
-                char ignored[64];
-                pg_exec(c, "SELECT pg_advisory_unlock_all()", ignored, sizeof ignored);
-            }
-            pgq_free(q);
-        }
+    if (lapsed) {
+        /* it has already stopped leading (pg_leader); it gives the lock up and competes again
+         * like any follower, so that winning it again is a takeover */
+        lose_leadership(s, "its lease lapsed (no heartbeat committed for 10 s)");
+        return STEP_UNLOCK;
     }
-    pgq *q = pgq_new(c, "INSERT INTO ratchet_engines(id, role, scripts, started_at, last_seen) VALUES "
-                        "(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET role = ?2, scripts = ?3, last_seen = ?5");
-    pthread_mutex_lock(&s->mu);
-    pgq_text(q, 2, s->leader ? "leader" : "follower");
-    pthread_mutex_unlock(&s->mu);
-    pgq_text(q, 1, s->engine_id);
-    pgq_text(q, 3, scripts);
-    pgq_int(q, 4, s->started_ms);
-    pgq_int(q, 5, now_ms());
-    int rc = pgq_step(q);
-    pgq_free(q);
-    free(scripts);
-    scripts = NULL;
-    if (rc == PGQ_ERROR)
-        goto broken;
-    q = pgq_new(c, "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= ?1 "
-                   "ORDER BY id");
-    pgq_int(q, 1, now_ms() - ENGINE_STALE_MS);
-    json_t *engines = json_array();
-    while ((rc = pgq_step(q)) == PGQ_ROW)
-        json_array_append_new(engines, json_pack("{s:o, s:o, s:o, s:o, s:o, s:b}", "id", pgq_col_text(q, 0), "role",
-                                                 pgq_col_text(q, 1), "scripts", pgq_col_text(q, 2), "started_at",
-                                                 pgq_col_time(q, 3), "last_seen", pgq_col_time(q, 4), "this",
-                                                 !strcmp(pgq_col(q, 0), s->engine_id)));
-    pgq_free(q);
-    pthread_mutex_lock(&s->mu);
-    json_decref(s->engines);
-    s->engines = engines;
-    pthread_mutex_unlock(&s->mu);
-    if (rc == PGQ_ERROR)
-        goto broken;
-    PQconsumeInput(c);
-    PGnotify *n;
-    while ((n = PQnotifies(c)) != NULL) {
-        if (strcmp(n->extra, s->engine_id)) {
-            pthread_mutex_lock(&s->mu);
-            s->tell_registry = true;
-            pthread_mutex_unlock(&s->mu);
-            told = true;
-        }
-        PQfreemem(n);
-    }
-    if (told && s->done_async.data)
-        uv_async_send(&s->cluster_async);
-    return;
-broken:
-    free(scripts);
-    if (PQstatus(c) != CONNECTION_OK)
-        lose_leadership(s, "its database session was lost");
-    if (told && s->done_async.data)
-        uv_async_send(&s->cluster_async);
+    return leader ? STEP_HEARTBEAT : STEP_TRY_LOCK;
 }
 
-static void *coord_main(void *arg)
+/* The statement of a step and its parameters (texts in s->co_vals). */
+static const char *coord_step_sql(pg_store *s, int step, int *n)
 {
-    pg_store *s = arg;
-    for (;;) {
-        struct pollfd fds[2] = {{.fd = s->wake[0], .events = POLLIN}, {.fd = -1, .events = POLLIN}};
-        if (s->cconn && PQstatus(s->cconn) == CONNECTION_OK)
-            fds[1].fd = PQsocket(s->cconn);
-        /* a notification wakes it at once: registry changes reach this engine without waiting a beat */
-        poll(fds, 2, COORD_MS);
-        if (fds[0].revents & POLLIN)
-            break;
-        coord_beat(s);
+    *n = 0;
+    switch (step) {
+    case STEP_LISTEN:
+        return "LISTEN ratchet_registry";
+    case STEP_UNLOCK:
+    case STEP_UNBUMP:
+        return "SELECT pg_advisory_unlock_all()";
+    case STEP_TRY_LOCK:
+        snprintf(s->co_vals[0], sizeof s->co_vals[0], "%d", LEADER_LOCK);
+        *n = 1;
+        return "SELECT pg_try_advisory_lock($1::bigint)";
+    case STEP_BUMP:
+        snprintf(s->co_vals[0], sizeof s->co_vals[0], "%s", s->engine_id);
+        snprintf(s->co_vals[1], sizeof s->co_vals[1], "%lld", (long long)now_ms());
+        *n = 2;
+        return "UPDATE ratchet_leader SET epoch = epoch + 1, engine = $1, since = $2::bigint RETURNING epoch";
+    case STEP_HEARTBEAT: {
+        pthread_mutex_lock(&s->mu);
+        snprintf(s->co_vals[1], sizeof s->co_vals[1], "%s", s->leader ? "leader" : "follower");
+        free(s->co_scripts);
+        s->co_scripts = s->scripts ? xstrdup(s->scripts) : NULL;
+        pthread_mutex_unlock(&s->mu);
+        snprintf(s->co_vals[0], sizeof s->co_vals[0], "%s", s->engine_id);
+        snprintf(s->co_vals[3], sizeof s->co_vals[3], "%lld", (long long)s->started_ms);
+        *n = 4;
+        s->co_sent = mono_ns();
+        /* last_seen on the database's clock: the claims of other engines compare it with theirs */
+        return "INSERT INTO ratchet_engines(id, role, scripts, started_at, last_seen) VALUES "
+               "($1, $2, $3, $4::bigint, " DB_NOW_MS ") ON CONFLICT(id) DO UPDATE SET role = $2, scripts = $3, "
+               "last_seen = " DB_NOW_MS;
     }
-    /* a clean stop gives the leadership up at once (the lock goes with the session) */
+    case STEP_ENGINES:
+        snprintf(s->co_vals[0], sizeof s->co_vals[0], "%d", ENGINE_STALE_MS);
+        *n = 1;
+        return "SELECT id, role, scripts, started_at, last_seen FROM ratchet_engines WHERE last_seen >= " DB_NOW_MS
+               " - $1::bigint ORDER BY id";
+    }
+    return NULL;
+}
+
+static const char *const *coord_step_params(pg_store *s, int step)
+{
+    for (int i = 0; i < 4; i++)
+        s->co_params[i] = s->co_vals[i];
+    if (step == STEP_HEARTBEAT)
+        s->co_params[2] = s->co_scripts; /* NULL binds NULL */
+    return s->co_params;
+}
+
+static json_t *col_time(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return json_null();
+    char t[32];
+    rfc3339_format(strtoll(PQgetvalue(r, row, col), NULL, 10), t);
+    return json_string(t);
+}
+
+static json_t *col_text(const PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? json_null() : json_string(PQgetvalue(r, row, col));
+}
+
+/* Takes a step's result; returns the next step, or -1 when the statement failed. */
+static int coord_step_done(pg_store *s, int step, PGresult *r)
+{
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        const char *m = PQresultErrorMessage(r);
+        log_warn("store", "the coordinator's session: %.*s", (int)strcspn(m, "\n"), m);
+        return -1;
+    }
+    switch (step) {
+    case STEP_LISTEN:
+        return coord_first_step(s);
+    case STEP_UNLOCK:
+        return STEP_TRY_LOCK;
+    case STEP_TRY_LOCK:
+        return PQntuples(r) && !strcmp(PQgetvalue(r, 0, 0), "t") ? STEP_BUMP : STEP_HEARTBEAT;
+    case STEP_BUMP:
+        if (!PQntuples(r))
+            return STEP_UNBUMP;
+        pthread_mutex_lock(&s->mu);
+        s->leader = true;
+        s->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        s->tell_leadership = true;
+        pthread_mutex_unlock(&s->mu);
+        log_info("store", "this engine (%s) now leads the loop (epoch %s)", s->engine_id, PQgetvalue(r, 0, 0));
+        if (s->done_async.data)
+            uv_async_send(&s->cluster_async);
+        return STEP_HEARTBEAT;
+    case STEP_UNBUMP:
+        return STEP_HEARTBEAT;
+    case STEP_HEARTBEAT:
+        pthread_mutex_lock(&s->mu);
+        /* the last one was sent longer ago than the owner's share of the lease: it lapsed in between */
+        if (s->lease_ns && s->co_sent - s->lease_ns >= (uint64_t)(ENGINE_STALE_MS - LEASE_MARGIN_MS) * 1000000u)
+            s->lease_gen++;
+        s->lease_ns = s->co_sent; /* committed (autocommit): the lease runs from when it was sent */
+        pthread_mutex_unlock(&s->mu);
+        return STEP_ENGINES;
+    case STEP_ENGINES: {
+        json_t *engines = json_array();
+        for (int i = 0; i < PQntuples(r); i++)
+            json_array_append_new(engines,
+                                  json_pack("{s:o, s:o, s:o, s:o, s:o, s:b}", "id", col_text(r, i, 0), "role",
+                                            col_text(r, i, 1), "scripts", col_text(r, i, 2), "started_at",
+                                            col_time(r, i, 3), "last_seen", col_time(r, i, 4), "this",
+                                            !strcmp(PQgetvalue(r, i, 0), s->engine_id)));
+        pthread_mutex_lock(&s->mu);
+        json_decref(s->engines);
+        s->engines = engines;
+        pthread_mutex_unlock(&s->mu);
+        return STEP_DONE;
+    }
+    }
+    return STEP_DONE;
+}
+
+/* The notifications of registry changes that arrived (another engine's: each carries the
+ * id of the engine that made the change). */
+static void coord_notifies(pg_store *s)
+{
+    PGnotify *n;
+    bool told = false;
+    while ((n = PQnotifies(s->cconn)) != NULL) {
+        if (strcmp(n->extra, s->engine_id))
+            told = true;
+        PQfreemem(n);
+    }
+    if (told) {
+        pthread_mutex_lock(&s->mu);
+        s->tell_registry = true;
+        pthread_mutex_unlock(&s->mu);
+        if (s->done_async.data)
+            uv_async_send(&s->cluster_async);
+    }
+}
+
+/* At open, before the loop runs: the session's first steps with blocking calls, so one engine
+ * alone leads from its first tick. */
+static int coord_open_beat(pg_store *s)
+{
+    for (int step = STEP_LISTEN; step != STEP_DONE;) {
+        int n;
+        const char *sql = coord_step_sql(s, step, &n);
+        PGresult *r = PQexecParams(s->cconn, sql, n, NULL, coord_step_params(s, step), NULL, NULL, 0);
+        step = coord_step_done(s, step, r);
+        PQclear(r);
+        if (step < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void coord_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Stops watching the session's socket (before libpq closes it, or a reconnect opens another). */
+static void coord_unwatch(pg_store *s)
+{
+    if (s->co_poll) {
+        uv_close((uv_handle_t *)s->co_poll, coord_poll_closed);
+        s->co_poll = NULL;
+    }
+}
+
+static void on_coord_poll(uv_poll_t *h, int status, int events);
+
+static void coord_watch(pg_store *s, int events)
+{
+    if (s->co_poll && s->co_fd != PQsocket(s->cconn))
+        coord_unwatch(s); /* libpq changed sockets (a connect that tries the next address) */
+    if (!s->co_poll) {
+        s->co_fd = PQsocket(s->cconn);
+        s->co_poll = xmalloc(sizeof *s->co_poll);
+        uv_poll_init(s->loop, s->co_poll, PQsocket(s->cconn));
+        s->co_poll->data = s;
+    }
+    uv_poll_start(s->co_poll, events, on_coord_poll);
+}
+
+/* The session is gone: leadership lost, reconnect after the backoff (100 ms doubling to 5 s). */
+static void coord_down(pg_store *s, const char *why)
+{
+    lose_leadership(s, why);
+    coord_unwatch(s);
     PQfinish(s->cconn);
     s->cconn = NULL;
-    return NULL;
+    s->co_state = CO_DOWN;
+    s->co_backoff_ms = s->co_backoff_ms ? s->co_backoff_ms * 2 : RECONNECT_MIN_MS;
+    if (s->co_backoff_ms > RECONNECT_MAX_MS)
+        s->co_backoff_ms = RECONNECT_MAX_MS;
+    s->co_retry_at = uv_now(s->loop) + (uint64_t)s->co_backoff_ms;
+}
+
+/* Sends a step's statement; the socket says when it is answered. */
+static void coord_send(pg_store *s, int step)
+{
+    int n;
+    const char *sql = coord_step_sql(s, step, &n);
+    if (!PQsendQueryParams(s->cconn, sql, n, NULL, coord_step_params(s, step), NULL, NULL, 0)) {
+        coord_down(s, "its database session was lost");
+        return;
+    }
+    s->co_step = step;
+    s->co_state = CO_BUSY;
+    int f = PQflush(s->cconn);
+    if (f < 0)
+        coord_down(s, "its database session was lost");
+    else
+        coord_watch(s, f ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+static void coord_connect_poll(pg_store *s)
+{
+    switch (PQconnectPoll(s->cconn)) {
+    case PGRES_POLLING_READING:
+        coord_watch(s, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        coord_watch(s, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_OK:
+        if (PQsetnonblocking(s->cconn, 1) != 0) {
+            coord_down(s, "its database session was lost");
+            return;
+        }
+        s->co_backoff_ms = 0;
+        log_info("store", "the coordinator's session is connected again");
+        coord_send(s, STEP_LISTEN);
+        return;
+    default:
+        coord_down(s, "its database session was lost");
+        return;
+    }
+}
+
+static void coord_connect(pg_store *s)
+{
+    static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "tcp_user_timeout", "dbname", NULL};
+    const char *values[] = {"10", "10", "5", "3", "30000", s->dsn, NULL};
+    s->cconn = PQconnectStartParams(keys, values, 1);
+    if (!s->cconn || PQstatus(s->cconn) == CONNECTION_BAD || PQsocket(s->cconn) < 0) {
+        coord_down(s, "its database session was lost");
+        return;
+    }
+    s->co_state = CO_CONNECTING;
+    s->co_connect_at = uv_now(s->loop);
+    coord_watch(s, UV_WRITABLE); /* as if PQconnectPoll had said PGRES_POLLING_WRITING */
+}
+
+static void on_coord_poll(uv_poll_t *h, int status, int events)
+{
+    pg_store *s = h->data;
+    if (s->co_state == CO_CONNECTING) {
+        coord_connect_poll(s);
+        return;
+    }
+    if (status < 0) {
+        coord_down(s, "its database session was lost");
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        int f = PQflush(s->cconn);
+        if (f < 0) {
+            coord_down(s, "its database session was lost");
+            return;
+        }
+        if (f == 0)
+            coord_watch(s, UV_READABLE);
+    }
+    if (!(events & UV_READABLE))
+        return;
+    if (!PQconsumeInput(s->cconn)) {
+        coord_down(s, "its database session was lost");
+        return;
+    }
+    while (s->co_state == CO_BUSY && !PQisBusy(s->cconn)) {
+        PGresult *r = PQgetResult(s->cconn);
+        if (!r) { /* the statement is done: the next step, or idle until the next beat */
+            int next = s->co_next;
+            if (next == STEP_DONE) {
+                s->co_state = CO_READY;
+            } else {
+                coord_send(s, next);
+                if (s->co_state != CO_BUSY)
+                    return;
+            }
+            continue;
+        }
+        int next = coord_step_done(s, s->co_step, r);
+        PQclear(r);
+        if (next < 0) {
+            /* a statement refused (not a lost session): the beat ends here, the next one tries again */
+            if (PQstatus(s->cconn) != CONNECTION_OK) {
+                coord_down(s, "its database session was lost");
+                return;
+            }
+            next = STEP_DONE;
+        }
+        s->co_next = next;
+    }
+    coord_notifies(s);
+}
+
+static void on_coord_timer(uv_timer_t *t)
+{
+    pg_store *s = t->data;
+    switch (s->co_state) {
+    case CO_DOWN:
+        if (uv_now(s->loop) >= s->co_retry_at)
+            coord_connect(s);
+        break;
+    case CO_READY:
+        coord_send(s, coord_first_step(s));
+        break;
+    case CO_CONNECTING:
+        /* libpq's connect_timeout is the caller's to enforce with PQconnectPoll */
+        if (uv_now(s->loop) - s->co_connect_at > CONNECT_TIMEOUT_MS)
+            coord_down(s, "its database session could not be connected again");
+        break;
+    default:
+        /* a statement still in flight (a slow or stalled database): this beat is
+         * skipped; the lease counts from the last heartbeat that committed */
+        break;
+    }
 }
 
 static void drain_done(pg_store *s)
@@ -752,6 +1057,7 @@ static void on_done_async_closed(uv_handle_t *h)
     pg_store *s = h->data;
     json_decref(s->engines);
     free(s->scripts);
+    free(s->co_scripts);
     free(s->dsn);
     free(s);
 }
@@ -764,12 +1070,11 @@ static void pg_close(store *base)
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->writer, NULL);
-    if (write(s->wake[1], "x", 1) < 0) {
-        /* the pipe is non-blocking and empty: cannot fail; the coordinator's poll times out anyway */
-    }
-    pthread_join(s->coord, NULL);
-    close(s->wake[0]);
-    close(s->wake[1]);
+    /* a clean stop gives the leadership up at once (the lock goes with the session) */
+    uv_timer_stop(&s->co_timer);
+    coord_unwatch(s);
+    PQfinish(s->cconn);
+    s->cconn = NULL;
     drain_done(s);
     /* every write of this engine is committed: what it leaves unfinished is the leader's now */
     if (s->wconn && PQstatus(s->wconn) == CONNECTION_OK)
@@ -781,6 +1086,7 @@ static void pg_close(store *base)
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->idle_cond);
     pthread_mutex_destroy(&s->read_mu);
+    uv_close((uv_handle_t *)&s->co_timer, NULL);
     uv_close((uv_handle_t *)&s->cluster_async, NULL);
     uv_close((uv_handle_t *)&s->done_async, on_done_async_closed);
 }
@@ -1477,27 +1783,95 @@ void pg_read_release(pg_store *s, PGconn *c)
     PQfinish(c);
 }
 
-/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS, or none
- * recorded), claimed for this engine in one statement: the row lock makes it a compare-and-set,
- * an engine that waits on another's claim re-checks the row and finds its new owner alive. */
+/* Claims (and re-claims) of owned work run one at a time across the engines, each in its own
+ * transaction under CLAIM_LOCK, each statement with a snapshot taken after the lock: a claim
+ * that found an owner's heartbeat stale has committed before that owner's re-claim reads the
+ * rows, or the re-claim has committed before the claim reads the heartbeat (which is then
+ * fresh). Without it a claim whose snapshot predates the owner's new heartbeat could commit
+ * after the owner re-claimed, and both would work. */
+static int claim_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
+{
+    PGconn *c = pg_read_acquire(s, err, errlen);
+    *q = NULL;
+    if (!c)
+        return -1;
+    char lock[96];
+    snprintf(lock, sizeof lock, "BEGIN; SELECT pg_advisory_xact_lock(%d)", CLAIM_LOCK);
+    if (pg_exec(c, lock, err, errlen)) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, errlen, "store read failed: %s", why);
+        pg_read_release(s, c); /* not idle: closed, never pooled */
+        return -1;
+    }
+    *q = pgq_new(c, sql);
+    return 0;
+}
+
+static int claim_end(pg_store *s, pgq *q, int rc, char *err, size_t errlen)
+{
+    int out = 0;
+    PGconn *c = q->conn;
+    if (rc == PGQ_ERROR) {
+        snprintf(err, errlen, "store read failed: %s", q->err);
+        out = -1;
+    }
+    pgq_free(q);
+    char why[256];
+    if (pg_exec(c, out ? "ROLLBACK" : "COMMIT", why, sizeof why) && !out) {
+        snprintf(err, errlen, "store read failed: %s", why);
+        out = -1;
+    }
+    pg_read_release(s, c);
+    return out;
+}
+
+/* The unfinished runs whose owner is gone (no heartbeat for ENGINE_STALE_MS on the database's
+ * clock, or none recorded), claimed for this engine in one statement: the row lock makes it a
+ * compare-and-set, an engine that waits on another's claim re-checks the row and finds its new
+ * owner alive. */
 int pg_unfinished_runs(store *base, json_t **ids, char *err, size_t errlen)
 {
     pg_store *s = (pg_store *)base;
     pgq *q;
     *ids = json_array();
-    if (pg_read_begin(s,
-                      "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
-                      "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
-                      "WHERE e.id = runs.owner AND e.last_seen >= ?2))) RETURNING id, created_at) "
-                      "SELECT id FROM claimed ORDER BY created_at, id",
-                      &q, err, errlen))
+    if (claim_begin(s,
+                    "WITH claimed AS (UPDATE runs SET owner = ?1 WHERE state IN ('preparing', 'running') AND "
+                    "(owner IS NULL OR (owner <> ?1 AND NOT EXISTS (SELECT 1 FROM ratchet_engines e "
+                    "WHERE e.id = runs.owner AND e.last_seen >= " DB_NOW_MS " - ?2))) RETURNING id, created_at) "
+                    "SELECT id FROM claimed ORDER BY created_at, id",
+                    &q, err, errlen))
         return -1;
     pgq_text(q, 1, s->engine_id);
-    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_int(q, 2, ENGINE_STALE_MS);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW)
         json_array_append_new(*ids, pgq_col_text(q, 0));
-    return pg_read_end(s, q, rc, err, errlen);
+    return claim_end(s, q, rc, err, errlen);
+}
+
+/* Of the runs this engine set aside when its lease lapsed, those still its own and unfinished
+ * (no other engine claimed them meanwhile), re-claimed under CLAIM_LOCK. */
+static int pg_reclaim_runs(store *base, const json_t *ids, json_t **kept, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    pgq *q;
+    *kept = json_array();
+    char *list = json_dumps(ids, JSON_COMPACT);
+    if (claim_begin(s,
+                    "UPDATE runs SET owner = ?1 WHERE id IN (SELECT json_array_elements_text(?2::json)) AND "
+                    "owner = ?1 AND state IN ('preparing', 'running') RETURNING id",
+                    &q, err, errlen)) {
+        free(list);
+        return -1;
+    }
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 2, list);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        json_array_append_new(*kept, pgq_col_text(q, 0));
+    free(list);
+    return claim_end(s, q, rc, err, errlen);
 }
 
 /* The same for online evaluation: unevaluated traces of a prompt whose engine is gone. */
@@ -1506,23 +1880,57 @@ static int pg_claim_unevaluated(store *base, const char *prompt, int limit, char
 {
     pg_store *s = (pg_store *)base;
     pgq *q;
-    if (pg_read_begin(s,
-                      "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
-                      "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
-                      "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= ?2))) ORDER BY t.seq LIMIT ?4) "
-                      "AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
-                      "ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= ?2))) RETURNING id",
-                      &q, err, errlen))
+    if (claim_begin(s,
+                    "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
+                    "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
+                    "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= " DB_NOW_MS " - ?2))) ORDER BY "
+                    "t.seq LIMIT ?4) AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS "
+                    "(SELECT 1 FROM ratchet_engines e WHERE e.id = traces.engine AND e.last_seen >= " DB_NOW_MS
+                    " - ?2))) RETURNING id",
+                    &q, err, errlen))
         return -1;
     pgq_text(q, 1, s->engine_id);
-    pgq_int(q, 2, now_ms() - ENGINE_STALE_MS);
+    pgq_int(q, 2, ENGINE_STALE_MS);
     pgq_text(q, 3, prompt);
     pgq_int(q, 4, limit);
     *ids = xcalloc((size_t)(limit > 0 ? limit : 1), sizeof **ids);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW && *n < (size_t)limit)
         (*ids)[(*n)++] = xstrdup(pgq_col(q, 0));
-    return pg_read_end(s, q, rc, err, errlen);
+    return claim_end(s, q, rc, err, errlen);
+}
+
+/* Of the traces this engine held back when its lease lapsed, those still its own and
+ * unevaluated; keep[i] says which. */
+static int pg_reclaim_traces(store *base, char *const *ids, size_t n, bool *keep, char *err, size_t errlen)
+{
+    pg_store *s = (pg_store *)base;
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        keep[i] = false;
+        json_array_append_new(arr, json_string(ids[i]));
+    }
+    char *list = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    pgq *q;
+    if (claim_begin(s,
+                    "UPDATE traces SET engine = ?1 WHERE id IN (SELECT json_array_elements_text(?2::json)) AND "
+                    "engine = ?1 AND verdict IS NULL RETURNING id",
+                    &q, err, errlen)) {
+        free(list);
+        return -1;
+    }
+    pgq_text(q, 1, s->engine_id);
+    pgq_text(q, 2, list);
+    int rc;
+    while ((rc = pgq_step(q)) == PGQ_ROW)
+        for (size_t i = 0; i < n; i++)
+            if (!keep[i] && !strcmp(ids[i], pgq_col(q, 0))) {
+                keep[i] = true;
+                break;
+            }
+    free(list);
+    return claim_end(s, q, rc, err, errlen);
 }
 
 int pg_read_begin(pg_store *s, const char *sql, pgq **q, char *err, size_t errlen)
@@ -1880,6 +2288,11 @@ static const store_backend pg_backend = {
     .healthy = pg_healthy,
     .status = pg_status,
     .leader = pg_leader,
+    .lease_fresh = pg_lease_fresh,
+    .lease_generation = pg_lease_generation,
+    .live_engines = pg_live_engines,
+    .reclaim_runs = pg_reclaim_runs,
+    .reclaim_traces = pg_reclaim_traces,
     .on_cluster = pg_on_cluster,
     .set_scripts = pg_set_scripts,
     .get_trace_json = pg_get_trace_json,

@@ -40,6 +40,41 @@ bool store_leader(store *s)
     return s->be->leader ? s->be->leader(s) : true;
 }
 
+bool store_lease_fresh(store *s)
+{
+    return s->be->lease_fresh ? s->be->lease_fresh(s) : true;
+}
+
+uint64_t store_lease_generation(store *s)
+{
+    return s->be->lease_generation ? s->be->lease_generation(s) : 0;
+}
+
+int store_live_engines(store *s)
+{
+    int n = s->be->live_engines ? s->be->live_engines(s) : 1;
+    return n > 0 ? n : 1;
+}
+
+int store_reclaim_runs(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen)
+{
+    if (!s->be->reclaim_runs) {
+        *kept = json_copy((json_t *)ids);
+        return 0;
+    }
+    return s->be->reclaim_runs(s, ids, kept, err, errlen);
+}
+
+int store_reclaim_traces(store *s, char *const *ids, size_t n, bool *keep, char *err, size_t errlen)
+{
+    if (!s->be->reclaim_traces) {
+        for (size_t i = 0; i < n; i++)
+            keep[i] = true;
+        return 0;
+    }
+    return s->be->reclaim_traces(s, ids, n, keep, err, errlen);
+}
+
 void store_on_cluster(store *s, store_cluster_cb fn, void *data)
 {
     if (s->be->on_cluster)

@@ -196,6 +196,21 @@ void store_status(store *s, json_t *out);
 bool store_shared(store *s);
 /* Whether this engine runs the loop, canary checks and run resumption now. */
 bool store_leader(store *s);
+/* Whether this engine's lease is fresh: its last committed heartbeat is recent enough that no
+ * other engine can have claimed its work (PostgreSQL; always on SQLite). While it is not, the
+ * work it owns (runs, online evaluations, the loop) starts no LLM call (docs/scale-out.md). */
+bool store_lease_fresh(store *s);
+/* Changes each time the lease lapsed, even if it is fresh again now: work that began under one
+ * generation and finds another must re-claim what it holds before going on (0 on SQLite). */
+uint64_t store_lease_generation(store *s);
+/* Engines sharing the store now (their heartbeats of the last 15 s, as last read; this one
+ * included): at least 1. No database round trip: the coordinator's last read. */
+int store_live_engines(store *s);
+/* After a lapse: which of the runs ids (set aside by this engine) are still its own and
+ * unfinished, re-claimed so no other engine claims them meanwhile; kept is a new array. */
+int store_reclaim_runs(store *s, const json_t *ids, json_t **kept, char *err, size_t errlen);
+/* The same for n traces held back from online evaluation: keep[i] says which. */
+int store_reclaim_traces(store *s, char *const *ids, size_t n, bool *keep, char *err, size_t errlen);
 /* Calls fn on the loop thread when this engine becomes the leader (gained = true) or loses
  * the leadership, and when another engine changed the registry (registry = true). */
 typedef void (*store_cluster_cb)(void *data, bool leadership_changed, bool registry_changed);

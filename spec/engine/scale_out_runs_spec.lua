@@ -117,6 +117,81 @@ describe("runs on engines sharing a database #heavy", function()
   end)
 end)
 
+-- Leases (docs/scale-out.md, "Leases"): an engine alive whose heartbeats stop reaching the
+-- database (a stalling network between it and the database, spec/helpers/stall_proxy.lua) stops
+-- starting LLM calls for its run 10 s after its last committed heartbeat; the leader claims the
+-- run only 15 s after it (the database's clock) and finishes it. Each engine has its own fake
+-- LLM, so the calls of the stalled engine are counted apart.
+describe("an engine whose database stalls #heavy", function()
+  it("makes no more LLM calls for its run once its lease lapsed; the leader finishes the run once", function()
+    local pg = require "spec.helpers.postgres"
+    local socket = require "socket"
+    local fake1 = fake_llm.start { model = MODEL }
+    local fake2 = fake_llm.start { model = MODEL }
+    local dir = engine.tmpdir()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    local stall, stop = dir .. "/stall", dir .. "/stop"
+    os.execute(string.format("lua5.4 spec/helpers/stall_proxy.lua %d %d %s %s 180 >/dev/null 2>&1 &", port,
+      pg.port(), engine.shell_quote(stall), engine.shell_quote(stop)))
+    local e1, e2
+    finally(function()
+      os.remove(stall)
+      engine.write_file(stop, "")
+      if e2 then e2:stop() end
+      if e1 then e1:stop() end
+      fake1:stop()
+      fake2:stop()
+      os.execute("rm -rf " .. engine.shell_quote(dir))
+    end)
+    e1 = engine.start { store = "postgres", config = config(fake1) }
+    local db = e1.dsn:match("dbname=(%S+)")
+    local dsn2 = string.format("host=127.0.0.1 port=%d dbname=%s user=postgres", tonumber(port), db)
+    e2 = assert(engine.eventually(5, function()
+      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn2, config = config(fake2) })
+      return ok and started
+    end))
+    assert.equal("leader", store_of(e1).role)
+    setup(e1)
+    assert.truthy(engine.eventually(5, function() return e2:get("/v1/datasets/golden").status == 200 end))
+    -- the stalled engine's calls are slow: its run is far from done when its lease lapses
+    fake2:faults { { delay_ms = 1500, times = 1000 } }
+    local id = start_run(e2)
+    assert.truthy(engine.eventually(30, function() return results(e1, id) >= 2 end))
+    engine.write_file(stall, "")
+    local stalled = socket.gettime()
+    local lapsed = engine.eventually(30, function()
+      return e2:log_text():find("lease on the store lapsed", 1, true) ~= nil
+    end)
+    assert(lapsed, "the stalled engine did not see its lease lapse:\n" .. e2:log_text())
+    local t_lapse = socket.gettime() - stalled
+    local calls2 = fake2:stats().requests
+    assert.truthy(engine.eventually(40, function()
+      return e1:log_text():find("run " .. id .. ": resumed", 1, true) ~= nil
+    end), e1:log_text())
+    print(string.format("# lease: the stalled engine held its run %.1f s after the stall began (its last job's call "
+      .. "of 1.5 s included), the leader resumed it %.1f s after", t_lapse, socket.gettime() - stalled))
+    local done = finished(e1, id, 60)
+    assert(done, "the leader did not finish the run of the stalled engine:\n" .. e1:log_text())
+    assert.equal("finished", done.state)
+    assert.matches("run " .. id .. ": resumed", e1:log_text(), 1, true)
+    -- while stalled past its lease, the engine made no further call for its run
+    assert.equal(calls2, fake2:stats().requests)
+    assert.is_true(fake1:stats().requests > 0)
+    -- the network moves again: the engine's stalled writes commit (results keyed: stored once),
+    -- it beats again, finds the run is no longer its own and leaves it alone
+    os.remove(stall)
+    assert.truthy(engine.eventually(30, function()
+      return e2:log_text():find("run " .. id .. ": no longer this engine's", 1, true) ~= nil
+    end), e2:log_text())
+    assert.equal(JOBS, results(e1, id))
+    assert.equal(calls2, fake2:stats().requests)
+    assert.is_nil(e2:log_text():find("run " .. id .. ": finished", 1, true), e2:log_text())
+    assert.equal("finished", e1:get("/v1/runs/" .. id).json.state)
+  end)
+end)
+
 -- Online evaluation of the traces left unevaluated: with several engines the leader claims
 -- those whose ingesting engine is gone (traces.engine), each once; no engine re-queues the
 -- whole backlog at its start. Counted on the fake LLM: one llm_judge call per trace.
@@ -176,5 +251,73 @@ describe("online evaluation on engines sharing a database #heavy", function()
     e1:stop()
     e2:stop()
     fake:stop()
+  end)
+
+  it("hold their online evaluations on an engine whose lease lapsed; the leader evaluates what it left", function()
+    local pg = require "spec.helpers.postgres"
+    local socket = require "socket"
+    local fake1 = fake_llm.start { model = JUDGE }
+    local fake2 = fake_llm.start { model = JUDGE }
+    local dir = engine.tmpdir()
+    local sk = assert(socket.bind("127.0.0.1", 0))
+    local _, port = sk:getsockname()
+    sk:close()
+    local stall, stop = dir .. "/stall", dir .. "/stop"
+    os.execute(string.format("lua5.4 spec/helpers/stall_proxy.lua %d %d %s %s 180 >/dev/null 2>&1 &", port,
+      pg.port(), engine.shell_quote(stall), engine.shell_quote(stop)))
+    local e1, e2
+    finally(function()
+      os.remove(stall)
+      engine.write_file(stop, "")
+      if e2 then e2:stop() end
+      if e1 then e1:stop() end
+      fake1:stop()
+      fake2:stop()
+      os.execute("rm -rf " .. engine.shell_quote(dir))
+    end)
+    local one = "\nevaluation = { concurrency = 1 }\n"
+    e1 = engine.start { store = "postgres", config = judged_config(fake1, true) .. one }
+    local db = e1.dsn:match("dbname=(%S+)")
+    local dsn2 = string.format("host=127.0.0.1 port=%d dbname=%s user=postgres", tonumber(port), db)
+    e2 = assert(engine.eventually(5, function()
+      local ok, started = pcall(engine.start, { store = "postgres", dsn = dsn2, config = judged_config(fake2, true) .. one })
+      return ok and started
+    end))
+    -- the stalled engine's judge is slow and evaluates one read-back batch (32) at a time: most
+    -- of its traces still wait when its lease lapses
+    local N = 100
+    fake2:faults { { delay_ms = 1000, times = 1000 } }
+    local batch = {}
+    for i = 1, N do
+      batch[i] = { id = "h-" .. i, prompt = { name = "support" }, input = { variables = { q = "hi" } }, output = "ok " .. i }
+    end
+    assert.equal(200, e2:post("/v1/traces", batch).status)
+    assert.truthy(engine.eventually(10, function() return fake2:stats().requests >= 1 end))
+    engine.write_file(stall, "")
+    -- (its status is read from memory: it answers during the stall)
+    assert(engine.eventually(30, function() return store_of(e2).lease_fresh == false end),
+      "the stalled engine's lease did not lapse:\n" .. e2:log_text())
+    local calls2 = fake2:stats().requests
+    assert.is_true(calls2 < N, calls2 .. " judge calls before the lapse")
+    -- the leader claims the traces the stalled engine left after its lease and evaluates them
+    local all = engine.eventually(60, function()
+      for i = 1, N do
+        local r = e1:get("/v1/traces/h-" .. i)
+        if r.status ~= 200 or r.json.verdict == "unevaluated" then return false end
+      end
+      return true
+    end)
+    assert(all, "the leader did not evaluate the traces left:\n" .. e1:log_text())
+    assert.equal(calls2, fake2:stats().requests)
+    -- the network moves again: the held traces are another engine's now, and stay so
+    os.remove(stall)
+    assert.truthy(engine.eventually(30, function()
+      return e2:log_text():find("held while the lease lapsed are another engine's now", 1, true) ~= nil
+    end), e2:log_text())
+    engine.sleep(1)
+    assert.equal(calls2, fake2:stats().requests, e2:log_text())
+    -- each trace judged once by the leader, or by the stalled engine before its lease lapsed
+    assert.is_true(fake1:stats().requests >= N - calls2,
+      "judge calls: " .. fake1:stats().requests .. " + " .. calls2)
   end)
 end)

@@ -217,9 +217,16 @@ describe("two engines on one database #heavy", function()
     end), "no gate run: " .. e1:get("/v1/loop/tickets").body)
     assert.truthy(engine.eventually(20, function() return #e1:get("/v1/runs/" .. run .. "/results").json.items >= 3 end))
     e1:kill9()
+    local killed = socket.gettime()
     e1.gone = true
     fake:reset()
     assert.truthy(engine.eventually(10, function() return store_of(e2).role == "leader" end))
+    -- the gate run is claimed once the killed leader's lease has run out (15 s after its last heartbeat)
+    assert.truthy(engine.eventually(40, function()
+      return e2:log_text():find("run " .. run .. ": resumed", 1, true) ~= nil
+    end), e2:log_text())
+    print(string.format("# failover: the gate run resumed on the new leader %.1f s after the leader's SIGKILL",
+      socket.gettime() - killed))
     local l = assert(engine.eventually(60, function()
       local v = e2:get("/v1/loop/tickets").json
       if v.state == "canary" then return v end
@@ -254,5 +261,36 @@ llm = { daily_calls = 5 }
     assert.equal(3, refused)
     assert.equal(5, fake:stats().requests - before)
     assert.equal("5", e1:sql("SELECT calls FROM ratchet_budget"))
+  end)
+
+  it("share the gateway's rate limits: requests alternating across two engines get the limit, not twice it", function()
+    local cfg = string.format([[
+provider "fake" { kind = "openai", base_url = %q, default_model = "target", max_retries = 0, timeout_ms = 5000 }
+gateway = { providers = { "fake" }, requests_per_minute = 4 }
+]], "http://" .. fake.addr .. "/v1")
+    e1 = engine.start { store = "postgres", config = cfg }
+    e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
+    -- each engine has read the other's heartbeat: two live engines, a share of 2 requests each
+    assert.truthy(engine.eventually(5, function()
+      return #store_of(e1).engines == 2 and #store_of(e2).engines == 2
+    end))
+    local before = fake:stats().requests
+    local ok, limited = 0, 0
+    for i = 1, 12 do
+      local e = i % 2 == 0 and e2 or e1
+      local r = e:post("/v1/chat/completions", { model = "target", messages = { { role = "user", content = "hi " .. i } } })
+      if r.status == 200 then
+        ok = ok + 1
+      else
+        assert.equal(429, r.status, r.body)
+        assert.matches("requests_per_minute", r.body)
+        limited = limited + 1
+      end
+    end
+    -- per engine, each would have let 4 through (8 in all); shared, the total holds
+    assert.equal(4, ok)
+    assert.equal(8, limited)
+    assert.equal(4, fake:stats().requests - before)
+    assert.equal(2, e1:get("/v1/status").json.gateway.rate_share_engines)
   end)
 end)

@@ -100,6 +100,13 @@ describe("the PostgreSQL store #heavy", function()
     assert.equal(10, #acked)
     -- nothing refused was stored either: a 503 means not stored
     for i = 1, 5 do assert.equal(404, e:get("/v1/traces/during-" .. i, auth).status) end
+    -- the coordinator's session (non-blocking, on the event loop) lost the leadership with
+    -- the server and reconnected on its own: the engine leads again
+    assert.matches("no longer leads the loop: its database session was lost", e:log_text(), 1, true)
+    assert.is_truthy(engine.eventually(20 * engine.slow, function()
+      return e:get("/v1/status", auth).json.store.role == "leader"
+    end), e:log_text())
+    assert.matches("the coordinator's session is connected again", e:log_text(), 1, true)
     e:stop()
   end)
 
@@ -156,11 +163,15 @@ describe("a database behind a stalling network #heavy", function()
     local body = engine.json.encode(engine.trace { id = "during-stall" })
     c:send("POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " .. #body
       .. "\r\n\r\n" .. body)
-    engine.sleep(0.3)
+    -- past two beats: the coordinator's session (on the event loop) has a statement in flight too
+    engine.sleep(1.2)
     local during = healthz_times(20)
     print(string.format("# healthz worst of 20: %.1f ms before the stall, %.1f ms during it", before * 1000,
       during * 1000))
     assert.is_true(during < 1 * engine.slow, string.format("healthz took %.2f s during the stall", during))
+    local t0 = socket.gettime()
+    assert.equal(200, e:get("/v1/status").status)
+    assert.is_true(socket.gettime() - t0 < 1 * engine.slow, "status waited on the stalled database")
 
     os.remove(stall)
     -- the stalled ingest completes once the network moves again: never a 2xx without the commit

@@ -55,7 +55,7 @@ FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 FUZZ_OBJS := $(SRCS:engine/%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/gen/otlp.pb-c.o
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 
-.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-pg bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-efficacy console-screenshots bench-console bench-otlp
+.PHONY: FORCE all deps test-deps test asan install fuzz fuzz-build uninstall run demo clean help demo-gateway bench-gateway bench-ingest bench-pg bench-eval bench-llm bench-gate bench-rollout bench-schema bench-patterns bench-deps bench-pg-partitions bench-efficacy console-screenshots bench-console bench-otlp
 
 all: $(BUILD)/ratchet $(TESTS) $(MODULE)
 
@@ -76,6 +76,7 @@ help:
 	@echo "make bench-deps    install what the benchmarks need besides the build's packages (wrk, nginx-light)"
 	@echo "make bench-ingest  the ingest benchmark (see bench/README.md)"
 	@echo "make bench-pg      durable ingest on PostgreSQL vs SQLite, one and two engines (docs/scale-out.md)"
+	@echo "make bench-pg-partitions  PostgreSQL ingest and retention, partitioned traces vs the build before (BASE_REF)"
 	@echo "make bench-console the console's pages in headless Chromium with 1 M traces, and its files' weight"
 	@echo "make bench-eval    ingest with online evaluation, and p99 while an evaluator spins"
 	@echo "make bench-llm     the LLM client against the fake LLM server"
@@ -249,6 +250,13 @@ bench-ingest: bench-deps all
 
 bench-pg: bench-deps all
 	@./bench/pg.sh
+
+# the build before traces were partitioned on PostgreSQL, built from git into build/base
+BASE_REF ?= da00e40
+bench-pg-partitions: bench-deps all
+	@rm -rf build/base && mkdir -p build/base && git archive $(BASE_REF) | tar -x -C build/base
+	@$(MAKE) --no-print-directory -C build/base build/ratchet > build/base.log 2>&1 || { tail -20 build/base.log; exit 1; }
+	@BASE_BIN=$(abspath build/base/build/ratchet) ./bench/pg_partitions.sh
 
 bench-eval: bench-deps all
 	@./bench/ingest_eval.sh

@@ -747,7 +747,8 @@ static void undo_data_dir(engine *e)
 static int start_store(engine *e, char *err, size_t errlen)
 {
     store_options o = {.kind = e->cfg.store.kind, .dir = e->cfg.data_dir, .dsn = e->cfg.store.dsn,
-                       .max_pending = e->cfg.limits.max_pending_writes, .read_pool = e->cfg.store.read_pool};
+                       .max_pending = e->cfg.limits.max_pending_writes, .read_pool = e->cfg.store.read_pool,
+                       .retention_days = e->cfg.store.retention_days};
     return store_open(&e->store, e->loop, &o, err, errlen);
 }
 
@@ -1184,15 +1185,17 @@ static void on_retention_done(store_write *w)
 }
 
 /* store.retention_days: a batch of the oldest traces past it, deleted by the writer thread
- * (one engine of several: the leader) while no batch is queued */
+ * (one engine of several: the leader) while no batch is queued; on PostgreSQL also, with a
+ * retention or without, the upkeep of the daily partitions of traces (docs/scale-out.md) */
 static void on_retention_timer(uv_timer_t *t)
 {
     engine *e = t->data;
-    if (e->stopping || e->retention_busy || e->cfg.store.retention_days <= 0 || !store_leader(e->store))
+    int days = e->cfg.store.retention_days;
+    if (e->stopping || e->retention_busy || (days <= 0 && !store_has_upkeep(e->store)) || !store_leader(e->store))
         return;
     store_write *w = &e->retention_write;
     memset(w, 0, sizeof *w);
-    store_delete_old_traces(w, now_ms() - (int64_t)e->cfg.store.retention_days * 86400000, RETENTION_BATCH);
+    store_delete_old_traces(w, days > 0 ? now_ms() - (int64_t)days * 86400000 : 0, RETENTION_BATCH);
     w->done = on_retention_done;
     w->data = e;
     if (store_submit(e->store, w) != 0) {

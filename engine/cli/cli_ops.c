@@ -418,6 +418,13 @@ static void print_status(json_t *v)
                    json_is_true(json_object_get(en, "this")) ? " (this one)" : "",
                    json_is_true(json_object_get(en, "scripts_differ")) ? " (different scripts)" : "");
     }
+    json_t *tp = json_object_get(st, "trace_partitions");
+    if (tp) /* PostgreSQL: traces by day (docs/scale-out.md) */
+        printf("traces in %lld daily partitions, %s to %s; this engine created %lld, dropped %lld, failed %lld\n",
+               (long long)json_integer_value(json_object_get(tp, "daily")), str(tp, "oldest"), str(tp, "newest"),
+               (long long)json_integer_value(json_object_get(tp, "created")),
+               (long long)json_integer_value(json_object_get(tp, "dropped")),
+               (long long)json_integer_value(json_object_get(tp, "create_failures")));
     json_t *ev = json_object_get(v, "evaluation");
     printf("evaluation: backlog %lld of %lld, %lld evaluated, %lld dropped, %lld killed\n",
            (long long)json_integer_value(json_object_get(ev, "backlog")),

@@ -60,6 +60,7 @@ void store_writes_done(store_write *w);
 typedef struct store_backend {
     const char *name; /* "sqlite", "postgres" */
     bool shared;      /* several engines may use it at once */
+    bool upkeep;      /* store_delete_old_traces is wanted without a retention too */
     void (*metrics)(store *s, buf_t *b);
     void (*flush)(store *s);
     void (*close)(store *s);

@@ -192,6 +192,12 @@ void store_put_loop_state(store_write *w, const store_loop_state *ls)
 
 void store_delete_old_traces(store_write *w, int64_t before_ms, int64_t limit)
 {
+    /* PostgreSQL reads these and runs its own (pg_partitions.c); SQLite runs the ops */
+    w->upkeep = true;
+    w->retention_before_ms = before_ms;
+    w->retention_limit = limit;
+    if (before_ms <= 0)
+        return;
     /* the same batch in each statement: the writer runs them in one transaction */
     static const char scores[] = "DELETE FROM scores WHERE trace_id IN "
                                  "(SELECT id FROM traces WHERE ts < ?1 ORDER BY ts, seq LIMIT ?2)";

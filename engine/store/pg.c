@@ -36,6 +36,9 @@
 #define ENGINE_STALE_MS 15000 /* LEASE_MS: no heartbeat for this long (database clock): the engine is gone */
 #define LEASE_MARGIN_MS 5000  /* the owner stops this much earlier (its monotonic clock) */
 #define LEADER_LOCK 0x72617464 /* pg_try_advisory_lock key of the loop leader */
+/* retention on PostgreSQL: ids (and their scores, feedback) of dropped days deleted per pass,
+ * as a multiple of the rows SQLite deletes (the traces themselves go a day at a time) */
+#define PG_RETENTION_ID_FACTOR 10
 #define CLAIM_LOCK 0x72617465  /* pg_advisory_xact_lock key: claims and re-claims of owned work, one at a time */
 /* the database's clock in ms, as heartbeats store it and claims compare with it */
 #define DB_NOW_MS "(extract(epoch from now()) * 1000)::bigint"
@@ -89,6 +92,7 @@ struct pg_store {
     void *cluster_data;
     char *scripts;             /* under mu: JSON of this engine's scripts */
     json_t *engines;           /* under mu: the heartbeat table as last read */
+    pg_parts parts;            /* the daily partitions of traces (pg_partitions.c) */
 };
 
 /* Each entry brings the schema from version i to i+1. Never edit one that has shipped;
@@ -312,7 +316,50 @@ static const char *const migrations[] = {
     "ALTER TABLE traces ADD COLUMN engine TEXT;"
     "ALTER TABLE traces ALTER COLUMN engine SET DEFAULT current_setting('ratchet.engine', true);"
     "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
+
+    /* 7: traces in daily range partitions by ts (dropped whole by store.retention_days), and the
+     * id table that keeps the dedup exact across them (a partitioned table's unique keys must
+     * hold the partition key). The rows move in this transaction: partitions for the days of
+     * the last PG_PARTS_PAST_DAYS and PG_PARTS_AHEAD_DAYS ahead that have rows, yesterday's to
+     * PG_PARTS_AHEAD_DAYS ahead, every other ts in traces_default (docs/scale-out.md) */
+    "CREATE TABLE trace_ids (id TEXT PRIMARY KEY, ts BIGINT NOT NULL);"
+    "INSERT INTO trace_ids(id, ts) SELECT id, ts FROM traces;"
+    "CREATE INDEX trace_ids_by_ts ON trace_ids(ts, id);"
+    "ALTER SEQUENCE traces_seq_seq OWNED BY NONE;"
+    "ALTER TABLE traces RENAME TO traces_unpartitioned;"
+    "CREATE TABLE traces_partitioned ("
+    "  seq BIGINT NOT NULL DEFAULT nextval('traces_seq_seq'),"
+    "  id TEXT NOT NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  version BIGINT,"
+    "  ts BIGINT NOT NULL,"
+    "  received_at BIGINT NOT NULL,"
+    "  retry_of TEXT,"
+    "  body JSON NOT NULL,"
+    "  verdict BIGINT,"
+    "  negative BIGINT NOT NULL DEFAULT 0,"
+    "  engine TEXT DEFAULT current_setting('ratchet.engine', true)"
+    ") PARTITION BY RANGE (ts);"
+    "CREATE TABLE traces_default PARTITION OF traces_partitioned DEFAULT;"
+    "DO $$ DECLARE today BIGINT := floor(extract(epoch FROM now()) / 86400)::bigint; d BIGINT; BEGIN"
+    "  FOR d IN SELECT DISTINCT floor(ts / 86400000.0)::bigint FROM traces_unpartitioned"
+    "           WHERE ts >= (today - 366) * 86400000 AND ts < (today + 4) * 86400000"
+    "           UNION SELECT generate_series(today - 1, today + 3) LOOP"
+    "    EXECUTE format('CREATE TABLE %I PARTITION OF traces_partitioned FOR VALUES FROM (%s) TO (%s)',"
+    "                   'traces_p' || to_char(date '1970-01-01' + d::int, 'YYYYMMDD'), d * 86400000, (d + 1) * 86400000);"
+    "  END LOOP; END $$;"
+    "INSERT INTO traces_partitioned SELECT seq, id, prompt, version, ts, received_at, retry_of, body, verdict, negative,"
+    "  engine FROM traces_unpartitioned;"
+    "DROP TABLE traces_unpartitioned;"
+    "ALTER TABLE traces_partitioned RENAME TO traces;"
+    "ALTER SEQUENCE traces_seq_seq OWNED BY traces.seq;"
+    "CREATE INDEX traces_by_prompt ON traces(prompt, ts, seq);"
+    "CREATE INDEX traces_by_ts ON traces(ts, seq);"
+    "CREATE INDEX traces_failed_by_prompt ON traces(prompt, ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_failed_by_ts ON traces(ts, seq) WHERE verdict = 1 OR negative = 1;"
+    "CREATE INDEX traces_unevaluated ON traces(prompt, seq) WHERE verdict IS NULL;",
 };
+
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 /* the advisory lock key that serializes migrations of engines starting together */
 #define MIGRATION_LOCK 0x72617463 /* "ratc" */
@@ -436,6 +483,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->max_pending = (size_t)o->max_pending;
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
+    pg_parts_init(&s->parts, o->retention_days);
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     s->started_ms = now_ms();
@@ -450,11 +498,13 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
             snprintf(err, errlen, "the PostgreSQL store: %s", why);
         }
         PQfinish(s->wconn);
+        pg_parts_free(&s->parts);
         free(s->dsn);
         free(s);
         return -1;
     }
     take_over_predecessor(s, o->dir);
+    pg_parts_for_batch(&s->parts, s->wconn, NULL, 0, now_ms()); /* reads the partitions there are */
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     pthread_cond_init(&s->idle_cond, NULL);
@@ -465,6 +515,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     s->cconn = connect_db(s->dsn, s->engine_id, err, errlen);
     if (!s->cconn) {
         PQfinish(s->wconn);
+        pg_parts_free(&s->parts);
         free(s->dsn);
         free(s);
         return -1;
@@ -498,6 +549,7 @@ fail_threads:
     PQfinish(s->cconn);
     PQfinish(s->wconn);
     json_decref(s->engines);
+    pg_parts_free(&s->parts);
     free(s->dsn);
     free(s);
     return -1;
@@ -530,6 +582,7 @@ static void pg_metrics(store *base, buf_t *b)
                 healthy);
     metrics_one(b, "ratchet_store_reconnects_total", "counter",
                 "Times the writer connected to PostgreSQL again after losing it.", (double)reconnects);
+    pg_parts_metrics(&s->parts, b);
 }
 
 static void pg_status(store *base, json_t *out)
@@ -571,6 +624,7 @@ static void pg_status(store *base, json_t *out)
     }
     json_object_set_new(out, "engines", engines);
     json_object_set_new(out, "scripts_differ", json_boolean(differ));
+    pg_parts_status(&s->parts, out);
 }
 
 /* Under mu: whether this engine's lease is fresh (its work may start LLM calls). */
@@ -1058,6 +1112,7 @@ static void on_done_async_closed(uv_handle_t *h)
     json_decref(s->engines);
     free(s->scripts);
     free(s->co_scripts);
+    pg_parts_free(&s->parts);
     free(s->dsn);
     free(s);
 }
@@ -1154,7 +1209,7 @@ static int insert_feedback(pg_store *s, const char *id, const char *trace_id, co
         *res = pgq_changes(q) ? STORE_ACCEPTED : STORE_DUPLICATE;
     pgq_free(q);
     if (!rc && *res == STORE_ACCEPTED && negative) {
-        q = pgq_new(s->wconn, "UPDATE traces SET negative = 1 WHERE id = ?1 AND negative = 0");
+        q = pgq_new(s->wconn, "UPDATE traces SET negative = 1 WHERE " BY_ID("?1") " AND negative = 0");
         pgq_text(q, 1, trace_id);
         rc = run(q, err, errlen);
         pgq_free(q);
@@ -1188,7 +1243,7 @@ static int apply_evaluation(pg_store *s, const store_evaluation *e, char *err, s
     }
     if (rc)
         return rc;
-    q = pgq_new(s->wconn, "UPDATE traces SET verdict = ?2 WHERE id = ?1");
+    q = pgq_new(s->wconn, "UPDATE traces SET verdict = ?2 WHERE " BY_ID("?1"));
     pgq_text(q, 1, e->trace_id);
     pgq_int(q, 2, (int)e->verdict);
     rc = run(q, err, errlen);
@@ -1227,9 +1282,12 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
     PGconn *c = s->wconn;
     if (!s->prepared) {
         PGresult *r = PQprepare(c, "ins_trace",
+                                /* the id table decides (exact dedup across partitions); the
+                                 * trace row only for an id it did not have */
+                                "WITH n AS (INSERT INTO trace_ids(id, ts) VALUES ($1, $4::bigint) "
+                                "ON CONFLICT(id) DO NOTHING RETURNING id) "
                                 "INSERT INTO traces(id, prompt, version, ts, received_at, retry_of, body) "
-                                "VALUES ($1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json) "
-                                "ON CONFLICT(id) DO NOTHING",
+                                "SELECT $1, $2, $3::bigint, $4::bigint, $5::bigint, $6, $7::json FROM n",
                                 7, NULL);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
         if (!ok)
@@ -1382,7 +1440,7 @@ static int patch_row(pg_store *s, bool parts, const char *id, const char *json, 
                      size_t errlen)
 {
     pgq *q = pgq_new(s->wconn, parts ? "SELECT body FROM trace_parts WHERE id = ?1 FOR UPDATE"
-                                     : "SELECT body FROM traces WHERE id = ?1 FOR UPDATE");
+                                     : "SELECT body FROM traces WHERE " BY_ID("?1") " FOR UPDATE");
     pgq_text(q, 1, id);
     int rc = pgq_step(q);
     *found = rc == PGQ_ROW;
@@ -1401,7 +1459,7 @@ static int patch_row(pg_store *s, bool parts, const char *id, const char *json, 
         return -1;
     }
     q = pgq_new(s->wconn, parts ? "UPDATE trace_parts SET body = ?2 WHERE id = ?1"
-                                : "UPDATE traces SET body = ?2::json WHERE id = ?1");
+                                : "UPDATE traces SET body = ?2::json WHERE " BY_ID("?1"));
     pgq_text(q, 1, id);
     pgq_text(q, 2, text);
     free(text);
@@ -1492,7 +1550,7 @@ static int apply_write(pg_store *s, store_write *w, int64_t received, char *err,
     }
     for (size_t i = 0; i < w->nfeedback; i++) {
         store_feedback *f = &w->feedback[i];
-        pgq *q = pgq_new(s->wconn, "SELECT prompt, version FROM traces WHERE id = ?1");
+        pgq *q = pgq_new(s->wconn, "SELECT prompt, version FROM traces WHERE " BY_ID("?1"));
         pgq_text(q, 1, f->trace_id);
         int rc = pgq_step(q);
         if (rc == PGQ_ROW) {
@@ -1542,6 +1600,11 @@ static int apply_write(pg_store *s, store_write *w, int64_t received, char *err,
         if (rc)
             return rc;
     }
+    if (w->upkeep) /* retention: the partitions went before this transaction; their ids now */
+        return w->retention_before_ms > 0
+                   ? pg_parts_cleanup(s->wconn, w->retention_before_ms, w->retention_limit * PG_RETENTION_ID_FACTOR,
+                                      err, errlen)
+                   : 0;
     return apply_ops(s, w->ops, err, errlen);
 }
 
@@ -1587,6 +1650,7 @@ static bool reconnect(pg_store *s)
         char err[256];
         PQfinish(s->wconn);
         s->prepared = false;
+        pg_parts_forget(&s->parts);
         s->wconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (s->wconn) {
             pthread_mutex_lock(&s->mu);
@@ -1615,6 +1679,31 @@ static bool reconnect(pg_store *s)
         if (stop)
             return false;
         wait_ms = wait_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait_ms * 2;
+    }
+}
+
+/* Before a batch's transaction, in transactions of their own (DDL takes the parent's lock,
+ * which a group commit must not hold or wait for): the partitions the batch's traces need, and
+ * the leader's upkeep (partitions ahead, those past the retention dropped). A failure is logged:
+ * the traces then go to traces_default, the upkeep is tried again at the next. */
+static void partitions_before(pg_store *s, store_write *batch, int64_t now)
+{
+    size_t n = 0;
+    for (store_write *w = batch; w; w = w->next)
+        n += w->ntraces;
+    if (n) {
+        int64_t *ts = xcalloc(n, sizeof *ts);
+        size_t k = 0;
+        for (store_write *w = batch; w; w = w->next)
+            for (size_t i = 0; i < w->ntraces; i++)
+                ts[k++] = w->traces[i].ts_ms;
+        pg_parts_for_batch(&s->parts, s->wconn, ts, n, now);
+        free(ts);
+    }
+    for (store_write *w = batch; w; w = w->next) {
+        char err[256];
+        if (w->upkeep && pg_parts_upkeep(&s->parts, s->wconn, now, w->retention_before_ms, err, sizeof err))
+            log_warn("store", "the upkeep of the partitions of traces failed (tried again in a second): %s", err);
     }
 }
 
@@ -1664,6 +1753,8 @@ static void *writer_main(void *arg)
             break;
 
         int64_t received = now_ms();
+        if (PQstatus(s->wconn) == CONNECTION_OK)
+            partitions_before(s, batch, received);
         uint64_t began = mono_ns();
         char err[256] = "";
         int rc = PQstatus(s->wconn) == CONNECTION_OK ? pg_exec(s->wconn, "BEGIN", err, sizeof err) : -1;
@@ -1674,7 +1765,7 @@ static void *writer_main(void *arg)
         bool any_fenced = false, fence_ok = true, any_ops = false;
         for (store_write *w = batch; w; w = w->next) {
             any_fenced |= w->fenced;
-            any_ops |= w->nops > 0 && !w->fenced;
+            any_ops |= w->nops > 0 && !w->fenced && !w->upkeep;
         }
         if (!rc && any_fenced) {
             pthread_mutex_lock(&s->mu);
@@ -1701,7 +1792,7 @@ static void *writer_main(void *arg)
                 w->status = -2; /* fenced: nothing of it stored; the rest of the batch commits */
                 continue;
             }
-            any_ops |= w->nops > 0;
+            any_ops |= w->nops > 0 && !w->upkeep;
             rc = apply_write(s, w, received, err, sizeof err);
         }
         /* the other engines reload their registry once this commits (NOTIFY is transactional) */
@@ -1881,7 +1972,8 @@ static int pg_claim_unevaluated(store *base, const char *prompt, int limit, char
     pg_store *s = (pg_store *)base;
     pgq *q;
     if (claim_begin(s,
-                    "UPDATE traces SET engine = ?1 WHERE seq IN (SELECT seq FROM traces t WHERE t.prompt = ?3 AND "
+                    "UPDATE traces SET engine = ?1 WHERE prompt = ?3 AND (ts, seq) IN (SELECT ts, seq FROM traces t "
+                    "WHERE t.prompt = ?3 AND "
                     "t.verdict IS NULL AND (t.engine IS NULL OR (t.engine <> ?1 AND NOT EXISTS (SELECT 1 FROM "
                     "ratchet_engines e WHERE e.id = t.engine AND e.last_seen >= " DB_NOW_MS " - ?2))) ORDER BY "
                     "t.seq LIMIT ?4) AND verdict IS NULL AND (engine IS NULL OR (engine <> ?1 AND NOT EXISTS "
@@ -2037,7 +2129,7 @@ static int pg_get_trace_json(store *base, const char *id, buf_t *out, char *err,
 {
     pg_store *s = (pg_store *)base;
     pgq *q;
-    if (pg_read_begin(s, "SELECT " TRACE_COLUMNS ", received_at FROM traces WHERE id = ?1", &q, err, errlen))
+    if (pg_read_begin(s, "SELECT " TRACE_COLUMNS ", received_at FROM traces WHERE " BY_ID("?1"), &q, err, errlen))
         return -1;
     pgq_text(q, 1, id);
     int rc = pgq_step(q), ret = -1;
@@ -2156,7 +2248,7 @@ static int pg_get_traces_for_eval(store *base, char *const *ids, size_t n, char 
         return -1;
     int ret = 0;
     for (size_t i = 0; i < n && !ret; i++) {
-        pgq *q = pgq_new(c, "SELECT " TRACE_COLUMNS ", prompt, version FROM traces WHERE id = ?1");
+        pgq *q = pgq_new(c, "SELECT " TRACE_COLUMNS ", prompt, version FROM traces WHERE " BY_ID("?1"));
         pgq_text(q, 1, ids[i]);
         int rc = pgq_step(q);
         if (rc == PGQ_ERROR) {
@@ -2281,6 +2373,7 @@ static int pg_list_llm_calls_json(store *base, int64_t since_ms, const char *cal
 static const store_backend pg_backend = {
     .name = "postgres",
     .shared = true,
+    .upkeep = true,
     .metrics = pg_metrics,
     .flush = pg_flush,
     .close = pg_close,

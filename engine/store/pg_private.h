@@ -5,6 +5,7 @@
 #define RATCHET_STORE_PG_PRIVATE_H
 
 #include <libpq-fe.h>
+#include <pthread.h>
 
 #include "store/backend.h"
 
@@ -90,5 +91,44 @@ int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t sinc
                      int64_t step_ms, json_t **points, char *err, size_t errlen);
 int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                              const json_t *slice_keys, json_t **out, char *err, size_t errlen);
+
+/* A condition on traces selecting one trace by id, e.g. "WHERE " BY_ID("?1"): the id's ts from
+ * the id table prunes the scan to its day's partition at run time. traces has no index on id
+ * (one less index per insert): a bare "id = ?" reads every partition. */
+#define BY_ID(id) "id = " id " AND ts = (SELECT ts FROM trace_ids WHERE id = " id ")"
+
+/* ---- the daily partitions of traces (pg_partitions.c; docs/scale-out.md) ---- */
+#define PG_PARTS_AHEAD_DAYS 3   /* partitions made ahead of today by the leader */
+#define PG_PARTS_PAST_DAYS 366  /* without store.retention_days: days back a trace still gets its day's */
+
+typedef struct {
+    /* the writer thread's */
+    int64_t *days;          /* days (since 1970-01-01 UTC) that have a partition, sorted */
+    size_t n, cap;
+    bool loaded;
+    int retention_days;     /* 0: none */
+    int64_t ddl_after;      /* no DDL before (ms): a create or drop failed */
+    /* for status and metrics, under mu */
+    pthread_mutex_t mu;
+    int64_t count, oldest, newest; /* INT64_MIN: none */
+    uint64_t created, dropped, create_failures;
+} pg_parts;
+
+void pg_parts_init(pg_parts *p, int retention_days);
+void pg_parts_free(pg_parts *p);
+/* After a reconnect: read the catalog again before the next use. */
+void pg_parts_forget(pg_parts *p);
+/* Before a batch's transaction: creates the partitions its traces' days need (within the window,
+ * a few at most); a failure is logged and those traces go to traces_default. */
+void pg_parts_for_batch(pg_parts *p, PGconn *c, const int64_t *ts, size_t n, int64_t now);
+/* The leader's upkeep, in transactions of its own: yesterday's to PG_PARTS_AHEAD_DAYS ahead
+ * created, and with before_ms > 0 the partitions of days wholly before it dropped. */
+int pg_parts_upkeep(pg_parts *p, PGconn *c, int64_t now, int64_t before_ms, char *err, size_t errlen);
+/* In the batch's transaction: up to limit ids of traces older than before_ms's day (the dropped
+ * days', and those traces_default kept) deleted with their scores, feedback and trace rows; and
+ * the trace parts older than before_ms. */
+int pg_parts_cleanup(PGconn *c, int64_t before_ms, int64_t limit, char *err, size_t errlen);
+void pg_parts_status(pg_parts *p, json_t *out);
+void pg_parts_metrics(pg_parts *p, buf_t *b);
 
 #endif

@@ -35,6 +35,11 @@ bool store_shared(store *s)
     return s->be->shared;
 }
 
+bool store_has_upkeep(store *s)
+{
+    return s->be->upkeep;
+}
+
 bool store_leader(store *s)
 {
     return s->be->leader ? s->be->leader(s) : true;

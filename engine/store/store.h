@@ -142,6 +142,8 @@ struct store_write {
     store_op *ops, *ops_tail;  /* applied in order, after the items above */
     size_t nops;
     store_budget_claim *claim; /* or NULL; not owned */
+    bool upkeep;               /* store_delete_old_traces: retention and the store's upkeep */
+    int64_t retention_before_ms, retention_limit;
     bool fenced;               /* a decision of the loop leader: on PostgreSQL it commits only while
                                 * this engine still holds the leadership it had (docs/scale-out.md) */
     store_done_cb done;
@@ -180,6 +182,7 @@ typedef struct {
     const char *dsn;    /* postgres: a libpq connection string */
     int max_pending;
     int read_pool;      /* postgres: read connections kept open (0: 4) */
+    int retention_days; /* store.retention_days (0: none): postgres makes no partition for days past it */
 } store_options;
 /* Opens (creating and migrating) the store and starts its writer thread (and,
  * on SQLite, the checkpointer). Returns 0, or -1 with a message in err. */
@@ -375,9 +378,14 @@ typedef struct {
     const char *detail; /* JSON or NULL */
 } store_loop_state;
 void store_put_loop_state(store_write *w, const store_loop_state *ls);
-/* Deletes up to limit traces with ts < before_ms, oldest first, with their scores and
- * feedback, and the trace parts older than before_ms (retention, docs/scale-out.md). */
+/* Retention and upkeep (docs/scale-out.md), queued by the leader every second. On SQLite:
+ * deletes up to limit traces with ts < before_ms, oldest first, with their scores and feedback,
+ * and the trace parts older than before_ms. On PostgreSQL: makes the daily partitions of traces
+ * ahead, drops those of days wholly before before_ms, and deletes up to limit ids of such traces
+ * with their scores and feedback. before_ms 0: no retention (PostgreSQL's upkeep only). */
 void store_delete_old_traces(store_write *w, int64_t before_ms, int64_t limit);
+/* Whether the store wants store_delete_old_traces without a retention too (PostgreSQL). */
+bool store_has_upkeep(store *s);
 void store_put_loop_event(store_write *w, const char *prompt, const char *cycle, const char *kind, const char *message,
                           const char *detail_json, int64_t ts_ms);
 /* {prompt: {state, cycle, run_id, version, step, step_started, canary_started, last_cycle_at, updated_at, detail}} */

@@ -17,8 +17,13 @@
 # latency: the body is one short SSE burst, so first byte ~ last byte), and
 # ratchet's RSS before and after its concurrency-64 run, and the CPU time
 # (user + system, all threads) ratchet and the relay spend per request: the
-# steadiest figure on a shared machine.
+# steadiest figure on a shared machine; for ratchet also the loop thread's
+# own share of it (what limits its throughput).
 # The proxy under test runs on CPU 0; wrk and the upstream share CPU 1.
+# Ratchet's loop thread is pinned to CPU 0 and its other threads (the store's
+# writer and checkpointer, the trace capture thread, the thread pool) may
+# run on either CPU, as nginx's workers do; the CPU per request counts them
+# all.
 # Usage: bench/gateway.sh [seconds per run]   (default 10)
 #        SOAK_S=180 bench/gateway.sh   adds a c=64 soak with ratchet's RSS every 10 s
 set -euo pipefail
@@ -65,21 +70,33 @@ taskset -c 0,1 nginx -c "$OUT/nginx/nginx.conf" &
 sleep 0.5
 
 echo "machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), kernel $(uname -r)"
-echo "duration per run: ${DUR}s"
+echo "duration per run: ${DUR}s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }          # all threads
+loop_ticks() { awk '{print $14 + $15}' "/proc/$1/task/$1/stat"; }  # the main (loop) thread
 wrk_run() { # name conns url [env...]; with CPU_PID set, also that process's CPU per request
     local name=$1 c=$2 url=$3; shift 3
-    local t0=0
-    [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID")
+    local t0=0 l0=0
+    [ -n "${CPU_PID:-}" ] && t0=$(cpu_ticks "$CPU_PID") l0=$(loop_ticks "$CPU_PID")
     env "$@" taskset -c 1 wrk -t1 -c"$c" -d"${DUR}s" --latency -s bench/gateway.lua "$url" > "$OUT/$name.out" 2>&1 || true
     grep RESULT "$OUT/$name.out" > "$OUT/$name.res" || { echo "$name: no result"; cat "$OUT/$name.out"; }
     if [ -n "${CPU_PID:-}" ]; then
-        awk -v a="$t0" -v b="$(cpu_ticks "$CPU_PID")" -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$OUT/$name.res")" \
+        local hz n
+        hz=$(getconf CLK_TCK) n=$(field requests "$OUT/$name.res")
+        awk -v a="$t0" -v b="$(cpu_ticks "$CPU_PID")" -v hz="$hz" -v n="$n" \
             'BEGIN{printf "%.1f", (b - a) * 1e6 / hz / n}' > "$OUT/$name.cpu"
+        awk -v a="$l0" -v b="$(loop_ticks "$CPU_PID")" -v hz="$hz" -v n="$n" \
+            'BEGIN{printf "%.1f", (b - a) * 1e6 / hz / n}' > "$OUT/$name.loopcpu"
     fi
 }
 cpu() { cat "$OUT/$1.cpu" 2>/dev/null || echo "?"; }
+loopcpu() { cat "$OUT/$1.loopcpu" 2>/dev/null || echo "?"; }
+# pin_loop PID: the process's main (loop) thread on CPU 0, its other threads on either CPU
+pin_loop() {
+    local t
+    for t in /proc/$1/task/*; do taskset -p -c 0,1 "${t##*/}" > /dev/null; done
+    taskset -p -c 0 "$1" > /dev/null
+}
 line() { # label name
     printf '%-34s %8s req/s  p50 %6s us  p99 %6s us  non-200 %s errors %s\n' "$1" "$(rate "$OUT/$2.res")" \
         "$(field p50_us "$OUT/$2.res")" "$(field p99_us "$OUT/$2.res")" "$(field non200 "$OUT/$2.res")" \
@@ -105,6 +122,10 @@ curl -sf "http://$ADDR/v1/prompts/bench/versions" -H 'Content-Type: application/
 curl -sf "http://$ADDR/v1/prompts/bench/versions" -H 'Content-Type: application/json' -d "$v" > /dev/null
 curl -sf "http://$ADDR/v1/prompts/bench/promote" -H 'Content-Type: application/json' -d '{"version":1}' > /dev/null
 curl -sf "http://$ADDR/v1/prompts/bench/canary" -H 'Content-Type: application/json' -d '{"version":2,"share":0.1}' > /dev/null
+# a first call starts the threads made on demand (the capture thread), then the pinning
+curl -sf "http://$ADDR/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"ratchet:bench","ratchet_variables":{"ticket":"x"},"messages":[]}' > /dev/null
+pin_loop "$PID"
 CPU_PID=$PID wrk_run ratchet1 1 "http://$ADDR/" MODE=managed
 rss0=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$PID/status")
 CPU_PID=$PID wrk_run ratchet64 64 "http://$ADDR/" MODE=managed
@@ -131,6 +152,7 @@ if [ -x "$RELAY" ]; then
     taskset -c 0 "$RELAY" $RL "http://$UP/v1/chat/completions" > "$OUT/relay.log" 2>&1 &
     RPID=$!
     for _ in $(seq 100); do grep -q ready "$OUT/relay.log" 2>/dev/null && break; sleep 0.05; done
+    pin_loop "$RPID"
     CPU_PID=$RPID wrk_run relay1 1 "http://127.0.0.1:$RL/"
     CPU_PID=$RPID wrk_run relay64 64 "http://127.0.0.1:$RL/"
     wrk_run relay_s 1 "http://127.0.0.1:$RL/" STREAM=1
@@ -175,5 +197,7 @@ if [ "$rl" = yes ]; then
     echo "relay   added latency c=1: p50 $(add relay1 p50_us direct1) us, p99 $(add relay1 p99_us direct1) us; c=64: $(ratio relay64 nginx64)x nginx proxy_pass; stream added p50 $(add relay_s p50_us direct_s) us"
     echo "ratchet over the relay: c=1 p50 +$(add ratchet1 p50_us relay1) us, c=64 $(ratio ratchet64 relay64)x the relay's throughput"
     echo "CPU per request (all threads): ratchet c=1 $(cpu ratchet1) us, c=64 $(cpu ratchet64) us; relay c=1 $(cpu relay1) us, c=64 $(cpu relay64) us"
+    echo "CPU per request (loop thread): ratchet c=1 $(loopcpu ratchet1) us, c=64 $(loopcpu ratchet64) us; relay c=1 $(loopcpu relay1) us, c=64 $(loopcpu relay64) us"
 fi
 echo "ratchet RSS: ${rss0} MB after the c=1 run, ${rss1} MB after the c=64 run; traces captured ${stored}, dropped ${dropped}"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -25,7 +25,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "api/api_ingest.h"
+#include "api/api_capture.h"
 #include "api/api_request.h"
 #include "base/jtree.h"
 #include "base/log.h"
@@ -79,6 +79,7 @@ struct gw_call {
     buf_t sse;             /* a streamed answer, kept for the trace */
     bool sse_cut;
     uint64_t start_ns;
+    size_t body_len;       /* the caller's request body, for the capture queue's bound */
     gw_call *prev, *next;
 };
 
@@ -561,30 +562,134 @@ static json_t *trace_choices(const outcome *o)
     return all;
 }
 
-/* The trace, queued after the answer (api_capture_trace); a forwarded
- * call's figures and ledger row (llm.c records a translated one itself). */
+/* What a call leaves for its trace, handed to the capture thread
+ * (api_capture.h): everything here is the item's own, moved out of the
+ * call; the answer's bytes are read and the trace built on that thread. */
+enum answer_kind { ANSWER_NONE, ANSWER_JSON, ANSWER_ERROR_JSON, ANSWER_SSE };
+
+typedef struct {
+    api_capture_item item;  /* first */
+    api *a;
+    enum proto proto;
+    bool managed, stream, sse_cut, proxied;
+    int status;
+    size_t key;
+    int64_t version;
+    double latency_ms;
+    char trace_id[37];
+    char up_request_id[128];
+    char *provider, *model, *prompt, *caller, *retry_of, *error;
+    const char *chosen_by;  /* a static string */
+    json_t *vars, *sent;
+    enum answer_kind kind;
+    buf_t answer;           /* the provider's answer (kind), or empty */
+    outcome o;              /* read from it by build, or given */
+} gw_capture;
+
+static json_t *build_trace(api_capture_item *it);
+static void capture_done(api *a, api_capture_item *it);
+
+/* The trace, queued after the answer; o (its contents taken, or NULL) is an
+ * answer read already, else the answer's bytes of kind are copied for the
+ * capture thread to read. The call's request tree and strings move to the
+ * item. */
+static void capture_answer(gw_call *c, int status, const char *error, outcome *o, enum answer_kind kind,
+                           const char *answer, size_t len)
+{
+    gw_capture *k = xcalloc(1, sizeof *k);
+    k->item.build = build_trace;
+    k->item.done = capture_done;
+    k->a = c->a;
+    k->proto = c->proto;
+    k->managed = c->managed;
+    k->stream = c->stream;
+    k->sse_cut = c->sse_cut;
+    k->proxied = c->proxied;
+    k->status = status;
+    k->key = c->key;
+    k->version = c->version;
+    k->latency_ms = (double)(mono_ns() - c->start_ns) / 1e6;
+    memcpy(k->trace_id, c->trace_id, sizeof k->trace_id);
+    memcpy(k->up_request_id, c->up_request_id, sizeof k->up_request_id);
+    k->provider = c->provider, c->provider = NULL;
+    k->model = c->model, c->model = NULL;
+    k->prompt = c->prompt, c->prompt = NULL;
+    k->caller = c->caller, c->caller = NULL;
+    k->retry_of = c->retry_of, c->retry_of = NULL;
+    k->chosen_by = c->chosen_by;
+    k->vars = c->vars, c->vars = NULL;
+    k->sent = c->sent, c->sent = NULL;
+    k->error = error ? xstrdup(error) : NULL;
+    buf_init(&k->answer);
+    if (o) {
+        k->o = *o;
+        memset(o, 0, sizeof *o);
+    } else if (kind == ANSWER_SSE && answer == c->sse.data) {
+        k->kind = kind;
+        k->answer = c->sse; /* the stream kept for the trace moves over */
+        buf_init(&c->sse);
+    } else if (kind != ANSWER_NONE) {
+        k->kind = kind;
+        buf_append(&k->answer, answer ? answer : "", len);
+    }
+    k->item.bytes = sizeof *k + k->answer.cap + c->body_len; /* (the request tree, about its text's size) */
+    api_capture_trace(c->a, &k->item);
+}
+
 static void capture(gw_call *c, int status, const char *error, outcome *o)
 {
-    api *a = c->a;
-    if (c->proxied && a->llm)
-        llm_note_proxied(a->llm, c->provider, o && o->model[0] ? o->model : c->model, o ? o->in_tok : 0,
-                         o ? o->out_tok : 0, status_kind(status), error,
-                         (double)(mono_ns() - c->start_ns) / 1e6, c->up_request_id);
+    capture_answer(c, status, error, o, ANSWER_NONE, NULL, 0);
+}
+
+/* The provider's answer read for the trace (on the capture thread). */
+static void read_kept_answer(gw_capture *k)
+{
+    const char *body = k->answer.data ? k->answer.data : "";
+    size_t len = k->answer.len;
+    char err[600] = "";
+    if (k->kind == ANSWER_SSE) {
+        read_stream(body, len, &k->o);
+    } else if (k->kind == ANSWER_JSON) {
+        json_t *j = json_loadb(body, len, 0, NULL);
+        if (json_is_object(j))
+            read_answer(j, &k->o);
+        else
+            snprintf(err, sizeof err, "provider '%s' answered %d with a body that is not JSON", k->provider,
+                     k->status);
+        json_decref(j);
+    } else if (k->kind == ANSWER_ERROR_JSON) {
+        json_t *j = json_loadb(body, len, 0, NULL);
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        snprintf(err, sizeof err, "HTTP %d from provider '%s': %.400s", k->status, k->provider,
+                 m ? m : "(no message)");
+        json_decref(j);
+    }
+    if (err[0] && !k->error)
+        k->error = xstrdup(err);
+}
+
+/* The trace as POST /v1/traces takes it (on the capture thread). */
+static json_t *build_trace(api_capture_item *it)
+{
+    gw_capture *k = (gw_capture *)it;
+    read_kept_answer(k);
+    outcome *o = &k->o;
+    const char *error = k->error;
     json_t *t = json_object();
-    json_object_set_new(t, "id", json_string(c->trace_id));
-    json_t *pr = json_pack("{s:s}", "name", c->prompt);
-    if (c->version)
-        json_object_set_new(pr, "version", json_integer(c->version));
+    json_object_set_new(t, "id", json_string(k->trace_id));
+    json_t *pr = json_pack("{s:s}", "name", k->prompt);
+    if (k->version)
+        json_object_set_new(pr, "version", json_integer(k->version));
     json_object_set_new(t, "prompt", pr);
     json_t *input = json_object();
-    if (c->vars && json_object_size(c->vars))
-        json_object_set(input, "variables", c->vars);
+    if (k->vars && json_object_size(k->vars))
+        json_object_set(input, "variables", k->vars);
     json_t *msgs = json_array(), *m;
     size_t i;
-    json_t *sys = json_object_get(c->sent, "system");
+    json_t *sys = json_object_get(k->sent, "system");
     if (sys && (json_is_string(sys) || json_is_array(sys)))
         json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", "system", "content", sys));
-    json_array_foreach(json_object_get(c->sent, "messages"), i, m) {
+    json_array_foreach(json_object_get(k->sent, "messages"), i, m) {
         const char *role = json_string_value(json_object_get(m, "role"));
         json_t *content = json_object_get(m, "content");
         if (!role || !(json_is_string(content) || json_is_array(content) || json_is_null(content) || !content))
@@ -605,30 +710,51 @@ static void capture(gw_call *c, int status, const char *error, outcome *o)
         if (o->tool_calls)
             json_object_set_new(t, "tool_calls", trace_tool_calls(o->tool_calls));
     }
-    const char *model = o && o->model[0] ? o->model : c->model;
+    const char *model = o->model[0] ? o->model : k->model;
     if (model && strlen(model) <= 256)
         json_object_set_new(t, "model", json_string(model));
-    json_object_set_new(t, "latency_ms", json_real((double)(mono_ns() - c->start_ns) / 1e6));
-    if (o && o->has_usage && o->in_tok >= 0 && o->out_tok >= 0)
+    json_object_set_new(t, "latency_ms", json_real(k->latency_ms));
+    if (o->has_usage && o->in_tok >= 0 && o->out_tok >= 0)
         json_object_set_new(t, "usage", json_pack("{s:I, s:I}", "input_tokens", o->in_tok, "output_tokens",
                                                   o->out_tok));
-    json_t *meta = json_pack("{s:s, s:s, s:s, s:b, s:i}", "protocol", c->proto == P_OPENAI ? "openai" : "anthropic",
-                             "mode", c->managed ? "managed" : "pass-through", "provider", c->provider ? c->provider : "",
-                             "stream", c->stream, "status", status);
-    if (c->chosen_by)
-        json_object_set_new(meta, "chosen_by", json_string(c->chosen_by));
-    if (c->caller)
-        json_object_set_new(meta, "caller", json_string(c->caller));
-    if (c->sse_cut) /* the stream passed SSE_KEEP_MAX: the caller got it all, the trace its start */
+    json_t *meta = json_pack("{s:s, s:s, s:s, s:b, s:i}", "protocol", k->proto == P_OPENAI ? "openai" : "anthropic",
+                             "mode", k->managed ? "managed" : "pass-through", "provider", k->provider ? k->provider : "",
+                             "stream", k->stream, "status", k->status);
+    if (k->chosen_by)
+        json_object_set_new(meta, "chosen_by", json_string(k->chosen_by));
+    if (k->caller)
+        json_object_set_new(meta, "caller", json_string(k->caller));
+    if (k->sse_cut) /* the stream passed SSE_KEEP_MAX: the caller got it all, the trace its start */
         json_object_set_new(meta, "output_cut", json_true());
-    if (!error && o && o->nmore)
+    if (!error && o->nmore)
         json_object_set_new(meta, "choices", trace_choices(o));
     json_object_set_new(t, "metadata", json_pack("{s:o}", "gateway", meta));
-    if (c->retry_of)
-        json_object_set_new(t, "retry_of", json_string(c->retry_of));
-    api_capture_trace(a, t); /* checked as a tree by ingest_tree: no JSON text round trip */
-    if (o)
-        spend_tokens(a, c->key, (double)(o->in_tok + o->out_tok));
+    if (k->retry_of)
+        json_object_set_new(t, "retry_of", json_string(k->retry_of));
+    return t;
+}
+
+/* Back on the loop: a forwarded call's figures and ledger row (llm.c
+ * records a translated one itself), the key's tokens; then the item goes. */
+static void capture_done(api *a, api_capture_item *it)
+{
+    gw_capture *k = (gw_capture *)it;
+    outcome *o = &k->o;
+    if (k->proxied && a->llm)
+        llm_note_proxied(a->llm, k->provider, o->model[0] ? o->model : k->model, o->in_tok, o->out_tok,
+                         status_kind(k->status), k->error, k->latency_ms, k->up_request_id);
+    spend_tokens(a, k->key, (double)(o->in_tok + o->out_tok));
+    free(k->provider);
+    free(k->model);
+    free(k->prompt);
+    free(k->caller);
+    free(k->retry_of);
+    free(k->error);
+    json_decref(k->vars);
+    json_decref(k->sent);
+    buf_free(&k->answer);
+    outcome_free(o);
+    free(k);
 }
 
 /* The headers every answer carries: the trace id, and for a managed prompt
@@ -642,12 +768,11 @@ static void answer_headers(const gw_call *c, buf_t *h)
 
 static void finish_stream(gw_call *c, int status, const char *error)
 {
-    outcome o = {0};
-    if (!error)
-        read_stream(c->sse.data ? c->sse.data : "", c->sse.len, &o);
     http_stream_end(c->req);
-    capture(c, status, error, &o);
-    outcome_free(&o);
+    if (error)
+        capture(c, status, error, NULL);
+    else
+        capture_answer(c, status, NULL, NULL, ANSWER_SSE, c->sse.data, c->sse.len);
     call_free(c);
 }
 
@@ -801,26 +926,8 @@ static void on_upstream(httpc_req *r, const httpc_response *resp, void *ud)
                  body, len);
     buf_free(&hdr);
     buf_free(&out);
-    /* the answer is on its way: now the trace */
-    outcome o = {0};
-    char err[600] = "";
-    if (ok) {
-        json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
-        if (json_is_object(j))
-            read_answer(j, &o);
-        else
-            snprintf(err, sizeof err, "provider '%s' answered %d with a body that is not JSON", c->provider,
-                     resp->status);
-        json_decref(j);
-    } else {
-        json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
-        const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
-        snprintf(err, sizeof err, "HTTP %d from provider '%s': %.400s", resp->status, c->provider,
-                 m ? m : "(no message)");
-        json_decref(j);
-    }
-    capture(c, resp->status, err[0] ? err : NULL, &o);
-    outcome_free(&o);
+    /* the answer is on its way: now the trace, read and built on the capture thread */
+    capture_answer(c, resp->status, NULL, NULL, ok ? ANSWER_JSON : ANSWER_ERROR_JSON, resp->body, resp->body_len);
     call_free(c);
 }
 
@@ -1422,6 +1529,7 @@ static void gateway_request(const api_call *ac, enum proto p)
     c->proto = p;
     c->key = key;
     c->start_ns = req->start_ns;
+    c->body_len = req->body.len;
     c->stream = json_is_true(stream);
     id_uuid7(c->trace_id);
     c->retry_of = retry ? xstrdup(retry) : NULL;

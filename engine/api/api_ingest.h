@@ -13,16 +13,5 @@ void api_get_trace(const api_call *c);
 /* After a commit of traces or feedback: what was accepted goes to online
  * evaluation and the loop (every front door calls it: ingest, OTLP). */
 void api_ingest_committed(api *a, const store_write *w);
-/* Queues one trace (a JSON object as POST /v1/traces takes it; the
- * reference is taken) for the store, never waiting: captured traces are
- * gathered for at most 20 ms (or 256 of them), then pass ingest's checks as
- * a tree (ingest_tree: no text round trip) and go to the group-commit writer
- * as one write; online evaluation follows the commit. What fails the checks
- * or finds the writer's queue full is counted and logged. */
-void api_capture_trace(api *a, json_t *trace);
-/* Sends what is gathered now (at shutdown, before the store's flush). */
-void api_capture_flush(api *a);
-/* The same, then frees the queue (its timer closes with the loop). */
-void api_capture_close(api *a);
 
 #endif

@@ -86,3 +86,31 @@ gateway = { providers = { "oa" } }
     assert.equal(st.dropped, engine.json.decode(json_out).gateway.traces.dropped)
   end)
 end)
+
+-- The capture thread at shutdown: what it was handed is built, checked and
+-- committed before the store closes, and each forwarded call's ledger row
+-- (written once its trace is read) with it.
+describe("the gateway's trace capture at shutdown", function()
+  it("stores the trace and the ledger row of every call answered before SIGTERM", function()
+    local fake = fake_llm.start { api_key = KEY }
+    local e = engine.start { config = string.format([[
+access_log = false
+provider "oa" { kind = "openai", base_url = %q, api_key = %q, default_model = "m-1", max_retries = 0 }
+gateway = { providers = { "oa" } }
+]], "http://" .. fake.addr .. "/v1", KEY) }
+    local n = 40
+    for i = 1, n do
+      local r = e:post("/v1/chat/completions",
+        { model = "gpt-4o-mini", messages = { { role = "user", content = "call " .. i } } })
+      assert.equal(200, r.status, r.body)
+    end
+    -- at once: the last calls' traces are still gathered on the capture thread
+    e:stop { keep = true }
+    fake:stop()
+    assert.equal(tostring(n), e:sql("SELECT count(*) FROM traces"))
+    assert.equal(tostring(n), e:sql("SELECT count(*) FROM llm_calls"))
+    assert.equal("call " .. n, e:sql("SELECT json_extract(body, '$.input.messages[0].content') FROM traces " ..
+      "ORDER BY seq DESC LIMIT 1"))
+    os.execute("rm -rf " .. q(e.dir))
+  end)
+end)

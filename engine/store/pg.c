@@ -2516,9 +2516,13 @@ static int pg_list_traces_json(store *base, const store_trace_query *qr, buf_t *
         /* along the tag's rows (migration 8), newest first: (tag, prompt, ts, seq) or (tag, ts, seq),
          * each trace found by seq. Joined on seq alone: with "AND traces.ts = tag_ts" too the
          * planner multiplies the two conditions' selectivities, expects one row, and at a common
-         * tag hashes both tables whole (2.7 s at a million traces, bench/RESULTS.md) */
-        buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM trace_tags JOIN traces ON traces.seq = tag_seq "
-                       "WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
+         * tag hashes both tables whole (2.7 s at a million traces, bench/RESULTS.md). Since the
+         * partitioning traces has no index on seq alone: each tag row takes its trace by (ts, seq)
+         * in a LATERAL subquery (its LIMIT keeps the planner from flattening it into a join), an
+         * index probe of one partition per row, and the tags' order stops the scan at the page */
+        buf_puts(&sql, "SELECT " TRACE_COLUMNS ", seq FROM trace_tags CROSS JOIN LATERAL (SELECT " TRACE_COLUMNS
+                       ", seq, prompt, version FROM traces WHERE traces.ts = tag_ts AND traces.seq = tag_seq "
+                       "LIMIT 1) traces WHERE tag = ?10 AND tag_ts >= ?1 AND tag_ts < ?2");
         if (qr->prompt)
             buf_puts(&sql, " AND tag_prompt = ?3");
         if (qr->has_cursor)

@@ -52,6 +52,16 @@ typedef struct {
 void store_case_tally_init(store_case_tally *t, int64_t current);
 void store_case_tally_row(store_case_tally *t, const char *id, int64_t added, int64_t removed);
 void store_case_tally_end(store_case_tally *t, json_t *versions); /* and frees */
+/* New traces summed per (prompt, version, minute), what each backend adds to its
+ * trace_minutes rollup for a write: traces[0..n) (the caller's array of the
+ * write's accepted traces) sorted in place and summed into out, which has room
+ * for n; returns how many sums. */
+typedef struct {
+    const char *prompt;
+    int64_t version, minute, traces, retries, lat_n, cost_n, tok_n;
+    double lat, cost, tok;
+} store_minute_sum;
+size_t store_minute_sums(store_trace **traces, size_t n, store_minute_sum *out);
 /* Calls done on each write of a committed list (linked by next), in order,
  * on the loop thread. */
 void store_writes_done(store_write *w);

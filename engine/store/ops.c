@@ -293,6 +293,45 @@ void store_case_tally_end(store_case_tally *t, json_t *versions)
     free(t->changed);
 }
 
+static int by_minute(const void *a, const void *b)
+{
+    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
+    int c = strcmp(x->prompt, y->prompt);
+    if (c)
+        return c;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
+    return mx < my ? -1 : mx > my;
+}
+
+size_t store_minute_sums(store_trace **acc, size_t n, store_minute_sum *out)
+{
+    qsort(acc, n, sizeof *acc, by_minute);
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        store_minute_sum *m = &out[k++];
+        memset(m, 0, sizeof *m);
+        m->prompt = acc[i]->prompt;
+        m->version = acc[i]->version;
+        m->minute = acc[i]->ts_ms / 60000;
+        size_t j = i;
+        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
+            const store_trace *t = acc[j];
+            m->traces++;
+            m->retries += t->retry_of != NULL;
+            if (t->has_latency)
+                m->lat += t->latency_ms, m->lat_n++;
+            if (t->has_cost)
+                m->cost += t->cost_usd, m->cost_n++;
+            if (t->has_tokens)
+                m->tok += t->tokens, m->tok_n++;
+        }
+        i = j;
+    }
+    return k;
+}
+
 void store_writes_done(store_write *w)
 {
     while (w) {

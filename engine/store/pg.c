@@ -1611,18 +1611,6 @@ static int insert_traces(pg_store *s, store_write *batch, bool fence_ok, int64_t
     return rc;
 }
 
-static int by_minute(const void *a, const void *b)
-{
-    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
-    int c = strcmp(x->prompt, y->prompt);
-    if (c)
-        return c;
-    if (x->version != y->version)
-        return x->version < y->version ? -1 : 1;
-    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
-    return mx < my ? -1 : mx > my;
-}
-
 /* The traces the batch stored, summed per (prompt, version, minute) into trace_minute_changes
  * in one statement (migration 7 folds them into trace_minutes at COMMIT). A new trace has no
  * verdict and no negative feedback yet: the triggers on traces count those when they come. */
@@ -1639,29 +1627,17 @@ static int add_trace_minutes(pg_store *s, store_write *batch, bool fence_ok, cha
         for (size_t i = 0; !(w->fenced && !fence_ok) && i < w->ntraces; i++)
             if (w->trace_results[i] == STORE_ACCEPTED)
                 acc[n++] = &w->traces[i];
-    qsort(acc, n, sizeof *acc, by_minute);
+    store_minute_sum *sums = xmalloc((n ? n : 1) * sizeof *sums);
+    size_t nsums = store_minute_sums(acc, n, sums);
     json_t *rows = json_array();
-    for (size_t i = 0; i < n;) {
-        int64_t traces = 0, retries = 0, lat_n = 0, cost_n = 0, tok_n = 0;
-        double lat = 0, cost = 0, tok = 0;
-        size_t j = i;
-        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
-            const store_trace *t = acc[j];
-            traces++;
-            retries += t->retry_of != NULL;
-            if (t->has_latency)
-                lat += t->latency_ms, lat_n++;
-            if (t->has_cost)
-                cost += t->cost_usd, cost_n++;
-            if (t->has_tokens)
-                tok += t->tokens, tok_n++;
-        }
-        json_array_append_new(rows, json_pack("[s, I, I, I, I, f, I, f, I, f, I]", acc[i]->prompt,
-                                              (json_int_t)acc[i]->version, (json_int_t)(acc[i]->ts_ms / 60000),
-                                              (json_int_t)traces, (json_int_t)retries, lat, (json_int_t)lat_n, cost,
-                                              (json_int_t)cost_n, tok, (json_int_t)tok_n));
-        i = j;
+    for (size_t i = 0; i < nsums; i++) {
+        const store_minute_sum *m = &sums[i];
+        json_array_append_new(rows, json_pack("[s, I, I, I, I, f, I, f, I, f, I]", m->prompt, (json_int_t)m->version,
+                                              (json_int_t)m->minute, (json_int_t)m->traces, (json_int_t)m->retries,
+                                              m->lat, (json_int_t)m->lat_n, m->cost, (json_int_t)m->cost_n, m->tok,
+                                              (json_int_t)m->tok_n));
     }
+    free(sums);
     free(acc);
     int rc = 0;
     if (json_array_size(rows)) {

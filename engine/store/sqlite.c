@@ -881,18 +881,6 @@ static int insert_feedback(sqlite_store *s, const char *id, const char *trace_id
     return SQLITE_OK;
 }
 
-static int by_minute(const void *a, const void *b)
-{
-    const store_trace *x = *(const store_trace *const *)a, *y = *(const store_trace *const *)b;
-    int c = strcmp(x->prompt, y->prompt);
-    if (c)
-        return c;
-    if (x->version != y->version)
-        return x->version < y->version ? -1 : 1;
-    int64_t mx = x->ts_ms / 60000, my = y->ts_ms / 60000;
-    return mx < my ? -1 : mx > my;
-}
-
 /* The traces this write stored, summed into trace_minutes: one upsert per
  * (prompt, version, minute), in the write's transaction. A new trace has no
  * verdict and no negative feedback yet (the triggers on traces count those
@@ -904,40 +892,28 @@ static int add_trace_minutes(sqlite_store *s, store_write *w)
     for (size_t i = 0; i < w->ntraces; i++)
         if (w->trace_results[i] == STORE_ACCEPTED)
             acc[n++] = &w->traces[i];
-    qsort(acc, n, sizeof *acc, by_minute);
+    store_minute_sum *sums = xmalloc((n ? n : 1) * sizeof *sums);
+    size_t nsums = store_minute_sums(acc, n, sums);
     int rc = SQLITE_OK;
-    for (size_t i = 0; i < n && rc == SQLITE_OK;) {
-        int64_t traces = 0, retries = 0, lat_n = 0, cost_n = 0, tok_n = 0;
-        double lat = 0, cost = 0, tok = 0;
-        size_t j = i;
-        for (; j < n && by_minute(&acc[i], &acc[j]) == 0; j++) {
-            const store_trace *t = acc[j];
-            traces++;
-            retries += t->retry_of != NULL;
-            if (t->has_latency)
-                lat += t->latency_ms, lat_n++;
-            if (t->has_cost)
-                cost += t->cost_usd, cost_n++;
-            if (t->has_tokens)
-                tok += t->tokens, tok_n++;
-        }
+    for (size_t i = 0; i < nsums && rc == SQLITE_OK; i++) {
+        const store_minute_sum *m = &sums[i];
         sqlite3_stmt *st = s->add_minute;
-        sqlite3_bind_text(st, 1, acc[i]->prompt, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, acc[i]->version);
-        sqlite3_bind_int64(st, 3, acc[i]->ts_ms / 60000);
-        sqlite3_bind_int64(st, 4, traces);
-        sqlite3_bind_int64(st, 5, retries);
-        sqlite3_bind_double(st, 6, lat);
-        sqlite3_bind_int64(st, 7, lat_n);
-        sqlite3_bind_double(st, 8, cost);
-        sqlite3_bind_int64(st, 9, cost_n);
-        sqlite3_bind_double(st, 10, tok);
-        sqlite3_bind_int64(st, 11, tok_n);
+        sqlite3_bind_text(st, 1, m->prompt, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, m->version);
+        sqlite3_bind_int64(st, 3, m->minute);
+        sqlite3_bind_int64(st, 4, m->traces);
+        sqlite3_bind_int64(st, 5, m->retries);
+        sqlite3_bind_double(st, 6, m->lat);
+        sqlite3_bind_int64(st, 7, m->lat_n);
+        sqlite3_bind_double(st, 8, m->cost);
+        sqlite3_bind_int64(st, 9, m->cost_n);
+        sqlite3_bind_double(st, 10, m->tok);
+        sqlite3_bind_int64(st, 11, m->tok_n);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
-        i = j;
     }
+    free(sums);
     free(acc);
     return rc;
 }

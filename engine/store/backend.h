@@ -62,6 +62,45 @@ typedef struct {
     double lat, cost, tok;
 } store_minute_sum;
 size_t store_minute_sums(store_trace **traces, size_t n, store_minute_sum *out);
+/* The online metrics of a prompt (window.c): the figures of a window, its slices and its
+ * series, assembled in one shape from the rows each backend reads in its own SQL. A window
+ * [since, until) is read as whole minutes of the rollups (trace_minutes, score_minutes) and
+ * the traces and scores of the partial minutes at its edges. */
+typedef enum { WINDOW_SCAN, WINDOW_ROLLUP } store_window_source;
+typedef struct {
+    int64_t traces, evaluated, passed, failures, errors, negative, retries;
+    double latency, cost, tokens;        /* sums */
+    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
+} store_window_totals;
+/* What a backend reads, on one snapshot, for the prompt and version it holds in ctx: each
+ * function adds the rows of [from, to) (ms for WINDOW_SCAN, minutes for WINDOW_ROLLUP;
+ * never empty) and returns 0, or -1 with err set. with_costs false: the latency, cost and
+ * tokens need not be read and are left out of the figures. */
+typedef struct store_window_reader store_window_reader;
+struct store_window_reader {
+    void *ctx;
+    bool with_costs;
+    int (*totals)(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
+                  store_window_totals *w, char *err, size_t errlen);
+    int (*evaluators)(const store_window_reader *r, store_window_source src, int64_t from, int64_t to, json_t *acc,
+                      char *err, size_t errlen);
+};
+/* A totals row: traces, evaluated, passed, failures, errors, negative, retries, latency
+ * sum, latency n, cost sum, cost n, tokens sum, tokens n. */
+void store_window_totals_add(store_window_totals *w, const double row[13]);
+/* An evaluators row of one evaluator: n, passed, failures, errors, required. */
+void store_window_evaluator_add(json_t *acc, const char *evaluator, const double row[5]);
+/* {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, [latency_ms,
+ * cost, tokens,] evaluators} of [since, until) */
+int store_window_metrics(const store_window_reader *r, int64_t since, int64_t until, json_t **out, char *err,
+                         size_t errlen);
+/* One point a step from since to until, each the window's figures with its since_ms. */
+int store_window_series(const store_window_reader *r, int64_t since, int64_t until, int64_t step, json_t **points,
+                        char *err, size_t errlen);
+/* A slice row (a metadata key's value, NULL when none, and its evaluated and passed traces)
+ * into slices as "metadata.KEY=VALUE". At most STORE_SLICE_VALUES values a key. */
+#define STORE_SLICE_VALUES 50
+void store_window_slice_add(json_t *slices, const char *key, const char *value, double evaluated, double passed);
 /* Calls done on each write of a committed list (linked by next), in order,
  * on the loop thread. */
 void store_writes_done(store_write *w);

@@ -64,6 +64,10 @@ typedef struct otlp_job {
     int read_rc;
     char read_err[256];
     bool join_read, parsed;
+    /* after the commit: traces formed from a part that holds both halves
+     * (settle_pairs) */
+    ingest_batch sb;
+    bool have_sb;
 } otlp_job;
 
 /* ---- answers ---- */
@@ -191,6 +195,8 @@ static void job_free(otlp_job *job)
         ingest_batch_free(&job->tb);
     if (job->have_fb)
         ingest_batch_free(&job->fb);
+    if (job->have_sb)
+        ingest_batch_free(&job->sb);
     json_decref(job->answers);
     free(job->rule_name);
     free(job);
@@ -366,16 +372,113 @@ static void count_results(otlp_job *job, const store_write *w)
 static void submit_feedback(otlp_job *job);
 static void submit_job(otlp_job *job);
 
+static bool settle_pairs(otlp_job *job);
+
 static void on_committed(store_write *w)
 {
     otlp_job *job = w->data;
     api_ingest_committed(job->a, w);
     count_results(job, w);
     if (w == &job->tb.write && !job->store_failed) {
-        submit_feedback(job);
+        if (!settle_pairs(job))
+            submit_feedback(job);
         return;
     }
     finish(job);
+}
+
+/* ---- after the commit: two halves that missed each other ---- */
+
+/* A span naming the prompt and its log records naming none, sent in two
+ * requests at once, may each read the store's waiting parts (join_read)
+ * before the other commits: both then wait, merged into one part that
+ * holds the records' trace (its output) and the span's prompt, and nothing
+ * forms the trace. So after its commit a request reads again the parts it
+ * left waiting. Of two such requests at least one reads after both
+ * commits, and forms the trace from a part holding both halves; when both
+ * do, the second insert is a duplicate. The request's own items are on disk
+ * already: a failure here is logged, the part keeps waiting as before, and
+ * the answer is still the request's. */
+static void on_settled(store_write *w)
+{
+    otlp_job *job = w->data;
+    api_ingest_committed(job->a, w);
+    uint64_t *n = job->a->otlp_n[job->sig].items;
+    for (size_t i = 0; i < w->ntraces; i++)
+        if (w->status)
+            log_warn("otlp", "trace %s: its span and log records wait as one part; storing the trace they form failed "
+                     "(store error %d); the part keeps waiting", w->traces[i].id, w->status);
+        else
+            n[w->trace_results[i] == STORE_ACCEPTED ? R_ACCEPTED : R_DUPLICATE]++;
+    submit_feedback(job);
+}
+
+static void settle_read_done(uv_work_t *req, int status)
+{
+    otlp_job *job = req->data;
+    if (status != 0 || job->read_rc != 0) {
+        log_warn("otlp", "reading back the parts a request left waiting failed (%s); they keep waiting",
+                 status ? uv_strerror(status) : job->read_err);
+        free_ids(job);
+        submit_feedback(job);
+        return;
+    }
+    json_t *formed = json_array();
+    for (size_t i = 0; i < job->nids; i++) {
+        json_t *p = job->bodies[i] ? json_loads(job->bodies[i], 0, NULL) : NULL;
+        /* an output comes only from the records' trace, a prompt only from the span's part */
+        if (json_is_object(p) && json_object_get(p, "output") && json_is_object(json_object_get(p, "prompt"))) {
+            json_object_set_new(p, "id", json_string(job->ids[i]));
+            json_array_append(formed, p);
+        }
+        json_decref(p);
+    }
+    free_ids(job);
+    const char *code;
+    char err[256];
+    if (!json_array_size(formed) ||
+        ingest_tree(INGEST_TRACES, formed, SIZE_MAX, now_ms(), &job->sb, &code, err, sizeof err) != 0) {
+        json_decref(formed);
+        submit_feedback(job);
+        return;
+    }
+    job->have_sb = true;
+    for (size_t i = 0; i < job->sb.nitems; i++)
+        if (job->sb.items[i].write_index < 0)
+            log_warn("otlp", "trace %s: its span and log records wait as one part that is not a valid trace (%s %s)",
+                     json_string_value(json_object_get(json_array_get(formed, i), "id")),
+                     job->sb.items[i].nerrors ? job->sb.items[i].errors[0].path : "",
+                     job->sb.items[i].nerrors ? job->sb.items[i].errors[0].message : "");
+    json_decref(formed);
+    store_write *w = &job->sb.write;
+    for (size_t i = 0; i < w->ntraces; i++)
+        w->traces[i].join_part = true; /* the waiting part merged in and deleted */
+    w->done = on_settled;
+    w->data = job;
+    if (!w->ntraces || store_submit(job->a->store, w) != 0)
+        submit_feedback(job); /* nothing to store, or the queue is full: the part keeps waiting */
+}
+
+static void settle_read_work(uv_work_t *w);
+
+/* Reads back the parts this request left waiting; false when there are none. */
+static bool settle_pairs(otlp_job *job)
+{
+    const store_write *w = &job->tb.write;
+    size_t n = 0;
+    for (size_t i = 0; i < w->nparts; i++)
+        n += w->part_results[i] == STORE_PART_WAITING;
+    if (!n)
+        return false;
+    free_ids(job);
+    job->ids = xcalloc(n, sizeof *job->ids);
+    job->bodies = xcalloc(n, sizeof *job->bodies);
+    for (size_t i = 0; i < w->nparts; i++)
+        if (w->part_results[i] == STORE_PART_WAITING)
+            job->ids[job->nids++] = xstrdup(w->parts[i].id);
+    job->read.data = job;
+    uv_queue_work(job->a->loop, &job->read, settle_read_work, settle_read_done);
+    return true;
 }
 
 static bool submit(otlp_job *job, store_write *w)
@@ -466,6 +569,11 @@ static void join_read_work(uv_work_t *w)
     otlp_job *job = w->data;
     job->read_rc = store_get_trace_parts(job->a->store, job->ids, job->nids, job->bodies, job->read_err,
                                          sizeof job->read_err);
+}
+
+static void settle_read_work(uv_work_t *w)
+{
+    join_read_work(w);
 }
 
 static void join_read_done(uv_work_t *w, int status)

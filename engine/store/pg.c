@@ -1727,10 +1727,11 @@ static char *patched(const char *text1, size_t len1, const char *text2, size_t l
     return out;
 }
 
-/* Patches the stored row's body (table traces or trace_parts) with json; *found says whether
- * the row was there. */
-static int patch_row(pg_store *s, bool parts, const char *id, const char *json, size_t len, bool *found, char *err,
-                     size_t errlen)
+/* Patches the stored row's body (table traces or trace_parts) with json (or,
+ * under, json patched by the stored body: the stored fields win); *found
+ * says whether the row was there. */
+static int patch_row(pg_store *s, bool parts, bool under, const char *id, const char *json, size_t len, bool *found,
+                     char *err, size_t errlen)
 {
     pgq *q = pgq_new(s->wconn, parts ? "SELECT body FROM trace_parts WHERE id = ?1 FOR UPDATE"
                                      : "SELECT body FROM traces WHERE " BY_ID("?1") " FOR UPDATE");
@@ -1739,7 +1740,8 @@ static int patch_row(pg_store *s, bool parts, const char *id, const char *json, 
     *found = rc == PGQ_ROW;
     char *text = NULL;
     if (rc == PGQ_ROW)
-        text = patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len, !parts);
+        text = under ? patched(json, len, pgq_col(q, 0), (size_t)pgq_len(q, 0), false)
+                     : patched(pgq_col(q, 0), (size_t)pgq_len(q, 0), json, len, !parts);
     else if (rc == PGQ_ERROR)
         snprintf(err, errlen, "%s", q->err);
     pgq_free(q);
@@ -1776,7 +1778,7 @@ static int join_waiting_part(pg_store *s, const char *id, char *err, size_t errl
     if (!part)
         return 0;
     bool found;
-    rc = patch_row(s, false, id, part, strlen(part), &found, err, errlen);
+    rc = patch_row(s, false, false, id, part, strlen(part), &found, err, errlen);
     free(part);
     return rc;
 }
@@ -1800,14 +1802,16 @@ static int apply_part(pg_store *s, const store_trace_part *p, int64_t received, 
             *result = STORE_PART_DUPLICATE;
             return 0;
         }
-    } else if (patch_row(s, false, p->id, p->json, p->json_len, &found, err, errlen)) {
+    } else if (patch_row(s, false, false, p->id, p->json, p->json_len, &found, err, errlen)) {
         return -1;
     } else if (found) {
         *result = STORE_PART_MERGED;
         return 0;
     }
     *result = STORE_PART_WAITING;
-    if (patch_row(s, true, p->id, p->json, p->json_len, &found, err, errlen))
+    /* a part that only waits (log records' trace) goes under the one
+     * waiting: the span's fields win, in whichever order the two came */
+    if (patch_row(s, true, p->waits_only, p->id, p->json, p->json_len, &found, err, errlen))
         return -1;
     if (found)
         return 0;

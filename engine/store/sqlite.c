@@ -930,6 +930,11 @@ static const char patch_trace_sql[] = "UPDATE traces SET body = json_patch(body,
 static const char keep_part_sql[] =
     "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3) "
     "ON CONFLICT(id) DO UPDATE SET body = json_patch(trace_parts.body, excluded.body)";
+/* a part that only waits (log records' trace) goes under the one waiting:
+ * the span's fields win, in whichever order the two were stored */
+static const char keep_under_sql[] =
+    "INSERT INTO trace_parts(id, ts, body) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT(id) DO UPDATE SET body = json_patch(excluded.body, trace_parts.body)";
 static const char expire_parts_sql[] = "DELETE FROM trace_parts WHERE ts < ?1";
 
 /* A trace just inserted takes the part that waited for it. */
@@ -976,7 +981,7 @@ static int apply_part(sqlite_store *s, const store_trace_part *p, int64_t receiv
         *result = STORE_PART_MERGED;
         return SQLITE_OK;
     }
-    if (!(st = op_statement(s, keep_part_sql)))
+    if (!(st = op_statement(s, p->waits_only ? keep_under_sql : keep_part_sql)))
         return SQLITE_ERROR;
     sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, received);

@@ -52,7 +52,8 @@ typedef struct {
     char *id;
     char *json;
     size_t json_len;
-    bool waits_only;  /* only to wait for its trace: when the trace is there already, nothing changes (a duplicate) */
+    bool waits_only;  /* only to wait for its trace: when the trace is there already, nothing changes (a
+                       * duplicate); merged under a part already waiting (that part's fields win) */
 } store_trace_part;
 
 #define STORE_PART_TTL_MS (24 * 3600 * 1000LL)

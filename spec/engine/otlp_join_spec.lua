@@ -162,6 +162,48 @@ prompt "support" { evaluators = { { "contains", options = { value = "refund" } }
     end)
   end
 
+  -- docs/otlp.md, "Joining a span and its log records": the two requests
+  -- in flight at once may each read the store before the other commits
+  -- (both then wait as one part); the request that reads its part again
+  -- after both commits forms the trace. 24 pairs, each pair's two requests
+  -- started together by curl (before the fix about half of them never
+  -- formed a trace); the outcome does not depend on who wins.
+  it("forms the trace when the span and its records are sent at the same instant", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local on_span = { ["ratchet.prompt.name"] = sv("support") }
+    local ids, script = {}, { "set -e" }
+    for i = 1, 24 do
+      local tid, sid = string.format("%032x", 0xf00 + i), string.format("%016x", 0x700 + i)
+      ids[i] = tid .. "-" .. sid
+      local f = assert(io.open(dir .. "/span" .. i, "w")); f:write(span_body(tid, sid, on_span)); f:close()
+      f = assert(io.open(dir .. "/logs" .. i, "w")); f:write(logs_body(tid, sid, true)); f:close()
+      for _, kind in ipairs { { "span", "traces" }, { "logs", "logs" } } do
+        script[#script + 1] = string.format("curl -s -o /dev/null -w '%%{http_code}\\n' -H 'Authorization: Bearer %s' " ..
+          "-H 'Content-Type: application/json' --data-binary @%s/%s%d http://%s/v1/%s >> %s/codes &",
+          TOKEN, dir, kind[1], i, otlp.addr, kind[2], dir)
+      end
+    end
+    script[#script + 1] = "wait"
+    assert(os.execute(table.concat(script, "\n")))
+    local codes = assert(io.open(dir .. "/codes")):read("a")
+    os.execute("rm -rf " .. dir)
+    local n200 = 0
+    for c in codes:gmatch("%d+") do assert.equal("200", c); n200 = n200 + 1 end
+    assert.equal(48, n200)
+    for _, id in ipairs(ids) do
+      local t = check(id)
+      assert.same({ name = "support" }, t.prompt)
+    end
+    -- a trace formed after the commit is evaluated online like any other
+    local t = engine.eventually(5 * engine.slow, function()
+      local r = e:get("/v1/traces/" .. ids[1], admin)
+      if r.json.verdict ~= "unevaluated" then return r.json end
+    end)
+    assert.equal("pass", t.verdict)
+  end)
+
   it("rejects the records as unlinked when their span came first and names no prompt", function()
     local tid, sid = string.rep("e5", 16), "0000000000000005"
     send("/v1/traces", span_body(tid, sid, { ["app.feature"] = sv("x") })) -- no prompt anywhere

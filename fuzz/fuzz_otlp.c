@@ -106,10 +106,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc == 0) {
             if (b.nitems != tb.nitems)
                 abort();
-            for (size_t k = 0; k < b.nitems; k++)
+            for (size_t k = 0; k < b.nitems; k++) {
                 if ((b.items[k].write_index < 0) != (tb.items[k].write_index < 0) ||
                     b.items[k].nerrors != tb.items[k].nerrors)
                     abort(); /* ... and on each item */
+                if (tb.items[k].write_index >= 0) {
+                    /* the tree path's stored text (written in the view's walk) is jtree_dump's, byte for byte */
+                    const store_trace *st = &tb.write.traces[tb.items[k].write_index];
+                    char *want = jtree_dump(json_array_get(m.traces, k));
+                    if (st->json_len != strlen(want) || memcmp(st->json, want, st->json_len))
+                        abort();
+                    free(want);
+                }
+            }
             ingest_batch_free(&b);
             ingest_batch_free(&tb);
         } else if (rc > 0 && (!code || !err[0] || !tcode || !terr[0])) {

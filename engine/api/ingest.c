@@ -1395,6 +1395,7 @@ typedef struct arena_chunk {
 typedef struct {
     arena_chunk *head;
     const char *bad; /* the first reason the tree cannot be stored as JSON text */
+    bool gen_failed; /* the text's writer failed (view_of) */
 } arena;
 
 static void *arena_alloc(arena *a, size_t n)
@@ -1422,23 +1423,30 @@ static void arena_free(arena *a)
     a->head = NULL;
 }
 
-/* v as decimal text into r (at least 21 bytes). */
-static void int_text(json_int_t v, char *r)
+/* v as decimal text into r (at least 21 bytes); returns its length. */
+static size_t int_text(json_int_t v, char *r)
 {
     char t[24];
-    size_t n = 0;
+    size_t n = 0, len;
     uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
     do
         t[n++] = (char)('0' + u % 10);
     while ((u /= 10) != 0);
+    len = n + (v < 0);
     if (v < 0)
         *r++ = '-';
     while (n)
         *r++ = t[--n];
     *r = '\0';
+    return len;
 }
 
-static yajl_val view_of(arena *a, json_t *j, int depth)
+/* The view of j, and its stored text written by g in the same walk: each
+ * number's text is made once, for both (yajl_gen_integer would printf it,
+ * and the view's real text would be made again by a separate dump). The
+ * text is byte for byte jtree_dump's. g stops being fed after an error;
+ * a->gen_failed then tells the caller to write the text apart. */
+static yajl_val view_of(arena *a, yajl_gen g, json_t *j, int depth)
 {
     yajl_val v = arena_alloc(a, sizeof *v);
     memset(v, 0, sizeof *v);
@@ -1448,6 +1456,7 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
             a->bad = "is nested deeper than " STR(INGEST_MAX_DEPTH) " levels";
         return v;
     }
+#define GEN(call) (void)(a->gen_failed || a->bad || (a->gen_failed = (call) != yajl_gen_status_ok))
     switch (json_typeof(j)) {
     case JSON_OBJECT: {
         size_t n = json_object_size(j), i = 0;
@@ -1455,21 +1464,27 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
         v->u.object.keys = arena_alloc(a, (n ? n : 1) * sizeof *v->u.object.keys);
         v->u.object.values = arena_alloc(a, (n ? n : 1) * sizeof *v->u.object.values);
         const char *key;
+        size_t klen;
         json_t *val;
-        json_object_foreach(j, key, val) {
+        GEN(yajl_gen_map_open(g));
+        json_object_keylen_foreach(j, key, klen, val) {
             v->u.object.keys[i] = key;
-            v->u.object.values[i++] = view_of(a, val, depth + 1);
+            GEN(yajl_gen_string(g, (const unsigned char *)key, klen));
+            v->u.object.values[i++] = view_of(a, g, val, depth + 1);
         }
         v->u.object.len = i;
+        GEN(yajl_gen_map_close(g));
         break;
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(j);
         v->type = yajl_t_array;
         v->u.array.values = arena_alloc(a, (n ? n : 1) * sizeof *v->u.array.values);
+        GEN(yajl_gen_array_open(g));
         for (size_t i = 0; i < n; i++)
-            v->u.array.values[i] = view_of(a, json_array_get(j, i), depth + 1);
+            v->u.array.values[i] = view_of(a, g, json_array_get(j, i), depth + 1);
         v->u.array.len = n;
+        GEN(yajl_gen_array_close(g));
         break;
     }
     case JSON_STRING:
@@ -1477,20 +1492,23 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
         v->u.string = (char *)json_string_value(j);
         if (strlen(v->u.string) != json_string_length(j) && !a->bad)
             a->bad = "a string holds a NUL character (\\u0000)";
+        GEN(yajl_gen_string(g, (const unsigned char *)v->u.string, json_string_length(j)));
         break;
     case JSON_INTEGER: {
         char *r = arena_alloc(a, 24);
-        int_text(json_integer_value(j), r); /* not snprintf: it runs for every number of every trace */
+        size_t n = int_text(json_integer_value(j), r); /* not snprintf: it runs for every number of every trace */
         v->type = yajl_t_number;
         v->u.number.i = json_integer_value(j);
         v->u.number.d = (double)v->u.number.i;
         v->u.number.r = r;
         v->u.number.flags = YAJL_NUMBER_INT_VALID | YAJL_NUMBER_DOUBLE_VALID;
+        GEN(yajl_gen_number(g, r, n));
         break;
     }
     case JSON_REAL: {
         char *r = arena_alloc(a, 40);
-        if (!jtree_real_text(json_real_value(j), r)) {
+        size_t n = jtree_real_text(json_real_value(j), r);
+        if (!n) {
             snprintf(r, 40, "0");
             if (!a->bad)
                 a->bad = "a number is not finite";
@@ -1499,12 +1517,14 @@ static yajl_val view_of(arena *a, json_t *j, int depth)
         v->u.number.d = json_real_value(j);
         v->u.number.r = r;
         v->u.number.flags = YAJL_NUMBER_DOUBLE_VALID;
+        GEN(yajl_gen_number(g, r, n));
         break;
     }
-    case JSON_TRUE: v->type = yajl_t_true; break;
-    case JSON_FALSE: v->type = yajl_t_false; break;
-    default: v->type = yajl_t_null; break;
+    case JSON_TRUE: v->type = yajl_t_true; GEN(yajl_gen_bool(g, 1)); break;
+    case JSON_FALSE: v->type = yajl_t_false; GEN(yajl_gen_bool(g, 0)); break;
+    default: v->type = yajl_t_null; GEN(yajl_gen_null(g)); break;
     }
+#undef GEN
     return v;
 }
 
@@ -1515,6 +1535,7 @@ typedef struct {
     const json_t *items;
     arena a;
     buf_t text;
+    yajl_gen gen; /* writes into text */
     raw_item r;
 } tree_source;
 
@@ -1531,6 +1552,11 @@ static void arena_reset(arena *a)
     a->head = keep;
 }
 
+static void print_to_buf(void *ctx, const char *s, size_t n)
+{
+    buf_append(ctx, s, n);
+}
+
 static raw_item *from_tree(void *ud, size_t i)
 {
     tree_source *ts = ud;
@@ -1538,14 +1564,24 @@ static raw_item *from_tree(void *ud, size_t i)
     memset(&ts->r, 0, sizeof ts->r);
     arena_reset(&ts->a);
     ts->a.bad = NULL;
-    ts->r.value = view_of(&ts->a, item, 0);
+    ts->a.gen_failed = false;
+    if (!ts->gen) {
+        ts->gen = yajl_gen_alloc(NULL);
+        yajl_gen_config(ts->gen, yajl_gen_print_callback, print_to_buf, &ts->text);
+    }
+    yajl_gen_reset(ts->gen, NULL);
+    ts->text.len = 0;
+    /* the view and the stored text, written once, in one walk */
+    ts->r.value = view_of(&ts->a, ts->gen, item, 0);
     if (ts->a.bad) {
         snprintf(ts->r.parse_error, sizeof ts->r.parse_error, "%s", ts->a.bad);
         ts->r.value = NULL;
         return &ts->r;
     }
-    ts->text.len = 0;
-    jtree_dump_buf(&ts->text, item); /* the stored text, written once */
+    if (ts->a.gen_failed) { /* not expected (the view stops well above yajl's depth): jansson's writer, as jtree_dump */
+        ts->text.len = 0;
+        jtree_dump_buf(&ts->text, item);
+    }
     buf_append(&ts->text, "", 1);
     ts->r.text = ts->text.data;
     ts->r.text_len = ts->text.len - 1;
@@ -1572,7 +1608,24 @@ int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t
     validate_items(kind, (item_source){from_tree, &ts}, n, false, NULL, 0, now, out);
     arena_free(&ts.a);
     buf_free(&ts.text);
+    if (ts.gen)
+        yajl_gen_free(ts.gen);
     return 0;
+}
+
+size_t ingest_tree_prepare_only(const json_t *items)
+{
+    tree_source ts = {.items = items};
+    size_t bytes = 0;
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        raw_item *r = from_tree(&ts, i);
+        bytes += r->text ? r->text_len : 0;
+    }
+    arena_free(&ts.a);
+    buf_free(&ts.text);
+    if (ts.gen)
+        yajl_gen_free(ts.gen);
+    return bytes;
 }
 
 static const char *result_name(unsigned char r)

@@ -61,6 +61,11 @@ int ingest_parse(ingest_kind kind, char *body, size_t len, bool ndjson, size_t m
  * max_items) with err_code and err. items is not modified or kept. */
 int ingest_tree(ingest_kind kind, const json_t *items, size_t max_items, int64_t now_ms, ingest_batch *out,
                 const char **err_code, char *err, size_t errlen);
+/* What ingest_tree does before its validator, alone: each item's view and
+ * stored text, built and dropped. For bench/otlp_decode, which subtracts it
+ * from ingest_tree's time to state the validator's own cost. Returns the
+ * stored texts' total bytes. */
+size_t ingest_tree_prepare_only(const json_t *items);
 /* The response body after the store answered: counts and per-item results.
  * *status is set to 200, 422 (all rejected) or 503 (the store failed). */
 char *ingest_results_json(const ingest_batch *b, int *status, const char *request_id);

@@ -74,7 +74,8 @@ static json_t *json_attr_value(json_t *v)
     if (!json_is_string(v))
         return json_incref(v);
     char err[128];
-    return jtree_parse(json_string_value(v), json_string_length(v), err, sizeof err);
+    /* a jansson string is valid UTF-8: its JSON's plain strings are not checked again */
+    return jtree_parse_utf8(json_string_value(v), json_string_length(v), err, sizeof err);
 }
 
 static bool has_prefix(json_t *span, const char *prefix)
@@ -528,7 +529,12 @@ static void reject(otlp_mapped *out, const char *fmt, const char *a, const char 
 
 void otlp_trace_id(const char *trace_hex, const char *span_hex, char out[64])
 {
-    snprintf(out, 64, "%.32s-%.16s", trace_hex, span_hex);
+    /* as snprintf "%.32s-%.16s", without it: this runs for every span */
+    size_t t = strnlen(trace_hex, 32), s = strnlen(span_hex, 16);
+    memcpy(out, trace_hex, t);
+    out[t] = '-';
+    memcpy(out + t + 1, span_hex, s);
+    out[t + 1 + s] = '\0';
 }
 
 /* The prompt: the convention's prompt attributes, else ratchet.prompt.*, else the rule. */

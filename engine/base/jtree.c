@@ -20,9 +20,22 @@ typedef struct {
     json_t **stack; /* open containers */
     int depth, cap;
     json_t *root;
-    buf_t key;      /* the pending object key (yajl reuses its buffer) */
+    buf_t key;      /* a pending object key yajl decoded (it reuses its buffer for the value) */
+    const char *kp; /* the pending key: in key, or in the input */
+    size_t kn;
     const char *error;
+    /* the input: a string or key yajl hands over from inside it (one
+     * without escapes) stays there during the parse; when the input is
+     * known to be valid UTF-8 (jtree_parse_utf8) such a string is valid too,
+     * and holds no NUL (yajl refuses raw control characters) */
+    const char *in, *in_end;
+    bool valid;
 } parse_ctx;
+
+static inline bool in_text(const parse_ctx *p, const unsigned char *s)
+{
+    return (const char *)s >= p->in && (const char *)s < p->in_end;
+}
 
 static int add(parse_ctx *p, json_t *v)
 {
@@ -36,7 +49,7 @@ static int add(parse_ctx *p, json_t *v)
     }
     json_t *top = p->stack[p->depth - 1];
     int rc = json_is_array(top) ? json_array_append_new(top, v)
-                                : json_object_setn_new_nocheck(top, p->key.data, p->key.len, v);
+                                : json_object_setn_new_nocheck(top, p->kp, p->kn, v);
     return rc == 0;
 }
 
@@ -76,6 +89,8 @@ static int cb_number(void *ctx, const char *s, size_t len)
 static int cb_string(void *ctx, const unsigned char *s, size_t len)
 {
     parse_ctx *p = ctx;
+    if (p->valid && in_text(p, s))
+        return add(p, json_stringn_nocheck((const char *)s, len));
     if (memchr(s, '\0', len)) {
         p->error = "NUL byte in string not supported";
         return 0;
@@ -120,16 +135,26 @@ static int cb_start_array(void *ctx) { return open_container(ctx, json_array());
 static int cb_map_key(void *ctx, const unsigned char *s, size_t len)
 {
     parse_ctx *p = ctx;
-    if (memchr(s, '\0', len)) {
-        p->error = "NUL byte in object key not supported";
-        return 0;
+    bool inside = in_text(p, s);
+    if (!(inside && p->valid)) {
+        if (memchr(s, '\0', len)) {
+            p->error = "NUL byte in object key not supported";
+            return 0;
+        }
+        if (u8_check(s, len)) {
+            p->error = "invalid UTF-8 in object key";
+            return 0;
+        }
     }
-    if (u8_check(s, len)) {
-        p->error = "invalid UTF-8 in object key";
-        return 0;
+    if (inside) { /* the input outlives the parse: no copy */
+        p->kp = (const char *)s;
+        p->kn = len;
+        return 1;
     }
     buf_reset(&p->key);
     buf_append(&p->key, s, len);
+    p->kp = p->key.data;
+    p->kn = p->key.len;
     return 1;
 }
 
@@ -138,9 +163,9 @@ static const yajl_callbacks callbacks = {
     cb_start_map, cb_map_key, close_container, cb_start_array, close_container,
 };
 
-json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen)
+static json_t *parse(const char *text, size_t len, bool valid_utf8, char *err, size_t errlen)
 {
-    parse_ctx p = {0};
+    parse_ctx p = {.in = text, .in_end = text + len, .valid = valid_utf8};
     buf_init(&p.key);
     yajl_handle h = yajl_alloc(&callbacks, NULL, &p);
     yajl_config(h, yajl_dont_validate_strings, 1); /* u8_check does it, strictly */
@@ -162,6 +187,16 @@ json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen)
     free(p.stack);
     buf_free(&p.key);
     return p.root;
+}
+
+json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen)
+{
+    return parse(text, len, false, err, errlen);
+}
+
+json_t *jtree_parse_utf8(const char *text, size_t len, char *err, size_t errlen)
+{
+    return parse(text, len, true, err, errlen);
 }
 
 /* ---- writing ---- */

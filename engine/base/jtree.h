@@ -19,6 +19,11 @@
 /* Parses one JSON value of any type. Returns it (new reference), or NULL
  * with a message in err. */
 json_t *jtree_parse(const char *text, size_t len, char *err, size_t errlen);
+/* The same for text already known to be valid UTF-8 (a jansson string's
+ * value): the strings and keys taken as they are from it (those without
+ * escapes) are not checked for UTF-8 and NUL again; decoded escapes still
+ * are. The same result as jtree_parse on such text. */
+json_t *jtree_parse_utf8(const char *text, size_t len, char *err, size_t errlen);
 /* Appends v as compact JSON (json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)). */
 void jtree_dump_buf(buf_t *b, const json_t *v);
 /* The same as a new string (free it). */

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistr.h>
+
 #include "check.h"
 #include "base/jtree.h"
 
@@ -15,7 +17,10 @@ static bool same(const char *text)
     char err[200];
     json_t *a = json_loads(text, JSON_DECODE_ANY, NULL);
     json_t *b = jtree_parse(text, strlen(text), err, sizeof err);
-    bool ok = a && b && json_equal(a, b);
+    /* and the parse of text known valid (all these are) takes the same */
+    json_t *c = jtree_parse_utf8(text, strlen(text), err, sizeof err);
+    bool ok = a && b && json_equal(a, b) && c && json_equal(b, c);
+    json_decref(c);
     if (ok) { /* and the dumps agree byte for byte */
         char *da = json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY), *db = jtree_dump(b);
         ok = !strcmp(da, db);
@@ -36,6 +41,15 @@ static bool refused(const char *text, size_t len, const char *why)
     json_t *a = json_loadb(text, len, JSON_DECODE_ANY, NULL);
     json_t *b = jtree_parse(text, len, err, sizeof err);
     bool ok = !a && !b && strstr(err, why);
+    if (ok && !u8_check((const uint8_t *)text, len)) {
+        /* valid UTF-8 text: jtree_parse_utf8 refuses it for the same reason */
+        char err2[200] = "";
+        json_t *c = jtree_parse_utf8(text, len, err2, sizeof err2);
+        ok = !c && strstr(err2, why);
+        if (!ok)
+            printf("# %s: jtree_parse_utf8 %s (%s)\n", why, c ? "took it" : "refused", err2);
+        json_decref(c);
+    }
     if (!ok)
         printf("# %s: jansson %s, jtree %s (%s)\n", why, a ? "took it" : "refused", b ? "took it" : "refused", err);
     json_decref(a);
@@ -97,6 +111,9 @@ int main(void)
     CHECK(refused("[1e400]", 7, "real number overflow"));
     CHECK(refused("[\"a\\u0000b\"]", 12, "NUL byte"));
     CHECK(refused("{\"a\\u0000\":1}", 13, "NUL byte"));
+    CHECK(refused("[\"a\\udc00\"]", 12, "invalid UTF-8")); /* a lone low surrogate, escaped */
+    CHECK(refused("{\"\\udc00\":1}", 13, "invalid UTF-8"));
+    CHECK(refused("[\"a\x01\"]", 6, ""));                  /* a raw control character */
     CHECK(refused("[\"\xff\"]", 5, "invalid UTF-8"));
     CHECK(refused("[\"\xc0\xaf\"]", 6, "invalid UTF-8"));       /* overlong '/' */
     CHECK(refused("[\"\xed\xa0\x80\"]", 7, "invalid UTF-8"));   /* a surrogate */

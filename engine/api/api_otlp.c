@@ -266,18 +266,28 @@ static void decode_job(otlp_job *job)
         }
         body = inflated;
     }
-    json_t *items = otlp_decode(job->sig, job->json, body, len, job->err, sizeof job->err);
-    free(inflated);
-    if (!items) {
-        job->status = 400;
-        return;
-    }
     otlp_map_opts opts = {.defer_unlinked = job->a->cfg->otlp.prompt_rule != NULL};
-    if (job->sig == OTLP_TRACES)
-        otlp_map_spans(items, &opts, &job->m);
-    else
-        otlp_map_logs(items, &opts, &job->m);
-    json_decref(items);
+    if (job->sig == OTLP_TRACES && !job->json) {
+        /* protobuf spans: their attributes read in place, no plain spans */
+        int rc = otlp_map_pb_spans(body, len, &opts, &job->m, job->err, sizeof job->err);
+        free(inflated);
+        if (rc) {
+            job->status = 400;
+            return;
+        }
+    } else {
+        json_t *items = otlp_decode(job->sig, job->json, body, len, job->err, sizeof job->err);
+        free(inflated);
+        if (!items) {
+            job->status = 400;
+            return;
+        }
+        if (job->sig == OTLP_TRACES)
+            otlp_map_spans(items, &opts, &job->m);
+        else
+            otlp_map_logs(items, &opts, &job->m);
+        json_decref(items);
+    }
     job->decode_ns = thread_cpu_ns() - t0; /* added to the counters on the loop thread */
     /* what needs the rule or the store's waiting parts goes on from the loop */
     if (!json_array_size(job->m.deferred) && !json_array_size(job->m.orphans) && !json_array_size(job->m.parts))

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistr.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 #include <yajl/yajl_tree.h>
@@ -151,18 +150,10 @@ static void scan_json(const char *text, size_t len, bool multiple, scan_result *
 /* yajl's own UTF-8 check lets overlong forms (C0 80) and code points past
  * U+10FFFF through; libunistring's u8_check is strict (RFC 3629). JSON
  * outside strings is ASCII, so checking the item's whole text checks every
- * string in it. Returns true when valid; else writes where it is not.
- * Traces are mostly ASCII: u8_check goes a byte at a time, so the ASCII
- * prefix is skipped eight bytes at a time first. */
+ * string in it. Returns true when valid; else writes where it is not. */
 static bool utf8_check(const char *text, size_t len, char *err, size_t errlen)
 {
-    size_t i = 0;
-    for (uint64_t w; i + 8 <= len; i += 8) {
-        memcpy(&w, text + i, 8);
-        if (w & 0x8080808080808080ULL)
-            break;
-    }
-    const uint8_t *bad = u8_check((const uint8_t *)text + i, len - i);
+    const char *bad = utf8_invalid_at(text, len);
     if (!bad)
         return true;
     int line = 1, col = 1;

@@ -194,24 +194,31 @@ static json_t *pb_scope(const Otlp__InstrumentationScope *s)
     return n ? n : json_string("");
 }
 
+/* A span's fields but its attributes and events. */
+static json_t *pb_span_head(const Otlp__Span *s, json_t *resource, json_t *scope, fault *f)
+{
+    json_t *o = json_object();
+    json_t *tid = hex_id(s->trace_id.data, s->trace_id.len, 16, f, "traceId");
+    json_t *sid = hex_id(s->span_id.data, s->span_id.len, 8, f, "spanId");
+    json_object_set_new_nocheck(o, "trace_id", tid ? tid : json_string(""));
+    json_object_set_new_nocheck(o, "span_id", sid ? sid : json_string(""));
+    set_text(o, "name", &s->name, f, "the span name");
+    json_object_set_new_nocheck(o, "start_ns", nanos(s->start_time_unix_nano));
+    json_object_set_new_nocheck(o, "end_ns", nanos(s->end_time_unix_nano));
+    json_object_set_new_nocheck(o, "status_code", json_integer(s->status ? s->status->code : 0));
+    if (s->status)
+        set_text(o, "status_message", &s->status->message, f, "the status message");
+    json_object_set_nocheck(o, "resource", resource);
+    json_object_set_nocheck(o, "scope", scope);
+    return o;
+}
+
 static json_t *pb_span(const Otlp__Span *s, json_t *resource, json_t *scope, const char *resource_fault)
 {
     fault f = {{0}};
     if (resource_fault[0])
         fail(&f, "%s", resource_fault);
-    json_t *o = json_object();
-    json_t *tid = hex_id(s->trace_id.data, s->trace_id.len, 16, &f, "traceId");
-    json_t *sid = hex_id(s->span_id.data, s->span_id.len, 8, &f, "spanId");
-    json_object_set_new_nocheck(o, "trace_id", tid ? tid : json_string(""));
-    json_object_set_new_nocheck(o, "span_id", sid ? sid : json_string(""));
-    set_text(o, "name", &s->name, &f, "the span name");
-    json_object_set_new_nocheck(o, "start_ns", nanos(s->start_time_unix_nano));
-    json_object_set_new_nocheck(o, "end_ns", nanos(s->end_time_unix_nano));
-    json_object_set_new_nocheck(o, "status_code", json_integer(s->status ? s->status->code : 0));
-    if (s->status)
-        set_text(o, "status_message", &s->status->message, &f, "the status message");
-    json_object_set_nocheck(o, "resource", resource);
-    json_object_set_nocheck(o, "scope", scope);
+    json_t *o = pb_span_head(s, resource, scope, &f);
     json_object_set_new_nocheck(o, "attributes", pb_attrs(s->attributes, s->n_attributes, 0, "the span", &f));
     json_t *events = json_array();
     for (size_t i = 0; i < s->n_events && !f.why[0]; i++) {
@@ -247,6 +254,166 @@ static json_t *pb_log(const Otlp__LogRecord *r, json_t *resource, json_t *scope,
     json_object_set_new_nocheck(o, "body", body ? body : json_null());
     mark(o, &f);
     return o;
+}
+
+/* ---- protobuf spans read in place (otlp_decode.h) ---- */
+
+struct otlp_pb_span {
+    const Otlp__Span *s;
+    json_t *resource, *scope;
+    json_t **vals; /* each attribute's plain value once asked for (or made while checking) */
+};
+
+/* Whether pb_attrs would find no fault in the span's attributes, without
+ * building them: keys and strings checked as text (jansson's rules are
+ * RFC 3629's, as u8_check's), arrays and kvlists made now by pb_value
+ * (which checks them as it goes) and kept in vals. */
+static bool pb_attrs_clean(const Otlp__Span *s, json_t **vals)
+{
+    if (s->n_attributes > OTLP_MAX_ATTRIBUTES)
+        return false;
+    for (size_t i = 0; i < s->n_attributes; i++) {
+        const ProtobufCBinaryData *key = &s->attributes[i]->key;
+        const char *ks = key->len ? (const char *)key->data : "";
+        if (memchr(ks, '\0', key->len) || !utf8_valid(ks, key->len))
+            return false;
+        const Otlp__AnyValue *v = s->attributes[i]->value;
+        if (!v)
+            continue;
+        if (v->value_case == OTLP__ANY_VALUE__VALUE_STRING_VALUE) {
+            if (v->string_value.len && !utf8_valid((const char *)v->string_value.data, v->string_value.len))
+                return false;
+        } else if (v->value_case == OTLP__ANY_VALUE__VALUE_ARRAY_VALUE ||
+                   v->value_case == OTLP__ANY_VALUE__VALUE_KVLIST_VALUE) {
+            fault f = {{0}};
+            vals[i] = pb_value(v, 0, ks, key->len, &f);
+            if (f.why[0])
+                return false;
+        }
+    }
+    return true;
+}
+
+static json_t *pb_value_of(otlp_pb_span *p, size_t i)
+{
+    if (p->vals[i])
+        return p->vals[i];
+    const Otlp__AnyValue *v = p->s->attributes[i]->value;
+    if (!v) {
+        p->vals[i] = json_null();
+    } else if (v->value_case == OTLP__ANY_VALUE__VALUE_STRING_VALUE) {
+        /* checked by pb_attrs_clean */
+        p->vals[i] = json_stringn_nocheck(v->string_value.len ? (const char *)v->string_value.data : "",
+                                          v->string_value.len);
+    } else {
+        fault f = {{0}};
+        const ProtobufCBinaryData *key = &p->s->attributes[i]->key;
+        p->vals[i] = pb_value(v, 0, (const char *)key->data, key->len, &f);
+        if (!p->vals[i])
+            p->vals[i] = json_null();
+    }
+    return p->vals[i];
+}
+
+/* The position of attribute key: the last of equal keys, as in the plain span's object. */
+static bool pb_find(const otlp_pb_span *p, const char *key, size_t *at)
+{
+    size_t kl = strlen(key);
+    for (size_t i = p->s->n_attributes; i-- > 0;) {
+        const ProtobufCBinaryData *k = &p->s->attributes[i]->key;
+        if (k->len == kl && !memcmp(k->data, key, kl)) {
+            *at = i;
+            return true;
+        }
+    }
+    return false;
+}
+
+json_t *otlp_pb_attr(otlp_pb_span *p, const char *key)
+{
+    size_t i;
+    return pb_find(p, key, &i) ? pb_value_of(p, i) : NULL;
+}
+
+const char *otlp_pb_text(otlp_pb_span *p, const char *key, size_t *len)
+{
+    size_t i;
+    if (!pb_find(p, key, &i))
+        return NULL;
+    const Otlp__AnyValue *v = p->s->attributes[i]->value;
+    if (!v || v->value_case != OTLP__ANY_VALUE__VALUE_STRING_VALUE)
+        return NULL;
+    *len = v->string_value.len;
+    return v->string_value.len ? (const char *)v->string_value.data : "";
+}
+
+bool otlp_pb_key(const otlp_pb_span *p, size_t i, const char **key, size_t *len)
+{
+    if (i >= p->s->n_attributes)
+        return false;
+    const ProtobufCBinaryData *k = &p->s->attributes[i]->key;
+    *key = k->len ? (const char *)k->data : "";
+    *len = k->len;
+    return true;
+}
+
+json_t *otlp_pb_plain(const otlp_pb_span *p)
+{
+    return pb_span(p->s, p->resource, p->scope, "");
+}
+
+int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json_t *span, otlp_pb_span *s), void *ud,
+                         char *err, size_t errlen)
+{
+    Otlp__ExportTraceServiceRequest *rq = otlp__export_trace_service_request__unpack(NULL, len, (const uint8_t *)body);
+    if (!rq) {
+        snprintf(err, errlen, "the body is not a protobuf ExportTraceServiceRequest (truncated, or a field of the wrong wire type)");
+        return -1;
+    }
+    json_t **vals = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < rq->n_resource_spans; i++) {
+        const Otlp__ResourceSpans *rs = rq->resource_spans[i];
+        fault rf = {{0}};
+        json_t *res = pb_resource(rs->resource, &rf);
+        for (size_t j = 0; j < rs->n_scope_spans; j++) {
+            json_t *scope = pb_scope(rs->scope_spans[j]->scope);
+            for (size_t k = 0; k < rs->scope_spans[j]->n_spans; k++) {
+                const Otlp__Span *s = rs->scope_spans[j]->spans[k];
+                size_t n = s->n_attributes;
+                if (n > cap) {
+                    cap = n > 2 * cap ? n : 2 * cap;
+                    vals = xrealloc(vals, cap * sizeof *vals);
+                }
+                memset(vals, 0, n * sizeof *vals);
+                fault f = {{0}};
+                json_t *head = NULL;
+                /* in place: no fault anywhere (ids, texts, attributes) and no events (they stay plain) */
+                if (!rf.why[0] && !s->n_events && pb_attrs_clean(s, vals)) {
+                    head = pb_span_head(s, res, scope, &f);
+                    if (f.why[0]) {
+                        json_decref(head);
+                        head = NULL;
+                    }
+                }
+                if (head) {
+                    otlp_pb_span p = {.s = s, .resource = res, .scope = scope, .vals = vals};
+                    fn(ud, head, &p);
+                } else {
+                    head = pb_span(s, res, scope, rf.why);
+                    fn(ud, head, NULL);
+                }
+                json_decref(head);
+                for (size_t v = 0; v < n; v++)
+                    json_decref(vals[v]);
+            }
+            json_decref(scope);
+        }
+        json_decref(res);
+    }
+    free(vals);
+    otlp__export_trace_service_request__free_unpacked(rq, NULL);
+    return 0;
 }
 
 static json_t *decode_pb(otlp_signal sig, const char *body, size_t len, char *err, size_t errlen)

@@ -33,6 +33,32 @@ typedef enum { OTLP_TRACES, OTLP_LOGS } otlp_signal;
  * (the body is not an export request at all: answered 400). */
 json_t *otlp_decode(otlp_signal sig, bool json, const char *body, size_t len, char *err, size_t errlen);
 
+/* ---- protobuf spans read in place ----
+ * The receiver's path for protobuf traces: the spans are not turned into
+ * plain spans first. A span with no fault and no events is given to the
+ * mapping as a plain span without "attributes" and "events", plus its
+ * attributes read where protobuf-c unpacked them (each value converted to
+ * its plain JSON value when first asked for); any other span as the plain
+ * span otlp_decode makes, so its fault reads the same. */
+typedef struct otlp_pb_span otlp_pb_span;
+
+/* The value of attribute key (the last of equal keys), as otlp_decode
+ * would have it, borrowed for the span's callback; NULL when absent. */
+json_t *otlp_pb_attr(otlp_pb_span *s, const char *key);
+/* A string attribute's text, not NUL-terminated (valid UTF-8: checked
+ * before the span was given); NULL when absent or not a string. */
+const char *otlp_pb_text(otlp_pb_span *s, const char *key, size_t *len);
+/* The i-th attribute's key (not NUL-terminated); false past the last. */
+bool otlp_pb_key(const otlp_pb_span *s, size_t i, const char **key, size_t *len);
+/* The whole plain span, as otlp_decode makes it (a new reference). */
+json_t *otlp_pb_plain(const otlp_pb_span *s);
+/* Unpacks a protobuf ExportTraceServiceRequest and gives each span to fn,
+ * in order: (light span, s) or (plain span, NULL), both valid only during
+ * the call. Returns 0, or -1 with the reason in err (not an export
+ * request at all: answered 400). */
+int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json_t *span, otlp_pb_span *s), void *ud,
+                         char *err, size_t errlen);
+
 /* Inflates a gzip (or zlib) body into a new buffer of at most cap bytes.
  * Returns 0 with *out (NUL-terminated, free it) and *outlen; 413 when the
  * inflated size passes cap; 400 when the data is not valid gzip. */

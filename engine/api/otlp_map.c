@@ -6,6 +6,8 @@
  * attribute becomes; keep the two together. */
 #include "api/otlp_map.h"
 
+#include "api/otlp_decode.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,34 +20,57 @@
 
 /* ---- attributes ---- */
 
-static json_t *attr(json_t *span, const char *key)
+/* A span as the readers see it: a plain span (otlp_decode.h) with its
+ * attributes and resource looked up once, or a protobuf span read in place
+ * (pb: its attributes through otlp_pb_attr; span is then the plain span
+ * without them). */
+typedef struct {
+    json_t *span;
+    json_t *attrs;      /* the plain span's "attributes" (NULL with pb) */
+    json_t *resource;   /* its "resource" */
+    otlp_pb_span *pb;
+} span_in;
+
+static span_in span_of(json_t *span, otlp_pb_span *pb)
 {
-    json_t *v = json_object_get(json_object_get(span, "attributes"), key);
+    return (span_in){.span = span, .attrs = pb ? NULL : json_object_get(span, "attributes"),
+                     .resource = json_object_get(span, "resource"), .pb = pb};
+}
+
+/* The whole plain span, attributes and all (a new reference): the prompt rule's argument. */
+static json_t *span_plain(const span_in *sp)
+{
+    return sp->pb ? otlp_pb_plain(sp->pb) : json_incref(sp->span);
+}
+
+static json_t *attr(const span_in *sp, const char *key)
+{
+    json_t *v = sp->pb ? otlp_pb_attr(sp->pb, key) : json_object_get(sp->attrs, key);
     return v && !json_is_null(v) ? v : NULL;
 }
 
-static const char *sattr(json_t *span, const char *key)
+static const char *sattr(const span_in *sp, const char *key)
 {
-    json_t *v = attr(span, key);
+    json_t *v = attr(sp, key);
     return json_is_string(v) && json_string_length(v) ? json_string_value(v) : NULL;
 }
 
 /* A span attribute, else the resource's. */
-static const char *sattr_or_resource(json_t *span, const char *key)
+static const char *sattr_or_resource(const span_in *sp, const char *key)
 {
-    const char *s = sattr(span, key);
+    const char *s = sattr(sp, key);
     if (s)
         return s;
-    json_t *v = json_object_get(json_object_get(span, "resource"), key);
+    json_t *v = json_object_get(sp->resource, key);
     return json_is_string(v) && json_string_length(v) ? json_string_value(v) : NULL;
 }
 
 /* An integer attribute (an integer, an integral real or decimal text); false when absent or not one. */
-static bool iattr(json_t *span, const char *key, json_int_t *out)
+static bool iattr(const span_in *sp, const char *key, json_int_t *out)
 {
-    json_t *v = attr(span, key);
+    json_t *v = attr(sp, key);
     if (!v && !strncmp(key, "ratchet.", 8)) /* ratchet's own attributes may be the resource's (one service, one prompt) */
-        v = json_object_get(json_object_get(span, "resource"), key);
+        v = json_object_get(sp->resource, key);
     if (json_is_integer(v)) {
         *out = json_integer_value(v);
         return true;
@@ -65,6 +90,25 @@ static bool iattr(json_t *span, const char *key, json_int_t *out)
     return false;
 }
 
+/* The span's attribute keys, one by one: false after the last. */
+typedef struct {
+    const span_in *sp;
+    size_t i;
+    void *iter;
+} key_iter;
+
+static bool next_key(key_iter *it, const char **key, size_t *len)
+{
+    if (it->sp->pb)
+        return otlp_pb_key(it->sp->pb, it->i++, key, len);
+    it->iter = it->i++ ? json_object_iter_next(it->sp->attrs, it->iter) : json_object_iter(it->sp->attrs);
+    if (!it->iter)
+        return false;
+    *key = json_object_iter_key(it->iter);
+    *len = strlen(*key);
+    return true;
+}
+
 /* A value that may be JSON text (the JS SDKs can only send strings) or
  * already structured: a new reference, or NULL. */
 static json_t *json_attr_value(json_t *v)
@@ -78,12 +122,27 @@ static json_t *json_attr_value(json_t *v)
     return jtree_parse_utf8(json_string_value(v), json_string_length(v), err, sizeof err);
 }
 
-static bool has_prefix(json_t *span, const char *prefix)
+/* A JSON-text attribute parsed, or a structured one as it is: a new
+ * reference, or NULL. Read in place, the text is parsed straight from the
+ * protobuf bytes (checked as UTF-8 already). */
+static json_t *attr_json(const span_in *sp, const char *key)
 {
+    size_t n;
+    const char *t = sp->pb ? otlp_pb_text(sp->pb, key, &n) : NULL;
+    if (t) {
+        char err[128];
+        return jtree_parse_utf8(t, n, err, sizeof err);
+    }
+    return json_attr_value(attr(sp, key));
+}
+
+static bool has_prefix(const span_in *sp, const char *prefix)
+{
+    size_t n = strlen(prefix), len;
     const char *k;
-    json_t *v;
-    size_t n = strlen(prefix);
-    json_object_foreach(json_object_get(span, "attributes"), k, v) if (!strncmp(k, prefix, n)) return true;
+    for (key_iter it = {.sp = sp}; next_key(&it, &k, &len);)
+        if (len >= n && !memcmp(k, prefix, n))
+            return true;
     return false;
 }
 
@@ -181,11 +240,11 @@ static json_t *content_of_parts(json_t *parts, const char *text_key)
 
 /* Current GenAI semantic conventions: gen_ai.input.messages, output
  * messages and system instructions as JSON (role + parts). */
-static void read_genai(json_t *span, fields *f)
+static void read_genai(const span_in *sp, fields *f)
 {
-    json_t *sys = json_attr_value(attr(span, "gen_ai.system_instructions"));
-    json_t *in = json_attr_value(attr(span, "gen_ai.input.messages"));
-    json_t *out = json_attr_value(attr(span, "gen_ai.output.messages"));
+    json_t *sys = attr_json(sp, "gen_ai.system_instructions");
+    json_t *in = attr_json(sp, "gen_ai.input.messages");
+    json_t *out = attr_json(sp, "gen_ai.output.messages");
     if (sys && !f->messages) {
         json_t *c = content_of_parts(json_is_array(sys) ? sys : NULL, "content");
         if (json_is_string(sys))
@@ -227,15 +286,15 @@ static void read_genai(json_t *span, fields *f)
 #define MAX_INDEXED 1000
 
 /* OpenLLMetry: gen_ai.prompt.{i}.role/content, gen_ai.completion.{i}.*. */
-static void read_openllmetry(json_t *span, fields *f)
+static void read_openllmetry(const span_in *sp, fields *f)
 {
     char k[128];
     bool any = false;
     for (int i = 0; i < MAX_INDEXED; i++) {
         snprintf(k, sizeof k, "gen_ai.prompt.%d.content", i);
-        json_t *c = attr(span, k);
+        json_t *c = attr(sp, k);
         snprintf(k, sizeof k, "gen_ai.prompt.%d.role", i);
-        const char *role = sattr(span, k);
+        const char *role = sattr(sp, k);
         if (!c && !role)
             break;
         if (!f->has_in)
@@ -247,39 +306,39 @@ static void read_openllmetry(json_t *span, fields *f)
     if (f->has_out)
         return;
     snprintf(k, sizeof k, "gen_ai.completion.0.content");
-    json_t *c = attr(span, k);
+    json_t *c = attr(sp, k);
     bool calls = false;
     for (int j = 0; j < MAX_INDEXED; j++) {
         char kn[128], ka[128], ki[128];
         snprintf(kn, sizeof kn, "gen_ai.completion.0.tool_calls.%d.name", j);
         snprintf(ka, sizeof ka, "gen_ai.completion.0.tool_calls.%d.arguments", j);
         snprintf(ki, sizeof ki, "gen_ai.completion.0.tool_calls.%d.id", j);
-        if (!attr(span, kn))
+        if (!attr(sp, kn))
             break;
-        add_tool_call(f, attr(span, ki), attr(span, kn), attr(span, ka));
+        add_tool_call(f, attr(sp, ki), attr(sp, kn), attr(sp, ka));
         calls = true;
     }
     if (c || calls) {
         f->has_out = true;
         f->output = c ? json_incref(c) : json_string("");
-        const char *fr = sattr(span, "gen_ai.completion.0.finish_reason");
+        const char *fr = sattr(sp, "gen_ai.completion.0.finish_reason");
         if (fr)
             json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
     }
 }
 
 /* OpenInference: llm.input_messages.{i}.message.*, llm.output_messages.*. */
-static json_t *oi_content(json_t *span, const char *base)
+static json_t *oi_content(const span_in *sp, const char *base)
 {
     char k[160];
     snprintf(k, sizeof k, "%s.message.content", base);
-    json_t *c = attr(span, k);
+    json_t *c = attr(sp, k);
     if (c)
         return json_incref(c);
     buf_t b = {0};
     for (int j = 0; j < MAX_INDEXED; j++) {
         snprintf(k, sizeof k, "%s.message.contents.%d.message_content.text", base, j);
-        json_t *t = attr(span, k);
+        json_t *t = attr(sp, k);
         if (!json_is_string(t))
             break;
         buf_append(&b, json_string_value(t), json_string_length(t));
@@ -289,15 +348,15 @@ static json_t *oi_content(json_t *span, const char *base)
     return out;
 }
 
-static void read_openinference(json_t *span, fields *f)
+static void read_openinference(const span_in *sp, fields *f)
 {
     char base[96], k[160];
     bool any = false;
     for (int i = 0; i < MAX_INDEXED && !f->has_in; i++) {
         snprintf(base, sizeof base, "llm.input_messages.%d", i);
         snprintf(k, sizeof k, "%s.message.role", base);
-        const char *role = sattr(span, k);
-        json_t *c = oi_content(span, base);
+        const char *role = sattr(sp, k);
+        json_t *c = oi_content(sp, base);
         if (!role && !c)
             break;
         add_message(f, role, c);
@@ -306,15 +365,15 @@ static void read_openinference(json_t *span, fields *f)
     if (any)
         f->has_in = true;
     if (!f->has_out) {
-        json_t *c = oi_content(span, "llm.output_messages.0");
+        json_t *c = oi_content(sp, "llm.output_messages.0");
         for (int j = 0; j < MAX_INDEXED; j++) {
             char kn[160], ka[160], ki[160];
             snprintf(kn, sizeof kn, "llm.output_messages.0.message.tool_calls.%d.tool_call.function.name", j);
             snprintf(ka, sizeof ka, "llm.output_messages.0.message.tool_calls.%d.tool_call.function.arguments", j);
             snprintf(ki, sizeof ki, "llm.output_messages.0.message.tool_calls.%d.tool_call.id", j);
-            if (!attr(span, kn))
+            if (!attr(sp, kn))
                 break;
-            add_tool_call(f, attr(span, ki), attr(span, kn), attr(span, ka));
+            add_tool_call(f, attr(sp, ki), attr(sp, kn), attr(sp, ka));
         }
         if (c || f->tool_calls) {
             f->has_out = true;
@@ -322,7 +381,7 @@ static void read_openinference(json_t *span, fields *f)
         }
     }
     if (!f->variables) {
-        json_t *vars = json_attr_value(attr(span, "llm.prompt_template.variables"));
+        json_t *vars = attr_json(sp, "llm.prompt_template.variables");
         if (json_is_object(vars))
             f->variables = vars;
         else
@@ -331,9 +390,9 @@ static void read_openinference(json_t *span, fields *f)
 }
 
 /* Vercel AI SDK: ai.prompt.messages (JSON), ai.response.text, ai.response.toolCalls. */
-static void read_vercel(json_t *span, fields *f)
+static void read_vercel(const span_in *sp, fields *f)
 {
-    json_t *msgs = json_attr_value(attr(span, "ai.prompt.messages"));
+    json_t *msgs = attr_json(sp, "ai.prompt.messages");
     size_t i;
     json_t *m;
     if (!f->has_in && json_is_array(msgs)) {
@@ -344,8 +403,8 @@ static void read_vercel(json_t *span, fields *f)
     json_decref(msgs);
     if (f->has_out)
         return;
-    json_t *text = attr(span, "ai.response.text");
-    json_t *calls = json_attr_value(attr(span, "ai.response.toolCalls"));
+    json_t *text = attr(sp, "ai.response.text");
+    json_t *calls = attr_json(sp, "ai.response.toolCalls");
     json_array_foreach(calls, i, m) {
         json_t *args = json_object_get(m, "input");
         if (!args)
@@ -357,7 +416,7 @@ static void read_vercel(json_t *span, fields *f)
         f->has_out = true;
         f->output = text ? json_incref(text) : json_string("");
     }
-    const char *fr = sattr(span, "ai.response.finishReason");
+    const char *fr = sattr(sp, "ai.response.finishReason");
     if (fr)
         json_object_set_new_nocheck(f->meta, "finish_reason", json_string(fr));
 }
@@ -420,11 +479,11 @@ static void read_event(fields *f, const char *name, json_t *fieldsobj)
     }
 }
 
-static void read_span_events(json_t *span, fields *f)
+static void read_span_events(const span_in *sp, fields *f)
 {
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(span, "events"), i, e) {
+    json_array_foreach(json_object_get(sp->span, "events"), i, e) {
         const char *name = json_string_value(json_object_get(e, "name"));
         json_t *a = json_object_get(e, "attributes");
         if (!name)
@@ -468,41 +527,41 @@ static void read_span_events(json_t *span, fields *f)
 
 /* ---- which spans are LLM calls ---- */
 
-static const char *convention_of(json_t *span)
+static const char *convention_of(const span_in *sp)
 {
-    const char *oi = sattr(span, "openinference.span.kind");
+    const char *oi = sattr(sp, "openinference.span.kind");
     if (oi)
         return !strcasecmp(oi, "LLM") ? "openinference" : NULL;
-    if (sattr(span, "ai.operationId") || sattr(span, "ai.model.id")) /* Vercel AI SDK */
-        return attr(span, "ai.prompt.messages") ? "vercel-ai" : NULL;
-    const char *op = sattr(span, "gen_ai.operation.name");
+    if (sattr(sp, "ai.operationId") || sattr(sp, "ai.model.id")) /* Vercel AI SDK */
+        return attr(sp, "ai.prompt.messages") ? "vercel-ai" : NULL;
+    const char *op = sattr(sp, "gen_ai.operation.name");
     if (!op)
-        op = sattr(span, "llm.request.type"); /* OpenLLMetry */
+        op = sattr(sp, "llm.request.type"); /* OpenLLMetry */
     if (!op)
-        op = sattr(span, "gen_ai.request.type");
+        op = sattr(sp, "gen_ai.request.type");
     if (op && strcmp(op, "chat") && strcmp(op, "text_completion") && strcmp(op, "completion") &&
         strcmp(op, "generate_content"))
         return NULL; /* embeddings, tools, agents: not one model call ratchet can score */
-    if (attr(span, "gen_ai.input.messages") || attr(span, "gen_ai.output.messages"))
+    if (attr(sp, "gen_ai.input.messages") || attr(sp, "gen_ai.output.messages"))
         return "gen_ai";
-    if (attr(span, "gen_ai.prompt.0.content") || attr(span, "gen_ai.completion.0.content") ||
-        attr(span, "gen_ai.prompt.0.role") || sattr(span, "traceloop.entity.name"))
+    if (attr(sp, "gen_ai.prompt.0.content") || attr(sp, "gen_ai.completion.0.content") ||
+        attr(sp, "gen_ai.prompt.0.role") || sattr(sp, "traceloop.entity.name"))
         return "openllmetry";
-    if (op || sattr(span, "gen_ai.system") || sattr(span, "gen_ai.provider.name") ||
-        sattr(span, "gen_ai.request.model"))
+    if (op || sattr(sp, "gen_ai.system") || sattr(sp, "gen_ai.provider.name") ||
+        sattr(sp, "gen_ai.request.model"))
         return "gen_ai";
-    if (sattr(span, "ratchet.prompt.name") && has_prefix(span, "ratchet."))
+    if (sattr(sp, "ratchet.prompt.name") && has_prefix(sp, "ratchet."))
         return "ratchet";
     return NULL;
 }
 
 /* ---- the trace ---- */
 
-static json_int_t first_int(json_t *span, const char *const *keys, bool *found)
+static json_int_t first_int(const span_in *sp, const char *const *keys, bool *found)
 {
     json_int_t v;
     for (; *keys; keys++)
-        if (iattr(span, *keys, &v) && v >= 0) {
+        if (iattr(sp, *keys, &v) && v >= 0) {
             *found = true;
             return v;
         }
@@ -510,10 +569,10 @@ static json_int_t first_int(json_t *span, const char *const *keys, bool *found)
     return 0;
 }
 
-static const char *first_str(json_t *span, const char *const *keys)
+static const char *first_str(const span_in *sp, const char *const *keys)
 {
     for (; *keys; keys++) {
-        const char *s = sattr(span, *keys);
+        const char *s = sattr(sp, *keys);
         if (s)
             return s;
     }
@@ -538,7 +597,7 @@ void otlp_trace_id(const char *trace_hex, const char *span_hex, char out[64])
 }
 
 /* The prompt: the convention's prompt attributes, else ratchet.prompt.*, else the rule. */
-static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
+static json_t *prompt_of(const span_in *sp, fields *f, const otlp_map_opts *opts)
 {
     static const char *const names[] = {"traceloop.prompt.key", "ratchet.prompt.name",
                                         "ai.telemetry.metadata.ratchet.prompt.name", "gen_ai.prompt.name", NULL};
@@ -547,21 +606,21 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
                                            "gen_ai.prompt.version", NULL};
     const char *name = NULL;
     for (const char *const *k = names; *k && !name; k++)
-        name = sattr_or_resource(span, *k);
+        name = sattr_or_resource(sp, *k);
     json_t *p = NULL;
     if (name) {
         p = json_object();
         json_object_set_new_nocheck(p, "name", json_string(name));
         bool found;
-        json_int_t v = first_int(span, versions, &found);
+        json_int_t v = first_int(sp, versions, &found);
         if (found && v >= 1)
             json_object_set_new_nocheck(p, "version", json_integer(v));
     }
     (void)opts;
     if (!f->variables) {
-        json_t *vars = json_attr_value(attr(span, "traceloop.prompt.template_variables"));
+        json_t *vars = attr_json(sp, "traceloop.prompt.template_variables");
         if (!vars)
-            vars = json_attr_value(attr(span, "ratchet.prompt.variables"));
+            vars = attr_json(sp, "ratchet.prompt.variables");
         if (json_is_object(vars))
             f->variables = vars;
         else
@@ -570,7 +629,7 @@ static json_t *prompt_of(json_t *span, fields *f, const otlp_map_opts *opts)
     return p;
 }
 
-static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *conv)
+static json_t *build_trace(const span_in *sp, fields *f, json_t *prompt, const char *conv)
 {
     static const char *const models[] = {"gen_ai.response.model", "gen_ai.request.model", "llm.model_name",
                                          "ai.response.model", "ai.model.id", NULL};
@@ -584,8 +643,8 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     static const char *const sessions[] = {"session.id", "gen_ai.conversation.id", "ai.telemetry.metadata.sessionId", NULL};
     static const char *const users[] = {"user.id", "enduser.id", "ai.telemetry.metadata.userId", NULL};
     char id[64];
-    const char *tid = json_string_value(json_object_get(span, "trace_id"));
-    const char *sid = json_string_value(json_object_get(span, "span_id"));
+    const char *tid = json_string_value(json_object_get(sp->span, "trace_id"));
+    const char *sid = json_string_value(json_object_get(sp->span, "span_id"));
     otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
     json_t *t = json_object();
     json_object_set_new_nocheck(t, "id", json_string(id));
@@ -598,27 +657,27 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     if (json_object_size(input))
         json_object_set_nocheck(t, "input", input);
     json_decref(input);
-    json_int_t code = json_integer_value(json_object_get(span, "status_code"));
+    json_int_t code = json_integer_value(json_object_get(sp->span, "status_code"));
     if (code == 2) {
-        const char *msg = json_string_value(json_object_get(span, "status_message"));
-        const char *type = sattr(span, "error.type");
+        const char *msg = json_string_value(json_object_get(sp->span, "status_message"));
+        const char *type = sattr(sp, "error.type");
         json_object_set_new_nocheck(t, "error", json_string(msg && *msg ? msg : type ? type : "the span's status is ERROR"));
     }
     if (f->output)
         json_object_set_nocheck(t, "output", f->output);
     if (f->tool_calls)
         json_object_set_nocheck(t, "tool_calls", f->tool_calls);
-    const char *model = first_str(span, models);
+    const char *model = first_str(sp, models);
     if (model)
         json_object_set_new_nocheck(t, "model", json_string(model));
-    json_int_t start = json_integer_value(json_object_get(span, "start_ns"));
-    json_int_t end = json_integer_value(json_object_get(span, "end_ns"));
+    json_int_t start = json_integer_value(json_object_get(sp->span, "start_ns"));
+    json_int_t end = json_integer_value(json_object_get(sp->span, "end_ns"));
     if (end >= start && start > 0 && end > 0)
         json_object_set_new_nocheck(t, "latency_ms", json_real((double)(end - start) / 1e6));
     if (start > 0)
         json_object_set_new_nocheck(t, "timestamp", json_integer(start / 1000000));
     bool fi, fo;
-    json_int_t ti = first_int(span, in_tokens, &fi), to = first_int(span, out_tokens, &fo);
+    json_int_t ti = first_int(sp, in_tokens, &fi), to = first_int(sp, out_tokens, &fo);
     if (fi || fo) {
         json_t *u = json_object();
         if (fi)
@@ -629,29 +688,29 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
     }
     json_t *meta = json_object();
     const char *s;
-    if ((s = first_str(span, sessions)))
+    if ((s = first_str(sp, sessions)))
         json_object_set_new_nocheck(meta, "session_id", json_string(s));
-    if ((s = first_str(span, users)))
+    if ((s = first_str(sp, users)))
         json_object_set_new_nocheck(meta, "user_id", json_string(s));
     json_t *otel = f->meta;
     json_object_set_new_nocheck(otel, "trace_id", json_string(tid ? tid : ""));
     json_object_set_new_nocheck(otel, "span_id", json_string(sid ? sid : ""));
-    json_object_set_nocheck(otel, "span_name", json_object_get(span, "name") ? json_object_get(span, "name") : json_string(""));
+    json_object_set_nocheck(otel, "span_name", json_object_get(sp->span, "name") ? json_object_get(sp->span, "name") : json_string(""));
     json_object_set_new_nocheck(otel, "convention", json_string(conv));
-    if ((s = first_str(span, providers)))
+    if ((s = first_str(sp, providers)))
         json_object_set_new_nocheck(otel, "provider", json_string(s));
-    if ((s = sattr(span, "gen_ai.operation.name")))
+    if ((s = sattr(sp, "gen_ai.operation.name")))
         json_object_set_new_nocheck(otel, "operation", json_string(s));
-    if ((s = sattr(span, "gen_ai.response.id")))
+    if ((s = sattr(sp, "gen_ai.response.id")))
         json_object_set_new_nocheck(otel, "response_id", json_string(s));
-    json_t *svc = json_object_get(json_object_get(span, "resource"), "service.name");
+    json_t *svc = json_object_get(sp->resource, "service.name");
     if (json_is_string(svc))
         json_object_set_nocheck(otel, "service", svc);
     json_object_set_nocheck(meta, "otel", otel);
     json_object_set_new_nocheck(t, "metadata", meta);
     if (f->feedback)
         json_object_set_nocheck(t, "feedback", f->feedback);
-    const char *thumbs = sattr(span, "ratchet.feedback.thumbs");
+    const char *thumbs = sattr(sp, "ratchet.feedback.thumbs");
     if (thumbs) {
         if (!json_is_array(json_object_get(t, "feedback")))
             json_object_set_new_nocheck(t, "feedback", json_array());
@@ -663,9 +722,9 @@ static json_t *build_trace(json_t *span, fields *f, json_t *prompt, const char *
 /* What a span without its content adds to the trace its log records form:
  * the trace's fields the span knows (model, usage, latency, ids of the
  * session and user, the span's own metadata), not what the records say. */
-static json_t *part_of(json_t *span, fields *f, const char *conv)
+static json_t *part_of(const span_in *sp, fields *f, const char *conv)
 {
-    json_t *t = build_trace(span, f, json_null(), conv);
+    json_t *t = build_trace(sp, f, json_null(), conv);
     static const char *const not_from_span[] = {"id", "prompt", "input", "output", "tool_calls", "timestamp",
                                                 "feedback", "error", NULL};
     for (const char *const *k = not_from_span; *k; k++)
@@ -692,16 +751,16 @@ static void add_orphan(otlp_mapped *out, json_t *trace /* stolen */, size_t inde
     json_array_append_new(out->orphans, json_pack("{s:I,s:o}", "index", (json_int_t)index, "trace", trace));
 }
 
-static void map_one(json_t *span, size_t index, const char *conv, fields *f, const otlp_map_opts *opts,
+static void map_one(const span_in *sp, size_t index, const char *conv, fields *f, const otlp_map_opts *opts,
                     otlp_mapped *out)
 {
-    json_t *prompt = prompt_of(span, f, opts);
+    json_t *prompt = prompt_of(sp, f, opts);
     bool records = !strcmp(conv, "gen_ai-events");
     if (!prompt && opts && opts->defer_unlinked) {
         if (json_array_size(out->deferred) < OTLP_MAX_DEFERRED) {
             /* the trace, whole but for its prompt, waits for the rule */
-            json_t *t = build_trace(span, f, json_null(), conv);
-            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o,s:b}", "index", (json_int_t)index, "span", span,
+            json_t *t = build_trace(sp, f, json_null(), conv);
+            json_array_append_new(out->deferred, json_pack("{s:I,s:o,s:o,s:b}", "index", (json_int_t)index, "span", span_plain(sp),
                                                            "trace", t, "records", records));
             return;
         }
@@ -710,18 +769,18 @@ static void map_one(json_t *span, size_t index, const char *conv, fields *f, con
         return;
     }
     if (!prompt && records) {
-        add_orphan(out, build_trace(span, f, json_null(), conv), index);
+        add_orphan(out, build_trace(sp, f, json_null(), conv), index);
         return;
     }
     if (!prompt) {
         out->unlinked++;
         reject(out, "span '%s' (%s) is an LLM call linked to no prompt: set ratchet.prompt.name (or the "
                     "convention's prompt attribute) or configure otlp.prompt_rule",
-               json_string_value(json_object_get(span, "name")) ? json_string_value(json_object_get(span, "name")) : "",
+               json_string_value(json_object_get(sp->span, "name")) ? json_string_value(json_object_get(sp->span, "name")) : "",
                conv);
         return;
     }
-    push(out, build_trace(span, f, prompt, conv), index);
+    push(out, build_trace(sp, f, prompt, conv), index);
     json_decref(prompt);
 }
 
@@ -735,15 +794,15 @@ static void init_out(otlp_mapped *out)
     out->orphans = json_array();
 }
 
-static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_mapped *out)
+static void map_span(const span_in *sp, size_t i, const otlp_map_opts *opts, otlp_mapped *out)
 {
-    const char *bad = json_string_value(json_object_get(span, "invalid"));
+    const char *bad = json_string_value(json_object_get(sp->span, "invalid"));
     if (bad) {
-        reject(out, "span %s: %s", json_string_value(json_object_get(span, "name")) ?
-               json_string_value(json_object_get(span, "name")) : "", bad);
+        reject(out, "span %s: %s", json_string_value(json_object_get(sp->span, "name")) ?
+               json_string_value(json_object_get(sp->span, "name")) : "", bad);
         return;
     }
-    const char *conv = convention_of(span);
+    const char *conv = convention_of(sp);
     if (!conv) {
         out->dropped++;
         return;
@@ -751,34 +810,36 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
     /* one pass over the keys: which readers have anything to read */
     bool oi = false, ollm = false, vercel = false;
     const char *k;
-    json_t *v;
-    json_object_foreach(json_object_get(span, "attributes"), k, v) {
-        oi |= !strncmp(k, "llm.", 4);
-        ollm |= !strncmp(k, "gen_ai.prompt.", 14) || !strncmp(k, "gen_ai.completion.", 18);
-        vercel |= !strncmp(k, "ai.", 3);
+    size_t n;
+#define STARTS(p) (n >= sizeof p - 1 && !memcmp(k, p, sizeof p - 1))
+    for (key_iter it = {.sp = sp}; next_key(&it, &k, &n);) {
+        oi |= STARTS("llm.");
+        ollm |= STARTS("gen_ai.prompt.") || STARTS("gen_ai.completion.");
+        vercel |= STARTS("ai.");
     }
+#undef STARTS
     fields f = {.meta = json_object(), .convention = conv};
-    read_genai(span, &f);
+    read_genai(sp, &f);
     if (oi)
-        read_openinference(span, &f);
+        read_openinference(sp, &f);
     if (ollm)
-        read_openllmetry(span, &f);
+        read_openllmetry(sp, &f);
     if (vercel)
-        read_vercel(span, &f);
-    if (json_array_size(json_object_get(span, "events")))
-        read_span_events(span, &f);
-    if (!f.has_out && json_integer_value(json_object_get(span, "status_code")) != 2) {
+        read_vercel(sp, &f);
+    if (json_array_size(json_object_get(sp->span, "events")))
+        read_span_events(sp, &f);
+    if (!f.has_out && json_integer_value(json_object_get(sp->span, "status_code")) != 2) {
         /* content off, or sent as log records (/v1/logs): nothing to score
          * here, but what the span knows joins the trace the records form */
         char id[64];
-        const char *tid = json_string_value(json_object_get(span, "trace_id"));
-        const char *sid = json_string_value(json_object_get(span, "span_id"));
+        const char *tid = json_string_value(json_object_get(sp->span, "trace_id"));
+        const char *sid = json_string_value(json_object_get(sp->span, "span_id"));
         otlp_trace_id(tid ? tid : "", sid ? sid : "", id);
-        json_t *part = part_of(span, &f, conv);
+        json_t *part = part_of(sp, &f, conv);
         /* the prompt the span names (never merged into a trace: it links the
          * records' trace when they name none, in either order) and its
          * template variables */
-        json_t *prompt = prompt_of(span, &f, opts);
+        json_t *prompt = prompt_of(sp, &f, opts);
         if (prompt)
             json_object_set_new_nocheck(part, "prompt", prompt);
         if (f.variables)
@@ -786,14 +847,14 @@ static void map_span(json_t *span, size_t i, const otlp_map_opts *opts, otlp_map
         json_t *entry = json_pack("{s:s,s:o}", "id", id, "part", part);
         if (!prompt && opts && opts->defer_unlinked && json_array_size(out->deferred) < OTLP_MAX_DEFERRED)
             /* the rule may name the prompt its records will take (otlp_map_deferred) */
-            json_array_append_new(out->deferred, json_pack("{s:I,s:O,s:o}", "index", (json_int_t)i, "span", span,
+            json_array_append_new(out->deferred, json_pack("{s:I,s:o,s:o}", "index", (json_int_t)i, "span", span_plain(sp),
                                                            "part", entry));
         else
             json_array_append_new(out->parts, entry);
         fields_free(&f);
         return;
     }
-    map_one(span, i, conv, &f, opts, out);
+    map_one(sp, i, conv, &f, opts, out);
     fields_free(&f);
 }
 
@@ -802,7 +863,34 @@ void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out)
     init_out(out);
     size_t i;
     json_t *span;
-    json_array_foreach(spans, i, span) map_span(span, i, opts, out);
+    json_array_foreach(spans, i, span) {
+        span_in sp = span_of(span, NULL);
+        map_span(&sp, i, opts, out);
+    }
+}
+
+typedef struct {
+    const otlp_map_opts *opts;
+    otlp_mapped *out;
+    size_t i;
+} pb_ctx;
+
+static void map_pb(void *ud, json_t *span, otlp_pb_span *pb)
+{
+    pb_ctx *c = ud;
+    span_in sp = span_of(span, pb);
+    map_span(&sp, c->i++, c->opts, c->out);
+}
+
+int otlp_map_pb_spans(const char *body, size_t len, const otlp_map_opts *opts, otlp_mapped *out, char *err,
+                      size_t errlen)
+{
+    init_out(out);
+    pb_ctx c = {.opts = opts, .out = out};
+    if (otlp_decode_pb_spans(body, len, map_pb, &c, err, errlen) == 0)
+        return 0;
+    otlp_mapped_free(out);
+    return -1;
 }
 
 void otlp_map_deferred(otlp_mapped *m, json_t *answers)
@@ -871,6 +959,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
                                  (json_int_t)json_integer_value(json_object_get(rec, "time_ns")));
         json_t *attrs = json_deep_copy(json_object_get(rec, "attributes"));
         json_object_set_new_nocheck(span, "attributes", attrs);
+        span_in sp = span_of(span, NULL);
         size_t nevents = 0, ngenai = 0;
         for (size_t j = i; j < n; j++) {
             json_t *r = json_array_get(logs, j);
@@ -899,7 +988,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
         /* gen_ai.client.inference.operation.details records carry the
          * current attributes (gen_ai.input.messages, ...), merged above */
         if (nevents && (!f.has_in || !f.has_out))
-            read_genai(span, &f);
+            read_genai(&sp, &f);
         if (!nevents) {
             out->dropped++;
         } else if (!ngenai && f.feedback) {
@@ -918,7 +1007,7 @@ void otlp_map_logs(json_t *logs, const otlp_map_opts *opts, otlp_mapped *out)
         } else if (!f.has_out) {
             out->dropped++; /* the question without its answer: the choice comes with the span's other records */
         } else {
-            map_one(span, i, "gen_ai-events", &f, opts, out);
+            map_one(&sp, i, "gen_ai-events", &f, opts, out);
         }
         json_decref(span);
         fields_free(&f);

@@ -45,6 +45,12 @@ typedef struct {
 
 /* Maps the plain spans of one request. */
 void otlp_map_spans(json_t *spans, const otlp_map_opts *opts, otlp_mapped *out);
+/* Maps the spans of a protobuf ExportTraceServiceRequest as otlp_decode +
+ * otlp_map_spans would, reading each valid span's attributes in place
+ * (otlp_decode_pb_spans): no plain span of them is built. Returns 0, or -1
+ * with the reason in err and out empty (answered 400). */
+int otlp_map_pb_spans(const char *body, size_t len, const otlp_map_opts *opts, otlp_mapped *out, char *err,
+                      size_t errlen);
 /* Maps the plain log records of one request: the GenAI events of one span
  * (gen_ai.user.message, gen_ai.choice, ...) become one trace;
  * gen_ai.evaluation.result events become feedback. */

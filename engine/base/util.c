@@ -404,9 +404,22 @@ int write_address_file(const char *path, const char *addr)
     return rename(tmp, path);
 }
 
+const char *utf8_invalid_at(const char *s, size_t n)
+{
+    /* mostly ASCII: u8_check goes a byte at a time, so the ASCII prefix is
+     * skipped eight bytes at a time first */
+    size_t i = 0;
+    for (uint64_t w; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL)
+            break;
+    }
+    return (const char *)u8_check((const uint8_t *)s + i, n - i);
+}
+
 bool utf8_valid(const char *s, size_t n)
 {
-    return u8_check((const uint8_t *)s, n) == NULL;
+    return utf8_invalid_at(s, n) == NULL;
 }
 
 size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n)

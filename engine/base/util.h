@@ -61,6 +61,8 @@ size_t utf8_clean(char *dst, size_t cap, const char *src, size_t n);
 /* True when the n bytes are valid UTF-8 (RFC 3629: no overlong forms, no
  * surrogates, nothing past U+10FFFF). */
 bool utf8_valid(const char *s, size_t n);
+/* Where s stops being valid UTF-8 (RFC 3629, u8_check's rules), or NULL. */
+const char *utf8_invalid_at(const char *s, size_t n);
 
 /* The shortest decimal text that reads back as exactly d ("0.8", not
  * "0.80000000000000004"; "3" for 3.0; "1e+300"): the way numbers appear in

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <zlib.h>
 
+#include <otlp.pb-c.h>
+
 #include "check.h"
 #include "api/otlp_decode.h"
 #include "api/otlp_map.h"
@@ -303,6 +305,171 @@ static void test_join_prompt_on_span(void)
     otlp_mapped_free(&rec);
 }
 
+/* ---- protobuf spans read in place against plain spans ---- */
+
+#define MAX_KV 8
+typedef struct {
+    const char *k[MAX_KV], *v[MAX_KV]; /* string attributes; a value starting "#array" is an array of that string */
+    const char *span_id;               /* 8 bytes unless given */
+    bool event;
+} pb_spec;
+
+static void bin(ProtobufCBinaryData *b, const char *s)
+{
+    b->data = (uint8_t *)s;
+    b->len = strlen(s);
+}
+
+/* A request of one resource (resource_bad: its service.name is not UTF-8) holding the spans. */
+static uint8_t *pb_request(const pb_spec *specs, size_t n, bool resource_bad, size_t *len)
+{
+    static Otlp__Span spans[8];
+    static Otlp__Span *sp[8];
+    static Otlp__KeyValue kv[8][MAX_KV], *kvp[8][MAX_KV], rkv, *rkvp;
+    static Otlp__AnyValue av[8][MAX_KV], rav;
+    static Otlp__ArrayValue arr[8][MAX_KV];
+    static ProtobufCBinaryData elems[8][MAX_KV];
+    static Otlp__AnyValue elem_av[8][MAX_KV];
+    static uint8_t packed[8][MAX_KV][256], elem_packed[8][MAX_KV][128];
+    static Otlp__Event ev, *evp = &ev;
+    for (size_t i = 0; i < n; i++) {
+        otlp__span__init(&spans[i]);
+        sp[i] = &spans[i];
+        bin(&spans[i].trace_id, "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10");
+        bin(&spans[i].span_id, specs[i].span_id ? specs[i].span_id : "\x11\x12\x13\x14\x15\x16\x17\x18");
+        bin(&spans[i].name, "chat");
+        spans[i].start_time_unix_nano = 1700000000000000000ULL;
+        spans[i].end_time_unix_nano = 1700000000250000000ULL;
+        size_t na = 0;
+        for (; na < MAX_KV && specs[i].k[na]; na++) {
+            otlp__key_value__init(&kv[i][na]);
+            otlp__any_value__init(&av[i][na]);
+            bin(&kv[i][na].key, specs[i].k[na]);
+            kv[i][na].value = &av[i][na];
+            const char *v = specs[i].v[na];
+            if (!strncmp(v, "#array", 6)) {
+                otlp__any_value__init(&elem_av[i][na]);
+                elem_av[i][na].value_case = OTLP__ANY_VALUE__VALUE_STRING_VALUE;
+                bin(&elem_av[i][na].string_value, v + 6);
+                size_t el = otlp__any_value__pack(&elem_av[i][na], elem_packed[i][na]);
+                elems[i][na] = (ProtobufCBinaryData){.data = elem_packed[i][na], .len = el};
+                otlp__array_value__init(&arr[i][na]);
+                arr[i][na].n_values = 1;
+                arr[i][na].values = &elems[i][na];
+                av[i][na].value_case = OTLP__ANY_VALUE__VALUE_ARRAY_VALUE;
+                av[i][na].array_value = (ProtobufCBinaryData){.data = packed[i][na],
+                                                              .len = otlp__array_value__pack(&arr[i][na], packed[i][na])};
+            } else {
+                av[i][na].value_case = OTLP__ANY_VALUE__VALUE_STRING_VALUE;
+                bin(&av[i][na].string_value, v);
+            }
+            kvp[i][na] = &kv[i][na];
+        }
+        spans[i].n_attributes = na;
+        spans[i].attributes = kvp[i];
+        if (specs[i].event) {
+            otlp__event__init(&ev);
+            bin(&ev.name, "exception");
+            spans[i].n_events = 1;
+            spans[i].events = &evp;
+        }
+    }
+    Otlp__ScopeSpans ss = OTLP__SCOPE_SPANS__INIT, *ssp = &ss;
+    ss.n_spans = n;
+    ss.spans = sp;
+    Otlp__Resource res = OTLP__RESOURCE__INIT;
+    otlp__key_value__init(&rkv);
+    otlp__any_value__init(&rav);
+    bin(&rkv.key, "service.name");
+    rav.value_case = OTLP__ANY_VALUE__VALUE_STRING_VALUE;
+    bin(&rav.string_value, resource_bad ? "svc\xff" : "svc");
+    rkv.value = &rav;
+    rkvp = &rkv;
+    res.n_attributes = 1;
+    res.attributes = &rkvp;
+    Otlp__ResourceSpans rs = OTLP__RESOURCE_SPANS__INIT, *rsp = &rs;
+    rs.resource = &res;
+    rs.n_scope_spans = 1;
+    rs.scope_spans = &ssp;
+    Otlp__ExportTraceServiceRequest rq = OTLP__EXPORT_TRACE_SERVICE_REQUEST__INIT;
+    rq.n_resource_spans = 1;
+    rq.resource_spans = &rsp;
+    *len = otlp__export_trace_service_request__get_packed_size(&rq);
+    uint8_t *out = malloc(*len);
+    otlp__export_trace_service_request__pack(&rq, out);
+    return out;
+}
+
+/* Both paths on one request; returns the in-place mapping (free it). */
+static void same_both_ways(const pb_spec *specs, size_t n, bool resource_bad, bool defer, otlp_mapped *b)
+{
+    size_t len;
+    uint8_t *body = pb_request(specs, n, resource_bad, &len);
+    char err[256];
+    json_t *items = otlp_decode(OTLP_TRACES, false, (char *)body, len, err, sizeof err);
+    otlp_map_opts opts = {.defer_unlinked = defer};
+    otlp_mapped a;
+    otlp_map_spans(items, &opts, &a);
+    CHECK(otlp_map_pb_spans((char *)body, len, &opts, b, err, sizeof err) == 0);
+    bool same = json_equal(a.traces, b->traces) && json_equal(a.parts, b->parts) && json_equal(a.deferred, b->deferred) &&
+                a.dropped == b->dropped && a.rejected == b->rejected && a.unlinked == b->unlinked &&
+                !strcmp(a.error, b->error);
+    if (!same) {
+        char *x = json_dumps(a.traces, 0), *y = json_dumps(b->traces, 0);
+        printf("# plain: %s %zu %s\n# in place: %s %zu %s\n", x, a.rejected, a.error, y, b->rejected, b->error);
+        free(x);
+        free(y);
+    }
+    CHECK(same);
+    otlp_mapped_free(&a);
+    json_decref(items);
+    free(body);
+}
+
+static void test_in_place(void)
+{
+    const char *in = "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":\"hi\"}]}]";
+    const char *out = "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\",\"content\":\"yo\"}],\"finish_reason\":\"stop\"}]";
+    pb_spec llm = {{"gen_ai.operation.name", "gen_ai.request.model", "gen_ai.input.messages", "gen_ai.output.messages",
+                    "ratchet.prompt.name", "gen_ai.response.finish_reasons", "ratchet.prompt.name"},
+                   {"chat", "m", in, out, "first", "#arraystop", "last"}, NULL, false};
+    otlp_mapped m;
+    /* a valid span: read in place, the same trace (the last of two equal keys wins, an array read as one) */
+    same_both_ways(&llm, 1, false, false, &m);
+    CHECK(json_array_size(m.traces) == 1);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(json_array_get(m.traces, 0), "prompt"), "name")), "last");
+    otlp_mapped_free(&m);
+    /* a string that is not UTF-8, a span id of 7 bytes, a resource that is not UTF-8: rejected alike, named alike */
+    pb_spec bad = llm;
+    bad.v[1] = "m\xc3";
+    same_both_ways(&bad, 1, false, false, &m);
+    CHECK(m.rejected == 1 && strstr(m.error, "not valid UTF-8"));
+    otlp_mapped_free(&m);
+    bad = llm;
+    bad.span_id = "\x01\x02\x03\x04\x05\x06\x07";
+    same_both_ways(&bad, 1, false, false, &m);
+    CHECK(m.rejected == 1 && strstr(m.error, "spanId"));
+    otlp_mapped_free(&m);
+    same_both_ways(&llm, 1, true, false, &m);
+    CHECK(m.rejected == 1 && strstr(m.error, "service.name"));
+    otlp_mapped_free(&m);
+    /* events (the span stays plain), no prompt (rejected, or deferred with the plain span), no content (a part), not an LLM call */
+    pb_spec ev = llm,
+            unlinked = {{"gen_ai.operation.name", "gen_ai.input.messages", "gen_ai.output.messages"}, {"chat", in, out}, NULL, false},
+            nocontent = {{"gen_ai.operation.name", "ratchet.prompt.name"}, {"chat", "p"}, NULL, false},
+            other = {{"http.method"}, {"GET"}, NULL, false};
+    ev.event = true;
+    pb_spec all[] = {ev, unlinked, nocontent, other, llm};
+    same_both_ways(all, 5, false, false, &m);
+    CHECK(json_array_size(m.traces) == 2 && m.unlinked == 1 && json_array_size(m.parts) == 1 && m.dropped == 1);
+    CHECK(m.source[0] == 0 && m.source[1] == 4);
+    otlp_mapped_free(&m);
+    same_both_ways(all, 5, false, true, &m);
+    CHECK(json_array_size(m.deferred) == 1 &&
+          json_object_size(json_object_get(json_object_get(json_array_get(m.deferred, 0), "span"), "attributes")) == 3);
+    otlp_mapped_free(&m);
+}
+
 static void test_inflate(void)
 {
     /* 1 MB of zeros, gzip'd: inflates under a 2 MB cap, refused (413) under 64 KB */
@@ -332,6 +499,7 @@ int main(void)
     test_deferred();
     test_logs();
     test_join_prompt_on_span();
+    test_in_place();
     test_inflate();
     return check_done();
 }

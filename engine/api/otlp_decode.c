@@ -362,8 +362,10 @@ json_t *otlp_pb_plain(const otlp_pb_span *p)
     return pb_span(p->s, p->resource, p->scope, "");
 }
 
-int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json_t *span, otlp_pb_span *s), void *ud,
-                         char *err, size_t errlen)
+/* Every span of a protobuf ExportTraceServiceRequest to fn, in order: in
+ * place where it can be (in_place), else as the plain span. */
+static int walk_pb_spans(const char *body, size_t len, bool in_place,
+                         void (*fn)(void *ud, json_t *span, otlp_pb_span *s), void *ud, char *err, size_t errlen)
 {
     Otlp__ExportTraceServiceRequest *rq = otlp__export_trace_service_request__unpack(NULL, len, (const uint8_t *)body);
     if (!rq) {
@@ -389,7 +391,7 @@ int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json
                 fault f = {{0}};
                 json_t *head = NULL;
                 /* in place: no fault anywhere (ids, texts, attributes) and no events (they stay plain) */
-                if (!rf.why[0] && !s->n_events && pb_attrs_clean(s, vals)) {
+                if (in_place && !rf.why[0] && !s->n_events && pb_attrs_clean(s, vals)) {
                     head = pb_span_head(s, res, scope, &f);
                     if (f.why[0]) {
                         json_decref(head);
@@ -416,29 +418,26 @@ int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json
     return 0;
 }
 
+int otlp_decode_pb_spans(const char *body, size_t len, void (*fn)(void *ud, json_t *span, otlp_pb_span *s), void *ud,
+                         char *err, size_t errlen)
+{
+    return walk_pb_spans(body, len, true, fn, ud, err, errlen);
+}
+
+static void append_span(void *ud, json_t *span, otlp_pb_span *s)
+{
+    (void)s;
+    json_array_append(ud, span);
+}
+
 static json_t *decode_pb(otlp_signal sig, const char *body, size_t len, char *err, size_t errlen)
 {
     json_t *out = json_array();
     if (sig == OTLP_TRACES) {
-        Otlp__ExportTraceServiceRequest *rq = otlp__export_trace_service_request__unpack(NULL, len, (const uint8_t *)body);
-        if (!rq) {
-            snprintf(err, errlen, "the body is not a protobuf ExportTraceServiceRequest (truncated, or a field of the wrong wire type)");
+        if (walk_pb_spans(body, len, false, append_span, out, err, errlen)) {
             json_decref(out);
             return NULL;
         }
-        for (size_t i = 0; i < rq->n_resource_spans; i++) {
-            const Otlp__ResourceSpans *rs = rq->resource_spans[i];
-            fault rf = {{0}};
-            json_t *res = pb_resource(rs->resource, &rf);
-            for (size_t j = 0; j < rs->n_scope_spans; j++) {
-                json_t *scope = pb_scope(rs->scope_spans[j]->scope);
-                for (size_t k = 0; k < rs->scope_spans[j]->n_spans; k++)
-                    json_array_append_new(out, pb_span(rs->scope_spans[j]->spans[k], res, scope, rf.why));
-                json_decref(scope);
-            }
-            json_decref(res);
-        }
-        otlp__export_trace_service_request__free_unpacked(rq, NULL);
     } else {
         Otlp__ExportLogsServiceRequest *rq = otlp__export_logs_service_request__unpack(NULL, len, (const uint8_t *)body);
         if (!rq) {

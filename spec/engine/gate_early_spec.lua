@@ -83,7 +83,11 @@ describe("the cheaper gate", function()
     assert.is_true(v_early[2].stopped_early)
     -- in the full run's own words (the demo's golden set has critical cases)
     assert.matches("^breaks critical case%(s%), whose pass rate may never drop", v_full[2].reasons[1])
-    assert.matches("^breaks critical case%(s%), whose pass rate may never drop", v_early[2].reasons[1])
+    -- the early run stops at the first finished case that settles it: a
+    -- critical one, or a plain golden one if that finished first (timing)
+    local why = v_early[2].reasons[1]
+    assert.truthy(why:match("^breaks critical case%(s%), whose pass rate may never drop") or
+      why:match("^breaks %d+ case%(s%) the baseline passed in every sample %(none allowed%)"), why)
     assert.matches("stopped early", v_early[2].reasons[#v_early[2].reasons])
     assert.is_true(per_early[2] < per_full[2], per_early[2] .. " vs " .. per_full[2])
     assert.equal(per_full[3], per_early[3])

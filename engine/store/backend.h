@@ -4,6 +4,8 @@
 #ifndef RATCHET_STORE_BACKEND_H
 #define RATCHET_STORE_BACKEND_H
 
+#include <pthread.h>
+
 #include "store/store.h"
 
 /* One statement of a write and its bound values (?1..?n in order). Types:
@@ -62,6 +64,77 @@ typedef struct {
     double lat, cost, tok;
 } store_minute_sum;
 size_t store_minute_sums(store_trace **traces, size_t n, store_minute_sum *out);
+/* The online metrics of a prompt (window.c): the figures of a window, its slices and its
+ * series, assembled in one shape from the rows each backend reads in its own SQL. A window
+ * [since, until) is read as whole minutes of the rollups (trace_minutes, score_minutes) and
+ * the traces and scores of the partial minutes at its edges. */
+typedef enum { WINDOW_SCAN, WINDOW_ROLLUP } store_window_source;
+typedef struct {
+    int64_t traces, evaluated, passed, failures, errors, negative, retries;
+    double latency, cost, tokens;        /* sums */
+    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
+} store_window_totals;
+/* What a backend reads, on one snapshot, for the prompt and version it holds in ctx: each
+ * function adds the rows of [from, to) (ms for WINDOW_SCAN, minutes for WINDOW_ROLLUP;
+ * never empty) and returns 0, or -1 with err set. with_costs false: the latency, cost and
+ * tokens need not be read and are left out of the figures. */
+typedef struct store_window_reader store_window_reader;
+struct store_window_reader {
+    void *ctx;
+    bool with_costs;
+    int (*totals)(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
+                  store_window_totals *w, char *err, size_t errlen);
+    int (*evaluators)(const store_window_reader *r, store_window_source src, int64_t from, int64_t to, json_t *acc,
+                      char *err, size_t errlen);
+};
+/* A totals row: traces, evaluated, passed, failures, errors, negative, retries, latency
+ * sum, latency n, cost sum, cost n, tokens sum, tokens n. */
+void store_window_totals_add(store_window_totals *w, const double row[13]);
+/* An evaluators row of one evaluator: n, passed, failures, errors, required. */
+void store_window_evaluator_add(json_t *acc, const char *evaluator, const double row[5]);
+/* {traces, evaluated, passed, failures, errors, negative, retries, pass_rate, [latency_ms,
+ * cost, tokens,] evaluators} of [since, until) */
+int store_window_metrics(const store_window_reader *r, int64_t since, int64_t until, json_t **out, char *err,
+                         size_t errlen);
+/* One point a step from since to until, each the window's figures with its since_ms. */
+int store_window_series(const store_window_reader *r, int64_t since, int64_t until, int64_t step, json_t **points,
+                        char *err, size_t errlen);
+/* A slice row (a metadata key's value, NULL when none, and its evaluated and passed traces)
+ * into slices as "metadata.KEY=VALUE". At most STORE_SLICE_VALUES values a key. */
+#define STORE_SLICE_VALUES 50
+void store_window_slice_add(json_t *slices, const char *key, const char *value, double evaluated, double passed);
+/* The group-commit writer's queue (wqueue.c), one per store: the loop thread submits, the
+ * writer thread takes everything queued as one batch and hands it back committed (or failed);
+ * the loop thread then drains the done list (its done callbacks) after the backend's uv_async.
+ * mu also guards the backend's own fields marked "under mu". */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;                  /* wakes the writer: a write queued, or stopping */
+    pthread_cond_t idle_cond;             /* the writer finished a batch */
+    bool writing;                         /* the writer holds a batch */
+    store_write *queue_head, *queue_tail; /* waiting for the writer */
+    store_write *done_head, *done_tail;   /* committed, waiting for the loop */
+    size_t queued_items;                  /* the items of the writes waiting */
+    size_t max_pending;                   /* limits.max_pending_writes */
+    bool stopping;
+} store_wqueue;
+void store_wqueue_init(store_wqueue *q, size_t max_pending);
+void store_wqueue_destroy(store_wqueue *q);
+/* Queues w for the writer; -1 (w untouched, unprepared) when stopping or when its items
+ * would pass max_pending. */
+int store_wqueue_submit(store_wqueue *q, store_write *w);
+/* Under mu: everything queued as one batch (NULL when none), its items in *items; the
+ * writer holds it until store_wqueue_done_locked. */
+store_write *store_wqueue_take_locked(store_wqueue *q, size_t *items);
+/* Under mu: batch (a list, may be NULL) onto the done list; the writer holds nothing. */
+void store_wqueue_done_locked(store_wqueue *q, store_write *batch);
+/* On the loop thread: the done callbacks of every write on the done list. */
+void store_wqueue_drain(store_wqueue *q);
+/* On the loop thread: waits until the writer is idle with nothing queued, draining the
+ * done list, until no callback queues another write. */
+void store_wqueue_flush(store_wqueue *q);
+/* Refuses further writes and wakes the writer to finish what is queued and stop. */
+void store_wqueue_stop(store_wqueue *q);
 /* Calls done on each write of a committed list (linked by next), in order,
  * on the loop thread. */
 void store_writes_done(store_write *w);

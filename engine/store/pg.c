@@ -51,15 +51,7 @@ struct pg_store {
     PGconn *wconn;
     bool prepared;             /* ins_trace is prepared on wconn */
     pthread_t writer;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    pthread_cond_t idle_cond;
-    bool writing;
-    store_write *queue_head, *queue_tail;
-    store_write *done_head, *done_tail;
-    size_t queued_items;
-    size_t max_pending;
-    bool stopping;
+    store_wqueue q;          /* the writer's queue; q.mu guards the fields marked "under mu" */
     bool healthy;            /* the writer's connection is up and its last commit succeeded */
     char last_error[256];    /* why not, under mu */
     uint64_t commits, commit_failures, writes_committed, items_committed, reconnects;
@@ -706,7 +698,6 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     pg_store *s = xcalloc(1, sizeof *s);
     s->base.be = &pg_backend;
     s->loop = loop;
-    s->max_pending = (size_t)o->max_pending;
     s->dsn = xstrdup(o->dsn);
     s->read_max = o->read_pool > 0 ? (o->read_pool < PG_POOL_MAX ? o->read_pool : PG_POOL_MAX) : 4;
     pg_parts_init(&s->parts, o->retention_days);
@@ -732,9 +723,7 @@ int pg_open(store **out, uv_loop_t *loop, const store_options *o, char *err, siz
     }
     take_over_predecessor(s, o->dir);
     pg_parts_for_batch(&s->parts, s->wconn, NULL, 0, now_ms()); /* reads the partitions there are */
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cond, NULL);
-    pthread_cond_init(&s->idle_cond, NULL);
+    store_wqueue_init(&s->q, (size_t)o->max_pending);
     pthread_mutex_init(&s->read_mu, NULL);
     s->healthy = true;
     /* the coordinator's session: the first try for the lock and the first heartbeat happen
@@ -785,13 +774,13 @@ fail_threads:
 static void pg_metrics(store *base, buf_t *b)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
              items = s->items_committed, reconnects = s->reconnects;
     metrics_hist h = s->commit_seconds;
-    size_t queued = s->queued_items;
+    size_t queued = s->q.queued_items;
     bool healthy = s->healthy;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     metrics_one(b, "ratchet_store_commits_total", "counter",
                 "Group commits: one transaction for every write pending.", (double)commits);
     metrics_one(b, "ratchet_store_commit_failures_total", "counter",
@@ -815,7 +804,7 @@ static void pg_metrics(store *base, buf_t *b)
 static void pg_status(store *base, json_t *out)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     if (!s->healthy && s->last_error[0])
         json_object_set_new(out, "error", json_string(s->last_error));
     json_object_set_new(out, "engine_id", json_string(s->engine_id));
@@ -823,7 +812,7 @@ static void pg_status(store *base, json_t *out)
     json_object_set_new(out, "lease_fresh", json_boolean(lease_fresh_locked(s)));
     json_object_set_new(out, "epoch", json_integer((json_int_t)s->epoch));
     json_t *engines = s->engines ? json_deep_copy(s->engines) : json_array();
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     /* engines whose scripts differ from the first's are flagged */
     const char *first = NULL;
     bool differ = false;
@@ -863,36 +852,36 @@ static bool lease_fresh_locked(const pg_store *s)
 static bool pg_leader(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     bool l = s->leader && lease_fresh_locked(s);
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     return l;
 }
 
 static uint64_t pg_lease_generation(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     uint64_t g = s->lease_gen + (s->lease_ns && !lease_fresh_locked(s)); /* a lapse under way counts */
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     return g;
 }
 
 static int pg_live_engines(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     int n = s->engines ? (int)json_array_size(s->engines) : 1;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     return n;
 }
 
 static bool pg_lease_fresh(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     bool fresh = lease_fresh_locked(s);
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     return fresh;
 }
 
@@ -907,19 +896,19 @@ static void pg_set_scripts(store *base, const json_t *scripts)
 {
     pg_store *s = (pg_store *)base;
     char *text = json_dumps(scripts, JSON_COMPACT | JSON_SORT_KEYS);
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     free(s->scripts);
     s->scripts = text;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
 }
 
 static void on_cluster_async(uv_async_t *h)
 {
     pg_store *s = h->data;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     bool lead = s->tell_leadership, reg = s->tell_registry;
     s->tell_leadership = s->tell_registry = false;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     if ((lead || reg) && s->cluster_fn)
         s->cluster_fn(s->cluster_data, lead, reg);
 }
@@ -941,12 +930,12 @@ enum { STEP_LISTEN, STEP_UNLOCK, STEP_TRY_LOCK, STEP_BUMP, STEP_UNBUMP, STEP_HEA
 /* Loses the leadership (the session that held the lock is gone, or the lease lapsed). */
 static void lose_leadership(pg_store *s, const char *why)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     bool was = s->leader;
     s->leader = false;
     if (was)
         s->tell_leadership = true;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     if (was) {
         log_warn("store", "this engine no longer leads the loop: %s", why);
         if (s->done_async.data)
@@ -957,9 +946,9 @@ static void lose_leadership(pg_store *s, const char *why)
 /* The first step of a beat. */
 static int coord_first_step(pg_store *s)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     bool leader = s->leader, lapsed = s->leader && !lease_fresh_locked(s);
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     if (lapsed) {
         /* it has already stopped leading (pg_leader); it gives the lock up and competes again
          * like any follower, so that winning it again is a takeover */
@@ -989,11 +978,11 @@ static const char *coord_step_sql(pg_store *s, int step, int *n)
         *n = 2;
         return "UPDATE ratchet_leader SET epoch = epoch + 1, engine = $1, since = $2::bigint RETURNING epoch";
     case STEP_HEARTBEAT: {
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         snprintf(s->co_vals[1], sizeof s->co_vals[1], "%s", s->leader ? "leader" : "follower");
         free(s->co_scripts);
         s->co_scripts = s->scripts ? xstrdup(s->scripts) : NULL;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->q.mu);
         snprintf(s->co_vals[0], sizeof s->co_vals[0], "%s", s->engine_id);
         snprintf(s->co_vals[3], sizeof s->co_vals[3], "%lld", (long long)s->started_ms);
         *n = 4;
@@ -1054,11 +1043,11 @@ static int coord_step_done(pg_store *s, int step, PGresult *r)
     case STEP_BUMP:
         if (!PQntuples(r))
             return STEP_UNBUMP;
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         s->leader = true;
         s->epoch = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
         s->tell_leadership = true;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->q.mu);
         log_info("store", "this engine (%s) now leads the loop (epoch %s)", s->engine_id, PQgetvalue(r, 0, 0));
         if (s->done_async.data)
             uv_async_send(&s->cluster_async);
@@ -1066,12 +1055,12 @@ static int coord_step_done(pg_store *s, int step, PGresult *r)
     case STEP_UNBUMP:
         return STEP_HEARTBEAT;
     case STEP_HEARTBEAT:
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         /* the last one was sent longer ago than the owner's share of the lease: it lapsed in between */
         if (s->lease_ns && s->co_sent - s->lease_ns >= (uint64_t)(ENGINE_STALE_MS - LEASE_MARGIN_MS) * 1000000u)
             s->lease_gen++;
         s->lease_ns = s->co_sent; /* committed (autocommit): the lease runs from when it was sent */
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->q.mu);
         return STEP_ENGINES;
     case STEP_ENGINES: {
         json_t *engines = json_array();
@@ -1081,10 +1070,10 @@ static int coord_step_done(pg_store *s, int step, PGresult *r)
                                             col_text(r, i, 1), "scripts", col_text(r, i, 2), "started_at",
                                             col_time(r, i, 3), "last_seen", col_time(r, i, 4), "this",
                                             !strcmp(PQgetvalue(r, i, 0), s->engine_id)));
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         json_decref(s->engines);
         s->engines = engines;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->q.mu);
         return STEP_DONE;
     }
     }
@@ -1103,9 +1092,9 @@ static void coord_notifies(pg_store *s)
         PQfreemem(n);
     }
     if (told) {
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         s->tell_registry = true;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->q.mu);
         if (s->done_async.data)
             uv_async_send(&s->cluster_async);
     }
@@ -1304,33 +1293,15 @@ static void on_coord_timer(uv_timer_t *t)
     }
 }
 
-static void drain_done(pg_store *s)
-{
-    pthread_mutex_lock(&s->mu);
-    store_write *w = s->done_head;
-    s->done_head = s->done_tail = NULL;
-    pthread_mutex_unlock(&s->mu);
-    store_writes_done(w);
-}
-
 static void on_done_async(uv_async_t *h)
 {
-    drain_done(h->data);
+    pg_store *s = h->data;
+    store_wqueue_drain(&s->q);
 }
 
 static void pg_flush(store *base)
 {
-    pg_store *s = (pg_store *)base;
-    for (;;) {
-        pthread_mutex_lock(&s->mu);
-        while (s->queue_head || s->writing)
-            pthread_cond_wait(&s->idle_cond, &s->mu);
-        bool done = s->done_head != NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (!done)
-            return;
-        drain_done(s);
-    }
+    store_wqueue_flush(&((pg_store *)base)->q);
 }
 
 static void on_done_async_closed(uv_handle_t *h)
@@ -1347,26 +1318,21 @@ static void on_done_async_closed(uv_handle_t *h)
 static void pg_close(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
-    s->stopping = true;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->mu);
+    store_wqueue_stop(&s->q);
     pthread_join(s->writer, NULL);
     /* a clean stop gives the leadership up at once (the lock goes with the session) */
     uv_timer_stop(&s->co_timer);
     coord_unwatch(s);
     PQfinish(s->cconn);
     s->cconn = NULL;
-    drain_done(s);
+    store_wqueue_drain(&s->q);
     /* every write of this engine is committed: what it leaves unfinished is the leader's now */
     if (s->wconn && PQstatus(s->wconn) == CONNECTION_OK)
         forget_engine(s->wconn, s->engine_id);
     PQfinish(s->wconn);
     for (int i = 0; i < s->read_free; i++)
         PQfinish(s->read_pool[i]);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cond);
-    pthread_cond_destroy(&s->idle_cond);
+    store_wqueue_destroy(&s->q);
     pthread_mutex_destroy(&s->read_mu);
     uv_close((uv_handle_t *)&s->co_timer, NULL);
     uv_close((uv_handle_t *)&s->cluster_async, NULL);
@@ -1375,31 +1341,15 @@ static void pg_close(store *base)
 
 static int pg_submit(store *base, store_write *w)
 {
-    pg_store *s = (pg_store *)base;
-    size_t items = store_write_prepare(w);
-    pthread_mutex_lock(&s->mu);
-    if (s->stopping || s->queued_items + items > s->max_pending) {
-        pthread_mutex_unlock(&s->mu);
-        store_write_unprepare(w);
-        return -1;
-    }
-    s->queued_items += items;
-    if (s->queue_tail)
-        s->queue_tail->next = w;
-    else
-        s->queue_head = w;
-    s->queue_tail = w;
-    pthread_cond_signal(&s->cond);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
+    return store_wqueue_submit(&((pg_store *)base)->q, w);
 }
 
 static bool pg_healthy(store *base)
 {
     pg_store *s = (pg_store *)base;
-    pthread_mutex_lock(&s->mu);
-    bool h = s->healthy && !s->stopping;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
+    bool h = s->healthy && !s->q.stopping;
+    pthread_mutex_unlock(&s->q.mu);
     return h;
 }
 
@@ -1921,33 +1871,26 @@ static int apply_write(pg_store *s, store_write *w, int64_t received, char *err,
 
 static void set_health(pg_store *s, bool healthy, const char *why)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     s->healthy = healthy;
     snprintf(s->last_error, sizeof s->last_error, "%s", healthy ? "" : why);
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
 }
 
-/* With s->mu held: answers every queued write as failed (nothing of it stored), so no
+/* With s->q.mu held: answers every queued write as failed (nothing of it stored), so no
  * request waits on a database that is away. */
 static void fail_queued_locked(pg_store *s, const char *why)
 {
-    store_write *batch = s->queue_head;
-    if (!batch)
+    if (!s->q.queue_head)
         return;
-    s->queue_head = s->queue_tail = NULL;
-    s->queued_items = 0;
-    store_write *last = batch;
+    size_t items;
+    store_write *batch = store_wqueue_take_locked(&s->q, &items);
     for (store_write *w = batch; w; w = w->next) {
         store_write_fail(w, -1);
         s->commit_failures++;
-        last = w;
     }
     log_error("store", "writes not stored, the database is away: %s", why);
-    if (s->done_tail)
-        s->done_tail->next = batch;
-    else
-        s->done_head = batch;
-    s->done_tail = last;
+    store_wqueue_done_locked(&s->q, batch);
     uv_async_send(&s->done_async);
 }
 
@@ -1964,14 +1907,14 @@ static bool reconnect(pg_store *s)
         pg_parts_forget(&s->parts);
         s->wconn = connect_db(s->dsn, s->engine_id, err, sizeof err);
         if (s->wconn) {
-            pthread_mutex_lock(&s->mu);
+            pthread_mutex_lock(&s->q.mu);
             s->reconnects++;
-            pthread_mutex_unlock(&s->mu);
+            pthread_mutex_unlock(&s->q.mu);
             log_info("store", "connected to PostgreSQL again");
             return true;
         }
         set_health(s, false, err);
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         fail_queued_locked(s, err);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
@@ -1981,12 +1924,12 @@ static bool reconnect(pg_store *s)
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        while (!s->stopping && !s->queue_head &&
-               pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0)
+        while (!s->q.stopping && !s->q.queue_head &&
+               pthread_cond_timedwait(&s->q.cond, &s->q.mu, &until) == 0)
             ;
         fail_queued_locked(s, err);
-        bool stop = s->stopping;
-        pthread_mutex_unlock(&s->mu);
+        bool stop = s->q.stopping;
+        pthread_mutex_unlock(&s->q.mu);
         if (stop)
             return false;
         wait_ms = wait_ms * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : wait_ms * 2;
@@ -2025,16 +1968,16 @@ static void *writer_main(void *arg)
         if (PQstatus(s->wconn) != CONNECTION_OK && !reconnect(s)) {
             /* stopping with the database away: what is queued fails below */
         }
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         /* idle for a second: ask the server, so a database gone while nothing is written
          * shows in /readyz before the next write fails */
-        while (!s->queue_head && !s->stopping) {
+        while (!s->q.queue_head && !s->q.stopping) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_sec += IDLE_PING_S;
-            if (pthread_cond_timedwait(&s->cond, &s->mu, &until) == 0 || s->queue_head || s->stopping)
+            if (pthread_cond_timedwait(&s->q.cond, &s->q.mu, &until) == 0 || s->q.queue_head || s->q.stopping)
                 continue;
-            pthread_mutex_unlock(&s->mu);
+            pthread_mutex_unlock(&s->q.mu);
             char err[256] = "";
             bool up = PQstatus(s->wconn) == CONNECTION_OK && pg_exec(s->wconn, "SELECT 1", err, sizeof err) == 0;
             if (!up) {
@@ -2043,23 +1986,20 @@ static void *writer_main(void *arg)
                 log_warn("store", "PostgreSQL is not answering: %s; reconnecting", err);
                 set_health(s, false, err);
                 if (!reconnect(s)) {
-                    pthread_mutex_lock(&s->mu);
+                    pthread_mutex_lock(&s->q.mu);
                     break;
                 }
             }
-            pthread_mutex_lock(&s->mu);
+            pthread_mutex_lock(&s->q.mu);
             if (up || PQstatus(s->wconn) == CONNECTION_OK) {
                 s->healthy = true;
                 s->last_error[0] = 0;
             }
         }
-        store_write *batch = s->queue_head;
-        s->queue_head = s->queue_tail = NULL;
-        s->writing = batch != NULL;
-        size_t items = s->queued_items;
-        s->queued_items = 0;
-        bool stop = s->stopping && !batch;
-        pthread_mutex_unlock(&s->mu);
+        size_t items;
+        store_write *batch = store_wqueue_take_locked(&s->q, &items);
+        bool stop = s->q.stopping && !batch;
+        pthread_mutex_unlock(&s->q.mu);
         if (stop)
             break;
 
@@ -2079,9 +2019,9 @@ static void *writer_main(void *arg)
             any_ops |= w->nops > 0 && !w->fenced && !w->upkeep;
         }
         if (!rc && any_fenced) {
-            pthread_mutex_lock(&s->mu);
+            pthread_mutex_lock(&s->q.mu);
             int64_t epoch = s->leader ? s->epoch : -1;
-            pthread_mutex_unlock(&s->mu);
+            pthread_mutex_unlock(&s->q.mu);
             pgq *q = pgq_new(s->wconn, "SELECT 1 FROM ratchet_leader WHERE epoch = ?1 AND engine = ?2 FOR SHARE");
             pgq_int(q, 1, epoch);
             pgq_text(q, 2, s->engine_id);
@@ -2129,13 +2069,10 @@ static void *writer_main(void *arg)
         }
         bool connected = PQstatus(s->wconn) == CONNECTION_OK;
 
-        store_write *last = batch;
-        while (last->next)
-            last = last->next;
         size_t nwrites = 0;
         for (store_write *w = batch; w; w = w->next)
             nwrites++;
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         s->healthy = rc == 0;
         snprintf(s->last_error, sizeof s->last_error, "%s", rc ? err : "");
         if (rc == 0) {
@@ -2146,14 +2083,8 @@ static void *writer_main(void *arg)
         } else {
             s->commit_failures++;
         }
-        if (s->done_tail)
-            s->done_tail->next = batch;
-        else
-            s->done_head = batch;
-        s->done_tail = last;
-        s->writing = false;
-        pthread_cond_broadcast(&s->idle_cond);
-        pthread_mutex_unlock(&s->mu);
+        store_wqueue_done_locked(&s->q, batch);
+        pthread_mutex_unlock(&s->q.mu);
         uv_async_send(&s->done_async);
         if (!connected)
             log_warn("store", "lost the connection to PostgreSQL; reconnecting");

@@ -73,16 +73,9 @@ static int finish(pgq *q, int rc, char *err, size_t errlen)
     return rc == PGQ_ERROR ? -1 : 0;
 }
 
-/* The online figures of a window, summed from whole minutes of the rollups (trace_minutes,
- * score_minutes: migration 7 in pg.c) and the traces and scores of the partial minutes at its
- * edges, as sqlite_loop.c does. */
-#define MINUTE_MS 60000
-
-typedef struct {
-    int64_t traces, evaluated, passed, failures, errors, negative, retries;
-    double latency, cost, tokens;        /* sums */
-    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
-} window_totals;
+/* The online figures of a window (window.c), read from whole minutes of the rollups
+ * (trace_minutes, score_minutes: migration 7 in pg.c) and the traces and scores of the
+ * partial minutes at its edges, as sqlite_loop.c does. */
 
 /* A number at a path of the body, NULL when it holds none (SQLite's avg skips those too). */
 #define NUM(path) "(CASE WHEN json_typeof(body #> '" path "') = 'number' THEN (body #>> '" path "')::float8 END)"
@@ -117,119 +110,45 @@ static const char evaluators_scan_sql[] =
 static const char evaluators_rollup_sql[] = EVALUATORS_ROLLUP("AND version = ?2");
 static const char evaluators_rollup_any_sql[] = EVALUATORS_ROLLUP("AND ?2::bigint = 0");
 
-static int totals_add(PGconn *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
-                      window_totals *w, char *err, size_t errlen)
+/* What a window reads, on one connection inside one snapshot. */
+typedef struct {
+    PGconn *c;
+    const char *prompt;
+    int64_t version;
+} pg_window;
+
+static int totals_add(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
+                      store_window_totals *w, char *err, size_t errlen)
 {
-    if (from >= to) /* an empty edge */
-        return 0;
-    pgq *q = window_query(c, sql, prompt, version, from, to);
+    pg_window *pw = r->ctx;
+    const char *sql = src == WINDOW_SCAN ? totals_scan_sql : pw->version ? totals_rollup_sql : totals_rollup_any_sql;
+    pgq *q = window_query(pw->c, sql, pw->prompt, pw->version, from, to);
     int rc = pgq_step(q);
     if (rc == PGQ_ROW) {
-        int64_t *counts[] = {&w->traces, &w->evaluated, &w->passed, &w->failures,
-                             &w->errors, &w->negative,  &w->retries};
-        for (int i = 0; i < 7; i++)
-            *counts[i] += (int64_t)pgq_col_double(q, i);
-        w->latency += pgq_col_double(q, 7);
-        w->latency_n += (int64_t)pgq_col_double(q, 8);
-        w->cost += pgq_col_double(q, 9);
-        w->cost_n += (int64_t)pgq_col_double(q, 10);
-        w->tokens += pgq_col_double(q, 11);
-        w->tokens_n += (int64_t)pgq_col_double(q, 12);
+        double row[13];
+        for (int i = 0; i < 13; i++)
+            row[i] = pgq_col_double(q, i);
+        store_window_totals_add(w, row);
     }
     return finish(q, rc, err, errlen);
 }
 
-/* Adds each evaluator's [n, passed, failures, errors, required] into acc. */
-static int evaluators_add(PGconn *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
+static int evaluators_add(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
                           json_t *acc, char *err, size_t errlen)
 {
-    if (from >= to)
-        return 0;
-    pgq *q = window_query(c, sql, prompt, version, from, to);
+    pg_window *pw = r->ctx;
+    const char *sql =
+        src == WINDOW_SCAN ? evaluators_scan_sql : pw->version ? evaluators_rollup_sql : evaluators_rollup_any_sql;
+    pgq *q = window_query(pw->c, sql, pw->prompt, pw->version, from, to);
     int rc;
     while ((rc = pgq_step(q)) == PGQ_ROW) {
-        json_t *a = json_object_get(acc, pgq_col(q, 0));
-        if (!a) {
-            a = json_pack("[I, I, I, I, I]", (json_int_t)0, (json_int_t)0, (json_int_t)0, (json_int_t)0,
-                          (json_int_t)0);
-            json_object_set_new(acc, pgq_col(q, 0), a);
-        }
+        double row[5];
         for (int i = 0; i < 5; i++)
-            json_array_set_new(a, (size_t)i,
-                               json_integer(json_integer_value(json_array_get(a, (size_t)i)) +
-                                            (json_int_t)pgq_col_double(q, i + 1)));
+            row[i] = pgq_col_double(q, i + 1);
+        store_window_evaluator_add(acc, pgq_col(q, 0), row);
     }
     return finish(q, rc, err, errlen);
 }
-
-/* The window [since, until) as whole minutes [*m0, *m1) and the edges [since, *e0) and
- * [*e1, until) read from the traces. A window shorter than a whole minute is all edge. */
-static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
-{
-    if (since < 0 || until <= since || since > INT64_MAX - MINUTE_MS) { /* no rollup before 1970 */
-        *m0 = *m1 = 0;
-        *e0 = *e1 = until;
-        return;
-    }
-    *m0 = (since + MINUTE_MS - 1) / MINUTE_MS;
-    *m1 = until / MINUTE_MS;
-    if (*m1 <= *m0) {
-        *m0 = *m1 = 0;
-        *e0 = *e1 = until;
-        return;
-    }
-    *e0 = *m0 * MINUTE_MS;
-    *e1 = *m1 * MINUTE_MS;
-}
-
-/* One window's figures: {traces, evaluated, passed, failures, errors, negative, retries,
- * pass_rate, latency_ms, cost, tokens, evaluators}. */
-static int window_metrics(PGconn *c, const char *prompt, int64_t version, int64_t since, int64_t until, json_t **out,
-                          char *err, size_t errlen)
-{
-    int64_t m0, m1, e0, e1;
-    window_split(since, until, &m0, &m1, &e0, &e1);
-    window_totals w = {0};
-    json_t *acc = json_object();
-    int rc = totals_add(c, totals_scan_sql, prompt, version, since, e0, &w, err, errlen) ||
-             evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
-    if (!rc && m1 > m0)
-        rc = totals_add(c, version ? totals_rollup_sql : totals_rollup_any_sql, prompt, version, m0, m1, &w, err,
-                        errlen) ||
-             evaluators_add(c, version ? evaluators_rollup_sql : evaluators_rollup_any_sql, prompt, version, m0, m1,
-                            acc, err, errlen) ||
-             totals_add(c, totals_scan_sql, prompt, version, e1, until, &w, err, errlen) ||
-             evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
-    if (rc) {
-        json_decref(acc);
-        return -1;
-    }
-    json_t *evs = json_object();
-    const char *name;
-    json_t *a;
-    json_object_foreach(acc, name, a) {
-        json_int_t n = json_integer_value(json_array_get(a, 0)), ok = json_integer_value(json_array_get(a, 1)),
-                   fail = json_integer_value(json_array_get(a, 2));
-        if (n > 0) /* an evaluator whose scores were all replaced has none here */
-            json_object_set_new(evs, name,
-                                json_pack("{s:I, s:I, s:I, s:O, s:f, s:b}", "n", n, "passed", ok, "failures", fail,
-                                          "errors", json_array_get(a, 3), "pass_rate",
-                                          ok + fail > 0 ? (double)ok / (double)(ok + fail) : 0.0, "required",
-                                          json_integer_value(json_array_get(a, 4)) > 0));
-    }
-    json_decref(acc);
-    *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:o}", "traces", (json_int_t)w.traces,
-                     "evaluated", (json_int_t)w.evaluated, "passed", (json_int_t)w.passed, "failures",
-                     (json_int_t)w.failures, "errors", (json_int_t)w.errors, "negative", (json_int_t)w.negative,
-                     "retries", (json_int_t)w.retries, "pass_rate",
-                     w.evaluated > 0 ? (double)w.passed / (double)w.evaluated : 0.0, "latency_ms",
-                     w.latency_n ? w.latency / (double)w.latency_n : 0.0, "cost",
-                     w.cost_n ? w.cost / (double)w.cost_n : 0.0, "tokens",
-                     w.tokens_n ? w.tokens / (double)w.tokens_n : 0.0, "evaluators", evs);
-    return 0;
-}
-
-#define MAX_SLICE_VALUES 50
 
 static int metrics_slices(PGconn *c, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                           const json_t *keys, json_t *out, char *err, size_t errlen)
@@ -245,17 +164,10 @@ static int metrics_slices(PGconn *c, const char *prompt, int64_t version, int64_
                               "GROUP BY v ORDER BY count(*) DESC LIMIT ?6",
                               prompt, version, since_ms, until_ms);
         pgq_text(q, 5, key);
-        pgq_int(q, 6, MAX_SLICE_VALUES);
+        pgq_int(q, 6, STORE_SLICE_VALUES);
         int rc;
-        while ((rc = pgq_step(q)) == PGQ_ROW) {
-            const char *v = pgq_col(q, 0);
-            char name[300];
-            snprintf(name, sizeof name, "metadata.%s=%.200s", key, v ? v : "(none)");
-            double evaluated = pgq_col_double(q, 1), passed = pgq_col_double(q, 2);
-            json_object_set_new(out, name, json_pack("{s:I, s:I, s:f}", "evaluated", (json_int_t)evaluated, "passed",
-                                                     (json_int_t)passed, "pass_rate",
-                                                     evaluated > 0 ? passed / evaluated : 0.0));
-        }
+        while ((rc = pgq_step(q)) == PGQ_ROW)
+            store_window_slice_add(out, key, pgq_col(q, 0), pgq_col_double(q, 1), pgq_col_double(q, 2));
         if (finish(q, rc, err, errlen))
             return -1;
     }
@@ -271,8 +183,10 @@ int pg_prompt_metrics_sliced(store *s, const char *prompt, int64_t version, int6
         return -1;
     /* one snapshot for every statement */
     int rc = pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, errlen);
+    pg_window pw = {c, prompt, version};
+    store_window_reader r = {&pw, true, totals_add, evaluators_add};
     if (!rc)
-        rc = window_metrics(c, prompt, version, since_ms, until_ms, out, err, errlen);
+        rc = store_window_metrics(&r, since_ms, until_ms, out, err, errlen);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(c, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -296,17 +210,10 @@ int pg_prompt_series(store *s, const char *prompt, int64_t version, int64_t sinc
     if (!c)
         return -1;
     int rc = pg_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err, errlen);
+    pg_window pw = {c, prompt, version};
+    store_window_reader r = {&pw, true, totals_add, evaluators_add};
     if (!rc)
-        *points = json_array();
-    for (int64_t from = since_ms; !rc && from < until_ms; from += step_ms) {
-        int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
-        json_t *m = NULL;
-        rc = window_metrics(c, prompt, version, from, to, &m, err, errlen);
-        if (m) {
-            json_object_set_new(m, "since_ms", json_integer(from));
-            json_array_append_new(*points, m);
-        }
-    }
+        rc = store_window_series(&r, since_ms, until_ms, step_ms, points, err, errlen);
     char ignored[64];
     pg_exec(c, "COMMIT", ignored, sizeof ignored);
     pg_read_release(PG(s), c);

@@ -57,16 +57,8 @@ struct sqlite_store {
     uint64_t checkpoints, writer_checkpoints; /* under ckpt_mu */
     int wal_pages;                            /* after the last commit, under ckpt_mu */
     int ckpt_mark;                            /* wal_pages when the checkpointer was last woken */
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    pthread_cond_t idle_cond;             /* the writer finished a batch */
-    bool writing;                         /* the writer holds a batch, under mu */
-    store_write *queue_head, *queue_tail; /* waiting for the writer */
-    store_write *done_head, *done_tail;   /* committed, waiting for the loop */
-    size_t queued_items;
-    size_t max_pending;
-    bool stopping;
-    bool healthy;
+    store_wqueue q; /* the writer's queue; q.mu guards the fields below marked "under mu" */
+    bool healthy;   /* under mu */
     /* for /metrics, under mu */
     uint64_t commits, commit_failures, writes_committed, items_committed;
     metrics_hist commit_seconds;
@@ -554,7 +546,6 @@ int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, 
     sqlite_store *s = xcalloc(1, sizeof *s);
     s->base.be = &sqlite_backend;
     s->loop = loop;
-    s->max_pending = (size_t)max_pending;
 
     size_t plen = strlen(dir) + 16;
     s->path = xmalloc(plen);
@@ -616,9 +607,7 @@ int sqlite_open(store **out, uv_loop_t *loop, const char *dir, int max_pending, 
         goto fail;
     }
 
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cond, NULL);
-    pthread_cond_init(&s->idle_cond, NULL);
+    store_wqueue_init(&s->q, (size_t)max_pending);
     pthread_mutex_init(&s->read_mu, NULL);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     pthread_cond_init(&s->ckpt_cond, NULL);
@@ -660,13 +649,13 @@ fail:
 static void sqlite_metrics(store *base, buf_t *b)
 {
     sqlite_store *s = (sqlite_store *)base;
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
     uint64_t commits = s->commits, failures = s->commit_failures, writes = s->writes_committed,
              items = s->items_committed;
     metrics_hist h = s->commit_seconds;
-    size_t queued = s->queued_items;
+    size_t queued = s->q.queued_items;
     bool healthy = s->healthy;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->q.mu);
     pthread_mutex_lock(&s->ckpt_mu);
     uint64_t checkpoints = s->checkpoints, writer_checkpoints = s->writer_checkpoints;
     int wal_pages = s->wal_pages;
@@ -691,33 +680,15 @@ static void sqlite_metrics(store *base, buf_t *b)
     metrics_one(b, "ratchet_store_wal_pages", "gauge", "Pages in the WAL after the last commit.", (double)wal_pages);
 }
 
-static void drain_done(sqlite_store *s)
-{
-    pthread_mutex_lock(&s->mu);
-    store_write *w = s->done_head;
-    s->done_head = s->done_tail = NULL;
-    pthread_mutex_unlock(&s->mu);
-    store_writes_done(w);
-}
-
 static void on_done_async(uv_async_t *h)
 {
-    drain_done(h->data);
+    sqlite_store *s = h->data;
+    store_wqueue_drain(&s->q);
 }
 
 static void sqlite_flush(store *base)
 {
-    sqlite_store *s = (sqlite_store *)base;
-    for (;;) {
-        pthread_mutex_lock(&s->mu);
-        while (s->queue_head || s->writing)
-            pthread_cond_wait(&s->idle_cond, &s->mu);
-        bool done = s->done_head != NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (!done)
-            return;
-        drain_done(s); /* a callback may queue another write: wait for it too */
-    }
+    store_wqueue_flush(&((sqlite_store *)base)->q);
 }
 
 /* The last of the store: its memory holds the async handle, so it is freed
@@ -732,13 +703,10 @@ static void on_done_async_closed(uv_handle_t *h)
 static void sqlite_close(store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
-    pthread_mutex_lock(&s->mu);
-    s->stopping = true;
-    pthread_cond_signal(&s->cond);
-    pthread_mutex_unlock(&s->mu);
+    store_wqueue_stop(&s->q);
     pthread_join(s->writer, NULL);
     stop_checkpointer(s);
-    drain_done(s); /* the last commits' callbacks, on this (the loop) thread */
+    store_wqueue_drain(&s->q); /* the last commits' callbacks, on this (the loop) thread */
 
     finalize_statements(s);
     for (int i = 0; i < s->read_free; i++)
@@ -746,9 +714,7 @@ static void sqlite_close(store *base)
     sqlite3_close(s->cdb);
     /* the last connection, and a writable one: it copies the WAL back and removes it */
     sqlite3_close(s->wdb);
-    pthread_mutex_destroy(&s->mu);
-    pthread_cond_destroy(&s->cond);
-    pthread_cond_destroy(&s->idle_cond);
+    store_wqueue_destroy(&s->q);
     pthread_mutex_destroy(&s->read_mu);
     pthread_mutex_destroy(&s->ckpt_mu);
     pthread_cond_destroy(&s->ckpt_cond);
@@ -758,31 +724,15 @@ static void sqlite_close(store *base)
 
 static int sqlite_submit(store *base, store_write *w)
 {
-    sqlite_store *s = (sqlite_store *)base;
-    size_t items = store_write_prepare(w);
-    pthread_mutex_lock(&s->mu);
-    if (s->stopping || s->queued_items + items > s->max_pending) {
-        pthread_mutex_unlock(&s->mu);
-        store_write_unprepare(w);
-        return -1;
-    }
-    s->queued_items += items;
-    if (s->queue_tail)
-        s->queue_tail->next = w;
-    else
-        s->queue_head = w;
-    s->queue_tail = w;
-    pthread_cond_signal(&s->cond);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
+    return store_wqueue_submit(&((sqlite_store *)base)->q, w);
 }
 
 static bool sqlite_healthy(store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
-    pthread_mutex_lock(&s->mu);
-    bool h = s->healthy && !s->stopping;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->q.mu);
+    bool h = s->healthy && !s->q.stopping;
+    pthread_mutex_unlock(&s->q.mu);
     return h;
 }
 
@@ -1240,16 +1190,13 @@ static void *writer_main(void *arg)
 {
     sqlite_store *s = arg;
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        while (!s->queue_head && !s->stopping)
-            pthread_cond_wait(&s->cond, &s->mu);
-        store_write *batch = s->queue_head;
-        s->queue_head = s->queue_tail = NULL;
-        s->writing = batch != NULL;
-        size_t items = s->queued_items;
-        s->queued_items = 0;
-        bool stop = s->stopping && !batch;
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
+        while (!s->q.queue_head && !s->q.stopping)
+            pthread_cond_wait(&s->q.cond, &s->q.mu);
+        size_t items;
+        store_write *batch = store_wqueue_take_locked(&s->q, &items);
+        bool stop = s->q.stopping && !batch;
+        pthread_mutex_unlock(&s->q.mu);
         if (stop)
             break;
 
@@ -1270,13 +1217,10 @@ static void *writer_main(void *arg)
                 store_write_fail(w, rc);
         }
 
-        store_write *last = batch;
-        while (last->next)
-            last = last->next;
         size_t nwrites = 0;
         for (store_write *w = batch; w; w = w->next)
             nwrites++;
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->q.mu);
         s->healthy = rc == SQLITE_OK;
         if (rc == SQLITE_OK) {
             s->commits++;
@@ -1286,14 +1230,8 @@ static void *writer_main(void *arg)
         } else {
             s->commit_failures++;
         }
-        if (s->done_tail)
-            s->done_tail->next = batch;
-        else
-            s->done_head = batch;
-        s->done_tail = last;
-        s->writing = false;
-        pthread_cond_broadcast(&s->idle_cond);
-        pthread_mutex_unlock(&s->mu);
+        store_wqueue_done_locked(&s->q, batch);
+        pthread_mutex_unlock(&s->q.mu);
         uv_async_send(&s->done_async);
     }
     return NULL;

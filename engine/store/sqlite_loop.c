@@ -109,16 +109,9 @@ static int finish(sqlite3 *db, sqlite3_stmt *st, int rc, char *err, size_t errle
     return -1;
 }
 
-/* The online figures of a window, summed from whole minutes of the
+/* The online figures of a window (window.c), read from whole minutes of the
  * rollups (trace_minutes, score_minutes: migration 7 in sqlite.c) and the
  * traces and scores of the partial minutes at its edges. */
-#define MINUTE_MS 60000
-
-typedef struct {
-    int64_t traces, evaluated, passed, failures, errors, negative, retries;
-    double latency, cost, tokens;       /* sums */
-    int64_t latency_n, cost_n, tokens_n; /* how many traces had each */
-} window_totals;
 
 /* ?1 prompt, ?2 version (0: any), ?3 from, ?4 to (ms, or minutes for the rollup) */
 static const char totals_scan_sql[] =
@@ -199,134 +192,58 @@ static int step_done(stmt_cache *c, int rc, char *err, size_t errlen)
     return -1;
 }
 
-static int totals_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from, int64_t to,
-                      window_totals *w, char *err, size_t errlen)
+/* What a window reads: the statements of one snapshot, the prompt and version. */
+typedef struct {
+    stmt_cache cache;
+    const char *prompt;
+    int64_t version;
+} sqlite_window;
+
+static int totals_add(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
+                      store_window_totals *w, char *err, size_t errlen)
 {
-    if (from >= to) /* an empty edge */
-        return 0;
-    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    sqlite_window *sw = r->ctx;
+    const char *sql = src == WINDOW_ROLLUP ? (sw->version ? totals_rollup_sql : totals_rollup_any_sql)
+                      : r->with_costs      ? totals_scan_sql
+                                           : counts_scan_sql;
+    sqlite3_stmt *st = cached(&sw->cache, sql, err, errlen);
     if (!st)
         return -1;
-    bind_window(st, prompt, version, from, to);
+    bind_window(st, sw->prompt, sw->version, from, to);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        int64_t *counts[] = {&w->traces,   &w->evaluated, &w->passed, &w->failures,
-                             &w->errors,   &w->negative,  &w->retries};
-        for (int i = 0; i < 7; i++)
-            *counts[i] += (int64_t)col_num(st, i);
-        w->latency += col_num(st, 7);
-        w->latency_n += (int64_t)col_num(st, 8);
-        w->cost += col_num(st, 9);
-        w->cost_n += (int64_t)col_num(st, 10);
-        w->tokens += col_num(st, 11);
-        w->tokens_n += (int64_t)col_num(st, 12);
+        double row[13];
+        for (int i = 0; i < 13; i++)
+            row[i] = col_num(st, i);
+        store_window_totals_add(w, row);
         rc = SQLITE_DONE;
     }
-    return step_done(c, rc, err, errlen);
+    return step_done(&sw->cache, rc, err, errlen);
 }
 
-/* Adds each evaluator's [n, passed, failures, errors, required] into evs. */
-static int evaluators_add(stmt_cache *c, const char *sql, const char *prompt, int64_t version, int64_t from,
-                          int64_t to, json_t *evs, char *err, size_t errlen)
+static int evaluators_add(const store_window_reader *r, store_window_source src, int64_t from, int64_t to,
+                          json_t *acc, char *err, size_t errlen)
 {
-    if (from >= to)
-        return 0;
-    sqlite3_stmt *st = cached(c, sql, err, errlen);
+    sqlite_window *sw = r->ctx;
+    const char *sql = src == WINDOW_SCAN ? evaluators_scan_sql
+                      : sw->version      ? evaluators_rollup_sql
+                                         : evaluators_rollup_any_sql;
+    sqlite3_stmt *st = cached(&sw->cache, sql, err, errlen);
     if (!st)
         return -1;
-    bind_window(st, prompt, version, from, to);
+    bind_window(st, sw->prompt, sw->version, from, to);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        json_t *acc = json_object_get(evs, name);
-        if (!acc) {
-            acc = json_pack("[i, i, i, i, i]", 0, 0, 0, 0, 0);
-            json_object_set_new(evs, name, acc);
-        }
+        double row[5];
         for (int i = 0; i < 5; i++)
-            json_array_set_new(acc, (size_t)i,
-                               json_integer(json_integer_value(json_array_get(acc, (size_t)i)) +
-                                            (json_int_t)col_num(st, i + 1)));
+            row[i] = col_num(st, i + 1);
+        store_window_evaluator_add(acc, (const char *)sqlite3_column_text(st, 0), row);
     }
-    return step_done(c, rc, err, errlen);
-}
-
-/* The window [since, until) as whole minutes [*m0, *m1) and the edges
- * [since, *e0) and [*e1, until) read from the traces. A window shorter than
- * a whole minute is all edge. */
-static void window_split(int64_t since, int64_t until, int64_t *m0, int64_t *m1, int64_t *e0, int64_t *e1)
-{
-    if (since < 0 || until <= since || since > INT64_MAX - MINUTE_MS) { /* no rollup before 1970 */
-        *m0 = *m1 = 0;
-        *e0 = *e1 = until;
-        return;
-    }
-    *m0 = (since + MINUTE_MS - 1) / MINUTE_MS;
-    *m1 = until / MINUTE_MS;
-    if (*m1 <= *m0) {
-        *m0 = *m1 = 0;
-        *e0 = *e1 = until;
-        return;
-    }
-    *e0 = *m0 * MINUTE_MS;
-    *e1 = *m1 * MINUTE_MS;
-}
-
-/* One window's figures: {traces, evaluated, passed, failures, errors,
- * negative, retries, pass_rate, [latency_ms, cost, tokens,] evaluators}. */
-static int window_metrics(stmt_cache *c, const char *prompt, int64_t version, int64_t since, int64_t until,
-                          bool with_costs, json_t **out, char *err, size_t errlen)
-{
-    int64_t m0, m1, e0, e1;
-    window_split(since, until, &m0, &m1, &e0, &e1);
-    window_totals w = {0};
-    json_t *acc = json_object();
-    const char *scan = with_costs ? totals_scan_sql : counts_scan_sql;
-    int rc = totals_add(c, scan, prompt, version, since, e0, &w, err, errlen);
-    if (!rc && m1 > m0)
-        rc = totals_add(c, version ? totals_rollup_sql : totals_rollup_any_sql, prompt, version, m0, m1, &w, err,
-                        errlen) ||
-             totals_add(c, scan, prompt, version, e1, until, &w, err, errlen) ||
-             evaluators_add(c, version ? evaluators_rollup_sql : evaluators_rollup_any_sql, prompt, version, m0, m1,
-                            acc, err, errlen) ||
-             evaluators_add(c, evaluators_scan_sql, prompt, version, e1, until, acc, err, errlen);
-    if (!rc)
-        rc = evaluators_add(c, evaluators_scan_sql, prompt, version, since, e0, acc, err, errlen);
-    if (rc) {
-        json_decref(acc);
-        return -1;
-    }
-    json_t *evs = json_object();
-    const char *name;
-    json_t *a;
-    json_object_foreach(acc, name, a) {
-        json_int_t n = json_integer_value(json_array_get(a, 0)), ok = json_integer_value(json_array_get(a, 1)),
-                   fail = json_integer_value(json_array_get(a, 2));
-        if (n > 0) /* an evaluator whose scores were all replaced has none here */
-            json_object_set_new(evs, name,
-                                json_pack("{s:I, s:I, s:I, s:O, s:f, s:b}", "n", n, "passed", ok, "failures", fail,
-                                          "errors", json_array_get(a, 3), "pass_rate",
-                                          ok + fail > 0 ? (double)ok / (double)(ok + fail) : 0.0, "required",
-                                          json_integer_value(json_array_get(a, 4)) > 0));
-    }
-    json_decref(acc);
-    *out = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}", "traces", (json_int_t)w.traces, "evaluated",
-                     (json_int_t)w.evaluated, "passed", (json_int_t)w.passed, "failures", (json_int_t)w.failures,
-                     "errors", (json_int_t)w.errors, "negative", (json_int_t)w.negative, "retries",
-                     (json_int_t)w.retries, "pass_rate",
-                     w.evaluated > 0 ? (double)w.passed / (double)w.evaluated : 0.0, "evaluators", evs);
-    if (with_costs) {
-        /* the mean over the traces that carry the figure, 0 when none does */
-        json_object_set_new(*out, "latency_ms", json_real(w.latency_n ? w.latency / (double)w.latency_n : 0.0));
-        json_object_set_new(*out, "cost", json_real(w.cost_n ? w.cost / (double)w.cost_n : 0.0));
-        json_object_set_new(*out, "tokens", json_real(w.tokens_n ? w.tokens / (double)w.tokens_n : 0.0));
-    }
-    return 0;
+    return step_done(&sw->cache, rc, err, errlen);
 }
 
 /* A slice's figures: evaluated and passed traces per value of each
- * metadata key, the most frequent MAX_SLICE_VALUES values of each. */
-#define MAX_SLICE_VALUES 50
+ * metadata key, the most frequent STORE_SLICE_VALUES values of each. */
 static int metrics_slices(sqlite3 *db, const char *prompt, int64_t version, int64_t since_ms, int64_t until_ms,
                           const json_t *keys, json_t *out, char *err, size_t errlen)
 {
@@ -344,17 +261,11 @@ static int metrics_slices(sqlite3 *db, const char *prompt, int64_t version, int6
             return -1;
         bind_window(st, prompt, version, since_ms, until_ms);
         sqlite3_bind_text(st, 5, key, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 6, MAX_SLICE_VALUES);
+        sqlite3_bind_int(st, 6, STORE_SLICE_VALUES);
         int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            const char *v = (const char *)sqlite3_column_text(st, 0);
-            char name[300];
-            snprintf(name, sizeof name, "metadata.%s=%.200s", key, v ? v : "(none)");
-            double evaluated = col_num(st, 1), passed = col_num(st, 2);
-            json_object_set_new(out, name, json_pack("{s:I, s:I, s:f}", "evaluated", (json_int_t)evaluated, "passed",
-                                                     (json_int_t)passed, "pass_rate",
-                                                     evaluated > 0 ? passed / evaluated : 0.0));
-        }
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            store_window_slice_add(out, key, (const char *)sqlite3_column_text(st, 0), col_num(st, 1),
+                                   col_num(st, 2));
         if (finish(db, st, rc, err, errlen))
             return -1;
     }
@@ -369,9 +280,10 @@ int sqlite_prompt_metrics_sliced(store *base, const char *prompt, int64_t versio
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    stmt_cache cache = {.db = db};
-    int rc = window_metrics(&cache, prompt, version, since_ms, until_ms, true, out, err, errlen);
-    cache_clear(&cache);
+    sqlite_window sw = {.cache = {.db = db}, .prompt = prompt, .version = version};
+    store_window_reader r = {&sw, true, totals_add, evaluators_add};
+    int rc = store_window_metrics(&r, since_ms, until_ms, out, err, errlen);
+    cache_clear(&sw.cache);
     if (!rc && json_array_size(slice_keys)) {
         json_object_set_new(*out, "slices", json_object());
         rc = metrics_slices(db, prompt, version, since_ms, until_ms, slice_keys, json_object_get(*out, "slices"), err,
@@ -392,19 +304,10 @@ int sqlite_prompt_series(store *base, const char *prompt, int64_t version, int64
     sqlite3 *db = snapshot_begin(s, err, errlen);
     if (!db)
         return -1;
-    *points = json_array();
-    stmt_cache cache = {.db = db};
-    int rc = 0;
-    for (int64_t from = since_ms; from < until_ms && !rc; from += step_ms) {
-        int64_t to = from < until_ms - step_ms ? from + step_ms : until_ms;
-        json_t *m = NULL;
-        rc = window_metrics(&cache, prompt, version, from, to, false, &m, err, errlen);
-        if (!rc) {
-            json_object_set_new(m, "since_ms", json_integer(from));
-            json_array_append_new(*points, m);
-        }
-    }
-    cache_clear(&cache);
+    sqlite_window sw = {.cache = {.db = db}, .prompt = prompt, .version = version};
+    store_window_reader r = {&sw, false, totals_add, evaluators_add};
+    int rc = store_window_series(&r, since_ms, until_ms, step_ms, points, err, errlen);
+    cache_clear(&sw.cache);
     snapshot_end(s, db);
     if (rc) {
         json_decref(*points);

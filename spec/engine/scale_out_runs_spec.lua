@@ -5,37 +5,17 @@
 -- #heavy: it runs once, in `make test`, on PostgreSQL.
 local engine = require "spec.helpers.engine"
 local fake_llm = require "spec.helpers.fake_llm"
+local tickets = require "spec.helpers.tickets"
 
-local MODEL = engine.read_file("demo/model.lua")
-local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+local MODEL = tickets.MODEL
 local NCASES = 7 -- demo/golden.jsonl
 local JOBS = NCASES * 2 -- baseline and one candidate, k = 1
 
-local function config(fake)
-  return string.format([[
-scripts = { dirs = { %q } }
-provider "fake" {
-  kind = "openai", base_url = %q, default_model = "target",
-  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
-}
-prompt "tickets" {
-  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
-}
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json")
-end
+-- the prompt has no loop: the runs are the ones each test starts through the API
+local function config(fake) return tickets.config(fake, false) end
 
-local function version(system)
-  return { messages = { { role = "system", content = system }, { role = "user", content = "Ticket: {{ticket}}" } },
-           model = { provider = "fake", model = "target" } }
-end
-
-local function setup(e)
-  assert.equal(201, e:post("/v1/prompts", { name = "tickets" }).status)
-  assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1)).status)
-  assert.equal(201, e:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
-  assert.equal(200, e:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
-    { content_type = "application/x-ndjson" }).status)
-end
+-- "tickets" (version 1 in production, version 2 a candidate) and the dataset "golden"
+local function setup(e) tickets.setup(e, nil, { tickets.V2 }) end
 
 local function start_run(e)
   -- no output cache: a job done twice calls the model twice

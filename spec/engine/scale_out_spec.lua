@@ -6,41 +6,18 @@ local engine = require "spec.helpers.engine"
 local fake_llm = require "spec.helpers.fake_llm"
 local traffic = require "demo.traffic"
 local socket = require "socket"
+local tickets = require "spec.helpers.tickets"
 
-local MODEL = engine.read_file("demo/model.lua")
-local V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+local MODEL, V2, version, statuses = tickets.MODEL, tickets.V2, tickets.version, tickets.statuses
 
+-- the loop starts no round of its own: each test drives it; a canary advances on 10 samples a step
 local function config(fake, extra)
-  return string.format([[
-scripts = { dirs = { %q } }
-provider "fake" {
-  kind = "openai", base_url = %q, default_model = "target",
-  max_retries = 1, backoff_base_ms = 5, backoff_max_ms = 20, timeout_ms = 20000,
-}
-prompt "tickets" {
-  evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
-  loop = {
-    enabled = false, dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
-    check_interval_ms = 100, k = 1, concurrency = 4,
+  return tickets.config(fake, [[enabled = false,
     rollout_options = { steps = { 25, 50 }, min_step_samples = 10, min_step_ms = 0, margin = 0.1, tau = 0.3 },
-    %s
-  },
-}
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", extra or "")
-end
-
-local function version(system)
-  return { messages = { { role = "system", content = system }, { role = "user", content = "Ticket: {{ticket}}" } },
-           model = { provider = "fake", model = "target" } }
+    ]] .. (extra or ""))
 end
 
 local function store_of(e) return e:get("/v1/status").json.store end
-
-local function statuses(e)
-  local out = {}
-  for _, v in ipairs(e:get("/v1/prompts/tickets/versions").json.items) do out[v.version] = v.status end
-  return out
-end
 
 describe("two engines on one database #heavy", function()
   local fake, e1, e2
@@ -70,17 +47,12 @@ describe("two engines on one database #heavy", function()
     assert.equal("not_leader", refused.json.error.code)
 
     -- a registry change on one is seen by the other at once (NOTIFY, no polling)
-    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
-    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
-    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
+    tickets.setup(e1)
     assert.truthy(engine.eventually(3, function() return e2:get("/v1/prompts/tickets").status == 200 end),
       "engine 2 never saw the prompt engine 1 created")
     assert.truthy(engine.eventually(3, function() return statuses(e2)[1] == "production" end))
-    local r = e1:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
-      { content_type = "application/x-ndjson" })
-    assert.equal(200, r.status, r.body)
     -- and a version added on the follower reaches the leader
-    assert.equal(201, e2:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
+    assert.equal(201, e2:post("/v1/prompts/tickets/versions", version(V2)).status)
     assert.truthy(engine.eventually(3, function() return statuses(e1)[2] ~= nil end), "engine 1 never saw the version added on engine 2")
 
     -- ingest on both: every ack is in the shared store
@@ -98,7 +70,7 @@ describe("two engines on one database #heavy", function()
     end
 
     -- a canary, started on the leader; traffic on both
-    r = e1:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 })
+    local r = e1:post("/v1/prompts/tickets/canary", { version = 2, share = 0.25 })
     assert.equal(200, r.status, r.body)
     assert.truthy(engine.eventually(10, function() return e1:get("/v1/loop/tickets").json.state == "canary" end))
     -- a caller gets the same version from either engine (a hash of prompt and key against the shared share)
@@ -153,10 +125,7 @@ describe("two engines on one database #heavy", function()
   it("refuses a loop decision from an engine whose leadership epoch is no longer the current one (fencing)", function()
     e1 = engine.start { store = "postgres", config = config(fake) }
     assert.equal("leader", store_of(e1).role)
-    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
-    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
-    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
-    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1 .. " Escape quotes in strings.")).status)
+    tickets.setup(e1, nil, { V2 })
     -- another engine took over as far as the database knows (what a successor's win does)
     assert.equal("", e1:sql("UPDATE ratchet_leader SET epoch = epoch + 1, engine = 'a-successor'"))
     -- the canary is a registry change (any engine may make it); the loop's decision to watch it is fenced
@@ -202,11 +171,7 @@ describe("two engines on one database #heavy", function()
     local cfg = config(fake, "concurrency = 1,")
     e1 = engine.start { store = "postgres", config = cfg }
     e2 = engine.start { store = "postgres", dsn = e1.dsn, config = cfg }
-    assert.equal(201, e1:post("/v1/prompts", { name = "tickets" }).status)
-    assert.equal(201, e1:post("/v1/prompts/tickets/versions", version(V1)).status)
-    assert.equal(200, e1:post("/v1/prompts/tickets/promote", { version = 1 }).status)
-    assert.equal(200, e1:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
-      { content_type = "application/x-ndjson" }).status)
+    tickets.setup(e1)
     traffic.send("http://" .. e1.addr, "tickets", 1, 40)
     engine.sleep(0.5)
     fake:faults { { delay_ms = 150, times = 1000 } }

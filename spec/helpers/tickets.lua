@@ -9,10 +9,23 @@ local M = {}
 
 M.MODEL = engine.read_file("demo/model.lua")
 M.V1 = "You turn support tickets into JSON. Answer with a JSON object with the fields category, priority and summary."
+-- V1 with the fix for tickets that quote a name (demo/model.lua answers them with broken JSON without it)
+M.V2 = M.V1 .. " Escape quotes in strings."
 
 -- loop: the loop's fields after the shared ones (dataset, optimizer, check_interval_ms = 100,
--- k = 1, concurrency = 4), e.g. its trigger and rollout options
+-- k = 1, concurrency = 4), e.g. its trigger and rollout options; false: the prompt has no loop
+-- (runs started through the API only)
 function M.config(fake, loop)
+  local loop_block = ""
+  if loop ~= false then
+    loop_block = string.format([[
+  loop = {
+    dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
+    check_interval_ms = 100, k = 1, concurrency = 4,
+    %s
+  },
+]], loop or "")
+  end
   return string.format([[
 scripts = { dirs = { %q } }
 provider "fake" {
@@ -21,13 +34,8 @@ provider "fake" {
 }
 prompt "tickets" {
   evaluators = { { "json_schema", options = { schema = json(file(%q)) } } },
-  loop = {
-    dataset = "golden", optimizer = { provider = "fake", model = "optimizer" },
-    check_interval_ms = 100, k = 1, concurrency = 4,
-    %s
-  },
-}
-]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", loop or "")
+%s}
+]], engine.root, "http://" .. fake.addr .. "/v1", engine.root .. "/demo/ticket.schema.json", loop_block)
 end
 
 function M.version(system)
@@ -35,11 +43,16 @@ function M.version(system)
            model = { provider = "fake", model = "target" } }
 end
 
--- "tickets" with version 1 (system: V1 unless given) in production, and the dataset "golden"
-function M.setup(e, system)
+-- "tickets" with version 1 (system: V1 unless given) in production, versions 2, 3, ... (the
+-- systems of candidates, if given) added, and then the dataset "golden": an engine that sees
+-- the dataset sees the versions too
+function M.setup(e, system, candidates)
   assert.equal(201, e:post("/v1/prompts", { name = "tickets" }).status)
   assert.equal(201, e:post("/v1/prompts/tickets/versions", M.version(system or M.V1)).status)
   assert.equal(200, e:post("/v1/prompts/tickets/promote", { version = 1 }).status)
+  for _, c in ipairs(candidates or {}) do
+    assert.equal(201, e:post("/v1/prompts/tickets/versions", M.version(c)).status)
+  end
   local r = e:post("/v1/datasets/golden/cases", engine.read_file("demo/golden.jsonl"),
     { content_type = "application/x-ndjson" })
   assert.equal(200, r.status, r.body)

@@ -469,7 +469,7 @@ static void settle_read_done(uv_work_t *req, int status)
         submit_feedback(job); /* nothing to store, or the queue is full: the part keeps waiting */
 }
 
-static void settle_read_work(uv_work_t *w);
+static void join_read_work(uv_work_t *w);
 
 /* Reads back the parts this request left waiting; false when there are none. */
 static bool settle_pairs(otlp_job *job)
@@ -487,7 +487,7 @@ static bool settle_pairs(otlp_job *job)
         if (w->part_results[i] == STORE_PART_WAITING)
             job->ids[job->nids++] = xstrdup(w->parts[i].id);
     job->read.data = job;
-    uv_queue_work(job->a->loop, &job->read, settle_read_work, settle_read_done);
+    uv_queue_work(job->a->loop, &job->read, join_read_work, settle_read_done); /* the same read as the join's */
     return true;
 }
 
@@ -579,11 +579,6 @@ static void join_read_work(uv_work_t *w)
     otlp_job *job = w->data;
     job->read_rc = store_get_trace_parts(job->a->store, job->ids, job->nids, job->bodies, job->read_err,
                                          sizeof job->read_err);
-}
-
-static void settle_read_work(uv_work_t *w)
-{
-    join_read_work(w);
 }
 
 static void join_read_done(uv_work_t *w, int status)
